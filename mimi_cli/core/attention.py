@@ -1,0 +1,82 @@
+"""Rotary position embedding and causal multi-head attention over a sliding window."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mimi_cli.core.ops import softmax
+
+# Queries per block in batch attention: bounds the score matrix to
+# [B, H, block, block + context - 1] however long the sequence is.
+_QUERY_BLOCK = 256
+
+
+def rope_frequencies(head_dim: int, max_period: float) -> np.ndarray:
+    """Angular frequency of each rotated pair: ``max_period ** (-2i / head_dim)``, ``[head_dim/2]``.
+
+    The exponent is formed in float32 as the reference does; the exponential is
+    taken in float64 and rounded once. (torch's vectorised float32 ``exp``
+    differs from the correctly rounded value by 1 ulp for one of Mimi's 32
+    frequencies, pair 3; see docs/parity.md.)
+    """
+    exponent = np.arange(head_dim // 2, dtype=np.float32) * np.float32(-math.log(max_period) * 2 / head_dim)
+    return np.exp(exponent.astype(np.float64)).astype(np.float32)
+
+
+def apply_rope(x: np.ndarray, positions: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+    """Rotate interleaved pairs ``(x[2i], x[2i+1])`` by ``position · freqs[i]``.
+
+    Args:
+        x: ``[B, H, T, D]``.
+        positions: ``[T]`` absolute step indices (float32 exact up to 2**24).
+        freqs: ``[D/2]`` from :func:`rope_frequencies`.
+    Returns:
+        A new ``[B, H, T, D]`` array.
+    """
+    angle = positions.astype(np.float32)[:, None] * freqs[None, :]  # [T, D/2], a float32 product
+    angle64 = angle.astype(np.float64)
+    cos = np.cos(angle64).astype(np.float32)
+    sin = np.sin(angle64).astype(np.float32)
+    real, imag = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = real * cos - imag * sin
+    out[..., 1::2] = real * sin + imag * cos
+    return out
+
+
+def masked_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Scaled dot-product attention restricted to ``allowed`` query/key pairs.
+
+    Args:
+        q: ``[B, H, Tq, D]``; k, v: ``[B, H, Tk, D]``.
+        allowed: boolean ``[Tq, Tk]`` (or broadcastable to the scores).
+    Returns:
+        ``[B, H, Tq, D]``.
+    """
+    scores = (q * np.float32(1.0 / math.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # [B, H, Tq, Tk]
+    scores = np.where(allowed, scores, np.float32(-np.inf))
+    return softmax(scores) @ v
+
+
+def windowed_causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, context: int) -> np.ndarray:
+    """Causal attention where query ``i`` sees keys ``j`` with ``0 <= i - j < context``.
+
+    Args:
+        q, k, v: ``[B, H, T, D]`` for positions ``0 .. T-1``.
+    Returns:
+        ``[B, H, T, D]``.
+
+    Queries are processed in blocks; each block only multiplies against the
+    keys its window can reach, so cost and memory are linear in ``T``.
+    """
+    length = q.shape[2]
+    out = np.empty_like(q)
+    for q0 in range(0, length, _QUERY_BLOCK):
+        q1 = min(length, q0 + _QUERY_BLOCK)
+        k0 = max(0, q0 - context + 1)
+        delta = np.arange(q0, q1)[:, None] - np.arange(k0, q1)[None, :]
+        allowed = (delta >= 0) & (delta < context)
+        out[:, :, q0:q1] = masked_attention(q[:, :, q0:q1], k[:, :, k0:q1], v[:, :, k0:q1], allowed)
+    return out

@@ -1,0 +1,142 @@
+"""1-D convolution and transposed convolution as matrix products.
+
+Both work on ``[B, C, T]`` float32 arrays with PyTorch's weight layouts and
+semantics (cross-correlation, no kernel flip). Padding is the caller's job:
+:func:`pad_left` builds the causal context, and convolutions here are "valid".
+
+Time is processed in blocks so that the unfolded (im2col) matrix stays a few
+megabytes whatever the input length: the loop is over blocks of thousands of
+steps, never over single time steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+# Upper bound on the elements of one unfolded block (16 MB of float32).
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def pad_left(x: np.ndarray, pad: int, mode: str = "constant") -> np.ndarray:
+    """Prepend ``pad`` steps of context to ``x`` ``[B, C, T]``.
+
+    ``mode`` is ``"constant"`` (zeros) or ``"replicate"`` (copies of the first
+    column). A causal convolution of effective kernel ``K_eff`` and stride ``S``
+    is left-padded by ``K_eff - S``, so that output ``t`` sees inputs up to
+    ``t·S + S - 1`` and never the future::
+
+        padded:   p p p p | x0 x1 x2 x3 x4 x5 x6 x7      (K=6, S=2, pad=4)
+        out[0]:   [p p p p x0 x1]
+        out[1]:       [p p x0 x1 x2 x3]
+        out[2]:           [x0 x1 x2 x3 x4 x5]
+    """
+    if pad == 0:
+        return x
+    if mode == "constant":
+        return np.pad(x, ((0, 0), (0, 0), (pad, 0)))
+    if mode == "replicate":
+        if x.shape[-1] == 0:
+            raise ValueError("cannot replicate-pad an empty sequence")
+        return np.concatenate([np.repeat(x[:, :, :1], pad, axis=2), x], axis=2)
+    raise ValueError(f"unknown pad mode {mode!r}")
+
+
+def conv_output_length(length: int, kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
+    """Output length of a valid (unpadded) convolution; 0 when the input is too short."""
+    effective = (kernel_size - 1) * dilation + 1
+    return max(0, (length - effective) // stride + 1)
+
+
+def conv1d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+) -> np.ndarray:
+    """Valid 1-D convolution.
+
+    Args:
+        x: ``[B, C, T]``.
+        weight: ``[O, C/groups, K]``.
+        bias: ``[O]`` or None.
+    Returns:
+        ``[B, O, T_out]`` with ``T_out = (T - (K-1)·dilation - 1) // stride + 1`` (0 if negative).
+    """
+    batch, channels, length = x.shape
+    out_channels, group_in, kernel = weight.shape
+    if channels != group_in * groups or out_channels % groups:
+        raise ValueError(f"conv1d: input has {channels} channels, weight {weight.shape} with groups={groups}")
+    out_len = conv_output_length(length, kernel, stride, dilation)
+    y = np.empty((batch, out_channels, out_len), dtype=np.float32)
+    if out_len == 0:
+        return y
+    # [G, O/G, C/G·K]: row o of group g, columns ordered (channel, tap) like the unfold below.
+    w = weight.reshape(groups, out_channels // groups, group_in * kernel)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    s_b, s_c, s_t = x.strides
+    block = max(1, _BLOCK_ELEMENTS // (channels * kernel * batch))
+    for t0 in range(0, out_len, block):
+        n = min(block, out_len - t0)
+        # Unfold: cols[b, c, k, t] = x[b, c, (t0 + t)·stride + k·dilation], a view, no copy.
+        cols = as_strided(
+            x[:, :, t0 * stride :],
+            shape=(batch, channels, kernel, n),
+            strides=(s_b, s_c, dilation * s_t, stride * s_t),
+            writeable=False,
+        )
+        cols = cols.reshape(batch, groups, group_in * kernel, n)  # copies into BLAS layout
+        y[:, :, t0 : t0 + n] = np.matmul(w, cols).reshape(batch, out_channels, n)
+    if bias is not None:
+        y += bias[:, None]
+    return y
+
+
+def conv_transpose1d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: int = 1,
+    groups: int = 1,
+) -> np.ndarray:
+    """Transposed 1-D convolution with no padding (the "full" output).
+
+    Each input step ``t`` spreads ``K`` output samples starting at ``t·stride``;
+    neighbouring spreads overlap when ``K > stride`` and are summed::
+
+        x0 → y[0 .. K-1]
+        x1 →     y[S .. S+K-1]
+        x2 →         y[2S .. 2S+K-1]
+
+    Args:
+        x: ``[B, C_in, T]``.
+        weight: ``[C_in, C_out/groups, K]`` (PyTorch layout).
+        bias: ``[C_out]`` or None; added to every output position.
+    Returns:
+        ``[B, C_out, (T-1)·stride + K]`` (``[B, C_out, 0]`` for an empty input).
+    """
+    batch, in_channels, length = x.shape
+    w_in, group_out, kernel = weight.shape
+    if w_in != in_channels or in_channels % groups:
+        raise ValueError(f"conv_transpose1d: input has {in_channels} channels, weight {weight.shape}")
+    out_channels = group_out * groups
+    group_in = in_channels // groups
+    out_len = (length - 1) * stride + kernel if length else 0
+    y = np.zeros((batch, out_channels, out_len), dtype=np.float32)
+    if length == 0:
+        return y
+    # [G, O/G·K, C/G]: one matrix per group mapping input channels to (out channel, tap).
+    w = weight.reshape(groups, group_in, group_out * kernel).transpose(0, 2, 1)
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(batch, groups, group_in, length)
+    block = max(1, _BLOCK_ELEMENTS // (out_channels * kernel * batch))
+    for t0 in range(0, length, block):
+        n = min(block, length - t0)
+        cols = np.matmul(w, x[..., t0 : t0 + n]).reshape(batch, out_channels, kernel, n)
+        start = t0 * stride
+        for k in range(kernel):  # overlap-add, one strided slice per tap
+            y[:, :, start + k : start + k + (n - 1) * stride + 1 : stride] += cols[:, :, k, :]
+    if bias is not None:
+        y += bias[:, None]
+    return y

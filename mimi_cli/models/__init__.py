@@ -1,0 +1,1 @@
+"""Codec models built on :mod:`mimi_cli.core`."""

@@ -1,0 +1,68 @@
+"""Mimi hyper-parameters. The defaults are the released model's (moshi ``_mimi_config``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Codebooks used when the caller does not say: moshi's ``get_mimi`` and Moshi itself use 8.
+DEFAULT_NUM_CODEBOOKS = 8
+
+
+@dataclass(frozen=True)
+class MimiConfig:
+    sample_rate: int = 24000
+    frame_rate: float = 12.5
+    channels: int = 1
+    # SEANet
+    dimension: int = 512  # latent width, also the transformers' d_model
+    n_filters: int = 64
+    ratios: tuple[int, ...] = (8, 6, 5, 4)  # decoder order; the encoder uses them reversed
+    kernel_size: int = 7
+    last_kernel_size: int = 3
+    residual_kernel_size: int = 3
+    n_residual_layers: int = 1
+    dilation_base: int = 2
+    compress: int = 2
+    # transformers (encoder and decoder alike)
+    num_layers: int = 8
+    num_heads: int = 8
+    dim_feedforward: int = 2048
+    context: int = 250  # attention window in 25 Hz steps (10 s)
+    max_period: float = 10000.0
+    norm_eps: float = 1e-5
+    # split residual vector quantizer: 1 semantic level + (num_codebooks - 1) acoustic levels
+    codebook_size: int = 2048
+    codebook_dim: int = 256
+    num_codebooks: int = 32
+
+    def __post_init__(self) -> None:
+        if self.frame_size % self.hop_length:
+            raise ValueError(f"frame size {self.frame_size} is not a multiple of the SEANet hop {self.hop_length}")
+        if self.dimension % self.num_heads or (self.dimension // self.num_heads) % 2:
+            raise ValueError("dimension must split into heads of even width")
+        if self.num_codebooks < 1:
+            raise ValueError("num_codebooks must be at least 1")
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per SEANet latent step (960: 25 Hz)."""
+        return math.prod(self.ratios)
+
+    @property
+    def frame_size(self) -> int:
+        """Samples per code frame (1920: 80 ms)."""
+        return round(self.sample_rate / self.frame_rate)
+
+    @property
+    def downsample_stride(self) -> int:
+        """Latent steps per code frame (2: 25 Hz → 12.5 Hz)."""
+        return self.frame_size // self.hop_length
+
+    @property
+    def head_dim(self) -> int:
+        return self.dimension // self.num_heads
+
+    def bitrate(self, num_codebooks: int) -> float:
+        """Bits per second of ``num_codebooks`` levels."""
+        return self.frame_rate * num_codebooks * math.log2(self.codebook_size)
