@@ -1,0 +1,3 @@
+from mimi_cli.cli import main
+
+main()

@@ -1,0 +1,236 @@
+"""The ``mimi`` command: a thin layer of options and messages over the library."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from mimi_cli import __version__
+from mimi_cli.errors import MimiError
+from mimi_cli.models.mimi.config import DEFAULT_NUM_CODEBOOKS, MimiConfig
+
+app = typer.Typer(
+    name="mimi",
+    help="Kyutai's Mimi neural audio codec in NumPy: audio ↔ discrete codes, no PyTorch.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+out = Console(soft_wrap=True, highlight=False)
+
+# Shared options; their limits come from the model's config.
+WeightsOption = Annotated[Optional[Path], typer.Option(
+    "--weights", help="Mimi weights (.safetensors). Default: $MIMI_WEIGHTS, else the released file via the Hugging Face cache.",
+    show_default=False)]
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="BLAS threads. Default: the BLAS library's own choice.", show_default=False)]
+ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the output file if it exists.")]
+CodebooksOption = Annotated[int, typer.Option(
+    "--codebooks", "-n", min=1, max=MimiConfig().num_codebooks, help="Codebooks (levels) to keep: 1 semantic + n-1 acoustic.")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def _warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def _note(message: str) -> None:
+    err.print(escape(message))
+
+
+@contextlib.contextmanager
+def _user_errors(threads: int | None = None) -> Iterator[None]:
+    """Turn library errors into one-line messages and exit codes; limit BLAS threads."""
+    try:
+        with contextlib.ExitStack() as stack:
+            if threads is not None:
+                from threadpoolctl import threadpool_limits
+
+                stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
+            yield
+    except MimiError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted; no output was written", code=130)
+
+
+def _status(message: str):
+    return err.status(message) if err.is_terminal else contextlib.nullcontext()
+
+
+def _describe_conversion(channels: int, rate: int, target_rate: int) -> None:
+    if channels > 1:
+        _note(f"note: {channels} channels downmixed to mono")
+    if rate != target_rate:
+        _note(f"note: resampled from {rate} Hz to {target_rate} Hz")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mimi-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Kyutai's Mimi neural audio codec in NumPy: audio ↔ discrete codes, no PyTorch."""
+
+
+@app.command()
+def encode(
+    input: Annotated[Path, typer.Argument(help="Audio file (WAV, FLAC, OGG, MP3; any rate, any channels).",
+                                          show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Codes file. Default: INPUT with .npz.",
+                                                   show_default=False)] = None,
+    codebooks: CodebooksOption = DEFAULT_NUM_CODEBOOKS,
+    weights: WeightsOption = None,
+    threads: ThreadsOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Encode audio into Mimi codes (.npz)."""
+    with _user_errors(threads):
+        from mimi_cli.audio import read_audio
+        from mimi_cli.fileio import check_output
+        from mimi_cli.pipeline import encode_audio, load_model
+
+        output = output or input.with_suffix(".npz")
+        check_output(output, force)
+        audio = read_audio(input)
+        with _status("Loading weights…"):
+            loaded = load_model(weights)
+        _describe_conversion(audio.channels, audio.sample_rate, loaded.model.config.sample_rate)
+        with _status(f"Encoding {audio.duration:.1f} s…"):
+            result = encode_audio(loaded, audio, codebooks)
+        result.codes.save(output)
+        config = loaded.model.config
+        _note(f"{input}: {audio.duration:.2f} s → {result.codes.num_frames} frames × {codebooks} codebooks "
+              f"({config.bitrate(codebooks) / 1000:.2f} kbps) in {result.seconds:.2f} s "
+              f"({audio.duration / max(result.seconds, 1e-9):.1f}× real time) → {output}")
+
+
+@app.command()
+def decode(
+    input: Annotated[Path, typer.Argument(help="Codes file written by `mimi encode`.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Audio file. Default: INPUT with .decoded.wav.",
+                                                   show_default=False)] = None,
+    sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", min=1,
+                                                       help="Output rate. Default: the codec's 24000 Hz.",
+                                                       show_default=False)] = None,
+    weights: WeightsOption = None,
+    threads: ThreadsOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Decode Mimi codes (.npz) back to audio."""
+    with _user_errors(threads):
+        from mimi_cli.audio import audio_format, write_audio
+        from mimi_cli.codes import CodesFile
+        from mimi_cli.fileio import check_output
+        from mimi_cli.pipeline import decode_codes, load_model
+
+        output = output or input.with_suffix(".decoded.wav")  # never the original audio
+        codes = CodesFile.load(input, MimiConfig())
+        check_output(output, force)
+        audio_format(output)
+        with _status("Loading weights…"):
+            loaded = load_model(weights)
+        if codes.weights_id != loaded.weights_id:
+            _warn(f"{input} was encoded with weights {codes.weights_id}, decoding with {loaded.weights_id}")
+        with _status(f"Decoding {codes.num_frames} frames…"):
+            pcm, seconds = decode_codes(loaded, codes, sample_rate)
+        rate = sample_rate or loaded.model.config.sample_rate
+        clipped = write_audio(output, pcm, rate)
+        if clipped:
+            _warn(f"{clipped} samples beyond [-1, 1] were clipped")
+        duration = codes.num_samples / loaded.model.config.sample_rate
+        _note(f"{input}: {codes.num_frames} frames × {codes.num_codebooks} codebooks → {duration:.2f} s at "
+              f"{rate} Hz in {seconds:.2f} s ({duration / max(seconds, 1e-9):.1f}× real time) → {output}")
+
+
+@app.command()
+def roundtrip(
+    input: Annotated[Path, typer.Argument(help="Audio file to encode and decode.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the decoded audio here.",
+                                                   show_default=False)] = None,
+    codebooks: CodebooksOption = DEFAULT_NUM_CODEBOOKS,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    weights: WeightsOption = None,
+    threads: ThreadsOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Encode then decode, and report bitrate, quality and speed."""
+    with _user_errors(threads):
+        from mimi_cli.audio import audio_format, read_audio, write_audio
+        from mimi_cli.fileio import check_output
+        from mimi_cli.metrics import log_mel_distance, si_sdr
+        from mimi_cli.pipeline import decode_codes, encode_audio, load_model
+
+        if output is not None:
+            check_output(output, force)
+            audio_format(output)
+        audio = read_audio(input)
+        with _status("Loading weights…"):
+            loaded = load_model(weights)
+        config = loaded.model.config
+        _describe_conversion(audio.channels, audio.sample_rate, config.sample_rate)
+        with _status(f"Encoding {audio.duration:.1f} s…"):
+            encoded = encode_audio(loaded, audio, codebooks)
+        with _status("Decoding…"):
+            decoded, decode_seconds = decode_codes(loaded, encoded.codes)
+        if output is not None:
+            write_audio(output, decoded, config.sample_rate)
+        duration = len(encoded.pcm) / config.sample_rate
+        metrics = {
+            "input": str(input),
+            "duration_s": round(duration, 3),
+            "codebooks": codebooks,
+            "frames": encoded.codes.num_frames,
+            "bitrate_kbps": round(config.bitrate(codebooks) / 1000, 3),
+            "si_sdr_db": round(si_sdr(encoded.pcm, decoded), 2),
+            "log_mel_distance": round(log_mel_distance(encoded.pcm, decoded, config.sample_rate), 4),
+            "encode_rtf": round(encoded.seconds / duration, 4),
+            "decode_rtf": round(decode_seconds / duration, 4),
+        }
+        if as_json:
+            out.print_json(json.dumps(metrics))
+        else:
+            _print_metrics(metrics)
+
+
+def _print_metrics(metrics: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Mimi round trip: {escape(metrics['input'])}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("duration", f"{metrics['duration_s']:.2f} s"),
+        ("codebooks × frames", f"{metrics['codebooks']} × {metrics['frames']}"),
+        ("bitrate", f"{metrics['bitrate_kbps']:.2f} kbps"),
+        ("SI-SDR", f"{metrics['si_sdr_db']:.2f} dB"),
+        ("log-mel distance", f"{metrics['log_mel_distance']:.4f}"),
+        ("encode real-time factor", f"{metrics['encode_rtf']:.3f} ({1 / max(metrics['encode_rtf'], 1e-9):.1f}× real time)"),
+        ("decode real-time factor", f"{metrics['decode_rtf']:.3f} ({1 / max(metrics['decode_rtf'], 1e-9):.1f}× real time)"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
+
+
+def main() -> None:
+    app()

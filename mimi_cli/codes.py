@@ -1,0 +1,136 @@
+"""The codes file: a pickle-free ``.npz`` that describes itself.
+
+Keys (all loadable with ``np.load(path, allow_pickle=False)``):
+
+=====================  ===========  ================================================
+key                    type         meaning
+=====================  ===========  ================================================
+``codes``              uint16       ``[channels=1, K, frames]``, each < ``codebook_size``
+``format_version``     int          1
+``sample_rate``        int          24000, the codec's rate
+``frame_rate``         float        12.5 frames per second
+``codebook_size``      int          2048
+``num_samples``        int          length at 24 kHz before padding to whole frames
+``source_sample_rate`` int          rate of the file that was encoded
+``source_channels``    int          its channel count (downmixed to mono)
+``weights_id``         str          ``sha256:`` + 16 hex digits of the weights file
+=====================  ===========  ================================================
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mimi_cli.errors import InvalidCodesError
+from mimi_cli.fileio import atomic_output
+from mimi_cli.models.mimi.config import MimiConfig
+
+FORMAT_VERSION = 1
+_INT_KEYS = ("format_version", "sample_rate", "codebook_size", "num_samples", "source_sample_rate", "source_channels")
+KEYS = ("codes", "frame_rate", "weights_id", *_INT_KEYS)
+
+
+@dataclass
+class CodesFile:
+    codes: np.ndarray  # uint16 [1, K, F]
+    num_samples: int
+    source_sample_rate: int
+    source_channels: int
+    weights_id: str
+    sample_rate: int
+    frame_rate: float
+    codebook_size: int
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_codes(cls, codes: np.ndarray, config: MimiConfig, num_samples: int, source_sample_rate: int,
+                   source_channels: int, weights_id: str) -> CodesFile:
+        """Wrap model codes ``[K, F]`` with the metadata decode needs."""
+        return cls(codes=codes.astype(np.uint16)[None], num_samples=num_samples,
+                   source_sample_rate=source_sample_rate, source_channels=source_channels,
+                   weights_id=weights_id, sample_rate=config.sample_rate, frame_rate=config.frame_rate,
+                   codebook_size=config.codebook_size)
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.codes.shape[1]
+
+    @property
+    def num_frames(self) -> int:
+        return self.codes.shape[2]
+
+    def save(self, path: Path) -> None:
+        """Write atomically (temporary file, then rename)."""
+        arrays = {key: np.asarray(getattr(self, key)) for key in KEYS}
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: Path, config: MimiConfig) -> CodesFile:
+        """Read and validate a codes file against ``config``; every problem is an InvalidCodesError."""
+        if not path.exists():
+            raise InvalidCodesError(f"{path} does not exist")
+        if path.is_dir():
+            raise InvalidCodesError(f"{path} is a directory; give a .npz codes file")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                missing = [key for key in KEYS if key not in npz.files]
+                if missing:
+                    raise InvalidCodesError(f"{path} is not a complete codes file: missing {', '.join(missing)}")
+                arrays = {key: npz[key] for key in KEYS}
+        except InvalidCodesError:
+            raise
+        except AttributeError:  # np.load returned a plain array: a .npy file
+            raise InvalidCodesError(f"{path} is a .npy array, not a codes file (.npz written by mimi encode)") from None
+        except ValueError as exc:
+            if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+                raise InvalidCodesError(f"{path} contains pickled objects, which are never loaded; "
+                                        "write codes as plain arrays") from None
+            raise InvalidCodesError(f"{path} is not a codes file ({exc})") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise InvalidCodesError(f"{path} is not a readable codes file ({exc})") from None
+        return cls._validated(path, arrays, config)
+
+    @classmethod
+    def _validated(cls, path: Path, a: dict[str, np.ndarray], config: MimiConfig) -> CodesFile:
+        def fail(problem: str) -> InvalidCodesError:
+            return InvalidCodesError(f"{path}: {problem}")
+
+        for key in (*_INT_KEYS, "frame_rate", "weights_id"):
+            if a[key].shape != ():
+                raise fail(f"{key} must be a single value, got shape {list(a[key].shape)}")
+        for key in _INT_KEYS:
+            if not np.issubdtype(a[key].dtype, np.integer):
+                raise fail(f"{key} must be an integer, got {a[key].dtype}")
+        version = int(a["format_version"])
+        if version != FORMAT_VERSION:
+            raise fail(f"format_version {version} is not supported (this mimi-cli reads version {FORMAT_VERSION}); "
+                       "upgrade mimi-cli")
+        expected = {"sample_rate": config.sample_rate, "codebook_size": config.codebook_size}
+        for key, value in expected.items():
+            if int(a[key]) != value:
+                raise fail(f"{key} is {int(a[key])}, but this model uses {value}")
+        if not np.issubdtype(a["frame_rate"].dtype, np.number) or float(a["frame_rate"]) != config.frame_rate:
+            raise fail(f"frame_rate is {a['frame_rate']}, but this model uses {config.frame_rate}")
+        if a["weights_id"].dtype.kind != "U":
+            raise fail(f"weights_id must be a string, got {a['weights_id'].dtype}")
+        codes = a["codes"]
+        if codes.dtype != np.uint16:
+            raise fail(f"codes must be uint16, got {codes.dtype}")
+        if codes.ndim != 3 or codes.shape[0] != 1:
+            raise fail(f"codes must have shape [1, K, frames], got {list(codes.shape)}")
+        if not 1 <= codes.shape[1] <= config.num_codebooks:
+            raise fail(f"codes have {codes.shape[1]} codebooks; expected 1..{config.num_codebooks}")
+        if codes.size and int(codes.max()) >= config.codebook_size:
+            raise fail(f"codes contain {int(codes.max())}, but codes must be below {config.codebook_size}")
+        frames, num_samples = codes.shape[2], int(a["num_samples"])
+        if not (frames - 1) * config.frame_size < num_samples <= frames * config.frame_size:
+            raise fail(f"num_samples {num_samples} does not fit {frames} frames of {config.frame_size} samples")
+        return cls(codes=codes, num_samples=num_samples, source_sample_rate=int(a["source_sample_rate"]),
+                   source_channels=int(a["source_channels"]), weights_id=str(a["weights_id"]),
+                   sample_rate=int(a["sample_rate"]), frame_rate=float(a["frame_rate"]),
+                   codebook_size=int(a["codebook_size"]), format_version=version)

@@ -1,0 +1,54 @@
+"""Round-trip quality metrics in NumPy/SciPy.
+
+Mimi is trained with adversarial losses and does not preserve phase, so SI-SDR
+of a good round trip is low even when it sounds right; the log-mel distance
+follows perception better. Both are here to compare settings, not codecs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Scale-invariant signal-to-distortion ratio in dB (higher is better)."""
+    reference = reference.astype(np.float64) - reference.mean()
+    estimate = estimate.astype(np.float64) - estimate.mean()
+    energy = np.dot(reference, reference)
+    if energy == 0:
+        return float("nan")
+    target = np.dot(estimate, reference) / energy * reference
+    noise = estimate - target
+    return float(10 * np.log10(np.dot(target, target) / max(np.dot(noise, noise), 1e-20)))
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """Triangular filters on the HTK mel scale, ``[n_mels, n_fft // 2 + 1]``."""
+    def to_mel(hz):
+        return 2595 * np.log10(1 + hz / 700)
+
+    def to_hz(mel):
+        return 700 * (10 ** (mel / 2595) - 1)
+
+    edges = to_hz(np.linspace(0, to_mel(sample_rate / 2), n_mels + 2))
+    bins = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins - lower) / (centre - lower)
+    falling = (upper - bins) / (upper - centre)
+    return np.maximum(0, np.minimum(rising, falling))
+
+
+def log_mel(pcm: np.ndarray, sample_rate: int, n_fft: int = 1024, hop: int = 256, n_mels: int = 80) -> np.ndarray:
+    """log10 mel magnitude spectrogram ``[n_mels, frames]`` (clamped at 1e-5)."""
+    from scipy.signal import stft
+
+    _, _, spec = stft(pcm.astype(np.float64), fs=sample_rate, nperseg=n_fft, noverlap=n_fft - hop, boundary=None)
+    return np.log10(np.maximum(mel_filterbank(sample_rate, n_fft, n_mels) @ np.abs(spec), 1e-5))
+
+
+def log_mel_distance(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
+    """Mean absolute difference of log10 mel spectrograms (80 bands, 1024-sample window): lower is better."""
+    n = min(len(reference), len(estimate))
+    if n < 1024:
+        return float("nan")
+    return float(np.mean(np.abs(log_mel(reference[:n], sample_rate) - log_mel(estimate[:n], sample_rate))))

@@ -1,0 +1,85 @@
+"""Finding and reading weight files.
+
+Weights are looked for in this order: an explicit path (``--weights``), the
+``MIMI_WEIGHTS`` environment variable, then the released checkpoint on the
+Hugging Face Hub through huggingface_hub's cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mimi_cli.errors import WeightsError
+
+RELEASED_REPO = "kyutai/moshiko-pytorch-bf16"
+RELEASED_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
+WEIGHTS_ENV = "MIMI_WEIGHTS"
+
+# moshi's own state_dict() names two attention tensors differently from the released file.
+_MOSHI_ALIASES = {
+    "self_attn.in_projs.0.weight": "self_attn.in_proj_weight",
+    "self_attn.out_projs.0.weight": "self_attn.out_proj.weight",
+}
+
+
+def resolve_weights(explicit: str | os.PathLike | None = None) -> Path:
+    """The weights file to use: explicit path > $MIMI_WEIGHTS > the Hub's cached release."""
+    for candidate, origin in ((explicit, "--weights"), (os.environ.get(WEIGHTS_ENV) or None, f"${WEIGHTS_ENV}")):
+        if candidate is not None:
+            path = Path(candidate).expanduser()
+            if not path.exists():
+                raise WeightsError(f"weights file {path} (from {origin}) does not exist")
+            return path
+    return _download_released()
+
+
+def _download_released() -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(RELEASED_REPO, RELEASED_FILE))
+    except Exception as exc:  # offline, no cache, hub errors: all mean "no weights here"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(
+            f"no Mimi weights available ({reason}); pass --weights PATH or set {WEIGHTS_ENV}, "
+            f"or go online once to fetch {RELEASED_FILE} from {RELEASED_REPO} into the Hugging Face cache"
+        ) from None
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a safetensors file as float32 arrays."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path} is a directory; give a .safetensors file")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise WeightsError(f"cannot read weights {path}: {exc} (is it a complete .safetensors file?)") from None
+    return {name: value.astype(np.float32, copy=False) for name, value in tensors.items()}
+
+
+def load_mimi_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Tensors of a Mimi checkpoint, renamed to the released naming where moshi's aliases are used."""
+    state = {}
+    for name, value in read_safetensors(path).items():
+        for alias, canonical in _MOSHI_ALIASES.items():
+            if name.endswith(alias):
+                name = name[: -len(alias)] + canonical
+        state[name] = value
+    return state
+
+
+def weights_id(path: str | os.PathLike) -> str:
+    """A short content hash identifying a weights file: ``sha256:<16 hex digits>``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]

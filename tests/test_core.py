@@ -1,0 +1,269 @@
+"""Tensor core against independent references: explicit loops in float64, SciPy, math."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.signal import correlate
+
+from mimi_cli.core import (
+    apply_rope,
+    codebook_distances,
+    conv1d,
+    conv_transpose1d,
+    elu,
+    gelu,
+    layer_norm,
+    linear,
+    nearest_code,
+    pad_left,
+    rope_frequencies,
+    softmax,
+    windowed_causal_attention,
+)
+from mimi_cli.core import conv as conv_module
+
+rng = np.random.default_rng(42)
+
+
+def randn(*shape) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- naive references
+
+
+def naive_conv1d(x, w, b, stride, dilation, groups):
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    batch, channels, length = x.shape
+    out_ch, group_in, kernel = w.shape
+    out_len = max(0, (length - (kernel - 1) * dilation - 1) // stride + 1)
+    y = np.zeros((batch, out_ch, out_len))
+    per_group = out_ch // groups
+    for bi in range(batch):
+        for o in range(out_ch):
+            g = o // per_group
+            for t in range(out_len):
+                acc = 0.0 if b is None else float(b[o])
+                for c in range(group_in):
+                    for k in range(kernel):
+                        acc += w[o, c, k] * x[bi, g * group_in + c, t * stride + k * dilation]
+                y[bi, o, t] = acc
+    return y
+
+
+def naive_conv_transpose1d(x, w, b, stride, groups):
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    batch, in_ch, length = x.shape
+    _, group_out, kernel = w.shape
+    out_ch, group_in = group_out * groups, in_ch // groups
+    y = np.zeros((batch, out_ch, (length - 1) * stride + kernel if length else 0))
+    for bi in range(batch):
+        for c in range(in_ch):
+            g = c // group_in
+            for t in range(length):
+                for o in range(group_out):
+                    for k in range(kernel):
+                        y[bi, g * group_out + o, t * stride + k] += x[bi, c, t] * w[c, o, k]
+    if b is not None and y.shape[-1]:
+        y += np.asarray(b, np.float64)[:, None]
+    return y
+
+
+def close(actual, expected, tol=1e-5):
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * max(1.0, float(np.abs(expected).max(initial=0))))
+
+
+# ----------------------------------------------------------------------------- conv1d
+
+CONV_CASES = [
+    # batch, channels, out, length, kernel, stride, dilation, groups, bias
+    (1, 1, 1, 10, 3, 1, 1, 1, True),
+    (2, 3, 5, 17, 3, 1, 1, 1, True),
+    (1, 4, 6, 23, 3, 1, 2, 1, False),  # dilation
+    (2, 4, 8, 40, 8, 4, 1, 1, True),  # SEANet-style k = 2·stride
+    (1, 6, 4, 31, 10, 5, 1, 1, True),
+    (1, 6, 6, 20, 4, 2, 1, 3, True),  # groups
+    (2, 4, 4, 15, 4, 2, 1, 4, False),  # depthwise
+    (1, 3, 2, 5, 7, 1, 1, 1, True),  # input shorter than the kernel → empty output
+    (1, 3, 2, 7, 7, 1, 1, 1, True),  # exactly one output
+    (1, 3, 2, 1, 1, 1, 1, 1, True),  # length 1
+    (1, 3, 2, 0, 1, 1, 1, 1, True),  # length 0
+]
+
+
+@pytest.mark.parametrize("batch,cin,cout,length,kernel,stride,dilation,groups,bias", CONV_CASES)
+def test_conv1d_matches_naive_loops(batch, cin, cout, length, kernel, stride, dilation, groups, bias):
+    x, w = randn(batch, cin, length), randn(cout, cin // groups, kernel)
+    b = randn(cout) if bias else None
+    y = conv1d(x, w, b, stride, dilation, groups)
+    expected = naive_conv1d(x, w, b, stride, dilation, groups)
+    assert y.shape == expected.shape and y.dtype == np.float32
+    close(y, expected)
+
+
+def test_conv1d_single_channel_matches_scipy():
+    x, w = randn(1, 1, 500), randn(1, 1, 7)
+    np.testing.assert_allclose(conv1d(x, w)[0, 0], correlate(x[0, 0], w[0, 0], mode="valid"), rtol=1e-5, atol=1e-5)
+
+
+def test_conv1d_blocks_over_time_give_the_same_result(monkeypatch):
+    x, w, b = randn(2, 5, 300), randn(7, 5, 6), randn(7)
+    whole = conv1d(x, w, b, stride=3)
+    monkeypatch.setattr(conv_module, "_BLOCK_ELEMENTS", 64)  # forces many small time blocks
+    close(conv1d(x, w, b, stride=3), whole.astype(np.float64), tol=1e-6)  # BLAS rounds per shape
+
+
+def test_pad_left_modes():
+    x = randn(2, 3, 4)
+    np.testing.assert_array_equal(pad_left(x, 2)[:, :, :2], 0)
+    np.testing.assert_array_equal(pad_left(x, 2, "replicate")[:, :, :2], np.repeat(x[:, :, :1], 2, axis=2))
+    np.testing.assert_array_equal(pad_left(x, 2)[:, :, 2:], x)
+    with pytest.raises(ValueError):
+        pad_left(x, 1, "reflect")
+
+
+# ----------------------------------------------------------------------------- transposed conv
+
+CONVTR_CASES = [
+    # batch, in, out, length, kernel, stride, groups, bias
+    (1, 1, 1, 5, 3, 1, 1, True),
+    (2, 4, 3, 9, 8, 4, 1, True),  # SEANet-style k = 2·stride
+    (1, 6, 4, 7, 10, 5, 1, False),
+    (1, 5, 5, 6, 4, 2, 5, False),  # depthwise (Mimi's upsample)
+    (2, 6, 4, 5, 4, 2, 2, True),  # groups
+    (1, 3, 2, 1, 4, 2, 1, True),  # length 1
+    (1, 3, 2, 0, 4, 2, 1, True),  # length 0
+    (1, 2, 3, 6, 2, 3, 1, True),  # stride > kernel: gaps filled by the bias only
+]
+
+
+@pytest.mark.parametrize("batch,cin,cout,length,kernel,stride,groups,bias", CONVTR_CASES)
+def test_conv_transpose1d_matches_naive_loops(batch, cin, cout, length, kernel, stride, groups, bias):
+    x, w = randn(batch, cin, length), randn(cin, cout // groups, kernel)
+    b = randn(cout) if bias else None
+    y = conv_transpose1d(x, w, b, stride, groups)
+    expected = naive_conv_transpose1d(x, w, b, stride, groups)
+    assert y.shape == expected.shape
+    close(y, expected)
+
+
+def test_conv_transpose1d_blocks_over_time_give_the_same_result(monkeypatch):
+    x, w, b = randn(1, 4, 200), randn(4, 3, 8), randn(3)
+    whole = conv_transpose1d(x, w, b, stride=4)
+    monkeypatch.setattr(conv_module, "_BLOCK_ELEMENTS", 50)
+    close(conv_transpose1d(x, w, b, stride=4), whole.astype(np.float64), tol=1e-6)
+
+
+# ----------------------------------------------------------------------------- element-wise and norms
+
+
+def test_linear_matches_float64():
+    x, w, b = randn(3, 5, 16), randn(7, 16), randn(7)
+    close(linear(x, w, b), x.astype(np.float64) @ w.T.astype(np.float64) + b)
+
+
+def test_layer_norm_matches_float64():
+    x, g, b = 3 + 2 * randn(4, 6, 32), randn(32), randn(32)
+    x64 = x.astype(np.float64)
+    expected = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) * g + b
+    close(layer_norm(x, g, b, 1e-5), expected)
+
+
+def test_elu_matches_definition_exactly_on_float32():
+    x = np.concatenate([randn(1000) * 5, np.array([0.0, -0.0, 1e-30, -1e-30, -80, 80], np.float32)])
+    expected = np.where(x > 0, x, np.expm1(x))
+    np.testing.assert_array_equal(elu(x), expected)
+
+
+def test_gelu_matches_erf_form():
+    x = randn(1000) * 4
+    expected = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    close(gelu(x), expected, tol=2e-6)
+    assert abs(float(gelu(np.float32([1.0]))[0]) - 0.8413447) < 1e-6  # not the tanh approximation (0.8411920)
+
+
+def test_softmax_matches_float64_and_masks():
+    x = randn(3, 9) * 10
+    x[0, :4] = -np.inf
+    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+    close(softmax(x), e / e.sum(-1, keepdims=True))
+    assert np.all(softmax(x)[0, :4] == 0)
+
+
+# ----------------------------------------------------------------------------- RoPE and attention
+
+
+def test_rope_frequencies_are_the_geometric_series():
+    freqs = rope_frequencies(64, 10000.0)
+    expected = 10000.0 ** (-np.arange(32) / 32)
+    np.testing.assert_allclose(freqs, expected, rtol=1e-6)  # the exponent is rounded to float32 first
+    assert freqs[0] == 1.0
+
+
+def test_rope_rotates_interleaved_pairs_like_complex_multiplication():
+    x = randn(2, 3, 7, 8)
+    positions = np.arange(5, 12, dtype=np.float32)
+    freqs = rope_frequencies(8, 10000.0)
+    pairs = x[..., 0::2].astype(np.float64) + 1j * x[..., 1::2]
+    rotated = pairs * np.exp(1j * positions[:, None].astype(np.float64) * freqs)
+    y = apply_rope(x, positions, freqs)
+    close(y[..., 0::2], rotated.real)
+    close(y[..., 1::2], rotated.imag)
+    # rotations keep norms
+    np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
+
+
+def naive_attention_row(q_row, keys, values):
+    """One query against the given keys, in float64."""
+    scores = keys.astype(np.float64) @ q_row.astype(np.float64) / math.sqrt(q_row.shape[-1])
+    p = np.exp(scores - scores.max())
+    return (p / p.sum()) @ values.astype(np.float64)
+
+
+@pytest.mark.parametrize("length,context", [(1, 4), (5, 10), (12, 4), (300, 250), (600, 250)])
+def test_windowed_attention_matches_naive_loops(length, context):
+    q, k, v = randn(1, 2, length, 8), randn(1, 2, length, 8), randn(1, 2, length, 8)
+    out = windowed_causal_attention(q, k, v, context)
+    # every query for short inputs; for long ones a sample across block edges and the window edge
+    queries = range(length) if length < 100 else (0, 1, 249, 250, 255, 256, 257, 299, length - 1)
+    for i in queries:
+        window = slice(max(0, i - context + 1), i + 1)
+        for h in range(2):
+            close(out[0, h, i], naive_attention_row(q[0, h, i], k[0, h, window], v[0, h, window]))
+
+
+def test_attention_never_looks_ahead_or_past_the_window():
+    q, k, v = randn(1, 1, 20, 4), randn(1, 1, 20, 4), randn(1, 1, 20, 4)
+    base = windowed_causal_attention(q, k, v, context=5)
+    k2, v2 = k.copy(), v.copy()
+    k2[:, :, 12:], v2[:, :, 12:] = 100, 100  # the future of step 11
+    k2[:, :, :7], v2[:, :, :7] = -100, -100  # outside the window of step 11
+    np.testing.assert_array_equal(windowed_causal_attention(q, k2, v2, context=5)[:, :, 11], base[:, :, 11])
+
+
+# ----------------------------------------------------------------------------- nearest code
+
+
+def test_codebook_distances_match_float64():
+    x, book = randn(20, 16), randn(300, 16)
+    expected = np.linalg.norm(x[:, None].astype(np.float64) - book[None].astype(np.float64), axis=-1)
+    np.testing.assert_allclose(codebook_distances(x, book), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_nearest_code_matches_brute_force():
+    x, book = randn(200, 16), randn(2048, 16)
+    d = np.linalg.norm(x[:, None].astype(np.float64) - book[None].astype(np.float64), axis=-1)
+    expected = d.argmin(axis=1)
+    ordered = np.sort(d, axis=1)
+    clear = (ordered[:, 1] - ordered[:, 0]) > 1e-4  # leave genuine float32 near-ties aside
+    assert clear.sum() > 150
+    np.testing.assert_array_equal(nearest_code(x, book)[clear], expected[clear])
+
+
+def test_nearest_code_takes_the_first_index_on_ties_and_handles_empty_input():
+    book = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
+    assert nearest_code(np.array([[2, 0]], np.float32), book)[0] == 0
+    assert nearest_code(np.zeros((0, 2), np.float32), book).shape == (0,)
