@@ -44,11 +44,37 @@ def read_audio(path: Path) -> Audio:
         raise InvalidAudioError(
             f"cannot read {path} as audio ({exc}); give a WAV, FLAC, OGG or MP3 file"
         ) from None
+    _check_wav_complete(path)
     if samples.shape[0] == 0:
         raise InvalidAudioError(f"{path} contains no audio samples")
     if not np.all(np.isfinite(samples)):
         raise InvalidAudioError(f"{path} contains NaN or Inf samples")
     return Audio(samples, rate)
+
+
+def _check_wav_complete(path: Path) -> None:
+    """Refuse a WAV file whose data chunk is cut short.
+
+    libsndfile silently reads whatever part of a truncated WAV is there; we
+    compare the size the ``data`` chunk announces with the bytes present.
+    Sizes 0 and 0xFFFFFFFF mean "unknown" (written by streaming tools) and pass.
+    """
+    with open(path, "rb") as f:
+        if f.read(12)[:4] != b"RIFF":
+            return
+        file_size = path.stat().st_size
+        while True:
+            header = f.read(8)
+            if len(header) < 8:
+                return
+            chunk_id, size = header[:4], int.from_bytes(header[4:], "little")
+            if chunk_id == b"data":
+                present = file_size - f.tell()
+                if size not in (0, 0xFFFFFFFF) and size > present:
+                    raise InvalidAudioError(f"{path} is truncated: its header announces {size} bytes of audio, "
+                                            f"the file holds {present}; re-copy or re-export it")
+                return
+            f.seek(size + (size & 1), 1)  # chunks are padded to an even size
 
 
 def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

@@ -95,7 +95,7 @@ def _main(
 @app.command()
 def encode(
     input: Annotated[Path, typer.Argument(help="Audio file (WAV, FLAC, OGG, MP3; any rate, any channels).",
-                                          show_default=False)],
+                                          metavar="INPUT", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Codes file. Default: INPUT with .npz.",
                                                    show_default=False)] = None,
     codebooks: CodebooksOption = DEFAULT_NUM_CODEBOOKS,
@@ -126,8 +126,9 @@ def encode(
 
 @app.command()
 def decode(
-    input: Annotated[Path, typer.Argument(help="Codes file written by `mimi encode`.", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Audio file. Default: INPUT with .decoded.wav.",
+    input: Annotated[Path, typer.Argument(help="Codes file written by `mimi encode`.", metavar="CODES",
+                                          show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Audio file. Default: CODES with .decoded.wav.",
                                                    show_default=False)] = None,
     sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", min=1,
                                                        help="Output rate. Default: the codec's 24000 Hz.",
@@ -164,7 +165,8 @@ def decode(
 
 @app.command()
 def roundtrip(
-    input: Annotated[Path, typer.Argument(help="Audio file to encode and decode.", show_default=False)],
+    input: Annotated[Path, typer.Argument(help="Audio file to encode and decode.", metavar="INPUT",
+                                          show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the decoded audio here.",
                                                    show_default=False)] = None,
     codebooks: CodebooksOption = DEFAULT_NUM_CODEBOOKS,
@@ -233,4 +235,4 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def main() -> None:
-    app()
+    app(prog_name="mimi")

@@ -76,6 +76,12 @@ class CodesFile:
             raise InvalidCodesError(f"{path} does not exist")
         if path.is_dir():
             raise InvalidCodesError(f"{path} is a directory; give a .npz codes file")
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            raise InvalidCodesError(f"{path} is a .npy array, not a codes file (.npz written by mimi encode)")
+        if not magic.startswith(b"PK"):
+            raise InvalidCodesError(f"{path} is not a codes file (expected the .npz archive written by mimi encode)")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 missing = [key for key in KEYS if key not in npz.files]
@@ -84,13 +90,11 @@ class CodesFile:
                 arrays = {key: npz[key] for key in KEYS}
         except InvalidCodesError:
             raise
-        except AttributeError:  # np.load returned a plain array: a .npy file
-            raise InvalidCodesError(f"{path} is a .npy array, not a codes file (.npz written by mimi encode)") from None
         except ValueError as exc:
-            if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            if "allow_pickle" in str(exc):
                 raise InvalidCodesError(f"{path} contains pickled objects, which are never loaded; "
                                         "write codes as plain arrays") from None
-            raise InvalidCodesError(f"{path} is not a codes file ({exc})") from None
+            raise InvalidCodesError(f"{path} is not a readable codes file ({exc})") from None
         except (OSError, EOFError, zipfile.BadZipFile) as exc:
             raise InvalidCodesError(f"{path} is not a readable codes file ({exc})") from None
         return cls._validated(path, arrays, config)

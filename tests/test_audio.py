@@ -1,0 +1,77 @@
+"""Audio reading, downmixing, resampling and writing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import SAMPLE_AUDIO, SHARED
+from mimi_cli.audio import Audio, read_audio, resample, to_mono, write_audio
+from mimi_cli.errors import InvalidAudioError
+
+
+def sine(freq: float, rate: int, seconds: float) -> np.ndarray:
+    return (0.5 * np.sin(2 * np.pi * freq * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
+
+
+def dominant_frequency(x: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spectrum) * rate / len(x))
+
+
+@pytest.mark.parametrize("name,rate,channels", [
+    ("speech_16k_mono.wav", 16000, 1), ("speech_44k_stereo.wav", 44100, 2), ("music_24k.flac", 24000, 1)])
+def test_sample_audio_reads(name, rate, channels):
+    audio = read_audio(SAMPLE_AUDIO / name)
+    assert (audio.sample_rate, audio.channels) == (rate, channels)
+    assert audio.duration > 3 and audio.samples.dtype == np.float32
+    assert 0.01 < np.sqrt(np.mean(audio.samples**2)) < 0.5
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100, 48000])
+def test_resampling_keeps_pitch_and_duration(rate):
+    x = sine(440.0, rate, 2.0)
+    y = resample(x, rate, 24000)
+    assert len(y) == 48000 and y.dtype == np.float32
+    assert abs(dominant_frequency(y[2000:-2000], 24000) - 440.0) < 2
+    assert abs(np.sqrt(np.mean(y[2000:-2000] ** 2)) - 0.5 / np.sqrt(2)) < 0.01
+
+
+def test_downmix_is_the_channel_mean():
+    left, right = sine(300, 24000, 0.5), sine(500, 24000, 0.5)
+    mono = to_mono(Audio(np.stack([left, right], axis=1), 24000), 24000)
+    np.testing.assert_allclose(mono, (left + right) / 2, atol=1e-7)
+
+
+def test_write_clips_and_reports(tmp_path):
+    x = np.array([0.0, 0.5, 1.5, -2.0], np.float32)
+    path = tmp_path / "o.wav"
+    assert write_audio(path, x, 24000) == 2
+    back, rate = sf.read(path, dtype="float32")
+    assert rate == 24000 and back.max() <= 1 and back.min() >= -1 and abs(back[1] - 0.5) < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.wav"]
+
+
+def test_write_refuses_unknown_extension(tmp_path):
+    with pytest.raises(InvalidAudioError, match=".xyz"):
+        write_audio(tmp_path / "o.xyz", np.zeros(10, np.float32), 24000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reads_mp3_and_ogg(tmp_path):
+    x = sine(440, 24000, 1.0)
+    for fmt in ("OGG", "MP3"):
+        if fmt not in sf.available_formats():
+            continue
+        path = tmp_path / f"a.{fmt.lower()}"
+        sf.write(path, x, 24000, format=fmt)
+        audio = read_audio(path)
+        assert abs(audio.duration - 1.0) < 0.1 and abs(dominant_frequency(audio.samples[:, 0], 24000) - 440) < 3
+
+
+@pytest.mark.skipif(not (SHARED / "audio").is_dir(), reason="../shared/audio is not present")
+def test_shared_speech_clips_read():
+    for path in sorted((SHARED / "audio").glob("*.wav")):
+        audio = read_audio(path)
+        assert audio.sample_rate == 16000 and audio.channels == 1 and audio.duration > 1

@@ -1,0 +1,169 @@
+"""Every bad input gets one line saying what is wrong, a non-zero exit, no traceback, no output file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from test_cli import run
+
+
+def assert_clean_failure(result, workdir: Path, before: set[str], *expected: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert {p.name for p in workdir.iterdir()} == before, "an output or temporary file was left behind"
+
+
+def encode_fails(tmp_path: Path, target: Path, *expected: str, weights: Path | None = None) -> None:
+    before = {p.name for p in tmp_path.iterdir()}
+    result = run("encode", target, "-o", tmp_path / "out.npz", weights=weights or tmp_path / "unused")
+    assert_clean_failure(result, tmp_path, before, *expected)
+
+
+def write_wav(path: Path, samples: np.ndarray, subtype: str = "PCM_16") -> Path:
+    sf.write(path, samples, 24000, subtype=subtype)
+    return path
+
+
+# ----------------------------------------------------------------------------- audio inputs
+
+
+def test_missing_path(tmp_path):
+    encode_fails(tmp_path, tmp_path / "nowhere.wav", "nowhere.wav does not exist")
+
+
+def test_directory(tmp_path):
+    (tmp_path / "folder.wav").mkdir()
+    encode_fails(tmp_path, tmp_path / "folder.wav", "is a directory")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    encode_fails(tmp_path, tmp_path / "empty.wav", "is empty (0 bytes)")
+
+
+def test_truncated_wav(tmp_path):
+    path = write_wav(tmp_path / "cut.wav", np.zeros(24000, np.float32))
+    path.write_bytes(path.read_bytes()[:20000])
+    encode_fails(tmp_path, path, "is truncated")
+
+
+def test_truncated_flac(tmp_path):
+    path = tmp_path / "cut.flac"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 48000), 24000)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    encode_fails(tmp_path, path, "cannot read", "as audio")
+
+
+def test_corrupt_header(tmp_path):
+    path = write_wav(tmp_path / "bad.wav", np.zeros(2400, np.float32))
+    data = bytearray(path.read_bytes())
+    data[12:36] = b"\xff" * 24  # the fmt chunk
+    path.write_bytes(bytes(data))
+    encode_fails(tmp_path, path, "cannot read", "as audio")
+
+
+def test_text_file_named_wav(tmp_path):
+    (tmp_path / "notes.wav").write_text("this is not audio\n")
+    encode_fails(tmp_path, tmp_path / "notes.wav", "cannot read", "WAV, FLAC, OGG or MP3")
+
+
+def test_zero_length_audio(tmp_path):
+    path = write_wav(tmp_path / "zero.wav", np.zeros(0, np.float32))
+    encode_fails(tmp_path, path, "contains no audio samples")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples(tmp_path, bad):
+    samples = np.zeros(4800, np.float32)
+    samples[100] = bad
+    path = write_wav(tmp_path / "nan.wav", samples, subtype="FLOAT")
+    encode_fails(tmp_path, path, "NaN or Inf")
+
+
+# ----------------------------------------------------------------------------- codes files
+
+
+def valid_codes_arrays() -> dict[str, np.ndarray]:
+    return {"codes": np.zeros((1, 8, 3), np.uint16), "format_version": np.array(1), "sample_rate": np.array(24000),
+            "frame_rate": np.array(12.5), "codebook_size": np.array(2048), "num_samples": np.array(5000),
+            "source_sample_rate": np.array(24000), "source_channels": np.array(1),
+            "weights_id": np.array("sha256:0000000000000000")}
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"codes": np.full((1, 8, 3), 2048, np.uint16)}, "must be below 2048"),
+    ({"codes": np.zeros((1, 8, 3), np.int64)}, "codes must be uint16, got int64"),
+    ({"num_samples": None}, "missing num_samples"),
+    ({"format_version": np.array(99)}, "format_version 99 is not supported"),
+    ({"weights_id": np.array([object()], dtype=object)}, "pickled objects"),
+    ({"codes": np.zeros((1, 40, 3), np.uint16)}, "40 codebooks"),
+])
+def test_bad_codes_file(tmp_path, change, expected):
+    arrays = valid_codes_arrays()
+    for key, value in change.items():
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    np.savez(tmp_path / "codes.npz", **arrays)
+    before = {p.name for p in tmp_path.iterdir()}
+    result = run("decode", tmp_path / "codes.npz", "-o", tmp_path / "out.wav", weights=tmp_path / "unused")
+    assert_clean_failure(result, tmp_path, before, expected)
+
+
+def test_text_file_as_codes(tmp_path):
+    (tmp_path / "codes.npz").write_text("hello")
+    before = {p.name for p in tmp_path.iterdir()}
+    assert_clean_failure(run("decode", tmp_path / "codes.npz"), tmp_path, before, "is not a codes file")
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+@pytest.fixture
+def short_clip(tmp_path) -> Path:
+    return write_wav(tmp_path / "clip.wav", 0.1 * np.sin(np.arange(4800, dtype=np.float32) / 10))
+
+
+def test_weights_with_a_missing_tensor(tmp_path, full_state, short_clip):
+    from safetensors.numpy import save_file
+
+    state = dict(full_state)
+    del state["decoder.model.14.conv.conv.bias"]
+    save_file(state, str(tmp_path / "w.safetensors"))
+    encode_fails(tmp_path, short_clip, "1 missing: decoder.model.14.conv.conv.bias", weights=tmp_path / "w.safetensors")
+
+
+def test_truncated_weights(tmp_path, weights_file, short_clip):
+    with open(weights_file, "rb") as f:
+        (tmp_path / "w.safetensors").write_bytes(f.read(10_000_000))
+    encode_fails(tmp_path, short_clip, "cannot read weights", "complete .safetensors", weights=tmp_path / "w.safetensors")
+
+
+def test_weights_that_are_not_safetensors(tmp_path, short_clip):
+    (tmp_path / "w.safetensors").write_text("{}")
+    encode_fails(tmp_path, short_clip, "cannot read weights", weights=tmp_path / "w.safetensors")
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_output_folder_missing(tmp_path, short_clip):
+    before = {p.name for p in tmp_path.iterdir()}
+    result = run("encode", short_clip, "-o", tmp_path / "no" / "such" / "dir.npz")
+    assert_clean_failure(result, tmp_path, before, "does not exist")
+
+
+def test_unwritable_audio_extension(tmp_path):
+    np.savez(tmp_path / "codes.npz", **valid_codes_arrays())
+    before = {p.name for p in tmp_path.iterdir()}
+    result = run("decode", tmp_path / "codes.npz", "-o", tmp_path / "out.xyz")
+    assert_clean_failure(result, tmp_path, before, "cannot write audio as .xyz")

@@ -1,0 +1,138 @@
+"""The `mimi` command as a user runs it: real processes, real files, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import SAMPLE_AUDIO
+from mimi_cli.weights import weights_id
+
+
+def run(*args, weights: Path | None = None, env_extra: dict | None = None, cwd: Path | None = None):
+    env = {k: v for k, v in os.environ.items() if k != "MIMI_WEIGHTS"}
+    env.update(HF_HUB_OFFLINE="1", COLUMNS="200", **(env_extra or {}))
+    if weights is not None:
+        env["MIMI_WEIGHTS"] = str(weights)
+    return subprocess.run([sys.executable, "-m", "mimi_cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """2.5 s of the sample speech at its own 16 kHz."""
+    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    path = tmp_path_factory.mktemp("clip") / "speech.wav"
+    sf.write(path, pcm[: int(2.5 * rate)], rate, subtype="PCM_16")
+    return path
+
+
+def test_encode_then_decode(tmp_path, clip, weights_file, full_model):
+    src = tmp_path / clip.name
+    src.write_bytes(clip.read_bytes())
+    encoded = run("encode", src, weights=weights_file)
+    assert encoded.returncode == 0, encoded.stderr
+    codes_path = tmp_path / "speech.npz"
+    assert "2.50 s → 32 frames × 8 codebooks (1.10 kbps)" in encoded.stderr
+    assert "resampled from 16000 Hz to 24000 Hz" in encoded.stderr
+    with np.load(codes_path, allow_pickle=False) as npz:
+        codes = npz["codes"]
+        assert codes.shape == (1, 8, 32) and codes.dtype == np.uint16
+        assert int(npz["num_samples"]) == 60000 and int(npz["source_sample_rate"]) == 16000
+        assert str(npz["weights_id"]) == weights_id(weights_file)
+    # the CLI's codes are the library's codes for the same (resampled) audio
+    from mimi_cli.audio import read_audio, to_mono
+
+    expected = full_model.encode(to_mono(read_audio(src), 24000))
+    np.testing.assert_array_equal(codes[0], expected)
+
+    decoded = run("decode", codes_path, weights=weights_file)
+    assert decoded.returncode == 0, decoded.stderr
+    audio, rate = sf.read(tmp_path / "speech.decoded.wav", dtype="float32")
+    assert rate == 24000 and len(audio) == 60000  # trimmed to the original length
+    reference = full_model.decode(codes[0].astype(np.int64))[:60000]
+    np.testing.assert_allclose(audio, np.clip(reference, -1, 1), atol=1 / 32768 + 1e-6)  # 16-bit WAV
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["speech.decoded.wav", "speech.npz", "speech.wav"]
+
+
+def test_stereo_44k_and_32_codebooks(tmp_path, weights_file):
+    out = tmp_path / "codes.npz"
+    result = run("encode", SAMPLE_AUDIO / "speech_44k_stereo.wav", "-o", out, "-n", "32", "--threads", "1",
+                 weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert "2 channels downmixed to mono" in result.stderr and "from 44100 Hz" in result.stderr
+    assert "× 32 codebooks (4.40 kbps)" in result.stderr
+    with np.load(out) as npz:
+        assert npz["codes"].shape[1] == 32 and int(npz["source_channels"]) == 2
+
+
+def test_decode_at_another_rate_and_weights_mismatch_warning(tmp_path, clip, weights_file):
+    codes_path = tmp_path / "c.npz"
+    assert run("encode", clip, "-o", codes_path, "-n", "2", weights=weights_file).returncode == 0
+    with np.load(codes_path) as npz:
+        arrays = dict(npz)
+    arrays["weights_id"] = np.array("sha256:ffffffffffffffff")
+    np.savez(codes_path, **arrays)
+    result = run("decode", codes_path, "-o", tmp_path / "o.flac", "--sample-rate", "16000", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert "warning: " in result.stderr and "sha256:ffffffffffffffff" in result.stderr
+    audio, rate = sf.read(tmp_path / "o.flac")
+    assert rate == 16000 and len(audio) == 40000
+
+
+def test_roundtrip_table_and_json(tmp_path, clip, weights_file):
+    table = run("roundtrip", clip, "-o", tmp_path / "rt.wav", weights=weights_file)
+    assert table.returncode == 0, table.stderr
+    for row in ("bitrate", "1.10 kbps", "SI-SDR", "log-mel distance", "encode real-time factor",
+                "decode real-time factor"):
+        assert row in table.stdout
+    assert sf.info(tmp_path / "rt.wav").frames == 60000
+    as_json = run("roundtrip", clip, "--json", "-n", "4", weights=weights_file)
+    metrics = json.loads(as_json.stdout)
+    assert metrics["codebooks"] == 4 and metrics["bitrate_kbps"] == 0.55 and metrics["frames"] == 32
+    assert {"si_sdr_db", "log_mel_distance", "encode_rtf", "decode_rtf"} <= metrics.keys()
+
+
+def test_existing_output_needs_force(tmp_path, clip, weights_file):
+    out = tmp_path / "c.npz"
+    out.write_bytes(b"precious")
+    refused = run("encode", clip, "-o", out, weights=weights_file)
+    assert refused.returncode == 1 and "already exists; pass -f/--force" in refused.stderr
+    assert out.read_bytes() == b"precious"
+    forced = run("encode", clip, "-o", out, "-f", weights=weights_file)
+    assert forced.returncode == 0 and out.read_bytes()[:2] == b"PK"
+
+
+def test_weights_resolution_order(tmp_path, clip, weights_file):
+    # --weights beats $MIMI_WEIGHTS
+    missing = tmp_path / "absent.safetensors"
+    result = run("encode", clip, "-o", tmp_path / "a.npz", "--weights", weights_file, weights=missing)
+    assert result.returncode == 0, result.stderr
+    result = run("encode", clip, "-o", tmp_path / "b.npz", weights=missing)
+    assert result.returncode == 1 and "absent.safetensors (from $MIMI_WEIGHTS) does not exist" in result.stderr
+    # nothing given, offline, empty cache: says how to get weights
+    result = run("encode", clip, "-o", tmp_path / "c.npz", env_extra={"HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 1
+    assert "no Mimi weights available" in result.stderr and "--weights" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c.npz").exists()
+
+
+def test_version_and_help():
+    assert run("--version").stdout.startswith("mimi-cli ")
+    help_text = run("--help").stdout
+    for command in ("encode", "decode", "roundtrip"):
+        assert command in help_text
+    assert "--codebooks" in run("encode", "--help").stdout
+
+
+def test_codebooks_out_of_range_is_a_usage_error(clip):
+    result = run("encode", clip, "-n", "33")
+    assert result.returncode == 2 and "--codebooks" in result.stderr and "32" in result.stderr

@@ -1,0 +1,109 @@
+"""The .npz codes file: round trip, pickle-freedom and validation of every field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mimi_cli.codes import FORMAT_VERSION, KEYS, CodesFile
+from mimi_cli.errors import InvalidCodesError
+from mimi_cli.models.mimi import MimiConfig
+
+CONFIG = MimiConfig()
+
+
+def make(frames: int = 5, levels: int = 8) -> CodesFile:
+    codes = np.random.default_rng(0).integers(0, 2048, (levels, frames))
+    return CodesFile.from_codes(codes, CONFIG, num_samples=frames * 1920 - 100, source_sample_rate=16000,
+                                source_channels=2, weights_id="sha256:0123456789abcdef")
+
+
+def test_round_trip_and_documented_layout(tmp_path):
+    path = tmp_path / "c.npz"
+    original = make()
+    original.save(path)
+    with np.load(path, allow_pickle=False) as raw:  # plain arrays, nothing pickled
+        assert set(raw.files) == set(KEYS)
+        assert raw["codes"].dtype == np.uint16 and raw["codes"].shape == (1, 8, 5)
+        assert int(raw["format_version"]) == FORMAT_VERSION == 1
+        assert (int(raw["sample_rate"]), float(raw["frame_rate"]), int(raw["codebook_size"])) == (24000, 12.5, 2048)
+        assert str(raw["weights_id"]) == "sha256:0123456789abcdef"
+    loaded = CodesFile.load(path, CONFIG)
+    np.testing.assert_array_equal(loaded.codes, original.codes)
+    assert (loaded.num_samples, loaded.source_sample_rate, loaded.source_channels) == (5 * 1920 - 100, 16000, 2)
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def rewrite(tmp_path, **changes) -> np.lib.npyio.NpzFile:
+    """Save a valid file, then rewrite it with some keys changed (None removes a key)."""
+    arrays = {key: np.asarray(getattr(make(), key)) for key in KEYS}
+    for key, value in changes.items():
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"codes": np.full((1, 8, 5), 2048, np.uint16)}, "codes contain 2048, but codes must be below 2048"),
+    ({"codes": np.zeros((1, 8, 5), np.int32)}, "codes must be uint16, got int32"),
+    ({"codes": np.zeros((1, 8, 5), np.float32)}, "codes must be uint16"),
+    ({"codes": np.zeros((8, 5), np.uint16)}, "shape [1, K, frames]"),
+    ({"codes": np.zeros((2, 8, 5), np.uint16)}, "shape [1, K, frames]"),
+    ({"codes": np.zeros((1, 33, 5), np.uint16)}, "33 codebooks; expected 1..32"),
+    ({"codes": np.zeros((1, 0, 5), np.uint16)}, "0 codebooks"),
+    ({"num_samples": None}, "missing num_samples"),
+    ({"codes": None, "weights_id": None}, "missing codes, weights_id"),
+    ({"format_version": np.array(2)}, "format_version 2 is not supported"),
+    ({"format_version": np.array(1.0)}, "format_version must be an integer"),
+    ({"codebook_size": np.array(1024)}, "codebook_size is 1024, but this model uses 2048"),
+    ({"sample_rate": np.array(16000)}, "sample_rate is 16000"),
+    ({"frame_rate": np.array(25.0)}, "frame_rate is 25.0"),
+    ({"num_samples": np.array(5 * 1920 + 1)}, "does not fit 5 frames"),
+    ({"num_samples": np.array(4 * 1920)}, "does not fit 5 frames"),
+    ({"weights_id": np.array(7)}, "weights_id must be a string"),
+    ({"sample_rate": np.array([24000, 1])}, "single value"),
+])
+def test_invalid_fields_are_named(tmp_path, changes, message):
+    with pytest.raises(InvalidCodesError) as info:
+        CodesFile.load(rewrite(tmp_path, **changes), CONFIG)
+    assert message in str(info.value)
+
+
+def test_object_arrays_are_never_unpickled(tmp_path):
+    path = rewrite(tmp_path, weights_id=np.array({"evil": "payload"}, dtype=object))
+    with pytest.raises(InvalidCodesError, match="pickled objects"):
+        CodesFile.load(path, CONFIG)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "not a"),
+    (b"just some text\n", "not a"),
+    (b"PK\x03\x04truncated zip", "not a"),
+])
+def test_files_that_are_not_codes_files(tmp_path, content, message):
+    path = tmp_path / "x.npz"
+    path.write_bytes(content)
+    with pytest.raises(InvalidCodesError, match=message):
+        CodesFile.load(path, CONFIG)
+
+
+def test_truncated_codes_file(tmp_path):
+    path = tmp_path / "c.npz"
+    make(frames=400).save(path)
+    path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises(InvalidCodesError):
+        CodesFile.load(path, CONFIG)
+
+
+def test_npy_file_and_missing_file(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    with pytest.raises(InvalidCodesError, match=".npy array"):
+        CodesFile.load(tmp_path / "a.npy", CONFIG)
+    with pytest.raises(InvalidCodesError, match="does not exist"):
+        CodesFile.load(tmp_path / "nope.npz", CONFIG)
+    with pytest.raises(InvalidCodesError, match="is a directory"):
+        CodesFile.load(tmp_path, CONFIG)

@@ -1,0 +1,161 @@
+"""Model behaviour on a small config: shapes, causality, batching, loading and input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SMALL
+from mimi_cli.errors import InvalidAudioError, InvalidCodesError, WeightsError
+from mimi_cli.models.mimi import Mimi, MimiConfig
+from mimi_cli.models.mimi.synthetic import random_state
+
+FRAME = SMALL.frame_size
+rng = np.random.default_rng(7)
+
+
+def audio(num_samples: int, batch: int | None = None) -> np.ndarray:
+    shape = (num_samples,) if batch is None else (batch, num_samples)
+    return (0.2 * rng.standard_normal(shape)).astype(np.float32)
+
+
+def test_released_config_facts():
+    c = MimiConfig()
+    assert (c.frame_size, c.hop_length, c.downsample_stride) == (1920, 960, 2)
+    assert c.bitrate(8) == 1100.0 and c.bitrate(32) == 4400.0
+    assert len(list(Mimi(c).named_shapes())) == 318
+
+
+@pytest.mark.parametrize("num_samples,frames", [(1, 1), (FRAME - 1, 1), (FRAME, 1), (FRAME + 1, 2), (5 * FRAME, 5)])
+def test_shapes_and_padding(small_model, num_samples, frames):
+    codes = small_model.encode(audio(num_samples), num_codebooks=4)
+    assert codes.shape == (4, frames) and codes.dtype == np.int64
+    assert codes.min() >= 0 and codes.max() < SMALL.codebook_size
+    assert small_model.decode(codes).shape == (frames * FRAME,)
+
+
+def test_zero_length_audio_gives_zero_frames(small_model):
+    codes = small_model.encode(np.zeros(0, np.float32), num_codebooks=3)
+    assert codes.shape == (3, 0)
+    assert small_model.decode(codes).shape == (0,)
+
+
+def test_encode_pads_the_tail_with_zeros(small_model):
+    x = audio(3 * FRAME + FRAME // 3)
+    padded = np.concatenate([x, np.zeros(FRAME - FRAME // 3, np.float32)])
+    np.testing.assert_array_equal(small_model.encode(x, 6), small_model.encode(padded, 6))
+
+
+def test_encoder_is_causal(small_model):
+    """Appending audio never changes the codes of frames already complete."""
+    x = audio(12 * FRAME)
+    whole = small_model.encode_latent(x)
+    for cut in (1, 5, 9):
+        part = small_model.encode_latent(x[: cut * FRAME])
+        np.testing.assert_allclose(part, whole[:, :, :cut], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(small_model.encode(x[: cut * FRAME], 6), small_model.encode(x, 6)[:, :cut])
+
+
+def test_decoder_is_causal(small_model):
+    codes = small_model.encode(audio(10 * FRAME), 6)
+    whole = small_model.decode(codes)
+    for cut in (1, 4, 7):
+        np.testing.assert_allclose(small_model.decode(codes[:, :cut]), whole[: cut * FRAME], rtol=1e-4, atol=1e-5)
+
+
+def test_attention_window_limits_memory(small_model):
+    """Beyond the window, the distant past no longer matters to the transformer."""
+    x = np.random.default_rng(1).standard_normal((1, 32, SMALL.context * 4)).astype(np.float32)
+    y = small_model.encoder_transformer(x)
+    x2 = x.copy()
+    x2[:, :, :10] += np.random.default_rng(2).standard_normal((1, 32, 10)).astype(np.float32)  # only steps 0..9
+    y2 = small_model.encoder_transformer(x2)
+    assert not np.allclose(y[:, :, 10], y2[:, :, 10])
+    # the receptive field grows by (context - 1) per layer
+    reach = 10 + SMALL.num_layers * (SMALL.context - 1)
+    np.testing.assert_array_equal(y[:, :, reach:], y2[:, :, reach:])
+
+
+def test_batch_equals_one_by_one(small_model):
+    x = audio(4 * FRAME, batch=3)
+    batch_codes = small_model.encode(x, 6)
+    assert batch_codes.shape == (3, 6, 4)
+    for i in range(3):
+        np.testing.assert_array_equal(batch_codes[i], small_model.encode(x[i], 6))
+    decoded = small_model.decode(batch_codes)
+    assert decoded.shape == (3, 4 * FRAME)
+    np.testing.assert_allclose(decoded[1], small_model.decode(batch_codes[1]), rtol=1e-5, atol=1e-6)
+
+
+def test_fewer_codebooks_are_a_prefix(small_model):
+    x = audio(6 * FRAME)
+    np.testing.assert_array_equal(small_model.encode(x, 2), small_model.encode(x, 6)[:2])
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_every_weight_problem_is_listed_at_once():
+    state = random_state(SMALL)
+    del state["encoder.model.0.conv.conv.bias"]
+    del state["quantizer.rvq_rest.vq.layers.2._codebook.embedding_sum"]
+    state["encoder.model.99.conv.conv.weight"] = np.zeros(3, np.float32)
+    state["downsample.conv.conv.conv.weight"] = np.zeros((1, 2, 3), np.float32)
+    with pytest.raises(WeightsError) as info:
+        Mimi.from_state_dict(state, SMALL)
+    message = str(info.value)
+    for expected in ("2 missing", "encoder.model.0.conv.conv.bias", "layers.2._codebook.embedding_sum",
+                     "1 unexpected", "encoder.model.99", "1 wrong shape", "downsample.conv.conv.conv.weight (1, 2, 3)"):
+        assert expected in message
+
+
+def test_from_file_accepts_moshi_state_dict_names(tmp_path, small_model):
+    from safetensors.numpy import save_file
+
+    state = random_state(SMALL)
+    renamed = {k.replace("self_attn.in_proj_weight", "self_attn.in_projs.0.weight")
+                .replace("self_attn.out_proj.weight", "self_attn.out_projs.0.weight"): v for k, v in state.items()}
+    assert renamed.keys() != state.keys()
+    save_file(renamed, str(tmp_path / "moshi.safetensors"))
+    model = Mimi.from_file(tmp_path / "moshi.safetensors", SMALL)
+    x = audio(3 * FRAME)
+    np.testing.assert_array_equal(model.encode(x, 6), small_model.encode(x, 6))
+
+
+def test_codebooks_are_computed_from_sum_and_usage(small_model):
+    book = small_model.quantizer.acoustic.codebooks[0]
+    expected = book.params["embedding_sum"] / np.maximum(book.params["cluster_usage"], np.float32(1e-5))[:, None]
+    np.testing.assert_array_equal(book.embedding, expected)
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+@pytest.mark.parametrize("pcm,match", [
+    (np.zeros(100, np.int16), "floating point"),
+    (np.zeros((1, 1, 100), np.float32), "shape"),
+    (np.array([0.1, np.nan], np.float32), "NaN"),
+    (np.array([0.1, np.inf], np.float32), "NaN or Inf"),
+])
+def test_bad_audio_is_refused(small_model, pcm, match):
+    with pytest.raises(InvalidAudioError, match=match):
+        small_model.encode(pcm, num_codebooks=2)
+
+
+def test_codebook_count_is_checked(small_model):
+    with pytest.raises(ValueError, match="num_codebooks"):
+        small_model.encode(audio(FRAME), num_codebooks=SMALL.num_codebooks + 1)
+    with pytest.raises(ValueError, match="num_codebooks"):
+        small_model.encode(audio(FRAME), num_codebooks=0)
+
+
+@pytest.mark.parametrize("codes,match", [
+    (np.full((2, 3), 64), "codes must be in 0..63"),
+    (np.full((2, 3), -1), "codes must be in"),
+    (np.zeros((7, 3), np.int64), "7 levels"),
+    (np.zeros((2, 3), np.float32), "integers"),
+    (np.zeros(3, np.int64), "shape"),
+])
+def test_bad_codes_are_refused(small_model, codes, match):
+    with pytest.raises(InvalidCodesError, match=match):
+        small_model.decode(codes)
