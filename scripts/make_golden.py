@@ -1,5 +1,9 @@
 """Run Kyutai's PyTorch reference on realistic random weights and write tests/golden/*.npz.
 
+Batch cases (``encode``/``decode`` on whole inputs) and streaming cases
+(``stream_*``: ``with model.streaming(1):``, one 1920-sample frame per encode
+call, one code frame per decode call).
+
 Needs a separate virtual environment with the reference (never a dependency of mimi-cli):
 
     python -m venv /tmp/ref && . /tmp/ref/bin/activate
@@ -54,6 +58,40 @@ def cases() -> dict[str, dict]:
     }
 
 
+def streaming_cases() -> dict[str, np.ndarray]:
+    """Inputs for moshi's streaming mode, whole frames only (it refuses partial ones)."""
+    music, rate = sf.read("sample_audio/music_24k.flac", dtype="float32")
+    assert rate == 24_000
+    long = np.concatenate([as_float(speech(690_000)), music])[: 400 * FRAME]
+    return {
+        "stream_1": speech(FRAME, start=20_000),
+        "stream_7": speech(7 * FRAME, start=50_000),
+        "stream_200": speech(200 * FRAME, start=0),  # 16 s: past the 10 s window
+        "stream_400": np.round(long * 32767).astype(np.int16),  # 32 s
+    }
+
+
+def run_streaming(model, pcm: np.ndarray, store_latent: bool) -> dict[str, np.ndarray]:
+    """Encode frame by frame, then decode the resulting codes frame by frame, as a voice app would."""
+    x = torch.from_numpy(as_float(pcm))[None, None]
+    frames = x.shape[-1] // FRAME
+    out = {}
+    with torch.no_grad():
+        model.set_num_codebooks(32)
+        with model.streaming(1):
+            codes = torch.cat([model.encode(x[..., i * FRAME : (i + 1) * FRAME]) for i in range(frames)], dim=-1)
+        out["codes32"] = codes[0].numpy().astype(np.uint16)
+        with model.streaming(1):
+            audio = [model.decode(codes[..., i : i + 1]) for i in range(frames)]
+        out["audio32"] = torch.cat(audio, dim=-1)[0, 0].numpy()
+        if store_latent:
+            with model.streaming(1):
+                latent = [model._encode_to_unquantized_latent(x[..., i * FRAME : (i + 1) * FRAME])
+                          for i in range(frames)]
+            out["latent"] = torch.cat(latent, dim=-1)[0].numpy()
+    return out
+
+
 def as_float(pcm: np.ndarray) -> np.ndarray:
     return pcm.astype(np.float32) / 32768 if pcm.dtype == np.int16 else pcm
 
@@ -96,6 +134,11 @@ def main() -> None:
                 out["audio8"] = model.decode(codes8)[0, 0].numpy()
         np.savez_compressed(GOLDEN / f"{name}.npz", **out)
         print(f"{name}: {len(pcm)} samples → {out['codes32'].shape[1]} frames")
+    for name, pcm in streaming_cases().items():
+        out = {"pcm": pcm, "rope_freqs": rope_freqs, **{k: np.array(v) for k, v in meta.items()},
+               **run_streaming(model, pcm, store_latent=name != "stream_400")}
+        np.savez_compressed(GOLDEN / f"{name}.npz", **out)
+        print(f"{name}: {len(pcm)} samples → {out['codes32'].shape[1]} frames (streaming)")
 
 
 if __name__ == "__main__":

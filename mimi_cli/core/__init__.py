@@ -4,12 +4,13 @@ Layout convention: sequences are ``[B, C, T]`` for convolutions and
 ``[B, T, C]`` (or ``[B, H, T, D]`` per head) for the transformer.
 """
 
-from mimi_cli.core.attention import apply_rope, rope_frequencies, windowed_causal_attention
+from mimi_cli.core.attention import KVCache, apply_rope, rope_frequencies, windowed_causal_attention
 from mimi_cli.core.conv import conv1d, conv_transpose1d, pad_left
 from mimi_cli.core.ops import elu, gelu, layer_norm, linear, softmax
 from mimi_cli.core.vq import codebook_distances, nearest_code
 
 __all__ = [
+    "KVCache",
     "apply_rope",
     "codebook_distances",
     "conv1d",

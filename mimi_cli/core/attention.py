@@ -80,3 +80,43 @@ def windowed_causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, conte
         allowed = (delta >= 0) & (delta < context)
         out[:, :, q0:q1] = masked_attention(q[:, :, q0:q1], k[:, :, k0:q1], v[:, :, k0:q1], allowed)
     return out
+
+
+class KVCache:
+    """Keys and values of the last ``context - 1`` steps of one attention layer, for streaming.
+
+    Each call attends new queries to the cached keys plus the new ones. The
+    window can shrink for some queries to reproduce a ring buffer that is
+    written before it is read: moshi's streaming attention writes all
+    ``steps_per_call`` new keys into a ring of ``context`` slots and then
+    attends, so the ``j``-th query of a call (0-based) sees only
+    ``context - (steps_per_call - 1 - j)`` keys once the ring is full::
+
+        ring of 250 slots, a call writes steps p, p+1 (p even):
+            query p    sees p-248 .. p      (249 keys: p-249 was just overwritten)
+            query p+1  sees p-248 .. p+1    (250 keys)
+
+    With ``steps_per_call=1`` every query sees exactly ``context`` keys, as in
+    batch mode. Because the rule is a mask on absolute positions, a cache fed
+    several frames at once gives the same result as one fed frame by frame.
+    """
+
+    def __init__(self, context: int, steps_per_call: int = 1):
+        self.context, self.steps_per_call = context, steps_per_call
+        self.keys: np.ndarray | None = None  # [B, H, ≤ context-1, D]
+        self.values: np.ndarray | None = None
+        self.positions = np.zeros(0, np.int64)
+
+    def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Attend ``q`` ``[B, H, T, D]`` (at ``positions`` ``[T]``) to the cache and the new ``k``, ``v``."""
+        if self.keys is not None:
+            k, v = np.concatenate([self.keys, k], axis=2), np.concatenate([self.values, v], axis=2)
+        key_positions = np.concatenate([self.positions, positions])
+        shrink = (self.steps_per_call - 1 - positions % self.steps_per_call) if self.steps_per_call > 1 else 0
+        window = self.context - shrink  # [T]
+        delta = positions[:, None] - key_positions[None, :]
+        out = masked_attention(q, k, v, (delta >= 0) & (delta < np.reshape(window, (-1, 1))))
+        start = max(0, k.shape[2] - (self.context - 1))  # keep the last context - 1 steps
+        self.keys, self.values = k[:, :, start:].copy(), v[:, :, start:].copy()
+        self.positions = key_positions[start:]
+        return out

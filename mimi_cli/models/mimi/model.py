@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.core import (
+    KVCache,
     apply_rope,
     conv1d,
     conv_transpose1d,
@@ -56,9 +57,35 @@ class Conv(Module):
             self.declare(self.bias_name, cout)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:  # [B, C, T] → [B, O, T/stride]
-        x = pad_left(x, self.padding, self.pad_mode)
+        return self.valid(pad_left(x, self.padding, self.pad_mode))
+
+    def valid(self, x: np.ndarray) -> np.ndarray:
+        """The convolution without padding: ``x`` already carries its left context."""
         bias = self.params[self.bias_name] if self.bias_name else None
         return conv1d(x, self.params[self.weight_name], bias, self.stride, self.dilation)
+
+    def streaming(self) -> ConvStream:
+        return ConvStream(self)
+
+
+class ConvStream:
+    """A causal conv fed piece by piece: it carries the last ``K_eff − stride`` input steps.
+
+    ``previous`` starts as zeros, or as copies of the first step for replicate
+    padding, exactly what the batch path prepends; so pieces whose lengths are
+    multiples of the stride give the batch result.
+    """
+
+    def __init__(self, conv: Conv):
+        self.conv = conv
+        self.previous: np.ndarray | None = None  # [B, C, K_eff − stride]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.previous is None:
+            self.previous = pad_left(x[:, :, :1], self.conv.padding, self.conv.pad_mode)[:, :, : self.conv.padding]
+        x = np.concatenate([self.previous, x], axis=2)
+        self.previous = x[:, :, x.shape[2] - self.conv.padding :].copy()
+        return self.conv.valid(x)
 
 
 class ConvTranspose(Module):
@@ -74,9 +101,44 @@ class ConvTranspose(Module):
             self.declare(self.bias_name, cout)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:  # [B, C, T] → [B, O, T·stride]
-        bias = self.params[self.bias_name] if self.bias_name else None
-        y = conv_transpose1d(x, self.params[self.weight_name], bias, self.stride, self.groups)
-        return y[:, :, : x.shape[-1] * self.stride]
+        return self.full(x)[:, :, : x.shape[-1] * self.stride]
+
+    def full(self, x: np.ndarray) -> np.ndarray:
+        """All ``(T-1)·stride + K`` output samples, bias included."""
+        return conv_transpose1d(x, self.params[self.weight_name], self.bias, self.stride, self.groups)
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self.params[self.bias_name] if self.bias_name else None
+
+    def streaming(self) -> ConvTransposeStream:
+        return ConvTransposeStream(self)
+
+
+class ConvTransposeStream:
+    """A transposed conv fed piece by piece.
+
+    The last ``K − stride`` samples of each piece's output still await the
+    next piece's contribution; they are carried (without the bias, which the
+    next piece adds again) and added to the start of the next output::
+
+        piece n:    [ emitted: T·S samples ][ partial: K−S ]
+        piece n+1:                          [ emitted ...
+    """
+
+    def __init__(self, convtr: ConvTranspose):
+        self.convtr = convtr
+        self.partial: np.ndarray | None = None  # [B, O, K − stride]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = self.convtr.full(x)
+        emitted = x.shape[2] * self.convtr.stride
+        if self.partial is not None:
+            y[:, :, : self.partial.shape[2]] += self.partial
+        self.partial = y[:, :, emitted:].copy()
+        if self.convtr.bias is not None:
+            self.partial -= self.convtr.bias[:, None]
+        return y[:, :, :emitted]
 
 
 # ----------------------------------------------------------------------------- SEANet
@@ -93,6 +155,10 @@ class ResidualBlock(Module):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return x + self.expand(elu(self.reduce(elu(x))))
 
+    def streaming(self) -> Callable[[np.ndarray], np.ndarray]:
+        reduce, expand = self.reduce.streaming(), self.expand.streaming()
+        return lambda x: x + expand(elu(reduce(elu(x))))
+
 
 class Sequential(Module):
     """Layers run in order; a layer's position is its checkpoint index (ELUs take a slot too)."""
@@ -105,9 +171,18 @@ class Sequential(Module):
                 self.add(str(index), layer)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        return _run(self.layers, x)
+
+    def streaming(self) -> Callable[[np.ndarray], np.ndarray]:
+        """A stateful copy of the chain: layers with state get a stream, the others (ELU) are shared."""
+        steps = [layer.streaming() if isinstance(layer, Module) else layer for layer in self.layers]
+        return lambda x: _run(steps, x)
+
+
+def _run(layers, x: np.ndarray) -> np.ndarray:
+    for layer in layers:
+        x = layer(x)
+    return x
 
 
 def _residual_blocks(width: int, c: MimiConfig) -> list[ResidualBlock]:
@@ -149,6 +224,9 @@ class SEANet(Module):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.model(x)
 
+    def streaming(self) -> Callable[[np.ndarray], np.ndarray]:
+        return self.model.streaming()
+
 
 # ----------------------------------------------------------------------------- transformer
 
@@ -171,14 +249,20 @@ class TransformerLayer(Module):
         self.declare("layer_scale_1.scale", d)
         self.declare("layer_scale_2.scale", d)
 
-    def __call__(self, x: np.ndarray, positions: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, positions: np.ndarray, freqs: np.ndarray,
+                 cache: KVCache | None = None) -> np.ndarray:
+        """``x`` ``[B, T, D]`` at absolute ``positions`` ``[T]``; with a ``cache``, earlier steps are attended too."""
         p, c = self.params, self.c
         batch, steps, d = x.shape
         h = layer_norm(x, p["norm1.weight"], p["norm1.bias"], c.norm_eps)
         qkv = linear(h, p["self_attn.in_proj_weight"])  # [B, T, 3D]
         q, k, v = qkv.reshape(batch, steps, 3, c.num_heads, c.head_dim).transpose(2, 0, 3, 1, 4)  # [B, H, T, Dh]
         q, k = apply_rope(q, positions, freqs), apply_rope(k, positions, freqs)
-        attended = windowed_causal_attention(q, k, np.ascontiguousarray(v), c.context)  # [B, H, T, Dh]
+        v = np.ascontiguousarray(v)
+        if cache is None:
+            attended = windowed_causal_attention(q, k, v, c.context)  # [B, H, T, Dh]
+        else:
+            attended = cache.attend(q, k, v, positions)
         attended = attended.transpose(0, 2, 1, 3).reshape(batch, steps, d)
         x = x + p["layer_scale_1.scale"] * linear(attended, p["self_attn.out_proj.weight"])
         h = layer_norm(x, p["norm2.weight"], p["norm2.bias"], c.norm_eps)
@@ -193,12 +277,31 @@ class Transformer(Module):
         self.layers = [self.add(f"transformer.layers.{i}", TransformerLayer(c)) for i in range(c.num_layers)]
         self.freqs = rope_frequencies(c.head_dim, c.max_period)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:  # [B, C, T] → [B, C, T]
+    def __call__(self, x: np.ndarray, start: int = 0, caches: list[KVCache] | None = None) -> np.ndarray:
+        """``[B, C, T]`` → ``[B, C, T]`` for steps ``start .. start+T-1``."""
         x = np.ascontiguousarray(x.transpose(0, 2, 1))  # [B, T, C]
-        positions = np.arange(x.shape[1], dtype=np.float32)
-        for layer in self.layers:
-            x = layer(x, positions, self.freqs)
+        positions = np.arange(start, start + x.shape[1])
+        for layer, cache in zip(self.layers, caches or [None] * len(self.layers)):
+            x = layer(x, positions, self.freqs, cache)
         return np.ascontiguousarray(x.transpose(0, 2, 1))
+
+    def streaming(self, steps_per_call: int) -> TransformerStream:
+        return TransformerStream(self, steps_per_call)
+
+
+class TransformerStream:
+    """A transformer fed a few steps at a time: one KV cache per layer and the running position."""
+
+    def __init__(self, transformer: Transformer, steps_per_call: int):
+        self.transformer = transformer
+        c = transformer.layers[0].c
+        self.caches = [KVCache(c.context, steps_per_call) for _ in transformer.layers]
+        self.position = 0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = self.transformer(x, self.position, self.caches)
+        self.position += x.shape[2]
+        return y
 
 
 # ----------------------------------------------------------------------------- quantizer
@@ -396,3 +499,18 @@ class Mimi(Module):
         squeeze = np.ndim(codes) == 2
         pcm = self.decode_latent(self.quantizer.decode(self.check_codes(codes)))
         return pcm[0] if squeeze else pcm
+
+    # -- streaming
+
+    def stream_encoder(self, batch_size: int = 1, num_codebooks: int = DEFAULT_NUM_CODEBOOKS,
+                       frames_per_step: int = 1):
+        """A :class:`~mimi_cli.models.mimi.streaming.StreamEncoder` over this model."""
+        from mimi_cli.models.mimi.streaming import StreamEncoder
+
+        return StreamEncoder(self, batch_size, num_codebooks, frames_per_step)
+
+    def stream_decoder(self, batch_size: int = 1, frames_per_step: int = 1):
+        """A :class:`~mimi_cli.models.mimi.streaming.StreamDecoder` over this model."""
+        from mimi_cli.models.mimi.streaming import StreamDecoder
+
+        return StreamDecoder(self, batch_size, frames_per_step)
