@@ -137,6 +137,7 @@ CONVTR_CASES = [
     (1, 3, 2, 1, 4, 2, 1, True),  # length 1
     (1, 3, 2, 0, 4, 2, 1, True),  # length 0
     (1, 2, 3, 6, 2, 3, 1, True),  # stride > kernel: gaps filled by the bias only
+    (2, 4, 3, 40, 8, 4, 1, True),  # long enough for the blocked path (short ones take the skinny one)
 ]
 
 
@@ -172,10 +173,14 @@ def test_layer_norm_matches_float64():
     close(layer_norm(x, g, b, 1e-5), expected)
 
 
-def test_elu_matches_definition_exactly_on_float32():
-    x = np.concatenate([randn(1000) * 5, np.array([0.0, -0.0, 1e-30, -1e-30, -80, 80], np.float32)])
-    expected = np.where(x > 0, x, np.expm1(x))
-    np.testing.assert_array_equal(elu(x), expected)
+def test_elu_matches_expm1_definition():
+    x = np.concatenate([randn(10000) * 5, -(10.0 ** -rng.uniform(1, 12, 1000)).astype(np.float32),
+                        np.array([0.0, -0.0, 1e-30, -1e-30, -80, 80], np.float32)])
+    expected = np.where(x > 0, x.astype(np.float64), np.expm1(x.astype(np.float64)))
+    y = elu(x)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y[x > 0], x[x > 0])  # the positive side is exact
+    assert np.abs(y - expected).max() <= 1.3e-7
 
 
 def test_gelu_matches_erf_form():
@@ -267,3 +272,31 @@ def test_nearest_code_takes_the_first_index_on_ties_and_handles_empty_input():
     book = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
     assert nearest_code(np.array([[2, 0]], np.float32), book)[0] == 0
     assert nearest_code(np.zeros((0, 2), np.float32), book).shape == (0,)
+
+
+def test_kv_cache_fed_in_uneven_pieces_equals_batch_attention():
+    """steps_per_call=1 is batch semantics; growing the ring mid-stream keeps every key."""
+    from mimi_cli.core import KVCache
+
+    q, k, v = randn(1, 2, 40, 8), randn(1, 2, 40, 8), randn(1, 2, 40, 8)
+    expected = windowed_causal_attention(q, k, v, context=7)
+    cache, out, start = KVCache(context=7), [], 0
+    for size in (2, 1, 6, 3, 9, 1, 18):  # the ring grows at 6 and 9 and 18
+        positions = np.arange(start, start + size)
+        out.append(cache.attend(q[:, :, positions], k[:, :, positions], v[:, :, positions], positions))
+        start += size
+    close(np.concatenate(out, axis=2), expected)
+
+
+def test_kv_cache_reproduces_a_ring_written_before_it_is_read():
+    """With 2 steps per call, the first query of each call sees context - 1 keys (moshi's streaming)."""
+    from mimi_cli.core import KVCache
+
+    q, k, v = randn(1, 1, 12, 4), randn(1, 1, 12, 4), randn(1, 1, 12, 4)
+    cache = KVCache(context=4, steps_per_call=2)
+    out = np.concatenate([cache.attend(q[:, :, i : i + 2], k[:, :, i : i + 2], v[:, :, i : i + 2],
+                                       np.arange(i, i + 2)) for i in range(0, 12, 2)], axis=2)
+    for i in range(12):
+        seen = 3 if i % 2 == 0 else 4
+        window = slice(max(0, i - seen + 1), i + 1)
+        close(out[0, 0, i], naive_attention_row(q[0, 0, i], k[0, 0, window], v[0, 0, window]))

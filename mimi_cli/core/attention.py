@@ -103,20 +103,35 @@ class KVCache:
 
     def __init__(self, context: int, steps_per_call: int = 1):
         self.context, self.steps_per_call = context, steps_per_call
-        self.keys: np.ndarray | None = None  # [B, H, ≤ context-1, D]
+        # A ring of slots, allocated on first use: step p lives in slot p % capacity,
+        # and slots never written hold position -1 (masked out).
+        self.keys: np.ndarray | None = None  # [B, H, capacity, D]
         self.values: np.ndarray | None = None
-        self.positions = np.zeros(0, np.int64)
+        self.positions = np.zeros(0, np.int64)  # [capacity]
+
+    def _ensure_capacity(self, k: np.ndarray) -> None:
+        """The ring must hold the new steps plus the ``context - 1`` before them."""
+        capacity = self.context - 1 + k.shape[2]
+        if self.keys is not None and self.keys.shape[2] >= capacity:
+            return
+        keys = np.zeros(k.shape[:2] + (capacity, k.shape[3]), np.float32)
+        values = np.zeros_like(keys)
+        positions = np.full(capacity, -1, np.int64)
+        if self.keys is not None:  # re-seat the old entries at their new slots
+            live = self.positions >= 0
+            slots = self.positions[live] % capacity
+            keys[:, :, slots], values[:, :, slots] = self.keys[:, :, live], self.values[:, :, live]
+            positions[slots] = self.positions[live]
+        self.keys, self.values, self.positions = keys, values, positions
 
     def attend(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Attend ``q`` ``[B, H, T, D]`` (at ``positions`` ``[T]``) to the cache and the new ``k``, ``v``."""
-        if self.keys is not None:
-            k, v = np.concatenate([self.keys, k], axis=2), np.concatenate([self.values, v], axis=2)
-        key_positions = np.concatenate([self.positions, positions])
+        self._ensure_capacity(k)
+        slots = positions % self.keys.shape[2]
+        self.keys[:, :, slots], self.values[:, :, slots] = k, v
+        self.positions[slots] = positions
         shrink = (self.steps_per_call - 1 - positions % self.steps_per_call) if self.steps_per_call > 1 else 0
-        window = self.context - shrink  # [T]
-        delta = positions[:, None] - key_positions[None, :]
-        out = masked_attention(q, k, v, (delta >= 0) & (delta < np.reshape(window, (-1, 1))))
-        start = max(0, k.shape[2] - (self.context - 1))  # keep the last context - 1 steps
-        self.keys, self.values = k[:, :, start:].copy(), v[:, :, start:].copy()
-        self.positions = key_positions[start:]
-        return out
+        window = np.reshape(self.context - shrink, (-1, 1))  # [T, 1]
+        delta = positions[:, None] - self.positions[None, :]
+        allowed = (self.positions[None, :] >= 0) & (delta >= 0) & (delta < window)
+        return masked_attention(q, self.keys, self.values, allowed)

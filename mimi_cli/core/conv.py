@@ -16,6 +16,8 @@ from numpy.lib.stride_tricks import as_strided
 
 # Upper bound on the elements of one unfolded block (16 MB of float32).
 _BLOCK_ELEMENTS = 1 << 22
+# Up to this many input steps a transposed conv is computed weight-as-right-operand.
+_SKINNY_STEPS = 16
 
 
 def pad_left(x: np.ndarray, pad: int, mode: str = "constant") -> np.ndarray:
@@ -76,6 +78,11 @@ def conv1d(
     # [G, O/G, C/G·K]: row o of group g, columns ordered (channel, tap) like the unfold below.
     w = weight.reshape(groups, out_channels // groups, group_in * kernel)
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if kernel == 1 and stride == 1:  # a pointwise conv is a plain product: no unfolding
+        y = np.matmul(w, x.reshape(batch, groups, group_in, length)).reshape(batch, out_channels, length)
+        if bias is not None:
+            y += bias[:, None]
+        return y
     s_b, s_c, s_t = x.strides
     block = max(1, _BLOCK_ELEMENTS // (channels * kernel * batch))
     for t0 in range(0, out_len, block):
@@ -127,16 +134,28 @@ def conv_transpose1d(
     y = np.zeros((batch, out_channels, out_len), dtype=np.float32)
     if length == 0:
         return y
-    # [G, O/G·K, C/G]: one matrix per group mapping input channels to (out channel, tap).
-    w = weight.reshape(groups, group_in, group_out * kernel).transpose(0, 2, 1)
-    x = np.ascontiguousarray(x, dtype=np.float32).reshape(batch, groups, group_in, length)
-    block = max(1, _BLOCK_ELEMENTS // (out_channels * kernel * batch))
-    for t0 in range(0, length, block):
-        n = min(block, length - t0)
-        cols = np.matmul(w, x[..., t0 : t0 + n]).reshape(batch, out_channels, kernel, n)
-        start = t0 * stride
-        for k in range(kernel):  # overlap-add, one strided slice per tap
-            y[:, :, start + k : start + k + (n - 1) * stride + 1 : stride] += cols[:, :, k, :]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if groups == 1 and length <= _SKINNY_STEPS:
+        # Few steps (streaming): the product is bound by reading the weight, which
+        # OpenBLAS does fastest untransposed, as the right operand (measured 25% faster).
+        products = x.transpose(0, 2, 1) @ weight.reshape(in_channels, out_channels * kernel)  # [B, T, O·K]
+        _overlap_add(y, products.reshape(batch, length, out_channels, kernel).transpose(0, 2, 3, 1), 0, stride)
+    else:
+        # [G, O/G·K, C/G]: one matrix per group mapping input channels to (out channel, tap).
+        w = weight.reshape(groups, group_in, group_out * kernel).transpose(0, 2, 1)
+        x = x.reshape(batch, groups, group_in, length)
+        block = max(1, _BLOCK_ELEMENTS // (out_channels * kernel * batch))
+        for t0 in range(0, length, block):
+            n = min(block, length - t0)
+            products = np.matmul(w, x[..., t0 : t0 + n]).reshape(batch, out_channels, kernel, n)
+            _overlap_add(y, products, t0 * stride, stride)
     if bias is not None:
         y += bias[:, None]
     return y
+
+
+def _overlap_add(y: np.ndarray, products: np.ndarray, start: int, stride: int) -> None:
+    """Add ``products`` ``[B, O, K, T]`` into ``y``: tap ``k`` of step ``t`` lands at ``start + t·stride + k``."""
+    kernel, length = products.shape[2], products.shape[3]
+    for k in range(kernel):  # one strided slice per tap, never a loop over steps
+        y[:, :, start + k : start + k + (length - 1) * stride + 1 : stride] += products[:, :, k, :]
