@@ -30,6 +30,13 @@ class Audio:
 
 def read_audio(path: Path) -> Audio:
     """Read anything libsndfile reads (WAV, FLAC, OGG, MP3, ...), with a clear error otherwise."""
+    with open_audio(path) as f:
+        samples = _read_block(path, f, -1)
+    return Audio(samples, f.samplerate)
+
+
+def open_audio(path: Path):
+    """Open an audio file for block reading (a ``soundfile.SoundFile``), after the same checks as read_audio."""
     import soundfile as sf
 
     if not path.exists():
@@ -39,17 +46,37 @@ def read_audio(path: Path) -> Audio:
     if path.stat().st_size == 0:
         raise InvalidAudioError(f"{path} is empty (0 bytes)")
     try:
-        samples, rate = sf.read(path, dtype="float32", always_2d=True)
+        f = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise InvalidAudioError(
-            f"cannot read {path} as audio ({exc}); give a WAV, FLAC, OGG or MP3 file"
-        ) from None
+        raise InvalidAudioError(f"cannot read {path} as audio ({exc}); give a WAV, FLAC, OGG or MP3 file") from None
     _check_wav_complete(path)
-    if samples.shape[0] == 0:
+    if f.frames == 0:
+        f.close()
         raise InvalidAudioError(f"{path} contains no audio samples")
-    if not np.all(np.isfinite(samples)):
-        raise InvalidAudioError(f"{path} contains NaN or Inf samples")
-    return Audio(samples, rate)
+    return f
+
+
+def read_blocks(path: Path, f, block_frames: int):
+    """Yield float32 ``[frames, channels]`` blocks of an open file, each checked like read_audio."""
+    while True:
+        block = _read_block(path, f, block_frames)
+        if not len(block):
+            return
+        yield block
+
+
+def _read_block(path: Path, f, frames: int) -> np.ndarray:
+    import soundfile as sf
+
+    position = f.tell()
+    try:
+        block = f.read(frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise InvalidAudioError(f"cannot read {path} as audio ({exc}); the file may be corrupt") from None
+    if not np.all(np.isfinite(block)):
+        bad = position + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+        raise InvalidAudioError(f"{path} contains NaN or Inf samples (first at {bad / f.samplerate:.3f} s)")
+    return block
 
 
 def _check_wav_complete(path: Path) -> None:
@@ -85,6 +112,78 @@ def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
     g = math.gcd(from_rate, to_rate)
     return resample_poly(pcm, to_rate // g, from_rate // g, axis=-1).astype(np.float32)
+
+
+class StreamResampler:
+    """``resample_poly`` fed piece by piece, with the same output as one call on the whole signal.
+
+    ``resample_poly`` filters the zero-stuffed input with a Kaiser-windowed FIR
+    of ``2·10·max(up, down) + 1`` taps, then keeps every ``down``-th sample,
+    skipping the filter's delay. Here the input is kept from a start index that
+    is a multiple of ``down`` (so output indices line up with the one-shot
+    call); an output is emitted once every input its taps reach has arrived::
+
+        input  ──────────────[ kept: from s0 (multiple of down) ... last received ]
+        output ... emitted ][ ready: all taps inside the kept input ][ waits for more input
+
+    ``flush()`` treats the signal as ending there (zeros beyond, as
+    ``resample_poly`` does) and emits the rest, ``ceil(n·up/down)`` samples in all.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int):
+        from scipy.signal import firwin
+
+        g = math.gcd(from_rate, to_rate)
+        self.up, self.down = to_rate // g, from_rate // g
+        self.taps, self.delay = np.ones(1, np.float32), 0  # same rate: push() passes samples through
+        if self.up != self.down:
+            half_len = 10 * max(self.up, self.down)
+            taps = firwin(2 * half_len + 1, 1.0 / max(self.up, self.down), window=("kaiser", 5.0))
+            taps = taps.astype(np.float32) * np.float32(self.up)  # float32, as resample_poly on float32
+            pre_pad = self.down - half_len % self.down
+            self.taps = np.concatenate([np.zeros(pre_pad, np.float32), taps])
+            self.delay = (half_len + pre_pad) // self.down  # filter outputs skipped at the start
+        self.reset()
+
+    def reset(self) -> None:
+        self._kept = np.zeros(0, np.float32)
+        self._start = 0  # input index of _kept[0], a multiple of down
+        self._received = 0
+        self._next = self.delay  # next filter output to emit
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        """Add mono samples; return the output samples they complete."""
+        if self.up == self.down == 1:
+            return np.asarray(x, np.float32)
+        self._kept = np.concatenate([self._kept, np.asarray(x, np.float32)])
+        self._received += len(x)
+        return self._emit(((self._received - 1) * self.up) // self.down if self._received else -1)
+
+    def flush(self) -> np.ndarray:
+        """The remaining output, as if the signal ended here; then reset."""
+        if self.up == self.down == 1:
+            return np.zeros(0, np.float32)
+        total = -(-self._received * self.up // self.down)
+        self._kept = np.concatenate([self._kept, np.zeros(len(self.taps) // self.up + 2, np.float32)])
+        out = self._emit(self.delay + total - 1)
+        self.reset()
+        return out
+
+    def _emit(self, last: int) -> np.ndarray:
+        from scipy.signal import upfirdn
+
+        if last < self._next:
+            return np.zeros(0, np.float32)
+        filtered = upfirdn(self.taps, self._kept, self.up, self.down)  # filtered[j] is output j + base
+        base = self._start * self.up // self.down
+        out = filtered[self._next - base : last + 1 - base].astype(np.float32)
+        self._next = last + 1
+        # Drop input that no later output reaches, keeping the start a multiple of down.
+        needed = max(0, -(-(self._next * self.down - (len(self.taps) - 1)) // self.up))
+        start = needed // self.down * self.down
+        self._kept = self._kept[start - self._start :]
+        self._start = start
+        return out
 
 
 def to_mono(audio: Audio, sample_rate: int) -> np.ndarray:

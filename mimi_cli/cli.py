@@ -34,6 +34,10 @@ WeightsOption = Annotated[Optional[Path], typer.Option(
 ThreadsOption = Annotated[Optional[int], typer.Option(
     "--threads", min=1, help="BLAS threads. Default: the BLAS library's own choice.", show_default=False)]
 ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the output file if it exists.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors.")]
+StreamOption = Annotated[bool, typer.Option(
+    "--stream", help="Work block by block in flat memory (for long files). Codes are those of moshi's "
+                     "streaming mode, which differ from batch mode past 10 s.")]
 CodebooksOption = Annotated[int, typer.Option(
     "--codebooks", "-n", min=1, max=MimiConfig().num_codebooks, help="Codebooks (levels) to keep: 1 semantic + n-1 acoustic.")]
 
@@ -47,8 +51,47 @@ def _warn(message: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(message)}")
 
 
-def _note(message: str) -> None:
-    err.print(escape(message))
+class _Messages:
+    """Notes and the summary line go to stderr unless --quiet."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            err.print(escape(message))
+
+    def describe_conversion(self, channels: int, rate: int, target_rate: int) -> None:
+        if channels > 1:
+            self.note(f"note: {channels} channels downmixed to mono")
+        if rate != target_rate:
+            self.note(f"note: resampled from {rate} Hz to {target_rate} Hz")
+
+    def status(self, message: str):
+        return err.status(message) if err.is_terminal and not self.quiet else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def progress(self, label: str, total_seconds: float) -> Iterator:
+        """A bar over seconds of audio, with speed; yields the update function (a no-op when hidden)."""
+        if self.quiet or not err.is_terminal:
+            yield lambda done: None
+            return
+        import time
+
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(),
+                   TextColumn("{task.completed:.1f}/{task.total:.1f} s"), TextColumn("{task.fields[speed]}"),
+                   TimeRemainingColumn())
+        start = time.perf_counter()
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task(label, total=total_seconds, speed="")
+
+            def update(done: float) -> None:
+                speed = done / max(time.perf_counter() - start, 1e-9)
+                bar.update(task, completed=done, speed=f"{speed:.1f}× real time")
+
+            yield update
 
 
 @contextlib.contextmanager
@@ -65,17 +108,6 @@ def _user_errors(threads: int | None = None) -> Iterator[None]:
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted; no output was written", code=130)
-
-
-def _status(message: str):
-    return err.status(message) if err.is_terminal else contextlib.nullcontext()
-
-
-def _describe_conversion(channels: int, rate: int, target_rate: int) -> None:
-    if channels > 1:
-        _note(f"note: {channels} channels downmixed to mono")
-    if rate != target_rate:
-        _note(f"note: resampled from {rate} Hz to {target_rate} Hz")
 
 
 def _version(value: bool) -> None:
@@ -99,29 +131,41 @@ def encode(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Codes file. Default: INPUT with .npz.",
                                                    show_default=False)] = None,
     codebooks: CodebooksOption = DEFAULT_NUM_CODEBOOKS,
+    stream: StreamOption = False,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Encode audio into Mimi codes (.npz)."""
+    say = _Messages(quiet)
     with _user_errors(threads):
-        from mimi_cli.audio import read_audio
+        from mimi_cli.audio import open_audio, read_audio
         from mimi_cli.fileio import check_output
-        from mimi_cli.pipeline import encode_audio, load_model
+        from mimi_cli.pipeline import encode_audio, encode_stream, load_model
 
         output = output or input.with_suffix(".npz")
         check_output(output, force)
-        audio = read_audio(input)
-        with _status("Loading weights…"):
+        if stream:
+            with open_audio(input) as f:
+                rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
+        else:
+            audio = read_audio(input)
+            rate, channels, duration = audio.sample_rate, audio.channels, audio.duration
+        with say.status("Loading weights…"):
             loaded = load_model(weights)
-        _describe_conversion(audio.channels, audio.sample_rate, loaded.model.config.sample_rate)
-        with _status(f"Encoding {audio.duration:.1f} s…"):
-            result = encode_audio(loaded, audio, codebooks)
-        result.codes.save(output)
         config = loaded.model.config
-        _note(f"{input}: {audio.duration:.2f} s → {result.codes.num_frames} frames × {codebooks} codebooks "
-              f"({config.bitrate(codebooks) / 1000:.2f} kbps) in {result.seconds:.2f} s "
-              f"({audio.duration / max(result.seconds, 1e-9):.1f}× real time) → {output}")
+        say.describe_conversion(channels, rate, config.sample_rate)
+        if stream:
+            with say.progress("Encoding", duration) as update:
+                result = encode_stream(loaded, input, codebooks, update)
+        else:
+            with say.status(f"Encoding {duration:.1f} s…"):
+                result = encode_audio(loaded, audio, codebooks)
+        result.codes.save(output)
+        say.note(f"{input}: {duration:.2f} s → {result.codes.num_frames} frames × {codebooks} codebooks "
+                 f"({config.bitrate(codebooks) / 1000:.2f} kbps) in {result.seconds:.2f} s "
+                 f"({duration / max(result.seconds, 1e-9):.1f}× real time) → {output}")
 
 
 @app.command()
@@ -133,34 +177,42 @@ def decode(
     sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", min=1,
                                                        help="Output rate. Default: the codec's 24000 Hz.",
                                                        show_default=False)] = None,
+    stream: StreamOption = False,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Decode Mimi codes (.npz) back to audio."""
+    say = _Messages(quiet)
     with _user_errors(threads):
         from mimi_cli.audio import audio_format, write_audio
         from mimi_cli.codes import CodesFile
         from mimi_cli.fileio import check_output
-        from mimi_cli.pipeline import decode_codes, load_model
+        from mimi_cli.pipeline import decode_codes, decode_stream, load_model
 
         output = output or input.with_suffix(".decoded.wav")  # never the original audio
         codes = CodesFile.load(input, MimiConfig())
         check_output(output, force)
         audio_format(output)
-        with _status("Loading weights…"):
+        with say.status("Loading weights…"):
             loaded = load_model(weights)
         if codes.weights_id != loaded.weights_id:
             _warn(f"{input} was encoded with weights {codes.weights_id}, decoding with {loaded.weights_id}")
-        with _status(f"Decoding {codes.num_frames} frames…"):
-            pcm, seconds = decode_codes(loaded, codes, sample_rate)
-        rate = sample_rate or loaded.model.config.sample_rate
-        clipped = write_audio(output, pcm, rate)
+        config = loaded.model.config
+        rate = sample_rate or config.sample_rate
+        duration = codes.num_samples / config.sample_rate
+        if stream:
+            with say.progress("Decoding", duration) as update:
+                seconds, clipped = decode_stream(loaded, codes, output, sample_rate, update)
+        else:
+            with say.status(f"Decoding {codes.num_frames} frames…"):
+                pcm, seconds = decode_codes(loaded, codes, sample_rate)
+            clipped = write_audio(output, pcm, rate)
         if clipped:
             _warn(f"{clipped} samples beyond [-1, 1] were clipped")
-        duration = codes.num_samples / loaded.model.config.sample_rate
-        _note(f"{input}: {codes.num_frames} frames × {codes.num_codebooks} codebooks → {duration:.2f} s at "
-              f"{rate} Hz in {seconds:.2f} s ({duration / max(seconds, 1e-9):.1f}× real time) → {output}")
+        say.note(f"{input}: {codes.num_frames} frames × {codes.num_codebooks} codebooks → {duration:.2f} s at "
+                 f"{rate} Hz in {seconds:.2f} s ({duration / max(seconds, 1e-9):.1f}× real time) → {output}")
 
 
 @app.command()
@@ -174,8 +226,10 @@ def roundtrip(
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Encode then decode, and report bitrate, quality and speed."""
+    say = _Messages(quiet)
     with _user_errors(threads):
         from mimi_cli.audio import audio_format, read_audio, write_audio
         from mimi_cli.fileio import check_output
@@ -186,13 +240,13 @@ def roundtrip(
             check_output(output, force)
             audio_format(output)
         audio = read_audio(input)
-        with _status("Loading weights…"):
+        with say.status("Loading weights…"):
             loaded = load_model(weights)
         config = loaded.model.config
-        _describe_conversion(audio.channels, audio.sample_rate, config.sample_rate)
-        with _status(f"Encoding {audio.duration:.1f} s…"):
+        say.describe_conversion(audio.channels, audio.sample_rate, config.sample_rate)
+        with say.status(f"Encoding {audio.duration:.1f} s…"):
             encoded = encode_audio(loaded, audio, codebooks)
-        with _status("Decoding…"):
+        with say.status("Decoding…"):
             decoded, decode_seconds = decode_codes(loaded, encoded.codes)
         if output is not None:
             write_audio(output, decoded, config.sample_rate)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.audio import Audio, resample, to_mono
+from mimi_cli.audio import Audio, StreamResampler, audio_format, open_audio, read_blocks, resample, to_mono
 from mimi_cli.codes import CodesFile
+from mimi_cli.fileio import atomic_output
 from mimi_cli.models.mimi import Mimi
 from mimi_cli.weights import resolve_weights, weights_id
 
@@ -57,3 +59,72 @@ def decode_codes(loaded: LoadedModel, codes: CodesFile, sample_rate: int | None 
     if sample_rate is not None:
         pcm = resample(pcm, loaded.model.config.sample_rate, sample_rate)
     return pcm, seconds
+
+
+# --stream works on steps of this many frames (1.28 s): enough to amortise reading the
+# weights, small enough that memory stays flat. The codes are those of moshi's streaming
+# mode, whatever the step (see models/mimi/streaming.py).
+STREAM_FRAMES_PER_STEP = 16
+# Source frames read per block in --stream mode.
+STREAM_READ_FRAMES = 1 << 16
+
+Progress = Callable[[float], None]  # called with seconds of audio done
+
+
+def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int,
+                  progress: Progress | None = None) -> EncodeResult:
+    """Encode a file block by block in flat memory (read, downmix, resample, encode as it comes)."""
+    config = loaded.model.config
+    encoder = loaded.model.stream_encoder(num_codebooks=num_codebooks, frames_per_step=STREAM_FRAMES_PER_STEP)
+    pieces, num_samples, seconds = [], 0, 0.0
+    with open_audio(path) as f:
+        resampler = StreamResampler(f.samplerate, config.sample_rate)
+        source_rate, channels = f.samplerate, f.channels
+        for block in read_blocks(path, f, STREAM_READ_FRAMES):
+            pcm = resampler.push(block.mean(axis=1))
+            num_samples += len(pcm)
+            start = time.perf_counter()
+            pieces.append(encoder.push(pcm))
+            seconds += time.perf_counter() - start
+            if progress:
+                progress(num_samples / config.sample_rate)
+    tail = resampler.flush()
+    num_samples += len(tail)
+    start = time.perf_counter()
+    pieces += [encoder.push(tail), encoder.flush()]
+    seconds += time.perf_counter() - start
+    codes = CodesFile.from_codes(np.concatenate(pieces, axis=1), config, num_samples=num_samples,
+                                 source_sample_rate=source_rate, source_channels=channels,
+                                 weights_id=loaded.weights_id)
+    return EncodeResult(codes, np.zeros(0, np.float32), seconds)
+
+
+def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Path, sample_rate: int | None = None,
+                  progress: Progress | None = None) -> tuple[float, int]:
+    """Decode step by step straight into ``output`` (atomically); returns (seconds in the model, clipped samples)."""
+    import soundfile as sf
+
+    config = loaded.model.config
+    rate = sample_rate or config.sample_rate
+    resampler = StreamResampler(config.sample_rate, rate)
+    decoder = loaded.model.stream_decoder(frames_per_step=STREAM_FRAMES_PER_STEP)
+    remaining, seconds, clipped = codes.num_samples, 0.0, 0
+    step = STREAM_FRAMES_PER_STEP
+    with atomic_output(output) as tmp, sf.SoundFile(tmp, "w", rate, 1, format=audio_format(output)) as f:
+        def write(pcm: np.ndarray) -> None:
+            nonlocal clipped
+            clipped += int(np.count_nonzero(np.abs(pcm) > 1))
+            f.write(np.clip(pcm, -1, 1))
+
+        pieces = [codes.codes[0, :, first : first + step] for first in range(0, codes.num_frames, step)]
+        for piece in [*pieces, None]:  # None: flush the frames still waiting for a whole step
+            start = time.perf_counter()
+            pcm = decoder.push(piece) if piece is not None else decoder.flush()
+            seconds += time.perf_counter() - start
+            pcm = pcm[:remaining]  # the last frame's padding is not audio
+            remaining -= len(pcm)
+            write(resampler.push(pcm))
+            if progress:
+                progress((codes.num_samples - remaining) / config.sample_rate)
+        write(resampler.flush())
+    return seconds, clipped

@@ -38,15 +38,22 @@ def resolve_weights(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def _download_released() -> Path:
-    try:
-        from huggingface_hub import hf_hub_download
+    """The released file from the Hugging Face cache, downloading it (once) if it is not there."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import logging as hub_logging
 
+    try:
+        return Path(hf_hub_download(RELEASED_REPO, RELEASED_FILE, local_files_only=True))
+    except Exception:  # not cached: download below
+        pass
+    hub_logging.set_verbosity_error()  # its retry warnings would break our one-line errors
+    try:
         return Path(hf_hub_download(RELEASED_REPO, RELEASED_FILE))
-    except Exception as exc:  # offline, no cache, hub errors: all mean "no weights here"
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # offline, hub errors: all mean "no weights here"
         raise WeightsError(
-            f"no Mimi weights available ({reason}); pass --weights PATH or set {WEIGHTS_ENV}, "
-            f"or go online once to fetch {RELEASED_FILE} from {RELEASED_REPO} into the Hugging Face cache"
+            f"no Mimi weights: {RELEASED_FILE} is not in the Hugging Face cache and could not be downloaded "
+            f"({type(exc).__name__}); pass --weights PATH or set {WEIGHTS_ENV}, or go online once to fetch it "
+            f"from {RELEASED_REPO}"
         ) from None
 
 

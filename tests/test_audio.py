@@ -75,3 +75,18 @@ def test_shared_speech_clips_read():
     for path in sorted((SHARED / "audio").glob("*.wav")):
         audio = read_audio(path)
         assert audio.sample_rate == 16000 and audio.channels == 1 and audio.duration > 1
+
+
+@pytest.mark.parametrize("rates", [(16000, 24000), (44100, 24000), (48000, 24000), (8000, 24000),
+                                   (22050, 24000), (24000, 16000), (24000, 44100), (24000, 24000)])
+def test_stream_resampler_equals_one_shot(rates):
+    from mimi_cli.audio import StreamResampler
+
+    rng = np.random.default_rng(sum(rates))
+    x = rng.standard_normal(int(rates[0] * 1.7) + 11).astype(np.float32)
+    one_shot = resample(x, *rates)
+    for sizes in (rng.integers(1, 5000, 400), [1] * 300 + [len(x)], [len(x)]):
+        stream = StreamResampler(*rates)
+        bounds = np.cumsum(sizes)
+        pieces = [stream.push(p) for p in np.split(x, bounds[bounds < len(x)])] + [stream.flush()]
+        np.testing.assert_array_equal(np.concatenate(pieces), one_shot)  # bit for bit

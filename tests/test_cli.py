@@ -120,7 +120,7 @@ def test_weights_resolution_order(tmp_path, clip, weights_file):
     # nothing given, offline, empty cache: says how to get weights
     result = run("encode", clip, "-o", tmp_path / "c.npz", env_extra={"HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 1
-    assert "no Mimi weights available" in result.stderr and "--weights" in result.stderr
+    assert "no Mimi weights" in result.stderr and "--weights" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "c.npz").exists()
 

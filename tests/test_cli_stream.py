@@ -1,0 +1,91 @@
+"""`--stream`: the same results as the batch path where they must agree, flat memory, clean interruption."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import soundfile as sf
+
+from conftest import SAMPLE_AUDIO
+from test_cli import run
+
+
+def test_stream_encode_equals_batch_encode_within_10s(tmp_path, weights_file):
+    source = SAMPLE_AUDIO / "speech_44k_stereo.wav"  # 7 s, stereo, 44.1 kHz: downmix + resampling
+    assert run("encode", source, "-o", tmp_path / "batch.npz", weights=weights_file).returncode == 0
+    streamed = run("encode", "--stream", source, "-o", tmp_path / "stream.npz", weights=weights_file)
+    assert streamed.returncode == 0, streamed.stderr
+    assert "━" not in streamed.stderr  # no progress bar when stderr is not a terminal
+    with np.load(tmp_path / "batch.npz") as batch, np.load(tmp_path / "stream.npz") as stream:
+        np.testing.assert_array_equal(stream["codes"], batch["codes"])
+        for key in ("num_samples", "source_sample_rate", "source_channels", "weights_id"):
+            assert stream[key] == batch[key], key
+
+
+def test_stream_encode_uses_moshi_streaming_codes_past_10s(tmp_path, weights_file, full_model):
+    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    source = tmp_path / "long.wav"
+    sf.write(source, pcm[: 13 * rate], rate, subtype="PCM_16")
+    assert run("encode", "--stream", source, "-o", tmp_path / "s.npz", weights=weights_file).returncode == 0
+    from mimi_cli.audio import read_audio, to_mono
+
+    x = to_mono(read_audio(source), 24000)
+    encoder = full_model.stream_encoder()  # frame by frame, like moshi
+    expected = np.concatenate([encoder.push(x), encoder.flush()], axis=1)
+    with np.load(tmp_path / "s.npz") as npz:
+        np.testing.assert_array_equal(npz["codes"][0], expected)
+
+
+def test_stream_decode_equals_batch_decode(tmp_path, weights_file):
+    codes = np.random.default_rng(0).integers(0, 2048, (1, 8, 37)).astype(np.uint16)  # 37: not a multiple of a step
+    np.savez(tmp_path / "c.npz", codes=codes, format_version=np.array(1), sample_rate=np.array(24000),
+             frame_rate=np.array(12.5), codebook_size=np.array(2048), num_samples=np.array(36 * 1920 + 5),
+             source_sample_rate=np.array(24000), source_channels=np.array(1), weights_id=np.array("x"))
+    for extra in ([], ["--sample-rate", "16000"]):
+        batch = run("decode", tmp_path / "c.npz", "-o", tmp_path / "b.wav", "-f", "-q", *extra, weights=weights_file)
+        stream = run("decode", "--stream", tmp_path / "c.npz", "-o", tmp_path / "s.wav", "-f", "-q", *extra,
+                     weights=weights_file)
+        assert batch.returncode == stream.returncode == 0, stream.stderr
+        assert "warning" in stream.stderr  # weights_id "x" is not these weights; -q keeps warnings
+        b, rate_b = sf.read(tmp_path / "b.wav", dtype="float32")
+        s, rate_s = sf.read(tmp_path / "s.wav", dtype="float32")
+        assert rate_b == rate_s and len(b) == len(s) == int(np.ceil((36 * 1920 + 5) * rate_b / 24000))
+        np.testing.assert_allclose(s, b, atol=2 / 32768)  # 16-bit files; the models agree to 1e-6
+
+
+def test_quiet_prints_nothing_on_success(tmp_path, weights_file):
+    result = run("encode", "-q", SAMPLE_AUDIO / "speech_44k_stereo.wav", "-o", tmp_path / "c.npz",
+                 weights=weights_file)
+    assert result.returncode == 0 and result.stderr == "" and result.stdout == ""
+
+
+def test_ctrl_c_leaves_no_partial_file(tmp_path, weights_file):
+    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    source = tmp_path / "long.wav"
+    sf.write(source, np.tile(pcm, 6), rate, subtype="PCM_16")  # 3 minutes
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
+    for args in (["encode", "--stream", source, "-o", tmp_path / "out.npz"],
+                 ["encode", source, "-o", tmp_path / "out.npz"]):
+        before = {p.name for p in tmp_path.iterdir()}
+        process = subprocess.Popen([sys.executable, "-m", "mimi_cli", *map(str, args)], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(4)  # weights loaded, encoding under way
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, stderr
+        assert stderr.strip().splitlines()[-1] == "error: interrupted; no output was written"
+        assert {p.name for p in tmp_path.iterdir()} == before
+
+
+def test_stream_reports_nan_with_its_position(tmp_path, weights_file):
+    samples = np.zeros(24000 * 3, np.float32)
+    samples[24000 * 2] = np.nan
+    sf.write(tmp_path / "nan.wav", samples, 24000, subtype="FLOAT")
+    result = run("encode", "--stream", tmp_path / "nan.wav", "-o", tmp_path / "o.npz", weights=weights_file)
+    assert result.returncode == 1 and "NaN or Inf samples (first at 2.000 s)" in result.stderr
+    assert not (tmp_path / "o.npz").exists()
