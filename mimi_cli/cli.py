@@ -29,7 +29,8 @@ out = Console(soft_wrap=True, highlight=False)
 
 # Shared options; their limits come from the model's config.
 WeightsOption = Annotated[Optional[Path], typer.Option(
-    "--weights", help="Mimi weights (.safetensors). Default: $MIMI_WEIGHTS, else the released file via the Hugging Face cache.",
+    "--weights", help="Mimi weights (.safetensors). Default: $MIMI_WEIGHTS, "
+                      "else the released file via the Hugging Face cache.",
     show_default=False)]
 ThreadsOption = Annotated[Optional[int], typer.Option(
     "--threads", min=1, help="BLAS threads. Default: the BLAS library's own choice.", show_default=False)]
@@ -39,7 +40,8 @@ StreamOption = Annotated[bool, typer.Option(
     "--stream", help="Work block by block in flat memory (for long files). Codes are those of moshi's "
                      "streaming mode, which differ from batch mode past 10 s.")]
 CodebooksOption = Annotated[int, typer.Option(
-    "--codebooks", "-n", min=1, max=MimiConfig().num_codebooks, help="Codebooks (levels) to keep: 1 semantic + n-1 acoustic.")]
+    "--codebooks", "-n", min=1, max=MimiConfig().num_codebooks,
+    help="Codebooks (levels) to keep: 1 semantic + n-1 acoustic.")]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -142,14 +144,14 @@ def encode(
     with _user_errors(threads):
         from mimi_cli.audio import open_audio, read_audio
         from mimi_cli.fileio import check_output
-        from mimi_cli.pipeline import encode_audio, encode_stream, load_model
+        from mimi_cli.pipeline import check_batch_memory, encode_audio, encode_stream, load_model
 
         output = output or input.with_suffix(".npz")
         check_output(output, force)
-        if stream:
-            with open_audio(input) as f:
-                rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
-        else:
+        with open_audio(input) as f:
+            rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
+        if not stream:
+            check_batch_memory(duration)
             audio = read_audio(input)
             rate, channels, duration = audio.sample_rate, audio.channels, audio.duration
         with say.status("Loading weights…"):
@@ -172,8 +174,8 @@ def encode(
 def decode(
     input: Annotated[Path, typer.Argument(help="Codes file written by `mimi encode`.", metavar="CODES",
                                           show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Audio file. Default: CODES with .decoded.wav.",
-                                                   show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Audio file. Default: CODES with .decoded.wav.", show_default=False)] = None,
     sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", min=1,
                                                        help="Output rate. Default: the codec's 24000 Hz.",
                                                        show_default=False)] = None,
@@ -189,12 +191,14 @@ def decode(
         from mimi_cli.audio import audio_format, write_audio
         from mimi_cli.codes import CodesFile
         from mimi_cli.fileio import check_output
-        from mimi_cli.pipeline import decode_codes, decode_stream, load_model
+        from mimi_cli.pipeline import check_batch_memory, decode_codes, decode_stream, load_model
 
         output = output or input.with_suffix(".decoded.wav")  # never the original audio
         codes = CodesFile.load(input, MimiConfig())
         check_output(output, force)
         audio_format(output)
+        if not stream:
+            check_batch_memory(codes.num_samples / MimiConfig().sample_rate)
         with say.status("Loading weights…"):
             loaded = load_model(weights)
         if codes.weights_id != loaded.weights_id:
@@ -231,14 +235,16 @@ def roundtrip(
     """Encode then decode, and report bitrate, quality and speed."""
     say = _Messages(quiet)
     with _user_errors(threads):
-        from mimi_cli.audio import audio_format, read_audio, write_audio
+        from mimi_cli.audio import audio_format, open_audio, read_audio, write_audio
         from mimi_cli.fileio import check_output
         from mimi_cli.metrics import log_mel_distance, si_sdr
-        from mimi_cli.pipeline import decode_codes, encode_audio, load_model
+        from mimi_cli.pipeline import check_batch_memory, decode_codes, encode_audio, load_model
 
         if output is not None:
             check_output(output, force)
             audio_format(output)
+        with open_audio(input) as f:
+            check_batch_memory(f.frames / f.samplerate)
         audio = read_audio(input)
         with say.status("Loading weights…"):
             loaded = load_model(weights)
@@ -280,12 +286,16 @@ def _print_metrics(metrics: dict) -> None:
         ("bitrate", f"{metrics['bitrate_kbps']:.2f} kbps"),
         ("SI-SDR", f"{metrics['si_sdr_db']:.2f} dB"),
         ("log-mel distance", f"{metrics['log_mel_distance']:.4f}"),
-        ("encode real-time factor", f"{metrics['encode_rtf']:.3f} ({1 / max(metrics['encode_rtf'], 1e-9):.1f}× real time)"),
-        ("decode real-time factor", f"{metrics['decode_rtf']:.3f} ({1 / max(metrics['decode_rtf'], 1e-9):.1f}× real time)"),
+        ("encode real-time factor", _rtf(metrics["encode_rtf"])),
+        ("decode real-time factor", _rtf(metrics["decode_rtf"])),
     ]
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)
+
+
+def _rtf(rtf: float) -> str:
+    return f"{rtf:.3f} ({1 / max(rtf, 1e-9):.1f}× real time)"
 
 
 def main() -> None:

@@ -11,9 +11,30 @@ import numpy as np
 
 from mimi_cli.audio import Audio, StreamResampler, audio_format, open_audio, read_blocks, resample, to_mono
 from mimi_cli.codes import CodesFile
+from mimi_cli.errors import MimiError
 from mimi_cli.fileio import atomic_output
 from mimi_cli.models.mimi import Mimi
 from mimi_cli.weights import resolve_weights, weights_id
+
+
+# Batch mode holds every activation of the whole input at once. Measured peak RSS
+# (benchmarks/memory.py): 1.76 GB for 1 min, 6.72 GB for 5 min, i.e. ~1.24 GB per minute.
+_BATCH_BYTES_PER_SECOND = 21e6
+_BATCH_BASE_BYTES = 0.5e9
+
+
+def check_batch_memory(seconds: float) -> None:
+    """Refuse a batch run that cannot fit in this machine's memory, before doing any work."""
+    import os
+
+    needed = _BATCH_BASE_BYTES + _BATCH_BYTES_PER_SECOND * seconds
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not available on this platform
+        return
+    if needed > 0.9 * physical:
+        raise MimiError(f"{seconds / 60:.1f} min of audio would need about {needed / 1e9:.0f} GB in batch mode "
+                        f"(this machine has {physical / 1e9:.0f} GB); use --stream, which keeps memory flat")
 
 
 @dataclass

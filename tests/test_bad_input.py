@@ -145,7 +145,8 @@ def test_weights_with_a_missing_tensor(tmp_path, full_state, short_clip):
 def test_truncated_weights(tmp_path, weights_file, short_clip):
     with open(weights_file, "rb") as f:
         (tmp_path / "w.safetensors").write_bytes(f.read(10_000_000))
-    encode_fails(tmp_path, short_clip, "cannot read weights", "complete .safetensors", weights=tmp_path / "w.safetensors")
+    encode_fails(tmp_path, short_clip, "cannot read weights", "complete .safetensors",
+                 weights=tmp_path / "w.safetensors")
 
 
 def test_weights_that_are_not_safetensors(tmp_path, short_clip):
@@ -167,3 +168,18 @@ def test_unwritable_audio_extension(tmp_path):
     before = {p.name for p in tmp_path.iterdir()}
     result = run("decode", tmp_path / "codes.npz", "-o", tmp_path / "out.xyz")
     assert_clean_failure(result, tmp_path, before, "cannot write audio as .xyz")
+
+
+def test_batch_mode_refuses_what_cannot_fit_in_memory(tmp_path):
+    """A codes file long enough that batch decoding could not fit in this machine's memory."""
+    import os
+
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    frames = int(physical / 21e6 * 12.5) + 1000  # past what the batch path can hold
+    arrays = valid_codes_arrays()
+    arrays["codes"] = np.zeros((1, 1, frames), np.uint16)
+    arrays["num_samples"] = np.array(frames * 1920)
+    np.savez(tmp_path / "long.npz", **arrays)
+    before = {p.name for p in tmp_path.iterdir()}
+    result = run("decode", tmp_path / "long.npz", "-o", tmp_path / "o.wav", weights=tmp_path / "unused")
+    assert_clean_failure(result, tmp_path, before, "in batch mode", "use --stream")

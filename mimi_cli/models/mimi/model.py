@@ -281,7 +281,7 @@ class Transformer(Module):
         """``[B, C, T]`` → ``[B, C, T]`` for steps ``start .. start+T-1``."""
         x = np.ascontiguousarray(x.transpose(0, 2, 1))  # [B, T, C]
         positions = np.arange(start, start + x.shape[1])
-        for layer, cache in zip(self.layers, caches or [None] * len(self.layers)):
+        for layer, cache in zip(self.layers, caches or [None] * len(self.layers), strict=True):
             x = layer(x, positions, self.freqs, cache)
         return np.ascontiguousarray(x.transpose(0, 2, 1))
 

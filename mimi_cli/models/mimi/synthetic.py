@@ -56,7 +56,8 @@ def _uniform(seed: int, name: str, shape: tuple[int, ...], low: float, high: flo
 
 def codebook_tensors(seed: int, prefix: str, size: int, mean: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray]:
     """One codebook's three buffers, entries ~ N(mean, (0.25·std)²) per dimension."""
-    embedding = (mean + _CODEBOOK_SPREAD * std * _rng(seed, prefix + "embedding").standard_normal((size, mean.shape[0]))).astype(np.float32)
+    noise = _rng(seed, prefix + "embedding").standard_normal((size, mean.shape[0]))
+    embedding = (mean + _CODEBOOK_SPREAD * std * noise).astype(np.float32)
     usage = _uniform(seed, prefix + "cluster_usage", (size,), 0.5, 2.5)
     return {
         prefix + "_initialized": np.ones(1, np.float32),
