@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 
@@ -61,3 +62,182 @@ def stream_latency(model: Mimi, frames: int = 200, frames_per_step: int = 1, war
             times["decode"].append((t2 - t1) / frames_per_step * 1e3)
     return [StepLatency(direction, frames_per_step, float(np.median(ms)), float(np.percentile(ms, 95)),
                         float(np.max(ms))) for direction, ms in times.items()]
+
+
+# ----------------------------------------------------------------------------- timing helpers
+
+
+def best_time(fn, repeat: int = 3, min_seconds: float = 0.05) -> float:
+    """Best wall time of ``fn()`` over ``repeat`` runs (each run loops until ``min_seconds``)."""
+    best = float("inf")
+    for _ in range(repeat):
+        runs, start = 0, time.perf_counter()
+        while True:
+            fn()
+            runs += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        best = min(best, elapsed / runs)
+    return best
+
+
+@dataclass
+class KernelResult:
+    name: str
+    shape: str
+    strategy: str
+    seconds: float
+    gflops: float  # achieved GFLOP/s
+    peak_fraction: float  # of the measured BLAS peak
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def blas_peak(size: int = 2048) -> float:
+    """GFLOP/s of a large square float32 matmul: the ceiling every kernel is compared to."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((size, size), np.float32), rng.standard_normal((size, size), np.float32)
+    return 2 * size**3 / best_time(lambda: a @ b) / 1e9
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def _seanet_layers(model: Mimi, seconds: float):
+    """(name, kind, weight, stride, input length) of every SEANet conv for ``seconds`` of audio."""
+    from mimi_cli.models.mimi.model import Conv, ConvTranspose, ResidualBlock
+
+    c = model.config
+    for part, seq, length in (("encoder", model.encoder.model, int(seconds * c.sample_rate)),
+                              ("decoder", model.decoder.model, int(seconds * c.sample_rate) // c.hop_length)):
+        for index, layer in enumerate(seq.layers):
+            convs = [layer.reduce, layer.expand] if isinstance(layer, ResidualBlock) else [layer]
+            for conv in convs:
+                if isinstance(conv, Conv):
+                    yield f"{part}.{index}", "conv", conv.params[conv.weight_name], conv.stride, length + conv.padding
+                elif isinstance(conv, ConvTranspose):
+                    yield f"{part}.{index}", "convtr", conv.params[conv.weight_name], conv.stride, length
+                    length *= conv.stride
+            if isinstance(layer, Conv):
+                length //= layer.stride
+
+
+def kernel_benchmarks(model: Mimi, seconds: float = 1.0, peak: float | None = None,
+                      progress=None) -> list[KernelResult]:
+    """Time the codec's kernels at their real shapes for ``seconds`` of audio, each strategy where several exist."""
+    from mimi_cli.core import conv1d, conv_transpose1d, linear, windowed_causal_attention
+
+    peak = peak or blas_peak()
+    rng = np.random.default_rng(0)
+    results = []
+
+    def add(name, shape, strategy, flops, fn):
+        t = best_time(fn)
+        results.append(KernelResult(name, shape, strategy, t, flops / t / 1e9, flops / t / 1e9 / peak))
+        if progress:
+            progress()
+
+    for name, kind, weight, stride, length in _seanet_layers(model, seconds):
+        if kind == "conv":
+            out_ch, in_ch, kernel = weight.shape
+            x = rng.standard_normal((1, in_ch, length), np.float32)
+            out_len = (length - kernel) // stride + 1
+            flops = 2 * in_ch * kernel * out_ch * out_len
+            for strategy in ("unfold", "phases"):
+                add(name, f"{list(weight.shape)} s{stride} T{length}", strategy, flops,
+                    partial(conv1d, x, weight, None, stride, strategy=strategy))
+        else:
+            in_ch, out_ch, kernel = weight.shape
+            x = rng.standard_normal((1, in_ch, length), np.float32)
+            flops = 2 * in_ch * kernel * out_ch * length
+            for strategy in ("overlap_add", "phases"):
+                add(name, f"{list(weight.shape)} s{stride} T{length}", strategy, flops,
+                    partial(conv_transpose1d, x, weight, None, stride, strategy=strategy))
+    c = model.config
+    steps = max(1, int(seconds * c.sample_rate / c.hop_length))
+    h = rng.standard_normal((1, steps, c.dimension), np.float32)
+    layer = model.encoder_transformer.layers[0].params
+    for name in ("self_attn.in_proj_weight", "linear1.weight"):
+        w = layer[name]
+        add(f"transformer {name.split('.')[0]}", f"[{steps}, {w.shape[1]}] x {list(w.shape[::-1])}", "BLAS",
+            2 * steps * w.size, partial(linear, h, w))
+    q = rng.standard_normal((1, c.num_heads, steps, c.head_dim), np.float32)
+    keys = np.minimum(np.arange(steps) + 1, c.context).sum()
+    add("attention (window 250)", f"{c.num_heads} heads x {steps} steps", "blocked",
+        4 * keys * c.dimension, lambda: windowed_causal_attention(q, q, q, c.context))
+    return results
+
+
+# ----------------------------------------------------------------------------- the whole codec
+
+
+def _seanet_flops(c, samples: float) -> tuple[float, float, float]:
+    """(encoder, decoder, latent steps): the decoder mirrors the encoder layer for layer."""
+    def hidden(width: int) -> int:
+        return width // c.compress
+
+    def residual(width: int, t: float) -> float:
+        return c.n_residual_layers * (2 * width * c.residual_kernel_size * hidden(width) * t
+                                      + 2 * hidden(width) * width * t)
+
+    encoder = 2 * c.channels * c.kernel_size * c.n_filters * samples  # first conv
+    decoder = 2 * c.n_filters * c.last_kernel_size * c.channels * samples  # last conv
+    width, t = c.n_filters, samples
+    for ratio in reversed(c.ratios):
+        encoder += residual(width, t)
+        decoder += residual(width, t)
+        t /= ratio
+        strided = 2 * width * 2 * ratio * 2 * width * t  # conv down = transposed conv up
+        encoder, decoder = encoder + strided, decoder + strided
+        width *= 2
+    encoder += 2 * width * c.last_kernel_size * c.dimension * t
+    decoder += 2 * c.dimension * c.kernel_size * width * t
+    return encoder, decoder, t
+
+
+def codec_flops(c, seconds: float, num_codebooks: int) -> tuple[float, float]:
+    """(encode, decode) FLOPs for ``seconds`` of audio, counted from the architecture (1 MAC = 2 FLOPs).
+
+    Matches mimi-reference.md §5: ≈ 5.5 GFLOP per second of audio each way.
+    """
+    encoder, decoder, steps = _seanet_flops(c, seconds * c.sample_rate)
+    d = c.dimension
+    window = min(steps, c.context)
+    keys = window * (window + 1) / 2 + max(0.0, steps - c.context) * c.context  # banded attention
+    transformer = c.num_layers * (2 * steps * (4 * d * d + 2 * d * c.dim_feedforward) + 4 * keys * d)
+    frames = steps / c.downsample_stride
+    projections = 2 * (2 * d * c.codebook_dim * frames)
+    encode = (encoder + transformer + 2 * d * 2 * c.downsample_stride * d * frames + projections
+              + num_codebooks * 2 * c.codebook_size * c.codebook_dim * frames)
+    decode = decoder + transformer + 2 * d * 2 * c.downsample_stride * frames + projections
+    return encode, decode
+
+
+@dataclass
+class ModelResult:
+    name: str
+    seconds: float
+    rtf: float  # seconds of compute per second of audio
+    gflops: float
+    peak_fraction: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_benchmarks(model: Mimi, seconds: float, peak: float, progress=None) -> list[ModelResult]:
+    """One-shot encode and decode of ``seconds`` of audio at 8 and 32 codebooks."""
+    pcm = speech_like(seconds)
+    results = []
+    for levels in (8, 32):
+        encode_flops, decode_flops = codec_flops(model.config, seconds, levels)
+        codes = model.encode(pcm, levels)  # warm-up, and the codes to decode
+        for name, fn, flops in ((f"encode, {levels} codebooks", partial(model.encode, pcm, levels), encode_flops),
+                                (f"decode, {levels} codebooks", partial(model.decode, codes), decode_flops)):
+            t = best_time(fn, repeat=2, min_seconds=0)
+            results.append(ModelResult(name, t, t / seconds, flops / t / 1e9, flops / t / 1e9 / peak))
+            if progress:
+                progress()
+    return results

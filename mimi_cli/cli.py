@@ -73,6 +73,19 @@ class _Messages:
         return err.status(message) if err.is_terminal and not self.quiet else contextlib.nullcontext()
 
     @contextlib.contextmanager
+    def progress_count(self, label: str, total: int) -> Iterator:
+        """A bar over a number of items; yields a function to call once per item."""
+        if self.quiet or not err.is_terminal:
+            yield lambda: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err,
+                      transient=True) as bar:
+            task = bar.add_task(label, total=total)
+            yield lambda: bar.advance(task)
+
+    @contextlib.contextmanager
     def progress(self, label: str, total_seconds: float) -> Iterator:
         """A bar over seconds of audio, with speed; yields the update function (a no-op when hidden)."""
         if self.quiet or not err.is_terminal:
@@ -272,6 +285,101 @@ def roundtrip(
             out.print_json(json.dumps(metrics))
         else:
             _print_metrics(metrics)
+
+
+@app.command()
+def bench(
+    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Audio length for kernel and model timings.")]
+    = 10.0,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="BLAS threads.")] = 2,
+    only: Annotated[Optional[str], typer.Option(
+        "--only", help="Run one part: kernels, model or stream.", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Measure speed on this machine: BLAS peak, kernels, whole codec, streaming (no weights needed)."""
+    parts = ("kernels", "model", "stream")
+    if only is not None and only not in parts:
+        _fail(f"--only takes one of {', '.join(parts)}, not {only!r}", code=2)
+    with _user_errors(threads):
+        from mimi_cli import bench as b
+        from mimi_cli.models.mimi.synthetic import random_state
+
+        say = _Messages(as_json)
+        report: dict = {"threads": threads, "seconds": seconds}
+        with say.status("Building random weights of the released size…"):
+            model, load_seconds = _bench_model(random_state())
+        with say.status("Measuring the BLAS peak…"):
+            report["blas_peak_gflops"] = peak = b.blas_peak()
+        if only in (None, "kernels"):
+            with say.progress_count("Kernels", 64) as tick:
+                report["kernels"] = [r.as_dict() for r in b.kernel_benchmarks(model, 1.0, peak, tick)]
+        if only in (None, "model"):
+            with say.progress_count("Codec", 4) as tick:
+                report["model"] = [r.as_dict() for r in b.model_benchmarks(model, seconds, peak, tick)]
+            report["weights_load_seconds"] = load_seconds
+            report["peak_rss_mb"] = _peak_rss_mb()
+        if only in (None, "stream"):
+            with say.status("Streaming, frame by frame…"):
+                report["stream"] = [r.as_dict() for r in b.stream_latency(model, frames=150)]
+    if as_json:
+        out.print_json(json.dumps(report))
+    else:
+        _print_bench(report)
+
+
+def _bench_model(state):
+    """Write ``state`` to a temporary safetensors file and time loading it, as a user's file would load."""
+    import tempfile
+    import time
+
+    from safetensors.numpy import save_file
+
+    from mimi_cli.models.mimi import Mimi
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/mimi.safetensors"
+        save_file(state, path)
+        del state
+        start = time.perf_counter()
+        model = Mimi.from_file(path)
+        return model, time.perf_counter() - start
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _print_bench(report: dict) -> None:
+    from rich.table import Table
+
+    out.print(f"BLAS peak (2048² float32 matmul, {report['threads']} threads): "
+              f"{report['blas_peak_gflops']:.1f} GFLOP/s")
+    if "kernels" in report:
+        table = Table(title="Kernels at the codec's shapes (1 s of audio)", title_justify="left")
+        for column in ("layer", "shape", "strategy", "time", "GFLOP/s", "% of peak"):
+            table.add_column(column, justify="left" if column in ("layer", "shape", "strategy") else "right")
+        for r in report["kernels"]:
+            table.add_row(r["name"], r["shape"], r["strategy"], f"{r['seconds'] * 1e3:.2f} ms",
+                          f"{r['gflops']:.1f}", f"{100 * r['peak_fraction']:.0f} %")
+        out.print(table)
+    if "model" in report:
+        table = Table(title=f"One-shot codec on {report['seconds']:g} s of audio", title_justify="left")
+        for column in ("run", "time", "real-time factor", "GFLOP/s", "% of peak"):
+            table.add_column(column, justify="left" if column == "run" else "right")
+        for r in report["model"]:
+            table.add_row(r["name"], f"{r['seconds']:.2f} s", f"{r['rtf']:.3f}", f"{r['gflops']:.1f}",
+                          f"{100 * r['peak_fraction']:.0f} %")
+        out.print(table)
+        out.print(f"weights load: {report['weights_load_seconds']:.2f} s; peak memory: {report['peak_rss_mb']:,.0f} MB")
+    if "stream" in report:
+        table = Table(title="Streaming, per 80 ms frame (1 frame per step)", title_justify="left")
+        for column in ("direction", "p50", "p95", "max"):
+            table.add_column(column, justify="left" if column == "direction" else "right")
+        for r in report["stream"]:
+            table.add_row(r["direction"], f"{r['p50_ms']:.1f} ms", f"{r['p95_ms']:.1f} ms", f"{r['max_ms']:.1f} ms")
+        out.print(table)
 
 
 def _print_metrics(metrics: dict) -> None:

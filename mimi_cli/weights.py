@@ -58,18 +58,14 @@ def _download_released() -> Path:
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a safetensors file as float32 arrays."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    """All tensors of a safetensors file as float32: views of the mapped file for F32, converted otherwise."""
+    from mimi_cli.safetensors_reader import SafetensorsFile
 
     path = Path(path)
-    if path.is_dir():
-        raise WeightsError(f"{path} is a directory; give a .safetensors file")
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError, TypeError) as exc:
-        raise WeightsError(f"cannot read weights {path}: {exc} (is it a complete .safetensors file?)") from None
-    return {name: value.astype(np.float32, copy=False) for name, value in tensors.items()}
+    if not path.exists():
+        raise WeightsError(f"weights file {path} does not exist")
+    weights = SafetensorsFile(path)
+    return {name: weights.tensor(name) for name in weights.infos}
 
 
 def load_mimi_state(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -91,14 +91,17 @@ CONV_CASES = [
     (1, 3, 2, 7, 7, 1, 1, 1, True),  # exactly one output
     (1, 3, 2, 1, 1, 1, 1, 1, True),  # length 1
     (1, 3, 2, 0, 1, 1, 1, 1, True),  # length 0
+    (2, 5, 7, 64, 12, 6, 1, 1, True),  # SEANet-style k = 2·stride, long enough for the auto rule's phases
+    (1, 4, 3, 50, 3, 1, 1, 1, True),  # a residual-block conv, long
 ]
 
 
+@pytest.mark.parametrize("strategy", ["unfold", "phases", "auto"])
 @pytest.mark.parametrize("batch,cin,cout,length,kernel,stride,dilation,groups,bias", CONV_CASES)
-def test_conv1d_matches_naive_loops(batch, cin, cout, length, kernel, stride, dilation, groups, bias):
+def test_conv1d_matches_naive_loops(batch, cin, cout, length, kernel, stride, dilation, groups, bias, strategy):
     x, w = randn(batch, cin, length), randn(cout, cin // groups, kernel)
     b = randn(cout) if bias else None
-    y = conv1d(x, w, b, stride, dilation, groups)
+    y = conv1d(x, w, b, stride, dilation, groups, strategy=strategy)
     expected = naive_conv1d(x, w, b, stride, dilation, groups)
     assert y.shape == expected.shape and y.dtype == np.float32
     close(y, expected)
@@ -141,11 +144,12 @@ CONVTR_CASES = [
 ]
 
 
+@pytest.mark.parametrize("strategy", ["overlap_add", "phases", "auto"])
 @pytest.mark.parametrize("batch,cin,cout,length,kernel,stride,groups,bias", CONVTR_CASES)
-def test_conv_transpose1d_matches_naive_loops(batch, cin, cout, length, kernel, stride, groups, bias):
+def test_conv_transpose1d_matches_naive_loops(batch, cin, cout, length, kernel, stride, groups, bias, strategy):
     x, w = randn(batch, cin, length), randn(cin, cout // groups, kernel)
     b = randn(cout) if bias else None
-    y = conv_transpose1d(x, w, b, stride, groups)
+    y = conv_transpose1d(x, w, b, stride, groups, strategy=strategy)
     expected = naive_conv_transpose1d(x, w, b, stride, groups)
     assert y.shape == expected.shape
     close(y, expected)

@@ -16,6 +16,8 @@ from numpy.lib.stride_tricks import as_strided
 
 # Upper bound on the elements of one unfolded block (16 MB of float32).
 _BLOCK_ELEMENTS = 1 << 22
+# Output elements per block in the "phases" strategy (1 MB of float32: fits in L2).
+_PHASE_BLOCK_ELEMENTS = 1 << 18
 # Up to this many input steps a transposed conv is computed weight-as-right-operand.
 _SKINNY_STEPS = 16
 
@@ -57,6 +59,7 @@ def conv1d(
     stride: int = 1,
     dilation: int = 1,
     groups: int = 1,
+    strategy: str = "auto",
 ) -> np.ndarray:
     """Valid 1-D convolution.
 
@@ -64,6 +67,10 @@ def conv1d(
         x: ``[B, C, T]``.
         weight: ``[O, C/groups, K]``.
         bias: ``[O]`` or None.
+        strategy: ``"unfold"`` (im2col: one GEMM against the K shifted copies of
+            the input), ``"phases"`` (one GEMM per group of ``stride`` taps over
+            shifted views, see :func:`_conv1d_phases`) or ``"auto"`` (the one
+            measured faster for the shape, see docs/performance.md).
     Returns:
         ``[B, O, T_out]`` with ``T_out = (T - (K-1)·dilation - 1) // stride + 1`` (0 if negative).
     """
@@ -83,6 +90,10 @@ def conv1d(
         if bias is not None:
             y += bias[:, None]
         return y
+    if strategy == "auto":
+        strategy = _pick_conv_strategy(channels, kernel, stride, out_len)
+    if strategy == "phases" and groups == 1 and dilation == 1 and kernel % stride == 0:
+        return _conv1d_phases(x, weight, bias, stride, out_len)
     s_b, s_c, s_t = x.strides
     block = max(1, _BLOCK_ELEMENTS // (channels * kernel * batch))
     for t0 in range(0, out_len, block):
@@ -101,12 +112,61 @@ def conv1d(
     return y
 
 
+def _pick_conv_strategy(channels: int, kernel: int, stride: int, out_len: int) -> str:
+    """Which conv1d strategy is faster for a shape (rule from `mimi bench --only kernels`)."""
+    return "phases" if out_len > _SKINNY_STEPS else "unfold"
+
+
+def _conv1d_phases(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int,
+                   out_len: int) -> np.ndarray:
+    """Conv as ``K/stride`` GEMMs over shifted views, for ``K`` a multiple of ``stride`` (no dilation).
+
+    Cut the input into frames of ``stride`` samples and stack each frame's
+    samples under its channels: ``G[(c, s), j] = x[c, j·stride + s]``. Output
+    ``t`` reads frames ``t .. t + K/stride − 1``, so with ``W_p`` the taps
+    ``p·stride .. p·stride + stride − 1``::
+
+        y = W_0 @ G[:, 0 : T_out] + W_1 @ G[:, 1 : T_out + 1] + ...
+
+    For stride 1, ``G`` is ``x`` itself (no copy at all); otherwise building
+    ``G`` copies the input once, where im2col copies it ``K/stride`` times.
+    """
+    batch, channels, _ = x.shape
+    out_channels, _, kernel = weight.shape
+    phases = kernel // stride
+    frames = out_len + phases - 1
+    span = x[:, :, : frames * stride]
+    if stride == 1:
+        grouped = span
+    else:
+        grouped = span.reshape(batch, channels, frames, stride).transpose(0, 1, 3, 2).reshape(
+            batch, channels * stride, frames)
+    w = weight.reshape(out_channels, channels, phases, stride).transpose(2, 0, 1, 3).reshape(
+        phases, out_channels, channels * stride)
+    y = np.empty((batch, out_channels, out_len), np.float32)
+    # Blocks of output steps keep the accumulator in cache (and bound the temporaries).
+    block = max(256, _PHASE_BLOCK_ELEMENTS // out_channels)
+    scratch = np.empty((batch, out_channels, min(block, out_len)), np.float32)
+    for t0 in range(0, out_len, block):
+        n = min(block, out_len - t0)
+        acc, tmp = y[:, :, t0 : t0 + n], scratch[:, :, :n]
+        np.matmul(w[0], grouped[:, :, t0 : t0 + n], out=tmp)
+        acc[...] = tmp
+        for p in range(1, phases):
+            np.matmul(w[p], grouped[:, :, t0 + p : t0 + p + n], out=tmp)
+            acc += tmp
+    if bias is not None:
+        y += bias[:, None]
+    return y
+
+
 def conv_transpose1d(
     x: np.ndarray,
     weight: np.ndarray,
     bias: np.ndarray | None = None,
     stride: int = 1,
     groups: int = 1,
+    strategy: str = "auto",
 ) -> np.ndarray:
     """Transposed 1-D convolution with no padding (the "full" output).
 
@@ -121,6 +181,9 @@ def conv_transpose1d(
         x: ``[B, C_in, T]``.
         weight: ``[C_in, C_out/groups, K]`` (PyTorch layout).
         bias: ``[C_out]`` or None; added to every output position.
+        strategy: ``"overlap_add"`` (one GEMM for all taps, then one strided add
+            per tap), ``"phases"`` (one GEMM per group of ``stride`` taps into a
+            frame-major buffer, see :func:`_conv_transpose1d_phases`) or ``"auto"``.
     Returns:
         ``[B, C_out, (T-1)·stride + K]`` (``[B, C_out, 0]`` for an empty input).
     """
@@ -130,17 +193,21 @@ def conv_transpose1d(
         raise ValueError(f"conv_transpose1d: input has {in_channels} channels, weight {weight.shape}")
     out_channels = group_out * groups
     group_in = in_channels // groups
-    out_len = (length - 1) * stride + kernel if length else 0
-    y = np.zeros((batch, out_channels, out_len), dtype=np.float32)
     if length == 0:
-        return y
+        return np.zeros((batch, out_channels, 0), dtype=np.float32)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if groups == 1 and length <= _SKINNY_STEPS:
+    if strategy == "auto":
+        strategy = "phases" if length > _SKINNY_STEPS else "overlap_add"
+    if strategy == "phases" and groups == 1 and kernel % stride == 0:
+        y = _conv_transpose1d_phases(x, weight, stride)
+    elif groups == 1 and length <= _SKINNY_STEPS:
+        y = np.zeros((batch, out_channels, (length - 1) * stride + kernel), dtype=np.float32)
         # Few steps (streaming): the product is bound by reading the weight, which
         # OpenBLAS does fastest untransposed, as the right operand (measured 25% faster).
         products = x.transpose(0, 2, 1) @ weight.reshape(in_channels, out_channels * kernel)  # [B, T, O·K]
         _overlap_add(y, products.reshape(batch, length, out_channels, kernel).transpose(0, 2, 3, 1), 0, stride)
     else:
+        y = np.zeros((batch, out_channels, (length - 1) * stride + kernel), dtype=np.float32)
         # [G, O/G·K, C/G]: one matrix per group mapping input channels to (out channel, tap).
         w = weight.reshape(groups, group_in, group_out * kernel).transpose(0, 2, 1)
         x = x.reshape(batch, groups, group_in, length)
@@ -152,6 +219,29 @@ def conv_transpose1d(
     if bias is not None:
         y += bias[:, None]
     return y
+
+
+def _conv_transpose1d_phases(x: np.ndarray, weight: np.ndarray, stride: int) -> np.ndarray:
+    """Transposed conv for ``K`` a multiple of ``stride``, frame by frame.
+
+    Output frame ``j`` (samples ``j·stride .. j·stride + stride − 1``) receives
+    tap group ``p`` of input step ``j − p``. Accumulate the groups into a
+    ``[(o, s), frame]`` buffer with one GEMM each over shifted column ranges,
+    then reorder it to ``[o, frame·stride + s]`` once::
+
+        Y[:, j] = W_0ᵀ x[:, j] + W_1ᵀ x[:, j − 1] + ...     (zero outside 0..T−1)
+    """
+    batch, in_channels, length = x.shape
+    _, out_channels, kernel = weight.shape
+    phases = kernel // stride
+    frames = length + phases - 1
+    w = weight.reshape(in_channels, out_channels, phases, stride).transpose(2, 1, 3, 0).reshape(
+        phases, out_channels * stride, in_channels)  # [P, O·S, C]
+    framed = np.zeros((batch, out_channels * stride, frames), np.float32)
+    for p in range(phases):
+        framed[:, :, p : p + length] += np.matmul(w[p], x)
+    y = framed.reshape(batch, out_channels, stride, frames).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(y).reshape(batch, out_channels, frames * stride)
 
 
 def _overlap_add(y: np.ndarray, products: np.ndarray, start: int, stride: int) -> None:

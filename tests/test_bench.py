@@ -1,0 +1,72 @@
+"""`mimi bench` and the FLOP count it reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+import mimi_cli.models.mimi.model as model_module
+from conftest import SMALL
+from mimi_cli.bench import codec_flops
+from test_cli import run
+
+
+def test_flop_count_matches_the_operations_the_model_runs(small_model, monkeypatch):
+    """Count the multiply-adds of every conv, linear, attention and code search actually executed."""
+    counted = {"flops": 0.0}
+
+    def counting(name, flops_of):
+        original = getattr(model_module, name)
+
+        def wrapper(*args, **kwargs):
+            result = original(*args, **kwargs)
+            counted["flops"] += flops_of(result, *args, **kwargs)
+            return result
+
+        monkeypatch.setattr(model_module, name, wrapper)
+
+    counting("conv1d", lambda y, x, w, *a, **k: 2 * w.shape[1] * w.shape[2] * y.size)
+    counting("conv_transpose1d", lambda y, x, w, *a, **k: 2 * x.size * w.shape[1] * w.shape[2])
+    counting("linear", lambda y, x, w, *a, **k: 2 * y.size * w.shape[1])
+    counting("nearest_code", lambda y, x, book, *a, **k: 2 * x.shape[0] * book.size)
+
+    def attention_flops(y, q, k, v, context):
+        steps = q.shape[2]
+        keys = sum(min(i + 1, context) for i in range(steps))
+        return 4 * keys * q.shape[1] * q.shape[3] * q.shape[0]
+
+    counting("windowed_causal_attention", attention_flops)
+    frames = 40  # past the small config's attention window
+    pcm = np.random.default_rng(0).standard_normal(frames * SMALL.frame_size).astype(np.float32)
+    codes = small_model.encode(pcm, 5)
+    encode_counted = counted["flops"]
+    counted["flops"] = 0.0
+    small_model.decode(codes)
+    encode, decode = codec_flops(SMALL, frames * SMALL.frame_size / SMALL.sample_rate, 5)
+    # the model's extra work is the causal padding at the very start (a few steps per conv)
+    assert abs(encode_counted - encode) / encode < 0.02
+    assert abs(counted["flops"] - decode) / decode < 0.02
+
+
+def test_flop_count_of_the_released_model_matches_the_reference_notes():
+    from mimi_cli.models.mimi import MimiConfig
+
+    encode, decode = codec_flops(MimiConfig(), 60.0, 8)
+    assert abs(encode / 60 / 1e9 - 5.53) < 0.02  # mimi-reference.md §5: ≈ 5.53 and 5.49 GFLOP/s
+    assert abs(decode / 60 / 1e9 - 5.49) < 0.02
+
+
+def test_bench_runs_without_weights_and_reports_json():
+    result = run("bench", "--only", "model", "--seconds", "1", "--threads", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["blas_peak_gflops"] > 1 and report["weights_load_seconds"] > 0 and report["peak_rss_mb"] > 300
+    names = [row["name"] for row in report["model"]]
+    assert names == ["encode, 8 codebooks", "decode, 8 codebooks", "encode, 32 codebooks", "decode, 32 codebooks"]
+    assert all(row["rtf"] > 0 and 0 < row["peak_fraction"] < 1.5 for row in report["model"])
+
+
+def test_bench_rejects_an_unknown_part():
+    result = run("bench", "--only", "everything")
+    assert result.returncode == 2 and "--only takes one of kernels, model, stream" in result.stderr
