@@ -1,10 +1,12 @@
-"""Time mimi-cli against Kyutai's PyTorch reference on the same weights, input and thread count.
+"""Time mimi-cli against Kyutai's PyTorch reference (and rustymimi) on the same weights, input and threads.
 
-Runs only where torch and moshi are importable (see scripts/make_golden.py for
-that environment); rustymimi (`pip install rustymimi`) is timed too when it is
-importable. Runs are
-interleaved (reference, ours, reference, ours, ...) so that machine noise hits
-both alike, and medians are reported with their ratio.
+Runs where torch and moshi are importable (the environment of
+scripts/make_golden.py); rustymimi (`pip install rustymimi`) is timed too when
+importable. Each measurement runs in a fresh worker process: torch's OpenMP
+pool, OpenBLAS and rustymimi's thread pool keep spinning after their work, so
+sharing one process would slow whichever runs next. Workers alternate
+(reference, ours, rustymimi, reference, ...) so that machine noise hits all
+alike; each warms up on 2 s of audio, then times loading, encode and decode.
 
     NO_TORCH_COMPILE=1 PYTHONPATH=. python benchmarks/compare_reference.py --seconds 60 --threads 2
 """
@@ -12,19 +14,92 @@ both alike, and medians are reported with their ratio.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from functools import partial
 
 import numpy as np
 
+IMPLEMENTATIONS = ("reference", "mimi-cli", "rustymimi")
 
-def timed(fn):
+
+def worker(name: str, weights: str, seconds: float, codebooks: int, threads: int) -> dict:
+    """Load, warm up, then time one encode and one decode; returns times and a checksum of the codes."""
+    from threadpoolctl import threadpool_limits
+
+    from mimi_cli.bench import speech_like
+
+    pcm = speech_like(seconds)
+    pcm = pcm[: len(pcm) // 1920 * 1920]
+    warm = pcm[: 2 * 24000]
     start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
+    if name == "reference":
+        import torch
+        from moshi.models import loaders
+
+        torch.set_num_threads(threads)
+        model = loaders.get_mimi(weights, device="cpu")
+        model.set_num_codebooks(codebooks)
+
+        def encode(x):
+            with torch.no_grad():
+                return model.encode(torch.from_numpy(x)[None, None])
+
+        def decode(codes):
+            with torch.no_grad():
+                return model.decode(codes)
+
+        def as_numpy(codes):
+            return codes[0].numpy()
+    elif name == "mimi-cli":
+        from mimi_cli.models.mimi import Mimi
+
+        threadpool_limits(threads, "blas")
+        model = Mimi.from_file(weights)
+
+        def encode(x):
+            return model.encode(x, codebooks)
+
+        decode = model.decode
+
+        def as_numpy(codes):
+            return codes
+    else:
+        import rustymimi
+
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
+        model = rustymimi.Tokenizer(weights, num_codebooks=codebooks)
+
+        def encode(x):
+            return model.encode(x[None, None])
+
+        decode = model.decode
+
+        def as_numpy(codes):
+            return np.asarray(codes)[0]
+    load = time.perf_counter() - start
+    decode(encode(warm))
+    start = time.perf_counter()
+    codes = encode(pcm)
+    encode_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    decode(codes)
+    decode_seconds = time.perf_counter() - start
+    return {"load": load, "encode": encode_seconds, "decode": decode_seconds,
+            "codes": as_numpy(codes).astype(np.int64).ravel().tolist()}
+
+
+def available(name: str) -> bool:
+    module = {"reference": "moshi", "mimi-cli": "mimi_cli", "rustymimi": "rustymimi"}[name]
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
 
 
 def main() -> None:
@@ -33,79 +108,48 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--codebooks", type=int, default=8)
+    parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.weights, args.seconds, args.codebooks, args.threads)))
+        return
 
-    import torch
-    from moshi.models import loaders
     from safetensors.numpy import save_file
-    from threadpoolctl import threadpool_limits
 
-    from mimi_cli.bench import speech_like
-    from mimi_cli.models.mimi import Mimi
     from mimi_cli.models.mimi.synthetic import random_state
 
-    torch.set_num_threads(args.threads)
-    pcm = speech_like(args.seconds)
-    pcm = pcm[: len(pcm) // 1920 * 1920]
-    tmp = tempfile.TemporaryDirectory()
-    path = path_copy = os.path.join(tmp.name, "mimi.safetensors")
-    save_file(random_state(), path)
-    load_ref, reference = timed(lambda: loaders.get_mimi(path, device="cpu"))
-    with threadpool_limits(args.threads, "blas"):
-        load_ours, ours = timed(lambda: Mimi.from_file(path))
-    reference.set_num_codebooks(args.codebooks)
-    x = torch.from_numpy(pcm)[None, None]
-
-    def ref_encode():
-        with torch.no_grad():
-            return reference.encode(x)
-
-    def ref_decode(codes):
-        with torch.no_grad():
-            return reference.decode(codes)
-
-    try:
-        import rustymimi
-
-        rusty = rustymimi.Tokenizer(path_copy, num_codebooks=args.codebooks)
-    except ImportError:
-        rusty = None
-    names = ["reference", "mimi-cli"] + (["rustymimi"] if rusty else [])
-    times = {name: {"encode": [], "decode": []} for name in names}
-    codes_ref = codes_ours = None
-    with threadpool_limits(args.threads, "blas"):
+    names = [name for name in IMPLEMENTATIONS if available(name)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "RAYON_NUM_THREADS": str(args.threads)}
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "mimi.safetensors")
+        save_file(random_state(), weights)
         for _ in range(args.repeats):
-            if rusty:
-                t, codes_rusty = timed(lambda: rusty.encode(pcm[None, None]))
-                times["rustymimi"]["encode"].append(t)
-                t, _ = timed(partial(rusty.decode, codes_rusty))
-                times["rustymimi"]["decode"].append(t)
-            t, codes_ref = timed(ref_encode)
-            times["reference"]["encode"].append(t)
-            t, codes_ours = timed(lambda: ours.encode(pcm, args.codebooks))
-            times["mimi-cli"]["encode"].append(t)
-            t, _ = timed(partial(ref_decode, codes_ref))
-            times["reference"]["decode"].append(t)
-            t, _ = timed(partial(ours.decode, codes_ours))
-            times["mimi-cli"]["decode"].append(t)
-    mismatches = int((codes_ref[0].numpy() != codes_ours).sum())
-    print(f"{args.seconds:g} s of audio, {args.codebooks} codebooks, {args.threads} threads, "
-          f"median of {args.repeats} interleaved runs; torch {torch.__version__}, numpy {np.__version__}")
-    print(f"codes differing between the two: {mismatches} of {codes_ours.size}")
-    rusty_header = " rustymimi |" if rusty else ""
-    print(f"| | reference (moshi, PyTorch) | mimi-cli | ratio (ours / reference) |{rusty_header}")
-    print("|---|---:|---:|---:|" + ("---:|" if rusty else ""))
-    print(f"| load weights | {load_ref:.2f} s | {load_ours:.2f} s | {load_ours / load_ref:.2f} |"
-          + (" – |" if rusty else ""))
-    for step in ("encode", "decode"):
-        r, o = (statistics.median(times[name][step]) for name in ("reference", "mimi-cli"))
-        row = (f"| {step} | {r:.2f} s (RTF {r / args.seconds:.3f}) | {o:.2f} s (RTF {o / args.seconds:.3f}) "
-               f"| {o / r:.2f} |")
-        if rusty:
-            rt = statistics.median(times["rustymimi"][step])
-            row += f" {rt:.2f} s (RTF {rt / args.seconds:.3f}) |"
-        print(row)
-    tmp.cleanup()
+            for name in names:
+                command = [sys.executable, __file__, "--worker", name, "--weights", weights,
+                           "--seconds", str(args.seconds), "--threads", str(args.threads),
+                           "--codebooks", str(args.codebooks)]
+                done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+                results[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(run[key] for run in results[name])
+
+    ours = np.array(results["mimi-cli"][0]["codes"])
+    print(f"{args.seconds:g} s of audio, {args.codebooks} codebooks, {args.threads} threads, median of "
+          f"{args.repeats} runs, each in its own process, implementations alternating")
+    for name in names:
+        if name != "mimi-cli":
+            differing = int((np.array(results[name][0]["codes"]) != ours).sum())
+            print(f"codes differing between mimi-cli and {name}: {differing} of {ours.size}")
+    print("| | " + " | ".join(names) + " | mimi-cli / reference |")
+    print("|---|" + "---:|" * (len(names) + 1))
+    for key in ("load", "encode", "decode"):
+        cells = [f"{median(name, key):.2f} s" + (f" (RTF {median(name, key) / args.seconds:.3f})" if key != "load"
+                                                 else "") for name in names]
+        ratio = median("mimi-cli", key) / median("reference", key) if "reference" in names else float("nan")
+        print(f"| {key} | " + " | ".join(cells) + f" | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

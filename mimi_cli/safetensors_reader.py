@@ -107,7 +107,7 @@ class SafetensorsFile:
         for name, entry in header.items():
             infos[name] = self._parse_entry(name, entry)
         spans = sorted((info.begin, info.end, info.name) for info in infos.values() if info.end > info.begin)
-        for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:]):
+        for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:], strict=False):
             if begin_b < end_a:
                 raise self._error(f"tensors {name_a} and {name_b} overlap")
         return metadata, infos

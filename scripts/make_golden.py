@@ -9,7 +9,7 @@ Needs a separate virtual environment with the reference (never a dependency of m
     python -m venv /tmp/ref && . /tmp/ref/bin/activate
     pip install torch==2.13.0
     pip install --no-deps moshi==0.2.13
-    pip install "numpy<2.3" safetensors einops huggingface_hub sentencepiece scipy soundfile
+    pip install "numpy<2.3" safetensors einops huggingface_hub sentencepiece scipy soundfile threadpoolctl
     NO_TORCH_COMPILE=1 PYTHONPATH=. python scripts/make_golden.py
 
 The weights come from ``mimi_cli.models.mimi.synthetic.random_state(seed=0)``;

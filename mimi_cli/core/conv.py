@@ -16,6 +16,8 @@ from numpy.lib.stride_tricks import as_strided
 
 # Upper bound on the elements of one unfolded block (16 MB of float32).
 _BLOCK_ELEMENTS = 1 << 22
+# Stride-1 convs with at least this many output steps use the "phases" strategy.
+_PHASES_MIN_STEPS = 1000
 # Output elements per block in the "phases" strategy (1 MB of float32: fits in L2).
 _PHASE_BLOCK_ELEMENTS = 1 << 18
 # Up to this many input steps a transposed conv is computed weight-as-right-operand.
@@ -113,8 +115,14 @@ def conv1d(
 
 
 def _pick_conv_strategy(channels: int, kernel: int, stride: int, out_len: int) -> str:
-    """Which conv1d strategy is faster for a shape (rule from `mimi bench --only kernels`)."""
-    return "phases" if out_len > _SKINNY_STEPS else "unfold"
+    """Which conv1d strategy is faster for a shape (rule from `mimi bench --only kernels`, docs/performance.md).
+
+    Stride-1 convs over long inputs gain most from reading shifted views in place
+    (1.6× for Mimi's 64→32 k3 at 24 kHz, 7× for the decoder's 64→1 output conv).
+    Strided convs unfold faster than they regroup, and short inputs (the 25 Hz
+    layers, streaming) or a single input channel favour one large GEMM.
+    """
+    return "phases" if stride == 1 and channels > 1 and out_len >= _PHASES_MIN_STEPS else "unfold"
 
 
 def _conv1d_phases(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int,
@@ -141,8 +149,9 @@ def _conv1d_phases(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, s
     else:
         grouped = span.reshape(batch, channels, frames, stride).transpose(0, 1, 3, 2).reshape(
             batch, channels * stride, frames)
-    w = weight.reshape(out_channels, channels, phases, stride).transpose(2, 0, 1, 3).reshape(
-        phases, out_channels, channels * stride)
+    # Contiguous: NumPy < 2.3 runs a non-BLAS loop (40× slower) on matrices whose rows are strided.
+    w = np.ascontiguousarray(weight.reshape(out_channels, channels, phases, stride).transpose(2, 0, 1, 3).reshape(
+        phases, out_channels, channels * stride))
     y = np.empty((batch, out_channels, out_len), np.float32)
     # Blocks of output steps keep the accumulator in cache (and bound the temporaries).
     block = max(256, _PHASE_BLOCK_ELEMENTS // out_channels)
@@ -166,7 +175,6 @@ def conv_transpose1d(
     bias: np.ndarray | None = None,
     stride: int = 1,
     groups: int = 1,
-    strategy: str = "auto",
 ) -> np.ndarray:
     """Transposed 1-D convolution with no padding (the "full" output).
 
@@ -181,9 +189,6 @@ def conv_transpose1d(
         x: ``[B, C_in, T]``.
         weight: ``[C_in, C_out/groups, K]`` (PyTorch layout).
         bias: ``[C_out]`` or None; added to every output position.
-        strategy: ``"overlap_add"`` (one GEMM for all taps, then one strided add
-            per tap), ``"phases"`` (one GEMM per group of ``stride`` taps into a
-            frame-major buffer, see :func:`_conv_transpose1d_phases`) or ``"auto"``.
     Returns:
         ``[B, C_out, (T-1)·stride + K]`` (``[B, C_out, 0]`` for an empty input).
     """
@@ -196,11 +201,7 @@ def conv_transpose1d(
     if length == 0:
         return np.zeros((batch, out_channels, 0), dtype=np.float32)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if strategy == "auto":
-        strategy = "phases" if length > _SKINNY_STEPS else "overlap_add"
-    if strategy == "phases" and groups == 1 and kernel % stride == 0:
-        y = _conv_transpose1d_phases(x, weight, stride)
-    elif groups == 1 and length <= _SKINNY_STEPS:
+    if groups == 1 and length <= _SKINNY_STEPS:
         y = np.zeros((batch, out_channels, (length - 1) * stride + kernel), dtype=np.float32)
         # Few steps (streaming): the product is bound by reading the weight, which
         # OpenBLAS does fastest untransposed, as the right operand (measured 25% faster).
@@ -219,29 +220,6 @@ def conv_transpose1d(
     if bias is not None:
         y += bias[:, None]
     return y
-
-
-def _conv_transpose1d_phases(x: np.ndarray, weight: np.ndarray, stride: int) -> np.ndarray:
-    """Transposed conv for ``K`` a multiple of ``stride``, frame by frame.
-
-    Output frame ``j`` (samples ``j·stride .. j·stride + stride − 1``) receives
-    tap group ``p`` of input step ``j − p``. Accumulate the groups into a
-    ``[(o, s), frame]`` buffer with one GEMM each over shifted column ranges,
-    then reorder it to ``[o, frame·stride + s]`` once::
-
-        Y[:, j] = W_0ᵀ x[:, j] + W_1ᵀ x[:, j − 1] + ...     (zero outside 0..T−1)
-    """
-    batch, in_channels, length = x.shape
-    _, out_channels, kernel = weight.shape
-    phases = kernel // stride
-    frames = length + phases - 1
-    w = weight.reshape(in_channels, out_channels, phases, stride).transpose(2, 1, 3, 0).reshape(
-        phases, out_channels * stride, in_channels)  # [P, O·S, C]
-    framed = np.zeros((batch, out_channels * stride, frames), np.float32)
-    for p in range(phases):
-        framed[:, :, p : p + length] += np.matmul(w[p], x)
-    y = framed.reshape(batch, out_channels, stride, frames).transpose(0, 1, 3, 2)
-    return np.ascontiguousarray(y).reshape(batch, out_channels, frames * stride)
 
 
 def _overlap_add(y: np.ndarray, products: np.ndarray, start: int, stride: int) -> None:

@@ -376,6 +376,18 @@ class SplitResidualVQ(Module):
 
 # ----------------------------------------------------------------------------- the codec
 
+# Batch mode runs the SEANets over chunks of this many frames (1.28 s) with the
+# streaming state carried between them: the same result as one pass (causal
+# convs, exact carried context; float rounding aside), but activations stay in
+# cache instead of streaming hundreds of MB through memory at every layer, and
+# memory no longer grows with the input (measured in docs/performance.md).
+SEANET_CHUNK_FRAMES = 16
+
+
+def _in_chunks(stream: Callable[[np.ndarray], np.ndarray], x: np.ndarray, chunk: int) -> np.ndarray:
+    """Run ``stream`` over ``x`` ``[B, C, T]`` in pieces of ``chunk`` steps; concatenate the outputs."""
+    return np.concatenate([stream(x[:, :, start : start + chunk]) for start in range(0, x.shape[2], chunk)], axis=2)
+
 
 class Mimi(Module):
     """Mimi: 24 kHz mono audio ↔ up to 32 levels of 11-bit codes at 12.5 Hz.
@@ -453,12 +465,12 @@ class Mimi(Module):
         pcm, _ = self._as_batch(pcm)
         frame = self.config.frame_size
         frames = -(-pcm.shape[-1] // frame)
+        if frames == 0:
+            return np.zeros((pcm.shape[0], self.config.dimension, 0), np.float32)
         # moshi ≥ 0.2.5 zero-pads the waveform to whole frames; the convs then need no right padding.
         x = np.zeros((pcm.shape[0], 1, frames * frame), np.float32)
         x[:, 0, : pcm.shape[-1]] = pcm
-        latent = self.encoder_transformer(self.encoder(x))
-        if frames == 0:
-            return np.zeros((pcm.shape[0], self.config.dimension, 0), np.float32)
+        latent = self.encoder_transformer(_in_chunks(self.encoder.streaming(), x, SEANET_CHUNK_FRAMES * frame))
         return self.downsample(latent)
 
     def encode(self, pcm: np.ndarray, num_codebooks: int = DEFAULT_NUM_CODEBOOKS) -> np.ndarray:
@@ -492,7 +504,8 @@ class Mimi(Module):
         if latent.shape[-1] == 0:
             return np.zeros((latent.shape[0], 0), np.float32)
         x = self.decoder_transformer(self.upsample(latent))
-        return self.decoder(x)[:, 0, :]
+        steps = SEANET_CHUNK_FRAMES * self.config.downsample_stride
+        return _in_chunks(self.decoder.streaming(), x, steps)[:, 0, :]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """pcm float32 ``[1920·F]`` for codes ``[K, F]``, or ``[B, 1920·F]`` for ``[B, K, F]``."""
