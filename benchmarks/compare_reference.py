@@ -8,7 +8,11 @@ sharing one process would slow whichever runs next. Workers alternate
 (reference, ours, rustymimi, reference, ...) so that machine noise hits all
 alike; each warms up on 2 s of audio, then times loading, encode and decode.
 
-    NO_TORCH_COMPILE=1 PYTHONPATH=. python benchmarks/compare_reference.py --seconds 60 --threads 2
+    NO_TORCH_COMPILE=1 PYTHONPATH=. python benchmarks/compare_reference.py --seconds 60 --threads 2 \
+        [--ours-python /path/to/mimi-cli-venv/bin/python]
+
+(The reference's environment pins numpy < 2.3; mimi-cli's own install gets the
+newest NumPy. Pass --ours-python to time mimi-cli as users run it.)
 """
 
 from __future__ import annotations
@@ -29,8 +33,6 @@ IMPLEMENTATIONS = ("reference", "mimi-cli", "rustymimi")
 
 def worker(name: str, weights: str, seconds: float, codebooks: int, threads: int) -> dict:
     """Load, warm up, then time one encode and one decode; returns times and a checksum of the codes."""
-    from threadpoolctl import threadpool_limits
-
     from mimi_cli.bench import speech_like
 
     pcm = speech_like(seconds)
@@ -56,9 +58,10 @@ def worker(name: str, weights: str, seconds: float, codebooks: int, threads: int
         def as_numpy(codes):
             return codes[0].numpy()
     elif name == "mimi-cli":
+        from mimi_cli.core.threads import limit_threads
         from mimi_cli.models.mimi import Mimi
 
-        threadpool_limits(threads, "blas")
+        limit_threads(threads).__enter__()  # for the whole life of this worker process
         model = Mimi.from_file(weights)
 
         def encode(x):
@@ -89,8 +92,42 @@ def worker(name: str, weights: str, seconds: float, codebooks: int, threads: int
     start = time.perf_counter()
     decode(codes)
     decode_seconds = time.perf_counter() - start
-    return {"load": load, "encode": encode_seconds, "decode": decode_seconds,
-            "codes": as_numpy(codes).astype(np.int64).ravel().tolist()}
+    result = {"load": load, "encode": encode_seconds, "decode": decode_seconds,
+              "codes": as_numpy(codes).astype(np.int64).ravel().tolist()}
+    if name != "rustymimi":
+        result.update(stream_steps(name, model, pcm[: 150 * 1920]))
+    return result
+
+
+def stream_steps(name: str, model, pcm: np.ndarray) -> dict:
+    """Median per-frame encode and decode step over 150 frames fed one at a time (after 10 warm-up frames)."""
+    frames = [pcm[i : i + 1920] for i in range(0, len(pcm), 1920)]
+    encode_ms, decode_ms = [], []
+    if name == "reference":
+        import torch
+
+        with torch.no_grad(), model.streaming(1):
+            for i, frame in enumerate(frames):
+                t0 = time.perf_counter()
+                codes = model.encode(torch.from_numpy(frame)[None, None])
+                t1 = time.perf_counter()
+                model.decode(codes)
+                t2 = time.perf_counter()
+                if i >= 10:
+                    encode_ms.append((t1 - t0) * 1e3)
+                    decode_ms.append((t2 - t1) * 1e3)
+    else:
+        encoder, decoder = model.stream_encoder(), model.stream_decoder()
+        for i, frame in enumerate(frames):
+            t0 = time.perf_counter()
+            codes = encoder.push(frame)
+            t1 = time.perf_counter()
+            decoder.push(codes)
+            t2 = time.perf_counter()
+            if i >= 10:
+                encode_ms.append((t1 - t0) * 1e3)
+                decode_ms.append((t2 - t1) * 1e3)
+    return {"stream_encode_ms": float(np.median(encode_ms)), "stream_decode_ms": float(np.median(decode_ms))}
 
 
 def available(name: str) -> bool:
@@ -108,6 +145,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--codebooks", type=int, default=8)
+    parser.add_argument("--ours-python", default=sys.executable,
+                        help="interpreter of mimi-cli's own environment (default: this one)")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -127,7 +166,8 @@ def main() -> None:
         save_file(random_state(), weights)
         for _ in range(args.repeats):
             for name in names:
-                command = [sys.executable, __file__, "--worker", name, "--weights", weights,
+                python = args.ours_python if name == "mimi-cli" else sys.executable
+                command = [python, __file__, "--worker", name, "--weights", weights,
                            "--seconds", str(args.seconds), "--threads", str(args.threads),
                            "--codebooks", str(args.codebooks)]
                 done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
@@ -138,7 +178,8 @@ def main() -> None:
 
     ours = np.array(results["mimi-cli"][0]["codes"])
     print(f"{args.seconds:g} s of audio, {args.codebooks} codebooks, {args.threads} threads, median of "
-          f"{args.repeats} runs, each in its own process, implementations alternating")
+          f"{args.repeats} runs, each in its own process, implementations alternating; mimi-cli run by "
+          f"{args.ours_python}")
     for name in names:
         if name != "mimi-cli":
             differing = int((np.array(results[name][0]["codes"]) != ours).sum())
@@ -150,6 +191,11 @@ def main() -> None:
                                                  else "") for name in names]
         ratio = median("mimi-cli", key) / median("reference", key) if "reference" in names else float("nan")
         print(f"| {key} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+    for key in ("stream_encode_ms", "stream_decode_ms"):
+        cells = [f"{median(name, key):.1f} ms" if key in results[name][0] else "–" for name in names]
+        ratio = median("mimi-cli", key) / median("reference", key) if "reference" in names else float("nan")
+        print(f"| {key.replace('_ms', '').replace('_', ' ')} step, per frame (p50) | " + " | ".join(cells)
+              + f" | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,8 @@ and the figures are per frame. Realistic random weights of the released size.
 
 import argparse
 
-from threadpoolctl import threadpool_limits
-
 from mimi_cli.bench import stream_latency
+from mimi_cli.core.threads import limit_threads
 from mimi_cli.models.mimi.synthetic import random_mimi
 
 
@@ -24,7 +23,7 @@ def main() -> None:
     print(f"| frames per step | latency | encode p50 / p95 / max (ms per frame) | decode p50 / p95 / max "
           f"| encode + decode p50 |   ({args.threads} BLAS threads, {args.frames} frames)")
     print("|---:|---:|---|---|---:|")
-    with threadpool_limits(args.threads, "blas"):
+    with limit_threads(args.threads):
         for fps in args.steps:
             enc, dec = stream_latency(model, args.frames, fps)
             print(f"| {fps} | {80 * fps} ms | {enc.p50_ms:.1f} / {enc.p95_ms:.1f} / {enc.max_ms:.1f} "

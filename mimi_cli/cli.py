@@ -33,7 +33,7 @@ WeightsOption = Annotated[Optional[Path], typer.Option(
                       "else the released file via the Hugging Face cache.",
     show_default=False)]
 ThreadsOption = Annotated[Optional[int], typer.Option(
-    "--threads", min=1, help="BLAS threads. Default: the BLAS library's own choice.", show_default=False)]
+    "--threads", min=1, help="Threads for BLAS and element-wise work. Default: all cores.", show_default=False)]
 ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the output file if it exists.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors.")]
 StreamOption = Annotated[bool, typer.Option(
@@ -113,11 +113,9 @@ class _Messages:
 def _user_errors(threads: int | None = None) -> Iterator[None]:
     """Turn library errors into one-line messages and exit codes; limit BLAS threads."""
     try:
-        with contextlib.ExitStack() as stack:
-            if threads is not None:
-                from threadpoolctl import threadpool_limits
+        from mimi_cli.core.threads import limit_threads
 
-                stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
+        with limit_threads(threads):
             yield
     except MimiError as exc:
         _fail(str(exc))
@@ -291,7 +289,7 @@ def roundtrip(
 def bench(
     seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Audio length for kernel and model timings.")]
     = 10.0,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="BLAS threads.")] = 2,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for BLAS and element-wise work.")] = 2,
     only: Annotated[Optional[str], typer.Option(
         "--only", help="Run one part: kernels, model or stream.", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import erf
 
+from mimi_cli.core.threads import map_rows
+
 _INV_SQRT2 = np.float32(1.0 / np.sqrt(2.0))
 
 
@@ -57,19 +59,27 @@ def elu(x: np.ndarray) -> np.ndarray:
     ``exp(x) − 1`` loses digits (tiny |x|), the error stays below 1.3e-7 in
     absolute terms, under the rounding noise of the convolutions around it.
     """
-    y = np.minimum(x, 0)
-    np.exp(y, out=y)
-    y -= 1
-    return np.maximum(x, y, out=y)
+    return map_rows(_elu_rows, np.asarray(x, np.float32))
+
+
+def _elu_rows(x: np.ndarray, out: np.ndarray) -> None:
+    np.minimum(x, 0, out=out)
+    np.exp(out, out=out)
+    out -= 1
+    np.maximum(x, out, out=out)
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """The exact (erf) GELU, which is PyTorch's default: ``0.5·x·(1 + erf(x/√2))``."""
-    y = erf(x * _INV_SQRT2)
-    y += 1
-    y *= x
-    y *= np.float32(0.5)
-    return y
+    return map_rows(_gelu_rows, np.asarray(x, np.float32))
+
+
+def _gelu_rows(x: np.ndarray, out: np.ndarray) -> None:
+    np.multiply(x, _INV_SQRT2, out=out)
+    erf(out, out=out)
+    out += 1
+    out *= x
+    out *= np.float32(0.5)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
