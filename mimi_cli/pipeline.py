@@ -17,17 +17,18 @@ from mimi_cli.models.mimi import Mimi
 from mimi_cli.weights import resolve_weights, weights_id
 
 
-# Batch mode holds every activation of the whole input at once. Measured peak RSS
-# (benchmarks/memory.py): 1.76 GB for 1 min, 6.72 GB for 5 min, i.e. ~1.24 GB per minute.
-_BATCH_BYTES_PER_SECOND = 21e6
-_BATCH_BASE_BYTES = 0.5e9
+# Batch mode holds the transformers' activations (and the waveform) for the whole input;
+# the SEANets run in chunks. An upper bound on peak RSS from benchmarks/memory.py
+# (docs/performance.md), with margin: weights and libraries, then per second of audio.
+BATCH_BYTES_PER_SECOND = 2e6
+_BATCH_BASE_BYTES = 0.6e9
 
 
 def check_batch_memory(seconds: float) -> None:
     """Refuse a batch run that cannot fit in this machine's memory, before doing any work."""
     import os
 
-    needed = _BATCH_BASE_BYTES + _BATCH_BYTES_PER_SECOND * seconds
+    needed = _BATCH_BASE_BYTES + BATCH_BYTES_PER_SECOND * seconds
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not available on this platform
