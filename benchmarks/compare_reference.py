@@ -102,31 +102,32 @@ def worker(name: str, weights: str, seconds: float, codebooks: int, threads: int
 def stream_steps(name: str, model, pcm: np.ndarray) -> dict:
     """Median per-frame encode and decode step over 150 frames fed one at a time (after 10 warm-up frames)."""
     frames = [pcm[i : i + 1920] for i in range(0, len(pcm), 1920)]
-    encode_ms, decode_ms = [], []
     if name == "reference":
         import torch
 
-        with torch.no_grad(), model.streaming(1):
-            for i, frame in enumerate(frames):
-                t0 = time.perf_counter()
-                codes = model.encode(torch.from_numpy(frame)[None, None])
-                t1 = time.perf_counter()
-                model.decode(codes)
-                t2 = time.perf_counter()
-                if i >= 10:
-                    encode_ms.append((t1 - t0) * 1e3)
-                    decode_ms.append((t2 - t1) * 1e3)
+        context = model.streaming(1)
+        context.__enter__()
+
+        def encode_step(frame):
+            with torch.no_grad():
+                return model.encode(torch.from_numpy(frame)[None, None])
+
+        def decode_step(codes):
+            with torch.no_grad():
+                return model.decode(codes)
     else:
         encoder, decoder = model.stream_encoder(), model.stream_decoder()
-        for i, frame in enumerate(frames):
-            t0 = time.perf_counter()
-            codes = encoder.push(frame)
-            t1 = time.perf_counter()
-            decoder.push(codes)
-            t2 = time.perf_counter()
-            if i >= 10:
-                encode_ms.append((t1 - t0) * 1e3)
-                decode_ms.append((t2 - t1) * 1e3)
+        encode_step, decode_step = encoder.push, decoder.push
+    encode_ms, decode_ms = [], []
+    for i, frame in enumerate(frames):
+        t0 = time.perf_counter()
+        codes = encode_step(frame)
+        t1 = time.perf_counter()
+        decode_step(codes)
+        t2 = time.perf_counter()
+        if i >= 10:
+            encode_ms.append((t1 - t0) * 1e3)
+            decode_ms.append((t2 - t1) * 1e3)
     return {"stream_encode_ms": float(np.median(encode_ms)), "stream_decode_ms": float(np.median(decode_ms))}
 
 

@@ -302,7 +302,7 @@ def bench(
         from mimi_cli import bench as b
         from mimi_cli.models.mimi.synthetic import random_state
 
-        say = _Messages(as_json)
+        say = _Messages(quiet=as_json)  # with --json, stderr stays free of status lines too
         report: dict = {"threads": threads, "seconds": seconds}
         with say.status("Building random weights of the released size…"):
             model, load_seconds = _bench_model(random_state())

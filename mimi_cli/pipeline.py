@@ -57,7 +57,7 @@ def load_model(weights: str | Path | None) -> LoadedModel:
 @dataclass
 class EncodeResult:
     codes: CodesFile
-    pcm: np.ndarray  # the model's input: mono float32 at 24 kHz
+    pcm: np.ndarray | None  # the model's input, mono float32 at 24 kHz (None in --stream mode: not kept)
     seconds: float  # time spent in the model
 
 
@@ -118,7 +118,7 @@ def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int,
     codes = CodesFile.from_codes(np.concatenate(pieces, axis=1), config, num_samples=num_samples,
                                  source_sample_rate=source_rate, source_channels=channels,
                                  weights_id=loaded.weights_id)
-    return EncodeResult(codes, np.zeros(0, np.float32), seconds)
+    return EncodeResult(codes, None, seconds)
 
 
 def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Path, sample_rate: int | None = None,
