@@ -53,6 +53,19 @@ def _warn(message: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(message)}")
 
 
+def _load_weights(weights: Path | None, say: _Messages):
+    """Load the model (see ``pipeline.load_model``) under a status line; warn about unusual values."""
+    from mimi_cli.pipeline import load_model
+
+    with say.status("Loading weights…"):
+        loaded = load_model(weights)
+    for warning in loaded.model.warnings[:5]:
+        _warn(f"weights: {warning}")
+    if len(loaded.model.warnings) > 5:
+        _warn(f"weights: {len(loaded.model.warnings) - 5} more warnings; see `mimi inspect {loaded.weights_path}`")
+    return loaded
+
+
 class _Messages:
     """Notes and the summary line go to stderr unless --quiet."""
 
@@ -155,7 +168,7 @@ def encode(
     with _user_errors(threads):
         from mimi_cli.audio import open_audio, read_audio
         from mimi_cli.fileio import check_output
-        from mimi_cli.pipeline import check_batch_memory, encode_audio, encode_stream, load_model
+        from mimi_cli.pipeline import check_batch_memory, encode_audio, encode_stream
 
         output = output or input.with_suffix(".npz")
         check_output(output, force)
@@ -165,8 +178,7 @@ def encode(
             check_batch_memory(duration)
             audio = read_audio(input)
             rate, channels, duration = audio.sample_rate, audio.channels, audio.duration
-        with say.status("Loading weights…"):
-            loaded = load_model(weights)
+        loaded = _load_weights(weights, say)
         config = loaded.model.config
         say.describe_conversion(channels, rate, config.sample_rate)
         if stream:
@@ -202,7 +214,7 @@ def decode(
         from mimi_cli.audio import audio_format, write_audio
         from mimi_cli.codes import CodesFile
         from mimi_cli.fileio import check_output
-        from mimi_cli.pipeline import check_batch_memory, decode_codes, decode_stream, load_model
+        from mimi_cli.pipeline import check_batch_memory, decode_codes, decode_stream
 
         output = output or input.with_suffix(".decoded.wav")  # never the original audio
         codes = CodesFile.load(input, MimiConfig())
@@ -210,8 +222,7 @@ def decode(
         audio_format(output)
         if not stream:
             check_batch_memory(codes.num_samples / MimiConfig().sample_rate)
-        with say.status("Loading weights…"):
-            loaded = load_model(weights)
+        loaded = _load_weights(weights, say)
         if codes.weights_id != loaded.weights_id:
             _warn(f"{input} was encoded with weights {codes.weights_id}, decoding with {loaded.weights_id}")
         config = loaded.model.config
@@ -249,7 +260,7 @@ def roundtrip(
         from mimi_cli.audio import audio_format, open_audio, read_audio, write_audio
         from mimi_cli.fileio import check_output
         from mimi_cli.metrics import log_mel_distance, si_sdr
-        from mimi_cli.pipeline import check_batch_memory, decode_codes, encode_audio, load_model
+        from mimi_cli.pipeline import check_batch_memory, decode_codes, encode_audio
 
         if output is not None:
             check_output(output, force)
@@ -257,8 +268,7 @@ def roundtrip(
         with open_audio(input) as f:
             check_batch_memory(f.frames / f.samplerate)
         audio = read_audio(input)
-        with say.status("Loading weights…"):
-            loaded = load_model(weights)
+        loaded = _load_weights(weights, say)
         config = loaded.model.config
         say.describe_conversion(audio.channels, audio.sample_rate, config.sample_rate)
         with say.status(f"Encoding {audio.duration:.1f} s…"):

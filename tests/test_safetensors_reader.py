@@ -11,8 +11,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from mimi_cli.errors import WeightsError
-from mimi_cli.safetensors_reader import SafetensorsFile
-from mimi_cli.weights import read_safetensors
+from mimi_cli.weights.safetensors import SafetensorsFile
+from mimi_cli.weights import open_weights
 
 
 def write_raw(path, header: dict, data: bytes = b"", header_len: int | None = None) -> None:
@@ -31,7 +31,7 @@ def test_numpy_dtypes_round_trip(tmp_path):
         "bool": np.array([True, False, True]), "empty": np.zeros((0, 3), np.float32),
     }
     save_file(tensors, str(tmp_path / "t.safetensors"))
-    loaded = read_safetensors(tmp_path / "t.safetensors")
+    loaded = open_weights(tmp_path / "t.safetensors").read_all()
     assert loaded.keys() == tensors.keys()
     for name, value in tensors.items():
         assert loaded[name].dtype == np.float32 and loaded[name].shape == value.shape
@@ -99,11 +99,11 @@ def test_malformed_files_give_clean_errors(tmp_path, header, data, header_len, m
     else:
         write_raw(path, header, data, header_len)
     with pytest.raises(WeightsError, match=message):
-        read_safetensors(path)
+        open_weights(path).read_all()
 
 
 @pytest.mark.parametrize("content", [b"", b"\x01\x02\x03"])
 def test_too_short_files(tmp_path, content):
     (tmp_path / "s.safetensors").write_bytes(content)
     with pytest.raises(WeightsError, match="too short"):
-        read_safetensors(tmp_path / "s.safetensors")
+        open_weights(tmp_path / "s.safetensors").read_all()

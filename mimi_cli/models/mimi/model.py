@@ -400,6 +400,8 @@ class Mimi(Module):
     def __init__(self, config: MimiConfig | None = None):
         super().__init__()
         c = self.config = config or MimiConfig()
+        self.source: Path | None = None  # the weights file, when loaded from one
+        self.warnings: list[str] = []  # unusual values found while loading
         self.encoder = self.add("encoder", SEANet(seanet_encoder(c)))
         self.encoder_transformer = self.add("encoder_transformer", Transformer(c))
         self.downsample = self.add("downsample", Conv(c.dimension, c.dimension, 2 * c.downsample_stride,
@@ -426,11 +428,16 @@ class Mimi(Module):
 
     @classmethod
     def from_file(cls, path: str | Path, config: MimiConfig | None = None) -> Mimi:
-        """Load a safetensors checkpoint (released naming or moshi's state-dict naming)."""
-        from mimi_cli.weights import load_mimi_state
+        """Load a checkpoint: safetensors or Core ML, in the original, moshi or Hugging Face naming.
 
-        model = cls.from_state_dict(load_mimi_state(path), config)
-        model.source = Path(path)
+        Warnings about unusual values (see ``mimi_cli.weights.validate``) are kept in ``model.warnings``.
+        """
+        from mimi_cli.models.mimi.checkpoint import load_checkpoint
+
+        config = config or MimiConfig()
+        checkpoint = load_checkpoint(path, config)
+        model = cls.from_state_dict(checkpoint.state, config)
+        model.source, model.warnings = Path(path), checkpoint.warnings
         return model
 
     def check_state(self, state: Mapping[str, np.ndarray]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Finding and reading weight files.
+"""Finding the weights to use, and naming them.
 
 Weights are looked for in this order: an explicit path (``--weights``), the
 ``MIMI_WEIGHTS`` environment variable, then the released checkpoint on the
@@ -11,20 +11,11 @@ import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
-
 from mimi_cli.errors import WeightsError
 
 RELEASED_REPO = "kyutai/moshiko-pytorch-bf16"
 RELEASED_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 WEIGHTS_ENV = "MIMI_WEIGHTS"
-
-# moshi's own state_dict() names two attention tensors differently from the released file.
-_MOSHI_ALIASES = {
-    "self_attn.in_projs.0.weight": "self_attn.in_proj_weight",
-    "self_attn.out_projs.0.weight": "self_attn.out_proj.weight",
-}
-
 
 def resolve_weights(explicit: str | os.PathLike | None = None) -> Path:
     """The weights file to use: explicit path > $MIMI_WEIGHTS > the Hub's cached release."""
@@ -57,32 +48,18 @@ def _download_released() -> Path:
         ) from None
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a safetensors file as float32: views of the mapped file for F32, converted otherwise."""
-    from mimi_cli.safetensors_reader import SafetensorsFile
-
-    path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"weights file {path} does not exist")
-    weights = SafetensorsFile(path)
-    return {name: weights.tensor(name) for name in weights.infos}
-
-
-def load_mimi_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Tensors of a Mimi checkpoint, renamed to the released naming where moshi's aliases are used."""
-    state = {}
-    for name, value in read_safetensors(path).items():
-        for alias, canonical in _MOSHI_ALIASES.items():
-            if name.endswith(alias):
-                name = name[: -len(alias)] + canonical
-        state[name] = value
-    return state
-
-
 def weights_id(path: str | os.PathLike) -> str:
-    """A short content hash identifying a weights file: ``sha256:<16 hex digits>``."""
+    """A short content hash identifying weights: ``sha256:<16 hex digits>``.
+
+    For a model folder (Core ML), every file's relative path and bytes, in sorted order.
+    """
+    path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 22), b""):
+                digest.update(block)
     return "sha256:" + digest.hexdigest()[:16]

@@ -24,27 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.errors import WeightsError
+from mimi_cli.weights.dtypes import bf16_to_f32, e4m3_to_f32, e5m2_to_f32, f32_to_bf16
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's own limit
-
-
-def _float8_table(exponent_bits: int, mantissa_bits: int, finite_only: bool) -> np.ndarray:
-    """float32 value of each of the 256 codes of an 8-bit float format (OCP FP8)."""
-    codes = np.arange(256)
-    sign = np.where(codes >> 7, -1.0, 1.0)
-    exponent = (codes >> mantissa_bits) & ((1 << exponent_bits) - 1)
-    mantissa = codes & ((1 << mantissa_bits) - 1)
-    bias = (1 << (exponent_bits - 1)) - 1
-    normal = (1 + mantissa / (1 << mantissa_bits)) * 2.0 ** (exponent - bias)
-    subnormal = mantissa / (1 << mantissa_bits) * 2.0 ** (1 - bias)
-    values = sign * np.where(exponent == 0, subnormal, normal)
-    top = exponent == (1 << exponent_bits) - 1
-    if finite_only:  # E4M3FN: no infinities, only S.1111.111 is NaN
-        values[top & (mantissa == (1 << mantissa_bits) - 1)] = np.nan
-    else:  # E5M2: IEEE-like
-        values[top & (mantissa == 0)] = sign[top & (mantissa == 0)] * np.inf
-        values[top & (mantissa != 0)] = np.nan
-    return values.astype(np.float32)
 
 
 # dtype name → (storage numpy dtype, conversion to float32 or None for a zero-copy view)
@@ -53,7 +35,7 @@ _DTYPES = {
     "I64": ("<i8", None), "I32": ("<i4", None), "I16": ("<i2", None), "I8": ("i1", None),
     "U8": ("u1", None), "BOOL": ("?", None), "F8_E4M3": ("u1", "e4m3"), "F8_E5M2": ("u1", "e5m2"),
 }
-_FP8 = {"e4m3": lambda: _float8_table(4, 3, True), "e5m2": lambda: _float8_table(5, 2, False)}
+_CONVERSIONS = {"bf16": bf16_to_f32, "e4m3": e4m3_to_f32, "e5m2": e5m2_to_f32}
 
 
 @dataclass(frozen=True)
@@ -142,8 +124,40 @@ class SafetensorsFile:
     def tensor(self, name: str) -> np.ndarray:
         """The tensor as float32: a zero-copy view for F32, a converted copy otherwise."""
         raw, conversion = self.raw(name), _DTYPES[self.infos[name].dtype][1]
-        if conversion == "bf16":  # bf16 is the top half of a float32: exact
-            return (raw.astype(np.uint32) << 16).view(np.float32)
-        if conversion in _FP8:
-            return _FP8[conversion]()[raw]
+        if conversion is not None:
+            return _CONVERSIONS[conversion](raw)
         return raw if raw.dtype == np.float32 else raw.astype(np.float32)
+
+
+# Float formats ``write_safetensors`` can store, with the conversion from float32.
+_WRITERS = {
+    "F32": lambda x: np.ascontiguousarray(x, "<f4"),
+    "F16": lambda x: np.ascontiguousarray(x, "<f2"),
+    "BF16": lambda x: f32_to_bf16(x).astype("<u2"),
+}
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str = "F32",
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write float tensors as one safetensors file of ``dtype`` (F32, F16 or BF16), atomically.
+
+    Tensors are converted and written one at a time, so memory stays at one tensor
+    beyond the inputs. The header is padded with spaces to a multiple of 8 bytes,
+    as the reference writer does, so that the data section is aligned.
+    """
+    from mimi_cli.fileio import atomic_output
+
+    convert = _WRITERS[dtype]
+    itemsize = np.dtype(_DTYPES[dtype][0]).itemsize
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, value in tensors.items():
+        size = value.size * itemsize
+        header[name] = {"dtype": dtype, "shape": list(value.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with atomic_output(Path(path)) as tmp, open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for value in tensors.values():
+            f.write(convert(value).tobytes())

@@ -1,0 +1,11 @@
+"""Weight files: finding them, reading every container (safetensors, Core ML), checking and writing them.
+
+Model-independent: the model packages map the tensors' names onto their own
+(see ``mimi_cli.models.mimi.checkpoint``).
+"""
+
+from mimi_cli.weights.resolve import RELEASED_FILE, RELEASED_REPO, WEIGHTS_ENV, resolve_weights, weights_id
+from mimi_cli.weights.source import TensorEntry, WeightFile, open_weights
+
+__all__ = ["RELEASED_FILE", "RELEASED_REPO", "WEIGHTS_ENV", "TensorEntry", "WeightFile", "open_weights",
+           "resolve_weights", "weights_id"]

@@ -1,0 +1,117 @@
+"""Apple Core ML models as weight containers, read on any OS without coremltools.
+
+Three layouts are recognised from the folder's files::
+
+    X.mlmodelc/  model.mil + weights/*.bin         compiled ML Program (text program + blob storage)
+                 model.espresso.net/.shape/.weights compiled Neural Network (older models)
+                 model0/, model1/ ...               compiled pipeline: each sub-model in turn
+    X.mlpackage/ Manifest.json + Data/com.apple.CoreML/model.mlmodel (protobuf) + weights/*.bin
+
+Weights are keyed by the program's variable names (e.g. ``encoder_layers_0_weight_to_fp16``).
+No path in a model may lead outside its folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from mimi_cli.errors import WeightsError
+from mimi_cli.weights.coreml.mil import Program
+from mimi_cli.weights.source import TensorEntry, WeightFile
+
+
+def open_coreml(path: Path) -> WeightFile:
+    """A Core ML model folder as a :class:`WeightFile`; a clear error for any other folder."""
+    if (path / "Manifest.json").is_file():
+        return _open_package(path)
+    if (path / "model.mil").is_file():
+        return _open_compiled_program(path)
+    if (path / "model.espresso.net").is_file():
+        from mimi_cli.weights.coreml.espresso import open_espresso
+
+        return open_espresso(path)
+    submodels = sorted(p for p in path.glob("model[0-9]*") if p.is_dir())
+    if submodels:
+        return _open_pipeline(path, submodels)
+    raise WeightsError(f"{path} is a folder but not a Core ML model (no model.mil, Manifest.json or "
+                       "model.espresso.net); give a .safetensors file, an .mlmodelc or an .mlpackage")
+
+
+def inside(root: Path, relative: str, what: str) -> Path:
+    """``root / relative``, refusing absolute paths, ``..`` and symlinks that lead out of ``root``."""
+    candidate = Path(relative)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise WeightsError(f"refusing {what} path {relative!r}: it leads outside the model folder {root}")
+    resolved = (root / candidate).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise WeightsError(f"refusing {what} path {relative!r}: it resolves outside the model folder {root}")
+    return resolved
+
+
+def _open_compiled_program(path: Path) -> WeightFile:
+    from mimi_cli.weights.coreml.mil import parse
+
+    mil = path / "model.mil"
+    try:
+        text = mil.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"cannot read Core ML program {mil}: {exc}") from None
+    program = parse(text, str(mil))
+    details = {"program version": program.version, **_metadata(path)}
+    return _program_file(path, "Core ML ML Program (.mlmodelc)", program, path, details)
+
+
+def _open_package(path: Path) -> WeightFile:
+    from mimi_cli.weights.coreml.proto import read_model
+
+    try:
+        manifest = json.loads((path / "Manifest.json").read_text(encoding="utf-8"))
+        items = manifest["itemInfoEntries"]
+        root = items[manifest["rootModelIdentifier"]]["path"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"cannot read Core ML package {path}: invalid Manifest.json ({exc})") from None
+    model_file = inside(path / "Data", root, "model")
+    try:
+        data = model_file.read_bytes()
+    except OSError as exc:
+        raise WeightsError(f"cannot read Core ML package {path}: {exc.strerror or exc}") from None
+    spec_version, kind, program = read_model(data, str(model_file))
+    details = {"specification version": spec_version, "model type": kind}
+    if program is None:
+        return WeightFile(path, f"Core ML package ({kind}, weights not read)", {}, details)
+    details["program version"] = program.version
+    return _program_file(path, "Core ML ML Program (.mlpackage)", program, model_file.parent, details)
+
+
+def _open_pipeline(path: Path, submodels: list[Path]) -> WeightFile:
+    tensors: dict[str, TensorEntry] = {}
+    details: dict[str, object] = {"pipeline models": len(submodels)}
+    for sub in submodels:
+        part = open_coreml(sub)
+        tensors.update({f"{sub.name}/{name}": entry for name, entry in part.tensors.items()})
+    return WeightFile(path, "Core ML pipeline (.mlmodelc)", tensors, details)
+
+
+def _program_file(path: Path, container: str, program: Program, model_dir: Path, details: dict) -> WeightFile:
+    from mimi_cli.weights.coreml.program import ProgramWeights
+
+    weights = ProgramWeights(program, model_dir)
+    opsets = sorted({f.opset for f in program.functions.values()})
+    details.update({"functions": ", ".join(f"{f.name}<{f.opset}>" for f in program.functions.values()),
+                    "opset": ", ".join(opsets),
+                    "ops": dict(Counter(op.op for op in program.operations()).most_common())})
+    return WeightFile(path, container, weights.entries(), details)
+
+
+def _metadata(path: Path) -> dict[str, object]:
+    """The facts ``metadata.json`` of a compiled model gives (missing or unreadable: none)."""
+    try:
+        meta = json.loads((path / "metadata.json").read_text(encoding="utf-8"))[0]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return {}
+    facts = {"specification version": meta.get("specificationVersion"),
+             "storage precision": meta.get("storagePrecision"),
+             "source": (meta.get("userDefinedMetadata") or {}).get("com.github.apple.coremltools.source")}
+    return {key: value for key, value in facts.items() if value}

@@ -1,0 +1,321 @@
+"""A parser for ``model.mil``, the text form of a compiled Core ML ML Program.
+
+Only what weight reading needs is kept: every operation's outputs (name and
+type), its arguments and its bracketed attributes, with literal values parsed.
+Both printer dialects are accepted::
+
+    program(1.0)   tensor<fp16, [4]> w = const()[name = tensor<string, []>("w"),
+                       val = tensor<fp16, [4]>(BLOBFILE(path = tensor<string, []>("@model_path/weights/weight.bin"),
+                                                        offset = tensor<uint64, []>(64)))];
+    program(1.3)   tensor<fp16, [4]> w = const()[name = string("w"), val = tensor<fp16, [4]>(BLOBFILE(
+                       path = string("@model_path/weights/weight.bin"), offset = uint64(64)))];
+
+Floats are C99 hex floats (``-0x1.8p+1``), ``inf`` and ``nan``. Nested blocks
+(``while_loop``, ``cond``) are walked too, their operations listed after their parent's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from mimi_cli.errors import WeightsError
+
+_TOKEN = re.compile(r"""
+    (?P<ws>\s+|//[^\n]*)
+  | (?P<string>"(?:[^"\\]|\\.)*")
+  | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]*\.?[0-9a-fA-F]*(?:[pP][-+]?\d+)?|\d+\.?\d*(?:[eE][-+]?\d+)?))
+  | (?P<name>[A-Za-z_@][A-Za-z0-9_@.]*)
+  | (?P<arrow>->)
+  | (?P<punct>[()\[\]{}<>,=;?:\-])
+""", re.VERBOSE)
+
+# Type constructors that take angle-bracket parameters.
+_GENERIC_TYPES = {"tensor", "list", "dict", "tuple", "state"}
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """``tensor<dtype, [dims]>`` or a bare scalar dtype; unknown dims (``?`` or symbols) are None."""
+
+    dtype: str
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    path: str  # as written, e.g. "@model_path/weights/weight.bin"
+    offset: int  # of the blob's metadata record
+
+
+@dataclass(frozen=True)
+class Value:
+    """A typed literal: nested Python lists/scalars, or a reference into blob storage."""
+
+    type: TensorType | None
+    data: object  # BlobRef, list, scalar, str, dict ...
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to another variable (an earlier op's output or a function input)."""
+
+    name: str
+
+
+@dataclass
+class Operation:
+    op: str
+    outputs: list[tuple[str, TensorType | None]]
+    args: dict[str, Value | Ref | list] = field(default_factory=dict)
+    attrs: dict[str, Value] = field(default_factory=dict)
+
+    def input(self, key: str) -> Value | Ref | list | None:
+        """An input by name, from the arguments (iOS 18 style) or the attributes (iOS 16/17 style)."""
+        return self.args.get(key, self.attrs.get(key))
+
+
+@dataclass
+class Function:
+    name: str
+    opset: str
+    operations: list[Operation]
+
+
+@dataclass
+class Program:
+    version: str
+    functions: dict[str, Function]
+
+    def operations(self) -> Iterator[Operation]:
+        for function in self.functions.values():
+            yield from function.operations
+
+
+def parse(text: str, source: str = "model.mil") -> Program:
+    """Parse a whole ``model.mil``; a malformed file raises WeightsError naming the line."""
+    return _Parser(text, source).program()
+
+
+class _Parser:
+    def __init__(self, text: str, source: str):
+        self.text, self.source = text, source
+        self.tokens: list[tuple[str, str, int]] = []  # (kind, text, offset)
+        position = 0
+        while position < len(text):
+            match = _TOKEN.match(text, position)
+            if match is None:
+                self.position = position
+                raise self._error(f"unexpected character {text[position]!r}")
+            if match.lastgroup != "ws":
+                self.tokens.append((match.lastgroup, match.group(), position))
+            position = match.end()
+        self.i = 0
+
+    # -- token helpers
+
+    def _error(self, problem: str) -> WeightsError:
+        offset = self.tokens[self.i][2] if self.tokens and self.i < len(self.tokens) else len(self.text)
+        line = self.text.count("\n", 0, offset) + 1
+        return WeightsError(f"cannot parse Core ML program {self.source} (line {line}): {problem}")
+
+    def peek(self, ahead: int = 0) -> str:
+        j = self.i + ahead
+        return self.tokens[j][1] if j < len(self.tokens) else ""
+
+    def kind(self) -> str:
+        return self.tokens[self.i][0] if self.i < len(self.tokens) else "end"
+
+    def take(self, expected: str | None = None) -> str:
+        if self.i >= len(self.tokens):
+            raise self._error(f"file ends where {expected or 'more'} was expected")
+        token = self.tokens[self.i][1]
+        if expected is not None and token != expected:
+            raise self._error(f"expected {expected!r}, found {token!r}")
+        self.i += 1
+        return token
+
+    def take_name(self) -> str:
+        if self.kind() != "name":
+            raise self._error(f"expected a name, found {self.peek()!r}")
+        return self.take()
+
+    def skip_balanced(self, opening: str, closing: str) -> None:
+        depth = 0
+        while True:
+            token = self.take()
+            depth += (token == opening) - (token == closing)
+            if depth == 0:
+                return
+
+    # -- grammar
+
+    def program(self) -> Program:
+        self.take("program")
+        self.take("(")
+        version = self.take()
+        self.take(")")
+        if self.peek() == "[":
+            self.skip_balanced("[", "]")  # buildInfo
+        self.take("{")
+        functions = {}
+        while self.peek() == "func":
+            function = self.function()
+            functions[function.name] = function
+        self.take("}")
+        return Program(version, functions)
+
+    def function(self) -> Function:
+        self.take("func")
+        name = self.take_name()
+        self.take("<")
+        opset = self.take_name()
+        self.take(">")
+        self.skip_balanced("(", ")")  # inputs: not weights
+        if self.peek() == "[":
+            self.skip_balanced("[", "]")  # e.g. FlexibleShapeInformation
+        operations = self.block()
+        self.take(";")
+        return Function(name, opset, operations)
+
+    def block(self) -> list[Operation]:
+        """``{ stmt* } -> (outputs)``: the block's operations, nested blocks' ones after their parent."""
+        self.take("{")
+        operations: list[Operation] = []
+        while self.peek() != "}":
+            operations.extend(self.statement())
+        self.take("}")
+        if self.peek() == "->":
+            self.take("->")
+            self.skip_balanced("(", ")")
+        return operations
+
+    def statement(self) -> list[Operation]:
+        outputs = [self.output()]
+        while self.peek() == ",":
+            self.take(",")
+            outputs.append(self.output())
+        self.take("=")
+        operation = Operation(self.take_name(), outputs)
+        self.take("(")
+        while self.peek() != ")":
+            key = self.take_name()
+            self.take("=")
+            operation.args[key] = self.argument()
+            if self.peek() == ",":
+                self.take(",")
+        self.take(")")
+        if self.peek() == "[":
+            self.take("[")
+            while self.peek() != "]":
+                key = self.take_name()
+                self.take("=")
+                operation.attrs[key] = self.value()
+                if self.peek() == ",":
+                    self.take(",")
+            self.take("]")
+        nested = []
+        while self.peek() == "{":
+            nested.extend(self.block())
+        self.take(";")
+        return [operation, *nested]
+
+    def output(self) -> tuple[str, TensorType | None]:
+        value_type = self.type()
+        return self.take_name(), value_type
+
+    def argument(self) -> Value | Ref | list:
+        if self.peek() == "(":  # a tuple of references or values, e.g. concat(values = (a, b))
+            self.take("(")
+            items = []
+            while self.peek() != ")":
+                items.append(self.argument())
+                if self.peek() == ",":
+                    self.take(",")
+            self.take(")")
+            return items
+        if self.kind() == "name" and self.peek(1) not in ("<", "("):
+            return Ref(self.take())
+        return self.value()
+
+    def type(self) -> TensorType | None:
+        """A type; tensor and scalar types become TensorType, containers None (skipped)."""
+        head = self.take_name()
+        if head not in _GENERIC_TYPES:
+            return TensorType(head, ())  # a bare scalar type (program 1.3)
+        if head != "tensor":
+            self.skip_balanced("<", ">")
+            return None
+        self.take("<")
+        dtype = self.take_name()
+        self.take(",")
+        self.take("[")
+        shape: list[int | None] = []
+        while self.peek() != "]":
+            token = self.take()
+            shape.append(int(token) if token.isdigit() else None)  # ? or a symbolic dim
+            if self.peek() == ",":
+                self.take(",")
+        self.take("]")
+        self.take(">")
+        return TensorType(dtype, tuple(shape))
+
+    def value(self) -> Value:
+        value_type = self.type()
+        self.take("(")
+        if self.peek() == "BLOBFILE":
+            self.take("BLOBFILE")
+            self.take("(")
+            fields = {}
+            while self.peek() != ")":
+                key = self.take_name()
+                self.take("=")
+                fields[key] = self.value().data
+                if self.peek() == ",":
+                    self.take(",")
+            self.take(")")
+            data: object = BlobRef(str(fields.get("path", "")), int(fields.get("offset", -1)))
+        else:
+            data = self.literal()
+        self.take(")")
+        return Value(value_type, data)
+
+    def literal(self) -> object:
+        token, kind = self.peek(), self.kind()
+        if token in ("[", "{", "("):  # list, dict or tuple literal: nested Python lists
+            closing = {"[": "]", "{": "}", "(": ")"}[token]
+            self.take()
+            items = []
+            while self.peek() != closing:
+                items.append(self.literal())
+                if self.peek() == ",":
+                    self.take(",")
+            self.take(closing)
+            return items
+        self.take()
+        if kind == "string":
+            return bytes(token[1:-1], "utf-8").decode("unicode_escape")
+        if kind == "number":
+            return _number(token)
+        if token == "-" and self.peek() in ("inf", "nan"):
+            return -float(self.take())
+        if token in ("inf", "nan"):
+            return float(token)
+        if token in ("true", "false"):
+            return token == "true"
+        if kind == "name" and self.peek() in ("<", "("):  # a typed value inside a container literal
+            self.i -= 1
+            return self.value().data
+        raise self._error(f"unexpected {token!r} in a literal")
+
+
+def _number(token: str) -> int | float:
+    body = token.lstrip("+-")
+    if body.lower().startswith("0x"):
+        if "p" in body.lower() or "." in body:
+            return float.fromhex(token)
+        return int(token, 16)
+    if any(c in body for c in ".eE"):
+        return float(token)
+    return int(token)

@@ -1,0 +1,77 @@
+"""One view of every weight container: a list of named tensors, read lazily.
+
+``open_weights(path)`` recognises the container from the path alone —
+a ``.safetensors`` file, a Core ML ``.mlmodelc`` (ML Program or Neural Network)
+or ``.mlpackage`` folder — and returns a :class:`WeightFile` whose entries know
+their name, dtype and shape from the headers and read their values only when asked.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mimi_cli.errors import WeightsError
+
+# PyTorch checkpoints are pickles (a zip of them since torch 1.6): never unpickled, as loading one can run
+# arbitrary code; they are refused with a pointer to safetensors.
+PICKLE_SUFFIXES = {".pt", ".pth", ".th", ".ckpt", ".pkl"}
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    """A zip archive, or a pickle protocol opcode where a safetensors file has its header length and ``{``."""
+    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[8:9] != b"{")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str  # as stored: "F32", "BF16", "fp16", "int4" ...
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray] = field(repr=False)  # the values as float32 (exact for every stored type)
+    encoding: str = ""  # how a compressed Core ML tensor is stored, e.g. "constexpr_lut_to_dense(uint4)"
+
+    @property
+    def params(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass
+class WeightFile:
+    path: Path
+    container: str  # "safetensors", "Core ML ML Program (.mlmodelc)", ...
+    tensors: dict[str, TensorEntry]
+    details: dict[str, object] = field(default_factory=dict)  # container facts: versions, op histogram ...
+
+    def read_all(self) -> dict[str, np.ndarray]:
+        return {name: entry.load() for name, entry in self.tensors.items()}
+
+
+def open_weights(path: str | os.PathLike) -> WeightFile:
+    """Open any supported weight container; a clear WeightsError for anything else."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise WeightsError(f"weights {path} do not exist")
+    if path.is_dir():
+        from mimi_cli.weights.coreml import open_coreml
+
+        return open_coreml(path)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if path.suffix.lower() in PICKLE_SUFFIXES or _looks_like_pickle(head):
+        raise WeightsError(f"{path} looks like a PyTorch pickle, which can run arbitrary code and is never "
+                           "loaded; use the .safetensors release of the same weights")
+    return _open_safetensors(path)
+
+
+def _open_safetensors(path: Path) -> WeightFile:
+    from mimi_cli.weights.safetensors import SafetensorsFile
+
+    reader = SafetensorsFile(path)
+    entries = {name: TensorEntry(name, info.dtype, info.shape, lambda name=name: reader.tensor(name))
+               for name, info in reader.infos.items()}
+    return WeightFile(path, "safetensors", entries, {"metadata": reader.metadata} if reader.metadata else {})
