@@ -29,8 +29,8 @@ out = Console(soft_wrap=True, highlight=False)
 
 # Shared options; their limits come from the model's config.
 WeightsOption = Annotated[Optional[Path], typer.Option(
-    "--weights", help="Mimi weights (.safetensors). Default: $MIMI_WEIGHTS, "
-                      "else the released file via the Hugging Face cache.",
+    "--weights", help="Mimi weights: .safetensors (original, moshi or Hugging Face naming), .mlmodelc or "
+                      ".mlpackage. Default: $MIMI_WEIGHTS, else the released file via the Hugging Face cache.",
     show_default=False)]
 ThreadsOption = Annotated[Optional[int], typer.Option(
     "--threads", min=1, help="Threads for BLAS and element-wise work. Default: all cores.", show_default=False)]
@@ -388,6 +388,130 @@ def _print_bench(report: dict) -> None:
         for r in report["stream"]:
             table.add_row(r["direction"], f"{r['p50_ms']:.1f} ms", f"{r['p95_ms']:.1f} ms", f"{r['max_ms']:.1f} ms")
         out.print(table)
+
+
+def inspect_weights(
+    path: Annotated[Path, typer.Argument(help="A .safetensors file, or a Core ML .mlmodelc / .mlpackage folder.",
+                                         show_default=False)],
+    pattern: Annotated[Optional[str], typer.Option(
+        "--filter", help="Only tensors whose name matches this glob, e.g. 'decoder.*conv*'.", show_default=False)]
+    = None,
+    no_stats: Annotated[bool, typer.Option(
+        "--no-stats", help="Names, dtypes and shapes from the headers alone, without reading the data.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Show the tensors in a weights file, its format, and whether it is sound.
+
+    Exit code 0 when the file is clean or has only warnings, 2 when it has errors
+    (NaN/Inf values, unreadable or malformed data, a Mimi checkpoint that would not load).
+    """
+    with _user_errors():
+        from mimi_cli.inspect import inspect_weights as inspect
+
+        if not path.exists():
+            raise MimiError(f"{path} does not exist")
+        say = _Messages(quiet=as_json)
+        if no_stats:
+            report = inspect(path, pattern, stats=False)
+        else:
+            with say.progress_count("Reading tensors", 1) as _:
+                report = _inspect_with_progress(path, pattern, say)
+    if as_json:
+        out.print_json(json.dumps(report.to_json(), allow_nan=False))
+    else:
+        _print_weights_report(report, not no_stats)
+    raise typer.Exit(2 if report.errors else 0)
+
+
+app.command("inspect-weights")(inspect_weights)
+app.command("inspect", help="Alias of inspect-weights: show the tensors in a weights file and whether it is sound.")(
+    inspect_weights)
+
+
+def _inspect_with_progress(path: Path, pattern: str | None, say: _Messages):
+    """Statistics for every tensor, with a bar over parameters read (the header gives the total first)."""
+    from mimi_cli.inspect import inspect_weights as inspect
+    from mimi_cli.inspect import total_params
+
+    total = total_params(inspect(path, pattern, stats=False))
+    if say.quiet or not err.is_terminal:
+        return inspect(path, pattern)
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    with Progress(TextColumn("Reading tensors"), BarColumn(), TextColumn("{task.percentage:>3.0f} %"),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("read", total=max(total, 1))
+        return inspect(path, pattern, progress=lambda params: bar.advance(task, params))
+
+
+def _print_weights_report(report, with_stats: bool) -> None:
+    from rich.table import Table
+
+    from mimi_cli.inspect import total_params
+
+    # A pipe or file gets full lines (rich would otherwise wrap the table to 80 columns).
+    out = globals()["out"] if globals()["out"].is_terminal else Console(width=250, highlight=False, soft_wrap=True)
+    out.print(f"[bold]{escape(report.path)}[/]: {escape(report.format)}")
+    for key, value in report.details.items():
+        if key == "ops":
+            value = ", ".join(f"{op} {count}" for op, count in value.items())
+        out.print(f"  {key}: {escape(str(value))}")
+    if report.tensors:
+        table = Table(show_edge=False, pad_edge=False)
+        columns = ["name", "dtype", "shape", "params"] + (["min", "max", "mean", "std", "non-finite"] if with_stats
+                                                         else [])
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("name", "dtype", "shape") else "right",
+                             overflow="fold")
+        for t in report.tensors:
+            row = [escape(t.name), t.dtype + (f" ({t.encoding})" if t.encoding else ""),
+                   "×".join(map(str, t.shape)) or "scalar", f"{t.params:,}"]
+            if with_stats:
+                row += [_stat(t.min), _stat(t.max), _stat(t.mean), _stat(t.std),
+                        "" if t.nonfinite is None else (f"[red]{t.nonfinite:,}[/]" if t.nonfinite else "0")]
+            table.add_row(*row)
+        out.print(table)
+    out.print(f"{len(report.tensors)} tensors, {total_params(report):,} parameters")
+    for warning in report.warnings:
+        out.print(f"[yellow]warning:[/] {escape(warning)}")
+    for error in report.errors:
+        out.print(f"[bold red]error:[/] {escape(error)}")
+    if not report.errors:
+        out.print("[green]no errors[/]" + (f", {len(report.warnings)} warnings" if report.warnings else ""))
+
+
+def _stat(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="Mimi weights: .safetensors (any naming), .mlmodelc or .mlpackage.",
+                                           show_default=False)],
+    destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", show_default=False)],
+    naming: Annotated[str, typer.Option(
+        "--naming", help="Tensor names to write: original (Kyutai's release), hf (transformers' kyutai/mimi) "
+                         "or moshi (moshi's state_dict).")] = "original",
+    dtype: Annotated[Optional[str], typer.Option(
+        "--dtype", help="Float format to write: f32, f16 or bf16. Default: the source's, if all its tensors "
+                        "share one of these, else f32.", show_default=False)] = None,
+    force: ForceOption = False,
+) -> None:
+    """Rewrite Mimi weights as safetensors in another naming and/or float format (e.g. Core ML → safetensors)."""
+    with _user_errors():
+        from mimi_cli.convert import DTYPES, convert_checkpoint
+        from mimi_cli.fileio import check_output
+
+        if dtype is not None and dtype not in DTYPES:
+            raise MimiError(f"--dtype takes one of {', '.join(DTYPES)}, not {dtype!r}")
+        if destination.suffix != ".safetensors":
+            raise MimiError(f"{destination}: the output must be a .safetensors file")
+        if destination.exists() and source.exists() and destination.resolve() == source.resolve():
+            raise MimiError("the output would overwrite the input; give another file name")
+        check_output(destination, force)
+        layout, written, count = convert_checkpoint(source, destination, naming, dtype)
+        err.print(f"{escape(str(source))} ({layout} naming) → {escape(str(destination))}: {count} tensors, "
+                  f"{naming} naming, {written}")
 
 
 def _print_metrics(metrics: dict) -> None:

@@ -6,8 +6,6 @@ All of them keep float32 in and out, as the reference does.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import erf
-
 from mimi_cli.core.threads import map_rows
 
 _INV_SQRT2 = np.float32(1.0 / np.sqrt(2.0))
@@ -75,6 +73,8 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu_rows(x: np.ndarray, out: np.ndarray) -> None:
+    from scipy.special import erf  # imported on first use: SciPy takes 0.3 s to import
+
     np.multiply(x, _INV_SQRT2, out=out)
     erf(out, out=out)
     out += 1

@@ -102,21 +102,20 @@ class _Parser:
     def __init__(self, text: str, source: str):
         self.text, self.source = text, source
         self.tokens: list[tuple[str, str, int]] = []  # (kind, text, offset)
-        position = 0
+        self.i = position = 0
         while position < len(text):
             match = _TOKEN.match(text, position)
             if match is None:
-                self.position = position
-                raise self._error(f"unexpected character {text[position]!r}")
+                raise self._error(f"unexpected character {text[position]!r}", position)
             if match.lastgroup != "ws":
                 self.tokens.append((match.lastgroup, match.group(), position))
             position = match.end()
-        self.i = 0
 
     # -- token helpers
 
-    def _error(self, problem: str) -> WeightsError:
-        offset = self.tokens[self.i][2] if self.tokens and self.i < len(self.tokens) else len(self.text)
+    def _error(self, problem: str, offset: int | None = None) -> WeightsError:
+        if offset is None:
+            offset = self.tokens[self.i][2] if self.i < len(self.tokens) else len(self.text)
         line = self.text.count("\n", 0, offset) + 1
         return WeightsError(f"cannot parse Core ML program {self.source} (line {line}): {problem}")
 

@@ -1,0 +1,43 @@
+"""Rewrite a Mimi checkpoint in another naming scheme and/or float format: ``mimi convert``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mimi_cli import __version__
+from mimi_cli.errors import MimiError
+from mimi_cli.models.mimi import Mimi, checkpoint
+from mimi_cli.models.mimi.config import MimiConfig
+from mimi_cli.weights import open_weights
+from mimi_cli.weights.safetensors import write_safetensors
+
+DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
+# Stored dtypes (safetensors and Core ML spellings) that a conversion keeps when no --dtype is given.
+_KEPT = {"F32": "F32", "fp32": "F32", "F16": "F16", "fp16": "F16", "BF16": "BF16", "bf16": "BF16"}
+
+
+def source_dtype(path: str | Path) -> str:
+    """The float format to write by default: the source's own when all its tensors share one, else F32."""
+    stored = {_KEPT.get(entry.dtype, "F32") for entry in open_weights(path).tensors.values()}
+    return stored.pop() if len(stored) == 1 else "F32"
+
+
+def convert_checkpoint(source: str | Path, destination: Path, naming: str = checkpoint.ORIGINAL,
+                       dtype: str | None = None) -> tuple[str, str, int]:
+    """Write ``source`` (any container and naming) as a safetensors file in ``naming`` and ``dtype``.
+
+    The tensors must form a complete Mimi checkpoint (checked before writing); the
+    write is atomic. Returns ``(source layout, written dtype, tensor count)``.
+    """
+    if naming not in checkpoint.LAYOUT_NAMES:
+        raise MimiError(f"unknown naming {naming!r}; choose one of {', '.join(checkpoint.LAYOUT_NAMES)}")
+    config = MimiConfig()
+    loaded = checkpoint.load_checkpoint(source, config)
+    problems = Mimi(config).check_state(loaded.state)
+    if problems:
+        raise MimiError(f"{source} is not a complete Mimi checkpoint: " + "; ".join(problems))
+    written_dtype = DTYPES[dtype] if dtype else source_dtype(source)
+    tensors = checkpoint.from_original(loaded.state, naming, config.num_heads)
+    write_safetensors(destination, tensors, written_dtype,
+                      {"format": "pt", "naming": naming, "converted_by": f"mimi-cli {__version__}"})
+    return loaded.layout, written_dtype, len(tensors)
