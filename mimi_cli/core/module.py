@@ -34,6 +34,13 @@ class Module:
         for name, child in self._children.items():
             yield from child.named_shapes(f"{prefix}{name}.")
 
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        """Every loaded parameter as ``(full name, array)``, in declaration order."""
+        for name in self._shapes:
+            yield prefix + name, self.params[name]
+        for name, child in self._children.items():
+            yield from child.named_parameters(f"{prefix}{name}.")
+
     def load(self, state: Mapping[str, np.ndarray], prefix: str = "") -> None:
         """Take this tree's tensors from ``state`` (already validated) as contiguous float32."""
         for name in self._shapes:
