@@ -1,0 +1,175 @@
+"""`mimi inspect` and `mimi convert` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from conftest import SHARED
+from safetensors.numpy import save_file
+from test_cli import run
+
+from mimi_cli.weights.safetensors import SafetensorsFile
+
+FIXTURES = SHARED / "coreml-fixtures"
+FIXTURE_MODELS = sorted(p for p in FIXTURES.glob("**/*") if p.suffix in (".mlmodelc", ".mlpackage")) + sorted(
+    p for p in FIXTURES.glob("*-mlmodelc")) + sorted(p for p in FIXTURES.glob("*-mlpackage"))
+
+
+def inspect_json(*args) -> tuple[int, dict]:
+    result = run("inspect", *args, "--json")
+    assert "Traceback" not in result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason="../shared/coreml-fixtures is not present")
+@pytest.mark.parametrize("model", FIXTURE_MODELS, ids=lambda p: p.name)
+def test_inspect_every_fixture(model):
+    code, report = inspect_json(model)
+    assert code == 0 and report["errors"] == []
+    assert report["format"].startswith(("Core ML ML Program", "Core ML Neural Network"))
+    assert report["tensors"] and all(t["nonfinite"] == 0 and t["params"] == int(np.prod(t["shape"]))
+                                     for t in report["tensors"])
+    table = run("inspect-weights", model)
+    assert table.returncode == 0 and "no errors" in table.stdout
+    assert report["tensors"][0]["name"] in table.stdout
+
+
+def test_inspect_mimi_file_table_json_filter(weights_file):
+    code, report = inspect_json(weights_file)
+    assert code == 0 and report["format"] == "Mimi original" and report["errors"] == []
+    assert set(report) == {"path", "format", "container", "details", "tensors", "warnings", "errors"}
+    assert len(report["tensors"]) == 318
+    assert set(report["tensors"][0]) == {"name", "dtype", "shape", "params", "min", "max", "mean", "std", "nonfinite"}
+    in_proj = next(t for t in report["tensors"] if t["name"].endswith("layers.0.self_attn.in_proj_weight"))
+    assert in_proj["shape"] == [1536, 512] and in_proj["dtype"] == "F32"
+    code, filtered = inspect_json(weights_file, "--filter", "decoder_transformer.*.linear1.weight", "--no-stats")
+    assert code == 0 and len(filtered["tensors"]) == 8
+    assert all(t["min"] is None and t["std"] is None for t in filtered["tensors"])
+    table = run("inspect", weights_file, "--filter", "upsample.*")
+    assert table.returncode == 0
+    assert "upsample.convtr.convtr.convtr.weight" in table.stdout and "1 tensors, 2,048 parameters" in table.stdout
+
+
+def test_no_stats_reads_headers_only_and_stats_find_nan(tmp_path):
+    tensors = {"v": np.ones((4, 8, 1), np.float32), "w": np.arange(6, dtype=np.float32)}
+    tensors["w"][2] = np.nan
+    save_file(tensors, str(tmp_path / "nan.safetensors"))
+    code, report = inspect_json(tmp_path / "nan.safetensors", "--no-stats")  # the data is not read
+    assert code == 0 and report["errors"] == [] and [t["nonfinite"] for t in report["tensors"]] == [None, None]
+    code, report = inspect_json(tmp_path / "nan.safetensors")
+    assert code == 2
+    assert any("w: 1 of 6 values are NaN or Inf" in e for e in report["errors"])
+    w = next(t for t in report["tensors"] if t["name"] == "w")
+    assert w["nonfinite"] == 1 and w["min"] == 0 and w["max"] == 5 and w["mean"] == pytest.approx(13 / 5)
+
+
+def test_inspect_warnings_keep_exit_zero(tmp_path):
+    save_file({"zeros": np.zeros(8, np.float32), "big": np.array([1, 2e5], np.float32),
+               "flat": np.full(4, 0.5, np.float32)}, str(tmp_path / "odd.safetensors"))
+    code, report = inspect_json(tmp_path / "odd.safetensors")
+    assert code == 0 and report["format"] == "unknown"
+    assert sorted(w.split(":")[0] for w in report["warnings"]) == ["big", "flat", "zeros"]
+
+
+def malformed(path, kind: str) -> None:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    data = b"\0" * 8
+    files = {
+        "header past end": struct.pack("<Q", 10_000) + header + data,
+        "huge header": struct.pack("<Q", 1 << 62) + header + data,
+        "bad json": struct.pack("<Q", len(header)) + header[:-1] + b"!" + data,
+        "offsets outside": struct.pack("<Q", len(header)) + header.replace(b"[0, 8]", b"[0, 800]") + data,
+        "size mismatch": struct.pack("<Q", len(header)) + header.replace(b"[2]", b"[3]") + data,
+        "unknown dtype": struct.pack("<Q", len(header)) + header.replace(b"F32", b"F48") + data,
+        "overlap": struct.pack("<Q", 0),
+        "empty": b"",
+    }
+    if kind == "overlap":
+        both = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                           "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()
+        files[kind] = struct.pack("<Q", len(both)) + both + b"\0" * 12
+    path.write_bytes(files[kind])
+
+
+@pytest.mark.parametrize("kind", ["header past end", "huge header", "bad json", "offsets outside", "size mismatch",
+                                  "unknown dtype", "overlap", "empty"])
+def test_inspect_malformed_safetensors(tmp_path, kind):
+    path = tmp_path / "bad.safetensors"
+    malformed(path, kind)
+    result = run("inspect", path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: cannot read weights" in result.stdout
+    code, report = inspect_json(path)
+    assert code == 2 and report["format"] == "unreadable" and len(report["errors"]) == 1
+
+
+def test_inspect_missing_path(tmp_path):
+    result = run("inspect", tmp_path / "nope.safetensors")
+    assert result.returncode == 1 and result.stderr.startswith("error:") and "does not exist" in result.stderr
+
+
+def test_convert_round_trip_is_bit_identical(tmp_path, weights_file):
+    hf, back = tmp_path / "hf.safetensors", tmp_path / "back.safetensors"
+    assert run("convert", weights_file, hf, "--naming", "hf").returncode == 0
+    code, report = inspect_json(hf, "--no-stats")
+    assert code == 0 and report["format"] == "Mimi Hugging Face" and len(report["tensors"]) == 350
+    result = run("convert", hf, back)
+    assert result.returncode == 0, result.stderr
+    original, converted = SafetensorsFile(weights_file), SafetensorsFile(back)
+    assert original.infos.keys() == converted.infos.keys()
+    for name in original.infos:
+        assert original.raw(name).tobytes() == converted.raw(name).tobytes(), name
+
+
+def test_converted_hf_file_encodes_to_the_same_codes(tmp_path, weights_file):
+    hf = tmp_path / "hf.safetensors"
+    assert run("convert", weights_file, hf, "--naming", "hf", "--dtype", "f32").returncode == 0
+    audio = tmp_path / "a.wav"
+    import soundfile as sf
+
+    sf.write(audio, 0.2 * np.sin(np.linspace(0, 900, 30_000)).astype(np.float32), 24_000)
+    codes = {}
+    for label, weights in (("original", weights_file), ("hf", hf)):
+        out = tmp_path / f"{label}.npz"
+        result = run("encode", audio, "-o", out, "-n", "32", "--weights", weights)
+        assert result.returncode == 0, result.stderr
+        codes[label] = np.load(out, allow_pickle=False)["codes"]
+    np.testing.assert_array_equal(codes["original"], codes["hf"])
+
+
+def test_convert_dtypes(tmp_path, weights_file):
+    bf16 = tmp_path / "bf16.safetensors"
+    assert run("convert", weights_file, bf16, "--dtype", "bf16").returncode == 0
+    reader = SafetensorsFile(bf16)
+    assert {info.dtype for info in reader.infos.values()} == {"BF16"}
+    source = SafetensorsFile(weights_file)
+    name = "decoder.model.0.conv.conv.weight"
+    x = source.tensor(name)
+    rounded = reader.tensor(name)
+    assert np.all(np.abs(rounded - x) <= np.abs(x) * 2.0 ** -8)  # round to nearest: half an 8-bit-mantissa ulp
+    again = tmp_path / "again.safetensors"
+    assert run("convert", bf16, again).returncode == 0  # bf16 source: bf16 kept by default
+    assert SafetensorsFile(again).raw(name).tobytes() == reader.raw(name).tobytes()
+
+
+def test_convert_refusals_leave_no_file(tmp_path, weights_file):
+    other = tmp_path / "other.safetensors"
+    save_file({"w": np.ones(3, np.float32)}, str(other))
+    cases = [
+        (("convert", other, tmp_path / "out.safetensors"), "not a Mimi checkpoint"),
+        (("convert", weights_file, tmp_path / "out.npz"), "must be a .safetensors file"),
+        (("convert", weights_file, tmp_path / "out.safetensors", "--dtype", "f8"), "--dtype takes one of"),
+        (("convert", weights_file, tmp_path / "out.safetensors", "--naming", "x"), "unknown naming"),
+        (("convert", weights_file, weights_file, "-f"), "overwrite the input"),
+    ]
+    for args, message in cases:
+        result = run(*args)
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.safetensors"]
+    exists = tmp_path / "exists.safetensors"
+    exists.write_text("keep me")
+    result = run("convert", weights_file, exists)
+    assert result.returncode == 1 and "already exists" in result.stderr and exists.read_text() == "keep me"
