@@ -23,6 +23,7 @@ from mimi_cli.weights.coreml.blob import BlobFile
 from mimi_cli.weights.dtypes import unpack_bits
 
 FIXTURES = SHARED / "coreml-fixtures"
+SUMMARY = FIXTURES / "synthetic-coremltools9" / "expected" / "summary.json"
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="../shared/coreml-fixtures is not present")
 
 
@@ -36,7 +37,8 @@ def sha256(path) -> str:
 @needs_fixtures
 def test_silero_compiled_program():
     model = FIXTURES / "silero-vad-v6-mlmodelc"
-    assert sha256(model / "weights" / "weight.bin") == "853cf34740d3f5061f977ebe2976f7c921b064261c9c4753b3a1196f2dba42b4"
+    digest = "853cf34740d3f5061f977ebe2976f7c921b064261c9c4753b3a1196f2dba42b4"
+    assert sha256(model / "weights" / "weight.bin") == digest
     weights = open_weights(model)
     assert weights.details["program version"] == "1.0" and weights.details["opset"] == "ios15"
     assert weights.details["ops"]["lstm"] == 1 and weights.details["ops"]["conv"] == 6
@@ -89,8 +91,7 @@ def test_espresso_network():
 
 
 @needs_fixtures
-@pytest.mark.parametrize("package", sorted(json.loads((FIXTURES / "synthetic-coremltools9" / "expected" / "summary.json")
-                                                      .read_text()) if FIXTURES.is_dir() else []))
+@pytest.mark.parametrize("package", sorted(json.loads(SUMMARY.read_text())) if SUMMARY.is_file() else [])
 def test_compressed_weights_match_coremltools(package):
     root = FIXTURES / "synthetic-coremltools9"
     summary = json.loads((root / "expected" / "summary.json").read_text())[package]
@@ -199,7 +200,8 @@ def test_mil_literals_multi_outputs_and_nested_blocks():
 [buildInfo = dict<string, string>({{"k", "v"}})]
 {
     func main<ios18>(tensor<fp16, [1, ?, 4]> x, tensor<fp32, [1, 4]> h) [FlexibleShapeInformation = tuple<>(())] {
-        tensor<fp32, [5]> v = const()[name = string("v"), val = tensor<fp32, [5]>([0x1.8p+1, -0x1p-2, inf, -inf, 0x0p+0])];
+        tensor<fp32, [5]> v = const()[name = string("v"),
+                                      val = tensor<fp32, [5]>([0x1.8p+1, -0x1p-2, inf, -inf, 0x0p+0])];
         tensor<int32, [2, 2]> n = const()[name = string("n"), val = tensor<int32, [2, 2]>([[1, -2], [3, 4]])];
         fp16 s = const()[name = string("s"), val = fp16(0x1p-5)];
         tensor<fp32, [1, 4]> a, tensor<fp32, [1, 4]> b = lstm(x = h, weights = (v, n))[name = string("l")];

@@ -173,3 +173,24 @@ def test_convert_refusals_leave_no_file(tmp_path, weights_file):
     exists.write_text("keep me")
     result = run("convert", weights_file, exists)
     assert result.returncode == 1 and "already exists" in result.stderr and exists.read_text() == "keep me"
+
+
+def test_inspect_core_ml_model_with_mimi_names(tmp_path, full_state):
+    from coreml_builder import write_mlmodelc
+
+    from mimi_cli.models.mimi import checkpoint
+
+    hf = checkpoint.from_original(full_state, checkpoint.HF, 8)
+    model = write_mlmodelc(tmp_path / "mimi.mlmodelc", {n.replace(".", "_") + "_to_fp16": v.astype(np.float16)
+                                                        for n, v in hf.items()})
+    code, report = inspect_json(model, "--no-stats")
+    assert code == 0, report["errors"]
+    assert report["format"] == "Core ML ML Program 1.3 (ios18), Mimi Hugging Face names"
+    assert len(report["tensors"]) == 350
+    converted = tmp_path / "from_coreml.safetensors"
+    result = run("convert", model, converted)
+    assert result.returncode == 0, result.stderr
+    reader = SafetensorsFile(converted)
+    assert len(reader.infos) == 318 and {i.dtype for i in reader.infos.values()} == {"F16"}
+    name = "encoder_transformer.transformer.layers.2.self_attn.in_proj_weight"
+    np.testing.assert_array_equal(reader.tensor(name), full_state[name].astype(np.float16).astype(np.float32))

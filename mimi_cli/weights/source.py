@@ -60,8 +60,11 @@ def open_weights(path: str | os.PathLike) -> WeightFile:
         from mimi_cli.weights.coreml import open_coreml
 
         return open_coreml(path)
-    with open(path, "rb") as f:
-        head = f.read(9)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights {path}: {exc.strerror or exc}") from None
     if path.suffix.lower() in PICKLE_SUFFIXES or _looks_like_pickle(head):
         raise WeightsError(f"{path} looks like a PyTorch pickle, which can run arbitrary code and is never "
                            "loaded; use the .safetensors release of the same weights")

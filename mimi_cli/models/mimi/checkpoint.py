@@ -42,7 +42,8 @@ _HF_RULES = (
     ("quantizer.rvq_rest", "quantizer.acoustic_residual_vector_quantizer"),
     ("_codebook", "codebook"), ("_initialized", "initialized"), ("embedding_sum", "embed_sum"),
     ("encoder.model", "encoder.layers"), ("decoder.model", "decoder.layers"),
-    ("encoder_transformer.transformer", "encoder_transformer"), ("decoder_transformer.transformer", "decoder_transformer"),
+    ("encoder_transformer.transformer", "encoder_transformer"),
+    ("decoder_transformer.transformer", "decoder_transformer"),
     ("linear1", "mlp.fc1"), ("linear2", "mlp.fc2"), ("self_attn.out_proj", "self_attn.o_proj"),
     ("norm1", "input_layernorm"), ("norm2", "post_attention_layernorm"),
     ("layer_scale_1", "self_attn_layer_scale"), ("layer_scale_2", "mlp_layer_scale"),
@@ -199,7 +200,8 @@ def coreml_names(names: Iterable[str], config: MimiConfig) -> dict[str, str]:
     from mimi_cli.models.mimi.model import Mimi
 
     originals = [name for name, _ in Mimi(config).named_shapes()]
-    known = {name.replace(".", "_"): name for layout in (HF, MOSHI, ORIGINAL) for name in layout_names(originals, layout)}
+    known = {name.replace(".", "_"): name
+             for layout in (HF, MOSHI, ORIGINAL) for name in layout_names(originals, layout)}
     matched = {}
     for name in names:
         stem = _COREML_SUFFIXES.sub("", name)
@@ -250,9 +252,11 @@ def load_checkpoint(path: str | Path, config: MimiConfig) -> Checkpoint:
     layout = detect_layout(tensors)
     if layout is None:
         raise WeightsError(f"{path} is not a Mimi checkpoint: its tensor names follow none of the original, "
-                           "moshi or Hugging Face namings (no quantizer.rvq_first / semantic_residual_vector_quantizer)")
+                           "moshi or Hugging Face namings (no quantizer.rvq_first or "
+                           "semantic_residual_vector_quantizer tensors)")
     findings = check_tensors(tensors)
     if findings.errors:
-        shown = "; ".join(findings.errors[:5]) + (f"; and {len(findings.errors) - 5} more" if len(findings.errors) > 5 else "")
+        more = len(findings.errors) - 5
+        shown = "; ".join(findings.errors[:5]) + (f"; and {more} more" if more > 0 else "")
         raise WeightsError(f"refusing {path}: {shown}")
     return Checkpoint(to_original(tensors, layout, config.num_heads), layout, source.container, findings.warnings)

@@ -72,7 +72,7 @@ def decode(data: np.ndarray | bytes, type_name: str, shape: tuple[int, ...]) -> 
 
 
 class BlobFile:
-    """One memory-mapped ``weight.bin``; ``read(offset, type, shape)`` decodes the blob whose record is at ``offset``."""
+    """One memory-mapped ``weight.bin``; ``read(offset, type, shape)`` decodes the blob recorded at ``offset``."""
 
     def __init__(self, path: Path):
         self.path = path

@@ -49,8 +49,8 @@ class ProgramWeights:
                     continue
                 shape = tuple(d or 0 for d in value_type.shape)
                 entries[name] = TensorEntry(name, value_type.dtype, shape,
-                                            lambda name=name: self.value(name).astype(np.float32),
-                                            _encoding(op, self))
+                                            lambda name=name: self.value(name).astype(np.float32, copy=False),
+                                            self._encoding(op))
         return entries
 
     @staticmethod
@@ -62,6 +62,18 @@ class ProgramWeights:
         val = op.attrs.get("val")
         return isinstance(getattr(val, "data", None), BlobRef) or (value_type.dtype in _FLOATS and
                                                                    len(value_type.shape) > 0)
+
+    def _encoding(self, op: Operation) -> str:
+        """How a compressed weight is stored, e.g. ``constexpr_lut_to_dense(uint4)``; empty for plain constants."""
+        if not op.op.startswith("constexpr_"):
+            return ""
+        stored = []
+        for item in [*op.args.values(), *op.attrs.values()]:
+            if isinstance(item, Ref) and item.name in self._producer:
+                item = self._producer[item.name][0].attrs.get("val", item)
+            if isinstance(item, Value) and isinstance(item.data, BlobRef) and item.type is not None:
+                stored.append(item.type.dtype)
+        return f"{op.op}({', '.join(dict.fromkeys(stored))})"
 
     # -- values
 
@@ -156,16 +168,3 @@ def _refs(items) -> list[Ref]:
         elif isinstance(item, list):
             found.extend(_refs(item))
     return found
-
-
-def _encoding(op: Operation, weights: ProgramWeights) -> str:
-    """How a compressed weight is stored, e.g. ``constexpr_lut_to_dense(uint4)``; empty for plain constants."""
-    if not op.op.startswith("constexpr_"):
-        return ""
-    stored = []
-    for item in [*op.args.values(), *op.attrs.values()]:
-        if isinstance(item, Ref) and item.name in weights._producer:
-            item = weights._producer[item.name][0].attrs.get("val", item)
-        if isinstance(item, Value) and isinstance(item.data, BlobRef) and item.type is not None:
-            stored.append(item.type.dtype)
-    return f"{op.op}({', '.join(dict.fromkeys(stored))})"
