@@ -99,6 +99,19 @@ class _Messages:
             yield lambda: bar.advance(task)
 
     @contextlib.contextmanager
+    def progress_fraction(self, label: str) -> Iterator:
+        """A percentage bar; yields ``update(done, total)`` (a no-op when hidden)."""
+        if self.quiet or not err.is_terminal:
+            yield lambda done, total: None
+            return
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        with Progress(TextColumn(label), BarColumn(), TextColumn("{task.percentage:>3.0f} %"), console=err,
+                      transient=True) as bar:
+            task = bar.add_task(label, total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=max(total, 1))
+
+    @contextlib.contextmanager
     def progress(self, label: str, total_seconds: float) -> Iterator:
         """A bar over seconds of audio, with speed; yields the update function (a no-op when hidden)."""
         if self.quiet or not err.is_terminal:
@@ -410,12 +423,8 @@ def inspect_weights(
 
         if not path.exists():
             raise MimiError(f"{path} does not exist")
-        say = _Messages(quiet=as_json)
-        if no_stats:
-            report = inspect(path, pattern, stats=False)
-        else:
-            with say.progress_count("Reading tensors", 1) as _:
-                report = _inspect_with_progress(path, pattern, say)
+        with _Messages(quiet=as_json).progress_fraction("Reading tensors") as update:
+            report = inspect(path, pattern, stats=not no_stats, progress=update)
     if as_json:
         out.print_json(json.dumps(report.to_json(), allow_nan=False))
     else:
@@ -428,34 +437,18 @@ app.command("inspect", help="Alias of inspect-weights: show the tensors in a wei
     inspect_weights)
 
 
-def _inspect_with_progress(path: Path, pattern: str | None, say: _Messages):
-    """Statistics for every tensor, with a bar over parameters read (the header gives the total first)."""
-    from mimi_cli.inspect import inspect_weights as inspect
-    from mimi_cli.inspect import total_params
-
-    total = total_params(inspect(path, pattern, stats=False))
-    if say.quiet or not err.is_terminal:
-        return inspect(path, pattern)
-    from rich.progress import BarColumn, Progress, TextColumn
-
-    with Progress(TextColumn("Reading tensors"), BarColumn(), TextColumn("{task.percentage:>3.0f} %"),
-                  console=err, transient=True) as bar:
-        task = bar.add_task("read", total=max(total, 1))
-        return inspect(path, pattern, progress=lambda params: bar.advance(task, params))
-
-
 def _print_weights_report(report, with_stats: bool) -> None:
     from rich.table import Table
 
     from mimi_cli.inspect import total_params
 
     # A pipe or file gets full lines (rich would otherwise wrap the table to 80 columns).
-    out = globals()["out"] if globals()["out"].is_terminal else Console(width=250, highlight=False, soft_wrap=True)
-    out.print(f"[bold]{escape(report.path)}[/]: {escape(report.format)}")
+    console = out if out.is_terminal else Console(width=250, highlight=False, soft_wrap=True)
+    console.print(f"[bold]{escape(report.path)}[/]: {escape(report.format)}")
     for key, value in report.details.items():
         if key == "ops":
             value = ", ".join(f"{op} {count}" for op, count in value.items())
-        out.print(f"  {key}: {escape(str(value))}")
+        console.print(f"  {key}: {escape(str(value))}")
     if report.tensors:
         table = Table(show_edge=False, pad_edge=False)
         columns = ["name", "dtype", "shape", "params"] + (["min", "max", "mean", "std", "non-finite"] if with_stats
@@ -470,14 +463,14 @@ def _print_weights_report(report, with_stats: bool) -> None:
                 row += [_stat(t.min), _stat(t.max), _stat(t.mean), _stat(t.std),
                         "" if t.nonfinite is None else (f"[red]{t.nonfinite:,}[/]" if t.nonfinite else "0")]
             table.add_row(*row)
-        out.print(table)
-    out.print(f"{len(report.tensors)} tensors, {total_params(report):,} parameters")
+        console.print(table)
+    console.print(f"{len(report.tensors)} tensors, {total_params(report):,} parameters")
     for warning in report.warnings:
-        out.print(f"[yellow]warning:[/] {escape(warning)}")
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     for error in report.errors:
-        out.print(f"[bold red]error:[/] {escape(error)}")
+        console.print(f"[bold red]error:[/] {escape(error)}")
     if not report.errors:
-        out.print("[green]no errors[/]" + (f", {len(report.warnings)} warnings" if report.warnings else ""))
+        console.print("[green]no errors[/]" + (f", {len(report.warnings)} warnings" if report.warnings else ""))
 
 
 def _stat(value: float | None) -> str:

@@ -55,10 +55,10 @@ class WeightsReport:
 
 
 def inspect_weights(path: str | Path, pattern: str | None = None, stats: bool = True,
-                    progress: Callable[[int], None] | None = None) -> WeightsReport:
+                    progress: Callable[[int, int], None] | None = None) -> WeightsReport:
     """Report on the weights at ``path``; a file that cannot be opened at all is one error in the report.
 
-    ``progress(params)`` is called after each tensor's statistics.
+    ``progress(parameters read, parameters in all)`` is called after each tensor's statistics.
     """
     try:
         source = open_weights(path)
@@ -68,14 +68,15 @@ def inspect_weights(path: str | Path, pattern: str | None = None, stats: bool = 
         return WeightsReport(str(path), "unreadable", errors=[str(exc)])
     report = WeightsReport(str(path), describe_format(source), source.container, source.details)
     findings = Findings()
-    for entry in source.tensors.values():
-        if pattern is not None and not fnmatch.fnmatchcase(entry.name, pattern):
-            continue
+    selected = [e for e in source.tensors.values() if pattern is None or fnmatch.fnmatchcase(e.name, pattern)]
+    total, done = sum(e.params for e in selected), 0
+    for entry in selected:
         tensor = TensorReport(entry.name, entry.dtype, list(entry.shape), entry.params, encoding=entry.encoding)
         if stats:
             findings.extend(_measure(entry, tensor))
+            done += entry.params
             if progress is not None:
-                progress(entry.params)
+                progress(done, total)
         report.tensors.append(tensor)
     findings.extend(_mimi_findings(source))
     report.warnings, report.errors = findings.warnings, findings.errors
