@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+import mimi_cli.core.layers as layers_module
 import mimi_cli.models.mimi.model as model_module
 from conftest import SMALL
 from mimi_cli.bench import codec_flops
@@ -16,18 +17,18 @@ def test_flop_count_matches_the_operations_the_model_runs(small_model, monkeypat
     """Count the multiply-adds of every conv, linear, attention and code search actually executed."""
     counted = {"flops": 0.0}
 
-    def counting(name, flops_of):
-        original = getattr(model_module, name)
+    def counting(name, flops_of, module=model_module):
+        original = getattr(module, name)
 
         def wrapper(*args, **kwargs):
             result = original(*args, **kwargs)
             counted["flops"] += flops_of(result, *args, **kwargs)
             return result
 
-        monkeypatch.setattr(model_module, name, wrapper)
+        monkeypatch.setattr(module, name, wrapper)
 
-    counting("conv1d", lambda y, x, w, *a, **k: 2 * w.shape[1] * w.shape[2] * y.size)
-    counting("conv_transpose1d", lambda y, x, w, *a, **k: 2 * x.size * w.shape[1] * w.shape[2])
+    counting("conv1d", lambda y, x, w, *a, **k: 2 * w.shape[1] * w.shape[2] * y.size, layers_module)
+    counting("conv_transpose1d", lambda y, x, w, *a, **k: 2 * x.size * w.shape[1] * w.shape[2], layers_module)
     counting("linear", lambda y, x, w, *a, **k: 2 * y.size * w.shape[1])
     counting("nearest_code", lambda y, x, book, *a, **k: 2 * x.shape[0] * book.size)
 

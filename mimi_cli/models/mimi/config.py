@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
+
+from mimi_cli.models.config import CodecConfig
 
 # Codebooks used when the caller does not say: moshi's ``get_mimi`` and Moshi itself use 8.
 DEFAULT_NUM_CODEBOOKS = 8
 
 
 @dataclass(frozen=True)
-class MimiConfig:
+class MimiConfig(CodecConfig):
+    name: ClassVar[str] = "mimi"
+    display_name: ClassVar[str] = "Mimi"
     sample_rate: int = 24000
     frame_rate: float = 12.5
     channels: int = 1
@@ -35,6 +40,7 @@ class MimiConfig:
     codebook_size: int = 2048
     codebook_dim: int = 256
     num_codebooks: int = 32
+    default_num_codebooks: int = DEFAULT_NUM_CODEBOOKS
 
     def __post_init__(self) -> None:
         if self.frame_size % self.hop_length:
@@ -50,11 +56,6 @@ class MimiConfig:
         return math.prod(self.ratios)
 
     @property
-    def frame_size(self) -> int:
-        """Samples per code frame (1920: 80 ms)."""
-        return round(self.sample_rate / self.frame_rate)
-
-    @property
     def downsample_stride(self) -> int:
         """Latent steps per code frame (2: 25 Hz → 12.5 Hz)."""
         return self.frame_size // self.hop_length
@@ -62,7 +63,3 @@ class MimiConfig:
     @property
     def head_dim(self) -> int:
         return self.dimension // self.num_heads
-
-    def bitrate(self, num_codebooks: int) -> float:
-        """Bits per second of ``num_codebooks`` levels."""
-        return self.frame_rate * num_codebooks * math.log2(self.codebook_size)

@@ -17,7 +17,7 @@ Everything is causal: output frame ``t`` depends only on input samples before ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,121 +25,18 @@ import numpy as np
 from mimi_cli.core import (
     KVCache,
     apply_rope,
-    conv1d,
-    conv_transpose1d,
     elu,
     gelu,
     layer_norm,
     linear,
     nearest_code,
-    pad_left,
     rope_frequencies,
     windowed_causal_attention,
 )
+from mimi_cli.core.layers import Conv, ConvTranspose, Sequential, run_in_chunks
 from mimi_cli.core.module import Module
-from mimi_cli.errors import InvalidAudioError, InvalidCodesError, WeightsError
+from mimi_cli.models.codec import Codec
 from mimi_cli.models.mimi.config import DEFAULT_NUM_CODEBOOKS, MimiConfig
-
-# ----------------------------------------------------------------------------- convolutions
-
-
-class Conv(Module):
-    """Causal conv: left-pad by ``K_eff − stride`` (zeros, or copies of the first step), then a valid conv."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1,
-                 bias: bool = True, pad_mode: str = "constant", name: str = "conv.conv"):
-        super().__init__()
-        self.stride, self.dilation, self.pad_mode = stride, dilation, pad_mode
-        self.padding = (kernel - 1) * dilation + 1 - stride
-        self.weight_name, self.bias_name = f"{name}.weight", (f"{name}.bias" if bias else None)
-        self.declare(self.weight_name, cout, cin, kernel)
-        if bias:
-            self.declare(self.bias_name, cout)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:  # [B, C, T] → [B, O, T/stride]
-        return self.valid(pad_left(x, self.padding, self.pad_mode))
-
-    def valid(self, x: np.ndarray) -> np.ndarray:
-        """The convolution without padding: ``x`` already carries its left context."""
-        bias = self.params[self.bias_name] if self.bias_name else None
-        return conv1d(x, self.params[self.weight_name], bias, self.stride, self.dilation)
-
-    def streaming(self) -> ConvStream:
-        return ConvStream(self)
-
-
-class ConvStream:
-    """A causal conv fed piece by piece: it carries the last ``K_eff − stride`` input steps.
-
-    ``previous`` starts as zeros, or as copies of the first step for replicate
-    padding, exactly what the batch path prepends; so pieces whose lengths are
-    multiples of the stride give the batch result.
-    """
-
-    def __init__(self, conv: Conv):
-        self.conv = conv
-        self.previous: np.ndarray | None = None  # [B, C, K_eff − stride]
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.previous is None:
-            self.previous = pad_left(x[:, :, :1], self.conv.padding, self.conv.pad_mode)[:, :, : self.conv.padding]
-        x = np.concatenate([self.previous, x], axis=2)
-        self.previous = x[:, :, x.shape[2] - self.conv.padding :].copy()
-        return self.conv.valid(x)
-
-
-class ConvTranspose(Module):
-    """Transposed conv keeping the first ``T·stride`` samples: the last ``K − stride`` are dropped."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, groups: int = 1,
-                 bias: bool = True, name: str = "convtr.convtr"):
-        super().__init__()
-        self.stride, self.groups = stride, groups
-        self.weight_name, self.bias_name = f"{name}.weight", (f"{name}.bias" if bias else None)
-        self.declare(self.weight_name, cin, cout // groups, kernel)
-        if bias:
-            self.declare(self.bias_name, cout)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:  # [B, C, T] → [B, O, T·stride]
-        return self.full(x)[:, :, : x.shape[-1] * self.stride]
-
-    def full(self, x: np.ndarray) -> np.ndarray:
-        """All ``(T-1)·stride + K`` output samples, bias included."""
-        return conv_transpose1d(x, self.params[self.weight_name], self.bias, self.stride, self.groups)
-
-    @property
-    def bias(self) -> np.ndarray | None:
-        return self.params[self.bias_name] if self.bias_name else None
-
-    def streaming(self) -> ConvTransposeStream:
-        return ConvTransposeStream(self)
-
-
-class ConvTransposeStream:
-    """A transposed conv fed piece by piece.
-
-    The last ``K − stride`` samples of each piece's output still await the
-    next piece's contribution; they are carried (without the bias, which the
-    next piece adds again) and added to the start of the next output::
-
-        piece n:    [ emitted: T·S samples ][ partial: K−S ]
-        piece n+1:                          [ emitted ...
-    """
-
-    def __init__(self, convtr: ConvTranspose):
-        self.convtr = convtr
-        self.partial: np.ndarray | None = None  # [B, O, K − stride]
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = self.convtr.full(x)
-        emitted = x.shape[2] * self.convtr.stride
-        if self.partial is not None:
-            y[:, :, : self.partial.shape[2]] += self.partial
-        self.partial = y[:, :, emitted:].copy()
-        if self.convtr.bias is not None:
-            self.partial -= self.convtr.bias[:, None]
-        return y[:, :, :emitted]
-
 
 # ----------------------------------------------------------------------------- SEANet
 
@@ -158,31 +55,6 @@ class ResidualBlock(Module):
     def streaming(self) -> Callable[[np.ndarray], np.ndarray]:
         reduce, expand = self.reduce.streaming(), self.expand.streaming()
         return lambda x: x + expand(elu(reduce(elu(x))))
-
-
-class Sequential(Module):
-    """Layers run in order; a layer's position is its checkpoint index (ELUs take a slot too)."""
-
-    def __init__(self, layers: list[Callable[[np.ndarray], np.ndarray]]):
-        super().__init__()
-        self.layers = layers
-        for index, layer in enumerate(layers):
-            if isinstance(layer, Module):
-                self.add(str(index), layer)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return _run(self.layers, x)
-
-    def streaming(self) -> Callable[[np.ndarray], np.ndarray]:
-        """A stateful copy of the chain: layers with state get a stream, the others (ELU) are shared."""
-        steps = [layer.streaming() if isinstance(layer, Module) else layer for layer in self.layers]
-        return lambda x: _run(steps, x)
-
-
-def _run(layers, x: np.ndarray) -> np.ndarray:
-    for layer in layers:
-        x = layer(x)
-    return x
 
 
 def _residual_blocks(width: int, c: MimiConfig) -> list[ResidualBlock]:
@@ -384,12 +256,7 @@ class SplitResidualVQ(Module):
 SEANET_CHUNK_FRAMES = 16
 
 
-def _in_chunks(stream: Callable[[np.ndarray], np.ndarray], x: np.ndarray, chunk: int) -> np.ndarray:
-    """Run ``stream`` over ``x`` ``[B, C, T]`` in pieces of ``chunk`` steps; concatenate the outputs."""
-    return np.concatenate([stream(x[:, :, start : start + chunk]) for start in range(0, x.shape[2], chunk)], axis=2)
-
-
-class Mimi(Module):
+class Mimi(Codec):
     """Mimi: 24 kHz mono audio ↔ up to 32 levels of 11-bit codes at 12.5 Hz.
 
     >>> model = Mimi.from_file("tokenizer-e351c8d8-checkpoint125.safetensors")
@@ -397,11 +264,11 @@ class Mimi(Module):
     >>> audio = model.decode(codes)    # → [1920·F] or [B, 1920·F]
     """
 
+    config: MimiConfig
+
     def __init__(self, config: MimiConfig | None = None):
-        super().__init__()
-        c = self.config = config or MimiConfig()
-        self.source: Path | None = None  # the weights file, when loaded from one
-        self.warnings: list[str] = []  # unusual values found while loading
+        c = config or MimiConfig()
+        super().__init__(c)
         self.encoder = self.add("encoder", SEANet(seanet_encoder(c)))
         self.encoder_transformer = self.add("encoder_transformer", Transformer(c))
         self.downsample = self.add("downsample", Conv(c.dimension, c.dimension, 2 * c.downsample_stride,
@@ -413,18 +280,6 @@ class Mimi(Module):
                                                            name="convtr.convtr.convtr"))
         self.decoder_transformer = self.add("decoder_transformer", Transformer(c))
         self.decoder = self.add("decoder", SEANet(seanet_decoder(c)))
-
-    # -- construction
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, np.ndarray], config: MimiConfig | None = None) -> Mimi:
-        """Build from tensors in the released naming; any missing, unexpected or mis-shaped tensor is an error."""
-        model = cls(config)
-        problems = model.check_state(state)
-        if problems:
-            raise WeightsError("weights do not match the Mimi model: " + "; ".join(problems))
-        model.load(state)
-        return model
 
     @classmethod
     def from_file(cls, path: str | Path, config: MimiConfig | None = None) -> Mimi:
@@ -440,85 +295,30 @@ class Mimi(Module):
         model.source, model.warnings = Path(path), checkpoint.warnings
         return model
 
-    def check_state(self, state: Mapping[str, np.ndarray]) -> list[str]:
-        """Describe every difference between ``state`` and this model's tensors (empty when they match)."""
-        expected = dict(self.named_shapes())
-        problems = []
-        missing = [name for name in expected if name not in state]
-        unexpected = [name for name in state if name not in expected]
-        misshaped = [f"{name} {tuple(state[name].shape)} (expected {shape})"
-                     for name, shape in expected.items() if name in state and tuple(state[name].shape) != shape]
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
-            if names:
-                problems.append(f"{len(names)} {label}: {', '.join(names)}")
-        return problems
+    # -- the four stages
 
-    # -- encode
+    @property
+    def latent_dim(self) -> int:
+        return self.config.dimension
 
-    def _as_batch(self, pcm: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Validate audio and return it as float32 ``[B, N]`` plus whether the input was 1-D."""
-        pcm = np.asarray(pcm)
-        if not np.issubdtype(pcm.dtype, np.floating):
-            raise InvalidAudioError(f"audio must be floating point in [-1, 1], got {pcm.dtype}; "
-                                    "convert integer PCM first (e.g. int16 / 32768)")
-        if pcm.ndim not in (1, 2):
-            raise InvalidAudioError(f"audio must have shape [T] or [B, T], got {list(pcm.shape)}")
-        if not np.all(np.isfinite(pcm)):
-            raise InvalidAudioError("audio contains NaN or Inf samples")
-        return np.atleast_2d(pcm).astype(np.float32, copy=False), pcm.ndim == 1
-
-    def encode_latent(self, pcm: np.ndarray) -> np.ndarray:
-        """The 12.5 Hz latent before quantization: ``[B, N]`` → ``[B, dimension, F]``."""
-        pcm, _ = self._as_batch(pcm)
+    def pad_input(self, pcm: np.ndarray) -> np.ndarray:
+        """moshi ≥ 0.2.5 zero-pads the waveform to whole frames; the convs then need no right padding."""
         frame = self.config.frame_size
-        frames = -(-pcm.shape[-1] // frame)
-        if frames == 0:
-            return np.zeros((pcm.shape[0], self.config.dimension, 0), np.float32)
-        # moshi ≥ 0.2.5 zero-pads the waveform to whole frames; the convs then need no right padding.
-        x = np.zeros((pcm.shape[0], 1, frames * frame), np.float32)
+        x = np.zeros((pcm.shape[0], 1, -(-pcm.shape[-1] // frame) * frame), np.float32)
         x[:, 0, : pcm.shape[-1]] = pcm
-        latent = self.encoder_transformer(_in_chunks(self.encoder.streaming(), x, SEANET_CHUNK_FRAMES * frame))
-        return self.downsample(latent)
+        return x
 
-    def encode(self, pcm: np.ndarray, num_codebooks: int = DEFAULT_NUM_CODEBOOKS) -> np.ndarray:
-        """Codes (int64) ``[K, F]`` for ``pcm`` ``[N]``, or ``[B, K, F]`` for ``[B, N]``; F = ceil(N / 1920)."""
-        if not 1 <= num_codebooks <= self.config.num_codebooks:
-            raise ValueError(f"num_codebooks must be in 1..{self.config.num_codebooks}, got {num_codebooks}")
-        _, squeeze = self._as_batch(pcm)
-        codes = self.quantizer.encode(self.encode_latent(pcm), num_codebooks)
-        return codes[0] if squeeze else codes
+    def encode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 1, N] → [B, 512, N/960]
+        return run_in_chunks(self.encoder.streaming(), x, SEANET_CHUNK_FRAMES * self.config.frame_size)
 
-    # -- decode
+    def encode_sequence(self, x: np.ndarray) -> np.ndarray:  # [B, 512, 2F] → [B, 512, F]
+        return self.downsample(self.encoder_transformer(x))
 
-    def check_codes(self, codes: np.ndarray) -> np.ndarray:
-        """Validate codes and return them as int64 ``[B, K, F]``."""
-        codes = np.asarray(codes)
-        if codes.ndim not in (2, 3):
-            raise InvalidCodesError(f"codes must have shape [K, F] or [B, K, F], got {list(codes.shape)}")
-        if not np.issubdtype(codes.dtype, np.integer):
-            raise InvalidCodesError(f"codes must be integers, got {codes.dtype}")
-        levels = codes.shape[-2]
-        if not 1 <= levels <= self.config.num_codebooks:
-            raise InvalidCodesError(f"codes have {levels} levels; this model has 1..{self.config.num_codebooks}")
-        if codes.size and (codes.min() < 0 or codes.max() >= self.config.codebook_size):
-            raise InvalidCodesError(f"codes must be in 0..{self.config.codebook_size - 1}, "
-                                    f"found {codes.min()}..{codes.max()}")
-        codes = codes.astype(np.int64, copy=False)
-        return codes if codes.ndim == 3 else codes[None]
+    def decode_sequence(self, z: np.ndarray) -> np.ndarray:  # [B, 512, F] → [B, 512, 2F]
+        return self.decoder_transformer(self.upsample(z))
 
-    def decode_latent(self, latent: np.ndarray) -> np.ndarray:
-        """12.5 Hz latent ``[B, dimension, F]`` → pcm ``[B, 1920·F]``."""
-        if latent.shape[-1] == 0:
-            return np.zeros((latent.shape[0], 0), np.float32)
-        x = self.decoder_transformer(self.upsample(latent))
-        steps = SEANET_CHUNK_FRAMES * self.config.downsample_stride
-        return _in_chunks(self.decoder.streaming(), x, steps)[:, 0, :]
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """pcm float32 ``[1920·F]`` for codes ``[K, F]``, or ``[B, 1920·F]`` for ``[B, K, F]``."""
-        squeeze = np.ndim(codes) == 2
-        pcm = self.decode_latent(self.quantizer.decode(self.check_codes(codes)))
-        return pcm[0] if squeeze else pcm
+    def decode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 512, 2F] → [B, 1, 1920·F]
+        return run_in_chunks(self.decoder.streaming(), x, SEANET_CHUNK_FRAMES * self.config.downsample_stride)
 
     # -- streaming
 

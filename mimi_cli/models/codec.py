@@ -1,0 +1,150 @@
+"""What every codec here shares: one pipeline shape, input checks and loading.
+
+    encode:  pcm [B, N]
+             → encode_waveform   strided convs            [B, C, T]   (SEANet encoder)
+             → encode_sequence   sequence model + proj.   [B, D, F]   (transformer / LSTM)
+             → quantizer.encode  residual VQ              codes [B, K, F]
+    decode:  codes [B, K, F]
+             → quantizer.decode  sum of code vectors      [B, D, F]
+             → decode_sequence   proj. + sequence model   [B, C, T]
+             → decode_waveform   transposed convs         pcm [B, frame_size·F]
+
+A codec is a config (:class:`~mimi_cli.models.config.CodecConfig`) and a :class:`Codec` subclass that fills
+in those four stages and its quantizer; validation, batching, loading and the
+codes file come from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from mimi_cli.core.module import Module
+from mimi_cli.errors import InvalidAudioError, InvalidCodesError, WeightsError
+from mimi_cli.models.config import CodecConfig
+
+
+class Codec(Module):
+    """Audio ↔ codes through encode_waveform → encode_sequence → quantizer → decode_sequence → decode_waveform."""
+
+    config: CodecConfig
+    quantizer: Module  # encode(latent [B, D, F], levels) → [B, K, F]; decode(codes) → [B, D, F]
+
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        self.config = config
+        self.source: Path | None = None  # the weights file, when loaded from one
+        self.warnings: list[str] = []  # unusual values found while loading
+
+    # -- the stages, filled in by each codec
+
+    def encode_waveform(self, x: np.ndarray) -> np.ndarray:
+        """``[B, 1, N]`` (N a multiple of frame_size after :meth:`pad_input`) → ``[B, C, T]``."""
+        raise NotImplementedError
+
+    def encode_sequence(self, x: np.ndarray) -> np.ndarray:
+        """``[B, C, T]`` → the quantizer's input ``[B, D, F]``."""
+        raise NotImplementedError
+
+    def decode_sequence(self, z: np.ndarray) -> np.ndarray:
+        """The quantizer's output ``[B, D, F]`` → ``[B, C, T]``."""
+        raise NotImplementedError
+
+    def decode_waveform(self, x: np.ndarray) -> np.ndarray:
+        """``[B, C, T]`` → ``[B, 1, frame_size·F]``."""
+        raise NotImplementedError
+
+    def pad_input(self, pcm: np.ndarray) -> np.ndarray:
+        """``[B, N]`` → ``[B, 1, N']``: the waveform as the encoder takes it (by default, unchanged)."""
+        return pcm[:, None, :]
+
+    # -- construction
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, np.ndarray], config: CodecConfig | None = None) -> Codec:
+        """Build from tensors in this model's naming; any missing, unexpected or mis-shaped tensor is an error."""
+        model = cls(config)
+        problems = model.check_state(state)
+        if problems:
+            raise WeightsError(f"weights do not match the {model.config.display_name} model: " + "; ".join(problems))
+        model.load(state)
+        return model
+
+    def check_state(self, state: Mapping[str, np.ndarray]) -> list[str]:
+        """Describe every difference between ``state`` and this model's tensors (empty when they match)."""
+        expected = dict(self.named_shapes())
+        problems = []
+        missing = [name for name in expected if name not in state]
+        unexpected = [name for name in state if name not in expected]
+        misshaped = [f"{name} {tuple(state[name].shape)} (expected {shape})"
+                     for name, shape in expected.items() if name in state and tuple(state[name].shape) != shape]
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+            if names:
+                problems.append(f"{len(names)} {label}: {', '.join(names)}")
+        return problems
+
+    # -- encode
+
+    def _as_batch(self, pcm: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Validate audio and return it as float32 ``[B, N]`` plus whether the input was 1-D."""
+        pcm = np.asarray(pcm)
+        if not np.issubdtype(pcm.dtype, np.floating):
+            raise InvalidAudioError(f"audio must be floating point in [-1, 1], got {pcm.dtype}; "
+                                    "convert integer PCM first (e.g. int16 / 32768)")
+        if pcm.ndim not in (1, 2):
+            raise InvalidAudioError(f"audio must have shape [T] or [B, T], got {list(pcm.shape)}")
+        if not np.all(np.isfinite(pcm)):
+            raise InvalidAudioError("audio contains NaN or Inf samples")
+        return np.atleast_2d(pcm).astype(np.float32, copy=False), pcm.ndim == 1
+
+    def encode_latent(self, pcm: np.ndarray) -> np.ndarray:
+        """The latent the quantizer sees: ``[B, N]`` → ``[B, D, F]``, F = ceil(N / frame_size)."""
+        pcm, _ = self._as_batch(pcm)
+        if pcm.shape[-1] == 0:
+            return np.zeros((pcm.shape[0], self.latent_dim, 0), np.float32)
+        return self.encode_sequence(self.encode_waveform(self.pad_input(pcm)))
+
+    def encode(self, pcm: np.ndarray, num_codebooks: int | None = None) -> np.ndarray:
+        """Codes (int64) ``[K, F]`` for ``pcm`` ``[N]``, or ``[B, K, F]`` for ``[B, N]``."""
+        num_codebooks = num_codebooks or self.config.default_num_codebooks
+        if not 1 <= num_codebooks <= self.config.num_codebooks:
+            raise ValueError(f"num_codebooks must be in 1..{self.config.num_codebooks}, got {num_codebooks}")
+        _, squeeze = self._as_batch(pcm)
+        codes = self.quantizer.encode(self.encode_latent(pcm), num_codebooks)
+        return codes[0] if squeeze else codes
+
+    @property
+    def latent_dim(self) -> int:
+        raise NotImplementedError
+
+    # -- decode
+
+    def check_codes(self, codes: np.ndarray) -> np.ndarray:
+        """Validate codes and return them as int64 ``[B, K, F]``."""
+        codes = np.asarray(codes)
+        if codes.ndim not in (2, 3):
+            raise InvalidCodesError(f"codes must have shape [K, F] or [B, K, F], got {list(codes.shape)}")
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise InvalidCodesError(f"codes must be integers, got {codes.dtype}")
+        levels = codes.shape[-2]
+        if not 1 <= levels <= self.config.num_codebooks:
+            raise InvalidCodesError(f"codes have {levels} levels; this model has 1..{self.config.num_codebooks}")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.config.codebook_size):
+            raise InvalidCodesError(f"codes must be in 0..{self.config.codebook_size - 1}, "
+                                    f"found {codes.min()}..{codes.max()}")
+        codes = codes.astype(np.int64, copy=False)
+        return codes if codes.ndim == 3 else codes[None]
+
+    def decode_latent(self, latent: np.ndarray) -> np.ndarray:
+        """Quantized latent ``[B, D, F]`` → pcm ``[B, frame_size·F]``."""
+        if latent.shape[-1] == 0:
+            return np.zeros((latent.shape[0], 0), np.float32)
+        return self.decode_waveform(self.decode_sequence(latent))[:, 0, :]
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """pcm float32 ``[frame_size·F]`` for codes ``[K, F]``, or ``[B, frame_size·F]`` for ``[B, K, F]``."""
+        squeeze = np.ndim(codes) == 2
+        pcm = self.decode_latent(self.quantizer.decode(self.check_codes(codes)))
+        return pcm[0] if squeeze else pcm
