@@ -30,7 +30,8 @@ from safetensors.numpy import save_file
 
 from mimi_cli.models.mimi import checkpoint
 from mimi_cli.models.mimi.config import MimiConfig
-from mimi_cli.models.mimi.synthetic import random_state, state_fingerprint
+from mimi_cli.models.mimi.synthetic import random_state
+from mimi_cli.models.synthetic import state_fingerprint
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
 FRAME = MimiConfig().frame_size

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import SAMPLE_AUDIO, SHARED
+
 from mimi_cli.audio import Audio, read_audio, resample, to_mono, write_audio
 from mimi_cli.errors import InvalidAudioError
 

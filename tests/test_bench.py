@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from conftest import SMALL
+from test_cli import run
 
 import mimi_cli.core.layers as layers_module
 import mimi_cli.models.mimi.model as model_module
-from conftest import SMALL
 from mimi_cli.bench import codec_flops
-from test_cli import run
 
 
 def test_flop_count_matches_the_operations_the_model_runs(small_model, monkeypatch):

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import SAMPLE_AUDIO
+
 from mimi_cli.weights import weights_id
 
 

@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import soundfile as sf
-
 from conftest import SAMPLE_AUDIO
 from test_cli import run
 

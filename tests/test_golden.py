@@ -12,10 +12,10 @@ import functools
 
 import numpy as np
 import pytest
-
 from conftest import GOLDEN, golden_input
+
 from mimi_cli.core import codebook_distances
-from mimi_cli.models.mimi.synthetic import state_fingerprint
+from mimi_cli.models.synthetic import state_fingerprint
 
 # Batch cases of moshi; the other golden files (stream_*, hf_*, recurrent) have their own tests.
 CASES = sorted(path.stem for path in GOLDEN.glob("*.npz")

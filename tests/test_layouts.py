@@ -18,7 +18,8 @@ from test_golden import assert_codes_match
 
 from mimi_cli.errors import WeightsError
 from mimi_cli.models.mimi import Mimi, checkpoint
-from mimi_cli.models.mimi.synthetic import random_state, state_fingerprint
+from mimi_cli.models.mimi.synthetic import random_state
+from mimi_cli.models.synthetic import state_fingerprint
 from mimi_cli.weights.safetensors import write_safetensors
 
 

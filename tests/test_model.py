@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import SMALL
+
 from mimi_cli.errors import InvalidAudioError, InvalidCodesError, WeightsError
 from mimi_cli.models.mimi import Mimi, MimiConfig
 from mimi_cli.models.mimi.synthetic import random_state

@@ -11,8 +11,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from mimi_cli.errors import WeightsError
-from mimi_cli.weights.safetensors import SafetensorsFile
 from mimi_cli.weights import open_weights
+from mimi_cli.weights.safetensors import SafetensorsFile
 
 
 def write_raw(path, header: dict, data: bytes = b"", header_len: int | None = None) -> None:

@@ -6,10 +6,10 @@ import functools
 
 import numpy as np
 import pytest
-
 from conftest import GOLDEN, SMALL, golden_input
-from mimi_cli.errors import InvalidAudioError, InvalidCodesError
 from test_golden import assert_codes_match
+
+from mimi_cli.errors import InvalidAudioError, InvalidCodesError
 
 STREAM_CASES = ["stream_1", "stream_7", "stream_200", "stream_400"]
 FRAME = 1920

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mimi_cli.errors import WeightsError
+
 LARGE_MAGNITUDE = 1e4
 
 
@@ -83,3 +85,13 @@ def check_tensors(tensors: dict[str, np.ndarray]) -> Findings:
     for name, values in tensors.items():
         found.extend(check(name, range_stats(values), values.size))
     return found
+
+
+def warnings_or_refuse(path, tensors: dict[str, np.ndarray]) -> list[str]:
+    """The warnings for tensors about to be loaded; a WeightsError naming the first problems if any is an error."""
+    findings = check_tensors(tensors)
+    if findings.errors:
+        more = len(findings.errors) - 5
+        shown = "; ".join(findings.errors[:5]) + (f"; and {more} more" if more > 0 else "")
+        raise WeightsError(f"refusing {path}: {shown}")
+    return findings.warnings

@@ -238,7 +238,7 @@ class Checkpoint:
 def load_checkpoint(path: str | Path, config: MimiConfig) -> Checkpoint:
     """Read a Mimi checkpoint from any container and naming scheme; refuse NaN/Inf values."""
     from mimi_cli.weights import open_weights
-    from mimi_cli.weights.validate import check_tensors
+    from mimi_cli.weights.validate import warnings_or_refuse
 
     source = open_weights(path)
     if source.container.startswith("Core ML"):
@@ -254,9 +254,5 @@ def load_checkpoint(path: str | Path, config: MimiConfig) -> Checkpoint:
         raise WeightsError(f"{path} is not a Mimi checkpoint: its tensor names follow none of the original, "
                            "moshi or Hugging Face namings (no quantizer.rvq_first or "
                            "semantic_residual_vector_quantizer tensors)")
-    findings = check_tensors(tensors)
-    if findings.errors:
-        more = len(findings.errors) - 5
-        shown = "; ".join(findings.errors[:5]) + (f"; and {more} more" if more > 0 else "")
-        raise WeightsError(f"refusing {path}: {shown}")
-    return Checkpoint(to_original(tensors, layout, config.num_heads), layout, source.container, findings.warnings)
+    warnings = warnings_or_refuse(path, tensors)
+    return Checkpoint(to_original(tensors, layout, config.num_heads), layout, source.container, warnings)

@@ -13,19 +13,18 @@ its zero codebooks make every code 0; such weights let a wrong model pass. Here:
   residual), measured once on speech by ``scripts/calibrate_codebooks.py`` and
   committed as ``codebook_stats.npz``. Nothing is calibrated at load time.
 
-Every tensor has its own random stream, seeded by (seed, tensor name), so a
-tensor never depends on the order or the presence of the others.
+Every tensor has its own random stream (see ``mimi_cli.models.synthetic``).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from mimi_cli.models.mimi.config import MimiConfig
 from mimi_cli.models.mimi.model import Mimi
+from mimi_cli.models.synthetic import codebook_entries, normal, uniform
 
 STATS_PATH = Path(__file__).with_name("codebook_stats.npz")
 
@@ -34,31 +33,11 @@ STATS_PATH = Path(__file__).with_name("codebook_stats.npz")
 _CONV_GAIN = 1.4  # a conv after an ELU sees about half the variance of its input
 _RESIDUAL_GAIN = 0.5  # the branch of a residual block, so that blocks don't compound
 _OUTPUT_GAIN = 0.1  # the decoder's last conv, so that decoded audio has a speech-like level
-# Codebook entries spread 0.25× as wide as the residual they quantize. Among 2048
-# random directions in 256-d the best match correlates ≈ sqrt(2·ln 2048)/16 ≈ 0.24
-# with the residual, so entries of that length shrink it (≈6% of its energy per
-# level), as trained codebooks do; entries as wide as the residual would grow it.
-_CODEBOOK_SPREAD = 0.25
-
-
-def _rng(seed: int, name: str) -> np.random.Generator:
-    digest = hashlib.sha256(name.encode()).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
-
-
-def _normal(seed: int, name: str, shape: tuple[int, ...], std: float, mean: float = 0.0) -> np.ndarray:
-    return (mean + std * _rng(seed, name).standard_normal(shape)).astype(np.float32)
-
-
-def _uniform(seed: int, name: str, shape: tuple[int, ...], low: float, high: float) -> np.ndarray:
-    return _rng(seed, name).uniform(low, high, shape).astype(np.float32)
-
 
 def codebook_tensors(seed: int, prefix: str, size: int, mean: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray]:
     """One codebook's three buffers, entries ~ N(mean, (0.25·std)²) per dimension."""
-    noise = _rng(seed, prefix + "embedding").standard_normal((size, mean.shape[0]))
-    embedding = (mean + _CODEBOOK_SPREAD * std * noise).astype(np.float32)
-    usage = _uniform(seed, prefix + "cluster_usage", (size,), 0.5, 2.5)
+    embedding = codebook_entries(seed, prefix + "embedding", size, mean, std)
+    usage = uniform(seed, prefix + "cluster_usage", (size,), 0.5, 2.5)
     return {
         prefix + "_initialized": np.ones(1, np.float32),
         prefix + "cluster_usage": usage,
@@ -83,16 +62,16 @@ def load_codebook_stats(config: MimiConfig) -> tuple[np.ndarray, np.ndarray]:
 def _dense_tensor(seed: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """Any non-codebook tensor, by what its name says it is."""
     if name.endswith(("norm1.weight", "norm2.weight")):
-        return _normal(seed, name, shape, 0.1, mean=1.0)
+        return normal(seed, name, shape, 0.1, mean=1.0)
     if name.endswith(("norm1.bias", "norm2.bias")):
-        return _normal(seed, name, shape, 0.1)
+        return normal(seed, name, shape, 0.1)
     if name.endswith(".scale"):  # layer scale, initialised at 0.01 and grown by training
-        return _uniform(seed, name, shape, 0.05, 0.25)
+        return uniform(seed, name, shape, 0.05, 0.25)
     if name.endswith(".bias"):
-        return _normal(seed, name, shape, 0.02)
+        return normal(seed, name, shape, 0.02)
     if "convtr" in name:  # [C_in, C_out/g, K]: each output sums C_in·K/stride products
         stride = max(1, shape[2] // 2)
-        return _normal(seed, name, shape, _CONV_GAIN / np.sqrt(shape[0] * shape[2] / stride))
+        return normal(seed, name, shape, _CONV_GAIN / np.sqrt(shape[0] * shape[2] / stride))
     fan_in = int(np.prod(shape[1:]))
     if ".block.3." in name:
         gain = _RESIDUAL_GAIN
@@ -100,7 +79,7 @@ def _dense_tensor(seed: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
         gain = _OUTPUT_GAIN
     else:
         gain = _CONV_GAIN if "conv" in name else 1.0
-    return _normal(seed, name, shape, gain / np.sqrt(fan_in))
+    return normal(seed, name, shape, gain / np.sqrt(fan_in))
 
 
 def random_state(config: MimiConfig | None = None, seed: int = 0,
@@ -129,12 +108,3 @@ def codebook_prefix(level: int) -> str:
 def random_mimi(config: MimiConfig | None = None, seed: int = 0) -> Mimi:
     """A ready model with realistic random weights."""
     return Mimi.from_state_dict(random_state(config, seed), config)
-
-
-def state_fingerprint(state: dict[str, np.ndarray]) -> str:
-    """sha256 over names and bytes: proves two machines built the same weights."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(state[name]).tobytes())
-    return h.hexdigest()

@@ -1,0 +1,213 @@
+"""EnCodec 24 kHz in one file, on the same core and pipeline shape as Mimi.
+
+    encode: pcm [B, 1, N]
+        → SEANet convs (strides 2, 4, 5, 8)   [B, 512, F]    F = ceil(N / 320), 75 Hz
+        → LSTM (2 layers, + skip), ELU, conv  [B, 128, F]
+        → residual VQ                          codes [B, K, F]   K = 2 … 32 levels of 1024
+    decode: codes [B, K, F]
+        → sum of code vectors                  [B, 128, F]
+        → conv, LSTM (2 layers, + skip)        [B, 512, F]
+        → SEANet transposed convs              pcm [B, 1, 320·F]
+
+Parameter names follow the Hugging Face checkpoint (``encoder.layers.0.conv.weight``, ...),
+with weight norm already folded (see ``checkpoint.py``). The numerics follow
+transformers' ``EncodecModel``: causal convs, but padded by *reflection*, not zeros.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mimi_cli.core import LSTM, elu, nearest_code
+from mimi_cli.core.layers import Conv, ConvTranspose, Sequential, run_layers
+from mimi_cli.core.module import Module
+from mimi_cli.models.codec import Codec
+from mimi_cli.models.encodec.config import EncodecConfig
+
+# ----------------------------------------------------------------------------- SEANet
+
+
+def reflect_pad(x: np.ndarray, left: int, right: int) -> np.ndarray:
+    """Reflection padding of ``[B, C, T]`` that also works when ``T`` is not longer than the padding.
+
+    A reflection needs ``T > pad``. For shorter inputs (a few samples, or the
+    last layers of a short clip) zeros are appended first and cut again after,
+    as transformers' ``_pad1d`` does::
+
+        x = [a b]   left 3:   [a b 0 0]  →  [0 0 b | a b 0 0]  →  [0 0 b a b]
+    """
+    length = x.shape[-1]
+    extra = max(0, max(left, right) - length + 1)
+    if extra:
+        x = np.pad(x, ((0, 0), (0, 0), (0, extra)))
+    padded = np.pad(x, ((0, 0), (0, 0), (left, right)), mode="reflect")
+    return padded[:, :, : padded.shape[-1] - extra]
+
+
+class EncodecConv(Conv):
+    """Causal conv padded by reflection: ``K_eff − stride`` on the left, and on the right
+    whatever makes the length a whole number of strides (so every input sample is seen)::
+
+        stride 4, length 10:  [pad 4 | x0 … x9 | pad 2]  →  3 outputs = ceil(10 / 4)
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1):
+        super().__init__(cin, cout, kernel, stride, dilation, name="conv")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:  # [B, C, T] → [B, O, ceil(T / stride)]
+        length = x.shape[-1]
+        right = -(-length // self.stride) * self.stride - length
+        return self.valid(reflect_pad(x, self.padding, right))
+
+
+class EncodecConvTranspose(ConvTranspose):
+    """Transposed conv keeping the first ``T·stride`` samples (causal: all of ``K − stride`` trimmed on the right)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int):
+        super().__init__(cin, cout, kernel, stride, name="conv")
+
+
+class ResnetBlock(Module):
+    """``shortcut(x) + conv_k1(elu(conv_k3(elu(x))))``, the shortcut a 1×1 conv."""
+
+    def __init__(self, dim: int, hidden: int, kernel: int, dilation: int):
+        super().__init__()
+        self.reduce = self.add("block.1", EncodecConv(dim, hidden, kernel, dilation=dilation))
+        self.expand = self.add("block.3", EncodecConv(hidden, dim, 1))
+        self.shortcut = self.add("shortcut", EncodecConv(dim, dim, 1))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.shortcut(x) + self.expand(elu(self.reduce(elu(x))))
+
+
+class LSTMBlock(Module):
+    """``x + lstm(x)`` on ``[B, C, T]`` latents (the LSTM runs over time)."""
+
+    def __init__(self, width: int, layers: int):
+        super().__init__()
+        self.lstm = self.add("lstm", LSTM(width, width, layers))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        steps = np.ascontiguousarray(x.transpose(0, 2, 1))  # [B, T, C]
+        y, _ = self.lstm(steps)
+        return (y + steps).transpose(0, 2, 1)
+
+
+def _resnet_blocks(width: int, c: EncodecConfig) -> list[ResnetBlock]:
+    return [ResnetBlock(width, width // c.compress, c.residual_kernel_size, c.dilation_base**j)
+            for j in range(c.n_residual_layers)]
+
+
+def seanet_encoder(c: EncodecConfig) -> Sequential:
+    """pcm ``[B, 1, N]`` → ``[B, dimension, N/hop]``; the LSTM block sits before the last ELU and conv."""
+    width = c.n_filters
+    layers: list = [EncodecConv(c.channels, width, c.kernel_size)]
+    for ratio in reversed(c.ratios):
+        layers += _resnet_blocks(width, c)
+        layers += [elu, EncodecConv(width, 2 * width, 2 * ratio, stride=ratio)]
+        width *= 2
+    layers += [LSTMBlock(width, c.lstm_layers), elu, EncodecConv(width, c.dimension, c.last_kernel_size)]
+    return Sequential(layers)
+
+
+def seanet_decoder(c: EncodecConfig) -> Sequential:
+    """``[B, dimension, T]`` → pcm ``[B, 1, T·hop]``; the LSTM block follows the first conv."""
+    width = c.lstm_width
+    layers: list = [EncodecConv(c.dimension, width, c.kernel_size), LSTMBlock(width, c.lstm_layers)]
+    for ratio in c.ratios:
+        layers += [elu, EncodecConvTranspose(width, width // 2, 2 * ratio, ratio)]
+        width //= 2
+        layers += _resnet_blocks(width, c)
+    layers += [elu, EncodecConv(width, c.channels, c.last_kernel_size)]
+    return Sequential(layers)
+
+
+# ----------------------------------------------------------------------------- quantizer
+
+
+class Codebook(Module):
+    """One VQ level: ``embed`` ``[codebook_size, dimension]``."""
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        self.declare("embed", size, dim)
+
+    def prepare(self) -> None:
+        self.embedding = self.params["embed"]
+        self.sqnorm = np.einsum("kd,kd->k", self.embedding, self.embedding)
+
+
+class ResidualVQ(Module):
+    """Quantize level by level on the running residual; decoding sums the chosen vectors."""
+
+    def __init__(self, c: EncodecConfig):
+        super().__init__()
+        self.codebooks = [self.add(f"layers.{i}.codebook", Codebook(c.codebook_size, c.dimension))
+                          for i in range(c.num_codebooks)]
+
+    def encode(self, z: np.ndarray, num_levels: int) -> np.ndarray:  # [B, D, F] → [B, n, F]
+        batch, dim, frames = z.shape
+        residual = np.ascontiguousarray(z.transpose(0, 2, 1)).reshape(batch * frames, dim)
+        codes = np.empty((num_levels, batch * frames), dtype=np.int64)
+        for level, book in enumerate(self.codebooks[:num_levels]):
+            # The reference takes the largest −(|x|² − 2x·e + |e|²): squared distances, no root.
+            codes[level] = nearest_code(residual, book.embedding, book.sqnorm, squared=True)
+            residual = residual - book.embedding[codes[level]]
+        return codes.reshape(num_levels, batch, frames).transpose(1, 0, 2)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:  # [B, n, F] → [B, D, F]
+        total = np.zeros(codes.shape[:1] + codes.shape[2:] + (self.codebooks[0].embedding.shape[1],), np.float32)
+        for level in range(codes.shape[1]):  # summed in codebook order
+            total = total + self.codebooks[level].embedding[codes[:, level]]
+        return np.ascontiguousarray(total.transpose(0, 2, 1))
+
+
+# ----------------------------------------------------------------------------- the codec
+
+
+class Encodec(Codec):
+    """EnCodec 24 kHz: mono audio ↔ up to 32 levels of 10-bit codes at 75 Hz (1.5 – 24 kbps).
+
+    >>> model = Encodec.from_file("model.safetensors")   # facebook/encodec_24khz
+    >>> codes = model.encode(pcm, 8)                       # float32 [N] at 24 kHz → [8, ceil(N/320)] (6 kbps)
+    >>> audio = model.decode(codes)                        # → [320·F]
+    """
+
+    config: EncodecConfig
+
+    def __init__(self, config: EncodecConfig | None = None):
+        c = config or EncodecConfig()
+        super().__init__(c)
+        self.encoder = self.add("encoder.layers", seanet_encoder(c))
+        self.decoder = self.add("decoder.layers", seanet_decoder(c))
+        self.quantizer = self.add("quantizer", ResidualVQ(c))
+
+    @classmethod
+    def from_file(cls, path, config: EncodecConfig | None = None) -> Encodec:
+        """Load a checkpoint in the Hugging Face or original naming, with weight norm folded or not."""
+        from pathlib import Path
+
+        from mimi_cli.models.encodec.checkpoint import load_checkpoint
+
+        config = config or EncodecConfig()
+        checkpoint = load_checkpoint(path)
+        model = cls.from_state_dict(checkpoint.state, config)
+        model.source, model.warnings = Path(path), checkpoint.warnings
+        return model
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.dimension
+
+    # The LSTM block and the convs around it are the sequence model; the rest is SEANet.
+    def encode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 1, N] → [B, 512, F]
+        return run_layers(self.encoder.layers[:-3], x)
+
+    def encode_sequence(self, x: np.ndarray) -> np.ndarray:  # [B, 512, F] → [B, 128, F]
+        return run_layers(self.encoder.layers[-3:], x)
+
+    def decode_sequence(self, z: np.ndarray) -> np.ndarray:  # [B, 128, F] → [B, 512, F]
+        return run_layers(self.decoder.layers[:2], z)
+
+    def decode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 512, F] → [B, 1, 320·F]
+        return run_layers(self.decoder.layers[2:], x)
