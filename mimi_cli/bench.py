@@ -12,6 +12,7 @@ from functools import partial
 
 import numpy as np
 
+from mimi_cli.models.codec import Codec
 from mimi_cli.models.mimi.model import Mimi
 
 
@@ -171,14 +172,15 @@ def kernel_benchmarks(model: Mimi, seconds: float = 1.0, peak: float | None = No
 # ----------------------------------------------------------------------------- the whole codec
 
 
-def _seanet_flops(c, samples: float) -> tuple[float, float, float]:
+def _seanet_flops(c, samples: float, conv_shortcut: bool = False) -> tuple[float, float, float]:
     """(encoder, decoder, latent steps): the decoder mirrors the encoder layer for layer."""
     def hidden(width: int) -> int:
         return width // c.compress
 
     def residual(width: int, t: float) -> float:
+        shortcut = 2 * width * width * t if conv_shortcut else 0
         return c.n_residual_layers * (2 * width * c.residual_kernel_size * hidden(width) * t
-                                      + 2 * hidden(width) * width * t)
+                                      + 2 * hidden(width) * width * t + shortcut)
 
     encoder = 2 * c.channels * c.kernel_size * c.n_filters * samples  # first conv
     decoder = 2 * c.n_filters * c.last_kernel_size * c.channels * samples  # last conv
@@ -198,8 +200,10 @@ def _seanet_flops(c, samples: float) -> tuple[float, float, float]:
 def codec_flops(c, seconds: float, num_codebooks: int) -> tuple[float, float]:
     """(encode, decode) FLOPs for ``seconds`` of audio, counted from the architecture (1 MAC = 2 FLOPs).
 
-    Matches mimi-reference.md §5: ≈ 5.5 GFLOP per second of audio each way.
+    Mimi: matches mimi-reference.md §5, ≈ 5.5 GFLOP per second of audio each way.
     """
+    if c.name == "encodec-24khz":
+        return _encodec_flops(c, seconds, num_codebooks)
     encoder, decoder, steps = _seanet_flops(c, seconds * c.sample_rate)
     d = c.dimension
     window = min(steps, c.context)
@@ -211,6 +215,15 @@ def codec_flops(c, seconds: float, num_codebooks: int) -> tuple[float, float]:
               + num_codebooks * 2 * c.codebook_size * c.codebook_dim * frames)
     decode = decoder + transformer + 2 * d * 2 * c.downsample_stride * frames + projections
     return encode, decode
+
+
+def _encodec_flops(c, seconds: float, num_codebooks: int) -> tuple[float, float]:
+    """EnCodec: SEANet with 1×1 shortcuts, a 2-layer LSTM on each side, squared-distance VQ."""
+    encoder, decoder, steps = _seanet_flops(c, seconds * c.sample_rate, conv_shortcut=True)
+    width = c.lstm_width
+    lstm = c.lstm_layers * 2 * (4 * width * width) * 2 * steps  # input and recurrent products
+    search = num_codebooks * 2 * c.codebook_size * c.dimension * steps
+    return encoder + lstm + search, decoder + lstm
 
 
 @dataclass
@@ -225,7 +238,7 @@ class ModelResult:
         return asdict(self)
 
 
-def model_benchmarks(model: Mimi, seconds: float, peak: float, progress=None) -> list[ModelResult]:
+def model_benchmarks(model: Codec, seconds: float, peak: float, progress=None) -> list[ModelResult]:
     """One-shot encode and decode of ``seconds`` of audio at 8 and 32 codebooks."""
     pcm = speech_like(seconds)
     results = []

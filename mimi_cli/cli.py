@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from mimi_cli import __version__
 from mimi_cli.errors import MimiError
-from mimi_cli.models.mimi.config import DEFAULT_NUM_CODEBOOKS, MimiConfig
+from mimi_cli.models import CODECS, DEFAULT_CODEC
 
 app = typer.Typer(
     name="mimi",
@@ -29,8 +29,9 @@ out = Console(soft_wrap=True, highlight=False)
 
 # Shared options; their limits come from the model's config.
 WeightsOption = Annotated[Optional[Path], typer.Option(
-    "--weights", help="Mimi weights: .safetensors (original, moshi or Hugging Face naming), .mlmodelc or "
-                      ".mlpackage. Default: $MIMI_WEIGHTS, else the released file via the Hugging Face cache.",
+    "--weights", help="The codec's weights. Mimi: .safetensors (original, moshi or Hugging Face naming), .mlmodelc "
+                      "or .mlpackage; EnCodec: .safetensors (Hugging Face or original naming). Default: "
+                      "$MIMI_WEIGHTS / $ENCODEC_WEIGHTS, else the released file via the Hugging Face cache.",
     show_default=False)]
 ThreadsOption = Annotated[Optional[int], typer.Option(
     "--threads", min=1, help="Threads for BLAS and element-wise work. Default: all cores.", show_default=False)]
@@ -39,9 +40,23 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only war
 StreamOption = Annotated[bool, typer.Option(
     "--stream", help="Work block by block in flat memory (for long files). Codes are those of moshi's "
                      "streaming mode, which differ from batch mode past 10 s.")]
-CodebooksOption = Annotated[int, typer.Option(
-    "--codebooks", "-n", min=1, max=MimiConfig().num_codebooks,
-    help="Codebooks (levels) to keep: 1 semantic + n-1 acoustic.")]
+CodebooksOption = Annotated[Optional[int], typer.Option(
+    "--codebooks", "-n", min=1, show_default=False,
+    help="Codebooks (levels) to keep. Mimi: 1 semantic + n-1 acoustic, up to 32, default 8 (1.1 kbps). "
+         "EnCodec: up to 32, default 8 (6 kbps).")]
+BandwidthOption = Annotated[Optional[float], typer.Option(
+    "--bandwidth", "-b", min=0, show_default=False, metavar="KBPS",
+    help="Target bitrate in kbps instead of -n, e.g. EnCodec's 1.5, 3, 6, 12 or 24.")]
+
+
+def _check_codec(name: str) -> str:
+    if name not in CODECS:
+        raise typer.BadParameter(f"{name!r} is not a codec here; choose one of {', '.join(CODECS)}")
+    return name
+
+
+CodecOption = Annotated[str, typer.Option(
+    "--codec", "-c", callback=_check_codec, help=f"The codec: {' or '.join(CODECS)}.")]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -49,16 +64,33 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _num_codebooks(codec: str, codebooks: int | None, bandwidth: float | None) -> int:
+    """Levels to encode from -n or -b (not both), within what the codec has; its default otherwise."""
+    from mimi_cli.models import codec_spec
+
+    config = codec_spec(codec).config()
+    if codebooks is not None and bandwidth is not None:
+        _fail("give either --codebooks or --bandwidth, not both", code=2)
+    if bandwidth is not None:
+        try:
+            return config.codebooks_for_bandwidth(bandwidth)
+        except ValueError as exc:
+            _fail(f"--bandwidth: {exc}", code=2)
+    if codebooks is not None and codebooks > config.num_codebooks:
+        _fail(f"--codebooks: {config.display_name} has at most {config.num_codebooks}, not {codebooks}", code=2)
+    return codebooks or config.default_num_codebooks
+
+
 def _warn(message: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(message)}")
 
 
-def _load_weights(weights: Path | None, say: _Messages):
+def _load_weights(weights: Path | None, codec: str, say: _Messages):
     """Load the model (see ``pipeline.load_model``) under a status line; warn about unusual values."""
     from mimi_cli.pipeline import load_model
 
     with say.status("Loading weights…"):
-        loaded = load_model(weights)
+        loaded = load_model(weights, codec)
     for warning in loaded.model.warnings[:5]:
         _warn(f"weights: {warning}")
     if len(loaded.model.warnings) > 5:
@@ -169,15 +201,18 @@ def encode(
                                           metavar="INPUT", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Codes file. Default: INPUT with .npz.",
                                                    show_default=False)] = None,
-    codebooks: CodebooksOption = DEFAULT_NUM_CODEBOOKS,
+    codec: CodecOption = DEFAULT_CODEC,
+    codebooks: CodebooksOption = None,
+    bandwidth: BandwidthOption = None,
     stream: StreamOption = False,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Encode audio into Mimi codes (.npz)."""
+    """Encode audio into codes (.npz): Mimi by default, or EnCodec with --codec encodec-24khz."""
     say = _Messages(quiet)
+    codebooks = _num_codebooks(codec, codebooks, bandwidth)
     with _user_errors(threads):
         from mimi_cli.audio import open_audio, read_audio
         from mimi_cli.fileio import check_output
@@ -191,7 +226,7 @@ def encode(
             check_batch_memory(duration)
             audio = read_audio(input)
             rate, channels, duration = audio.sample_rate, audio.channels, audio.duration
-        loaded = _load_weights(weights, say)
+        loaded = _load_weights(weights, codec, say)
         config = loaded.model.config
         say.describe_conversion(channels, rate, config.sample_rate)
         if stream:
@@ -221,7 +256,7 @@ def decode(
     force: ForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Decode Mimi codes (.npz) back to audio."""
+    """Decode codes (.npz) back to audio; the codes file says which codec made them."""
     say = _Messages(quiet)
     with _user_errors(threads):
         from mimi_cli.audio import audio_format, write_audio
@@ -230,12 +265,12 @@ def decode(
         from mimi_cli.pipeline import check_batch_memory, decode_codes, decode_stream
 
         output = output or input.with_suffix(".decoded.wav")  # never the original audio
-        codes = CodesFile.load(input, MimiConfig())
+        codes = CodesFile.load(input)
         check_output(output, force)
         audio_format(output)
         if not stream:
-            check_batch_memory(codes.num_samples / MimiConfig().sample_rate)
-        loaded = _load_weights(weights, say)
+            check_batch_memory(codes.num_samples / codes.sample_rate)
+        loaded = _load_weights(weights, codes.codec, say)
         if codes.weights_id != loaded.weights_id:
             _warn(f"{input} was encoded with weights {codes.weights_id}, decoding with {loaded.weights_id}")
         config = loaded.model.config
@@ -260,7 +295,9 @@ def roundtrip(
                                           show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the decoded audio here.",
                                                    show_default=False)] = None,
-    codebooks: CodebooksOption = DEFAULT_NUM_CODEBOOKS,
+    codec: CodecOption = DEFAULT_CODEC,
+    codebooks: CodebooksOption = None,
+    bandwidth: BandwidthOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
@@ -269,6 +306,7 @@ def roundtrip(
 ) -> None:
     """Encode then decode, and report bitrate, quality and speed."""
     say = _Messages(quiet)
+    codebooks = _num_codebooks(codec, codebooks, bandwidth)
     with _user_errors(threads):
         from mimi_cli.audio import audio_format, open_audio, read_audio, write_audio
         from mimi_cli.fileio import check_output
@@ -281,7 +319,7 @@ def roundtrip(
         with open_audio(input) as f:
             check_batch_memory(f.frames / f.samplerate)
         audio = read_audio(input)
-        loaded = _load_weights(weights, say)
+        loaded = _load_weights(weights, codec, say)
         config = loaded.model.config
         say.describe_conversion(audio.channels, audio.sample_rate, config.sample_rate)
         with say.status(f"Encoding {audio.duration:.1f} s…"):
@@ -293,6 +331,7 @@ def roundtrip(
         duration = len(encoded.pcm) / config.sample_rate
         metrics = {
             "input": str(input),
+            "codec": config.name,
             "duration_s": round(duration, 3),
             "codebooks": codebooks,
             "frames": encoded.codes.num_frames,
@@ -313,25 +352,26 @@ def bench(
     seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Audio length for kernel and model timings.")]
     = 10.0,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for BLAS and element-wise work.")] = 2,
+    codec: CodecOption = DEFAULT_CODEC,
     only: Annotated[Optional[str], typer.Option(
-        "--only", help="Run one part: kernels, model or stream.", show_default=False)] = None,
+        "--only", help="Run one part: kernels, model or stream (EnCodec: model only).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Measure speed on this machine: BLAS peak, kernels, whole codec, streaming (no weights needed)."""
-    parts = ("kernels", "model", "stream")
+    parts = ("kernels", "model", "stream") if codec == "mimi" else ("model",)
     if only is not None and only not in parts:
-        _fail(f"--only takes one of {', '.join(parts)}, not {only!r}", code=2)
+        _fail(f"--only takes one of {', '.join(parts)} for {codec}, not {only!r}", code=2)
     with _user_errors(threads):
         from mimi_cli import bench as b
-        from mimi_cli.models.mimi.synthetic import random_state
+        from mimi_cli.models import codec_spec
 
         say = _Messages(quiet=as_json)  # with --json, stderr stays free of status lines too
-        report: dict = {"threads": threads, "seconds": seconds}
+        report: dict = {"codec": codec, "threads": threads, "seconds": seconds}
         with say.status("Building random weights of the released size…"):
-            model, load_seconds = _bench_model(random_state())
+            model, load_seconds = _bench_model(codec_spec(codec))
         with say.status("Measuring the BLAS peak…"):
             report["blas_peak_gflops"] = peak = b.blas_peak()
-        if only in (None, "kernels"):
+        if only in (None, "kernels") and "kernels" in parts:
             with say.progress_count("Kernels", 64) as tick:
                 report["kernels"] = [r.as_dict() for r in b.kernel_benchmarks(model, 1.0, peak, tick)]
         if only in (None, "model"):
@@ -339,7 +379,7 @@ def bench(
                 report["model"] = [r.as_dict() for r in b.model_benchmarks(model, seconds, peak, tick)]
             report["weights_load_seconds"] = load_seconds
             report["peak_rss_mb"] = _peak_rss_mb()
-        if only in (None, "stream"):
+        if only in (None, "stream") and "stream" in parts:
             with say.status("Streaming, frame by frame…"):
                 report["stream"] = [r.as_dict() for r in b.stream_latency(model, frames=150)]
     if as_json:
@@ -348,21 +388,20 @@ def bench(
         _print_bench(report)
 
 
-def _bench_model(state):
-    """Write ``state`` to a temporary safetensors file and time loading it, as a user's file would load."""
+def _bench_model(spec):
+    """Random weights of the released size in a temporary safetensors file, and the time to load them."""
+    import importlib
     import tempfile
     import time
 
     from safetensors.numpy import save_file
 
-    from mimi_cli.models.mimi import Mimi
-
+    synthetic = importlib.import_module(f"{spec.package}.synthetic")
     with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/mimi.safetensors"
-        save_file(state, path)
-        del state
+        path = f"{tmp}/{spec.name}.safetensors"
+        save_file(synthetic.random_state(), path)
         start = time.perf_counter()
-        model = Mimi.from_file(path)
+        model = spec.model().from_file(path)
         return model, time.perf_counter() - start
 
 
@@ -386,7 +425,7 @@ def _print_bench(report: dict) -> None:
                           f"{r['gflops']:.1f}", f"{100 * r['peak_fraction']:.0f} %")
         out.print(table)
     if "model" in report:
-        table = Table(title=f"One-shot codec on {report['seconds']:g} s of audio", title_justify="left")
+        table = Table(title=f"One-shot {report['codec']} on {report['seconds']:g} s of audio", title_justify="left")
         for column in ("run", "time", "real-time factor", "GFLOP/s", "% of peak"):
             table.add_column(column, justify="left" if column == "run" else "right")
         for r in report["model"]:

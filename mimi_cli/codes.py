@@ -5,12 +5,13 @@ Keys (all loadable with ``np.load(path, allow_pickle=False)``):
 =====================  ===========  ================================================
 key                    type         meaning
 =====================  ===========  ================================================
+``codec``              str          ``mimi`` or ``encodec-24khz`` (files without it are Mimi's)
 ``codes``              uint16       ``[channels=1, K, frames]``, each < ``codebook_size``
 ``format_version``     int          1
 ``sample_rate``        int          24000, the codec's rate
-``frame_rate``         float        12.5 frames per second
-``codebook_size``      int          2048
-``num_samples``        int          length at 24 kHz before padding to whole frames
+``frame_rate``         float        12.5 (Mimi) or 75 (EnCodec) frames per second
+``codebook_size``      int          2048 (Mimi) or 1024 (EnCodec)
+``num_samples``        int          length at the codec's rate before padding to whole frames
 ``source_sample_rate`` int          rate of the file that was encoded
 ``source_channels``    int          its channel count (downmixed to mono)
 ``weights_id``         str          ``sha256:`` + 16 hex digits of the weights file
@@ -27,11 +28,12 @@ import numpy as np
 
 from mimi_cli.errors import InvalidCodesError
 from mimi_cli.fileio import atomic_output
-from mimi_cli.models.mimi.config import MimiConfig
+from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
+from mimi_cli.models.config import CodecConfig
 
 FORMAT_VERSION = 1
 _INT_KEYS = ("format_version", "sample_rate", "codebook_size", "num_samples", "source_sample_rate", "source_channels")
-KEYS = ("codes", "frame_rate", "weights_id", *_INT_KEYS)
+KEYS = ("codes", "frame_rate", "weights_id", *_INT_KEYS)  # required; "codec" is optional (added later)
 
 
 @dataclass
@@ -44,16 +46,17 @@ class CodesFile:
     sample_rate: int
     frame_rate: float
     codebook_size: int
+    codec: str = DEFAULT_CODEC
     format_version: int = FORMAT_VERSION
 
     @classmethod
-    def from_codes(cls, codes: np.ndarray, config: MimiConfig, num_samples: int, source_sample_rate: int,
+    def from_codes(cls, codes: np.ndarray, config: CodecConfig, num_samples: int, source_sample_rate: int,
                    source_channels: int, weights_id: str) -> CodesFile:
         """Wrap model codes ``[K, F]`` with the metadata decode needs."""
         return cls(codes=codes.astype(np.uint16)[None], num_samples=num_samples,
                    source_sample_rate=source_sample_rate, source_channels=source_channels,
                    weights_id=weights_id, sample_rate=config.sample_rate, frame_rate=config.frame_rate,
-                   codebook_size=config.codebook_size)
+                   codebook_size=config.codebook_size, codec=config.name)
 
     @property
     def num_codebooks(self) -> int:
@@ -65,13 +68,13 @@ class CodesFile:
 
     def save(self, path: Path) -> None:
         """Write atomically (temporary file, then rename)."""
-        arrays = {key: np.asarray(getattr(self, key)) for key in KEYS}
+        arrays = {key: np.asarray(getattr(self, key)) for key in (*KEYS, "codec")}
         with atomic_output(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
     @classmethod
-    def load(cls, path: Path, config: MimiConfig) -> CodesFile:
-        """Read and validate a codes file against ``config``; every problem is an InvalidCodesError."""
+    def load(cls, path: Path) -> CodesFile:
+        """Read and validate a codes file against its codec's config; every problem is an InvalidCodesError."""
         if not path.exists():
             raise InvalidCodesError(f"{path} does not exist")
         if path.is_dir():
@@ -88,6 +91,7 @@ class CodesFile:
                 if missing:
                     raise InvalidCodesError(f"{path} is not a complete codes file: missing {', '.join(missing)}")
                 arrays = {key: npz[key] for key in KEYS}
+                arrays["codec"] = npz["codec"] if "codec" in npz.files else np.array(DEFAULT_CODEC)
         except InvalidCodesError:
             raise
         except ValueError as exc:
@@ -97,12 +101,16 @@ class CodesFile:
             raise InvalidCodesError(f"{path} is not a readable codes file ({exc})") from None
         except (OSError, EOFError, zipfile.BadZipFile) as exc:
             raise InvalidCodesError(f"{path} is not a readable codes file ({exc})") from None
-        return cls._validated(path, arrays, config)
+        return cls._validated(path, arrays)
 
     @classmethod
-    def _validated(cls, path: Path, a: dict[str, np.ndarray], config: MimiConfig) -> CodesFile:
+    def _validated(cls, path: Path, a: dict[str, np.ndarray]) -> CodesFile:
         def fail(problem: str) -> InvalidCodesError:
             return InvalidCodesError(f"{path}: {problem}")
+
+        if a["codec"].shape != () or a["codec"].dtype.kind != "U" or str(a["codec"]) not in CODECS:
+            raise fail(f"codec must name one of {', '.join(CODECS)}, got {a['codec']!r}")
+        config = codec_spec(str(a["codec"])).config()
 
         for key in (*_INT_KEYS, "frame_rate", "weights_id"):
             if a[key].shape != ():
@@ -117,9 +125,9 @@ class CodesFile:
         expected = {"sample_rate": config.sample_rate, "codebook_size": config.codebook_size}
         for key, value in expected.items():
             if int(a[key]) != value:
-                raise fail(f"{key} is {int(a[key])}, but this model uses {value}")
+                raise fail(f"{key} is {int(a[key])}, but {config.display_name} uses {value}")
         if not np.issubdtype(a["frame_rate"].dtype, np.number) or float(a["frame_rate"]) != config.frame_rate:
-            raise fail(f"frame_rate is {a['frame_rate']}, but this model uses {config.frame_rate}")
+            raise fail(f"frame_rate is {a['frame_rate']}, but {config.display_name} uses {config.frame_rate}")
         if a["weights_id"].dtype.kind != "U":
             raise fail(f"weights_id must be a string, got {a['weights_id'].dtype}")
         codes = a["codes"]
@@ -137,4 +145,4 @@ class CodesFile:
         return cls(codes=codes, num_samples=num_samples, source_sample_rate=int(a["source_sample_rate"]),
                    source_channels=int(a["source_channels"]), weights_id=str(a["weights_id"]),
                    sample_rate=int(a["sample_rate"]), frame_rate=float(a["frame_rate"]),
-                   codebook_size=int(a["codebook_size"]), format_version=version)
+                   codebook_size=int(a["codebook_size"]), codec=config.name, format_version=version)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.errors import MimiError
+from mimi_cli.models.encodec import checkpoint as encodec_checkpoint
 from mimi_cli.models.mimi import checkpoint
 from mimi_cli.models.mimi.config import MimiConfig
 from mimi_cli.weights import TensorEntry, WeightFile, open_weights
@@ -79,15 +80,19 @@ def inspect_weights(path: str | Path, pattern: str | None = None, stats: bool = 
                 progress(done, total)
         report.tensors.append(tensor)
     findings.extend(_mimi_findings(source))
+    findings.extend(_encodec_findings(source))
     report.warnings, report.errors = findings.warnings, findings.errors
     return report
 
 
 def describe_format(source: WeightFile) -> str:
-    """e.g. "Mimi Hugging Face", "Core ML ML Program 1.0 (ios15)", "Core ML Neural Network", "unknown"."""
+    """e.g. "Mimi Hugging Face", "EnCodec 24 kHz original", "Core ML ML Program 1.0 (ios15)", "unknown"."""
     layout = _mimi_layout(source)
     if not source.container.startswith("Core ML"):
-        return checkpoint.LAYOUT_NAMES[layout] if layout else "unknown"
+        if layout:
+            return checkpoint.LAYOUT_NAMES[layout]
+        encodec_layout = encodec_checkpoint.detect_layout(source.tensors)
+        return f"EnCodec 24 kHz {encodec_checkpoint.LAYOUT_NAMES[encodec_layout]}" if encodec_layout else "unknown"
     if "Neural Network" in source.container:
         kind = "Core ML Neural Network"
     elif "program version" in source.details:
@@ -137,3 +142,16 @@ def _mimi_findings(source: WeightFile) -> Findings:
                     for variable, name in names.items()}
     problems = Mimi(config).check_state(checkpoint.to_original(placeholders, layout, config.num_heads))
     return Findings(errors=[f"does not load as the released Mimi model: {p}" for p in problems])
+
+
+def _encodec_findings(source: WeightFile) -> Findings:
+    """For an EnCodec checkpoint: would it load into the released 24 kHz model? (From names and shapes only.)"""
+    layout = encodec_checkpoint.detect_layout(source.tensors)
+    if layout is None or source.container.startswith("Core ML"):
+        return Findings()
+    from mimi_cli.models.encodec import Encodec
+
+    shapes = encodec_checkpoint.folded_shapes({name: e.shape for name, e in source.tensors.items()}, layout)
+    placeholders = {name: np.broadcast_to(np.float32(0), shape) for name, shape in shapes.items()}
+    problems = Encodec().check_state(placeholders)
+    return Findings(errors=[f"does not load as the released EnCodec 24 kHz model: {p}" for p in problems])

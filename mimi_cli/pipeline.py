@@ -13,7 +13,8 @@ from mimi_cli.audio import Audio, StreamResampler, audio_format, open_audio, rea
 from mimi_cli.codes import CodesFile
 from mimi_cli.errors import MimiError
 from mimi_cli.fileio import atomic_output
-from mimi_cli.models.mimi import Mimi
+from mimi_cli.models import DEFAULT_CODEC, codec_spec
+from mimi_cli.models.codec import Codec
 from mimi_cli.weights import resolve_weights, weights_id
 
 
@@ -40,17 +41,17 @@ def check_batch_memory(seconds: float) -> None:
 
 @dataclass
 class LoadedModel:
-    model: Mimi
+    model: Codec
     weights_path: Path
     weights_id: str
     load_seconds: float
 
 
-def load_model(weights: str | Path | None) -> LoadedModel:
-    """Resolve and load the weights (see :func:`mimi_cli.weights.resolve_weights`)."""
+def load_model(weights: str | Path | None, codec: str = DEFAULT_CODEC) -> LoadedModel:
+    """Resolve and load ``codec``'s weights (see :func:`mimi_cli.weights.resolve_weights`)."""
     start = time.perf_counter()
-    path = resolve_weights(weights)
-    model = Mimi.from_file(path)
+    path = resolve_weights(weights, codec)
+    model = codec_spec(codec).model().from_file(path)
     return LoadedModel(model, path, weights_id(path), time.perf_counter() - start)
 
 
@@ -93,9 +94,15 @@ STREAM_READ_FRAMES = 1 << 16
 Progress = Callable[[float], None]  # called with seconds of audio done
 
 
+def _require_streaming(model: Codec) -> None:
+    if not hasattr(model, "stream_encoder"):
+        raise MimiError(f"--stream is available for Mimi only; {model.config.display_name} runs in batch mode")
+
+
 def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int,
                   progress: Progress | None = None) -> EncodeResult:
     """Encode a file block by block in flat memory (read, downmix, resample, encode as it comes)."""
+    _require_streaming(loaded.model)
     config = loaded.model.config
     encoder = loaded.model.stream_encoder(num_codebooks=num_codebooks, frames_per_step=STREAM_FRAMES_PER_STEP)
     pieces, num_samples, seconds = [], 0, 0.0
@@ -126,6 +133,7 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Path, sample_ra
     """Decode step by step straight into ``output`` (atomically); returns (seconds in the model, clipped samples)."""
     import soundfile as sf
 
+    _require_streaming(loaded.model)
     config = loaded.model.config
     rate = sample_rate or config.sample_rate
     resampler = StreamResampler(config.sample_rate, rate)

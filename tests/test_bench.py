@@ -71,3 +71,41 @@ def test_bench_runs_without_weights_and_reports_json():
 def test_bench_rejects_an_unknown_part():
     result = run("bench", "--only", "everything")
     assert result.returncode == 2 and "--only takes one of kernels, model, stream" in result.stderr
+
+
+def test_encodec_flop_count_matches_the_operations_the_model_runs(monkeypatch):
+    """The same count for EnCodec: convs, LSTM products (from the weights' shapes) and the code search."""
+    import mimi_cli.core.recurrent as recurrent
+    import mimi_cli.models.encodec.model as encodec_module
+    from mimi_cli.models.encodec.synthetic import random_encodec
+
+    model = random_encodec()
+    counted = {"flops": 0.0}
+
+    def counting(module, name, flops_of):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            result = original(*args, **kwargs)
+            counted["flops"] += flops_of(result, *args, **kwargs)
+            return result
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    def lstm_flops(result, lstm, x, *a, **k):
+        per_step = sum(lstm.params[f"weight_ih_l{i}"].size + lstm.params[f"weight_hh_l{i}"].size
+                       for i in range(lstm.num_layers))
+        return 2 * per_step * x.shape[0] * x.shape[1]
+
+    counting(layers_module, "conv1d", lambda y, x, w, *a, **k: 2 * w.shape[1] * w.shape[2] * y.size)
+    counting(layers_module, "conv_transpose1d", lambda y, x, w, *a, **k: 2 * x.size * w.shape[1] * w.shape[2])
+    counting(encodec_module, "nearest_code", lambda y, x, book, *a, **k: 2 * x.shape[0] * book.size)
+    counting(recurrent.LSTM, "__call__", lstm_flops)
+    seconds = 2.0
+    pcm = np.random.default_rng(0).standard_normal(int(seconds * 24000)).astype(np.float32) * 0.1
+    codes = model.encode(pcm, 8)
+    encode_counted, counted["flops"] = counted["flops"], 0.0
+    model.decode(codes)
+    encode, decode = codec_flops(model.config, seconds, 8)
+    assert abs(encode_counted - encode) / encode < 0.02
+    assert abs(counted["flops"] - decode) / decode < 0.02

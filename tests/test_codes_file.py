@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -23,12 +25,12 @@ def test_round_trip_and_documented_layout(tmp_path):
     original = make()
     original.save(path)
     with np.load(path, allow_pickle=False) as raw:  # plain arrays, nothing pickled
-        assert set(raw.files) == set(KEYS)
+        assert set(raw.files) == {*KEYS, "codec"} and str(raw["codec"]) == "mimi"
         assert raw["codes"].dtype == np.uint16 and raw["codes"].shape == (1, 8, 5)
         assert int(raw["format_version"]) == FORMAT_VERSION == 1
         assert (int(raw["sample_rate"]), float(raw["frame_rate"]), int(raw["codebook_size"])) == (24000, 12.5, 2048)
         assert str(raw["weights_id"]) == "sha256:0123456789abcdef"
-    loaded = CodesFile.load(path, CONFIG)
+    loaded = CodesFile.load(path)
     np.testing.assert_array_equal(loaded.codes, original.codes)
     assert (loaded.num_samples, loaded.source_sample_rate, loaded.source_channels) == (5 * 1920 - 100, 16000, 2)
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
@@ -59,7 +61,7 @@ def rewrite(tmp_path, **changes) -> np.lib.npyio.NpzFile:
     ({"codes": None, "weights_id": None}, "missing codes, weights_id"),
     ({"format_version": np.array(2)}, "format_version 2 is not supported"),
     ({"format_version": np.array(1.0)}, "format_version must be an integer"),
-    ({"codebook_size": np.array(1024)}, "codebook_size is 1024, but this model uses 2048"),
+    ({"codebook_size": np.array(1024)}, "codebook_size is 1024, but Mimi uses 2048"),
     ({"sample_rate": np.array(16000)}, "sample_rate is 16000"),
     ({"frame_rate": np.array(25.0)}, "frame_rate is 25.0"),
     ({"num_samples": np.array(5 * 1920 + 1)}, "does not fit 5 frames"),
@@ -69,14 +71,14 @@ def rewrite(tmp_path, **changes) -> np.lib.npyio.NpzFile:
 ])
 def test_invalid_fields_are_named(tmp_path, changes, message):
     with pytest.raises(InvalidCodesError) as info:
-        CodesFile.load(rewrite(tmp_path, **changes), CONFIG)
+        CodesFile.load(rewrite(tmp_path, **changes))
     assert message in str(info.value)
 
 
 def test_object_arrays_are_never_unpickled(tmp_path):
     path = rewrite(tmp_path, weights_id=np.array({"evil": "payload"}, dtype=object))
     with pytest.raises(InvalidCodesError, match="pickled objects"):
-        CodesFile.load(path, CONFIG)
+        CodesFile.load(path)
 
 
 @pytest.mark.parametrize("content,message", [
@@ -88,7 +90,7 @@ def test_files_that_are_not_codes_files(tmp_path, content, message):
     path = tmp_path / "x.npz"
     path.write_bytes(content)
     with pytest.raises(InvalidCodesError, match=message):
-        CodesFile.load(path, CONFIG)
+        CodesFile.load(path)
 
 
 def test_truncated_codes_file(tmp_path):
@@ -96,14 +98,44 @@ def test_truncated_codes_file(tmp_path):
     make(frames=400).save(path)
     path.write_bytes(path.read_bytes()[:-300])
     with pytest.raises(InvalidCodesError):
-        CodesFile.load(path, CONFIG)
+        CodesFile.load(path)
 
 
 def test_npy_file_and_missing_file(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros(3))
     with pytest.raises(InvalidCodesError, match=".npy array"):
-        CodesFile.load(tmp_path / "a.npy", CONFIG)
+        CodesFile.load(tmp_path / "a.npy")
     with pytest.raises(InvalidCodesError, match="does not exist"):
-        CodesFile.load(tmp_path / "nope.npz", CONFIG)
+        CodesFile.load(tmp_path / "nope.npz")
     with pytest.raises(InvalidCodesError, match="is a directory"):
-        CodesFile.load(tmp_path, CONFIG)
+        CodesFile.load(tmp_path)
+
+
+def test_files_without_a_codec_field_are_mimi(tmp_path):
+    """Files written before the field existed (every key but ``codec``) still load, as Mimi codes."""
+    path = rewrite(tmp_path)
+    with np.load(path, allow_pickle=False) as raw:
+        assert "codec" not in raw.files
+    assert CodesFile.load(path).codec == "mimi"
+
+
+def test_encodec_codes_file_round_trip(tmp_path):
+    from mimi_cli.models.encodec import EncodecConfig
+
+    codes = np.random.default_rng(0).integers(0, 1024, (8, 7))
+    original = CodesFile.from_codes(codes, EncodecConfig(), num_samples=7 * 320 - 5, source_sample_rate=24000,
+                                    source_channels=1, weights_id="sha256:0123456789abcdef")
+    original.save(tmp_path / "e.npz")
+    loaded = CodesFile.load(tmp_path / "e.npz")
+    assert (loaded.codec, loaded.frame_rate, loaded.codebook_size) == ("encodec-24khz", 75.0, 1024)
+    np.testing.assert_array_equal(loaded.codes, original.codes)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"codec": np.array("soundstream")}, "codec must name one of mimi, encodec-24khz"),
+    ({"codec": np.array(3)}, "codec must name one of"),
+    ({"codec": np.array("encodec-24khz")}, "codebook_size is 2048, but EnCodec 24 kHz uses 1024"),
+])
+def test_codec_field_is_validated(tmp_path, changes, message):
+    with pytest.raises(InvalidCodesError, match=re.escape(message)):
+        CodesFile.load(rewrite(tmp_path, **changes))

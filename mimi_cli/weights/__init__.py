@@ -4,8 +4,7 @@ Model-independent: the model packages map the tensors' names onto their own
 (see ``mimi_cli.models.mimi.checkpoint``).
 """
 
-from mimi_cli.weights.resolve import RELEASED_FILE, RELEASED_REPO, WEIGHTS_ENV, resolve_weights, weights_id
+from mimi_cli.weights.resolve import resolve_weights, weights_id
 from mimi_cli.weights.source import TensorEntry, WeightFile, open_weights
 
-__all__ = ["RELEASED_FILE", "RELEASED_REPO", "WEIGHTS_ENV", "TensorEntry", "WeightFile", "open_weights",
-           "resolve_weights", "weights_id"]
+__all__ = ["TensorEntry", "WeightFile", "open_weights", "resolve_weights", "weights_id"]

@@ -1,8 +1,8 @@
 """Finding the weights to use, and naming them.
 
 Weights are looked for in this order: an explicit path (``--weights``), the
-``MIMI_WEIGHTS`` environment variable, then the released checkpoint on the
-Hugging Face Hub through huggingface_hub's cache.
+codec's environment variable (``MIMI_WEIGHTS``, ``ENCODEC_WEIGHTS``), then the
+released checkpoint on the Hugging Face Hub through huggingface_hub's cache.
 """
 
 from __future__ import annotations
@@ -13,38 +13,39 @@ from pathlib import Path
 
 from mimi_cli.errors import WeightsError
 
-RELEASED_REPO = "kyutai/moshiko-pytorch-bf16"
-RELEASED_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
-WEIGHTS_ENV = "MIMI_WEIGHTS"
 
-def resolve_weights(explicit: str | os.PathLike | None = None) -> Path:
-    """The weights file to use: explicit path > $MIMI_WEIGHTS > the Hub's cached release."""
-    for candidate, origin in ((explicit, "--weights"), (os.environ.get(WEIGHTS_ENV) or None, f"${WEIGHTS_ENV}")):
+def resolve_weights(explicit: str | os.PathLike | None = None, codec: str = "mimi") -> Path:
+    """The weights file to use: explicit path > the codec's environment variable > the Hub's cached release."""
+    from mimi_cli.models import codec_spec
+
+    spec = codec_spec(codec)
+    env = spec.weights_env
+    for candidate, origin in ((explicit, "--weights"), (os.environ.get(env) or None, f"${env}")):
         if candidate is not None:
             path = Path(candidate).expanduser()
             if not path.exists():
                 raise WeightsError(f"weights file {path} (from {origin}) does not exist")
             return path
-    return _download_released()
+    return _download_released(spec.hub_repo, spec.hub_file, env, spec.config().display_name)
 
 
-def _download_released() -> Path:
+def _download_released(repo: str, filename: str, env: str, codec: str) -> Path:
     """The released file from the Hugging Face cache, downloading it (once) if it is not there."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import logging as hub_logging
 
     try:
-        return Path(hf_hub_download(RELEASED_REPO, RELEASED_FILE, local_files_only=True))
+        return Path(hf_hub_download(repo, filename, local_files_only=True))
     except Exception:  # not cached: download below
         pass
     hub_logging.set_verbosity_error()  # its retry warnings would break our one-line errors
     try:
-        return Path(hf_hub_download(RELEASED_REPO, RELEASED_FILE))
+        return Path(hf_hub_download(repo, filename))
     except Exception as exc:  # offline, hub errors: all mean "no weights here"
         raise WeightsError(
-            f"no Mimi weights: {RELEASED_FILE} is not in the Hugging Face cache and could not be downloaded "
-            f"({type(exc).__name__}); pass --weights PATH or set {WEIGHTS_ENV}, or go online once to fetch it "
-            f"from {RELEASED_REPO}"
+            f"no {codec} weights: {filename} is not in the Hugging Face cache and could not be downloaded "
+            f"({type(exc).__name__}); pass --weights PATH or set {env}, or go online once to fetch it "
+            f"from {repo}"
         ) from None
 
 

@@ -52,7 +52,7 @@ def detect_layout(names: Iterable[str]) -> str | None:
     return None
 
 
-def to_hf_names(state: Mapping[str, np.ndarray], layout: str) -> dict[str, np.ndarray]:
+def to_hf_names(state: Mapping[str, object], layout: str) -> dict[str, object]:
     """Rename to the Hugging Face scheme (the model's) and drop the training-only buffers."""
     renamed = {}
     for name, tensor in state.items():
@@ -79,6 +79,19 @@ def fold_weight_norm(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             with np.errstate(invalid="ignore", divide="ignore"):  # an all-zero v is reported by validation
                 folded[prefix + "weight"] = (g * v / norm).astype(np.float32)
             del folded[name], folded[prefix + v_suffix]
+    return folded
+
+
+def folded_shapes(shapes: Mapping[str, tuple[int, ...]], layout: str) -> dict[str, tuple[int, ...]]:
+    """The model's tensor names and shapes a checkpoint would load as, from its header alone."""
+    shapes = to_hf_names(shapes, layout)
+    folded = dict(shapes)
+    for g_suffix, v_suffix in _WEIGHT_NORM:
+        for name in [n for n in shapes if n.endswith("." + g_suffix)]:
+            prefix = name[: -len(g_suffix)]
+            folded.pop(name)
+            if prefix + v_suffix in shapes:
+                folded[prefix + "weight"] = folded.pop(prefix + v_suffix)
     return folded
 
 

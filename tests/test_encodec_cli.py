@@ -1,0 +1,110 @@
+"""EnCodec from the command line: --codec, -b/-n, the codes file's codec field, inspect, bench, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from safetensors.numpy import save_file
+from test_cli import clip, run  # noqa: F401  (clip is a fixture)
+from test_encodec import _malicious_checkpoints
+
+from mimi_cli.models.encodec import Encodec
+from mimi_cli.models.encodec.synthetic import random_state, released_file_state
+
+ENCODEC = "encodec-24khz"
+
+
+@pytest.fixture(scope="module")
+def encodec_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("encodec") / "model.safetensors"
+    save_file(released_file_state(random_state()), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def encodec_model(encodec_file):
+    return Encodec.from_file(encodec_file)
+
+
+def test_encode_decode_roundtrip_with_encodec(tmp_path, clip, encodec_file, encodec_model):  # noqa: F811
+    codes_path = tmp_path / "speech.npz"
+    result = run("encode", clip, "--codec", ENCODEC, "-b", "6", "-o", codes_path, "--weights", encodec_file)
+    assert result.returncode == 0, result.stderr
+    assert "2.50 s → 188 frames × 8 codebooks (6.00 kbps)" in result.stderr
+    from mimi_cli.audio import read_audio, to_mono
+
+    pcm = to_mono(read_audio(clip), 24000)
+    with np.load(codes_path, allow_pickle=False) as npz:
+        assert str(npz["codec"]) == ENCODEC and int(npz["codebook_size"]) == 1024
+        assert float(npz["frame_rate"]) == 75.0 and int(npz["num_samples"]) == 60000
+        np.testing.assert_array_equal(npz["codes"][0], encodec_model.encode(pcm, 8))
+
+    # decode needs no --codec: the file says; ENCODEC_WEIGHTS is where the weights come from
+    result = run("decode", codes_path, env_extra={"ENCODEC_WEIGHTS": str(encodec_file)})
+    assert result.returncode == 0, result.stderr
+    audio, rate = sf.read(tmp_path / "speech.decoded.wav", dtype="float32")
+    expected = encodec_model.decode(encodec_model.encode(pcm, 8))[:60000]
+    assert rate == 24000 and len(audio) == 60000
+    assert np.max(np.abs(audio - np.clip(expected, -1, 1))) < 2 / 32768
+
+    result = run("roundtrip", clip, "--codec", ENCODEC, "-n", "32", "--json", "--weights", encodec_file)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["codec"] == ENCODEC and metrics["bitrate_kbps"] == 24.0 and metrics["frames"] == 188
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-b", "6", "-n", "8"], "either --codebooks or --bandwidth, not both"),
+    (["-b", "0.5"], "EnCodec 24 kHz offers 0.75 to 24 kbps"),
+    (["-n", "33"], "EnCodec 24 kHz has at most 32, not 33"),
+    (["--codec", "soundstream"], "'soundstream' is not a codec here"),
+])
+def test_bad_codebook_choices_are_usage_errors(tmp_path, clip, args, message):  # noqa: F811
+    codec = [] if "--codec" in args else ["--codec", ENCODEC]
+    result = run("encode", clip, *codec, *args, "-o", tmp_path / "x.npz")
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_wrong_weights_for_the_codec_leave_no_output(tmp_path, clip, weights_file, encodec_file):  # noqa: F811
+    result = run("encode", clip, "--codec", ENCODEC, "--weights", weights_file, "-o", tmp_path / "x.npz")
+    assert result.returncode == 1 and "is not an EnCodec checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.npz").exists()
+    result = run("encode", clip, "--codec", ENCODEC, "--stream", "--weights", encodec_file, "-o", tmp_path / "x.npz")
+    assert result.returncode == 1 and "--stream is available for Mimi only" in result.stderr
+
+
+def test_malicious_pickle_given_as_weights_runs_nothing(tmp_path, clip):  # noqa: F811
+    marker, paths = _malicious_checkpoints(tmp_path)
+    for path in paths:
+        result = run("encode", clip, "--codec", ENCODEC, "--weights", path, "-o", tmp_path / "x.npz")
+        assert result.returncode == 1 and "PyTorch pickle" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not marker.exists() and not (tmp_path / "x.npz").exists()
+
+
+def test_inspect_recognises_encodec_checkpoints(tmp_path, encodec_file):
+    result = run("inspect", encodec_file, "--json", "--no-stats")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["format"] == "EnCodec 24 kHz Hugging Face" and report["errors"] == []
+    state = random_state()
+    del state["decoder.layers.1.lstm.bias_hh_l0"]
+    save_file(state, str(tmp_path / "partial.safetensors"))
+    result = run("inspect", tmp_path / "partial.safetensors", "--json", "--no-stats")
+    report = json.loads(result.stdout)
+    assert result.returncode == 2 and report["format"] == "EnCodec 24 kHz Hugging Face"
+    assert report["errors"] == ["does not load as the released EnCodec 24 kHz model: "
+                                "1 missing: decoder.layers.1.lstm.bias_hh_l0"]
+
+
+def test_bench_runs_the_encodec_model():
+    result = run("bench", "--codec", ENCODEC, "--seconds", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["codec"] == ENCODEC and [r["name"] for r in report["model"]][0] == "encode, 8 codebooks"
+    assert "kernels" not in report and "stream" not in report
+    result = run("bench", "--codec", ENCODEC, "--only", "stream")
+    assert result.returncode == 2 and "--only takes one of model for encodec-24khz" in result.stderr
