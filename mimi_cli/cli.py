@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
@@ -144,6 +145,30 @@ class _Messages:
             yield lambda done, total: bar.update(task, completed=done, total=max(total, 1))
 
     @contextlib.contextmanager
+    def progress_files(self, total: int) -> Iterator:
+        """A bar over files, with the audio seconds done and their speed; yields ``advance(seconds of audio)``."""
+        if self.quiet or not err.is_terminal:
+            yield lambda seconds: None
+            return
+        import time
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("Files"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[audio]}"),
+                   TimeRemainingColumn())
+        start, audio = time.perf_counter(), 0.0
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task("files", total=total, audio="")
+
+            def advance(seconds: float) -> None:
+                nonlocal audio
+                audio += seconds
+                speed = audio / max(time.perf_counter() - start, 1e-9)
+                bar.update(task, advance=1, audio=f"{audio:.1f} s of audio, {speed:.1f}× real time")
+
+            yield advance
+
+    @contextlib.contextmanager
     def progress(self, label: str, total_seconds: float) -> Iterator:
         """A bar over seconds of audio, with speed; yields the update function (a no-op when hidden)."""
         if self.quiet or not err.is_terminal:
@@ -168,7 +193,8 @@ class _Messages:
 
 
 @contextlib.contextmanager
-def _user_errors(threads: int | None = None) -> Iterator[None]:
+def _user_errors(threads: int | None = None, interrupted: str = "interrupted; no output was written"
+                 ) -> Iterator[None]:
     """Turn library errors into one-line messages and exit codes; limit BLAS threads."""
     try:
         from mimi_cli.core.threads import limit_threads
@@ -178,7 +204,7 @@ def _user_errors(threads: int | None = None) -> Iterator[None]:
     except MimiError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted; no output was written", code=130)
+        _fail(interrupted, code=130)
 
 
 def _version(value: bool) -> None:
@@ -195,16 +221,58 @@ def _main(
     """Kyutai's Mimi neural audio codec in NumPy: audio ↔ discrete codes, no PyTorch."""
 
 
+RecursiveOption = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of folder inputs.")]
+JobsOption = Annotated[int, typer.Option(
+    "--jobs", "-j", min=1, help="Worker processes (or Ray actors); each loads the weights once and uses "
+                                "1 BLAS thread unless --threads says otherwise.")]
+SkipExistingOption = Annotated[bool, typer.Option(
+    "--skip-existing", help="Leave inputs whose output exists alone: resumes an interrupted run.")]
+ManifestOption = Annotated[Optional[Path], typer.Option(
+    "--manifest", help="Write one JSON line per input: input, output, duration_s, frames, status, error.",
+    show_default=False, metavar="PATH.jsonl")]
+EngineOption = Annotated[str, typer.Option(
+    "--engine", help="local (processes on this machine) or ray (Ray Data: this machine, or the cluster at "
+                     "$RAY_ADDRESS; needs mimi-cli[ray]).")]
+
+
+def _check_batch_options(engine: str, stream: bool, parquet: Path | None = None) -> None:
+    if engine not in ("local", "ray"):
+        _fail(f"--engine takes local or ray, not {engine!r}", code=2)
+    if engine == "ray" and stream:
+        _fail("--stream works with the local engine only (Ray reads each file whole)", code=2)
+    if parquet is not None and engine != "ray":
+        _fail("--parquet goes with --engine ray", code=2)
+
+
+def _is_single(inputs: list[Path], output: Path | None, options_need_batch: bool) -> bool:
+    """One plain file and none of the options that only make sense in a batch: the classic one-file command."""
+    import glob
+
+    return (len(inputs) == 1 and not inputs[0].is_dir() and not (not inputs[0].exists()
+            and glob.has_magic(str(inputs[0]))) and not options_need_batch
+            and not (output is not None and output.is_dir()))
+
+
 @app.command()
 def encode(
-    input: Annotated[Path, typer.Argument(help="Audio file (WAV, FLAC, OGG, MP3; any rate, any channels).",
-                                          metavar="INPUT", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Codes file. Default: INPUT with .npz.",
-                                                   show_default=False)] = None,
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels), folders of them, or quoted globs "
+             "('data/**/*.flac').", metavar="INPUT...", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Codes file for one input; for several, a folder that mirrors the inputs' tree. "
+                               "Default: beside each input, with .npz.", show_default=False)] = None,
     codec: CodecOption = DEFAULT_CODEC,
     codebooks: CodebooksOption = None,
     bandwidth: BandwidthOption = None,
     stream: StreamOption = False,
+    recursive: RecursiveOption = False,
+    jobs: JobsOption = 1,
+    engine: EngineOption = "local",
+    skip_existing: SkipExistingOption = False,
+    manifest: ManifestOption = None,
+    parquet: Annotated[Optional[Path], typer.Option(
+        "--parquet", help="With --engine ray: also write Parquet shards of all codes and their metadata here.",
+        show_default=False, metavar="DIR")] = None,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
@@ -213,6 +281,15 @@ def encode(
     """Encode audio into codes (.npz): Mimi by default, or EnCodec with --codec encodec-24khz."""
     say = _Messages(quiet)
     codebooks = _num_codebooks(codec, codebooks, bandwidth)
+    _check_batch_options(engine, stream, parquet)
+    from mimi_cli.batch import AUDIO_SUFFIXES, Settings
+
+    settings = Settings("encode", str(weights) if weights else None, codec, codebooks, stream)
+    if not _is_single(inputs, output, jobs > 1 or engine == "ray" or skip_existing or manifest is not None):
+        _run_batch(inputs, output, recursive, AUDIO_SUFFIXES, ".npz", ".npz", settings, jobs, engine, threads,
+                   force, skip_existing, manifest, parquet, say)
+        return
+    input = inputs[0]
     with _user_errors(threads):
         from mimi_cli.audio import open_audio, read_audio
         from mimi_cli.fileio import check_output
@@ -243,28 +320,45 @@ def encode(
 
 @app.command()
 def decode(
-    input: Annotated[Path, typer.Argument(help="Codes file written by `mimi encode`.", metavar="CODES",
-                                          show_default=False)],
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Codes files written by `mimi encode`, folders of them, or quoted globs.", metavar="CODES...",
+        show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Audio file. Default: CODES with .decoded.wav.", show_default=False)] = None,
+        "--output", "-o", help="Audio file for one input; for several, a folder that mirrors the inputs' tree "
+                               "(NAME.wav). Default: beside each input, as NAME.decoded.wav.",
+        show_default=False)] = None,
     sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", min=1,
                                                        help="Output rate. Default: the codec's 24000 Hz.",
                                                        show_default=False)] = None,
     stream: StreamOption = False,
+    recursive: RecursiveOption = False,
+    jobs: JobsOption = 1,
+    engine: EngineOption = "local",
+    skip_existing: SkipExistingOption = False,
+    manifest: ManifestOption = None,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Decode codes (.npz) back to audio; the codes file says which codec made them."""
+    """Decode codes (.npz) back to audio; each codes file says which codec made it."""
     say = _Messages(quiet)
+    _check_batch_options(engine, stream)
+    from mimi_cli.batch import CODES_SUFFIXES, Settings
+
+    settings = Settings("decode", str(weights) if weights else None, stream=stream, sample_rate=sample_rate)
+    if not _is_single(inputs, output, jobs > 1 or engine == "ray" or skip_existing or manifest is not None):
+        _run_batch(inputs, output, recursive, CODES_SUFFIXES, ".wav", ".decoded.wav", settings, jobs, engine,
+                   threads, force, skip_existing, manifest, None, say)
+        return
+    input = inputs[0]
     with _user_errors(threads):
         from mimi_cli.audio import audio_format, write_audio
         from mimi_cli.codes import CodesFile
         from mimi_cli.fileio import check_output
         from mimi_cli.pipeline import check_batch_memory, decode_codes, decode_stream
 
-        output = output or input.with_suffix(".decoded.wav")  # never the original audio
+        output = output or input.with_name(input.stem + ".decoded.wav")  # never the original audio
         codes = CodesFile.load(input)
         check_output(output, force)
         audio_format(output)
@@ -287,6 +381,74 @@ def decode(
             _warn(f"{clipped} samples beyond [-1, 1] were clipped")
         say.note(f"{input}: {codes.num_frames} frames × {codes.num_codebooks} codebooks → {duration:.2f} s at "
                  f"{rate} Hz in {seconds:.2f} s ({duration / max(seconds, 1e-9):.1f}× real time) → {output}")
+
+
+def _run_batch(inputs, output, recursive, suffixes, suffix, beside_suffix, settings, jobs, engine, threads, force,
+               skip_existing, manifest, parquet, say: _Messages) -> None:
+    """Several files: plan, run (local processes or Ray), show progress, summarise, exit 1 if any failed."""
+    import dataclasses
+    import time
+
+    from mimi_cli import batch
+
+    outcomes: list = []  # filled as files finish, so that Ctrl-C still leaves a manifest of them
+    tasks: list = []
+    try:
+        with _user_errors(None, "interrupted; finished outputs are kept, none is half-written: rerun with "
+                                "--skip-existing to resume"):
+            found = batch.collect_inputs(inputs, recursive, suffixes)
+            if not found:
+                raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {', '.join(map(str, inputs))}"
+                                + ("" if recursive else " (use -r to search sub-folders)"))
+            if output is not None and output.exists() and not output.is_dir():
+                raise MimiError(f"{output} is a file; with several inputs -o names a folder")
+            tasks = batch.plan_tasks(found, output, suffix, beside_suffix, force, skip_existing)
+            workers = min(jobs, max(1, sum(not t.skip for t in tasks)))
+            # several workers share the cores: one BLAS thread each unless told otherwise
+            per_worker = threads or (1 if workers > 1 or engine == "ray" else (os.cpu_count() or 1))
+            settings = dataclasses.replace(settings, threads=per_worker)
+            say.note(f"{len(tasks)} files, {sum(t.skip for t in tasks)} already done; {workers} "
+                     f"{'Ray actor' if engine == 'ray' else 'worker'}{'s' if workers > 1 else ''}")
+            start = time.perf_counter()
+            if engine == "ray":
+                from mimi_cli.ray_engine import run_ray
+
+                with say.status(f"Running on Ray ({len(tasks)} files)…"):
+                    outcomes = run_ray(tasks, settings, workers, str(parquet) if parquet else None)
+            else:
+                with say.progress_files(len(tasks)) as advance:
+                    outcomes = batch.run_local(tasks, settings, workers, on_outcome=lambda o: (
+                        outcomes.append(o), advance(o.duration_s or 0.0)))
+            elapsed = time.perf_counter() - start
+    finally:
+        if manifest is not None and tasks:
+            _write_manifest(manifest, tasks, outcomes)
+    _summarise(outcomes, elapsed, settings.kind, say)
+
+
+def _write_manifest(path: Path, tasks, outcomes) -> None:
+    """Every input gets a line: those not reached (Ctrl-C) say "not run"."""
+    from mimi_cli.batch import Outcome, write_manifest
+
+    done = {o.input: o for o in outcomes}
+    rows = [done.get(str(t.input)) or Outcome(str(t.input), str(t.output), "not run") for t in tasks]
+    write_manifest(path, rows)
+
+
+def _summarise(outcomes, elapsed: float, kind: str, say: _Messages) -> None:
+    done = [o for o in outcomes if o.status == "done"]
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    failed = [o for o in outcomes if o.status == "failed"]
+    seconds = sum(o.duration_s or 0 for o in done)
+    verb = "encoded" if kind == "encode" else "decoded"
+    say.note(f"{len(done)} {verb} ({seconds:.1f} s of audio) in {elapsed:.1f} s"
+             + (f", {skipped} skipped (output exists)" if skipped else "")
+             + (f", {len(failed)} failed:" if failed else ""))
+    for outcome in failed:
+        reason = outcome.error or ""
+        err.print(f"  [red]failed:[/] {escape(reason if outcome.input in reason else f'{outcome.input}: {reason}')}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

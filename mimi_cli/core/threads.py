@@ -42,6 +42,15 @@ def limit_threads(threads: int | None) -> Iterator[None]:
         _threads = previous
 
 
+def set_threads(threads: int) -> None:
+    """Limit BLAS and element-wise threads for the rest of this process (a worker's whole life)."""
+    global _threads
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
+    _threads = threads
+
+
 def map_rows(fn: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray) -> np.ndarray:
     """``out = fn(x)`` computed in place by ``fn(x_part, out_part)`` over row blocks, in parallel.
 
