@@ -461,6 +461,9 @@ def roundtrip(
     codebooks: CodebooksOption = None,
     bandwidth: BandwidthOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="Also draw input and output log-mel spectrograms and their difference into this image "
+                       "(.png, .svg or .pdf; needs mimi-cli[plot]).", show_default=False)] = None,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
@@ -469,6 +472,8 @@ def roundtrip(
     """Encode then decode, and report bitrate, quality and speed."""
     say = _Messages(quiet)
     codebooks = _num_codebooks(codec, codebooks, bandwidth)
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        _fail(f"--plot writes .png, .svg or .pdf, not {plot.suffix or 'a file without extension'}", code=2)
     with _user_errors(threads):
         from mimi_cli.audio import audio_format, open_audio, read_audio, write_audio
         from mimi_cli.fileio import check_output
@@ -478,6 +483,8 @@ def roundtrip(
         if output is not None:
             check_output(output, force)
             audio_format(output)
+        if plot is not None:
+            check_output(plot, force)
         with open_audio(input) as f:
             check_batch_memory(f.frames / f.samplerate)
         audio = read_audio(input)
@@ -503,6 +510,14 @@ def roundtrip(
             "encode_rtf": round(encoded.seconds / duration, 4),
             "decode_rtf": round(decode_seconds / duration, 4),
         }
+        if plot is not None:
+            from mimi_cli.plot import plot_roundtrip
+
+            title = (f"{config.display_name}, {codebooks} codebooks ({metrics['bitrate_kbps']:g} kbps): "
+                     f"SI-SDR {metrics['si_sdr_db']:.1f} dB, log-mel distance {metrics['log_mel_distance']:.3f}"
+                     f"\n{input.name}")
+            with say.status("Plotting…"):
+                plot_roundtrip(plot, encoded.pcm, decoded, config.sample_rate, title)
         if as_json:
             out.print_json(json.dumps(metrics))
         else:
@@ -711,7 +726,7 @@ def convert(
 def _print_metrics(metrics: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"Mimi round trip: {escape(metrics['input'])}", title_justify="left")
+    table = Table(title=f"{metrics['codec']} round trip: {escape(metrics['input'])}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [

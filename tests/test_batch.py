@@ -1,0 +1,224 @@
+"""Whole folders: many inputs, --jobs, --skip-existing, manifests, bad files in bulk, Ctrl-C, and Ray."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import SAMPLE_AUDIO
+from test_cli import run
+
+from mimi_cli.batch import Input, collect_inputs, plan_tasks
+from mimi_cli.errors import MimiError
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A small tree of clips at different rates, depths and formats."""
+    root = tmp_path_factory.mktemp("corpus")
+    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    (root / "spk1" / "deep").mkdir(parents=True)
+    sf.write(root / "a.wav", speech[: 2 * rate], rate, subtype="PCM_16")
+    sf.write(root / "spk1" / "b.flac", speech[2 * rate : 3 * rate], rate)
+    sf.write(root / "spk1" / "deep" / "c.wav", speech[3 * rate : int(4.3 * rate)], rate, subtype="FLOAT")
+    sf.write(root / "spk1" / "deep" / "d.ogg", speech[5 * rate : 6 * rate], rate)
+    (root / "notes.txt").write_text("not audio, and not picked up: wrong suffix")
+    return root
+
+
+def _encode_alone(corpus: Path, weights: Path, tmp: Path) -> dict[str, Path]:
+    """Each clip encoded by itself, the classic one-file way."""
+    alone = {}
+    for clip in sorted(p for p in corpus.rglob("*") if p.suffix in (".wav", ".flac", ".ogg")):
+        relative = clip.relative_to(corpus).with_suffix(".npz")
+        target = tmp / "alone" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        result = run("encode", clip, "-o", target, weights=weights)
+        assert result.returncode == 0, result.stderr
+        alone[str(relative)] = target
+    return alone
+
+
+def _same_codes_file(a: Path, b: Path) -> bool:
+    with np.load(a, allow_pickle=False) as x, np.load(b, allow_pickle=False) as y:
+        return x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files)
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_folder_with_two_jobs_equals_each_file_alone(corpus, weights_file, tmp_path):
+    alone = _encode_alone(corpus, weights_file, tmp_path)
+    out = tmp_path / "codes"
+    result = run("encode", corpus, "-r", "-o", out, "--jobs", "2", "--manifest", tmp_path / "m.jsonl",
+                 weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert "4 encoded" in result.stderr
+    assert _tree(out) == sorted(alone)  # the inputs' tree, mirrored; nothing else (no temporary files)
+    for relative, path in alone.items():
+        assert _same_codes_file(out / relative, path), relative
+    lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [Path(row["input"]).name for row in lines] == ["a.wav", "b.flac", "c.wav", "d.ogg"]
+    assert {row["status"] for row in lines} == {"done"} and all(row["error"] is None for row in lines)
+    assert set(lines[0]) == {"input", "output", "duration_s", "frames", "status", "error"}
+    assert lines[2]["duration_s"] == 1.3 and lines[2]["frames"] == 17  # 1.3 s at 12.5 Hz, rounded up
+
+    # and back: decoding the codes folder with two jobs gives each file's own decode
+    decoded = tmp_path / "decoded"
+    result = run("decode", out, "-r", "-o", decoded, "--jobs", "2", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert _tree(decoded) == sorted(str(Path(r).with_suffix(".wav")) for r in alone)
+    # Workers use one BLAS thread: with the same thread count, the same samples (with two threads BLAS sums in
+    # another order: about 3 samples in 1000 then differ by one 16-bit step)
+    single = tmp_path / "single.wav"
+    result = run("decode", out / "spk1" / "b.npz", "-o", single, "--threads", "1", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(sf.read(single)[0], sf.read(decoded / "spk1" / "b.wav")[0])
+
+
+def test_without_recursion_only_the_top_folder(corpus, weights_file, tmp_path):
+    result = run("encode", corpus, "-o", tmp_path / "top", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert _tree(tmp_path / "top") == ["a.npz"]
+
+
+def test_bad_files_in_bulk(corpus, weights_file, tmp_path):
+    """Empty, truncated, text named .wav and a 5 ms clip among good ones."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("a.wav", "spk1/b.flac"):
+        (folder / Path(name).name).write_bytes((corpus / name).read_bytes())
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "corrupt.wav").write_bytes((corpus / "a.wav").read_bytes()[:5000])  # cut mid-data
+    (folder / "text.wav").write_text("this is not audio\n" * 10)
+    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    sf.write(folder / "short.wav", speech[5000:5080], rate)  # 5 ms: shorter than one frame, still audio
+    out = tmp_path / "out"
+    result = run("encode", folder, "-o", out, "--jobs", "2", "--manifest", tmp_path / "m.jsonl",
+                 weights=weights_file)
+    assert result.returncode == 1
+    assert "3 encoded" in result.stderr and "3 failed" in result.stderr and "Traceback" not in result.stderr
+    rows = map(json.loads, (tmp_path / "m.jsonl").read_text().splitlines())
+    status = {Path(row["input"]).name: row for row in rows}
+    assert {k for k, v in status.items() if v["status"] == "failed"} == {"empty.wav", "corrupt.wav", "text.wav"}
+    assert "empty (0 bytes)" in status["empty.wav"]["error"]
+    assert "truncated" in status["corrupt.wav"]["error"] or "incomplete" in status["corrupt.wav"]["error"]
+    assert "cannot read" in status["text.wav"]["error"]
+    assert status["short.wav"]["frames"] == 1
+    assert _tree(out) == ["a.npz", "b.npz", "short.npz"]  # no output, not even a partial one, for a bad file
+
+
+def test_existing_outputs_resume_with_skip_existing(corpus, weights_file, tmp_path):
+    out = tmp_path / "codes"
+    assert run("encode", corpus, "-r", "-o", out, weights=weights_file).returncode == 0
+    kept = out / "spk1" / "b.npz"
+    before = kept.stat().st_mtime_ns
+    (out / "a.npz").unlink()  # as if the run had stopped before this file
+    again = run("encode", corpus, "-r", "-o", out, weights=weights_file)
+    assert again.returncode == 1 and "3 output(s) already exist" in again.stderr and "--skip-existing" in again.stderr
+    assert not (out / "a.npz").exists()  # refused before any work
+    resumed = run("encode", corpus, "-r", "-o", out, "--skip-existing", "--manifest", tmp_path / "m.jsonl",
+                  weights=weights_file)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 encoded" in resumed.stderr and "3 skipped" in resumed.stderr
+    assert (out / "a.npz").exists() and kept.stat().st_mtime_ns == before
+    statuses = [json.loads(line)["status"] for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert statuses == ["done", "skipped", "skipped", "skipped"]
+
+
+def test_ctrl_c_leaves_only_whole_files_and_the_run_resumes(weights_file, tmp_path):
+    folder, out = tmp_path / "many", tmp_path / "out"
+    folder.mkdir()
+    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    for i in range(8):
+        sf.write(folder / f"clip{i}.wav", speech[i * rate : (i + 3) * rate], rate)
+    command = [sys.executable, "-m", "mimi_cli", "encode", str(folder), "-o", str(out), "--weights",
+               str(weights_file), "--manifest", str(tmp_path / "m.jsonl")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and any(out.glob("clip*.npz"))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "--skip-existing" in stderr and "Traceback" not in stderr
+    finished = _tree(out)
+    assert 1 <= len(finished) < 8 and all(name.endswith(".npz") and ".partial" not in name for name in finished)
+    for name in finished:  # every file there is whole
+        with np.load(out / name, allow_pickle=False) as npz:
+            assert npz["codes"].shape[:2] == (1, 8)
+    statuses = [json.loads(line)["status"] for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert statuses.count("done") == len(finished) and "not run" in statuses
+    resumed = run("encode", folder, "-o", out, "--skip-existing", weights=weights_file)
+    assert resumed.returncode == 0 and len(_tree(out)) == 8
+
+
+def test_collect_and_plan(tmp_path):
+    (tmp_path / "in" / "x").mkdir(parents=True)
+    for name in ("in/a.wav", "in/x/b.flac", "in/x/c.WAV", "in/.hidden.wav", "in/readme.md"):
+        (tmp_path / name).write_bytes(b"")
+    suffixes = (".wav", ".flac")
+    top = collect_inputs([tmp_path / "in"], recursive=False, suffixes=suffixes)
+    assert [e.path.name for e in top] == ["a.wav"]
+    deep = collect_inputs([tmp_path / "in", str(tmp_path / "in" / "**" / "*.flac")], True, suffixes)
+    assert [e.path.name for e in deep] == ["a.wav", "b.flac", "c.WAV"]  # the glob's b.flac only once
+    globbed = collect_inputs([str(tmp_path / "in" / "*" / "*.flac")], False, suffixes)
+    assert globbed == [Input(tmp_path / "in" / "x" / "b.flac", tmp_path / "in")]
+    tasks = plan_tasks(deep, tmp_path / "out", ".npz", ".npz", force=False, skip_existing=False)
+    assert [t.output for t in tasks] == [tmp_path / "out" / "a.npz", tmp_path / "out" / "x" / "b.npz",
+                                         tmp_path / "out" / "x" / "c.npz"]
+    beside = plan_tasks(deep[:1], None, ".wav", ".decoded.wav", force=False, skip_existing=False)
+    assert beside[0].output == tmp_path / "in" / "a.decoded.wav"
+    (tmp_path / "in" / "x" / "c.flac").write_bytes(b"")
+    clash = collect_inputs([tmp_path / "in"], True, suffixes)
+    with pytest.raises(MimiError, match="would both write"):
+        plan_tasks(clash, tmp_path / "out", ".npz", ".npz", force=False, skip_existing=False)
+
+
+def test_batch_usage_errors(corpus, tmp_path):
+    result = run("encode", tmp_path, "-o", tmp_path / "out")
+    assert result.returncode == 1 and "no .wav" in result.stderr and "-r" in result.stderr
+    result = run("encode", corpus, "--engine", "spark")
+    assert result.returncode == 2 and "--engine takes local or ray" in result.stderr
+    result = run("encode", corpus, "--engine", "ray", "--stream")
+    assert result.returncode == 2 and "local engine only" in result.stderr
+
+
+def test_ray_engine_without_ray_says_how_to_install_it(corpus, weights_file, tmp_path):
+    fake = tmp_path / "site"
+    (fake / "ray").mkdir(parents=True)
+    (fake / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    result = run("encode", corpus, "-o", tmp_path / "out", "--engine", "ray", weights=weights_file,
+                 env_extra={"PYTHONPATH": str(fake)})
+    assert result.returncode == 1 and 'pip install "mimi-cli[ray]"' in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_engine_matches_the_local_engine(corpus, weights_file, tmp_path):
+    """Ray for real, in local mode (2 CPUs): same files, byte for byte, and Parquet shards of the codes."""
+    pytest.importorskip("ray.data")
+    pq = pytest.importorskip("pyarrow.parquet")
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert run("encode", corpus, "-r", "-o", local, "--jobs", "2", weights=weights_file).returncode == 0
+    result = run("encode", corpus, "-r", "-o", on_ray, "--jobs", "2", "--engine", "ray", "--parquet",
+                 tmp_path / "shards", "--manifest", tmp_path / "m.jsonl", weights=weights_file,
+                 env_extra={"RAY_ADDRESS": ""})
+    assert result.returncode == 0, result.stderr
+    assert _tree(on_ray) == _tree(local)
+    for name in _tree(local):
+        assert (on_ray / name).read_bytes() == (local / name).read_bytes(), name
+    table = pq.read_table(tmp_path / "shards").to_pylist()
+    assert len(table) == 4
+    for row in table:
+        relative = Path(row["input"]).relative_to(corpus).with_suffix(".npz")
+        with np.load(local / relative, allow_pickle=False) as npz:
+            assert np.array_equal(np.array(row["codes"]), npz["codes"][0])
+            assert row["num_samples"] == int(npz["num_samples"]) and row["codec"] == "mimi"
+    assert [json.loads(line)["status"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == ["done"] * 4

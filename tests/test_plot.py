@@ -1,0 +1,42 @@
+"""`mimi roundtrip --plot`: a readable image, written atomically, and clear refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_cli import clip, run  # noqa: F401  (clip is a fixture)
+
+from mimi_cli.plot import _mel_band_edges
+
+
+def test_roundtrip_plot_is_a_png_with_three_panels(tmp_path, clip, weights_file):  # noqa: F811
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    target = tmp_path / "cmp.png"
+    result = run("roundtrip", clip, "--plot", target, "--json", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    image = imread(target)
+    assert image.shape[0] > 800 and image.shape[1] > 1000  # 11 × 9 in at 110 dpi
+    # down the middle: three tall coloured panels separated by white space (titles and labels are short runs)
+    coloured = image[:, image.shape[1] // 2, :3].sum(axis=1) < 2.9
+    runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], coloured.astype(int), [0]]))))[::2]
+    assert np.count_nonzero(runs > 150) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["cmp.png"]  # no temporary file left
+
+
+def test_plot_refusals_leave_no_file(tmp_path, clip, weights_file):  # noqa: F811
+    result = run("roundtrip", clip, "--plot", tmp_path / "cmp.jpeg")
+    assert result.returncode == 2 and "--plot writes .png, .svg or .pdf" in result.stderr
+    fake = tmp_path / "site"
+    (fake / "matplotlib").mkdir(parents=True)
+    (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    result = run("roundtrip", clip, "--plot", tmp_path / "cmp.png", env_extra={"PYTHONPATH": str(fake)},
+                 weights=weights_file)
+    assert result.returncode == 1 and 'pip install "mimi-cli[plot]"' in result.stderr
+    assert not (tmp_path / "cmp.png").exists()
+
+
+def test_mel_band_edges_increase_to_nyquist():
+    edges = _mel_band_edges(24000)
+    assert edges[0] == 0 and edges[-1] == 12000 and np.all(np.diff(edges) > 0)
