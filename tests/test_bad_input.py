@@ -38,9 +38,10 @@ def test_missing_path(tmp_path):
     encode_fails(tmp_path, tmp_path / "nowhere.wav", "nowhere.wav does not exist")
 
 
-def test_directory(tmp_path):
+def test_empty_directory(tmp_path):
+    """A folder is a batch of its audio files; an empty one says so (and how to search deeper)."""
     (tmp_path / "folder.wav").mkdir()
-    encode_fails(tmp_path, tmp_path / "folder.wav", "is a directory")
+    encode_fails(tmp_path, tmp_path / "folder.wav", "no .wav", "folder.wav", "-r")
 
 
 def test_empty_file(tmp_path):
