@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["Mimi", "MimiConfig", "__version__"]
+__all__ = ["Encodec", "EncodecConfig", "Mimi", "MimiConfig", "__version__"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from mimi_cli.models import mimi
 
         return getattr(mimi, name)
+    if name in ("Encodec", "EncodecConfig"):
+        from mimi_cli.models import encodec
+
+        return getattr(encodec, name)
     raise AttributeError(f"module 'mimi_cli' has no attribute {name!r}")

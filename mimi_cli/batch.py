@@ -152,10 +152,16 @@ class Worker:
         self._loaded: dict = {}
 
     def model(self, codec: str):
+        """The loaded model for ``codec``; a loading error is kept and raised again, not retried per file."""
         if codec not in self._loaded:
             from mimi_cli.pipeline import load_model
 
-            self._loaded[codec] = load_model(self.settings.weights, codec)
+            try:
+                self._loaded[codec] = load_model(self.settings.weights, codec)
+            except WeightsError as exc:
+                self._loaded[codec] = exc
+        if isinstance(self._loaded[codec], WeightsError):
+            raise self._loaded[codec]
         return self._loaded[codec]
 
     def run(self, task: Task) -> Outcome:
@@ -186,7 +192,7 @@ class Worker:
             from mimi_cli.audio import open_audio
 
             with open_audio(task.input) as f:
-                check_batch_memory(f.frames / f.samplerate)
+                check_batch_memory(f.frames / f.samplerate, s.codec)
             result = encode_audio(loaded, read_audio(task.input), levels)
         result.codes.save(task.output)
         duration = result.codes.num_samples / loaded.model.config.sample_rate
@@ -205,7 +211,7 @@ class Worker:
         if s.stream:
             seconds, _ = decode_stream(loaded, codes, task.output, s.sample_rate)
         else:
-            check_batch_memory(codes.num_samples / codes.sample_rate)
+            check_batch_memory(codes.num_samples / codes.sample_rate, codes.codec)
             pcm, seconds = decode_codes(loaded, codes, s.sample_rate)
             write_audio(task.output, pcm, s.sample_rate or codes.sample_rate)
         return Outcome(str(task.input), str(task.output), "done", round(codes.num_samples / codes.sample_rate, 3),

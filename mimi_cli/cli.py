@@ -235,7 +235,7 @@ EngineOption = Annotated[str, typer.Option(
                      "$RAY_ADDRESS; needs mimi-cli[ray]).")]
 
 
-def _check_batch_options(engine: str, stream: bool, parquet: Path | None = None) -> None:
+def _check_batch_options(engine: str, stream: bool, parquet: str | None = None) -> None:
     if engine not in ("local", "ray"):
         _fail(f"--engine takes local or ray, not {engine!r}", code=2)
     if engine == "ray" and stream:
@@ -270,8 +270,9 @@ def encode(
     engine: EngineOption = "local",
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
-    parquet: Annotated[Optional[Path], typer.Option(
-        "--parquet", help="With --engine ray: also write Parquet shards of all codes and their metadata here.",
+    parquet: Annotated[Optional[str], typer.Option(
+        "--parquet", help="With --engine ray: also write Parquet shards of all codes and their metadata to this "
+                          "folder or URI (e.g. s3://bucket/codes, where every node can write).",
         show_default=False, metavar="DIR")] = None,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
@@ -300,7 +301,7 @@ def encode(
         with open_audio(input) as f:
             rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
         if not stream:
-            check_batch_memory(duration)
+            check_batch_memory(duration, codec)
             audio = read_audio(input)
             rate, channels, duration = audio.sample_rate, audio.channels, audio.duration
         loaded = _load_weights(weights, codec, say)
@@ -363,7 +364,7 @@ def decode(
         check_output(output, force)
         audio_format(output)
         if not stream:
-            check_batch_memory(codes.num_samples / codes.sample_rate)
+            check_batch_memory(codes.num_samples / codes.sample_rate, codes.codec)
         loaded = _load_weights(weights, codes.codec, say)
         if codes.weights_id != loaded.weights_id:
             _warn(f"{input} was encoded with weights {codes.weights_id}, decoding with {loaded.weights_id}")
@@ -414,7 +415,7 @@ def _run_batch(inputs, output, recursive, suffixes, suffix, beside_suffix, setti
                 from mimi_cli.ray_engine import run_ray
 
                 with say.status(f"Running on Ray ({len(tasks)} files)…"):
-                    outcomes = run_ray(tasks, settings, workers, str(parquet) if parquet else None)
+                    outcomes = run_ray(tasks, settings, workers, parquet)
             else:
                 with say.progress_files(len(tasks)) as advance:
                     outcomes = batch.run_local(tasks, settings, workers, on_outcome=lambda o: (
@@ -486,7 +487,7 @@ def roundtrip(
         if plot is not None:
             check_output(plot, force)
         with open_audio(input) as f:
-            check_batch_memory(f.frames / f.samplerate)
+            check_batch_memory(f.frames / f.samplerate, codec)
         audio = read_audio(input)
         loaded = _load_weights(weights, codec, say)
         config = loaded.model.config

@@ -18,25 +18,28 @@ from mimi_cli.models.codec import Codec
 from mimi_cli.weights import resolve_weights, weights_id
 
 
-# Batch mode holds the transformers' activations (and the waveform) for the whole input;
-# the SEANets run in chunks. An upper bound on peak RSS from benchmarks/memory.py
-# (docs/performance.md), with margin: weights and libraries, then per second of audio.
-BATCH_BYTES_PER_SECOND = 2e6
+# Upper bounds on peak RSS in batch mode, with margin: weights and libraries, then per second of
+# audio. Mimi holds its transformers' activations for the whole input (the SEANets run in chunks;
+# benchmarks/memory.py, docs/performance.md); EnCodec holds every layer's activations at full
+# length (≈14 MB/s measured by `mimi bench --codec encodec-24khz --seconds 60`).
+BATCH_BYTES_PER_SECOND = {"mimi": 2e6, "encodec-24khz": 16e6}
 _BATCH_BASE_BYTES = 0.6e9
 
 
-def check_batch_memory(seconds: float) -> None:
+def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC) -> None:
     """Refuse a batch run that cannot fit in this machine's memory, before doing any work."""
     import os
 
-    needed = _BATCH_BASE_BYTES + BATCH_BYTES_PER_SECOND * seconds
+    needed = _BATCH_BASE_BYTES + BATCH_BYTES_PER_SECOND[codec] * seconds
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not available on this platform
         return
     if needed > 0.9 * physical:
+        remedy = ("use --stream, which keeps memory flat" if codec == "mimi"
+                  else "split the audio into shorter files (this codec has no streaming mode here)")
         raise MimiError(f"{seconds / 60:.1f} min of audio would need about {needed / 1e9:.0f} GB in batch mode "
-                        f"(this machine has {physical / 1e9:.0f} GB); use --stream, which keeps memory flat")
+                        f"(this machine has {physical / 1e9:.0f} GB); {remedy}")
 
 
 @dataclass

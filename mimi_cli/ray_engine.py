@@ -80,8 +80,8 @@ class CodecActor:
             return row
         try:
             return self._encode(row) if self.settings.kind == "encode" else self._decode(row)
-        except WeightsError:
-            raise
+        except WeightsError as exc:  # would fail every file: the driver stops the run with this message
+            return {**_failed(row, exc), "fatal": True}
         except (MimiError, ValueError) as exc:
             return _failed(row, exc)
 
@@ -176,10 +176,17 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int, parquet_dir: str
             ds = ds.map(write_codes_row, fn_kwargs={"codec": settings.codec})
         else:
             ds = ds.map(write_audio_row, fn_kwargs={"sample_rate": settings.sample_rate})
-        ds = ds.materialize()
-        if parquet_dir:
-            _write_parquet(ds, parquet_dir, settings)
-        for row in ds.take_all():
+        try:
+            ds = ds.materialize()
+            if parquet_dir:
+                _write_parquet(ds, parquet_dir, settings)
+            rows = ds.take_all()
+        except Exception as exc:  # Ray wraps what a stage raised; a MimiError inside is the user's message
+            raise _as_user_error(exc) from None
+        fatal = [row["error"] for row in rows if row.get("fatal")]
+        if fatal:
+            raise WeightsError(fatal[0])
+        for row in rows:
             status = "failed" if row.get("error") else "done"
             outcomes[row["input"]] = Outcome(row["input"], row["output"], status, row.get("duration_s"),
                                              row.get("frames"), row.get("error"), row.get("model_seconds") or 0.0)
@@ -199,6 +206,17 @@ def _write_parquet(ds, directory: str, settings: Settings) -> None:
                 "codes": codes.tolist()}
 
     ds.flat_map(lambda row: [] if row.get("error") else [to_record(row)]).write_parquet(directory)
+
+
+def _as_user_error(exc: BaseException) -> MimiError:
+    """The first MimiError in the chain of causes Ray built around it, or a one-line summary."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, MimiError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return MimiError(f"the Ray run failed: {type(exc).__name__}: {first_line}")
 
 
 def _import_ray():

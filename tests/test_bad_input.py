@@ -177,7 +177,7 @@ def test_batch_mode_refuses_what_cannot_fit_in_memory(tmp_path):
     from mimi_cli.pipeline import BATCH_BYTES_PER_SECOND
 
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    frames = int(physical / BATCH_BYTES_PER_SECOND * 12.5) + 1000  # past what the batch path can hold
+    frames = int(physical / BATCH_BYTES_PER_SECOND["mimi"] * 12.5) + 1000  # past what the batch path can hold
     arrays = valid_codes_arrays()
     arrays["codes"] = np.zeros((1, 1, frames), np.uint16)
     arrays["num_samples"] = np.array(frames * 1920)

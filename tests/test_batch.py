@@ -222,3 +222,15 @@ def test_ray_engine_matches_the_local_engine(corpus, weights_file, tmp_path):
             assert np.array_equal(np.array(row["codes"]), npz["codes"][0])
             assert row["num_samples"] == int(npz["num_samples"]) and row["codec"] == "mimi"
     assert [json.loads(line)["status"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == ["done"] * 4
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_wrong_weights_stop_the_whole_run_with_one_error(corpus, weights_file, tmp_path, engine):
+    """Weights that cannot load would fail every file the same way: one error, no outputs, no summary of N."""
+    if engine == "ray":
+        pytest.importorskip("ray.data")
+    result = run("encode", corpus, "-r", "-o", tmp_path / "out", "--jobs", "2", "--engine", engine,
+                 "--codec", "encodec-24khz", "--weights", weights_file, env_extra={"RAY_ADDRESS": ""})
+    assert result.returncode == 1 and "error: " in result.stderr and "is not an EnCodec checkpoint" in result.stderr
+    assert "failed:" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() or _tree(tmp_path / "out") == []
