@@ -13,19 +13,24 @@ import mimi_cli.models.mimi.model as model_module
 from mimi_cli.bench import codec_flops
 
 
+def _count_calls(monkeypatch, counted: dict, module, name: str, flops_of) -> None:
+    """Wrap ``module.name`` so that each call adds ``flops_of(result, *args)`` to ``counted["flops"]``."""
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        result = original(*args, **kwargs)
+        counted["flops"] += flops_of(result, *args, **kwargs)
+        return result
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
 def test_flop_count_matches_the_operations_the_model_runs(small_model, monkeypatch):
     """Count the multiply-adds of every conv, linear, attention and code search actually executed."""
     counted = {"flops": 0.0}
 
     def counting(name, flops_of, module=model_module):
-        original = getattr(module, name)
-
-        def wrapper(*args, **kwargs):
-            result = original(*args, **kwargs)
-            counted["flops"] += flops_of(result, *args, **kwargs)
-            return result
-
-        monkeypatch.setattr(module, name, wrapper)
+        _count_calls(monkeypatch, counted, module, name, flops_of)
 
     counting("conv1d", lambda y, x, w, *a, **k: 2 * w.shape[1] * w.shape[2] * y.size, layers_module)
     counting("conv_transpose1d", lambda y, x, w, *a, **k: 2 * x.size * w.shape[1] * w.shape[2], layers_module)
@@ -83,14 +88,7 @@ def test_encodec_flop_count_matches_the_operations_the_model_runs(monkeypatch):
     counted = {"flops": 0.0}
 
     def counting(module, name, flops_of):
-        original = getattr(module, name)
-
-        def wrapper(*args, **kwargs):
-            result = original(*args, **kwargs)
-            counted["flops"] += flops_of(result, *args, **kwargs)
-            return result
-
-        monkeypatch.setattr(module, name, wrapper)
+        _count_calls(monkeypatch, counted, module, name, flops_of)
 
     def lstm_flops(result, lstm, x, *a, **k):
         per_step = sum(lstm.params[f"weight_ih_l{i}"].size + lstm.params[f"weight_hh_l{i}"].size

@@ -63,14 +63,34 @@ class Codec(Module):
     # -- construction
 
     @classmethod
+    def read_checkpoint(cls, path: str | Path, config: CodecConfig):
+        """This codec's checkpoint reader: an object with ``state`` (the model's naming) and ``warnings``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_file(cls, path: str | Path, config: CodecConfig | None = None) -> Codec:
+        """Load a checkpoint in any naming and container this codec reads (see its ``checkpoint.py``).
+
+        Warnings about unusual values (see ``mimi_cli.weights.validate``) are kept in ``model.warnings``.
+        """
+        model = cls(config)
+        checkpoint = cls.read_checkpoint(path, model.config)
+        model._load_checked(checkpoint.state)
+        model.source, model.warnings = Path(path), checkpoint.warnings
+        return model
+
+    @classmethod
     def from_state_dict(cls, state: Mapping[str, np.ndarray], config: CodecConfig | None = None) -> Codec:
         """Build from tensors in this model's naming; any missing, unexpected or mis-shaped tensor is an error."""
         model = cls(config)
-        problems = model.check_state(state)
-        if problems:
-            raise WeightsError(f"weights do not match the {model.config.display_name} model: " + "; ".join(problems))
-        model.load(state)
+        model._load_checked(state)
         return model
+
+    def _load_checked(self, state: Mapping[str, np.ndarray]) -> None:
+        problems = self.check_state(state)
+        if problems:
+            raise WeightsError(f"weights do not match the {self.config.display_name} model: " + "; ".join(problems))
+        self.load(state)
 
     def check_state(self, state: Mapping[str, np.ndarray]) -> list[str]:
         """Describe every difference between ``state`` and this model's tensors (empty when they match)."""
@@ -117,7 +137,8 @@ class Codec(Module):
 
     @property
     def latent_dim(self) -> int:
-        raise NotImplementedError
+        """Width of the quantizer's input."""
+        return self.config.dimension
 
     # -- decode
 

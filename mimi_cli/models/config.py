@@ -12,6 +12,7 @@ class CodecConfig:
     name: ClassVar[str]  # as written in codes files and given to --codec
     display_name: ClassVar[str]
     sample_rate: int
+    dimension: int  # width of the quantizer's input
     frame_rate: float  # code frames per second
     codebook_size: int
     num_codebooks: int  # the most the model has

@@ -19,10 +19,11 @@ from __future__ import annotations
 import numpy as np
 
 from mimi_cli.core import LSTM, elu, nearest_code
-from mimi_cli.core.layers import Conv, ConvTranspose, Sequential, run_layers
+from mimi_cli.core.layers import Conv, ConvTranspose, run_layers
 from mimi_cli.core.module import Module
 from mimi_cli.models.codec import Codec
 from mimi_cli.models.encodec.config import EncodecConfig
+from mimi_cli.models.seanet import SEANetLayers, seanet_decoder, seanet_encoder
 
 # ----------------------------------------------------------------------------- SEANet
 
@@ -93,35 +94,6 @@ class LSTMBlock(Module):
         return (y + steps).transpose(0, 2, 1)
 
 
-def _resnet_blocks(width: int, c: EncodecConfig) -> list[ResnetBlock]:
-    return [ResnetBlock(width, width // c.compress, c.residual_kernel_size, c.dilation_base**j)
-            for j in range(c.n_residual_layers)]
-
-
-def seanet_encoder(c: EncodecConfig) -> Sequential:
-    """pcm ``[B, 1, N]`` → ``[B, dimension, N/hop]``; the LSTM block sits before the last ELU and conv."""
-    width = c.n_filters
-    layers: list = [EncodecConv(c.channels, width, c.kernel_size)]
-    for ratio in reversed(c.ratios):
-        layers += _resnet_blocks(width, c)
-        layers += [elu, EncodecConv(width, 2 * width, 2 * ratio, stride=ratio)]
-        width *= 2
-    layers += [LSTMBlock(width, c.lstm_layers), elu, EncodecConv(width, c.dimension, c.last_kernel_size)]
-    return Sequential(layers)
-
-
-def seanet_decoder(c: EncodecConfig) -> Sequential:
-    """``[B, dimension, T]`` → pcm ``[B, 1, T·hop]``; the LSTM block follows the first conv."""
-    width = c.lstm_width
-    layers: list = [EncodecConv(c.dimension, width, c.kernel_size), LSTMBlock(width, c.lstm_layers)]
-    for ratio in c.ratios:
-        layers += [elu, EncodecConvTranspose(width, width // 2, 2 * ratio, ratio)]
-        width //= 2
-        layers += _resnet_blocks(width, c)
-    layers += [elu, EncodecConv(width, c.channels, c.last_kernel_size)]
-    return Sequential(layers)
-
-
 # ----------------------------------------------------------------------------- quantizer
 
 
@@ -178,26 +150,18 @@ class Encodec(Codec):
     def __init__(self, config: EncodecConfig | None = None):
         c = config or EncodecConfig()
         super().__init__(c)
-        self.encoder = self.add("encoder.layers", seanet_encoder(c))
-        self.decoder = self.add("decoder.layers", seanet_decoder(c))
+        layers = SEANetLayers(EncodecConv, EncodecConvTranspose, ResnetBlock,
+                              sequence=lambda width: LSTMBlock(width, c.lstm_layers))
+        self.encoder = self.add("encoder.layers", seanet_encoder(c, layers))
+        self.decoder = self.add("decoder.layers", seanet_decoder(c, layers))
         self.quantizer = self.add("quantizer", ResidualVQ(c))
 
     @classmethod
-    def from_file(cls, path, config: EncodecConfig | None = None) -> Encodec:
-        """Load a checkpoint in the Hugging Face or original naming, with weight norm folded or not."""
-        from pathlib import Path
-
+    def read_checkpoint(cls, path, config: EncodecConfig):
+        """Safetensors in the Hugging Face or original naming, weight norm folded or not."""
         from mimi_cli.models.encodec.checkpoint import load_checkpoint
 
-        config = config or EncodecConfig()
-        checkpoint = load_checkpoint(path)
-        model = cls.from_state_dict(checkpoint.state, config)
-        model.source, model.warnings = Path(path), checkpoint.warnings
-        return model
-
-    @property
-    def latent_dim(self) -> int:
-        return self.config.dimension
+        return load_checkpoint(path)
 
     # The LSTM block and the convs around it are the sequence model; the rest is SEANet.
     def encode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 1, N] → [B, 512, F]

@@ -18,7 +18,6 @@ Everything is causal: output frame ``t`` depends only on input samples before ``
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +36,7 @@ from mimi_cli.core.layers import Conv, ConvTranspose, Sequential, run_in_chunks
 from mimi_cli.core.module import Module
 from mimi_cli.models.codec import Codec
 from mimi_cli.models.mimi.config import DEFAULT_NUM_CODEBOOKS, MimiConfig
+from mimi_cli.models.seanet import SEANetLayers, seanet_decoder, seanet_encoder
 
 # ----------------------------------------------------------------------------- SEANet
 
@@ -57,33 +57,7 @@ class ResidualBlock(Module):
         return lambda x: x + expand(elu(reduce(elu(x))))
 
 
-def _residual_blocks(width: int, c: MimiConfig) -> list[ResidualBlock]:
-    return [ResidualBlock(width, width // c.compress, c.residual_kernel_size, c.dilation_base**j)
-            for j in range(c.n_residual_layers)]
-
-
-def seanet_encoder(c: MimiConfig) -> Sequential:
-    """pcm ``[B, 1, N]`` → latent ``[B, dimension, N/hop]``; channels double at each stride."""
-    width = c.n_filters
-    layers: list = [Conv(c.channels, width, c.kernel_size)]
-    for ratio in reversed(c.ratios):
-        layers += _residual_blocks(width, c)
-        layers += [elu, Conv(width, 2 * width, 2 * ratio, stride=ratio)]
-        width *= 2
-    layers += [elu, Conv(width, c.dimension, c.last_kernel_size)]
-    return Sequential(layers)
-
-
-def seanet_decoder(c: MimiConfig) -> Sequential:
-    """latent ``[B, dimension, T]`` → pcm ``[B, 1, T·hop]``; channels halve at each stride."""
-    width = c.n_filters * 2 ** len(c.ratios)
-    layers: list = [Conv(c.dimension, width, c.kernel_size)]
-    for ratio in c.ratios:
-        layers += [elu, ConvTranspose(width, width // 2, 2 * ratio, ratio)]
-        width //= 2
-        layers += _residual_blocks(width, c)
-    layers += [elu, Conv(width, c.channels, c.last_kernel_size)]
-    return Sequential(layers)
+MIMI_SEANET = SEANetLayers(conv=Conv, conv_transpose=ConvTranspose, residual_block=ResidualBlock)
 
 
 class SEANet(Module):
@@ -269,7 +243,7 @@ class Mimi(Codec):
     def __init__(self, config: MimiConfig | None = None):
         c = config or MimiConfig()
         super().__init__(c)
-        self.encoder = self.add("encoder", SEANet(seanet_encoder(c)))
+        self.encoder = self.add("encoder", SEANet(seanet_encoder(c, MIMI_SEANET)))
         self.encoder_transformer = self.add("encoder_transformer", Transformer(c))
         self.downsample = self.add("downsample", Conv(c.dimension, c.dimension, 2 * c.downsample_stride,
                                                       stride=c.downsample_stride, bias=False,
@@ -279,27 +253,16 @@ class Mimi(Codec):
                                                            c.downsample_stride, groups=c.dimension, bias=False,
                                                            name="convtr.convtr.convtr"))
         self.decoder_transformer = self.add("decoder_transformer", Transformer(c))
-        self.decoder = self.add("decoder", SEANet(seanet_decoder(c)))
+        self.decoder = self.add("decoder", SEANet(seanet_decoder(c, MIMI_SEANET)))
 
     @classmethod
-    def from_file(cls, path: str | Path, config: MimiConfig | None = None) -> Mimi:
-        """Load a checkpoint: safetensors or Core ML, in the original, moshi or Hugging Face naming.
-
-        Warnings about unusual values (see ``mimi_cli.weights.validate``) are kept in ``model.warnings``.
-        """
+    def read_checkpoint(cls, path, config: MimiConfig):
+        """Safetensors or Core ML, in the original, moshi or Hugging Face naming."""
         from mimi_cli.models.mimi.checkpoint import load_checkpoint
 
-        config = config or MimiConfig()
-        checkpoint = load_checkpoint(path, config)
-        model = cls.from_state_dict(checkpoint.state, config)
-        model.source, model.warnings = Path(path), checkpoint.warnings
-        return model
+        return load_checkpoint(path, config)
 
     # -- the four stages
-
-    @property
-    def latent_dim(self) -> int:
-        return self.config.dimension
 
     def pad_input(self, pcm: np.ndarray) -> np.ndarray:
         """moshi ≥ 0.2.5 zero-pads the waveform to whole frames; the convs then need no right padding."""
