@@ -234,3 +234,28 @@ def test_wrong_weights_stop_the_whole_run_with_one_error(corpus, weights_file, t
     assert result.returncode == 1 and "error: " in result.stderr and "is not an EnCodec checkpoint" in result.stderr
     assert "failed:" not in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists() or _tree(tmp_path / "out") == []
+
+
+def test_ray_decode_in_process_matches_the_local_engine(corpus, weights_file, tmp_path):
+    """The library on a Ray instance the caller started (ray.init(num_cpus=2)): decode, Mimi and EnCodec codes."""
+    ray = pytest.importorskip("ray")
+    from mimi_cli.batch import Settings, Task, run_local
+    from mimi_cli.ray_engine import run_ray
+
+    codes = tmp_path / "codes"
+    assert run("encode", corpus, "-r", "-o", codes, weights=weights_file).returncode == 0
+    inputs = sorted(codes.rglob("*.npz"))
+    (tmp_path / "bad.npz").write_text("not a codes file")
+    inputs.append(tmp_path / "bad.npz")
+    settings = Settings("decode", str(weights_file), threads=1)
+    local = run_local([Task(p, tmp_path / "local" / f"{p.stem}.wav") for p in inputs], settings, jobs=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = run_ray([Task(p, tmp_path / "ray" / f"{p.stem}.wav") for p in inputs], settings, actors=2)
+    finally:
+        ray.shutdown()
+    assert [o.status for o in remote] == [o.status for o in local] == ["done"] * 4 + ["failed"]
+    assert "not a codes file" in remote[-1].error and remote[-1].error == local[-1].error
+    for a, b in zip(local[:4], remote[:4], strict=True):
+        assert (a.frames, a.duration_s) == (b.frames, b.duration_s)
+        assert Path(a.output).read_bytes() == Path(b.output).read_bytes()
