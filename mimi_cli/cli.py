@@ -401,8 +401,11 @@ def _run_batch(inputs, output, recursive, suffixes, suffix, beside_suffix, setti
             if not found:
                 raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {', '.join(map(str, inputs))}"
                                 + ("" if recursive else " (use -r to search sub-folders)"))
-            if output is not None and output.exists() and not output.is_dir():
-                raise MimiError(f"{output} is a file; with several inputs -o names a folder")
+            if output is not None and ((output.exists() and not output.is_dir())
+                                       or (not output.exists() and output.suffix.lower() == suffix)):
+                raise MimiError(f"-o {output} looks like a file; with several inputs -o names a folder")
+            if manifest is not None:
+                _check_manifest(manifest, force or skip_existing)
             tasks = batch.plan_tasks(found, output, suffix, beside_suffix, force, skip_existing)
             workers = min(jobs, max(1, sum(not t.skip for t in tasks)))
             # several workers share the cores: one BLAS thread each unless told otherwise
@@ -425,6 +428,16 @@ def _run_batch(inputs, output, recursive, suffixes, suffix, beside_suffix, setti
         if manifest is not None and tasks:
             _write_manifest(manifest, tasks, outcomes)
     _summarise(outcomes, elapsed, settings.kind, say)
+
+
+def _check_manifest(path: Path, replace: bool) -> None:
+    """Before any work: the manifest can be written, and replaces an old one only with -f or --skip-existing."""
+    from mimi_cli.fileio import check_output
+
+    try:
+        check_output(path, replace)
+    except MimiError as exc:
+        raise MimiError(f"--manifest: {exc}") from None
 
 
 def _write_manifest(path: Path, tasks, outcomes) -> None:

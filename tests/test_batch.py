@@ -189,6 +189,12 @@ def test_batch_usage_errors(corpus, tmp_path):
     assert result.returncode == 2 and "--engine takes local or ray" in result.stderr
     result = run("encode", corpus, "--engine", "ray", "--stream")
     assert result.returncode == 2 and "local engine only" in result.stderr
+    result = run("encode", corpus, "-o", tmp_path / "all.npz")
+    assert result.returncode == 1 and "with several inputs -o names a folder" in result.stderr
+    (tmp_path / "m.jsonl").write_text("an earlier run's manifest\n")
+    result = run("encode", corpus, "-o", tmp_path / "out", "--manifest", tmp_path / "m.jsonl")
+    assert result.returncode == 1 and "--manifest:" in result.stderr and "already exists" in result.stderr
+    assert (tmp_path / "m.jsonl").read_text() == "an earlier run's manifest\n" and not (tmp_path / "out").exists()
 
 
 def test_ray_engine_without_ray_says_how_to_install_it(corpus, weights_file, tmp_path):
