@@ -19,10 +19,10 @@ from mimi_cli.weights import resolve_weights, weights_id
 
 
 # Upper bounds on peak RSS in batch mode, with margin: weights and libraries, then per second of
-# audio. Mimi holds its transformers' activations for the whole input (the SEANets run in chunks;
-# benchmarks/memory.py, docs/performance.md); EnCodec holds every layer's activations at full
-# length (≈14 MB/s measured by `mimi bench --codec encodec-24khz --seconds 60`).
-BATCH_BYTES_PER_SECOND = {"mimi": 2e6, "encodec-24khz": 16e6}
+# audio. Both codecs run their SEANets in chunks; what grows with the input is Mimi's transformer
+# activations (benchmarks/memory.py) and EnCodec's LSTM gates (≈2.1 MB/s between 60 s and 600 s of
+# audio); see docs/performance.md.
+BATCH_BYTES_PER_SECOND = {"mimi": 2e6, "encodec-24khz": 2.5e6}
 _BATCH_BASE_BYTES = 0.6e9
 
 

@@ -61,6 +61,40 @@ class EncodecConv(Conv):
         return self.valid(reflect_pad(x, self.padding, right))
 
 
+    def streaming(self) -> EncodecConvStream:
+        return EncodecConvStream(self)
+
+
+class EncodecConvStream:
+    """An EncodecConv fed piece by piece, with the batch result.
+
+    The first piece is padded on the left by reflection, as the batch path pads the whole
+    input; later pieces get the ``K_eff − stride`` steps carried from the one before. Only
+    the last piece gets the right padding, so every earlier piece must be a whole number of
+    strides long, and the first one longer than the left padding::
+
+        batch:    [refl | p0 p1 p2 | refl]
+        pieces:   [refl | p0]  [ctx | p1]  [ctx | p2 | refl]   (ctx: carried input steps)
+    """
+
+    def __init__(self, conv: EncodecConv):
+        self.conv = conv
+        self.previous: np.ndarray | None = None  # [B, C, K_eff − stride]
+
+    def __call__(self, x: np.ndarray, last: bool) -> np.ndarray:
+        conv = self.conv
+        if self.previous is None and last:  # one piece: the batch path
+            return conv(x)
+        if self.previous is None:
+            x = reflect_pad(x, conv.padding, 0)
+        else:
+            x = np.concatenate([self.previous, x], axis=2)
+        self.previous = x[:, :, x.shape[2] - conv.padding:]
+        if last:
+            x = reflect_pad(x, 0, (conv.padding - x.shape[2]) % conv.stride)
+        return conv.valid(x)
+
+
 class EncodecConvTranspose(ConvTranspose):
     """Transposed conv keeping the first ``T·stride`` samples (causal: all of ``K − stride`` trimmed on the right)."""
 
@@ -80,6 +114,10 @@ class ResnetBlock(Module):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.shortcut(x) + self.expand(elu(self.reduce(elu(x))))
 
+    def streaming(self):
+        reduce, expand, shortcut = self.reduce.streaming(), self.expand.streaming(), self.shortcut.streaming()
+        return lambda x, last: shortcut(x, last) + expand(elu(reduce(elu(x), last)), last)
+
 
 class LSTMBlock(Module):
     """``x + lstm(x)`` on ``[B, C, T]`` latents (the LSTM runs over time)."""
@@ -92,6 +130,35 @@ class LSTMBlock(Module):
         steps = np.ascontiguousarray(x.transpose(0, 2, 1))  # [B, T, C]
         y, _ = self.lstm(steps)
         return (y + steps).transpose(0, 2, 1)
+
+
+def _ignoring_last(fn):
+    return lambda x, last: fn(x)
+
+
+def run_chunked(layers: list, x: np.ndarray, chunk: int) -> np.ndarray:
+    """``layers`` over ``x`` ``[B, C, T]`` in pieces of ``chunk`` steps, with the batch result.
+
+    ``chunk`` must be a multiple of every stride's product up to each layer (whole steps at
+    every depth) and longer than every left padding; a ``x`` no longer than ``chunk`` runs in one pass.
+    """
+    if x.shape[2] <= chunk:
+        return run_layers(layers, x)
+    streams = []
+    for layer in layers:
+        if isinstance(layer, (EncodecConv, ResnetBlock)):
+            streams.append(layer.streaming())
+        elif isinstance(layer, ConvTranspose):  # causal without padding: the end needs nothing more
+            streams.append(_ignoring_last(layer.streaming()))
+        else:  # ELU
+            streams.append(_ignoring_last(layer))
+    pieces = []
+    for start in range(0, x.shape[2], chunk):
+        piece, last = x[:, :, start : start + chunk], start + chunk >= x.shape[2]
+        for stream in streams:
+            piece = stream(piece, last)
+        pieces.append(piece)
+    return np.concatenate(pieces, axis=2)
 
 
 # ----------------------------------------------------------------------------- quantizer
@@ -137,6 +204,9 @@ class ResidualVQ(Module):
 # ----------------------------------------------------------------------------- the codec
 
 
+SEANET_CHUNK_FRAMES = 96  # 1.28 s: 30,720 samples, 32 channels of them in 4 MB at the widest layer
+
+
 class Encodec(Codec):
     """EnCodec 24 kHz: mono audio ↔ up to 32 levels of 10-bit codes at 75 Hz (1.5 – 24 kbps).
 
@@ -163,9 +233,11 @@ class Encodec(Codec):
 
         return load_checkpoint(path)
 
-    # The LSTM block and the convs around it are the sequence model; the rest is SEANet.
+    # The LSTM block and the convs around it are the sequence model; the rest is SEANet, run over
+    # chunks of SEANET_CHUNK_FRAMES with exact carried context (the batch result): activations stay
+    # in cache, and memory does not grow with the input beyond the waveform and the latents.
     def encode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 1, N] → [B, 512, F]
-        return run_layers(self.encoder.layers[:-3], x)
+        return run_chunked(self.encoder.layers[:-3], x, SEANET_CHUNK_FRAMES * self.config.hop_length)
 
     def encode_sequence(self, x: np.ndarray) -> np.ndarray:  # [B, 512, F] → [B, 128, F]
         return run_layers(self.encoder.layers[-3:], x)
@@ -174,4 +246,4 @@ class Encodec(Codec):
         return run_layers(self.decoder.layers[:2], z)
 
     def decode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 512, F] → [B, 1, 320·F]
-        return run_layers(self.decoder.layers[2:], x)
+        return run_chunked(self.decoder.layers[2:], x, SEANET_CHUNK_FRAMES)
