@@ -193,3 +193,21 @@ def test_malicious_pickle_is_refused_without_running_anything(tmp_path):
         with pytest.raises(WeightsError, match="PyTorch pickle.*never loaded.*safetensors"):
             Encodec.from_file(path)
         assert not marker.exists()
+
+
+@pytest.mark.parametrize("samples", [30720 + 1, 2 * 30720 + 5, 3 * 30720])
+def test_chunked_seanet_equals_one_pass(model, golden, samples):
+    """Chunks of 96 frames with carried context give the one-pass result, a last piece of 1 or 5 samples too."""
+    from mimi_cli.models.encodec.model import SEANET_CHUNK_FRAMES, run_chunked, run_layers
+
+    speech = np.tile(golden["speech_4s.pcm"].astype(np.float32) / 32768, 2)[:samples]
+    x = model.pad_input(speech[None])
+    one_pass = run_layers(model.encoder.layers[:-3], x)
+    chunked = run_chunked(model.encoder.layers[:-3], x, SEANET_CHUNK_FRAMES * CONFIG.hop_length)
+    assert chunked.shape == one_pass.shape == (1, 512, -(-samples // 320))
+    assert np.abs(chunked - one_pass).max() < 1e-5 * np.abs(one_pass).max()
+    latent = model.decode_sequence(model.encode_sequence(one_pass))
+    one_pass = run_layers(model.decoder.layers[2:], latent)
+    chunked = run_chunked(model.decoder.layers[2:], latent, SEANET_CHUNK_FRAMES)
+    assert chunked.shape == one_pass.shape
+    assert np.abs(chunked - one_pass).max() < 1e-5 * np.abs(one_pass).max()
