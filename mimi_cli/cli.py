@@ -232,7 +232,7 @@ ManifestOption = Annotated[Optional[Path], typer.Option(
     show_default=False, metavar="PATH.jsonl")]
 EngineOption = Annotated[str, typer.Option(
     "--engine", help="local (processes on this machine) or ray (Ray Data: this machine, or the cluster at "
-                     "$RAY_ADDRESS; needs mimi-cli[ray]).")]
+                     "$RAY_ADDRESS; needs mimi-cli\\[ray]).")]
 
 
 def _check_batch_options(engine: str, stream: bool, parquet: str | None = None) -> None:
@@ -477,7 +477,7 @@ def roundtrip(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", help="Also draw input and output log-mel spectrograms and their difference into this image "
-                       "(.png, .svg or .pdf; needs mimi-cli[plot]).", show_default=False)] = None,
+                       "(.png, .svg or .pdf; needs mimi-cli\\[plot]).", show_default=False)] = None,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
