@@ -98,15 +98,18 @@ def _glob_root(pattern: str) -> str:
 
 
 def plan_tasks(inputs: list[Input], output: Path | None, suffix: str, beside_suffix: str,
-               force: bool, skip_existing: bool) -> list[Task]:
-    """Outputs for several inputs: mirrored under ``output`` (a folder), or beside each input.
+               force: bool, skip_existing: bool, output_is_file: bool = False) -> list[Task]:
+    """Outputs mirrored under ``output`` (a folder), or beside each input; ``output`` itself for
+    one input with ``output_is_file``.
 
     Refuses, before any work, two inputs that would write the same output and outputs
     that exist already (unless ``force`` or ``skip_existing``).
     """
     tasks, owners = [], {}
     for entry in inputs:
-        if output is not None:
+        if output is not None and output_is_file:
+            target = output
+        elif output is not None:
             target = output / entry.path.relative_to(entry.base).with_suffix(suffix)
         else:
             target = entry.path.with_name(entry.path.stem + beside_suffix)

@@ -401,12 +401,15 @@ def _run_batch(inputs, output, recursive, suffixes, suffix, beside_suffix, setti
             if not found:
                 raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {', '.join(map(str, inputs))}"
                                 + ("" if recursive else " (use -r to search sub-folders)"))
-            if output is not None and ((output.exists() and not output.is_dir())
-                                       or (not output.exists() and output.suffix.lower() == suffix)):
+            # one file named alone (with --jobs, --manifest, … ): -o names its output file, as without them
+            output_is_file = len(inputs) == 1 and inputs[0].is_file() and not (output and output.is_dir())
+            looks_like_file = output is not None and not output.is_dir() and (
+                output.exists() or output.suffix.lower() == suffix)
+            if not output_is_file and looks_like_file:
                 raise MimiError(f"-o {output} looks like a file; with several inputs -o names a folder")
             if manifest is not None:
                 _check_manifest(manifest, force or skip_existing)
-            tasks = batch.plan_tasks(found, output, suffix, beside_suffix, force, skip_existing)
+            tasks = batch.plan_tasks(found, output, suffix, beside_suffix, force, skip_existing, output_is_file)
             workers = min(jobs, max(1, sum(not t.skip for t in tasks)))
             # several workers share the cores: one BLAS thread each unless told otherwise
             per_worker = threads or (1 if workers > 1 or engine == "ray" else (os.cpu_count() or 1))

@@ -84,6 +84,14 @@ def test_folder_with_two_jobs_equals_each_file_alone(corpus, weights_file, tmp_p
     assert np.array_equal(sf.read(single)[0], sf.read(decoded / "spk1" / "b.wav")[0])
 
 
+def test_one_file_with_batch_options_keeps_o_as_its_file(corpus, weights_file, tmp_path):
+    result = run("encode", corpus / "a.wav", "-o", tmp_path / "a-codes.npz", "--jobs", "2", "--manifest",
+                 tmp_path / "m.jsonl", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "a-codes.npz").is_file()
+    assert json.loads((tmp_path / "m.jsonl").read_text())["output"] == str(tmp_path / "a-codes.npz")
+
+
 def test_without_recursion_only_the_top_folder(corpus, weights_file, tmp_path):
     result = run("encode", corpus, "-o", tmp_path / "top", weights=weights_file)
     assert result.returncode == 0, result.stderr
