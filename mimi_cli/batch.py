@@ -173,7 +173,6 @@ class Worker:
         if task.skip:
             return Outcome(str(task.input), str(task.output), "skipped")
         try:
-            task.output.parent.mkdir(parents=True, exist_ok=True)
             return self._encode(task) if self.settings.kind == "encode" else self._decode(task)
         except WeightsError:
             raise
@@ -197,6 +196,7 @@ class Worker:
             with open_audio(task.input) as f:
                 check_batch_memory(f.frames / f.samplerate, s.codec)
             result = encode_audio(loaded, read_audio(task.input), levels)
+        task.output.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed input leaves no folder
         result.codes.save(task.output)
         duration = result.codes.num_samples / loaded.model.config.sample_rate
         return Outcome(str(task.input), str(task.output), "done", round(duration, 3), result.codes.num_frames,
@@ -211,6 +211,7 @@ class Worker:
         codes = CodesFile.load(task.input)
         audio_format(task.output)
         loaded = self.model(codes.codec)
+        task.output.parent.mkdir(parents=True, exist_ok=True)
         if s.stream:
             seconds, _ = decode_stream(loaded, codes, task.output, s.sample_rate)
         else:
