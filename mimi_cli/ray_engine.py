@@ -40,15 +40,18 @@ def read_audio_row(row: dict, codec: str) -> dict:
     """Read, downmix and resample to the codec's rate."""
     from pathlib import Path
 
-    from mimi_cli.audio import read_audio, to_mono
+    from mimi_cli.audio import open_audio, read_audio, to_mono
     from mimi_cli.models import codec_spec
+    from mimi_cli.pipeline import check_batch_memory
 
     try:
+        with open_audio(Path(row["input"])) as f:
+            check_batch_memory(f.frames / f.samplerate, codec)  # on the node that will hold it
         audio = read_audio(Path(row["input"]))
         pcm = to_mono(audio, codec_spec(codec).config().sample_rate)
     except MimiError as exc:
         return _failed(row, exc)
-    return {**row, "error": None, "pcm": pcm, "source_sample_rate": audio.sample_rate,
+    return {**row, "error": None, "pcm": pcm, "num_samples": len(pcm), "source_sample_rate": audio.sample_rate,
             "source_channels": audio.channels}
 
 
@@ -56,9 +59,11 @@ def read_codes_row(row: dict) -> dict:
     from pathlib import Path
 
     from mimi_cli.codes import CodesFile
+    from mimi_cli.pipeline import check_batch_memory
 
     try:
         codes = CodesFile.load(Path(row["input"]))
+        check_batch_memory(codes.num_samples / codes.sample_rate, codes.codec)
     except MimiError as exc:
         return _failed(row, exc)
     return {**row, "error": None, **{k: v for k, v in asdict(codes).items() if k != "format_version"}}
@@ -143,10 +148,6 @@ def write_audio_row(row: dict, sample_rate: int | None) -> dict:
 # ----------------------------------------------------------------------------- the pipeline
 
 
-def _with_samples(row: dict) -> dict:
-    return {**row, "num_samples": len(row["pcm"])} if not row.get("error") else row
-
-
 def run_ray(tasks: list[Task], settings: Settings, actors: int, parquet_dir: str | None = None) -> list[Outcome]:
     """Run ``tasks`` on Ray Data with ``actors`` model actors; outcomes in task order."""
     ray = _import_ray()
@@ -167,7 +168,7 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int, parquet_dir: str
         rows = [{"input": str(t.input), "output": str(t.output)} for t in pending]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         if settings.kind == "encode":
-            ds = ds.map(read_audio_row, fn_kwargs={"codec": settings.codec}).map(_with_samples)
+            ds = ds.map(read_audio_row, fn_kwargs={"codec": settings.codec})
         else:
             ds = ds.map(read_codes_row)
         ds = ds.map(CodecActor, fn_constructor_kwargs={"settings": settings},
