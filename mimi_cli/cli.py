@@ -248,9 +248,11 @@ def _is_single(inputs: list[Path], output: Path | None, options_need_batch: bool
     """One plain file and none of the options that only make sense in a batch: the classic one-file command."""
     import glob
 
-    return (len(inputs) == 1 and not inputs[0].is_dir() and not (not inputs[0].exists()
-            and glob.has_magic(str(inputs[0]))) and not options_need_batch
-            and not (output is not None and output.is_dir()))
+    if len(inputs) != 1 or options_need_batch or (output is not None and output.is_dir()):
+        return False
+    path = inputs[0]
+    is_glob = not path.exists() and glob.has_magic(str(path))
+    return not path.is_dir() and not is_glob
 
 
 @app.command()
