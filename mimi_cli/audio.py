@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mimi_cli.errors import InvalidAudioError
-from mimi_cli.fileio import atomic_output
+from mimi_cli.fileio import Target, atomic_output, cannot_write, is_stdout
+from mimi_cli.models.codec import MAX_PEAK
 
 
 @dataclass
@@ -39,11 +43,17 @@ def open_audio(path: Path):
     """Open an audio file for block reading (a ``soundfile.SoundFile``), after the same checks as read_audio."""
     import soundfile as sf
 
-    if not path.exists():
-        raise InvalidAudioError(f"{path} does not exist")
-    if path.is_dir():
-        raise InvalidAudioError(f"{path} is a directory; give an audio file")
-    if path.stat().st_size == 0:
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise InvalidAudioError(f"{path} is a directory; give an audio file")
+        with open(path, "rb"):  # a permission problem is said as such, not as "not audio"
+            pass
+    except FileNotFoundError:
+        raise InvalidAudioError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise InvalidAudioError(f"cannot read {path}: {os.strerror(exc.errno) if exc.errno else exc}") from None
+    if st.st_size == 0 and stat.S_ISREG(st.st_mode):
         raise InvalidAudioError(f"{path} is empty (0 bytes)")
     try:
         f = sf.SoundFile(path)
@@ -76,6 +86,11 @@ def _read_block(path: Path, f, frames: int) -> np.ndarray:
     if not np.all(np.isfinite(block)):
         bad = position + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
         raise InvalidAudioError(f"{path} contains NaN or Inf samples (first at {bad / f.samplerate:.3f} s)")
+    peak = float(np.max(np.abs(block))) if block.size else 0.0
+    if peak > MAX_PEAK:
+        bad = position + int(np.flatnonzero((np.abs(block) > MAX_PEAK).any(axis=1))[0])
+        raise InvalidAudioError(f"{path} has samples of magnitude {peak:.3g} (first at {bad / f.samplerate:.3f} s), "
+                                f"far beyond full scale (1.0); it is not audio as recorded: rescale it to [-1, 1]")
     return block
 
 
@@ -192,8 +207,8 @@ def to_mono(audio: Audio, sample_rate: int) -> np.ndarray:
     return resample(mono, audio.sample_rate, sample_rate)
 
 
-def write_audio(path: Path, pcm: np.ndarray, sample_rate: int) -> int:
-    """Write mono float audio atomically; the format follows the extension (WAV, FLAC, OGG...).
+def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool = False) -> int:
+    """Write mono float audio atomically; the format follows the extension (WAV, FLAC, OGG...; WAV to stdout).
 
     Samples beyond [-1, 1] are clipped (integer formats would wrap them);
     returns how many were.
@@ -202,17 +217,53 @@ def write_audio(path: Path, pcm: np.ndarray, sample_rate: int) -> int:
 
     file_format = audio_format(path)
     clipped = int(np.count_nonzero(np.abs(pcm) > 1))
-    with atomic_output(path) as tmp:
+    with atomic_output(path, replace) as tmp, soundfile_errors(path, tmp):
         sf.write(tmp, np.clip(pcm, -1, 1), sample_rate, format=file_format)
     return clipped
 
 
-def audio_format(path: Path) -> str:
-    """The soundfile format name for ``path``'s extension, or an error naming the usable ones."""
+@contextlib.contextmanager
+def soundfile_errors(path: Target, tmp: Path):
+    """libsndfile reports a failed write as "System error": say what it was (a full disk, mostly)."""
+    import shutil
+
     import soundfile as sf
 
+    try:
+        yield
+    except sf.LibsndfileError as exc:
+        import errno
+
+        free = shutil.disk_usage(tmp.parent).free
+        if free < (1 << 20):
+            raise cannot_write(path, OSError(errno.ENOSPC, "No space left on device")) from None
+        raise cannot_write(path, f"libsndfile: {exc.error_string}") from None
+
+
+def audio_format(path: Target) -> str:
+    """The soundfile format name for ``path``'s extension (WAV for stdout), or an error naming the usable ones."""
+    import soundfile as sf
+
+    if is_stdout(path):
+        return "WAV"
     name = path.suffix.lstrip(".").upper()
     if not name or name not in sf.available_formats():
         raise InvalidAudioError(f"cannot write audio as {path.suffix or 'a file without extension'}; "
                                 "use .wav, .flac or .ogg")
     return name
+
+
+def check_audio_output(path: Target, sample_rate: int, channels: int) -> None:
+    """Before any work: libsndfile can write ``path``'s format at this rate and channel count (a trial in memory)."""
+    import io
+
+    import soundfile as sf
+
+    file_format = audio_format(path)
+    try:
+        with sf.SoundFile(io.BytesIO(), "w", sample_rate, channels, format=file_format):
+            pass
+    except (sf.LibsndfileError, ValueError, TypeError) as exc:
+        reason = getattr(exc, "error_string", str(exc)).removeprefix("Error : ")
+        raise InvalidAudioError(f"cannot write {file_format} audio at {sample_rate} Hz ({reason}); choose another "
+                                "--sample-rate or output format") from None

@@ -1,34 +1,41 @@
-"""Many files at once: finding the inputs, planning the outputs, and running the work in processes.
+"""A run: finding the inputs, planning the outputs, and running the per-file path on an engine.
 
-    inputs (files, globs, folders)  →  collect_inputs  →  [Input(path, base)]
-                                    →  plan_tasks      →  [Task(input, output, skip)]
-                                    →  run_local / ray_engine.run_ray  →  [Outcome]  →  manifest (JSONL)
+    Job (the command's options)  →  plan()  →  Plan: [Task(input, output, skip)], workers, threads
+                                 →  execute()  →  run_local (this process, or N worker processes)
+                                                  or ray_engine.run_ray         →  [FileResult]
+                                 →  manifest (JSONL), Parquet shards: through the one output writer
 
-With several inputs, outputs mirror the inputs' tree under ``-o DIR``::
+One file named alone, with no option that only makes sense for many, is a
+single task run in this process with every core; anything else is a batch. With
+several inputs, outputs mirror the inputs' tree under ``-o DIR``::
 
     corpus/a.wav           -o codes/   codes/a.npz
     corpus/spk1/b.flac                 codes/spk1/b.npz
 
-Each file is read, encoded (or decoded) and written atomically on its own: a
-failing file becomes a "failed" :class:`Outcome` and the others go on. Weights are
-loaded once per worker process (:class:`Worker`), which uses one BLAS thread by
-default, so that N workers share N cores without oversubscribing them.
+Every engine runs :class:`mimi_cli.pipeline.Worker` on each task, so a file's
+result (frames, warnings, failure) is the same whichever engine ran it. Workers
+use one BLAS thread by default, so that N workers share N cores without
+oversubscribing them.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import os
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
-from mimi_cli.errors import MimiError, WeightsError
-from mimi_cli.fileio import atomic_output
+from mimi_cli.core.threads import usable_threads
+from mimi_cli.errors import MimiError, OutputExistsError
+from mimi_cli.fileio import STDOUT, Target, atomic_output, check_output, file_ids, is_stdout
+from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64")
 CODES_SUFFIXES = (".npz",)
+Engine = Literal["local", "ray"]
 
 
 @dataclass(frozen=True)
@@ -38,30 +45,88 @@ class Input:
 
 
 @dataclass(frozen=True)
-class Task:
-    input: Path
-    output: Path
-    skip: bool = False  # the output exists and --skip-existing was given
+class Job:
+    """Everything a command asked for; :func:`plan` decides what it means."""
+
+    settings: Settings
+    inputs: tuple[str, ...]
+    output: str | None = None  # a file, a folder (existing, or written with a trailing /), "-", or beside inputs
+    recursive: bool = False
+    jobs: int = 1
+    engine: Engine = "local"
+    threads: int | None = None
+    skip_existing: bool = False
+    manifest: str | None = None
+    parquet: str | None = None
 
 
 @dataclass
-class Outcome:
-    """One line of the manifest."""
-
-    input: str
-    output: str
-    status: str  # "done", "skipped" or "failed"
-    duration_s: float | None = None  # audio seconds (of the input when encoding, of the output when decoding)
-    frames: int | None = None
-    error: str | None = None
-    model_seconds: float = field(default=0.0, repr=False)  # time in the model (not in the manifest)
-
-    def manifest_line(self) -> str:
-        row = {k: v for k, v in asdict(self).items() if k != "model_seconds"}
-        return json.dumps(row, ensure_ascii=False)
+class Plan:
+    job: Job
+    tasks: list[Task]
+    settings: Settings  # with the threads each worker uses
+    workers: int
+    single: bool  # one file, shown as such: one line of result, failure as "error: ..."
+    notes: list[str] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------- inputs and outputs
+# ----------------------------------------------------------------------------- planning
+
+
+def plan(job: Job) -> Plan:
+    """Resolve inputs and outputs and check every output before any work (see :func:`mimi_cli.fileio.check_output`)."""
+    s = job.settings
+    if job.engine not in ("local", "ray"):
+        raise MimiError(f"--engine takes local or ray, not {job.engine!r}")
+    if job.engine == "ray" and s.stream:
+        raise MimiError("--stream works with the local engine only (Ray reads each file whole)")
+    if job.parquet is not None and s.kind != "encode":
+        raise MimiError("--parquet writes codes, so it goes with `mimi encode`")
+    suffixes, suffix, beside = ((AUDIO_SUFFIXES, ".npz", ".npz") if s.kind == "encode"
+                                else (CODES_SUFFIXES, ".wav", ".decoded.wav"))
+    paths = [Path(p) for p in job.inputs]
+    found = collect_inputs(paths, job.recursive, suffixes)
+    if not found:
+        raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {', '.join(job.inputs)}"
+                        + ("" if job.recursive else " (use -r to search sub-folders)"))
+    one_file = len(paths) == 1 and not paths[0].is_dir() and not _is_glob(paths[0])
+    output, output_is_file = _output_target(job.output, one_file, found, suffix)
+    batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
+    single = one_file and not batch_only
+    inputs = file_ids(entry.path for entry in found)
+    tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)
+    for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
+        if extra is not None and "://" not in extra:
+            _check_extra_output(Path(extra), label, s.replace or job.skip_existing, inputs, tasks)
+    threads, note = usable_threads(job.threads)
+    notes = [note] if note else []
+    workers = min(job.jobs, max(1, sum(not t.skip for t in tasks)))
+    # several workers share the cores: one BLAS thread each unless told otherwise
+    per_worker = threads or (1 if workers > 1 or job.engine == "ray" else os.cpu_count() or 1)
+    settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None)
+    return Plan(job, tasks, settings, workers, single, notes)
+
+
+def _is_glob(path: Path) -> bool:
+    return not path.exists() and glob.has_magic(str(path))
+
+
+def _output_target(output: str | None, one_file: bool, found: list[Input], suffix: str) -> tuple[Target | None, bool]:
+    """``-o`` as (where, names one file?): a folder (existing, or written with a trailing slash), a file, or "-"."""
+    if output is None:
+        return None, False
+    if output == STDOUT:
+        if len(found) != 1:
+            raise MimiError("-o - (standard output) takes one input")
+        return STDOUT, True
+    path = Path(output).expanduser()
+    if output.endswith(("/", os.sep)) or path.is_dir():
+        return path, False
+    if one_file:
+        return path, True
+    if path.exists() or path.suffix.lower() == suffix:
+        raise MimiError(f"-o {output} looks like a file; with several inputs -o names a folder")
+    return path, False
 
 
 def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple[str, ...]) -> list[Input]:
@@ -97,15 +162,18 @@ def _glob_root(pattern: str) -> str:
     return str(Path(*fixed)) if fixed else "."
 
 
-def plan_tasks(inputs: list[Input], output: Path | None, suffix: str, beside_suffix: str,
-               force: bool, skip_existing: bool, output_is_file: bool = False) -> list[Task]:
+def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_suffix: str, force: bool,
+               skip_existing: bool, output_is_file: bool = False, input_ids: set | None = None,
+               kind: str = "encode") -> list[Task]:
     """Outputs mirrored under ``output`` (a folder), or beside each input; ``output`` itself for
     one input with ``output_is_file``.
 
-    Refuses, before any work, two inputs that would write the same output and outputs
-    that exist already (unless ``force`` or ``skip_existing``).
+    Refuses, before any work: two inputs that would write the same output, outputs
+    that are not regular files or are inputs of the run (even with ``force``), and
+    outputs that exist already (unless ``force`` or ``skip_existing``).
     """
-    tasks, owners = [], {}
+    input_ids = file_ids(e.path for e in inputs) if input_ids is None else input_ids
+    tasks, owners, existing = [], {}, []
     for entry in inputs:
         if output is not None and output_is_file:
             target = output
@@ -116,152 +184,133 @@ def plan_tasks(inputs: list[Input], output: Path | None, suffix: str, beside_suf
         if target in owners:
             raise MimiError(f"{owners[target]} and {entry.path} would both write {target}; rename one of them")
         owners[target] = entry.path
-        tasks.append(Task(entry.path, target, skip=skip_existing and target.exists()))
-    existing = [t.output for t in tasks if not t.skip and t.output.exists()]
-    if existing and not force:
-        raise MimiError(f"{len(existing)} output(s) already exist, e.g. {existing[0]}; pass --skip-existing to "
-                        "resume an interrupted run, or -f/--force to overwrite")
+        skip = skip_existing and not is_stdout(target) and os.path.lexists(target)
+        if not skip:
+            try:
+                check_output(target, force, input_ids, create_parents=not output_is_file)
+            except OutputExistsError:
+                existing.append(target)
+        tasks.append(Task(entry.path, target, skip))
+    if existing:
+        if len(tasks) == 1:
+            raise OutputExistsError(f"{existing[0]} already exists; pass -f/--force to replace it")
+        caution = " (check that they are not recordings you want to keep)" if kind == "decode" else ""
+        raise OutputExistsError(f"{len(existing)} output(s) already exist, e.g. {existing[0]}; pass --skip-existing "
+                                f"to resume an interrupted run, or -f/--force to replace them{caution}")
     return tasks
 
 
-def write_manifest(path: Path, outcomes: list[Outcome]) -> None:
+def _check_extra_output(path: Path, label: str, replace_ok: bool, inputs: set, tasks: list[Task]) -> None:
+    """A manifest or Parquet folder: writable, not an input, not one of the run's outputs, before any work."""
+    if any(not is_stdout(t.output) and Path(t.output) == path for t in tasks):
+        raise MimiError(f"{label}: {path} is also an output of this run; choose another name")
+    if label == "--parquet":
+        if path.exists() and not (path.is_dir() and not path.is_symlink()):
+            raise MimiError(f"{label}: {path} exists and is not a folder")
+        if path.is_dir() and any(path.iterdir()) and not replace_ok:
+            raise OutputExistsError(f"{label}: folder {path} is not empty; choose a new folder or pass -f/--force")
+        path = path / "part-00000.parquet"
+        replace_ok = True
+    try:
+        check_output(path, replace_ok, inputs, create_parents=label == "--parquet")
+    except MimiError as exc:
+        raise type(exc)(f"{label}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def execute(p: Plan, on_result: Callable[[FileResult], None] = lambda r: None,
+            report: Report | None = None) -> list[FileResult]:
+    """Run a plan on its engine; results in task order. The manifest is written even when interrupted."""
+    results: list[FileResult] = []
+    start = time.time()
+
+    def record(result: FileResult) -> None:
+        results.append(result)
+        on_result(result)
+
+    try:
+        if p.job.engine == "ray":
+            from mimi_cli.ray_engine import run_ray
+
+            for result in run_ray(p.tasks, p.settings, p.workers):
+                record(result)
+        else:
+            run_local(p.tasks, p.settings, p.workers, record, report)
+        if p.job.parquet is not None:
+            write_parquet(p.job.parquet, results, p.settings.replace or p.job.skip_existing)
+    finally:
+        if p.job.manifest is not None:
+            write_manifest(Path(p.job.manifest), _with_not_run(p.tasks, results, start),
+                           p.settings.replace or p.job.skip_existing)
+    by_task = {(r.input, r.output): r for r in results}
+    return [by_task[(str(t.input), str(t.output))] for t in p.tasks]
+
+
+def _with_not_run(tasks: list[Task], results: list[FileResult], start: float) -> list[FileResult]:
+    """Every task gets a row. One without a result was not reached (an interrupt), unless its output
+    appeared during the run: then the signal came between writing it and reporting it, and it is done."""
+    done = {(r.input, r.output): r for r in results}
+    rows = []
+    for t in tasks:
+        row = done.get((str(t.input), str(t.output)))
+        if row is None:
+            written = not is_stdout(t.output) and os.path.isfile(t.output) and os.stat(t.output).st_mtime >= start
+            row = FileResult.of(t, "done" if written else "not run")
+        rows.append(row)
+    return rows
+
+
+def write_manifest(path: Path, results: list[FileResult], replace: bool) -> None:
     """One JSON object per input, in input order, written atomically."""
-    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for outcome in outcomes:
-            f.write(outcome.manifest_line() + "\n")
-
-
-# ----------------------------------------------------------------------------- the work on one file
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything a worker needs; plain values, so it crosses process (and Ray) boundaries."""
-
-    kind: str  # "encode" or "decode"
-    weights: str | None = None
-    codec: str = "mimi"  # encode; decode takes the codec from each codes file
-    num_codebooks: int | None = None
-    stream: bool = False
-    sample_rate: int | None = None  # decode: output rate (default: the codec's)
-    threads: int = 1
-
-
-class Worker:
-    """Loads weights once (per codec met) and processes files one at a time."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self._loaded: dict = {}
-
-    def model(self, codec: str):
-        """The loaded model for ``codec``; a loading error is kept and raised again, not retried per file."""
-        if codec not in self._loaded:
-            from mimi_cli.pipeline import load_model
-
-            try:
-                self._loaded[codec] = load_model(self.settings.weights, codec)
-            except WeightsError as exc:
-                self._loaded[codec] = exc
-        if isinstance(self._loaded[codec], WeightsError):
-            raise self._loaded[codec]
-        return self._loaded[codec]
-
-    def run(self, task: Task) -> Outcome:
-        """Process one file; every problem with the file is a "failed" outcome. Weights errors propagate:
-        they would fail every file the same way."""
-        if task.skip:
-            return Outcome(str(task.input), str(task.output), "skipped")
-        try:
-            return self._encode(task) if self.settings.kind == "encode" else self._decode(task)
-        except WeightsError:
-            raise
-        except MimiError as exc:
-            return Outcome(str(task.input), str(task.output), "failed", error=str(exc))
-        except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # unexpected, but only this file's
-            return Outcome(str(task.input), str(task.output), "failed", error=f"{type(exc).__name__}: {exc}")
-
-    def _encode(self, task: Task) -> Outcome:
-        from mimi_cli.audio import read_audio
-        from mimi_cli.pipeline import check_batch_memory, encode_audio, encode_stream
-
-        s = self.settings
-        loaded = self.model(s.codec)
-        levels = s.num_codebooks or loaded.model.config.default_num_codebooks
-        if s.stream:
-            result = encode_stream(loaded, task.input, levels)
-        else:
-            from mimi_cli.audio import open_audio
-
-            with open_audio(task.input) as f:
-                check_batch_memory(f.frames / f.samplerate, s.codec)
-            result = encode_audio(loaded, read_audio(task.input), levels)
-        task.output.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed input leaves no folder
-        result.codes.save(task.output)
-        duration = result.codes.num_samples / loaded.model.config.sample_rate
-        return Outcome(str(task.input), str(task.output), "done", round(duration, 3), result.codes.num_frames,
-                       model_seconds=result.seconds)
-
-    def _decode(self, task: Task) -> Outcome:
-        from mimi_cli.audio import audio_format, write_audio
-        from mimi_cli.codes import CodesFile
-        from mimi_cli.pipeline import check_batch_memory, decode_codes, decode_stream
-
-        s = self.settings
-        codes = CodesFile.load(task.input)
-        audio_format(task.output)
-        loaded = self.model(codes.codec)
-        task.output.parent.mkdir(parents=True, exist_ok=True)
-        if s.stream:
-            seconds, _ = decode_stream(loaded, codes, task.output, s.sample_rate)
-        else:
-            check_batch_memory(codes.num_samples / codes.sample_rate, codes.codec)
-            pcm, seconds = decode_codes(loaded, codes, s.sample_rate)
-            write_audio(task.output, pcm, s.sample_rate or codes.sample_rate)
-        return Outcome(str(task.input), str(task.output), "done", round(codes.num_samples / codes.sample_rate, 3),
-                       codes.num_frames, model_seconds=seconds)
-
-
-# ----------------------------------------------------------------------------- local processes
-
-_worker: Worker | None = None  # the worker of this process (in a pool)
-
-
-def _start_worker(settings: Settings) -> None:
-    global _worker
-    from mimi_cli.core.threads import set_threads
-
-    set_threads(settings.threads)
-    _worker = Worker(settings)
-
-
-def _run_in_worker(task: Task) -> Outcome:
-    return _worker.run(task)
+    with atomic_output(path, replace) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for result in results:
+            f.write(result.manifest_line() + "\n")
 
 
 def run_local(tasks: list[Task], settings: Settings, jobs: int,
-              on_outcome: Callable[[Outcome], None] = lambda outcome: None) -> list[Outcome]:
-    """Run ``tasks`` in ``jobs`` worker processes (in this process for 1); outcomes in task order."""
-    outcomes: dict[Task, Outcome] = {}
+              on_result: Callable[[FileResult], None] = lambda r: None,
+              report: Report | None = None) -> list[FileResult]:
+    """Run ``tasks`` in ``jobs`` worker processes (in this process for 1); results in task order."""
+    results: dict[Task, FileResult] = {}
     pending = [t for t in tasks if not t.skip]
     for task in tasks:
         if task.skip:
-            outcomes[task] = Outcome(str(task.input), str(task.output), "skipped")
-            on_outcome(outcomes[task])
+            results[task] = FileResult.of(task, "skipped")
+            on_result(results[task])
     if jobs <= 1 or len(pending) <= 1:
         from mimi_cli.core.threads import limit_threads
 
         worker = Worker(settings)
         with limit_threads(settings.threads):
             for task in pending:
-                outcomes[task] = worker.run(task)
-                on_outcome(outcomes[task])
+                results[task] = worker.run(task, report) if report else worker.run(task)
+                on_result(results[task])
     else:
-        _run_pool(pending, settings, jobs, outcomes, on_outcome)
-    return [outcomes[t] for t in tasks]
+        _run_pool(pending, settings, jobs, results, on_result)
+    return [results[t] for t in tasks]
 
 
-def _run_pool(pending: list[Task], settings: Settings, jobs: int, outcomes: dict, on_outcome) -> None:
+_worker: Worker | None = None  # the worker of this process (in a pool)
+
+
+def _start_worker(settings: Settings) -> None:
+    global _worker
+    from mimi_cli import signals
+    from mimi_cli.core.threads import set_threads
+
+    signals.install()  # SIGTERM from the parent unwinds like Ctrl-C: no temporary file left
+    signals.die_with_parent()  # and if the parent is killed outright, the worker stops too
+    set_threads(settings.threads)
+    _worker = Worker(settings)
+
+
+def _run_in_worker(task: Task) -> FileResult:
+    return _worker.run(task)
+
+
+def _run_pool(pending: list[Task], settings: Settings, jobs: int, results: dict, on_result) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -274,12 +323,67 @@ def _run_pool(pending: list[Task], settings: Settings, jobs: int, outcomes: dict
         for future in as_completed(futures):
             task = futures[future]
             try:
-                outcomes[task] = future.result()
+                results[task] = future.result()
             except BrokenProcessPool:
-                outcomes[task] = Outcome(str(task.input), str(task.output), "failed",
-                                         error="its worker process died (killed, or out of memory)")
-            on_outcome(outcomes[task])
+                results[task] = FileResult.of(task, "failed",
+                                              error="its worker process died (killed, or out of memory)")
+            on_result(results[task])
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_workers(pool)
         raise
     pool.shutdown()
+
+
+def _stop_workers(pool) -> None:
+    """SIGTERM every worker (each removes its temporary file as it unwinds), then wait for them."""
+    processes = list(getattr(pool, "_processes", {}).values())  # the executor has no public handle on them
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- Parquet
+
+PARQUET_ROWS_PER_SHARD = 10_000  # a shard stays small (codes are ~200 bytes per second of audio at 8 levels)
+
+
+def write_parquet(destination: str, results: list[FileResult], replace: bool) -> None:
+    """Shards of the successful rows (codes as nested uint16 lists, with the metadata decode needs).
+
+    A local folder gets each shard through the one output writer; a URI
+    (``s3://…``) is written with pyarrow's file systems, shard by shard.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MimiError('--parquet needs pyarrow: pip install "mimi-cli[ray]" or pip install pyarrow') from None
+    rows = [_parquet_record(r) for r in results if r.status == "done" and r.codes is not None]
+    local = "://" not in destination
+    if local:
+        Path(destination).mkdir(parents=True, exist_ok=True)
+    for number, first in enumerate(range(0, max(len(rows), 1), PARQUET_ROWS_PER_SHARD)):
+        table = pa.Table.from_pylist(rows[first : first + PARQUET_ROWS_PER_SHARD], schema=_parquet_schema(pa))
+        name = f"part-{number:05d}.parquet"
+        if local:
+            with atomic_output(Path(destination) / name, replace) as tmp:
+                pq.write_table(table, tmp)
+        else:
+            pq.write_table(table, f"{destination.rstrip('/')}/{name}")
+
+
+def _parquet_schema(pa):
+    return pa.schema([("input", pa.string()), ("output", pa.string()), ("codec", pa.string()),
+                      ("num_codebooks", pa.int32()), ("frames", pa.int64()), ("num_samples", pa.int64()),
+                      ("source_sample_rate", pa.int64()), ("source_channels", pa.int32()),
+                      ("weights_id", pa.string()), ("codes", pa.list_(pa.list_(pa.uint16())))])
+
+
+def _parquet_record(result: FileResult) -> dict:
+    c = result.codes
+    return {"input": result.input, "output": result.output, "codec": c.codec, "num_codebooks": c.num_codebooks,
+            "frames": c.num_frames, "num_samples": c.num_samples, "source_sample_rate": c.source_sample_rate,
+            "source_channels": c.source_channels, "weights_id": c.weights_id, "codes": c.codes[0].tolist()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
@@ -36,7 +35,6 @@ WeightsOption = Annotated[Optional[Path], typer.Option(
     show_default=False)]
 ThreadsOption = Annotated[Optional[int], typer.Option(
     "--threads", min=1, help="Threads for BLAS and element-wise work. Default: all cores.", show_default=False)]
-ForceOption = Annotated[bool, typer.Option("--force", "-f", help="Overwrite the output file if it exists.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors.")]
 StreamOption = Annotated[bool, typer.Option(
     "--stream", help="Work block by block in flat memory (for long files). Codes are those of moshi's "
@@ -45,8 +43,16 @@ CodebooksOption = Annotated[Optional[int], typer.Option(
     "--codebooks", "-n", min=1, show_default=False,
     help="Codebooks (levels) to keep. Mimi: 1 semantic + n-1 acoustic, up to 32, default 8 (1.1 kbps). "
          "EnCodec: up to 32, default 8 (6 kbps).")]
+def _finite(value: float | None) -> float | None:
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 BandwidthOption = Annotated[Optional[float], typer.Option(
-    "--bandwidth", "-b", min=0, show_default=False, metavar="KBPS",
+    "--bandwidth", "-b", min=0, show_default=False, metavar="KBPS", callback=_finite,
     help="Target bitrate in kbps instead of -n, e.g. EnCodec's 1.5, 3, 6, 12 or 24.")]
 
 
@@ -86,19 +92,6 @@ def _warn(message: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(message)}")
 
 
-def _load_weights(weights: Path | None, codec: str, say: _Messages):
-    """Load the model (see ``pipeline.load_model``) under a status line; warn about unusual values."""
-    from mimi_cli.pipeline import load_model
-
-    with say.status("Loading weights…"):
-        loaded = load_model(weights, codec)
-    for warning in loaded.model.warnings[:5]:
-        _warn(f"weights: {warning}")
-    if len(loaded.model.warnings) > 5:
-        _warn(f"weights: {len(loaded.model.warnings) - 5} more warnings; see `mimi inspect {loaded.weights_path}`")
-    return loaded
-
-
 class _Messages:
     """Notes and the summary line go to stderr unless --quiet."""
 
@@ -109,11 +102,29 @@ class _Messages:
         if not self.quiet:
             err.print(escape(message))
 
-    def describe_conversion(self, channels: int, rate: int, target_rate: int) -> None:
-        if channels > 1:
-            self.note(f"note: {channels} channels downmixed to mono")
-        if rate != target_rate:
-            self.note(f"note: resampled from {rate} Hz to {target_rate} Hz")
+    @contextlib.contextmanager
+    def reporter(self) -> Iterator:
+        """One line for a file's stages: a spinner while loading or computing, a bar once a total is known;
+        yields ``report(stage, done_seconds, total_seconds_or_None)`` (a no-op when hidden)."""
+        if self.quiet or not err.is_terminal:
+            yield lambda stage, done=0.0, total=None: None
+            return
+        import time
+
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+
+        columns = (SpinnerColumn(), TextColumn("{task.description}…"), BarColumn(), TextColumn("{task.fields[info]}"),
+                   TimeRemainingColumn())
+        start = time.perf_counter()
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task("Starting", total=None, info="")
+
+            def report(stage: str, done: float = 0.0, total: float | None = None) -> None:
+                info = (f"{done:.1f}/{total:.1f} s, {done / max(time.perf_counter() - start, 1e-9):.1f}× real time"
+                        if total else "")
+                bar.update(task, description=stage, completed=done, total=total, info=info)
+
+            yield report
 
     def status(self, message: str):
         return err.status(message) if err.is_terminal and not self.quiet else contextlib.nullcontext()
@@ -193,18 +204,28 @@ class _Messages:
 
 
 @contextlib.contextmanager
-def _user_errors(threads: int | None = None, interrupted: str = "interrupted; no output was written"
-                 ) -> Iterator[None]:
-    """Turn library errors into one-line messages and exit codes; limit BLAS threads."""
+def _user_errors(interrupted: str = "interrupted; no output was written") -> Iterator[None]:
+    """Turn library errors into one-line messages and exit codes (128 + the signal's number when interrupted)."""
     try:
-        from mimi_cli.core.threads import limit_threads
-
-        with limit_threads(threads):
-            yield
+        yield
     except MimiError as exc:
         _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail(interrupted, code=130)
+    except KeyboardInterrupt as exc:
+        from mimi_cli.signals import exit_code
+
+        _fail(interrupted, code=exit_code(exc))
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None, say: _Messages) -> Iterator[None]:
+    """BLAS and element-wise threads for one in-process command, capped at the core count."""
+    from mimi_cli.core.threads import limit_threads, usable_threads
+
+    threads, note = usable_threads(threads)
+    if note:
+        say.note(f"note: {note}")
+    with limit_threads(threads):
+        yield
 
 
 def _version(value: bool) -> None:
@@ -227,32 +248,21 @@ JobsOption = Annotated[int, typer.Option(
                                 "1 BLAS thread unless --threads says otherwise.")]
 SkipExistingOption = Annotated[bool, typer.Option(
     "--skip-existing", help="Leave inputs whose output exists alone: resumes an interrupted run.")]
-ManifestOption = Annotated[Optional[Path], typer.Option(
-    "--manifest", help="Write one JSON line per input: input, output, duration_s, frames, status, error.",
+ManifestOption = Annotated[Optional[str], typer.Option(
+    "--manifest", help="Write one JSON line per input: input, output, status, duration_s, frames, error, warnings.",
     show_default=False, metavar="PATH.jsonl")]
 EngineOption = Annotated[str, typer.Option(
     "--engine", help="local (processes on this machine) or ray (Ray Data: this machine, or the cluster at "
                      "$RAY_ADDRESS; needs mimi-cli\\[ray]).")]
+ParquetOption = Annotated[Optional[str], typer.Option(
+    "--parquet", help="Also write Parquet shards of all codes and their metadata to this folder or URI "
+                      "(e.g. s3://bucket/codes; needs pyarrow).", show_default=False, metavar="DIR")]
+ForceOption = Annotated[bool, typer.Option(
+    "--force", "-f", help="Replace outputs that exist (regular files only; never a file that is an input).")]
 
 
-def _check_batch_options(engine: str, stream: bool, parquet: str | None = None) -> None:
-    if engine not in ("local", "ray"):
-        _fail(f"--engine takes local or ray, not {engine!r}", code=2)
-    if engine == "ray" and stream:
-        _fail("--stream works with the local engine only (Ray reads each file whole)", code=2)
-    if parquet is not None and engine != "ray":
-        _fail("--parquet goes with --engine ray", code=2)
-
-
-def _is_single(inputs: list[Path], output: Path | None, options_need_batch: bool) -> bool:
-    """One plain file and none of the options that only make sense in a batch: the classic one-file command."""
-    import glob
-
-    if len(inputs) != 1 or options_need_batch or (output is not None and output.is_dir()):
-        return False
-    path = inputs[0]
-    is_glob = not path.exists() and glob.has_magic(str(path))
-    return not path.is_dir() and not is_glob
+def _output_option(help: str) -> object:
+    return Annotated[Optional[str], typer.Option("--output", "-o", help=help, show_default=False)]
 
 
 @app.command()
@@ -260,9 +270,8 @@ def encode(
     inputs: Annotated[list[Path], typer.Argument(
         help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels), folders of them, or quoted globs "
              "('data/**/*.flac').", metavar="INPUT...", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Codes file for one input; for several, a folder that mirrors the inputs' tree. "
-                               "Default: beside each input, with .npz.", show_default=False)] = None,
+    output: _output_option("Codes file for one input ('-': standard output); for several, or ending in /, a "
+                           "folder that mirrors the inputs' tree. Default: beside each input, with .npz.") = None,
     codec: CodecOption = DEFAULT_CODEC,
     codebooks: CodebooksOption = None,
     bandwidth: BandwidthOption = None,
@@ -272,53 +281,18 @@ def encode(
     engine: EngineOption = "local",
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
-    parquet: Annotated[Optional[str], typer.Option(
-        "--parquet", help="With --engine ray: also write Parquet shards of all codes and their metadata to this "
-                          "folder or URI (e.g. s3://bucket/codes, where every node can write).",
-        show_default=False, metavar="DIR")] = None,
+    parquet: ParquetOption = None,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Encode audio into codes (.npz): Mimi by default, or EnCodec with --codec encodec-24khz."""
-    say = _Messages(quiet)
-    codebooks = _num_codebooks(codec, codebooks, bandwidth)
-    _check_batch_options(engine, stream, parquet)
-    from mimi_cli.batch import AUDIO_SUFFIXES, Settings
+    from mimi_cli.pipeline import Settings
 
-    settings = Settings("encode", str(weights) if weights else None, codec, codebooks, stream)
-    if not _is_single(inputs, output, jobs > 1 or engine == "ray" or skip_existing or manifest is not None):
-        _run_batch(inputs, output, recursive, AUDIO_SUFFIXES, ".npz", ".npz", settings, jobs, engine, threads,
-                   force, skip_existing, manifest, parquet, say)
-        return
-    input = inputs[0]
-    with _user_errors(threads):
-        from mimi_cli.audio import open_audio, read_audio
-        from mimi_cli.fileio import check_output
-        from mimi_cli.pipeline import check_batch_memory, encode_audio, encode_stream
-
-        output = output or input.with_suffix(".npz")
-        check_output(output, force)
-        with open_audio(input) as f:
-            rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
-        if not stream:
-            check_batch_memory(duration, codec)
-            audio = read_audio(input)
-            rate, channels, duration = audio.sample_rate, audio.channels, audio.duration
-        loaded = _load_weights(weights, codec, say)
-        config = loaded.model.config
-        say.describe_conversion(channels, rate, config.sample_rate)
-        if stream:
-            with say.progress("Encoding", duration) as update:
-                result = encode_stream(loaded, input, codebooks, update)
-        else:
-            with say.status(f"Encoding {duration:.1f} s…"):
-                result = encode_audio(loaded, audio, codebooks)
-        result.codes.save(output)
-        say.note(f"{input}: {duration:.2f} s → {result.codes.num_frames} frames × {codebooks} codebooks "
-                 f"({config.bitrate(codebooks) / 1000:.2f} kbps) in {result.seconds:.2f} s "
-                 f"({duration / max(result.seconds, 1e-9):.1f}× real time) → {output}")
+    settings = Settings("encode", str(weights) if weights else None, codec, _num_codebooks(codec, codebooks, bandwidth),
+                        stream, replace=force)
+    _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet)
 
 
 @app.command()
@@ -326,10 +300,9 @@ def decode(
     inputs: Annotated[list[Path], typer.Argument(
         help="Codes files written by `mimi encode`, folders of them, or quoted globs.", metavar="CODES...",
         show_default=False)],
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Audio file for one input; for several, a folder that mirrors the inputs' tree "
-                               "(NAME.wav). Default: beside each input, as NAME.decoded.wav.",
-        show_default=False)] = None,
+    output: _output_option("Audio file for one input ('-': WAV to standard output); for several, or ending in /, "
+                           "a folder that mirrors the inputs' tree (NAME.wav). Default: beside each input, as "
+                           "NAME.decoded.wav.") = None,
     sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", min=1,
                                                        help="Output rate. Default: the codec's 24000 Hz.",
                                                        show_default=False)] = None,
@@ -345,127 +318,87 @@ def decode(
     quiet: QuietOption = False,
 ) -> None:
     """Decode codes (.npz) back to audio; each codes file says which codec made it."""
-    say = _Messages(quiet)
-    _check_batch_options(engine, stream)
-    from mimi_cli.batch import CODES_SUFFIXES, Settings
+    from mimi_cli.pipeline import Settings
 
-    settings = Settings("decode", str(weights) if weights else None, stream=stream, sample_rate=sample_rate)
-    if not _is_single(inputs, output, jobs > 1 or engine == "ray" or skip_existing or manifest is not None):
-        _run_batch(inputs, output, recursive, CODES_SUFFIXES, ".wav", ".decoded.wav", settings, jobs, engine,
-                   threads, force, skip_existing, manifest, None, say)
-        return
-    input = inputs[0]
-    with _user_errors(threads):
-        from mimi_cli.audio import audio_format, write_audio
-        from mimi_cli.codes import CodesFile
-        from mimi_cli.fileio import check_output
-        from mimi_cli.pipeline import check_batch_memory, decode_codes, decode_stream
-
-        output = output or input.with_name(input.stem + ".decoded.wav")  # never the original audio
-        codes = CodesFile.load(input)
-        check_output(output, force)
-        audio_format(output)
-        if not stream:
-            check_batch_memory(codes.num_samples / codes.sample_rate, codes.codec)
-        loaded = _load_weights(weights, codes.codec, say)
-        if codes.weights_id != loaded.weights_id:
-            _warn(f"{input} was encoded with weights {codes.weights_id}, decoding with {loaded.weights_id}")
-        config = loaded.model.config
-        rate = sample_rate or config.sample_rate
-        duration = codes.num_samples / config.sample_rate
-        if stream:
-            with say.progress("Decoding", duration) as update:
-                seconds, clipped = decode_stream(loaded, codes, output, sample_rate, update)
-        else:
-            with say.status(f"Decoding {codes.num_frames} frames…"):
-                pcm, seconds = decode_codes(loaded, codes, sample_rate)
-            clipped = write_audio(output, pcm, rate)
-        if clipped:
-            _warn(f"{clipped} samples beyond [-1, 1] were clipped")
-        say.note(f"{input}: {codes.num_frames} frames × {codes.num_codebooks} codebooks → {duration:.2f} s at "
-                 f"{rate} Hz in {seconds:.2f} s ({duration / max(seconds, 1e-9):.1f}× real time) → {output}")
+    settings = Settings("decode", str(weights) if weights else None, stream=stream, sample_rate=sample_rate,
+                        replace=force)
+    _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, None, quiet)
 
 
-def _run_batch(inputs, output, recursive, suffixes, suffix, beside_suffix, settings, jobs, engine, threads, force,
-               skip_existing, manifest, parquet, say: _Messages) -> None:
-    """Several files: plan, run (local processes or Ray), show progress, summarise, exit 1 if any failed."""
-    import dataclasses
+def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet) -> None:
+    """Plan and run (the library decides one file or many); show the result; exit 1 if any file failed."""
     import time
 
     from mimi_cli import batch
 
-    outcomes: list = []  # filled as files finish, so that Ctrl-C still leaves a manifest of them
-    tasks: list = []
-    try:
-        with _user_errors(None, "interrupted; finished outputs are kept, none is half-written: rerun with "
-                                "--skip-existing to resume"):
-            found = batch.collect_inputs(inputs, recursive, suffixes)
-            if not found:
-                raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {', '.join(map(str, inputs))}"
-                                + ("" if recursive else " (use -r to search sub-folders)"))
-            # one file named alone (with --jobs, --manifest, … ): -o names its output file, as without them
-            output_is_file = len(inputs) == 1 and inputs[0].is_file() and not (output and output.is_dir())
-            looks_like_file = output is not None and not output.is_dir() and (
-                output.exists() or output.suffix.lower() == suffix)
-            if not output_is_file and looks_like_file:
-                raise MimiError(f"-o {output} looks like a file; with several inputs -o names a folder")
-            if manifest is not None:
-                _check_manifest(manifest, force or skip_existing)
-            tasks = batch.plan_tasks(found, output, suffix, beside_suffix, force, skip_existing, output_is_file)
-            workers = min(jobs, max(1, sum(not t.skip for t in tasks)))
-            # several workers share the cores: one BLAS thread each unless told otherwise
-            per_worker = threads or (1 if workers > 1 or engine == "ray" else (os.cpu_count() or 1))
-            settings = dataclasses.replace(settings, threads=per_worker)
-            say.note(f"{len(tasks)} files, {sum(t.skip for t in tasks)} already done; {workers} "
-                     f"{'Ray actor' if engine == 'ray' else 'worker'}{'s' if workers > 1 else ''}")
-            start = time.perf_counter()
-            if engine == "ray":
-                from mimi_cli.ray_engine import run_ray
-
-                with say.status(f"Running on Ray ({len(tasks)} files)…"):
-                    outcomes = run_ray(tasks, settings, workers, parquet)
-            else:
-                with say.progress_files(len(tasks)) as advance:
-                    outcomes = batch.run_local(tasks, settings, workers, on_outcome=lambda o: (
-                        outcomes.append(o), advance(o.duration_s or 0.0)))
-            elapsed = time.perf_counter() - start
-    finally:
-        if manifest is not None and tasks:
-            _write_manifest(manifest, tasks, outcomes)
-    _summarise(outcomes, elapsed, settings.kind, say)
+    say = _Messages(quiet)
+    if engine not in ("local", "ray"):
+        _fail(f"--engine takes local or ray, not {engine!r}", code=2)
+    if engine == "ray" and settings.stream:
+        _fail("--stream works with the local engine only (Ray reads each file whole)", code=2)
+    job = batch.Job(settings, tuple(map(str, inputs)), output, recursive, jobs, engine, threads, skip_existing,
+                    manifest, parquet)
+    with _user_errors():
+        plan = batch.plan(job)
+    for note in plan.notes:
+        say.note(f"note: {note}")
+    if plan.single:
+        with _user_errors(), say.reporter() as report:
+            [result] = batch.execute(plan, report=report)
+        _show_single(result, say)
+        return
+    say.note(f"{len(plan.tasks)} files, {sum(t.skip for t in plan.tasks)} already done; {plan.workers} "
+             f"{'Ray actor' if engine == 'ray' else 'worker'}{'s' if plan.workers > 1 else ''}")
+    start = time.perf_counter()
+    with _user_errors("interrupted; finished outputs are kept, none is half-written: rerun with --skip-existing "
+                      "to resume"):
+        if engine == "ray":
+            with say.status(f"Running on Ray ({len(plan.tasks)} files)…"):
+                results = batch.execute(plan)
+        else:
+            with say.progress_files(len(plan.tasks)) as advance:
+                results = batch.execute(plan, on_result=lambda r: advance(r.duration_s or 0.0))
+    _summarise(results, time.perf_counter() - start, settings.kind, say)
 
 
-def _check_manifest(path: Path, replace: bool) -> None:
-    """Before any work: the manifest can be written, and replaces an old one only with -f or --skip-existing."""
-    from mimi_cli.fileio import check_output
+def _show_single(result, say: _Messages) -> None:
+    """One file's result: its notes and warnings, then one line (or the error)."""
+    if result.status == "failed":
+        _fail(result.error)
+    for note in result.notes:
+        say.note(f"note: {note}")
+    for warning in result.warnings:
+        _warn(warning)
+    speed = f"in {result.model_seconds:.2f} s ({result.duration_s / max(result.model_seconds, 1e-9):.1f}× real time)"
+    shown = "standard output" if result.output == "-" else result.output
+    if result.sample_rate is None:  # encoded
+        say.note(f"{result.input}: {result.duration_s:.2f} s → {result.frames} frames × {result.num_codebooks} "
+                 f"codebooks ({result.bitrate_kbps:.2f} kbps) {speed} → {shown}")
+    else:
+        say.note(f"{result.input}: {result.frames} frames × {result.num_codebooks} codebooks → "
+                 f"{result.duration_s:.2f} s at {result.sample_rate} Hz {speed} → {shown}")
 
-    try:
-        check_output(path, replace)
-    except MimiError as exc:
-        raise MimiError(f"--manifest: {exc}") from None
 
-
-def _write_manifest(path: Path, tasks, outcomes) -> None:
-    """Every input gets a line: those not reached (Ctrl-C) say "not run"."""
-    from mimi_cli.batch import Outcome, write_manifest
-
-    done = {o.input: o for o in outcomes}
-    rows = [done.get(str(t.input)) or Outcome(str(t.input), str(t.output), "not run") for t in tasks]
-    write_manifest(path, rows)
-
-
-def _summarise(outcomes, elapsed: float, kind: str, say: _Messages) -> None:
-    done = [o for o in outcomes if o.status == "done"]
-    skipped = sum(o.status == "skipped" for o in outcomes)
-    failed = [o for o in outcomes if o.status == "failed"]
-    seconds = sum(o.duration_s or 0 for o in done)
+def _summarise(results, elapsed: float, kind: str, say: _Messages) -> None:
+    """A batch: one summary line, each warning once (with its file), each failure; exit 1 if any failed."""
+    done = [r for r in results if r.status == "done"]
+    skipped = sum(r.status == "skipped" for r in results)
+    failed = [r for r in results if r.status == "failed"]
+    seconds = sum(r.duration_s or 0 for r in done)
     verb = "encoded" if kind == "encode" else "decoded"
     say.note(f"{len(done)} {verb} ({seconds:.1f} s of audio) in {elapsed:.1f} s"
              + (f", {skipped} skipped (output exists)" if skipped else "")
              + (f", {len(failed)} failed:" if failed else ""))
-    for outcome in failed:
-        reason = outcome.error or ""
-        err.print(f"  [red]failed:[/] {escape(reason if outcome.input in reason else f'{outcome.input}: {reason}')}")
+    shown = set()
+    for r in done:
+        for warning in r.warnings:
+            line = warning if warning.startswith("weights:") or r.input in warning else f"{r.input}: {warning}"
+            if line not in shown:
+                shown.add(line)
+                _warn(line)
+    for r in failed:
+        reason = r.error or ""
+        err.print(f"  [red]failed:[/] {escape(reason if r.input in reason else f'{r.input}: {reason}')}")
     if failed:
         raise typer.Exit(1)
 
@@ -489,65 +422,44 @@ def roundtrip(
     quiet: QuietOption = False,
 ) -> None:
     """Encode then decode, and report bitrate, quality and speed."""
-    say = _Messages(quiet)
-    codebooks = _num_codebooks(codec, codebooks, bandwidth)
+    say = _Messages(quiet or as_json)
+    settings_codebooks = _num_codebooks(codec, codebooks, bandwidth)
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         _fail(f"--plot writes .png, .svg or .pdf, not {plot.suffix or 'a file without extension'}", code=2)
-    with _user_errors(threads):
-        from mimi_cli.audio import audio_format, open_audio, read_audio, write_audio
-        from mimi_cli.fileio import check_output
-        from mimi_cli.metrics import log_mel_distance, si_sdr
-        from mimi_cli.pipeline import check_batch_memory, decode_codes, encode_audio
+    if output is not None and str(output) == "-":
+        _fail("roundtrip prints its metrics on standard output; give -o a file name", code=2)
+    with _user_errors(), _threads(threads, say):
+        from mimi_cli.audio import audio_format
+        from mimi_cli.fileio import check_output, file_ids
+        from mimi_cli.pipeline import Models, Settings, roundtrip_file
 
+        inputs = file_ids([input])
+        for target in (output, plot):
+            if target is not None:
+                check_output(target, force, inputs)
         if output is not None:
-            check_output(output, force)
             audio_format(output)
-        if plot is not None:
-            check_output(plot, force)
-        with open_audio(input) as f:
-            check_batch_memory(f.frames / f.samplerate, codec)
-        audio = read_audio(input)
-        loaded = _load_weights(weights, codec, say)
-        config = loaded.model.config
-        say.describe_conversion(audio.channels, audio.sample_rate, config.sample_rate)
-        with say.status(f"Encoding {audio.duration:.1f} s…"):
-            encoded = encode_audio(loaded, audio, codebooks)
-        with say.status("Decoding…"):
-            decoded, decode_seconds = decode_codes(loaded, encoded.codes)
-        if output is not None:
-            write_audio(output, decoded, config.sample_rate)
-        duration = len(encoded.pcm) / config.sample_rate
-        metrics = {
-            "input": str(input),
-            "codec": config.name,
-            "duration_s": round(duration, 3),
-            "codebooks": codebooks,
-            "frames": encoded.codes.num_frames,
-            "bitrate_kbps": round(config.bitrate(codebooks) / 1000, 3),
-            "si_sdr_db": round(si_sdr(encoded.pcm, decoded), 2),
-            "log_mel_distance": round(log_mel_distance(encoded.pcm, decoded, config.sample_rate), 4),
-            "encode_rtf": round(encoded.seconds / duration, 4),
-            "decode_rtf": round(decode_seconds / duration, 4),
-        }
-        if plot is not None:
-            from mimi_cli.plot import plot_roundtrip
-
-            title = (f"{config.display_name}, {codebooks} codebooks ({metrics['bitrate_kbps']:g} kbps): "
-                     f"SI-SDR {metrics['si_sdr_db']:.1f} dB, log-mel distance {metrics['log_mel_distance']:.3f}"
-                     f"\n{input.name}")
-            with say.status("Plotting…"):
-                plot_roundtrip(plot, encoded.pcm, decoded, config.sample_rate, title)
-        if as_json:
-            out.print_json(json.dumps(metrics))
-        else:
-            _print_metrics(metrics)
+        if output is not None and plot is not None and output.resolve() == plot.resolve():
+            raise MimiError("-o and --plot name the same file; give two names")
+        settings = Settings("encode", str(weights) if weights else None, codec, settings_codebooks, replace=force)
+        with say.reporter() as report:
+            result = roundtrip_file(input, output, plot, settings, Models(settings.weights), report)
+    for note in result.notes:
+        say.note(f"note: {note}")
+    for warning in result.warnings:
+        _warn(warning)
+    if as_json:
+        out.print_json(json.dumps(result.metrics, allow_nan=False))
+    else:
+        _print_metrics(result.metrics)
 
 
 @app.command()
 def bench(
-    seconds: Annotated[float, typer.Option("--seconds", min=1.0, help="Audio length for kernel and model timings.")]
-    = 10.0,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for BLAS and element-wise work.")] = 2,
+    seconds: Annotated[float, typer.Option("--seconds", min=1.0, max=600.0, callback=_finite,
+                                           help="Audio length for kernel and model timings (1 to 600).")] = 10.0,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for BLAS and element-wise work "
+                                                                 "(at most the core count).")] = 2,
     codec: CodecOption = DEFAULT_CODEC,
     only: Annotated[Optional[str], typer.Option(
         "--only", help="Run one part: kernels, model or stream (EnCodec: model only).", show_default=False)] = None,
@@ -557,11 +469,15 @@ def bench(
     parts = ("kernels", "model", "stream") if codec == "mimi" else ("model",)
     if only is not None and only not in parts:
         _fail(f"--only takes one of {', '.join(parts)} for {codec}, not {only!r}", code=2)
-    with _user_errors(threads):
+    say = _Messages(quiet=as_json)  # with --json, stderr stays free of status lines too
+    with _user_errors(), _threads(threads, say):
         from mimi_cli import bench as b
+        from mimi_cli.core.threads import usable_threads
         from mimi_cli.models import codec_spec
+        from mimi_cli.pipeline import check_batch_memory
 
-        say = _Messages(quiet=as_json)  # with --json, stderr stays free of status lines too
+        threads = usable_threads(threads)[0]
+        check_batch_memory(seconds, codec)
         report: dict = {"codec": codec, "threads": threads, "seconds": seconds}
         with say.status("Building random weights of the released size…"):
             model, load_seconds = _bench_model(codec_spec(codec))
@@ -726,18 +642,22 @@ def convert(
     force: ForceOption = False,
 ) -> None:
     """Rewrite Mimi weights as safetensors in another naming and/or float format (e.g. Core ML → safetensors)."""
-    with _user_errors():
-        from mimi_cli.convert import DTYPES, convert_checkpoint
-        from mimi_cli.fileio import check_output
+    from mimi_cli.convert import DTYPES
+    from mimi_cli.models.mimi.checkpoint import LAYOUT_NAMES
 
-        if dtype is not None and dtype not in DTYPES:
-            raise MimiError(f"--dtype takes one of {', '.join(DTYPES)}, not {dtype!r}")
-        if destination.suffix != ".safetensors":
-            raise MimiError(f"{destination}: the output must be a .safetensors file")
-        if destination.exists() and source.exists() and destination.resolve() == source.resolve():
-            raise MimiError("the output would overwrite the input; give another file name")
-        check_output(destination, force)
-        layout, written, count = convert_checkpoint(source, destination, naming, dtype)
+    if naming not in LAYOUT_NAMES:
+        _fail(f"--naming takes one of {', '.join(LAYOUT_NAMES)}, not {naming!r}", code=2)
+    if dtype is not None and dtype not in DTYPES:
+        _fail(f"--dtype takes one of {', '.join(DTYPES)}, not {dtype!r}", code=2)
+    if destination.suffix != ".safetensors":
+        _fail(f"{destination}: the output must be a .safetensors file", code=2)
+    with _user_errors():
+        from mimi_cli.convert import convert_checkpoint
+        from mimi_cli.fileio import check_output, file_ids
+
+        sources = file_ids([source, *(source.rglob("*") if source.is_dir() else [])])
+        check_output(destination, force, sources)
+        layout, written, count = convert_checkpoint(source, destination, naming, dtype, force)
         err.print(f"{escape(str(source))} ({layout} naming) → {escape(str(destination))}: {count} tensors, "
                   f"{naming} naming, {written}")
 
@@ -752,8 +672,9 @@ def _print_metrics(metrics: dict) -> None:
         ("duration", f"{metrics['duration_s']:.2f} s"),
         ("codebooks × frames", f"{metrics['codebooks']} × {metrics['frames']}"),
         ("bitrate", f"{metrics['bitrate_kbps']:.2f} kbps"),
-        ("SI-SDR", f"{metrics['si_sdr_db']:.2f} dB"),
-        ("log-mel distance", f"{metrics['log_mel_distance']:.4f}"),
+        ("SI-SDR", "undefined" if metrics["si_sdr_db"] is None else f"{metrics['si_sdr_db']:.2f} dB"),
+        ("log-mel distance", "undefined" if metrics["log_mel_distance"] is None
+         else f"{metrics['log_mel_distance']:.4f}"),
         ("encode real-time factor", _rtf(metrics["encode_rtf"])),
         ("decode real-time factor", _rtf(metrics["decode_rtf"])),
     ]
@@ -767,4 +688,10 @@ def _rtf(rtf: float) -> str:
 
 
 def main() -> None:
+    import warnings
+
+    from mimi_cli import signals
+
+    signals.install()  # SIGTERM and SIGHUP clean up like Ctrl-C
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # NumPy's overflow chatter: errors are ours to say
     app(prog_name="mimi")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.errors import InvalidCodesError
-from mimi_cli.fileio import atomic_output
+from mimi_cli.fileio import Target, atomic_output
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
 
@@ -66,10 +66,10 @@ class CodesFile:
     def num_frames(self) -> int:
         return self.codes.shape[2]
 
-    def save(self, path: Path) -> None:
-        """Write atomically (temporary file, then rename)."""
+    def save(self, path: Target, replace: bool = False) -> None:
+        """Write atomically through :func:`mimi_cli.fileio.atomic_output` ("-": standard output)."""
         arrays = {key: np.asarray(getattr(self, key)) for key in (*KEYS, "codec")}
-        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        with atomic_output(path, replace) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
     @classmethod

@@ -23,7 +23,7 @@ def source_dtype(path: str | Path) -> str:
 
 
 def convert_checkpoint(source: str | Path, destination: Path, naming: str = checkpoint.ORIGINAL,
-                       dtype: str | None = None) -> tuple[str, str, int]:
+                       dtype: str | None = None, replace: bool = False) -> tuple[str, str, int]:
     """Write ``source`` (any container and naming) as a safetensors file in ``naming`` and ``dtype``.
 
     The tensors must form a complete Mimi checkpoint (checked before writing); the
@@ -39,5 +39,5 @@ def convert_checkpoint(source: str | Path, destination: Path, naming: str = chec
     written_dtype = DTYPES[dtype] if dtype else source_dtype(source)
     tensors = checkpoint.from_original(loaded.state, naming, config.num_heads)
     write_safetensors(destination, tensors, written_dtype,
-                      {"format": "pt", "naming": naming, "converted_by": f"mimi-cli {__version__}"})
+                      {"format": "pt", "naming": naming, "converted_by": f"mimi-cli {__version__}"}, replace)
     return loaded.layout, written_dtype, len(tensors)

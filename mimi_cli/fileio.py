@@ -1,40 +1,226 @@
-"""Writing outputs safely: never overwrite by accident, never leave a partial file."""
+"""The one way every output is written: checked first, written aside, then moved into place.
+
+Every file the tool writes (codes, audio, manifests, plots, converted weights)
+goes through :func:`check_output` before any work and :func:`atomic_output`
+at the end::
+
+    check_output(OUT)         refuse, before any compute: a device, FIFO, socket, folder or symbolic
+                              link at OUT; OUT being one of the run's inputs (even with -f); an
+                              existing OUT without -f; a folder that is missing, read-only or not
+                              writable; a name too long for the file system
+    atomic_output(OUT)        write .OUT.<random>.partial beside OUT (mode 0666 less the umask)
+                              ├─ any exception or signal → the temporary file is removed, OUT untouched
+                              └─ success → without -f: hard-linked to OUT, which fails if OUT appeared
+                                           meanwhile (two runs racing: the second says "exists")
+                                           with -f: renamed over OUT (a regular file, never an input)
+
+``-`` as an output is standard output: the file is written to a temporary file
+first and copied out whole once it is complete, so a failure sends nothing.
+Environment failures (permissions, read-only or full file systems, long names,
+I/O errors) become one :class:`MimiError` line: ``cannot write OUT: <reason>; <what to do>``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import secrets
+import shutil
+import stat
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Union
 
 from mimi_cli.errors import MimiError, OutputExistsError
 
+STDOUT = "-"
+Target = Union[Path, str]  # a file, or STDOUT
 
-def check_output(path: Path, force: bool) -> None:
-    """Fail early (before any work) if ``path`` cannot or should not be written."""
-    if path.is_dir():
-        raise MimiError(f"{path} is a directory; give an output file name with -o")
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path} already exists; pass -f/--force to overwrite it")
-    if not path.parent.is_dir():
-        raise MimiError(f"cannot write {path}: folder {path.parent} does not exist")
+_ADVICE = {
+    errno.EACCES: "check the folder's permissions or choose another output",
+    errno.EPERM: "check the folder's permissions or choose another output",
+    errno.EROFS: "the file system is read-only: choose an output on a writable one",
+    errno.ENOSPC: "free some space or choose an output on another disk",
+    errno.EDQUOT: "your disk quota is used up: free some space or choose another disk",
+    errno.ENAMETOOLONG: "choose a shorter name",
+    errno.EIO: "the device reported an I/O error: check the disk",
+    errno.ENOENT: "create the folder first or choose another output",
+    errno.ENOTDIR: "a part of the path is not a folder: choose another output",
+}
+
+
+def is_stdout(target: Target) -> bool:
+    return isinstance(target, str) and target == STDOUT
+
+
+def cannot_write(path: Target, exc: OSError | str) -> MimiError:
+    """The one-line error for an output that the environment refused."""
+    if isinstance(exc, str):
+        return MimiError(f"cannot write {_shown(path)}: {exc}")
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    advice = _ADVICE.get(exc.errno, "choose another output")
+    return MimiError(f"cannot write {_shown(path)}: {reason}; {advice}")
+
+
+def _shown(path: Target) -> str:
+    return "standard output" if is_stdout(path) else str(path)
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, in words; None for a regular file."""
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def file_ids(paths: Iterable[Path]) -> set[tuple[int, int]]:
+    """(device, inode) of each existing path (links followed): what makes two names the same file."""
+    ids = set()
+    for path in paths:
+        with contextlib.suppress(OSError, ValueError):
+            st = os.stat(path)
+            ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = frozenset(),
+                 create_parents: bool = False) -> None:
+    """Refuse, before any work, an output that cannot or must not be written (see the module docstring).
+
+    ``inputs`` are :func:`file_ids` of the run's inputs; ``replace`` is -f/--force;
+    with ``create_parents`` a missing folder is fine if it can be made.
+    """
+    if is_stdout(path):
+        if sys.stdout.isatty():
+            raise MimiError("standard output is a terminal; redirect it (> file, | program) or give -o FILE")
+        return
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+    if st is not None:
+        kind = _kind(st.st_mode)
+        if kind is not None:
+            what = f"{kind} to {os.readlink(path)}" if kind == "a symbolic link" else kind
+            raise MimiError(f"{path} is {what}; outputs are only ever regular files: give a file name "
+                            "that does not exist or names a regular file")
+        if (st.st_dev, st.st_ino) in inputs:
+            raise MimiError(f"{path} is also an input of this run and would be destroyed; choose another output")
+        if not replace:
+            raise OutputExistsError(f"{path} already exists; pass -f/--force to replace it")
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != folder and not create_parents:
+        raise cannot_write(path, f"folder {folder} does not exist; create it first or choose another output")
+    if not existing.is_dir():
+        raise cannot_write(path, f"{existing} is not a folder")
+    if _read_only(existing):
+        raise cannot_write(path, OSError(errno.EROFS, os.strerror(errno.EROFS)))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise cannot_write(path, OSError(errno.EACCES, os.strerror(errno.EACCES)))
+    limit = _name_max(existing)
+    if len(os.fsencode(path.name)) > limit:
+        raise cannot_write(path, f"the name is {len(os.fsencode(path.name))} bytes long, and this file system "
+                                 f"allows {limit}; choose a shorter name")
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _temporary_name(path: Path) -> str:
+    """``.NAME.<random>.partial.SUFFIX``, shortened so that it fits the file system's name limit."""
+    token = secrets.token_hex(4)
+    suffix = path.suffix if len(path.suffix) <= 16 else ""
+    tail = f".{token}.partial{suffix}"
+    room = max(8, _name_max(path.parent) - len(os.fsencode(tail)) - 1)
+    stem = os.fsencode(path.name)[:room].decode(errors="ignore")
+    return f".{stem}{tail}"
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write; move it to ``path`` only if the block succeeds.
 
-    On any exception, Ctrl-C included, the temporary file is removed and
-    ``path`` is left as it was. The temporary name keeps the suffix, so
-    libraries that pick a format from the extension still work.
+    On any exception, Ctrl-C and the signals :mod:`mimi_cli.signals` turns into
+    exceptions included, the temporary file is removed and ``path`` is left as it was.
+    The temporary name keeps the suffix, for libraries that read the format from it.
     """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    if is_stdout(path):
+        with _through_temporary(tempfile.gettempdir(), ".mimi-stdout.partial") as tmp:
+            yield tmp
+            _copy_to_stdout(tmp)
+        return
+    try:  # a batch's mirrored folder is made only now, once the file's work has succeeded
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+    with _through_temporary(path.parent, _temporary_name(path), path) as tmp:
+        yield tmp
+        _commit(tmp, path, replace)
+
+
+@contextlib.contextmanager
+def _through_temporary(folder, name: str, shown: Target = STDOUT) -> Iterator[Path]:
+    tmp = Path(folder) / name
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 less the umask, as any new file
+    except OSError as exc:
+        raise cannot_write(shown, exc) from None
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         yield tmp
+    except OSError as exc:
+        raise cannot_write(shown, exc) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # gone already after a successful commit
+
+
+def _commit(tmp: Path, path: Path, replace: bool) -> None:
+    """Move the finished temporary file into place (see the module docstring)."""
+    check_output(path, replace)  # again: something may have appeared there during the work
+    if replace:
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        return
+    try:
+        os.link(tmp, path)  # atomic, and fails if path exists: the exclusive create
+    except FileExistsError:
+        raise OutputExistsError(f"{path} appeared while this run was working (another run?); it was left "
+                                "as it is: pass -f/--force to replace it") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        # no hard links on this file system (FAT, some network mounts): a plain rename after a last check
+        if os.path.lexists(path):
+            raise OutputExistsError(f"{path} appeared while this run was working; pass -f/--force to replace it") from None
+        os.rename(tmp, path)
+
+
+def _copy_to_stdout(tmp: Path) -> None:
+    with open(tmp, "rb") as f:
+        try:
+            shutil.copyfileobj(f, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise MimiError("standard output was closed before the output was written (broken pipe)") from None

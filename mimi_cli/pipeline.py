@@ -1,18 +1,29 @@
-"""File-level operations shared by the CLI commands: load a model, encode audio, decode codes."""
+"""One file from input to output: the path every engine takes (single-file commands, --jobs workers, Ray).
+
+    Task(input, output) ──► Worker.run ──► encode_file / decode_file ──► FileResult
+                              │               read + check  → model (loaded once per codec, per worker)
+                              │               → encode / decode → the one output writer (fileio)
+                              └─ any problem with this file → FileResult(status="failed", error=one line)
+
+The CLI, :mod:`mimi_cli.batch` and :mod:`mimi_cli.ray_engine` only display or
+collect the :class:`FileResult`; none of them reads, computes or writes a file itself.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from mimi_cli.audio import Audio, StreamResampler, audio_format, open_audio, read_blocks, resample, to_mono
+from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, open_audio, read_audio,
+                            read_blocks, resample, to_mono, write_audio)
 from mimi_cli.codes import CodesFile
-from mimi_cli.errors import MimiError
-from mimi_cli.fileio import atomic_output
+from mimi_cli.errors import MimiError, WeightsError
+from mimi_cli.fileio import Target, atomic_output
 from mimi_cli.models import DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
 from mimi_cli.weights import resolve_weights, weights_id
@@ -131,8 +142,8 @@ def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int,
     return EncodeResult(codes, None, seconds)
 
 
-def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Path, sample_rate: int | None = None,
-                  progress: Progress | None = None) -> tuple[float, int]:
+def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_rate: int | None = None,
+                  progress: Progress | None = None, replace: bool = False) -> tuple[float, int]:
     """Decode step by step straight into ``output`` (atomically); returns (seconds in the model, clipped samples)."""
     import soundfile as sf
 
@@ -143,7 +154,7 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Path, sample_ra
     decoder = loaded.model.stream_decoder(frames_per_step=STREAM_FRAMES_PER_STEP)
     remaining, seconds, clipped = codes.num_samples, 0.0, 0
     step = STREAM_FRAMES_PER_STEP
-    with atomic_output(output) as tmp, sf.SoundFile(tmp, "w", rate, 1, format=audio_format(output)) as f:
+    with atomic_output(output, replace) as tmp, sf.SoundFile(tmp, "w", rate, 1, format=audio_format(output)) as f:
         def write(pcm: np.ndarray) -> None:
             nonlocal clipped
             clipped += int(np.count_nonzero(np.abs(pcm) > 1))
@@ -161,3 +172,233 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Path, sample_ra
                 progress((codes.num_samples - remaining) / config.sample_rate)
         write(resampler.flush())
     return seconds, clipped
+
+
+# ----------------------------------------------------------------------------- one file, every engine
+
+Kind = Literal["encode", "decode"]
+Status = Literal["done", "skipped", "failed", "not run"]
+Report = Callable[[str, float, "float | None"], None]  # (stage, seconds of audio done, total or None)
+
+
+def _no_report(stage: str, done: float = 0.0, total: float | None = None) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every file of a run is done with; plain values, so it crosses process (and Ray) boundaries."""
+
+    kind: Kind
+    weights: str | None = None
+    codec: str = DEFAULT_CODEC  # encode; decode takes the codec from each codes file
+    num_codebooks: int | None = None  # encode; None: the codec's default
+    stream: bool = False
+    sample_rate: int | None = None  # decode: output rate (default: the codec's)
+    threads: int = 1
+    replace: bool = False  # -f: existing outputs (regular files, never inputs) may be replaced
+    keep_codes: bool = False  # return the codes in the result (for Parquet)
+
+
+@dataclass(frozen=True)
+class Task:
+    input: Path
+    output: Target  # a file, or "-" for standard output
+    skip: bool = False  # the output exists and --skip-existing was given
+
+
+MANIFEST_KEYS = ("input", "output", "status", "duration_s", "frames", "error", "warnings")
+
+
+@dataclass
+class FileResult:
+    """What happened to one file: the manifest's line, and everything a command shows about it."""
+
+    input: str
+    output: str
+    status: Status
+    duration_s: float | None = None  # seconds of audio (the input's when encoding, the output's when decoding)
+    frames: int | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. clipped samples, a weights mismatch
+    notes: list[str] = field(default_factory=list)  # e.g. "2 channels downmixed to mono"
+    num_codebooks: int | None = None
+    bitrate_kbps: float | None = None
+    sample_rate: int | None = None  # of the audio written (decode)
+    model_seconds: float = 0.0
+    codes: CodesFile | None = field(default=None, repr=False)  # with Settings.keep_codes
+    metrics: dict | None = field(default=None, repr=False)  # roundtrip
+
+    @classmethod
+    def of(cls, task: Task, status: Status, **fields) -> FileResult:
+        return cls(str(task.input), str(task.output), status, **fields)
+
+    def manifest_line(self) -> str:
+        import json
+
+        row = asdict(self, dict_factory=lambda items: {k: v for k, v in items if k in MANIFEST_KEYS})
+        return json.dumps({key: row[key] for key in MANIFEST_KEYS}, ensure_ascii=False)
+
+
+class Models:
+    """Weights loaded once per codec met; a loading error is kept and raised again, not retried per file."""
+
+    def __init__(self, weights: str | None):
+        self.weights = weights
+        self._loaded: dict[str, LoadedModel | WeightsError] = {}
+
+    def get(self, codec: str, report: Report = _no_report) -> LoadedModel:
+        if codec not in self._loaded:
+            report("Loading weights", 0.0, None)
+            try:
+                self._loaded[codec] = load_model(self.weights, codec)
+            except WeightsError as exc:
+                self._loaded[codec] = exc
+        loaded = self._loaded[codec]
+        if isinstance(loaded, WeightsError):
+            raise loaded
+        return loaded
+
+
+def weights_warnings(loaded: LoadedModel, limit: int = 5) -> list[str]:
+    """The loader's findings about unusual values (zeros, huge magnitudes), at most ``limit`` of them."""
+    found = [f"weights: {w}" for w in loaded.model.warnings[:limit]]
+    if len(loaded.model.warnings) > limit:
+        found.append(f"weights: {len(loaded.model.warnings) - limit} more warnings; "
+                     f"see `mimi inspect {loaded.weights_path}`")
+    return found
+
+
+def conversion_notes(channels: int, rate: int, target_rate: int) -> list[str]:
+    notes = [f"{channels} channels downmixed to mono"] if channels > 1 else []
+    return notes + ([f"resampled from {rate} Hz to {target_rate} Hz"] if rate != target_rate else [])
+
+
+def encode_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
+    """Read, check, encode and write one audio file's codes."""
+    with open_audio(task.input) as f:
+        rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
+    if not settings.stream:
+        check_batch_memory(duration, settings.codec)
+        audio = read_audio(task.input)
+    loaded = models.get(settings.codec, report)
+    config = loaded.model.config
+    levels = settings.num_codebooks or config.default_num_codebooks
+    if settings.stream:
+        result = encode_stream(loaded, task.input, levels, lambda done: report("Encoding", done, duration))
+    else:
+        report(f"Encoding {duration:.1f} s", 0.0, None)
+        result = encode_audio(loaded, audio, levels)
+    result.codes.save(task.output, settings.replace)
+    codes = result.codes
+    return FileResult.of(task, "done", duration_s=round(codes.num_samples / config.sample_rate, 3),
+                         frames=codes.num_frames, notes=conversion_notes(channels, rate, config.sample_rate),
+                         num_codebooks=levels, bitrate_kbps=round(config.bitrate(levels) / 1000, 3),
+                         model_seconds=result.seconds, codes=codes if settings.keep_codes else None)
+
+
+def decode_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
+    """Read and check one codes file, decode it and write the audio."""
+    codes = CodesFile.load(task.input)
+    config = codec_spec(codes.codec).config()
+    rate = settings.sample_rate or config.sample_rate
+    check_audio_output(task.output, rate, 1)
+    if not settings.stream:
+        check_batch_memory(codes.num_samples / codes.sample_rate, codes.codec)
+    loaded = models.get(codes.codec, report)
+    warnings = []
+    if codes.weights_id != loaded.weights_id:
+        warnings.append(f"{task.input} was encoded with weights {codes.weights_id}, decoding with "
+                        f"{loaded.weights_id}")
+    duration = codes.num_samples / config.sample_rate
+    if settings.stream:
+        seconds, clipped = decode_stream(loaded, codes, task.output, settings.sample_rate,
+                                         lambda done: report("Decoding", done, duration), settings.replace)
+    else:
+        report(f"Decoding {codes.num_frames} frames", 0.0, None)
+        pcm, seconds = decode_codes(loaded, codes, settings.sample_rate)
+        clipped = write_audio(task.output, pcm, rate, settings.replace)
+    if clipped:
+        warnings.append(f"{clipped} samples beyond [-1, 1] were clipped")
+    return FileResult.of(task, "done", duration_s=round(duration, 3), frames=codes.num_frames, warnings=warnings,
+                         num_codebooks=codes.num_codebooks, sample_rate=rate, model_seconds=seconds)
+
+
+class Worker:
+    """One engine's unit of work: weights loaded once per codec, then files one at a time."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.models = Models(settings.weights)
+        self._warned: set[str] = set()
+
+    def run(self, task: Task, report: Report = _no_report) -> FileResult:
+        """Process one file. Every problem with the file is a "failed" result; weights errors propagate
+        (they would fail every file the same way), and so do interrupts."""
+        if task.skip:
+            return FileResult.of(task, "skipped")
+        step = encode_file if self.settings.kind == "encode" else decode_file
+        try:
+            result = step(task, self.settings, self.models, report)
+        except WeightsError:
+            raise
+        except MimiError as exc:
+            return FileResult.of(task, "failed", error=str(exc))
+        except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # unexpected, but only this file's
+            return FileResult.of(task, "failed", error=f"{type(exc).__name__}: {exc}")
+        for codec, loaded in self.models._loaded.items():  # the loader's findings, once per worker
+            if codec not in self._warned and not isinstance(loaded, WeightsError):
+                self._warned.add(codec)
+                result.warnings[:0] = weights_warnings(loaded)
+        return result
+
+
+def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settings: Settings, models: Models,
+                   report: Report = _no_report) -> FileResult:
+    """Encode then decode one file in memory; metrics (``null`` where undefined) in ``result.metrics``."""
+    from mimi_cli.metrics import log_mel_distance, si_sdr
+
+    with open_audio(input) as f:
+        check_batch_memory(f.frames / f.samplerate, settings.codec)
+    audio = read_audio(input)
+    loaded = models.get(settings.codec, report)
+    config = loaded.model.config
+    if output is not None:
+        check_audio_output(output, config.sample_rate, 1)
+    levels = settings.num_codebooks or config.default_num_codebooks
+    report(f"Encoding {audio.duration:.1f} s", 0.0, None)
+    encoded = encode_audio(loaded, audio, levels)
+    report("Decoding", 0.0, None)
+    decoded, decode_seconds = decode_codes(loaded, encoded.codes)
+    warnings = weights_warnings(loaded)
+    if output is not None:
+        clipped = write_audio(output, decoded, config.sample_rate, settings.replace)
+        if clipped:
+            warnings.append(f"{clipped} samples beyond [-1, 1] were clipped")
+    duration = len(encoded.pcm) / config.sample_rate
+    metrics = {
+        "input": str(input), "codec": config.name, "duration_s": round(duration, 3), "codebooks": levels,
+        "frames": encoded.codes.num_frames, "bitrate_kbps": round(config.bitrate(levels) / 1000, 3),
+        "si_sdr_db": _defined(si_sdr(encoded.pcm, decoded), 2),
+        "log_mel_distance": _defined(log_mel_distance(encoded.pcm, decoded, config.sample_rate), 4),
+        "encode_rtf": round(encoded.seconds / duration, 4), "decode_rtf": round(decode_seconds / duration, 4),
+    }
+    if plot is not None:
+        from mimi_cli.plot import plot_roundtrip
+
+        report("Plotting", 0.0, None)
+        sdr = "undefined" if metrics["si_sdr_db"] is None else f"{metrics['si_sdr_db']:.1f} dB"
+        mel = "undefined" if metrics["log_mel_distance"] is None else f"{metrics['log_mel_distance']:.3f}"
+        title = (f"{config.display_name}, {levels} codebooks ({metrics['bitrate_kbps']:g} kbps): "
+                 f"SI-SDR {sdr}, log-mel distance {mel}\n{input.name}")
+        plot_roundtrip(plot, encoded.pcm, decoded, config.sample_rate, title, settings.replace)
+    return FileResult(str(input), str(output), "done", round(duration, 3), encoded.codes.num_frames,
+                      warnings=warnings, notes=conversion_notes(audio.channels, audio.sample_rate, config.sample_rate),
+                      metrics=metrics)
+
+
+def _defined(value: float, digits: int) -> float | None:
+    """A metric rounded, or None (JSON null) where it is undefined (silence, a clip shorter than its window)."""
+    import math
+
+    return round(value, digits) if math.isfinite(value) else None

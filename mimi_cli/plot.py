@@ -24,7 +24,8 @@ def _mel_band_edges(sample_rate: int) -> np.ndarray:
     return np.concatenate([[0.0], middle, [sample_rate / 2]])
 
 
-def plot_roundtrip(path: Path, original: np.ndarray, decoded: np.ndarray, sample_rate: int, title: str) -> None:
+def plot_roundtrip(path: Path, original: np.ndarray, decoded: np.ndarray, sample_rate: int, title: str,
+                   replace: bool = False) -> None:
     """Write the three spectrograms (dB, time in s, frequency in Hz on a mel axis) to ``path`` atomically."""
     try:
         import matplotlib
@@ -53,6 +54,6 @@ def plot_roundtrip(path: Path, original: np.ndarray, decoded: np.ndarray, sample
         fig.colorbar(mesh, ax=ax, label="dB", pad=0.01)
     axes[-1].set_xlabel("time (s)")
     fig.suptitle(title, fontsize=11)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, replace) as tmp:
         fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".").lower() or "png")
     plt.close(fig)

@@ -68,7 +68,7 @@ def test_folder_with_two_jobs_equals_each_file_alone(corpus, weights_file, tmp_p
     lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert [Path(row["input"]).name for row in lines] == ["a.wav", "b.flac", "c.wav", "d.ogg"]
     assert {row["status"] for row in lines} == {"done"} and all(row["error"] is None for row in lines)
-    assert set(lines[0]) == {"input", "output", "duration_s", "frames", "status", "error"}
+    assert set(lines[0]) == {"input", "output", "duration_s", "frames", "status", "error", "warnings"}
     assert lines[2]["duration_s"] == 1.3 and lines[2]["frames"] == 17  # 1.3 s at 12.5 Hz, rounded up
 
     # and back: decoding the codes folder with two jobs gives each file's own decode

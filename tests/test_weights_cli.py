@@ -158,16 +158,16 @@ def test_convert_dtypes(tmp_path, weights_file):
 def test_convert_refusals_leave_no_file(tmp_path, weights_file):
     other = tmp_path / "other.safetensors"
     save_file({"w": np.ones(3, np.float32)}, str(other))
-    cases = [
-        (("convert", other, tmp_path / "out.safetensors"), "not a Mimi checkpoint"),
-        (("convert", weights_file, tmp_path / "out.npz"), "must be a .safetensors file"),
-        (("convert", weights_file, tmp_path / "out.safetensors", "--dtype", "f8"), "--dtype takes one of"),
-        (("convert", weights_file, tmp_path / "out.safetensors", "--naming", "x"), "unknown naming"),
-        (("convert", weights_file, weights_file, "-f"), "overwrite the input"),
+    cases = [  # (arguments, exit code: 2 for usage errors, message)
+        (("convert", other, tmp_path / "out.safetensors"), 1, "not a Mimi checkpoint"),
+        (("convert", weights_file, tmp_path / "out.npz"), 2, "must be a .safetensors file"),
+        (("convert", weights_file, tmp_path / "out.safetensors", "--dtype", "f8"), 2, "--dtype takes one of"),
+        (("convert", weights_file, tmp_path / "out.safetensors", "--naming", "x"), 2, "--naming takes one of"),
+        (("convert", weights_file, weights_file, "-f"), 1, "is also an input of this run"),
     ]
-    for args, message in cases:
+    for args, code, message in cases:
         result = run(*args)
-        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, args
+        assert result.returncode == code and message in result.stderr and "Traceback" not in result.stderr, args
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.safetensors"]
     exists = tmp_path / "exists.safetensors"
     exists.write_text("keep me")

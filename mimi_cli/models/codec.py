@@ -26,6 +26,10 @@ from mimi_cli.errors import InvalidAudioError, InvalidCodesError, WeightsError
 from mimi_cli.models.config import CodecConfig
 
 
+# Float audio may go a little past full scale (1.0); 60 dB past it is a scaling mistake (integer
+# samples read as floats, say), which the network would turn into all-zero codes without a word.
+MAX_PEAK = 1e3
+
 class Codec(Module):
     """Audio ↔ codes through encode_waveform → encode_sequence → quantizer → decode_sequence → decode_waveform."""
 
@@ -117,6 +121,10 @@ class Codec(Module):
             raise InvalidAudioError(f"audio must have shape [T] or [B, T], got {list(pcm.shape)}")
         if not np.all(np.isfinite(pcm)):
             raise InvalidAudioError("audio contains NaN or Inf samples")
+        peak = float(np.max(np.abs(pcm))) if pcm.size else 0.0
+        if peak > MAX_PEAK:
+            raise InvalidAudioError(f"audio has samples of magnitude {peak:.3g}, far beyond full scale (1.0); "
+                                    "rescale it to [-1, 1]")
         return np.atleast_2d(pcm).astype(np.float32, copy=False), pcm.ndim == 1
 
     def encode_latent(self, pcm: np.ndarray) -> np.ndarray:

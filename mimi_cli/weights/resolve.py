@@ -38,15 +38,45 @@ def _download_released(repo: str, filename: str, env: str, codec: str) -> Path:
         return Path(hf_hub_download(repo, filename, local_files_only=True))
     except Exception:  # not cached: download below
         pass
+    def missing(reason: str) -> WeightsError:
+        return WeightsError(f"no {codec} weights: {filename} is not in the Hugging Face cache and {reason}; pass "
+                            f"--weights PATH or set {env}, or go online once to fetch it from {repo}")
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise missing("HF_HUB_OFFLINE is set")
+    unreachable = _unreachable(constants.ENDPOINT)
+    if unreachable:  # huggingface_hub would retry for ~25 s before saying the same
+        raise missing(f"{constants.ENDPOINT} cannot be reached ({unreachable})")
     hub_logging.set_verbosity_error()  # its retry warnings would break our one-line errors
     try:
         return Path(hf_hub_download(repo, filename))
-    except Exception as exc:  # offline, hub errors: all mean "no weights here"
-        raise WeightsError(
-            f"no {codec} weights: {filename} is not in the Hugging Face cache and could not be downloaded "
-            f"({type(exc).__name__}); pass --weights PATH or set {env}, or go online once to fetch it "
-            f"from {repo}"
-        ) from None
+    except Exception as exc:  # hub errors: all mean "no weights here"
+        raise missing(f"could not be downloaded ({type(exc).__name__})") from None
+
+
+def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
+    """Why a TCP connection to ``endpoint`` fails within ``timeout`` seconds (name lookup included), or None."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc.strerror or type(exc).__name__)
+
+    thread = threading.Thread(target=probe, daemon=True)  # name lookup has no timeout of its own
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
 
 
 def weights_id(path: str | os.PathLike) -> str:

@@ -138,7 +138,7 @@ _WRITERS = {
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str = "F32",
-                      metadata: dict[str, str] | None = None) -> None:
+                      metadata: dict[str, str] | None = None, replace: bool = False) -> None:
     """Write float tensors as one safetensors file of ``dtype`` (F32, F16 or BF16), atomically.
 
     Tensors are converted and written one at a time, so memory stays at one tensor
@@ -157,7 +157,7 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str = "
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    with atomic_output(Path(path)) as tmp, open(tmp, "wb") as f:
+    with atomic_output(Path(path), replace) as tmp, open(tmp, "wb") as f:
         f.write(len(text).to_bytes(8, "little") + text)
         for value in tensors.values():
             f.write(convert(value).tobytes())
