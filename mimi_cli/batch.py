@@ -30,7 +30,7 @@ from typing import Literal
 
 from mimi_cli.core.threads import usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError
-from mimi_cli.fileio import STDOUT, Target, atomic_output, check_output, file_ids, is_stdout
+from mimi_cli.fileio import STDOUT, Target, atomic_output, check_output, file_ids, is_folder, is_stdout
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64")
@@ -89,7 +89,7 @@ def plan(job: Job) -> Plan:
     if not found:
         raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {', '.join(job.inputs)}"
                         + ("" if job.recursive else " (use -r to search sub-folders)"))
-    one_file = len(paths) == 1 and not paths[0].is_dir() and not _is_glob(paths[0])
+    one_file = len(paths) == 1 and not is_folder(paths[0]) and not _is_glob(paths[0])
     output, output_is_file = _output_target(job.output, one_file, found, suffix)
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
     single = one_file and not batch_only
@@ -108,7 +108,7 @@ def plan(job: Job) -> Plan:
 
 
 def _is_glob(path: Path) -> bool:
-    return not path.exists() and glob.has_magic(str(path))
+    return not os.path.lexists(path) and glob.has_magic(str(path))
 
 
 def _output_target(output: str | None, one_file: bool, found: list[Input], suffix: str) -> tuple[Target | None, bool]:
@@ -120,7 +120,7 @@ def _output_target(output: str | None, one_file: bool, found: list[Input], suffi
             raise MimiError("-o - (standard output) takes one input")
         return STDOUT, True
     path = Path(output).expanduser()
-    if output.endswith(("/", os.sep)) or path.is_dir():
+    if output.endswith(("/", os.sep)) or is_folder(path):
         return path, False
     if one_file:
         return path, True
@@ -135,12 +135,12 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
     found: list[Input] = []
     for item in map(str, items):
         path = Path(item).expanduser()
-        if path.is_dir():
+        if is_folder(path):
             pattern = "**/*" if recursive else "*"
             files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in suffixes
                            and not p.name.startswith("."))
             found += [Input(p, path) for p in files]
-        elif not path.exists() and glob.has_magic(item):
+        elif not os.path.lexists(path) and glob.has_magic(item):
             base = Path(_glob_root(item))
             matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True))
             found += [Input(p, base) for p in matches if p.is_file()]
@@ -300,14 +300,17 @@ def _start_worker(settings: Settings) -> None:
     from mimi_cli import signals
     from mimi_cli.core.threads import set_threads
 
-    signals.install()  # SIGTERM from the parent unwinds like Ctrl-C: no temporary file left
+    signals.install(worker=True)  # SIGTERM from the parent unwinds like Ctrl-C: no temporary file left
     signals.die_with_parent()  # and if the parent is killed outright, the worker stops too
     set_threads(settings.threads)
     _worker = Worker(settings)
 
 
 def _run_in_worker(task: Task) -> FileResult:
-    return _worker.run(task)
+    try:
+        return _worker.run(task)
+    except SystemExit as exc:  # a signal (signals.install): the file's temporary output is gone already
+        os._exit(exc.code)  # the pool would catch SystemExit as this task's error and wait for the next one
 
 
 def _run_pool(pending: list[Task], settings: Settings, jobs: int, results: dict, on_result) -> None:

@@ -210,6 +210,8 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
         yield
     except MimiError as exc:
         _fail(str(exc))
+    except OSError as exc:  # the library says these in its own words; this is the net under it
+        _fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
     except KeyboardInterrupt as exc:
         from mimi_cli.signals import exit_code
 

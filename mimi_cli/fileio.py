@@ -69,6 +69,14 @@ def _shown(path: Target) -> str:
     return "standard output" if is_stdout(path) else str(path)
 
 
+def is_folder(path: Path) -> bool:
+    """``path.is_dir()`` that says False, not raises, for names the system refuses (too long, say)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def _kind(mode: int) -> str | None:
     """What a non-regular file is, in words; None for a regular file."""
     for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a device"),
@@ -190,6 +198,8 @@ def _through_temporary(folder, name: str, shown: Target = STDOUT) -> Iterator[Pa
     os.close(fd)
     try:
         yield tmp
+    except MimiError:
+        raise
     except OSError as exc:
         raise cannot_write(shown, exc) from None
     finally:
@@ -199,8 +209,11 @@ def _through_temporary(folder, name: str, shown: Target = STDOUT) -> Iterator[Pa
 
 def _commit(tmp: Path, path: Path, replace: bool) -> None:
     """Move the finished temporary file into place (see the module docstring)."""
-    check_output(path, replace)  # again: something may have appeared there during the work
     if replace:
+        with contextlib.suppress(FileNotFoundError):  # again: something else may be there by now
+            kind = _kind(os.lstat(path).st_mode)
+            if kind is not None:
+                raise MimiError(f"{path} became {kind} while this run was working; it was left as it is")
         os.replace(tmp, path)
         return
     try:
@@ -213,7 +226,8 @@ def _commit(tmp: Path, path: Path, replace: bool) -> None:
             raise
         # no hard links on this file system (FAT, some network mounts): a plain rename after a last check
         if os.path.lexists(path):
-            raise OutputExistsError(f"{path} appeared while this run was working; pass -f/--force to replace it") from None
+            raise OutputExistsError(f"{path} appeared while this run was working; pass -f/--force to replace "
+                                    "it") from None
         os.rename(tmp, path)
 
 

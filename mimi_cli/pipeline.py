@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, open_audio, read_audio,
-                            read_blocks, resample, to_mono, write_audio)
+                            read_blocks, resample, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import CodesFile
 from mimi_cli.errors import MimiError, WeightsError
 from mimi_cli.fileio import Target, atomic_output
@@ -154,7 +154,8 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_
     decoder = loaded.model.stream_decoder(frames_per_step=STREAM_FRAMES_PER_STEP)
     remaining, seconds, clipped = codes.num_samples, 0.0, 0
     step = STREAM_FRAMES_PER_STEP
-    with atomic_output(output, replace) as tmp, sf.SoundFile(tmp, "w", rate, 1, format=audio_format(output)) as f:
+    with atomic_output(output, replace) as tmp, soundfile_errors(output, tmp), \
+            sf.SoundFile(tmp, "w", rate, 1, format=audio_format(output)) as f:
         def write(pcm: np.ndarray) -> None:
             nonlocal clipped
             clipped += int(np.count_nonzero(np.abs(pcm) > 1))

@@ -38,12 +38,18 @@ def _raise(signum, frame) -> None:
     raise Interrupted(signum)
 
 
-def install() -> None:
-    """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread (call from the main thread)."""
+def _exit(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds like any exception; multiprocessing ends the worker without a traceback
+
+
+def install(worker: bool = False) -> None:
+    """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread (``SystemExit`` in a ``worker``)."""
     if threading.current_thread() is not threading.main_thread():
         return
     for signum in _CAUGHT:
-        signal.signal(signum, _raise)
+        signal.signal(signum, _exit if worker else _raise)
+    if worker:
+        signal.signal(signal.SIGINT, _exit)  # Ctrl-C reaches the whole process group: the parent reports it
 
 
 def die_with_parent(poll_seconds: float = 0.5) -> None:
@@ -59,6 +65,8 @@ def die_with_parent(poll_seconds: float = 0.5) -> None:
 
         while os.getppid() == parent:
             time.sleep(poll_seconds)
-        os.kill(os.getpid(), signal.SIGTERM)
+        # to the main thread itself: a signal taken by this thread would not interrupt the main thread's
+        # blocking read, and Python runs handlers only when the main thread gets control back
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
     threading.Thread(target=watch, name="mimi-parent-watch", daemon=True).start()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +54,12 @@ def weights_file(full_state, tmp_path_factory) -> Path:
 def golden_input(case) -> np.ndarray:
     pcm = case["pcm"]
     return pcm.astype(np.float32) / 32768 if pcm.dtype == np.int16 else pcm
+
+
+def run(*args, weights: Path | None = None, env_extra: dict | None = None, cwd: Path | None = None):
+    env = {k: v for k, v in os.environ.items() if k != "MIMI_WEIGHTS"}
+    env.update({"HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env_extra or {})})
+    if weights is not None:
+        env["MIMI_WEIGHTS"] = str(weights)
+    return subprocess.run([sys.executable, "-m", "mimi_cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)

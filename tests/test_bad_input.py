@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_cli import run
+from conftest import run
 
 
 def assert_clean_failure(result, workdir: Path, before: set[str], *expected: str) -> None:

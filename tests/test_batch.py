@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO
-from test_cli import run
+from conftest import SAMPLE_AUDIO, run
 
 from mimi_cli.batch import Input, collect_inputs, plan_tasks
 from mimi_cli.errors import MimiError

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import SMALL
-from test_cli import run
+from conftest import SMALL, run
 
 import mimi_cli.core.layers as layers_module
 import mimi_cli.models.mimi.model as model_module

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO
+from conftest import SAMPLE_AUDIO, run  # noqa: F401  (run: other modules import it from here)
 
 from mimi_cli.weights import weights_id
-
-
-def run(*args, weights: Path | None = None, env_extra: dict | None = None, cwd: Path | None = None):
-    env = {k: v for k, v in os.environ.items() if k != "MIMI_WEIGHTS"}
-    env.update(HF_HUB_OFFLINE="1", COLUMNS="200", **(env_extra or {}))
-    if weights is not None:
-        env["MIMI_WEIGHTS"] = str(weights)
-    return subprocess.run([sys.executable, "-m", "mimi_cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import time
 
 import numpy as np
 import soundfile as sf
-from conftest import SAMPLE_AUDIO
-from test_cli import run
+from conftest import SAMPLE_AUDIO, run
 
 
 def test_stream_encode_equals_batch_encode_within_10s(tmp_path, weights_file):

@@ -7,9 +7,8 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import SHARED
+from conftest import SHARED, run
 from safetensors.numpy import save_file
-from test_cli import run
 
 from mimi_cli.weights.safetensors import SafetensorsFile
 

@@ -1,0 +1,435 @@
+"""Nothing clobbered, nothing lost: outputs on real file systems, real signals, real concurrent processes.
+
+Each test here is one thing an adversarial user did to an earlier version (issue
+"One safe path from file to file"). File-system tests mount small tmpfs folders
+(read-only, or nearly full) and skip, saying why, where the test runs without
+the privilege to mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import SAMPLE_AUDIO, run
+
+from mimi_cli.errors import MimiError, OutputExistsError
+from mimi_cli.fileio import atomic_output, cannot_write, check_output, file_ids
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    path = tmp_path_factory.mktemp("clip") / "a.wav"
+    sf.write(path, pcm[: 2 * rate], rate, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def codes(clip, weights_file, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("codes") / "a.npz"
+    assert run("encode", clip, "-o", path, weights=weights_file).returncode == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_codes(weights_file, tmp_path_factory) -> Path:
+    """60 s of codes: long enough that a streaming decode is still writing when a signal arrives."""
+    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    folder = tmp_path_factory.mktemp("long")
+    sf.write(folder / "long.wav", np.tile(pcm, 3)[: 60 * rate], rate)
+    assert run("encode", folder / "long.wav", "-o", folder / "long.npz", weights=weights_file).returncode == 0
+    return folder / "long.npz"
+
+
+def one_line_error(result, *expected: str, code: int = 1) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for text in expected:
+        assert text in errors[0], errors[0]
+    return errors[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if ".partial" in p.name)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str = "1m", read_only: bool = False):
+    """A real small file system at ``folder`` (skips without the privilege to mount)."""
+    folder.mkdir(exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip() or 'not root'})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+# ----------------------------------------------------------------------------- what -o may name
+
+
+def test_device_fifo_symlink_and_folder_are_never_replaced(clip, weights_file, tmp_path):
+    targets = {}
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    targets["a FIFO"] = fifo
+    link_target = tmp_path / "kept.npz"
+    link_target.write_bytes(b"precious")
+    (tmp_path / "link.npz").symlink_to(link_target)
+    targets["a symbolic link to"] = tmp_path / "link.npz"
+    (tmp_path / "folder.npz").mkdir()
+    if os.geteuid() == 0:  # a character device like /dev/null, made here rather than risking the real one
+        os.mknod(tmp_path / "null.npz", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        targets["a device"] = tmp_path / "null.npz"
+    for kind, target in targets.items():
+        before = os.lstat(target)
+        result = run("encode", clip, "-o", target, "-f", weights=weights_file)
+        one_line_error(result, str(target), kind, "only ever regular files")
+        after = os.lstat(target)
+        assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino), kind
+    assert link_target.read_bytes() == b"precious"
+    # a folder as -o is a place to write into, not a thing to replace
+    result = run("encode", clip, "-o", tmp_path / "folder.npz", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "folder.npz" / "a.npz").is_file()
+    assert leftovers(tmp_path) == []
+
+
+def test_an_input_is_never_its_own_output(clip, weights_file, tmp_path):
+    source = tmp_path / "a.wav"
+    source.write_bytes(clip.read_bytes())
+    original = source.read_bytes()
+    os.link(source, tmp_path / "hardlink.npz")  # another name for the same file
+    cases = [
+        ("encode", source, "-o", source, "-f"),
+        ("encode", source, "-o", tmp_path / "hardlink.npz", "-f"),
+        ("roundtrip", source, "-o", source, "-f"),
+        ("roundtrip", source, "--plot", tmp_path / "hardlink.npz", "-f"),
+        ("encode", source, "--manifest", source, "-f"),
+    ]
+    for args in cases:
+        result = run(*args, weights=weights_file)
+        assert result.returncode in (1, 2), (args, result.stderr)
+        assert "is also an input of this run" in result.stderr or "--plot writes" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        assert source.read_bytes() == original, args
+    assert leftovers(tmp_path) == []
+
+
+def test_batch_decode_into_the_recordings_folder_warns_before_replacing(clip, codes, weights_file, tmp_path):
+    recordings, codes_dir = tmp_path / "recordings", tmp_path / "codes"
+    recordings.mkdir()
+    codes_dir.mkdir()
+    (recordings / "a.wav").write_bytes(clip.read_bytes())
+    (codes_dir / "a.npz").write_bytes(codes.read_bytes())
+    (codes_dir / "b.npz").write_bytes(codes.read_bytes())
+    (recordings / "b.wav").write_bytes(clip.read_bytes())
+    result = run("decode", codes_dir, "-o", recordings, weights=weights_file)
+    one_line_error(result, "2 output(s) already exist", "not recordings you want to keep")
+    assert (recordings / "a.wav").read_bytes() == clip.read_bytes()
+
+
+def test_outputs_follow_the_umask(clip, weights_file, tmp_path):
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640), (0o077, 0o600)):
+        out = tmp_path / f"u{umask:o}.npz"
+        env = {k: v for k, v in os.environ.items() if k != "MIMI_WEIGHTS"}
+        done = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", str(clip), "-o", str(out), "--weights",
+                               str(weights_file)], capture_output=True, env=env,
+                              preexec_fn=lambda umask=umask: os.umask(umask))
+        assert done.returncode == 0, done.stderr
+        assert stat.S_IMODE(out.stat().st_mode) == mode, oct(umask)
+
+
+def test_output_folder_with_trailing_slash_and_stdout(clip, weights_file, tmp_path):
+    result = run("encode", clip, "-o", f"{tmp_path / 'new'}/", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "new" / "a.npz").is_file() and not (tmp_path / "new").is_file()
+    # -o - : the codes file on stdout, byte for byte what -o FILE writes; nothing else there; no file named "-"
+    env = {k: v for k, v in os.environ.items() if k != "MIMI_WEIGHTS"}
+    piped = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", str(clip), "-o", "-", "--weights",
+                            str(weights_file)], capture_output=True, env=env, cwd=tmp_path)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == (tmp_path / "new" / "a.npz").read_bytes()
+    assert not (tmp_path / "-").exists() and "standard output" in piped.stderr.decode()
+    decoded = subprocess.run([sys.executable, "-m", "mimi_cli", "decode", str(tmp_path / "new" / "a.npz"), "-o",
+                              "-", "--weights", str(weights_file)], capture_output=True, env=env, cwd=tmp_path)
+    assert decoded.returncode == 0, decoded.stderr
+    assert decoded.stdout[:4] == b"RIFF" and decoded.stdout[8:12] == b"WAVE"
+    result = run("encode", clip, clip.with_name("missing.wav"), "-o", "-", weights=weights_file)
+    one_line_error(result, "-o - (standard output) takes one input")
+
+
+def test_long_names_fit_and_too_long_names_fail_first(clip, weights_file, tmp_path):
+    fits = tmp_path / ("n" * 250 + ".npz")  # 254 bytes: the temporary name must be shortened to fit beside it
+    result = run("encode", clip, "-o", fits, weights=weights_file)
+    assert result.returncode == 0 and fits.is_file(), result.stderr
+    too_long = tmp_path / ("n" * 300 + ".npz")
+    result = run("encode", clip, "-o", too_long, weights=weights_file)
+    one_line_error(result, "cannot write", "choose a shorter name")
+    assert leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == [fits.name]
+
+
+# ----------------------------------------------------------------------------- two runs, one output
+
+
+def test_exclusive_create_second_writer_fails_and_first_is_kept(tmp_path):
+    """Two writers of one output without -f: the one that finishes second fails and the first file stays."""
+    target = tmp_path / "out.npz"
+    second = atomic_output(target)
+    second_tmp = second.__enter__()  # the second run starts...
+    with atomic_output(target) as first_tmp:  # ...and the first one finishes meanwhile
+        first_tmp.write_bytes(b"first")
+    second_tmp.write_bytes(b"second")
+    with pytest.raises(OutputExistsError, match="appeared while this run was working"):
+        second.__exit__(None, None, None)
+    assert target.read_bytes() == b"first" and leftovers(tmp_path) == []
+    with atomic_output(target, replace=True) as tmp:  # -f replaces a regular file
+        tmp.write_bytes(b"forced")
+    assert target.read_bytes() == b"forced" and stat.S_IMODE(target.stat().st_mode) & 0o600 == 0o600
+
+
+def test_two_concurrent_runs_one_wins_the_other_says_exists(clip, weights_file, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MIMI_WEIGHTS"}
+    out = tmp_path / "same.npz"
+    command = [sys.executable, "-m", "mimi_cli", "encode", str(clip), "-o", str(out), "--weights", str(weights_file)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    loser = next(text for code, text in results if code == 1)
+    assert "already exists" in loser or "appeared while this run was working" in loser
+    with np.load(out, allow_pickle=False) as npz:  # the winner's file, whole
+        assert npz["codes"].shape[:2] == (1, 8)
+    assert leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_mid_write_leaves_no_partial_file(long_codes, weights_file, tmp_path, signum):
+    out = tmp_path / "out.wav"
+    command = [sys.executable, "-m", "mimi_cli", "decode", str(long_codes), "--stream", "-o", str(out), "--weights",
+               str(weights_file), "--threads", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not leftovers(tmp_path) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert leftovers(tmp_path), "the decode never started writing"
+    time.sleep(0.3)  # well inside the write
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporary file
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find worker processes")
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_die_with_their_parent(weights_file, tmp_path, signum):
+    folder, out = tmp_path / "many", tmp_path / "out"
+    folder.mkdir()
+    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    for i in range(6):
+        sf.write(folder / f"clip{i}.wav", speech[i * rate : (i + 8) * rate], rate)
+    command = [sys.executable, "-m", "mimi_cli", "encode", str(folder), "-o", str(out), "--jobs", "2", "--weights",
+               str(weights_file)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = [pid for pid in _children(process.pid)
+                   if "mimi" in (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="ignore")
+                   or "multiprocessing" in (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="ignore")]
+        time.sleep(0.05)
+    assert len(workers) >= 2, "the workers never started"
+    time.sleep(2.0)  # they are loading weights or encoding
+    process.send_signal(signum)
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers), "a worker outlived its parent"
+    if signum == signal.SIGTERM:
+        assert process.returncode == 128 + signum
+    assert leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- the environment says no
+
+
+def test_read_only_file_system(clip, codes, weights_file, tmp_path):
+    with tmpfs(tmp_path / "ro", read_only=True) as ro:
+        result = run("encode", clip, "-o", ro / "a.npz", weights=weights_file)
+        one_line_error(result, f"cannot write {ro / 'a.npz'}", "Read-only file system", "writable")
+        result = run("decode", codes, "-o", ro / "a.wav", weights=weights_file)
+        one_line_error(result, "Read-only file system")
+        # a manifest that cannot be written is found before the run: nothing is encoded
+        result = run("encode", clip, "-o", tmp_path / "out.npz", "--manifest", ro / "m.jsonl", weights=weights_file)
+        one_line_error(result, "--manifest", "Read-only file system")
+        assert not (tmp_path / "out.npz").exists()
+        result = run("convert", weights_file, ro / "w.safetensors", weights=weights_file)
+        one_line_error(result, "Read-only file system")
+
+
+def test_disk_full_after_the_work_is_one_line_and_leaves_nothing(clip, codes, long_codes, weights_file, tmp_path):
+    with tmpfs(tmp_path / "small", size="64k") as small:
+        for args in (("decode", codes, "-o", small / "a.wav"),  # 2 s at 24 kHz is 96 kB of WAV
+                     ("decode", long_codes, "--stream", "-o", small / "b.flac"),
+                     ("roundtrip", clip, "-o", small / "c.wav")):
+            result = run(*args, weights=weights_file)
+            one_line_error(result, "cannot write", "No space left on device", "free some space")
+            assert sorted(p.name for p in small.iterdir()) == [], args
+    # in a batch, a write failure is that file's failure in the summary; the others are written
+    with tmpfs(tmp_path / "medium", size="256k") as small:
+        result = run("decode", codes, long_codes, "-o", small, "--manifest", tmp_path / "m.jsonl",
+                     weights=weights_file)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "failed:" in result.stderr and "No space left on device" in result.stderr
+        rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+        assert [row["status"] for row in rows] == ["done", "failed"]
+        assert leftovers(small) == [] and sorted(p.name for p in small.iterdir()) == ["a.wav"]
+
+
+def test_environment_errors_say_what_to_do():
+    """Errors that cannot be produced for real here (root ignores permissions; no failing disk) still read well."""
+    import errno
+
+    for code, advice in ((errno.EACCES, "permissions"), (errno.EIO, "check the disk"),
+                         (errno.ENOSPC, "free some space"), (errno.EROFS, "writable")):
+        message = str(cannot_write(Path("out.wav"), OSError(code, os.strerror(code))))
+        assert message.startswith("cannot write out.wav: " + os.strerror(code)) and advice in message
+
+
+def test_check_output_rules(tmp_path):
+    source = tmp_path / "in.wav"
+    source.write_bytes(b"x")
+    inputs = file_ids([source])
+    check_output(tmp_path / "new.npz", replace=False, inputs=inputs)
+    with pytest.raises(MimiError, match="is also an input"):
+        check_output(source, replace=True, inputs=inputs)
+    with pytest.raises(OutputExistsError):
+        check_output(source, replace=False)
+    with pytest.raises(MimiError, match="does not exist"):
+        check_output(tmp_path / "missing" / "x.npz", replace=False)
+    check_output(tmp_path / "missing" / "x.npz", replace=False, create_parents=True)  # a batch makes it later
+
+
+# ----------------------------------------------------------------------------- option values and audio values
+
+
+def test_non_finite_and_absurd_option_values(clip, weights_file, tmp_path):
+    for args in (("encode", clip, "-b", "inf"), ("encode", clip, "-b", "nan"), ("bench", "--seconds", "inf"),
+                 ("bench", "--seconds", "nan"), ("bench", "--seconds", "1e9")):
+        result = run(*args, weights=weights_file)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    result = run("encode", clip, "-o", tmp_path / "a.npz", "--threads", "1000", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert f"--threads 1000 is more than this machine's {os.cpu_count()} cores; using {os.cpu_count()}" in \
+        result.stderr
+
+
+@pytest.mark.parametrize("peak", [1e8, 1e38])
+def test_audio_far_beyond_full_scale_is_an_error_not_zeros(weights_file, tmp_path, peak):
+    path = tmp_path / "loud.wav"
+    pcm = np.sin(np.arange(24000) / 10).astype(np.float32) * np.float32(peak)
+    sf.write(path, pcm, 24000, subtype="FLOAT")
+    result = run("encode", path, "-o", tmp_path / "loud.npz", weights=weights_file)
+    one_line_error(result, "far beyond full scale", "rescale")
+    assert "RuntimeWarning" not in result.stderr and not (tmp_path / "loud.npz").exists()
+
+
+def test_unwritable_format_and_rate_fail_before_decoding(codes, weights_file, tmp_path):
+    for output, rate, expected in (("x.flac", "10000000", "cannot write FLAC audio at 10000000 Hz"),
+                                   ("x.mp3", "7", "cannot write MP3 audio at 7 Hz")):
+        if output.endswith(".mp3") and "MP3" not in sf.available_formats():
+            continue
+        result = run("decode", codes, "-o", tmp_path / output, "--sample-rate", rate, weights=weights_file)
+        one_line_error(result, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_no_weights_and_no_network_fails_fast(clip, tmp_path):
+    """The Hub unreachable (a closed local port): one line within seconds, not ~25 s of retries."""
+    env = {"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    start = time.monotonic()
+    result = run("encode", clip, "-o", tmp_path / "a.npz", env_extra=env)
+    elapsed = time.monotonic() - start
+    one_line_error(result, "no Mimi weights", "cannot be reached", "--weights")
+    assert elapsed < 12, f"took {elapsed:.1f} s"
+
+
+# ----------------------------------------------------------------------------- every engine reports the same
+
+
+def test_batch_and_ray_report_what_single_file_commands_report(codes, weights_file, tmp_path):
+    """A weights mismatch (codes from other weights) is a warning in all three; so are clipped samples."""
+    from mimi_cli.batch import run_local
+    from mimi_cli.pipeline import Settings, Task
+
+    other = tmp_path / "other.npz"
+    with np.load(codes, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["weights_id"] = np.array("sha256:0000000000000000")
+    np.savez(other, **arrays)
+    single = run("decode", other, "-o", tmp_path / "single.wav", weights=weights_file)
+    assert single.returncode == 0, single.stderr
+    warning = [line for line in single.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "was encoded with weights sha256:0000000000000000" in warning[0]
+    batch = run("decode", other, "-o", tmp_path / "batch.wav", "--manifest", tmp_path / "m.jsonl",
+                weights=weights_file)
+    assert batch.returncode == 0 and warning[0] in batch.stderr, batch.stderr
+    row = json.loads((tmp_path / "m.jsonl").read_text())
+    assert row["warnings"] == [warning[0].removeprefix("warning: ")]
+
+    settings = Settings("decode", str(weights_file))
+    local = run_local([Task(other, tmp_path / "lib.wav")], settings, jobs=1)
+    assert local[0].warnings == row["warnings"]
+    ray = pytest.importorskip("ray")
+    from mimi_cli.ray_engine import run_ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = run_ray([Task(other, tmp_path / "ray.wav")], settings, actors=1)
+    finally:
+        ray.shutdown()
+    assert remote[0].warnings == local[0].warnings
+    assert (tmp_path / "ray.wav").read_bytes() == (tmp_path / "lib.wav").read_bytes()
