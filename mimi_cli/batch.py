@@ -300,10 +300,13 @@ def _start_worker(settings: Settings) -> None:
     from mimi_cli import signals
     from mimi_cli.core.threads import set_threads
 
-    signals.install(worker=True)  # SIGTERM from the parent unwinds like Ctrl-C: no temporary file left
-    signals.die_with_parent()  # and if the parent is killed outright, the worker stops too
-    set_threads(settings.threads)
-    _worker = Worker(settings)
+    try:
+        signals.install(worker=True)  # SIGTERM from the parent unwinds like Ctrl-C: no temporary file left
+        signals.die_with_parent()  # and if the parent is killed outright, the worker stops too
+        set_threads(settings.threads)
+        _worker = Worker(settings)
+    except SystemExit as exc:  # stopped while starting: quietly (the pool would print a traceback)
+        os._exit(exc.code)
 
 
 def _run_in_worker(task: Task) -> FileResult:
@@ -363,7 +366,7 @@ def write_parquet(destination: str, results: list[FileResult], replace: bool) ->
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise MimiError('--parquet needs pyarrow: pip install "mimi-cli[ray]" or pip install pyarrow') from None
+        raise MimiError('--parquet needs pyarrow: pip install "mimi-cli[parquet]"') from None
     rows = [_parquet_record(r) for r in results if r.status == "done" and r.codes is not None]
     local = "://" not in destination
     if local:

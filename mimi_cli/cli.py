@@ -431,18 +431,8 @@ def roundtrip(
     if output is not None and str(output) == "-":
         _fail("roundtrip prints its metrics on standard output; give -o a file name", code=2)
     with _user_errors(), _threads(threads, say):
-        from mimi_cli.audio import audio_format
-        from mimi_cli.fileio import check_output, file_ids
         from mimi_cli.pipeline import Models, Settings, roundtrip_file
 
-        inputs = file_ids([input])
-        for target in (output, plot):
-            if target is not None:
-                check_output(target, force, inputs)
-        if output is not None:
-            audio_format(output)
-        if output is not None and plot is not None and output.resolve() == plot.resolve():
-            raise MimiError("-o and --plot name the same file; give two names")
         settings = Settings("encode", str(weights) if weights else None, codec, settings_codebooks, replace=force)
         with say.reporter() as report:
             result = roundtrip_file(input, output, plot, settings, Models(settings.weights), report)

@@ -356,9 +356,21 @@ class Worker:
 
 def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settings: Settings, models: Models,
                    report: Report = _no_report) -> FileResult:
-    """Encode then decode one file in memory; metrics (``null`` where undefined) in ``result.metrics``."""
+    """Encode then decode one file in memory; metrics (``null`` where undefined) in ``result.metrics``.
+
+    The outputs (decoded audio, plot) are checked before any work, like every output.
+    """
+    from mimi_cli.fileio import check_output, file_ids
     from mimi_cli.metrics import log_mel_distance, si_sdr
 
+    inputs = file_ids([input])
+    for target in (output, plot):
+        if target is not None:
+            check_output(target, settings.replace, inputs)
+    if output is not None:
+        audio_format(output)
+        if plot is not None and Path(output).resolve() == plot.resolve():
+            raise MimiError("-o and --plot name the same file; give two names")
     with open_audio(input) as f:
         check_batch_memory(f.frames / f.samplerate, settings.codec)
     audio = read_audio(input)

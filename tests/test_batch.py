@@ -272,3 +272,23 @@ def test_ray_decode_in_process_matches_the_local_engine(corpus, weights_file, tm
     for a, b in zip(local[:4], remote[:4], strict=True):
         assert (a.frames, a.duration_s) == (b.frames, b.duration_s)
         assert Path(a.output).read_bytes() == Path(b.output).read_bytes()
+
+
+def test_parquet_with_the_local_engine(corpus, weights_file, tmp_path):
+    """--parquet without Ray: one row per file, the same codes and metadata as the .npz outputs."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    out, shards = tmp_path / "codes", tmp_path / "shards"
+    result = run("encode", corpus, "-r", "-o", out, "--parquet", shards, weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in shards.iterdir()) == ["part-00000.parquet"]  # no temporary file left
+    rows = pq.read_table(shards).to_pylist()
+    assert len(rows) == 4
+    for row in rows:
+        relative = Path(row["input"]).relative_to(corpus).with_suffix(".npz")
+        with np.load(out / relative, allow_pickle=False) as npz:
+            assert np.array_equal(np.array(row["codes"], np.uint16), npz["codes"][0])
+            for key in ("num_samples", "source_sample_rate", "source_channels", "weights_id", "codec"):
+                assert row[key] == npz[key].item(), key
+    again = run("encode", corpus, "-r", "-o", tmp_path / "other", "--parquet", shards, weights=weights_file)
+    assert again.returncode == 1 and "--parquet" in again.stderr and "not empty" in again.stderr
+    assert not (tmp_path / "other").exists()
