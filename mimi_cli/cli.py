@@ -66,8 +66,16 @@ CodecOption = Annotated[str, typer.Option(
     "--codec", "-c", callback=_check_codec, help=f"The codec: {' or '.join(CODECS)}.")]
 
 
+def _shown(text: str) -> str:
+    """Text from files and file names, safe to print: control characters (terminal escapes) made visible,
+    rich markup escaped."""
+    from mimi_cli.errors import printable
+
+    return escape(printable(text))
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}")
+    err.print(f"[bold red]error:[/] {_shown(message)}")
     raise typer.Exit(code)
 
 
@@ -89,7 +97,7 @@ def _num_codebooks(codec: str, codebooks: int | None, bandwidth: float | None) -
 
 
 def _warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(message)}")
+    err.print(f"[yellow]warning:[/] {_shown(message)}")
 
 
 class _Messages:
@@ -100,7 +108,7 @@ class _Messages:
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            err.print(escape(message))
+            err.print(_shown(message))
 
     @contextlib.contextmanager
     def reporter(self) -> Iterator:
@@ -400,7 +408,7 @@ def _summarise(results, elapsed: float, kind: str, say: _Messages) -> None:
                 _warn(line)
     for r in failed:
         reason = r.error or ""
-        err.print(f"  [red]failed:[/] {escape(reason if r.input in reason else f'{r.input}: {reason}')}")
+        err.print(f"  [red]failed:[/] {_shown(reason if r.input in reason else f'{r.input}: {reason}')}")
     if failed:
         raise typer.Exit(1)
 
@@ -441,7 +449,7 @@ def roundtrip(
     for warning in result.warnings:
         _warn(warning)
     if as_json:
-        out.print_json(json.dumps(result.metrics, allow_nan=False))
+        out.print_json(json.dumps(result.metrics, allow_nan=False), ensure_ascii=True)
     else:
         _print_metrics(result.metrics)
 
@@ -487,7 +495,7 @@ def bench(
             with say.status("Streaming, frame by frame…"):
                 report["stream"] = [r.as_dict() for r in b.stream_latency(model, frames=150)]
     if as_json:
-        out.print_json(json.dumps(report))
+        out.print_json(json.dumps(report), ensure_ascii=True)
     else:
         _print_bench(report)
 
@@ -564,12 +572,14 @@ def inspect_weights(
     with _user_errors():
         from mimi_cli.inspect import inspect_weights as inspect
 
-        if not path.exists():
-            raise MimiError(f"{path} does not exist")
+        from mimi_cli.fileio import missing
+
+        if missing(path):
+            raise MimiError(f"{path} {missing(path)}")
         with _Messages(quiet=as_json).progress_fraction("Reading tensors") as update:
             report = inspect(path, pattern, stats=not no_stats, progress=update)
     if as_json:
-        out.print_json(json.dumps(report.to_json(), allow_nan=False))
+        out.print_json(json.dumps(report.to_json(), allow_nan=False), ensure_ascii=True)
     else:
         _print_weights_report(report, not no_stats)
     raise typer.Exit(2 if report.errors else 0)
@@ -587,11 +597,11 @@ def _print_weights_report(report, with_stats: bool) -> None:
 
     # A pipe or file gets full lines (rich would otherwise wrap the table to 80 columns).
     console = out if out.is_terminal else Console(width=250, highlight=False, soft_wrap=True)
-    console.print(f"[bold]{escape(report.path)}[/]: {escape(report.format)}")
+    console.print(f"[bold]{_shown(report.path)}[/]: {_shown(report.format)}")
     for key, value in report.details.items():
         if key == "ops":
             value = ", ".join(f"{op} {count}" for op, count in value.items())
-        console.print(f"  {key}: {escape(str(value))}")
+        console.print(f"  {key}: {_shown(str(value))}")
     if report.tensors:
         table = Table(show_edge=False, pad_edge=False)
         columns = ["name", "dtype", "shape", "params"] + (["min", "max", "mean", "std", "non-finite"] if with_stats
@@ -600,7 +610,7 @@ def _print_weights_report(report, with_stats: bool) -> None:
             table.add_column(column, justify="left" if column in ("name", "dtype", "shape") else "right",
                              overflow="fold")
         for t in report.tensors:
-            row = [escape(t.name), t.dtype + (f" ({t.encoding})" if t.encoding else ""),
+            row = [_shown(t.name), _shown(t.dtype + (f" ({t.encoding})" if t.encoding else "")),
                    "×".join(map(str, t.shape)) or "scalar", f"{t.params:,}"]
             if with_stats:
                 row += [_stat(t.min), _stat(t.max), _stat(t.mean), _stat(t.std),
@@ -609,9 +619,9 @@ def _print_weights_report(report, with_stats: bool) -> None:
         console.print(table)
     console.print(f"{len(report.tensors)} tensors, {total_params(report):,} parameters")
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {escape(warning)}")
+        console.print(f"[yellow]warning:[/] {_shown(warning)}")
     for error in report.errors:
-        console.print(f"[bold red]error:[/] {escape(error)}")
+        console.print(f"[bold red]error:[/] {_shown(error)}")
     if not report.errors:
         console.print("[green]no errors[/]" + (f", {len(report.warnings)} warnings" if report.warnings else ""))
 
@@ -650,14 +660,14 @@ def convert(
         sources = file_ids([source, *(source.rglob("*") if source.is_dir() else [])])
         check_output(destination, force, sources)
         layout, written, count = convert_checkpoint(source, destination, naming, dtype, force)
-        err.print(f"{escape(str(source))} ({layout} naming) → {escape(str(destination))}: {count} tensors, "
+        err.print(f"{_shown(str(source))} ({layout} naming) → {_shown(str(destination))}: {count} tensors, "
                   f"{naming} naming, {written}")
 
 
 def _print_metrics(metrics: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{metrics['codec']} round trip: {escape(metrics['input'])}", title_justify="left")
+    table = Table(title=f"{metrics['codec']} round trip: {_shown(metrics['input'])}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.errors import InvalidCodesError
-from mimi_cli.fileio import Target, atomic_output
+from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, malformed
+from mimi_cli.fileio import Target, atomic_output, is_folder, missing
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
 
@@ -74,34 +74,39 @@ class CodesFile:
 
     @classmethod
     def load(cls, path: Path) -> CodesFile:
-        """Read and validate a codes file against its codec's config; every problem is an InvalidCodesError."""
-        if not path.exists():
-            raise InvalidCodesError(f"{path} does not exist")
-        if path.is_dir():
+        """Read and validate a codes file against its codec's config; every problem is an InvalidCodesError.
+
+        Sizes are checked before anything is read (see :data:`MAX_NUM_SAMPLES` and docs/codes-format.md):
+        each member's uncompressed size in the zip directory, then the ``codes`` array's shape in its
+        ``.npy`` header against ``num_samples``, so a small hostile file never inflates in memory.
+        """
+        problem = missing(path)
+        if problem:
+            raise InvalidCodesError(f"{path} {problem}")
+        if is_folder(path):
             raise InvalidCodesError(f"{path} is a directory; give a .npz codes file")
-        with open(path, "rb") as f:
-            magic = f.read(6)
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(6)
+        except OSError as exc:
+            raise InvalidCodesError(f"cannot read {path}: {exc.strerror or exc}") from None
         if magic == b"\x93NUMPY":
             raise InvalidCodesError(f"{path} is a .npy array, not a codes file (.npz written by mimi encode)")
         if not magic.startswith(b"PK"):
             raise InvalidCodesError(f"{path} is not a codes file (expected the .npz archive written by mimi encode)")
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                missing = [key for key in KEYS if key not in npz.files]
-                if missing:
-                    raise InvalidCodesError(f"{path} is not a complete codes file: missing {', '.join(missing)}")
-                arrays = {key: npz[key] for key in KEYS}
-                arrays["codec"] = npz["codec"] if "codec" in npz.files else np.array(DEFAULT_CODEC)
+            return cls._validated(path, _read_members(path))
         except InvalidCodesError:
             raise
         except ValueError as exc:
-            if "allow_pickle" in str(exc):
+            if "allow_pickle" in str(exc) or "pickled" in str(exc):
                 raise InvalidCodesError(f"{path} contains pickled objects, which are never loaded; "
                                         "write codes as plain arrays") from None
+            raise malformed(InvalidCodesError, f"codes file {path}", exc) from None
+        except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as exc:
             raise InvalidCodesError(f"{path} is not a readable codes file ({exc})") from None
-        except (OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise InvalidCodesError(f"{path} is not a readable codes file ({exc})") from None
-        return cls._validated(path, arrays)
+        except DATA_ERRORS as exc:
+            raise malformed(InvalidCodesError, f"codes file {path}", exc) from None
 
     @classmethod
     def _validated(cls, path: Path, a: dict[str, np.ndarray]) -> CodesFile:
@@ -119,9 +124,12 @@ class CodesFile:
             if not np.issubdtype(a[key].dtype, np.integer):
                 raise fail(f"{key} must be an integer, got {a[key].dtype}")
         version = int(a["format_version"])
-        if version != FORMAT_VERSION:
-            raise fail(f"format_version {version} is not supported (this mimi-cli reads version {FORMAT_VERSION}); "
+        if version > FORMAT_VERSION:
+            raise fail(f"format_version {version} is newer than this mimi-cli reads ({FORMAT_VERSION}); "
                        "upgrade mimi-cli")
+        if version < 1:
+            raise fail(f"format_version {version} was never written by mimi-cli (versions start at 1); the file "
+                       "is damaged or not a codes file")
         expected = {"sample_rate": config.sample_rate, "codebook_size": config.codebook_size}
         for key, value in expected.items():
             if int(a[key]) != value:
@@ -131,6 +139,8 @@ class CodesFile:
         if a["weights_id"].dtype.kind != "U":
             raise fail(f"weights_id must be a string, got {a['weights_id'].dtype}")
         codes = a["codes"]
+        if isinstance(codes, _Header):  # not read yet: checked from its header, then read (see _read_members)
+            codes = codes.check_and_read(config, int(a["num_samples"]), fail)
         if codes.dtype != np.uint16:
             raise fail(f"codes must be uint16, got {codes.dtype}")
         if codes.ndim != 3 or codes.shape[0] != 1:
@@ -146,3 +156,62 @@ class CodesFile:
                    source_channels=int(a["source_channels"]), weights_id=str(a["weights_id"]),
                    sample_rate=int(a["sample_rate"]), frame_rate=float(a["frame_rate"]),
                    codebook_size=int(a["codebook_size"]), codec=config.name, format_version=version)
+
+
+# Limits of the reader, checked before any array is read (docs/codes-format.md).
+MAX_SCALAR_BYTES = 4096  # a scalar member: a .npy header and one value
+MAX_NUM_SAMPLES = 24000 * 3600 * 24 * 7  # a week of audio at 24 kHz: codes of at most ~0.4 GB
+MAX_CHANNELS = 64
+
+
+def _read_members(path: Path) -> dict[str, object]:
+    """The scalar members, read after checking their sizes; ``codes`` as a :class:`_Header`, not read yet."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name.removesuffix(".npy"): info for info in archive.infolist()
+                   if (name := info.filename).endswith(".npy")}
+        absent = [key for key in KEYS if key not in members]
+        if absent:
+            raise InvalidCodesError(f"{path} is not a complete codes file: missing {', '.join(absent)}")
+        arrays: dict[str, object] = {}
+        for key in (*KEYS, "codec"):
+            if key == "codes" or key not in members:
+                continue
+            if members[key].file_size > MAX_SCALAR_BYTES:
+                raise InvalidCodesError(f"{path}: member {key} is {members[key].file_size:,} bytes; a codes file "
+                                        f"stores it in under {MAX_SCALAR_BYTES}")
+            with archive.open(members[key]) as f:
+                arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+        arrays.setdefault("codec", np.array(DEFAULT_CODEC))
+        with archive.open(members["codes"]) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        arrays["codes"] = _Header(path, archive_path=path, info=members["codes"], shape=shape, dtype=dtype)
+    return arrays
+
+
+class _Header:
+    """The ``codes`` member known from its ``.npy`` header only, read once its shape is checked."""
+
+    def __init__(self, path: Path, archive_path: Path, info: zipfile.ZipInfo, shape: tuple, dtype: np.dtype):
+        self.path, self.archive_path, self.info, self.shape, self.dtype = path, archive_path, info, shape, dtype
+
+    def check_and_read(self, config: CodecConfig, num_samples: int, fail) -> np.ndarray:
+        if not 0 < num_samples <= MAX_NUM_SAMPLES:
+            raise fail(f"num_samples {num_samples} is outside 1..{MAX_NUM_SAMPLES} (a week at 24 kHz)")
+        frames = -(-num_samples // config.frame_size)
+        if self.dtype != np.uint16:
+            raise fail(f"codes must be uint16, got {self.dtype}")
+        if len(self.shape) != 3 or self.shape[0] != 1:
+            raise fail(f"codes must have shape [1, K, frames], got {list(self.shape)}")
+        if not 1 <= self.shape[1] <= config.num_codebooks:
+            raise fail(f"codes have {self.shape[1]} codebooks; expected 1..{config.num_codebooks}")
+        if self.shape[2] != frames:
+            raise fail(f"num_samples {num_samples} does not fit {self.shape[2]} frames of {config.frame_size} samples")
+        expected = 2 * self.shape[0] * self.shape[1] * frames
+        if not expected <= self.info.file_size <= expected + MAX_SCALAR_BYTES:
+            raise fail(f"member codes is {self.info.file_size:,} bytes, but its header declares {expected:,}")
+        with zipfile.ZipFile(self.archive_path) as archive, archive.open(self.info) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)

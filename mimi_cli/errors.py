@@ -22,3 +22,23 @@ class WeightsError(MimiError, ValueError):
 
 class OutputExistsError(MimiError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
+
+
+# What a parser meeting bytes it did not expect can raise from Python itself: data of the wrong
+# type or shape, numbers out of range, text that does not decode, nesting past the stack. At a
+# reader's boundary these become that reader's own error (see :func:`malformed`). MemoryError is
+# not among them on purpose: readers check declared sizes before allocating, and a MemoryError
+# that escapes is a reader bug for the fuzz tests to find.
+DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, OverflowError,
+               UnicodeError, EOFError, ArithmeticError)
+
+
+def malformed(error: type[MimiError], what: str, exc: BaseException) -> MimiError:
+    """``error("cannot read WHAT: malformed data (<the Python error>)")``, one line."""
+    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return error(f"cannot read {what}: malformed data ({type(exc).__name__}{': ' + detail if detail else ''})")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escape sequences, say) shown as ``\\xNN``, not sent raw."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)

@@ -69,6 +69,20 @@ def _shown(path: Target) -> str:
     return "standard output" if is_stdout(path) else str(path)
 
 
+def missing(path: Path) -> str | None:
+    """Why ``path`` cannot be opened, in words ("does not exist", "cannot be reached: Too many levels of
+    symbolic links", "cannot be read: Permission denied"), or None when it can be."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "is a broken symbolic link" if os.path.islink(path) else "does not exist"
+    except OSError as exc:
+        return f"cannot be reached: {exc.strerror or exc}"
+    except ValueError:  # a NUL byte in the name
+        return "is not a valid file name"
+    return None
+
+
 def is_folder(path: Path) -> bool:
     """``path.is_dir()`` that says False, not raises, for names the system refuses (too long, say)."""
     try:

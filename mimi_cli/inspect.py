@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.errors import MimiError
+from mimi_cli.fileio import missing
 from mimi_cli.models.encodec import checkpoint as encodec_checkpoint
 from mimi_cli.models.mimi import checkpoint
 from mimi_cli.models.mimi.config import MimiConfig
@@ -64,7 +65,7 @@ def inspect_weights(path: str | Path, pattern: str | None = None, stats: bool = 
     try:
         source = open_weights(path)
     except MimiError as exc:
-        if not Path(path).exists():
+        if missing(Path(path)):
             raise
         return WeightsReport(str(path), "unreadable", errors=[str(exc)])
     report = WeightsReport(str(path), describe_format(source), source.container, source.details)
@@ -79,6 +80,8 @@ def inspect_weights(path: str | Path, pattern: str | None = None, stats: bool = 
             if progress is not None:
                 progress(done, total)
         report.tensors.append(tensor)
+    if not source.tensors:
+        findings.errors.append("no tensors could be read: the file is empty or holds no model weights")
     findings.extend(_mimi_findings(source))
     findings.extend(_encodec_findings(source))
     report.warnings, report.errors = findings.warnings, findings.errors

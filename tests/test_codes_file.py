@@ -59,7 +59,7 @@ def rewrite(tmp_path, **changes) -> np.lib.npyio.NpzFile:
     ({"codes": np.zeros((1, 0, 5), np.uint16)}, "0 codebooks"),
     ({"num_samples": None}, "missing num_samples"),
     ({"codes": None, "weights_id": None}, "missing codes, weights_id"),
-    ({"format_version": np.array(2)}, "format_version 2 is not supported"),
+    ({"format_version": np.array(2)}, "format_version 2 is newer than this mimi-cli reads"),
     ({"format_version": np.array(1.0)}, "format_version must be an integer"),
     ({"codebook_size": np.array(1024)}, "codebook_size is 1024, but Mimi uses 2048"),
     ({"sample_rate": np.array(16000)}, "sample_rate is 16000"),

@@ -79,8 +79,8 @@ GOOD = {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
 
 
 @pytest.mark.parametrize("header,data,header_len,message", [
-    (GOOD, bytes(16), 10**12, "runs past the end"),
-    (GOOD, bytes(16), 2**64 - 1, "runs past the end"),
+    (GOOD, bytes(16), 10**12, "over the 100 MiB limit"),
+    (GOOD, bytes(16), 2**64 - 1, "over the 100 MiB limit"),
     (None, b"{not json", None, "not valid JSON"),
     ([1, 2], b"", None, "not a JSON object"),
     ({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 32]}}, bytes(16), None, "outside the 16-byte"),

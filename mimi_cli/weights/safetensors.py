@@ -65,7 +65,10 @@ class SafetensorsFile:
                 if len(prefix) < 8:
                     raise self._error(f"file is {size} bytes, too short for a header")
                 header_len = int.from_bytes(prefix, "little")
-                if header_len > min(MAX_HEADER_BYTES, size - 8):
+                if header_len > MAX_HEADER_BYTES:
+                    raise self._error(f"header length {header_len:,} is over the {MAX_HEADER_BYTES >> 20} MiB "
+                                      "limit safetensors sets")
+                if header_len > size - 8:
                     raise self._error(f"header length {header_len} runs past the end of the {size}-byte file")
                 header_bytes = f.read(header_len)
                 self._data_start, self._data_size = 8 + header_len, size - 8 - header_len

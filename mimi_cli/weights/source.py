@@ -15,11 +15,24 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.errors import WeightsError
+from mimi_cli.errors import DATA_ERRORS, MimiError, WeightsError, malformed
+from mimi_cli.fileio import missing
 
 # PyTorch checkpoints are pickles (a zip of them since torch 1.6): never unpickled, as loading one can run
 # arbitrary code; they are refused with a pointer to safetensors.
 PICKLE_SUFFIXES = {".pt", ".pth", ".th", ".ckpt", ".pkl"}
+
+
+def _is_numpy_archive(path: Path) -> bool:
+    """A zip whose members are all ``.npy`` arrays (what ``np.savez`` writes), read from its directory only."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, *DATA_ERRORS):
+        return False
+    return bool(names) and all(name.endswith(".npy") for name in names)
 
 
 def _looks_like_pickle(head: bytes) -> bool:
@@ -34,6 +47,19 @@ class TensorEntry:
     shape: tuple[int, ...]
     load: Callable[[], np.ndarray] = field(repr=False)  # the values as float32 (exact for every stored type)
     encoding: str = ""  # how a compressed Core ML tensor is stored, e.g. "constexpr_lut_to_dense(uint4)"
+
+    def __post_init__(self):  # every reader's lazy load answers bad bytes with WeightsError, like its opening
+        load, name = self.load, self.name
+
+        def guarded() -> np.ndarray:
+            try:
+                return load()
+            except MimiError:
+                raise
+            except DATA_ERRORS as exc:
+                raise malformed(WeightsError, f"tensor {name}", exc) from None
+
+        object.__setattr__(self, "load", guarded)
 
     @property
     def params(self) -> int:
@@ -52,10 +78,20 @@ class WeightFile:
 
 
 def open_weights(path: str | os.PathLike) -> WeightFile:
-    """Open any supported weight container; a clear WeightsError for anything else."""
+    """Open any supported weight container; a clear WeightsError for anything else, whatever the bytes."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise WeightsError(f"weights {path} do not exist")
+    try:
+        return _open(path)
+    except MimiError:
+        raise
+    except DATA_ERRORS as exc:  # a reader met a shape of data it does not check for by name
+        raise malformed(WeightsError, f"weights {path}", exc) from None
+
+
+def _open(path: Path) -> WeightFile:
+    problem = missing(path)
+    if problem:
+        raise WeightsError(f"weights {path} {problem}")
     if path.is_dir():
         from mimi_cli.weights.coreml import open_coreml
 
@@ -65,6 +101,9 @@ def open_weights(path: str | os.PathLike) -> WeightFile:
             head = f.read(9)
     except OSError as exc:
         raise WeightsError(f"cannot read weights {path}: {exc.strerror or exc}") from None
+    if head.startswith(b"PK\x03\x04") and _is_numpy_archive(path):
+        raise WeightsError(f"{path} is a NumPy .npz archive (a codes file from `mimi encode`?), not weights; "
+                           "`mimi decode` reads codes files")
     if path.suffix.lower() in PICKLE_SUFFIXES or _looks_like_pickle(head):
         raise WeightsError(f"{path} looks like a PyTorch pickle, which can run arbitrary code and is never "
                            "loaded; use the .safetensors release of the same weights")

@@ -41,6 +41,8 @@ def open_coreml(path: Path) -> WeightFile:
 
 def inside(root: Path, relative: str, what: str) -> Path:
     """``root / relative``, refusing absolute paths, ``..`` and symlinks that lead out of ``root``."""
+    if not isinstance(relative, str) or not relative or "\0" in relative:
+        raise WeightsError(f"refusing {what} path {relative!r}: not a file name")
     candidate = Path(relative)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise WeightsError(f"refusing {what} path {relative!r}: it leads outside the model folder {root}")
@@ -70,6 +72,8 @@ def _open_package(path: Path) -> WeightFile:
         manifest = json.loads((path / "Manifest.json").read_text(encoding="utf-8"))
         items = manifest["itemInfoEntries"]
         root = items[manifest["rootModelIdentifier"]]["path"]
+        if not isinstance(root, str):
+            raise TypeError(f"the root model's path is {type(root).__name__}, not a string")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise WeightsError(f"cannot read Core ML package {path}: invalid Manifest.json ({exc})") from None
     model_file = inside(path / "Data", root, "model")

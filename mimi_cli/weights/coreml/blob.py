@@ -59,6 +59,9 @@ def decode(data: np.ndarray | bytes, type_name: str, shape: tuple[int, ...]) -> 
     kind = TYPES_BY_NAME[type_name]
     count = math.prod(shape)
     raw = np.frombuffer(data, np.uint8)
+    if count * kind.bits > 8 * len(raw):  # checked before anything of ``shape`` is allocated
+        raise ValueError(f"a {type_name} tensor of shape {list(shape)} needs {math.ceil(count * kind.bits / 8)} "
+                         f"bytes, the data has {len(raw)}")
     if kind.storage is None:
         return unpack_bits(raw, count, kind.bits, kind.signed).reshape(shape)
     values = raw[: count * kind.bits // 8].view(kind.storage)

@@ -43,10 +43,12 @@ def open_espresso(path: Path) -> WeightFile:
     try:
         net = json.loads(net_path.read_text(encoding="utf-8"))
         layers = list(net["layers"])
+        if not all(isinstance(layer, dict) for layer in layers):
+            raise TypeError("a layer is not a JSON object")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise WeightsError(f"cannot read Core ML network {net_path}: not plain JSON with layers ({exc}); "
                            "compressed espresso files are not supported") from None
-    blobs = _BlobTable(inside(path, str(net.get("storage", "model.espresso.weights")), "weights"))
+    blobs = _BlobTable(inside(path, net.get("storage", "model.espresso.weights"), "weights"))
     entries = {}
     for layer in layers:
         shapes = _layer_shapes(layer)
@@ -98,7 +100,8 @@ class _BlobTable:
         if blob_id not in self.blobs:
             raise self._error(f"layer tensor {name} refers to blob {blob_id}, which is not in the file")
         offset, size = self.blobs[blob_id]
-        if shape is None or 4 * math.prod(shape) > size or math.prod(shape) == 0:
+        if (shape is None or not all(isinstance(d, int) and d > 0 for d in shape)
+                or 4 * math.prod(shape) > size):
             shape = (size // 4,)  # no known shape (or one that does not fit): the float32 values, flat
         count = math.prod(shape)
 

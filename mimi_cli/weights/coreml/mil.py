@@ -34,6 +34,11 @@ _TOKEN = re.compile(r"""
 # Type constructors that take angle-bracket parameters.
 _GENERIC_TYPES = {"tensor", "list", "dict", "tuple", "state"}
 
+# Limits checked while parsing, so that hostile text costs bounded time, memory and stack.
+MAX_TEXT_BYTES = 256 << 20  # real programs are a few MB; weights live in weight.bin
+MAX_DEPTH = 64  # nested blocks, lists, tuples and typed values
+MAX_NUMBER_CHARS = 64  # a longer numeric literal is not one a converter wrote
+
 
 @dataclass(frozen=True)
 class TensorType:
@@ -95,12 +100,29 @@ class Program:
 
 def parse(text: str, source: str = "model.mil") -> Program:
     """Parse a whole ``model.mil``; a malformed file raises WeightsError naming the line."""
+    if len(text) > MAX_TEXT_BYTES:
+        raise WeightsError(f"cannot parse Core ML program {source}: {len(text):,} characters is more than the "
+                           f"{MAX_TEXT_BYTES >> 20} MiB a program text may have")
     return _Parser(text, source).program()
+
+
+def _nested(method):
+    """Count the parser's nesting depth around ``method`` and refuse to go past MAX_DEPTH."""
+    def wrapper(self, *args):
+        if self.depth >= MAX_DEPTH:
+            raise self._error(f"nesting deeper than {MAX_DEPTH} levels")
+        self.depth += 1
+        try:
+            return method(self, *args)
+        finally:
+            self.depth -= 1
+    return wrapper
 
 
 class _Parser:
     def __init__(self, text: str, source: str):
         self.text, self.source = text, source
+        self.depth = 0
         self.tokens: list[tuple[str, str, int]] = []  # (kind, text, offset)
         self.i = position = 0
         while position < len(text):
@@ -178,6 +200,7 @@ class _Parser:
         self.take(";")
         return Function(name, opset, operations)
 
+    @_nested
     def block(self) -> list[Operation]:
         """``{ stmt* } -> (outputs)``: the block's operations, nested blocks' ones after their parent."""
         self.take("{")
@@ -224,6 +247,7 @@ class _Parser:
         value_type = self.type()
         return self.take_name(), value_type
 
+    @_nested
     def argument(self) -> Value | Ref | list:
         if self.peek() == "(":  # a tuple of references or values, e.g. concat(values = (a, b))
             self.take("(")
@@ -253,6 +277,8 @@ class _Parser:
         shape: list[int | None] = []
         while self.peek() != "]":
             token = self.take()
+            if token.isdigit() and len(token) > 18:
+                raise self._error(f"dimension {token[:24]}… is larger than any tensor")
             shape.append(int(token) if token.isdigit() else None)  # ? or a symbolic dim
             if self.peek() == ",":
                 self.take(",")
@@ -260,6 +286,7 @@ class _Parser:
         self.take(">")
         return TensorType(dtype, tuple(shape))
 
+    @_nested
     def value(self) -> Value:
         value_type = self.type()
         self.take("(")
@@ -274,12 +301,16 @@ class _Parser:
                 if self.peek() == ",":
                     self.take(",")
             self.take(")")
-            data: object = BlobRef(str(fields.get("path", "")), int(fields.get("offset", -1)))
+            path, offset = fields.get("path"), fields.get("offset")
+            if not isinstance(path, str) or not isinstance(offset, int) or isinstance(offset, bool):
+                raise self._error(f"BLOBFILE needs a string path and an integer offset, got {path!r} and {offset!r}")
+            data: object = BlobRef(path, offset)
         else:
             data = self.literal()
         self.take(")")
         return Value(value_type, data)
 
+    @_nested
     def literal(self) -> object:
         token, kind = self.peek(), self.kind()
         if token in ("[", "{", "("):  # list, dict or tuple literal: nested Python lists
@@ -294,9 +325,17 @@ class _Parser:
             return items
         self.take()
         if kind == "string":
-            return bytes(token[1:-1], "utf-8").decode("unicode_escape")
+            try:
+                return bytes(token[1:-1], "utf-8").decode("unicode_escape")
+            except UnicodeDecodeError as exc:
+                raise self._error(f"string {token[:40]!r} has a broken escape ({exc.reason})") from None
         if kind == "number":
-            return _number(token)
+            if len(token) > MAX_NUMBER_CHARS:
+                raise self._error(f"a {len(token)}-character number is not a literal a converter writes")
+            try:
+                return _number(token)
+            except (ValueError, OverflowError) as exc:
+                raise self._error(f"number {token!r} cannot be read ({exc})") from None
         if token == "-" and self.peek() in ("inf", "nan"):
             return -float(self.take())
         if token in ("inf", "nan"):

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from mimi_cli.errors import WeightsError
+from mimi_cli.errors import DATA_ERRORS, WeightsError
 from mimi_cli.weights.coreml.blob import TYPES_BY_NAME, decode
 from mimi_cli.weights.coreml.mil import BlobRef, Function, Operation, Program, Ref, TensorType, Value
 
@@ -79,32 +79,57 @@ def _map_entries(entries: list[memoryview]) -> Iterator[tuple[str, memoryview]]:
     """Protobuf maps are repeated (1: key, 2: value) messages."""
     for entry in entries:
         key, value = "", memoryview(b"")
-        for number, item in fields(entry):
+        for number, item in fields(_message(entry)):
             if number == 1:
-                key = bytes(item).decode()
+                key = _text(item)
             elif number == 2:
-                value = item
+                value = _message(item)
         yield key, value
 
 
 def _group(buffer: memoryview) -> dict[int, list]:
     grouped: dict[int, list] = {}
-    for number, value in fields(buffer):
+    for number, value in fields(_message(buffer)):
         grouped.setdefault(number, []).append(value)
     return grouped
 
 
+MAX_DEPTH = 32  # nested operation blocks (while_loop, cond) in one program
+
+
 def read_model(data: bytes, source: str) -> tuple[int, str, Program | None]:
     """``(specification version, model type, program or None)`` of a serialized Model."""
+    def invalid(problem: str) -> WeightsError:
+        return WeightsError(f"cannot read Core ML model {source}: not a valid model.mlmodel protobuf ({problem})")
+
+    if not data:
+        raise invalid("the file is empty")
     try:
         model = _group(memoryview(data))
         version = model.get(1, [0])[0]
+        if not isinstance(version, int):
+            raise ProtoError("the specification version is not a number")
         kinds = [number for number in model if number >= 200]
         kind = MODEL_TYPES.get(kinds[0], f"type {kinds[0]}") if kinds else "unknown"
-        program = _program(model[502][0]) if 502 in model else None
-    except (ProtoError, KeyError, IndexError, UnicodeDecodeError, ValueError) as exc:
-        raise WeightsError(f"cannot read Core ML model {source}: not a valid model.mlmodel protobuf ({exc})") from None
+        program = _program(_message(model[502][0])) if 502 in model else None
+    except ProtoError as exc:
+        raise invalid(str(exc)) from None
+    except DATA_ERRORS as exc:
+        raise invalid(f"{type(exc).__name__}: {exc}") from None
+    if not version and not kinds:
+        raise invalid("no specification version and no model")
     return version, kind, program
+
+
+def _message(value) -> memoryview:
+    """A field that must hold a nested message (length-delimited), not a number."""
+    if not isinstance(value, memoryview):
+        raise ProtoError("a number where a message was expected")
+    return value
+
+
+def _text(value) -> str:
+    return bytes(_message(value)).decode()
 
 
 def _program(buffer: memoryview) -> Program:
@@ -112,19 +137,21 @@ def _program(buffer: memoryview) -> Program:
     functions = {}
     for name, body in _map_entries(message.get(2, [])):
         function = _group(body)
-        opset = bytes(function.get(2, [b""])[0]).decode()
+        opset = _text(function.get(2, [memoryview(b"")])[0])
         blocks = dict(_map_entries(function.get(3, [])))
         block = blocks.get(opset) or next(iter(blocks.values()), memoryview(b""))
         functions[name] = Function(name, opset, _operations(block))
     return Program(str(message.get(1, [1])[0]), functions)
 
 
-def _operations(block: memoryview) -> list[Operation]:
+def _operations(block: memoryview, depth: int = 0) -> list[Operation]:
+    if depth > MAX_DEPTH:
+        raise ProtoError(f"operation blocks nested deeper than {MAX_DEPTH} levels")
     operations = []
     for body in _group(block).get(3, []):
         message = _group(body)
         outputs = [_named_type(item) for item in message.get(3, [])]
-        operation = Operation(bytes(message.get(1, [b""])[0]).decode(), outputs)
+        operation = Operation(_text(message.get(1, [memoryview(b"")])[0]), outputs)
         for key, argument in _map_entries(message.get(2, [])):
             bindings = [_binding(item) for number, item in fields(argument) if number == 1]
             operation.args[key] = bindings[0] if len(bindings) == 1 else bindings
@@ -132,14 +159,14 @@ def _operations(block: memoryview) -> list[Operation]:
             operation.attrs[key] = _value(value)
         operations.append(operation)
         for nested in message.get(4, []):
-            operations.extend(_operations(nested))
+            operations.extend(_operations(nested, depth + 1))
     return operations
 
 
 def _binding(buffer: memoryview) -> Ref | Value:
     for number, item in fields(buffer):
         if number == 1:
-            return Ref(bytes(item).decode())
+            return Ref(_text(item))
         if number == 2:
             return _value(item)
     raise ProtoError("empty argument binding")
@@ -147,7 +174,7 @@ def _binding(buffer: memoryview) -> Ref | Value:
 
 def _named_type(buffer: memoryview) -> tuple[str, TensorType | None]:
     message = _group(buffer)
-    name = bytes(message.get(1, [b""])[0]).decode()
+    name = _text(message.get(1, [memoryview(b"")])[0])
     return name, _value_type(message[2][0]) if 2 in message else None
 
 
@@ -169,7 +196,10 @@ def _value(buffer: memoryview) -> Value:
     value_type = _value_type(message[2][0]) if 2 in message else None
     if 5 in message:
         blob = _group(message[5][0])
-        return Value(value_type, BlobRef(bytes(blob.get(1, [b""])[0]).decode(), blob.get(2, [0])[0]))
+        offset = blob.get(2, [0])[0]
+        if not isinstance(offset, int):
+            raise ProtoError("a blob offset that is not a number")
+        return Value(value_type, BlobRef(_text(blob.get(1, [memoryview(b"")])[0]), offset))
     if 3 in message and value_type is not None:
         immediate = _group(message[3][0])
         if 1 in immediate:
@@ -183,7 +213,7 @@ def _tensor_value(buffer: memoryview, value_type: TensorType) -> object:
     for number, payload in fields(buffer):
         values = [item for field_number, item in fields(payload) if field_number == 1]
         if number == 4:  # strings
-            strings = [bytes(v).decode() for v in values]
+            strings = [_text(v) for v in values]
             return strings[0] if not shape and strings else strings
         packed = b"".join(bytes(v) for v in values if isinstance(v, memoryview))
         scalars = [v for v in values if isinstance(v, int)]  # unpacked encodings

@@ -1,0 +1,382 @@
+"""Every parser against hostile bytes: only the reader's own error escapes, in bounded memory and time.
+
+Each test mutates real inputs (files our writers make, and the Core ML fixtures in
+../shared when present): bytes flipped, deleted, inserted, duplicated, truncated,
+plus inputs built to lie about their sizes. Per example, the property is:
+
+- the only exception that escapes is the reader's own (WeightsError, InvalidCodesError,
+  InvalidAudioError), never a Python error, never MemoryError;
+- the peak of traced allocations (NumPy's included) stays under MEMORY_CAP_BYTES;
+- it takes under TIME_CAP_SECONDS.
+
+The default example count suits CI; ``MIMI_FUZZ_EXAMPLES=100000 pytest tests/test_fuzz.py``
+is a long run (docs/weights.md records what one covered).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import tempfile
+import time
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import SAMPLE_AUDIO, SHARED
+from coreml_builder import write_mlmodelc
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mimi_cli.errors import InvalidAudioError, InvalidCodesError, WeightsError  # noqa: E402
+
+EXAMPLES = int(os.environ.get("MIMI_FUZZ_EXAMPLES", "40"))
+MEMORY_CAP_BYTES = 256 << 20
+TIME_CAP_SECONDS = 10.0
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="MIMI_FUZZ_EXAMPLES" not in os.environ,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def bounded(call, allowed: type[Exception]) -> None:
+    """Run ``call``; the reader's error is fine, anything else escapes; memory and time are checked."""
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        call()
+    except allowed:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    elapsed = time.perf_counter() - start
+    assert peak < MEMORY_CAP_BYTES, f"allocated {peak / 2**20:.0f} MiB"
+    assert elapsed < TIME_CAP_SECONDS, f"took {elapsed:.1f} s"
+
+
+@st.composite
+def mutated(draw, seeds: list[bytes]) -> bytes:
+    """One seed with a few random edits (or, now and then, random bytes)."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=4096))
+    data = bytearray(draw(st.sampled_from(seeds)))
+    for _ in range(draw(st.integers(1, 8))):
+        if not data:
+            break
+        kind = draw(st.sampled_from(["flip", "set", "delete", "insert", "duplicate", "truncate"]))
+        at = draw(st.integers(0, len(data) - 1))
+        if kind == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set":
+            data[at] = draw(st.sampled_from([0, 0xFF, 0x7F, 0x80, ord("["), ord("("), ord('"'), ord("9")]))
+        elif kind == "delete":
+            del data[at : at + draw(st.integers(1, 16))]
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif kind == "duplicate":
+            data[at:at] = data[at : at + draw(st.integers(1, 64))] * draw(st.integers(1, 50))
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+def _fixture_files(pattern: str) -> list[bytes]:
+    root = SHARED / "coreml-fixtures"
+    return [p.read_bytes() for p in sorted(root.glob(pattern))[:12]] if root.is_dir() else []
+
+
+# ----------------------------------------------------------------------------- Core ML: model.mil and blobs
+
+
+def _built_program(folder: Path, dialect: str) -> Path:
+    tensors = {"w_a": np.arange(12, dtype=np.float32).reshape(3, 4) / 7, "w_b": np.ones(5, np.float16)}
+    return write_mlmodelc(folder, tensors, dialect=dialect)
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory) -> list[Path]:
+    return [_built_program(tmp_path_factory.mktemp(f"mil{d}"), d) for d in ("1.0", "1.3")]
+
+
+def _read_everything(path: Path) -> None:
+    from mimi_cli.weights import open_weights
+
+    for entry in open_weights(path).tensors.values():
+        entry.load()
+
+
+def test_fuzz_mil_text(programs):
+    from mimi_cli.weights.coreml.mil import parse
+
+    seeds = [(p / "model.mil").read_bytes() for p in programs] + _fixture_files("*/model.mil")
+
+    @FUZZ
+    @given(mutated(seeds))
+    def check(data: bytes) -> None:
+        bounded(lambda: parse(data.decode("utf-8", errors="replace")), WeightsError)
+
+    check()
+
+
+def test_fuzz_mil_nesting_and_literals():
+    """Text built to exhaust the stack or the number converters."""
+    from mimi_cli.weights.coreml.mil import parse
+
+    head = "program(1.0) { func main<ios15>() { tensor<fp32, [1]> w = const()[val = tensor<fp32, [1]>("
+    tail = ")]; } -> (w); }"
+
+    @FUZZ
+    @given(st.integers(1, 20000), st.sampled_from(["[", "(", "{", "tensor<fp32, []>("]),
+           st.sampled_from(["0x1p+99999999999", "9" * 5000, '"\\x4"', '"\\N{nope}"', "1e999999", "-nan"]))
+    def check(depth: int, opening: str, literal: str) -> None:
+        closing = {"[": "]", "(": ")", "{": "}"}.get(opening, ")")
+        bounded(lambda: parse(head + opening * depth + literal + closing * depth + tail), WeightsError)
+
+    check()
+
+
+def test_fuzz_blob_storage(programs, tmp_path_factory):
+    seeds = [(p / "weights" / "weight.bin").read_bytes() for p in programs]
+    seeds += _fixture_files("*/weights/weight.bin") + _fixture_files("synthetic-coremltools9/*.weight.bin")
+    folder = tmp_path_factory.mktemp("blob")
+    _built_program(folder, "1.3")
+
+    @FUZZ
+    @given(mutated(seeds))
+    def check(data: bytes) -> None:
+        (folder / "weights" / "weight.bin").write_bytes(data)
+        bounded(lambda: _read_everything(folder), WeightsError)
+
+    check()
+
+
+# ----------------------------------------------------------------------------- Core ML: protobuf, manifest, espresso
+
+
+def _field(number: int, value) -> bytes:
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+    if isinstance(value, int):
+        return varint(number << 3) + varint(value)
+    value = value.encode() if isinstance(value, str) else value
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+
+def _built_mlmodel() -> bytes:
+    """A Model (spec 9) holding an ML Program with one const op whose value is in blob storage."""
+    tensor_type = _field(1, _field(1, 10) + _field(2, 1) + _field(3, _field(1, _field(1, 4))))
+    value_type = _field(1, tensor_type)
+    blob_value = _field(2, value_type) + _field(5, _field(1, "@model_path/weights/weight.bin") + _field(2, 64))
+    operation = (_field(1, "const") + _field(3, _field(1, "w") + _field(2, value_type))
+                 + _field(5, _field(1, "val") + _field(2, blob_value)))
+    block = _field(3, operation)
+    function = _field(2, "CoreML7") + _field(3, _field(1, "CoreML7") + _field(2, block))
+    program = _field(1, 1) + _field(2, _field(1, "main") + _field(2, function))
+    return _field(1, 9) + _field(502, program)
+
+
+def test_fuzz_protobuf_model():
+    from mimi_cli.weights.coreml.proto import read_model
+
+    seeds = [_built_mlmodel(), *_fixture_files("*/Data/com.apple.CoreML/model.mlmodel"),
+             *_fixture_files("synthetic-coremltools9/*/Data/com.apple.CoreML/model.mlmodel")]
+    version, _, program = read_model(seeds[0], "built")
+    assert version == 9 and [op.op for op in program.operations()] == ["const"]  # the seed itself is sound
+
+    @FUZZ
+    @given(mutated(seeds))
+    def check(data: bytes) -> None:
+        bounded(lambda: read_model(data, "fuzzed"), WeightsError)
+
+    check()
+
+
+def test_fuzz_package_manifest(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pkg") / "m.mlpackage"
+    (folder / "Data" / "com.apple.CoreML").mkdir(parents=True)
+    (folder / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(_built_mlmodel())
+    good = {"fileFormatVersion": "1.0.0", "rootModelIdentifier": "A",
+            "itemInfoEntries": {"A": {"path": "com.apple.CoreML/model.mlmodel", "name": "model.mlmodel"}}}
+    json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                               lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                           max_size=4), max_leaves=12)
+
+    @FUZZ
+    @given(st.sampled_from(["rootModelIdentifier", "itemInfoEntries", "path", "whole"]), json_values)
+    def check(where: str, value) -> None:
+        manifest = json.loads(json.dumps(good))
+        if where == "path":
+            manifest["itemInfoEntries"]["A"]["path"] = value
+        elif where == "whole":
+            manifest = value
+        else:
+            manifest[where] = value
+        (folder / "Manifest.json").write_text(json.dumps(manifest))
+        bounded(lambda: _read_everything(folder), WeightsError)
+
+    check()
+
+
+def _built_espresso(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    net = {"format_version": 200, "storage": "model.espresso.weights", "layers": [
+        {"type": "convolution", "name": "conv", "C": 2, "K": 3, "Nx": 2, "Ny": 1, "blob_weights": 1, "blob_biases": 3},
+        {"type": "inner_product", "name": "fc", "nC": 2, "nB": 4, "blob_weights": 5}]}
+    (folder / "model.espresso.net").write_text(json.dumps(net))
+    blobs = [(1, np.ones(12, np.float32)), (3, np.zeros(2, np.float32)), (5, np.arange(8, dtype=np.float32))]
+    table = struct.pack("<Q", len(blobs)) + b"".join(struct.pack("<QQ", i, v.nbytes) for i, v in blobs)
+    (folder / "model.espresso.weights").write_bytes(table + b"".join(v.tobytes() for _, v in blobs))
+
+
+def test_fuzz_espresso(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("espresso") / "m.mlmodelc"
+    _built_espresso(folder)
+    _read_everything(folder)  # the seed itself is sound
+    net_seeds = [(folder / "model.espresso.net").read_bytes(), *_fixture_files("*/model.espresso.net")]
+    weight_seeds = [(folder / "model.espresso.weights").read_bytes()]
+    original_net, original_weights = net_seeds[0], weight_seeds[0]
+
+    @FUZZ
+    @given(mutated(net_seeds), mutated(weight_seeds), st.booleans())
+    def check(net: bytes, weights: bytes, which: bool) -> None:
+        (folder / "model.espresso.net").write_bytes(net if which else original_net)
+        (folder / "model.espresso.weights").write_bytes(original_weights if which else weights)
+        bounded(lambda: _read_everything(folder), WeightsError)
+
+    check()
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+
+def test_fuzz_safetensors(tmp_path_factory):
+    from safetensors.numpy import save
+
+    seeds = [save({"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.float16)}),
+             save({"w": np.zeros((3, 3), np.float32)}, metadata={"format": "pt"})]
+    path = tmp_path_factory.mktemp("st") / "x.safetensors"
+
+    @FUZZ
+    @given(mutated(seeds))
+    def check(data: bytes) -> None:
+        path.write_bytes(data)
+        bounded(lambda: _read_everything(path), WeightsError)
+
+    check()
+
+
+# ----------------------------------------------------------------------------- codes files
+
+
+def _codes_arrays(frames: int = 5) -> dict[str, np.ndarray]:
+    return {"codes": np.arange(8 * frames, dtype=np.uint16).reshape(1, 8, frames) % 2048,
+            "format_version": np.array(1), "sample_rate": np.array(24000), "frame_rate": np.array(12.5),
+            "codebook_size": np.array(2048), "num_samples": np.array(frames * 1920 - 7),
+            "source_sample_rate": np.array(16000), "source_channels": np.array(1),
+            "weights_id": np.array("sha256:0123456789abcdef"), "codec": np.array("mimi")}
+
+
+def _npz(arrays: dict) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _npz_with_codes_header(shape: tuple, descr: str, payload: bytes) -> bytes:
+    """A codes file whose codes member's .npy header claims ``shape`` over ``payload`` bytes of data."""
+    arrays = _codes_arrays()
+    del arrays["codes"]
+    header = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    member = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + payload
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for key, value in arrays.items():
+            item = io.BytesIO()
+            np.save(item, value)
+            archive.writestr(f"{key}.npy", item.getvalue())
+        archive.writestr("codes.npy", member)
+    return buffer.getvalue()
+
+
+def test_fuzz_codes_files(tmp_path_factory):
+    from mimi_cli.codes import CodesFile
+
+    seeds = [_npz(_codes_arrays(5)), _npz(_codes_arrays(1)), _npz({**_codes_arrays(3), "codec": np.array("mimi")})]
+    path = tmp_path_factory.mktemp("codes") / "c.npz"
+    path.write_bytes(seeds[0])
+    assert CodesFile.load(path).num_frames == 5  # the seed itself is sound
+
+    @FUZZ
+    @given(mutated(seeds))
+    def check(data: bytes) -> None:
+        path.write_bytes(data)
+        bounded(lambda: CodesFile.load(path), InvalidCodesError)
+
+    check()
+
+
+def test_fuzz_codes_headers_that_lie(tmp_path_factory):
+    """Headers declaring huge or odd shapes over a few bytes, and members that inflate: refused before reading."""
+    from mimi_cli.codes import CodesFile
+
+    path = tmp_path_factory.mktemp("lies") / "c.npz"
+    dims = st.integers(0, 2**40)
+
+    @FUZZ
+    @given(st.tuples(dims, dims, dims) | st.tuples(dims) | st.tuples(dims, dims, dims, dims),
+           st.sampled_from(["<u2", "<f8", "|O", "<u8", "|b1"]), st.binary(max_size=64))
+    def check(shape: tuple, descr: str, payload: bytes) -> None:
+        path.write_bytes(_npz_with_codes_header(shape, descr, payload))
+        bounded(lambda: CodesFile.load(path), InvalidCodesError)
+
+    check()
+    # a member that inflates: 200 MB of zeros deflated to a few hundred kB
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for key, value in _codes_arrays().items():
+            item = io.BytesIO()
+            np.save(item, value)
+            padding = bytes(200 << 20) if key == "num_samples" else b""
+            archive.writestr(f"{key}.npy", item.getvalue() + padding)
+    path.write_bytes(buffer.getvalue())
+    bounded(lambda: CodesFile.load(path), InvalidCodesError)
+
+
+# ----------------------------------------------------------------------------- audio headers
+
+
+def test_fuzz_wav_headers(tmp_path_factory):
+    from mimi_cli.audio import read_audio
+
+    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32", frames=1600)
+    seeds = []
+    for subtype in ("PCM_16", "FLOAT", "PCM_24"):
+        buffer = io.BytesIO()
+        sf.write(buffer, pcm, rate, format="WAV", subtype=subtype)
+        seeds.append(buffer.getvalue())
+    folder = Path(tempfile.mkdtemp(dir=tmp_path_factory.mktemp("wav")))
+
+    @FUZZ
+    @given(st.lists(st.tuples(st.integers(0, 43), st.integers(0, 255)), min_size=1, max_size=6),
+           st.sampled_from(seeds), st.integers(0, 2000))
+    def check(edits, seed: bytes, cut: int) -> None:
+        data = bytearray(seed)
+        for at, value in edits:  # the 44-byte header: sizes, format, channels, rate
+            data[at] = value
+        path = folder / "x.wav"
+        path.write_bytes(bytes(data[: len(data) - cut]))
+        bounded(lambda: read_audio(path), InvalidAudioError)
+
+    check()
