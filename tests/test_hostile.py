@@ -1,0 +1,212 @@
+"""Files from strangers, through the CLI: one line, the documented exit code, bounded memory, honest words.
+
+Each test is one observation of the issue "Every parser survives hostile bytes".
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import run
+from coreml_builder import write_mlmodelc
+
+
+def inspect_fails(path: Path, *expected: str) -> str:
+    """`mimi inspect` on a malformed model: exit 2, the problem as an error line, no traceback."""
+    result = run("inspect", path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "no errors" not in result.stdout
+    text = result.stdout + result.stderr
+    for word in expected:
+        assert word in text, text
+    return text
+
+
+MIL_HEAD = "program(1.0)\n{\n    func main<ios15>(tensor<fp32, [1]> x) {\n"
+MIL_TAIL = "    } -> (w);\n}\n"
+
+
+def _mil_model(folder: Path, statement: str) -> Path:
+    folder.mkdir()
+    (folder / "model.mil").write_text(MIL_HEAD + "        " + statement + "\n" + MIL_TAIL)
+    return folder
+
+
+@pytest.mark.parametrize("statement,expected", [
+    ('tensor<fp16, [4]> w = const()[val = tensor<fp16, [4]>(BLOBFILE(path = tensor<string, []>("@model_path/w.bin"), '
+     'offset = tensor<string, []>("64")))];', "integer offset"),
+    ('tensor<fp16, [4]> w = const()[val = tensor<fp16, [4]>(BLOBFILE(path = tensor<string, []>("@model_path/w.bin"), '
+     'offset = tensor<uint64, [2]>([1, 2])))];', "integer offset"),
+    ("tensor<fp32, [1]> w = const()[val = tensor<fp32, [1]>(" + "[" * 50000 + "]" * 50000 + ")];", "nesting deeper"),
+    ("tensor<fp32, [1]> w = const()[val = tensor<fp32, [1]>(" + "(" * 50000 + ")" * 50000 + ")];", "nesting deeper"),
+    ("tensor<fp32, []> w = const()[val = tensor<fp32, []>(0x1p+99999999999)];", "cannot be read"),
+    ("tensor<int32, []> w = const()[val = tensor<int32, []>(" + "7" * 100000 + ")];", "100000-character number"),
+    ('tensor<string, []> w = const()[val = tensor<string, []>("\\x4")];', "broken escape"),
+])
+def test_hostile_model_mil(tmp_path, statement, expected):
+    inspect_fails(_mil_model(tmp_path / "m.mlmodelc", statement), "cannot parse Core ML program", expected)
+
+
+def test_hostile_package_manifest_and_espresso(tmp_path):
+    package = tmp_path / "p.mlpackage"
+    (package / "Data").mkdir(parents=True)
+    (package / "Manifest.json").write_text(json.dumps(
+        {"rootModelIdentifier": "A", "itemInfoEntries": {"A": {"path": 7}}}))
+    inspect_fails(package, "invalid Manifest.json")
+    espresso = tmp_path / "e.mlmodelc"
+    espresso.mkdir()
+    (espresso / "model.espresso.net").write_text(json.dumps({"layers": [1, "two", None]}))
+    inspect_fails(espresso, "cannot read Core ML network")
+
+
+def _package(folder: Path, model: bytes) -> Path:
+    (folder / "Data" / "com.apple.CoreML").mkdir(parents=True)
+    (folder / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(model)
+    (folder / "Manifest.json").write_text(json.dumps(
+        {"rootModelIdentifier": "A", "itemInfoEntries": {"A": {"path": "com.apple.CoreML/model.mlmodel"}}}))
+    return folder
+
+
+def test_empty_or_nested_protobuf_is_not_a_sound_model(tmp_path):
+    inspect_fails(_package(tmp_path / "empty.mlpackage", b""), "the file is empty")
+    nested = b""
+    for _ in range(3000):  # field 1, length-delimited, inside itself
+        nested = b"\x0a" + _varint(len(nested)) + nested
+    text = inspect_fails(_package(tmp_path / "nested.mlpackage", nested), "not a valid model.mlmodel")
+    assert "<memory at" not in text
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def test_safetensors_header_over_the_cap_is_said_as_such(tmp_path):
+    path = tmp_path / "big.safetensors"
+    path.write_bytes(struct.pack("<Q", 200 << 20) + b"{}" + bytes(64))
+    inspect_fails(path, "over the 100 MiB limit")
+
+
+def test_inspect_on_a_codes_file_says_what_it_is(tmp_path):
+    np.savez(tmp_path / "codes.npz", codes=np.zeros((1, 8, 3), np.uint16))
+    text = inspect_fails(tmp_path / "codes.npz", "NumPy .npz archive")
+    assert "pickle" not in text
+
+
+def test_a_model_with_nothing_readable_is_an_error(tmp_path):
+    (tmp_path / "e.mlmodelc").mkdir()
+    write_mlmodelc(tmp_path / "e.mlmodelc", {})
+    inspect_fails(tmp_path / "e.mlmodelc", "no tensors could be read")
+
+
+# ----------------------------------------------------------------------------- codes files
+
+
+def _codes_arrays(frames: int = 4) -> dict:
+    return {"codes": np.zeros((1, 8, frames), np.uint16), "format_version": np.array(1),
+            "sample_rate": np.array(24000), "frame_rate": np.array(12.5), "codebook_size": np.array(2048),
+            "num_samples": np.array(frames * 1920), "source_sample_rate": np.array(24000),
+            "source_channels": np.array(1), "weights_id": np.array("sha256:0123456789abcdef")}
+
+
+def decode_fails(path: Path, tmp_path: Path, *expected: str, extra: tuple = ()) -> float:
+    start = time.monotonic()
+    result = run("decode", path, "-o", tmp_path / "out.wav", *extra, weights=tmp_path / "unused")
+    elapsed = time.monotonic() - start
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for word in expected:
+        assert word in result.stderr, result.stderr
+    assert not (tmp_path / "out.wav").exists()
+    return elapsed
+
+
+def test_codes_file_that_inflates_is_refused_from_its_directory(tmp_path):
+    """Members whose uncompressed size is far beyond what a codes file holds: refused before inflating."""
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        for key, value in _codes_arrays().items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.save(member, value)
+                for _ in range(32 if key == "format_version" else 0):  # 512 MiB of zeros after the value
+                    member.write(bytes(16 << 20))
+    assert (tmp_path / "bomb.npz").stat().st_size < 2 << 20  # deflated to well under 1 MB
+    for extra in ((), ("--stream",)):
+        elapsed = decode_fails(tmp_path / "bomb.npz", tmp_path, "member format_version", "bytes", extra=extra)
+        assert elapsed < 30
+
+
+def test_codes_header_claiming_a_huge_shape(tmp_path):
+    arrays = _codes_arrays()
+    del arrays["codes"]
+    header = repr({"descr": "<u2", "fortran_order": False, "shape": (1, 8, 2**40)}).encode()
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for key, value in arrays.items():
+            item = io.BytesIO()
+            np.save(item, value)
+            archive.writestr(f"{key}.npy", item.getvalue())
+        archive.writestr("codes.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + bytes(64))
+    (tmp_path / "huge.npz").write_bytes(buffer.getvalue())
+    for extra in ((), ("--stream",)):
+        decode_fails(tmp_path / "huge.npz", tmp_path, "does not fit 1099511627776 frames", extra=extra)
+
+
+def test_format_version_zero_is_not_called_old(tmp_path):
+    np.savez(tmp_path / "v0.npz", **{**_codes_arrays(), "format_version": np.array(0)})
+    decode_fails(tmp_path / "v0.npz", tmp_path, "never written by mimi-cli", "damaged")
+
+
+# ----------------------------------------------------------------------------- honest words, safe terminals
+
+
+def test_symlink_loop_and_unreadable_audio_say_what_is_wrong(tmp_path):
+    (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
+    result = run("encode", tmp_path / "loop.wav", "-o", tmp_path / "x.npz", weights=tmp_path / "unused")
+    assert result.returncode == 1 and "Too many levels of symbolic links" in result.stderr, result.stderr
+    assert "does not exist" not in result.stderr
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their permissions")
+    locked = tmp_path / "locked.wav"
+    sf.write(locked, np.zeros(2400, np.float32), 24000)
+    locked.chmod(0)
+    result = run("encode", tmp_path / "locked.wav", tmp_path / "loop.wav", "-o", tmp_path / "out",
+                 weights=tmp_path / "unused")
+    assert "Permission denied" in result.stderr and "give a WAV" not in result.stderr
+
+
+def test_roundtrip_json_is_valid_for_a_one_sample_input(tmp_path, weights_file):
+    sf.write(tmp_path / "one.wav", np.array([0.0], np.float32), 24000, subtype="FLOAT")
+    result = run("roundtrip", tmp_path / "one.wav", "--json", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)  # strict: bare NaN would not parse
+    assert metrics["si_sdr_db"] is None and metrics["frames"] == 1
+
+
+def test_control_characters_never_reach_the_terminal(tmp_path, weights_file):
+    evil = tmp_path / "a\x1b[2Jb\x07.wav"
+    sf.write(evil, np.zeros(2400, np.float32), 24000)
+    result = run("encode", evil, "-o", tmp_path / "x.npz", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b[2J" not in result.stderr and "\x07" not in result.stderr and "\\x1b[2J" in result.stderr
+    with np.load(tmp_path / "x.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["weights_id"] = np.array("sha256:\x1b]0;pwned\x07")
+    np.savez(tmp_path / "evil.npz", **arrays)
+    result = run("decode", tmp_path / "evil.npz", "-o", tmp_path / "y.wav", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b]0;" not in result.stderr and "\\x1b]0;pwned\\x07" in result.stderr
