@@ -172,58 +172,9 @@ def kernel_benchmarks(model: Mimi, seconds: float = 1.0, peak: float | None = No
 # ----------------------------------------------------------------------------- the whole codec
 
 
-def _seanet_flops(c, samples: float, conv_shortcut: bool = False) -> tuple[float, float, float]:
-    """(encoder, decoder, latent steps): the decoder mirrors the encoder layer for layer."""
-    def hidden(width: int) -> int:
-        return width // c.compress
-
-    def residual(width: int, t: float) -> float:
-        shortcut = 2 * width * width * t if conv_shortcut else 0
-        return c.n_residual_layers * (2 * width * c.residual_kernel_size * hidden(width) * t
-                                      + 2 * hidden(width) * width * t + shortcut)
-
-    encoder = 2 * c.channels * c.kernel_size * c.n_filters * samples  # first conv
-    decoder = 2 * c.n_filters * c.last_kernel_size * c.channels * samples  # last conv
-    width, t = c.n_filters, samples
-    for ratio in reversed(c.ratios):
-        encoder += residual(width, t)
-        decoder += residual(width, t)
-        t /= ratio
-        strided = 2 * width * 2 * ratio * 2 * width * t  # conv down = transposed conv up
-        encoder, decoder = encoder + strided, decoder + strided
-        width *= 2
-    encoder += 2 * width * c.last_kernel_size * c.dimension * t
-    decoder += 2 * c.dimension * c.kernel_size * width * t
-    return encoder, decoder, t
-
-
 def codec_flops(c, seconds: float, num_codebooks: int) -> tuple[float, float]:
-    """(encode, decode) FLOPs for ``seconds`` of audio, counted from the architecture (1 MAC = 2 FLOPs).
-
-    Mimi: matches mimi-reference.md §5, ≈ 5.5 GFLOP per second of audio each way.
-    """
-    if c.name == "encodec-24khz":
-        return _encodec_flops(c, seconds, num_codebooks)
-    encoder, decoder, steps = _seanet_flops(c, seconds * c.sample_rate)
-    d = c.dimension
-    window = min(steps, c.context)
-    keys = window * (window + 1) / 2 + max(0.0, steps - c.context) * c.context  # banded attention
-    transformer = c.num_layers * (2 * steps * (4 * d * d + 2 * d * c.dim_feedforward) + 4 * keys * d)
-    frames = steps / c.downsample_stride
-    projections = 2 * (2 * d * c.codebook_dim * frames)
-    encode = (encoder + transformer + 2 * d * 2 * c.downsample_stride * d * frames + projections
-              + num_codebooks * 2 * c.codebook_size * c.codebook_dim * frames)
-    decode = decoder + transformer + 2 * d * 2 * c.downsample_stride * frames + projections
-    return encode, decode
-
-
-def _encodec_flops(c, seconds: float, num_codebooks: int) -> tuple[float, float]:
-    """EnCodec: SEANet with 1×1 shortcuts, a 2-layer LSTM on each side, squared-distance VQ."""
-    encoder, decoder, steps = _seanet_flops(c, seconds * c.sample_rate, conv_shortcut=True)
-    width = c.lstm_width
-    lstm = c.lstm_layers * 2 * (4 * width * width) * 2 * steps  # input and recurrent products
-    search = num_codebooks * 2 * c.codebook_size * c.dimension * steps
-    return encoder + lstm + search, decoder + lstm
+    """(encode, decode) FLOPs for ``seconds`` of audio, counted from the architecture by the codec's config."""
+    return c.flops(seconds, num_codebooks)
 
 
 @dataclass

@@ -466,14 +466,15 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Measure speed on this machine: BLAS peak, kernels, whole codec, streaming (no weights needed)."""
-    parts = ("kernels", "model", "stream") if codec == "mimi" else ("model",)
+    from mimi_cli.models import codec_spec
+
+    parts = codec_spec(codec).bench_parts
     if only is not None and only not in parts:
         _fail(f"--only takes one of {', '.join(parts)} for {codec}, not {only!r}", code=2)
     say = _Messages(quiet=as_json)  # with --json, stderr stays free of status lines too
     with _user_errors(), _threads(threads, say):
         from mimi_cli import bench as b
         from mimi_cli.core.threads import usable_threads
-        from mimi_cli.models import codec_spec
         from mimi_cli.pipeline import check_batch_memory
 
         threads = usable_threads(threads)[0]
@@ -502,16 +503,14 @@ def bench(
 
 def _bench_model(spec):
     """Random weights of the released size in a temporary safetensors file, and the time to load them."""
-    import importlib
     import tempfile
     import time
 
     from safetensors.numpy import save_file
 
-    synthetic = importlib.import_module(f"{spec.package}.synthetic")
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/{spec.name}.safetensors"
-        save_file(synthetic.random_state(), path)
+        save_file(spec.random_state(), path)
         start = time.perf_counter()
         model = spec.model().from_file(path)
         return model, time.perf_counter() - start

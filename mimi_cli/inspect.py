@@ -13,13 +13,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from mimi_cli.errors import MimiError
 from mimi_cli.fileio import missing
-from mimi_cli.models.encodec import checkpoint as encodec_checkpoint
-from mimi_cli.models.mimi import checkpoint
-from mimi_cli.models.mimi.config import MimiConfig
+from mimi_cli.models import CODECS
 from mimi_cli.weights import TensorEntry, WeightFile, open_weights
 from mimi_cli.weights.validate import Findings, TensorStats, check, full_stats
 
@@ -68,7 +65,8 @@ def inspect_weights(path: str | Path, pattern: str | None = None, stats: bool = 
         if missing(Path(path)):
             raise
         return WeightsReport(str(path), "unreadable", errors=[str(exc)])
-    report = WeightsReport(str(path), describe_format(source), source.container, source.details)
+    spec, found = recognised = recognise(source)
+    report = WeightsReport(str(path), describe_format(source, recognised), source.container, source.details)
     findings = Findings()
     selected = [e for e in source.tensors.values() if pattern is None or fnmatch.fnmatchcase(e.name, pattern)]
     total, done = sum(e.params for e in selected), 0
@@ -82,27 +80,34 @@ def inspect_weights(path: str | Path, pattern: str | None = None, stats: bool = 
         report.tensors.append(tensor)
     if not source.tensors:
         findings.errors.append("no tensors could be read: the file is empty or holds no model weights")
-    findings.extend(_mimi_findings(source))
-    findings.extend(_encodec_findings(source))
+    if found is not None:
+        name = spec.config().display_name
+        findings.errors += [f"does not load as the released {name} model: {p}" for p in found.problems]
     report.warnings, report.errors = findings.warnings, findings.errors
     return report
 
 
-def describe_format(source: WeightFile) -> str:
+def recognise(source: WeightFile):
+    """The registered codec whose checkpoint ``source`` holds, and what its hook found: (spec, Recognised)."""
+    for spec in CODECS.values():
+        found = spec.inspect(source)
+        if found is not None:
+            return spec, found
+    return None, None
+
+
+def describe_format(source: WeightFile, recognised=None) -> str:
     """e.g. "Mimi Hugging Face", "EnCodec 24 kHz original", "Core ML ML Program 1.0 (ios15)", "unknown"."""
-    layout = _mimi_layout(source)
+    found = (recognised or recognise(source))[1]
     if not source.container.startswith("Core ML"):
-        if layout:
-            return checkpoint.LAYOUT_NAMES[layout]
-        encodec_layout = encodec_checkpoint.detect_layout(source.tensors)
-        return f"EnCodec 24 kHz {encodec_checkpoint.LAYOUT_NAMES[encodec_layout]}" if encodec_layout else "unknown"
+        return found.label if found else "unknown"
     if "Neural Network" in source.container:
         kind = "Core ML Neural Network"
     elif "program version" in source.details:
         kind = f"Core ML ML Program {source.details['program version']} ({source.details.get('opset', '?')})"
     else:
         kind = source.container
-    return f"{kind}, {checkpoint.LAYOUT_NAMES[layout]} names" if layout else kind
+    return f"{kind}, {found.label} names" if found else kind
 
 
 def total_params(report: WeightsReport) -> int:
@@ -118,43 +123,3 @@ def _measure(entry: TensorEntry, tensor: TensorReport) -> Findings:
     tensor.min, tensor.max, tensor.mean, tensor.std, tensor.nonfinite = (stats.min, stats.max, stats.mean,
                                                                          stats.std, stats.nonfinite)
     return check(entry.name, stats, values.size)
-
-
-def _mimi_names(source: WeightFile) -> dict[str, str]:
-    """Source tensor name → checkpoint name, for the tensors that carry a Mimi name."""
-    if source.container.startswith("Core ML"):
-        return checkpoint.coreml_names(source.tensors, MimiConfig())
-    return {name: name for name in source.tensors}
-
-
-def _mimi_layout(source: WeightFile) -> str | None:
-    return checkpoint.detect_layout(_mimi_names(source).values())
-
-
-def _mimi_findings(source: WeightFile) -> Findings:
-    """For a Mimi checkpoint: would it load into the released model? (From names and shapes only.)"""
-    names = _mimi_names(source)
-    layout = checkpoint.detect_layout(names.values())
-    if layout is None:
-        return Findings()
-    from mimi_cli.models.mimi import Mimi
-
-    config = MimiConfig()
-    # Zero-strided placeholders: the renaming and re-fusing need shapes, not values.
-    placeholders = {name: np.broadcast_to(np.float32(0), source.tensors[variable].shape)
-                    for variable, name in names.items()}
-    problems = Mimi(config).check_state(checkpoint.to_original(placeholders, layout, config.num_heads))
-    return Findings(errors=[f"does not load as the released Mimi model: {p}" for p in problems])
-
-
-def _encodec_findings(source: WeightFile) -> Findings:
-    """For an EnCodec checkpoint: would it load into the released 24 kHz model? (From names and shapes only.)"""
-    layout = encodec_checkpoint.detect_layout(source.tensors)
-    if layout is None or source.container.startswith("Core ML"):
-        return Findings()
-    from mimi_cli.models.encodec import Encodec
-
-    shapes = encodec_checkpoint.folded_shapes({name: e.shape for name, e in source.tensors.items()}, layout)
-    placeholders = {name: np.broadcast_to(np.float32(0), shape) for name, shape in shapes.items()}
-    problems = Encodec().check_state(placeholders)
-    return Findings(errors=[f"does not load as the released EnCodec 24 kHz model: {p}" for p in problems])

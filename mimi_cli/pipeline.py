@@ -24,16 +24,13 @@ from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_ou
 from mimi_cli.codes import CodesFile
 from mimi_cli.errors import MimiError, WeightsError
 from mimi_cli.fileio import Target, atomic_output
-from mimi_cli.models import DEFAULT_CODEC, codec_spec
+from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
 from mimi_cli.weights import resolve_weights, weights_id
 
 
-# Upper bounds on peak RSS in batch mode, with margin: weights and libraries, then per second of
-# audio. Both codecs run their SEANets in chunks; what grows with the input is Mimi's transformer
-# activations (benchmarks/memory.py) and EnCodec's LSTM gates (≈2.1 MB/s between 60 s and 600 s of
-# audio); see docs/performance.md.
-BATCH_BYTES_PER_SECOND = {"mimi": 2e6, "encodec-24khz": 2.5e6}
+# Peak RSS in batch mode, with margin: weights and libraries, then each codec's growth per second of
+# audio (CodecSpec.batch_bytes_per_second; measured with benchmarks/memory.py, see docs/performance.md).
 _BATCH_BASE_BYTES = 0.6e9
 
 
@@ -41,13 +38,14 @@ def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC) -> None:
     """Refuse a batch run that cannot fit in this machine's memory, before doing any work."""
     import os
 
-    needed = _BATCH_BASE_BYTES + BATCH_BYTES_PER_SECOND[codec] * seconds
+    spec = codec_spec(codec)
+    needed = _BATCH_BASE_BYTES + spec.batch_bytes_per_second * seconds
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not available on this platform
         return
     if needed > 0.9 * physical:
-        remedy = ("use --stream, which keeps memory flat" if codec == "mimi"
+        remedy = ("use --stream, which keeps memory flat" if spec.streaming
                   else "split the audio into shorter files (this codec has no streaming mode here)")
         raise MimiError(f"{seconds / 60:.1f} min of audio would need about {needed / 1e9:.0f} GB in batch mode "
                         f"(this machine has {physical / 1e9:.0f} GB); {remedy}")
@@ -109,8 +107,10 @@ Progress = Callable[[float], None]  # called with seconds of audio done
 
 
 def _require_streaming(model: Codec) -> None:
-    if not hasattr(model, "stream_encoder"):
-        raise MimiError(f"--stream is available for Mimi only; {model.config.display_name} runs in batch mode")
+    if not codec_spec(model.config.name).streaming:
+        streaming = [name for name, spec in CODECS.items() if spec.streaming]
+        raise MimiError(f"{model.config.display_name} has no streaming mode here (--stream works with "
+                        f"{', '.join(streaming)}); run without --stream")
 
 
 def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int,

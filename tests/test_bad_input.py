@@ -102,7 +102,7 @@ def valid_codes_arrays() -> dict[str, np.ndarray]:
     ({"codes": np.full((1, 8, 3), 2048, np.uint16)}, "must be below 2048"),
     ({"codes": np.zeros((1, 8, 3), np.int64)}, "codes must be uint16, got int64"),
     ({"num_samples": None}, "missing num_samples"),
-    ({"format_version": np.array(99)}, "format_version 99 is not supported"),
+    ({"format_version": np.array(99)}, "format_version 99 is newer than this mimi-cli reads"),
     ({"weights_id": np.array([object()], dtype=object)}, "pickled objects"),
     ({"codes": np.zeros((1, 40, 3), np.uint16)}, "40 codebooks"),
 ])
@@ -174,10 +174,10 @@ def test_batch_mode_refuses_what_cannot_fit_in_memory(tmp_path):
     """A codes file long enough that batch decoding could not fit in this machine's memory."""
     import os
 
-    from mimi_cli.pipeline import BATCH_BYTES_PER_SECOND
+    from mimi_cli.models import codec_spec
 
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    frames = int(physical / BATCH_BYTES_PER_SECOND["mimi"] * 12.5) + 1000  # past what the batch path can hold
+    frames = int(physical / codec_spec("mimi").batch_bytes_per_second * 12.5) + 1000  # past the batch limit
     arrays = valid_codes_arrays()
     arrays["codes"] = np.zeros((1, 1, frames), np.uint16)
     arrays["num_samples"] = np.array(frames * 1920)

@@ -15,13 +15,23 @@ from mimi_cli.errors import MimiError
 
 @dataclass(frozen=True)
 class CodecSpec:
+    """A codec and what it can do: everything outside ``models/`` asks this, never the codec's name.
+
+    The package exports the model and config classes; its ``checkpoint`` module has
+    ``inspect_checkpoint(source) -> Recognised | None`` (see :mod:`mimi_cli.models.codec`),
+    and its ``synthetic`` module ``random_state()`` (realistic random weights, for ``bench``).
+    """
+
     name: str
-    package: str  # exports the model class and the config class
+    package: str
     model_class: str
     config_class: str
     hub_repo: str  # the released weights on the Hugging Face Hub
     hub_file: str
     weights_env: str  # environment variable naming a weights file
+    batch_bytes_per_second: float  # peak memory growth per second of audio in batch mode (docs/performance.md)
+    streaming: bool = False  # the model has stream_encoder() / stream_decoder(): --stream
+    bench_parts: tuple[str, ...] = ("model",)  # what `mimi bench` measures: kernels, model, stream
 
     def config(self):
         return getattr(importlib.import_module(self.package), self.config_class)()
@@ -29,13 +39,27 @@ class CodecSpec:
     def model(self):
         return getattr(importlib.import_module(self.package), self.model_class)
 
+    def inspect(self, source):
+        """Does ``source`` (a WeightFile) hold this codec's checkpoint, and would it load? (Names and shapes.)"""
+        return importlib.import_module(f"{self.package}.checkpoint").inspect_checkpoint(source)
+
+    def random_state(self) -> dict:
+        return importlib.import_module(f"{self.package}.synthetic").random_state()
+
 
 MIMI = CodecSpec("mimi", "mimi_cli.models.mimi", "Mimi", "MimiConfig",
-                 "kyutai/moshiko-pytorch-bf16", "tokenizer-e351c8d8-checkpoint125.safetensors", "MIMI_WEIGHTS")
+                 "kyutai/moshiko-pytorch-bf16", "tokenizer-e351c8d8-checkpoint125.safetensors", "MIMI_WEIGHTS",
+                 batch_bytes_per_second=2e6, streaming=True, bench_parts=("kernels", "model", "stream"))
 ENCODEC_24KHZ = CodecSpec("encodec-24khz", "mimi_cli.models.encodec", "Encodec", "EncodecConfig",
-                          "facebook/encodec_24khz", "model.safetensors", "ENCODEC_WEIGHTS")
+                          "facebook/encodec_24khz", "model.safetensors", "ENCODEC_WEIGHTS",
+                          batch_bytes_per_second=2.5e6)
 CODECS = {spec.name: spec for spec in (MIMI, ENCODEC_24KHZ)}
 DEFAULT_CODEC = MIMI.name
+
+
+def register(spec: CodecSpec) -> None:
+    """Add a codec to the registry (the built-in ones are above; a plug-in or a test adds its own)."""
+    CODECS[spec.name] = spec
 
 
 def codec_spec(name: str) -> CodecSpec:

@@ -17,6 +17,7 @@ codes file come from here.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,14 @@ from mimi_cli.core.module import Module
 from mimi_cli.errors import InvalidAudioError, InvalidCodesError, WeightsError
 from mimi_cli.models.config import CodecConfig
 
+
+
+@dataclass(frozen=True)
+class Recognised:
+    """What a codec's ``inspect_checkpoint`` says of a weight file it recognises."""
+
+    label: str  # the naming, e.g. "Mimi Hugging Face", "EnCodec 24 kHz original"
+    problems: list[str]  # why it would not load into the released model (empty: it would)
 
 # Float audio may go a little past full scale (1.0); 60 dB past it is a scaling mistake (integer
 # samples read as floats, say), which the network would turn into all-zero codes without a word.

@@ -35,3 +35,33 @@ class CodecConfig:
             raise ValueError(f"{self.display_name} offers {low:g} to {high:g} kbps "
                              f"({self.bitrate(1) / 1000:g} kbps per codebook), not {kbps:g}")
         return levels
+
+    def flops(self, seconds: float, num_codebooks: int) -> tuple[float, float]:
+        """(encode, decode) FLOPs for ``seconds`` of audio, counted from the architecture (1 MAC = 2 FLOPs)."""
+        raise NotImplementedError
+
+    def seanet_flops(self, samples: float, conv_shortcut: bool = False) -> tuple[float, float, float]:
+        """(encoder, decoder, latent steps) of a SEANet built from this config; the decoder mirrors the encoder."""
+        c = self
+
+        def hidden(width: int) -> int:
+            return width // c.compress
+
+        def residual(width: int, t: float) -> float:
+            shortcut = 2 * width * width * t if conv_shortcut else 0
+            return c.n_residual_layers * (2 * width * c.residual_kernel_size * hidden(width) * t
+                                          + 2 * hidden(width) * width * t + shortcut)
+
+        encoder = 2 * c.channels * c.kernel_size * c.n_filters * samples  # first conv
+        decoder = 2 * c.n_filters * c.last_kernel_size * c.channels * samples  # last conv
+        width, t = c.n_filters, samples
+        for ratio in reversed(c.ratios):
+            encoder += residual(width, t)
+            decoder += residual(width, t)
+            t /= ratio
+            strided = 2 * width * 2 * ratio * 2 * width * t  # conv down = transposed conv up
+            encoder, decoder = encoder + strided, decoder + strided
+            width *= 2
+        encoder += 2 * width * c.last_kernel_size * c.dimension * t
+        decoder += 2 * c.dimension * c.kernel_size * width * t
+        return encoder, decoder, t

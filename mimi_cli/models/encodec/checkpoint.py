@@ -17,6 +17,8 @@ holds the same weights.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -27,6 +29,9 @@ import numpy as np
 from mimi_cli.errors import WeightsError
 
 HF, ORIGINAL = "hf", "original"
+if TYPE_CHECKING:
+    from mimi_cli.models.codec import Recognised
+
 LAYOUT_NAMES = {HF: "Hugging Face", ORIGINAL: "EnCodec original"}
 
 # Quantizer buffers used only in training (k-means state); present in released files, never read.
@@ -118,3 +123,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     warnings = warnings_or_refuse(path, tensors)
     state = fold_weight_norm(to_hf_names(tensors, layout))
     return Checkpoint(state, layout, source.container, warnings)
+
+
+def inspect_checkpoint(source) -> Recognised | None:
+    """For ``mimi inspect``: a safetensors WeightFile in an EnCodec naming, and whether it would load into
+    the released 24 kHz model, from names and shapes alone (weight norm folded as loading would)."""
+    from mimi_cli.models.codec import Recognised
+    from mimi_cli.models.encodec.model import Encodec
+
+    layout = detect_layout(source.tensors)
+    if layout is None or source.container.startswith("Core ML"):
+        return None
+    shapes = folded_shapes({name: e.shape for name, e in source.tensors.items()}, layout)
+    placeholders = {name: np.broadcast_to(np.float32(0), shape) for name, shape in shapes.items()}
+    return Recognised(f"EnCodec 24 kHz {LAYOUT_NAMES[layout]}", Encodec().check_state(placeholders))

@@ -46,3 +46,11 @@ class EncodecConfig(CodecConfig):
     @property
     def lstm_width(self) -> int:
         return self.n_filters * 2 ** len(self.ratios)
+
+    def flops(self, seconds: float, num_codebooks: int) -> tuple[float, float]:
+        """SEANet with 1×1 shortcuts, a 2-layer LSTM on each side, squared-distance VQ."""
+        encoder, decoder, steps = self.seanet_flops(seconds * self.sample_rate, conv_shortcut=True)
+        width = self.lstm_width
+        lstm = self.lstm_layers * 2 * (4 * width * width) * 2 * steps  # input and recurrent products
+        search = num_codebooks * 2 * self.codebook_size * self.dimension * steps
+        return encoder + lstm + search, decoder + lstm

@@ -17,6 +17,8 @@ matched back to any of the three schemes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +30,9 @@ from mimi_cli.errors import WeightsError
 from mimi_cli.models.mimi.config import MimiConfig
 
 ORIGINAL, MOSHI, HF = "original", "moshi", "hf"
+if TYPE_CHECKING:
+    from mimi_cli.models.codec import Recognised
+
 LAYOUT_NAMES = {ORIGINAL: "Mimi original", MOSHI: "Mimi moshi-state-dict", HF: "Mimi Hugging Face"}
 
 _MOSHI_RENAMES = (("self_attn.in_proj_weight", "self_attn.in_projs.0.weight"),
@@ -256,3 +261,22 @@ def load_checkpoint(path: str | Path, config: MimiConfig) -> Checkpoint:
                            "semantic_residual_vector_quantizer tensors)")
     warnings = warnings_or_refuse(path, tensors)
     return Checkpoint(to_original(tensors, layout, config.num_heads), layout, source.container, warnings)
+
+
+def inspect_checkpoint(source) -> Recognised | None:
+    """For ``mimi inspect``: a WeightFile holding Mimi tensors (any naming, Core ML-flattened included),
+    and whether it would load into the released model, from names and shapes alone."""
+    from mimi_cli.models.codec import Recognised
+    from mimi_cli.models.mimi.model import Mimi
+
+    config = MimiConfig()
+    names = (coreml_names(source.tensors, config) if source.container.startswith("Core ML")
+             else {name: name for name in source.tensors})
+    layout = detect_layout(names.values())
+    if layout is None:
+        return None
+    # Zero-strided placeholders: the renaming and re-fusing need shapes, not values.
+    placeholders = {name: np.broadcast_to(np.float32(0), source.tensors[variable].shape)
+                    for variable, name in names.items()}
+    problems = Mimi(config).check_state(to_original(placeholders, layout, config.num_heads))
+    return Recognised(LAYOUT_NAMES[layout], problems)

@@ -63,3 +63,17 @@ class MimiConfig(CodecConfig):
     @property
     def head_dim(self) -> int:
         return self.dimension // self.num_heads
+
+    def flops(self, seconds: float, num_codebooks: int) -> tuple[float, float]:
+        """≈ 5.5 GFLOP per second of audio each way for the released config (docs/performance.md)."""
+        encoder, decoder, steps = self.seanet_flops(seconds * self.sample_rate)
+        d = self.dimension
+        window = min(steps, self.context)
+        keys = window * (window + 1) / 2 + max(0.0, steps - self.context) * self.context  # banded attention
+        transformer = self.num_layers * (2 * steps * (4 * d * d + 2 * d * self.dim_feedforward) + 4 * keys * d)
+        frames = steps / self.downsample_stride
+        projections = 2 * (2 * d * self.codebook_dim * frames)
+        encode = (encoder + transformer + 2 * d * 2 * self.downsample_stride * d * frames + projections
+                  + num_codebooks * 2 * self.codebook_size * self.codebook_dim * frames)
+        decode = decoder + transformer + 2 * d * 2 * self.downsample_stride * frames + projections
+        return encode, decode
