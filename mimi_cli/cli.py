@@ -37,8 +37,8 @@ ThreadsOption = Annotated[Optional[int], typer.Option(
     "--threads", min=1, help="Threads for BLAS and element-wise work. Default: all cores.", show_default=False)]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors.")]
 StreamOption = Annotated[bool, typer.Option(
-    "--stream", help="Work block by block in flat memory (for long files). Codes are those of moshi's "
-                     "streaming mode, which differ from batch mode past 10 s.")]
+    "--stream", help="Work block by block in flat memory (for long files). Mimi: the codes of moshi's "
+                     "streaming mode, which differ from batch mode past 10 s; EnCodec: the batch codes.")]
 CodebooksOption = Annotated[Optional[int], typer.Option(
     "--codebooks", "-n", min=1, show_default=False,
     help="Codebooks (levels) to keep. Mimi: 1 semantic + n-1 acoustic, up to 32, default 8 (1.1 kbps). "
@@ -462,7 +462,8 @@ def bench(
                                                                  "(at most the core count).")] = 2,
     codec: CodecOption = DEFAULT_CODEC,
     only: Annotated[Optional[str], typer.Option(
-        "--only", help="Run one part: kernels, model or stream (EnCodec: model only).", show_default=False)] = None,
+        "--only", help="Run one part: kernels, model or stream (EnCodec: model or stream).",
+        show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Measure speed on this machine: BLAS peak, kernels, whole codec, streaming (no weights needed)."""

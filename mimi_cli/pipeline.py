@@ -96,9 +96,9 @@ def decode_codes(loaded: LoadedModel, codes: CodesFile, sample_rate: int | None 
     return pcm, seconds
 
 
-# --stream works on steps of this many frames (1.28 s): enough to amortise reading the
-# weights, small enough that memory stays flat. The codes are those of moshi's streaming
-# mode, whatever the step (see models/mimi/streaming.py).
+# --stream works on steps of this many frames (Mimi 1.28 s, EnCodec 0.21 s): enough to amortise
+# reading the weights, small enough that memory stays flat. The codes do not depend on the step
+# (see models/streaming.py).
 STREAM_FRAMES_PER_STEP = 16
 # Source frames read per block in --stream mode.
 STREAM_READ_FRAMES = 1 << 16

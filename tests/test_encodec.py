@@ -198,16 +198,40 @@ def test_malicious_pickle_is_refused_without_running_anything(tmp_path):
 @pytest.mark.parametrize("samples", [30720 + 1, 2 * 30720 + 5, 3 * 30720])
 def test_chunked_seanet_equals_one_pass(model, golden, samples):
     """Chunks of 96 frames with carried context give the one-pass result, a last piece of 1 or 5 samples too."""
-    from mimi_cli.models.encodec.model import SEANET_CHUNK_FRAMES, run_chunked, run_layers
+    from mimi_cli.core.layers import run_layers
+    from mimi_cli.core.stream import run_chunks
+    from mimi_cli.models.encodec.model import SEANET_CHUNK_FRAMES
 
     speech = np.tile(golden["speech_4s.pcm"].astype(np.float32) / 32768, 2)[:samples]
     x = model.pad_input(speech[None])
-    one_pass = run_layers(model.encoder.layers[:-3], x)
-    chunked = run_chunked(model.encoder.layers[:-3], x, SEANET_CHUNK_FRAMES * CONFIG.hop_length)
+    convs = model.encoder.sequence_index
+    one_pass = run_layers(model.encoder.layers[:convs], x)
+    chunked = run_chunks(model.encoder.streaming(0, convs), x, SEANET_CHUNK_FRAMES * CONFIG.hop_length)
     assert chunked.shape == one_pass.shape == (1, 512, -(-samples // 320))
     assert np.abs(chunked - one_pass).max() < 1e-5 * np.abs(one_pass).max()
     latent = model.decode_sequence(model.encode_sequence(one_pass))
-    one_pass = run_layers(model.decoder.layers[2:], latent)
-    chunked = run_chunked(model.decoder.layers[2:], latent, SEANET_CHUNK_FRAMES)
+    head = model.decoder.sequence_index + 1
+    one_pass = run_layers(model.decoder.layers[head:], latent)
+    chunked = run_chunks(model.decoder.streaming(head), latent, SEANET_CHUNK_FRAMES)
     assert chunked.shape == one_pass.shape
     assert np.abs(chunked - one_pass).max() < 1e-5 * np.abs(one_pass).max()
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("frames_per_step", [5, 96])
+def test_streaming_equals_batch(model, golden, case, frames_per_step):
+    """EnCodec 24 kHz is causal with exact carried context: streamed codes are the batch codes, whatever
+    the step and however the input is cut; decoding in any step gives the batch audio."""
+    pcm = golden[f"{case}.pcm"].astype(np.float32) / 32768
+    batch = model.encode(pcm, 32)
+    encoder = model.stream_encoder(num_codebooks=32, frames_per_step=frames_per_step)
+    cuts = np.random.default_rng(frames_per_step).integers(0, len(pcm) + 1, size=5)
+    pieces = np.split(pcm, np.sort(cuts))  # uneven pieces, some empty
+    streamed = np.concatenate([encoder.push(piece) for piece in pieces] + [encoder.flush()], axis=1)
+    np.testing.assert_array_equal(streamed, batch)
+    decoder = model.stream_decoder(frames_per_step=frames_per_step)
+    audio = np.concatenate([decoder.push(batch[:, i : i + 5]) for i in range(0, batch.shape[1], 5)]
+                           + [decoder.flush()])
+    reference = model.decode(batch)
+    assert audio.shape == reference.shape
+    assert np.abs(audio - reference).max() <= 1e-5 * max(np.abs(reference).max(), 1e-3)

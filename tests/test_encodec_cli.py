@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from safetensors.numpy import save_file
-from test_cli import clip, run  # noqa: F401  (clip is a fixture)
+from conftest import run
+from test_cli import clip  # noqa: F401  (a fixture)
 from test_encodec import _malicious_checkpoints
 
 from mimi_cli.models.encodec import Encodec
@@ -73,8 +74,26 @@ def test_wrong_weights_for_the_codec_leave_no_output(tmp_path, clip, weights_fil
     result = run("encode", clip, "--codec", ENCODEC, "--weights", weights_file, "-o", tmp_path / "x.npz")
     assert result.returncode == 1 and "is not an EnCodec checkpoint" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "x.npz").exists()
-    result = run("encode", clip, "--codec", ENCODEC, "--stream", "--weights", encodec_file, "-o", tmp_path / "x.npz")
-    assert result.returncode == 1 and "has no streaming mode here" in result.stderr
+
+
+def test_stream_gives_the_batch_codes_and_audio(tmp_path, clip, encodec_file):  # noqa: F811
+    """--stream with EnCodec: the same codes file as batch mode; decoding in a stream, the same audio."""
+    for mode in ((), ("--stream",)):
+        name = "stream" if mode else "batch"
+        result = run("encode", clip, "--codec", ENCODEC, *mode, "--weights", encodec_file, "-o",
+                     tmp_path / f"{name}.npz")
+        assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "batch.npz") as batch, np.load(tmp_path / "stream.npz") as stream:
+        assert all(np.array_equal(batch[k], stream[k]) for k in batch.files)
+    for mode in ((), ("--stream",)):
+        name = "stream" if mode else "batch"
+        result = run("decode", tmp_path / "batch.npz", *mode, "--weights", encodec_file, "-o",
+                     tmp_path / f"{name}.wav")
+        assert result.returncode == 0, result.stderr
+    batch_audio, _ = sf.read(tmp_path / "batch.wav", dtype="int32")
+    stream_audio, _ = sf.read(tmp_path / "stream.wav", dtype="int32")
+    assert batch_audio.shape == stream_audio.shape
+    assert np.abs(batch_audio - stream_audio).max() <= 1 << 16  # at most one 16-bit step
 
 
 def test_malicious_pickle_given_as_weights_runs_nothing(tmp_path, clip):  # noqa: F811
@@ -105,6 +124,6 @@ def test_bench_runs_the_encodec_model():
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["codec"] == ENCODEC and [r["name"] for r in report["model"]][0] == "encode, 8 codebooks"
-    assert "kernels" not in report and "stream" not in report
-    result = run("bench", "--codec", ENCODEC, "--only", "stream")
-    assert result.returncode == 2 and "--only takes one of model for encodec-24khz" in result.stderr
+    assert "kernels" not in report and {r["direction"] for r in report["stream"]} == {"encode", "decode"}
+    result = run("bench", "--codec", ENCODEC, "--only", "kernels")
+    assert result.returncode == 2 and "--only takes one of model, stream for encodec-24khz" in result.stderr

@@ -163,13 +163,13 @@ def test_bad_codes_are_refused(small_model, codes, match):
 
 def test_chunked_seanet_equals_one_pass(small_model):
     """Batch mode runs the SEANets in chunks with carried state; the result is the one-pass result."""
-    from mimi_cli.core.layers import run_in_chunks
+    from mimi_cli.core.stream import run_chunks
 
     x = audio(13 * FRAME)[None, None]
     one_pass = small_model.encoder(x)
     for chunk in (FRAME, 3 * FRAME, 100 * FRAME):
-        np.testing.assert_allclose(run_in_chunks(small_model.encoder.streaming(), x, chunk), one_pass,
+        np.testing.assert_allclose(run_chunks(small_model.encoder.streaming(), x, chunk), one_pass,
                                    rtol=1e-5, atol=1e-6)
     z = np.random.default_rng(3).standard_normal((1, SMALL.dimension, 9)).astype(np.float32)
-    np.testing.assert_allclose(run_in_chunks(small_model.decoder.streaming(), z, 2), small_model.decoder(z),
+    np.testing.assert_allclose(run_chunks(small_model.decoder.streaming(), z, 2), small_model.decoder(z),
                                rtol=1e-5, atol=1e-6)

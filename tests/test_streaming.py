@@ -23,10 +23,9 @@ def load(name: str) -> dict[str, np.ndarray]:
 
 def streaming_latent(model, pcm: np.ndarray, frames_per_step: int) -> np.ndarray:
     """The 12.5 Hz latent as the stream encoder computes it, from the model's public stream pieces."""
-    seanet, downsample = model.encoder.streaming(), model.downsample.streaming()
-    transformer = model.encoder_transformer.streaming(steps_per_call=2)
+    stream = model.encoder_stream()  # SEANet, transformer (2 steps per call, as moshi), downsample
     step = frames_per_step * FRAME
-    pieces = [downsample(transformer(seanet(pcm[None, None, i : i + step]))) for i in range(0, len(pcm), step)]
+    pieces = [stream.step(pcm[None, None, i : i + step]) for i in range(0, len(pcm), step)]
     return np.concatenate(pieces, axis=2)
 
 

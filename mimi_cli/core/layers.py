@@ -1,8 +1,9 @@
 """Layers with parameters, shared by the codecs: causal convolutions and a sequential chain.
 
-Each layer runs on a whole sequence (batch mode) and can hand out a *stream*
-(``layer.streaming()``): a stateful copy that is fed the sequence piece by
-piece, carrying what the next piece needs, and gives the batch result.
+Each layer runs on a whole sequence (batch mode) and hands out a stream
+(``layer.streaming()``, the protocol of :mod:`mimi_cli.core.stream`): a stateful
+copy fed the sequence piece by piece, carrying what the next piece needs, with
+the batch result.
 """
 
 from __future__ import annotations
@@ -13,51 +14,98 @@ import numpy as np
 
 from mimi_cli.core.conv import conv1d, conv_transpose1d, pad_left
 from mimi_cli.core.module import Module
+from mimi_cli.core.stream import Chain, Pointwise, Stream
 
 
 class Conv(Module):
-    """Causal conv: left-pad by ``K_eff − stride`` (zeros, or copies of the first step), then a valid conv."""
+    """Causal conv: left-pad by ``K_eff − stride`` (zeros, or copies of the first step), then a valid conv.
+
+    Subclasses with other padding (EnCodec's reflection) override :meth:`pad_start`, :meth:`pad_end`
+    and :meth:`can_start`; batch and streaming then agree by construction.
+    """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1,
                  bias: bool = True, pad_mode: str = "constant", name: str = "conv.conv"):
         super().__init__()
         self.stride, self.dilation, self.pad_mode = stride, dilation, pad_mode
         self.padding = (kernel - 1) * dilation + 1 - stride
+        self.cout = cout
         self.weight_name, self.bias_name = f"{name}.weight", (f"{name}.bias" if bias else None)
         self.declare(self.weight_name, cout, cin, kernel)
         if bias:
             self.declare(self.bias_name, cout)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:  # [B, C, T] → [B, O, T/stride]
-        return self.valid(pad_left(x, self.padding, self.pad_mode))
+        return self.valid(self.pad_start(x))
 
     def valid(self, x: np.ndarray) -> np.ndarray:
         """The convolution without padding: ``x`` already carries its left context."""
         bias = self.params[self.bias_name] if self.bias_name else None
         return conv1d(x, self.params[self.weight_name], bias, self.stride, self.dilation)
 
+    def can_start(self, length: int) -> bool:
+        """Can the left padding be made from the first ``length`` input steps? (Zeros or copies: yes.)"""
+        return length > 0
+
+    def pad_start(self, x: np.ndarray) -> np.ndarray:
+        return pad_left(x, self.padding, self.pad_mode)
+
+    def pad_end(self, x: np.ndarray, remainder: int) -> np.ndarray:
+        """The end of the input, ``remainder`` steps past the last output's stride: no right padding here."""
+        return x
+
     def streaming(self) -> ConvStream:
         return ConvStream(self)
 
 
-class ConvStream:
-    """A causal conv fed piece by piece: it carries the last ``K_eff − stride`` input steps.
+class ConvStream(Stream):
+    """A causal conv fed piece by piece: it emits every output its input so far determines and keeps
+    the last ``K_eff − stride`` steps (plus any unused ones) for the next piece::
 
-    ``previous`` starts as zeros, or as copies of the first step for replicate
-    padding, exactly what the batch path prepends; so pieces whose lengths are
-    multiples of the stride give the batch result.
+        held:  [ context (K_eff − S) | new input ........................ | r < S unused ]
+                 ↳ outputs for every whole window; the context and r are kept
+
+    The first piece gets the left padding (:meth:`Conv.pad_start`), ``flush`` the right one
+    (:meth:`Conv.pad_end`); an input too short to start (a reflection needs more steps than
+    it pads) is convolved whole at ``flush``, the batch path.
     """
 
     def __init__(self, conv: Conv):
         self.conv = conv
-        self.previous: np.ndarray | None = None  # [B, C, K_eff − stride]
+        self.reset()
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.previous is None:
-            self.previous = pad_left(x[:, :, :1], self.conv.padding, self.conv.pad_mode)[:, :, : self.conv.padding]
-        x = np.concatenate([self.previous, x], axis=2)
-        self.previous = x[:, :, x.shape[2] - self.conv.padding :].copy()
-        return self.conv.valid(x)
+    def reset(self) -> None:
+        self._held: np.ndarray | None = None  # [B, C, context + unused]
+        self._started = False
+
+    def _emit(self, held: np.ndarray) -> np.ndarray:
+        conv = self.conv
+        window = conv.padding + conv.stride
+        outputs = (held.shape[2] - window) // conv.stride + 1 if held.shape[2] >= window else 0
+        self._held = held[:, :, outputs * conv.stride :].copy()
+        if outputs == 0:
+            return np.zeros((held.shape[0], conv.cout, 0), np.float32)
+        return conv.valid(held[:, :, : (outputs - 1) * conv.stride + window])
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        held = x if self._held is None else np.concatenate([self._held, x], axis=2)
+        if not self._started:
+            if not self.conv.can_start(held.shape[2]):
+                self._held = held
+                return np.zeros((x.shape[0], self.conv.cout, 0), np.float32)
+            held, self._started = self.conv.pad_start(held), True
+        return self._emit(held)
+
+    def flush(self) -> np.ndarray | None:
+        held, started = self._held, self._started
+        self.reset()
+        if held is None or not held.shape[2]:
+            return None
+        if not started:
+            return self.conv(held)
+        y = self._emit(self.conv.pad_end(held, held.shape[2] - self.conv.padding))
+        self.reset()
+        return y if y.shape[2] else None
 
 
 class ConvTranspose(Module):
@@ -87,7 +135,7 @@ class ConvTranspose(Module):
         return ConvTransposeStream(self)
 
 
-class ConvTransposeStream:
+class ConvTransposeStream(Stream):
     """A transposed conv fed piece by piece.
 
     The last ``K − stride`` samples of each piece's output still await the
@@ -96,13 +144,18 @@ class ConvTransposeStream:
 
         piece n:    [ emitted: T·S samples ][ partial: K−S ]
         piece n+1:                          [ emitted ...
+
+    At the end the partial samples are dropped, as the batch path trims them.
     """
 
     def __init__(self, convtr: ConvTranspose):
         self.convtr = convtr
+        self.reset()
+
+    def reset(self) -> None:
         self.partial: np.ndarray | None = None  # [B, O, K − stride]
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def step(self, x: np.ndarray) -> np.ndarray:
         y = self.convtr.full(x)
         emitted = x.shape[2] * self.convtr.stride
         if self.partial is not None:
@@ -126,10 +179,10 @@ class Sequential(Module):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return run_layers(self.layers, x)
 
-    def streaming(self) -> Callable[[np.ndarray], np.ndarray]:
-        """A stateful copy of the chain: layers with state get a stream, the others (ELU) are shared."""
-        steps = [layer.streaming() if isinstance(layer, Module) else layer for layer in self.layers]
-        return lambda x: run_layers(steps, x)
+    def streaming(self, start: int = 0, stop: int | None = None) -> Chain:
+        """A stream of ``layers[start:stop]``: layers with state get their own stream, functions run as they are."""
+        return Chain([layer.streaming() if isinstance(layer, Module) else Pointwise(layer)
+                      for layer in self.layers[start:stop]])
 
 
 def run_layers(layers, x: np.ndarray) -> np.ndarray:
@@ -137,8 +190,3 @@ def run_layers(layers, x: np.ndarray) -> np.ndarray:
     for layer in layers:
         x = layer(x)
     return x
-
-
-def run_in_chunks(stream: Callable[[np.ndarray], np.ndarray], x: np.ndarray, chunk: int) -> np.ndarray:
-    """Run ``stream`` over ``x`` ``[B, C, T]`` in pieces of ``chunk`` steps; concatenate the outputs."""
-    return np.concatenate([stream(x[:, :, start : start + chunk]) for start in range(0, x.shape[2], chunk)], axis=2)

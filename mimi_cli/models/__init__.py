@@ -52,7 +52,7 @@ MIMI = CodecSpec("mimi", "mimi_cli.models.mimi", "Mimi", "MimiConfig",
                  batch_bytes_per_second=2e6, streaming=True, bench_parts=("kernels", "model", "stream"))
 ENCODEC_24KHZ = CodecSpec("encodec-24khz", "mimi_cli.models.encodec", "Encodec", "EncodecConfig",
                           "facebook/encodec_24khz", "model.safetensors", "ENCODEC_WEIGHTS",
-                          batch_bytes_per_second=2.5e6)
+                          batch_bytes_per_second=2.5e6, streaming=True, bench_parts=("model", "stream"))
 CODECS = {spec.name: spec for spec in (MIMI, ENCODEC_24KHZ)}
 DEFAULT_CODEC = MIMI.name
 

@@ -128,13 +128,18 @@ class Codec(Module):
                                     "convert integer PCM first (e.g. int16 / 32768)")
         if pcm.ndim not in (1, 2):
             raise InvalidAudioError(f"audio must have shape [T] or [B, T], got {list(pcm.shape)}")
+        self.check_audio(pcm)
+        return np.atleast_2d(pcm).astype(np.float32, copy=False), pcm.ndim == 1
+
+    @staticmethod
+    def check_audio(pcm: np.ndarray) -> None:
+        """The one audio validator (batch, stream and file reading): finite samples near full scale."""
         if not np.all(np.isfinite(pcm)):
             raise InvalidAudioError("audio contains NaN or Inf samples")
         peak = float(np.max(np.abs(pcm))) if pcm.size else 0.0
         if peak > MAX_PEAK:
             raise InvalidAudioError(f"audio has samples of magnitude {peak:.3g}, far beyond full scale (1.0); "
                                     "rescale it to [-1, 1]")
-        return np.atleast_2d(pcm).astype(np.float32, copy=False), pcm.ndim == 1
 
     def encode_latent(self, pcm: np.ndarray) -> np.ndarray:
         """The latent the quantizer sees: ``[B, N]`` → ``[B, D, F]``, F = ceil(N / frame_size)."""
@@ -186,3 +191,25 @@ class Codec(Module):
         squeeze = np.ndim(codes) == 2
         pcm = self.decode_latent(self.quantizer.decode(self.check_codes(codes)))
         return pcm[0] if squeeze else pcm
+
+    # -- streaming (see models/streaming.py)
+
+    def encoder_stream(self):
+        """A :class:`~mimi_cli.core.stream.Stream`: waveform ``[B, 1, T]`` → latent ``[B, D, F]``."""
+        raise NotImplementedError(f"{self.config.display_name} has no streaming mode")
+
+    def decoder_stream(self):
+        """A :class:`~mimi_cli.core.stream.Stream`: latent ``[B, D, F]`` → waveform ``[B, 1, frame_size·F]``."""
+        raise NotImplementedError(f"{self.config.display_name} has no streaming mode")
+
+    def stream_encoder(self, batch_size: int = 1, num_codebooks: int | None = None, frames_per_step: int = 1):
+        """Push audio, get codes: a :class:`~mimi_cli.models.streaming.StreamEncoder` over this model."""
+        from mimi_cli.models.streaming import StreamEncoder
+
+        return StreamEncoder(self, batch_size, num_codebooks, frames_per_step)
+
+    def stream_decoder(self, batch_size: int = 1, frames_per_step: int = 1):
+        """Push codes, get audio: a :class:`~mimi_cli.models.streaming.StreamDecoder` over this model."""
+        from mimi_cli.models.streaming import StreamDecoder
+
+        return StreamDecoder(self, batch_size, frames_per_step)

@@ -42,16 +42,18 @@ def seanet_encoder(c, layers: SEANetLayers) -> Sequential:
         chain += _residual_blocks(width, c, layers)
         chain += [elu, layers.conv(width, 2 * width, 2 * ratio, stride=ratio)]
         width *= 2
+    sequence_index = len(chain)  # where the sequence model sits (or would): the convolutions end here
     if layers.sequence is not None:
         chain.append(layers.sequence(width))
     chain += [elu, layers.conv(width, c.dimension, c.last_kernel_size)]
-    return Sequential(chain)
+    return _named(Sequential(chain), sequence_index)
 
 
 def seanet_decoder(c, layers: SEANetLayers) -> Sequential:
     """``[B, dimension, T]`` → pcm ``[B, channels, T·hop]``; channels halve at each stride."""
     width = c.n_filters * 2 ** len(c.ratios)
     chain: list = [layers.conv(c.dimension, width, c.kernel_size)]
+    sequence_index = len(chain)  # the sequence model's place (or where it would be): convolutions follow it
     if layers.sequence is not None:
         chain.append(layers.sequence(width))
     for ratio in c.ratios:
@@ -59,4 +61,14 @@ def seanet_decoder(c, layers: SEANetLayers) -> Sequential:
         width //= 2
         chain += _residual_blocks(width, c, layers)
     chain += [elu, layers.conv(width, c.channels, c.last_kernel_size)]
-    return Sequential(chain)
+    return _named(Sequential(chain), sequence_index)
+
+
+def _named(chain: Sequential, sequence_index: int) -> Sequential:
+    """Name the slice point between the convolutions and the sequence model (EnCodec's LSTM)::
+
+        encoder.layers[:sequence_index]   convolutions    decoder.layers[:sequence_index + 1]   conv, LSTM
+        encoder.layers[sequence_index:]   LSTM, ELU, conv decoder.layers[sequence_index + 1:]   convolutions
+    """
+    chain.sequence_index = sequence_index
+    return chain

@@ -20,6 +20,7 @@ import numpy as np
 
 from mimi_cli.core import LSTM, elu, nearest_code
 from mimi_cli.core.layers import Conv, ConvTranspose, run_layers
+from mimi_cli.core.stream import Chain, Pointwise, Stream, Sum, run_chunks
 from mimi_cli.core.module import Module
 from mimi_cli.models.codec import Codec
 from mimi_cli.models.encodec.config import EncodecConfig
@@ -50,6 +51,12 @@ class EncodecConv(Conv):
     whatever makes the length a whole number of strides (so every input sample is seen)::
 
         stride 4, length 10:  [pad 4 | x0 … x9 | pad 2]  →  3 outputs = ceil(10 / 4)
+
+    Streaming (the shared :class:`~mimi_cli.core.layers.ConvStream`) reflects the first piece on
+    the left once it is longer than the padding, and the tail on the right at ``flush``::
+
+        batch:    [refl | p0 p1 p2 | refl]
+        pieces:   [refl | p0]  [ctx | p1]  [ctx | p2 | refl]   (ctx: carried input steps)
     """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1):
@@ -60,39 +67,14 @@ class EncodecConv(Conv):
         right = -(-length // self.stride) * self.stride - length
         return self.valid(reflect_pad(x, self.padding, right))
 
+    def can_start(self, length: int) -> bool:
+        return length > self.padding  # a reflection needs more steps than it mirrors
 
-    def streaming(self) -> EncodecConvStream:
-        return EncodecConvStream(self)
+    def pad_start(self, x: np.ndarray) -> np.ndarray:
+        return reflect_pad(x, self.padding, 0)
 
-
-class EncodecConvStream:
-    """An EncodecConv fed piece by piece, with the batch result.
-
-    The first piece is padded on the left by reflection, as the batch path pads the whole
-    input; later pieces get the ``K_eff − stride`` steps carried from the one before. Only
-    the last piece gets the right padding, so every earlier piece must be a whole number of
-    strides long, and the first one longer than the left padding::
-
-        batch:    [refl | p0 p1 p2 | refl]
-        pieces:   [refl | p0]  [ctx | p1]  [ctx | p2 | refl]   (ctx: carried input steps)
-    """
-
-    def __init__(self, conv: EncodecConv):
-        self.conv = conv
-        self.previous: np.ndarray | None = None  # [B, C, K_eff − stride]
-
-    def __call__(self, x: np.ndarray, last: bool) -> np.ndarray:
-        conv = self.conv
-        if self.previous is None and last:  # one piece: the batch path
-            return conv(x)
-        if self.previous is None:
-            x = reflect_pad(x, conv.padding, 0)
-        else:
-            x = np.concatenate([self.previous, x], axis=2)
-        self.previous = x[:, :, x.shape[2] - conv.padding:]
-        if last:
-            x = reflect_pad(x, 0, (conv.padding - x.shape[2]) % conv.stride)
-        return conv.valid(x)
+    def pad_end(self, x: np.ndarray, remainder: int) -> np.ndarray:
+        return reflect_pad(x, 0, -remainder % self.stride)
 
 
 class EncodecConvTranspose(ConvTranspose):
@@ -114,9 +96,9 @@ class ResnetBlock(Module):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.shortcut(x) + self.expand(elu(self.reduce(elu(x))))
 
-    def streaming(self):
-        reduce, expand, shortcut = self.reduce.streaming(), self.expand.streaming(), self.shortcut.streaming()
-        return lambda x, last: shortcut(x, last) + expand(elu(reduce(elu(x), last)), last)
+    def streaming(self) -> Sum:
+        return Sum(self.shortcut.streaming(), Chain([Pointwise(elu), self.reduce.streaming(), Pointwise(elu),
+                                                     self.expand.streaming()]))
 
 
 class LSTMBlock(Module):
@@ -127,38 +109,34 @@ class LSTMBlock(Module):
         self.lstm = self.add("lstm", LSTM(width, width, layers))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        y, _ = self.run(x, None)
+        return y
+
+    def run(self, x: np.ndarray, state) -> tuple[np.ndarray, tuple]:
+        """``[B, C, T]`` from ``state`` (None: zeros) → (output, state after the last step)."""
         steps = np.ascontiguousarray(x.transpose(0, 2, 1))  # [B, T, C]
-        y, _ = self.lstm(steps)
-        return (y + steps).transpose(0, 2, 1)
+        y, state = self.lstm(steps, state)
+        return (y + steps).transpose(0, 2, 1), state
+
+    def streaming(self) -> LSTMStream:
+        return LSTMStream(self)
 
 
-def _ignoring_last(fn):
-    return lambda x, last: fn(x)
+class LSTMStream(Stream):
+    """The LSTM block fed piece by piece: the recurrent state (h, c) carries over."""
 
+    def __init__(self, block: LSTMBlock):
+        self.block = block
+        self.reset()
 
-def run_chunked(layers: list, x: np.ndarray, chunk: int) -> np.ndarray:
-    """``layers`` over ``x`` ``[B, C, T]`` in pieces of ``chunk`` steps, with the batch result.
+    def reset(self) -> None:
+        self.state = None
 
-    ``chunk`` must be a multiple of every stride's product up to each layer (whole steps at
-    every depth) and longer than every left padding; a ``x`` no longer than ``chunk`` runs in one pass.
-    """
-    if x.shape[2] <= chunk:
-        return run_layers(layers, x)
-    streams = []
-    for layer in layers:
-        if isinstance(layer, (EncodecConv, ResnetBlock)):
-            streams.append(layer.streaming())
-        elif isinstance(layer, ConvTranspose):  # causal without padding: the end needs nothing more
-            streams.append(_ignoring_last(layer.streaming()))
-        else:  # ELU
-            streams.append(_ignoring_last(layer))
-    pieces = []
-    for start in range(0, x.shape[2], chunk):
-        piece, last = x[:, :, start : start + chunk], start + chunk >= x.shape[2]
-        for stream in streams:
-            piece = stream(piece, last)
-        pieces.append(piece)
-    return np.concatenate(pieces, axis=2)
+    def step(self, x: np.ndarray) -> np.ndarray:
+        if not x.shape[2]:
+            return x
+        y, self.state = self.block.run(x, self.state)
+        return y
 
 
 # ----------------------------------------------------------------------------- quantizer
@@ -233,17 +211,28 @@ class Encodec(Codec):
 
         return load_checkpoint(path)
 
-    # The LSTM block and the convs around it are the sequence model; the rest is SEANet, run over
-    # chunks of SEANET_CHUNK_FRAMES with exact carried context (the batch result): activations stay
-    # in cache, and memory does not grow with the input beyond the waveform and the latents.
+    # The SEANet's convolutions run over chunks of SEANET_CHUNK_FRAMES with exact carried context
+    # (the batch result): activations stay in cache, and memory does not grow with the input beyond
+    # the waveform and the latents. The LSTM block and what follows it (the sequence model, at the
+    # SEANet's narrowest point) run in one pass.
     def encode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 1, N] → [B, 512, F]
-        return run_chunked(self.encoder.layers[:-3], x, SEANET_CHUNK_FRAMES * self.config.hop_length)
+        convs = self.encoder.streaming(0, self.encoder.sequence_index)
+        return run_chunks(convs, x, SEANET_CHUNK_FRAMES * self.config.hop_length)
 
     def encode_sequence(self, x: np.ndarray) -> np.ndarray:  # [B, 512, F] → [B, 128, F]
-        return run_layers(self.encoder.layers[-3:], x)
+        return run_layers(self.encoder.layers[self.encoder.sequence_index :], x)
 
     def decode_sequence(self, z: np.ndarray) -> np.ndarray:  # [B, 128, F] → [B, 512, F]
-        return run_layers(self.decoder.layers[:2], z)
+        return run_layers(self.decoder.layers[: self.decoder.sequence_index + 1], z)
 
     def decode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 512, F] → [B, 1, 320·F]
-        return run_chunked(self.decoder.layers[2:], x, SEANET_CHUNK_FRAMES)
+        convs = self.decoder.streaming(self.decoder.sequence_index + 1)
+        return run_chunks(convs, x, SEANET_CHUNK_FRAMES)
+
+    # -- streaming: the whole SEANet, LSTM included, is causal with exact carried context
+
+    def encoder_stream(self) -> Chain:  # pcm [B, 1, T] → latent [B, 128, frames ready]
+        return self.encoder.streaming()
+
+    def decoder_stream(self) -> Chain:  # latent [B, 128, F] → pcm [B, 1, samples ready]
+        return self.decoder.streaming()

@@ -17,8 +17,6 @@ Everything is causal: output frame ``t`` depends only on input samples before ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from mimi_cli.core import (
@@ -32,10 +30,11 @@ from mimi_cli.core import (
     rope_frequencies,
     windowed_causal_attention,
 )
-from mimi_cli.core.layers import Conv, ConvTranspose, Sequential, run_in_chunks
+from mimi_cli.core.layers import Conv, ConvTranspose, Sequential
+from mimi_cli.core.stream import Chain, Identity, Pointwise, Stream, Sum, run_chunks
 from mimi_cli.core.module import Module
 from mimi_cli.models.codec import Codec
-from mimi_cli.models.mimi.config import DEFAULT_NUM_CODEBOOKS, MimiConfig
+from mimi_cli.models.mimi.config import MimiConfig
 from mimi_cli.models.seanet import SEANetLayers, seanet_decoder, seanet_encoder
 
 # ----------------------------------------------------------------------------- SEANet
@@ -52,9 +51,9 @@ class ResidualBlock(Module):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return x + self.expand(elu(self.reduce(elu(x))))
 
-    def streaming(self) -> Callable[[np.ndarray], np.ndarray]:
-        reduce, expand = self.reduce.streaming(), self.expand.streaming()
-        return lambda x: x + expand(elu(reduce(elu(x))))
+    def streaming(self) -> Sum:
+        return Sum(Identity(), Chain([Pointwise(elu), self.reduce.streaming(), Pointwise(elu),
+                                      self.expand.streaming()]))
 
 
 MIMI_SEANET = SEANetLayers(conv=Conv, conv_transpose=ConvTranspose, residual_block=ResidualBlock)
@@ -70,7 +69,7 @@ class SEANet(Module):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.model(x)
 
-    def streaming(self) -> Callable[[np.ndarray], np.ndarray]:
+    def streaming(self) -> Chain:
         return self.model.streaming()
 
 
@@ -135,16 +134,24 @@ class Transformer(Module):
         return TransformerStream(self, steps_per_call)
 
 
-class TransformerStream:
-    """A transformer fed a few steps at a time: one KV cache per layer and the running position."""
+class TransformerStream(Stream):
+    """A transformer fed a few steps at a time: one KV cache per layer and the running position.
+
+    ``steps_per_call`` is the ring-buffer write size the caches reproduce (moshi's: one frame, 2 steps).
+    """
 
     def __init__(self, transformer: Transformer, steps_per_call: int):
-        self.transformer = transformer
-        c = transformer.layers[0].c
-        self.caches = [KVCache(c.context, steps_per_call) for _ in transformer.layers]
+        self.transformer, self.steps_per_call = transformer, steps_per_call
+        self.reset()
+
+    def reset(self) -> None:
+        c = self.transformer.layers[0].c
+        self.caches = [KVCache(c.context, self.steps_per_call) for _ in self.transformer.layers]
         self.position = 0
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def step(self, x: np.ndarray) -> np.ndarray:
+        if not x.shape[2]:
+            return x
         y = self.transformer(x, self.position, self.caches)
         self.position += x.shape[2]
         return y
@@ -272,7 +279,7 @@ class Mimi(Codec):
         return x
 
     def encode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 1, N] → [B, 512, N/960]
-        return run_in_chunks(self.encoder.streaming(), x, SEANET_CHUNK_FRAMES * self.config.frame_size)
+        return run_chunks(self.encoder.streaming(), x, SEANET_CHUNK_FRAMES * self.config.frame_size)
 
     def encode_sequence(self, x: np.ndarray) -> np.ndarray:  # [B, 512, 2F] → [B, 512, F]
         return self.downsample(self.encoder_transformer(x))
@@ -281,19 +288,16 @@ class Mimi(Codec):
         return self.decoder_transformer(self.upsample(z))
 
     def decode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 512, 2F] → [B, 1, 1920·F]
-        return run_in_chunks(self.decoder.streaming(), x, SEANET_CHUNK_FRAMES * self.config.downsample_stride)
+        return run_chunks(self.decoder.streaming(), x, SEANET_CHUNK_FRAMES * self.config.downsample_stride)
 
-    # -- streaming
+    # -- streaming: moshi's ``with model.streaming(B)``, one frame (2 transformer steps) per call
 
-    def stream_encoder(self, batch_size: int = 1, num_codebooks: int = DEFAULT_NUM_CODEBOOKS,
-                       frames_per_step: int = 1):
-        """A :class:`~mimi_cli.models.mimi.streaming.StreamEncoder` over this model."""
-        from mimi_cli.models.mimi.streaming import StreamEncoder
+    def encoder_stream(self) -> Chain:  # pcm [B, 1, n·1920] → latent [B, 512, n]
+        steps = self.config.downsample_stride
+        return Chain([self.encoder.streaming(), self.encoder_transformer.streaming(steps),
+                      self.downsample.streaming()])
 
-        return StreamEncoder(self, batch_size, num_codebooks, frames_per_step)
-
-    def stream_decoder(self, batch_size: int = 1, frames_per_step: int = 1):
-        """A :class:`~mimi_cli.models.mimi.streaming.StreamDecoder` over this model."""
-        from mimi_cli.models.mimi.streaming import StreamDecoder
-
-        return StreamDecoder(self, batch_size, frames_per_step)
+    def decoder_stream(self) -> Chain:  # latent [B, 512, n] → pcm [B, 1, n·1920]
+        steps = self.config.downsample_stride
+        return Chain([self.upsample.streaming(), self.decoder_transformer.streaming(steps),
+                      self.decoder.streaming()])

@@ -1,14 +1,19 @@
-"""Streaming encode and decode: push audio or codes as they arrive, 80 ms frames come out.
+"""Streaming encode and decode for every codec: push audio or codes as they arrive, frames come out.
 
-Results equal moshi's streaming mode (``with model.streaming(1):`` fed one
-1920-sample frame, or one code frame, per call), including its attention
-quirk past 10 s (see :class:`mimi_cli.core.KVCache`). Within the first 10 s
-they equal batch mode to float rounding.
+A codec provides two streams (:mod:`mimi_cli.core.stream`): ``encoder_stream()``,
+waveform ``[B, 1, T]`` → latent ``[B, D, F]``, and ``decoder_stream()``, latent →
+waveform; its quantizer turns latents into codes and back. These classes add the
+frame grid and the end of the stream::
 
-Work is done on a fixed grid of ``frames_per_step`` frames (default 1) and
-input is buffered until a whole step is there, so how the input is chunked
-never changes a single bit of the output. A larger step trades latency for
-throughput (fewer, larger matrix products).
+    push(pcm) ──► whole steps of frames_per_step frames ──► encoder_stream.step ──► quantizer ──► codes
+    flush()   ──► the rest, padded as batch mode pads it (pad_input) ──► step, then the stream's flush
+
+Work is done on that fixed grid and input is buffered until a whole step is
+there, so how the input is chunked never changes a single bit of the output.
+Mimi's results equal moshi's streaming mode (``with model.streaming(1):`` fed one
+frame per call), including its attention quirk past 10 s (see
+:class:`mimi_cli.core.KVCache`); EnCodec's, being causal with exact carried context,
+equal its batch mode.
 """
 
 from __future__ import annotations
@@ -16,8 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from mimi_cli.errors import InvalidAudioError, InvalidCodesError
-from mimi_cli.models.mimi.config import DEFAULT_NUM_CODEBOOKS
-from mimi_cli.models.mimi.model import Mimi
+from mimi_cli.models.codec import Codec
 
 
 class StreamEncoder:
@@ -28,8 +32,9 @@ class StreamEncoder:
     >>> codes = enc.flush()            # the last, zero-padded frame; the encoder is then reset
     """
 
-    def __init__(self, model: Mimi, batch_size: int = 1, num_codebooks: int = DEFAULT_NUM_CODEBOOKS,
+    def __init__(self, model: Codec, batch_size: int = 1, num_codebooks: int | None = None,
                  frames_per_step: int = 1):
+        num_codebooks = num_codebooks or model.config.default_num_codebooks
         if not 1 <= num_codebooks <= model.config.num_codebooks:
             raise ValueError(f"num_codebooks must be in 1..{model.config.num_codebooks}, got {num_codebooks}")
         if batch_size < 1 or frames_per_step < 1:
@@ -40,12 +45,8 @@ class StreamEncoder:
 
     def reset(self) -> None:
         """Forget everything: the next push starts a new stream."""
-        m = self.model
-        self._seanet = m.encoder.streaming()
-        self._transformer = m.encoder_transformer.streaming(steps_per_call=m.config.downsample_stride)
-        self._downsample = m.downsample.streaming()
+        self._stream = self.model.encoder_stream()
         self._pending = np.zeros((self.batch_size, 0), np.float32)
-        self.frames_done = 0
 
     def _check(self, pcm: np.ndarray) -> tuple[np.ndarray, bool]:
         pcm = np.asarray(pcm)
@@ -57,8 +58,7 @@ class StreamEncoder:
         elif pcm.ndim != 2 or pcm.shape[0] != self.batch_size:
             raise InvalidAudioError(f"this stream takes audio of shape [{self.batch_size}, T]"
                                     f"{' or [T]' if self.batch_size == 1 else ''}, got {list(pcm.shape)}")
-        if not np.all(np.isfinite(pcm)):
-            raise InvalidAudioError("audio contains NaN or Inf samples")
+        self.model.check_audio(pcm)
         return pcm.astype(np.float32, copy=False), squeeze
 
     def push(self, pcm: np.ndarray) -> np.ndarray:
@@ -75,22 +75,21 @@ class StreamEncoder:
         return self._output(codes, squeeze)
 
     def flush(self) -> np.ndarray:
-        """Encode what is left, zero-padded to whole frames as batch mode does; then reset."""
-        frame = self.model.config.frame_size
-        pending = self._pending
+        """Encode what is left, padded as batch mode pads (``pad_input``), and end the stream; then reset."""
         codes = []
-        if pending.shape[1]:
-            frames = -(-pending.shape[1] // frame)
-            padded = np.zeros((self.batch_size, frames * frame), np.float32)
-            padded[:, : pending.shape[1]] = pending
-            codes.append(self._encode(padded))
+        if self._pending.shape[1]:
+            codes.append(self._quantize(self._stream.step(self.model.pad_input(self._pending))))
+        tail = self._stream.flush()
+        if tail is not None:
+            codes.append(self._quantize(tail))
         result = self._output(codes, self.batch_size == 1)
         self.reset()
         return result
 
-    def _encode(self, pcm: np.ndarray) -> np.ndarray:  # [B, n·1920] → [B, K, n]
-        latent = self._downsample(self._transformer(self._seanet(pcm[:, None, :])))
-        self.frames_done += latent.shape[2]
+    def _encode(self, pcm: np.ndarray) -> np.ndarray:  # [B, n·frame_size] → [B, K, frames ready]
+        return self._quantize(self._stream.step(pcm[:, None, :]))
+
+    def _quantize(self, latent: np.ndarray) -> np.ndarray:
         return self.model.quantizer.encode(latent, self.num_codebooks)
 
     def _output(self, codes: list[np.ndarray], squeeze: bool) -> np.ndarray:
@@ -105,10 +104,10 @@ class StreamDecoder:
     """``push(codes)`` → 1920 samples per frame decoded so far.
 
     >>> dec = model.stream_decoder()
-    >>> pcm = dec.push(codes)          # int [K, n] (or [B, K, n]) → float32 [1920·n] (or [B, 1920·n])
+    >>> pcm = dec.push(codes)          # int [K, n] (or [B, K, n]) → float32 [frame_size·n] (or [B, ...])
     """
 
-    def __init__(self, model: Mimi, batch_size: int = 1, frames_per_step: int = 1):
+    def __init__(self, model: Codec, batch_size: int = 1, frames_per_step: int = 1):
         if batch_size < 1 or frames_per_step < 1:
             raise ValueError("batch_size and frames_per_step must be at least 1")
         self.model, self.batch_size, self.frames_per_step = model, batch_size, frames_per_step
@@ -116,12 +115,8 @@ class StreamDecoder:
 
     def reset(self) -> None:
         """Forget everything: the next push starts a new stream (and may use another K)."""
-        m = self.model
-        self._upsample = m.upsample.streaming()
-        self._transformer = m.decoder_transformer.streaming(steps_per_call=m.config.downsample_stride)
-        self._seanet = m.decoder.streaming()
+        self._stream = self.model.decoder_stream()
         self._pending: np.ndarray | None = None  # [B, K, < frames_per_step]
-        self.frames_done = 0
 
     def _check(self, codes: np.ndarray) -> tuple[np.ndarray, bool]:
         codes = np.asarray(codes)
@@ -151,16 +146,17 @@ class StreamDecoder:
         return self._output(audio, squeeze)
 
     def flush(self) -> np.ndarray:
-        """Decode frames still waiting for a whole step; then reset."""
+        """Decode frames still waiting for a whole step and end the stream; then reset."""
         audio = [self._decode(self._pending)] if self._pending is not None and self._pending.shape[2] else []
+        tail = self._stream.flush()
+        if tail is not None:
+            audio.append(tail[:, 0, :])
         result = self._output(audio, self.batch_size == 1)
         self.reset()
         return result
 
-    def _decode(self, codes: np.ndarray) -> np.ndarray:  # [B, K, n] → [B, n·1920]
-        latent = self.model.quantizer.decode(codes)
-        self.frames_done += codes.shape[2]
-        return self._seanet(self._transformer(self._upsample(latent)))[:, 0, :]
+    def _decode(self, codes: np.ndarray) -> np.ndarray:  # [B, K, n] → [B, samples ready]
+        return self._stream.step(self.model.quantizer.decode(codes))[:, 0, :]
 
     def _output(self, audio: list[np.ndarray], squeeze: bool) -> np.ndarray:
         out = np.concatenate(audio, axis=1) if audio else np.zeros((self.batch_size, 0), np.float32)
