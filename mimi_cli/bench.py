@@ -39,7 +39,7 @@ def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def stream_latency(model: Mimi, frames: int = 200, frames_per_step: int = 1, warmup: int = 5,
-                   num_codebooks: int = 8) -> list[StepLatency]:
+                   num_codebooks: int | None = None) -> list[StepLatency]:
     """Time every encoder and decoder push of a ``frames``-frame stream, per frame.
 
     200 frames (16 s) by default, so that the steps past the 250-step attention
@@ -190,10 +190,11 @@ class ModelResult:
 
 
 def model_benchmarks(model: Codec, seconds: float, peak: float, progress=None) -> list[ModelResult]:
-    """One-shot encode and decode of ``seconds`` of audio at 8 and 32 codebooks."""
+    """One-shot encode and decode of ``seconds`` of audio at the default and the most codebooks."""
     pcm = speech_like(seconds)
     results = []
-    for levels in (8, 32):
+    c = model.config
+    for levels in sorted({c.default_num_codebooks, c.num_codebooks}):  # Mimi, EnCodec: 8 and 32
         encode_flops, decode_flops = codec_flops(model.config, seconds, levels)
         codes = model.encode(pcm, levels)  # warm-up, and the codes to decode
         for name, fn, flops in ((f"encode, {levels} codebooks", partial(model.encode, pcm, levels), encode_flops),

@@ -161,7 +161,6 @@ class CodesFile:
 # Limits of the reader, checked before any array is read (docs/codes-format.md).
 MAX_SCALAR_BYTES = 4096  # a scalar member: a .npy header and one value
 MAX_NUM_SAMPLES = 24000 * 3600 * 24 * 7  # a week of audio at 24 kHz: codes of at most ~0.4 GB
-MAX_CHANNELS = 64
 
 
 def _read_members(path: Path) -> dict[str, object]:

@@ -32,7 +32,7 @@ def convert_checkpoint(source: str | Path, destination: Path, naming: str = chec
     if naming not in checkpoint.LAYOUT_NAMES:
         raise MimiError(f"unknown naming {naming!r}; choose one of {', '.join(checkpoint.LAYOUT_NAMES)}")
     config = MimiConfig()
-    loaded = checkpoint.load_checkpoint(source, config)
+    loaded = Mimi.read_checkpoint(source, config)
     problems = Mimi(config).check_state(loaded.state)
     if problems:
         raise MimiError(f"{source} is not a complete Mimi checkpoint: " + "; ".join(problems))

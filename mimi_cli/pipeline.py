@@ -62,8 +62,9 @@ class LoadedModel:
 def load_model(weights: str | Path | None, codec: str = DEFAULT_CODEC) -> LoadedModel:
     """Resolve and load ``codec``'s weights (see :func:`mimi_cli.weights.resolve_weights`)."""
     start = time.perf_counter()
-    path = resolve_weights(weights, codec)
-    model = codec_spec(codec).model().from_file(path)
+    spec = codec_spec(codec)
+    path = resolve_weights(weights, spec)
+    model = spec.model().from_file(path)
     return LoadedModel(model, path, weights_id(path), time.perf_counter() - start)
 
 

@@ -30,10 +30,6 @@ def usable_threads(threads: int | None) -> tuple[int | None, str | None]:
     return threads, None
 
 
-def elementwise_threads() -> int:
-    return _threads
-
-
 @contextlib.contextmanager
 def limit_threads(threads: int | None) -> Iterator[None]:
     """Use at most ``threads`` threads for BLAS and for element-wise work inside the block (None: no limit)."""

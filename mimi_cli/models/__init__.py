@@ -17,9 +17,9 @@ from mimi_cli.errors import MimiError
 class CodecSpec:
     """A codec and what it can do: everything outside ``models/`` asks this, never the codec's name.
 
-    The package exports the model and config classes; its ``checkpoint`` module has
-    ``inspect_checkpoint(source) -> Recognised | None`` (see :mod:`mimi_cli.models.codec`),
-    and its ``synthetic`` module ``random_state()`` (realistic random weights, for ``bench``).
+    The package exports the model class (a :class:`mimi_cli.models.codec.Codec`) and the config
+    class (a :class:`mimi_cli.models.config.CodecConfig`); its ``synthetic`` module has
+    ``random_state()``, realistic random weights of the released size (for ``mimi bench``).
     """
 
     name: str
@@ -41,7 +41,7 @@ class CodecSpec:
 
     def inspect(self, source):
         """Does ``source`` (a WeightFile) hold this codec's checkpoint, and would it load? (Names and shapes.)"""
-        return importlib.import_module(f"{self.package}.checkpoint").inspect_checkpoint(source)
+        return self.model().inspect_checkpoint(source)
 
     def random_state(self) -> dict:
         return importlib.import_module(f"{self.package}.synthetic").random_state()

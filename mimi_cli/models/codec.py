@@ -28,6 +28,16 @@ from mimi_cli.models.config import CodecConfig
 
 
 
+@dataclass
+class Checkpoint:
+    """What a codec's checkpoint reader returns: tensors in the model's own naming, ready to load."""
+
+    state: dict[str, np.ndarray]  # the model's naming (Module.declare), float32
+    layout: str  # the naming it was read from, e.g. "original", "hf"
+    container: str  # "safetensors", "Core ML ML Program (.mlmodelc)" ...
+    warnings: list[str]  # unusual values (see mimi_cli.weights.validate)
+
+
 @dataclass(frozen=True)
 class Recognised:
     """What a codec's ``inspect_checkpoint`` says of a weight file it recognises."""
@@ -76,8 +86,13 @@ class Codec(Module):
     # -- construction
 
     @classmethod
-    def read_checkpoint(cls, path: str | Path, config: CodecConfig):
-        """This codec's checkpoint reader: an object with ``state`` (the model's naming) and ``warnings``."""
+    def inspect_checkpoint(cls, source) -> Recognised | None:
+        """For ``mimi inspect``: a :class:`Recognised` if the WeightFile holds this codec's checkpoint."""
+        return None
+
+    @classmethod
+    def read_checkpoint(cls, path: str | Path, config: CodecConfig) -> Checkpoint:
+        """This codec's checkpoint reader (any naming and container it knows) → :class:`Checkpoint`."""
         raise NotImplementedError
 
     @classmethod

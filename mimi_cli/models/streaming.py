@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from mimi_cli.errors import InvalidAudioError, InvalidCodesError
-from mimi_cli.models.codec import Codec
+
+if TYPE_CHECKING:  # the codec imports this module; at run time only its methods are used here
+    from mimi_cli.models.codec import Codec
 
 
 class StreamEncoder:

@@ -14,11 +14,12 @@ from pathlib import Path
 from mimi_cli.errors import WeightsError
 
 
-def resolve_weights(explicit: str | os.PathLike | None = None, codec: str = "mimi") -> Path:
-    """The weights file to use: explicit path > the codec's environment variable > the Hub's cached release."""
-    from mimi_cli.models import codec_spec
+def resolve_weights(explicit: str | os.PathLike | None, spec) -> Path:
+    """The weights file to use: explicit path > the codec's environment variable > the Hub's cached release.
 
-    spec = codec_spec(codec)
+    ``spec`` is the codec's registry entry (:class:`mimi_cli.models.CodecSpec`): its ``weights_env``,
+    ``hub_repo``, ``hub_file`` and ``config().display_name``.
+    """
     env = spec.weights_env
     for candidate, origin in ((explicit, "--weights"), (os.environ.get(env) or None, f"${env}")):
         if candidate is not None:

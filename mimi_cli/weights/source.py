@@ -9,14 +9,11 @@ their name, dtype and shape from the headers and read their values only when ask
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from mimi_cli.errors import DATA_ERRORS, MimiError, WeightsError, malformed
 from mimi_cli.fileio import missing
+from mimi_cli.weights.tensors import TensorEntry, WeightFile
 
 # PyTorch checkpoints are pickles (a zip of them since torch 1.6): never unpickled, as loading one can run
 # arbitrary code; they are refused with a pointer to safetensors.
@@ -38,43 +35,6 @@ def _is_numpy_archive(path: Path) -> bool:
 def _looks_like_pickle(head: bytes) -> bool:
     """A zip archive, or a pickle protocol opcode where a safetensors file has its header length and ``{``."""
     return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[8:9] != b"{")
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    name: str
-    dtype: str  # as stored: "F32", "BF16", "fp16", "int4" ...
-    shape: tuple[int, ...]
-    load: Callable[[], np.ndarray] = field(repr=False)  # the values as float32 (exact for every stored type)
-    encoding: str = ""  # how a compressed Core ML tensor is stored, e.g. "constexpr_lut_to_dense(uint4)"
-
-    def __post_init__(self):  # every reader's lazy load answers bad bytes with WeightsError, like its opening
-        load, name = self.load, self.name
-
-        def guarded() -> np.ndarray:
-            try:
-                return load()
-            except MimiError:
-                raise
-            except DATA_ERRORS as exc:
-                raise malformed(WeightsError, f"tensor {name}", exc) from None
-
-        object.__setattr__(self, "load", guarded)
-
-    @property
-    def params(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-
-@dataclass
-class WeightFile:
-    path: Path
-    container: str  # "safetensors", "Core ML ML Program (.mlmodelc)", ...
-    tensors: dict[str, TensorEntry]
-    details: dict[str, object] = field(default_factory=dict)  # container facts: versions, op histogram ...
-
-    def read_all(self) -> dict[str, np.ndarray]:
-        return {name: entry.load() for name, entry in self.tensors.items()}
 
 
 def open_weights(path: str | os.PathLike) -> WeightFile:

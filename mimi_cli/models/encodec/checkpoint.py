@@ -17,21 +17,17 @@ holds the same weights.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mimi_cli.errors import WeightsError
+from mimi_cli.models.codec import Checkpoint, Recognised
 
 HF, ORIGINAL = "hf", "original"
-if TYPE_CHECKING:
-    from mimi_cli.models.codec import Recognised
-
 LAYOUT_NAMES = {HF: "Hugging Face", ORIGINAL: "EnCodec original"}
 
 # Quantizer buffers used only in training (k-means state); present in released files, never read.
@@ -100,14 +96,6 @@ def folded_shapes(shapes: Mapping[str, tuple[int, ...]], layout: str) -> dict[st
     return folded
 
 
-@dataclass
-class Checkpoint:
-    state: dict[str, np.ndarray]  # Hugging Face naming, weight norm folded, float32
-    layout: str
-    container: str
-    warnings: list[str]
-
-
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read an EnCodec checkpoint in either naming; refuse NaN/Inf values."""
     from mimi_cli.weights import open_weights
@@ -125,15 +113,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(state, layout, source.container, warnings)
 
 
-def inspect_checkpoint(source) -> Recognised | None:
+def inspect_checkpoint(source, model_class) -> Recognised | None:
     """For ``mimi inspect``: a safetensors WeightFile in an EnCodec naming, and whether it would load into
     the released 24 kHz model, from names and shapes alone (weight norm folded as loading would)."""
-    from mimi_cli.models.codec import Recognised
-    from mimi_cli.models.encodec.model import Encodec
-
     layout = detect_layout(source.tensors)
     if layout is None or source.container.startswith("Core ML"):
         return None
     shapes = folded_shapes({name: e.shape for name, e in source.tensors.items()}, layout)
     placeholders = {name: np.broadcast_to(np.float32(0), shape) for name, shape in shapes.items()}
-    return Recognised(f"EnCodec 24 kHz {LAYOUT_NAMES[layout]}", Encodec().check_state(placeholders))
+    return Recognised(f"EnCodec 24 kHz {LAYOUT_NAMES[layout]}", model_class().check_state(placeholders))

@@ -205,6 +205,13 @@ class Encodec(Codec):
         self.quantizer = self.add("quantizer", ResidualVQ(c))
 
     @classmethod
+    def inspect_checkpoint(cls, source):
+        """For ``mimi inspect``: does this WeightFile hold a Encodec checkpoint, and would it load? (Recognised.)"""
+        from mimi_cli.models.encodec.checkpoint import inspect_checkpoint
+
+        return inspect_checkpoint(source, cls)
+
+    @classmethod
     def read_checkpoint(cls, path, config: EncodecConfig):
         """Safetensors in the Hugging Face or original naming, weight norm folded or not."""
         from mimi_cli.models.encodec.checkpoint import load_checkpoint

@@ -17,22 +17,18 @@ matched back to any of the three schemes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mimi_cli.errors import WeightsError
+from mimi_cli.models.codec import Checkpoint, Recognised
 from mimi_cli.models.mimi.config import MimiConfig
 
 ORIGINAL, MOSHI, HF = "original", "moshi", "hf"
-if TYPE_CHECKING:
-    from mimi_cli.models.codec import Recognised
-
 LAYOUT_NAMES = {ORIGINAL: "Mimi original", MOSHI: "Mimi moshi-state-dict", HF: "Mimi Hugging Face"}
 
 _MOSHI_RENAMES = (("self_attn.in_proj_weight", "self_attn.in_projs.0.weight"),
@@ -195,16 +191,14 @@ def _rotate_half_to_interleaved(w: np.ndarray, num_heads: int) -> np.ndarray:
 _COREML_SUFFIXES = re.compile(r"(_to_fp16|_to_fp32|_quantized|_palettized|_sparsified|_promoted)+$")
 
 
-def coreml_names(names: Iterable[str], config: MimiConfig) -> dict[str, str]:
+def coreml_names(names: Iterable[str], originals: list[str]) -> dict[str, str]:
     """Core ML variable name → checkpoint name, for the names that flatten a Mimi tensor's name.
 
     coremltools turns ``encoder.model.0.conv.conv.weight`` into ``encoder_model_0_conv_conv_weight``
     and appends ``_to_fp16`` (and ``_quantized`` … for compressed weights). Flattening loses the
-    dots, so names are matched against the flattened names of every known scheme.
+    dots, so names are matched against the flattened names of every known scheme. ``originals`` are
+    the model's own (original) checkpoint names.
     """
-    from mimi_cli.models.mimi.model import Mimi
-
-    originals = [name for name, _ in Mimi(config).named_shapes()]
     known = {name.replace(".", "_"): name
              for layout in (HF, MOSHI, ORIGINAL) for name in layout_names(originals, layout)}
     matched = {}
@@ -232,22 +226,17 @@ def layout_names(originals: Iterable[str], layout: str) -> Iterable[str]:
 # ----------------------------------------------------------------------------- loading
 
 
-@dataclass
-class Checkpoint:
-    state: dict[str, np.ndarray]  # original naming, float32
-    layout: str  # ORIGINAL, MOSHI or HF
-    container: str  # "safetensors", "Core ML ML Program (.mlmodelc)" ...
-    warnings: list[str]
+def load_checkpoint(path: str | Path, config: MimiConfig, originals: list[str]) -> Checkpoint:
+    """Read a Mimi checkpoint from any container and naming scheme; refuse NaN/Inf values.
 
-
-def load_checkpoint(path: str | Path, config: MimiConfig) -> Checkpoint:
-    """Read a Mimi checkpoint from any container and naming scheme; refuse NaN/Inf values."""
+    ``originals``: the model's checkpoint names (to recognise Core ML's flattened ones).
+    """
     from mimi_cli.weights import open_weights
     from mimi_cli.weights.validate import warnings_or_refuse
 
     source = open_weights(path)
     if source.container.startswith("Core ML"):
-        matched = coreml_names(source.tensors, config)
+        matched = coreml_names(source.tensors, originals)
         if not matched:
             raise WeightsError(f"{path} holds no Mimi tensors (none of its {len(source.tensors)} tensor names "
                                "flattens a Mimi checkpoint name); it is not a Mimi model")
@@ -263,20 +252,18 @@ def load_checkpoint(path: str | Path, config: MimiConfig) -> Checkpoint:
     return Checkpoint(to_original(tensors, layout, config.num_heads), layout, source.container, warnings)
 
 
-def inspect_checkpoint(source) -> Recognised | None:
+def inspect_checkpoint(source, model_class) -> Recognised | None:
     """For ``mimi inspect``: a WeightFile holding Mimi tensors (any naming, Core ML-flattened included),
     and whether it would load into the released model, from names and shapes alone."""
-    from mimi_cli.models.codec import Recognised
-    from mimi_cli.models.mimi.model import Mimi
-
     config = MimiConfig()
-    names = (coreml_names(source.tensors, config) if source.container.startswith("Core ML")
-             else {name: name for name in source.tensors})
+    model = model_class(config)
+    names = (coreml_names(source.tensors, [name for name, _ in model.named_shapes()])
+             if source.container.startswith("Core ML") else {name: name for name in source.tensors})
     layout = detect_layout(names.values())
     if layout is None:
         return None
     # Zero-strided placeholders: the renaming and re-fusing need shapes, not values.
     placeholders = {name: np.broadcast_to(np.float32(0), source.tensors[variable].shape)
                     for variable, name in names.items()}
-    problems = Mimi(config).check_state(to_original(placeholders, layout, config.num_heads))
+    problems = model.check_state(to_original(placeholders, layout, config.num_heads))
     return Recognised(LAYOUT_NAMES[layout], problems)

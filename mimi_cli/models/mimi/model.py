@@ -263,11 +263,18 @@ class Mimi(Codec):
         self.decoder = self.add("decoder", SEANet(seanet_decoder(c, MIMI_SEANET)))
 
     @classmethod
+    def inspect_checkpoint(cls, source):
+        """For ``mimi inspect``: does this WeightFile hold a Mimi checkpoint, and would it load? (Recognised.)"""
+        from mimi_cli.models.mimi.checkpoint import inspect_checkpoint
+
+        return inspect_checkpoint(source, cls)
+
+    @classmethod
     def read_checkpoint(cls, path, config: MimiConfig):
         """Safetensors or Core ML, in the original, moshi or Hugging Face naming."""
         from mimi_cli.models.mimi.checkpoint import load_checkpoint
 
-        return load_checkpoint(path, config)
+        return load_checkpoint(path, config, [name for name, _ in cls(config).named_shapes()])
 
     # -- the four stages
 

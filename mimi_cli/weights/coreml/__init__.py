@@ -19,7 +19,8 @@ from pathlib import Path
 
 from mimi_cli.errors import WeightsError
 from mimi_cli.weights.coreml.mil import Program
-from mimi_cli.weights.source import TensorEntry, WeightFile
+from mimi_cli.weights.coreml.paths import inside
+from mimi_cli.weights.tensors import TensorEntry, WeightFile
 
 
 def open_coreml(path: Path) -> WeightFile:
@@ -37,19 +38,6 @@ def open_coreml(path: Path) -> WeightFile:
         return _open_pipeline(path, submodels)
     raise WeightsError(f"{path} is a folder but not a Core ML model (no model.mil, Manifest.json or "
                        "model.espresso.net); give a .safetensors file, an .mlmodelc or an .mlpackage")
-
-
-def inside(root: Path, relative: str, what: str) -> Path:
-    """``root / relative``, refusing absolute paths, ``..`` and symlinks that lead out of ``root``."""
-    if not isinstance(relative, str) or not relative or "\0" in relative:
-        raise WeightsError(f"refusing {what} path {relative!r}: not a file name")
-    candidate = Path(relative)
-    if candidate.is_absolute() or ".." in candidate.parts:
-        raise WeightsError(f"refusing {what} path {relative!r}: it leads outside the model folder {root}")
-    resolved = (root / candidate).resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise WeightsError(f"refusing {what} path {relative!r}: it resolves outside the model folder {root}")
-    return resolved
 
 
 def _open_compiled_program(path: Path) -> WeightFile:

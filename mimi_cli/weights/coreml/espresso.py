@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.errors import WeightsError
-from mimi_cli.weights.source import TensorEntry, WeightFile
+from mimi_cli.weights.coreml.paths import inside
+from mimi_cli.weights.tensors import TensorEntry, WeightFile
 
 
 def _layer_shapes(layer: dict) -> dict[str, tuple[int, ...]]:
@@ -37,8 +38,6 @@ def _layer_shapes(layer: dict) -> dict[str, tuple[int, ...]]:
 
 
 def open_espresso(path: Path) -> WeightFile:
-    from mimi_cli.weights.coreml import inside
-
     net_path = path / "model.espresso.net"
     try:
         net = json.loads(net_path.read_text(encoding="utf-8"))

@@ -17,7 +17,8 @@ from mimi_cli.errors import WeightsError
 from mimi_cli.weights.coreml import constexpr
 from mimi_cli.weights.coreml.blob import BlobFile
 from mimi_cli.weights.coreml.mil import BlobRef, Operation, Program, Ref, TensorType, Value
-from mimi_cli.weights.source import TensorEntry
+from mimi_cli.weights.coreml.paths import inside
+from mimi_cli.weights.tensors import TensorEntry
 
 MODEL_PATH = "@model_path/"
 _FLOATS = {"fp16", "fp32", "fp64", "bf16", "fp8e4m3fn", "fp8e5m2"}
@@ -148,8 +149,6 @@ class ProgramWeights:
         return flat.astype(_LITERAL_DTYPES[value_type.dtype]).reshape(shape)
 
     def _blob(self, ref: BlobRef, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-        from mimi_cli.weights.coreml import inside
-
         if not ref.path.startswith(MODEL_PATH):
             raise WeightsError(f"refusing weight path {ref.path!r}: it does not start with {MODEL_PATH}")
         path = inside(self.model_dir, ref.path[len(MODEL_PATH):], "weight")
