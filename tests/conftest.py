@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
+from mimi_cli.core import codebook_distances
 from mimi_cli.models.mimi import Mimi, MimiConfig
 from mimi_cli.models.mimi.synthetic import random_state
 
@@ -63,3 +67,71 @@ def run(*args, weights: Path | None = None, env_extra: dict | None = None, cwd: 
         env["MIMI_WEIGHTS"] = str(weights)
     return subprocess.run([sys.executable, "-m", "mimi_cli", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """2.5 s of the sample speech at its own 16 kHz."""
+    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    path = tmp_path_factory.mktemp("clip") / "speech.wav"
+    sf.write(path, pcm[: int(2.5 * rate)], rate, subtype="PCM_16")
+    return path
+
+
+class _RunsACommand:
+    """Unpickling this calls os.system: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def malicious_checkpoints(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"state_dict": _RunsACommand(marker)}, protocol=2)
+    plain = tmp_path / "encodec_24khz-d7cc33bc.th"  # the original release's name
+    plain.write_bytes(payload)
+    disguised = tmp_path / "model.safetensors"  # a pickle under a safetensors name
+    disguised.write_bytes(payload)
+    zipped = tmp_path / "checkpoint.bin"  # torch.save's zip container
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("archive/data.pkl", payload)
+    return marker, [plain, disguised, zipped]
+
+
+NEAR_TIE = 1e-5  # relative gap between the two distances below which either code is right
+
+
+def assert_codes_match(model, latent: np.ndarray, ours: np.ndarray, reference: np.ndarray) -> int:
+    """Codes equal level by level, or a near-tie under teacher forcing. Returns the number of near-ties.
+
+    Teacher forcing: every level's input is built from the *reference* codes of
+    the levels before it, so a flip is judged on its own and not on what it
+    cascaded into. A frame whose code flipped at level k may differ at every
+    later level; every other code must be equal.
+    """
+    quantizer = model.quantizer
+    semantic = quantizer.semantic.project_in(latent)[0]
+    residual = quantizer.acoustic.project_in(latent)[0]
+    books = [quantizer.semantic.codebooks[0]] + quantizer.acoustic.codebooks
+    flipped_at = np.full(reference.shape[1], reference.shape[0])  # first level that flipped, per frame
+    for level in range(reference.shape[0]):
+        x = semantic if level == 0 else residual
+        book = books[level]
+        distances = codebook_distances(x, book.embedding, book.sqnorm)
+        forced = distances.argmin(axis=1)
+        ref = reference[level].astype(np.int64)
+        for frame in np.flatnonzero(forced != ref):
+            d_ref, d_ours = distances[frame, ref[frame]], distances[frame, forced[frame]]
+            gap = (d_ref - d_ours) / d_ref
+            assert gap < NEAR_TIE, f"level {level} frame {frame}: code {forced[frame]} vs reference {ref[frame]}, " \
+                                   f"relative distance gap {gap:.2e} is not a near-tie"
+            flipped_at[frame] = min(flipped_at[frame], level)
+        if level > 0:
+            residual = residual - book.embedding[ref]
+    levels = np.arange(reference.shape[0])[:, None]
+    unaffected = levels < flipped_at[None, :]
+    np.testing.assert_array_equal(ours[unaffected], reference[unaffected])
+    return int(np.sum(flipped_at < reference.shape[0]))

@@ -1,7 +1,7 @@
 """Writing small Core ML compiled models for tests, following the documented byte layout.
 
 Independent of the reader: the blob records and the MIL text are produced here
-from the format description (docs in ``../shared/docs/coreml-format.md``, §2–3).
+from the format description (docs/weights.md, Core ML and blob storage).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def test_flop_count_of_the_released_model_matches_the_reference_notes():
     from mimi_cli.models.mimi import MimiConfig
 
     encode, decode = codec_flops(MimiConfig(), 60.0, 8)
-    assert abs(encode / 60 / 1e9 - 5.53) < 0.02  # mimi-reference.md §5: ≈ 5.53 and 5.49 GFLOP/s
+    assert abs(encode / 60 / 1e9 - 5.53) < 0.02  # docs/performance.md: ≈ 5.53 and 5.49 GFLOP/s
     assert abs(decode / 60 / 1e9 - 5.49) < 0.02
 
 

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, run  # noqa: F401  (run: other modules import it from here)
+from conftest import SAMPLE_AUDIO, run
 
 from mimi_cli.weights import weights_id
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    """2.5 s of the sample speech at its own 16 kHz."""
-    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
-    path = tmp_path_factory.mktemp("clip") / "speech.wav"
-    sf.write(path, pcm[: int(2.5 * rate)], rate, subtype="PCM_16")
-    return path
 
 
 def test_encode_then_decode(tmp_path, clip, weights_file, full_model):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import pickle
-import zipfile
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import GOLDEN
+from conftest import GOLDEN, malicious_checkpoints
 from mimi_cli.errors import WeightsError
 from mimi_cli.models.encodec import Encodec, EncodecConfig
 from mimi_cli.models.encodec.checkpoint import fold_weight_norm
@@ -162,31 +159,8 @@ def test_mimi_file_is_not_an_encodec_checkpoint(weights_file):
         Encodec.from_file(weights_file)
 
 
-class _RunsACommand:
-    """Unpickling this calls os.system: what a malicious checkpoint does."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def _malicious_checkpoints(tmp_path):
-    marker = tmp_path / "pwned"
-    payload = pickle.dumps({"state_dict": _RunsACommand(marker)}, protocol=2)
-    plain = tmp_path / "encodec_24khz-d7cc33bc.th"  # the original release's name
-    plain.write_bytes(payload)
-    disguised = tmp_path / "model.safetensors"  # a pickle under a safetensors name
-    disguised.write_bytes(payload)
-    zipped = tmp_path / "checkpoint.bin"  # torch.save's zip container
-    with zipfile.ZipFile(zipped, "w") as z:
-        z.writestr("archive/data.pkl", payload)
-    return marker, [plain, disguised, zipped]
-
-
 def test_malicious_pickle_is_refused_without_running_anything(tmp_path):
-    marker, paths = _malicious_checkpoints(tmp_path)
+    marker, paths = malicious_checkpoints(tmp_path)
     with open(paths[0], "rb") as f:  # the payload is live: loading it with pickle would run the command
         assert b"system" in f.read()
     for path in paths:

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from safetensors.numpy import save_file
-from conftest import run
-from test_cli import clip  # noqa: F401  (a fixture)
-from test_encodec import _malicious_checkpoints
+from conftest import malicious_checkpoints, run
 
 from mimi_cli.models.encodec import Encodec
 from mimi_cli.models.encodec.synthetic import random_state, released_file_state
@@ -30,7 +28,7 @@ def encodec_model(encodec_file):
     return Encodec.from_file(encodec_file)
 
 
-def test_encode_decode_roundtrip_with_encodec(tmp_path, clip, encodec_file, encodec_model):  # noqa: F811
+def test_encode_decode_roundtrip_with_encodec(tmp_path, clip, encodec_file, encodec_model):
     codes_path = tmp_path / "speech.npz"
     result = run("encode", clip, "--codec", ENCODEC, "-b", "6", "-o", codes_path, "--weights", encodec_file)
     assert result.returncode == 0, result.stderr
@@ -63,20 +61,20 @@ def test_encode_decode_roundtrip_with_encodec(tmp_path, clip, encodec_file, enco
     (["-n", "33"], "EnCodec 24 kHz has at most 32, not 33"),
     (["--codec", "soundstream"], "'soundstream' is not a codec here"),
 ])
-def test_bad_codebook_choices_are_usage_errors(tmp_path, clip, args, message):  # noqa: F811
+def test_bad_codebook_choices_are_usage_errors(tmp_path, clip, args, message):
     codec = [] if "--codec" in args else ["--codec", ENCODEC]
     result = run("encode", clip, *codec, *args, "-o", tmp_path / "x.npz")
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "x.npz").exists()
 
 
-def test_wrong_weights_for_the_codec_leave_no_output(tmp_path, clip, weights_file, encodec_file):  # noqa: F811
+def test_wrong_weights_for_the_codec_leave_no_output(tmp_path, clip, weights_file, encodec_file):
     result = run("encode", clip, "--codec", ENCODEC, "--weights", weights_file, "-o", tmp_path / "x.npz")
     assert result.returncode == 1 and "is not an EnCodec checkpoint" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "x.npz").exists()
 
 
-def test_stream_gives_the_batch_codes_and_audio(tmp_path, clip, encodec_file):  # noqa: F811
+def test_stream_gives_the_batch_codes_and_audio(tmp_path, clip, encodec_file):
     """--stream with EnCodec: the same codes file as batch mode; decoding in a stream, the same audio."""
     for mode in ((), ("--stream",)):
         name = "stream" if mode else "batch"
@@ -96,8 +94,8 @@ def test_stream_gives_the_batch_codes_and_audio(tmp_path, clip, encodec_file):  
     assert np.abs(batch_audio - stream_audio).max() <= 1 << 16  # at most one 16-bit step
 
 
-def test_malicious_pickle_given_as_weights_runs_nothing(tmp_path, clip):  # noqa: F811
-    marker, paths = _malicious_checkpoints(tmp_path)
+def test_malicious_pickle_given_as_weights_runs_nothing(tmp_path, clip):
+    marker, paths = malicious_checkpoints(tmp_path)
     for path in paths:
         result = run("encode", clip, "--codec", ENCODEC, "--weights", path, "-o", tmp_path / "x.npz")
         assert result.returncode == 1 and "PyTorch pickle" in result.stderr

@@ -2,7 +2,7 @@
 
 Golden files come from scripts/make_golden.py. Codes must be identical level by
 level; a differing code is accepted only at a genuine near-tie, checked with
-teacher forcing (mimi-reference.md §7.9). Decoded audio must be within 1e-4
+teacher forcing (docs/parity.md). Decoded audio must be within 1e-4
 relative L2 of the reference's.
 """
 
@@ -12,15 +12,13 @@ import functools
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, golden_input
+from conftest import GOLDEN, assert_codes_match, golden_input
 
-from mimi_cli.core import codebook_distances
 from mimi_cli.models.synthetic import state_fingerprint
 
 # Batch cases of moshi; the other golden files (stream_*, hf_*, recurrent) have their own tests.
 CASES = sorted(path.stem for path in GOLDEN.glob("*.npz")
                if not path.stem.startswith(("stream_", "hf_", "recurrent", "encodec")))
-NEAR_TIE = 1e-5  # relative gap between the two distances below which either code is right
 
 
 # Every case has the 32-level decode; the short ones also the 8-level one.
@@ -42,39 +40,6 @@ def load_case(name: str) -> dict[str, np.ndarray]:
 @functools.cache
 def our_latent(model, name: str) -> np.ndarray:
     return model.encode_latent(golden_input(load_case(name)))
-
-
-def assert_codes_match(model, latent: np.ndarray, ours: np.ndarray, reference: np.ndarray) -> int:
-    """Codes equal level by level, or a near-tie under teacher forcing. Returns the number of near-ties.
-
-    Teacher forcing: every level's input is built from the *reference* codes of
-    the levels before it, so a flip is judged on its own and not on what it
-    cascaded into. A frame whose code flipped at level k may differ at every
-    later level; every other code must be equal.
-    """
-    quantizer = model.quantizer
-    semantic = quantizer.semantic.project_in(latent)[0]
-    residual = quantizer.acoustic.project_in(latent)[0]
-    books = [quantizer.semantic.codebooks[0]] + quantizer.acoustic.codebooks
-    flipped_at = np.full(reference.shape[1], reference.shape[0])  # first level that flipped, per frame
-    for level in range(reference.shape[0]):
-        x = semantic if level == 0 else residual
-        book = books[level]
-        distances = codebook_distances(x, book.embedding, book.sqnorm)
-        forced = distances.argmin(axis=1)
-        ref = reference[level].astype(np.int64)
-        for frame in np.flatnonzero(forced != ref):
-            d_ref, d_ours = distances[frame, ref[frame]], distances[frame, forced[frame]]
-            gap = (d_ref - d_ours) / d_ref
-            assert gap < NEAR_TIE, f"level {level} frame {frame}: code {forced[frame]} vs reference {ref[frame]}, " \
-                                   f"relative distance gap {gap:.2e} is not a near-tie"
-            flipped_at[frame] = min(flipped_at[frame], level)
-        if level > 0:
-            residual = residual - book.embedding[ref]
-    levels = np.arange(reference.shape[0])[:, None]
-    unaffected = levels < flipped_at[None, :]
-    np.testing.assert_array_equal(ours[unaffected], reference[unaffected])
-    return int(np.sum(flipped_at < reference.shape[0]))
 
 
 def test_weights_are_rebuilt_bit_identically(full_state):

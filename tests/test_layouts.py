@@ -11,10 +11,9 @@ import functools
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, SMALL
+from conftest import GOLDEN, SMALL, assert_codes_match
 from coreml_builder import write_mlmodelc
 from safetensors.numpy import save_file
-from test_golden import assert_codes_match
 
 from mimi_cli.errors import WeightsError
 from mimi_cli.models.mimi import Mimi, checkpoint
@@ -56,7 +55,7 @@ def test_every_layout_is_detected_and_converts_back_bit_identically(layout):
 
 
 def test_hf_rows_are_rotate_half_per_head():
-    """Within each head, HF rows are the original even rows, then the odd rows (mimi-reference §3.2)."""
+    """Within each head, HF rows are the original even rows, then the odd rows (docs/weights.md, naming schemes)."""
     heads, head_dim, width = 4, 8, 5
     w = np.arange(heads * head_dim * width, dtype=np.float32).reshape(heads * head_dim, width)
     in_proj = np.concatenate([w, w + 1000, w + 2000])

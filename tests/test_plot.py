@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_cli import clip, run  # noqa: F401  (clip is a fixture)
+from conftest import run
 
 from mimi_cli.plot import _mel_band_edges
 
 
-def test_roundtrip_plot_is_a_png_with_three_panels(tmp_path, clip, weights_file):  # noqa: F811
+def test_roundtrip_plot_is_a_png_with_three_panels(tmp_path, clip, weights_file):
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
 
@@ -25,7 +25,7 @@ def test_roundtrip_plot_is_a_png_with_three_panels(tmp_path, clip, weights_file)
     assert [p.name for p in tmp_path.iterdir()] == ["cmp.png"]  # no temporary file left
 
 
-def test_plot_refusals_leave_no_file(tmp_path, clip, weights_file):  # noqa: F811
+def test_plot_refusals_leave_no_file(tmp_path, clip, weights_file):
     result = run("roundtrip", clip, "--plot", tmp_path / "cmp.jpeg")
     assert result.returncode == 2 and "--plot writes .png, .svg or .pdf" in result.stderr
     fake = tmp_path / "site"

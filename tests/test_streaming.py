@@ -6,8 +6,7 @@ import functools
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, SMALL, golden_input
-from test_golden import assert_codes_match
+from conftest import GOLDEN, SMALL, golden_input, assert_codes_match
 
 from mimi_cli.errors import InvalidAudioError, InvalidCodesError
 
