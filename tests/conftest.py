@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import zipfile
@@ -135,3 +137,28 @@ def assert_codes_match(model, latent: np.ndarray, ours: np.ndarray, reference: n
     unaffected = levels < flipped_at[None, :]
     np.testing.assert_array_equal(ours[unaffected], reference[unaffected])
     return int(np.sum(flipped_at < reference.shape[0]))
+
+
+def codes_arrays(frames: int = 5) -> dict[str, np.ndarray]:
+    return {"codes": np.arange(8 * frames, dtype=np.uint16).reshape(1, 8, frames) % 2048,
+            "format_version": np.array(1), "sample_rate": np.array(24000), "frame_rate": np.array(12.5),
+            "codebook_size": np.array(2048), "num_samples": np.array(frames * 1920 - 7),
+            "source_sample_rate": np.array(16000), "source_channels": np.array(1),
+            "weights_id": np.array("sha256:0123456789abcdef"), "codec": np.array("mimi")}
+
+
+def npz_with_codes_header(shape: tuple, descr: str, payload: bytes) -> bytes:
+    """A codes file whose codes member's .npy header claims ``shape`` over ``payload`` bytes of data."""
+    arrays = codes_arrays()
+    del arrays["codes"]
+    header = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    member = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + payload
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for key, value in arrays.items():
+            item = io.BytesIO()
+            np.save(item, value)
+            archive.writestr(f"{key}.npy", item.getvalue())
+        archive.writestr("codes.npy", member)
+    return buffer.getvalue()

@@ -78,3 +78,21 @@ def write_mlmodelc(folder: Path, tensors: dict[str, np.ndarray], dialect: str = 
               "    } -> (out);", "}"]
     (folder / "model.mil").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def varint(n: int) -> bytes:
+    """A protobuf varint: 7 bits a byte, low first, the high bit set on all but the last."""
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def proto_field(number: int, value) -> bytes:
+    """One protobuf field: a varint for an int, length-delimited for bytes or text."""
+    if isinstance(value, int):
+        return varint(number << 3) + varint(value)
+    value = value.encode() if isinstance(value, str) else value
+    return varint(number << 3 | 2) + varint(len(value)) + value

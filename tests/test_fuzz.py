@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, SHARED
+from conftest import SAMPLE_AUDIO, SHARED, codes_arrays, npz_with_codes_header
+from coreml_builder import proto_field as field
 from coreml_builder import write_mlmodelc
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -159,31 +160,17 @@ def test_fuzz_blob_storage(programs, tmp_path_factory):
 # ----------------------------------------------------------------------------- Core ML: protobuf, manifest, espresso
 
 
-def _field(number: int, value) -> bytes:
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-            n >>= 7
-            if not n:
-                return bytes(out)
-    if isinstance(value, int):
-        return varint(number << 3) + varint(value)
-    value = value.encode() if isinstance(value, str) else value
-    return varint(number << 3 | 2) + varint(len(value)) + value
-
-
 def _built_mlmodel() -> bytes:
     """A Model (spec 9) holding an ML Program with one const op whose value is in blob storage."""
-    tensor_type = _field(1, _field(1, 10) + _field(2, 1) + _field(3, _field(1, _field(1, 4))))
-    value_type = _field(1, tensor_type)
-    blob_value = _field(2, value_type) + _field(5, _field(1, "@model_path/weights/weight.bin") + _field(2, 64))
-    operation = (_field(1, "const") + _field(3, _field(1, "w") + _field(2, value_type))
-                 + _field(5, _field(1, "val") + _field(2, blob_value)))
-    block = _field(3, operation)
-    function = _field(2, "CoreML7") + _field(3, _field(1, "CoreML7") + _field(2, block))
-    program = _field(1, 1) + _field(2, _field(1, "main") + _field(2, function))
-    return _field(1, 9) + _field(502, program)
+    tensor_type = field(1, field(1, 10) + field(2, 1) + field(3, field(1, field(1, 4))))
+    value_type = field(1, tensor_type)
+    blob_value = field(2, value_type) + field(5, field(1, "@model_path/weights/weight.bin") + field(2, 64))
+    operation = (field(1, "const") + field(3, field(1, "w") + field(2, value_type))
+                 + field(5, field(1, "val") + field(2, blob_value)))
+    block = field(3, operation)
+    function = field(2, "CoreML7") + field(3, field(1, "CoreML7") + field(2, block))
+    program = field(1, 1) + field(2, field(1, "main") + field(2, function))
+    return field(1, 9) + field(502, program)
 
 
 def test_fuzz_protobuf_model():
@@ -279,41 +266,16 @@ def test_fuzz_safetensors(tmp_path_factory):
 # ----------------------------------------------------------------------------- codes files
 
 
-def _codes_arrays(frames: int = 5) -> dict[str, np.ndarray]:
-    return {"codes": np.arange(8 * frames, dtype=np.uint16).reshape(1, 8, frames) % 2048,
-            "format_version": np.array(1), "sample_rate": np.array(24000), "frame_rate": np.array(12.5),
-            "codebook_size": np.array(2048), "num_samples": np.array(frames * 1920 - 7),
-            "source_sample_rate": np.array(16000), "source_channels": np.array(1),
-            "weights_id": np.array("sha256:0123456789abcdef"), "codec": np.array("mimi")}
-
-
 def _npz(arrays: dict) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
-def _npz_with_codes_header(shape: tuple, descr: str, payload: bytes) -> bytes:
-    """A codes file whose codes member's .npy header claims ``shape`` over ``payload`` bytes of data."""
-    arrays = _codes_arrays()
-    del arrays["codes"]
-    header = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
-    header += b" " * (-(len(header) + 11) % 64) + b"\n"
-    member = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + payload
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for key, value in arrays.items():
-            item = io.BytesIO()
-            np.save(item, value)
-            archive.writestr(f"{key}.npy", item.getvalue())
-        archive.writestr("codes.npy", member)
-    return buffer.getvalue()
-
-
 def test_fuzz_codes_files(tmp_path_factory):
     from mimi_cli.codes import CodesFile
 
-    seeds = [_npz(_codes_arrays(5)), _npz(_codes_arrays(1)), _npz({**_codes_arrays(3), "codec": np.array("mimi")})]
+    seeds = [_npz(codes_arrays(5)), _npz(codes_arrays(1)), _npz({**codes_arrays(3), "codec": np.array("mimi")})]
     path = tmp_path_factory.mktemp("codes") / "c.npz"
     path.write_bytes(seeds[0])
     assert CodesFile.load(path).num_frames == 5  # the seed itself is sound
@@ -338,14 +300,14 @@ def test_fuzz_codes_headers_that_lie(tmp_path_factory):
     @given(st.tuples(dims, dims, dims) | st.tuples(dims) | st.tuples(dims, dims, dims, dims),
            st.sampled_from(["<u2", "<f8", "|O", "<u8", "|b1"]), st.binary(max_size=64))
     def check(shape: tuple, descr: str, payload: bytes) -> None:
-        path.write_bytes(_npz_with_codes_header(shape, descr, payload))
+        path.write_bytes(npz_with_codes_header(shape, descr, payload))
         bounded(lambda: CodesFile.load(path), InvalidCodesError)
 
     check()
     # a member that inflates: 200 MB of zeros deflated to a few hundred kB
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for key, value in _codes_arrays().items():
+        for key, value in codes_arrays().items():
             item = io.BytesIO()
             np.save(item, value)
             padding = bytes(200 << 20) if key == "num_samples" else b""

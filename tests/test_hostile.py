@@ -5,7 +5,6 @@ Each test is one observation of the issue "Every parser survives hostile bytes".
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct
@@ -16,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import run
-from coreml_builder import write_mlmodelc
+from conftest import codes_arrays, npz_with_codes_header, run
+from coreml_builder import varint, write_mlmodelc
 
 
 def inspect_fails(path: Path, *expected: str) -> str:
@@ -81,18 +80,9 @@ def test_empty_or_nested_protobuf_is_not_a_sound_model(tmp_path):
     inspect_fails(_package(tmp_path / "empty.mlpackage", b""), "the file is empty")
     nested = b""
     for _ in range(3000):  # field 1, length-delimited, inside itself
-        nested = b"\x0a" + _varint(len(nested)) + nested
+        nested = b"\x0a" + varint(len(nested)) + nested
     text = inspect_fails(_package(tmp_path / "nested.mlpackage", nested), "not a valid model.mlmodel")
     assert "<memory at" not in text
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
 
 
 def test_safetensors_header_over_the_cap_is_said_as_such(tmp_path):
@@ -116,13 +106,6 @@ def test_a_model_with_nothing_readable_is_an_error(tmp_path):
 # ----------------------------------------------------------------------------- codes files
 
 
-def _codes_arrays(frames: int = 4) -> dict:
-    return {"codes": np.zeros((1, 8, frames), np.uint16), "format_version": np.array(1),
-            "sample_rate": np.array(24000), "frame_rate": np.array(12.5), "codebook_size": np.array(2048),
-            "num_samples": np.array(frames * 1920), "source_sample_rate": np.array(24000),
-            "source_channels": np.array(1), "weights_id": np.array("sha256:0123456789abcdef")}
-
-
 def decode_fails(path: Path, tmp_path: Path, *expected: str, extra: tuple = ()) -> float:
     start = time.monotonic()
     result = run("decode", path, "-o", tmp_path / "out.wav", *extra, weights=tmp_path / "unused")
@@ -138,7 +121,7 @@ def decode_fails(path: Path, tmp_path: Path, *expected: str, extra: tuple = ()) 
 def test_codes_file_that_inflates_is_refused_from_its_directory(tmp_path):
     """Members whose uncompressed size is far beyond what a codes file holds: refused before inflating."""
     with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive:
-        for key, value in _codes_arrays().items():
+        for key, value in codes_arrays().items():
             with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
                 np.save(member, value)
                 for _ in range(32 if key == "format_version" else 0):  # 512 MiB of zeros after the value
@@ -150,24 +133,13 @@ def test_codes_file_that_inflates_is_refused_from_its_directory(tmp_path):
 
 
 def test_codes_header_claiming_a_huge_shape(tmp_path):
-    arrays = _codes_arrays()
-    del arrays["codes"]
-    header = repr({"descr": "<u2", "fortran_order": False, "shape": (1, 8, 2**40)}).encode()
-    header += b" " * (-(len(header) + 11) % 64) + b"\n"
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for key, value in arrays.items():
-            item = io.BytesIO()
-            np.save(item, value)
-            archive.writestr(f"{key}.npy", item.getvalue())
-        archive.writestr("codes.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + bytes(64))
-    (tmp_path / "huge.npz").write_bytes(buffer.getvalue())
+    (tmp_path / "huge.npz").write_bytes(npz_with_codes_header((1, 8, 2**40), "<u2", bytes(64)))
     for extra in ((), ("--stream",)):
         decode_fails(tmp_path / "huge.npz", tmp_path, "does not fit 1099511627776 frames", extra=extra)
 
 
 def test_format_version_zero_is_not_called_old(tmp_path):
-    np.savez(tmp_path / "v0.npz", **{**_codes_arrays(), "format_version": np.array(0)})
+    np.savez(tmp_path / "v0.npz", **{**codes_arrays(), "format_version": np.array(0)})
     decode_fails(tmp_path / "v0.npz", tmp_path, "never written by mimi-cli", "damaged")
 
 
