@@ -285,7 +285,7 @@ def run_local(tasks: list[Task], settings: Settings, jobs: int,
         worker = Worker(settings)
         with limit_threads(settings.threads):
             for task in pending:
-                results[task] = worker.run(task, report) if report else worker.run(task)
+                results[task] = worker.run(task, report)
                 on_result(results[task])
     else:
         _run_pool(pending, settings, jobs, results, on_result)

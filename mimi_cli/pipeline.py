@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -238,8 +238,7 @@ class FileResult:
     def manifest_line(self) -> str:
         import json
 
-        row = asdict(self, dict_factory=lambda items: {k: v for k, v in items if k in MANIFEST_KEYS})
-        return json.dumps({key: row[key] for key in MANIFEST_KEYS}, ensure_ascii=False)
+        return json.dumps({key: getattr(self, key) for key in MANIFEST_KEYS}, ensure_ascii=False)
 
 
 class Models:
@@ -260,6 +259,10 @@ class Models:
         if isinstance(loaded, WeightsError):
             raise loaded
         return loaded
+
+    def loaded(self) -> dict[str, LoadedModel]:
+        """The models loaded so far, by codec."""
+        return {codec: m for codec, m in self._loaded.items() if not isinstance(m, WeightsError)}
 
 
 def weights_warnings(loaded: LoadedModel, limit: int = 5) -> list[str]:
@@ -334,22 +337,22 @@ class Worker:
         self.models = Models(settings.weights)
         self._warned: set[str] = set()
 
-    def run(self, task: Task, report: Report = _no_report) -> FileResult:
+    def run(self, task: Task, report: Report | None = None) -> FileResult:
         """Process one file. Every problem with the file is a "failed" result; weights errors propagate
         (they would fail every file the same way), and so do interrupts."""
         if task.skip:
             return FileResult.of(task, "skipped")
         step = encode_file if self.settings.kind == "encode" else decode_file
         try:
-            result = step(task, self.settings, self.models, report)
+            result = step(task, self.settings, self.models, report or _no_report)
         except WeightsError:
             raise
         except MimiError as exc:
             return FileResult.of(task, "failed", error=str(exc))
         except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # unexpected, but only this file's
             return FileResult.of(task, "failed", error=f"{type(exc).__name__}: {exc}")
-        for codec, loaded in self.models._loaded.items():  # the loader's findings, once per worker
-            if codec not in self._warned and not isinstance(loaded, WeightsError):
+        for codec, loaded in self.models.loaded().items():  # the loader's findings, once per worker
+            if codec not in self._warned:
                 self._warned.add(codec)
                 result.warnings[:0] = weights_warnings(loaded)
         return result
