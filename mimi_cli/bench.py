@@ -13,7 +13,6 @@ from functools import partial
 import numpy as np
 
 from mimi_cli.models.codec import Codec
-from mimi_cli.models.mimi.model import Mimi
 
 
 @dataclass
@@ -38,7 +37,7 @@ def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.1 * envelope * rng.standard_normal(t.shape)).astype(np.float32)
 
 
-def stream_latency(model: Mimi, frames: int = 200, frames_per_step: int = 1, warmup: int = 5,
+def stream_latency(model: Codec, frames: int = 200, frames_per_step: int = 1, warmup: int = 5,
                    num_codebooks: int | None = None) -> list[StepLatency]:
     """Time every encoder and decoder push of a ``frames``-frame stream, per frame.
 
@@ -106,15 +105,15 @@ def blas_peak(size: int = 2048) -> float:
 # ----------------------------------------------------------------------------- kernels
 
 
-def _seanet_layers(model: Mimi, seconds: float):
+def _seanet_layers(model: Codec, seconds: float):
     """(name, kind, weight, stride, input length) of every SEANet conv for ``seconds`` of audio."""
-    from mimi_cli.models.mimi.model import Conv, ConvTranspose, ResidualBlock
+    from mimi_cli.core.layers import Conv, ConvTranspose, Module
 
     c = model.config
     for part, seq, length in (("encoder", model.encoder.model, int(seconds * c.sample_rate)),
                               ("decoder", model.decoder.model, int(seconds * c.sample_rate) // c.hop_length)):
         for index, layer in enumerate(seq.layers):
-            convs = [layer.reduce, layer.expand] if isinstance(layer, ResidualBlock) else [layer]
+            convs = list(layer.modules()) if isinstance(layer, Module) else []  # a block's convs, in order
             for conv in convs:
                 if isinstance(conv, Conv):
                     yield f"{part}.{index}", "conv", conv.params[conv.weight_name], conv.stride, length + conv.padding
@@ -125,7 +124,7 @@ def _seanet_layers(model: Mimi, seconds: float):
                 length //= layer.stride
 
 
-def kernel_benchmarks(model: Mimi, seconds: float = 1.0, peak: float | None = None,
+def kernel_benchmarks(model: Codec, seconds: float = 1.0, peak: float | None = None,
                       progress=None) -> list[KernelResult]:
     """Time the codec's kernels at their real shapes for ``seconds`` of audio, each strategy where several exist."""
     from mimi_cli.core import conv1d, conv_transpose1d, linear, windowed_causal_attention

@@ -27,6 +27,12 @@ class Module:
         self._children[name] = module
         return module
 
+    def modules(self) -> Iterator[Module]:
+        """This module and every descendant, depth first, in the order they were added."""
+        yield self
+        for child in self._children.values():
+            yield from child.modules()
+
     def named_shapes(self, prefix: str = "") -> Iterator[tuple[str, tuple[int, ...]]]:
         """Every parameter of the tree as ``(full name, shape)``, in declaration order."""
         for name, shape in self._shapes.items():
