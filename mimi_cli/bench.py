@@ -203,3 +203,24 @@ def model_benchmarks(model: Codec, seconds: float, peak: float, progress=None) -
             if progress:
                 progress()
     return results
+
+
+def random_model(spec) -> tuple[Codec, float]:
+    """Random weights of the released size in a temporary safetensors file, and the time to load them."""
+    import tempfile
+    import time
+
+    from safetensors.numpy import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/{spec.name}.safetensors"
+        save_file(spec.random_state(), path)
+        start = time.perf_counter()
+        model = spec.model().from_file(path)
+        return model, time.perf_counter() - start
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

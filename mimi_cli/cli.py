@@ -482,7 +482,7 @@ def bench(
         check_batch_memory(seconds, codec)
         report: dict = {"codec": codec, "threads": threads, "seconds": seconds}
         with say.status("Building random weights of the released size…"):
-            model, load_seconds = _bench_model(codec_spec(codec))
+            model, load_seconds = b.random_model(codec_spec(codec))
         with say.status("Measuring the BLAS peak…"):
             report["blas_peak_gflops"] = peak = b.blas_peak()
         if only in (None, "kernels") and "kernels" in parts:
@@ -492,7 +492,7 @@ def bench(
             with say.progress_count("Codec", 4) as tick:
                 report["model"] = [r.as_dict() for r in b.model_benchmarks(model, seconds, peak, tick)]
             report["weights_load_seconds"] = load_seconds
-            report["peak_rss_mb"] = _peak_rss_mb()
+            report["peak_rss_mb"] = b.peak_rss_mb()
         if only in (None, "stream") and "stream" in parts:
             with say.status("Streaming, frame by frame…"):
                 report["stream"] = [r.as_dict() for r in b.stream_latency(model, frames=150)]
@@ -500,27 +500,6 @@ def bench(
         out.print_json(json.dumps(report), ensure_ascii=True)
     else:
         _print_bench(report)
-
-
-def _bench_model(spec):
-    """Random weights of the released size in a temporary safetensors file, and the time to load them."""
-    import tempfile
-    import time
-
-    from safetensors.numpy import save_file
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/{spec.name}.safetensors"
-        save_file(spec.random_state(), path)
-        start = time.perf_counter()
-        model = spec.model().from_file(path)
-        return model, time.perf_counter() - start
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _print_bench(report: dict) -> None:
