@@ -35,8 +35,12 @@ class Audio:
 def read_audio(path: Path) -> Audio:
     """Read anything libsndfile reads (WAV, FLAC, OGG, MP3, ...), with a clear error otherwise."""
     with open_audio(path) as f:
-        samples = _read_block(path, f, -1)
-    return Audio(samples, f.samplerate)
+        return read_open(path, f)
+
+
+def read_open(path: Path, f) -> Audio:
+    """The rest of a file opened with :func:`open_audio` (all of it, if nothing was read), checked."""
+    return Audio(_read_block(path, f, -1), f.samplerate)
 
 
 def open_audio(path: Path):

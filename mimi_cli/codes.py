@@ -95,7 +95,8 @@ class CodesFile:
         if not magic.startswith(b"PK"):
             raise InvalidCodesError(f"{path} is not a codes file (expected the .npz archive written by mimi encode)")
         try:
-            return cls._validated(path, _read_members(path))
+            with zipfile.ZipFile(path) as archive:
+                return cls._validated(path, archive, _read_members(path, archive))
         except InvalidCodesError:
             raise
         except ValueError as exc:
@@ -109,7 +110,7 @@ class CodesFile:
             raise malformed(InvalidCodesError, f"codes file {path}", exc) from None
 
     @classmethod
-    def _validated(cls, path: Path, a: dict[str, np.ndarray]) -> CodesFile:
+    def _validated(cls, path: Path, archive: zipfile.ZipFile, a: dict[str, object]) -> CodesFile:
         def fail(problem: str) -> InvalidCodesError:
             return InvalidCodesError(f"{path}: {problem}")
 
@@ -138,20 +139,26 @@ class CodesFile:
             raise fail(f"frame_rate is {a['frame_rate']}, but {config.display_name} uses {config.frame_rate}")
         if a["weights_id"].dtype.kind != "U":
             raise fail(f"weights_id must be a string, got {a['weights_id'].dtype}")
-        codes = a["codes"]
-        if isinstance(codes, _Header):  # not read yet: checked from its header, then read (see _read_members)
-            codes = codes.check_and_read(config, int(a["num_samples"]), fail)
-        if codes.dtype != np.uint16:
-            raise fail(f"codes must be uint16, got {codes.dtype}")
-        if codes.ndim != 3 or codes.shape[0] != 1:
-            raise fail(f"codes must have shape [1, K, frames], got {list(codes.shape)}")
-        if not 1 <= codes.shape[1] <= config.num_codebooks:
-            raise fail(f"codes have {codes.shape[1]} codebooks; expected 1..{config.num_codebooks}")
+        # the codes, from their .npy header first: nothing is read before its size is known to fit
+        shape, dtype, info = a["codes"]
+        num_samples = int(a["num_samples"])
+        if not 0 < num_samples <= MAX_NUM_SAMPLES:
+            raise fail(f"num_samples {num_samples} is outside 1..{MAX_NUM_SAMPLES} (a week at 24 kHz)")
+        if dtype != np.uint16:
+            raise fail(f"codes must be uint16, got {dtype}")
+        if len(shape) != 3 or shape[0] != 1:
+            raise fail(f"codes must have shape [1, K, frames], got {list(shape)}")
+        if not 1 <= shape[1] <= config.num_codebooks:
+            raise fail(f"codes have {shape[1]} codebooks; expected 1..{config.num_codebooks}")
+        if not (shape[2] - 1) * config.frame_size < num_samples <= shape[2] * config.frame_size:
+            raise fail(f"num_samples {num_samples} does not fit {shape[2]} frames of {config.frame_size} samples")
+        expected = 2 * shape[0] * shape[1] * shape[2]
+        if not expected <= info.file_size <= expected + MAX_SCALAR_BYTES:
+            raise fail(f"member codes is {info.file_size:,} bytes, but its header declares {expected:,}")
+        with archive.open(info) as f:
+            codes = np.lib.format.read_array(f, allow_pickle=False)
         if codes.size and int(codes.max()) >= config.codebook_size:
             raise fail(f"codes contain {int(codes.max())}, but codes must be below {config.codebook_size}")
-        frames, num_samples = codes.shape[2], int(a["num_samples"])
-        if not (frames - 1) * config.frame_size < num_samples <= frames * config.frame_size:
-            raise fail(f"num_samples {num_samples} does not fit {frames} frames of {config.frame_size} samples")
         return cls(codes=codes, num_samples=num_samples, source_sample_rate=int(a["source_sample_rate"]),
                    source_channels=int(a["source_channels"]), weights_id=str(a["weights_id"]),
                    sample_rate=int(a["sample_rate"]), frame_rate=float(a["frame_rate"]),
@@ -163,54 +170,26 @@ MAX_SCALAR_BYTES = 4096  # a scalar member: a .npy header and one value
 MAX_NUM_SAMPLES = 24000 * 3600 * 24 * 7  # a week of audio at 24 kHz: codes of at most ~0.4 GB
 
 
-def _read_members(path: Path) -> dict[str, object]:
-    """The scalar members, read after checking their sizes; ``codes`` as a :class:`_Header`, not read yet."""
-    with zipfile.ZipFile(path) as archive:
-        members = {name.removesuffix(".npy"): info for info in archive.infolist()
-                   if (name := info.filename).endswith(".npy")}
-        absent = [key for key in KEYS if key not in members]
-        if absent:
-            raise InvalidCodesError(f"{path} is not a complete codes file: missing {', '.join(absent)}")
-        arrays: dict[str, object] = {}
-        for key in (*KEYS, "codec"):
-            if key == "codes" or key not in members:
-                continue
-            if members[key].file_size > MAX_SCALAR_BYTES:
-                raise InvalidCodesError(f"{path}: member {key} is {members[key].file_size:,} bytes; a codes file "
-                                        f"stores it in under {MAX_SCALAR_BYTES}")
-            with archive.open(members[key]) as f:
-                arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
-        arrays.setdefault("codec", np.array(DEFAULT_CODEC))
-        with archive.open(members["codes"]) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        arrays["codes"] = _Header(path, archive_path=path, info=members["codes"], shape=shape, dtype=dtype)
+def _read_members(path: Path, archive: zipfile.ZipFile) -> dict[str, object]:
+    """The scalar members, read after checking their sizes; ``codes`` as (shape, dtype, zip entry) from its
+    ``.npy`` header, not read yet."""
+    members = {name.removesuffix(".npy"): info for info in archive.infolist()
+               if (name := info.filename).endswith(".npy")}
+    absent = [key for key in KEYS if key not in members]
+    if absent:
+        raise InvalidCodesError(f"{path} is not a complete codes file: missing {', '.join(absent)}")
+    arrays: dict[str, object] = {"codec": np.array(DEFAULT_CODEC)}
+    for key in (*KEYS, "codec"):
+        if key == "codes" or key not in members:
+            continue
+        if members[key].file_size > MAX_SCALAR_BYTES:
+            raise InvalidCodesError(f"{path}: member {key} is {members[key].file_size:,} bytes; a codes file "
+                                    f"stores it in under {MAX_SCALAR_BYTES}")
+        with archive.open(members[key]) as f:
+            arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+    with archive.open(members["codes"]) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    arrays["codes"] = (shape, dtype, members["codes"])
     return arrays
-
-
-class _Header:
-    """The ``codes`` member known from its ``.npy`` header only, read once its shape is checked."""
-
-    def __init__(self, path: Path, archive_path: Path, info: zipfile.ZipInfo, shape: tuple, dtype: np.dtype):
-        self.path, self.archive_path, self.info, self.shape, self.dtype = path, archive_path, info, shape, dtype
-
-    def check_and_read(self, config: CodecConfig, num_samples: int, fail) -> np.ndarray:
-        if not 0 < num_samples <= MAX_NUM_SAMPLES:
-            raise fail(f"num_samples {num_samples} is outside 1..{MAX_NUM_SAMPLES} (a week at 24 kHz)")
-        frames = -(-num_samples // config.frame_size)
-        if self.dtype != np.uint16:
-            raise fail(f"codes must be uint16, got {self.dtype}")
-        if len(self.shape) != 3 or self.shape[0] != 1:
-            raise fail(f"codes must have shape [1, K, frames], got {list(self.shape)}")
-        if not 1 <= self.shape[1] <= config.num_codebooks:
-            raise fail(f"codes have {self.shape[1]} codebooks; expected 1..{config.num_codebooks}")
-        if self.shape[2] != frames:
-            raise fail(f"num_samples {num_samples} does not fit {self.shape[2]} frames of {config.frame_size} samples")
-        expected = 2 * self.shape[0] * self.shape[1] * frames
-        if not expected <= self.info.file_size <= expected + MAX_SCALAR_BYTES:
-            raise fail(f"member codes is {self.info.file_size:,} bytes, but its header declares {expected:,}")
-        with zipfile.ZipFile(self.archive_path) as archive, archive.open(self.info) as f:
-            return np.lib.format.read_array(f, allow_pickle=False)

@@ -19,8 +19,8 @@ from typing import Literal
 
 import numpy as np
 
-from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, open_audio, read_audio,
-                            read_blocks, resample, soundfile_errors, to_mono, write_audio)
+from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, open_audio, read_blocks,
+                            read_open, resample, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import CodesFile
 from mimi_cli.errors import MimiError, WeightsError
 from mimi_cli.fileio import Target, atomic_output
@@ -283,9 +283,9 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
     """Read, check, encode and write one audio file's codes."""
     with open_audio(task.input) as f:
         rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
-    if not settings.stream:
-        check_batch_memory(duration, settings.codec)
-        audio = read_audio(task.input)
+        if not settings.stream:
+            check_batch_memory(duration, settings.codec)
+            audio = read_open(task.input, f)
     loaded = models.get(settings.codec, report)
     config = loaded.model.config
     levels = settings.num_codebooks or config.default_num_codebooks
@@ -372,16 +372,14 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
         if target is not None:
             check_output(target, settings.replace, inputs)
     if output is not None:
-        audio_format(output)
+        check_audio_output(output, codec_spec(settings.codec).config().sample_rate, 1)
         if plot is not None and Path(output).resolve() == plot.resolve():
             raise MimiError("-o and --plot name the same file; give two names")
     with open_audio(input) as f:
         check_batch_memory(f.frames / f.samplerate, settings.codec)
-    audio = read_audio(input)
+        audio = read_open(input, f)
     loaded = models.get(settings.codec, report)
     config = loaded.model.config
-    if output is not None:
-        check_audio_output(output, config.sample_rate, 1)
     levels = settings.num_codebooks or config.default_num_codebooks
     report(f"Encoding {audio.duration:.1f} s", 0.0, None)
     encoded = encode_audio(loaded, audio, levels)

@@ -26,6 +26,7 @@ import numpy as np
 
 
 def _join(pieces: list[np.ndarray | None]) -> np.ndarray | None:
+    """Outputs of successive calls, concatenated along time (None and empty pieces skipped)."""
     pieces = [p for p in pieces if p is not None and p.shape[-1]]
     if not pieces:
         return None
@@ -120,9 +121,4 @@ class Sum(Stream):
 def run_chunks(stream: Stream, x: np.ndarray, chunk: int) -> np.ndarray:
     """``x`` ``[B, C, T]`` through ``stream`` in pieces of ``chunk`` steps, then ``flush``: the batch result."""
     pieces = [stream.step(x[:, :, start : start + chunk]) for start in range(0, x.shape[2], chunk)]
-    return join([*pieces, stream.flush()])
-
-
-def join(pieces: list[np.ndarray | None]) -> np.ndarray | None:
-    """Outputs of successive calls, concatenated along time (None and empty pieces skipped)."""
-    return _join(pieces)
+    return _join([*pieces, stream.flush()])

@@ -56,12 +56,7 @@ class StreamEncoder:
         pcm = np.asarray(pcm)
         if not np.issubdtype(pcm.dtype, np.floating):
             raise InvalidAudioError(f"audio must be floating point in [-1, 1], got {pcm.dtype}")
-        squeeze = pcm.ndim == 1 and self.batch_size == 1
-        if squeeze:
-            pcm = pcm[None]
-        elif pcm.ndim != 2 or pcm.shape[0] != self.batch_size:
-            raise InvalidAudioError(f"this stream takes audio of shape [{self.batch_size}, T]"
-                                    f"{' or [T]' if self.batch_size == 1 else ''}, got {list(pcm.shape)}")
+        pcm, squeeze = _batched(pcm, self.batch_size, ["T"], InvalidAudioError, "audio")
         self.model.check_audio(pcm)
         return pcm.astype(np.float32, copy=False), squeeze
 
@@ -124,12 +119,7 @@ class StreamDecoder:
 
     def _check(self, codes: np.ndarray) -> tuple[np.ndarray, bool]:
         codes = np.asarray(codes)
-        squeeze = codes.ndim == 2 and self.batch_size == 1
-        if squeeze:
-            codes = codes[None]
-        if codes.ndim != 3 or codes.shape[0] != self.batch_size:
-            raise InvalidCodesError(f"this stream takes codes of shape [{self.batch_size}, K, frames]"
-                                    f"{' or [K, frames]' if self.batch_size == 1 else ''}, got {list(np.shape(codes))}")
+        codes, squeeze = _batched(codes, self.batch_size, ["K", "frames"], InvalidCodesError, "codes")
         codes = self.model.check_codes(codes)
         if self._pending is not None and codes.shape[1] != self._pending.shape[1]:
             raise InvalidCodesError(f"this stream decodes {self._pending.shape[1]} codebooks, got {codes.shape[1]}; "
@@ -165,3 +155,15 @@ class StreamDecoder:
     def _output(self, audio: list[np.ndarray], squeeze: bool) -> np.ndarray:
         out = np.concatenate(audio, axis=1) if audio else np.zeros((self.batch_size, 0), np.float32)
         return out[0] if squeeze else out
+
+
+def _batched(x: np.ndarray, batch_size: int, dims: list[str], error: type[Exception], what: str
+             ) -> tuple[np.ndarray, bool]:
+    """``x`` as ``[B, *dims]``: one stream may also be pushed without the batch axis (then squeeze the output)."""
+    squeeze = x.ndim == len(dims) and batch_size == 1
+    if squeeze:
+        x = x[None]
+    if x.ndim != len(dims) + 1 or x.shape[0] != batch_size:
+        alone = f" or [{', '.join(dims)}]" if batch_size == 1 else ""
+        raise error(f"this stream takes {what} of shape [{batch_size}, {', '.join(dims)}]{alone}, got {list(x.shape)}")
+    return x, squeeze
