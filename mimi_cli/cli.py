@@ -496,6 +496,7 @@ def bench(
         if only in (None, "stream") and "stream" in parts:
             with say.status("Streaming, frame by frame…"):
                 report["stream"] = [r.as_dict() for r in b.stream_latency(model, frames=150)]
+                report["frame_ms"] = 1000 / model.config.frame_rate
     if as_json:
         out.print_json(json.dumps(report), ensure_ascii=True)
     else:
@@ -525,7 +526,7 @@ def _print_bench(report: dict) -> None:
         out.print(table)
         out.print(f"weights load: {report['weights_load_seconds']:.2f} s; peak memory: {report['peak_rss_mb']:,.0f} MB")
     if "stream" in report:
-        table = Table(title="Streaming, per 80 ms frame (1 frame per step)", title_justify="left")
+        table = Table(title=f"Streaming, per {report['frame_ms']:.3g} ms frame (1 frame per step)", title_justify="left")
         for column in ("direction", "p50", "p95", "max"):
             table.add_column(column, justify="left" if column == "direction" else "right")
         for r in report["stream"]:
