@@ -526,7 +526,8 @@ def _print_bench(report: dict) -> None:
         out.print(table)
         out.print(f"weights load: {report['weights_load_seconds']:.2f} s; peak memory: {report['peak_rss_mb']:,.0f} MB")
     if "stream" in report:
-        table = Table(title=f"Streaming, per {report['frame_ms']:.3g} ms frame (1 frame per step)", title_justify="left")
+        title = f"Streaming, per {report['frame_ms']:.3g} ms frame (1 frame per step)"
+        table = Table(title=title, title_justify="left")
         for column in ("direction", "p50", "p95", "max"):
             table.add_column(column, justify="left" if column == "direction" else "right")
         for r in report["stream"]:
