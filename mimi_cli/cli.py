@@ -645,6 +645,84 @@ def convert(
                   f"{naming} naming, {written}")
 
 
+@app.command()
+def run(
+    model: Annotated[Path, typer.Argument(help="A Core ML ML Program: an .mlmodelc folder or an .mlpackage.",
+                                          show_default=False)],
+    inputs: Annotated[Optional[list[str]], typer.Option(
+        "--input", "-i", metavar="NAME=FILE.npy", show_default=False,
+        help="An input's value from a .npy file; repeat for each input.")] = None,
+    stream: Annotated[Optional[str], typer.Option(
+        "--stream", metavar="NAME=AUDIO", show_default=False,
+        help="Feed an audio file to input NAME window by window (the input's last dimension), carrying state "
+             "inputs X from outputs named new_X; writes every window's outputs.")] = None,
+    hop: Annotated[Optional[int], typer.Option(
+        "--hop", min=1, show_default=False,
+        help="With --stream: new samples per window; the rest of the window repeats the previous samples "
+             "(Silero VAD: 512 of a 576-sample window). Default: the whole window.")] = None,
+    sample_rate: Annotated[Optional[int], typer.Option(
+        "--sample-rate", min=1, show_default=False,
+        help="With --stream: resample the audio to this rate first (Silero VAD: 16000). Default: the file's.")] = None,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="program: every value in the dtype the program declares (fp16 stays fp16); "
+                            "fp32: fp16 values held and computed in fp32.")] = "program",
+    function: Annotated[Optional[str], typer.Option(
+        "--function", show_default=False, help="The function to run in a multi-function program. Default: main.")] = None,
+    output: _output_option("An .npz with one member per output ('-': standard output). Default: print a "
+                           "summary of each output.") = None,
+    force: ForceOption = False,
+) -> None:
+    """Run a compiled Core ML program (.mlmodelc, .mlpackage) on NumPy, on any OS."""
+    with _user_errors():
+        from mimi_cli.coreml import load_program
+        from mimi_cli.coreml.run import overflow_note, parse_assignment, read_feeds, run_stream, save_outputs
+        from mimi_cli.fileio import check_output, file_ids
+
+        if hop is not None and stream is None or sample_rate is not None and stream is None:
+            _fail("--hop and --sample-rate go with --stream NAME=AUDIO", code=2)
+        if output is not None:
+            check_output(Path(output) if output != "-" else output, force,
+                         file_ids([model, *(model.rglob("*") if model.is_dir() else [])]))
+        program = load_program(model, function, precision)
+        feeds = read_feeds(inputs or [])
+        if stream is None:
+            results = program.predict(feeds)
+            summary = "one call"
+        else:
+            from mimi_cli.audio import read_audio, to_mono
+
+            name, audio_path = parse_assignment(stream, "--stream")
+            audio = read_audio(audio_path)
+            rate = sample_rate or audio.sample_rate
+            streamed = run_stream(program, name, to_mono(audio, rate), hop, feeds)
+            results = streamed.outputs
+            summary = (f"{streamed.windows} windows of {streamed.window} samples, hop {streamed.hop} "
+                       f"({streamed.hop / rate * 1000:.1f} ms at {rate} Hz)")
+        note = overflow_note(program, results)
+        if note:
+            _warn(note)
+        if output is not None:
+            save_outputs(output if output == "-" else Path(output), results, force)
+        _print_outputs(str(model), summary, results, table=output is None)
+
+
+def _print_outputs(model: str, summary: str, results: dict, table: bool) -> None:
+    import numpy as np
+    from rich.table import Table
+
+    if not table:
+        err.print(f"{_shown(model)}: {summary}; wrote {', '.join(_shown(n) for n in results)}")
+        return
+    view = Table(title=f"{_shown(model)}: {summary}", title_justify="left")
+    for column in ("output", "dtype", "shape", "min", "mean", "max"):
+        view.add_column(column, justify="left" if column in ("output", "dtype") else "right")
+    for name, value in results.items():
+        numbers = value.astype(np.float64) if value.size else np.zeros(1)
+        view.add_row(_shown(name), str(value.dtype), str(list(value.shape)),
+                     *(f"{f(numbers):.6g}" for f in (np.min, np.mean, np.max)))
+    out.print(view)
+
+
 def _print_metrics(metrics: dict) -> None:
     from rich.table import Table
 

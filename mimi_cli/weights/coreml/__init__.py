@@ -25,10 +25,8 @@ from mimi_cli.weights.tensors import TensorEntry, WeightFile
 
 def open_coreml(path: Path) -> WeightFile:
     """A Core ML model folder as a :class:`WeightFile`; a clear error for any other folder."""
-    if (path / "Manifest.json").is_file():
-        return _open_package(path)
-    if (path / "model.mil").is_file():
-        return _open_compiled_program(path)
+    if (path / "Manifest.json").is_file() or (path / "model.mil").is_file():
+        return _open_program(path)
     if (path / "model.espresso.net").is_file():
         from mimi_cli.weights.coreml.espresso import open_espresso
 
@@ -40,7 +38,11 @@ def open_coreml(path: Path) -> WeightFile:
                        "model.espresso.net); give a .safetensors file, an .mlmodelc or an .mlpackage")
 
 
-def _open_compiled_program(path: Path) -> WeightFile:
+def read_program(path: Path) -> tuple[Program | None, Path, str, dict[str, object]]:
+    """An ``.mlmodelc`` or ``.mlpackage`` ML Program: ``(program, folder its weight paths start from,
+    container description, details)``; the program is None for a package holding another model type."""
+    if (path / "Manifest.json").is_file():
+        return _read_package(path)
     from mimi_cli.weights.coreml.mil import parse
 
     mil = path / "model.mil"
@@ -50,10 +52,17 @@ def _open_compiled_program(path: Path) -> WeightFile:
         raise WeightsError(f"cannot read Core ML program {mil}: {exc}") from None
     program = parse(text, str(mil))
     details = {"program version": program.version, **_metadata(path)}
-    return _program_file(path, "Core ML ML Program (.mlmodelc)", program, path, details)
+    return program, path, "Core ML ML Program (.mlmodelc)", details
 
 
-def _open_package(path: Path) -> WeightFile:
+def _open_program(path: Path) -> WeightFile:
+    program, model_dir, container, details = read_program(path)
+    if program is None:
+        return WeightFile(path, f"Core ML package ({details['model type']}, weights not read)", {}, details)
+    return _program_file(path, container, program, model_dir, details)
+
+
+def _read_package(path: Path) -> tuple[Program | None, Path, str, dict[str, object]]:
     from mimi_cli.weights.coreml.proto import read_model
 
     try:
@@ -70,11 +79,10 @@ def _open_package(path: Path) -> WeightFile:
     except OSError as exc:
         raise WeightsError(f"cannot read Core ML package {path}: {exc.strerror or exc}") from None
     spec_version, kind, program = read_model(data, str(model_file))
-    details = {"specification version": spec_version, "model type": kind}
-    if program is None:
-        return WeightFile(path, f"Core ML package ({kind}, weights not read)", {}, details)
-    details["program version"] = program.version
-    return _program_file(path, "Core ML ML Program (.mlpackage)", program, model_file.parent, details)
+    details: dict[str, object] = {"specification version": spec_version, "model type": kind}
+    if program is not None:
+        details["program version"] = program.version
+    return program, model_file.parent, "Core ML ML Program (.mlpackage)", details
 
 
 def _open_pipeline(path: Path, submodels: list[Path]) -> WeightFile:

@@ -10,8 +10,9 @@ Both printer dialects are accepted::
     program(1.3)   tensor<fp16, [4]> w = const()[name = string("w"), val = tensor<fp16, [4]>(BLOBFILE(
                        path = string("@model_path/weights/weight.bin"), offset = uint64(64)))];
 
-Floats are C99 hex floats (``-0x1.8p+1``), ``inf`` and ``nan``. Nested blocks
-(``while_loop``, ``cond``) are walked too, their operations listed after their parent's.
+Floats are C99 hex floats (``-0x1.8p+1``), ``inf`` and ``nan``. Each function keeps its typed
+inputs and its block (operations in order, then the names the block returns); nested blocks
+(``while_loop``, ``cond``) hang off their operation, and ``operations()`` lists them after their parent.
 """
 
 from __future__ import annotations
@@ -75,17 +76,42 @@ class Operation:
     outputs: list[tuple[str, TensorType | None]]
     args: dict[str, Value | Ref | list] = field(default_factory=dict)
     attrs: dict[str, Value] = field(default_factory=dict)
+    blocks: list[Block] = field(default_factory=list)  # the bodies of cond / while_loop
 
     def input(self, key: str) -> Value | Ref | list | None:
         """An input by name, from the arguments (iOS 18 style) or the attributes (iOS 16/17 style)."""
         return self.args.get(key, self.attrs.get(key))
+
+    @property
+    def name(self) -> str:
+        """The op's own name (its ``name`` attribute), else its first output's."""
+        value = self.attrs.get("name")
+        return value.data if value is not None and isinstance(value.data, str) else self.outputs[0][0]
+
+
+@dataclass
+class Block:
+    operations: list[Operation]  # this block's own, in program order
+    outputs: list[str] = field(default_factory=list)  # the names after ``->``
+
+    def walk(self) -> Iterator[Operation]:
+        """Every operation, each nested block's right after the operation that holds it."""
+        for op in self.operations:
+            yield op
+            for block in op.blocks:
+                yield from block.walk()
 
 
 @dataclass
 class Function:
     name: str
     opset: str
-    operations: list[Operation]
+    block: Block
+    inputs: list[tuple[str, TensorType | None]] = field(default_factory=list)
+
+    @property
+    def operations(self) -> list[Operation]:
+        return list(self.block.walk())
 
 
 @dataclass
@@ -193,27 +219,39 @@ class _Parser:
         self.take("<")
         opset = self.take_name()
         self.take(">")
-        self.skip_balanced("(", ")")  # inputs: not weights
+        inputs = self.names_in_parentheses(typed=True)
         if self.peek() == "[":
             self.skip_balanced("[", "]")  # e.g. FlexibleShapeInformation
-        operations = self.block()
+        block = self.block()
         self.take(";")
-        return Function(name, opset, operations)
+        return Function(name, opset, block, inputs)
+
+    def names_in_parentheses(self, typed: bool) -> list:
+        """``(type name, ...)`` (a function's inputs) or ``(name, ...)`` (a block's outputs)."""
+        self.take("(")
+        items = []
+        while self.peek() != ")":
+            items.append(self.output() if typed else self.take_name())
+            if self.peek() == ",":
+                self.take(",")
+        self.take(")")
+        return items
 
     @_nested
-    def block(self) -> list[Operation]:
-        """``{ stmt* } -> (outputs)``: the block's operations, nested blocks' ones after their parent."""
+    def block(self) -> Block:
+        """``{ stmt* } -> (outputs)``."""
         self.take("{")
         operations: list[Operation] = []
         while self.peek() != "}":
-            operations.extend(self.statement())
+            operations.append(self.statement())
         self.take("}")
+        outputs = []
         if self.peek() == "->":
             self.take("->")
-            self.skip_balanced("(", ")")
-        return operations
+            outputs = self.names_in_parentheses(typed=False)
+        return Block(operations, outputs)
 
-    def statement(self) -> list[Operation]:
+    def statement(self) -> Operation:
         outputs = [self.output()]
         while self.peek() == ",":
             self.take(",")
@@ -237,11 +275,10 @@ class _Parser:
                 if self.peek() == ",":
                     self.take(",")
             self.take("]")
-        nested = []
         while self.peek() == "{":
-            nested.extend(self.block())
+            operation.blocks.append(self.block())
         self.take(";")
-        return [operation, *nested]
+        return operation
 
     def output(self) -> tuple[str, TensorType | None]:
         value_type = self.type()

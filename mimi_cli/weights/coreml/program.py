@@ -84,10 +84,10 @@ class ProgramWeights:
             raise WeightsError(f"Core ML program refers to {name}, which no operation defines")
         op, index = self._producer[name]
         if op.op == "const":
-            return self._literal(op.attrs.get("val"), op.outputs[0][1])
+            return self.literal(op.attrs.get("val"), op.outputs[0][1])
         if not op.op.startswith("constexpr_"):
             raise WeightsError(f"{name} is computed by {op.op} at run time, not a constant")
-        outputs = self._constexpr(op)
+        outputs = self.constexpr(op)
         return outputs[index] if isinstance(outputs, tuple) else outputs
 
     def _input(self, op: Operation, key: str, required: bool = True) -> np.ndarray | None:
@@ -99,10 +99,10 @@ class ProgramWeights:
         if isinstance(item, Ref):
             return self.value(item.name)
         if isinstance(item, Value):
-            return self._literal(item, item.type)
+            return self.literal(item, item.type)
         raise WeightsError(f"{op.op} {op.outputs[0][0]}: unexpected {key!r} input")
 
-    def _constexpr(self, op: Operation) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    def constexpr(self, op: Operation) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         kind, get = op.op, lambda key, required=True: self._input(op, key, required)
         name = op.outputs[0][0]
         try:
@@ -132,7 +132,7 @@ class ProgramWeights:
             raise WeightsError(f"cannot rebuild {name} from {kind}: {exc}") from None
         raise WeightsError(f"{name} uses {kind}, a compression op this reader does not know")
 
-    def _literal(self, value: Value | None, declared: TensorType | None) -> np.ndarray:
+    def literal(self, value: Value | None, declared: TensorType | None) -> np.ndarray:
         value_type = (value.type if value is not None and value.type is not None else declared)
         if value is None or value_type is None or None in value_type.shape:
             raise WeightsError("a Core ML constant has no value or no fixed shape")

@@ -4,8 +4,8 @@ Only the path to the weights is decoded, by field number (``Model.proto`` / ``MI
 
     Model        1 specificationVersion   502 mlProgram: Program     (500 neuralNetwork, ...)
     Program      2 functions: map<string, Function>
-    Function     2 opset   3 block_specializations: map<string, Block>
-    Block        3 operations: Operation*
+    Function     1 inputs: NamedValueType*   2 opset   3 block_specializations: map<string, Block>
+    Block        2 outputs: string*   3 operations: Operation*
     Operation    1 type    2 inputs: map<string, Argument>    3 outputs: NamedValueType*    4 blocks    5 attributes
     Argument     1 arguments: Binding*  (Binding: 1 name | 2 Value)
     Value        2 type: ValueType   3 immediateValue   5 blobFileValue {1 fileName, 2 offset}
@@ -22,7 +22,7 @@ import numpy as np
 
 from mimi_cli.errors import DATA_ERRORS, WeightsError
 from mimi_cli.weights.coreml.blob import TYPES_BY_NAME, decode
-from mimi_cli.weights.coreml.mil import BlobRef, Function, Operation, Program, Ref, TensorType, Value
+from mimi_cli.weights.coreml.mil import BlobRef, Block, Function, Operation, Program, Ref, TensorType, Value
 
 # MIL.proto DataType → the dtype names model.mil uses (note: not the blob storage codes).
 DATA_TYPES = {
@@ -140,15 +140,17 @@ def _program(buffer: memoryview) -> Program:
         opset = _text(function.get(2, [memoryview(b"")])[0])
         blocks = dict(_map_entries(function.get(3, [])))
         block = blocks.get(opset) or next(iter(blocks.values()), memoryview(b""))
-        functions[name] = Function(name, opset, _operations(block))
+        inputs = [_named_type(item) for item in function.get(1, [])]
+        functions[name] = Function(name, opset, _block(block), inputs)
     return Program(str(message.get(1, [1])[0]), functions)
 
 
-def _operations(block: memoryview, depth: int = 0) -> list[Operation]:
+def _block(block: memoryview, depth: int = 0) -> Block:
     if depth > MAX_DEPTH:
         raise ProtoError(f"operation blocks nested deeper than {MAX_DEPTH} levels")
+    block_message = _group(block)
     operations = []
-    for body in _group(block).get(3, []):
+    for body in block_message.get(3, []):
         message = _group(body)
         outputs = [_named_type(item) for item in message.get(3, [])]
         operation = Operation(_text(message.get(1, [memoryview(b"")])[0]), outputs)
@@ -157,10 +159,9 @@ def _operations(block: memoryview, depth: int = 0) -> list[Operation]:
             operation.args[key] = bindings[0] if len(bindings) == 1 else bindings
         for key, value in _map_entries(message.get(5, [])):
             operation.attrs[key] = _value(value)
+        operation.blocks = [_block(nested, depth + 1) for nested in message.get(4, [])]
         operations.append(operation)
-        for nested in message.get(4, []):
-            operations.extend(_operations(nested, depth + 1))
-    return operations
+    return Block(operations, [_text(name) for name in block_message.get(2, [])])
 
 
 def _binding(buffer: memoryview) -> Ref | Value:

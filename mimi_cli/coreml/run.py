@@ -1,0 +1,131 @@
+"""``mimi run``'s library side: feeds from files, one prediction or a stream of windows, an .npz out.
+
+A stream feeds audio to a model window by window and carries its state: an input ``X`` is a
+state when the program also returns ``new_X`` (or ``X_out``, ``X_new``, ``next_X``), and each
+window's returned value is the next window's input. With a hop shorter than the window, each
+window starts with the previous window's last ``window - hop`` samples, zeros before the
+start (Silero VAD's 64 samples of context before each 512 new ones)::
+
+    audio            |··········|··········|······
+    window 0   [ctx=0][  hop   ]
+    window 1          [ctx][  hop   ]
+    window 2                    [ctx][  hop   ]     the last window is padded with zeros
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mimi_cli.coreml.program import CoreMLProgram, Port, ProgramError
+
+STATE_NAMES = ("new_{}", "{}_out", "{}_new", "next_{}")
+
+
+def parse_assignment(text: str, what: str) -> tuple[str, Path]:
+    """``NAME=FILE`` as (name, path)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise ProgramError(f"{what} takes NAME=FILE, not {text!r}")
+    return name, Path(path)
+
+
+def read_feeds(assignments: list[str]) -> dict[str, np.ndarray]:
+    """``--input NAME=FILE.npy`` options as arrays (plain numeric .npy files only)."""
+    from mimi_cli.npy import read_npy
+
+    feeds = {}
+    for text in assignments:
+        name, path = parse_assignment(text, "--input")
+        if name in feeds:
+            raise ProgramError(f"--input {name} is given twice")
+        feeds[name] = read_npy(path)
+    return feeds
+
+
+def state_pairs(program: CoreMLProgram) -> dict[str, str]:
+    """``{state input: the output that carries it to the next window}``, matched by name."""
+    outputs = {port.name for port in program.outputs}
+    pairs = {}
+    for port in program.inputs:
+        for pattern in STATE_NAMES:
+            if pattern.format(port.name) in outputs:
+                pairs[port.name] = pattern.format(port.name)
+                break
+    return pairs
+
+
+@dataclass
+class StreamResult:
+    outputs: dict[str, np.ndarray]  # per-window outputs stacked [windows, ...]; states: their last value
+    windows: int
+    window: int
+    hop: int
+
+
+def stream_window(port: Port) -> int:
+    """The samples a stream input takes per call: its last dimension; the others must be 1."""
+    if not port.shape or port.shape[-1] is None or any(d != 1 for d in port.shape[:-1]):
+        raise ProgramError(f"input {port} cannot take a stream of audio: it needs a fixed last dimension "
+                           "(the window) and 1 everywhere else")
+    return port.shape[-1]
+
+
+def run_stream(program: CoreMLProgram, name: str, audio: np.ndarray, hop: int | None = None,
+               feeds: Mapping[str, np.ndarray] | None = None) -> StreamResult:
+    """Feed mono ``audio [T]`` to input ``name`` window by window through one prepared plan."""
+    port = program.input(name)
+    window = stream_window(port)
+    hop = window if hop is None else hop
+    if not 0 < hop <= window:
+        raise ProgramError(f"--hop must be between 1 and the window of {window} samples, not {hop}")
+    pairs = state_pairs(program)
+    fixed = dict(feeds or {})
+    for other in program.inputs:
+        if other.name != name and other.name not in fixed and other.name not in pairs:
+            raise ProgramError(f"input {other} is neither the stream nor a state (no output named new_"
+                               f"{other.name}); give it with --input {other.name}=FILE.npy")
+    context = window - hop
+    windows = max(1, math.ceil(len(audio) / hop))
+    padded = np.zeros(context + windows * hop, np.float32)
+    padded[context:context + len(audio)] = audio
+    plan = program.prepare()
+    state = {key: np.asarray(fixed.pop(key)) if key in fixed else np.zeros(program.input(key).shape,
+                                                                             program.dtype(program.input(key).dtype))
+             for key in pairs}
+    carried = set(pairs.values())
+    stacked: dict[str, np.ndarray] = {}
+    for index in range(windows):
+        chunk = padded[index * hop:index * hop + window].reshape(port.shape)
+        results = plan.run({name: chunk, **fixed, **state})
+        for key, output in pairs.items():
+            state[key] = results[output]
+        for output, value in results.items():
+            if output in carried:
+                continue
+            if output not in stacked:
+                stacked[output] = np.empty((windows, *value.shape), value.dtype)
+            stacked[output][index] = value
+    stacked.update({output: np.array(state[key]) for key, output in pairs.items()})
+    return StreamResult(stacked, windows, window, hop)
+
+
+def save_outputs(path, outputs: Mapping[str, np.ndarray], replace: bool) -> None:
+    """Every output as a member of one .npz, written atomically (``-``: standard output)."""
+    from mimi_cli.fileio import atomic_output
+
+    with atomic_output(path, replace) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{name: np.asarray(value) for name, value in outputs.items()})
+
+
+def overflow_note(program: CoreMLProgram, outputs: Mapping[str, np.ndarray]) -> str | None:
+    """A hint when fp16 arithmetic left non-finite outputs and fp32 would not have."""
+    non_finite = [name for name, value in outputs.items() if value.dtype.kind == "f" and not np.isfinite(value).all()]
+    if not non_finite or program.precision != "program" or not program.computes_fp16:
+        return None
+    return (f"{', '.join(non_finite)} hold inf or nan: this program computes in fp16, whose range ends at ±65504; "
+            "--precision fp32 computes it in fp32")

@@ -1,0 +1,361 @@
+"""Each interpreter op, run through a real model.mil, against a naive float64 reference on random shapes."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import special
+
+from mimi_cli.coreml import ProgramError
+from tests.mil_builder import Text, build, op, run_op
+
+rng = np.random.default_rng(7)
+
+
+def rand(*shape, dtype=np.float32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+# -- convolution ----------------------------------------------------------------------------------
+
+def naive_conv(x, w, b, stride, dilation, pads, groups):
+    """Direct definition: out[n, o, p] = Σ_c Σ_k w[o, c, k] · xpad[n, g·Cg + c, p·s + k·d] (any rank)."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    rank = x.ndim - 2
+    xp = np.pad(x, [(0, 0), (0, 0), *pads])
+    c_out, c_group, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    out_size = [(xp.shape[2 + i] - (kernel[i] - 1) * dilation[i] - 1) // stride[i] + 1 for i in range(rank)]
+    out = np.zeros((x.shape[0], c_out, *out_size))
+    per_group = c_out // groups
+    for o in range(c_out):
+        g = o // per_group
+        for p in itertools.product(*map(range, out_size)):
+            for k in itertools.product(*map(range, kernel)):
+                pos = tuple(p[i] * stride[i] + k[i] * dilation[i] for i in range(rank))
+                out[(slice(None), o, *p)] += (xp[(slice(None), slice(g * c_group, (g + 1) * c_group), *pos)]
+                                              * w[(o, slice(None), *k)]).sum(axis=1)
+    if b is not None:
+        out += b.reshape((1, -1) + (1,) * rank)
+    return out
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_conv_matches_direct_definition(tmp_path, case):
+    local = np.random.default_rng(case)
+    rank = 1 if case < 5 else 2
+    groups = [1, 2, 1, 4, 1, 1, 2, 1][case]
+    c_in, c_out = 4 * groups // groups * (2 if groups > 1 else 1) or 4, 4 * groups
+    c_in = 2 * groups
+    spatial = tuple(int(v) for v in local.integers(5, 12, rank))
+    kernel = tuple(int(v) for v in local.integers(1, 4, rank))
+    stride = [int(v) for v in local.integers(1, 3, rank)]
+    dilation = [int(v) for v in local.integers(1, 3, rank)]
+    pad_type = ["valid", "custom", "same", "same_lower", "custom", "valid", "same", "custom"][case]
+    x = local.standard_normal((2, c_in, *spatial)).astype(np.float32)
+    w = local.standard_normal((c_out, c_in // groups, *kernel)).astype(np.float32)
+    b = local.standard_normal(c_out).astype(np.float32)
+    effective = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+    if pad_type == "custom":
+        pads = [tuple(int(v) for v in local.integers(0, 3, 2)) for _ in range(rank)]
+    elif pad_type == "valid":
+        pads = [(0, 0)] * rank
+    else:  # total padding that makes the output ceil(size / stride) long
+        pads = []
+        for size, s, e in zip(spatial, stride, effective):
+            total = max((math.ceil(size / s) - 1) * s + e - size, 0)
+            small, large = total // 2, total - total // 2
+            pads.append((large, small) if pad_type == "same_lower" else (small, large))
+    expected = naive_conv(x, w, b, stride, dilation, pads, groups)
+    (got,) = run_op(tmp_path, "conv", {"x": x}, [expected.shape], weight=w, bias=b, strides=stride,
+                    dilations=dilation, groups=np.int32(groups), pad_type=Text(pad_type),
+                    pad=[p for pair in pads for p in pair])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def naive_conv_transpose(x, w, b, stride, dilation, pads, groups):
+    """Direct definition: every input sample scatters w into out[p·s + k·d], then crop the padding."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    rank = x.ndim - 2
+    c_in, c_out_group, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    in_group = c_in // groups
+    full = [(x.shape[2 + i] - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1 for i in range(rank)]
+    out = np.zeros((x.shape[0], c_out_group * groups, *full))
+    for c in range(c_in):
+        g = c // in_group
+        for p in itertools.product(*(range(d) for d in x.shape[2:])):
+            for k in itertools.product(*map(range, kernel)):
+                pos = tuple(p[i] * stride[i] + k[i] * dilation[i] for i in range(rank))
+                out[(slice(None), slice(g * c_out_group, (g + 1) * c_out_group), *pos)] += (
+                    x[(slice(None), c, *p)][:, None] * w[(c, slice(None), *k)][None])
+    out += b.reshape((1, -1) + (1,) * rank)
+    crop = tuple(slice(a, f - e) for (a, e), f in zip(pads, full))
+    return out[(slice(None), slice(None), *crop)]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_conv_transpose_matches_direct_definition(tmp_path, case):
+    local = np.random.default_rng(100 + case)
+    rank = 1 if case < 3 else 2
+    groups = [1, 2, 1, 1, 2][case]
+    c_in, c_out_group = 2 * groups, 3
+    spatial = tuple(int(v) for v in local.integers(3, 7, rank))
+    kernel = tuple(int(v) for v in local.integers(1, 5, rank))
+    stride = [int(v) for v in local.integers(1, 4, rank)]
+    dilation = [int(v) for v in local.integers(1, 3, rank)]
+    pads = [tuple(int(v) for v in local.integers(0, 2, 2)) for _ in range(rank)]
+    x = local.standard_normal((2, c_in, *spatial)).astype(np.float32)
+    w = local.standard_normal((c_in, c_out_group, *kernel)).astype(np.float32)
+    b = local.standard_normal(c_out_group * groups).astype(np.float32)
+    expected = naive_conv_transpose(x, w, b, stride, dilation, pads, groups)
+    (got,) = run_op(tmp_path, "conv_transpose", {"x": x}, [expected.shape], weight=w, bias=b, strides=stride,
+                    dilations=dilation, groups=np.int32(groups), pad_type=Text("custom"),
+                    pad=[p for pair in pads for p in pair])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+# -- recurrent layers -----------------------------------------------------------------------------
+
+def sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def naive_lstm(x, h, c, w_ih, w_hh, b, backwards):
+    """One direction, gates stacked i, f, o, z (MIL's order); outputs in the order computed."""
+    H = h.shape[-1]
+    outs = []
+    for t in (range(len(x) - 1, -1, -1) if backwards else range(len(x))):
+        g = x[t] @ w_ih.T + h @ w_hh.T + b
+        i, f, o, z = sigmoid(g[:, :H]), sigmoid(g[:, H:2 * H]), sigmoid(g[:, 2 * H:3 * H]), np.tanh(g[:, 3 * H:])
+        c = f * c + i * z
+        h = o * np.tanh(c)
+        outs.append(h)
+    return np.stack(outs), h, c
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("sequence", [True, False])
+def test_lstm_matches_step_by_step_reference(tmp_path, direction, sequence):
+    S, B, I, H = 5, 2, 3, 4
+    d = 2 if direction == "bidirectional" else 1
+    x, h0, c0 = rand(S, B, I), rand(B, d * H), rand(B, d * H)
+    w = [(rand(4 * H, I) * 0.5, rand(4 * H, H) * 0.5, rand(4 * H) * 0.5) for _ in range(d)]
+    f64 = [tuple(a.astype(np.float64) for a in ws) for ws in w]
+    args = dict(weight_ih=w[0][0], weight_hh=w[0][1], bias=w[0][2], direction=Text(direction),
+                output_sequence=sequence)
+    if d == 2:
+        args.update(weight_ih_back=w[1][0], weight_hh_back=w[1][1], bias_back=w[1][2])
+    outs, hs, cs = [], [], []
+    for k in range(d):
+        backwards = direction == "reverse" or k == 1
+        o, h, c = naive_lstm(x.astype(np.float64), h0[:, k * H:(k + 1) * H], c0[:, k * H:(k + 1) * H], *f64[k],
+                             backwards)
+        if direction == "bidirectional" and backwards:
+            o = o[::-1]  # stored in time order
+        if not sequence:
+            o = o[-1:] if not (direction == "bidirectional" and backwards) else o[:1]
+        outs.append(o), hs.append(h), cs.append(c)
+    expected = [np.concatenate(outs, -1), np.concatenate(hs, -1), np.concatenate(cs, -1)]
+    got = run_op(tmp_path, "lstm", {"x": x, "initial_h": h0, "initial_c": c0},
+                 [e.shape for e in expected], **args)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_gru_matches_coremltools_formulas(tmp_path, direction):
+    S, B, I, H = 6, 2, 3, 4
+    x, h0 = rand(S, B, I), rand(B, H)
+    w_ih, w_hh, b = rand(3 * H, I) * 0.5, rand(3 * H, H) * 0.5, rand(3 * H) * 0.5
+    Wr, Wo, Wz = np.split(w_ih.astype(np.float64), 3)
+    Rr, Ro, Rz = np.split(w_hh.astype(np.float64), 3)
+    br, bo, bz = np.split(b.astype(np.float64), 3)
+    h, outs = h0.astype(np.float64), []
+    for t in (range(S - 1, -1, -1) if direction == "reverse" else range(S)):
+        z = sigmoid(x[t] @ Wz.T + h @ Rz.T + bz)
+        r = sigmoid(x[t] @ Wr.T + h @ Rr.T + br)
+        o = np.tanh(x[t] @ Wo.T + (h * r) @ Ro.T + bo)
+        h = (1 - z) * o + z * h
+        outs.append(h)
+    got = run_op(tmp_path, "gru", {"x": x, "initial_h": h0}, [(S, B, H), (B, H)], weight_ih=w_ih, weight_hh=w_hh,
+                 bias=b, direction=Text(direction), output_sequence=True)
+    np.testing.assert_allclose(got[0], np.stack(outs), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[1], h, rtol=1e-5, atol=1e-5)
+
+
+# -- linear algebra, element-wise, reductions, normalisation ------------------------------------
+
+def test_linear_and_matmul(tmp_path):
+    x, w, b = rand(2, 3, 5), rand(4, 5), rand(4)
+    (got,) = run_op(tmp_path / "linear", "linear", {"x": x}, [(2, 3, 4)], weight=w, bias=b)
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w.T + b, rtol=1e-5, atol=1e-5)
+    a, c = rand(2, 5, 3), rand(2, 4, 5)
+    (got,) = run_op(tmp_path / "matmul", "matmul", {"x": a, "y": c}, [(2, 3, 4)], transpose_x=True, transpose_y=True)
+    np.testing.assert_allclose(got, np.swapaxes(a, 1, 2).astype(np.float64) @ np.swapaxes(c, 1, 2), rtol=1e-5,
+                               atol=1e-5)
+
+
+UNARY = {
+    "relu": lambda v: np.maximum(v, 0), "sigmoid": sigmoid, "tanh": np.tanh, "exp": np.exp,
+    "silu": lambda v: v * sigmoid(v), "softplus": lambda v: np.log1p(np.exp(v)),
+    "gelu": lambda v: 0.5 * v * (1 + special.erf(v / np.sqrt(2))), "abs": np.abs, "square": np.square,
+    "elu": lambda v: np.where(v > 0, v, np.exp(v) - 1), "erf": special.erf, "floor": np.floor,
+    "softsign": lambda v: v / (1 + np.abs(v)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary_ops(tmp_path, name):
+    x = rand(3, 7) * 2
+    (got,) = run_op(tmp_path, name, {"x": x}, [x.shape])
+    np.testing.assert_allclose(got, UNARY[name](x.astype(np.float64)), rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_tanh_and_clip_and_positive_domain_ops(tmp_path):
+    x = rand(4, 5) * 2
+    (got,) = run_op(tmp_path / "g", "gelu", {"x": x}, [x.shape], mode=Text("TANH_APPROXIMATION"))
+    v = x.astype(np.float64)
+    np.testing.assert_allclose(got, 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3))), atol=1e-5)
+    (got,) = run_op(tmp_path / "c", "clip", {"x": x}, [x.shape], alpha=np.float32(-0.5), beta=np.float32(0.7))
+    np.testing.assert_array_equal(got, np.clip(x, -0.5, 0.7))
+    p = np.abs(x) + 0.1
+    for name, reference, extra in [("sqrt", np.sqrt, {}), ("log", np.log, {"epsilon": np.float32(0)}),
+                                   ("rsqrt", lambda t: 1 / np.sqrt(t), {"epsilon": np.float32(0)})]:
+        (got,) = run_op(tmp_path / name, name, {"x": p}, [p.shape], **extra)
+        np.testing.assert_allclose(got, reference(p.astype(np.float64)), rtol=1e-5)
+
+
+BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "real_div": np.divide, "maximum": np.maximum,
+          "minimum": np.minimum}
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+def test_binary_ops_broadcast(tmp_path, name):
+    x, y = rand(2, 3, 4), rand(3, 1) + 3
+    (got,) = run_op(tmp_path, name, {"x": x, "y": y}, [(2, 3, 4)])
+    np.testing.assert_allclose(got, BINARY[name](x.astype(np.float64), y), rtol=1e-6)
+
+
+def test_comparisons_give_bool_and_select_picks(tmp_path):
+    x, y = rand(3, 4), rand(3, 4)
+    (mask,) = run_op(tmp_path / "less", "less", {"x": x, "y": y}, [(3, 4)], out_dtype="bool")
+    np.testing.assert_array_equal(mask, x < y)
+    (got,) = run_op(tmp_path / "select", "select", {"cond": mask, "a": x, "b": y}, [(3, 4)])
+    np.testing.assert_array_equal(got, np.minimum(x, y))
+
+
+def test_fp16_program_rounds_each_op_once(tmp_path):
+    """An fp16 value stays fp16: each element-wise result is the float64 result rounded to fp16; the
+    accumulating ops round once from fp32."""
+    x, y = rand(64).astype(np.float16), rand(64).astype(np.float16)
+    (got,) = run_op(tmp_path / "mul", "mul", {"x": x, "y": y}, [(64,)], out_dtype="fp16")
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, (x.astype(np.float64) * y).astype(np.float16))
+    a, w = rand(3, 40).astype(np.float16), rand(5, 40).astype(np.float16)
+    (got,) = run_op(tmp_path / "linear", "linear", {"x": a}, [(3, 5)], out_dtype="fp16", weight=w)
+    exact = (a.astype(np.float64) @ w.astype(np.float64).T)
+    assert np.all(np.abs(got.astype(np.float64) - exact) <= np.spacing(np.abs(exact).astype(np.float16)) * 1.01)
+
+
+@pytest.mark.parametrize("name, reference", [("reduce_sum", np.sum), ("reduce_mean", np.mean), ("reduce_max", np.max),
+                                             ("reduce_min", np.min),
+                                             ("reduce_l2_norm", lambda v, axis, keepdims: np.sqrt(
+                                                 np.sum(v * v, axis=axis, keepdims=keepdims))),
+                                             ("reduce_log_sum_exp", special.logsumexp)])
+@pytest.mark.parametrize("keep", [True, False])
+def test_reductions(tmp_path, name, reference, keep):
+    x = rand(3, 4, 5)
+    expected = reference(x.astype(np.float64), axis=(0, 2), keepdims=keep)
+    (got,) = run_op(tmp_path, name, {"x": x}, [expected.shape], axes=[0, -1], keep_dims=keep)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_and_norms(tmp_path):
+    x = rand(2, 3, 6) * 3
+    v = x.astype(np.float64)
+    (got,) = run_op(tmp_path / "softmax", "softmax", {"x": x}, [x.shape], axis=np.int32(1))
+    np.testing.assert_allclose(got, np.exp(v) / np.exp(v).sum(1, keepdims=True), rtol=1e-5)
+    gamma, beta = rand(6), rand(6)
+    (got,) = run_op(tmp_path / "ln", "layer_norm", {"x": x}, [x.shape], axes=[-1], gamma=gamma, beta=beta,
+                    epsilon=np.float32(1e-5))
+    norm = (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(got, norm * gamma + beta, rtol=1e-4, atol=1e-5)
+    mean, var, g3, b3 = rand(3), np.abs(rand(3)) + 0.5, rand(3), rand(3)
+    (got,) = run_op(tmp_path / "bn", "batch_norm", {"x": x}, [x.shape], mean=mean, variance=var, gamma=g3, beta=b3,
+                    epsilon=np.float32(1e-3))
+    expected = (v - mean[:, None]) / np.sqrt(var[:, None] + 1e-3) * g3[:, None] + b3[:, None]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    (got,) = run_op(tmp_path / "in", "instance_norm", {"x": x}, [x.shape], gamma=g3, beta=b3, epsilon=np.float32(1e-5))
+    norm = (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(got, norm * g3[:, None] + b3[:, None], rtol=1e-4, atol=1e-5)
+
+
+# -- shape ops ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode, numpy_mode", [("constant", "constant"), ("reflect", "reflect"),
+                                              ("replicate", "edge")])
+def test_pad_matches_numpy(tmp_path, mode, numpy_mode):
+    x = rand(2, 5, 6)
+    widths = [0, 0, 2, 1, 3, 4]
+    expected = np.pad(x, [(0, 0), (2, 1), (3, 4)], mode=numpy_mode,
+                      **({"constant_values": 1.5} if mode == "constant" else {}))
+    (got,) = run_op(tmp_path, "pad", {"x": x}, [expected.shape], pad=widths, mode=Text(mode),
+                    constant_val=np.float32(1.5))
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_data_movement_ops(tmp_path):
+    x = rand(2, 3, 4)
+    cases = [
+        ("reshape", dict(shape=[4, -1]), x.reshape(4, -1)),
+        ("transpose", dict(perm=[2, 0, 1]), x.transpose(2, 0, 1)),
+        ("expand_dims", dict(axes=[1, -1]), x[:, None, :, :, None]),
+        ("slice_by_index", dict(begin=[0, 1, 0], end=[2, 3, 4], stride=[1, 1, 2], end_mask=[True, False, False]),
+         x[:, 1:3, 0:4:2]),
+        ("slice_by_size", dict(begin=[1, 0, 1], size=[1, -1, 2]), x[1:2, :, 1:3]),
+        ("gather", dict(indices=[2, 0, 2], axis=np.int32(1)), x[:, [2, 0, 2]]),
+        ("tile", dict(reps=[1, 2, 1]), np.tile(x, (1, 2, 1))),
+        ("reduce_argmax", dict(axis=np.int32(-1), keep_dims=False), x.argmax(-1)),
+    ]
+    for name, args, expected in cases:
+        dtype = "int32" if name == "reduce_argmax" else "fp32"
+        (got,) = run_op(tmp_path / name, name, {"x": x}, [expected.shape], out_dtype=dtype, **args)
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+    (got,) = run_op(tmp_path / "squeeze", "squeeze", {"x": x[:, :1]}, [(2, 4)], axes=[1])
+    np.testing.assert_array_equal(got, x[:, 0])
+    parts = run_op(tmp_path / "split", "split", {"x": x}, [(2, 1, 4), (2, 2, 4)], axis=np.int32(1),
+                   split_sizes=[1, 2])
+    np.testing.assert_array_equal(parts[1], x[:, 1:])
+    y = rand(2, 2, 4)
+    (got,) = run_op(tmp_path / "concat", "concat", {"x": x, "y": y}, [(2, 5, 4)], values=("x", "y"),
+                    axis=np.int32(1), interleave=False)
+    np.testing.assert_array_equal(got, np.concatenate([x, y], 1))
+    (got,) = run_op(tmp_path / "cast", "cast", {"x": x * 1000}, [x.shape], out_dtype="int32", dtype=Text("int32"))
+    np.testing.assert_array_equal(got, (x * 1000).astype(np.int32))
+
+
+# -- what the interpreter refuses ---------------------------------------------------------------
+
+def test_unsupported_op_is_named(tmp_path):
+    with pytest.raises(ProgramError, match=r"op einsum 'y' .* not supported .* docs/coreml.md"):
+        build(tmp_path, {"x": ("fp32", (2,))}, [op("einsum", ("y", "fp32", (2,)), x="x")], ["y"])
+
+
+def test_undefined_variable_and_bad_feeds(tmp_path):
+    with pytest.raises(ProgramError, match="reads nowhere, which no earlier operation defines"):
+        build(tmp_path / "a", {"x": ("fp32", (2,))}, [op("relu", ("y", "fp32", (2,)), x="nowhere")], ["y"])
+    program = build(tmp_path / "b", {"x": ("int32", (2,))}, [op("abs", ("y", "int32", (2,)), x="x")], ["y"])
+    with pytest.raises(ProgramError, match="input x: int32 \\[2\\] is missing"):
+        program.predict({})
+    with pytest.raises(ProgramError, match="holds float64 values; the program takes int32"):
+        program.predict({"x": np.array([1.5, 2.0])})
+    with pytest.raises(ProgramError, match="has shape \\[3\\]"):
+        program.predict({"x": np.array([1, 2, 3])})
+    with pytest.raises(ProgramError, match="no input 'z'"):
+        program.predict({"x": np.array([1, 2]), "z": np.array(1)})
+
+
+def test_declared_shape_is_checked(tmp_path):
+    program = build(tmp_path, {"x": ("fp32", (2, 3))}, [op("relu", ("y", "fp32", (3, 2)), x="x")], ["y"])
+    with pytest.raises(ProgramError, match=r"y came out with shape \[2, 3\], but the program declares \[3, 2\]"):
+        program.predict({"x": np.zeros((2, 3), np.float32)})
