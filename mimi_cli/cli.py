@@ -667,7 +667,8 @@ def run(
         "--precision", help="program: every value in the dtype the program declares (fp16 stays fp16); "
                             "fp32: fp16 values held and computed in fp32.")] = "program",
     function: Annotated[Optional[str], typer.Option(
-        "--function", show_default=False, help="The function to run in a multi-function program. Default: main.")] = None,
+        "--function", show_default=False,
+        help="The function to run in a multi-function program. Default: main.")] = None,
     output: _output_option("An .npz with one member per output ('-': standard output). Default: print a "
                            "summary of each output.") = None,
     force: ForceOption = False,

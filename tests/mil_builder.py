@@ -88,8 +88,8 @@ def run_op(folder: Path, kind: str, inputs: dict[str, np.ndarray], out_shapes: l
     mentioned = {v for value in args.values() if isinstance(value, tuple) for v in value}
     args = {**{name: name for name in inputs if name not in mentioned}, **args}  # inputs by their own names
     names = [f"o{i}" for i in range(len(out_shapes))]
-    program = build(folder, declared, [op(kind, *[(n, out_dtype, s) for n, s in zip(names, out_shapes)], **args)],
-                    names)
+    outputs = [(n, out_dtype, s) for n, s in zip(names, out_shapes, strict=True)]
+    program = build(folder, declared, [op(kind, *outputs, **args)], names)
     results = program.predict(inputs)
     prepared = program.prepare().run(inputs)
     for name in names:  # the prepared plan runs the same kernels into its own buffers: identical

@@ -55,14 +55,14 @@ def test_conv_matches_direct_definition(tmp_path, case):
     x = local.standard_normal((2, c_in, *spatial)).astype(np.float32)
     w = local.standard_normal((c_out, c_in // groups, *kernel)).astype(np.float32)
     b = local.standard_normal(c_out).astype(np.float32)
-    effective = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+    effective = [(k - 1) * d + 1 for k, d in zip(kernel, dilation, strict=True)]
     if pad_type == "custom":
         pads = [tuple(int(v) for v in local.integers(0, 3, 2)) for _ in range(rank)]
     elif pad_type == "valid":
         pads = [(0, 0)] * rank
     else:  # total padding that makes the output ceil(size / stride) long
         pads = []
-        for size, s, e in zip(spatial, stride, effective):
+        for size, s, e in zip(spatial, stride, effective, strict=True):
             total = max((math.ceil(size / s) - 1) * s + e - size, 0)
             small, large = total // 2, total - total // 2
             pads.append((large, small) if pad_type == "same_lower" else (small, large))
@@ -89,7 +89,7 @@ def naive_conv_transpose(x, w, b, stride, dilation, pads, groups):
                 out[(slice(None), slice(g * c_out_group, (g + 1) * c_out_group), *pos)] += (
                     x[(slice(None), c, *p)][:, None] * w[(c, slice(None), *k)][None])
     out += b.reshape((1, -1) + (1,) * rank)
-    crop = tuple(slice(a, f - e) for (a, e), f in zip(pads, full))
+    crop = tuple(slice(a, f - e) for (a, e), f in zip(pads, full, strict=True))
     return out[(slice(None), slice(None), *crop)]
 
 
@@ -136,10 +136,10 @@ def naive_lstm(x, h, c, w_ih, w_hh, b, backwards):
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 @pytest.mark.parametrize("sequence", [True, False])
 def test_lstm_matches_step_by_step_reference(tmp_path, direction, sequence):
-    S, B, I, H = 5, 2, 3, 4
+    S, B, In, H = 5, 2, 3, 4
     d = 2 if direction == "bidirectional" else 1
-    x, h0, c0 = rand(S, B, I), rand(B, d * H), rand(B, d * H)
-    w = [(rand(4 * H, I) * 0.5, rand(4 * H, H) * 0.5, rand(4 * H) * 0.5) for _ in range(d)]
+    x, h0, c0 = rand(S, B, In), rand(B, d * H), rand(B, d * H)
+    w = [(rand(4 * H, In) * 0.5, rand(4 * H, H) * 0.5, rand(4 * H) * 0.5) for _ in range(d)]
     f64 = [tuple(a.astype(np.float64) for a in ws) for ws in w]
     args = dict(weight_ih=w[0][0], weight_hh=w[0][1], bias=w[0][2], direction=Text(direction),
                 output_sequence=sequence)
@@ -158,15 +158,15 @@ def test_lstm_matches_step_by_step_reference(tmp_path, direction, sequence):
     expected = [np.concatenate(outs, -1), np.concatenate(hs, -1), np.concatenate(cs, -1)]
     got = run_op(tmp_path, "lstm", {"x": x, "initial_h": h0, "initial_c": c0},
                  [e.shape for e in expected], **args)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
 def test_gru_matches_coremltools_formulas(tmp_path, direction):
-    S, B, I, H = 6, 2, 3, 4
-    x, h0 = rand(S, B, I), rand(B, H)
-    w_ih, w_hh, b = rand(3 * H, I) * 0.5, rand(3 * H, H) * 0.5, rand(3 * H) * 0.5
+    S, B, In, H = 6, 2, 3, 4
+    x, h0 = rand(S, B, In), rand(B, H)
+    w_ih, w_hh, b = rand(3 * H, In) * 0.5, rand(3 * H, H) * 0.5, rand(3 * H) * 0.5
     Wr, Wo, Wz = np.split(w_ih.astype(np.float64), 3)
     Rr, Ro, Rz = np.split(w_hh.astype(np.float64), 3)
     br, bo, bz = np.split(b.astype(np.float64), 3)
@@ -359,3 +359,18 @@ def test_declared_shape_is_checked(tmp_path):
     program = build(tmp_path, {"x": ("fp32", (2, 3))}, [op("relu", ("y", "fp32", (3, 2)), x="x")], ["y"])
     with pytest.raises(ProgramError, match=r"y came out with shape \[2, 3\], but the program declares \[3, 2\]"):
         program.predict({"x": np.zeros((2, 3), np.float32)})
+
+
+def test_hostile_programs_fail_in_one_line_before_allocating(tmp_path):
+    huge = build(tmp_path / "fill", {"x": ("fp32", (1,))},
+                 [op("fill", ("y", "fp32", (100000, 100000, 100)), shape=[100000, 100000, 100], value=np.float32(1))],
+                 ["y"])
+    with pytest.raises(ProgramError, match="beyond the 4 GiB a value may take"):
+        huge.predict({"x": np.zeros(1, np.float32)})
+    mismatched = build(tmp_path / "add", {"x": ("fp32", (3,)), "y": ("fp32", (4,))},
+                       [op("add", ("z", "fp32", (3,)), x="x", y="y")], ["z"])
+    with pytest.raises(ProgramError, match=r"op add 'z': cannot run \(ValueError"):
+        mismatched.predict({"x": np.zeros(3, np.float32), "y": np.zeros(4, np.float32)})
+    (got,) = run_op(tmp_path / "range", "range_1d", {"x": np.zeros(1, np.float32)}, [(4,)], start=np.float32(1),
+                    end=np.float32(3), step=np.float32(0.5))
+    np.testing.assert_array_equal(got, np.arange(1, 3, 0.5))

@@ -30,6 +30,7 @@ class ProgramError(MimiError, ValueError):
 
 
 F32 = np.float32
+MAX_VALUE_BYTES = 4 << 30  # one value or scratch array; larger is a broken or hostile program, refused
 KERNELS: dict[str, Callable] = {}
 VIEWS: set[str] = set()  # ops whose output is a view of their (contiguous) input: no buffer of their own
 
@@ -93,7 +94,7 @@ class Call:
     # -- outputs and working memory
 
     def out(self, index: int, shape: tuple[int, ...]) -> np.ndarray:
-        shape = tuple(int(d) for d in shape)
+        shape = self.checked(shape, self.step.dtypes[index])
         if self.buffers is not None and self.buffers[index] is not None:
             buffer = self.buffers[index]
             if buffer.shape != shape:
@@ -102,15 +103,31 @@ class Call:
             return buffer
         return np.empty(shape, self.step.dtypes[index])
 
+    def checked(self, shape, dtype) -> tuple[int, ...]:
+        """``shape`` as ints, refused before allocating when negative or over MAX_VALUE_BYTES."""
+        shape = tuple(int(d) for d in shape)
+        if min(shape, default=0) < 0 or math.prod(shape) * np.dtype(dtype).itemsize > MAX_VALUE_BYTES:
+            raise self.error(f"would make a {list(shape)} array, beyond the {MAX_VALUE_BYTES >> 30} GiB a value "
+                             "may take here")
+        return shape
+
     def scratch(self, key: str, shape: tuple[int, ...], dtype=F32) -> np.ndarray:
         """Working memory private to this op: kept by a prepared plan, fresh otherwise."""
-        shape = tuple(int(d) for d in shape)
+        shape = self.checked(shape, dtype)
         if self.buffers is None:
             return np.empty(shape, dtype)
         held = self.step.scratch.get(key)
         if held is None or held.shape != shape or held.dtype != dtype:
             held = self.step.scratch[key] = np.empty(shape, dtype)
         return held
+
+    def memo(self, key: str, make: Callable[[], object]):
+        """Views and set-up over this op's scratch: made once by a prepared plan, every call otherwise."""
+        if self.buffers is None:
+            return make()
+        if key not in self.step.scratch:
+            self.step.scratch[key] = make()
+        return self.step.scratch[key]
 
     def derived(self, key: str, make: Callable[[], object], *inputs: str):
         """Something made from ``inputs`` (a weight in fp32, a transposed layout): made once when they
@@ -379,7 +396,8 @@ def _reduction(finish=None, exact=None, square=False, absolute=False, log_sum_ex
             t = np.copyto(work := call.scratch("t", x.shape), t) or work
         peak = None
         if log_sum_exp:
-            peak = np.maximum.reduce(t, axis=axes, keepdims=True, out=call.scratch("peak", _reduced_shape(x, axes, True)))
+            small = _reduced_shape(x, axes, True)
+            peak = np.maximum.reduce(t, axis=axes, keepdims=True, out=call.scratch("peak", small))
             t -= peak
             np.exp(t, out=t)
         if square:
@@ -677,7 +695,12 @@ def gather_along_axis(call: Call) -> np.ndarray:
 
 @kernel("tile")
 def tile(call: Call) -> np.ndarray:
-    return write(call, np.tile(call["x"], call.ints("reps")))
+    x, reps = call["x"], call.ints("reps")
+    if len(reps) != x.ndim:
+        raise call.error(f"reps {reps} do not match rank {x.ndim}")
+    out = call.out(0, [d * r for d, r in zip(x.shape, reps, strict=True)])
+    np.copyto(out, np.tile(x, reps))
+    return out
 
 
 @kernel("shape")
@@ -694,7 +717,13 @@ def fill(call: Call) -> np.ndarray:
 
 @kernel("range_1d")
 def range_1d(call: Call) -> np.ndarray:
-    return write(call, np.arange(call["start"], call["end"], call["step"]))
+    start, end, step = (call[k].item() for k in ("start", "end", "step"))
+    if step == 0:
+        raise call.error("step is 0")
+    count = max(0, math.ceil((end - start) / step))
+    out = call.out(0, (count,))
+    out[...] = np.arange(count) * step + start
+    return out
 
 
 @kernel("pad")
@@ -710,9 +739,9 @@ def pad(call: Call) -> np.ndarray:
     mode = call.text("mode", "constant")
     if len(widths) % 2 or len(widths) // 2 > x.ndim or min(widths, default=0) < 0:
         raise call.error(f"pad {widths} does not fit a tensor of rank {x.ndim}")
-    pairs = [(0, 0)] * (x.ndim - len(widths) // 2) + list(zip(widths[::2], widths[1::2]))
-    out = call.out(0, [d + a + b for d, (a, b) in zip(x.shape, pairs)])
-    interior = tuple(slice(a, a + d) for d, (a, b) in zip(x.shape, pairs))
+    pairs = [(0, 0)] * (x.ndim - len(widths) // 2) + list(zip(widths[::2], widths[1::2], strict=True))
+    out = call.out(0, [d + a + b for d, (a, b) in zip(x.shape, pairs, strict=True)])
+    interior = tuple(slice(a, a + d) for d, (a, b) in zip(x.shape, pairs, strict=True))
     if mode == "constant":
         out.fill(call.float("constant_val", 0.0))
         out[interior] = x
@@ -720,7 +749,7 @@ def pad(call: Call) -> np.ndarray:
     if mode not in ("reflect", "replicate"):
         raise call.error(f"pad mode {mode!r} is not one of constant, reflect, replicate")
     out[interior] = x
-    for axis, ((before, after), size) in enumerate(zip(pairs, x.shape)):
+    for axis, ((before, after), size) in enumerate(zip(pairs, x.shape, strict=True)):
         if not before and not after:
             continue
         if mode == "reflect" and max(before, after) >= size:
@@ -752,15 +781,15 @@ def _conv_geometry(call: Call, spatial: tuple[int, ...], kernel_size: tuple[int,
     strides = call.ints("strides", [1] * n)
     dilations = call.ints("dilations", [1] * n)
     pad_type = call.text("pad_type", "valid")
-    effective = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilations)]
+    effective = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilations, strict=True)]
     if pad_type == "valid":
         return strides, dilations, [(0, 0)] * n
     if pad_type == "custom":
         widths = call.ints("pad", [0] * 2 * n)
-        return strides, dilations, list(zip(widths[::2], widths[1::2]))
+        return strides, dilations, list(zip(widths[::2], widths[1::2], strict=True))
     if pad_type in ("same", "same_lower"):
         pads = []
-        for size, s, k in zip(spatial, strides, effective):
+        for size, s, k in zip(spatial, strides, effective, strict=True):
             total = (k - s) if transpose else max((math.ceil(size / s) - 1) * s + k - size, 0)
             total = max(total, 0)
             small, large = total // 2, total - total // 2
@@ -775,9 +804,20 @@ def conv(call: Call) -> np.ndarray:
 
     The padded input is copied into fp32 scratch, its sliding windows gathered into
     ``cols [N, G, C_in/G · ∏K, ∏D_out]``, and ``weight [G, C_out/G, C_in/G · ∏K] @ cols`` gives the
-    output with one fp32 accumulation per value.
+    output with one fp32 accumulation per value. A prepared plan builds the views once.
     """
     x = call["x"]
+    padded, interior, windows, cols, w, acc, out_shape = call.memo("conv", lambda: _conv_setup(call, x))
+    padded[interior] = x
+    np.copyto(cols, windows)
+    np.matmul(w, cols.reshape(acc.shape[:2] + w.shape[2:] + acc.shape[3:]), out=acc)
+    if call.get("bias") is not None:
+        acc += call.f32("bias").reshape(w.shape[0], w.shape[1], 1)
+    return write(call, acc.reshape(out_shape))
+
+
+def _conv_setup(call: Call, x: np.ndarray) -> tuple:
+    """Buffers and views of one conv: padded input, its interior, window view, cols, weight, accumulator."""
     weight = call["weight"]
     n, c_in, spatial = x.shape[0], x.shape[1], x.shape[2:]
     c_out, c_group, kernel_size = weight.shape[0], weight.shape[1], weight.shape[2:]
@@ -785,30 +825,25 @@ def conv(call: Call) -> np.ndarray:
     if len(kernel_size) != len(spatial) or c_group * groups != c_in or c_out % groups:
         raise call.error(f"weight {list(weight.shape)} with groups={groups} does not fit input {list(x.shape)}")
     strides, dilations, pads = _conv_geometry(call, spatial, kernel_size)
-    padded = call.scratch("padded", (n, c_in, *(d + a + b for d, (a, b) in zip(spatial, pads))))
-    if any(a or b for a, b in pads):
-        padded.fill(0)
-    padded[(slice(None), slice(None), *(slice(a, a + d) for d, (a, _) in zip(spatial, pads)))] = x
-    effective = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilations)]
-    out_spatial = [(p - e) // s + 1 for p, e, s in zip(padded.shape[2:], effective, strides)]
+    padded = call.scratch("padded", (n, c_in, *(d + a + b for d, (a, b) in zip(spatial, pads, strict=True))))
+    padded.fill(0)  # the padding stays zero; each call rewrites only the interior
+    interior = (slice(None), slice(None), *(slice(a, a + d) for d, (a, _) in zip(spatial, pads, strict=True)))
+    effective = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilations, strict=True)]
+    out_spatial = [(p - e) // s + 1 for p, e, s in zip(padded.shape[2:], effective, strides, strict=True)]
     if min(out_spatial, default=1) < 1:
         raise call.error(f"input {list(x.shape)} is shorter than the kernel {list(kernel_size)}")
     rank = len(spatial)
     windows = np.lib.stride_tricks.sliding_window_view(padded, effective, axis=tuple(range(2, 2 + rank)))
     windows = windows[(slice(None), slice(None), *(slice(None, None, s) for s in strides),
                        *(slice(None, None, d) for d in dilations))]
-    # windows [N, C_in, *D_out, *K] → [N, G, C_in/G, *K, *D_out]
+    # windows [N, C_in, *D_out, *K] → [N, G, C_in/G, *K, *D_out], the layout of cols
     windows = windows.reshape(n, groups, c_group, *windows.shape[2:])
-    order = (0, 1, 2, *range(3 + rank, 3 + 2 * rank), *range(3, 3 + rank))
+    windows = windows.transpose(0, 1, 2, *range(3 + rank, 3 + 2 * rank), *range(3, 3 + rank))
     k_total, d_total = math.prod(kernel_size), math.prod(out_spatial)
-    cols = call.scratch("cols", (n, groups, c_group * k_total, d_total))
-    np.copyto(cols.reshape(n, groups, c_group, *kernel_size, *out_spatial), windows.transpose(order))
+    cols = call.scratch("cols", (n, groups, c_group * k_total, d_total)).reshape(windows.shape)
     w = call.f32("weight").reshape(groups, c_out // groups, c_group * k_total)
     acc = call.scratch("acc", (n, groups, c_out // groups, d_total))
-    np.matmul(w, cols, out=acc)
-    if call.get("bias") is not None:
-        acc += call.f32("bias").reshape(groups, c_out // groups, 1)
-    return write(call, acc.reshape(n, c_out, *out_spatial))
+    return padded, interior, windows, cols, w, acc, (n, c_out, *out_spatial)
 
 
 @kernel("conv_transpose")
@@ -828,7 +863,8 @@ def conv_transpose(call: Call) -> np.ndarray:
     if weight.shape[0] != c_in or c_in % groups or len(kernel_size) != len(spatial):
         raise call.error(f"weight {list(weight.shape)} with groups={groups} does not fit input {list(x.shape)}")
     strides, dilations, pads = _conv_geometry(call, spatial, kernel_size, transpose=True)
-    full = [(d - 1) * s + (k - 1) * dl + 1 for d, s, k, dl in zip(spatial, strides, kernel_size, dilations)]
+    full = [(d - 1) * s + (k - 1) * dl + 1
+            for d, s, k, dl in zip(spatial, strides, kernel_size, dilations, strict=True)]
     output_shape = call.ints("output_shape")
     rank, k_total, d_total = len(spatial), math.prod(kernel_size), math.prod(spatial)
     w = call.derived("weight_t", lambda: np.ascontiguousarray(
@@ -840,14 +876,14 @@ def conv_transpose(call: Call) -> np.ndarray:
     acc.fill(0)
     for tap in itertools.product(*(range(k) for k in kernel_size)):
         target = tuple(slice(t * dl, t * dl + (d - 1) * s + 1, s)
-                       for t, dl, d, s in zip(tap, dilations, spatial, strides))
+                       for t, dl, d, s in zip(tap, dilations, spatial, strides, strict=True))
         acc[(slice(None), slice(None), *target)] += cols[(slice(None), slice(None), *tap)]
     if call.get("bias") is not None:
         acc += call.f32("bias").reshape((1, c_out) + (1,) * rank)
     if output_shape is not None:  # the declared size wins; padding is cropped from the start
-        crop = tuple(slice(a, a + o) for (a, _), o in zip(pads, output_shape[2:]))
+        crop = tuple(slice(a, a + o) for (a, _), o in zip(pads, output_shape[2:], strict=True))
     else:
-        crop = tuple(slice(a, f - b) for (a, b), f in zip(pads, full))
+        crop = tuple(slice(a, f - b) for (a, b), f in zip(pads, full, strict=True))
     return write(call, acc[(slice(None), slice(None), *crop)])
 
 
@@ -899,8 +935,9 @@ def lstm(call: Call) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     h0, c0 = call.f32("initial_h"), call.f32("initial_c")
     hidden = h0.shape[-1] // len(directions)
     sequence = call.flag("output_sequence")
-    outputs = call.scratch("outputs", (steps, batch, len(directions) * hidden))
-    h_all, c_all = call.scratch("h", (batch, len(directions) * hidden)), call.scratch("c", (batch, len(directions) * hidden))
+    width = len(directions) * hidden
+    outputs = call.scratch("outputs", (steps, batch, width))
+    h_all, c_all = call.scratch("h", (batch, width)), call.scratch("c", (batch, width))
     for d, (suffix, backwards) in enumerate(directions):
         part = slice(d * hidden, (d + 1) * hidden)
         w_ih = call.derived(f"w_ih{suffix}", lambda s=suffix: np.ascontiguousarray(call.f32(f"weight_ih{s}").T),
@@ -910,7 +947,8 @@ def lstm(call: Call) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         projected = np.matmul(x, w_ih, out=call.scratch(f"xw{suffix}", (steps, batch, 4 * hidden)))
         if call.get(f"bias{suffix}") is not None:
             projected += call.f32(f"bias{suffix}")
-        peephole = call.f32(f"peephole{suffix}").reshape(3, hidden) if call.get(f"peephole{suffix}") is not None else None
+        has_peephole = call.get(f"peephole{suffix}") is not None
+        peephole = call.f32(f"peephole{suffix}").reshape(3, hidden) if has_peephole else None
         h, c = h_all[:, part], c_all[:, part]
         h[...] = h0[:, part]
         c[...] = c0[:, part]

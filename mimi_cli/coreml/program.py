@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.coreml.ops import KERNELS, VIEWS, Call, ProgramError
-from mimi_cli.errors import WeightsError
+from mimi_cli.errors import DATA_ERRORS, WeightsError
 from mimi_cli.weights.coreml.mil import Function, Operation, Ref, TensorType, Value
 
 DTYPES = {"fp16": np.float16, "fp32": np.float32, "fp64": np.float64, "bool": np.bool_, "int8": np.int8,
@@ -43,7 +43,8 @@ class Port:
         return f"{self.name}: {self.dtype} [{dims}]"
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
-        return len(shape) == len(self.shape) and all(d is None or d == s for d, s in zip(self.shape, shape))
+        return len(shape) == len(self.shape) and all(d is None or d == s
+                                                     for d, s in zip(self.shape, shape, strict=True))
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,24 @@ class Step:
             return env[source.name]
         return [self.resolve(item, env) for item in source]
 
-    def run(self, env: dict[str, object], buffers: list | None = None) -> None:
+    def run(self, env: dict[str, object], buffers: list | None = None, check: bool = True) -> None:
+        """Run the op on ``env``, adding its outputs; ``check`` them against the declared types
+        (a prepared plan checked them once, when it was made)."""
         call = Call(self, env, buffers)
-        result = self.kernel(call)
+        try:
+            result = self.kernel(call)
+        except ProgramError:
+            raise
+        except DATA_ERRORS as exc:  # inputs a hostile or broken program gives an op: its error, one line
+            raise call.error(f"cannot run ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+                             ) from None
         results = result if isinstance(result, tuple) else (result,)
+        if not check:
+            env.update(zip(self.outputs, results, strict=True))
+            return
         if len(results) != len(self.outputs):
             raise call.error(f"gave {len(results)} outputs where the program declares {len(self.outputs)}")
-        for name, value, value_type, dtype in zip(self.outputs, results, self.types, self.dtypes):
+        for name, value, value_type, dtype in zip(self.outputs, results, self.types, self.dtypes, strict=True):
             if value.dtype != dtype:
                 raise call.error(f"{name} came out {value.dtype}, but the program declares {value_type.dtype}")
             if not Port(name, value_type.dtype, value_type.shape).accepts(value.shape):
@@ -320,7 +332,7 @@ class PreparedPlan:
 
     def report(self) -> dict[str, int]:
         """How many values the program computes and how few buffers hold them."""
-        scratch = sum(a.nbytes for held in self.scratch for a in held.values())
+        scratch = sum(a.nbytes for held in self.scratch for a in held.values() if isinstance(a, np.ndarray))
         return {"values": self.values, "value_bytes": self.value_bytes, "buffers": self.buffer_count,
                 "buffer_bytes": self.buffer_bytes, "scratch_bytes": scratch}
 
@@ -339,9 +351,9 @@ class PreparedPlan:
             np.copyto(buffer, value, casting="same_kind")
         env: dict[str, object] = dict(self.inputs)
         with np.errstate(all="ignore"):
-            for step, buffers, scratch in zip(program.steps, self.buffers, self.scratch):
+            for step, buffers, scratch in zip(program.steps, self.buffers, self.scratch, strict=True):
                 step.scratch = scratch
-                step.run(env, buffers)
+                step.run(env, buffers, check=False)
         return {port.name: program.constants.get(port.name, env.get(port.name)) for port in program.outputs}
 
 
