@@ -374,3 +374,29 @@ def test_hostile_programs_fail_in_one_line_before_allocating(tmp_path):
     (got,) = run_op(tmp_path / "range", "range_1d", {"x": np.zeros(1, np.float32)}, [(4,)], start=np.float32(1),
                     end=np.float32(3), step=np.float32(0.5))
     np.testing.assert_array_equal(got, np.arange(1, 3, 0.5))
+
+
+def test_program_1_3_syntax_runs(tmp_path):
+    """The iOS 18 printer: bare scalar types, string(...) literals, arguments and attributes alike."""
+    folder = tmp_path / "p13.mlmodelc"
+    folder.mkdir()
+    (folder / "model.mil").write_text('''program(1.3)
+[buildInfo = dict<string, string>({{"coremltools-version", "9.0"}})]
+{
+    func main<ios18>(tensor<fp16, [2, 3]> x) {
+            fp16 two = const()[name = string("two"), val = fp16(0x1p+1)];
+            tensor<int32, [1]> axes = const()[name = string("axes"), val = tensor<int32, [1]>([-1])];
+            bool keep = const()[name = string("keep"), val = bool(false)];
+            tensor<fp16, [2, 3]> y = mul(x = x, y = two)[name = string("y")];
+            tensor<fp16, [2]> s = reduce_sum(x = y, axes = axes, keep_dims = keep)[name = string("s")];
+            string to32 = const()[name = string("to32"), val = string("fp32")];
+            tensor<fp32, [2]> out = cast(x = s, dtype = to32)[name = string("out")];
+        } -> (out);
+}
+''')
+    from mimi_cli.coreml import load_program
+
+    program = load_program(folder)
+    assert program.opset == "ios18" and str(program.inputs[0]) == "x: fp16 [2, 3]"
+    x = np.array([[1, 2, 3], [0.5, -1, 4]], np.float16)
+    np.testing.assert_array_equal(program.predict({"x": x})["out"], [12.0, 7.0])
