@@ -212,7 +212,8 @@ def to_mono(audio: Audio, sample_rate: int) -> np.ndarray:
 
 
 def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool = False) -> int:
-    """Write mono float audio atomically; the format follows the extension (WAV, FLAC, OGG...; WAV to stdout).
+    """Write float audio ``[N]`` or ``[C, N]`` atomically; the format follows the extension (WAV, FLAC,
+    OGG...; WAV to stdout).
 
     Samples beyond [-1, 1] are clipped (integer formats would wrap them);
     returns how many were.
@@ -222,7 +223,7 @@ def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool =
     file_format = audio_format(path)
     clipped = int(np.count_nonzero(np.abs(pcm) > 1))
     with atomic_output(path, replace) as tmp, soundfile_errors(path, tmp):
-        sf.write(tmp, np.clip(pcm, -1, 1), sample_rate, format=file_format)
+        sf.write(tmp, np.clip(pcm, -1, 1).T, sample_rate, format=file_format)
     return clipped
 
 

@@ -34,7 +34,7 @@ from mimi_cli.fileio import STDOUT, Target, atomic_output, check_output, file_id
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64")
-CODES_SUFFIXES = (".npz",)
+CODES_SUFFIXES = (".npz", ".npy")
 Engine = Literal["local", "ray"]
 
 
@@ -82,6 +82,13 @@ def plan(job: Job) -> Plan:
         raise MimiError("--stream works with the local engine only (Ray reads each file whole)")
     if job.parquet is not None and s.kind != "encode":
         raise MimiError("--parquet writes codes, so it goes with `mimi encode`")
+    if STDOUT in job.inputs:
+        if len(job.inputs) > 1:
+            raise MimiError("'-' (standard input) must be the only input")
+        if job.output is None:
+            raise MimiError("with input from standard input, give -o: a file, or - for standard output")
+        if job.jobs > 1 or job.engine == "ray":
+            raise MimiError("'-' (standard input) is read in this process; drop --jobs and --engine ray")
     suffixes, suffix, beside = ((AUDIO_SUFFIXES, ".npz", ".npz") if s.kind == "encode"
                                 else (CODES_SUFFIXES, ".wav", ".decoded.wav"))
     paths = [Path(p) for p in job.inputs]

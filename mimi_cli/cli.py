@@ -286,6 +286,9 @@ def encode(
     codebooks: CodebooksOption = None,
     bandwidth: BandwidthOption = None,
     stream: StreamOption = False,
+    channels: Annotated[str, typer.Option(
+        "--channels", help="mix: downmix to mono, one code stream. split: each channel its own code stream "
+                           "(codes [C, K, frames], e.g. one speaker per channel); decode writes C channels.")] = "mix",
     recursive: RecursiveOption = False,
     jobs: JobsOption = 1,
     engine: EngineOption = "local",
@@ -298,17 +301,20 @@ def encode(
     quiet: QuietOption = False,
 ) -> None:
     """Encode audio into codes (.npz): Mimi by default, or EnCodec with --codec encodec-24khz."""
-    from mimi_cli.pipeline import Settings
+    from mimi_cli.pipeline import CHANNEL_MODES, Settings
 
+    if channels not in CHANNEL_MODES:
+        _fail(f"--channels takes {' or '.join(CHANNEL_MODES)}, not {channels!r}", code=2)
     settings = Settings("encode", str(weights) if weights else None, codec, _num_codebooks(codec, codebooks, bandwidth),
-                        stream, replace=force)
+                        stream, replace=force, channels=channels)
     _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet)
 
 
 @app.command()
 def decode(
     inputs: Annotated[list[Path], typer.Argument(
-        help="Codes files written by `mimi encode`, folders of them, or quoted globs.", metavar="CODES...",
+        help="Codes files written by `mimi encode` or integer arrays (.npy), folders of them, quoted globs, or "
+             "'-' (standard input).", metavar="CODES...",
         show_default=False)],
     output: _output_option("Audio file for one input ('-': WAV to standard output); for several, or ending in /, "
                            "a folder that mirrors the inputs' tree (NAME.wav). Default: beside each input, as "
@@ -316,6 +322,10 @@ def decode(
     sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", min=1,
                                                        help="Output rate. Default: the codec's 24000 Hz.",
                                                        show_default=False)] = None,
+    codec: Annotated[str, typer.Option(
+        "--codec", "-c", callback=_check_codec,
+        help="The codec of bare integer arrays (.npy [K, frames] or [C, K, frames], e.g. a language model's "
+             "output); a codes file (.npz) names its own.")] = DEFAULT_CODEC,
     stream: StreamOption = False,
     recursive: RecursiveOption = False,
     jobs: JobsOption = 1,
@@ -330,7 +340,7 @@ def decode(
     """Decode codes (.npz) back to audio; each codes file says which codec made it."""
     from mimi_cli.pipeline import Settings
 
-    settings = Settings("decode", str(weights) if weights else None, stream=stream, sample_rate=sample_rate,
+    settings = Settings("decode", str(weights) if weights else None, codec, stream=stream, sample_rate=sample_rate,
                         replace=force)
     _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, None, quiet)
 

@@ -6,14 +6,15 @@ Keys (all loadable with ``np.load(path, allow_pickle=False)``):
 key                    type         meaning
 =====================  ===========  ================================================
 ``codec``              str          ``mimi`` or ``encodec-24khz`` (files without it are Mimi's)
-``codes``              uint16       ``[channels=1, K, frames]``, each < ``codebook_size``
+``codes``              uint16       ``[C, K, frames]``, each < ``codebook_size``; C = 1 (mixed to
+                                    mono) or ``source_channels`` (each channel encoded on its own)
 ``format_version``     int          1
 ``sample_rate``        int          24000, the codec's rate
 ``frame_rate``         float        12.5 (Mimi) or 75 (EnCodec) frames per second
 ``codebook_size``      int          2048 (Mimi) or 1024 (EnCodec)
 ``num_samples``        int          length at the codec's rate before padding to whole frames
 ``source_sample_rate`` int          rate of the file that was encoded
-``source_channels``    int          its channel count (downmixed to mono)
+``source_channels``    int          its channel count
 ``weights_id``         str          ``sha256:`` + 16 hex digits of the weights file
 =====================  ===========  ================================================
 """
@@ -38,7 +39,7 @@ KEYS = ("codes", "frame_rate", "weights_id", *_INT_KEYS)  # required; "codec" is
 
 @dataclass
 class CodesFile:
-    codes: np.ndarray  # uint16 [1, K, F]
+    codes: np.ndarray  # uint16 [C, K, F]: C = 1 (mono mix) or source_channels (split)
     num_samples: int
     source_sample_rate: int
     source_channels: int
@@ -52,11 +53,18 @@ class CodesFile:
     @classmethod
     def from_codes(cls, codes: np.ndarray, config: CodecConfig, num_samples: int, source_sample_rate: int,
                    source_channels: int, weights_id: str) -> CodesFile:
-        """Wrap model codes ``[K, F]`` with the metadata decode needs."""
-        return cls(codes=codes.astype(np.uint16)[None], num_samples=num_samples,
+        """Wrap model codes ``[K, F]`` (one stream) or ``[C, K, F]`` (one per channel) with the metadata
+        decode needs."""
+        codes = codes.astype(np.uint16)
+        return cls(codes=codes[None] if codes.ndim == 2 else codes, num_samples=num_samples,
                    source_sample_rate=source_sample_rate, source_channels=source_channels,
                    weights_id=weights_id, sample_rate=config.sample_rate, frame_rate=config.frame_rate,
                    codebook_size=config.codebook_size, codec=config.name)
+
+    @property
+    def channels(self) -> int:
+        """Code streams in the file: 1, or one per source channel (``--channels split``)."""
+        return self.codes.shape[0]
 
     @property
     def num_codebooks(self) -> int:
@@ -110,6 +118,44 @@ class CodesFile:
             raise malformed(InvalidCodesError, f"codes file {path}", exc) from None
 
     @classmethod
+    def from_array(cls, path: Path, codec: str) -> CodesFile:
+        """Codes from a bare integer array: every value checked as a codes file's are; length = frames × frame size."""
+        from mimi_cli.npy import InvalidArrayError, read_npy
+
+        config = codec_spec(codec).config()
+
+        def fail(problem: str) -> InvalidCodesError:
+            return InvalidCodesError(f"{path}: {problem}")
+
+        max_bytes = MAX_CHANNELS * config.num_codebooks * (MAX_NUM_SAMPLES // config.frame_size) * 8
+        try:
+            array = read_npy(path, max_bytes)
+        except InvalidArrayError as exc:
+            raise InvalidCodesError(str(exc)) from None
+        if array.dtype.kind not in "iu":
+            hint = (" (logits or probabilities? take the argmax over the vocabulary first)"
+                    if array.dtype.kind == "f" else "")
+            raise fail(f"holds {array.dtype} values; codes are integers{hint}")
+        if array.ndim not in (2, 3):
+            raise fail(f"has shape {list(array.shape)}; codes are [K, frames] or [C, K, frames]")
+        codes = array if array.ndim == 3 else array[None]
+        channels, levels, frames = codes.shape
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise fail(f"has {channels} channels; 1..{MAX_CHANNELS} are decoded")
+        if not 1 <= levels <= config.num_codebooks:
+            transposed = " — is the array transposed? codes are [K, frames]" if frames <= config.num_codebooks else ""
+            raise fail(f"has {levels} codebooks (axis -2); {config.display_name} has 1..{config.num_codebooks}"
+                       f"{transposed}")
+        if frames < 1 or frames * config.frame_size > MAX_NUM_SAMPLES:
+            raise fail(f"has {frames} frames; 1..{MAX_NUM_SAMPLES // config.frame_size} are decoded")
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= config.codebook_size:
+            raise fail(f"holds values {low}..{high}; {config.display_name} codes are 0..{config.codebook_size - 1} "
+                       "(strip special tokens or offsets first)")
+        return cls.from_codes(codes, config, num_samples=frames * config.frame_size,
+                              source_sample_rate=config.sample_rate, source_channels=channels, weights_id="")
+
+    @classmethod
     def _validated(cls, path: Path, archive: zipfile.ZipFile, a: dict[str, object]) -> CodesFile:
         def fail(problem: str) -> InvalidCodesError:
             return InvalidCodesError(f"{path}: {problem}")
@@ -146,8 +192,11 @@ class CodesFile:
             raise fail(f"num_samples {num_samples} is outside 1..{MAX_NUM_SAMPLES} (a week at 24 kHz)")
         if dtype != np.uint16:
             raise fail(f"codes must be uint16, got {dtype}")
-        if len(shape) != 3 or shape[0] != 1:
-            raise fail(f"codes must have shape [1, K, frames], got {list(shape)}")
+        if len(shape) != 3 or not (shape[0] == 1 or shape[0] == int(a["source_channels"])):
+            raise fail(f"codes must have shape [C, K, frames] with C = 1 or source_channels "
+                       f"({int(a['source_channels'])}), got {list(shape)}")
+        if not 1 <= shape[0] <= MAX_CHANNELS:
+            raise fail(f"codes have {shape[0]} channels; a codes file holds 1..{MAX_CHANNELS}")
         if not 1 <= shape[1] <= config.num_codebooks:
             raise fail(f"codes have {shape[1]} codebooks; expected 1..{config.num_codebooks}")
         if not (shape[2] - 1) * config.frame_size < num_samples <= shape[2] * config.frame_size:
@@ -165,8 +214,20 @@ class CodesFile:
                    codebook_size=int(a["codebook_size"]), codec=config.name, format_version=version)
 
 
+def load_codes(path: Path, codec: str = DEFAULT_CODEC) -> CodesFile:
+    """A codes file (the ``.npz`` of ``mimi encode``), or a bare integer array (``.npy``, e.g. what a
+    language model generated: ``[K, frames]`` or ``[C, K, frames]``) for ``codec``; told apart by content."""
+    try:
+        with open(path, "rb") as f:
+            is_array = f.read(6) == b"\x93NUMPY"
+    except OSError:
+        is_array = False  # CodesFile.load says what is wrong with the path
+    return CodesFile.from_array(path, codec) if is_array else CodesFile.load(path)
+
+
 # Limits of the reader, checked before any array is read (docs/codes-format.md).
 MAX_SCALAR_BYTES = 4096  # a scalar member: a .npy header and one value
+MAX_CHANNELS = 64  # channels encoded separately (--channels split) in one file
 MAX_NUM_SAMPLES = 24000 * 3600 * 24 * 7  # a week of audio at 24 kHz: codes of at most ~0.4 GB
 
 

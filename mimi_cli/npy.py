@@ -17,8 +17,9 @@ class InvalidArrayError(MimiError, ValueError):
     """An ``.npy`` file that is not a plain numeric array, or lies about its size."""
 
 
-def read_npy(path: Path | str) -> np.ndarray:
-    """The array in ``path``; its header's shape and dtype must match the file's size before anything is read."""
+def read_npy(path: Path | str, max_bytes: int = 4 << 30) -> np.ndarray:
+    """The array in ``path``; its header's shape and dtype must match the file's size, and the size stay
+    under ``max_bytes``, before anything is read."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -30,6 +31,9 @@ def read_npy(path: Path | str) -> np.ndarray:
                 raise InvalidArrayError(f"{path} holds {dtype} values; give a plain numeric array "
                                         "(objects are never unpickled)")
             declared = math.prod(shape) * dtype.itemsize
+            if declared > max_bytes:
+                raise InvalidArrayError(f"{path}: its header declares {list(shape)} {dtype} ({declared:,} bytes), "
+                                        f"more than the {max_bytes:,} read here")
             stored = os.fstat(f.fileno()).st_size - f.tell()
             if stored != declared:
                 raise InvalidArrayError(f"{path}: its header declares {list(shape)} {dtype} ({declared:,} bytes) "

@@ -11,8 +11,9 @@ collect the :class:`FileResult`; none of them reads, computes or writes a file i
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,9 +22,9 @@ import numpy as np
 
 from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, open_audio, read_blocks,
                             read_open, resample, soundfile_errors, to_mono, write_audio)
-from mimi_cli.codes import CodesFile
+from mimi_cli.codes import CodesFile, load_codes
 from mimi_cli.errors import MimiError, WeightsError
-from mimi_cli.fileio import Target, atomic_output
+from mimi_cli.fileio import STDOUT, Target, atomic_output
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
 from mimi_cli.weights import resolve_weights, weights_id
@@ -71,26 +72,37 @@ def load_model(weights: str | Path | None, codec: str = DEFAULT_CODEC) -> Loaded
 @dataclass
 class EncodeResult:
     codes: CodesFile
-    pcm: np.ndarray | None  # the model's input, mono float32 at 24 kHz (None in --stream mode: not kept)
+    pcm: np.ndarray | None  # the model's input at its rate: mono [N], or [C, N] when split (None in --stream mode)
     seconds: float  # time spent in the model
 
 
-def encode_audio(loaded: LoadedModel, audio: Audio, num_codebooks: int) -> EncodeResult:
-    """Downmix and resample ``audio`` to the model's rate, then encode it."""
+Channels = Literal["mix", "split"]
+CHANNEL_MODES = ("mix", "split")
+
+
+def encode_audio(loaded: LoadedModel, audio: Audio, num_codebooks: int, channels: Channels = "mix") -> EncodeResult:
+    """Resample ``audio`` to the model's rate and encode it: downmixed to mono (``mix``), or each
+    channel on its own (``split``: codes ``[C, K, F]``, channel c as if encoded alone)."""
     config = loaded.model.config
-    pcm = to_mono(audio, config.sample_rate)
-    start = time.perf_counter()
-    codes = loaded.model.encode(pcm, num_codebooks)
+    if channels == "split":
+        pcm = resample(np.ascontiguousarray(audio.samples.T), audio.sample_rate, config.sample_rate)
+        start = time.perf_counter()
+        codes = loaded.model.encode_channels(pcm, num_codebooks)
+    else:
+        pcm = to_mono(audio, config.sample_rate)
+        start = time.perf_counter()
+        codes = loaded.model.encode(pcm, num_codebooks)
     seconds = time.perf_counter() - start
-    codes_file = CodesFile.from_codes(codes, config, num_samples=len(pcm), source_sample_rate=audio.sample_rate,
+    codes_file = CodesFile.from_codes(codes, config, num_samples=pcm.shape[-1], source_sample_rate=audio.sample_rate,
                                       source_channels=audio.channels, weights_id=loaded.weights_id)
     return EncodeResult(codes_file, pcm, seconds)
 
 
 def decode_codes(loaded: LoadedModel, codes: CodesFile, sample_rate: int | None = None) -> tuple[np.ndarray, float]:
-    """Decode, trim to the original length, resample if asked; returns (pcm, seconds in the model)."""
+    """Decode each channel, trim to the original length, resample if asked; returns (pcm ``[C, N]``,
+    seconds in the model)."""
     start = time.perf_counter()
-    pcm = loaded.model.decode(codes.codes[0])[: codes.num_samples]
+    pcm = loaded.model.decode_channels(codes.codes)[:, : codes.num_samples]
     seconds = time.perf_counter() - start
     if sample_rate is not None:
         pcm = resample(pcm, loaded.model.config.sample_rate, sample_rate)
@@ -114,31 +126,40 @@ def _require_streaming(model: Codec) -> None:
                         f"{', '.join(streaming)}); run without --stream")
 
 
-def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int,
-                  progress: Progress | None = None) -> EncodeResult:
-    """Encode a file block by block in flat memory (read, downmix, resample, encode as it comes)."""
+def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int, progress: Progress | None = None,
+                  channels: Channels = "mix") -> EncodeResult:
+    """Encode a file block by block in flat memory (read, downmix or split, resample, encode as it comes)."""
     _require_streaming(loaded.model)
     config = loaded.model.config
-    encoder = loaded.model.stream_encoder(num_codebooks=num_codebooks, frames_per_step=STREAM_FRAMES_PER_STEP)
-    pieces, num_samples, seconds = [], 0, 0.0
     with open_audio(path) as f:
-        resampler = StreamResampler(f.samplerate, config.sample_rate)
-        source_rate, channels = f.samplerate, f.channels
+        source_rate, source_channels = f.samplerate, f.channels
+        streams = source_channels if channels == "split" else 1
+        encoders = [loaded.model.stream_encoder(num_codebooks=num_codebooks, frames_per_step=STREAM_FRAMES_PER_STEP)
+                    for _ in range(streams)]
+        resamplers = [StreamResampler(f.samplerate, config.sample_rate) for _ in range(streams)]
+        pieces: list[list[np.ndarray]] = [[] for _ in range(streams)]
+        num_samples, seconds = 0, 0.0
+
+        def push(signals: list[np.ndarray | None]) -> None:
+            nonlocal num_samples, seconds
+            for c, (encoder, resampler, signal) in enumerate(zip(encoders, resamplers, signals, strict=True)):
+                pcm = resampler.push(signal) if signal is not None else resampler.flush()
+                if c == 0:
+                    num_samples += len(pcm)
+                start = time.perf_counter()
+                pieces[c].append(encoder.push(pcm))
+                if signal is None:
+                    pieces[c].append(encoder.flush())
+                seconds += time.perf_counter() - start
+
         for block in read_blocks(path, f, STREAM_READ_FRAMES):
-            pcm = resampler.push(block.mean(axis=1))
-            num_samples += len(pcm)
-            start = time.perf_counter()
-            pieces.append(encoder.push(pcm))
-            seconds += time.perf_counter() - start
+            push(list(block.T) if channels == "split" else [block.mean(axis=1)])
             if progress:
                 progress(num_samples / config.sample_rate)
-    tail = resampler.flush()
-    num_samples += len(tail)
-    start = time.perf_counter()
-    pieces += [encoder.push(tail), encoder.flush()]
-    seconds += time.perf_counter() - start
-    codes = CodesFile.from_codes(np.concatenate(pieces, axis=1), config, num_samples=num_samples,
-                                 source_sample_rate=source_rate, source_channels=channels,
+    push([None] * streams)
+    codes = np.stack([np.concatenate(p, axis=1) for p in pieces])
+    codes = CodesFile.from_codes(codes if channels == "split" else codes[0], config, num_samples=num_samples,
+                                 source_sample_rate=source_rate, source_channels=source_channels,
                                  weights_id=loaded.weights_id)
     return EncodeResult(codes, None, seconds)
 
@@ -151,28 +172,29 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_
     _require_streaming(loaded.model)
     config = loaded.model.config
     rate = sample_rate or config.sample_rate
-    resampler = StreamResampler(config.sample_rate, rate)
-    decoder = loaded.model.stream_decoder(frames_per_step=STREAM_FRAMES_PER_STEP)
+    channels = codes.channels
+    resamplers = [StreamResampler(config.sample_rate, rate) for _ in range(channels)]
+    decoders = [loaded.model.stream_decoder(frames_per_step=STREAM_FRAMES_PER_STEP) for _ in range(channels)]
     remaining, seconds, clipped = codes.num_samples, 0.0, 0
     step = STREAM_FRAMES_PER_STEP
     with atomic_output(output, replace) as tmp, soundfile_errors(output, tmp), \
-            sf.SoundFile(tmp, "w", rate, 1, format=audio_format(output)) as f:
-        def write(pcm: np.ndarray) -> None:
+            sf.SoundFile(tmp, "w", rate, channels, format=audio_format(output)) as f:
+        def write(pcm: np.ndarray) -> None:  # [C, n]
             nonlocal clipped
             clipped += int(np.count_nonzero(np.abs(pcm) > 1))
-            f.write(np.clip(pcm, -1, 1))
+            f.write(np.clip(pcm, -1, 1).T)
 
-        pieces = [codes.codes[0, :, first : first + step] for first in range(0, codes.num_frames, step)]
-        for piece in [*pieces, None]:  # None: flush the frames still waiting for a whole step
+        for first in [*range(0, codes.num_frames, step), None]:  # None: flush the frames waiting for a step
             start = time.perf_counter()
-            pcm = decoder.push(piece) if piece is not None else decoder.flush()
+            pcm = np.stack([decoder.push(codes.codes[c, :, first:first + step]) if first is not None
+                            else decoder.flush() for c, decoder in enumerate(decoders)])
             seconds += time.perf_counter() - start
-            pcm = pcm[:remaining]  # the last frame's padding is not audio
-            remaining -= len(pcm)
-            write(resampler.push(pcm))
+            pcm = pcm[:, :remaining]  # the last frame's padding is not audio
+            remaining -= pcm.shape[1]
+            write(np.stack([r.push(channel) for r, channel in zip(resamplers, pcm, strict=True)]))
             if progress:
                 progress((codes.num_samples - remaining) / config.sample_rate)
-        write(resampler.flush())
+        write(np.stack([r.flush() for r in resamplers]))
     return seconds, clipped
 
 
@@ -193,10 +215,11 @@ class Settings:
 
     kind: Kind
     weights: str | None = None
-    codec: str = DEFAULT_CODEC  # encode; decode takes the codec from each codes file
+    codec: str = DEFAULT_CODEC  # encode, and decode of bare arrays (.npy); a codes file names its own
     num_codebooks: int | None = None  # encode; None: the codec's default
     stream: bool = False
     sample_rate: int | None = None  # decode: output rate (default: the codec's)
+    channels: Channels = "mix"  # encode: downmix to mono, or encode each channel on its own
     threads: int = 1
     replace: bool = False  # -f: existing outputs (regular files, never inputs) may be replaced
     keep_codes: bool = False  # return the codes in the result (for Parquet)
@@ -274,8 +297,9 @@ def weights_warnings(loaded: LoadedModel, limit: int = 5) -> list[str]:
     return found
 
 
-def conversion_notes(channels: int, rate: int, target_rate: int) -> list[str]:
-    notes = [f"{channels} channels downmixed to mono"] if channels > 1 else []
+def conversion_notes(channels: int, rate: int, target_rate: int, mode: Channels = "mix") -> list[str]:
+    notes = [] if channels == 1 else ([f"{channels} channels encoded separately"] if mode == "split"
+                                      else [f"{channels} channels downmixed to mono"])
     return notes + ([f"resampled from {rate} Hz to {target_rate} Hz"] if rate != target_rate else [])
 
 
@@ -290,29 +314,31 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
     config = loaded.model.config
     levels = settings.num_codebooks or config.default_num_codebooks
     if settings.stream:
-        result = encode_stream(loaded, task.input, levels, lambda done: report("Encoding", done, duration))
+        result = encode_stream(loaded, task.input, levels, lambda done: report("Encoding", done, duration),
+                               settings.channels)
     else:
         report(f"Encoding {duration:.1f} s", 0.0, None)
-        result = encode_audio(loaded, audio, levels)
+        result = encode_audio(loaded, audio, levels, settings.channels)
     result.codes.save(task.output, settings.replace)
     codes = result.codes
     return FileResult.of(task, "done", duration_s=round(codes.num_samples / config.sample_rate, 3),
-                         frames=codes.num_frames, notes=conversion_notes(channels, rate, config.sample_rate),
+                         frames=codes.num_frames,
+                         notes=conversion_notes(channels, rate, config.sample_rate, settings.channels),
                          num_codebooks=levels, bitrate_kbps=round(config.bitrate(levels) / 1000, 3),
                          model_seconds=result.seconds, codes=codes if settings.keep_codes else None)
 
 
 def decode_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
     """Read and check one codes file, decode it and write the audio."""
-    codes = CodesFile.load(task.input)
+    codes = load_codes(task.input, settings.codec)
     config = codec_spec(codes.codec).config()
     rate = settings.sample_rate or config.sample_rate
-    check_audio_output(task.output, rate, 1)
+    check_audio_output(task.output, rate, codes.channels)
     if not settings.stream:
         check_batch_memory(codes.num_samples / codes.sample_rate, codes.codec)
     loaded = models.get(codes.codec, report)
     warnings = []
-    if codes.weights_id != loaded.weights_id:
+    if codes.weights_id and codes.weights_id != loaded.weights_id:  # a bare array (.npy) names no weights
         warnings.append(f"{task.input} was encoded with weights {codes.weights_id}, decoding with "
                         f"{loaded.weights_id}")
     duration = codes.num_samples / config.sample_rate
@@ -327,6 +353,36 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
         warnings.append(f"{clipped} samples beyond [-1, 1] were clipped")
     return FileResult.of(task, "done", duration_s=round(duration, 3), frames=codes.num_frames, warnings=warnings,
                          num_codebooks=codes.num_codebooks, sample_rate=rate, model_seconds=seconds)
+
+
+@contextlib.contextmanager
+def stdin_spooled(task: Task) -> Iterator[Task]:
+    """``task`` itself; or, when its input is ``-``, a task reading a temporary copy of standard input.
+
+    Standard input is copied in blocks, so memory stays flat whatever its length (``--stream``
+    then works on pipes too); formats are recognised by content, as for any file. The copy is
+    removed afterwards, whatever happens.
+    """
+    if str(task.input) != STDOUT:
+        yield task
+        return
+    import shutil
+    import sys
+    import tempfile
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise MimiError("'-' reads standard input, which is a terminal here; pipe the data in")
+    with tempfile.TemporaryDirectory(prefix="mimi-stdin-") as folder:
+        path = Path(folder) / "stdin"
+        try:
+            with open(path, "wb") as f:
+                shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+        except OSError as exc:
+            raise MimiError(f"cannot keep standard input in {folder}: {exc.strerror or exc}; set TMPDIR to a "
+                            "folder with space") from None
+        if path.stat().st_size == 0:
+            raise MimiError("standard input is empty")
+        yield Task(path, task.output, task.skip)
 
 
 class Worker:
@@ -344,7 +400,9 @@ class Worker:
             return FileResult.of(task, "skipped")
         step = encode_file if self.settings.kind == "encode" else decode_file
         try:
-            result = step(task, self.settings, self.models, report or _no_report)
+            with stdin_spooled(task) as spooled:
+                result = step(spooled, self.settings, self.models, report or _no_report)
+                result.input = str(task.input)
         except WeightsError:
             raise
         except MimiError as exc:
@@ -385,6 +443,7 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
     encoded = encode_audio(loaded, audio, levels)
     report("Decoding", 0.0, None)
     decoded, decode_seconds = decode_codes(loaded, encoded.codes)
+    decoded = decoded[0]  # one channel: roundtrip measures the mono mix
     warnings = weights_warnings(loaded)
     if output is not None:
         clipped = write_audio(output, decoded, config.sample_rate, settings.replace)

@@ -207,6 +207,15 @@ class Codec(Module):
         pcm = self.decode_latent(self.quantizer.decode(self.check_codes(codes)))
         return pcm[0] if squeeze else pcm
 
+    def encode_channels(self, pcm: np.ndarray, num_codebooks: int | None = None) -> np.ndarray:
+        """Each channel of ``pcm [C, N]`` encoded on its own: codes ``[C, K, F]``, row c identical to
+        ``encode(pcm[c])`` (a batch of rows may round differently in BLAS, so rows go one at a time)."""
+        return np.stack([self.encode(channel, num_codebooks) for channel in np.atleast_2d(pcm)])
+
+    def decode_channels(self, codes: np.ndarray) -> np.ndarray:
+        """Codes ``[C, K, F]`` → pcm ``[C, frame_size·F]``, each channel decoded on its own."""
+        return np.stack([self.decode(channel) for channel in np.asarray(codes)])
+
     # -- streaming (see models/streaming.py)
 
     def encoder_stream(self):

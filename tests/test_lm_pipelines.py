@@ -1,0 +1,164 @@
+"""Speech-LM pipelines: stereo split, a language model's integer arrays, standard input and output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import SAMPLE_AUDIO, run
+
+from mimi_cli.codes import CodesFile
+
+
+@pytest.fixture(scope="module")
+def dialogue(tmp_path_factory):
+    """A 2.5 s two-speaker 'dialogue' (a different signal per channel) and each channel alone."""
+    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    left, right = pcm[:int(2.5 * rate)], 0.5 * pcm[int(3 * rate):int(5.5 * rate)][::-1]
+    folder = tmp_path_factory.mktemp("dialogue")
+    sf.write(folder / "stereo.wav", np.stack([left, right], axis=1), rate, subtype="FLOAT")
+    sf.write(folder / "left.wav", left, rate, subtype="FLOAT")
+    sf.write(folder / "right.wav", right, rate, subtype="FLOAT")
+    return folder
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_split_channels_equal_each_channel_encoded_alone(tmp_path, weights_file, dialogue, stream):
+    flags = ["--stream"] if stream else []
+    result = run("encode", *flags, "--channels", "split", dialogue / "stereo.wav", "-o", tmp_path / "split.npz",
+                 weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    split = CodesFile.load(tmp_path / "split.npz")
+    assert split.codes.shape[0] == 2 and split.source_channels == 2
+    for index, name in enumerate(("left", "right")):
+        assert run("encode", *flags, dialogue / f"{name}.wav", "-o", tmp_path / f"{name}.npz",
+                   weights=weights_file).returncode == 0
+        alone = CodesFile.load(tmp_path / f"{name}.npz")
+        np.testing.assert_array_equal(split.codes[index], alone.codes[0])
+    assert not np.array_equal(split.codes[0], split.codes[1])
+
+    # decode writes two channels, each the decode of that channel's codes alone
+    assert run("decode", *flags, tmp_path / "split.npz", "-o", tmp_path / "split.wav",
+               weights=weights_file).returncode == 0
+    stereo, rate = sf.read(tmp_path / "split.wav", dtype="float32", always_2d=True)
+    assert stereo.shape[1] == 2 and rate == 24000
+    for index, name in enumerate(("left", "right")):
+        assert run("decode", *flags, tmp_path / f"{name}.npz", "-o", tmp_path / f"{name}.wav",
+                   weights=weights_file).returncode == 0
+        mono, _ = sf.read(tmp_path / f"{name}.wav", dtype="float32")
+        np.testing.assert_array_equal(stereo[:, index], mono)
+
+
+def test_python_api_takes_channels(small_model):
+    rng = np.random.default_rng(0)
+    pcm = (rng.standard_normal((2, 24000)) * 0.1).astype(np.float32)
+    codes = small_model.encode_channels(pcm, 4)
+    assert codes.shape[:2] == (2, 4)
+    for c in range(2):
+        np.testing.assert_array_equal(codes[c], small_model.encode(pcm[c], 4))
+        np.testing.assert_array_equal(small_model.decode_channels(codes)[c], small_model.decode(codes[c]))
+
+
+# -- what a language model produced ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory, weights_file, dialogue):
+    folder = tmp_path_factory.mktemp("encoded")
+    assert run("encode", dialogue / "left.wav", "-o", folder / "left.npz", weights=weights_file).returncode == 0
+    return folder / "left.npz"
+
+
+@pytest.mark.parametrize("dtype, channel_axis", [(np.int64, False), (np.int32, True), (np.uint16, False)])
+def test_npy_array_decodes_like_the_codes_file(tmp_path, weights_file, encoded, dtype, channel_axis):
+    codes = CodesFile.load(encoded)
+    array = codes.codes if channel_axis else codes.codes[0]
+    np.save(tmp_path / "gen.npy", array.astype(dtype))
+    assert run("decode", encoded, "-o", tmp_path / "ref.wav", weights=weights_file).returncode == 0
+    result = run("decode", tmp_path / "gen.npy", "-o", tmp_path / "gen.wav", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    reference, _ = sf.read(tmp_path / "ref.wav", dtype="float32")
+    generated, _ = sf.read(tmp_path / "gen.wav", dtype="float32")
+    assert len(generated) == codes.num_frames * 1920  # no metadata: whole frames
+    np.testing.assert_array_equal(generated[:len(reference)], reference)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((8, 5), np.float32), "holds float32 values; codes are integers (logits or probabilities?"),
+    (np.full((8, 5), -1, np.int64), "holds values -1..-1"),
+    (np.full((8, 5), 2048, np.int64), "codes are 0..2047"),
+    (np.zeros((40, 5), np.int64), "has 40 codebooks"),
+    (np.zeros((5,), np.int64), "has shape [5]"),
+])
+def test_bad_arrays_are_one_line_and_write_nothing(tmp_path, weights_file, array, message):
+    np.save(tmp_path / "bad.npy", array)
+    result = run("decode", tmp_path / "bad.npy", "-o", tmp_path / "out.wav", weights=weights_file)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_encodec_arrays_with_codec_option(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "gen.npy", rng.integers(0, 1024, (4, 30)))
+    result = run("decode", "--codec", "encodec-24khz", tmp_path / "gen.npy", "-o", tmp_path / "gen.wav",
+                 env_extra={"ENCODEC_WEIGHTS": str(tmp_path / "absent.safetensors")})
+    assert result.returncode == 1 and "absent.safetensors" in result.stderr  # the array was accepted
+
+
+# -- pipes ----------------------------------------------------------------------------------------
+
+def mimi(*args, stdin: bytes | None = None, weights=None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights)}
+    return subprocess.run([sys.executable, "-m", "mimi_cli", *map(str, args)], input=stdin, capture_output=True,
+                          env=env, timeout=300)
+
+
+def test_stdin_and_stdout_in_both_directions(tmp_path, weights_file, dialogue, encoded):
+    wav = (dialogue / "left.wav").read_bytes()
+    piped = mimi("encode", "-", "-o", "-", stdin=wav, weights=weights_file)
+    assert piped.returncode == 0, piped.stderr
+    (tmp_path / "piped.npz").write_bytes(piped.stdout)
+    np.testing.assert_array_equal(CodesFile.load(tmp_path / "piped.npz").codes, CodesFile.load(encoded).codes)
+    decoded = mimi("decode", "-", "-o", "-", stdin=piped.stdout, weights=weights_file)
+    assert decoded.returncode == 0, decoded.stderr
+    assert run("decode", encoded, "-o", tmp_path / "ref.wav", weights=weights_file).returncode == 0
+    assert decoded.stdout == (tmp_path / "ref.wav").read_bytes()
+    np.save(tmp_path / "gen.npy", CodesFile.load(encoded).codes[0])
+    from_array = mimi("decode", "-", "-o", tmp_path / "gen.wav", stdin=(tmp_path / "gen.npy").read_bytes(),
+                      weights=weights_file)
+    assert from_array.returncode == 0, from_array.stderr
+
+
+def test_streaming_pipe_chain(tmp_path, weights_file, dialogue):
+    command = (f"{sys.executable} -m mimi_cli encode --stream - -o - < {dialogue / 'stereo.wav'} | "
+               f"{sys.executable} -m mimi_cli decode --stream - -o - > {tmp_path / 'out.wav'}")
+    import os
+
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)})
+    assert done.returncode == 0, done.stderr
+    assert run("encode", "--stream", dialogue / "stereo.wav", "-o", tmp_path / "s.npz",
+               weights=weights_file).returncode == 0
+    assert run("decode", "--stream", tmp_path / "s.npz", "-o", tmp_path / "s.wav", weights=weights_file).returncode == 0
+    assert (tmp_path / "out.wav").read_bytes() == (tmp_path / "s.wav").read_bytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["encode", "-"], "give -o"),
+    (["encode", "-", "-o", "x.npz", "--jobs", "2"], "drop --jobs"),
+])
+def test_stdin_misuse_is_one_line(tmp_path, weights_file, args, message):
+    result = mimi(*args, stdin=b"RIFF", weights=weights_file)
+    assert result.returncode != 0 and message in result.stderr.decode()
+    assert b"Traceback" not in result.stderr
+
+
+def test_empty_stdin_is_one_line(tmp_path, weights_file):
+    result = mimi("encode", "-", "-o", tmp_path / "x.npz", stdin=b"", weights=weights_file)
+    assert result.returncode == 1 and b"standard input is empty" in result.stderr
+    assert not (tmp_path / "x.npz").exists()
