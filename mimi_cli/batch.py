@@ -21,6 +21,7 @@ oversubscribing them.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ from mimi_cli.core.threads import usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError
 from mimi_cli.fileio import STDOUT, Target, atomic_output, check_output, file_ids, is_folder, is_stdout
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker
+from mimi_cli.sources import Item, is_container, list_items
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64")
 CODES_SUFFIXES = (".npz", ".npy")
@@ -42,6 +44,8 @@ Engine = Literal["local", "ray"]
 class Input:
     path: Path
     base: Path  # the folder its output's relative path is taken from
+    item: Item | None = None  # an item of a manifest, tar shard or dataset (path is then its name)
+    relative: Path | None = None  # an item's output path under -o, without suffix
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class Job:
     skip_existing: bool = False
     manifest: str | None = None
     parquet: str | None = None
+    audio_column: str = "audio"  # of dataset inputs
 
 
 @dataclass
@@ -92,15 +97,20 @@ def plan(job: Job) -> Plan:
     suffixes, suffix, beside = ((AUDIO_SUFFIXES, ".npz", ".npz") if s.kind == "encode"
                                 else (CODES_SUFFIXES, ".wav", ".decoded.wav"))
     paths = [Path(p) for p in job.inputs]
-    found = collect_inputs(paths, job.recursive, suffixes)
+    found = expand_containers(collect_inputs(paths, job.recursive, suffixes, containers=s.kind == "encode"),
+                              job.audio_column)
     if not found:
         raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {', '.join(job.inputs)}"
                         + ("" if job.recursive else " (use -r to search sub-folders)"))
-    one_file = len(paths) == 1 and not is_folder(paths[0]) and not _is_glob(paths[0])
+    items = any(entry.item is not None for entry in found)
+    one_file = len(paths) == 1 and not is_folder(paths[0]) and not _is_glob(paths[0]) and not items
+    if items and job.output is None and job.parquet is None:
+        raise MimiError("the inputs hold items (manifest lines, tar members, dataset rows): give -o DIR for a codes "
+                        "file per item, or --parquet OUT for the codes in Parquet shards")
     output, output_is_file = _output_target(job.output, one_file, found, suffix)
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
     single = one_file and not batch_only
-    inputs = file_ids(entry.path for entry in found)
+    inputs = file_ids(Path(entry.item.container) if entry.item else entry.path for entry in found)
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)
     for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
         if extra is not None and "://" not in extra:
@@ -136,13 +146,15 @@ def _output_target(output: str | None, one_file: bool, found: list[Input], suffi
     return path, False
 
 
-def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple[str, ...]) -> list[Input]:
+def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple[str, ...],
+                   containers: bool = False) -> list[Input]:
     """Files named directly (whatever their suffix), files with ``suffixes`` in folders (all levels with
-    ``recursive``) and glob matches (``**`` descends). A name that matches nothing is kept, to fail as missing."""
+    ``recursive``) and glob matches (``**`` descends). A name that matches nothing is kept, to fail as missing.
+    With ``containers``, a dataset folder (see :func:`mimi_cli.sources.is_container`) is one input, not searched."""
     found: list[Input] = []
     for item in map(str, items):
         path = Path(item).expanduser()
-        if is_folder(path):
+        if is_folder(path) and not (containers and is_container(path)):
             pattern = "**/*" if recursive else "*"
             files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in suffixes
                            and not p.name.startswith("."))
@@ -160,6 +172,18 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
             seen.add(key)
             unique.append(entry)
     return unique
+
+
+def expand_containers(found: list[Input], audio_column: str) -> list[Input]:
+    """Manifests, tar shards and datasets replaced by their items (each with its output's relative path)."""
+    expanded = []
+    for entry in found:
+        if not is_container(entry.path):
+            expanded.append(entry)
+            continue
+        expanded += [Input(Path(e.name), entry.path.parent, e.item, e.relative)
+                     for e in list_items(entry.path, audio_column)]
+    return expanded
 
 
 def _glob_root(pattern: str) -> str:
@@ -184,8 +208,13 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
     for entry in inputs:
         if output is not None and output_is_file:
             target = output
+        elif output is not None and entry.relative is not None:
+            target = output / entry.relative.with_name(entry.relative.name + suffix)
         elif output is not None:
             target = output / entry.path.relative_to(entry.base).with_suffix(suffix)
+        elif entry.item is not None:
+            tasks.append(Task(entry.path, None, item=entry.item))  # codes for Parquet only
+            continue
         else:
             target = entry.path.with_name(entry.path.stem + beside_suffix)
         if target in owners:
@@ -197,7 +226,7 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
                 check_output(target, force, input_ids, create_parents=not output_is_file)
             except OutputExistsError:
                 existing.append(target)
-        tasks.append(Task(entry.path, target, skip))
+        tasks.append(Task(entry.path, target, skip, entry.item))
     if existing:
         if len(tasks) == 1:
             raise OutputExistsError(f"{existing[0]} already exists; pass -f/--force to replace it")
@@ -209,7 +238,7 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
 
 def _check_extra_output(path: Path, label: str, replace_ok: bool, inputs: set, tasks: list[Task]) -> None:
     """A manifest or Parquet folder: writable, not an input, not one of the run's outputs, before any work."""
-    if any(not is_stdout(t.output) and Path(t.output) == path for t in tasks):
+    if any(t.output is not None and not is_stdout(t.output) and Path(t.output) == path for t in tasks):
         raise MimiError(f"{label}: {path} is also an output of this run; choose another name")
     if label == "--parquet":
         if path.exists() and not (path.is_dir() and not path.is_symlink()):
@@ -246,13 +275,14 @@ def execute(p: Plan, on_result: Callable[[FileResult], None] = lambda r: None,
         else:
             run_local(p.tasks, p.settings, p.workers, record, report)
         if p.job.parquet is not None:
-            write_parquet(p.job.parquet, results, p.settings.replace or p.job.skip_existing)
+            write_parquet(p.job.parquet, results, p.settings.replace or p.job.skip_existing,
+                          p.settings.channels == "split")
     finally:
         if p.job.manifest is not None:
             write_manifest(Path(p.job.manifest), _with_not_run(p.tasks, results, start),
                            p.settings.replace or p.job.skip_existing)
     by_task = {(r.input, r.output): r for r in results}
-    return [by_task[(str(t.input), str(t.output))] for t in p.tasks]
+    return [by_task[(str(t.input), "" if t.output is None else str(t.output))] for t in p.tasks]
 
 
 def _with_not_run(tasks: list[Task], results: list[FileResult], start: float) -> list[FileResult]:
@@ -261,9 +291,10 @@ def _with_not_run(tasks: list[Task], results: list[FileResult], start: float) ->
     done = {(r.input, r.output): r for r in results}
     rows = []
     for t in tasks:
-        row = done.get((str(t.input), str(t.output)))
+        row = done.get((str(t.input), "" if t.output is None else str(t.output)))
         if row is None:
-            written = not is_stdout(t.output) and os.path.isfile(t.output) and os.stat(t.output).st_mtime >= start
+            written = (t.output is not None and not is_stdout(t.output) and os.path.isfile(t.output)
+                       and os.stat(t.output).st_mtime >= start)
             row = FileResult.of(t, "done" if written else "not run")
         rows.append(row)
     return rows
@@ -363,7 +394,7 @@ def _stop_workers(pool) -> None:
 PARQUET_ROWS_PER_SHARD = 10_000  # a shard stays small (codes are ~200 bytes per second of audio at 8 levels)
 
 
-def write_parquet(destination: str, results: list[FileResult], replace: bool) -> None:
+def write_parquet(destination: str, results: list[FileResult], replace: bool, split: bool = False) -> None:
     """Shards of the successful rows (codes as nested uint16 lists, with the metadata decode needs).
 
     A local folder gets each shard through the one output writer; a URI
@@ -374,12 +405,16 @@ def write_parquet(destination: str, results: list[FileResult], replace: bool) ->
         import pyarrow.parquet as pq
     except ImportError:
         raise MimiError('--parquet needs pyarrow: pip install "mimi-cli[parquet]"') from None
-    rows = [_parquet_record(r) for r in results if r.status == "done" and r.codes is not None]
+    rows = [_parquet_record(r, split) for r in results if r.status == "done" and r.codes is not None]
+    carried = sorted({key for row in rows for key in row["__carried__"]} - set(_parquet_schema(pa, split).names))
+    for row in rows:  # carried keys become columns (null where a row lacks one)
+        values = row.pop("__carried__")
+        row.update({key: values.get(key) for key in carried})
     local = "://" not in destination
     if local:
         Path(destination).mkdir(parents=True, exist_ok=True)
     for number, first in enumerate(range(0, max(len(rows), 1), PARQUET_ROWS_PER_SHARD)):
-        table = pa.Table.from_pylist(rows[first : first + PARQUET_ROWS_PER_SHARD], schema=_parquet_schema(pa))
+        table = _parquet_table(pa, rows[first : first + PARQUET_ROWS_PER_SHARD], carried, split)
         name = f"part-{number:05d}.parquet"
         if local:
             with atomic_output(Path(destination) / name, replace) as tmp:
@@ -388,15 +423,34 @@ def write_parquet(destination: str, results: list[FileResult], replace: bool) ->
             pq.write_table(table, f"{destination.rstrip('/')}/{name}")
 
 
-def _parquet_schema(pa):
+def _parquet_schema(pa, split: bool = False):
+    """codes: [K, frames] nested lists, or [C, K, frames] when channels are split."""
+    codes = pa.list_(pa.list_(pa.uint16()))
     return pa.schema([("input", pa.string()), ("output", pa.string()), ("codec", pa.string()),
                       ("num_codebooks", pa.int32()), ("frames", pa.int64()), ("num_samples", pa.int64()),
-                      ("source_sample_rate", pa.int64()), ("source_channels", pa.int32()),
-                      ("weights_id", pa.string()), ("codes", pa.list_(pa.list_(pa.uint16())))])
+                      ("source_sample_rate", pa.int64()), ("source_channels", pa.int32()), ("channels", pa.int32()),
+                      ("weights_id", pa.string()), ("codes", pa.list_(codes) if split else codes)])
 
 
-def _parquet_record(result: FileResult) -> dict:
+def _parquet_table(pa, rows: list[dict], carried: list[str], split: bool):
+    """The fixed columns with their types; carried columns typed from their values (JSON text when mixed)."""
+    base = _parquet_schema(pa, split)
+    columns = {name: [row[name] for row in rows] for name in base.names}
+    table = pa.Table.from_pydict(columns, schema=base)
+    for key in carried:
+        values = [row[key] for row in rows]
+        try:
+            array = pa.array(values)
+        except (pa.ArrowException, TypeError, ValueError):
+            array = pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
+        table = table.append_column(key, array)
+    return table
+
+
+def _parquet_record(result: FileResult, split: bool) -> dict:
     c = result.codes
+    codes = c.codes if split else c.codes[0]
     return {"input": result.input, "output": result.output, "codec": c.codec, "num_codebooks": c.num_codebooks,
             "frames": c.num_frames, "num_samples": c.num_samples, "source_sample_rate": c.source_sample_rate,
-            "source_channels": c.source_channels, "weights_id": c.weights_id, "codes": c.codes[0].tolist()}
+            "source_channels": c.source_channels, "channels": c.channels, "weights_id": c.weights_id,
+            "codes": codes.tolist(), "__carried__": result.carried or {}}

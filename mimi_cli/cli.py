@@ -277,9 +277,11 @@ def _output_option(help: str) -> object:
 
 @app.command()
 def encode(
-    inputs: Annotated[list[Path], typer.Argument(
-        help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels), folders of them, or quoted globs "
-             "('data/**/*.flac').", metavar="INPUT...", show_default=False)],
+    inputs: Annotated[Optional[list[Path]], typer.Argument(
+        help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels), folders of them, quoted globs "
+             "('data/**/*.flac'), '-' (standard input), or containers of many: JSONL manifests, WebDataset "
+             ".tar shards, Hugging Face datasets (a save_to_disk folder, .arrow or .parquet files).",
+        metavar="INPUT...", show_default=False)] = None,
     output: _output_option("Codes file for one input ('-': standard output); for several, or ending in /, a "
                            "folder that mirrors the inputs' tree. Default: beside each input, with .npz.") = None,
     codec: CodecOption = DEFAULT_CODEC,
@@ -295,6 +297,13 @@ def encode(
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
     parquet: ParquetOption = None,
+    inputs_from: Annotated[Optional[list[Path]], typer.Option(
+        "--inputs-from", metavar="MANIFEST", show_default=False,
+        help="A JSONL manifest of inputs: audio_filepath (or path), optional offset and duration in seconds; "
+             "other keys are carried to --manifest and --parquet. Repeatable; same as naming it as an input.")] = None,
+    audio_column: Annotated[str, typer.Option(
+        "--audio-column", help="The audio column of dataset inputs (Arrow or Parquet): {bytes, path} structs, "
+                               "bytes, or paths.")] = "audio",
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
@@ -307,7 +316,11 @@ def encode(
         _fail(f"--channels takes {' or '.join(CHANNEL_MODES)}, not {channels!r}", code=2)
     settings = Settings("encode", str(weights) if weights else None, codec, _num_codebooks(codec, codebooks, bandwidth),
                         stream, replace=force, channels=channels)
-    _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet)
+    everything = [*(inputs or []), *(inputs_from or [])]
+    if not everything:
+        _fail("give inputs to encode (files, folders, globs, '-', manifests, shards or datasets)", code=2)
+    _run(settings, everything, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,
+         audio_column)
 
 
 @app.command()
@@ -345,7 +358,8 @@ def decode(
     _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, None, quiet)
 
 
-def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet) -> None:
+def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,
+         audio_column: str = "audio") -> None:
     """Plan and run (the library decides one file or many); show the result; exit 1 if any file failed."""
     import time
 
@@ -357,7 +371,7 @@ def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existi
     if engine == "ray" and settings.stream:
         _fail("--stream works with the local engine only (Ray reads each file whole)", code=2)
     job = batch.Job(settings, tuple(map(str, inputs)), output, recursive, jobs, engine, threads, skip_existing,
-                    manifest, parquet)
+                    manifest, parquet, audio_column)
     with _user_errors():
         plan = batch.plan(job)
     for note in plan.notes:

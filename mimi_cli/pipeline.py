@@ -27,6 +27,7 @@ from mimi_cli.errors import MimiError, WeightsError
 from mimi_cli.fileio import STDOUT, Target, atomic_output
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
+from mimi_cli.sources import Item, carried_keys, open_item
 from mimi_cli.weights import resolve_weights, weights_id
 
 
@@ -127,11 +128,12 @@ def _require_streaming(model: Codec) -> None:
 
 
 def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int, progress: Progress | None = None,
-                  channels: Channels = "mix") -> EncodeResult:
-    """Encode a file block by block in flat memory (read, downmix or split, resample, encode as it comes)."""
+                  channels: Channels = "mix", opened=None) -> EncodeResult:
+    """Encode a file (or an ``opened`` block reader) block by block in flat memory: read, downmix or
+    split, resample, encode as it comes."""
     _require_streaming(loaded.model)
     config = loaded.model.config
-    with open_audio(path) as f:
+    with opened or open_audio(path) as f:
         source_rate, source_channels = f.samplerate, f.channels
         streams = source_channels if channels == "split" else 1
         encoders = [loaded.model.stream_encoder(num_codebooks=num_codebooks, frames_per_step=STREAM_FRAMES_PER_STEP)
@@ -227,9 +229,15 @@ class Settings:
 
 @dataclass(frozen=True)
 class Task:
-    input: Path
-    output: Target  # a file, or "-" for standard output
+    input: Path  # the file; for an item, its name (``shard.tar#0001.flac``, ``manifest.jsonl:12``)
+    output: Target | None  # a file, "-" for standard output, or None (codes kept for Parquet only)
     skip: bool = False  # the output exists and --skip-existing was given
+    item: Item | None = None  # audio inside something larger: a span, a tar member, a table row
+
+
+def open_input(task: Task):
+    """A block reader (``soundfile.SoundFile`` or alike) over the task's audio, checked like read_audio."""
+    return open_audio(task.input) if task.item is None else open_item(task.item, str(task.input))
 
 
 MANIFEST_KEYS = ("input", "output", "status", "duration_s", "frames", "error", "warnings")
@@ -252,16 +260,18 @@ class FileResult:
     sample_rate: int | None = None  # of the audio written (decode)
     model_seconds: float = 0.0
     codes: CodesFile | None = field(default=None, repr=False)  # with Settings.keep_codes
+    carried: dict | None = None  # an item's keys carried to the manifest and Parquet (manifest text, shard key)
     metrics: dict | None = field(default=None, repr=False)  # roundtrip
 
     @classmethod
     def of(cls, task: Task, status: Status, **fields) -> FileResult:
-        return cls(str(task.input), str(task.output), status, **fields)
+        return cls(str(task.input), "" if task.output is None else str(task.output), status, **fields)
 
     def manifest_line(self) -> str:
         import json
 
-        return json.dumps({key: getattr(self, key) for key in MANIFEST_KEYS}, ensure_ascii=False)
+        return json.dumps({**{key: getattr(self, key) for key in MANIFEST_KEYS}, **(self.carried or {})},
+                          ensure_ascii=False, default=str)
 
 
 class Models:
@@ -305,7 +315,7 @@ def conversion_notes(channels: int, rate: int, target_rate: int, mode: Channels 
 
 def encode_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
     """Read, check, encode and write one audio file's codes."""
-    with open_audio(task.input) as f:
+    with open_input(task) as f:
         rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
         if not settings.stream:
             check_batch_memory(duration, settings.codec)
@@ -315,17 +325,19 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
     levels = settings.num_codebooks or config.default_num_codebooks
     if settings.stream:
         result = encode_stream(loaded, task.input, levels, lambda done: report("Encoding", done, duration),
-                               settings.channels)
+                               settings.channels, open_input(task))
     else:
         report(f"Encoding {duration:.1f} s", 0.0, None)
         result = encode_audio(loaded, audio, levels, settings.channels)
-    result.codes.save(task.output, settings.replace)
+    if task.output is not None:
+        result.codes.save(task.output, settings.replace)
     codes = result.codes
     return FileResult.of(task, "done", duration_s=round(codes.num_samples / config.sample_rate, 3),
                          frames=codes.num_frames,
                          notes=conversion_notes(channels, rate, config.sample_rate, settings.channels),
                          num_codebooks=levels, bitrate_kbps=round(config.bitrate(levels) / 1000, 3),
-                         model_seconds=result.seconds, codes=codes if settings.keep_codes else None)
+                         model_seconds=result.seconds, codes=codes if settings.keep_codes else None,
+                         carried=None if task.item is None else carried_keys(task.item))
 
 
 def decode_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:

@@ -1,0 +1,380 @@
+"""Where an input's audio lives when it is not a whole file of its own.
+
+    manifest.jsonl   {"audio_filepath": "a.wav", "offset": 1.5, "duration": 2.0, "text": ...}   a span of a file
+    shard-000.tar    WebDataset: 0001.flac, 0001.json, 0002.flac ...                           a member of a tar
+    dataset/         a Hugging Face `save_to_disk` folder (*.arrow) or Parquet files with an
+                     audio column ({"bytes", "path"} structs, or paths)                        a row of a table
+
+Each becomes an :class:`Item` of a :class:`~mimi_cli.pipeline.Task`. Planning lists the items
+(reading tar headers and table metadata only); a worker opens one item's audio at a time with
+:func:`open_item`, giving the same block-reading interface as a file (``samplerate``,
+``channels``, ``frames``, ``read``, ``tell``), so every engine and ``--stream`` work on items
+unchanged. A line, member or row that cannot be read fails that item alone, in one line.
+Keys other than the audio (a manifest's ``text``, a shard's ``.json``/``.txt`` members, a
+table's scalar columns) are carried to the run's manifest and Parquet rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from mimi_cli.errors import InvalidAudioError, MimiError
+
+MANIFEST_PATH_KEYS = ("audio_filepath", "path")
+MAX_MEMBER_BYTES = 2 << 30  # an audio member or cell read into memory at once
+MAX_CARRIED_BYTES = 64 << 10  # a shard's text/JSON member carried along
+TEXT_SUFFIXES = (".json", ".txt", ".cls", ".id")  # WebDataset members carried as keys
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input's audio inside something larger."""
+
+    kind: Literal["span", "tar", "row", "invalid"]
+    container: str  # the audio file (span), the tar shard, or the table file
+    key: str = ""  # tar member name, or the row number in the table file
+    column: str = ""  # a table's audio column
+    offset: float = 0.0  # span: seconds into the file
+    duration: float | None = None  # span: seconds, or to the end
+    extra: str = "{}"  # carried keys, as JSON (kept a string so tasks stay hashable and picklable)
+    error: str = ""  # invalid: why this line or row cannot be an input
+
+    @property
+    def carried(self) -> dict:
+        return json.loads(self.extra)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A listed item: what to show for it, the item, and the relative path of its output."""
+
+    name: str
+    item: Item
+    relative: Path
+
+
+def _invalid(name: str, problem: str, relative: str) -> Entry:
+    return Entry(name, Item("invalid", name, error=problem), Path(relative))
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+def is_container(path: Path) -> bool:
+    """A manifest, a tar shard, or a dataset folder / Parquet file: inputs that hold many items."""
+    suffix = path.suffix.lower()
+    return (suffix in (".jsonl", ".tar", ".parquet", ".arrow") or
+            (path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "state.json"))))
+
+
+def list_items(path: Path, audio_column: str = "audio") -> list[Entry]:
+    """The items in a manifest, a tar shard or a dataset; a container that cannot be listed is one
+    invalid entry saying why."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            return list_manifest(path)
+        if suffix == ".tar":
+            return list_tar(path)
+        return list_table(path, audio_column)
+    except MimiError as exc:
+        return [_invalid(str(path), str(exc), path.stem)]
+
+
+def list_manifest(path: Path) -> list[Entry]:
+    """NeMo/lhotse-style JSONL: one object per line with ``audio_filepath`` (or ``path``), optional
+    ``offset`` and ``duration`` in seconds; other keys are carried. Relative paths start at the manifest."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MimiError(f"cannot read manifest {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        name = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            entries.append(_invalid(name, f"{name} is not a JSON object ({exc})", f"line-{number:06d}"))
+            continue
+        audio = next((record[k] for k in MANIFEST_PATH_KEYS if isinstance(record.get(k), str)), None)
+        offset, duration = record.get("offset", 0.0), record.get("duration")
+        problem = (f"{name} has no audio_filepath (or path)" if audio is None else
+                   f"{name}: offset must be a number of seconds ≥ 0" if not _seconds(offset) else
+                   f"{name}: duration must be a number of seconds > 0" if duration is not None
+                   and not (_seconds(duration) and duration > 0) else None)
+        if problem:
+            entries.append(_invalid(name, problem, f"line-{number:06d}"))
+            continue
+        audio_path = Path(audio).expanduser()
+        audio_path = audio_path if audio_path.is_absolute() else path.parent / audio_path
+        carried = {k: v for k, v in record.items() if k not in (*MANIFEST_PATH_KEYS, "offset", "duration")}
+        carried = {"manifest_line": number, "audio_filepath": audio, "offset": offset, "duration": duration, **carried}
+        relative = Path(audio).with_suffix("")
+        if record.get("offset") is not None or duration is not None:  # one file, several spans: one output each
+            relative = relative.with_name(f"{relative.name}_{round(offset * 1000)}ms")
+        relative = Path(*[p for p in relative.parts if p not in ("..", "/")]) if relative.parts else Path("x")
+        entries.append(Entry(name, Item("span", str(audio_path), offset=float(offset),
+                                        duration=None if duration is None else float(duration),
+                                        extra=json.dumps(carried)), relative))
+    return entries
+
+
+def _seconds(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def list_tar(path: Path) -> list[Entry]:
+    """A WebDataset shard: members grouped by key (the name up to the first dot of its last part);
+    each audio member is an item, the key's text and JSON members are carried with it."""
+    from mimi_cli.batch import AUDIO_SUFFIXES
+
+    try:
+        with tarfile.open(path, mode="r:") as shard:
+            members = [m for m in shard.getmembers() if m.isfile()]
+            texts: dict[str, dict] = {}
+            for member in members:
+                key, suffix = _split_key(member.name)
+                if suffix.lower() in TEXT_SUFFIXES and member.size <= MAX_CARRIED_BYTES:
+                    data = shard.extractfile(member).read().decode("utf-8", errors="replace")
+                    with_suffix = suffix.lstrip(".")
+                    try:
+                        texts.setdefault(key, {})[with_suffix] = json.loads(data) if suffix == ".json" else data
+                    except ValueError:
+                        texts.setdefault(key, {})[with_suffix] = data
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise MimiError(f"cannot read tar shard {path} ({exc})") from None
+    entries = []
+    for member in members:
+        key, suffix = _split_key(member.name)
+        if suffix.lower() not in AUDIO_SUFFIXES:
+            continue
+        carried = {"__key__": key, "__url__": str(path), **texts.get(key, {})}
+        entries.append(Entry(f"{path}#{member.name}", Item("tar", str(path), member.name, extra=json.dumps(carried)),
+                             Path(path.stem) / _safe(key)))
+    return entries
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """WebDataset's rule: ``dir/0001.seg.flac`` → (``dir/0001``, ``.seg.flac``)'s key and the audio suffix."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, rest = base.partition(".")
+    key = f"{folder}/{stem}" if folder else stem
+    return key, "." + rest.rsplit(".", 1)[-1] if dot else ""
+
+
+def _safe(key: str) -> Path:
+    """A member key as a relative path that stays inside the output folder."""
+    parts = [p for p in key.split("/") if p not in ("", ".", "..")]
+    return Path(*parts) if parts else Path("item")
+
+
+def _table_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(path.rglob("*.arrow")) + sorted(path.rglob("*.parquet"))
+        if not files:
+            raise MimiError(f"{path} holds no .arrow or .parquet files; give a dataset saved with save_to_disk "
+                            "or Parquet files")
+        return files
+    return [path]
+
+
+def list_table(path: Path, audio_column: str) -> list[Entry]:
+    """Rows of a Hugging Face dataset (``save_to_disk`` folder of Arrow files) or of Parquet files."""
+    entries = []
+    for file in _table_files(path):
+        schema, rows = _table_shape(file)
+        if audio_column not in schema.names:
+            raise MimiError(f"{file} has no column {audio_column!r} (columns: {', '.join(schema.names)}); "
+                            "name the audio column with --audio-column")
+        carried_columns = [f.name for f in schema if f.name != audio_column and _scalar(f.type)]
+        relative_base = Path(path.name) / file.relative_to(path).with_suffix("") if path.is_dir() else Path(file.stem)
+        for row in range(rows):
+            entries.append(Entry(f"{file}#{row}", Item("row", str(file), str(row), audio_column,
+                                                       extra=json.dumps({"__columns__": carried_columns})),
+                                 relative_base / f"{row:08d}"))
+    return entries
+
+
+def _scalar(arrow_type) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_string(
+        arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_boolean(arrow_type)
+
+
+def _table_shape(file: Path):
+    pa, pq = _pyarrow()
+    try:
+        if file.suffix.lower() == ".parquet":
+            meta = pq.ParquetFile(file)
+            return meta.schema_arrow, meta.metadata.num_rows
+        table = _arrow_table(str(file))
+        return table.schema, table.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise MimiError(f"cannot read {file} as a table ({exc})") from None
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MimiError('dataset inputs need pyarrow: pip install "mimi-cli[datasets]"') from None
+    return pa, pq
+
+
+@lru_cache(maxsize=2)
+def _arrow_table(file: str):
+    """A ``save_to_disk`` Arrow file, memory-mapped (IPC stream or file format): rows read on demand."""
+    import pyarrow as pa
+
+    source = pa.memory_map(file)
+    try:
+        return pa.ipc.open_stream(source).read_all()
+    except pa.ArrowInvalid:
+        return pa.ipc.open_file(source).read_all()
+
+
+@lru_cache(maxsize=1)
+def _row_group(file: str, group: int, column: str):
+    _, pq = _pyarrow()
+    return pq.ParquetFile(file).read_row_group(group, columns=[column]).column(0)
+
+
+def _cell(item: Item):
+    """One row's value of a table column (and the row's carried columns)."""
+    pa, pq = _pyarrow()
+    row = int(item.key)
+    if item.container.lower().endswith(".parquet"):
+        parquet = pq.ParquetFile(item.container)
+        first = 0
+        for group in range(parquet.num_row_groups):
+            count = parquet.metadata.row_group(group).num_rows
+            if row < first + count:
+                value = _row_group(item.container, group, item.column)[row - first].as_py()
+                columns = json.loads(item.extra)["__columns__"]
+                carried = (parquet.read_row_group(group, columns=columns).slice(row - first, 1).to_pylist()[0]
+                           if columns else {})
+                return value, carried
+            first += count
+        raise MimiError(f"{item.container} has no row {row}")
+    table = _arrow_table(item.container)
+    columns = json.loads(item.extra)["__columns__"]
+    carried = table.select(columns).slice(row, 1).to_pylist()[0] if columns else {}
+    return table.column(item.column)[row].as_py(), carried
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def open_item(item: Item, name: str):
+    """A block reader over one item's audio (see the module docstring); raises InvalidAudioError."""
+    from mimi_cli.audio import open_audio
+
+    if item.kind == "invalid":
+        raise MimiError(item.error)
+    if item.kind == "span":
+        return Span(open_audio(Path(item.container)), item, name)
+    data = _tar_member(item) if item.kind == "tar" else _row_audio(item, name)
+    return open_bytes(data, name)
+
+
+def carried_keys(item: Item) -> dict:
+    """The keys an item carries to the run's outputs (a table row's columns read on demand)."""
+    carried = item.carried
+    if item.kind == "row":
+        carried = {k: v for k, v in _cell(item)[1].items()}
+        carried["__row__"] = int(item.key)
+        carried["__file__"] = item.container
+    return carried
+
+
+def _tar_member(item: Item) -> bytes:
+    try:
+        with tarfile.open(item.container, mode="r:") as shard:
+            member = shard.getmember(item.key)
+            if member.size > MAX_MEMBER_BYTES:
+                raise MimiError(f"{item.container}#{item.key} is {member.size:,} bytes, more than the "
+                                f"{MAX_MEMBER_BYTES >> 30} GiB read at once")
+            return shard.extractfile(member).read()
+    except (OSError, tarfile.TarError, EOFError, KeyError) as exc:
+        raise InvalidAudioError(f"cannot read {item.container}#{item.key} ({exc})") from None
+
+
+def _row_audio(item: Item, name: str) -> bytes:
+    value, _ = _cell(item)
+    if isinstance(value, dict):  # the datasets Audio feature: {"bytes": ..., "path": ...}
+        if value.get("bytes"):
+            return value["bytes"]
+        value = value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str) and value:  # a path: absolute, or relative to the table's folder or the working one
+        path = Path(value)
+        if not path.is_absolute() and (Path(item.container).parent / value).exists():
+            path = Path(item.container).parent / value
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise InvalidAudioError(f"{name}: cannot read {path} ({exc.strerror or exc})") from None
+    raise InvalidAudioError(f"{name}: column {item.column!r} holds no audio bytes or path")
+
+
+def open_bytes(data: bytes, name: str):
+    """Encoded audio held in memory, opened like a file."""
+    import soundfile as sf
+
+    if not data:
+        raise InvalidAudioError(f"{name} is empty (0 bytes)")
+    try:
+        f = sf.SoundFile(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        reason = getattr(exc, "error_string", None) or str(exc)
+        raise InvalidAudioError(f"cannot read {name} as audio ({reason})") from None
+    if f.frames == 0:
+        f.close()
+        raise InvalidAudioError(f"{name} contains no audio samples")
+    return f
+
+
+class Span:
+    """``offset`` to ``offset + duration`` seconds of an open sound file, read as if it were the whole file."""
+
+    def __init__(self, f, item: Item, name: str):
+        self._f, self.samplerate, self.channels = f, f.samplerate, f.channels
+        start = round(item.offset * f.samplerate)
+        if start >= f.frames:
+            f.close()
+            raise InvalidAudioError(f"{name}: offset {item.offset} s is past the end of {item.container} "
+                                    f"({f.frames / f.samplerate:.3f} s)")
+        available = f.frames - start
+        self.frames = available if item.duration is None else min(available, round(item.duration * f.samplerate))
+        f.seek(start)
+        self._start = start
+
+    def tell(self) -> int:
+        return self._f.tell() - self._start
+
+    def read(self, frames: int = -1, **options):
+        left = self.frames - self.tell()
+        return self._f.read(left if frames < 0 else min(frames, left), **options)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
