@@ -62,12 +62,97 @@ def open_audio(path: Path):
     try:
         f = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise InvalidAudioError(f"cannot read {path} as audio ({exc}); give a WAV, FLAC, OGG or MP3 file") from None
+        return open_with_ffmpeg(path, path, getattr(exc, "error_string", None) or str(exc))
     _check_wav_complete(path)
     if f.frames == 0:
         f.close()
         raise InvalidAudioError(f"{path} contains no audio samples")
     return f
+
+
+# What libsndfile does not read and FFmpeg (through PyAV, the ffmpeg extra) does: corpora ship these.
+FFMPEG_FORMATS = "M4A, AAC, MP4, WebM, Opus in MP4/WebM"
+
+
+def open_with_ffmpeg(source, name, soundfile_reason: str):
+    """A file or file-like object libsndfile refused, opened with PyAV when it is installed."""
+    try:
+        import av
+    except ImportError:
+        raise InvalidAudioError(f"cannot read {name} as audio ({soundfile_reason}); WAV, FLAC, OGG and MP3 are read "
+                                f"as is, and {FFMPEG_FORMATS} with the ffmpeg extra: "
+                                'pip install "mimi-cli[ffmpeg]"') from None
+    try:
+        reader = FFmpegAudio(av.open(source if not isinstance(source, Path) else str(source)), name)
+    except (av.FFmpegError, ValueError, StopIteration, IndexError) as exc:
+        raise InvalidAudioError(f"cannot read {name} as audio: neither libsndfile ({soundfile_reason}) nor FFmpeg "
+                                f"({exc}) recognises it") from None
+    if reader.frames == 0:
+        reader.close()
+        raise InvalidAudioError(f"{name} contains no audio samples")
+    return reader
+
+
+class FFmpegAudio:
+    """The first audio stream of a container decoded by FFmpeg, read like a ``soundfile.SoundFile``:
+    ``samplerate``, ``channels``, ``frames`` (from the container's duration: an estimate; reading
+    goes to the real end), ``read(frames)`` as float32 ``[frames, channels]``, ``tell()``."""
+
+    def __init__(self, container, name):
+        import av
+
+        self._container, self.name = container, name
+        stream = next(s for s in container.streams if s.type == "audio")
+        self.samplerate = stream.codec_context.sample_rate
+        self.channels = stream.codec_context.channels
+        if not self.samplerate or not self.channels:
+            raise ValueError("the audio stream has no rate or channels")
+        seconds = (float(stream.duration * stream.time_base) if stream.duration
+                   else (container.duration or 0) / av.time_base)
+        self.frames = max(1, round(seconds * self.samplerate))
+        self._packets = container.decode(stream)
+        self._resampler = av.AudioResampler(format="flt", layout=stream.codec_context.layout, rate=self.samplerate)
+        self._pending: list[np.ndarray] = []
+        self._position = 0
+
+    def _decode_more(self) -> bool:
+        import av
+
+        try:
+            frame = next(self._packets)
+        except StopIteration:
+            return False
+        except av.FFmpegError as exc:
+            raise InvalidAudioError(f"cannot read {self.name} as audio ({exc}); the file may be corrupt") from None
+        for converted in self._resampler.resample(frame):
+            self._pending.append(converted.to_ndarray().reshape(-1, self.channels))
+        return True
+
+    def read(self, frames: int = -1, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
+        have = sum(len(p) for p in self._pending)
+        while (frames < 0 or have < frames) and self._decode_more():
+            have = sum(len(p) for p in self._pending)
+        joined = np.concatenate(self._pending) if self._pending else np.zeros((0, self.channels), np.float32)
+        taken, rest = (joined, joined[:0]) if frames < 0 else (joined[:frames], joined[frames:])
+        self._pending = [rest] if len(rest) else []
+        self._position += len(taken)
+        return taken.astype(dtype, copy=False)
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, frame: int) -> None:  # forward only: decode and drop (spans of a manifest)
+        while self._position < frame and len(self.read(min(frame - self._position, 1 << 16))):
+            pass
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def read_blocks(path: Path, f, block_frames: int):

@@ -761,6 +761,8 @@ def _print_metrics(metrics: dict) -> None:
         ("SI-SDR", "undefined" if metrics["si_sdr_db"] is None else f"{metrics['si_sdr_db']:.2f} dB"),
         ("log-mel distance", "undefined" if metrics["log_mel_distance"] is None
          else f"{metrics['log_mel_distance']:.4f}"),
+        *[(label, "undefined" if metrics[key] is None else f"{metrics[key]:.3f}")
+          for key, label in (("pesq_wb", "PESQ (wide band)"), ("stoi", "STOI")) if key in metrics],
         ("encode real-time factor", _rtf(metrics["encode_rtf"])),
         ("decode real-time factor", _rtf(metrics["decode_rtf"])),
     ]

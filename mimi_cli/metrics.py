@@ -52,3 +52,31 @@ def log_mel_distance(reference: np.ndarray, estimate: np.ndarray, sample_rate: i
     if n < 1024:
         return float("nan")
     return float(np.mean(np.abs(log_mel(reference[:n], sample_rate) - log_mel(estimate[:n], sample_rate))))
+
+
+def perceptual(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> dict[str, float | None]:
+    """Wide-band PESQ (ITU-T P.862.2, via ``pesq``, at 16 kHz) and STOI (via ``pystoi``), the scores papers
+    cite, when the metrics extra is installed; each is None when not installed or undefined (silence,
+    too short). ``pip install "mimi-cli[metrics]"``."""
+    from mimi_cli.audio import resample
+
+    scores: dict[str, float | None] = {}
+    reference16, estimate16 = resample(reference, sample_rate, 16000), resample(estimate, sample_rate, 16000)
+    try:
+        from pesq import PesqError, pesq
+    except ImportError:
+        pass
+    else:
+        try:
+            scores["pesq_wb"] = float(pesq(16000, reference16.astype(np.float64), estimate16.astype(np.float64), "wb"))
+        except (PesqError, ValueError):
+            scores["pesq_wb"] = None
+    try:
+        from pystoi import stoi
+    except ImportError:
+        pass
+    else:
+        with np.errstate(all="ignore"):
+            value = float(stoi(reference16, estimate16, 16000, extended=False))
+        scores["stoi"] = value if np.isfinite(value) else None
+    return scores

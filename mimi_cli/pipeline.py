@@ -435,7 +435,7 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
     The outputs (decoded audio, plot) are checked before any work, like every output.
     """
     from mimi_cli.fileio import check_output, file_ids
-    from mimi_cli.metrics import log_mel_distance, si_sdr
+    from mimi_cli.metrics import log_mel_distance, perceptual, si_sdr
 
     inputs = file_ids([input])
     for target in (output, plot):
@@ -468,6 +468,8 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
         "si_sdr_db": _defined(si_sdr(encoded.pcm, decoded), 2),
         "log_mel_distance": _defined(log_mel_distance(encoded.pcm, decoded, config.sample_rate), 4),
         "encode_rtf": round(encoded.seconds / duration, 4), "decode_rtf": round(decode_seconds / duration, 4),
+        **{name: _defined(value, 3) if value is not None else None
+           for name, value in perceptual(encoded.pcm, decoded, config.sample_rate).items()},
     }
     if plot is not None:
         from mimi_cli.plot import plot_roundtrip

@@ -120,7 +120,8 @@ def list_manifest(path: Path) -> list[Entry]:
         audio_path = audio_path if audio_path.is_absolute() else path.parent / audio_path
         carried = {k: v for k, v in record.items() if k not in (*MANIFEST_PATH_KEYS, "offset", "duration")}
         carried = {"manifest_line": number, "audio_filepath": audio, "offset": offset, "duration": duration, **carried}
-        relative = Path(audio).with_suffix("")
+        relative = Path(audio).with_suffix("")  # mirrored under -o; an absolute path by its name alone
+        relative = Path(relative.name) if relative.is_absolute() else relative
         if record.get("offset") is not None or duration is not None:  # one file, several spans: one output each
             relative = relative.with_name(f"{relative.name}_{round(offset * 1000)}ms")
         relative = Path(*[p for p in relative.parts if p not in ("..", "/")]) if relative.parts else Path("x")
@@ -340,8 +341,9 @@ def open_bytes(data: bytes, name: str):
     try:
         f = sf.SoundFile(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        reason = getattr(exc, "error_string", None) or str(exc)
-        raise InvalidAudioError(f"cannot read {name} as audio ({reason})") from None
+        from mimi_cli.audio import open_with_ffmpeg
+
+        return open_with_ffmpeg(io.BytesIO(data), name, getattr(exc, "error_string", None) or str(exc))
     if f.frames == 0:
         f.close()
         raise InvalidAudioError(f"{name} contains no audio samples")

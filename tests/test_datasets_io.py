@@ -1,0 +1,237 @@
+"""Corpora as they ship: JSONL manifests with offsets, WebDataset tar shards, Hugging Face datasets,
+Parquet out (read back by pandas and datasets), M4A through FFmpeg, PESQ and STOI."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import SAMPLE_AUDIO, run
+
+from mimi_cli.codes import CodesFile
+
+
+@pytest.fixture(scope="module")
+def speech():
+    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    return pcm, rate
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, weights_file, speech):
+    """Clips written as plain files and encoded one by one, the way every container must agree with."""
+    pcm, rate = speech
+    folder = tmp_path_factory.mktemp("reference")
+    clips = {"whole": pcm[:3 * rate], "span": pcm[int(0.5 * rate):int(2.0 * rate)], "one": pcm[3 * rate:4 * rate],
+             "two": pcm[4 * rate:int(5.5 * rate)]}
+    codes = {}
+    for name, clip in clips.items():
+        sf.write(folder / f"{name}.wav", clip, rate, subtype="FLOAT")
+        assert run("encode", folder / f"{name}.wav", "-o", folder / f"{name}.npz", weights=weights_file).returncode == 0
+        codes[name] = CodesFile.load(folder / f"{name}.npz").codes
+    return folder, codes
+
+
+def test_manifest_with_offsets_and_bad_lines(tmp_path, weights_file, reference):
+    folder, codes = reference
+    manifest = tmp_path / "train.jsonl"
+    lines = [{"audio_filepath": str(folder / "whole.wav"), "offset": 0.5, "duration": 1.5, "text": "a span"},
+             {"path": str(folder / "whole.wav"), "text": "all of it", "speaker": 7},
+             {"audio_filepath": str(tmp_path / "nowhere.wav"), "text": "missing"},
+             {"audio_filepath": str(folder / "whole.wav"), "offset": 99.0},
+             {"no_audio": True}]
+    manifest.write_text("\n".join(map(json.dumps, lines)) + "\n{broken json\n")
+    out = tmp_path / "codes"
+    result = run("encode", "--inputs-from", manifest, "-o", out, "--manifest", tmp_path / "run.jsonl",
+                 "--parquet", tmp_path / "pq", weights=weights_file)
+    assert result.returncode == 1 and "2 encoded" in result.stderr and "4 failed" in result.stderr
+    failures = [line for line in result.stderr.splitlines() if line.strip().startswith("failed:")]
+    assert len(failures) == 4 and "nowhere.wav does not exist" in result.stderr
+    assert "offset 99.0 s is past the end" in result.stderr and "no audio_filepath" in result.stderr
+    np.testing.assert_array_equal(CodesFile.load(out / "whole_500ms.npz").codes, codes["span"])
+    np.testing.assert_array_equal(CodesFile.load(out / "whole.npz").codes, codes["whole"])
+    rows = [json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["done", "done", "failed", "failed", "failed", "failed"]
+    assert rows[0]["text"] == "a span" and rows[1]["speaker"] == 7
+    import pandas as pd
+
+    table = pd.read_parquet(tmp_path / "pq")
+    assert list(table["text"]) == ["a span", "all of it"] and len(table) == 2
+
+
+def _flac_bytes(pcm, rate) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, pcm, rate, format="FLAC")
+    return buffer.getvalue()
+
+
+def _add(shard: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    shard.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_shard_keeps_its_keys(tmp_path, weights_file, reference, speech):
+    pcm, rate = speech
+    folder, codes = reference
+    shard_path = tmp_path / "shard-000000.tar"
+    with tarfile.open(shard_path, "w") as shard:
+        for key, name in (("utt-0001", "one"), ("utt-0002", "two")):
+            clip, _ = sf.read(folder / f"{name}.wav", dtype="float32")
+            _add(shard, f"{key}.flac", _flac_bytes(clip, rate))
+            _add(shard, f"{key}.json", json.dumps({"text": f"words of {key}"}).encode())
+        _add(shard, "utt-0003.wav", b"RIFF\x00\x00not really audio")
+    result = run("encode", shard_path, "-o", tmp_path / "codes", "--parquet", tmp_path / "pq", weights=weights_file)
+    assert result.returncode == 1 and "2 encoded" in result.stderr and "utt-0003.wav" in result.stderr
+    for key, name in (("utt-0001", "one"), ("utt-0002", "two")):
+        np.testing.assert_array_equal(CodesFile.load(tmp_path / "codes" / shard_path.stem / f"{key}.npz").codes,
+                                      codes[name])
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "pq").to_pylist()
+    assert [r["__key__"] for r in rows] == ["utt-0001", "utt-0002"]
+    assert rows[0]["json"]["text"] == "words of utt-0001"
+    assert not (tmp_path / "codes" / shard_path.stem / "utt-0003.npz").exists()
+
+
+def test_corrupt_shard_is_one_failure(tmp_path, weights_file):
+    (tmp_path / "bad.tar").write_bytes(b"\x00" * 100 + b"definitely not a tar archive" * 40)
+    result = run("encode", tmp_path / "bad.tar", "-o", tmp_path / "codes", weights=weights_file)
+    assert result.returncode == 1 and "cannot read tar shard" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def hf_dataset(tmp_path_factory, reference):
+    datasets = pytest.importorskip("datasets")
+    folder, _ = reference
+    root = tmp_path_factory.mktemp("hf")
+    audio = [{"bytes": (folder / f"{name}.wav").read_bytes(), "path": f"{name}.wav"} for name in ("one", "two")]
+    dataset = datasets.Dataset.from_dict({"audio": audio, "text": ["first", "second"], "id": [11, 12]})
+    dataset = dataset.cast_column("audio", datasets.Audio(decode=False))
+    dataset.save_to_disk(str(root / "saved"))
+    dataset.to_parquet(str(root / "train.parquet"))
+    return root
+
+
+@pytest.mark.parametrize("form", ["saved", "train.parquet"])
+def test_hugging_face_dataset_in_parquet_out(tmp_path, weights_file, reference, hf_dataset, form):
+    _, codes = reference
+    shards = tmp_path / "pq"
+    result = run("encode", hf_dataset / form, "--parquet", shards, weights=weights_file)  # no -o: Parquet only
+    assert result.returncode == 0, result.stderr
+    import datasets
+    import pandas as pd
+
+    by_pandas = pd.read_parquet(shards)
+    loaded = datasets.load_dataset("parquet", data_files=str(shards / "*.parquet"), split="train",
+                                   cache_dir=str(tmp_path / "cache"))
+    assert len(by_pandas) == len(loaded) == 2
+    for index, name in enumerate(("one", "two")):
+        row = loaded[index]
+        assert row["text"] == ["first", "second"][index] and row["id"] == [11, 12][index]
+        np.testing.assert_array_equal(np.array(row["codes"], np.uint16), codes[name][0])
+        assert row["num_samples"] == int(by_pandas["num_samples"][index]) and row["codec"] == "mimi"
+    assert not any(p.suffix == ".npz" for p in tmp_path.rglob("*"))
+
+
+def test_dataset_without_the_audio_column(tmp_path, weights_file, hf_dataset):
+    result = run("encode", hf_dataset / "train.parquet", "--audio-column", "speech", "--parquet", tmp_path / "pq",
+                 weights=weights_file)
+    assert result.returncode == 1 and "has no column 'speech'" in result.stderr and "--audio-column" in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip().startswith("failed:")]) == 1
+
+
+def test_items_need_an_output(tmp_path, weights_file, hf_dataset):
+    result = run("encode", hf_dataset / "train.parquet", weights=weights_file)
+    assert result.returncode == 1 and "give -o DIR" in result.stderr
+
+
+def test_dataset_through_ray(tmp_path, weights_file, reference, hf_dataset):
+    pytest.importorskip("ray.data")
+    _, codes = reference
+    result = run("encode", hf_dataset / "train.parquet", "--engine", "ray", "--jobs", "2", "-o", tmp_path / "codes",
+                 "--parquet", tmp_path / "pq", weights=weights_file, env_extra={"RAY_ADDRESS": ""})
+    assert result.returncode == 0, result.stderr
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "pq").to_pylist()
+    assert [r["text"] for r in rows] == ["first", "second"]
+    np.testing.assert_array_equal(np.array(rows[1]["codes"], np.uint16), codes["two"][0])
+
+
+# -- FFmpeg-only containers ------------------------------------------------------------------------
+
+def _m4a(path: Path, pcm: np.ndarray, rate: int) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        for first in range(0, len(pcm), 1024):
+            frame = av.AudioFrame.from_ndarray(pcm[None, first:first + 1024], format="flt", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def test_m4a_is_read_through_ffmpeg(tmp_path, weights_file, speech):
+    av = pytest.importorskip("av")
+    pcm, rate = speech
+    _m4a(tmp_path / "clip.m4a", pcm[:2 * rate], rate)
+    with av.open(str(tmp_path / "clip.m4a")) as container:  # what FFmpeg itself decodes, written losslessly
+        decoded = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    sf.write(tmp_path / "decoded.wav", decoded, rate, subtype="FLOAT")
+    for flags in ([], ["--stream"]):
+        assert run("encode", *flags, tmp_path / "clip.m4a", "-o", tmp_path / "m4a.npz", "-f",
+                   weights=weights_file).returncode == 0
+        assert run("encode", *flags, tmp_path / "decoded.wav", "-o", tmp_path / "wav.npz", "-f",
+                   weights=weights_file).returncode == 0
+        np.testing.assert_array_equal(CodesFile.load(tmp_path / "m4a.npz").codes,
+                                      CodesFile.load(tmp_path / "wav.npz").codes)
+
+
+def test_without_the_ffmpeg_extra_the_message_names_it(tmp_path, speech):
+    pytest.importorskip("av")
+    pcm, rate = speech
+    _m4a(tmp_path / "clip.m4a", pcm[:rate], rate)
+    fake = tmp_path / "site"
+    (fake / "av").mkdir(parents=True)
+    (fake / "av" / "__init__.py").write_text("raise ImportError('No module named av')\n")
+    result = run("encode", tmp_path / "clip.m4a", "-o", tmp_path / "x.npz", env_extra={"PYTHONPATH": str(fake)})
+    assert result.returncode == 1 and 'pip install "mimi-cli[ffmpeg]"' in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- perceptual metrics ----------------------------------------------------------------------------
+
+def test_pesq_and_stoi_are_the_libraries_scores(speech):
+    pesq = pytest.importorskip("pesq")
+    pystoi = pytest.importorskip("pystoi")
+    from mimi_cli.audio import resample
+    from mimi_cli.metrics import perceptual
+
+    pcm, rate = speech
+    clean = resample(pcm[:3 * rate], rate, 24000)
+    noisy = clean + np.random.default_rng(0).standard_normal(len(clean)).astype(np.float32) * 0.02
+    same, degraded = perceptual(clean, clean, 24000), perceptual(clean, noisy, 24000)
+    assert same["pesq_wb"] > 4.4 and same["stoi"] > 0.999
+    assert degraded["pesq_wb"] < same["pesq_wb"] - 1 and degraded["stoi"] < same["stoi"]
+    a, b = resample(clean, 24000, 16000), resample(noisy, 24000, 16000)
+    assert degraded["pesq_wb"] == pytest.approx(pesq.pesq(16000, a.astype(np.float64), b.astype(np.float64), "wb"))
+    assert degraded["stoi"] == pytest.approx(pystoi.stoi(a, b, 16000))
+
+
+def test_roundtrip_shows_them(tmp_path, weights_file, clip):
+    pytest.importorskip("pesq")
+    pytest.importorskip("pystoi")
+    result = run("roundtrip", clip, "--json", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert 1.0 <= metrics["pesq_wb"] <= 4.7 and 0.0 <= metrics["stoi"] <= 1.0
