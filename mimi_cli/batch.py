@@ -94,6 +94,13 @@ def plan(job: Job) -> Plan:
             raise MimiError("with input from standard input, give -o: a file, or - for standard output")
         if job.jobs > 1 or job.engine == "ray":
             raise MimiError("'-' (standard input) is read in this process; drop --jobs and --engine ray")
+    if job.engine == "ray":  # Ray workers have working folders of their own: every path is made absolute
+        if s.weights and os.path.exists(s.weights):
+            s = replace(s, weights=os.path.abspath(s.weights))
+        job = replace(job, settings=s, inputs=tuple(p if p == STDOUT else os.path.abspath(os.path.expanduser(p))
+                                        for p in job.inputs),
+                      output=None if job.output in (None, STDOUT) else
+                      os.path.abspath(os.path.expanduser(job.output)) + ("/" if job.output.endswith("/") else ""))
     suffixes, suffix, beside = ((AUDIO_SUFFIXES, ".npz", ".npz") if s.kind == "encode"
                                 else (CODES_SUFFIXES, ".wav", ".decoded.wav"))
     paths = [Path(p) for p in job.inputs]

@@ -261,6 +261,7 @@ class FileResult:
     model_seconds: float = 0.0
     codes: CodesFile | None = field(default=None, repr=False)  # with Settings.keep_codes
     carried: dict | None = None  # an item's keys carried to the manifest and Parquet (manifest text, shard key)
+    node: str | None = None  # the Ray node that did the work (--engine ray)
     metrics: dict | None = field(default=None, repr=False)  # roundtrip
 
     @classmethod
@@ -270,7 +271,8 @@ class FileResult:
     def manifest_line(self) -> str:
         import json
 
-        return json.dumps({**{key: getattr(self, key) for key in MANIFEST_KEYS}, **(self.carried or {})},
+        node = {"node": self.node} if self.node else {}
+        return json.dumps({**{key: getattr(self, key) for key in MANIFEST_KEYS}, **node, **(self.carried or {})},
                           ensure_ascii=False, default=str)
 
 

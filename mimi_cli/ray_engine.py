@@ -24,6 +24,11 @@ from mimi_cli.errors import MimiError, WeightsError
 from mimi_cli.pipeline import FileResult, Settings, Task
 
 
+# Environment the actors need to find weights as the driver does.
+FORWARDED_ENVIRONMENT = ("MIMI_WEIGHTS", "ENCODEC_WEIGHTS", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
+                         "HF_ENDPOINT")
+
+
 class FileActor:
     """One :class:`~mimi_cli.pipeline.Worker` per actor (weights loaded on its first file), one BLAS thread."""
 
@@ -33,11 +38,19 @@ class FileActor:
 
         set_threads(settings.threads)
         self.worker = Worker(settings)
+        try:
+            import ray
+
+            self.node = ray.get_runtime_context().get_node_id()
+        except Exception:  # outside Ray (tests call the actor directly)
+            self.node = None
 
     def __call__(self, row: dict) -> dict:
         task = row["task"]
         try:
-            return {"index": row["index"], "result": self.worker.run(task), "fatal": None}
+            result = self.worker.run(task)
+            result.node = self.node
+            return {"index": row["index"], "result": result, "fatal": None}
         except WeightsError as exc:  # would fail every file: the driver stops the run with this message
             return {"index": row["index"], "result": FileResult.of(task, "failed", error=str(exc)),
                     "fatal": str(exc)}
@@ -61,8 +74,12 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int) -> list[FileResu
     pending = [{"index": i, "task": t} for i, t in enumerate(tasks) if not t.skip]
     if pending:
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
+        # SPREAD: on a cluster, actors go to different nodes first (every machine works); the driver's
+        # settings that say where weights are travel with the actors (a node started earlier lacks them)
+        env = {key: os.environ[key] for key in FORWARDED_ENVIRONMENT if key in os.environ}
         ds = ds.map(FileActor, fn_constructor_kwargs={"settings": settings},
-                    compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1)
+                    compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1, runtime_env={"env_vars": env},
+                    ray_remote_args_fn=lambda: {"scheduling_strategy": "SPREAD"})
         try:
             rows = ds.take_all()
         except Exception as exc:  # Ray wraps what a stage raised; a MimiError inside is the user's message
