@@ -72,6 +72,9 @@ def open_audio(path: Path):
 
 # What libsndfile does not read and FFmpeg (through PyAV, the ffmpeg extra) does: corpora ship these.
 FFMPEG_FORMATS = "M4A, AAC, MP4, WebM, Opus in MP4/WebM"
+# Audio files a folder contributes (and a WebDataset shard's audio members): libsndfile's, then FFmpeg's.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64",
+                  ".m4a", ".aac", ".mp4", ".webm", ".mka")
 
 
 def open_with_ffmpeg(source, name, soundfile_reason: str):
@@ -79,14 +82,15 @@ def open_with_ffmpeg(source, name, soundfile_reason: str):
     try:
         import av
     except ImportError:
-        raise InvalidAudioError(f"cannot read {name} as audio ({soundfile_reason}); WAV, FLAC, OGG and MP3 are read "
-                                f"as is, and {FFMPEG_FORMATS} with the ffmpeg extra: "
+        raise InvalidAudioError(f"cannot read {name} as audio ({soundfile_reason}); give a WAV, FLAC, OGG or MP3 "
+                                f"file, or for {FFMPEG_FORMATS} install the ffmpeg extra: "
                                 'pip install "mimi-cli[ffmpeg]"') from None
     try:
         reader = FFmpegAudio(av.open(source if not isinstance(source, Path) else str(source)), name)
     except (av.FFmpegError, ValueError, StopIteration, IndexError) as exc:
-        raise InvalidAudioError(f"cannot read {name} as audio: neither libsndfile ({soundfile_reason}) nor FFmpeg "
-                                f"({exc}) recognises it") from None
+        raise InvalidAudioError(f"cannot read {name} as audio (libsndfile: {soundfile_reason}; FFmpeg: "
+                                f"{getattr(exc, 'strerror', None) or exc}); give a WAV, FLAC, OGG or MP3 file, "
+                                f"or {FFMPEG_FORMATS}") from None
     if reader.frames == 0:
         reader.close()
         raise InvalidAudioError(f"{name} contains no audio samples")

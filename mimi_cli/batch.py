@@ -29,13 +29,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError
 from mimi_cli.fileio import STDOUT, Target, atomic_output, check_output, file_ids, is_folder, is_stdout
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker
 from mimi_cli.sources import Item, is_container, list_items
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64")
 CODES_SUFFIXES = (".npz", ".npy")
 Engine = Literal["local", "ray"]
 

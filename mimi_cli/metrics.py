@@ -7,6 +7,8 @@ follows perception better. Both are here to compare settings, not codecs.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -69,14 +71,18 @@ def perceptual(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) ->
     else:
         try:
             scores["pesq_wb"] = float(pesq(16000, reference16.astype(np.float64), estimate16.astype(np.float64), "wb"))
-        except (PesqError, ValueError):
+        except (PesqError, ValueError, ArithmeticError, IndexError):  # too short, silent: undefined
             scores["pesq_wb"] = None
     try:
         from pystoi import stoi
     except ImportError:
         pass
     else:
-        with np.errstate(all="ignore"):
-            value = float(stoi(reference16, estimate16, 16000, extended=False))
-        scores["stoi"] = value if np.isfinite(value) else None
+        try:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pystoi warns, then returns 1e-5, for clips under 30 frames
+                value = float(stoi(reference16, estimate16, 16000, extended=False))
+        except (ValueError, ArithmeticError, IndexError):  # too short or silent for its frames: undefined
+            value = float("nan")
+        scores["stoi"] = value if np.isfinite(value) and value > 1e-5 else None
     return scores

@@ -138,7 +138,7 @@ def _seconds(value) -> bool:
 def list_tar(path: Path) -> list[Entry]:
     """A WebDataset shard: members grouped by key (the name up to the first dot of its last part);
     each audio member is an item, the key's text and JSON members are carried with it."""
-    from mimi_cli.batch import AUDIO_SUFFIXES
+    from mimi_cli.audio import AUDIO_SUFFIXES
 
     try:
         with tarfile.open(path, mode="r:") as shard:

@@ -53,8 +53,8 @@ def rewrite(tmp_path, **changes) -> np.lib.npyio.NpzFile:
     ({"codes": np.full((1, 8, 5), 2048, np.uint16)}, "codes contain 2048, but codes must be below 2048"),
     ({"codes": np.zeros((1, 8, 5), np.int32)}, "codes must be uint16, got int32"),
     ({"codes": np.zeros((1, 8, 5), np.float32)}, "codes must be uint16"),
-    ({"codes": np.zeros((8, 5), np.uint16)}, "shape [1, K, frames]"),
-    ({"codes": np.zeros((2, 8, 5), np.uint16)}, "shape [1, K, frames]"),
+    ({"codes": np.zeros((8, 5), np.uint16)}, "shape [C, K, frames] with C = 1 or source_channels (2), got [8, 5]"),
+    ({"codes": np.zeros((3, 8, 5), np.uint16)}, "C = 1 or source_channels (2), got [3, 8, 5]"),
     ({"codes": np.zeros((1, 33, 5), np.uint16)}, "33 codebooks; expected 1..32"),
     ({"codes": np.zeros((1, 0, 5), np.uint16)}, "0 codebooks"),
     ({"num_samples": None}, "missing num_samples"),
@@ -139,3 +139,9 @@ def test_encodec_codes_file_round_trip(tmp_path):
 def test_codec_field_is_validated(tmp_path, changes, message):
     with pytest.raises(InvalidCodesError, match=re.escape(message)):
         CodesFile.load(rewrite(tmp_path, **changes))
+
+
+def test_one_code_stream_per_source_channel_loads(tmp_path):
+    """--channels split: as many code streams as the source had channels."""
+    codes = CodesFile.load(rewrite(tmp_path, codes=np.arange(80, dtype=np.uint16).reshape(2, 8, 5)))
+    assert codes.channels == 2 and codes.codes[1, 0, 0] == 40

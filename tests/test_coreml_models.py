@@ -1,7 +1,7 @@
 """Real Core ML models run by the interpreter, against independent references (docs/coreml.md).
 
 - Silero VAD v6 (.mlmodelc) against the ONNX model of silero-vad 6.0.0 run by ONNX Runtime: the
-  probabilities are golden (tests/golden/silero_vad_v6.npz, made by tests/references/silero_onnx.py)
+  probabilities are golden (tests/golden/coreml/silero_vad_v6.npz, made by tests/references/silero_onnx.py)
   and recomputed live when onnxruntime and silero-vad are installed.
 - The Whisper log-mel package against scipy.signal.stft and the program's own mel filterbank.
 - The coremltools-made packages (compressed linear layers) against the dense weights coremltools
@@ -27,7 +27,7 @@ FIXTURES = SHARED / "coreml-fixtures"
 SILERO = FIXTURES / "silero-vad-v6-mlmodelc"
 LOGMEL = FIXTURES / "whisper-logmel-8s-mlpackage"
 CLIPS = sorted((SHARED / "audio").glob("*.wav"))
-GOLDEN = Path(__file__).parent / "golden" / "silero_vad_v6.npz"
+GOLDEN = Path(__file__).parent / "golden" / "coreml" / "silero_vad_v6.npz"
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir() or not CLIPS, reason="../shared is not present")
 
 # Silero: the Core ML copy stores fp16 weights, the ONNX model fp32; measured on both clips the

@@ -4,7 +4,7 @@ Run in a reference environment (not this package's)::
 
     python -m venv ref && ref/bin/pip install onnxruntime "numpy<2.3" soundfile scipy
     ref/bin/pip install --no-deps silero-vad==6.0.0
-    ref/bin/python tests/references/silero_onnx.py ../shared/audio tests/golden/silero_vad_v6.npz
+    ref/bin/python tests/references/silero_onnx.py ../shared/audio tests/golden/coreml/silero_vad_v6.npz
 
 For each clip: resampled to 16 kHz (scipy resample_poly), cut into 512-sample windows (the last
 padded with zeros), each fed with the previous 64 samples of context and the carried state, as

@@ -1,0 +1,178 @@
+"""Time mimi-cli against ONNX Runtime (moshi's graph exported with torch.onnx) and moshi/torch itself.
+
+Runs in the reference's environment (see benchmarks/compare_reference.py) with ONNX added:
+
+    pip install torch==2.13.0 && pip install --no-deps moshi==0.2.13
+    pip install "numpy<2.3" safetensors einops huggingface_hub sentencepiece onnx onnxruntime onnxscript
+    PYTHONPATH=. python benchmarks/compare_onnxruntime.py --seconds 30 --threads 1 2 --repeats 3 \\
+        --ours-python /path/to/mimi-cli-venv/bin/python
+
+One realistic random weights file for all. moshi's ``encode`` and ``decode`` are exported once at
+the input's fixed length (``torch.onnx.export(..., dynamo=False, opset_version=17)``). Every
+measurement is a fresh process (torch's, OpenBLAS's and ONNX Runtime's thread pools keep spinning
+after their work and would slow the next); implementations and thread counts alternate, so machine
+noise hits all alike. Each worker loads, warms up once on the same input, then times one encode and
+one decode. Prints medians, ratios to ONNX Runtime, and whether the codes agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+IMPLEMENTATIONS = ("onnxruntime", "torch", "mimi-cli")
+
+
+def speech(seconds: float) -> np.ndarray:
+    from mimi_cli.bench import speech_like
+
+    pcm = speech_like(seconds)
+    return pcm[: len(pcm) // 1920 * 1920]
+
+
+def export(weights: str, seconds: float, codebooks: int, folder: str) -> None:
+    """moshi's encode and decode as two ONNX graphs at a fixed length."""
+    import torch
+    from moshi.models import loaders
+
+    model = loaders.get_mimi(weights, device="cpu")
+    model.set_num_codebooks(codebooks)
+    model.eval().requires_grad_(False)
+
+    class Wrapped(torch.nn.Module):  # the model as a submodule: its tensors export as weights
+        def __init__(self, method: str):
+            super().__init__()
+            self.model, self.method = model, method
+
+        def forward(self, x):
+            return getattr(self.model, self.method)(x)
+
+    x = torch.from_numpy(speech(seconds))[None, None]
+    with torch.no_grad():
+        codes = model.encode(x)
+        torch.onnx.export(Wrapped("encode"), (x,), f"{folder}/encode.onnx", dynamo=False, opset_version=17,
+                          input_names=["audio"], output_names=["codes"])
+        torch.onnx.export(Wrapped("decode"), (codes,), f"{folder}/decode.onnx", dynamo=False, opset_version=17,
+                          input_names=["codes"], output_names=["audio"])
+
+
+def worker(name: str, weights: str, folder: str, seconds: float, codebooks: int, threads: int) -> dict:
+    pcm = speech(seconds)
+    start = time.perf_counter()
+    if name == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        encoder = ort.InferenceSession(f"{folder}/encode.onnx", options, providers=["CPUExecutionProvider"])
+        decoder = ort.InferenceSession(f"{folder}/decode.onnx", options, providers=["CPUExecutionProvider"])
+
+        def encode(x):
+            return encoder.run(None, {"audio": x[None, None]})[0]
+
+        def decode(codes):
+            return decoder.run(None, {"codes": codes})[0]
+    elif name == "torch":
+        import torch
+        from moshi.models import loaders
+
+        torch.set_num_threads(threads)
+        model = loaders.get_mimi(weights, device="cpu")
+        model.set_num_codebooks(codebooks)
+
+        def encode(x):
+            with torch.no_grad():
+                return model.encode(torch.from_numpy(x)[None, None]).numpy()
+
+        def decode(codes):
+            with torch.no_grad():
+                return model.decode(torch.from_numpy(codes)).numpy()
+    else:
+        from mimi_cli.core.threads import limit_threads
+        from mimi_cli.models.mimi import Mimi
+
+        limit_threads(threads).__enter__()  # for the whole life of this worker process
+        model = Mimi.from_file(weights)
+
+        def encode(x):
+            return model.encode(x, codebooks)[None]
+
+        def decode(codes):
+            return model.decode(codes[0])
+    load = time.perf_counter() - start
+    decode(encode(pcm))  # warm-up at the timed length: first touches of every buffer
+    start = time.perf_counter()
+    codes = encode(pcm)
+    encode_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    decode(codes)
+    decode_seconds = time.perf_counter() - start
+    return {"load": load, "encode": encode_seconds, "decode": decode_seconds,
+            "codes": np.asarray(codes).astype(np.int64).ravel().tolist()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--codebooks", type=int, default=8)
+    parser.add_argument("--ours-python", default=sys.executable)
+    parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = worker(args.worker, args.weights, args.folder, args.seconds, args.codebooks, args.threads[0])
+        print(json.dumps(result))
+        return
+
+    from safetensors.numpy import save_file
+
+    from mimi_cli.models.mimi.synthetic import random_state
+
+    results: dict[tuple[str, int], list[dict]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        weights = os.path.join(folder, "mimi.safetensors")
+        save_file(random_state(), weights)
+        export(weights, args.seconds, args.codebooks, folder)
+        for _ in range(args.repeats):
+            for threads in args.threads:
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+                       "MKL_NUM_THREADS": str(threads)}
+                for name in IMPLEMENTATIONS:
+                    python = args.ours_python if name == "mimi-cli" else sys.executable
+                    command = [python, __file__, "--worker", name, "--weights", weights, "--folder", folder,
+                               "--seconds", str(args.seconds), "--threads", str(threads),
+                               "--codebooks", str(args.codebooks)]
+                    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+                    results.setdefault((name, threads), []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    def median(name: str, threads: int, key: str) -> float:
+        return statistics.median(run[key] for run in results[(name, threads)])
+
+    print(f"{args.seconds:g} s of audio, {args.codebooks} codebooks, median of {args.repeats} runs, each in its "
+          "own process, alternating")
+    reference = np.array(results[("torch", args.threads[0])][0]["codes"])
+    for name in ("onnxruntime", "mimi-cli"):
+        differing = int((np.array(results[(name, args.threads[0])][0]["codes"]) != reference).sum())
+        print(f"codes differing from moshi/torch: {name} {differing} of {reference.size}")
+    print("| run | mimi-cli | moshi / torch | ONNX Runtime | mimi-cli / ONNX Runtime |")
+    print("|---|---:|---:|---:|---:|")
+    for key in ("encode", "decode"):
+        for threads in args.threads:
+            ours, torch_s, onnx_s = (median(n, threads, key) for n in ("mimi-cli", "torch", "onnxruntime"))
+            print(f"| {key}, {threads} thread{'s' if threads > 1 else ''} | {ours:.2f} s | {torch_s:.2f} s | "
+                  f"{onnx_s:.2f} s | {ours / onnx_s:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
