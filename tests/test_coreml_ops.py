@@ -8,7 +8,7 @@ import pytest
 from scipy import special
 
 from mimi_cli.coreml import ProgramError
-from tests.mil_builder import Text, build, op, run_op
+from mil_builder import Text, build, op, run_op
 
 rng = np.random.default_rng(7)
 
