@@ -64,6 +64,51 @@ def stream_latency(model: Codec, frames: int = 200, frames_per_step: int = 1, wa
                         float(np.max(ms))) for direction, ms in times.items()]
 
 
+@dataclass
+class StreamsStep:
+    """B streams advanced together, one frame each per step (encode and decode)."""
+
+    streams: int
+    encode_ms: float  # p50 of one step for all B streams
+    decode_ms: float
+    frame_ms: float  # the audio one step adds to each stream
+
+    @property
+    def real_time(self) -> bool:
+        """Do the B streams keep up: encode + decode of a step within one frame of audio?"""
+        return self.encode_ms + self.decode_ms <= self.frame_ms
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ms_per_stream_frame": (self.encode_ms + self.decode_ms) / self.streams,
+                "real_time": self.real_time}
+
+
+def many_streams(model: Codec, counts: tuple[int, ...] = (1, 4, 8, 16), frames: int = 40,
+                 warmup: int = 5, num_codebooks: int | None = None) -> list[StreamsStep]:
+    """Per-step time of B concurrent streams in one call (``stream_encoder(batch_size=B)``), 1 frame per
+    step: the weights are read once per step for all B streams, which is what serving many users needs."""
+    frame = model.config.frame_size
+    results = []
+    for count in counts:
+        pcm = np.stack([speech_like((frames + warmup) * frame / model.config.sample_rate, seed=i)
+                        for i in range(count)])
+        encoder = model.stream_encoder(batch_size=count, num_codebooks=num_codebooks)
+        decoder = model.stream_decoder(batch_size=count)
+        encode_ms, decode_ms = [], []
+        for index in range(frames + warmup):
+            t0 = time.perf_counter()
+            codes = encoder.push(pcm[:, index * frame:(index + 1) * frame])
+            t1 = time.perf_counter()
+            decoder.push(codes)
+            t2 = time.perf_counter()
+            if index >= warmup:
+                encode_ms.append((t1 - t0) * 1e3)
+                decode_ms.append((t2 - t1) * 1e3)
+        results.append(StreamsStep(count, float(np.median(encode_ms)), float(np.median(decode_ms)),
+                                   1000 / model.config.frame_rate))
+    return results
+
+
 # ----------------------------------------------------------------------------- timing helpers
 
 

@@ -521,6 +521,8 @@ def bench(
             with say.status("Streaming, frame by frame…"):
                 report["stream"] = [r.as_dict() for r in b.stream_latency(model, frames=150)]
                 report["frame_ms"] = 1000 / model.config.frame_rate
+            with say.status("Many streams at once…"):
+                report["streams"] = [r.as_dict() for r in b.many_streams(model)]
     if as_json:
         out.print_json(json.dumps(report), ensure_ascii=True)
     else:
@@ -557,6 +559,17 @@ def _print_bench(report: dict) -> None:
         for r in report["stream"]:
             table.add_row(r["direction"], f"{r['p50_ms']:.1f} ms", f"{r['p95_ms']:.1f} ms", f"{r['max_ms']:.1f} ms")
         out.print(table)
+    if "streams" in report:
+        table = Table(title=f"B streams in one call, 1 frame per step ({report['frame_ms']:.3g} ms of audio each)",
+                      title_justify="left")
+        for column in ("streams", "encode step", "decode step", "per stream and frame", "real time"):
+            table.add_column(column, justify="right")
+        for r in report["streams"]:
+            table.add_row(str(r["streams"]), f"{r['encode_ms']:.1f} ms", f"{r['decode_ms']:.1f} ms",
+                          f"{r['ms_per_stream_frame']:.1f} ms", "yes" if r["real_time"] else "no")
+        out.print(table)
+        held = [r["streams"] for r in report["streams"] if r["real_time"]]
+        out.print(f"concurrent real-time streams (encode + decode) held: {max(held) if held else 0} of those tried")
 
 
 def inspect_weights(

@@ -106,3 +106,15 @@ def test_encodec_flop_count_matches_the_operations_the_model_runs(monkeypatch):
     encode, decode = codec_flops(model.config, seconds, 8)
     assert abs(encode_counted - encode) / encode < 0.02
     assert abs(counted["flops"] - decode) / decode < 0.02
+
+
+def test_many_streams_reports_each_batch(small_model):
+    from mimi_cli.bench import many_streams
+
+    results = many_streams(small_model, counts=(1, 3), frames=4, warmup=1, num_codebooks=4)
+    assert [r.streams for r in results] == [1, 3]
+    for r in results:
+        row = r.as_dict()
+        assert row["encode_ms"] > 0 and row["decode_ms"] > 0 and row["frame_ms"] == 1000 / small_model.config.frame_rate
+        assert row["real_time"] == (r.encode_ms + r.decode_ms <= r.frame_ms)
+        assert row["ms_per_stream_frame"] == (r.encode_ms + r.decode_ms) / r.streams
