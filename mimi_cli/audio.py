@@ -97,7 +97,21 @@ def open_with_ffmpeg(source, name, soundfile_reason: str):
     return reader
 
 
-class FFmpegAudio:
+class BlockReader:
+    """What reads like an open ``soundfile.SoundFile`` (``samplerate``, ``channels``, ``frames``, ``read``,
+    ``tell``, ``close``) is a context manager too."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FFmpegAudio(BlockReader):
     """The first audio stream of a container decoded by FFmpeg, read like a ``soundfile.SoundFile``:
     ``samplerate``, ``channels``, ``frames`` (from the container's duration: an estimate; reading
     goes to the real end), ``read(frames)`` as float32 ``[frames, channels]``, ``tell()``."""
@@ -151,12 +165,6 @@ class FFmpegAudio:
 
     def close(self) -> None:
         self._container.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def read_blocks(path: Path, f, block_frames: int):

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from mimi_cli.audio import BlockReader
 from mimi_cli.errors import InvalidAudioError, MimiError
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path")
@@ -247,33 +248,37 @@ def _arrow_table(file: str):
         return pa.ipc.open_file(source).read_all()
 
 
-@lru_cache(maxsize=1)
-def _row_group(file: str, group: int, column: str):
+@lru_cache(maxsize=2)
+def _row_group(file: str, group: int, columns: tuple[str, ...]):
+    """Some columns of one Parquet row group, kept while the worker reads its rows one by one."""
     _, pq = _pyarrow()
-    return pq.ParquetFile(file).read_row_group(group, columns=[column]).column(0)
+    return pq.ParquetFile(file).read_row_group(group, columns=list(columns))
 
 
-def _cell(item: Item):
-    """One row's value of a table column (and the row's carried columns)."""
-    pa, pq = _pyarrow()
+@lru_cache(maxsize=8)
+def _row_group_starts(file: str) -> list[int]:
+    _, pq = _pyarrow()
+    metadata = pq.ParquetFile(file).metadata
+    starts = [0]
+    for group in range(metadata.num_row_groups):
+        starts.append(starts[-1] + metadata.row_group(group).num_rows)
+    return starts
+
+
+def _row(item: Item, columns: tuple[str, ...]) -> dict:
+    """The given columns of the item's row (a Parquet row group or an Arrow file read once per worker)."""
     row = int(item.key)
+    if not columns:
+        return {}
     if item.container.lower().endswith(".parquet"):
-        parquet = pq.ParquetFile(item.container)
-        first = 0
-        for group in range(parquet.num_row_groups):
-            count = parquet.metadata.row_group(group).num_rows
-            if row < first + count:
-                value = _row_group(item.container, group, item.column)[row - first].as_py()
-                columns = json.loads(item.extra)["__columns__"]
-                carried = (parquet.read_row_group(group, columns=columns).slice(row - first, 1).to_pylist()[0]
-                           if columns else {})
-                return value, carried
-            first += count
-        raise MimiError(f"{item.container} has no row {row}")
-    table = _arrow_table(item.container)
-    columns = json.loads(item.extra)["__columns__"]
-    carried = table.select(columns).slice(row, 1).to_pylist()[0] if columns else {}
-    return table.column(item.column)[row].as_py(), carried
+        starts = _row_group_starts(item.container)
+        group = next((g for g in range(len(starts) - 1) if starts[g] <= row < starts[g + 1]), None)
+        if group is None:
+            raise MimiError(f"{item.container} has no row {row}")
+        table, row = _row_group(item.container, group, columns), row - starts[group]
+    else:
+        table = _arrow_table(item.container).select(list(columns))
+    return table.slice(row, 1).to_pylist()[0]
 
 
 # ----------------------------------------------------------------------------- reading
@@ -295,7 +300,7 @@ def carried_keys(item: Item) -> dict:
     """The keys an item carries to the run's outputs (a table row's columns read on demand)."""
     carried = item.carried
     if item.kind == "row":
-        carried = {k: v for k, v in _cell(item)[1].items()}
+        carried = _row(item, tuple(carried["__columns__"]))
         carried["__row__"] = int(item.key)
         carried["__file__"] = item.container
     return carried
@@ -314,7 +319,7 @@ def _tar_member(item: Item) -> bytes:
 
 
 def _row_audio(item: Item, name: str) -> bytes:
-    value, _ = _cell(item)
+    value = _row(item, (item.column,))[item.column]
     if isinstance(value, dict):  # the datasets Audio feature: {"bytes": ..., "path": ...}
         if value.get("bytes"):
             return value["bytes"]
@@ -350,7 +355,7 @@ def open_bytes(data: bytes, name: str):
     return f
 
 
-class Span:
+class Span(BlockReader):
     """``offset`` to ``offset + duration`` seconds of an open sound file, read as if it were the whole file."""
 
     def __init__(self, f, item: Item, name: str):
@@ -374,9 +379,3 @@ class Span:
 
     def close(self) -> None:
         self._f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
