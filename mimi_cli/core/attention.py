@@ -10,7 +10,7 @@ from mimi_cli.core.ops import softmax
 
 # Queries per block in batch attention: bounds the score matrix to
 # [B, H, block, block + context - 1] however long the sequence is.
-_QUERY_BLOCK = 256
+QUERY_BLOCK = 256
 
 
 def rope_frequencies(head_dim: int, max_period: float) -> np.ndarray:
@@ -68,18 +68,28 @@ def windowed_causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, conte
     Returns:
         ``[B, H, T, D]``.
 
-    Queries are processed in blocks; each block only multiplies against the
-    keys its window can reach, so cost and memory are linear in ``T``.
+    Queries are processed in blocks (:func:`attend_block`), so cost and memory are linear in ``T``.
     """
-    length = q.shape[2]
     out = np.empty_like(q)
-    for q0 in range(0, length, _QUERY_BLOCK):
-        q1 = min(length, q0 + _QUERY_BLOCK)
-        k0 = max(0, q0 - context + 1)
-        delta = np.arange(q0, q1)[:, None] - np.arange(k0, q1)[None, :]
-        allowed = (delta >= 0) & (delta < context)
-        out[:, :, q0:q1] = masked_attention(q[:, :, q0:q1], k[:, :, k0:q1], v[:, :, k0:q1], allowed)
+    for q0 in range(0, q.shape[2], QUERY_BLOCK):
+        q1 = min(q.shape[2], q0 + QUERY_BLOCK)
+        out[:, :, q0:q1] = attend_block(q, k, v, q0, q1, context)
     return out
+
+
+def attend_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, q0: int, q1: int, context: int) -> np.ndarray:
+    """Queries ``q0 .. q1-1`` of :func:`windowed_causal_attention`, against only the keys their windows reach::
+
+        keys:     k0 = q0 − context + 1 ........ q1 − 1
+        query q0:  [k0 .. q0]
+        query q1−1:         [q1 − context .. q1 − 1]
+
+    Returns ``[B, H, q1 − q0, D]``.
+    """
+    k0 = max(0, q0 - context + 1)
+    delta = np.arange(q0, q1)[:, None] - np.arange(k0, q1)[None, :]
+    allowed = (delta >= 0) & (delta < context)
+    return masked_attention(q[:, :, q0:q1], k[:, :, k0:q1], v[:, :, k0:q1], allowed)
 
 
 class KVCache:

@@ -14,12 +14,17 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from mimi_cli.core.threads import matmul_rows, run_blocks
+
 # Upper bound on the elements of one unfolded block (16 MB of float32).
 _BLOCK_ELEMENTS = 1 << 22
 # Stride-1 convs with at least this many output steps use the "phases" strategy.
 _PHASES_MIN_STEPS = 1000
 # Output elements per block in the "phases" strategy (1 MB of float32: fits in L2).
 _PHASE_BLOCK_ELEMENTS = 1 << 18
+# At most this many output steps per block: streaming's pieces (a frame: 1920 steps at 24 kHz)
+# then split into blocks the threads share.
+_MAX_BLOCK_STEPS = 1024
 # Up to this many input steps a transposed conv is computed weight-as-right-operand.
 _SKINNY_STEPS = 16
 
@@ -97,8 +102,11 @@ def conv1d(
     if strategy == "phases" and groups == 1 and dilation == 1 and kernel % stride == 0:
         return _conv1d_phases(x, weight, bias, stride, out_len)
     s_b, s_c, s_t = x.strides
-    block = max(1, _BLOCK_ELEMENTS // (channels * kernel * batch))
-    for t0 in range(0, out_len, block):
+    block = min(_MAX_BLOCK_STEPS, max(1, _BLOCK_ELEMENTS // (channels * kernel * batch)))
+    starts = range(0, out_len, block)
+
+    def one(i: int) -> None:
+        t0 = starts[i]
         n = min(block, out_len - t0)
         # Unfold: cols[b, c, k, t] = x[b, c, (t0 + t)·stride + k·dilation], a view, no copy.
         cols = as_strided(
@@ -107,8 +115,14 @@ def conv1d(
             strides=(s_b, s_c, dilation * s_t, stride * s_t),
             writeable=False,
         )
-        cols = cols.reshape(batch, groups, group_in * kernel, n)  # copies into BLAS layout
-        y[:, :, t0 : t0 + n] = np.matmul(w, cols).reshape(batch, out_channels, n)
+        if groups == 1:  # one product for the whole batch: B streams share each read of the weight
+            cols = cols.transpose(1, 2, 0, 3).reshape(channels * kernel, batch * n)  # copies into BLAS layout
+            y[:, :, t0 : t0 + n] = matmul_rows(w[0], cols).reshape(out_channels, batch, n).transpose(1, 0, 2)
+        else:
+            cols = cols.reshape(batch, groups, group_in * kernel, n)  # copies into BLAS layout
+            y[:, :, t0 : t0 + n] = np.matmul(w, cols).reshape(batch, out_channels, n)
+
+    run_blocks(one, len(starts))  # blocks of time at once: their number depends on the shapes alone
     if bias is not None:
         y += bias[:, None]
     return y
@@ -154,16 +168,20 @@ def _conv1d_phases(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, s
         phases, out_channels, channels * stride))
     y = np.empty((batch, out_channels, out_len), np.float32)
     # Blocks of output steps keep the accumulator in cache (and bound the temporaries).
-    block = max(256, _PHASE_BLOCK_ELEMENTS // out_channels)
-    scratch = np.empty((batch, out_channels, min(block, out_len)), np.float32)
-    for t0 in range(0, out_len, block):
+    block = min(_MAX_BLOCK_STEPS, max(256, _PHASE_BLOCK_ELEMENTS // out_channels))
+    starts = range(0, out_len, block)
+
+    def one(i: int) -> None:
+        t0 = starts[i]
         n = min(block, out_len - t0)
-        acc, tmp = y[:, :, t0 : t0 + n], scratch[:, :, :n]
-        np.matmul(w[0], grouped[:, :, t0 : t0 + n], out=tmp)
+        acc, tmp = y[:, :, t0 : t0 + n], np.empty((batch, out_channels, n), np.float32)
+        np.matmul(w[0], grouped[:, :, t0 : t0 + n], out=tmp)  # a contiguous out: BLAS writes it directly
         acc[...] = tmp
         for p in range(1, phases):
             np.matmul(w[p], grouped[:, :, t0 + p : t0 + p + n], out=tmp)
             acc += tmp
+
+    run_blocks(one, len(starts))
     if bias is not None:
         y += bias[:, None]
     return y
@@ -205,7 +223,8 @@ def conv_transpose1d(
         y = np.zeros((batch, out_channels, (length - 1) * stride + kernel), dtype=np.float32)
         # Few steps (streaming): the product is bound by reading the weight, which
         # OpenBLAS does fastest untransposed, as the right operand (measured 25% faster).
-        products = x.transpose(0, 2, 1) @ weight.reshape(in_channels, out_channels * kernel)  # [B, T, O·K]
+        steps = x.transpose(0, 2, 1).reshape(batch * length, in_channels)  # all B streams in one product
+        products = steps @ weight.reshape(in_channels, out_channels * kernel)  # [B·T, O·K]
         _overlap_add(y, products.reshape(batch, length, out_channels, kernel).transpose(0, 2, 3, 1), 0, stride)
     else:
         y = np.zeros((batch, out_channels, (length - 1) * stride + kernel), dtype=np.float32)

@@ -6,7 +6,7 @@ All of them keep float32 in and out, as the reference does.
 from __future__ import annotations
 
 import numpy as np
-from mimi_cli.core.threads import map_rows
+from mimi_cli.core.threads import map_rows, matmul_rows
 
 _INV_SQRT2 = np.float32(1.0 / np.sqrt(2.0))
 
@@ -29,7 +29,7 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     """
     rows = x.size // x.shape[-1]
     if rows <= _SKINNY_ROWS:
-        y = (weight @ x.reshape(rows, x.shape[-1]).T).T.reshape(*x.shape[:-1], weight.shape[0])
+        y = matmul_rows(weight, x.reshape(rows, x.shape[-1]).T).T.reshape(*x.shape[:-1], weight.shape[0])
     else:
         y = x @ weight.T
     if bias is not None:

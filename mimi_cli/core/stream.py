@@ -20,9 +20,14 @@ streams as audio or codes arrive.
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
+
+from mimi_cli.core import threads
 
 
 def _join(pieces: list[np.ndarray | None]) -> np.ndarray | None:
@@ -119,6 +124,130 @@ class Sum(Stream):
 
 
 def run_chunks(stream: Stream, x: np.ndarray, chunk: int) -> np.ndarray:
-    """``x`` ``[B, C, T]`` through ``stream`` in pieces of ``chunk`` steps, then ``flush``: the batch result."""
-    pieces = [stream.step(x[:, :, start : start + chunk]) for start in range(0, x.shape[2], chunk)]
-    return _join([*pieces, stream.flush()])
+    """``x`` ``[B, C, T]`` through ``stream`` in pieces of ``chunk`` steps, then ``flush``: the batch result.
+
+    With more than one thread (:mod:`mimi_cli.core.threads`), a :class:`Chain` runs as a pipeline:
+    see :func:`_pipeline`. Every stream still sees the same pieces in the same order, each product
+    on one BLAS thread, so the result is the same bits whatever the thread count.
+    """
+    pieces = [x[:, :, start : start + chunk] for start in range(0, x.shape[2], chunk)]
+    stages = threads.current()
+    if stages > 1 and isinstance(stream, Chain) and len(stream.streams) > 1 and len(pieces) > 2:
+        return _pipeline(stream.streams, pieces, stages)
+    with threads.one_blas_thread():
+        return _join([*map(stream.step, pieces), stream.flush()])
+
+
+def _pipeline(streams: list[Stream], pieces: list[np.ndarray], stages: int) -> np.ndarray:
+    """Run ``streams`` (a chain) over ``pieces`` as ``stages`` threads in a row, each with one BLAS thread::
+
+        piece:      0      1      2      3
+        stage 0:  [0 ··· ][1 ··· ][2 ··· ][3 ··· ]
+        stage 1:          [0 ··· ][1 ··· ][2 ··· ][3 ··· ]
+
+    Stage k runs a run of consecutive streams on piece n while stage k − 1 runs piece n + 1:
+    two cores, up to twice the pieces per second once the pipe is full. The first two pieces run
+    alone and time each stream; the cut points then split the second one's time evenly. A cut never changes a
+    result (each stream gets the same inputs, in order, either way), so timing noise cannot.
+    """
+    with threads.one_blas_thread(), threads.single():
+        outputs = []
+        for piece in pieces[:2]:  # the second piece's times are the steady ones (the first warms up)
+            costs = []
+            for stream in streams:
+                start = time.perf_counter()
+                piece = stream.step(piece)
+                costs.append(time.perf_counter() - start)
+            outputs.append(piece)
+        groups = [streams[a:b] for a, b in _balanced_cuts(costs, stages)]
+        links = [queue.Queue(maxsize=2) for _ in groups]  # links[k]: the input of stage k
+        workers = [threading.Thread(target=_stage, args=(group, links[k], links[k + 1]), daemon=True,
+                                    name=f"mimi-stage-{k}") for k, group in enumerate(groups[:-1])]
+        for worker in workers:
+            worker.start()
+        feeder = threading.Thread(target=_feed, args=(pieces[2:], links[0]), daemon=True, name="mimi-feed")
+        feeder.start()
+        try:
+            outputs += _stage(groups[-1], links[-1], None)
+        finally:
+            for worker in (feeder, *workers):
+                worker.join()
+    return _join(outputs)
+
+
+class _End:
+    """After the last piece: flush, the previous stage's flushed output (or None) first."""
+
+    def __init__(self, last: np.ndarray | None = None):
+        self.last = last
+
+
+class _Failed:
+    """An exception raised in an earlier stage, passed down the pipe to be raised in the caller."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _feed(pieces: list[np.ndarray], link: queue.Queue) -> None:
+    for piece in pieces:
+        link.put(piece)
+    link.put(_End())
+
+
+def _stage(streams: list[Stream], inbox: queue.Queue, outbox: queue.Queue | None) -> list[np.ndarray | None]:
+    """Step ``streams`` on each piece from ``inbox``, then flush them as :meth:`Chain.flush` does.
+    Sends each result on, or returns them all (the last stage)."""
+    with threads.single():
+        return _stage_loop(streams, inbox, outbox)
+
+
+def _stage_loop(streams: list[Stream], inbox: queue.Queue, outbox: queue.Queue | None) -> list[np.ndarray | None]:
+    results: list[np.ndarray | None] = []
+    failed: _Failed | None = None
+    while True:
+        item = inbox.get()
+        if isinstance(item, _Failed) or (failed is not None and not isinstance(item, _End)):
+            failed = failed or item
+            continue
+        if isinstance(item, _End) and failed is not None:
+            break
+        try:
+            if isinstance(item, _End):
+                y = item.last
+                for stream in streams:
+                    y = _join([stream.step(y) if y is not None else None, stream.flush()])
+                results.append(y) if outbox is None else outbox.put(_End(y))
+                break
+            for stream in streams:
+                item = stream.step(item)
+            results.append(item) if outbox is None else outbox.put(item)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller, which raises it
+            failed = _Failed(error)
+    if failed is not None:
+        if outbox is None:
+            raise failed.error
+        outbox.put(failed)
+        outbox.put(_End())
+    return results
+
+
+def _balanced_cuts(costs: list[float], parts: int) -> list[tuple[int, int]]:
+    """Split ``costs`` into at most ``parts`` consecutive runs whose largest sum is as small as can be."""
+    parts = min(parts, len(costs))
+    total = np.concatenate([[0.0], np.cumsum(costs)])
+    # best[k][i]: the smallest possible largest run when the first i costs make k runs.
+    best = np.full((parts + 1, len(costs) + 1), np.inf)
+    cut = np.zeros((parts + 1, len(costs) + 1), int)
+    best[0][0] = 0.0
+    for k in range(1, parts + 1):
+        for i in range(k, len(costs) + 1):
+            for j in range(k - 1, i):
+                value = max(best[k - 1][j], total[i] - total[j])
+                if value < best[k][i]:
+                    best[k][i], cut[k][i] = value, j
+    bounds, i = [], len(costs)
+    for k in range(parts, 0, -1):
+        bounds.append((cut[k][i], i))
+        i = cut[k][i]
+    return bounds[::-1]

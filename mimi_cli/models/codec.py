@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.core.module import Module
+from mimi_cli.core.threads import one_blas_thread
 from mimi_cli.errors import InvalidAudioError, InvalidCodesError, WeightsError
 from mimi_cli.models.config import CodecConfig
 
@@ -161,7 +162,8 @@ class Codec(Module):
         pcm, _ = self._as_batch(pcm)
         if pcm.shape[-1] == 0:
             return np.zeros((pcm.shape[0], self.latent_dim, 0), np.float32)
-        return self.encode_sequence(self.encode_waveform(self.pad_input(pcm)))
+        with one_blas_thread():  # the cores share the work in our own threads: the same bits at any count
+            return self.encode_sequence(self.encode_waveform(self.pad_input(pcm)))
 
     def encode(self, pcm: np.ndarray, num_codebooks: int | None = None) -> np.ndarray:
         """Codes (int64) ``[K, F]`` for ``pcm`` ``[N]``, or ``[B, K, F]`` for ``[B, N]``."""
@@ -169,7 +171,8 @@ class Codec(Module):
         if not 1 <= num_codebooks <= self.config.num_codebooks:
             raise ValueError(f"num_codebooks must be in 1..{self.config.num_codebooks}, got {num_codebooks}")
         _, squeeze = self._as_batch(pcm)
-        codes = self.quantizer.encode(self.encode_latent(pcm), num_codebooks)
+        with one_blas_thread():
+            codes = self.quantizer.encode(self.encode_latent(pcm), num_codebooks)
         return codes[0] if squeeze else codes
 
     @property
@@ -199,12 +202,14 @@ class Codec(Module):
         """Quantized latent ``[B, D, F]`` → pcm ``[B, frame_size·F]``."""
         if latent.shape[-1] == 0:
             return np.zeros((latent.shape[0], 0), np.float32)
-        return self.decode_waveform(self.decode_sequence(latent))[:, 0, :]
+        with one_blas_thread():  # as in encode_latent
+            return self.decode_waveform(self.decode_sequence(latent))[:, 0, :]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """pcm float32 ``[frame_size·F]`` for codes ``[K, F]``, or ``[B, frame_size·F]`` for ``[B, K, F]``."""
         squeeze = np.ndim(codes) == 2
-        pcm = self.decode_latent(self.quantizer.decode(self.check_codes(codes)))
+        with one_blas_thread():
+            pcm = self.decode_latent(self.quantizer.decode(self.check_codes(codes)))
         return pcm[0] if squeeze else pcm
 
     def encode_channels(self, pcm: np.ndarray, num_codebooks: int | None = None) -> np.ndarray:

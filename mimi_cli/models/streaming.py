@@ -22,6 +22,7 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
+from mimi_cli.core.threads import one_blas_thread
 from mimi_cli.errors import InvalidAudioError, InvalidCodesError
 
 if TYPE_CHECKING:  # the codec imports this module; at run time only its methods are used here
@@ -69,18 +70,20 @@ class StreamEncoder:
         self._pending = np.concatenate([self._pending, pcm], axis=1)
         step = self.frames_per_step * self.model.config.frame_size
         whole = self._pending.shape[1] // step * step
-        codes = [self._encode(self._pending[:, start : start + step]) for start in range(0, whole, step)]
+        with one_blas_thread():  # the same bits at any thread count (see mimi_cli.core.threads)
+            codes = [self._encode(self._pending[:, start : start + step]) for start in range(0, whole, step)]
         self._pending = self._pending[:, whole:]
         return self._output(codes, squeeze)
 
     def flush(self) -> np.ndarray:
         """Encode what is left, padded as batch mode pads (``pad_input``), and end the stream; then reset."""
         codes = []
-        if self._pending.shape[1]:
-            codes.append(self._quantize(self._stream.step(self.model.pad_input(self._pending))))
-        tail = self._stream.flush()
-        if tail is not None:
-            codes.append(self._quantize(tail))
+        with one_blas_thread():
+            if self._pending.shape[1]:
+                codes.append(self._quantize(self._stream.step(self.model.pad_input(self._pending))))
+            tail = self._stream.flush()
+            if tail is not None:
+                codes.append(self._quantize(tail))
         result = self._output(codes, self.batch_size == 1)
         self.reset()
         return result
@@ -134,15 +137,17 @@ class StreamDecoder:
         codes, squeeze = self._check(codes)
         pending = codes if self._pending is None else np.concatenate([self._pending, codes], axis=2)
         whole = pending.shape[2] // self.frames_per_step * self.frames_per_step
-        audio = [self._decode(pending[:, :, start : start + self.frames_per_step])
-                 for start in range(0, whole, self.frames_per_step)]
+        with one_blas_thread():
+            audio = [self._decode(pending[:, :, start : start + self.frames_per_step])
+                     for start in range(0, whole, self.frames_per_step)]
         self._pending = pending[:, :, whole:]
         return self._output(audio, squeeze)
 
     def flush(self) -> np.ndarray:
         """Decode frames still waiting for a whole step and end the stream; then reset."""
-        audio = [self._decode(self._pending)] if self._pending is not None and self._pending.shape[2] else []
-        tail = self._stream.flush()
+        with one_blas_thread():
+            audio = [self._decode(self._pending)] if self._pending is not None and self._pending.shape[2] else []
+            tail = self._stream.flush()
         if tail is not None:
             audio.append(tail[:, 0, :])
         result = self._output(audio, self.batch_size == 1)

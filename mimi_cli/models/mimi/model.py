@@ -28,11 +28,12 @@ from mimi_cli.core import (
     linear,
     nearest_code,
     rope_frequencies,
-    windowed_causal_attention,
 )
+from mimi_cli.core.attention import QUERY_BLOCK, attend_block
 from mimi_cli.core.layers import Conv, ConvTranspose, Sequential
 from mimi_cli.core.stream import Chain, Identity, Pointwise, Stream, Sum, run_chunks
 from mimi_cli.core.module import Module
+from mimi_cli.core.threads import run_blocks
 from mimi_cli.models.codec import Codec
 from mimi_cli.models.mimi.config import MimiConfig
 from mimi_cli.models.seanet import SEANetLayers, seanet_decoder, seanet_encoder
@@ -96,18 +97,46 @@ class TransformerLayer(Module):
 
     def __call__(self, x: np.ndarray, positions: np.ndarray, freqs: np.ndarray,
                  cache: KVCache | None = None) -> np.ndarray:
-        """``x`` ``[B, T, D]`` at absolute ``positions`` ``[T]``; with a ``cache``, earlier steps are attended too."""
+        """``x`` ``[B, T, D]`` at absolute ``positions`` ``[T]``; with a ``cache``, earlier steps are attended too.
+
+        Without one (batch mode) the steps go in blocks of :data:`QUERY_BLOCK`, spread over the
+        threads (:func:`~mimi_cli.core.threads.run_blocks`): every row's work but the attention is
+        its own, and a block of queries needs only the keys and values, computed first.
+        """
+        if cache is not None:
+            q, k, v = self.project(x, positions, freqs)
+            return self.finish(x, cache.attend(q, k, v, positions))
+        batch, steps, _ = x.shape
+        c = self.c
+        q, k, v = (np.empty((batch, c.num_heads, steps, c.head_dim), np.float32) for _ in range(3))
+        out = np.empty_like(x)
+        blocks = [slice(t, min(steps, t + QUERY_BLOCK)) for t in range(0, steps, QUERY_BLOCK)]
+
+        def project(i: int) -> None:
+            rows = blocks[i]
+            q[:, :, rows], k[:, :, rows], v[:, :, rows] = self.project(x[:, rows], positions[rows], freqs)
+
+        def finish(i: int) -> None:
+            rows = blocks[i]
+            out[:, rows] = self.finish(x[:, rows], attend_block(q, k, v, rows.start, rows.stop, c.context))
+
+        run_blocks(project, len(blocks))
+        run_blocks(finish, len(blocks))
+        return out
+
+    def project(self, x: np.ndarray, positions: np.ndarray, freqs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``x`` ``[B, T, D]`` → queries, keys and values ``[B, H, T, Dh]``, positions rotated in."""
         p, c = self.params, self.c
-        batch, steps, d = x.shape
+        batch, steps, _ = x.shape
         h = layer_norm(x, p["norm1.weight"], p["norm1.bias"], c.norm_eps)
         qkv = linear(h, p["self_attn.in_proj_weight"])  # [B, T, 3D]
         q, k, v = qkv.reshape(batch, steps, 3, c.num_heads, c.head_dim).transpose(2, 0, 3, 1, 4)  # [B, H, T, Dh]
-        q, k = apply_rope(q, positions, freqs), apply_rope(k, positions, freqs)
-        v = np.ascontiguousarray(v)
-        if cache is None:
-            attended = windowed_causal_attention(q, k, v, c.context)  # [B, H, T, Dh]
-        else:
-            attended = cache.attend(q, k, v, positions)
+        return apply_rope(q, positions, freqs), apply_rope(k, positions, freqs), np.ascontiguousarray(v)
+
+    def finish(self, x: np.ndarray, attended: np.ndarray) -> np.ndarray:
+        """The rest of the layer for rows ``x`` ``[B, T, D]`` given their attention output ``[B, H, T, Dh]``."""
+        p, c = self.params, self.c
+        batch, steps, d = x.shape
         attended = attended.transpose(0, 2, 1, 3).reshape(batch, steps, d)
         x = x + p["layer_scale_1.scale"] * linear(attended, p["self_attn.out_proj.weight"])
         h = layer_norm(x, p["norm2.weight"], p["norm2.bias"], c.norm_eps)

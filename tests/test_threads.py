@@ -1,0 +1,191 @@
+"""The same bits at any thread count, and the pieces that make it so.
+
+OpenBLAS rounds a product differently on more threads, so the codecs keep BLAS on one thread
+and share the work in their own threads (mimi_cli.core.threads, docs/performance.md). These
+tests run the real models at 1, 2 and 3 threads (3 is more than CI's 2 cores: threads then
+take turns, and must still agree) and compare every byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+from mimi_cli.bench import speech_like
+from mimi_cli.core import threads
+from mimi_cli.core.stream import Chain, Pointwise, Stream, _balanced_cuts, run_chunks
+from mimi_cli.models import codec_spec
+
+THREAD_COUNTS = (1, 2, 3)
+
+
+def _digest(*arrays: np.ndarray) -> list[str]:
+    return [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16] for a in arrays]
+
+
+def _batch_and_stream(model, pcm: np.ndarray, stream_seconds: float) -> list[str]:
+    """Digests of batch codes and audio, and of two concurrent streams' codes and audio."""
+    codes = model.encode(pcm)
+    audio = model.decode(codes)
+    rate, frame = model.config.sample_rate, model.config.frame_size
+    pair = np.stack([pcm[: int(stream_seconds * rate)], pcm[-int(stream_seconds * rate):]])
+    encoder, decoder = model.stream_encoder(batch_size=2), model.stream_decoder(batch_size=2)
+    stream_codes = [encoder.push(pair[:, i : i + frame]) for i in range(0, pair.shape[1], frame)]
+    stream_codes.append(encoder.flush())
+    stream_codes = np.concatenate(stream_codes, axis=-1)
+    stream_audio = np.concatenate([decoder.push(stream_codes), decoder.flush()], axis=-1)
+    return _digest(codes, audio, stream_codes, stream_audio)
+
+
+@pytest.mark.parametrize("codec", ["mimi", "encodec-24khz"])
+def test_same_bits_at_every_thread_count(codec, full_model):
+    """Batch (12 s: a pipeline of 10 SEANet chunks, two transformer blocks) and two streams."""
+    spec = codec_spec(codec)
+    model = full_model if codec == "mimi" else spec.model().from_state_dict(spec.random_state())
+    pcm = speech_like(12.0, seed=5)[: 12 * model.config.sample_rate]
+    runs = {}
+    for count in THREAD_COUNTS:
+        with threads.limit_threads(count):
+            runs[count] = _batch_and_stream(model, pcm, stream_seconds=1.5)
+    assert runs[2] == runs[1], "2 threads changed: [codes, audio, stream codes, stream audio]"
+    assert runs[3] == runs[1], "3 threads changed: [codes, audio, stream codes, stream audio]"
+
+
+class _Accumulate(Stream):
+    """A stateful stream with a known answer: the running sum along time, times ``scale``."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+        self.reset()
+
+    def reset(self) -> None:
+        self.total = np.zeros(0)
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        base = self.total if self.total.size else np.zeros(x.shape[:2])
+        y = base[..., None] + np.cumsum(x, axis=-1)
+        if y.shape[-1]:
+            self.total = y[..., -1]
+        return y * self.scale
+
+    def flush(self) -> np.ndarray:
+        last = (self.total if self.total.size else np.zeros((1, 1)))[..., None] * self.scale
+        self.reset()
+        return last  # one extra step at the end, as a right padding would give
+
+
+def _chain() -> Chain:
+    return Chain([_Accumulate(0.5), Pointwise(np.tanh), _Accumulate(2.0), _Accumulate(1.0)])
+
+
+def _naive(x: np.ndarray) -> np.ndarray:
+    """The chain above, written out over the whole sequence at once."""
+    a = np.cumsum(x, axis=-1) * 0.5
+    a = np.concatenate([a, a[..., -1:]], axis=-1)  # the first stream's flush
+    b = np.tanh(a)
+    c = np.cumsum(b, axis=-1) * 2.0
+    c = np.concatenate([c, c[..., -1:]], axis=-1)
+    d = np.cumsum(c, axis=-1)
+    return np.concatenate([d, d[..., -1:]], axis=-1)
+
+
+@pytest.mark.parametrize("count", THREAD_COUNTS)
+def test_pipeline_equals_the_whole_sequence(count):
+    """run_chunks as a pipeline of 1-3 stages: carried state and flushes in order, whatever the cuts."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 70))
+    with threads.limit_threads(count):
+        got = run_chunks(_chain(), x, chunk=8)
+    np.testing.assert_allclose(got, _naive(x), rtol=1e-12, atol=1e-12)
+
+
+class _Fails(Stream):
+    def __init__(self, at: int):
+        self.at, self.calls = at, 0
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls == self.at:
+            raise ValueError(f"piece {self.at} is bad")
+        return x
+
+
+@pytest.mark.parametrize("position", [0, 2])
+def test_an_error_in_a_stage_reaches_the_caller(position):
+    """A failing stream, first or last in the chain, on piece 5: the caller gets its error, no thread hangs."""
+    streams: list[Stream] = [Pointwise(np.negative), Pointwise(np.abs)]
+    streams.insert(position, _Fails(at=5))
+    before = threading.active_count()
+    with threads.limit_threads(2), pytest.raises(ValueError, match="piece 5 is bad"):
+        run_chunks(Chain(streams), np.ones((1, 1, 100)), chunk=10)
+    assert threading.active_count() <= before + 2  # at most the pool's own workers remain
+
+
+def test_balanced_cuts_are_optimal():
+    """Against every way to cut a short list into consecutive runs."""
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        costs = list(rng.uniform(0, 10, rng.integers(1, 8)))
+        for parts in (1, 2, 3):
+            cuts = _balanced_cuts(costs, parts)
+            assert cuts[0][0] == 0 and cuts[-1][1] == len(costs)
+            assert all(a < b for a, b in cuts) and all(b == c for (_, b), (c, _) in zip(cuts, cuts[1:]))
+            best = min(
+                max(sum(costs[a:b]) for a, b in zip((0, *inner), (*inner, len(costs))))
+                for k in range(min(parts, len(costs)))
+                for inner in itertools.combinations(range(1, len(costs)), k)
+            )
+            assert max(sum(costs[a:b]) for a, b in cuts) == pytest.approx(best)
+
+
+@pytest.mark.parametrize("shape", [(1536, 512, 2), (512, 2048, 16), (100, 70, 3), (64, 64, 200)])
+def test_matmul_rows(shape):
+    """Against float64, and the same bits on 1, 2 and 3 threads."""
+    rows, depth, columns = shape
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((rows, depth), np.float32)
+    x = rng.standard_normal((columns, depth), np.float32).T  # a transposed view, as linear() passes
+    results = []
+    for count in THREAD_COUNTS:
+        with threads.limit_threads(count), threads.one_blas_thread():
+            results.append(threads.matmul_rows(w, x))
+    np.testing.assert_allclose(results[0], w.astype(np.float64) @ x.astype(np.float64), rtol=1e-4, atol=1e-3)
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+def test_run_blocks_runs_each_block_once_and_raises():
+    seen = []
+    lock = threading.Lock()
+
+    def record(i: int) -> None:
+        with lock:
+            seen.append(i)
+
+    with threads.limit_threads(3):
+        threads.run_blocks(record, 50)
+    assert sorted(seen) == list(range(50))
+
+    def fail(i: int) -> None:
+        if i == 7:
+            raise KeyError("block 7")
+
+    with threads.limit_threads(2), pytest.raises(KeyError, match="block 7"):
+        threads.run_blocks(fail, 20)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_elementwise_on_a_strided_input(count):
+    """ELU and GELU of a transposed batch (EnCodec's LSTM hands one on): every element written, none left
+    uninitialised (a copy made by reshaping the output used to be filled instead of the output)."""
+    from scipy.special import erf
+
+    from mimi_cli.core import elu, gelu
+
+    x = np.random.default_rng(3).standard_normal((2, 300, 512), np.float32).transpose(0, 2, 1)
+    x64 = x.astype(np.float64)
+    with threads.limit_threads(count):
+        np.testing.assert_allclose(elu(x), np.where(x64 > 0, x64, np.expm1(x64)), atol=2e-7)
+        np.testing.assert_allclose(gelu(x), 0.5 * x64 * (1 + erf(x64 / np.sqrt(2))), rtol=1e-5, atol=1e-6)
