@@ -132,9 +132,9 @@ def test_balanced_cuts_are_optimal():
         for parts in (1, 2, 3):
             cuts = _balanced_cuts(costs, parts)
             assert cuts[0][0] == 0 and cuts[-1][1] == len(costs)
-            assert all(a < b for a, b in cuts) and all(b == c for (_, b), (c, _) in zip(cuts, cuts[1:]))
+            assert all(a < b for a, b in cuts) and all(b == c for (_, b), (c, _) in zip(cuts, cuts[1:], strict=False))
             best = min(
-                max(sum(costs[a:b]) for a, b in zip((0, *inner), (*inner, len(costs))))
+                max(sum(costs[a:b]) for a, b in zip((0, *inner), (*inner, len(costs)), strict=True))
                 for k in range(min(parts, len(costs)))
                 for inner in itertools.combinations(range(1, len(costs)), k)
             )
