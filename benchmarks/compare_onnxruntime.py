@@ -12,7 +12,13 @@ the input's fixed length (``torch.onnx.export(..., dynamo=False, opset_version=1
 measurement is a fresh process (torch's, OpenBLAS's and ONNX Runtime's thread pools keep spinning
 after their work and would slow the next); implementations and thread counts alternate, so machine
 noise hits all alike. Each worker loads, warms up once on the same input, then times one encode and
-one decode. Prints medians, ratios to ONNX Runtime, and whether the codes agree.
+one decode. Prints medians, ratios to ONNX Runtime, and whether the codes agree; mimi-cli's
+encode also as GFLOP/s and as a fraction of the BLAS peak (a 2048² float32 matmul, NumPy, same
+threads) measured in the same run.
+
+``--busy`` adds a second condition to every round: a busy-loop process pinned to the last core
+for the whole measurement, as another user's job would be. The table then gives each
+implementation's slowdown under it (busy time / quiet time).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import time
 import numpy as np
 
 IMPLEMENTATIONS = ("onnxruntime", "torch", "mimi-cli")
+BUSY_LOOP = "while True: pass"
 
 
 def speech(seconds: float) -> np.ndarray:
@@ -65,6 +72,12 @@ def export(weights: str, seconds: float, codebooks: int, folder: str) -> None:
 
 
 def worker(name: str, weights: str, folder: str, seconds: float, codebooks: int, threads: int) -> dict:
+    if name == "blas-peak":
+        from mimi_cli.bench import blas_peak
+        from mimi_cli.core.threads import set_threads
+
+        set_threads(threads)
+        return {"gflops": blas_peak()}
     pcm = speech(seconds)
     start = time.perf_counter()
     if name == "onnxruntime":
@@ -96,10 +109,10 @@ def worker(name: str, weights: str, folder: str, seconds: float, codebooks: int,
             with torch.no_grad():
                 return model.decode(torch.from_numpy(codes)).numpy()
     else:
-        from mimi_cli.core.threads import limit_threads
+        from mimi_cli.core.threads import set_threads
         from mimi_cli.models.mimi import Mimi
 
-        limit_threads(threads).__enter__()  # for the whole life of this worker process
+        set_threads(threads)  # for the whole life of this worker process (a bare __enter__ would be undone by GC)
         model = Mimi.from_file(weights)
 
         def encode(x):
@@ -126,7 +139,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--codebooks", type=int, default=8)
     parser.add_argument("--ours-python", default=sys.executable)
-    parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--busy", action="store_true", help="also time each run beside a busy-loop process")
+    parser.add_argument("--worker", choices=(*IMPLEMENTATIONS, "blas-peak"), help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -139,7 +153,8 @@ def main() -> None:
 
     from mimi_cli.models.mimi.synthetic import random_state
 
-    results: dict[tuple[str, int], list[dict]] = {}
+    conditions = ("quiet", "busy") if args.busy else ("quiet",)
+    results: dict[tuple[str, int, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as folder:
         weights = os.path.join(folder, "mimi.safetensors")
         save_file(random_state(), weights)
@@ -148,22 +163,33 @@ def main() -> None:
             for threads in args.threads:
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
                        "MKL_NUM_THREADS": str(threads)}
-                for name in IMPLEMENTATIONS:
-                    python = args.ours_python if name == "mimi-cli" else sys.executable
-                    command = [python, __file__, "--worker", name, "--weights", weights, "--folder", folder,
-                               "--seconds", str(args.seconds), "--threads", str(threads),
-                               "--codebooks", str(args.codebooks)]
-                    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-                    results.setdefault((name, threads), []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+                for condition in conditions:
+                    for name in (*IMPLEMENTATIONS, "blas-peak"):
+                        python = sys.executable if name in ("torch", "onnxruntime") else args.ours_python
+                        command = [python, __file__, "--worker", name, "--weights", weights, "--folder", folder,
+                                   "--seconds", str(args.seconds), "--threads", str(threads),
+                                   "--codebooks", str(args.codebooks)]
+                        busy = None
+                        if condition == "busy":
+                            busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+                            os.sched_setaffinity(busy.pid, {max(os.sched_getaffinity(0))})
+                        try:
+                            done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+                        finally:
+                            if busy is not None:
+                                busy.kill()
+                                busy.wait()
+                        results.setdefault((name, threads, condition), []).append(
+                            json.loads(done.stdout.strip().splitlines()[-1]))
 
-    def median(name: str, threads: int, key: str) -> float:
-        return statistics.median(run[key] for run in results[(name, threads)])
+    def median(name: str, threads: int, key: str, condition: str = "quiet") -> float:
+        return statistics.median(run[key] for run in results[(name, threads, condition)])
 
     print(f"{args.seconds:g} s of audio, {args.codebooks} codebooks, median of {args.repeats} runs, each in its "
           "own process, alternating")
-    reference = np.array(results[("torch", args.threads[0])][0]["codes"])
+    reference = np.array(results[("torch", args.threads[0], "quiet")][0]["codes"])
     for name in ("onnxruntime", "mimi-cli"):
-        differing = int((np.array(results[(name, args.threads[0])][0]["codes"]) != reference).sum())
+        differing = int((np.array(results[(name, args.threads[0], "quiet")][0]["codes"]) != reference).sum())
         print(f"codes differing from moshi/torch: {name} {differing} of {reference.size}")
     print("| run | mimi-cli | moshi / torch | ONNX Runtime | mimi-cli / ONNX Runtime |")
     print("|---|---:|---:|---:|---:|")
@@ -172,6 +198,23 @@ def main() -> None:
             ours, torch_s, onnx_s = (median(n, threads, key) for n in ("mimi-cli", "torch", "onnxruntime"))
             print(f"| {key}, {threads} thread{'s' if threads > 1 else ''} | {ours:.2f} s | {torch_s:.2f} s | "
                   f"{onnx_s:.2f} s | {ours / onnx_s:.2f} |")
+    from mimi_cli.models.mimi import MimiConfig
+
+    encode_flops = MimiConfig().flops(args.seconds, args.codebooks)[0]
+    for threads in args.threads:
+        peak, ours = median("blas-peak", threads, "gflops"), encode_flops / median("mimi-cli", threads, "encode") / 1e9
+        print(f"mimi-cli encode, {threads} thread(s): {ours:.0f} GFLOP/s, {ours / peak:.0%} of the BLAS peak "
+              f"({peak:.0f} GFLOP/s, median of {args.repeats})")
+    if args.busy:
+        print("\nslowdown beside a busy-loop process pinned to one core (busy time / quiet time, medians):")
+        print("| run | mimi-cli | moshi / torch | ONNX Runtime |")
+        print("|---|---:|---:|---:|")
+        for key in ("encode", "decode"):
+            for threads in args.threads:
+                ratios = [median(n, threads, key, "busy") / median(n, threads, key)
+                          for n in ("mimi-cli", "torch", "onnxruntime")]
+                print(f"| {key}, {threads} thread{'s' if threads > 1 else ''} | " +
+                      " | ".join(f"{r:.2f}×" for r in ratios) + " |")
 
 
 if __name__ == "__main__":

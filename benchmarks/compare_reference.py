@@ -62,10 +62,10 @@ def worker(name: str, weights: str, seconds: float, codebooks: int, threads: int
         def as_numpy(codes):
             return codes[0].numpy()
     elif name == "mimi-cli":
-        from mimi_cli.core.threads import limit_threads
+        from mimi_cli.core.threads import set_threads
         from mimi_cli.models.mimi import Mimi
 
-        limit_threads(threads).__enter__()  # for the whole life of this worker process
+        set_threads(threads)  # for the whole life of this worker process (a bare __enter__ would be undone by GC)
         model = Mimi.from_file(weights)
 
         def encode(x):

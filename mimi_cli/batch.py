@@ -14,8 +14,8 @@ several inputs, outputs mirror the inputs' tree under ``-o DIR``::
 
 Every engine runs :class:`mimi_cli.pipeline.Worker` on each task, so a file's
 result (frames, warnings, failure) is the same whichever engine ran it. Workers
-use one BLAS thread by default, so that N workers share N cores without
-oversubscribing them.
+use one thread by default, so that N workers share N cores without
+oversubscribing them (the output does not depend on it).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def plan(job: Job) -> Plan:
     threads, note = usable_threads(job.threads)
     notes = [note] if note else []
     workers = min(job.jobs, max(1, sum(not t.skip for t in tasks)))
-    # several workers share the cores: one BLAS thread each unless told otherwise
+    # several workers share the cores: one thread each unless told otherwise
     per_worker = threads or (1 if workers > 1 or job.engine == "ray" else os.cpu_count() or 1)
     settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None)
     return Plan(job, tasks, settings, workers, single, notes)

@@ -34,7 +34,7 @@ WeightsOption = Annotated[Optional[Path], typer.Option(
                       "$MIMI_WEIGHTS / $ENCODEC_WEIGHTS, else the released file via the Hugging Face cache.",
     show_default=False)]
 ThreadsOption = Annotated[Optional[int], typer.Option(
-    "--threads", min=1, help="Threads for BLAS and element-wise work. Default: all cores.", show_default=False)]
+    "--threads", min=1, help="Threads for one file's work (the output is the same at any count). Default: all cores.", show_default=False)]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors.")]
 StreamOption = Annotated[bool, typer.Option(
     "--stream", help="Work block by block in flat memory (for long files). Mimi: the codes of moshi's "
@@ -228,7 +228,7 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
 
 @contextlib.contextmanager
 def _threads(threads: int | None, say: _Messages) -> Iterator[None]:
-    """BLAS and element-wise threads for one in-process command, capped at the core count."""
+    """The threads one in-process command uses, capped at the core count."""
     from mimi_cli.core.threads import limit_threads, usable_threads
 
     threads, note = usable_threads(threads)
@@ -255,7 +255,7 @@ def _main(
 RecursiveOption = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of folder inputs.")]
 JobsOption = Annotated[int, typer.Option(
     "--jobs", "-j", min=1, help="Worker processes (or Ray actors); each loads the weights once and uses "
-                                "1 BLAS thread unless --threads says otherwise.")]
+                                "1 thread unless --threads says otherwise.")]
 SkipExistingOption = Annotated[bool, typer.Option(
     "--skip-existing", help="Leave inputs whose output exists alone: resumes an interrupted run.")]
 ManifestOption = Annotated[Optional[str], typer.Option(
@@ -483,7 +483,7 @@ def roundtrip(
 def bench(
     seconds: Annotated[float, typer.Option("--seconds", min=1.0, max=600.0, callback=_finite,
                                            help="Audio length for kernel and model timings (1 to 600).")] = 10.0,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for BLAS and element-wise work "
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for one run's work "
                                                                  "(at most the core count).")] = 2,
     codec: CodecOption = DEFAULT_CODEC,
     only: Annotated[Optional[str], typer.Option(

@@ -68,6 +68,13 @@ class Identity(Stream):
         return x
 
 
+def _finish(streams: list[Stream], y: np.ndarray | None = None) -> np.ndarray | None:
+    """End ``streams`` in turn: each steps on what the one before flushed (``y`` for the first), then flushes."""
+    for stream in streams:
+        y = _join([stream.step(y) if y is not None else None, stream.flush()])
+    return y
+
+
 class Chain(Stream):
     """Streams in order. ``flush`` ends them in turn: what one flushes is the next one's last input."""
 
@@ -80,10 +87,7 @@ class Chain(Stream):
         return x
 
     def flush(self) -> np.ndarray | None:
-        y = None
-        for stream in self.streams:
-            y = _join([stream.step(y) if y is not None else None, stream.flush()])
-        return y
+        return _finish(self.streams)
 
     def reset(self) -> None:
         for stream in self.streams:
@@ -147,8 +151,10 @@ def _pipeline(streams: list[Stream], pieces: list[np.ndarray], stages: int) -> n
 
     Stage k runs a run of consecutive streams on piece n while stage k − 1 runs piece n + 1:
     two cores, up to twice the pieces per second once the pipe is full. The first two pieces run
-    alone and time each stream; the cut points then split the second one's time evenly. A cut never changes a
-    result (each stream gets the same inputs, in order, either way), so timing noise cannot.
+    alone and time each stream; the cut points then split the second one's time evenly. A cut
+    never changes a result (each stream gets the same inputs, in order, either way), so timing
+    noise cannot. The caller's thread runs the last stage; an error in any stage, or an interrupt
+    in the caller, stops every stage and is raised in the caller.
     """
     with threads.one_blas_thread(), threads.single():
         outputs = []
@@ -160,76 +166,78 @@ def _pipeline(streams: list[Stream], pieces: list[np.ndarray], stages: int) -> n
                 costs.append(time.perf_counter() - start)
             outputs.append(piece)
         groups = [streams[a:b] for a, b in _balanced_cuts(costs, stages)]
-        links = [queue.Queue(maxsize=2) for _ in groups]  # links[k]: the input of stage k
-        workers = [threading.Thread(target=_stage, args=(group, links[k], links[k + 1]), daemon=True,
-                                    name=f"mimi-stage-{k}") for k, group in enumerate(groups[:-1])]
-        for worker in workers:
-            worker.start()
-        feeder = threading.Thread(target=_feed, args=(pieces[2:], links[0]), daemon=True, name="mimi-feed")
-        feeder.start()
+        pipe = _Pipe(len(groups))
+        helpers = [threading.Thread(target=pipe.feed, args=(pieces[2:],), daemon=True, name="mimi-feed")]
+        helpers += [threading.Thread(target=pipe.stage, args=(k, group), daemon=True, name=f"mimi-stage-{k}")
+                    for k, group in enumerate(groups[:-1])]
+        for helper in helpers:
+            helper.start()
         try:
-            outputs += _stage(groups[-1], links[-1], None)
+            outputs += pipe.stage(len(groups) - 1, groups[-1])
         finally:
-            for worker in (feeder, *workers):
-                worker.join()
+            pipe.stopped.set()  # after an error or an interrupt here, the helpers stop at their next piece
+            for helper in helpers:
+                helper.join()
     return _join(outputs)
 
 
 class _End:
-    """After the last piece: flush, the previous stage's flushed output (or None) first."""
+    """After the last piece: end the streams, what the stage before flushed (``last``) first."""
 
     def __init__(self, last: np.ndarray | None = None):
         self.last = last
 
 
-class _Failed:
-    """An exception raised in an earlier stage, passed down the pipe to be raised in the caller."""
+class _Pipe:
+    """The queues between the stages of :func:`_pipeline`: ``links[k]`` is stage ``k``'s input.
 
-    def __init__(self, error: BaseException):
-        self.error = error
+    A stage that fails passes its exception down instead of results; the last stage raises it.
+    """
 
+    def __init__(self, stages: int):
+        self.links = [queue.Queue(maxsize=2) for _ in range(stages)]
+        self.stopped = threading.Event()
 
-def _feed(pieces: list[np.ndarray], link: queue.Queue) -> None:
-    for piece in pieces:
-        link.put(piece)
-    link.put(_End())
+    def _put(self, k: int, item) -> None:
+        while not self.stopped.is_set():
+            try:
+                return self.links[k].put(item, timeout=0.1)
+            except queue.Full:
+                pass
 
+    def _get(self, k: int):
+        while not self.stopped.is_set():
+            try:
+                return self.links[k].get(timeout=0.1)
+            except queue.Empty:
+                pass
+        return InterruptedError("the pipeline was stopped")
 
-def _stage(streams: list[Stream], inbox: queue.Queue, outbox: queue.Queue | None) -> list[np.ndarray | None]:
-    """Step ``streams`` on each piece from ``inbox``, then flush them as :meth:`Chain.flush` does.
-    Sends each result on, or returns them all (the last stage)."""
-    with threads.single():
-        return _stage_loop(streams, inbox, outbox)
+    def feed(self, pieces: list[np.ndarray]) -> None:
+        for piece in pieces:
+            self._put(0, piece)
+        self._put(0, _End())
 
-
-def _stage_loop(streams: list[Stream], inbox: queue.Queue, outbox: queue.Queue | None) -> list[np.ndarray | None]:
-    results: list[np.ndarray | None] = []
-    failed: _Failed | None = None
-    while True:
-        item = inbox.get()
-        if isinstance(item, _Failed) or (failed is not None and not isinstance(item, _End)):
-            failed = failed or item
-            continue
-        if isinstance(item, _End) and failed is not None:
-            break
-        try:
-            if isinstance(item, _End):
-                y = item.last
-                for stream in streams:
-                    y = _join([stream.step(y) if y is not None else None, stream.flush()])
-                results.append(y) if outbox is None else outbox.put(_End(y))
-                break
-            for stream in streams:
-                item = stream.step(item)
-            results.append(item) if outbox is None else outbox.put(item)
-        except BaseException as error:  # noqa: BLE001 - handed to the caller, which raises it
-            failed = _Failed(error)
-    if failed is not None:
-        if outbox is None:
-            raise failed.error
-        outbox.put(failed)
-        outbox.put(_End())
-    return results
+    def stage(self, k: int, streams: list[Stream]) -> list[np.ndarray | None]:
+        """Step ``streams`` on each piece from stage ``k − 1``, then end them (:func:`_finish`); pass each
+        result to stage ``k + 1``, or return them all from the last stage (which raises a failure)."""
+        last, chain, results = k == len(self.links) - 1, Chain(streams), []
+        with threads.single():
+            while True:
+                item = self._get(k)
+                if not isinstance(item, BaseException):
+                    try:
+                        item = _End(_finish(streams, item.last)) if isinstance(item, _End) else chain.step(item)
+                    except BaseException as error:  # noqa: BLE001 - passed down to the caller, which raises it
+                        item = error
+                if not last:
+                    self._put(k + 1, item)
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    results.append(item.last if isinstance(item, _End) else item)
+                if isinstance(item, (_End, BaseException)):
+                    return results
 
 
 def _balanced_cuts(costs: list[float], parts: int) -> list[tuple[int, int]]:

@@ -1,0 +1,126 @@
+"""Many concurrent streams per step: mimi-cli against moshi's ``streaming(B)`` on the same machine.
+
+Runs in the reference's environment (see benchmarks/compare_reference.py):
+
+    PYTHONPATH=. python benchmarks/compare_streams.py --threads 2 --streams 1 4 8 16 \\
+        --ours-python /path/to/mimi-cli-venv/bin/python
+
+B streams advance together, one 80 ms frame each per step: encode the B frames to codes, then
+decode those codes to B frames, as a server holding B conversations would. Each implementation
+runs in its own fresh process per B (alternating), warms up 5 steps, then times 40; the figure is
+the median step. A step within 80 ms keeps all B streams real-time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+FRAME = 1920
+WARMUP, STEPS = 5, 40
+
+
+def audio(streams: int) -> np.ndarray:
+    from mimi_cli.bench import speech_like
+
+    seconds = (WARMUP + STEPS) * FRAME / 24000
+    return np.stack([speech_like(seconds, seed=i)[: (WARMUP + STEPS) * FRAME] for i in range(streams)])
+
+
+def worker(name: str, weights: str, streams: int, threads: int, codebooks: int) -> dict:
+    pcm = audio(streams)
+    if name == "torch":
+        import torch
+        from moshi.models import loaders
+
+        torch.set_num_threads(threads)
+        model = loaders.get_mimi(weights, device="cpu")
+        model.set_num_codebooks(codebooks)
+        context = model.streaming(streams)
+        context.__enter__()
+
+        def encode(frame):
+            with torch.no_grad():
+                return model.encode(torch.from_numpy(frame)[:, None])
+
+        def decode(codes):
+            with torch.no_grad():
+                return model.decode(codes)
+    else:
+        from mimi_cli.core.threads import set_threads
+        from mimi_cli.models.mimi import Mimi
+
+        set_threads(threads)  # for the whole life of this worker process (a bare __enter__ would be undone by GC)
+        model = Mimi.from_file(weights)
+        encoder = model.stream_encoder(batch_size=streams, num_codebooks=codebooks)
+        decoder = model.stream_decoder(batch_size=streams)
+        encode, decode = encoder.push, decoder.push
+    encode_ms, decode_ms = [], []
+    for index in range(WARMUP + STEPS):
+        frame = np.ascontiguousarray(pcm[:, index * FRAME : (index + 1) * FRAME])
+        t0 = time.perf_counter()
+        codes = encode(frame)
+        t1 = time.perf_counter()
+        decode(codes)
+        t2 = time.perf_counter()
+        if index >= WARMUP:
+            encode_ms.append((t1 - t0) * 1e3)
+            decode_ms.append((t2 - t1) * 1e3)
+    return {"encode": statistics.median(encode_ms), "decode": statistics.median(decode_ms)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--codebooks", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--ours-python", default=sys.executable)
+    parser.add_argument("--worker", choices=("torch", "mimi-cli"), help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.weights, args.streams[0], args.threads, args.codebooks)))
+        return
+
+    from safetensors.numpy import save_file
+
+    from mimi_cli.models.mimi.synthetic import random_state
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads)}
+    results: dict[tuple[str, int], list[dict]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        weights = os.path.join(folder, "mimi.safetensors")
+        save_file(random_state(), weights)
+        for _ in range(args.repeats):
+            for streams in args.streams:
+                for name in ("torch", "mimi-cli"):
+                    python = sys.executable if name == "torch" else args.ours_python
+                    command = [python, __file__, "--worker", name, "--weights", weights, "--streams", str(streams),
+                               "--threads", str(args.threads), "--codebooks", str(args.codebooks)]
+                    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+                    results.setdefault((name, streams), []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    def step(name: str, streams: int) -> float:
+        return statistics.median(r["encode"] + r["decode"] for r in results[(name, streams)])
+
+    print(f"{args.threads} threads, {args.codebooks} codebooks, one 80 ms frame per stream per step, "
+          f"median of {STEPS} steps (median of {args.repeats} processes)")
+    print("| streams B | mimi-cli step | moshi / torch step | mimi-cli per stream | moshi per stream | real time |")
+    print("|---:|---:|---:|---:|---:|---|")
+    for streams in args.streams:
+        ours, theirs = step("mimi-cli", streams), step("torch", streams)
+        print(f"| {streams} | {ours:.1f} ms | {theirs:.1f} ms | {ours / streams:.1f} ms | {theirs / streams:.1f} ms | "
+              f"mimi-cli {'yes' if ours <= 80 else 'no'}, moshi {'yes' if theirs <= 80 else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
