@@ -34,7 +34,8 @@ WeightsOption = Annotated[Optional[Path], typer.Option(
                       "$MIMI_WEIGHTS / $ENCODEC_WEIGHTS, else the released file via the Hugging Face cache.",
     show_default=False)]
 ThreadsOption = Annotated[Optional[int], typer.Option(
-    "--threads", min=1, help="Threads for one file's work (the output is the same at any count). Default: all cores.", show_default=False)]
+    "--threads", min=1, help="Threads for one file's work (the output is the same at any count). "
+                             "Default: all cores.", show_default=False)]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors.")]
 StreamOption = Annotated[bool, typer.Option(
     "--stream", help="Work block by block in flat memory (for long files). Mimi: the codes of moshi's "

@@ -209,3 +209,16 @@ def test_streaming_equals_batch(model, golden, case, frames_per_step):
     reference = model.decode(batch)
     assert audio.shape == reference.shape
     assert np.abs(audio - reference).max() <= 1e-5 * max(np.abs(reference).max(), 1e-3)
+
+
+def test_a_batch_of_clips_is_each_clip_alone(model):
+    """Two clips in one batch give each clip's own latent and codes (ELU once returned an uninitialised
+    array for the LSTM's transposed output when the batch had 2 rows or more: values near 1e14)."""
+    from mimi_cli.bench import speech_like
+
+    pcm = np.stack([speech_like(2.0, seed=1)[:48000], speech_like(2.0, seed=2)[:48000]])
+    alone = np.concatenate([model.encode_latent(row[None]) for row in pcm])
+    np.testing.assert_allclose(model.encode_latent(pcm), alone, atol=1e-4)
+    assert np.array_equal(model.encode(pcm), np.stack([model.encode(row) for row in pcm]))
+    codes = model.encode(pcm)
+    np.testing.assert_allclose(model.decode(codes), np.stack([model.decode(row) for row in codes]), atol=1e-4)

@@ -1,4 +1,4 @@
-"""Thread counts for the core, and the two ways it uses several threads without changing a bit.
+"""Thread counts for the core, and how it uses several threads without changing a bit.
 
 OpenBLAS rounds a product differently when it runs on more threads, and even on
 one thread when the product's shape changes (measured: a ``[64, 96] @ [96, 4096]``
@@ -7,8 +7,9 @@ So the codecs never let BLAS thread: each product runs on one BLAS thread
 (:func:`one_blas_thread`) with a shape that depends on the input alone, and the
 cores share the work at a coarser grain, in our own threads:
 
-- :func:`run_blocks` runs fixed blocks of rows (a transformer's queries) at once;
 - :func:`mimi_cli.core.stream.run_chunks` runs a chain of convolutions as a pipeline;
+- :func:`run_blocks` runs fixed blocks at once: a transformer's rows, a convolution's time;
+- :func:`matmul_rows` cuts a product bound by reading its weight (streaming) into fixed pieces of rows;
 - :func:`map_rows` splits element-wise work (ELU, GELU), whose result cannot
   depend on the split.
 
@@ -45,7 +46,8 @@ def usable_threads(threads: int | None) -> tuple[int | None, str | None]:
 
 @contextlib.contextmanager
 def limit_threads(threads: int | None) -> Iterator[None]:
-    """Use at most ``threads`` threads for BLAS and for element-wise work inside the block (None: no limit)."""
+    """Use at most ``threads`` threads inside the block (None: no limit): the codecs' own threads, and BLAS
+    wherever a caller lets it use more than one."""
     global _threads
     if threads is None:
         yield
@@ -61,7 +63,7 @@ def limit_threads(threads: int | None) -> Iterator[None]:
 
 
 def set_threads(threads: int) -> None:
-    """Limit BLAS and element-wise threads for the rest of this process (a worker's whole life)."""
+    """:func:`limit_threads` for the rest of this process (a worker's whole life)."""
     global _threads
     from threadpoolctl import threadpool_limits
 
