@@ -157,22 +157,22 @@ class Codec(Module):
             raise InvalidAudioError(f"audio has samples of magnitude {peak:.3g}, far beyond full scale (1.0); "
                                     "rescale it to [-1, 1]")
 
+    @one_blas_thread()  # our own threads share the cores: the same bits at any count
     def encode_latent(self, pcm: np.ndarray) -> np.ndarray:
         """The latent the quantizer sees: ``[B, N]`` → ``[B, D, F]``, F = ceil(N / frame_size)."""
         pcm, _ = self._as_batch(pcm)
         if pcm.shape[-1] == 0:
             return np.zeros((pcm.shape[0], self.latent_dim, 0), np.float32)
-        with one_blas_thread():  # the cores share the work in our own threads: the same bits at any count
-            return self.encode_sequence(self.encode_waveform(self.pad_input(pcm)))
+        return self.encode_sequence(self.encode_waveform(self.pad_input(pcm)))
 
+    @one_blas_thread()  # our own threads share the cores: the same bits at any count
     def encode(self, pcm: np.ndarray, num_codebooks: int | None = None) -> np.ndarray:
         """Codes (int64) ``[K, F]`` for ``pcm`` ``[N]``, or ``[B, K, F]`` for ``[B, N]``."""
         num_codebooks = num_codebooks or self.config.default_num_codebooks
         if not 1 <= num_codebooks <= self.config.num_codebooks:
             raise ValueError(f"num_codebooks must be in 1..{self.config.num_codebooks}, got {num_codebooks}")
         _, squeeze = self._as_batch(pcm)
-        with one_blas_thread():
-            codes = self.quantizer.encode(self.encode_latent(pcm), num_codebooks)
+        codes = self.quantizer.encode(self.encode_latent(pcm), num_codebooks)
         return codes[0] if squeeze else codes
 
     @property
@@ -198,18 +198,18 @@ class Codec(Module):
         codes = codes.astype(np.int64, copy=False)
         return codes if codes.ndim == 3 else codes[None]
 
+    @one_blas_thread()  # our own threads share the cores: the same bits at any count
     def decode_latent(self, latent: np.ndarray) -> np.ndarray:
         """Quantized latent ``[B, D, F]`` → pcm ``[B, frame_size·F]``."""
         if latent.shape[-1] == 0:
             return np.zeros((latent.shape[0], 0), np.float32)
-        with one_blas_thread():  # as in encode_latent
-            return self.decode_waveform(self.decode_sequence(latent))[:, 0, :]
+        return self.decode_waveform(self.decode_sequence(latent))[:, 0, :]
 
+    @one_blas_thread()  # our own threads share the cores: the same bits at any count
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """pcm float32 ``[frame_size·F]`` for codes ``[K, F]``, or ``[B, frame_size·F]`` for ``[B, K, F]``."""
         squeeze = np.ndim(codes) == 2
-        with one_blas_thread():
-            pcm = self.decode_latent(self.quantizer.decode(self.check_codes(codes)))
+        pcm = self.decode_latent(self.quantizer.decode(self.check_codes(codes)))
         return pcm[0] if squeeze else pcm
 
     def encode_channels(self, pcm: np.ndarray, num_codebooks: int | None = None) -> np.ndarray:

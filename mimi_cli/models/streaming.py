@@ -61,6 +61,7 @@ class StreamEncoder:
         self.model.check_audio(pcm)
         return pcm.astype(np.float32, copy=False), squeeze
 
+    @one_blas_thread()  # our own threads share the cores: the same bits at any count
     def push(self, pcm: np.ndarray) -> np.ndarray:
         """Add samples; return the codes of the frames they complete (possibly none).
 
@@ -70,20 +71,19 @@ class StreamEncoder:
         self._pending = np.concatenate([self._pending, pcm], axis=1)
         step = self.frames_per_step * self.model.config.frame_size
         whole = self._pending.shape[1] // step * step
-        with one_blas_thread():  # the same bits at any thread count (see mimi_cli.core.threads)
-            codes = [self._encode(self._pending[:, start : start + step]) for start in range(0, whole, step)]
+        codes = [self._encode(self._pending[:, start : start + step]) for start in range(0, whole, step)]
         self._pending = self._pending[:, whole:]
         return self._output(codes, squeeze)
 
+    @one_blas_thread()
     def flush(self) -> np.ndarray:
         """Encode what is left, padded as batch mode pads (``pad_input``), and end the stream; then reset."""
         codes = []
-        with one_blas_thread():
-            if self._pending.shape[1]:
-                codes.append(self._quantize(self._stream.step(self.model.pad_input(self._pending))))
-            tail = self._stream.flush()
-            if tail is not None:
-                codes.append(self._quantize(tail))
+        if self._pending.shape[1]:
+            codes.append(self._quantize(self._stream.step(self.model.pad_input(self._pending))))
+        tail = self._stream.flush()
+        if tail is not None:
+            codes.append(self._quantize(tail))
         result = self._output(codes, self.batch_size == 1)
         self.reset()
         return result
@@ -129,6 +129,7 @@ class StreamDecoder:
                                     "call reset() to change")
         return codes, squeeze
 
+    @one_blas_thread()  # our own threads share the cores: the same bits at any count
     def push(self, codes: np.ndarray) -> np.ndarray:
         """Add code frames; return the audio of the frames decoded so far (possibly none).
 
@@ -137,17 +138,16 @@ class StreamDecoder:
         codes, squeeze = self._check(codes)
         pending = codes if self._pending is None else np.concatenate([self._pending, codes], axis=2)
         whole = pending.shape[2] // self.frames_per_step * self.frames_per_step
-        with one_blas_thread():
-            audio = [self._decode(pending[:, :, start : start + self.frames_per_step])
-                     for start in range(0, whole, self.frames_per_step)]
+        audio = [self._decode(pending[:, :, start : start + self.frames_per_step])
+                 for start in range(0, whole, self.frames_per_step)]
         self._pending = pending[:, :, whole:]
         return self._output(audio, squeeze)
 
+    @one_blas_thread()
     def flush(self) -> np.ndarray:
         """Decode frames still waiting for a whole step and end the stream; then reset."""
-        with one_blas_thread():
-            audio = [self._decode(self._pending)] if self._pending is not None and self._pending.shape[2] else []
-            tail = self._stream.flush()
+        audio = [self._decode(self._pending)] if self._pending is not None and self._pending.shape[2] else []
+        tail = self._stream.flush()
         if tail is not None:
             audio.append(tail[:, 0, :])
         result = self._output(audio, self.batch_size == 1)
