@@ -36,12 +36,11 @@ def test_flop_count_matches_the_operations_the_model_runs(small_model, monkeypat
     counting("linear", lambda y, x, w, *a, **k: 2 * y.size * w.shape[1])
     counting("nearest_code", lambda y, x, book, *a, **k: 2 * x.shape[0] * book.size)
 
-    def attention_flops(y, q, k, v, context):
-        steps = q.shape[2]
-        keys = sum(min(i + 1, context) for i in range(steps))
+    def attention_flops(y, q, k, v, q0, q1, context):  # queries q0 .. q1-1 (one block)
+        keys = sum(min(i + 1, context) for i in range(q0, q1))
         return 4 * keys * q.shape[1] * q.shape[3] * q.shape[0]
 
-    counting("windowed_causal_attention", attention_flops)
+    counting("attend_block", attention_flops)
     frames = 40  # past the small config's attention window
     pcm = np.random.default_rng(0).standard_normal(frames * SMALL.frame_size).astype(np.float32)
     codes = small_model.encode(pcm, 5)
