@@ -189,3 +189,26 @@ def test_elementwise_on_a_strided_input(count):
     with threads.limit_threads(count):
         np.testing.assert_allclose(elu(x), np.where(x64 > 0, x64, np.expm1(x64)), atol=2e-7)
         np.testing.assert_allclose(gelu(x), 0.5 * x64 * (1 + erf(x64 / np.sqrt(2))), rtol=1e-5, atol=1e-6)
+
+
+def test_run_blocks_nested_and_from_two_threads_at_once():
+    """A block that runs blocks of its own, and two threads running blocks at the same time: every
+    block runs exactly once, nothing deadlocks (the helpers serve one caller; the other runs alone)."""
+    counts = np.zeros((2, 8, 8), int)
+
+    def outer(caller: int) -> None:
+        def block(i: int) -> None:
+            def inner(j: int) -> None:
+                counts[caller, i, j] += 1  # each (caller, i, j) is written by one thread only
+
+            threads.run_blocks(inner, 8)
+
+        with threads.limit_threads(2):
+            threads.run_blocks(block, 8)
+
+    other = threading.Thread(target=outer, args=(1,))
+    other.start()
+    outer(0)
+    other.join(timeout=60)
+    assert not other.is_alive()
+    assert (counts == 1).all()

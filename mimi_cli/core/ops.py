@@ -6,7 +6,7 @@ All of them keep float32 in and out, as the reference does.
 from __future__ import annotations
 
 import numpy as np
-from mimi_cli.core.threads import map_rows, matmul_rows
+from mimi_cli.core.threads import map_elements, matmul_rows
 
 _INV_SQRT2 = np.float32(1.0 / np.sqrt(2.0))
 
@@ -55,10 +55,10 @@ def elu(x: np.ndarray) -> np.ndarray:
     ``exp(x) − 1`` loses digits (tiny |x|), the error stays below 1.3e-7 in
     absolute terms, under the rounding noise of the convolutions around it.
     """
-    return map_rows(_elu_rows, np.asarray(x, np.float32))
+    return map_elements(_elu_into, np.asarray(x, np.float32))
 
 
-def _elu_rows(x: np.ndarray, out: np.ndarray) -> None:
+def _elu_into(x: np.ndarray, out: np.ndarray) -> None:
     np.minimum(x, 0, out=out)
     np.exp(out, out=out)
     out -= 1
@@ -67,10 +67,10 @@ def _elu_rows(x: np.ndarray, out: np.ndarray) -> None:
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """The exact (erf) GELU, which is PyTorch's default: ``0.5·x·(1 + erf(x/√2))``."""
-    return map_rows(_gelu_rows, np.asarray(x, np.float32))
+    return map_elements(_gelu_into, np.asarray(x, np.float32))
 
 
-def _gelu_rows(x: np.ndarray, out: np.ndarray) -> None:
+def _gelu_into(x: np.ndarray, out: np.ndarray) -> None:
     from scipy.special import erf  # imported on first use: SciPy takes 0.3 s to import
 
     np.multiply(x, _INV_SQRT2, out=out)

@@ -10,7 +10,7 @@ cores share the work at a coarser grain, in our own threads:
 - :func:`mimi_cli.core.stream.run_chunks` runs a chain of convolutions as a pipeline;
 - :func:`run_blocks` runs fixed blocks at once: a transformer's rows, a convolution's time;
 - :func:`matmul_rows` cuts a product bound by reading its weight (streaming) into fixed pieces of rows;
-- :func:`map_rows` splits element-wise work (ELU, GELU), whose result cannot
+- :func:`map_elements` splits element-wise work (ELU, GELU), whose result cannot
   depend on the split.
 
 The products and loops all release the GIL. Results are the same bits at any
@@ -21,16 +21,15 @@ a busy neighbour process from stalling us (docs/performance.md).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-_MIN_ELEMENTS_PER_THREAD = 1 << 16  # below this, a thread costs more than it saves
+_CACHE_BLOCK = 1 << 16  # elements: 256 KB of float32 in and out, well inside a core's L2 cache
 _threads = os.cpu_count() or 1
-_pool: ThreadPoolExecutor | None = None
 _local = threading.local()  # .threads: this thread's own count (1 inside a pipeline stage or a block)
 _controller = None  # a cached threadpoolctl.ThreadpoolController: limiting through it takes 0.04 ms, not 1.3
 
@@ -102,50 +101,115 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
-def _workers(count: int) -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None or _pool._max_workers < count:
-        _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="mimi-worker")
-    return _pool
+class _Team:
+    """Helper threads for :func:`run_blocks`, each asleep on its own lock between calls.
+
+    A hand-off is a lock release (measured 17 µs for a round trip, against 67 µs through a
+    ``ThreadPoolExecutor``'s futures), which matters when a streaming step runs a hundred products of
+    0.1 ms each. Waiting threads block, they never spin: a spinning thread would take the time
+    slices a busy neighbour process or our own working thread needs.
+    """
+
+    def __init__(self, helpers: int):
+        self.busy = threading.Lock()  # one run_blocks at a time; another caller runs its blocks alone
+        self.wake = [threading.Lock() for _ in range(helpers)]
+        self.done = [threading.Lock() for _ in range(helpers)]
+        self.work: Callable[[], None] = lambda: None
+        for wake, done in zip(self.wake, self.done, strict=True):
+            wake.acquire()
+            done.acquire()
+            threading.Thread(target=self._helper, args=(wake, done), daemon=True, name="mimi-worker").start()
+
+    def _helper(self, wake: threading.Lock, done: threading.Lock) -> None:
+        _local.threads = 1  # a helper's blocks never share out their own work
+        while True:
+            wake.acquire()
+            try:
+                self.work()
+            finally:
+                done.release()
+
+    def run(self, work: Callable[[], None], helpers: int, stop: Callable[[BaseException], None]) -> None:
+        """``work()`` on ``helpers`` of the team's threads and on the caller's, until all return.
+
+        An interrupt (Ctrl-C) while waiting calls ``stop`` and is raised once every helper is back,
+        so no helper is still writing when the caller unwinds.
+        """
+        self.work = work
+        for wake in self.wake[:helpers]:
+            wake.release()
+        interrupt = None
+        try:
+            work()
+        finally:
+            for done in self.done[:helpers]:
+                while True:
+                    try:
+                        done.acquire()
+                        break
+                    except BaseException as error:  # noqa: BLE001 - re-raised below, after the helpers
+                        stop(error)
+                        interrupt = interrupt or error
+        if interrupt is not None:
+            raise interrupt
+
+
+_team: _Team | None = None
+
+
+def _forget_team() -> None:  # a forked child has none of its parent's threads
+    global _team
+    _team = None
+
+
+os.register_at_fork(after_in_child=_forget_team)
 
 
 def run_blocks(fn: Callable[[int], None], count: int) -> None:
     """``fn(i)`` for ``i`` in ``range(count)``, on up to :func:`current` threads at once.
 
     The blocks are the caller's and must not depend on the thread count; ``fn`` writes its own
-    block's result. The calling thread takes blocks too; errors are raised here.
+    block's result. The calling thread takes blocks too; the first error stops the others from
+    taking more and is raised here.
     """
+    global _team
     threads = min(current(), count)
-    if threads <= 1:
+    if threads > 1 and (_team is None or len(_team.wake) < threads - 1):
+        _team = _Team(threads - 1)
+    team = _team
+    if threads <= 1 or not team.busy.acquire(blocking=False):  # nested, or another thread holds the team
         for index in range(count):
             fn(index)
         return
-    pending = iter(range(count))
-    lock = threading.Lock()
+    pending, errors = itertools.count(), []  # next() on a count is atomic under the GIL
 
     def work() -> None:
-        with single():
-            while True:
-                with lock:
-                    index = next(pending, None)
-                if index is None:
-                    return
+        while not errors:
+            index = next(pending)
+            if index >= count:
+                return
+            try:
                 fn(index)
+            except BaseException as error:  # noqa: BLE001 - raised in the caller below
+                errors.append(error)
 
-    helpers = [_workers(threads - 1).submit(work) for _ in range(threads - 1)]
     try:
-        work()
+        with single():
+            team.run(work, threads - 1, errors.append)
     finally:
-        errors = [helper.exception() for helper in helpers]
-    for error in errors:
-        if error is not None:
-            raise error
+        team.busy.release()
+    if errors:
+        raise errors[0]
 
 
 # A product with at most this many columns is bound by reading its weight (streaming: a frame or
 # two per stream); its rows then go in an even number of pieces of at most _PIECE_BYTES of weight.
 _SKINNY_COLUMNS = 64
 _PIECE_BYTES = 4 << 20
+# Up to this many columns, one matrix-vector product per column beats one matrix product: OpenBLAS
+# packs the whole weight before a product of 2-4 columns, which made a [1536, 512] @ [512, 2] take
+# 1.7× the time of two [1536, 512] @ [512] (a [8192, 2048] one 2.1×; at 4 columns they are even).
+_VECTOR_COLUMNS = 3
 
 
 def matmul_rows(w: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -153,43 +217,49 @@ def matmul_rows(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 
     Each thread reads only its rows of the weight, so two threads stream the weight at up to twice
     the rate. The pieces (an even number, for two cores) depend on the shapes alone, never on the
-    thread count (see the module docstring).
+    thread count (see the module docstring). The result may be a transposed view.
     """
-    rows = w.shape[0]
-    if x.shape[1] > _SKINNY_COLUMNS or rows < 64:
+    rows, columns = w.shape[0], x.shape[1]
+    if columns > _SKINNY_COLUMNS or rows < 64:
         return w @ x
     pieces = 2 * -(-w.nbytes // (2 * _PIECE_BYTES))
-    bounds = np.linspace(0, rows, pieces + 1).astype(int)
-    out = np.empty((rows, x.shape[1]), np.result_type(w, x))
+    bounds = [rows * i // pieces for i in range(pieces + 1)]  # (np.linspace took 3 ms of a 100 ms step)
+    # np.dot, not np.matmul: matmul holds the GIL on products this small (measured: a waiting
+    # thread then starts only after the 5 ms switch interval), dot always lets it go.
+    if columns <= _VECTOR_COLUMNS:
+        out = np.empty((columns, rows), np.result_type(w, x))  # [N, M]: each column's result contiguous
+        xt = np.ascontiguousarray(x.T)
+
+        def one(i: int) -> None:
+            r = slice(bounds[i], bounds[i + 1])
+            for j in range(columns):
+                np.dot(w[r], xt[j], out=out[j, r])
+
+        run_blocks(one, pieces)
+        return out.T
+    out = np.empty((rows, columns), np.result_type(w, x))
     x = np.ascontiguousarray(x)
 
     def one(i: int) -> None:
         r = slice(bounds[i], bounds[i + 1])
-        # np.dot, not np.matmul: matmul holds the GIL on products this small (measured: a waiting
-        # thread then starts only after the 5 ms switch interval), dot always lets it go.
         np.dot(w[r], x, out=out[r])
 
     run_blocks(one, pieces)
     return out
 
 
-def map_rows(fn: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray) -> np.ndarray:
-    """``out = fn(x)`` computed in place by ``fn(x_part, out_part)`` over row blocks, in parallel.
+def map_elements(fn: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray) -> np.ndarray:
+    """``out = fn(x)`` for an element-wise ``fn(x_part, out_part)`` that writes ``out_part``.
 
-    ``x`` is viewed as 2-D ``[rows, last axis]``; each thread gets a block of rows. Both are made
-    C-contiguous first: reshaping a strided ``out`` (say, a transposed one from ``empty_like``) would
-    copy it, and ``fn`` would fill the copy, leaving ``out`` uninitialised.
+    The elements go in blocks of :data:`_CACHE_BLOCK` (a few passes over a block then stay in the
+    core's cache, where a pass over the whole array would stream it from memory each time: ELU over
+    a ``[16, 64, 3840]`` activation took 22 ms whole, 14 ms in blocks), shared out to the threads.
+    ``x`` is made C-contiguous first, so that ``out`` (``empty_like``) is too and the flat views
+    below are views, not copies (a strided ``out`` once stayed uninitialised that way).
     """
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
-    threads = min(current(), max(1, x.size // _MIN_ELEMENTS_PER_THREAD))
-    rows_in, rows_out = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])
-    if threads == 1 or rows_in.shape[0] < 2:
-        fn(rows_in, rows_out)
-        return out
-    bounds = np.linspace(0, rows_in.shape[0], min(threads, rows_in.shape[0]) + 1).astype(int)
-    pool = _workers(threads)
-    jobs = [pool.submit(fn, rows_in[a:b], rows_out[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    for job in jobs:
-        job.result()
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    blocks = [slice(start, start + _CACHE_BLOCK) for start in range(0, x.size, _CACHE_BLOCK)]
+    run_blocks(lambda i: fn(flat_in[blocks[i]], flat_out[blocks[i]]), len(blocks))
     return out
