@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-_CACHE_BLOCK = 1 << 16  # elements: 256 KB of float32 in and out, well inside a core's L2 cache
+CACHE_BLOCK = 1 << 16  # elements: 256 KB of float32 in and out, well inside a core's L2 cache
 _threads = os.cpu_count() or 1
 _local = threading.local()  # .threads: this thread's own count (1 inside a pipeline stage or a block)
 _controller = None  # a cached threadpoolctl.ThreadpoolController: limiting through it takes 0.04 ms, not 1.3
@@ -251,7 +251,7 @@ def matmul_rows(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 def map_elements(fn: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray) -> np.ndarray:
     """``out = fn(x)`` for an element-wise ``fn(x_part, out_part)`` that writes ``out_part``.
 
-    The elements go in blocks of :data:`_CACHE_BLOCK` (a few passes over a block then stay in the
+    The elements go in blocks of :data:`CACHE_BLOCK` (a few passes over a block then stay in the
     core's cache, where a pass over the whole array would stream it from memory each time: ELU over
     a ``[16, 64, 3840]`` activation took 22 ms whole, 14 ms in blocks), shared out to the threads.
     ``x`` is made C-contiguous first, so that ``out`` (``empty_like``) is too and the flat views
@@ -260,6 +260,6 @@ def map_elements(fn: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray) ->
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
     flat_in, flat_out = x.reshape(-1), out.reshape(-1)
-    blocks = [slice(start, start + _CACHE_BLOCK) for start in range(0, x.size, _CACHE_BLOCK)]
+    blocks = [slice(start, start + CACHE_BLOCK) for start in range(0, x.size, CACHE_BLOCK)]
     run_blocks(lambda i: fn(flat_in[blocks[i]], flat_out[blocks[i]]), len(blocks))
     return out
