@@ -194,6 +194,20 @@ def test_gelu_matches_erf_form():
     assert abs(float(gelu(np.float32([1.0]))[0]) - 0.8413447) < 1e-6  # not the tanh approximation (0.8411920)
 
 
+def test_gelu_follows_the_references_erf_formula():
+    """PyTorch's CPU GELU takes erf from Abramowitz & Stegun 7.1.26 (docstring of ``gelu``); ours too,
+    within float32 rounding of the formula evaluated in float64, and off the exact GELU where the
+    formula is (x = −3.0835: exact −0.00315458, formula and torch −0.00315479…81)."""
+    x = np.concatenate([randn(20000) * 3, np.float32([-3.0834527, 0.0, -0.0, 1e-30, -1e-30, 9.0, -9.0])])
+    z = x.astype(np.float64) / math.sqrt(2)
+    t = 1 / (1 + 0.3275911 * np.abs(z))
+    poly = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t
+    formula = 0.5 * x * (1 + np.sign(z) * (1 - poly * np.exp(-z * z)))
+    y = gelu(x)
+    assert np.all(np.abs(y - formula) <= 1e-7 + 1.2e-7 * np.abs(x))  # a few float32 roundings
+    assert abs(float(y[20000]) - -0.0031547934) < 5e-8 and abs(float(y[20000]) - -0.0031545823) > 1.5e-7
+
+
 def test_softmax_matches_float64_and_masks():
     x = randn(3, 9) * 10
     x[0, :4] = -np.inf

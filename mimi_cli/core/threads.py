@@ -101,6 +101,10 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
+def _idle() -> None:
+    pass
+
+
 class _Team:
     """Helper threads for :func:`run_blocks`, each asleep on its own lock between calls.
 
@@ -114,7 +118,7 @@ class _Team:
         self.busy = threading.Lock()  # one run_blocks at a time; another caller runs its blocks alone
         self.wake = [threading.Lock() for _ in range(helpers)]
         self.done = [threading.Lock() for _ in range(helpers)]
-        self.work: Callable[[], None] = lambda: None
+        self.work: Callable[[], None] = _idle
         for wake, done in zip(self.wake, self.done, strict=True):
             wake.acquire()
             done.acquire()
@@ -150,16 +154,18 @@ class _Team:
                     except BaseException as error:  # noqa: BLE001 - re-raised below, after the helpers
                         stop(error)
                         interrupt = interrupt or error
+            self.work = _idle  # let go of the caller's blocks (and the arrays they hold)
         if interrupt is not None:
             raise interrupt
 
 
 _team: _Team | None = None
+_team_made = threading.Lock()
 
 
 def _forget_team() -> None:  # a forked child has none of its parent's threads
-    global _team
-    _team = None
+    global _team, _team_made
+    _team, _team_made = None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_team)
@@ -175,7 +181,9 @@ def run_blocks(fn: Callable[[int], None], count: int) -> None:
     global _team
     threads = min(current(), count)
     if threads > 1 and (_team is None or len(_team.wake) < threads - 1):
-        _team = _Team(threads - 1)
+        with _team_made:
+            if _team is None or len(_team.wake) < threads - 1:
+                _team = _Team(threads - 1)
     team = _team
     if threads <= 1 or not team.busy.acquire(blocking=False):  # nested, or another thread holds the team
         for index in range(count):
