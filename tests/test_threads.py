@@ -102,6 +102,19 @@ def test_pipeline_equals_the_whole_sequence(count):
     np.testing.assert_allclose(got, _naive(x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("stored", [None, [1e9, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1e9], [1.0, 1.0, 1.0, 1.0]])
+def test_a_pipeline_remembers_its_streams_times(stored):
+    """A chain that keeps its costs: the first run stores each stream's time per piece; a later run
+    cuts by the stored times (however wrong) and still gives the same result."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 70))
+    costs = {} if stored is None else {(2, 3, 8): stored}
+    with threads.limit_threads(2):
+        got = run_chunks(Chain(_chain().streams, costs), x, chunk=8)
+        np.testing.assert_allclose(got, _naive(x), rtol=1e-12, atol=1e-12)
+        assert len(costs[(2, 3, 8)]) == 4 and all(c > 0 for c in costs[(2, 3, 8)])  # measured, replaced
+        np.testing.assert_array_equal(run_chunks(Chain(_chain().streams, costs), x, chunk=8), got)
+
+
 class _Fails(Stream):
     def __init__(self, at: int):
         self.at, self.calls = at, 0

@@ -172,6 +172,7 @@ class Sequential(Module):
     def __init__(self, layers: list[Callable[[np.ndarray], np.ndarray]]):
         super().__init__()
         self.layers = layers
+        self.stream_costs: dict = {}  # (start, stop) → the pipeline's times per piece (core.stream.run_chunks)
         for index, layer in enumerate(layers):
             if isinstance(layer, Module):
                 self.add(str(index), layer)
@@ -182,7 +183,7 @@ class Sequential(Module):
     def streaming(self, start: int = 0, stop: int | None = None) -> Chain:
         """A stream of ``layers[start:stop]``: layers with state get their own stream, functions run as they are."""
         return Chain([layer.streaming() if isinstance(layer, Module) else Pointwise(layer)
-                      for layer in self.layers[start:stop]])
+                      for layer in self.layers[start:stop]], self.stream_costs.setdefault((start, stop), {}))
 
 
 def run_layers(layers, x: np.ndarray) -> np.ndarray:

@@ -76,10 +76,15 @@ def _finish(streams: list[Stream], y: np.ndarray | None = None) -> np.ndarray | 
 
 
 class Chain(Stream):
-    """Streams in order. ``flush`` ends them in turn: what one flushes is the next one's last input."""
+    """Streams in order. ``flush`` ends them in turn: what one flushes is the next one's last input.
 
-    def __init__(self, streams: list[Stream]):
+    ``costs``, when given, is where :func:`run_chunks` keeps each stream's time per piece between
+    runs (a dict the layer that made the chain owns, so every chain of that layer shares it).
+    """
+
+    def __init__(self, streams: list[Stream], costs: dict | None = None):
         self.streams = streams
+        self.costs = costs
 
     def step(self, x: np.ndarray) -> np.ndarray:
         for stream in self.streams:
@@ -137,12 +142,12 @@ def run_chunks(stream: Stream, x: np.ndarray, chunk: int) -> np.ndarray:
     pieces = [x[:, :, start : start + chunk] for start in range(0, x.shape[2], chunk)]
     stages = threads.current()
     if stages > 1 and isinstance(stream, Chain) and len(stream.streams) > 1 and len(pieces) > 2:
-        return _pipeline(stream.streams, pieces, stages)
+        return _pipeline(stream.streams, pieces, stages, {} if stream.costs is None else stream.costs)
     with threads.one_blas_thread():
         return _join([*map(stream.step, pieces), stream.flush()])
 
 
-def _pipeline(streams: list[Stream], pieces: list[np.ndarray], stages: int) -> np.ndarray:
+def _pipeline(streams: list[Stream], pieces: list[np.ndarray], stages: int, known: dict) -> np.ndarray:
     """Run ``streams`` (a chain) over ``pieces`` as ``stages`` threads in a row, each with one BLAS thread::
 
         piece:      0      1      2      3
@@ -150,35 +155,48 @@ def _pipeline(streams: list[Stream], pieces: list[np.ndarray], stages: int) -> n
         stage 1:          [0 ··· ][1 ··· ][2 ··· ][3 ··· ]
 
     Stage k runs a run of consecutive streams on piece n while stage k − 1 runs piece n + 1:
-    two cores, up to twice the pieces per second once the pipe is full. The first two pieces run
-    alone and time each stream; the cut points then split the second one's time evenly. A cut
-    never changes a result (each stream gets the same inputs, in order, either way), so timing
-    noise cannot. The caller's thread runs the last stage; an error in any stage, or an interrupt
-    in the caller, stops every stage and is raised in the caller.
+    two cores, up to twice the pieces per second once the pipe is full. The cut points split the
+    time of a piece evenly. That time comes from ``known`` (each stream's mean time per piece of this
+    shape in an earlier run, measured inside its stage), or else the first two pieces run alone and
+    the second one is timed (the first warms up). A cut never changes a result (each stream gets the
+    same inputs, in order, either way), so timing noise cannot. The caller's thread runs the last
+    stage; an error in any stage, or an interrupt in the caller, stops every stage and is raised in
+    the caller.
     """
+    key = pieces[0].shape
     with threads.one_blas_thread(), threads.single():
-        outputs = []
-        for piece in pieces[:2]:  # the second piece's times are the steady ones (the first warms up)
-            costs = []
-            for stream in streams:
-                start = time.perf_counter()
-                piece = stream.step(piece)
-                costs.append(time.perf_counter() - start)
-            outputs.append(piece)
-        groups = [streams[a:b] for a, b in _balanced_cuts(costs, stages)]
-        pipe = _Pipe(len(groups))
-        helpers = [threading.Thread(target=pipe.feed, args=(pieces[2:],), daemon=True, name="mimi-feed")]
-        helpers += [threading.Thread(target=pipe.stage, args=(k, group), daemon=True, name=f"mimi-stage-{k}")
-                    for k, group in enumerate(groups[:-1])]
+        outputs, costs = [], known.get(key)
+        if costs is None:
+            for piece in pieces[:2]:
+                costs = [0.0] * len(streams)
+                outputs.append(_timed_step(streams, piece, costs, 0))
+            pieces = pieces[2:]
+        cuts = _balanced_cuts(costs, stages)
+        pipe = _Pipe(len(cuts), len(streams))
+        helpers = [threading.Thread(target=pipe.feed, args=(pieces,), daemon=True, name="mimi-feed")]
+        helpers += [threading.Thread(target=pipe.stage, args=(k, streams, cut), daemon=True, name=f"mimi-stage-{k}")
+                    for k, cut in enumerate(cuts[:-1])]
         for helper in helpers:
             helper.start()
         try:
-            outputs += pipe.stage(len(groups) - 1, groups[-1])
+            outputs += pipe.stage(len(cuts) - 1, streams, cuts[-1])
         finally:
             pipe.stopped.set()  # after an error or an interrupt here, the helpers stop at their next piece
             for helper in helpers:
                 helper.join()
+        if pipe.pieces:
+            known[key] = [spent / pipe.pieces for spent in pipe.spent]
     return _join(outputs)
+
+
+def _timed_step(streams: list[Stream], x: np.ndarray, spent: list[float], first: int) -> np.ndarray:
+    """``streams`` (a run of a chain, the first being ``first`` in it) in turn on ``x``, each one's time
+    added to ``spent``."""
+    for index, stream in enumerate(streams, first):
+        start = time.perf_counter()
+        x = stream.step(x)
+        spent[index] += time.perf_counter() - start
+    return x
 
 
 class _End:
@@ -194,9 +212,11 @@ class _Pipe:
     A stage that fails passes its exception down instead of results; the last stage raises it.
     """
 
-    def __init__(self, stages: int):
+    def __init__(self, stages: int, streams: int):
         self.links = [queue.Queue(maxsize=2) for _ in range(stages)]
         self.stopped = threading.Event()
+        self.spent = [0.0] * streams  # each stream's time over all the pieces that went through the pipe
+        self.pieces = 0
 
     def _put(self, k: int, item) -> None:
         while not self.stopped.is_set():
@@ -218,24 +238,31 @@ class _Pipe:
             self._put(0, piece)
         self._put(0, _End())
 
-    def stage(self, k: int, streams: list[Stream]) -> list[np.ndarray | None]:
-        """Step ``streams`` on each piece from stage ``k − 1``, then end them (:func:`_finish`); pass each
-        result to stage ``k + 1``, or return them all from the last stage (which raises a failure)."""
-        last, chain, results = k == len(self.links) - 1, Chain(streams), []
+    def stage(self, k: int, streams: list[Stream], cut: tuple[int, int]) -> list[np.ndarray | None]:
+        """Step ``streams[cut[0]:cut[1]]`` on each piece from stage ``k − 1`` (timing each), then end them
+        (:func:`_finish`); pass each result to stage ``k + 1``, or return them all from the last stage
+        (which raises a failure)."""
+        last, mine, results = k == len(self.links) - 1, streams[cut[0] : cut[1]], []
         with threads.single():
             while True:
                 item = self._get(k)
                 if not isinstance(item, BaseException):
                     try:
-                        item = _End(_finish(streams, item.last)) if isinstance(item, _End) else chain.step(item)
+                        if isinstance(item, _End):
+                            item = _End(_finish(mine, item.last))
+                        else:
+                            item = _timed_step(mine, item, self.spent, cut[0])
                     except BaseException as error:  # noqa: BLE001 - passed down to the caller, which raises it
                         item = error
                 if not last:
                     self._put(k + 1, item)
                 elif isinstance(item, BaseException):
                     raise item
+                elif isinstance(item, _End):
+                    results.append(item.last)
                 else:
-                    results.append(item.last if isinstance(item, _End) else item)
+                    results.append(item)
+                    self.pieces += 1
                 if isinstance(item, (_End, BaseException)):
                     return results
 
