@@ -88,12 +88,12 @@ def gelu(x: np.ndarray) -> np.ndarray:
 _local = threading.local()
 
 
-def _scratch(count: int, size: int) -> list[np.ndarray]:
-    """``count`` float32 work arrays of ``size`` ≤ CACHE_BLOCK elements, this thread's own, reused
+def _scratch(size: int) -> list[np.ndarray]:
+    """Three float32 work arrays of ``size`` ≤ CACHE_BLOCK elements, this thread's own, reused
     (fresh 256 KB arrays on every block come from the kernel, page by page)."""
     if not hasattr(_local, "scratch"):
         _local.scratch = [np.empty(CACHE_BLOCK, np.float32) for _ in range(3)]
-    return [a[:size] for a in _local.scratch[:count]]
+    return [a[:size] for a in _local.scratch]
 
 
 _ERF_P = np.float32(0.3275911)
@@ -101,7 +101,7 @@ _ERF_POLY = [np.float32(a) for a in (1.061405429, -1.453152027, 1.421413741, -0.
 
 
 def _gelu_into(x: np.ndarray, out: np.ndarray) -> None:
-    z, t, q = _scratch(3, x.size)
+    z, t, q = _scratch(x.size)
     np.multiply(x, _INV_SQRT2, out=z)  # erf's argument
     np.abs(z, out=t)
     t *= _ERF_P

@@ -234,26 +234,20 @@ def matmul_rows(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     bounds = [rows * i // pieces for i in range(pieces + 1)]  # (np.linspace took 3 ms of a 100 ms step)
     # np.dot, not np.matmul: matmul holds the GIL on products this small (measured: a waiting
     # thread then starts only after the 5 ms switch interval), dot always lets it go.
-    if columns <= _VECTOR_COLUMNS:
-        out = np.empty((columns, rows), np.result_type(w, x))  # [N, M]: each column's result contiguous
-        xt = np.ascontiguousarray(x.T)
-
-        def one(i: int) -> None:
-            r = slice(bounds[i], bounds[i + 1])
-            for j in range(columns):
-                np.dot(w[r], xt[j], out=out[j, r])
-
-        run_blocks(one, pieces)
-        return out.T
-    out = np.empty((rows, columns), np.result_type(w, x))
-    x = np.ascontiguousarray(x)
+    vectors = columns <= _VECTOR_COLUMNS  # then x and out are kept [N, ·]: one contiguous row per column
+    x = np.ascontiguousarray(x.T if vectors else x)
+    out = np.empty((columns, rows) if vectors else (rows, columns), np.result_type(w, x))
 
     def one(i: int) -> None:
         r = slice(bounds[i], bounds[i + 1])
-        np.dot(w[r], x, out=out[r])
+        if vectors:
+            for j in range(columns):
+                np.dot(w[r], x[j], out=out[j, r])
+        else:
+            np.dot(w[r], x, out=out[r])
 
     run_blocks(one, pieces)
-    return out
+    return out.T if vectors else out
 
 
 def map_elements(fn: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray) -> np.ndarray:
