@@ -251,7 +251,7 @@ def test_windowed_attention_matches_naive_loops(length, context):
     q, k, v = randn(1, 2, length, 8), randn(1, 2, length, 8), randn(1, 2, length, 8)
     out = windowed_causal_attention(q, k, v, context)
     # every query for short inputs; for long ones a sample across block edges and the window edge
-    queries = range(length) if length < 100 else (0, 1, 249, 250, 255, 256, 257, 299, length - 1)
+    queries = range(length) if length < 100 else (0, 1, 63, 64, 127, 128, 249, 250, 255, 256, 257, 299, length - 1)
     for i in queries:
         window = slice(max(0, i - context + 1), i + 1)
         for h in range(2):

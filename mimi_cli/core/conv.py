@@ -26,7 +26,7 @@ _PHASE_BLOCK_ELEMENTS = 1 << 18
 # then split into blocks the threads share.
 _MAX_BLOCK_STEPS = 1024
 # Up to this many input steps a transposed conv is computed weight-as-right-operand.
-_SKINNY_STEPS = 16
+_SKINNY_STEPS = 64
 
 
 def pad_left(x: np.ndarray, pad: int, mode: str = "constant") -> np.ndarray:

@@ -29,7 +29,7 @@ from mimi_cli.core import (
     nearest_code,
     rope_frequencies,
 )
-from mimi_cli.core.attention import QUERY_BLOCK, attend_block
+from mimi_cli.core.attention import attend_block
 from mimi_cli.core.layers import Conv, ConvTranspose, Sequential
 from mimi_cli.core.stream import Chain, Identity, Pointwise, Stream, Sum, run_chunks
 from mimi_cli.core.module import Module
@@ -58,6 +58,10 @@ class ResidualBlock(Module):
 
 
 MIMI_SEANET = SEANetLayers(conv=Conv, conv_transpose=ConvTranspose, residual_block=ResidualBlock)
+
+# A transformer layer's steps per block of batch work, shared out to the threads. The blocks depend on
+# the length alone, so the result does not depend on the thread count.
+QUERY_BLOCK = 256
 
 
 class SEANet(Module):
