@@ -141,7 +141,7 @@ CONVTR_CASES = [
     (1, 3, 2, 1, 4, 2, 1, True),  # length 1
     (1, 3, 2, 0, 4, 2, 1, True),  # length 0
     (1, 2, 3, 6, 2, 3, 1, True),  # stride > kernel: gaps filled by the bias only
-    (2, 4, 3, 40, 8, 4, 1, True),  # long enough for the blocked path (short ones take the skinny one)
+    (2, 4, 3, 80, 8, 4, 1, True),  # long enough for the blocked path (up to 64 steps take the skinny one)
 ]
 
 

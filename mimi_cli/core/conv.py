@@ -25,7 +25,9 @@ _PHASE_BLOCK_ELEMENTS = 1 << 18
 # At most this many output steps per block: streaming's pieces (a frame: 1920 steps at 24 kHz)
 # then split into blocks the threads share.
 _MAX_BLOCK_STEPS = 1024
-# Up to this many input steps a transposed conv is computed weight-as-right-operand.
+# Up to this many input steps a transposed conv is computed weight-as-right-operand: streaming's
+# frames, and the 32 steps per chunk that batch mode gives the decoder's first upsampling (1024 → 512
+# channels, k16 s8: 11.8 ms against 14.5 ms blocked; at 256 steps the blocked path wins, 73 against 92).
 _SKINNY_STEPS = 64
 
 
