@@ -78,13 +78,14 @@ def _finish(streams: list[Stream], y: np.ndarray | None = None) -> np.ndarray | 
 class Chain(Stream):
     """Streams in order. ``flush`` ends them in turn: what one flushes is the next one's last input.
 
-    ``costs``, when given, is where :func:`run_chunks` keeps each stream's time per piece between
-    runs (a dict the layer that made the chain owns, so every chain of that layer shares it).
+    ``costs`` is where :func:`run_chunks` keeps each stream's time per piece between runs: given,
+    a dict the layer that made the chain owns, so every chain of that layer shares it; else the
+    chain's own.
     """
 
     def __init__(self, streams: list[Stream], costs: dict | None = None):
         self.streams = streams
-        self.costs = costs
+        self.costs = {} if costs is None else costs
 
     def step(self, x: np.ndarray) -> np.ndarray:
         for stream in self.streams:
@@ -142,7 +143,7 @@ def run_chunks(stream: Stream, x: np.ndarray, chunk: int) -> np.ndarray:
     pieces = [x[:, :, start : start + chunk] for start in range(0, x.shape[2], chunk)]
     stages = threads.current()
     if stages > 1 and isinstance(stream, Chain) and len(stream.streams) > 1 and len(pieces) > 2:
-        return _pipeline(stream.streams, pieces, stages, {} if stream.costs is None else stream.costs)
+        return _pipeline(stream.streams, pieces, stages, stream.costs)
     with threads.one_blas_thread():
         return _join([*map(stream.step, pieces), stream.flush()])
 
