@@ -59,9 +59,19 @@ class ResidualBlock(Module):
 
 MIMI_SEANET = SEANetLayers(conv=Conv, conv_transpose=ConvTranspose, residual_block=ResidualBlock)
 
-# A transformer layer's steps per block of batch work, shared out to the threads. The blocks depend on
-# the length alone, so the result does not depend on the thread count.
-QUERY_BLOCK = 256
+# A transformer layer's batch work goes in blocks of steps, shared out to the threads. The blocks depend
+# on the length alone, so the result does not depend on the thread count. An even number of blocks of at
+# most 512 steps gives two cores an equal share (30 s are 750 steps: two blocks of 375 took 0.55 s at
+# 2 threads where blocks of 256, three of them, took 0.69 s; docs/performance.md).
+MAX_BLOCK_STEPS = 512
+MIN_SPLIT_STEPS = 64  # shorter sequences (streaming's steps, short clips) stay one block
+
+
+def row_blocks(steps: int) -> list[slice]:
+    """``steps`` cut into an even number of near-equal blocks of at most :data:`MAX_BLOCK_STEPS`."""
+    count = 1 if steps < MIN_SPLIT_STEPS else 2 * -(-steps // (2 * MAX_BLOCK_STEPS))
+    bounds = [steps * i // count for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
 
 
 class SEANet(Module):
@@ -103,7 +113,7 @@ class TransformerLayer(Module):
                  cache: KVCache | None = None) -> np.ndarray:
         """``x`` ``[B, T, D]`` at absolute ``positions`` ``[T]``; with a ``cache``, earlier steps are attended too.
 
-        Without one (batch mode) the steps go in blocks of :data:`QUERY_BLOCK`, spread over the
+        Without one (batch mode) the steps go in blocks (:func:`row_blocks`), spread over the
         threads (:func:`~mimi_cli.core.threads.run_blocks`): every row's work but the attention is
         its own, and a block of queries needs only the keys and values, computed first.
         """
@@ -114,7 +124,7 @@ class TransformerLayer(Module):
         c = self.c
         q, k, v = (np.empty((batch, c.num_heads, steps, c.head_dim), np.float32) for _ in range(3))
         out = np.empty_like(x)
-        blocks = [slice(t, min(steps, t + QUERY_BLOCK)) for t in range(0, steps, QUERY_BLOCK)]
+        blocks = row_blocks(steps)
 
         def project(i: int) -> None:
             rows = blocks[i]
