@@ -128,9 +128,9 @@ def _gelu_into(x: np.ndarray, out: np.ndarray) -> None:
     out *= x
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax; ``-inf`` entries get probability 0."""
-    m = np.max(x, axis=axis, keepdims=True)
-    e = np.exp(x - m)
-    e /= np.sum(e, axis=axis, keepdims=True)
-    return e
+def softmax(x: np.ndarray, axis: int = -1, out: np.ndarray | None = None) -> np.ndarray:
+    """Numerically stable softmax; ``-inf`` entries get probability 0. ``out`` may be ``x`` (in place)."""
+    out = np.subtract(x, np.max(x, axis=axis, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= np.sum(out, axis=axis, keepdims=True)
+    return out
