@@ -225,3 +225,18 @@ def test_run_blocks_nested_and_from_two_threads_at_once():
     other.join(timeout=60)
     assert not other.is_alive()
     assert (counts == 1).all()
+
+
+@pytest.mark.parametrize("steps", [0, 1, 63, 64, 250, 750, 1024, 1025, 4000])
+def test_transformer_blocks_cover_every_step_in_an_even_share(steps):
+    """Batch transformer blocks: every step once, in order; an even number of near-equal blocks of at
+    most 512 steps (two threads take equal halves), one block for short sequences."""
+    from mimi_cli.models.mimi.model import MAX_BLOCK_STEPS, MIN_SPLIT_STEPS, row_blocks
+
+    blocks = row_blocks(steps)
+    assert [t for b in blocks for t in range(b.start, b.stop)] == list(range(steps))
+    sizes = [b.stop - b.start for b in blocks]
+    if steps < MIN_SPLIT_STEPS:
+        assert len(blocks) == 1
+    else:
+        assert len(blocks) % 2 == 0 and max(sizes) <= MAX_BLOCK_STEPS and max(sizes) - min(sizes) <= 1
