@@ -119,8 +119,8 @@ def _gelu_into(x: np.ndarray, out: np.ndarray) -> None:
     np.exp(out, out=out)
     q *= out  # erfc(|z|)/2 = t·P(t)·exp(−z²)/2
     np.subtract(np.float32(0.5), q, out=q)  # (1 − erfc(|z|))/2 = erf(|z|)/2
-    # erf(z)/2: flip the sign where z is negative. Flipping the sign bit is exact, and 8× faster than
-    # multiplying by np.sign(z), which NumPy computes slowly in place (7 ns per element).
+    # erf(z)/2: flip the sign where z is negative, by the sign bit: exact, two passes of ≈ 0.2 ns per
+    # element, where np.sign(z, out=z) alone took 7 ns per element (NumPy's in-place sign is slow).
     zi = z.view(np.int32)
     np.bitwise_and(zi, _SIGN_BIT, out=zi)
     np.bitwise_xor(q.view(np.int32), zi, out=q.view(np.int32))

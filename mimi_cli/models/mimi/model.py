@@ -71,7 +71,7 @@ def row_blocks(steps: int) -> list[slice]:
     """``steps`` cut into an even number of near-equal blocks of at most :data:`MAX_BLOCK_STEPS`."""
     count = 1 if steps < MIN_SPLIT_STEPS else 2 * -(-steps // (2 * MAX_BLOCK_STEPS))
     bounds = [steps * i // count for i in range(count + 1)]
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 class SEANet(Module):
