@@ -210,6 +210,14 @@ def run_blocks(fn: Callable[[int], None], count: int) -> None:
         raise errors[0]
 
 
+def even_pieces(length: int, size: int, limit: int) -> list[slice]:
+    """``range(length)`` cut into an even number (for two cores) of near-equal pieces, as few as keep
+    each piece's share of ``size`` within ``limit`` (the same unit: bytes of weight, steps ...)."""
+    count = 2 * -(-size // (2 * limit))
+    bounds = [length * i // count for i in range(count + 1)]  # (np.linspace took 3 ms of a 100 ms step)
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 # A product with at most this many columns is bound by reading its weight (streaming: a frame or
 # two per stream); its rows then go in an even number of pieces of at most _PIECE_BYTES of weight.
 _SKINNY_COLUMNS = 64
@@ -230,8 +238,7 @@ def matmul_rows(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     rows, columns = w.shape[0], x.shape[1]
     if columns > _SKINNY_COLUMNS or rows < 64:
         return w @ x
-    pieces = 2 * -(-w.nbytes // (2 * _PIECE_BYTES))
-    bounds = [rows * i // pieces for i in range(pieces + 1)]  # (np.linspace took 3 ms of a 100 ms step)
+    pieces = even_pieces(rows, w.nbytes, _PIECE_BYTES)
     # np.dot, not np.matmul: matmul holds the GIL on products this small (measured: a waiting
     # thread then starts only after the 5 ms switch interval), dot always lets it go.
     vectors = columns <= _VECTOR_COLUMNS  # then x and out are kept [N, ·]: one contiguous row per column
@@ -239,14 +246,14 @@ def matmul_rows(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     out = np.empty((columns, rows) if vectors else (rows, columns), np.result_type(w, x))
 
     def one(i: int) -> None:
-        r = slice(bounds[i], bounds[i + 1])
+        r = pieces[i]
         if vectors:
             for j in range(columns):
                 np.dot(w[r], x[j], out=out[j, r])
         else:
             np.dot(w[r], x, out=out[r])
 
-    run_blocks(one, pieces)
+    run_blocks(one, len(pieces))
     return out.T if vectors else out
 
 

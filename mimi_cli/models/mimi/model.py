@@ -33,7 +33,7 @@ from mimi_cli.core.attention import attend_block
 from mimi_cli.core.layers import Conv, ConvTranspose, Sequential
 from mimi_cli.core.stream import Chain, Identity, Pointwise, Stream, Sum, run_chunks
 from mimi_cli.core.module import Module
-from mimi_cli.core.threads import run_blocks
+from mimi_cli.core.threads import even_pieces, run_blocks
 from mimi_cli.models.codec import Codec
 from mimi_cli.models.mimi.config import MimiConfig
 from mimi_cli.models.seanet import SEANetLayers, seanet_decoder, seanet_encoder
@@ -69,9 +69,7 @@ MIN_SPLIT_STEPS = 64  # shorter sequences (streaming's steps, short clips) stay 
 
 def row_blocks(steps: int) -> list[slice]:
     """``steps`` cut into an even number of near-equal blocks of at most :data:`MAX_BLOCK_STEPS`."""
-    count = 1 if steps < MIN_SPLIT_STEPS else 2 * -(-steps // (2 * MAX_BLOCK_STEPS))
-    bounds = [steps * i // count for i in range(count + 1)]
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [slice(0, steps)] if steps < MIN_SPLIT_STEPS else even_pieces(steps, steps, MAX_BLOCK_STEPS)
 
 
 class SEANet(Module):
