@@ -240,3 +240,48 @@ def test_transformer_blocks_cover_every_step_in_an_even_share(steps):
         assert len(blocks) == 1
     else:
         assert len(blocks) % 2 == 0 and max(sizes) <= MAX_BLOCK_STEPS and max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("batch", [1, 2, 7, 8, 9, 16, 17, 40])
+def test_stream_groups_cover_the_batch(batch):
+    """Every stream in one group, in order; under 2·MIN_GROUP one group, else an even number of groups
+    of MIN_GROUP..MAX_GROUP streams, sizes within one."""
+    from mimi_cli.core.stream import MAX_GROUP, MIN_GROUP, batch_groups
+
+    groups = batch_groups(batch)
+    assert [s for g in groups for s in range(g.start, g.stop)] == list(range(batch))
+    sizes = [g.stop - g.start for g in groups]
+    if batch < 2 * MIN_GROUP:
+        assert sizes == [batch]
+    else:
+        assert len(groups) % 2 == 0 and MIN_GROUP <= min(sizes) and max(sizes) <= MAX_GROUP
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_many_streams_step_in_groups_with_the_same_bits(small_model):
+    """Nine streams (groups of 4 and 5): the same bits on 1, 2 and 3 threads, and each group's streams
+    exactly what a batch of that group alone gives (groups share nothing but the call)."""
+    from mimi_cli.core.stream import batch_groups
+
+    frame = small_model.config.frame_size
+    pcm = np.stack([speech_like(0.5, seed=i)[: 12 * frame + 5] for i in range(9)])
+
+    def run(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        encoder = small_model.stream_encoder(batch_size=len(rows), num_codebooks=4)
+        decoder = small_model.stream_decoder(batch_size=len(rows))
+        codes = np.concatenate([encoder.push(rows[:, i : i + 3 * frame]) for i in range(0, rows.shape[1], 3 * frame)]
+                               + [encoder.flush()], axis=-1)
+        audio = np.concatenate([decoder.push(codes), decoder.flush()], axis=-1)
+        return codes, audio
+
+    runs = {}
+    for count in THREAD_COUNTS:
+        with threads.limit_threads(count):
+            runs[count] = _digest(*run(pcm))
+    assert runs[2] == runs[1] and runs[3] == runs[1]
+    codes, audio = run(pcm)
+    assert codes.shape == (9, 4, 13) and len(np.unique(codes)) > 20  # real codes, not a constant
+    for group in batch_groups(9):
+        alone_codes, alone_audio = run(pcm[group])
+        np.testing.assert_array_equal(codes[group], alone_codes)
+        np.testing.assert_array_equal(audio[group], alone_audio)

@@ -22,6 +22,7 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
+from mimi_cli.core.stream import Groups
 from mimi_cli.core.threads import one_blas_thread
 from mimi_cli.errors import InvalidAudioError, InvalidCodesError
 
@@ -50,7 +51,7 @@ class StreamEncoder:
 
     def reset(self) -> None:
         """Forget everything: the next push starts a new stream."""
-        self._stream = self.model.encoder_stream()
+        self._stream = Groups(self.model.encoder_stream, self.batch_size)
         self._pending = np.zeros((self.batch_size, 0), np.float32)
 
     def _check(self, pcm: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -117,7 +118,7 @@ class StreamDecoder:
 
     def reset(self) -> None:
         """Forget everything: the next push starts a new stream (and may use another K)."""
-        self._stream = self.model.decoder_stream()
+        self._stream = Groups(self.model.decoder_stream, self.batch_size)
         self._pending: np.ndarray | None = None  # [B, K, < frames_per_step]
 
     def _check(self, codes: np.ndarray) -> tuple[np.ndarray, bool]:
