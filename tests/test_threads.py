@@ -169,6 +169,21 @@ def test_matmul_rows(shape):
     assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
+@pytest.mark.parametrize("shape", [(2, 2048, 1024), (3, 4096, 640), (4, 2048, 1024), (1, 100, 70)])
+def test_matmul_depth(shape):
+    """Against float64 (the depth in pieces for up to 3 rows of a > 4 MB weight), the same bits on 1-3 threads."""
+    rows, depth, columns = shape
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((rows, depth), np.float32)
+    w = rng.standard_normal((depth, columns), np.float32)
+    results = []
+    for count in THREAD_COUNTS:
+        with threads.limit_threads(count), threads.one_blas_thread():
+            results.append(threads.matmul_depth(x, w))
+    np.testing.assert_allclose(results[0], x.astype(np.float64) @ w.astype(np.float64), rtol=1e-4, atol=2e-3)
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
 def test_run_blocks_runs_each_block_once_and_raises():
     seen = []
     lock = threading.Lock()

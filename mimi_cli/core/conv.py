@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from mimi_cli.core.threads import matmul_rows, run_blocks
+from mimi_cli.core.threads import matmul_depth, matmul_rows, run_blocks
 
 # Upper bound on the elements of one unfolded block (16 MB of float32).
 _BLOCK_ELEMENTS = 1 << 22
@@ -226,7 +226,7 @@ def conv_transpose1d(
         # Few steps (streaming): the product is bound by reading the weight, which
         # OpenBLAS does fastest untransposed, as the right operand (measured 25% faster).
         steps = x.transpose(0, 2, 1).reshape(batch * length, in_channels)  # all B streams in one product
-        products = steps @ weight.reshape(in_channels, out_channels * kernel)  # [B·T, O·K]
+        products = matmul_depth(steps, weight.reshape(in_channels, out_channels * kernel))  # [B·T, O·K]
         _overlap_add(y, products.reshape(batch, length, out_channels, kernel).transpose(0, 2, 3, 1), 0, stride)
     else:
         # [G, O/G·K, C/G]: one matrix per group mapping input channels to (out channel, tap).
