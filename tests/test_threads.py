@@ -102,7 +102,8 @@ def test_pipeline_equals_the_whole_sequence(count):
     np.testing.assert_allclose(got, _naive(x), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("stored", [None, [1e9, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1e9], [1.0, 1.0, 1.0, 1.0]])
+@pytest.mark.parametrize("stored", [None, [1e9, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1e9], [1.0, 1.0, 1.0, 1.0],
+                                    [1.0, 3.0, 1.0, 1.0], [0.5, 0.2, 2.0, 0.1]])
 def test_a_pipeline_remembers_its_streams_times(stored):
     """A chain that keeps its costs: the first run stores each stream's time per piece; a later run
     cuts by the stored times (however wrong) and still gives the same result."""
@@ -126,14 +127,17 @@ class _Fails(Stream):
         return x
 
 
-@pytest.mark.parametrize("position", [0, 2])
-def test_an_error_in_a_stage_reaches_the_caller(position):
-    """A failing stream, first or last in the chain, on piece 5: the caller gets its error, no thread hangs."""
+@pytest.mark.parametrize("position", [0, 1, 2])
+@pytest.mark.parametrize("stored", [False, True])
+def test_an_error_in_a_stage_reaches_the_caller(position, stored):
+    """A failing stream, first, middle or last in the chain, on piece 5: the caller gets its error, no
+    thread hangs, whether the stages' cut comes from stored times or from the first pieces."""
     streams: list[Stream] = [Pointwise(np.negative), Pointwise(np.abs)]
     streams.insert(position, _Fails(at=5))
+    costs = {(1, 1, 10): [1.0, 1.0, 1.0]} if stored else {}
     before = threading.active_count()
     with threads.limit_threads(2), pytest.raises(ValueError, match="piece 5 is bad"):
-        run_chunks(Chain(streams), np.ones((1, 1, 100)), chunk=10)
+        run_chunks(Chain(streams, costs), np.ones((1, 1, 100)), chunk=10)
     assert threading.active_count() <= before + 2  # at most the pool's own workers remain
 
 
