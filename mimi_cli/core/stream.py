@@ -155,7 +155,7 @@ class Groups(Stream):
     hand-off costs more than half of it gains. A group of streams is instead a whole step on one
     thread, with no hand-off inside: B = 16 streams as 2 groups of 8 on two threads. Each group's
     products have the group's shape whatever the thread count, so the bits are the same on any
-    number of threads (and a stream in a group of one gets exactly a lone stream's result).
+    number of threads, and a group's streams get exactly what a batch of that group alone would.
     """
 
     def __init__(self, make: Callable[[], Stream], batch: int):

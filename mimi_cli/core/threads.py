@@ -267,7 +267,7 @@ def matmul_depth(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     pieces on two threads, the same on one. With more rows the thin pieces cost more than they gain.
     The pieces depend on the shapes alone.
     """
-    if x.shape[0] > _VECTOR_COLUMNS or w.nbytes <= _PIECE_BYTES:
+    if x.shape[0] > _VECTOR_COLUMNS or w.nbytes <= _PIECE_BYTES:  # matrix-vector territory only, as above
         return x @ w
     pieces = even_pieces(w.shape[0], w.nbytes, _PIECE_BYTES)
     partial: list[np.ndarray | None] = [None] * len(pieces)

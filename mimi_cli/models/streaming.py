@@ -10,6 +10,8 @@ frame grid and the end of the stream::
 
 Work is done on that fixed grid and input is buffered until a whole step is
 there, so how the input is chunked never changes a single bit of the output.
+A batch of 8 or more streams steps in groups, one per thread
+(:class:`mimi_cli.core.stream.Groups`); the groups depend on the batch size alone.
 Mimi's results equal moshi's streaming mode (``with model.streaming(1):`` fed one
 frame per call), including its attention quirk past 10 s (see
 :class:`mimi_cli.core.KVCache`); EnCodec's, being causal with exact carried context,
