@@ -158,34 +158,33 @@ def test_balanced_cuts_are_optimal():
             assert max(sum(costs[a:b]) for a, b in cuts) == pytest.approx(best)
 
 
+def _check_product(product, a: np.ndarray, b: np.ndarray, atol: float) -> None:
+    """``product(a, b)`` against float64, and the same bits on 1, 2 and 3 threads."""
+    results = []
+    for count in THREAD_COUNTS:
+        with threads.limit_threads(count), threads.one_blas_thread():
+            results.append(product(a, b))
+    np.testing.assert_allclose(results[0], a.astype(np.float64) @ b.astype(np.float64), rtol=1e-4, atol=atol)
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
 @pytest.mark.parametrize("shape", [(1536, 512, 2), (512, 2048, 16), (100, 70, 3), (64, 64, 200)])
 def test_matmul_rows(shape):
-    """Against float64, and the same bits on 1, 2 and 3 threads."""
+    """Pieces of rows for few columns."""
     rows, depth, columns = shape
     rng = np.random.default_rng(2)
     w = rng.standard_normal((rows, depth), np.float32)
     x = rng.standard_normal((columns, depth), np.float32).T  # a transposed view, as linear() passes
-    results = []
-    for count in THREAD_COUNTS:
-        with threads.limit_threads(count), threads.one_blas_thread():
-            results.append(threads.matmul_rows(w, x))
-    np.testing.assert_allclose(results[0], w.astype(np.float64) @ x.astype(np.float64), rtol=1e-4, atol=1e-3)
-    assert all(np.array_equal(results[0], r) for r in results[1:])
+    _check_product(threads.matmul_rows, w, x, atol=1e-3)
 
 
 @pytest.mark.parametrize("shape", [(2, 2048, 1024), (3, 4096, 640), (4, 2048, 1024), (1, 100, 70)])
 def test_matmul_depth(shape):
-    """Against float64 (the depth in pieces for up to 3 rows of a > 4 MB weight), the same bits on 1-3 threads."""
+    """Pieces of the depth for up to 3 rows of a weight over 4 MB."""
     rows, depth, columns = shape
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((rows, depth), np.float32)
-    w = rng.standard_normal((depth, columns), np.float32)
-    results = []
-    for count in THREAD_COUNTS:
-        with threads.limit_threads(count), threads.one_blas_thread():
-            results.append(threads.matmul_depth(x, w))
-    np.testing.assert_allclose(results[0], x.astype(np.float64) @ w.astype(np.float64), rtol=1e-4, atol=2e-3)
-    assert all(np.array_equal(results[0], r) for r in results[1:])
+    _check_product(threads.matmul_depth, rng.standard_normal((rows, depth), np.float32),
+                   rng.standard_normal((depth, columns), np.float32), atol=2e-3)
 
 
 def test_run_blocks_runs_each_block_once_and_raises():
