@@ -84,29 +84,48 @@ class StreamsStep:
 
 
 def many_streams(model: Codec, counts: tuple[int, ...] = (1, 4, 8, 16), frames: int = 40,
-                 warmup: int = 5, num_codebooks: int | None = None) -> list[StreamsStep]:
+                 warmup: int = 5, num_codebooks: int | None = None, find_limit: bool = True) -> list[StreamsStep]:
     """Per-step time of B concurrent streams in one call (``stream_encoder(batch_size=B)``), 1 frame per
-    step: the weights are read once per step for all B streams, which is what serving many users needs."""
+    step: the weights are read once per step for all B streams, which is what serving many users needs.
+
+    With ``find_limit``, the B between the largest real-time count and the next one are then halved
+    until they meet (:func:`next_streams_count`), so the largest real-time B in the results is the
+    most streams this machine keeps real-time (up to the largest count tried). Sorted by B.
+    """
+    results = [_streams_step(model, count, frames, warmup, num_codebooks) for count in counts]
+    while find_limit and (count := next_streams_count(results)) is not None:
+        results.append(_streams_step(model, count, frames, warmup, num_codebooks))
+    return sorted(results, key=lambda r: r.streams)
+
+
+def next_streams_count(results: list[StreamsStep]) -> int | None:
+    """The B halfway between the largest real-time B measured and the smallest B measured above it;
+    None when those two are adjacent or no B above it was measured."""
+    held = max((r.streams for r in results if r.real_time), default=0)
+    above = [r.streams for r in results if r.streams > held]  # none of them real-time, by the max above
+    if not above or min(above) - held <= 1:
+        return None
+    return (held + min(above)) // 2
+
+
+def _streams_step(model: Codec, count: int, frames: int, warmup: int, num_codebooks: int | None) -> StreamsStep:
+    """Median step times of ``count`` streams advancing one frame each per step."""
     frame = model.config.frame_size
-    results = []
-    for count in counts:
-        pcm = np.stack([speech_like((frames + warmup) * frame / model.config.sample_rate, seed=i)
-                        for i in range(count)])
-        encoder = model.stream_encoder(batch_size=count, num_codebooks=num_codebooks)
-        decoder = model.stream_decoder(batch_size=count)
-        encode_ms, decode_ms = [], []
-        for index in range(frames + warmup):
-            t0 = time.perf_counter()
-            codes = encoder.push(pcm[:, index * frame:(index + 1) * frame])
-            t1 = time.perf_counter()
-            decoder.push(codes)
-            t2 = time.perf_counter()
-            if index >= warmup:
-                encode_ms.append((t1 - t0) * 1e3)
-                decode_ms.append((t2 - t1) * 1e3)
-        results.append(StreamsStep(count, float(np.median(encode_ms)), float(np.median(decode_ms)),
-                                   1000 / model.config.frame_rate))
-    return results
+    pcm = np.stack([speech_like((frames + warmup) * frame / model.config.sample_rate, seed=i)
+                    for i in range(count)])
+    encoder = model.stream_encoder(batch_size=count, num_codebooks=num_codebooks)
+    decoder = model.stream_decoder(batch_size=count)
+    encode_ms, decode_ms = [], []
+    for index in range(frames + warmup):
+        t0 = time.perf_counter()
+        codes = encoder.push(pcm[:, index * frame:(index + 1) * frame])
+        t1 = time.perf_counter()
+        decoder.push(codes)
+        t2 = time.perf_counter()
+        if index >= warmup:
+            encode_ms.append((t1 - t0) * 1e3)
+            decode_ms.append((t2 - t1) * 1e3)
+    return StreamsStep(count, float(np.median(encode_ms)), float(np.median(decode_ms)), 1000 / model.config.frame_rate)
 
 
 # ----------------------------------------------------------------------------- timing helpers

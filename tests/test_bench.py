@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import SMALL, run
 
 import mimi_cli.core.layers as layers_module
@@ -110,10 +111,34 @@ def test_encodec_flop_count_matches_the_operations_the_model_runs(monkeypatch):
 def test_many_streams_reports_each_batch(small_model):
     from mimi_cli.bench import many_streams
 
-    results = many_streams(small_model, counts=(1, 3), frames=4, warmup=1, num_codebooks=4)
+    results = many_streams(small_model, counts=(3, 1), frames=4, warmup=1, num_codebooks=4, find_limit=False)
     assert [r.streams for r in results] == [1, 3]
     for r in results:
         row = r.as_dict()
         assert row["encode_ms"] > 0 and row["decode_ms"] > 0 and row["frame_ms"] == 1000 / small_model.config.frame_rate
         assert row["real_time"] == (r.encode_ms + r.decode_ms <= r.frame_ms)
         assert row["ms_per_stream_frame"] == (r.encode_ms + r.decode_ms) / r.streams
+
+
+@pytest.mark.parametrize("real_time,expected", [
+    ({1: True, 4: True, 8: False, 16: False}, 6),  # between 4 (held) and 8 (not)
+    ({1: True, 4: True, 6: False, 8: False}, 5),
+    ({1: True, 4: True, 5: False, 8: False}, None),  # 4 and 5 meet: 4 is the limit
+    ({1: False, 4: False}, None),  # not even one stream
+    ({1: True, 4: True, 8: True}, None),  # every count held: nothing above to bisect
+    ({1: True, 2: False, 4: True, 8: False}, 6),  # noise: the largest real-time count leads
+])
+def test_the_streams_limit_is_bisected(real_time, expected):
+    """next_streams_count halves the gap between the largest real-time B and the next B measured; run to the
+    end, the bisection finds the exact limit of a machine that holds 5 streams."""
+    from mimi_cli.bench import StreamsStep, next_streams_count
+
+    def step(count: int, held: bool) -> StreamsStep:
+        return StreamsStep(count, 10.0, 50.0 if held else 100.0, 80.0)
+
+    assert next_streams_count([step(b, ok) for b, ok in real_time.items()]) == expected
+    results = [step(b, b <= 5) for b in (1, 4, 8, 16)]
+    while (count := next_streams_count(results)) is not None:
+        assert count not in [r.streams for r in results]
+        results.append(step(count, count <= 5))
+    assert sorted(r.streams for r in results) == [1, 4, 5, 6, 8, 16]
