@@ -233,14 +233,15 @@ def conv_transpose1d(
         w = weight.reshape(groups, group_in, group_out * kernel).transpose(0, 2, 1)
         x = x.reshape(batch, groups, group_in, length)
         block = max(1, _BLOCK_ELEMENTS // (out_channels * kernel * batch))
-        # Without groups, two halves of the output channels at once: each writes its own channels
-        # of y (halves of time would overlap-add into the same samples).
-        halves = [slice(0, out_channels)] if groups > 1 or out_channels < 2 else [slice(0, out_channels // 2),
-                                                               slice(out_channels // 2, out_channels)]
+        halves = [slice(0, out_channels)]
+        if groups == 1 and out_channels > 1:
+            # Two halves of the output channels at once: each writes its own channels of y
+            # (halves of time would overlap-add into the same samples).
+            halves = [slice(0, out_channels // 2), slice(out_channels // 2, out_channels)]
 
         def one(i: int) -> None:
             o = halves[i]
-            rows = w[:, o.start * kernel : o.stop * kernel]
+            rows = w if len(halves) == 1 else w[:, o.start * kernel : o.stop * kernel]
             for t0 in range(0, length, block):
                 n = min(block, length - t0)
                 products = np.matmul(rows, x[..., t0 : t0 + n]).reshape(batch, o.stop - o.start, kernel, n)
