@@ -108,6 +108,26 @@ def test_conv1d_matches_naive_loops(batch, cin, cout, length, kernel, stride, di
     close(y, expected)
 
 
+@pytest.mark.parametrize("strategy", ["unfold", "phases", "auto"])
+@pytest.mark.parametrize("batch,cin,cout,length,kernel,stride,dilation,groups,bias", CONV_CASES)
+@pytest.mark.parametrize("skip", [1, 5])
+def test_conv1d_with_context_is_the_joined_input_bit_for_bit(batch, cin, cout, length, kernel, stride, dilation,
+                                                             groups, bias, strategy, skip, monkeypatch):
+    """A stream's carried steps passed as ``context`` (never joined whole): the same bits as the join,
+    also when the join falls inside a time block and when many blocks follow it."""
+    x, w = randn(batch, cin, length + skip), randn(cout, cin // groups, kernel)
+    b = randn(cout) if bias else None
+    joined = conv1d(x, w, b, stride, dilation, groups, strategy=strategy)
+    np.testing.assert_array_equal(
+        conv1d(x[:, :, skip:], w, b, stride, dilation, groups, strategy=strategy, context=x[:, :, :skip]), joined)
+    monkeypatch.setattr(conv_module, "_BLOCK_ELEMENTS", 64)  # many blocks of a few steps
+    monkeypatch.setattr(conv_module, "_PHASE_BLOCK_ELEMENTS", 16)
+    monkeypatch.setattr(conv_module, "_MAX_BLOCK_STEPS", 4)
+    np.testing.assert_array_equal(
+        conv1d(x[:, :, skip:], w, b, stride, dilation, groups, strategy=strategy, context=x[:, :, :skip]),
+        conv1d(x, w, b, stride, dilation, groups, strategy=strategy))
+
+
 def test_conv1d_single_channel_matches_scipy():
     x, w = randn(1, 1, 500), randn(1, 1, 7)
     np.testing.assert_allclose(conv1d(x, w)[0, 0], correlate(x[0, 0], w[0, 0], mode="valid"), rtol=1e-5, atol=1e-5)

@@ -69,6 +69,7 @@ def conv1d(
     dilation: int = 1,
     groups: int = 1,
     strategy: str = "auto",
+    context: np.ndarray | None = None,
 ) -> np.ndarray:
     """Valid 1-D convolution.
 
@@ -76,25 +77,32 @@ def conv1d(
         x: ``[B, C, T]``.
         weight: ``[O, C/groups, K]``.
         bias: ``[O]`` or None.
+        context: ``[B, C, c]`` steps that come before ``x`` (what a stream carries from its last
+            piece), or None. The convolution runs over both without joining them: only the block
+            of time that straddles the two is copied (a join copied every piece of every layer
+            again, 0.1 s of a one-thread 30 s decode).
         strategy: ``"unfold"`` (im2col: one GEMM against the K shifted copies of
             the input), ``"phases"`` (one GEMM per group of ``stride`` taps over
             shifted views, see :func:`_conv1d_phases`) or ``"auto"`` (the one
             measured faster for the shape, see docs/performance.md).
     Returns:
-        ``[B, O, T_out]`` with ``T_out = (T - (K-1)·dilation - 1) // stride + 1`` (0 if negative).
+        ``[B, O, T_out]`` with ``T_out = (T - (K-1)·dilation - 1) // stride + 1`` (0 if negative),
+        ``T`` counting the context's steps too.
     """
     batch, channels, length = x.shape
     out_channels, group_in, kernel = weight.shape
     if channels != group_in * groups or out_channels % groups:
         raise ValueError(f"conv1d: input has {channels} channels, weight {weight.shape} with groups={groups}")
+    reads = _Reads(context, np.ascontiguousarray(x, dtype=np.float32))
+    length = reads.length
     out_len = conv_output_length(length, kernel, stride, dilation)
     y = np.empty((batch, out_channels, out_len), dtype=np.float32)
     if out_len == 0:
         return y
     # [G, O/G, C/G·K]: row o of group g, columns ordered (channel, tap) like the unfold below.
     w = weight.reshape(groups, out_channels // groups, group_in * kernel)
-    x = np.ascontiguousarray(x, dtype=np.float32)
     if kernel == 1 and stride == 1:  # a pointwise conv is a plain product: no unfolding
+        x = reads.whole()  # x itself: a pointwise conv needs no context
         y = np.matmul(w, x.reshape(batch, groups, group_in, length)).reshape(batch, out_channels, length)
         if bias is not None:
             y += bias[:, None]
@@ -102,8 +110,7 @@ def conv1d(
     if strategy == "auto":
         strategy = _pick_conv_strategy(channels, kernel, stride, out_len)
     if strategy == "phases" and groups == 1 and dilation == 1 and kernel % stride == 0:
-        return _conv1d_phases(x, weight, bias, stride, out_len)
-    s_b, s_c, s_t = x.strides
+        return _conv1d_phases(reads, weight, bias, stride, out_len)
     block = min(_MAX_BLOCK_STEPS, max(1, _BLOCK_ELEMENTS // (channels * kernel * batch)))
     starts = range(0, out_len, block)
 
@@ -111,12 +118,10 @@ def conv1d(
         t0 = starts[i]
         n = min(block, out_len - t0)
         # Unfold: cols[b, c, k, t] = x[b, c, (t0 + t)·stride + k·dilation], a view, no copy.
-        cols = as_strided(
-            x[:, :, t0 * stride :],
-            shape=(batch, channels, kernel, n),
-            strides=(s_b, s_c, dilation * s_t, stride * s_t),
-            writeable=False,
-        )
+        span = reads.span(t0 * stride, (t0 + n - 1) * stride + (kernel - 1) * dilation + 1)
+        s_b, s_c, s_t = span.strides
+        cols = as_strided(span, shape=(batch, channels, kernel, n),
+                          strides=(s_b, s_c, dilation * s_t, stride * s_t), writeable=False)
         if groups == 1:  # one product for the whole batch: B streams share each read of the weight
             cols = cols.transpose(1, 2, 0, 3).reshape(channels * kernel, batch * n)  # copies into BLAS layout
             y[:, :, t0 : t0 + n] = matmul_rows(w[0], cols).reshape(out_channels, batch, n).transpose(1, 0, 2)
@@ -141,7 +146,31 @@ def _pick_conv_strategy(channels: int, kernel: int, stride: int, out_len: int) -
     return "phases" if stride == 1 and channels > 1 and out_len >= _PHASES_MIN_STEPS else "unfold"
 
 
-def _conv1d_phases(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int,
+class _Reads:
+    """``context`` followed by ``x`` along time (``[B, C, c]`` and ``[B, C, T]``), read in spans::
+
+        [ context | x ................................ ]
+          span(0, n):  a short copy across the joint
+                    span(s, e), s ≥ c:  a view of x
+    """
+
+    def __init__(self, context: np.ndarray | None, x: np.ndarray):
+        self.x = x
+        self.context = context if context is not None and context.shape[2] else None
+        self.joint = 0 if self.context is None else self.context.shape[2]  # where x starts
+        self.length = self.joint + x.shape[2]
+
+    def span(self, start: int, stop: int) -> np.ndarray:
+        """Steps ``start:stop`` of the whole: a view unless the span straddles the joint."""
+        if start >= self.joint:
+            return self.x[:, :, start - self.joint : stop - self.joint]
+        return np.concatenate([self.context[:, :, start:], self.x[:, :, : stop - self.joint]], axis=2)
+
+    def whole(self) -> np.ndarray:
+        return self.span(0, self.length)
+
+
+def _conv1d_phases(reads: _Reads, weight: np.ndarray, bias: np.ndarray | None, stride: int,
                    out_len: int) -> np.ndarray:
     """Conv as ``K/stride`` GEMMs over shifted views, for ``K`` a multiple of ``stride`` (no dilation).
 
@@ -152,19 +181,21 @@ def _conv1d_phases(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, s
 
         y = W_0 @ G[:, 0 : T_out] + W_1 @ G[:, 1 : T_out + 1] + ...
 
-    For stride 1, ``G`` is ``x`` itself (no copy at all); otherwise building
+    For stride 1, ``G`` is the input itself (no copy at all); otherwise building
     ``G`` copies the input once, where im2col copies it ``K/stride`` times.
     """
-    batch, channels, _ = x.shape
+    batch, channels, _ = reads.x.shape
     out_channels, _, kernel = weight.shape
     phases = kernel // stride
     frames = out_len + phases - 1
-    span = x[:, :, : frames * stride]
     if stride == 1:
-        grouped = span
+        frames_of = reads.span  # G[:, a:b] is the input's steps a:b
     else:
-        grouped = span.reshape(batch, channels, frames, stride).transpose(0, 1, 3, 2).reshape(
-            batch, channels * stride, frames)
+        grouped = reads.whole()[:, :, : frames * stride].reshape(batch, channels, frames, stride).transpose(
+            0, 1, 3, 2).reshape(batch, channels * stride, frames)
+
+        def frames_of(start: int, stop: int) -> np.ndarray:
+            return grouped[:, :, start:stop]
     # Contiguous: NumPy < 2.3 runs a non-BLAS loop (40× slower) on matrices whose rows are strided.
     w = np.ascontiguousarray(weight.reshape(out_channels, channels, phases, stride).transpose(2, 0, 1, 3).reshape(
         phases, out_channels, channels * stride))
@@ -177,10 +208,11 @@ def _conv1d_phases(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, s
         t0 = starts[i]
         n = min(block, out_len - t0)
         acc, tmp = y[:, :, t0 : t0 + n], np.empty((batch, out_channels, n), np.float32)
-        np.matmul(w[0], grouped[:, :, t0 : t0 + n], out=tmp)  # a contiguous out: BLAS writes it directly
+        g = frames_of(t0, t0 + n + phases - 1)
+        np.matmul(w[0], g[:, :, :n], out=tmp)  # a contiguous out: BLAS writes it directly
         acc[...] = tmp
         for p in range(1, phases):
-            np.matmul(w[p], grouped[:, :, t0 + p : t0 + p + n], out=tmp)
+            np.matmul(w[p], g[:, :, p : p + n], out=tmp)
             acc += tmp
 
     run_blocks(one, len(starts))

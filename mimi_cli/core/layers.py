@@ -38,10 +38,10 @@ class Conv(Module):
     def __call__(self, x: np.ndarray) -> np.ndarray:  # [B, C, T] → [B, O, T/stride]
         return self.valid(self.pad_start(x))
 
-    def valid(self, x: np.ndarray) -> np.ndarray:
-        """The convolution without padding: ``x`` already carries its left context."""
+    def valid(self, x: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
+        """The convolution without padding of ``context`` (if any) followed by ``x``: the left context is there."""
         bias = self.params[self.bias_name] if self.bias_name else None
-        return conv1d(x, self.params[self.weight_name], bias, self.stride, self.dilation)
+        return conv1d(x, self.params[self.weight_name], bias, self.stride, self.dilation, context=context)
 
     def can_start(self, length: int) -> bool:
         """Can the left padding be made from the first ``length`` input steps? (Zeros or copies: yes.)"""
@@ -78,23 +78,29 @@ class ConvStream(Stream):
         self._held: np.ndarray | None = None  # [B, C, context + unused]
         self._started = False
 
-    def _emit(self, held: np.ndarray) -> np.ndarray:
+    def _emit(self, held: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+        """Every output ``held`` followed by ``x`` determines (never joined whole: see ``conv1d``)."""
         conv = self.conv
+        skip = 0 if held is None else held.shape[2]  # steps before x
         window = conv.padding + conv.stride
-        outputs = (held.shape[2] - window) // conv.stride + 1 if held.shape[2] >= window else 0
-        self._held = held[:, :, outputs * conv.stride :].copy()
+        length = skip + x.shape[2]
+        outputs = (length - window) // conv.stride + 1 if length >= window else 0
+        keep = outputs * conv.stride  # the first step a later output still reads
+        self._held = x[:, :, keep - skip :].copy() if keep >= skip else np.concatenate(
+            [held[:, :, keep:], x], axis=2)
         if outputs == 0:
-            return np.zeros((held.shape[0], conv.cout, 0), np.float32)
-        return conv.valid(held[:, :, : (outputs - 1) * conv.stride + window])
+            return np.zeros((x.shape[0], conv.cout, 0), np.float32)
+        return conv.valid(x[:, :, : (outputs - 1) * conv.stride + window - skip], held)
 
     def step(self, x: np.ndarray) -> np.ndarray:
+        if self._started:
+            return self._emit(self._held, x)
         held = x if self._held is None else np.concatenate([self._held, x], axis=2)
-        if not self._started:
-            if not self.conv.can_start(held.shape[2]):
-                self._held = held
-                return np.zeros((x.shape[0], self.conv.cout, 0), np.float32)
-            held, self._started = self.conv.pad_start(held), True
-        return self._emit(held)
+        if not self.conv.can_start(held.shape[2]):
+            self._held = held
+            return np.zeros((x.shape[0], self.conv.cout, 0), np.float32)
+        self._started = True
+        return self._emit(None, self.conv.pad_start(held))
 
     def flush(self) -> np.ndarray | None:
         held, started = self._held, self._started
@@ -103,7 +109,7 @@ class ConvStream(Stream):
             return None
         if not started:
             return self.conv(held)
-        y = self._emit(self.conv.pad_end(held, held.shape[2] - self.conv.padding))
+        y = self._emit(None, self.conv.pad_end(held, held.shape[2] - self.conv.padding))
         self.reset()
         return y if y.shape[2] else None
 
