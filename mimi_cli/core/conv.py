@@ -156,7 +156,7 @@ class _Reads:
 
     def __init__(self, context: np.ndarray | None, x: np.ndarray):
         self.x = x
-        self.context = context if context is not None and context.shape[2] else None
+        self.context = np.asarray(context, np.float32) if context is not None and context.shape[2] else None
         self.joint = 0 if self.context is None else self.context.shape[2]  # where x starts
         self.length = self.joint + x.shape[2]
 
