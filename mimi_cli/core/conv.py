@@ -102,7 +102,7 @@ def conv1d(
     # [G, O/G, C/G·K]: row o of group g, columns ordered (channel, tap) like the unfold below.
     w = weight.reshape(groups, out_channels // groups, group_in * kernel)
     if kernel == 1 and stride == 1:  # a pointwise conv is a plain product: no unfolding
-        x = reads.whole()  # x itself: a pointwise conv needs no context
+        x = reads.whole()  # x itself unless a context was given (a stream's pointwise conv carries none)
         y = np.matmul(w, x.reshape(batch, groups, group_in, length)).reshape(batch, out_channels, length)
         if bias is not None:
             y += bias[:, None]

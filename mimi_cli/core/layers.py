@@ -39,7 +39,7 @@ class Conv(Module):
         return self.valid(self.pad_start(x))
 
     def valid(self, x: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
-        """The convolution without padding of ``context`` (if any) followed by ``x``: the left context is there."""
+        """The unpadded convolution of ``context`` (if given) then ``x``: together they carry the left context."""
         bias = self.params[self.bias_name] if self.bias_name else None
         return conv1d(x, self.params[self.weight_name], bias, self.stride, self.dilation, context=context)
 
