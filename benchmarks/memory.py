@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import mimi_cli  # noqa: F401  (first: it picks the BLAS kernels for this CPU before NumPy loads)
 import numpy as np
 import soundfile as sf
 

@@ -159,6 +159,17 @@ class KernelResult:
         return asdict(self)
 
 
+def blas_library() -> dict:
+    """The BLAS NumPy runs (threadpoolctl): its name, version and, for OpenBLAS, the kernels it chose."""
+    from threadpoolctl import threadpool_info
+
+    for info in threadpool_info():
+        if info.get("user_api") == "blas":
+            return {"name": info.get("internal_api"), "version": info.get("version"),
+                    "kernels": info.get("architecture")}
+    return {}
+
+
 def blas_peak(size: int = 2048) -> float:
     """GFLOP/s of a large square float32 matmul: the ceiling every kernel is compared to."""
     rng = np.random.default_rng(0)
