@@ -13,7 +13,6 @@ import argparse
 import statistics
 import time
 
-import mimi_cli  # noqa: F401  (first: it picks the BLAS kernels for this CPU before NumPy loads)
 import numpy as np
 
 from mimi_cli.bench import random_model

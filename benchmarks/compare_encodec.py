@@ -22,7 +22,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 WORKER = r'''
 import json, sys, time
-import mimi_cli  # noqa: F401  (first: it picks the BLAS kernels for this CPU before NumPy loads)
 import numpy as np
 kind, weights = sys.argv[1], sys.argv[2]
 seconds, threads, levels = float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 
-import mimi_cli  # noqa: F401  (first: it picks the BLAS kernels for this CPU before NumPy loads)
 import numpy as np
 
 IMPLEMENTATIONS = ("onnxruntime", "torch", "mimi-cli")
@@ -77,8 +76,10 @@ def worker(name: str, weights: str, folder: str, seconds: float, codebooks: int,
         from mimi_cli.bench import blas_peak
         from mimi_cli.core.threads import set_threads
 
+        from mimi_cli.bench import blas_library
+
         set_threads(threads)
-        return {"gflops": blas_peak()}
+        return {"gflops": blas_peak(), "blas": blas_library()}
     pcm = speech(seconds)
     start = time.perf_counter()
     if name == "onnxruntime":
@@ -192,6 +193,9 @@ def main() -> None:
     for name in ("onnxruntime", "mimi-cli"):
         differing = int((np.array(results[(name, args.threads[0], "quiet")][0]["codes"]) != reference).sum())
         print(f"codes differing from moshi/torch: {name} {differing} of {reference.size}")
+    blas = results[("blas-peak", args.threads[0], "quiet")][0]["blas"]
+    print(f"mimi-cli's BLAS: {blas.get('name')} {blas.get('version')}, {blas.get('kernels')} kernels"
+          + (f" (OPENBLAS_CORETYPE={blas['forced_by']})" if blas.get("forced_by") else ""))
     print("| run | mimi-cli | moshi / torch | ONNX Runtime | mimi-cli / ONNX Runtime |")
     print("|---|---:|---:|---:|---:|")
     for key in ("encode", "decode"):
@@ -199,6 +203,13 @@ def main() -> None:
             ours, torch_s, onnx_s = (median(n, threads, key) for n in ("mimi-cli", "torch", "onnxruntime"))
             print(f"| {key}, {threads} thread{'s' if threads > 1 else ''} | {ours:.2f} s | {torch_s:.2f} s | "
                   f"{onnx_s:.2f} s | {ours / onnx_s:.2f} |")
+    print("every run, fastest first (s):")
+    for key in ("encode", "decode"):
+        for threads in args.threads:
+            print(f"  {key}, {threads} thread(s): " + "; ".join(
+                f"{name} " + ", ".join(f"{run[key]:.2f}" for run in sorted(results[(name, threads, "quiet")],
+                                                                           key=lambda run: run[key]))
+                for name in ("mimi-cli", "torch", "onnxruntime")))
     from mimi_cli.models.mimi import MimiConfig
 
     encode_flops = MimiConfig().flops(args.seconds, args.codebooks)[0]

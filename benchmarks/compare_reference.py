@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 
-import mimi_cli  # noqa: F401  (first: it picks the BLAS kernels for this CPU before NumPy loads)
 import numpy as np
 
 IMPLEMENTATIONS = ("reference", "mimi-cli", "rustymimi")

@@ -13,7 +13,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import mimi_cli  # noqa: F401  (first: it picks the BLAS kernels for this CPU before NumPy loads)
 import numpy as np
 
 from mimi_cli.coreml import load_program

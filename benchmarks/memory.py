@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import mimi_cli  # noqa: F401  (first: it picks the BLAS kernels for this CPU before NumPy loads)
 import numpy as np
 import soundfile as sf
 

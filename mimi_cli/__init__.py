@@ -6,10 +6,6 @@
 >>> pcm = model.decode(codes)        # → float32 [1920·F]
 """
 
-from mimi_cli.blas_kernels import choose_kernels as _choose_kernels
-
-_choose_kernels()  # before anything here loads NumPy: the BLAS kernels for this CPU (see blas_kernels)
-
 __version__ = "0.1.0"
 
 __all__ = ["Encodec", "EncodecConfig", "Mimi", "MimiConfig", "__version__"]

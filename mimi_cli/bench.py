@@ -6,6 +6,7 @@ memory, so it works on a fresh install with no weights file.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -160,13 +161,15 @@ class KernelResult:
 
 
 def blas_library() -> dict:
-    """The BLAS NumPy runs (threadpoolctl): its name, version and, for OpenBLAS, the kernels it chose."""
+    """The BLAS NumPy runs (threadpoolctl): its name, version, the kernels it chose for this CPU and
+    ``OPENBLAS_CORETYPE`` when set (it overrides that choice: ``Haswell`` runs AVX2 kernels on an AVX-512
+    CPU, whose products then take 1.7× longer; docs/performance.md)."""
     from threadpoolctl import threadpool_info
 
     for info in threadpool_info():
         if info.get("user_api") == "blas":
             return {"name": info.get("internal_api"), "version": info.get("version"),
-                    "kernels": info.get("architecture")}
+                    "kernels": info.get("architecture"), "forced_by": os.environ.get("OPENBLAS_CORETYPE")}
     return {}
 
 

@@ -501,7 +501,6 @@ def bench(
     say = _Messages(quiet=as_json)  # with --json, stderr stays free of status lines too
     with _user_errors(), _threads(threads, say):
         from mimi_cli import bench as b
-        from mimi_cli.blas_kernels import kernels_note
         from mimi_cli.core.threads import usable_threads
         from mimi_cli.pipeline import check_batch_memory
 
@@ -511,9 +510,6 @@ def bench(
         with say.status("Building random weights of the released size…"):
             model, load_seconds = b.random_model(codec_spec(codec))
         report["blas"] = b.blas_library()
-        hint = kernels_note(report["blas"].get("kernels"))
-        if hint:
-            say.note(hint)
         with say.status("Measuring the BLAS peak…"):
             report["blas_peak_gflops"] = peak = b.blas_peak()
         if only in (None, "kernels") and "kernels" in parts:
@@ -541,8 +537,11 @@ def _print_bench(report: dict) -> None:
 
     blas = report["blas"]
     kernels = f", {blas['kernels']} kernels" if blas.get("kernels") else ""
-    out.print(f"BLAS: {blas.get('name', 'unknown')} {blas.get('version') or ''}{kernels}; peak (2048² float32 matmul, "
-              f"{report['threads']} threads): {report['blas_peak_gflops']:.1f} GFLOP/s")
+    if blas.get("forced_by"):
+        kernels += f" (OPENBLAS_CORETYPE={blas['forced_by']})"
+    out.print(f"BLAS: {blas.get('name', 'unknown')} {blas.get('version') or ''}{kernels}")
+    out.print(f"BLAS peak (2048² float32 matmul, {report['threads']} threads): "
+              f"{report['blas_peak_gflops']:.1f} GFLOP/s")
     if "kernels" in report:
         table = Table(title="Kernels at the codec's shapes (1 s of audio)", title_justify="left")
         for column in ("layer", "shape", "strategy", "time", "GFLOP/s", "% of peak"):

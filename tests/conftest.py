@@ -11,9 +11,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-# First, before NumPy loads: mimi_cli picks the BLAS kernels for this CPU as the CLI does
-# (mimi_cli/blas_kernels.py), so that in-process results and the CLI's come from the same kernels.
-import mimi_cli  # noqa: F401, I001
 import numpy as np
 import pytest
 import soundfile as sf
