@@ -73,10 +73,8 @@ def export(weights: str, seconds: float, codebooks: int, folder: str) -> None:
 
 def worker(name: str, weights: str, folder: str, seconds: float, codebooks: int, threads: int) -> dict:
     if name == "blas-peak":
-        from mimi_cli.bench import blas_peak
+        from mimi_cli.bench import blas_library, blas_peak
         from mimi_cli.core.threads import set_threads
-
-        from mimi_cli.bench import blas_library
 
         set_threads(threads)
         return {"gflops": blas_peak(), "blas": blas_library()}
@@ -193,9 +191,9 @@ def main() -> None:
     for name in ("onnxruntime", "mimi-cli"):
         differing = int((np.array(results[(name, args.threads[0], "quiet")][0]["codes"]) != reference).sum())
         print(f"codes differing from moshi/torch: {name} {differing} of {reference.size}")
-    blas = results[("blas-peak", args.threads[0], "quiet")][0]["blas"]
-    print(f"mimi-cli's BLAS: {blas.get('name')} {blas.get('version')}, {blas.get('kernels')} kernels"
-          + (f" (OPENBLAS_CORETYPE={blas['forced_by']})" if blas.get("forced_by") else ""))
+    from mimi_cli.bench import describe_blas
+
+    print(f"mimi-cli's BLAS: {describe_blas(results[('blas-peak', args.threads[0], 'quiet')][0]['blas'])}")
     print("| run | mimi-cli | moshi / torch | ONNX Runtime | mimi-cli / ONNX Runtime |")
     print("|---|---:|---:|---:|---:|")
     for key in ("encode", "decode"):

@@ -169,8 +169,18 @@ def blas_library() -> dict:
     for info in threadpool_info():
         if info.get("user_api") == "blas":
             return {"name": info.get("internal_api"), "version": info.get("version"),
-                    "kernels": info.get("architecture"), "forced_by": os.environ.get("OPENBLAS_CORETYPE")}
+                    "kernels": info.get("architecture"), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
     return {}
+
+
+def describe_blas(blas: dict) -> str:
+    """One line for :func:`blas_library`'s report: ``openblas 0.3.31, Haswell kernels (OPENBLAS_CORETYPE=Haswell)``."""
+    line = f"{blas.get('name') or 'unknown'} {blas.get('version') or ''}".rstrip()
+    if blas.get("kernels"):
+        line += f", {blas['kernels']} kernels"
+    if blas.get("openblas_coretype"):
+        line += f" (OPENBLAS_CORETYPE={blas['openblas_coretype']})"
+    return line
 
 
 def blas_peak(size: int = 2048) -> float:

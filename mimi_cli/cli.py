@@ -535,11 +535,9 @@ def bench(
 def _print_bench(report: dict) -> None:
     from rich.table import Table
 
-    blas = report["blas"]
-    kernels = f", {blas['kernels']} kernels" if blas.get("kernels") else ""
-    if blas.get("forced_by"):
-        kernels += f" (OPENBLAS_CORETYPE={blas['forced_by']})"
-    out.print(f"BLAS: {blas.get('name', 'unknown')} {blas.get('version') or ''}{kernels}")
+    from mimi_cli.bench import describe_blas
+
+    out.print(f"BLAS: {describe_blas(report['blas'])}")
     out.print(f"BLAS peak (2048² float32 matmul, {report['threads']} threads): "
               f"{report['blas_peak_gflops']:.1f} GFLOP/s")
     if "kernels" in report:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -69,8 +70,8 @@ def test_bench_runs_without_weights_and_reports_json():
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     blas = report["blas"]
-    assert blas["name"] and blas["version"] and blas["forced_by"] == "Haswell", blas
-    if blas["name"] == "openblas":  # NumPy's wheels for x86-64 Linux
+    assert blas["name"] and blas["version"] and blas["openblas_coretype"] == "Haswell", blas
+    if blas["name"] == "openblas" and platform.machine() in ("x86_64", "AMD64"):  # NumPy's wheels there
         assert blas["kernels"] == "Haswell", blas
     assert report["blas_peak_gflops"] > 1 and report["weights_load_seconds"] > 0 and report["peak_rss_mb"] > 300
     names = [row["name"] for row in report["model"]]
@@ -148,3 +149,13 @@ def test_the_streams_limit_is_bisected(real_time, expected):
         assert count not in [r.streams for r in results]
         results.append(step(count, count <= 5))
     assert sorted(r.streams for r in results) == [1, 4, 5, 6, 8, 16]
+
+
+def test_describe_blas_names_the_kernels_and_the_variable_that_forced_them():
+    from mimi_cli.bench import describe_blas
+
+    blas = {"name": "openblas", "version": "0.3.31", "kernels": "SkylakeX", "openblas_coretype": None}
+    assert describe_blas(blas) == "openblas 0.3.31, SkylakeX kernels"
+    blas.update(kernels="Haswell", openblas_coretype="Haswell")
+    assert describe_blas(blas) == "openblas 0.3.31, Haswell kernels (OPENBLAS_CORETYPE=Haswell)"
+    assert describe_blas({}) == "unknown"
