@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 
@@ -70,32 +71,39 @@ class StreamsStep:
     """B streams advanced together, one frame each per step (encode and decode)."""
 
     streams: int
-    encode_ms: float  # p50 of one step for all B streams
-    decode_ms: float
+    step_ms: float  # p50 of one step: B frames encoded and B frames decoded
     frame_ms: float  # the audio one step adds to each stream
+    duplex: bool = False  # encode and decode at once (stream_duplex), not the one after the other
+    encode_ms: float | None = None  # p50 of the encode alone (one after the other only)
+    decode_ms: float | None = None
 
     @property
     def real_time(self) -> bool:
         """Do the B streams keep up: encode + decode of a step within one frame of audio?"""
-        return self.encode_ms + self.decode_ms <= self.frame_ms
+        return self.step_ms <= self.frame_ms
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "ms_per_stream_frame": (self.encode_ms + self.decode_ms) / self.streams,
-                "real_time": self.real_time}
+        return {**asdict(self), "ms_per_stream_frame": self.step_ms / self.streams, "real_time": self.real_time}
 
 
-def many_streams(model: Codec, counts: tuple[int, ...] = (1, 4, 8, 16), frames: int = 40,
-                 warmup: int = 5, num_codebooks: int | None = None, find_limit: bool = True) -> list[StreamsStep]:
-    """Per-step time of B concurrent streams in one call (``stream_encoder(batch_size=B)``), 1 frame per
-    step: the weights are read once per step for all B streams, which is what serving many users needs.
+def many_streams(model: Codec, counts: tuple[int, ...] = (1, 4, 8, 16), frames: int = 40, warmup: int = 5,
+                 num_codebooks: int | None = None, find_limit: bool = True, duplex: bool = False) -> list[StreamsStep]:
+    """Per-step time of B concurrent streams in one call, 1 frame per step: the weights are read once
+    per step for all B streams, which is what serving many users needs. One after the other
+    (``stream_encoder(batch_size=B)``, then ``stream_decoder``: a step decodes the codes it just made),
+    or with ``duplex`` both at once (``stream_duplex``: a step decodes the codes of the step before, as
+    a server decodes a model's answer while encoding what the user says).
 
     With ``find_limit``, the B between the largest real-time count and the next one are then halved
     until they meet (:func:`next_streams_count`), so the largest real-time B in the results is the
     most streams this machine keeps real-time (up to the largest count tried). Sorted by B.
     """
-    results = [_streams_step(model, count, frames, warmup, num_codebooks) for count in counts]
+    def measure(count: int) -> StreamsStep:
+        return _streams_step(model, count, frames, warmup, num_codebooks, duplex)
+
+    results = [measure(count) for count in counts]
     while find_limit and (count := next_streams_count(results)) is not None:
-        results.append(_streams_step(model, count, frames, warmup, num_codebooks))
+        results.append(measure(count))
     return sorted(results, key=lambda r: r.streams)
 
 
@@ -109,24 +117,48 @@ def next_streams_count(results: list[StreamsStep]) -> int | None:
     return (held + min(above)) // 2
 
 
-def _streams_step(model: Codec, count: int, frames: int, warmup: int, num_codebooks: int | None) -> StreamsStep:
+def _streams_step(model: Codec, count: int, frames: int, warmup: int, num_codebooks: int | None,
+                  duplex: bool) -> StreamsStep:
     """Median step times of ``count`` streams advancing one frame each per step."""
     frame = model.config.frame_size
     pcm = np.stack([speech_like((frames + warmup) * frame / model.config.sample_rate, seed=i)
                     for i in range(count)])
+    step = (_duplex_step if duplex else _sequential_step)(model, count, num_codebooks)
+    times = [step(pcm[:, index * frame:(index + 1) * frame]) for index in range(frames + warmup)][warmup:]
+    step_ms, frame_ms = float(np.median([t[0] for t in times])), 1000 / model.config.frame_rate
+    if duplex:
+        return StreamsStep(count, step_ms, frame_ms, duplex=True)
+    return StreamsStep(count, step_ms, frame_ms, encode_ms=float(np.median([t[1] for t in times])),
+                       decode_ms=float(np.median([t[0] - t[1] for t in times])))
+
+
+def _sequential_step(model: Codec, count: int, num_codebooks: int | None) -> Callable:
+    """``step(pcm)`` → (step ms, encode ms): encode B frames, then decode the codes just made."""
     encoder = model.stream_encoder(batch_size=count, num_codebooks=num_codebooks)
     decoder = model.stream_decoder(batch_size=count)
-    encode_ms, decode_ms = [], []
-    for index in range(frames + warmup):
+
+    def step(pcm: np.ndarray) -> tuple[float, float]:
         t0 = time.perf_counter()
-        codes = encoder.push(pcm[:, index * frame:(index + 1) * frame])
+        codes = encoder.push(pcm)
         t1 = time.perf_counter()
         decoder.push(codes)
-        t2 = time.perf_counter()
-        if index >= warmup:
-            encode_ms.append((t1 - t0) * 1e3)
-            decode_ms.append((t2 - t1) * 1e3)
-    return StreamsStep(count, float(np.median(encode_ms)), float(np.median(decode_ms)), 1000 / model.config.frame_rate)
+        return (time.perf_counter() - t0) * 1e3, (t1 - t0) * 1e3
+
+    return step
+
+
+def _duplex_step(model: Codec, count: int, num_codebooks: int | None) -> Callable:
+    """``step(pcm)`` → (step ms, None): encode B frames and decode the previous step's codes, at once."""
+    both = model.stream_duplex(batch_size=count, num_codebooks=num_codebooks)
+    codes = None
+
+    def step(pcm: np.ndarray) -> tuple[float, None]:
+        nonlocal codes
+        t0 = time.perf_counter()
+        codes, _ = both.push(pcm, codes)
+        return (time.perf_counter() - t0) * 1e3, None
+
+    return step
 
 
 # ----------------------------------------------------------------------------- timing helpers

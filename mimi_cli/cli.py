@@ -525,7 +525,8 @@ def bench(
                 report["stream"] = [r.as_dict() for r in b.stream_latency(model, frames=150)]
                 report["frame_ms"] = 1000 / model.config.frame_rate
             with say.status("Many streams at once…"):
-                report["streams"] = [r.as_dict() for r in b.many_streams(model)]
+                report["streams"] = [r.as_dict() for duplex in (False, True)
+                                     for r in b.many_streams(model, duplex=duplex)]
     if as_json:
         out.print_json(json.dumps(report), ensure_ascii=True)
     else:
@@ -568,16 +569,27 @@ def _print_bench(report: dict) -> None:
     if "streams" in report:
         table = Table(title=f"B streams in one call, 1 frame per step ({report['frame_ms']:.3g} ms of audio each)",
                       title_justify="left")
-        for column in ("streams", "encode step", "decode step", "per stream and frame", "real time"):
-            table.add_column(column, justify="right")
+        for column in ("streams", "directions", "step", "encode", "decode", "per stream and frame", "real time"):
+            table.add_column(column, justify="left" if column == "directions" else "right")
         for r in report["streams"]:
-            table.add_row(str(r["streams"]), f"{r['encode_ms']:.1f} ms", f"{r['decode_ms']:.1f} ms",
-                          f"{r['ms_per_stream_frame']:.1f} ms", "yes" if r["real_time"] else "no")
+            table.add_row(str(r["streams"]), "at once" if r["duplex"] else "in turn", _ms(r["step_ms"]),
+                          _ms(r["encode_ms"]), _ms(r["decode_ms"]), _ms(r["ms_per_stream_frame"]),
+                          "yes" if r["real_time"] else "no")
         out.print(table)
-        held = max((r["streams"] for r in report["streams"] if r["real_time"]), default=0)
-        tried = max(r["streams"] for r in report["streams"])
-        limit = f"at least {held}, the most tried" if held == tried else f"{held} ({held + 1} did not keep up)"
-        out.print(f"concurrent real-time streams (encode + decode) held: {limit}")
+        held = [_streams_held([r for r in report["streams"] if r["duplex"] == duplex]) for duplex in (False, True)]
+        out.print(f"concurrent real-time streams (encode + decode) held: {held[0]} encoding then decoding, "
+                  f"{held[1]} with both at once (stream_duplex)")
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} ms"
+
+
+def _streams_held(rows: list[dict]) -> str:
+    """The most real-time streams in ``rows`` of one mode, and what bounds that figure."""
+    held = max((r["streams"] for r in rows if r["real_time"]), default=0)
+    tried = max(r["streams"] for r in rows)
+    return f"at least {held}, the most tried" if held == tried else f"{held} ({held + 1} did not keep up)"
 
 
 def inspect_weights(

@@ -115,16 +115,23 @@ def test_encodec_flop_count_matches_the_operations_the_model_runs(monkeypatch):
     assert abs(counted["flops"] - decode) / decode < 0.02
 
 
-def test_many_streams_reports_each_batch(small_model):
+@pytest.mark.parametrize("duplex", [False, True])
+def test_many_streams_reports_each_batch(small_model, duplex):
     from mimi_cli.bench import many_streams
 
-    results = many_streams(small_model, counts=(3, 1), frames=4, warmup=1, num_codebooks=4, find_limit=False)
+    results = many_streams(small_model, counts=(3, 1), frames=4, warmup=1, num_codebooks=4, find_limit=False,
+                           duplex=duplex)
     assert [r.streams for r in results] == [1, 3]
     for r in results:
         row = r.as_dict()
-        assert row["encode_ms"] > 0 and row["decode_ms"] > 0 and row["frame_ms"] == 1000 / small_model.config.frame_rate
-        assert row["real_time"] == (r.encode_ms + r.decode_ms <= r.frame_ms)
-        assert row["ms_per_stream_frame"] == (r.encode_ms + r.decode_ms) / r.streams
+        assert row["duplex"] == duplex and row["step_ms"] > 0
+        assert row["frame_ms"] == 1000 / small_model.config.frame_rate
+        if duplex:  # the two directions run at once: no time of their own
+            assert row["encode_ms"] is None and row["decode_ms"] is None
+        else:  # medians of each direction and of their sums
+            assert row["encode_ms"] > 0 and row["decode_ms"] > 0
+        assert row["real_time"] == (r.step_ms <= r.frame_ms)
+        assert row["ms_per_stream_frame"] == r.step_ms / r.streams
 
 
 @pytest.mark.parametrize("real_time,expected", [
@@ -141,7 +148,7 @@ def test_the_streams_limit_is_bisected(real_time, expected):
     from mimi_cli.bench import StreamsStep, next_streams_count
 
     def step(count: int, held: bool) -> StreamsStep:
-        return StreamsStep(count, 10.0, 50.0 if held else 100.0, 80.0)
+        return StreamsStep(count, 60.0 if held else 110.0, 80.0)
 
     assert next_streams_count([step(b, ok) for b, ok in real_time.items()]) == expected
     results = [step(b, b <= 5) for b in (1, 4, 8, 16)]

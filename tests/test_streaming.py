@@ -179,3 +179,69 @@ def test_rejected_codes_leave_the_stream_usable(small_model, bad, match):
     with pytest.raises(InvalidCodesError, match=match):
         decoder.push(bad)
     np.testing.assert_array_equal(np.concatenate([first, decoder.push(codes[:, 1:])]), expected)
+
+
+# ----------------------------------------------------------------------------- both directions at once
+
+
+def test_duplex_matches_reference_streaming(full_model):
+    """Encoding the reference's input while decoding the reference's codes, frame by frame, in one
+    stream_duplex: the codes are the lone encoder's (themselves moshi's, above), the audio moshi's."""
+    case = load("stream_7")
+    pcm, codes = golden_input(case), case["codes32"].astype(np.int64)
+    duplex = full_model.stream_duplex(num_codebooks=32)
+    pieces = [duplex.push(pcm[i * FRAME : (i + 1) * FRAME], codes[:, i : i + 1]) for i in range(codes.shape[1])]
+    pieces.append(duplex.flush())
+    ours_codes = np.concatenate([p[0] for p in pieces], axis=1)
+    ours_audio = np.concatenate([p[1] for p in pieces])
+    np.testing.assert_array_equal(ours_codes, stream_codes(full_model, "stream_7")[0])
+    reference = case["audio32"]
+    assert ours_audio.shape == reference.shape
+    assert np.linalg.norm(ours_audio - reference) <= 1e-4 * np.linalg.norm(reference)
+
+
+def test_duplex_sides_are_a_lone_encoder_and_decoder(small_model):
+    """Three streams both ways, pushes of any size, one side at a time or none: every bit as a lone
+    encoder and a lone decoder of three streams give."""
+    rng = np.random.default_rng(8)
+    pcm = (0.2 * rng.standard_normal((3, 9 * SMALL.frame_size + 11))).astype(np.float32)
+    codes = rng.integers(0, 64, (3, 4, 7))
+    duplex = small_model.stream_duplex(batch_size=3, num_codebooks=4)
+    pushes = [(pcm[:, :500], codes[:, :, :2]), (None, codes[:, :, 2:3]), (pcm[:, 500:4000], None), (None, None),
+              (pcm[:, 4000:], codes[:, :, 3:])]
+    outputs = [duplex.push(a, c) for a, c in pushes] + [duplex.flush()]
+    assert outputs[1][0].shape == (3, 4, 0) and outputs[2][1].shape == (3, 0)  # the side given nothing
+    ours_codes = np.concatenate([o[0] for o in outputs], axis=-1)
+    ours_audio = np.concatenate([o[1] for o in outputs], axis=-1)
+    encoder = small_model.stream_encoder(batch_size=3, num_codebooks=4)
+    decoder = small_model.stream_decoder(batch_size=3)
+    np.testing.assert_array_equal(ours_codes, np.concatenate([encoder.push(pcm), encoder.flush()], axis=-1))
+    np.testing.assert_array_equal(ours_audio, np.concatenate([decoder.push(codes), decoder.flush()], axis=-1))
+    assert ours_codes.shape == (3, 4, 10) and len(np.unique(ours_codes)) > 20
+
+
+def test_one_duplex_stream_may_drop_the_batch_axis(small_model):
+    duplex = small_model.stream_duplex(num_codebooks=2)
+    codes, audio = duplex.push(np.zeros(SMALL.frame_size, np.float32), None)
+    assert codes.shape == (2, 1) and audio.shape == (0,)
+
+
+@pytest.mark.parametrize("bad_side", ["codes", "audio"])
+def test_a_rejected_duplex_push_moves_neither_side(small_model, bad_side):
+    """One side's input is bad: the push raises before the other side takes its (good) input."""
+    rng = np.random.default_rng(2)
+    pcm = (0.1 * rng.standard_normal((2, 3 * SMALL.frame_size))).astype(np.float32)
+    codes = rng.integers(0, 64, (2, 3, 3))
+    clean = small_model.stream_duplex(batch_size=2, num_codebooks=3)
+    expected = [clean.push(pcm, codes), clean.flush()]
+    duplex = small_model.stream_duplex(batch_size=2, num_codebooks=3)
+    if bad_side == "codes":
+        with pytest.raises(InvalidCodesError, match="0..63"):
+            duplex.push(pcm[:, :100], np.full((2, 3, 1), 64))
+    else:
+        with pytest.raises(InvalidAudioError, match="NaN"):
+            duplex.push(np.full((2, 100), np.nan, np.float32), codes[:, :, :1])
+    got = [duplex.push(pcm, codes), duplex.flush()]
+    for (a_codes, a_audio), (b_codes, b_audio) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a_codes, b_codes)
+        np.testing.assert_array_equal(a_audio, b_audio)

@@ -303,3 +303,31 @@ def test_many_streams_step_in_groups_with_the_same_bits(small_model):
         alone_codes, alone_audio = run(pcm[group])
         np.testing.assert_array_equal(codes[group], alone_codes)
         np.testing.assert_array_equal(audio[group], alone_audio)
+
+
+def test_a_duplex_steps_both_ways_with_the_same_bits(small_model):
+    """Nine streams both ways at once (each side one group of nine, on a thread of its own): the same
+    bits on 1, 2 and 3 threads; the codes those of a lone encoder (whose groups are 4 and 5), the
+    audio a lone decoder's to float rounding."""
+    frame = small_model.config.frame_size
+    pcm = np.stack([speech_like(0.5, seed=i)[: 12 * frame + 5] for i in range(9)])
+    codes_in = np.random.default_rng(4).integers(0, 64, (9, 4, 12))
+
+    def run() -> tuple[np.ndarray, np.ndarray]:
+        duplex = small_model.stream_duplex(batch_size=9, num_codebooks=4)
+        steps = [duplex.push(pcm[:, i * 3 * frame : (i + 1) * 3 * frame], codes_in[:, :, 3 * i : 3 * i + 3])
+                 for i in range(5)] + [duplex.flush()]
+        return np.concatenate([s[0] for s in steps], axis=-1), np.concatenate([s[1] for s in steps], axis=-1)
+
+    runs = {}
+    for count in THREAD_COUNTS:
+        with threads.limit_threads(count):
+            runs[count] = _digest(*run())
+    assert runs[2] == runs[1] and runs[3] == runs[1]
+    codes, audio = run()
+    encoder = small_model.stream_encoder(batch_size=9, num_codebooks=4)
+    decoder = small_model.stream_decoder(batch_size=9)
+    np.testing.assert_array_equal(codes, np.concatenate([encoder.push(pcm), encoder.flush()], axis=-1))
+    lone = np.concatenate([decoder.push(codes_in), decoder.flush()], axis=-1)
+    assert audio.shape == lone.shape == (9, 12 * frame) and np.std(audio) > 1e-3
+    np.testing.assert_allclose(audio, lone, rtol=1e-4, atol=1e-5)

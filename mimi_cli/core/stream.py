@@ -137,13 +137,15 @@ class Sum(Stream):
 # cores), each group a whole step on one thread (see :class:`Groups`). Fewer than 2 · MIN_GROUP streams
 # stay one group: smaller groups each read every weight again, which costs more than a second core
 # gains (2 groups of 2 streams: 1.45× the time of one group of 4 on one thread, no faster on two).
+# A stream that has a thread to itself (a side of a duplex, models/streaming.py) is one group whatever
+# its size: each weight is then read once per step for all its streams.
 MIN_GROUP, MAX_GROUP = 4, 8
 
 
-def batch_groups(batch: int) -> list[slice]:
-    """The batch axis cut into groups (see :data:`MAX_GROUP`), sizes within one. They depend on
-    ``batch`` alone, never on the thread count."""
-    if batch < 2 * MIN_GROUP:
+def batch_groups(batch: int, split: bool = True) -> list[slice]:
+    """The batch axis cut into groups (see :data:`MAX_GROUP`), sizes within one; one group unless ``split``.
+    They depend on ``batch`` and ``split`` alone, never on the thread count."""
+    if not split or batch < 2 * MIN_GROUP:
         return [slice(0, batch)]
     return threads.even_pieces(batch, batch, MAX_GROUP)
 
@@ -158,8 +160,8 @@ class Groups(Stream):
     number of threads, and a group's streams get exactly what a batch of that group alone would.
     """
 
-    def __init__(self, make: Callable[[], Stream], batch: int):
-        self.groups = batch_groups(batch)
+    def __init__(self, make: Callable[[], Stream], batch: int, split: bool = True):
+        self.groups = batch_groups(batch, split)
         self.streams = [make() for _ in self.groups]
 
     def _each(self, work: Callable[[int], np.ndarray | None]) -> np.ndarray | None:

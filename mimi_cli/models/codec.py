@@ -242,3 +242,9 @@ class Codec(Module):
         from mimi_cli.models.streaming import StreamDecoder
 
         return StreamDecoder(self, batch_size, frames_per_step)
+
+    def stream_duplex(self, batch_size: int = 1, num_codebooks: int | None = None, frames_per_step: int = 1):
+        """Push audio and codes, get codes and audio, at once: a :class:`~mimi_cli.models.streaming.StreamDuplex`."""
+        from mimi_cli.models.streaming import StreamDuplex
+
+        return StreamDuplex(self, batch_size, num_codebooks, frames_per_step)

@@ -12,6 +12,7 @@ Work is done on that fixed grid and input is buffered until a whole step is
 there, so how the input is chunked never changes a single bit of the output.
 A batch of 8 or more streams steps in groups, one per thread
 (:class:`mimi_cli.core.stream.Groups`); the groups depend on the batch size alone.
+:class:`StreamDuplex` runs an encoder and a decoder at once instead, one thread each.
 Mimi's results equal moshi's streaming mode (``with model.streaming(1):`` fed one
 frame per call), including its attention quirk past 10 s (see
 :class:`mimi_cli.core.KVCache`); EnCodec's, being causal with exact carried context,
@@ -20,12 +21,13 @@ equal its batch mode.
 
 from __future__ import annotations
 
-import numpy as np
-
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from mimi_cli.core.stream import Groups
-from mimi_cli.core.threads import one_blas_thread
+from mimi_cli.core.threads import one_blas_thread, run_blocks
 from mimi_cli.errors import InvalidAudioError, InvalidCodesError
 
 if TYPE_CHECKING:  # the codec imports this module; at run time only its methods are used here
@@ -38,22 +40,25 @@ class StreamEncoder:
     >>> enc = model.stream_encoder()
     >>> codes = enc.push(chunk)        # chunk float32 [T] (or [B, T]) → int64 [K, n] (or [B, K, n])
     >>> codes = enc.flush()            # the last, zero-padded frame; the encoder is then reset
+
+    A batch of 8 or more streams steps in groups, one per thread; ``split=False`` keeps it one group
+    (for an encoder that has a thread to itself, as a :class:`StreamDuplex` side has).
     """
 
     def __init__(self, model: Codec, batch_size: int = 1, num_codebooks: int | None = None,
-                 frames_per_step: int = 1):
+                 frames_per_step: int = 1, split: bool = True):
         num_codebooks = num_codebooks or model.config.default_num_codebooks
         if not 1 <= num_codebooks <= model.config.num_codebooks:
             raise ValueError(f"num_codebooks must be in 1..{model.config.num_codebooks}, got {num_codebooks}")
         if batch_size < 1 or frames_per_step < 1:
             raise ValueError("batch_size and frames_per_step must be at least 1")
-        self.model, self.batch_size = model, batch_size
+        self.model, self.batch_size, self.split = model, batch_size, split
         self.num_codebooks, self.frames_per_step = num_codebooks, frames_per_step
         self.reset()
 
     def reset(self) -> None:
         """Forget everything: the next push starts a new stream."""
-        self._stream = Groups(self.model.encoder_stream, self.batch_size)
+        self._stream = Groups(self.model.encoder_stream, self.batch_size, self.split)
         self._pending = np.zeros((self.batch_size, 0), np.float32)
 
     def _check(self, pcm: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -70,7 +75,9 @@ class StreamEncoder:
 
         A rejected push raises before touching the stream, which stays usable.
         """
-        pcm, squeeze = self._check(pcm)
+        return self._push(*self._check(pcm))
+
+    def _push(self, pcm: np.ndarray, squeeze: bool) -> np.ndarray:  # push, once _check has passed
         self._pending = np.concatenate([self._pending, pcm], axis=1)
         step = self.frames_per_step * self.model.config.frame_size
         whole = self._pending.shape[1] // step * step
@@ -110,17 +117,19 @@ class StreamDecoder:
 
     >>> dec = model.stream_decoder()
     >>> pcm = dec.push(codes)          # int [K, n] (or [B, K, n]) → float32 [frame_size·n] (or [B, ...])
+
+    ``split`` as for :class:`StreamEncoder`.
     """
 
-    def __init__(self, model: Codec, batch_size: int = 1, frames_per_step: int = 1):
+    def __init__(self, model: Codec, batch_size: int = 1, frames_per_step: int = 1, split: bool = True):
         if batch_size < 1 or frames_per_step < 1:
             raise ValueError("batch_size and frames_per_step must be at least 1")
-        self.model, self.batch_size, self.frames_per_step = model, batch_size, frames_per_step
+        self.model, self.batch_size, self.frames_per_step, self.split = model, batch_size, frames_per_step, split
         self.reset()
 
     def reset(self) -> None:
         """Forget everything: the next push starts a new stream (and may use another K)."""
-        self._stream = Groups(self.model.decoder_stream, self.batch_size)
+        self._stream = Groups(self.model.decoder_stream, self.batch_size, self.split)
         self._pending: np.ndarray | None = None  # [B, K, < frames_per_step]
 
     def _check(self, codes: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -138,7 +147,9 @@ class StreamDecoder:
 
         A rejected push raises before touching the stream, which stays usable.
         """
-        codes, squeeze = self._check(codes)
+        return self._push(*self._check(codes))
+
+    def _push(self, codes: np.ndarray, squeeze: bool) -> np.ndarray:  # push, once _check has passed
         pending = codes if self._pending is None else np.concatenate([self._pending, codes], axis=2)
         whole = pending.shape[2] // self.frames_per_step * self.frames_per_step
         audio = [self._decode(pending[:, :, start : start + self.frames_per_step])
@@ -163,6 +174,68 @@ class StreamDecoder:
     def _output(self, audio: list[np.ndarray], squeeze: bool) -> np.ndarray:
         out = np.concatenate(audio, axis=1) if audio else np.zeros((self.batch_size, 0), np.float32)
         return out[0] if squeeze else out
+
+
+class StreamDuplex:
+    """Both directions of B conversations in one call: ``push(pcm, codes)`` → ``(codes, pcm)``.
+
+    A server for a Moshi-style model, every frame, encodes what each user said and decodes what the
+    model answers. The two directions share nothing, so they run at once, the encoder on one thread
+    and the decoder on another, and each keeps its whole batch as one group (``split=False``): each
+    weight is read once per step for all B streams, and no step waits for a hand-off between
+    threads (docs/performance.md, "Many streams per step")::
+
+        thread 1:  encoder, B streams  [pcm frame n  → codes]
+        thread 2:  decoder, B streams  [codes frame m → pcm ]    (m is whatever the caller has)
+
+    >>> duplex = model.stream_duplex(batch_size=8)
+    >>> codes, pcm = duplex.push(user_pcm, model_codes)  # [8, 1920·n], [8, K, m] → [8, K', n], [8, 1920·m]
+    >>> codes, pcm = duplex.push(user_pcm, None)         # one direction only: the other returns nothing
+
+    ``encoder`` and ``decoder`` are the two sides (a :class:`StreamEncoder`, a :class:`StreamDecoder`).
+    Each side's bits depend on its batch alone, not on the thread count; with fewer than 8 streams they
+    are exactly those of a lone encoder or decoder of that batch.
+    """
+
+    def __init__(self, model: Codec, batch_size: int = 1, num_codebooks: int | None = None,
+                 frames_per_step: int = 1):
+        self.encoder = StreamEncoder(model, batch_size, num_codebooks, frames_per_step, split=False)
+        self.decoder = StreamDecoder(model, batch_size, frames_per_step, split=False)
+
+    @one_blas_thread()  # our own threads share the cores: the same bits at any count
+    def push(self, pcm: np.ndarray | None = None, codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Encode ``pcm`` and decode ``codes`` (either may be None) at once: ``(codes, pcm)`` completed so far.
+
+        Both inputs are checked before either side moves, so a rejected push leaves both usable.
+        """
+        checked = [None if x is None else side._check(x) for side, x in ((self.encoder, pcm), (self.decoder, codes))]
+        return self._both(lambda side, i: side._push(*checked[i]) if checked[i] is not None
+                          else side._output([], self._squeeze(checked)))
+
+    @one_blas_thread()
+    def flush(self) -> tuple[np.ndarray, np.ndarray]:
+        """End both directions (see :meth:`StreamEncoder.flush`, :meth:`StreamDecoder.flush`); then reset."""
+        return self._both(lambda side, _: side.flush())
+
+    def reset(self) -> None:
+        """Forget everything in both directions."""
+        self.encoder.reset()
+        self.decoder.reset()
+
+    def _both(self, work: Callable[[StreamEncoder | StreamDecoder, int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        out: list[np.ndarray] = [np.empty(0), np.empty(0)]
+        sides = (self.encoder, self.decoder)
+
+        def one(i: int) -> None:
+            out[i] = work(sides[i], i)
+
+        run_blocks(one, 2)  # one thread each when there are two; else one after the other
+        return out[0], out[1]
+
+    def _squeeze(self, checked: list[tuple[np.ndarray, bool] | None]) -> bool:
+        """Whether a side given nothing drops the batch axis: as the other side does, or when B is 1."""
+        given = [squeeze for x in checked if x is not None for squeeze in [x[1]]]
+        return given[0] if given else self.encoder.batch_size == 1
 
 
 def _batched(x: np.ndarray, batch_size: int, dims: list[str], error: type[Exception], what: str
