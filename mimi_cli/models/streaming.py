@@ -209,8 +209,10 @@ class StreamDuplex:
         Both inputs are checked before either side moves, so a rejected push leaves both usable.
         """
         checked = [None if x is None else side._check(x) for side, x in ((self.encoder, pcm), (self.decoder, codes))]
+        # a side given nothing returns nothing, with the batch axis as the other side has it
+        squeeze = next((c[1] for c in checked if c is not None), self.encoder.batch_size == 1)
         return self._both(lambda side, i: side._push(*checked[i]) if checked[i] is not None
-                          else side._output([], self._squeeze(checked)))
+                          else side._output([], squeeze))
 
     @one_blas_thread()
     def flush(self) -> tuple[np.ndarray, np.ndarray]:
@@ -231,11 +233,6 @@ class StreamDuplex:
 
         run_blocks(one, 2)  # one thread each when there are two; else one after the other
         return out[0], out[1]
-
-    def _squeeze(self, checked: list[tuple[np.ndarray, bool] | None]) -> bool:
-        """Whether a side given nothing drops the batch axis: as the other side does, or when B is 1."""
-        given = [squeeze for x in checked if x is not None for squeeze in [x[1]]]
-        return given[0] if given else self.encoder.batch_size == 1
 
 
 def _batched(x: np.ndarray, batch_size: int, dims: list[str], error: type[Exception], what: str
