@@ -72,6 +72,9 @@ def export(weights: str, seconds: float, codebooks: int, folder: str) -> None:
 
 
 def worker(name: str, weights: str, folder: str, seconds: float, codebooks: int, threads: int) -> dict:
+    from mimi_cli.core.threads import keep_freed_memory
+
+    keep_freed_memory()  # in every implementation's process alike, as the mimi command does
     if name == "blas-peak":
         from mimi_cli.bench import blas_library, blas_peak
         from mimi_cli.core.threads import set_threads

@@ -38,7 +38,9 @@ def worker(name: str, weights: str, seconds: float, codebooks: int, threads: int
     growth) in every implementation; later runs show the steady state.
     """
     from mimi_cli.bench import speech_like
+    from mimi_cli.core.threads import keep_freed_memory
 
+    keep_freed_memory()  # in every implementation's process alike, as the mimi command does
     pcm = speech_like(seconds)
     pcm = pcm[: len(pcm) // 1920 * 1920]
     warm = pcm[: 2 * 24000]

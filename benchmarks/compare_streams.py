@@ -42,6 +42,9 @@ def audio(streams: int) -> np.ndarray:
 
 
 def worker(name: str, weights: str, streams: int, threads: int, codebooks: int, duplex: bool) -> dict:
+    from mimi_cli.core.threads import keep_freed_memory
+
+    keep_freed_memory()  # in every implementation's process alike, as the mimi command does
     pcm = audio(streams)
     if name == "torch":
         import torch

@@ -343,9 +343,10 @@ _worker: Worker | None = None  # the worker of this process (in a pool)
 def _start_worker(settings: Settings) -> None:
     global _worker
     from mimi_cli import signals
-    from mimi_cli.core.threads import set_threads
+    from mimi_cli.core.threads import keep_freed_memory, set_threads
 
     try:
+        keep_freed_memory()  # a spawned worker starts with glibc's defaults (see cli.main)
         signals.install(worker=True)  # SIGTERM from the parent unwinds like Ctrl-C: no temporary file left
         signals.die_with_parent()  # and if the parent is killed outright, the worker stops too
         set_threads(settings.threads)

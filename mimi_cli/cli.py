@@ -812,7 +812,9 @@ def main() -> None:
     import warnings
 
     from mimi_cli import signals
+    from mimi_cli.core.threads import keep_freed_memory
 
     signals.install()  # SIGTERM and SIGHUP clean up like Ctrl-C
+    keep_freed_memory()  # the threads of one process stop interrupting each other (core/threads.py)
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # NumPy's overflow chatter: errors are ours to say
     app(prog_name="mimi")

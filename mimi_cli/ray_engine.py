@@ -33,9 +33,10 @@ class FileActor:
     """One :class:`~mimi_cli.pipeline.Worker` per actor (weights loaded on its first file), one BLAS thread."""
 
     def __init__(self, settings: Settings):
-        from mimi_cli.core.threads import set_threads
+        from mimi_cli.core.threads import keep_freed_memory, set_threads
         from mimi_cli.pipeline import Worker
 
+        keep_freed_memory()  # as the mimi command does (see cli.main)
         set_threads(settings.threads)
         self.worker = Worker(settings)
         try:

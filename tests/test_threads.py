@@ -331,3 +331,43 @@ def test_a_duplex_steps_both_ways_with_the_same_bits(small_model):
     lone = np.concatenate([decoder.push(codes_in), decoder.flush()], axis=-1)
     assert audio.shape == lone.shape == (9, 12 * frame) and np.std(audio) > 1e-3
     np.testing.assert_allclose(audio, lone, rtol=1e-4, atol=1e-5)
+
+
+_MALLINFO = '''
+import ctypes, sys
+import numpy as np
+from mimi_cli.core.threads import keep_freed_memory
+
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+before = libc.mallinfo2()
+block = np.ones(2 << 20, np.float32)  # 8 MB
+during = libc.mallinfo2()
+del block
+after = libc.mallinfo2()
+print(during.hblkhd - before.hblkhd, after.arena - before.arena)
+'''
+
+
+@pytest.mark.parametrize("setting", ["default", "keep"])
+def test_keep_freed_memory_keeps_a_freed_block_for_reuse(setting):
+    """glibc hands an 8 MB block to mmap and back to the system on free; after keep_freed_memory it comes
+    from the heap, which keeps it (mallinfo2: bytes mmapped, bytes in the heap). A fresh process each."""
+    import ctypes
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("glibc 2.33 or newer only")
+    done = subprocess.run([sys.executable, "-c", _MALLINFO, setting], capture_output=True, text=True, check=True)
+    mapped, kept = map(int, done.stdout.split())
+    if setting == "keep":
+        assert mapped == 0 and kept >= 8 << 20
+    else:
+        assert mapped >= 8 << 20 and kept < 1 << 20
