@@ -64,7 +64,7 @@ def worker(name: str, weights: str, streams: int, threads: int, codebooks: int, 
             with torch.no_grad():
                 return model.decode(codes)
 
-        helper = ThreadPoolExecutor(1)
+        helper = ThreadPoolExecutor(1) if duplex else None
 
         def both(frame, codes):  # the decode in a second thread while this one encodes
             pending = helper.submit(decode, codes) if codes is not None else None
@@ -78,13 +78,14 @@ def worker(name: str, weights: str, streams: int, threads: int, codebooks: int, 
 
         set_threads(threads)  # for the whole life of this worker process (a bare __enter__ would be undone by GC)
         model = Mimi.from_file(weights)
-        encoder = model.stream_encoder(batch_size=streams, num_codebooks=codebooks)
-        decoder = model.stream_decoder(batch_size=streams)
-        encode, decode = encoder.push, decoder.push
-        duplex_stream = model.stream_duplex(batch_size=streams, num_codebooks=codebooks)
+        if duplex:
+            duplex_stream = model.stream_duplex(batch_size=streams, num_codebooks=codebooks)
 
-        def both(frame, codes):
-            return duplex_stream.push(frame, codes)[0]
+            def both(frame, codes):
+                return duplex_stream.push(frame, codes)[0]
+        else:
+            encode = model.stream_encoder(batch_size=streams, num_codebooks=codebooks).push
+            decode = model.stream_decoder(batch_size=streams).push
     encode_ms, decode_ms, codes = [], [], None
     for index in range(WARMUP + STEPS):
         frame = np.ascontiguousarray(pcm[:, index * FRAME : (index + 1) * FRAME])
