@@ -24,6 +24,7 @@ from mimi_cli.core import (
     windowed_causal_attention,
 )
 from mimi_cli.core import conv as conv_module
+from mimi_cli.core.layers import ConvTranspose
 
 rng = np.random.default_rng(42)
 
@@ -161,7 +162,10 @@ CONVTR_CASES = [
     (1, 3, 2, 1, 4, 2, 1, True),  # length 1
     (1, 3, 2, 0, 4, 2, 1, True),  # length 0
     (1, 2, 3, 6, 2, 3, 1, True),  # stride > kernel: gaps filled by the bias only
-    (2, 4, 3, 80, 8, 4, 1, True),  # long enough for the blocked path (up to 64 steps take the skinny one)
+    (2, 4, 3, 80, 8, 4, 1, True),  # k = 2·stride and long: frames in pairs (up to 64 steps take the skinny path)
+    (1, 5, 4, 65, 6, 3, 1, False),  # pairs with an even number of frames (T + 1)
+    (1, 3, 1, 70, 4, 2, 1, True),  # pairs, an odd number of frames, one output channel
+    (1, 4, 3, 70, 6, 2, 1, True),  # long but k ≠ 2·stride: the blocked path
 ]
 
 
@@ -175,11 +179,41 @@ def test_conv_transpose1d_matches_naive_loops(batch, cin, cout, length, kernel, 
     close(y, expected)
 
 
-def test_conv_transpose1d_blocks_over_time_give_the_same_result(monkeypatch):
-    x, w, b = randn(1, 4, 200), randn(4, 3, 8), randn(3)
+@pytest.mark.parametrize("kernel", [8, 6])  # pairs of frames, and the blocked path
+def test_conv_transpose1d_blocks_over_time_give_the_same_result(monkeypatch, kernel):
+    x, w, b = randn(2, 4, 200), randn(4, 3, kernel), randn(3)
     whole = conv_transpose1d(x, w, b, stride=4)
     monkeypatch.setattr(conv_module, "_BLOCK_ELEMENTS", 50)
     close(conv_transpose1d(x, w, b, stride=4), whole.astype(np.float64), tol=1e-6)
+
+
+def test_conv_transpose1d_pairs_are_as_accurate_as_the_plain_sum():
+    """Winograd's pairs round differently from the plain products; on a SEANet shape with realistic
+    scales their error against float64 stays within twice the plain path's (the blocked path,
+    taken when k ≠ 2·stride, here by padding the kernel with a zero tap that changes nothing)."""
+    x = randn(1, 128, 300)
+    w = randn(128, 64, 8) / np.float32(np.sqrt(128 * 2))
+    products = np.einsum("ct,cok->okt", x[0].astype(np.float64), w.astype(np.float64))  # float64, every tap
+    exact = np.zeros((1, 64, 299 * 4 + 8))
+    for k in range(8):
+        exact[0, :, k : k + 299 * 4 + 1 : 4] += products[:, k]
+    pairs = conv_transpose1d(x, w, None, 4)
+    plain = conv_transpose1d(x, np.concatenate([w, np.zeros_like(w[:, :, :1])], axis=2), None, 4)[:, :, :-1]
+    error_pairs, error_plain = np.abs(pairs - exact).max(), np.abs(plain - exact).max()
+    assert error_pairs <= 2 * error_plain
+    assert error_pairs <= 1e-6 * np.abs(exact).max()
+
+
+def test_conv_transpose_layer_keeps_its_pair_taps_until_the_next_load():
+    layer = ConvTranspose(4, 3, 8, 4)
+    x = randn(1, 4, 100)
+    for _ in range(2):
+        state = {"convtr.convtr.weight": randn(4, 3, 8), "convtr.convtr.bias": randn(3)}
+        layer.load(state)
+        expected = naive_conv_transpose1d(x, state["convtr.convtr.weight"], state["convtr.convtr.bias"], 4, 1)
+        close(layer.full(x), expected)
+        close(layer.full(x), expected)  # with the taps the first call kept
+        assert set(layer.derived) == {"pair_taps"}
 
 
 # ----------------------------------------------------------------------------- element-wise and norms

@@ -125,13 +125,17 @@ class ConvTranspose(Module):
         self.declare(self.weight_name, cin, cout // groups, kernel)
         if bias:
             self.declare(self.bias_name, cout)
+        self.prepare()
+
+    def prepare(self) -> None:
+        self.derived: dict = {}  # what conv_transpose1d derives from the weight, until the next load
 
     def __call__(self, x: np.ndarray) -> np.ndarray:  # [B, C, T] → [B, O, T·stride]
         return self.full(x)[:, :, : x.shape[-1] * self.stride]
 
     def full(self, x: np.ndarray) -> np.ndarray:
         """All ``(T-1)·stride + K`` output samples, bias included."""
-        return conv_transpose1d(x, self.params[self.weight_name], self.bias, self.stride, self.groups)
+        return conv_transpose1d(x, self.params[self.weight_name], self.bias, self.stride, self.groups, self.derived)
 
     @property
     def bias(self) -> np.ndarray | None:
