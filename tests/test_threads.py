@@ -372,3 +372,54 @@ def test_keep_freed_memory_keeps_a_freed_block_for_reuse(setting):
         assert mapped == 0 and free_in_heap >= 8 << 20 and trimmed == 0
     else:
         assert mapped >= 8 << 20
+
+
+_ONE_HEAP = _MALLINFO.split("if sys.argv[1]")[0] + '''
+import threading
+assert keep_freed_memory()
+if sys.argv[1] == "an arena per thread":
+    libc.mallopt(-8, 8)  # M_ARENA_MAX back to several: the control
+first_done, second_done = threading.Event(), threading.Event()
+
+def first():
+    block = np.ones(2 << 20, np.float32)  # 8 MB, then freed while this thread lives on
+    del block
+    first_done.set()
+    second_done.wait()
+
+def second():
+    first_done.wait()
+    global during
+    block = np.ones(2 << 20, np.float32)
+    during = libc.mallinfo2()
+    del block
+    second_done.set()
+
+before = libc.mallinfo2()
+threads = [threading.Thread(target=first), threading.Thread(target=second)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(during.arena - before.arena)
+'''
+
+
+@pytest.mark.parametrize("setting", ["one heap", "an arena per thread"])
+def test_keep_freed_memory_lets_a_thread_reuse_what_another_freed(setting):
+    """After keep_freed_memory all threads share one heap: 8 MB freed by one live thread serves the
+    next thread's 8 MB (the heap grows by 8 MB, not 16). The control puts back glibc's arena per
+    thread, where the second block needs a heap of its own."""
+    import ctypes
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("glibc 2.33 or newer only")
+    done = subprocess.run([sys.executable, "-c", _ONE_HEAP, setting], capture_output=True, text=True, check=True)
+    grown = int(done.stdout)
+    if setting == "one heap":
+        assert grown < 12 << 20  # at most 8 MB (less if the heap already held free space), never two blocks
+    else:
+        assert grown >= 16 << 20
