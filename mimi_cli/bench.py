@@ -248,6 +248,7 @@ def kernel_benchmarks(model: Codec, seconds: float = 1.0, peak: float | None = N
                       progress=None) -> list[KernelResult]:
     """Time the codec's kernels at their real shapes for ``seconds`` of audio, each strategy where several exist."""
     from mimi_cli.core import conv1d, conv_transpose1d, linear, windowed_causal_attention
+    from mimi_cli.core.conv import conv_transpose1d_strategy
 
     peak = peak or blas_peak()
     rng = np.random.default_rng(0)
@@ -271,7 +272,7 @@ def kernel_benchmarks(model: Codec, seconds: float = 1.0, peak: float | None = N
         else:
             in_ch, out_ch, kernel = weight.shape
             x = rng.standard_normal((1, in_ch, length), np.float32)
-            add(name, f"{list(weight.shape)} s{stride} T{length}", "overlap_add",
+            add(name, f"{list(weight.shape)} s{stride} T{length}", conv_transpose1d_strategy(length, kernel, stride),
                 2 * in_ch * kernel * out_ch * length, partial(conv_transpose1d, x, weight, None, stride))
     c = model.config
     steps = max(1, int(seconds * c.sample_rate / c.hop_length))

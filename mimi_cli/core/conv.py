@@ -238,6 +238,8 @@ def conv_transpose1d(
         x1 →     y[S .. S+K-1]
         x2 →         y[2S .. 2S+K-1]
 
+    Which products compute it depends on the shape alone: :func:`conv_transpose1d_strategy`.
+
     Args:
         x: ``[B, C_in, T]``.
         weight: ``[C_in, C_out/groups, K]`` (PyTorch layout).
@@ -257,21 +259,20 @@ def conv_transpose1d(
         return np.zeros((batch, out_channels, 0), dtype=np.float32)
     x = np.ascontiguousarray(x, dtype=np.float32)
     out_len = (length - 1) * stride + kernel
-    if groups == 1 and length <= _SKINNY_STEPS:
+    strategy = conv_transpose1d_strategy(length, kernel, stride, groups)
+    if strategy == "weight_right":
         # Few steps (streaming): the product is bound by reading the weight, which
         # OpenBLAS does fastest untransposed, as the right operand (measured 25% faster).
         y = np.zeros((batch, out_channels, out_len), dtype=np.float32)
         steps = x.transpose(0, 2, 1).reshape(batch * length, in_channels)  # all B streams in one product
         products = matmul_depth(steps, weight.reshape(in_channels, out_channels * kernel))  # [B·T, O·K]
         _overlap_add(y, products.reshape(batch, length, out_channels, kernel).transpose(0, 2, 3, 1), 0, stride)
-    elif groups == 1 and kernel == 2 * stride:  # SEANet's upsampling layers
-        taps = None if derived is None else derived.get("pair_taps")
-        if taps is None:
-            taps = pair_taps(weight)
-            if derived is not None:
-                derived["pair_taps"] = taps
+    elif strategy == "pairs":
+        derived = {} if derived is None else derived
+        if "pair_taps" not in derived:
+            derived["pair_taps"] = pair_taps(weight)
         y = np.empty((batch, out_channels, out_len), dtype=np.float32)  # every sample is written once
-        _conv_transpose1d_pairs(x, taps, y, stride)
+        _conv_transpose1d_pairs(x, derived["pair_taps"], y, stride)
     else:
         y = np.zeros((batch, out_channels, out_len), dtype=np.float32)
         # [G, O/G·K, C/G]: one matrix per group mapping input channels to (out channel, tap).
@@ -292,6 +293,17 @@ def conv_transpose1d(
     if bias is not None:
         y += bias[:, None]
     return y
+
+
+def conv_transpose1d_strategy(length: int, kernel: int, stride: int, groups: int = 1) -> str:
+    """How :func:`conv_transpose1d` computes a shape: ``"weight_right"`` (few steps, as streaming
+    has: the weight as the right operand of one product), ``"pairs"`` (SEANet's ``K = 2·stride``
+    layers: :func:`_conv_transpose1d_pairs`) or ``"overlap_add"`` (products per tap, summed in place)."""
+    if groups == 1 and length <= _SKINNY_STEPS:
+        return "weight_right"
+    if groups == 1 and kernel == 2 * stride:
+        return "pairs"
+    return "overlap_add"
 
 
 def _halves(out_channels: int) -> list[slice]:
