@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator
 
@@ -141,8 +142,16 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
-def _idle() -> None:
-    pass
+class _Job:
+    """One :func:`run_blocks` call as its helpers see it: the work, and how many of them it woke and
+    have come back. Counts, not tokens: Ctrl-C can land right after a wait has taken a token (the
+    caller would then wait for one that never comes), never inside a count."""
+
+    def __init__(self, work: Callable[[], None]):
+        self.work = work
+        self.woken = 0
+        self.back: list[None] = []  # one entry per helper back (list.append is atomic under the GIL)
+        self.returns: queue.SimpleQueue = queue.SimpleQueue()  # wakes the caller when a helper is back
 
 
 class _Team:
@@ -157,44 +166,45 @@ class _Team:
     def __init__(self, helpers: int):
         self.busy = threading.Lock()  # one run_blocks at a time; another caller runs its blocks alone
         self.wake = [threading.Lock() for _ in range(helpers)]
-        self.done = [threading.Lock() for _ in range(helpers)]
-        self.work: Callable[[], None] = _idle
-        for wake, done in zip(self.wake, self.done, strict=True):
+        self.jobs: list[_Job | None] = [None] * helpers
+        for index, wake in enumerate(self.wake):
             wake.acquire()
-            done.acquire()
-            threading.Thread(target=self._helper, args=(wake, done), daemon=True, name="mimi-worker").start()
+            threading.Thread(target=self._helper, args=(index,), daemon=True, name="mimi-worker").start()
 
-    def _helper(self, wake: threading.Lock, done: threading.Lock) -> None:
+    def _helper(self, index: int) -> None:
         _local.threads = 1  # a helper's blocks never share out their own work
         while True:
-            wake.acquire()
+            self.wake[index].acquire()
+            job = self.jobs[index]
             try:
-                self.work()
+                job.work()
             finally:
-                done.release()
+                job.back.append(None)
+                job.returns.put(None)
 
     def run(self, work: Callable[[], None], helpers: int, stop: Callable[[BaseException], None]) -> None:
         """``work()`` on ``helpers`` of the team's threads and on the caller's, until all return.
 
-        An interrupt (Ctrl-C) while waiting calls ``stop`` and is raised once every helper is back,
-        so no helper is still writing when the caller unwinds.
+        An interrupt (Ctrl-C) calls ``stop`` and is raised once every helper woken is back, so no
+        helper is still writing when the caller unwinds.
         """
-        self.work = work
-        for wake in self.wake[:helpers]:
-            wake.release()
-        interrupt = None
+        job, interrupt = _Job(work), None
         try:
+            for index in range(helpers):
+                self.jobs[index] = job
+                job.woken += 1  # counted before the release: CPython delivers Ctrl-C after a call, not before
+                self.wake[index].release()
             work()
-        finally:
-            for done in self.done[:helpers]:
-                while True:
-                    try:
-                        done.acquire()
-                        break
-                    except BaseException as error:  # noqa: BLE001 - re-raised below, after the helpers
-                        stop(error)
-                        interrupt = interrupt or error
-            self.work = _idle  # let go of the caller's blocks (and the arrays they hold)
+        except BaseException as error:  # noqa: BLE001 - raised below, after the helpers
+            stop(error)
+            interrupt = error
+        while len(job.back) < job.woken:
+            try:
+                job.returns.get()  # which helper it was does not matter: the count decides
+            except BaseException as error:  # noqa: BLE001 - raised below, after the helpers
+                stop(error)
+                interrupt = interrupt or error
+        self.jobs[:helpers] = [None] * helpers  # let go of the caller's blocks (and the arrays they hold)
         if interrupt is not None:
             raise interrupt
 
