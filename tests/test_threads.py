@@ -207,6 +207,19 @@ def test_run_blocks_runs_each_block_once_and_raises():
         threads.run_blocks(fail, 20)
 
 
+def test_run_blocks_lets_go_of_the_callers_arrays():
+    """Once run_blocks returns, no helper holds the blocks' function and what it refers to (a helper
+    that kept its last job held a decode's activations until the next call: 60 MB more peak memory)."""
+    import weakref
+
+    data = np.zeros(1000)
+    alive = weakref.ref(data)
+    with threads.limit_threads(2):
+        threads.run_blocks(lambda i, held=data: held.sum(), 4)
+    del data
+    assert alive() is None
+
+
 @pytest.mark.parametrize("where", ["after a helper's return was taken", "while waking the helpers"])
 def test_ctrl_c_at_any_point_of_a_hand_off_neither_hangs_nor_loses_a_helper(where, monkeypatch):
     """Ctrl-C lands between two steps of the caller: it is raised once the helpers that were woken are

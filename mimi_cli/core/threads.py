@@ -142,6 +142,10 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Job:
     """One :func:`run_blocks` call as its helpers see it: the work, and how many of them it woke and
     have come back. Counts, not tokens: Ctrl-C can land right after a wait has taken a token (the
@@ -204,7 +208,8 @@ class _Team:
             except BaseException as error:  # noqa: BLE001 - raised below, after the helpers
                 stop(error)
                 interrupt = interrupt or error
-        self.jobs[:helpers] = [None] * helpers  # let go of the caller's blocks (and the arrays they hold)
+        # Let go of the caller's blocks and the arrays they hold: a helper keeps its last job until the next.
+        job.work, self.jobs[:helpers] = _nothing, [None] * helpers
         if interrupt is not None:
             raise interrupt
 
