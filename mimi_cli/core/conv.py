@@ -354,15 +354,17 @@ def _conv_transpose1d_pairs(x: np.ndarray, taps: np.ndarray, y: np.ndarray, stri
     out_channels = y.shape[1]
     frames = length + 1
     pairs = (frames + 1) // 2
-    padded = np.zeros((batch, channels, 2 * pairs + 1), np.float32)  # padded[..., i] = x[..., i − 1]
+    padded = np.empty((batch, channels, 2 * pairs + 1), np.float32)  # padded[..., i] = x[..., i − 1]
+    padded[:, :, 0], padded[:, :, length + 1 :] = 0, 0
     padded[:, :, 1 : length + 1] = x
     here = np.ascontiguousarray(padded[:, :, 1::2])  # x[j] for the even frames j = 2p     [B, C, P]
     back = padded[:, :, 0:-1:2] - here  # x[j−1] − x[j]
     ahead = padded[:, :, 2::2] - here  # x[j+1] − x[j]
+    del padded
     odd = frames // 2  # frames 2p + 1 that exist (P or P − 1)
     framed = y.reshape(batch, out_channels, frames, stride)
     even_frames, odd_frames = framed[:, :, 0::2, :], framed[:, :, 1::2, :]  # [B, O, P, S] views
-    block = max(1, _BLOCK_ELEMENTS // (3 * out_channels * stride * batch))  # pairs per block: bounds m1..m3
+    block = max(1, _BLOCK_ELEMENTS // (2 * out_channels * stride * batch))  # pairs per block: bounds the m
     halves = _halves(out_channels)
 
     def one(i: int) -> None:
@@ -370,11 +372,14 @@ def _conv_transpose1d_pairs(x: np.ndarray, taps: np.ndarray, y: np.ndarray, stri
         rows, n = slice(o.start * stride, o.stop * stride), o.stop - o.start
         for p0 in range(0, pairs, block):
             p1 = min(pairs, p0 + block)
-            m1, m2, m3 = (np.matmul(taps[k, rows], part[:, :, p0:p1]).reshape(batch, n, stride, p1 - p0)
-                          for k, part in enumerate((back, here, ahead)))
-            np.add(m1, m2, out=even_frames[:, o, p0:p1].transpose(0, 1, 3, 2))
+            m2 = np.matmul(taps[1, rows], here[:, :, p0:p1])  # [B, n·S, count]
+            m = np.matmul(taps[0, rows], back[:, :, p0:p1])  # m1, then m3 in the same array
+            shape = (batch, n, stride, p1 - p0)
+            np.add(m.reshape(shape), m2.reshape(shape), out=even_frames[:, o, p0:p1].transpose(0, 1, 3, 2))
             q1 = min(p1, odd)
             if q1 > p0:
-                np.add(m2[..., : q1 - p0], m3[..., : q1 - p0], out=odd_frames[:, o, p0:q1].transpose(0, 1, 3, 2))
+                np.matmul(taps[2, rows], ahead[:, :, p0:p1], out=m)
+                np.add(m.reshape(shape)[..., : q1 - p0], m2.reshape(shape)[..., : q1 - p0],
+                       out=odd_frames[:, o, p0:q1].transpose(0, 1, 3, 2))
 
     run_blocks(one, len(halves))
