@@ -147,9 +147,10 @@ def _nothing() -> None:
 
 
 class _Job:
-    """One :func:`run_blocks` call as its helpers see it: the work, and how many of them it woke and
-    have come back. Counts, not tokens: Ctrl-C can land right after a wait has taken a token (the
-    caller would then wait for one that never comes), never inside a count."""
+    """One :func:`run_blocks` call as its helpers see it: the work, and how many helpers it woke and
+    how many are back. The caller waits on these counts, not on a token per helper: Ctrl-C can land
+    just after a wait has taken a helper's token, and a caller that then waited for that token again
+    waited for ever; a count it reads again is never lost."""
 
     def __init__(self, work: Callable[[], None]):
         self.work = work
