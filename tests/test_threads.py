@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -254,13 +255,16 @@ def test_ctrl_c_at_any_point_of_a_hand_off_neither_hangs_nor_loses_a_helper(wher
             self.inner.put(item)
 
     monkeypatch.setattr(threads, "_Job", Interrupted)
-    seen = []
-    outcome = []
+    seen, outcome = [], []
+
+    def block(i: int) -> None:  # the helper's block outlasts the caller's: the caller is waiting when it returns
+        time.sleep(0.05 if threading.current_thread().name != "mimi-worker" else 0.3)
+        seen.append(i)
 
     def call() -> None:
         with threads.limit_threads(2):
             try:
-                threads.run_blocks(lambda i: seen.append(i), 4)
+                threads.run_blocks(block, 4)
             except KeyboardInterrupt:
                 outcome.append("interrupted")
 
