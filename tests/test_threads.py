@@ -406,7 +406,9 @@ def test_a_duplex_steps_both_ways_with_the_same_bits(small_model):
     np.testing.assert_allclose(audio, lone, rtol=1e-4, atol=1e-5)
 
 
-_MALLINFO = '''
+# A probe's start: glibc's mallinfo2 through ctypes (the probes run in fresh processes: malloc settings
+# last for a process's life).
+_GLIBC = '''
 import ctypes, sys
 import numpy as np
 from mimi_cli.core.threads import keep_freed_memory
@@ -416,6 +418,23 @@ class Info(ctypes.Structure):  # glibc's struct mallinfo2
                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = Info
+'''
+
+
+def _glibc_probe(script: str, setting: str) -> list[int]:
+    """Run ``_GLIBC + script`` in a fresh Python with ``setting`` as its argument; the integers it prints."""
+    import ctypes
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("glibc 2.33 or newer only")
+    done = subprocess.run([sys.executable, "-c", _GLIBC + script, setting], capture_output=True, text=True, check=True)
+    return [int(word) for word in done.stdout.split()]
+
+
+_MALLINFO = '''
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 before = libc.mallinfo2()
@@ -432,22 +451,14 @@ def test_keep_freed_memory_keeps_a_freed_block_for_reuse(setting):
     """glibc hands an 8 MB block to mmap and back to the system on free; after keep_freed_memory it comes
     from the heap, which keeps it once freed (mallinfo2: bytes mmapped, the heap's free bytes, bytes
     trimmed from the heap). A fresh process each."""
-    import ctypes
-    import platform
-    import subprocess
-    import sys
-
-    if platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL(None), "mallinfo2"):
-        pytest.skip("glibc 2.33 or newer only")
-    done = subprocess.run([sys.executable, "-c", _MALLINFO, setting], capture_output=True, text=True, check=True)
-    mapped, free_in_heap, trimmed = map(int, done.stdout.split())
+    mapped, free_in_heap, trimmed = _glibc_probe(_MALLINFO, setting)
     if setting == "keep":
         assert mapped == 0 and free_in_heap >= 8 << 20 and trimmed == 0
     else:
         assert mapped >= 8 << 20
 
 
-_ONE_HEAP = _MALLINFO.split("if sys.argv[1]")[0] + '''
+_ONE_HEAP = '''
 import threading
 assert keep_freed_memory()
 if sys.argv[1] == "an arena per thread":
@@ -483,15 +494,7 @@ def test_keep_freed_memory_lets_a_thread_reuse_what_another_freed(setting):
     """After keep_freed_memory all threads share one heap: 8 MB freed by one live thread serves the
     next thread's 8 MB (the heap grows by 8 MB, not 16). The control puts back glibc's arena per
     thread, where the second block needs a heap of its own."""
-    import ctypes
-    import platform
-    import subprocess
-    import sys
-
-    if platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL(None), "mallinfo2"):
-        pytest.skip("glibc 2.33 or newer only")
-    done = subprocess.run([sys.executable, "-c", _ONE_HEAP, setting], capture_output=True, text=True, check=True)
-    grown = int(done.stdout)
+    (grown,) = _glibc_probe(_ONE_HEAP, setting)
     if setting == "one heap":
         assert grown < 12 << 20  # at most 8 MB (less if the heap already held free space), never two blocks
     else:
