@@ -103,18 +103,60 @@ def test_pipeline_equals_the_whole_sequence(count):
     np.testing.assert_allclose(got, _naive(x), rtol=1e-12, atol=1e-12)
 
 
+class _Lengths(Stream):
+    """Passes its input on and records each piece's length."""
+
+    def __init__(self):
+        self.lengths: list[int] = []
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        self.lengths.append(x.shape[-1])
+        return x
+
+
+@pytest.mark.parametrize("count", THREAD_COUNTS)
+@pytest.mark.parametrize(("head", "regroup"), [(1, 2), (1, 3), (2, 4), (3, 2)])
+def test_a_head_on_bigger_pieces_gives_the_same_sequence(count, head, regroup):
+    """The first streams on pieces of several chunks, the rest on the usual pieces, as a pipeline of
+    1-3 stages (head 3 leaves one stream after it: one stage)."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 70))
+    with threads.limit_threads(count):
+        got = run_chunks(_chain(), x, chunk=8, head=head, regroup=regroup)
+    np.testing.assert_allclose(got, _naive(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("regroup", [1, 2, 3, 5])
+def test_the_streams_after_a_head_get_one_chunks_worth_per_piece(regroup):
+    """A head that doubles the length (an upsampling): the streams after it step on pieces of twice
+    the chunk, the same pieces at every thread count, and the result is the whole sequence's."""
+    x = np.random.default_rng(1).standard_normal((1, 2, 75))
+    want = np.cumsum(np.repeat(x, 2, axis=-1), axis=-1)
+    want = np.concatenate([want, want[..., -1:]], axis=-1)  # _Accumulate's flush
+    seen = {}
+    for count in THREAD_COUNTS:
+        lengths = _Lengths()
+        chain = Chain([Pointwise(lambda a: np.repeat(a, 2, axis=-1)), lengths, _Accumulate(1.0)])
+        with threads.limit_threads(count):
+            np.testing.assert_allclose(run_chunks(chain, x, chunk=10, head=1, regroup=regroup), want, rtol=1e-12)
+        seen[count] = lengths.lengths
+    assert seen[1] == [20] * 7 + [10], seen[1]  # 75 steps: 7 chunks of 10, then 5 → 150 steps in pieces of 20
+    assert seen[2] == seen[1] and seen[3] == seen[1]
+
+
 @pytest.mark.parametrize("stored", [None, [1e9, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1e9], [1.0, 1.0, 1.0, 1.0],
                                     [1.0, 3.0, 1.0, 1.0], [0.5, 0.2, 2.0, 0.1]])
-def test_a_pipeline_remembers_its_streams_times(stored):
-    """A chain that keeps its costs: the first run stores each stream's time per piece; a later run
-    cuts by the stored times (however wrong) and still gives the same result."""
+@pytest.mark.parametrize("head", [0, 2])
+def test_a_pipeline_remembers_its_streams_times(stored, head):
+    """A chain that keeps its costs: the first run stores each stream's time per piece (a head's too);
+    a later run cuts by the stored times (however wrong) and still gives the same result."""
     x = np.random.default_rng(0).standard_normal((2, 3, 70))
     costs = {} if stored is None else {(2, 3, 8): stored}
     with threads.limit_threads(2):
-        got = run_chunks(Chain(_chain().streams, costs), x, chunk=8)
+        got = run_chunks(Chain(_chain().streams, costs), x, chunk=8, head=head, regroup=2)
         np.testing.assert_allclose(got, _naive(x), rtol=1e-12, atol=1e-12)
         assert len(costs[(2, 3, 8)]) == 4 and all(c > 0 for c in costs[(2, 3, 8)])  # measured, replaced
-        np.testing.assert_array_equal(run_chunks(Chain(_chain().streams, costs), x, chunk=8), got)
+        np.testing.assert_array_equal(run_chunks(Chain(_chain().streams, costs), x, chunk=8, head=head, regroup=2),
+                                      got)
 
 
 class _Fails(Stream):
@@ -130,15 +172,17 @@ class _Fails(Stream):
 
 @pytest.mark.parametrize("position", [0, 1, 2])
 @pytest.mark.parametrize("stored", [False, True])
-def test_an_error_in_a_stage_reaches_the_caller(position, stored):
-    """A failing stream, first, middle or last in the chain, on piece 5: the caller gets its error, no
+@pytest.mark.parametrize("head", [0, 1])
+def test_an_error_in_a_stage_reaches_the_caller(position, stored, head):
+    """A failing stream, first, middle or last in the chain, on its fifth piece (with a head of one
+    stream on pieces of two chunks, the first stream is that head): the caller gets its error, no
     thread hangs, whether the stages' cut comes from stored times or from the first pieces."""
     streams: list[Stream] = [Pointwise(np.negative), Pointwise(np.abs)]
     streams.insert(position, _Fails(at=5))
     costs = {(1, 1, 10): [1.0, 1.0, 1.0]} if stored else {}
     before = threading.active_count()
     with threads.limit_threads(2), pytest.raises(ValueError, match="piece 5 is bad"):
-        run_chunks(Chain(streams, costs), np.ones((1, 1, 100)), chunk=10)
+        run_chunks(Chain(streams, costs), np.ones((1, 1, 200)), chunk=10, head=head, regroup=2)
     assert threading.active_count() <= before + 2  # at most the pool's own workers remain
 
 

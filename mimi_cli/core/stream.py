@@ -23,7 +23,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -186,60 +186,98 @@ class Groups(Stream):
             stream.reset()
 
 
-def run_chunks(stream: Stream, x: np.ndarray, chunk: int) -> np.ndarray:
+def run_chunks(stream: Stream, x: np.ndarray, chunk: int, head: int = 0, regroup: int = 1) -> np.ndarray:
     """``x`` ``[B, C, T]`` through ``stream`` in pieces of ``chunk`` steps, then ``flush``: the batch result.
 
-    With more than one thread (:mod:`mimi_cli.core.threads`), a :class:`Chain` runs as a pipeline:
-    see :func:`_pipeline`. Every stream still sees the same pieces in the same order, each product
-    on one BLAS thread, so the result is the same bits whatever the thread count.
+    The first ``head`` streams of a :class:`Chain` may step on pieces of ``regroup`` chunks instead (a
+    layer with a large weight and few steps per chunk then reads its weight once per ``regroup``
+    chunks); what they output is cut back into one chunk's worth per piece for the streams after them
+    (see :func:`_pieces`). With more than one thread (:mod:`mimi_cli.core.threads`), a chain runs as a
+    pipeline: see :func:`_pipeline`. Every stream sees the same pieces in the same order whatever the
+    thread count, each product on one BLAS thread, so the result is the same bits at any count.
     """
-    pieces = [x[:, :, start : start + chunk] for start in range(0, x.shape[2], chunk)]
+    streams = stream.streams if isinstance(stream, Chain) else [stream]
+    head = head if 0 < head < len(streams) and regroup > 1 else 0
     stages = threads.current()
-    if stages > 1 and isinstance(stream, Chain) and len(stream.streams) > 1 and len(pieces) > 2:
-        return _pipeline(stream.streams, pieces, stages, stream.costs)
+    if stages > 1 and len(streams) > 1 and -(-x.shape[2] // chunk) > 2:
+        return _pipeline(streams, x, chunk, head, regroup, stages, stream.costs)
+    rest = Chain(streams[head:])
     with threads.one_blas_thread():
-        return _join([*map(stream.step, pieces), stream.flush()])
+        return _join([_finish(rest.streams, piece.last) if isinstance(piece, _End) else rest.step(piece)
+                      for piece in _pieces(x, chunk, streams[:head], regroup, [0.0] * head)])
 
 
-def _pipeline(streams: list[Stream], pieces: list[np.ndarray], stages: int, known: dict) -> np.ndarray:
-    """Run ``streams`` (a chain) over ``pieces`` as ``stages`` threads in a row, each with one BLAS thread::
+def _pieces(x: np.ndarray, chunk: int, head: list[Stream], regroup: int, spent: list[float]):
+    """What the streams after ``head`` step on: ``x`` in pieces of ``chunk`` steps, then an :class:`_End`.
+
+    With a ``head``, it steps on pieces of ``regroup`` chunks (each stream's time added to ``spent``),
+    and its output is cut into pieces of one chunk's worth of output::
+
+        x:        [ chunk · regroup        ][ chunk · regroup        ][ rest  ]
+        head:     [ out ][ out ][ out ][ out ][ out ][ out ][ out ][ out ][ .. ]   → the streams after it
+        the end:  _End(what the head's streams flush, in turn)
+    """
+    size = chunk * (regroup if head else 1)
+    for start in range(0, x.shape[2], size):
+        piece = x[:, :, start : start + size]
+        if not head:
+            yield piece
+            continue
+        y = _timed_step(head, piece, spent, 0)
+        each = max(1, y.shape[2] * chunk // piece.shape[2])  # one chunk's worth of the head's output
+        for a in range(0, y.shape[2], each):
+            yield y[:, :, a : a + each]
+    yield _End(_finish(head) if head else None)
+
+
+def _pipeline(streams: list[Stream], x: np.ndarray, chunk: int, head: int, regroup: int, stages: int,
+              known: dict) -> np.ndarray:
+    """Run ``streams`` (a chain) over ``x``'s pieces (:func:`_pieces`) as ``stages`` threads in a row, each
+    with one BLAS thread::
 
         piece:      0      1      2      3
         stage 0:  [0 ··· ][1 ··· ][2 ··· ][3 ··· ]
         stage 1:          [0 ··· ][1 ··· ][2 ··· ][3 ··· ]
 
     Stage k runs a run of consecutive streams on piece n while stage k − 1 runs piece n + 1:
-    two cores, up to twice the pieces per second once the pipe is full. The cut points split the
-    time of a piece evenly. That time comes from ``known`` (each stream's mean time per piece of this
-    shape in an earlier run, measured inside its stage), or else the first two pieces run alone and
-    the second one is timed (the first warms up). A cut never changes a result (each stream gets the
-    same inputs, in order, either way), so timing noise cannot. The caller's thread runs the last
-    stage; an error in any stage, or an interrupt in the caller, stops every stage and is raised in
-    the caller.
+    two cores, up to twice the pieces per second once the pipe is full. Stage 0 also runs the
+    ``head`` streams, as it takes its pieces. The cut points split the time of a piece evenly. That
+    time comes from ``known`` (each stream's mean time per piece of this shape in an earlier run,
+    measured inside its stage), or else the first two pieces run alone and the second one is timed
+    (the first warms up; the head's time is per piece it makes). A cut never changes a result (each
+    stream gets the same inputs, in order, either way), so timing noise cannot. The caller's thread
+    runs the last stage; an error in any stage, or an interrupt in the caller, stops every stage and
+    is raised in the caller.
     """
-    key = pieces[0].shape
+    key = x.shape[:2] + (chunk,)
     with threads.one_blas_thread(), threads.single():
+        pipe = _Pipe(stages, len(streams))
+        pieces = _pieces(x, chunk, streams[:head], regroup, pipe.spent)
         outputs, costs = [], known.get(key)
         if costs is None:
-            for piece in pieces[:2]:
-                costs = [0.0] * len(streams)
-                outputs.append(_timed_step(streams, piece, costs, 0))
-            pieces = pieces[2:]
-        cuts = _balanced_cuts(costs, stages)
-        pipe = _Pipe(len(cuts), len(streams))
-        helpers = [threading.Thread(target=pipe.feed, args=(pieces,), daemon=True, name="mimi-feed")]
-        helpers += [threading.Thread(target=pipe.stage, args=(k, streams, cut), daemon=True, name=f"mimi-stage-{k}")
-                    for k, cut in enumerate(cuts[:-1])]
+            for _ in range(2):
+                costs, piece = [0.0] * len(streams), next(pieces)
+                if isinstance(piece, _End):  # a head that made fewer pieces than the input had chunks
+                    return _join([*outputs, _finish(streams[head:], piece.last)])
+                outputs.append(_timed_step(streams[head:], piece, costs, head))
+            costs[:head] = [spent / regroup for spent in pipe.spent[:head]]  # the head has run once
+        timed = len(outputs)  # pieces that went through every stream before the pipe
+        # Stage 0 steps from the first stream after the head, which makes its pieces.
+        cuts = [(a + head, b + head) for a, b in _balanced_cuts([sum(costs[: head + 1]), *costs[head + 1 :]], stages)]
+        pipe.links = pipe.links[: len(cuts)]
+        helpers = [threading.Thread(target=pipe.stage, args=(k, streams, cut, pieces), daemon=True,
+                                    name=f"mimi-stage-{k}") for k, cut in enumerate(cuts[:-1])]
         for helper in helpers:
             helper.start()
         try:
-            outputs += pipe.stage(len(cuts) - 1, streams, cuts[-1])
+            outputs += pipe.stage(len(cuts) - 1, streams, cuts[-1], pieces)
         finally:
             pipe.stopped.set()  # after an error or an interrupt here, the helpers stop at their next piece
             for helper in helpers:
                 helper.join()
-        if pipe.pieces:
-            known[key] = [spent / pipe.pieces for spent in pipe.spent]
+        if pipe.pieces:  # the head ran for the pieces timed above too
+            known[key] = [spent / (pipe.pieces + timed) for spent in pipe.spent[:head]] + [
+                spent / pipe.pieces for spent in pipe.spent[head:]]
     return _join(outputs)
 
 
@@ -261,7 +299,8 @@ class _End:
 
 
 class _Pipe:
-    """The queues between the stages of :func:`_pipeline`: ``links[k]`` is stage ``k``'s input.
+    """The queues between the stages of :func:`_pipeline`: ``links[k]`` is stage ``k``'s input (stage 0
+    takes its pieces from :func:`_pieces` itself).
 
     A stage that fails passes its exception down instead of results; the last stage raises it.
     """
@@ -279,7 +318,12 @@ class _Pipe:
             except queue.Full:
                 pass
 
-    def _get(self, k: int):
+    def _get(self, k: int, pieces: Iterator):
+        if k == 0:
+            try:
+                return InterruptedError("the pipeline was stopped") if self.stopped.is_set() else next(pieces)
+            except BaseException as error:  # noqa: BLE001 - a head stream's failure, passed down
+                return error
         while not self.stopped.is_set():
             try:
                 return self.links[k].get(timeout=0.1)
@@ -287,19 +331,15 @@ class _Pipe:
                 pass
         return InterruptedError("the pipeline was stopped")
 
-    def feed(self, pieces: list[np.ndarray]) -> None:
-        for piece in pieces:
-            self._put(0, piece)
-        self._put(0, _End())
-
-    def stage(self, k: int, streams: list[Stream], cut: tuple[int, int]) -> list[np.ndarray | None]:
-        """Step ``streams[cut[0]:cut[1]]`` on each piece from stage ``k − 1`` (timing each), then end them
-        (:func:`_finish`); pass each result to stage ``k + 1``, or return them all from the last stage
-        (which raises a failure)."""
+    def stage(self, k: int, streams: list[Stream], cut: tuple[int, int], pieces: Iterator
+              ) -> list[np.ndarray | None]:
+        """Step ``streams[cut[0]:cut[1]]`` on each piece from stage ``k − 1`` (stage 0: from ``pieces``),
+        timing each, then end them (:func:`_finish`); pass each result to stage ``k + 1``, or return them
+        all from the last stage (which raises a failure)."""
         last, mine, results = k == len(self.links) - 1, streams[cut[0] : cut[1]], []
         with threads.single():
             while True:
-                item = self._get(k)
+                item = self._get(k, pieces)
                 if not isinstance(item, BaseException):
                     try:
                         if isinstance(item, _End):

@@ -276,6 +276,10 @@ class SplitResidualVQ(Module):
 # cache instead of streaming hundreds of MB through memory at every layer, and
 # memory no longer grows with the input (measured in docs/performance.md).
 SEANET_CHUNK_FRAMES = 16
+# The decoder's first layers (its k7 conv, an ELU and the first upsampling, whose weight is 32 MB) take
+# pieces of this many chunks: a chunk gives the upsampling only 32 steps, so it read its whole weight
+# again every 32 steps (one-thread 30 s SEANet decoder 1,443 → 1,337 ms; docs/performance.md).
+DECODER_HEAD_LAYERS, DECODER_HEAD_CHUNKS = 3, 2
 
 
 class Mimi(Codec):
@@ -336,7 +340,8 @@ class Mimi(Codec):
         return self.decoder_transformer(self.upsample(z))
 
     def decode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 512, 2F] → [B, 1, 1920·F]
-        return run_chunks(self.decoder.streaming(), x, SEANET_CHUNK_FRAMES * self.config.downsample_stride)
+        return run_chunks(self.decoder.streaming(), x, SEANET_CHUNK_FRAMES * self.config.downsample_stride,
+                          head=DECODER_HEAD_LAYERS, regroup=DECODER_HEAD_CHUNKS)
 
     # -- streaming: moshi's ``with model.streaming(B)``, one frame (2 transformer steps) per call
 
