@@ -278,7 +278,8 @@ class SplitResidualVQ(Module):
 SEANET_CHUNK_FRAMES = 16
 # The decoder's first layers (its k7 conv, an ELU and the first upsampling, whose weight is 32 MB) take
 # pieces of this many chunks: a chunk gives the upsampling only 32 steps, so it read its whole weight
-# again every 32 steps (one-thread 30 s SEANet decoder 1,443 → 1,337 ms; docs/performance.md).
+# again every 32 steps (one-thread 30 s SEANet decoder 1,352 → 1,301 ms; docs/performance.md, "The
+# decoder's first layers on pieces of two chunks").
 DECODER_HEAD_LAYERS, DECODER_HEAD_CHUNKS = 3, 2
 
 
