@@ -207,7 +207,8 @@ def run_chunks(stream: Stream, x: np.ndarray, chunk: int, head: int = 0, regroup
                       for piece in _pieces(x, chunk, streams[:head], regroup, [0.0] * head)])
 
 
-def _pieces(x: np.ndarray, chunk: int, head: list[Stream], regroup: int, spent: list[float]):
+def _pieces(x: np.ndarray, chunk: int, head: list[Stream], regroup: int, spent: list[float]
+            ) -> Iterator[np.ndarray | _End]:
     """What the streams after ``head`` step on: ``x`` in pieces of ``chunk`` steps, then an :class:`_End`.
 
     With a ``head``, it steps on pieces of ``regroup`` chunks (each stream's time added to ``spent``),
