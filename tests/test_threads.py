@@ -18,7 +18,7 @@ import pytest
 
 from mimi_cli.bench import speech_like
 from mimi_cli.core import threads
-from mimi_cli.core.stream import Chain, Pointwise, Stream, _balanced_cuts, run_chunks
+from mimi_cli.core.stream import Chain, Identity, Pointwise, Stream, Sum, _balanced_cuts, run_chunks
 from mimi_cli.models import codec_spec
 
 THREAD_COUNTS = (1, 2, 3)
@@ -95,15 +95,67 @@ def _naive(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("count", THREAD_COUNTS)
-@pytest.mark.parametrize(("head", "regroup"), [(0, 1), (1, 2), (1, 3), (2, 4), (3, 2)])
-def test_pipeline_equals_the_whole_sequence(count, head, regroup):
+@pytest.mark.parametrize(("head", "tail", "regroup"), [(0, 0, 1), (1, 0, 2), (1, 0, 3), (2, 0, 4), (3, 0, 2),
+                                                       (0, 1, 3), (0, 2, 4), (1, 2, 2), (0, 3, 5)])
+def test_pipeline_equals_the_whole_sequence(count, head, tail, regroup):
     """run_chunks as a pipeline of 1-3 stages: carried state and flushes in order, whatever the cuts;
-    with a head, its streams on pieces of several chunks and the rest on the usual pieces (head 3
-    leaves one stream after it: one stage)."""
+    with a head or a tail, its streams on pieces of several chunks and the rest on the usual pieces
+    (head 3 leaves one stream after it: one stage)."""
     x = np.random.default_rng(0).standard_normal((2, 3, 70))
     with threads.limit_threads(count):
-        got = run_chunks(_chain(), x, chunk=8, head=head, regroup=regroup)
+        got = run_chunks(_chain(), x, chunk=8, head=head, tail=tail, regroup=regroup)
     np.testing.assert_allclose(got, _naive(x), rtol=1e-12, atol=1e-12)
+
+
+class _Late(Stream):
+    """Passes its input on ``lag`` steps late: holds the last ``lag`` steps, gives them up at ``flush``."""
+
+    def __init__(self, lag: int):
+        self.lag = lag
+        self.reset()
+
+    def reset(self) -> None:
+        self.held = np.zeros((0, 0, 0))
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        joined = np.concatenate([self.held, x], axis=-1) if self.held.size else x
+        cut = max(0, joined.shape[-1] - self.lag)
+        self.held = joined[..., cut:]
+        return joined[..., :cut]
+
+    def flush(self) -> np.ndarray:
+        held = self.held
+        self.reset()
+        return held
+
+
+def _residual_chain() -> Chain:
+    """Two residual sums whose branches lag their shortcuts (as a padded convolution's would)."""
+    return Chain([Sum(_Accumulate(1.0), Chain([_Late(3), Pointwise(np.tanh)])), _Accumulate(0.5),
+                  Sum(Identity(), Chain([Pointwise(np.sin), _Late(5), Pointwise(np.negative)]))])
+
+
+def _residual_naive(x: np.ndarray) -> np.ndarray:
+    a = np.cumsum(x, axis=-1) + np.tanh(x)  # the shortcut's extra flushed step has no partner: dropped
+    b = np.cumsum(a, axis=-1) * 0.5
+    b = np.concatenate([b, b[..., -1:]], axis=-1)
+    return b - np.sin(b)
+
+
+@pytest.mark.parametrize("count", THREAD_COUNTS)
+@pytest.mark.parametrize(("head", "tail", "regroup"), [(0, 0, 1), (1, 0, 2), (0, 1, 3), (0, 2, 2)])
+def test_a_pipeline_cuts_inside_residual_sums(count, head, tail, regroup):
+    """The pipeline opens each residual sum into its parts (shortcut, branch streams, merge), so a
+    stage may end inside one: with branches that lag, pieces of 7 steps, the whole sequence's result."""
+    x = np.random.default_rng(2).standard_normal((2, 3, 66))
+    want, costs = _residual_naive(x), {}
+    for _ in range(2):  # cut by the first pieces' times, then by equal times: inside the first sum
+        with threads.limit_threads(count):
+            got = run_chunks(Chain(_residual_chain().streams, costs), x, chunk=7, head=head, tail=tail,
+                             regroup=regroup)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        if costs:
+            costs[(2, 3, 7)] = [1.0] * len(costs[(2, 3, 7)])
 
 
 class _Lengths(Stream):
@@ -135,12 +187,32 @@ def test_the_streams_after_a_head_get_one_chunks_worth_per_piece(regroup):
     assert seen[2] == seen[1] and seen[3] == seen[1]
 
 
+@pytest.mark.parametrize("regroup", [2, 3, 8])
+def test_a_tail_steps_on_gathered_pieces(regroup):
+    """The last two streams step on ``regroup`` pieces at once (what is left at the end on the rest),
+    the same pieces at every thread count, and the result is the whole sequence's."""
+    x = np.random.default_rng(3).standard_normal((1, 2, 75))
+    want = np.cumsum(-x, axis=-1)
+    want = np.concatenate([want, want[..., -1:]], axis=-1)
+    seen = {}
+    for count in THREAD_COUNTS:
+        lengths = _Lengths()
+        chain = Chain([Pointwise(np.negative), lengths, _Accumulate(1.0)])
+        with threads.limit_threads(count):
+            np.testing.assert_allclose(run_chunks(chain, x, chunk=10, tail=2, regroup=regroup), want, rtol=1e-12)
+        seen[count] = lengths.lengths
+    whole, rest = divmod(75, 10 * regroup)
+    assert seen[1] == [10 * regroup] * whole + ([rest] if rest else []), seen[1]
+    assert seen[2] == seen[1] and seen[3] == seen[1]
+
+
 @pytest.mark.parametrize("stored", [None, [1e9, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1e9], [1.0, 1.0, 1.0, 1.0],
-                                    [1.0, 3.0, 1.0, 1.0], [0.5, 0.2, 2.0, 0.1]])
+                                    [1.0, 3.0, 1.0, 1.0], [0.5, 0.2, 2.0, 0.1], [1.0, 1.0]])
 @pytest.mark.parametrize("head", [0, 2])
 def test_a_pipeline_remembers_its_streams_times(stored, head):
     """A chain that keeps its costs: the first run stores each stream's time per piece (a head's too);
-    a later run cuts by the stored times (however wrong) and still gives the same result."""
+    a later run cuts by the stored times (however wrong; times for another number of streams are
+    measured again) and still gives the same result."""
     x = np.random.default_rng(0).standard_normal((2, 3, 70))
     costs = {} if stored is None else {(2, 3, 8): stored}
     with threads.limit_threads(2):

@@ -30,8 +30,11 @@ import numpy as np
 from mimi_cli.core import threads
 
 
-def _join(pieces: list[np.ndarray | None]) -> np.ndarray | None:
-    """Outputs of successive calls, concatenated along time (None and empty pieces skipped)."""
+def _join(pieces: list) -> np.ndarray | None:
+    """Outputs of successive calls, concatenated along time (None and empty pieces skipped); pairs (an
+    opened sum's, :func:`_opened`) side by side."""
+    if any(isinstance(p, _Pair) for p in pieces):
+        return _Pair((_join([p[0] for p in pieces if p is not None]), _join([p[1] for p in pieces if p is not None])))
     pieces = [p for p in pieces if p is not None and p.shape[-1]]
     if not pieces:
         return None
@@ -186,18 +189,22 @@ class Groups(Stream):
             stream.reset()
 
 
-def run_chunks(stream: Stream, x: np.ndarray, chunk: int, head: int = 0, regroup: int = 1) -> np.ndarray:
+def run_chunks(stream: Stream, x: np.ndarray, chunk: int, head: int = 0, tail: int = 0, regroup: int = 1
+               ) -> np.ndarray:
     """``x`` ``[B, C, T]`` through ``stream`` in pieces of ``chunk`` steps, then ``flush``: the batch result.
 
-    The first ``head`` streams of a :class:`Chain` may step on pieces of ``regroup`` chunks instead (a
-    layer with a large weight and few steps per chunk then reads its weight once per ``regroup``
-    chunks); what they output is cut back into one chunk's worth per piece for the streams after them
-    (see :func:`_pieces`). With more than one thread (:mod:`mimi_cli.core.threads`), a chain runs as a
+    The first ``head`` and the last ``tail`` streams of a :class:`Chain` may step on pieces of
+    ``regroup`` chunks instead (a layer with a large weight and few steps per chunk then reads its
+    weight once per ``regroup`` chunks): the head's output is cut back into one chunk's worth per piece
+    for the streams after it (see :func:`_pieces`), the tail gathers ``regroup`` pieces before it steps
+    (:class:`_Gathered`). With more than one thread (:mod:`mimi_cli.core.threads`), a chain runs as a
     pipeline: see :func:`_pipeline`. Every stream sees the same pieces in the same order whatever the
     thread count, each product on one BLAS thread, so the result is the same bits at any count.
     """
     streams = stream.streams if isinstance(stream, Chain) else [stream]
     head = head if 0 < head < len(streams) and regroup > 1 else 0
+    if 0 < tail < len(streams) - head and regroup > 1:
+        streams = [*streams[:-tail], _Gathered(streams[-tail:], regroup)]
     stages = threads.current()
     if stages > 1 and len(streams) > 1 and -(-x.shape[2] // chunk) > 2:
         return _pipeline(streams, x, chunk, head, regroup, stages, stream.costs)
@@ -242,7 +249,8 @@ def _pipeline(streams: list[Stream], x: np.ndarray, chunk: int, head: int, regro
 
     Stage k runs a run of consecutive streams on piece n while stage k − 1 runs piece n + 1:
     two cores, up to twice the pieces per second once the pipe is full. Stage 0 also runs the
-    ``head`` streams, as it takes its pieces. The cut points split the time of a piece evenly. That
+    ``head`` streams, as it takes its pieces. A residual sum is opened into its parts (:func:`_opened`),
+    so a cut may fall inside it. The cut points split the time of a piece evenly. That
     time comes from ``known`` (each stream's mean time per piece of this shape in an earlier run,
     measured inside its stage), or else the first two pieces run alone and the second one is timed
     (the first warms up; the head's time is per piece it makes). A cut never changes a result (each
@@ -251,10 +259,13 @@ def _pipeline(streams: list[Stream], x: np.ndarray, chunk: int, head: int, regro
     is raised in the caller.
     """
     key = x.shape[:2] + (chunk,)
+    streams = streams[:head] + _opened(streams[head:])
     with threads.one_blas_thread(), threads.single():
         pipe = _Pipe(stages, len(streams))
         pieces = _pieces(x, chunk, streams[:head], regroup, pipe.spent)
         outputs, costs = [], known.get(key)
+        if costs is not None and len(costs) != len(streams):  # timed for another arrangement of the chain
+            costs = None
         if costs is None:
             for _ in range(2):
                 costs, piece = [0.0] * len(streams), next(pieces)
@@ -280,6 +291,85 @@ def _pipeline(streams: list[Stream], x: np.ndarray, chunk: int, head: int, regro
             known[key] = [spent / (pipe.pieces + timed) for spent in pipe.spent[:head]] + [
                 spent / pipe.pieces for spent in pipe.spent[head:]]
     return _join(outputs)
+
+
+class _Gathered(Stream):
+    """``streams`` stepped once every ``count`` pieces, on those pieces joined (a chain's tail, see
+    :func:`run_chunks`); ``flush`` steps them on what is left, then ends them."""
+
+    def __init__(self, streams: list[Stream], count: int):
+        self.chain, self.count = Chain(streams), count
+        self.held: list[np.ndarray] = []
+
+    def step(self, x: np.ndarray) -> np.ndarray | None:
+        self.held.append(x)
+        return self._step_held() if len(self.held) == self.count else None
+
+    def _step_held(self) -> np.ndarray | None:
+        x, self.held = _join(self.held), []
+        return None if x is None else self.chain.step(x)
+
+    def flush(self) -> np.ndarray | None:
+        return _join([self._step_held(), self.chain.flush()])
+
+    def reset(self) -> None:
+        self.held = []
+        self.chain.reset()
+
+
+class _Pair(tuple):
+    """``(shortcut, branch)``: a residual sum's two outputs so far, on their way through its opened parts."""
+
+
+def _opened(streams: list[Stream]) -> list[Stream]:
+    """``streams`` with each :class:`Sum` whose branch is a :class:`Chain` opened into its parts, for the
+    pipeline's cut to fall anywhere inside it (the same steps in the same order, so the same bits)::
+
+        Sum(a, Chain([b1, b2]))  →  _Fork (a; x passed on)  _Branch(b1)  _Branch(b2)  _Merge (a + b)
+    """
+    opened: list[Stream] = []
+    for stream in streams:
+        if isinstance(stream, Sum) and isinstance(stream.b, Chain):
+            opened += [_Fork(stream), *(_Branch(part) for part in stream.b.streams), _Merge(stream)]
+        else:
+            opened.append(stream)
+    return opened
+
+
+class _Fork(Stream):
+    def __init__(self, sum_: Sum):
+        self.sum = sum_
+
+    def step(self, x: np.ndarray) -> _Pair:
+        return _Pair((self.sum.a.step(x), x))
+
+    def flush(self) -> _Pair:
+        return _Pair((self.sum.a.flush(), None))
+
+
+class _Branch(Stream):
+    def __init__(self, stream: Stream):
+        self.stream = stream
+
+    def step(self, pair: _Pair) -> _Pair:
+        return _Pair((pair[0], None if pair[1] is None else self.stream.step(pair[1])))
+
+    def flush(self) -> _Pair:
+        return _Pair((None, self.stream.flush()))
+
+
+class _Merge(Stream):
+    def __init__(self, sum_: Sum):
+        self.sum = sum_
+
+    def step(self, pair: _Pair) -> np.ndarray | None:
+        y = self.sum._emit(*pair)
+        if y is None and pair[0] is not None:  # the branch is behind: nothing yet, as Sum.step says it
+            return np.zeros((*pair[0].shape[:2], 0), np.float32)
+        return y
+
+    def flush(self) -> None:
+        self.sum.reset()
 
 
 def _timed_step(streams: list[Stream], x: np.ndarray, spent: list[float], first: int) -> np.ndarray:

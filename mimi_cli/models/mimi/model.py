@@ -281,6 +281,11 @@ SEANET_CHUNK_FRAMES = 16
 # again every 32 steps (one-thread 30 s SEANet decoder 1,352 → 1,301 ms; docs/performance.md, "The
 # decoder's first layers on pieces of two chunks").
 DECODER_HEAD_LAYERS, DECODER_HEAD_CHUNKS = 3, 2
+# The encoder's last layers (its last downsampling, whose weight is 32 MB, an ELU and the final conv) take
+# pieces of this many chunks, for the same reason at the other end: 32 steps a chunk made products of 32
+# columns (one-thread 30 s SEANet encoder with OpenBLAS's SkylakeX kernels, those layers 140 → 84 ms;
+# docs/performance.md, "The encoder's last layers on pieces of four chunks").
+ENCODER_TAIL_LAYERS, ENCODER_TAIL_CHUNKS = 3, 4
 
 
 class Mimi(Codec):
@@ -332,7 +337,8 @@ class Mimi(Codec):
         return x
 
     def encode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 1, N] → [B, 512, N/960]
-        return run_chunks(self.encoder.streaming(), x, SEANET_CHUNK_FRAMES * self.config.frame_size)
+        return run_chunks(self.encoder.streaming(), x, SEANET_CHUNK_FRAMES * self.config.frame_size,
+                          tail=ENCODER_TAIL_LAYERS, regroup=ENCODER_TAIL_CHUNKS)
 
     def encode_sequence(self, x: np.ndarray) -> np.ndarray:  # [B, 512, 2F] → [B, 512, F]
         return self.downsample(self.encoder_transformer(x))
