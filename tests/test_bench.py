@@ -10,6 +10,7 @@ import pytest
 from conftest import SMALL, run
 
 import mimi_cli.core.layers as layers_module
+import mimi_cli.core.vq as vq_module
 import mimi_cli.models.mimi.model as model_module
 from mimi_cli.bench import codec_flops
 
@@ -36,7 +37,7 @@ def test_flop_count_matches_the_operations_the_model_runs(small_model, monkeypat
     counting("conv1d", lambda y, x, w, *a, **k: 2 * w.shape[1] * w.shape[2] * y.size, layers_module)
     counting("conv_transpose1d", lambda y, x, w, *a, **k: 2 * x.size * w.shape[1] * w.shape[2], layers_module)
     counting("linear", lambda y, x, w, *a, **k: 2 * y.size * w.shape[1])
-    counting("nearest_code", lambda y, x, book, *a, **k: 2 * x.shape[0] * book.size)
+    counting("nearest_code", lambda y, x, book, *a, **k: 2 * x.shape[0] * book.size, vq_module)
 
     def attention_flops(y, q, k, v, q0, q1, context):  # queries q0 .. q1-1 (one block)
         keys = sum(min(i + 1, context) for i in range(q0, q1))
@@ -87,7 +88,6 @@ def test_bench_rejects_an_unknown_part():
 def test_encodec_flop_count_matches_the_operations_the_model_runs(monkeypatch):
     """The same count for EnCodec: convs, LSTM products (from the weights' shapes) and the code search."""
     import mimi_cli.core.recurrent as recurrent
-    import mimi_cli.models.encodec.model as encodec_module
     from mimi_cli.models.encodec.synthetic import random_encodec
 
     model = random_encodec()
@@ -103,7 +103,7 @@ def test_encodec_flop_count_matches_the_operations_the_model_runs(monkeypatch):
 
     counting(layers_module, "conv1d", lambda y, x, w, *a, **k: 2 * w.shape[1] * w.shape[2] * y.size)
     counting(layers_module, "conv_transpose1d", lambda y, x, w, *a, **k: 2 * x.size * w.shape[1] * w.shape[2])
-    counting(encodec_module, "nearest_code", lambda y, x, book, *a, **k: 2 * x.shape[0] * book.size)
+    counting(vq_module, "nearest_code", lambda y, x, book, *a, **k: 2 * x.shape[0] * book.size)
     counting(recurrent.LSTM, "__call__", lstm_flops)
     seconds = 2.0
     pcm = np.random.default_rng(0).standard_normal(int(seconds * 24000)).astype(np.float32) * 0.1

@@ -19,11 +19,14 @@ from mimi_cli.core import (
     linear,
     nearest_code,
     pad_left,
+    residual_codes,
     rope_frequencies,
     softmax,
+    threads,
     windowed_causal_attention,
 )
 from mimi_cli.core import conv as conv_module
+from mimi_cli.core.vq import ROW_ALIGN, row_pieces
 from mimi_cli.core.layers import ConvTranspose
 
 rng = np.random.default_rng(42)
@@ -338,6 +341,42 @@ def test_nearest_code_matches_brute_force():
     clear = (ordered[:, 1] - ordered[:, 0]) > 1e-4  # leave genuine float32 near-ties aside
     assert clear.sum() > 150
     np.testing.assert_array_equal(nearest_code(x, book)[clear], expected[clear])
+
+
+@pytest.mark.parametrize("rows", [0, 37, 191, 192, 375, 900])
+def test_residual_codes_match_a_float64_search_at_every_thread_count(rows):
+    """Four levels, each on what the levels before left: against a float64 brute force (genuine
+    near-ties aside), the rows in pieces cut at a multiple of ROW_ALIGN, the same codes on 1-3 threads."""
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 16)).astype(np.float32)
+    books = [rng.standard_normal((512, 16)).astype(np.float32) * scale for scale in (1.0, 0.5, 0.25, 0.125)]
+    expected, residual, clear = [], x.astype(np.float64), np.ones(rows, bool)
+    for book in books:
+        d = np.linalg.norm(residual[:, None] - book[None].astype(np.float64), axis=-1)
+        ordered = np.sort(d, axis=1)
+        clear &= (ordered[:, 1] - ordered[:, 0]) > 1e-4  # a near-tie's row may go either way from there on
+        expected.append(d.argmin(axis=1))
+        residual = residual - book[expected[-1]]
+    runs = {}
+    for count in (1, 2, 3):
+        with threads.limit_threads(count):
+            runs[count] = residual_codes(x, [(book, np.einsum("kd,kd->k", book, book)) for book in books])
+    assert runs[1].shape == (4, rows) and runs[1].dtype == np.int64
+    np.testing.assert_array_equal(runs[1][:, clear], np.array(expected).reshape(4, rows)[:, clear])
+    assert clear.sum() >= 0.9 * rows
+    np.testing.assert_array_equal(runs[2], runs[1])
+    np.testing.assert_array_equal(runs[3], runs[1])
+
+
+def test_row_pieces_cut_at_an_aligned_row_near_the_middle():
+    for rows in range(0, 2000, 7):
+        pieces = row_pieces(rows)
+        assert pieces[0].start == 0 and pieces[-1].stop == rows and len(pieces) <= 2
+        if len(pieces) == 2:
+            cut = pieces[0].stop
+            assert cut % ROW_ALIGN == 0 and abs(cut - rows / 2) <= ROW_ALIGN / 2 and pieces[1].start == cut
+        else:
+            assert rows < 2 * ROW_ALIGN
 
 
 def test_nearest_code_takes_the_first_index_on_ties_and_handles_empty_input():

@@ -8,7 +8,7 @@ from mimi_cli.core.attention import KVCache, apply_rope, rope_frequencies, windo
 from mimi_cli.core.conv import conv1d, conv_transpose1d, pad_left
 from mimi_cli.core.ops import elu, gelu, layer_norm, linear, softmax
 from mimi_cli.core.recurrent import GRU, LSTM
-from mimi_cli.core.vq import codebook_distances, nearest_code
+from mimi_cli.core.vq import codebook_distances, nearest_code, residual_codes
 
 __all__ = [
     "GRU",
@@ -24,6 +24,7 @@ __all__ = [
     "linear",
     "nearest_code",
     "pad_left",
+    "residual_codes",
     "rope_frequencies",
     "softmax",
     "windowed_causal_attention",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mimi_cli.core import LSTM, elu, nearest_code
+from mimi_cli.core import LSTM, elu, residual_codes
 from mimi_cli.core.layers import Conv, ConvTranspose, run_layers
 from mimi_cli.core.stream import Chain, Pointwise, Stream, Sum, run_chunks
 from mimi_cli.core.module import Module
@@ -164,12 +164,10 @@ class ResidualVQ(Module):
 
     def encode(self, z: np.ndarray, num_levels: int) -> np.ndarray:  # [B, D, F] → [B, n, F]
         batch, dim, frames = z.shape
-        residual = np.ascontiguousarray(z.transpose(0, 2, 1)).reshape(batch * frames, dim)
-        codes = np.empty((num_levels, batch * frames), dtype=np.int64)
-        for level, book in enumerate(self.codebooks[:num_levels]):
-            # The reference takes the largest −(|x|² − 2x·e + |e|²): squared distances, no root.
-            codes[level] = nearest_code(residual, book.embedding, book.sqnorm, squared=True)
-            residual = residual - book.embedding[codes[level]]
+        rows = np.ascontiguousarray(z.transpose(0, 2, 1)).reshape(batch * frames, dim)
+        # The reference takes the largest −(|x|² − 2x·e + |e|²): squared distances, no root.
+        codes = residual_codes(rows, [(book.embedding, book.sqnorm) for book in self.codebooks[:num_levels]],
+                               squared=True)
         return codes.reshape(num_levels, batch, frames).transpose(1, 0, 2)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:  # [B, n, F] → [B, D, F]

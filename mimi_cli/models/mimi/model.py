@@ -26,7 +26,7 @@ from mimi_cli.core import (
     gelu,
     layer_norm,
     linear,
-    nearest_code,
+    residual_codes,
     rope_frequencies,
 )
 from mimi_cli.core.attention import attend_block
@@ -233,11 +233,8 @@ class ResidualVQ(Module):
     def encode(self, z: np.ndarray, num_levels: int) -> np.ndarray:  # [B, D, F] → [B, n, F]
         x = self.project_in(z)
         batch, frames, dim = x.shape
-        residual = x.reshape(batch * frames, dim)
-        codes = np.empty((num_levels, batch * frames), dtype=np.int64)
-        for level, book in enumerate(self.codebooks[:num_levels]):
-            codes[level] = nearest_code(residual, book.embedding, book.sqnorm)
-            residual = residual - book.embedding[codes[level]]
+        codes = residual_codes(x.reshape(batch * frames, dim),
+                               [(book.embedding, book.sqnorm) for book in self.codebooks[:num_levels]])
         return codes.reshape(num_levels, batch, frames).transpose(1, 0, 2)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:  # [B, n, F] → [B, D, F]
