@@ -223,6 +223,32 @@ def test_a_pipeline_remembers_its_streams_times(stored, head):
                                       got)
 
 
+class _Threads(Stream):
+    """Passes its input on, recording how many threads its step may use; optionally slow."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds, self.seen = seconds, []
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        self.seen.append(threads.current())
+        time.sleep(self.seconds)
+        return x
+
+
+def test_a_stage_alone_in_the_pipe_uses_every_thread():
+    """The first stage's first piece (the last stage has nothing yet) and the last stage's last piece
+    (the first stage is done: the last stage is slow) may share their work out to both threads; every
+    other piece runs on its stage's thread alone."""
+    early, late = _Threads(), _Threads(seconds=0.02)
+    costs = {(1, 1, 10): [1.0, 1.0, 1.0, 1.0]}  # the cut falls between early and late
+    with threads.limit_threads(2):
+        got = run_chunks(Chain([Pointwise(np.negative), early, Pointwise(np.abs), late], costs),
+                         np.arange(100.0).reshape(1, 1, 100), chunk=10)
+    np.testing.assert_array_equal(got[0, 0], np.arange(100.0))
+    assert early.seen == [2] + [1] * 9, early.seen
+    assert late.seen[0] == 1 and late.seen[-1] == 2 and len(late.seen) == 10, late.seen
+
+
 class _Fails(Stream):
     def __init__(self, at: int):
         self.at, self.calls = at, 0

@@ -398,6 +398,7 @@ class _Pipe:
 
     def __init__(self, stages: int, streams: int):
         self.links = [queue.Queue(maxsize=2) for _ in range(stages)]
+        self.finished = [threading.Event() for _ in range(stages)]
         self.stopped = threading.Event()
         self.spent = [0.0] * streams  # each stream's time over all the pieces that went through the pipe
         self.pieces = 0
@@ -426,11 +427,29 @@ class _Pipe:
               ) -> list[np.ndarray | None]:
         """Step ``streams[cut[0]:cut[1]]`` on each piece from stage ``k − 1`` (stage 0: from ``pieces``),
         timing each, then end them (:func:`_finish`); pass each result to stage ``k + 1``, or return them
-        all from the last stage (which raises a failure)."""
+        all from the last stage (which raises a failure).
+
+        A stage that runs alone shares its own work out to every thread (:func:`threads.run_blocks`,
+        the same bits): the first stage on its first piece, before the others have any, and the last
+        one once the stages before it are done::
+
+            stage 0:  [0 ══][1 ··· ][2 ··· ]
+            stage 1:        [0 ··· ][1 ··· ][2 ══]        ══ on every thread
+        """
+        try:
+            return self._stage(k, streams, cut, pieces)
+        finally:
+            self.finished[k].set()
+
+    def _stage(self, k: int, streams: list[Stream], cut: tuple[int, int], pieces: Iterator
+               ) -> list[np.ndarray | None]:
         last, mine, results = k == len(self.links) - 1, streams[cut[0] : cut[1]], []
-        with threads.single():
-            while True:
+        everyone, first = len(self.links), k == 0
+        while True:
+            with threads.using(everyone if first else 1):  # stage 0's first piece comes from its head
                 item = self._get(k, pieces)
+            alone = first or (last and all(done.is_set() for done in self.finished[:k]))
+            with threads.using(everyone if alone else 1):
                 if not isinstance(item, BaseException):
                     try:
                         if isinstance(item, _End):
@@ -439,17 +458,18 @@ class _Pipe:
                             item = _timed_step(mine, item, self.spent, cut[0])
                     except BaseException as error:  # noqa: BLE001 - passed down to the caller, which raises it
                         item = error
-                if not last:
-                    self._put(k + 1, item)
-                elif isinstance(item, BaseException):
-                    raise item
-                elif isinstance(item, _End):
-                    results.append(item.last)
-                else:
-                    results.append(item)
-                    self.pieces += 1
-                if isinstance(item, (_End, BaseException)):
-                    return results
+            first = False
+            if not last:
+                self._put(k + 1, item)
+            elif isinstance(item, BaseException):
+                raise item
+            elif isinstance(item, _End):
+                results.append(item.last)
+            else:
+                results.append(item)
+                self.pieces += 1
+            if isinstance(item, (_End, BaseException)):
+                return results
 
 
 def _balanced_cuts(costs: list[float], parts: int) -> list[tuple[int, int]]:

@@ -116,11 +116,16 @@ def current() -> int:
     return getattr(_local, "threads", _threads)
 
 
-@contextlib.contextmanager
-def single() -> Iterator[None]:
+def single() -> contextlib.AbstractContextManager[None]:
     """Inside the block, this thread's own work uses no other thread (it is one of several already)."""
+    return using(1)
+
+
+@contextlib.contextmanager
+def using(count: int) -> Iterator[None]:
+    """Inside the block, this thread's own work uses up to ``count`` threads (:func:`run_blocks`)."""
     previous = getattr(_local, "threads", None)
-    _local.threads = 1
+    _local.threads = count
     try:
         yield
     finally:
