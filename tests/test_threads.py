@@ -239,7 +239,7 @@ def test_a_stage_alone_in_the_pipe_uses_every_thread():
     """The first stage's first piece (the last stage has nothing yet) and the last stage's last piece
     (the first stage is done: the last stage is slow) may share their work out to both threads; every
     other piece runs on its stage's thread alone."""
-    early, late = _Threads(), _Threads(seconds=0.02)
+    early, late = _Threads(), _Threads(seconds=0.05)
     costs = {(1, 1, 10): [1.0, 1.0, 1.0, 1.0]}  # the cut falls between early and late
     with threads.limit_threads(2):
         got = run_chunks(Chain([Pointwise(np.negative), early, Pointwise(np.abs), late], costs),
