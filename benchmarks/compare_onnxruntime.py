@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 IMPLEMENTATIONS = ("onnxruntime", "torch", "mimi-cli")
+TIMED_CALLS = 3  # per direction and worker, after one warm-up call; the worker reports their median
 BUSY_LOOP = "while True: pass"
 
 
@@ -133,8 +134,6 @@ def worker(name: str, weights: str, folder: str, seconds: float, codebooks: int,
     return {"load": load, "encode": encode_seconds, "decode": decode_seconds,
             "codes": np.asarray(codes).astype(np.int64).ravel().tolist()}
 
-
-TIMED_CALLS = 3
 
 
 def _timed(fn, x):

@@ -158,14 +158,17 @@ def test_a_pipeline_cuts_inside_residual_sums(count, head, tail, regroup):
             costs[(2, 3, 7)] = [1.0] * len(costs[(2, 3, 7)])
 
 
-class _Lengths(Stream):
-    """Passes its input on and records each piece's length."""
+class _Watch(Stream):
+    """Passes its input on, recording each piece's length and how many threads its step may use;
+    optionally slow."""
 
-    def __init__(self):
-        self.lengths: list[int] = []
+    def __init__(self, seconds: float = 0.0):
+        self.seconds, self.lengths, self.threads = seconds, [], []
 
     def step(self, x: np.ndarray) -> np.ndarray:
         self.lengths.append(x.shape[-1])
+        self.threads.append(threads.current())
+        time.sleep(self.seconds)
         return x
 
 
@@ -178,7 +181,7 @@ def test_the_streams_after_a_head_get_one_chunks_worth_per_piece(regroup):
     want = np.concatenate([want, want[..., -1:]], axis=-1)  # _Accumulate's flush
     seen = {}
     for count in THREAD_COUNTS:
-        lengths = _Lengths()
+        lengths = _Watch()
         chain = Chain([Pointwise(lambda a: np.repeat(a, 2, axis=-1)), lengths, _Accumulate(1.0)])
         with threads.limit_threads(count):
             np.testing.assert_allclose(run_chunks(chain, x, chunk=10, head=1, regroup=regroup), want, rtol=1e-12)
@@ -196,7 +199,7 @@ def test_a_tail_steps_on_gathered_pieces(regroup):
     want = np.concatenate([want, want[..., -1:]], axis=-1)
     seen = {}
     for count in THREAD_COUNTS:
-        lengths = _Lengths()
+        lengths = _Watch()
         chain = Chain([Pointwise(np.negative), lengths, _Accumulate(1.0)])
         with threads.limit_threads(count):
             np.testing.assert_allclose(run_chunks(chain, x, chunk=10, tail=2, regroup=regroup), want, rtol=1e-12)
@@ -223,30 +226,18 @@ def test_a_pipeline_remembers_its_streams_times(stored, head):
                                       got)
 
 
-class _Threads(Stream):
-    """Passes its input on, recording how many threads its step may use; optionally slow."""
-
-    def __init__(self, seconds: float = 0.0):
-        self.seconds, self.seen = seconds, []
-
-    def step(self, x: np.ndarray) -> np.ndarray:
-        self.seen.append(threads.current())
-        time.sleep(self.seconds)
-        return x
-
-
 def test_a_stage_alone_in_the_pipe_uses_every_thread():
     """The first stage's first piece (the last stage has nothing yet) and the last stage's last piece
     (the first stage is done: the last stage is slow) may share their work out to both threads; every
     other piece runs on its stage's thread alone."""
-    early, late = _Threads(), _Threads(seconds=0.05)
+    early, late = _Watch(), _Watch(seconds=0.05)
     costs = {(1, 1, 10): [1.0, 1.0, 1.0, 1.0]}  # the cut falls between early and late
     with threads.limit_threads(2):
         got = run_chunks(Chain([Pointwise(np.negative), early, Pointwise(np.abs), late], costs),
                          np.arange(100.0).reshape(1, 1, 100), chunk=10)
     np.testing.assert_array_equal(got[0, 0], np.arange(100.0))
-    assert early.seen == [2] + [1] * 9, early.seen
-    assert late.seen[0] == 1 and late.seen[-1] == 2 and len(late.seen) == 10, late.seen
+    assert early.threads == [2] + [1] * 9, early.threads
+    assert late.threads[0] == 1 and late.threads[-1] == 2 and len(late.threads) == 10, late.threads
 
 
 class _Fails(Stream):
