@@ -95,7 +95,9 @@ CONV_CASES = [
     (1, 3, 2, 7, 7, 1, 1, 1, True),  # exactly one output
     (1, 3, 2, 1, 1, 1, 1, 1, True),  # length 1
     (1, 3, 2, 0, 1, 1, 1, 1, True),  # length 0
-    (2, 5, 7, 64, 12, 6, 1, 1, True),  # SEANet-style k = 2·stride, long enough for the auto rule's phases
+    (2, 5, 7, 64, 12, 6, 1, 1, True),  # SEANet-style k = 2·stride
+    (1, 3, 4, 40, 4, 4, 1, 1, True),  # k = stride: a single phase
+    (1, 3, 4, 3004, 4, 2, 1, 1, True),  # strided, long enough for the auto rule's phases
     (1, 4, 3, 50, 3, 1, 1, 1, True),  # a residual-block conv
     (1, 4, 3, 1100, 3, 1, 1, 1, True),  # long enough for the auto rule's phases
 ]

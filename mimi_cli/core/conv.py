@@ -18,8 +18,9 @@ from mimi_cli.core.threads import matmul_depth, matmul_rows, run_blocks
 
 # Upper bound on the elements of one unfolded block (16 MB of float32).
 _BLOCK_ELEMENTS = 1 << 22
-# Stride-1 convs with at least this many output steps use the "phases" strategy.
+# Convs with at least this many output steps use the "phases" strategy (strided ones from the second).
 _PHASES_MIN_STEPS = 1000
+_PHASES_MIN_STRIDED_STEPS = 1500
 # Output elements per block in the "phases" strategy (1 MB of float32: fits in L2).
 _PHASE_BLOCK_ELEMENTS = 1 << 18
 # At most this many output steps per block: streaming's pieces (a frame: 1920 steps at 24 kHz)
@@ -138,12 +139,15 @@ def conv1d(
 def _pick_conv_strategy(channels: int, kernel: int, stride: int, out_len: int) -> str:
     """Which conv1d strategy is faster for a shape (rule from `mimi bench --only kernels`, docs/performance.md).
 
-    Stride-1 convs over long inputs gain most from reading shifted views in place
-    (1.6× for Mimi's 64→32 k3 at 24 kHz, 7× for the decoder's 64→1 output conv).
-    Strided convs unfold faster than they regroup, and short inputs (the 25 Hz
-    layers, streaming) or a single input channel favour one large GEMM.
+    Long inputs gain from one stacked product over the input's frames (1.6× for Mimi's
+    64 → 32 k3 at 24 kHz, 7× for the decoder's 64 → 1 output conv; a strided conv
+    from about 1,500 output steps, 1.15× for Mimi's 64 → 128 k8 s4 over a chunk).
+    Short inputs (the 25 Hz layers, streaming) or a single input channel favour one
+    large GEMM over the unfolded input.
     """
-    return "phases" if stride == 1 and channels > 1 and out_len >= _PHASES_MIN_STEPS else "unfold"
+    if channels == 1 or kernel % stride:
+        return "unfold"
+    return "phases" if out_len >= (_PHASES_MIN_STEPS if stride == 1 else _PHASES_MIN_STRIDED_STEPS) else "unfold"
 
 
 class _Reads:
@@ -172,17 +176,27 @@ class _Reads:
 
 def _conv1d_phases(reads: _Reads, weight: np.ndarray, bias: np.ndarray | None, stride: int,
                    out_len: int) -> np.ndarray:
-    """Conv as ``K/stride`` GEMMs over shifted views, for ``K`` a multiple of ``stride`` (no dilation).
+    """Conv as one GEMM over the input's frames and ``K/stride`` shifted sums, for ``K`` a multiple
+    of ``stride`` (no dilation).
 
     Cut the input into frames of ``stride`` samples and stack each frame's
     samples under its channels: ``G[(c, s), j] = x[c, j·stride + s]``. Output
     ``t`` reads frames ``t .. t + K/stride − 1``, so with ``W_p`` the taps
     ``p·stride .. p·stride + stride − 1``::
 
-        y = W_0 @ G[:, 0 : T_out] + W_1 @ G[:, 1 : T_out + 1] + ...
+        y[:, t] = W_0 @ G[:, t] + W_1 @ G[:, t + 1] + ...
 
-    For stride 1, ``G`` is the input itself (no copy at all); otherwise building
-    ``G`` copies the input once, where im2col copies it ``K/stride`` times.
+    The ``W_p`` go in one product, stacked as rows, over every frame a block of
+    outputs reads; each phase's rows are then added in, shifted by their phase::
+
+        P = [W_0; W_1; W_2] @ G[:, t0 : t0 + n + 2]        rows:  W_0 G   W_1 G   W_2 G
+        y[:, t0 + t] = P_0[:, t] + P_1[:, t + 1] + P_2[:, t + 2]
+
+    One product with ``K/stride`` times the rows runs faster than ``K/stride``
+    products (Mimi's 64 → 32 k3 at 24 kHz: 2.0–2.3 ms against 3.0 ms per 30,720 steps), reads
+    ``G`` once, and sums the same products in the same order. For stride 1, ``G``
+    is the input itself (no copy at all); otherwise building ``G`` copies the input
+    once, where im2col copies it ``K/stride`` times.
     """
     batch, channels, _ = reads.x.shape
     out_channels, _, kernel = weight.shape
@@ -196,24 +210,27 @@ def _conv1d_phases(reads: _Reads, weight: np.ndarray, bias: np.ndarray | None, s
 
         def frames_of(start: int, stop: int) -> np.ndarray:
             return grouped[:, :, start:stop]
-    # Contiguous: NumPy < 2.3 runs a non-BLAS loop (40× slower) on matrices whose rows are strided.
+    # [K/stride · O, C · stride], rows (phase, out channel). Contiguous: NumPy < 2.3 runs a non-BLAS
+    # loop (40× slower) on matrices whose rows are strided.
     w = np.ascontiguousarray(weight.reshape(out_channels, channels, phases, stride).transpose(2, 0, 1, 3).reshape(
-        phases, out_channels, channels * stride))
+        phases * out_channels, channels * stride))
     y = np.empty((batch, out_channels, out_len), np.float32)
-    # Blocks of output steps keep the accumulator in cache (and bound the temporaries).
+    # Blocks of output steps keep the products in cache (and bound them).
     block = min(_MAX_BLOCK_STEPS, max(256, _PHASE_BLOCK_ELEMENTS // out_channels))
     starts = range(0, out_len, block)
 
     def one(i: int) -> None:
         t0 = starts[i]
         n = min(block, out_len - t0)
-        acc, tmp = y[:, :, t0 : t0 + n], np.empty((batch, out_channels, n), np.float32)
-        g = frames_of(t0, t0 + n + phases - 1)
-        np.matmul(w[0], g[:, :, :n], out=tmp)  # a contiguous out: BLAS writes it directly
-        acc[...] = tmp
-        for p in range(1, phases):
-            np.matmul(w[p], g[:, :, p : p + n], out=tmp)
-            acc += tmp
+        products = np.matmul(w, frames_of(t0, t0 + n + phases - 1))  # [B, K/stride · O, n + K/stride − 1]
+        shifted = [products[:, p * out_channels : (p + 1) * out_channels, p : p + n] for p in range(phases)]
+        acc = y[:, :, t0 : t0 + n]
+        if phases == 1:
+            acc[...] = shifted[0]
+            return
+        np.add(shifted[0], shifted[1], out=acc)
+        for term in shifted[2:]:
+            acc += term
 
     run_blocks(one, len(starts))
     if bias is not None:
