@@ -31,7 +31,7 @@ from mimi_cli.core import (
 )
 from mimi_cli.core.attention import attend_block
 from mimi_cli.core.layers import Conv, ConvTranspose, Sequential
-from mimi_cli.core.stream import Chain, Identity, Pointwise, Stream, Sum, run_chunks
+from mimi_cli.core.stream import Chain, Identity, Pointwise, Stream, Sum, run_chunks, split_layers
 from mimi_cli.core.module import Module
 from mimi_cli.core.threads import even_pieces, run_blocks
 from mimi_cli.models.codec import Codec
@@ -283,6 +283,12 @@ DECODER_HEAD_LAYERS, DECODER_HEAD_CHUNKS = 3, 2
 # columns (one-thread 30 s SEANet encoder with OpenBLAS's SkylakeX kernels, those layers 140 → 84 ms;
 # docs/performance.md, "The encoder's last layers on pieces of four chunks").
 ENCODER_TAIL_LAYERS, ENCODER_TAIL_CHUNKS = 3, 4
+# The 24 kHz layers (the encoder's first four: its k7 conv, first residual block, an ELU and the first
+# downsampling; the decoder's last four: its last upsampling, residual block, an ELU and the output conv)
+# step on quarters of a chunk, which stay in a core's own cache where a whole chunk (64 channels × 30,720
+# steps, 7.8 MB) does not (30 s, SkylakeX kernels: encode 1.09–1.12 → 1.05 s on one thread, decode
+# 1.06–1.09 → 1.01 s; docs/performance.md, "The 24 kHz layers on quarter pieces").
+WIDE_LAYERS, WIDE_LAYER_PARTS = 4, 4
 
 
 class Mimi(Codec):
@@ -334,7 +340,8 @@ class Mimi(Codec):
         return x
 
     def encode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 1, N] → [B, 512, N/960]
-        return run_chunks(self.encoder.streaming(), x, SEANET_CHUNK_FRAMES * self.config.frame_size,
+        convs = split_layers(self.encoder.streaming(), slice(0, WIDE_LAYERS), WIDE_LAYER_PARTS)
+        return run_chunks(convs, x, SEANET_CHUNK_FRAMES * self.config.frame_size,
                           tail=ENCODER_TAIL_LAYERS, regroup=ENCODER_TAIL_CHUNKS)
 
     def encode_sequence(self, x: np.ndarray) -> np.ndarray:  # [B, 512, 2F] → [B, 512, F]
@@ -344,7 +351,8 @@ class Mimi(Codec):
         return self.decoder_transformer(self.upsample(z))
 
     def decode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 512, 2F] → [B, 1, 1920·F]
-        return run_chunks(self.decoder.streaming(), x, SEANET_CHUNK_FRAMES * self.config.downsample_stride,
+        convs = split_layers(self.decoder.streaming(), slice(-WIDE_LAYERS, None), WIDE_LAYER_PARTS)
+        return run_chunks(convs, x, SEANET_CHUNK_FRAMES * self.config.downsample_stride,
                           head=DECODER_HEAD_LAYERS, regroup=DECODER_HEAD_CHUNKS)
 
     # -- streaming: moshi's ``with model.streaming(B)``, one frame (2 transformer steps) per call
