@@ -18,7 +18,8 @@ import pytest
 
 from mimi_cli.bench import speech_like
 from mimi_cli.core import threads
-from mimi_cli.core.stream import Chain, Identity, Pointwise, Stream, Sum, _balanced_cuts, run_chunks
+from mimi_cli.core.stream import (Chain, Identity, Pointwise, Stream, Sum, _balanced_cuts, run_chunks,
+                                  split_layers)
 from mimi_cli.models import codec_spec
 
 THREAD_COUNTS = (1, 2, 3)
@@ -105,6 +106,22 @@ def test_pipeline_equals_the_whole_sequence(count, head, tail, regroup):
     with threads.limit_threads(count):
         got = run_chunks(_chain(), x, chunk=8, head=head, tail=tail, regroup=regroup)
     np.testing.assert_allclose(got, _naive(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("count", THREAD_COUNTS)
+@pytest.mark.parametrize(("layers", "parts", "tail", "longest"), [(slice(0, 2), 3, 0, 8), (slice(1, 3), 4, 1, 2),
+                                                                  (slice(-2, None), 2, 0, 8), (slice(0, 4), 5, 0, 2)])
+def test_split_layers_step_on_parts_of_each_piece(count, layers, parts, tail, longest):
+    """Streams in a Split step on ``parts`` pieces of each 8-step piece, state carried between them: the
+    whole sequence's result at any thread count, with a gathered tail too. A watching stream third in
+    the chain sees pieces of at most ``longest`` steps, never an empty one (8 steps in 5 parts)."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 70))
+    watch, streams = _Watch(), _chain().streams
+    chain = split_layers(Chain([*streams[:2], watch, *streams[2:]]), layers, parts)
+    with threads.limit_threads(count):
+        got = run_chunks(chain, x, chunk=8, tail=tail, regroup=2)
+    np.testing.assert_allclose(got, _naive(x), rtol=1e-12, atol=1e-12)
+    assert min(watch.lengths) > 0 and max(watch.lengths) == longest
 
 
 class _Late(Stream):
