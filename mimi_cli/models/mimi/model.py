@@ -267,15 +267,18 @@ class SplitResidualVQ(Module):
 
 # ----------------------------------------------------------------------------- the codec
 
-# Batch mode runs the SEANets over chunks of this many frames (1.28 s) with the
+# Batch mode runs the SEANets over chunks of this many frames (1.28 s and 1.92 s) with the
 # streaming state carried between them: the same result as one pass (causal
 # convs, exact carried context; float rounding aside), but activations stay in
 # cache instead of streaming hundreds of MB through memory at every layer, and
-# memory no longer grows with the input (measured in docs/performance.md).
-SEANET_CHUNK_FRAMES = 16
+# memory no longer grows with the input (measured in docs/performance.md). Since the 24 kHz layers
+# take parts of a chunk (below), the decoder runs faster on 24 frames than on 16 (30 s, SkylakeX kernels,
+# paired: 0.974 on two threads, 0.964 on one); the encoder did not (1.006 and 1.019; docs/performance.md,
+# "The 24 kHz layers on quarter pieces").
+ENCODER_CHUNK_FRAMES, DECODER_CHUNK_FRAMES = 16, 24
 # The decoder's first layers (its k7 conv, an ELU and the first upsampling, whose weight is 32 MB) take
-# pieces of this many chunks: a chunk gives the upsampling only 32 steps, so it read its whole weight
-# again every 32 steps (one-thread 30 s SEANet decoder 1,352 → 1,301 ms; docs/performance.md, "The
+# pieces of this many chunks: a chunk of 16 frames gave the upsampling only 32 steps, so it read its whole
+# weight again every 32 steps (one-thread 30 s SEANet decoder 1,352 → 1,301 ms; docs/performance.md, "The
 # decoder's first layers on pieces of two chunks").
 DECODER_HEAD_LAYERS, DECODER_HEAD_CHUNKS = 3, 2
 # The encoder's last layers (its last downsampling, whose weight is 32 MB, an ELU and the final conv) take
@@ -285,10 +288,11 @@ DECODER_HEAD_LAYERS, DECODER_HEAD_CHUNKS = 3, 2
 ENCODER_TAIL_LAYERS, ENCODER_TAIL_CHUNKS = 3, 4
 # The 24 kHz layers (the encoder's first four: its k7 conv, first residual block, an ELU and the first
 # downsampling; the decoder's last four: its last upsampling, residual block, an ELU and the output conv)
-# step on quarters of a chunk, which stay in a core's own cache where a whole chunk (64 channels × 30,720
-# steps, 7.8 MB) does not (30 s, SkylakeX kernels: encode 1.09–1.12 → 1.05 s on one thread, decode
-# 1.06–1.09 → 1.01 s; docs/performance.md, "The 24 kHz layers on quarter pieces").
-WIDE_LAYERS, WIDE_LAYER_PARTS = 4, 4
+# step on parts of a chunk of this many frames (7,680 steps), which stay in a core's own cache where a
+# chunk of 16 frames (64 channels × 30,720 steps, 7.8 MB) did not (30 s, SkylakeX kernels: encode 1.09–1.12
+# → 1.05 s on one thread, decode 1.06–1.09 → 1.01 s; docs/performance.md, "The 24 kHz layers on quarter
+# pieces").
+WIDE_LAYERS, WIDE_PART_FRAMES = 4, 4
 
 
 class Mimi(Codec):
@@ -340,8 +344,8 @@ class Mimi(Codec):
         return x
 
     def encode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 1, N] → [B, 512, N/960]
-        convs = split_layers(self.encoder.streaming(), slice(0, WIDE_LAYERS), WIDE_LAYER_PARTS)
-        return run_chunks(convs, x, SEANET_CHUNK_FRAMES * self.config.frame_size,
+        convs = split_layers(self.encoder.streaming(), slice(0, WIDE_LAYERS), ENCODER_CHUNK_FRAMES // WIDE_PART_FRAMES)
+        return run_chunks(convs, x, ENCODER_CHUNK_FRAMES * self.config.frame_size,
                           tail=ENCODER_TAIL_LAYERS, regroup=ENCODER_TAIL_CHUNKS)
 
     def encode_sequence(self, x: np.ndarray) -> np.ndarray:  # [B, 512, 2F] → [B, 512, F]
@@ -351,8 +355,9 @@ class Mimi(Codec):
         return self.decoder_transformer(self.upsample(z))
 
     def decode_waveform(self, x: np.ndarray) -> np.ndarray:  # [B, 512, 2F] → [B, 1, 1920·F]
-        convs = split_layers(self.decoder.streaming(), slice(-WIDE_LAYERS, None), WIDE_LAYER_PARTS)
-        return run_chunks(convs, x, SEANET_CHUNK_FRAMES * self.config.downsample_stride,
+        convs = split_layers(self.decoder.streaming(), slice(-WIDE_LAYERS, None),
+                             DECODER_CHUNK_FRAMES // WIDE_PART_FRAMES)
+        return run_chunks(convs, x, DECODER_CHUNK_FRAMES * self.config.downsample_stride,
                           head=DECODER_HEAD_LAYERS, regroup=DECODER_HEAD_CHUNKS)
 
     # -- streaming: moshi's ``with model.streaming(B)``, one frame (2 transformer steps) per call
