@@ -273,7 +273,7 @@ class SplitResidualVQ(Module):
 # cache instead of streaming hundreds of MB through memory at every layer, and
 # memory no longer grows with the input (measured in docs/performance.md). Since the 24 kHz layers
 # take parts of a chunk (below), the decoder runs faster on 24 frames than on 16 (30 s, SkylakeX kernels,
-# paired: 0.974 on two threads, 0.964 on one); the encoder did not (1.006 and 1.019; docs/performance.md,
+# paired: 0.983 on two threads, 0.923 on one); the encoder did not (1.006 and 1.019; docs/performance.md,
 # "The 24 kHz layers on quarter pieces").
 ENCODER_CHUNK_FRAMES, DECODER_CHUNK_FRAMES = 16, 24
 # The decoder's first layers (its k7 conv, an ELU and the first upsampling, whose weight is 32 MB) take
