@@ -21,6 +21,7 @@ from mimi_cli.core import (
     pad_left,
     residual_codes,
     rope_frequencies,
+    rope_rotation,
     softmax,
     threads,
     windowed_causal_attention,
@@ -298,7 +299,7 @@ def test_rope_rotates_interleaved_pairs_like_complex_multiplication():
     freqs = rope_frequencies(8, 10000.0)
     pairs = x[..., 0::2].astype(np.float64) + 1j * x[..., 1::2]
     rotated = pairs * np.exp(1j * positions[:, None].astype(np.float64) * freqs)
-    y = apply_rope(x, positions, freqs)
+    y = apply_rope(x, rope_rotation(positions, freqs))
     close(y[..., 0::2], rotated.real)
     close(y[..., 1::2], rotated.imag)
     # rotations keep norms

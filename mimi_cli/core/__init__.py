@@ -4,7 +4,7 @@ Layout convention: sequences are ``[B, C, T]`` for convolutions and
 ``[B, T, C]`` (or ``[B, H, T, D]`` per head) for the transformer and the recurrent layers.
 """
 
-from mimi_cli.core.attention import KVCache, apply_rope, rope_frequencies, windowed_causal_attention
+from mimi_cli.core.attention import KVCache, apply_rope, rope_frequencies, rope_rotation, windowed_causal_attention
 from mimi_cli.core.conv import conv1d, conv_transpose1d, pad_left
 from mimi_cli.core.ops import elu, gelu, layer_norm, linear, softmax
 from mimi_cli.core.recurrent import GRU, LSTM
@@ -26,6 +26,7 @@ __all__ = [
     "pad_left",
     "residual_codes",
     "rope_frequencies",
+    "rope_rotation",
     "softmax",
     "windowed_causal_attention",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -26,20 +27,33 @@ def rope_frequencies(head_dim: int, max_period: float) -> np.ndarray:
     return np.exp(exponent.astype(np.float64)).astype(np.float32)
 
 
-def apply_rope(x: np.ndarray, positions: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+def rope_rotation(positions: np.ndarray, freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cosines and sines :func:`apply_rope` rotates by, ``[T, D/2]`` each.
+
+    Args:
+        positions: ``[T]`` absolute step indices (float32 exact up to 2**24).
+        freqs: ``[D/2]`` from :func:`rope_frequencies`.
+
+    The angle is a float32 product, as the reference forms it; cosine and sine are taken in
+    float64 and rounded once. A transformer makes this once for all its layers and both of
+    queries and keys: made per call, it was half of RoPE's time (30 s, one thread: 14.7 ms of
+    each 246 ms transformer; docs/performance.md).
+    """
+    angle = positions.astype(np.float32)[:, None] * freqs[None, :]  # [T, D/2], a float32 product
+    angle64 = angle.astype(np.float64)
+    return np.cos(angle64).astype(np.float32), np.sin(angle64).astype(np.float32)
+
+
+def apply_rope(x: np.ndarray, rotation: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Rotate interleaved pairs ``(x[2i], x[2i+1])`` by ``position · freqs[i]``.
 
     Args:
         x: ``[B, H, T, D]``.
-        positions: ``[T]`` absolute step indices (float32 exact up to 2**24).
-        freqs: ``[D/2]`` from :func:`rope_frequencies`.
+        rotation: cosines and sines ``[T, D/2]`` from :func:`rope_rotation`.
     Returns:
         A new ``[B, H, T, D]`` array.
     """
-    angle = positions.astype(np.float32)[:, None] * freqs[None, :]  # [T, D/2], a float32 product
-    angle64 = angle.astype(np.float64)
-    cos = np.cos(angle64).astype(np.float32)
-    sin = np.sin(angle64).astype(np.float32)
+    cos, sin = rotation
     real, imag = x[..., 0::2], x[..., 1::2]
     out = np.empty_like(x)
     out[..., 0::2] = real * cos - imag * sin
@@ -47,20 +61,37 @@ def apply_rope(x: np.ndarray, positions: np.ndarray, freqs: np.ndarray) -> np.nd
     return out
 
 
-def masked_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """Scaled dot-product attention restricted to ``allowed`` query/key pairs.
+def masked_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Scaled dot-product attention restricted to the query/key pairs where ``mask`` is 0.
 
     Args:
         q: ``[B, H, Tq, D]``; k, v: ``[B, H, Tk, D]``.
-        allowed: boolean ``[Tq, Tk]`` (or broadcastable to the scores).
+        mask: float32 ``[Tq, Tk]`` (or broadcastable to the scores), 0 where a query sees a key and
+            −inf where it does not (:func:`additive_mask`).
     Returns:
         ``[B, H, Tq, D]``.
     """
     scores = (q * np.float32(1.0 / math.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # [B, H, Tq, Tk]
-    # In place, adding 0 or −inf: no score-sized temporaries (an attention layer over 30 s took
-    # 20.8 ms with np.where and a softmax making new arrays, 17.3 ms so).
-    scores += np.where(allowed, np.float32(0), np.float32(-np.inf))
+    # In place: no score-sized temporaries (an attention layer over 30 s took 20.8 ms with np.where
+    # and a softmax making new arrays, 17.3 ms so).
+    scores += mask
     return softmax(scores, out=scores) @ v
+
+
+def additive_mask(allowed: np.ndarray) -> np.ndarray:
+    """A boolean ``allowed`` as :func:`masked_attention`'s mask: 0 where True, −inf where False."""
+    return np.where(allowed, np.float32(0), np.float32(-np.inf))
+
+
+@functools.lru_cache(maxsize=64)
+def _window_mask(queries: int, first_query: int, keys: int, context: int) -> np.ndarray:
+    """The mask of queries ``first_query ..`` against keys ``0 .. keys − 1`` (steps counted from the
+    first key) for a window of ``context`` steps. Every block of :func:`attend_block` past the first
+    few has the same one (made per block, it was a tenth of the attention's time)."""
+    delta = np.arange(first_query, first_query + queries)[:, None] - np.arange(keys)[None, :]
+    mask = additive_mask((delta >= 0) & (delta < context))
+    mask.flags.writeable = False
+    return mask
 
 
 def windowed_causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, context: int) -> np.ndarray:
@@ -89,9 +120,8 @@ def attend_block(q: np.ndarray, k: np.ndarray, v: np.ndarray, q0: int, q1: int, 
     for s0 in range(q0, q1, SCORE_BLOCK):
         s1 = min(q1, s0 + SCORE_BLOCK)
         k0 = max(0, s0 - context + 1)
-        delta = np.arange(s0, s1)[:, None] - np.arange(k0, s1)[None, :]
-        allowed = (delta >= 0) & (delta < context)
-        out[:, :, s0 - q0 : s1 - q0] = masked_attention(q[:, :, s0:s1], k[:, :, k0:s1], v[:, :, k0:s1], allowed)
+        mask = _window_mask(s1 - s0, s0 - k0, s1 - k0, context)
+        out[:, :, s0 - q0 : s1 - q0] = masked_attention(q[:, :, s0:s1], k[:, :, k0:s1], v[:, :, k0:s1], mask)
     return out
 
 
@@ -147,4 +177,4 @@ class KVCache:
         window = np.reshape(self.context - shrink, (-1, 1))  # [T, 1]
         delta = positions[:, None] - self.positions[None, :]
         allowed = (self.positions[None, :] >= 0) & (delta >= 0) & (delta < window)
-        return masked_attention(q, self.keys, self.values, allowed)
+        return masked_attention(q, self.keys, self.values, additive_mask(allowed))

@@ -28,6 +28,7 @@ from mimi_cli.core import (
     linear,
     residual_codes,
     rope_frequencies,
+    rope_rotation,
 )
 from mimi_cli.core.attention import attend_block
 from mimi_cli.core.layers import Conv, ConvTranspose, Sequential
@@ -107,16 +108,17 @@ class TransformerLayer(Module):
         self.declare("layer_scale_1.scale", d)
         self.declare("layer_scale_2.scale", d)
 
-    def __call__(self, x: np.ndarray, positions: np.ndarray, freqs: np.ndarray,
+    def __call__(self, x: np.ndarray, positions: np.ndarray, rotation: tuple[np.ndarray, np.ndarray],
                  cache: KVCache | None = None) -> np.ndarray:
-        """``x`` ``[B, T, D]`` at absolute ``positions`` ``[T]``; with a ``cache``, earlier steps are attended too.
+        """``x`` ``[B, T, D]`` at absolute ``positions`` ``[T]``, rotated by ``rotation`` (``rope_rotation``);
+        with a ``cache``, earlier steps are attended too.
 
         Without one (batch mode) the steps go in blocks (:func:`row_blocks`), spread over the
         threads (:func:`~mimi_cli.core.threads.run_blocks`): every row's work but the attention is
         its own, and a block of queries needs only the keys and values, computed first.
         """
         if cache is not None:
-            q, k, v = self.project(x, positions, freqs)
+            q, k, v = self.project(x, rotation)
             return self.finish(x, cache.attend(q, k, v, positions))
         batch, steps, _ = x.shape
         c = self.c
@@ -126,7 +128,8 @@ class TransformerLayer(Module):
 
         def project(i: int) -> None:
             rows = blocks[i]
-            q[:, :, rows], k[:, :, rows], v[:, :, rows] = self.project(x[:, rows], positions[rows], freqs)
+            cos, sin = rotation
+            q[:, :, rows], k[:, :, rows], v[:, :, rows] = self.project(x[:, rows], (cos[rows], sin[rows]))
 
         def finish(i: int) -> None:
             rows = blocks[i]
@@ -136,14 +139,14 @@ class TransformerLayer(Module):
         run_blocks(finish, len(blocks))
         return out
 
-    def project(self, x: np.ndarray, positions: np.ndarray, freqs: np.ndarray) -> tuple[np.ndarray, ...]:
+    def project(self, x: np.ndarray, rotation: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
         """``x`` ``[B, T, D]`` → queries, keys and values ``[B, H, T, Dh]``, positions rotated in."""
         p, c = self.params, self.c
         batch, steps, _ = x.shape
         h = layer_norm(x, p["norm1.weight"], p["norm1.bias"], c.norm_eps)
         qkv = linear(h, p["self_attn.in_proj_weight"])  # [B, T, 3D]
         q, k, v = qkv.reshape(batch, steps, 3, c.num_heads, c.head_dim).transpose(2, 0, 3, 1, 4)  # [B, H, T, Dh]
-        return apply_rope(q, positions, freqs), apply_rope(k, positions, freqs), np.ascontiguousarray(v)
+        return apply_rope(q, rotation), apply_rope(k, rotation), np.ascontiguousarray(v)
 
     def finish(self, x: np.ndarray, attended: np.ndarray) -> np.ndarray:
         """The rest of the layer for rows ``x`` ``[B, T, D]`` given their attention output ``[B, H, T, Dh]``."""
@@ -167,8 +170,9 @@ class Transformer(Module):
         """``[B, C, T]`` → ``[B, C, T]`` for steps ``start .. start+T-1``."""
         x = np.ascontiguousarray(x.transpose(0, 2, 1))  # [B, T, C]
         positions = np.arange(start, start + x.shape[1])
+        rotation = rope_rotation(positions, self.freqs)  # once for every layer
         for layer, cache in zip(self.layers, caches or [None] * len(self.layers), strict=True):
-            x = layer(x, positions, self.freqs, cache)
+            x = layer(x, positions, rotation, cache)
         return np.ascontiguousarray(x.transpose(0, 2, 1))
 
     def streaming(self, steps_per_call: int) -> TransformerStream:
