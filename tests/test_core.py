@@ -28,7 +28,7 @@ from mimi_cli.core import (
 )
 from mimi_cli.core import conv as conv_module
 from mimi_cli.core.vq import ROW_ALIGN, row_pieces
-from mimi_cli.core.layers import ConvTranspose
+from mimi_cli.core.layers import Conv, ConvTranspose
 
 rng = np.random.default_rng(42)
 
@@ -220,6 +220,18 @@ def test_conv_transpose_layer_keeps_its_pair_taps_until_the_next_load():
         close(layer.full(x), expected)
         close(layer.full(x), expected)  # with the taps the first call kept
         assert set(layer.derived) == {"pair_taps"}
+
+
+def test_conv_layer_keeps_its_stacked_taps_until_the_next_load():
+    layer = Conv(6, 5, 8, stride=4)  # a strided conv long enough for the "phases" strategy
+    x = randn(1, 6, 4 * 1600)
+    for _ in range(2):
+        state = {"conv.conv.weight": randn(5, 6, 8), "conv.conv.bias": randn(5)}
+        layer.load(state)
+        expected = naive_conv1d(x, state["conv.conv.weight"], state["conv.conv.bias"], 4, 1, 1)
+        close(layer.valid(x), expected)
+        close(layer.valid(x), expected)  # with the stacked taps the first call kept
+        assert set(layer.derived) == {"phase_rows"}
 
 
 # ----------------------------------------------------------------------------- element-wise and norms

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from mimi_cli.core.threads import matmul_depth, matmul_rows, run_blocks
+from mimi_cli.core.threads import SKINNY_COLUMNS, matmul_depth, matmul_rows, run_blocks
 
 # Upper bound on the elements of one unfolded block (16 MB of float32).
 _BLOCK_ELEMENTS = 1 << 22
@@ -71,6 +71,7 @@ def conv1d(
     groups: int = 1,
     strategy: str = "auto",
     context: np.ndarray | None = None,
+    derived: dict | None = None,
 ) -> np.ndarray:
     """Valid 1-D convolution.
 
@@ -86,6 +87,8 @@ def conv1d(
             the input), ``"phases"`` (one GEMM per group of ``stride`` taps over
             shifted views, see :func:`_conv1d_phases`) or ``"auto"`` (the one
             measured faster for the shape, see docs/performance.md).
+        derived: where the caller keeps what this call derives from ``weight`` (the stacked taps of
+            :func:`_conv1d_phases`) for its next calls with the same weight; None to derive per call.
     Returns:
         ``[B, O, T_out]`` with ``T_out = (T - (K-1)·dilation - 1) // stride + 1`` (0 if negative),
         ``T`` counting the context's steps too.
@@ -111,7 +114,7 @@ def conv1d(
     if strategy == "auto":
         strategy = _pick_conv_strategy(channels, kernel, stride, out_len)
     if strategy == "phases" and groups == 1 and dilation == 1 and kernel % stride == 0:
-        return _conv1d_phases(reads, weight, bias, stride, out_len)
+        return _conv1d_phases(reads, weight, bias, stride, out_len, {} if derived is None else derived)
     block = min(_MAX_BLOCK_STEPS, max(1, _BLOCK_ELEMENTS // (channels * kernel * batch)))
     starts = range(0, out_len, block)
 
@@ -124,8 +127,13 @@ def conv1d(
         cols = as_strided(span, shape=(batch, channels, kernel, n),
                           strides=(s_b, s_c, dilation * s_t, stride * s_t), writeable=False)
         if groups == 1:  # one product for the whole batch: B streams share each read of the weight
-            cols = cols.transpose(1, 2, 0, 3).reshape(channels * kernel, batch * n)  # copies into BLAS layout
-            y[:, :, t0 : t0 + n] = matmul_rows(w[0], cols).reshape(out_channels, batch, n).transpose(1, 0, 2)
+            # Copies into BLAS layout (with one channel and one stream the reshape is a view whose rows
+            # overlap, which BLAS cannot take).
+            cols = np.ascontiguousarray(cols.transpose(1, 2, 0, 3).reshape(channels * kernel, batch * n))
+            if batch == 1 and n > SKINNY_COLUMNS:  # straight into the output: no copy of the product
+                np.matmul(w[0], cols, out=y[0, :, t0 : t0 + n])
+            else:
+                y[:, :, t0 : t0 + n] = matmul_rows(w[0], cols).reshape(out_channels, batch, n).transpose(1, 0, 2)
         else:
             cols = cols.reshape(batch, groups, group_in * kernel, n)  # copies into BLAS layout
             y[:, :, t0 : t0 + n] = np.matmul(w, cols).reshape(batch, out_channels, n)
@@ -175,7 +183,7 @@ class _Reads:
 
 
 def _conv1d_phases(reads: _Reads, weight: np.ndarray, bias: np.ndarray | None, stride: int,
-                   out_len: int) -> np.ndarray:
+                   out_len: int, derived: dict) -> np.ndarray:
     """Conv as one GEMM over the input's frames and ``K/stride`` shifted sums, for ``K`` a multiple
     of ``stride`` (no dilation).
 
@@ -210,10 +218,13 @@ def _conv1d_phases(reads: _Reads, weight: np.ndarray, bias: np.ndarray | None, s
 
         def frames_of(start: int, stop: int) -> np.ndarray:
             return grouped[:, :, start:stop]
-    # [K/stride · O, C · stride], rows (phase, out channel). Contiguous: NumPy < 2.3 runs a non-BLAS
-    # loop (40× slower) on matrices whose rows are strided.
-    w = np.ascontiguousarray(weight.reshape(out_channels, channels, phases, stride).transpose(2, 0, 1, 3).reshape(
-        phases * out_channels, channels * stride))
+    # [K/stride · O, C · stride], rows (phase, out channel), made once per weight (``derived``): made
+    # per call, it was 0.2 ms of the 5 ms that Mimi's 128 → 256 k10 s5 takes per 1.28 s chunk.
+    # Contiguous: NumPy < 2.3 runs a non-BLAS loop (40× slower) on matrices whose rows are strided.
+    if "phase_rows" not in derived:
+        taps = weight.reshape(out_channels, channels, phases, stride).transpose(2, 0, 1, 3)
+        derived["phase_rows"] = np.ascontiguousarray(taps.reshape(phases * out_channels, channels * stride))
+    w = derived["phase_rows"]
     y = np.empty((batch, out_channels, out_len), np.float32)
     # Blocks of output steps keep the products in cache (and bound them).
     block = min(_MAX_BLOCK_STEPS, max(256, _PHASE_BLOCK_ELEMENTS // out_channels))

@@ -34,6 +34,10 @@ class Conv(Module):
         self.declare(self.weight_name, cout, cin, kernel)
         if bias:
             self.declare(self.bias_name, cout)
+        self.prepare()
+
+    def prepare(self) -> None:
+        self.derived: dict = {}  # what conv1d derives from the weight, until the next load
 
     def __call__(self, x: np.ndarray) -> np.ndarray:  # [B, C, T] → [B, O, T/stride]
         return self.valid(self.pad_start(x))
@@ -41,7 +45,8 @@ class Conv(Module):
     def valid(self, x: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
         """The unpadded convolution of ``context`` (if given) then ``x``: together they carry the left context."""
         bias = self.params[self.bias_name] if self.bias_name else None
-        return conv1d(x, self.params[self.weight_name], bias, self.stride, self.dilation, context=context)
+        return conv1d(x, self.params[self.weight_name], bias, self.stride, self.dilation, context=context,
+                      derived=self.derived)
 
     def can_start(self, length: int) -> bool:
         """Can the left padding be made from the first ``length`` input steps? (Zeros or copies: yes.)"""

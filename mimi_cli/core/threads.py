@@ -281,7 +281,7 @@ def even_pieces(length: int, size: int, limit: int) -> list[slice]:
 
 # A product with at most this many columns is bound by reading its weight (streaming: a frame or
 # two per stream); its rows then go in an even number of pieces of at most _PIECE_BYTES of weight.
-_SKINNY_COLUMNS = 64
+SKINNY_COLUMNS = 64
 _PIECE_BYTES = 4 << 20
 # Up to this many columns, one matrix-vector product per column beats one matrix product: OpenBLAS
 # packs the whole weight before a product of 2-4 columns, which made a [1536, 512] @ [512, 2] take
@@ -297,7 +297,7 @@ def matmul_rows(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     thread count (see the module docstring). The result may be a transposed view.
     """
     rows, columns = w.shape[0], x.shape[1]
-    if columns > _SKINNY_COLUMNS or rows < 64:
+    if columns > SKINNY_COLUMNS or rows < 64:
         return w @ x
     pieces = even_pieces(rows, w.nbytes, _PIECE_BYTES)
     # np.dot, not np.matmul: matmul holds the GIL on products this small (measured: a waiting
