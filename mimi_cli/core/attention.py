@@ -37,7 +37,7 @@ def rope_rotation(positions: np.ndarray, freqs: np.ndarray) -> tuple[np.ndarray,
     The angle is a float32 product, as the reference forms it; cosine and sine are taken in
     float64 and rounded once. A transformer makes this once for all its layers and both of
     queries and keys: made per call, it was half of RoPE's time (30 s, one thread: 14.7 ms of
-    each 246 ms transformer; docs/performance.md).
+    each 246 ms transformer; docs/performance.md, "ONNX Runtime layer by layer").
     """
     angle = positions.astype(np.float32)[:, None] * freqs[None, :]  # [T, D/2], a float32 product
     angle64 = angle.astype(np.float64)
