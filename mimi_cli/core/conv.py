@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from mimi_cli.core.threads import SKINNY_COLUMNS, matmul_depth, matmul_rows, run_blocks
+from mimi_cli.core.threads import matmul_depth, matmul_rows, run_blocks
 
 # Upper bound on the elements of one unfolded block (16 MB of float32).
 _BLOCK_ELEMENTS = 1 << 22
@@ -132,8 +132,8 @@ def conv1d(
             # Copies into BLAS layout (with one channel and one stream the reshape is a view whose rows
             # overlap, which BLAS cannot take).
             cols = np.ascontiguousarray(cols.transpose(1, 2, 0, 3).reshape(channels * kernel, batch * n))
-            if batch == 1 and n > SKINNY_COLUMNS:  # straight into the output: no copy of the product
-                np.matmul(w[0], cols, out=y[0, :, t0 : t0 + n])
+            if batch == 1:  # straight into the output, not through a new array and a copy
+                matmul_rows(w[0], cols, out=y[0, :, t0 : t0 + n])
             else:
                 y[:, :, t0 : t0 + n] = matmul_rows(w[0], cols).reshape(out_channels, batch, n).transpose(1, 0, 2)
         else:

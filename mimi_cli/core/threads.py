@@ -281,7 +281,7 @@ def even_pieces(length: int, size: int, limit: int) -> list[slice]:
 
 # A product with at most this many columns is bound by reading its weight (streaming: a frame or
 # two per stream); its rows then go in an even number of pieces of at most _PIECE_BYTES of weight.
-SKINNY_COLUMNS = 64
+_SKINNY_COLUMNS = 64
 _PIECE_BYTES = 4 << 20
 # Up to this many columns, one matrix-vector product per column beats one matrix product: OpenBLAS
 # packs the whole weight before a product of 2-4 columns, which made a [1536, 512] @ [512, 2] take
@@ -289,33 +289,38 @@ _PIECE_BYTES = 4 << 20
 _VECTOR_COLUMNS = 3
 
 
-def matmul_rows(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+def matmul_rows(w: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``w @ x`` for ``w`` ``[M, K]``, ``x`` ``[K, N]``; with few columns, pieces of rows run at once.
 
     Each thread reads only its rows of the weight, so two threads stream the weight at up to twice
     the rate. The pieces (an even number, for two cores) depend on the shapes alone, never on the
-    thread count (see the module docstring). The result may be a transposed view.
+    thread count (see the module docstring). Without ``out`` the result may be a transposed view;
+    with it (``[M, N]``, any strides), a product with many columns is written there by BLAS itself.
     """
     rows, columns = w.shape[0], x.shape[1]
-    if columns > SKINNY_COLUMNS or rows < 64:
-        return w @ x
+    if columns > _SKINNY_COLUMNS or rows < 64:
+        return np.matmul(w, x, out=out)
     pieces = even_pieces(rows, w.nbytes, _PIECE_BYTES)
     # np.dot, not np.matmul: matmul holds the GIL on products this small (measured: a waiting
     # thread then starts only after the 5 ms switch interval), dot always lets it go.
     vectors = columns <= _VECTOR_COLUMNS  # then x and out are kept [N, ·]: one contiguous row per column
     x = np.ascontiguousarray(x.T if vectors else x)
-    out = np.empty((columns, rows) if vectors else (rows, columns), np.result_type(w, x))
+    product = np.empty((columns, rows) if vectors else (rows, columns), np.result_type(w, x))
 
     def one(i: int) -> None:
         r = pieces[i]
         if vectors:
             for j in range(columns):
-                np.dot(w[r], x[j], out=out[j, r])
+                np.dot(w[r], x[j], out=product[j, r])
         else:
-            np.dot(w[r], x, out=out[r])
+            np.dot(w[r], x, out=product[r])
 
     run_blocks(one, len(pieces))
-    return out.T if vectors else out
+    product = product.T if vectors else product
+    if out is None:
+        return product
+    out[...] = product
+    return out
 
 
 def matmul_depth(x: np.ndarray, w: np.ndarray) -> np.ndarray:

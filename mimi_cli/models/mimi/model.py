@@ -126,9 +126,10 @@ class TransformerLayer(Module):
         out = np.empty_like(x)
         blocks = row_blocks(steps)
 
+        cos, sin = rotation
+
         def project(i: int) -> None:
             rows = blocks[i]
-            cos, sin = rotation
             q[:, :, rows], k[:, :, rows], v[:, :, rows] = self.project(x[:, rows], (cos[rows], sin[rows]))
 
         def finish(i: int) -> None:
