@@ -117,7 +117,7 @@ def test_conv1d_matches_naive_loops(batch, cin, cout, length, kernel, stride, di
 
 @pytest.mark.parametrize("strategy", ["unfold", "phases", "auto"])
 @pytest.mark.parametrize("batch,cin,cout,length,kernel,stride,dilation,groups,bias", CONV_CASES)
-@pytest.mark.parametrize("skip", [1, 5])
+@pytest.mark.parametrize("skip", [1, 5, 8])  # 8: whole frames of strides 2 and 4
 def test_conv1d_with_context_is_the_joined_input_bit_for_bit(batch, cin, cout, length, kernel, stride, dilation,
                                                              groups, bias, strategy, skip, monkeypatch):
     """A stream's carried steps passed as ``context`` (never joined whole): the same bits as the join,

@@ -178,10 +178,32 @@ class _Reads:
         """Steps ``start:stop`` of the whole: a view unless the span straddles the joint."""
         if start >= self.joint:
             return self.x[:, :, start - self.joint : stop - self.joint]
+        if stop <= self.joint:
+            return self.context[:, :, start:stop]
         return np.concatenate([self.context[:, :, start:], self.x[:, :, : stop - self.joint]], axis=2)
 
     def whole(self) -> np.ndarray:
         return self.span(0, self.length)
+
+    def frames(self, count: int, stride: int) -> np.ndarray:
+        """``G[b, (c, s), j] = whole[b, c, j·stride + s]`` for the first ``count`` frames, ``[B, C·stride, count]``.
+
+        Copied from the context and ``x`` apart (only the frames across the joint through a joined
+        copy), not from the whole joined first: that was a second copy of every strided conv's input.
+        """
+        batch, channels, _ = self.x.shape
+        grouped = np.empty((batch, channels, stride, count), np.float32)
+        joined = min(count, -(-self.joint // stride))  # the frames that start in the context
+
+        def put(frames: slice, steps: np.ndarray) -> None:  # steps [B, C, n·stride] → frames' columns
+            grouped[:, :, :, frames] = steps.reshape(batch, channels, -1, stride).transpose(0, 1, 3, 2)
+
+        if joined:
+            put(slice(0, joined), self.span(0, joined * stride))
+        if count > joined:
+            start = joined * stride - self.joint
+            put(slice(joined, count), self.x[:, :, start : start + (count - joined) * stride])
+        return grouped.reshape(batch, channels * stride, count)
 
 
 def _conv1d_phases(reads: _Reads, weight: np.ndarray, bias: np.ndarray | None, stride: int,
@@ -215,8 +237,7 @@ def _conv1d_phases(reads: _Reads, weight: np.ndarray, bias: np.ndarray | None, s
     if stride == 1:
         frames_of = reads.span  # G[:, a:b] is the input's steps a:b
     else:
-        grouped = reads.whole()[:, :, : frames * stride].reshape(batch, channels, frames, stride).transpose(
-            0, 1, 3, 2).reshape(batch, channels * stride, frames)
+        grouped = reads.frames(frames, stride)
 
         def frames_of(start: int, stop: int) -> np.ndarray:
             return grouped[:, :, start:stop]
@@ -235,15 +256,18 @@ def _conv1d_phases(reads: _Reads, weight: np.ndarray, bias: np.ndarray | None, s
     def one(i: int) -> None:
         t0 = starts[i]
         n = min(block, out_len - t0)
-        products = np.matmul(w, frames_of(t0, t0 + n + phases - 1))  # [B, K/stride · O, n + K/stride − 1]
-        shifted = [products[:, p * out_channels : (p + 1) * out_channels, p : p + n] for p in range(phases)]
-        acc = y[:, :, t0 : t0 + n]
-        if phases == 1:
-            acc[...] = shifted[0]
-            return
-        np.add(shifted[0], shifted[1], out=acc)
-        for term in shifted[2:]:
-            acc += term
+        products = np.matmul(w, frames_of(t0, t0 + n + phases - 1))  # [B, K/stride · O, m], m = n + K/stride − 1
+        # Phase p's term for output (o, t) is products[:, p·O + o, p + t]: in a stream's flat products,
+        # index p·O·m + p + (o·m + t). So from offsets p·O·m + p, the phases line up as 1-D runs and are
+        # summed in place into phase 0's rows, in phase order as before (the same bits); only the first
+        # n of each row of m are outputs, the last K/stride − 1 mix in the next row. NumPy buffers a
+        # ufunc's strided 2-D operands, which made the shifted [O, n] views' adds cost twice these.
+        m = n + phases - 1
+        flat = products.reshape(batch, phases * out_channels * m)
+        run = out_channels * m - (phases - 1)
+        for p in range(1, phases):
+            flat[:, :run] += flat[:, p * (out_channels * m + 1) : p * (out_channels * m + 1) + run]
+        y[:, :, t0 : t0 + n] = products[:, :out_channels, :n]
 
     run_blocks(one, len(starts))
     if bias is not None:
