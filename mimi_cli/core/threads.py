@@ -73,7 +73,7 @@ def set_threads(threads: int) -> None:
 
 
 # glibc's malloc settings (malloc.h): blocks up to this size come from the heap, which keeps them.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _KEEP_BLOCKS_UP_TO = 32 << 20  # glibc's own ceiling for the mmap threshold on 64-bit machines
 _TRIM_ABOVE = 1 << 30  # give the heap's free top back to the system only beyond 1 GB
 
@@ -89,12 +89,12 @@ def keep_freed_memory() -> bool:
     processes: 1.01–1.03×). With this setting a 2-thread 30 s encode and decode fault 7–10× fewer
     pages and, with OpenBLAS's own kernels, take about 10 % less time (docs/performance.md).
 
-    All threads also share one heap (one malloc arena). Each new thread otherwise gets an arena of
-    its own, and a pipeline's stage threads are new on every call: the second 30 s encode on two
-    threads still faulted 8,300 pages (33 MB) into a fresh arena, and took about 0.1 s longer than
-    the third; with one arena the second call faults none, and the first one 30 % fewer.
+    Each thread keeps glibc's malloc arena of its own. They once shared one (``M_ARENA_MAX`` = 1),
+    for fewer page faults on a process's first calls, but every allocation then took the arena's
+    one lock: a 2-thread 30 s encode and decode took 6–7 % longer once warm. A pipeline's stage
+    thread is new on every call, but it takes over the arena its predecessor left, kept memory and all.
 
-    The price: the heap keeps its peak size until the process ends. A process-wide setting, so the
+    The price: each arena keeps its peak size until the process ends. A process-wide setting, so the
     command line and its workers call this; a library user decides for their own process.
     Returns False where malloc is not glibc's.
     """
@@ -105,8 +105,7 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None)  # the symbols already loaded (ctypes.util.find_library took 18 ms a start)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BLOCKS_UP_TO)
-                    and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE) and libc.mallopt(_M_ARENA_MAX, 1))
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BLOCKS_UP_TO) and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE))
     except (OSError, AttributeError):
         return False
 
