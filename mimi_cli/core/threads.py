@@ -105,7 +105,8 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None)  # the symbols already loaded (ctypes.util.find_library took 18 ms a start)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BLOCKS_UP_TO) and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE))
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BLOCKS_UP_TO)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE))
     except (OSError, AttributeError):
         return False
 
