@@ -264,6 +264,16 @@ def test_elu_matches_expm1_definition(monkeypatch, by_expm1):
     if by_expm1:  # and within a few ulp everywhere, tiny |x| included
         ulp = np.spacing(np.abs(expected).astype(np.float32))
         assert (np.abs(y - expected)[expected != 0] / ulp[expected != 0]).max() <= 4
+    # In place: the same bits written over x, over more than one of map_elements' blocks.
+    big = np.tile(x, 20)
+    expected_big, same = elu(big), big.copy()
+    np.testing.assert_array_equal(same, big)  # out of place left its input alone
+    assert elu(same, in_place=True) is same
+    np.testing.assert_array_equal(same, expected_big)
+    strided = np.tile(x, (3, 1)).T  # not C-contiguous: a new array, the input untouched
+    before = strided.copy()
+    np.testing.assert_array_equal(elu(strided, in_place=True), elu(before))
+    np.testing.assert_array_equal(strided, before)
 
 
 def test_gelu_matches_erf_form():
@@ -285,6 +295,10 @@ def test_gelu_follows_the_references_erf_formula():
     y = gelu(x)
     assert np.all(np.abs(y - formula) <= 1e-7 + 1.2e-7 * np.abs(x))  # a few float32 roundings
     assert abs(float(y[20000]) - -0.0031547934) < 5e-8 and abs(float(y[20000]) - -0.0031545823) > 1.5e-7
+    big = np.tile(x, 5)  # over more than one of map_elements' blocks
+    expected, same = gelu(big), big.copy()
+    assert gelu(same, in_place=True) is same  # written over x: the same bits
+    np.testing.assert_array_equal(same, expected)
 
 
 def test_softmax_matches_float64_and_masks():
@@ -433,3 +447,24 @@ def test_kv_cache_reproduces_a_ring_written_before_it_is_read():
         seen = 3 if i % 2 == 0 else 4
         window = slice(max(0, i - seen + 1), i + 1)
         close(out[0, 0, i], naive_attention_row(q[0, 0, i], k[0, 0, window], v[0, 0, window]))
+
+
+def test_sequential_streams_write_over_only_their_own_layers_outputs():
+    """An ELU after a layer writes its result over that layer's new output; one that takes the
+    caller's input (the first of a slice) leaves it alone. Either way, the batch result's bits."""
+    from mimi_cli.core.layers import Sequential, run_layers
+    from mimi_cli.core.stream import Pointwise
+
+    seq = Sequential([elu, Conv(4, 6, 3), elu, Conv(6, 4, 1), elu])
+    seq.load({name: randn(*shape) for name, shape in seq.named_shapes()})
+    x = randn(2, 4, 50)
+    before = x.copy()
+    for start, flags in ((0, [False, True, True]), (2, [False, True])):
+        chain = seq.streaming(start)
+        assert [s.in_place for s in chain.streams if isinstance(s, Pointwise)] == flags
+        inputs = x if start == 0 else seq.layers[1](elu(x))
+        kept = inputs.copy()
+        y = chain.step(inputs)
+        np.testing.assert_array_equal(inputs, kept)
+        np.testing.assert_array_equal(y, run_layers(seq.layers[start:], kept))
+    np.testing.assert_array_equal(x, before)

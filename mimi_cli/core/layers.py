@@ -196,9 +196,19 @@ class Sequential(Module):
         return run_layers(self.layers, x)
 
     def streaming(self, start: int = 0, stop: int | None = None) -> Chain:
-        """A stream of ``layers[start:stop]``: layers with state get their own stream, functions run as they are."""
-        return Chain([layer.streaming() if isinstance(layer, Module) else Pointwise(layer)
-                      for layer in self.layers[start:stop]], self.stream_costs.setdefault((start, stop), {}))
+        """A stream of ``layers[start:stop]``: layers with state get their own stream, functions run as they are.
+
+        A function after a layer writes over that layer's output (:class:`Pointwise`'s ``in_place``): a
+        layer's stream makes a new array for every output (convolutions, sums, the LSTM block). The
+        first function of the slice gets the caller's input, so makes its own.
+        """
+        indices = range(*slice(start, stop).indices(len(self.layers)))
+        streams = []
+        for i in indices:
+            layer = self.layers[i]
+            after_layer = i > indices.start and isinstance(self.layers[i - 1], Module)
+            streams.append(layer.streaming() if isinstance(layer, Module) else Pointwise(layer, in_place=after_layer))
+        return Chain(streams, self.stream_costs.setdefault((start, stop), {}))
 
 
 def run_layers(layers, x: np.ndarray) -> np.ndarray:

@@ -49,8 +49,9 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) 
     return centred
 
 
-def elu(x: np.ndarray) -> np.ndarray:
-    """ELU with alpha 1: ``x`` where positive, ``exp(x) − 1`` elsewhere.
+def elu(x: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """ELU with alpha 1: ``x`` where positive, ``exp(x) − 1`` elsewhere; written over ``x`` when
+    ``in_place`` and ``x`` is a C-contiguous float32 array (else into a new one).
 
     Computed as ``max(x, eᵐ − 1)`` with ``m = min(x, 0)``, which is exact algebra since ``eˣ − 1 ≥ x``
     everywhere. Where NumPy runs float32 ``expm1`` on SIMD (its AVX-512 builds), ``eᵐ − 1`` is
@@ -60,7 +61,7 @@ def elu(x: np.ndarray) -> np.ndarray:
     terms, under the rounding noise of the convolutions around it). docs/performance.md, "ONNX Runtime
     layer by layer, and the work around the products".
     """
-    return map_elements(_elu_into, np.asarray(x, np.float32))
+    return map_elements(_elu_into, np.asarray(x, np.float32), in_place)
 
 
 _ZEROS = np.zeros(CACHE_BLOCK, np.float32)  # minimum() against an array of zeros: 3× faster than against 0
@@ -79,17 +80,19 @@ def _vector_expm1() -> bool:
 
 
 def _elu_into(x: np.ndarray, out: np.ndarray) -> None:  # x: 1-D, at most CACHE_BLOCK elements (map_elements)
-    np.minimum(x, _ZEROS[: x.size], out=out)
+    m = _scratch(x.size)[0]  # not out, which may be x itself
+    np.minimum(x, _ZEROS[: x.size], out=m)
     if _vector_expm1():
-        np.expm1(out, out=out)
+        np.expm1(m, out=m)
     else:
-        np.exp(out, out=out)
-        out -= 1
-    np.maximum(x, out, out=out)
+        np.exp(m, out=m)
+        m -= 1
+    np.maximum(x, m, out=out)
 
 
-def gelu(x: np.ndarray) -> np.ndarray:
-    """The erf GELU, PyTorch's default: ``0.5·x·(1 + erf(x/√2))``, with erf computed as PyTorch does.
+def gelu(x: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """The erf GELU, PyTorch's default: ``0.5·x·(1 + erf(x/√2))``, with erf computed as PyTorch does;
+    written over ``x`` when ``in_place`` and ``x`` is a C-contiguous float32 array.
 
     PyTorch's CPU kernel evaluates erf by Abramowitz & Stegun's formula 7.1.26 (absolute error
     ≤ 1.5e-7), so the reference's activations carry that formula's error: on 100,000 values torch
@@ -100,7 +103,7 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
         t = 1 / (1 + p·|z|),   erf(z) = sign(z)·(1 − t·P(t)·exp(−z²)),   P a polynomial of degree 4
     """
-    return map_elements(_gelu_into, np.asarray(x, np.float32))
+    return map_elements(_gelu_into, np.asarray(x, np.float32), in_place)
 
 
 _local = threading.local()
@@ -133,18 +136,18 @@ def _gelu_into(x: np.ndarray, out: np.ndarray) -> None:
     for a in _ERF_POLY_HALF[1:]:  # Horner: q = t·P(t)/2
         q += a
         q *= t
-    np.square(z, out=out)
-    np.negative(out, out=out)
-    np.exp(out, out=out)
-    q *= out  # erfc(|z|)/2 = t·P(t)·exp(−z²)/2
+    np.square(z, out=t)
+    np.negative(t, out=t)
+    np.exp(t, out=t)
+    q *= t  # erfc(|z|)/2 = t·P(t)·exp(−z²)/2
     np.subtract(np.float32(0.5), q, out=q)  # (1 − erfc(|z|))/2 = erf(|z|)/2
     # erf(z)/2: flip the sign where z is negative, by the sign bit: exact, two passes of ≈ 0.2 ns per
     # element, where np.sign(z, out=z) alone took 7 ns per element (NumPy's in-place sign is slow).
     zi = z.view(np.int32)
     np.bitwise_and(zi, _SIGN_BIT, out=zi)
     np.bitwise_xor(q.view(np.int32), zi, out=q.view(np.int32))
-    np.add(q, np.float32(0.5), out=out)  # (1 + erf(z))/2
-    out *= x
+    q += np.float32(0.5)  # (1 + erf(z))/2
+    np.multiply(q, x, out=out)  # the last pass to read x: out may be x itself
 
 
 def softmax(x: np.ndarray, axis: int = -1, out: np.ndarray | None = None) -> np.ndarray:

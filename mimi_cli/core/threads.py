@@ -347,8 +347,9 @@ def matmul_depth(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return total
 
 
-def map_elements(fn: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray) -> np.ndarray:
-    """``out = fn(x)`` for an element-wise ``fn(x_part, out_part)`` that writes ``out_part``.
+def map_elements(fn: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """``out = fn(x)`` for an element-wise ``fn(x_part, out_part)`` that writes ``out_part`` (``x_part``
+    itself when ``in_place``: ``fn`` must then read each element before it writes it).
 
     The elements go in blocks of :data:`CACHE_BLOCK` (a few passes over a block then stay in the
     core's cache, where a pass over the whole array would stream it from memory each time: ELU over
@@ -356,8 +357,8 @@ def map_elements(fn: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray) ->
     ``x`` is made C-contiguous first, so that ``out`` (``empty_like``) is too and the flat views
     below are views, not copies (a strided ``out`` once stayed uninitialised that way).
     """
-    x = np.ascontiguousarray(x)
-    out = np.empty_like(x)
+    x = np.ascontiguousarray(x)  # a copy when x is strided: the result is then written over that
+    out = x if in_place else np.empty_like(x)
     flat_in, flat_out = x.reshape(-1), out.reshape(-1)
     blocks = [slice(start, start + CACHE_BLOCK) for start in range(0, x.size, CACHE_BLOCK)]
     run_blocks(lambda i: fn(flat_in[blocks[i]], flat_out[blocks[i]]), len(blocks))

@@ -97,8 +97,9 @@ class ResnetBlock(Module):
         return self.shortcut(x) + self.expand(elu(self.reduce(elu(x))))
 
     def streaming(self) -> Sum:
-        return Sum(self.shortcut.streaming(), Chain([Pointwise(elu), self.reduce.streaming(), Pointwise(elu),
-                                                     self.expand.streaming()]))
+        # The second ELU's input is the k3 conv's new output: written over (the first's is the shortcut's too).
+        return Sum(self.shortcut.streaming(), Chain([Pointwise(elu), self.reduce.streaming(),
+                                                     Pointwise(elu, in_place=True), self.expand.streaming()]))
 
 
 class LSTMBlock(Module):

@@ -54,7 +54,8 @@ class ResidualBlock(Module):
         return x + self.expand(elu(self.reduce(elu(x))))
 
     def streaming(self) -> Sum:
-        return Sum(Identity(), Chain([Pointwise(elu), self.reduce.streaming(), Pointwise(elu),
+        # The second ELU's input is the k3 conv's new output: written over (the first's is the shortcut too).
+        return Sum(Identity(), Chain([Pointwise(elu), self.reduce.streaming(), Pointwise(elu, in_place=True),
                                       self.expand.streaming()]))
 
 
@@ -154,9 +155,25 @@ class TransformerLayer(Module):
         p, c = self.params, self.c
         batch, steps, d = x.shape
         attended = attended.transpose(0, 2, 1, 3).reshape(batch, steps, d)
-        x = x + p["layer_scale_1.scale"] * linear(attended, p["self_attn.out_proj.weight"])
+        # x + scale · linear(...), each in place in the product's new array (+ and × commute exactly:
+        # the same bits as with new arrays for each term).
+        x = _scaled_add(linear(attended, p["self_attn.out_proj.weight"]), p["layer_scale_1.scale"], x)
         h = layer_norm(x, p["norm2.weight"], p["norm2.bias"], c.norm_eps)
-        return x + p["layer_scale_2.scale"] * linear(gelu(linear(h, p["linear1.weight"])), p["linear2.weight"])
+        hidden = gelu(linear(h, p["linear1.weight"]), in_place=True)  # [B, T, 4D]
+        return _scaled_add(linear(hidden, p["linear2.weight"]), p["layer_scale_2.scale"], x)
+
+
+def _scaled_add(y: np.ndarray, scale: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``x + scale · y``, C-contiguous, written over ``y`` (a product's own new array) when that is.
+
+    A few rows' product is a transposed view (``linear``); the sum then gets an array of its own,
+    as LayerNorm's sums over the last axis take another order when it is strided (other bits).
+    """
+    if not y.flags.c_contiguous:
+        return x + scale * y
+    y *= scale
+    y += x
+    return y
 
 
 class Transformer(Module):
