@@ -468,3 +468,37 @@ def test_sequential_streams_write_over_only_their_own_layers_outputs():
         np.testing.assert_array_equal(inputs, kept)
         np.testing.assert_array_equal(y, run_layers(seq.layers[start:], kept))
     np.testing.assert_array_equal(x, before)
+
+
+class _OneBehind:
+    """A stream whose output is its input one piece late, as a new array (a branch that waits)."""
+
+    def __init__(self):
+        self.held = None
+
+    def step(self, x):
+        out, self.held = self.held, x * np.float32(2)
+        return out if out is not None else x[..., :0]
+
+    def flush(self):
+        out, self.held = self.held, None
+        return out
+
+    def reset(self):
+        self.held = None
+
+
+@pytest.mark.parametrize("lagging", [False, True])
+def test_a_sum_in_place_writes_over_the_branch_alone(lagging):
+    from mimi_cli.core.stream import Identity, Pointwise, Sum
+
+    branch = _OneBehind() if lagging else Pointwise(lambda x: x * np.float32(2))
+    total = Sum(Identity(), branch, in_place=True)
+    pieces = [randn(2, 3, n) for n in (5, 1, 7, 4)]
+    kept = [p.copy() for p in pieces]
+    outputs = [total.step(p) for p in pieces] + [total.flush()]
+    joined = np.concatenate([o for o in outputs if o is not None], axis=-1)
+    x = np.concatenate(kept, axis=-1)
+    np.testing.assert_array_equal(joined, x + x * np.float32(2))
+    for p, k in zip(pieces, kept, strict=True):
+        np.testing.assert_array_equal(p, k)  # the shortcut's input, read only

@@ -112,10 +112,14 @@ class Chain(Stream):
 
 class Sum(Stream):
     """``a(x) + b(x)`` for two streams of the same input whose outputs may arrive at different times
-    (a shortcut is ready at once, a padded branch may wait): each output waits for its partner."""
+    (a shortcut is ready at once, a padded branch may wait): each output waits for its partner.
 
-    def __init__(self, a: Stream, b: Stream):
-        self.a, self.b = a, b
+    ``in_place``: ``b`` makes a new array for every output, which nothing else reads, so a sum
+    that covers all of one is written over it (:class:`Pointwise` says why).
+    """
+
+    def __init__(self, a: Stream, b: Stream, in_place: bool = False):
+        self.a, self.b, self.in_place = a, b, in_place
         self.reset()
 
     def reset(self) -> None:
@@ -131,6 +135,8 @@ class Sum(Stream):
             return None
         n = min(a.shape[-1], b.shape[-1])
         self._a, self._b = a[..., n:], b[..., n:]
+        if self.in_place and n == b.shape[-1] and b.flags.c_contiguous:
+            return np.add(a[..., :n], b, out=b)
         return a[..., :n] + b[..., :n]
 
     def step(self, x: np.ndarray) -> np.ndarray:  # [B, C, T] → [B, C, T'] (a residual keeps its width)

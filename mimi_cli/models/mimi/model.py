@@ -54,9 +54,10 @@ class ResidualBlock(Module):
         return x + self.expand(elu(self.reduce(elu(x))))
 
     def streaming(self) -> Sum:
-        # The second ELU's input is the k3 conv's new output: written over (the first's is the shortcut too).
+        # The second ELU and the sum are written over the k3 and k1 convs' new outputs (the first ELU's
+        # input is the shortcut's too).
         return Sum(Identity(), Chain([Pointwise(elu), self.reduce.streaming(), Pointwise(elu, in_place=True),
-                                      self.expand.streaming()]))
+                                      self.expand.streaming()]), in_place=True)
 
 
 MIMI_SEANET = SEANetLayers(conv=Conv, conv_transpose=ConvTranspose, residual_block=ResidualBlock)
