@@ -60,8 +60,8 @@ class Pointwise(Stream):
     """A stateless function of each step (ELU, GELU ...): ``step`` is the function itself.
 
     ``in_place``: each input is the stream before's own new output, which nothing else reads, so
-    ``fn(x, in_place=True)`` may write its result over it (an ELU over a 2 MB activation took a
-    quarter less time so: no second array to bring into the cache; docs/performance.md).
+    ``fn(x, in_place=True)`` may write its result over it (an ELU over a 2 MB activation took 0.33
+    instead of 0.54 ms so: no second array to bring into the cache; docs/performance.md).
     """
 
     def __init__(self, fn: Callable[..., np.ndarray], in_place: bool = False):
