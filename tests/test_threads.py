@@ -601,7 +601,9 @@ def test_keep_freed_memory_keeps_a_freed_block_for_reuse(setting):
 
 
 _NEXT_THREAD = '''
+import os
 import threading
+import time
 assert keep_freed_memory()
 first_freed, second_done = threading.Event(), threading.Event()
 
@@ -625,6 +627,10 @@ one.start()
 first_freed.wait()
 if sys.argv[1] == "after the first ended":  # as a pipeline's stage thread follows the last call's
     one.join()
+    # join() returns when Python is done with the thread; glibc hands its arena back on the way out of
+    # the OS thread, a moment later. Wait for that thread to be gone.
+    while os.path.exists(f"/proc/self/task/{one.native_id}"):
+        time.sleep(0.001)
 two = threading.Thread(target=second)
 two.start()
 two.join()
