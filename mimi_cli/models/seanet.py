@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from mimi_cli.core import elu
 from mimi_cli.core.layers import Sequential
 from mimi_cli.core.module import Module
+from mimi_cli.core.stream import Chain, Pointwise, Stream, Sum
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,16 @@ class SEANetLayers:
     conv_transpose: Callable[..., Module]  # (cin, cout, kernel, stride)
     residual_block: Callable[..., Module]  # (dim, hidden, kernel, dilation)
     sequence: Callable[[int], Module] | None = None  # (width) → a sequence model at the narrowest point
+
+
+def residual_stream(shortcut: Stream, reduce: Module, expand: Module) -> Sum:
+    """The stream of a residual block ``shortcut(x) + expand(elu(reduce(elu(x))))`` (both codecs' blocks).
+
+    The second ELU and the sum are written over the ``reduce`` and ``expand`` convs' new outputs; the
+    first ELU's input is the shortcut's too, so it makes its own array.
+    """
+    return Sum(shortcut, Chain([Pointwise(elu), reduce.streaming(), Pointwise(elu, in_place=True),
+                                expand.streaming()]), in_place=True)
 
 
 def _residual_blocks(width: int, c, layers: SEANetLayers) -> list[Module]:

@@ -20,11 +20,11 @@ import numpy as np
 
 from mimi_cli.core import LSTM, elu, residual_codes
 from mimi_cli.core.layers import Conv, ConvTranspose, run_layers
-from mimi_cli.core.stream import Chain, Pointwise, Stream, Sum, run_chunks
+from mimi_cli.core.stream import Chain, Stream, Sum, run_chunks
 from mimi_cli.core.module import Module
 from mimi_cli.models.codec import Codec
 from mimi_cli.models.encodec.config import EncodecConfig
-from mimi_cli.models.seanet import SEANetLayers, seanet_decoder, seanet_encoder
+from mimi_cli.models.seanet import SEANetLayers, residual_stream, seanet_decoder, seanet_encoder
 
 # ----------------------------------------------------------------------------- SEANet
 
@@ -97,11 +97,7 @@ class ResnetBlock(Module):
         return self.shortcut(x) + self.expand(elu(self.reduce(elu(x))))
 
     def streaming(self) -> Sum:
-        # The second ELU and the sum are written over the k3 and k1 convs' new outputs (the first ELU's
-        # input is the shortcut's too).
-        return Sum(self.shortcut.streaming(), Chain([Pointwise(elu), self.reduce.streaming(),
-                                                     Pointwise(elu, in_place=True), self.expand.streaming()]),
-                   in_place=True)
+        return residual_stream(self.shortcut.streaming(), self.reduce, self.expand)
 
 
 class LSTMBlock(Module):

@@ -32,12 +32,12 @@ from mimi_cli.core import (
 )
 from mimi_cli.core.attention import attend_block
 from mimi_cli.core.layers import Conv, ConvTranspose, Sequential
-from mimi_cli.core.stream import Chain, Identity, Pointwise, Stream, Sum, run_chunks, split_layers
+from mimi_cli.core.stream import Chain, Identity, Stream, Sum, run_chunks, split_layers
 from mimi_cli.core.module import Module
 from mimi_cli.core.threads import even_pieces, run_blocks
 from mimi_cli.models.codec import Codec
 from mimi_cli.models.mimi.config import MimiConfig
-from mimi_cli.models.seanet import SEANetLayers, seanet_decoder, seanet_encoder
+from mimi_cli.models.seanet import SEANetLayers, residual_stream, seanet_decoder, seanet_encoder
 
 # ----------------------------------------------------------------------------- SEANet
 
@@ -54,10 +54,7 @@ class ResidualBlock(Module):
         return x + self.expand(elu(self.reduce(elu(x))))
 
     def streaming(self) -> Sum:
-        # The second ELU and the sum are written over the k3 and k1 convs' new outputs (the first ELU's
-        # input is the shortcut's too).
-        return Sum(Identity(), Chain([Pointwise(elu), self.reduce.streaming(), Pointwise(elu, in_place=True),
-                                      self.expand.streaming()]), in_place=True)
+        return residual_stream(Identity(), self.reduce, self.expand)
 
 
 MIMI_SEANET = SEANetLayers(conv=Conv, conv_transpose=ConvTranspose, residual_block=ResidualBlock)
