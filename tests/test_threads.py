@@ -572,7 +572,8 @@ def _glibc_probe(script: str, setting: str) -> list[int]:
 
     if platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL(None), "mallinfo2"):
         pytest.skip("glibc 2.33 or newer only")
-    done = subprocess.run([sys.executable, "-c", _GLIBC + script, setting], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", _GLIBC + script, setting], capture_output=True, text=True, check=True,
+                          timeout=120)
     return [int(word) for word in done.stdout.split()]
 
 
@@ -628,8 +629,9 @@ first_freed.wait()
 if sys.argv[1] == "after the first ended":  # as a pipeline's stage thread follows the last call's
     one.join()
     # join() returns when Python is done with the thread; glibc hands its arena back on the way out of
-    # the OS thread, a moment later. Wait for that thread to be gone.
-    while os.path.exists(f"/proc/self/task/{one.native_id}"):
+    # the OS thread, a moment later. Wait for that thread to be gone (at most 5 s).
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/self/task/{one.native_id}") and time.monotonic() < deadline:
         time.sleep(0.001)
 two = threading.Thread(target=second)
 two.start()
