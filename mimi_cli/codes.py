@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, malformed
-from mimi_cli.fileio import Target, atomic_output, is_folder, missing
+from mimi_cli.fileio import STDOUT, Target, atomic_output, is_folder, missing
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
 
@@ -75,10 +75,20 @@ class CodesFile:
         return self.codes.shape[2]
 
     def save(self, path: Target, replace: bool = False) -> None:
-        """Write atomically through :func:`mimi_cli.fileio.atomic_output` ("-": standard output)."""
-        arrays = {key: np.asarray(getattr(self, key)) for key in (*KEYS, "codec")}
+        """Write atomically through :func:`mimi_cli.fileio.atomic_output` ("-": standard output).
+
+        A path ending in ``.npy`` gets the codes alone, as a bare array (:meth:`bare_array`): what a
+        language model trains on, and what ``mimi decode`` takes back (whole frames, no metadata).
+        """
         with atomic_output(path, replace) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            if is_bare_array_path(path):
+                np.save(f, self.bare_array())
+            else:
+                np.savez(f, **{key: np.asarray(getattr(self, key)) for key in (*KEYS, "codec")})
+
+    def bare_array(self) -> np.ndarray:
+        """The codes as a plain uint16 array: ``[K, frames]`` for one stream, ``[C, K, frames]`` for several."""
+        return self.codes[0] if self.channels == 1 else self.codes
 
     @classmethod
     def load(cls, path: Path) -> CodesFile:
@@ -212,6 +222,11 @@ class CodesFile:
                    source_channels=int(a["source_channels"]), weights_id=str(a["weights_id"]),
                    sample_rate=int(a["sample_rate"]), frame_rate=float(a["frame_rate"]),
                    codebook_size=int(a["codebook_size"]), codec=config.name, format_version=version)
+
+
+def is_bare_array_path(path: Target) -> bool:
+    """Whether :meth:`CodesFile.save` writes the codes to ``path`` as a bare ``.npy`` array."""
+    return path != STDOUT and Path(path).suffix.lower() == ".npy"
 
 
 def load_codes(path: Path, codec: str = DEFAULT_CODEC) -> CodesFile:

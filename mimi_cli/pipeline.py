@@ -22,7 +22,7 @@ import numpy as np
 
 from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, open_audio, read_blocks,
                             read_open, resample, soundfile_errors, to_mono, write_audio)
-from mimi_cli.codes import CodesFile, load_codes
+from mimi_cli.codes import CodesFile, is_bare_array_path, load_codes
 from mimi_cli.errors import MimiError, WeightsError
 from mimi_cli.fileio import STDOUT, Target, atomic_output
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
@@ -334,9 +334,13 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
     if task.output is not None:
         result.codes.save(task.output, settings.replace)
     codes = result.codes
+    notes = conversion_notes(channels, rate, config.sample_rate, settings.channels)
+    if task.output is not None and is_bare_array_path(task.output):
+        codec = "" if config.name == DEFAULT_CODEC else f" with --codec {config.name}"
+        notes.append(f"{Path(task.output).name} holds the codes alone (a bare array, no metadata): "
+                     f"`mimi decode`{codec} gives back whole frames, not the original length")
     return FileResult.of(task, "done", duration_s=round(codes.num_samples / config.sample_rate, 3),
-                         frames=codes.num_frames,
-                         notes=conversion_notes(channels, rate, config.sample_rate, settings.channels),
+                         frames=codes.num_frames, notes=notes,
                          num_codebooks=levels, bitrate_kbps=round(config.bitrate(levels) / 1000, 3),
                          model_seconds=result.seconds, codes=codes if settings.keep_codes else None,
                          carried=None if task.item is None else carried_keys(task.item))

@@ -85,6 +85,25 @@ def test_npy_array_decodes_like_the_codes_file(tmp_path, weights_file, encoded, 
     np.testing.assert_array_equal(generated[:len(reference)], reference)
 
 
+@pytest.mark.parametrize("flags, source", [([], "left"), (["--stream", "--channels", "split"], "stereo")])
+def test_encode_to_npy_writes_the_codes_alone(tmp_path, weights_file, dialogue, flags, source):
+    """`-o x.npy`: the codes file's codes as a bare uint16 array, which decodes like the codes file."""
+    for name in ("codes.npz", "codes.npy"):
+        result = run("encode", *flags, dialogue / f"{source}.wav", "-o", tmp_path / name, weights=weights_file)
+        assert result.returncode == 0, result.stderr
+    assert "codes.npy holds the codes alone" in result.stderr
+    codes = CodesFile.load(tmp_path / "codes.npz")
+    array = np.load(tmp_path / "codes.npy", allow_pickle=False)
+    assert array.dtype == np.uint16
+    np.testing.assert_array_equal(array, codes.codes if codes.channels > 1 else codes.codes[0])
+    for name in ("codes.npz", "codes.npy"):
+        assert run("decode", tmp_path / name, "-o", tmp_path / f"{name}.wav", weights=weights_file).returncode == 0
+    reference, _ = sf.read(tmp_path / "codes.npz.wav", dtype="float32", always_2d=True)
+    bare, _ = sf.read(tmp_path / "codes.npy.wav", dtype="float32", always_2d=True)
+    assert bare.shape == (codes.num_frames * 1920, codes.channels)
+    np.testing.assert_array_equal(bare[:len(reference)], reference)
+
+
 @pytest.mark.parametrize("array, message", [
     (np.zeros((8, 5), np.float32), "holds float32 values; codes are integers (logits or probabilities?"),
     (np.full((8, 5), -1, np.int64), "holds values -1..-1"),
