@@ -4,6 +4,8 @@ Python turns SIGINT (Ctrl-C) into ``KeyboardInterrupt``; SIGTERM and SIGHUP woul
 end the process on the spot and leave temporary files behind. :func:`install`
 makes them raise :class:`Interrupted` (a ``KeyboardInterrupt``) as well, so the
 ``finally`` blocks of :func:`mimi_cli.fileio.atomic_output` run whatever the signal.
+A signal that arrives while a finalizer (``__del__``) runs is taken just after it:
+raised there, Python would print a traceback and carry on as if it had never come.
 
 What remains after each signal::
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 
 _CAUGHT = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
 
@@ -34,22 +37,49 @@ def exit_code(exc: KeyboardInterrupt) -> int:
     return getattr(exc, "exit_code", 128 + signal.SIGINT)
 
 
-def _raise(signum, frame) -> None:
-    raise Interrupted(signum)
+def _raise(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)  # SIGINT: as Python's own
 
 
-def _exit(signum, frame) -> None:
-    raise SystemExit(128 + signum)  # unwinds like any exception; multiprocessing ends the worker without a traceback
+def _exit(signum: int) -> BaseException:
+    return SystemExit(128 + signum)  # unwinds like any exception; multiprocessing ends the worker without a traceback
+
+
+# A signal that lands in a finalizer is sent again this much later (the finalizer has returned by then).
+_RETRY_SECONDS = 0.02
+
+
+def _in_finalizer(frame) -> bool:
+    """Whether an exception raised at ``frame`` would be lost: Python cannot raise out of a ``__del__``
+    (a file object closing as it is collected); it prints "Exception ignored in ..." with a traceback,
+    and the program carries on as if the signal had never come."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _handler(exception: Callable[[int], BaseException]) -> Callable:
+    def handle(signum, frame) -> None:
+        if _in_finalizer(frame):  # take it once the finalizer is done, from where it can unwind
+            timer = threading.Timer(_RETRY_SECONDS, signal.pthread_kill, (threading.main_thread().ident, signum))
+            timer.daemon = True
+            timer.start()
+            return
+        raise exception(signum)
+
+    return handle
 
 
 def install(worker: bool = False) -> None:
-    """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread (``SystemExit`` in a ``worker``)."""
+    """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread (``SystemExit`` in a ``worker``),
+    SIGINT ``KeyboardInterrupt`` (``SystemExit``); one that arrives inside a finalizer is taken just after it."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for signum in _CAUGHT:
-        signal.signal(signum, _exit if worker else _raise)
-    if worker:
-        signal.signal(signal.SIGINT, _exit)  # Ctrl-C reaches the whole process group: the parent reports it
+    handle = _handler(_exit if worker else _raise)
+    for signum in (*_CAUGHT, signal.SIGINT):  # a worker's Ctrl-C reaches the whole group: the parent reports it
+        signal.signal(signum, handle)
 
 
 def die_with_parent(poll_seconds: float = 0.5) -> None:

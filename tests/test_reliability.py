@@ -241,6 +241,40 @@ def test_a_signal_mid_write_leaves_no_partial_file(long_codes, weights_file, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporary file
 
 
+_SIGNAL_IN_A_FINALIZER = """
+import os, signal, sys, time
+from mimi_cli import signals
+signals.install(worker={worker})
+class Closing:
+    def __del__(self):  # as SoundFile's does; Python cannot raise out of a finalizer, it prints and goes on
+        os.kill(os.getpid(), {signum})
+        time.sleep(0.2)
+        print("finalizer done", flush=True)
+item = Closing()
+del item
+try:
+    time.sleep(10)
+    print("never interrupted")
+except KeyboardInterrupt as exc:
+    print("interrupted", signals.exit_code(exc))
+"""
+
+
+@pytest.mark.parametrize("worker", [False, True])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_finalizer_still_stops_the_process(signum, worker):
+    """A signal that lands in a ``__del__`` (a worker's audio file closing as the pool stops it) is taken
+    once the finalizer returns: no "Exception ignored" traceback, and the process still stops."""
+    code = _SIGNAL_IN_A_FINALIZER.format(worker=worker, signum=int(signum))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert result.stdout.startswith("finalizer done\n") and "never interrupted" not in result.stdout
+    if worker:
+        assert result.returncode == 128 + signum and result.stdout == "finalizer done\n"
+    else:
+        assert result.stdout.endswith(f"interrupted {128 + signum}\n")
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
