@@ -37,15 +37,15 @@ def exit_code(exc: KeyboardInterrupt) -> int:
     return getattr(exc, "exit_code", 128 + signal.SIGINT)
 
 
-def _raise(signum: int) -> BaseException:
+def _as_interrupt(signum: int) -> BaseException:
     return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)  # SIGINT: as Python's own
 
 
-def _exit(signum: int) -> BaseException:
+def _as_exit(signum: int) -> BaseException:
     return SystemExit(128 + signum)  # unwinds like any exception; multiprocessing ends the worker without a traceback
 
 
-# A signal that lands in a finalizer is sent again this much later (the finalizer has returned by then).
+# A signal that lands in a finalizer is sent again this much later (and again, if the finalizer still runs).
 _RETRY_SECONDS = 0.02
 
 
@@ -77,7 +77,7 @@ def install(worker: bool = False) -> None:
     SIGINT ``KeyboardInterrupt`` (``SystemExit``); one that arrives inside a finalizer is taken just after it."""
     if threading.current_thread() is not threading.main_thread():
         return
-    handle = _handler(_exit if worker else _raise)
+    handle = _handler(_as_exit if worker else _as_interrupt)
     for signum in (*_CAUGHT, signal.SIGINT):  # a worker's Ctrl-C reaches the whole group: the parent reports it
         signal.signal(signum, handle)
 
