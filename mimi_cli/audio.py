@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.errors import InvalidAudioError
-from mimi_cli.fileio import Target, atomic_output, cannot_write, is_stdout
+from mimi_cli.fileio import Target, atomic_output, cannot_write, file_kind, is_stdout
 from mimi_cli.models.codec import MAX_PEAK
 
 
@@ -51,6 +51,9 @@ def open_audio(path: Path):
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
             raise InvalidAudioError(f"{path} is a directory; give an audio file")
+        if not stat.S_ISREG(st.st_mode):  # a device reads forever; top-level pipes come as copies (fileio.readable)
+            raise InvalidAudioError(f"{path} is {file_kind(st.st_mode)}, not an audio file; give a file, or pipe "
+                                    "the audio into '-'")
         with open(path, "rb"):  # a permission problem is said as such, not as "not audio"
             pass
     except FileNotFoundError:

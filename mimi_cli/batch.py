@@ -32,7 +32,7 @@ from typing import Literal
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError
-from mimi_cli.fileio import STDOUT, Target, atomic_output, check_output, file_ids, is_folder, is_stdout
+from mimi_cli.fileio import STDOUT, Target, atomic_output, check_output, file_ids, is_folder, is_pipe, is_stdout
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker
 from mimi_cli.sources import Item, is_container, list_items
 
@@ -94,6 +94,12 @@ def plan(job: Job) -> Plan:
             raise MimiError("with input from standard input, give -o: a file, or - for standard output")
         if job.jobs > 1 or job.engine == "ray":
             raise MimiError("'-' (standard input) is read in this process; drop --jobs and --engine ray")
+    pipes = [p for p in job.inputs if p != STDOUT and is_pipe(Path(p))]
+    if pipes and job.output is None:
+        raise MimiError(f"{pipes[0]} is a pipe, with no folder to write beside it; give -o: a file, a folder, "
+                        "or - for standard output")
+    if pipes and (job.jobs > 1 or job.engine == "ray"):
+        raise MimiError(f"{pipes[0]} is a pipe, which only this process can read; drop --jobs and --engine ray")
     if job.engine == "ray":  # Ray workers have working folders of their own: every path is made absolute
         if s.weights and os.path.exists(s.weights):
             s = replace(s, weights=os.path.abspath(s.weights))

@@ -736,7 +736,7 @@ def run(
     with _user_errors():
         from mimi_cli.coreml import load_program
         from mimi_cli.coreml.run import overflow_note, parse_assignment, read_feeds, run_stream, save_outputs
-        from mimi_cli.fileio import check_output, file_ids
+        from mimi_cli.fileio import check_output, file_ids, readable
 
         if hop is not None and stream is None or sample_rate is not None and stream is None:
             _fail("--hop and --sample-rate go with --stream NAME=AUDIO", code=2)
@@ -752,7 +752,8 @@ def run(
             from mimi_cli.audio import read_audio, to_mono
 
             name, audio_path = parse_assignment(stream, "--stream")
-            audio = read_audio(audio_path)
+            with readable(audio_path) as source:
+                audio = read_audio(source.path)
             rate = sample_rate or audio.sample_rate
             streamed = run_stream(program, name, to_mono(audio, rate), hop, feeds)
             results = streamed.outputs

@@ -1,4 +1,5 @@
-"""The one way every output is written: checked first, written aside, then moved into place.
+"""The one way every output is written: checked first, written aside, then moved into place;
+and the one way an input that can only be read once (standard input, a pipe) is read.
 
 Every file the tool writes (codes, audio, manifests, plots, converted weights)
 goes through :func:`check_output` before any work and :func:`atomic_output`
@@ -18,6 +19,9 @@ at the end::
 first and copied out whole once it is complete, so a failure sends nothing.
 Environment failures (permissions, read-only or full file systems, long names,
 I/O errors) become one :class:`MimiError` line: ``cannot write OUT: <reason>; <what to do>``.
+
+``-`` as an input is standard input, and a pipe (``<(command)``, a FIFO) is an input too:
+:func:`readable` copies either to a temporary file first, as the readers seek.
 """
 
 from __future__ import annotations
@@ -91,14 +95,73 @@ def is_folder(path: Path) -> bool:
         return False
 
 
-def _kind(mode: int) -> str | None:
+def file_kind(mode: int) -> str | None:
     """What a non-regular file is, in words; None for a regular file."""
     for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a device"),
-                       (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a pipe (FIFO)"),
                        (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return name
     return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+class Readable:
+    """An input as a file that can be read again and again: ``path`` to read, ``shown`` to name it."""
+
+    def __init__(self, path: Path, shown: str):
+        self.path, self.shown = path, shown
+
+    def named(self, text: str) -> str:
+        """``text`` with the temporary copy's name, if any, replaced by the input's."""
+        return text if self.shown == str(self.path) else text.replace(str(self.path), self.shown)
+
+
+@contextlib.contextmanager
+def readable(path: Target) -> Iterator[Readable]:
+    """``path`` itself; or, for ``-`` (standard input) or a pipe (``<(command)``, a FIFO), a temporary copy.
+
+    Audio readers, NumPy archives and the codes file's checks seek, and a pipe can be read only
+    once, front to back: opened twice (a check, then the reader) it lost what the first open
+    read. The copy is made in blocks, so memory stays flat whatever the length (``--stream`` then
+    works on pipes too), and removed afterwards, whatever happens. Errors raised inside the block
+    name the input as given (``standard input``, ``/dev/fd/63``), not the copy.
+    """
+    stdin = str(path) == STDOUT
+    if not stdin and not is_pipe(Path(path)):
+        yield Readable(Path(path), str(path))
+        return
+    shown = "standard input" if stdin else str(path)
+    if stdin and (sys.stdin is None or sys.stdin.isatty()):
+        raise MimiError("'-' reads standard input, which is a terminal here; pipe the data in")
+    with tempfile.TemporaryDirectory(prefix="mimi-input-") as folder:
+        copy = Readable(Path(folder) / "input", shown)
+        try:
+            with open(copy.path, "wb") as f:
+                if stdin:
+                    shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+                else:
+                    with open(path, "rb") as source:
+                        shutil.copyfileobj(source, f, 1 << 20)
+        except OSError as exc:
+            if exc.filename == str(path):
+                raise MimiError(f"cannot read {shown}: {exc.strerror or exc}") from None
+            raise MimiError(f"cannot keep a copy of {shown} in {folder}: {exc.strerror or exc}; set TMPDIR to a "
+                            "folder with space") from None
+        if copy.path.stat().st_size == 0:
+            raise MimiError(f"{shown} is empty (0 bytes)")
+        try:
+            yield copy
+        except MimiError as exc:
+            exc.args = (copy.named(str(exc)),)
+            raise
+
+
+def is_pipe(path: Path) -> bool:
+    """A FIFO: ``<(command)`` (``/dev/fd/63``), ``/dev/stdin`` on a pipe, a named pipe."""
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def file_ids(paths: Iterable[Path]) -> set[tuple[int, int]]:
@@ -129,7 +192,7 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
     except OSError as exc:
         raise cannot_write(path, exc) from None
     if st is not None:
-        kind = _kind(st.st_mode)
+        kind = file_kind(st.st_mode)
         if kind is not None:
             what = f"{kind} to {os.readlink(path)}" if kind == "a symbolic link" else kind
             raise MimiError(f"{path} is {what}; outputs are only ever regular files: give a file name "
@@ -225,7 +288,7 @@ def _commit(tmp: Path, path: Path, replace: bool) -> None:
     """Move the finished temporary file into place (see the module docstring)."""
     if replace:
         with contextlib.suppress(FileNotFoundError):  # again: something else may be there by now
-            kind = _kind(os.lstat(path).st_mode)
+            kind = file_kind(os.lstat(path).st_mode)
             if kind is not None:
                 raise MimiError(f"{path} became {kind} while this run was working; it was left as it is")
         os.replace(tmp, path)

@@ -11,9 +11,9 @@ collect the :class:`FileResult`; none of them reads, computes or writes a file i
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,7 +24,7 @@ from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_ou
                             read_open, resample, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import CodesFile, is_bare_array_path, load_codes
 from mimi_cli.errors import MimiError, WeightsError
-from mimi_cli.fileio import STDOUT, Target, atomic_output
+from mimi_cli.fileio import Target, atomic_output, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
 from mimi_cli.sources import Item, carried_keys, open_item
@@ -373,36 +373,6 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
                          num_codebooks=codes.num_codebooks, sample_rate=rate, model_seconds=seconds)
 
 
-@contextlib.contextmanager
-def stdin_spooled(task: Task) -> Iterator[Task]:
-    """``task`` itself; or, when its input is ``-``, a task reading a temporary copy of standard input.
-
-    Standard input is copied in blocks, so memory stays flat whatever its length (``--stream``
-    then works on pipes too); formats are recognised by content, as for any file. The copy is
-    removed afterwards, whatever happens.
-    """
-    if str(task.input) != STDOUT:
-        yield task
-        return
-    import shutil
-    import sys
-    import tempfile
-
-    if sys.stdin is None or sys.stdin.isatty():
-        raise MimiError("'-' reads standard input, which is a terminal here; pipe the data in")
-    with tempfile.TemporaryDirectory(prefix="mimi-stdin-") as folder:
-        path = Path(folder) / "stdin"
-        try:
-            with open(path, "wb") as f:
-                shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-        except OSError as exc:
-            raise MimiError(f"cannot keep standard input in {folder}: {exc.strerror or exc}; set TMPDIR to a "
-                            "folder with space") from None
-        if path.stat().st_size == 0:
-            raise MimiError("standard input is empty")
-        yield Task(path, task.output, task.skip)
-
-
 class Worker:
     """One engine's unit of work: weights loaded once per codec, then files one at a time."""
 
@@ -418,9 +388,10 @@ class Worker:
             return FileResult.of(task, "skipped")
         step = encode_file if self.settings.kind == "encode" else decode_file
         try:
-            with stdin_spooled(task) as spooled:
-                result = step(spooled, self.settings, self.models, report or _no_report)
-                result.input = str(task.input)
+            with readable(task.input) as source:  # an item's name passes as it is
+                read = dataclasses.replace(task, input=source.path)
+                result = step(read, self.settings, self.models, report or _no_report)
+                result.input, result.warnings = str(task.input), [source.named(w) for w in result.warnings]
         except WeightsError:
             raise
         except MimiError as exc:
@@ -451,9 +422,9 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
         check_audio_output(output, codec_spec(settings.codec).config().sample_rate, 1)
         if plot is not None and Path(output).resolve() == plot.resolve():
             raise MimiError("-o and --plot name the same file; give two names")
-    with open_audio(input) as f:
+    with readable(input) as source, open_audio(source.path) as f:
         check_batch_memory(f.frames / f.samplerate, settings.codec)
-        audio = read_open(input, f)
+        audio = read_open(source.path, f)
     loaded = models.get(settings.codec, report)
     config = loaded.model.config
     levels = settings.num_codebooks or config.default_num_codebooks

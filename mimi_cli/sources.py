@@ -27,6 +27,7 @@ from typing import Literal
 
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import InvalidAudioError, MimiError
+from mimi_cli.fileio import file_kind
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path")
 MAX_MEMBER_BYTES = 2 << 30  # an audio member or cell read into memory at once
@@ -331,6 +332,10 @@ def _row_audio(item: Item, name: str) -> bytes:
         if not path.is_absolute() and (Path(item.container).parent / value).exists():
             path = Path(item.container).parent / value
         try:
+            st = path.stat()
+            if file_kind(st.st_mode) is not None or st.st_size > MAX_MEMBER_BYTES:
+                raise InvalidAudioError(f"{name}: {path} is {file_kind(st.st_mode) or f'{st.st_size:,} bytes'}, "
+                                        f"not an audio file of at most {MAX_MEMBER_BYTES >> 30} GiB")
             return path.read_bytes()
         except OSError as exc:
             raise InvalidAudioError(f"{name}: cannot read {path} ({exc.strerror or exc})") from None

@@ -148,6 +148,14 @@ def test_symlinked_weights_leaving_the_model_are_refused(tmp_path):
         open_weights(model).tensors["w"].load()
 
 
+def test_a_pipe_in_place_of_the_weights_is_refused_not_waited_on(tmp_path):
+    model = write_mlmodelc(tmp_path / "m.mlmodelc", {"w": np.ones(12, np.float32)})
+    (model / "weights" / "weight.bin").unlink()
+    os.mkfifo(model / "weights" / "weight.bin")  # opening it would wait for a writer forever
+    with pytest.raises(WeightsError, match="is a pipe"):
+        open_weights(model).tensors["w"].load()
+
+
 @pytest.mark.parametrize("corrupt, message", [
     (lambda b: b[:64 + 16], "outside the"),  # record cut off
     (lambda b: b[:64] + b"\0\0\0\0" + b[68:], "no blob record"),  # sentinel wiped

@@ -88,7 +88,7 @@ def test_device_fifo_symlink_and_folder_are_never_replaced(clip, weights_file, t
     targets = {}
     fifo = tmp_path / "fifo.npz"
     os.mkfifo(fifo)
-    targets["a FIFO"] = fifo
+    targets["a pipe (FIFO)"] = fifo
     link_target = tmp_path / "kept.npz"
     link_target.write_bytes(b"precious")
     (tmp_path / "link.npz").symlink_to(link_target)

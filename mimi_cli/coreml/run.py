@@ -36,6 +36,7 @@ def parse_assignment(text: str, what: str) -> tuple[str, Path]:
 
 def read_feeds(assignments: list[str]) -> dict[str, np.ndarray]:
     """``--input NAME=FILE.npy`` options as arrays (plain numeric .npy files only)."""
+    from mimi_cli.fileio import readable
     from mimi_cli.npy import read_npy
 
     feeds = {}
@@ -43,7 +44,8 @@ def read_feeds(assignments: list[str]) -> dict[str, np.ndarray]:
         name, path = parse_assignment(text, "--input")
         if name in feeds:
             raise ProgramError(f"--input {name} is given twice")
-        feeds[name] = read_npy(path)
+        with readable(path) as source:
+            feeds[name] = read_npy(source.path)
     return feeds
 
 

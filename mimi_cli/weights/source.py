@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from mimi_cli.errors import DATA_ERRORS, MimiError, WeightsError, malformed
-from mimi_cli.fileio import missing
+from mimi_cli.fileio import file_kind, missing
 from mimi_cli.weights.tensors import TensorEntry, WeightFile
 
 # PyTorch checkpoints are pickles (a zip of them since torch 1.6): never unpickled, as loading one can run
@@ -56,6 +56,9 @@ def _open(path: Path) -> WeightFile:
         from mimi_cli.weights.coreml import open_coreml
 
         return open_coreml(path)
+    kind = file_kind(os.stat(path).st_mode)
+    if kind is not None:  # read in place (memory-mapped), more than once: a pipe would be gone after the first
+        raise WeightsError(f"weights {path} is {kind}, not a file; save them to a file and give its name")
     try:
         with open(path, "rb") as f:
             head = f.read(9)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from mimi_cli.errors import WeightsError
+from mimi_cli.fileio import file_kind
 
 
 def inside(root: Path, relative: str, what: str) -> Path:
@@ -17,4 +19,8 @@ def inside(root: Path, relative: str, what: str) -> Path:
     resolved = (root / candidate).resolve()
     if not resolved.is_relative_to(root.resolve()):
         raise WeightsError(f"refusing {what} path {relative!r}: it resolves outside the model folder {root}")
+    with contextlib.suppress(OSError):  # a pipe or a device would block or read forever
+        kind = file_kind(resolved.stat().st_mode)
+        if kind is not None and kind != "a folder":
+            raise WeightsError(f"refusing {what} path {relative!r}: it is {kind}, not a file")
     return resolved
