@@ -40,5 +40,6 @@ def malformed(error: type[MimiError], what: str, exc: BaseException) -> MimiErro
 
 
 def printable(text: str) -> str:
-    """``text`` with control characters (terminal escape sequences, say) shown as ``\\xNN``, not sent raw."""
-    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+    """``text`` with control characters (terminal escape sequences, say) shown as ``\\xNN``, and line breaks
+    as ``\\n``, not sent raw: a message stays one line whatever a file's name holds."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)

@@ -175,6 +175,10 @@ def test_control_characters_never_reach_the_terminal(tmp_path, weights_file):
     result = run("encode", evil, "-o", tmp_path / "x.npz", weights=weights_file)
     assert result.returncode == 0, result.stderr
     assert "\x1b[2J" not in result.stderr and "\x07" not in result.stderr and "\\x1b[2J" in result.stderr
+    broken = tmp_path / "two\nlines.wav"  # a name with a line break is still one line of message
+    result = run("encode", broken, "-o", tmp_path / "z.npz", weights=weights_file)
+    assert result.returncode == 1 and "two\\nlines.wav does not exist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     with np.load(tmp_path / "x.npz", allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     arrays["weights_id"] = np.array("sha256:\x1b]0;pwned\x07")
