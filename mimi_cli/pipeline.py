@@ -324,7 +324,7 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
             audio = read_open(task.input, f)
     loaded = models.get(settings.codec, report)
     config = loaded.model.config
-    levels = settings.num_codebooks or config.default_num_codebooks
+    levels = config.levels(settings.num_codebooks)
     if settings.stream:
         result = encode_stream(loaded, task.input, levels, lambda done: report("Encoding", done, duration),
                                settings.channels, open_input(task))
@@ -427,7 +427,7 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
         audio = read_open(source.path, f)
     loaded = models.get(settings.codec, report)
     config = loaded.model.config
-    levels = settings.num_codebooks or config.default_num_codebooks
+    levels = config.levels(settings.num_codebooks)
     report(f"Encoding {audio.duration:.1f} s", 0.0, None)
     encoded = encode_audio(loaded, audio, levels)
     report("Decoding", 0.0, None)

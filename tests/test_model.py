@@ -142,11 +142,15 @@ def test_bad_audio_is_refused(small_model, pcm, match):
         small_model.encode(pcm, num_codebooks=2)
 
 
-def test_codebook_count_is_checked(small_model):
-    with pytest.raises(ValueError, match="num_codebooks"):
-        small_model.encode(audio(FRAME), num_codebooks=SMALL.num_codebooks + 1)
-    with pytest.raises(ValueError, match="num_codebooks"):
-        small_model.encode(audio(FRAME), num_codebooks=0)
+@pytest.mark.parametrize("levels, error", [(SMALL.num_codebooks + 1, ValueError), (0, ValueError), (-1, ValueError),
+                                           (1.5, TypeError), (True, TypeError), ("2", TypeError)])
+def test_codebook_count_is_checked(small_model, levels, error):
+    """0 is refused, not taken for "the default" (None is the default)."""
+    for start in (lambda: small_model.encode(audio(FRAME), num_codebooks=levels),
+                  lambda: small_model.stream_encoder(num_codebooks=levels)):
+        with pytest.raises(error, match="num_codebooks must be"):
+            start()
+    assert small_model.encode(audio(FRAME), num_codebooks=np.int64(1)).shape[0] == 1
 
 
 @pytest.mark.parametrize("codes,match", [

@@ -168,9 +168,7 @@ class Codec(Module):
     @one_blas_thread()  # our own threads share the cores: the same bits at any count
     def encode(self, pcm: np.ndarray, num_codebooks: int | None = None) -> np.ndarray:
         """Codes (int64) ``[K, F]`` for ``pcm`` ``[N]``, or ``[B, K, F]`` for ``[B, N]``."""
-        num_codebooks = num_codebooks or self.config.default_num_codebooks
-        if not 1 <= num_codebooks <= self.config.num_codebooks:
-            raise ValueError(f"num_codebooks must be in 1..{self.config.num_codebooks}, got {num_codebooks}")
+        num_codebooks = self.config.levels(num_codebooks)
         _, squeeze = self._as_batch(pcm)
         codes = self.quantizer.encode(self.encode_latent(pcm), num_codebooks)
         return codes[0] if squeeze else codes

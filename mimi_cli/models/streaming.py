@@ -47,9 +47,7 @@ class StreamEncoder:
 
     def __init__(self, model: Codec, batch_size: int = 1, num_codebooks: int | None = None,
                  frames_per_step: int = 1, split: bool = True):
-        num_codebooks = num_codebooks or model.config.default_num_codebooks
-        if not 1 <= num_codebooks <= model.config.num_codebooks:
-            raise ValueError(f"num_codebooks must be in 1..{model.config.num_codebooks}, got {num_codebooks}")
+        num_codebooks = model.config.levels(num_codebooks)
         if batch_size < 1 or frames_per_step < 1:
             raise ValueError("batch_size and frames_per_step must be at least 1")
         self.model, self.batch_size, self.split = model, batch_size, split
