@@ -35,6 +35,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -105,11 +106,12 @@ def file_kind(mode: int) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file"
 
 
+@dataclass(frozen=True)
 class Readable:
     """An input as a file that can be read again and again: ``path`` to read, ``shown`` to name it."""
 
-    def __init__(self, path: Path, shown: str):
-        self.path, self.shown = path, shown
+    path: Path
+    shown: str
 
     def named(self, text: str) -> str:
         """``text`` with the temporary copy's name, if any, replaced by the input's."""
