@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.errors import InvalidAudioError
-from mimi_cli.fileio import Target, atomic_output, cannot_write, file_kind, is_stdout
+from mimi_cli.fileio import Target, atomic_output, cannot_write, file_kind, holds, is_stdout
 from mimi_cli.models.codec import MAX_PEAK
 
 
@@ -85,19 +85,26 @@ def open_with_ffmpeg(source, name, soundfile_reason: str):
     try:
         import av
     except ImportError:
-        raise InvalidAudioError(f"cannot read {name} as audio ({soundfile_reason}); give a WAV, FLAC, OGG or MP3 "
-                                f"file, or for {FFMPEG_FORMATS} install the ffmpeg extra: "
-                                'pip install "mimi-cli[ffmpeg]"') from None
+        raise InvalidAudioError(f"cannot read {name} as audio ({soundfile_reason}); {_what_to_give(source)}, "
+                                'or for those install the ffmpeg extra: pip install "mimi-cli[ffmpeg]"') from None
     try:
         reader = FFmpegAudio(av.open(source if not isinstance(source, Path) else str(source)), name)
     except (av.FFmpegError, ValueError, StopIteration, IndexError) as exc:
         raise InvalidAudioError(f"cannot read {name} as audio (libsndfile: {soundfile_reason}; FFmpeg: "
-                                f"{getattr(exc, 'strerror', None) or exc}); give a WAV, FLAC, OGG or MP3 file, "
-                                f"or {FFMPEG_FORMATS}") from None
+                                f"{getattr(exc, 'strerror', None) or exc}); {_what_to_give(source)}") from None
     if reader.frames == 0:
         reader.close()
         raise InvalidAudioError(f"{name} contains no audio samples")
     return reader
+
+
+def _what_to_give(source) -> str:
+    """The advice after "cannot read X as audio": a codes file or weights given where audio goes is named."""
+    kind = holds(source) if isinstance(source, Path) else None
+    if kind and not kind.startswith("audio"):
+        return (f"it holds {kind}, not audio" + ("; `mimi decode` reads codes" if "np" in kind else "")
+                + f"; give a WAV, FLAC, OGG or MP3 file, or {FFMPEG_FORMATS}")
+    return f"give a WAV, FLAC, OGG or MP3 file, or {FFMPEG_FORMATS}"
 
 
 class BlockReader:

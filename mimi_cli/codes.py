@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, malformed
-from mimi_cli.fileio import STDOUT, Target, atomic_output, is_folder, missing
+from mimi_cli.fileio import STDOUT, Target, atomic_output, holds, is_folder, missing
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
 
@@ -111,7 +111,11 @@ class CodesFile:
         if magic == b"\x93NUMPY":
             raise InvalidCodesError(f"{path} is a .npy array, not a codes file (.npz written by mimi encode)")
         if not magic.startswith(b"PK"):
-            raise InvalidCodesError(f"{path} is not a codes file (expected the .npz archive written by mimi encode)")
+            kind = holds(path)
+            hint = f"; it holds {kind}" + (", which `mimi encode` turns into codes" if "audio" in kind else "") \
+                if kind else ""
+            raise InvalidCodesError(f"{path} is not a codes file (expected the .npz archive written by mimi "
+                                    f"encode){hint}")
         try:
             with zipfile.ZipFile(path) as archive:
                 return cls._validated(path, archive, _read_members(path, archive))

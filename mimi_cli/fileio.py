@@ -158,6 +158,25 @@ def readable(path: Target) -> Iterator[Readable]:
             raise
 
 
+_SIGNATURES = ((b"RIFF", "audio (WAV)"), (b"fLaC", "audio (FLAC)"), (b"OggS", "audio (Ogg)"), (b"ID3", "audio (MP3)"),
+               (b"FORM", "audio (AIFF)"), (b"\x93NUMPY", "a NumPy .npy array"),
+               (b"PK\x03\x04", "a zip archive (an .npz codes file?)"))
+
+
+def holds(path: Path) -> str | None:
+    """What a file's first bytes say it holds ("audio (WAV)", "a NumPy .npy array", ".safetensors weights"),
+    or None when they say nothing this tool knows: for errors that point a user at the right command."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except (OSError, ValueError):
+        return None
+    kind = next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)
+    if kind is None and len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 27:
+        kind = ".safetensors weights"  # an 8-byte header length, then the JSON header
+    return kind
+
+
 def is_pipe(path: Path) -> bool:
     """A FIFO: ``<(command)`` (``/dev/fd/63``), ``/dev/stdin`` on a pipe, a named pipe."""
     try:

@@ -125,6 +125,35 @@ def test_text_file_as_codes(tmp_path):
     assert_clean_failure(run("decode", tmp_path / "codes.npz"), tmp_path, before, "is not a codes file")
 
 
+@pytest.mark.parametrize("command, given, what, hint", [
+    ("encode", "codes.npz", "a zip archive (an .npz codes file?), not audio", "`mimi decode` reads codes"),
+    ("encode", "codes.npy", "a NumPy .npy array, not audio", "`mimi decode` reads codes"),
+    ("encode", "w.safetensors", ".safetensors weights, not audio", "give a WAV"),
+    ("decode", "clip.wav", "it holds audio (WAV)", "`mimi encode` turns into codes"),
+    ("decode", "w.safetensors", "it holds .safetensors weights", "expected the .npz archive"),
+])
+def test_a_file_given_to_the_wrong_command_is_named(tmp_path, short_clip, command, given, what, hint):
+    """Each reader says what the file holds when it is another kind this tool knows."""
+    from safetensors.numpy import save_file
+
+    np.savez(tmp_path / "codes.npz", **valid_codes_arrays())
+    np.save(tmp_path / "codes.npy", np.zeros((8, 3), np.uint16))
+    save_file({"w": np.zeros(4, np.float32)}, str(tmp_path / "w.safetensors"))
+    before = {p.name for p in tmp_path.iterdir()}
+    result = run(command, tmp_path / given, "-o", tmp_path / ("out.npz" if command == "encode" else "out.wav"))
+    assert_clean_failure(result, tmp_path, before, what, hint)
+
+
+def test_audio_given_as_weights_is_named(tmp_path, short_clip):
+    encode_fails(tmp_path, short_clip, "clip.wav holds audio (WAV), not weights", weights=short_clip)
+
+
+def test_encode_refuses_an_audio_name_for_its_codes(tmp_path, short_clip):
+    before = {p.name for p in tmp_path.iterdir()}
+    result = run("encode", short_clip, "-o", tmp_path / "codes.WAV")
+    assert_clean_failure(result, tmp_path, before, "codes.WAV is an audio file's name", "give a .npz name")
+
+
 # ----------------------------------------------------------------------------- weights
 
 

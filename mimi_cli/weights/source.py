@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from mimi_cli.errors import DATA_ERRORS, MimiError, WeightsError, malformed
-from mimi_cli.fileio import file_kind, missing
+from mimi_cli.fileio import file_kind, holds, missing
 from mimi_cli.weights.tensors import TensorEntry, WeightFile
 
 # PyTorch checkpoints are pickles (a zip of them since torch 1.6): never unpickled, as loading one can run
@@ -67,6 +67,9 @@ def _open(path: Path) -> WeightFile:
     if head.startswith(b"PK\x03\x04") and _is_numpy_archive(path):
         raise WeightsError(f"{path} is a NumPy .npz archive (a codes file from `mimi encode`?), not weights; "
                            "`mimi decode` reads codes files")
+    kind = holds(path)
+    if kind and (kind.startswith("audio") or "npy" in kind):
+        raise WeightsError(f"{path} holds {kind}, not weights; give a .safetensors file or a Core ML model")
     if path.suffix.lower() in PICKLE_SUFFIXES or _looks_like_pickle(head):
         raise WeightsError(f"{path} looks like a PyTorch pickle, which can run arbitrary code and is never "
                            "loaded; use the .safetensors release of the same weights")
