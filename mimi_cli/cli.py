@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
@@ -44,16 +44,23 @@ CodebooksOption = Annotated[Optional[int], typer.Option(
     "--codebooks", "-n", min=1, show_default=False,
     help="Codebooks (levels) to keep. Mimi: 1 semantic + n-1 acoustic, up to 32, default 8 (1.1 kbps). "
          "EnCodec: up to 32, default 8 (6 kbps).")]
-def _finite(value: float | None) -> float | None:
+def _finite(low: float = -float("inf"), high: float = float("inf")) -> Callable[[float | None], float | None]:
+    """An option's check: a finite number in ``low..high``. (Click's own range check runs first, and said
+    of ``nan`` that it "should be less than or equal to 600".)"""
     import math
 
-    if value is not None and not math.isfinite(value):
-        raise typer.BadParameter(f"{value} is not a finite number")
-    return value
+    def check(value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise typer.BadParameter(f"{value} is not a finite number")
+        if value is not None and not low <= value <= high:
+            raise typer.BadParameter(f"{value:g} is below {low:g}" if value < low else f"{value:g} is above {high:g}")
+        return value
+
+    return check
 
 
 BandwidthOption = Annotated[Optional[float], typer.Option(
-    "--bandwidth", "-b", min=0, show_default=False, metavar="KBPS", callback=_finite,
+    "--bandwidth", "-b", show_default=False, metavar="KBPS", callback=_finite(low=0),
     help="Target bitrate in kbps instead of -n, e.g. EnCodec's 1.5, 3, 6, 12 or 24.")]
 
 
@@ -482,7 +489,7 @@ def roundtrip(
 
 @app.command()
 def bench(
-    seconds: Annotated[float, typer.Option("--seconds", min=1.0, max=600.0, callback=_finite,
+    seconds: Annotated[float, typer.Option("--seconds", callback=_finite(1, 600),
                                            help="Audio length for kernel and model timings (1 to 600).")] = 10.0,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for one run's work "
                                                                  "(at most the core count).")] = 2,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 from conftest import SAMPLE_AUDIO, run
 
@@ -108,6 +109,21 @@ def test_version_and_help():
     for command in ("encode", "decode", "roundtrip"):
         assert command in help_text
     assert "--codebooks" in run("encode", "--help").stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["encode", "{clip}", "-b", "nan"], "nan is not a finite number"),
+    (["encode", "{clip}", "-b", "-inf"], "-inf is not a finite number"),
+    (["encode", "{clip}", "-b", "-1"], "-1 is below 0"),
+    (["bench", "--seconds", "nan"], "nan is not a finite number"),
+    (["bench", "--seconds", "0.5"], "0.5 is below 1"),
+    (["bench", "--seconds", "601"], "601 is above 600"),
+])
+def test_numbers_that_make_no_sense_are_usage_errors(clip, args, message):
+    result = run(*[str(a).format(clip=clip) for a in args])
+    said = " ".join(result.stderr.replace("│", " ").split())  # the usage error's box, its lines joined
+    assert result.returncode == 2 and message in said, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_codebooks_out_of_range_is_a_usage_error(clip):
