@@ -67,9 +67,29 @@ def open_audio(path: Path):
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         return open_with_ffmpeg(path, path, getattr(exc, "error_string", None) or str(exc))
     _check_wav_complete(path)
-    if f.frames == 0:
+    return checked_reader(f, path)
+
+
+# The highest rate audio interfaces offer. A header that declares more is damaged or hostile, and
+# resampling from (or to) such a rate needs a filter longer than memory holds.
+MAX_SAMPLE_RATE = 768_000
+
+
+def check_rate(rate: int, what: str) -> None:
+    """``rate`` in 1..MAX_SAMPLE_RATE, or an error naming ``what`` declared it."""
+    if not 1 <= rate <= MAX_SAMPLE_RATE:
+        raise InvalidAudioError(f"{what} {rate:,} Hz, outside the 1 to {MAX_SAMPLE_RATE:,} Hz this tool resamples")
+
+
+def checked_reader(f, name):
+    """An opened reader ``f``, if it holds samples at a usable rate; else closed, and a one-line error."""
+    try:
+        if f.frames == 0:
+            raise InvalidAudioError(f"{name} contains no audio samples")
+        check_rate(f.samplerate, f"{name} declares")
+    except InvalidAudioError:
         f.close()
-        raise InvalidAudioError(f"{path} contains no audio samples")
+        raise
     return f
 
 
@@ -92,10 +112,7 @@ def open_with_ffmpeg(source, name, soundfile_reason: str):
     except (av.FFmpegError, ValueError, StopIteration, IndexError) as exc:
         raise InvalidAudioError(f"cannot read {name} as audio (libsndfile: {soundfile_reason}; FFmpeg: "
                                 f"{getattr(exc, 'strerror', None) or exc}); {_what_to_give(source)}") from None
-    if reader.frames == 0:
-        reader.close()
-        raise InvalidAudioError(f"{name} contains no audio samples")
-    return reader
+    return checked_reader(reader, name)
 
 
 def _what_to_give(source) -> str:
@@ -234,6 +251,8 @@ def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Polyphase resampling along the last axis (scipy ``resample_poly``), float32 out."""
     if from_rate == to_rate:
         return pcm.astype(np.float32, copy=False)
+    check_rate(from_rate, "resampling from")
+    check_rate(to_rate, "resampling to")
     from scipy.signal import resample_poly
 
     g = math.gcd(from_rate, to_rate)
@@ -263,6 +282,8 @@ class StreamResampler:
         self.up, self.down = to_rate // g, from_rate // g
         self.taps, self.delay = np.ones(1, np.float32), 0  # same rate: push() passes samples through
         if self.up != self.down:
+            check_rate(from_rate, "resampling from")
+            check_rate(to_rate, "resampling to")
             half_len = 10 * max(self.up, self.down)
             taps = firwin(2 * half_len + 1, 1.0 / max(self.up, self.down), window=("kaiser", 5.0))
             taps = taps.astype(np.float32) * np.float32(self.up)  # float32, as resample_poly on float32
@@ -372,6 +393,7 @@ def check_audio_output(path: Target, sample_rate: int, channels: int) -> None:
     import soundfile as sf
 
     file_format = audio_format(path)
+    check_rate(sample_rate, "cannot write audio at")
     try:
         with sf.SoundFile(io.BytesIO(), "w", sample_rate, channels, format=file_format):
             pass

@@ -64,8 +64,8 @@ BandwidthOption = Annotated[Optional[float], typer.Option(
     help="Target bitrate in kbps instead of -n, e.g. EnCodec's 1.5, 3, 6, 12 or 24.")]
 
 
-def _check_codec(name: str) -> str:
-    if name not in CODECS:
+def _check_codec(name: str | None) -> str | None:
+    if name is not None and name not in CODECS:
         raise typer.BadParameter(f"{name!r} is not a codec here; choose one of {', '.join(CODECS)}")
     return name
 
@@ -343,10 +343,10 @@ def decode(
     sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", min=1,
                                                        help="Output rate. Default: the codec's 24000 Hz.",
                                                        show_default=False)] = None,
-    codec: Annotated[str, typer.Option(
-        "--codec", "-c", callback=_check_codec,
-        help="The codec of bare integer arrays (.npy [K, frames] or [C, K, frames], e.g. a language model's "
-             "output); a codes file (.npz) names its own.")] = DEFAULT_CODEC,
+    codec: Annotated[Optional[str], typer.Option(
+        "--codec", "-c", callback=_check_codec, show_default=False,
+        help=f"The codec of bare integer arrays (.npy [K, frames] or [C, K, frames], e.g. a language model's "
+             f"output; default {DEFAULT_CODEC}); a codes file (.npz) names its own.")] = None,
     stream: StreamOption = False,
     recursive: RecursiveOption = False,
     jobs: JobsOption = 1,

@@ -217,7 +217,7 @@ class Settings:
 
     kind: Kind
     weights: str | None = None
-    codec: str = DEFAULT_CODEC  # encode, and decode of bare arrays (.npy); a codes file names its own
+    codec: str | None = DEFAULT_CODEC  # encode; decode: of bare arrays (.npy), None when not given (Mimi's)
     num_codebooks: int | None = None  # encode; None: the codec's default
     stream: bool = False
     sample_rate: int | None = None  # decode: output rate (default: the codec's)
@@ -348,14 +348,17 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
 
 def decode_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
     """Read and check one codes file, decode it and write the audio."""
-    codes = load_codes(task.input, settings.codec)
+    codes = load_codes(task.input, settings.codec or DEFAULT_CODEC)
     config = codec_spec(codes.codec).config()
+    warnings = []
+    if settings.codec is not None and codes.codec != settings.codec:  # a codes file names its own
+        warnings.append(f"{task.input} holds {config.display_name} codes, as it says; --codec {settings.codec} "
+                        "is for bare arrays (.npy) and was not used")
     rate = settings.sample_rate or config.sample_rate
     check_audio_output(task.output, rate, codes.channels)
     if not settings.stream:
         check_batch_memory(codes.num_samples / codes.sample_rate, codes.codec)
     loaded = models.get(codes.codec, report)
-    warnings = []
     if codes.weights_id and codes.weights_id != loaded.weights_id:  # a bare array (.npy) names no weights
         warnings.append(f"{task.input} was encoded with weights {codes.weights_id}, decoding with "
                         f"{loaded.weights_id}")

@@ -346,18 +346,15 @@ def open_bytes(data: bytes, name: str):
     """Encoded audio held in memory, opened like a file."""
     import soundfile as sf
 
+    from mimi_cli.audio import checked_reader, open_with_ffmpeg
+
     if not data:
         raise InvalidAudioError(f"{name} is empty (0 bytes)")
     try:
         f = sf.SoundFile(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        from mimi_cli.audio import open_with_ffmpeg
-
         return open_with_ffmpeg(io.BytesIO(data), name, getattr(exc, "error_string", None) or str(exc))
-    if f.frames == 0:
-        f.close()
-        raise InvalidAudioError(f"{name} contains no audio samples")
-    return f
+    return checked_reader(f, name)
 
 
 class Span(BlockReader):

@@ -144,6 +144,24 @@ def test_a_file_given_to_the_wrong_command_is_named(tmp_path, short_clip, comman
     assert_clean_failure(result, tmp_path, before, what, hint)
 
 
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_a_rate_no_filter_could_resample_is_refused(tmp_path, stream):
+    """A header declaring 2³¹ − 1 Hz asked resample_poly for a 320 GiB filter (a MemoryError's text)."""
+    sf.write(tmp_path / "fast.wav", np.zeros(4800, np.float32), 2**31 - 1, subtype="FLOAT")
+    before = {p.name for p in tmp_path.iterdir()}
+    result = run("encode", *stream, tmp_path / "fast.wav", "-o", tmp_path / "out.npz", weights=tmp_path / "unused")
+    assert_clean_failure(result, tmp_path, before, "fast.wav declares 2,147,483,647 Hz", "1 to 768,000 Hz")
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_an_output_rate_beyond_audio_is_refused_before_any_work(tmp_path, stream):
+    np.savez(tmp_path / "codes.npz", **valid_codes_arrays())
+    before = {p.name for p in tmp_path.iterdir()}
+    result = run("decode", *stream, tmp_path / "codes.npz", "-o", tmp_path / "out.wav", "--sample-rate", "1000000000",
+                 weights=tmp_path / "unused")  # refused before the weights are looked for
+    assert_clean_failure(result, tmp_path, before, "cannot write audio at 1,000,000,000 Hz")
+
+
 def test_audio_given_as_weights_is_named(tmp_path, short_clip):
     encode_fails(tmp_path, short_clip, "clip.wav holds audio (WAV), not weights", weights=short_clip)
 

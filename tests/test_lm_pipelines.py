@@ -127,6 +127,18 @@ def test_encodec_arrays_with_codec_option(tmp_path):
     assert result.returncode == 1 and "absent.safetensors" in result.stderr  # the array was accepted
 
 
+def test_a_codes_file_keeps_its_codec_and_says_so(tmp_path, weights_file, encoded):
+    """--codec is for bare arrays; given with a codes file of another codec it is not used, with a warning."""
+    result = run("decode", "--codec", "encodec-24khz", encoded, "-o", tmp_path / "a.wav", weights=weights_file,
+                 env_extra={"ENCODEC_WEIGHTS": str(tmp_path / "absent.safetensors")})
+    assert result.returncode == 0, result.stderr
+    assert "holds Mimi codes, as it says; --codec encodec-24khz is for bare arrays (.npy) and was not used" in \
+        " ".join(result.stderr.split())
+    quiet = run("decode", encoded, "-o", tmp_path / "b.wav", weights=weights_file)
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+
+
 # -- pipes ----------------------------------------------------------------------------------------
 
 def mimi(*args, stdin: bytes | None = None, weights=None) -> subprocess.CompletedProcess:
