@@ -22,8 +22,8 @@ import numpy as np
 
 from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, open_audio, read_blocks,
                             read_open, resample, soundfile_errors, to_mono, write_audio)
-from mimi_cli.codes import CodesFile, is_bare_array_path, load_codes
-from mimi_cli.errors import MimiError, WeightsError
+from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
+from mimi_cli.errors import InvalidAudioError, MimiError, WeightsError
 from mimi_cli.fileio import Target, atomic_output, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
@@ -319,6 +319,9 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
     """Read, check, encode and write one audio file's codes."""
     with open_input(task) as f:
         rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
+        if settings.channels == "split" and channels > MAX_CHANNELS:  # a file decode would refuse
+            raise InvalidAudioError(f"{task.input} has {channels} channels; --channels split writes at most "
+                                    f"{MAX_CHANNELS} code streams to a codes file: split the file, or mix it")
         if not settings.stream:
             check_batch_memory(duration, settings.codec)
             audio = read_open(task.input, f)

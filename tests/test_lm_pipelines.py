@@ -52,6 +52,23 @@ def test_split_channels_equal_each_channel_encoded_alone(tmp_path, weights_file,
         np.testing.assert_array_equal(stereo[:, index], mono)
 
 
+def test_split_writes_only_what_decode_reads(tmp_path, weights_file):
+    """64 channels (the most a codes file holds) go both ways; 65 are refused before any work, not written
+    to a file that decode then refused."""
+    rng = np.random.default_rng(1)
+    for channels in (64, 65):
+        sf.write(tmp_path / f"{channels}.wav", 0.1 * rng.standard_normal((1920, channels)), 24000, subtype="FLOAT")
+    assert run("encode", "--channels", "split", tmp_path / "64.wav", "-o", tmp_path / "64.npz",
+               weights=weights_file).returncode == 0
+    decoded = run("decode", tmp_path / "64.npz", "-o", tmp_path / "64.decoded.wav", weights=weights_file)
+    assert decoded.returncode == 0, decoded.stderr
+    assert sf.info(tmp_path / "64.decoded.wav").channels == 64
+    refused = run("encode", "--channels", "split", tmp_path / "65.wav", "-o", tmp_path / "65.npz",
+                  weights=weights_file)
+    assert refused.returncode == 1 and "65 channels; --channels split writes at most 64" in refused.stderr
+    assert not (tmp_path / "65.npz").exists()
+
+
 def test_python_api_takes_channels(small_model):
     rng = np.random.default_rng(0)
     pcm = (rng.standard_normal((2, 24000)) * 0.1).astype(np.float32)
