@@ -127,6 +127,8 @@ def plan(job: Job) -> Plan:
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
     single = one_file and not batch_only
     inputs = file_ids(Path(entry.item.container) if entry.item else entry.path for entry in found)
+    if job.output is None and job.parquet is not None:
+        beside = None  # without -o, the codes go to Parquet only, for files as for items
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)
     for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
         if extra is not None and "://" not in extra:
@@ -209,11 +211,12 @@ def _glob_root(pattern: str) -> str:
     return str(Path(*fixed)) if fixed else "."
 
 
-def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_suffix: str, force: bool,
+def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_suffix: str | None, force: bool,
                skip_existing: bool, output_is_file: bool = False, input_ids: set | None = None,
                kind: str = "encode") -> list[Task]:
     """Outputs mirrored under ``output`` (a folder), or beside each input; ``output`` itself for
-    one input with ``output_is_file``.
+    one input with ``output_is_file``; none without ``output`` for items (manifest lines, tar members,
+    rows), or for every input with ``beside_suffix`` None (the codes go to Parquet only).
 
     Refuses, before any work: two inputs that would write the same output, outputs
     that are not regular files or are inputs of the run (even with ``force``), and
@@ -228,7 +231,7 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
             target = output / entry.relative.with_name(entry.relative.name + suffix)
         elif output is not None:
             target = output / entry.path.relative_to(entry.base).with_suffix(suffix)
-        elif entry.item is not None:
+        elif entry.item is not None or beside_suffix is None:
             tasks.append(Task(entry.path, None, item=entry.item))  # codes for Parquet only
             continue
         else:

@@ -64,6 +64,24 @@ def test_manifest_with_offsets_and_bad_lines(tmp_path, weights_file, reference):
     assert list(table["text"]) == ["a span", "all of it"] and len(table) == 2
 
 
+def test_plain_files_without_o_go_to_parquet_only(tmp_path, weights_file, reference):
+    """As items do: no codes file is left beside the audio of a corpus (it wrote one beside each file)."""
+    folder, codes = reference
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("one", "two"):
+        (corpus / f"{name}.wav").write_bytes((folder / f"{name}.wav").read_bytes())
+    result = run("encode", corpus, "--parquet", tmp_path / "pq", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in corpus.iterdir()) == ["one.wav", "two.wav"]
+    import pandas as pd
+
+    table = pd.read_parquet(tmp_path / "pq").sort_values("input")
+    assert list(table["output"]) == ["", ""]
+    for row, name in zip(table.itertuples(), ("one", "two"), strict=True):
+        np.testing.assert_array_equal(np.array([list(level) for level in row.codes], np.uint16), codes[name][0])
+
+
 def _flac_bytes(pcm, rate) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, pcm, rate, format="FLAC")
