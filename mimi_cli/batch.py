@@ -121,15 +121,15 @@ def plan(job: Job) -> Plan:
         raise MimiError("the inputs hold items (manifest lines, tar members, dataset rows): give -o DIR for a codes "
                         "file per item, or --parquet OUT for the codes in Parquet shards")
     output, output_is_file = _output_target(job.output, one_file, found, suffix)
-    if s.kind == "encode" and output_is_file and Path(output).suffix.lower() in AUDIO_SUFFIXES:
-        raise MimiError(f"{output} is an audio file's name, and encode writes codes: give a .npz name (or .npy for "
-                        "the codes alone)")
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
     single = one_file and not batch_only
     inputs = file_ids(Path(entry.item.container) if entry.item else entry.path for entry in found)
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)
+    if s.kind == "encode" and output_is_file and Path(output).suffix.lower() in AUDIO_SUFFIXES:
+        raise MimiError(f"{output} is an audio file's name, and encode writes codes: give a .npz name (or .npy for "
+                        "the codes alone)")
     for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
         if extra is not None and "://" not in extra:
             _check_extra_output(Path(extra), label, s.replace or job.skip_existing, inputs, tasks)
