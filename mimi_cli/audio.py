@@ -105,8 +105,8 @@ def open_with_ffmpeg(source, name, soundfile_reason: str):
     try:
         import av
     except ImportError:
-        raise InvalidAudioError(f"cannot read {name} as audio ({soundfile_reason}); {_what_to_give(source)}, "
-                                'or for those install the ffmpeg extra: pip install "mimi-cli[ffmpeg]"') from None
+        raise InvalidAudioError(f"cannot read {name} as audio ({soundfile_reason}); "
+                                f"{_what_to_give(source, ffmpeg=False)}") from None
     try:
         reader = FFmpegAudio(av.open(source if not isinstance(source, Path) else str(source)), name)
     except (av.FFmpegError, ValueError, StopIteration, IndexError) as exc:
@@ -115,13 +115,14 @@ def open_with_ffmpeg(source, name, soundfile_reason: str):
     return checked_reader(reader, name)
 
 
-def _what_to_give(source) -> str:
-    """The advice after "cannot read X as audio": a codes file or weights given where audio goes is named."""
+def _what_to_give(source, ffmpeg: bool = True) -> str:
+    """The advice after "cannot read X as audio"; a codes file or weights given where audio goes is named."""
+    formats = (f"or {FFMPEG_FORMATS}" if ffmpeg else
+               f'or for {FFMPEG_FORMATS} install the ffmpeg extra: pip install "mimi-cli[ffmpeg]"')
     kind = holds(source) if isinstance(source, Path) else None
-    if kind and not kind.startswith("audio"):
-        return (f"it holds {kind}, not audio" + ("; `mimi decode` reads codes" if "np" in kind else "")
-                + f"; give a WAV, FLAC, OGG or MP3 file, or {FFMPEG_FORMATS}")
-    return f"give a WAV, FLAC, OGG or MP3 file, or {FFMPEG_FORMATS}"
+    hint = "" if not kind or kind.startswith("audio") else \
+        f"it holds {kind}, not audio" + ("; `mimi decode` reads codes" if "np" in kind else "") + "; "
+    return f"{hint}give a WAV, FLAC, OGG or MP3 file, {formats}"
 
 
 class BlockReader:

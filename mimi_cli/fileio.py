@@ -167,6 +167,8 @@ def holds(path: Path) -> str | None:
     """What a file's first bytes say it holds ("audio (WAV)", "a NumPy .npy array", ".safetensors weights"),
     or None when they say nothing this tool knows: for errors that point a user at the right command."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe or a device: nothing to sniff, nothing to block on
+            return None
         with open(path, "rb") as f:
             head = f.read(16)
     except (OSError, ValueError):
