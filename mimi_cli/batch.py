@@ -63,6 +63,7 @@ class Job:
     manifest: str | None = None
     parquet: str | None = None
     audio_column: str = "audio"  # of dataset inputs
+    manifests: tuple[str, ...] = ()  # --inputs-from: JSONL manifests whatever their names, read while planning
 
 
 @dataclass
@@ -105,6 +106,8 @@ def plan(job: Job) -> Plan:
             s = replace(s, weights=os.path.abspath(s.weights))
         job = replace(job, settings=s, inputs=tuple(p if p == STDOUT else os.path.abspath(os.path.expanduser(p))
                                         for p in job.inputs),
+                      manifests=tuple(p if is_pipe(Path(p)) else os.path.abspath(os.path.expanduser(p))
+                                      for p in job.manifests),
                       output=None if job.output in (None, STDOUT) else
                       os.path.abspath(os.path.expanduser(job.output)) + ("/" if job.output.endswith("/") else ""))
     suffixes, suffix, beside = ((AUDIO_SUFFIXES, ".npz", ".npz") if s.kind == "encode"
@@ -112,8 +115,10 @@ def plan(job: Job) -> Plan:
     paths = [Path(p) for p in job.inputs]
     found = expand_containers(collect_inputs(paths, job.recursive, suffixes, containers=s.kind == "encode"),
                               job.audio_column)
+    found += [Input(Path(e.name), Path(m).parent, e.item, e.relative)
+              for m in job.manifests for e in list_items(Path(m).expanduser(), manifest=True)]
     if not found:
-        raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {', '.join(job.inputs)}"
+        raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {', '.join((*job.inputs, *job.manifests))}"
                         + ("" if job.recursive else " (use -r to search sub-folders)"))
     items = any(entry.item is not None for entry in found)
     one_file = len(paths) == 1 and not is_folder(paths[0]) and not _is_glob(paths[0]) and not items
@@ -123,7 +128,8 @@ def plan(job: Job) -> Plan:
     output, output_is_file = _output_target(job.output, one_file, found, suffix)
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
     single = one_file and not batch_only
-    inputs = file_ids(Path(entry.item.container) if entry.item else entry.path for entry in found)
+    named = [Path(p) for p in (*job.inputs, *job.manifests) if p != STDOUT]  # a manifest's items name audio files
+    inputs = file_ids([*named, *(Path(entry.item.container) if entry.item else entry.path for entry in found)])
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)

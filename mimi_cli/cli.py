@@ -307,8 +307,9 @@ def encode(
     parquet: ParquetOption = None,
     inputs_from: Annotated[Optional[list[Path]], typer.Option(
         "--inputs-from", metavar="MANIFEST", show_default=False,
-        help="A JSONL manifest of inputs: audio_filepath (or path), optional offset and duration in seconds; "
-             "other keys are carried to --manifest and --parquet. Repeatable; same as naming it as an input.")] = None,
+        help="A JSONL manifest of inputs, whatever its name (a pipe too): audio_filepath (or path), optional "
+             "offset and duration in seconds; other keys are carried to --manifest and --parquet. Repeatable. "
+             "A .jsonl or .json file named as an input is read the same way.")] = None,
     audio_column: Annotated[str, typer.Option(
         "--audio-column", help="The audio column of dataset inputs (Arrow or Parquet): {bytes, path} structs, "
                                "bytes, or paths.")] = "audio",
@@ -324,11 +325,10 @@ def encode(
         _fail(f"--channels takes {' or '.join(CHANNEL_MODES)}, not {channels!r}", code=2)
     settings = Settings("encode", str(weights) if weights else None, codec, _num_codebooks(codec, codebooks, bandwidth),
                         stream, replace=force, channels=channels)
-    everything = [*(inputs or []), *(inputs_from or [])]
-    if not everything:
+    if not inputs and not inputs_from:
         _fail("give inputs to encode (files, folders, globs, '-', manifests, shards or datasets)", code=2)
-    _run(settings, everything, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,
-         audio_column)
+    _run(settings, inputs or [], output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,
+         audio_column, inputs_from or [])
 
 
 @app.command()
@@ -367,7 +367,7 @@ def decode(
 
 
 def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,
-         audio_column: str = "audio") -> None:
+         audio_column: str = "audio", inputs_from: list[Path] = ()) -> None:
     """Plan and run (the library decides one file or many); show the result; exit 1 if any file failed."""
     import time
 
@@ -379,7 +379,7 @@ def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existi
     if engine == "ray" and settings.stream:
         _fail("--stream works with the local engine only (Ray reads each file whole)", code=2)
     job = batch.Job(settings, tuple(map(str, inputs)), output, recursive, jobs, engine, threads, skip_existing,
-                    manifest, parquet, audio_column)
+                    manifest, parquet, audio_column, tuple(map(str, inputs_from)))
     with _user_errors():
         plan = batch.plan(job)
     for note in plan.notes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,7 +28,7 @@ from typing import Literal
 
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import InvalidAudioError, MimiError
-from mimi_cli.fileio import file_kind
+from mimi_cli.fileio import file_kind, is_pipe
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path")
 MAX_MEMBER_BYTES = 2 << 30  # an audio member or cell read into memory at once
@@ -69,19 +70,22 @@ def _invalid(name: str, problem: str, relative: str) -> Entry:
 # ----------------------------------------------------------------------------- listing
 
 
+MANIFEST_SUFFIXES = (".jsonl", ".json")  # NeMo names its JSON-lines manifests .json
+
+
 def is_container(path: Path) -> bool:
     """A manifest, a tar shard, or a dataset folder / Parquet file: inputs that hold many items."""
     suffix = path.suffix.lower()
-    return (suffix in (".jsonl", ".tar", ".parquet", ".arrow") or
+    return (suffix in (*MANIFEST_SUFFIXES, ".tar", ".parquet", ".arrow") or
             (path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "state.json"))))
 
 
-def list_items(path: Path, audio_column: str = "audio") -> list[Entry]:
-    """The items in a manifest, a tar shard or a dataset; a container that cannot be listed is one
-    invalid entry saying why."""
+def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) -> list[Entry]:
+    """The items in a manifest (any name with ``manifest``), a tar shard or a dataset; a container that
+    cannot be listed is one invalid entry saying why."""
     suffix = path.suffix.lower()
     try:
-        if suffix == ".jsonl":
+        if manifest or suffix in MANIFEST_SUFFIXES:
             return list_manifest(path)
         if suffix == ".tar":
             return list_tar(path)
@@ -92,8 +96,13 @@ def list_items(path: Path, audio_column: str = "audio") -> list[Entry]:
 
 def list_manifest(path: Path) -> list[Entry]:
     """NeMo/lhotse-style JSONL: one object per line with ``audio_filepath`` (or ``path``), optional
-    ``offset`` and ``duration`` in seconds; other keys are carried. Relative paths start at the manifest."""
+    ``offset`` and ``duration`` in seconds; other keys are carried. Relative paths start at the manifest
+    (at the working folder for a manifest that comes through a pipe, read once here)."""
     try:
+        kind = file_kind(os.stat(path).st_mode)
+        if kind not in (None, "a pipe (FIFO)"):
+            raise MimiError(f"manifest {path} is {kind}, not a file")
+        base = Path.cwd() if is_pipe(path) else path.parent
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise MimiError(f"cannot read manifest {path}: {getattr(exc, 'strerror', None) or exc}") from None
@@ -119,7 +128,7 @@ def list_manifest(path: Path) -> list[Entry]:
             entries.append(_invalid(name, problem, f"line-{number:06d}"))
             continue
         audio_path = Path(audio).expanduser()
-        audio_path = audio_path if audio_path.is_absolute() else path.parent / audio_path
+        audio_path = audio_path if audio_path.is_absolute() else base / audio_path
         carried = {k: v for k, v in record.items() if k not in (*MANIFEST_PATH_KEYS, "offset", "duration")}
         carried = {"manifest_line": number, "audio_filepath": audio, "offset": offset, "duration": duration, **carried}
         relative = Path(audio).with_suffix("")  # mirrored under -o; an absolute path by its name alone

@@ -64,6 +64,28 @@ def test_manifest_with_offsets_and_bad_lines(tmp_path, weights_file, reference):
     assert list(table["text"]) == ["a span", "all of it"] and len(table) == 2
 
 
+def test_a_manifest_by_any_name_or_pipe(tmp_path, weights_file, reference):
+    """NeMo names its JSON-lines manifests .json; --inputs-from takes any name, and a pipe (read once while
+    planning, relative paths from the working folder, so --jobs works)."""
+    import os
+    import subprocess
+    import sys
+
+    folder, codes = reference
+    line = json.dumps({"audio_filepath": "whole.wav", "offset": 0.5, "duration": 1.5, "text": "a span"}) + "\n"
+    (folder / "train_manifest.json").write_text(line)
+    (folder / "list.txt").write_text(line)
+    runs = {"json": run("encode", folder / "train_manifest.json", "-o", tmp_path / "json", weights=weights_file),
+            "txt": run("encode", "--inputs-from", folder / "list.txt", "-o", tmp_path / "txt", weights=weights_file)}
+    runs["pipe"] = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m mimi_cli encode --inputs-from <(cat list.txt) -o {tmp_path / 'pipe'} "
+                       "--jobs 2"], cwd=folder, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)})
+    for name, result in runs.items():
+        assert result.returncode == 0, (name, result.stderr)
+        np.testing.assert_array_equal(CodesFile.load(tmp_path / name / "whole_500ms.npz").codes, codes["span"])
+
+
 def test_plain_files_without_o_go_to_parquet_only(tmp_path, weights_file, reference):
     """As items do: no codes file is left beside the audio of a corpus (it wrote one beside each file)."""
     folder, codes = reference

@@ -122,13 +122,19 @@ def test_an_input_is_never_its_own_output(clip, weights_file, tmp_path):
         ("roundtrip", source, "-o", source, "-f"),
         ("roundtrip", source, "--plot", tmp_path / "hardlink.npz", "-f"),
         ("encode", source, "--manifest", source, "-f"),
+        ("encode", tmp_path / "in.jsonl", "-o", tmp_path / "out", "--manifest", tmp_path / "in.jsonl", "-f"),
+        ("encode", "--inputs-from", tmp_path / "in.jsonl", "-o", tmp_path / "out", "--manifest", tmp_path / "in.jsonl",
+         "-f"),
     ]
+    listing = json.dumps({"audio_filepath": str(source)}) + "\n"  # the run's manifest over its input manifest
+    (tmp_path / "in.jsonl").write_text(listing)
     for args in cases:
         result = run(*args, weights=weights_file)
         assert result.returncode in (1, 2), (args, result.stderr)
         assert "is also an input of this run" in result.stderr or "--plot writes" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
         assert source.read_bytes() == original, args
+        assert (tmp_path / "in.jsonl").read_text() == listing, args
     assert leftovers(tmp_path) == []
 
 
