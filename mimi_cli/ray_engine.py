@@ -75,12 +75,13 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int) -> list[FileResu
     pending = [{"index": i, "task": t} for i, t in enumerate(tasks) if not t.skip]
     if pending:
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        # SPREAD: on a cluster, actors go to different nodes first (every machine works); the driver's
-        # settings that say where weights are travel with the actors (a node started earlier lacks them)
+        # On a cluster, actors go to different nodes first (every machine works): Ray Data's own default
+        # for actor pools, "SPREAD" (asking for it, by ray_remote_args_fn or DataContext, is deprecated
+        # since Ray 2.60 and printed a warning). The driver's settings that say where weights are travel
+        # with the actors (a node started earlier lacks them).
         env = {key: os.environ[key] for key in FORWARDED_ENVIRONMENT if key in os.environ}
         ds = ds.map(FileActor, fn_constructor_kwargs={"settings": settings},
-                    compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1, runtime_env={"env_vars": env},
-                    ray_remote_args_fn=lambda: {"scheduling_strategy": "SPREAD"})
+                    compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1, runtime_env={"env_vars": env})
         try:
             rows = ds.take_all()
         except Exception as exc:  # Ray wraps what a stage raised; a MimiError inside is the user's message
