@@ -158,12 +158,15 @@ def test_a_codes_file_keeps_its_codec_and_says_so(tmp_path, weights_file, encode
 
 # -- pipes ----------------------------------------------------------------------------------------
 
-def mimi(*args, stdin: bytes | None = None, weights=None) -> subprocess.CompletedProcess:
+def offline(weights) -> dict[str, str]:
     import os
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights)}
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights)}
+
+
+def mimi(*args, stdin: bytes | None = None, weights=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mimi_cli", *map(str, args)], input=stdin, capture_output=True,
-                          env=env, timeout=300)
+                          env=offline(weights), timeout=300)
 
 
 def test_stdin_and_stdout_in_both_directions(tmp_path, weights_file, dialogue, encoded):
@@ -185,10 +188,7 @@ def test_stdin_and_stdout_in_both_directions(tmp_path, weights_file, dialogue, e
 def test_streaming_pipe_chain(tmp_path, weights_file, dialogue):
     command = (f"{sys.executable} -m mimi_cli encode --stream - -o - < {dialogue / 'stereo.wav'} | "
                f"{sys.executable} -m mimi_cli decode --stream - -o - > {tmp_path / 'out.wav'}")
-    import os
-
-    done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)})
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=300, env=offline(weights_file))
     assert done.returncode == 0, done.stderr
     assert run("encode", "--stream", dialogue / "stereo.wav", "-o", tmp_path / "s.npz",
                weights=weights_file).returncode == 0
@@ -214,11 +214,8 @@ def test_empty_stdin_is_one_line(tmp_path, weights_file):
 
 def bash(command: str, weights) -> subprocess.CompletedProcess:
     """``command`` in bash, where ``<(...)`` hands mimi a pipe's name (``/dev/fd/63``)."""
-    import os
-
     return subprocess.run(["bash", "-c", command.replace("mimi ", f"{sys.executable} -m mimi_cli ")],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights)})
+                          capture_output=True, text=True, timeout=300, env=offline(weights))
 
 
 @pytest.mark.parametrize("command, name", [
