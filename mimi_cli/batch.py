@@ -476,7 +476,20 @@ def _parquet_table(pa, rows: list[dict], carried: list[str], split: bool):
 def _parquet_record(result: FileResult, split: bool) -> dict:
     c = result.codes
     codes = c.codes if split else c.codes[0]
-    return {"input": result.input, "output": result.output, "codec": c.codec, "num_codebooks": c.num_codebooks,
-            "frames": c.num_frames, "num_samples": c.num_samples, "source_sample_rate": c.source_sample_rate,
-            "source_channels": c.source_channels, "channels": c.channels, "weights_id": c.weights_id,
-            "codes": codes.tolist(), "__carried__": result.carried or {}}
+    carried = {key: _utf8(value) for key, value in (result.carried or {}).items()}
+    return {"input": _utf8(result.input), "output": _utf8(result.output), "codec": c.codec,
+            "num_codebooks": c.num_codebooks, "frames": c.num_frames, "num_samples": c.num_samples,
+            "source_sample_rate": c.source_sample_rate, "source_channels": c.source_channels, "channels": c.channels,
+            "weights_id": c.weights_id, "codes": codes.tolist(), "__carried__": carried}
+
+
+def _utf8(value):
+    """Text Parquet can hold: a file name that is not UTF-8 (its bytes held as surrogates) gets ``\\xNN``
+    for those bytes; anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return os.fsencode(value).decode("utf-8", "backslashreplace")

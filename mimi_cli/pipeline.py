@@ -272,8 +272,13 @@ class FileResult:
         import json
 
         node = {"node": self.node} if self.node else {}
-        return json.dumps({**{key: getattr(self, key) for key in MANIFEST_KEYS}, **node, **(self.carried or {})},
-                          ensure_ascii=False, default=str)
+        record = {**{key: getattr(self, key) for key in MANIFEST_KEYS}, **node, **(self.carried or {})}
+        line = json.dumps(record, ensure_ascii=False, default=str)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a file name that is not UTF-8 (Python holds its bytes as surrogates):
+            line = json.dumps(record, default=str)  # \udcXX escapes, which json.loads and os.fsencode undo
+        return line
 
 
 class Models:

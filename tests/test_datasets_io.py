@@ -104,6 +104,24 @@ def test_plain_files_without_o_go_to_parquet_only(tmp_path, weights_file, refere
         np.testing.assert_array_equal(np.array([list(level) for level in row.codes], np.uint16), codes[name][0])
 
 
+def test_a_file_name_that_is_not_utf8_reaches_the_manifest_and_parquet(tmp_path, weights_file, reference):
+    """Linux file names are bytes: a run's manifest keeps the exact name (JSON \\udcXX escapes that
+    os.fsencode undoes), Parquet the readable ``\\xff`` (it holds UTF-8 only). Both were tracebacks."""
+    import os
+
+    folder, _ = reference
+    odd = tmp_path / os.fsdecode(b"caf\xe9.wav")  # Latin-1, as old archives have them
+    odd.write_bytes((folder / "one.wav").read_bytes())
+    result = run("encode", odd, "--parquet", tmp_path / "pq", "--manifest", tmp_path / "run.jsonl",
+                 weights=weights_file)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    row = json.loads((tmp_path / "run.jsonl").read_text(encoding="utf-8"))
+    assert os.fsencode(row["input"]).endswith(b"caf\xe9.wav") and os.path.exists(row["input"])
+    import pandas as pd
+
+    assert pd.read_parquet(tmp_path / "pq")["input"][0].endswith("caf\\xe9.wav")
+
+
 def _flac_bytes(pcm, rate) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, pcm, rate, format="FLAC")
