@@ -66,7 +66,10 @@ def cannot_write(path: Target, exc: OSError | str) -> MimiError:
     if isinstance(exc, str):
         return MimiError(f"cannot write {_shown(path)}: {exc}")
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    advice = _ADVICE.get(exc.errno, "choose another output")
+    if is_stdout(path):  # what failed is the staging copy (see atomic_output), not where stdout goes
+        advice = f"it is kept in {tempfile.gettempdir()} until complete: set TMPDIR to a writable folder with space"
+    else:
+        advice = _ADVICE.get(exc.errno, "choose another output")
     return MimiError(f"cannot write {_shown(path)}: {reason}; {advice}")
 
 
@@ -338,3 +341,6 @@ def _copy_to_stdout(tmp: Path) -> None:
             sys.stdout.buffer.flush()
         except BrokenPipeError:
             raise MimiError("standard output was closed before the output was written (broken pipe)") from None
+        except OSError as exc:  # where stdout is redirected: a full disk, say
+            raise MimiError(f"cannot write to standard output: {os.strerror(exc.errno) if exc.errno else exc}; "
+                            "check where it is redirected") from None

@@ -368,6 +368,26 @@ def test_disk_full_after_the_work_is_one_line_and_leaves_nothing(clip, codes, lo
         assert leftovers(small) == [] and sorted(p.name for p in small.iterdir()) == ["a.wav"]
 
 
+def test_standard_output_names_what_is_full(codes, weights_file, tmp_path):
+    """-o - is staged in TMPDIR until complete: a full TMPDIR says so (it blamed "the output's disk"), and
+    a full disk behind the redirection says to look there; no staging file is left either way."""
+    with tmpfs(tmp_path / "small", size="64k") as small:
+        result = run("decode", codes, "-o", "-", weights=weights_file, env_extra={"TMPDIR": str(small)})
+        one_line_error(result, "cannot write standard output: No space left on device", f"kept in {small}",
+                       "set TMPDIR")
+        assert sorted(p.name for p in small.iterdir()) == []
+    if os.path.exists("/dev/full"):
+        import subprocess
+        import sys
+
+        with open("/dev/full", "wb") as full:
+            done = subprocess.run([sys.executable, "-m", "mimi_cli", "decode", str(codes), "-o", "-"], stdout=full,
+                                  stderr=subprocess.PIPE, text=True, timeout=300,
+                                  env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
+        done.stdout = ""  # it went to /dev/full
+        one_line_error(done, "cannot write to standard output: No space left on device", "where it is redirected")
+
+
 def test_environment_errors_say_what_to_do():
     """Errors that cannot be produced for real here (root ignores permissions; no failing disk) still read well."""
     import errno
