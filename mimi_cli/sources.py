@@ -28,7 +28,7 @@ from typing import Literal
 
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import InvalidAudioError, MimiError
-from mimi_cli.fileio import file_kind, is_pipe
+from mimi_cli.fileio import file_kind
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path")
 MAX_MEMBER_BYTES = 2 << 30  # an audio member or cell read into memory at once
@@ -102,7 +102,7 @@ def list_manifest(path: Path) -> list[Entry]:
         kind = file_kind(os.stat(path).st_mode)
         if kind not in (None, "a pipe (FIFO)"):
             raise MimiError(f"manifest {path} is {kind}, not a file")
-        base = Path.cwd() if is_pipe(path) else path.parent
+        base = path.parent if kind is None else Path.cwd()  # a pipe's folder (/dev/fd) holds no audio
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise MimiError(f"cannot read manifest {path}: {getattr(exc, 'strerror', None) or exc}") from None
@@ -342,9 +342,10 @@ def _row_audio(item: Item, name: str) -> bytes:
             path = Path(item.container).parent / value
         try:
             st = path.stat()
-            if file_kind(st.st_mode) is not None or st.st_size > MAX_MEMBER_BYTES:
-                raise InvalidAudioError(f"{name}: {path} is {file_kind(st.st_mode) or f'{st.st_size:,} bytes'}, "
-                                        f"not an audio file of at most {MAX_MEMBER_BYTES >> 30} GiB")
+            kind = file_kind(st.st_mode) or (f"{st.st_size:,} bytes" if st.st_size > MAX_MEMBER_BYTES else None)
+            if kind is not None:
+                raise InvalidAudioError(f"{name}: {path} is {kind}, not an audio file of at most "
+                                        f"{MAX_MEMBER_BYTES >> 30} GiB")
             return path.read_bytes()
         except OSError as exc:
             raise InvalidAudioError(f"{name}: cannot read {path} ({exc.strerror or exc})") from None
