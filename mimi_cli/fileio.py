@@ -136,7 +136,9 @@ def readable(path: Target) -> Iterator[Readable]:
         yield Readable(Path(path), str(path))
         return
     shown = "standard input" if stdin else str(path)
-    if stdin and (sys.stdin is None or sys.stdin.isatty()):
+    if stdin and sys.stdin is None:
+        raise MimiError("'-' reads standard input, which is closed here; pipe the data in")
+    if stdin and sys.stdin.isatty():
         raise MimiError("'-' reads standard input, which is a terminal here; pipe the data in")
     with tempfile.TemporaryDirectory(prefix="mimi-input-") as folder:
         copy = Readable(Path(folder) / "input", shown)
@@ -208,6 +210,8 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
     with ``create_parents`` a missing folder is fine if it can be made.
     """
     if is_stdout(path):
+        if sys.stdout is None:
+            raise MimiError("standard output is closed; redirect it (> file, | program) or give -o FILE")
         if sys.stdout.isatty():
             raise MimiError("standard output is a terminal; redirect it (> file, | program) or give -o FILE")
         return

@@ -181,6 +181,18 @@ def test_output_folder_with_trailing_slash_and_stdout(clip, weights_file, tmp_pa
     one_line_error(result, "-o - (standard output) takes one input")
 
 
+def test_closed_standard_streams_are_named(clip, weights_file, tmp_path):
+    """`<&-` and `>&-` leave Python's sys.stdin / sys.stdout None: said as closed (it was a traceback for
+    stdout, and "a terminal" for stdin), nothing written."""
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
+    for fd, args, expected in ((0, ("encode", "-", "-o", "x.npz"), "standard input, which is closed"),
+                               (1, ("encode", str(clip), "-o", "-"), "standard output is closed")):
+        done = subprocess.run([sys.executable, "-m", "mimi_cli", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=300, preexec_fn=lambda fd=fd: os.close(fd))
+        one_line_error(done, expected)
+        assert list(tmp_path.iterdir()) == []
+
+
 def test_long_names_fit_and_too_long_names_fail_first(clip, weights_file, tmp_path):
     fits = tmp_path / ("n" * 250 + ".npz")  # 254 bytes: the temporary name must be shortened to fit beside it
     result = run("encode", clip, "-o", fits, weights=weights_file)
