@@ -414,12 +414,16 @@ def _show_single(result, say: _Messages) -> None:
         _warn(warning)
     speed = f"in {result.model_seconds:.2f} s ({result.duration_s / max(result.model_seconds, 1e-9):.1f}× real time)"
     shown = "standard output" if result.output == "-" else result.output
+    shape = f"{_count(result.frames, 'frame')} × {_count(result.num_codebooks, 'codebook')}"
     if result.sample_rate is None:  # encoded
-        say.note(f"{result.input}: {result.duration_s:.2f} s → {result.frames} frames × {result.num_codebooks} "
-                 f"codebooks ({result.bitrate_kbps:.2f} kbps) {speed} → {shown}")
+        say.note(f"{result.input}: {result.duration_s:.2f} s → {shape} ({result.bitrate_kbps:.2f} kbps) {speed} "
+                 f"→ {shown}")
     else:
-        say.note(f"{result.input}: {result.frames} frames × {result.num_codebooks} codebooks → "
-                 f"{result.duration_s:.2f} s at {result.sample_rate} Hz {speed} → {shown}")
+        say.note(f"{result.input}: {shape} → {result.duration_s:.2f} s at {result.sample_rate} Hz {speed} → {shown}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _summarise(results, elapsed: float, kind: str, say: _Messages) -> None:

@@ -51,6 +51,14 @@ def test_stereo_44k_and_32_codebooks(tmp_path, weights_file):
         assert npz["codes"].shape[1] == 32 and int(npz["source_channels"]) == 2
 
 
+def test_one_frame_one_codebook_in_the_singular(tmp_path, weights_file):
+    short = tmp_path / "short.wav"
+    sf.write(short, np.full(100, 0.1, np.float32), 24000)  # 4 ms: one 80 ms frame
+    result = run("encode", short, "-n", "1", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert "0.00 s → 1 frame × 1 codebook (0.14 kbps)" in result.stderr
+
+
 def test_decode_at_another_rate_and_weights_mismatch_warning(tmp_path, clip, weights_file):
     codes_path = tmp_path / "c.npz"
     assert run("encode", clip, "-o", codes_path, "-n", "2", weights=weights_file).returncode == 0
