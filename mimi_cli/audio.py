@@ -371,7 +371,21 @@ def soundfile_errors(path: Target, tmp: Path):
         free = shutil.disk_usage(tmp.parent).free
         if free < (1 << 20):
             raise cannot_write(path, OSError(errno.ENOSPC, "No space left on device")) from None
+        if _beyond_size_limit(tmp):
+            raise cannot_write(path, OSError(errno.EFBIG, "File too large")) from None
         raise cannot_write(path, f"libsndfile: {exc.error_string}") from None
+
+
+def _beyond_size_limit(tmp: Path) -> bool:
+    """Whether ``tmp`` has reached the process's file size limit (``ulimit -f``; Python ignores SIGXFSZ,
+    so a write past it fails with EFBIG, which libsndfile reports as a "System error" too)."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    try:
+        return limit != resource.RLIM_INFINITY and tmp.stat().st_size + (1 << 16) >= limit
+    except OSError:
+        return False
 
 
 def audio_format(path: Target) -> str:

@@ -52,6 +52,7 @@ _ADVICE = {
     errno.EDQUOT: "your disk quota is used up: free some space or choose another disk",
     errno.ENAMETOOLONG: "choose a shorter name",
     errno.EIO: "the device reported an I/O error: check the disk",
+    errno.EFBIG: "it is larger than this shell's file size limit (ulimit -f) or the file system's largest file",
     errno.ENOENT: "create the folder first or choose another output",
     errno.ENOTDIR: "a part of the path is not a folder: choose another output",
 }

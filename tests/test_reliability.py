@@ -380,6 +380,24 @@ def test_disk_full_after_the_work_is_one_line_and_leaves_nothing(clip, codes, lo
         assert leftovers(small) == [] and sorted(p.name for p in small.iterdir()) == ["a.wav"]
 
 
+def test_file_size_limit_is_named(codes, weights_file, tmp_path):
+    """`ulimit -f`: Python ignores SIGXFSZ, so the write fails with EFBIG, which libsndfile reports as a bare
+    "System error"; said as the limit, for audio (libsndfile) as for codes (Python's own writes)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
+    long_audio = tmp_path / "long.wav"
+    sf.write(long_audio, np.zeros(24000 * 60, np.float32), 24000)  # 60 s at 32 levels: 50 kB of codes (8: 15 kB)
+    for args in (("decode", str(codes), "-o", "out.wav"), ("encode", str(long_audio), "-o", "out.npz", "-n", "32")):
+        done = subprocess.run([sys.executable, "-m", "mimi_cli", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=300, preexec_fn=limit)
+        one_line_error(done, "File too large", "ulimit -f")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav"]
+
+
 def test_standard_output_names_what_is_full(codes, weights_file, tmp_path):
     """-o - is staged in TMPDIR until complete: a full TMPDIR says so (it blamed "the output's disk"), and
     a full disk behind the redirection says to look there; no staging file is left either way."""
