@@ -228,6 +228,10 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
         _fail(str(exc))
     except OSError as exc:  # the library says these in its own words; this is the net under it
         _fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+    except MemoryError as exc:
+        from mimi_cli.errors import out_of_memory
+
+        _fail(str(out_of_memory(exc)))
     except KeyboardInterrupt as exc:
         from mimi_cli.signals import exit_code
 

@@ -43,3 +43,10 @@ def printable(text: str) -> str:
     """``text`` with control characters (terminal escape sequences, say) shown as ``\\xNN``, and line breaks
     as ``\\n``, not sent raw: a message stays one line whatever a file's name holds."""
     return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+
+
+def out_of_memory(exc: MemoryError, more: str = "") -> MimiError:
+    """A memory allocation refused by the system (a full machine, or a limit such as ``ulimit -v``);
+    ``more`` is advice of the command's own."""
+    detail = f" ({str(exc).splitlines()[0][:200]})" if str(exc) else ""
+    return MimiError(f"out of memory{detail}; free some memory or raise the limit (ulimit -v){more}")

@@ -23,7 +23,7 @@ import numpy as np
 from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, open_audio, read_blocks,
                             read_open, resample, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
-from mimi_cli.errors import InvalidAudioError, MimiError, WeightsError
+from mimi_cli.errors import InvalidAudioError, MimiError, WeightsError, out_of_memory
 from mimi_cli.fileio import Target, atomic_output, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
@@ -407,7 +407,9 @@ class Worker:
             raise
         except MimiError as exc:
             return FileResult.of(task, "failed", error=str(exc))
-        except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # unexpected, but only this file's
+        except MemoryError as exc:  # this file's, maybe (a long file with a full machine)
+            return FileResult.of(task, "failed", error=str(out_of_memory(exc, ", or use --stream (memory stays flat) and fewer --jobs")))
+        except (OSError, ValueError, RuntimeError) as exc:  # unexpected, but only this file's
             return FileResult.of(task, "failed", error=f"{type(exc).__name__}: {exc}")
         for codec, loaded in self.models.loaded().items():  # the loader's findings, once per worker
             if codec not in self._warned:

@@ -398,6 +398,28 @@ def test_file_size_limit_is_named(codes, weights_file, tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav"]
 
 
+_OUT_OF_MEMORY = """
+import sys
+from mimi_cli import cli, pipeline
+def refuse(*args, **kwargs):
+    raise MemoryError("Unable to allocate 9.00 GiB for an array")
+pipeline.encode_file = pipeline.roundtrip_file = refuse
+sys.argv = ["mimi", *sys.argv[1:]]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("command", ["encode", "roundtrip"])
+def test_out_of_memory_is_one_line(command, clip, weights_file, tmp_path):
+    """A refused allocation (a full machine, `ulimit -v`) that no size check foresaw: one line saying so and
+    what to do, not a traceback (roundtrip) or a bare "MemoryError: ..." (encode); nothing written."""
+    done = subprocess.run([sys.executable, "-c", _OUT_OF_MEMORY, command, str(clip), "-o", str(tmp_path / "x")],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
+    one_line_error(done, "out of memory (Unable to allocate 9.00 GiB for an array); free some memory", "ulimit -v")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_standard_output_names_what_is_full(codes, weights_file, tmp_path):
     """-o - is staged in TMPDIR until complete: a full TMPDIR says so (it blamed "the output's disk"), and
     a full disk behind the redirection says to look there; no staging file is left either way."""
