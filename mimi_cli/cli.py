@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -219,6 +220,14 @@ class _Messages:
             yield update
 
 
+# What the system runs out of, whatever the step (a pool's pipes, a worker's files).
+_SYSTEM_LIMITS = {
+    errno.EMFILE: "raise the limit on open files (ulimit -n) or use fewer --jobs",
+    errno.ENFILE: "the system's table of open files is full: close other programs or use fewer --jobs",
+    errno.ENOMEM: "free some memory or raise the limit (ulimit -v)",
+}
+
+
 @contextlib.contextmanager
 def _user_errors(interrupted: str = "interrupted; no output was written") -> Iterator[None]:
     """Turn library errors into one-line messages and exit codes (128 + the signal's number when interrupted)."""
@@ -227,7 +236,8 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
     except MimiError as exc:
         _fail(str(exc))
     except OSError as exc:  # the library says these in its own words; this is the net under it
-        _fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+        advice = _SYSTEM_LIMITS.get(exc.errno)
+        _fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}{'; ' + advice if advice else ''}")
     except MemoryError as exc:
         from mimi_cli.errors import out_of_memory
 

@@ -408,7 +408,8 @@ class Worker:
         except MimiError as exc:
             return FileResult.of(task, "failed", error=str(exc))
         except MemoryError as exc:  # this file's, maybe (a long file with a full machine)
-            return FileResult.of(task, "failed", error=str(out_of_memory(exc, ", or use --stream (memory stays flat) and fewer --jobs")))
+            error = out_of_memory(exc, ", or use --stream (memory stays flat) and fewer --jobs")
+            return FileResult.of(task, "failed", error=str(error))
         except (OSError, ValueError, RuntimeError) as exc:  # unexpected, but only this file's
             return FileResult.of(task, "failed", error=f"{type(exc).__name__}: {exc}")
         for codec, loaded in self.models.loaded().items():  # the loader's findings, once per worker

@@ -398,25 +398,34 @@ def test_file_size_limit_is_named(codes, weights_file, tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav"]
 
 
-_OUT_OF_MEMORY = """
-import sys
-from mimi_cli import cli, pipeline
+_REFUSED = """
+import errno, sys
+from mimi_cli import batch, cli, pipeline
 def refuse(*args, **kwargs):
-    raise MemoryError("Unable to allocate 9.00 GiB for an array")
-pipeline.encode_file = pipeline.roundtrip_file = refuse
+    raise {raised}
+{patched} = refuse
 sys.argv = ["mimi", *sys.argv[1:]]
 cli.main()
 """
 
 
-@pytest.mark.parametrize("command", ["encode", "roundtrip"])
-def test_out_of_memory_is_one_line(command, clip, weights_file, tmp_path):
-    """A refused allocation (a full machine, `ulimit -v`) that no size check foresaw: one line saying so and
-    what to do, not a traceback (roundtrip) or a bare "MemoryError: ..." (encode); nothing written."""
-    done = subprocess.run([sys.executable, "-c", _OUT_OF_MEMORY, command, str(clip), "-o", str(tmp_path / "x")],
+@pytest.mark.parametrize("command, patched, raised, expected", [
+    ("encode", "pipeline.encode_file", 'MemoryError("Unable to allocate 9.00 GiB for an array")',
+     "out of memory (Unable to allocate 9.00 GiB for an array); free some memory or raise the limit (ulimit -v)"),
+    ("roundtrip", "pipeline.roundtrip_file", 'MemoryError("Unable to allocate 9.00 GiB for an array")',
+     "out of memory (Unable to allocate 9.00 GiB for an array); free some memory or raise the limit (ulimit -v)"),
+    ("encode", "batch.execute", 'OSError(errno.EMFILE, "Too many open files")',
+     "Too many open files; raise the limit on open files (ulimit -n)"),
+])
+def test_system_limits_are_one_line(command, patched, raised, expected, clip, weights_file, tmp_path):
+    """A refused allocation (a full machine, `ulimit -v`) that no size check foresaw, or too many open files
+    (`ulimit -n`, a pool's pipes): one line saying so and what to do, not a traceback (roundtrip) or a bare
+    "MemoryError: ..." (encode); nothing written."""
+    script = _REFUSED.format(patched=patched, raised=raised)
+    done = subprocess.run([sys.executable, "-c", script, command, str(clip), "-o", str(tmp_path / "x")],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
-    one_line_error(done, "out of memory (Unable to allocate 9.00 GiB for an array); free some memory", "ulimit -v")
+    one_line_error(done, expected)
     assert list(tmp_path.iterdir()) == []
 
 
