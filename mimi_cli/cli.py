@@ -403,9 +403,9 @@ def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existi
             [result] = batch.execute(plan, report=report)
         _show_single(result, say)
         return
-    kind = "items" if any(t.item is not None for t in plan.tasks) else "files"  # manifest lines, members, rows
-    say.note(f"{len(plan.tasks)} {kind}, {sum(t.skip for t in plan.tasks)} already done; {plan.workers} "
-             f"{'Ray actor' if engine == 'ray' else 'worker'}{'s' if plan.workers > 1 else ''}")
+    kind = "item" if any(t.item is not None for t in plan.tasks) else "file"  # manifest lines, members, rows
+    say.note(f"{_count(len(plan.tasks), kind)}, {sum(t.skip for t in plan.tasks)} already done; "
+             f"{_count(plan.workers, 'Ray actor' if engine == 'ray' else 'worker')}")
     start = time.perf_counter()
     with _user_errors("interrupted; finished outputs are kept, none is half-written: rerun with --skip-existing "
                       "to resume"):

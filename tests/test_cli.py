@@ -57,6 +57,9 @@ def test_one_frame_one_codebook_in_the_singular(tmp_path, weights_file):
     result = run("encode", short, "-n", "1", weights=weights_file)
     assert result.returncode == 0, result.stderr
     assert "0.00 s → 1 frame × 1 codebook (0.14 kbps)" in result.stderr
+    result = run("encode", tmp_path, "-n", "1", "-f", weights=weights_file)  # a folder of one file
+    assert result.returncode == 0, result.stderr
+    assert "1 file, 0 already done; 1 worker" in result.stderr and "1 encoded (0.0 s of audio)" in result.stderr
 
 
 def test_decode_at_another_rate_and_weights_mismatch_warning(tmp_path, clip, weights_file):
