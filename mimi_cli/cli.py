@@ -29,10 +29,12 @@ err = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(soft_wrap=True, highlight=False)
 
 # Shared options; their limits come from the model's config.
-WeightsOption = Annotated[Optional[Path], typer.Option(
-    "--weights", help="The codec's weights. Mimi: .safetensors (original, moshi or Hugging Face naming), .mlmodelc "
-                      "or .mlpackage; EnCodec: .safetensors (Hugging Face or original naming). Default: "
-                      "$MIMI_WEIGHTS / $ENCODEC_WEIGHTS, else the released file via the Hugging Face cache.",
+WeightsOption = Annotated[Optional[str], typer.Option(
+    "--weights", metavar="PATH|REPO",
+    help="The codec's weights. Mimi: .safetensors (original, moshi or Hugging Face naming), .mlmodelc or "
+         ".mlpackage; EnCodec: .safetensors (Hugging Face or original naming); or a Hugging Face repo, "
+         "OWNER/REPO (its model.safetensors) or OWNER/REPO/FILE, fetched through its cache. Default: "
+         "$MIMI_WEIGHTS / $ENCODEC_WEIGHTS, else the released file via the Hugging Face cache.",
     show_default=False)]
 ThreadsOption = Annotated[Optional[int], typer.Option(
     "--threads", min=1, help="Threads for one file's work (the output is the same at any count). "
@@ -337,7 +339,7 @@ def encode(
 
     if channels not in CHANNEL_MODES:
         _fail(f"--channels takes {' or '.join(CHANNEL_MODES)}, not {channels!r}", code=2)
-    settings = Settings("encode", str(weights) if weights else None, codec, _num_codebooks(codec, codebooks, bandwidth),
+    settings = Settings("encode", weights, codec, _num_codebooks(codec, codebooks, bandwidth),
                         stream, replace=force, channels=channels)
     if not inputs and not inputs_from:
         _fail("give inputs to encode (files, folders, globs, '-', manifests, shards or datasets)", code=2)
@@ -375,7 +377,7 @@ def decode(
     """Decode codes (.npz) back to audio; each codes file says which codec made it."""
     from mimi_cli.pipeline import Settings
 
-    settings = Settings("decode", str(weights) if weights else None, codec, stream=stream, sample_rate=sample_rate,
+    settings = Settings("decode", weights, codec, stream=stream, sample_rate=sample_rate,
                         replace=force)
     _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, None, quiet)
 
@@ -492,7 +494,7 @@ def roundtrip(
     with _user_errors(), _threads(threads, say):
         from mimi_cli.pipeline import Models, Settings, roundtrip_file
 
-        settings = Settings("encode", str(weights) if weights else None, codec, settings_codebooks, replace=force)
+        settings = Settings("encode", weights, codec, settings_codebooks, replace=force)
         with say.reporter() as report:
             result = roundtrip_file(input, output, plot, settings, Models(settings.weights), report)
     for note in result.notes:

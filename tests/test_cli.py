@@ -114,12 +114,44 @@ def test_weights_resolution_order(tmp_path, clip, weights_file):
     assert not (tmp_path / "c.npz").exists()
 
 
+def test_weights_from_a_hub_repository(tmp_path, clip, weights_file):
+    """--weights OWNER/REPO[/FILE] that is no file here: the file from the Hugging Face cache (laid out here as
+    huggingface_hub lays it out), the same codes as from the file itself; offline and not cached, one line."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--someone--mimi-hf"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    (snapshot / "sub").mkdir(parents=True)
+    assert run("convert", weights_file, snapshot / "model.safetensors", "--naming", "hf").returncode == 0
+    (snapshot / "sub" / "other.safetensors").write_bytes(weights_file.read_bytes())
+    hf = {"HF_HOME": str(tmp_path / "hf")}
+    assert run("encode", clip, "-o", tmp_path / "direct.npz", "--weights", weights_file).returncode == 0
+    for name, given in (("repo.npz", "someone/mimi-hf"), ("file.npz", "someone/mimi-hf/sub/other.safetensors")):
+        result = run("encode", clip, "-o", tmp_path / name, "--weights", given, env_extra=hf, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        with np.load(tmp_path / name) as got, np.load(tmp_path / "direct.npz") as want:
+            np.testing.assert_array_equal(got["codes"], want["codes"])
+    result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", "someone/absent", env_extra=hf)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert ("weights file someone/absent (from --weights) does not exist here, and model.safetensors of "
+            "someone/absent is not in the Hugging Face cache and HF_HUB_OFFLINE is set") in result.stderr
+    result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", "", weights=weights_file)  # "$UNSET"
+    assert result.returncode == 1 and "--weights is empty" in result.stderr
+    for path_like in ("someone/absent.safetensors", "./someone/absent", "someone/../absent"):
+        result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", path_like, env_extra=hf)
+        assert f"weights file {path_like.removeprefix('./')} (from --weights) does not exist\n" in result.stderr
+
+
 def test_version_and_help():
     assert run("--version").stdout.startswith("mimi-cli ")
     help_text = run("--help").stdout
     for command in ("encode", "decode", "roundtrip"):
         assert command in help_text
     assert "--codebooks" in run("encode", "--help").stdout
+    for command in ("decode", "roundtrip", "bench", "inspect-weights", "convert", "run"):  # rich renders every help
+        result = run(command, "--help")
+        assert result.returncode == 0 and "Usage: mimi " + command in result.stdout, result.stderr
 
 
 @pytest.mark.parametrize("args, message", [

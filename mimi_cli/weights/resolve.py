@@ -3,6 +3,13 @@
 Weights are looked for in this order: an explicit path (``--weights``), the
 codec's environment variable (``MIMI_WEIGHTS``, ``ENCODEC_WEIGHTS``), then the
 released checkpoint on the Hugging Face Hub through huggingface_hub's cache.
+
+A name given that is no file here but reads as a Hub repository is fetched from it
+(through the same cache)::
+
+    kyutai/mimi                              the repo's model.safetensors (the released
+                                             repo: its released file)
+    kyutai/moshiko-pytorch-bf16/FILE         FILE of the repo (sub-folders allowed)
 """
 
 from __future__ import annotations
@@ -21,40 +28,60 @@ def resolve_weights(explicit: str | os.PathLike | None, spec) -> Path:
     ``hub_repo``, ``hub_file`` and ``config().display_name``.
     """
     env = spec.weights_env
+    if explicit is not None and not str(explicit):
+        raise WeightsError("--weights is empty; give a weights file's path or a Hugging Face repo")
     for candidate, origin in ((explicit, "--weights"), (os.environ.get(env) or None, f"${env}")):
         if candidate is not None:
             path = Path(candidate).expanduser()
-            if not path.exists():
+            if path.exists():
+                return path
+            hub = hub_reference(str(candidate), spec)
+            if hub is None:
                 raise WeightsError(f"weights file {path} (from {origin}) does not exist")
-            return path
-    return _download_released(spec.hub_repo, spec.hub_file, env, spec.config().display_name)
+            return _download(*hub, f"weights file {path} (from {origin}) does not exist here, and ",
+                             "give a file's path, or go online once to fetch it")
+    return _download(spec.hub_repo, spec.hub_file, f"no {spec.config().display_name} weights: ",
+                     f"pass --weights PATH or set {env}, or go online once to fetch it")
 
 
-def _download_released(repo: str, filename: str, env: str, codec: str) -> Path:
-    """The released file from the Hugging Face cache, downloading it (once) if it is not there."""
-    from huggingface_hub import hf_hub_download
+WEIGHTS_SUFFIXES = (".safetensors", ".mlmodelc", ".mlpackage", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def hub_reference(name: str, spec) -> tuple[str, str] | None:
+    """``(repo, file)`` for a name that reads as a Hub repository (``owner/repo`` or ``owner/repo/FILE``),
+    else None. A repo alone means its ``model.safetensors`` (the codec's released file in the released repo)."""
+    import re
+
+    parts = name.split("/")
+    if len(parts) < 2 or not all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p) for p in parts):
+        return None  # an absolute or ./relative path, "..", an empty part, a name the Hub does not allow
+    if len(parts) == 2 and Path(parts[1]).suffix.lower() in WEIGHTS_SUFFIXES:
+        return None  # folder/file.safetensors: a path mistyped, not a repo
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    return repo, filename or (spec.hub_file if repo == spec.hub_repo else "model.safetensors")
+
+
+def _download(repo: str, filename: str, failure: str, advice: str) -> Path:
+    """``filename`` of the Hub repository ``repo`` from the Hugging Face cache, downloading it (once) if it is
+    not there; when neither works, the error is ``failure`` + what is missing and why + ``advice``."""
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.utils import logging as hub_logging
 
     try:
         return Path(hf_hub_download(repo, filename, local_files_only=True))
     except Exception:  # not cached: download below
         pass
-    def missing(reason: str) -> WeightsError:
-        return WeightsError(f"no {codec} weights: {filename} is not in the Hugging Face cache and {reason}; pass "
-                            f"--weights PATH or set {env}, or go online once to fetch it from {repo}")
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        raise missing("HF_HUB_OFFLINE is set")
-    unreachable = _unreachable(constants.ENDPOINT)
+    reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else None
+    unreachable = reason is None and _unreachable(constants.ENDPOINT)
     if unreachable:  # huggingface_hub would retry for ~25 s before saying the same
-        raise missing(f"{constants.ENDPOINT} cannot be reached ({unreachable})")
-    hub_logging.set_verbosity_error()  # its retry warnings would break our one-line errors
-    try:
-        return Path(hf_hub_download(repo, filename))
-    except Exception as exc:  # hub errors: all mean "no weights here"
-        raise missing(f"could not be downloaded ({type(exc).__name__})") from None
+        reason = f"{constants.ENDPOINT} cannot be reached ({unreachable})"
+    if reason is None:
+        hub_logging.set_verbosity_error()  # its retry warnings would break our one-line errors
+        try:
+            return Path(hf_hub_download(repo, filename))
+        except Exception as exc:  # hub errors: all mean "no weights here"
+            reason = f"could not be downloaded ({type(exc).__name__})"
+    raise WeightsError(f"{failure}{filename} of {repo} is not in the Hugging Face cache and {reason}; {advice}")
 
 
 def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
