@@ -352,7 +352,7 @@ def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool =
     file_format = audio_format(path)
     clipped = int(np.count_nonzero(np.abs(pcm) > 1))
     with atomic_output(path, replace) as tmp, soundfile_errors(path, tmp):
-        sf.write(tmp, np.clip(pcm, -1, 1).T, sample_rate, format=file_format)
+        sf.write(tmp, np.clip(pcm, -1, 1).T, sample_rate, **file_format)
     return clipped
 
 
@@ -388,17 +388,23 @@ def _beyond_size_limit(tmp: Path) -> bool:
         return False
 
 
-def audio_format(path: Target) -> str:
-    """The soundfile format name for ``path``'s extension (WAV for stdout), or an error naming the usable ones."""
+# Suffixes that are not libsndfile's format names: (format, subtype; None for the format's default).
+_SUFFIX_FORMATS = {".opus": ("OGG", "OPUS"), ".oga": ("OGG", None), ".aif": ("AIFF", None)}
+
+
+def audio_format(path: Target) -> dict[str, str | None]:
+    """soundfile's ``format`` and ``subtype`` for ``path``'s extension (WAV for stdout), or an error naming the
+    usable ones (a format with no default encoding, such as headerless RAW, is not one)."""
     import soundfile as sf
 
     if is_stdout(path):
-        return "WAV"
-    name = path.suffix.lstrip(".").upper()
-    if not name or name not in sf.available_formats():
+        return {"format": "WAV", "subtype": None}
+    suffix = path.suffix.lower()
+    name, subtype = _SUFFIX_FORMATS.get(suffix, (suffix.lstrip(".").upper(), None))
+    if not name or name not in sf.available_formats() or (subtype is None and not sf.default_subtype(name)):
         raise InvalidAudioError(f"cannot write audio as {path.suffix or 'a file without extension'}; "
-                                "use .wav, .flac or .ogg")
-    return name
+                                "use .wav, .flac, .ogg, .opus or .mp3")
+    return {"format": name, "subtype": subtype}
 
 
 def check_audio_output(path: Target, sample_rate: int, channels: int) -> None:
@@ -410,9 +416,10 @@ def check_audio_output(path: Target, sample_rate: int, channels: int) -> None:
     file_format = audio_format(path)
     check_rate(sample_rate, "cannot write audio at")
     try:
-        with sf.SoundFile(io.BytesIO(), "w", sample_rate, channels, format=file_format):
+        with sf.SoundFile(io.BytesIO(), "w", sample_rate, channels, **file_format):
             pass
     except (sf.LibsndfileError, ValueError, TypeError) as exc:
         reason = getattr(exc, "error_string", str(exc)).removeprefix("Error : ")
-        raise InvalidAudioError(f"cannot write {file_format} audio at {sample_rate} Hz ({reason}); choose another "
+        shown = file_format["subtype"] or file_format["format"]
+        raise InvalidAudioError(f"cannot write {shown} audio at {sample_rate} Hz ({reason}); choose another "
                                 "--sample-rate or output format") from None

@@ -180,7 +180,7 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_
     remaining, seconds, clipped = codes.num_samples, 0.0, 0
     step = STREAM_FRAMES_PER_STEP
     with atomic_output(output, replace) as tmp, soundfile_errors(output, tmp), \
-            sf.SoundFile(tmp, "w", rate, channels, format=audio_format(output)) as f:
+            sf.SoundFile(tmp, "w", rate, channels, **audio_format(output)) as f:
         def write(pcm: np.ndarray) -> None:  # [C, n]
             nonlocal clipped
             clipped += int(np.count_nonzero(np.abs(pcm) > 1))

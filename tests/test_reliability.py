@@ -501,12 +501,30 @@ def test_audio_far_beyond_full_scale_is_an_error_not_zeros(weights_file, tmp_pat
 def test_unwritable_format_and_rate_fail_before_decoding(codes, weights_file, tmp_path):
     for output, rate, expected in (("x.flac", "700000", "cannot write FLAC audio at 700000 Hz"),
                                    ("x.wav", "10000000", "cannot write audio at 10,000,000 Hz, outside the 1 to"),
-                                   ("x.mp3", "7", "cannot write MP3 audio at 7 Hz")):
+                                   ("x.mp3", "7", "cannot write MP3 audio at 7 Hz"),
+                                   ("x.opus", "44100", "cannot write OPUS audio at 44100 Hz (Opus only supports"),
+                                   ("x.raw", "24000", "cannot write audio as .raw; use .wav, .flac, .ogg, .opus")):
         if output.endswith(".mp3") and "MP3" not in sf.available_formats():
             continue
         result = run("decode", codes, "-o", tmp_path / output, "--sample-rate", rate, weights=weights_file)
         one_line_error(result, expected)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_suffixes_that_are_not_format_names(codes, weights_file, tmp_path, stream):
+    """.opus is Opus in Ogg (libsndfile's OGG format with the OPUS subtype: it had no format of that name and was
+    refused), .oga Ogg Vorbis, .aif AIFF; each read back as what its name says, as long as the codes say."""
+    expected = {"x.opus": ("OGG", "OPUS"), "x.oga": ("OGG", "VORBIS"), "x.aif": ("AIFF", "PCM_16"),
+                "x.WAV": ("WAV", "PCM_16")}
+    with np.load(codes) as npz:
+        seconds = int(npz["num_samples"]) / 24000
+    for name, (major, subtype) in expected.items():
+        result = run("decode", codes, "-o", tmp_path / name, *(["--stream"] if stream else []), weights=weights_file)
+        assert result.returncode == 0, result.stderr
+        info = sf.info(tmp_path / name)
+        assert (info.format, info.subtype, info.samplerate) == (major, subtype, 24000)
+        assert abs(info.duration - seconds) < 0.03, (name, info.duration, seconds)
 
 
 def test_no_weights_and_no_network_fails_fast(clip, tmp_path):
