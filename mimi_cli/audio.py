@@ -149,15 +149,15 @@ class FFmpegAudio(BlockReader):
 
         self._container, self.name = container, name
         stream = next(s for s in container.streams if s.type == "audio")
-        self.samplerate = stream.codec_context.sample_rate
-        self.channels = stream.codec_context.channels
-        if not self.samplerate or not self.channels:
-            raise ValueError("the audio stream has no rate or channels")
+        context = stream.codec_context  # None for a codec FFmpeg has no decoder for (a WAV format tag of 0)
+        if context is None or not context.sample_rate or not context.channels:
+            raise ValueError("the audio stream has no decoder, rate or channels")
+        self.samplerate, self.channels = context.sample_rate, context.channels
         seconds = (float(stream.duration * stream.time_base) if stream.duration
                    else (container.duration or 0) / av.time_base)
         self.frames = max(1, round(seconds * self.samplerate))
         self._packets = container.decode(stream)
-        self._resampler = av.AudioResampler(format="flt", layout=stream.codec_context.layout, rate=self.samplerate)
+        self._resampler = av.AudioResampler(format="flt", layout=context.layout, rate=self.samplerate)
         self._pending: list[np.ndarray] = []
         self._position = 0
 

@@ -71,6 +71,20 @@ def test_reads_mp3_and_ogg(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED / "audio").is_dir(), reason="../shared/audio is not present")
+def test_a_wav_whose_format_tag_no_decoder_knows(tmp_path):
+    """Format tag 0 ("unknown"): libsndfile refuses it, and FFmpeg (the ffmpeg extra) opens the file with an audio
+    stream but no decoder for it (PyAV's codec_context is None): a one-line error from both, not AttributeError."""
+    pytest.importorskip("av")
+    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32", frames=1600)
+    path = tmp_path / "tag0.wav"
+    sf.write(path, pcm, rate, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    data[20:22] = b"\0\0"  # the fmt chunk's format tag (1: PCM)
+    path.write_bytes(bytes(data))
+    with pytest.raises(InvalidAudioError, match="Malformed 'fmt ' chunk.*FFmpeg: the audio stream has no decoder"):
+        read_audio(path)
+
+
 def test_shared_speech_clips_read():
     for path in sorted((SHARED / "audio").glob("*.wav")):
         audio = read_audio(path)
