@@ -50,3 +50,14 @@ def out_of_memory(exc: MemoryError, more: str = "") -> MimiError:
     ``more`` is advice of the command's own."""
     detail = f" ({str(exc).splitlines()[0][:200]})" if str(exc) else ""
     return MimiError(f"out of memory{detail}; free some memory or raise the limit (ulimit -v){more}")
+
+
+def loads_json(text: str | bytes) -> object:
+    """``json.loads``, with a document nested too deeply for Python's parser (``[[[[…``, a RecursionError)
+    raised as the ValueError any other malformed document raises."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import tarfile
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from mimi_cli.audio import BlockReader
-from mimi_cli.errors import InvalidAudioError, MimiError
+from mimi_cli.errors import InvalidAudioError, MimiError, loads_json
 from mimi_cli.fileio import file_kind
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path")
@@ -112,18 +111,22 @@ def list_manifest(path: Path) -> list[Entry]:
             continue
         name = f"{path}:{number}"
         try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
+            record = loads_json(line)
+            kind = None if isinstance(record, dict) else _JSON_TYPES[type(record)]
+            problem = kind and f"{name} is a JSON {kind}, not an object"
         except ValueError as exc:
-            entries.append(_invalid(name, f"{name} is not a JSON object ({exc})", f"line-{number:06d}"))
+            problem = f"{name} is not JSON ({exc})"
+        if problem:
+            entries.append(_invalid(name, problem, f"line-{number:06d}"))
             continue
         audio = next((record[k] for k in MANIFEST_PATH_KEYS if isinstance(record.get(k), str)), None)
         offset, duration = record.get("offset", 0.0), record.get("duration")
+        bad_duration = duration is not None and not (_seconds(duration) and duration > 0)
         problem = (f"{name} has no audio_filepath (or path)" if audio is None else
-                   f"{name}: offset must be a number of seconds ≥ 0" if not _seconds(offset) else
-                   f"{name}: duration must be a number of seconds > 0" if duration is not None
-                   and not (_seconds(duration) and duration > 0) else None)
+                   f"{name}: its audio_filepath holds a NUL character, which no file name can" if "\0" in audio else
+                   f"{name}: offset must be a number of seconds from 0 to {MAX_SECONDS:,.0f}" if not _seconds(offset)
+                   else f"{name}: duration must be a number of seconds above 0, at most {MAX_SECONDS:,.0f}"
+                   if bad_duration else None)
         if problem:
             entries.append(_invalid(name, problem, f"line-{number:06d}"))
             continue
@@ -142,8 +145,12 @@ def list_manifest(path: Path) -> list[Entry]:
     return entries
 
 
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+MAX_SECONDS = 1e9  # 31 years: beyond any recording, and small enough to count in samples or milliseconds
+
+
 def _seconds(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_SECONDS
 
 
 def list_tar(path: Path) -> list[Entry]:
@@ -161,7 +168,7 @@ def list_tar(path: Path) -> list[Entry]:
                     data = shard.extractfile(member).read().decode("utf-8", errors="replace")
                     with_suffix = suffix.lstrip(".")
                     try:
-                        texts.setdefault(key, {})[with_suffix] = json.loads(data) if suffix == ".json" else data
+                        texts.setdefault(key, {})[with_suffix] = loads_json(data) if suffix == ".json" else data
                     except ValueError:
                         texts.setdefault(key, {})[with_suffix] = data
     except (OSError, tarfile.TarError, EOFError) as exc:

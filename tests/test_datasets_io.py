@@ -64,6 +64,28 @@ def test_manifest_with_offsets_and_bad_lines(tmp_path, weights_file, reference):
     assert list(table["text"]) == ["a span", "all of it"] and len(table) == 2
 
 
+def test_hostile_manifest_lines_fail_alone(tmp_path, weights_file, reference):
+    """Lines a careless or hostile producer writes: each its own one-line failure (a traceback before, for a
+    deep nesting or an offset of 1e308 s), the good line still encoded."""
+    folder, codes = reference
+    whole = str(folder / "whole.wav")
+    lines = ["[" * 100_000 + "]" * 100_000, json.dumps({"audio_filepath": whole, "offset": 1e308}),
+             json.dumps({"audio_filepath": whole, "duration": 1e308}), json.dumps({"audio_filepath": whole + "\0x"}),
+             "[1, 2]", "null", json.dumps({"audio_filepath": whole, "offset": 0.5, "duration": 1.5})]
+    manifest = tmp_path / "hostile.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    result = run("encode", manifest, "-o", tmp_path / "out", weights=weights_file)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    failures = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("failed:")]
+    assert failures == [f"failed: {manifest}:1 is not JSON (nested too deeply)",
+                        f"failed: {manifest}:2: offset must be a number of seconds from 0 to 1,000,000,000",
+                        f"failed: {manifest}:3: duration must be a number of seconds above 0, at most 1,000,000,000",
+                        f"failed: {manifest}:4: its audio_filepath holds a NUL character, which no file name can",
+                        f"failed: {manifest}:5 is a JSON array, not an object",
+                        f"failed: {manifest}:6 is a JSON null, not an object"], result.stderr
+    np.testing.assert_array_equal(CodesFile.load(tmp_path / "out" / "whole_500ms.npz").codes, codes["span"])
+
+
 def test_a_manifest_by_any_name_or_pipe(tmp_path, weights_file, reference):
     """NeMo names its JSON-lines manifests .json; --inputs-from takes any name, and a pipe (read once while
     planning, relative paths from the working folder, so --jobs works)."""

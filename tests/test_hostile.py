@@ -68,6 +68,23 @@ def test_hostile_package_manifest_and_espresso(tmp_path):
     inspect_fails(espresso, "cannot read Core ML network")
 
 
+def test_json_nested_too_deeply_is_malformed_not_a_crash(tmp_path):
+    """`[[[[…` a hundred thousand deep overflows Python's JSON parser (RecursionError, which no reader caught
+    as malformed data): said as the file's own error by every reader of JSON."""
+    deep = "[" * 100_000 + "]" * 100_000
+    header = deep.encode()
+    (tmp_path / "w.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    inspect_fails(tmp_path / "w.safetensors", "header is not valid JSON (nested too deeply)")
+    package = tmp_path / "p.mlpackage"
+    package.mkdir()
+    (package / "Manifest.json").write_text(deep)
+    inspect_fails(package, "invalid Manifest.json (nested too deeply)")
+    espresso = tmp_path / "e.mlmodelc"
+    espresso.mkdir()
+    (espresso / "model.espresso.net").write_text(deep)
+    inspect_fails(espresso, "not plain JSON with layers (nested too deeply)")
+
+
 def _package(folder: Path, model: bytes) -> Path:
     (folder / "Data" / "com.apple.CoreML").mkdir(parents=True)
     (folder / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(model)

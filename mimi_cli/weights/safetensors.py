@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.errors import WeightsError
+from mimi_cli.errors import WeightsError, loads_json
 from mimi_cli.weights.dtypes import bf16_to_f32, e4m3_to_f32, e5m2_to_f32, f32_to_bf16
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's own limit
@@ -82,8 +82,8 @@ class SafetensorsFile:
 
     def _parse(self, header_bytes: bytes) -> tuple[dict, dict[str, TensorInfo]]:
         try:
-            header = json.loads(header_bytes)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            header = loads_json(header_bytes)
+        except ValueError as exc:  # not UTF-8, not JSON, nested too deeply
             raise self._error(f"header is not valid JSON ({exc})") from None
         if not isinstance(header, dict):
             raise self._error("header is not a JSON object")

@@ -13,11 +13,10 @@ No path in a model may lead outside its folder.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
-from mimi_cli.errors import WeightsError
+from mimi_cli.errors import WeightsError, loads_json
 from mimi_cli.weights.coreml.mil import Program
 from mimi_cli.weights.coreml.paths import inside
 from mimi_cli.weights.tensors import TensorEntry, WeightFile
@@ -66,7 +65,7 @@ def _read_package(path: Path) -> tuple[Program | None, Path, str, dict[str, obje
     from mimi_cli.weights.coreml.proto import read_model
 
     try:
-        manifest = json.loads((path / "Manifest.json").read_text(encoding="utf-8"))
+        manifest = loads_json((path / "Manifest.json").read_text(encoding="utf-8"))
         items = manifest["itemInfoEntries"]
         root = items[manifest["rootModelIdentifier"]]["path"]
         if not isinstance(root, str):
@@ -108,7 +107,7 @@ def _program_file(path: Path, container: str, program: Program, model_dir: Path,
 def _metadata(path: Path) -> dict[str, object]:
     """The facts ``metadata.json`` of a compiled model gives (missing or unreadable: none)."""
     try:
-        meta = json.loads((path / "metadata.json").read_text(encoding="utf-8"))[0]
+        meta = loads_json((path / "metadata.json").read_text(encoding="utf-8"))[0]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return {}
     facts = {"specification version": meta.get("specificationVersion"),

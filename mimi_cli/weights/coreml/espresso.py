@@ -12,7 +12,6 @@ are zero-padded blobs, of which the first ``nC`` values are the bias.
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import struct
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.errors import WeightsError
+from mimi_cli.errors import WeightsError, loads_json
 from mimi_cli.weights.coreml.paths import inside
 from mimi_cli.weights.tensors import TensorEntry, WeightFile
 
@@ -40,7 +39,7 @@ def _layer_shapes(layer: dict) -> dict[str, tuple[int, ...]]:
 def open_espresso(path: Path) -> WeightFile:
     net_path = path / "model.espresso.net"
     try:
-        net = json.loads(net_path.read_text(encoding="utf-8"))
+        net = loads_json(net_path.read_text(encoding="utf-8"))
         layers = list(net["layers"])
         if not all(isinstance(layer, dict) for layer in layers):
             raise TypeError("a layer is not a JSON object")
