@@ -337,6 +337,8 @@ def _tar_member(item: Item) -> bytes:
 
 def _row_audio(item: Item, name: str) -> bytes:
     value = _row(item, (item.column,))[item.column]
+    if isinstance(value, dict) and value.get("array") is not None:  # decoded audio saved as a plain struct
+        return _as_wav(value, name)
     if isinstance(value, dict):  # the datasets Audio feature: {"bytes": ..., "path": ...}
         if value.get("bytes"):
             return value["bytes"]
@@ -357,6 +359,30 @@ def _row_audio(item: Item, name: str) -> bytes:
         except OSError as exc:
             raise InvalidAudioError(f"{name}: cannot read {path} ({exc.strerror or exc})") from None
     raise InvalidAudioError(f"{name}: column {item.column!r} holds no audio bytes or path")
+
+
+def _as_wav(value: dict, name: str) -> bytes:
+    """``{"array": samples, "sampling_rate": rate}`` (what datasets' Audio feature decodes to, saved as a plain
+    struct by a ``map``): a float WAV in memory. ``array`` is ``[N]``, or ``[C, N]`` for C channels."""
+    import numpy as np
+    import soundfile as sf
+
+    from mimi_cli.audio import check_rate
+
+    rate = value.get("sampling_rate")
+    if not isinstance(rate, int) or isinstance(rate, bool):
+        raise InvalidAudioError(f"{name}: an audio array needs an integer sampling_rate beside it, not {rate!r}")
+    check_rate(rate, f"{name} declares")
+    try:
+        samples = np.asarray(value["array"], dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise InvalidAudioError(f"{name}: its audio array is not numbers of equal length ({exc})") from None
+    if samples.ndim not in (1, 2) or samples.size == 0:
+        raise InvalidAudioError(f"{name}: its audio array has shape {list(samples.shape)}; give [samples] or "
+                                "[channels, samples]")
+    buffer = io.BytesIO()
+    sf.write(buffer, samples.T, rate, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
 
 
 def open_bytes(data: bytes, name: str):

@@ -219,6 +219,28 @@ def test_hugging_face_dataset_in_parquet_out(tmp_path, weights_file, reference, 
     assert not any(p.suffix == ".npz" for p in tmp_path.rglob("*"))
 
 
+def test_decoded_audio_saved_as_a_plain_struct(tmp_path, weights_file, reference, speech):
+    """A dataset `map`ped to {"array", "sampling_rate"} (datasets' decoded form) and saved as a plain struct: the
+    samples are read as they are (mono [N], stereo [2, N]), the same codes as the file; a bad row fails alone."""
+    datasets = pytest.importorskip("datasets")
+    folder, codes = reference
+    pcm, rate = sf.read(folder / "one.wav", dtype="float32")
+    rows = [{"array": pcm.tolist(), "sampling_rate": rate}, {"array": pcm.tolist(), "sampling_rate": 5_000_000},
+            {"array": [], "sampling_rate": rate}]
+    datasets.Dataset.from_dict({"audio": rows}).to_parquet(str(tmp_path / "mono.parquet"))
+    two = [{"array": np.stack([pcm, pcm]).tolist(), "sampling_rate": rate}]
+    datasets.Dataset.from_dict({"audio": two}).to_parquet(str(tmp_path / "stereo.parquet"))
+    result = run("encode", tmp_path / "mono.parquet", tmp_path / "stereo.parquet", "-o", tmp_path / "codes",
+                 weights=weights_file)
+    assert result.returncode == 1 and "2 encoded" in result.stderr and "Traceback" not in result.stderr
+    assert "mono.parquet#1 declares 5,000,000 Hz, outside" in result.stderr
+    assert "mono.parquet#2: its audio array has shape [0]" in result.stderr
+    mono, stereo = (CodesFile.load(tmp_path / "codes" / name / "00000000.npz") for name in ("mono", "stereo"))
+    np.testing.assert_array_equal(mono.codes, codes["one"])
+    np.testing.assert_array_equal(stereo.codes, codes["one"])  # both channels the same: their mean is the clip
+    assert stereo.source_channels == 2
+
+
 def test_dataset_without_the_audio_column(tmp_path, weights_file, hf_dataset):
     result = run("encode", hf_dataset / "train.parquet", "--audio-column", "speech", "--parquet", tmp_path / "pq",
                  weights=weights_file)
