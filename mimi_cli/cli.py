@@ -847,4 +847,14 @@ def main() -> None:
     signals.install()  # SIGTERM and SIGHUP clean up like Ctrl-C
     keep_freed_memory()  # the threads of one process stop interrupting each other (core/threads.py)
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # NumPy's overflow chatter: errors are ours to say
-    app(prog_name="mimi")
+    # click's own errors (a bad option value, a missing argument, an unknown command), vendored by typer or not
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    try:
+        code = app(prog_name="mimi", standalone_mode=False)  # so that a usage error comes here, not as a box
+    except usage_error as exc:
+        message, context = " ".join(exc.format_message().split()), getattr(exc, "ctx", None)
+        if message:  # none after the help shown for a bare `mimi`
+            hint = f" (see {context.command_path} -h)" if context is not None else ""
+            err.print(f"[bold red]error:[/] {_shown(message)}{hint}")
+        code = exc.exit_code
+    raise SystemExit(code if isinstance(code, int) else 0)
