@@ -175,7 +175,9 @@ class CodesFile:
             return InvalidCodesError(f"{path}: {problem}")
 
         if a["codec"].shape != () or a["codec"].dtype.kind != "U" or str(a["codec"]) not in CODECS:
-            raise fail(f"codec must name one of {', '.join(CODECS)}, got {a['codec']!r}")
+            codec = a["codec"]
+            got = repr(str(codec)[:40]) if codec.shape == () else f"an array of shape {list(codec.shape)}"
+            raise fail(f"codec must name one of {', '.join(CODECS)}, got {got}")
         config = codec_spec(str(a["codec"])).config()
 
         for key in (*_INT_KEYS, "frame_rate", "weights_id"):

@@ -132,7 +132,7 @@ def test_encodec_codes_file_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"codec": np.array("soundstream")}, "codec must name one of mimi, encodec-24khz"),
+    ({"codec": np.array("soundstream")}, "codec must name one of mimi, encodec-24khz, got 'soundstream'"),
     ({"codec": np.array(3)}, "codec must name one of"),
     ({"codec": np.array("encodec-24khz")}, "codebook_size is 2048, but EnCodec 24 kHz uses 1024"),
 ])
