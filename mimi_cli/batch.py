@@ -32,7 +32,7 @@ from typing import Literal
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError
-from mimi_cli.fileio import STDOUT, Target, atomic_output, check_output, file_ids, is_folder, is_pipe, is_stdout
+from mimi_cli.fileio import STDIN, STDOUT, Target, atomic_output, check_output, file_ids, is_folder, is_pipe, is_stdout
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker
 from mimi_cli.sources import Item, is_container, list_items
 
@@ -95,6 +95,8 @@ def plan(job: Job) -> Plan:
             raise MimiError("with input from standard input, give -o: a file, or - for standard output")
         if job.jobs > 1 or job.engine == "ray":
             raise MimiError("'-' (standard input) is read in this process; drop --jobs and --engine ray")
+    if job.manifests.count(STDIN) + job.inputs.count(STDIN) > 1:
+        raise MimiError("standard input can be read once: give '-' as an input or to one --inputs-from, not both")
     pipes = [p for p in job.inputs if p != STDOUT and is_pipe(Path(p))]
     if pipes and job.output is None:
         raise MimiError(f"{pipes[0]} is a pipe, with no folder to write beside it; give -o: a file, a folder, "
@@ -106,7 +108,7 @@ def plan(job: Job) -> Plan:
             s = replace(s, weights=os.path.abspath(s.weights))
         job = replace(job, settings=s, inputs=tuple(p if p == STDOUT else os.path.abspath(os.path.expanduser(p))
                                         for p in job.inputs),
-                      manifests=tuple(p if is_pipe(Path(p)) else os.path.abspath(os.path.expanduser(p))
+                      manifests=tuple(p if p == STDIN or is_pipe(Path(p)) else os.path.abspath(os.path.expanduser(p))
                                       for p in job.manifests),
                       output=None if job.output in (None, STDOUT) else
                       os.path.abspath(os.path.expanduser(job.output)) + ("/" if job.output.endswith("/") else ""))
@@ -118,8 +120,10 @@ def plan(job: Job) -> Plan:
     found += [Input(Path(e.name), Path(m).parent, e.item, e.relative)
               for m in job.manifests for e in list_items(Path(m).expanduser(), manifest=True)]
     if not found:
-        raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {', '.join((*job.inputs, *job.manifests))}"
-                        + ("" if job.recursive else " (use -r to search sub-folders)"))
+        given = ", ".join("standard input" if p == STDIN else p for p in (*job.inputs, *job.manifests))
+        folders = any(is_folder(p) for p in paths)
+        raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {given}"
+                        + (" (use -r to search sub-folders)" if folders and not job.recursive else ""))
     items = any(entry.item is not None for entry in found)
     one_file = len(paths) == 1 and not is_folder(paths[0]) and not _is_glob(paths[0]) and not items
     if items and job.output is None and job.parquet is None:

@@ -323,12 +323,13 @@ def encode(
     parquet: ParquetOption = None,
     inputs_from: Annotated[Optional[list[Path]], typer.Option(
         "--inputs-from", metavar="MANIFEST", show_default=False,
-        help="A JSONL manifest of inputs, whatever its name (a pipe too): audio_filepath (or path), optional "
-             "offset and duration in seconds; other keys are carried to --manifest and --parquet. Repeatable. "
-             "A .jsonl or .json file named as an input is read the same way.")] = None,
+        help="A list of inputs, whatever its name ('-': standard input; a pipe too): JSON lines with "
+             "audio_filepath (or path), optional offset and duration in seconds, other keys carried to --manifest "
+             "and --parquet; or plain paths, one per line or NUL-separated (find -print0). Repeatable. A .jsonl "
+             "or .json file named as an input is read the same way.")] = None,
     audio_column: Annotated[str, typer.Option(
         "--audio-column", help="The audio column of dataset inputs (Arrow or Parquet): {bytes, path} structs, "
-                               "bytes, or paths.")] = "audio",
+                               "bytes, paths, or decoded {array, sampling_rate} structs.")] = "audio",
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,

@@ -42,6 +42,7 @@ from typing import Union
 from mimi_cli.errors import MimiError, OutputExistsError
 
 STDOUT = "-"
+STDIN = "-"  # the same name given as an input
 Target = Union[Path, str]  # a file, or STDOUT
 
 _ADVICE = {

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,7 +28,7 @@ from typing import Literal
 
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import InvalidAudioError, MimiError, loads_json
-from mimi_cli.fileio import file_kind
+from mimi_cli.fileio import STDIN, file_kind
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path")
 MAX_MEMBER_BYTES = 2 << 30  # an audio member or cell read into memory at once
@@ -95,16 +96,11 @@ def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) 
 
 def list_manifest(path: Path) -> list[Entry]:
     """NeMo/lhotse-style JSONL: one object per line with ``audio_filepath`` (or ``path``), optional
-    ``offset`` and ``duration`` in seconds; other keys are carried. Relative paths start at the manifest
-    (at the working folder for a manifest that comes through a pipe, read once here)."""
-    try:
-        kind = file_kind(os.stat(path).st_mode)
-        if kind not in (None, "a pipe (FIFO)"):
-            raise MimiError(f"manifest {path} is {kind}, not a file")
-        base = path.parent if kind is None else Path.cwd()  # a pipe's folder (/dev/fd) holds no audio
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MimiError(f"cannot read manifest {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    ``offset`` and ``duration`` in seconds; other keys are carried. A line that is not JSON (no ``{`` or
+    ``[`` first) is a path alone, so a plain list of files works too (``find … |``, one per line or
+    ``-print0``'s NUL-separated). Relative paths start at the manifest (at the working folder for
+    standard input, ``-``, or a pipe, read once here)."""
+    lines, base = _manifest_lines(path)
     entries = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -115,7 +111,9 @@ def list_manifest(path: Path) -> list[Entry]:
             kind = None if isinstance(record, dict) else _JSON_TYPES[type(record)]
             problem = kind and f"{name} is a JSON {kind}, not an object"
         except ValueError as exc:
-            problem = f"{name} is not JSON ({exc})"
+            record, problem = {"audio_filepath": line.strip()}, None
+            if line.lstrip()[:1] in ("{", "["):  # meant as JSON
+                problem = f"{name} is not JSON ({exc})"
         if problem:
             entries.append(_invalid(name, problem, f"line-{number:06d}"))
             continue
@@ -143,6 +141,26 @@ def list_manifest(path: Path) -> list[Entry]:
                                         duration=None if duration is None else float(duration),
                                         extra=json.dumps(carried)), relative))
     return entries
+
+
+def _manifest_lines(path: Path) -> tuple[list[str], Path]:
+    """A manifest's lines (NUL-separated entries, if it holds a NUL) and the folder its relative paths start at."""
+    try:
+        if str(path) == STDIN:
+            if sys.stdin is None or sys.stdin.isatty():
+                raise MimiError("--inputs-from - reads standard input, which is a terminal or closed here; pipe the "
+                                "list in")
+            text, base = sys.stdin.buffer.read().decode("utf-8"), Path.cwd()
+        else:
+            kind = file_kind(os.stat(path).st_mode)
+            if kind not in (None, "a pipe (FIFO)"):
+                raise MimiError(f"manifest {path} is {kind}, not a file")
+            text = path.read_text(encoding="utf-8")
+            base = path.parent if kind is None else Path.cwd()  # a pipe's folder (/dev/fd) holds no audio
+    except (OSError, UnicodeDecodeError) as exc:
+        shown = "standard input" if str(path) == STDIN else path
+        raise MimiError(f"cannot read manifest {shown}: {getattr(exc, 'strerror', None) or exc}") from None
+    return (text.split("\0") if "\0" in text else text.splitlines()), base
 
 
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}

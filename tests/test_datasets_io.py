@@ -108,6 +108,31 @@ def test_a_manifest_by_any_name_or_pipe(tmp_path, weights_file, reference):
         np.testing.assert_array_equal(CodesFile.load(tmp_path / name / "whole_500ms.npz").codes, codes["span"])
 
 
+@pytest.mark.parametrize("separator", ["\n", "\0"])
+def test_a_plain_list_of_paths_on_standard_input(tmp_path, weights_file, reference, separator):
+    """`find … | mimi encode --inputs-from - -o DIR` (and `find -print0`): each entry a path, relative to the
+    working folder; JSON lines may be mixed in; a broken JSON line is still said to be broken; the outputs
+    mirror the paths, the same codes as each file alone."""
+    import os
+    import subprocess
+    import sys
+
+    folder, codes = reference
+    names = ["one.wav", "two.wav", json.dumps({"audio_filepath": "whole.wav", "offset": 0.5, "duration": 1.5}),
+             "{broken"]
+    listed = separator.join(names) + separator
+    done = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", "--inputs-from", "-", "-o", str(tmp_path)],
+                          input=listed, cwd=folder, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)})
+    assert done.returncode == 1 and "3 encoded" in done.stderr and "1 failed" in done.stderr, done.stderr
+    assert "-:4 is not JSON" in done.stderr
+    for name, output in (("one", "one.npz"), ("two", "two.npz"), ("span", "whole_500ms.npz")):
+        np.testing.assert_array_equal(CodesFile.load(tmp_path / output).codes, codes[name])
+    both = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", "-", "--inputs-from", "-", "-o",
+                           str(tmp_path / "x")], input="", capture_output=True, text=True, timeout=60)
+    assert both.returncode == 1 and "standard input can be read once" in both.stderr
+
+
 def test_plain_files_without_o_go_to_parquet_only(tmp_path, weights_file, reference):
     """As items do: no codes file is left beside the audio of a corpus (it wrote one beside each file)."""
     folder, codes = reference
