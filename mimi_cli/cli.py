@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mimi_cli import __version__
-from mimi_cli.errors import MimiError
+from mimi_cli.errors import MimiError, out_of_memory
 from mimi_cli.models import CODECS, DEFAULT_CODEC
 
 app = typer.Typer(
@@ -241,8 +241,6 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
         advice = _SYSTEM_LIMITS.get(exc.errno)
         _fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}{'; ' + advice if advice else ''}")
     except MemoryError as exc:
-        from mimi_cli.errors import out_of_memory
-
         _fail(str(out_of_memory(exc)))
     except KeyboardInterrupt as exc:
         from mimi_cli.signals import exit_code
