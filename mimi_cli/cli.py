@@ -618,9 +618,25 @@ def _streams_held(rows: list[dict]) -> str:
     return f"at least {held}, the most tried" if held == tried else f"{held} ({held + 1} did not keep up)"
 
 
+def _weights_source(name: str) -> Path:
+    """A weights argument: a path, or a Hugging Face repo (OWNER/REPO[/FILE]) when no such file exists."""
+    from mimi_cli.fileio import missing
+    from mimi_cli.models import codec_spec
+    from mimi_cli.weights.resolve import hub_reference, locate
+
+    path = Path(name)
+    if missing(path) and hub_reference(name, codec_spec(DEFAULT_CODEC)) is not None:
+        return locate(name, codec_spec(DEFAULT_CODEC))
+    if missing(path):
+        raise MimiError(f"{name} {missing(path)}")
+    return path
+
+
 def inspect_weights(
-    path: Annotated[Path, typer.Argument(help="A .safetensors file, or a Core ML .mlmodelc / .mlpackage folder.",
-                                         show_default=False)],
+    name: Annotated[str, typer.Argument(
+        metavar="PATH|REPO", show_default=False,
+        help="A .safetensors file, a Core ML .mlmodelc / .mlpackage folder, or a Hugging Face repo "
+             "(OWNER/REPO or OWNER/REPO/FILE) when no such file exists.")],
     pattern: Annotated[Optional[str], typer.Option(
         "--filter", help="Only tensors whose name matches this glob, e.g. 'decoder.*conv*'.", show_default=False)]
     = None,
@@ -636,10 +652,7 @@ def inspect_weights(
     with _user_errors():
         from mimi_cli.inspect import inspect_weights as inspect
 
-        from mimi_cli.fileio import missing
-
-        if missing(path):
-            raise MimiError(f"{path} {missing(path)}")
+        path = _weights_source(name)
         with _Messages(quiet=as_json).progress_fraction("Reading tensors") as update:
             report = inspect(path, pattern, stats=not no_stats, progress=update)
     if as_json:
@@ -698,8 +711,10 @@ def _stat(value: float | None) -> str:
 
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="Mimi weights: .safetensors (any naming), .mlmodelc or .mlpackage.",
-                                           show_default=False)],
+    name: Annotated[str, typer.Argument(
+        metavar="SOURCE", show_default=False,
+        help="Mimi weights: .safetensors (any naming), .mlmodelc or .mlpackage, or a Hugging Face repo "
+             "(OWNER/REPO or OWNER/REPO/FILE) when no such file exists.")],
     destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", show_default=False)],
     naming: Annotated[str, typer.Option(
         "--naming", help="Tensor names to write: original (Kyutai's release), hf (transformers' kyutai/mimi) "
@@ -723,10 +738,11 @@ def convert(
         from mimi_cli.convert import convert_checkpoint
         from mimi_cli.fileio import check_output, file_ids
 
+        source = _weights_source(name)
         sources = file_ids([source, *(source.rglob("*") if source.is_dir() else [])])
         check_output(destination, force, sources)
         layout, written, count = convert_checkpoint(source, destination, naming, dtype, force)
-        err.print(f"{_shown(str(source))} ({layout} naming) → {_shown(str(destination))}: {count} tensors, "
+        err.print(f"{_shown(name)} ({layout} naming) → {_shown(str(destination))}: {count} tensors, "
                   f"{naming} naming, {written}")
 
 

@@ -132,6 +132,10 @@ def test_weights_from_a_hub_repository(tmp_path, clip, weights_file):
         assert result.returncode == 0, result.stderr
         with np.load(tmp_path / name) as got, np.load(tmp_path / "direct.npz") as want:
             np.testing.assert_array_equal(got["codes"], want["codes"])
+    inspected = run("inspect", "someone/mimi-hf", "--json", "--no-stats", env_extra=hf)
+    assert inspected.returncode == 0 and json.loads(inspected.stdout)["format"] == "Mimi Hugging Face", inspected.stderr
+    converted = run("convert", "someone/mimi-hf", tmp_path / "back.safetensors", env_extra=hf)
+    assert converted.returncode == 0 and "someone/mimi-hf (hf naming) →" in converted.stderr, converted.stderr
     result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", "someone/absent", env_extra=hf)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert ("weights file someone/absent (from --weights) does not exist here, and model.safetensors of "
@@ -165,7 +169,7 @@ def test_version_and_help():
                                       "equal to 1 (see mimi encode -h)"),
     (["encode", "{clip}", "--codec", "nope"], "'nope' is not a codec here; choose one of mimi, encodec-24khz"),
     (["encode", "{clip}", "--bogus"], "No such option: --bogus"),
-    (["convert"], "Missing argument 'source'. (see mimi convert -h)"),
+    (["convert"], "Missing argument 'SOURCE'. (see mimi convert -h)"),
     (["nosuch"], "No such command 'nosuch'. (see mimi -h)"),
 ])
 def test_usage_errors_are_one_line(clip, args, message):

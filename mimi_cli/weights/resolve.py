@@ -32,16 +32,23 @@ def resolve_weights(explicit: str | os.PathLike | None, spec) -> Path:
         raise WeightsError("--weights is empty; give a weights file's path or a Hugging Face repo")
     for candidate, origin in ((explicit, "--weights"), (os.environ.get(env) or None, f"${env}")):
         if candidate is not None:
-            path = Path(candidate).expanduser()
-            if path.exists():
-                return path
-            hub = hub_reference(str(candidate), spec)
-            if hub is None:
-                raise WeightsError(f"weights file {path} (from {origin}) does not exist")
-            return _download(*hub, f"weights file {path} (from {origin}) does not exist here, and ",
-                             "give a file's path, or go online once to fetch it")
+            return locate(str(candidate), spec, f" (from {origin})")
     return _download(spec.hub_repo, spec.hub_file, f"no {spec.config().display_name} weights: ",
                      f"pass --weights PATH or set {env}, or go online once to fetch it")
+
+
+def locate(name: str, spec, origin: str = "") -> Path:
+    """The weights file ``name`` names: a path, or, when no such file exists and the name reads as a Hub
+    repository, that repository's file from the Hugging Face cache (fetched once); ``origin`` says where
+    the name came from, in the error."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    hub = hub_reference(name, spec)
+    if hub is None:
+        raise WeightsError(f"weights file {path}{origin} does not exist")
+    return _download(*hub, f"weights file {path}{origin} does not exist here, and ",
+                     "give a file's path, or go online once to fetch it")
 
 
 WEIGHTS_SUFFIXES = (".safetensors", ".mlmodelc", ".mlpackage", ".bin", ".pt", ".pth", ".ckpt")
