@@ -108,11 +108,10 @@ def test_a_manifest_by_any_name_or_pipe(tmp_path, weights_file, reference):
         np.testing.assert_array_equal(CodesFile.load(tmp_path / name / "whole_500ms.npz").codes, codes["span"])
 
 
-@pytest.mark.parametrize("separator", ["\n", "\0"])
-def test_a_plain_list_of_paths_on_standard_input(tmp_path, weights_file, reference, separator):
-    """`find … | mimi encode --inputs-from - -o DIR` (and `find -print0`): each entry a path, relative to the
-    working folder; JSON lines may be mixed in; a broken JSON line is still said to be broken; the outputs
-    mirror the paths, the same codes as each file alone."""
+def test_a_plain_list_of_paths_on_standard_input(tmp_path, weights_file, reference):
+    """`find … | mimi encode --inputs-from - -o DIR`: each line a path, relative to the working folder; JSON
+    lines may be mixed in; a broken JSON line is still said to be broken; the outputs mirror the paths, the
+    same codes as each file alone."""
     import os
     import subprocess
     import sys
@@ -120,7 +119,7 @@ def test_a_plain_list_of_paths_on_standard_input(tmp_path, weights_file, referen
     folder, codes = reference
     names = ["one.wav", "two.wav", json.dumps({"audio_filepath": "whole.wav", "offset": 0.5, "duration": 1.5}),
              "{broken"]
-    listed = separator.join(names) + separator
+    listed = "\n".join(names) + "\n"
     done = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", "--inputs-from", "-", "-o", str(tmp_path)],
                           input=listed, cwd=folder, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)})
@@ -131,6 +130,16 @@ def test_a_plain_list_of_paths_on_standard_input(tmp_path, weights_file, referen
     both = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", "-", "--inputs-from", "-", "-o",
                            str(tmp_path / "x")], input="", capture_output=True, text=True, timeout=60)
     assert both.returncode == 1 and "standard input can be read once" in both.stderr
+
+
+def test_a_nul_separated_list(tmp_path):
+    """`find -print0`'s list: entries split at NUL (a name may hold a line break), each a path."""
+    from mimi_cli.sources import list_manifest
+
+    (tmp_path / "list").write_bytes(b"a.wav\0odd\nname.wav\0sub/b.flac\0")
+    entries = list_manifest(tmp_path / "list")
+    assert [e.item.container for e in entries] == [str(tmp_path / n) for n in ("a.wav", "odd\nname.wav", "sub/b.flac")]
+    assert [str(e.relative) for e in entries] == ["a", "odd\nname", "sub/b"]
 
 
 def test_plain_files_without_o_go_to_parquet_only(tmp_path, weights_file, reference):
