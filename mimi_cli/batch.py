@@ -33,7 +33,7 @@ from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError
 from mimi_cli.fileio import STDIN, STDOUT, Target, atomic_output, check_output, file_ids, is_folder, is_pipe, is_stdout
-from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker
+from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, skipped
 from mimi_cli.sources import Item, is_container, list_items
 
 CODES_SUFFIXES = (".npz", ".npy")
@@ -290,11 +290,17 @@ def execute(p: Plan, on_result: Callable[[FileResult], None] = lambda r: None,
     """Run a plan on its engine; results in task order. The manifest is written even when interrupted."""
     results: list[FileResult] = []
     start = time.time()
+    shards = None if p.job.parquet is None else ParquetShards(
+        p.job.parquet, p.tasks, p.settings.replace or p.job.skip_existing, p.settings.channels == "split")
 
     def record(result: FileResult) -> None:
+        if shards is not None:
+            shards.add(result)
+            result.codes = None  # in the shard now: memory stays flat
         results.append(result)
         on_result(result)
 
+    complete = False
     try:
         if p.job.engine == "ray":
             from mimi_cli.ray_engine import run_ray
@@ -303,10 +309,10 @@ def execute(p: Plan, on_result: Callable[[FileResult], None] = lambda r: None,
                 record(result)
         else:
             run_local(p.tasks, p.settings, p.workers, record, report)
-        if p.job.parquet is not None:
-            write_parquet(p.job.parquet, results, p.settings.replace or p.job.skip_existing,
-                          p.settings.channels == "split")
+        complete = True
     finally:
+        if shards is not None:
+            shards.close(complete)
         if p.job.manifest is not None:
             write_manifest(Path(p.job.manifest), _with_not_run(p.tasks, results, start),
                            p.settings.replace or p.job.skip_existing)
@@ -344,7 +350,7 @@ def run_local(tasks: list[Task], settings: Settings, jobs: int,
     pending = [t for t in tasks if not t.skip]
     for task in tasks:
         if task.skip:
-            results[task] = FileResult.of(task, "skipped")
+            results[task] = skipped(task, settings)
             on_result(results[task])
     if jobs <= 1 or len(pending) <= 1:
         from mimi_cli.core.threads import limit_threads
@@ -422,35 +428,65 @@ def _stop_workers(pool) -> None:
 # ----------------------------------------------------------------------------- Parquet
 
 PARQUET_ROWS_PER_SHARD = 10_000  # a shard stays small (codes are ~200 bytes per second of audio at 8 levels)
+PARQUET_CODES_PER_SHARD = 1 << 27  # and so does the memory its rows take (256 MiB of uint16 codes)
 
 
-def write_parquet(destination: str, results: list[FileResult], replace: bool, split: bool = False) -> None:
-    """Shards of the successful rows (codes as nested uint16 lists, with the metadata decode needs).
+class ParquetShards:
+    """``part-NNNNN.parquet`` shards of the successful rows, each written as soon as it is full, so that
+    memory stays flat however long the run and an interrupted run keeps the rows done so far.
 
-    A local folder gets each shard through the one output writer; a URI
-    (``s3://…``) is written with pyarrow's file systems, shard by shard.
+    Codes are nested uint16 lists (``[K, frames]``, ``[C, K, frames]`` when channels are split), with
+    the metadata decode needs; the carried keys of every task are columns of every shard (null where a
+    row lacks one). A local folder gets each shard through the one output writer; a URI (``s3://…``)
+    through pyarrow's file systems. Shards of an earlier run beyond this run's last one are removed
+    (the folder was empty, or -f or --skip-existing said to replace it), so no reader mixes two runs.
     """
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise MimiError('--parquet needs pyarrow: pip install "mimi-cli[parquet]"') from None
-    rows = [_parquet_record(r, split) for r in results if r.status == "done" and r.codes is not None]
-    carried = sorted({key for row in rows for key in row["__carried__"]} - set(_parquet_schema(pa, split).names))
-    for row in rows:  # carried keys become columns (null where a row lacks one)
-        values = row.pop("__carried__")
-        row.update({key: values.get(key) for key in carried})
-    local = "://" not in destination
-    if local:
-        Path(destination).mkdir(parents=True, exist_ok=True)
-    for number, first in enumerate(range(0, max(len(rows), 1), PARQUET_ROWS_PER_SHARD)):
-        table = _parquet_table(pa, rows[first : first + PARQUET_ROWS_PER_SHARD], carried, split)
-        name = f"part-{number:05d}.parquet"
-        if local:
-            with atomic_output(Path(destination) / name, replace) as tmp:
-                pq.write_table(table, tmp)
+
+    def __init__(self, destination: str, tasks: list[Task], replace: bool, split: bool):
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise MimiError('--parquet needs pyarrow: pip install "mimi-cli[parquet]"') from None
+        from mimi_cli.sources import carried_names
+
+        self.pa, self.pq, self.destination, self.replace, self.split = pa, pq, destination, replace, split
+        self.local = "://" not in destination
+        fixed = set(_parquet_schema(pa, split).names)
+        self.carried = sorted({k for t in tasks if t.item is not None for k in carried_names(t.item)} - fixed)
+        self.rows: list[dict] = []
+        self.written = 0
+
+    def add(self, result: FileResult) -> None:
+        """Buffer a done (or a skipped one's existing) row; write the shard once it is full."""
+        if result.codes is None or result.status not in ("done", "skipped"):
+            return
+        self.rows.append(_parquet_record(result, self.split))
+        if (len(self.rows) >= PARQUET_ROWS_PER_SHARD or
+                sum(row["codes"].size for row in self.rows) >= PARQUET_CODES_PER_SHARD):
+            self._write()
+
+    def close(self, complete: bool) -> None:
+        """Write what is buffered (an empty shard, for a complete run without rows: the schema), then remove
+        an earlier run's shards beyond the last one written."""
+        if self.rows or (complete and not self.written):
+            self._write()
+        if self.local and self.written:
+            for stale in Path(self.destination).glob("part-*.parquet"):
+                number = stale.name[len("part-"):-len(".parquet")]
+                if number.isdigit() and len(number) == 5 and int(number) >= self.written and stale.is_file():
+                    stale.unlink()
+
+    def _write(self) -> None:
+        table = _parquet_table(self.pa, self.rows, self.carried, self.split)
+        name = f"part-{self.written:05d}.parquet"
+        if self.local:
+            Path(self.destination).mkdir(parents=True, exist_ok=True)
+            with atomic_output(Path(self.destination) / name, self.replace) as tmp:
+                self.pq.write_table(table, tmp)
         else:
-            pq.write_table(table, f"{destination.rstrip('/')}/{name}")
+            self.pq.write_table(table, f"{self.destination.rstrip('/')}/{name}")
+        self.rows, self.written = [], self.written + 1
 
 
 def _parquet_schema(pa, split: bool = False):
@@ -465,10 +501,11 @@ def _parquet_schema(pa, split: bool = False):
 def _parquet_table(pa, rows: list[dict], carried: list[str], split: bool):
     """The fixed columns with their types; carried columns typed from their values (JSON text when mixed)."""
     base = _parquet_schema(pa, split)
-    columns = {name: [row[name] for row in rows] for name in base.names}
-    table = pa.Table.from_pydict(columns, schema=base)
+    arrays = [_nested_lists(pa, [row["codes"] for row in rows], 3 if split else 2) if field.name == "codes" else
+              pa.array([row[field.name] for row in rows], field.type) for field in base]
+    table = pa.Table.from_arrays(arrays, schema=base)
     for key in carried:
-        values = [row[key] for row in rows]
+        values = [row["__carried__"].get(key) for row in rows]
         try:
             array = pa.array(values)
         except (pa.ArrowException, TypeError, ValueError):
@@ -477,14 +514,29 @@ def _parquet_table(pa, rows: list[dict], carried: list[str], split: bool):
     return table
 
 
+def _nested_lists(pa, arrays: list, ndim: int):
+    """uint16 arrays of ``ndim`` dimensions as Arrow lists nested ``ndim`` deep, straight from NumPy
+    (``tolist`` would make a Python int of every code: about 36 bytes each, for a whole shard at once)::
+
+        [[1, 2, 3], [4, 5, 6]]   values 1 2 3 4 5 6 · inner offsets 0 3 6 · outer offsets 0 2
+    """
+    import numpy as np
+
+    values = pa.array(np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.uint16))
+    for axis in reversed(range(ndim)):  # the innermost lists first: prod(shape[:axis]) lists of shape[axis]
+        lengths = [np.full(int(np.prod(a.shape[:axis])), a.shape[axis], np.int64) for a in arrays]
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths) if arrays else [])]).astype(np.int32)
+        values = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+    return values
+
+
 def _parquet_record(result: FileResult, split: bool) -> dict:
     c = result.codes
-    codes = c.codes if split else c.codes[0]
     carried = {key: _utf8(value) for key, value in (result.carried or {}).items()}
     return {"input": _utf8(result.input), "output": _utf8(result.output), "codec": c.codec,
             "num_codebooks": c.num_codebooks, "frames": c.num_frames, "num_samples": c.num_samples,
             "source_sample_rate": c.source_sample_rate, "source_channels": c.source_channels, "channels": c.channels,
-            "weights_id": c.weights_id, "codes": codes.tolist(), "__carried__": carried}
+            "weights_id": c.weights_id, "codes": c.codes if split else c.codes[0], "__carried__": carried}
 
 
 def _utf8(value):

@@ -396,7 +396,7 @@ class Worker:
         """Process one file. Every problem with the file is a "failed" result; weights errors propagate
         (they would fail every file the same way), and so do interrupts."""
         if task.skip:
-            return FileResult.of(task, "skipped")
+            return skipped(task, self.settings)
         step = encode_file if self.settings.kind == "encode" else decode_file
         try:
             with readable(task.input) as source:  # an item's name passes as it is
@@ -417,6 +417,20 @@ class Worker:
                 self._warned.add(codec)
                 result.warnings[:0] = weights_warnings(loaded)
         return result
+
+
+def skipped(task: Task, settings: Settings) -> FileResult:
+    """A task whose output exists (--skip-existing). With ``keep_codes`` (--parquet) its codes and carried
+    keys are read back from that output, so that a resumed run's shards still hold a row for every input."""
+    if not settings.keep_codes or task.output is None or is_bare_array_path(task.output):
+        return FileResult.of(task, "skipped")
+    try:
+        codes = CodesFile.load(Path(task.output))
+    except MimiError as exc:
+        return FileResult.of(task, "skipped", warnings=[f"its existing output cannot be read back for --parquet, "
+                                                        f"so it has no row there ({exc})"])
+    return FileResult.of(task, "skipped", frames=codes.num_frames, codes=codes,
+                         carried=None if task.item is None else carried_keys(task.item))
 
 
 def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settings: Settings, models: Models,

@@ -21,7 +21,7 @@ import logging
 import os
 
 from mimi_cli.errors import MimiError, WeightsError
-from mimi_cli.pipeline import FileResult, Settings, Task
+from mimi_cli.pipeline import FileResult, Settings, Task, skipped
 
 
 # Environment the actors need to find weights as the driver does.
@@ -71,7 +71,7 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int) -> list[FileResu
     context.enable_progress_bars = False
     context.print_on_execution_start = False
 
-    results = {i: FileResult.of(t, "skipped") for i, t in enumerate(tasks) if t.skip}
+    results = {i: skipped(t, settings) for i, t in enumerate(tasks) if t.skip}
     pending = [{"index": i, "task": t} for i, t in enumerate(tasks) if not t.skip]
     if pending:
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))

@@ -331,6 +331,13 @@ def open_item(item: Item, name: str):
     return open_bytes(data, name)
 
 
+def carried_names(item: Item) -> list[str]:
+    """The names of the keys :func:`carried_keys` gives, known without reading a table row."""
+    if item.kind == "row":
+        return [*item.carried["__columns__"], "__row__", "__file__"]
+    return list(item.carried)
+
+
 def carried_keys(item: Item) -> dict:
     """The keys an item carries to the run's outputs (a table row's columns read on demand)."""
     carried = item.carried

@@ -291,3 +291,64 @@ def test_parquet_with_the_local_engine(corpus, weights_file, tmp_path):
     again = run("encode", corpus, "-r", "-o", tmp_path / "other", "--parquet", shards, weights=weights_file)
     assert again.returncode == 1 and "--parquet" in again.stderr and "not empty" in again.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_a_resumed_run_keeps_every_parquet_row(corpus, weights_file, tmp_path):
+    """--skip-existing with --parquet: the shards were rewritten with only the rows encoded this time (4 → 1,
+    the earlier rows lost). Now a skipped input's row is read back from its existing output."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    out, shards = tmp_path / "codes", tmp_path / "shards"
+    assert run("encode", corpus, "-r", "-o", out, "--parquet", shards, weights=weights_file).returncode == 0
+    first = sorted(pq.read_table(shards).to_pylist(), key=lambda row: row["input"])
+    removed = next(out.rglob("*.npz"))
+    removed.unlink()
+    result = run("encode", corpus, "-r", "-o", out, "--parquet", shards, "--skip-existing", weights=weights_file)
+    assert result.returncode == 0 and "1 encoded" in result.stderr and "3 skipped" in result.stderr, result.stderr
+    again = sorted(pq.read_table(shards).to_pylist(), key=lambda row: row["input"])
+    assert again == first and len(again) == 4
+
+
+def _result(index: int, rng) -> object:
+    from mimi_cli.codes import CodesFile
+    from mimi_cli.models import codec_spec
+    from mimi_cli.pipeline import FileResult
+
+    codes = CodesFile.from_codes(rng.integers(0, 2048, (8, 3 + index)), codec_spec("mimi").config(),
+                                 (3 + index) * 1920, 16000, 1, "sha256:0123456789abcdef")
+    return FileResult(f"in/{index}.wav", f"out/{index}.npz", "done", codes=codes, carried={"text": f"t{index}"})
+
+
+def test_parquet_shards_are_written_as_they_fill(tmp_path, monkeypatch):
+    """Shards written as they fill (memory stays flat; an interrupted run keeps them), what is buffered written
+    at the end, even when interrupted; shards of an earlier, longer run removed; codes built from NumPy equal to
+    Arrow's own conversion of nested Python lists."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from mimi_cli import batch
+    from mimi_cli.sources import Item
+
+    monkeypatch.setattr(batch, "PARQUET_ROWS_PER_SHARD", 2)
+    rng = np.random.default_rng(0)
+    results = [_result(i, rng) for i in range(5)]
+    item = Item("span", "in/x.wav", extra=json.dumps({"text": "", "speaker": 1}))
+    tasks = [batch.Task(Path("in/x.wav"), None, item=item)]
+    folder = tmp_path / "shards"
+    (folder).mkdir()
+    for stale in range(6):  # an earlier run's shards
+        (folder / f"part-{stale:05d}.parquet").write_bytes(b"old")
+    (folder / "notes.txt").write_text("kept")
+    shards = batch.ParquetShards(str(folder), tasks, True, False)
+    for result in results[:3]:
+        shards.add(result)
+    assert sorted(p.name for p in folder.iterdir() if p.read_bytes() != b"old") == ["notes.txt", "part-00000.parquet"]
+    for result in results[3:]:
+        shards.add(result)
+    shards.close(complete=False)  # interrupted: the fifth row still written, the old shards 3 to 5 removed
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", *(f"part-{n:05d}.parquet" for n in range(3))]
+    table = pa.concat_tables([pq.read_table(path) for path in sorted(folder.glob("part-*.parquet"))])
+    assert table.column_names[-2:] == ["speaker", "text"] and table["speaker"].null_count == 5
+    assert table["text"].to_pylist() == [f"t{i}" for i in range(5)]
+    want = pa.array([r.codes.codes[0].tolist() for r in results], pa.list_(pa.list_(pa.uint16())))
+    assert table["codes"].combine_chunks().equals(want)
+    split = batch._nested_lists(pa, [r.codes.codes for r in results], 3)
+    assert split.equals(pa.array([r.codes.codes.tolist() for r in results], pa.list_(pa.list_(pa.list_(pa.uint16())))))
