@@ -2,8 +2,8 @@
 
     Job (the command's options)  →  plan()  →  Plan: [Task(input, output, skip)], workers, threads
                                  →  execute()  →  run_local (this process, or N worker processes)
-                                                  or ray_engine.run_ray         →  [FileResult]
-                                 →  manifest (JSONL), Parquet shards: through the one output writer
+                                                  or ray_engine.run_ray         →  FileResult, as each is done
+                                 →  manifest (JSONL), Parquet shards (as they fill): through the one output writer
 
 One file named alone, with no option that only makes sense for many, is a
 single task run in this process with every core; anything else is a batch. With

@@ -410,12 +410,8 @@ def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existi
     start = time.perf_counter()
     with _user_errors("interrupted; finished outputs are kept, none is half-written: rerun with --skip-existing "
                       "to resume"):
-        if engine == "ray":
-            with say.status(f"Running on Ray ({len(plan.tasks)} files)…"):
-                results = batch.execute(plan)
-        else:
-            with say.progress_files(len(plan.tasks)) as advance:
-                results = batch.execute(plan, on_result=lambda r: advance(r.duration_s or 0.0))
+        with say.progress_files(len(plan.tasks)) as advance:  # either engine reports each file as it is done
+            results = batch.execute(plan, on_result=lambda r: advance(r.duration_s or 0.0))
     _summarise(results, time.perf_counter() - start, settings.kind, say)
 
 

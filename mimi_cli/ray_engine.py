@@ -4,7 +4,7 @@
     → map(FileActor, concurrency=N)         actor pool: a pipeline.Worker each (weights loaded once,
                                             1 BLAS thread); it reads, checks, encodes or decodes and
                                             writes the file exactly as the local engine does
-    → results                               one FileResult per file, in task order
+    → iter_rows()                           one FileResult per file, as each is done
 
 A file that fails is a "failed" result and the run goes on; a weights error would
 fail every file, so it stops the run with its one-line message. Manifest and
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 from mimi_cli.errors import MimiError, WeightsError
 from mimi_cli.pipeline import FileResult, Settings, Task, skipped
@@ -51,14 +52,14 @@ class FileActor:
         try:
             result = self.worker.run(task)
             result.node = self.node
-            return {"index": row["index"], "result": result, "fatal": None}
+            return {"result": result, "fatal": None}
         except WeightsError as exc:  # would fail every file: the driver stops the run with this message
-            return {"index": row["index"], "result": FileResult.of(task, "failed", error=str(exc)),
-                    "fatal": str(exc)}
+            return {"result": FileResult.of(task, "failed", error=str(exc)), "fatal": str(exc)}
 
 
-def run_ray(tasks: list[Task], settings: Settings, actors: int) -> list[FileResult]:
-    """Run ``tasks`` on Ray Data with ``actors`` actors; results in task order."""
+def run_ray(tasks: list[Task], settings: Settings, actors: int) -> Iterator[FileResult]:
+    """Run ``tasks`` on Ray Data with ``actors`` actors; each result as it comes (skipped ones first), so
+    that the driver can show progress and write Parquet shards as they fill, holding no more than that."""
     ray = _import_ray()
     for name in ("ray", "ray.data"):  # their INFO lines would drown the summary
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -71,8 +72,10 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int) -> list[FileResu
     context.enable_progress_bars = False
     context.print_on_execution_start = False
 
-    results = {i: skipped(t, settings) for i, t in enumerate(tasks) if t.skip}
-    pending = [{"index": i, "task": t} for i, t in enumerate(tasks) if not t.skip]
+    for task in tasks:
+        if task.skip:
+            yield skipped(task, settings)
+    pending = [{"task": t} for t in tasks if not t.skip]
     if pending:
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
         # On a cluster, actors go to different nodes first (every machine works): Ray Data's own default
@@ -83,14 +86,12 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int) -> list[FileResu
         ds = ds.map(FileActor, fn_constructor_kwargs={"settings": settings},
                     compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1, runtime_env={"env_vars": env})
         try:
-            rows = ds.take_all()
+            for row in ds.iter_rows():
+                if row["fatal"]:
+                    raise WeightsError(row["fatal"])
+                yield row["result"]
         except Exception as exc:  # Ray wraps what a stage raised; a MimiError inside is the user's message
             raise _as_user_error(exc) from None
-        fatal = [row["fatal"] for row in rows if row["fatal"]]
-        if fatal:
-            raise WeightsError(fatal[0])
-        results.update({int(row["index"]): row["result"] for row in rows})
-    return [results[i] for i in range(len(tasks))]
 
 
 def _as_user_error(exc: BaseException) -> MimiError:

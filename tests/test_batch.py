@@ -263,7 +263,9 @@ def test_ray_decode_in_process_matches_the_local_engine(corpus, weights_file, tm
     local = run_local([Task(p, tmp_path / "local" / f"{p.stem}.wav") for p in inputs], settings, jobs=1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = run_ray([Task(p, tmp_path / "ray" / f"{p.stem}.wav") for p in inputs], settings, actors=2)
+        done = {r.input: r for r in run_ray([Task(p, tmp_path / "ray" / f"{p.stem}.wav") for p in inputs], settings,
+                                            actors=2)}  # as each is done: put back in input order
+        remote = [done[str(p)] for p in inputs]
     finally:
         ray.shutdown()
     assert [o.status for o in remote] == [o.status for o in local] == ["done"] * 4 + ["failed"]

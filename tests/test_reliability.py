@@ -568,7 +568,7 @@ def test_batch_and_ray_report_what_single_file_commands_report(codes, weights_fi
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = run_ray([Task(other, tmp_path / "ray.wav")], settings, actors=1)
+        remote = list(run_ray([Task(other, tmp_path / "ray.wav")], settings, actors=1))
     finally:
         ray.shutdown()
     assert remote[0].warnings == local[0].warnings
