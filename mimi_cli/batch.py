@@ -455,6 +455,7 @@ class ParquetShards:
         fixed = set(_parquet_schema(pa, split).names)
         self.carried = sorted({k for t in tasks if t.item is not None for k in carried_names(t.item)} - fixed)
         self.rows: list[dict] = []
+        self.codes = 0  # in the rows buffered
         self.written = 0
 
     def add(self, result: FileResult) -> None:
@@ -462,8 +463,8 @@ class ParquetShards:
         if result.codes is None or result.status not in ("done", "skipped"):
             return
         self.rows.append(_parquet_record(result, self.split))
-        if (len(self.rows) >= PARQUET_ROWS_PER_SHARD or
-                sum(row["codes"].size for row in self.rows) >= PARQUET_CODES_PER_SHARD):
+        self.codes += self.rows[-1]["codes"].size
+        if len(self.rows) >= PARQUET_ROWS_PER_SHARD or self.codes >= PARQUET_CODES_PER_SHARD:
             self._write()
 
     def close(self, complete: bool) -> None:
@@ -486,7 +487,7 @@ class ParquetShards:
                 self.pq.write_table(table, tmp)
         else:
             self.pq.write_table(table, f"{self.destination.rstrip('/')}/{name}")
-        self.rows, self.written = [], self.written + 1
+        self.rows, self.codes, self.written = [], 0, self.written + 1
 
 
 def _parquet_schema(pa, split: bool = False):
