@@ -433,7 +433,9 @@ PARQUET_CODES_PER_SHARD = 1 << 27  # and so does the memory its rows take (256 M
 
 class ParquetShards:
     """``part-NNNNN.parquet`` shards of the successful rows, each written as soon as it is full, so that
-    memory stays flat however long the run and an interrupted run keeps the rows done so far.
+    memory stays flat however long the run and an interrupted run keeps the rows done so far. Rows go
+    in the order of the tasks, whatever order workers finish in (a result that comes early waits for
+    those before it), so that a run gives the same shards on any engine and any number of workers.
 
     Codes are nested uint16 lists (``[K, frames]``, ``[C, K, frames]`` when channels are split), with
     the metadata decode needs; the carried keys of every task are columns of every shard (null where a
@@ -454,22 +456,28 @@ class ParquetShards:
         self.local = "://" not in destination
         fixed = set(_parquet_schema(pa, split).names)
         self.carried = sorted({k for t in tasks if t.item is not None for k in carried_names(t.item)} - fixed)
+        self.order = {(str(t.input), "" if t.output is None else str(t.output)): i for i, t in enumerate(tasks)}
+        self.waiting: dict[int, dict | None] = {}  # results that came before one of an earlier task
+        self.next = 0  # the first task whose result has not come
         self.rows: list[dict] = []
         self.codes = 0  # in the rows buffered
         self.written = 0
 
     def add(self, result: FileResult) -> None:
-        """Buffer a done (or a skipped one's existing) row; write the shard once it is full."""
-        if result.codes is None or result.status not in ("done", "skipped"):
-            return
-        self.rows.append(_parquet_record(result, self.split))
-        self.codes += self.rows[-1]["codes"].size
-        if len(self.rows) >= PARQUET_ROWS_PER_SHARD or self.codes >= PARQUET_CODES_PER_SHARD:
-            self._write()
+        """Take any task's result: a done (or a skipped one's existing) row is buffered, in task order; a
+        shard is written once it is full."""
+        row = None if result.codes is None or result.status not in ("done", "skipped") else \
+            _parquet_record(result, self.split)
+        self.waiting[self.order[(result.input, result.output)]] = row
+        while self.next in self.waiting:
+            self._buffer(self.waiting.pop(self.next))
+            self.next += 1
 
     def close(self, complete: bool) -> None:
         """Write what is buffered (an empty shard, for a complete run without rows: the schema), then remove
         an earlier run's shards beyond the last one written."""
+        for index in sorted(self.waiting):  # an interrupted run: the rows done after a task that never ended
+            self._buffer(self.waiting.pop(index))
         if self.rows or (complete and not self.written):
             self._write()
         if self.local and self.written:
@@ -477,6 +485,13 @@ class ParquetShards:
                 number = stale.name[len("part-"):-len(".parquet")]
                 if number.isdigit() and len(number) == 5 and int(number) >= self.written and stale.is_file():
                     stale.unlink()
+
+    def _buffer(self, row: dict | None) -> None:
+        if row is not None:
+            self.rows.append(row)
+            self.codes += row["codes"].size
+            if len(self.rows) >= PARQUET_ROWS_PER_SHARD or self.codes >= PARQUET_CODES_PER_SHARD:
+                self._write()
 
     def _write(self) -> None:
         table = _parquet_table(self.pa, self.rows, self.carried, self.split)

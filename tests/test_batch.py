@@ -321,9 +321,9 @@ def _result(index: int, rng) -> object:
 
 
 def test_parquet_shards_are_written_as_they_fill(tmp_path, monkeypatch):
-    """Shards written as they fill (memory stays flat; an interrupted run keeps them), what is buffered written
-    at the end, even when interrupted; shards of an earlier, longer run removed; codes built from NumPy equal to
-    Arrow's own conversion of nested Python lists."""
+    """Shards written as they fill (memory stays flat; an interrupted run keeps them), rows in task order
+    whatever order workers finish in, what is buffered written at the end even when interrupted, an earlier
+    and longer run's shards removed; codes built from NumPy equal to Arrow's own conversion of Python lists."""
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     from mimi_cli import batch
@@ -333,24 +333,31 @@ def test_parquet_shards_are_written_as_they_fill(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     results = [_result(i, rng) for i in range(5)]
     item = Item("span", "in/x.wav", extra=json.dumps({"text": "", "speaker": 1}))
-    tasks = [batch.Task(Path("in/x.wav"), None, item=item)]
+    tasks = [batch.Task(Path(r.input), Path(r.output), item=item) for r in results]
     folder = tmp_path / "shards"
-    (folder).mkdir()
+    folder.mkdir()
     for stale in range(6):  # an earlier run's shards
         (folder / f"part-{stale:05d}.parquet").write_bytes(b"old")
     (folder / "notes.txt").write_text("kept")
     shards = batch.ParquetShards(str(folder), tasks, True, False)
-    for result in results[:3]:
-        shards.add(result)
-    assert sorted(p.name for p in folder.iterdir() if p.read_bytes() != b"old") == ["notes.txt", "part-00000.parquet"]
-    for result in results[3:]:
-        shards.add(result)
-    shards.close(complete=False)  # interrupted: the fifth row still written, the old shards 3 to 5 removed
-    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", *(f"part-{n:05d}.parquet" for n in range(3))]
+
+    def new() -> list[str]:
+        return sorted(p.name for p in folder.iterdir() if p.read_bytes() != b"old")
+
+    shards.add(results[1])  # before the first: waits
+    assert new() == ["notes.txt"]
+    shards.add(results[0])
+    assert new() == ["notes.txt", "part-00000.parquet"]
+    shards.add(results[2])
+    shards.add(results[4])  # the fourth never ends: the run is interrupted
+    shards.close(complete=False)  # the rows of the third and fifth still written; the old shards 2 to 5 removed
+    assert new() == sorted(p.name for p in folder.iterdir()) == ["notes.txt", "part-00000.parquet",
+                                                                 "part-00001.parquet"]
     table = pa.concat_tables([pq.read_table(path) for path in sorted(folder.glob("part-*.parquet"))])
-    assert table.column_names[-2:] == ["speaker", "text"] and table["speaker"].null_count == 5
-    assert table["text"].to_pylist() == [f"t{i}" for i in range(5)]
-    want = pa.array([r.codes.codes[0].tolist() for r in results], pa.list_(pa.list_(pa.uint16())))
+    assert table.column_names[-2:] == ["speaker", "text"] and table["speaker"].null_count == 4
+    assert table["text"].to_pylist() == ["t0", "t1", "t2", "t4"]
+    done = [results[i] for i in (0, 1, 2, 4)]
+    want = pa.array([r.codes.codes[0].tolist() for r in done], pa.list_(pa.list_(pa.uint16())))
     assert table["codes"].combine_chunks().equals(want)
     split = batch._nested_lists(pa, [r.codes.codes for r in results], 3)
     assert split.equals(pa.array([r.codes.codes.tolist() for r in results], pa.list_(pa.list_(pa.list_(pa.uint16())))))
