@@ -114,6 +114,8 @@ def list_manifest(path: Path) -> list[Entry]:
             record, problem = {"audio_filepath": line.strip()}, None
             if line.lstrip()[:1] in ("{", "["):  # meant as JSON
                 problem = f"{name} is not JSON ({exc})"
+            else:  # a path alone: the input is that file, not a line of a list
+                name = line.strip()
         if problem:
             entries.append(_invalid(name, problem, f"line-{number:06d}"))
             continue

@@ -120,11 +120,14 @@ def test_a_plain_list_of_paths_on_standard_input(tmp_path, weights_file, referen
     names = ["one.wav", "two.wav", json.dumps({"audio_filepath": "whole.wav", "offset": 0.5, "duration": 1.5}),
              "{broken"]
     listed = "\n".join(names) + "\n"
-    done = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", "--inputs-from", "-", "-o", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", "--inputs-from", "-", "-o", str(tmp_path),
+                           "--manifest", str(tmp_path / "run.jsonl")],
                           input=listed, cwd=folder, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)})
     assert done.returncode == 1 and "3 encoded" in done.stderr and "1 failed" in done.stderr, done.stderr
     assert "-:4 is not JSON" in done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
+    assert [row["input"] for row in rows] == ["one.wav", "two.wav", "-:3", "-:4"]  # a path alone is its input
     for name, output in (("one", "one.npz"), ("two", "two.npz"), ("span", "whole_500ms.npz")):
         np.testing.assert_array_equal(CodesFile.load(tmp_path / output).codes, codes[name])
     both = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", "-", "--inputs-from", "-", "-o",
