@@ -88,7 +88,7 @@ def plan(job: Job) -> Plan:
         raise MimiError("--stream works with the local engine only (Ray reads each file whole)")
     if job.parquet is not None and s.kind != "encode":
         raise MimiError("--parquet writes codes, so it goes with `mimi encode`")
-    if STDOUT in job.inputs:
+    if STDIN in job.inputs:
         if len(job.inputs) > 1:
             raise MimiError("'-' (standard input) must be the only input")
         if job.output is None:
@@ -97,7 +97,7 @@ def plan(job: Job) -> Plan:
             raise MimiError("'-' (standard input) is read in this process; drop --jobs and --engine ray")
     if job.manifests.count(STDIN) + job.inputs.count(STDIN) > 1:
         raise MimiError("standard input can be read once: give '-' as an input or to one --inputs-from, not both")
-    pipes = [p for p in job.inputs if p != STDOUT and is_pipe(Path(p))]
+    pipes = [p for p in job.inputs if p != STDIN and is_pipe(Path(p))]
     if pipes and job.output is None:
         raise MimiError(f"{pipes[0]} is a pipe, with no folder to write beside it; give -o: a file, a folder, "
                         "or - for standard output")
@@ -106,7 +106,7 @@ def plan(job: Job) -> Plan:
     if job.engine == "ray":  # Ray workers have working folders of their own: every path is made absolute
         if s.weights and os.path.exists(s.weights):
             s = replace(s, weights=os.path.abspath(s.weights))
-        job = replace(job, settings=s, inputs=tuple(p if p == STDOUT else os.path.abspath(os.path.expanduser(p))
+        job = replace(job, settings=s, inputs=tuple(p if p == STDIN else os.path.abspath(os.path.expanduser(p))
                                         for p in job.inputs),
                       manifests=tuple(p if p == STDIN or is_pipe(Path(p)) else os.path.abspath(os.path.expanduser(p))
                                       for p in job.manifests),
@@ -132,7 +132,7 @@ def plan(job: Job) -> Plan:
     output, output_is_file = _output_target(job.output, one_file, found, suffix)
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
     single = one_file and not batch_only
-    named = [Path(p) for p in (*job.inputs, *job.manifests) if p != STDOUT]  # a manifest's items name audio files
+    named = [Path(p) for p in (*job.inputs, *job.manifests) if p != STDIN]  # a manifest's items name audio files
     inputs = file_ids([*named, *(Path(entry.item.container) if entry.item else entry.path for entry in found)])
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items

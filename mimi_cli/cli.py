@@ -620,12 +620,10 @@ def _weights_source(name: str) -> Path:
     from mimi_cli.models import codec_spec
     from mimi_cli.weights.resolve import hub_reference, locate
 
-    path = Path(name)
-    if missing(path) and hub_reference(name, codec_spec(DEFAULT_CODEC)) is not None:
-        return locate(name, codec_spec(DEFAULT_CODEC))
-    if missing(path):
-        raise MimiError(f"{name} {missing(path)}")
-    return path
+    problem, spec = missing(Path(name)), codec_spec(DEFAULT_CODEC)
+    if problem and hub_reference(name, spec) is None:
+        raise MimiError(f"{name} {problem}")
+    return locate(name, spec) if problem else Path(name)
 
 
 def inspect_weights(

@@ -133,15 +133,13 @@ def readable(path: Target) -> Iterator[Readable]:
     works on pipes too), and removed afterwards, whatever happens. Errors raised inside the block
     name the input as given (``standard input``, ``/dev/fd/63``), not the copy.
     """
-    stdin = str(path) == STDOUT
+    stdin = str(path) == STDIN
     if not stdin and not is_pipe(Path(path)):
         yield Readable(Path(path), str(path))
         return
     shown = "standard input" if stdin else str(path)
-    if stdin and sys.stdin is None:
-        raise MimiError("'-' reads standard input, which is closed here; pipe the data in")
-    if stdin and sys.stdin.isatty():
-        raise MimiError("'-' reads standard input, which is a terminal here; pipe the data in")
+    if stdin:
+        check_stdin("'-'", "the data")
     with tempfile.TemporaryDirectory(prefix="mimi-input-") as folder:
         copy = Readable(Path(folder) / "input", shown)
         try:
@@ -202,6 +200,13 @@ def file_ids(paths: Iterable[Path]) -> set[tuple[int, int]]:
             st = os.stat(path)
             ids.add((st.st_dev, st.st_ino))
     return ids
+
+
+def check_stdin(given: str, what: str) -> None:
+    """Standard input can be read: neither closed (``<&-``) nor a terminal, where nothing was piped in."""
+    state = "closed" if sys.stdin is None else "a terminal" if sys.stdin.isatty() else None
+    if state:
+        raise MimiError(f"{given} reads standard input, which is {state} here; pipe {what} in")
 
 
 def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = frozenset(),

@@ -28,7 +28,7 @@ from typing import Literal
 
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import InvalidAudioError, MimiError, loads_json
-from mimi_cli.fileio import STDIN, file_kind
+from mimi_cli.fileio import STDIN, check_stdin, file_kind
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path")
 MAX_MEMBER_BYTES = 2 << 30  # an audio member or cell read into memory at once
@@ -149,9 +149,7 @@ def _manifest_lines(path: Path) -> tuple[list[str], Path]:
     """A manifest's lines (NUL-separated entries, if it holds a NUL) and the folder its relative paths start at."""
     try:
         if str(path) == STDIN:
-            if sys.stdin is None or sys.stdin.isatty():
-                raise MimiError("--inputs-from - reads standard input, which is a terminal or closed here; pipe the "
-                                "list in")
+            check_stdin("--inputs-from -", "the list")
             text, base = sys.stdin.buffer.read().decode("utf-8"), Path.cwd()
         else:
             kind = file_kind(os.stat(path).st_mode)
