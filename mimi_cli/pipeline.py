@@ -12,6 +12,7 @@ collect the :class:`FileResult`; none of them reads, computes or writes a file i
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_ou
                             read_open, resample, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.errors import InvalidAudioError, MimiError, WeightsError, out_of_memory
-from mimi_cli.fileio import Target, atomic_output, readable
+from mimi_cli.fileio import Readable, Target, atomic_output, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
 from mimi_cli.sources import Item, carried_keys, open_item
@@ -399,10 +400,11 @@ class Worker:
             return skipped(task, self.settings)
         step = encode_file if self.settings.kind == "encode" else decode_file
         try:
-            with readable(task.input) as source:  # an item's name passes as it is
+            name = str(task.input)  # an item is read from its container, never by its name (which may be "-")
+            with readable(task.input) if task.item is None else nullcontext(Readable(Path(name), name)) as source:
                 read = dataclasses.replace(task, input=source.path)
                 result = step(read, self.settings, self.models, report or _no_report)
-                result.input, result.warnings = str(task.input), [source.named(w) for w in result.warnings]
+                result.input, result.warnings = name, [source.named(w) for w in result.warnings]
         except WeightsError:
             raise
         except MimiError as exc:

@@ -191,6 +191,11 @@ def test_closed_standard_streams_are_named(clip, weights_file, tmp_path):
                               cwd=tmp_path, timeout=300, preexec_fn=lambda fd=fd: os.close(fd))
         one_line_error(done, expected)
         assert list(tmp_path.iterdir()) == []
+    listed = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", "--inputs-from", "-", "-o", "out/"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+                            preexec_fn=lambda: os.close(0))
+    assert listed.returncode == 1 and "Traceback" not in listed.stderr
+    assert "failed: --inputs-from - reads standard input, which is closed here; pipe the list in" in listed.stderr
 
 
 def test_long_names_fit_and_too_long_names_fail_first(clip, weights_file, tmp_path):
