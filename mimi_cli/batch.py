@@ -317,7 +317,12 @@ def execute(p: Plan, on_result: Callable[[FileResult], None] = lambda r: None,
             write_manifest(Path(p.job.manifest), _with_not_run(p.tasks, results, start),
                            p.settings.replace or p.job.skip_existing)
     by_task = {(r.input, r.output): r for r in results}
-    return [by_task[(str(t.input), "" if t.output is None else str(t.output))] for t in p.tasks]
+    return [by_task[_key(t)] for t in p.tasks]
+
+
+def _key(task: Task) -> tuple[str, str]:
+    """What a task's result says of it: ``(result.input, result.output)``."""
+    return str(task.input), "" if task.output is None else str(task.output)
 
 
 def _with_not_run(tasks: list[Task], results: list[FileResult], start: float) -> list[FileResult]:
@@ -326,7 +331,7 @@ def _with_not_run(tasks: list[Task], results: list[FileResult], start: float) ->
     done = {(r.input, r.output): r for r in results}
     rows = []
     for t in tasks:
-        row = done.get((str(t.input), "" if t.output is None else str(t.output)))
+        row = done.get(_key(t))
         if row is None:
             written = (t.output is not None and not is_stdout(t.output) and os.path.isfile(t.output)
                        and os.stat(t.output).st_mtime >= start)
@@ -456,7 +461,7 @@ class ParquetShards:
         self.local = "://" not in destination
         fixed = set(_parquet_schema(pa, split).names)
         self.carried = sorted({k for t in tasks if t.item is not None for k in carried_names(t.item)} - fixed)
-        self.order = {(str(t.input), "" if t.output is None else str(t.output)): i for i, t in enumerate(tasks)}
+        self.order = {_key(t): i for i, t in enumerate(tasks)}
         self.waiting: dict[int, dict | None] = {}  # results that came before one of an earlier task
         self.next = 0  # the first task whose result has not come
         self.rows: list[dict] = []
