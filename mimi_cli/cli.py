@@ -793,7 +793,7 @@ def run(
             rate = sample_rate or audio.sample_rate
             streamed = run_stream(program, name, to_mono(audio, rate), hop, feeds)
             results = streamed.outputs
-            summary = (f"{streamed.windows} windows of {streamed.window} samples, hop {streamed.hop} "
+            summary = (f"{_count(streamed.windows, 'window')} of {streamed.window} samples, hop {streamed.hop} "
                        f"({streamed.hop / rate * 1000:.1f} ms at {rate} Hz)")
         note = overflow_note(program, results)
         if note:

@@ -203,6 +203,12 @@ def test_mimi_run_stream_writes_every_window(tmp_path):
     expected = silero_probabilities("program", CLIPS[1])
     np.testing.assert_array_equal(written["vad_output"].reshape(-1), expected)
     assert written["new_hidden_state"].shape == (1, 128)
+    windows = len(expected)
+    assert f"{windows} windows of 576 samples, hop 512 (32.0 ms at 16000 Hz)" in result.stderr
+    # a clip resampled to 1 Hz is a dozen samples: one window, counted as one
+    one = run("run", str(SILERO), "--stream", f"audio_input={CLIPS[1]}", "--sample-rate", "1", "-o", str(target), "-f")
+    assert one.returncode == 0 and "1 window of 576 samples" in one.stderr, one.stderr
+    assert np.load(target)["vad_output"].shape[0] == 1
 
 
 @needs_fixtures

@@ -79,7 +79,8 @@ def test_random_weights_are_realistic(model, golden):
 
 def test_bandwidths_map_to_codebooks():
     assert [CONFIG.codebooks_for_bandwidth(b) for b in CONFIG.bandwidths] == [2, 4, 8, 16, 32]
-    for bad in (0.5, 25.0):
+    assert CONFIG.codebooks_for_bandwidth(23.9) == 31 and CONFIG.codebooks_for_bandwidth(24.7) == 32
+    for bad in (0.5, 25.0, 1e308, float("inf")):
         with pytest.raises(ValueError, match="0.75 to 24 kbps"):
             CONFIG.codebooks_for_bandwidth(bad)
 

@@ -58,6 +58,7 @@ def test_encode_decode_roundtrip_with_encodec(tmp_path, clip, encodec_file, enco
 @pytest.mark.parametrize("args,message", [
     (["-b", "6", "-n", "8"], "either --codebooks or --bandwidth, not both"),
     (["-b", "0.5"], "EnCodec 24 kHz offers 0.75 to 24 kbps"),
+    (["-b", "1e308"], "EnCodec 24 kHz offers 0.75 to 24 kbps"),  # too large for an integer count of levels
     (["-n", "33"], "EnCodec 24 kHz has at most 32, not 33"),
     (["--codec", "soundstream"], "'soundstream' is not a codec here"),
 ])

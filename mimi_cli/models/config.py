@@ -40,12 +40,12 @@ class CodecConfig:
 
     def codebooks_for_bandwidth(self, kbps: float) -> int:
         """Levels that fit in ``kbps`` (as EnCodec counts: 6 kbps → 8 levels of 10 bits at 75 Hz)."""
-        levels = math.floor(kbps * 1000 / self.bitrate(1) + 1e-9)
-        if not 1 <= levels <= self.num_codebooks:
+        levels = kbps * 1000 / self.bitrate(1) + 1e-9  # a float first: 1e308 kbps has no integer floor
+        if not 1 <= levels < self.num_codebooks + 1:
             low, high = self.bitrate(1) / 1000, self.bitrate(self.num_codebooks) / 1000
             raise ValueError(f"{self.display_name} offers {low:g} to {high:g} kbps "
                              f"({self.bitrate(1) / 1000:g} kbps per codebook), not {kbps:g}")
-        return levels
+        return math.floor(levels)
 
     def flops(self, seconds: float, num_codebooks: int) -> tuple[float, float]:
         """(encode, decode) FLOPs for ``seconds`` of audio, counted from the architecture (1 MAC = 2 FLOPs)."""
