@@ -77,6 +77,12 @@ def test_random_weights_are_realistic(model, golden):
     assert 0.01 < many.std() < 1
 
 
+def test_empty_batches_give_empty_results(model):
+    codes = model.encode(np.zeros((0, 24000), np.float32), 8)
+    assert codes.shape == (0, 8, 75) and model.decode(codes).shape == (0, 24000)
+    assert model.decode(np.zeros((2, 8, 0), np.uint16)).shape == (2, 0)
+
+
 def test_bandwidths_map_to_codebooks():
     assert [CONFIG.codebooks_for_bandwidth(b) for b in CONFIG.bandwidths] == [2, 4, 8, 16, 32]
     assert CONFIG.codebooks_for_bandwidth(23.9) == 31 and CONFIG.codebooks_for_bandwidth(24.7) == 32

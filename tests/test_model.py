@@ -40,6 +40,19 @@ def test_zero_length_audio_gives_zero_frames(small_model):
     assert small_model.decode(codes).shape == (0,)
 
 
+@pytest.mark.parametrize("rows,num_samples", [(0, 2 * FRAME + 1), (3, 0), (0, 0)])
+def test_empty_batches_give_empty_results_of_the_batch_shape(small_model, rows, num_samples):
+    """A batch with no rows or no samples: what a batch of the same size would give, without running a layer."""
+    frames = -(-num_samples // FRAME)
+    codes = small_model.encode(np.zeros((rows, num_samples), np.float32), num_codebooks=3)
+    assert codes.shape == (rows, 3, frames) and codes.dtype == np.int64
+    assert small_model.encode_latent(np.zeros((rows, num_samples), np.float32)).shape == (rows, SMALL.dimension, frames)
+    pcm = small_model.decode(codes)
+    assert pcm.shape == (rows, frames * FRAME) and pcm.dtype == np.float32
+    if rows:  # a row of real audio in the same call gives the same frame count
+        assert small_model.encode(audio(num_samples, 1), 3).shape == (1, 3, frames)
+
+
 def test_encode_pads_the_tail_with_zeros(small_model):
     x = audio(3 * FRAME + FRAME // 3)
     padded = np.concatenate([x, np.zeros(FRAME - FRAME // 3, np.float32)])

@@ -161,8 +161,9 @@ class Codec(Module):
     def encode_latent(self, pcm: np.ndarray) -> np.ndarray:
         """The latent the quantizer sees: ``[B, N]`` → ``[B, D, F]``, F = ceil(N / frame_size)."""
         pcm, _ = self._as_batch(pcm)
-        if pcm.shape[-1] == 0:
-            return np.zeros((pcm.shape[0], self.latent_dim, 0), np.float32)
+        if pcm.size == 0:  # no samples, or no rows: nothing to run the layers on
+            frames = -(-pcm.shape[-1] // self.config.frame_size)
+            return np.zeros((pcm.shape[0], self.latent_dim, frames), np.float32)
         return self.encode_sequence(self.encode_waveform(self.pad_input(pcm)))
 
     @one_blas_thread()  # our own threads share the cores: the same bits at any count
@@ -199,8 +200,8 @@ class Codec(Module):
     @one_blas_thread()  # our own threads share the cores: the same bits at any count
     def decode_latent(self, latent: np.ndarray) -> np.ndarray:
         """Quantized latent ``[B, D, F]`` → pcm ``[B, frame_size·F]``."""
-        if latent.shape[-1] == 0:
-            return np.zeros((latent.shape[0], 0), np.float32)
+        if latent.shape[0] == 0 or latent.shape[-1] == 0:
+            return np.zeros((latent.shape[0], self.config.frame_size * latent.shape[-1]), np.float32)
         return self.decode_waveform(self.decode_sequence(latent))[:, 0, :]
 
     @one_blas_thread()  # our own threads share the cores: the same bits at any count
