@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -395,28 +396,64 @@ def _run_in_worker(task: Task) -> FileResult:
         os._exit(exc.code)  # the pool would catch SystemExit as this task's error and wait for the next one
 
 
+_DIED = "its worker process died (killed, or out of memory)"
+
+
 def _run_pool(pending: list[Task], settings: Settings, jobs: int, results: dict, on_result) -> None:
+    """Run ``pending`` on ``jobs`` worker processes. A worker that dies (killed, out of memory) takes
+    its pool down, and with it the files then in flight: each of those runs again alone, in a pool of
+    its own, so that only a file that kills its own worker fails; the rest go on in a fresh pool.
+    When every file of such a round died, the workers cannot run here at all: the rest are not tried."""
+    todo = deque(pending)
+    while todo:
+        known = len(results)
+        for task in _pool_pass(todo, settings, jobs, results, on_result):
+            _pool_pass(deque([task]), settings, 1, results, on_result, last_try=True)
+        if todo and all(r.error == _DIED for r in list(results.values())[known:]):
+            while todo:
+                task = todo.popleft()
+                results[task] = FileResult.of(task, "failed", error="not tried: the worker process died on every "
+                                              "file before it (out of memory? try fewer --jobs)")
+                on_result(results[task])
+
+
+def _pool_pass(todo: deque, settings: Settings, jobs: int, results: dict, on_result,
+               last_try: bool = False) -> list[Task]:
+    """Take tasks from ``todo`` into one pool until none is left or the pool breaks; then return the
+    tasks it lost (on the last try, they fail instead). At most one task more than the workers is in
+    flight (the next one waits queued, as the executor would keep it), so a broken pool loses few."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     # spawn, not fork: a forked child would inherit BLAS thread pools in an unknown state
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker, initargs=(settings,))
+    in_flight: dict = {}  # future → task
+    lost: list[Task] = []
     try:
-        futures = {pool.submit(_run_in_worker, task): task for task in pending}
-        for future in as_completed(futures):
-            task = futures[future]
-            try:
-                results[task] = future.result()
-            except BrokenProcessPool:
-                results[task] = FileResult.of(task, "failed",
-                                              error="its worker process died (killed, or out of memory)")
-            on_result(results[task])
+        while (todo or in_flight) and not lost:
+            while todo and len(in_flight) <= jobs:
+                task = todo.popleft()
+                in_flight[pool.submit(_run_in_worker, task)] = task
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            if any(f.exception() is not None for f in done):  # a broken pool ends every future in flight
+                wait(in_flight)
+            for future in [f for f in in_flight if f.done()]:
+                task = in_flight.pop(future)
+                if not isinstance(future.exception(), BrokenProcessPool):
+                    results[task] = future.result()
+                elif last_try:
+                    results[task] = FileResult.of(task, "failed", error=_DIED)
+                else:
+                    lost.append(task)
+                    continue
+                on_result(results[task])
     except BaseException:
         _stop_workers(pool)
         raise
     pool.shutdown()
+    return lost
 
 
 def _stop_workers(pool) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 
 from mimi_cli.errors import MimiError, WeightsError
@@ -60,17 +61,21 @@ class FileActor:
 def run_ray(tasks: list[Task], settings: Settings, actors: int) -> Iterator[FileResult]:
     """Run ``tasks`` on Ray Data with ``actors`` actors; each result as it comes (skipped ones first), so
     that the driver can show progress and write Parquet shards as they fill, holding no more than that."""
+    from mimi_cli.batch import _key  # what a task's result says of it
+
     ray = _import_ray()
-    for name in ("ray", "ray.data"):  # their INFO lines would drown the summary
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("ray", "ray.data"):  # their lines would drown the summary; what matters comes back as results
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or None
         # locally: a CPU per actor, plus one for Ray's own light tasks
         ray.init(address=address, num_cpus=None if address else actors + 1, include_dashboard=False,
                  log_to_driver=False, logging_level=logging.ERROR)
+        _quiet_raylet_messages(ray)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    context.max_errored_blocks = -1  # a file whose actor died on every try is dropped, and reported below
 
     for task in tasks:
         if task.skip:
@@ -83,15 +88,47 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int) -> Iterator[File
         # since Ray 2.60 and printed a warning). The driver's settings that say where weights are travel
         # with the actors (a node started earlier lacks them).
         env = {key: os.environ[key] for key in FORWARDED_ENVIRONMENT if key in os.environ}
-        ds = ds.map(FileActor, fn_constructor_kwargs={"settings": settings},
-                    compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1, runtime_env={"env_vars": env})
+        # A dead actor (killed, out of memory, its node lost) is replaced and its file tried again, but not
+        # forever (Ray Data's default): a file that kills every actor it is given fails, and alone (an actor
+        # holds one file at a time, so no other file dies with it).
+        pool = ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1)
+        with warnings.catch_warnings():  # Ray 2.60 names no parameter for it and calls the keyword deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = ds.map(FileActor, fn_constructor_kwargs={"settings": settings}, compute=pool, num_cpus=1,
+                        runtime_env={"env_vars": env}, max_task_retries=TRIES - 1)
+        returned = set()
         try:
             for row in ds.iter_rows():
                 if row["fatal"]:
                     raise WeightsError(row["fatal"])
+                returned.add((row["result"].input, row["result"].output))
                 yield row["result"]
         except Exception as exc:  # Ray wraps what a stage raised; a MimiError inside is the user's message
             raise _as_user_error(exc) from None
+        for item in pending:
+            if _key(item["task"]) not in returned:
+                yield FileResult.of(item["task"], "failed", error=f"its Ray actor died on each of {TRIES} tries "
+                                    "(killed, or out of memory)")
+
+
+TRIES = 3  # how many actors a file may take down with it
+
+
+def _quiet_raylet_messages(ray) -> None:
+    """Ray's driver prints its raylet's messages (an actor died, its task will be tried again) to standard
+    output from a thread of its own, whatever ``log_to_driver`` says; each file's result says what
+    became of it instead. (A private hook of Ray's: left as it is if a Ray release has moved it.)"""
+    module = getattr(getattr(ray, "_private", None), "worker", None)
+    show = getattr(module, "print_to_stdstream", None)
+    if show is None or getattr(show, "quiet_raylet", False):
+        return
+
+    def quiet(data, *args, **kwargs):
+        if data.get("pid") != "raylet":
+            show(data, *args, **kwargs)
+
+    quiet.quiet_raylet = True
+    module.print_to_stdstream = quiet
 
 
 def _as_user_error(exc: BaseException) -> MimiError:

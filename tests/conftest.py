@@ -71,6 +71,27 @@ def run(*args, weights: Path | None = None, env_extra: dict | None = None, cwd: 
                           env=env, cwd=cwd, timeout=300)
 
 
+# A worker that dies on a file (out of memory, or killed): an audit hook, imported by every process that
+# PYTHONPATH reaches, ends a worker (a pool process, with a multiprocessing parent, or a Ray worker; never
+# the command itself) as it opens a file whose name has "poison" in it.
+_POISON_HOOK = """
+import os, sys
+def _die_on_poison(event, args):
+    worker = (getattr(sys.modules.get("multiprocessing.process"), "_parent_process", None) is not None
+              or "default_worker" in (sys.argv[0] if sys.argv else ""))
+    if event == "open" and worker and "poison" in str(args[0]):
+        os._exit(9)
+sys.addaudithook(_die_on_poison)
+"""
+
+
+def poison_hook(folder: Path) -> dict[str, str]:
+    """The environment of a run whose workers die on "poison" files (see above)."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(_POISON_HOOK)
+    return {"PYTHONPATH": str(folder)}
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     """2.5 s of the sample speech at its own 16 kHz."""

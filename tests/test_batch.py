@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, run
+from conftest import SAMPLE_AUDIO, poison_hook, run
 
 from mimi_cli.batch import Input, collect_inputs, plan_tasks
 from mimi_cli.errors import MimiError
@@ -234,6 +234,25 @@ def test_ray_engine_matches_the_local_engine(corpus, weights_file, tmp_path):
             assert np.array_equal(np.array(row["codes"]), npz["codes"][0])
             assert row["num_samples"] == int(npz["num_samples"]) and row["codec"] == "mimi"
     assert [json.loads(line)["status"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == ["done"] * 4
+
+
+def test_ray_a_file_that_kills_its_actor_fails_alone(corpus, weights_file, tmp_path):
+    """Ray Data would try it again forever; here it is tried 3 times, and no other file dies with it."""
+    pytest.importorskip("ray.data")
+    files = sorted(p for p in corpus.rglob("*") if p.suffix in (".wav", ".flac", ".ogg"))
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name, source in zip(["a", "b", "poison", "x"], files, strict=False):
+        (folder / f"{name}{source.suffix}").write_bytes(source.read_bytes())
+    result = run("encode", folder, "-o", tmp_path / "out", "--jobs", "2", "--engine", "ray", "--manifest",
+                 tmp_path / "m.jsonl", weights=weights_file,
+                 env_extra={"RAY_ADDRESS": "", **poison_hook(tmp_path / "hooks")})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    rows = {Path(r["input"]).stem: r for r in map(json.loads, (tmp_path / "m.jsonl").read_text().splitlines())}
+    assert rows["poison"]["error"] == "its Ray actor died on each of 3 tries (killed, or out of memory)"
+    assert [rows[n]["status"] for n in ("a", "b", "x")] == ["done"] * 3
+    assert "raylet" not in result.stdout + result.stderr and "Deprecat" not in result.stderr
+    assert _tree(tmp_path / "out") == ["a.npz", "b.npz", "x.npz"]
 
 
 @pytest.mark.parametrize("engine", ["local", "ray"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, run
+from conftest import SAMPLE_AUDIO, poison_hook, run
 
 from mimi_cli.errors import MimiError, OutputExistsError
 from mimi_cli.fileio import atomic_output, cannot_write, check_output, file_ids
@@ -349,6 +349,43 @@ def test_workers_die_with_their_parent(weights_file, tmp_path, signum):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("names, jobs", [(["a", "b", "c", "poison", "x", "y", "z"], 2),  # (run in name order)
+                                         (["poison", "x", "y", "z"], 2), (["a", "poison", "z"], 3),
+                                         (["a", "b", "poison"], 2)])
+def test_a_file_that_kills_its_worker_fails_alone(weights_file, tmp_path, names, jobs):
+    """Its pool goes down with it, and the other files in flight: those run again, and the rest go on."""
+    folder, out = tmp_path / "clips", tmp_path / "out"
+    folder.mkdir()
+    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    for i, name in enumerate(names):
+        sf.write(folder / f"{name}.wav", speech[i * rate // 2 : (i + 2) * rate // 2], rate)
+    result = run("encode", folder, "-o", f"{out}/", "-j", jobs, "--manifest", tmp_path / "m.jsonl", "--weights",
+                 weights_file, env_extra=poison_hook(tmp_path / "hooks"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    rows = {Path(r["input"]).stem: r for r in map(json.loads, (tmp_path / "m.jsonl").read_text().splitlines())}
+    assert rows.pop("poison")["error"] == "its worker process died (killed, or out of memory)"
+    assert {name: row["status"] for name, row in rows.items()} == {n: "done" for n in names if n != "poison"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.npz" for n in names if n != "poison")
+    assert f"{len(names) - 1} encoded" in result.stderr and "1 failed" in result.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_workers_that_die_on_every_file_stop_the_run(weights_file, tmp_path):
+    """Workers that cannot run here at all: one round of tries, then the rest are not tried."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    for i in range(8):
+        sf.write(folder / f"poison{i}.wav", speech[:rate], rate)
+    result = run("encode", folder, "-o", f"{tmp_path / 'out'}/", "-j", 2, "--manifest", tmp_path / "m.jsonl",
+                 "--weights", weights_file, env_extra=poison_hook(tmp_path / "hooks"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = [json.loads(line)["error"] for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert errors[:3] == ["its worker process died (killed, or out of memory)"] * 3  # the first pool's 2 + 1 queued
+    assert all(e.startswith("not tried: the worker process died on every file before it") for e in errors[3:])
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- the environment says no
 
 
@@ -482,7 +519,8 @@ def test_check_output_rules(tmp_path):
 
 
 def test_non_finite_and_absurd_option_values(clip, weights_file, tmp_path):
-    for args in (("encode", clip, "-b", "inf"), ("encode", clip, "-b", "nan"), ("bench", "--seconds", "inf"),
+    for args in (("encode", clip, "-b", "inf"), ("encode", clip, "-b", "nan"), ("encode", clip, "-b", "1e308"),
+                 ("bench", "--seconds", "inf"),
                  ("bench", "--seconds", "nan"), ("bench", "--seconds", "1e9")):
         result = run(*args, weights=weights_file)
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
