@@ -317,22 +317,17 @@ def execute(p: Plan, on_result: Callable[[FileResult], None] = lambda r: None,
         if p.job.manifest is not None:
             write_manifest(Path(p.job.manifest), _with_not_run(p.tasks, results, start),
                            p.settings.replace or p.job.skip_existing)
-    by_task = {(r.input, r.output): r for r in results}
-    return [by_task[_key(t)] for t in p.tasks]
-
-
-def _key(task: Task) -> tuple[str, str]:
-    """What a task's result says of it: ``(result.input, result.output)``."""
-    return str(task.input), "" if task.output is None else str(task.output)
+    by_task = {r.key: r for r in results}
+    return [by_task[t.key] for t in p.tasks]
 
 
 def _with_not_run(tasks: list[Task], results: list[FileResult], start: float) -> list[FileResult]:
     """Every task gets a row. One without a result was not reached (an interrupt), unless its output
     appeared during the run: then the signal came between writing it and reporting it, and it is done."""
-    done = {(r.input, r.output): r for r in results}
+    done = {r.key: r for r in results}
     rows = []
     for t in tasks:
-        row = done.get(_key(t))
+        row = done.get(t.key)
         if row is None:
             written = (t.output is not None and not is_stdout(t.output) and os.path.isfile(t.output)
                        and os.stat(t.output).st_mtime >= start)
@@ -498,7 +493,7 @@ class ParquetShards:
         self.local = "://" not in destination
         fixed = set(_parquet_schema(pa, split).names)
         self.carried = sorted({k for t in tasks if t.item is not None for k in carried_names(t.item)} - fixed)
-        self.order = {_key(t): i for i, t in enumerate(tasks)}
+        self.order = {t.key: i for i, t in enumerate(tasks)}
         self.waiting: dict[int, dict | None] = {}  # results that came before one of an earlier task
         self.next = 0  # the first task whose result has not come
         self.rows: list[dict] = []
@@ -510,7 +505,7 @@ class ParquetShards:
         shard is written once it is full."""
         row = None if result.codes is None or result.status not in ("done", "skipped") else \
             _parquet_record(result, self.split)
-        self.waiting[self.order[(result.input, result.output)]] = row
+        self.waiting[self.order[result.key]] = row
         while self.next in self.waiting:
             self._buffer(self.waiting.pop(self.next))
             self.next += 1

@@ -235,6 +235,11 @@ class Task:
     skip: bool = False  # the output exists and --skip-existing was given
     item: Item | None = None  # audio inside something larger: a span, a tar member, a table row
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """What its result says of it (``FileResult.key``), whichever engine ran it."""
+        return str(self.input), "" if self.output is None else str(self.output)
+
 
 def open_input(task: Task):
     """A block reader (``soundfile.SoundFile`` or alike) over the task's audio, checked like read_audio."""
@@ -267,7 +272,12 @@ class FileResult:
 
     @classmethod
     def of(cls, task: Task, status: Status, **fields) -> FileResult:
-        return cls(str(task.input), "" if task.output is None else str(task.output), status, **fields)
+        return cls(*task.key, status, **fields)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The key of its task (``Task.key``)."""
+        return self.input, self.output
 
     def manifest_line(self) -> str:
         import json

@@ -61,8 +61,6 @@ class FileActor:
 def run_ray(tasks: list[Task], settings: Settings, actors: int) -> Iterator[FileResult]:
     """Run ``tasks`` on Ray Data with ``actors`` actors; each result as it comes (skipped ones first), so
     that the driver can show progress and write Parquet shards as they fill, holding no more than that."""
-    from mimi_cli.batch import _key  # what a task's result says of it
-
     ray = _import_ray()
     for name in ("ray", "ray.data"):  # their lines would drown the summary; what matters comes back as results
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -101,12 +99,12 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int) -> Iterator[File
             for row in ds.iter_rows():
                 if row["fatal"]:
                     raise WeightsError(row["fatal"])
-                returned.add((row["result"].input, row["result"].output))
+                returned.add(row["result"].key)
                 yield row["result"]
         except Exception as exc:  # Ray wraps what a stage raised; a MimiError inside is the user's message
             raise _as_user_error(exc) from None
         for item in pending:
-            if _key(item["task"]) not in returned:
+            if item["task"].key not in returned:
                 yield FileResult.of(item["task"], "failed", error=f"its Ray actor died on each of {TRIES} tries "
                                     "(killed, or out of memory)")
 
