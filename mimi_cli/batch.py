@@ -432,7 +432,7 @@ def _pool_pass(todo: deque, settings: Settings, jobs: int, results: dict, on_res
                 task = todo.popleft()
                 in_flight[pool.submit(_run_in_worker, task)] = task
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            if any(f.exception() is not None for f in done):  # a broken pool ends every future in flight
+            if any(isinstance(f.exception(), BrokenProcessPool) for f in done):  # it ends every future in flight
                 wait(in_flight)
             for future in [f for f in in_flight if f.done()]:
                 task = in_flight.pop(future)

@@ -12,9 +12,9 @@ collect the :class:`FileResult`; none of them reads, computes or writes a file i
 from __future__ import annotations
 
 import dataclasses
-from contextlib import nullcontext
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal

@@ -30,6 +30,8 @@ from mimi_cli.pipeline import FileResult, Settings, Task, skipped
 FORWARDED_ENVIRONMENT = ("MIMI_WEIGHTS", "ENCODEC_WEIGHTS", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
                          "HF_ENDPOINT")
 
+TRIES = 3  # how many actors a file that kills them may take down: Ray Data's default is forever
+
 
 class FileActor:
     """One :class:`~mimi_cli.pipeline.Worker` per actor (weights loaded on its first file), one BLAS thread."""
@@ -107,9 +109,6 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int) -> Iterator[File
             if item["task"].key not in returned:
                 yield FileResult.of(item["task"], "failed", error=f"its Ray actor died on each of {TRIES} tries "
                                     "(killed, or out of memory)")
-
-
-TRIES = 3  # how many actors a file may take down with it
 
 
 def _quiet_raylet_messages(ray) -> None:
