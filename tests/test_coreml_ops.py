@@ -8,6 +8,7 @@ import pytest
 from scipy import special
 
 from mimi_cli.coreml import ProgramError
+from mimi_cli.coreml.run import run_stream
 from mil_builder import Text, build, op, run_op
 
 rng = np.random.default_rng(7)
@@ -374,6 +375,24 @@ def test_hostile_programs_fail_in_one_line_before_allocating(tmp_path):
     (got,) = run_op(tmp_path / "range", "range_1d", {"x": np.zeros(1, np.float32)}, [(4,)], start=np.float32(1),
                     end=np.float32(3), step=np.float32(0.5))
     np.testing.assert_array_equal(got, np.arange(1, 3, 0.5))
+
+
+def test_a_stream_whose_outputs_would_not_fit_is_refused_before_allocating(tmp_path):
+    """Each window returns 640 kB: 7,000 windows would stack 4.5 GB, which an empty array would be granted
+    (the system promises memory lazily) and then fill; a few windows stack as predicted one by one."""
+    program = build(tmp_path, {"audio": ("fp32", (1, 2))},
+                    [op("tile", ("big", "fp32", (400, 400)), x="audio", reps=[400, 200])], ["big"])
+    refused = r"outputs of 7,000 windows would take 4\.2 GiB, beyond the 4 GiB kept here; give a shorter input, or a "
+    with pytest.raises(ProgramError, match=refused + r"--hop longer than 1 \(up to the window, 2\)"):
+        run_stream(program, "audio", np.zeros(7000, np.float32), hop=1)
+    audio = np.arange(1, 6, dtype=np.float32)
+    streamed = run_stream(program, "audio", audio, hop=1)
+    padded = np.concatenate([[0], audio])  # one sample of context (window 2 - hop 1), zero before the start
+    assert streamed.windows == 5 and streamed.outputs["big"].shape == (5, 400, 400)
+    for index in range(5):
+        expected = program.predict({"audio": padded[index:index + 2].reshape(1, 2)})["big"]
+        np.testing.assert_array_equal(streamed.outputs["big"][index], expected)
+        np.testing.assert_array_equal(expected, np.tile(padded[index:index + 2], (400, 200)))
 
 
 def test_program_1_3_syntax_runs(tmp_path):

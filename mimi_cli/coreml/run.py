@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mimi_cli.coreml.ops import MAX_VALUE_BYTES
 from mimi_cli.coreml.program import CoreMLProgram, Port, ProgramError
 
 STATE_NAMES = ("new_{}", "{}_out", "{}_new", "next_{}")
@@ -106,14 +107,26 @@ def run_stream(program: CoreMLProgram, name: str, audio: np.ndarray, hop: int | 
         results = plan.run({name: chunk, **fixed, **state})
         for key, output in pairs.items():
             state[key] = results[output]
-        for output, value in results.items():
-            if output in carried:
-                continue
-            if output not in stacked:
-                stacked[output] = np.empty((windows, *value.shape), value.dtype)
-            stacked[output][index] = value
+        if not stacked:
+            stacked = stacks(results, windows, carried, hop, window)
+        for output, array in stacked.items():
+            array[index] = results[output]
     stacked.update({output: np.array(state[key]) for key, output in pairs.items()})
     return StreamResult(stacked, windows, window, hop)
+
+
+def stacks(results: Mapping[str, np.ndarray], windows: int, carried: set[str], hop: int,
+           window: int) -> dict[str, np.ndarray]:
+    """An empty ``[windows, ...]`` array per output that is not a state, refused before allocating when
+    together they would be larger than one value may be (a long input, or a program whose every
+    window returns a lot: an empty array of many GiB would be granted, then fill the memory)."""
+    per_window = {output: value for output, value in results.items() if output not in carried}
+    total = windows * sum(value.nbytes for value in per_window.values())
+    if total > MAX_VALUE_BYTES:
+        longer_hop = f", or a --hop longer than {hop} (up to the window, {window})" if hop < window else ""
+        raise ProgramError(f"the outputs of {windows:,} windows would take {total / (1 << 30):,.1f} GiB, beyond the "
+                           f"{MAX_VALUE_BYTES >> 30} GiB kept here; give a shorter input{longer_hop}")
+    return {output: np.empty((windows, *value.shape), value.dtype) for output, value in per_window.items()}
 
 
 def save_outputs(path, outputs: Mapping[str, np.ndarray], replace: bool) -> None:
