@@ -2,12 +2,13 @@
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import special
 
-from mimi_cli.coreml import ProgramError
+from mimi_cli.coreml import ProgramError, ops
 from mimi_cli.coreml.run import run_stream
 from mil_builder import Text, build, op, run_op
 
@@ -375,6 +376,25 @@ def test_hostile_programs_fail_in_one_line_before_allocating(tmp_path):
     (got,) = run_op(tmp_path / "range", "range_1d", {"x": np.zeros(1, np.float32)}, [(4,)], start=np.float32(1),
                     end=np.float32(3), step=np.float32(0.5))
     np.testing.assert_array_equal(got, np.arange(1, 3, 0.5))
+
+
+def test_a_run_whose_values_would_outgrow_the_machine_is_refused_before_allocating(tmp_path, monkeypatch):
+    """Values each under the 4 GiB cap but together more than the machine has: refused at the one that
+    crosses the line (here a machine of 1 MiB, three 400 kB values), in predict and in prepare alike."""
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines()) \
+        if Path("/proc/meminfo").exists() else {}
+    if "MemTotal" in meminfo:  # the limit is the machine's memory, as the kernel counts it
+        assert ops.physical_memory() == int(meminfo["MemTotal"].split()[0]) * 1024
+    lines = [op("fill", (name, "fp32", (100, 1000)), shape=[100, 1000], value=np.float32(i))
+             for i, name in enumerate(("a", "b", "c"))]
+    program = build(tmp_path, {"x": ("fp32", (1,))}, lines, ["a", "b", "c"])
+    feeds = {"x": np.zeros(1, np.float32)}
+    assert program.predict(feeds)["c"].sum() == 2 * 100_000  # the machine's own memory: runs
+    monkeypatch.setattr(ops, "physical_memory", lambda: 1 << 20)
+    crossing = r"op fill 'c': would take the program's values past [\d.]+ GiB in all, more than this machine's"
+    for attempt in (lambda: program.predict(feeds), program.prepare):
+        with pytest.raises(ProgramError, match=crossing):
+            attempt()
 
 
 def test_a_stream_whose_outputs_would_not_fit_is_refused_before_allocating(tmp_path):

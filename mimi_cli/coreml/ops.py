@@ -45,11 +45,41 @@ def kernel(*names: str, view: bool = False):
     return register
 
 
+class Allowance:
+    """What one run of a program may allocate in all: the machine's memory.
+
+    Each value is checked against MAX_VALUE_BYTES, but a run keeps its values, so a program of many
+    values just under it (a broken or hostile one) would still be granted more than the machine
+    has (the system promises memory lazily) and be killed while filling it. Counting every fresh
+    array refuses it first, in one line.
+    """
+
+    def __init__(self, limit: int | None = None):
+        self.limit = physical_memory() if limit is None else limit
+        self.taken = 0
+
+    def take(self, nbytes: int, call: Call) -> None:
+        self.taken += nbytes
+        if self.limit and self.taken > self.limit:
+            raise call.error(f"would take the program's values past {self.taken / (1 << 30):,.1f} GiB in all, more "
+                             f"than this machine's {self.limit / (1 << 30):,.1f} GiB of memory")
+
+
+def physical_memory() -> int:
+    """The machine's memory in bytes (0 where the system does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 class Call:
     """One op's inputs and outputs for one run (see :mod:`mimi_cli.coreml.program`)."""
 
-    def __init__(self, step, env: dict, buffers: list | None = None):
-        self.step, self.env, self.buffers = step, env, buffers
+    def __init__(self, step, env: dict, buffers: list | None = None, allowance: Allowance | None = None):
+        self.step, self.env, self.buffers, self.allowance = step, env, buffers, allowance
 
     # -- inputs
 
@@ -109,6 +139,8 @@ class Call:
         if min(shape, default=0) < 0 or math.prod(shape) * np.dtype(dtype).itemsize > MAX_VALUE_BYTES:
             raise self.error(f"would make a {list(shape)} array, beyond the {MAX_VALUE_BYTES >> 30} GiB a value "
                              "may take here")
+        if self.allowance is not None:
+            self.allowance.take(math.prod(shape) * np.dtype(dtype).itemsize, self)
         return shape
 
     def scratch(self, key: str, shape: tuple[int, ...], dtype=F32) -> np.ndarray:

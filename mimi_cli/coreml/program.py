@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.coreml.ops import KERNELS, VIEWS, Call, ProgramError
+from mimi_cli.coreml.ops import KERNELS, VIEWS, Allowance, Call, ProgramError
 from mimi_cli.errors import DATA_ERRORS, WeightsError
 from mimi_cli.weights.coreml.mil import Function, Operation, Ref, TensorType, Value
 
@@ -78,10 +78,11 @@ class Step:
             return env[source.name]
         return [self.resolve(item, env) for item in source]
 
-    def run(self, env: dict[str, object], buffers: list | None = None, check: bool = True) -> None:
+    def run(self, env: dict[str, object], buffers: list | None = None, check: bool = True,
+            allowance: Allowance | None = None) -> None:
         """Run the op on ``env``, adding its outputs; ``check`` them against the declared types
-        (a prepared plan checked them once, when it was made)."""
-        call = Call(self, env, buffers)
+        (a prepared plan checked them once, when it was made); fresh arrays count against ``allowance``."""
+        call = Call(self, env, buffers, allowance)
         try:
             result = self.kernel(call)
         except ProgramError:
@@ -252,9 +253,10 @@ class CoreMLProgram:
     def predict(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
         """Run the program once: ``{output name: array}``."""
         env: dict[str, object] = dict(self.checked_feeds(feeds))
+        allowance = Allowance()
         with np.errstate(all="ignore"):  # inf and nan flow through as Core ML lets them
             for step in self.steps:
-                step.run(env)
+                step.run(env, allowance=allowance)
         return {port.name: np.asarray(self.constants.get(port.name, env.get(port.name))) for port in self.outputs}
 
     def prepare(self, shapes: Mapping[str, tuple[int, ...]] | None = None) -> PreparedPlan:
@@ -280,9 +282,10 @@ class PreparedPlan:
                                    f"e.g. prepare({{{port.name!r}: (...)}})")
             feeds[port.name] = np.zeros(shape, program.dtype(port.dtype))
         env: dict[str, object] = dict(feeds)  # learn every value's shape and dtype from one run
+        allowance = Allowance()
         with np.errstate(all="ignore"):
             for step in program.steps:
-                step.run(env)
+                step.run(env, allowance=allowance)
         self.inputs = {name: np.zeros_like(value) for name, value in feeds.items()}
         self._assign(env)
 
