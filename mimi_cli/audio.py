@@ -54,13 +54,13 @@ def open_audio(path: Path):
         if not stat.S_ISREG(st.st_mode):  # a device reads forever; top-level pipes come as copies (fileio.readable)
             raise InvalidAudioError(f"{path} is {file_kind(st.st_mode)}, not an audio file; give a file, or pipe "
                                     "the audio into '-'")
-        with open(path, "rb"):  # a permission problem is said as such, not as "not audio"
-            pass
+        with open(path, "rb") as f:  # a permission problem is said as such, not as "not audio"
+            empty = st.st_size == 0 and not f.read(1)  # /proc's files say 0 bytes and hold text
     except FileNotFoundError:
         raise InvalidAudioError(f"{path} does not exist") from None
     except OSError as exc:
         raise InvalidAudioError(f"cannot read {path}: {os.strerror(exc.errno) if exc.errno else exc}") from None
-    if st.st_size == 0 and stat.S_ISREG(st.st_mode):
+    if empty:
         raise InvalidAudioError(f"{path} is empty (0 bytes)")
     try:
         f = sf.SoundFile(path)

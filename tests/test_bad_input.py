@@ -49,6 +49,12 @@ def test_empty_file(tmp_path):
     encode_fails(tmp_path, tmp_path / "empty.wav", "is empty (0 bytes)")
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="no /proc on this system")
+def test_a_file_that_says_0_bytes_but_holds_text_is_not_called_empty(tmp_path):
+    """/proc's files report a size of 0 and read as text: not audio, rather than empty."""
+    encode_fails(tmp_path, Path("/proc/self/status"), "cannot read /proc/self/status as audio")
+
+
 def test_truncated_wav(tmp_path):
     path = write_wav(tmp_path / "cut.wav", np.zeros(24000, np.float32))
     path.write_bytes(path.read_bytes()[:20000])
