@@ -33,7 +33,8 @@ from typing import Literal
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError
-from mimi_cli.fileio import STDIN, STDOUT, Target, atomic_output, check_output, file_ids, is_folder, is_pipe, is_stdout
+from mimi_cli.fileio import (STDIN, STDOUT, Target, atomic_output, check_output, file_ids, is_folder, is_pipe,
+                             is_stdout, output_exists)
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, skipped
 from mimi_cli.sources import Item, is_container, list_items
 
@@ -149,7 +150,7 @@ def plan(job: Job) -> Plan:
     workers = min(job.jobs, max(1, sum(not t.skip for t in tasks)))
     # several workers share the cores: one thread each unless told otherwise
     per_worker = threads or (1 if workers > 1 or job.engine == "ray" else os.cpu_count() or 1)
-    settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None)
+    settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None, skip_existing=job.skip_existing)
     return Plan(job, tasks, settings, workers, single, notes)
 
 
@@ -250,7 +251,7 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
         if target in owners:
             raise MimiError(f"{owners[target]} and {entry.path} would both write {target}; rename one of them")
         owners[target] = entry.path
-        skip = skip_existing and not is_stdout(target) and os.path.lexists(target)
+        skip = skip_existing and output_exists(target)
         if not skip:
             try:
                 check_output(target, force, input_ids, create_parents=not output_is_file)

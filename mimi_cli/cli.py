@@ -279,7 +279,8 @@ JobsOption = Annotated[int, typer.Option(
     "--jobs", "-j", min=1, help="Worker processes (or Ray actors); each loads the weights once and uses "
                                 "1 thread unless --threads says otherwise.")]
 SkipExistingOption = Annotated[bool, typer.Option(
-    "--skip-existing", help="Leave inputs whose output exists alone: resumes an interrupted run.")]
+    "--skip-existing", help="Leave inputs whose output exists alone, or appears meanwhile (another run's): "
+                             "resumes an interrupted run.")]
 ManifestOption = Annotated[Optional[str], typer.Option(
     "--manifest", help="Write one JSON line per input: input, output, status, duration_s, frames, error, warnings.",
     show_default=False, metavar="PATH.jsonl")]

@@ -63,6 +63,11 @@ def is_stdout(target: Target) -> bool:
     return isinstance(target, str) and target == STDOUT
 
 
+def output_exists(target: Target | None) -> bool:
+    """A file output is there: a finished one, since outputs appear whole (see :func:`atomic_output`)."""
+    return target is not None and not is_stdout(target) and os.path.lexists(target)
+
+
 def cannot_write(path: Target, exc: OSError | str) -> MimiError:
     """The one-line error for an output that the environment refused."""
     if isinstance(exc, str):

@@ -24,8 +24,8 @@ import numpy as np
 from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, open_audio, read_blocks,
                             read_open, resample, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
-from mimi_cli.errors import InvalidAudioError, MimiError, WeightsError, out_of_memory
-from mimi_cli.fileio import Readable, Target, atomic_output, readable
+from mimi_cli.errors import InvalidAudioError, MimiError, OutputExistsError, WeightsError, out_of_memory
+from mimi_cli.fileio import Readable, Target, atomic_output, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
 from mimi_cli.sources import Item, carried_keys, open_item
@@ -225,6 +225,7 @@ class Settings:
     channels: Channels = "mix"  # encode: downmix to mono, or encode each channel on its own
     threads: int = 1
     replace: bool = False  # -f: existing outputs (regular files, never inputs) may be replaced
+    skip_existing: bool = False  # also skip an output that another run made after planning
     keep_codes: bool = False  # return the codes in the result (for Parquet)
 
 
@@ -406,8 +407,8 @@ class Worker:
     def run(self, task: Task, report: Report | None = None) -> FileResult:
         """Process one file. Every problem with the file is a "failed" result; weights errors propagate
         (they would fail every file the same way), and so do interrupts."""
-        if task.skip:
-            return skipped(task, self.settings)
+        if task.skip or (self.settings.skip_existing and output_exists(task.output)):
+            return skipped(task, self.settings)  # skipped when planned, or made since by another run
         step = encode_file if self.settings.kind == "encode" else decode_file
         try:
             name = str(task.input)  # an item is read from its container, never by its name (which may be "-")
@@ -417,6 +418,10 @@ class Worker:
                 result.input, result.warnings = name, [source.named(w) for w in result.warnings]
         except WeightsError:
             raise
+        except OutputExistsError as exc:  # another run made it while this one worked
+            if self.settings.skip_existing:
+                return skipped(task, self.settings)
+            return FileResult.of(task, "failed", error=str(exc))
         except MimiError as exc:
             return FileResult.of(task, "failed", error=str(exc))
         except MemoryError as exc:  # this file's, maybe (a long file with a full machine)

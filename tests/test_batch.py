@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -120,6 +121,38 @@ def test_bad_files_in_bulk(corpus, weights_file, tmp_path):
     assert "cannot read" in status["text.wav"]["error"]
     assert status["short.wav"]["frames"] == 1
     assert _tree(out) == ["a.npz", "b.npz", "short.npz"]  # no output, not even a partial one, for a bad file
+
+
+def test_an_output_another_run_makes_is_skipped_with_skip_existing(corpus, weights_file, tmp_path):
+    """Two runs over one corpus (two machines, one shared folder): an output the other run made after
+    this one planned, or while this one worked on it, is skipped with --skip-existing, the other run's
+    file kept as it is; without --skip-existing the second is a failure, and the file is kept too."""
+    from mimi_cli.batch import Job, execute, plan
+    from mimi_cli.pipeline import Settings, Worker
+
+    out = tmp_path / "codes"
+    settings = Settings("encode", str(weights_file))
+    planned = plan(Job(settings, (str(corpus),), str(out), recursive=True, skip_existing=True))
+    tasks = {Path(t.input).name: t for t in planned.tasks}
+    assert not any(t.skip for t in tasks.values())
+    other = b"the other run's codes"
+    tasks["b.flac"].output.parent.mkdir(parents=True)
+    tasks["b.flac"].output.write_bytes(other)  # made after planning, before its turn
+    results = {Path(r.input).name: r for r in execute(planned)}
+    assert results["b.flac"].status == "skipped" and tasks["b.flac"].output.read_bytes() == other
+    assert [results[n].status for n in ("a.wav", "c.wav", "d.ogg")] == ["done"] * 3
+
+    def made_meanwhile(stage, done=0.0, total=None):  # the other run commits while this one encodes
+        if stage.startswith("Encoding") and not target.exists():
+            target.write_bytes(other)
+
+    for skip_existing, status in ((True, "skipped"), (False, "failed")):
+        target = tmp_path / f"meanwhile-{skip_existing}.npz"
+        worker = Worker(dataclasses.replace(planned.settings, skip_existing=skip_existing))
+        result = worker.run(dataclasses.replace(tasks["a.wav"], output=target), report=made_meanwhile)
+        assert result.status == status and target.read_bytes() == other
+        assert skip_existing or "appeared while this run was working" in result.error
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial file left
 
 
 def test_existing_outputs_resume_with_skip_existing(corpus, weights_file, tmp_path):
