@@ -140,8 +140,8 @@ class Codec(Module):
         """Validate audio and return it as float32 ``[B, N]`` plus whether the input was 1-D."""
         pcm = np.asarray(pcm)
         if not np.issubdtype(pcm.dtype, np.floating):
-            raise InvalidAudioError(f"audio must be floating point in [-1, 1], got {pcm.dtype}; "
-                                    "convert integer PCM first (e.g. int16 / 32768)")
+            hint = "; convert integer PCM first (e.g. int16 / 32768)" if pcm.dtype.kind in "iu" else ""
+            raise InvalidAudioError(f"audio must be floating point in [-1, 1], got {pcm.dtype}{hint}")
         if pcm.ndim not in (1, 2):
             raise InvalidAudioError(f"audio must have shape [T] or [B, T], got {list(pcm.shape)}")
         self.check_audio(pcm)
