@@ -175,9 +175,12 @@ class FFmpegAudio(BlockReader):
         return True
 
     def read(self, frames: int = -1, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
-        have = sum(len(p) for p in self._pending)
-        while (frames < 0 or have < frames) and self._decode_more():
-            have = sum(len(p) for p in self._pending)
+        have, counted = 0, 0  # counted: the pending blocks in ``have`` (a long file decodes to 10⁵ blocks)
+        while True:
+            have += sum(len(p) for p in self._pending[counted:])
+            counted = len(self._pending)
+            if (frames >= 0 and have >= frames) or not self._decode_more():
+                break
         joined = np.concatenate(self._pending) if self._pending else np.zeros((0, self.channels), np.float32)
         taken, rest = (joined, joined[:0]) if frames < 0 else (joined[:frames], joined[frames:])
         self._pending = [rest] if len(rest) else []

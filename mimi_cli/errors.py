@@ -45,6 +45,18 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
 
 
+def physical_memory() -> int:
+    """The machine's memory in bytes, 0 where the system does not say: what a size declared by a file or
+    a program is checked against before allocating (the system grants large arrays lazily, then kills
+    the process that fills them)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def out_of_memory(exc: MemoryError, more: str = "") -> MimiError:
     """A memory allocation refused by the system (a full machine, or a limit such as ``ulimit -v``);
     ``more`` is advice of the command's own."""

@@ -24,7 +24,8 @@ import numpy as np
 from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, open_audio, read_blocks,
                             read_open, resample, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
-from mimi_cli.errors import InvalidAudioError, MimiError, OutputExistsError, WeightsError, out_of_memory
+from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, out_of_memory,
+                             physical_memory)
 from mimi_cli.fileio import Readable, Target, atomic_output, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
@@ -39,15 +40,10 @@ _BATCH_BASE_BYTES = 0.6e9
 
 def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC) -> None:
     """Refuse a batch run that cannot fit in this machine's memory, before doing any work."""
-    import os
-
     spec = codec_spec(codec)
     needed = _BATCH_BASE_BYTES + spec.batch_bytes_per_second * seconds
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not available on this platform
-        return
-    if needed > 0.9 * physical:
+    physical = physical_memory()
+    if physical and needed > 0.9 * physical:
         remedy = ("use --stream, which keeps memory flat" if spec.streaming
                   else "split the audio into shorter files (this codec has no streaming mode here)")
         raise MimiError(f"{seconds / 60:.1f} min of audio would need about {needed / 1e9:.0f} GB in batch mode "

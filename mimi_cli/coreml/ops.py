@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import special
 
-from mimi_cli.errors import MimiError
+from mimi_cli.errors import MimiError, physical_memory
 
 
 class ProgramError(MimiError, ValueError):
@@ -63,16 +63,6 @@ class Allowance:
         if self.limit and self.taken > self.limit:
             raise call.error(f"would take the program's values past {self.taken / (1 << 30):,.1f} GiB in all, more "
                              f"than this machine's {self.limit / (1 << 30):,.1f} GiB of memory")
-
-
-def physical_memory() -> int:
-    """The machine's memory in bytes (0 where the system does not say)."""
-    import os
-
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
 
 
 class Call:
