@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +39,23 @@ def read_audio(path: Path) -> Audio:
         return read_open(path, f)
 
 
-def read_open(path: Path, f) -> Audio:
-    """The rest of a file opened with :func:`open_audio` (all of it, if nothing was read), checked."""
-    return Audio(_read_block(path, f, -1), f.samplerate)
+def read_open(path: Path, f, past_declared: Callable[[float], None] | None = None) -> Audio:
+    """The rest of a file opened with :func:`open_audio` (all of it, if nothing was read), checked.
+
+    ``past_declared(seconds)`` is called as the read goes on past the length the file declared, and
+    may refuse to go further: FFmpeg's containers declare an estimate, which a broken or hostile
+    file makes as small as it likes, so a check of memory made from it would not hold.
+    """
+    if past_declared is None:
+        return Audio(_read_block(path, f, -1), f.samplerate)
+    blocks = [_read_block(path, f, max(f.frames - f.tell(), 1))]
+    read = f.tell()
+    while len(blocks[-1]):
+        blocks.append(_read_block(path, f, 1 << 20))
+        read += len(blocks[-1])
+        if read > f.frames:
+            past_declared(read / f.samplerate)
+    return Audio(np.concatenate(blocks), f.samplerate)
 
 
 def open_audio(path: Path):

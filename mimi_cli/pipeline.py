@@ -12,6 +12,7 @@ collect the :class:`FileResult`; none of them reads, computes or writes a file i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -48,6 +49,14 @@ def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC) -> None:
                   else "split the audio into shorter files (this codec has no streaming mode here)")
         raise MimiError(f"{seconds / 60:.1f} min of audio would need about {needed / 1e9:.0f} GB in batch mode "
                         f"(this machine has {physical / 1e9:.0f} GB); {remedy}")
+
+
+def read_for_batch(path: Path, f, codec: str) -> Audio:
+    """All of an open file, for batch mode: refused before reading when the length it declares would not
+    fit in memory, and while reading when it goes on past that length and then would not."""
+    check = functools.partial(check_batch_memory, codec=codec)
+    check(f.frames / f.samplerate)
+    return read_open(path, f, check)
 
 
 @dataclass
@@ -336,8 +345,7 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
             raise InvalidAudioError(f"{task.input} has {channels} channels; --channels split writes at most "
                                     f"{MAX_CHANNELS} code streams to a codes file: split the file, or mix it")
         if not settings.stream:
-            check_batch_memory(duration, settings.codec)
-            audio = read_open(task.input, f)
+            audio = read_for_batch(task.input, f, settings.codec)
     loaded = models.get(settings.codec, report)
     config = loaded.model.config
     levels = config.levels(settings.num_codebooks)
@@ -464,8 +472,7 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
         if plot is not None and Path(output).resolve() == plot.resolve():
             raise MimiError("-o and --plot name the same file; give two names")
     with readable(input) as source, open_audio(source.path) as f:
-        check_batch_memory(f.frames / f.samplerate, settings.codec)
-        audio = read_open(source.path, f)
+        audio = read_for_batch(source.path, f, settings.codec)
     loaded = models.get(settings.codec, report)
     config = loaded.model.config
     levels = config.levels(settings.num_codebooks)

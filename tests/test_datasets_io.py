@@ -14,6 +14,7 @@ import soundfile as sf
 from conftest import SAMPLE_AUDIO, run
 
 from mimi_cli.codes import CodesFile
+from mimi_cli.errors import MimiError
 
 
 @pytest.fixture(scope="module")
@@ -334,6 +335,40 @@ def test_m4a_is_read_through_ffmpeg(tmp_path, weights_file, speech):
                    weights=weights_file).returncode == 0
         np.testing.assert_array_equal(CodesFile.load(tmp_path / "m4a.npz").codes,
                                       CodesFile.load(tmp_path / "wav.npz").codes)
+
+
+def _understate_length(path: Path, factor: int) -> None:
+    """Divide the durations an MP4 file's movie, track and media headers declare by ``factor``."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    for atom, offset in ((b"mvhd", 20), (b"tkhd", 24), (b"mdhd", 20)):  # version 0: 32-bit fields
+        at = data.find(atom) + offset
+        (duration,) = struct.unpack(">I", data[at:at + 4])
+        data[at:at + 4] = struct.pack(">I", duration // factor)
+    path.write_bytes(data)
+
+
+def test_a_container_that_understates_its_length_is_checked_as_it_is_read(tmp_path, speech, monkeypatch):
+    """Batch mode checks memory against the length a file declares; an M4A whose headers say 0.3 s of
+    its 3 s passes that check, and is refused as the read goes past what memory allows (here 1 s)."""
+    pytest.importorskip("av")
+    from mimi_cli import pipeline
+    from mimi_cli.audio import open_audio
+
+    pcm, rate = speech
+    path = tmp_path / "liar.m4a"
+    _m4a(path, pcm[:3 * rate], rate)
+    _understate_length(path, 10)
+    with open_audio(path) as f:
+        assert f.frames / f.samplerate < 0.35
+        whole = pipeline.read_for_batch(path, f, "mimi")  # this machine's memory: all of it
+    assert whole.duration > 2.9
+    one_second = (pipeline._BATCH_BASE_BYTES + pipeline.codec_spec("mimi").batch_bytes_per_second) / 0.9
+    monkeypatch.setattr(pipeline, "physical_memory", lambda: one_second)
+    with open_audio(path) as f, pytest.raises(MimiError, match="of audio would need about .* in batch mode .* "
+                                                                 "use --stream"):
+        pipeline.read_for_batch(path, f, "mimi")
 
 
 def test_without_the_ffmpeg_extra_the_message_names_it(tmp_path, speech):
