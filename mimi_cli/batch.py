@@ -33,8 +33,8 @@ from typing import Literal
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError
-from mimi_cli.fileio import (STDIN, STDOUT, Target, atomic_output, check_output, file_ids, is_folder, is_pipe,
-                             is_stdout, output_exists)
+from mimi_cli.fileio import (STDIN, STDOUT, Target, atomic_output, check_output, file_ids, home_expanded, is_folder,
+                             is_pipe, is_stdout, output_exists)
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, skipped
 from mimi_cli.sources import Item, is_container, list_items
 
@@ -120,7 +120,7 @@ def plan(job: Job) -> Plan:
     found = expand_containers(collect_inputs(paths, job.recursive, suffixes, containers=s.kind == "encode"),
                               job.audio_column)
     found += [Input(Path(e.name), Path(m).parent, e.item, e.relative)
-              for m in job.manifests for e in list_items(Path(m).expanduser(), manifest=True)]
+              for m in job.manifests for e in list_items(home_expanded(m), manifest=True)]
     if not found:
         given = ", ".join("standard input" if p == STDIN else p for p in (*job.inputs, *job.manifests))
         folders = any(is_folder(p) for p in paths)
@@ -166,7 +166,7 @@ def _output_target(output: str | None, one_file: bool, found: list[Input], suffi
         if len(found) != 1:
             raise MimiError("-o - (standard output) takes one input")
         return STDOUT, True
-    path = Path(output).expanduser()
+    path = home_expanded(output)
     if output.endswith(("/", os.sep)) or is_folder(path):
         return path, False
     if one_file:
@@ -183,7 +183,7 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
     With ``containers``, a dataset folder (see :func:`mimi_cli.sources.is_container`) is one input, not searched."""
     found: list[Input] = []
     for item in map(str, items):
-        path = Path(item).expanduser()
+        path = home_expanded(item)
         if is_folder(path) and not (containers and is_container(path)):
             pattern = "**/*" if recursive else "*"
             files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in suffixes

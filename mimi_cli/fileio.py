@@ -59,6 +59,12 @@ _ADVICE = {
 }
 
 
+def home_expanded(path: str | os.PathLike) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` made that home folder; as written when there is no such
+    user or home (Path.expanduser raises there; the path then does not exist, and is said so)."""
+    return Path(os.path.expanduser(path))
+
+
 def is_stdout(target: Target) -> bool:
     return isinstance(target, str) and target == STDOUT
 

@@ -28,7 +28,7 @@ from typing import Literal
 
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import InvalidAudioError, MimiError, loads_json
-from mimi_cli.fileio import STDIN, check_stdin, file_kind
+from mimi_cli.fileio import STDIN, check_stdin, file_kind, home_expanded
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path")
 MAX_MEMBER_BYTES = 2 << 30  # an audio member or cell read into memory at once
@@ -130,7 +130,7 @@ def list_manifest(path: Path) -> list[Entry]:
         if problem:
             entries.append(_invalid(name, problem, f"line-{number:06d}"))
             continue
-        audio_path = Path(audio).expanduser()
+        audio_path = home_expanded(audio)
         audio_path = audio_path if audio_path.is_absolute() else base / audio_path
         carried = {k: v for k, v in record.items() if k not in (*MANIFEST_PATH_KEYS, "offset", "duration")}
         carried = {"manifest_line": number, "audio_filepath": audio, "offset": offset, "duration": duration, **carried}

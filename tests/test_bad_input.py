@@ -38,6 +38,23 @@ def test_missing_path(tmp_path):
     encode_fails(tmp_path, tmp_path / "nowhere.wav", "nowhere.wav does not exist")
 
 
+def test_a_home_folder_of_no_user_is_a_path_that_does_not_exist(tmp_path, weights_file):
+    """``~user`` that names nobody (quoted, so the shell left it) stays as written, as the shell leaves it:
+    Path.expanduser raises there, which came out as a traceback."""
+    nobody = "~no-such-user-of-mimi"
+    encode_fails(tmp_path, Path(f"{nobody}/a.wav"), f"{nobody}/a.wav does not exist")
+    clip = write_wav(tmp_path / "clip.wav", np.zeros(2400, np.float32))
+    (tmp_path / "out").mkdir()
+    before = {p.name for p in tmp_path.iterdir()}
+    for args, expected in ((["-o", f"{nobody}/a.npz"], f"cannot write {nobody}/a.npz: folder {nobody} does not"),
+                           (["-o", tmp_path / "x.npz", "--weights", f"{nobody}/w"], f"{nobody}/w (from --weights) "
+                                                                                     "does not exist"),
+                           (["-o", tmp_path / "out", "--inputs-from", f"{nobody}/list.txt"], "cannot read manifest")):
+        result = run("encode", clip, *args, weights=weights_file)
+        assert result.returncode == 1 and "Traceback" not in result.stderr and expected in result.stderr, result.stderr
+        assert {p.name for p in tmp_path.iterdir()} == before
+
+
 def test_empty_directory(tmp_path):
     """A folder is a batch of its audio files; an empty one says so (and how to search deeper)."""
     (tmp_path / "folder.wav").mkdir()

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from mimi_cli.errors import WeightsError
+from mimi_cli.fileio import home_expanded
 
 
 def resolve_weights(explicit: str | os.PathLike | None, spec) -> Path:
@@ -41,7 +42,7 @@ def locate(name: str, spec, origin: str = "") -> Path:
     """The weights file ``name`` names: a path, or, when no such file exists and the name reads as a Hub
     repository, that repository's file from the Hugging Face cache (fetched once); ``origin`` says where
     the name came from, in the error."""
-    path = Path(name).expanduser()
+    path = home_expanded(name)
     if path.exists():
         return path
     hub = hub_reference(name, spec)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from mimi_cli.errors import DATA_ERRORS, MimiError, WeightsError, malformed
-from mimi_cli.fileio import file_kind, holds, missing
+from mimi_cli.fileio import file_kind, holds, home_expanded, missing
 from mimi_cli.weights.tensors import TensorEntry, WeightFile
 
 # PyTorch checkpoints are pickles (a zip of them since torch 1.6): never unpickled, as loading one can run
@@ -39,7 +39,7 @@ def _looks_like_pickle(head: bytes) -> bool:
 
 def open_weights(path: str | os.PathLike) -> WeightFile:
     """Open any supported weight container; a clear WeightsError for anything else, whatever the bytes."""
-    path = Path(path).expanduser()
+    path = home_expanded(path)
     try:
         return _open(path)
     except MimiError:
