@@ -197,7 +197,7 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
             found.append(Input(path, path.parent))
     unique, seen = [], set()
     for entry in found:  # the same file named twice (a folder and a glob) is done once
-        key = entry.path.resolve()
+        key = os.path.realpath(entry.path)  # Path.resolve raises RuntimeError on a loop of links
         if key not in seen:
             seen.add(key)
             unique.append(entry)

@@ -178,6 +178,25 @@ def test_symlink_loop_and_unreadable_audio_say_what_is_wrong(tmp_path):
     assert "Permission denied" in result.stderr and "give a WAV" not in result.stderr
 
 
+def test_a_loop_of_two_links_is_said_where_a_path_is_resolved(tmp_path, weights_file):
+    """Path.resolve raises RuntimeError on a loop (a → b → a): among a batch's inputs (made the same file
+    once) and as a Core ML weight file (checked to stay inside the model), it is said, not a traceback."""
+    (tmp_path / "a.wav").symlink_to(tmp_path / "b.wav")
+    (tmp_path / "b.wav").symlink_to(tmp_path / "a.wav")
+    sf.write(tmp_path / "ok.wav", np.zeros(2400, np.float32), 24000)
+    result = run("encode", tmp_path / "ok.wav", tmp_path / "a.wav", "-o", tmp_path / "out", weights=weights_file)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "1 encoded" in result.stderr and "a.wav: Too many levels of symbolic links" in result.stderr
+    model = _mil_model(tmp_path / "m.mlmodelc", 'tensor<fp32, [1]> w = const()[val = tensor<fp32, [1]>(BLOBFILE('
+                                                 'path = tensor<string, []>("@model_path/w.bin"), '
+                                                 'offset = tensor<uint64, []>(64)))];')
+    (model / "w.bin").symlink_to(model / "v.bin")
+    (model / "v.bin").symlink_to(model / "w.bin")
+    inspect_fails(model, "refusing weight path 'w.bin': it is a loop of symbolic links")
+    ran = run("run", model)
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr and "a loop of symbolic links" in ran.stderr
+
+
 def test_roundtrip_json_is_valid_for_a_one_sample_input(tmp_path, weights_file):
     sf.write(tmp_path / "one.wav", np.array([0.0], np.float32), 24000, subtype="FLOAT")
     result = run("roundtrip", tmp_path / "one.wav", "--json", weights=weights_file)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
+import errno
+import os
 from pathlib import Path
 
 from mimi_cli.errors import WeightsError
@@ -16,11 +17,15 @@ def inside(root: Path, relative: str, what: str) -> Path:
     candidate = Path(relative)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise WeightsError(f"refusing {what} path {relative!r}: it leads outside the model folder {root}")
-    resolved = (root / candidate).resolve()
-    if not resolved.is_relative_to(root.resolve()):
+    resolved = Path(os.path.realpath(root / candidate))  # Path.resolve raises RuntimeError on a loop of links
+    if not resolved.is_relative_to(os.path.realpath(root)):
         raise WeightsError(f"refusing {what} path {relative!r}: it resolves outside the model folder {root}")
-    with contextlib.suppress(OSError):  # a pipe or a device would block or read forever
+    try:
         kind = file_kind(resolved.stat().st_mode)
-        if kind is not None and kind != "a folder":
-            raise WeightsError(f"refusing {what} path {relative!r}: it is {kind}, not a file")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise WeightsError(f"refusing {what} path {relative!r}: it is a loop of symbolic links") from None
+        return resolved  # missing or unreadable: said where it is opened
+    if kind is not None and kind != "a folder":  # a pipe or a device would block or read forever
+        raise WeightsError(f"refusing {what} path {relative!r}: it is {kind}, not a file")
     return resolved
