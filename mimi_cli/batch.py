@@ -32,10 +32,10 @@ from typing import Literal
 
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_threads
-from mimi_cli.errors import MimiError, OutputExistsError
+from mimi_cli.errors import MimiError, OutputExistsError, physical_memory
 from mimi_cli.fileio import (STDIN, STDOUT, Target, atomic_output, check_output, file_ids, home_expanded, is_folder,
                              is_pipe, is_stdout, output_exists)
-from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, skipped
+from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, skipped
 from mimi_cli.sources import Item, is_container, list_items
 
 CODES_SUFFIXES = (".npz", ".npy")
@@ -147,11 +147,25 @@ def plan(job: Job) -> Plan:
             _check_extra_output(Path(extra), label, s.replace or job.skip_existing, inputs, tasks)
     threads, note = usable_threads(job.threads)
     notes = [note] if note else []
-    workers = min(job.jobs, max(1, sum(not t.skip for t in tasks)))
+    workers, note = usable_workers(job.jobs, sum(not t.skip for t in tasks), job.engine)
+    notes += [note] if note else []
     # several workers share the cores: one thread each unless told otherwise
     per_worker = threads or (1 if workers > 1 or job.engine == "ray" else os.cpu_count() or 1)
     settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None, skip_existing=job.skip_existing)
     return Plan(job, tasks, settings, workers, single, notes)
+
+
+def usable_workers(jobs: int, pending: int, engine: Engine) -> tuple[int, str | None]:
+    """``--jobs``, no more than the files to do, nor than this machine's memory holds: each local worker
+    holds its own copy of the weights and libraries (BASE_BYTES), so a thousand would be granted memory
+    lazily and then be killed as they fill it. Ray's actors spread over a cluster: its scheduler places them."""
+    workers = min(jobs, max(1, pending))
+    memory = physical_memory()
+    fit = max(1, int(0.9 * memory // BASE_BYTES))
+    if engine == "ray" or not memory or workers <= fit:
+        return workers, None
+    return fit, (f"--jobs {jobs} is more workers than this machine's memory holds ({memory / 1e9:.0f} GB, about "
+                 f"{BASE_BYTES / 1e9:.1f} GB a worker); using {fit}")
 
 
 def _is_glob(path: Path) -> bool:

@@ -34,15 +34,16 @@ from mimi_cli.sources import Item, carried_keys, open_item
 from mimi_cli.weights import resolve_weights, weights_id
 
 
-# Peak RSS in batch mode, with margin: weights and libraries, then each codec's growth per second of
-# audio (CodecSpec.batch_bytes_per_second; measured with benchmarks/memory.py, see docs/performance.md).
-_BATCH_BASE_BYTES = 0.6e9
+# Peak RSS in batch mode, with margin: weights and libraries (what each --jobs worker holds whatever
+# it reads), then each codec's growth per second of audio (CodecSpec.batch_bytes_per_second; measured
+# with benchmarks/memory.py, see docs/performance.md).
+BASE_BYTES = 0.6e9
 
 
 def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC) -> None:
     """Refuse a batch run that cannot fit in this machine's memory, before doing any work."""
     spec = codec_spec(codec)
-    needed = _BATCH_BASE_BYTES + spec.batch_bytes_per_second * seconds
+    needed = BASE_BYTES + spec.batch_bytes_per_second * seconds
     physical = physical_memory()
     if physical and needed > 0.9 * physical:
         remedy = ("use --stream, which keeps memory flat" if spec.streaming

@@ -155,6 +155,28 @@ def test_an_output_another_run_makes_is_skipped_with_skip_existing(corpus, weigh
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial file left
 
 
+def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch):
+    """Each local worker holds the weights (BASE_BYTES): --jobs 1000 on a machine of 4 GB runs 6
+    (0.9 × 4 GB / 0.6 GB), and says so; never more than the files to do; Ray's scheduler places its own."""
+    from mimi_cli import batch
+    from mimi_cli.pipeline import BASE_BYTES, Settings
+
+    monkeypatch.setattr(batch, "physical_memory", lambda: 4e9)
+    assert BASE_BYTES == 0.6e9
+    workers, note = batch.usable_workers(1000, 5000, "local")
+    assert workers == 6 and note == ("--jobs 1000 is more workers than this machine's memory holds (4 GB, about "
+                                     "0.6 GB a worker); using 6")
+    assert batch.usable_workers(1000, 3, "local") == (3, None)
+    assert batch.usable_workers(1000, 5000, "ray") == (1000, None)
+    planned = batch.plan(batch.Job(Settings("encode"), (str(corpus),), str(tmp_path / "out"), recursive=True,
+                                   jobs=1000))
+    assert planned.workers == 4 and not any("--jobs" in n for n in planned.notes)  # four files
+    monkeypatch.setattr(batch, "physical_memory", lambda: 1.5e9)
+    planned = batch.plan(batch.Job(Settings("encode"), (str(corpus),), str(tmp_path / "out"), recursive=True,
+                                   jobs=3))
+    assert planned.workers == 2 and "using 2" in planned.notes[-1]
+
+
 def test_existing_outputs_resume_with_skip_existing(corpus, weights_file, tmp_path):
     out = tmp_path / "codes"
     assert run("encode", corpus, "-r", "-o", out, weights=weights_file).returncode == 0
