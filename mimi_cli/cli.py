@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
@@ -867,4 +869,13 @@ def main() -> None:
             hint = f" (see {context.command_path} -h)" if context is not None else ""
             err.print(f"[bold red]error:[/] {_shown(message)}{hint}")
         code = exc.exit_code
+    except OSError as exc:  # the commands' work says its own; what reaches here failed printing (help, a report)
+        code = 1
+        if exc.filename is not None:
+            err.print(f"[bold red]error:[/] {_shown(f'{exc.filename}: {exc.strerror or exc}')}")
+        else:
+            err.print(f"[bold red]error:[/] cannot write to standard output: {_shown(str(exc.strerror or exc))}; "
+                      "check where it is redirected")
+            with contextlib.suppress(OSError, ValueError):  # what is still buffered would fail again at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -491,6 +491,24 @@ def test_standard_output_names_what_is_full(codes, weights_file, tmp_path):
         one_line_error(done, "cannot write to standard output: No space left on device", "where it is redirected")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["inspect", "{weights}"],
+                                  ["inspect", "{weights}", "--json"],
+                                  ["bench", "--only", "kernels", "--seconds", "1", "--json"]])
+def test_printing_to_a_full_disk_is_one_line(args, weights_file):
+    """What a command prints (help, a report, JSON) to a standard output that cannot take it: one line, exit 1
+    (each was a traceback from rich's write)."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "mimi_cli", *(a.format(weights=weights_file) for a in args)],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done.stdout = ""  # it went to /dev/full
+    one_line_error(done, "cannot write to standard output: No space left on device", "where it is redirected")
+
+
 def test_environment_errors_say_what_to_do():
     """Errors that cannot be produced for real here (root ignores permissions; no failing disk) still read well."""
     import errno
