@@ -162,5 +162,11 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], dtype: str = "
     text += b" " * (-len(text) % 8)
     with atomic_output(Path(path), replace) as tmp, open(tmp, "wb") as f:
         f.write(len(text).to_bytes(8, "little") + text)
-        for value in tensors.values():
-            f.write(convert(value).tobytes())
+        for name, value in tensors.items():
+            data = convert(value)
+            overflowed = np.isfinite(value) & ~np.isfinite(bf16_to_f32(data) if dtype == "BF16" else data)
+            if overflowed.any():  # written, the weights would hold inf where the source held a number
+                largest = float(np.max(np.abs(np.asarray(value, np.float64)[overflowed])))
+                raise WeightsError(f"{name} holds values up to {largest:.4g} in magnitude, beyond the range of "
+                                   f"{dtype}; write f32" + (" or bf16" if dtype == "F16" else "") + " instead")
+            f.write(data.tobytes())
