@@ -236,10 +236,14 @@ def test_mil_literals_multi_outputs_and_nested_blocks():
 @pytest.mark.parametrize("bits, signed", [(1, False), (2, False), (3, False), (4, False), (4, True), (6, False),
                                           (8, False)])
 def test_unpack_bits_matches_a_plain_loop(bits, signed):
+    """37 values, and for 3 bits (values straddle bytes) a million and 13: past the first piece unpacked."""
     rng = np.random.default_rng(bits)
-    values = rng.integers(-(1 << (bits - 1)) if signed else 0, 1 << (bits - 1 if signed else bits), 37)
-    np.testing.assert_array_equal(unpack_bits(np.frombuffer(pack_bits(values, bits), np.uint8), 37, bits, signed),
-                                  values)
+    for count in (37, (1 << 20) + 13) if bits == 3 else (37,):
+        values = rng.integers(-(1 << (bits - 1)) if signed else 0, 1 << (bits - 1 if signed else bits), count)
+        packed = np.frombuffer(pack_bits(values.tolist(), bits), np.uint8)
+        np.testing.assert_array_equal(unpack_bits(packed, count, bits, signed), values)
+    with pytest.raises(ValueError, match="hold"):
+        unpack_bits(packed[:-1], count, bits, signed)  # a byte short
 
 
 def test_grouped_vector_lut_matches_a_loop():

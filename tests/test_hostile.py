@@ -56,6 +56,43 @@ def test_hostile_model_mil(tmp_path, statement, expected):
     inspect_fails(_mil_model(tmp_path / "m.mlmodelc", statement), "cannot parse Core ML program", expected)
 
 
+def _vector_lut_model(folder: Path, indices: int, vector: int) -> Path:
+    """An iOS 18 program whose one weight is ``indices`` 1-bit indices into a table of two vectors of
+    ``vector`` fp16 values: ``indices × vector`` values from a file of ``indices / 8 + 4 · vector`` bytes."""
+    from coreml_builder import write_blob_storage
+
+    packed = np.packbits(np.arange(indices) % 2, bitorder="little").tobytes()
+    table = np.ones((1, 2, vector), np.float16).tobytes()
+    offsets = write_blob_storage(folder / "weights" / "weight.bin", [("uint1", packed), ("fp16", table)])
+    blob = 'BLOBFILE(path = string("@model_path/weights/weight.bin"), offset = uint64({}))'
+    (folder / "model.mil").write_text(
+        "program(1.3)\n{\n    func main<ios18>(tensor<fp32, [1]> x) {\n"
+        f"        tensor<uint1, [{indices}]> i = const()[name = string(\"i\"), val = tensor<uint1, [{indices}]>("
+        f"{blob.format(offsets[0])})];\n"
+        f"        tensor<fp16, [1, 2, {vector}]> t = const()[name = string(\"t\"), val = tensor<fp16, [1, 2, "
+        f"{vector}]>({blob.format(offsets[1])})];\n"
+        f"        tensor<fp16, [{indices * vector}]> w = constexpr_lut_to_dense(indices = i, lut = t, "
+        "vector_axis = int32(0))[name = string(\"w\")];\n    } -> (w);\n}\n")
+    return folder
+
+
+def test_a_weight_that_declares_more_values_than_memory_is_refused_before_rebuilding(tmp_path, monkeypatch):
+    """2 MB of file, 1.6·10¹² values declared (a 16 MB one of 4·10⁹ took 23 GB and 48 s before): refused in
+    one line by inspect and run; and, on a machine of 0.5 MB, a table of 40,000 values is refused the same way."""
+    from mimi_cli.weights.coreml import constexpr
+
+    model = _vector_lut_model(tmp_path / "huge.mlmodelc", 8_000_000, 200_000)
+    expected = "cannot rebuild w from constexpr_lut_to_dense: it would make 1,600,000,000,000 values, more than"
+    inspect_fails(model, expected)
+    ran = run("run", model)
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr and expected in ran.stderr, ran.stderr
+    small = np.arange(400) % 2, np.ones((1, 2, 100), np.float16)
+    assert constexpr.lut_to_dense(*small, vector_axis=0).shape == (40_000,)
+    monkeypatch.setattr(constexpr, "physical_memory", lambda: 500_000)
+    with pytest.raises(ValueError, match="it would make 40,000 values, more than this machine's 0 GB"):
+        constexpr.lut_to_dense(*small, vector_axis=0)
+
+
 def test_hostile_package_manifest_and_espresso(tmp_path):
     package = tmp_path / "p.mlpackage"
     (package / "Data").mkdir(parents=True)

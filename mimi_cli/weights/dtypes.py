@@ -69,11 +69,20 @@ def unpack_bits(packed: np.ndarray, count: int, bits: int, signed: bool = False)
         byte 0: b7 b6 b5 b4 b3 b2 b1 b0    byte 1: ...
                 └─ e1 ─┘ └─── e0 ───┘       e.g. 3-bit: e2 starts at b6 of byte 0
 
-    Signed values are two's complement (int4: 8..15 → −8..−1).
+    Signed values are two's complement (int4: 8..15 → −8..−1). Unpacked a piece at a time (each bit
+    takes a byte, then an int32, on its way): a large tensor's working memory stays small.
     """
-    stream = np.unpackbits(np.asarray(packed, np.uint8), bitorder="little")[: count * bits]
+    packed = np.asarray(packed, np.uint8).reshape(-1)
+    if packed.size * 8 < count * bits:
+        raise ValueError(f"{packed.size} bytes hold {packed.size * 8 // bits} values of {bits} bits, not {count}")
+    out = np.empty(count, np.int8 if signed else (np.uint8 if bits <= 8 else np.uint16))
     weights = (1 << np.arange(bits, dtype=np.int32)).astype(np.int32)
-    values = stream.reshape(count, bits).astype(np.int32) @ weights
-    if signed:
-        values = np.where(values >= 1 << (bits - 1), values - (1 << bits), values)
-    return values.astype(np.int8 if signed else (np.uint8 if bits <= 8 else np.uint16))
+    piece = 1 << 20  # values; a multiple of 8, so each piece starts on a byte
+    for start in range(0, count, piece):
+        n = min(piece, count - start)
+        stream = np.unpackbits(packed[start * bits // 8:(start * bits + n * bits + 7) // 8], bitorder="little")
+        values = stream[:n * bits].reshape(n, bits).astype(np.int32) @ weights
+        if signed:
+            values = np.where(values >= 1 << (bits - 1), values - (1 << bits), values)
+        out[start:start + n] = values
+    return out

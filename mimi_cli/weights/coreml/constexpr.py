@@ -16,7 +16,20 @@ import math
 
 import numpy as np
 
+from mimi_cli.errors import physical_memory
 from mimi_cli.weights.dtypes import unpack_bits
+
+# Bytes a rebuilt value takes while it is made: its index and group as 8-byte integers, and itself.
+_REBUILD_BYTES = 20
+
+
+def _room_for(count: int) -> None:
+    """Refuse, before allocating, a tensor of ``count`` values that this machine cannot rebuild: a few bytes
+    of 1-bit indices and a long look-up vector, or a shape literal, can declare billions of values."""
+    memory = physical_memory()
+    if memory and count * _REBUILD_BYTES > memory:
+        raise ValueError(f"it would make {count:,} values, more than this machine's {memory / 1e9:.0f} GB of "
+                         "memory can rebuild")
 
 
 def affine_dequantize(quantized_data: np.ndarray, zero_point: np.ndarray, scale: np.ndarray,
@@ -55,6 +68,7 @@ def lut_to_dense_ios16(indices: np.ndarray, lut: np.ndarray, shape: np.ndarray) 
     if 1 << bits != lut.size:
         raise ValueError(f"look-up table has {lut.size} entries, not a power of two")
     out_shape = tuple(int(d) for d in shape)
+    _room_for(math.prod(out_shape))
     return lut.reshape(-1)[unpack_bits(indices, math.prod(out_shape), bits)].reshape(out_shape)
 
 
@@ -69,6 +83,7 @@ def lut_to_dense(indices: np.ndarray, lut: np.ndarray, vector_axis: int | None =
     groups, (palettes, vector) = lut.shape[:rank], lut.shape[rank:]
     if lut.ndim != rank + 2 or any(n % g for n, g in zip(indices.shape, groups, strict=True)):
         raise ValueError(f"look-up table shape {list(lut.shape)} does not fit indices {list(indices.shape)}")
+    _room_for(indices.size * vector)
     table = np.zeros(indices.shape, np.int64)
     for axis in range(rank):
         block = indices.shape[axis] // groups[axis]
@@ -92,6 +107,7 @@ def sparse_to_dense(nonzero_data: np.ndarray, mask: np.ndarray, shape: np.ndarra
     """
     if shape is not None:
         out_shape = tuple(int(d) for d in shape)
+        _room_for(math.prod(out_shape))
         mask = unpack_bits(mask, math.prod(out_shape), 1).reshape(out_shape)
     selected = mask != 0
     if int(selected.sum()) != nonzero_data.size:
