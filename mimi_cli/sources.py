@@ -285,9 +285,25 @@ def _arrow_table(file: str):
 
 @lru_cache(maxsize=2)
 def _row_group(file: str, group: int, columns: tuple[str, ...]):
-    """Some columns of one Parquet row group, kept while the worker reads its rows one by one."""
+    """Some columns of one Parquet row group, kept while the worker reads its rows one by one.
+
+    Checked before reading, as a compressed file can declare far more than it stores: the chunks'
+    decompressed sizes must fit in memory, and a chunk stored as a dictionary (one value, say an
+    audio file, referred to by every row) is read as one, so that it is not copied into every row.
+    """
+    from mimi_cli.errors import physical_memory
+
     _, pq = _pyarrow()
-    return pq.ParquetFile(file).read_row_group(group, columns=list(columns))
+    row_group = pq.ParquetFile(file).metadata.row_group(group)
+    chunks = [chunk for chunk in map(row_group.column, range(row_group.num_columns))
+              if chunk.path_in_schema.split(".")[0] in columns]
+    declared, memory = sum(chunk.total_uncompressed_size for chunk in chunks), physical_memory()
+    if memory and declared > memory // 2:
+        raise MimiError(f"{file}: row group {group} declares {declared / 1e9:,.1f} GB of {', '.join(columns)} once "
+                        f"decompressed, more than half this machine's {memory / 1e9:.0f} GB; write it with smaller "
+                        "row groups")
+    as_dictionary = [chunk.path_in_schema for chunk in chunks if chunk.has_dictionary_page]
+    return pq.ParquetFile(file, read_dictionary=as_dictionary).read_row_group(group, columns=list(columns))
 
 
 @lru_cache(maxsize=8)

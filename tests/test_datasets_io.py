@@ -257,6 +257,46 @@ def test_hugging_face_dataset_in_parquet_out(tmp_path, weights_file, reference, 
     assert not any(p.suffix == ".npz" for p in tmp_path.rglob("*"))
 
 
+def _one_clip_every_row(path: Path, clip: bytes, rows: int) -> None:
+    """A Parquet file whose ``rows`` rows all refer to one dictionary entry holding ``clip``, with no Arrow
+    schema beside it: readers that expand the dictionary copy the clip into every row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    audio = pa.StructArray.from_arrays([pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, np.int32)),
+                                                                       pa.array([clip], pa.binary())),
+                                        pa.array([f"{i}.wav" for i in range(rows)])], names=["bytes", "path"])
+    pq.write_table(pa.table({"audio": audio, "text": [str(i) for i in range(rows)]}), path, compression="zstd",
+                   dictionary_pagesize_limit=1 << 30, store_schema=False)
+
+
+def test_a_row_group_is_read_as_stored_and_checked_against_memory(tmp_path, weights_file, reference, monkeypatch):
+    """200 rows referring to one 1.5 s clip: the row group is read as its dictionary (the clip once, not
+    200 times: 2 MB of file was 384 MB read with 20 s clips), every row still gives the clip; a row group
+    declaring more than half the memory once decompressed is refused before it is read."""
+    pa = pytest.importorskip("pyarrow")
+    from mimi_cli import sources
+
+    folder, codes = reference
+    clip = (folder / "two.wav").read_bytes()
+    _one_clip_every_row(tmp_path / "one.parquet", clip, 200)
+    before = pa.total_allocated_bytes()
+    table = sources._row_group(str(tmp_path / "one.parquet"), 0, ("audio",))
+    assert pa.total_allocated_bytes() - before < 10 * len(clip)  # expanded into every row: 200 copies
+    assert all(table.slice(row, 1).to_pylist()[0]["audio"]["bytes"] == clip for row in (0, 7, 199))
+    shards = tmp_path / "pq"
+    _one_clip_every_row(tmp_path / "three.parquet", clip, 3)
+    assert run("encode", tmp_path / "three.parquet", "--parquet", shards, weights=weights_file).returncode == 0
+    import pyarrow.parquet as pq
+
+    for row in pq.read_table(shards).to_pylist():
+        np.testing.assert_array_equal(np.array(row["codes"], np.uint16), codes["two"][0])
+    sources._row_group.cache_clear()
+    monkeypatch.setattr("mimi_cli.errors.physical_memory", lambda: 2 * len(clip))
+    with pytest.raises(MimiError, match="row group 0 declares 0.0 GB of audio once decompressed, more than half"):
+        sources._row_group(str(tmp_path / "one.parquet"), 0, ("audio",))
+
+
 def test_decoded_audio_saved_as_a_plain_struct(tmp_path, weights_file, reference, speech):
     """A dataset `map`ped to {"array", "sampling_rate"} (datasets' decoded form) and saved as a plain struct: the
     samples are read as they are (mono [N], stereo [2, N]), the same codes as the file; a bad row fails alone."""
