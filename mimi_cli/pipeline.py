@@ -423,11 +423,9 @@ class Worker:
                 result.input, result.warnings = name, [source.named(w) for w in result.warnings]
         except WeightsError:
             raise
-        except OutputExistsError as exc:  # another run made it while this one worked
-            if self.settings.skip_existing:
-                return skipped(task, self.settings)
-            return FileResult.of(task, "failed", error=str(exc))
         except MimiError as exc:
+            if isinstance(exc, OutputExistsError) and self.settings.skip_existing:
+                return skipped(task, self.settings)  # another run made it while this one worked
             return FileResult.of(task, "failed", error=str(exc))
         except MemoryError as exc:  # this file's, maybe (a long file with a full machine)
             error = out_of_memory(exc, ", or use --stream (memory stays flat) and fewer --jobs")
