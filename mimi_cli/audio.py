@@ -433,11 +433,20 @@ def check_audio_output(path: Target, sample_rate: int, channels: int) -> None:
 
     file_format = audio_format(path)
     check_rate(sample_rate, "cannot write audio at")
-    try:
-        with sf.SoundFile(io.BytesIO(), "w", sample_rate, channels, **file_format):
-            pass
-    except (sf.LibsndfileError, ValueError, TypeError) as exc:
-        reason = getattr(exc, "error_string", str(exc)).removeprefix("Error : ")
-        shown = file_format["subtype"] or file_format["format"]
-        raise InvalidAudioError(f"cannot write {shown} audio at {sample_rate} Hz ({reason}); choose another "
-                                "--sample-rate or output format") from None
+
+    def refusal(count: int) -> str | None:
+        try:
+            with sf.SoundFile(io.BytesIO(), "w", sample_rate, count, **file_format):
+                return None
+        except (sf.LibsndfileError, ValueError, TypeError) as exc:
+            return getattr(exc, "error_string", str(exc)).removeprefix("Error : ")
+
+    reason = refusal(channels)
+    if reason is None:
+        return
+    shown = file_format["subtype"] or file_format["format"]
+    if channels > 1 and refusal(1) is None:  # the rate is fine: too many channels for the format (MP3: 2, FLAC: 8)
+        raise InvalidAudioError(f"cannot write {shown} audio of {channels} channels ({reason}); choose another output "
+                                "format (WAV holds any number)")
+    raise InvalidAudioError(f"cannot write {shown} audio at {sample_rate} Hz ({reason}); choose another "
+                            "--sample-rate or output format")

@@ -572,6 +572,24 @@ def test_unwritable_format_and_rate_fail_before_decoding(codes, weights_file, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_too_many_channels_for_a_format_is_said_as_such():
+    """A 3-channel dialogue's codes decoded to MP3 (2 at most) or 9 channels to FLAC (8) was refused "at 24000 Hz,
+    choose another --sample-rate", a rate that was fine; a rate that is not stays the first thing said."""
+    from mimi_cli.audio import check_audio_output
+    from mimi_cli.errors import InvalidAudioError
+
+    check_audio_output(Path("x.flac"), 24000, 8)
+    check_audio_output(Path("x.wav"), 24000, 9)
+    refused = [("x.flac", 24000, 9, r"cannot write FLAC audio of 9 channels \(.*\); choose another output format"),
+               ("x.mp3", 24000, 3, r"cannot write MP3 audio of 3 channels"),
+               ("x.mp3", 7, 3, r"cannot write MP3 audio at 7 Hz .* --sample-rate")]
+    for name, rate, channels, expected in refused:
+        if name.endswith(".mp3") and "MP3" not in sf.available_formats():
+            continue
+        with pytest.raises(InvalidAudioError, match=expected):
+            check_audio_output(Path(name), rate, channels)
+
+
 def test_suffixes_that_are_not_format_names(codes, weights_file, tmp_path):
     """.opus is Opus in Ogg (libsndfile's OGG format with the OPUS subtype: it had no format of that name and was
     refused), .oga Ogg Vorbis, .aif AIFF; each read back as what its name says, as long as the codes say (Opus
