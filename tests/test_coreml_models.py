@@ -221,6 +221,8 @@ def test_mimi_run_stream_writes_every_window(tmp_path):
     ("not NAME=FILE", ["-i", "audio"], "takes NAME=FILE"),
     ("hop beyond the window", ["--stream", "audio={wav}", "--hop", "200000"], "--hop must be between 1 and"),
     ("stream into no input", ["--stream", "nope={wav}"], "has no input 'nope'"),
+    ("stream given as --input too", ["--stream", "audio={wav}", "-i", "audio={npy}"],  # it replaced every window
+     "input audio is the stream, and is given with --input too"),
 ])
 def test_mimi_run_failures_are_one_line(tmp_path, problem, args, message):
     np.save(tmp_path / "npy.npy", np.zeros(128000, np.float32))

@@ -406,6 +406,8 @@ def test_a_stream_whose_outputs_would_not_fit_is_refused_before_allocating(tmp_p
     with pytest.raises(ProgramError, match=refused + r"--hop longer than 1 \(up to the window, 2\)"):
         run_stream(program, "audio", np.zeros(7000, np.float32), hop=1)
     audio = np.arange(1, 6, dtype=np.float32)
+    with pytest.raises(ProgramError, match="input audio is the stream, and is given with --input too"):
+        run_stream(program, "audio", audio, hop=1, feeds={"audio": np.zeros((1, 2), np.float32)})
     streamed = run_stream(program, "audio", audio, hop=1)
     padded = np.concatenate([[0], audio])  # one sample of context (window 2 - hop 1), zero before the start
     assert streamed.windows == 5 and streamed.outputs["big"].shape == (5, 400, 400)

@@ -88,6 +88,8 @@ def run_stream(program: CoreMLProgram, name: str, audio: np.ndarray, hop: int | 
         raise ProgramError(f"--hop must be between 1 and the window of {window} samples, not {hop}")
     pairs = state_pairs(program)
     fixed = dict(feeds or {})
+    if name in fixed:  # it would replace every window's audio
+        raise ProgramError(f"input {name} is the stream, and is given with --input too; give it once")
     for other in program.inputs:
         if other.name != name and other.name not in fixed and other.name not in pairs:
             raise ProgramError(f"input {other} is neither the stream nor a state (no output named new_"
