@@ -67,10 +67,13 @@ def test_no_stats_reads_headers_only_and_stats_find_nan(tmp_path):
 
 def test_inspect_warnings_keep_exit_zero(tmp_path):
     save_file({"zeros": np.zeros(8, np.float32), "big": np.array([1, 2e5], np.float32),
-               "flat": np.full(4, 0.5, np.float32)}, str(tmp_path / "odd.safetensors"))
+               "flat": np.full(4, 0.5, np.float32), "empty": np.zeros((0, 3), np.float32)},
+              str(tmp_path / "odd.safetensors"))
     code, report = inspect_json(tmp_path / "odd.safetensors")
     assert code == 0 and report["format"] == "unknown"
     assert sorted(w.split(":")[0] for w in report["warnings"]) == ["big", "flat", "zeros"]
+    empty = next(t for t in report["tensors"] if t["name"] == "empty")  # no values, so no range (it said 0 to 0)
+    assert [empty[k] for k in ("params", "min", "max", "mean", "std", "nonfinite")] == [0, None, None, None, None, 0]
 
 
 def malformed(path, kind: str) -> None:

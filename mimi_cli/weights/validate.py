@@ -21,8 +21,8 @@ LARGE_MAGNITUDE = 1e4
 
 @dataclass
 class TensorStats:
-    min: float
-    max: float
+    min: float | None  # None for an empty tensor, which has no range
+    max: float | None
     mean: float | None = None  # over finite values; None when only min/max were computed
     std: float | None = None
     nonfinite: int = 0
@@ -41,7 +41,7 @@ class Findings:
 def range_stats(values: np.ndarray) -> TensorStats:
     """Minimum, maximum and non-finite count, in two passes when all values are finite."""
     if values.size == 0:
-        return TensorStats(0.0, 0.0)
+        return TensorStats(None, None)
     low, high = float(values.min()), float(values.max())
     if np.isfinite(low) and np.isfinite(high):
         return TensorStats(low, high)
