@@ -467,14 +467,19 @@ def _pool_pass(todo: deque, settings: Settings, jobs: int, results: dict, on_res
 
 
 def _stop_workers(pool) -> None:
-    """SIGTERM every worker (each removes its temporary file as it unwinds), then wait for them."""
+    """SIGTERM every worker (each removes its temporary file as it unwinds), wait for them (SIGKILL after
+    10 s), then for the pool's own thread: one still closing its pipes as Python exits made Python 3.11's
+    exit handler print "Exception ignored … Bad file descriptor" under the run's one-line error."""
     processes = list(getattr(pool, "_processes", {}).values())  # the executor has no public handle on them
     for process in processes:
         if process.is_alive():
             process.terminate()
     for process in processes:
         process.join(timeout=10)
-    pool.shutdown(wait=False, cancel_futures=True)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- Parquet
