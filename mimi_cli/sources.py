@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from mimi_cli.audio import BlockReader
-from mimi_cli.errors import InvalidAudioError, MimiError, loads_json
+from mimi_cli.errors import InvalidAudioError, MimiError, loads_json, physical_memory
 from mimi_cli.fileio import STDIN, check_stdin, file_kind, home_expanded
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path")
@@ -291,8 +291,6 @@ def _row_group(file: str, group: int, columns: tuple[str, ...]):
     decompressed sizes must fit in memory, and a chunk stored as a dictionary (one value, say an
     audio file, referred to by every row) is read as one, so that it is not copied into every row.
     """
-    from mimi_cli.errors import physical_memory
-
     _, pq = _pyarrow()
     row_group = pq.ParquetFile(file).metadata.row_group(group)
     chunks = [chunk for chunk in map(row_group.column, range(row_group.num_columns))
