@@ -23,16 +23,19 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_threads
-from mimi_cli.errors import MimiError, OutputExistsError, physical_memory
+from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_memory
 from mimi_cli.fileio import (STDIN, STDOUT, Target, atomic_output, check_output, file_ids, home_expanded, is_folder,
                              is_pipe, is_stdout, output_exists)
 from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, skipped
@@ -90,6 +93,8 @@ def plan(job: Job) -> Plan:
         raise MimiError("--stream works with the local engine only (Ray reads each file whole)")
     if job.parquet is not None and s.kind != "encode":
         raise MimiError("--parquet writes codes, so it goes with `mimi encode`")
+    if job.parquet is not None and job.parquet.startswith("file://"):  # this machine's: the one output writer
+        job = replace(job, parquet=local_path(job.parquet))
     if STDIN in job.inputs:
         if len(job.inputs) > 1:
             raise MimiError("'-' (standard input) must be the only input")
@@ -145,6 +150,8 @@ def plan(job: Job) -> Plan:
     for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
         if extra is not None and "://" not in extra:
             _check_extra_output(Path(extra), label, s.replace or job.skip_existing, inputs, tasks)
+    if job.parquet is not None and "://" in job.parquet:
+        remote_folder(job.parquet, s.replace or job.skip_existing)
     threads, note = usable_threads(job.threads)
     notes = [note] if note else []
     workers, note = usable_workers(job.jobs, sum(not t.skip for t in tasks), job.engine)
@@ -296,6 +303,37 @@ def _check_extra_output(path: Path, label: str, replace_ok: bool, inputs: set, t
         check_output(path, replace_ok, inputs, create_parents=label == "--parquet")
     except MimiError as exc:
         raise type(exc)(f"{label}: {exc}") from None
+
+
+def local_path(uri: str) -> str:
+    """``file:///data/codes`` → ``/data/codes``."""
+    parts = urlsplit(uri)
+    if parts.netloc not in ("", "localhost"):
+        raise MimiError(f"--parquet: {uri} names another machine ({parts.netloc}); give a folder of this one")
+    return unquote(parts.path, errors="surrogateescape")
+
+
+def remote_folder(uri: str, replace_ok: bool):
+    """pyarrow's file system for a --parquet URI (``s3://bucket/codes``) and the folder's path in it, checked
+    as a local folder is, before any work: a scheme pyarrow knows, a store it can reach, not a file, and
+    empty unless -f or --skip-existing said to replace what is there."""
+    try:
+        import pyarrow as pa
+        from pyarrow import fs
+    except ImportError:
+        raise MimiError('--parquet needs pyarrow: pip install "mimi-cli[parquet]"') from None
+    try:
+        filesystem, folder = fs.FileSystem.from_uri(uri)
+        kind = filesystem.get_file_info(folder).type
+        used = kind == fs.FileType.Directory and filesystem.get_file_info(fs.FileSelector(folder))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise MimiError(f"--parquet: cannot use {uri}: {first_line(exc) or type(exc).__name__}; check the URI "
+                        "(s3://BUCKET/FOLDER, gs://…, file:///…), the network and the store's credentials") from None
+    if kind not in (fs.FileType.Directory, fs.FileType.NotFound):
+        raise MimiError(f"--parquet: {uri} exists and is not a folder")
+    if used and not replace_ok:
+        raise OutputExistsError(f"--parquet: folder {uri} is not empty; choose a new folder or pass -f/--force")
+    return filesystem, folder
 
 
 # ----------------------------------------------------------------------------- running
@@ -510,7 +548,8 @@ class ParquetShards:
         from mimi_cli.sources import carried_names
 
         self.pa, self.pq, self.destination, self.replace, self.split = pa, pq, destination, replace, split
-        self.local = "://" not in destination
+        # a URI's file system, checked by plan(); None for a local folder
+        self.store = remote_folder(destination, True) if "://" in destination else None
         fixed = set(_parquet_schema(pa, split).names)
         self.carried = sorted({k for t in tasks if t.item is not None for k in carried_names(t.item)} - fixed)
         self.order = {t.key: i for i, t in enumerate(tasks)}
@@ -537,11 +576,36 @@ class ParquetShards:
             self._buffer(self.waiting.pop(index))
         if self.rows or (complete and not self.written):
             self._write()
-        if self.local and self.written:
-            for stale in Path(self.destination).glob("part-*.parquet"):
-                number = stale.name[len("part-"):-len(".parquet")]
-                if number.isdigit() and len(number) == 5 and int(number) >= self.written and stale.is_file():
-                    stale.unlink()
+        if self.written:
+            self._remove_stale()
+
+    def _remove_stale(self) -> None:
+        """Remove the shards an earlier run left beyond this run's last one."""
+        def stale(name: str) -> bool:
+            number = re.fullmatch(r"part-(\d{5})\.parquet", name)
+            return number is not None and int(number[1]) >= self.written
+
+        if self.store is None:
+            for path in Path(self.destination).iterdir():
+                if stale(path.name) and path.is_file():
+                    path.unlink()
+            return
+        from pyarrow import fs
+
+        filesystem, folder = self.store
+        with self._store_errors("remove an earlier run's shards from"):
+            for info in filesystem.get_file_info(fs.FileSelector(folder)):
+                if stale(info.base_name) and info.type == fs.FileType.File:
+                    filesystem.delete_file(info.path)
+
+    @contextmanager
+    def _store_errors(self, action: str):
+        """A URI's store failing (network, credentials, quota): one line that names it."""
+        try:
+            yield
+        except (self.pa.ArrowException, OSError) as exc:
+            raise MimiError(f"--parquet: cannot {action} {self.destination}: "
+                            f"{first_line(exc) or type(exc).__name__}") from None
 
     def _buffer(self, row: dict | None) -> None:
         if row is not None:
@@ -553,12 +617,15 @@ class ParquetShards:
     def _write(self) -> None:
         table = _parquet_table(self.pa, self.rows, self.carried, self.split)
         name = f"part-{self.written:05d}.parquet"
-        if self.local:
+        if self.store is None:
             Path(self.destination).mkdir(parents=True, exist_ok=True)
             with atomic_output(Path(self.destination) / name, self.replace) as tmp:
                 self.pq.write_table(table, tmp)
         else:
-            self.pq.write_table(table, f"{self.destination.rstrip('/')}/{name}")
+            filesystem, folder = self.store
+            with self._store_errors(f"write {name} to"):
+                filesystem.create_dir(folder, recursive=True)
+                self.pq.write_table(table, f"{folder.rstrip('/')}/{name}", filesystem=filesystem)
         self.rows, self.codes, self.written = [], 0, self.written + 1
 
 

@@ -33,9 +33,16 @@ DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, Recu
                UnicodeError, EOFError, ArithmeticError)
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (another library's, often several lines), at most ``limit``
+    characters; "" when it has none."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else ""
+
+
 def malformed(error: type[MimiError], what: str, exc: BaseException) -> MimiError:
     """``error("cannot read WHAT: malformed data (<the Python error>)")``, one line."""
-    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+    detail = first_line(exc)
     return error(f"cannot read {what}: malformed data ({type(exc).__name__}{': ' + detail if detail else ''})")
 
 
@@ -60,7 +67,7 @@ def physical_memory() -> int:
 def out_of_memory(exc: MemoryError, more: str = "") -> MimiError:
     """A memory allocation refused by the system (a full machine, or a limit such as ``ulimit -v``);
     ``more`` is advice of the command's own."""
-    detail = f" ({str(exc).splitlines()[0][:200]})" if str(exc) else ""
+    detail = f" ({first_line(exc)})" if first_line(exc) else ""
     return MimiError(f"out of memory{detail}; free some memory or raise the limit (ulimit -v){more}")
 
 

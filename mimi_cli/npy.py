@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.errors import DATA_ERRORS, MimiError
+from mimi_cli.errors import DATA_ERRORS, MimiError, first_line
 
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what a model input or a code array can be
 
@@ -45,5 +45,5 @@ def read_npy(path: Path | str, max_bytes: int = 4 << 30) -> np.ndarray:
         raise InvalidArrayError(f"cannot read {path}: {exc.strerror or exc}") from None
     except DATA_ERRORS as exc:
         raise InvalidArrayError(f"{path} is not a readable .npy array ({type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+                                f"{first_line(exc, 160)})") from None
     return data.reshape(shape, order="F" if fortran else "C")

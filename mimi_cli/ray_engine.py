@@ -22,7 +22,7 @@ import os
 import warnings
 from collections.abc import Iterator
 
-from mimi_cli.errors import MimiError, WeightsError
+from mimi_cli.errors import MimiError, WeightsError, first_line
 from mimi_cli.pipeline import FileResult, Settings, Task, skipped
 
 
@@ -135,8 +135,7 @@ def _as_user_error(exc: BaseException) -> MimiError:
         if isinstance(seen, MimiError):
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return MimiError(f"the Ray run failed: {type(exc).__name__}: {first_line}")
+    return MimiError(f"the Ray run failed: {type(exc).__name__}: {first_line(exc, 1000)}")
 
 
 def _import_ray():

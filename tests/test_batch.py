@@ -384,6 +384,65 @@ def test_a_resumed_run_keeps_every_parquet_row(corpus, weights_file, tmp_path):
     assert again == first and len(again) == 4
 
 
+def test_parquet_to_a_uri_is_checked_before_any_work(corpus, weights_file, tmp_path):
+    """--parquet with a URI: a scheme pyarrow does not know failed with a traceback after every file was encoded,
+    and file:///FOLDER replaced an earlier run's shards without -f. Now a URI is checked as a folder is, before
+    any work; file:// is this machine's folder, written through the one output writer."""
+    pytest.importorskip("pyarrow.parquet")
+    bogus = run("encode", corpus, "-r", "-o", tmp_path / "a", "--parquet", "no://bucket/codes", weights=weights_file)
+    assert bogus.returncode == 1 and "Traceback" not in bogus.stderr, bogus.stderr
+    assert bogus.stderr.strip().splitlines()[-1].startswith("error: --parquet: cannot use no://bucket/codes: ")
+    assert not (tmp_path / "a").exists()  # refused before any work
+    earlier = tmp_path / "earlier run"
+    earlier.mkdir()
+    (earlier / "part-00000.parquet").write_bytes(b"an earlier run's shard")
+    uri = "file://" + str(earlier).replace(" ", "%20")
+    again = run("encode", corpus, "-r", "-o", tmp_path / "b", "--parquet", uri, weights=weights_file)
+    assert again.returncode == 1 and "not empty" in again.stderr and "-f/--force" in again.stderr, again.stderr
+    assert (earlier / "part-00000.parquet").read_bytes() == b"an earlier run's shard" and not (tmp_path / "b").exists()
+    other = run("encode", corpus, "-r", "--parquet", "file://elsewhere/codes", weights=weights_file)
+    assert other.returncode == 1 and "names another machine" in other.stderr
+    fresh = tmp_path / "new shards"
+    done = run("encode", corpus, "-r", "--parquet", "file://" + str(fresh).replace(" ", "%20"), weights=weights_file)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in fresh.iterdir()] == ["part-00000.parquet"]
+
+
+def test_remote_parquet_folder(tmp_path, monkeypatch):
+    """A store's folder (pyarrow's file systems: s3://, gs://, …): refused when it is a file or holds an earlier
+    run's objects without -f; shards written through its file system, an earlier run's beyond the last removed;
+    the store failing mid-run is one line naming it."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    fs = pytest.importorskip("pyarrow.fs")
+    from mimi_cli import batch
+    from mimi_cli.errors import OutputExistsError
+
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(MimiError, match="is not a folder"):
+        batch.remote_folder(f"file://{tmp_path}/file", False)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "part-00000.parquet").write_bytes(b"old")
+    with pytest.raises(OutputExistsError, match="not empty"):
+        batch.remote_folder(f"file://{tmp_path}/used", False)
+    store = fs.SubTreeFileSystem(str(tmp_path), fs.LocalFileSystem())  # a store standing in for s3://
+    monkeypatch.setattr(batch, "remote_folder", lambda uri, replace_ok: (store, "used"))
+    for stale in (1, 2):
+        (tmp_path / "used" / f"part-{stale:05d}.parquet").write_bytes(b"old")
+    results = [_result(i, np.random.default_rng(i)) for i in range(2)]
+    shards = batch.ParquetShards("s3://bucket/used", [batch.Task(Path(r.input), Path(r.output)) for r in results],
+                                 True, False)
+    for result in results:
+        shards.add(result)
+    shards.close(complete=True)
+    assert sorted(p.name for p in (tmp_path / "used").iterdir()) == ["part-00000.parquet"]
+    assert pq.read_table(tmp_path / "used" / "part-00000.parquet")["input"].to_pylist() == ["in/0.wav", "in/1.wav"]
+    monkeypatch.setattr(batch, "remote_folder", lambda uri, replace_ok: (store, "file/inside"))  # under a file
+    shards = batch.ParquetShards("s3://bucket/broken", [batch.Task(Path("in/0.wav"), Path("out/0.npz"))], True, False)
+    shards.add(results[0])
+    with pytest.raises(MimiError, match=r"^--parquet: cannot write part-00000\.parquet to s3://bucket/broken: "):
+        shards.close(complete=True)
+
+
 def _result(index: int, rng) -> object:
     from mimi_cli.codes import CodesFile
     from mimi_cli.models import codec_spec

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.coreml.ops import KERNELS, VIEWS, Allowance, Call, ProgramError
-from mimi_cli.errors import DATA_ERRORS, WeightsError
+from mimi_cli.errors import DATA_ERRORS, WeightsError, first_line
 from mimi_cli.weights.coreml.mil import Function, Operation, Ref, TensorType, Value
 
 DTYPES = {"fp16": np.float16, "fp32": np.float32, "fp64": np.float64, "bool": np.bool_, "int8": np.int8,
@@ -88,8 +88,7 @@ class Step:
         except ProgramError:
             raise
         except DATA_ERRORS as exc:  # inputs a hostile or broken program gives an op: its error, one line
-            raise call.error(f"cannot run ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-                             ) from None
+            raise call.error(f"cannot run ({type(exc).__name__}: {first_line(exc)})") from None
         results = result if isinstance(result, tuple) else (result,)
         if not check:
             env.update(zip(self.outputs, results, strict=True))
