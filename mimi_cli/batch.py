@@ -27,7 +27,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -623,9 +623,15 @@ class ParquetShards:
                 self.pq.write_table(table, tmp)
         else:
             filesystem, folder = self.store
+            target = f"{folder.rstrip('/')}/{name}"
             with self._store_errors(f"write {name} to"):
                 filesystem.create_dir(folder, recursive=True)
-                self.pq.write_table(table, f"{folder.rstrip('/')}/{name}", filesystem=filesystem)
+                try:
+                    self.pq.write_table(table, target, filesystem=filesystem)
+                except BaseException:  # a store failing or a signal mid-shard: no part of a shard left behind
+                    with suppress(Exception):
+                        filesystem.delete_file(target)
+                    raise
         self.rows, self.codes, self.written = [], 0, self.written + 1
 
 

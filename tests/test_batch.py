@@ -436,6 +436,19 @@ def test_remote_parquet_folder(tmp_path, monkeypatch):
     shards.close(complete=True)
     assert sorted(p.name for p in (tmp_path / "used").iterdir()) == ["part-00000.parquet"]
     assert pq.read_table(tmp_path / "used" / "part-00000.parquet")["input"].to_pylist() == ["in/0.wav", "in/1.wav"]
+    class FullStore:  # the store fails halfway through a shard
+        @staticmethod
+        def write_table(table, where, filesystem):
+            with filesystem.open_output_stream(where) as stream:
+                stream.write(b"PAR1 half a shard")
+            raise OSError("quota exceeded")
+
+    shards = batch.ParquetShards("s3://bucket/used", [batch.Task(Path("in/0.wav"), Path("out/0.npz"))], True, False)
+    shards.pq = FullStore
+    shards.add(results[0])
+    with pytest.raises(MimiError, match=r"^--parquet: cannot write part-00000\.parquet to s3://bucket/used: quota"):
+        shards.close(complete=True)
+    assert list((tmp_path / "used").iterdir()) == []
     monkeypatch.setattr(batch, "remote_folder", lambda uri, replace_ok: (store, "file/inside"))  # under a file
     shards = batch.ParquetShards("s3://bucket/broken", [batch.Task(Path("in/0.wav"), Path("out/0.npz"))], True, False)
     shards.add(results[0])
