@@ -93,8 +93,11 @@ def plan(job: Job) -> Plan:
         raise MimiError("--stream works with the local engine only (Ray reads each file whole)")
     if job.parquet is not None and s.kind != "encode":
         raise MimiError("--parquet writes codes, so it goes with `mimi encode`")
-    if job.parquet is not None and job.parquet.startswith("file://"):  # this machine's: the one output writer
-        job = replace(job, parquet=local_path(job.parquet))
+    # file:// is this machine's: the one output writer; a manifest is always written here
+    job = replace(job, parquet=local_path(job.parquet, "--parquet"), manifest=local_path(job.manifest, "--manifest"))
+    if job.manifest is not None and "://" in job.manifest:
+        raise MimiError(f"--manifest is written on this machine: give a path, not {job.manifest} "
+                        "(--parquet takes a store's URI)")
     if STDIN in job.inputs:
         if len(job.inputs) > 1:
             raise MimiError("'-' (standard input) must be the only input")
@@ -305,11 +308,13 @@ def _check_extra_output(path: Path, label: str, replace_ok: bool, inputs: set, t
         raise type(exc)(f"{label}: {exc}") from None
 
 
-def local_path(uri: str) -> str:
-    """``file:///data/codes`` → ``/data/codes``."""
+def local_path(uri: str | None, label: str) -> str | None:
+    """``file:///data/codes`` → ``/data/codes``; anything else as it is."""
+    if uri is None or not uri.startswith("file://"):
+        return uri
     parts = urlsplit(uri)
     if parts.netloc not in ("", "localhost"):
-        raise MimiError(f"--parquet: {uri} names another machine ({parts.netloc}); give a folder of this one")
+        raise MimiError(f"{label}: {uri} names another machine ({parts.netloc}); give a path on this one")
     return unquote(parts.path, errors="surrogateescape")
 
 

@@ -384,11 +384,19 @@ def test_a_resumed_run_keeps_every_parquet_row(corpus, weights_file, tmp_path):
     assert again == first and len(again) == 4
 
 
-def test_parquet_to_a_uri_is_checked_before_any_work(corpus, weights_file, tmp_path):
+def test_outputs_given_as_uris_are_checked_before_any_work(corpus, weights_file, tmp_path):
     """--parquet with a URI: a scheme pyarrow does not know failed with a traceback after every file was encoded,
     and file:///FOLDER replaced an earlier run's shards without -f. Now a URI is checked as a folder is, before
-    any work; file:// is this machine's folder, written through the one output writer."""
+    any work; file:// is this machine's folder, written through the one output writer. --manifest s3://… was
+    written, unchecked, to a local file s3:/…; now a manifest takes a path (or file://) only."""
     pytest.importorskip("pyarrow.parquet")
+    store = run("encode", corpus, "-r", "-o", "codes", "--manifest", "s3://bucket/run.jsonl", weights=weights_file,
+                cwd=tmp_path)
+    assert store.returncode == 1 and "--manifest is written on this machine" in store.stderr, store.stderr
+    assert list(tmp_path.iterdir()) == []
+    local = run("encode", corpus, "-r", "-o", "codes", "--manifest", f"file://{tmp_path}/run.jsonl",
+                weights=weights_file, cwd=tmp_path)
+    assert local.returncode == 0 and len((tmp_path / "run.jsonl").read_text().splitlines()) == 4, local.stderr
     bogus = run("encode", corpus, "-r", "-o", tmp_path / "a", "--parquet", "no://bucket/codes", weights=weights_file)
     assert bogus.returncode == 1 and "Traceback" not in bogus.stderr, bogus.stderr
     assert bogus.stderr.strip().splitlines()[-1].startswith("error: --parquet: cannot use no://bucket/codes: ")
