@@ -37,7 +37,7 @@ from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_memory
 from mimi_cli.fileio import (STDIN, STDOUT, Target, atomic_output, check_output, file_ids, home_expanded, is_folder,
-                             is_pipe, is_stdout, output_exists)
+                             is_pipe, is_stdout, output_exists, url)
 from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, skipped
 from mimi_cli.sources import Item, is_container, list_items
 
@@ -95,9 +95,13 @@ def plan(job: Job) -> Plan:
         raise MimiError("--parquet writes codes, so it goes with `mimi encode`")
     # file:// is this machine's: the one output writer; a manifest is always written here
     job = replace(job, parquet=local_path(job.parquet, "--parquet"), manifest=local_path(job.manifest, "--manifest"))
-    if job.manifest is not None and "://" in job.manifest:
-        raise MimiError(f"--manifest is written on this machine: give a path, not {job.manifest} "
-                        "(--parquet takes a store's URI)")
+    for given, label in ((job.output, "-o"), (job.manifest, "--manifest"), *((i, "input") for i in job.inputs),
+                         *((m, "--inputs-from") for m in job.manifests)):
+        if given is not None and url(given):
+            writes = label in ("-o", "--manifest")
+            raise MimiError(f"{label} {given} is a URL, and mimi {'writes' if writes else 'reads'} files on this "
+                            "machine or a mounted file system: " + (
+                                "give a path (--parquet takes a store's URI)" if writes else "download it first"))
     if STDIN in job.inputs:
         if len(job.inputs) > 1:
             raise MimiError("'-' (standard input) must be the only input")

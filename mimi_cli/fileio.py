@@ -65,6 +65,14 @@ def home_expanded(path: str | os.PathLike) -> Path:
     return Path(os.path.expanduser(path))
 
 
+def url(text: str) -> bool:
+    """``s3://bucket/x``, ``https://host/x`` (or as a Path has them, ``s3:/bucket/x``), where no such local
+    path exists: mimi reads and writes this machine's files, and would otherwise make a folder ``s3:``."""
+    scheme = text.split("/", 1)[0]
+    return len(scheme) > 2 and scheme.endswith(":") and "/" in text and scheme[0].isalpha() \
+        and all(c.isalnum() or c in "+.-" for c in scheme[:-1]) and not os.path.lexists(scheme)
+
+
 def is_stdout(target: Target) -> bool:
     return isinstance(target, str) and target == STDOUT
 

@@ -392,7 +392,7 @@ def test_outputs_given_as_uris_are_checked_before_any_work(corpus, weights_file,
     pytest.importorskip("pyarrow.parquet")
     store = run("encode", corpus, "-r", "-o", "codes", "--manifest", "s3://bucket/run.jsonl", weights=weights_file,
                 cwd=tmp_path)
-    assert store.returncode == 1 and "--manifest is written on this machine" in store.stderr, store.stderr
+    assert store.returncode == 1 and "--manifest s3://bucket/run.jsonl is a URL" in store.stderr, store.stderr
     assert list(tmp_path.iterdir()) == []
     local = run("encode", corpus, "-r", "-o", "codes", "--manifest", f"file://{tmp_path}/run.jsonl",
                 weights=weights_file, cwd=tmp_path)
@@ -414,6 +414,22 @@ def test_outputs_given_as_uris_are_checked_before_any_work(corpus, weights_file,
     done = run("encode", corpus, "-r", "--parquet", "file://" + str(fresh).replace(" ", "%20"), weights=weights_file)
     assert done.returncode == 0, done.stderr
     assert [p.name for p in fresh.iterdir()] == ["part-00000.parquet"]
+
+
+def test_urls_where_paths_are_read_or_written(corpus, weights_file, tmp_path):
+    """-o s3://bucket/codes/ wrote the codes into a local folder "s3:" (a Path has one slash), as if uploaded;
+    an https:// input or weights "did not exist". Now a URL is said to be one, before any work."""
+    out = run("encode", corpus, "-r", "-o", "s3://bucket/codes/", weights=weights_file, cwd=tmp_path)
+    assert out.returncode == 1 and "-o s3://bucket/codes/ is a URL" in out.stderr and "--parquet" in out.stderr
+    assert list(tmp_path.iterdir()) == []
+    given = run("encode", "https://example.com/speech.wav", "-o", "x.npz", weights=weights_file, cwd=tmp_path)
+    assert given.returncode == 1 and "is a URL" in given.stderr and "download it first" in given.stderr
+    weights = run("encode", corpus, "-r", "-o", "codes/", "--weights", "https://example.com/model.safetensors",
+                  weights=weights_file, cwd=tmp_path)
+    assert weights.returncode == 1 and "reads as a URL" in weights.stderr, weights.stderr
+    (tmp_path / "s3:").mkdir()  # a local folder of that name is a path
+    assert run("encode", corpus, "-r", "-o", "s3://bucket/codes/", weights=weights_file, cwd=tmp_path).returncode == 0
+    assert len(list((tmp_path / "s3:" / "bucket" / "codes").rglob("*.npz"))) == 4
 
 
 def test_remote_parquet_folder(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from mimi_cli.errors import WeightsError
-from mimi_cli.fileio import home_expanded
+from mimi_cli.fileio import home_expanded, url
 
 
 def resolve_weights(explicit: str | os.PathLike | None, spec) -> Path:
@@ -47,7 +47,9 @@ def locate(name: str, spec, origin: str = "") -> Path:
         return path
     hub = hub_reference(name, spec)
     if hub is None:
-        raise WeightsError(f"weights file {path}{origin} does not exist")
+        raise WeightsError(f"weights file {path}{origin} does not exist" + (
+            "; it reads as a URL: download the file first, or give a Hugging Face repo as OWNER/REPO"
+            if url(name) else ""))
     return _download(*hub, f"weights file {path}{origin} does not exist here, and ",
                      "give a file's path, or go online once to fetch it")
 
