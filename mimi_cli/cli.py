@@ -720,6 +720,7 @@ def convert(
         "--dtype", help="Float format to write: f32, f16 or bf16. Default: the source's, if all its tensors "
                         "share one of these, else f32.", show_default=False)] = None,
     force: ForceOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Rewrite Mimi weights as safetensors in another naming and/or float format (e.g. Core ML → safetensors)."""
     from mimi_cli.convert import DTYPES
@@ -739,8 +740,9 @@ def convert(
         sources = file_ids([source, *(source.rglob("*") if source.is_dir() else [])])
         check_output(destination, force, sources)
         layout, written, count = convert_checkpoint(source, destination, naming, dtype, force)
-        err.print(f"{_shown(name)} ({layout} naming) → {_shown(str(destination))}: {count} tensors, "
-                  f"{naming} naming, {written}")
+        if not quiet:
+            err.print(f"{_shown(name)} ({layout} naming) → {_shown(str(destination))}: {count} tensors, "
+                      f"{naming} naming, {written}")
 
 
 @app.command()
@@ -770,6 +772,7 @@ def run(
     output: _output_option("An .npz with one member per output ('-': standard output). Default: print a "
                            "summary of each output.") = None,
     force: ForceOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run a compiled Core ML program (.mlmodelc, .mlpackage) on NumPy, on any OS."""
     with _user_errors():
@@ -803,7 +806,8 @@ def run(
             _warn(note)
         if output is not None:
             save_outputs(output if output == "-" else Path(output), results, force)
-        _print_outputs(str(model), summary, results, table=output is None)
+        if output is None or not quiet:  # without -o, the summary is the output
+            _print_outputs(str(model), summary, results, table=output is None)
 
 
 def _print_outputs(model: str, summary: str, results: dict, table: bool) -> None:

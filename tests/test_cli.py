@@ -136,6 +136,8 @@ def test_weights_from_a_hub_repository(tmp_path, clip, weights_file):
     assert inspected.returncode == 0 and json.loads(inspected.stdout)["format"] == "Mimi Hugging Face", inspected.stderr
     converted = run("convert", "someone/mimi-hf", tmp_path / "back.safetensors", env_extra=hf)
     assert converted.returncode == 0 and "someone/mimi-hf (hf naming) →" in converted.stderr, converted.stderr
+    quiet = run("convert", "someone/mimi-hf", tmp_path / "back.safetensors", "-f", "-q", env_extra=hf)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr  # -q as in encode and decode
     result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", "someone/absent", env_extra=hf)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert ("weights file someone/absent (from --weights) does not exist here, and model.safetensors of "

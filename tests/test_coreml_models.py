@@ -191,6 +191,9 @@ def test_mimi_run_writes_what_the_api_computes(tmp_path):
     np.testing.assert_array_equal(np.load(target)["log_mel"], expected)
     again = run("run", str(LOGMEL), "-i", f"audio={tmp_path / 'audio.npy'}", "-o", str(target))
     assert again.returncode == 1 and "exists" in again.stderr and "Traceback" not in again.stderr
+    quiet = run("run", str(LOGMEL), "--precision", "fp32", "-i", f"audio={tmp_path / 'audio.npy'}", "-o", str(target),
+                "-f", "-q")
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""  # -q as in encode and decode
 
 
 @needs_fixtures

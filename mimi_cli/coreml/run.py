@@ -144,5 +144,6 @@ def overflow_note(program: CoreMLProgram, outputs: Mapping[str, np.ndarray]) -> 
     non_finite = [name for name, value in outputs.items() if value.dtype.kind == "f" and not np.isfinite(value).all()]
     if not non_finite or program.precision != "program" or not program.computes_fp16:
         return None
-    return (f"{', '.join(non_finite)} hold inf or nan: this program computes in fp16, whose range ends at ±65504; "
+    verb = "holds" if len(non_finite) == 1 else "hold"
+    return (f"{', '.join(non_finite)} {verb} inf or nan: this program computes in fp16, whose range ends at ±65504; "
             "--precision fp32 computes it in fp32")
