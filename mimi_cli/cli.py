@@ -619,14 +619,10 @@ def _streams_held(rows: list[dict]) -> str:
 
 def _weights_source(name: str) -> Path:
     """A weights argument: a path, or a Hugging Face repo (OWNER/REPO[/FILE]) when no such file exists."""
-    from mimi_cli.fileio import missing
     from mimi_cli.models import codec_spec
-    from mimi_cli.weights.resolve import hub_reference, locate
+    from mimi_cli.weights.resolve import locate
 
-    problem, spec = missing(Path(name)), codec_spec(DEFAULT_CODEC)
-    if problem and hub_reference(name, spec) is None:
-        raise MimiError(f"{name} {problem}")
-    return locate(name, spec) if problem else Path(name)
+    return locate(name, codec_spec(DEFAULT_CODEC))
 
 
 def inspect_weights(

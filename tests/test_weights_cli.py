@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import soundfile as sf
 from conftest import SHARED, run
 from safetensors.numpy import save_file
 
@@ -111,6 +115,23 @@ def test_inspect_malformed_safetensors(tmp_path, kind):
 def test_inspect_missing_path(tmp_path):
     result = run("inspect", tmp_path / "nope.safetensors")
     assert result.returncode == 1 and result.stderr.startswith("error:") and "does not exist" in result.stderr
+
+
+def test_weights_named_by_dash_or_a_link_loop(tmp_path, weights_file):
+    """Weights given as '-' "did not exist" (encode and decode read '-' as standard input), and a loop of links
+    "did not exist" for --weights; now each is said as what it is, by every command that takes weights."""
+    (tmp_path / "loop.safetensors").symlink_to(tmp_path / "loop.safetensors")
+    sf.write(tmp_path / "a.wav", np.zeros(2400, np.float32), 24000)
+    for command in (("inspect", "-"), ("convert", "-", tmp_path / "out.safetensors"),
+                    ("encode", tmp_path / "a.wav", "--weights", "-")):
+        result = subprocess.run([sys.executable, "-m", "mimi_cli", *map(str, command)], input=weights_file.read_bytes(),
+                                capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert result.returncode == 1 and b"are read from a file, not standard input" in result.stderr, command
+    for command in (("inspect", tmp_path / "loop.safetensors"),
+                    ("encode", tmp_path / "a.wav", "--weights", tmp_path / "loop.safetensors")):
+        result = run(*command)
+        assert result.returncode == 1 and "Too many levels of symbolic links" in result.stderr, result.stderr
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_convert_round_trip_is_bit_identical(tmp_path, weights_file):

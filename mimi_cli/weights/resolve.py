@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from mimi_cli.errors import WeightsError
-from mimi_cli.fileio import home_expanded, url
+from mimi_cli.fileio import STDIN, home_expanded, missing, url
 
 
 def resolve_weights(explicit: str | os.PathLike | None, spec) -> Path:
@@ -43,11 +43,15 @@ def locate(name: str, spec, origin: str = "") -> Path:
     repository, that repository's file from the Hugging Face cache (fetched once); ``origin`` says where
     the name came from, in the error."""
     path = home_expanded(name)
-    if path.exists():
+    problem = missing(path)
+    if problem is None:
         return path
-    hub = hub_reference(name, spec)
+    if name == STDIN:  # read in place, memory-mapped, and more than once
+        raise WeightsError(f"weights{origin} are read from a file, not standard input: save them to a file and "
+                           "give its name")
+    hub = hub_reference(name, spec) if problem == "does not exist" else None
     if hub is None:
-        raise WeightsError(f"weights file {path}{origin} does not exist" + (
+        raise WeightsError(f"weights file {path}{origin} {problem}" + (
             "; it reads as a URL: download the file first, or give a Hugging Face repo as OWNER/REPO"
             if url(name) else ""))
     return _download(*hub, f"weights file {path}{origin} does not exist here, and ",
