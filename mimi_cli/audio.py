@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import stat
 from collections.abc import Callable
+from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,7 @@ def open_audio(path: Path):
                                     "the audio into '-'")
         with open(path, "rb") as f:  # a permission problem is said as such, not as "not audio"
             empty = st.st_size == 0 and not f.read(1)  # /proc's files say 0 bytes and hold text
+            size_field = None if empty else wav_length_unknown(f, path)
     except FileNotFoundError:
         raise InvalidAudioError(f"{path} does not exist") from None
     except OSError as exc:
@@ -81,7 +84,9 @@ def open_audio(path: Path):
         f = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         return open_with_ffmpeg(path, path, getattr(exc, "error_string", None) or str(exc))
-    _check_wav_complete(path)
+    if size_field is not None and f.frames == 0:  # libsndfile takes a size of 0 at its word
+        f.close()
+        f = sf.SoundFile(WavWithSize(open(path, "rb"), *size_field))
     return checked_reader(f, path)
 
 
@@ -241,29 +246,84 @@ def _read_block(path: Path, f, frames: int) -> np.ndarray:
     return block
 
 
-def _check_wav_complete(path: Path) -> None:
-    """Refuse a WAV file whose data chunk is cut short.
+# What a WAV writer that cannot seek back (its output is a pipe: sox, ffmpeg, arecord, a recorder or a
+# speech service streaming its answer) leaves in the data chunk's size field for "until the end": 0,
+# or a large placeholder (sox's 0x7ffff000 rounded to its block, 0x7fffffff, 0xffffffff, 0xffffffff
+# less the header).
+_UNKNOWN_SIZES = (range(0, 1), range(0x7FFF0000, 0x80000000), range(0xFFFF0000, 0x100000000))
+MAX_WAV_CHUNKS = 1000  # before the data chunk: real files have a handful (fmt, fact, LIST, bext, JUNK…)
 
-    libsndfile silently reads whatever part of a truncated WAV is there; we
-    compare the size the ``data`` chunk announces with the bytes present.
-    Sizes 0 and 0xFFFFFFFF mean "unknown" (written by streaming tools) and pass.
+
+def wav_length_unknown(f: BinaryIO, name: Target) -> tuple[int, int] | None:
+    """For a WAV file whose header leaves the audio's length unknown, ``(where its data chunk's size field
+    is, the bytes after it)``; None for a WAV file of known length, or another format. A WAV file whose
+    data chunk announces more than the file holds, and no placeholder, is cut short: refused, as
+    libsndfile would silently read whatever part is there.
+
+        RIFF <size> WAVE fmt <16> …  data <size> samples…
+                                          ^^^^^^ 0, or a placeholder, when the writer streamed
     """
-    with open(path, "rb") as f:
-        if f.read(12)[:4] != b"RIFF":
-            return
-        file_size = path.stat().st_size
-        while True:
-            header = f.read(8)
-            if len(header) < 8:
-                return
-            chunk_id, size = header[:4], int.from_bytes(header[4:], "little")
-            if chunk_id == b"data":
-                present = file_size - f.tell()
-                if size not in (0, 0xFFFFFFFF) and size > present:
-                    raise InvalidAudioError(f"{path} is truncated: its header announces {size} bytes of audio, "
-                                            f"the file holds {present}; re-copy or re-export it")
-                return
-            f.seek(size + (size & 1), 1)  # chunks are padded to an even size
+    f.seek(0)
+    if f.read(12)[:4] != b"RIFF":
+        return None
+    file_size = f.seek(0, os.SEEK_END)
+    f.seek(12)
+    for _ in range(MAX_WAV_CHUNKS):  # a hostile file of tiny chunks would keep the walk going for hours
+        header = f.read(8)
+        if len(header) < 8:
+            return None
+        chunk_id, size = header[:4], int.from_bytes(header[4:], "little")
+        if chunk_id == b"data":
+            present = file_size - f.tell()
+            if any(size in unknown for unknown in _UNKNOWN_SIZES):
+                field = f.tell() - 4
+                return (field, present) if size < present and not (size == 0 and _a_chunk(f.read(8), present))\
+                    else None
+            if size > present:
+                raise InvalidAudioError(f"{name} is truncated: its header announces {size} bytes of audio, "
+                                        f"the file holds {present}; re-copy or re-export it")
+            return None
+        f.seek(size + (size & 1), 1)  # chunks are padded to an even size
+    return None
+
+
+def _a_chunk(header: bytes, room: int) -> bool:
+    """Whether 8 bytes after an empty data chunk are another chunk's header (a recording of no samples,
+    then its metadata), not samples."""
+    return len(header) == 8 and all(32 <= c < 127 for c in header[:4]) and \
+        int.from_bytes(header[4:], "little") <= room - 8
+
+
+class WavWithSize(io.RawIOBase):
+    """A WAV file read as it is, but for its data chunk's size field, which says ``size`` bytes (at most
+    what 32 bits hold): for libsndfile, which reads no samples where the field says 0."""
+
+    def __init__(self, f, field: int, size: int):
+        self._f, self._field, self._value = f, field, min(size, 0xFFFFFFFF).to_bytes(4, "little")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readinto(self, buffer) -> int:
+        start = self._f.tell()
+        count = self._f.readinto(buffer)
+        first, end = max(start, self._field), min(start + count, self._field + 4)
+        if first < end:
+            buffer[first - start:end - start] = self._value[first - self._field:end - self._field]
+        return count
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
 
 
 def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

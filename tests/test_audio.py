@@ -104,3 +104,39 @@ def test_stream_resampler_equals_one_shot(rates):
         bounds = np.cumsum(sizes)
         pieces = [stream.push(p) for p in np.split(x, bounds[bounds < len(x)])] + [stream.flush()]
         np.testing.assert_array_equal(np.concatenate(pieces), one_shot)  # bit for bit
+
+
+@pytest.mark.parametrize("declared", [0, 0x7FFFF000, 0x7FFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF - 36])
+@pytest.mark.parametrize("subtype, channels", [("PCM_16", 1), ("FLOAT", 2), ("PCM_24", 2)])
+def test_a_wav_streamed_through_a_pipe_reads_to_its_end(tmp_path, declared, subtype, channels):
+    """A WAV writer that cannot seek back to fill in the length (sox or ffmpeg writing to a pipe, a recorder,
+    a speech service streaming) leaves 0 or a placeholder in the data chunk's size. A size of 0 read as no
+    samples, and sox's placeholder (0x7ffff000) as a truncated file; every sample is read now, as sox and
+    FFmpeg read them, from a file and from bytes (a tar member or dataset cell)."""
+    from mimi_cli.sources import open_bytes
+
+    samples = np.random.default_rng(channels).uniform(-0.5, 0.5, (4800, channels)).astype(np.float32)
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, samples, 24000, subtype=subtype)
+    data = bytearray(whole.read_bytes())
+    field = data.index(b"data") + 4
+    data[field:field + 4] = declared.to_bytes(4, "little")
+    data[4:8] = (0 if declared == 0 else 0xFFFFFFFF).to_bytes(4, "little")
+    streamed = tmp_path / "streamed.wav"
+    streamed.write_bytes(bytes(data))
+    want = read_audio(whole).samples
+    np.testing.assert_array_equal(read_audio(streamed).samples, want)
+    with open_bytes(bytes(data), "member.wav") as f:
+        np.testing.assert_array_equal(f.read(dtype="float32", always_2d=True), want)
+
+
+def test_an_empty_wav_with_metadata_after_it_is_still_empty(tmp_path):
+    """A recording of no samples whose data chunk (size 0) is followed by another chunk is empty, not
+    streamed: the chunk after it is not read as samples."""
+    path = tmp_path / "empty.wav"
+    sf.write(path, np.zeros((0, 1), np.float32), 24000, subtype="PCM_16")
+    data = path.read_bytes()
+    list_chunk = b"LIST" + (12).to_bytes(4, "little") + b"INFOISFT" + (0).to_bytes(4, "little")
+    path.write_bytes(data[:4] + (len(data) - 8 + len(list_chunk)).to_bytes(4, "little") + data[8:] + list_chunk)
+    with pytest.raises(InvalidAudioError, match="contains no audio samples"):
+        read_audio(path)

@@ -185,6 +185,19 @@ def test_stdin_and_stdout_in_both_directions(tmp_path, weights_file, dialogue, e
     assert from_array.returncode == 0, from_array.stderr
 
 
+def test_a_wav_whose_writer_could_not_seek_back(tmp_path, weights_file, dialogue, encoded):
+    """`sox in.flac -t wav - tempo 1.1 | mimi encode -`: a WAV written to a pipe says 0 (or sox's 0x7ffff000)
+    for its length; it was "no audio samples" (or "truncated"); now it is the same codes as the file's."""
+    wav = bytearray((dialogue / "left.wav").read_bytes())
+    field = wav.index(b"data") + 4
+    for placeholder in (0, 0x7FFFF000):
+        wav[field:field + 4] = placeholder.to_bytes(4, "little")
+        piped = mimi("encode", "-", "-o", "-", stdin=bytes(wav), weights=weights_file)
+        assert piped.returncode == 0, piped.stderr
+        (tmp_path / "piped.npz").write_bytes(piped.stdout)
+        np.testing.assert_array_equal(CodesFile.load(tmp_path / "piped.npz").codes, CodesFile.load(encoded).codes)
+
+
 def test_streaming_pipe_chain(tmp_path, weights_file, dialogue):
     command = (f"{sys.executable} -m mimi_cli encode --stream - -o - < {dialogue / 'stereo.wav'} | "
                f"{sys.executable} -m mimi_cli decode --stream - -o - > {tmp_path / 'out.wav'}")
