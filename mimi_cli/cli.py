@@ -30,7 +30,9 @@ app = typer.Typer(
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 out = Console(soft_wrap=True, highlight=False)
 
-# Shared options; their limits come from the model's config.
+# Shared options; their limits come from the model's config. Every path is taken with readable=False:
+# Click's own check refused a whole run, as a usage error, for one input it could not read; the
+# library says why each file cannot be read, and a batch goes on with the others.
 WeightsOption = Annotated[Optional[str], typer.Option(
     "--weights", metavar="PATH|REPO",
     help="The codec's weights. Mimi: .safetensors (original, moshi or Hugging Face naming), .mlmodelc or "
@@ -306,7 +308,7 @@ def encode(
         help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels), folders of them, quoted globs "
              "('data/**/*.flac'), '-' (standard input), or containers of many: JSONL manifests, WebDataset "
              ".tar shards, Hugging Face datasets (a save_to_disk folder, .arrow or .parquet files).",
-        metavar="INPUT...", show_default=False)] = None,
+        metavar="INPUT...", readable=False, show_default=False)] = None,
     output: _output_option("Codes file for one input ('-': standard output); for several, or ending in /, a "
                            "folder that mirrors the inputs' tree. Default: beside each input, with .npz.") = None,
     codec: CodecOption = DEFAULT_CODEC,
@@ -323,7 +325,7 @@ def encode(
     manifest: ManifestOption = None,
     parquet: ParquetOption = None,
     inputs_from: Annotated[Optional[list[Path]], typer.Option(
-        "--inputs-from", metavar="MANIFEST", show_default=False,
+        "--inputs-from", metavar="MANIFEST", readable=False, show_default=False,
         help="A list of inputs, whatever its name ('-': standard input; a pipe too): JSON lines with "
              "audio_filepath (or path), optional offset and duration in seconds, other keys carried to --manifest "
              "and --parquet; or plain paths, one per line or NUL-separated (find -print0). Repeatable. A .jsonl "
@@ -354,7 +356,7 @@ def decode(
     inputs: Annotated[list[Path], typer.Argument(
         help="Codes files written by `mimi encode` or integer arrays (.npy), folders of them, quoted globs, or "
              "'-' (standard input).", metavar="CODES...",
-        show_default=False)],
+        readable=False, show_default=False)],
     output: _output_option("Audio file for one input ('-': WAV to standard output); for several, or ending in /, "
                            "a folder that mirrors the inputs' tree (NAME.wav). Default: beside each input, as "
                            "NAME.decoded.wav.") = None,
@@ -467,16 +469,16 @@ def _summarise(results, elapsed: float, kind: str, say: _Messages) -> None:
 @app.command()
 def roundtrip(
     input: Annotated[Path, typer.Argument(help="Audio file to encode and decode.", metavar="INPUT",
-                                          show_default=False)],
+                                          readable=False, show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the decoded audio here.",
-                                                   show_default=False)] = None,
+                                                   readable=False, show_default=False)] = None,
     codec: CodecOption = DEFAULT_CODEC,
     codebooks: CodebooksOption = None,
     bandwidth: BandwidthOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", help="Also draw input and output log-mel spectrograms and their difference into this image "
-                       "(.png, .svg or .pdf; needs mimi-cli\\[plot]).", show_default=False)] = None,
+                       "(.png, .svg or .pdf; needs mimi-cli\\[plot]).", readable=False, show_default=False)] = None,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
@@ -708,7 +710,8 @@ def convert(
         metavar="SOURCE", show_default=False,
         help="Mimi weights: .safetensors (any naming), .mlmodelc or .mlpackage, or a Hugging Face repo "
              "(OWNER/REPO or OWNER/REPO/FILE) when no such file exists.")],
-    destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", show_default=False)],
+    destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", readable=False,
+                                                show_default=False)],
     naming: Annotated[str, typer.Option(
         "--naming", help="Tensor names to write: original (Kyutai's release), hf (transformers' kyutai/mimi) "
                          "or moshi (moshi's state_dict).")] = "original",
@@ -744,7 +747,7 @@ def convert(
 @app.command()
 def run(
     model: Annotated[Path, typer.Argument(help="A Core ML ML Program: an .mlmodelc folder or an .mlpackage.",
-                                          show_default=False)],
+                                          readable=False, show_default=False)],
     inputs: Annotated[Optional[list[str]], typer.Option(
         "--input", "-i", metavar="NAME=FILE.npy", show_default=False,
         help="An input's value from a .npy file; repeat for each input.")] = None,
