@@ -98,69 +98,101 @@ def list_manifest(path: Path) -> list[Entry]:
     """NeMo/lhotse-style JSONL: one object per line with ``audio_filepath`` (or ``path``), optional
     ``offset`` and ``duration`` in seconds; other keys are carried. A line that is not JSON (no ``{`` or
     ``[`` first) is a path alone, so a plain list of files works too (``find … |``, one per line or
-    ``-print0``'s NUL-separated). Relative paths start at the manifest (at the working folder for
-    standard input, ``-``, or a pipe, read once here)."""
-    lines, base = _manifest_lines(path)
+    ``-print0``'s NUL-separated). A file that is one JSON array of such objects (or of paths) is read
+    the same way, its items numbered from 1 as lines are. Relative paths start at the manifest (at the
+    working folder for standard input, ``-``, or a pipe, read once here)."""
+    text, base = _manifest_text(path)
     entries = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        name = f"{path}:{number}"
-        try:
-            record = loads_json(line)
-            kind = None if isinstance(record, dict) else _JSON_TYPES[type(record)]
-            problem = kind and f"{name} is a JSON {kind}, not an object"
-        except ValueError as exc:
-            record, problem = {"audio_filepath": line.strip()}, None
-            if line.lstrip()[:1] in ("{", "["):  # meant as JSON
-                problem = f"{name} is not JSON ({exc})"
-            else:  # a path alone: the input is that file, not a line of a list
-                name = line.strip()
-        if problem:
-            entries.append(_invalid(name, problem, f"line-{number:06d}"))
-            continue
-        audio = next((record[k] for k in MANIFEST_PATH_KEYS if isinstance(record.get(k), str)), None)
-        offset, duration = record.get("offset", 0.0), record.get("duration")
-        bad_duration = duration is not None and not (_seconds(duration) and duration > 0)
-        problem = (f"{name} has no audio_filepath (or path)" if audio is None else
-                   f"{name}: its audio_filepath holds a NUL character, which no file name can" if "\0" in audio else
-                   f"{name}: offset must be a number of seconds from 0 to {MAX_SECONDS:,.0f}" if not _seconds(offset)
-                   else f"{name}: duration must be a number of seconds above 0, at most {MAX_SECONDS:,.0f}"
-                   if bad_duration else None)
-        if problem:
-            entries.append(_invalid(name, problem, f"line-{number:06d}"))
-            continue
-        audio_path = home_expanded(audio)
-        audio_path = audio_path if audio_path.is_absolute() else base / audio_path
-        carried = {k: v for k, v in record.items() if k not in (*MANIFEST_PATH_KEYS, "offset", "duration")}
-        carried = {"manifest_line": number, "audio_filepath": audio, "offset": offset, "duration": duration, **carried}
-        relative = Path(audio).with_suffix("")  # mirrored under -o; an absolute path by its name alone
-        relative = Path(relative.name) if relative.is_absolute() else relative
-        if record.get("offset") is not None or duration is not None:  # one file, several spans: one output each
-            relative = relative.with_name(f"{relative.name}_{round(offset * 1000)}ms")
-        relative = Path(*[p for p in relative.parts if p not in ("..", "/")]) if relative.parts else Path("x")
-        entries.append(Entry(name, Item("span", str(audio_path), offset=float(offset),
-                                        duration=None if duration is None else float(duration),
-                                        extra=json.dumps(carried)), relative))
+    for number, name, record, problem in _records(text, str(path)):
+        if problem is None:
+            entry, problem = _manifest_entry(record, name, number, base)
+        entries.append(_invalid(name, problem, f"line-{number:06d}") if problem else entry)
     return entries
 
 
-def _manifest_lines(path: Path) -> tuple[list[str], Path]:
-    """A manifest's lines (NUL-separated entries, if it holds a NUL) and the folder its relative paths start at."""
+def _records(text: str, shown: str):
+    """``(number, name, record, problem)`` for each non-blank line of a manifest, or item of a JSON array."""
+    array = _json_array(text)
+    if array is not None:
+        for number, record in enumerate(array, 1):
+            name = f"{shown}:{number}"
+            if isinstance(record, str):
+                record = {"audio_filepath": record}
+            kind = None if isinstance(record, dict) else _JSON_TYPES.get(type(record), "value")
+            yield number, name, record, kind and f"{name} is a JSON {kind}, not an object or a path"
+        return
+    lines = text.split("\0") if "\0" in text else text.splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        name = f"{shown}:{number}"
+        try:
+            record = loads_json(line)
+            kind = None if isinstance(record, dict) else _JSON_TYPES[type(record)]
+            yield number, name, record, kind and f"{name} is a JSON {kind}, not an object"
+        except ValueError as exc:
+            if line.lstrip()[:1] in ("{", "["):  # meant as JSON
+                yield number, name, None, f"{name} is not JSON ({exc})"
+            else:  # a path alone: the input is that file, not a line of a list
+                yield number, line.strip(), {"audio_filepath": line.strip()}, None
+
+
+def _json_array(text: str) -> list | None:
+    """The items of a manifest that is one JSON array (``[{…}, {…}]``), else None (JSON lines, a list of paths)."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        whole = loads_json(text)
+    except ValueError:
+        return None
+    return whole if isinstance(whole, list) else None
+
+
+def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[Entry | None, str | None]:
+    """A manifest record as an input, or what is wrong with it."""
+    audio = next((record[k] for k in MANIFEST_PATH_KEYS if isinstance(record.get(k), str)), None)
+    offset, duration = record.get("offset", 0.0), record.get("duration")
+    bad_duration = duration is not None and not (_seconds(duration) and duration > 0)
+    problem = (f"{name} has no audio_filepath (or path)" if audio is None else
+               f"{name}: its audio_filepath holds a NUL character, which no file name can" if "\0" in audio else
+               f"{name}: offset must be a number of seconds from 0 to {MAX_SECONDS:,.0f}" if not _seconds(offset)
+               else f"{name}: duration must be a number of seconds above 0, at most {MAX_SECONDS:,.0f}"
+               if bad_duration else None)
+    if problem:
+        return None, problem
+    audio_path = home_expanded(audio)
+    audio_path = audio_path if audio_path.is_absolute() else base / audio_path
+    carried = {k: v for k, v in record.items() if k not in (*MANIFEST_PATH_KEYS, "offset", "duration")}
+    carried = {"manifest_line": number, "audio_filepath": audio, "offset": offset, "duration": duration, **carried}
+    relative = Path(audio).with_suffix("")  # mirrored under -o; an absolute path by its name alone
+    relative = Path(relative.name) if relative.is_absolute() else relative
+    if record.get("offset") is not None or duration is not None:  # one file, several spans: one output each
+        relative = relative.with_name(f"{relative.name}_{round(offset * 1000)}ms")
+    relative = Path(*[p for p in relative.parts if p not in ("..", "/")]) if relative.parts else Path("x")
+    return Entry(name, Item("span", str(audio_path), offset=float(offset),
+                            duration=None if duration is None else float(duration), extra=json.dumps(carried)),
+                 relative), None
+
+
+def _manifest_text(path: Path) -> tuple[str, Path]:
+    """A manifest's text and the folder its relative paths start at."""
     try:
         if str(path) == STDIN:
             check_stdin("--inputs-from -", "the list")
-            text, base = sys.stdin.buffer.read().decode("utf-8"), Path.cwd()
+            data, base = sys.stdin.buffer.read(), Path.cwd()
         else:
             kind = file_kind(os.stat(path).st_mode)
             if kind not in (None, "a pipe (FIFO)"):
                 raise MimiError(f"manifest {path} is {kind}, not a file")
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
             base = path.parent if kind is None else Path.cwd()  # a pipe's folder (/dev/fd) holds no audio
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16, as Windows PowerShell's `>` writes
+            return data.decode("utf-16"), base
+        # a byte-order mark (Notepad's UTF-8) dropped; a file name that is not UTF-8 kept as its bytes
+        return data.decode("utf-8-sig", errors="surrogateescape"), base
     except (OSError, UnicodeDecodeError) as exc:
         shown = "standard input" if str(path) == STDIN else path
         raise MimiError(f"cannot read manifest {shown}: {getattr(exc, 'strerror', None) or exc}") from None
-    return (text.split("\0") if "\0" in text else text.splitlines()), base
 
 
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}

@@ -109,6 +109,41 @@ def test_a_manifest_by_any_name_or_pipe(tmp_path, weights_file, reference):
         np.testing.assert_array_equal(CodesFile.load(tmp_path / name / "whole_500ms.npz").codes, codes["span"])
 
 
+def test_manifests_as_other_tools_write_them(tmp_path, weights_file, reference):
+    """Manifests from Windows tools and JSON exports: a UTF-8 byte-order mark (Notepad) made the first line
+    "does not exist", UTF-16 (PowerShell's `>`) was unreadable, a .json file holding one JSON array was
+    "a JSON array, not an object", and one file name that is not UTF-8 in a `find -print0` list made the
+    whole list unreadable. Each is read now, to the same codes as the files alone."""
+    import os
+
+    folder, codes = reference
+    odd = os.fsencode(folder) + b"/caf\xe9.wav"  # Latin-1, as old archives have them
+    with open(odd, "wb") as f:
+        f.write((folder / "one.wav").read_bytes())
+    line = {"audio_filepath": "whole.wav", "offset": 0.5, "duration": 1.5}
+    lists = {"bom.jsonl": b"\xef\xbb\xbf" + (json.dumps(line) + "\r\n").encode(),
+             "bom.txt": b"\xef\xbb\xbfone.wav\r\ntwo.wav\r\n",
+             "utf16.txt": "one.wav\r\ntwo.wav\r\n".encode("utf-16"),
+             "array.json": json.dumps([line, "two.wav", 7]).encode(),
+             "print0.list": b"one.wav\0caf\xe9.wav\0"}
+    for name, data in lists.items():
+        (folder / name).write_bytes(data)
+        result = run("encode", "--inputs-from", folder / name, "-o", tmp_path / name, weights=weights_file)
+        made = {os.fsdecode(p.relative_to(tmp_path / name)): CodesFile.load(p).codes
+                for p in (tmp_path / name).rglob("*.npz")}
+        want = {"bom.jsonl": {"whole_500ms.npz": "span"}, "bom.txt": {"one.npz": "one", "two.npz": "two"},
+                "utf16.txt": {"one.npz": "one", "two.npz": "two"},
+                "array.json": {"whole_500ms.npz": "span", "two.npz": "two"},
+                "print0.list": {"one.npz": "one", os.fsdecode(b"caf\xe9.npz"): "one"}}[name]
+        assert sorted(made) == sorted(want), (name, result.stderr)
+        for output, clip in want.items():
+            np.testing.assert_array_equal(made[output], codes[clip])
+        if name == "array.json":  # an item that is neither an object nor a path fails alone, numbered from 1
+            assert result.returncode == 1 and f"failed: {folder / name}:3 is a JSON number" in result.stderr
+        else:
+            assert result.returncode == 0, (name, result.stderr)
+
+
 def test_a_plain_list_of_paths_on_standard_input(tmp_path, weights_file, reference):
     """`find … | mimi encode --inputs-from - -o DIR`: each line a path, relative to the working folder; JSON
     lines may be mixed in; a broken JSON line is still said to be broken; the outputs mirror the paths, the
