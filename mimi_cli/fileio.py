@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import filecmp
 import os
 import secrets
 import shutil
@@ -289,6 +290,19 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
+def remove_commit_leftovers(path: Path) -> None:
+    """Remove the temporary names of ``path`` that are ``path`` itself (a hard link): a process stopped
+    between committing its output and removing the temporary name leaves one. A temporary file that is
+    not the output may be another run's work in progress, and is left alone."""
+    with contextlib.suppress(OSError):
+        output = os.stat(path)
+        for entry in os.scandir(path.parent):
+            if entry.name.startswith(".") and ".partial" in entry.name and entry.is_file(follow_symlinks=False):
+                found = entry.stat(follow_symlinks=False)
+                if (found.st_ino, found.st_dev) == (output.st_ino, output.st_dev):
+                    os.unlink(entry.path)
+
+
 def _temporary_name(path: Path) -> str:
     """``.NAME.<random>.partial.SUFFIX``, shortened so that it fits the file system's name limit."""
     token = secrets.token_hex(4)
@@ -352,6 +366,8 @@ def _commit(tmp: Path, path: Path, replace: bool) -> None:
     try:
         os.link(tmp, path)  # atomic, and fails if path exists: the exclusive create
     except FileExistsError:
+        if _already_this(tmp, path):
+            return
         raise OutputExistsError(f"{path} appeared while this run was working (another run?); it was left "
                                 "as it is: pass -f/--force to replace it") from None
     except OSError as exc:
@@ -359,9 +375,24 @@ def _commit(tmp: Path, path: Path, replace: bool) -> None:
             raise
         # no hard links on this file system (FAT, some network mounts): a plain rename after a last check
         if os.path.lexists(path):
+            if _already_this(tmp, path):
+                return
             raise OutputExistsError(f"{path} appeared while this run was working; pass -f/--force to replace "
                                     "it") from None
         os.rename(tmp, path)
+
+
+def _already_this(tmp: Path, path: Path) -> bool:
+    """Whether the output that appeared is this very result, byte for byte: an earlier try of the same file
+    wrote it, and its worker died before reporting it (a pool broken by another file, an actor that Ray
+    retries). Then it is done, and the earlier try's temporary name (a hard link of it) is removed."""
+    try:
+        same = os.path.isfile(path) and not os.path.islink(path) and filecmp.cmp(tmp, path, shallow=False)
+    except OSError:
+        return False
+    if same:
+        remove_commit_leftovers(path)
+    return same
 
 
 def _copy_to_stdout(tmp: Path) -> None:

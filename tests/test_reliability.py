@@ -370,6 +370,62 @@ def test_a_file_that_kills_its_worker_fails_alone(weights_file, tmp_path, names,
     assert leftovers(tmp_path) == []
 
 
+_DIES_AFTER_WRITING = """
+import os, sys
+def _die_once_after_writing(event, args):
+    worker = (getattr(sys.modules.get("multiprocessing.process"), "_parent_process", None) is not None
+              or "default_worker" in (sys.argv[0] if sys.argv else ""))
+    marker = os.path.join(os.path.dirname(__file__), "died")
+    if (worker and event == "os.remove" and "written.npz" in str(args[0]) and ".partial" in str(args[0])
+            and not os.path.exists(marker)):
+        open(marker, "w").close()
+        os._exit(9)  # the output is in place (its temporary name goes next): dead before reporting it
+sys.addaudithook(_die_once_after_writing)
+"""
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_worker_that_dies_after_writing_its_output(weights_file, tmp_path, engine):
+    """A worker died between writing a file's output and reporting it (its pool broken by another file, as
+    CI once saw; out of memory; an actor Ray then retries): the file's next try failed with "appeared while
+    this run was working", on the output the first try had written. An output that is this very result,
+    byte for byte, now means the file is done; the first try's temporary name is removed."""
+    if engine == "ray":
+        pytest.importorskip("ray.data")
+    folder, out, hooks = tmp_path / "clips", tmp_path / "out", tmp_path / "hooks"
+    folder.mkdir()
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_DIES_AFTER_WRITING)
+    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    for i, name in enumerate(("a", "written", "z")):
+        sf.write(folder / f"{name}.wav", speech[i * rate // 2 : (i + 2) * rate // 2], rate)
+    result = run("encode", folder, "-o", f"{out}/", "-j", 2, "--engine", engine, "--manifest", tmp_path / "m.jsonl",
+                 weights=weights_file, env_extra={"PYTHONPATH": str(hooks), "RAY_ADDRESS": ""})
+    assert (hooks / "died").exists()  # the worker did die, after writing
+    assert result.returncode == 0 and "3 encoded" in result.stderr, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["done"] * 3
+    alone = run("encode", folder / "written.wav", "-o", tmp_path / "alone.npz", weights=weights_file)
+    assert alone.returncode == 0
+    assert (out / "written.npz").read_bytes() == (tmp_path / "alone.npz").read_bytes()
+    assert leftovers(tmp_path) == []
+
+
+def test_an_output_that_appeared_with_other_bytes_is_left_alone(weights_file, clip, tmp_path):
+    """The other side of the rule above: another run's output, which is not this result, is never replaced."""
+    from mimi_cli import fileio
+
+    target = tmp_path / "x.npz"
+    with pytest.raises(MimiError, match="appeared while this run was working"):
+        with fileio.atomic_output(target) as tmp:
+            tmp.write_bytes(b"this run's result")
+            target.write_bytes(b"another run's result")
+    assert target.read_bytes() == b"another run's result" and leftovers(tmp_path) == []
+    with fileio.atomic_output(target) as tmp:  # the same bytes: this result, done
+        tmp.write_bytes(b"another run's result")
+    assert target.read_bytes() == b"another run's result" and leftovers(tmp_path) == []
+
+
 def test_workers_that_die_on_every_file_stop_the_run(weights_file, tmp_path):
     """Workers that cannot run here at all: one round of tries, then the rest are not tried."""
     folder = tmp_path / "clips"
