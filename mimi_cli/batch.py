@@ -39,7 +39,7 @@ from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_m
 from mimi_cli.fileio import (STDIN, STDOUT, Target, atomic_output, check_output, file_ids, home_expanded, is_folder,
                              is_pipe, is_stdout, output_exists, url)
 from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, skipped
-from mimi_cli.sources import Item, is_container, list_items
+from mimi_cli.sources import Item, is_container, known_keys, list_items
 
 CODES_SUFFIXES = (".npz", ".npy")
 Engine = Literal["local", "ray"]
@@ -385,7 +385,8 @@ def execute(p: Plan, on_result: Callable[[FileResult], None] = lambda r: None,
 
 def _with_not_run(tasks: list[Task], results: list[FileResult], start: float) -> list[FileResult]:
     """Every task gets a row. One without a result was not reached (an interrupt), unless its output
-    appeared during the run: then the signal came between writing it and reporting it, and it is done."""
+    appeared during the run: then the signal came between writing it and reporting it, and it is done.
+    An item's row keeps the keys it carries, failed or not (to redo the failures from the manifest)."""
     done = {r.key: r for r in results}
     rows = []
     for t in tasks:
@@ -394,6 +395,8 @@ def _with_not_run(tasks: list[Task], results: list[FileResult], start: float) ->
             written = (t.output is not None and not is_stdout(t.output) and os.path.isfile(t.output)
                        and os.stat(t.output).st_mtime >= start)
             row = FileResult.of(t, "done" if written else "not run")
+        if row.carried is None and t.item is not None:
+            row.carried = known_keys(t.item)
         rows.append(row)
     return rows
 

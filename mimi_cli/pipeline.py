@@ -289,8 +289,10 @@ class FileResult:
     def manifest_line(self) -> str:
         import json
 
-        node = {"node": self.node} if self.node else {}
-        record = {**{key: getattr(self, key) for key in MANIFEST_KEYS}, **node, **(self.carried or {})}
+        own = {**{key: getattr(self, key) for key in MANIFEST_KEYS}, **({"node": self.node} if self.node else {})}
+        # the run's own fields win over an item's keys of the same names (an earlier run's manifest given
+        # as this run's input carries its "status" and "error": they would be taken for this run's)
+        record = {**own, **{k: v for k, v in (self.carried or {}).items() if k not in own}}
         line = json.dumps(record, ensure_ascii=False, default=str)
         try:
             line.encode("utf-8")

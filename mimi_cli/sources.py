@@ -162,8 +162,8 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
         return None, problem
     audio_path = home_expanded(audio)
     audio_path = audio_path if audio_path.is_absolute() else base / audio_path
-    carried = {k: v for k, v in record.items() if k not in (*MANIFEST_PATH_KEYS, "offset", "duration")}
-    carried = {"manifest_line": number, "audio_filepath": audio, "offset": offset, "duration": duration, **carried}
+    own = {"manifest_line": number, "audio_filepath": audio, "offset": offset, "duration": duration}
+    carried = {**own, **{k: v for k, v in record.items() if k not in (*MANIFEST_PATH_KEYS, *own)}}
     relative = Path(audio).with_suffix("")  # mirrored under -o; an absolute path by its name alone
     relative = Path(relative.name) if relative.is_absolute() else relative
     if record.get("offset") is not None or duration is not None:  # one file, several spans: one output each
@@ -382,6 +382,12 @@ def carried_names(item: Item) -> list[str]:
     if item.kind == "row":
         return [*item.carried["__columns__"], "__row__", "__file__"]
     return list(item.carried)
+
+
+def known_keys(item: Item) -> dict:
+    """The keys of an item known without reading it (a failed or unreached item's row in the manifest):
+    all of a manifest line's or tar member's; a table row's place only (its columns are in the row)."""
+    return {"__row__": int(item.key), "__file__": item.container} if item.kind == "row" else item.carried
 
 
 def carried_keys(item: Item) -> dict:

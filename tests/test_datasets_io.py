@@ -144,6 +144,33 @@ def test_manifests_as_other_tools_write_them(tmp_path, weights_file, reference):
             assert result.returncode == 0, (name, result.stderr)
 
 
+def test_a_run_manifest_given_back_as_input(tmp_path, weights_file, reference):
+    """A run's --manifest, given as the next run's --inputs-from (to redo a corpus), carries the earlier run's
+    "status", "error", "frames" and "manifest_line": they overwrote the new run's own, so a file that failed
+    then and is done now was recorded as failed; and a failed item's row lacked the keys it carries (its
+    audio_filepath), so it could not be redone from it. The run's own fields win now, as in Parquet, and
+    every item's row has its keys."""
+    folder, codes = reference
+    (folder / "late.wav").unlink(missing_ok=True)
+    lines = [{"audio_filepath": "one.wav", "text": "a"}, {"audio_filepath": "late.wav", "text": "b"}]
+    (folder / "first.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    first = run("encode", "--inputs-from", folder / "first.jsonl", "-o", tmp_path / "a", "--manifest",
+                folder / "first.run.jsonl", weights=weights_file)  # beside it: relative paths hold
+    assert first.returncode == 1 and "late.wav does not exist" in first.stderr
+    failed = json.loads((folder / "first.run.jsonl").read_text().splitlines()[1])  # keeps its keys, to be redone
+    assert (failed["status"], failed["audio_filepath"], failed["text"]) == ("failed", "late.wav", "b")
+    (folder / "late.wav").write_bytes((folder / "two.wav").read_bytes())
+    again = run("encode", "--inputs-from", folder / "first.run.jsonl", "-o", tmp_path / "b", "--manifest",
+                tmp_path / "again.run.jsonl", weights=weights_file)
+    (folder / "late.wav").unlink()
+    assert again.returncode == 0, again.stderr
+    rows = [json.loads(line) for line in (tmp_path / "again.run.jsonl").read_text().splitlines()]
+    assert [(r["status"], r["error"], r["manifest_line"], r["text"]) for r in rows] == [
+        ("done", None, 1, "a"), ("done", None, 2, "b")]
+    assert [r["frames"] for r in rows] == [codes["one"].shape[-1], codes["two"].shape[-1]]
+    assert rows[0]["input"] == f"{folder / 'first.run.jsonl'}:1"
+
+
 def test_a_plain_list_of_paths_on_standard_input(tmp_path, weights_file, reference):
     """`find … | mimi encode --inputs-from - -o DIR`: each line a path, relative to the working folder; JSON
     lines may be mixed in; a broken JSON line is still said to be broken; the outputs mirror the paths, the
