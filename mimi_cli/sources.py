@@ -71,13 +71,14 @@ def _invalid(name: str, problem: str, relative: str) -> Entry:
 
 
 MANIFEST_SUFFIXES = (".jsonl", ".json")  # NeMo names its JSON-lines manifests .json
+COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 
 def is_container(path: Path) -> bool:
     """A manifest, a tar shard, or a dataset folder / Parquet file: inputs that hold many items."""
     suffix = path.suffix.lower()
-    return (suffix in (*MANIFEST_SUFFIXES, ".tar", ".parquet", ".arrow") or
-            (path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "state.json"))))
+    return (suffix in (*MANIFEST_SUFFIXES, ".tar", ".parquet", ".arrow") or path.name.lower().endswith(COMPRESSED_TARS)
+            or (path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "state.json"))))
 
 
 def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) -> list[Entry]:
@@ -89,6 +90,10 @@ def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) 
             return list_manifest(path)
         if suffix == ".tar":
             return list_tar(path)
+        if path.name.lower().endswith(COMPRESSED_TARS):  # each member is read on its own, by any worker
+            raise MimiError(f"{path} is a compressed tar shard, whose members cannot be reached one by one without "
+                            "decompressing all before them each time: decompress it first (e.g. gunzip -k) and "
+                            "give the .tar")
         return list_table(path, audio_column)
     except MimiError as exc:
         return [_invalid(str(path), str(exc), path.stem)]

@@ -285,6 +285,18 @@ def test_corrupt_shard_is_one_failure(tmp_path, weights_file):
     assert result.returncode == 1 and "cannot read tar shard" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_compressed_shard_is_said_to_be_one(tmp_path, weights_file, reference):
+    """A .tar.gz shard was read as audio ("give a WAV, FLAC…"); its members cannot be read one by one, so it
+    is one failure saying to decompress it, and the run goes on with the other inputs."""
+    folder, _ = reference
+    shard = tmp_path / "shard.tar.gz"
+    with tarfile.open(shard, "w:gz") as archive:
+        archive.add(folder / "one.wav", arcname="one.wav")
+    result = run("encode", shard, folder / "two.wav", "-o", tmp_path / "codes", weights=weights_file)
+    assert result.returncode == 1 and "1 encoded" in result.stderr and "Traceback" not in result.stderr
+    assert f"failed: {shard} is a compressed tar shard" in result.stderr and "give the .tar" in result.stderr
+
+
 @pytest.fixture(scope="module")
 def hf_dataset(tmp_path_factory, reference):
     datasets = pytest.importorskip("datasets")
