@@ -8,9 +8,9 @@ import math
 import os
 import stat
 from collections.abc import Callable
-from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -277,8 +277,9 @@ def wav_length_unknown(f: BinaryIO, name: Target) -> tuple[int, int] | None:
             present = file_size - f.tell()
             if any(size in unknown for unknown in _UNKNOWN_SIZES):
                 field = f.tell() - 4
-                return (field, present) if size < present and not (size == 0 and _a_chunk(f.read(8), present))\
-                    else None
+                if size >= present:  # a placeholder past the end: libsndfile reads to the end itself
+                    return None
+                return None if size == 0 and _a_chunk(f.read(8), present) else (field, present)
             if size > present:
                 raise InvalidAudioError(f"{name} is truncated: its header announces {size} bytes of audio, "
                                         f"the file holds {present}; re-copy or re-export it")

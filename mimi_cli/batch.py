@@ -93,15 +93,7 @@ def plan(job: Job) -> Plan:
         raise MimiError("--stream works with the local engine only (Ray reads each file whole)")
     if job.parquet is not None and s.kind != "encode":
         raise MimiError("--parquet writes codes, so it goes with `mimi encode`")
-    # file:// is this machine's: the one output writer; a manifest is always written here
-    job = replace(job, parquet=local_path(job.parquet, "--parquet"), manifest=local_path(job.manifest, "--manifest"))
-    for given, label in ((job.output, "-o"), (job.manifest, "--manifest"), *((i, "input") for i in job.inputs),
-                         *((m, "--inputs-from") for m in job.manifests)):
-        if given is not None and url(given):
-            writes = label in ("-o", "--manifest")
-            raise MimiError(f"{label} {given} is a URL, and mimi {'writes' if writes else 'reads'} files on this "
-                            "machine or a mounted file system: " + (
-                                "give a path (--parquet takes a store's URI)" if writes else "download it first"))
+    job = _local_paths(job)
     if STDIN in job.inputs:
         if len(job.inputs) > 1:
             raise MimiError("'-' (standard input) must be the only input")
@@ -310,6 +302,20 @@ def _check_extra_output(path: Path, label: str, replace_ok: bool, inputs: set, t
         check_output(path, replace_ok, inputs, create_parents=label == "--parquet")
     except MimiError as exc:
         raise type(exc)(f"{label}: {exc}") from None
+
+
+def _local_paths(job: Job) -> Job:
+    """``job`` with file:// URIs made paths; any other URL where mimi reads or writes a file is refused
+    (``-o s3://bucket/codes/`` made a local folder ``s3:``). Only --parquet takes a store's URI."""
+    job = replace(job, parquet=local_path(job.parquet, "--parquet"), manifest=local_path(job.manifest, "--manifest"))
+    for given, label in ((job.output, "-o"), (job.manifest, "--manifest"), *((i, "input") for i in job.inputs),
+                         *((m, "--inputs-from") for m in job.manifests)):
+        if given is not None and url(given):
+            writes = label in ("-o", "--manifest")
+            raise MimiError(f"{label} {given} is a URL, and mimi {'writes' if writes else 'reads'} files on this "
+                            "machine or a mounted file system: " + (
+                                "give a path (--parquet takes a store's URI)" if writes else "download it first"))
+    return job
 
 
 def local_path(uri: str | None, label: str) -> str | None:

@@ -290,7 +290,7 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def remove_commit_leftovers(path: Path) -> None:
+def _remove_commit_leftovers(path: Path) -> None:
     """Remove the temporary names of ``path`` that are ``path`` itself (a hard link): a process stopped
     between committing its output and removing the temporary name leaves one. A temporary file that is
     not the output may be another run's work in progress, and is left alone."""
@@ -391,7 +391,7 @@ def _already_this(tmp: Path, path: Path) -> bool:
     except OSError:
         return False
     if same:
-        remove_commit_leftovers(path)
+        _remove_commit_leftovers(path)
     return same
 
 
