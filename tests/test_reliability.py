@@ -228,17 +228,27 @@ def test_exclusive_create_second_writer_fails_and_first_is_kept(tmp_path):
 
 
 def test_two_concurrent_runs_one_wins_the_other_says_exists(clip, weights_file, tmp_path):
+    """Two runs write one output at once: with other codes (-n 4 and -n 8), one wins and the other says the file
+    exists, never replacing it; with the same codes, both are done (the file holds what each would write)."""
     env = {k: v for k, v in os.environ.items() if k != "MIMI_WEIGHTS"}
     out = tmp_path / "same.npz"
     command = [sys.executable, "-m", "mimi_cli", "encode", str(clip), "-o", str(out), "--weights", str(weights_file)]
+    processes = [subprocess.Popen([*command, "-n", str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env) for n in (4, 8)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    assert sorted(code for code, _ in results) == [0, 1], results
+    loser = next(text for code, text in results if code == 1)
+    assert "already exists" in loser or "appeared while this run was working" in loser
+    winner = (4, 8)[[code for code, _ in results].index(0)]
+    with np.load(out, allow_pickle=False) as npz:  # the winner's file, whole
+        assert npz["codes"].shape[:2] == (1, winner)
+    assert leftovers(tmp_path) == []
+    out.unlink()
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                  for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
-    codes = sorted(code for code, _ in results)
-    assert codes == [0, 1], results
-    loser = next(text for code, text in results if code == 1)
-    assert "already exists" in loser or "appeared while this run was working" in loser
-    with np.load(out, allow_pickle=False) as npz:  # the winner's file, whole
+    assert all(code == 0 for code, _ in results) or any("already exists" in text for _, text in results), results
+    with np.load(out, allow_pickle=False) as npz:
         assert npz["codes"].shape[:2] == (1, 8)
     assert leftovers(tmp_path) == []
 
