@@ -6,6 +6,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,10 +103,14 @@ def check_rate(rate: int, what: str) -> None:
 
 
 def checked_reader(f, name):
-    """An opened reader ``f``, if it holds samples at a usable rate; else closed, and a one-line error."""
+    """An opened reader ``f``, if it holds samples at a usable rate and is whole; else closed, and a one-line
+    error."""
     try:
         if f.frames == 0:
             raise InvalidAudioError(f"{name} contains no audio samples")
+        cut = _cut_short(f)
+        if cut:
+            raise InvalidAudioError(f"{name} is truncated: {cut}; re-copy or re-export it")
         check_rate(f.samplerate, f"{name} declares")
     except InvalidAudioError:
         f.close()
@@ -281,10 +286,28 @@ def wav_length_unknown(f: BinaryIO, name: Target) -> tuple[int, int] | None:
                     return None
                 return None if size == 0 and _a_chunk(f.read(8), present) else (field, present)
             if size > present:
-                raise InvalidAudioError(f"{name} is truncated: its header announces {size} bytes of audio, "
-                                        f"the file holds {present}; re-copy or re-export it")
+                raise InvalidAudioError(f"{name} is truncated: its header announces {size:,} bytes of audio, "
+                                        f"the file holds {present:,}; re-copy or re-export it")
             return None
         f.seek(size + (size & 1), 1)  # chunks are padded to an even size
+    return None
+
+
+# libsndfile logs a size in a header that the file does not match as "NAME : <declared> (should be <found>)"
+_SIZE_MISMATCH = re.compile(r"^\s*(\w[\w ]*?)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
+
+
+def _cut_short(f) -> str | None:
+    """What a file libsndfile opened lacks at its end, by its header (AIFF, AU, W64, RF64…: libsndfile reads
+    the part that is there, silently); None for a whole file, a streamed one's placeholder sizes, or a
+    WAV file (checked before opening, see :func:`wav_length_unknown`)."""
+    log = getattr(f, "extra_info", None)  # libsndfile's; FFmpeg's readers check as they read
+    if log is None or f.format in ("WAV", "WAVEX"):
+        return None
+    for label, declared, found in _SIZE_MISMATCH.findall(log):
+        declared, found = int(declared), int(found)
+        if declared - found > 16 and not any(declared in unknown for unknown in _UNKNOWN_SIZES):  # 16: padding
+            return f"its header announces {declared:,} bytes ({label}), the file holds {found:,}"
     return None
 
 

@@ -140,3 +140,22 @@ def test_an_empty_wav_with_metadata_after_it_is_still_empty(tmp_path):
     path.write_bytes(data[:4] + (len(data) - 8 + len(list_chunk)).to_bytes(4, "little") + data[8:] + list_chunk)
     with pytest.raises(InvalidAudioError, match="contains no audio samples"):
         read_audio(path)
+
+
+@pytest.mark.parametrize("container, subtype", [("AIFF", "PCM_16"), ("AIFF", "FLOAT"), ("AU", "PCM_16"),
+                                                ("W64", "PCM_16"), ("RF64", "PCM_24"), ("WAVEX", "PCM_24")])
+def test_a_truncated_file_of_any_container_is_refused(tmp_path, container, subtype):
+    """libsndfile reads the part of a cut AIFF, AU, W64 or RF64 file that is there, silently: half a file was
+    encoded as if whole. Its header's sizes are checked now, as a WAV file's were; the whole file reads."""
+    from mimi_cli.sources import open_bytes
+
+    samples = np.random.default_rng(1).uniform(-0.5, 0.5, 48000).astype(np.float32)
+    whole = tmp_path / "whole.audio"
+    sf.write(whole, samples, 24000, format=container, subtype=subtype)
+    assert read_audio(whole).samples.shape == (48000, 1)
+    cut = tmp_path / "cut.audio"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(InvalidAudioError, match=r"cut.audio is truncated: its header announces [\d,]+ bytes"):
+        read_audio(cut)
+    with pytest.raises(InvalidAudioError, match="member is truncated"):
+        open_bytes(cut.read_bytes(), "member")
