@@ -49,16 +49,29 @@ def read_open(path: Path, f, past_declared: Callable[[float], None] | None = Non
     may refuse to go further: FFmpeg's containers declare an estimate, which a broken or hostile
     file makes as small as it likes, so a check of memory made from it would not hold.
     """
+    from_start = f.tell() == 0
     if past_declared is None:
-        return Audio(_read_block(path, f, -1), f.samplerate)
-    blocks = [_read_block(path, f, max(f.frames - f.tell(), 1))]
-    read = f.tell()
-    while len(blocks[-1]):
-        blocks.append(_read_block(path, f, 1 << 20))
-        read += len(blocks[-1])
-        if read > f.frames:
-            past_declared(read / f.samplerate)
-    return Audio(np.concatenate(blocks), f.samplerate)
+        samples = _read_block(path, f, -1)
+    else:
+        blocks = [_read_block(path, f, max(f.frames - f.tell(), 1))]
+        read = f.tell()
+        while len(blocks[-1]):
+            blocks.append(_read_block(path, f, 1 << 20))
+            read += len(blocks[-1])
+            if read > f.frames:
+                past_declared(read / f.samplerate)
+        samples = np.concatenate(blocks)
+    if from_start and not len(samples):
+        raise _nothing_read(path, f)
+    return Audio(samples, f.samplerate)
+
+
+def _nothing_read(path, f) -> InvalidAudioError:
+    """A file that declared samples and gave none: a length estimated from an MP3's first frame (one
+    without a Xing header), a damaged file, or a span that starts past the audio's real end."""
+    reason = getattr(f, "when_empty", None)
+    return InvalidAudioError(reason() if reason else f"{path} contains no audio samples (its header declares "
+                                                      f"{f.frames:,}: an estimate, or the file is damaged)")
 
 
 def open_audio(path: Path):
@@ -225,10 +238,14 @@ class FFmpegAudio(BlockReader):
 
 def read_blocks(path: Path, f, block_frames: int):
     """Yield float32 ``[frames, channels]`` blocks of an open file, each checked like read_audio."""
+    from_start = f.tell() == 0
     while True:
         block = _read_block(path, f, block_frames)
         if not len(block):
+            if from_start:
+                raise _nothing_read(path, f)
             return
+        from_start = False
         yield block
 
 

@@ -499,7 +499,11 @@ class Span(BlockReader):
         available = f.frames - start
         self.frames = available if item.duration is None else min(available, round(item.duration * f.samplerate))
         f.seek(start)
-        self._start = start
+        self._start, self._offset, self._name, self._container = start, item.offset, name, item.container
+
+    def when_empty(self) -> str:
+        """What a span that gave no sample means: its file is shorter than the length it declared."""
+        return f"{self._name}: offset {self._offset} s is past the end of {self._container}"
 
     def tell(self) -> int:
         return self._f.tell() - self._start

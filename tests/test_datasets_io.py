@@ -171,6 +171,39 @@ def test_a_run_manifest_given_back_as_input(tmp_path, weights_file, reference):
     assert rows[0]["input"] == f"{folder / 'first.run.jsonl'}:1"
 
 
+def _mp3_without_its_length(path: Path, speech) -> None:
+    """A VBR MP3 whose first frame (the Xing header with the true length) is gone, quiet at first: libsndfile
+    then takes its length from the first frames' small bitrate, about three times the truth."""
+    pcm, rate = speech
+    clip = pcm[: 5 * rate].copy()
+    clip[:rate] *= 0.001
+    sf.write(path, clip, rate, format="MP3", bitrate_mode="VARIABLE", compression_level=0.9)
+    data = path.read_bytes()
+    tag = max(data.find(b"Xing"), data.find(b"Info"))
+    assert tag > 0
+    first = data.rfind(b"\xff", 0, tag)
+    second = next(i for i in range(tag, len(data) - 1) if data[i] == 0xFF and data[i + 1] & 0xE0 == 0xE0)
+    path.write_bytes(data[:first] + data[second:])
+
+
+def test_a_span_past_the_real_end_of_a_file_that_overstates_its_length(tmp_path, weights_file, speech):
+    """A span from 8 s of a 5 s MP3 that declares about 15 s was "done" with 0 frames (an empty codes file);
+    it fails now as a span past the end does, batch and streaming; the rest of the file is encoded whole."""
+    mp3 = tmp_path / "speech.mp3"
+    _mp3_without_its_length(mp3, speech)
+    with sf.SoundFile(mp3) as f:
+        assert f.frames > 2 * len(f.read())  # what libsndfile declares, and what it then reads
+    lines = [{"audio_filepath": str(mp3), "offset": 8.0}, {"audio_filepath": str(mp3), "offset": 4.0}]
+    (tmp_path / "spans.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    for mode in ([], ["--stream"]):
+        out = tmp_path / f"out{len(mode)}"
+        result = run("encode", "--inputs-from", tmp_path / "spans.jsonl", "-o", out, *mode, weights=weights_file)
+        assert result.returncode == 1, result.stderr
+        assert f"spans.jsonl:1: offset 8.0 s is past the end of {mp3}" in result.stderr
+        assert [p.name for p in out.iterdir()] == ["speech_4000ms.npz"]
+        assert CodesFile.load(out / "speech_4000ms.npz").num_frames > 0
+
+
 def test_a_plain_list_of_paths_on_standard_input(tmp_path, weights_file, reference):
     """`find … | mimi encode --inputs-from - -o DIR`: each line a path, relative to the working folder; JSON
     lines may be mixed in; a broken JSON line is still said to be broken; the outputs mirror the paths, the
