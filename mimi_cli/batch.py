@@ -128,6 +128,10 @@ def plan(job: Job) -> Plan:
     if not found:
         given = ", ".join("standard input" if p == STDIN else p for p in (*job.inputs, *job.manifests))
         folders = any(is_folder(p) for p in paths)
+        if s.kind == "encode" and all(p == STDIN or is_container(home_expanded(p)) for p in job.inputs):
+            one = len(job.inputs) + len(job.manifests) == 1
+            raise MimiError(f"{given} {'holds' if one else 'hold'} nothing to encode (no lines, no audio members, "
+                            "no rows)")
         raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {given}"
                         + (" (use -r to search sub-folders)" if folders and not job.recursive else ""))
     items = any(entry.item is not None for entry in found)

@@ -312,6 +312,21 @@ def test_webdataset_shard_keeps_its_keys(tmp_path, weights_file, reference, spee
     assert not (tmp_path / "codes" / shard_path.stem / "utt-0003.npz").exists()
 
 
+@pytest.mark.parametrize("name, data", [("empty.jsonl", b""), ("blank.jsonl", b"\n  \n"), ("array.json", b"[]"),
+                                        ("texts.tar", None)])
+def test_a_container_with_nothing_to_encode_says_so(tmp_path, name, data):
+    """An empty manifest or a shard without audio was "no .wav or .flac or .ogg or .oga… files in" it."""
+    path = tmp_path / name
+    if data is None:
+        with tarfile.open(path, "w") as shard:
+            _add(shard, "a.txt", b"a transcript")
+    else:
+        path.write_bytes(data)
+    result = run("encode", path, "-o", tmp_path / "out")
+    assert result.returncode == 1 and result.stderr == f"error: {path} holds nothing to encode (no lines, no audio " \
+        "members, no rows)\n", result.stderr
+
+
 def test_corrupt_shard_is_one_failure(tmp_path, weights_file):
     (tmp_path / "bad.tar").write_bytes(b"\x00" * 100 + b"definitely not a tar archive" * 40)
     result = run("encode", tmp_path / "bad.tar", "-o", tmp_path / "codes", weights=weights_file)
