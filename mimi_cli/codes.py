@@ -132,20 +132,28 @@ class CodesFile:
             raise malformed(InvalidCodesError, f"codes file {path}", exc) from None
 
     @classmethod
-    def from_array(cls, path: Path, codec: str) -> CodesFile:
-        """Codes from a bare integer array: every value checked as a codes file's are; length = frames × frame size."""
-        from mimi_cli.npy import InvalidArrayError, read_npy
+    def from_array(cls, path: Path, codec: str, member: zipfile.ZipInfo | None = None) -> CodesFile:
+        """Codes from a bare integer array (a ``.npy`` file, or the one ``member`` of an ``.npz`` archive):
+        every value checked as a codes file's are; length = frames × frame size."""
+        from mimi_cli.npy import InvalidArrayError, read_npy, read_npy_member
 
         config = codec_spec(codec).config()
+        shown = str(path) if member is None else f"{path} ({member.filename.removesuffix('.npy')})"
 
         def fail(problem: str) -> InvalidCodesError:
-            return InvalidCodesError(f"{path}: {problem}")
+            return InvalidCodesError(f"{shown}: {problem}")
 
         max_bytes = MAX_CHANNELS * config.num_codebooks * (MAX_NUM_SAMPLES // config.frame_size) * 8
         try:
-            array = read_npy(path, max_bytes)
+            if member is None:
+                array = read_npy(path, max_bytes)
+            else:
+                with zipfile.ZipFile(path) as archive:
+                    array = read_npy_member(archive, member, shown, max_bytes)
         except InvalidArrayError as exc:
             raise InvalidCodesError(str(exc)) from None
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise InvalidCodesError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
         if array.dtype.kind not in "iu":
             hint = (" (logits or probabilities? take the argmax over the vocabulary first)"
                     if array.dtype.kind == "f" else "")
@@ -243,7 +251,21 @@ def load_codes(path: Path, codec: str = DEFAULT_CODEC) -> CodesFile:
             is_array = f.read(6) == b"\x93NUMPY"
     except OSError:
         is_array = False  # CodesFile.load says what is wrong with the path
-    return CodesFile.from_array(path, codec) if is_array else CodesFile.load(path)
+    if is_array:
+        return CodesFile.from_array(path, codec)
+    lone = _lone_array(path)
+    return CodesFile.from_array(path, codec, lone) if lone else CodesFile.load(path)
+
+
+def _lone_array(path: Path) -> zipfile.ZipInfo | None:
+    """The member of an ``.npz`` archive that holds one array and nothing else (another tool's container:
+    ``np.savez("x.npz", audio_codes=…)``), read as a bare array; None for anything else."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, *DATA_ERRORS):
+        return None
+    return members[0] if len(members) == 1 and members[0].filename.endswith(".npy") else None
 
 
 # Limits of the reader, checked before any array is read (docs/codes-format.md).
@@ -258,6 +280,10 @@ def _read_members(path: Path, archive: zipfile.ZipFile) -> dict[str, object]:
     members = {name.removesuffix(".npy"): info for info in archive.infolist()
                if (name := info.filename).endswith(".npy")}
     absent = [key for key in KEYS if key not in members]
+    if not any(key in members for key in KEYS if key != "codes"):  # another tool's arrays, no metadata
+        raise InvalidCodesError(f"{path} is not a codes file: it holds {', '.join(sorted(members)) or 'no arrays'}; "
+                                "for codes alone, give one integer array [K, frames] (.npy, or an .npz of that "
+                                "array only)")
     if absent:
         raise InvalidCodesError(f"{path} is not a complete codes file: missing {', '.join(absent)}")
     arrays: dict[str, object] = {"codec": np.array(DEFAULT_CODEC)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,27 +24,47 @@ def read_npy(path: Path | str, max_bytes: int = 4 << 30) -> np.ndarray:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(f)
-            if dtype.hasobject or dtype.kind not in NUMERIC_KINDS:
-                raise InvalidArrayError(f"{path} holds {dtype} values; give a plain numeric array "
-                                        "(objects are never unpickled)")
-            declared = math.prod(shape) * dtype.itemsize
-            if declared > max_bytes:
-                raise InvalidArrayError(f"{path}: its header declares {list(shape)} {dtype} ({declared:,} bytes), "
-                                        f"more than the {max_bytes:,} read here")
-            stored = os.fstat(f.fileno()).st_size - f.tell()
-            if stored != declared:
-                raise InvalidArrayError(f"{path}: its header declares {list(shape)} {dtype} ({declared:,} bytes) "
-                                        f"but the file holds {stored:,}; the file is cut short or damaged")
-            data = np.fromfile(f, dtype=dtype, count=math.prod(shape))
-    except InvalidArrayError:
-        raise
+            return _read_array(f, os.fstat(f.fileno()).st_size, str(path), max_bytes,
+                               lambda dtype, count: np.fromfile(f, dtype=dtype, count=count))
     except OSError as exc:
         raise InvalidArrayError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def read_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str,
+                    max_bytes: int = 4 << 30) -> np.ndarray:
+    """The array of one ``.npy`` member of a zip archive (an ``.npz``), checked as :func:`read_npy` checks a
+    file: against the member's size in the archive's directory, before anything is decompressed (and no
+    more than that size is ever decompressed)."""
+    try:
+        with archive.open(info) as f:
+            return _read_array(f, info.file_size, shown, max_bytes,
+                               lambda dtype, count: np.frombuffer(f.read(count * dtype.itemsize), dtype, count))
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise InvalidArrayError(f"cannot read {shown}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _read_array(f, size: int, shown: str, max_bytes: int, read) -> np.ndarray:
+    """The array after ``f``'s ``.npy`` header, in a file or member of ``size`` bytes: ``read(dtype, count)``."""
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        if dtype.hasobject or dtype.kind not in NUMERIC_KINDS:
+            raise InvalidArrayError(f"{shown} holds {dtype} values; give a plain numeric array "
+                                    "(objects are never unpickled)")
+        declared = math.prod(shape) * dtype.itemsize
+        if declared > max_bytes:
+            raise InvalidArrayError(f"{shown}: its header declares {list(shape)} {dtype} ({declared:,} bytes), "
+                                    f"more than the {max_bytes:,} read here")
+        stored = size - f.tell()
+        if stored != declared:
+            raise InvalidArrayError(f"{shown}: its header declares {list(shape)} {dtype} ({declared:,} bytes) "
+                                    f"but the file holds {stored:,}; the file is cut short or damaged")
+        data = read(dtype, math.prod(shape))
+    except InvalidArrayError:
+        raise
     except DATA_ERRORS as exc:
-        raise InvalidArrayError(f"{path} is not a readable .npy array ({type(exc).__name__}: "
+        raise InvalidArrayError(f"{shown} is not a readable .npy array ({type(exc).__name__}: "
                                 f"{first_line(exc, 160)})") from None
     return data.reshape(shape, order="F" if fortran else "C")

@@ -254,6 +254,35 @@ def test_a_pipe_by_name_reads_like_the_file(tmp_path, weights_file, dialogue, co
         assert metrics[0] == metrics[1] and metrics[0]["frames"] > 0
 
 
+def test_an_npz_of_one_array_decodes_as_that_array(tmp_path, weights_file, encoded):
+    """Another tool's container, `np.savez("x.npz", audio_codes=codes)`: "not a complete codes file: missing
+    codes, frame_rate…". Its one array is a bare array now (the same audio as the .npy); an archive of several
+    arrays names them; the member's header is checked before anything is decompressed."""
+    import struct
+    import zipfile
+
+    codes = CodesFile.load(encoded).codes[0]
+    np.save(tmp_path / "gen.npy", codes)
+    np.savez_compressed(tmp_path / "lm.npz", audio_codes=codes)
+    for source in ("gen.npy", "lm.npz"):
+        result = run("decode", tmp_path / source, "-o", tmp_path / f"{source}.wav", weights=weights_file)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "gen.npy.wav").read_bytes() == (tmp_path / "lm.npz.wav").read_bytes()
+    np.savez(tmp_path / "two.npz", codes=codes.astype(np.float32), logits=codes)
+    two = run("decode", tmp_path / "two.npz", "-o", tmp_path / "two.wav", weights=weights_file)
+    assert two.returncode == 1 and "is not a codes file: it holds codes, logits; for codes alone" in two.stderr
+    header = repr({"descr": "<i8", "fortran_order": False, "shape": (64, 32, 10**9)}).encode()
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + bytes(10**6))
+    bomb = run("decode", tmp_path / "bomb.npz", "-o", tmp_path / "bomb.wav", weights=weights_file)
+    assert bomb.returncode == 1 and "bomb.npz (x): its header declares [64, 32, 1000000000]" in bomb.stderr
+    assert not (tmp_path / "bomb.wav").exists() and not (tmp_path / "two.wav").exists()
+    np.savez(tmp_path / "float.npz", x=codes.astype(np.float32))
+    floats = run("decode", tmp_path / "float.npz", "-o", tmp_path / "f.wav", weights=weights_file)
+    assert floats.returncode == 1 and "float.npz (x): holds float32 values; codes are integers" in floats.stderr
+
+
 def test_codes_and_arrays_by_pipe_decode(tmp_path, weights_file, encoded):
     np.save(tmp_path / "gen.npy", CodesFile.load(encoded).codes[0])
     for source in (encoded, tmp_path / "gen.npy"):
