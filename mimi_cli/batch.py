@@ -309,9 +309,13 @@ def _check_extra_output(path: Path, label: str, replace_ok: bool, inputs: set, t
 
 
 def _local_paths(job: Job) -> Job:
-    """``job`` with file:// URIs made paths; any other URL where mimi reads or writes a file is refused
-    (``-o s3://bucket/codes/`` made a local folder ``s3:``). Only --parquet takes a store's URI."""
-    job = replace(job, parquet=local_path(job.parquet, "--parquet"), manifest=local_path(job.manifest, "--manifest"))
+    """``job``'s paths as this run reads and writes them: file:// URIs made paths, ``./-`` a file's path; any
+    other URL where mimi reads or writes a file is refused (``-o s3://bucket/codes/`` made a local folder
+    ``s3:``). Only --parquet takes a store's URI."""
+    dash = _a_file_named_dash
+    job = replace(job, parquet=local_path(job.parquet, "--parquet"),
+                  manifest=dash(local_path(job.manifest, "--manifest")), output=dash(job.output),
+                  inputs=tuple(map(dash, job.inputs)), manifests=tuple(map(dash, job.manifests)))
     for given, label in ((job.output, "-o"), (job.manifest, "--manifest"), *((i, "input") for i in job.inputs),
                          *((m, "--inputs-from") for m in job.manifests)):
         if given is not None and url(given):
@@ -320,6 +324,14 @@ def _local_paths(job: Job) -> Job:
                             "machine or a mounted file system: " + (
                                 "give a path (--parquet takes a store's URI)" if writes else "download it first"))
     return job
+
+
+def _a_file_named_dash(given: str | None) -> str | None:
+    """``./-`` (the Unix way to name a file called "-") made a path that stays one: as a Path it would be
+    ``-``, standard input or output."""
+    if given is None or given == STDIN or Path(given) != Path(STDIN):
+        return given
+    return os.path.join(os.getcwd(), given)
 
 
 def local_path(uri: str | None, label: str) -> str | None:

@@ -32,7 +32,8 @@ out = Console(soft_wrap=True, highlight=False)
 
 # Shared options; their limits come from the model's config. Every path is taken with readable=False:
 # Click's own check refused a whole run, as a usage error, for one input it could not read; the
-# library says why each file cannot be read, and a batch goes on with the others.
+# library says why each file cannot be read, and a batch goes on with the others. Inputs are taken as
+# written (str): a Path makes ./- into -, standard input, where it names a file called "-".
 WeightsOption = Annotated[Optional[str], typer.Option(
     "--weights", metavar="PATH|REPO",
     help="The codec's weights. Mimi: .safetensors (original, moshi or Hugging Face naming), .mlmodelc or "
@@ -304,7 +305,7 @@ def _output_option(help: str) -> object:
 
 @app.command()
 def encode(
-    inputs: Annotated[Optional[list[Path]], typer.Argument(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
         help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels), folders of them, quoted globs "
              "('data/**/*.flac'), '-' (standard input), or containers of many: JSONL manifests, WebDataset "
              ".tar shards, Hugging Face datasets (a save_to_disk folder, .arrow or .parquet files).",
@@ -324,7 +325,7 @@ def encode(
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
     parquet: ParquetOption = None,
-    inputs_from: Annotated[Optional[list[Path]], typer.Option(
+    inputs_from: Annotated[Optional[list[str]], typer.Option(
         "--inputs-from", metavar="MANIFEST", readable=False, show_default=False,
         help="A list of inputs, whatever its name ('-': standard input; a pipe too): JSON lines with "
              "audio_filepath (or path), optional offset and duration in seconds, other keys carried to --manifest "
@@ -353,7 +354,7 @@ def encode(
 
 @app.command()
 def decode(
-    inputs: Annotated[list[Path], typer.Argument(
+    inputs: Annotated[list[str], typer.Argument(
         help="Codes files written by `mimi encode` or integer arrays (.npy), folders of them, quoted globs, or "
              "'-' (standard input).", metavar="CODES...",
         readable=False, show_default=False)],
@@ -387,7 +388,7 @@ def decode(
 
 
 def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,
-         audio_column: str = "audio", inputs_from: list[Path] = ()) -> None:
+         audio_column: str = "audio", inputs_from: list[str] = ()) -> None:
     """Plan and run (the library decides one file or many); show the result; exit 1 if any file failed."""
     import time
 

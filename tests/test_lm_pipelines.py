@@ -283,6 +283,21 @@ def test_an_npz_of_one_array_decodes_as_that_array(tmp_path, weights_file, encod
     assert floats.returncode == 1 and "float.npz (x): holds float32 values; codes are integers" in floats.stderr
 
 
+def test_a_file_named_dash_is_named_as_unix_names_it(tmp_path, weights_file, dialogue):
+    """`./-` names a file called "-" (as with cat or rm); it was read as standard input ("standard input is
+    empty"), as a Path makes ./- into -. Now it is that file, as input and as output."""
+    (tmp_path / "-").write_bytes((dialogue / "left.wav").read_bytes())
+    encoded = run("encode", "./-", "-o", "./-.npz", weights=weights_file, cwd=tmp_path)
+    assert encoded.returncode == 0, encoded.stderr
+    assert run("encode", dialogue / "left.wav", "-o", tmp_path / "direct.npz", weights=weights_file).returncode == 0
+    got, want = (CodesFile.load(tmp_path / name).codes for name in ("-.npz", "direct.npz"))
+    np.testing.assert_array_equal(got, want)
+    (tmp_path / "-").unlink()
+    (tmp_path / "-").mkdir()
+    decoded = run("decode", "./-.npz", "-o", "./-/", weights=weights_file, cwd=tmp_path)
+    assert decoded.returncode == 0 and (tmp_path / "-" / "-.wav").is_file(), decoded.stderr
+
+
 def test_codes_and_arrays_by_pipe_decode(tmp_path, weights_file, encoded):
     np.save(tmp_path / "gen.npy", CodesFile.load(encoded).codes[0])
     for source in (encoded, tmp_path / "gen.npy"):
