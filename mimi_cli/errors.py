@@ -71,12 +71,22 @@ def out_of_memory(exc: MemoryError, more: str = "") -> MimiError:
     return MimiError(f"out of memory{detail}; free some memory or raise the limit (ulimit -v){more}")
 
 
-def loads_json(text: str | bytes) -> object:
+def loads_json(text: str | bytes, unique_keys: bool = False) -> object:
     """``json.loads``, with a document nested too deeply for Python's parser (``[[[[…``, a RecursionError)
-    raised as the ValueError any other malformed document raises."""
+    raised as the ValueError any other malformed document raises. With ``unique_keys``, an object that
+    names a key twice is malformed too (Python keeps the last silently; another reader may take the first)."""
     import json
 
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys if unique_keys else None)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"it names {twice!r} twice")
+    return found

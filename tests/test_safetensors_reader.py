@@ -107,3 +107,21 @@ def test_too_short_files(tmp_path, content):
     (tmp_path / "s.safetensors").write_bytes(content)
     with pytest.raises(WeightsError, match="too short"):
         open_weights(tmp_path / "s.safetensors").read_all()
+
+
+def test_a_tensor_named_twice_is_refused(tmp_path):
+    """A header naming one tensor twice, over two stretches of data: this reader kept the second silently (as
+    Python's json does), while safetensors itself refuses the file. Now it is refused here too: which one a
+    reader takes is not the file's to leave open."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    entry = '{{"dtype": "F32", "shape": [4], "data_offsets": [{}, {}]}}'
+    header = f'{{"x": {entry.format(0, 16)}, "x": {entry.format(16, 32)}}}'.encode()
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "twice.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + np.arange(8, dtype=np.float32).tobytes())
+    with pytest.raises(SafetensorError):
+        load_file(path)
+    with pytest.raises(WeightsError, match="header is not valid JSON \\(it names 'x' twice\\)"):
+        SafetensorsFile(path)

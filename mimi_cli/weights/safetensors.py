@@ -82,7 +82,7 @@ class SafetensorsFile:
 
     def _parse(self, header_bytes: bytes) -> tuple[dict, dict[str, TensorInfo]]:
         try:
-            header = loads_json(header_bytes)
+            header = loads_json(header_bytes, unique_keys=True)
         except ValueError as exc:  # not UTF-8, not JSON, nested too deeply
             raise self._error(f"header is not valid JSON ({exc})") from None
         if not isinstance(header, dict):
