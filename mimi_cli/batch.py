@@ -36,8 +36,8 @@ from urllib.parse import unquote, urlsplit
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_memory
-from mimi_cli.fileio import (STDIN, STDOUT, Target, atomic_output, check_output, file_ids, home_expanded, is_folder,
-                             is_pipe, is_stdout, output_exists, url)
+from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, file_ids, home_expanded,
+                             is_folder, is_pipe, is_stdout, output_exists, url)
 from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, skipped
 from mimi_cli.sources import Item, is_container, known_keys, list_items
 
@@ -312,7 +312,7 @@ def _local_paths(job: Job) -> Job:
     """``job``'s paths as this run reads and writes them: file:// URIs made paths, ``./-`` a file's path; any
     other URL where mimi reads or writes a file is refused (``-o s3://bucket/codes/`` made a local folder
     ``s3:``). Only --parquet takes a store's URI."""
-    dash = _a_file_named_dash
+    dash = as_written
     job = replace(job, parquet=local_path(job.parquet, "--parquet"),
                   manifest=dash(local_path(job.manifest, "--manifest")), output=dash(job.output),
                   inputs=tuple(map(dash, job.inputs)), manifests=tuple(map(dash, job.manifests)))
@@ -324,14 +324,6 @@ def _local_paths(job: Job) -> Job:
                             "machine or a mounted file system: " + (
                                 "give a path (--parquet takes a store's URI)" if writes else "download it first"))
     return job
-
-
-def _a_file_named_dash(given: str | None) -> str | None:
-    """``./-`` (the Unix way to name a file called "-") made a path that stays one: as a Path it would be
-    ``-``, standard input or output."""
-    if given is None or given == STDIN or Path(given) != Path(STDIN):
-        return given
-    return os.path.join(os.getcwd(), given)
 
 
 def local_path(uri: str | None, label: str) -> str | None:

@@ -469,29 +469,32 @@ def _summarise(results, elapsed: float, kind: str, say: _Messages) -> None:
 
 @app.command()
 def roundtrip(
-    input: Annotated[Path, typer.Argument(help="Audio file to encode and decode.", metavar="INPUT",
-                                          readable=False, show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the decoded audio here.",
-                                                   readable=False, show_default=False)] = None,
+    input: Annotated[str, typer.Argument(help="Audio file to encode and decode.", metavar="INPUT",
+                                         show_default=False)],
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Also write the decoded audio here.",
+                                                  show_default=False)] = None,
     codec: CodecOption = DEFAULT_CODEC,
     codebooks: CodebooksOption = None,
     bandwidth: BandwidthOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
-    plot: Annotated[Optional[Path], typer.Option(
+    plot: Annotated[Optional[str], typer.Option(
         "--plot", help="Also draw input and output log-mel spectrograms and their difference into this image "
-                       "(.png, .svg or .pdf; needs mimi-cli\\[plot]).", readable=False, show_default=False)] = None,
+                       "(.png, .svg or .pdf; needs mimi-cli\\[plot]).", show_default=False)] = None,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Encode then decode, and report bitrate, quality and speed."""
+    from mimi_cli.fileio import as_written
+
     say = _Messages(quiet or as_json)
     settings_codebooks = _num_codebooks(codec, codebooks, bandwidth)
+    if output is not None and output == "-":
+        _fail("roundtrip prints its metrics on standard output; give -o a file name", code=2)
+    input, output, plot = (None if p is None else Path(as_written(p)) for p in (input, output, plot))
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         _fail(f"--plot writes .png, .svg or .pdf, not {plot.suffix or 'a file without extension'}", code=2)
-    if output is not None and str(output) == "-":
-        _fail("roundtrip prints its metrics on standard output; give -o a file name", code=2)
     with _user_errors(), _threads(threads, say):
         from mimi_cli.pipeline import Models, Settings, roundtrip_file
 

@@ -74,6 +74,14 @@ def url(text: str) -> bool:
         and all(c.isalnum() or c in "+.-" for c in scheme[:-1]) and not os.path.lexists(scheme)
 
 
+def as_written(given: str | None) -> str | None:
+    """A path as the user wrote it, kept a path: ``./-`` (the Unix way to name a file called "-") as
+    ``$PWD/./-``, where a Path would make it ``-``, standard input or output."""
+    if given is None or given == STDIN or Path(given) != Path(STDIN):
+        return given
+    return os.path.join(os.getcwd(), given)
+
+
 def is_stdout(target: Target) -> bool:
     return isinstance(target, str) and target == STDOUT
 

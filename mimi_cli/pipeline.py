@@ -474,6 +474,11 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
             raise MimiError("-o and --plot name the same file; give two names")
     with readable(input) as source, open_audio(source.path) as f:
         audio = read_for_batch(source.path, f, settings.codec)
+    if plot is not None:  # before any work, so that no output is written by a run that then fails
+        from mimi_cli.plot import plot_checks
+
+        rate = codec_spec(settings.codec).config().sample_rate
+        plot_checks(len(audio.samples) * rate // audio.sample_rate, rate)
     loaded = models.get(settings.codec, report)
     config = loaded.model.config
     levels = config.levels(settings.num_codebooks)

@@ -24,9 +24,9 @@ def _mel_band_edges(sample_rate: int) -> np.ndarray:
     return np.concatenate([[0.0], middle, [sample_rate / 2]])
 
 
-def plot_roundtrip(path: Path, original: np.ndarray, decoded: np.ndarray, sample_rate: int, title: str,
-                   replace: bool = False) -> None:
-    """Write the three spectrograms (dB, time in s, frequency in Hz on a mel axis) to ``path`` atomically."""
+def plot_checks(samples: int, sample_rate: int):
+    """What a plot needs, checked before any work: matplotlib (its pyplot is returned), and a window's worth of
+    audio (``samples`` at ``sample_rate``)."""
     try:
         import matplotlib
 
@@ -34,9 +34,16 @@ def plot_roundtrip(path: Path, original: np.ndarray, decoded: np.ndarray, sample
         import matplotlib.pyplot as plt
     except ImportError:
         raise MimiError('--plot needs matplotlib: pip install "mimi-cli[plot]"') from None
-    n = min(len(original), len(decoded))
-    if n < N_FFT:
+    if samples < N_FFT:
         raise MimiError(f"--plot needs at least {N_FFT} samples ({N_FFT / sample_rate * 1000:.0f} ms) of audio")
+    return plt
+
+
+def plot_roundtrip(path: Path, original: np.ndarray, decoded: np.ndarray, sample_rate: int, title: str,
+                   replace: bool = False) -> None:
+    """Write the three spectrograms (dB, time in s, frequency in Hz on a mel axis) to ``path`` atomically."""
+    n = min(len(original), len(decoded))
+    plt = plot_checks(n, sample_rate)
     db_in = 20 * log_mel(original[:n], sample_rate, N_FFT, HOP, N_MELS)  # log10 magnitude → dB
     db_out = 20 * log_mel(decoded[:n], sample_rate, N_FFT, HOP, N_MELS)
     times = np.arange(db_in.shape[1] + 1) * HOP / sample_rate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import soundfile as sf
 from conftest import run
 
 from mimi_cli.plot import _mel_band_edges
@@ -31,10 +32,16 @@ def test_plot_refusals_leave_no_file(tmp_path, clip, weights_file):
     fake = tmp_path / "site"
     (fake / "matplotlib").mkdir(parents=True)
     (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
-    result = run("roundtrip", clip, "--plot", tmp_path / "cmp.png", env_extra={"PYTHONPATH": str(fake)},
-                 weights=weights_file)
+    result = run("roundtrip", clip, "--plot", tmp_path / "cmp.png", "-o", tmp_path / "out.wav",
+                 env_extra={"PYTHONPATH": str(fake)}, weights=weights_file)
     assert result.returncode == 1 and 'pip install "mimi-cli[plot]"' in result.stderr
-    assert not (tmp_path / "cmp.png").exists()
+    # a refused plot is refused before any work: -o was written by a run that then failed
+    assert not (tmp_path / "cmp.png").exists() and not (tmp_path / "out.wav").exists()
+    sf.write(tmp_path / "short.wav", np.zeros(500, np.float32), 24000)
+    result = run("roundtrip", tmp_path / "short.wav", "--plot", tmp_path / "cmp.png", "-o", tmp_path / "out.wav",
+                 weights=weights_file)
+    assert result.returncode == 1 and "--plot needs at least 1024 samples" in result.stderr
+    assert not (tmp_path / "cmp.png").exists() and not (tmp_path / "out.wav").exists()
 
 
 def test_mel_band_edges_increase_to_nyquist():
