@@ -36,8 +36,8 @@ from urllib.parse import unquote, urlsplit
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_memory
-from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, file_ids, home_expanded,
-                             is_folder, is_pipe, is_stdout, output_exists, url)
+from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, file_ids, fitted,
+                             home_expanded, is_folder, is_pipe, is_stdout, output_exists, url)
 from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, skipped
 from mimi_cli.sources import Item, is_container, known_keys, list_items
 
@@ -264,14 +264,14 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
         if output is not None and output_is_file:
             target = output
         elif output is not None and entry.relative is not None:
-            target = output / entry.relative.with_name(entry.relative.name + suffix)
+            target = fitted(output / entry.relative.with_name(entry.relative.name + suffix), output)
         elif output is not None:
-            target = output / entry.path.relative_to(entry.base).with_suffix(suffix)
+            target = fitted(output / entry.path.relative_to(entry.base).with_suffix(suffix), output)
         elif entry.item is not None or beside_suffix is None:
             tasks.append(Task(entry.path, None, item=entry.item))  # codes for Parquet only
             continue
         else:
-            target = entry.path.with_name(entry.path.stem + beside_suffix)
+            target = fitted(entry.path.with_name(entry.path.stem + beside_suffix), entry.path.parent)
         if target in owners:
             raise MimiError(f"{owners[target]} and {entry.path} would both write {target}; rename one of them")
         owners[target] = entry.path

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import filecmp
+import hashlib
 import os
 import secrets
 import shutil
@@ -282,6 +283,33 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
     if len(os.fsencode(path.name)) > limit:
         raise cannot_write(path, f"the name is {len(os.fsencode(path.name))} bytes long, and this file system "
                                  f"allows {limit}; choose a shorter name")
+
+
+def fitted(path: Path, base: Path) -> Path:
+    """``path`` with each of its parts under ``base`` that is longer than the file system allows shortened to
+    fit: its start, ``~``, 12 hex digits of its hash, and (the file's) its suffix. A run's outputs named from
+    tar members, manifest lines or long file names fit, rather than a run refused for one of them; the same
+    name always gives the same shortened one, so a resumed run finds its outputs."""
+    existing = base
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    limit = _name_max(existing)
+    parts = path.relative_to(base).parts
+    return base.joinpath(*(_fit(part, limit, last=i == len(parts) - 1) for i, part in enumerate(parts)))
+
+
+def _fit(name: str, limit: int, last: bool) -> str:
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    suffix = os.fsencode(Path(name).suffix) if last and len(Path(name).suffix) <= 16 else b""
+    tag = b"~" + hashlib.sha256(raw).hexdigest()[:12].encode()
+    head = raw[:limit - len(tag) - len(suffix)]
+    try:  # cut on a character's boundary, when the name is UTF-8
+        head = head.decode("utf-8", "ignore").encode() if raw.decode("utf-8") else head
+    except UnicodeDecodeError:
+        pass
+    return os.fsdecode(head + tag + suffix)
 
 
 def _read_only(folder: Path) -> bool:

@@ -327,6 +327,25 @@ def test_a_container_with_nothing_to_encode_says_so(tmp_path, name, data):
         "members, no rows)\n", result.stderr
 
 
+def test_an_item_name_longer_than_the_file_system_allows(tmp_path, weights_file, reference):
+    """A tar member whose key is 300 bytes long refused the whole run ("the name is 304 bytes long, and this
+    file system allows 255; choose a shorter name", which a shard's reader cannot do). Its output's name is
+    shortened now, the same way each time, so that a resumed run finds it."""
+    folder, codes = reference
+    shard = tmp_path / "long.tar"
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name, clip in (("k" * 300 + ".wav", "one"), ("short.wav", "two")):
+            _add(archive, name, (folder / f"{clip}.wav").read_bytes())
+    result = run("encode", shard, "-o", tmp_path / "out", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    made = sorted(p.name for p in (tmp_path / "out" / "long").iterdir())
+    assert made[1] == "short.npz" and made[0].startswith("k" * 200) and made[0].endswith(".npz")
+    assert len(made[0]) == 255 and "~" in made[0]
+    np.testing.assert_array_equal(CodesFile.load(tmp_path / "out" / "long" / made[0]).codes, codes["one"])
+    again = run("encode", shard, "-o", tmp_path / "out", "--skip-existing", weights=weights_file)
+    assert again.returncode == 0 and "2 skipped" in again.stderr, again.stderr
+
+
 def test_corrupt_shard_is_one_failure(tmp_path, weights_file):
     (tmp_path / "bad.tar").write_bytes(b"\x00" * 100 + b"definitely not a tar archive" * 40)
     result = run("encode", tmp_path / "bad.tar", "-o", tmp_path / "codes", weights=weights_file)
