@@ -290,11 +290,13 @@ def fitted(path: Path, base: Path) -> Path:
     fit: its start, ``~``, 12 hex digits of its hash, and (the file's) its suffix. A run's outputs named from
     tar members, manifest lines or long file names fit, rather than a run refused for one of them; the same
     name always gives the same shortened one, so a resumed run finds its outputs."""
+    parts = path.relative_to(base).parts
+    if all(len(os.fsencode(part)) <= 143 for part in parts):  # what every file system allows (eCryptfs: 143)
+        return path
     existing = base
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     limit = _name_max(existing)
-    parts = path.relative_to(base).parts
     return base.joinpath(*(_fit(part, limit, last=i == len(parts) - 1) for i, part in enumerate(parts)))
 
 
