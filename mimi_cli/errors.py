@@ -84,9 +84,9 @@ def loads_json(text: str | bytes, unique_keys: bool = False) -> object:
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    found = dict(pairs)
-    if len(found) < len(pairs):
-        seen: set[str] = set()
-        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise ValueError(f"it names {twice!r} twice")
+    found: dict = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"it names {key!r} twice")
+        found[key] = value
     return found
