@@ -273,7 +273,7 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
         else:
             target = fitted(entry.path.with_name(entry.path.stem + beside_suffix), entry.path.parent)
         if target in owners:
-            raise MimiError(f"{owners[target]} and {entry.path} would both write {target}; rename one of them")
+            raise MimiError(f"{owners[target]} and {entry.path} would both write {target}; {_apart(entry)}")
         owners[target] = entry.path
         skip = skip_existing and output_exists(target)
         if not skip:
@@ -289,6 +289,15 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
         raise OutputExistsError(f"{len(existing)} output(s) already exist, e.g. {existing[0]}; pass --skip-existing "
                                 f"to resume an interrupted run, or -f/--force to replace them{caution}")
     return tasks
+
+
+def _apart(entry: Input) -> str:
+    """What to do about two inputs whose outputs would have one name."""
+    if entry.item is None:
+        return "rename one of them"
+    if entry.item.kind == "span":
+        return "the same audio from the same millisecond (a line given twice?): remove the repeat, or split the list"
+    return "two containers of the same name: encode them in two runs, with two -o folders"
 
 
 def _check_extra_output(path: Path, label: str, replace_ok: bool, inputs: set, tasks: list[Task]) -> None:

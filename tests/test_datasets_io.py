@@ -346,6 +346,24 @@ def test_an_item_name_longer_than_the_file_system_allows(tmp_path, weights_file,
     assert again.returncode == 0 and "2 skipped" in again.stderr, again.stderr
 
 
+def test_two_items_with_one_output_say_what_to_do(tmp_path, reference):
+    """Two items that would write one output said "rename one of them", which fits files, not a manifest's
+    lines or two shards of one name: each says what can be done."""
+    folder, _ = reference
+    line = json.dumps({"audio_filepath": str(folder / "one.wav"), "text": "a"}) + "\n"
+    (tmp_path / "twice.jsonl").write_text(line + line)
+    twice = run("encode", tmp_path / "twice.jsonl", "-o", tmp_path / "out")
+    assert twice.returncode == 1 and "twice.jsonl:1 and" in twice.stderr, twice.stderr
+    assert "the same audio from the same millisecond (a line given twice?): remove the repeat" in twice.stderr
+    for part in ("a", "b"):
+        (tmp_path / part).mkdir()
+        with tarfile.open(tmp_path / part / "shard.tar", "w") as archive:
+            _add(archive, "x.wav", (folder / "one.wav").read_bytes())
+    shards = run("encode", tmp_path / "a" / "shard.tar", tmp_path / "b" / "shard.tar", "-o", tmp_path / "out")
+    assert shards.returncode == 1 and "two containers of the same name: encode them in two runs" in shards.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_corrupt_shard_is_one_failure(tmp_path, weights_file):
     (tmp_path / "bad.tar").write_bytes(b"\x00" * 100 + b"definitely not a tar archive" * 40)
     result = run("encode", tmp_path / "bad.tar", "-o", tmp_path / "codes", weights=weights_file)
