@@ -98,10 +98,7 @@ def open_audio(path: Path):
         f = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         return open_with_ffmpeg(path, path, getattr(exc, "error_string", None) or str(exc))
-    if size_field is not None and f.frames == 0:  # libsndfile takes a size of 0 at its word
-        f.close()
-        f = sf.SoundFile(WavWithSize(open(path, "rb"), *size_field))
-    return checked_reader(f, path)
+    return checked_reader(with_streamed_size(f, size_field, lambda: open(path, "rb")), path)
 
 
 # The highest rate audio interfaces offer. A header that declares more is damaged or hostile, and
@@ -335,7 +332,18 @@ def _a_chunk(header: bytes, room: int) -> bool:
         int.from_bytes(header[4:], "little") <= room - 8
 
 
-class WavWithSize(io.RawIOBase):
+def with_streamed_size(f, size_field: tuple[int, int] | None, reopen: Callable[[], BinaryIO]):
+    """``f``; or, for a WAV file whose size field says 0 (:func:`wav_length_unknown`), which libsndfile takes at
+    its word (no samples), the file opened again (``reopen``) with the size it holds filled in."""
+    if size_field is None or f.frames:
+        return f
+    import soundfile as sf
+
+    f.close()
+    return sf.SoundFile(_WavWithSize(reopen(), *size_field))
+
+
+class _WavWithSize(io.RawIOBase):
     """A WAV file read as it is, but for its data chunk's size field, which says ``size`` bytes (at most
     what 32 bits hold): for libsndfile, which reads no samples where the field says 0."""
 

@@ -471,7 +471,7 @@ def open_bytes(data: bytes, name: str):
     """Encoded audio held in memory, opened like a file."""
     import soundfile as sf
 
-    from mimi_cli.audio import WavWithSize, checked_reader, open_with_ffmpeg, wav_length_unknown
+    from mimi_cli.audio import checked_reader, open_with_ffmpeg, wav_length_unknown, with_streamed_size
 
     if not data:
         raise InvalidAudioError(f"{name} is empty (0 bytes)")
@@ -480,10 +480,7 @@ def open_bytes(data: bytes, name: str):
         f = sf.SoundFile(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         return open_with_ffmpeg(io.BytesIO(data), name, getattr(exc, "error_string", None) or str(exc))
-    if size_field is not None and f.frames == 0:  # as open_audio: a streamed WAV's size of 0
-        f.close()
-        f = sf.SoundFile(WavWithSize(io.BytesIO(data), *size_field))
-    return checked_reader(f, name)
+    return checked_reader(with_streamed_size(f, size_field, lambda: io.BytesIO(data)), name)
 
 
 class Span(BlockReader):
