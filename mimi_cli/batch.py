@@ -147,9 +147,8 @@ def plan(job: Job) -> Plan:
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)
-    if s.kind == "encode" and output_is_file and Path(output).suffix.lower() in AUDIO_SUFFIXES:
-        raise MimiError(f"{output} is an audio file's name, and encode writes codes: give a .npz name (or .npy for "
-                        "the codes alone)")
+    if s.kind == "encode" and output_is_file and output != STDOUT:
+        _check_codes_name(Path(output))
     for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
         if extra is not None and "://" not in extra:
             _check_extra_output(Path(extra), label, s.replace or job.skip_existing, inputs, tasks)
@@ -163,6 +162,17 @@ def plan(job: Job) -> Plan:
     per_worker = threads or (1 if workers > 1 or job.engine == "ray" else os.cpu_count() or 1)
     settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None, skip_existing=job.skip_existing)
     return Plan(job, tasks, settings, workers, single, notes)
+
+
+def _check_codes_name(output: Path) -> None:
+    """``-o FILE`` of encode names a codes file: .npz, or .npy for the codes alone (as decode's names audio)."""
+    suffix = output.suffix.lower()
+    if suffix in AUDIO_SUFFIXES:
+        raise MimiError(f"{output} is an audio file's name, and encode writes codes: give a .npz name (or .npy for "
+                        "the codes alone)")
+    if suffix not in CODES_SUFFIXES:
+        raise MimiError(f"cannot write codes as {output.suffix or 'a file without extension'}; give a .npz name (or "
+                        ".npy for the codes alone)")
 
 
 def usable_workers(jobs: int, pending: int, engine: Engine) -> tuple[int, str | None]:

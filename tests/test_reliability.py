@@ -530,7 +530,8 @@ def test_system_limits_are_one_line(command, patched, raised, expected, clip, we
     (`ulimit -n`, a pool's pipes): one line saying so and what to do, not a traceback (roundtrip) or a bare
     "MemoryError: ..." (encode); nothing written."""
     script = _REFUSED.format(patched=patched, raised=raised)
-    done = subprocess.run([sys.executable, "-c", script, command, str(clip), "-o", str(tmp_path / "x")],
+    done = subprocess.run([sys.executable, "-c", script, command, str(clip), "-o",
+                           str(tmp_path / ("x.npz" if command == "encode" else "x.wav"))],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
     one_line_error(done, expected)
