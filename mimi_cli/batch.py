@@ -36,8 +36,8 @@ from urllib.parse import unquote, urlsplit
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_memory
-from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, file_ids, fitted,
-                             home_expanded, is_folder, is_pipe, is_stdout, output_exists, url)
+from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, file_ids,
+                             fitted, home_expanded, is_folder, is_pipe, is_stdout, output_exists, url)
 from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, skipped
 from mimi_cli.sources import Item, is_container, known_keys, list_items
 
@@ -170,9 +170,7 @@ def _check_codes_name(output: Path) -> None:
     if suffix in AUDIO_SUFFIXES:
         raise MimiError(f"{output} is an audio file's name, and encode writes codes: give a .npz name (or .npy for "
                         "the codes alone)")
-    if suffix not in CODES_SUFFIXES:
-        raise MimiError(f"cannot write codes as {output.suffix or 'a file without extension'}; give a .npz name (or "
-                        ".npy for the codes alone)")
+    check_suffix(output, "codes", CODES_SUFFIXES)
 
 
 def usable_workers(jobs: int, pending: int, engine: Engine) -> tuple[int, str | None]:

@@ -733,12 +733,11 @@ def convert(
         _fail(f"--naming takes one of {', '.join(LAYOUT_NAMES)}, not {naming!r}", code=2)
     if dtype is not None and dtype not in DTYPES:
         _fail(f"--dtype takes one of {', '.join(DTYPES)}, not {dtype!r}", code=2)
-    if destination.suffix != ".safetensors":
-        _fail(f"{destination}: the output must be a .safetensors file", code=2)
     with _user_errors():
         from mimi_cli.convert import convert_checkpoint
-        from mimi_cli.fileio import check_output, file_ids
+        from mimi_cli.fileio import check_output, check_suffix, file_ids
 
+        check_suffix(destination, "weights", (".safetensors",))
         source = _weights_source(name)
         sources = file_ids([source, *(source.rglob("*") if source.is_dir() else [])])
         check_output(destination, force, sources)
@@ -781,10 +780,12 @@ def run(
     with _user_errors():
         from mimi_cli.coreml import load_program
         from mimi_cli.coreml.run import overflow_note, parse_assignment, read_feeds, run_stream, save_outputs
-        from mimi_cli.fileio import check_output, file_ids, readable
+        from mimi_cli.fileio import check_output, check_suffix, file_ids, readable
 
         if hop is not None and stream is None or sample_rate is not None and stream is None:
             _fail("--hop and --sample-rate go with --stream NAME=AUDIO", code=2)
+        if output is not None and output != "-":
+            check_suffix(Path(output), "outputs", (".npz",))
         if output is not None:
             check_output(Path(output) if output != "-" else output, force,
                          file_ids([model, *(model.rglob("*") if model.is_dir() else [])]))

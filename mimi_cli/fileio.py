@@ -238,6 +238,14 @@ def check_stdin(given: str, what: str) -> None:
         raise MimiError(f"{given} reads standard input, which is {state} here; pipe {what} in")
 
 
+def check_suffix(path: Path, what: str, suffixes: tuple[str, ...]) -> None:
+    """An output file's name says what it holds: refuse another suffix (an .npz named out.txt misleads the next
+    tool, as audio written under a name no audio format has would)."""
+    if path.suffix.lower() not in suffixes:
+        raise MimiError(f"cannot write {what} as {path.suffix or 'a file without extension'}; give a "
+                        f"{' or '.join(suffixes)} name")
+
+
 def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = frozenset(),
                  create_parents: bool = False) -> None:
     """Refuse, before any work, an output that cannot or must not be written (see the module docstring).

@@ -201,7 +201,7 @@ def test_encode_refuses_a_codes_name_of_another_kind(tmp_path, short_clip, name,
     (tmp_path / name).write_bytes(b"kept")
     before = {p.name for p in tmp_path.iterdir()}
     result = run("encode", "-f", short_clip, "-o", tmp_path / name)
-    assert_clean_failure(result, tmp_path, before, f"cannot write codes as {shown}", "give a .npz name")
+    assert_clean_failure(result, tmp_path, before, f"cannot write codes as {shown}; give a .npz or .npy name")
     assert (tmp_path / name).read_bytes() == b"kept"
 
 

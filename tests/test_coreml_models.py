@@ -246,3 +246,12 @@ def test_mimi_run_on_something_else_is_one_line(tmp_path):
     result = run("run", str(tmp_path / "model.mlmodelc"))
     assert result.returncode == 1 and "is not a Core ML ML Program" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, shown", [("out.txt", ".txt"), ("out", "a file without extension")])
+def test_mimi_run_writes_its_outputs_under_an_npz_name_only(tmp_path, name, shown):
+    (tmp_path / name).write_bytes(b"kept")  # even with -f: an .npz named out.txt would mislead the next tool
+    result = run("run", str(tmp_path / "model.mlmodelc"), "-o", str(tmp_path / name), "-f")
+    assert result.returncode == 1 and f"cannot write outputs as {shown}; give a .npz name" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (tmp_path / name).read_bytes() == b"kept"
