@@ -150,7 +150,7 @@ def test_streams_advance_together_in_a_batch(small_model):
 
 
 @pytest.mark.parametrize("bad,match", [
-    (np.zeros(100, np.int16), "floating point"),
+    (np.zeros(100, np.int16), "floating point in \\[-1, 1\\], got int16; convert integer PCM first"),
     (np.zeros((2, 100), np.float32), "shape"),
     (np.full(100, np.nan, np.float32), "NaN"),
 ])

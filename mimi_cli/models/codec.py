@@ -139,17 +139,18 @@ class Codec(Module):
     def _as_batch(self, pcm: np.ndarray) -> tuple[np.ndarray, bool]:
         """Validate audio and return it as float32 ``[B, N]`` plus whether the input was 1-D."""
         pcm = np.asarray(pcm)
-        if not np.issubdtype(pcm.dtype, np.floating):
-            hint = "; convert integer PCM first (e.g. int16 / 32768)" if pcm.dtype.kind in "iu" else ""
-            raise InvalidAudioError(f"audio must be floating point in [-1, 1], got {pcm.dtype}{hint}")
+        self.check_audio(pcm)
         if pcm.ndim not in (1, 2):
             raise InvalidAudioError(f"audio must have shape [T] or [B, T], got {list(pcm.shape)}")
-        self.check_audio(pcm)
         return np.atleast_2d(pcm).astype(np.float32, copy=False), pcm.ndim == 1
 
     @staticmethod
     def check_audio(pcm: np.ndarray) -> None:
-        """The one audio validator (batch, stream and file reading): finite samples near full scale."""
+        """The one audio validator (batch and stream, files included): floating-point samples, finite, near full
+        scale."""
+        if not np.issubdtype(pcm.dtype, np.floating):
+            hint = "; convert integer PCM first (e.g. int16 / 32768)" if pcm.dtype.kind in "iu" else ""
+            raise InvalidAudioError(f"audio must be floating point in [-1, 1], got {pcm.dtype}{hint}")
         if not np.all(np.isfinite(pcm)):
             raise InvalidAudioError("audio contains NaN or Inf samples")
         peak = float(np.max(np.abs(pcm))) if pcm.size else 0.0

@@ -61,10 +61,8 @@ class StreamEncoder:
 
     def _check(self, pcm: np.ndarray) -> tuple[np.ndarray, bool]:
         pcm = np.asarray(pcm)
-        if not np.issubdtype(pcm.dtype, np.floating):
-            raise InvalidAudioError(f"audio must be floating point in [-1, 1], got {pcm.dtype}")
-        pcm, squeeze = _batched(pcm, self.batch_size, ["T"], InvalidAudioError, "audio")
         self.model.check_audio(pcm)
+        pcm, squeeze = _batched(pcm, self.batch_size, ["T"], InvalidAudioError, "audio")
         return pcm.astype(np.float32, copy=False), squeeze
 
     @one_blas_thread()  # our own threads share the cores: the same bits at any count
