@@ -281,8 +281,9 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
         else:
             target = fitted(entry.path.with_name(entry.path.stem + beside_suffix), entry.path.parent)
         if target in owners:
-            raise MimiError(f"{owners[target]} and {entry.path} would both write {target}; {_apart(entry)}")
-        owners[target] = entry.path
+            raise MimiError(f"{owners[target].path} and {entry.path} would both write {target}; "
+                            f"{_apart(owners[target], entry)}")
+        owners[target] = entry
         skip = skip_existing and output_exists(target)
         if not skip:
             try:
@@ -299,12 +300,14 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
     return tasks
 
 
-def _apart(entry: Input) -> str:
+def _apart(first: Input, entry: Input) -> str:
     """What to do about two inputs whose outputs would have one name."""
     if entry.item is None:
         return "rename one of them"
     if entry.item.kind == "span":
         return "the same audio from the same millisecond (a line given twice?): remove the repeat, or split the list"
+    if entry.item.kind == "tar" and first.item is not None and first.item.container == entry.item.container:
+        return "two members whose names differ only by '/', '.' or '..' parts: rename one of them in the archive"
     return "two containers of the same name: encode them in two runs, with two -o folders"
 
 

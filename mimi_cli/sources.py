@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -215,7 +216,8 @@ def list_tar(path: Path) -> list[Entry]:
 
     try:
         with tarfile.open(path, mode="r:") as shard:
-            members = [m for m in shard.getmembers() if m.isfile()]
+            # a name given twice (tar -r appends a newer copy) is its last copy, as tar extracts and getmember reads
+            members = [m for m in {m.name: m for m in shard.getmembers()}.values() if m.isfile()]
             texts: dict[str, dict] = {}
             for member in members:
                 key, suffix = _split_key(member.name)
@@ -228,14 +230,19 @@ def list_tar(path: Path) -> list[Entry]:
                         texts.setdefault(key, {})[with_suffix] = data
     except (OSError, tarfile.TarError, EOFError) as exc:
         raise MimiError(f"cannot read tar shard {path} ({exc})") from None
-    entries = []
+    audio = []  # (member name, key)
     for member in members:
         key, suffix = _split_key(member.name)
-        if suffix.lower() not in AUDIO_SUFFIXES:
-            continue
+        if suffix.lower() in AUDIO_SUFFIXES:
+            audio.append((member.name, key))
+    # a sample may hold several audio fields (0001.mic1.flac, 0001.mic2.flac): each output is then named after its
+    # member (0001.mic1.flac.npz), as the key alone would name them all
+    fields = Counter(key for _, key in audio)
+    entries = []
+    for name, key in audio:
         carried = {"__key__": key, "__url__": str(path), **texts.get(key, {})}
-        entries.append(Entry(f"{path}#{member.name}", Item("tar", str(path), member.name, extra=json.dumps(carried)),
-                             Path(path.stem) / _safe(key)))
+        entries.append(Entry(f"{path}#{name}", Item("tar", str(path), name, extra=json.dumps(carried)),
+                             Path(path.stem) / _safe(key if fields[key] == 1 else name)))
     return entries
 
 

@@ -364,6 +364,38 @@ def test_two_items_with_one_output_say_what_to_do(tmp_path, reference):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_sample_with_several_audio_fields_writes_one_output_per_field(tmp_path, weights_file, reference):
+    """Two audio members of one key (a dialogue's two microphones; a .wav and a .flac) were refused as "two
+    containers of the same name"; a name given twice (tar -r appends a newer copy) was refused the same way.
+    Each field now has its output named after its member; a repeated name is its last copy, as tar extracts."""
+    folder, codes = reference
+    shard = tmp_path / "dialogues.tar"
+    with tarfile.open(shard, "w") as archive:
+        _add(archive, "d/0001.mic1.wav", (folder / "one.wav").read_bytes())
+        _add(archive, "d/0001.mic2.wav", (folder / "two.wav").read_bytes())
+        _add(archive, "d/0001.json", json.dumps({"text": "hello"}).encode())
+        _add(archive, "d/0002.wav", (folder / "one.wav").read_bytes())
+        _add(archive, "d/0002.flac", (folder / "two.wav").read_bytes())  # a WAV named .flac reads by its content
+        _add(archive, "again.wav", (folder / "one.wav").read_bytes())
+        _add(archive, "again.wav", (folder / "two.wav").read_bytes())
+    out = tmp_path / "out"
+    result = run("encode", shard, "-o", out, "--manifest", tmp_path / "run.jsonl", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    expected = {"d/0001.mic1.wav": "one", "d/0001.mic2.wav": "two", "d/0002.wav": "one", "d/0002.flac": "two",
+                "again": "two"}
+    assert sorted(str(p.relative_to(out / "dialogues")) for p in out.rglob("*.npz")) == \
+        sorted(f"{n}.npz" for n in expected)
+    for name, clip in expected.items():
+        np.testing.assert_array_equal(CodesFile.load(out / "dialogues" / f"{name}.npz").codes, codes[clip])
+    rows = [json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
+    assert [r["__key__"] for r in rows[:2]] == ["d/0001", "d/0001"] and rows[1]["json"] == {"text": "hello"}
+    with tarfile.open(tmp_path / "clash.tar", "w") as archive:
+        for name in ("/x/a.wav", "x/a.wav"):  # one output name for both
+            _add(archive, name, (folder / "one.wav").read_bytes())
+    clash = run("encode", tmp_path / "clash.tar", "-o", tmp_path / "clash")
+    assert clash.returncode == 1 and "differ only by '/', '.' or '..' parts: rename one" in clash.stderr
+
+
 def test_corrupt_shard_is_one_failure(tmp_path, weights_file):
     (tmp_path / "bad.tar").write_bytes(b"\x00" * 100 + b"definitely not a tar archive" * 40)
     result = run("encode", tmp_path / "bad.tar", "-o", tmp_path / "codes", weights=weights_file)
