@@ -115,6 +115,10 @@ def check_rate(rate: int, what: str) -> None:
 def checked_reader(f, name):
     """An opened reader ``f``, if it holds samples at a usable rate and is whole; else closed, and a one-line
     error."""
+    import soundfile as sf
+
+    if isinstance(f, sf.SoundFile) and not f.seekable():
+        f = Unseekable(f)
     try:
         if f.frames == 0:
             raise InvalidAudioError(f"{name} contains no audio samples")
@@ -166,6 +170,10 @@ class BlockReader:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def seek(self, frame: int) -> None:  # forward only, by reading and dropping (a manifest's spans)
+        while self.tell() < frame and len(self.read(min(frame - self.tell(), 1 << 16))):
+            pass
 
     def __enter__(self):
         return self
@@ -225,12 +233,35 @@ class FFmpegAudio(BlockReader):
     def tell(self) -> int:
         return self._position
 
-    def seek(self, frame: int) -> None:  # forward only: decode and drop (spans of a manifest)
-        while self._position < frame and len(self.read(min(frame - self._position, 1 << 16))):
-            pass
-
     def close(self) -> None:
         self._container.close()
+
+
+class Unseekable(BlockReader):
+    """A ``soundfile.SoundFile`` of a format libsndfile cannot seek in (GSM 6.10 in WAV, …), whose ``tell``
+    fails: its position counted as it is read."""
+
+    def __init__(self, f):
+        self._f, self._position = f, 0
+
+    def __getattr__(self, name: str):  # samplerate, channels, frames, format, extra_info: the file's own
+        return getattr(self._f, name)
+
+    def read(self, frames: int = -1, **options) -> np.ndarray:
+        if frames < 0:  # to the end: soundfile needs a count for these files
+            blocks = [self.read(1 << 16, **options)]
+            while len(blocks[-1]):
+                blocks.append(self.read(1 << 16, **options))
+            return np.concatenate(blocks)
+        block = self._f.read(frames, **options)
+        self._position += len(block)
+        return block
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def read_blocks(path: Path, f, block_frames: int):

@@ -159,3 +159,25 @@ def test_a_truncated_file_of_any_container_is_refused(tmp_path, container, subty
         read_audio(cut)
     with pytest.raises(InvalidAudioError, match="member is truncated"):
         open_bytes(cut.read_bytes(), "member")
+
+
+@pytest.mark.parametrize("container, subtype", [("WAV", "GSM610"), ("WAV", "NMS_ADPCM_16"), ("AU", "G721_32"),
+                                                ("AIFF", "GSM610")])
+def test_a_format_libsndfile_cannot_seek_in_reads(tmp_path, container, subtype):
+    """Telephony codecs (GSM 6.10, G.721, NMS ADPCM) failed with libsndfile's "Seek attempted on unseekable
+    file type": reading asked the file for its position. It is counted as the file is read now, for a file,
+    a tar member and a manifest's span."""
+    import io
+
+    from mimi_cli.sources import Item, open_bytes, open_item
+
+    samples = np.random.default_rng(2).uniform(-0.5, 0.5, 8000).astype(np.float32)
+    path = tmp_path / f"phone.{container.lower()}"
+    sf.write(path, samples, 8000, format=container, subtype=subtype)
+    want, _ = sf.read(path, dtype="float32", always_2d=True)
+    assert not sf.SoundFile(path).seekable() and not sf.SoundFile(io.BytesIO(path.read_bytes())).seekable()
+    np.testing.assert_array_equal(read_audio(path).samples, want)
+    with open_bytes(path.read_bytes(), "member") as f:
+        np.testing.assert_array_equal(f.read(dtype="float32", always_2d=True), want)
+    with open_item(Item("span", str(path), offset=0.25, duration=0.5), "span") as f:
+        np.testing.assert_array_equal(f.read(dtype="float32", always_2d=True), want[2000:6000])
