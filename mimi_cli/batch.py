@@ -39,7 +39,7 @@ from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_m
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, file_ids,
                              fitted, home_expanded, is_folder, is_pipe, is_stdout, output_exists, url)
 from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, skipped
-from mimi_cli.sources import Item, is_container, known_keys, list_items
+from mimi_cli.sources import Item, is_container, is_table, known_keys, list_items
 
 CODES_SUFFIXES = (".npz", ".npy")
 Engine = Literal["local", "ray"]
@@ -119,26 +119,28 @@ def plan(job: Job) -> Plan:
                       output=None if job.output in (None, STDOUT) else
                       os.path.abspath(os.path.expanduser(job.output)) + ("/" if job.output.endswith("/") else ""))
     suffixes, suffix, beside = ((AUDIO_SUFFIXES, ".npz", ".npz") if s.kind == "encode"
-                                else (CODES_SUFFIXES, ".wav", ".decoded.wav"))
+                                else ((*CODES_SUFFIXES, ".parquet"), ".wav", ".decoded.wav"))
     paths = [Path(p) for p in job.inputs]
-    found = expand_containers(collect_inputs(paths, job.recursive, suffixes, containers=s.kind == "encode"),
-                              job.audio_column)
+    found = collect_inputs(paths, job.recursive, suffixes, containers=True)
+    found = (expand_containers(found, job.audio_column) if s.kind == "encode"  # decode: codes in tables' rows
+             else expand_containers(found, "codes", is_table))
     found += [Input(Path(e.name), Path(m).parent, e.item, e.relative)
               for m in job.manifests for e in list_items(home_expanded(m), manifest=True)]
     if not found:
         given = ", ".join("standard input" if p == STDIN else p for p in (*job.inputs, *job.manifests))
         folders = any(is_folder(p) for p in paths)
-        if s.kind == "encode" and all(p == STDIN or is_container(home_expanded(p)) for p in job.inputs):
+        if all(p == STDIN or is_container(home_expanded(p)) for p in job.inputs):
             one = len(job.inputs) + len(job.manifests) == 1
-            raise MimiError(f"{given} {'holds' if one else 'hold'} nothing to encode (no lines, no audio members, "
-                            "no rows)")
+            kinds = "no lines, no audio members, no rows" if s.kind == "encode" else "no rows"
+            raise MimiError(f"{given} {'holds' if one else 'hold'} nothing to {s.kind} ({kinds})")
         raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {given}"
                         + (" (use -r to search sub-folders)" if folders and not job.recursive else ""))
     items = any(entry.item is not None for entry in found)
     one_file = len(paths) == 1 and not is_folder(paths[0]) and not _is_glob(paths[0]) and not items
     if items and job.output is None and job.parquet is None:
         raise MimiError("the inputs hold items (manifest lines, tar members, dataset rows): give -o DIR for a codes "
-                        "file per item, or --parquet OUT for the codes in Parquet shards")
+                        "file per item, or --parquet OUT for the codes in Parquet shards" if s.kind == "encode" else
+                        "the inputs hold rows of codes: give -o DIR for an audio file per row")
     output, output_is_file = _output_target(job.output, one_file, found, suffix)
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
     single = one_file and not batch_only
@@ -170,7 +172,7 @@ def _check_codes_name(output: Path) -> None:
     if suffix in AUDIO_SUFFIXES:
         raise MimiError(f"{output} is an audio file's name, and encode writes codes: give a .npz name (or .npy for "
                         "the codes alone)")
-    check_suffix(output, "codes", CODES_SUFFIXES)
+    check_suffix(output, "codes", CODES_SUFFIXES, folder_hint=True)
 
 
 def usable_workers(jobs: int, pending: int, engine: Engine) -> tuple[int, str | None]:
@@ -236,15 +238,16 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
     return unique
 
 
-def expand_containers(found: list[Input], audio_column: str) -> list[Input]:
-    """Manifests, tar shards and datasets replaced by their items (each with its output's relative path)."""
+def expand_containers(found: list[Input], column: str, expands: Callable[[Path], bool] = is_container) -> list[Input]:
+    """Manifests, tar shards and datasets (those ``expands`` says) replaced by their items (each with its
+    output's relative path); ``column``: a table's audio, or codes."""
     expanded = []
     for entry in found:
-        if not is_container(entry.path):
+        if not expands(entry.path):
             expanded.append(entry)
             continue
         expanded += [Input(Path(e.name), entry.path.parent, e.item, e.relative)
-                     for e in list_items(entry.path, audio_column)]
+                     for e in list_items(entry.path, column)]
     return expanded
 
 

@@ -355,8 +355,9 @@ def encode(
 @app.command()
 def decode(
     inputs: Annotated[list[str], typer.Argument(
-        help="Codes files written by `mimi encode` or integer arrays (.npy), folders of them, quoted globs, or "
-             "'-' (standard input).", metavar="CODES...",
+        help="Codes files written by `mimi encode` or integer arrays (.npy), Parquet shards of --parquet or "
+             "tables with an integer `codes` column (one audio file per row, with -o DIR), folders of them, quoted "
+             "globs, or '-' (standard input).", metavar="CODES...",
         readable=False, show_default=False)],
     output: _output_option("Audio file for one input ('-': WAV to standard output); for several, or ending in /, "
                            "a folder that mirrors the inputs' tree (NAME.wav). Default: beside each input, as "

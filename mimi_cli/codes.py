@@ -154,28 +154,39 @@ class CodesFile:
             raise InvalidCodesError(str(exc)) from None
         except (OSError, zipfile.BadZipFile) as exc:
             raise InvalidCodesError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        if array.dtype.kind not in "iu":
-            hint = (" (logits or probabilities? take the argmax over the vocabulary first)"
-                    if array.dtype.kind == "f" else "")
-            raise fail(f"holds {array.dtype} values; codes are integers{hint}")
-        if array.ndim not in (2, 3):
-            raise fail(f"has shape {list(array.shape)}; codes are [K, frames] or [C, K, frames]")
-        codes = array if array.ndim == 3 else array[None]
-        channels, levels, frames = codes.shape
-        if not 1 <= channels <= MAX_CHANNELS:
-            raise fail(f"has {channels} channels; 1..{MAX_CHANNELS} are decoded")
-        if not 1 <= levels <= config.num_codebooks:
-            transposed = " — is the array transposed? codes are [K, frames]" if frames <= config.num_codebooks else ""
-            raise fail(f"has {levels} codebooks (axis -2); {config.display_name} has 1..{config.num_codebooks}"
-                       f"{transposed}")
-        if frames < 1 or frames * config.frame_size > MAX_NUM_SAMPLES:
-            raise fail(f"has {frames} frames; 1..{MAX_NUM_SAMPLES // config.frame_size} are decoded")
-        low, high = int(codes.min()), int(codes.max())
-        if low < 0 or high >= config.codebook_size:
-            raise fail(f"holds values {low}..{high}; {config.display_name} codes are 0..{config.codebook_size - 1} "
-                       "(strip special tokens or offsets first)")
-        return cls.from_codes(codes, config, num_samples=frames * config.frame_size,
-                              source_sample_rate=config.sample_rate, source_channels=channels, weights_id="")
+        codes = _checked_array(array, config, fail)
+        return cls.from_codes(codes, config, num_samples=codes.shape[2] * config.frame_size,
+                              source_sample_rate=config.sample_rate, source_channels=codes.shape[0], weights_id="")
+
+    @classmethod
+    def from_row(cls, row: dict, shown: str, codec: str) -> CodesFile:
+        """Codes from a table's row: a ``--parquet`` shard's, whose columns name the codec, the length and the
+        source (each checked as a codes file's is), or any table's integer ``codes`` (``[K, frames]`` or
+        ``[C, K, frames]``) alone, a bare array for ``codec``."""
+        def fail(problem: str) -> InvalidCodesError:
+            return InvalidCodesError(f"{shown}: {problem}")
+
+        named = row.get("codec")
+        if named is not None and named not in CODECS:
+            raise fail(f"codec must name one of {', '.join(CODECS)}, got {str(named)[:40]!r}")
+        config = codec_spec(named or codec).config()
+        codes = _checked_array(row["codes"], config, fail)
+        channels, _, frames = codes.shape
+        given = {key: row.get(key) for key in ("num_samples", "source_sample_rate", "source_channels")}
+        for key, value in given.items():
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise fail(f"{key} must be a positive integer, got {value!r}")
+        num_samples = given["num_samples"] or frames * config.frame_size
+        if not (frames - 1) * config.frame_size < num_samples <= frames * config.frame_size:
+            raise fail(f"num_samples {num_samples} does not fit {frames} frames of {config.frame_size} samples")
+        source_channels = given["source_channels"] or channels
+        if channels not in (1, source_channels):
+            raise fail(f"codes have {channels} channels, but source_channels is {source_channels}")
+        weights_id = row.get("weights_id") or ""
+        if not isinstance(weights_id, str):
+            raise fail(f"weights_id must be a string, got {weights_id!r}")
+        return cls.from_codes(codes, config, num_samples, given["source_sample_rate"] or config.sample_rate,
+                              source_channels, weights_id)
 
     @classmethod
     def _validated(cls, path: Path, archive: zipfile.ZipFile, a: dict[str, object]) -> CodesFile:
@@ -236,6 +247,31 @@ class CodesFile:
                    source_channels=int(a["source_channels"]), weights_id=str(a["weights_id"]),
                    sample_rate=int(a["sample_rate"]), frame_rate=float(a["frame_rate"]),
                    codebook_size=int(a["codebook_size"]), codec=config.name, format_version=version)
+
+
+def _checked_array(array: np.ndarray, config: CodecConfig, fail) -> np.ndarray:
+    """An integer array of codes as ``[C, K, frames]``, every value checked: ``fail(problem)`` otherwise."""
+    if array.dtype.kind not in "iu":
+        hint = (" (logits or probabilities? take the argmax over the vocabulary first)"
+                if array.dtype.kind == "f" else "")
+        raise fail(f"holds {array.dtype} values; codes are integers{hint}")
+    if array.ndim not in (2, 3):
+        raise fail(f"has shape {list(array.shape)}; codes are [K, frames] or [C, K, frames]")
+    codes = array if array.ndim == 3 else array[None]
+    channels, levels, frames = codes.shape
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise fail(f"has {channels} channels; 1..{MAX_CHANNELS} are decoded")
+    if not 1 <= levels <= config.num_codebooks:
+        transposed = " — is the array transposed? codes are [K, frames]" if frames <= config.num_codebooks else ""
+        raise fail(f"has {levels} codebooks (axis -2); {config.display_name} has 1..{config.num_codebooks}"
+                   f"{transposed}")
+    if frames < 1 or frames * config.frame_size > MAX_NUM_SAMPLES:
+        raise fail(f"has {frames} frames; 1..{MAX_NUM_SAMPLES // config.frame_size} are decoded")
+    low, high = int(codes.min()), int(codes.max())
+    if low < 0 or high >= config.codebook_size:
+        raise fail(f"holds values {low}..{high}; {config.display_name} codes are 0..{config.codebook_size - 1} "
+                   "(strip special tokens or offsets first)")
+    return codes
 
 
 def is_bare_array_path(path: Target) -> bool:

@@ -238,12 +238,13 @@ def check_stdin(given: str, what: str) -> None:
         raise MimiError(f"{given} reads standard input, which is {state} here; pipe {what} in")
 
 
-def check_suffix(path: Path, what: str, suffixes: tuple[str, ...]) -> None:
+def check_suffix(path: Path, what: str, suffixes: tuple[str, ...], folder_hint: bool = False) -> None:
     """An output file's name says what it holds: refuse another suffix (an .npz named out.txt misleads the next
-    tool, as audio written under a name no audio format has would)."""
+    tool, as audio written under a name no audio format has would). ``folder_hint``: -o could name a folder."""
     if path.suffix.lower() not in suffixes:
+        folder = ", or end it with / for a folder" if folder_hint and not path.suffix else ""
         raise MimiError(f"cannot write {what} as {path.suffix or 'a file without extension'}; give a "
-                        f"{' or '.join(suffixes)} name")
+                        f"{' or '.join(suffixes)} name{folder}")
 
 
 def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = frozenset(),

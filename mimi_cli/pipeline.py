@@ -30,7 +30,7 @@ from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, We
 from mimi_cli.fileio import Readable, Target, atomic_output, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
-from mimi_cli.sources import Item, carried_keys, open_item
+from mimi_cli.sources import Item, carried_keys, open_item, row_codes
 from mimi_cli.weights import resolve_weights, weights_id
 
 
@@ -375,7 +375,8 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
 
 def decode_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
     """Read and check one codes file, decode it and write the audio."""
-    codes = load_codes(task.input, settings.codec or DEFAULT_CODEC)
+    codec = settings.codec or DEFAULT_CODEC
+    codes = load_codes(task.input, codec) if task.item is None else row_codes(task.item, str(task.input), codec)
     config = codec_spec(codes.codec).config()
     warnings = []
     if settings.codec is not None and codes.codec != settings.codec:  # a codes file names its own
@@ -400,7 +401,8 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
     if clipped:
         warnings.append(f"{clipped} samples beyond [-1, 1] were clipped")
     return FileResult.of(task, "done", duration_s=round(duration, 3), frames=codes.num_frames, warnings=warnings,
-                         num_codebooks=codes.num_codebooks, sample_rate=rate, model_seconds=seconds)
+                         num_codebooks=codes.num_codebooks, sample_rate=rate, model_seconds=seconds,
+                         carried=None if task.item is None else carried_keys(task.item))
 
 
 class Worker:

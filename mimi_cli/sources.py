@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from mimi_cli.audio import BlockReader
-from mimi_cli.errors import InvalidAudioError, MimiError, loads_json, physical_memory
+from mimi_cli.errors import InvalidAudioError, InvalidCodesError, MimiError, loads_json, physical_memory
 from mimi_cli.fileio import STDIN, check_stdin, file_kind, home_expanded
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path")
@@ -80,6 +80,11 @@ def is_container(path: Path) -> bool:
     suffix = path.suffix.lower()
     return (suffix in (*MANIFEST_SUFFIXES, ".tar", ".parquet", ".arrow") or path.name.lower().endswith(COMPRESSED_TARS)
             or (path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "state.json"))))
+
+
+def is_table(path: Path) -> bool:
+    """A container of rows (Parquet, Arrow, a dataset folder): what decode reads codes from, too."""
+    return is_container(path) and (path.suffix.lower() in (".parquet", ".arrow") or path.is_dir())
 
 
 def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) -> list[Entry]:
@@ -276,8 +281,9 @@ def list_table(path: Path, audio_column: str) -> list[Entry]:
     for file in _table_files(path):
         schema, rows = _table_shape(file)
         if audio_column not in schema.names:
-            raise MimiError(f"{file} has no column {audio_column!r} (columns: {', '.join(schema.names)}); "
-                            "name the audio column with --audio-column")
+            hint = ("decode reads the codes column a --parquet run writes" if audio_column == "codes" else
+                    "name the audio column with --audio-column")
+            raise MimiError(f"{file} has no column {audio_column!r} (columns: {', '.join(schema.names)}); {hint}")
         carried_columns = [f.name for f in schema if f.name != audio_column and _scalar(f.type)]
         relative_base = Path(path.name) / file.relative_to(path).with_suffix("") if path.is_dir() else Path(file.stem)
         for row in range(rows):
@@ -360,9 +366,12 @@ def _row_group_starts(file: str) -> list[int]:
 
 def _row(item: Item, columns: tuple[str, ...]) -> dict:
     """The given columns of the item's row (a Parquet row group or an Arrow file read once per worker)."""
+    return _row_table(item, columns).to_pylist()[0] if columns else {}
+
+
+def _row_table(item: Item, columns: tuple[str, ...]):
+    """The item's row as a table of one row."""
     row = int(item.key)
-    if not columns:
-        return {}
     if item.container.lower().endswith(".parquet"):
         starts = _row_group_starts(item.container)
         group = next((g for g in range(len(starts) - 1) if starts[g] <= row < starts[g + 1]), None)
@@ -371,7 +380,46 @@ def _row(item: Item, columns: tuple[str, ...]) -> dict:
         table, row = _row_group(item.container, group, columns), row - starts[group]
     else:
         table = _arrow_table(item.container).select(list(columns))
-    return table.slice(row, 1).to_pylist()[0]
+    return table.slice(row, 1)
+
+
+CODES_COLUMNS = ("codes", "codec", "num_samples", "source_sample_rate", "source_channels", "weights_id")
+
+
+def row_codes(item: Item, name: str, codec: str):
+    """The codes of a table's row (a ``--parquet`` shard's, or any table's ``codes`` column of nested integer
+    lists), checked as a codes file's are: :meth:`mimi_cli.codes.CodesFile.from_row`."""
+    from mimi_cli.codes import CodesFile
+
+    if item.kind == "invalid":
+        raise MimiError(item.error)
+    present = tuple(c for c in CODES_COLUMNS if c in _table_shape(Path(item.container))[0].names)
+    table = _row_table(item, present)
+    row = table.drop_columns(["codes"]).to_pylist()[0]
+    row["codes"] = _dense(table.column("codes").combine_chunks(), name)
+    return CodesFile.from_row(row, name, codec)
+
+
+def _dense(cell, name: str):
+    """One cell of nested lists (an Arrow list array of length 1) as a NumPy array of its shape, straight from
+    Arrow's buffers (a Python int per code would take 36 bytes), or an error for a null or ragged cell."""
+    import pyarrow as pa
+
+    shape, values = [], cell
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or \
+            pa.types.is_fixed_size_list(values.type):
+        if values.null_count:
+            raise InvalidCodesError(f"{name}: its codes hold null lists; codes are [K, frames] of integers")
+        lengths = set(values.value_lengths().to_numpy(zero_copy_only=False).tolist())
+        if len(lengths) > 1:
+            raise InvalidCodesError(f"{name}: its codes are lists of unequal lengths; codes are [K, frames]")
+        shape.append(lengths.pop() if lengths else 0)
+        values = values.flatten()
+    if values is cell:
+        raise InvalidCodesError(f"{name}: its codes column holds {cell.type}, not nested lists of integers")
+    if values.null_count:
+        raise InvalidCodesError(f"{name}: its codes hold null values; codes are integers")
+    return values.to_numpy(zero_copy_only=False).reshape(shape)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -259,6 +259,62 @@ def test_plain_files_without_o_go_to_parquet_only(tmp_path, weights_file, refere
         np.testing.assert_array_equal(np.array([list(level) for level in row.codes], np.uint16), codes[name][0])
 
 
+def test_parquet_shards_decode_back_as_their_codes_files_do(tmp_path, weights_file, reference, speech):
+    """`mimi decode` reads the shards --parquet wrote ("is not a codes file" before): each row's audio equals,
+    bit for bit, that of the .npz the same run wrote, for mixed and split channels; the row's columns reach
+    the run's manifest."""
+    pytest.importorskip("pyarrow")
+    folder, _ = reference
+    pcm, rate = speech
+    sf.write(tmp_path / "dialogue.wav", np.stack([pcm[:2 * rate], pcm[2 * rate:4 * rate]], axis=1), rate)
+    runs = {"mixed": [folder / "one.wav", folder / "two.wav"], "split": [tmp_path / "dialogue.wav"]}
+    for name, clips in runs.items():
+        split = ["--channels", "split"] if name == "split" else []
+        encoded = run("encode", *clips, *split, "-o", f"{tmp_path / f'npz-{name}'}/", "--parquet",
+                      tmp_path / f"pq-{name}", weights=weights_file)
+        assert encoded.returncode == 0, encoded.stderr
+        decoded = run("decode", tmp_path / f"pq-{name}", "-o", tmp_path / f"from-pq-{name}", "--manifest",
+                      tmp_path / f"{name}.jsonl", weights=weights_file)
+        assert decoded.returncode == 0, decoded.stderr
+        rows = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        for number, clip in enumerate(clips):
+            npz = tmp_path / f"npz-{name}" / f"{clip.stem}.npz"
+            assert run("decode", npz, "-o", tmp_path / f"npz-{clip.stem}.wav", weights=weights_file).returncode == 0
+            from_row, _ = sf.read(tmp_path / f"from-pq-{name}" / "part-00000" / f"{number:08d}.wav", always_2d=True)
+            from_file, _ = sf.read(tmp_path / f"npz-{clip.stem}.wav", always_2d=True)
+            assert from_row.shape[1] == (2 if name == "split" else 1)
+            np.testing.assert_array_equal(from_row, from_file)
+            assert rows[number]["__row__"] == number and rows[number]["num_samples"] == len(from_file)
+
+
+def test_a_table_of_generated_codes_decodes_row_by_row(tmp_path, weights_file):
+    """Any table with an integer `codes` column ([K, frames] per row: what a language model generated) decodes
+    as bare arrays do; a row that is not codes fails alone, saying why."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    good = np.random.default_rng(5).integers(0, 2048, (8, 20))
+    rows = [good.tolist(), (good + 3000).tolist(), [[1, 2, 3], [4, 5]], None, [[None] * 20] * 8]
+    pq.write_table(pa.table({"id": list(range(len(rows))), "codes": rows}), tmp_path / "generated.parquet")
+    pq.write_table(pa.table({"codes": [good.astype(float).tolist()]}), tmp_path / "logits.parquet")
+    np.save(tmp_path / "good.npy", good)
+    assert run("decode", tmp_path / "good.npy", "-o", tmp_path / "good.wav", weights=weights_file).returncode == 0
+    result = run("decode", tmp_path / "generated.parquet", tmp_path / "logits.parquet", "-o", tmp_path / "out",
+                 "--manifest", tmp_path / "run.jsonl", weights=weights_file)
+    assert result.returncode == 1 and "1 decoded" in result.stderr, result.stderr
+    low, high = good.min() + 3000, good.max() + 3000
+    for expected in (f"#1: holds values {low}..{high}; Mimi codes are 0..2047", "#2: its codes are lists of unequal",
+                     "#3: its codes hold null lists", "#4: its codes hold null values",
+                     "logits.parquet#0: holds float64 values; codes are integers (logits or probabilities?"):
+        assert expected in result.stderr, result.stderr
+    np.testing.assert_array_equal(sf.read(tmp_path / "out" / "generated" / "00000000.wav")[0],
+                                  sf.read(tmp_path / "good.wav")[0])
+    rows = [json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows if r["status"] == "done"] == [0]
+    without = run("decode", tmp_path / "generated.parquet")
+    assert without.returncode == 1 and "give -o DIR for an audio file per row" in without.stderr
+
+
 def test_a_file_name_that_is_not_utf8_reaches_the_manifest_and_parquet(tmp_path, weights_file, reference):
     """Linux file names are bytes: a run's manifest keeps the exact name (JSON \\udcXX escapes that
     os.fsencode undoes), Parquet the readable ``\\xff`` (it holds UTF-8 only). Both were tracebacks."""
