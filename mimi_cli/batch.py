@@ -206,7 +206,9 @@ def _output_target(output: str | None, one_file: bool, found: list[Input], suffi
     if one_file:
         return path, True
     if path.exists() or path.suffix.lower() == suffix:
-        raise MimiError(f"-o {output} looks like a file; with several inputs -o names a folder")
+        several = ("the inputs hold items (lines, members, rows), for which" if any(e.item for e in found)
+                   else "with several inputs")
+        raise MimiError(f"-o {output} looks like a file; {several} -o names a folder")
     return path, False
 
 

@@ -313,6 +313,9 @@ def test_a_table_of_generated_codes_decodes_row_by_row(tmp_path, weights_file):
     assert [r["id"] for r in rows if r["status"] == "done"] == [0]
     without = run("decode", tmp_path / "generated.parquet")
     assert without.returncode == 1 and "give -o DIR for an audio file per row" in without.stderr
+    as_file = run("decode", tmp_path / "logits.parquet", "-o", tmp_path / "one.wav")  # one row, yet a table's
+    assert as_file.returncode == 1 and "the inputs hold items (lines, members, rows), for which -o names a folder" \
+        in as_file.stderr, as_file.stderr
 
 
 def test_a_file_name_that_is_not_utf8_reaches_the_manifest_and_parquet(tmp_path, weights_file, reference):
