@@ -67,7 +67,7 @@ class Job:
     skip_existing: bool = False
     manifest: str | None = None
     parquet: str | None = None
-    audio_column: str = "audio"  # of dataset inputs
+    column: str = "audio"  # of table inputs: the audio (encode) or the codes (decode)
     manifests: tuple[str, ...] = ()  # --inputs-from: JSONL manifests whatever their names, read while planning
 
 
@@ -122,8 +122,7 @@ def plan(job: Job) -> Plan:
                                 else ((*CODES_SUFFIXES, ".parquet"), ".wav", ".decoded.wav"))
     paths = [Path(p) for p in job.inputs]
     found = collect_inputs(paths, job.recursive, suffixes, containers=True)
-    found = (expand_containers(found, job.audio_column) if s.kind == "encode"  # decode: codes in tables' rows
-             else expand_containers(found, "codes", is_table))
+    found = expand_containers(found, job.column, is_container if s.kind == "encode" else is_table)
     found += [Input(Path(e.name), Path(m).parent, e.item, e.relative)
               for m in job.manifests for e in list_items(home_expanded(m), manifest=True)]
     if not found:

@@ -356,7 +356,7 @@ def encode(
 def decode(
     inputs: Annotated[list[str], typer.Argument(
         help="Codes files written by `mimi encode` or integer arrays (.npy), Parquet shards of --parquet or "
-             "tables with an integer `codes` column (one audio file per row, with -o DIR), folders of them, quoted "
+             "tables with an integer codes column (one audio file per row, with -o DIR), folders of them, quoted "
              "globs, or '-' (standard input).", metavar="CODES...",
         readable=False, show_default=False)],
     output: _output_option("Audio file for one input ('-': WAV to standard output); for several, or ending in /, "
@@ -375,6 +375,9 @@ def decode(
     engine: EngineOption = "local",
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
+    codes_column: Annotated[str, typer.Option(
+        "--codes-column", help="The codes column of table inputs (Parquet, Arrow): integer lists [K][frames] "
+                               "or [C][K][frames] in each row.")] = "codes",
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
@@ -385,11 +388,12 @@ def decode(
 
     settings = Settings("decode", weights, codec, stream=stream, sample_rate=sample_rate,
                         replace=force)
-    _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, None, quiet)
+    _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, None, quiet,
+         codes_column)
 
 
 def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,
-         audio_column: str = "audio", inputs_from: list[str] = ()) -> None:
+         column: str = "audio", inputs_from: list[str] = ()) -> None:
     """Plan and run (the library decides one file or many); show the result; exit 1 if any file failed."""
     import time
 
@@ -401,7 +405,7 @@ def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existi
     if engine == "ray" and settings.stream:
         _fail("--stream works with the local engine only (Ray reads each file whole)", code=2)
     job = batch.Job(settings, tuple(map(str, inputs)), output, recursive, jobs, engine, threads, skip_existing,
-                    manifest, parquet, audio_column, tuple(map(str, inputs_from)))
+                    manifest, parquet, column, tuple(map(str, inputs_from)))
     with _user_errors():
         plan = batch.plan(job)
     for note in plan.notes:

@@ -276,14 +276,14 @@ def _table_files(path: Path) -> list[Path]:
 
 
 def list_table(path: Path, audio_column: str) -> list[Entry]:
-    """Rows of a Hugging Face dataset (``save_to_disk`` folder of Arrow files) or of Parquet files."""
+    """Rows of a Hugging Face dataset (``save_to_disk`` folder of Arrow files) or of Parquet files; their
+    ``audio_column`` holds audio, or codes for decode."""
     entries = []
     for file in _table_files(path):
         schema, rows = _table_shape(file)
         if audio_column not in schema.names:
-            hint = ("decode reads the codes column a --parquet run writes" if audio_column == "codes" else
-                    "name the audio column with --audio-column")
-            raise MimiError(f"{file} has no column {audio_column!r} (columns: {', '.join(schema.names)}); {hint}")
+            raise MimiError(f"{file} has no column {audio_column!r} (columns: {', '.join(schema.names)}); name "
+                            "the column to read with --audio-column (encode) or --codes-column (decode)")
         carried_columns = [f.name for f in schema if f.name != audio_column and _scalar(f.type)]
         relative_base = Path(path.name) / file.relative_to(path).with_suffix("") if path.is_dir() else Path(file.stem)
         for row in range(rows):
@@ -383,20 +383,21 @@ def _row_table(item: Item, columns: tuple[str, ...]):
     return table.slice(row, 1)
 
 
-CODES_COLUMNS = ("codes", "codec", "num_samples", "source_sample_rate", "source_channels", "weights_id")
+# What a --parquet shard says of each row's codes, beside them
+CODES_METADATA = ("codec", "num_samples", "source_sample_rate", "source_channels", "weights_id")
 
 
 def row_codes(item: Item, name: str, codec: str):
-    """The codes of a table's row (a ``--parquet`` shard's, or any table's ``codes`` column of nested integer
-    lists), checked as a codes file's are: :meth:`mimi_cli.codes.CodesFile.from_row`."""
+    """The codes of a table's row (its ``item.column`` of nested integer lists; a ``--parquet`` shard's metadata
+    columns too), checked as a codes file's are: :meth:`mimi_cli.codes.CodesFile.from_row`."""
     from mimi_cli.codes import CodesFile
 
     if item.kind == "invalid":
         raise MimiError(item.error)
-    present = tuple(c for c in CODES_COLUMNS if c in _table_shape(Path(item.container))[0].names)
-    table = _row_table(item, present)
-    row = table.drop_columns(["codes"]).to_pylist()[0]
-    row["codes"] = _dense(table.column("codes").combine_chunks(), name)
+    names = _table_shape(Path(item.container))[0].names
+    table = _row_table(item, (item.column, *(c for c in CODES_METADATA if c in names and c != item.column)))
+    row = table.drop_columns([item.column]).to_pylist()[0]
+    row["codes"] = _dense(table.column(item.column).combine_chunks(), name)
     return CodesFile.from_row(row, name, codec)
 
 

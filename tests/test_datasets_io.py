@@ -288,8 +288,8 @@ def test_parquet_shards_decode_back_as_their_codes_files_do(tmp_path, weights_fi
 
 
 def test_a_table_of_generated_codes_decodes_row_by_row(tmp_path, weights_file):
-    """Any table with an integer `codes` column ([K, frames] per row: what a language model generated) decodes
-    as bare arrays do; a row that is not codes fails alone, saying why."""
+    """Any table with an integer `codes` column (or one --codes-column names; [K, frames] per row: what a
+    language model generated) decodes as bare arrays do; a row that is not codes fails alone, saying why."""
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
@@ -313,6 +313,14 @@ def test_a_table_of_generated_codes_decodes_row_by_row(tmp_path, weights_file):
     assert [r["id"] for r in rows if r["status"] == "done"] == [0]
     without = run("decode", tmp_path / "generated.parquet")
     assert without.returncode == 1 and "give -o DIR for an audio file per row" in without.stderr
+    pq.write_table(pa.table({"audio_tokens": [good.tolist()]}), tmp_path / "named.parquet")
+    named = run("decode", tmp_path / "named.parquet", "-o", tmp_path / "named", "--codes-column", "audio_tokens",
+                weights=weights_file)
+    assert named.returncode == 0, named.stderr
+    np.testing.assert_array_equal(sf.read(tmp_path / "named" / "named" / "00000000.wav")[0],
+                                  sf.read(tmp_path / "good.wav")[0])
+    unnamed = run("decode", tmp_path / "named.parquet", "-o", tmp_path / "unnamed")
+    assert "has no column 'codes' (columns: audio_tokens)" in unnamed.stderr and "--codes-column" in unnamed.stderr
     as_file = run("decode", tmp_path / "logits.parquet", "-o", tmp_path / "one.wav")  # one row, yet a table's
     assert as_file.returncode == 1 and "the inputs hold items (lines, members, rows), for which -o names a folder" \
         in as_file.stderr, as_file.stderr
