@@ -275,12 +275,19 @@ def _table_files(path: Path) -> list[Path]:
     return [path]
 
 
+ROW_LISTING_BYTES = 2048  # what a run holds for each item it lists and plans (measured: about 1.8 KB)
+
+
 def list_table(path: Path, audio_column: str) -> list[Entry]:
     """Rows of a Hugging Face dataset (``save_to_disk`` folder of Arrow files) or of Parquet files; their
     ``audio_column`` holds audio, or codes for decode."""
     entries = []
     for file in _table_files(path):
         schema, rows = _table_shape(file)
+        memory = physical_memory()
+        if memory and rows * ROW_LISTING_BYTES > memory // 2:  # before listing a count a small file can declare
+            raise MimiError(f"{file} declares {rows:,} rows; listing them would take more than half this machine's "
+                            f"{memory / 1e9:.0f} GB ({ROW_LISTING_BYTES:,} bytes each): split it into smaller files")
         if audio_column not in schema.names:
             raise MimiError(f"{file} has no column {audio_column!r} (columns: {', '.join(schema.names)}); name "
                             "the column to read with --audio-column (encode) or --codes-column (decode)")
@@ -304,8 +311,12 @@ def _table_shape(file: Path):
     pa, pq = _pyarrow()
     try:
         if file.suffix.lower() == ".parquet":
-            meta = pq.ParquetFile(file)
-            return meta.schema_arrow, meta.metadata.num_rows
+            parquet = pq.ParquetFile(file)
+            declared, starts = parquet.metadata.num_rows, _row_group_starts(str(file))
+            if declared != starts[-1]:  # a footer's count is a number anyone can write: the row groups agree
+                raise MimiError(f"{file} declares {declared:,} rows, and its row groups {starts[-1]:,}: the file is "
+                                "damaged; write it again")
+            return parquet.schema_arrow, declared
         table = _arrow_table(str(file))
         return table.schema, table.num_rows
     except (OSError, pa.ArrowException) as exc:

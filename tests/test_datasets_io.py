@@ -326,6 +326,53 @@ def test_a_table_of_generated_codes_decodes_row_by_row(tmp_path, weights_file):
         in as_file.stderr, as_file.stderr
 
 
+def _forged_row_counts(path: Path, rows: int) -> tuple[bytes, bytes]:
+    """``path``'s bytes with its footer's row count, then its row group's, set to ``rows``: each an i64 field
+    (Thrift compact: byte 0x16, then a zigzag varint) rewritten in place, the footer's length updated."""
+    import pyarrow.parquet as pq
+
+    data = path.read_bytes()
+    start = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    footer, value, zigzag = data[start:-8], bytearray(), rows << 1
+    while True:
+        value.append((zigzag & 0x7F) | (0x80 if zigzag >> 7 else 0))
+        zigzag >>= 7
+        if not zigzag:
+            break
+    forged = {}
+    for at in (i for i in range(len(footer) - 1) if footer[i] == 0x16):
+        new = footer[:at + 1] + bytes(value) + footer[at + 2:]
+        candidate = data[:start] + new + len(new).to_bytes(4, "little") + b"PAR1"
+        path.with_suffix(".try").write_bytes(candidate)
+        try:
+            meta = pq.ParquetFile(path.with_suffix(".try")).metadata
+        except Exception:
+            continue
+        key = "file" if meta.num_rows == rows else "group" if meta.row_group(0).num_rows == rows else None
+        forged.setdefault(key, candidate)
+    return forged["file"], forged["group"]
+
+
+def test_a_table_that_declares_more_rows_than_it_holds_is_refused_before_listing(tmp_path, monkeypatch):
+    """A Parquet footer that declares 10¹² rows (a few bytes changed) was listed row by row, until memory ran
+    out; the footer's count must agree with its row groups' now, and no more rows are listed than memory holds."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from mimi_cli import sources
+
+    pq.write_table(pa.table({"codes": [[[1, 2, 3]]] * 3}), tmp_path / "three.parquet")
+    footer, group = _forged_row_counts(tmp_path / "three.parquet", 10**12)
+    for name, data, message in (("footer", footer, "declares 1,000,000,000,000 rows, and its row groups 3"),
+                                ("group", group, "declares 3 rows, and its row groups 1,000,000,000,000")):
+        (tmp_path / f"{name}.parquet").write_bytes(data)
+        result = run("decode", tmp_path / f"{name}.parquet", "-o", tmp_path / name)
+        assert result.returncode == 1 and message in result.stderr and "damaged" in result.stderr, result.stderr
+    monkeypatch.setattr(sources, "physical_memory", lambda: 10_000)
+    with pytest.raises(MimiError, match="declares 3 rows; listing them would take more than half this machine's"):
+        sources.list_table(tmp_path / "three.parquet", "codes")
+
+
 def test_a_file_name_that_is_not_utf8_reaches_the_manifest_and_parquet(tmp_path, weights_file, reference):
     """Linux file names are bytes: a run's manifest keeps the exact name (JSON \\udcXX escapes that
     os.fsencode undoes), Parquet the readable ``\\xff`` (it holds UTF-8 only). Both were tracebacks."""
