@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from mimi_cli.audio import BlockReader
-from mimi_cli.errors import InvalidAudioError, InvalidCodesError, MimiError, loads_json, physical_memory
+from mimi_cli.errors import InvalidAudioError, InvalidCodesError, MimiError, first_line, loads_json, physical_memory
 from mimi_cli.fileio import STDIN, check_stdin, file_kind, home_expanded
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path")
@@ -339,9 +339,11 @@ def _arrow_table(file: str):
 
     source = pa.memory_map(file)
     try:
-        return pa.ipc.open_stream(source).read_all()
+        table = pa.ipc.open_stream(source).read_all()
     except pa.ArrowInvalid:
-        return pa.ipc.open_file(source).read_all()
+        table = pa.ipc.open_file(source).read_all()
+    table.validate()  # each buffer as long as the lengths say (cheap): else rows would be read past their ends
+    return table
 
 
 @lru_cache(maxsize=2)
@@ -381,17 +383,24 @@ def _row(item: Item, columns: tuple[str, ...]) -> dict:
 
 
 def _row_table(item: Item, columns: tuple[str, ...]):
-    """The item's row as a table of one row."""
+    """The item's row as a table of one row, its values checked to lie in their buffers."""
+    pa, _ = _pyarrow()
     row = int(item.key)
-    if item.container.lower().endswith(".parquet"):
-        starts = _row_group_starts(item.container)
-        group = next((g for g in range(len(starts) - 1) if starts[g] <= row < starts[g + 1]), None)
-        if group is None:
-            raise MimiError(f"{item.container} has no row {row}")
-        table, row = _row_group(item.container, group, columns), row - starts[group]
-    else:
-        table = _arrow_table(item.container).select(list(columns))
-    return table.slice(row, 1)
+    try:
+        if item.container.lower().endswith(".parquet"):
+            starts = _row_group_starts(item.container)
+            group = next((g for g in range(len(starts) - 1) if starts[g] <= row < starts[g + 1]), None)
+            if group is None:
+                raise MimiError(f"{item.container} has no row {row}")
+            table, row = _row_group(item.container, group, columns), row - starts[group]
+        else:
+            table = _arrow_table(item.container).select(list(columns))
+        table = table.slice(row, 1)
+        table.validate(full=True)  # this row's offsets, which the cheap check of the whole table does not see
+    except pa.ArrowException as exc:
+        raise MimiError(f"cannot read row {item.key} of {item.container}: the file is damaged ({first_line(exc)})") \
+            from None
+    return table
 
 
 # What a --parquet shard says of each row's codes, beside them

@@ -373,6 +373,34 @@ def test_a_table_that_declares_more_rows_than_it_holds_is_refused_before_listing
         sources.list_table(tmp_path / "three.parquet", "codes")
 
 
+def test_an_arrow_file_whose_lengths_overstate_its_buffers_is_refused(tmp_path):
+    """An Arrow file whose lengths say more than its buffers hold was read past their ends: rows of whatever
+    lay beyond were decoded, or a traceback (ArrowIndexError). Its buffers are checked against its lengths."""
+    pa = pytest.importorskip("pyarrow")
+    table = pa.table({"codes": [[[1, 2, 3]]] * 7})
+    with pa.ipc.new_stream(tmp_path / "seven.arrow", table.schema) as writer:
+        writer.write_table(table)
+    data, seven = (tmp_path / "seven.arrow").read_bytes(), (7).to_bytes(8, "little")
+    damaged = []
+    for at in (i for i in range(len(data) - 8) if data[i:i + 8] == seven):  # a length, or an offset
+        path = tmp_path / f"damaged-{at}.arrow"
+        path.write_bytes(data[:at] + (500_000).to_bytes(8, "little") + data[at + 8:])
+        try:
+            read = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
+        except (pa.ArrowException, OSError):
+            continue  # refused by pyarrow itself
+        with pytest.raises(pa.ArrowInvalid):
+            read.validate()
+        damaged.append(path)
+    assert damaged
+    for path in damaged:
+        result = run("decode", path, "-o", tmp_path / path.stem)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"cannot read {path} as a table" in result.stderr, result.stderr
+        assert "too small" in result.stderr or "larger than values" in result.stderr, result.stderr
+        assert not (tmp_path / path.stem).exists()
+
+
 def test_a_file_name_that_is_not_utf8_reaches_the_manifest_and_parquet(tmp_path, weights_file, reference):
     """Linux file names are bytes: a run's manifest keeps the exact name (JSON \\udcXX escapes that
     os.fsencode undoes), Parquet the readable ``\\xff`` (it holds UTF-8 only). Both were tracebacks."""
