@@ -434,7 +434,9 @@ class Worker:
         except MemoryError as exc:  # this file's, maybe (a long file with a full machine)
             error = out_of_memory(exc, ", or use --stream (memory stays flat) and fewer --jobs")
             return FileResult.of(task, "failed", error=str(error))
-        except (OSError, ValueError, RuntimeError) as exc:  # unexpected, but only this file's
+        except (OSError, ValueError, RuntimeError, LookupError, TypeError, ArithmeticError) as exc:
+            # unexpected, but only this file's: a library's error on a hostile file (pyarrow's ArrowIndexError,
+            # a decoder's KeyError) fails the file in one line, not the run with a traceback
             return FileResult.of(task, "failed", error=f"{type(exc).__name__}: {exc}")
         for codec, loaded in self.models.loaded().items():  # the loader's findings, once per worker
             if codec not in self._warned:

@@ -155,6 +155,23 @@ def test_an_output_another_run_makes_is_skipped_with_skip_existing(corpus, weigh
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial file left
 
 
+@pytest.mark.parametrize("raised", [IndexError("slice would exceed array length"), KeyError("frame"),
+                                    TypeError("unsupported operand"), ZeroDivisionError("division by zero")])
+def test_a_library_error_on_one_file_fails_that_file_in_one_line(tmp_path, monkeypatch, raised):
+    """What a library raises on a hostile file beyond OSError and ValueError (pyarrow's ArrowIndexError is an
+    IndexError) ended a whole batch run with a traceback; it is that file's failure now, in one line."""
+    from mimi_cli import pipeline
+    from mimi_cli.pipeline import Settings, Task, Worker
+
+    def fails(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(pipeline, "decode_file", fails)
+    (tmp_path / "x.npz").write_bytes(b"PK")
+    result = Worker(Settings("decode")).run(Task(tmp_path / "x.npz", tmp_path / "x.wav"))
+    assert result.status == "failed" and result.error == f"{type(raised).__name__}: {raised}"
+
+
 def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch):
     """Each local worker holds the weights (BASE_BYTES): --jobs 1000 on a machine of 4 GB runs 6
     (0.9 × 4 GB / 0.6 GB), and says so; never more than the files to do; Ray's scheduler places its own."""
