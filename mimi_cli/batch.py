@@ -67,7 +67,7 @@ class Job:
     skip_existing: bool = False
     manifest: str | None = None
     parquet: str | None = None
-    column: str = "audio"  # of table inputs: the audio (encode) or the codes (decode)
+    column: str | None = None  # of table inputs: the audio (encode, default "audio") or the codes (decode, "codes")
     manifests: tuple[str, ...] = ()  # --inputs-from: JSONL manifests whatever their names, read while planning
 
 
@@ -119,10 +119,13 @@ def plan(job: Job) -> Plan:
                       output=None if job.output in (None, STDOUT) else
                       os.path.abspath(os.path.expanduser(job.output)) + ("/" if job.output.endswith("/") else ""))
     suffixes, suffix, beside = ((AUDIO_SUFFIXES, ".npz", ".npz") if s.kind == "encode"
-                                else ((*CODES_SUFFIXES, ".parquet"), ".wav", ".decoded.wav"))
+                                else (CODES_SUFFIXES, ".wav", ".decoded.wav"))
     paths = [Path(p) for p in job.inputs]
-    found = collect_inputs(paths, job.recursive, suffixes, containers=True)
-    found = expand_containers(found, job.column, is_container if s.kind == "encode" else is_table)
+    # decode: a folder of codes files; or of Parquet shards (--parquet's), when it holds no codes file
+    found = collect_inputs(paths, job.recursive, suffixes, containers=True,
+                           else_suffixes=(".parquet",) if s.kind == "decode" else ())
+    found = (expand_containers(found, job.column or "audio") if s.kind == "encode" else
+             expand_containers(found, job.column or "codes", is_table))
     found += [Input(Path(e.name), Path(m).parent, e.item, e.relative)
               for m in job.manifests for e in list_items(home_expanded(m), manifest=True)]
     if not found:
@@ -212,17 +215,19 @@ def _output_target(output: str | None, one_file: bool, found: list[Input], suffi
 
 
 def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple[str, ...],
-                   containers: bool = False) -> list[Input]:
+                   containers: bool = False, else_suffixes: tuple[str, ...] = ()) -> list[Input]:
     """Files named directly (whatever their suffix), files with ``suffixes`` in folders (all levels with
-    ``recursive``) and glob matches (``**`` descends). A name that matches nothing is kept, to fail as missing.
-    With ``containers``, a dataset folder (see :func:`mimi_cli.sources.is_container`) is one input, not searched."""
+    ``recursive``; in a folder with none, files with ``else_suffixes``) and glob matches (``**`` descends). A
+    name that matches nothing is kept, to fail as missing. With ``containers``, a dataset folder (see
+    :func:`mimi_cli.sources.is_container`) is one input, not searched."""
     found: list[Input] = []
     for item in map(str, items):
         path = home_expanded(item)
         if is_folder(path) and not (containers and is_container(path)):
             pattern = "**/*" if recursive else "*"
-            files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in suffixes
-                           and not p.name.startswith("."))
+            listed = sorted(p for p in path.glob(pattern) if p.is_file() and not p.name.startswith("."))
+            files = [p for p in listed if p.suffix.lower() in suffixes] or \
+                [p for p in listed if p.suffix.lower() in else_suffixes]
             found += [Input(p, path) for p in files]
         elif not os.path.lexists(path) and glob.has_magic(item):
             base = Path(_glob_root(item))

@@ -287,6 +287,26 @@ def test_parquet_shards_decode_back_as_their_codes_files_do(tmp_path, weights_fi
             assert rows[number]["__row__"] == number and rows[number]["num_samples"] == len(from_file)
 
 
+def test_a_folder_is_decoded_as_its_codes_files_or_else_its_shards(tmp_path):
+    """`mimi encode corpus -o codes/ --parquet codes/pq` leaves both in one tree: `mimi decode codes/ -r` decodes
+    the codes files once (not each input twice, the shards' rows too); a folder of shards alone, its rows."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from mimi_cli.batch import Job, plan
+    from mimi_cli.pipeline import Settings
+
+    (tmp_path / "codes" / "pq").mkdir(parents=True)
+    for name in ("a", "b"):
+        (tmp_path / "codes" / f"{name}.npz").write_bytes(b"PK")
+    pq.write_table(pa.table({"codes": [[[1, 2]]] * 2}), tmp_path / "codes" / "pq" / "part-00000.parquet")
+    both = plan(Job(Settings("decode"), (str(tmp_path / "codes"),), str(tmp_path / "out"), recursive=True))
+    assert sorted(t.input.name for t in both.tasks) == ["a.npz", "b.npz"]
+    shards = plan(Job(Settings("decode"), (str(tmp_path / "codes" / "pq"),), str(tmp_path / "out")))
+    assert [str(t.input) for t in shards.tasks] == [f"{tmp_path / 'codes' / 'pq' / 'part-00000.parquet'}#{row}"
+                                                    for row in (0, 1)]
+
+
 def test_a_table_of_generated_codes_decodes_row_by_row(tmp_path, weights_file):
     """Any table with an integer `codes` column (or one --codes-column names; [K, frames] per row: what a
     language model generated) decodes as bare arrays do; a row that is not codes fails alone, saying why."""
