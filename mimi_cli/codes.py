@@ -167,7 +167,7 @@ class CodesFile:
             return InvalidCodesError(f"{shown}: {problem}")
 
         named = row.get("codec")
-        if named is not None and named not in CODECS:
+        if named is not None and (not isinstance(named, str) or named not in CODECS):
             raise fail(f"codec must name one of {', '.join(CODECS)}, got {str(named)[:40]!r}")
         config = codec_spec(named or codec).config()
         codes = _checked_array(row["codes"], config, fail)

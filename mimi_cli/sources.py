@@ -319,8 +319,8 @@ def _table_shape(file: Path):
             return parquet.schema_arrow, declared
         table = _arrow_table(str(file))
         return table.schema, table.num_rows
-    except (OSError, pa.ArrowException) as exc:
-        raise MimiError(f"cannot read {file} as a table ({exc})") from None
+    except (OSError, pa.ArrowException, LookupError, TypeError, ValueError) as exc:
+        raise MimiError(f"cannot read {file} as a table ({first_line(exc)})") from None
 
 
 def _pyarrow():
@@ -350,20 +350,22 @@ def _arrow_table(file: str):
 def _row_group(file: str, group: int, columns: tuple[str, ...]):
     """Some columns of one Parquet row group, kept while the worker reads its rows one by one.
 
-    Checked before reading, as a compressed file can declare far more than it stores: the chunks'
-    decompressed sizes must fit in memory, and a chunk stored as a dictionary (one value, say an
-    audio file, referred to by every row) is read as one, so that it is not copied into every row.
+    Checked before reading, as a compressed file can declare far more than it stores: the row group's
+    decompressed size must fit in memory. Its byte columns (audio, text) are read as dictionaries, so
+    that one value every row refers to (say an audio file) is held once, not copied into every row.
+
+    Only the row group's own metadata is read: pyarrow's metadata of a column chunk whose statistics do
+    not fit its schema ends the process (an uncaught C++ exception), where reading the chunk raises.
     """
     _, pq = _pyarrow()
-    row_group = pq.ParquetFile(file).metadata.row_group(group)
-    chunks = [chunk for chunk in map(row_group.column, range(row_group.num_columns))
-              if chunk.path_in_schema.split(".")[0] in columns]
-    declared, memory = sum(chunk.total_uncompressed_size for chunk in chunks), physical_memory()
+    parquet = pq.ParquetFile(file)
+    declared, memory = parquet.metadata.row_group(group).total_byte_size, physical_memory()
     if memory and declared > memory // 2:
-        raise MimiError(f"{file}: row group {group} declares {declared / 1e9:,.1f} GB of {', '.join(columns)} once "
-                        f"decompressed, more than half this machine's {memory / 1e9:.0f} GB; write it with smaller "
-                        "row groups")
-    as_dictionary = [chunk.path_in_schema for chunk in chunks if chunk.has_dictionary_page]
+        raise MimiError(f"{file}: row group {group} declares {declared / 1e9:,.1f} GB once decompressed, more than "
+                        f"half this machine's {memory / 1e9:.0f} GB; write it with smaller row groups")
+    leaves = map(parquet.schema.column, range(len(parquet.schema)))
+    as_dictionary = [leaf.path for leaf in leaves
+                     if leaf.path.split(".")[0] in columns and leaf.physical_type == "BYTE_ARRAY"]
     return pq.ParquetFile(file, read_dictionary=as_dictionary).read_row_group(group, columns=list(columns))
 
 
@@ -396,8 +398,10 @@ def _row_table(item: Item, columns: tuple[str, ...]):
         else:
             table = _arrow_table(item.container).select(list(columns))
         table = table.slice(row, 1)
+        if table.num_rows != 1:  # a row group that holds fewer rows than its metadata says
+            raise MimiError(f"{item.container} has no row {item.key}: the file is damaged")
         table.validate(full=True)  # this row's offsets, which the cheap check of the whole table does not see
-    except pa.ArrowException as exc:
+    except (pa.ArrowException, OSError, LookupError, TypeError, ValueError) as exc:  # pyarrow's, on damaged files
         raise MimiError(f"cannot read row {item.key} of {item.container}: the file is damaged ({first_line(exc)})") \
             from None
     return table

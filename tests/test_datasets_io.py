@@ -646,7 +646,7 @@ def test_a_row_group_is_read_as_stored_and_checked_against_memory(tmp_path, weig
         np.testing.assert_array_equal(np.array(row["codes"], np.uint16), codes["two"][0])
     sources._row_group.cache_clear()
     monkeypatch.setattr(sources, "physical_memory", lambda: 2 * len(clip))
-    with pytest.raises(MimiError, match="row group 0 declares 0.0 GB of audio once decompressed, more than half"):
+    with pytest.raises(MimiError, match="row group 0 declares 0.0 GB once decompressed, more than half"):
         sources._row_group(str(tmp_path / "one.parquet"), 0, ("audio",))
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, SHARED, codes_arrays, npz_with_codes_header
+from conftest import SAMPLE_AUDIO, SHARED, codes_arrays, npz_with_codes_header, run
 from coreml_builder import proto_field as field
 from coreml_builder import write_mlmodelc
 
@@ -342,3 +342,67 @@ def test_fuzz_wav_headers(tmp_path_factory):
         bounded(lambda: read_audio(path), InvalidAudioError)
 
     check()
+
+
+# ----------------------------------------------------------------------------- tables of codes (Parquet)
+
+
+def test_fuzz_parquet_rows_of_codes(tmp_path_factory):
+    """A Parquet file of codes (as --parquet writes, and a user's table) with bytes changed: listing its rows
+    and reading each one's codes raise the reader's own errors only."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from mimi_cli.errors import MimiError
+    from mimi_cli.sources import _arrow_table, _row_group, _row_group_starts, list_table, row_codes
+
+    folder = tmp_path_factory.mktemp("parquet")
+    seeds = []
+    for number, table in enumerate([
+        pa.table({"codes": [np.arange(24).reshape(8, 3).tolist()] * 2, "codec": ["mimi", "mimi"],
+                  "num_samples": [5000, 5760], "weights_id": ["sha256:00", "sha256:11"]}),
+        pa.table({"codes": pa.array([[[1, 2], [3, 4]]], pa.list_(pa.list_(pa.uint16()))), "text": ["a"]}),
+    ]):
+        pq.write_table(table, folder / f"seed{number}.parquet")
+        seeds.append((folder / f"seed{number}.parquet").read_bytes())
+    assert row_codes(list_table(folder / "seed0.parquet", "codes")[1].item, "row", "mimi").num_samples == 5760
+    path = folder / "c.parquet"
+
+    def read_all() -> None:
+        for entry in list_table(path, "codes"):
+            row_codes(entry.item, entry.name, "mimi")
+
+    @FUZZ
+    @given(mutated(seeds))
+    def check(data: bytes) -> None:
+        for cached in (_arrow_table, _row_group, _row_group_starts):  # one file name, new bytes each time
+            cached.cache_clear()
+        path.write_bytes(data)
+        bounded(read_all, MimiError)
+
+    check()
+
+
+# A two-column Parquet file, bytes changed by the fuzzer above: its second chunk's level histogram does not
+# fit its schema. pyarrow's metadata of that chunk ended the process (an uncaught C++ exception, pyarrow 26).
+_HISTOGRAM_MISMATCH = (
+    "eNptU81u00AQXm8c16AIuanWsiUfLEQsEGlJkBIByoFxmrQVLiSRoKE3E0xSSJvgmAZFPAfiARCnHnkZLogDD8LMuokpYaSxd2a+"
+    "+ebH6w70qkIVrrgVCF2wImNGQ2GMcdQcqooqmLgpvDLGDaEJzamz2yr5LZWQm5v0eEzg3BeZp+d57jdD1uviRiC4ZM0bhA2RqijM"
+    "MjpXVEpoKaEkueZSNlcUjsn2pxqztNlgFJ2GQmU1buUHk9fRDFO1oIG4mmqp45NZIjgFN6JxdBqdJf8LC17KACUruNgyijRWoYQj"
+    "JNHHpMQCBx0mtx277DFHcLvGNMPupyUlzzL/iiG4qZtfFfNC8fY9fX0xdhm3wKgFhgNz1rhT51y13zASHZWKFdJiaSvIyM3YXHg/"
+    "Fe+78vd+1riwXc325MbNz5jm6eY3zmzHKkCv9+zoUbo76xe/RzIHHwC6kMoTAHQMoQ0whOZQ+nwEHNKhCXAgHdkbLo/zlb2/QNIH"
+    "eGi1W9IpSVqwEirlV477o0pa8S3i776jViiw68tWBhm/TH0ubQrtPT0/3nuxILvawaSHu8t6h+3LJlf1CN/M6of93vhVdxnvpvz4"
+    "aMshXoI/T+dsZfvwYQT/9ANrfDjigeQbXgUxy52G8fsPUbI9mE63wziezN3zKJ6dTM7c+/Wdyk7VLuMFozv2Az9XB/+5P1arrzQ="
+)
+
+
+def test_a_chunk_whose_statistics_do_not_fit_its_schema_fails_its_row(tmp_path, weights_file):
+    pytest.importorskip("pyarrow")
+    import base64
+    import zlib
+
+    path = tmp_path / "damaged.parquet"
+    path.write_bytes(zlib.decompress(base64.b64decode("".join(_HISTOGRAM_MISMATCH))))
+    done = run("decode", path, "-o", tmp_path / "out", weights=weights_file)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr  # it was -6 (SIGABRT)
+    assert "cannot read row 0 of" in done.stderr and "the file is damaged" in done.stderr, done.stderr
