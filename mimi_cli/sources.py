@@ -283,13 +283,13 @@ def list_table(path: Path, audio_column: str) -> list[Entry]:
     ``audio_column`` holds audio, or codes for decode."""
     entries = []
     for file in _table_files(path):
-        schema, rows = _table_shape(file)
+        schema, names, rows = _table_shape(file)
         memory = physical_memory()
         if memory and rows * ROW_LISTING_BYTES > memory // 2:  # before listing a count a small file can declare
             raise MimiError(f"{file} declares {rows:,} rows; listing them would take more than half this machine's "
                             f"{memory / 1e9:.0f} GB ({ROW_LISTING_BYTES:,} bytes each): split it into smaller files")
-        if audio_column not in schema.names:
-            raise MimiError(f"{file} has no column {audio_column!r} (columns: {', '.join(schema.names)}); name "
+        if audio_column not in names:
+            raise MimiError(f"{file} has no column {audio_column!r} (columns: {', '.join(names)}); name "
                             "the column to read with --audio-column (encode) or --codes-column (decode)")
         carried_columns = [f.name for f in schema if f.name != audio_column and _scalar(f.type)]
         relative_base = Path(path.name) / file.relative_to(path).with_suffix("") if path.is_dir() else Path(file.stem)
@@ -308,6 +308,7 @@ def _scalar(arrow_type) -> bool:
 
 
 def _table_shape(file: Path):
+    """A table file's schema, column names and row count, or a one-line error for a damaged file."""
     pa, pq = _pyarrow()
     try:
         if file.suffix.lower() == ".parquet":
@@ -316,9 +317,11 @@ def _table_shape(file: Path):
             if declared != starts[-1]:  # a footer's count is a number anyone can write: the row groups agree
                 raise MimiError(f"{file} declares {declared:,} rows, and its row groups {starts[-1]:,}: the file is "
                                 "damaged; write it again")
-            return parquet.schema_arrow, declared
-        table = _arrow_table(str(file))
-        return table.schema, table.num_rows
+            schema, rows = parquet.schema_arrow, declared
+        else:
+            table = _arrow_table(str(file))
+            schema, rows = table.schema, table.num_rows
+        return schema, schema.names, rows  # the names decoded here: one that is not UTF-8 raises a ValueError
     except (OSError, pa.ArrowException, LookupError, TypeError, ValueError) as exc:
         raise MimiError(f"cannot read {file} as a table ({first_line(exc)})") from None
 
@@ -418,7 +421,7 @@ def row_codes(item: Item, name: str, codec: str):
 
     if item.kind == "invalid":
         raise MimiError(item.error)
-    names = _table_shape(Path(item.container))[0].names
+    names = _table_shape(Path(item.container))[1]
     table = _row_table(item, (item.column, *(c for c in CODES_METADATA if c in names and c != item.column)))
     row = table.drop_columns([item.column]).to_pylist()[0]
     row["codes"] = _dense(table.column(item.column).combine_chunks(), name)

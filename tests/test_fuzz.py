@@ -347,26 +347,32 @@ def test_fuzz_wav_headers(tmp_path_factory):
 # ----------------------------------------------------------------------------- tables of codes (Parquet)
 
 
-def test_fuzz_parquet_rows_of_codes(tmp_path_factory):
-    """A Parquet file of codes (as --parquet writes, and a user's table) with bytes changed: listing its rows
-    and reading each one's codes raise the reader's own errors only."""
+@pytest.mark.parametrize("form", ["parquet", "arrow"])
+def test_fuzz_table_rows_of_codes(tmp_path_factory, form):
+    """A Parquet or Arrow file of codes (as --parquet writes, and a user's table) with bytes changed: listing
+    its rows and reading each one's codes raise the reader's own errors only, and never end the process."""
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
     from mimi_cli.errors import MimiError
     from mimi_cli.sources import _arrow_table, _row_group, _row_group_starts, list_table, row_codes
 
-    folder = tmp_path_factory.mktemp("parquet")
+    folder = tmp_path_factory.mktemp(form)
     seeds = []
     for number, table in enumerate([
         pa.table({"codes": [np.arange(24).reshape(8, 3).tolist()] * 2, "codec": ["mimi", "mimi"],
                   "num_samples": [5000, 5760], "weights_id": ["sha256:00", "sha256:11"]}),
         pa.table({"codes": pa.array([[[1, 2], [3, 4]]], pa.list_(pa.list_(pa.uint16()))), "text": ["a"]}),
     ]):
-        pq.write_table(table, folder / f"seed{number}.parquet")
-        seeds.append((folder / f"seed{number}.parquet").read_bytes())
-    assert row_codes(list_table(folder / "seed0.parquet", "codes")[1].item, "row", "mimi").num_samples == 5760
-    path = folder / "c.parquet"
+        seed = folder / f"seed{number}.{form}"
+        if form == "parquet":
+            pq.write_table(table, seed)
+        else:
+            with pa.ipc.new_stream(seed, table.schema) as writer:
+                writer.write_table(table)
+        seeds.append(seed.read_bytes())
+    assert row_codes(list_table(folder / f"seed0.{form}", "codes")[1].item, "row", "mimi").num_samples == 5760
+    path = folder / f"c.{form}"
 
     def read_all() -> None:
         for entry in list_table(path, "codes"):
