@@ -145,3 +145,21 @@ def test_one_code_stream_per_source_channel_loads(tmp_path):
     """--channels split: as many code streams as the source had channels."""
     codes = CodesFile.load(rewrite(tmp_path, codes=np.arange(80, dtype=np.uint16).reshape(2, 8, 5)))
     assert codes.channels == 2 and codes.codes[1, 0, 0] == 40
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("codec", ["mimi"], "codec must name one of mimi, encodec-24khz, got \"['mimi']\""),  # was a TypeError
+    ("codec", 5, "codec must name one of mimi, encodec-24khz, got '5'"),
+    ("num_samples", 1.5, "num_samples must be a positive integer, got 1.5"),
+    ("num_samples", 10**9, "num_samples 1000000000 does not fit 3 frames of 1920 samples"),
+    ("source_channels", 2, None),  # mixed to one stream: fine
+    ("weights_id", 7, "weights_id must be a string, got 7"),
+])
+def test_a_table_row_of_codes_is_checked_as_a_codes_file_is(column, value, message):
+    """A row of a table (decode's Parquet input): each metadata cell checked, whatever type it holds."""
+    row = {"codes": np.zeros((8, 3), np.int64), column: value}
+    if message is None:
+        assert CodesFile.from_row(row, "t.parquet#0", "mimi").source_channels == value
+        return
+    with pytest.raises(InvalidCodesError, match="^t.parquet#0: " + re.escape(message) + "$"):
+        CodesFile.from_row(row, "t.parquet#0", "mimi")
