@@ -307,8 +307,10 @@ def _scalar(arrow_type) -> bool:
         arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_boolean(arrow_type)
 
 
+@lru_cache(maxsize=8)
 def _table_shape(file: Path):
-    """A table file's schema, column names and row count, or a one-line error for a damaged file."""
+    """A table file's schema, column names and row count, or a one-line error for a damaged file; read once
+    per worker (listing, then each row's metadata columns)."""
     pa, pq = _pyarrow()
     try:
         if file.suffix.lower() == ".parquet":

@@ -355,7 +355,7 @@ def test_fuzz_table_rows_of_codes(tmp_path_factory, form):
     import pyarrow.parquet as pq
 
     from mimi_cli.errors import MimiError
-    from mimi_cli.sources import _arrow_table, _row_group, _row_group_starts, list_table, row_codes
+    from mimi_cli.sources import _arrow_table, _row_group, _row_group_starts, _table_shape, list_table, row_codes
 
     folder = tmp_path_factory.mktemp(form)
     seeds = []
@@ -381,7 +381,7 @@ def test_fuzz_table_rows_of_codes(tmp_path_factory, form):
     @FUZZ
     @given(mutated(seeds))
     def check(data: bytes) -> None:
-        for cached in (_arrow_table, _row_group, _row_group_starts):  # one file name, new bytes each time
+        for cached in (_arrow_table, _row_group, _row_group_starts, _table_shape):  # one name, new bytes each time
             cached.cache_clear()
         path.write_bytes(data)
         bounded(read_all, MimiError)
