@@ -182,6 +182,11 @@ class BlockReader:
         self.close()
 
 
+# FFmpeg's demuxers of containers that store their audio's length ("matroska,webm", "mov,mp4,m4a,…", "caf"), by the
+# first of their names; others' (ADTS AAC, MP3) is an estimate from the bit rate
+STORED_LENGTHS = ("matroska", "mov", "caf")
+
+
 class FFmpegAudio(BlockReader):
     """The first audio stream of a container decoded by FFmpeg, read like a ``soundfile.SoundFile``:
     ``samplerate``, ``channels``, ``frames`` (from the container's duration: an estimate; reading
@@ -199,6 +204,11 @@ class FFmpegAudio(BlockReader):
         seconds = (float(stream.duration * stream.time_base) if stream.duration
                    else (container.duration or 0) / av.time_base)
         self.frames = max(1, round(seconds * self.samplerate))
+        # the length a container stores for this stream (not one FFmpeg estimated from the bit rate, nor a longer
+        # video's): what a cut file lacks
+        own = stream.duration or len(container.streams) == 1
+        self._stored = self.frames if own and seconds and container.format.name.split(",")[0] in STORED_LENGTHS \
+            else None
         self._packets = container.decode(stream)
         self._resampler = av.AudioResampler(format="flt", layout=context.layout, rate=self.samplerate)
         self._pending: list[np.ndarray] = []
@@ -210,12 +220,23 @@ class FFmpegAudio(BlockReader):
         try:
             frame = next(self._packets)
         except StopIteration:
+            self._check_whole()
             return False
         except av.FFmpegError as exc:
             raise InvalidAudioError(f"cannot read {self.name} as audio ({exc}); the file may be corrupt") from None
         for converted in self._resampler.resample(frame):
             self._pending.append(converted.to_ndarray().reshape(-1, self.channels))
         return True
+
+    def _check_whole(self) -> None:
+        """At the end of the decoded audio: refuse a file that ends well before the length its container stores
+        (FFmpeg reads the part of a cut Matroska file that is there, silently). An encoder's priming and
+        padding make the two differ by a few ms."""
+        read = self._position + sum(len(p) for p in self._pending)
+        if self._stored and self._stored - read > max(0.25 * self.samplerate, 0.01 * self._stored):
+            raise InvalidAudioError(f"{self.name} is truncated: its container declares "
+                                    f"{self._stored / self.samplerate:.2f} s of audio, the file holds "
+                                    f"{read / self.samplerate:.2f} s; re-copy or re-export it")
 
     def read(self, frames: int = -1, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
         have, counted = 0, 0  # counted: the pending blocks in ``have`` (a long file decodes to 10⁵ blocks)

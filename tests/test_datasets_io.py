@@ -729,25 +729,28 @@ def test_dataset_through_ray(tmp_path, weights_file, reference, hf_dataset):
 
 # -- FFmpeg-only containers ------------------------------------------------------------------------
 
-def _m4a(path: Path, pcm: np.ndarray, rate: int) -> None:
+def _m4a(path: Path, *tracks: np.ndarray, rate: int, codec: str = "aac") -> None:
+    """An FFmpeg container (by ``path``'s suffix) of one ``codec`` stream per track."""
     import av
 
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=rate)
-        stream.layout = "mono"
-        for first in range(0, len(pcm), 1024):
-            frame = av.AudioFrame.from_ndarray(pcm[None, first:first + 1024], format="flt", layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+        streams = [container.add_stream(codec, rate=rate, layout="mono") for _ in tracks]
+        for stream, pcm in zip(streams, tracks, strict=True):
+            for first in [*range(0, len(pcm), 1024), None]:  # None: flush the encoder
+                frame = None
+                if first is not None:
+                    block = pcm[None, first:first + 1024]
+                    frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono") if codec == "aac" else \
+                        av.AudioFrame.from_ndarray((block * 32767).astype(np.int16), format="s16", layout="mono")
+                    frame.sample_rate, frame.pts = rate, first
+                for packet in stream.encode(frame):
+                    container.mux(packet)
 
 
 def test_m4a_is_read_through_ffmpeg(tmp_path, weights_file, speech):
     av = pytest.importorskip("av")
     pcm, rate = speech
-    _m4a(tmp_path / "clip.m4a", pcm[:2 * rate], rate)
+    _m4a(tmp_path / "clip.m4a", pcm[:2 * rate], rate=rate)
     with av.open(str(tmp_path / "clip.m4a")) as container:  # what FFmpeg itself decodes, written losslessly
         decoded = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
     sf.write(tmp_path / "decoded.wav", decoded, rate, subtype="FLOAT")
@@ -758,6 +761,27 @@ def test_m4a_is_read_through_ffmpeg(tmp_path, weights_file, speech):
                    weights=weights_file).returncode == 0
         np.testing.assert_array_equal(CodesFile.load(tmp_path / "m4a.npz").codes,
                                       CodesFile.load(tmp_path / "wav.npz").codes)
+
+
+def test_a_cut_matroska_file_is_refused_as_truncated(tmp_path, weights_file, speech):
+    """FFmpeg read the part of a cut Matroska/WebM file that is there, silently: half a recording was encoded
+    as if whole. Its stored length is now checked at the end; a stream's own length only (a container's is
+    its longest stream's)."""
+    pytest.importorskip("av")
+    pcm, rate = speech
+    _m4a(tmp_path / "whole.mka", pcm[:3 * rate], rate=rate, codec="flac")
+    data = (tmp_path / "whole.mka").read_bytes()
+    (tmp_path / "cut.mka").write_bytes(data[:len(data) // 2])
+    for flags in ([], ["--stream"]):
+        assert run("encode", *flags, tmp_path / "whole.mka", "-o", tmp_path / "whole.npz", "-f",
+                   weights=weights_file).returncode == 0
+        cut = run("encode", *flags, tmp_path / "cut.mka", "-o", tmp_path / "cut.npz", weights=weights_file)
+        assert cut.returncode == 1 and not (tmp_path / "cut.npz").exists(), cut.stderr
+        assert cut.stderr.startswith(f"error: {tmp_path / 'cut.mka'} is truncated: its container declares 3.00 s "
+                                     "of audio, the file holds 1.") and cut.stderr.count("\n") == 1, cut.stderr
+    _m4a(tmp_path / "two.mka", pcm[:rate], pcm[:3 * rate], rate=rate, codec="flac")  # a first stream of 1 s of 3
+    assert run("encode", tmp_path / "two.mka", "-o", tmp_path / "two.npz", weights=weights_file).returncode == 0
+    assert CodesFile.load(tmp_path / "two.npz").num_samples == 24_000  # its own 1 s, at the codec's rate
 
 
 def _understate_length(path: Path, factor: int) -> None:
@@ -781,7 +805,7 @@ def test_a_container_that_understates_its_length_is_checked_as_it_is_read(tmp_pa
 
     pcm, rate = speech
     path = tmp_path / "liar.m4a"
-    _m4a(path, pcm[:3 * rate], rate)
+    _m4a(path, pcm[:3 * rate], rate=rate)
     _understate_length(path, 10)
     with open_audio(path) as f:
         assert f.frames / f.samplerate < 0.35
@@ -797,7 +821,7 @@ def test_a_container_that_understates_its_length_is_checked_as_it_is_read(tmp_pa
 def test_without_the_ffmpeg_extra_the_message_names_it(tmp_path, speech):
     pytest.importorskip("av")
     pcm, rate = speech
-    _m4a(tmp_path / "clip.m4a", pcm[:rate], rate)
+    _m4a(tmp_path / "clip.m4a", pcm[:rate], rate=rate)
     fake = tmp_path / "site"
     (fake / "av").mkdir(parents=True)
     (fake / "av" / "__init__.py").write_text("raise ImportError('No module named av')\n")
