@@ -126,8 +126,7 @@ def plan(job: Job) -> Plan:
                            else_suffixes=(".parquet",) if s.kind == "decode" else ())
     found = (expand_containers(found, job.column or "audio") if s.kind == "encode" else
              expand_containers(found, job.column or "codes", is_table))
-    found += [Input(Path(e.name), Path(m).parent, e.item, e.relative)
-              for m in job.manifests for e in list_items(home_expanded(m), manifest=True)]
+    found += [entry for m in job.manifests for entry in listed_inputs(home_expanded(m), s.kind, job.column)]
     if not found:
         given = ", ".join("standard input" if p == STDIN else p for p in (*job.inputs, *job.manifests))
         folders = any(is_folder(p) for p in paths)
@@ -255,6 +254,25 @@ def expand_containers(found: list[Input], column: str, expands: Callable[[Path],
         expanded += [Input(Path(e.name), entry.path.parent, e.item, e.relative)
                      for e in list_items(entry.path, column)]
     return expanded
+
+
+def listed_inputs(manifest: Path, kind: str, column: str | None) -> list[Input]:
+    """The inputs an --inputs-from list names: for encode, each line an item (a span of an audio file); for
+    decode, the codes file (or table of codes) each line names, decoded whole. Outputs under -o mirror the
+    paths as the list writes them."""
+    found = []
+    for entry in list_items(manifest, manifest=True):
+        item = entry.item
+        if kind == "encode" or item.kind == "invalid":
+            found.append(Input(Path(entry.name), manifest.parent, item, entry.relative))
+        elif item.offset or item.duration is not None:
+            problem = f"{entry.name}: offset and duration pick part of an audio file; codes are decoded whole"
+            found.append(Input(Path(entry.name), manifest.parent, Item("invalid", entry.name, error=problem),
+                               entry.relative))
+        else:
+            found += expand_containers([Input(Path(item.container), manifest.parent, None, entry.relative)],
+                                       column or "codes", is_table)
+    return found
 
 
 def _glob_root(pattern: str) -> str:

@@ -354,11 +354,11 @@ def encode(
 
 @app.command()
 def decode(
-    inputs: Annotated[list[str], typer.Argument(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
         help="Codes files written by `mimi encode` or integer arrays (.npy), Parquet shards of --parquet or "
              "tables with an integer codes column (one audio file per row, with -o DIR), folders of them, quoted "
              "globs, or '-' (standard input).", metavar="CODES...",
-        readable=False, show_default=False)],
+        readable=False, show_default=False)] = None,
     output: _output_option("Audio file for one input ('-': WAV to standard output); for several, or ending in /, "
                            "a folder that mirrors the inputs' tree (NAME.wav). Default: beside each input, as "
                            "NAME.decoded.wav.") = None,
@@ -375,6 +375,11 @@ def decode(
     engine: EngineOption = "local",
     skip_existing: SkipExistingOption = False,
     manifest: ManifestOption = None,
+    inputs_from: Annotated[Optional[list[str]], typer.Option(
+        "--inputs-from", metavar="LIST", readable=False, show_default=False,
+        help="A list of codes files (or tables), whatever its name ('-': standard input; a pipe too): plain "
+             "paths, one per line or NUL-separated (find -print0), or JSON lines with path. Repeatable. Under -o "
+             "the outputs mirror the paths as the list writes them.")] = None,
     codes_column: Annotated[str, typer.Option(
         "--codes-column", help="The codes column of table inputs (Parquet, Arrow): integer lists [K][frames] "
                                "or [C][K][frames] in each row.")] = "codes",
@@ -388,8 +393,10 @@ def decode(
 
     settings = Settings("decode", weights, codec, stream=stream, sample_rate=sample_rate,
                         replace=force)
-    _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, None, quiet,
-         codes_column)
+    if not inputs and not inputs_from:
+        _fail("give codes to decode (codes files, .npy arrays, folders, globs, '-', tables or --inputs-from)", code=2)
+    _run(settings, inputs or [], output, recursive, jobs, engine, threads, skip_existing, manifest, None, quiet,
+         codes_column, inputs_from or [])
 
 
 def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,

@@ -241,6 +241,35 @@ def test_a_nul_separated_list(tmp_path):
     assert [str(e.relative) for e in entries] == ["a", "odd\nname", "sub/b"]
 
 
+def test_decode_reads_a_list_of_codes_files(tmp_path, weights_file):
+    """`find codes -name '*.npy' -print0 | mimi decode --inputs-from - -o DIR`: each listed file decoded whole,
+    as it is alone, its output mirroring the path as listed; a JSON line names one by path, and a line that
+    picks a span (offset, duration) fails alone."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "codes" / "sub").mkdir(parents=True)
+    arrays = {"codes/a.npy": rng.integers(0, 2048, (8, 6)), "codes/sub/b.npy": rng.integers(0, 2048, (4, 3))}
+    for name, array in arrays.items():
+        np.save(tmp_path / name, array)
+    done = subprocess.run([sys.executable, "-m", "mimi_cli", "decode", "--inputs-from", "-", "-o", "out/"],
+                          input="\0".join(arrays) + "\0", cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)})
+    assert done.returncode == 0 and "2 decoded" in done.stderr, done.stderr
+    for name in arrays:
+        assert run("decode", tmp_path / name, "-o", tmp_path / "alone.wav", "-f", weights=weights_file).returncode == 0
+        np.testing.assert_array_equal(sf.read(tmp_path / "out" / Path(name).with_suffix(".wav"))[0],
+                                      sf.read(tmp_path / "alone.wav")[0])
+    (tmp_path / "list.jsonl").write_text(json.dumps({"path": "codes/a.npy", "text": "hi"}) + "\n" +
+                                         json.dumps({"path": "codes/sub/b.npy", "duration": 1.0}) + "\n")
+    mixed = run("decode", "--inputs-from", tmp_path / "list.jsonl", "-o", tmp_path / "json", weights=weights_file)
+    assert mixed.returncode == 1 and "1 decoded" in mixed.stderr, mixed.stderr
+    assert "list.jsonl:2: offset and duration pick part of an audio file; codes are decoded whole" in mixed.stderr
+    assert (tmp_path / "json" / "codes" / "a.wav").exists() and not (tmp_path / "json" / "codes" / "sub").exists()
+
+
 def test_plain_files_without_o_go_to_parquet_only(tmp_path, weights_file, reference):
     """As items do: no codes file is left beside the audio of a corpus (it wrote one beside each file)."""
     folder, codes = reference
