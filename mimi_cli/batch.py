@@ -260,9 +260,13 @@ def listed_inputs(manifest: Path, kind: str, column: str | None) -> list[Input]:
     """The inputs an --inputs-from list names: for encode, each line an item (a span of an audio file); for
     decode, the codes file (or table of codes) each line names, decoded whole. Outputs under -o mirror the
     paths as the list writes them."""
-    found = []
+    found, seen = [], set()
     for entry in list_items(manifest, manifest=True):
         item = entry.item
+        if kind == "decode" and item.kind == "span":  # a file listed twice is decoded once, as a named one is
+            if os.path.realpath(item.container) in seen:
+                continue
+            seen.add(os.path.realpath(item.container))
         if kind == "encode" or item.kind == "invalid":
             found.append(Input(Path(entry.name), manifest.parent, item, entry.relative))
         elif item.offset or item.duration is not None:

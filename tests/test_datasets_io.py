@@ -243,8 +243,8 @@ def test_a_nul_separated_list(tmp_path):
 
 def test_decode_reads_a_list_of_codes_files(tmp_path, weights_file):
     """`find codes -name '*.npy' -print0 | mimi decode --inputs-from - -o DIR`: each listed file decoded whole,
-    as it is alone, its output mirroring the path as listed; a JSON line names one by path, and a line that
-    picks a span (offset, duration) fails alone."""
+    as it is alone, its output mirroring the path as listed, once if listed twice; a JSON line names one by
+    path, and a line that picks a span (offset, duration) fails alone."""
     import os
     import subprocess
     import sys
@@ -255,7 +255,7 @@ def test_decode_reads_a_list_of_codes_files(tmp_path, weights_file):
     for name, array in arrays.items():
         np.save(tmp_path / name, array)
     done = subprocess.run([sys.executable, "-m", "mimi_cli", "decode", "--inputs-from", "-", "-o", "out/"],
-                          input="\0".join(arrays) + "\0", cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          input="\0".join([*arrays, "./codes/a.npy"]) + "\0", cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)})
     assert done.returncode == 0 and "2 decoded" in done.stderr, done.stderr
     for name in arrays:
