@@ -34,7 +34,7 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from mimi_cli.audio import AUDIO_SUFFIXES
-from mimi_cli.core.threads import usable_threads
+from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_memory
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, file_ids,
                              fitted, home_expanded, is_folder, is_pipe, is_stdout, output_exists, url)
@@ -162,7 +162,7 @@ def plan(job: Job) -> Plan:
     workers, note = usable_workers(job.jobs, sum(not t.skip for t in tasks), job.engine)
     notes += [note] if note else []
     # several workers share the cores: one thread each unless told otherwise
-    per_worker = threads or (1 if workers > 1 or job.engine == "ray" else os.cpu_count() or 1)
+    per_worker = threads or (1 if workers > 1 or job.engine == "ray" else usable_cores())
     settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None, skip_existing=job.skip_existing)
     return Plan(job, tasks, settings, workers, single, notes)
 

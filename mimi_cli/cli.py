@@ -43,7 +43,8 @@ WeightsOption = Annotated[Optional[str], typer.Option(
     show_default=False)]
 ThreadsOption = Annotated[Optional[int], typer.Option(
     "--threads", min=1, help="Threads for one file's work (the output is the same at any count). "
-                             "Default: all cores.", show_default=False)]
+                             "Default: every core this process may use (its CPU affinity and quota).",
+    show_default=False)]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors.")]
 StreamOption = Annotated[bool, typer.Option(
     "--stream", help="Work block by block in flat memory (for long files). Mimi: the codes of moshi's "

@@ -254,8 +254,9 @@ def test_decode_reads_a_list_of_codes_files(tmp_path, weights_file):
     arrays = {"codes/a.npy": rng.integers(0, 2048, (8, 6)), "codes/sub/b.npy": rng.integers(0, 2048, (4, 3))}
     for name, array in arrays.items():
         np.save(tmp_path / name, array)
+    listed = "\0".join([*arrays, "./codes/a.npy"]) + "\0"  # find -print0's list, a file in it twice
     done = subprocess.run([sys.executable, "-m", "mimi_cli", "decode", "--inputs-from", "-", "-o", "out/"],
-                          input="\0".join([*arrays, "./codes/a.npy"]) + "\0", cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          input=listed, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)})
     assert done.returncode == 0 and "2 decoded" in done.stderr, done.stderr
     for name in arrays:

@@ -284,6 +284,53 @@ def test_an_error_in_a_stage_reaches_the_caller(position, stored, head):
     assert threading.active_count() <= before + 2  # at most the pool's own workers remain
 
 
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_the_cores_a_process_may_use(tmp_path, monkeypatch, version):
+    """Its CPU affinity (taskset, a cpuset), and its control group's CPU quota (docker --cpus) in whole cores,
+    the smallest of its group's and the groups above: not os.cpu_count(), the machine's."""
+    monkeypatch.setattr(threads, "CGROUPS", tmp_path)
+    monkeypatch.setattr(threads, "OWN_GROUPS", tmp_path / "self")
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    group = tmp_path / ("" if version == "v2" else "cpu,cpuacct") / "kubepods" / "pod1"
+    group.mkdir(parents=True)
+    (tmp_path / "self").write_text("0::/kubepods/pod1\n" if version == "v2" else
+                                   "5:memory:/kubepods/pod1\n4:cpu,cpuacct:/kubepods/pod1\n0::/\n")
+
+    def limit(folder, quota, period=100_000):
+        if version == "v2":
+            (folder / "cpu.max").write_text(f"{quota} {period}\n")
+        else:
+            (folder / "cpu.cfs_quota_us").write_text(f"{-1 if quota == 'max' else quota}\n")
+            (folder / "cpu.cfs_period_us").write_text(f"{period}\n")
+
+    limit(group, "max")
+    assert threads._cpu_quota() is None and threads.usable_cores() == 8  # no quota: the affinity's 8
+    limit(group, 250_000)
+    assert threads._cpu_quota() == 2.5 and threads.usable_cores() == 3  # 2.5 cores of time: 3 threads
+    limit(group.parent, 100_000)
+    assert threads.usable_cores() == 1  # the parent's quota is smaller
+    assert threads.usable_threads(4) == (1, "--threads 4 is more than the 1 core this process may use; using 1")
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    (tmp_path / "self").unlink()  # not Linux's /proc: the affinity alone
+    assert threads.usable_cores() == 1
+
+
+@pytest.mark.skipif(not hasattr(threads.os, "sched_setaffinity") or len(threads.os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two cores")
+def test_a_run_pinned_to_one_core_uses_one_thread(tmp_path, weights_file):
+    """`taskset -c 0 mimi encode` ran as many threads as the machine has cores, on the one it may use."""
+    import subprocess
+    import sys
+
+    from conftest import SAMPLE_AUDIO
+
+    pinned = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", str(SAMPLE_AUDIO / "speech_16k_mono.wav"),
+                             "-o", str(tmp_path / "a.npz"), "--threads", "2"], capture_output=True, text=True,
+                            timeout=300, preexec_fn=lambda: threads.os.sched_setaffinity(0, {0}),
+                            env={**threads.os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
+    assert pinned.returncode == 0 and "--threads 2 is more than the 1 core this process may use" in pinned.stderr
+
+
 def test_balanced_cuts_are_optimal():
     """Against every way to cut a short list into consecutive runs."""
     rng = np.random.default_rng(1)

@@ -23,15 +23,65 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
 CACHE_BLOCK = 1 << 16  # elements: 256 KB of float32 in and out, well inside a core's L2 cache
-_threads = os.cpu_count() or 1
+CGROUPS = Path("/sys/fs/cgroup")  # where Linux shows control groups (tests point these two elsewhere)
+OWN_GROUPS = Path("/proc/self/cgroup")  # this process's groups, under CGROUPS
+
+
+def usable_cores() -> int:
+    """The cores this process may use: those its CPU affinity allows (``taskset``, a container's cpuset), no
+    more than its control group's CPU quota (``docker --cpus 2``, a Kubernetes limit, systemd's CPUQuota), in
+    whole cores. ``os.cpu_count()`` counts the machine's: a container given 2 of 64 cores ran 64 threads."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cpu_quota()
+    return max(1, min(cores, math.ceil(quota)) if quota else cores)
+
+
+def _cpu_quota() -> float | None:
+    """The smallest CPU quota (cores) of this process's control group and the groups above it (cgroup v2's
+    ``cpu.max`` "QUOTA PERIOD", v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), or None for no quota."""
+    try:
+        groups = OWN_GROUPS.read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in groups:  # "0::/path" (v2), "4:cpu,cpuacct:/path" (v1)
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        v1 = "cpu" in controllers.split(",")
+        if controllers and not v1:
+            continue
+        root = CGROUPS / ",".join(sorted(controllers.split(","))) if v1 else CGROUPS
+        if v1 and not root.is_dir():
+            root = CGROUPS / "cpu"
+        folder = root / path.strip("/")
+        for group in (folder, *folder.parents):
+            try:
+                if v1:
+                    quota, period = ((group / f"cpu.cfs_{n}_us").read_text().strip() for n in ("quota", "period"))
+                else:
+                    quota, period = (group / "cpu.max").read_text().split()
+                if quota not in ("max", "-1") and float(period) > 0:
+                    quotas.append(float(quota) / float(period))
+            except (OSError, ValueError):
+                pass
+            if group == root:
+                break
+    return min(quotas) if quotas else None
+
+
+_threads = usable_cores()
 _local = threading.local()  # .threads: this thread's own count (1 inside a pipeline stage or a block)
 _controller = None  # a cached threadpoolctl.ThreadpoolController: limiting through it takes 0.04 ms, not 1.3
 
@@ -39,9 +89,10 @@ _controller = None  # a cached threadpoolctl.ThreadpoolController: limiting thro
 def usable_threads(threads: int | None) -> tuple[int | None, str | None]:
     """``threads`` capped at this machine's cores, with a note when it was: more threads than cores only
     make them take turns (a thousand threads made a 2 s encode take 55 s)."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if threads is not None and threads > cores:
-        return cores, f"--threads {threads} is more than this machine's {cores} cores; using {cores}"
+        return cores, f"--threads {threads} is more than the {cores} core{'s' * (cores > 1)} this process may " \
+                      f"use; using {cores}"
     return threads, None
 
 
