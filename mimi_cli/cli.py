@@ -818,7 +818,7 @@ def run(
             results = streamed.outputs
             summary = (f"{_count(streamed.windows, 'window')} of {streamed.window} samples, hop {streamed.hop} "
                        f"({streamed.hop / rate * 1000:.1f} ms at {rate} Hz)")
-        note = overflow_note(program, results)
+        note = overflow_note(program, results, feeds)
         if note:
             _warn(note)
         if output is not None:

@@ -441,3 +441,32 @@ def test_program_1_3_syntax_runs(tmp_path):
     assert program.opset == "ios18" and str(program.inputs[0]) == "x: fp16 [2, 3]"
     x = np.array([[1, 2, 3], [0.5, -1, 4]], np.float16)
     np.testing.assert_array_equal(program.predict({"x": x})["out"], [12.0, 7.0])
+
+
+def test_non_finite_outputs_are_traced_to_the_input_that_caused_them(tmp_path):
+    """Outputs of inf or nan were blamed on fp16 arithmetic even when an input held nan, or held values an
+    fp16 (or fp32) input cannot: the warning names that input."""
+    from mimi_cli.coreml.run import overflow_note
+
+    lines = [op("add", ("s", "fp16", (2,)), x="h", y="h"),  # fp16 arithmetic
+             op("mul", ("p", "fp32", (2,)), x="f", y="f")]
+    for precision in ("program", "fp32"):
+        program = build(tmp_path / precision, {"h": ("fp16", (2,)), "f": ("fp32", (2,))}, lines, ["s", "p"],
+                        precision)
+
+        def note(h, f, program=program):
+            feeds = {"h": np.array(h), "f": np.array(f)}  # float64, as a .npy may hold them
+            return overflow_note(program, program.predict(feeds), feeds)
+
+        assert note([1.0, 2.0], [3.0, 4.0]) is None
+        assert note([1.0, 2.0], [np.nan, 4.0]) == "p holds inf or nan: input f does"
+        assert note([1.0, 2.0], [1e39, 4.0]) == ("p holds inf or nan: input f holds values beyond fp32's range "
+                                                 "(±3.4028e+38), which become inf; scale it")
+        if precision == "program":  # 1e5 is beyond fp16's range, as an input and as a sum
+            assert note([1e5, 2.0], [3.0, 4.0]) == ("s holds inf or nan: input h holds values beyond fp16's range "
+                                                    "(±65504), which become inf; scale it; --precision fp32 holds "
+                                                    "it in fp32")
+            assert note([4e4, 2.0], [3.0, 4.0]) == ("s holds inf or nan: this program computes in fp16, whose "
+                                                    "range ends at ±65504; --precision fp32 computes it in fp32")
+        else:  # held and computed in fp32
+            assert note([1e5, 2.0], [3.0, 4.0]) is None and note([4e4, 2.0], [3.0, 4.0]) is None

@@ -139,11 +139,26 @@ def save_outputs(path, outputs: Mapping[str, np.ndarray], replace: bool) -> None
         np.savez(f, **{name: np.asarray(value) for name, value in outputs.items()})
 
 
-def overflow_note(program: CoreMLProgram, outputs: Mapping[str, np.ndarray]) -> str | None:
-    """A hint when fp16 arithmetic left non-finite outputs and fp32 would not have."""
+def overflow_note(program: CoreMLProgram, outputs: Mapping[str, np.ndarray],
+                  feeds: Mapping[str, np.ndarray] = {}) -> str | None:  # noqa: B006 (read only)
+    """Why outputs hold inf or nan, when it can be told: an input that does (given so, or beyond the range of
+    the dtype the program holds it in), or fp16 arithmetic that fp32 would not have overflowed."""
     non_finite = [name for name, value in outputs.items() if value.dtype.kind == "f" and not np.isfinite(value).all()]
-    if not non_finite or program.precision != "program" or not program.computes_fp16:
+    if not non_finite:
         return None
-    verb = "holds" if len(non_finite) == 1 else "hold"
-    return (f"{', '.join(non_finite)} {verb} inf or nan: this program computes in fp16, whose range ends at ±65504; "
-            "--precision fp32 computes it in fp32")
+    said = f"{', '.join(non_finite)} {'holds' if len(non_finite) == 1 else 'hold'} inf or nan"
+    for port in program.inputs:
+        value = np.asarray(feeds.get(port.name, 0.0))
+        held = program.dtype(port.dtype)
+        if value.dtype.kind != "f" or held.kind != "f":
+            continue
+        if not np.isfinite(value).all():
+            return f"{said}: input {port.name} does"
+        if np.abs(value).max(initial=0) > np.finfo(held).max:
+            wider = "; --precision fp32 holds it in fp32" if held == np.float16 else ""
+            return (f"{said}: input {port.name} holds values beyond {port.dtype}'s range (±{np.finfo(held).max:.5g}), "
+                    f"which become inf; scale it{wider}")
+    if program.precision != "program" or not program.computes_fp16:
+        return None
+    return (f"{said}: this program computes in fp16, whose range ends at ±65504; --precision fp32 computes it in "
+            "fp32")
