@@ -443,7 +443,9 @@ def test_urls_where_paths_are_read_or_written(corpus, weights_file, tmp_path):
     assert given.returncode == 1 and "is a URL" in given.stderr and "download it first" in given.stderr
     weights = run("encode", corpus, "-r", "-o", "codes/", "--weights", "https://example.com/model.safetensors",
                   weights=weights_file, cwd=tmp_path)
-    assert weights.returncode == 1 and "reads as a URL" in weights.stderr, weights.stderr
+    assert weights.returncode == 1 and ("weights https://example.com/model.safetensors (from --weights) is a URL of "
+                                        "no Hugging Face model repository: download the file first") \
+        in weights.stderr, weights.stderr
     (tmp_path / "s3:").mkdir()  # a local folder of that name is a path
     assert run("encode", corpus, "-r", "-o", "s3://bucket/codes/", weights=weights_file, cwd=tmp_path).returncode == 0
     assert len(list((tmp_path / "s3:" / "bucket" / "codes").rglob("*.npz"))) == 4

@@ -115,8 +115,9 @@ def test_weights_resolution_order(tmp_path, clip, weights_file):
 
 
 def test_weights_from_a_hub_repository(tmp_path, clip, weights_file):
-    """--weights OWNER/REPO[/FILE] that is no file here: the file from the Hugging Face cache (laid out here as
-    huggingface_hub lays it out), the same codes as from the file itself; offline and not cached, one line."""
+    """--weights OWNER/REPO[/FILE] (or a Hub URL of it) that is no file here: the file from the Hugging Face cache
+    (laid out here as huggingface_hub lays it out), the same codes as from the file itself; offline and not
+    cached, one line."""
     revision = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hf" / "hub" / "models--someone--mimi-hf"
     (repo / "refs").mkdir(parents=True)
@@ -144,6 +145,20 @@ def test_weights_from_a_hub_repository(tmp_path, clip, weights_file):
             "someone/absent is not in the Hugging Face cache and HF_HUB_OFFLINE is set") in result.stderr
     result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", "", weights=weights_file)  # "$UNSET"
     assert result.returncode == 1 and "--weights is empty" in result.stderr
+    # the repository's and its files' URLs, as huggingface_hub and a browser write them, at a revision too
+    hub = "https://huggingface.co/someone/mimi-hf"
+    for given in ("hf://someone/mimi-hf", f"hf://someone/mimi-hf@{revision}/sub/other.safetensors", hub,
+                  f"{hub}/tree/main", f"{hub}/blob/main/sub/other.safetensors",
+                  f"{hub}/resolve/{revision}/sub/other.safetensors?download=true"):
+        result = run("encode", clip, "-o", tmp_path / "url.npz", "-f", "--weights", given, env_extra=hf)
+        assert result.returncode == 0, (given, result.stderr)
+        with np.load(tmp_path / "url.npz") as got, np.load(tmp_path / "direct.npz") as want:
+            np.testing.assert_array_equal(got["codes"], want["codes"])
+    result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", f"{hub}/blob/v2/sub/other.safetensors",
+                 env_extra=hf)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert (f"weights {hub}/blob/v2/sub/other.safetensors (from --weights): sub/other.safetensors of someone/mimi-hf "
+            "at revision v2 is not in the Hugging Face cache and HF_HUB_OFFLINE is set") in result.stderr
     for path_like in ("someone/absent.safetensors", "./someone/absent", "someone/../absent"):
         result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", path_like, env_extra=hf)
         assert f"weights file {path_like.removeprefix('./')} (from --weights) does not exist\n" in result.stderr

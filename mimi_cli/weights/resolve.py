@@ -10,6 +10,9 @@ A name given that is no file here but reads as a Hub repository is fetched from 
     kyutai/mimi                              the repo's model.safetensors (the released
                                              repo: its released file)
     kyutai/moshiko-pytorch-bf16/FILE         FILE of the repo (sub-folders allowed)
+    hf://kyutai/mimi@REV/FILE                huggingface_hub's URL of the same, at a revision
+    https://huggingface.co/kyutai/mimi/blob/REV/FILE    the file's page (or resolve/: its
+                                             download link), as a browser shows it
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def resolve_weights(explicit: str | os.PathLike | None, spec) -> Path:
     for candidate, origin in ((explicit, "--weights"), (os.environ.get(env) or None, f"${env}")):
         if candidate is not None:
             return locate(str(candidate), spec, f" (from {origin})")
-    return _download(spec.hub_repo, spec.hub_file, f"no {spec.config().display_name} weights: ",
+    return _download(spec.hub_repo, spec.hub_file, None, f"no {spec.config().display_name} weights: ",
                      f"pass --weights PATH or set {env}, or go online once to fetch it")
 
 
@@ -51,38 +54,67 @@ def locate(name: str, spec, origin: str = "") -> Path:
                            "give its name")
     hub = hub_reference(name, spec) if problem == "does not exist" else None
     if hub is None:
-        raise WeightsError(f"weights file {path}{origin} {problem}" + (
-            "; it reads as a URL: download the file first, or give a Hugging Face repo as OWNER/REPO"
-            if url(name) else ""))
-    return _download(*hub, f"weights file {path}{origin} does not exist here, and ",
-                     "give a file's path, or go online once to fetch it")
+        if url(name):  # as given: a path would show "https:/…"
+            raise WeightsError(f"weights {name}{origin} is a URL of no Hugging Face model repository: download the "
+                               "file first, or give a Hugging Face repo as OWNER/REPO (or its huggingface.co URL)")
+        raise WeightsError(f"weights file {path}{origin} {problem}")
+    shown = f"weights {name}{origin}: " if url(name) else f"weights file {path}{origin} does not exist here, and "
+    return _download(*hub, shown, "give a file's path, or go online once to fetch it")
 
 
 WEIGHTS_SUFFIXES = (".safetensors", ".mlmodelc", ".mlpackage", ".bin", ".pt", ".pth", ".ckpt")
 
 
-def hub_reference(name: str, spec) -> tuple[str, str] | None:
-    """``(repo, file)`` for a name that reads as a Hub repository (``owner/repo`` or ``owner/repo/FILE``),
-    else None. A repo alone means its ``model.safetensors`` (the codec's released file in the released repo)."""
+def hub_reference(name: str, spec) -> tuple[str, str, str | None] | None:
+    """``(repo, file, revision)`` for a name that reads as a Hub repository (``owner/repo`` or
+    ``owner/repo/FILE``, or a Hub URL of one: see the module docstring), else None. A repo alone means its
+    ``model.safetensors`` (the codec's released file in the released repo)."""
     import re
 
+    name, revision = _hub_url(name) or (name, None)
     parts = name.split("/")
     if len(parts) < 2 or not all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", p) for p in parts):
         return None  # an absolute or ./relative path, "..", an empty part, a name the Hub does not allow
     if len(parts) == 2 and Path(parts[1]).suffix.lower() in WEIGHTS_SUFFIXES:
         return None  # folder/file.safetensors: a path mistyped, not a repo
     repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    return repo, filename or (spec.hub_file if repo == spec.hub_repo else "model.safetensors")
+    return repo, filename or (spec.hub_file if repo == spec.hub_repo else "model.safetensors"), revision
 
 
-def _download(repo: str, filename: str, failure: str, advice: str) -> Path:
+def _hub_url(name: str) -> tuple[str, str | None] | None:
+    """``("owner/repo[/FILE]", revision)`` for a Hub URL of a model repository or one of its files, else None:
+    ``hf://owner/repo[@REV][/FILE]``, ``https://huggingface.co/owner/repo`` and its ``/blob/REV/FILE``,
+    ``/resolve/REV/FILE`` (the download link) and ``/tree/REV`` pages (on $HF_ENDPOINT's host too)."""
+    from urllib.parse import unquote, urlsplit
+
+    if name.startswith("hf://"):
+        parts = name[len("hf://"):].split("/")
+        if parts[0] in ("datasets", "spaces"):  # not a model repository
+            return None
+        repo_name, _, revision = parts[1].partition("@") if len(parts) > 1 else ("", "", "")
+        return "/".join([parts[0], repo_name, *parts[2:]]), unquote(revision) or None
+    from huggingface_hub import constants
+
+    address = urlsplit(name)
+    if address.scheme not in ("http", "https") or address.hostname not in (
+            "huggingface.co", urlsplit(constants.ENDPOINT).hostname):  # a query (?download=true) is the browser's
+        return None
+    parts = [unquote(p) for p in address.path.strip("/").split("/")]  # a revision may be "refs%2Fpr%2F1"
+    if len(parts) == 2:
+        return "/".join(parts), None
+    if len(parts) == 4 and parts[2] == "tree" or len(parts) > 4 and parts[2] in ("blob", "resolve"):
+        return "/".join([*parts[:2], *parts[4:]]), parts[3]
+    return None
+
+
+def _download(repo: str, filename: str, revision: str | None, failure: str, advice: str) -> Path:
     """``filename`` of the Hub repository ``repo`` from the Hugging Face cache, downloading it (once) if it is
     not there; when neither works, the error is ``failure`` + what is missing and why + ``advice``."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.utils import logging as hub_logging
 
     try:
-        return Path(hf_hub_download(repo, filename, local_files_only=True))
+        return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=True))
     except Exception:  # not cached: download below
         pass
     reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else None
@@ -92,10 +124,11 @@ def _download(repo: str, filename: str, failure: str, advice: str) -> Path:
     if reason is None:
         hub_logging.set_verbosity_error()  # its retry warnings would break our one-line errors
         try:
-            return Path(hf_hub_download(repo, filename))
+            return Path(hf_hub_download(repo, filename, revision=revision))
         except Exception as exc:  # hub errors: all mean "no weights here"
             reason = f"could not be downloaded ({type(exc).__name__})"
-    raise WeightsError(f"{failure}{filename} of {repo} is not in the Hugging Face cache and {reason}; {advice}")
+    at = f" at revision {revision}" if revision else ""
+    raise WeightsError(f"{failure}{filename} of {repo}{at} is not in the Hugging Face cache and {reason}; {advice}")
 
 
 def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
