@@ -31,13 +31,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlsplit
 
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_memory
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, file_ids,
-                             fitted, home_expanded, is_folder, is_pipe, is_stdout, output_exists, url)
+                             fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path, output_exists, url)
 from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, skipped
 from mimi_cli.sources import Item, is_container, is_table, known_keys, list_items
 
@@ -365,8 +364,9 @@ def _local_paths(job: Job) -> Job:
     ``s3:``). Only --parquet takes a store's URI."""
     dash = as_written
     job = replace(job, parquet=local_path(job.parquet, "--parquet"),
-                  manifest=dash(local_path(job.manifest, "--manifest")), output=dash(job.output),
-                  inputs=tuple(map(dash, job.inputs)), manifests=tuple(map(dash, job.manifests)))
+                  manifest=dash(local_path(job.manifest, "--manifest")), output=dash(local_path(job.output, "-o")),
+                  inputs=tuple(dash(local_path(i, "input")) for i in job.inputs),
+                  manifests=tuple(dash(local_path(m, "--inputs-from")) for m in job.manifests))
     for given, label in ((job.output, "-o"), (job.manifest, "--manifest"), *((i, "input") for i in job.inputs),
                          *((m, "--inputs-from") for m in job.manifests)):
         if given is not None and url(given):
@@ -375,16 +375,6 @@ def _local_paths(job: Job) -> Job:
                             "machine or a mounted file system: " + (
                                 "give a path (--parquet takes a store's URI)" if writes else "download it first"))
     return job
-
-
-def local_path(uri: str | None, label: str) -> str | None:
-    """``file:///data/codes`` → ``/data/codes``; anything else as it is."""
-    if uri is None or not uri.startswith("file://"):
-        return uri
-    parts = urlsplit(uri)
-    if parts.netloc not in ("", "localhost"):
-        raise MimiError(f"{label}: {uri} names another machine ({parts.netloc}); give a path on this one")
-    return unquote(parts.path, errors="surrogateescape")
 
 
 def remote_folder(uri: str, replace_ok: bool):

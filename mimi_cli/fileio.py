@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
+from urllib.parse import unquote, urlsplit
 
 from mimi_cli.errors import MimiError, OutputExistsError
 
@@ -73,6 +74,16 @@ def url(text: str) -> bool:
     scheme = text.split("/", 1)[0]
     return len(scheme) > 2 and scheme.endswith(":") and "/" in text and scheme[0].isalpha() \
         and all(c.isalnum() or c in "+.-" for c in scheme[:-1]) and not os.path.lexists(scheme)
+
+
+def local_path(uri: str | None, label: str) -> str | None:
+    """``file:///data/codes`` → ``/data/codes``; anything else as it is."""
+    if uri is None or not uri.startswith("file://"):
+        return uri
+    parts = urlsplit(uri)
+    if parts.netloc not in ("", "localhost"):
+        raise MimiError(f"{label}: {uri} names another machine ({parts.netloc}); give a path on this one")
+    return unquote(parts.path, errors="surrogateescape")
 
 
 def as_written(given: str | None) -> str | None:

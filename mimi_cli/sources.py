@@ -29,7 +29,7 @@ from typing import Literal
 
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import InvalidAudioError, InvalidCodesError, MimiError, first_line, loads_json, physical_memory
-from mimi_cli.fileio import STDIN, check_stdin, file_kind, home_expanded
+from mimi_cli.fileio import STDIN, check_stdin, file_kind, home_expanded, local_path, url
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path")
 MAX_MEMBER_BYTES = 2 << 30  # an audio member or cell read into memory at once
@@ -144,8 +144,9 @@ def _records(text: str, shown: str):
         except ValueError as exc:
             if line.lstrip()[:1] in ("{", "["):  # meant as JSON
                 yield number, name, None, f"{name} is not JSON ({exc})"
-            else:  # a path alone: the input is that file, not a line of a list
-                yield number, line.strip(), {"audio_filepath": line.strip()}, None
+            else:  # a path alone: the input is that file, not a line of a list (a URL's line is named as one)
+                path = line.strip()
+                yield number, name if url(path) else path, {"audio_filepath": path}, None
 
 
 def _json_array(text: str) -> list | None:
@@ -171,6 +172,13 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
                if bad_duration else None)
     if problem:
         return None, problem
+    try:
+        audio = local_path(audio, name)  # file:///data/a.wav is /data/a.wav
+    except MimiError as exc:
+        return None, str(exc)
+    if url(audio):
+        return None, f"{name}: {audio} is a URL, and mimi reads files on this machine or a mounted file system: " \
+                     "download it first"
     audio_path = home_expanded(audio)
     audio_path = audio_path if audio_path.is_absolute() else base / audio_path
     own = {"manifest_line": number, "audio_filepath": audio, "offset": offset, "duration": duration}

@@ -446,6 +446,19 @@ def test_urls_where_paths_are_read_or_written(corpus, weights_file, tmp_path):
     assert weights.returncode == 1 and ("weights https://example.com/model.safetensors (from --weights) is a URL of "
                                         "no Hugging Face model repository: download the file first") \
         in weights.stderr, weights.stderr
+    # file:// URIs are paths, as inputs, -o and lines of a list; a line that is another URL fails alone
+    wav = sorted(corpus.rglob("*.wav"))[0]
+    uri = run("encode", wav.as_uri(), "-o", (tmp_path / "uri.npz").as_uri(), weights=weights_file, cwd=tmp_path)
+    assert uri.returncode == 0 and (tmp_path / "uri.npz").exists(), uri.stderr
+    (tmp_path / "list.txt").write_text(f"https://example.com/a.wav\n{wav.as_uri()}\n"
+                                       f"{json.dumps({'audio_filepath': 's3://bucket/b.wav'})}\nfile://host/c.wav\n")
+    listed = run("encode", "--inputs-from", tmp_path / "list.txt", "-o", tmp_path / "listed", weights=weights_file)
+    assert listed.returncode == 1 and "1 encoded" in listed.stderr, listed.stderr
+    assert (tmp_path / "listed" / f"{wav.stem}.npz").exists()  # an absolute path's output: by its name
+    for line, given in ((1, "https://example.com/a.wav"), (3, "s3://bucket/b.wav")):
+        assert (f"list.txt:{line}: {given} is a URL, and mimi reads files on this machine or a mounted file system: "
+                "download it first") in listed.stderr
+    assert "list.txt:4: file://host/c.wav names another machine (host); give a path on this one" in listed.stderr
     (tmp_path / "s3:").mkdir()  # a local folder of that name is a path
     assert run("encode", corpus, "-r", "-o", "s3://bucket/codes/", weights=weights_file, cwd=tmp_path).returncode == 0
     assert len(list((tmp_path / "s3:" / "bucket" / "codes").rglob("*.npz"))) == 4
