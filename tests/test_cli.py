@@ -147,7 +147,8 @@ def test_weights_from_a_hub_repository(tmp_path, clip, weights_file):
     assert result.returncode == 1 and "--weights is empty" in result.stderr
     # the repository's and its files' URLs, as huggingface_hub and a browser write them, at a revision too
     hub = "https://huggingface.co/someone/mimi-hf"
-    for given in ("hf://someone/mimi-hf", f"hf://someone/mimi-hf@{revision}/sub/other.safetensors", hub,
+    for given in (weights_file.as_uri(), "hf://someone/mimi-hf",  # and a file:// URI is a path
+                  f"hf://someone/mimi-hf@{revision}/sub/other.safetensors", hub,
                   f"{hub}/tree/main", f"{hub}/blob/main/sub/other.safetensors",
                   f"{hub}/resolve/{revision}/sub/other.safetensors?download=true"):
         result = run("encode", clip, "-o", tmp_path / "url.npz", "-f", "--weights", given, env_extra=hf)

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from mimi_cli.errors import WeightsError
-from mimi_cli.fileio import STDIN, home_expanded, missing, url
+from mimi_cli.fileio import STDIN, home_expanded, local_path, missing, url
 
 
 def resolve_weights(explicit: str | os.PathLike | None, spec) -> Path:
@@ -45,6 +45,7 @@ def locate(name: str, spec, origin: str = "") -> Path:
     """The weights file ``name`` names: a path, or, when no such file exists and the name reads as a Hub
     repository, that repository's file from the Hugging Face cache (fetched once); ``origin`` says where
     the name came from, in the error."""
+    name = local_path(name, f"weights{origin}")  # file:///data/w.safetensors is /data/w.safetensors
     path = home_expanded(name)
     problem = missing(path)
     if problem is None:
