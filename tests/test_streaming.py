@@ -146,6 +146,24 @@ def test_streams_advance_together_in_a_batch(small_model):
     np.testing.assert_allclose(audio[2], small_model.stream_decoder().push(codes[2]), rtol=1e-5, atol=1e-6)
 
 
+def test_more_streams_than_memory_holds_are_refused_before_they_are_built(small_model, monkeypatch):
+    """stream_encoder(batch_size=10**9) built its groups of streams one by one for hours; now the batch's
+    state (the registry's bytes per stream) must fit the machine's memory, checked first."""
+    from mimi_cli import errors
+    from mimi_cli.models import codec_spec
+
+    each = codec_spec("mimi").stream_bytes
+    monkeypatch.setattr(errors, "physical_memory", lambda: int(3.5 * each))  # room for 3 streams
+    for make in (small_model.stream_encoder, small_model.stream_decoder, small_model.stream_duplex):
+        with pytest.raises(ValueError, match=f"^4 streams would hold about .* GB \\({each / 1e6:.0f} MB each\\), "
+                                             "more than this machine's .* GB: at most 3 streams here$"):
+            make(batch_size=4)
+        make(batch_size=3)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="1,000,000,000 streams would hold"):
+        small_model.stream_duplex(batch_size=10**9)
+
+
 # ----------------------------------------------------------------------------- bad pushes
 
 

@@ -31,6 +31,7 @@ class CodecSpec:
     weights_env: str  # environment variable naming a weights file
     batch_bytes_per_second: float  # peak memory growth per second of audio in batch mode (docs/performance.md)
     streaming: bool = False  # the model has stream_encoder() / stream_decoder(): --stream
+    stream_bytes: float = 0.0  # memory of one stream of a duplex once its window is full (docs/performance.md)
     bench_parts: tuple[str, ...] = ("model",)  # what `mimi bench` measures: kernels, model, stream
 
     def config(self):
@@ -49,10 +50,12 @@ class CodecSpec:
 
 MIMI = CodecSpec("mimi", "mimi_cli.models.mimi", "Mimi", "MimiConfig",
                  "kyutai/moshiko-pytorch-bf16", "tokenizer-e351c8d8-checkpoint125.safetensors", "MIMI_WEIGHTS",
-                 batch_bytes_per_second=2e6, streaming=True, bench_parts=("kernels", "model", "stream"))
+                 batch_bytes_per_second=2e6, streaming=True, stream_bytes=28e6,
+                 bench_parts=("kernels", "model", "stream"))
 ENCODEC_24KHZ = CodecSpec("encodec-24khz", "mimi_cli.models.encodec", "Encodec", "EncodecConfig",
                           "facebook/encodec_24khz", "model.safetensors", "ENCODEC_WEIGHTS",
-                          batch_bytes_per_second=2.5e6, streaming=True, bench_parts=("model", "stream"))
+                          batch_bytes_per_second=2.5e6, streaming=True, stream_bytes=3e6,
+                          bench_parts=("model", "stream"))
 CODECS = {spec.name: spec for spec in (MIMI, ENCODEC_24KHZ)}
 DEFAULT_CODEC = MIMI.name
 

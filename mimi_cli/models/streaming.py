@@ -48,8 +48,7 @@ class StreamEncoder:
     def __init__(self, model: Codec, batch_size: int = 1, num_codebooks: int | None = None,
                  frames_per_step: int = 1, split: bool = True):
         num_codebooks = model.config.levels(num_codebooks)
-        if batch_size < 1 or frames_per_step < 1:
-            raise ValueError("batch_size and frames_per_step must be at least 1")
+        _check_streams(model, batch_size, frames_per_step)
         self.model, self.batch_size, self.split = model, batch_size, split
         self.num_codebooks, self.frames_per_step = num_codebooks, frames_per_step
         self.reset()
@@ -118,8 +117,7 @@ class StreamDecoder:
     """
 
     def __init__(self, model: Codec, batch_size: int = 1, frames_per_step: int = 1, split: bool = True):
-        if batch_size < 1 or frames_per_step < 1:
-            raise ValueError("batch_size and frames_per_step must be at least 1")
+        _check_streams(model, batch_size, frames_per_step)
         self.model, self.batch_size, self.frames_per_step, self.split = model, batch_size, frames_per_step, split
         self.reset()
 
@@ -229,6 +227,22 @@ class StreamDuplex:
 
         run_blocks(one, 2)  # one thread each when there are two; else one after the other
         return out[0], out[1]
+
+
+def _check_streams(model: Codec, batch_size: int, frames_per_step: int) -> None:
+    """A batch of streams whose state fits this machine's memory (a stream's bytes: the codec's registry
+    entry), refused before it is built: a million streams were built one group at a time for hours."""
+    from mimi_cli.errors import physical_memory
+    from mimi_cli.models import CODECS
+
+    if batch_size < 1 or frames_per_step < 1:
+        raise ValueError("batch_size and frames_per_step must be at least 1")
+    spec = CODECS.get(model.config.name)
+    each, memory = (spec.stream_bytes if spec else 0.0), physical_memory()
+    if each and memory and batch_size * each > memory:
+        raise ValueError(f"{batch_size:,} streams would hold about {batch_size * each / 1e9:,.0f} GB "
+                         f"({each / 1e6:.0f} MB each), more than this machine's {memory / 1e9:.0f} GB: at most "
+                         f"{int(memory // each):,} streams here")
 
 
 def _batched(x: np.ndarray, batch_size: int, dims: list[str], error: type[Exception], what: str
