@@ -87,8 +87,8 @@ _controller = None  # a cached threadpoolctl.ThreadpoolController: limiting thro
 
 
 def usable_threads(threads: int | None) -> tuple[int | None, str | None]:
-    """``threads`` capped at this machine's cores, with a note when it was: more threads than cores only
-    make them take turns (a thousand threads made a 2 s encode take 55 s)."""
+    """``threads`` capped at the cores this process may use (:func:`usable_cores`), with a note when it was: more
+    threads than cores only make them take turns (a thousand threads made a 2 s encode take 55 s)."""
     cores = usable_cores()
     if threads is not None and threads > cores:
         return cores, f"--threads {threads} is more than the {cores} core{'s' * (cores > 1)} this process may " \
