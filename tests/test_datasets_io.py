@@ -618,6 +618,37 @@ def test_each_member_of_a_shard_is_found_without_reading_the_headers_before_it(t
         open_item(entries[8].item, entries[8].name)
 
 
+def test_links_inside_a_shard_are_followed_inside_it_only(tmp_path, weights_file, reference):
+    """Hard and symbolic links in a shard were skipped without a word. Now each is its target's audio (and
+    text), as `tar -x` would make it; a link out of the shard, to nothing, or in a loop fails alone, and
+    nothing outside the shard is ever read."""
+    folder, codes = reference
+    shard = tmp_path / "links.tar"
+    outside = folder / "one.wav"  # a symbolic link to it must not reach it
+    with tarfile.open(shard, "w") as archive:
+        _add(archive, "s/a.wav", (folder / "one.wav").read_bytes())
+        _add(archive, "s/a.txt", b"words")
+        for name, kind, target in (("s/hard.wav", tarfile.LNKTYPE, "s/a.wav"), ("s/soft.wav", tarfile.SYMTYPE, "a.wav"),
+                                   ("s/soft.txt", tarfile.SYMTYPE, "./a.txt"),
+                                   ("s/up.wav", tarfile.SYMTYPE, "../../" + outside.name),
+                                   ("s/abs.wav", tarfile.SYMTYPE, str(outside)), ("x.wav", tarfile.SYMTYPE, "y.wav"),
+                                   ("y.wav", tarfile.SYMTYPE, "x.wav"), ("s/none.wav", tarfile.LNKTYPE, "s/no.wav")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            archive.addfile(info)
+    result = run("encode", shard, "-o", tmp_path / "out", "--manifest", tmp_path / "m.jsonl", weights=weights_file)
+    assert result.returncode == 1 and "3 encoded" in result.stderr and "5 failed" in result.stderr, result.stderr
+    for name in ("a", "hard", "soft"):
+        np.testing.assert_array_equal(CodesFile.load(tmp_path / "out" / "links" / "s" / f"{name}.npz").codes,
+                                      codes["one"])
+    rows = {row["input"]: row for row in map(json.loads, (tmp_path / "m.jsonl").read_text().splitlines())}
+    assert rows[f"{shard}#s/soft.wav"]["txt"] == "words"
+    for name, target in (("s/up.wav", "../../one.wav"), ("s/abs.wav", str(outside)), ("x.wav", "y.wav"),
+                         ("s/none.wav", "s/no.wav")):
+        assert (f"{shard}#{name} is a link to {target}, which leads to no file in the shard (links are followed "
+                "inside it only)") in result.stderr
+
+
 def test_corrupt_shard_is_one_failure(tmp_path, weights_file):
     (tmp_path / "bad.tar").write_bytes(b"\x00" * 100 + b"definitely not a tar archive" * 40)
     result = run("encode", tmp_path / "bad.tar", "-o", tmp_path / "codes", weights=weights_file)
