@@ -344,6 +344,57 @@ def test_fuzz_wav_headers(tmp_path_factory):
     check()
 
 
+# ----------------------------------------------------------------------------- WebDataset tar shards
+
+
+def test_fuzz_tar_shards(tmp_path_factory):
+    """A shard (audio, text and JSON members, hard and symbolic links, long names in PAX and GNU headers) with
+    bytes changed: listing it and reading each item's audio raise the reader's own errors only."""
+    import tarfile
+
+    from mimi_cli.errors import MimiError
+    from mimi_cli.sources import _tar_headers, list_items, open_item
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.linspace(-0.5, 0.5, 480, dtype=np.float32), 24000, format="WAV", subtype="PCM_16")
+    wav = buffer.getvalue()
+    folder = tmp_path_factory.mktemp("tar")
+    seeds = []
+    for number, form in enumerate((tarfile.PAX_FORMAT, tarfile.GNU_FORMAT)):
+        with tarfile.open(folder / f"seed{number}.tar", "w", format=form) as shard:
+            for name, data in (("k1.wav", wav), ("k1.json", b'{"text": "hi"}'), ("d/" + "n" * 120 + ".wav", wav),
+                               ("k2.txt", b"words")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                shard.addfile(info, io.BytesIO(data))
+            for name, kind, target in (("k3.wav", tarfile.LNKTYPE, "k1.wav"), ("k2.wav", tarfile.SYMTYPE, "k1.wav")):
+                info = tarfile.TarInfo(name)
+                info.type, info.linkname = kind, target
+                shard.addfile(info)
+        seeds.append((folder / f"seed{number}.tar").read_bytes())
+    path = folder / "x.tar"
+
+    def read_all() -> None:
+        for entry in list_items(path):
+            try:
+                with open_item(entry.item, entry.name) as reader:
+                    reader.read()
+            except MimiError:  # this item fails alone; the others are still read
+                pass
+
+    path.write_bytes(seeds[0])
+    assert len(list_items(path)) == 4  # k1, the long name, and the two links
+
+    @FUZZ
+    @given(mutated(seeds))
+    def check(data: bytes) -> None:
+        _tar_headers.cache_clear()
+        path.write_bytes(data)
+        bounded(read_all, MimiError)
+
+    check()
+
+
 # ----------------------------------------------------------------------------- tables of codes (Parquet)
 
 
