@@ -115,7 +115,7 @@ class CodesFile:
             hint = f"; it holds {kind}" + (", which `mimi encode` turns into codes" if "audio" in kind else "") \
                 if kind else ""
             raise InvalidCodesError(f"{path} is not a codes file (expected the .npz archive written by mimi "
-                                    f"encode){hint}")
+                                    f"encode, or an integer array: .npy, or one array in .npz or .safetensors){hint}")
         try:
             with zipfile.ZipFile(path) as archive:
                 return cls._validated(path, archive, _read_members(path, archive))
@@ -132,13 +132,15 @@ class CodesFile:
             raise malformed(InvalidCodesError, f"codes file {path}", exc) from None
 
     @classmethod
-    def from_array(cls, path: Path, codec: str, member: zipfile.ZipInfo | None = None) -> CodesFile:
-        """Codes from a bare integer array (a ``.npy`` file, or the one ``member`` of an ``.npz`` archive):
-        every value checked as a codes file's are; length = frames × frame size."""
+    def from_array(cls, path: Path, codec: str, member: zipfile.ZipInfo | str | None = None) -> CodesFile:
+        """Codes from a bare integer array (a ``.npy`` file, the one ``member`` of an ``.npz`` archive, or the one
+        tensor of a ``.safetensors`` file, named by ``member``): every value checked as a codes file's are;
+        length = frames × frame size."""
         from mimi_cli.npy import InvalidArrayError, read_npy, read_npy_member
 
         config = codec_spec(codec).config()
-        shown = str(path) if member is None else f"{path} ({member.filename.removesuffix('.npy')})"
+        name = member if isinstance(member, str) else member and member.filename.removesuffix(".npy")
+        shown = str(path) if member is None else f"{path} ({name})"
 
         def fail(problem: str) -> InvalidCodesError:
             return InvalidCodesError(f"{shown}: {problem}")
@@ -147,6 +149,8 @@ class CodesFile:
         try:
             if member is None:
                 array = read_npy(path, max_bytes)
+            elif isinstance(member, str):
+                array = _tensor(path, member, max_bytes, fail)
             else:
                 with zipfile.ZipFile(path) as archive:
                     array = read_npy_member(archive, member, shown, max_bytes)
@@ -289,8 +293,42 @@ def load_codes(path: Path, codec: str = DEFAULT_CODEC) -> CodesFile:
         is_array = False  # CodesFile.load says what is wrong with the path
     if is_array:
         return CodesFile.from_array(path, codec)
-    lone = _lone_array(path)
+    lone = _lone_array(path) or _lone_tensor(path)
     return CodesFile.from_array(path, codec, lone) if lone else CodesFile.load(path)
+
+
+def _lone_tensor(path: Path) -> str | None:
+    """The name of the one tensor of a ``.safetensors`` file that holds nothing else (a language model's codes
+    saved with ``safetensors.torch.save_file``), read as a bare array; None for anything else (weights hold
+    many tensors)."""
+    from mimi_cli.errors import WeightsError
+    from mimi_cli.weights.safetensors import SafetensorsFile
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) == b"PK":  # a zip archive (.npz), whose first bytes would read as a huge header length
+                return None
+        infos = SafetensorsFile(path).infos
+    except (OSError, WeightsError):
+        return None
+    return next(iter(infos)) if len(infos) == 1 else None
+
+
+def _tensor(path: Path, name: str, max_bytes: int, fail) -> np.ndarray:
+    """A safetensors file's tensor as stored (memory-mapped), refused before reading when over ``max_bytes``."""
+    from mimi_cli.errors import WeightsError
+    from mimi_cli.weights.safetensors import SafetensorsFile
+
+    try:
+        tensors = SafetensorsFile(path)
+    except WeightsError as exc:
+        raise fail(str(exc)) from None
+    info = tensors.infos[name]
+    if info.end - info.begin > max_bytes:
+        raise fail(f"holds {info.end - info.begin:,} bytes, more than the codes of a week of audio")
+    if info.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):  # stored as raw bits: say what they are
+        return tensors.tensor(name)
+    return np.array(tensors.raw(name))  # a copy: the file may be replaced while it is decoded
 
 
 def _lone_array(path: Path) -> zipfile.ZipInfo | None:

@@ -161,8 +161,8 @@ def test_a_file_given_to_the_wrong_command_is_named(tmp_path, short_clip, comman
 
     np.savez(tmp_path / "codes.npz", **valid_codes_arrays())
     np.save(tmp_path / "codes.npy", np.zeros((8, 3), np.uint16))
-    save_file({"w": np.zeros(4, np.float32)}, str(tmp_path / "w.safetensors"))
-    before = {p.name for p in tmp_path.iterdir()}
+    save_file({"w": np.zeros(4, np.float32), "b": np.zeros(2, np.float32)}, str(tmp_path / "w.safetensors"))
+    before = {p.name for p in tmp_path.iterdir()}  # weights hold many tensors (one alone is a bare array)
     result = run(command, tmp_path / given, "-o", tmp_path / ("out.npz" if command == "encode" else "out.wav"))
     assert_clean_failure(result, tmp_path, before, what, hint)
 

@@ -283,6 +283,29 @@ def test_an_npz_of_one_array_decodes_as_that_array(tmp_path, weights_file, encod
     assert floats.returncode == 1 and "float.npz (x): holds float32 values; codes are integers" in floats.stderr
 
 
+def test_a_safetensors_file_of_one_tensor_decodes_as_that_tensor(tmp_path, weights_file, encoded):
+    """A language model's codes saved with safetensors (`save_file({"codes": t}, …)`, torch's safe format) were
+    "not a codes file; it holds .safetensors weights". Its one tensor is a bare array now, any integer dtype
+    (the same audio as the .npy), checked as one; a file of several tensors is weights, as before."""
+    from safetensors.numpy import save_file
+
+    codes = CodesFile.load(encoded).codes[0]
+    np.save(tmp_path / "gen.npy", codes)
+    save_file({"audio_codes": codes.astype(np.int32)}, str(tmp_path / "gen.safetensors"))
+    for source in ("gen.npy", "gen.safetensors"):
+        result = run("decode", tmp_path / source, "-o", tmp_path / f"{source}.wav", weights=weights_file)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "gen.npy.wav").read_bytes() == (tmp_path / "gen.safetensors.wav").read_bytes()
+    save_file({"logits": codes.astype(np.float32)}, str(tmp_path / "float.safetensors"))
+    floats = run("decode", tmp_path / "float.safetensors", "-o", tmp_path / "f.wav", weights=weights_file)
+    assert floats.returncode == 1 and "float.safetensors (logits): holds float32 values; codes are integers" \
+        in floats.stderr
+    save_file({"a": codes, "b": codes}, str(tmp_path / "two.safetensors"))
+    two = run("decode", tmp_path / "two.safetensors", "-o", tmp_path / "two.wav", weights=weights_file)
+    assert two.returncode == 1 and "it holds .safetensors weights" in two.stderr
+    assert not (tmp_path / "f.wav").exists() and not (tmp_path / "two.wav").exists()
+
+
 def test_a_file_named_dash_is_named_as_unix_names_it(tmp_path, weights_file, dialogue):
     """`./-` names a file called "-" (as with cat or rm); it was read as standard input ("standard input is
     empty"), as a Path makes ./- into -. Now it is that file, as input and as output."""
