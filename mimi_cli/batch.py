@@ -131,7 +131,8 @@ def plan(job: Job) -> Plan:
         folders = any(is_folder(p) for p in paths)
         if all(p == STDIN or is_container(home_expanded(p)) for p in job.inputs):
             one = len(job.inputs) + len(job.manifests) == 1
-            kinds = "no lines, no audio members, no rows" if s.kind == "encode" else "no rows"
+            kinds = ("no lines, no audio members, no rows" if s.kind == "encode" else
+                     "no rows" if job.inputs else "no lines")
             raise MimiError(f"{given} {'holds' if one else 'hold'} nothing to {s.kind} ({kinds})")
         raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {given}"
                         + (" (use -r to search sub-folders)" if folders and not job.recursive else ""))

@@ -269,6 +269,9 @@ def test_decode_reads_a_list_of_codes_files(tmp_path, weights_file):
     assert mixed.returncode == 1 and "1 decoded" in mixed.stderr, mixed.stderr
     assert "list.jsonl:2: offset and duration pick part of an audio file; codes are decoded whole" in mixed.stderr
     assert (tmp_path / "json" / "codes" / "a.wav").exists() and not (tmp_path / "json" / "codes" / "sub").exists()
+    (tmp_path / "empty.txt").write_text("\n")
+    empty = run("decode", "--inputs-from", tmp_path / "empty.txt", "-o", tmp_path / "none", weights=weights_file)
+    assert empty.returncode == 1 and "empty.txt holds nothing to decode (no lines)" in empty.stderr, empty.stderr
 
 
 def test_plain_files_without_o_go_to_parquet_only(tmp_path, weights_file, reference):
