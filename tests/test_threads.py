@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import threading
 import time
 
@@ -290,7 +291,7 @@ def test_the_cores_a_process_may_use(tmp_path, monkeypatch, version):
     the smallest of its group's and the groups above: not os.cpu_count(), the machine's."""
     monkeypatch.setattr(threads, "CGROUPS", tmp_path)
     monkeypatch.setattr(threads, "OWN_GROUPS", tmp_path / "self")
-    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     group = tmp_path / ("" if version == "v2" else "cpu,cpuacct") / "kubepods" / "pod1"
     group.mkdir(parents=True)
     (tmp_path / "self").write_text("0::/kubepods/pod1\n" if version == "v2" else
@@ -310,12 +311,12 @@ def test_the_cores_a_process_may_use(tmp_path, monkeypatch, version):
     limit(group.parent, 100_000)
     assert threads.usable_cores() == 1  # the parent's quota is smaller
     assert threads.usable_threads(4) == (1, "--threads 4 is more than the 1 core this process may use; using 1")
-    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
     (tmp_path / "self").unlink()  # not Linux's /proc: the affinity alone
     assert threads.usable_cores() == 1
 
 
-@pytest.mark.skipif(not hasattr(threads.os, "sched_setaffinity") or len(threads.os.sched_getaffinity(0)) < 2,
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs Linux and two cores")
 def test_a_run_pinned_to_one_core_uses_one_thread(tmp_path, weights_file):
     """`taskset -c 0 mimi encode` ran as many threads as the machine has cores, on the one it may use."""
@@ -326,8 +327,8 @@ def test_a_run_pinned_to_one_core_uses_one_thread(tmp_path, weights_file):
 
     pinned = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", str(SAMPLE_AUDIO / "speech_16k_mono.wav"),
                              "-o", str(tmp_path / "a.npz"), "--threads", "2"], capture_output=True, text=True,
-                            timeout=300, preexec_fn=lambda: threads.os.sched_setaffinity(0, {0}),
-                            env={**threads.os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
+                            timeout=300, preexec_fn=lambda: os.sched_setaffinity(0, {0}),
+                            env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
     assert pinned.returncode == 0 and "--threads 2 is more than the 1 core this process may use" in pinned.stderr
 
 
