@@ -114,7 +114,7 @@ def test_weights_resolution_order(tmp_path, clip, weights_file):
     assert not (tmp_path / "c.npz").exists()
 
 
-def test_weights_from_a_hub_repository(tmp_path, clip, weights_file):
+def test_weights_from_a_hub_repository(tmp_path, clip, weights_file, monkeypatch):
     """--weights OWNER/REPO[/FILE] (or a Hub URL of it) that is no file here: the file from the Hugging Face cache
     (laid out here as huggingface_hub lays it out), the same codes as from the file itself; offline and not
     cached, one line."""
@@ -145,21 +145,32 @@ def test_weights_from_a_hub_repository(tmp_path, clip, weights_file):
             "someone/absent is not in the Hugging Face cache and HF_HUB_OFFLINE is set") in result.stderr
     result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", "", weights=weights_file)  # "$UNSET"
     assert result.returncode == 1 and "--weights is empty" in result.stderr
-    # the repository's and its files' URLs, as huggingface_hub and a browser write them, at a revision too
-    hub = "https://huggingface.co/someone/mimi-hf"
-    for given in (weights_file.as_uri(), "hf://someone/mimi-hf",  # and a file:// URI is a path
-                  f"hf://someone/mimi-hf@{revision}/sub/other.safetensors", hub,
-                  f"{hub}/tree/main", f"{hub}/blob/main/sub/other.safetensors",
-                  f"{hub}/resolve/{revision}/sub/other.safetensors?download=true"):
-        result = run("encode", clip, "-o", tmp_path / "url.npz", "-f", "--weights", given, env_extra=hf)
-        assert result.returncode == 0, (given, result.stderr)
-        with np.load(tmp_path / "url.npz") as got, np.load(tmp_path / "direct.npz") as want:
-            np.testing.assert_array_equal(got["codes"], want["codes"])
-    result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", f"{hub}/blob/v2/sub/other.safetensors",
+    # the repository's and its files' URLs, as huggingface_hub and a browser write them, at a revision too; a
+    # file:// URI is a path (resolved here in this process, through the same cache; one of them by the command)
+    from huggingface_hub import constants
+
+    from mimi_cli.errors import WeightsError
+    from mimi_cli.models import codec_spec
+    from mimi_cli.weights.resolve import locate
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub, other = "https://huggingface.co/someone/mimi-hf", snapshot / "sub" / "other.safetensors"
+    for given, file in ((weights_file.as_uri(), weights_file), ("hf://someone/mimi-hf", snapshot / "model.safetensors"),
+                        (f"hf://someone/mimi-hf@{revision}/sub/other.safetensors", other),
+                        (hub, snapshot / "model.safetensors"), (f"{hub}/tree/main", snapshot / "model.safetensors"),
+                        (f"{hub}/blob/main/sub/other.safetensors", other),
+                        (f"{hub}/resolve/{revision}/sub/other.safetensors?download=true", other)):
+        assert locate(given, codec_spec("mimi")) == file, given
+    with pytest.raises(WeightsError, match=f"^weights {hub}/blob/v2/sub/other.safetensors: sub/other.safetensors of "
+                                           "someone/mimi-hf at revision v2 is not in the Hugging Face cache and "
+                                           "HF_HUB_OFFLINE is set"):
+        locate(f"{hub}/blob/v2/sub/other.safetensors", codec_spec("mimi"))
+    result = run("encode", clip, "-o", tmp_path / "url.npz", "--weights", f"{hub}/blob/main/sub/other.safetensors",
                  env_extra=hf)
-    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
-    assert (f"weights {hub}/blob/v2/sub/other.safetensors (from --weights): sub/other.safetensors of someone/mimi-hf "
-            "at revision v2 is not in the Hugging Face cache and HF_HUB_OFFLINE is set") in result.stderr
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "url.npz") as got, np.load(tmp_path / "direct.npz") as want:
+        np.testing.assert_array_equal(got["codes"], want["codes"])
     for path_like in ("someone/absent.safetensors", "./someone/absent", "someone/../absent"):
         result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", path_like, env_extra=hf)
         assert f"weights file {path_like.removeprefix('./')} (from --weights) does not exist\n" in result.stderr
