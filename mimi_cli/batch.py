@@ -542,6 +542,9 @@ def _pool_pass(todo: deque, settings: Settings, jobs: int, results: dict, on_res
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
+    from mimi_cli import signals
+
+    signals.start_resource_tracker()
     # spawn, not fork: a forked child would inherit BLAS thread pools in an unknown state
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker, initargs=(settings,))

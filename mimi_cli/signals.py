@@ -10,6 +10,8 @@ raised there, Python would print a traceback and carry on as if it had never com
 What remains after each signal::
 
     SIGINT, SIGTERM, SIGHUP    whole outputs only; the temporary file of the one being written is removed
+                               (sent to the whole process group too, as a terminal does: workers and
+                               multiprocessing's resource tracker stop or carry on without a traceback)
     SIGKILL                    cannot be caught: a hidden .NAME.*.partial file may remain beside the output
                                being written (never mistaken for an output); worker processes notice
                                their parent is gone within a second and stop the same clean way
@@ -100,3 +102,23 @@ def die_with_parent(poll_seconds: float = 0.5) -> None:
         signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
     threading.Thread(target=watch, name="mimi-parent-watch", daemon=True).start()
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (before a pool does) deaf to SIGHUP.
+
+    A terminal's hangup reaches the whole process group. The tracker ignores SIGINT and
+    SIGTERM but not SIGHUP: it died, the pool started another, and that one printed a
+    ``KeyError`` traceback for every semaphore it had never seen. A signal blocked while
+    a process starts stays blocked in it (the tracker unblocks only SIGINT and SIGTERM),
+    and one that comes meanwhile reaches this process once unblocked, not lost.
+    """
+    if not hasattr(signal, "SIGHUP") or not hasattr(signal, "pthread_sigmask"):
+        return
+    from multiprocessing import resource_tracker
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})

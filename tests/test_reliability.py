@@ -360,6 +360,32 @@ def test_workers_die_with_their_parent(weights_file, tmp_path, signum):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX process groups")
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT])
+def test_a_signal_to_the_whole_group_ends_the_run_in_one_line(weights_file, tmp_path, signum):
+    """A closed terminal (SIGHUP) or Ctrl-C (SIGINT) reaches every process of the group at once: the
+    parent, its workers and multiprocessing's resource tracker. The run still ends with its one line."""
+    folder, out = tmp_path / "many", tmp_path / "out"
+    folder.mkdir()
+    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    for i in range(4):
+        sf.write(folder / f"clip{i}.wav", speech[i * rate : (i + 8) * rate], rate)
+    command = [sys.executable, "-m", "mimi_cli", "encode", str(folder), "-o", str(out), "--jobs", "2", "--weights",
+               str(weights_file)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(_children(process.pid)) < 3 and time.monotonic() < deadline:  # the tracker and two workers
+        time.sleep(0.05)
+    time.sleep(1.0)  # they are loading weights or encoding
+    os.killpg(process.pid, signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, stderr
+    assert stderr.splitlines()[1:] == ["error: interrupted; finished outputs are kept, none is half-written: "
+                                       "rerun with --skip-existing to resume"], stderr
+    assert leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("names, jobs", [(["a", "b", "c", "poison", "x", "y", "z"], 2),  # (run in name order)
                                          (["poison", "x", "y", "z"], 2), (["a", "poison", "z"], 3),
                                          (["a", "b", "poison"], 2)])
