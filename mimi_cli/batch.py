@@ -208,7 +208,8 @@ def _output_target(output: str | None, one_file: bool, found: list[Input], suffi
         return path, True
     if path.exists() or path.suffix.lower() == suffix:
         several = ("the inputs hold items (lines, members, rows), for which" if any(e.item for e in found)
-                   else "with several inputs")
+                   else "with several inputs" if len(found) > 1
+                   else "for a folder, a glob or a list of inputs (even of one file)")
         raise MimiError(f"-o {output} looks like a file; {several} -o names a folder")
     return path, False
 

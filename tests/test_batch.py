@@ -267,8 +267,16 @@ def test_batch_usage_errors(corpus, tmp_path):
     assert result.returncode == 2 and "--engine takes local or ray" in result.stderr
     result = run("encode", corpus, "--engine", "ray", "--stream")
     assert result.returncode == 2 and "local engine only" in result.stderr
-    result = run("encode", corpus, "-o", tmp_path / "all.npz")
+    result = run("encode", corpus, "-r", "-o", tmp_path / "all.npz")
     assert result.returncode == 1 and "with several inputs -o names a folder" in result.stderr
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.wav").write_bytes((corpus / "a.wav").read_bytes())
+    (tmp_path / "list.txt").write_text("a.npz\n")
+    for command, given in (("encode", [tmp_path / "one"]), ("encode", [f"{tmp_path}/one/*.wav"]),
+                           ("decode", ["--inputs-from", tmp_path / "list.txt"])):
+        result = run(command, *given, "-o", tmp_path / ("all.npz" if command == "encode" else "all.wav"))
+        assert result.returncode == 1 and "for a folder, a glob or a list of inputs (even of one file) -o names a " \
+            "folder" in result.stderr, result.stderr
     (tmp_path / "m.jsonl").write_text("an earlier run's manifest\n")
     result = run("encode", corpus, "-o", tmp_path / "out", "--manifest", tmp_path / "m.jsonl")
     assert result.returncode == 1 and "--manifest:" in result.stderr and "already exists" in result.stderr
