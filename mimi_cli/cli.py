@@ -878,6 +878,10 @@ def main() -> None:
     from mimi_cli.core.threads import keep_freed_memory
 
     signals.install()  # SIGTERM and SIGHUP clean up like Ctrl-C
+    with contextlib.suppress(AttributeError, ValueError):  # None when closed; not a text stream when replaced
+        # as Python's stderr does: a character the encoding lacks (an ASCII or Latin-1 locale; "×", "→", a
+        # file's name) is written as \u20ac, not a UnicodeEncodeError after the work is done
+        sys.stdout.reconfigure(errors="backslashreplace")
     keep_freed_memory()  # the threads of one process stop interrupting each other (core/threads.py)
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # NumPy's overflow chatter: errors are ours to say
     # click's own errors (a bad option value, a missing argument, an unknown command), vendored by typer or not

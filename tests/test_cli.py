@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -87,6 +90,20 @@ def test_roundtrip_table_and_json(tmp_path, clip, weights_file):
     metrics = json.loads(as_json.stdout)
     assert metrics["codebooks"] == 4 and metrics["bitrate_kbps"] == 0.55 and metrics["frames"] == 32
     assert {"si_sdr_db", "log_mel_distance", "encode_rtf", "decode_rtf"} <= metrics.keys()
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_reports_on_a_stdout_without_unicode(tmp_path, clip, weights_file, encoding):
+    """An ASCII or Latin-1 locale (PYTHONIOENCODING, LC_ALL): characters it lacks, ours ("→") or a file's
+    name, are written as escapes, as Python writes them on stderr, not a UnicodeEncodeError."""
+    named = tmp_path / "poids-€.safetensors"
+    named.write_bytes(weights_file.read_bytes())
+    env = {**os.environ, "PYTHONIOENCODING": encoding, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)}
+    for args, shown in ((["inspect", named, "--no-stats"], "poids-\\u20ac.safetensors: Mimi"),
+                        (["roundtrip", clip, "-n", "2"], "real time)")):
+        result = subprocess.run([sys.executable, "-m", "mimi_cli", *map(str, args)], capture_output=True, env=env,
+                                timeout=300)
+        assert result.returncode == 0 and shown in result.stdout.decode(encoding), result.stderr.decode(encoding)
 
 
 def test_existing_output_needs_force(tmp_path, clip, weights_file):
