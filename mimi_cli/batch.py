@@ -20,6 +20,7 @@ oversubscribing them (the output does not depend on it).
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -37,8 +38,10 @@ from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_memory
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, file_ids,
                              fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path, output_exists, url)
-from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, skipped
+from mimi_cli.models import codec_spec
+from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
 from mimi_cli.sources import Item, is_container, is_table, known_keys, list_items
+from mimi_cli.weights import resolve_weights, weights_id
 
 CODES_SUFFIXES = (".npz", ".npy")
 Engine = Literal["local", "ray"]
@@ -150,6 +153,8 @@ def plan(job: Job) -> Plan:
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)
+    if job.skip_existing and s.kind == "encode":
+        tasks = _resumable(tasks, s, inputs)
     if s.kind == "encode" and output_is_file and output != STDOUT:
         _check_codes_name(Path(output))
     for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
@@ -330,6 +335,28 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
         raise OutputExistsError(f"{len(existing)} output(s) already exist, e.g. {existing[0]}; pass --skip-existing "
                                 f"to resume an interrupted run, or -f/--force to replace them{caution}")
     return tasks
+
+
+def _resumable(tasks: list[Task], s: Settings, input_ids: set) -> list[Task]:
+    """--skip-existing skips an existing output only if this run would write the same kind of codes there
+    (:func:`mimi_cli.pipeline.made_otherwise`): a run resumed with another codec, -n, --channels or weights
+    would otherwise leave a corpus of mixed codes. With -f the others are done again; without, nothing is."""
+    run_weights_id = functools.cache(lambda: weights_id(resolve_weights(s.weights, codec_spec(s.codec))))
+    resumed, differ = [], []
+    for task in tasks:
+        problem = task.skip and made_otherwise(Path(task.output), s, run_weights_id)
+        if problem and s.replace:
+            check_output(task.output, True, input_ids)  # a regular file, not an input: the usual -f rules
+            task = replace(task, skip=False, redo=True)
+        elif problem:
+            differ.append((task.output, problem))
+        resumed.append(task)
+    if differ:
+        output, problem = differ[0]
+        many = f"{len(differ)} existing outputs differ from what this run writes, e.g. " if len(differ) > 1 else ""
+        raise MimiError(f"{many}{output} exists with other codes ({problem}): resume with the settings that made "
+                        "it, or add -f to encode such outputs again")
+    return resumed
 
 
 def _apart(first: Input, entry: Input) -> str:

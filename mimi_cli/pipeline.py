@@ -241,6 +241,7 @@ class Task:
     output: Target | None  # a file, "-" for standard output, or None (codes kept for Parquet only)
     skip: bool = False  # the output exists and --skip-existing was given
     item: Item | None = None  # audio inside something larger: a span, a tar member, a table row
+    redo: bool = False  # the output exists, made otherwise (made_otherwise), and -f replaces it
 
     @property
     def key(self) -> tuple[str, str]:
@@ -416,7 +417,7 @@ class Worker:
     def run(self, task: Task, report: Report | None = None) -> FileResult:
         """Process one file. Every problem with the file is a "failed" result; weights errors propagate
         (they would fail every file the same way), and so do interrupts."""
-        if task.skip or (self.settings.skip_existing and output_exists(task.output)):
+        if task.skip or (self.settings.skip_existing and not task.redo and output_exists(task.output)):
             return skipped(task, self.settings)  # skipped when planned, or made since by another run
         step = encode_file if self.settings.kind == "encode" else decode_file
         try:
@@ -457,6 +458,29 @@ def skipped(task: Task, settings: Settings) -> FileResult:
                                                         f"so it has no row there ({exc})"])
     return FileResult.of(task, "skipped", frames=codes.num_frames, codes=codes,
                          carried=None if task.item is None else carried_keys(task.item))
+
+
+def made_otherwise(output: Path, settings: Settings, run_weights_id: Callable[[], str]) -> str | None:
+    """How an existing codes file differs from what this encode run would write there, or None if it
+    does not: another codec, number of codebooks or channel layout, or other weights (``run_weights_id``
+    is called only when the rest matches). One that cannot be read back differs. A bare array (.npy)
+    records neither codec nor weights: its shape alone is compared."""
+    config = codec_spec(settings.codec).config()
+    try:
+        codes = load_codes(output, config.name)
+    except MimiError as exc:
+        return f"it cannot be read back as codes ({exc})"
+    levels = config.levels(settings.num_codebooks)
+    streams = codes.source_channels if settings.channels == "split" else 1
+    differences = [
+        *([f"codec {codes.codec}, not {config.name}"] if codes.codec != config.name else []),
+        *([f"{codes.num_codebooks} codebooks, not {levels}"] if codes.num_codebooks != levels else []),
+        *([f"{codes.channels} code stream(s), not {streams} (--channels {settings.channels})"]
+          if codes.channels != streams else []),
+    ]
+    if not differences and codes.weights_id and codes.weights_id != run_weights_id():
+        differences.append(f"weights {codes.weights_id}, not {run_weights_id()}")
+    return "; ".join(differences) or None
 
 
 def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settings: Settings, models: Models,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -210,6 +211,53 @@ def test_existing_outputs_resume_with_skip_existing(corpus, weights_file, tmp_pa
     assert (out / "a.npz").exists() and kept.stat().st_mtime_ns == before
     statuses = [json.loads(line)["status"] for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert statuses == ["done", "skipped", "skipped", "skipped"]
+
+
+def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_file, tmp_path):
+    """A run resumed with another codec, -n, --channels or weights would mix two kinds of codes in one corpus:
+    it refuses before any work, naming the difference; with -f those outputs are encoded again."""
+    from mimi_cli.batch import Job, plan
+    from mimi_cli.codes import CodesFile
+    from mimi_cli.models import codec_spec
+    from mimi_cli.pipeline import Settings
+    from mimi_cli.weights import weights_id
+
+    out, ours = tmp_path / "codes", weights_id(weights_file)
+    (out / "spk1").mkdir(parents=True)
+
+    def existing(codec="mimi", levels=8, streams=1, made_by=ours) -> None:
+        config = codec_spec(codec).config()
+        codes = np.zeros((streams, levels, 25), np.int64)
+        CodesFile.from_codes(codes, config, 48000, 16000, streams, made_by).save(out / "a.npz", replace=True)
+
+    def planned(**settings):
+        job = Job(Settings("encode", str(weights_file), **settings), (str(corpus),), str(out), skip_existing=True)
+        return {Path(t.input).name: t for t in plan(job).tasks}["a.wav"]
+
+    existing()
+    assert planned().skip and planned(num_codebooks=8).skip
+    for made, settings, difference in (
+            ({"levels": 4}, {}, "4 codebooks, not 8"),
+            ({}, {"codec": "encodec-24khz"}, "codec mimi, not encodec-24khz"),
+            ({"streams": 2}, {}, "2 code stream(s), not 1 (--channels mix)"),
+            ({"made_by": "sha256:0123456789abcdef"}, {}, f"weights sha256:0123456789abcdef, not {ours}")):
+        existing(**made)
+        with pytest.raises(MimiError, match=re.escape(f"a.npz exists with other codes ({difference})")):
+            planned(**settings)
+        redo = planned(replace=True, **settings)
+        assert not redo.skip and redo.redo
+    (out / "a.npz").write_bytes(b"")  # not codes at all (another tool's, or damaged)
+    with pytest.raises(MimiError, match="it cannot be read back as codes"):
+        planned()
+    # end to end: refused, every file kept; then -f encodes them again with the run's settings
+    assert run("encode", corpus, "-r", "-o", out, "-f", "-n", "4", weights=weights_file).returncode == 0
+    before = {p: p.read_bytes() for p in out.rglob("*.npz")}
+    refused = run("encode", corpus, "-r", "-o", out, "--skip-existing", weights=weights_file)
+    assert refused.returncode == 1 and "4 existing outputs differ from what this run writes" in refused.stderr
+    assert "(4 codebooks, not 8)" in refused.stderr and {p: p.read_bytes() for p in out.rglob("*.npz")} == before
+    again = run("encode", corpus, "-r", "-o", out, "--skip-existing", "-f", weights=weights_file)
+    assert again.returncode == 0 and "4 encoded" in again.stderr, again.stderr
+    assert {CodesFile.load(p).num_codebooks for p in before} == {8}
 
 
 def test_ctrl_c_leaves_only_whole_files_and_the_run_resumes(weights_file, tmp_path):
