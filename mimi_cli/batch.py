@@ -753,7 +753,7 @@ def _parquet_table(pa, rows: list[dict], carried: list[str], split: bool):
         values = [row["__carried__"].get(key) for row in rows]
         try:
             array = pa.array(values)
-        except (pa.ArrowException, TypeError, ValueError):
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):  # mixed types; an integer beyond 64 bits
             array = pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
         table = table.append_column(key, array)
     return table

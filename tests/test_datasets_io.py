@@ -41,7 +41,8 @@ def reference(tmp_path_factory, weights_file, speech):
 def test_manifest_with_offsets_and_bad_lines(tmp_path, weights_file, reference):
     folder, codes = reference
     manifest = tmp_path / "train.jsonl"
-    lines = [{"audio_filepath": str(folder / "whole.wav"), "offset": 0.5, "duration": 1.5, "text": "a span"},
+    lines = [{"audio_filepath": str(folder / "whole.wav"), "offset": 0.5, "duration": 1.5, "text": "a span",
+              "speaker": 2**70},  # an id beyond 64 bits: Arrow has no such integer, so the column is JSON text
              {"path": str(folder / "whole.wav"), "text": "all of it", "speaker": 7},
              {"audio_filepath": str(tmp_path / "nowhere.wav"), "text": "missing"},
              {"audio_filepath": str(folder / "whole.wav"), "offset": 99.0},
@@ -58,11 +59,12 @@ def test_manifest_with_offsets_and_bad_lines(tmp_path, weights_file, reference):
     np.testing.assert_array_equal(CodesFile.load(out / "whole.npz").codes, codes["whole"])
     rows = [json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rows] == ["done", "done", "failed", "failed", "failed", "failed"]
-    assert rows[0]["text"] == "a span" and rows[1]["speaker"] == 7
+    assert rows[0]["text"] == "a span" and rows[0]["speaker"] == 2**70 and rows[1]["speaker"] == 7
     import pandas as pd
 
     table = pd.read_parquet(tmp_path / "pq")
     assert list(table["text"]) == ["a span", "all of it"] and len(table) == 2
+    assert list(table["speaker"]) == [str(2**70), "7"]
 
 
 def test_hostile_manifest_lines_fail_alone(tmp_path, weights_file, reference):
