@@ -754,9 +754,24 @@ def _parquet_table(pa, rows: list[dict], carried: list[str], split: bool):
         try:
             array = pa.array(values)
         except (pa.ArrowException, TypeError, ValueError, OverflowError):  # mixed types; an integer beyond 64 bits
+            array = None
+        if array is None or _nesting(array.type) > MAX_CARRIED_NESTING:
             array = pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
         table = table.append_column(key, array)
     return table
+
+
+# Parquet readers refuse schemas nested deeper than 100 levels (pyarrow's default; each list takes two or three):
+# a carried value nested deeper than this is written as JSON text, or no one could read the shard back.
+MAX_CARRIED_NESTING = 16
+
+
+def _nesting(arrow_type) -> int:
+    """How deep lists and structs nest in ``arrow_type`` (0 for a scalar)."""
+    deepest, level = 0, [arrow_type]
+    while level:
+        deepest, level = deepest + 1, [t.field(i).type for t in level for i in range(t.num_fields)]
+    return deepest - 1
 
 
 def _nested_lists(pa, arrays: list, ndim: int):

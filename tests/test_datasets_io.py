@@ -43,7 +43,8 @@ def test_manifest_with_offsets_and_bad_lines(tmp_path, weights_file, reference):
     manifest = tmp_path / "train.jsonl"
     lines = [{"audio_filepath": str(folder / "whole.wav"), "offset": 0.5, "duration": 1.5, "text": "a span",
               "speaker": 2**70},  # an id beyond 64 bits: Arrow has no such integer, so the column is JSON text
-             {"path": str(folder / "whole.wav"), "text": "all of it", "speaker": 7},
+             {"path": str(folder / "whole.wav"), "text": "all of it", "speaker": 7,
+              "deep": json.loads("[" * 150 + "]" * 150)},  # deeper than Parquet readers go: JSON text too
              {"audio_filepath": str(tmp_path / "nowhere.wav"), "text": "missing"},
              {"audio_filepath": str(folder / "whole.wav"), "offset": 99.0},
              {"no_audio": True}]
@@ -65,6 +66,7 @@ def test_manifest_with_offsets_and_bad_lines(tmp_path, weights_file, reference):
     table = pd.read_parquet(tmp_path / "pq")
     assert list(table["text"]) == ["a span", "all of it"] and len(table) == 2
     assert list(table["speaker"]) == [str(2**70), "7"]
+    assert list(table["deep"].fillna("")) == ["", "[" * 150 + "]" * 150]
 
 
 def test_hostile_manifest_lines_fail_alone(tmp_path, weights_file, reference):
