@@ -380,7 +380,8 @@ def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
     The temporary name keeps the suffix, for libraries that read the format from it.
     """
     if is_stdout(path):
-        with _through_temporary(tempfile.gettempdir(), ".mimi-stdout.partial") as tmp:
+        # a name of its own: one left by a killed run, another user's or a concurrent run's never blocks this one
+        with _through_temporary(tempfile.gettempdir(), f".mimi-stdout.{secrets.token_hex(8)}.partial") as tmp:
             yield tmp
             _copy_to_stdout(tmp)
         return

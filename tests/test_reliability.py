@@ -167,8 +167,11 @@ def test_output_folder_with_trailing_slash_and_stdout(clip, weights_file, tmp_pa
     result = run("encode", clip, "-o", f"{tmp_path / 'new'}/", weights=weights_file)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "new" / "a.npz").is_file() and not (tmp_path / "new").is_file()
-    # -o - : the codes file on stdout, byte for byte what -o FILE writes; nothing else there; no file named "-"
-    env = {k: v for k, v in os.environ.items() if k != "MIMI_WEIGHTS"}
+    # -o - : the codes file on stdout, byte for byte what -o FILE writes; nothing else there; no file named "-";
+    # kept aside until complete under a name of its own (a killed run's leftover there once blocked every -o -)
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / ".mimi-stdout.partial").write_bytes(b"a killed run's")
+    env = {**{k: v for k, v in os.environ.items() if k != "MIMI_WEIGHTS"}, "TMPDIR": str(tmp_path / "tmp")}
     piped = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", str(clip), "-o", "-", "--weights",
                             str(weights_file)], capture_output=True, env=env, cwd=tmp_path)
     assert piped.returncode == 0, piped.stderr
@@ -178,6 +181,7 @@ def test_output_folder_with_trailing_slash_and_stdout(clip, weights_file, tmp_pa
                               "-", "--weights", str(weights_file)], capture_output=True, env=env, cwd=tmp_path)
     assert decoded.returncode == 0, decoded.stderr
     assert decoded.stdout[:4] == b"RIFF" and decoded.stdout[8:12] == b"WAVE"
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == [".mimi-stdout.partial"]
     result = run("encode", clip, clip.with_name("missing.wav"), "-o", "-", weights=weights_file)
     one_line_error(result, "-o - (standard output) takes one input")
 
