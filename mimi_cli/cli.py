@@ -895,6 +895,9 @@ def main() -> None:
             hint = f" (see {context.command_path} -h)" if context is not None else ""
             err.print(f"[bold red]error:[/] {_shown(message)}{hint}")
         code = exc.exit_code
+    except KeyboardInterrupt as exc:  # a signal outside a command's own handling: as it set up, or after it ended
+        code = signals.exit_code(exc)
+        err.print("[bold red]error:[/] interrupted")
     except OSError as exc:  # the commands' work says its own; what reaches here failed printing (help, a report)
         code = 1
         if exc.filename is not None:

@@ -313,6 +313,26 @@ def test_a_signal_during_a_finalizer_still_stops_the_process(signum, worker):
         assert result.stdout.endswith(f"interrupted {128 + signum}\n")
 
 
+_INTERRUPTED_OUTSIDE_A_COMMAND = """
+import sys
+from mimi_cli import cli, signals
+def app(**options):  # as if a signal came while typer set a command up, or unwound after it ended
+    raise {exception}
+cli.app = app
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("exception, code", [("KeyboardInterrupt()", 130),
+                                             ("signals.Interrupted(signal.SIGTERM)", 143)])
+def test_a_signal_outside_a_commands_own_handling_is_one_line(exception, code):
+    """Ctrl-C as a run that had already failed was exiting (freeing a plan of 300,000 items) printed a
+    KeyboardInterrupt traceback from typer's frames; now one line and 128 + the signal's number."""
+    program = "import signal\n" + _INTERRUPTED_OUTSIDE_A_COMMAND.format(exception=exception)
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == code and result.stderr == "error: interrupted\n", result.stderr
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
