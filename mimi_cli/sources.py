@@ -80,7 +80,10 @@ def is_container(path: Path) -> bool:
     """A manifest, a tar shard, or a dataset folder / Parquet file: inputs that hold many items."""
     suffix = path.suffix.lower()
     return (suffix in (*MANIFEST_SUFFIXES, ".tar", ".parquet", ".arrow") or path.name.lower().endswith(COMPRESSED_TARS)
-            or (path.is_dir() and any((path / name).exists() for name in ("dataset_info.json", "state.json"))))
+            or (path.is_dir() and any((path / name).exists() for name in DATASET_FILES)))
+
+
+DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes in its folder
 
 
 def is_table(path: Path) -> bool:
@@ -281,13 +284,39 @@ def _safe(key: str) -> Path:
 
 
 def _table_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = sorted(path.rglob("*.arrow")) + sorted(path.rglob("*.parquet"))
-        if not files:
-            raise MimiError(f"{path} holds no .arrow or .parquet files; give a dataset saved with save_to_disk "
-                            "or Parquet files")
-        return files
-    return [path]
+    """A file itself; in a folder, the data files each ``save_to_disk`` split's ``state.json`` lists (a
+    DatasetDict has one per split), else every .arrow and .parquet file. Not every .arrow file: a dataset
+    loaded from disk keeps the caches of its ``map`` and ``filter`` beside its data (``cache-*.arrow``:
+    its rows again, or only their indices)."""
+    if not path.is_dir():
+        return [path]
+    states = sorted(path.rglob("state.json"))
+    files = ([file for state in states for file in _state_files(state)] if states else
+             sorted(path.rglob("*.arrow")) + sorted(path.rglob("*.parquet")))
+    if not files:
+        raise MimiError(f"{path} holds no .arrow or .parquet files; give a dataset saved with save_to_disk "
+                        "or Parquet files")
+    return files
+
+
+def _state_files(state: Path) -> list[Path]:
+    """The data files a ``state.json`` lists (``{"_data_files": [{"filename": …}, …]}``): plain names of
+    files in its own folder, never a path out of it."""
+    try:
+        listed = loads_json(state.read_bytes())["_data_files"]
+        names = [entry["filename"] for entry in listed]
+        if not all(isinstance(name, str) for name in names):
+            raise TypeError("a filename that is not text")
+    except OSError as exc:
+        raise MimiError(f"cannot read {state}: {exc.strerror or exc}") from None
+    except (ValueError, LookupError, TypeError) as exc:
+        raise MimiError(f"{state} is not a dataset's state (no list of _data_files with a filename each: "
+                        f"{exc}); save the dataset again with save_to_disk") from None
+    for name in names:
+        if name in ("", ".", "..") or "/" in name or "\\" in name or not (state.parent / name).is_file():
+            raise MimiError(f"{state} lists {name!r}, which is no file in {state.parent}; data files are named "
+                            "there, beside it")
+    return [state.parent / name for name in names]
 
 
 ROW_LISTING_BYTES = 2048  # what a run holds for each item it lists and plans (measured: about 1.8 KB)

@@ -683,11 +683,16 @@ def hf_dataset(tmp_path_factory, reference):
     dataset = datasets.Dataset.from_dict({"audio": audio, "text": ["first", "second"], "id": [11, 12]})
     dataset = dataset.cast_column("audio", datasets.Audio(decode=False))
     dataset.save_to_disk(str(root / "saved"))
+    # loaded back and mapped or filtered, it keeps their caches beside its data (cache-*.arrow): not its rows
+    loaded = datasets.load_from_disk(str(root / "saved"))
+    loaded.map(lambda row: {"text": row["text"].upper()}).filter(lambda row: row["id"] == 12)
+    assert len(list((root / "saved").glob("cache-*.arrow"))) == 2
+    datasets.DatasetDict({"train": dataset}).save_to_disk(str(root / "splits"))
     dataset.to_parquet(str(root / "train.parquet"))
     return root
 
 
-@pytest.mark.parametrize("form", ["saved", "train.parquet"])
+@pytest.mark.parametrize("form", ["saved", "splits", "train.parquet"])
 def test_hugging_face_dataset_in_parquet_out(tmp_path, weights_file, reference, hf_dataset, form):
     _, codes = reference
     shards = tmp_path / "pq"
@@ -706,6 +711,22 @@ def test_hugging_face_dataset_in_parquet_out(tmp_path, weights_file, reference, 
         np.testing.assert_array_equal(np.array(row["codes"], np.uint16), codes[name][0])
         assert row["num_samples"] == int(by_pandas["num_samples"][index]) and row["codec"] == "mimi"
     assert not any(p.suffix == ".npz" for p in tmp_path.rglob("*"))
+
+
+def test_a_dataset_state_naming_files_elsewhere_is_refused(tmp_path, weights_file, hf_dataset):
+    """A save_to_disk folder's state.json names its data files: a path out of the folder is never followed."""
+    import shutil
+
+    saved = tmp_path / "saved"
+    shutil.copytree(hf_dataset / "saved", saved)
+    for listed, problem in ((f"../{saved.name}/data-00000-of-00001.arrow", "which is no file in"),
+                            (str(saved / "data-00000-of-00001.arrow"), "which is no file in"),
+                            ({"name": "x"}, "is not a dataset's state")):
+        entry = {"filename": listed} if isinstance(listed, str) else listed
+        (saved / "state.json").write_text(json.dumps({"_data_files": [entry]}))
+        result = run("encode", saved, "-o", tmp_path / "codes", weights=weights_file)
+        assert result.returncode == 1 and problem in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert not (tmp_path / "codes").exists()
 
 
 def _one_clip_every_row(path: Path, clip: bytes, rows: int) -> None:
