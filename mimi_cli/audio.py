@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from mimi_cli.errors import InvalidAudioError
+from mimi_cli.errors import InvalidAudioError, physical_memory
 from mimi_cli.fileio import Target, atomic_output, cannot_write, file_kind, holds, is_stdout
 from mimi_cli.models.codec import MAX_PEAK
 
@@ -36,10 +36,25 @@ class Audio:
         return self.samples.shape[0] / self.sample_rate
 
 
+# What a whole file read in memory costs per sample and channel: float32 samples, their mono mix and
+# its resampled copy, with room to spare.
+READ_BYTES_PER_SAMPLE = 16
+
+
 def read_audio(path: Path) -> Audio:
-    """Read anything libsndfile reads (WAV, FLAC, OGG, MP3, ...), with a clear error otherwise."""
+    """Read anything libsndfile reads (WAV, FLAC, OGG, MP3, ...), with a clear error otherwise; refused
+    before reading when the length its header declares (or the length read so far) would not fit in memory."""
     with open_audio(path) as f:
-        return read_open(path, f)
+
+        def check(seconds: float) -> None:
+            needed, memory = seconds * f.samplerate * f.channels * READ_BYTES_PER_SAMPLE, physical_memory()
+            if memory and needed > memory // 2:
+                raise InvalidAudioError(f"{path} declares {seconds / 60:.1f} min of audio, about {needed / 1e9:.0f} "
+                                        f"GB once read, more than half this machine's {memory / 1e9:.0f} GB: split "
+                                        "it into shorter files (or its header is damaged)")
+
+        check(f.frames / f.samplerate)
+        return read_open(path, f, check)
 
 
 def read_open(path: Path, f, past_declared: Callable[[float], None] | None = None) -> Audio:
