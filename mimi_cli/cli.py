@@ -550,7 +550,7 @@ def bench(
         from mimi_cli.pipeline import check_batch_memory
 
         threads = usable_threads(threads)[0]
-        check_batch_memory(seconds, codec)
+        check_batch_memory(seconds, codec, "give fewer --seconds")
         report: dict = {"codec": codec, "threads": threads, "seconds": seconds}
         with say.status("Building random weights of the released size…"):
             model, load_seconds = b.random_model(codec_spec(codec))

@@ -40,22 +40,23 @@ from mimi_cli.weights import resolve_weights, weights_id
 BASE_BYTES = 0.6e9
 
 
-def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC) -> None:
-    """Refuse a batch run that cannot fit in this machine's memory, before doing any work."""
+def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC, remedy: str | None = None) -> None:
+    """Refuse a batch run that cannot fit in this machine's memory, before doing any work; ``remedy`` says what
+    to do instead (default: encode's and decode's --stream, where the codec has it)."""
     spec = codec_spec(codec)
     needed = BASE_BYTES + spec.batch_bytes_per_second * seconds
     physical = physical_memory()
     if physical and needed > 0.9 * physical:
-        remedy = ("use --stream, which keeps memory flat" if spec.streaming
-                  else "split the audio into shorter files (this codec has no streaming mode here)")
+        remedy = remedy or ("use --stream, which keeps memory flat" if spec.streaming
+                            else "split the audio into shorter files (this codec has no streaming mode here)")
         raise MimiError(f"{seconds / 60:.1f} min of audio would need about {needed / 1e9:.0f} GB in batch mode "
                         f"(this machine has {physical / 1e9:.0f} GB); {remedy}")
 
 
-def read_for_batch(path: Path, f, codec: str) -> Audio:
+def read_for_batch(path: Path, f, codec: str, remedy: str | None = None) -> Audio:
     """All of an open file, for batch mode: refused before reading when the length it declares would not
     fit in memory, and while reading when it goes on past that length and then would not."""
-    check = functools.partial(check_batch_memory, codec=codec)
+    check = functools.partial(check_batch_memory, codec=codec, remedy=remedy)
     check(f.frames / f.samplerate)
     return read_open(path, f, check)
 
@@ -501,7 +502,8 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
         if plot is not None and Path(output).resolve() == plot.resolve():
             raise MimiError("-o and --plot name the same file; give two names")
     with readable(input) as source, open_audio(source.path) as f:
-        audio = read_for_batch(source.path, f, settings.codec)
+        audio = read_for_batch(source.path, f, settings.codec, "roundtrip works on the whole file: split it into "
+                               "shorter files, or use encode --stream and decode --stream")
     if plot is not None:  # before any work, so that no output is written by a run that then fails
         from mimi_cli.plot import plot_checks
 

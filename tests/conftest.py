@@ -183,3 +183,13 @@ def npz_with_codes_header(shape: tuple, descr: str, payload: bytes) -> bytes:
             archive.writestr(f"{key}.npy", item.getvalue())
         archive.writestr("codes.npy", member)
     return buffer.getvalue()
+
+
+def lying_flac(folder: Path) -> Path:
+    """A one-second FLAC whose STREAMINFO declares 2³⁶ − 1 samples (47,722 min at 24 kHz): ``lying.flac``."""
+    sf.write(folder / "one.flac", np.zeros(24000, np.float32), 24000)
+    data = bytearray((folder / "one.flac").read_bytes())
+    data[21] |= 0x0F  # STREAMINFO's 36-bit total: its top 4 bits, then 4 bytes (byte 8 of the block on)
+    data[22:26] = b"\xff\xff\xff\xff"
+    (folder / "lying.flac").write_bytes(bytes(data))
+    return folder / "lying.flac"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, SHARED
+from conftest import SAMPLE_AUDIO, SHARED, lying_flac
 
 from mimi_cli.audio import Audio, read_audio, resample, to_mono, write_audio
 from mimi_cli.errors import InvalidAudioError
@@ -186,11 +186,7 @@ def test_a_format_libsndfile_cannot_seek_in_reads(tmp_path, container, subtype):
 def test_a_header_declaring_more_than_memory_holds_is_refused_before_reading(tmp_path):
     """A 50 KB FLAC whose STREAMINFO declares 2³⁶ − 1 samples (47,722 min): read whole (mimi run --stream), it
     was an allocation of 256 GiB that ended as "out of memory, free some memory"; now refused from the header."""
-    sf.write(tmp_path / "one.flac", np.zeros(24000, np.float32), 24000)
-    data = bytearray((tmp_path / "one.flac").read_bytes())
-    data[21] |= 0x0F  # STREAMINFO's 36-bit total: its top 4 bits, then 4 bytes (byte 8 of the block on)
-    data[22:26] = b"\xff\xff\xff\xff"
-    (tmp_path / "lying.flac").write_bytes(bytes(data))
+    lying_flac(tmp_path)
     assert sf.info(tmp_path / "lying.flac").frames == 2**36 - 1
     with pytest.raises(InvalidAudioError, match=r"lying\.flac declares 47721\.9 min of audio, about 1100 GB once "
                                                 r"read, more than half this machine's"):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import run
+from conftest import lying_flac, run
 
 
 def assert_clean_failure(result, workdir: Path, before: set[str], *expected: str) -> None:
@@ -266,3 +266,12 @@ def test_batch_mode_refuses_what_cannot_fit_in_memory(tmp_path):
     before = {p.name for p in tmp_path.iterdir()}
     result = run("decode", tmp_path / "long.npz", "-o", tmp_path / "o.wav", weights=tmp_path / "unused")
     assert_clean_failure(result, tmp_path, before, "in batch mode", "use --stream")
+
+
+def test_roundtrip_refuses_what_cannot_fit_in_memory_without_offering_a_stream(tmp_path):
+    """roundtrip has no --stream: a file too long for memory says what to do instead."""
+    lying = lying_flac(tmp_path)
+    before = {p.name for p in tmp_path.iterdir()}
+    result = run("roundtrip", lying, weights=tmp_path / "unused")
+    assert_clean_failure(result, tmp_path, before, "in batch mode", "roundtrip works on the whole file: split it "
+                         "into shorter files, or use encode --stream and decode --stream")
