@@ -21,6 +21,7 @@ key                    type         meaning
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, malformed
-from mimi_cli.fileio import STDOUT, Target, atomic_output, holds, is_folder, missing
+from mimi_cli.fileio import STDOUT, Target, atomic_output, file_kind, holds, is_folder, missing
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
 
@@ -286,6 +287,12 @@ def is_bare_array_path(path: Target) -> bool:
 def load_codes(path: Path, codec: str = DEFAULT_CODEC) -> CodesFile:
     """A codes file (the ``.npz`` of ``mimi encode``), or a bare integer array (``.npy``, e.g. what a
     language model generated: ``[K, frames]`` or ``[C, K, frames]``) for ``codec``; told apart by content."""
+    try:
+        kind = file_kind(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        kind = None  # CodesFile.load says what is wrong with the path
+    if kind not in (None, "a folder"):  # a device reads forever; top-level pipes come as copies (fileio.readable)
+        raise InvalidCodesError(f"{path} is {kind}, not a codes file; give a file, or pipe the codes into '-'")
     try:
         with open(path, "rb") as f:
             is_array = f.read(6) == b"\x93NUMPY"

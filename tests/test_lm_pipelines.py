@@ -350,6 +350,8 @@ def test_a_named_pipe_is_read_once(tmp_path, weights_file, dialogue, encoded):
     ("mimi encode <(head -c 5000 /dev/urandom) -o {tmp}/x.npz", "cannot read /dev/fd/"),
     ("mimi encode - -o {tmp}/x.npz < <(head -c 5000 /dev/urandom)", "cannot read standard input as audio"),
     ("mimi encode /dev/zero -o {tmp}/x.npz", "/dev/zero is a device, not an audio file"),
+    # (a zip reader looked for /dev/zero's end until the machine's memory ran out)
+    ("ulimit -v 4000000; mimi decode /dev/zero -o {tmp}/x.wav", "/dev/zero is a device, not a codes file"),
     ("mimi encode {wav} -o {tmp}/x.npz --weights <(cat {weights})", "is a pipe (FIFO), not a file; save them"),
     ("mimi inspect <(cat {weights})", "is a pipe (FIFO), not a file; save them"),
 ])
