@@ -243,8 +243,16 @@ def file_ids(paths: Iterable[Path]) -> set[tuple[int, int]]:
 
 
 def check_stdin(given: str, what: str) -> None:
-    """Standard input can be read: neither closed (``<&-``) nor a terminal, where nothing was piped in."""
+    """Standard input can be read: neither closed (``<&-``) nor a terminal, where nothing was piped in, nor
+    another device (``< /dev/zero`` never ends: its copy would fill the disk, a list's the memory)."""
     state = "closed" if sys.stdin is None else "a terminal" if sys.stdin.isatty() else None
+    if state is None:
+        with contextlib.suppress(OSError, ValueError):
+            mode = os.fstat(sys.stdin.fileno()).st_mode
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                state = "a device"
+                with contextlib.suppress(OSError):
+                    state = f"the device {os.readlink('/proc/self/fd/0')}"
     if state:
         raise MimiError(f"{given} reads standard input, which is {state} here; pipe {what} in")
 

@@ -129,6 +129,7 @@ def _records(text: str, shown: str):
     """``(number, name, record, problem)`` for each non-blank line of a manifest, or item of a JSON array."""
     array = _json_array(text)
     if array is not None:
+        _check_listing(len(array), shown)
         for number, record in enumerate(array, 1):
             name = f"{shown}:{number}"
             if isinstance(record, str):
@@ -197,18 +198,40 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
                  relative), None
 
 
+def _check_listing(items: int, shown: str) -> None:
+    """Refuse a list of more items (or lines) than this machine can plan (ROW_LISTING_BYTES each, under half
+    its memory), before they are split and parsed."""
+    memory = physical_memory()
+    if memory and items * ROW_LISTING_BYTES > memory // 2:
+        raise MimiError(f"{shown} holds {items:,} lines; planning them would take more than half this machine's "
+                        f"{memory / 1e9:.0f} GB ({ROW_LISTING_BYTES:,} bytes each): split it into smaller lists")
+
+
+def _bounded_read(f, shown: str) -> bytes:
+    """All of a list, or a refusal once it goes past an eighth of the memory (a pipe whose writer never ends)."""
+    limit = (physical_memory() or 1 << 62) // 8
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        raise MimiError(f"{shown} goes on past {limit / 1e9:.1f} GB, an eighth of this machine's memory (does "
+                        "what writes it ever end?): split the list into smaller ones")
+    return data
+
+
 def _manifest_text(path: Path) -> tuple[str, Path]:
     """A manifest's text and the folder its relative paths start at."""
     try:
         if str(path) == STDIN:
             check_stdin("--inputs-from -", "the list")
-            data, base = sys.stdin.buffer.read(), Path.cwd()
+            data, base = _bounded_read(sys.stdin.buffer, "--inputs-from - (standard input)"), Path.cwd()
         else:
             kind = file_kind(os.stat(path).st_mode)
             if kind not in (None, "a pipe (FIFO)"):
                 raise MimiError(f"manifest {path} is {kind}, not a file")
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = _bounded_read(f, f"manifest {path}")
             base = path.parent if kind is None else Path.cwd()  # a pipe's folder (/dev/fd) holds no audio
+        _check_listing(max(data.count(b"\n"), data.count(b"\0")),
+                       "--inputs-from - (standard input)" if str(path) == STDIN else f"manifest {path}")
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16, as Windows PowerShell's `>` writes
             return data.decode("utf-16"), base
         # a byte-order mark (Notepad's UTF-8) dropped; a file name that is not UTF-8 kept as its bytes

@@ -91,6 +91,23 @@ def test_hostile_manifest_lines_fail_alone(tmp_path, weights_file, reference):
     np.testing.assert_array_equal(CodesFile.load(tmp_path / "out" / "whole_500ms.npz").codes, codes["span"])
 
 
+def test_a_list_longer_than_memory_can_plan_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    """`yes | mimi encode --inputs-from -` read standard input until the machine's memory ran out; a list is
+    read up to an eighth of the memory, and no more lines are parsed than half the memory can plan."""
+    from mimi_cli import sources
+
+    monkeypatch.setattr(sources, "physical_memory", lambda: 1_000_000)  # 125 kB of text, 244 lines
+    (tmp_path / "long.txt").write_text("a.wav\n" * 300)
+    [entry] = sources.list_items(tmp_path / "long.txt", manifest=True)
+    assert entry.item.error == (f"manifest {tmp_path / 'long.txt'} holds 300 lines; planning them would take more "
+                                "than half this machine's 0 GB (2,048 bytes each): split it into smaller lists")
+    (tmp_path / "endless.txt").write_text("a.wav " * 30_000)
+    [entry] = sources.list_items(tmp_path / "endless.txt", manifest=True)
+    assert "goes on past 0.0 GB, an eighth of this machine's memory" in entry.item.error
+    (tmp_path / "fine.txt").write_text("a.wav\n" * 200)
+    assert len(sources.list_items(tmp_path / "fine.txt", manifest=True)) == 200
+
+
 def test_a_manifest_by_any_name_or_pipe(tmp_path, weights_file, reference):
     """NeMo names its JSON-lines manifests .json; --inputs-from takes any name, and a pipe (read once while
     planning, relative paths from the working folder, so --jobs works)."""

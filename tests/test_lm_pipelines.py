@@ -352,6 +352,8 @@ def test_a_named_pipe_is_read_once(tmp_path, weights_file, dialogue, encoded):
     ("mimi encode /dev/zero -o {tmp}/x.npz", "/dev/zero is a device, not an audio file"),
     # (a zip reader looked for /dev/zero's end until the machine's memory ran out)
     ("ulimit -v 4000000; mimi decode /dev/zero -o {tmp}/x.wav", "/dev/zero is a device, not a codes file"),
+    # (its copy, kept to be read again, grew until the disk was full: here, until a 100 MB file-size limit)
+    ("ulimit -f 100000; mimi encode - -o {tmp}/x.npz < /dev/zero", "which is the device /dev/zero here; pipe the"),
     ("mimi encode {wav} -o {tmp}/x.npz --weights <(cat {weights})", "is a pipe (FIFO), not a file; save them"),
     ("mimi inspect <(cat {weights})", "is a pipe (FIFO), not a file; save them"),
 ])
