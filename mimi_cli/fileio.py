@@ -205,7 +205,8 @@ def readable(path: Target) -> Iterator[Readable]:
 
 _SIGNATURES = ((b"RIFF", "audio (WAV)"), (b"fLaC", "audio (FLAC)"), (b"OggS", "audio (Ogg)"), (b"ID3", "audio (MP3)"),
                (b"FORM", "audio (AIFF)"), (b"\x93NUMPY", "a NumPy .npy array"),
-               (b"PK\x03\x04", "a zip archive (an .npz codes file?)"))
+               (b"PK\x03\x04", "a zip archive (an .npz codes file?)"), (b"PAR1", "a Parquet table"),
+               (b"ARROW1", "an Arrow table"), (b"{", "JSON text"))
 
 
 def holds(path: Path) -> str | None:
@@ -215,12 +216,14 @@ def holds(path: Path) -> str | None:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe or a device: nothing to sniff, nothing to block on
             return None
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(264)
     except (OSError, ValueError):
         return None
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 27:
+        return ".safetensors weights"  # an 8-byte header length (its first byte may be "{"), then the JSON header
     kind = next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)
-    if kind is None and len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 27:
-        kind = ".safetensors weights"  # an 8-byte header length, then the JSON header
+    if kind is None and head[257:262] == b"ustar":
+        kind = "a tar archive (a WebDataset shard?)"
     return kind
 
 

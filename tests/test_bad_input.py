@@ -189,6 +189,31 @@ def test_audio_given_as_weights_is_named(tmp_path, short_clip):
     encode_fails(tmp_path, short_clip, "clip.wav holds audio (WAV), not weights", weights=short_clip)
 
 
+def test_what_a_file_holds_is_named_from_its_first_bytes(tmp_path):
+    """A table, a list or a shard given as weights was "header length 9,229,287,500,433,998,160 is over the
+    100 MiB limit"; now named. A safetensors file whose header is 123 bytes starts with "{" too: weights."""
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mimi_cli.fileio import holds
+
+    pq.write_table(pa.table({"codes": [[1, 2]]}), tmp_path / "t.parquet")
+    (tmp_path / "list.jsonl").write_text('{"audio_filepath": "a.wav"}\n')
+    with tarfile.open(tmp_path / "shard.tar", "w") as shard:
+        shard.add(tmp_path / "list.jsonl", arcname="0001.json")
+    for size in (123, 200):  # a header of 123 bytes: its length's first byte is "{"
+        text = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+        (tmp_path / f"h{size}.safetensors").write_bytes(size.to_bytes(8, "little") + text.ljust(size) + bytes(4))
+        assert holds(tmp_path / f"h{size}.safetensors") == ".safetensors weights"
+    for name, kind in (("t.parquet", "a Parquet table"), ("list.jsonl", "JSON text"),
+                       ("shard.tar", "a tar archive (a WebDataset shard?)")):
+        assert holds(tmp_path / name) == kind
+        result = run("inspect", tmp_path / name)
+        assert result.returncode != 0 and f"{name} holds {kind}, not weights" in result.stdout + result.stderr
+
+
 def test_encode_refuses_an_audio_name_for_its_codes(tmp_path, short_clip):
     before = {p.name for p in tmp_path.iterdir()}
     result = run("encode", short_clip, "-o", tmp_path / "codes.WAV")
@@ -232,7 +257,7 @@ def test_truncated_weights(tmp_path, weights_file, short_clip):
 
 def test_weights_that_are_not_safetensors(tmp_path, short_clip):
     (tmp_path / "w.safetensors").write_text("{}")
-    encode_fails(tmp_path, short_clip, "cannot read weights", weights=tmp_path / "w.safetensors")
+    encode_fails(tmp_path, short_clip, "w.safetensors holds JSON text, not weights", weights=tmp_path / "w.safetensors")
 
 
 # ----------------------------------------------------------------------------- outputs
