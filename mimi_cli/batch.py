@@ -153,7 +153,7 @@ def plan(job: Job) -> Plan:
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)
-    if job.skip_existing and s.kind == "encode":
+    if job.skip_existing:
         tasks = _resumable(tasks, s, inputs)
     if s.kind == "encode" and output_is_file and output != STDOUT:
         _check_codes_name(Path(output))
@@ -338,13 +338,14 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
 
 
 def _resumable(tasks: list[Task], s: Settings, input_ids: set) -> list[Task]:
-    """--skip-existing skips an existing output only if this run would write the same kind of codes there
+    """--skip-existing skips an existing output only if this run would write the same kind of output there
     (:func:`mimi_cli.pipeline.made_otherwise`): a run resumed with another codec, -n, --channels or weights
-    would otherwise leave a corpus of mixed codes. With -f the others are done again; without, nothing is."""
+    (or --sample-rate) would otherwise leave a corpus of mixed codes (or audio). With -f the others are done
+    again; without, nothing is."""
     run_weights_id = functools.cache(lambda: weights_id(resolve_weights(s.weights, codec_spec(s.codec))))
     resumed, differ = [], []
     for task in tasks:
-        problem = task.skip and made_otherwise(Path(task.output), s, run_weights_id)
+        problem = task.skip and made_otherwise(task, s, run_weights_id)
         if problem and s.replace:
             check_output(task.output, True, input_ids)  # a regular file, not an input: the usual -f rules
             task = replace(task, skip=False, redo=True)
@@ -354,8 +355,8 @@ def _resumable(tasks: list[Task], s: Settings, input_ids: set) -> list[Task]:
     if differ:
         output, problem = differ[0]
         many = f"{len(differ)} existing outputs differ from what this run writes, e.g. " if len(differ) > 1 else ""
-        raise MimiError(f"{many}{output} exists with other codes ({problem}): resume with the settings that made "
-                        "it, or add -f to encode such outputs again")
+        raise MimiError(f"{many}{output} exists, made otherwise ({problem}): resume with the settings that made "
+                        f"it, or add -f to {s.kind} such outputs again")
     return resumed
 
 

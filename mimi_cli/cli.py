@@ -286,8 +286,9 @@ JobsOption = Annotated[int, typer.Option(
                                 "1 thread unless --threads says otherwise.")]
 SkipExistingOption = Annotated[bool, typer.Option(
     "--skip-existing", help="Leave inputs whose output exists alone, or appears meanwhile (another run's): "
-                             "resumes an interrupted run. Encode: codes made with another codec, -n, --channels "
-                             "or weights stop the run before any work (with -f they are encoded again).")]
+                             "resumes an interrupted run. Outputs made otherwise (another codec, -n, --channels, "
+                             "weights or --sample-rate) stop the run before any work (with -f they are made "
+                             "again).")]
 ManifestOption = Annotated[Optional[str], typer.Option(
     "--manifest", help="Write one JSON line per input: input, output, status, duration_s, frames, error, warnings.",
     show_default=False, metavar="PATH.jsonl")]

@@ -25,8 +25,8 @@ import numpy as np
 from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, open_audio, read_blocks,
                             read_open, resample, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
-from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, out_of_memory,
-                             physical_memory)
+from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, first_line,
+                             out_of_memory, physical_memory)
 from mimi_cli.fileio import Readable, Target, atomic_output, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
@@ -461,14 +461,16 @@ def skipped(task: Task, settings: Settings) -> FileResult:
                          carried=None if task.item is None else carried_keys(task.item))
 
 
-def made_otherwise(output: Path, settings: Settings, run_weights_id: Callable[[], str]) -> str | None:
-    """How an existing codes file differs from what this encode run would write there, or None if it
-    does not: another codec, number of codebooks or channel layout, or other weights (``run_weights_id``
-    is called only when the rest matches). One that cannot be read back differs. A bare array (.npy)
-    records neither codec nor weights: its shape alone is compared."""
+def made_otherwise(task: Task, settings: Settings, run_weights_id: Callable[[], str]) -> str | None:
+    """How a task's existing output differs from what this run would write there, or None if it does not.
+    Codes: another codec, number of codebooks or channel layout, or other weights (``run_weights_id`` is
+    called only when the rest matches); a bare array (.npy) records neither codec nor weights, so its shape
+    alone is compared. Audio: another sample rate or number of channels. One that cannot be read back differs."""
+    if settings.kind == "decode":
+        return _audio_made_otherwise(task, settings)
     config = codec_spec(settings.codec).config()
     try:
-        codes = load_codes(output, config.name)
+        codes = load_codes(Path(task.output), config.name)
     except MimiError as exc:
         return f"it cannot be read back as codes ({exc})"
     levels = config.levels(settings.num_codebooks)
@@ -481,6 +483,28 @@ def made_otherwise(output: Path, settings: Settings, run_weights_id: Callable[[]
     ]
     if not differences and codes.weights_id and codes.weights_id != run_weights_id():
         differences.append(f"weights {codes.weights_id}, not {run_weights_id()}")
+    return "; ".join(differences) or None
+
+
+def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
+    """Decoded audio records its rate and channels: those this run writes for the task's codes (a table's
+    row is not read while planning: only a --sample-rate given is compared then)."""
+    import soundfile as sf
+
+    try:
+        found = sf.info(str(task.output))
+    except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+        return f"it cannot be read back as audio ({first_line(str(exc))})"
+    rate, channels = settings.sample_rate, None
+    if task.item is None:
+        try:
+            codes = load_codes(Path(task.input), settings.codec or DEFAULT_CODEC)
+        except MimiError:  # the input's own problem: nothing to compare with
+            return None
+        rate, channels = rate or codec_spec(codes.codec).config().sample_rate, codes.channels
+    differences = [*([f"{found.samplerate} Hz, not {rate}"] if rate and found.samplerate != rate else []),
+                   *([f"{found.channels} channel(s), not {channels}"] if channels and found.channels != channels
+                     else [])]
     return "; ".join(differences) or None
 
 

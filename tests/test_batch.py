@@ -214,8 +214,9 @@ def test_existing_outputs_resume_with_skip_existing(corpus, weights_file, tmp_pa
 
 
 def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_file, tmp_path):
-    """A run resumed with another codec, -n, --channels or weights would mix two kinds of codes in one corpus:
-    it refuses before any work, naming the difference; with -f those outputs are encoded again."""
+    """A run resumed with another codec, -n, --channels or weights would mix two kinds of codes in one corpus
+    (another --sample-rate, two kinds of audio): it refuses before any work, naming the difference; with -f
+    those outputs are made again."""
     from mimi_cli.batch import Job, plan
     from mimi_cli.codes import CodesFile
     from mimi_cli.models import codec_spec
@@ -242,7 +243,7 @@ def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_f
             ({"streams": 2}, {}, "2 code stream(s), not 1 (--channels mix)"),
             ({"made_by": "sha256:0123456789abcdef"}, {}, f"weights sha256:0123456789abcdef, not {ours}")):
         existing(**made)
-        with pytest.raises(MimiError, match=re.escape(f"a.npz exists with other codes ({difference})")):
+        with pytest.raises(MimiError, match=re.escape(f"a.npz exists, made otherwise ({difference})")):
             planned(**settings)
         redo = planned(replace=True, **settings)
         assert not redo.skip and redo.redo
@@ -258,6 +259,15 @@ def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_f
     again = run("encode", corpus, "-r", "-o", out, "--skip-existing", "-f", weights=weights_file)
     assert again.returncode == 0 and "4 encoded" in again.stderr, again.stderr
     assert {CodesFile.load(p).num_codebooks for p in before} == {8}
+    # decoded audio records its rate and channels: a resume at another --sample-rate is refused as well
+    audio = tmp_path / "audio"
+    assert run("decode", out, "-r", "-o", audio, "--sample-rate", "16000", weights=weights_file).returncode == 0
+    (audio / "a.wav").unlink()
+    refused = run("decode", out, "-r", "-o", audio, "--skip-existing", weights=weights_file)
+    assert refused.returncode == 1 and "3 existing outputs differ" in refused.stderr, refused.stderr
+    assert "(16000 Hz, not 24000)" in refused.stderr and "add -f to decode such outputs again" in refused.stderr
+    resumed = run("decode", out, "-r", "-o", audio, "--skip-existing", "--sample-rate", "16000", weights=weights_file)
+    assert resumed.returncode == 0 and "1 decoded" in resumed.stderr and "3 skipped" in resumed.stderr
 
 
 def test_ctrl_c_leaves_only_whole_files_and_the_run_resumes(weights_file, tmp_path):
