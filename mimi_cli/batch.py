@@ -161,7 +161,7 @@ def plan(job: Job) -> Plan:
         if extra is not None and "://" not in extra:
             _check_extra_output(Path(extra), label, s.replace or job.skip_existing, inputs, tasks)
     if job.parquet is not None and "://" in job.parquet:
-        remote_folder(job.parquet, s.replace or job.skip_existing)
+        remote_folder(job.parquet, s.replace or job.skip_existing, planning=True)
     threads, note = usable_threads(job.threads)
     notes = [note] if note else []
     workers, note = usable_workers(job.jobs, sum(not t.skip for t in tasks), job.engine)
@@ -407,7 +407,12 @@ def _local_paths(job: Job) -> Job:
     return job
 
 
-def remote_folder(uri: str, replace_ok: bool):
+# How long planning waits for a store that does not answer: Google Cloud Storage's client otherwise retries
+# for 15 minutes (offline, or with no credentials). The run's own writes keep the store's default patience.
+PLANNING_RETRY_SECONDS = 10
+
+
+def remote_folder(uri: str, replace_ok: bool, planning: bool = False):
     """pyarrow's file system for a --parquet URI (``s3://bucket/codes``) and the folder's path in it, checked
     as a local folder is, before any work: a scheme pyarrow knows, a store it can reach, not a file, and
     empty unless -f or --skip-existing said to replace what is there."""
@@ -416,8 +421,11 @@ def remote_folder(uri: str, replace_ok: bool):
         from pyarrow import fs
     except ImportError:
         raise MimiError('--parquet needs pyarrow: pip install "mimi-cli[parquet]"') from None
+    checked = uri
+    if planning and uri.lower().startswith(("gs://", "gcs://")) and "retry_limit_seconds" not in uri:
+        checked = f"{uri}{'&' if '?' in uri else '?'}retry_limit_seconds={PLANNING_RETRY_SECONDS}"
     try:
-        filesystem, folder = fs.FileSystem.from_uri(uri)
+        filesystem, folder = fs.FileSystem.from_uri(checked)
         kind = filesystem.get_file_info(folder).type
         used = kind == fs.FileType.Directory and filesystem.get_file_info(fs.FileSelector(folder))
     except (pa.ArrowException, OSError, ValueError) as exc:

@@ -629,3 +629,29 @@ def test_parquet_shards_are_written_as_they_fill(tmp_path, monkeypatch):
     assert table["codes"].combine_chunks().equals(want)
     split = batch._nested_lists(pa, [r.codes.codes for r in results], 3)
     assert split.equals(pa.array([r.codes.codes.tolist() for r in results], pa.list_(pa.list_(pa.list_(pa.uint16())))))
+
+
+def test_planning_waits_for_a_cloud_store_no_more_than_seconds(monkeypatch):
+    """Offline or without credentials, Google Cloud Storage's client retried for 15 minutes before the plan's
+    check of --parquet gs://… said anything: planning asks it to give up after PLANNING_RETRY_SECONDS (a
+    limit the URI sets already is kept), and the run's own writes keep the store's default."""
+    pytest.importorskip("pyarrow")
+    from pyarrow import fs
+
+    from mimi_cli import batch
+
+    asked = []
+
+    def from_uri(uri):
+        asked.append(uri)
+        return fs.LocalFileSystem(), "/nonexistent-mimi-folder"
+
+    monkeypatch.setattr(fs, "FileSystem", type("FileSystem", (), {"from_uri": staticmethod(from_uri)}))
+    for uri, planning in (("gs://bucket/codes", True), ("gs://bucket/codes?retry_limit_seconds=60", True),
+                          ("gcs://bucket/codes?project_id=p", True), ("s3://bucket/codes", True),
+                          ("gs://bucket/codes", False)):
+        batch.remote_folder(uri, False, planning=planning)
+    assert asked == [f"gs://bucket/codes?retry_limit_seconds={batch.PLANNING_RETRY_SECONDS}",
+                     "gs://bucket/codes?retry_limit_seconds=60",
+                     f"gcs://bucket/codes?project_id=p&retry_limit_seconds={batch.PLANNING_RETRY_SECONDS}",
+                     "s3://bucket/codes", "gs://bucket/codes"]
