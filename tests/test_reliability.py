@@ -352,18 +352,23 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find worker processes")
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
-def test_workers_die_with_their_parent(weights_file, tmp_path, signum):
+def _two_workers_encoding(weights_file: Path, tmp_path: Path, clips: int) -> subprocess.Popen:
+    """``mimi encode --jobs 2`` over ``clips`` clips of 8 s, in a process group of its own."""
     folder, out = tmp_path / "many", tmp_path / "out"
     folder.mkdir()
     speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
-    for i in range(6):
+    for i in range(clips):
         sf.write(folder / f"clip{i}.wav", speech[i * rate : (i + 8) * rate], rate)
     command = [sys.executable, "-m", "mimi_cli", "encode", str(folder), "-o", str(out), "--jobs", "2", "--weights",
                str(weights_file)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find worker processes")
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_die_with_their_parent(weights_file, tmp_path, signum):
+    process = _two_workers_encoding(weights_file, tmp_path, 6)
     deadline = time.monotonic() + 120
     workers: list[int] = []
     while len(workers) < 2 and time.monotonic() < deadline:
@@ -384,20 +389,12 @@ def test_workers_die_with_their_parent(weights_file, tmp_path, signum):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX process groups")
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT])
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see the workers start")
+@pytest.mark.parametrize("signum", [getattr(signal, "SIGHUP", signal.SIGINT), signal.SIGINT])
 def test_a_signal_to_the_whole_group_ends_the_run_in_one_line(weights_file, tmp_path, signum):
     """A closed terminal (SIGHUP) or Ctrl-C (SIGINT) reaches every process of the group at once: the
     parent, its workers and multiprocessing's resource tracker. The run still ends with its one line."""
-    folder, out = tmp_path / "many", tmp_path / "out"
-    folder.mkdir()
-    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
-    for i in range(4):
-        sf.write(folder / f"clip{i}.wav", speech[i * rate : (i + 8) * rate], rate)
-    command = [sys.executable, "-m", "mimi_cli", "encode", str(folder), "-o", str(out), "--jobs", "2", "--weights",
-               str(weights_file)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = _two_workers_encoding(weights_file, tmp_path, 4)
     deadline = time.monotonic() + 120
     while len(_children(process.pid)) < 3 and time.monotonic() < deadline:  # the tracker and two workers
         time.sleep(0.05)
