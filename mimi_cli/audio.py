@@ -16,7 +16,7 @@ from typing import BinaryIO
 import numpy as np
 
 from mimi_cli.errors import InvalidAudioError, physical_memory
-from mimi_cli.fileio import Target, atomic_output, cannot_write, file_kind, holds, is_stdout
+from mimi_cli.fileio import Target, atomic_output, cannot_write, file_kind, holds, is_stdout, missing
 from mimi_cli.models.codec import MAX_PEAK
 
 
@@ -103,8 +103,8 @@ def open_audio(path: Path):
         with open(path, "rb") as f:  # a permission problem is said as such, not as "not audio"
             empty = st.st_size == 0 and not f.read(1)  # /proc's files say 0 bytes and hold text
             size_field = None if empty else wav_length_unknown(f, path)
-    except FileNotFoundError:
-        raise InvalidAudioError(f"{path} does not exist") from None
+    except FileNotFoundError:  # or a link to nothing, said as such
+        raise InvalidAudioError(f"{path} {missing(path) or 'does not exist'}") from None
     except OSError as exc:
         raise InvalidAudioError(f"cannot read {path}: {os.strerror(exc.errno) if exc.errno else exc}") from None
     if empty:

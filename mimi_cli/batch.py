@@ -37,7 +37,8 @@ from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_memory
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, file_ids,
-                             fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path, output_exists, url)
+                             file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path, missing,
+                             output_exists, url)
 from mimi_cli.models import codec_spec
 from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
 from mimi_cli.sources import Item, is_container, is_table, known_keys, list_items
@@ -124,8 +125,9 @@ def plan(job: Job) -> Plan:
                                 else (CODES_SUFFIXES, ".wav", ".decoded.wav"))
     paths = [Path(p) for p in job.inputs]
     # decode: a folder of codes files; or of Parquet shards (--parquet's), when it holds no codes file
+    left_out: list[Path] = []  # broken links, pipes and devices with an input's name in the folders and globs
     found = collect_inputs(paths, job.recursive, suffixes, containers=True,
-                           else_suffixes=(".parquet",) if s.kind == "decode" else ())
+                           else_suffixes=(".parquet",) if s.kind == "decode" else (), on_skip=left_out.append)
     found = (expand_containers(found, job.column or "audio") if s.kind == "encode" else
              expand_containers(found, job.column or "codes", is_table))
     found += [entry for m in job.manifests for entry in listed_inputs(home_expanded(m), s.kind, job.column)]
@@ -138,7 +140,8 @@ def plan(job: Job) -> Plan:
                      "no rows" if job.inputs else "no lines")
             raise MimiError(f"{given} {'holds' if one else 'hold'} nothing to {s.kind} ({kinds})")
         raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {given}"
-                        + (" (use -r to search sub-folders)" if folders and not job.recursive else ""))
+                        + (f" ({_left_out(left_out)})" if left_out else
+                           " (use -r to search sub-folders)" if folders and not job.recursive else ""))
     items = any(entry.item is not None for entry in found)
     one_file = len(paths) == 1 and not is_folder(paths[0]) and not _is_glob(paths[0]) and not items
     if items and job.output is None and job.parquet is None:
@@ -164,12 +167,21 @@ def plan(job: Job) -> Plan:
         remote_folder(job.parquet, s.replace or job.skip_existing, planning=True)
     threads, note = usable_threads(job.threads)
     notes = [note] if note else []
+    notes += [_left_out(left_out)] if left_out else []
     workers, note = usable_workers(job.jobs, sum(not t.skip for t in tasks), job.engine)
     notes += [note] if note else []
     # several workers share the cores: one thread each unless told otherwise
     per_worker = threads or (1 if workers > 1 or job.engine == "ray" else usable_cores())
     settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None, skip_existing=job.skip_existing)
     return Plan(job, tasks, settings, workers, single, notes)
+
+
+def _left_out(paths: list[Path], shown: int = 3) -> str:
+    """"left out 2 entries that are not files: a.wav (a broken symbolic link), b.wav (a pipe (FIFO))"."""
+    named = ", ".join(f"{p} ({_unlisted(p)})" for p in paths[:shown])
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    what = "entry that is not a file" if len(paths) == 1 else "entries that are not files"
+    return f"left out {len(paths)} {what}: {named}{more}"
 
 
 def _check_codes_name(output: Path) -> None:
@@ -220,24 +232,27 @@ def _output_target(output: str | None, one_file: bool, found: list[Input], suffi
 
 
 def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple[str, ...],
-                   containers: bool = False, else_suffixes: tuple[str, ...] = ()) -> list[Input]:
+                   containers: bool = False, else_suffixes: tuple[str, ...] = (),
+                   on_skip: Callable[[Path], None] | None = None) -> list[Input]:
     """Files named directly (whatever their suffix), files with ``suffixes`` in folders (all levels with
     ``recursive``; in a folder with none, files with ``else_suffixes``) and glob matches (``**`` descends). A
     name that matches nothing is kept, to fail as missing. With ``containers``, a dataset folder (see
-    :func:`mimi_cli.sources.is_container`) is one input, not searched."""
+    :func:`mimi_cli.sources.is_container`) is one input, not searched. ``on_skip`` is called with each entry
+    a folder or glob holds under such a name that is not a regular file (a broken link, a pipe, a device):
+    it is left out, as a folder walk must not block on a pipe, but the caller should say so."""
     found: list[Input] = []
     for item in map(str, items):
         path = home_expanded(item)
         if is_folder(path) and not (containers and is_container(path)):
             pattern = "**/*" if recursive else "*"
-            listed = sorted(p for p in path.glob(pattern) if p.is_file() and not p.name.startswith("."))
-            files = [p for p in listed if p.suffix.lower() in suffixes] or \
+            listed = sorted(p for p in path.glob(pattern) if not p.name.startswith(".") and not is_folder(p))
+            named = [p for p in listed if p.suffix.lower() in suffixes] or \
                 [p for p in listed if p.suffix.lower() in else_suffixes]
-            found += [Input(p, path) for p in files]
+            found += [Input(p, path) for p in _regular(named, on_skip)]
         elif not os.path.lexists(path) and glob.has_magic(item):
             base = Path(_glob_root(item))
             matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True))
-            found += [Input(p, base) for p in matches if p.is_file()]
+            found += [Input(p, base) for p in _regular([p for p in matches if not is_folder(p)], on_skip)]
         else:
             found.append(Input(path, path.parent))
     unique, seen = [], set()
@@ -247,6 +262,27 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
             seen.add(key)
             unique.append(entry)
     return unique
+
+
+def _regular(paths: list[Path], on_skip: Callable[[Path], None] | None) -> list[Path]:
+    """The regular files of ``paths`` (links to them included); ``on_skip`` is told of the others."""
+    kept = []
+    for p in paths:
+        if p.is_file():
+            kept.append(p)
+        elif on_skip is not None:
+            on_skip(p)
+    return kept
+
+
+def _unlisted(path: Path) -> str:
+    """What a left-out entry is, in words: "a broken symbolic link", "a pipe (FIFO)", …"""
+    problem = missing(path)
+    if problem is not None:
+        return problem.removeprefix("is ")
+    with suppress(OSError):
+        return file_kind(os.stat(path).st_mode) or "not a regular file"
+    return "not a regular file"
 
 
 def expand_containers(found: list[Input], column: str, expands: Callable[[Path], bool] = is_container) -> list[Input]:

@@ -318,6 +318,32 @@ def test_collect_and_plan(tmp_path):
         plan_tasks(clash, tmp_path / "out", ".npz", ".npz", force=False, skip_existing=False)
 
 
+def test_entries_that_are_not_files_are_said(tmp_path):
+    """A folder's broken link or pipe named like audio is left out (a walk must not block on a pipe), and
+    the run says so: before, it vanished from the run without a word, or "no .wav files" named none."""
+    import os
+
+    from mimi_cli import batch
+    from mimi_cli.pipeline import Settings
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "a.wav", np.zeros(2400, np.float32), 24000)
+    (folder / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    os.mkfifo(folder / "live.wav")
+    (folder / "sub.wav").mkdir()  # a folder with an audio name is a folder, not a left-out file
+    for given in (folder, str(folder / "*.wav")):
+        planned = batch.plan(batch.Job(Settings("encode"), (str(given),), str(tmp_path / "out")))
+        assert [t.input.name for t in planned.tasks] == ["a.wav"]
+        assert planned.notes == [f"left out 2 entries that are not files: {folder / 'gone.wav'} (a broken "
+                                 f"symbolic link), {folder / 'live.wav'} (a pipe (FIFO))"]
+    (folder / "a.wav").unlink()
+    with pytest.raises(MimiError, match=r"no \.wav .* \(left out 2 entries .*gone\.wav \(a broken symbolic link\)"):
+        batch.plan(batch.Job(Settings("encode"), (str(folder),), str(tmp_path / "out")))
+    named = run("encode", folder / "gone.wav", "-o", tmp_path / "x.npz")
+    assert named.returncode == 1 and named.stderr.strip() == f"error: {folder / 'gone.wav'} is a broken symbolic link"
+
+
 def test_batch_usage_errors(corpus, tmp_path):
     result = run("encode", tmp_path, "-o", tmp_path / "out")
     assert result.returncode == 1 and "no .wav" in result.stderr and "-r" in result.stderr
