@@ -170,7 +170,10 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
     audio = next((record[k] for k in MANIFEST_PATH_KEYS if isinstance(record.get(k), str)), None)
     offset, duration = record.get("offset", 0.0), record.get("duration")
     bad_duration = duration is not None and not (_seconds(duration) and duration > 0)
-    problem = (f"{name} has no audio_filepath (or path)" if audio is None else
+    given = next((k for k in MANIFEST_PATH_KEYS if record.get(k) is not None), None)  # there, but not a string
+    problem = (f"{name}: {given} must be a file's path (a string), not a JSON "
+               f"{_JSON_TYPES.get(type(record[given]), 'value')}" if audio is None and given else
+               f"{name} has no audio_filepath (or path)" if audio is None else
                f"{name}: its audio_filepath holds a NUL character, which no file name can" if "\0" in audio else
                f"{name}: offset must be a number of seconds from 0 to {MAX_SECONDS:,.0f}" if not _seconds(offset)
                else f"{name}: duration must be a number of seconds above 0, at most {MAX_SECONDS:,.0f}"
@@ -241,7 +244,8 @@ def _manifest_text(path: Path) -> tuple[str, Path]:
         raise MimiError(f"cannot read manifest {shown}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
 MAX_SECONDS = 1e9  # 31 years: beyond any recording, and small enough to count in samples or milliseconds
 
 

@@ -76,7 +76,8 @@ def test_hostile_manifest_lines_fail_alone(tmp_path, weights_file, reference):
     whole = str(folder / "whole.wav")
     lines = ["[" * 100_000 + "]" * 100_000, json.dumps({"audio_filepath": whole, "offset": 1e308}),
              json.dumps({"audio_filepath": whole, "duration": 1e308}), json.dumps({"audio_filepath": whole + "\0x"}),
-             "[1, 2]", "null", json.dumps({"audio_filepath": whole, "offset": 0.5, "duration": 1.5})]
+             "[1, 2]", "null", json.dumps({"audio_filepath": [whole]}), json.dumps({"text": "no path"}),
+             json.dumps({"audio_filepath": whole, "offset": 0.5, "duration": 1.5})]
     manifest = tmp_path / "hostile.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     result = run("encode", manifest, "-o", tmp_path / "out", weights=weights_file)
@@ -87,7 +88,9 @@ def test_hostile_manifest_lines_fail_alone(tmp_path, weights_file, reference):
                         f"failed: {manifest}:3: duration must be a number of seconds above 0, at most 1,000,000,000",
                         f"failed: {manifest}:4: its audio_filepath holds a NUL character, which no file name can",
                         f"failed: {manifest}:5 is a JSON array, not an object",
-                        f"failed: {manifest}:6 is a JSON null, not an object"], result.stderr
+                        f"failed: {manifest}:6 is a JSON null, not an object",
+                        f"failed: {manifest}:7: audio_filepath must be a file's path (a string), not a JSON array",
+                        f"failed: {manifest}:8 has no audio_filepath (or path)"], result.stderr
     np.testing.assert_array_equal(CodesFile.load(tmp_path / "out" / "whole_500ms.npz").codes, codes["span"])
 
 
