@@ -102,7 +102,7 @@ def open_audio(path: Path):
                                     "the audio into '-'")
         with open(path, "rb") as f:  # a permission problem is said as such, not as "not audio"
             empty = st.st_size == 0 and not f.read(1)  # /proc's files say 0 bytes and hold text
-            size_field = None if empty else wav_length_unknown(f, path)
+            size_field = None if empty else check_header(f, path)
     except FileNotFoundError:  # or a link to nothing, said as such
         raise InvalidAudioError(f"{path} {missing(path) or 'does not exist'}") from None
     except OSError as exc:
@@ -371,6 +371,89 @@ def wav_length_unknown(f: BinaryIO, name: Target) -> tuple[int, int] | None:
                                         f"the file holds {present:,}; re-copy or re-export it")
             return None
         f.seek(size + (size & 1), 1)  # chunks are padded to an even size
+    return None
+
+
+def check_header(f: BinaryIO, name: Target) -> tuple[int, int] | None:
+    """What a file's own bytes say before a decoder opens it: a cut copy of a WAV, MP3 or Ogg file is refused
+    (their decoders read the part that is there, silently); returns :func:`wav_length_unknown`'s answer."""
+    cut = _mp3_cut_short(f) or _ogg_cut_short(f)
+    if cut:
+        raise InvalidAudioError(f"{name} is truncated: {cut}; re-copy or re-export it")
+    return wav_length_unknown(f, name)
+
+
+def _mp3_cut_short(f: BinaryIO) -> str | None:
+    """What an MP3 file lacks by the stream size its first frame declares: the Xing (or "Info") header LAME,
+    FFmpeg and libsndfile write, or Fraunhofer's VBRI header. None for a whole file, another format, or an MP3
+    file without such a header (its length is an estimate from the bit rate: nothing to check against).
+
+        [ID3v2 tag]  FF Fx ?? ??  [CRC]  side info  Xing <flags> [frames] [bytes] …   frames…
+                     frame header                                          ^^^^^ the stream's size in bytes
+                                  …  VBRI <version, delay, quality> <bytes> <frames>   (32 bytes after the header)
+
+    Encoders disagree on whether the size counts the ID3v2 tag before the stream, so only a file smaller than
+    the size as a whole is short of it.
+    """
+    f.seek(0)
+    head = f.read(10)
+    start = 0
+    if head[:3] == b"ID3" and len(head) == 10 and all(b < 0x80 for b in head[6:10]):
+        start = 10 + sum(b << (7 * (3 - i)) for i, b in enumerate(head[6:10])) + (10 if head[5] & 0x10 else 0)
+    f.seek(start)
+    frame = f.read(64)
+    if len(frame) < 64 or frame[0] != 0xFF or frame[1] & 0xE0 != 0xE0:
+        return None
+    version, layer = (frame[1] >> 3) & 3, (frame[1] >> 1) & 3  # version 3: MPEG-1; 2: MPEG-2; 0: MPEG-2.5
+    if version == 1 or layer != 1:  # a reserved version, or not Layer III
+        return None
+    mono = frame[3] >> 6 == 3
+    side_info = (17 if mono else 32) if version == 3 else (9 if mono else 17)
+    at = 4 + (0 if frame[1] & 1 else 2) + side_info  # the protection bit 0: a CRC follows the header
+    if frame[at : at + 4] in (b"Xing", b"Info"):
+        flags = int.from_bytes(frame[at + 4 : at + 8], "big")
+        if not flags & 2:
+            return None
+        label, field = "Xing", at + 8 + (4 if flags & 1 else 0)
+    elif frame[36:40] == b"VBRI":
+        label, field = "VBRI", 46
+    else:
+        return None
+    declared, size = int.from_bytes(frame[field : field + 4], "big"), f.seek(0, os.SEEK_END)
+    if declared <= size:
+        return None
+    return f"its {label} header announces {declared:,} bytes of MP3 stream, the file holds {size - start:,}"
+
+
+# An Ogg page: its header, then one lacing value a segment, then the segments (their sum, in bytes).
+#     OggS <version 0> <type> <granule 8> <serial 4> <sequence 4> <CRC 4> <n> <n lacing values> <payload>
+_OGG_HEADER = 27
+MAX_OGG_PAGES = 1 << 20  # a page is 4–8 KB in real files, a second or two of audio: a million take ≈ 2 s to walk
+
+
+def _ogg_cut_short(f: BinaryIO) -> str | None:
+    """What an Ogg file (Vorbis, Opus, FLAC in Ogg) lacks when its last page runs past the file's end. Ogg stores
+    no length, but each page its own size: walking the pages' headers finds a copy cut within a page (a cut
+    exactly between two pages is not seen). None for a whole file, another format, bytes that stop being pages
+    before the end (damage the decoder reports), or more than MAX_OGG_PAGES pages (hostile: tiny ones)."""
+    f.seek(0)
+    if f.read(5) != b"OggS\0":
+        return None
+    size, at = f.seek(0, os.SEEK_END), 0
+    for _ in range(MAX_OGG_PAGES):
+        if at >= size:
+            return None
+        f.seek(at)
+        header = f.read(_OGG_HEADER)
+        if header[:4] != b"OggS"[: len(header)]:
+            return None
+        lacing = f.read(header[26]) if len(header) == _OGG_HEADER else b""
+        if len(header) < _OGG_HEADER or len(lacing) < header[26]:
+            return f"its last Ogg page's header is cut after {size - at:,} bytes"
+        page = _OGG_HEADER + len(lacing) + sum(lacing)
+        if at + page > size:
+            return f"its last Ogg page declares {page:,} bytes, the file holds {size - at:,} of them"
+        at += page
     return None
 
 

@@ -663,11 +663,11 @@ def open_bytes(data: bytes, name: str):
     """Encoded audio held in memory, opened like a file."""
     import soundfile as sf
 
-    from mimi_cli.audio import checked_reader, open_with_ffmpeg, wav_length_unknown, with_streamed_size
+    from mimi_cli.audio import check_header, checked_reader, open_with_ffmpeg, with_streamed_size
 
     if not data:
         raise InvalidAudioError(f"{name} is empty (0 bytes)")
-    size_field = wav_length_unknown(io.BytesIO(data), name)
+    size_field = check_header(io.BytesIO(data), name)
     try:
         f = sf.SoundFile(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:

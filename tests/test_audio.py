@@ -161,6 +161,41 @@ def test_a_truncated_file_of_any_container_is_refused(tmp_path, container, subty
         open_bytes(cut.read_bytes(), "member")
 
 
+def id3v2_tag(padding: int) -> bytes:
+    """An ID3v2.4 tag of one title frame and ``padding`` zero bytes (its size in 7-bit "synchsafe" bytes)."""
+    frame = b"TIT2" + (6).to_bytes(4, "big") + b"\0\0" + b"\x03title"
+    body = frame + bytes(padding)
+    size = bytes((len(body) >> shift) & 0x7F for shift in (21, 14, 7, 0))
+    return b"ID3\x04\x00\x00" + size + body
+
+
+@pytest.mark.parametrize("container, subtype, tag", [("MP3", "MPEG_LAYER_III", 0), ("MP3", "MPEG_LAYER_III", 3000),
+                                                     ("OGG", "VORBIS", 0), ("OGG", "OPUS", 0)])
+def test_a_cut_mp3_or_ogg_file_is_refused(tmp_path, container, subtype, tag):
+    """libsndfile (mpg123, libvorbis, libopus) decoded the part of a cut MP3 or Ogg file that is there, silently,
+    and mpg123 printed a warning of its own on stderr. An MP3 file's Xing header declares the stream's size,
+    and each Ogg page its own: a file cut anywhere but between two pages is refused; the whole file reads. (Some
+    encoders count an ID3v2 tag in the MP3 stream's size, others not: a cut shorter than the tag is not seen.)"""
+    from mimi_cli.sources import open_bytes
+
+    samples = np.random.default_rng(3).uniform(-0.5, 0.5, 72000).astype(np.float32)
+    whole = tmp_path / f"whole.{container.lower()}"
+    sf.write(whole, samples, 24000, format=container, subtype=subtype)
+    before = id3v2_tag(tag) if tag else b""
+    data = before + whole.read_bytes()
+    whole.write_bytes(data)
+    assert abs(read_audio(whole).samples.shape[0] - len(samples)) < 24000 * 0.1
+    assert open_bytes(data, "member").read().shape[0] == read_audio(whole).samples.shape[0]
+    cut = tmp_path / f"cut.{container.lower()}"
+    for end in (len(data) // 3, len(data) // 2, len(data) - len(before) - 7):
+        cut.write_bytes(data[:end])
+        with pytest.raises(InvalidAudioError, match=rf"cut.{container.lower()} is truncated: its "
+                                                    r"(Xing header announces [\d,]+ bytes|last Ogg page)"):
+            read_audio(cut)
+        with pytest.raises(InvalidAudioError, match="member is truncated"):
+            open_bytes(data[:end], "member")
+
+
 @pytest.mark.parametrize("container, subtype", [("WAV", "GSM610"), ("WAV", "NMS_ADPCM_16"), ("AU", "G721_32"),
                                                 ("AIFF", "GSM610")])
 def test_a_format_libsndfile_cannot_seek_in_reads(tmp_path, container, subtype):

@@ -85,6 +85,14 @@ def test_truncated_flac(tmp_path):
     encode_fails(tmp_path, path, "cannot read", "as audio")
 
 
+def test_truncated_mp3(tmp_path):
+    """Refused in one line, before mpg123 prints its own warning about the stream's size on stderr."""
+    path = tmp_path / "cut.mp3"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 48000), 24000, format="MP3")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    encode_fails(tmp_path, path, "cut.mp3 is truncated: its Xing header announces")
+
+
 def test_corrupt_header(tmp_path):
     path = write_wav(tmp_path / "bad.wav", np.zeros(2400, np.float32))
     data = bytearray(path.read_bytes())
