@@ -156,6 +156,20 @@ def test_bad_audio_is_refused(small_model, pcm, match):
         small_model.encode(pcm, num_codebooks=2)
 
 
+def test_samples_by_channels_is_refused_not_encoded_as_thousands_of_clips(small_model):
+    """An array as soundfile reads a file, [samples, channels], given where [B, T] goes, was encoded as one clip of
+    a channel's few samples per row: ~1 MB a row, so 24,000 samples of mono ran the process out of memory. The
+    layout is named and what to give instead; short batches and one row per channel still encode."""
+    pcm = audio(3 * FRAME)
+    for wrong in (pcm[:, None], np.stack([pcm, pcm], axis=1)):
+        for call in (small_model.encode, small_model.encode_channels):
+            with pytest.raises(InvalidAudioError, match=rf"\[{3 * FRAME}, {wrong.shape[1]}\]: .* give pcm\[:, 0\]"):
+                call(wrong, 2)
+        np.testing.assert_array_equal(small_model.encode(wrong.T, 2)[0], small_model.encode(pcm, 2))
+    few = audio(FRAME)[:40].reshape(4, 10)  # a batch of 4 clips of 10 samples: more samples than rows
+    assert small_model.encode(few, 2).shape == (4, 2, 1)
+
+
 @pytest.mark.parametrize("levels, error", [(SMALL.num_codebooks + 1, ValueError), (0, ValueError), (-1, ValueError),
                                            (1.5, TypeError), (True, TypeError), ("2", TypeError)])
 def test_codebook_count_is_checked(small_model, levels, error):

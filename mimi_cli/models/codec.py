@@ -50,6 +50,11 @@ class Recognised:
 # samples read as floats, say), which the network would turn into all-zero codes without a word.
 MAX_PEAK = 1e3
 
+# A row count above one frame's samples with rows this short or shorter is read as an array of
+# [samples, channels] given where [B, T] goes (64: microphone arrays; a clip of 64 samples lasts 3 ms).
+LAYOUT_CHANNELS = 64
+
+
 class Codec(Module):
     """Audio ↔ codes through encode_waveform → encode_sequence → quantizer → decode_sequence → decode_waveform."""
 
@@ -142,7 +147,17 @@ class Codec(Module):
         self.check_audio(pcm)
         if pcm.ndim not in (1, 2):
             raise InvalidAudioError(f"audio must have shape [T] or [B, T], got {list(pcm.shape)}")
+        self.check_rows(pcm)
         return np.atleast_2d(pcm).astype(np.float32, copy=False), pcm.ndim == 1
+
+    def check_rows(self, pcm: np.ndarray) -> None:
+        """Refuse ``[samples, channels]`` (soundfile's layout) where rows of samples go: it would be encoded as
+        thousands of clips of a few samples each, about 1 MB of memory a row, until the process is killed."""
+        if pcm.ndim == 2 and pcm.shape[1] <= LAYOUT_CHANNELS and pcm.shape[0] > self.config.frame_size:
+            rows, samples = pcm.shape
+            raise InvalidAudioError(f"audio has shape {list(pcm.shape)}: {rows:,} rows of {samples} samples; if it "
+                                    "is [samples, channels], as soundfile reads a file, give pcm[:, 0] (or "
+                                    "pcm.mean(axis=1) to mix the channels) or pcm.T (a row per channel)")
 
     @staticmethod
     def check_audio(pcm: np.ndarray) -> None:
@@ -215,7 +230,9 @@ class Codec(Module):
     def encode_channels(self, pcm: np.ndarray, num_codebooks: int | None = None) -> np.ndarray:
         """Each channel of ``pcm [C, N]`` encoded on its own: codes ``[C, K, F]``, row c identical to
         ``encode(pcm[c])`` (a batch of rows may round differently in BLAS, so rows go one at a time)."""
-        return np.stack([self.encode(channel, num_codebooks) for channel in np.atleast_2d(pcm)])
+        pcm = np.atleast_2d(pcm)
+        self.check_rows(pcm)
+        return np.stack([self.encode(channel, num_codebooks) for channel in pcm])
 
     def decode_channels(self, codes: np.ndarray) -> np.ndarray:
         """Codes ``[C, K, F]`` → pcm ``[C, frame_size·F]``, each channel decoded on its own."""
