@@ -147,7 +147,8 @@ def test_codebooks_are_computed_from_sum_and_usage(small_model):
 @pytest.mark.parametrize("pcm,match", [
     (np.zeros(100, np.int16), r"floating point in \[-1, 1\], got int16; convert integer PCM first"),
     (np.zeros(100, np.complex64), r"floating point in \[-1, 1\], got complex64$"),  # no hint about integers
-    (np.zeros((1, 1, 100), np.float32), "shape"),
+    (np.zeros((1, 1, 100), np.float32), r"shape \[T\] or \[B, T\], got \[1, 1, 100\]; for moshi's \[B, 1, T\] give"),
+    (np.zeros((2, 3, 100), np.float32), r"got \[2, 3, 100\]$"),
     (np.array([0.1, np.nan], np.float32), "NaN"),
     (np.array([0.1, np.inf], np.float32), "NaN or Inf"),
 ])

@@ -146,7 +146,8 @@ class Codec(Module):
         pcm = np.asarray(pcm)
         self.check_audio(pcm)
         if pcm.ndim not in (1, 2):
-            raise InvalidAudioError(f"audio must have shape [T] or [B, T], got {list(pcm.shape)}")
+            hint = "; for moshi's [B, 1, T] give pcm[:, 0]" if pcm.ndim == 3 and pcm.shape[1] == 1 else ""
+            raise InvalidAudioError(f"audio must have shape [T] or [B, T], got {list(pcm.shape)}{hint}")
         self.check_rows(pcm)
         return np.atleast_2d(pcm).astype(np.float32, copy=False), pcm.ndim == 1
 
@@ -155,8 +156,9 @@ class Codec(Module):
         thousands of clips of a few samples each, about 1 MB of memory a row, until the process is killed."""
         if pcm.ndim == 2 and pcm.shape[1] <= LAYOUT_CHANNELS and pcm.shape[0] > self.config.frame_size:
             rows, samples = pcm.shape
-            raise InvalidAudioError(f"audio has shape {list(pcm.shape)}: {rows:,} rows of {samples} samples; if it "
-                                    "is [samples, channels], as soundfile reads a file, give pcm[:, 0] (or "
+            each = f"{samples} sample{'s' if samples != 1 else ''}"
+            raise InvalidAudioError(f"audio has shape {list(pcm.shape)}: {rows:,} rows of {each}; if it is "
+                                    "[samples, channels], as soundfile reads a file, give pcm[:, 0] (or "
                                     "pcm.mean(axis=1) to mix the channels) or pcm.T (a row per channel)")
 
     @staticmethod
