@@ -39,8 +39,8 @@ from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_m
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, file_ids,
                              file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path, missing,
                              output_exists, url)
-from mimi_cli.models import codec_spec
-from mimi_cli.pipeline import BASE_BYTES, FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
+from mimi_cli.models import BASE_BYTES, codec_spec
+from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
 from mimi_cli.sources import Item, is_container, is_table, known_keys, list_items
 from mimi_cli.weights import resolve_weights, weights_id
 

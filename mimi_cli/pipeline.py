@@ -34,17 +34,11 @@ from mimi_cli.sources import Item, carried_keys, open_item, row_codes
 from mimi_cli.weights import resolve_weights, weights_id
 
 
-# Peak RSS in batch mode, with margin: weights and libraries (what each --jobs worker holds whatever
-# it reads), then each codec's growth per second of audio (CodecSpec.batch_bytes_per_second; measured
-# with benchmarks/memory.py, see docs/performance.md).
-BASE_BYTES = 0.6e9
-
-
 def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC, remedy: str | None = None) -> None:
     """Refuse a batch run that cannot fit in this machine's memory, before doing any work; ``remedy`` says what
     to do instead (default: encode's and decode's --stream, where the codec has it)."""
     spec = codec_spec(codec)
-    needed = BASE_BYTES + spec.batch_bytes_per_second * seconds
+    needed = spec.batch_bytes(1, seconds)
     physical = physical_memory()
     if physical and needed > 0.9 * physical:
         remedy = remedy or ("use --stream, which keeps memory flat" if spec.streaming

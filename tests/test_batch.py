@@ -177,7 +177,8 @@ def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch
     """Each local worker holds the weights (BASE_BYTES): --jobs 1000 on a machine of 4 GB runs 6
     (0.9 × 4 GB / 0.6 GB), and says so; never more than the files to do; Ray's scheduler places its own."""
     from mimi_cli import batch
-    from mimi_cli.pipeline import BASE_BYTES, Settings
+    from mimi_cli.models import BASE_BYTES
+    from mimi_cli.pipeline import Settings
 
     monkeypatch.setattr(batch, "physical_memory", lambda: 4e9)
     assert BASE_BYTES == 0.6e9

@@ -920,7 +920,7 @@ def test_a_container_that_understates_its_length_is_checked_as_it_is_read(tmp_pa
         assert f.frames / f.samplerate < 0.35
         whole = pipeline.read_for_batch(path, f, "mimi")  # this machine's memory: all of it
     assert whole.duration > 2.9
-    one_second = (pipeline.BASE_BYTES + pipeline.codec_spec("mimi").batch_bytes_per_second) / 0.9
+    one_second = pipeline.codec_spec("mimi").batch_bytes(1, 1.0) / 0.9
     monkeypatch.setattr(pipeline, "physical_memory", lambda: one_second)
     with open_audio(path) as f, pytest.raises(MimiError, match="of audio would need about .* in batch mode .* "
                                                                  "use --stream"):

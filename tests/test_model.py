@@ -171,6 +171,30 @@ def test_samples_by_channels_is_refused_not_encoded_as_thousands_of_clips(small_
     assert small_model.encode(few, 2).shape == (4, 2, 1)
 
 
+def test_a_batch_call_larger_than_memory_is_refused_before_allocating(small_model, monkeypatch):
+    """Decoding 10⁷ frames at once grew past this machine's 24 GB and the kernel killed the process. A batch
+    call whose peak memory (the registry's figures) would not fit is refused first: here on inputs that take
+    no memory (broadcast views), which any copy or pass over the values would make take terabytes."""
+    from mimi_cli import errors
+    from mimi_cli.errors import MimiError
+    from mimi_cli.models import codec_spec
+
+    endless_codes = np.broadcast_to(np.int64(1), (2, SMALL.num_codebooks, 10**9))
+    with pytest.raises(MimiError, match=r"decoding 2 rows of [\d,.]+ min of audio at once would need about "
+                                        r"[\d,]+ GB .* give fewer rows at a time, or stream them"):
+        small_model.decode(endless_codes)
+    with pytest.raises(MimiError, match=r"encoding 1 row of [\d,.]+ min .* stream it: model.stream_encoder\(\)"):
+        small_model.encode(np.broadcast_to(np.float32(0), (10**11,)))
+    # the limit is the registry's estimate against 90 % of the memory: just above it passes, just below not
+    pcm = audio(2 * FRAME, batch=3)
+    needed = codec_spec(SMALL.name).batch_bytes(3, 2 * FRAME / SMALL.sample_rate)
+    monkeypatch.setattr(errors, "physical_memory", lambda: needed / 0.9 * 1.001)
+    assert small_model.encode(pcm, 2).shape == (3, 2, 2)
+    monkeypatch.setattr(errors, "physical_memory", lambda: needed / 0.9 * 0.999)
+    with pytest.raises(MimiError, match="encoding 3 rows of 0.004 s of audio at once"):
+        small_model.encode(pcm, 2)
+
+
 @pytest.mark.parametrize("levels, error", [(SMALL.num_codebooks + 1, ValueError), (0, ValueError), (-1, ValueError),
                                            (1.5, TypeError), (True, TypeError), ("2", TypeError)])
 def test_codebook_count_is_checked(small_model, levels, error):

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 from mimi_cli.errors import MimiError
 
+# Peak memory of a batch call (encode or decode at once; docs/performance.md, "Memory"): the weights and
+# libraries a process holds whatever it runs, then each CodecSpec's figures per row and per second of audio.
+BASE_BYTES = 0.6e9
+
 
 @dataclass(frozen=True)
 class CodecSpec:
@@ -30,6 +34,8 @@ class CodecSpec:
     hub_file: str
     weights_env: str  # environment variable naming a weights file
     batch_bytes_per_second: float  # peak memory growth per second of audio in batch mode (docs/performance.md)
+    batch_row_bytes: float = 40e6  # what each row of a batch holds besides: its own SEANet chunk, this much
+    batch_row_seconds: float = 2.5  # from rows of this length on (a shorter row holds its share)
     streaming: bool = False  # the model has stream_encoder() / stream_decoder(): --stream
     stream_bytes: float = 0.0  # memory of one stream of a duplex once its window is full (docs/performance.md)
     bench_parts: tuple[str, ...] = ("model",)  # what `mimi bench` measures: kernels, model, stream
@@ -44,6 +50,11 @@ class CodecSpec:
         """Does ``source`` (a WeightFile) hold this codec's checkpoint, and would it load? (Names and shapes.)"""
         return self.model().inspect_checkpoint(source)
 
+    def batch_bytes(self, rows: int, row_seconds: float) -> float:
+        """Peak memory of encoding or decoding ``rows`` clips of ``row_seconds`` each in one batch call."""
+        row = self.batch_row_bytes * min(row_seconds / self.batch_row_seconds, 1.0)
+        return BASE_BYTES + rows * (row + self.batch_bytes_per_second * row_seconds)
+
     def random_state(self) -> dict:
         return importlib.import_module(f"{self.package}.synthetic").random_state()
 
@@ -54,7 +65,7 @@ MIMI = CodecSpec("mimi", "mimi_cli.models.mimi", "Mimi", "MimiConfig",
                  bench_parts=("kernels", "model", "stream"))
 ENCODEC_24KHZ = CodecSpec("encodec-24khz", "mimi_cli.models.encodec", "Encodec", "EncodecConfig",
                           "facebook/encodec_24khz", "model.safetensors", "ENCODEC_WEIGHTS",
-                          batch_bytes_per_second=2.5e6, streaming=True, stream_bytes=3e6,
+                          batch_bytes_per_second=2.5e6, batch_row_seconds=1.7, streaming=True, stream_bytes=3e6,
                           bench_parts=("model", "stream"))
 CODECS = {spec.name: spec for spec in (MIMI, ENCODEC_24KHZ)}
 DEFAULT_CODEC = MIMI.name

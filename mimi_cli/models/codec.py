@@ -24,7 +24,7 @@ import numpy as np
 
 from mimi_cli.core.module import Module
 from mimi_cli.core.threads import one_blas_thread
-from mimi_cli.errors import InvalidAudioError, InvalidCodesError, WeightsError
+from mimi_cli.errors import InvalidAudioError, InvalidCodesError, MimiError, WeightsError
 from mimi_cli.models.config import CodecConfig
 
 
@@ -144,11 +144,13 @@ class Codec(Module):
     def _as_batch(self, pcm: np.ndarray) -> tuple[np.ndarray, bool]:
         """Validate audio and return it as float32 ``[B, N]`` plus whether the input was 1-D."""
         pcm = np.asarray(pcm)
+        if pcm.ndim in (1, 2):  # sizes before values: checking the values reads every sample, beside a copy
+            self.check_rows(pcm)
+            self.check_memory(np.atleast_2d(pcm).shape, "encoding", "stream_encoder()")
         self.check_audio(pcm)
         if pcm.ndim not in (1, 2):
             hint = "; for moshi's [B, 1, T] give pcm[:, 0]" if pcm.ndim == 3 and pcm.shape[1] == 1 else ""
             raise InvalidAudioError(f"audio must have shape [T] or [B, T], got {list(pcm.shape)}{hint}")
-        self.check_rows(pcm)
         return np.atleast_2d(pcm).astype(np.float32, copy=False), pcm.ndim == 1
 
     def check_rows(self, pcm: np.ndarray) -> None:
@@ -160,6 +162,24 @@ class Codec(Module):
             raise InvalidAudioError(f"audio has shape {list(pcm.shape)}: {rows:,} rows of {each}; if it is "
                                     "[samples, channels], as soundfile reads a file, give pcm[:, 0] (or "
                                     "pcm.mean(axis=1) to mix the channels) or pcm.T (a row per channel)")
+
+    def check_memory(self, shape: tuple[int, int], doing: str, stream: str) -> None:
+        """Refuse a batch call on ``shape`` = ``(rows, samples)`` whose peak memory (the codec's registry entry:
+        docs/performance.md) would not fit this machine's, before allocating: the kernel would kill the process
+        instead (decoding 10⁷ frames at once grew past 24 GB)."""
+        from mimi_cli.errors import physical_memory
+        from mimi_cli.models import CODECS
+
+        spec, memory = CODECS.get(self.config.name), physical_memory()
+        rows, seconds = shape[0], shape[1] / self.config.sample_rate
+        needed = spec.batch_bytes(rows, seconds) if spec else 0.0
+        if memory and needed > 0.9 * memory:
+            length = f"{seconds:.3g} s" if seconds < 120 else f"{seconds / 60:,.1f} min"
+            remedy = ("give fewer rows or shorter pieces at a time" if not spec.streaming else
+                      f"give fewer rows at a time, or stream them: model.{stream} keeps memory flat" if rows > 1
+                      else f"stream it: model.{stream} keeps memory flat")
+            raise MimiError(f"{doing} {rows:,} row{'s' if rows > 1 else ''} of {length} of audio at once would need "
+                            f"about {needed / 1e9:,.0f} GB (this machine has {memory / 1e9:.0f} GB); {remedy}")
 
     @staticmethod
     def check_audio(pcm: np.ndarray) -> None:
@@ -209,6 +229,8 @@ class Codec(Module):
         levels = codes.shape[-2]
         if not 1 <= levels <= self.config.num_codebooks:
             raise InvalidCodesError(f"codes have {levels} levels; this model has 1..{self.config.num_codebooks}")
+        rows = codes.shape[0] if codes.ndim == 3 else 1
+        self.check_memory((rows, codes.shape[-1] * self.config.frame_size), "decoding", "stream_decoder()")
         if codes.size and (codes.min() < 0 or codes.max() >= self.config.codebook_size):
             raise InvalidCodesError(f"codes must be in 0..{self.config.codebook_size - 1}, "
                                     f"found {codes.min()}..{codes.max()}")
