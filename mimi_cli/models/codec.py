@@ -155,7 +155,8 @@ class Codec(Module):
 
     def check_rows(self, pcm: np.ndarray) -> None:
         """Refuse ``[samples, channels]`` (soundfile's layout) where rows of samples go: it would be encoded as
-        thousands of clips of a few samples each, about 1 MB of memory a row, until the process is killed."""
+        thousands of clips of a few samples each (about 1 MB of memory a row: codes of no use, or more memory
+        than the machine has)."""
         if pcm.ndim == 2 and pcm.shape[1] <= LAYOUT_CHANNELS and pcm.shape[0] > self.config.frame_size:
             rows, samples = pcm.shape
             each = f"{samples} sample{'s' if samples != 1 else ''}"
