@@ -51,9 +51,9 @@ Target = Union[Path, str]  # a file, or STDOUT
 _ADVICE = {
     errno.EACCES: "check the folder's permissions or choose another output",
     errno.EPERM: "check the folder's permissions or choose another output",
-    errno.EROFS: "the file system is read-only: choose an output on a writable one",
+    errno.EROFS: "choose an output on a writable file system",
     errno.ENOSPC: "free some space or choose an output on another disk",
-    errno.EDQUOT: "your disk quota is used up: free some space or choose another disk",
+    errno.EDQUOT: "free some space or choose another disk",
     errno.ENAMETOOLONG: "choose a shorter name",
     errno.EIO: "the device reported an I/O error: check the disk",
     errno.EFBIG: "it is larger than this shell's file size limit (ulimit -f) or the file system's largest file",
