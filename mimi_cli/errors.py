@@ -64,6 +64,13 @@ def physical_memory() -> int:
         return 0
 
 
+def over_memory(needed: float) -> int:
+    """This machine's memory when ``needed`` bytes would take more than 90 % of it (room for the system and
+    other programs); 0 when it fits, or where the system does not say."""
+    memory = physical_memory()
+    return memory if memory and needed > 0.9 * memory else 0
+
+
 def out_of_memory(exc: MemoryError, more: str = "") -> MimiError:
     """A memory allocation refused by the system (a full machine, or a limit such as ``ulimit -v``);
     ``more`` is advice of the command's own."""

@@ -26,7 +26,7 @@ from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_ou
                             read_open, resample, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, first_line,
-                             out_of_memory, physical_memory)
+                             out_of_memory, over_memory)
 from mimi_cli.fileio import Readable, Target, atomic_output, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
@@ -39,8 +39,8 @@ def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC, remedy: str |
     to do instead (default: encode's and decode's --stream, where the codec has it)."""
     spec = codec_spec(codec)
     needed = spec.batch_bytes(1, seconds)
-    physical = physical_memory()
-    if physical and needed > 0.9 * physical:
+    physical = over_memory(needed)
+    if physical:
         remedy = remedy or ("use --stream, which keeps memory flat" if spec.streaming
                             else "split the audio into shorter files (this codec has no streaming mode here)")
         raise MimiError(f"{seconds / 60:.1f} min of audio would need about {needed / 1e9:.0f} GB in batch mode "

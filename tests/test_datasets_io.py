@@ -909,7 +909,7 @@ def test_a_container_that_understates_its_length_is_checked_as_it_is_read(tmp_pa
     """Batch mode checks memory against the length a file declares; an M4A whose headers say 0.3 s of
     its 3 s passes that check, and is refused as the read goes past what memory allows (here 1 s)."""
     pytest.importorskip("av")
-    from mimi_cli import pipeline
+    from mimi_cli import errors, pipeline
     from mimi_cli.audio import open_audio
 
     pcm, rate = speech
@@ -921,7 +921,7 @@ def test_a_container_that_understates_its_length_is_checked_as_it_is_read(tmp_pa
         whole = pipeline.read_for_batch(path, f, "mimi")  # this machine's memory: all of it
     assert whole.duration > 2.9
     one_second = pipeline.codec_spec("mimi").batch_bytes(1, 1.0) / 0.9
-    monkeypatch.setattr(pipeline, "physical_memory", lambda: one_second)
+    monkeypatch.setattr(errors, "physical_memory", lambda: one_second)
     with open_audio(path) as f, pytest.raises(MimiError, match="of audio would need about .* in batch mode .* "
                                                                  "use --stream"):
         pipeline.read_for_batch(path, f, "mimi")

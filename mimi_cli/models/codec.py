@@ -168,13 +168,14 @@ class Codec(Module):
         """Refuse a batch call on ``shape`` = ``(rows, samples)`` whose peak memory (the codec's registry entry:
         docs/performance.md) would not fit this machine's, before allocating: the kernel would kill the process
         instead (decoding 10⁷ frames at once grew past 24 GB)."""
-        from mimi_cli.errors import physical_memory
+        from mimi_cli.errors import over_memory
         from mimi_cli.models import CODECS
 
-        spec, memory = CODECS.get(self.config.name), physical_memory()
+        spec = CODECS.get(self.config.name)
         rows, seconds = shape[0], shape[1] / self.config.sample_rate
         needed = spec.batch_bytes(rows, seconds) if spec else 0.0
-        if memory and needed > 0.9 * memory:
+        memory = over_memory(needed)
+        if memory:
             length = f"{seconds:.3g} s" if seconds < 120 else f"{seconds / 60:,.1f} min"
             remedy = ("give fewer rows or shorter pieces at a time" if not spec.streaming else
                       f"give fewer rows at a time, or stream them: model.{stream} keeps memory flat" if rows > 1
@@ -199,7 +200,10 @@ class Codec(Module):
     @one_blas_thread()  # our own threads share the cores: the same bits at any count
     def encode_latent(self, pcm: np.ndarray) -> np.ndarray:
         """The latent the quantizer sees: ``[B, N]`` → ``[B, D, F]``, F = ceil(N / frame_size)."""
-        pcm, _ = self._as_batch(pcm)
+        return self._latent(self._as_batch(pcm)[0])
+
+    def _latent(self, pcm: np.ndarray) -> np.ndarray:
+        """encode_latent of audio already checked (float32 ``[B, N]``): each sample is checked once."""
         if pcm.size == 0:  # no samples, or no rows: nothing to run the layers on
             frames = -(-pcm.shape[-1] // self.config.frame_size)
             return np.zeros((pcm.shape[0], self.latent_dim, frames), np.float32)
@@ -209,8 +213,8 @@ class Codec(Module):
     def encode(self, pcm: np.ndarray, num_codebooks: int | None = None) -> np.ndarray:
         """Codes (int64) ``[K, F]`` for ``pcm`` ``[N]``, or ``[B, K, F]`` for ``[B, N]``."""
         num_codebooks = self.config.levels(num_codebooks)
-        _, squeeze = self._as_batch(pcm)
-        codes = self.quantizer.encode(self.encode_latent(pcm), num_codebooks)
+        batch, squeeze = self._as_batch(pcm)
+        codes = self.quantizer.encode(self._latent(batch), num_codebooks)
         return codes[0] if squeeze else codes
 
     @property
