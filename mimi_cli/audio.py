@@ -8,6 +8,7 @@ import math
 import os
 import re
 import stat
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from mimi_cli.c_stderr import CaughtStderr
 from mimi_cli.errors import InvalidAudioError, physical_memory
 from mimi_cli.fileio import Target, atomic_output, cannot_write, file_kind, holds, is_stdout, missing
 from mimi_cli.models.codec import MAX_PEAK
@@ -91,8 +93,6 @@ def _nothing_read(path, f) -> InvalidAudioError:
 
 def open_audio(path: Path):
     """Open an audio file for block reading (a ``soundfile.SoundFile``), after the same checks as read_audio."""
-    import soundfile as sf
-
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
@@ -102,18 +102,40 @@ def open_audio(path: Path):
                                     "the audio into '-'")
         with open(path, "rb") as f:  # a permission problem is said as such, not as "not audio"
             empty = st.st_size == 0 and not f.read(1)  # /proc's files say 0 bytes and hold text
-            size_field = None if empty else check_header(f, path)
+            header = None if empty else check_header(f, path)
     except FileNotFoundError:  # or a link to nothing, said as such
         raise InvalidAudioError(f"{path} {missing(path) or 'does not exist'}") from None
     except OSError as exc:
         raise InvalidAudioError(f"cannot read {path}: {os.strerror(exc.errno) if exc.errno else exc}") from None
     if empty:
         raise InvalidAudioError(f"{path} is empty (0 bytes)")
+    return open_checked(path, header, path)
+
+
+def open_checked(source: Path | bytes, header: Header, name: Target):
+    """A block reader over encoded audio (a file, or bytes held in memory) whose ``header`` was checked:
+    libsndfile's, or FFmpeg's where libsndfile refuses the audio or would read only part of it."""
+    import soundfile as sf
+
+    def fresh():  # the source opened anew: each decoder (and each try) reads from its start
+        return source if isinstance(source, Path) else io.BytesIO(source)
+
+    chatter = CaughtStderr() if header.mp3 else None  # mpg123 prints on stderr itself (mimi_cli/c_stderr.py)
     try:
-        f = sf.SoundFile(path)
+        with chatter.caught() if chatter else contextlib.nullcontext():
+            f = sf.SoundFile(fresh())
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        return open_with_ffmpeg(path, path, getattr(exc, "error_string", None) or str(exc))
-    return checked_reader(with_streamed_size(f, size_field, lambda: open(path, "rb")), path)
+        if chatter:
+            chatter.close()
+        return open_with_ffmpeg(fresh(), name, getattr(exc, "error_string", None) or str(exc))
+    f = with_streamed_size(f, header.size_field, lambda: open(source, "rb") if isinstance(source, Path) else fresh())
+    part = header.read_in_part(f.frames, f.samplerate)
+    if part:  # what mpg123 said of it (a Xing header's size "off") does not matter: FFmpeg reads it
+        f.close()
+        if chatter:
+            chatter.close()
+        return open_with_ffmpeg(fresh(), name, part, whole=False)
+    return checked_reader(LibsndfileAudio(f, name, header.whole_read(f.frames), chatter), name)
 
 
 # The highest rate audio interfaces offer. A header that declares more is damaged or hostile, and
@@ -130,10 +152,6 @@ def check_rate(rate: int, what: str) -> None:
 def checked_reader(f, name):
     """An opened reader ``f``, if it holds samples at a usable rate and is whole; else closed, and a one-line
     error."""
-    import soundfile as sf
-
-    if isinstance(f, sf.SoundFile) and not f.seekable():
-        f = Unseekable(f)
     try:
         if f.frames == 0:
             raise InvalidAudioError(f"{name} contains no audio samples")
@@ -154,11 +172,16 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".a
                   ".m4a", ".aac", ".mp4", ".webm", ".mka")
 
 
-def open_with_ffmpeg(source, name, soundfile_reason: str):
-    """A file or file-like object libsndfile refused, opened with PyAV when it is installed."""
+def open_with_ffmpeg(source, name, soundfile_reason: str, whole: bool = True):
+    """A file or file-like object libsndfile refused (or, ``whole=False``, would read only in part, for the
+    reason given), opened with PyAV when it is installed."""
     try:
         import av
     except ImportError:
+        if not whole:
+            raise InvalidAudioError(f"{name} would be read only in part: {soundfile_reason}; install the ffmpeg "
+                                    'extra, which reads all of it (pip install "mimi-cli[ffmpeg]"), or re-export '
+                                    "it as one stream") from None
         raise InvalidAudioError(f"cannot read {name} as audio ({soundfile_reason}); "
                                 f"{_what_to_give(source, ffmpeg=False)}") from None
     try:
@@ -248,7 +271,7 @@ class FFmpegAudio(BlockReader):
         (FFmpeg reads the part of a cut Matroska file that is there, silently). An encoder's priming and
         padding make the two differ by a few ms."""
         read = self._position + sum(len(p) for p in self._pending)
-        if self._stored and self._stored - read > max(0.25 * self.samplerate, 0.01 * self._stored):
+        if self._stored and falls_short(self._stored, read, self.samplerate):
             raise InvalidAudioError(f"{self.name} is truncated: its container declares "
                                     f"{self._stored / self.samplerate:.2f} s of audio, the file holds "
                                     f"{read / self.samplerate:.2f} s; re-copy or re-export it")
@@ -273,24 +296,44 @@ class FFmpegAudio(BlockReader):
         self._container.close()
 
 
-class Unseekable(BlockReader):
-    """A ``soundfile.SoundFile`` of a format libsndfile cannot seek in (GSM 6.10 in WAV, …), whose ``tell``
-    fails: its position counted as it is read."""
+def falls_short(declared: int, read: int, rate: int) -> bool:
+    """Whether a read that gave ``read`` samples of the ``declared`` ones lacks audio, beyond what encoders'
+    priming and padding make the two differ by (a few ms): 0.25 s, and 1 %."""
+    return declared - read > max(0.25 * rate, 0.01 * declared)
 
-    def __init__(self, f):
-        self._f, self._position = f, 0
+
+class LibsndfileAudio(BlockReader):
+    """A ``soundfile.SoundFile`` whose position is counted as it is read (``tell`` fails in formats
+    libsndfile cannot seek in, GSM 6.10 in WAV…, and drifts in a damaged MP3), and which is refused at its
+    end when it gave fewer samples than the file holds (``whole``): libsndfile's Ogg decoders skip a damaged
+    page and its MP3 decoder may stop at damaged frames, silently. What that decoder prints on stderr itself
+    is caught in ``stderr`` (see :func:`decoder_warnings`)."""
+
+    def __init__(self, f, name: Target, whole: int, stderr: CaughtStderr | None = None):
+        self._f, self._name, self._whole, self._position, self.stderr = f, name, whole, 0, stderr
 
     def __getattr__(self, name: str):  # samplerate, channels, frames, format, extra_info: the file's own
         return getattr(self._f, name)
 
+    def seek(self, frame: int) -> None:
+        if self._f.seekable():
+            self._position = self._f.seek(frame)
+        else:
+            super().seek(frame)
+
     def read(self, frames: int = -1, **options) -> np.ndarray:
-        if frames < 0:  # to the end: soundfile needs a count for these files
+        if frames < 0:  # to the end: soundfile needs a count for unseekable files
             blocks = [self.read(1 << 16, **options)]
             while len(blocks[-1]):
                 blocks.append(self.read(1 << 16, **options))
             return np.concatenate(blocks)
-        block = self._f.read(frames, **options)
+        with self.stderr.caught() if self.stderr else contextlib.nullcontext():
+            block = self._f.read(frames, **options)
         self._position += len(block)
+        if frames and not len(block) and falls_short(self._whole, self._position, self.samplerate):
+            raise InvalidAudioError(f"{self._name} is damaged: it holds {self._whole / self.samplerate:.2f} s of "
+                                    f"audio, and decoding it gave {self._position / self.samplerate:.2f} s (a "
+                                    "damaged part was skipped); re-copy or re-export it")
         return block
 
     def tell(self) -> int:
@@ -298,6 +341,18 @@ class Unseekable(BlockReader):
 
     def close(self) -> None:
         self._f.close()
+        if self.stderr:
+            self.stderr.close()
+
+
+def decoder_warnings(reader) -> list[str]:
+    """What a file's decoder printed on stderr while ``reader`` (or the reader a span reads) read it, as one
+    warning: mpg123's notes about damaged frames it skipped, as players do. No warning when it printed nothing."""
+    caught = getattr(reader, "stderr", None)
+    if caught is None or not caught.count:
+        return []
+    more = f" (and {caught.count - 1} more lines)" if caught.count > 1 else ""
+    return [f"libsndfile's MP3 decoder (mpg123) said: {caught.lines[0]}{more}"]
 
 
 def read_blocks(path: Path, f, block_frames: int):
@@ -374,87 +429,222 @@ def wav_length_unknown(f: BinaryIO, name: Target) -> tuple[int, int] | None:
     return None
 
 
-def check_header(f: BinaryIO, name: Target) -> tuple[int, int] | None:
+@dataclass(frozen=True)
+class Header:
+    """What a file's own bytes say before a decoder opens it (:func:`check_header`)."""
+
+    size_field: tuple[int, int] | None = None  # a streamed WAV's data size field (:func:`wav_length_unknown`)
+    mp3: bool = False  # the file starts with an MPEG Layer III frame (after an ID3v2 tag)
+    mp3_samples: int | None = None  # the samples an MP3 stream's frames hold, counted (:func:`_mp3_samples`)
+    ogg_streams: int = 1  # Ogg streams one after another: more than one in a chained file
+
+    def read_in_part(self, frames: int, rate: int) -> str | None:
+        """Why libsndfile, which reads ``frames`` samples of this file (its length as libsndfile takes it, and
+        never more), would read only part of the audio; None when it reads all of it."""
+        if self.ogg_streams > 1:
+            return (f"it holds {self.ogg_streams} Ogg streams one after another (files joined, or a chained "
+                    f"recording), and libsndfile reads the first ({frames / rate:.2f} s)")
+        if self.mp3_samples is not None and falls_short(self.mp3_samples, frames, rate):
+            return (f"its MP3 frames hold {self.mp3_samples / rate:.2f} s of audio, and libsndfile reads "
+                    f"{frames / rate:.2f} s: the length its first frame's header gives (files joined end to end "
+                    "keep the first one's), or without one an estimate from the bit rate")
+        return None
+
+    def whole_read(self, frames: int) -> int:
+        """The samples a read of the whole file gives: libsndfile's length, or, for an MP3 file, the samples its
+        frames hold when fewer (libsndfile's estimate of a length no header gives can be too long)."""
+        return frames if self.mp3_samples is None else min(frames, self.mp3_samples)
+
+
+def check_header(f: BinaryIO, name: Target) -> Header:
     """What a file's own bytes say before a decoder opens it: a cut copy of a WAV, MP3 or Ogg file is refused
-    (their decoders read the part that is there, silently); returns :func:`wav_length_unknown`'s answer."""
-    cut = _mp3_cut_short(f) or _ogg_cut_short(f)
-    if cut:
-        raise InvalidAudioError(f"{name} is truncated: {cut}; re-copy or re-export it")
-    return wav_length_unknown(f, name)
+    (their decoders read the part that is there, silently); the rest is for :func:`open_checked`."""
+    ogg_cut, damage, ogg_streams = _ogg_pages(f)
+    cut = _mp3_cut_short(f) or ogg_cut
+    if cut or damage:
+        raise InvalidAudioError(f"{name} is {'truncated' if cut else 'damaged'}: {cut or damage}; re-copy or "
+                                "re-export it")
+    f.seek(_mp3_start(f))
+    mp3 = _mp3_frame(f.read(4)) is not None
+    return Header(wav_length_unknown(f, name), mp3, _mp3_samples(f) if mp3 else None, ogg_streams)
 
 
-def _mp3_cut_short(f: BinaryIO) -> str | None:
-    """What an MP3 file lacks by the stream size its first frame declares: the Xing (or "Info") header LAME,
-    FFmpeg and libsndfile write, or Fraunhofer's VBRI header. None for a whole file, another format, or an MP3
-    file without such a header (its length is an estimate from the bit rate: nothing to check against).
+# MPEG audio Layer III frame headers: bit rates in kbit/s by index (MPEG-1; MPEG-2 and 2.5), and sample rates by
+# version (3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5) and index.
+_MP3_KBPS = {3: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+             2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)}
+_MP3_HZ = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+MAX_MP3_FRAMES = 1 << 21  # 14 h of audio at 24 kHz or more; walking that many takes a few seconds
 
-        [ID3v2 tag]  FF Fx ?? ??  [CRC]  side info  Xing <flags> [frames] [bytes] …   frames…
-                     frame header                                          ^^^^^ the stream's size in bytes
-                                  …  VBRI <version, delay, quality> <bytes> <frames>   (32 bytes after the header)
 
-    Encoders disagree on whether the size counts the ID3v2 tag before the stream, so only a file smaller than
-    the size as a whole is short of it.
+def _mp3_frame(header: bytes, kind: tuple[int, int] | None = None) -> tuple[int, int, tuple[int, int]] | None:
+    """``(bytes, samples, kind)`` of the MPEG Layer III frame whose header ``header`` starts with, or None (not
+    one, a free-format one, or not of the ``kind`` given: the version and rate every frame of a stream shares).
+
+        11111111 111VVLLP BBBBRRp. ........      V version, L layer (01: III), P no CRC,
+                                                  B bit rate, R sample rate, p padding byte
     """
+    if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
+        return None
+    version, layer, bitrate, rate = (header[1] >> 3) & 3, (header[1] >> 1) & 3, header[2] >> 4, (header[2] >> 2) & 3
+    if version == 1 or layer != 1 or bitrate in (0, 15) or rate == 3 or (kind and kind != (version, rate)):
+        return None
+    samples = 1152 if version == 3 else 576
+    size = samples // 8 * 1000 * _MP3_KBPS[3 if version == 3 else 2][bitrate] // _MP3_HZ[version][rate]
+    return size + ((header[2] >> 1) & 1), samples, (version, rate)
+
+
+def _mp3_start(f: BinaryIO) -> int:
+    """Where an MP3 file's stream starts: after its ID3v2 tag, if it has one."""
     f.seek(0)
     head = f.read(10)
-    start = 0
     if head[:3] == b"ID3" and len(head) == 10 and all(b < 0x80 for b in head[6:10]):
-        start = 10 + sum(b << (7 * (3 - i)) for i, b in enumerate(head[6:10])) + (10 if head[5] & 0x10 else 0)
-    f.seek(start)
-    frame = f.read(64)
-    if len(frame) < 64 or frame[0] != 0xFF or frame[1] & 0xE0 != 0xE0:
-        return None
-    version, layer = (frame[1] >> 3) & 3, (frame[1] >> 1) & 3  # version 3: MPEG-1; 2: MPEG-2; 0: MPEG-2.5
-    if version == 1 or layer != 1:  # a reserved version, or not Layer III
-        return None
-    mono = frame[3] >> 6 == 3
+        return 10 + sum(b << (7 * (3 - i)) for i, b in enumerate(head[6:10])) + (10 if head[5] & 0x10 else 0)
+    return 0
+
+
+def _mp3_info(frame: bytes) -> tuple[str, int | None] | None:
+    """The Xing (or "Info") header LAME, FFmpeg and libsndfile write in an MP3 stream's first ``frame`` (its first
+    64 bytes), or Fraunhofer's VBRI header: its label, and where it gives the stream's size in bytes (None when it
+    does not); None when the frame holds neither (it is audio).
+
+        FF Fx ?? ??  [CRC]  side info  Xing <flags> [frames] [bytes] …
+        frame header                                         ^^^^^ the stream's size in bytes
+                     …  VBRI <version, delay, quality> <bytes> <frames>   (32 bytes after the header)
+    """
+    version, mono = (frame[1] >> 3) & 3, frame[3] >> 6 == 3
     side_info = (17 if mono else 32) if version == 3 else (9 if mono else 17)
     at = 4 + (0 if frame[1] & 1 else 2) + side_info  # the protection bit 0: a CRC follows the header
     if frame[at : at + 4] in (b"Xing", b"Info"):
         flags = int.from_bytes(frame[at + 4 : at + 8], "big")
-        if not flags & 2:
-            return None
-        label, field = "Xing", at + 8 + (4 if flags & 1 else 0)
-    elif frame[36:40] == b"VBRI":
-        label, field = "VBRI", 46
-    else:
+        return "Xing", at + 8 + (4 if flags & 1 else 0) if flags & 2 else None
+    return ("VBRI", 46) if frame[36:40] == b"VBRI" else None
+
+
+def _mp3_cut_short(f: BinaryIO) -> str | None:
+    """What an MP3 file lacks by the stream size its first frame's Xing or VBRI header declares (see
+    :func:`_mp3_info`). None for a whole file, another format, or an MP3 file without such a header (its length
+    is an estimate from the bit rate: nothing to check against). Encoders disagree on whether the size counts
+    the ID3v2 tag before the stream, so only a file smaller than the size as a whole is short of it."""
+    start = _mp3_start(f)
+    f.seek(start)
+    frame = f.read(64)
+    info = _mp3_info(frame) if len(frame) == 64 and _mp3_frame(frame) else None
+    if info is None or info[1] is None:
         return None
-    declared, size = int.from_bytes(frame[field : field + 4], "big"), f.seek(0, os.SEEK_END)
+    (label, field), size = info, f.seek(0, os.SEEK_END)
+    declared = int.from_bytes(frame[field : field + 4], "big")
     if declared <= size:
         return None
     return f"its {label} header announces {declared:,} bytes of MP3 stream, the file holds {size - start:,}"
 
 
+def _mp3_samples(f: BinaryIO) -> int | None:
+    """The samples an MP3 stream's frames hold, counted by walking their headers from the first frame to the
+    file's end; over damaged bytes, on from the next two frames of the stream in a row, as decoders resync.
+    None for another format, a stream whose first frame is not at its start (after an ID3v2 tag) or is free
+    format, and a walk of more than MAX_MP3_FRAMES steps (very long, or hostile). A Xing or VBRI frame holds
+    no audio. The count includes the encoder's delay and padding, which decoders drop (a few ms)."""
+    start = _mp3_start(f)
+    f.seek(start)
+    head = f.read(64)
+    first = _mp3_frame(head)
+    if first is None:
+        return None
+    data, kind, at = _Window(f), first[2], start + (first[0] if len(head) == 64 and _mp3_info(head) else 0)
+    total, synced = 0, True
+    for _ in range(MAX_MP3_FRAMES):
+        if at >= data.end:
+            return total
+        frame = _mp3_frame(data.at(at, 4), kind)
+        if frame and at + frame[0] <= data.end:
+            after = at + frame[0]
+            if synced or after == data.end or _mp3_frame(data.at(after, 4), kind):
+                total, at, synced = total + frame[1], after, True
+                continue
+        synced = False  # damaged bytes, a cut last frame, or a tag after the stream (ID3v1, APE)
+        at = data.find(b"\xff", at + 1)
+    return None
+
+
+class _Window:
+    """A file read through a window of 1 MB that moves as it is read: a walk over the headers of a long file's
+    frames or pages, without a read for each header."""
+
+    SIZE = 1 << 20
+
+    def __init__(self, f: BinaryIO):
+        self._f, self._base, self._data, self.end = f, 0, b"", f.seek(0, os.SEEK_END)
+
+    def at(self, at: int, size: int) -> bytes:
+        """The file's ``size`` bytes from ``at`` (fewer at its end)."""
+        if not self._base <= at <= at + size <= self._base + len(self._data):
+            self._f.seek(at)
+            self._base, self._data = at, self._f.read(max(size, self.SIZE))
+        return self._data[at - self._base : at - self._base + size]
+
+    def find(self, what: bytes, at: int) -> int:
+        """Where ``what`` next starts from ``at`` on (``end`` if nowhere)."""
+        while at + len(what) <= self.end:
+            if len(self.at(at, len(what))) < len(what):  # the file got shorter meanwhile
+                break
+            found = self._data.find(what, at - self._base)
+            if found >= 0:
+                return self._base + found
+            at = self._base + len(self._data) - len(what) + 1
+        return self.end
+
+
 # An Ogg page: its header, then one lacing value a segment, then the segments (their sum, in bytes).
 #     OggS <version 0> <type> <granule 8> <serial 4> <sequence 4> <CRC 4> <n> <n lacing values> <payload>
+#                      ^^^^^^ bit 2: the first page of a stream        ^^^^^ of the whole page, this field zeroed
 _OGG_HEADER = 27
 MAX_OGG_PAGES = 1 << 20  # a page is 4–8 KB in real files, a second or two of audio: a million take ≈ 2 s to walk
+_BITS_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
 
 
-def _ogg_cut_short(f: BinaryIO) -> str | None:
-    """What an Ogg file (Vorbis, Opus, FLAC in Ogg) lacks when its last page runs past the file's end. Ogg stores
-    no length, but each page its own size: walking the pages' headers finds a copy cut within a page (a cut
-    exactly between two pages is not seen). None for a whole file, another format, bytes that stop being pages
-    before the end (damage the decoder reports), or more than MAX_OGG_PAGES pages (hostile: tiny ones)."""
+def _ogg_crc(page: bytes) -> int:
+    """Ogg's checksum of a page whose checksum field is zeroed: CRC-32 of polynomial 0x04C11DB7, most significant
+    bit first, no inversion. zlib's CRC-32 has the same polynomial least significant bit first, and inverts
+    before and after: on bit-reversed bytes, less the inversions (zlib's CRC of as many zero bytes), it is
+    Ogg's, bit-reversed."""
+    crc = zlib.crc32(page.translate(_BITS_REVERSED)) ^ zlib.crc32(bytes(len(page)))
+    return int(f"{crc:032b}"[::-1], 2)
+
+
+def _ogg_pages(f: BinaryIO) -> tuple[str | None, str | None, int]:
+    """An Ogg file's (Vorbis, Opus, FLAC in Ogg) pages walked: ``(cut, damage, streams)``, what it lacks when its
+    last page runs past its end, where a page is damaged, and how many streams it holds one after another
+    (more than one: a chained file). Ogg stores no length, but each page its size and checksum, and decoders
+    skip a damaged page silently (libsndfile's Vorbis decoder fills its time with other samples). A cut exactly
+    between two pages is not seen, nor bytes after the last page (a tag). ``(None, None, 1)`` for another format;
+    the walk ends after MAX_OGG_PAGES pages (hostile: tiny ones)."""
     f.seek(0)
     if f.read(5) != b"OggS\0":
-        return None
-    size, at = f.seek(0, os.SEEK_END), 0
+        return None, None, 1
+    data, at, streams, after_audio = _Window(f), 0, 0, False
+    size = data.end
     for _ in range(MAX_OGG_PAGES):
         if at >= size:
-            return None
-        f.seek(at)
-        header = f.read(_OGG_HEADER)
+            break
+        header = data.at(at, _OGG_HEADER)
         if header[:4] != b"OggS"[: len(header)]:
-            return None
-        lacing = f.read(header[26]) if len(header) == _OGG_HEADER else b""
+            if data.find(b"OggS", at) < size:
+                return None, f"bytes at {at:,} are not an Ogg page, and pages follow", 1
+            break
+        lacing = data.at(at + _OGG_HEADER, header[26]) if len(header) == _OGG_HEADER else b""
         if len(header) < _OGG_HEADER or len(lacing) < header[26]:
-            return f"its last Ogg page's header is cut after {size - at:,} bytes"
+            return f"its last Ogg page's header is cut after {size - at:,} bytes", None, 1
         page = _OGG_HEADER + len(lacing) + sum(lacing)
         if at + page > size:
-            return f"its last Ogg page declares {page:,} bytes, the file holds {size - at:,} of them"
-        at += page
-    return None
+            return f"its last Ogg page declares {page:,} bytes, the file holds {size - at:,} of them", None, 1
+        whole = data.at(at, page)
+        if _ogg_crc(whole[:22] + bytes(4) + whole[26:]) != int.from_bytes(header[22:26], "little"):
+            return None, f"its Ogg page at byte {at:,} fails its checksum", 1
+        first = bool(header[5] & 2)  # a stream's first page: a group of them starts a link of the chain (streams
+        streams += first and (not streams or after_audio)  # side by side, Vorbis and Theora say, start together)
+        after_audio, at = not first, at + page
+    return None, None, max(streams, 1)
 
 
 # libsndfile logs a size in a header that the file does not match as "NAME : <declared> (should be <found>)"

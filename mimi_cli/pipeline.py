@@ -22,8 +22,8 @@ from typing import Literal
 
 import numpy as np
 
-from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, open_audio, read_blocks,
-                            read_open, resample, soundfile_errors, to_mono, write_audio)
+from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, decoder_warnings, open_audio,
+                            read_blocks, read_open, resample, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, first_line,
                              out_of_memory, over_memory)
@@ -349,8 +349,9 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
     config = loaded.model.config
     levels = config.levels(settings.num_codebooks)
     if settings.stream:
+        f = open_input(task)
         result = encode_stream(loaded, task.input, levels, lambda done: report("Encoding", done, duration),
-                               settings.channels, open_input(task))
+                               settings.channels, f)
     else:
         report(f"Encoding {duration:.1f} s", 0.0, None)
         result = encode_audio(loaded, audio, levels, settings.channels)
@@ -363,7 +364,7 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
         notes.append(f"{Path(task.output).name} holds the codes alone (a bare array, no metadata): "
                      f"`mimi decode`{codec} gives back whole frames, not the original length")
     return FileResult.of(task, "done", duration_s=round(codes.num_samples / config.sample_rate, 3),
-                         frames=codes.num_frames, notes=notes,
+                         frames=codes.num_frames, notes=notes, warnings=decoder_warnings(f),
                          num_codebooks=levels, bitrate_kbps=round(config.bitrate(levels) / 1000, 3),
                          model_seconds=result.seconds, codes=codes if settings.keep_codes else None,
                          carried=None if task.item is None else carried_keys(task.item))
@@ -535,7 +536,7 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
     report("Decoding", 0.0, None)
     decoded, decode_seconds = decode_codes(loaded, encoded.codes)
     decoded = decoded[0]  # one channel: roundtrip measures the mono mix
-    warnings = weights_warnings(loaded)
+    warnings = weights_warnings(loaded) + decoder_warnings(f)
     if output is not None:
         clipped = write_audio(output, decoded, config.sample_rate, settings.replace)
         if clipped:

@@ -661,18 +661,11 @@ def _as_wav(value: dict, name: str) -> bytes:
 
 def open_bytes(data: bytes, name: str):
     """Encoded audio held in memory, opened like a file."""
-    import soundfile as sf
-
-    from mimi_cli.audio import check_header, checked_reader, open_with_ffmpeg, with_streamed_size
+    from mimi_cli.audio import check_header, open_checked
 
     if not data:
         raise InvalidAudioError(f"{name} is empty (0 bytes)")
-    size_field = check_header(io.BytesIO(data), name)
-    try:
-        f = sf.SoundFile(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        return open_with_ffmpeg(io.BytesIO(data), name, getattr(exc, "error_string", None) or str(exc))
-    return checked_reader(with_streamed_size(f, size_field, lambda: io.BytesIO(data)), name)
+    return open_checked(data, check_header(io.BytesIO(data), name), name)
 
 
 class Span(BlockReader):
@@ -700,6 +693,10 @@ class Span(BlockReader):
     def read(self, frames: int = -1, **options):
         left = self.frames - self.tell()
         return self._f.read(left if frames < 0 else min(frames, left), **options)
+
+    @property
+    def stderr(self):  # what its file's decoder printed (audio.decoder_warnings)
+        return getattr(self._f, "stderr", None)
 
     def close(self) -> None:
         self._f.close()

@@ -193,3 +193,31 @@ def lying_flac(folder: Path) -> Path:
     data[22:26] = b"\xff\xff\xff\xff"
     (folder / "lying.flac").write_bytes(bytes(data))
     return folder / "lying.flac"
+
+
+def libsndfile_reads(data: bytes) -> int:
+    """The samples libsndfile gives for ``data``, read in blocks to its end, as a player reads."""
+    read = 0
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        while block := len(f.read(1 << 16)):
+            read += block
+    return read
+
+
+def damaged_mp3s() -> tuple[bytes, tuple[bytes, int]]:
+    """A 6 s MP3 file with 300 zeroed bytes where mpg123 (in libsndfile) stops decoding, giving less than 70 % of
+    it; and one with 300 zeroed bytes that it skips over, with the samples it then gives."""
+    data = io.BytesIO()
+    sf.write(data, np.random.default_rng(2).uniform(-0.5, 0.5, 144000).astype(np.float32), 24000, format="MP3")
+    data = data.getvalue()
+    stops, skips = None, None
+    for at in range(len(data) // 8, len(data) * 7 // 8, 97):
+        damaged = data[:at] + bytes(300) + data[at + 300 :]
+        read = libsndfile_reads(damaged)
+        if read < 0.7 * 144000:
+            stops = stops or damaged
+        elif read < 144000:
+            skips = skips or (damaged, read)
+        if stops and skips:
+            return stops, skips
+    raise AssertionError("no damage that makes libsndfile stop, or skip, was found")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import io
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, SHARED, lying_flac
+from conftest import SAMPLE_AUDIO, SHARED, damaged_mp3s, libsndfile_reads, lying_flac
 
 from mimi_cli.audio import Audio, read_audio, resample, to_mono, write_audio
 from mimi_cli.errors import InvalidAudioError
@@ -196,6 +200,102 @@ def test_a_cut_mp3_or_ogg_file_is_refused(tmp_path, container, subtype, tag):
             open_bytes(data[:end], "member")
 
 
+def encoded(samples: np.ndarray, container: str, subtype: str, rate: int = 24000) -> bytes:
+    """``samples`` as a file of libsndfile's ``container``, in memory."""
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format=container, subtype=subtype)
+    return buffer.getvalue()
+
+
+def joined_files() -> dict[str, tuple[bytes, int]]:
+    """Files libsndfile reads only part of, silently, each with the samples it holds: three MP3 files joined end
+    to end (``cat``: the first one's Xing header gives the length), an MP3 file of variable bit rate without its
+    Xing header (a length estimated from the first frame's bit rate), three Ogg Vorbis and Opus files joined (a
+    chained Ogg file, which the specification allows; libsndfile reads the first link)."""
+    rng = np.random.default_rng(5)
+    parts = [rng.uniform(-0.5, 0.5, 24000 + 4800 * i).astype(np.float32) for i in range(3)]
+    mp3 = encoded(parts[0], "MP3", "MPEG_LAYER_III")
+    xing = mp3.index(b"Info" if b"Info" in mp3[:64] else b"Xing")
+    # its frame holds the Xing header (120 bytes with the seek table), LAME's (36), then zeros to the next frame
+    first_frame = mp3.index(mp3[:2], xing + 156)
+    assert first_frame < 1000 and not any(mp3[xing + 156 : first_frame])
+    return {
+        "joined.mp3": (b"".join(encoded(p, "MP3", "MPEG_LAYER_III") for p in parts), sum(map(len, parts))),
+        "no-xing.mp3": (mp3[first_frame:], len(parts[0])),
+        "chained.ogg": (b"".join(encoded(p, "OGG", "VORBIS") for p in parts), sum(map(len, parts))),
+        "chained.opus": (b"".join(encoded(np.repeat(p, 2), "OGG", "OPUS", 48000) for p in parts),
+                         2 * sum(map(len, parts))),
+    }
+
+
+@pytest.mark.parametrize("name", ["joined.mp3", "no-xing.mp3", "chained.ogg", "chained.opus"])
+def test_files_libsndfile_reads_in_part_are_read_whole_with_ffmpeg_or_refused(tmp_path, monkeypatch, name):
+    """libsndfile stops at the length it takes a file to have: the first file's of files joined end to end (MP3
+    or chained Ogg), or an estimate from the first frame's bit rate (a variable bit rate MP3 file without a
+    Xing header): a third of the audio was encoded, silently. An MP3 file's frames are counted and an Ogg file's
+    streams walked: FFmpeg (the ffmpeg extra) reads such a file whole; without it, it is refused."""
+    from mimi_cli.sources import open_bytes
+
+    data, holds = joined_files()[name]
+    assert libsndfile_reads(data) < 0.7 * holds  # what happened before
+    path = tmp_path / name
+    path.write_bytes(data)
+    rate = 48000 if name.endswith(".opus") else 24000
+    if importlib.util.find_spec("av"):
+        audio = read_audio(path)
+        # each file's encoder delay and padding, which FFmpeg drops for the first only
+        assert audio.sample_rate == rate and abs(len(audio.samples) - holds) < 0.15 * rate * 3
+        assert len(open_bytes(data, "member").read()) == len(audio.samples)
+    monkeypatch.setitem(sys.modules, "av", None)  # as without the ffmpeg extra
+    for read in (lambda: read_audio(path), lambda: open_bytes(data, str(path))):
+        with pytest.raises(InvalidAudioError, match=rf"{name} would be read only in part: .* and libsndfile reads "
+                                                    r".*[\d.]+ s.*install the ffmpeg extra"):
+            read()
+
+
+@pytest.mark.parametrize("subtype, damage", [("VORBIS", "byte"), ("OPUS", "byte"), ("VORBIS", "capture"),
+                                             ("OPUS", "capture")])
+def test_a_damaged_ogg_file_is_refused(tmp_path, subtype, damage):
+    """libsndfile skips an Ogg page whose checksum fails, or whose capture pattern ("OggS") is damaged, silently:
+    Vorbis filled its time with other samples, Opus gave a shorter file. Each page's checksum is checked now."""
+    from mimi_cli.sources import open_bytes
+
+    rate = 48000 if subtype == "OPUS" else 24000
+    data = bytearray(encoded(np.random.default_rng(6).uniform(-0.5, 0.5, 5 * rate).astype(np.float32), "OGG",
+                             subtype, rate))
+    whole = tmp_path / "whole.ogg"
+    whole.write_bytes(data)
+    assert len(read_audio(whole).samples) == 5 * rate
+    if damage == "byte":
+        data[len(data) // 2] ^= 0x40
+        expected = r"its Ogg page at byte [\d,]+ fails its checksum"
+    else:
+        data[data.index(b"OggS", len(data) // 2)] = ord("X")
+        expected = r"bytes at [\d,]+ are not an Ogg page, and pages follow"
+    path = tmp_path / "damaged.ogg"
+    path.write_bytes(data)
+    for read in (lambda: read_audio(path), lambda: open_bytes(bytes(data), str(path))):
+        with pytest.raises(InvalidAudioError, match=rf"damaged.ogg is damaged: {expected}; re-copy or re-export it"):
+            read()
+
+
+def test_an_mp3_file_whose_decoder_stops_at_damage_is_refused(tmp_path):
+    """mpg123 (in libsndfile) skips a damaged frame or two, as players do, but at some damage it stops: 300
+    zeroed bytes at one place gave a third of the file, silently. A read that ends short of the samples the
+    frames hold (by more than 0.25 s and 1 %) is refused; a frame or two lost still reads."""
+    from mimi_cli.sources import open_bytes
+
+    stops, skips = damaged_mp3s()
+    path = tmp_path / "damaged.mp3"
+    path.write_bytes(stops)
+    for read in (lambda: read_audio(path), lambda: open_bytes(stops, str(path)).read()):
+        with pytest.raises(InvalidAudioError, match=r"damaged.mp3 is damaged: it holds [\d.]+ s of audio, and "
+                                                    r"decoding it gave [\d.]+ s \(a damaged part was skipped\)"):
+            read()
+    path.write_bytes(skips[0])
+    assert len(read_audio(path).samples) == skips[1]
+
+
 @pytest.mark.parametrize("container, subtype", [("WAV", "GSM610"), ("WAV", "NMS_ADPCM_16"), ("AU", "G721_32"),
                                                 ("AIFF", "GSM610")])
 def test_a_format_libsndfile_cannot_seek_in_reads(tmp_path, container, subtype):
@@ -227,3 +327,25 @@ def test_a_header_declaring_more_than_memory_holds_is_refused_before_reading(tmp
                                                 r"read, more than half this machine's"):
         read_audio(tmp_path / "lying.flac")
     assert len(read_audio(tmp_path / "one.flac").samples) == 24000
+
+
+def test_what_c_code_prints_on_stderr_is_caught_and_descriptor_2_put_back(capfd):
+    """mimi_cli/c_stderr.py: descriptor 2 points at a file inside the block, and back after it, an error too; a
+    terminal's display written meanwhile (escape codes) goes where it was going."""
+    import os
+
+    from mimi_cli.c_stderr import MAX_LINES, CaughtStderr
+
+    caught = CaughtStderr()
+    with caught.caught():
+        os.write(2, b"Note: Illegal Audio-MPEG-Header 0x00000000 at offset 5112.\nNote: Trying to resync...\n")
+        os.write(2, b"\r\x1b[2K a progress bar\n")
+    with pytest.raises(KeyError), caught.caught():
+        os.write(2, b"Note: Skipped 198 bytes in input.\n" + b"x\n" * (2 * MAX_LINES))
+        raise KeyError
+    os.write(2, b"after\n")
+    assert caught.lines[:3] == ["Note: Illegal Audio-MPEG-Header 0x00000000 at offset 5112.",
+                                "Note: Trying to resync...", "Note: Skipped 198 bytes in input."]
+    assert len(caught.lines) == MAX_LINES and caught.count == 3 + 2 * MAX_LINES
+    assert capfd.readouterr().err == "\r\x1b[2K a progress bar\nafter\n"
+    caught.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import lying_flac, run
+from conftest import damaged_mp3s, lying_flac, run
 
 
 def assert_clean_failure(result, workdir: Path, before: set[str], *expected: str) -> None:
@@ -91,6 +91,43 @@ def test_truncated_mp3(tmp_path):
     sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 48000), 24000, format="MP3")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     encode_fails(tmp_path, path, "cut.mp3 is truncated: its Xing header announces")
+
+
+def test_damaged_ogg(tmp_path):
+    """libsndfile skipped the damaged page silently (Vorbis: other samples in its place); one line now."""
+    path = tmp_path / "damaged.ogg"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 72000), 24000, format="OGG", subtype="VORBIS")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    encode_fails(tmp_path, path, "damaged.ogg is damaged: its Ogg page at byte", "fails its checksum")
+
+
+def test_an_mp3_file_whose_decoder_stops_at_damage(tmp_path):
+    """Encoded in part, silently but for mpg123's own lines on stderr; one line now, from this tool alone."""
+    path = tmp_path / "damaged.mp3"
+    path.write_bytes(damaged_mp3s()[0])
+    encode_fails(tmp_path, path, "damaged.mp3 is damaged: it holds", "a damaged part was skipped")
+
+
+def test_damage_mpg123_skips_is_one_warning_naming_it(tmp_path, weights_file):
+    """mpg123 printed several lines of its own on stderr for each damaged place, naming no file, even with -q.
+    The file still encodes (a frame or two lost, as players do), with one warning that says what it said."""
+    path = tmp_path / "damaged.mp3"
+    path.write_bytes(damaged_mp3s()[1][0])
+    for stream in ([], ["--stream"]):
+        result = run("encode", "-q", *stream, path, "-o", tmp_path / "out.npz", "-f", weights=weights_file)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.startswith("warning: libsndfile's MP3 decoder (mpg123) said: Note: Illegal "
+                                        "Audio-MPEG-Header"), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    (tmp_path / "folder").mkdir()
+    path.rename(tmp_path / "folder" / "damaged.mp3")
+    result = run("encode", tmp_path / "folder", "-o", tmp_path / "codes", weights=weights_file)
+    warnings = [line for line in result.stderr.splitlines() if "mpg123" in line]
+    assert result.returncode == 0 and len(warnings) == 1, result.stderr
+    assert warnings[0].startswith(f"warning: {tmp_path / 'folder' / 'damaged.mp3'}: libsndfile's MP3 decoder")
+    assert not any(line.startswith(("Note:", "[src")) for line in result.stderr.splitlines()), result.stderr
 
 
 def test_corrupt_header(tmp_path):
