@@ -129,7 +129,8 @@ def open_checked(source: Path | bytes, header: Header, name: Target):
             chatter.close()
         return open_with_ffmpeg(fresh(), name, getattr(exc, "error_string", None) or str(exc))
     f = with_streamed_size(f, header.size_field, lambda: open(source, "rb") if isinstance(source, Path) else fresh())
-    part = header.read_in_part(f.frames, f.samplerate)
+    part = header.read_in_part(f.frames, f.samplerate) if f.frames < UNKNOWN_LENGTH else \
+        "its header does not give its length (a FLAC stream written to a pipe), and libsndfile fails part way"
     if part:  # what mpg123 said of it (a Xing header's size "off") does not matter: FFmpeg reads it
         f.close()
         if chatter:
@@ -181,7 +182,7 @@ def open_with_ffmpeg(source, name, soundfile_reason: str, whole: bool = True):
         if not whole:
             raise InvalidAudioError(f"{name} would be read only in part: {soundfile_reason}; install the ffmpeg "
                                     'extra, which reads all of it (pip install "mimi-cli[ffmpeg]"), or re-export '
-                                    "it as one stream") from None
+                                    "it") from None
         raise InvalidAudioError(f"cannot read {name} as audio ({soundfile_reason}); "
                                 f"{_what_to_give(source, ffmpeg=False)}") from None
     try:
@@ -294,6 +295,12 @@ class FFmpegAudio(BlockReader):
 
     def close(self) -> None:
         self._container.close()
+
+
+# libsndfile's length of a file that does not give one (SF_COUNT_MAX): a FLAC stream written to a pipe, whose
+# STREAMINFO says 0 samples (its writer could not seek back to fill it in). libsndfile fails part way through
+# such a file ("Internal psf_fseek() failed"); FFmpeg reads it.
+UNKNOWN_LENGTH = (1 << 63) - 1
 
 
 def falls_short(declared: int, read: int, rate: int) -> bool:

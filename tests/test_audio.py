@@ -253,6 +253,29 @@ def test_files_libsndfile_reads_in_part_are_read_whole_with_ffmpeg_or_refused(tm
             read()
 
 
+def test_a_flac_stream_of_unknown_length_is_read_whole_with_ffmpeg_or_refused(tmp_path, monkeypatch):
+    """A FLAC stream written to a pipe (``sox … -t flac -``) leaves its STREAMINFO's sample count at 0: libsndfile
+    took that for 2⁶³ − 1 samples, and the file was refused as too long for memory, or failed part way through
+    ("Internal psf_fseek() failed"). FFmpeg reads it whole; without the ffmpeg extra it is refused, saying why."""
+    from mimi_cli.sources import open_bytes
+
+    samples = np.random.default_rng(7).uniform(-0.5, 0.5, 30000).astype(np.float32)
+    data = bytearray(encoded(samples, "FLAC", "PCM_16"))
+    data[21] &= 0xF0  # STREAMINFO's 36-bit total: its top 4 bits, then 4 bytes (byte 8 of the block on)
+    data[22:26] = bytes(4)
+    path = tmp_path / "piped.flac"
+    path.write_bytes(data)
+    assert sf.info(path).frames == (1 << 63) - 1
+    if importlib.util.find_spec("av"):
+        audio = read_audio(path)
+        np.testing.assert_allclose(audio.samples[:, 0], samples, atol=1 / 32768)
+        assert len(open_bytes(bytes(data), "member").read()) == len(samples)
+    monkeypatch.setitem(sys.modules, "av", None)  # as without the ffmpeg extra
+    with pytest.raises(InvalidAudioError, match="piped.flac would be read only in part: its header does not give "
+                                                "its length .* install the ffmpeg extra"):
+        read_audio(path)
+
+
 @pytest.mark.parametrize("subtype, damage", [("VORBIS", "byte"), ("OPUS", "byte"), ("VORBIS", "capture"),
                                              ("OPUS", "capture")])
 def test_a_damaged_ogg_file_is_refused(tmp_path, subtype, damage):
