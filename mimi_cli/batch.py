@@ -38,7 +38,7 @@ from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_memory
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, file_ids,
                              file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path, missing,
-                             output_exists, url)
+                             output_exists, remove_temporaries, url)
 from mimi_cli.models import BASE_BYTES, codec_spec
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
 from mimi_cli.sources import Item, is_container, is_table, known_keys, list_items
@@ -581,7 +581,8 @@ def _start_worker(settings: Settings) -> None:
 def _run_in_worker(task: Task) -> FileResult:
     try:
         return _worker.run(task)
-    except SystemExit as exc:  # a signal (signals.install): the file's temporary output is gone already
+    except SystemExit as exc:  # a signal (signals.install): the file's temporary output is gone already,
+        remove_temporaries()  # unless the signal landed where no finally saw it (see fileio)
         os._exit(exc.code)  # the pool would catch SystemExit as this task's error and wait for the next one
 
 

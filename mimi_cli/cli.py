@@ -249,8 +249,10 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
     except MemoryError as exc:
         _fail(str(out_of_memory(exc)))
     except KeyboardInterrupt as exc:
+        from mimi_cli.fileio import remove_temporaries
         from mimi_cli.signals import exit_code
 
+        remove_temporaries()  # any a signal left where no finally saw it (see fileio)
         _fail(interrupted, code=exit_code(exc))
 
 

@@ -405,12 +405,30 @@ def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
         _commit(tmp, path, replace)
 
 
+# The temporary files this process is writing. A signal's exception can land where no ``finally`` will
+# see it: between a block's last line and its context manager's ``__exit__`` (or in that ``__exit__``,
+# before it resumes the generator), the generator then left suspended, its ``finally`` run only when it
+# is collected, which a worker that ends with ``os._exit`` never does. remove_temporaries() removes them.
+_WRITING: set[Path] = set()
+
+
+def remove_temporaries() -> None:
+    """Remove the temporary files this process is still writing: for a process about to end at once (a worker
+    stopped by a signal ends with ``os._exit``), where a ``finally`` pre-empted by the signal would not run."""
+    for tmp in list(_WRITING):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _WRITING.clear()
+
+
 @contextlib.contextmanager
 def _through_temporary(folder, name: str, shown: Target = STDOUT) -> Iterator[Path]:
     tmp = Path(folder) / name
+    _WRITING.add(tmp)  # before it exists: a signal right after the create still finds it listed
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 less the umask, as any new file
     except OSError as exc:
+        _WRITING.discard(tmp)  # not created by this process (the name is random: never another's)
         raise cannot_write(shown, exc) from None
     os.close(fd)
     try:
@@ -422,6 +440,7 @@ def _through_temporary(folder, name: str, shown: Target = STDOUT) -> Iterator[Pa
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()  # gone already after a successful commit
+        _WRITING.discard(tmp)
 
 
 def _commit(tmp: Path, path: Path, replace: bool) -> None:
