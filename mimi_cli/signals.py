@@ -4,7 +4,7 @@ Python turns SIGINT (Ctrl-C) into ``KeyboardInterrupt``; SIGTERM and SIGHUP woul
 end the process on the spot and leave temporary files behind. :func:`install`
 makes them raise :class:`Interrupted` (a ``KeyboardInterrupt``) as well, so the
 ``finally`` blocks of :func:`mimi_cli.fileio.atomic_output` run whatever the signal.
-A signal that arrives while a finalizer (``__del__``) runs is taken just after it:
+A signal that arrives while a finalizer (``__del__``) or an import runs is taken just after it:
 raised there, Python would print a traceback and carry on as if it had never come.
 
 What remains after each signal::
@@ -53,10 +53,12 @@ _RETRY_SECONDS = 0.02
 
 def _in_finalizer(frame) -> bool:
     """Whether an exception raised at ``frame`` would be lost: Python cannot raise out of a ``__del__``
-    (a file object closing as it is collected); it prints "Exception ignored in ..." with a traceback,
-    and the program carries on as if the signal had never come."""
+    (a file object closing as it is collected) nor out of a weakref's callback (importlib's module locks
+    have one); it prints "Exception ignored in ..." with a traceback, and the program carries on as if the
+    signal had never come. An import in progress counts too: its module-lock callbacks run in it, and a
+    module stopped half way through its body stays half made."""
     while frame is not None:
-        if frame.f_code.co_name == "__del__":
+        if frame.f_code.co_name == "__del__" or frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
             return True
         frame = frame.f_back
     return False
@@ -76,7 +78,8 @@ def _handler(exception: Callable[[int], BaseException]) -> Callable:
 
 def install(worker: bool = False) -> None:
     """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread (``SystemExit`` in a ``worker``),
-    SIGINT ``KeyboardInterrupt`` (``SystemExit``); one that arrives inside a finalizer is taken just after it."""
+    SIGINT ``KeyboardInterrupt`` (``SystemExit``); one that arrives inside a finalizer or an import is taken just
+    after it."""
     if threading.current_thread() is not threading.main_thread():
         return
     handle = _handler(_as_exit if worker else _as_interrupt)

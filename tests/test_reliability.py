@@ -298,6 +298,38 @@ except KeyboardInterrupt as exc:
 """
 
 
+_SIGNAL_IN_AN_IMPORT = """
+import os, signal, sys, time
+from mimi_cli import signals
+signals.install(worker={worker})
+sys.path.insert(0, {folder!r})
+try:
+    import slow_module
+    time.sleep(10)
+    print("never interrupted")
+except KeyboardInterrupt as exc:
+    print("interrupted", signals.exit_code(exc))
+"""
+
+
+@pytest.mark.parametrize("worker", [False, True])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_an_import_is_taken_once_it_is_done(tmp_path, signum, worker):
+    """A worker stopped while it imports: the exception, raised in importlib's module-lock callback (a weakref's),
+    was printed as "Exception ignored in: <function _get_module_lock.<locals>.cb>" with a traceback under the
+    run's one line (one CI run). A signal that lands in an import is taken once the import is done."""
+    (tmp_path / "slow_module.py").write_text(f"import os, time\nos.kill(os.getpid(), {int(signum)})\n"
+                                             "time.sleep(0.2)\nprint('import done', flush=True)\n")
+    code = _SIGNAL_IN_AN_IMPORT.format(worker=worker, folder=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert result.stdout.startswith("import done\n") and "never interrupted" not in result.stdout, result.stdout
+    if worker:
+        assert result.returncode == 128 + signum and result.stdout == "import done\n"
+    else:
+        assert result.stdout.endswith(f"interrupted {128 + signum}\n")
+
+
 @pytest.mark.parametrize("worker", [False, True])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_a_finalizer_still_stops_the_process(signum, worker):
