@@ -466,14 +466,16 @@ class Header:
 def check_header(f: BinaryIO, name: Target) -> Header:
     """What a file's own bytes say before a decoder opens it: a cut copy of a WAV, MP3 or Ogg file is refused
     (their decoders read the part that is there, silently); the rest is for :func:`open_checked`."""
+    start = _mp3_start(f)
+    f.seek(start)
+    head = f.read(64)  # an MP3 stream's first frame header, and the Xing or VBRI header its frame may hold
+    mp3 = _mp3_frame(head) is not None
     ogg_cut, damage, ogg_streams = _ogg_pages(f)
-    cut = _mp3_cut_short(f) or ogg_cut
+    cut = (_mp3_cut_short(f, start, head) if mp3 else None) or ogg_cut
     if cut or damage:
         raise InvalidAudioError(f"{name} is {'truncated' if cut else 'damaged'}: {cut or damage}; re-copy or "
                                 "re-export it")
-    f.seek(_mp3_start(f))
-    mp3 = _mp3_frame(f.read(4)) is not None
-    return Header(wav_length_unknown(f, name), mp3, _mp3_samples(f) if mp3 else None, ogg_streams)
+    return Header(wav_length_unknown(f, name), mp3, _mp3_samples(f, start, head) if mp3 else None, ogg_streams)
 
 
 # MPEG audio Layer III frame headers: bit rates in kbit/s by index (MPEG-1; MPEG-2 and 2.5), and sample rates by
@@ -528,15 +530,12 @@ def _mp3_info(frame: bytes) -> tuple[str, int | None] | None:
     return ("VBRI", 46) if frame[36:40] == b"VBRI" else None
 
 
-def _mp3_cut_short(f: BinaryIO) -> str | None:
-    """What an MP3 file lacks by the stream size its first frame's Xing or VBRI header declares (see
-    :func:`_mp3_info`). None for a whole file, another format, or an MP3 file without such a header (its length
-    is an estimate from the bit rate: nothing to check against). Encoders disagree on whether the size counts
-    the ID3v2 tag before the stream, so only a file smaller than the size as a whole is short of it."""
-    start = _mp3_start(f)
-    f.seek(start)
-    frame = f.read(64)
-    info = _mp3_info(frame) if len(frame) == 64 and _mp3_frame(frame) else None
+def _mp3_cut_short(f: BinaryIO, start: int, frame: bytes) -> str | None:
+    """What an MP3 file lacks by the stream size its first frame (``frame``, its first 64 bytes, at ``start``)
+    declares in a Xing or VBRI header (see :func:`_mp3_info`). None for a whole file, or one without such a
+    header (its length is an estimate from the bit rate: nothing to check against). Encoders disagree on whether
+    the size counts the ID3v2 tag before the stream, so only a file smaller than the size as a whole is short."""
+    info = _mp3_info(frame) if len(frame) == 64 else None
     if info is None or info[1] is None:
         return None
     (label, field), size = info, f.seek(0, os.SEEK_END)
@@ -546,18 +545,14 @@ def _mp3_cut_short(f: BinaryIO) -> str | None:
     return f"its {label} header announces {declared:,} bytes of MP3 stream, the file holds {size - start:,}"
 
 
-def _mp3_samples(f: BinaryIO) -> int | None:
-    """The samples an MP3 stream's frames hold, counted by walking their headers from the first frame to the
-    file's end; over damaged bytes, on from the next two frames of the stream in a row, as decoders resync.
-    None for another format, a stream whose first frame is not at its start (after an ID3v2 tag) or is free
-    format, and a walk of more than MAX_MP3_FRAMES steps (very long, or hostile). A Xing or VBRI frame holds
-    no audio. The count includes the encoder's delay and padding, which decoders drop (a few ms)."""
-    start = _mp3_start(f)
-    f.seek(start)
-    head = f.read(64)
+def _mp3_samples(f: BinaryIO, start: int, head: bytes) -> int | None:
+    """The samples an MP3 stream's frames hold, counted by walking their headers from the first frame (at
+    ``start``, ``head`` its first 64 bytes) to the file's end; over damaged bytes, on from the next two frames of
+    the stream in a row, as decoders resync. None for a walk of more than MAX_MP3_FRAMES steps (very long, or
+    hostile). A Xing or VBRI frame holds no audio. The count includes the encoder's delay and padding, which
+    decoders drop (a few ms). (A stream whose first frame is not at its start, after an ID3v2 tag, or is free
+    format, is not walked: :func:`check_header` finds no MP3 there.)"""
     first = _mp3_frame(head)
-    if first is None:
-        return None
     data, kind, at = _Window(f), first[2], start + (first[0] if len(head) == 64 and _mp3_info(head) else 0)
     total, synced = 0, True
     for _ in range(MAX_MP3_FRAMES):
