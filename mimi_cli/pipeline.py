@@ -338,23 +338,22 @@ def conversion_notes(channels: int, rate: int, target_rate: int, mode: Channels 
 
 def encode_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
     """Read, check, encode and write one audio file's codes."""
-    with open_input(task) as f:
+    with open_input(task) as f:  # opened once (its header walked once): --stream reads it as it encodes
         rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
         if settings.channels == "split" and channels > MAX_CHANNELS:  # a file decode would refuse
             raise InvalidAudioError(f"{task.input} has {channels} channels; --channels split writes at most "
                                     f"{MAX_CHANNELS} code streams to a codes file: split the file, or mix it")
         if not settings.stream:
             audio = read_for_batch(task.input, f, settings.codec)
-    loaded = models.get(settings.codec, report)
-    config = loaded.model.config
-    levels = config.levels(settings.num_codebooks)
-    if settings.stream:
-        f = open_input(task)
-        result = encode_stream(loaded, task.input, levels, lambda done: report("Encoding", done, duration),
-                               settings.channels, f)
-    else:
-        report(f"Encoding {duration:.1f} s", 0.0, None)
-        result = encode_audio(loaded, audio, levels, settings.channels)
+        loaded = models.get(settings.codec, report)
+        config = loaded.model.config
+        levels = config.levels(settings.num_codebooks)
+        if settings.stream:
+            result = encode_stream(loaded, task.input, levels, lambda done: report("Encoding", done, duration),
+                                   settings.channels, f)
+        else:
+            report(f"Encoding {duration:.1f} s", 0.0, None)
+            result = encode_audio(loaded, audio, levels, settings.channels)
     if task.output is not None:
         result.codes.save(task.output, settings.replace)
     codes = result.codes
