@@ -117,13 +117,15 @@ def open_checked(source: Path | bytes, header: Header, name: Target):
     libsndfile's, or FFmpeg's where libsndfile refuses the audio or would read only part of it."""
     import soundfile as sf
 
+    from mimi_cli.libsndfile import SoundFile
+
     def fresh():  # the source opened anew: each decoder (and each try) reads from its start
         return source if isinstance(source, Path) else io.BytesIO(source)
 
     chatter = CaughtStderr() if header.mp3 else None  # mpg123 prints on stderr itself (mimi_cli/c_stderr.py)
     try:
         with chatter.caught() if chatter else contextlib.nullcontext():
-            f = sf.SoundFile(fresh())
+            f = SoundFile(fresh())
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         if chatter:
             chatter.close()
@@ -324,7 +326,10 @@ class LibsndfileAudio(BlockReader):
 
     def seek(self, frame: int) -> None:
         if self._f.seekable():
-            self._position = self._f.seek(frame)
+            # a seek decodes from a second before ``frame`` (libsndfile.SoundFile): mpg123's complaints of
+            # the frames it starts without the bit reservoir of are expected, and those samples dropped
+            with self.stderr.dropped() if self.stderr else contextlib.nullcontext():
+                self._position = self._f.seek(frame)
         else:
             super().seek(frame)
 
@@ -679,10 +684,10 @@ def with_streamed_size(f, size_field: tuple[int, int] | None, reopen: Callable[[
     its word (no samples), the file opened again (``reopen``) with the size it holds filled in."""
     if size_field is None or f.frames:
         return f
-    import soundfile as sf
+    from mimi_cli.libsndfile import SoundFile
 
     f.close()
-    return sf.SoundFile(_WavWithSize(reopen(), *size_field))
+    return SoundFile(_WavWithSize(reopen(), *size_field))
 
 
 class _WavWithSize(io.RawIOBase):

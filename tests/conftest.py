@@ -196,9 +196,11 @@ def lying_flac(folder: Path) -> Path:
 
 
 def libsndfile_reads(data: bytes) -> int:
-    """The samples libsndfile gives for ``data``, read in blocks to its end, as a player reads."""
+    """The samples libsndfile gives for ``data``, read in blocks to its end in one pass, as a player reads."""
+    from mimi_cli.libsndfile import SoundFile
+
     read = 0
-    with sf.SoundFile(io.BytesIO(data)) as f:
+    with SoundFile(io.BytesIO(data)) as f:
         while block := len(f.read(1 << 16)):
             read += block
     return read

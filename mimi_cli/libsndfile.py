@@ -1,0 +1,48 @@
+"""Files libsndfile decodes (python-soundfile's ``SoundFile``), read as one unbroken pass of their decoder.
+
+python-soundfile seeks after every read, to the position it counted (``SoundFile._cdata_io``), and libsndfile
+hands every seek to the codec, even one to where it already is. Its MP3 codec (mpg123) then decodes afresh
+from a frame near that place, without the bytes earlier frames left in the bit reservoir: a frame or two
+decode to noise, and mpg123 prints "part2_3_length (…) too large for available bit count (…)". A 16 kHz
+speech MP3 read in blocks of 4,096 samples had 52 such places, up to 0.39 off full scale; read in blocks
+of 65,536 (how a whole file was read), a 22 kHz MP3 at 8 kbps had 314 wrong samples. Seeking to a place
+(a manifest's span) did the same in 7 of 40 seeks into that file, and an Opus file differed in the last
+bits after 1 seek of 60 (its decoder's memory reaches back past the 80 ms libsndfile decodes first)::
+
+    frames   … | n-2 | n-1 |  n  | n+1 | …        a frame's bits may start in the frames before it
+    seek to n        ───────►│                    mpg123 starts at n without n-1's bytes: noise
+    seek to n - 1 s  ►───────────────────►│       decoded forward from a second earlier: exact
+
+So here a seek to where the file already is does nothing, and a seek elsewhere in a file whose decoder
+carries state from frame to frame goes one second earlier and decodes forward, dropping that second: the
+samples are those a read from the start gives. A second holds the furthest an MP3 frame's bits reach back
+(511 bytes of reservoir: at 8 kbps and 24 kHz, 23 frames of 576 samples, 0.55 s).
+"""
+import soundfile
+
+# Formats whose decoder carries state from one frame to the next (libsndfile's names): MP3's bit reservoir,
+# Vorbis's and Opus's overlapping windows and Opus's predictors.
+STATEFUL_FORMATS = ("MP3", "OGG")
+REWIND_SECONDS = 1.0
+
+
+class SoundFile(soundfile.SoundFile):
+    """A ``soundfile.SoundFile`` (for reading) whose seeks leave its decoder's state as a read from the start
+    would have it."""
+
+    def seek(self, frames: int, whence: int = soundfile.SEEK_SET) -> int:
+        here = super().seek(0, soundfile.SEEK_CUR)  # libsndfile's own count, without a seek
+        if whence == soundfile.SEEK_CUR:
+            frames, whence = here + frames, soundfile.SEEK_SET
+        if whence != soundfile.SEEK_SET:
+            return super().seek(frames, whence)
+        if frames == here:
+            return here
+        rewind = round(REWIND_SECONDS * self.samplerate) if self.format in STATEFUL_FORMATS else 0
+        start = super().seek(max(0, frames - rewind))
+        while start < frames:  # decoded and dropped, in blocks (a long rewind of a many-channel file)
+            dropped = len(self.read(min(frames - start, 1 << 16), dtype="float32"))
+            if not dropped:  # the audio ends before ``frames`` (its length was estimated): libsndfile's own seek
+                return super().seek(frames)
+            start += dropped
+        return start
