@@ -131,14 +131,28 @@ def open_checked(source: Path | bytes, header: Header, name: Target):
             chatter.close()
         return open_with_ffmpeg(fresh(), name, getattr(exc, "error_string", None) or str(exc))
     f = with_streamed_size(f, header.size_field, lambda: open(source, "rb") if isinstance(source, Path) else fresh())
-    part = header.read_in_part(f.frames, f.samplerate) if f.frames < UNKNOWN_LENGTH else \
-        "its header does not give its length (a FLAC stream written to a pipe), and libsndfile fails part way"
+    try:
+        frames = _counted(f, name) if f.frames == UNKNOWN_LENGTH else f.frames
+    except InvalidAudioError:
+        f.close()
+        raise
+    part = header.read_in_part(frames, f.samplerate)
     if part:  # what mpg123 said of it (a Xing header's size "off") does not matter: FFmpeg reads it
         f.close()
         if chatter:
             chatter.close()
         return open_with_ffmpeg(fresh(), name, part, whole=False)
-    return checked_reader(LibsndfileAudio(f, name, header.whole_read(f.frames), chatter), name)
+    return checked_reader(LibsndfileAudio(f, name, frames, header.whole_read(frames), chatter), name)
+
+
+def _counted(f, name: Target) -> int:
+    """The samples of a file whose header does not give their number (:data:`UNKNOWN_LENGTH`), decoded once
+    to count them (an hour of FLAC in 0.6 s), the file then rewound."""
+    count = 0
+    while block := len(_read_block(name, f, 1 << 16)):
+        count += block
+    f.seek(0)
+    return count
 
 
 # The highest rate audio interfaces offer. A header that declares more is damaged or hostile, and
@@ -300,8 +314,9 @@ class FFmpegAudio(BlockReader):
 
 
 # libsndfile's length of a file that does not give one (SF_COUNT_MAX): a FLAC stream written to a pipe, whose
-# STREAMINFO says 0 samples (its writer could not seek back to fill it in). libsndfile fails part way through
-# such a file ("Internal psf_fseek() failed"); FFmpeg reads it.
+# STREAMINFO says 0 samples (its writer could not seek back to fill it in). libsndfile reads it whole (it failed
+# part way, "Internal psf_fseek() failed", only when python-soundfile seeked it after each read:
+# mimi_cli/libsndfile.py); its samples are counted before it is read.
 UNKNOWN_LENGTH = (1 << 63) - 1
 
 
@@ -312,16 +327,17 @@ def falls_short(declared: int, read: int, rate: int) -> bool:
 
 
 class LibsndfileAudio(BlockReader):
-    """A ``soundfile.SoundFile`` whose position is counted as it is read (``tell`` fails in formats
+    """A ``soundfile.SoundFile`` of ``frames`` samples (libsndfile's number, or the count where the file gives
+    none), whose position is counted as it is read (``tell`` fails in formats
     libsndfile cannot seek in, GSM 6.10 in WAV…, and drifts in a damaged MP3), and which is refused at its
     end when it gave fewer samples than the file holds (``whole``): libsndfile's Ogg decoders skip a damaged
     page and its MP3 decoder may stop at damaged frames, silently. What that decoder prints on stderr itself
     is caught in ``stderr`` (see :func:`decoder_warnings`)."""
 
-    def __init__(self, f, name: Target, whole: int, stderr: CaughtStderr | None = None):
-        self._f, self._name, self._whole, self._position, self.stderr = f, name, whole, 0, stderr
+    def __init__(self, f, name: Target, frames: int, whole: int, stderr: CaughtStderr | None = None):
+        self._f, self._name, self.frames, self._whole, self._position, self.stderr = f, name, frames, whole, 0, stderr
 
-    def __getattr__(self, name: str):  # samplerate, channels, frames, format, extra_info: the file's own
+    def __getattr__(self, name: str):  # samplerate, channels, format, extra_info: the file's own
         return getattr(self._f, name)
 
     def seek(self, frame: int) -> None:

@@ -253,26 +253,41 @@ def test_files_libsndfile_reads_in_part_are_read_whole_with_ffmpeg_or_refused(tm
             read()
 
 
-def test_a_flac_stream_of_unknown_length_is_read_whole_with_ffmpeg_or_refused(tmp_path, monkeypatch):
-    """A FLAC stream written to a pipe (``sox … -t flac -``) leaves its STREAMINFO's sample count at 0: libsndfile
-    took that for 2⁶³ − 1 samples, and the file was refused as too long for memory, or failed part way through
-    ("Internal psf_fseek() failed"). FFmpeg reads it whole; without the ffmpeg extra it is refused, saying why."""
-    from mimi_cli.sources import open_bytes
+def test_a_flac_stream_of_unknown_length_is_read_whole(tmp_path, monkeypatch):
+    """A FLAC stream written to a pipe (``ffmpeg … -f flac -``) leaves its STREAMINFO's sample count at 0:
+    libsndfile took that for 2⁶³ − 1 samples, and the file was refused as too long for memory; read in
+    blocks, it failed part way ("Internal psf_fseek() failed": python-soundfile's seek after each read), so
+    it went to FFmpeg, or was refused without the ffmpeg extra. Its samples are counted now, and libsndfile
+    reads it: whole, as a file, a member, a span and a stream."""
+    from mimi_cli.audio import open_audio, read_blocks
+    from mimi_cli.sources import Item, open_bytes, open_item
 
-    samples = np.random.default_rng(7).uniform(-0.5, 0.5, 30000).astype(np.float32)
+    monkeypatch.setitem(sys.modules, "av", None)  # libsndfile alone, as without the ffmpeg extra
+    samples = np.random.default_rng(7).uniform(-0.5, 0.5, 300000).astype(np.float32)
     data = bytearray(encoded(samples, "FLAC", "PCM_16"))
     data[21] &= 0xF0  # STREAMINFO's 36-bit total: its top 4 bits, then 4 bytes (byte 8 of the block on)
     data[22:26] = bytes(4)
     path = tmp_path / "piped.flac"
     path.write_bytes(data)
     assert sf.info(path).frames == (1 << 63) - 1
-    if importlib.util.find_spec("av"):
-        audio = read_audio(path)
-        np.testing.assert_allclose(audio.samples[:, 0], samples, atol=1 / 32768)
-        assert len(open_bytes(bytes(data), "member").read()) == len(samples)
-    monkeypatch.setitem(sys.modules, "av", None)  # as without the ffmpeg extra
-    with pytest.raises(InvalidAudioError, match="piped.flac would be read only in part: its header does not give "
-                                                "its length .* install the ffmpeg extra"):
+    with pytest.raises(sf.LibsndfileError, match="psf_fseek"):
+        with sf.SoundFile(path) as f:
+            while len(f.read(1 << 16)):
+                pass
+    np.testing.assert_allclose(read_audio(path).samples[:, 0], samples, rtol=0, atol=1 / 32768)
+    with open_audio(path) as f:
+        assert f.frames == len(samples)
+        np.testing.assert_allclose(np.concatenate(list(read_blocks(path, f, 4096)))[:, 0], samples, rtol=0,
+                                   atol=1 / 32768)
+    with open_bytes(bytes(data), "member") as f:
+        assert len(f.read()) == len(samples)
+    with open_item(Item("span", str(path), offset=10.0, duration=1.0), "span") as f:
+        np.testing.assert_allclose(f.read(dtype="float32"), samples[240000:264000], rtol=0, atol=1 / 32768)
+    with pytest.raises(InvalidAudioError, match="offset 13.0 s is past the end of .*piped.flac \\(12.500 s\\)"):
+        open_item(Item("span", str(path), offset=13.0), "span")
+    data[len(data) // 2] ^= 0x10  # damage: counting meets it
+    path.write_bytes(data)
+    with pytest.raises(InvalidAudioError, match=r"cannot read .*piped.flac as audio \(.*\); the file may be corrupt"):
         read_audio(path)
 
 
