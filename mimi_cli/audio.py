@@ -131,16 +131,20 @@ def open_checked(source: Path | bytes, header: Header, name: Target):
             chatter.close()
         return open_with_ffmpeg(fresh(), name, getattr(exc, "error_string", None) or str(exc))
     f = with_streamed_size(f, header.size_field, lambda: open(source, "rb") if isinstance(source, Path) else fresh())
-    try:
-        frames = _counted(f, name) if f.frames == UNKNOWN_LENGTH else f.frames
-    except InvalidAudioError:
-        f.close()
-        raise
-    part = header.read_in_part(frames, f.samplerate)
-    if part:  # what mpg123 said of it (a Xing header's size "off") does not matter: FFmpeg reads it
+
+    def close() -> None:
         f.close()
         if chatter:
             chatter.close()
+
+    try:
+        frames = _counted(f, name) if f.frames == UNKNOWN_LENGTH else f.frames
+    except InvalidAudioError:
+        close()
+        raise
+    part = header.read_in_part(frames, f.samplerate)
+    if part:  # what mpg123 said of it (a Xing header's size "off") does not matter: FFmpeg reads it
+        close()
         return open_with_ffmpeg(fresh(), name, part, whole=False)
     return checked_reader(LibsndfileAudio(f, name, frames, header.whole_read(frames), chatter), name)
 
@@ -328,11 +332,11 @@ def falls_short(declared: int, read: int, rate: int) -> bool:
 
 class LibsndfileAudio(BlockReader):
     """A ``soundfile.SoundFile`` of ``frames`` samples (libsndfile's number, or the count where the file gives
-    none), whose position is counted as it is read (``tell`` fails in formats
-    libsndfile cannot seek in, GSM 6.10 in WAV…, and drifts in a damaged MP3), and which is refused at its
-    end when it gave fewer samples than the file holds (``whole``): libsndfile's Ogg decoders skip a damaged
-    page and its MP3 decoder may stop at damaged frames, silently. What that decoder prints on stderr itself
-    is caught in ``stderr`` (see :func:`decoder_warnings`)."""
+    none), whose position is counted as it is read (``tell`` fails in formats libsndfile cannot seek in, GSM
+    6.10 in WAV…, and drifts in a damaged MP3), and which is refused at its end when it gave fewer samples
+    than the file holds (``whole``): libsndfile's Ogg decoders skip a damaged page and its MP3 decoder may stop
+    at damaged frames, silently. What that decoder prints on stderr itself is caught in ``stderr`` (see
+    :func:`decoder_warnings`)."""
 
     def __init__(self, f, name: Target, frames: int, whole: int, stderr: CaughtStderr | None = None):
         self._f, self._name, self.frames, self._whole, self._position, self.stderr = f, name, frames, whole, 0, stderr

@@ -7,7 +7,8 @@ decode to noise, and mpg123 prints "part2_3_length (…) too large for available
 speech MP3 read in blocks of 4,096 samples had 52 such places, up to 0.39 off full scale; read in blocks
 of 65,536 (how a whole file was read), a 22 kHz MP3 at 8 kbps had 314 wrong samples. Seeking to a place
 (a manifest's span) did the same in 7 of 40 seeks into that file, and an Opus file differed in the last
-bits after 1 seek of 60 (its decoder's memory reaches back past the 80 ms libsndfile decodes first)::
+bits after 1 seek of 60 (its decoder's memory reaches back past the 80 ms libsndfile decodes first). The same
+seeks made a FLAC stream whose header gives no length fail part way ("Internal psf_fseek() failed")::
 
     frames   … | n-2 | n-1 |  n  | n+1 | …        a frame's bits may start in the frames before it
     seek to n        ───────►│                    mpg123 starts at n without n-1's bytes: noise
