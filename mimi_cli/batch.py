@@ -786,7 +786,8 @@ def _parquet_schema(pa, split: bool = False):
     return pa.schema([("input", pa.string()), ("output", pa.string()), ("codec", pa.string()),
                       ("num_codebooks", pa.int32()), ("frames", pa.int64()), ("num_samples", pa.int64()),
                       ("source_sample_rate", pa.int64()), ("source_channels", pa.int32()), ("channels", pa.int32()),
-                      ("weights_id", pa.string()), ("codes", pa.list_(codes) if split else codes)])
+                      ("weights_id", pa.string()), ("streamed", pa.bool_()),
+                      ("codes", pa.list_(codes) if split else codes)])
 
 
 def _parquet_table(pa, rows: list[dict], carried: list[str], split: bool):
@@ -842,7 +843,8 @@ def _parquet_record(result: FileResult, split: bool) -> dict:
     return {"input": _utf8(result.input), "output": _utf8(result.output), "codec": c.codec,
             "num_codebooks": c.num_codebooks, "frames": c.num_frames, "num_samples": c.num_samples,
             "source_sample_rate": c.source_sample_rate, "source_channels": c.source_channels, "channels": c.channels,
-            "weights_id": c.weights_id, "codes": c.codes if split else c.codes[0], "__carried__": carried}
+            "weights_id": c.weights_id, "streamed": c.streamed, "codes": c.codes if split else c.codes[0],
+            "__carried__": carried}
 
 
 def _utf8(value):

@@ -16,6 +16,7 @@ key                    type         meaning
 ``source_sample_rate`` int          rate of the file that was encoded
 ``source_channels``    int          its channel count
 ``weights_id``         str          ``sha256:`` + 16 hex digits of the weights file
+``streamed``           bool         made by ``--stream`` (moshi's streaming mode) or not; optional
 =====================  ===========  ================================================
 """
 
@@ -35,7 +36,8 @@ from mimi_cli.models.config import CodecConfig
 
 FORMAT_VERSION = 1
 _INT_KEYS = ("format_version", "sample_rate", "codebook_size", "num_samples", "source_sample_rate", "source_channels")
-KEYS = ("codes", "frame_rate", "weights_id", *_INT_KEYS)  # required; "codec" is optional (added later)
+KEYS = ("codes", "frame_rate", "weights_id", *_INT_KEYS)  # required
+OPTIONAL_KEYS = ("codec", "streamed")  # added later: a file without them is Mimi's, made either way
 
 
 @dataclass
@@ -50,17 +52,18 @@ class CodesFile:
     codebook_size: int
     codec: str = DEFAULT_CODEC
     format_version: int = FORMAT_VERSION
+    streamed: bool | None = None  # by a stream encoder (--stream), or by a batch encode; None: not recorded
 
     @classmethod
     def from_codes(cls, codes: np.ndarray, config: CodecConfig, num_samples: int, source_sample_rate: int,
-                   source_channels: int, weights_id: str) -> CodesFile:
+                   source_channels: int, weights_id: str, streamed: bool | None = None) -> CodesFile:
         """Wrap model codes ``[K, F]`` (one stream) or ``[C, K, F]`` (one per channel) with the metadata
-        decode needs."""
+        decode needs, and how they were made (``streamed``), which --skip-existing compares."""
         codes = codes.astype(np.uint16)
         return cls(codes=codes[None] if codes.ndim == 2 else codes, num_samples=num_samples,
                    source_sample_rate=source_sample_rate, source_channels=source_channels,
                    weights_id=weights_id, sample_rate=config.sample_rate, frame_rate=config.frame_rate,
-                   codebook_size=config.codebook_size, codec=config.name)
+                   codebook_size=config.codebook_size, codec=config.name, streamed=streamed)
 
     @property
     def channels(self) -> int:
@@ -85,7 +88,8 @@ class CodesFile:
             if is_bare_array_path(path):
                 np.save(f, self.bare_array())
             else:
-                np.savez(f, **{key: np.asarray(getattr(self, key)) for key in (*KEYS, "codec")})
+                np.savez(f, **{key: np.asarray(getattr(self, key)) for key in (*KEYS, *OPTIONAL_KEYS)
+                               if getattr(self, key) is not None})
 
     def bare_array(self) -> np.ndarray:
         """The codes as a plain uint16 array: ``[K, frames]`` for one stream, ``[C, K, frames]`` for several."""
@@ -190,8 +194,11 @@ class CodesFile:
         weights_id = row.get("weights_id") or ""
         if not isinstance(weights_id, str):
             raise fail(f"weights_id must be a string, got {weights_id!r}")
+        streamed = row.get("streamed")
+        if streamed is not None and not isinstance(streamed, bool):
+            raise fail(f"streamed must be true or false, got {str(streamed)[:40]!r}")
         return cls.from_codes(codes, config, num_samples, given["source_sample_rate"] or config.sample_rate,
-                              source_channels, weights_id)
+                              source_channels, weights_id, streamed)
 
     @classmethod
     def _validated(cls, path: Path, archive: zipfile.ZipFile, a: dict[str, object]) -> CodesFile:
@@ -225,6 +232,9 @@ class CodesFile:
             raise fail(f"frame_rate is {a['frame_rate']}, but {config.display_name} uses {config.frame_rate}")
         if a["weights_id"].dtype.kind != "U":
             raise fail(f"weights_id must be a string, got {a['weights_id'].dtype}")
+        streamed = a.get("streamed")
+        if streamed is not None and (streamed.shape != () or streamed.dtype != np.bool_):
+            raise fail(f"streamed must be one true or false, got {streamed.dtype} of shape {list(streamed.shape)}")
         # the codes, from their .npy header first: nothing is read before its size is known to fit
         shape, dtype, info = a["codes"]
         num_samples = int(a["num_samples"])
@@ -251,7 +261,8 @@ class CodesFile:
         return cls(codes=codes, num_samples=num_samples, source_sample_rate=int(a["source_sample_rate"]),
                    source_channels=int(a["source_channels"]), weights_id=str(a["weights_id"]),
                    sample_rate=int(a["sample_rate"]), frame_rate=float(a["frame_rate"]),
-                   codebook_size=int(a["codebook_size"]), codec=config.name, format_version=version)
+                   codebook_size=int(a["codebook_size"]), codec=config.name, format_version=version,
+                   streamed=None if streamed is None else bool(streamed))
 
 
 def _checked_array(array: np.ndarray, config: CodecConfig, fail) -> np.ndarray:
@@ -368,7 +379,7 @@ def _read_members(path: Path, archive: zipfile.ZipFile) -> dict[str, object]:
     if absent:
         raise InvalidCodesError(f"{path} is not a complete codes file: missing {', '.join(absent)}")
     arrays: dict[str, object] = {"codec": np.array(DEFAULT_CODEC)}
-    for key in (*KEYS, "codec"):
+    for key in (*KEYS, *OPTIONAL_KEYS):
         if key == "codes" or key not in members:
             continue
         if members[key].file_size > MAX_SCALAR_BYTES:

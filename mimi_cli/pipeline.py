@@ -97,7 +97,7 @@ def encode_audio(loaded: LoadedModel, audio: Audio, num_codebooks: int, channels
         codes = loaded.model.encode(pcm, num_codebooks)
     seconds = time.perf_counter() - start
     codes_file = CodesFile.from_codes(codes, config, num_samples=pcm.shape[-1], source_sample_rate=audio.sample_rate,
-                                      source_channels=audio.channels, weights_id=loaded.weights_id)
+                                      source_channels=audio.channels, weights_id=loaded.weights_id, streamed=False)
     return EncodeResult(codes_file, pcm, seconds)
 
 
@@ -164,7 +164,7 @@ def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int, progress:
     codes = np.stack([np.concatenate(p, axis=1) for p in pieces])
     codes = CodesFile.from_codes(codes if channels == "split" else codes[0], config, num_samples=num_samples,
                                  source_sample_rate=source_rate, source_channels=source_channels,
-                                 weights_id=loaded.weights_id)
+                                 weights_id=loaded.weights_id, streamed=True)
     return EncodeResult(codes, None, seconds)
 
 
@@ -457,7 +457,8 @@ def skipped(task: Task, settings: Settings) -> FileResult:
 
 def made_otherwise(task: Task, settings: Settings, run_weights_id: Callable[[], str]) -> str | None:
     """How a task's existing output differs from what this run would write there, or None if it does not.
-    Codes: another codec, number of codebooks or channel layout, or other weights (``run_weights_id`` is
+    Codes: another codec, number of codebooks or channel layout, made with or without --stream where the codec's
+    two modes give other codes (as the file records it), or other weights (``run_weights_id`` is
     called only when the rest matches); a bare array (.npy) records neither codec nor weights, so its shape
     alone is compared. Audio: another sample rate or number of channels. One that cannot be read back differs."""
     if settings.kind == "decode":
@@ -474,6 +475,8 @@ def made_otherwise(task: Task, settings: Settings, run_weights_id: Callable[[], 
         *([f"{codes.num_codebooks} codebooks, not {levels}"] if codes.num_codebooks != levels else []),
         *([f"{codes.channels} code stream(s), not {streams} (--channels {settings.channels})"]
           if codes.channels != streams else []),
+        *([f"encoded {'with' if codes.streamed else 'without'} --stream"] if codes.streamed is not None and
+          codes.streamed != settings.stream and codec_spec(config.name).stream_codes_differ else []),
     ]
     if not differences and codes.weights_id and codes.weights_id != run_weights_id():
         differences.append(f"weights {codes.weights_id}, not {run_weights_id()}")

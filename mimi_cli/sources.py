@@ -484,7 +484,7 @@ def _row_table(item: Item, columns: tuple[str, ...]):
 
 
 # What a --parquet shard says of each row's codes, beside them
-CODES_METADATA = ("codec", "num_samples", "source_sample_rate", "source_channels", "weights_id")
+CODES_METADATA = ("codec", "num_samples", "source_sample_rate", "source_channels", "weights_id", "streamed")
 
 
 def row_codes(item: Item, name: str, codec: str):

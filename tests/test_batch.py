@@ -215,9 +215,9 @@ def test_existing_outputs_resume_with_skip_existing(corpus, weights_file, tmp_pa
 
 
 def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_file, tmp_path):
-    """A run resumed with another codec, -n, --channels or weights would mix two kinds of codes in one corpus
-    (another --sample-rate, two kinds of audio): it refuses before any work, naming the difference; with -f
-    those outputs are made again."""
+    """A run resumed with another codec, -n, --channels, weights or (Mimi) --stream would mix two kinds of codes
+    in one corpus (another --sample-rate, two kinds of audio): it refuses before any work, naming the
+    difference; with -f those outputs are made again."""
     from mimi_cli.batch import Job, plan
     from mimi_cli.codes import CodesFile
     from mimi_cli.models import codec_spec
@@ -227,10 +227,11 @@ def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_f
     out, ours = tmp_path / "codes", weights_id(weights_file)
     (out / "spk1").mkdir(parents=True)
 
-    def existing(codec="mimi", levels=8, streams=1, made_by=ours) -> None:
+    def existing(codec="mimi", levels=8, streams=1, made_by=ours, streamed=False) -> None:
         config = codec_spec(codec).config()
         codes = np.zeros((streams, levels, 25), np.int64)
-        CodesFile.from_codes(codes, config, 48000, 16000, streams, made_by).save(out / "a.npz", replace=True)
+        CodesFile.from_codes(codes, config, 25 * config.frame_size, 16000, streams, made_by,
+                             streamed).save(out / "a.npz", replace=True)
 
     def planned(**settings):
         job = Job(Settings("encode", str(weights_file), **settings), (str(corpus),), str(out), skip_existing=True)
@@ -242,12 +243,18 @@ def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_f
             ({"levels": 4}, {}, "4 codebooks, not 8"),
             ({}, {"codec": "encodec-24khz"}, "codec mimi, not encodec-24khz"),
             ({"streams": 2}, {}, "2 code stream(s), not 1 (--channels mix)"),
-            ({"made_by": "sha256:0123456789abcdef"}, {}, f"weights sha256:0123456789abcdef, not {ours}")):
+            ({"made_by": "sha256:0123456789abcdef"}, {}, f"weights sha256:0123456789abcdef, not {ours}"),
+            ({"streamed": True}, {}, "encoded with --stream"),  # Mimi's two modes differ past 10 s
+            ({}, {"stream": True}, "encoded without --stream")):
         existing(**made)
         with pytest.raises(MimiError, match=re.escape(f"a.npz exists, made otherwise ({difference})")):
             planned(**settings)
         redo = planned(replace=True, **settings)
         assert not redo.skip and redo.redo
+    existing(streamed=None)  # written before the field: either mode resumes it
+    assert planned().skip and planned(stream=True).skip
+    existing(codec="encodec-24khz", streamed=True)  # EnCodec's streamed codes are its batch codes
+    assert planned(codec="encodec-24khz").skip
     (out / "a.npz").write_bytes(b"")  # not codes at all (another tool's, or damaged)
     with pytest.raises(MimiError, match="it cannot be read back as codes"):
         planned()

@@ -23,6 +23,7 @@ def test_stream_encode_equals_batch_encode_within_10s(tmp_path, weights_file):
         np.testing.assert_array_equal(stream["codes"], batch["codes"])
         for key in ("num_samples", "source_sample_rate", "source_channels", "weights_id"):
             assert stream[key] == batch[key], key
+        assert bool(stream["streamed"]) and not bool(batch["streamed"])  # how each was made (--skip-existing)
 
 
 def test_stream_encode_uses_moshi_streaming_codes_past_10s(tmp_path, weights_file, full_model):

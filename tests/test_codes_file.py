@@ -141,6 +141,25 @@ def test_codec_field_is_validated(tmp_path, changes, message):
         CodesFile.load(rewrite(tmp_path, **changes))
 
 
+@pytest.mark.parametrize("streamed", [True, False, None])
+def test_how_the_codes_were_made_is_recorded_when_known(tmp_path, streamed):
+    """``streamed``: made by a stream encoder (--stream) or a batch encode, which give other Mimi codes past
+    10 s; --skip-existing compares it. Absent (None) in files written before it, and in bare arrays."""
+    original = make()
+    original.streamed = streamed
+    original.save(tmp_path / "c.npz")
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as raw:
+        assert ("streamed" in raw.files) == (streamed is not None)
+        assert streamed is None or (raw["streamed"].dtype == np.bool_ and bool(raw["streamed"]) is streamed)
+    assert CodesFile.load(tmp_path / "c.npz").streamed is streamed
+
+
+@pytest.mark.parametrize("value", [np.array(1), np.array("yes"), np.array([True, False])])
+def test_the_streamed_field_is_validated(tmp_path, value):
+    with pytest.raises(InvalidCodesError, match="streamed must be one true or false"):
+        CodesFile.load(rewrite(tmp_path, streamed=value))
+
+
 def test_one_code_stream_per_source_channel_loads(tmp_path):
     """--channels split: as many code streams as the source had channels."""
     codes = CodesFile.load(rewrite(tmp_path, codes=np.arange(80, dtype=np.uint16).reshape(2, 8, 5)))
@@ -154,6 +173,8 @@ def test_one_code_stream_per_source_channel_loads(tmp_path):
     ("num_samples", 10**9, "num_samples 1000000000 does not fit 3 frames of 1920 samples"),
     ("source_channels", 2, None),  # mixed to one stream: fine
     ("weights_id", 7, "weights_id must be a string, got 7"),
+    ("streamed", 1, "streamed must be true or false, got '1'"),
+    ("streamed", True, None),
 ])
 def test_a_table_row_of_codes_is_checked_as_a_codes_file_is(column, value, message):
     """A row of a table (decode's Parquet input): each metadata cell checked, whatever type it holds."""

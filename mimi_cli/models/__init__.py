@@ -37,6 +37,7 @@ class CodecSpec:
     batch_row_bytes: float = 40e6  # what each row of a batch holds besides: its own SEANet chunk, this much
     batch_row_seconds: float = 2.5  # from rows of this length on (a shorter row holds its share)
     streaming: bool = False  # the model has stream_encoder() / stream_decoder(): --stream
+    stream_codes_differ: bool = False  # --stream's codes may differ from batch mode's (Mimi past 10 s)
     stream_bytes: float = 0.0  # memory of one stream of a duplex once its window is full (docs/performance.md)
     bench_parts: tuple[str, ...] = ("model",)  # what `mimi bench` measures: kernels, model, stream
 
@@ -61,7 +62,7 @@ class CodecSpec:
 
 MIMI = CodecSpec("mimi", "mimi_cli.models.mimi", "Mimi", "MimiConfig",
                  "kyutai/moshiko-pytorch-bf16", "tokenizer-e351c8d8-checkpoint125.safetensors", "MIMI_WEIGHTS",
-                 batch_bytes_per_second=2e6, streaming=True, stream_bytes=28e6,
+                 batch_bytes_per_second=2e6, streaming=True, stream_codes_differ=True, stream_bytes=28e6,
                  bench_parts=("kernels", "model", "stream"))
 ENCODEC_24KHZ = CodecSpec("encodec-24khz", "mimi_cli.models.encodec", "Encodec", "EncodecConfig",
                           "facebook/encodec_24khz", "model.safetensors", "ENCODEC_WEIGHTS",
