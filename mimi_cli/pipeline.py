@@ -463,7 +463,8 @@ def made_otherwise(task: Task, settings: Settings, run_weights_id: Callable[[], 
     alone is compared. Audio: another sample rate or number of channels. One that cannot be read back differs."""
     if settings.kind == "decode":
         return _audio_made_otherwise(task, settings)
-    config = codec_spec(settings.codec).config()
+    spec = codec_spec(settings.codec)
+    config = spec.config()
     try:
         codes = load_codes(Path(task.output), config.name)
     except MimiError as exc:
@@ -476,7 +477,7 @@ def made_otherwise(task: Task, settings: Settings, run_weights_id: Callable[[], 
         *([f"{codes.channels} code stream(s), not {streams} (--channels {settings.channels})"]
           if codes.channels != streams else []),
         *([f"encoded {'with' if codes.streamed else 'without'} --stream"] if codes.streamed is not None and
-          codes.streamed != settings.stream and codec_spec(config.name).stream_codes_differ else []),
+          codes.streamed != settings.stream and spec.stream_codes_differ else []),
     ]
     if not differences and codes.weights_id and codes.weights_id != run_weights_id():
         differences.append(f"weights {codes.weights_id}, not {run_weights_id()}")
