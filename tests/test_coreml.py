@@ -230,6 +230,21 @@ def test_mil_literals_multi_outputs_and_nested_blocks():
     assert ops["inner"].attrs["val"].data == [1.5, 2, 3.0]
 
 
+def test_mil_strings_keep_their_characters_and_c_escapes():
+    """A name is UTF-8 text: "café" stays "café" (read as escapes over Latin-1 bytes it became "cafÃ©"),
+    and C's escapes are decoded; a backslash before anything else is refused, not passed on."""
+    def value(literal: str) -> str:
+        text = f'program(1.3)\n{{\n    func main<ios18>(tensor<fp32, [1]> x) {{\n        string s = const()[name = ' \
+               f'string("s"), val = string({literal})];\n    }} -> (x);\n}}'
+        return next(mil.parse(text).operations()).attrs["val"].data
+
+    assert value('"café ☕ 名"') == "café ☕ 名"
+    assert value(r'"a\"b\\c\n\t\101\x42\u00e9\U0001F600"') == 'a"b\\c\n\tAB\u00e9\U0001F600'
+    for broken in (r'"\d"', r'"\x4"', r'"\uD800"', r'"\U00110000"'):
+        with pytest.raises(WeightsError, match="broken escape"):
+            value(broken)
+
+
 # ----------------------------------------------------------------------------- decoding rules vs naive loops
 
 

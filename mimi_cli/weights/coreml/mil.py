@@ -362,10 +362,11 @@ class _Parser:
             return items
         self.take()
         if kind == "string":
-            try:
-                return bytes(token[1:-1], "utf-8").decode("unicode_escape")
-            except UnicodeDecodeError as exc:
-                raise self._error(f"string {token[:40]!r} has a broken escape ({exc.reason})") from None
+            text = _unescaped(token[1:-1])
+            if text is None:
+                raise self._error(f"string {token[:40]!r} has a broken escape (C's escapes are "
+                                  "\\n, \\t, \\\\, \\\", octal \\ooo, \\xHH, \\uHHHH and the like)")
+            return text
         if kind == "number":
             if len(token) > MAX_NUMBER_CHARS:
                 raise self._error(f"a {len(token)}-character number is not a literal a converter writes")
@@ -383,6 +384,32 @@ class _Parser:
             self.i -= 1
             return self.value().data
         raise self._error(f"unexpected {token!r} in a literal")
+
+
+# A string literal's escapes, as C writes them. Every other character stands for itself: the text is
+# UTF-8 (a name "café" stays "café"; Python's unicode_escape codec would read its bytes as Latin-1).
+_ESCAPE = re.compile(r"\\(?:[0-7]{1,3}|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)", re.DOTALL)
+_SIMPLE_ESCAPES = {"\\": "\\", '"': '"', "'": "'", "?": "?", "a": "\a", "b": "\b", "f": "\f", "n": "\n",
+                   "r": "\r", "t": "\t", "v": "\v"}
+
+
+def _unescaped(body: str) -> str | None:
+    """``body`` (a literal between its quotes) with its escapes replaced; None if one is not an escape."""
+    broken = False
+
+    def replace(match: re.Match) -> str:
+        nonlocal broken
+        escape = match.group()[1:]
+        if escape in _SIMPLE_ESCAPES:
+            return _SIMPLE_ESCAPES[escape]
+        code = int(escape, 8) if escape[0] in "01234567" else int(escape[1:], 16) if len(escape) > 1 else -1
+        if not 0 <= code <= 0x10FFFF or 0xD800 <= code <= 0xDFFF:  # not an escape, or no character
+            broken = True
+            return ""
+        return chr(code)
+
+    text = _ESCAPE.sub(replace, body)
+    return None if broken else text
 
 
 def _number(token: str) -> int | float:
