@@ -355,6 +355,12 @@ def test_undefined_variable_and_bad_feeds(tmp_path):
         program.predict({"x": np.array([1, 2, 3])})
     with pytest.raises(ProgramError, match="no input 'z'"):
         program.predict({"x": np.array([1, 2]), "z": np.array(1)})
+    # every missing input in one message (a stateful program's were named one run at a time)
+    two = build(tmp_path / "c", {"x": ("fp32", (2,)), "state": ("fp32", (1, 4)), "cell": ("fp16", (1, 4))},
+                [op("relu", ("y", "fp32", (2,)), x="x")], ["y"])
+    with pytest.raises(ProgramError, match=r"^inputs state: fp32 \[1, 4\], cell: fp16 \[1, 4\] are missing; give "
+                                           r"them \(mimi run: --input state=FILE.npy --input cell=FILE.npy\)$"):
+        two.predict({"x": np.zeros(2, np.float32)})
 
 
 def test_declared_shape_is_checked(tmp_path):

@@ -236,10 +236,13 @@ class CoreMLProgram:
         if unknown:
             raise ProgramError(f"{self.path} has no input {', '.join(map(repr, unknown))}; its inputs are "
                                f"{', '.join(str(p) for p in self.inputs)}")
+        missing = [port for port in self.inputs if port.name not in feeds]
+        if missing:  # all of them at once: a program with state inputs needs several
+            names, options = ", ".join(map(str, missing)), " ".join(f"--input {p.name}=FILE.npy" for p in missing)
+            raise ProgramError(f"input {names} is missing; give it (mimi run: {options})" if len(missing) == 1 else
+                               f"inputs {names} are missing; give them (mimi run: {options})")
         arrays = {}
         for port in self.inputs:
-            if port.name not in feeds:
-                raise ProgramError(f"input {port} is missing; give it (mimi run: --input {port.name}=FILE.npy)")
             value = np.asarray(feeds[port.name])
             if not port.accepts(value.shape):
                 raise ProgramError(f"input {port.name} has shape {list(value.shape)}; the program takes {port}")
