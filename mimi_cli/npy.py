@@ -51,8 +51,8 @@ def _read_array(f, size: int, shown: str, max_bytes: int, read) -> np.ndarray:
                        else np.lib.format.read_array_header_2_0)
         shape, fortran, dtype = read_header(f)
         if dtype.hasobject or dtype.kind not in NUMERIC_KINDS:
-            raise InvalidArrayError(f"{shown} holds {dtype} values; give a plain numeric array "
-                                    "(objects are never unpickled)")
+            why = " (objects are never unpickled)" if dtype.hasobject else ""
+            raise InvalidArrayError(f"{shown} holds {dtype} values; give an array of booleans, integers or floats{why}")
         declared = math.prod(shape) * dtype.itemsize
         if declared > max_bytes:
             raise InvalidArrayError(f"{shown}: its header declares {list(shape)} {dtype} ({declared:,} bytes), "

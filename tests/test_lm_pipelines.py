@@ -127,6 +127,8 @@ def test_encode_to_npy_writes_the_codes_alone(tmp_path, weights_file, dialogue, 
     (np.full((8, 5), 2048, np.int64), "codes are 0..2047"),
     (np.zeros((40, 5), np.int64), "has 40 codebooks"),
     (np.zeros((5,), np.int64), "has shape [5]"),
+    (np.zeros((8, 5), np.complex64), "holds complex64 values; give an array of booleans, integers or floats\n"),
+    (np.array(["a", "b"]), "holds <U1 values; give an array of booleans, integers or floats\n"),
 ])
 def test_bad_arrays_are_one_line_and_write_nothing(tmp_path, weights_file, array, message):
     np.save(tmp_path / "bad.npy", array)
