@@ -131,7 +131,10 @@ class CodesFile:
                 raise InvalidCodesError(f"{path} contains pickled objects, which are never loaded; "
                                         "write codes as plain arrays") from None
             raise malformed(InvalidCodesError, f"codes file {path}", exc) from None
-        except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as exc:
+        except zipfile.BadZipFile as exc:  # a truncated download or a broken pipe's output, a flipped bit
+            raise InvalidCodesError(f"{path} is not a readable codes file ({exc}): it is cut short or damaged; "
+                                    "write it again") from None
+        except (OSError, zipfile.LargeZipFile, NotImplementedError) as exc:
             raise InvalidCodesError(f"{path} is not a readable codes file ({exc})") from None
         except DATA_ERRORS as exc:
             raise malformed(InvalidCodesError, f"codes file {path}", exc) from None

@@ -96,8 +96,14 @@ def test_files_that_are_not_codes_files(tmp_path, content, message):
 def test_truncated_codes_file(tmp_path):
     path = tmp_path / "c.npz"
     make(frames=400).save(path)
-    path.write_bytes(path.read_bytes()[:-300])
-    with pytest.raises(InvalidCodesError):
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-300])
+    with pytest.raises(InvalidCodesError, match="cut short or damaged; write it again$"):
+        CodesFile.load(path)
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF  # inside a member: its CRC no longer matches
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(InvalidCodesError, match="cut short or damaged; write it again$"):
         CodesFile.load(path)
 
 
