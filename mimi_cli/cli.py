@@ -875,6 +875,18 @@ def _rtf(rtf: float) -> str:
     return f"{rtf:.3f} ({1 / max(rtf, 1e-9):.1f}× real time)"
 
 
+def _empty_argument(args: list[str]) -> str | None:
+    """What is wrong, if an argument is empty: no path, name or value is (an unset shell variable, most
+    often). Taken as a path, '' would be the current folder: ``-o "$OUT"`` wrote beside the input, ``--parquet
+    ""`` into the current folder."""
+    for i, arg in enumerate(args):
+        if arg == "" or (arg.startswith("--") and arg.endswith("=")):
+            what = f"{arg} gives an empty value" if arg else \
+                f"an empty argument ('') after {args[i - 1]}" if i else "an empty argument ('')"
+            return f"{what}; is a shell variable unset? give a path or value"
+    return None
+
+
 def main() -> None:
     import warnings
 
@@ -890,6 +902,10 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # NumPy's overflow chatter: errors are ours to say
     # click's own errors (a bad option value, a missing argument, an unknown command), vendored by typer or not
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    empty = _empty_argument(sys.argv[1:])
+    if empty:
+        err.print(f"[bold red]error:[/] {_shown(empty)}")
+        raise SystemExit(2)
     try:
         code = app(prog_name="mimi", standalone_mode=False)  # so that a usage error comes here, not as a box
     except usage_error as exc:

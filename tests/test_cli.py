@@ -217,6 +217,12 @@ def test_version_and_help():
     (["encode", "{clip}", "--bogus"], "No such option: --bogus"),
     (["convert"], "Missing argument 'SOURCE'. (see mimi convert -h)"),
     (["nosuch"], "No such command 'nosuch'. (see mimi -h)"),
+    # an unset shell variable: '' as a path was the current folder (-o wrote beside the input, --parquet into .)
+    (["encode", "{clip}", "-o", ""], "an empty argument ('') after -o; is a shell variable unset?"),
+    (["encode", "{clip}", "--parquet", ""], "an empty argument ('') after --parquet;"),
+    (["encode", "{clip}", "--output="], "--output= gives an empty value;"),
+    (["decode", ""], "an empty argument ('') after decode;"),
+    (["convert", "{clip}", ""], "an empty argument ('') after "),
 ])
 def test_usage_errors_are_one_line(clip, args, message):
     """Numbers that make no sense, unknown options and commands, missing arguments: exit code 2 and one line
