@@ -167,7 +167,8 @@ def _json_array(text: str) -> list | None:
 
 def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[Entry | None, str | None]:
     """A manifest record as an input, or what is wrong with it."""
-    audio = next((record[k] for k in MANIFEST_PATH_KEYS if isinstance(record.get(k), str)), None)
+    key = next((k for k in MANIFEST_PATH_KEYS if isinstance(record.get(k), str)), None)
+    audio = None if key is None else record[key]
     offset, duration = record.get("offset", 0.0), record.get("duration")
     bad_duration = duration is not None and not (_seconds(duration) and duration > 0)
     given = next((k for k in MANIFEST_PATH_KEYS if record.get(k) is not None), None)  # there, but not a string
@@ -175,11 +176,13 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
                f"{_JSON_TYPES.get(type(record[given]), 'value')}" if audio is None and given else
                f"{name} has no audio_filepath (or path)" if audio is None else
                f"{name}: its audio_filepath holds a NUL character, which no file name can" if "\0" in audio else
+               f"{name}: its {key} is empty" if not audio else
                f"{name}: offset must be a number of seconds from 0 to {MAX_SECONDS:,.0f}" if not _seconds(offset)
                else f"{name}: duration must be a number of seconds above 0, at most {MAX_SECONDS:,.0f}"
                if bad_duration else None)
     if problem:
         return None, problem
+    written = audio
     try:
         audio = local_path(audio, name)  # file:///data/a.wav is /data/a.wav
     except MimiError as exc:
@@ -187,15 +190,17 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
     if url(audio):
         return None, f"{name}: {audio} is a URL, and mimi reads files on this machine or a mounted file system: " \
                      "download it first"
+    if Path(audio).name in ("", ".", ".."):
+        return None, f"{name if name == written else f'{name}: {written}'} names a folder, not a file"
     audio_path = home_expanded(audio)
     audio_path = audio_path if audio_path.is_absolute() else base / audio_path
     own = {"manifest_line": number, "audio_filepath": audio, "offset": offset, "duration": duration}
     carried = {**own, **{k: v for k, v in record.items() if k not in (*MANIFEST_PATH_KEYS, *own)}}
-    relative = Path(audio).with_suffix("")  # mirrored under -o; an absolute path by its name alone
-    relative = Path(relative.name) if relative.is_absolute() else relative
+    parts = [p for p in Path(audio).parts if p not in ("..", "/")]  # mirrored under -o, without ".."
+    relative = Path(*parts[-1:] if Path(audio).is_absolute() else parts)  # an absolute path by its name alone
+    relative = relative if relative.stem in (".", "..") else relative.with_suffix("")  # "..wav" stays itself
     if record.get("offset") is not None or duration is not None:  # one file, several spans: one output each
         relative = relative.with_name(f"{relative.name}_{round(offset * 1000)}ms")
-    relative = Path(*[p for p in relative.parts if p not in ("..", "/")]) if relative.parts else Path("x")
     return Entry(name, Item("span", str(audio_path), offset=float(offset),
                             duration=None if duration is None else float(duration), extra=json.dumps(carried)),
                  relative), None

@@ -77,6 +77,8 @@ def test_hostile_manifest_lines_fail_alone(tmp_path, weights_file, reference):
     lines = ["[" * 100_000 + "]" * 100_000, json.dumps({"audio_filepath": whole, "offset": 1e308}),
              json.dumps({"audio_filepath": whole, "duration": 1e308}), json.dumps({"audio_filepath": whole + "\0x"}),
              "[1, 2]", "null", json.dumps({"audio_filepath": [whole]}), json.dumps({"text": "no path"}),
+             json.dumps({"audio_filepath": ""}), json.dumps({"audio_filepath": "/"}),
+             json.dumps({"path": "a/..", "offset": 1}), json.dumps({"audio_filepath": "file:///"}),
              json.dumps({"audio_filepath": whole, "offset": 0.5, "duration": 1.5})]
     manifest = tmp_path / "hostile.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
@@ -90,7 +92,12 @@ def test_hostile_manifest_lines_fail_alone(tmp_path, weights_file, reference):
                         f"failed: {manifest}:5 is a JSON array, not an object",
                         f"failed: {manifest}:6 is a JSON null, not an object",
                         f"failed: {manifest}:7: audio_filepath must be a file's path (a string), not a JSON array",
-                        f"failed: {manifest}:8 has no audio_filepath (or path)"], result.stderr
+                        f"failed: {manifest}:8 has no audio_filepath (or path)",
+                        # a traceback for the whole run before (an output named after no file name)
+                        f"failed: {manifest}:9: its audio_filepath is empty",
+                        f"failed: {manifest}:10: / names a folder, not a file",
+                        f"failed: {manifest}:11: a/.. names a folder, not a file",
+                        f"failed: {manifest}:12: file:/// names a folder, not a file"], result.stderr
     np.testing.assert_array_equal(CodesFile.load(tmp_path / "out" / "whole_500ms.npz").codes, codes["span"])
 
 
