@@ -124,10 +124,12 @@ def plan(job: Job) -> Plan:
     suffixes, suffix, beside = ((AUDIO_SUFFIXES, ".npz", ".npz") if s.kind == "encode"
                                 else (CODES_SUFFIXES, ".wav", ".decoded.wav"))
     paths = [Path(p) for p in job.inputs]
-    # decode: a folder of codes files; or of Parquet shards (--parquet's), when it holds no codes file
+    # a folder of audio (or codes) files; when it holds none, of shards: a dataset's Parquet or Arrow files
+    # (a Hugging Face repo's data/), WebDataset tars; decode: the Parquet shards --parquet writes
     left_out: list[Path] = []  # broken links, pipes and devices with an input's name in the folders and globs
     found = collect_inputs(paths, job.recursive, suffixes, containers=True,
-                           else_suffixes=(".parquet",) if s.kind == "decode" else (), on_skip=left_out.append)
+                           else_suffixes=(".parquet",) if s.kind == "decode" else (".parquet", ".arrow", ".tar"),
+                           on_skip=left_out.append)
     found = (expand_containers(found, job.column or "audio") if s.kind == "encode" else
              expand_containers(found, job.column or "codes", is_table))
     found += [entry for m in job.manifests for entry in listed_inputs(home_expanded(m), s.kind, job.column)]

@@ -371,6 +371,34 @@ def test_a_folder_is_decoded_as_its_codes_files_or_else_its_shards(tmp_path):
                                                     for row in (0, 1)]
 
 
+def test_a_folder_of_shards_alone_is_encoded_as_its_rows_and_members(tmp_path):
+    """A Hugging Face repo's data/ (Parquet shards) or a folder of WebDataset tars: `mimi encode data/` said
+    "no .wav or .flac… files"; it reads their rows and members. A folder with audio files keeps to them."""
+    import io
+    import tarfile
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from mimi_cli.batch import Job, plan
+    from mimi_cli.pipeline import Settings
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"audio": [{"bytes": b"RIFF", "path": "x.wav"}] * 2}), data / "train-00000.parquet")
+    with tarfile.open(data / "shard-000.tar", "w") as tar:
+        member = tarfile.TarInfo("key1.flac")
+        member.size = 4
+        tar.addfile(member, io.BytesIO(b"fLaC"))
+    (data / "README.md").write_text("a dataset card")
+    shards = plan(Job(Settings("encode"), (str(data),), str(tmp_path / "out")))
+    assert [str(t.input) for t in shards.tasks] == [f"{data / 'shard-000.tar'}#key1.flac",
+                                                    *(f"{data / 'train-00000.parquet'}#{row}" for row in (0, 1))]
+    (data / "clip.wav").write_bytes(b"RIFF")
+    files = plan(Job(Settings("encode"), (str(data),), str(tmp_path / "out")))
+    assert [t.input.name for t in files.tasks] == ["clip.wav"]
+
+
 def test_a_table_of_generated_codes_decodes_row_by_row(tmp_path, weights_file):
     """Any table with an integer `codes` column (or one --codes-column names; [K, frames] per row: what a
     language model generated) decodes as bare arrays do; a row that is not codes fails alone, saying why."""
