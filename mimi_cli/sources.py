@@ -175,7 +175,7 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
     problem = (f"{name}: {given} must be a file's path (a string), not a JSON "
                f"{_JSON_TYPES.get(type(record[given]), 'value')}" if audio is None and given else
                f"{name} has no audio_filepath (or path)" if audio is None else
-               f"{name}: its audio_filepath holds a NUL character, which no file name can" if "\0" in audio else
+               f"{name}: its {key} holds a NUL character, which no file name can" if "\0" in audio else
                f"{name}: its {key} is empty" if not audio else
                f"{name}: offset must be a number of seconds from 0 to {MAX_SECONDS:,.0f}" if not _seconds(offset)
                else f"{name}: duration must be a number of seconds above 0, at most {MAX_SECONDS:,.0f}"

@@ -161,7 +161,8 @@ def test_weights_from_a_hub_repository(tmp_path, clip, weights_file, monkeypatch
     assert ("weights file someone/absent (from --weights) does not exist here, and model.safetensors of "
             "someone/absent is not in the Hugging Face cache and HF_HUB_OFFLINE is set") in result.stderr
     result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", "", weights=weights_file)  # "$UNSET"
-    assert result.returncode == 1 and "--weights is empty" in result.stderr
+    assert result.returncode == 2 and "an empty argument ('') after --weights" in result.stderr, result.stderr
+    assert not (tmp_path / "c.npz").exists()
     # the repository's and its files' URLs, as huggingface_hub and a browser write them, at a revision too; a
     # file:// URI is a path (resolved here in this process, through the same cache; one of them by the command)
     from huggingface_hub import constants
