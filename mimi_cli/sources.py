@@ -16,8 +16,11 @@ table's scalar columns) are carried to the run's manifest and Parquet rows.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import json
+import lzma
 import os
 import posixpath
 import sys
@@ -73,13 +76,14 @@ def _invalid(name: str, problem: str, relative: str) -> Entry:
 
 
 MANIFEST_SUFFIXES = (".jsonl", ".json")  # NeMo names its JSON-lines manifests .json
+MANIFEST_NAMES = (*MANIFEST_SUFFIXES, ".jsonl.gz", ".json.gz")  # read as they are, or through gzip
 COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 
 def is_container(path: Path) -> bool:
     """A manifest, a tar shard, or a dataset folder / Parquet file: inputs that hold many items."""
     suffix = path.suffix.lower()
-    return (suffix in (*MANIFEST_SUFFIXES, ".tar", ".parquet", ".arrow") or path.name.lower().endswith(COMPRESSED_TARS)
+    return (suffix in (".tar", ".parquet", ".arrow") or path.name.lower().endswith((*MANIFEST_NAMES, *COMPRESSED_TARS))
             or (path.is_dir() and any((path / name).exists() for name in DATASET_FILES)))
 
 
@@ -96,7 +100,7 @@ def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) 
     cannot be listed is one invalid entry saying why."""
     suffix = path.suffix.lower()
     try:
-        if manifest or suffix in MANIFEST_SUFFIXES:
+        if manifest or path.name.lower().endswith(MANIFEST_NAMES):
             return list_manifest(path)
         if suffix == ".tar":
             return list_tar(path)
@@ -225,6 +229,23 @@ def _bounded_read(f, shown: str) -> bytes:
     return data
 
 
+_COMPRESSED = ((b"\x1f\x8b", gzip), (b"BZh", bz2), (b"\xfd7zXZ\x00", lzma))  # magic bytes, module
+
+
+def _decompressed(data: bytes, shown: str) -> bytes:
+    """A list compressed with gzip (``manifest.jsonl.gz``), bzip2 or xz, decompressed, as far as an eighth of
+    the memory (a small file can hold a great deal); any other list as it is."""
+    module = next((name for magic, name in _COMPRESSED if data.startswith(magic)), None)
+    if module is None:
+        return data
+    try:
+        with module.open(io.BytesIO(data)) as f:
+            return _bounded_read(f, f"{shown}, decompressed,")
+    except (OSError, EOFError, ValueError) as exc:  # a damaged or truncated stream
+        raise MimiError(f"cannot decompress {shown} ({module.__name__}: {exc or type(exc).__name__}); it is cut "
+                        "short or damaged") from None
+
+
 def _manifest_text(path: Path) -> tuple[str, Path]:
     """A manifest's text and the folder its relative paths start at."""
     try:
@@ -238,6 +259,7 @@ def _manifest_text(path: Path) -> tuple[str, Path]:
             with open(path, "rb") as f:
                 data = _bounded_read(f, f"manifest {path}")
             base = path.parent if kind is None else Path.cwd()  # a pipe's folder (/dev/fd) holds no audio
+        data = _decompressed(data, "--inputs-from - (standard input)" if str(path) == STDIN else f"manifest {path}")
         _check_listing(max(data.count(b"\n"), data.count(b"\0")),
                        "--inputs-from - (standard input)" if str(path) == STDIN else f"manifest {path}")
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16, as Windows PowerShell's `>` writes

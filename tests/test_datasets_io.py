@@ -272,6 +272,34 @@ def test_a_nul_separated_list(tmp_path):
     assert [str(e.relative) for e in entries] == ["a", "odd\nname", "sub/b"]
 
 
+@pytest.mark.parametrize("module, name", [("gzip", "cuts.jsonl.gz"), ("bz2", "list.bz2"), ("lzma", "list.xz")])
+def test_a_compressed_manifest_is_read_through_its_compression(tmp_path, module, name):
+    """`mimi encode train.jsonl.gz` took the file for audio and `--inputs-from list.xz` read its compressed bytes
+    as paths; each is decompressed (found by its magic bytes, whatever its name), as far as an eighth of the
+    memory; a truncated one is one line saying so."""
+    import importlib
+
+    from mimi_cli.batch import Job, plan
+    from mimi_cli.pipeline import Settings
+    from mimi_cli.sources import list_manifest
+
+    lines = [json.dumps({"audio_filepath": "a.wav", "offset": 1.0, "text": "hi"}), "sub/b.flac"]
+    packed = importlib.import_module(module).compress("\n".join(lines).encode())
+    (tmp_path / name).write_bytes(packed)
+    entries = list_manifest(tmp_path / name)
+    assert [e.item.container for e in entries] == [str(tmp_path / "a.wav"), str(tmp_path / "sub/b.flac")]
+    assert [str(e.relative) for e in entries] == ["a_1000ms", "sub/b"]
+    assert json.loads(entries[0].item.extra)["text"] == "hi"
+    inputs = (str(tmp_path / name),) if name.endswith(".jsonl.gz") else ()  # named as an input: by its name
+    planned = plan(Job(Settings("encode"), inputs, str(tmp_path / "out"),
+                       manifests=() if inputs else (str(tmp_path / name),)))
+    assert [str(t.input) for t in planned.tasks] == [f"{tmp_path / name}:1", "sub/b.flac"]  # a path alone: itself
+    (tmp_path / name).write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(MimiError, match=rf"^cannot decompress manifest .*{name} \({module}: .*\); it is cut short "
+                                        "or damaged$"):
+        list_manifest(tmp_path / name)
+
+
 def test_decode_reads_a_list_of_codes_files(tmp_path, weights_file):
     """`find codes -name '*.npy' -print0 | mimi decode --inputs-from - -o DIR`: each listed file decoded whole,
     as it is alone, its output mirroring the path as listed, once if listed twice; a JSON line names one by
