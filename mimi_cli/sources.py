@@ -114,19 +114,61 @@ def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) 
 
 
 def list_manifest(path: Path) -> list[Entry]:
-    """NeMo/lhotse-style JSONL: one object per line with ``audio_filepath`` (or ``path``), optional
-    ``offset`` and ``duration`` in seconds; other keys are carried. A line that is not JSON (no ``{`` or
-    ``[`` first) is a path alone, so a plain list of files works too (``find … |``, one per line or
-    ``-print0``'s NUL-separated). A file that is one JSON array of such objects (or of paths) is read
-    the same way, its items numbered from 1 as lines are. Relative paths start at the manifest (at the
-    working folder for standard input, ``-``, or a pipe, read once here)."""
+    """NeMo-style JSONL: one object per line with ``audio_filepath`` (or ``path``), optional ``offset`` and
+    ``duration`` in seconds; other keys are carried. A lhotse cut or recording (see :func:`_from_lhotse`) is
+    read as such a line. A line that is not JSON (no ``{`` or ``[`` first) is a path alone, so a plain list
+    of files works too (``find … |``, one per line or ``-print0``'s NUL-separated). A file that is one JSON
+    array of such objects (or of paths) is read the same way, its items numbered from 1 as lines are.
+    Relative paths start at the manifest (at the working folder for standard input, ``-``, or a pipe, read
+    once here; for lhotse's, which lhotse opens as they are written, at the working folder too)."""
     text, base = _manifest_text(path)
     entries = []
     for number, name, record, problem in _records(text, str(path)):
+        lhotse = problem is None and ("recording" in record or "sources" in record
+                                      or record.get("type") in ("MonoCut", "MultiCut", "MixedCut", "PaddingCut"))
+        if lhotse:
+            record, problem = _from_lhotse(record, name)
         if problem is None:
-            entry, problem = _manifest_entry(record, name, number, base)
+            entry, problem = _manifest_entry(record, name, number, Path.cwd() if lhotse else base)
         entries.append(_invalid(name, problem, f"line-{number:06d}") if problem else entry)
     return entries
+
+
+def _from_lhotse(record: dict, name: str) -> tuple[dict | None, str | None]:
+    """A lhotse cut (``{"id", "start", "duration", "channel", "recording": {…}, "supervisions": […]}``) or
+    recording (``{"id", "sources": [{"type": "file", "channels": [0], "source": PATH}], …}``) as a NeMo
+    line: its file, ``offset`` (the cut's start), ``duration``; every other key of the cut carried. Only
+    what names one file, whole or in part, can be read as it means: a cut of some of a recording's
+    channels, a recording kept in several files (one a channel), a URL or a command as the source, and
+    mixed or padding cuts each fail alone, saying which."""
+    cut = "sources" not in record
+    recording = record.get("recording") if cut else record
+    kind = record.get("type", "MonoCut" if cut else "Recording")
+    sources = recording.get("sources") if isinstance(recording, dict) else None
+    if kind not in ("MonoCut", "MultiCut", "Recording"):
+        return None, f"{name} is a lhotse {kind}, which mimi does not read: only cuts of one recording " \
+                     "(MonoCut, MultiCut) and recordings"
+    if not isinstance(sources, list) or not sources:
+        return None, f"{name}: its lhotse recording names no sources (a list of files)"
+    if len(sources) > 1:
+        return None, f"{name}: its lhotse recording is kept in {len(sources)} files (a channel each?), which " \
+                     "mimi does not join; give one file per recording"
+    source = sources[0] if isinstance(sources[0], dict) else {}
+    if source.get("type") != "file" or not isinstance(source.get("source"), str):
+        return None, f"{name}: its lhotse source is of type {source.get('type')!r}, and mimi reads files " \
+                     "(type 'file') only"
+    channels, chosen = source.get("channels"), record.get("channel") if cut else None
+    chosen = [chosen] if isinstance(chosen, int) and not isinstance(chosen, bool) else chosen
+    if chosen is not None and isinstance(channels, list) and sorted(chosen) != sorted(channels):
+        return None, f"{name}: its lhotse cut takes channel(s) {chosen} of the {len(channels)} in " \
+                     f"{source['source']}; mimi encodes every channel (mixed, or each with --channels split)"
+    converted = {k: v for k, v in record.items() if k not in ("recording", "sources", "start", "channel", "type")}
+    converted["audio_filepath"] = source["source"]
+    if cut:
+        converted["offset"] = record.get("start", 0.0)
+    else:  # a whole recording: its duration is what it measured, not a span to cut
+        converted.pop("duration", None)
+    return converted, None
 
 
 def _records(text: str, shown: str):

@@ -300,6 +300,54 @@ def test_a_compressed_manifest_is_read_through_its_compression(tmp_path, module,
         list_manifest(tmp_path / name)
 
 
+def test_lhotse_cuts_and_recordings_read_as_the_nemo_lines_they_mean(tmp_path, monkeypatch):
+    """lhotse's manifests (cuts.jsonl.gz, recordings.jsonl.gz) had no audio_filepath: every line failed. A cut
+    of one file is that file from its start for its duration, a recording the whole file (paths from the
+    working folder, as lhotse opens them), the same items as the NeMo lines; what names no one file, or some
+    of its channels, fails alone saying so."""
+    from mimi_cli.sources import list_manifest
+
+    monkeypatch.chdir(tmp_path)
+
+    def recording(source, channels=(0,)):
+        return {"id": "rec", "sources": [{"type": "file", "channels": list(channels), "source": source}],
+                "sampling_rate": 16000, "num_samples": 48000, "duration": 3.0}
+
+    lhotse = [{"id": "c1", "start": 0.5, "duration": 1.25, "channel": 0, "type": "MonoCut",
+               "supervisions": [{"text": "hi"}], "recording": recording("wav/a.flac")},
+              {"id": "c2", "start": 1, "duration": 2, "channel": 0, "recording": recording("/abs/b.wav")},  # lhotse 1.0
+              recording("wav/a.flac"),
+              {"id": "c3", "start": 0, "duration": 1, "channel": [0, 1], "type": "MultiCut",
+               "recording": recording("st.wav", (0, 1))},
+              {"id": "c4", "start": 0, "duration": 1, "channel": 1, "recording": recording("st.wav", (0, 1))},
+              {"id": "m", "type": "MixedCut", "tracks": []},
+              {"id": "c5", "start": 0, "duration": 1, "channel": 0,
+               "recording": {"id": "u", "sources": [{"type": "url", "channels": [0], "source": "https://x/a.wav"}]}},
+              {"id": "c6", "start": 0, "duration": 1, "channel": 0,
+               "recording": {"id": "two", "sources": [{"type": "file", "channels": [0], "source": "l.wav"},
+                                                      {"type": "file", "channels": [1], "source": "r.wav"}]}}]
+    nemo = [{"audio_filepath": "wav/a.flac", "offset": 0.5, "duration": 1.25},
+            {"audio_filepath": "/abs/b.wav", "offset": 1, "duration": 2}, {"audio_filepath": "wav/a.flac"},
+            {"audio_filepath": "st.wav", "offset": 0, "duration": 1}]
+    (tmp_path / "m").mkdir()  # a manifest in another folder: lhotse's paths still start at the working folder
+    (tmp_path / "m" / "cuts.jsonl").write_text("\n".join(map(json.dumps, lhotse)))
+    (tmp_path / "nemo.jsonl").write_text("\n".join(map(json.dumps, nemo)))
+    got, want = list_manifest(tmp_path / "m" / "cuts.jsonl"), list_manifest(tmp_path / "nemo.jsonl")
+    for a, b in zip(got[:4], want, strict=True):
+        assert (a.item.container, a.item.offset, a.item.duration, a.relative) == \
+            (b.item.container, b.item.offset, b.item.duration, b.relative)
+    carried = json.loads(got[0].item.extra)
+    assert carried["id"] == "c1" and carried["supervisions"] == [{"text": "hi"}] and "recording" not in carried
+    assert [e.item.error for e in got[4:]] == [
+        f"{tmp_path}/m/cuts.jsonl:5: its lhotse cut takes channel(s) [1] of the 2 in st.wav; mimi encodes every "
+        "channel (mixed, or each with --channels split)",
+        f"{tmp_path}/m/cuts.jsonl:6 is a lhotse MixedCut, which mimi does not read: only cuts of one recording "
+        "(MonoCut, MultiCut) and recordings",
+        f"{tmp_path}/m/cuts.jsonl:7: its lhotse source is of type 'url', and mimi reads files (type 'file') only",
+        f"{tmp_path}/m/cuts.jsonl:8: its lhotse recording is kept in 2 files (a channel each?), which mimi does "
+        "not join; give one file per recording"]
+
+
 def test_decode_reads_a_list_of_codes_files(tmp_path, weights_file):
     """`find codes -name '*.npy' -print0 | mimi decode --inputs-from - -o DIR`: each listed file decoded whole,
     as it is alone, its output mirroring the path as listed, once if listed twice; a JSON line names one by
