@@ -150,6 +150,12 @@ def _from_lhotse(record: dict, name: str) -> tuple[dict | None, str | None]:
                      "(MonoCut, MultiCut) and recordings"
     if not isinstance(sources, list) or not sources:
         return None, f"{name}: its lhotse recording names no sources (a list of files)"
+    transforms = recording.get("transforms")
+    if transforms:  # lhotse's speed perturbation, resampling, volume…: the file's audio is not what it means
+        named = [t.get("name", "?") if isinstance(t, dict) else "?" for t in transforms] \
+            if isinstance(transforms, list) else ["?"]
+        return None, f"{name}: its lhotse recording is transformed on loading ({', '.join(map(str, named))}), " \
+                     "which mimi does not do; encode the recording without them"
     if len(sources) > 1:
         return None, f"{name}: its lhotse recording is kept in {len(sources)} files (a channel each?), which " \
                      "mimi does not join; give one file per recording"

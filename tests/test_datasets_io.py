@@ -325,7 +325,9 @@ def test_lhotse_cuts_and_recordings_read_as_the_nemo_lines_they_mean(tmp_path, m
                "recording": {"id": "u", "sources": [{"type": "url", "channels": [0], "source": "https://x/a.wav"}]}},
               {"id": "c6", "start": 0, "duration": 1, "channel": 0,
                "recording": {"id": "two", "sources": [{"type": "file", "channels": [0], "source": "l.wav"},
-                                                      {"type": "file", "channels": [1], "source": "r.wav"}]}}]
+                                                      {"type": "file", "channels": [1], "source": "r.wav"}]}},
+              {"id": "sp1.1-c1", "start": 0, "duration": 1, "channel": 0,  # lhotse's speed perturbation
+               "recording": {**recording("wav/a.flac"), "transforms": [{"name": "Speed", "kwargs": {"factor": 1.1}}]}}]
     nemo = [{"audio_filepath": "wav/a.flac", "offset": 0.5, "duration": 1.25},
             {"audio_filepath": "/abs/b.wav", "offset": 1, "duration": 2}, {"audio_filepath": "wav/a.flac"},
             {"audio_filepath": "st.wav", "offset": 0, "duration": 1}]
@@ -345,7 +347,9 @@ def test_lhotse_cuts_and_recordings_read_as_the_nemo_lines_they_mean(tmp_path, m
         "(MonoCut, MultiCut) and recordings",
         f"{tmp_path}/m/cuts.jsonl:7: its lhotse source is of type 'url', and mimi reads files (type 'file') only",
         f"{tmp_path}/m/cuts.jsonl:8: its lhotse recording is kept in 2 files (a channel each?), which mimi does "
-        "not join; give one file per recording"]
+        "not join; give one file per recording",
+        f"{tmp_path}/m/cuts.jsonl:9: its lhotse recording is transformed on loading (Speed), which mimi does not "
+        "do; encode the recording without them"]
 
 
 def test_decode_reads_a_list_of_codes_files(tmp_path, weights_file):
