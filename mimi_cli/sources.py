@@ -163,9 +163,12 @@ def _from_lhotse(record: dict, name: str) -> tuple[dict | None, str | None]:
     if source.get("type") != "file" or not isinstance(source.get("source"), str):
         return None, f"{name}: its lhotse source is of type {source.get('type')!r}, and mimi reads files " \
                      "(type 'file') only"
-    channels, chosen = source.get("channels"), record.get("channel") if cut else None
-    chosen = [chosen] if isinstance(chosen, int) and not isinstance(chosen, bool) else chosen
-    if chosen is not None and isinstance(channels, list) and sorted(chosen) != sorted(channels):
+    channels, given = source.get("channels"), record.get("channel") if cut else None
+    chosen = [given] if type(given) is int else given
+    for what, value in (("cut's channel", chosen), ("source's channels", channels)):
+        if value is not None and not (isinstance(value, list) and all(type(c) is int for c in value)):
+            return None, f"{name}: its lhotse {what} must be a channel number or a list of them, not {value!r}"[:300]
+    if chosen is not None and channels is not None and set(chosen) != set(channels):
         return None, f"{name}: its lhotse cut takes channel(s) {chosen} of the {len(channels)} in " \
                      f"{source['source']}; mimi encodes every channel (mixed, or each with --channels split)"
     converted = {k: v for k, v in record.items() if k not in ("recording", "sources", "start", "channel", "type")}

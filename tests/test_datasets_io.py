@@ -327,7 +327,9 @@ def test_lhotse_cuts_and_recordings_read_as_the_nemo_lines_they_mean(tmp_path, m
                "recording": {"id": "two", "sources": [{"type": "file", "channels": [0], "source": "l.wav"},
                                                       {"type": "file", "channels": [1], "source": "r.wav"}]}},
               {"id": "sp1.1-c1", "start": 0, "duration": 1, "channel": 0,  # lhotse's speed perturbation
-               "recording": {**recording("wav/a.flac"), "transforms": [{"name": "Speed", "kwargs": {"factor": 1.1}}]}}]
+               "recording": {**recording("wav/a.flac"), "transforms": [{"name": "Speed", "kwargs": {"factor": 1.1}}]}},
+              {"start": 0, "channel": [0, "a"], "recording": recording("a.wav")},  # hostile: no traceback
+              {"start": 0, "channel": 0, "recording": recording("a.wav", ([0],))}]
     nemo = [{"audio_filepath": "wav/a.flac", "offset": 0.5, "duration": 1.25},
             {"audio_filepath": "/abs/b.wav", "offset": 1, "duration": 2}, {"audio_filepath": "wav/a.flac"},
             {"audio_filepath": "st.wav", "offset": 0, "duration": 1}]
@@ -349,7 +351,11 @@ def test_lhotse_cuts_and_recordings_read_as_the_nemo_lines_they_mean(tmp_path, m
         f"{tmp_path}/m/cuts.jsonl:8: its lhotse recording is kept in 2 files (a channel each?), which mimi does "
         "not join; give one file per recording",
         f"{tmp_path}/m/cuts.jsonl:9: its lhotse recording is transformed on loading (Speed), which mimi does not "
-        "do; encode the recording without them"]
+        "do; encode the recording without them",
+        f"{tmp_path}/m/cuts.jsonl:10: its lhotse cut's channel must be a channel number or a list of them, not "
+        "[0, 'a']",
+        f"{tmp_path}/m/cuts.jsonl:11: its lhotse source's channels must be a channel number or a list of them, not "
+        "[[0]]"]
 
 
 def test_decode_reads_a_list_of_codes_files(tmp_path, weights_file):
