@@ -25,6 +25,7 @@ import os
 import posixpath
 import sys
 import tarfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -273,11 +274,14 @@ def _check_listing(items: int, shown: str) -> None:
 def _bounded_read(f, shown: str) -> bytes:
     """All of a list, or a refusal once it goes past an eighth of the memory (a pipe whose writer never ends)."""
     limit = (physical_memory() or 1 << 62) // 8
-    data = f.read(limit + 1)
-    if len(data) > limit:
-        raise MimiError(f"{shown} goes on past {limit / 1e9:.1f} GB, an eighth of this machine's memory (does "
-                        "what writes it ever end?): split the list into smaller ones")
-    return data
+    data, size = [], 0
+    while block := f.read(1 << 20):  # in blocks: read(limit) would allocate the limit, gigabytes, for any list
+        size += len(block)
+        if size > limit:
+            raise MimiError(f"{shown} goes on past {limit / 1e9:.1f} GB, an eighth of this machine's memory (does "
+                            "what writes it ever end?): split the list into smaller ones")
+        data.append(block)
+    return b"".join(data)
 
 
 _COMPRESSED = ((b"\x1f\x8b", gzip), (b"BZh", bz2), (b"\xfd7zXZ\x00", lzma))  # magic bytes, module
@@ -292,7 +296,7 @@ def _decompressed(data: bytes, shown: str) -> bytes:
     try:
         with module.open(io.BytesIO(data)) as f:
             return _bounded_read(f, f"{shown}, decompressed,")
-    except (OSError, EOFError, ValueError) as exc:  # a damaged or truncated stream
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:  # a damaged or truncated stream
         raise MimiError(f"cannot decompress {shown} ({module.__name__}: {exc or type(exc).__name__}); it is cut "
                         "short or damaged") from None
 

@@ -395,6 +395,42 @@ def test_fuzz_tar_shards(tmp_path_factory):
     check()
 
 
+# ----------------------------------------------------------------------------- manifests (NeMo, lhotse; compressed)
+
+
+_JSON_KEYS = st.sampled_from(["audio_filepath", "path", "offset", "duration", "type", "sources", "recording", "start",
+                              "channel", "channels", "source", "transforms", "name", "id", "text"])
+_JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2, 3), st.floats(), st.text(max_size=8),
+                          st.sampled_from(["file", "url", "a.wav", "/", "..", "MonoCut", "MultiCut", "MixedCut"]))
+_JSON_VALUES = st.recursive(_JSON_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(_JSON_KEYS, inner, max_size=5)), max_leaves=24)
+
+
+def test_fuzz_manifest_lines(tmp_path_factory):
+    """Manifest lines of any shape, NeMo's keys and lhotse's (cuts, recordings, sources, channels) mixed, as
+    text and gzip-compressed with bytes changed: listing them raises nothing (each bad line is an invalid
+    entry saying why); a compressed file that cannot be read is the reader's own error."""
+    import gzip
+
+    from mimi_cli.errors import MimiError
+    from mimi_cli.sources import list_manifest
+
+    path = tmp_path_factory.mktemp("manifest") / "cuts.jsonl.gz"
+    seed = gzip.compress(b'{"id": "c", "start": 0.5, "duration": 1, "channel": 0, "recording": {"id": "r", '
+                         b'"sources": [{"type": "file", "channels": [0], "source": "a.wav"}]}}\n'
+                         b'{"audio_filepath": "b.wav", "offset": 1}\n')
+
+    @FUZZ
+    @given(st.lists(st.dictionaries(_JSON_KEYS, _JSON_VALUES, max_size=7), max_size=6), mutated([seed]))
+    def check(records: list[dict], compressed: bytes) -> None:
+        path.write_text("\n".join(json.dumps(r) for r in records))
+        bounded(lambda: list_manifest(path), MimiError)
+        path.write_bytes(compressed)
+        bounded(lambda: list_manifest(path), MimiError)
+
+    check()
+
+
 # ----------------------------------------------------------------------------- tables of codes (Parquet)
 
 
