@@ -333,9 +333,9 @@ def encode(
     inputs_from: Annotated[Optional[list[str]], typer.Option(
         "--inputs-from", metavar="MANIFEST", readable=False, show_default=False,
         help="A list of inputs, whatever its name ('-': standard input; a pipe too): JSON lines with "
-             "audio_filepath (or path), optional offset and duration in seconds, other keys carried to --manifest "
-             "and --parquet; or plain paths, one per line or NUL-separated (find -print0). Repeatable. A .jsonl "
-             "or .json file named as an input is read the same way.")] = None,
+             "audio_filepath (or path, file_name), optional offset and duration in seconds, other keys carried to "
+             "--manifest and --parquet (lhotse cuts too); or plain paths, one per line or NUL-separated (find "
+             "-print0). Repeatable. A .jsonl or .json file (.gz too) named as an input is read the same way.")] = None,
     audio_column: Annotated[str, typer.Option(
         "--audio-column", help="The audio column of dataset inputs (Arrow or Parquet): {bytes, path} structs, "
                                "bytes, paths, or decoded {array, sampling_rate} structs.")] = "audio",

@@ -36,7 +36,7 @@ from mimi_cli.audio import BlockReader
 from mimi_cli.errors import InvalidAudioError, InvalidCodesError, MimiError, first_line, loads_json, physical_memory
 from mimi_cli.fileio import STDIN, check_stdin, file_kind, home_expanded, local_path, url
 
-MANIFEST_PATH_KEYS = ("audio_filepath", "path")
+MANIFEST_PATH_KEYS = ("audio_filepath", "path", "file_name")  # NeMo; lists; a Hugging Face audiofolder's metadata
 MAX_MEMBER_BYTES = 2 << 30  # an audio member or cell read into memory at once
 MAX_CARRIED_BYTES = 64 << 10  # a shard's text/JSON member carried along
 TEXT_SUFFIXES = (".json", ".txt", ".cls", ".id")  # WebDataset members carried as keys
@@ -230,7 +230,7 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
     given = next((k for k in MANIFEST_PATH_KEYS if record.get(k) is not None), None)  # there, but not a string
     problem = (f"{name}: {given} must be a file's path (a string), not a JSON "
                f"{_JSON_TYPES.get(type(record[given]), 'value')}" if audio is None and given else
-               f"{name} has no audio_filepath (or path)" if audio is None else
+               f"{name} has no audio_filepath (or path, or file_name)" if audio is None else
                f"{name}: its {key} holds a NUL character, which no file name can" if "\0" in audio else
                f"{name}: its {key} is empty" if not audio else
                f"{name}: offset must be a number of seconds from 0 to {MAX_SECONDS:,.0f}" if not _seconds(offset)

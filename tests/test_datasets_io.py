@@ -92,7 +92,7 @@ def test_hostile_manifest_lines_fail_alone(tmp_path, weights_file, reference):
                         f"failed: {manifest}:5 is a JSON array, not an object",
                         f"failed: {manifest}:6 is a JSON null, not an object",
                         f"failed: {manifest}:7: audio_filepath must be a file's path (a string), not a JSON array",
-                        f"failed: {manifest}:8 has no audio_filepath (or path)",
+                        f"failed: {manifest}:8 has no audio_filepath (or path, or file_name)",
                         # a traceback for the whole run before (an output named after no file name)
                         f"failed: {manifest}:9: its audio_filepath is empty",
                         f"failed: {manifest}:10: / names a folder, not a file",
@@ -144,7 +144,8 @@ def test_manifests_as_other_tools_write_them(tmp_path, weights_file, reference):
     """Manifests from Windows tools and JSON exports: a UTF-8 byte-order mark (Notepad) made the first line
     "does not exist", UTF-16 (PowerShell's `>`) was unreadable, a .json file holding one JSON array was
     "a JSON array, not an object", and one file name that is not UTF-8 in a `find -print0` list made the
-    whole list unreadable. Each is read now, to the same codes as the files alone."""
+    whole list unreadable; a Hugging Face audiofolder's metadata.jsonl names files by file_name. Each is read
+    now, to the same codes as the files alone."""
     import os
 
     folder, codes = reference
@@ -156,7 +157,9 @@ def test_manifests_as_other_tools_write_them(tmp_path, weights_file, reference):
              "bom.txt": b"\xef\xbb\xbfone.wav\r\ntwo.wav\r\n",
              "utf16.txt": "one.wav\r\ntwo.wav\r\n".encode("utf-16"),
              "array.json": json.dumps([line, "two.wav", 7]).encode(),
-             "print0.list": b"one.wav\0caf\xe9.wav\0"}
+             "print0.list": b"one.wav\0caf\xe9.wav\0",
+             # a Hugging Face audiofolder's metadata: file_name, beside the audio (every line failed: no path)
+             "metadata.jsonl": b'{"file_name": "one.wav", "transcription": "hi"}\n{"file_name": "two.wav"}\n'}
     for name, data in lists.items():
         (folder / name).write_bytes(data)
         result = run("encode", "--inputs-from", folder / name, "-o", tmp_path / name, weights=weights_file)
@@ -165,7 +168,8 @@ def test_manifests_as_other_tools_write_them(tmp_path, weights_file, reference):
         want = {"bom.jsonl": {"whole_500ms.npz": "span"}, "bom.txt": {"one.npz": "one", "two.npz": "two"},
                 "utf16.txt": {"one.npz": "one", "two.npz": "two"},
                 "array.json": {"whole_500ms.npz": "span", "two.npz": "two"},
-                "print0.list": {"one.npz": "one", os.fsdecode(b"caf\xe9.npz"): "one"}}[name]
+                "print0.list": {"one.npz": "one", os.fsdecode(b"caf\xe9.npz"): "one"},
+                "metadata.jsonl": {"one.npz": "one", "two.npz": "two"}}[name]
         assert sorted(made) == sorted(want), (name, result.stderr)
         for output, clip in want.items():
             np.testing.assert_array_equal(made[output], codes[clip])
