@@ -76,8 +76,8 @@ def _invalid(name: str, problem: str, relative: str) -> Entry:
 # ----------------------------------------------------------------------------- listing
 
 
-MANIFEST_SUFFIXES = (".jsonl", ".json")  # NeMo names its JSON-lines manifests .json
-MANIFEST_NAMES = (*MANIFEST_SUFFIXES, ".jsonl.gz", ".json.gz")  # read as they are, or through gzip
+# NeMo names its JSON-lines manifests .json; lhotse writes .jsonl.gz (read through gzip)
+MANIFEST_NAMES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 
@@ -126,13 +126,16 @@ def list_manifest(path: Path) -> list[Entry]:
     entries = []
     for number, name, record, problem in _records(text, str(path)):
         lhotse = problem is None and ("recording" in record or "sources" in record
-                                      or record.get("type") in ("MonoCut", "MultiCut", "MixedCut", "PaddingCut"))
+                                      or record.get("type") in (*LHOTSE_READ, "MixedCut", "PaddingCut"))
         if lhotse:
             record, problem = _from_lhotse(record, name)
         if problem is None:
             entry, problem = _manifest_entry(record, name, number, Path.cwd() if lhotse else base)
         entries.append(_invalid(name, problem, f"line-{number:06d}") if problem else entry)
     return entries
+
+
+LHOTSE_READ = ("MonoCut", "MultiCut", "Recording")  # lhotse's kinds of record that can name one file
 
 
 def _from_lhotse(record: dict, name: str) -> tuple[dict | None, str | None]:
@@ -146,7 +149,7 @@ def _from_lhotse(record: dict, name: str) -> tuple[dict | None, str | None]:
     recording = record.get("recording") if cut else record
     kind = record.get("type", "MonoCut" if cut else "Recording")
     sources = recording.get("sources") if isinstance(recording, dict) else None
-    if kind not in ("MonoCut", "MultiCut", "Recording"):
+    if kind not in LHOTSE_READ:
         return None, f"{name} is a lhotse {kind}, which mimi does not read: only cuts of one recording " \
                      "(MonoCut, MultiCut) and recordings"
     if not isinstance(sources, list) or not sources:
@@ -290,7 +293,7 @@ _COMPRESSED = ((b"\x1f\x8b", gzip), (b"BZh", bz2), (b"\xfd7zXZ\x00", lzma))  # m
 def _decompressed(data: bytes, shown: str) -> bytes:
     """A list compressed with gzip (``manifest.jsonl.gz``), bzip2 or xz, decompressed, as far as an eighth of
     the memory (a small file can hold a great deal); any other list as it is."""
-    module = next((name for magic, name in _COMPRESSED if data.startswith(magic)), None)
+    module = next((module for magic, module in _COMPRESSED if data.startswith(magic)), None)
     if module is None:
         return data
     try:
