@@ -887,6 +887,26 @@ def _empty_argument(args: list[str]) -> str | None:
     return None
 
 
+class _ClosedStdout:
+    """Standard output closed by the shell (``>&-``), where Python leaves ``sys.stdout`` None and its ``print`` (and
+    rich's, click's) writes nothing: a report or help printed there fails as ``ls >&-`` does, not silently with
+    exit 0. A command that prints nothing there runs as usual."""
+
+    closed = True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    def flush(self) -> None:  # Python flushes sys.stdout at exit
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+
 def main() -> None:
     import warnings
 
@@ -894,7 +914,9 @@ def main() -> None:
     from mimi_cli.core.threads import keep_freed_memory
 
     signals.install()  # SIGTERM and SIGHUP clean up like Ctrl-C
-    with contextlib.suppress(AttributeError, ValueError):  # None when closed; not a text stream when replaced
+    if sys.stdout is None:
+        sys.stdout = _ClosedStdout()
+    with contextlib.suppress(AttributeError, ValueError):  # not a text stream when replaced (above, a test)
         # as Python's stderr does: a character the encoding lacks (an ASCII or Latin-1 locale; "×", "→", a
         # file's name) is written as \u20ac, not a UnicodeEncodeError after the work is done
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -921,6 +943,8 @@ def main() -> None:
         code = 1
         if exc.filename is not None:
             err.print(f"[bold red]error:[/] {_shown(f'{exc.filename}: {exc.strerror or exc}')}")
+        elif isinstance(sys.stdout, _ClosedStdout):
+            err.print("[bold red]error:[/] standard output is closed; redirect it (> file, | program)")
         else:
             err.print(f"[bold red]error:[/] cannot write to standard output: {_shown(str(exc.strerror or exc))}; "
                       "check where it is redirected")

@@ -188,14 +188,23 @@ def test_output_folder_with_trailing_slash_and_stdout(clip, weights_file, tmp_pa
 
 def test_closed_standard_streams_are_named(clip, weights_file, tmp_path):
     """`<&-` and `>&-` leave Python's sys.stdin / sys.stdout None: said as closed (it was a traceback for
-    stdout, and "a terminal" for stdin), nothing written."""
+    stdout, and "a terminal" for stdin), nothing written. A report or help printed to a closed stdout fails as
+    `ls >&-` does (Python's print wrote nothing there, and the command exited 0)."""
     env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
     for fd, args, expected in ((0, ("encode", "-", "-o", "x.npz"), "standard input, which is closed"),
-                               (1, ("encode", str(clip), "-o", "-"), "standard output is closed")):
+                               (1, ("encode", str(clip), "-o", "-"), "standard output is closed"),
+                               (1, ("inspect", str(weights_file)), "standard output is closed; redirect it"),
+                               (1, ("inspect", "--json", str(weights_file)), "standard output is closed"),
+                               (1, ("--version",), "standard output is closed"),
+                               (1, ("decode", "-h"), "standard output is closed")):
         done = subprocess.run([sys.executable, "-m", "mimi_cli", *args], capture_output=True, text=True, env=env,
                               cwd=tmp_path, timeout=300, preexec_fn=lambda fd=fd: os.close(fd))
         one_line_error(done, expected)
         assert list(tmp_path.iterdir()) == []
+    quiet = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", str(clip), "-o", "x.npz"], env=env,
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300, preexec_fn=lambda: os.close(1))
+    assert quiet.returncode == 0 and (tmp_path / "x.npz").is_file(), quiet.stderr  # printing nothing there, it runs
+    (tmp_path / "x.npz").unlink()
     listed = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", "--inputs-from", "-", "-o", "out/"],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
                             preexec_fn=lambda: os.close(0))
