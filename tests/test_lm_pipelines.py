@@ -138,6 +138,21 @@ def test_bad_arrays_are_one_line_and_write_nothing(tmp_path, weights_file, array
     assert not (tmp_path / "out.wav").exists()
 
 
+def test_an_array_that_looks_transposed_is_warned_about(tmp_path, weights_file, encoded):
+    """A language model's [frames, K] output of up to 32 frames fits [K, frames] and decodes (to noise): warned.
+    The same codes as [K, frames], or a codes file (which names its own axes), decode without a word."""
+    codes = CodesFile.load(encoded).codes[0][:, :12]  # [8, 12]
+    np.save(tmp_path / "frames_first.npy", codes.T)
+    np.save(tmp_path / "levels_first.npy", codes)
+    result = run("decode", tmp_path / "frames_first.npy", "-o", tmp_path / "a.wav", weights=weights_file)
+    assert result.returncode == 0 and (tmp_path / "a.wav").is_file(), result.stderr
+    assert "holds 12 codebooks over 8 frames; if its axes are [frames, codebooks], transpose it" in \
+        " ".join(result.stderr.split())
+    for quiet in (tmp_path / "levels_first.npy", encoded):
+        result = run("decode", quiet, "-o", tmp_path / f"{quiet.stem}.wav", weights=weights_file)
+        assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+
+
 def test_encodec_arrays_with_codec_option(tmp_path):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "gen.npy", rng.integers(0, 1024, (4, 30)))
