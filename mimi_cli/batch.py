@@ -141,6 +141,9 @@ def plan(job: Job) -> Plan:
             kinds = ("no lines, no audio members, no rows" if s.kind == "encode" else
                      "no rows" if job.inputs else "no lines")
             raise MimiError(f"{given} {'holds' if one else 'hold'} nothing to {s.kind} ({kinds})")
+        if paths and all(_is_glob(p) for p in paths) and not job.manifests:  # a glob's matches are taken whatever
+            raise MimiError(f"no file matches {given}"  # their suffix, so there were none
+                            + (f" ({_left_out(left_out)})" if left_out else ""))
         raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {given}"
                         + (f" ({_left_out(left_out)})" if left_out else
                            " (use -r to search sub-folders)" if folders and not job.recursive else ""))

@@ -355,6 +355,10 @@ def test_entries_that_are_not_files_are_said(tmp_path):
 def test_batch_usage_errors(corpus, tmp_path):
     result = run("encode", tmp_path, "-o", tmp_path / "out")
     assert result.returncode == 1 and "no .wav" in result.stderr and "-r" in result.stderr
+    for globs in ([tmp_path / "zz*.wav"], [tmp_path / "zz*.wav", tmp_path / "*.flac"]):  # no "files in" a pattern
+        result = run("encode", *globs, "-o", tmp_path / "out")
+        given = ", ".join(map(str, globs))
+        assert result.returncode == 1 and result.stderr.strip() == f"error: no file matches {given}"
     result = run("encode", corpus, "--engine", "spark")
     assert result.returncode == 2 and "--engine takes local or ray" in result.stderr
     result = run("encode", corpus, "--engine", "ray", "--stream")
