@@ -96,13 +96,14 @@ class CodesFile:
         return self.codes[0] if self.channels == 1 else self.codes
 
     @classmethod
-    def load(cls, path: Path) -> CodesFile:
+    def load(cls, path: Path | str) -> CodesFile:
         """Read and validate a codes file against its codec's config; every problem is an InvalidCodesError.
 
         Sizes are checked before anything is read (see :data:`MAX_NUM_SAMPLES` and docs/codes-format.md):
         each member's uncompressed size in the zip directory, then the ``codes`` array's shape in its
         ``.npy`` header against ``num_samples``, so a small hostile file never inflates in memory.
         """
+        path = Path(path)
         problem = missing(path)
         if problem:
             raise InvalidCodesError(f"{path} {problem}")

@@ -34,6 +34,7 @@ def test_round_trip_and_documented_layout(tmp_path):
     np.testing.assert_array_equal(loaded.codes, original.codes)
     assert (loaded.num_samples, loaded.source_sample_rate, loaded.source_channels) == (5 * 1920 - 100, 16000, 2)
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    np.testing.assert_array_equal(CodesFile.load(str(path)).codes, original.codes)  # from Python, a str (it raised)
 
 
 def rewrite(tmp_path, **changes) -> np.lib.npyio.NpzFile:
