@@ -2,6 +2,7 @@
 
     manifest.jsonl   {"audio_filepath": "a.wav", "offset": 1.5, "duration": 2.0, "text": ...}   a span of a file
     shard-000.tar    WebDataset: 0001.flac, 0001.json, 0002.flac ...                           a member of a tar
+    shar/            lhotse Shar: cuts.000000.jsonl.gz beside recording.000000.tar             a member of a tar
     dataset/         a Hugging Face `save_to_disk` folder (*.arrow) or Parquet files with an
                      audio column ({"bytes", "path"} structs, or paths)                        a row of a table
 
@@ -23,6 +24,7 @@ import json
 import lzma
 import os
 import posixpath
+import re
 import sys
 import tarfile
 import zlib
@@ -82,10 +84,11 @@ COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 
 def is_container(path: Path) -> bool:
-    """A manifest, a tar shard, or a dataset folder / Parquet file: inputs that hold many items."""
+    """A manifest, a tar shard, a dataset folder / Parquet file or a lhotse Shar folder: inputs that hold many
+    items."""
     suffix = path.suffix.lower()
     return (suffix in (".tar", ".parquet", ".arrow") or path.name.lower().endswith((*MANIFEST_NAMES, *COMPRESSED_TARS))
-            or (path.is_dir() and any((path / name).exists() for name in DATASET_FILES)))
+            or (path.is_dir() and (any((path / name).exists() for name in DATASET_FILES) or is_shar(path))))
 
 
 DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes in its folder
@@ -93,7 +96,8 @@ DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what
 
 def is_table(path: Path) -> bool:
     """A container of rows (Parquet, Arrow, a dataset folder): what decode reads codes from, too."""
-    return is_container(path) and (path.suffix.lower() in (".parquet", ".arrow") or path.is_dir())
+    return is_container(path) and (path.suffix.lower() in (".parquet", ".arrow") or path.is_dir()
+                                   and not is_shar(path))
 
 
 def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) -> list[Entry]:
@@ -105,6 +109,8 @@ def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) 
             return list_manifest(path)
         if suffix == ".tar":
             return list_tar(path)
+        if path.is_dir() and is_shar(path):
+            return list_shar(path)
         if path.name.lower().endswith(COMPRESSED_TARS):  # each member is read on its own, by any worker
             raise MimiError(f"{path} is a compressed tar shard, whose members cannot be reached one by one without "
                             "decompressing all before them each time: decompress it first (e.g. gunzip -k) and "
@@ -164,6 +170,9 @@ def _from_lhotse(record: dict, name: str) -> tuple[dict | None, str | None]:
         return None, f"{name}: its lhotse recording is kept in {len(sources)} files (a channel each?), which " \
                      "mimi does not join; give one file per recording"
     source = sources[0] if isinstance(sources[0], dict) else {}
+    if source.get("type") == "shar":
+        return None, f"{name} is a lhotse Shar cut, whose audio is in the recording tar beside its cuts file: " \
+                     "give their folder"
     if source.get("type") != "file" or not isinstance(source.get("source"), str):
         return None, f"{name}: its lhotse source is of type {source.get('type')!r}, and mimi reads files " \
                      "(type 'file') only"
@@ -378,6 +387,75 @@ def list_tar(path: Path) -> list[Entry]:
                                     str(relative)))
             continue
         entries.append(Entry(f"{path}#{name}", Item("tar", str(path), name, extra=json.dumps(carried)), relative))
+    return entries
+
+
+# lhotse Shar (lhotse.shar.SharWriter): each shard is cuts{N}.jsonl[.gz] and, for the cuts' audio, recording{N}.tar
+# holding {cut id}.{flac,wav,mp3,opus} (the cut's own audio: its span, its channels) and {cut id}.json (its recording,
+# a placeholder); a cut written without audio has {cut id}.nodata. N is a shard's number (".000000"), or nothing.
+_SHAR_CUTS = re.compile(r"cuts(.*)\.jsonl(\.gz)?")
+
+
+def _shar_shards(path: Path) -> list[tuple[Path, Path]]:
+    """A folder's (cuts file, recording tar) pairs, matched by shard number; none if it is no Shar folder
+    (a cuts manifest beside audio files, say, has no recording tar)."""
+    try:
+        names = {p.name: p for p in path.iterdir()}
+    except OSError:
+        return []
+    pairs = []
+    for name in sorted(names):
+        shard = _SHAR_CUTS.fullmatch(name)
+        if shard:
+            pairs.append((names[name], path / f"recording{shard[1]}.tar"))
+    return pairs if any(tar.name in names for _, tar in pairs) else []
+
+
+def is_shar(path: Path) -> bool:
+    """A lhotse Shar folder: cuts shards beside the recording tars that hold their audio."""
+    return bool(_shar_shards(path))
+
+
+def list_shar(path: Path) -> list[Entry]:
+    """A lhotse Shar folder's cuts, each the tar member named by its id (read whole: lhotse wrote the cut's audio
+    alone, from its start, of its channels); every key of the cut but its recording is carried, with the tar as
+    ``__url__`` and the id as ``__key__``, as a WebDataset shard's are. A cut that lhotse wrote without audio, or
+    whose member is missing, fails alone; so does every cut of a shard whose tar cannot be read."""
+    from mimi_cli.audio import AUDIO_SUFFIXES
+
+    entries = []
+    for cuts, tar in _shar_shards(path):
+        try:
+            headers = _tar_headers(str(tar), _identity(str(tar)))
+        except FileNotFoundError:
+            problem = f"{cuts} has no {tar.name} beside it, which would hold its cuts' audio"
+            entries.append(_invalid(str(cuts), problem, str(Path(path.name) / cuts.name)))
+            continue
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            entries.append(_invalid(str(tar), f"cannot read Shar shard {tar} ({exc})", str(Path(path.name) / tar.stem)))
+            continue
+        try:
+            text = _manifest_text(cuts)[0]
+        except MimiError as exc:
+            entries.append(_invalid(str(cuts), str(exc), str(Path(path.name) / cuts.name)))
+            continue
+        for number, name, record, problem in _records(text, str(cuts)):
+            cut_id = record.get("id") if problem is None else None
+            if problem is None and (not isinstance(cut_id, str) or not cut_id):
+                problem = f"{name}: its lhotse cut has no id (a string), which names its audio in {tar.name}"
+            member = None if problem else next(
+                (f"{cut_id}{suffix}" for suffix in AUDIO_SUFFIXES if f"{cut_id}{suffix}" in headers), None)
+            if problem is None and member is None:
+                problem = (f"{name}: lhotse wrote cut {cut_id} without its audio ({cut_id}.nodata in {tar})"
+                           if f"{cut_id}.nodata" in headers else f"{name}: {tar} holds no audio for cut {cut_id}")
+            relative = Path(path.name) / (_safe(cut_id) if isinstance(cut_id, str) else f"line-{number:06d}")
+            if problem:
+                entries.append(_invalid(name, problem, str(relative)))
+                continue
+            carried = {"__key__": cut_id, "__url__": str(tar),
+                       **{k: v for k, v in record.items() if k not in ("recording", "start", "channel", "type")}}
+            entries.append(Entry(f"{tar}#{member}", Item("tar", str(tar), member, extra=json.dumps(carried)),
+                                 relative))
     return entries
 
 

@@ -656,6 +656,70 @@ def test_webdataset_shard_keeps_its_keys(tmp_path, weights_file, reference, spee
     assert not (tmp_path / "codes" / shard_path.stem / "utt-0003.npz").exists()
 
 
+def _shar_cut(cut_id: str, seconds: float, text: str) -> dict:
+    """A cut as lhotse 1.33's SharWriter writes it: start 0, its recording a placeholder of type shar."""
+    return {"id": cut_id, "start": 0, "duration": seconds, "channel": 0, "type": "MonoCut",
+            "supervisions": [{"id": f"{cut_id}-s", "start": 0, "duration": seconds, "text": text}],
+            "recording": {"id": f"rec-{cut_id}", "sources": [{"type": "shar", "channels": [0], "source": ""}],
+                          "sampling_rate": 16000, "num_samples": round(seconds * 16000), "duration": seconds,
+                          "channel_ids": [0]}}
+
+
+def test_a_lhotse_shar_folder_is_its_cuts(tmp_path, weights_file, reference, speech):
+    """lhotse Shar (cuts.NNNNNN.jsonl.gz beside recording.NNNNNN.tar, whose {cut id}.flac is the cut's audio and
+    {cut id}.json its recording): the folder was taken for a folder of WebDataset tars (the cuts' text lost) and
+    its cuts file for a manifest of unreadable sources. Each cut is its member, read whole, with the cut's keys
+    carried; a cut lhotse wrote without audio (.nodata), one whose member is missing, and a shard without its
+    tar fail alone."""
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    pcm, rate = speech
+    folder, codes = reference
+    shar = tmp_path / "shar"
+    shar.mkdir()
+    shards = {".000000": [("c-one", "one", 1.0), ("c-two", "two", 1.5)], ".000001": [("c-whole", "whole", 3.0),
+                                                                                  ("c-empty", None, 1.0)]}
+    for number, cuts in shards.items():
+        with tarfile.open(shar / f"recording{number}.tar", "w") as tar:
+            for cut_id, clip, seconds in cuts:
+                if clip is None:  # what SharWriter writes for a cut without a recording
+                    _add(tar, f"{cut_id}.nodata", b"")
+                    _add(tar, f"{cut_id}.nometa", b"")
+                else:
+                    _add(tar, f"{cut_id}.flac", _flac_bytes(sf.read(folder / f"{clip}.wav", dtype="float32")[0], rate))
+                    _add(tar, f"{cut_id}.json", json.dumps(_shar_cut(cut_id, seconds, "")["recording"]).encode())
+        lines = [_shar_cut(cut_id, seconds, f"words of {cut_id}") for cut_id, _, seconds in cuts]
+        (shar / f"cuts{number}.jsonl.gz").write_bytes(gzip.compress("\n".join(map(json.dumps, lines)).encode()))
+    out = tmp_path / "codes"
+    result = run("encode", shar, "-o", out, "--parquet", tmp_path / "pq", weights=weights_file)
+    assert result.returncode == 1 and "3 encoded" in result.stderr and "1 failed" in result.stderr, result.stderr
+    assert f"failed: {shar}/cuts.000001.jsonl.gz:2: lhotse wrote cut c-empty without its audio (c-empty.nodata in " \
+        f"{shar}/recording.000001.tar)" in result.stderr
+    for cut_id, clip in (("c-one", "one"), ("c-two", "two"), ("c-whole", "whole")):
+        np.testing.assert_array_equal(CodesFile.load(out / "shar" / f"{cut_id}.npz").codes, codes[clip])
+    rows = {r["__key__"]: r for r in pq.read_table(tmp_path / "pq").to_pylist()}
+    assert sorted(rows) == ["c-one", "c-two", "c-whole"] and "recording" not in rows["c-one"]
+    assert rows["c-two"]["supervisions"][0]["text"] == "words of c-two" and rows["c-two"]["duration"] == 1.5
+    assert rows["c-whole"]["__url__"] == str(shar / "recording.000001.tar")
+
+    (shar / "recording.000001.tar").unlink()  # a shard without its audio; lhotse's unsharded names too
+    (shar / "recording.000000.tar").rename(shar / "recording.tar")
+    (shar / "cuts.000000.jsonl.gz").rename(shar / "cuts.jsonl.gz")
+    result = run("encode", shar, "-o", tmp_path / "again", weights=weights_file)
+    assert result.returncode == 1 and "2 encoded" in result.stderr, result.stderr
+    assert f"failed: {shar}/cuts.000001.jsonl.gz has no recording.000001.tar beside it, which would hold its cuts' " \
+        "audio" in result.stderr
+    result = run("encode", shar / "cuts.jsonl.gz", "-o", tmp_path / "direct", weights=weights_file)
+    assert result.returncode == 1 and f"{shar}/cuts.jsonl.gz:1 is a lhotse Shar cut, whose audio is in the " \
+        "recording tar beside its cuts file: give their folder" in result.stderr
+    (shar / "recording.tar").unlink()  # a lhotse manifest beside audio files is no Shar folder
+    sf.write(shar / "a.wav", pcm[:rate], rate)
+    result = run("encode", shar, "-o", tmp_path / "plain", weights=weights_file)
+    assert result.returncode == 0 and (tmp_path / "plain" / "a.npz").is_file(), result.stderr
+
+
 @pytest.mark.parametrize("name, data", [("empty.jsonl", b""), ("blank.jsonl", b"\n  \n"), ("array.json", b"[]"),
                                         ("texts.tar", None)])
 def test_a_container_with_nothing_to_encode_says_so(tmp_path, name, data):
