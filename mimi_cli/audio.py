@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import os
 import re
@@ -69,10 +70,9 @@ def read_open(path: Path, f, past_declared: Callable[[float], None] | None = Non
     from_start = f.tell() == 0
     if past_declared is None:
         samples = _read_block(path, f, -1)
-    else:
-        blocks = [_read_block(path, f, max(f.frames - f.tell(), 1))]
-        read = f.tell()
-        while len(blocks[-1]):
+    else:  # in blocks, not the declared length at once: a damaged FLAC header that declared an hour allocated it
+        blocks, read = [], f.tell()
+        while not blocks or len(blocks[-1]):
             blocks.append(_read_block(path, f, 1 << 20))
             read += len(blocks[-1])
             if read > f.frames:
@@ -259,7 +259,14 @@ class FFmpegAudio(BlockReader):
         context = stream.codec_context  # None for a codec FFmpeg has no decoder for (a WAV format tag of 0)
         if context is None or not context.sample_rate or not context.channels:
             raise ValueError("the audio stream has no decoder, rate or channels")
-        self.samplerate, self.channels = context.sample_rate, context.channels
+        self._packets = container.decode(stream)
+        # the rate and channels of the first frame: FFmpeg's probe of the stream may report a later frame's (MP3
+        # files joined end to end), and every frame is then held to them
+        first = next(self._packets, None)
+        layout = context.layout if first is None else first.layout
+        self.samplerate = context.sample_rate if first is None else first.sample_rate
+        self.channels = layout.nb_channels
+        self._packets = itertools.chain([] if first is None else [first], self._packets)
         seconds = (float(stream.duration * stream.time_base) if stream.duration
                    else (container.duration or 0) / av.time_base)
         self.frames = max(1, round(seconds * self.samplerate))
@@ -268,8 +275,7 @@ class FFmpegAudio(BlockReader):
         own = stream.duration or len(container.streams) == 1
         self._stored = self.frames if own and seconds and container.format.name.split(",")[0] in STORED_LENGTHS \
             else None
-        self._packets = container.decode(stream)
-        self._resampler = av.AudioResampler(format="flt", layout=context.layout, rate=self.samplerate)
+        self._resampler = av.AudioResampler(format="flt", layout=layout, rate=self.samplerate)
         self._pending: list[np.ndarray] = []
         self._position = 0
 
@@ -283,8 +289,17 @@ class FFmpegAudio(BlockReader):
             return False
         except av.FFmpegError as exc:
             raise InvalidAudioError(f"cannot read {self.name} as audio ({exc}); the file may be corrupt") from None
-        for converted in self._resampler.resample(frame):
-            self._pending.append(converted.to_ndarray().reshape(-1, self.channels))
+        if (frame.sample_rate, frame.layout.nb_channels) != (self.samplerate, self.channels):
+            at = (self._position + sum(len(p) for p in self._pending)) / self.samplerate
+            raise InvalidAudioError(f"{self.name} changes at {at:.2f} s from {self.samplerate} Hz and {self.channels} "
+                                    f"channel(s) to {frame.sample_rate} Hz and {frame.layout.nb_channels}: it is "
+                                    "damaged, or files of different formats were joined; re-export it as one file")
+        try:
+            converted = self._resampler.resample(frame)
+        except ValueError:  # PyAV's resampler takes the format of its first frame only: a new one for this format
+            self._resampler = av.AudioResampler(format="flt", layout=self._resampler.layout, rate=self.samplerate)
+            converted = self._resampler.resample(frame)
+        self._pending += [c.to_ndarray().reshape(-1, self.channels) for c in converted]
         return True
 
     def _check_whole(self) -> None:
@@ -500,7 +515,7 @@ def check_header(f: BinaryIO, name: Target) -> Header:
     if cut or damage:
         raise InvalidAudioError(f"{name} is {'truncated' if cut else 'damaged'}: {cut or damage}; re-copy or "
                                 "re-export it")
-    return Header(wav_length_unknown(f, name), mp3, _mp3_samples(f, start, head) if mp3 else None, ogg_streams)
+    return Header(wav_length_unknown(f, name), mp3, _mp3_samples(f, start, head, name) if mp3 else None, ogg_streams)
 
 
 # MPEG audio Layer III frame headers: bit rates in kbit/s by index (MPEG-1; MPEG-2 and 2.5), and sample rates by
@@ -511,12 +526,13 @@ _MP3_HZ = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000,
 MAX_MP3_FRAMES = 1 << 21  # 14 h of audio at 24 kHz or more; walking that many takes a few seconds
 
 
-def _mp3_frame(header: bytes, kind: tuple[int, int] | None = None) -> tuple[int, int, tuple[int, int]] | None:
-    """``(bytes, samples, kind)`` of the MPEG Layer III frame whose header ``header`` starts with, or None (not
-    one, a free-format one, or not of the ``kind`` given: the version and rate every frame of a stream shares).
+def _mp3_frame(header: bytes, kind: tuple[int, int] | None = None) -> tuple[int, int, tuple[int, int], int] | None:
+    """``(bytes, samples, kind, channels)`` of the MPEG Layer III frame whose header ``header`` starts with, or
+    None (not one, a free-format one, or not of the ``kind`` given: the version and rate every frame of a stream
+    shares). Channels: 1 for the mode mono, else 2.
 
-        11111111 111VVLLP BBBBRRp. ........      V version, L layer (01: III), P no CRC,
-                                                  B bit rate, R sample rate, p padding byte
+        11111111 111VVLLP BBBBRRp. MM......      V version, L layer (01: III), P no CRC,
+                                                  B bit rate, R sample rate, p padding byte, M mode (11: mono)
     """
     if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
         return None
@@ -525,7 +541,7 @@ def _mp3_frame(header: bytes, kind: tuple[int, int] | None = None) -> tuple[int,
         return None
     samples = 1152 if version == 3 else 576
     size = samples // 8 * 1000 * _MP3_KBPS[3 if version == 3 else 2][bitrate] // _MP3_HZ[version][rate]
-    return size + ((header[2] >> 1) & 1), samples, (version, rate)
+    return size + ((header[2] >> 1) & 1), samples, (version, rate), 1 if header[3] >> 6 == 3 else 2
 
 
 def _mp3_start(f: BinaryIO) -> int:
@@ -570,25 +586,44 @@ def _mp3_cut_short(f: BinaryIO, start: int, frame: bytes) -> str | None:
     return f"its {label} header announces {declared:,} bytes of MP3 stream, the file holds {size - start:,}"
 
 
-def _mp3_samples(f: BinaryIO, start: int, head: bytes) -> int | None:
+def _mp3_samples(f: BinaryIO, start: int, head: bytes, name: Target) -> int | None:
     """The samples an MP3 stream's frames hold, counted by walking their headers from the first frame (at
     ``start``, ``head`` its first 64 bytes) to the file's end; over damaged bytes, on from the next two frames of
     the stream in a row, as decoders resync. None for a walk of more than MAX_MP3_FRAMES steps (very long, or
     hostile). A Xing or VBRI frame holds no audio. The count includes the encoder's delay and padding, which
     decoders drop (a few ms). (A stream whose first frame is not at its start, after an ID3v2 tag, or is free
-    format, is not walked: :func:`check_header` finds no MP3 there.)"""
+    format, is not walked: :func:`check_header` finds no MP3 there.)
+
+    Files of two formats joined end to end, which decoders read in part or refuse part way, are refused
+    (InvalidAudioError): two frames in a row of another rate where the next frame is due, or of other channels
+    after two or more of the same (one frame's damaged mode is read through, as decoders do)."""
     first = _mp3_frame(head)
     data, kind, at = _Window(f), first[2], start + (first[0] if len(head) == 64 and _mp3_info(head) else 0)
-    total, synced = 0, True
+    total, synced, channels, run = 0, True, first[3], 0  # run: frames in a row of these channels
+
+    def changed(to: tuple[int, int], to_channels: int) -> InvalidAudioError:
+        hz = _MP3_HZ[kind[0]][kind[1]]
+        return InvalidAudioError(f"{name} changes at {total / hz:.2f} s from {hz} Hz and {channels} channel(s) to "
+                                 f"{_MP3_HZ[to[0]][to[1]]} Hz and {to_channels}: it is damaged, or files of different "
+                                 "formats were joined; re-export it as one file")
+
     for _ in range(MAX_MP3_FRAMES):
         if at >= data.end:
             return total
         frame = _mp3_frame(data.at(at, 4), kind)
         if frame and at + frame[0] <= data.end:
             after = at + frame[0]
-            if synced or after == data.end or _mp3_frame(data.at(after, 4), kind):
-                total, at, synced = total + frame[1], after, True
+            following = _mp3_frame(data.at(after, 4), kind)
+            if synced or after == data.end or following:
+                if frame[3] != channels:
+                    if run >= 2 and following and following[3] == frame[3]:
+                        raise changed(kind, frame[3])
+                    channels, run = frame[3], 0
+                total, at, synced, run = total + frame[1], after, True, run + 1
                 continue
+        other = _mp3_frame(data.at(at, 4)) if synced else None
+        if other and _mp3_frame(data.at(at + other[0], 4), other[2]):
+            raise changed(other[2], other[3])
         synced = False  # damaged bytes, a cut last frame, or a tag after the stream (ID3v1, APE)
         at = data.find(b"\xff", at + 1)
     return None

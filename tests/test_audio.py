@@ -253,6 +253,67 @@ def test_files_libsndfile_reads_in_part_are_read_whole_with_ffmpeg_or_refused(tm
             read()
 
 
+def test_a_file_whose_format_changes_part_way_is_refused_or_converted(tmp_path):
+    """MP3 files of different channels or rates joined end to end (or a damaged frame header that reads so) went
+    to FFmpeg, whose resampler raised "ValueError: Frame does not match AudioResampler setup" at the change:
+    the message said nothing of the file. A change of rate or channels is refused, saying where; a change of
+    sample format alone is converted as the frames before it were."""
+    av = pytest.importorskip("av")
+    from mimi_cli.audio import FFmpegAudio
+
+    rng = np.random.default_rng(3)
+    mono, stereo = rng.uniform(-0.5, 0.5, 24000).astype(np.float32), rng.uniform(-0.5, 0.5, (24000, 2))
+    for name, second, change in (("channels.mp3", encoded(stereo, "MP3", "MPEG_LAYER_III"), "24000 Hz and 2"),
+                                 ("rates.mp3", encoded(mono, "MP3", "MPEG_LAYER_III", 16000), "16000 Hz and 1")):
+        (tmp_path / name).write_bytes(encoded(mono, "MP3", "MPEG_LAYER_III") + second)
+        with pytest.raises(InvalidAudioError, match=rf"^{tmp_path / name} changes at 1\.0\d s from 24000 Hz and 1 "
+                                                    rf"channel\(s\) to {change}: it is damaged, or files of "
+                                                    "different formats were joined; re-export it as one file$"):
+            read_audio(tmp_path / name)
+    (tmp_path / "a.mp3").write_bytes(encoded(mono, "MP3", "MPEG_LAYER_III"))
+    with av.open(str(tmp_path / "a.mp3")) as container:
+        frames = list(container.decode(audio=0))  # planar float, as MP3 decodes
+    as_s16 = av.AudioResampler(format="s16", layout="mono", rate=24000)
+    changed = frames[:3] + [f for frame in frames[3:6] for f in as_s16.resample(frame)]
+    reader = FFmpegAudio(av.open(str(tmp_path / "a.mp3")), "a.mp3")
+    reader._packets = iter(changed)
+    got = reader.read()
+    expected = np.concatenate([f.to_ndarray().reshape(-1) for f in frames[:6]])
+    assert got.shape == (len(expected), 1)
+    np.testing.assert_allclose(got[:, 0], expected, atol=1 / 32768)  # 16-bit for the last three frames
+    reader.close()
+    as_stereo = av.AudioResampler(format="fltp", layout="stereo", rate=24000)  # what FFmpeg decodes of such a file
+    reader = FFmpegAudio(av.open(str(tmp_path / "a.mp3")), "a.mp3")
+    reader._packets = iter(frames[:2] + as_stereo.resample(frames[2]))
+    with pytest.raises(InvalidAudioError, match=r"^a\.mp3 changes at 0\.\d\d s from 24000 Hz and 1 channel\(s\) to "
+                                                "24000 Hz and 2: it is damaged"):
+        reader.read()
+    reader.close()
+
+
+def test_a_length_a_header_declares_is_not_allocated_before_it_is_read(tmp_path):
+    """A FLAC file of 0.3 s whose STREAMINFO declares 60 million samples (42 min, within what memory allows):
+    the read asked libsndfile for the declared length at once, and 240 MB were allocated (found by
+    tests/test_fuzz.py). It reads in blocks, and the file is refused as damaged, in a few MB."""
+    import tracemalloc
+
+    data = bytearray(encoded(np.zeros(7200, np.float32), "FLAC", "PCM_16"))
+    data[21] &= 0xF0  # STREAMINFO's 36-bit total: its top 4 bits, then 4 bytes (byte 8 of the block on)
+    data[22:26] = (60_000_000).to_bytes(4, "big")
+    path = tmp_path / "lies.flac"
+    path.write_bytes(data)
+    assert sf.info(path).frames == 60_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidAudioError, match=r"lies.flac is damaged: it holds 2500\.00 s of audio, and "
+                                                    r"decoding it gave 0\.30 s"):
+            read_audio(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak / 2**20:.0f} MiB"
+
+
 def test_a_flac_stream_of_unknown_length_is_read_whole(tmp_path, monkeypatch):
     """A FLAC stream written to a pipe (``ffmpeg … -f flac -``) leaves its STREAMINFO's sample count at 0:
     libsndfile took that for 2⁶³ − 1 samples, and the file was refused as too long for memory; read in

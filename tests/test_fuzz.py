@@ -344,6 +344,35 @@ def test_fuzz_wav_headers(tmp_path_factory):
     check()
 
 
+def test_fuzz_compressed_audio(tmp_path_factory):
+    """FLAC, Ogg Vorbis, Opus and MP3 files (and MP3 files of two formats joined) with bytes changed: read as a
+    file and as a tar member's bytes, through libsndfile or FFmpeg, only InvalidAudioError escapes. (At 3,000
+    examples this found FFmpeg's "Frame does not match AudioResampler setup": a damaged MP3 frame's channels.)"""
+    from mimi_cli.audio import read_audio, read_open
+    from mimi_cli.sources import open_bytes
+
+    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32", frames=8000)
+    seeds = []
+    for container, subtype, samples, at in (("FLAC", "PCM_16", pcm, rate), ("OGG", "VORBIS", pcm, rate),
+                                            ("OGG", "OPUS", pcm, 48000), ("MP3", "MPEG_LAYER_III", pcm, rate),
+                                            ("MP3", "MPEG_LAYER_III", np.stack([pcm, pcm], 1), rate)):
+        buffer = io.BytesIO()
+        sf.write(buffer, samples, at, format=container, subtype=subtype)
+        seeds.append(buffer.getvalue())
+    seeds.append(seeds[3] + seeds[4])  # mono then stereo MP3
+    folder = Path(tempfile.mkdtemp(dir=tmp_path_factory.mktemp("compressed")))
+
+    @FUZZ
+    @given(mutated(seeds))
+    def check(data: bytes) -> None:
+        path = folder / "x.audio"
+        path.write_bytes(data)
+        bounded(lambda: read_audio(path), InvalidAudioError)
+        bounded(lambda: read_open("member", open_bytes(data, "member")), InvalidAudioError)
+
+    check()
+
+
 # ----------------------------------------------------------------------------- WebDataset tar shards
 
 
