@@ -18,6 +18,8 @@ table's scalar columns) are carried to the run's manifest and Parquet rows.
 from __future__ import annotations
 
 import bz2
+import contextlib
+import csv
 import gzip
 import io
 import json
@@ -78,8 +80,10 @@ def _invalid(name: str, problem: str, relative: str) -> Entry:
 # ----------------------------------------------------------------------------- listing
 
 
-# NeMo names its JSON-lines manifests .json; lhotse writes .jsonl.gz (read through gzip)
-MANIFEST_NAMES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+# NeMo names its JSON-lines manifests .json; lhotse writes .jsonl.gz (read through gzip); Common Voice's lists are
+# .tsv, an audiofolder's metadata .csv (a header row naming the columns)
+DELIMITERS = {".csv": ",", ".tsv": "\t"}
+MANIFEST_NAMES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", *DELIMITERS, *(f"{s}.gz" for s in DELIMITERS))
 COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 
@@ -129,14 +133,17 @@ def list_manifest(path: Path) -> list[Entry]:
     Relative paths start at the manifest (at the working folder for standard input, ``-``, or a pipe, read
     once here; for lhotse's, which lhotse opens as they are written, at the working folder too)."""
     text, base = _manifest_text(path)
+    delimiter = DELIMITERS.get(Path(path.name.lower().removesuffix(".gz")).suffix)
     entries = []
-    for number, name, record, problem in _records(text, str(path)):
+    for number, name, record, problem in (_rows(text, str(path), delimiter) if delimiter else
+                                          _records(text, str(path))):
         lhotse = problem is None and ("recording" in record or "sources" in record
                                       or record.get("type") in (*LHOTSE_READ, "MixedCut", "PaddingCut"))
         if lhotse:
             record, problem = _from_lhotse(record, name)
         if problem is None:
-            entry, problem = _manifest_entry(record, name, number, Path.cwd() if lhotse else base)
+            entry, problem = _manifest_entry(record, name, number, Path.cwd() if lhotse else
+                                             _clips(record, base) if delimiter else base)
         entries.append(_invalid(name, problem, f"line-{number:06d}") if problem else entry)
     return entries
 
@@ -220,6 +227,47 @@ def _records(text: str, shown: str):
             else:  # a path alone: the input is that file, not a line of a list (a URL's line is named as one)
                 path = line.strip()
                 yield number, name if url(path) else path, {"audio_filepath": path}, None
+
+
+def _rows(text: str, shown: str, delimiter: str):
+    """``(number, name, record, problem)`` for each row of a CSV or TSV list whose first row names its columns
+    (Common Voice's ``train.tsv``: ``path``, ``sentence`` …; an audiofolder's ``metadata.csv``: ``file_name`` …),
+    its values strings but ``offset`` and ``duration``, numbers. A TSV is read as Common Voice writes it: no
+    quoting, a tab never inside a value."""
+    kind, quoting = ("TSV", csv.QUOTE_NONE) if delimiter == "\t" else ("CSV", csv.QUOTE_MINIMAL)
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    try:
+        header = next(rows, None)
+        if header is not None and not set(MANIFEST_PATH_KEYS) & set(header):
+            raise MimiError(f"{shown}: its first row names no column of paths ({', '.join(MANIFEST_PATH_KEYS)}), "
+                            f"but {', '.join(map(repr, header[:8]))[:300]}")
+        for values in rows if header is not None else ():
+            number, name = rows.line_num, f"{shown}:{rows.line_num}"
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                counted = f"{len(values)} value" + "s" * (len(values) != 1)
+                yield number, name, None, f"{name} has {counted}, and its first row names {len(header)}"
+                continue
+            record = dict(zip(header, values, strict=True))
+            for key in ("offset", "duration"):
+                if record.get(key, "").strip() == "":
+                    record.pop(key, None)
+                else:
+                    with contextlib.suppress(ValueError):
+                        record[key] = float(record[key])
+            yield number, name, record, None
+    except csv.Error as exc:
+        raise MimiError(f"cannot read {shown} as {kind} (line {rows.line_num}: {exc})") from None
+
+
+def _clips(record: dict, base: Path) -> Path:
+    """Where a CSV or TSV row's relative path starts: the list's folder, or its ``clips`` folder, where Common
+    Voice keeps the files its ``train.tsv`` names (by name alone)."""
+    path = next((record[k] for k in MANIFEST_PATH_KEYS if isinstance(record.get(k), str)), "")
+    if path and not os.path.isabs(path) and not (base / path).exists() and (base / "clips" / path).exists():
+        return base / "clips"
+    return base
 
 
 def _json_array(text: str) -> list | None:

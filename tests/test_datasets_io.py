@@ -179,6 +179,49 @@ def test_manifests_as_other_tools_write_them(tmp_path, weights_file, reference):
             assert result.returncode == 0, (name, result.stderr)
 
 
+def test_csv_and_tsv_lists_with_a_header_row(tmp_path, weights_file, reference):
+    """Common Voice's train.tsv (its files by name in clips/ beside it; no quoting: a sentence keeps its quotes)
+    and an audiofolder's metadata.csv (quoted values, a duration) were taken for audio ("cannot read as audio")
+    when named, and for one path a line with --inputs-from. Each row is an item, its columns carried; a row of
+    the wrong width fails alone; a first row naming no path column refuses the list, in one line."""
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    folder, codes = reference
+    cv = tmp_path / "cv"
+    (cv / "clips").mkdir(parents=True)
+    for name in ("one", "two"):
+        (cv / "clips" / f"common_voice_{name}.wav").write_bytes((folder / f"{name}.wav").read_bytes())
+    header = "client_id\tpath\tsentence\tup_votes\tage"
+    rows = ['c1\tcommon_voice_one.wav\tHe said "hi", then left.\t2\ttwenties', "c2\tcommon_voice_two.wav\tAnd so.\t0\t",
+            "c3\tcommon_voice_two.wav\ttoo few"]
+    (cv / "train.tsv").write_text("\n".join([header, *rows]) + "\n")
+    result = run("encode", cv / "train.tsv", "-o", tmp_path / "codes", "--parquet", tmp_path / "pq",
+                 weights=weights_file)
+    assert result.returncode == 1 and "2 encoded" in result.stderr, result.stderr
+    assert f"failed: {cv}/train.tsv:4 has 3 values, and its first row names 5" in result.stderr
+    for name in ("one", "two"):
+        np.testing.assert_array_equal(CodesFile.load(tmp_path / "codes" / f"common_voice_{name}.npz").codes,
+                                      codes[name])
+    first = pq.read_table(tmp_path / "pq").to_pylist()[0]
+    assert (first["sentence"], first["client_id"], first["up_votes"]) == ('He said "hi", then left.', "c1", "2")
+
+    metadata = tmp_path / "metadata.csv.gz"  # compressed, and given by --inputs-from: the same reading
+    metadata.write_bytes(gzip.compress(f'file_name,transcription,offset,duration\n{folder}/whole.wav,"a, ""b""",'
+                                       '0.5,1.5\n'.encode()))
+    result = run("encode", "--inputs-from", metadata, "-o", tmp_path / "csv", "--manifest", tmp_path / "run.jsonl",
+                 weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(CodesFile.load(tmp_path / "csv" / "whole_500ms.npz").codes, codes["span"])
+    assert json.loads((tmp_path / "run.jsonl").read_text())["transcription"] == 'a, "b"'
+
+    (tmp_path / "names.csv").write_text("speaker,text\n1,hi\n")
+    result = run("encode", tmp_path / "names.csv", "-o", tmp_path / "none", weights=weights_file)
+    assert result.returncode == 1 and f"failed: {tmp_path}/names.csv: its first row names no column of paths " \
+        "(audio_filepath, path, file_name), but 'speaker', 'text'" in result.stderr, result.stderr
+
+
 def test_a_run_manifest_given_back_as_input(tmp_path, weights_file, reference):
     """A run's --manifest, given as the next run's --inputs-from (to redo a corpus), carries the earlier run's
     "status", "error", "frames" and "manifest_line": they overwrote the new run's own, so a file that failed

@@ -444,18 +444,25 @@ def test_fuzz_manifest_lines(tmp_path_factory):
     from mimi_cli.errors import MimiError
     from mimi_cli.sources import list_manifest
 
-    path = tmp_path_factory.mktemp("manifest") / "cuts.jsonl.gz"
+    folder = tmp_path_factory.mktemp("manifest")
+    path = folder / "cuts.jsonl.gz"
     seed = gzip.compress(b'{"id": "c", "start": 0.5, "duration": 1, "channel": 0, "recording": {"id": "r", '
                          b'"sources": [{"type": "file", "channels": [0], "source": "a.wav"}]}}\n'
                          b'{"audio_filepath": "b.wav", "offset": 1}\n')
+    tables = [b'path\tsentence\tduration\na.wav\tHe said "hi".\t1.5\n',
+              b'file_name,text,offset\n"a,b.wav","x ""y""",2\n']
 
     @FUZZ
-    @given(st.lists(st.dictionaries(_JSON_KEYS, _JSON_VALUES, max_size=7), max_size=6), mutated([seed]))
-    def check(records: list[dict], compressed: bytes) -> None:
+    @given(st.lists(st.dictionaries(_JSON_KEYS, _JSON_VALUES, max_size=7), max_size=6), mutated([seed]),
+           mutated(tables))
+    def check(records: list[dict], compressed: bytes, table: bytes) -> None:
         path.write_text("\n".join(json.dumps(r) for r in records))
         bounded(lambda: list_manifest(path), MimiError)
         path.write_bytes(compressed)
         bounded(lambda: list_manifest(path), MimiError)
+        for name in ("train.tsv", "metadata.csv"):  # CSV and TSV lists (Common Voice, an audiofolder)
+            (folder / name).write_bytes(table)
+            bounded(lambda table_path=folder / name: list_manifest(table_path), MimiError)
 
     check()
 
