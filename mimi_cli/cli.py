@@ -313,8 +313,8 @@ def encode(
     inputs: Annotated[Optional[list[str]], typer.Argument(
         help="Audio files (WAV, FLAC, OGG, MP3; any rate, any channels), folders of them, quoted globs "
              "('data/**/*.flac'), '-' (standard input), or containers of many: JSONL manifests (.jsonl.gz too), "
-             "WebDataset .tar shards, lhotse Shar folders, Hugging Face datasets (a save_to_disk folder, .arrow or "
-             ".parquet files).",
+             "WebDataset .tar shards, lhotse Shar folders, Kaldi data folders (wav.scp), Hugging Face datasets (a "
+             "save_to_disk folder, .arrow or .parquet files).",
         metavar="INPUT...", readable=False, show_default=False)] = None,
     output: _output_option("Codes file for one input ('-': standard output); for several, or ending in /, a "
                            "folder that mirrors the inputs' tree. Default: beside each input, with .npz.") = None,

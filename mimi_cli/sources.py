@@ -3,6 +3,7 @@
     manifest.jsonl   {"audio_filepath": "a.wav", "offset": 1.5, "duration": 2.0, "text": ...}   a span of a file
     shard-000.tar    WebDataset: 0001.flac, 0001.json, 0002.flac ...                           a member of a tar
     shar/            lhotse Shar: cuts.000000.jsonl.gz beside recording.000000.tar             a member of a tar
+    data/train/      a Kaldi data folder: wav.scp, and segments, text, utt2spk if there        a span of a file
     dataset/         a Hugging Face `save_to_disk` folder (*.arrow) or Parquet files with an
                      audio column ({"bytes", "path"} structs, or paths)                        a row of a table
 
@@ -24,6 +25,7 @@ import gzip
 import io
 import json
 import lzma
+import math
 import os
 import posixpath
 import re
@@ -92,7 +94,8 @@ def is_container(path: Path) -> bool:
     items."""
     suffix = path.suffix.lower()
     return (suffix in (".tar", ".parquet", ".arrow") or path.name.lower().endswith((*MANIFEST_NAMES, *COMPRESSED_TARS))
-            or (path.is_dir() and (any((path / name).exists() for name in DATASET_FILES) or is_shar(path))))
+            or (path.is_dir() and (any((path / name).exists() for name in DATASET_FILES) or is_shar(path)
+                                   or (path / "wav.scp").is_file())))
 
 
 DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes in its folder
@@ -101,7 +104,7 @@ DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what
 def is_table(path: Path) -> bool:
     """A container of rows (Parquet, Arrow, a dataset folder): what decode reads codes from, too."""
     return is_container(path) and (path.suffix.lower() in (".parquet", ".arrow") or path.is_dir()
-                                   and not is_shar(path))
+                                   and not is_shar(path) and not (path / "wav.scp").is_file())
 
 
 def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) -> list[Entry]:
@@ -115,6 +118,8 @@ def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) 
             return list_tar(path)
         if path.is_dir() and is_shar(path):
             return list_shar(path)
+        if path.is_dir() and (path / "wav.scp").is_file():
+            return list_kaldi(path)
         if path.name.lower().endswith(COMPRESSED_TARS):  # each member is read on its own, by any worker
             raise MimiError(f"{path} is a compressed tar shard, whose members cannot be reached one by one without "
                             "decompressing all before them each time: decompress it first (e.g. gunzip -k) and "
@@ -505,6 +510,72 @@ def list_shar(path: Path) -> list[Entry]:
             entries.append(Entry(f"{tar}#{member}", Item("tar", str(tar), member, extra=json.dumps(carried)),
                                  relative))
     return entries
+
+
+def list_kaldi(path: Path) -> list[Entry]:
+    """A Kaldi data folder: ``wav.scp`` (``<recording> <path>`` a line), and, when there, ``segments``
+    (``<utterance> <recording> <start> <end>`` in seconds, ``end`` -1 for the recording's end), ``text``
+    (``<utterance> <words>``) and ``utt2spk`` (``<utterance> <speaker>``). Each utterance is a span of its
+    recording's file (each recording whole, without ``segments``), its words and speaker carried; its output is
+    named by its id. Paths start at the working folder, as Kaldi's tools open them. A recording that is a command
+    (``… |``) or a place in an archive (``x.ark:123``), a segment of a recording wav.scp lacks, and a line of
+    the wrong shape fail alone."""
+    scp = path / "wav.scp"
+    recordings = {fields[0]: (number, fields[1] if len(fields) > 1 else "") for number, fields in _kaldi_table(scp, 2)}
+    words = dict(fields for _, fields in _kaldi_table(path / "text", 2) if len(fields) == 2)
+    speakers = dict(fields for _, fields in _kaldi_table(path / "utt2spk", 2) if len(fields) == 2)
+    segmented = (path / "segments").is_file()
+    utterances = [(f"{path / 'segments'}:{number}", number, fields) for number, fields in
+                  _kaldi_table(path / "segments", 4)] if segmented else \
+        [(f"{scp}:{number}", number, [rec, rec, "0", "-1"]) for rec, (number, _) in recordings.items()]
+    entries = []
+    for name, number, fields in utterances:
+        relative = str(Path(path.name) / _safe(fields[0]))
+        problem = _kaldi_problem(name, fields, recordings, scp)
+        if problem:
+            entries.append(_invalid(name, problem, relative))
+            continue
+        utterance, recording, start, end = fields[0], fields[1], float(fields[2]), float(fields[3])
+        record = {"audio_filepath": recordings[recording][1], "id": utterance, "recording_id": recording,
+                  **({"offset": start} if segmented else {}), **({"duration": end - start} if end != -1 else {}),
+                  **({"text": words[utterance]} if utterance in words else {}),
+                  **({"speaker": speakers[utterance]} if utterance in speakers else {})}
+        entry, problem = _manifest_entry(record, name, number, Path.cwd())
+        entries.append(_invalid(name, problem, relative) if problem else Entry(entry.name, entry.item, Path(relative)))
+    return entries
+
+
+def _kaldi_table(path: Path, fields: int) -> list[tuple[int, list[str]]]:
+    """A Kaldi table's non-blank lines, numbered, each split in at most ``fields`` fields at whitespace (the last
+    keeps its spaces: a transcript, a command); none when the file is not there."""
+    if not path.is_file():
+        return []
+    lines = _manifest_text(path)[0].splitlines()
+    return [(number, line.strip().split(None, fields - 1)) for number, line in enumerate(lines, 1) if line.strip()]
+
+
+def _kaldi_problem(name: str, fields: list[str], recordings: dict[str, tuple[int, str]], scp: Path) -> str | None:
+    """What is wrong with a segment (``fields``: utterance, recording, start, end), its recording one of
+    ``recordings`` (each: its line in wav.scp, what it names), or None."""
+    if len(fields) != 4:
+        return f"{name} has {len(fields)} fields; a segment is <utterance> <recording> <start> <end>"
+    recording = recordings.get(fields[1])
+    if recording is None:
+        return f"{name} names recording {fields[1]}, which {scp} does not list"
+    named, source = f"{name}: its recording {fields[1]} ({scp.name} line {recording[0]})", recording[1]
+    if not source:
+        return f"{named} names no file"
+    if source.endswith("|"):
+        return f"{named} is a command ({source[:80]}), which mimi does not run: give the file it reads"
+    if re.search(r"\.(ark|scp):\d+$", source):
+        return f"{named} is a place in an archive ({source[:80]}), which mimi does not read: give an audio file"
+    try:
+        start, end = float(fields[2]), float(fields[3])
+    except ValueError:
+        start = end = math.nan
+    if not (_seconds(start) and (end == -1 or _seconds(end) and end > start)):
+        return f"{name}: start and end must be seconds, start below end (end -1 for the recording's end)"
+    return None
 
 
 def _split_key(name: str) -> tuple[str, str]:

@@ -222,6 +222,47 @@ def test_csv_and_tsv_lists_with_a_header_row(tmp_path, weights_file, reference):
         "(audio_filepath, path, file_name), but 'speaker', 'text'" in result.stderr, result.stderr
 
 
+def test_a_kaldi_data_folder_is_its_utterances(tmp_path, weights_file, reference, monkeypatch):
+    """A Kaldi data folder (wav.scp, segments, text, utt2spk) was a folder without audio ("no .wav or .flac…
+    files"). Each segment is a span of its recording's file (paths from the working folder), named by its id,
+    its words and speaker carried; without segments each recording is whole. Commands, archive places, unknown
+    recordings and malformed lines fail alone, saying which."""
+    folder, codes = reference
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data" / "train"
+    data.mkdir(parents=True)
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "w.wav").write_bytes((folder / "whole.wav").read_bytes())
+    (data / "wav.scp").write_text(f"r1 audio/w.wav\nr2 {folder}/one.wav\nr3 sox a.wav -t wav - remix 1 |\n"
+                                  "r4 /data/raw.ark:1234\nr5\n")
+    (data / "segments").write_text("u1 r1 0.5 2.0\nu2 r2 0 -1\nu3 r3 0 1\nu4 r4 0 1\nu5 rX 0 1\nu6 r1 2 1\nbroken\n"
+                                   "u7 r5 0 1\n")
+    (data / "text").write_text("u1 A SPAN OF IT\nu2 ONE\n")
+    (data / "utt2spk").write_text("u1 s1\nu2 s2\n")
+    result = run("encode", "data/train", "-o", tmp_path / "codes", "--manifest", tmp_path / "run.jsonl",
+                 weights=weights_file)
+    assert result.returncode == 1 and "2 encoded" in result.stderr, result.stderr
+    np.testing.assert_array_equal(CodesFile.load(tmp_path / "codes" / "train" / "u1.npz").codes, codes["span"])
+    np.testing.assert_array_equal(CodesFile.load(tmp_path / "codes" / "train" / "u2.npz").codes, codes["one"])
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "run.jsonl").read_text().splitlines()) if "id" in r}
+    assert (rows["u1"]["text"], rows["u1"]["speaker"], rows["u1"]["recording_id"]) == ("A SPAN OF IT", "s1", "r1")
+    failed = sorted(line.strip() for line in result.stderr.splitlines() if line.strip().startswith("failed:"))
+    assert failed == [
+        "failed: data/train/segments:3: its recording r3 (wav.scp line 3) is a command (sox a.wav -t wav - remix 1 "
+        "|), which mimi does not run: give the file it reads",
+        "failed: data/train/segments:4: its recording r4 (wav.scp line 4) is a place in an archive "
+        "(/data/raw.ark:1234), which mimi does not read: give an audio file",
+        "failed: data/train/segments:5 names recording rX, which data/train/wav.scp does not list",
+        "failed: data/train/segments:6: start and end must be seconds, start below end (end -1 for the recording's "
+        "end)",
+        "failed: data/train/segments:7 has 1 fields; a segment is <utterance> <recording> <start> <end>",
+        "failed: data/train/segments:8: its recording r5 (wav.scp line 5) names no file"], result.stderr
+    (data / "segments").unlink()  # each recording whole
+    result = run("encode", data, "-o", tmp_path / "whole", weights=weights_file)
+    assert result.returncode == 1 and "2 encoded" in result.stderr, result.stderr
+    np.testing.assert_array_equal(CodesFile.load(tmp_path / "whole" / "train" / "r1.npz").codes, codes["whole"])
+
+
 def test_a_run_manifest_given_back_as_input(tmp_path, weights_file, reference):
     """A run's --manifest, given as the next run's --inputs-from (to redo a corpus), carries the earlier run's
     "status", "error", "frames" and "manifest_line": they overwrote the new run's own, so a file that failed
