@@ -90,12 +90,12 @@ COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 
 def is_container(path: Path) -> bool:
-    """A manifest, a tar shard, a dataset folder / Parquet file or a lhotse Shar folder: inputs that hold many
-    items."""
+    """A manifest, a tar shard, a dataset folder / Parquet file, a lhotse Shar folder or a Kaldi data folder:
+    inputs that hold many items."""
     suffix = path.suffix.lower()
     return (suffix in (".tar", ".parquet", ".arrow") or path.name.lower().endswith((*MANIFEST_NAMES, *COMPRESSED_TARS))
             or (path.is_dir() and (any((path / name).exists() for name in DATASET_FILES) or is_shar(path)
-                                   or (path / "wav.scp").is_file())))
+                                   or is_kaldi(path))))
 
 
 DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes in its folder
@@ -104,7 +104,7 @@ DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what
 def is_table(path: Path) -> bool:
     """A container of rows (Parquet, Arrow, a dataset folder): what decode reads codes from, too."""
     return is_container(path) and (path.suffix.lower() in (".parquet", ".arrow") or path.is_dir()
-                                   and not is_shar(path) and not (path / "wav.scp").is_file())
+                                   and not is_shar(path) and not is_kaldi(path))
 
 
 def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) -> list[Entry]:
@@ -118,7 +118,7 @@ def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) 
             return list_tar(path)
         if path.is_dir() and is_shar(path):
             return list_shar(path)
-        if path.is_dir() and (path / "wav.scp").is_file():
+        if is_kaldi(path):
             return list_kaldi(path)
         if path.name.lower().endswith(COMPRESSED_TARS):  # each member is read on its own, by any worker
             raise MimiError(f"{path} is a compressed tar shard, whose members cannot be reached one by one without "
@@ -510,6 +510,11 @@ def list_shar(path: Path) -> list[Entry]:
             entries.append(Entry(f"{tar}#{member}", Item("tar", str(tar), member, extra=json.dumps(carried)),
                                  relative))
     return entries
+
+
+def is_kaldi(path: Path) -> bool:
+    """A Kaldi data folder: one with a ``wav.scp``."""
+    return path.is_dir() and (path / "wav.scp").is_file()
 
 
 def list_kaldi(path: Path) -> list[Entry]:
