@@ -277,7 +277,7 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
     with ``create_parents`` a missing folder is fine if it can be made.
     """
     if is_stdout(path):
-        if sys.stdout is None or sys.stdout.closed:
+        if sys.stdout is None or getattr(sys.stdout, "closed", False):  # closed: cli.main's stand-in for None
             raise MimiError("standard output is closed; redirect it (> file, | program) or give -o FILE")
         if sys.stdout.isatty():
             raise MimiError("standard output is a terminal; redirect it (> file, | program) or give -o FILE")
