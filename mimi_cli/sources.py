@@ -267,10 +267,11 @@ def _rows(text: str, shown: str, delimiter: str):
 
 
 def _clips(record: dict, base: Path) -> Path:
-    """Where a CSV or TSV row's relative path starts: the list's folder, or its ``clips`` folder, where Common
-    Voice keeps the files its ``train.tsv`` names (by name alone)."""
+    """Where a CSV or TSV row's relative path starts: the list's folder, or, for a file not there, its ``clips``
+    folder, where Common Voice keeps the files its ``train.tsv`` names (by name alone; a missing one is then
+    said to be missing there)."""
     path = next((record[k] for k in MANIFEST_PATH_KEYS if isinstance(record.get(k), str)), "")
-    if path and not os.path.isabs(path) and not (base / path).exists() and (base / "clips" / path).exists():
+    if path and not os.path.isabs(path) and not (base / path).exists() and (base / "clips").is_dir():
         return base / "clips"
     return base
 
