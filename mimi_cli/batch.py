@@ -251,8 +251,12 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
         if is_folder(path) and not (containers and is_container(path)):
             pattern = "**/*" if recursive else "*"
             listed = sorted(p for p in path.glob(pattern) if not p.name.startswith(".") and not is_folder(p))
-            named = [p for p in listed if p.suffix.lower() in suffixes] or \
-                [p for p in listed if p.suffix.lower() in else_suffixes]
+            named = [p for p in listed if p.suffix.lower() in suffixes]
+            if not named:  # shards; and, in a tree, dataset folders whole (their files are not items of their own)
+                inner = _container_folders(path, listed) if containers and recursive else []
+                found += [Input(folder, path) for folder in inner]
+                named = [p for p in listed if p.suffix.lower() in else_suffixes
+                         and not any(folder in p.parents for folder in inner)]
             found += [Input(p, path) for p in _regular(named, on_skip)]
         elif not os.path.lexists(path) and glob.has_magic(item):
             base = Path(_glob_root(item))
@@ -267,6 +271,17 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
             seen.add(key)
             unique.append(entry)
     return unique
+
+
+def _container_folders(root: Path, files: list[Path]) -> list[Path]:
+    """The folders below ``root`` holding ``files`` that are inputs of many items themselves (a ``save_to_disk``
+    dataset, lhotse Shar, Kaldi data: :func:`mimi_cli.sources.is_container`), outermost first: a walk takes
+    each whole, as when it is named (its ``cache-*.arrow`` files, its tars, are not items of their own)."""
+    found: list[Path] = []
+    for folder in sorted({p.parent for p in files} - {root}, key=lambda f: len(f.parts)):
+        if not any(outer in folder.parents for outer in found) and is_container(folder):
+            found.append(folder)
+    return sorted(found)
 
 
 def _regular(paths: list[Path], on_skip: Callable[[Path], None] | None) -> list[Path]:
@@ -298,7 +313,10 @@ def expand_containers(found: list[Input], column: str, expands: Callable[[Path],
         if not expands(entry.path):
             expanded.append(entry)
             continue
-        expanded += [Input(Path(e.name), entry.path.parent, e.item, e.relative)
+        # one found in a folder or glob keeps its place in the tree under -o (corpus/a/x.tar → DIR/a/x/KEY)
+        within = entry.path.parent.relative_to(entry.base) if entry.relative is None and entry.base in \
+            entry.path.parents else Path()
+        expanded += [Input(Path(e.name), entry.path.parent, e.item, within / e.relative)
                      for e in list_items(entry.path, column)]
     return expanded
 

@@ -574,6 +574,45 @@ def test_a_folder_of_shards_alone_is_encoded_as_its_rows_and_members(tmp_path):
     assert [t.input.name for t in files.tasks] == ["clip.wav"]
 
 
+def test_a_tree_of_datasets_keeps_each_whole_and_in_its_place(tmp_path):
+    """`mimi encode -r corpus/` over dataset folders: each .arrow file was an input of its own (a save_to_disk
+    folder's cache-*.arrow encoded beside its data, the folder's name lost), a Kaldi folder was nothing, a Shar
+    folder's tars were WebDataset shards, and two shards of one name in two folders were refused as writing the
+    same outputs. A walk takes each dataset folder whole, as when it is named, and every output keeps its place
+    in the tree; a tree with audio files keeps to them."""
+    import io
+    import tarfile
+
+    pa = pytest.importorskip("pyarrow")
+
+    from mimi_cli.batch import Job, plan
+    from mimi_cli.pipeline import Settings
+
+    corpus = tmp_path / "corpus"
+    for folder in ("a", "b"):  # two shards of one name
+        (corpus / folder).mkdir(parents=True)
+        with tarfile.open(corpus / folder / "shard.tar", "w") as tar:
+            member = tarfile.TarInfo("key1.flac")
+            member.size = 4
+            tar.addfile(member, io.BytesIO(b"fLaC"))
+    train = corpus / "hf" / "train"  # a save_to_disk folder with a cache file beside its data
+    train.mkdir(parents=True)
+    table = pa.table({"audio": [{"bytes": b"RIFF", "path": "x.wav"}]})
+    with pa.ipc.new_stream(train / "data-00000-of-00001.arrow", table.schema) as writer:
+        writer.write_table(table)
+    (train / "cache-0123.arrow").write_bytes((train / "data-00000-of-00001.arrow").read_bytes())
+    (train / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    (train / "dataset_info.json").write_text("{}")
+    (corpus / "kaldi").mkdir()
+    (corpus / "kaldi" / "wav.scp").write_text("r1 /data/r1.wav\n")
+    planned = plan(Job(Settings("encode"), (str(corpus),), str(tmp_path / "out"), recursive=True))
+    assert sorted(str(t.output.relative_to(tmp_path / "out")) for t in planned.tasks) == [
+        "a/shard/key1.npz", "b/shard/key1.npz", "hf/train/data-00000-of-00001/00000000.npz", "kaldi/r1.npz"]
+    (corpus / "kaldi" / "r1.wav").write_bytes(b"RIFF")  # audio files: the tree is theirs
+    assert [t.input.name for t in plan(Job(Settings("encode"), (str(corpus),), str(tmp_path / "out"),
+                                           recursive=True)).tasks] == ["r1.wav"]
+
+
 def test_a_table_of_generated_codes_decodes_row_by_row(tmp_path, weights_file):
     """Any table with an integer `codes` column (or one --codes-column names; [K, frames] per row: what a
     language model generated) decodes as bare arrays do; a row that is not codes fails alone, saying why."""
