@@ -127,16 +127,16 @@ def plan(job: Job) -> Plan:
     # a folder of audio (or codes) files; when it holds none, of shards: a dataset's Parquet or Arrow files
     # (a Hugging Face repo's data/), WebDataset tars; decode: the Parquet shards --parquet writes
     left_out: list[Path] = []  # broken links, pipes and devices with an input's name in the folders and globs
-    found = collect_inputs(paths, job.recursive, suffixes, containers=True,
+    holds_items = is_container if s.kind == "encode" else is_table  # decode reads rows of codes, no other items
+    found = collect_inputs(paths, job.recursive, suffixes, containers=holds_items,
                            else_suffixes=(".parquet",) if s.kind == "decode" else (".parquet", ".arrow", ".tar"),
                            on_skip=left_out.append)
-    found = (expand_containers(found, job.column or "audio") if s.kind == "encode" else
-             expand_containers(found, job.column or "codes", is_table))
+    found = expand_containers(found, job.column or ("audio" if s.kind == "encode" else "codes"), holds_items)
     found += [entry for m in job.manifests for entry in listed_inputs(home_expanded(m), s.kind, job.column)]
     if not found:
         given = ", ".join("standard input" if p == STDIN else p for p in (*job.inputs, *job.manifests))
         folders = any(is_folder(p) for p in paths)
-        if all(p == STDIN or is_container(home_expanded(p)) for p in job.inputs):
+        if all(p == STDIN or holds_items(home_expanded(p)) for p in job.inputs):
             one = len(job.inputs) + len(job.manifests) == 1
             kinds = ("no lines, no audio members, no rows" if s.kind == "encode" else
                      "no rows" if job.inputs else "no lines")
@@ -237,23 +237,24 @@ def _output_target(output: str | None, one_file: bool, found: list[Input], suffi
 
 
 def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple[str, ...],
-                   containers: bool = False, else_suffixes: tuple[str, ...] = (),
+                   containers: Callable[[Path], bool] | None = None, else_suffixes: tuple[str, ...] = (),
                    on_skip: Callable[[Path], None] | None = None) -> list[Input]:
     """Files named directly (whatever their suffix), files with ``suffixes`` in folders (all levels with
     ``recursive``; in a folder with none, files with ``else_suffixes``) and glob matches (``**`` descends). A
-    name that matches nothing is kept, to fail as missing. With ``containers``, a dataset folder (see
-    :func:`mimi_cli.sources.is_container`) is one input, not searched. ``on_skip`` is called with each entry
+    name that matches nothing is kept, to fail as missing. A folder ``containers`` says holds items (a dataset
+    folder: :func:`mimi_cli.sources.is_container`, or for decode :func:`~mimi_cli.sources.is_table`) is one
+    input, not searched, whether named or met in a walk. ``on_skip`` is called with each entry
     a folder or glob holds under such a name that is not a regular file (a broken link, a pipe, a device):
     it is left out, as a folder walk must not block on a pipe, but the caller should say so."""
     found: list[Input] = []
     for item in map(str, items):
         path = home_expanded(item)
-        if is_folder(path) and not (containers and is_container(path)):
+        if is_folder(path) and not (containers and containers(path)):
             pattern = "**/*" if recursive else "*"
             listed = sorted(p for p in path.glob(pattern) if not p.name.startswith(".") and not is_folder(p))
             named = [p for p in listed if p.suffix.lower() in suffixes]
             if not named:  # shards; and, in a tree, dataset folders whole (their files are not items of their own)
-                inner = _container_folders(path, listed) if containers and recursive else []
+                inner = _container_folders(path, listed, containers) if containers and recursive else []
                 found += [Input(folder, path) for folder in inner]
                 named = [p for p in listed if p.suffix.lower() in else_suffixes
                          and not any(folder in p.parents for folder in inner)]
@@ -273,13 +274,13 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
     return unique
 
 
-def _container_folders(root: Path, files: list[Path]) -> list[Path]:
-    """The folders below ``root`` holding ``files`` that are inputs of many items themselves (a ``save_to_disk``
-    dataset, lhotse Shar, Kaldi data: :func:`mimi_cli.sources.is_container`), outermost first: a walk takes
-    each whole, as when it is named (its ``cache-*.arrow`` files, its tars, are not items of their own)."""
+def _container_folders(root: Path, files: list[Path], containers: Callable[[Path], bool]) -> list[Path]:
+    """The folders below ``root`` holding ``files`` that ``containers`` says are inputs of many items themselves
+    (a ``save_to_disk`` dataset, lhotse Shar, Kaldi data), the outermost: a walk takes each whole, as when it is
+    named (its ``cache-*.arrow`` files, its tars, are not items of their own)."""
     found: list[Path] = []
     for folder in sorted({p.parent for p in files} - {root}, key=lambda f: len(f.parts)):
-        if not any(outer in folder.parents for outer in found) and is_container(folder):
+        if not any(outer in folder.parents for outer in found) and containers(folder):
             found.append(folder)
     return sorted(found)
 
