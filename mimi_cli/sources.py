@@ -271,7 +271,7 @@ def _clips(record: dict, base: Path) -> Path:
     folder, where Common Voice keeps the files its ``train.tsv`` names (by name alone; a missing one is then
     said to be missing there)."""
     path = next((record[k] for k in MANIFEST_PATH_KEYS if isinstance(record.get(k), str)), "")
-    if path and not os.path.isabs(path) and not (base / path).exists() and (base / "clips").is_dir():
+    if path and not os.path.isabs(path) and not os.path.lexists(base / path) and os.path.isdir(base / "clips"):
         return base / "clips"
     return base
 

@@ -195,13 +195,15 @@ def test_csv_and_tsv_lists_with_a_header_row(tmp_path, weights_file, reference):
         (cv / "clips" / f"common_voice_{name}.wav").write_bytes((folder / f"{name}.wav").read_bytes())
     header = "client_id\tpath\tsentence\tup_votes\tage"
     rows = ['c1\tcommon_voice_one.wav\tHe said "hi", then left.\t2\ttwenties', "c2\tcommon_voice_two.wav\tAnd so.\t0\t",
-            "c3\tcommon_voice_two.wav\ttoo few", "c4\tcommon_voice_gone.wav\tMissing.\t0\t"]
+            "c3\tcommon_voice_two.wav\ttoo few", "c4\tcommon_voice_gone.wav\tMissing.\t0\t",
+            f"c5\t{'n' * 300}.wav\tA name too long for a file system.\t0\t"]  # a traceback, found by the fuzzer
     (cv / "train.tsv").write_text("\n".join([header, *rows]) + "\n")
     result = run("encode", cv / "train.tsv", "-o", tmp_path / "codes", "--parquet", tmp_path / "pq",
                  weights=weights_file)
     assert result.returncode == 1 and "2 encoded" in result.stderr, result.stderr
     assert f"failed: {cv}/train.tsv:4 has 3 values, and its first row names 5" in result.stderr
     assert f"failed: {cv}/train.tsv:5: {cv}/clips/common_voice_gone.wav does not exist" in result.stderr
+    assert f"failed: {cv}/train.tsv:6: cannot read {cv}/clips/{'n' * 300}.wav: File name too long" in result.stderr
     for name in ("one", "two"):
         np.testing.assert_array_equal(CodesFile.load(tmp_path / "codes" / f"common_voice_{name}.npz").codes,
                                       codes[name])

@@ -437,12 +437,13 @@ _JSON_VALUES = st.recursive(_JSON_SCALARS, lambda inner: st.one_of(
 
 def test_fuzz_manifest_lines(tmp_path_factory):
     """Manifest lines of any shape, NeMo's keys and lhotse's (cuts, recordings, sources, channels) mixed, as
-    text and gzip-compressed with bytes changed: listing them raises nothing (each bad line is an invalid
-    entry saying why); a compressed file that cannot be read is the reader's own error."""
+    text and gzip-compressed with bytes changed, CSV and TSV lists and a Kaldi folder's tables with bytes
+    changed: listing them raises nothing (each bad line is an invalid entry saying why); a compressed file
+    that cannot be read is the reader's own error."""
     import gzip
 
     from mimi_cli.errors import MimiError
-    from mimi_cli.sources import list_manifest
+    from mimi_cli.sources import list_kaldi, list_manifest
 
     folder = tmp_path_factory.mktemp("manifest")
     path = folder / "cuts.jsonl.gz"
@@ -452,10 +453,14 @@ def test_fuzz_manifest_lines(tmp_path_factory):
     tables = [b'path\tsentence\tduration\na.wav\tHe said "hi".\t1.5\n',
               b'file_name,text,offset\n"a,b.wav","x ""y""",2\n']
 
+    kaldi = folder / "kaldi"
+    kaldi.mkdir()
+    scp, segments = b"r1 a.wav\nr2 sox b.wav -t wav - |\nr3 x.ark:12\n", b"u1 r1 0.5 2\nu2 r2 0 -1\nu3 r9 1 0\n"
+
     @FUZZ
     @given(st.lists(st.dictionaries(_JSON_KEYS, _JSON_VALUES, max_size=7), max_size=6), mutated([seed]),
-           mutated(tables))
-    def check(records: list[dict], compressed: bytes, table: bytes) -> None:
+           mutated(tables), mutated([scp]), mutated([segments]))
+    def check(records: list[dict], compressed: bytes, table: bytes, scp_bytes: bytes, segments_bytes: bytes) -> None:
         path.write_text("\n".join(json.dumps(r) for r in records))
         bounded(lambda: list_manifest(path), MimiError)
         path.write_bytes(compressed)
@@ -463,6 +468,9 @@ def test_fuzz_manifest_lines(tmp_path_factory):
         for name in ("train.tsv", "metadata.csv"):  # CSV and TSV lists (Common Voice, an audiofolder)
             (folder / name).write_bytes(table)
             bounded(lambda table_path=folder / name: list_manifest(table_path), MimiError)
+        (kaldi / "wav.scp").write_bytes(scp_bytes)  # a Kaldi data folder
+        (kaldi / "segments").write_bytes(segments_bytes)
+        bounded(lambda: list_kaldi(kaldi), MimiError)
 
     check()
 
