@@ -453,15 +453,13 @@ _SHAR_CUTS = re.compile(r"cuts(.*)\.jsonl(\.gz)?")
 def _shar_shards(path: Path) -> list[tuple[Path, Path]]:
     """A folder's (cuts file, recording tar) pairs, matched by shard number; none if it is no Shar folder
     (a cuts manifest beside audio files, say, has no recording tar)."""
-    try:
-        names = {p.name: p for p in path.iterdir()}
+    try:  # names only, and only these: asked of every folder an input names, which may hold a million files
+        with os.scandir(path) as entries:
+            names = {e.name for e in entries if e.name.startswith(("cuts", "recording"))}
     except OSError:
         return []
-    pairs = []
-    for name in sorted(names):
-        shard = _SHAR_CUTS.fullmatch(name)
-        if shard:
-            pairs.append((names[name], path / f"recording{shard[1]}.tar"))
+    pairs = [(path / name, path / f"recording{shard[1]}.tar") for name in sorted(names)
+             if (shard := _SHAR_CUTS.fullmatch(name))]
     return pairs if any(tar.name in names for _, tar in pairs) else []
 
 
