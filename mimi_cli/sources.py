@@ -94,17 +94,28 @@ def is_container(path: Path) -> bool:
     inputs that hold many items."""
     suffix = path.suffix.lower()
     return (suffix in (".tar", ".parquet", ".arrow") or path.name.lower().endswith((*MANIFEST_NAMES, *COMPRESSED_TARS))
-            or (path.is_dir() and (any((path / name).exists() for name in DATASET_FILES) or is_shar(path)
-                                   or is_kaldi(path))))
+            or folder_kind(path) is not None)
 
 
 DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes in its folder
 
 
+def folder_kind(path: Path) -> Literal["shar", "kaldi", "dataset"] | None:
+    """What a folder of items is: lhotse Shar (cuts shards beside the recording tars that hold their audio), a
+    Kaldi data folder (a ``wav.scp``), a Hugging Face ``save_to_disk`` dataset; None for any other folder, or a
+    file."""
+    if not path.is_dir():
+        return None
+    if _shar_shards(path):
+        return "shar"
+    if (path / "wav.scp").is_file():
+        return "kaldi"
+    return "dataset" if any((path / name).exists() for name in DATASET_FILES) else None
+
+
 def is_table(path: Path) -> bool:
     """A container of rows (Parquet, Arrow, a dataset folder): what decode reads codes from, too."""
-    return is_container(path) and (path.suffix.lower() in (".parquet", ".arrow") or path.is_dir()
-                                   and not is_shar(path) and not is_kaldi(path))
+    return path.suffix.lower() in (".parquet", ".arrow") or folder_kind(path) == "dataset"
 
 
 def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) -> list[Entry]:
@@ -116,9 +127,10 @@ def list_items(path: Path, audio_column: str = "audio", manifest: bool = False) 
             return list_manifest(path)
         if suffix == ".tar":
             return list_tar(path)
-        if path.is_dir() and is_shar(path):
+        kind = folder_kind(path)
+        if kind == "shar":
             return list_shar(path)
-        if is_kaldi(path):
+        if kind == "kaldi":
             return list_kaldi(path)
         if path.name.lower().endswith(COMPRESSED_TARS):  # each member is read on its own, by any worker
             raise MimiError(f"{path} is a compressed tar shard, whose members cannot be reached one by one without "
@@ -134,11 +146,13 @@ def list_manifest(path: Path) -> list[Entry]:
     ``duration`` in seconds; other keys are carried. A lhotse cut or recording (see :func:`_from_lhotse`) is
     read as such a line. A line that is not JSON (no ``{`` or ``[`` first) is a path alone, so a plain list
     of files works too (``find … |``, one per line or ``-print0``'s NUL-separated). A file that is one JSON
-    array of such objects (or of paths) is read the same way, its items numbered from 1 as lines are.
+    array of such objects (or of paths) is read the same way, its items numbered from 1 as lines are. A ``.csv``
+    or ``.tsv`` list (``.gz`` too) is rows under a first row naming the columns (see :func:`_rows`).
     Relative paths start at the manifest (at the working folder for standard input, ``-``, or a pipe, read
     once here; for lhotse's, which lhotse opens as they are written, at the working folder too)."""
     text, base = _manifest_text(path)
     delimiter = DELIMITERS.get(Path(path.name.lower().removesuffix(".gz")).suffix)
+    clips = base / "clips" if delimiter and os.path.isdir(base / "clips") else None  # Common Voice's files
     entries = []
     for number, name, record, problem in (_rows(text, str(path), delimiter) if delimiter else
                                           _records(text, str(path))):
@@ -148,7 +162,7 @@ def list_manifest(path: Path) -> list[Entry]:
             record, problem = _from_lhotse(record, name)
         if problem is None:
             entry, problem = _manifest_entry(record, name, number, Path.cwd() if lhotse else
-                                             _clips(record, base) if delimiter else base)
+                                             _row_base(record, base, clips) if clips else base)
         entries.append(_invalid(name, problem, f"line-{number:06d}") if problem else entry)
     return entries
 
@@ -266,14 +280,12 @@ def _rows(text: str, shown: str, delimiter: str):
         raise MimiError(f"cannot read {shown} as {kind} (line {rows.line_num}: {exc})") from None
 
 
-def _clips(record: dict, base: Path) -> Path:
-    """Where a CSV or TSV row's relative path starts: the list's folder, or, for a file not there, its ``clips``
-    folder, where Common Voice keeps the files its ``train.tsv`` names (by name alone; a missing one is then
-    said to be missing there)."""
+def _row_base(record: dict, base: Path, clips: Path) -> Path:
+    """Where a CSV or TSV row's relative path starts: the list's folder, or, for a file not there, the ``clips``
+    folder beside the list, where Common Voice keeps the files its ``train.tsv`` names (by name alone; a missing
+    one is then said to be missing there)."""
     path = next((record[k] for k in MANIFEST_PATH_KEYS if isinstance(record.get(k), str)), "")
-    if path and not os.path.isabs(path) and not os.path.lexists(base / path) and os.path.isdir(base / "clips"):
-        return base / "clips"
-    return base
+    return clips if path and not os.path.isabs(path) and not os.path.lexists(base / path) else base
 
 
 def _json_array(text: str) -> list | None:
@@ -369,27 +381,28 @@ def _decompressed(data: bytes, shown: str) -> bytes:
 
 def _manifest_text(path: Path) -> tuple[str, Path]:
     """A manifest's text and the folder its relative paths start at."""
+    stdin = str(path) == STDIN
+    shown = "--inputs-from - (standard input)" if stdin else f"manifest {path}"
     try:
-        if str(path) == STDIN:
+        if stdin:
             check_stdin("--inputs-from -", "the list")
-            data, base = _bounded_read(sys.stdin.buffer, "--inputs-from - (standard input)"), Path.cwd()
+            data, base = _bounded_read(sys.stdin.buffer, shown), Path.cwd()
         else:
             kind = file_kind(os.stat(path).st_mode)
             if kind not in (None, "a pipe (FIFO)"):
                 raise MimiError(f"manifest {path} is {kind}, not a file")
             with open(path, "rb") as f:
-                data = _bounded_read(f, f"manifest {path}")
+                data = _bounded_read(f, shown)
             base = path.parent if kind is None else Path.cwd()  # a pipe's folder (/dev/fd) holds no audio
-        data = _decompressed(data, "--inputs-from - (standard input)" if str(path) == STDIN else f"manifest {path}")
-        _check_listing(max(data.count(b"\n"), data.count(b"\0")),
-                       "--inputs-from - (standard input)" if str(path) == STDIN else f"manifest {path}")
+        data = _decompressed(data, shown)
+        _check_listing(max(data.count(b"\n"), data.count(b"\0")), shown)
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16, as Windows PowerShell's `>` writes
             return data.decode("utf-16"), base
         # a byte-order mark (Notepad's UTF-8) dropped; a file name that is not UTF-8 kept as its bytes
         return data.decode("utf-8-sig", errors="surrogateescape"), base
     except (OSError, UnicodeDecodeError) as exc:
-        shown = "standard input" if str(path) == STDIN else path
-        raise MimiError(f"cannot read manifest {shown}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise MimiError(f"cannot read manifest {'standard input' if stdin else path}: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
@@ -463,11 +476,6 @@ def _shar_shards(path: Path) -> list[tuple[Path, Path]]:
     return pairs if any(tar.name in names for _, tar in pairs) else []
 
 
-def is_shar(path: Path) -> bool:
-    """A lhotse Shar folder: cuts shards beside the recording tars that hold their audio."""
-    return bool(_shar_shards(path))
-
-
 def list_shar(path: Path) -> list[Entry]:
     """A lhotse Shar folder's cuts, each the tar member named by its id (read whole: lhotse wrote the cut's audio
     alone, from its start, of its channels); every key of the cut but its recording is carried, with the tar as
@@ -509,11 +517,6 @@ def list_shar(path: Path) -> list[Entry]:
             entries.append(Entry(f"{tar}#{member}", Item("tar", str(tar), member, extra=json.dumps(carried)),
                                  relative))
     return entries
-
-
-def is_kaldi(path: Path) -> bool:
-    """A Kaldi data folder: one with a ``wav.scp``."""
-    return path.is_dir() and (path / "wav.scp").is_file()
 
 
 def list_kaldi(path: Path) -> list[Entry]:
