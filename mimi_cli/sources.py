@@ -33,6 +33,7 @@ import sys
 import tarfile
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -746,14 +747,30 @@ def _row_group_starts(file: str) -> list[int]:
 
 def _row(item: Item, columns: tuple[str, ...]) -> dict:
     """The given columns of the item's row (a Parquet row group or an Arrow file read once per worker)."""
-    return _row_table(item, columns).to_pylist()[0] if columns else {}
+    return _as_python(item, _row_table(item, columns)) if columns else {}
+
+
+def _as_python(item: Item, table) -> dict:
+    """A table of one row as a dict of Python values (a damaged file's names or strings may not be UTF-8)."""
+    with _damaged_row(item):
+        return table.to_pylist()[0]
+
+
+@contextlib.contextmanager
+def _damaged_row(item: Item) -> Iterator[None]:
+    """What pyarrow raises on a damaged file (its own errors, and Python's on bytes it decodes), as one line."""
+    pa, _ = _pyarrow()
+    try:
+        yield
+    except (pa.ArrowException, OSError, LookupError, TypeError, ValueError) as exc:
+        raise MimiError(f"cannot read row {item.key} of {item.container}: the file is damaged ({first_line(exc)})") \
+            from None
 
 
 def _row_table(item: Item, columns: tuple[str, ...]):
     """The item's row as a table of one row, its values checked to lie in their buffers."""
-    pa, _ = _pyarrow()
     row = int(item.key)
-    try:
+    with _damaged_row(item):
         if item.container.lower().endswith(".parquet"):
             starts = _row_group_starts(item.container)
             group = next((g for g in range(len(starts) - 1) if starts[g] <= row < starts[g + 1]), None)
@@ -766,9 +783,6 @@ def _row_table(item: Item, columns: tuple[str, ...]):
         if table.num_rows != 1:  # a row group that holds fewer rows than its metadata says
             raise MimiError(f"{item.container} has no row {item.key}: the file is damaged")
         table.validate(full=True)  # this row's offsets, which the cheap check of the whole table does not see
-    except (pa.ArrowException, OSError, LookupError, TypeError, ValueError) as exc:  # pyarrow's, on damaged files
-        raise MimiError(f"cannot read row {item.key} of {item.container}: the file is damaged ({first_line(exc)})") \
-            from None
     return table
 
 
@@ -785,7 +799,7 @@ def row_codes(item: Item, name: str, codec: str):
         raise MimiError(item.error)
     names = _table_shape(Path(item.container))[1]
     table = _row_table(item, (item.column, *(c for c in CODES_METADATA if c in names and c != item.column)))
-    row = table.drop_columns([item.column]).to_pylist()[0]
+    row = _as_python(item, table.drop_columns([item.column]))
     row["codes"] = _dense(table.column(item.column).combine_chunks(), name)
     return CodesFile.from_row(row, name, codec)
 

@@ -520,6 +520,67 @@ def test_fuzz_table_rows_of_codes(tmp_path_factory, form):
     check()
 
 
+@pytest.mark.parametrize("form", ["parquet", "arrow"])
+def test_fuzz_table_rows_of_audio(tmp_path_factory, form):
+    """A Hugging Face dataset's table of audio (the Audio feature's {bytes, path} structs, bytes alone, and
+    decoded {array, sampling_rate} structs, mono and [channels, samples]) with bytes changed: listing its
+    rows and reading each one's audio raise the reader's own errors only, and never end the process."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from mimi_cli.errors import MimiError
+    from mimi_cli.sources import _arrow_table, _row_group, _row_group_starts, _table_shape, list_items, open_item
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.linspace(-0.5, 0.5, 480, dtype=np.float32), 24000, format="WAV", subtype="PCM_16")
+    wav = buffer.getvalue()
+    folder = tmp_path_factory.mktemp(f"audio-{form}")
+    seeds = []
+    for number, table in enumerate([
+        pa.table({"audio": [{"bytes": wav, "path": "a.wav"}, {"bytes": None, "path": "b.wav"}],
+                  "text": ["one", "two"], "speaker": [1, 2]}),
+        pa.table({"audio": [wav, wav[:100]]}),
+        pa.table({"audio": [{"array": [0.1, -0.2, 0.3] * 40, "sampling_rate": 16000},
+                            {"array": [0.5] * 90, "sampling_rate": 8000}]}),
+        pa.table({"audio": [{"array": [[0.1] * 50, [0.2] * 50], "sampling_rate": 8000},
+                            {"array": [[0.3] * 40], "sampling_rate": 24000}]}),
+    ]):
+        seed = folder / f"seed{number}.{form}"
+        if form == "parquet":
+            pq.write_table(table, seed)
+        else:
+            with pa.ipc.new_stream(seed, table.schema) as writer:
+                writer.write_table(table)
+        seeds.append(seed.read_bytes())
+    (folder / "b.wav").write_bytes(wav)
+    path = folder / f"x.{form}"
+
+    def read_all() -> None:
+        for entry in list_items(path):
+            try:
+                with open_item(entry.item, entry.name) as reader:
+                    reader.read()
+            except MimiError:  # this row fails alone; the others are still read
+                pass
+
+    for seed in seeds:
+        path.write_bytes(seed)
+        for cached in (_arrow_table, _row_group, _row_group_starts, _table_shape):
+            cached.cache_clear()
+        assert len(list_items(path)) == 2
+        read_all()
+
+    @FUZZ
+    @given(mutated(seeds))
+    def check(data: bytes) -> None:
+        for cached in (_arrow_table, _row_group, _row_group_starts, _table_shape):  # one name, new bytes each time
+            cached.cache_clear()
+        path.write_bytes(data)
+        bounded(read_all, MimiError)
+
+    check()
+
+
 # A two-column Parquet file, bytes changed by the fuzzer above: its second chunk's level histogram does not
 # fit its schema. pyarrow's metadata of that chunk ended the process (an uncaught C++ exception, pyarrow 26).
 _HISTOGRAM_MISMATCH = (
@@ -543,3 +604,20 @@ def test_a_chunk_whose_statistics_do_not_fit_its_schema_fails_its_row(tmp_path, 
     done = run("decode", path, "-o", tmp_path / "out", weights=weights_file)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr  # it was -6 (SIGABRT)
     assert "cannot read row 0 of" in done.stderr and "the file is damaged" in done.stderr, done.stderr
+
+
+def test_a_field_name_that_is_not_utf8_fails_its_row_as_damaged(tmp_path, weights_file):
+    """The fuzzer's find: an Arrow file whose struct field's name is not UTF-8 (one byte changed) failed its row
+    as "UnicodeDecodeError: 'utf-8' codec can't decode…", Python's words, not the reader's."""
+    pa = pytest.importorskip("pyarrow")
+    path = tmp_path / "damaged.arrow"
+    table = pa.table({"audio": [{"array": [0.1] * 3000, "sampling_rate": 16000}]})
+    with pa.ipc.new_stream(path, table.schema) as writer:
+        writer.write_table(table)
+    data = bytearray(path.read_bytes())
+    data[data.index(b"array") + 1] = 0xD4  # "a\xd4ray": a lead byte without its continuation
+    path.write_bytes(bytes(data))
+    done = run("encode", path, "-o", tmp_path / "out", weights=weights_file)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "cannot read row 0 of" in done.stderr and "the file is damaged" in done.stderr, done.stderr
+    assert "failed: damaged.arrow#0: UnicodeDecodeError" not in done.stderr, done.stderr
