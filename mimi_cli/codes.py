@@ -33,6 +33,7 @@ from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, malformed
 from mimi_cli.fileio import STDOUT, Target, atomic_output, file_kind, holds, is_folder, missing
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
+from mimi_cli.npy import InvalidArrayError, read_header, read_npy, read_npy_member
 
 FORMAT_VERSION = 1
 _INT_KEYS = ("format_version", "sample_rate", "codebook_size", "num_samples", "source_sample_rate", "source_channels")
@@ -127,11 +128,8 @@ class CodesFile:
                 return cls._validated(path, archive, _read_members(path, archive))
         except InvalidCodesError:
             raise
-        except ValueError as exc:
-            if "allow_pickle" in str(exc) or "pickled" in str(exc):
-                raise InvalidCodesError(f"{path} contains pickled objects, which are never loaded; "
-                                        "write codes as plain arrays") from None
-            raise malformed(InvalidCodesError, f"codes file {path}", exc) from None
+        except InvalidArrayError as exc:  # a member's .npy header or size (mimi_cli.npy)
+            raise InvalidCodesError(str(exc)) from None
         except zipfile.BadZipFile as exc:  # a truncated download or a broken pipe's output, a flipped bit
             raise InvalidCodesError(f"{path} is not a readable codes file ({exc}): it is cut short or damaged; "
                                     "write it again") from None
@@ -145,8 +143,6 @@ class CodesFile:
         """Codes from a bare integer array (a ``.npy`` file, the one ``member`` of an ``.npz`` archive, or the one
         tensor of a ``.safetensors`` file, named by ``member``): every value checked as a codes file's are;
         length = frames × frame size."""
-        from mimi_cli.npy import InvalidArrayError, read_npy, read_npy_member
-
         config = codec_spec(codec).config()
         name = member if isinstance(member, str) else member and member.filename.removesuffix(".npy")
         shown = str(path) if member is None else f"{path} ({name})"
@@ -258,8 +254,7 @@ class CodesFile:
         expected = 2 * shape[0] * shape[1] * shape[2]
         if not expected <= info.file_size <= expected + MAX_SCALAR_BYTES:
             raise fail(f"member codes is {info.file_size:,} bytes, but its header declares {expected:,}")
-        with archive.open(info) as f:
-            codes = np.lib.format.read_array(f, allow_pickle=False)
+        codes = read_npy_member(archive, info, f"{path} (codes)", expected)
         if codes.size and int(codes.max()) >= config.codebook_size:
             raise fail(f"codes contain {int(codes.max())}, but codes must be below {config.codebook_size}")
         return cls(codes=codes, num_samples=num_samples, source_sample_rate=int(a["source_sample_rate"]),
@@ -389,11 +384,8 @@ def _read_members(path: Path, archive: zipfile.ZipFile) -> dict[str, object]:
         if members[key].file_size > MAX_SCALAR_BYTES:
             raise InvalidCodesError(f"{path}: member {key} is {members[key].file_size:,} bytes; a codes file "
                                     f"stores it in under {MAX_SCALAR_BYTES}")
-        with archive.open(members[key]) as f:
-            arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+        arrays[key] = read_npy_member(archive, members[key], f"{path} ({key})", MAX_SCALAR_BYTES, kinds=None)
     with archive.open(members["codes"]) as f:
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(f)
+        shape, _, dtype = read_header(f, members["codes"].file_size, f"{path} (codes)")
     arrays["codes"] = (shape, dtype, members["codes"])
     return arrays

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -12,6 +14,10 @@ import numpy as np
 from mimi_cli.errors import DATA_ERRORS, MimiError, first_line
 
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what a model input or a code array can be
+# The .npy format's versions (numpy.lib.format) and the size of each one's header length field.
+VERSIONS = {(1, 0): 2, (2, 0): 4, (3, 0): 4}
+# The longest header NumPy parses (its own ``max_header_size`` default): a header is a short dict literal.
+MAX_HEADER_BYTES = 10_000
 
 
 class InvalidArrayError(MimiError, ValueError):
@@ -31,28 +37,61 @@ def read_npy(path: Path | str, max_bytes: int = 4 << 30) -> np.ndarray:
 
 
 def read_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str,
-                    max_bytes: int = 4 << 30) -> np.ndarray:
+                    max_bytes: int = 4 << 30, kinds: str | None = NUMERIC_KINDS) -> np.ndarray:
     """The array of one ``.npy`` member of a zip archive (an ``.npz``), checked as :func:`read_npy` checks a
     file: against the member's size in the archive's directory, before anything is decompressed (and no
-    more than that size is ever decompressed)."""
+    more than that size is ever decompressed). ``kinds``: the dtype kinds taken (None: any but objects)."""
     try:
         with archive.open(info) as f:
             return _read_array(f, info.file_size, shown, max_bytes,
-                               lambda dtype, count: np.frombuffer(f.read(count * dtype.itemsize), dtype, count))
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise InvalidArrayError(f"cannot read {shown}: {getattr(exc, 'strerror', None) or exc}") from None
+                               lambda dtype, count: np.frombuffer(f.read(count * dtype.itemsize), dtype, count), kinds)
+    except NotImplementedError as exc:  # a compression method zipfile lacks
+        raise InvalidArrayError(f"cannot read {shown}: {exc}; write it again with NumPy (np.savez)") from None
+    except RuntimeError:  # zipfile's words for an encrypted member
+        raise InvalidArrayError(f"cannot read {shown}: it is encrypted; write it without a password") from None
+    except zipfile.BadZipFile as exc:  # a CRC that does not match, a member cut short
+        raise InvalidArrayError(f"{shown} is not readable ({exc}): it is cut short or damaged; write it again") \
+            from None
+    except OSError as exc:
+        raise InvalidArrayError(f"cannot read {shown}: {exc.strerror or exc}") from None
 
 
-def _read_array(f, size: int, shown: str, max_bytes: int, read) -> np.ndarray:
-    """The array after ``f``'s ``.npy`` header, in a file or member of ``size`` bytes: ``read(dtype, count)``."""
+def read_header(f, size: int, shown: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype from the ``.npy`` header at ``f``'s start, in a file or member of ``size``
+    bytes. The header's own length is checked before it is read: NumPy reads whatever length a header
+    declares (up to 4 GB) before it checks it, and takes an unknown version for 2.0."""
     try:
-        version = np.lib.format.read_magic(f)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(f)
-        if dtype.hasobject or dtype.kind not in NUMERIC_KINDS:
-            why = " (objects are never unpickled)" if dtype.hasobject else ""
-            raise InvalidArrayError(f"{shown} holds {dtype} values; give an array of booleans, integers or floats{why}")
+        magic = f.read(8)
+        if len(magic) < 8 or magic[:6] != np.lib.format.MAGIC_PREFIX:
+            raise InvalidArrayError(f"{shown} is not a .npy array (it does not start as one)")
+        version = (magic[6], magic[7])
+        if version not in VERSIONS:
+            raise InvalidArrayError(f"{shown} declares .npy format version {version[0]}.{version[1]}, which does "
+                                    f"not exist (1.0, 2.0, 3.0); the file is damaged")
+        field = f.read(VERSIONS[version])
+        length = int.from_bytes(field, "little")
+        if len(field) < VERSIONS[version] or length > min(MAX_HEADER_BYTES, size - 8 - len(field)):
+            raise InvalidArrayError(f"{shown}: its .npy header declares {length:,} bytes of itself, more than the "
+                                    f"file holds or NumPy reads ({MAX_HEADER_BYTES:,}); the file is damaged")
+        parse = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return parse(io.BytesIO(field + f.read(length)))
+    except InvalidArrayError:
+        raise
+    # NumPy parses the header's text as a Python literal: a damaged one can raise the tokenizer's errors too
+    except (*DATA_ERRORS, SyntaxError, tokenize.TokenError) as exc:
+        raise InvalidArrayError(f"{shown} is not a readable .npy array ({type(exc).__name__}: "
+                                f"{first_line(exc, 160)})") from None
+
+
+def _read_array(f, size: int, shown: str, max_bytes: int, read, kinds: str | None = NUMERIC_KINDS) -> np.ndarray:
+    """The array after ``f``'s ``.npy`` header, in a file or member of ``size`` bytes: ``read(dtype, count)``."""
+    shape, fortran, dtype = read_header(f, size, shown)
+    try:
+        if dtype.hasobject:
+            raise InvalidArrayError(f"{shown} holds pickled objects ({dtype}), which are never unpickled; give an "
+                                    "array of plain values")
+        if kinds is not None and dtype.kind not in kinds:
+            raise InvalidArrayError(f"{shown} holds {dtype} values; give an array of booleans, integers or floats")
         declared = math.prod(shape) * dtype.itemsize
         if declared > max_bytes:
             raise InvalidArrayError(f"{shown}: its header declares {list(shape)} {dtype} ({declared:,} bytes), "

@@ -108,6 +108,30 @@ def test_truncated_codes_file(tmp_path):
         CodesFile.load(path)
 
 
+def test_a_member_marked_encrypted_or_compressed_otherwise(tmp_path):
+    """zipfile raises RuntimeError for an encrypted member and NotImplementedError for a compression method it
+    lacks (found by the codes-file fuzzer: a flipped flag bit ended in a traceback). Each is one line."""
+    import struct
+
+    from mimi_cli.codes import load_codes
+
+    path, bare = tmp_path / "c.npz", tmp_path / "bare.npz"
+    make(frames=4).save(path)
+    np.savez(bare, audio_codes=np.zeros((8, 4), np.int64))
+    for file in (path, bare):
+        whole = file.read_bytes()
+        for at, words in ((6, "it is encrypted; write it without a password"), (8, "compression method")):
+            data = bytearray(whole)
+            for signature, offset in ((b"PK\x03\x04", at), (b"PK\x01\x02", at + 2)):  # local and central headers
+                start = data.find(signature)
+                while start >= 0:
+                    field = struct.unpack_from("<H", data, start + offset)[0]
+                    struct.pack_into("<H", data, start + offset, field | 1 if at == 6 else 99)
+                    start = data.find(signature, start + 4)
+            file.write_bytes(bytes(data))
+            with pytest.raises(InvalidCodesError, match=words):
+                load_codes(file)
+
 def test_npy_file_and_missing_file(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros(3))
     with pytest.raises(InvalidCodesError, match=".npy array"):

@@ -289,6 +289,37 @@ def test_fuzz_codes_files(tmp_path_factory):
     check()
 
 
+def test_fuzz_bare_arrays_of_codes(tmp_path_factory):
+    """A language model's codes without mimi's container (a .npy, one array in an .npz, one tensor in a
+    .safetensors file) with bytes changed: reading them raises InvalidCodesError only."""
+    from safetensors.numpy import save
+
+    from mimi_cli.codes import load_codes
+
+    codes = np.arange(40).reshape(8, 5) % 2048
+    forms = {".npy": [], ".npz": [], ".safetensors": []}
+    for array in (codes.astype(np.int64), codes.astype(np.uint16), codes[None].astype(np.int32)):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        forms[".npy"].append(buffer.getvalue())
+        forms[".npz"].append(_npz({"audio_codes": array}))
+        forms[".safetensors"].append(save({"codes": array}))
+    folder = tmp_path_factory.mktemp("bare")
+    for suffix, seeds in forms.items():
+        (folder / f"seed{suffix}").write_bytes(seeds[0])
+        assert load_codes(folder / f"seed{suffix}").num_frames == 5  # the seeds themselves are sound
+
+    @FUZZ
+    @given(st.sampled_from(sorted(forms)).flatmap(lambda suffix: st.tuples(st.just(suffix), mutated(forms[suffix]))))
+    def check(case) -> None:
+        suffix, data = case
+        path = folder / f"c{suffix}"
+        path.write_bytes(data)
+        bounded(lambda: load_codes(path), InvalidCodesError)
+
+    check()
+
+
 def test_fuzz_codes_headers_that_lie(tmp_path_factory):
     """Headers declaring huge or odd shapes over a few bytes, and members that inflate: refused before reading."""
     from mimi_cli.codes import CodesFile

@@ -21,6 +21,8 @@ import soundfile as sf
 from conftest import codes_arrays, npz_with_codes_header, run
 from coreml_builder import varint, write_mlmodelc
 
+from mimi_cli.errors import InvalidCodesError
+
 
 def inspect_fails(path: Path, *expected: str) -> str:
     """`mimi inspect` on a malformed model: exit 2, the problem as an error line, no traceback."""
@@ -188,6 +190,37 @@ def test_codes_file_that_inflates_is_refused_from_its_directory(tmp_path):
         elapsed = decode_fails(tmp_path / "bomb.npz", tmp_path, "member format_version", "bytes", extra=extra)
         assert elapsed < 30
 
+
+def test_an_npy_header_that_declares_gigabytes_of_itself_is_refused_unread(tmp_path):
+    """A .npy header's own length (4 bytes in versions 2 and 3): NumPy reads that many bytes before checking it.
+    A codes file of 1 MB whose codes member declared a 1 GiB header over 1 GiB of zeros had 2 GB allocated and
+    was then called "pickled"; a 20-byte .npy file had what its header declared (4 GB) allocated. Now both are
+    refused from the length (here 4 GB declared over 256 MiB of zeros, deflated to 256 KiB)."""
+    import tracemalloc
+
+    from mimi_cli.codes import load_codes
+
+    lie = b"\x93NUMPY\x02\x00" + (0xFFFFFFF0).to_bytes(4, "little")
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        for key, value in codes_arrays().items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                if key != "codes":
+                    np.save(member, value)
+                    continue
+                member.write(lie)
+                for _ in range(16):
+                    member.write(bytes(16 << 20))
+    (tmp_path / "lie.npy").write_bytes(lie + b"{}\n")
+    (tmp_path / "v77.npy").write_bytes(b"\x93NUMPYMP" + bytes(40))  # a version NumPy would read as 2.0
+    for name, words in (("bomb.npz", "bytes of itself"), ("lie.npy", "bytes of itself"),
+                        ("v77.npy", "version 77.80, which does not exist")):
+        tracemalloc.start()
+        with pytest.raises(InvalidCodesError, match=words):
+            load_codes(tmp_path / name)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 32 << 20, f"{name}: {peak >> 20} MiB"
+    decode_fails(tmp_path / "bomb.npz", tmp_path, "(codes)", "bytes of itself", "damaged")
 
 def test_codes_header_claiming_a_huge_shape(tmp_path):
     (tmp_path / "huge.npz").write_bytes(npz_with_codes_header((1, 8, 2**40), "<u2", bytes(64)))
