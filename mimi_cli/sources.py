@@ -923,9 +923,11 @@ def _row_audio(item: Item, name: str) -> bytes:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, str) and value:  # a path: absolute, or relative to the table's folder or the working one
-        path = Path(value)
-        if not path.is_absolute() and (Path(item.container).parent / value).exists():
-            path = Path(item.container).parent / value
+        if "\0" in value:
+            raise InvalidAudioError(f"{name}: its path holds a NUL character, which no file name can")
+        path, beside = Path(value), Path(item.container).parent / value
+        if not path.is_absolute() and os.path.lexists(beside):  # lexists: False, not an error, for too long a name
+            path = beside
         try:
             st = path.stat()
             kind = file_kind(st.st_mode) or (f"{st.st_size:,} bytes" if st.st_size > MAX_MEMBER_BYTES else None)

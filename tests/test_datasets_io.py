@@ -1126,6 +1126,23 @@ def test_decoded_audio_saved_as_a_plain_struct(tmp_path, weights_file, reference
     assert stereo.source_channels == 2
 
 
+def test_a_row_whose_path_no_file_system_takes_fails_alone(tmp_path, weights_file, reference):
+    """A row's path with a NUL or too long for the file system (found by the audio-table fuzzer): the look-up
+    beside the table raised ("ValueError: embedded null byte", "OSError: [Errno 36] …"). Each row fails alone,
+    in words, and the good row is encoded."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    folder, codes = reference
+    paths = ["a\0b.wav", "x" * 300 + ".wav", str(folder / "one.wav")]
+    pq.write_table(pa.table({"audio": [{"bytes": None, "path": p} for p in paths]}), tmp_path / "t.parquet")
+    result = run("encode", tmp_path / "t.parquet", "-o", tmp_path / "codes", weights=weights_file)
+    assert result.returncode == 1 and "1 encoded" in result.stderr and "Traceback" not in result.stderr
+    assert "t.parquet#0: its path holds a NUL character" in result.stderr, result.stderr
+    assert "t.parquet#1: cannot read" in result.stderr and "(File name too long)" in result.stderr, result.stderr
+    assert "Error:" not in result.stderr, result.stderr
+    np.testing.assert_array_equal(CodesFile.load(tmp_path / "codes" / "t" / "00000002.npz").codes, codes["one"])
+
 def test_dataset_without_the_audio_column(tmp_path, weights_file, hf_dataset):
     result = run("encode", hf_dataset / "train.parquet", "--audio-column", "speech", "--parquet", tmp_path / "pq",
                  weights=weights_file)
