@@ -33,7 +33,7 @@ from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, malformed
 from mimi_cli.fileio import STDOUT, Target, atomic_output, file_kind, holds, is_folder, missing
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
-from mimi_cli.npy import InvalidArrayError, read_header, read_npy, read_npy_member
+from mimi_cli.npy import InvalidArrayError, open_member, read_header, read_npy, read_npy_member
 
 FORMAT_VERSION = 1
 _INT_KEYS = ("format_version", "sample_rate", "codebook_size", "num_samples", "source_sample_rate", "source_channels")
@@ -385,7 +385,7 @@ def _read_members(path: Path, archive: zipfile.ZipFile) -> dict[str, object]:
             raise InvalidCodesError(f"{path}: member {key} is {members[key].file_size:,} bytes; a codes file "
                                     f"stores it in under {MAX_SCALAR_BYTES}")
         arrays[key] = read_npy_member(archive, members[key], f"{path} ({key})", MAX_SCALAR_BYTES, kinds=None)
-    with archive.open(members["codes"]) as f:
+    with open_member(archive, members["codes"], f"{path} (codes)") as f:
         shape, _, dtype = read_header(f, members["codes"].file_size, f"{path} (codes)")
     arrays["codes"] = (shape, dtype, members["codes"])
     return arrays

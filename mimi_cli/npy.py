@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import lzma
 import math
 import os
 import tokenize
 import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -41,15 +46,23 @@ def read_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str,
     """The array of one ``.npy`` member of a zip archive (an ``.npz``), checked as :func:`read_npy` checks a
     file: against the member's size in the archive's directory, before anything is decompressed (and no
     more than that size is ever decompressed). ``kinds``: the dtype kinds taken (None: any but objects)."""
+    with open_member(archive, info, shown) as f:
+        return _read_array(f, info.file_size, shown, max_bytes,
+                           lambda dtype, count: np.frombuffer(f.read(count * dtype.itemsize), dtype, count), kinds)
+
+
+@contextlib.contextmanager
+def open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str) -> Iterator[IO[bytes]]:
+    """One member of a zip archive, open to read; what zipfile and its decompressors raise on a damaged or odd
+    member, in the block too, as one InvalidArrayError."""
     try:
         with archive.open(info) as f:
-            return _read_array(f, info.file_size, shown, max_bytes,
-                               lambda dtype, count: np.frombuffer(f.read(count * dtype.itemsize), dtype, count), kinds)
+            yield f
     except NotImplementedError as exc:  # a compression method zipfile lacks
         raise InvalidArrayError(f"cannot read {shown}: {exc}; write it again with NumPy (np.savez)") from None
     except RuntimeError:  # zipfile's words for an encrypted member
         raise InvalidArrayError(f"cannot read {shown}: it is encrypted; write it without a password") from None
-    except zipfile.BadZipFile as exc:  # a CRC that does not match, a member cut short
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError) as exc:  # a CRC that does not match, damaged deflate
         raise InvalidArrayError(f"{shown} is not readable ({exc}): it is cut short or damaged; write it again") \
             from None
     except OSError as exc:

@@ -110,7 +110,8 @@ def test_truncated_codes_file(tmp_path):
 
 def test_a_member_marked_encrypted_or_compressed_otherwise(tmp_path):
     """zipfile raises RuntimeError for an encrypted member and NotImplementedError for a compression method it
-    lacks (found by the codes-file fuzzer: a flipped flag bit ended in a traceback). Each is one line."""
+    lacks, zlib its own error for a damaged deflate stream (found by the codes-file fuzzers: a flipped flag bit,
+    a changed byte of a deflated member, each ended in a traceback). Each is one line."""
     import struct
 
     from mimi_cli.codes import load_codes
@@ -131,6 +132,17 @@ def test_a_member_marked_encrypted_or_compressed_otherwise(tmp_path):
             file.write_bytes(bytes(data))
             with pytest.raises(InvalidCodesError, match=words):
                 load_codes(file)
+    # a deflated member whose first block is of the type deflate reserves: zlib's error, not a CRC's
+    made = make(frames=4)
+    for file, arrays in ((path, {key: getattr(made, key) for key in KEYS}),
+                         (bare, {"audio_codes": np.zeros((8, 4), np.int64)})):
+        np.savez_compressed(file, **arrays)
+        data = bytearray(file.read_bytes())
+        names, extras = struct.unpack_from("<HH", data, 26)
+        data[30 + names + extras] = 0xFF
+        file.write_bytes(bytes(data))
+        with pytest.raises(InvalidCodesError, match="invalid block type.*cut short or damaged; write it again$"):
+            load_codes(file)
 
 def test_npy_file_and_missing_file(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros(3))

@@ -266,16 +266,17 @@ def test_fuzz_safetensors(tmp_path_factory):
 # ----------------------------------------------------------------------------- codes files
 
 
-def _npz(arrays: dict) -> bytes:
+def _npz(arrays: dict, compressed: bool = False) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
     return buffer.getvalue()
 
 
 def test_fuzz_codes_files(tmp_path_factory):
     from mimi_cli.codes import CodesFile
 
-    seeds = [_npz(codes_arrays(5)), _npz(codes_arrays(1)), _npz({**codes_arrays(3), "codec": np.array("mimi")})]
+    seeds = [_npz(codes_arrays(5)), _npz(codes_arrays(1)), _npz({**codes_arrays(3), "codec": np.array("mimi")}),
+             _npz(codes_arrays(5), compressed=True)]  # deflated members: zlib's errors too
     path = tmp_path_factory.mktemp("codes") / "c.npz"
     path.write_bytes(seeds[0])
     assert CodesFile.load(path).num_frames == 5  # the seed itself is sound
@@ -302,7 +303,7 @@ def test_fuzz_bare_arrays_of_codes(tmp_path_factory):
         buffer = io.BytesIO()
         np.save(buffer, array)
         forms[".npy"].append(buffer.getvalue())
-        forms[".npz"].append(_npz({"audio_codes": array}))
+        forms[".npz"] += [_npz({"audio_codes": array}), _npz({"audio_codes": array}, compressed=True)]
         forms[".safetensors"].append(save({"codes": array}))
     folder = tmp_path_factory.mktemp("bare")
     for suffix, seeds in forms.items():
