@@ -21,6 +21,9 @@ samples are those a read from the start gives. A second holds the furthest an MP
 and the frame and filter bank after it; spans into 8 kbps MP3s at 8–24 kHz were measured exact (to 1.2e-7, how
 reads of other sizes round).
 """
+import io
+import os
+
 import soundfile
 
 # Formats whose decoder carries state from one frame to the next (libsndfile's names): MP3's bit reservoir,
@@ -31,7 +34,12 @@ REWIND_SECONDS = 1.0
 
 class SoundFile(soundfile.SoundFile):
     """A ``soundfile.SoundFile`` (for reading) whose seeks leave its decoder's state as a read from the start
-    would have it."""
+    would have it; a file object (bytes held in memory) is read through :class:`_LikeLseek`."""
+
+    def __init__(self, file, *args, **kwargs):
+        if not isinstance(file, (str, bytes, int, os.PathLike)):
+            file = _LikeLseek(file)
+        super().__init__(file, *args, **kwargs)
 
     def seek(self, frames: int, whence: int = soundfile.SEEK_SET) -> int:
         here = super().seek(0, soundfile.SEEK_CUR)  # libsndfile's own count, without a seek
@@ -49,3 +57,31 @@ class SoundFile(soundfile.SoundFile):
                 return super().seek(frames)
             start += dropped
         return start
+
+
+class _LikeLseek:
+    """A file object as libsndfile's virtual I/O should see it: a seek to before the start fails as ``lseek``
+    does, returning -1, where a file object raises. python-soundfile's seek callback (``file.seek`` then
+    ``file.tell()``) runs inside libsndfile's C code, so what it raises cannot reach the caller: Python prints
+    it with a traceback ("Exception ignored from cffi callback … negative seek value -1": an AIFF chunk whose
+    size sends libsndfile back before the start) and libsndfile carries on. A file on disk opened by name
+    gets the -1 from the system; bytes held in memory (a tar member, a dataset's row) now get it too."""
+
+    def __init__(self, f):
+        self._f, self._failed = f, False
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        try:
+            return self._f.seek(offset, whence)
+        except (OSError, ValueError):
+            self._failed = True  # the position is unchanged, as lseek leaves it; the tell() that follows says -1
+            return -1
+
+    def tell(self) -> int:
+        if self._failed:
+            self._failed = False
+            return -1
+        return self._f.tell()
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
