@@ -63,8 +63,8 @@ class _LikeLseek:
     """A file object as libsndfile's virtual I/O should see it: a seek to before the start fails as ``lseek``
     does, returning -1, where a file object raises. python-soundfile's seek callback (``file.seek`` then
     ``file.tell()``) runs inside libsndfile's C code, so what it raises cannot reach the caller: Python prints
-    it with a traceback ("Exception ignored from cffi callback … negative seek value -1": an AIFF chunk whose
-    size sends libsndfile back before the start) and libsndfile carries on. A file on disk opened by name
+    it with a traceback ("Exception ignored from cffi callback … negative seek value -1": a damaged AIFF chunk
+    sends libsndfile's chunk walk back before the start) and libsndfile carries on. A file on disk opened by name
     gets the -1 from the system; bytes held in memory (a tar member, a dataset's row) now get it too."""
 
     def __init__(self, f):
