@@ -25,6 +25,7 @@ import glob
 import json
 import os
 import re
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -166,7 +167,9 @@ def plan(job: Job) -> Plan:
     if s.kind == "encode" and output_is_file and output != STDOUT:
         _check_codes_name(Path(output))
     for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
-        if extra is not None and "://" not in extra:
+        if is_stdout(extra):
+            _check_extra_to_stdout(label, tasks)
+        elif extra is not None and "://" not in extra:
             _check_extra_output(Path(extra), label, s.replace or job.skip_existing, inputs, tasks)
     if job.parquet is not None and "://" in job.parquet:
         remote_folder(job.parquet, s.replace or job.skip_existing, planning=True)
@@ -431,6 +434,18 @@ def _apart(first: Input, entry: Input) -> str:
     return "two containers of the same name: encode them in two runs, with two -o folders"
 
 
+def _check_extra_to_stdout(label: str, tasks: list[Task]) -> None:
+    """``--manifest -``: the manifest's lines to standard output (once the run is over, whole, as ``-o -`` writes),
+    where nothing else of the run goes; ``--parquet -`` is refused: shards fill a folder."""
+    if label == "--parquet":
+        raise MimiError("--parquet writes shards into a folder or a store (--parquet DIR, s3://bucket/codes), not to "
+                        "standard output")
+    if any(is_stdout(t.output) for t in tasks):
+        raise MimiError("-o - and --manifest - would both write to standard output; give the manifest a file name")
+    if sys.stdout is None or getattr(sys.stdout, "closed", False):  # closed: cli.main's stand-in for None
+        raise MimiError("--manifest -: standard output is closed; redirect it (> file, | program) or give a file name")
+
+
 def _check_extra_output(path: Path, label: str, replace_ok: bool, inputs: set, tasks: list[Task]) -> None:
     """A manifest or Parquet folder: writable, not an input, not one of the run's outputs, before any work."""
     if any(t.output is not None and not is_stdout(t.output) and Path(t.output) == path for t in tasks):
@@ -530,7 +545,8 @@ def execute(p: Plan, on_result: Callable[[FileResult], None] = lambda r: None,
         if shards is not None:
             shards.close(complete)
         if p.job.manifest is not None:
-            write_manifest(Path(p.job.manifest), _with_not_run(p.tasks, results, start),
+            write_manifest(p.job.manifest if is_stdout(p.job.manifest) else Path(p.job.manifest),
+                           _with_not_run(p.tasks, results, start),
                            p.settings.replace or p.job.skip_existing)
     by_task = {r.key: r for r in results}
     return [by_task[t.key] for t in p.tasks]
@@ -554,8 +570,8 @@ def _with_not_run(tasks: list[Task], results: list[FileResult], start: float) ->
     return rows
 
 
-def write_manifest(path: Path, results: list[FileResult], replace: bool) -> None:
-    """One JSON object per input, in input order, written atomically."""
+def write_manifest(path: Target, results: list[FileResult], replace: bool) -> None:
+    """One JSON object per input, in input order, written atomically (``-``: to standard output, once whole)."""
     with atomic_output(path, replace) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for result in results:
             f.write(result.manifest_line() + "\n")

@@ -292,7 +292,8 @@ SkipExistingOption = Annotated[bool, typer.Option(
                              "weights or --sample-rate) stop the run before any work (with -f they are made "
                              "again).")]
 ManifestOption = Annotated[Optional[str], typer.Option(
-    "--manifest", help="Write one JSON line per input: input, output, status, duration_s, frames, error, warnings.",
+    "--manifest", help="Write one JSON line per input: input, output, status, duration_s, frames, error, warnings "
+                       "('-': standard output, once the run is over).",
     show_default=False, metavar="PATH.jsonl")]
 EngineOption = Annotated[str, typer.Option(
     "--engine", help="local (processes on this machine) or ray (Ray Data: this machine, or the cluster at "

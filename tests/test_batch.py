@@ -379,6 +379,23 @@ def test_batch_usage_errors(corpus, tmp_path):
     assert (tmp_path / "m.jsonl").read_text() == "an earlier run's manifest\n" and not (tmp_path / "out").exists()
 
 
+def test_a_manifest_to_standard_output(corpus, weights_file, tmp_path):
+    """`--manifest -` wrote a file named "-" in the working folder; "-" is standard output, as for -o. The lines
+    come once the run is over, nothing else of the run on standard output; --parquet - and a second user of
+    standard output are refused before any work."""
+    result = run("encode", corpus, "-r", "-o", tmp_path / "out", "--manifest", "-", "-q", weights=weights_file,
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(Path(r["input"]).name for r in rows) == ["a.wav", "b.flac", "c.wav", "d.ogg"]
+    assert all(r["status"] == "done" and Path(r["output"]).is_file() for r in rows)
+    assert not (tmp_path / "-").exists()
+    for extra, words in ((["-o", "-", "--manifest", "-"], "would both write to standard output"),
+                         (["-o", f"{tmp_path}/p/", "--parquet", "-"], "not to standard output")):
+        result = run("encode", corpus / "a.wav", *extra, weights=weights_file, cwd=tmp_path)
+        assert result.returncode == 1 and words in result.stderr and not result.stdout, result.stderr
+    assert not (tmp_path / "-").exists() and not (tmp_path / "p").exists()
+
 def test_ray_engine_without_ray_says_how_to_install_it(corpus, weights_file, tmp_path):
     fake = tmp_path / "site"
     (fake / "ray").mkdir(parents=True)
