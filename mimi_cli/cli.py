@@ -515,7 +515,8 @@ def roundtrip(
         _fail("roundtrip prints its metrics on standard output; give -o a file name", code=2)
     input, output, plot = (None if p is None else Path(as_written(p)) for p in (input, output, plot))
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
-        _fail(f"--plot writes .png, .svg or .pdf, not {plot.suffix or 'a file without extension'}", code=2)
+        given = "to standard output" if str(plot) == "-" else plot.suffix or "a file without extension"
+        _fail(f"--plot writes .png, .svg or .pdf, not {given}", code=2)
     with _user_errors(), _threads(threads, say):
         from mimi_cli.pipeline import Models, Settings, roundtrip_file
 

@@ -263,6 +263,8 @@ def check_stdin(given: str, what: str) -> None:
 def check_suffix(path: Path, what: str, suffixes: tuple[str, ...], folder_hint: bool = False) -> None:
     """An output file's name says what it holds: refuse another suffix (an .npz named out.txt misleads the next
     tool, as audio written under a name no audio format has would). ``folder_hint``: -o could name a folder."""
+    if str(path) == STDOUT:  # "-" (or "./-", which a Path makes "-": a name without the suffix either way)
+        raise MimiError(f"{what} go to a file here, not to standard output ('-'); give a {' or '.join(suffixes)} name")
     if path.suffix.lower() not in suffixes:
         folder = ", or end it with / for a folder" if folder_hint and not path.suffix else ""
         raise MimiError(f"cannot write {what} as {path.suffix or 'a file without extension'}; give a "

@@ -184,6 +184,8 @@ def test_convert_refusals_leave_no_file(tmp_path, weights_file):
     cases = [  # (arguments, exit code: 2 for usage errors, message)
         (("convert", other, tmp_path / "out.safetensors"), 1, "not a Mimi checkpoint"),
         (("convert", weights_file, tmp_path / "out.npz"), 1, "cannot write weights as .npz; give a .safetensors name"),
+        (("convert", weights_file, "-"), 1, "weights go to a file here, not to standard output ('-'); give a "
+                                            ".safetensors name"),  # was "as a file without extension"
         (("convert", weights_file, tmp_path / "out.safetensors", "--dtype", "f8"), 2, "--dtype takes one of"),
         (("convert", weights_file, tmp_path / "out.safetensors", "--naming", "x"), 2, "--naming takes one of"),
         (("convert", weights_file, weights_file, "-f"), 1, "is also an input of this run"),
