@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import json
 import os
 import re
 import sys
@@ -36,7 +35,7 @@ from typing import Literal
 
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_cores, usable_threads
-from mimi_cli.errors import MimiError, OutputExistsError, first_line, physical_memory
+from mimi_cli.errors import MimiError, OutputExistsError, dumps_json, first_line, physical_memory
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, file_ids,
                              file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path, missing,
                              output_exists, remove_temporaries, url)
@@ -843,7 +842,7 @@ def _parquet_table(pa, rows: list[dict], carried: list[str], split: bool):
         except (pa.ArrowException, TypeError, ValueError, OverflowError):  # mixed types; an integer beyond 64 bits
             array = None
         if array is None or _nesting(array.type) > MAX_CARRIED_NESTING:
-            array = pa.array([None if v is None else json.dumps(v, default=str) for v in values], pa.string())
+            array = pa.array([None if v is None else dumps_json(v) for v in values], pa.string())
         table = table.append_column(key, array)
     return table
 

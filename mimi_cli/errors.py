@@ -3,6 +3,8 @@
 Every message says what is wrong and, where it helps, what to do about it.
 """
 
+import math
+
 
 class MimiError(Exception):
     """Base class: a problem with the user's input, files or environment, not a bug."""
@@ -88,6 +90,26 @@ def loads_json(text: str | bytes, unique_keys: bool = False) -> object:
         return json.loads(text, object_pairs_hook=_unique_keys if unique_keys else None)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def dumps_json(value: object, ensure_ascii: bool = True) -> str:
+    """``json.dumps`` that writes standard JSON: NaN and ±Infinity (a float column's missing values), for which
+    JSON has no words, are written as null, where Python writes ``NaN``, which jq, JavaScript and most other
+    readers refuse; a value JSON has no type for is written as its text."""
+    import json
+
+    return json.dumps(_finite(value), ensure_ascii=ensure_ascii, default=str)
+
+
+def _finite(value: object, depth: int = 0) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth < 100:  # JSON that deep is no metadata anyone reads; json.dumps writes it as it is
+        if isinstance(value, dict):
+            return {key: _finite(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_finite(item, depth + 1) for item in value]
+    return value
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:

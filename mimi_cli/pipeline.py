@@ -25,7 +25,7 @@ import numpy as np
 from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, decoder_warnings, open_audio,
                             read_blocks, read_open, resample, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
-from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, first_line,
+from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, dumps_json, first_line,
                              out_of_memory, over_memory)
 from mimi_cli.fileio import Readable, Target, atomic_output, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
@@ -283,17 +283,15 @@ class FileResult:
         return self.input, self.output
 
     def manifest_line(self) -> str:
-        import json
-
         own = {**{key: getattr(self, key) for key in MANIFEST_KEYS}, **({"node": self.node} if self.node else {})}
         # the run's own fields win over an item's keys of the same names (an earlier run's manifest given
         # as this run's input carries its "status" and "error": they would be taken for this run's)
         record = {**own, **{k: v for k, v in (self.carried or {}).items() if k not in own}}
-        line = json.dumps(record, ensure_ascii=False, default=str)
+        line = dumps_json(record, ensure_ascii=False)
         try:
             line.encode("utf-8")
         except UnicodeEncodeError:  # a file name that is not UTF-8 (Python holds its bytes as surrogates):
-            line = json.dumps(record, default=str)  # \udcXX escapes, which json.loads and os.fsencode undo
+            line = dumps_json(record)  # \udcXX escapes, which json.loads and os.fsencode undo
         return line
 
 

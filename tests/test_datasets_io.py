@@ -1143,6 +1143,31 @@ def test_a_row_whose_path_no_file_system_takes_fails_alone(tmp_path, weights_fil
     assert "Error:" not in result.stderr, result.stderr
     np.testing.assert_array_equal(CodesFile.load(tmp_path / "codes" / "t" / "00000002.npz").codes, codes["one"])
 
+def test_a_manifest_carries_nan_as_json_null(tmp_path, weights_file, reference):
+    """A float column's missing values (NaN, as pandas writes them) and infinities carried into the run's manifest
+    were written as Python's NaN and Infinity, which are not JSON: jq, JavaScript and most readers refused the
+    line. They are null now; the Parquet shards keep them as the floats they are."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    folder, _ = reference
+    wav = (folder / "one.wav").read_bytes()
+    pq.write_table(pa.table({"audio": [{"bytes": wav, "path": "one.wav"}], "snr": [float("nan")],
+                             "score": [float("-inf")]}), tmp_path / "t.parquet")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"audio_filepath": str(folder / "one.wav"), "x": [1, float("inf")],
+                                                  "y": {"z": float("nan")}}) + "\n")
+    result = run("encode", tmp_path / "t.parquet", tmp_path / "m.jsonl", "-o", tmp_path / "codes", "--manifest",
+                 tmp_path / "run.jsonl", "--parquet", tmp_path / "pq", weights=weights_file)
+    assert result.returncode == 0, result.stderr
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
+    assert (rows[0]["snr"], rows[0]["score"], rows[1]["x"], rows[1]["y"]) == (None, None, [1, None], {"z": None})
+    shard = pq.read_table(tmp_path / "pq").to_pylist()
+    assert np.isnan(shard[0]["snr"]) and shard[0]["score"] == float("-inf")
+
 def test_dataset_without_the_audio_column(tmp_path, weights_file, hf_dataset):
     result = run("encode", hf_dataset / "train.parquet", "--audio-column", "speech", "--parquet", tmp_path / "pq",
                  weights=weights_file)
