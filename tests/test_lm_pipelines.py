@@ -381,3 +381,19 @@ def test_pipe_misuse_is_one_line(tmp_path, weights_file, dialogue, command, mess
     assert result.returncode != 0 and message in said and len(said.splitlines()) == 1, said
     assert "Traceback" not in said and "mimi-input-" not in said
     assert not list(tmp_path.glob("*.npz")) and not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_codes_file_written_by_hand_as_documented(tmp_path, weights_file):
+    """docs/codes-format.md's hand-written codes file (a language model's output): with an empty weights_id it
+    decodes without a word; with a name that is not the weights' own ("sha256:unknown", which the example
+    wrote before) every decode warned of other weights."""
+    codes = np.random.default_rng(0).integers(0, 2048, (8, 20))
+    for weights_id, warned in (("", False), ("sha256:unknown", True)):
+        np.savez(tmp_path / "generated.npz", codes=codes.astype(np.uint16)[None], format_version=np.array(1),
+                 sample_rate=np.array(24000), frame_rate=np.array(12.5), codebook_size=np.array(2048),
+                 num_samples=np.array(codes.shape[1] * 1920), source_sample_rate=np.array(24000),
+                 source_channels=np.array(1), weights_id=np.array(weights_id))
+        result = run("decode", tmp_path / "generated.npz", "-o", tmp_path / "out.wav", "-f", weights=weights_file)
+        assert result.returncode == 0, result.stderr
+        assert ("was encoded with weights sha256:unknown" in result.stderr) == warned, result.stderr
+        assert sf.info(tmp_path / "out.wav").frames == 20 * 1920
