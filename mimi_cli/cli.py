@@ -451,13 +451,13 @@ def _show_single(result, say: _Messages) -> None:
     for warning in result.warnings:
         _warn(warning)
     speed = f"in {result.model_seconds:.2f} s ({result.duration_s / max(result.model_seconds, 1e-9):.1f}× real time)"
+    source = "standard input" if result.input == "-" else result.input
     shown = "standard output" if result.output == "-" else result.output
     shape = f"{_count(result.frames, 'frame')} × {_count(result.num_codebooks, 'codebook')}"
     if result.sample_rate is None:  # encoded
-        say.note(f"{result.input}: {result.duration_s:.2f} s → {shape} ({result.bitrate_kbps:.2f} kbps) {speed} "
-                 f"→ {shown}")
+        say.note(f"{source}: {result.duration_s:.2f} s → {shape} ({result.bitrate_kbps:.2f} kbps) {speed} → {shown}")
     else:
-        say.note(f"{result.input}: {shape} → {result.duration_s:.2f} s at {result.sample_rate} Hz {speed} → {shown}")
+        say.note(f"{source}: {shape} → {result.duration_s:.2f} s at {result.sample_rate} Hz {speed} → {shown}")
 
 
 def _count(n: int, noun: str) -> str:

@@ -190,6 +190,7 @@ def test_stdin_and_stdout_in_both_directions(tmp_path, weights_file, dialogue, e
     wav = (dialogue / "left.wav").read_bytes()
     piped = mimi("encode", "-", "-o", "-", stdin=wav, weights=weights_file)
     assert piped.returncode == 0, piped.stderr
+    assert "\nstandard input: 2.50 s → " in piped.stderr.decode(), piped.stderr  # it said "-: 2.50 s → …"
     (tmp_path / "piped.npz").write_bytes(piped.stdout)
     np.testing.assert_array_equal(CodesFile.load(tmp_path / "piped.npz").codes, CodesFile.load(encoded).codes)
     decoded = mimi("decode", "-", "-o", "-", stdin=piped.stdout, weights=weights_file)
