@@ -112,15 +112,6 @@ def plan(job: Job) -> Plan:
                         "or - for standard output")
     if pipes and (job.jobs > 1 or job.engine == "ray"):
         raise MimiError(f"{pipes[0]} is a pipe, which only this process can read; drop --jobs and --engine ray")
-    if job.engine == "ray":  # Ray workers have working folders of their own: every path is made absolute
-        if s.weights and os.path.exists(s.weights):
-            s = replace(s, weights=os.path.abspath(s.weights))
-        job = replace(job, settings=s, inputs=tuple(p if p == STDIN else os.path.abspath(os.path.expanduser(p))
-                                        for p in job.inputs),
-                      manifests=tuple(p if p == STDIN or is_pipe(Path(p)) else os.path.abspath(os.path.expanduser(p))
-                                      for p in job.manifests),
-                      output=None if job.output in (None, STDOUT) else
-                      os.path.abspath(os.path.expanduser(job.output)) + ("/" if job.output.endswith("/") else ""))
     suffixes, suffix, beside = ((AUDIO_SUFFIXES, ".npz", ".npz") if s.kind == "encode"
                                 else (CODES_SUFFIXES, ".wav", ".decoded.wav"))
     paths = [Path(p) for p in job.inputs]

@@ -34,12 +34,19 @@ TRIES = 3  # how many actors a file that kills them may take down: Ray Data's de
 
 
 class FileActor:
-    """One :class:`~mimi_cli.pipeline.Worker` per actor (weights loaded on its first file), one BLAS thread."""
+    """One :class:`~mimi_cli.pipeline.Worker` per actor (weights loaded on its first file), one BLAS thread.
 
-    def __init__(self, settings: Settings):
+    It works in ``folder``, the one the command was run from, where that folder exists on its node (a shared
+    file system mounted at the same path, as the inputs and outputs must be): a relative path then names the
+    same file as in the driver, and results name files as the local engine's do. (Ray starts an actor in a
+    folder of its own session.)"""
+
+    def __init__(self, settings: Settings, folder: str | None = None):
         from mimi_cli.core.threads import keep_freed_memory, set_threads
         from mimi_cli.pipeline import Worker
 
+        if folder is not None and os.path.isdir(folder):
+            os.chdir(folder)
         keep_freed_memory()  # as the mimi command does (see cli.main)
         set_threads(settings.threads)
         self.worker = Worker(settings)
@@ -94,8 +101,8 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int) -> Iterator[File
         pool = ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1)
         with warnings.catch_warnings():  # Ray 2.60 names no parameter for it and calls the keyword deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
-            ds = ds.map(FileActor, fn_constructor_kwargs={"settings": settings}, compute=pool, num_cpus=1,
-                        runtime_env={"env_vars": env}, max_task_retries=TRIES - 1)
+            ds = ds.map(FileActor, fn_constructor_kwargs={"settings": settings, "folder": os.getcwd()}, compute=pool,
+                        num_cpus=1, runtime_env={"env_vars": env}, max_task_retries=TRIES - 1)
         returned = set()
         try:
             for row in ds.iter_rows():

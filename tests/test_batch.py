@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import signal
 import subprocess
@@ -407,22 +408,32 @@ def test_ray_engine_without_ray_says_how_to_install_it(corpus, weights_file, tmp
 
 
 def test_ray_engine_matches_the_local_engine(corpus, weights_file, tmp_path):
-    """Ray for real, in local mode (2 CPUs): same files, byte for byte, and Parquet shards of the codes."""
+    """Ray for real, in local mode (2 CPUs): same files, byte for byte, and Parquet shards of the codes; the
+    manifests name the files as given (relative), as the local engine's do (Ray's named them absolute: its
+    actors started in folders of their own, so every path was made absolute before it was sent)."""
     pytest.importorskip("ray.data")
     pq = pytest.importorskip("pyarrow.parquet")
     local, on_ray = tmp_path / "local", tmp_path / "ray"
-    assert run("encode", corpus, "-r", "-o", local, "--jobs", "2", weights=weights_file).returncode == 0
-    result = run("encode", corpus, "-r", "-o", on_ray, "--jobs", "2", "--engine", "ray", "--parquet",
-                 tmp_path / "shards", "--manifest", tmp_path / "m.jsonl", weights=weights_file,
-                 env_extra={"RAY_ADDRESS": ""})
+    given = os.path.relpath(corpus, tmp_path)
+    assert run("encode", given, "-r", "-o", "local", "--jobs", "2", "--manifest", "local.jsonl", weights=weights_file,
+               cwd=tmp_path).returncode == 0
+    result = run("encode", given, "-r", "-o", "ray", "--jobs", "2", "--engine", "ray", "--parquet",
+                 tmp_path / "shards", "--manifest", "m.jsonl", weights=weights_file,
+                 env_extra={"RAY_ADDRESS": ""}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    rows = {name: [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+            for name in ("local.jsonl", "m.jsonl")}
+    assert [r["input"] for r in rows["m.jsonl"]] == [r["input"] for r in rows["local.jsonl"]]
+    assert all(r["input"].startswith(given) for r in rows["m.jsonl"])
+    outputs = [r["output"].replace("local", "ray", 1) for r in rows["local.jsonl"]]
+    assert [r["output"] for r in rows["m.jsonl"]] == outputs
     assert _tree(on_ray) == _tree(local)
     for name in _tree(local):
         assert (on_ray / name).read_bytes() == (local / name).read_bytes(), name
     table = pq.read_table(tmp_path / "shards").to_pylist()
     assert len(table) == 4
     for row in table:
-        relative = Path(row["input"]).relative_to(corpus).with_suffix(".npz")
+        relative = Path(row["input"]).relative_to(given).with_suffix(".npz")
         with np.load(local / relative, allow_pickle=False) as npz:
             assert np.array_equal(np.array(row["codes"]), npz["codes"][0])
             assert row["num_samples"] == int(npz["num_samples"]) and row["codec"] == "mimi"
