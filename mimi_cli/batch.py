@@ -24,7 +24,6 @@ import functools
 import glob
 import os
 import re
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -38,7 +37,7 @@ from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.errors import MimiError, OutputExistsError, dumps_json, first_line, physical_memory
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, file_ids,
                              file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path, missing,
-                             output_exists, remove_temporaries, url)
+                             output_exists, remove_temporaries, stdout_closed, url)
 from mimi_cli.models import BASE_BYTES, codec_spec
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
 from mimi_cli.sources import Item, is_container, is_table, known_keys, list_items
@@ -432,7 +431,7 @@ def _check_extra_to_stdout(label: str, tasks: list[Task]) -> None:
                         "standard output")
     if any(is_stdout(t.output) for t in tasks):
         raise MimiError("-o - and --manifest - would both write to standard output; give the manifest a file name")
-    if sys.stdout is None or getattr(sys.stdout, "closed", False):  # closed: cli.main's stand-in for None
+    if stdout_closed():
         raise MimiError("--manifest -: standard output is closed; redirect it (> file, | program) or give a file name")
 
 

@@ -271,6 +271,11 @@ def check_suffix(path: Path, what: str, suffixes: tuple[str, ...], folder_hint: 
                         f"{' or '.join(suffixes)} name{folder}")
 
 
+def stdout_closed() -> bool:
+    """Standard output was closed (``>&-``): Python has None there, or cli.main's stand-in, which is closed."""
+    return sys.stdout is None or getattr(sys.stdout, "closed", False)
+
+
 def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = frozenset(),
                  create_parents: bool = False) -> None:
     """Refuse, before any work, an output that cannot or must not be written (see the module docstring).
@@ -279,7 +284,7 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
     with ``create_parents`` a missing folder is fine if it can be made.
     """
     if is_stdout(path):
-        if sys.stdout is None or getattr(sys.stdout, "closed", False):  # closed: cli.main's stand-in for None
+        if stdout_closed():
             raise MimiError("standard output is closed; redirect it (> file, | program) or give -o FILE")
         if sys.stdout.isatty():
             raise MimiError("standard output is a terminal; redirect it (> file, | program) or give -o FILE")
