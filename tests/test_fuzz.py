@@ -387,9 +387,6 @@ def test_fuzz_compressed_audio(tmp_path_factory):
     """FLAC, Ogg Vorbis, Opus and MP3 files (and MP3 files of two formats joined) with bytes changed: read as a
     file and as a tar member's bytes, through libsndfile or FFmpeg, only InvalidAudioError escapes. (At 3,000
     examples this found FFmpeg's "Frame does not match AudioResampler setup": a damaged MP3 frame's channels.)"""
-    from mimi_cli.audio import read_audio, read_open
-    from mimi_cli.sources import open_bytes
-
     pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32", frames=8000)
     seeds = []
     for container, subtype, samples, at in (("FLAC", "PCM_16", pcm, rate), ("OGG", "VORBIS", pcm, rate),
@@ -399,26 +396,13 @@ def test_fuzz_compressed_audio(tmp_path_factory):
         sf.write(buffer, samples, at, format=container, subtype=subtype)
         seeds.append(buffer.getvalue())
     seeds.append(seeds[3] + seeds[4])  # mono then stereo MP3
-    folder = Path(tempfile.mkdtemp(dir=tmp_path_factory.mktemp("compressed")))
-
-    @FUZZ
-    @given(mutated(seeds))
-    def check(data: bytes) -> None:
-        path = folder / "x.audio"
-        path.write_bytes(data)
-        bounded(lambda: read_audio(path), InvalidAudioError)
-        bounded(lambda: read_open("member", open_bytes(data, "member")), InvalidAudioError)
-
-    check()
+    _fuzz_audio(seeds, Path(tempfile.mkdtemp(dir=tmp_path_factory.mktemp("compressed"))))
 
 
 def test_fuzz_other_containers(tmp_path_factory):
     """The other files libsndfile reads (WAV with WAVE_FORMAT_EXTENSIBLE, RF64, W64, AIFF and AIFF-C, AU, CAF;
     ADPCM, A-law, μ-law, GSM and 8-bit samples) with bytes changed anywhere: read as a file and as bytes held in
     memory, only InvalidAudioError escapes. (At 3,000 examples this found the seek before the start below.)"""
-    from mimi_cli.audio import read_audio, read_open
-    from mimi_cli.sources import open_bytes
-
     pcm = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32", frames=2000)[0]
     seeds = []
     for container, subtype, channels in (("WAV", "PCM_16", 2), ("WAVEX", "PCM_24", 1), ("RF64", "FLOAT", 1),
@@ -430,7 +414,13 @@ def test_fuzz_other_containers(tmp_path_factory):
         sf.write(buffer, pcm if channels == 1 else np.stack([pcm, pcm[::-1]], 1), 16000, format=container,
                  subtype=subtype)
         seeds.append(buffer.getvalue())
-    folder = Path(tempfile.mkdtemp(dir=tmp_path_factory.mktemp("containers")))
+    _fuzz_audio(seeds, Path(tempfile.mkdtemp(dir=tmp_path_factory.mktemp("containers"))))
+
+
+def _fuzz_audio(seeds: list[bytes], folder: Path) -> None:
+    """Each seed with bytes changed, read as a file and as bytes held in memory: only InvalidAudioError escapes."""
+    from mimi_cli.audio import read_audio, read_open
+    from mimi_cli.sources import open_bytes
 
     @FUZZ
     @given(mutated(seeds))
@@ -442,7 +432,21 @@ def test_fuzz_other_containers(tmp_path_factory):
 
     check()
 
+
 # ----------------------------------------------------------------------------- WebDataset tar shards
+
+
+def _read_items(path: Path) -> None:
+    """Every item a container lists, each read whole; an item's own error is fine: it fails alone."""
+    from mimi_cli.errors import MimiError
+    from mimi_cli.sources import list_items, open_item
+
+    for entry in list_items(path):
+        try:
+            with open_item(entry.item, entry.name) as reader:
+                reader.read()
+        except MimiError:
+            pass
 
 
 def test_fuzz_tar_shards(tmp_path_factory):
@@ -451,7 +455,7 @@ def test_fuzz_tar_shards(tmp_path_factory):
     import tarfile
 
     from mimi_cli.errors import MimiError
-    from mimi_cli.sources import _tar_headers, list_items, open_item
+    from mimi_cli.sources import _tar_headers, list_items
 
     buffer = io.BytesIO()
     sf.write(buffer, np.linspace(-0.5, 0.5, 480, dtype=np.float32), 24000, format="WAV", subtype="PCM_16")
@@ -473,12 +477,7 @@ def test_fuzz_tar_shards(tmp_path_factory):
     path = folder / "x.tar"
 
     def read_all() -> None:
-        for entry in list_items(path):
-            try:
-                with open_item(entry.item, entry.name) as reader:
-                    reader.read()
-            except MimiError:  # this item fails alone; the others are still read
-                pass
+        _read_items(path)
 
     path.write_bytes(seeds[0])
     assert len(list_items(path)) == 4  # k1, the long name, and the two links
@@ -544,26 +543,16 @@ def test_fuzz_manifest_lines(tmp_path_factory):
     check()
 
 
-# ----------------------------------------------------------------------------- tables of codes (Parquet)
+# ----------------------------------------------------------------------------- tables (Parquet, Arrow)
 
 
-@pytest.mark.parametrize("form", ["parquet", "arrow"])
-def test_fuzz_table_rows_of_codes(tmp_path_factory, form):
-    """A Parquet or Arrow file of codes (as --parquet writes, and a user's table) with bytes changed: listing
-    its rows and reading each one's codes raise the reader's own errors only, and never end the process."""
-    pa = pytest.importorskip("pyarrow")
+def _table_files(tables: list, folder: Path, form: str) -> list[bytes]:
+    """Each table as the bytes of a Parquet file or an Arrow IPC stream (what save_to_disk writes)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mimi_cli.errors import MimiError
-    from mimi_cli.sources import _arrow_table, _row_group, _row_group_starts, _table_shape, list_table, row_codes
-
-    folder = tmp_path_factory.mktemp(form)
     seeds = []
-    for number, table in enumerate([
-        pa.table({"codes": [np.arange(24).reshape(8, 3).tolist()] * 2, "codec": ["mimi", "mimi"],
-                  "num_samples": [5000, 5760], "weights_id": ["sha256:00", "sha256:11"]}),
-        pa.table({"codes": pa.array([[[1, 2], [3, 4]]], pa.list_(pa.list_(pa.uint16()))), "text": ["a"]}),
-    ]):
+    for number, table in enumerate(tables):
         seed = folder / f"seed{number}.{form}"
         if form == "parquet":
             pq.write_table(table, seed)
@@ -571,6 +560,44 @@ def test_fuzz_table_rows_of_codes(tmp_path_factory, form):
             with pa.ipc.new_stream(seed, table.schema) as writer:
                 writer.write_table(table)
         seeds.append(seed.read_bytes())
+    return seeds
+
+
+def _forget_tables() -> None:
+    """The readers' caches of tables, which hold a file by its name: one name takes new bytes each time."""
+    from mimi_cli.sources import _arrow_table, _row_group, _row_group_starts, _table_shape
+
+    for cached in (_arrow_table, _row_group, _row_group_starts, _table_shape):
+        cached.cache_clear()
+
+
+def _fuzz_table(seeds: list[bytes], path: Path, read_all) -> None:
+    """Each seed with bytes changed, written to ``path`` and read by ``read_all``: only MimiError escapes."""
+    from mimi_cli.errors import MimiError
+
+    @FUZZ
+    @given(mutated(seeds))
+    def check(data: bytes) -> None:
+        _forget_tables()
+        path.write_bytes(data)
+        bounded(read_all, MimiError)
+
+    check()
+
+
+@pytest.mark.parametrize("form", ["parquet", "arrow"])
+def test_fuzz_table_rows_of_codes(tmp_path_factory, form):
+    """A Parquet or Arrow file of codes (as --parquet writes, and a user's table) with bytes changed: listing
+    its rows and reading each one's codes raise the reader's own errors only, and never end the process."""
+    pa = pytest.importorskip("pyarrow")
+    from mimi_cli.sources import list_table, row_codes
+
+    folder = tmp_path_factory.mktemp(form)
+    seeds = _table_files([
+        pa.table({"codes": [np.arange(24).reshape(8, 3).tolist()] * 2, "codec": ["mimi", "mimi"],
+                  "num_samples": [5000, 5760], "weights_id": ["sha256:00", "sha256:11"]}),
+        pa.table({"codes": pa.array([[[1, 2], [3, 4]]], pa.list_(pa.list_(pa.uint16()))), "text": ["a"]}),
+    ], folder, form)
     assert row_codes(list_table(folder / f"seed0.{form}", "codes")[1].item, "row", "mimi").num_samples == 5760
     path = folder / f"c.{form}"
 
@@ -578,15 +605,7 @@ def test_fuzz_table_rows_of_codes(tmp_path_factory, form):
         for entry in list_table(path, "codes"):
             row_codes(entry.item, entry.name, "mimi")
 
-    @FUZZ
-    @given(mutated(seeds))
-    def check(data: bytes) -> None:
-        for cached in (_arrow_table, _row_group, _row_group_starts, _table_shape):  # one name, new bytes each time
-            cached.cache_clear()
-        path.write_bytes(data)
-        bounded(read_all, MimiError)
-
-    check()
+    _fuzz_table(seeds, path, read_all)
 
 
 @pytest.mark.parametrize("form", ["parquet", "arrow"])
@@ -595,17 +614,13 @@ def test_fuzz_table_rows_of_audio(tmp_path_factory, form):
     decoded {array, sampling_rate} structs, mono and [channels, samples]) with bytes changed: listing its
     rows and reading each one's audio raise the reader's own errors only, and never end the process."""
     pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    from mimi_cli.errors import MimiError
-    from mimi_cli.sources import _arrow_table, _row_group, _row_group_starts, _table_shape, list_items, open_item
+    from mimi_cli.sources import list_items
 
     buffer = io.BytesIO()
     sf.write(buffer, np.linspace(-0.5, 0.5, 480, dtype=np.float32), 24000, format="WAV", subtype="PCM_16")
     wav = buffer.getvalue()
     folder = tmp_path_factory.mktemp(f"audio-{form}")
-    seeds = []
-    for number, table in enumerate([
+    seeds = _table_files([
         pa.table({"audio": [{"bytes": wav, "path": "a.wav"}, {"bytes": None, "path": "b.wav"}],
                   "text": ["one", "two"], "speaker": [1, 2]}),
         pa.table({"audio": [wav, wav[:100]]}),
@@ -613,41 +628,19 @@ def test_fuzz_table_rows_of_audio(tmp_path_factory, form):
                             {"array": [0.5] * 90, "sampling_rate": 8000}]}),
         pa.table({"audio": [{"array": [[0.1] * 50, [0.2] * 50], "sampling_rate": 8000},
                             {"array": [[0.3] * 40], "sampling_rate": 24000}]}),
-    ]):
-        seed = folder / f"seed{number}.{form}"
-        if form == "parquet":
-            pq.write_table(table, seed)
-        else:
-            with pa.ipc.new_stream(seed, table.schema) as writer:
-                writer.write_table(table)
-        seeds.append(seed.read_bytes())
+    ], folder, form)
     (folder / "b.wav").write_bytes(wav)
     path = folder / f"x.{form}"
 
     def read_all() -> None:
-        for entry in list_items(path):
-            try:
-                with open_item(entry.item, entry.name) as reader:
-                    reader.read()
-            except MimiError:  # this row fails alone; the others are still read
-                pass
+        _read_items(path)
 
-    for seed in seeds:
+    for seed in seeds:  # the seeds themselves are sound
         path.write_bytes(seed)
-        for cached in (_arrow_table, _row_group, _row_group_starts, _table_shape):
-            cached.cache_clear()
+        _forget_tables()
         assert len(list_items(path)) == 2
         read_all()
-
-    @FUZZ
-    @given(mutated(seeds))
-    def check(data: bytes) -> None:
-        for cached in (_arrow_table, _row_group, _row_group_starts, _table_shape):  # one name, new bytes each time
-            cached.cache_clear()
-        path.write_bytes(data)
-        bounded(read_all, MimiError)
-
-    check()
+    _fuzz_table(seeds, path, read_all)
 
 
 # A two-column Parquet file, bytes changed by the fuzzer above: its second chunk's level histogram does not
