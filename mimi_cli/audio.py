@@ -613,7 +613,8 @@ def _mp3_samples(f: BinaryIO, start: int, head: bytes, name: Target) -> int | No
         frame = _mp3_frame(data.at(at, 4), kind)
         if frame and at + frame[0] <= data.end:
             after = at + frame[0]
-            following = _mp3_frame(data.at(after, 4), kind)
+            # the next frame's header is read ahead only where it decides: to resync, or at a change of channels
+            following = _mp3_frame(data.at(after, 4), kind) if not synced or frame[3] != channels else None
             if synced or after == data.end or following:
                 if frame[3] != channels:
                     if run >= 2 and following and following[3] == frame[3]:
