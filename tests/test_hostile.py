@@ -162,6 +162,43 @@ def test_a_model_with_nothing_readable_is_an_error(tmp_path):
     inspect_fails(tmp_path / "e.mlmodelc", "no tensors could be read")
 
 
+
+def test_a_model_folders_id_never_reads_outside_it(tmp_path, monkeypatch):
+    """The id written into codes files hashes a Core ML folder's files; a link in the folder to a file outside it
+    was followed and read (a link to /proc/self/mem ended "OSError: [Errno 5] Input/output error"). A link out
+    now counts by its text; an ordinary folder's id is what it always was: each file's path and bytes, sorted."""
+    import hashlib
+
+    from mimi_cli.errors import WeightsError
+    from mimi_cli.weights import resolve
+
+    model = write_mlmodelc(tmp_path / "m.mlmodelc", {"w": np.arange(12, dtype=np.float32)})
+    expected = hashlib.sha256()
+    for name in ("model.mil", "weights/weight.bin"):
+        expected.update(name.encode() + b"\0" + (model / name).read_bytes())
+    assert resolve.weights_id(model) == "sha256:" + expected.hexdigest()[:16]
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"one")
+    (model / "weights" / "link").symlink_to(outside)
+    with_link = resolve.weights_id(model)
+    outside.write_bytes(b"two")  # what the link points to is not read
+    assert resolve.weights_id(model) == with_link
+    (model / "weights" / "link").unlink()
+    (model / "weights" / "link").symlink_to(tmp_path / "elsewhere")
+    assert resolve.weights_id(model) != with_link  # the link's text is
+    (model / "weights" / "link").unlink()
+    (model / "weights" / "inside").symlink_to("weight.bin")  # a link within the folder is followed
+    (model / "weights" / "mem").symlink_to("/proc/self/mem")
+    assert resolve.weights_id(model) != with_link
+
+    def unreadable(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(resolve, "open", unreadable, raising=False)
+    with pytest.raises(WeightsError, match=r"^cannot read model.mil in the model folder .*m.mlmodelc: Input/output"):
+        resolve.weights_id(model)
+
+
 # ----------------------------------------------------------------------------- codes files
 
 

@@ -158,15 +158,31 @@ def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
 def weights_id(path: str | os.PathLike) -> str:
     """A short content hash identifying weights: ``sha256:<16 hex digits>``.
 
-    For a model folder (Core ML), every file's relative path and bytes, in sorted order.
+    For a model folder (Core ML), every file's relative path and bytes, in sorted order; a symbolic link that
+    leads out of the folder counts by its text, never by what it points to (nothing outside a model folder
+    is read), and what is no file (a folder, a pipe, a device) not at all.
     """
     path = Path(path)
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 22), b""):
-                digest.update(block)
+    if not path.is_dir():
+        _hash_file(digest, path, path)
+        return "sha256:" + digest.hexdigest()[:16]
+    root = Path(os.path.realpath(path))
+    for file in sorted(path.rglob("*")):
+        name = str(file.relative_to(path)).encode("utf-8", "surrogateescape") + b"\0"
+        if not Path(os.path.realpath(file)).is_relative_to(root):
+            digest.update(name + b"-> " + os.fsencode(os.readlink(file)))
+        elif file.is_file():
+            digest.update(name)
+            _hash_file(digest, file, path)
     return "sha256:" + digest.hexdigest()[:16]
+
+
+def _hash_file(digest, file: Path, weights: Path) -> None:
+    try:
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    except OSError as exc:
+        what = f"{file.relative_to(weights)} in the model folder {weights}" if file != weights else file
+        raise WeightsError(f"cannot read {what}: {exc.strerror or exc}") from None
