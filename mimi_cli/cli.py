@@ -37,8 +37,9 @@ out = Console(soft_wrap=True, highlight=False)
 WeightsOption = Annotated[Optional[str], typer.Option(
     "--weights", metavar="PATH|REPO",
     help="The codec's weights. Mimi: .safetensors (original, moshi or Hugging Face naming), .mlmodelc or "
-         ".mlpackage; EnCodec: .safetensors (Hugging Face or original naming); or a Hugging Face repo, "
-         "OWNER/REPO (its model.safetensors) or OWNER/REPO/FILE, fetched through its cache. Default: "
+         ".mlpackage; EnCodec: .safetensors (Hugging Face or original naming); a folder holding them (a "
+         "repo's local copy); or a Hugging Face repo, OWNER/REPO (its model.safetensors) or OWNER/REPO/FILE, "
+         "fetched through its cache. Default: "
          "$MIMI_WEIGHTS / $ENCODEC_WEIGHTS, else the released file via the Hugging Face cache.",
     show_default=False)]
 ThreadsOption = Annotated[Optional[int], typer.Option(

@@ -131,6 +131,39 @@ def test_weights_resolution_order(tmp_path, clip, weights_file):
     assert not (tmp_path / "c.npz").exists()
 
 
+def test_weights_from_a_local_copy_of_a_hub_repository(tmp_path, clip, weights_file):
+    """A folder given as weights that is no Core ML model: a repository downloaded or cloned (kyutai/mimi:
+    model.safetensors beside config.json; kyutai/moshiko-pytorch-bf16: the codec's file beside the LM's
+    model.safetensors; a folder of one .safetensors file) means its weights file; the same codes as the file's.
+    Any other folder: one line naming what it holds (it said "not a Core ML model")."""
+    from safetensors.numpy import save_file
+
+    assert run("encode", clip, "-o", tmp_path / "direct.npz", "--weights", weights_file).returncode == 0
+    mimi, moshiko, single, two, empty = (tmp_path / name for name in ("mimi", "moshiko", "single", "two", "empty"))
+    for folder in (mimi, moshiko, single, two, empty):
+        folder.mkdir()
+    assert run("convert", weights_file, mimi / "model.safetensors", "--naming", "hf").returncode == 0
+    (mimi / "config.json").write_text("{}")
+    (moshiko / "tokenizer-e351c8d8-checkpoint125.safetensors").symlink_to(weights_file)  # as in the Hub's cache
+    save_file({"lm.weight": np.zeros(4, np.float32)}, str(moshiko / "model.safetensors"))
+    (single / "mine.safetensors").write_bytes(weights_file.read_bytes())
+    for name in ("a.safetensors", "b.safetensors"):
+        (two / name).write_bytes(weights_file.read_bytes())
+    for folder in (mimi, moshiko, f"{single}/"):
+        result = run("encode", clip, "-o", tmp_path / "got.npz", "-f", "--weights", folder)
+        assert result.returncode == 0, result.stderr
+        with np.load(tmp_path / "got.npz") as got, np.load(tmp_path / "direct.npz") as want:
+            np.testing.assert_array_equal(got["codes"], want["codes"])
+    (tmp_path / "got.npz").unlink()
+    for folder, holds in ((two, "2 .safetensors files (a.safetensors, b.safetensors), none named "
+                                "tokenizer-e351c8d8-checkpoint125.safetensors or model.safetensors"),
+                          (empty, "no .safetensors file and no Core ML model")):
+        result = run("encode", clip, "-o", tmp_path / "got.npz", weights=folder)
+        assert result.returncode == 1 and not (tmp_path / "got.npz").exists()
+        assert result.stderr == (f"error: weights folder {folder} (from $MIMI_WEIGHTS) holds {holds}; give a "
+                                 f".safetensors file's path ({folder}/FILE), an .mlmodelc or an .mlpackage\n")
+
+
 def test_weights_from_a_hub_repository(tmp_path, clip, weights_file, monkeypatch):
     """--weights OWNER/REPO[/FILE] (or a Hub URL of it) that is no file here: the file from the Hugging Face cache
     (laid out here as huggingface_hub lays it out), the same codes as from the file itself; offline and not

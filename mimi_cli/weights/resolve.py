@@ -49,7 +49,7 @@ def locate(name: str, spec, origin: str = "") -> Path:
     path = home_expanded(name)
     problem = missing(path)
     if problem is None:
-        return path
+        return _in_folder(path, spec, origin) if path.is_dir() else path
     if name == STDIN:  # read in place, memory-mapped, and more than once
         raise WeightsError(f"weights{origin} are read from a file, not standard input: save them to a file and "
                            "give its name")
@@ -61,6 +61,26 @@ def locate(name: str, spec, origin: str = "") -> Path:
         raise WeightsError(f"weights file {path}{origin} {problem}")
     shown = f"weights {name}{origin}: " if url(name) else f"weights file {path}{origin} does not exist here, and "
     return _download(*hub, shown, "give a file's path, or go online once to fetch it")
+
+
+def _in_folder(folder: Path, spec, origin: str) -> Path:
+    """A folder given as weights: a Core ML model as it is, else the weights file of a Hub repository's local
+    copy (``hf download kyutai/mimi --local-dir mimi``, a clone, a snapshot in the cache): the codec's released
+    file, else ``model.safetensors``, else the folder's only ``.safetensors`` file."""
+    from mimi_cli.weights.coreml import is_coreml_folder
+
+    if is_coreml_folder(folder):
+        return folder
+    for name in dict.fromkeys((spec.hub_file, "model.safetensors")):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p.name for p in folder.glob("*.safetensors") if p.is_file())
+    if len(found) == 1:
+        return folder / found[0]
+    holds = (f"{len(found)} .safetensors files ({', '.join(found[:4])}{', …' if len(found) > 4 else ''}), none "
+             f"named {spec.hub_file} or model.safetensors" if found else "no .safetensors file and no Core ML model")
+    raise WeightsError(f"weights folder {folder}{origin} holds {holds}; give a .safetensors file's path "
+                       f"({folder}/FILE), an .mlmodelc or an .mlpackage")
 
 
 WEIGHTS_SUFFIXES = (".safetensors", ".mlmodelc", ".mlpackage", ".bin", ".pt", ".pth", ".ckpt")

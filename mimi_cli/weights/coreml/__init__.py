@@ -22,6 +22,17 @@ from mimi_cli.weights.coreml.paths import inside
 from mimi_cli.weights.tensors import TensorEntry, WeightFile
 
 
+def is_coreml_folder(path: Path) -> bool:
+    """Does the folder hold a Core ML model: an ML Program (compiled or a package), an Espresso network, or
+    a pipeline's sub-models?"""
+    return any((path / name).is_file() for name in ("Manifest.json", "model.mil", "model.espresso.net")) or bool(
+        _submodels(path))
+
+
+def _submodels(path: Path) -> list[Path]:
+    return sorted(p for p in path.glob("model[0-9]*") if p.is_dir())
+
+
 def open_coreml(path: Path) -> WeightFile:
     """A Core ML model folder as a :class:`WeightFile`; a clear error for any other folder."""
     if (path / "Manifest.json").is_file() or (path / "model.mil").is_file():
@@ -30,7 +41,7 @@ def open_coreml(path: Path) -> WeightFile:
         from mimi_cli.weights.coreml.espresso import open_espresso
 
         return open_espresso(path)
-    submodels = sorted(p for p in path.glob("model[0-9]*") if p.is_dir())
+    submodels = _submodels(path)
     if submodels:
         return _open_pipeline(path, submodels)
     raise WeightsError(f"{path} is a folder but not a Core ML model (no model.mil, Manifest.json or "
