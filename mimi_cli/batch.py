@@ -34,16 +34,17 @@ from typing import Literal
 
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_cores, usable_threads
+from mimi_cli.ecdc import ecdc_model, is_ecdc_path
 from mimi_cli.errors import MimiError, OutputExistsError, dumps_json, first_line, physical_memory
-from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, file_ids,
-                             file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path, missing,
-                             output_exists, remove_temporaries, stdout_closed, url)
+from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, either,
+                             file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path,
+                             missing, output_exists, remove_temporaries, stdout_closed, url)
 from mimi_cli.models import BASE_BYTES, codec_spec
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
 from mimi_cli.sources import Item, is_container, is_table, known_keys, list_items
 from mimi_cli.weights import resolve_weights, weights_id
 
-CODES_SUFFIXES = (".npz", ".npy")
+CODES_SUFFIXES = (".npz", ".npy", ".ecdc")
 Engine = Literal["local", "ray"]
 
 
@@ -134,7 +135,7 @@ def plan(job: Job) -> Plan:
         if paths and all(_is_glob(p) for p in paths) and not job.manifests:  # a glob's matches are taken whatever
             raise MimiError(f"no file matches {given}"  # their suffix, so there were none
                             + (f" ({_left_out(left_out)})" if left_out else ""))
-        raise MimiError(f"no {' or '.join(suffixes[:4])}… files in {given}"
+        raise MimiError(f"no {either(suffixes[:4])}{'…' if len(suffixes) > 4 else ''} files in {given}"
                         + (f" ({_left_out(left_out)})" if left_out else
                            " (use -r to search sub-folders)" if folders and not job.recursive else ""))
     items = any(entry.item is not None for entry in found)
@@ -154,7 +155,7 @@ def plan(job: Job) -> Plan:
     if job.skip_existing:
         tasks = _resumable(tasks, s, inputs)
     if s.kind == "encode" and output_is_file and output != STDOUT:
-        _check_codes_name(Path(output))
+        _check_codes_name(Path(output), s.codec)
     for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
         if is_stdout(extra):
             _check_extra_to_stdout(label, tasks)
@@ -181,13 +182,16 @@ def _left_out(paths: list[Path], shown: int = 3) -> str:
     return f"left out {len(paths)} {what}: {named}{more}"
 
 
-def _check_codes_name(output: Path) -> None:
-    """``-o FILE`` of encode names a codes file: .npz, or .npy for the codes alone (as decode's names audio)."""
+def _check_codes_name(output: Path, codec: str) -> None:
+    """``-o FILE`` of encode names a codes file: .npz, .npy for the codes alone, or .ecdc for a codec that
+    EnCodec's own format holds (as decode's names audio)."""
     suffix = output.suffix.lower()
     if suffix in AUDIO_SUFFIXES:
         raise MimiError(f"{output} is an audio file's name, and encode writes codes: give a .npz name (or .npy for "
                         "the codes alone)")
     check_suffix(output, "codes", CODES_SUFFIXES, folder_hint=True)
+    if is_ecdc_path(output):
+        ecdc_model(codec)
 
 
 def usable_workers(jobs: int, pending: int, engine: Engine) -> tuple[int, str | None]:

@@ -318,8 +318,9 @@ def encode(
              "WebDataset .tar shards, lhotse Shar folders, Kaldi data folders (wav.scp), Hugging Face datasets (a "
              "save_to_disk folder, .arrow or .parquet files).",
         metavar="INPUT...", readable=False, show_default=False)] = None,
-    output: _output_option("Codes file for one input ('-': standard output); for several, or ending in /, a "
-                           "folder that mirrors the inputs' tree. Default: beside each input, with .npz.") = None,
+    output: _output_option("Codes file for one input: .npz, .npy (the codes alone) or, for EnCodec, .ecdc (as Meta's "
+                           "encodec writes); '-': standard output. For several, or ending in /, a folder that mirrors "
+                           "the inputs' tree. Default: beside each input, with .npz.") = None,
     codec: CodecOption = DEFAULT_CODEC,
     codebooks: CodebooksOption = None,
     bandwidth: BandwidthOption = None,
@@ -365,7 +366,8 @@ def encode(
 @app.command()
 def decode(
     inputs: Annotated[Optional[list[str]], typer.Argument(
-        help="Codes files written by `mimi encode` or integer arrays (.npy), Parquet shards of --parquet or "
+        help="Codes files written by `mimi encode`, integer arrays (.npy) or EnCodec's .ecdc files, Parquet shards "
+             "of --parquet or "
              "tables with an integer codes column (one audio file per row, with -o DIR), folders of them, quoted "
              "globs, or '-' (standard input).", metavar="CODES...",
         readable=False, show_default=False)] = None,

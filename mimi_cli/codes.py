@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
+from mimi_cli.ecdc import ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
 from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, malformed
 from mimi_cli.fileio import STDOUT, Target, atomic_output, file_kind, holds, is_folder, missing
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
@@ -83,11 +85,16 @@ class CodesFile:
         """Write atomically through :func:`mimi_cli.fileio.atomic_output` ("-": standard output).
 
         A path ending in ``.npy`` gets the codes alone, as a bare array (:meth:`bare_array`): what a
-        language model trains on, and what ``mimi decode`` takes back (whole frames, no metadata).
+        language model trains on, and what ``mimi decode`` takes back (whole frames, no metadata). One ending
+        in ``.ecdc`` gets EnCodec's codes as Meta's ``encodec`` writes them (:mod:`mimi_cli.ecdc`).
         """
+        if is_ecdc_path(path):
+            ecdc_model(self.codec)  # refused before any file is made
         with atomic_output(path, replace) as tmp, open(tmp, "wb") as f:
             if is_bare_array_path(path):
                 np.save(f, self.bare_array())
+            elif is_ecdc_path(path):
+                write_ecdc(f, self)
             else:
                 np.savez(f, **{key: np.asarray(getattr(self, key)) for key in (*KEYS, *OPTIONAL_KEYS)
                                if getattr(self, key) is not None})
@@ -295,8 +302,9 @@ def is_bare_array_path(path: Target) -> bool:
 
 
 def load_codes(path: Path, codec: str = DEFAULT_CODEC) -> CodesFile:
-    """A codes file (the ``.npz`` of ``mimi encode``), or a bare integer array (``.npy``, e.g. what a
-    language model generated: ``[K, frames]`` or ``[C, K, frames]``) for ``codec``; told apart by content."""
+    """A codes file (the ``.npz`` of ``mimi encode``), a bare integer array (``.npy``, e.g. what a language
+    model generated: ``[K, frames]`` or ``[C, K, frames]``) for ``codec``, or EnCodec's ``.ecdc``; told apart
+    by content."""
     try:
         kind = file_kind(os.stat(path).st_mode)
     except (OSError, ValueError):
@@ -305,11 +313,16 @@ def load_codes(path: Path, codec: str = DEFAULT_CODEC) -> CodesFile:
         raise InvalidCodesError(f"{path} is {kind}, not a codes file; give a file, or pipe the codes into '-'")
     try:
         with open(path, "rb") as f:
-            is_array = f.read(6) == b"\x93NUMPY"
+            magic = f.read(6)
     except OSError:
-        is_array = False  # CodesFile.load says what is wrong with the path
-    if is_array:
+        magic = b""  # CodesFile.load says what is wrong with the path
+    if magic == b"\x93NUMPY":
         return CodesFile.from_array(path, codec)
+    if magic.startswith(ECDC_MAGIC):
+        try:
+            return read_ecdc(path, MAX_NUM_SAMPLES)
+        except OSError as exc:
+            raise InvalidCodesError(f"cannot read {path}: {exc.strerror or exc}") from None
     lone = _lone_array(path) or _lone_tensor(path)
     return CodesFile.from_array(path, codec, lone) if lone else CodesFile.load(path)
 

@@ -206,7 +206,8 @@ def readable(path: Target) -> Iterator[Readable]:
 _SIGNATURES = ((b"RIFF", "audio (WAV)"), (b"fLaC", "audio (FLAC)"), (b"OggS", "audio (Ogg)"), (b"ID3", "audio (MP3)"),
                (b"FORM", "audio (AIFF)"), (b"\x93NUMPY", "a NumPy .npy array"),
                (b"PK\x03\x04", "a zip archive (an .npz codes file?)"), (b"PAR1", "a Parquet table"),
-               (b"ARROW1", "an Arrow table"), (b"{", "JSON text"))
+               (b"ARROW1", "an Arrow table"), (b"{", "JSON text"),
+               (b"ECDC", "EnCodec codes (.ecdc)"))
 
 
 def holds(path: Path) -> str | None:
@@ -264,11 +265,16 @@ def check_suffix(path: Path, what: str, suffixes: tuple[str, ...], folder_hint: 
     """An output file's name says what it holds: refuse another suffix (an .npz named out.txt misleads the next
     tool, as audio written under a name no audio format has would). ``folder_hint``: -o could name a folder."""
     if str(path) == STDOUT:  # "-" (or "./-", which a Path makes "-": a name without the suffix either way)
-        raise MimiError(f"{what} go to a file here, not to standard output ('-'); give a {' or '.join(suffixes)} name")
+        raise MimiError(f"{what} go to a file here, not to standard output ('-'); give a {either(suffixes)} name")
     if path.suffix.lower() not in suffixes:
         folder = ", or end it with / for a folder" if folder_hint and not path.suffix else ""
         raise MimiError(f"cannot write {what} as {path.suffix or 'a file without extension'}; give a "
-                        f"{' or '.join(suffixes)} name{folder}")
+                        f"{either(suffixes)} name{folder}")
+
+
+def either(suffixes: tuple[str, ...]) -> str:
+    """".npz or .npy"; ".npz, .npy or .ecdc"."""
+    return " or ".join(filter(None, (", ".join(suffixes[:-1]), suffixes[-1])))
 
 
 def stdout_closed() -> bool:

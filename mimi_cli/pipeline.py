@@ -448,7 +448,7 @@ def skipped(task: Task, settings: Settings) -> FileResult:
     if not settings.keep_codes or task.output is None or is_bare_array_path(task.output):
         return FileResult.of(task, "skipped")
     try:
-        codes = CodesFile.load(Path(task.output))
+        codes = load_codes(Path(task.output), settings.codec)
     except MimiError as exc:
         return FileResult.of(task, "skipped", warnings=[f"its existing output cannot be read back for --parquet, "
                                                         f"so it has no row there ({exc})"])

@@ -328,6 +328,31 @@ def test_fuzz_bare_arrays_of_codes(tmp_path_factory):
     check()
 
 
+def test_fuzz_ecdc_files(tmp_path_factory):
+    """EnCodec's .ecdc files (2, 8 and 32 levels, some codes across byte boundaries) with bytes changed: read as
+    codes or refused with InvalidCodesError, nothing else."""
+    from mimi_cli.codes import CodesFile, load_codes
+    from mimi_cli.models import codec_spec
+
+    config = codec_spec("encodec-24khz").config()
+    folder = tmp_path_factory.mktemp("ecdc")
+    seeds = []
+    for levels, frames in ((2, 3), (8, 5), (32, 2)):
+        codes = np.arange(levels * frames, dtype=np.uint16).reshape(levels, frames) * 37 % 1024
+        CodesFile.from_codes(codes, config, frames * 320 - 11, 24000, 1, "").save(folder / "seed.ecdc", replace=True)
+        assert np.array_equal(load_codes(folder / "seed.ecdc").codes[0], codes)  # the seeds themselves are sound
+        seeds.append((folder / "seed.ecdc").read_bytes())
+
+    @FUZZ
+    @given(mutated(seeds))
+    def check(data: bytes) -> None:
+        path = folder / "c.ecdc"
+        path.write_bytes(data)
+        bounded(lambda: load_codes(path), InvalidCodesError)
+
+    check()
+
+
 def test_fuzz_codes_headers_that_lie(tmp_path_factory):
     """Headers declaring huge or odd shapes over a few bytes, and members that inflate: refused before reading."""
     from mimi_cli.codes import CodesFile

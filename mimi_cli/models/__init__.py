@@ -40,6 +40,7 @@ class CodecSpec:
     stream_codes_differ: bool = False  # --stream's codes may differ from batch mode's (Mimi past 10 s)
     stream_bytes: float = 0.0  # memory of one stream of a duplex once its window is full (docs/performance.md)
     bench_parts: tuple[str, ...] = ("model",)  # what `mimi bench` measures: kernels, model, stream
+    ecdc_model: str | None = None  # the model's name in Meta's `encodec` .ecdc files, for a codec they can hold
 
     def config(self):
         return getattr(importlib.import_module(self.package), self.config_class)()
@@ -67,7 +68,7 @@ MIMI = CodecSpec("mimi", "mimi_cli.models.mimi", "Mimi", "MimiConfig",
 ENCODEC_24KHZ = CodecSpec("encodec-24khz", "mimi_cli.models.encodec", "Encodec", "EncodecConfig",
                           "facebook/encodec_24khz", "model.safetensors", "ENCODEC_WEIGHTS",
                           batch_bytes_per_second=2.5e6, batch_row_seconds=1.7, streaming=True, stream_bytes=3e6,
-                          bench_parts=("model", "stream"))
+                          bench_parts=("model", "stream"), ecdc_model="encodec_24khz")
 CODECS = {spec.name: spec for spec in (MIMI, ENCODEC_24KHZ)}
 DEFAULT_CODEC = MIMI.name
 
