@@ -380,7 +380,8 @@ def decode(
     codec: Annotated[Optional[str], typer.Option(
         "--codec", "-c", callback=_check_codec, show_default=False,
         help=f"The codec of bare integer arrays (.npy [K, frames] or [C, K, frames], e.g. a language model's "
-             f"output; default {DEFAULT_CODEC}); a codes file (.npz) names its own.")] = None,
+             f"output). Default: the one a codec_info.json above them names (codec-bpe's), else {DEFAULT_CODEC}; "
+             "a codes file (.npz, .ecdc) names its own.")] = None,
     stream: StreamOption = False,
     recursive: RecursiveOption = False,
     jobs: JobsOption = 1,

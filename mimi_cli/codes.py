@@ -277,8 +277,11 @@ def _checked_array(array: np.ndarray, config: CodecConfig, fail) -> np.ndarray:
         hint = (" (logits or probabilities? take the argmax over the vocabulary first)"
                 if array.dtype.kind == "f" else "")
         raise fail(f"holds {array.dtype} values; codes are integers{hint}")
+    while array.ndim > 3 and array.shape[0] == 1:  # a batch of one: transformers' EnCodec gives [1, 1, K, frames]
+        array = array[0]
     if array.ndim not in (2, 3):
-        raise fail(f"has shape {list(array.shape)}; codes are [K, frames] or [C, K, frames]")
+        raise fail(f"has shape {list(array.shape)}; codes are [K, frames] or [C, K, frames] (leading axes of size 1 "
+                   "are dropped)")
     codes = array if array.ndim == 3 else array[None]
     channels, levels, frames = codes.shape
     if not 1 <= channels <= MAX_CHANNELS:
@@ -301,10 +304,11 @@ def is_bare_array_path(path: Target) -> bool:
     return path != STDOUT and Path(path).suffix.lower() == ".npy"
 
 
-def load_codes(path: Path, codec: str = DEFAULT_CODEC) -> CodesFile:
+def load_codes(path: Path, codec: str | None = None) -> CodesFile:
     """A codes file (the ``.npz`` of ``mimi encode``), a bare integer array (``.npy``, e.g. what a language
-    model generated: ``[K, frames]`` or ``[C, K, frames]``) for ``codec``, or EnCodec's ``.ecdc``; told apart
-    by content."""
+    model generated: ``[K, frames]`` or ``[C, K, frames]``), or EnCodec's ``.ecdc``; told apart by content.
+    A bare array's codec is ``codec``, else the one a ``codec_info.json`` beside it names (codec-bpe's), else
+    Mimi."""
     try:
         kind = file_kind(os.stat(path).st_mode)
     except (OSError, ValueError):
@@ -317,14 +321,57 @@ def load_codes(path: Path, codec: str = DEFAULT_CODEC) -> CodesFile:
     except OSError:
         magic = b""  # CodesFile.load says what is wrong with the path
     if magic == b"\x93NUMPY":
-        return CodesFile.from_array(path, codec)
+        return CodesFile.from_array(path, codec or described_codec(path))
     if magic.startswith(ECDC_MAGIC):
         try:
             return read_ecdc(path, MAX_NUM_SAMPLES)
         except OSError as exc:
             raise InvalidCodesError(f"cannot read {path}: {exc.strerror or exc}") from None
     lone = _lone_array(path) or _lone_tensor(path)
-    return CodesFile.from_array(path, codec, lone) if lone else CodesFile.load(path)
+    return CodesFile.from_array(path, codec or described_codec(path), lone) if lone else CodesFile.load(path)
+
+
+CODEC_INFO = "codec_info.json"  # codec-bpe's description of a tree of .npy codes, at the tree's top
+
+
+def described_codec(path: Path) -> str:
+    """The codec a ``codec_info.json`` in the folder of ``path`` or above names (codec-bpe writes one at the top
+    of its tree of ``.npy`` codes: ``codec_type``, ``sampling_rate``, ``codebook_size``…), else Mimi. One that
+    names a codec mimi-cli does not run (DAC, say, whose codes would pass for Mimi's) is an error, as is one
+    that cannot be read: decoding such codes as Mimi's would give noise without a word."""
+    from mimi_cli.errors import loads_json
+
+    for folder in Path(os.path.abspath(path)).parents:
+        info = folder / CODEC_INFO
+        if os.path.isfile(info):
+            break
+    else:
+        return DEFAULT_CODEC
+
+    shown = info if Path(path).is_absolute() else os.path.relpath(info)
+
+    def fail(problem: str) -> InvalidCodesError:
+        return InvalidCodesError(f"{path}: {shown}, which describes the codes below it, {problem}; correct or remove "
+                                 f"it, or give --codec ({', '.join(CODECS)})")
+
+    try:
+        with open(info, "rb") as f:
+            text = f.read((1 << 16) + 1)
+        described = loads_json(text) if len(text) <= 1 << 16 else None
+    except OSError as exc:
+        raise fail(f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # not UTF-8, not JSON
+        raise fail(f"is not JSON ({exc})") from None
+    if not isinstance(described, dict) or not isinstance(described.get("codec_type"), str):
+        raise fail("is no codec-bpe codec_info.json (a JSON object of at most 64 KiB naming a codec_type)")
+    kind, rate, size = (described.get(key) for key in ("codec_type", "sampling_rate", "codebook_size"))
+    for spec in CODECS.values():
+        config = spec.config()
+        if spec.family == kind and rate == config.sample_rate and size == config.codebook_size:
+            return spec.name
+    model = described.get("codec_model")
+    raise fail(f"says they are {kind[:40]} codes ({str(model)[:60] + ', ' if model else ''}{str(rate)[:20]} Hz, "
+               f"{str(size)[:20]} per codebook), which mimi-cli does not decode")
 
 
 def _lone_tensor(path: Path) -> str | None:

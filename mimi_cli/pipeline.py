@@ -219,7 +219,7 @@ class Settings:
 
     kind: Kind
     weights: str | None = None
-    codec: str | None = DEFAULT_CODEC  # encode; decode: of bare arrays (.npy), None when not given (Mimi's)
+    codec: str | None = DEFAULT_CODEC  # encode; decode: of bare arrays (.npy), None when not given (see load_codes)
     num_codebooks: int | None = None  # encode; None: the codec's default
     stream: bool = False
     sample_rate: int | None = None  # decode: output rate (default: the codec's)
@@ -369,8 +369,8 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
 
 def decode_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
     """Read and check one codes file, decode it and write the audio."""
-    codec = settings.codec or DEFAULT_CODEC
-    codes = load_codes(task.input, codec) if task.item is None else row_codes(task.item, str(task.input), codec)
+    codes = (load_codes(task.input, settings.codec) if task.item is None else
+             row_codes(task.item, str(task.input), settings.codec or DEFAULT_CODEC))
     config = codec_spec(codes.codec).config()
     warnings = []
     if settings.codec is not None and codes.codec != settings.codec:  # a codes file names its own
@@ -497,7 +497,7 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
     rate, channels = settings.sample_rate, None
     if task.item is None:
         try:
-            codes = load_codes(Path(task.input), settings.codec or DEFAULT_CODEC)
+            codes = load_codes(Path(task.input), settings.codec)
         except MimiError:  # the input's own problem: nothing to compare with
             return None
         rate, channels = rate or codec_spec(codes.codec).config().sample_rate, codes.channels

@@ -161,6 +161,68 @@ def test_encodec_arrays_with_codec_option(tmp_path):
     assert result.returncode == 1 and "absent.safetensors" in result.stderr  # the array was accepted
 
 
+@pytest.fixture(scope="module")
+def encodec_weights(tmp_path_factory):
+    from safetensors.numpy import save_file
+
+    from mimi_cli.models.encodec.synthetic import random_state
+
+    path = tmp_path_factory.mktemp("encodec") / "model.safetensors"
+    save_file(random_state(), str(path))
+    return path
+
+
+def test_codec_bpe_trees_and_batches_of_one_decode_without_codec(tmp_path, weights_file, encodec_weights):
+    """codec-bpe writes a tree of .npy codes with a codec_info.json at its top naming the codec; transformers'
+    EnCodec gives [1, 1, K, frames], its Mimi [1, K, frames]. Such arrays decode as the codec named above them
+    (they were read as Mimi's, and the 4-D ones refused), to the same audio as with --codec; a codec_info.json
+    naming a codec mimi-cli does not run (DAC codes would pass for Mimi's, as noise) fails each file in one
+    line, unless --codec says what the codes are; one that cannot be read fails as such."""
+    import json
+
+    rng = np.random.default_rng(0)
+    env = {"ENCODEC_WEIGHTS": str(encodec_weights)}
+    info = {"codec_type": "encodec", "codec_model": "facebook/encodec_24khz", "sampling_rate": 24000,
+            "num_codebooks": 8, "codebook_size": 1024, "framerate": 75.0}
+    tree = tmp_path / "codes" / "encodec_24khz" / "mono"
+    (tree / "speaker1").mkdir(parents=True)
+    np.save(tree / "speaker1" / "a_c0_t000000.npy", rng.integers(0, 1024, (1, 1, 8, 40)))
+    (tree / "codec_info.json").write_text(json.dumps(info, indent=4))
+    mimi_tree = tmp_path / "codes" / "mimi" / "mono"
+    mimi_tree.mkdir(parents=True)
+    np.save(mimi_tree / "b_c0_t000000.npy", rng.integers(0, 2048, (1, 8, 12)))
+    (mimi_tree / "codec_info.json").write_text(json.dumps({**info, "codec_type": "mimi", "codec_model": "kyutai/mimi",
+                                                           "codebook_size": 2048, "framerate": 12.5}))
+    result = run("decode", tmp_path / "codes", "-r", "-o", tmp_path / "auto", weights=weights_file, env_extra=env)
+    assert result.returncode == 0 and "2 decoded" in result.stderr, result.stderr
+    for codec, folder, name, frames in (("encodec-24khz", tree / "speaker1", "a_c0_t000000", 40 * 320),
+                                        ("mimi", mimi_tree, "b_c0_t000000", 12 * 1920)):
+        told = tmp_path / f"{codec}.wav"
+        result = run("decode", "--codec", codec, folder / f"{name}.npy", "-o", told, weights=weights_file,
+                     env_extra=env)
+        assert result.returncode == 0, result.stderr
+        found = next((tmp_path / "auto").rglob(f"{name}.wav"))
+        assert sf.info(found).frames == frames and found.read_bytes() == told.read_bytes()
+    np.save(tmp_path / "two.npy", rng.integers(0, 1024, (2, 1, 8, 40)))
+    result = run("decode", "--codec", "encodec-24khz", tmp_path / "two.npy", "-o", tmp_path / "two.wav", env_extra=env)
+    assert result.returncode == 1 and "has shape [2, 1, 8, 40]; codes are [K, frames] or [C, K, frames]" in \
+        result.stderr
+    (tree / "codec_info.json").write_text(json.dumps({"codec_type": "dac", "codec_model": "descript/dac_44khz",
+                                                      "sampling_rate": 44100, "codebook_size": 1024}))
+    shown = tree / "speaker1" / "a_c0_t000000.npy"
+    result = run("decode", shown, "-o", tmp_path / "dac.wav", env_extra=env)
+    assert result.returncode == 1 and not (tmp_path / "dac.wav").exists()
+    assert result.stderr == (f"error: {shown}: {tree / 'codec_info.json'}, which describes the codes below it, says "
+                             "they are dac codes (descript/dac_44khz, 44100 Hz, 1024 per codebook), which mimi-cli "
+                             "does not decode; correct or remove it, or give --codec (mimi, encodec-24khz)\n")
+    result = run("decode", "--codec", "encodec-24khz", shown, "-o", tmp_path / "told.wav", env_extra=env)
+    assert result.returncode == 0, result.stderr
+    (tree / "codec_info.json").write_text("[")
+    result = run("decode", shown, "-o", tmp_path / "bad.wav", env_extra=env)
+    assert result.returncode == 1 and "codec_info.json, which describes the codes below it, is not JSON" in \
+        result.stderr
+
+
 def test_a_codes_file_keeps_its_codec_and_says_so(tmp_path, weights_file, encoded):
     """--codec is for bare arrays; given with a codes file of another codec it is not used, with a warning."""
     result = run("decode", "--codec", "encodec-24khz", encoded, "-o", tmp_path / "a.wav", weights=weights_file,
