@@ -401,7 +401,7 @@ def decode(
     force: ForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Decode codes (.npz) back to audio; each codes file says which codec made it."""
+    """Decode codes (.npz, .npy, .ecdc) back to audio; each codes file says which codec made it."""
     from mimi_cli.pipeline import Settings
 
     settings = Settings("decode", weights, codec, stream=stream, sample_rate=sample_rate,
