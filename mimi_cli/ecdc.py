@@ -50,12 +50,17 @@ def ecdc_model(codec: str) -> str:
     return name
 
 
+def check_streams(streams: int) -> None:
+    """An .ecdc file holds one code stream: a MimiError for more."""
+    if streams != 1:
+        raise MimiError(f".ecdc holds one code stream, and these codes have {streams} (--channels split): "
+                        "write .npz, or encode the channels mixed")
+
+
 def write_ecdc(f: IO[bytes], codes) -> None:
     """Write a :class:`mimi_cli.codes.CodesFile` of one code stream as ``encodec`` writes it (without --lm)."""
     model = ecdc_model(codes.codec)
-    if codes.channels != 1:
-        raise MimiError(f".ecdc holds one code stream, and these codes have {codes.channels} (--channels split): "
-                        "write .npz, or encode the channels mixed")
+    check_streams(codes.channels)
     header = json.dumps({"m": model, "al": int(codes.num_samples), "nc": codes.num_codebooks, "lm": False}).encode()
     f.write(_HEAD.pack(MAGIC, 0, len(header)) + header)
     values = codes.codes[0].T.reshape(-1)  # [F * K]: frame after frame, levels in order

@@ -25,6 +25,7 @@ import numpy as np
 from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, decoder_warnings, open_audio,
                             read_blocks, read_open, resample, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
+from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, dumps_json, first_line,
                              out_of_memory, over_memory)
 from mimi_cli.fileio import Readable, Target, atomic_output, output_exists, readable
@@ -341,6 +342,8 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
         if settings.channels == "split" and channels > MAX_CHANNELS:  # a file decode would refuse
             raise InvalidAudioError(f"{task.input} has {channels} channels; --channels split writes at most "
                                     f"{MAX_CHANNELS} code streams to a codes file: split the file, or mix it")
+        if settings.channels == "split" and task.output is not None and is_ecdc_path(task.output):
+            check_streams(channels)  # before the work
         if not settings.stream:
             audio = read_for_batch(task.input, f, settings.codec)
         loaded = models.get(settings.codec, report)

@@ -159,6 +159,14 @@ def test_only_a_codec_and_a_layout_encodec_has_are_written_as_ecdc(clip, weights
     assert result.returncode == 1 and not (tmp_path / "m.ecdc").exists()
     assert result.stderr == ("error: .ecdc is EnCodec's own format, and mimi codes have no place in it: write .npz "
                              "(or .npy), or encode with --codec encodec-24khz\n")
+    two = tmp_path / "two.wav"
+    sf.write(two, np.zeros((2400, 2), np.float32), 24000)
+    result = run("encode", two, "--channels", "split", "--codec", ENCODEC, "-o", tmp_path / "s.ecdc",
+                 "--weights", tmp_path / "unused.safetensors")  # refused before the weights are looked for
+    assert result.returncode == 1 and result.stderr == (
+        "error: .ecdc holds one code stream, and these codes have 2 (--channels split): write .npz, or encode the "
+        "channels mixed\n")
+    two.unlink()
     stereo = CodesFile.from_codes(np.zeros((2, 8, 3), np.uint16), _config(), 960, 24000, 2, "")
     with pytest.raises(MimiError, match=r"^.ecdc holds one code stream, and these codes have 2"):
         stereo.save(tmp_path / "s.ecdc")
