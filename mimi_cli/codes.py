@@ -31,7 +31,7 @@ import numpy as np
 
 from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
-from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, malformed
+from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, loads_json, malformed
 from mimi_cli.fileio import STDOUT, Target, atomic_output, file_kind, holds, is_folder, missing
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
@@ -339,8 +339,6 @@ def described_codec(path: Path) -> str:
     of its tree of ``.npy`` codes: ``codec_type``, ``sampling_rate``, ``codebook_size``…), else Mimi. One that
     names a codec mimi-cli does not run (DAC, say, whose codes would pass for Mimi's) is an error, as is one
     that cannot be read: decoding such codes as Mimi's would give noise without a word."""
-    from mimi_cli.errors import loads_json
-
     for folder in Path(os.path.abspath(path)).parents:
         info = folder / CODEC_INFO
         if os.path.isfile(info):
