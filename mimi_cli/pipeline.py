@@ -69,8 +69,23 @@ def load_model(weights: str | Path | None, codec: str = DEFAULT_CODEC) -> Loaded
     start = time.perf_counter()
     spec = codec_spec(codec)
     path = resolve_weights(weights, spec)
-    model = spec.model().from_file(path)
+    try:
+        model = spec.model().from_file(path)
+    except WeightsError as exc:
+        raise WeightsError(f"{exc}{_other_codecs_weights(path, spec)}") from None
     return LoadedModel(model, path, weights_id(path), time.perf_counter() - start)
+
+
+def _other_codecs_weights(path: Path, spec) -> str:
+    """"; it holds EnCodec 24 kHz weights" when the weights that ``spec``'s codec refused are another codec's."""
+    from mimi_cli.inspect import recognise
+    from mimi_cli.weights import open_weights
+
+    try:
+        other = recognise(open_weights(path))[0]
+    except MimiError:
+        return ""
+    return f"; it holds {other.config().display_name} weights" if other not in (None, spec) else ""
 
 
 @dataclass

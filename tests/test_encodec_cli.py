@@ -70,9 +70,15 @@ def test_bad_codebook_choices_are_usage_errors(tmp_path, clip, args, message):
 
 
 def test_wrong_weights_for_the_codec_leave_no_output(tmp_path, clip, weights_file, encodec_file):
+    """Each codec's weights given to the other: one line that says whose weights they are."""
     result = run("encode", clip, "--codec", ENCODEC, "--weights", weights_file, "-o", tmp_path / "x.npz")
     assert result.returncode == 1 and "is not an EnCodec checkpoint" in result.stderr
+    assert result.stderr.endswith("naming; it holds Mimi weights\n"), result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "x.npz").exists()
+    result = run("encode", clip, "--weights", encodec_file, "-o", tmp_path / "x.npz")
+    assert result.returncode == 1 and "is not a Mimi checkpoint" in result.stderr
+    assert result.stderr.endswith("tensors); it holds EnCodec 24 kHz weights\n"), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "x.npz").exists()
 
 
 def test_stream_gives_the_batch_codes_and_audio(tmp_path, clip, encodec_file):
