@@ -206,8 +206,9 @@ def readable(path: Target) -> Iterator[Readable]:
 _SIGNATURES = ((b"RIFF", "audio (WAV)"), (b"fLaC", "audio (FLAC)"), (b"OggS", "audio (Ogg)"), (b"ID3", "audio (MP3)"),
                (b"FORM", "audio (AIFF)"), (b"\x93NUMPY", "a NumPy .npy array"),
                (b"PK\x03\x04", "a zip archive (an .npz codes file?)"), (b"PAR1", "a Parquet table"),
-               (b"ARROW1", "an Arrow table"), (b"{", "JSON text"),
-               (b"ECDC", "EnCodec codes (.ecdc)"))
+               (b"ARROW1", "an Arrow table"), (b"{", "JSON text"), (b"ECDC", "EnCodec codes (.ecdc)"),
+               # what a clone of a Hugging Face or other Git LFS repository holds where git-lfs did not fetch
+               (b"version https://git-lfs.github.com/spec/", "a Git LFS pointer (fetch the file: git lfs pull)"))
 
 
 def holds(path: Path) -> str | None:

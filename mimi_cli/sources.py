@@ -41,7 +41,7 @@ from typing import Literal
 
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import InvalidAudioError, InvalidCodesError, MimiError, first_line, loads_json, physical_memory
-from mimi_cli.fileio import STDIN, check_stdin, file_kind, home_expanded, local_path, url
+from mimi_cli.fileio import STDIN, check_stdin, file_kind, holds, home_expanded, local_path, url
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path", "file_name")  # NeMo; lists; a Hugging Face audiofolder's metadata
 MAX_MEMBER_BYTES = 2 << 30  # an audio member or cell read into memory at once
@@ -436,7 +436,7 @@ def list_tar(path: Path) -> list[Entry]:
                     except ValueError:
                         texts.setdefault(key, {})[with_suffix] = data
     except (OSError, tarfile.TarError, EOFError) as exc:
-        raise MimiError(f"cannot read tar shard {path} ({exc})") from None
+        raise MimiError(f"cannot read tar shard {path} ({exc}){_holds_else(path, 'a tar archive')}") from None
     audio = []  # (member name, key)
     for member in members:
         key, suffix = _split_key(member.name)
@@ -686,7 +686,14 @@ def _table_shape(file: Path):
             schema, rows = table.schema, table.num_rows
         return schema, schema.names, rows  # the names decoded here: one that is not UTF-8 raises a ValueError
     except (OSError, pa.ArrowException, LookupError, TypeError, ValueError) as exc:
-        raise MimiError(f"cannot read {file} as a table ({first_line(exc)})") from None
+        raise MimiError(f"cannot read {file} as a table ({first_line(exc)}){_holds_else(file, 'a Parquet', 'an Arrow')}"
+                        ) from None
+
+
+def _holds_else(path: Path, *expected: str) -> str:
+    """"; it holds audio (WAV)" for a file whose first bytes say it holds something other than ``expected``."""
+    kind = holds(path)
+    return f"; it holds {kind}" if kind and not kind.startswith(expected) else ""
 
 
 def _pyarrow():

@@ -259,6 +259,30 @@ def test_what_a_file_holds_is_named_from_its_first_bytes(tmp_path):
         assert result.returncode != 0 and f"{name} holds {kind}, not weights" in result.stdout + result.stderr
 
 
+def test_a_git_lfs_pointer_is_named_wherever_it_stands_for_a_file(tmp_path, short_clip, weights_file):
+    """A clone of a Hugging Face repository without git-lfs holds pointers (three lines of text) in place of its
+    audio, tables, shards and weights: each was read as damaged ("header length 2,336,927,755,350,992,246 is over
+    the 100 MiB limit", "Parquet magic bytes not found"); now each says what it is and how to fetch the file.
+    A file of another kind under a table's name says what it holds too."""
+    pointer = (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"4d7a" * 16 + b"\nsize 385000000\n")
+    said = "it holds a Git LFS pointer (fetch the file: git lfs pull)"
+    for name in ("a.wav", "model.safetensors", "codes.npz", "train-00000-of-00001.parquet", "data.arrow", "0.tar"):
+        (tmp_path / name).write_bytes(pointer)
+    for args in (("encode", tmp_path / "a.wav", "-o", tmp_path / "a.npz"), ("decode", tmp_path / "codes.npz"),
+                 ("encode", short_clip, "-o", tmp_path / "b.npz", "--weights", tmp_path / "model.safetensors"),
+                 ("encode", tmp_path / "train-00000-of-00001.parquet", "-o", tmp_path / "out/"),
+                 ("encode", tmp_path / "data.arrow", "-o", tmp_path / "out/"),
+                 ("encode", tmp_path / "0.tar", "-o", tmp_path / "out/")):
+        result = run(*args, weights=weights_file)
+        text = " ".join(result.stderr.split())
+        assert result.returncode == 1 and (said in text or said.replace("it holds", "holds") in text), text
+        assert "Traceback" not in result.stderr
+    (tmp_path / "audio.parquet").write_bytes(short_clip.read_bytes())
+    result = run("encode", tmp_path / "audio.parquet", "-o", tmp_path / "out/", weights=weights_file)
+    assert result.returncode == 1 and "; it holds audio (WAV)" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.npz"))
+
+
 def test_encode_refuses_an_audio_name_for_its_codes(tmp_path, short_clip):
     before = {p.name for p in tmp_path.iterdir()}
     result = run("encode", short_clip, "-o", tmp_path / "codes.WAV")
