@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
-from mimi_cli.ecdc import ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
+from mimi_cli.ecdc import check_streams, ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
 from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, loads_json, malformed
 from mimi_cli.fileio import STDOUT, Target, atomic_output, file_kind, holds, is_folder, missing
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
@@ -94,7 +94,8 @@ class CodesFile:
             if is_bare_array_path(path):
                 np.save(f, self.bare_array())
             elif is_ecdc_path(path):
-                write_ecdc(f, self)
+                check_streams(self.channels)
+                write_ecdc(f, self.codec, self.codes[0], self.num_samples)
             else:
                 np.savez(f, **{key: np.asarray(getattr(self, key)) for key in (*KEYS, *OPTIONAL_KEYS)
                                if getattr(self, key) is not None})
@@ -324,9 +325,11 @@ def load_codes(path: Path, codec: str | None = None) -> CodesFile:
         return CodesFile.from_array(path, codec or described_codec(path))
     if magic.startswith(ECDC_MAGIC):
         try:
-            return read_ecdc(path, MAX_NUM_SAMPLES)
+            named, codes, num_samples = read_ecdc(path, MAX_NUM_SAMPLES)
         except OSError as exc:
             raise InvalidCodesError(f"cannot read {path}: {exc.strerror or exc}") from None
+        config = codec_spec(named).config()  # its source's rate, channels and weights are not kept
+        return CodesFile.from_codes(codes, config, num_samples, config.sample_rate, 1, weights_id="")
     lone = _lone_array(path) or _lone_tensor(path)
     return CodesFile.from_array(path, codec or described_codec(path), lone) if lone else CodesFile.load(path)
 

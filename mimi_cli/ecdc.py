@@ -57,16 +57,21 @@ def check_streams(streams: int) -> None:
                         "write .npz, or encode the channels mixed")
 
 
-def write_ecdc(f: IO[bytes], codes) -> None:
-    """Write a :class:`mimi_cli.codes.CodesFile` of one code stream as ``encodec`` writes it (without --lm)."""
-    model = ecdc_model(codes.codec)
-    check_streams(codes.channels)
-    header = json.dumps({"m": model, "al": int(codes.num_samples), "nc": codes.num_codebooks, "lm": False}).encode()
+def write_ecdc(f: IO[bytes], codec: str, codes: np.ndarray, num_samples: int) -> None:
+    """Write ``codec``'s codes ``[K, F]`` of ``num_samples`` samples as ``encodec`` writes them (without --lm)."""
+    header = json.dumps({"m": ecdc_model(codec), "al": int(num_samples), "nc": codes.shape[0], "lm": False}).encode()
     f.write(_HEAD.pack(MAGIC, 0, len(header)) + header)
-    values = codes.codes[0].T.reshape(-1)  # [F * K]: frame after frame, levels in order
-    bits = int(math.log2(codes.codebook_size))
+    values = codes.T.reshape(-1)  # [F * K]: frame after frame, levels in order
+    bits = _bits(codec)
     for start in range(0, values.size, _BLOCK):
         f.write(_pack(values[start:start + _BLOCK], bits))
+
+
+def _bits(codec: str) -> int:
+    """Bits per code: log2 of the codebook size (EnCodec: 10)."""
+    from mimi_cli.models import codec_spec
+
+    return int(math.log2(codec_spec(codec).config().codebook_size))
 
 
 def _pack(values: np.ndarray, bits: int) -> bytes:
@@ -81,9 +86,8 @@ def _unpack(data: bytes, count: int, bits: int) -> np.ndarray:
     return (stream.astype(np.uint16) << np.arange(bits, dtype=np.uint16)).sum(axis=1, dtype=np.uint16)
 
 
-def read_ecdc(path: Path, max_samples: int):
-    """A :class:`mimi_cli.codes.CodesFile` from an .ecdc file; an InvalidCodesError for any other bytes."""
-    from mimi_cli.codes import CodesFile
+def read_ecdc(path: Path, max_samples: int) -> tuple[str, np.ndarray, int]:
+    """An .ecdc file's ``(codec, codes [K, F] uint16, num_samples)``; an InvalidCodesError for any other bytes."""
     from mimi_cli.models import codec_spec
 
     def fail(problem: str) -> InvalidCodesError:
@@ -120,7 +124,7 @@ def read_ecdc(path: Path, max_samples: int):
         if not 1 <= levels <= config.num_codebooks:
             raise fail(f"its header says {levels} codebooks; {config.display_name} has 1 to {config.num_codebooks}")
         frames = -(-samples // config.frame_size)
-        bits = int(math.log2(config.codebook_size))
+        bits = _bits(spec.name)
         needed, held = -(-frames * levels * bits // 8), size - _HEAD.size - length
         if held != needed:
             state = "is cut short" if held < needed else f"has {held - needed:,} bytes after them"
@@ -128,9 +132,7 @@ def read_ecdc(path: Path, max_samples: int):
                        f"{state}: it is damaged; write it again")
         values = np.concatenate([_unpack(f.read(_BLOCK * bits // 8), min(_BLOCK, frames * levels - start), bits)
                                  for start in range(0, frames * levels, _BLOCK)] or [np.zeros(0, np.uint16)])
-    codes = values.reshape(frames, levels).T  # [K, F]
-    return CodesFile.from_codes(codes, config, num_samples=samples, source_sample_rate=config.sample_rate,
-                                source_channels=1, weights_id="")
+    return spec.name, values.reshape(frames, levels).T, samples  # [K, F]
 
 
 def _fields(header, fail) -> tuple[str, int, int, bool]:

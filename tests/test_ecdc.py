@@ -174,8 +174,7 @@ def test_only_a_codec_and_a_layout_encodec_has_are_written_as_ecdc(clip, weights
     buffer = io.BytesIO()
     from mimi_cli.ecdc import write_ecdc
 
-    mono = CodesFile.from_codes(np.full((2, 3), 1023, np.uint16), _config(), 960, 24000, 1, "")
-    write_ecdc(buffer, mono)  # 6 codes of ten 1-bits: 60 bits, then four 0-bits
+    write_ecdc(buffer, ENCODEC, np.full((2, 3), 1023, np.uint16), 960)  # 6 codes of ten 1-bits: 60 bits, 4 0-bits
     assert buffer.getvalue().endswith(b"\xff" * 7 + b"\x0f")
 
 
