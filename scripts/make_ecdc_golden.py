@@ -1,4 +1,4 @@
-"""Run Meta's ``encodec`` package (0.1.1) on our random EnCodec weights; write tests/golden/ecdc.npz.
+"""Run Meta's ``encodec`` package (0.1.1) on our random EnCodec weights; write tests/golden/encodec_ecdc.npz.
 
 Its ``compress`` / ``decompress`` are the reference for the ``.ecdc`` file (docs/codes-format.md): the
 file's bytes at three bandwidths for one speech clip of tests/golden/encodec.npz (97 frames and 123
@@ -90,8 +90,8 @@ def main() -> None:
         if bandwidth == 6.0:
             out["audio_6"] = audio[0].numpy()
         print(f"{bandwidth:g} kbps: {len(data)} bytes, codes {tuple(codes.shape[1:])}")
-    np.savez_compressed(GOLDEN / "ecdc.npz", **out)
-    print(f"wrote {GOLDEN / 'ecdc.npz'}")
+    np.savez_compressed(GOLDEN / "encodec_ecdc.npz", **out)
+    print(f"wrote {GOLDEN / 'encodec_ecdc.npz'}")
 
 
 if __name__ == "__main__":

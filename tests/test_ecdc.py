@@ -30,7 +30,7 @@ ENCODEC = "encodec-24khz"
 
 @pytest.fixture(scope="module")
 def golden():
-    with np.load(GOLDEN / "ecdc.npz", allow_pickle=False) as npz:
+    with np.load(GOLDEN / "encodec_ecdc.npz", allow_pickle=False) as npz:
         return dict(npz)
 
 
