@@ -125,6 +125,8 @@ class CodesFile:
             raise InvalidCodesError(f"cannot read {path}: {exc.strerror or exc}") from None
         if magic == b"\x93NUMPY":
             raise InvalidCodesError(f"{path} is a .npy array, not a codes file (.npz written by mimi encode)")
+        if magic[:1] == b"\x80" and magic[1:2] in b"\x02\x03\x04\x05":  # a pickle's PROTO opcode
+            raise _pickled(path)
         if not magic.startswith(b"PK"):
             kind = holds(path)
             hint = f"; it holds {kind}" + (", which `mimi encode` turns into codes" if "audio" in kind else "") \
@@ -420,6 +422,12 @@ def _lone_array(path: Path) -> zipfile.ZipInfo | None:
     return members[0] if len(members) == 1 and members[0].filename.endswith(".npy") else None
 
 
+def _pickled(path: Path) -> InvalidCodesError:
+    return InvalidCodesError(f"{path} is a pickle (what torch.save and pickle.dump write), which is never loaded: "
+                             "loading one can run code; save the codes with np.save(path, codes.numpy()) or "
+                             "safetensors' save_file")
+
+
 # Limits of the reader, checked before any array is read (docs/codes-format.md).
 MAX_SCALAR_BYTES = 4096  # a scalar member: a .npy header and one value
 MAX_CHANNELS = 64  # channels encoded separately (--channels split) in one file
@@ -429,6 +437,8 @@ MAX_NUM_SAMPLES = 24000 * 3600 * 24 * 7  # a week of audio at 24 kHz: codes of a
 def _read_members(path: Path, archive: zipfile.ZipFile) -> dict[str, object]:
     """The scalar members, read after checking their sizes; ``codes`` as (shape, dtype, zip entry) from its
     ``.npy`` header, not read yet."""
+    if any(name.rpartition("/")[2] == "data.pkl" for name in archive.namelist()):  # torch.save's zip
+        raise _pickled(path)
     members = {name.removesuffix(".npy"): info for info in archive.infolist()
                if (name := info.filename).endswith(".npy")}
     absent = [key for key in KEYS if key not in members]

@@ -223,6 +223,34 @@ def test_codec_bpe_trees_and_batches_of_one_decode_without_codec(tmp_path, weigh
         result.stderr
 
 
+def test_codes_saved_as_pickles_are_named_and_never_loaded(tmp_path, weights_file):
+    """torch.save's file (a zip holding data.pkl; a bare pickle before torch 1.6) and pickle.dump's: "it holds no
+    arrays" before; now what it is, and how to save codes that load. Nothing is unpickled: a pickle that would
+    run code when loaded leaves no trace."""
+    import pickle
+    import zipfile
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    data = pickle.dumps(Payload(), protocol=2)
+    with zipfile.ZipFile(tmp_path / "codes.pt", "w") as archive:  # torch.save's layout
+        archive.writestr("codes/data.pkl", data)
+        archive.writestr("codes/data/0", bytes(80))
+        archive.writestr("codes/version", "3\n")
+    (tmp_path / "old.pt").write_bytes(data)
+    (tmp_path / "codes.pkl").write_bytes(pickle.dumps(Payload(), protocol=5))
+    for name in ("codes.pt", "old.pt", "codes.pkl"):
+        result = run("decode", tmp_path / name, "-o", tmp_path / "out.wav", weights=weights_file)
+        assert result.returncode == 1 and result.stderr == (
+            f"error: {tmp_path / name} is a pickle (what torch.save and pickle.dump write), which is never loaded: "
+            "loading one can run code; save the codes with np.save(path, codes.numpy()) or safetensors' save_file\n")
+    assert not marker.exists() and not (tmp_path / "out.wav").exists()
+
+
 def test_a_codes_file_keeps_its_codec_and_says_so(tmp_path, weights_file, encoded):
     """--codec is for bare arrays; given with a codes file of another codec it is not used, with a warning."""
     result = run("decode", "--codec", "encodec-24khz", encoded, "-o", tmp_path / "a.wav", weights=weights_file,
