@@ -417,8 +417,8 @@ def _lone_array(path: Path) -> zipfile.ZipInfo | None:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, *DATA_ERRORS):
-        return None
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, *DATA_ERRORS):
+        return None  # NotImplementedError: a member of a zip version zipfile does not know (a damaged directory)
     return members[0] if len(members) == 1 and members[0].filename.endswith(".npy") else None
 
 

@@ -27,8 +27,8 @@ def _is_numpy_archive(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (OSError, zipfile.BadZipFile, *DATA_ERRORS):
-        return False
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, *DATA_ERRORS):
+        return False  # NotImplementedError: a member of a zip version zipfile does not know (a damaged directory)
     return bool(names) and all(name.endswith(".npy") for name in names)
 
 
