@@ -28,7 +28,7 @@ from typing import IO
 import numpy as np
 
 from mimi_cli.errors import InvalidCodesError, MimiError, loads_json
-from mimi_cli.models import CODECS
+from mimi_cli.models import CODECS, codec_spec
 
 MAGIC = b"ECDC"
 _HEAD = struct.Struct("!4sBI")  # magic, version, header length
@@ -69,8 +69,6 @@ def write_ecdc(f: IO[bytes], codec: str, codes: np.ndarray, num_samples: int) ->
 
 def _bits(codec: str) -> int:
     """Bits per code: log2 of the codebook size (EnCodec: 10)."""
-    from mimi_cli.models import codec_spec
-
     return int(math.log2(codec_spec(codec).config().codebook_size))
 
 
@@ -88,8 +86,6 @@ def _unpack(data: bytes, count: int, bits: int) -> np.ndarray:
 
 def read_ecdc(path: Path, max_samples: int) -> tuple[str, np.ndarray, int]:
     """An .ecdc file's ``(codec, codes [K, F] uint16, num_samples)``; an InvalidCodesError for any other bytes."""
-    from mimi_cli.models import codec_spec
-
     def fail(problem: str) -> InvalidCodesError:
         return InvalidCodesError(f"{path}: {problem}")
 
@@ -118,7 +114,7 @@ def read_ecdc(path: Path, max_samples: int) -> tuple[str, np.ndarray, int]:
         if lm:
             raise fail("compressed with EnCodec's language model (encodec --lm), which mimi-cli does not have; "
                        "decompress it with `encodec`, or compress it again without --lm")
-        config = codec_spec(spec.name).config()
+        config = spec.config()
         if not 1 <= samples <= max_samples:
             raise fail(f"its header says {samples} samples; an .ecdc file holds 1 to {max_samples:,}")
         if not 1 <= levels <= config.num_codebooks:
@@ -127,11 +123,11 @@ def read_ecdc(path: Path, max_samples: int) -> tuple[str, np.ndarray, int]:
         bits = _bits(spec.name)
         needed, held = -(-frames * levels * bits // 8), size - _HEAD.size - length
         if held != needed:
-            state = "is cut short" if held < needed else f"has {held - needed:,} bytes after them"
+            state = "is cut short" if held < needed else f"has {held - needed:,} more bytes"
             raise fail(f"its header says {frames:,} frames of {levels} codes ({needed:,} bytes), and the file "
                        f"{state}: it is damaged; write it again")
         values = np.concatenate([_unpack(f.read(_BLOCK * bits // 8), min(_BLOCK, frames * levels - start), bits)
-                                 for start in range(0, frames * levels, _BLOCK)] or [np.zeros(0, np.uint16)])
+                                 for start in range(0, frames * levels, _BLOCK)])  # at least one code
     return spec.name, values.reshape(frames, levels).T, samples  # [K, F]
 
 

@@ -129,7 +129,7 @@ GOOD = {"m": "encodec_24khz", "al": 640, "nc": 2, "lm": False}  # 2 frames of 2 
     (_ecdc(GOOD, bytes(5), length=0xFFFFFFF0), "its .ecdc header declares 4,294,967,280 bytes, more than the file "
                                                "holds or an .ecdc header needs (4,096); the file is damaged"),
     (_ecdc(GOOD, bytes(4)), "its header says 2 frames of 2 codes (5 bytes), and the file is cut short"),
-    (_ecdc(GOOD, bytes(6)), "and the file has 1 bytes after them: it is damaged"),
+    (_ecdc(GOOD, bytes(6)), "and the file has 1 more bytes: it is damaged"),
     (_ecdc({**GOOD, "nc": 33}, bytes(5)), "its header says 33 codebooks; EnCodec 24 kHz has 1 to 32"),
     (_ecdc({**GOOD, "al": 0}), "its header says 0 samples"),
     (_ecdc({**GOOD, "al": 10**15}), "its header says 1000000000000000 samples"),
