@@ -223,6 +223,10 @@ def holds(path: Path) -> str | None:
         return None
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 27:
         return ".safetensors weights"  # an 8-byte header length (its first byte may be "{"), then the JSON header
+    if head.startswith(b"PK\x03\x04") and head[30:30 + int.from_bytes(head[26:28], "little")].endswith(b"/data.pkl"):
+        return "a PyTorch file (torch.save's pickle)"  # its first member, named in the first local header
+    if head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05":
+        return "a Python pickle"
     kind = next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)
     if kind is None and head[257:262] == b"ustar":
         kind = "a tar archive (a WebDataset shard?)"

@@ -243,12 +243,18 @@ def test_codes_saved_as_pickles_are_named_and_never_loaded(tmp_path, weights_fil
         archive.writestr("codes/version", "3\n")
     (tmp_path / "old.pt").write_bytes(data)
     (tmp_path / "codes.pkl").write_bytes(pickle.dumps(Payload(), protocol=5))
-    for name in ("codes.pt", "old.pt", "codes.pkl"):
+    for name, kind in (("codes.pt", "a PyTorch file (torch.save's pickle)"), ("old.pt", "a Python pickle"),
+                       ("codes.pkl", "a Python pickle")):
         result = run("decode", tmp_path / name, "-o", tmp_path / "out.wav", weights=weights_file)
         assert result.returncode == 1 and result.stderr == (
             f"error: {tmp_path / name} is a pickle (what torch.save and pickle.dump write), which is never loaded: "
             "loading one can run code; save the codes with np.save(path, codes.numpy()) or safetensors' save_file\n")
-    assert not marker.exists() and not (tmp_path / "out.wav").exists()
+        result = run("encode", tmp_path / name, "-o", tmp_path / "out.npz", weights=weights_file)  # given as audio
+        assert result.returncode == 1 and f"; it holds {kind}, not audio;" in result.stderr, result.stderr
+        result = run("inspect", tmp_path / name)  # given as weights
+        assert result.returncode != 0 and "looks like a PyTorch pickle, which can run arbitrary code and is never " \
+            "loaded" in result.stdout + result.stderr
+    assert not marker.exists() and not any(tmp_path.glob("out.*"))
 
 
 def test_a_codes_file_keeps_its_codec_and_says_so(tmp_path, weights_file, encoded):

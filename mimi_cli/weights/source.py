@@ -68,7 +68,7 @@ def _open(path: Path) -> WeightFile:
         raise WeightsError(f"{path} is a NumPy .npz archive (a codes file from `mimi encode`?), not weights; "
                            "`mimi decode` reads codes files")
     kind = holds(path)
-    if kind and kind != ".safetensors weights" and "zip" not in kind:  # a zip: PyTorch's checkpoints are, too
+    if kind and kind != ".safetensors weights" and "zip" not in kind and "pickle" not in kind:  # said below
         raise WeightsError(f"{path} holds {kind}, not weights; give a .safetensors file or a Core ML model")
     if path.suffix.lower() in PICKLE_SUFFIXES or _looks_like_pickle(head):
         raise WeightsError(f"{path} looks like a PyTorch pickle, which can run arbitrary code and is never "
