@@ -94,6 +94,17 @@ def mutated(draw, seeds: list[bytes]) -> bytes:
     return bytes(data)
 
 
+def _fuzz_file(seeds: list[bytes], path: Path, read, allowed: type[Exception]) -> None:
+    """Each seed with bytes changed, written to ``path``, then ``read()``: only ``allowed`` escapes."""
+    @FUZZ
+    @given(mutated(seeds))
+    def check(data: bytes) -> None:
+        path.write_bytes(data)
+        bounded(read, allowed)
+
+    check()
+
+
 def _fixture_files(pattern: str) -> list[bytes]:
     root = SHARED / "coreml-fixtures"
     return [p.read_bytes() for p in sorted(root.glob(pattern))[:12]] if root.is_dir() else []
@@ -154,14 +165,7 @@ def test_fuzz_blob_storage(programs, tmp_path_factory):
     seeds += _fixture_files("*/weights/weight.bin") + _fixture_files("synthetic-coremltools9/*.weight.bin")
     folder = tmp_path_factory.mktemp("blob")
     _built_program(folder, "1.3")
-
-    @FUZZ
-    @given(mutated(seeds))
-    def check(data: bytes) -> None:
-        (folder / "weights" / "weight.bin").write_bytes(data)
-        bounded(lambda: _read_everything(folder), WeightsError)
-
-    check()
+    _fuzz_file(seeds, folder / "weights" / "weight.bin", lambda: _read_everything(folder), WeightsError)
 
 
 # ----------------------------------------------------------------------------- Core ML: protobuf, manifest, espresso
@@ -260,14 +264,7 @@ def test_fuzz_safetensors(tmp_path_factory):
     seeds = [save({"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.float16)}),
              save({"w": np.zeros((3, 3), np.float32)}, metadata={"format": "pt"})]
     path = tmp_path_factory.mktemp("st") / "x.safetensors"
-
-    @FUZZ
-    @given(mutated(seeds))
-    def check(data: bytes) -> None:
-        path.write_bytes(data)
-        bounded(lambda: _read_everything(path), WeightsError)
-
-    check()
+    _fuzz_file(seeds, path, lambda: _read_everything(path), WeightsError)
 
 
 # ----------------------------------------------------------------------------- codes files
@@ -287,14 +284,7 @@ def test_fuzz_codes_files(tmp_path_factory):
     path = tmp_path_factory.mktemp("codes") / "c.npz"
     path.write_bytes(seeds[0])
     assert CodesFile.load(path).num_frames == 5  # the seed itself is sound
-
-    @FUZZ
-    @given(mutated(seeds))
-    def check(data: bytes) -> None:
-        path.write_bytes(data)
-        bounded(lambda: CodesFile.load(path), InvalidCodesError)
-
-    check()
+    _fuzz_file(seeds, path, lambda: CodesFile.load(path), InvalidCodesError)
 
 
 def test_fuzz_bare_arrays_of_codes(tmp_path_factory):
@@ -342,15 +332,7 @@ def test_fuzz_ecdc_files(tmp_path_factory):
         CodesFile.from_codes(codes, config, frames * 320 - 11, 24000, 1, "").save(folder / "seed.ecdc", replace=True)
         assert np.array_equal(load_codes(folder / "seed.ecdc").codes[0], codes)  # the seeds themselves are sound
         seeds.append((folder / "seed.ecdc").read_bytes())
-
-    @FUZZ
-    @given(mutated(seeds))
-    def check(data: bytes) -> None:
-        path = folder / "c.ecdc"
-        path.write_bytes(data)
-        bounded(lambda: load_codes(path), InvalidCodesError)
-
-    check()
+    _fuzz_file(seeds, folder / "c.ecdc", lambda: load_codes(folder / "c.ecdc"), InvalidCodesError)
 
 
 def test_fuzz_codes_headers_that_lie(tmp_path_factory):
