@@ -125,10 +125,10 @@ class CodesFile:
             raise InvalidCodesError(f"cannot read {path}: {exc.strerror or exc}") from None
         if magic == b"\x93NUMPY":
             raise InvalidCodesError(f"{path} is a .npy array, not a codes file (.npz written by mimi encode)")
-        if magic[:1] == b"\x80" and magic[1:2] in b"\x02\x03\x04\x05":  # a pickle's PROTO opcode
-            raise _pickled(path)
         if not magic.startswith(b"PK"):
             kind = holds(path)
+            if kind and "pickle" in kind:
+                raise _pickled(path)
             hint = f"; it holds {kind}" + (", which `mimi encode` turns into codes" if "audio" in kind else "") \
                 if kind else ""
             raise InvalidCodesError(f"{path} is not a codes file (expected the .npz archive written by mimi "
