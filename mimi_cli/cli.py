@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mimi_cli import __version__
-from mimi_cli.errors import MimiError, out_of_memory
+from mimi_cli.errors import MimiError, os_reason, out_of_memory
 from mimi_cli.models import CODECS, DEFAULT_CODEC
 
 app = typer.Typer(
@@ -229,14 +229,6 @@ class _Messages:
             yield update
 
 
-# What the system runs out of, whatever the step (a pool's pipes, a worker's files).
-_SYSTEM_LIMITS = {
-    errno.EMFILE: "raise the limit on open files (ulimit -n) or use fewer --jobs",
-    errno.ENFILE: "the system's table of open files is full: close other programs or use fewer --jobs",
-    errno.ENOMEM: "free some memory or raise the limit (ulimit -v)",
-}
-
-
 @contextlib.contextmanager
 def _user_errors(interrupted: str = "interrupted; no output was written") -> Iterator[None]:
     """Turn library errors into one-line messages and exit codes (128 + the signal's number when interrupted)."""
@@ -245,8 +237,7 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
     except MimiError as exc:
         _fail(str(exc))
     except OSError as exc:  # the library says these in its own words; this is the net under it
-        advice = _SYSTEM_LIMITS.get(exc.errno)
-        _fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}{'; ' + advice if advice else ''}")
+        _fail(f"{exc.filename + ': ' if exc.filename else ''}{os_reason(exc)}")
     except MemoryError as exc:
         _fail(str(out_of_memory(exc)))
     except KeyboardInterrupt as exc:
@@ -951,7 +942,7 @@ def main() -> None:
     except OSError as exc:  # the commands' work says its own; what reaches here failed printing (help, a report)
         code = 1
         if exc.filename is not None:
-            err.print(f"[bold red]error:[/] {_shown(f'{exc.filename}: {exc.strerror or exc}')}")
+            err.print(f"[bold red]error:[/] {_shown(f'{exc.filename}: {os_reason(exc)}')}")
         elif isinstance(sys.stdout, _ClosedStdout):
             err.print("[bold red]error:[/] standard output is closed; redirect it (> file, | program)")
         else:

@@ -31,7 +31,7 @@ import numpy as np
 
 from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
 from mimi_cli.ecdc import check_streams, ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
-from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, loads_json, malformed
+from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, loads_json, malformed, os_reason
 from mimi_cli.fileio import STDOUT, Target, atomic_output, file_kind, holds, is_folder, missing
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
@@ -122,7 +122,7 @@ class CodesFile:
             with open(path, "rb") as f:
                 magic = f.read(6)
         except OSError as exc:
-            raise InvalidCodesError(f"cannot read {path}: {exc.strerror or exc}") from None
+            raise InvalidCodesError(f"cannot read {path}: {os_reason(exc)}") from None
         if magic == b"\x93NUMPY":
             raise InvalidCodesError(f"{path} is a .npy array, not a codes file (.npz written by mimi encode)")
         if not magic.startswith(b"PK"):
@@ -329,7 +329,7 @@ def load_codes(path: Path, codec: str | None = None) -> CodesFile:
         try:
             named, codes, num_samples = read_ecdc(path, MAX_NUM_SAMPLES)
         except OSError as exc:
-            raise InvalidCodesError(f"cannot read {path}: {exc.strerror or exc}") from None
+            raise InvalidCodesError(f"cannot read {path}: {os_reason(exc)}") from None
         config = codec_spec(named).config()  # its source's rate, channels and weights are not kept
         return CodesFile.from_codes(codes, config, num_samples, config.sample_rate, 1, weights_id="")
     lone = _lone_array(path) or _lone_tensor(path)
@@ -362,7 +362,7 @@ def described_codec(path: Path) -> str:
             text = f.read((1 << 16) + 1)
         described = loads_json(text) if len(text) <= 1 << 16 else None
     except OSError as exc:
-        raise fail(f"cannot be read ({exc.strerror or exc})") from None
+        raise fail(f"cannot be read ({os_reason(exc)})") from None
     except ValueError as exc:  # not UTF-8, not JSON
         raise fail(f"is not JSON ({exc})") from None
     if not isinstance(described, dict) or not isinstance(described.get("codec_type"), str):

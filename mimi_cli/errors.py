@@ -3,6 +3,7 @@
 Every message says what is wrong and, where it helps, what to do about it.
 """
 
+import errno
 import math
 
 
@@ -71,6 +72,22 @@ def over_memory(needed: float) -> int:
     other programs); 0 when it fits, or where the system does not say."""
     memory = physical_memory()
     return memory if memory and needed > 0.9 * memory else 0
+
+
+# What the system runs out of, whatever the step (a pool's pipes, a worker's files, a weights file's mapping).
+SYSTEM_LIMITS = {
+    errno.EMFILE: "raise the limit on open files (ulimit -n) or use fewer --jobs",
+    errno.ENFILE: "the system's table of open files is full: close other programs or use fewer --jobs",
+    errno.ENOMEM: "free some memory or raise the limit (ulimit -v)",
+}
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError's reason, for a message: the system's words, and what to do when a limit of the system
+    was reached (a memory map refused under ``ulimit -v`` says only "Cannot allocate memory")."""
+    reason = exc.strerror or str(exc)
+    advice = SYSTEM_LIMITS.get(exc.errno)
+    return f"{reason}; {advice}" if advice else reason
 
 
 def out_of_memory(exc: MemoryError, more: str = "") -> MimiError:

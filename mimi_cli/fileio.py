@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Union
 from urllib.parse import unquote, urlsplit
 
-from mimi_cli.errors import MimiError, OutputExistsError
+from mimi_cli.errors import MimiError, OutputExistsError, os_reason
 
 STDOUT = "-"
 STDIN = "-"  # the same name given as an input
@@ -127,7 +127,7 @@ def missing(path: Path) -> str | None:
     except FileNotFoundError:
         return "is a broken symbolic link" if os.path.islink(path) else "does not exist"
     except OSError as exc:
-        return f"cannot be reached: {exc.strerror or exc}"
+        return f"cannot be reached: {os_reason(exc)}"
     except ValueError:  # a NUL byte in the name
         return "is not a valid file name"
     return None
@@ -191,7 +191,7 @@ def readable(path: Target) -> Iterator[Readable]:
                         shutil.copyfileobj(source, f, 1 << 20)
         except OSError as exc:
             if exc.filename == str(path):
-                raise MimiError(f"cannot read {shown}: {exc.strerror or exc}") from None
+                raise MimiError(f"cannot read {shown}: {os_reason(exc)}") from None
             raise MimiError(f"cannot keep a copy of {shown} in {folder}: {exc.strerror or exc}; set TMPDIR to a "
                             "folder with space") from None
         if copy.path.stat().st_size == 0:

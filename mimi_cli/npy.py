@@ -16,7 +16,7 @@ from typing import IO
 
 import numpy as np
 
-from mimi_cli.errors import DATA_ERRORS, MimiError, first_line
+from mimi_cli.errors import DATA_ERRORS, MimiError, first_line, os_reason
 
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what a model input or a code array can be
 # The .npy format's versions (numpy.lib.format) and the size of each one's header length field.
@@ -38,7 +38,7 @@ def read_npy(path: Path | str, max_bytes: int = 4 << 30) -> np.ndarray:
             return _read_array(f, os.fstat(f.fileno()).st_size, str(path), max_bytes,
                                lambda dtype, count: np.fromfile(f, dtype=dtype, count=count))
     except OSError as exc:
-        raise InvalidArrayError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise InvalidArrayError(f"cannot read {path}: {os_reason(exc)}") from None
 
 
 def read_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str,
@@ -66,7 +66,7 @@ def open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str) -> 
         raise InvalidArrayError(f"{shown} is not readable ({exc}): it is cut short or damaged; write it again") \
             from None
     except OSError as exc:
-        raise InvalidArrayError(f"cannot read {shown}: {exc.strerror or exc}") from None
+        raise InvalidArrayError(f"cannot read {shown}: {os_reason(exc)}") from None
 
 
 def read_header(f, size: int, shown: str) -> tuple[tuple[int, ...], bool, np.dtype]:

@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Literal
 
 from mimi_cli.audio import BlockReader
-from mimi_cli.errors import InvalidAudioError, InvalidCodesError, MimiError, first_line, loads_json, physical_memory
+from mimi_cli.errors import (InvalidAudioError, InvalidCodesError, MimiError, first_line, loads_json, os_reason,
+                             physical_memory)
 from mimi_cli.fileio import STDIN, check_stdin, file_kind, holds, home_expanded, local_path, url
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path", "file_name")  # NeMo; lists; a Hugging Face audiofolder's metadata
@@ -625,7 +626,7 @@ def _state_files(state: Path) -> list[Path]:
         if not all(isinstance(name, str) for name in names):
             raise TypeError("a filename that is not text")
     except OSError as exc:
-        raise MimiError(f"cannot read {state}: {exc.strerror or exc}") from None
+        raise MimiError(f"cannot read {state}: {os_reason(exc)}") from None
     except (ValueError, LookupError, TypeError) as exc:
         raise MimiError(f"{state} is not a dataset's state (no list of _data_files with a filename each: "
                         f"{exc}); save the dataset again with save_to_disk") from None
@@ -943,7 +944,7 @@ def _row_audio(item: Item, name: str) -> bytes:
                                         f"{MAX_MEMBER_BYTES >> 30} GiB")
             return path.read_bytes()
         except OSError as exc:
-            raise InvalidAudioError(f"{name}: cannot read {path} ({exc.strerror or exc})") from None
+            raise InvalidAudioError(f"{name}: cannot read {path} ({os_reason(exc)})") from None
     raise InvalidAudioError(f"{name}: column {item.column!r} holds no audio bytes or path")
 
 

@@ -596,7 +596,7 @@ def test_file_size_limit_is_named(codes, weights_file, tmp_path):
 
 
 _REFUSED = """
-import errno, sys
+import errno, mmap, sys
 from mimi_cli import batch, cli, pipeline
 def refuse(*args, **kwargs):
     raise {raised}
@@ -613,11 +613,14 @@ cli.main()
      "out of memory (Unable to allocate 9.00 GiB for an array); free some memory or raise the limit (ulimit -v)"),
     ("encode", "batch.execute", 'OSError(errno.EMFILE, "Too many open files")',
      "Too many open files; raise the limit on open files (ulimit -n)"),
+    ("encode", "mmap.mmap", 'OSError(errno.ENOMEM, "Cannot allocate memory")',
+     "Cannot allocate memory; free some memory or raise the limit (ulimit -v)"),
 ])
 def test_system_limits_are_one_line(command, patched, raised, expected, clip, weights_file, tmp_path):
     """A refused allocation (a full machine, `ulimit -v`) that no size check foresaw, or too many open files
     (`ulimit -n`, a pool's pipes): one line saying so and what to do, not a traceback (roundtrip) or a bare
-    "MemoryError: ..." (encode); nothing written."""
+    "MemoryError: ..." (encode); nothing written. Mapping the weights fails under `ulimit -v` with the system's
+    words only ("Cannot allocate memory"): what to do is said there too."""
     script = _REFUSED.format(patched=patched, raised=raised)
     done = subprocess.run([sys.executable, "-c", script, command, str(clip), "-o",
                            str(tmp_path / ("x.npz" if command == "encode" else "x.wav"))],

@@ -21,7 +21,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from mimi_cli.errors import WeightsError
+from mimi_cli.errors import WeightsError, os_reason
 from mimi_cli.fileio import STDIN, home_expanded, local_path, missing, url
 
 
@@ -205,4 +205,4 @@ def _hash_file(digest, file: Path, weights: Path) -> None:
                 digest.update(block)
     except OSError as exc:
         what = f"{file.relative_to(weights)} in the model folder {weights}" if file != weights else file
-        raise WeightsError(f"cannot read {what}: {exc.strerror or exc}") from None
+        raise WeightsError(f"cannot read {what}: {os_reason(exc)}") from None

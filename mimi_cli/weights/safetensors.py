@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.errors import WeightsError, loads_json
+from mimi_cli.errors import WeightsError, loads_json, os_reason
 from mimi_cli.weights.dtypes import bf16_to_f32, e4m3_to_f32, e5m2_to_f32, f32_to_bf16
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's own limit
@@ -74,7 +74,7 @@ class SafetensorsFile:
                 self._data_start, self._data_size = 8 + header_len, size - 8 - header_len
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         except OSError as exc:
-            raise WeightsError(f"cannot read weights {self.path}: {exc.strerror or exc}") from None
+            raise WeightsError(f"cannot read weights {self.path}: {os_reason(exc)}") from None
         self.metadata, self.infos = self._parse(header_bytes)
 
     def _error(self, problem: str) -> WeightsError:

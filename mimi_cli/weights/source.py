@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mimi_cli.errors import DATA_ERRORS, MimiError, WeightsError, malformed
+from mimi_cli.errors import DATA_ERRORS, MimiError, WeightsError, malformed, os_reason
 from mimi_cli.fileio import file_kind, holds, home_expanded, missing
 from mimi_cli.weights.tensors import TensorEntry, WeightFile
 
@@ -63,7 +63,7 @@ def _open(path: Path) -> WeightFile:
         with open(path, "rb") as f:
             head = f.read(9)
     except OSError as exc:
-        raise WeightsError(f"cannot read weights {path}: {exc.strerror or exc}") from None
+        raise WeightsError(f"cannot read weights {path}: {os_reason(exc)}") from None
     if head.startswith(b"PK\x03\x04") and _is_numpy_archive(path):
         raise WeightsError(f"{path} is a NumPy .npz archive (a codes file from `mimi encode`?), not weights; "
                            "`mimi decode` reads codes files")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from mimi_cli.errors import WeightsError, loads_json
+from mimi_cli.errors import WeightsError, loads_json, os_reason
 from mimi_cli.weights.coreml.mil import Program
 from mimi_cli.weights.coreml.paths import inside
 from mimi_cli.weights.tensors import TensorEntry, WeightFile
@@ -87,7 +87,7 @@ def _read_package(path: Path) -> tuple[Program | None, Path, str, dict[str, obje
     try:
         data = model_file.read_bytes()
     except OSError as exc:
-        raise WeightsError(f"cannot read Core ML package {path}: {exc.strerror or exc}") from None
+        raise WeightsError(f"cannot read Core ML package {path}: {os_reason(exc)}") from None
     spec_version, kind, program = read_model(data, str(model_file))
     details: dict[str, object] = {"specification version": spec_version, "model type": kind}
     if program is not None:

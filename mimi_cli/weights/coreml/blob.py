@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.errors import WeightsError
+from mimi_cli.errors import WeightsError, os_reason
 from mimi_cli.weights.dtypes import bf16_to_f32, e4m3_to_f32, e5m2_to_f32, unpack_bits
 
 HEADER_BYTES = RECORD_BYTES = 64
@@ -84,7 +84,7 @@ class BlobFile:
                 self.size = path.stat().st_size
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b""
         except OSError as exc:
-            raise WeightsError(f"cannot read Core ML weights {path}: {exc.strerror or exc}") from None
+            raise WeightsError(f"cannot read Core ML weights {path}: {os_reason(exc)}") from None
         if self.size < HEADER_BYTES:
             raise self._error(f"file is {self.size} bytes, too short for the 64-byte header")
         self.count, version = struct.unpack_from("<II", self._map, 0)

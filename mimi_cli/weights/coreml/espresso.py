@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.errors import WeightsError, loads_json
+from mimi_cli.errors import WeightsError, loads_json, os_reason
 from mimi_cli.weights.coreml.paths import inside
 from mimi_cli.weights.tensors import TensorEntry, WeightFile
 
@@ -76,7 +76,7 @@ class _BlobTable:
                 size = path.stat().st_size
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         except OSError as exc:
-            raise WeightsError(f"cannot read Core ML weights {path}: {exc.strerror or exc}") from None
+            raise WeightsError(f"cannot read Core ML weights {path}: {os_reason(exc)}") from None
         if size < 8:
             raise self._error(f"file is {size} bytes, too short for its blob table")
         (count,) = struct.unpack_from("<Q", self._map, 0)
