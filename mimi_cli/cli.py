@@ -796,6 +796,7 @@ def run(
     """Run a compiled Core ML program (.mlmodelc, .mlpackage) on NumPy, on any OS."""
     with _user_errors():
         from mimi_cli.coreml import load_program
+        from mimi_cli.coreml.program import Overflows
         from mimi_cli.coreml.run import overflow_note, parse_assignment, read_feeds, run_stream, save_outputs
         from mimi_cli.fileio import check_output, check_suffix, file_ids, readable
 
@@ -809,7 +810,8 @@ def run(
         program = load_program(model, function, precision)
         feeds = read_feeds(inputs or [])
         if stream is None:
-            results = program.predict(feeds)
+            overflows = Overflows()
+            results = program.predict(feeds, overflows)
             summary = "one call"
         else:
             from mimi_cli.audio import read_audio, to_mono
@@ -819,10 +821,10 @@ def run(
                 audio = read_audio(source.path)
             rate = sample_rate or audio.sample_rate
             streamed = run_stream(program, name, to_mono(audio, rate), hop, feeds)
-            results = streamed.outputs
+            results, overflows = streamed.outputs, streamed.overflows
             summary = (f"{_count(streamed.windows, 'window')} of {streamed.window} samples, hop {streamed.hop} "
                        f"({streamed.hop / rate * 1000:.1f} ms at {rate} Hz)")
-        note = overflow_note(program, results, feeds)
+        note = overflow_note(program, results, feeds, overflows)
         if note:
             _warn(note)
         if output is not None:

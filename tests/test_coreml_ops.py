@@ -476,3 +476,50 @@ def test_non_finite_outputs_are_traced_to_the_input_that_caused_them(tmp_path):
                                                     "range ends at ±65504; --precision fp32 computes it in fp32")
         else:  # held and computed in fp32
             assert note([1e5, 2.0], [3.0, 4.0]) is None and note([4e4, 2.0], [3.0, 4.0]) is None
+
+
+
+def test_an_overflow_made_finite_again_is_named(tmp_path):
+    """s = h·h overflows fp16 for h = 300 (9·10⁴ > 65504) and r = h / s turns the inf back into 0, where
+    1/300 is right: the outputs were finite and no warning was given. The runs now name the op that
+    overflowed (one call, a prepared plan, a stream, and the CLI); a division by zero is no overflow."""
+    from conftest import run
+    from mimi_cli.coreml.program import Overflows
+    from mimi_cli.coreml.run import overflow_note
+
+    lines = [op("mul", ("s", "fp16", (1, 2)), x="h", y="h"), op("real_div", ("r", "fp16", (1, 2)), x="h", y="s"),
+             op("real_div", ("q", "fp16", (1, 2)), x="h", y="z")]
+    inputs = {"h": ("fp16", (1, 2)), "z": ("fp16", (1, 2))}
+    program = build(tmp_path / "m", inputs, lines, ["r", "q"])
+    ones = np.ones((1, 2), np.float16)
+    feeds = {"h": np.array([[300, 2]], np.float16), "z": ones}
+
+    overflows = Overflows()
+    results = program.predict(feeds, overflows)
+    assert np.isfinite(results["r"]).all() and results["r"][0, 0] == 0  # 1/300 in exact arithmetic
+    assert overflows == ["mul 's'"]
+    assert overflow_note(program, results, feeds, overflows) == (
+        "the outputs are finite, but may be wrong: this program computes in fp16, whose range ends at ±65504 "
+        "(mul 's' overflowed first); --precision fp32 computes it in fp32")
+    planned = Overflows()
+    program.prepare().run(feeds, planned)
+    assert planned == ["mul 's'"]
+
+    quiet = Overflows()  # 2·2 fits; h / 0 is inf by a division, not an overflow
+    results = program.predict({"h": np.array([[3, 2]], np.float16), "z": np.zeros((1, 2), np.float16)}, quiet)
+    assert quiet == [] and np.isinf(results["q"]).all()
+    wide = build(tmp_path / "fp32", inputs, lines, ["r", "q"], precision="fp32")
+    held = Overflows()
+    np.testing.assert_allclose(wide.predict(feeds, held)["r"], [[1 / 300, 0.5]], rtol=1e-6)
+    assert held == [] and overflow_note(wide, wide.predict(feeds), feeds, held) is None
+
+    stream = build(tmp_path / "stream", {"audio": ("fp16", (1, 2))}, [
+        op("mul", ("s", "fp16", (1, 2)), x="audio", y="audio"),
+        op("real_div", ("r", "fp16", (1, 2)), x="audio", y="s")], ["r"])
+    streamed = run_stream(stream, "audio", np.array([1, 2, 3, 300, 5, 6], np.float32))
+    assert streamed.overflows == ["mul 's'"] and np.isfinite(streamed.outputs["r"]).all()
+
+    np.save(tmp_path / "h.npy", feeds["h"])
+    np.save(tmp_path / "z.npy", ones)
+    done = run("run", tmp_path / "m", "-i", f"h={tmp_path / 'h.npy'}", "-i", f"z={tmp_path / 'z.npy'}")
+    assert done.returncode == 0 and "(mul 's' overflowed first); --precision fp32" in done.stderr, done.stderr

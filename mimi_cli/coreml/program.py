@@ -11,6 +11,10 @@ every value's shape, then gives each value a buffer by liveness::
     writes:     A      B      A      B               two buffers (MetalAudio's ping-pong);
     frees:      x      A      B      A               a buffer returns to the pool after its
                                                      value's last reader has run
+
+Both run with inf and nan flowing through, as Core ML lets them. Given an :class:`Overflows`,
+either also names the ops whose arithmetic overflowed to inf: a program can turn an inf back
+into finite but meaningless numbers (x / inf = 0), which its outputs alone would not show.
 """
 
 from __future__ import annotations
@@ -55,6 +59,29 @@ class Const:
 @dataclass(frozen=True)
 class Var:
     name: str
+
+
+class Overflows(list):
+    """The ops whose arithmetic overflowed to inf in the runs it watched, each named once, first first.
+
+    NumPy raises its overflow flag in a ufunc or a cast that makes an inf of finite numbers (fp16's
+    range ends at ±65504); a value that was inf already raises nothing. The runs set ``step`` before
+    each op, and NumPy calls this object with each flag it raises (``np.errstate(call=...)``).
+    """
+
+    step: Step | None = None
+
+    def __call__(self, kind: str, flag: int) -> None:
+        name = f"{self.step.op.op} {self.step.op.name!r}" if self.step is not None else "an input's cast"
+        if name not in self:
+            self.append(name)
+
+
+def _errstate(overflows: Overflows | None) -> np.errstate:
+    """inf and nan flow through as Core ML lets them; ``overflows`` hears of each overflow."""
+    if overflows is None:
+        return np.errstate(all="ignore")
+    return np.errstate(all="ignore", over="call", call=overflows)
 
 
 class Step:
@@ -249,15 +276,18 @@ class CoreMLProgram:
             dtype = self.dtype(port.dtype)
             if not np.can_cast(value.dtype, dtype, casting="same_kind"):
                 raise ProgramError(f"input {port.name} holds {value.dtype} values; the program takes {port.dtype}")
-            arrays[port.name] = np.ascontiguousarray(value, dtype=dtype)
+            with np.errstate(over="ignore"):  # values beyond an fp16 input's range become inf, as in Core ML
+                arrays[port.name] = np.ascontiguousarray(value, dtype=dtype)
         return arrays
 
-    def predict(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
-        """Run the program once: ``{output name: array}``."""
+    def predict(self, feeds: Mapping[str, object], overflows: Overflows | None = None) -> dict[str, np.ndarray]:
+        """Run the program once: ``{output name: array}``; ``overflows`` names the ops that overflowed."""
         env: dict[str, object] = dict(self.checked_feeds(feeds))
         allowance = Allowance()
-        with np.errstate(all="ignore"):  # inf and nan flow through as Core ML lets them
+        with _errstate(overflows):
             for step in self.steps:
+                if overflows is not None:
+                    overflows.step = step
                 step.run(env, allowance=allowance)
         return {port.name: np.asarray(self.constants.get(port.name, env.get(port.name))) for port in self.outputs}
 
@@ -341,7 +371,7 @@ class PreparedPlan:
         return {"values": self.values, "value_bytes": self.value_bytes, "buffers": self.buffer_count,
                 "buffer_bytes": self.buffer_bytes, "scratch_bytes": scratch}
 
-    def run(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, object], overflows: Overflows | None = None) -> dict[str, np.ndarray]:
         program = self.program
         unknown = set(feeds) - set(self.inputs)
         if unknown or len(feeds) != len(self.inputs):
@@ -353,10 +383,13 @@ class PreparedPlan:
                                    f"{list(buffer.shape)}")
             if not np.can_cast(value.dtype, buffer.dtype, casting="same_kind"):
                 raise ProgramError(f"input {name} holds {value.dtype} values; the program takes {buffer.dtype}")
-            np.copyto(buffer, value, casting="same_kind")
+            with np.errstate(over="ignore"):  # as in checked_feeds
+                np.copyto(buffer, value, casting="same_kind")
         env: dict[str, object] = dict(self.inputs)
-        with np.errstate(all="ignore"):
+        with _errstate(overflows):
             for step, buffers, scratch in zip(program.steps, self.buffers, self.scratch, strict=True):
+                if overflows is not None:
+                    overflows.step = step
                 step.scratch = scratch
                 step.run(env, buffers, check=False)
         return {port.name: program.constants.get(port.name, env.get(port.name)) for port in program.outputs}

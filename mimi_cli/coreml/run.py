@@ -15,14 +15,14 @@ start (Silero VAD's 64 samples of context before each 512 new ones)::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mimi_cli.coreml.ops import MAX_VALUE_BYTES
-from mimi_cli.coreml.program import CoreMLProgram, Port, ProgramError
+from mimi_cli.coreml.program import CoreMLProgram, Overflows, Port, ProgramError
 
 STATE_NAMES = ("new_{}", "{}_out", "{}_new", "next_{}")
 
@@ -68,6 +68,7 @@ class StreamResult:
     windows: int
     window: int
     hop: int
+    overflows: Overflows  # the ops whose arithmetic overflowed to inf, in any window
 
 
 def stream_window(port: Port) -> int:
@@ -104,9 +105,10 @@ def run_stream(program: CoreMLProgram, name: str, audio: np.ndarray, hop: int | 
              for key in pairs}
     carried = set(pairs.values())
     stacked: dict[str, np.ndarray] = {}
+    overflows = Overflows()
     for index in range(windows):
         chunk = padded[index * hop:index * hop + window].reshape(port.shape)
-        results = plan.run({name: chunk, **fixed, **state})
+        results = plan.run({name: chunk, **fixed, **state}, overflows)
         for key, output in pairs.items():
             state[key] = results[output]
         if not stacked:
@@ -114,7 +116,7 @@ def run_stream(program: CoreMLProgram, name: str, audio: np.ndarray, hop: int | 
         for output, array in stacked.items():
             array[index] = results[output]
     stacked.update({output: np.array(state[key]) for key, output in pairs.items()})
-    return StreamResult(stacked, windows, window, hop)
+    return StreamResult(stacked, windows, window, hop, overflows)
 
 
 def stacks(results: Mapping[str, np.ndarray], windows: int, carried: set[str], hop: int,
@@ -140,25 +142,33 @@ def save_outputs(path, outputs: Mapping[str, np.ndarray], replace: bool) -> None
 
 
 def overflow_note(program: CoreMLProgram, outputs: Mapping[str, np.ndarray],
-                  feeds: Mapping[str, np.ndarray] = {}) -> str | None:  # noqa: B006 (read only)
-    """Why outputs hold inf or nan, when it can be told: an input that does (given so, or beyond the range of
-    the dtype the program holds it in), or fp16 arithmetic that fp32 would not have overflowed."""
+                  feeds: Mapping[str, np.ndarray] = {},  # noqa: B006 (read only)
+                  overflows: Sequence[str] = ()) -> str | None:
+    """Why outputs hold inf or nan, or may be wrong though finite, when it can be told: an input that holds
+    inf or nan, or values beyond the range of the dtype the program holds it in; or arithmetic that overflowed
+    (``overflows``, the ops that did, first first), in fp16 where fp32 would not have."""
     non_finite = [name for name, value in outputs.items() if value.dtype.kind == "f" and not np.isfinite(value).all()]
-    if not non_finite:
-        return None
-    said = f"{', '.join(non_finite)} {'holds' if len(non_finite) == 1 else 'hold'} inf or nan"
+    if non_finite:
+        said = f"{', '.join(non_finite)} {'holds' if len(non_finite) == 1 else 'hold'} inf or nan"
+    elif overflows:  # an inf made finite again downstream (x / inf = 0): numbers, but not the program's
+        said = "the outputs are finite, but may be wrong"
+    else:
+        said = None
     for port in program.inputs:
         value = np.asarray(feeds.get(port.name, 0.0))
         held = program.dtype(port.dtype)
         if value.dtype.kind != "f" or held.kind != "f":
             continue
-        if not np.isfinite(value).all():
+        if said and not np.isfinite(value).all():
             return f"{said}: input {port.name} does"
         if np.abs(value).max(initial=0) > np.finfo(held).max:
             wider = "; --precision fp32 holds it in fp32" if held == np.float16 else ""
-            return (f"{said}: input {port.name} holds values beyond {port.dtype}'s range (±{np.finfo(held).max:.5g}), "
-                    f"which become inf; scale it{wider}")
-    if program.precision != "program" or not program.computes_fp16:
+            return (f"{said or 'the outputs may be wrong'}: input {port.name} holds values beyond {port.dtype}'s "
+                    f"range (±{np.finfo(held).max:.5g}), which become inf; scale it{wider}")
+    if said is None:
         return None
-    return (f"{said}: this program computes in fp16, whose range ends at ±65504; --precision fp32 computes it in "
-            "fp32")
+    first = f" ({overflows[0]} overflowed first)" if overflows else ""
+    if program.precision == "program" and program.computes_fp16:
+        return (f"{said}: this program computes in fp16, whose range ends at ±65504{first}; --precision fp32 "
+                "computes it in fp32")
+    return f"{said}: its arithmetic overflowed to inf{first}; scale the inputs" if overflows else None
