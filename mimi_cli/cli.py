@@ -796,7 +796,7 @@ def run(
     """Run a compiled Core ML program (.mlmodelc, .mlpackage) on NumPy, on any OS."""
     with _user_errors():
         from mimi_cli.coreml import load_program
-        from mimi_cli.coreml.program import Overflows
+        from mimi_cli.coreml.program import Overflows, check_program_folder
         from mimi_cli.coreml.run import overflow_note, parse_assignment, read_feeds, run_stream, save_outputs
         from mimi_cli.fileio import check_output, check_suffix, file_ids, readable
 
@@ -804,9 +804,9 @@ def run(
             _fail("--hop and --sample-rate go with --stream NAME=AUDIO", code=2)
         if output is not None and output != "-":
             check_suffix(Path(output), "outputs", (".npz",))
+        check_program_folder(model)
         if output is not None:
-            check_output(Path(output) if output != "-" else output, force,
-                         file_ids([model, *(model.rglob("*") if model.is_dir() else [])]))
+            check_output(Path(output) if output != "-" else output, force, file_ids([model, *model.rglob("*")]))
         program = load_program(model, function, precision)
         feeds = read_feeds(inputs or [])
         if stream is None:

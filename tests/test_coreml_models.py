@@ -248,6 +248,26 @@ def test_mimi_run_on_something_else_is_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+_SCANS = """
+import sys
+from mimi_cli import cli
+sys.addaudithook(lambda event, args: event == "os.scandir" and print("scanned", *args, file=sys.stderr))
+sys.argv = ["mimi", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def test_mimi_run_reads_no_folder_that_is_not_a_program(tmp_path):
+    """With -o, the model's files were listed first (no output may be one of them), walking whatever folder was
+    given: `mimi run / -o x.npz` walked the whole file system for 14 s before saying it was no program."""
+    tree = tmp_path / "data"
+    (tree / "a" / "b").mkdir(parents=True)
+    result = subprocess.run([sys.executable, "-c", _SCANS, "run", str(tree), "-o", str(tmp_path / "x.npz")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "is not a Core ML ML Program" in result.stderr
+    assert "scanned" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 @pytest.mark.parametrize("name, shown", [("out.txt", ".txt"), ("out", "a file without extension")])
 def test_mimi_run_writes_its_outputs_under_an_npz_name_only(tmp_path, name, shown):
     (tmp_path / name).write_bytes(b"kept")  # even with -f: an .npz named out.txt would mislead the next tool

@@ -153,10 +153,7 @@ class CoreMLProgram:
         if precision not in self.PRECISIONS:
             raise ProgramError(f"precision {precision!r} is not one of {', '.join(self.PRECISIONS)}")
         self.precision = precision
-        if not self.path.is_dir() or not ((self.path / "model.mil").is_file() or
-                                          (self.path / "Manifest.json").is_file()):
-            raise ProgramError(f"{self.path} is not a Core ML ML Program; give an .mlmodelc folder with a model.mil "
-                               "or an .mlpackage (older Neural Network models are not run)")
+        check_program_folder(self.path)
         program, model_dir, _, details = read_program(self.path)
         if program is None:
             raise ProgramError(f"{self.path} holds a {details.get('model type')} model, not an ML Program; "
@@ -411,6 +408,14 @@ def _take(free: list[np.ndarray], dtype: np.dtype, size: int) -> np.ndarray | No
     if not fits:
         return None
     return free.pop(min(fits, key=lambda i: free[i].size))
+
+
+def check_program_folder(path: Path) -> None:
+    """Refuse a path that is no ML Program folder, reading nothing: before the command walks it (its files are
+    the run's inputs, which no output may be), as ``mimi run /`` would walk the whole file system."""
+    if not path.is_dir() or not ((path / "model.mil").is_file() or (path / "Manifest.json").is_file()):
+        raise ProgramError(f"{path} is not a Core ML ML Program; give an .mlmodelc folder with a model.mil "
+                           "or an .mlpackage (older Neural Network models are not run)")
 
 
 def load_program(path: Path | str, function: str | None = None, precision: str = "program") -> CoreMLProgram:
