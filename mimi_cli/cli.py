@@ -808,7 +808,7 @@ def run(
         if output is not None:
             check_output(Path(output) if output != "-" else output, force, file_ids([model, *model.rglob("*")]))
         program = load_program(model, function, precision)
-        feeds = read_feeds(inputs or [])
+        feeds = read_feeds(program, inputs or [], stream)
         if stream is None:
             overflows = Overflows()
             results = program.predict(feeds, overflows)

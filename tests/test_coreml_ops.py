@@ -523,3 +523,28 @@ def test_an_overflow_made_finite_again_is_named(tmp_path):
     np.save(tmp_path / "z.npy", ones)
     done = run("run", tmp_path / "m", "-i", f"h={tmp_path / 'h.npy'}", "-i", f"z={tmp_path / 'z.npy'}")
     assert done.returncode == 0 and "(mul 's' overflowed first); --precision fp32" in done.stderr, done.stderr
+
+
+def test_mimi_run_checks_every_name_before_reading_a_file(tmp_path):
+    """The --input files were read one by one before their names were checked: a name the program does not
+    take, given with a FIFO nobody writes, waited forever; '-' given twice read standard input whole for the
+    first and said "standard input is empty" for the second. Names and '-' are checked first now."""
+    import os
+    import subprocess
+    import sys
+
+    build(tmp_path / "m", {"a": ("fp32", (1, 2)), "b": ("fp32", (1, 2))},
+          [op("add", ("s", "fp32", (1, 2)), x="a", y="b")], ["s"])
+    np.save(tmp_path / "a.npy", np.ones((1, 2), np.float32))
+    os.mkfifo(tmp_path / "fifo")
+
+    def mimi_run(*args, stdin=subprocess.DEVNULL):
+        done = subprocess.run([sys.executable, "-m", "mimi_cli", "run", str(tmp_path / "m"), *args], stdin=stdin,
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        return done.stderr
+
+    assert "has no input 'nope'" in mimi_run("-i", f"a={tmp_path / 'a.npy'}", "-i", f"nope={tmp_path / 'fifo'}")
+    with open(tmp_path / "a.npy", "rb") as stdin:
+        said = mimi_run("-i", "a=-", "-i", "b=-", stdin=stdin)
+    assert "standard input can be read once: give '-' to one --input or --stream" in said

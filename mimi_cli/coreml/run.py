@@ -35,16 +35,29 @@ def parse_assignment(text: str, what: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def read_feeds(assignments: list[str]) -> dict[str, np.ndarray]:
-    """``--input NAME=FILE.npy`` options as arrays (plain numeric .npy files only)."""
-    from mimi_cli.fileio import readable
+def read_feeds(program: CoreMLProgram, assignments: list[str], stream: str | None = None) -> dict[str, np.ndarray]:
+    """``--input NAME=FILE.npy`` options as arrays (plain numeric .npy files only), every name checked before
+    any file is read (a file may be a pipe, gone once read): a name the program does not take, given twice
+    or also as the ``--stream NAME=AUDIO``; standard input given more than once."""
+    from mimi_cli.fileio import STDIN, readable
     from mimi_cli.npy import read_npy
 
-    feeds = {}
-    for text in assignments:
-        name, path = parse_assignment(text, "--input")
-        if name in feeds:
+    parsed = [parse_assignment(text, "--input") for text in assignments]
+    streamed = [parse_assignment(stream, "--stream")] if stream is not None else []
+    seen: set[str] = set()
+    for name, _ in parsed:
+        program.input(name)  # says which inputs it has
+        if name in seen:
             raise ProgramError(f"--input {name} is given twice")
+        seen.add(name)
+    for name, _ in streamed:
+        program.input(name)
+        if name in seen:  # it would replace every window's audio
+            raise ProgramError(f"input {name} is the stream, and is given with --input too; give it once")
+    if sum(str(path) == STDIN for _, path in parsed + streamed) > 1:
+        raise ProgramError("standard input can be read once: give '-' to one --input or --stream")
+    feeds = {}
+    for name, path in parsed:
         with readable(path) as source:
             feeds[name] = read_npy(source.path)
     return feeds
