@@ -548,3 +548,17 @@ def test_mimi_run_checks_every_name_before_reading_a_file(tmp_path):
     with open(tmp_path / "a.npy", "rb") as stdin:
         said = mimi_run("-i", "a=-", "-i", "b=-", stdin=stdin)
     assert "standard input can be read once: give '-' to one --input or --stream" in said
+
+
+@pytest.mark.parametrize("name", ["file", "allow_pickle"])
+def test_outputs_named_as_savez_arguments_are_written(tmp_path, name):
+    """The outputs went to np.savez(f, **outputs): one named `file` ended in a TypeError traceback, one named
+    `allow_pickle` became that argument and was left out of the .npz, while the command said it wrote it."""
+    from conftest import run
+
+    build(tmp_path / "m", {"a": ("fp32", (1, 2))}, [op("add", (name, "fp32", (1, 2)), x="a", y="a")], [name])
+    np.save(tmp_path / "a.npy", np.array([[1, 2]], np.float32))
+    done = run("run", tmp_path / "m", "-i", f"a={tmp_path / 'a.npy'}", "-o", tmp_path / "out.npz")
+    assert done.returncode == 0 and f"wrote {name}" in done.stderr, done.stderr
+    with np.load(tmp_path / "out.npz") as written:
+        assert list(written) == [name] and written[name].tolist() == [[2, 4]]

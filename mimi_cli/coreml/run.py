@@ -147,11 +147,17 @@ def stacks(results: Mapping[str, np.ndarray], windows: int, carried: set[str], h
 
 
 def save_outputs(path, outputs: Mapping[str, np.ndarray], replace: bool) -> None:
-    """Every output as a member of one .npz, written atomically (``-``: standard output)."""
+    """Every output as a member ``NAME.npy`` of one .npz, as ``np.savez`` writes them, written atomically
+    (``-``: standard output). Not through ``np.savez(f, **outputs)``: an output named ``file`` or
+    ``allow_pickle`` (a program names its outputs) would be taken for that function's own arguments."""
+    import zipfile
+
     from mimi_cli.fileio import atomic_output
 
-    with atomic_output(path, replace) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **{name: np.asarray(value) for name, value in outputs.items()})
+    with atomic_output(path, replace) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as archive:
+        for name, value in outputs.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
 
 
 def overflow_note(program: CoreMLProgram, outputs: Mapping[str, np.ndarray],
