@@ -72,7 +72,7 @@ class Overflows(list):
     step: Step | None = None
 
     def __call__(self, kind: str, flag: int) -> None:
-        name = f"{self.step.op.op} {self.step.op.name!r}" if self.step is not None else "an input's cast"
+        name = f"{self.step.op.op} {self.step.op.name!r}"
         if name not in self:
             self.append(name)
 
