@@ -562,3 +562,26 @@ def test_outputs_named_as_savez_arguments_are_written(tmp_path, name):
     assert done.returncode == 0 and f"wrote {name}" in done.stderr, done.stderr
     with np.load(tmp_path / "out.npz") as written:
         assert list(written) == [name] and written[name].tolist() == [[2, 4]]
+
+
+def test_a_shape_that_follows_the_inputs_values_is_named_in_a_stream(tmp_path):
+    """range_1d(end = Σ audio) has as many values as the window's sum says: a prepared plan (a stream) holds
+    the shape of the zeros it was prepared on, and said "prepare the plan for these input shapes", which no
+    one running `mimi run --stream` can do, and which was not the cause."""
+    from conftest import run
+
+    lines = [op("reduce_sum", ("s", "fp32", ()), x="audio", axes=np.array([0, 1], np.int32), keep_dims=False),
+             op("cast", ("n", "int32", ()), x="s", dtype=Text("int32")),
+             op("range_1d", ("r", "int32", (None,)), end="n", start=np.int32(0), step=np.int32(1))]
+    program = build(tmp_path / "m", {"audio": ("fp32", (1, 4))}, lines, ["r"])
+    assert program.predict({"audio": np.ones((1, 4), np.float32)})["r"].tolist() == [0, 1, 2, 3]
+    np.save(tmp_path / "ones.npy", np.ones((1, 4), np.float32))
+    called = run("run", tmp_path / "m", "-i", f"audio={tmp_path / 'ones.npy'}")
+    assert called.returncode == 0, called.stderr
+    import soundfile as sf
+
+    sf.write(tmp_path / "ramp.wav", np.linspace(0, 0.9, 64).astype(np.float32), 16000)
+    streamed = run("run", tmp_path / "m", "--stream", f"audio={tmp_path / 'ramp.wav'}", "-o", tmp_path / "o.npz")
+    assert streamed.returncode == 1 and len(streamed.stderr.strip().splitlines()) == 1, streamed.stderr
+    assert "its shape depends on the inputs' values" in streamed.stderr and "mimi run --input" in streamed.stderr
+    assert not (tmp_path / "o.npz").exists()

@@ -117,9 +117,10 @@ class Call:
         shape = self.checked(shape, self.step.dtypes[index])
         if self.buffers is not None and self.buffers[index] is not None:
             buffer = self.buffers[index]
-            if buffer.shape != shape:
-                raise self.error(f"output {index} has shape {list(shape)} now but {list(buffer.shape)} when the "
-                                 "plan was prepared; prepare the plan for these input shapes")
+            if buffer.shape != shape:  # a plan's inputs keep their shapes: this shape follows the inputs' values
+                raise self.error(f"output {index} has shape {list(shape)} here but {list(buffer.shape)} when the "
+                                 "plan was prepared: its shape depends on the inputs' values, which a prepared plan "
+                                 "(mimi run --stream) cannot follow; run it call by call (predict, mimi run --input)")
             return buffer
         return np.empty(shape, self.step.dtypes[index])
 
