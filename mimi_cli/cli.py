@@ -797,7 +797,8 @@ def run(
     with _user_errors():
         from mimi_cli.coreml import load_program
         from mimi_cli.coreml.program import Overflows, check_program_folder
-        from mimi_cli.coreml.run import overflow_note, parse_assignment, read_feeds, run_stream, save_outputs
+        from mimi_cli.coreml.run import (named_files, overflow_note, parse_assignment, read_feeds, run_stream,
+                                          save_outputs)
         from mimi_cli.fileio import check_output, check_suffix, file_ids, readable
 
         if hop is not None and stream is None or sample_rate is not None and stream is None:
@@ -805,8 +806,10 @@ def run(
         if output is not None and output != "-":
             check_suffix(Path(output), "outputs", (".npz",))
         check_program_folder(model)
-        if output is not None:
-            check_output(Path(output) if output != "-" else output, force, file_ids([model, *model.rglob("*")]))
+        if output is not None:  # no output may be one of the run's files: the program's, or an input (any name)
+            given = [path for _, path in named_files(inputs or [], stream)]
+            check_output(Path(output) if output != "-" else output, force,
+                         file_ids([model, *model.rglob("*"), *given]))
         program = load_program(model, function, precision)
         feeds = read_feeds(program, inputs or [], stream)
         if stream is None:

@@ -585,3 +585,24 @@ def test_a_shape_that_follows_the_inputs_values_is_named_in_a_stream(tmp_path):
     assert streamed.returncode == 1 and len(streamed.stderr.strip().splitlines()) == 1, streamed.stderr
     assert "its shape depends on the inputs' values" in streamed.stderr and "mimi run --input" in streamed.stderr
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_mimi_run_never_writes_over_one_of_its_inputs(tmp_path):
+    """Only the program's own files were kept from being the output: an input .npy or a --stream sound file
+    under an .npz name (or a link to it) was replaced by the outputs with -f."""
+    import soundfile as sf
+    from conftest import run
+
+    build(tmp_path / "m", {"a": ("fp32", (1, 2))}, [op("add", ("s", "fp32", (1, 2)), x="a", y="a")], ["s"])
+    np.save(tmp_path / "a.npy", np.ones((1, 2), np.float32))
+    (tmp_path / "a.npy").rename(tmp_path / "in.npz")  # the name does not make it an .npz
+    (tmp_path / "link.npz").symlink_to(tmp_path / "in.npz")
+    sf.write(tmp_path / "sound.wav", np.zeros(8, np.float32), 16000)
+    (tmp_path / "sound.wav").rename(tmp_path / "sound.npz")
+    kept = {name: (tmp_path / name).read_bytes() for name in ("in.npz", "sound.npz")}
+    for args in (["-i", f"a={tmp_path / 'in.npz'}", "-o", tmp_path / "in.npz"],
+                 ["-i", f"a={tmp_path / 'link.npz'}", "-o", tmp_path / "in.npz"],
+                 ["--stream", f"a={tmp_path / 'sound.npz'}", "-o", tmp_path / "sound.npz"]):
+        done = run("run", tmp_path / "m", *args, "-f")
+        assert done.returncode == 1 and "is also an input of this run" in done.stderr, done.stderr
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept

@@ -35,6 +35,12 @@ def parse_assignment(text: str, what: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def named_files(assignments: list[str], stream: str | None = None) -> list[tuple[str, Path]]:
+    """``--input NAME=FILE`` options, then the ``--stream NAME=AUDIO``, as (name, path) pairs."""
+    return [parse_assignment(text, "--input") for text in assignments] + \
+        ([parse_assignment(stream, "--stream")] if stream is not None else [])
+
+
 def read_feeds(program: CoreMLProgram, assignments: list[str], stream: str | None = None) -> dict[str, np.ndarray]:
     """``--input NAME=FILE.npy`` options as arrays (plain numeric .npy files only), every name checked before
     any file is read (a file may be a pipe, gone once read): a name the program does not take, given twice
@@ -42,8 +48,8 @@ def read_feeds(program: CoreMLProgram, assignments: list[str], stream: str | Non
     from mimi_cli.fileio import STDIN, readable
     from mimi_cli.npy import read_npy
 
-    parsed = [parse_assignment(text, "--input") for text in assignments]
-    streamed = [parse_assignment(stream, "--stream")] if stream is not None else []
+    named = named_files(assignments, stream)
+    parsed, streamed = named[:len(assignments)], named[len(assignments):]
     seen: set[str] = set()
     for name, _ in parsed:
         program.input(name)  # says which inputs it has
@@ -54,7 +60,7 @@ def read_feeds(program: CoreMLProgram, assignments: list[str], stream: str | Non
         program.input(name)
         if name in seen:  # it would replace every window's audio
             raise ProgramError(f"input {name} is the stream, and is given with --input too; give it once")
-    if sum(str(path) == STDIN for _, path in parsed + streamed) > 1:
+    if sum(str(path) == STDIN for _, path in named) > 1:
         raise ProgramError("standard input can be read once: give '-' to one --input or --stream")
     feeds = {}
     for name, path in parsed:
