@@ -19,7 +19,7 @@ import numpy as np
 
 from mimi_cli.c_stderr import CaughtStderr
 from mimi_cli.errors import InvalidAudioError, physical_memory
-from mimi_cli.fileio import Target, atomic_output, cannot_write, file_kind, holds, is_stdout, missing
+from mimi_cli.fileio import Target, atomic_output, cannot_write, file_kind, holds, is_stdout, missing, native
 from mimi_cli.models.codec import MAX_PEAK
 
 
@@ -882,7 +882,7 @@ def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool =
     file_format = audio_format(path)
     clipped = int(np.count_nonzero(np.abs(pcm) > 1))
     with atomic_output(path, replace) as tmp, soundfile_errors(path, tmp):
-        sf.write(tmp, np.clip(pcm, -1, 1).T, sample_rate, **file_format)
+        sf.write(native(tmp), np.clip(pcm, -1, 1).T, sample_rate, **file_format)
     return clipped
 
 

@@ -797,8 +797,8 @@ class ParquetShards:
         name = f"part-{self.written:05d}.parquet"
         if self.store is None:
             Path(self.destination).mkdir(parents=True, exist_ok=True)
-            with atomic_output(Path(self.destination) / name, self.replace) as tmp:
-                self.pq.write_table(table, tmp)
+            with atomic_output(Path(self.destination) / name, self.replace) as tmp, open(tmp, "wb") as f:
+                self.pq.write_table(table, f)  # an open file, not its name (see fileio.native)
         else:
             filesystem, folder = self.store
             target = f"{folder.rstrip('/')}/{name}"

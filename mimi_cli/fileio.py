@@ -241,6 +241,13 @@ def is_pipe(path: Path) -> bool:
         return False
 
 
+def native(path: Path | str) -> bytes:
+    """``path`` as the file system's bytes, for a library that encodes a name itself (libsndfile's soundfile;
+    pyarrow, which is given an open file instead). A name that is not UTF-8 (``caf\\xe9.wav`` from a Latin-1
+    system), which Python holds with surrogate escapes, cannot be encoded as UTF-8; its bytes always open it."""
+    return os.fsencode(path)
+
+
 def file_ids(paths: Iterable[Path]) -> set[tuple[int, int]]:
     """(device, inode) of each existing path (links followed): what makes two names the same file."""
     ids = set()
@@ -355,12 +362,16 @@ def _fit(name: str, limit: int, last: bool) -> str:
         return name
     suffix = os.fsencode(Path(name).suffix) if last and len(Path(name).suffix) <= 16 else b""
     tag = b"~" + hashlib.sha256(raw).hexdigest()[:12].encode()
-    head = raw[:limit - len(tag) - len(suffix)]
-    try:  # cut on a character's boundary, when the name is UTF-8
-        head = head.decode("utf-8", "ignore").encode() if raw.decode("utf-8") else head
+    return os.fsdecode(_cut(raw, limit - len(tag) - len(suffix)) + tag + suffix)
+
+
+def _cut(raw: bytes, size: int) -> bytes:
+    """A file name's first ``size`` bytes, cut on a character's boundary when the name is UTF-8."""
+    head = raw[:size]
+    try:
+        return head.decode("utf-8", "ignore").encode() if raw.decode("utf-8") else head
     except UnicodeDecodeError:
-        pass
-    return os.fsdecode(head + tag + suffix)
+        return head
 
 
 def _read_only(folder: Path) -> bool:
@@ -396,7 +407,7 @@ def _temporary_name(path: Path) -> str:
     suffix = path.suffix if len(path.suffix) <= 16 else ""
     tail = f".{token}.partial{suffix}"
     room = max(8, _name_max(path.parent) - len(os.fsencode(tail)) - 1)
-    stem = os.fsencode(path.name)[:room].decode(errors="ignore")
+    stem = os.fsdecode(_cut(os.fsencode(path.name), room))  # in the file system's encoding, whatever the locale
     return f".{stem}{tail}"
 
 

@@ -28,7 +28,7 @@ from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_cod
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, dumps_json, first_line,
                              out_of_memory, over_memory)
-from mimi_cli.fileio import Readable, Target, atomic_output, output_exists, readable
+from mimi_cli.fileio import Readable, Target, atomic_output, native, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
 from mimi_cli.sources import Item, carried_keys, open_item, row_codes
@@ -198,7 +198,7 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_
     remaining, seconds, clipped = codes.num_samples, 0.0, 0
     step = STREAM_FRAMES_PER_STEP
     with atomic_output(output, replace) as tmp, soundfile_errors(output, tmp), \
-            sf.SoundFile(tmp, "w", rate, channels, **audio_format(output)) as f:
+            sf.SoundFile(native(tmp), "w", rate, channels, **audio_format(output)) as f:
         def write(pcm: np.ndarray) -> None:  # [C, n]
             nonlocal clipped
             clipped += int(np.count_nonzero(np.abs(pcm) > 1))
@@ -509,7 +509,7 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
     import soundfile as sf
 
     try:
-        found = sf.info(str(task.output))
+        found = sf.info(native(task.output))
     except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
         return f"it cannot be read back as audio ({first_line(str(exc))})"
     rate, channels = settings.sample_rate, None

@@ -747,6 +747,51 @@ def test_a_file_name_that_is_not_utf8_reaches_the_manifest_and_parquet(tmp_path,
     assert pd.read_parquet(tmp_path / "pq")["input"][0].endswith("caf\\xe9.wav")
 
 
+def test_names_that_are_not_utf8_are_written_and_read_by_every_library(tmp_path, weights_file, reference):
+    """libsndfile's soundfile and pyarrow take a str name as UTF-8: decoding to `caf\\xe9.wav` (a plain or
+    streamed write, and reading it back for --skip-existing), roundtrip -o, and a Parquet or Arrow table in a
+    folder so named failed ("'utf-8' codec can't encode character '\\udce9'"; roundtrip's a traceback)."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder, _ = reference
+    odd = lambda name: tmp_path / os.fsdecode(name)  # noqa: E731
+    (odd(b"caf\xe9.wav")).write_bytes((folder / "one.wav").read_bytes())
+    steps = [("encode", odd(b"caf\xe9.wav"), "-o", odd(b"caf\xe9.npz")),
+             ("decode", odd(b"caf\xe9.npz"), "-o", odd(b"na\xefve.wav")),
+             ("decode", odd(b"caf\xe9.npz"), "-o", odd(b"fl\xfbte.flac"), "--stream"),
+             ("decode", odd(b"caf\xe9.npz"), "-o", odd(b"na\xefve.wav"), "--skip-existing"),
+             ("roundtrip", odd(b"caf\xe9.wav"), "-o", odd(b"r\xe9.wav")),
+             ("encode", odd(b"caf\xe9.wav"), "--parquet", odd(b"t\xe9")),
+             ("decode", odd(b"t\xe9"), "-o", odd(b"d\xe9"))]
+    for step in steps:
+        result = run(*step, weights=weights_file)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (step, result.stderr)
+    for name in (b"na\xefve.wav", b"fl\xfbte.flac", b"r\xe9.wav"):
+        assert sf.info(os.fsencode(odd(name))).duration > 0.9
+    with open(odd(b"t\xe9") / "part-00000.parquet", "rb") as f:
+        table = pq.read_table(f)
+    with open(odd(b"t\xe9.arrow"), "wb") as f, pa.ipc.new_stream(f, table.schema) as writer:
+        writer.write_table(table)  # as datasets' save_to_disk writes it
+    result = run("decode", odd(b"t\xe9.arrow"), "-o", odd(b"a\xe9"), weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert [p.suffix for p in odd(b"a\xe9").rglob("*.wav")] == [".wav"]
+
+
+def test_an_output_named_in_utf8_under_an_ascii_locale(tmp_path, weights_file, reference):
+    """Under LC_ALL=C with Python's UTF-8 mode off, names are ASCII with surrogate escapes: the temporary name
+    beside `ü.npz` was decoded from its bytes as UTF-8 (a real ü, which ASCII cannot encode) and the write
+    failed with "UnicodeEncodeError: 'ascii' codec can't encode character '\\xfc'"."""
+    folder, _ = reference
+    output = tmp_path / "\u00fc.npz"
+    result = run("encode", folder / "one.wav", "-o", output, weights=weights_file,
+                 env_extra={"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "utf-8"})
+    assert result.returncode == 0, result.stderr
+    assert CodesFile.load(output).codes.shape[-2] == 8 and [p.name for p in tmp_path.iterdir()] == [output.name]
+
+
 def _flac_bytes(pcm, rate) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, pcm, rate, format="FLAC")
