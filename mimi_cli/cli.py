@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mimi_cli import __version__
-from mimi_cli.errors import MimiError, os_reason, out_of_memory
+from mimi_cli.errors import MimiError, os_reason, out_of_memory, unnamable
 from mimi_cli.models import CODECS, DEFAULT_CODEC
 
 app = typer.Typer(
@@ -240,6 +240,10 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
         _fail(f"{exc.filename + ': ' if exc.filename else ''}{os_reason(exc)}")
     except MemoryError as exc:
         _fail(str(out_of_memory(exc)))
+    except UnicodeEncodeError as exc:
+        if unnamable(exc) is None:
+            raise
+        _fail(str(unnamable(exc)))
     except KeyboardInterrupt as exc:
         from mimi_cli.fileio import remove_temporaries
         from mimi_cli.signals import exit_code

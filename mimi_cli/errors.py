@@ -90,6 +90,20 @@ def os_reason(exc: OSError) -> str:
     return f"{reason}; {advice}" if advice else reason
 
 
+def unnamable(exc: UnicodeEncodeError) -> MimiError | None:
+    """A name (from a manifest, a tar member, a table) that this system's file names cannot hold: under a locale
+    that is not UTF-8 (``LC_ALL=C`` with Python's UTF-8 mode off, Latin-1), Python encodes names in it, and
+    ``é`` or ``東`` has no bytes there. None for an encoding error of anything else (not a name's)."""
+    import codecs
+    import sys
+
+    if codecs.lookup(exc.encoding).name != codecs.lookup(sys.getfilesystemencoding()).name:
+        return None
+    return MimiError(f"the name {exc.object!r} has characters that this system's file names "
+                     f"({sys.getfilesystemencoding()}) cannot hold; run under a UTF-8 locale (LANG=C.UTF-8) or "
+                     "with PYTHONUTF8=1")
+
+
 def out_of_memory(exc: MemoryError, more: str = "") -> MimiError:
     """A memory allocation refused by the system (a full machine, or a limit such as ``ulimit -v``);
     ``more`` is advice of the command's own."""

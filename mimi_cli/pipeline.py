@@ -27,7 +27,7 @@ from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_ou
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, dumps_json, first_line,
-                             out_of_memory, over_memory)
+                             out_of_memory, over_memory, unnamable)
 from mimi_cli.fileio import Readable, Target, atomic_output, native, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
@@ -449,6 +449,8 @@ class Worker:
         except MemoryError as exc:  # this file's, maybe (a long file with a full machine)
             error = out_of_memory(exc, ", or use --stream (memory stays flat) and fewer --jobs")
             return FileResult.of(task, "failed", error=str(error))
+        except UnicodeEncodeError as exc:
+            return FileResult.of(task, "failed", error=str(unnamable(exc) or f"{type(exc).__name__}: {exc}"))
         except (OSError, ValueError, RuntimeError, LookupError, TypeError, ArithmeticError) as exc:
             # unexpected, but only this file's: a library's error on a hostile file (pyarrow's ArrowIndexError,
             # a decoder's KeyError) fails the file in one line, not the run with a traceback

@@ -790,6 +790,12 @@ def test_an_output_named_in_utf8_under_an_ascii_locale(tmp_path, weights_file, r
                  env_extra={"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "utf-8"})
     assert result.returncode == 0, result.stderr
     assert CodesFile.load(output).codes.shape[-2] == 8 and [p.name for p in tmp_path.iterdir()] == [output.name]
+    # a manifest's name that ASCII cannot hold: one line saying so and what to do (it was a traceback)
+    (tmp_path / "list.jsonl").write_text(json.dumps({"audio_filepath": str(folder / "\u00e9.wav")}) + "\n")
+    result = run("encode", tmp_path / "list.jsonl", "-o", tmp_path / "codes", weights=weights_file,
+                 env_extra={"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "utf-8"})
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot hold; run under a UTF-8 locale" in result.stderr and not (tmp_path / "codes").exists()
 
 
 def _flac_bytes(pcm, rate) -> bytes:
