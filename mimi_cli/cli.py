@@ -241,9 +241,10 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
     except MemoryError as exc:
         _fail(str(out_of_memory(exc)))
     except UnicodeEncodeError as exc:
-        if unnamable(exc) is None:
+        error = unnamable(exc)
+        if error is None:  # not a name's: a bug, whose traceback is worth seeing
             raise
-        _fail(str(unnamable(exc)))
+        _fail(str(error))
     except KeyboardInterrupt as exc:
         from mimi_cli.fileio import remove_temporaries
         from mimi_cli.signals import exit_code

@@ -677,7 +677,8 @@ def _table_shape(file: Path):
     pa, pq = _pyarrow()
     try:
         if file.suffix.lower() == ".parquet":
-            parquet = pq.ParquetFile(_mapped(file))
+            with open(file, "rb") as f:  # an open file, not its name (see fileio.native)
+                parquet = pq.ParquetFile(f)
             declared, starts = parquet.metadata.num_rows, _row_group_starts(str(file))
             if declared != starts[-1]:  # a footer's count is a number anyone can write: the row groups agree
                 raise MimiError(f"{file} declares {declared:,} rows, and its row groups {starts[-1]:,}: the file is "
@@ -707,22 +708,15 @@ def _pyarrow():
     return pa, pq
 
 
-def _mapped(file: Path | str):
-    """A table file memory-mapped by Python, for pyarrow to read: its own ``memory_map`` and ``ParquetFile(name)``
-    take the name as UTF-8, which a name that is not cannot be (see fileio.native)."""
+@lru_cache(maxsize=2)
+def _arrow_table(file: str):
+    """A ``save_to_disk`` Arrow file, memory-mapped (IPC stream or file format): rows read on demand. Mapped by
+    Python: pyarrow's own ``memory_map`` takes the name as UTF-8, which a name that is not cannot be (see
+    fileio.native)."""
     import pyarrow as pa
 
     with open(file, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # the map keeps its own handle
-    return pa.BufferReader(pa.py_buffer(mapped))
-
-
-@lru_cache(maxsize=2)
-def _arrow_table(file: str):
-    """A ``save_to_disk`` Arrow file, memory-mapped (IPC stream or file format): rows read on demand."""
-    import pyarrow as pa
-
-    source = _mapped(file)
+        source = pa.BufferReader(pa.py_buffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)))
     try:
         table = pa.ipc.open_stream(source).read_all()
     except pa.ArrowInvalid:
@@ -743,21 +737,23 @@ def _row_group(file: str, group: int, columns: tuple[str, ...]):
     not fit its schema ends the process (an uncaught C++ exception), where reading the chunk raises.
     """
     _, pq = _pyarrow()
-    parquet = pq.ParquetFile(_mapped(file))
-    declared, memory = parquet.metadata.row_group(group).total_byte_size, physical_memory()
-    if memory and declared > memory // 2:
-        raise MimiError(f"{file}: row group {group} declares {declared / 1e9:,.1f} GB once decompressed, more than "
-                        f"half this machine's {memory / 1e9:.0f} GB; write it with smaller row groups")
-    leaves = map(parquet.schema.column, range(len(parquet.schema)))
-    as_dictionary = [leaf.path for leaf in leaves
-                     if leaf.path.split(".")[0] in columns and leaf.physical_type == "BYTE_ARRAY"]
-    return pq.ParquetFile(_mapped(file), read_dictionary=as_dictionary).read_row_group(group, columns=list(columns))
+    with open(file, "rb") as f:  # an open file, not its name (see fileio.native)
+        parquet = pq.ParquetFile(f)
+        declared, memory = parquet.metadata.row_group(group).total_byte_size, physical_memory()
+        if memory and declared > memory // 2:
+            raise MimiError(f"{file}: row group {group} declares {declared / 1e9:,.1f} GB once decompressed, more "
+                            f"than half this machine's {memory / 1e9:.0f} GB; write it with smaller row groups")
+        leaves = map(parquet.schema.column, range(len(parquet.schema)))
+        as_dictionary = [leaf.path for leaf in leaves
+                         if leaf.path.split(".")[0] in columns and leaf.physical_type == "BYTE_ARRAY"]
+        return pq.ParquetFile(f, read_dictionary=as_dictionary).read_row_group(group, columns=list(columns))
 
 
 @lru_cache(maxsize=8)
 def _row_group_starts(file: str) -> list[int]:
     _, pq = _pyarrow()
-    metadata = pq.ParquetFile(_mapped(file)).metadata
+    with open(file, "rb") as f:  # an open file, not its name (see fileio.native)
+        metadata = pq.ParquetFile(f).metadata
     starts = [0]
     for group in range(metadata.num_row_groups):
         starts.append(starts[-1] + metadata.row_group(group).num_rows)
