@@ -93,12 +93,16 @@ def os_reason(exc: OSError) -> str:
 def unnamable(exc: UnicodeEncodeError) -> MimiError | None:
     """A name (from a manifest, a tar member, a table) that this system's file names cannot hold: under a locale
     that is not UTF-8 (``LC_ALL=C`` with Python's UTF-8 mode off, Latin-1), Python encodes names in it, and
-    ``é`` or ``東`` has no bytes there. None for an encoding error of anything else (not a name's)."""
+    ``é`` or ``東`` has no bytes there; or a name whose bytes are not in that encoding, given to a library that
+    encodes names itself (fileio.native gives them bytes). None for an encoding error of anything else."""
     import codecs
     import sys
 
     if codecs.lookup(exc.encoding).name != codecs.lookup(sys.getfilesystemencoding()).name:
         return None
+    if any("\udc80" <= c <= "\udcff" for c in exc.object[exc.start:exc.end]):  # bytes that were not UTF-8
+        return MimiError(f"the name {exc.object!r} holds bytes that are not {sys.getfilesystemencoding()} (another "
+                         "system's names), which a library here cannot take; rename it (e.g. convmv -f latin1 -t utf8)")
     return MimiError(f"the name {exc.object!r} has characters that this system's file names "
                      f"({sys.getfilesystemencoding()}) cannot hold; run under a UTF-8 locale (LANG=C.UTF-8) or "
                      "with PYTHONUTF8=1")

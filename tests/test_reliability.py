@@ -832,3 +832,21 @@ def test_a_temporary_file_left_by_a_preempted_finally_is_removed(tmp_path):
         tmp.write_bytes(b"whole")
     remove_temporaries()
     assert (tmp_path / "kept.npz").read_bytes() == b"whole" and leftovers(tmp_path) == []
+
+
+def test_a_name_the_system_cannot_encode_is_said_for_what_it_is():
+    """errors.unnamable, the net under every library that encodes names itself: a character the locale's
+    encoding has no bytes for says to use a UTF-8 locale; bytes that were never in it (a Latin-1 name on a
+    UTF-8 system, held with surrogate escapes) say to rename the file, as a locale would not help."""
+    import sys
+
+    from mimi_cli.errors import unnamable
+
+    encoding = sys.getfilesystemencoding()
+    latin1 = "caf\udce9.wav"
+    said = str(unnamable(UnicodeEncodeError(encoding, latin1, 3, 4, "surrogates not allowed")))
+    assert f"holds bytes that are not {encoding}" in said and "rename it" in said and "locale" not in said
+    if encoding.lower().replace("-", "") != "utf8":  # under a locale that cannot hold é
+        said = str(unnamable(UnicodeEncodeError(encoding, "\u00e9.wav", 0, 1, "ordinal not in range")))
+        assert "cannot hold; run under a UTF-8 locale" in said
+    assert unnamable(UnicodeEncodeError("latin-1" if encoding != "latin-1" else "ascii", "\u6771", 0, 1, "")) is None
