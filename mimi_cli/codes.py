@@ -32,7 +32,7 @@ import numpy as np
 from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
 from mimi_cli.ecdc import check_streams, ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
 from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, loads_json, malformed, os_reason
-from mimi_cli.fileio import STDOUT, Target, atomic_output, file_kind, holds, is_folder, missing
+from mimi_cli.fileio import STDOUT, Target, atomic_output, file_kind, holds, is_folder, missing, zip_members
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
 from mimi_cli.npy import InvalidArrayError, open_member, read_header, read_npy, read_npy_member
@@ -414,11 +414,7 @@ def _tensor(path: Path, name: str, max_bytes: int, fail) -> np.ndarray:
 def _lone_array(path: Path) -> zipfile.ZipInfo | None:
     """The member of an ``.npz`` archive that holds one array and nothing else (another tool's container:
     ``np.savez("x.npz", audio_codes=…)``), read as a bare array; None for anything else."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, *DATA_ERRORS):
-        return None  # NotImplementedError: a member of a zip version zipfile does not know (a damaged directory)
+    members = zip_members(path) or []
     return members[0] if len(members) == 1 and members[0].filename.endswith(".npy") else None
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Union
 from urllib.parse import unquote, urlsplit
 
-from mimi_cli.errors import MimiError, OutputExistsError, os_reason
+from mimi_cli.errors import DATA_ERRORS, MimiError, OutputExistsError, os_reason
 
 STDOUT = "-"
 STDIN = "-"  # the same name given as an input
@@ -239,6 +239,17 @@ def is_pipe(path: Path) -> bool:
         return stat.S_ISFIFO(os.stat(path).st_mode)
     except (OSError, ValueError):
         return False
+
+
+def zip_members(path: Path) -> list | None:
+    """A zip's directory (``zipfile.ZipInfo`` entries), read without any member; None when it is no readable zip."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.infolist()
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, *DATA_ERRORS):
+        return None  # NotImplementedError: a member of a zip version zipfile does not know (a damaged directory)
 
 
 def native(path: Path | str) -> bytes:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from mimi_cli.errors import DATA_ERRORS, MimiError, WeightsError, malformed, os_reason
-from mimi_cli.fileio import file_kind, holds, home_expanded, missing
+from mimi_cli.fileio import file_kind, holds, home_expanded, missing, zip_members
 from mimi_cli.weights.tensors import TensorEntry, WeightFile
 
 # PyTorch checkpoints are pickles (a zip of them since torch 1.6): never unpickled, as loading one can run
@@ -22,14 +22,8 @@ PICKLE_SUFFIXES = {".pt", ".pth", ".th", ".ckpt", ".pkl"}
 
 def _is_numpy_archive(path: Path) -> bool:
     """A zip whose members are all ``.npy`` arrays (what ``np.savez`` writes), read from its directory only."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, *DATA_ERRORS):
-        return False  # NotImplementedError: a member of a zip version zipfile does not know (a damaged directory)
-    return bool(names) and all(name.endswith(".npy") for name in names)
+    members = zip_members(path)
+    return bool(members) and all(member.filename.endswith(".npy") for member in members)
 
 
 def _looks_like_pickle(head: bytes) -> bool:
