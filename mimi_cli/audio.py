@@ -898,7 +898,7 @@ def soundfile_errors(path: Target, tmp: Path):
     except sf.LibsndfileError as exc:
         import errno
 
-        free = shutil.disk_usage(tmp.parent).free
+        free = shutil.disk_usage(tmp).free  # tmp's own disk (tmp may be /proc/self/fd/N)
         if free < (1 << 20):
             raise cannot_write(path, OSError(errno.ENOSPC, "No space left on device")) from None
         if _beyond_size_limit(tmp):

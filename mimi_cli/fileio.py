@@ -9,8 +9,10 @@ at the end::
                               link at OUT; OUT being one of the run's inputs (even with -f); an
                               existing OUT without -f; a folder that is missing, read-only or not
                               writable; a name too long for the file system
-    atomic_output(OUT)        write .OUT.<random>.partial beside OUT (mode 0666 less the umask)
-                              ├─ any exception or signal → the temporary file is removed, OUT untouched
+    atomic_output(OUT)        write an unnamed file in OUT's folder (Linux's O_TMPFILE), or elsewhere
+                              .OUT.<random>.partial beside OUT (mode 0666 less the umask)
+                              ├─ any exception or signal → the temporary file is gone, OUT untouched;
+                              │  an unnamed one even when the process is killed (SIGKILL)
                               └─ success → without -f: hard-linked to OUT, which fails if OUT appeared
                                            meanwhile (two runs racing: the second says "exists")
                                            with -f: renamed over OUT (a regular file, never an input)
@@ -170,7 +172,8 @@ def readable(path: Target) -> Iterator[Readable]:
     Audio readers, NumPy archives and the codes file's checks seek, and a pipe can be read only
     once, front to back: opened twice (a check, then the reader) it lost what the first open
     read. The copy is made in blocks, so memory stays flat whatever the length (``--stream`` then
-    works on pipes too), and removed afterwards, whatever happens. Errors raised inside the block
+    works on pipes too), in TMPDIR, and removed afterwards, whatever happens (on Linux it never has a
+    name: see :func:`_scratch_file`). Errors raised inside the block
     name the input as given (``standard input``, ``/dev/fd/63``), not the copy.
     """
     stdin = str(path) == STDIN
@@ -180,9 +183,10 @@ def readable(path: Target) -> Iterator[Readable]:
     shown = "standard input" if stdin else str(path)
     if stdin:
         check_stdin("'-'", "the data")
-    with tempfile.TemporaryDirectory(prefix="mimi-input-") as folder:
-        copy = Readable(Path(folder) / "input", shown)
+    folder = tempfile.gettempdir()
+    with contextlib.ExitStack() as stack:
         try:
+            copy = Readable(stack.enter_context(_scratch_file(folder, f"mimi-input-{secrets.token_hex(8)}")), shown)
             with open(copy.path, "wb") as f:
                 if stdin:
                     shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
@@ -428,7 +432,7 @@ def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
 
     On any exception, Ctrl-C and the signals :mod:`mimi_cli.signals` turns into
     exceptions included, the temporary file is removed and ``path`` is left as it was.
-    The temporary name keeps the suffix, for libraries that read the format from it.
+    The temporary path may have no suffix (``/proc/self/fd/N``): writers name their format.
     """
     if is_stdout(path):
         # a name of its own: one left by a killed run, another user's or a concurrent run's never blocks this one
@@ -463,24 +467,80 @@ def remove_temporaries() -> None:
 
 @contextlib.contextmanager
 def _through_temporary(folder, name: str, shown: Target = STDOUT) -> Iterator[Path]:
-    tmp = Path(folder) / name
-    _WRITING.add(tmp)  # before it exists: a signal right after the create still finds it listed
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 less the umask, as any new file
-    except OSError as exc:
-        _WRITING.discard(tmp)  # not created by this process (the name is random: never another's)
-        raise cannot_write(shown, exc) from None
-    os.close(fd)
-    try:
-        yield tmp
+        with _scratch_file(folder, name) as tmp:
+            yield tmp
     except MimiError:
         raise
     except OSError as exc:
         raise cannot_write(shown, exc) from None
+
+
+# An unnamed file is written through this folder of the process's own descriptors (see _scratch_file).
+_OWN_FILES = "/proc/self/fd"
+
+
+@contextlib.contextmanager
+def _scratch_file(folder, name: str) -> Iterator[Path]:
+    """A new, empty file in ``folder``, as a path to open and write.
+
+    Where Linux has them (``O_TMPFILE``), the file has no name at all: it is ``/proc/self/fd/N``
+    until :func:`_link` gives it one, so a process killed at any moment (SIGKILL, the
+    out-of-memory killer) leaves nothing behind. Elsewhere (macOS, file systems without
+    them) it is ``folder/name``, removed on the way out, and by :func:`remove_temporaries`
+    when a signal pre-empts that. OSError when neither can be made (a full or read-only disk).
+    """
+    fd = _unnamed_file(folder)
+    if fd is not None:
+        try:
+            yield Path(f"{_OWN_FILES}/{fd}")
+        finally:
+            os.close(fd)  # the file goes with its last descriptor, unless linked into place meanwhile
+        return
+    tmp = Path(folder) / name
+    _WRITING.add(tmp)  # before it exists: a signal right after the create still finds it listed
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0666 less the umask, as any file
+    except OSError:
+        _WRITING.discard(tmp)  # not created by this process (the name is random: never another's)
+        raise
+    try:
+        yield tmp
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()  # gone already after a successful commit
         _WRITING.discard(tmp)
+
+
+def _unnamed_file(folder) -> int | None:
+    """A descriptor of a new unnamed file in ``folder`` (``O_TMPFILE``), or None where there is none to be had:
+    not Linux, no /proc, or a kernel or file system without them. A refusal that any file would meet there
+    (read-only, full, not allowed) is raised."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or not os.path.isdir(_OWN_FILES):
+        return None
+    try:
+        return os.open(folder, flag | os.O_RDWR, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):  # EISDIR: a kernel before 3.11
+            return None
+        raise
+
+
+def _is_unnamed(tmp: Path) -> bool:
+    return str(tmp).startswith(f"{_OWN_FILES}/")
+
+
+def _link(tmp: Path, path: Path) -> None:
+    """Give the finished file ``tmp`` the name ``path``: a hard link, which fails if ``path`` exists."""
+    if not _is_unnamed(tmp):
+        os.link(tmp, path)
+        return
+    folder = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)  # (O_PATH: a folder without read permission too)
+    try:  # with a folder's descriptor os.link calls linkat(AT_SYMLINK_FOLLOW): the file /proc names, not the link
+        os.link(tmp, path.name, dst_dir_fd=folder, follow_symlinks=True)
+    finally:
+        os.close(folder)
 
 
 def _commit(tmp: Path, path: Path, replace: bool) -> None:
@@ -490,17 +550,17 @@ def _commit(tmp: Path, path: Path, replace: bool) -> None:
             kind = file_kind(os.lstat(path).st_mode)
             if kind is not None:
                 raise MimiError(f"{path} became {kind} while this run was working; it was left as it is")
-        os.replace(tmp, path)
+        _through_a_name(tmp, path, os.replace) if _is_unnamed(tmp) else os.replace(tmp, path)
         return
     try:
-        os.link(tmp, path)  # atomic, and fails if path exists: the exclusive create
+        _link(tmp, path)  # atomic, and fails if path exists: the exclusive create
     except FileExistsError:
         if _already_this(tmp, path):
             return
         raise OutputExistsError(f"{path} appeared while this run was working (another run?); it was left "
                                 "as it is: pass -f/--force to replace it") from None
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+        if exc.errno not in _NO_HARD_LINKS:
             raise
         # no hard links on this file system (FAT, some network mounts): a plain rename after a last check
         if os.path.lexists(path):
@@ -508,7 +568,30 @@ def _commit(tmp: Path, path: Path, replace: bool) -> None:
                 return
             raise OutputExistsError(f"{path} appeared while this run was working; pass -f/--force to replace "
                                     "it") from None
-        os.rename(tmp, path)
+        _through_a_name(tmp, path, os.rename) if _is_unnamed(tmp) else os.rename(tmp, path)
+
+
+_NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK)
+
+
+def _through_a_name(tmp: Path, path: Path, move) -> None:
+    """Move the unnamed file ``tmp`` to ``path`` with ``move`` (os.replace, os.rename), which needs a name to
+    move: a temporary one beside ``path``, linked (or copied, where the file system has no hard links).
+    A SIGKILL in that instant leaves the name, as it would any temporary name."""
+    named = path.parent / _temporary_name(path)
+    _WRITING.add(named)
+    try:
+        try:
+            _link(tmp, named)
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            shutil.copyfile(tmp, named)
+        move(named, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(named)  # gone already once moved
+        _WRITING.discard(named)
 
 
 def _already_this(tmp: Path, path: Path) -> bool:

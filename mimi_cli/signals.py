@@ -12,9 +12,11 @@ What remains after each signal::
     SIGINT, SIGTERM, SIGHUP    whole outputs only; the temporary file of the one being written is removed
                                (sent to the whole process group too, as a terminal does: workers and
                                multiprocessing's resource tracker stop or carry on without a traceback)
-    SIGKILL                    cannot be caught: a hidden .NAME.*.partial file may remain beside the output
-                               being written (never mistaken for an output); worker processes notice
-                               their parent is gone within a second and stop the same clean way
+    SIGKILL                    cannot be caught: nothing remains on Linux, where the file being written has
+                               no name until it is complete (fileio._scratch_file); elsewhere a hidden
+                               .NAME.*.partial file may remain beside it (never mistaken for an output);
+                               worker processes notice their parent is gone within a second and stop the
+                               same clean way
 """
 
 from __future__ import annotations
