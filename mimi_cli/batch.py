@@ -42,7 +42,7 @@ from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, c
 from mimi_cli.models import BASE_BYTES, codec_spec
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
 from mimi_cli.sources import Item, is_container, is_table, known_keys, list_items
-from mimi_cli.weights import resolve_weights, weights_id
+from mimi_cli.weights import resolve_weights, weights_files, weights_id
 
 CODES_SUFFIXES = (".npz", ".npy", ".ecdc")
 Engine = Literal["local", "ray"]
@@ -148,7 +148,8 @@ def plan(job: Job) -> Plan:
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
     single = one_file and not batch_only
     named = [Path(p) for p in (*job.inputs, *job.manifests) if p != STDIN]  # a manifest's items name audio files
-    inputs = file_ids([*named, *(Path(entry.item.container) if entry.item else entry.path for entry in found)])
+    inputs = file_ids([*named, *(Path(entry.item.container) if entry.item else entry.path for entry in found),
+                       *weights_files(s.weights)])
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)

@@ -32,7 +32,7 @@ from mimi_cli.fileio import Readable, Target, atomic_output, native, output_exis
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
 from mimi_cli.sources import Item, carried_keys, open_item, row_codes
-from mimi_cli.weights import resolve_weights, weights_id
+from mimi_cli.weights import resolve_weights, weights_files, weights_id
 
 
 def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC, remedy: str | None = None) -> None:
@@ -536,7 +536,7 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
     from mimi_cli.fileio import check_output, file_ids
     from mimi_cli.metrics import log_mel_distance, perceptual, si_sdr
 
-    inputs = file_ids([input])
+    inputs = file_ids([input, *weights_files(settings.weights)])
     for target in (output, plot):
         if target is not None:
             check_output(target, settings.replace, inputs)

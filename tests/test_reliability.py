@@ -152,6 +152,36 @@ def test_an_input_is_never_its_own_output(clip, weights_file, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_the_weights_are_never_an_output(clip, codes, weights_file, tmp_path):
+    """A --manifest (any name) given the weights' name, with -f, replaced a 385 MB checkpoint with a line of
+    JSON: the weights (--weights, each codec's environment variable, every file of a Core ML folder) are
+    inputs of the run too."""
+    weights = tmp_path / "w.safetensors"
+    os.link(weights_file, weights)  # the fixture's file, under a name a run may (wrongly) replace
+    package = tmp_path / "mimi.mlpackage"
+    (package / "Data").mkdir(parents=True)
+    (package / "Manifest.json").write_text("{}")
+    cases = [
+        (("encode", clip, "-o", tmp_path / "a.npz", "--weights", weights, "--manifest", weights, "-f"), {}),
+        (("decode", codes, "-o", tmp_path / "a.wav", "--manifest", weights, "-f"), {"MIMI_WEIGHTS": str(weights)}),
+        (("encode", clip, "-o", tmp_path / "a.npz", "--manifest", weights, "-f"), {"ENCODEC_WEIGHTS": str(weights)}),
+        (("roundtrip", clip, "-o", tmp_path / "a.wav", "--weights", tmp_path, "--plot", tmp_path / "w.png", "-f"),
+         None),
+        (("encode", clip, "-o", tmp_path / "a.npz", "--weights", package, "--manifest", package / "Manifest.json",
+          "-f"), {}),
+    ]
+    (tmp_path / "w.png").write_bytes(b"not a plot: another name for the weights, below")
+    for args, env in cases:
+        if env is None:  # a folder as --weights: its one .safetensors file, here also named w.png
+            (tmp_path / "w.png").unlink()
+            os.link(weights_file, tmp_path / "w.png")
+        result = run(*args, env_extra=env)
+        one_line_error(result, "is also an input of this run")
+        assert weights.stat().st_ino == os.stat(weights_file).st_ino, args
+        assert (package / "Manifest.json").read_text() == "{}", args
+    assert leftovers(tmp_path) == [] and not (tmp_path / "a.npz").exists() and not (tmp_path / "a.wav").exists()
+
+
 def test_batch_decode_into_the_recordings_folder_warns_before_replacing(clip, codes, weights_file, tmp_path):
     recordings, codes_dir = tmp_path / "recordings", tmp_path / "codes"
     recordings.mkdir()

@@ -41,6 +41,29 @@ def resolve_weights(explicit: str | os.PathLike | None, spec) -> Path:
                      f"pass --weights PATH or set {env}, or go online once to fetch it")
 
 
+def weights_files(explicit: str | os.PathLike | None) -> list[Path]:
+    """The files here that a run may read weights from, whatever its codec, and without fetching anything:
+    ``--weights`` and each codec's environment variable, as :func:`locate` finds them (a Core ML model folder
+    with every file in it). No output of a run may replace one of them (a ``--manifest`` over the weights)."""
+    from mimi_cli.errors import MimiError
+    from mimi_cli.models import CODECS
+    from mimi_cli.weights.coreml import is_coreml_folder
+
+    files = []
+    for spec in CODECS.values():
+        for name in (explicit, os.environ.get(spec.weights_env)):
+            if not name:
+                continue
+            try:
+                path = home_expanded(local_path(str(name), "weights"))
+                if missing(path) is None:  # a local file or folder: nothing is fetched
+                    found = _in_folder(path, spec, "") if path.is_dir() else path
+                    files += [found, *found.rglob("*")] if is_coreml_folder(found) else [found]
+            except (MimiError, OSError):  # no weights there: the run will say so itself
+                continue
+    return files
+
+
 def locate(name: str, spec, origin: str = "") -> Path:
     """The weights file ``name`` names: a path, or, when no such file exists and the name reads as a Hub
     repository, that repository's file from the Hugging Face cache (fetched once); ``origin`` says where
