@@ -236,6 +236,8 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
         yield
     except MimiError as exc:
         _fail(str(exc))
+    except BrokenPipeError:  # standard output's reader went away: the command ends in silence (click, main())
+        raise
     except OSError as exc:  # the library says these in its own words; this is the net under it
         _fail(f"{exc.filename + ': ' if exc.filename else ''}{os_reason(exc)}")
     except MemoryError as exc:
@@ -949,6 +951,9 @@ def main() -> None:
     except KeyboardInterrupt as exc:  # a signal outside a command's own handling: as it set up, or after it ended
         code = signals.exit_code(exc)
         err.print("[bold red]error:[/] interrupted")
+    except BrokenPipeError:  # standard output's reader went away (| head): say nothing (the reader chose to
+        code = 1  # stop), as a Unix tool that SIGPIPE ends does, and as click does for a command (exit 1)
+        _stdout_to_devnull()
     except OSError as exc:  # the commands' work says its own; what reaches here failed printing (help, a report)
         code = 1
         if exc.filename is not None:
@@ -958,6 +963,12 @@ def main() -> None:
         else:
             err.print(f"[bold red]error:[/] cannot write to standard output: {_shown(str(exc.strerror or exc))}; "
                       "check where it is redirected")
-            with contextlib.suppress(OSError, ValueError):  # what is still buffered would fail again at exit
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _stdout_to_devnull()
     raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _stdout_to_devnull() -> None:
+    """What is still buffered for a standard output that failed would fail again at exit, with Python's own
+    complaint: let it go nowhere instead."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -470,7 +470,7 @@ def _through_temporary(folder, name: str, shown: Target = STDOUT) -> Iterator[Pa
     try:
         with _scratch_file(folder, name) as tmp:
             yield tmp
-    except MimiError:
+    except (MimiError, BrokenPipeError):  # BrokenPipeError: standard output's reader went away (_copy_to_stdout)
         raise
     except OSError as exc:
         raise cannot_write(shown, exc) from None
@@ -613,7 +613,7 @@ def _copy_to_stdout(tmp: Path) -> None:
             shutil.copyfileobj(f, sys.stdout.buffer)
             sys.stdout.buffer.flush()
         except BrokenPipeError:
-            raise MimiError("standard output was closed before the output was written (broken pipe)") from None
+            raise  # its reader went away (| head): cli.main ends as a Unix tool does then, in silence
         except OSError as exc:  # where stdout is redirected: a full disk, say
             raise MimiError(f"cannot write to standard output: {os.strerror(exc.errno) if exc.errno else exc}; "
                             "check where it is redirected") from None

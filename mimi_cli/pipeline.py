@@ -451,6 +451,8 @@ class Worker:
             return FileResult.of(task, "failed", error=str(error))
         except UnicodeEncodeError as exc:
             return FileResult.of(task, "failed", error=str(unnamable(exc) or f"{type(exc).__name__}: {exc}"))
+        except BrokenPipeError:  # standard output's reader went away (| head): the run ends, in silence (cli.main)
+            raise
         except (OSError, ValueError, RuntimeError, LookupError, TypeError, ArithmeticError) as exc:
             # unexpected, but only this file's: a library's error on a hostile file (pyarrow's ArrowIndexError,
             # a decoder's KeyError) fails the file in one line, not the run with a traceback

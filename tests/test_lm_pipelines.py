@@ -323,6 +323,20 @@ def test_streaming_pipe_chain(tmp_path, weights_file, dialogue):
     assert (tmp_path / "out.wav").read_bytes() == (tmp_path / "s.wav").read_bytes()
 
 
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_a_reader_that_stops_early_ends_the_run_in_silence(weights_file, encoded, stream):
+    """``mimi decode codes.npz -o - | head -c 44`` (a peek at the header): the reader chose to stop, so, as a Unix
+    tool ended by SIGPIPE and as click's commands do, the run ends with exit code 1 and says nothing (it said
+    "standard output was closed before the output was written" in one case, BrokenPipeError in another)."""
+    command = [sys.executable, "-m", "mimi_cli", "decode", str(encoded), "-o", "-", *stream]  # 120 KB: more than
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=offline(weights_file))
+    assert len(process.stdout.read(10)) == 10  # a pipe holds (64 KB), so the writer is still at work
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 1
+    assert "error" not in stderr and "Traceback" not in stderr and "Exception" not in stderr, stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["encode", "-"], "give -o"),
     (["encode", "-", "-o", "x.npz", "--jobs", "2"], "drop --jobs"),
