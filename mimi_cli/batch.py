@@ -39,7 +39,7 @@ from mimi_cli.errors import MimiError, OutputExistsError, dumps_json, first_line
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, either,
                              file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path,
                              missing, output_exists, remove_temporaries, stdout_closed, url)
-from mimi_cli.models import BASE_BYTES, codec_spec
+from mimi_cli.models import BASE_BYTES, CODECS, codec_spec
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
 from mimi_cli.sources import Item, is_container, is_table, known_keys, list_items
 from mimi_cli.weights import resolve_weights, weights_files, weights_id
@@ -149,7 +149,7 @@ def plan(job: Job) -> Plan:
     single = one_file and not batch_only
     named = [Path(p) for p in (*job.inputs, *job.manifests) if p != STDIN]  # a manifest's items name audio files
     inputs = file_ids([*named, *(Path(entry.item.container) if entry.item else entry.path for entry in found),
-                       *weights_files(s.weights)])
+                       *weights_files(s.weights, CODECS.values())])
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)

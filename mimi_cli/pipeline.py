@@ -538,7 +538,7 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
     from mimi_cli.fileio import check_output, file_ids
     from mimi_cli.metrics import log_mel_distance, perceptual, si_sdr
 
-    inputs = file_ids([input, *weights_files(settings.weights)])
+    inputs = file_ids([input, *weights_files(settings.weights, CODECS.values())])
     for target in (output, plot):
         if target is not None:
             check_output(target, settings.replace, inputs)

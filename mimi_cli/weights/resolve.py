@@ -41,16 +41,16 @@ def resolve_weights(explicit: str | os.PathLike | None, spec) -> Path:
                      f"pass --weights PATH or set {env}, or go online once to fetch it")
 
 
-def weights_files(explicit: str | os.PathLike | None) -> list[Path]:
-    """The files here that a run may read weights from, whatever its codec, and without fetching anything:
-    ``--weights`` and each codec's environment variable, as :func:`locate` finds them (a Core ML model folder
-    with every file in it). No output of a run may replace one of them (a ``--manifest`` over the weights)."""
+def weights_files(explicit: str | os.PathLike | None, specs) -> list[Path]:
+    """The files here that a run may read weights from, whatever its codec of ``specs`` (the registry's
+    entries), and without fetching anything: ``--weights`` and each codec's environment variable, as
+    :func:`locate` finds them (a Core ML model folder with every file in it). No output of a run may
+    replace one of them (a ``--manifest`` over the weights)."""
     from mimi_cli.errors import MimiError
-    from mimi_cli.models import CODECS
     from mimi_cli.weights.coreml import is_coreml_folder
 
     files = []
-    for spec in CODECS.values():
+    for spec in specs:
         for name in (explicit, os.environ.get(spec.weights_env)):
             if not name:
                 continue
