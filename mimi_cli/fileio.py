@@ -608,12 +608,29 @@ def _already_this(tmp: Path, path: Path) -> bool:
 
 
 def _copy_to_stdout(tmp: Path) -> None:
+    out = sys.stdout.buffer
     with open(tmp, "rb") as f:
         try:
-            shutil.copyfileobj(f, sys.stdout.buffer)
-            sys.stdout.buffer.flush()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                _write_all(out, memoryview(block))
+            out.flush()
         except BrokenPipeError:
             raise  # its reader went away (| head): cli.main ends as a Unix tool does then, in silence
         except OSError as exc:  # where stdout is redirected: a full disk, say
             raise MimiError(f"cannot write to standard output: {os.strerror(exc.errno) if exc.errno else exc}; "
                             "check where it is redirected") from None
+
+
+def _write_all(out, block: memoryview) -> None:
+    """Write all of ``block`` to ``out``. Standard output is a raw file under ``PYTHONUNBUFFERED=1`` or
+    ``python -u`` (Docker images set it), whose write may take part of a block and return how much: a reader
+    that went away then lost the rest in silence, and the run said it was done (shutil.copyfileobj ignores
+    the count). None: a non-blocking descriptor that is full, waited on."""
+    import select
+
+    while block:
+        written = out.write(block)
+        if written is None:
+            select.select([], [out], [])
+        else:
+            block = block[written:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -323,14 +324,19 @@ def test_streaming_pipe_chain(tmp_path, weights_file, dialogue):
     assert (tmp_path / "out.wav").read_bytes() == (tmp_path / "s.wav").read_bytes()
 
 
+@pytest.mark.parametrize("unbuffered", ["1", ""])
 @pytest.mark.parametrize("stream", [[], ["--stream"]])
-def test_a_reader_that_stops_early_ends_the_run_in_silence(weights_file, encoded, stream):
+def test_a_reader_that_stops_early_ends_the_run_in_silence(weights_file, encoded, stream, unbuffered):
     """``mimi decode codes.npz -o - | head -c 44`` (a peek at the header): the reader chose to stop, so, as a Unix
     tool ended by SIGPIPE and as click's commands do, the run ends with exit code 1 and says nothing (it said
-    "standard output was closed before the output was written" in one case, BrokenPipeError in another)."""
+    "standard output was closed before the output was written" in one case, BrokenPipeError in another).
+    Under PYTHONUNBUFFERED=1 standard output is a raw file, whose write stopped short when the reader went
+    away mid-block: the rest was dropped in silence, and the run said it was done (exit 0)."""
     command = [sys.executable, "-m", "mimi_cli", "decode", str(encoded), "-o", "-", *stream]  # 120 KB: more than
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=offline(weights_file))
-    assert len(process.stdout.read(10)) == 10  # a pipe holds (64 KB), so the writer is still at work
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**offline(weights_file), "PYTHONUNBUFFERED": unbuffered})
+    assert len(process.stdout.read(10)) == 10  # a pipe holds (64 KB), so the writer is still at work...
+    time.sleep(1.0)  # ...and waits inside a write, part of which the pipe took
     process.stdout.close()
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=300) == 1
