@@ -926,3 +926,18 @@ def test_a_name_the_system_cannot_encode_is_said_for_what_it_is():
         said = str(unnamable(UnicodeEncodeError(encoding, "\u00e9.wav", 0, 1, "ordinal not in range")))
         assert "cannot hold; run under a UTF-8 locale" in said
     assert unnamable(UnicodeEncodeError("latin-1" if encoding != "latin-1" else "ascii", "\u6771", 0, 1, "")) is None
+
+
+def test_the_weights_id_computed_beside_the_work_reaches_its_caller(weights_file, tmp_path):
+    """load_model hashes the weights on a thread of its own (pipeline.Background): its value, or its error,
+    reaches whoever asks for it, in that caller's thread."""
+    from mimi_cli.errors import WeightsError
+    from mimi_cli.pipeline import Background, load_model
+    from mimi_cli.weights import weights_id
+
+    loaded = load_model(weights_file)
+    assert loaded.weights_id == weights_id(weights_file) == loaded.weights_id  # asked twice: the same value
+    missing = Background(weights_id, tmp_path / "gone.safetensors")
+    for _ in range(2):
+        with pytest.raises(WeightsError, match="cannot read .*gone.safetensors"):
+            missing.result()
