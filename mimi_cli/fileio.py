@@ -514,17 +514,23 @@ def _scratch_file(folder, name: str) -> Iterator[Path]:
 
 def _unnamed_file(folder) -> int | None:
     """A descriptor of a new unnamed file in ``folder`` (``O_TMPFILE``), or None where there is none to be had:
-    not Linux, no /proc, or a kernel or file system without them. A refusal that any file would meet there
-    (read-only, full, not allowed) is raised."""
+    not Linux, no /proc, a kernel or file system without them, or a sandbox where /proc cannot open one
+    again. A refusal that any file would meet there (read-only, full, not allowed) is raised."""
     flag = getattr(os, "O_TMPFILE", 0)
     if not flag or not os.path.isdir(_OWN_FILES):
         return None
     try:
-        return os.open(folder, flag | os.O_RDWR, 0o666)
+        fd = os.open(folder, flag | os.O_RDWR, 0o666)
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):  # EISDIR: a kernel before 3.11
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOSYS):  # EISDIR: before Linux 3.11
             return None
         raise
+    try:  # the writers open it by its /proc name
+        os.close(os.open(f"{_OWN_FILES}/{fd}", os.O_RDONLY))
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _is_unnamed(tmp: Path) -> bool:
