@@ -144,7 +144,7 @@ def plan(job: Job) -> Plan:
         raise MimiError("the inputs hold items (manifest lines, tar members, dataset rows): give -o DIR for a codes "
                         "file per item, or --parquet OUT for the codes in Parquet shards" if s.kind == "encode" else
                         "the inputs hold rows of codes: give -o DIR for an audio file per row")
-    output, output_is_file = _output_target(job.output, one_file, found, suffix)
+    output, output_is_file = _output_target(job.output, one_file, found)
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
     single = one_file and not batch_only
     named = [Path(p) for p in (*job.inputs, *job.manifests) if p != STDIN]  # a manifest's items name audio files
@@ -212,8 +212,10 @@ def _is_glob(path: Path) -> bool:
     return not os.path.lexists(path) and glob.has_magic(str(path))
 
 
-def _output_target(output: str | None, one_file: bool, found: list[Input], suffix: str) -> tuple[Target | None, bool]:
-    """``-o`` as (where, names one file?): a folder (existing, or written with a trailing slash), a file, or "-"."""
+def _output_target(output: str | None, one_file: bool, found: list[Input]) -> tuple[Target | None, bool]:
+    """``-o`` as (where, names one file?): a folder (existing, or written with a trailing slash), a file, or "-".
+    A new name with a codes or audio file's suffix is never made a folder (``-o codes.npy`` for a folder of
+    inputs made a folder named ``codes.npy`` of ``.npz`` files)."""
     if output is None:
         return None, False
     if output == STDOUT:
@@ -225,11 +227,12 @@ def _output_target(output: str | None, one_file: bool, found: list[Input], suffi
         return path, False
     if one_file:
         return path, True
-    if path.exists() or path.suffix.lower() == suffix:
+    if path.exists() or path.suffix.lower() in (*CODES_SUFFIXES, *AUDIO_SUFFIXES):
         several = ("the inputs hold items (lines, members, rows), for which" if any(e.item for e in found)
                    else "with several inputs" if len(found) > 1
                    else "for a folder, a glob or a list of inputs (even of one file)")
-        raise MimiError(f"-o {output} looks like a file; {several} -o names a folder")
+        mkdir = "" if path.exists() else f" (end it with / for a folder of that name: -o {output}/)"
+        raise MimiError(f"-o {output} looks like a file; {several} -o names a folder{mkdir}")
     return path, False
 
 

@@ -366,6 +366,16 @@ def test_batch_usage_errors(corpus, tmp_path):
     assert result.returncode == 2 and "local engine only" in result.stderr
     result = run("encode", corpus, "-r", "-o", tmp_path / "all.npz")
     assert result.returncode == 1 and "with several inputs -o names a folder" in result.stderr
+    (tmp_path / "arrays").mkdir()
+    for name in ("a.npy", "b.npy"):
+        np.save(tmp_path / "arrays" / name, np.zeros((8, 4), np.int64))
+    for command, name in (("encode", "all.npy"), ("encode", "all.ecdc"), ("encode", "all.wav"), ("decode", "all.flac"),
+                          ("decode", "all.npz")):  # each was made a folder of that name, holding the outputs
+        result = run(command, corpus if command == "encode" else tmp_path / "arrays", "-r", "-o", tmp_path / name)
+        assert result.returncode == 1 and result.stderr.strip() == (
+            f"error: -o {tmp_path / name} looks like a file; with several inputs -o names a folder (end it with / "
+            f"for a folder of that name: -o {tmp_path / name}/)"), result.stderr
+        assert not (tmp_path / name).exists()
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "a.wav").write_bytes((corpus / "a.wav").read_bytes())
     (tmp_path / "list.txt").write_text("a.npz\n")
