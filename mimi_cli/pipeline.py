@@ -92,7 +92,10 @@ class Background:
     def __init__(self, function: Callable, *args):
         self._done = threading.Event()
         self._value = self._error = None
-        threading.Thread(target=self._run, args=(function, args), daemon=True, name="mimi-background").start()
+        try:
+            threading.Thread(target=self._run, args=(function, args), daemon=True, name="mimi-background").start()
+        except RuntimeError:  # no thread to be had (ulimit -u): computed here and now
+            self._run(function, args)
 
     def _run(self, function: Callable, args: tuple) -> None:
         try:

@@ -928,9 +928,11 @@ def test_a_name_the_system_cannot_encode_is_said_for_what_it_is():
     assert unnamable(UnicodeEncodeError("latin-1" if encoding != "latin-1" else "ascii", "\u6771", 0, 1, "")) is None
 
 
-def test_the_weights_id_computed_beside_the_work_reaches_its_caller(weights_file, tmp_path):
+def test_the_weights_id_computed_beside_the_work_reaches_its_caller(weights_file, tmp_path, monkeypatch):
     """load_model hashes the weights on a thread of its own (pipeline.Background): its value, or its error,
-    reaches whoever asks for it, in that caller's thread."""
+    reaches whoever asks for it, in that caller's thread; with no thread to be had (ulimit -u), at once."""
+    import threading
+
     from mimi_cli.errors import WeightsError
     from mimi_cli.pipeline import Background, load_model
     from mimi_cli.weights import weights_id
@@ -941,3 +943,9 @@ def test_the_weights_id_computed_beside_the_work_reaches_its_caller(weights_file
     for _ in range(2):
         with pytest.raises(WeightsError, match="cannot read .*gone.safetensors"):
             missing.result()
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    assert load_model(weights_file).weights_id == weights_id(weights_file)
