@@ -604,6 +604,7 @@ def _already_this(tmp: Path, path: Path) -> bool:
     """Whether the output that appeared is this very result, byte for byte: an earlier try of the same file
     wrote it, and its worker died before reporting it (a pool broken by another file, an actor that Ray
     retries). Then it is done, and the earlier try's temporary name (a hard link of it) is removed."""
+    filecmp.clear_cache()  # keyed by names and stat signatures: an unnamed file's /proc name is used again
     try:
         same = os.path.isfile(path) and not os.path.islink(path) and filecmp.cmp(tmp, path, shallow=False)
     except OSError:

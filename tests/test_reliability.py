@@ -599,6 +599,24 @@ def test_an_output_that_appeared_with_other_bytes_is_left_alone(weights_file, cl
     assert target.read_bytes() == b"another run's result" and leftovers(tmp_path) == []
 
 
+def test_an_output_compared_again_is_compared_anew(tmp_path):
+    """filecmp caches its answers by names and stat signatures, and an unnamed temporary file's name
+    (/proc/self/fd/N) comes back for the next output: other bytes of the same size and times were taken for
+    "this very result", and the output was never written."""
+    from mimi_cli import fileio
+
+    target = tmp_path / "x.npz"
+    target.write_bytes(b"this run's result")
+    with fileio.atomic_output(target) as tmp:  # the same bytes: done
+        tmp.write_bytes(b"this run's result")
+        os.utime(tmp, ns=(10**18, 10**18))
+    with pytest.raises(OutputExistsError, match="appeared while this run was working"):
+        with fileio.atomic_output(target) as tmp:  # other bytes, the same size and times (and name, on Linux)
+            tmp.write_bytes(b"another's  result")
+            os.utime(tmp, ns=(10**18, 10**18))
+    assert target.read_bytes() == b"this run's result" and leftovers(tmp_path) == []
+
+
 def test_workers_that_die_on_every_file_stop_the_run(weights_file, tmp_path):
     """Workers that cannot run here at all: one round of tries, then the rest are not tried."""
     folder = tmp_path / "clips"
