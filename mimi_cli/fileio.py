@@ -497,18 +497,22 @@ def _scratch_file(folder, name: str) -> Iterator[Path]:
         finally:
             os.close(fd)  # the file goes with its last descriptor, unless linked into place meanwhile
         return
-    tmp = Path(folder) / name
-    _WRITING.add(tmp)  # before it exists: a signal right after the create still finds it listed
-    try:
+    with _listed(Path(folder) / name) as tmp:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0666 less the umask, as any file
-    except OSError:
-        _WRITING.discard(tmp)  # not created by this process (the name is random: never another's)
-        raise
+        yield tmp
+
+
+@contextlib.contextmanager
+def _listed(tmp: Path) -> Iterator[Path]:
+    """A temporary name this process makes (random: never another's), listed for remove_temporaries before it
+    exists (a signal right after the create still finds it) and removed on the way out (gone already once it
+    was moved into place)."""
+    _WRITING.add(tmp)
     try:
         yield tmp
     finally:
         with contextlib.suppress(OSError):
-            tmp.unlink()  # gone already after a successful commit
+            tmp.unlink()
         _WRITING.discard(tmp)
 
 
@@ -584,9 +588,7 @@ def _through_a_name(tmp: Path, path: Path, move) -> None:
     """Move the unnamed file ``tmp`` to ``path`` with ``move`` (os.replace, os.rename), which needs a name to
     move: a temporary one beside ``path``, linked (or copied, where the file system has no hard links).
     A SIGKILL in that instant leaves the name, as it would any temporary name."""
-    named = path.parent / _temporary_name(path)
-    _WRITING.add(named)
-    try:
+    with _listed(path.parent / _temporary_name(path)) as named:
         try:
             _link(tmp, named)
         except OSError as exc:
@@ -594,10 +596,6 @@ def _through_a_name(tmp: Path, path: Path, move) -> None:
                 raise
             shutil.copyfile(tmp, named)
         move(named, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(named)  # gone already once moved
-        _WRITING.discard(named)
 
 
 def _already_this(tmp: Path, path: Path) -> bool:
