@@ -919,7 +919,65 @@ class _ClosedStdout:
         raise OSError(errno.EBADF, os.strerror(errno.EBADF))
 
 
+class _Diagnostics:
+    """Standard error as the commands see it: a message that cannot be written there (``2>/dev/full``, a log
+    on a disk that filled up, ``2>&1 | head``) is lost, and the work goes on; the run then ends with exit
+    code 1, as a GNU tool's does when its diagnostics failed. Everything else is the real stream's."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.lost = False
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.lost = True
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self.lost = True
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _hold_standard_descriptors() -> None:
+    """Descriptors 0, 1 and 2 closed by the shell (``2>&-``) are given /dev/null, as GNU tools do: else the next
+    file opened takes the number, and what a C library or a child process writes to "standard error" goes
+    into it (an input, an output being written, a worker's pipe). Python, which found them closed at start,
+    keeps ``sys.stdin`` and ``sys.stdout`` None, so that ``-`` and ``-o -`` are still refused as closed;
+    a closed standard error is simply silent, as asked (Ray, faulthandler, warnings need one)."""
+    for fd, mode in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, mode)  # the lowest free number: fd itself, as 0..fd-1 are open
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)  # os.open's descriptors are not: a worker process would see it closed
+    if sys.stderr is None:
+        with contextlib.suppress(OSError):
+            sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)
+
+
 def main() -> None:
+    _hold_standard_descriptors()
+    diagnostics = sys.stderr = _Diagnostics(sys.stderr)
+    try:
+        _main(diagnostics)
+    finally:
+        sys.stderr = diagnostics._stream
+
+
+def _main(diagnostics: _Diagnostics) -> None:
     import warnings
 
     from mimi_cli import signals
@@ -964,7 +1022,8 @@ def main() -> None:
             err.print(f"[bold red]error:[/] cannot write to standard output: {_shown(str(exc.strerror or exc))}; "
                       "check where it is redirected")
             _stdout_to_devnull()
-    raise SystemExit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    raise SystemExit(1 if diagnostics.lost and code == 0 else code)
 
 
 def _stdout_to_devnull() -> None:

@@ -450,6 +450,19 @@ def test_ray_engine_matches_the_local_engine(corpus, weights_file, tmp_path):
     assert [json.loads(line)["status"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == ["done"] * 4
 
 
+def test_ray_runs_with_standard_error_closed(corpus, weights_file, tmp_path):
+    """`2>&-` (a cron job's): Ray's driver enables faulthandler on Python's standard error, which Python leaves
+    None then; every file was "not run" and the run ended with exit code 1, saying nothing."""
+    pytest.importorskip("ray.data")
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
+    done = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", str(corpus), "-r", "-o", "out", "--engine",
+                           "ray", "--manifest", "m.jsonl"], stdout=subprocess.PIPE, env=env, cwd=tmp_path,
+                          timeout=300, preexec_fn=lambda: os.close(2))
+    assert done.returncode == 0
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["done"] * 4 and len(_tree(tmp_path / "out")) == 4
+
+
 def test_ray_a_file_that_kills_its_actor_fails_alone(corpus, weights_file, tmp_path):
     """Ray Data would try it again forever; here it is tried 3 times, and no other file dies with it."""
     pytest.importorskip("ray.data")

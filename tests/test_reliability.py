@@ -255,6 +255,65 @@ def test_closed_standard_streams_are_named(clip, weights_file, tmp_path):
     assert "failed: --inputs-from - reads standard input, which is closed here; pipe the list in" in listed.stderr
 
 
+def test_closed_standard_descriptors_are_held_with_dev_null(tmp_path):
+    """`<&- >&- 2>&-`: the descriptors are given /dev/null, as GNU tools do. Left closed, the next file opened
+    took number 2 (an input, an output being written) and what C code or a worker process wrote to "standard
+    error" went into it; and with Python's ``sys.stderr`` None, Ray's driver refused to start (see
+    test_batch.py). Standard input and output still count as closed (test above)."""
+    report = tmp_path / "report.json"
+    script = f"""
+import faulthandler, json, os, sys
+from mimi_cli import cli
+sys.argv = ["mimi", "--version"]
+try:
+    cli.main()
+except SystemExit as exc:
+    code = exc.code
+fd = os.open(os.devnull, os.O_RDONLY)
+faulthandler.enable()  # what Ray's driver does: it needs a standard error
+held = [os.readlink(f"/proc/self/fd/{{n}}") for n in range(3)]
+with open({str(report)!r}, "w") as f:
+    json.dump({{"code": code, "next": fd, "held": held, "inherited": [os.get_inheritable(n) for n in range(3)],
+               "stdin": sys.stdin is None}}, f)
+"""
+    def close_all():
+        for fd in range(3):
+            os.close(fd)
+
+    done = subprocess.run([sys.executable, "-c", script], timeout=120, preexec_fn=close_all)
+    assert done.returncode == 0
+    facts = json.loads(report.read_text())
+    assert facts["code"] == 1  # --version to a closed standard output fails, as before
+    assert facts["next"] > 2 and facts["held"] == [os.devnull] * 3 and facts["inherited"] == [True] * 3
+    assert facts["stdin"]  # still closed for '-'
+
+
+def test_a_standard_error_that_cannot_take_messages_loses_them_not_the_work(clip, weights_file, tmp_path):
+    """`2>/dev/full`, or a log on a disk that filled up: the messages are lost, the work is done, and the exit
+    code says something was lost (1), as a GNU tool's does; a run with nothing to say exits 0. A batch
+    stopped before its first file (its "2 files" line failed), and a single file wrote its output but
+    ended in what was left of a traceback."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    (tmp_path / "in").mkdir()
+    pcm, rate = sf.read(clip, dtype="float32")
+    sf.write(tmp_path / "in" / "a.wav", pcm, rate)
+    sf.write(tmp_path / "in" / "b.wav", np.stack([pcm, pcm[::-1]], axis=1), rate)  # a note: downmixed
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
+    assert run("encode", tmp_path / "in", "-o", tmp_path / "told", weights=weights_file).returncode == 0
+    (tmp_path / "single").mkdir(), (tmp_path / "quiet").mkdir()
+    with open("/dev/full", "w") as full:
+        for args, code in (([tmp_path / "in", "-o", tmp_path / "batch"], 1),
+                           ([tmp_path / "in" / "b.wav", "-o", tmp_path / "single" / "b.npz"], 1),
+                           ([tmp_path / "in" / "a.wav", "-o", tmp_path / "quiet" / "a.npz", "-q"], 0)):
+            done = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", *map(str, args)], stderr=full,
+                                  stdout=subprocess.PIPE, env=env, cwd=tmp_path, timeout=300)
+            assert done.returncode == code and done.stdout == b"", args
+    for name in ("batch/a.npz", "batch/b.npz", "single/b.npz", "quiet/a.npz"):
+        assert (tmp_path / name).read_bytes() == (tmp_path / "told" / Path(name).name).read_bytes(), name
+    assert leftovers(tmp_path) == []
+
+
 def test_long_names_fit_and_too_long_names_fail_first(clip, weights_file, tmp_path):
     fits = tmp_path / ("n" * 250 + ".npz")  # 254 bytes: the temporary name must be shortened to fit beside it
     result = run("encode", clip, "-o", fits, weights=weights_file)
