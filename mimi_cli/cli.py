@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mimi_cli import __version__
-from mimi_cli.errors import MimiError, os_reason, out_of_memory, unnamable
+from mimi_cli.errors import MimiError, os_reason, out_of_memory, unnamable, working_folder_gone
 from mimi_cli.models import CODECS, DEFAULT_CODEC
 
 app = typer.Typer(
@@ -998,6 +998,9 @@ def _main(diagnostics: _Diagnostics) -> None:
     if empty:
         err.print(f"[bold red]error:[/] {_shown(empty)}")
         raise SystemExit(2)
+    if working_folder_gone():  # refused at once: relative names, outputs, workers would each fail their own way
+        err.print("[bold red]error:[/] the current folder was deleted; cd to a folder that exists")
+        raise SystemExit(1)
     try:
         code = app(prog_name="mimi", standalone_mode=False)  # so that a usage error comes here, not as a box
     except usage_error as exc:

@@ -85,9 +85,31 @@ SYSTEM_LIMITS = {
 def os_reason(exc: OSError) -> str:
     """An OSError's reason, for a message: the system's words, and what to do when a limit of the system
     was reached (a memory map refused under ``ulimit -v`` says only "Cannot allocate memory")."""
+    if exc.errno == errno.ENOENT and _relative(exc.filename) and working_folder_gone():
+        return "the current folder was deleted; cd to a folder that exists"
     reason = exc.strerror or str(exc)
     advice = SYSTEM_LIMITS.get(exc.errno)
     return f"{reason}; {advice}" if advice else reason
+
+
+def _relative(name: str | bytes | None) -> bool:
+    """A name that is looked up from the current folder: relative, or none at all (``os.getcwd`` itself, and
+    ``os.path.abspath`` through it, fail with no name)."""
+    import os
+
+    return name is None or not os.path.isabs(name)
+
+
+def working_folder_gone() -> bool:
+    """The shell's current folder was removed (``rm -r`` from another shell): a relative name finds nothing and
+    no file can be made there, ``os.getcwd`` fails, and so does every worker process, which starts in it."""
+    import os
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
 
 
 def unnamable(exc: UnicodeEncodeError) -> MimiError | None:

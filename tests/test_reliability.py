@@ -9,6 +9,7 @@ the privilege to mount.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -312,6 +313,30 @@ def test_a_standard_error_that_cannot_take_messages_loses_them_not_the_work(clip
     for name in ("batch/a.npz", "batch/b.npz", "single/b.npz", "quiet/a.npz"):
         assert (tmp_path / name).read_bytes() == (tmp_path / "told" / Path(name).name).read_bytes(), name
     assert leftovers(tmp_path) == []
+
+
+def test_a_deleted_current_folder_is_said_once(clip, weights_file, tmp_path, monkeypatch):
+    """The shell's folder removed under it: each step failed its own way ("No such file or directory" with no
+    name for a relative input or for --jobs' workers, "Operation not permitted" for an output, "create the
+    folder first" for -o DIR/). Now one line before any work; and the library's reason for the same error."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    for args in (("encode", "a.wav"), ("encode", str(clip), "-o", str(tmp_path / "out") + "/", "--jobs", "2"),
+                 ("encode", str(clip), "-o", "x.npz")):
+        done = subprocess.run(["sh", "-c", 'cd "$1" && rmdir "$1" && shift && exec "$@"', "sh", str(gone),
+                               sys.executable, "-m", "mimi_cli", *args], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
+        assert one_line_error(done) == "error: the current folder was deleted; cd to a folder that exists", args
+        gone.mkdir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gone"]
+    from mimi_cli.errors import os_reason
+
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert os_reason(FileNotFoundError(errno.ENOENT, "No such file or directory")) == \
+        "the current folder was deleted; cd to a folder that exists"
+    assert os_reason(FileNotFoundError(errno.ENOENT, "No such file or directory", "/abs")) == \
+        "No such file or directory"
 
 
 def test_long_names_fit_and_too_long_names_fail_first(clip, weights_file, tmp_path):
