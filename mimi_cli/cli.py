@@ -27,8 +27,30 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-err = Console(stderr=True, soft_wrap=True, highlight=False)
-out = Console(soft_wrap=True, highlight=False)
+
+
+def _consoles() -> tuple[Console, Console]:
+    """Standard error's and standard output's."""
+    return Console(stderr=True, soft_wrap=True, highlight=False), Console(soft_wrap=True, highlight=False)
+
+
+err, out = _consoles()
+MIN_COLUMNS = 20  # fewer, and rich's tables have no room for a letter
+
+
+def _usable_width() -> None:
+    """Drop a width no one can read: with ``COLUMNS=0`` rich printed nothing at all, errors included, and typer's
+    help nothing; with a few columns, tables of empty cells; typer's ``TERMINAL_WIDTH=abc`` was a traceback.
+    Without them the terminal's own width is used, else 80 (here, and in worker processes)."""
+    global err, out
+    given = {name: os.environ.get(name) for name in ("COLUMNS", "TERMINAL_WIDTH")}
+    unusable = [name for name, value in given.items()
+                if value is not None and not (value.isdigit() and int(value) >= MIN_COLUMNS)]
+    for name in unusable:
+        del os.environ[name]
+    if unusable:  # rich reads COLUMNS when a console is made
+        err, out = _consoles()
+
 
 # Shared options; their limits come from the model's config. Every path is taken with readable=False:
 # Click's own check refused a whole run, as a usage error, for one input it could not read; the
@@ -970,6 +992,7 @@ def _hold_standard_descriptors() -> None:
 
 def main() -> None:
     _hold_standard_descriptors()
+    _usable_width()
     diagnostics = sys.stderr = _Diagnostics(sys.stderr)
     try:
         _main(diagnostics)

@@ -238,6 +238,18 @@ def test_version_and_help():
         assert result.returncode == 0 and "Usage: mimi " + command in result.stdout, result.stderr
 
 
+@pytest.mark.parametrize("width", [{"COLUMNS": "0"}, {"COLUMNS": "3"}, {"TERMINAL_WIDTH": "abc"},
+                                   {"TERMINAL_WIDTH": "0"}])
+def test_a_width_no_one_can_read_is_not_used(tmp_path, width):
+    """COLUMNS=0 made rich print nothing at all: no error, no help; a few columns left table cells empty;
+    typer's TERMINAL_WIDTH=abc was a traceback. Such a width is dropped: the terminal's, else 80."""
+    missing = run("encode", tmp_path / "nope.wav", env_extra=width)
+    assert missing.returncode == 1 and missing.stderr == f"error: {tmp_path / 'nope.wav'} does not exist\n"
+    shown = run("encode", "--help", env_extra=width)
+    assert shown.returncode == 0 and "Usage: mimi encode" in shown.stdout and not shown.stderr
+    assert max(map(len, shown.stdout.splitlines())) == (80 if "COLUMNS" in width else 200)  # run() gives 200
+
+
 @pytest.mark.parametrize("args, message", [
     (["encode", "{clip}", "-b", "nan"], "nan is not a finite number"),
     (["encode", "{clip}", "-b", "-inf"], "-inf is not a finite number"),
