@@ -3,7 +3,8 @@
 Python turns SIGINT (Ctrl-C) into ``KeyboardInterrupt``; SIGTERM and SIGHUP would
 end the process on the spot and leave temporary files behind. :func:`install`
 makes them raise :class:`Interrupted` (a ``KeyboardInterrupt``) as well, so the
-``finally`` blocks of :func:`mimi_cli.fileio.atomic_output` run whatever the signal.
+``finally`` blocks of :func:`mimi_cli.fileio.atomic_output` run whatever the signal. A signal ignored
+when the process started (``nohup``'s SIGHUP, the SIGINT of a script's ``&``) stays ignored.
 A signal that arrives while a finalizer (``__del__``) or an import runs is taken just after it:
 raised there, Python would print a traceback and carry on as if it had never come.
 
@@ -81,12 +82,15 @@ def _handler(exception: Callable[[int], BaseException]) -> Callable:
 def install(worker: bool = False) -> None:
     """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread (``SystemExit`` in a ``worker``),
     SIGINT ``KeyboardInterrupt`` (``SystemExit``); one that arrives inside a finalizer or an import is taken just
-    after it."""
+    after it. A signal the process was started ignoring stays ignored, as Python does for SIGINT: ``nohup``
+    ignores SIGHUP so that a run outlives its terminal, a shell script's ``&`` ignores SIGINT so that Ctrl-C
+    meant for the foreground does not stop it (and the workers inherit it, ignored, across ``exec``)."""
     if threading.current_thread() is not threading.main_thread():
         return
     handle = _handler(_as_exit if worker else _as_interrupt)
     for signum in (*_CAUGHT, signal.SIGINT):  # a worker's Ctrl-C reaches the whole group: the parent reports it
-        signal.signal(signum, handle)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, handle)
 
 
 def die_with_parent(poll_seconds: float = 0.5) -> None:

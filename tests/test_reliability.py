@@ -549,8 +549,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _two_workers_encoding(weights_file: Path, tmp_path: Path, clips: int) -> subprocess.Popen:
-    """``mimi encode --jobs 2`` over ``clips`` clips of 8 s, in a process group of its own."""
+def _two_workers_encoding(weights_file: Path, tmp_path: Path, clips: int, ignoring: tuple = ()) -> subprocess.Popen:
+    """``mimi encode --jobs 2`` over ``clips`` clips of 8 s, in a process group of its own, started with the
+    signals ``ignoring`` ignored (as ``nohup`` starts it)."""
     folder, out = tmp_path / "many", tmp_path / "out"
     folder.mkdir()
     speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
@@ -558,8 +559,12 @@ def _two_workers_encoding(weights_file: Path, tmp_path: Path, clips: int) -> sub
         sf.write(folder / f"clip{i}.wav", speech[i * rate : (i + 8) * rate], rate)
     command = [sys.executable, "-m", "mimi_cli", "encode", str(folder), "-o", str(out), "--jobs", "2", "--weights",
                str(weights_file)]
+    def ignore() -> None:
+        for signum in ignoring:
+            signal.signal(signum, signal.SIG_IGN)
+
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=ignore)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find worker processes")
@@ -602,6 +607,23 @@ def test_a_signal_to_the_whole_group_ends_the_run_in_one_line(weights_file, tmp_
     assert stderr.splitlines()[1:] == ["error: interrupted; finished outputs are kept, none is half-written: "
                                        "rerun with --skip-existing to resume"], stderr
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see the workers start")
+def test_a_signal_ignored_at_start_stays_ignored(weights_file, tmp_path):
+    """`nohup mimi encode corpus/ … &` ignores SIGHUP so that the run outlives its terminal, and a script's `&`
+    ignores SIGINT: the handlers that clean up after a signal replaced that, and the closed terminal ended
+    the run (exit 129, nothing kept of the file in hand). Now the run, workers included, carries on."""
+    process = _two_workers_encoding(weights_file, tmp_path, 4, ignoring=(signal.SIGHUP, signal.SIGINT))
+    deadline = time.monotonic() + 120
+    while len(_children(process.pid)) < 3 and time.monotonic() < deadline:  # the tracker and two workers
+        time.sleep(0.05)
+    time.sleep(1.0)  # they are loading weights or encoding
+    os.killpg(process.pid, signal.SIGHUP)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"clip{i}.npz" for i in range(4)]
 
 
 @pytest.mark.parametrize("names, jobs", [(["a", "b", "c", "poison", "x", "y", "z"], 2),  # (run in name order)
