@@ -1014,7 +1014,9 @@ def _main(diagnostics: _Diagnostics) -> None:
         # file's name) is written as \u20ac, not a UnicodeEncodeError after the work is done
         sys.stdout.reconfigure(errors="backslashreplace")
     keep_freed_memory()  # the threads of one process stop interrupting each other (core/threads.py)
-    warnings.filterwarnings("ignore", category=RuntimeWarning)  # NumPy's overflow chatter: errors are ours to say
+    # Python's warnings are a library's words to a programmer (NumPy's overflow chatter, Ray's deprecations); a
+    # command says its own findings as "warning:" lines. Under PYTHONWARNINGS=error they were tracebacks.
+    warnings.simplefilter("ignore")
     # click's own errors (a bad option value, a missing argument, an unknown command), vendored by typer or not
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     empty = _empty_argument(sys.argv[1:])

@@ -450,11 +450,13 @@ def test_ray_engine_matches_the_local_engine(corpus, weights_file, tmp_path):
     assert [json.loads(line)["status"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == ["done"] * 4
 
 
-def test_ray_runs_with_standard_error_closed(corpus, weights_file, tmp_path):
+def test_ray_runs_with_standard_error_closed_and_warnings_as_errors(corpus, weights_file, tmp_path):
     """`2>&-` (a cron job's): Ray's driver enables faulthandler on Python's standard error, which Python leaves
-    None then; every file was "not run" and the run ended with exit code 1, saying nothing."""
+    None then; every file was "not run" and the run ended with exit code 1, saying nothing. And under
+    PYTHONWARNINGS=error, Ray Data's deprecation notices were a traceback."""
     pytest.importorskip("ray.data")
-    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "",
+           "PYTHONWARNINGS": "error"}
     done = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", str(corpus), "-r", "-o", "out", "--engine",
                            "ray", "--manifest", "m.jsonl"], stdout=subprocess.PIPE, env=env, cwd=tmp_path,
                           timeout=300, preexec_fn=lambda: os.close(2))
