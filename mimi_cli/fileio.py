@@ -332,8 +332,11 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
         kind = file_kind(st.st_mode)
         if kind is not None:
             what = f"{kind} to {os.readlink(path)}" if kind == "a symbolic link" else kind
-            raise MimiError(f"{path} is {what}; outputs are only ever regular files: give a file name "
-                            "that does not exist or names a regular file")
+            hint = "give a file name that does not exist or names a regular file"
+            with contextlib.suppress(OSError):  # >(program) is /dev/fd/63, a link to a pipe
+                if file_kind(os.stat(path).st_mode) in ("a pipe (FIFO)", "a socket"):
+                    hint = "to feed a program, give - (standard output) and pipe it: | program"
+            raise MimiError(f"{path} is {what}; outputs are only ever regular files: {hint}")
         if (st.st_dev, st.st_ino) in inputs:
             raise MimiError(f"{path} is also an input of this run and would be destroyed; choose another output")
         if not replace:

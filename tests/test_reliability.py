@@ -100,6 +100,7 @@ def tmpfs(folder: Path, size: str = "1m", read_only: bool = False):
 
 
 def test_device_fifo_symlink_and_folder_are_never_replaced(clip, weights_file, tmp_path):
+    """Refused, each said for what it is; a pipe (a FIFO, or `-o >(program)`) with the way to feed a program."""
     targets = {}
     fifo = tmp_path / "fifo.npz"
     os.mkfifo(fifo)
@@ -115,7 +116,8 @@ def test_device_fifo_symlink_and_folder_are_never_replaced(clip, weights_file, t
     for kind, target in targets.items():
         before = os.lstat(target)
         result = run("encode", clip, "-o", target, "-f", weights=weights_file)
-        one_line_error(result, str(target), kind, "only ever regular files")
+        hint = "to feed a program, give - (standard output) and pipe it" if "FIFO" in kind else "give a file name"
+        one_line_error(result, str(target), kind, "only ever regular files", hint)
         after = os.lstat(target)
         assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino), kind
     assert link_target.read_bytes() == b"precious"
