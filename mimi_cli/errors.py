@@ -92,12 +92,12 @@ def os_reason(exc: OSError) -> str:
     return f"{reason}; {advice}" if advice else reason
 
 
-def _relative(name: str | bytes | None) -> bool:
+def _relative(name: object) -> bool:
     """A name that is looked up from the current folder: relative, or none at all (``os.getcwd`` itself, and
     ``os.path.abspath`` through it, fail with no name)."""
     import os
 
-    return name is None or not os.path.isabs(name)
+    return name is None or (isinstance(name, (str, bytes)) and not os.path.isabs(name))
 
 
 def working_folder_gone() -> bool:
