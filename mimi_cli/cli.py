@@ -995,12 +995,13 @@ def main() -> None:
     _usable_width()
     diagnostics = sys.stderr = _Diagnostics(sys.stderr)
     try:
-        _main(diagnostics)
+        _command(diagnostics)
     finally:
         sys.stderr = diagnostics._stream
 
 
-def _main(diagnostics: _Diagnostics) -> None:
+def _command(diagnostics: _Diagnostics) -> None:
+    """The command line's command, run; every way it ends is an exit code (``SystemExit``)."""
     import warnings
 
     from mimi_cli import signals
