@@ -551,7 +551,7 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
     try:
         found = sf.info(native(task.output))
     except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
-        return f"it cannot be read back as audio ({first_line(str(exc))})"
+        return f"it cannot be read back as audio ({getattr(exc, 'error_string', None) or first_line(str(exc))})"
     rate, channels = settings.sample_rate, None
     if task.item is None:
         try:

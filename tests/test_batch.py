@@ -277,6 +277,10 @@ def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_f
     assert "(16000 Hz, not 24000)" in refused.stderr and "add -f to decode such outputs again" in refused.stderr
     resumed = run("decode", out, "-r", "-o", audio, "--skip-existing", "--sample-rate", "16000", weights=weights_file)
     assert resumed.returncode == 0 and "1 decoded" in resumed.stderr and "3 skipped" in resumed.stderr
+    (audio / "a.wav").write_text("not audio")  # libsndfile's reason, without its "Error opening b'…'" prefix
+    refused = run("decode", out, "-r", "-o", audio, "--skip-existing", "--sample-rate", "16000", weights=weights_file)
+    assert f"{audio / 'a.wav'} exists, made otherwise (it cannot be read back as audio (Format not recognised.))" \
+        in refused.stderr, refused.stderr
 
 
 def test_ctrl_c_leaves_only_whole_files_and_the_run_resumes(weights_file, tmp_path):
