@@ -290,9 +290,14 @@ def check_stdin(given: str, what: str) -> None:
 
 def check_suffix(path: Path, what: str, suffixes: tuple[str, ...], folder_hint: bool = False) -> None:
     """An output file's name says what it holds: refuse another suffix (an .npz named out.txt misleads the next
-    tool, as audio written under a name no audio format has would). ``folder_hint``: -o could name a folder."""
+    tool, as audio written under a name no audio format has would). ``folder_hint``: -o could name a folder.
+    A name that is no file at all (``/dev/null``, a pipe) is refused as such first, as check_output does."""
     if str(path) == STDOUT:  # "-" (or "./-", which a Path makes "-": a name without the suffix either way)
         raise MimiError(f"{what} go to a file here, not to standard output ('-'); give a {either(suffixes)} name")
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):  # a folder is a place to write into, for the callers that take one
+            _refuse_other_kinds(path, st)
     if path.suffix.lower() not in suffixes:
         folder = ", or end it with / for a folder" if folder_hint and not path.suffix else ""
         raise MimiError(f"cannot write {what} as {path.suffix or 'a file without extension'}; give a "
@@ -307,6 +312,19 @@ def either(suffixes: tuple[str, ...]) -> str:
 def stdout_closed() -> bool:
     """Standard output was closed (``>&-``): Python has None there, or cli.main's stand-in, which is closed."""
     return sys.stdout is None or getattr(sys.stdout, "closed", False)
+
+
+def _refuse_other_kinds(path: Path, st: os.stat_result) -> None:
+    """Refuse an output that exists and is not a regular file (``st`` is its ``lstat``), saying what it is."""
+    kind = file_kind(st.st_mode)
+    if kind is None:
+        return
+    what = f"{kind} to {os.readlink(path)}" if kind == "a symbolic link" else kind
+    hint = "give a file name that does not exist or names a regular file"
+    with contextlib.suppress(OSError):  # >(program) is /dev/fd/63, a link to a pipe
+        if file_kind(os.stat(path).st_mode) in ("a pipe (FIFO)", "a socket"):
+            hint = "to feed a program, give - (standard output) and pipe it: | program"
+    raise MimiError(f"{path} is {what}; outputs are only ever regular files: {hint}")
 
 
 def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = frozenset(),
@@ -329,14 +347,7 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
     except OSError as exc:
         raise cannot_write(path, exc) from None
     if st is not None:
-        kind = file_kind(st.st_mode)
-        if kind is not None:
-            what = f"{kind} to {os.readlink(path)}" if kind == "a symbolic link" else kind
-            hint = "give a file name that does not exist or names a regular file"
-            with contextlib.suppress(OSError):  # >(program) is /dev/fd/63, a link to a pipe
-                if file_kind(os.stat(path).st_mode) in ("a pipe (FIFO)", "a socket"):
-                    hint = "to feed a program, give - (standard output) and pipe it: | program"
-            raise MimiError(f"{path} is {what}; outputs are only ever regular files: {hint}")
+        _refuse_other_kinds(path, st)
         if (st.st_dev, st.st_ino) in inputs:
             raise MimiError(f"{path} is also an input of this run and would be destroyed; choose another output")
         if not replace:

@@ -232,6 +232,18 @@ def test_output_folder_with_trailing_slash_and_stdout(clip, weights_file, tmp_pa
     one_line_error(result, "-o - (standard output) takes one input")
 
 
+def test_a_pipe_is_refused_as_a_pipe_whatever_its_name(clip, weights_file, tmp_path):
+    """`mimi convert w.safetensors /dev/null` and `mimi run … -o /dev/stdout` said "cannot write weights as a file
+    without extension": the suffix was checked before what the name is. Every command says what it is."""
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    for args in (("convert", weights_file, fifo, "-f"), ("encode", clip, "-o", fifo, "-f"),
+                 ("decode", clip, "-o", fifo), ("run", tmp_path / "none.mlmodelc", "-o", fifo)):
+        one_line_error(run(*args, weights=weights_file), f"{fifo} is a pipe (FIFO); outputs are only ever regular "
+                                                         "files: to feed a program, give -", code=1)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo"]
+
+
 def test_closed_standard_streams_are_named(clip, weights_file, tmp_path):
     """`<&-` and `>&-` leave Python's sys.stdin / sys.stdout None: said as closed (it was a traceback for
     stdout, and "a terminal" for stdin), nothing written. A report or help printed to a closed stdout fails as
