@@ -84,12 +84,13 @@ def install(worker: bool = False) -> None:
     SIGINT ``KeyboardInterrupt`` (``SystemExit``); one that arrives inside a finalizer or an import is taken just
     after it. A signal the process was started ignoring stays ignored, as Python does for SIGINT: ``nohup``
     ignores SIGHUP so that a run outlives its terminal, a shell script's ``&`` ignores SIGINT so that Ctrl-C
-    meant for the foreground does not stop it (and the workers inherit it, ignored, across ``exec``)."""
+    meant for the foreground does not stop it (and the workers inherit it, ignored, across ``exec``); but a
+    worker always takes SIGTERM, the way its parent stops it (and it stops itself, see die_with_parent)."""
     if threading.current_thread() is not threading.main_thread():
         return
     handle = _handler(_as_exit if worker else _as_interrupt)
     for signum in (*_CAUGHT, signal.SIGINT):  # a worker's Ctrl-C reaches the whole group: the parent reports it
-        if signal.getsignal(signum) is not signal.SIG_IGN:
+        if signal.getsignal(signum) is not signal.SIG_IGN or (worker and signum == signal.SIGTERM):
             signal.signal(signum, handle)
 
 

@@ -582,9 +582,12 @@ def _two_workers_encoding(weights_file: Path, tmp_path: Path, clips: int, ignori
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find worker processes")
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
-def test_workers_die_with_their_parent(weights_file, tmp_path, signum):
-    process = _two_workers_encoding(weights_file, tmp_path, 6)
+@pytest.mark.parametrize("signum, ignoring", [(signal.SIGKILL, ()), (signal.SIGTERM, ()),
+                                              (signal.SIGKILL, (signal.SIGTERM, signal.SIGHUP, signal.SIGINT))])
+def test_workers_die_with_their_parent(weights_file, tmp_path, signum, ignoring):
+    """Even when the run was started ignoring signals (`trap '' TERM`): a worker always takes SIGTERM, which its
+    parent and its own watch of the parent stop it with (it outlived a SIGKILLed parent, encoding on)."""
+    process = _two_workers_encoding(weights_file, tmp_path, 6, ignoring)
     deadline = time.monotonic() + 120
     workers: list[int] = []
     while len(workers) < 2 and time.monotonic() < deadline:
