@@ -270,6 +270,7 @@ def test_closed_standard_streams_are_named(clip, weights_file, tmp_path):
     assert "failed: --inputs-from - reads standard input, which is closed here; pipe the list in" in listed.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc to see what the descriptors hold")
 def test_closed_standard_descriptors_are_held_with_dev_null(tmp_path):
     """`<&- >&- 2>&-`: the descriptors are given /dev/null, as GNU tools do. Left closed, the next file opened
     took number 2 (an input, an output being written) and what C code or a worker process wrote to "standard
