@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -24,6 +25,13 @@ REPO = TESTS.parent
 GOLDEN = TESTS / "golden"
 SAMPLE_AUDIO = REPO / "sample_audio"
 SHARED = REPO.parent / "shared"
+
+# The tests that signal a command expect it started as from a terminal. A suite started in the background (a
+# non-interactive shell's `&` ignores SIGINT, nohup SIGHUP) hands the ignoring on to every command it runs,
+# which keeps it, as it should (mimi_cli.signals.install): start them with the usual dispositions instead.
+for _signum in (signal.SIGINT, getattr(signal, "SIGHUP", None), signal.SIGTERM):
+    if _signum is not None and signal.getsignal(_signum) is signal.SIG_IGN:
+        signal.signal(_signum, signal.SIG_DFL)
 
 # A small config with every structural feature of the real one (2 strides, residual
 # blocks, attention window, split RVQ), for fast tests of behaviour rather than parity.
