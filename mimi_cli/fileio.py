@@ -10,7 +10,8 @@ at the end::
                               existing OUT without -f; a folder that is missing, read-only or not
                               writable; a name too long for the file system
     atomic_output(OUT)        write an unnamed file in OUT's folder (Linux's O_TMPFILE), or elsewhere
-                              .OUT.<random>.partial beside OUT (mode 0666 less the umask)
+                              .OUT.<random>.partial beside OUT (mode 0600; once complete, 0666 less
+                              the umask, as any new file)
                               ├─ any exception or signal → the temporary file is gone, OUT untouched;
                               │  an unnamed one even when the process is killed (SIGKILL)
                               └─ success → without -f: hard-linked to OUT, which fails if OUT appeared
@@ -460,7 +461,15 @@ def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
         raise cannot_write(path, exc) from None
     with _through_temporary(path.parent, _temporary_name(path), path) as tmp:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # as any new file: written as 0600 (see _scratch_file)
         _commit(tmp, path, replace)
+
+
+def _umask() -> int:
+    """This process's umask: set to read it (the one way there is), and put back at once."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 # The temporary files this process is writing. A signal's exception can land where no ``finally`` will
@@ -503,16 +512,24 @@ def _scratch_file(folder, name: str) -> Iterator[Path]:
     out-of-memory killer) leaves nothing behind. Elsewhere (macOS, file systems without
     them) it is ``folder/name``, removed on the way out, and by :func:`remove_temporaries`
     when a signal pre-empts that. OSError when neither can be made (a full or read-only disk).
+    The file is its owner's alone to read and write (0600) whatever the umask: the writers open it again by
+    its name, which a umask taking the owner's write permission (0277) refused, and a copy of standard input
+    is nobody else's business. An output gets the umask's permissions once complete (atomic_output).
     """
     fd = _unnamed_file(folder)
     if fd is not None:
         try:
+            os.fchmod(fd, 0o600)
             yield Path(f"{_OWN_FILES}/{fd}")
         finally:
             os.close(fd)  # the file goes with its last descriptor, unless linked into place meanwhile
         return
     with _listed(Path(folder) / name) as tmp:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0666 less the umask, as any file
+        created = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(created, 0o600)
+        finally:
+            os.close(created)
         yield tmp
 
 
