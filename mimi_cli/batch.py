@@ -35,7 +35,7 @@ from typing import Literal
 from mimi_cli.audio import AUDIO_SUFFIXES
 from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
-from mimi_cli.errors import MimiError, OutputExistsError, dumps_json, first_line, physical_memory
+from mimi_cli.errors import MimiError, OutputExistsError, dumps_json, first_line, os_reason, physical_memory
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, either,
                              file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path,
                              missing, output_exists, remove_temporaries, stdout_closed, url)
@@ -249,9 +249,11 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
     found: list[Input] = []
     for item in map(str, items):
         path = home_expanded(item)
-        if is_folder(path) and not (containers and containers(path)):
-            pattern = "**/*" if recursive else "*"
-            listed = sorted(p for p in path.glob(pattern) if not p.name.startswith(".") and not is_folder(p))
+        if is_folder(path) and _unsearchable(path):  # before asking if it is a dataset: its files cannot be seen
+            found += _unlisted_folders(path, [_unsearchable(path)])
+        elif is_folder(path) and not (containers and containers(path)):
+            listed, unreadable = _walk(path, recursive)
+            found += _unlisted_folders(path, unreadable)
             named = [p for p in listed if p.suffix.lower() in suffixes]
             if not named:  # shards; and, in a tree, dataset folders whole (their files are not items of their own)
                 inner = _container_folders(path, listed, containers) if containers and recursive else []
@@ -274,6 +276,40 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
     return unique
 
 
+def _unsearchable(folder: Path) -> OSError | None:
+    """Why the files of ``folder`` cannot be listed or looked at (no read or no search permission), if so."""
+    try:
+        with os.scandir(folder):
+            pass
+        os.stat(os.path.join(folder, "."))  # through the folder: its search (x) permission
+    except OSError as exc:
+        exc.filename = str(folder)
+        return exc
+    return None
+
+
+def _walk(folder: Path, recursive: bool) -> tuple[list[Path], list[OSError]]:
+    """What ``folder`` holds that is not a folder (with ``recursive``, every folder below it too, not through
+    links to folders), but names starting with "."; and the errors of the folders that could not be listed
+    (pathlib's glob left a folder without read permission out in silence, its files never done)."""
+    listed: list[Path] = []
+    unreadable: list[OSError] = []
+    for top, _folders, names in os.walk(folder, onerror=unreadable.append):
+        listed += [Path(top, name) for name in names if not name.startswith(".")]
+        if not recursive:
+            break
+    return sorted(listed), unreadable
+
+
+def _unlisted_folders(root: Path, errors: list[OSError]) -> list[Input]:
+    """A folder that could not be listed fails as an input of its own, saying why: a run that left a speaker's
+    recordings out must not end as if it had done them all (``find`` and ``cp -r`` say so, and exit 1)."""
+    return [Input(Path(exc.filename), root.parent,
+                  Item("invalid", str(exc.filename), error=f"cannot list the folder {exc.filename}: "
+                                                           f"{os_reason(exc)}; what it holds is left out"))
+            for exc in errors]
+
+
 def _container_folders(root: Path, files: list[Path], containers: Callable[[Path], bool]) -> list[Path]:
     """The folders below ``root`` holding ``files`` that ``containers`` says are inputs of many items themselves
     (a ``save_to_disk`` dataset, lhotse Shar, Kaldi data), the outermost: a walk takes each whole, as when it is
@@ -289,7 +325,11 @@ def _regular(paths: list[Path], on_skip: Callable[[Path], None] | None) -> list[
     """The regular files of ``paths`` (links to them included); ``on_skip`` is told of the others."""
     kept = []
     for p in paths:
-        if p.is_file():
+        try:
+            regular = p.is_file()
+        except OSError:  # a folder without search permission hides what its files are: each fails alone, saying so
+            regular = True
+        if regular:
             kept.append(p)
         elif on_skip is not None:
             on_skip(p)
@@ -311,7 +351,7 @@ def expand_containers(found: list[Input], column: str, expands: Callable[[Path],
     output's relative path); ``column``: a table's audio, or codes."""
     expanded = []
     for entry in found:
-        if not expands(entry.path):
+        if entry.item is not None or not expands(entry.path):  # an item already (a folder that cannot be listed)
             expanded.append(entry)
             continue
         # one found in a folder or glob keeps its place in the tree under -o (corpus/a/x.tar → DIR/a/x/KEY)
@@ -366,6 +406,9 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
     input_ids = file_ids(e.path for e in inputs) if input_ids is None else input_ids
     tasks, owners, existing = [], {}, []
     for entry in inputs:
+        if entry.item is not None and entry.item.kind == "invalid" and entry.relative is None:
+            tasks.append(Task(entry.path, None, item=entry.item))  # a folder that could not be listed: no output
+            continue
         if output is not None and output_is_file:
             target = output
         elif output is not None and entry.relative is not None:

@@ -106,14 +106,17 @@ DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what
 def folder_kind(path: Path) -> Literal["shar", "kaldi", "dataset"] | None:
     """What a folder of items is: lhotse Shar (cuts shards beside the recording tars that hold their audio), a
     Kaldi data folder (a ``wav.scp``), a Hugging Face ``save_to_disk`` dataset; None for any other folder, or a
-    file."""
-    if not path.is_dir():
+    file, or a folder whose files cannot be looked at (no search permission: it is said when it is listed)."""
+    try:
+        if not path.is_dir():
+            return None
+        if _shar_shards(path):
+            return "shar"
+        if (path / "wav.scp").is_file():
+            return "kaldi"
+        return "dataset" if any((path / name).exists() for name in DATASET_FILES) else None
+    except OSError:
         return None
-    if _shar_shards(path):
-        return "shar"
-    if (path / "wav.scp").is_file():
-        return "kaldi"
-    return "dataset" if any((path / name).exists() for name in DATASET_FILES) else None
 
 
 def is_table(path: Path) -> bool:

@@ -294,6 +294,40 @@ def test_symlink_loop_and_unreadable_audio_say_what_is_wrong(tmp_path):
     assert "give a WAV" not in result.stderr
 
 
+def test_a_folder_that_cannot_be_listed_fails_as_an_input_of_its_own(tmp_path, weights_file):
+    """`mimi encode corpus -r` left a folder without read permission out in silence (pathlib's glob skips it),
+    its files never done, exit 0; a named one said "locked/wav.scp: Permission denied" (asked whether it was a
+    Kaldi folder); the files of a folder without search permission stopped the whole run. Now the folder
+    fails alone, saying so, and so does each file that cannot be read; the others are done."""
+    tree = tmp_path / "tree"
+    for folder, name in (("ok", "a.wav"), ("locked", "b.wav"), ("noexec", "c.wav")):
+        (tree / folder).mkdir(parents=True)
+        sf.write(tree / folder / name, np.zeros(4800, np.float32), 24000)
+    (tree / "locked").chmod(0)
+    (tree / "noexec").chmod(0o644)
+    as_a_user = [] if os.geteuid() != 0 else ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                                              "--inh-caps=-all"]
+    if as_a_user and shutil.which("setpriv") is None:
+        pytest.skip("root reads folders whatever their permissions, and setpriv is not here to drop that")
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
+    try:
+        walked = subprocess.run([*as_a_user, sys.executable, "-m", "mimi_cli", "encode", "tree", "-r", "-o", "out",
+                                 "--manifest", "m.jsonl"], capture_output=True, text=True, env=env, cwd=tmp_path)
+        named = subprocess.run([*as_a_user, sys.executable, "-m", "mimi_cli", "encode", "tree/locked", "-o", "x/"],
+                               capture_output=True, text=True, env=env, cwd=tmp_path)
+    finally:
+        (tree / "locked").chmod(0o755)
+        (tree / "noexec").chmod(0o755)
+    assert walked.returncode == 1 and "Traceback" not in walked.stderr, walked.stderr
+    rows = {r["input"]: r for r in map(json.loads, (tmp_path / "m.jsonl").read_text().splitlines())}
+    assert rows["tree/ok/a.wav"]["status"] == "done" and (tmp_path / "out" / "ok" / "a.npz").is_file()
+    assert rows["tree/locked"]["error"] == "cannot list the folder tree/locked: Permission denied; what it holds " \
+                                           "is left out"
+    assert rows["tree/noexec/c.wav"]["error"] == "cannot read tree/noexec/c.wav: Permission denied"
+    assert named.returncode == 1 and "failed: cannot list the folder tree/locked: Permission denied" in named.stderr
+    assert "wav.scp" not in named.stderr and not (tmp_path / "x").exists()
+
+
 def test_a_loop_of_two_links_is_said_where_a_path_is_resolved(tmp_path, weights_file):
     """Path.resolve raises RuntimeError on a loop (a → b → a): among a batch's inputs (made the same file
     once) and as a Core ML weight file (checked to stay inside the model), it is said, not a traceback."""
