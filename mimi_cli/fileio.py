@@ -353,6 +353,9 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
             raise MimiError(f"{path} is also an input of this run and would be destroyed; choose another output")
         if not replace:
             raise OutputExistsError(f"{path} already exists; pass -f/--force to replace it")
+        if _someone_elses_in_a_sticky_folder(path, st):
+            raise cannot_write(path, "it is another user's file in a folder where only a file's owner may replace "
+                                     "it (sticky, as /tmp is); choose another output")
     folder = path.parent
     existing = folder
     while not existing.exists() and existing != existing.parent:
@@ -369,6 +372,16 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
     if len(os.fsencode(path.name)) > limit:
         raise cannot_write(path, f"the name is {len(os.fsencode(path.name))} bytes long, and this file system "
                                  f"allows {limit}; choose a shorter name")
+
+
+def _someone_elses_in_a_sticky_folder(path: Path, st: os.stat_result) -> bool:
+    """Whether ``-f`` would be refused at the very end (EPERM on the rename): in a folder with the sticky bit, a
+    file only its owner, the folder's owner or root may replace."""
+    try:
+        folder = os.stat(path.parent)
+    except OSError:
+        return False
+    return bool(folder.st_mode & stat.S_ISVTX) and os.geteuid() not in (0, st.st_uid, folder.st_uid)
 
 
 def fitted(path: Path, base: Path) -> Path:

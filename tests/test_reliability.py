@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -374,6 +375,25 @@ def test_long_names_fit_and_too_long_names_fail_first(clip, weights_file, tmp_pa
 
 
 # ----------------------------------------------------------------------------- two runs, one output
+
+
+def test_another_users_file_in_a_sticky_folder_is_refused_before_the_work(tmp_path, monkeypatch):
+    """`-f` over another user's file in a folder like /tmp (sticky: only a file's owner may replace it) did all
+    the work, then failed at the rename with "Operation not permitted; check the folder's permissions" (a
+    --manifest there: after every file was done). Refused first, saying why. (The kernel's rule is the premise;
+    here this process is made to look like another user, the files' owner being this one.)"""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    theirs = shared / "x.npz"
+    theirs.write_bytes(b"theirs")
+    check_output(theirs, replace=True)  # its owner may
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(theirs).st_uid + 1)
+    with pytest.raises(MimiError, match=re.escape(f"cannot write {theirs}: it is another user's file in a folder "
+                                                  "where only a file's owner may replace it (sticky, as /tmp is)")):
+        check_output(theirs, replace=True)
+    shared.chmod(0o777)  # without the sticky bit, anyone who may write in the folder may replace it
+    check_output(theirs, replace=True)
 
 
 def test_exclusive_create_second_writer_fails_and_first_is_kept(tmp_path):
