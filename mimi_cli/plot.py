@@ -5,6 +5,7 @@ matplotlib is optional (``pip install "mimi-cli[plot]"``) and imported only here
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,9 @@ def _mel_band_edges(sample_rate: int) -> np.ndarray:
 def plot_checks(samples: int, sample_rate: int):
     """What a plot needs, checked before any work: matplotlib (its pyplot is returned), and a window's worth of
     audio (``samples`` at ``sample_rate``)."""
+    # Where HOME cannot be written (a container run as another user: HOME=/), matplotlib logs two warnings
+    # about its config folder and makes a temporary one; the plot is the same: not the user's concern.
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
     try:
         import matplotlib
 

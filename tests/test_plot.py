@@ -26,6 +26,16 @@ def test_roundtrip_plot_is_a_png_with_three_panels(tmp_path, clip, weights_file)
     assert [p.name for p in tmp_path.iterdir()] == ["cmp.png"]  # no temporary file left
 
 
+def test_a_home_that_cannot_be_written_changes_nothing_said(tmp_path, clip, weights_file):
+    """A container run as another user has HOME=/: matplotlib logged "mkdir -p failed …" and "Matplotlib created
+    a temporary cache directory …" on stderr, even under --json and -q. The plot is the same; nothing said."""
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "cmp.png"
+    result = run("roundtrip", clip, "--plot", target, "--json", "-q", weights=weights_file,
+                 env_extra={"MPLCONFIGDIR": "/proc/no-such-folder/matplotlib"})  # not even root can make it
+    assert result.returncode == 0 and result.stderr == "" and target.stat().st_size > 10_000, result.stderr
+
+
 def test_plot_refusals_leave_no_file(tmp_path, clip, weights_file):
     result = run("roundtrip", clip, "--plot", tmp_path / "cmp.jpeg")
     assert result.returncode == 2 and "--plot writes .png, .svg or .pdf" in result.stderr
