@@ -200,12 +200,30 @@ def usable_workers(jobs: int, pending: int, engine: Engine) -> tuple[int, str | 
     holds its own copy of the weights and libraries (BASE_BYTES), so a thousand would be granted memory
     lazily and then be killed as they fill it. Ray's actors spread over a cluster: its scheduler places them."""
     workers = min(jobs, max(1, pending))
+    if engine == "ray":
+        return workers, None
+    if workers > 1:
+        unable = _no_process_locks()
+        if unable:
+            return 1, f"worker processes cannot run here ({unable}); working in this process instead"
     memory = physical_memory()
     fit = max(1, int(0.9 * memory // BASE_BYTES))
-    if engine == "ray" or not memory or workers <= fit:
+    if not memory or workers <= fit:
         return workers, None
     return fit, (f"--jobs {jobs} is more workers than this machine's memory holds ({memory / 1e9:.0f} GB, about "
                  f"{BASE_BYTES / 1e9:.1f} GB a worker); using {fit}")
+
+
+def _no_process_locks() -> str | None:
+    """Why a pool of worker processes cannot be made here, if so: its queues' locks are POSIX semaphores, which
+    a container with a read-only or missing /dev/shm, or a sandbox without them (AWS Lambda), refuses."""
+    import multiprocessing
+
+    try:
+        multiprocessing.get_context("spawn").Lock()
+    except OSError as exc:
+        return f"multiprocessing's locks: {exc.strerror or exc}; they need a writable /dev/shm"
+    return None
 
 
 def _is_glob(path: Path) -> bool:

@@ -254,6 +254,26 @@ def test_a_pipe_is_refused_as_a_pipe_whatever_its_name(clip, weights_file, tmp_p
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo"]
 
 
+def test_workers_where_processes_cannot_have_locks_become_this_process(clip, weights_file, tmp_path):
+    """A container with a read-only /dev/shm (or a sandbox without POSIX semaphores, as AWS Lambda): `--jobs 2`
+    said "error: Read-only file system" and did nothing. The run says why and works in this process."""
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o ro tmpfs /dev/shm"], capture_output=True,
+                           text=True) if shutil.which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("cannot give the run a read-only /dev/shm of its own here (unshare -m and mount need root)")
+    (tmp_path / "in").mkdir()
+    for name in ("a.wav", "b.wav"):
+        (tmp_path / "in" / name).write_bytes(clip.read_bytes())
+    command = f"mount -t tmpfs -o ro tmpfs /dev/shm && exec {sys.executable} -m mimi_cli encode in -o out/ --jobs 2"
+    done = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[0] == ("note: worker processes cannot run here (multiprocessing's locks: Read-only "
+                                           "file system; they need a writable /dev/shm); working in this process "
+                                           "instead")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.npz", "b.npz"]
+
+
 def test_closed_standard_streams_are_named(clip, weights_file, tmp_path):
     """`<&-` and `>&-` leave Python's sys.stdin / sys.stdout None: said as closed (it was a traceback for
     stdout, and "a terminal" for stdin), nothing written. A report or help printed to a closed stdout fails as
