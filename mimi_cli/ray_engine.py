@@ -75,9 +75,15 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int) -> Iterator[File
         logging.getLogger(name).setLevel(logging.CRITICAL)
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or None
-        # locally: a CPU per actor, plus one for Ray's own light tasks
-        ray.init(address=address, num_cpus=None if address else actors + 1, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.ERROR)
+        if address is not None:
+            _check_answers(address)
+        try:  # locally: a CPU per actor, plus one for Ray's own light tasks
+            ray.init(address=address, num_cpus=None if address else actors + 1, include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.ERROR)
+        except Exception as exc:  # Ray's own words (a node that timed out starting, a cluster of another version)
+            at = f" at RAY_ADDRESS={address}" if address else " on this machine"
+            raise MimiError(f"Ray did not start{at}: {first_line(exc, 300)}; its logs are in /tmp/ray/session_latest/"
+                            "logs, or run with --engine local") from None
         _quiet_raylet_messages(ray)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
@@ -143,6 +149,25 @@ def _as_user_error(exc: BaseException) -> MimiError:
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
     return MimiError(f"the Ray run failed: {type(exc).__name__}: {first_line(exc, 1000)}")
+
+
+def _check_answers(address: str, timeout: float = 10.0) -> None:
+    """A cluster address (``HOST:PORT``, ``ray://HOST:PORT``; ``auto`` is Ray's to find) that something answers
+    at: one that nothing answers at had Ray's driver wait for minutes, and a malformed one was a traceback."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    if target in ("auto", "local"):
+        return
+    host, colon, port = target.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise MimiError(f"RAY_ADDRESS={address} is not a Ray cluster's address (HOST:PORT, ray://HOST:PORT or auto)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise MimiError(f"no Ray cluster answers at RAY_ADDRESS={address} ({reason}); start it (ray start --head) "
+                        "or unset RAY_ADDRESS to run Ray on this machine") from None
 
 
 def _import_ray():

@@ -469,6 +469,26 @@ def test_ray_runs_with_standard_error_closed_and_warnings_as_errors(corpus, weig
     assert [r["status"] for r in rows] == ["done"] * 4 and len(_tree(tmp_path / "out")) == 4
 
 
+def test_a_ray_address_that_nothing_answers_at_is_said_at_once(corpus, weights_file, tmp_path):
+    """RAY_ADDRESS naming a port nothing listens on had Ray's driver wait for minutes (over five here); a
+    malformed one was a traceback. Each is one line within seconds, nothing written."""
+    pytest.importorskip("ray.data")
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for address, said in ((f"127.0.0.1:{port}", f"no Ray cluster answers at RAY_ADDRESS=127.0.0.1:{port} "
+                                                 "(Connection refused); start it (ray start --head) or unset"),
+                          ("garbage", "RAY_ADDRESS=garbage is not a Ray cluster's address")):
+        start = time.monotonic()
+        result = run("encode", corpus, "-r", "-o", tmp_path / "out", "--engine", "ray", weights=weights_file,
+                     env_extra={"RAY_ADDRESS": address})
+        assert result.returncode == 1 and f"error: {said}" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "╭" not in result.stderr and time.monotonic() - start < 60
+    assert not (tmp_path / "out").exists()
+
+
 def test_ray_a_file_that_kills_its_actor_fails_alone(corpus, weights_file, tmp_path):
     """Ray Data would try it again forever; here it is tried 3 times, and no other file dies with it."""
     pytest.importorskip("ray.data")
