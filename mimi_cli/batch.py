@@ -267,11 +267,11 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
     found: list[Input] = []
     for item in map(str, items):
         path = home_expanded(item)
-        if is_folder(path) and _unsearchable(path):  # before asking if it is a dataset: its files cannot be seen
-            found += _unlisted_folders(path, [_unsearchable(path)])
+        if is_folder(path) and (refused := _unsearchable(path)) is not None:  # before asking if it is a dataset
+            found += _unlisted_folders([refused])
         elif is_folder(path) and not (containers and containers(path)):
             listed, unreadable = _walk(path, recursive)
-            found += _unlisted_folders(path, unreadable)
+            found += _unlisted_folders(unreadable)
             named = [p for p in listed if p.suffix.lower() in suffixes]
             if not named:  # shards; and, in a tree, dataset folders whole (their files are not items of their own)
                 inner = _container_folders(path, listed, containers) if containers and recursive else []
@@ -319,10 +319,11 @@ def _walk(folder: Path, recursive: bool) -> tuple[list[Path], list[OSError]]:
     return sorted(listed), unreadable
 
 
-def _unlisted_folders(root: Path, errors: list[OSError]) -> list[Input]:
-    """A folder that could not be listed fails as an input of its own, saying why: a run that left a speaker's
-    recordings out must not end as if it had done them all (``find`` and ``cp -r`` say so, and exit 1)."""
-    return [Input(Path(exc.filename), root.parent,
+def _unlisted_folders(errors: list[OSError]) -> list[Input]:
+    """A folder that could not be listed fails as an input of its own, saying why (it has no output): a run that
+    left a speaker's recordings out must not end as if it had done them all (``find`` and ``cp -r`` say so,
+    and exit 1)."""
+    return [Input(Path(exc.filename), Path(exc.filename).parent,
                   Item("invalid", str(exc.filename), error=f"cannot list the folder {exc.filename}: "
                                                            f"{os_reason(exc)}; what it holds is left out"))
             for exc in errors]
