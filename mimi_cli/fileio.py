@@ -540,7 +540,8 @@ def _scratch_file(folder, name: str) -> Iterator[Path]:
     with _listed(Path(folder) / name) as tmp:
         created = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.fchmod(created, 0o600)
+            if hasattr(os, "fchmod"):  # not on Windows before Python 3.13, where no umask takes a write permission
+                os.fchmod(created, 0o600)
         finally:
             os.close(created)
         yield tmp
