@@ -147,6 +147,8 @@ def plan(job: Job) -> Plan:
     output, output_is_file = _output_target(job.output, one_file, found)
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
     single = one_file and not batch_only
+    if single and found[0].path != Path(STDIN) and (problem := missing(found[0].path)) is not None:
+        raise MimiError(f"{found[0].path} {problem}")  # said before its output's problems, as cp says them
     named = [Path(p) for p in (*job.inputs, *job.manifests) if p != STDIN]  # a manifest's items name audio files
     inputs = file_ids([*named, *(Path(entry.item.container) if entry.item else entry.path for entry in found),
                        *weights_files(s.weights, CODECS.values())])

@@ -384,6 +384,14 @@ def test_a_deleted_current_folder_is_said_once(clip, weights_file, tmp_path, mon
         "No such file or directory"
 
 
+def test_a_missing_input_is_said_before_its_outputs_problems(weights_file, tmp_path):
+    """`mimi encode nope.wav -o /proc/x.npz` said "cannot write /proc/x.npz": of two mistakes the output's was
+    named, and the user fixed it only to meet the other. The input comes first, as `cp` says it."""
+    for command, name, output in (("encode", "nope.wav", "out.npz"), ("decode", "nope.npz", "out.wav")):
+        result = run(command, tmp_path / name, "-o", f"/proc/mimi-test/{output}", weights=weights_file)
+        assert one_line_error(result) == f"error: {tmp_path / name} does not exist"
+
+
 def test_long_names_fit_and_too_long_names_fail_first(clip, weights_file, tmp_path):
     fits = tmp_path / ("n" * 250 + ".npz")  # 254 bytes: the temporary name must be shortened to fit beside it
     result = run("encode", clip, "-o", fits, weights=weights_file)
