@@ -474,7 +474,8 @@ def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
         raise cannot_write(path, exc) from None
     with _through_temporary(path.parent, _temporary_name(path), path) as tmp:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # as any new file: written as 0600 (see _scratch_file)
+        with contextlib.suppress(OSError):  # a file system whose modes are its mount's (FAT, SMB, some FUSE)
+            os.chmod(tmp, 0o666 & ~_umask())  # as any new file: written as 0600 (see _scratch_file)
         _commit(tmp, path, replace)
 
 
@@ -532,7 +533,8 @@ def _scratch_file(folder, name: str) -> Iterator[Path]:
     fd = _unnamed_file(folder)
     if fd is not None:
         try:
-            os.fchmod(fd, 0o600)
+            with contextlib.suppress(OSError):  # (refused where modes are the mount's, and moot there)
+                os.fchmod(fd, 0o600)
             yield Path(f"{_OWN_FILES}/{fd}")
         finally:
             os.close(fd)  # the file goes with its last descriptor, unless linked into place meanwhile
@@ -540,7 +542,7 @@ def _scratch_file(folder, name: str) -> Iterator[Path]:
     with _listed(Path(folder) / name) as tmp:
         created = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            if hasattr(os, "fchmod"):  # not on Windows before Python 3.13, where no umask takes a write permission
+            with contextlib.suppress(OSError, AttributeError):  # no fchmod on Windows before Python 3.13
                 os.fchmod(created, 0o600)
         finally:
             os.close(created)

@@ -242,6 +242,24 @@ def test_output_folder_with_trailing_slash_and_stdout(clip, weights_file, tmp_pa
     one_line_error(result, "-o - (standard output) takes one input")
 
 
+@pytest.mark.parametrize("unnamed", [True, False])
+def test_a_file_system_that_refuses_modes_still_takes_outputs(tmp_path, monkeypatch, unnamed):
+    """FAT, SMB and some FUSE mounts refuse chmod (their modes are the mount's): setting the new file's mode,
+    and the output's once complete, must not fail the output."""
+    from mimi_cli import fileio
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    if not unnamed:
+        monkeypatch.setattr(fileio, "_unnamed_file", lambda folder: None)
+    monkeypatch.setattr(os, "chmod", refused)
+    monkeypatch.setattr(os, "fchmod", refused)
+    with atomic_output(tmp_path / "out.npz") as tmp:
+        Path(tmp).write_bytes(b"whole")
+    assert (tmp_path / "out.npz").read_bytes() == b"whole" and leftovers(tmp_path) == []
+
+
 def test_a_pipe_is_refused_as_a_pipe_whatever_its_name(clip, weights_file, tmp_path):
     """`mimi convert w.safetensors /dev/null` and `mimi run … -o /dev/stdout` said "cannot write weights as a file
     without extension": the suffix was checked before what the name is. Every command says what it is."""
