@@ -221,6 +221,9 @@ def _no_process_locks() -> str | None:
     a container with a read-only or missing /dev/shm, or a sandbox without them (AWS Lambda), refuses."""
     import multiprocessing
 
+    from mimi_cli import signals
+
+    signals.start_resource_tracker()  # the lock would start it otherwise, not deaf to SIGHUP (see there)
     try:
         multiprocessing.get_context("spawn").Lock()
     except OSError as exc:
