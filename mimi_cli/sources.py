@@ -1003,6 +1003,10 @@ class Span(BlockReader):
                                     f"({f.frames / f.samplerate:.3f} s)")
         available = f.frames - start
         self.frames = available if item.duration is None else min(available, round(item.duration * f.samplerate))
+        if self.frames == 0:  # a duration shorter than half a sample: the span holds none, wherever it starts
+            f.close()
+            raise InvalidAudioError(f"{name}: duration {item.duration} s is shorter than one sample at "
+                                    f"{f.samplerate} Hz, the rate of {item.container}")
         f.seek(start)
         self._start, self._offset, self._name, self._container = start, item.offset, name, item.container
 

@@ -346,6 +346,8 @@ def test_a_flac_stream_of_unknown_length_is_read_whole(tmp_path, monkeypatch):
         np.testing.assert_allclose(f.read(dtype="float32"), samples[240000:264000], rtol=0, atol=1 / 32768)
     with pytest.raises(InvalidAudioError, match="offset 13.0 s is past the end of .*piped.flac \\(12.500 s\\)"):
         open_item(Item("span", str(path), offset=13.0), "span")
+    with pytest.raises(InvalidAudioError, match="span: duration 1e-05 s is shorter than one sample at 24000 Hz"):
+        open_item(Item("span", str(path), offset=1e-05, duration=1e-05), "span")  # not "past the end"
     data[len(data) // 2] ^= 0x10  # damage: counting meets it
     path.write_bytes(data)
     with pytest.raises(InvalidAudioError, match=r"cannot read .*piped.flac as audio \(.*\); the file may be corrupt"):
