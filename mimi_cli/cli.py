@@ -106,6 +106,19 @@ CodecOption = Annotated[str, typer.Option(
     "--codec", "-c", callback=_check_codec, help=f"The codec: {' or '.join(CODECS)}.")]
 
 
+def _check_channels(mode: str) -> str:
+    from mimi_cli.pipeline import CHANNEL_MODES
+
+    if mode not in CHANNEL_MODES:
+        raise typer.BadParameter(f"takes {' or '.join(CHANNEL_MODES)}, not {mode!r}")
+    return mode
+
+
+def _channels_option(split: str):
+    return Annotated[str, typer.Option("--channels", callback=_check_channels,
+                                       help=f"mix: downmix to mono, one code stream. split: {split}")]
+
+
 def _shown(text: str) -> str:
     """Text from files and file names, safe to print: control characters (terminal escapes) made visible,
     rich markup escaped."""
@@ -345,9 +358,8 @@ def encode(
     codebooks: CodebooksOption = None,
     bandwidth: BandwidthOption = None,
     stream: StreamOption = False,
-    channels: Annotated[str, typer.Option(
-        "--channels", help="mix: downmix to mono, one code stream. split: each channel its own code stream "
-                           "(codes [C, K, frames], e.g. one speaker per channel); decode writes C channels.")] = "mix",
+    channels: _channels_option("each channel its own code stream (codes [C, K, frames], e.g. one speaker per "
+                               "channel); decode writes C channels.") = "mix",
     recursive: RecursiveOption = False,
     jobs: JobsOption = 1,
     engine: EngineOption = "local",
@@ -371,10 +383,8 @@ def encode(
     quiet: QuietOption = False,
 ) -> None:
     """Encode audio into codes (.npz): Mimi by default, or EnCodec with --codec encodec-24khz."""
-    from mimi_cli.pipeline import CHANNEL_MODES, Settings
+    from mimi_cli.pipeline import Settings
 
-    if channels not in CHANNEL_MODES:
-        _fail(f"--channels takes {' or '.join(CHANNEL_MODES)}, not {channels!r}", code=2)
     settings = Settings("encode", weights, codec, _num_codebooks(codec, codebooks, bandwidth),
                         stream, replace=force, channels=channels)
     if not inputs and not inputs_from:
@@ -521,6 +531,8 @@ def roundtrip(
     codec: CodecOption = DEFAULT_CODEC,
     codebooks: CodebooksOption = None,
     bandwidth: BandwidthOption = None,
+    channels: _channels_option("each channel encoded, decoded and measured on its own (the metrics are their "
+                               "mean; --json has each channel's), -o and --plot with every channel.") = "mix",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     plot: Annotated[Optional[str], typer.Option(
         "--plot", help="Also draw input and output log-mel spectrograms and their difference into this image "
@@ -544,7 +556,7 @@ def roundtrip(
     with _user_errors(), _threads(threads, say):
         from mimi_cli.pipeline import Models, Settings, roundtrip_file
 
-        settings = Settings("encode", weights, codec, settings_codebooks, replace=force)
+        settings = Settings("encode", weights, codec, settings_codebooks, replace=force, channels=channels)
         with say.reporter() as report:
             result = roundtrip_file(input, output, plot, settings, Models(settings.weights), report)
     for note in result.notes:
@@ -883,25 +895,26 @@ def _print_outputs(model: str, summary: str, results: dict, table: bool) -> None
 
 
 def _print_metrics(metrics: dict) -> None:
+    """The round trip's table; with --channels split, the quality metrics' mean and a column for each channel."""
     from rich.table import Table
 
+    channels = metrics.get("per_channel", [])
     table = Table(title=f"{metrics['codec']} round trip: {_shown(metrics['input'])}", title_justify="left")
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    rows = [
-        ("duration", f"{metrics['duration_s']:.2f} s"),
-        ("codebooks × frames", f"{metrics['codebooks']} × {metrics['frames']}"),
-        ("bitrate", f"{metrics['bitrate_kbps']:.2f} kbps"),
-        ("SI-SDR", "undefined" if metrics["si_sdr_db"] is None else f"{metrics['si_sdr_db']:.2f} dB"),
-        ("log-mel distance", "undefined" if metrics["log_mel_distance"] is None
-         else f"{metrics['log_mel_distance']:.4f}"),
-        *[(label, "undefined" if metrics[key] is None else f"{metrics[key]:.3f}")
-          for key, label in (("pesq_wb", "PESQ (wide band)"), ("stoi", "STOI")) if key in metrics],
-        ("encode real-time factor", _rtf(metrics["encode_rtf"])),
-        ("decode real-time factor", _rtf(metrics["decode_rtf"])),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
+    table.add_column(f"mean of {len(channels)} channels" if channels else "value", justify="right")
+    for number in range(1, len(channels) + 1):
+        table.add_column(f"channel {number}", justify="right")
+    quality = [("SI-SDR", "si_sdr_db", "{:.2f} dB"), ("log-mel distance", "log_mel_distance", "{:.4f}"),
+               *[(label, key, "{:.3f}") for key, label in (("pesq_wb", "PESQ (wide band)"), ("stoi", "STOI"))
+                 if key in metrics]]
+    table.add_row("duration", f"{metrics['duration_s']:.2f} s")
+    table.add_row("codebooks × frames", f"{metrics['codebooks']} × {metrics['frames']}")
+    table.add_row("bitrate", f"{metrics['bitrate_kbps']:.2f} kbps" + (" each" if channels else ""))
+    for label, key, shown in quality:
+        table.add_row(label, *["undefined" if values[key] is None else shown.format(values[key])
+                               for values in (metrics, *channels)])
+    table.add_row("encode real-time factor", _rtf(metrics["encode_rtf"]))
+    table.add_row("decode real-time factor", _rtf(metrics["decode_rtf"]))
     out.print(table)
 
 

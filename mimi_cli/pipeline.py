@@ -390,9 +390,7 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
     """Read, check, encode and write one audio file's codes."""
     with open_input(task) as f:  # opened once (its header walked once): --stream reads it as it encodes
         rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
-        if settings.channels == "split" and channels > MAX_CHANNELS:  # a file decode would refuse
-            raise InvalidAudioError(f"{task.input} has {channels} channels; --channels split writes at most "
-                                    f"{MAX_CHANNELS} code streams to a codes file: split the file, or mix it")
+        check_split(task.input, channels, settings.channels)
         if settings.channels == "split" and task.output is not None and is_ecdc_path(task.output):
             check_streams(channels)  # before the work
         if not settings.stream:
@@ -569,49 +567,51 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
                    report: Report = _no_report) -> FileResult:
     """Encode then decode one file in memory; metrics (``null`` where undefined) in ``result.metrics``.
 
-    The outputs (decoded audio, plot) are checked before any work, like every output.
+    ``settings.channels``: the mono mix is measured (``mix``), or each channel encoded, decoded and measured on
+    its own (``split``: the quality metrics are the channels' mean, each channel's in ``per_channel``). The
+    outputs (decoded audio, plot) are checked before any work, like every output.
     """
     from mimi_cli.fileio import check_output, file_ids
-    from mimi_cli.metrics import log_mel_distance, perceptual, si_sdr
 
     inputs = file_ids([input, *weights_files(settings.weights, CODECS.values())])
     for target in (output, plot):
         if target is not None:
             check_output(target, settings.replace, inputs)
-    if output is not None:
-        check_audio_output(output, codec_spec(settings.codec).config().sample_rate, 1)
-        if plot is not None and Path(output).resolve() == plot.resolve():
-            raise MimiError("-o and --plot name the same file; give two names")
+    if output is not None and plot is not None and Path(output).resolve() == plot.resolve():
+        raise MimiError("-o and --plot name the same file; give two names")
+    rate = codec_spec(settings.codec).config().sample_rate
     with readable(input) as source, open_audio(source.path) as f:
+        streams = check_split(input, f.channels, settings.channels)
+        if output is not None:
+            check_audio_output(output, rate, streams)
         audio = read_for_batch(source.path, f, settings.codec, "roundtrip works on the whole file: split it into "
                                "shorter files, or use encode --stream and decode --stream")
     if plot is not None:  # before any work, so that no output is written by a run that then fails
         from mimi_cli.plot import plot_checks
 
-        rate = codec_spec(settings.codec).config().sample_rate
-        plot_checks(len(audio.samples) * rate // audio.sample_rate, rate)
+        plot_checks(len(audio.samples) * rate // audio.sample_rate, rate, streams)
     loaded = models.get(settings.codec, report)
     config = loaded.model.config
     levels = config.levels(settings.num_codebooks)
     report(f"Encoding {audio.duration:.1f} s", 0.0, None)
-    encoded = encode_audio(loaded, audio, levels)
+    encoded = encode_audio(loaded, audio, levels, settings.channels)
     report("Decoding", 0.0, None)
-    decoded, decode_seconds = decode_codes(loaded, encoded.codes)
-    decoded = decoded[0]  # one channel: roundtrip measures the mono mix
+    decoded, decode_seconds = decode_codes(loaded, encoded.codes)  # [C, N]
+    reference = np.atleast_2d(encoded.pcm)  # [C, N]: the mono mix, or each channel
     warnings = weights_warnings(loaded) + decoder_warnings(f)
     if output is not None:
         clipped = write_audio(output, decoded, config.sample_rate, settings.replace)
         if clipped:
             warnings.append(f"{clipped} samples beyond [-1, 1] were clipped")
-    duration = len(encoded.pcm) / config.sample_rate
+    duration = reference.shape[1] / config.sample_rate
+    per_channel = [_quality(ours, theirs, config.sample_rate) for ours, theirs in zip(reference, decoded, strict=True)]
     metrics = {
         "input": str(input), "codec": config.name, "duration_s": round(duration, 3), "codebooks": levels,
-        "frames": encoded.codes.num_frames, "bitrate_kbps": round(config.bitrate(levels) / 1000, 3),
-        "si_sdr_db": _defined(si_sdr(encoded.pcm, decoded), 2),
-        "log_mel_distance": _defined(log_mel_distance(encoded.pcm, decoded, config.sample_rate), 4),
+        "frames": encoded.codes.num_frames, "channels": len(per_channel),
+        "bitrate_kbps": round(config.bitrate(levels) / 1000, 3),
+        **_shown(_mean(per_channel)),
         "encode_rtf": round(encoded.seconds / duration, 4), "decode_rtf": round(decode_seconds / duration, 4),
-        **{name: _defined(value, 3) if value is not None else None
-           for name, value in perceptual(encoded.pcm, decoded, config.sample_rate).items()},
+        **({"per_channel": [_shown(channel) for channel in per_channel]} if settings.channels == "split" else {}),
     }
     if plot is not None:
         from mimi_cli.plot import plot_roundtrip
@@ -619,12 +619,48 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
         report("Plotting", 0.0, None)
         sdr = "undefined" if metrics["si_sdr_db"] is None else f"{metrics['si_sdr_db']:.1f} dB"
         mel = "undefined" if metrics["log_mel_distance"] is None else f"{metrics['log_mel_distance']:.3f}"
+        mean = f" (mean of {streams} channels)" if streams > 1 else ""
         title = (f"{config.display_name}, {levels} codebooks ({metrics['bitrate_kbps']:g} kbps): "
-                 f"SI-SDR {sdr}, log-mel distance {mel}\n{input.name}")
-        plot_roundtrip(plot, encoded.pcm, decoded, config.sample_rate, title, settings.replace)
+                 f"SI-SDR {sdr}, log-mel distance {mel}{mean}\n{input.name}")
+        plot_roundtrip(plot, reference, decoded, config.sample_rate, title, settings.replace)
     return FileResult(str(input), str(output), "done", round(duration, 3), encoded.codes.num_frames,
-                      warnings=warnings, notes=conversion_notes(audio.channels, audio.sample_rate, config.sample_rate),
-                      metrics=metrics)
+                      warnings=warnings, metrics=metrics,
+                      notes=conversion_notes(audio.channels, audio.sample_rate, config.sample_rate, settings.channels))
+
+
+def check_split(name: Path | str, channels: int, mode: Channels) -> int:
+    """How many code streams a file of ``channels`` channels makes in ``mode``; refused, before any work, past
+    what a codes file holds."""
+    if mode == "split" and channels > MAX_CHANNELS:  # a file decode would refuse
+        raise InvalidAudioError(f"{name} has {channels} channels; --channels split writes at most {MAX_CHANNELS} "
+                                "code streams to a codes file: split the file, or mix it")
+    return channels if mode == "split" else 1
+
+
+DIGITS = {"si_sdr_db": 2, "log_mel_distance": 4}  # shown; the rest (PESQ, STOI) to 3
+
+
+def _quality(reference: np.ndarray, decoded: np.ndarray, sample_rate: int) -> dict[str, float | None]:
+    """One channel's quality metrics, NaN or None where undefined (silence, a clip shorter than its window)."""
+    from mimi_cli.metrics import log_mel_distance, perceptual, si_sdr
+
+    return {"si_sdr_db": si_sdr(reference, decoded),
+            "log_mel_distance": log_mel_distance(reference, decoded, sample_rate),
+            **perceptual(reference, decoded, sample_rate)}
+
+
+def _mean(per_channel: list[dict[str, float | None]]) -> dict[str, float]:
+    """Each metric's mean over the channels where it is defined (NaN where it is in none)."""
+    import math
+
+    values = {name: [c[name] for c in per_channel if c[name] is not None and math.isfinite(c[name])]
+              for name in per_channel[0]}
+    return {name: sum(found) / len(found) if found else math.nan for name, found in values.items()}
+
+
+def _shown(metrics: dict[str, float | None]) -> dict[str, float | None]:
+    """Metrics rounded, None (JSON null) where undefined."""
+    return {name: None if value is None else _defined(value, DIGITS.get(name, 3)) for name, value in metrics.items()}
 
 
 def _defined(value: float, digits: int) -> float | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 import time
@@ -68,6 +70,49 @@ def test_split_writes_only_what_decode_reads(tmp_path, weights_file):
                   weights=weights_file)
     assert refused.returncode == 1 and "65 channels; --channels split writes at most 64" in refused.stderr
     assert not (tmp_path / "65.npz").exists()
+
+
+def test_roundtrip_measures_each_channel_as_if_alone(tmp_path, weights_file, dialogue):
+    """``roundtrip --channels split``: each channel's audio and metrics are those of a round trip of that channel
+    alone; the metrics shown are their mean; -o has both channels, --plot a column each; refusals come first."""
+    result = run("roundtrip", dialogue / "stereo.wav", "--channels", "split", "--json", "-o", tmp_path / "rt.wav",
+                 weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    stereo, rate = sf.read(tmp_path / "rt.wav", dtype="float32", always_2d=True)
+    assert metrics["channels"] == 2 and len(metrics["per_channel"]) == 2 and stereo.shape[1] == 2
+    for index, name in enumerate(("left", "right")):
+        alone = run("roundtrip", dialogue / f"{name}.wav", "--json", "-o", tmp_path / f"{name}.wav",
+                    weights=weights_file)
+        mono, _ = sf.read(tmp_path / f"{name}.wav", dtype="float32")
+        np.testing.assert_array_equal(stereo[:, index], mono)
+        expected = json.loads(alone.stdout)
+        assert expected["channels"] == 1 and "per_channel" not in expected
+        assert metrics["per_channel"][index] == {key: expected[key] for key in metrics["per_channel"][index]}
+    for key, value in metrics["per_channel"][0].items():
+        if value is not None and metrics["per_channel"][1][key] is not None:
+            assert metrics[key] == pytest.approx((value + metrics["per_channel"][1][key]) / 2, abs=0.01)
+    assert metrics["per_channel"][0]["si_sdr_db"] != metrics["per_channel"][1]["si_sdr_db"]
+    table = run("roundtrip", dialogue / "stereo.wav", "--channels", "split", weights=weights_file,
+                env_extra={"COLUMNS": "150"})
+    assert "mean of 2 channels" in table.stdout and "channel 2" in table.stdout
+    assert "note: 2 channels encoded separately" in table.stderr
+    assert f"{metrics['per_channel'][1]['log_mel_distance']:.4f}" in table.stdout
+
+    rng = np.random.default_rng(2)
+    sf.write(tmp_path / "nine.wav", 0.1 * rng.standard_normal((4800, 9)), 24000, subtype="FLOAT")
+    for flags, said in ((["-o", tmp_path / "nine.mp3"], "audio of 9 channels"),
+                        (["--plot", tmp_path / "nine.png"], "--plot draws at most 8 channels side by side")):
+        refused = run("roundtrip", tmp_path / "nine.wav", "--channels", "split", *flags, weights=tmp_path / "none")
+        assert refused.returncode == 1 and said in refused.stderr and "Traceback" not in refused.stderr
+        assert not any(p.suffix in (".mp3", ".png") for p in tmp_path.iterdir())
+    if importlib.util.find_spec("matplotlib"):
+        from matplotlib.image import imread
+
+        drawn = run("roundtrip", dialogue / "stereo.wav", "--channels", "split", "--plot", tmp_path / "two.png",
+                    weights=weights_file)
+        assert drawn.returncode == 0, drawn.stderr
+        assert imread(tmp_path / "two.png").shape[1] > 1900  # two columns of 7 in at 110 dpi, one was 11 in
 
 
 def test_python_api_takes_channels(small_model):
