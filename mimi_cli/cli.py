@@ -533,6 +533,10 @@ def roundtrip(
     bandwidth: BandwidthOption = None,
     channels: _channels_option("each channel encoded, decoded and measured on its own (the metrics are their "
                                "mean; --json has each channel's), -o and --plot with every channel.") = "mix",
+    stream: Annotated[bool, typer.Option(
+        "--stream", help="Encode and decode in the codec's streaming mode, as encode --stream and decode --stream "
+                         "do (Mimi: moshi's streaming codes, which differ from batch mode past 10 s), and measure "
+                         "that; the file is still held in memory whole.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     plot: Annotated[Optional[str], typer.Option(
         "--plot", help="Also draw input and output log-mel spectrograms and their difference into this image "
@@ -556,7 +560,7 @@ def roundtrip(
     with _user_errors(), _threads(threads, say):
         from mimi_cli.pipeline import Models, Settings, roundtrip_file
 
-        settings = Settings("encode", weights, codec, settings_codebooks, replace=force, channels=channels)
+        settings = Settings("encode", weights, codec, settings_codebooks, stream, replace=force, channels=channels)
         with say.reporter() as report:
             result = roundtrip_file(input, output, plot, settings, Models(settings.weights), report)
     for note in result.notes:
@@ -899,7 +903,8 @@ def _print_metrics(metrics: dict) -> None:
     from rich.table import Table
 
     channels = metrics.get("per_channel", [])
-    table = Table(title=f"{metrics['codec']} round trip: {_shown(metrics['input'])}", title_justify="left")
+    mode = " (streaming)" if metrics["streamed"] else ""
+    table = Table(title=f"{metrics['codec']} round trip{mode}: {_shown(metrics['input'])}", title_justify="left")
     table.add_column("metric")
     table.add_column(f"mean of {len(channels)} channels" if channels else "value", justify="right")
     for number in range(1, len(channels) + 1):

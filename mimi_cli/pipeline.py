@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,18 +139,21 @@ def encode_audio(loaded: LoadedModel, audio: Audio, num_codebooks: int, channels
     """Resample ``audio`` to the model's rate and encode it: downmixed to mono (``mix``), or each
     channel on its own (``split``: codes ``[C, K, F]``, channel c as if encoded alone)."""
     config = loaded.model.config
-    if channels == "split":
-        pcm = resample(np.ascontiguousarray(audio.samples.T), audio.sample_rate, config.sample_rate)
-        start = time.perf_counter()
-        codes = loaded.model.encode_channels(pcm, num_codebooks)
-    else:
-        pcm = to_mono(audio, config.sample_rate)
-        start = time.perf_counter()
-        codes = loaded.model.encode(pcm, num_codebooks)
+    pcm = model_input(audio, config.sample_rate, channels)
+    start = time.perf_counter()
+    codes = loaded.model.encode_channels(pcm, num_codebooks) if channels == "split" else \
+        loaded.model.encode(pcm, num_codebooks)
     seconds = time.perf_counter() - start
     codes_file = CodesFile.from_codes(codes, config, num_samples=pcm.shape[-1], source_sample_rate=audio.sample_rate,
                                       source_channels=audio.channels, weights_id=loaded.weights_id, streamed=False)
     return EncodeResult(codes_file, pcm, seconds)
+
+
+def model_input(audio: Audio, sample_rate: int, channels: Channels = "mix") -> np.ndarray:
+    """What the model is given: ``audio`` downmixed (``[N]``) or each channel (``[C, N]``), at its rate."""
+    if channels == "split":
+        return resample(np.ascontiguousarray(audio.samples.T), audio.sample_rate, sample_rate)
+    return to_mono(audio, sample_rate)
 
 
 def decode_codes(loaded: LoadedModel, codes: CodesFile, sample_rate: int | None = None) -> tuple[np.ndarray, float]:
@@ -185,33 +188,40 @@ def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int, progress:
                   channels: Channels = "mix", opened=None) -> EncodeResult:
     """Encode a file (or an ``opened`` block reader) block by block in flat memory: read, downmix or
     split, resample, encode as it comes."""
+    with opened or open_audio(path) as f:
+        return encode_blocks(loaded, read_blocks(path, f, STREAM_READ_FRAMES), f.samplerate, f.channels,
+                             num_codebooks, progress, channels)
+
+
+def encode_blocks(loaded: LoadedModel, blocks: Iterable[np.ndarray], source_rate: int, source_channels: int,
+                  num_codebooks: int, progress: Progress | None = None, channels: Channels = "mix") -> EncodeResult:
+    """Encode audio ``blocks`` (float32 ``[n, source_channels]`` each, in order) in the codec's streaming mode:
+    downmix or split, resample and encode each as it comes."""
     _require_streaming(loaded.model)
     config = loaded.model.config
-    with opened or open_audio(path) as f:
-        source_rate, source_channels = f.samplerate, f.channels
-        streams = source_channels if channels == "split" else 1
-        encoders = [loaded.model.stream_encoder(num_codebooks=num_codebooks, frames_per_step=STREAM_FRAMES_PER_STEP)
-                    for _ in range(streams)]
-        resamplers = [StreamResampler(f.samplerate, config.sample_rate) for _ in range(streams)]
-        pieces: list[list[np.ndarray]] = [[] for _ in range(streams)]
-        num_samples, seconds = 0, 0.0
+    streams = source_channels if channels == "split" else 1
+    encoders = [loaded.model.stream_encoder(num_codebooks=num_codebooks, frames_per_step=STREAM_FRAMES_PER_STEP)
+                for _ in range(streams)]
+    resamplers = [StreamResampler(source_rate, config.sample_rate) for _ in range(streams)]
+    pieces: list[list[np.ndarray]] = [[] for _ in range(streams)]
+    num_samples, seconds = 0, 0.0
 
-        def push(signals: list[np.ndarray | None]) -> None:
-            nonlocal num_samples, seconds
-            for c, (encoder, resampler, signal) in enumerate(zip(encoders, resamplers, signals, strict=True)):
-                pcm = resampler.push(signal) if signal is not None else resampler.flush()
-                if c == 0:
-                    num_samples += len(pcm)
-                start = time.perf_counter()
-                pieces[c].append(encoder.push(pcm))
-                if signal is None:
-                    pieces[c].append(encoder.flush())
-                seconds += time.perf_counter() - start
+    def push(signals: list[np.ndarray | None]) -> None:
+        nonlocal num_samples, seconds
+        for c, (encoder, resampler, signal) in enumerate(zip(encoders, resamplers, signals, strict=True)):
+            pcm = resampler.push(signal) if signal is not None else resampler.flush()
+            if c == 0:
+                num_samples += len(pcm)
+            start = time.perf_counter()
+            pieces[c].append(encoder.push(pcm))
+            if signal is None:
+                pieces[c].append(encoder.flush())
+            seconds += time.perf_counter() - start
 
-        for block in read_blocks(path, f, STREAM_READ_FRAMES):
-            push(list(block.T) if channels == "split" else [block.mean(axis=1)])
-            if progress:
-                progress(num_samples / config.sample_rate)
+    for block in blocks:
+        push(list(block.T) if channels == "split" else [block.mean(axis=1)])
+        if progress:
+            progress(num_samples / config.sample_rate)
     push([None] * streams)
     codes = np.stack([np.concatenate(p, axis=1) for p in pieces])
     codes = CodesFile.from_codes(codes if channels == "split" else codes[0], config, num_samples=num_samples,
@@ -225,33 +235,44 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_
     """Decode step by step straight into ``output`` (atomically); returns (seconds in the model, clipped samples)."""
     import soundfile as sf
 
-    _require_streaming(loaded.model)
     config = loaded.model.config
     rate = sample_rate or config.sample_rate
-    channels = codes.channels
-    resamplers = [StreamResampler(config.sample_rate, rate) for _ in range(channels)]
-    decoders = [loaded.model.stream_decoder(frames_per_step=STREAM_FRAMES_PER_STEP) for _ in range(channels)]
-    remaining, seconds, clipped = codes.num_samples, 0.0, 0
-    step = STREAM_FRAMES_PER_STEP
+    resamplers = [StreamResampler(config.sample_rate, rate) for _ in range(codes.channels)]
+    done, seconds, clipped, steps = 0, 0.0, 0, decoded_steps(loaded, codes)
     with atomic_output(output, replace) as tmp, soundfile_errors(output, tmp), \
-            sf.SoundFile(native(tmp), "w", rate, channels, **audio_format(output)) as f:
+            sf.SoundFile(native(tmp), "w", rate, codes.channels, **audio_format(output)) as f:
         def write(pcm: np.ndarray) -> None:  # [C, n]
             nonlocal clipped
             clipped += int(np.count_nonzero(np.abs(pcm) > 1))
             f.write(np.clip(pcm, -1, 1).T)
 
+        for pcm, spent in steps:
+            seconds, done = seconds + spent, done + pcm.shape[1]
+            write(np.stack([r.push(channel) for r, channel in zip(resamplers, pcm, strict=True)]))
+            if progress:
+                progress(done / config.sample_rate)
+        write(np.stack([r.flush() for r in resamplers]))
+    return seconds, clipped
+
+
+def decoded_steps(loaded: LoadedModel, codes: CodesFile) -> Iterator[tuple[np.ndarray, float]]:
+    """``codes`` decoded step by step in the codec's streaming mode: pieces ``[C, n]`` at its rate, in order, up
+    to the original length, each with the seconds it took in the model."""
+    _require_streaming(loaded.model)  # now, not at the first step: before an output is opened
+    decoders = [loaded.model.stream_decoder(frames_per_step=STREAM_FRAMES_PER_STEP) for _ in range(codes.channels)]
+
+    def steps() -> Iterator[tuple[np.ndarray, float]]:
+        remaining, step = codes.num_samples, STREAM_FRAMES_PER_STEP
         for first in [*range(0, codes.num_frames, step), None]:  # None: flush the frames waiting for a step
             start = time.perf_counter()
             pcm = np.stack([decoder.push(codes.codes[c, :, first:first + step]) if first is not None
                             else decoder.flush() for c, decoder in enumerate(decoders)])
-            seconds += time.perf_counter() - start
+            seconds = time.perf_counter() - start
             pcm = pcm[:, :remaining]  # the last frame's padding is not audio
             remaining -= pcm.shape[1]
-            write(np.stack([r.push(channel) for r, channel in zip(resamplers, pcm, strict=True)]))
-            if progress:
-                progress((codes.num_samples - remaining) / config.sample_rate)
-        write(np.stack([r.flush() for r in resamplers]))
-    return seconds, clipped
+            yield pcm, seconds
+
+    return steps()
 
 
 # ----------------------------------------------------------------------------- one file, every engine
@@ -568,8 +589,9 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
     """Encode then decode one file in memory; metrics (``null`` where undefined) in ``result.metrics``.
 
     ``settings.channels``: the mono mix is measured (``mix``), or each channel encoded, decoded and measured on
-    its own (``split``: the quality metrics are the channels' mean, each channel's in ``per_channel``). The
-    outputs (decoded audio, plot) are checked before any work, like every output.
+    its own (``split``: the quality metrics are the channels' mean, each channel's in ``per_channel``).
+    ``settings.stream``: the codec's streaming mode (encode and decode --stream's codes and audio), the file
+    still held whole. The outputs (decoded audio, plot) are checked before any work, like every output.
     """
     from mimi_cli.fileio import check_output, file_ids
 
@@ -594,10 +616,19 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
     config = loaded.model.config
     levels = config.levels(settings.num_codebooks)
     report(f"Encoding {audio.duration:.1f} s", 0.0, None)
-    encoded = encode_audio(loaded, audio, levels, settings.channels)
-    report("Decoding", 0.0, None)
-    decoded, decode_seconds = decode_codes(loaded, encoded.codes)  # [C, N]
-    reference = np.atleast_2d(encoded.pcm)  # [C, N]: the mono mix, or each channel
+    if settings.stream:  # the same blocks as encode --stream's, and decode --stream's steps
+        reference = model_input(audio, config.sample_rate, settings.channels)  # what the blocks become
+        blocks = (audio.samples[i:i + STREAM_READ_FRAMES] for i in range(0, len(audio.samples), STREAM_READ_FRAMES))
+        encoded = encode_blocks(loaded, blocks, audio.sample_rate, audio.channels, levels, None, settings.channels)
+        report("Decoding", 0.0, None)
+        steps = list(decoded_steps(loaded, encoded.codes))
+        decoded, decode_seconds = np.concatenate([pcm for pcm, _ in steps], axis=1), sum(t for _, t in steps)
+    else:
+        encoded = encode_audio(loaded, audio, levels, settings.channels)
+        report("Decoding", 0.0, None)
+        decoded, decode_seconds = decode_codes(loaded, encoded.codes)  # [C, N]
+        reference = encoded.pcm
+    reference = np.atleast_2d(reference)  # [C, N]: the mono mix, or each channel
     warnings = weights_warnings(loaded) + decoder_warnings(f)
     if output is not None:
         clipped = write_audio(output, decoded, config.sample_rate, settings.replace)
@@ -610,6 +641,7 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
         "frames": encoded.codes.num_frames, "channels": len(per_channel),
         "bitrate_kbps": round(config.bitrate(levels) / 1000, 3),
         **_shown(_mean(per_channel)),
+        "streamed": settings.stream,
         "encode_rtf": round(encoded.seconds / duration, 4), "decode_rtf": round(decode_seconds / duration, 4),
         **({"per_channel": [_shown(channel) for channel in per_channel]} if settings.channels == "split" else {}),
     }

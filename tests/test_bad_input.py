@@ -363,7 +363,7 @@ def test_batch_mode_refuses_what_cannot_fit_in_memory(tmp_path):
 
 
 def test_roundtrip_refuses_what_cannot_fit_in_memory_without_offering_a_stream(tmp_path):
-    """roundtrip has no --stream: a file too long for memory says what to do instead."""
+    """roundtrip holds the whole file (with --stream too): a file too long for memory says what to do instead."""
     lying = lying_flac(tmp_path)
     before = {p.name for p in tmp_path.iterdir()}
     result = run("roundtrip", lying, weights=tmp_path / "unused")

@@ -40,6 +40,27 @@ def test_stream_encode_uses_moshi_streaming_codes_past_10s(tmp_path, weights_fil
         np.testing.assert_array_equal(npz["codes"][0], expected)
 
 
+def test_roundtrip_stream_measures_what_encode_and_decode_stream_make(tmp_path, weights_file):
+    """``roundtrip --stream`` (13 s: moshi's streaming codes differ from batch ones past 10 s) writes exactly
+    what ``encode --stream`` then ``decode --stream`` write, and measures that, not the batch round trip."""
+    import json
+
+    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    source = tmp_path / "long.wav"
+    sf.write(source, pcm[: 13 * rate], rate, subtype="PCM_16")
+    for flags, name in (([], "batch"), (["--stream"], "stream")):
+        result = run("roundtrip", *flags, source, "--json", "-o", tmp_path / f"rt-{name}.wav", weights=weights_file)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["streamed"] == bool(flags)
+        assert run("encode", *flags, source, "-o", tmp_path / f"{name}.npz", weights=weights_file).returncode == 0
+        assert run("decode", *flags, tmp_path / f"{name}.npz", "-o", tmp_path / f"{name}.wav",
+                   weights=weights_file).returncode == 0
+        np.testing.assert_array_equal(sf.read(tmp_path / f"rt-{name}.wav")[0], sf.read(tmp_path / f"{name}.wav")[0])
+    assert not np.array_equal(sf.read(tmp_path / "rt-stream.wav")[0], sf.read(tmp_path / "rt-batch.wav")[0])
+    table = run("roundtrip", "--stream", source, weights=weights_file)
+    assert "round trip (streaming): " in table.stdout, table.stderr
+
+
 def test_a_low_bit_rate_mp3_streams_and_spans_as_its_one_pass_decoding(tmp_path, weights_file):
     """An 8 kbps MP3's frames take bits from the frames before them; read in blocks (--stream) or from a span's
     start, libsndfile restarted its decoder there without them (python-soundfile seeks after every read): 9
