@@ -412,6 +412,10 @@ def decode(
         help=f"The codec of bare integer arrays (.npy [K, frames] or [C, K, frames], e.g. a language model's "
              f"output). Default: the one a codec_info.json above them names (codec-bpe's), else {DEFAULT_CODEC}; "
              "a codes file (.npz, .ecdc) names its own.")] = None,
+    codebooks: Annotated[Optional[int], typer.Option(
+        "--codebooks", "-n", min=1, show_default=False,
+        help="Decode the first N levels of each file's codes alone, as if encoded with -n N (e.g. 8 of 32: "
+             "how a lower bitrate sounds). Default: all of them.")] = None,
     stream: StreamOption = False,
     recursive: RecursiveOption = False,
     jobs: JobsOption = 1,
@@ -434,8 +438,7 @@ def decode(
     """Decode codes (.npz, .npy, .ecdc) back to audio; each codes file says which codec made it."""
     from mimi_cli.pipeline import Settings
 
-    settings = Settings("decode", weights, codec, stream=stream, sample_rate=sample_rate,
-                        replace=force)
+    settings = Settings("decode", weights, codec, codebooks, stream=stream, sample_rate=sample_rate, replace=force)
     if not inputs and not inputs_from:
         _fail("give codes to decode (codes files, .npy arrays, folders, globs, '-', tables or --inputs-from)", code=2)
     _run(settings, inputs or [], output, recursive, jobs, engine, threads, skip_existing, manifest, None, quiet,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,14 @@ class CodesFile:
                    source_sample_rate=source_sample_rate, source_channels=source_channels,
                    weights_id=weights_id, sample_rate=config.sample_rate, frame_rate=config.frame_rate,
                    codebook_size=config.codebook_size, codec=config.name, streamed=streamed)
+
+    def first_levels(self, num_codebooks: int, name: Path | str) -> CodesFile:
+        """The first ``num_codebooks`` levels alone: what encoding with that many would have given (each level
+        quantizes what the levels before it left), so decoding them plays the file at that bitrate."""
+        if num_codebooks > self.num_codebooks:
+            raise InvalidCodesError(f"{name} holds {self.num_codebooks} codebooks; -n {num_codebooks} asks for more "
+                                    f"(give -n {self.num_codebooks} or fewer)")
+        return replace(self, codes=self.codes[:, :num_codebooks])
 
     @property
     def channels(self) -> int:

@@ -293,7 +293,7 @@ class Settings:
     kind: Kind
     weights: str | None = None
     codec: str | None = DEFAULT_CODEC  # encode; decode: of bare arrays (.npy), None when not given (see load_codes)
-    num_codebooks: int | None = None  # encode; None: the codec's default
+    num_codebooks: int | None = None  # encode: None for the codec's default; decode: the first levels, None: all
     stream: bool = False
     sample_rate: int | None = None  # decode: output rate (default: the codec's)
     channels: Channels = "mix"  # encode: downmix to mono, or encode each channel on its own
@@ -444,6 +444,8 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
     """Read and check one codes file, decode it and write the audio."""
     codes = (load_codes(task.input, settings.codec) if task.item is None else
              row_codes(task.item, str(task.input), settings.codec or DEFAULT_CODEC))
+    if settings.num_codebooks is not None:
+        codes = codes.first_levels(settings.num_codebooks, task.input)
     config = codec_spec(codes.codec).config()
     warnings = []
     if settings.codec is not None and codes.codec != settings.codec:  # a codes file names its own

@@ -92,6 +92,25 @@ def test_roundtrip_table_and_json(tmp_path, clip, weights_file):
     assert {"si_sdr_db", "log_mel_distance", "encode_rtf", "decode_rtf"} <= metrics.keys()
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_decode_takes_the_first_levels(tmp_path, clip, weights_file, stream):
+    """``decode -n 8`` of 32-level codes plays exactly what encoding with -n 8 and decoding plays (each level
+    quantizes what the levels before it left); more levels than the file holds are refused, nothing written."""
+    flags = ["--stream"] if stream else []
+    for levels in (32, 8):
+        assert run("encode", *flags, clip, "-n", levels, "-o", tmp_path / f"{levels}.npz",
+                   weights=weights_file).returncode == 0
+    fewer = run("decode", *flags, tmp_path / "32.npz", "-n", "8", "-o", tmp_path / "32-8.wav", weights=weights_file)
+    assert fewer.returncode == 0 and "× 8 codebooks" in fewer.stderr, fewer.stderr
+    assert run("decode", *flags, tmp_path / "8.npz", "-o", tmp_path / "8.wav", weights=weights_file).returncode == 0
+    assert run("decode", *flags, tmp_path / "32.npz", "-o", tmp_path / "32.wav", weights=weights_file).returncode == 0
+    np.testing.assert_array_equal(sf.read(tmp_path / "32-8.wav")[0], sf.read(tmp_path / "8.wav")[0])
+    assert not np.array_equal(sf.read(tmp_path / "32.wav")[0], sf.read(tmp_path / "8.wav")[0])
+    refused = run("decode", *flags, tmp_path / "8.npz", "-n", "9", "-o", tmp_path / "9.wav", weights=weights_file)
+    assert refused.returncode == 1 and "8.npz holds 8 codebooks; -n 9 asks for more" in refused.stderr
+    assert not (tmp_path / "9.wav").exists()
+
+
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
 def test_reports_on_a_stdout_without_unicode(tmp_path, clip, weights_file, encoding):
     """An ASCII or Latin-1 locale (PYTHONIOENCODING, LC_ALL): characters it lacks, ours ("→") or a file's
