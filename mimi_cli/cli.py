@@ -729,8 +729,67 @@ def inspect_weights(
 
 
 app.command("inspect-weights")(inspect_weights)
-app.command("inspect", help="Alias of inspect-weights: show the tensors in a weights file and whether it is sound.")(
-    inspect_weights)
+
+
+@app.command("inspect")
+def inspect_any(
+    name: Annotated[str, typer.Argument(
+        metavar="PATH|REPO", show_default=False,
+        help="Weights, as for inspect-weights; or codes (.npz, .npy, .ecdc), as decode reads them.")],
+    pattern: Annotated[Optional[str], typer.Option(
+        "--filter", help="Weights: only tensors whose name matches this glob.", show_default=False)] = None,
+    no_stats: Annotated[bool, typer.Option(
+        "--no-stats", help="Weights: names, dtypes and shapes from the headers alone.")] = False,
+    codec: Annotated[Optional[str], typer.Option(
+        "--codec", "-c", callback=_check_codec, show_default=False,
+        help="Codes: the codec of a bare integer array, as for decode.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Show what a weights file holds and whether it is sound (as inspect-weights), or what a codes file holds:
+    its codec, shape, length, how it was made, and how each level uses its codebook."""
+    from mimi_cli.inspect import inspect_codes, is_codes_path
+
+    if not is_codes_path(name):
+        if codec is not None:
+            _fail("--codec is for codes files (.npz, .npy, .ecdc), not weights", code=2)
+        return inspect_weights(name, pattern, no_stats, as_json)
+    if pattern is not None or no_stats:
+        _fail("--filter and --no-stats are for weights; a codes file is shown whole", code=2)
+    with _user_errors():
+        try:
+            report = inspect_codes(name, codec)
+        except MimiError as exc:  # codes decode would refuse: unsound, as inspect-weights says of weights
+            _fail(str(exc), code=2)
+    if as_json:
+        out.print_json(json.dumps(report.to_json(), allow_nan=False), ensure_ascii=True)
+    else:
+        _print_codes_report(report)
+
+
+def _print_codes_report(report) -> None:
+    from rich.table import Table
+
+    made = "" if report.streamed is None else ", made by encode --stream" if report.streamed else \
+        ", made in batch mode"
+    out.print(f"[bold]{_shown(report.path)}[/]: {report.codec} codes, {report.kind}{made}")
+    rows = [("code streams", f"{report.streams}" + (" (one per channel)" if report.streams > 1 else "")),
+            ("codebooks", f"{report.codebooks} of {report.codebook_size} codes ({report.bitrate_kbps:g} kbps)"),
+            ("frames", f"{report.frames} at {report.frame_rate:g} Hz"),
+            ("audio", f"{report.num_samples / report.sample_rate:.3f} s ({report.num_samples} samples at "
+                      f"{report.sample_rate} Hz)"),
+            ("source", "not recorded" if report.source_sample_rate is None else
+             f"{report.source_sample_rate} Hz, {report.source_channels} channel"
+             f"{'s' if report.source_channels > 1 else ''}"),
+            ("weights", _shown(report.weights_id or "not recorded"))]
+    for label, value in rows:
+        out.print(f"  {label:<13} {value}")
+    table = Table(title="each level's use of its codebook (every stream and frame)", title_justify="left")
+    for column in ("level", "distinct codes", "entropy", "most frequent (share)"):
+        table.add_column(column, justify="right")
+    for level in report.levels:
+        table.add_row(str(level.level), str(level.distinct), f"{level.entropy_bits:.2f} bits",
+                      f"{level.most_frequent} ({level.share:.1%})")
+    out.print(table)
 
 
 def _print_weights_report(report, with_stats: bool) -> None:

@@ -1,18 +1,22 @@
-"""What is inside a weight file, and is it sound: the library side of ``mimi inspect``.
+"""What is inside a weight file, and is it sound; what a codes file holds: the library side of ``mimi inspect``.
 
 Names, dtypes and shapes come from the headers alone; statistics (``stats=True``)
 read each tensor once. Findings: errors (NaN/Inf, unreadable tensors, a Mimi
 checkpoint that would not load) and warnings (see ``mimi_cli.weights.validate``).
+A codes file (:func:`inspect_codes`): its codec, shape and length, how it was made, and how
+each level uses its codebook.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 
 from mimi_cli.errors import MimiError
 from mimi_cli.fileio import missing
@@ -123,3 +127,76 @@ def _measure(entry: TensorEntry, tensor: TensorReport) -> Findings:
     tensor.min, tensor.max, tensor.mean, tensor.std, tensor.nonfinite = (stats.min, stats.max, stats.mean,
                                                                          stats.std, stats.nonfinite)
     return check(entry.name, stats, values.size)
+
+
+# -- codes files
+
+CODES_SUFFIXES = (".npz", ".npy", ".ecdc")  # what `mimi inspect` reads as codes; weights are never these
+
+
+def is_codes_path(path: str | Path) -> bool:
+    """Whether ``mimi inspect`` takes ``path`` for codes: a file with a codes suffix."""
+    return Path(path).suffix.lower() in CODES_SUFFIXES and os.path.isfile(path)
+
+
+@dataclass
+class LevelUsage:
+    """How one level (codebook) of a codes file uses its ``codebook_size`` codes, over every stream and frame."""
+    level: int
+    distinct: int  # codes used at least once
+    entropy_bits: float  # of the codes' frequencies: log2(distinct) at most, what a language model must predict
+    most_frequent: int
+    share: float  # of the most frequent code, 0..1
+
+
+@dataclass
+class CodesReport:
+    path: str
+    kind: str  # "a codes file of mimi encode", "a bare integer array", "an EnCodec .ecdc file"
+    codec: str
+    streams: int  # 1, or one per channel (--channels split)
+    codebooks: int
+    frames: int
+    frame_rate: float
+    num_samples: int  # at sample_rate: the audio decode gives back
+    sample_rate: int
+    codebook_size: int
+    bitrate_kbps: float
+    source_sample_rate: int | None  # None: not recorded (bare arrays, .ecdc)
+    source_channels: int | None
+    weights_id: str | None
+    streamed: bool | None  # by encode --stream; None: not recorded
+    levels: list[LevelUsage] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """The documented JSON object (``mimi inspect CODES --json``)."""
+        return asdict(self)
+
+
+def inspect_codes(path: str | Path, codec: str | None = None) -> CodesReport:
+    """Report on the codes at ``path`` (anything ``mimi decode`` reads: ``codec`` is a bare array's, see
+    :func:`mimi_cli.codes.load_codes`), checked as decode checks them."""
+    from mimi_cli.codes import load_codes
+    from mimi_cli.ecdc import is_ecdc_path
+    from mimi_cli.models import codec_spec
+
+    codes = load_codes(Path(path), codec)
+    config = codec_spec(codes.codec).config()
+    recorded = bool(codes.weights_id)  # a codes file of mimi encode; bare arrays and .ecdc keep no source
+    kind = "a codes file of mimi encode" if recorded else "an EnCodec .ecdc file" if is_ecdc_path(path) else \
+        "a bare integer array"
+    return CodesReport(
+        str(path), kind, config.display_name, codes.channels, codes.num_codebooks, codes.num_frames,
+        codes.frame_rate, codes.num_samples, codes.sample_rate, codes.codebook_size,
+        round(config.bitrate(codes.num_codebooks) / 1000, 3),
+        codes.source_sample_rate if recorded else None, codes.source_channels if recorded else None,
+        codes.weights_id or None, codes.streamed,
+        [_usage(level, codes.codes[:, level].ravel(), codes.codebook_size) for level in range(codes.num_codebooks)])
+
+
+def _usage(level: int, values: np.ndarray, codebook_size: int) -> LevelUsage:
+    counts = np.bincount(values, minlength=codebook_size)
+    p = counts[counts > 0] / values.size
+    top = int(counts.argmax())
+    return LevelUsage(level, int(p.size), round(float(-(p * np.log2(p)).sum()) + 0.0, 3), top,
+                      round(float(counts[top] / values.size), 4))

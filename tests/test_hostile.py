@@ -24,9 +24,9 @@ from coreml_builder import varint, write_mlmodelc
 from mimi_cli.errors import InvalidCodesError
 
 
-def inspect_fails(path: Path, *expected: str) -> str:
+def inspect_fails(path: Path, *expected: str, command: str = "inspect") -> str:
     """`mimi inspect` on a malformed model: exit 2, the problem as an error line, no traceback."""
-    result = run("inspect", path)
+    result = run(command, path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert "no errors" not in result.stdout
@@ -150,9 +150,10 @@ def test_safetensors_header_over_the_cap_is_said_as_such(tmp_path):
     inspect_fails(path, "over the 100 MiB limit")
 
 
-def test_inspect_on_a_codes_file_says_what_it_is(tmp_path):
+def test_inspect_weights_on_a_codes_file_says_what_it_is(tmp_path):
     np.savez(tmp_path / "codes.npz", codes=np.zeros((1, 8, 3), np.uint16))
-    text = inspect_fails(tmp_path / "codes.npz", "NumPy .npz archive")
+    text = inspect_fails(tmp_path / "codes.npz", "NumPy .npz archive", "`mimi inspect` shows what a codes file holds",
+                         command="inspect-weights")
     assert "pickle" not in text
 
 

@@ -115,6 +115,48 @@ def test_roundtrip_measures_each_channel_as_if_alone(tmp_path, weights_file, dia
         assert imread(tmp_path / "two.png").shape[1] > 1900  # two columns of 7 in at 110 dpi, one was 11 in
 
 
+def test_inspect_shows_what_codes_hold(tmp_path, weights_file, dialogue):
+    """``mimi inspect`` on codes: the codec, shape, length and how they were made, as the file records them, and
+    each level's use of its codebook (distinct codes, entropy of their frequencies, the most frequent), counted
+    here again by a plain loop; codes decode would refuse are an error (exit 2), as unsound weights are."""
+    import math
+    from collections import Counter
+
+    assert run("encode", "--channels", "split", "--stream", dialogue / "stereo.wav", "-n", "4", "-o",
+               tmp_path / "split.npz", weights=weights_file).returncode == 0
+    result = run("inspect", tmp_path / "split.npz", "--json")
+    assert result.returncode == 0, result.stderr
+    report, codes = json.loads(result.stdout), CodesFile.load(tmp_path / "split.npz")
+    assert (report["codec"], report["kind"], report["streams"], report["codebooks"], report["frames"]) == (
+        "Mimi", "a codes file of mimi encode", 2, 4, codes.num_frames)
+    assert (report["num_samples"], report["source_sample_rate"], report["source_channels"], report["streamed"],
+            report["weights_id"], report["bitrate_kbps"]) == (codes.num_samples, 16000, 2, True, codes.weights_id,
+                                                               0.55)
+    for level, usage in enumerate(report["levels"]):
+        counts = Counter(int(v) for stream in codes.codes for v in stream[level])
+        total = sum(counts.values())
+        entropy = -sum(n / total * math.log2(n / total) for n in counts.values())
+        top, most = max(counts.items(), key=lambda item: (item[1], -item[0]))
+        assert (usage["level"], usage["distinct"], usage["most_frequent"]) == (level, len(counts), top)
+        assert usage["entropy_bits"] == pytest.approx(entropy, abs=1e-3) and usage["share"] == round(most / total, 4)
+        assert 1 < usage["distinct"] <= 2048
+    table = run("inspect", tmp_path / "split.npz", env_extra={"COLUMNS": "120"})
+    assert table.returncode == 0 and "Mimi codes, a codes file of mimi encode, made by encode --stream" in table.stdout
+    assert "2 (one per channel)" in table.stdout and "16000 Hz, 2 channels" in table.stdout
+
+    np.save(tmp_path / "lm.npy", codes.codes[0].astype(np.int64) % 1024)  # a language model's: nothing recorded
+    bare = json.loads(run("inspect", tmp_path / "lm.npy", "--json", "--codec", "encodec-24khz").stdout)
+    assert (bare["codec"], bare["kind"], bare["source_sample_rate"], bare["weights_id"], bare["streamed"]) == (
+        "EnCodec 24 kHz", "a bare integer array", None, None, None)
+    np.save(tmp_path / "bad.npy", np.full((8, 5), 4096))
+    for args, said, code in (([tmp_path / "bad.npy"], "holds values 4096..4096; Mimi codes are 0..2047", 2),
+                             ([tmp_path / "split.npz", "--filter", "x"], "--filter and --no-stats are for weights", 2),
+                             ([weights_file, "--codec", "mimi"], "--codec is for codes files", 2)):
+        refused = run("inspect", *args)
+        assert refused.returncode == code and said in refused.stderr and "Traceback" not in refused.stderr, \
+            refused.stderr
+
+
 def test_python_api_takes_channels(small_model):
     rng = np.random.default_rng(0)
     pcm = (rng.standard_normal((2, 24000)) * 0.1).astype(np.float32)

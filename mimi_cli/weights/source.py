@@ -60,7 +60,7 @@ def _open(path: Path) -> WeightFile:
         raise WeightsError(f"cannot read weights {path}: {os_reason(exc)}") from None
     if head.startswith(b"PK\x03\x04") and _is_numpy_archive(path):
         raise WeightsError(f"{path} is a NumPy .npz archive (a codes file from `mimi encode`?), not weights; "
-                           "`mimi decode` reads codes files")
+                           "`mimi inspect` shows what a codes file holds, `mimi decode` decodes it")
     kind = holds(path)
     if kind and kind != ".safetensors weights" and "zip" not in kind and "pickle" not in kind:  # said below
         raise WeightsError(f"{path} holds {kind}, not weights; give a .safetensors file or a Core ML model")
