@@ -617,20 +617,7 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
     loaded = models.get(settings.codec, report)
     config = loaded.model.config
     levels = config.levels(settings.num_codebooks)
-    report(f"Encoding {audio.duration:.1f} s", 0.0, None)
-    if settings.stream:  # the same blocks as encode --stream's, and decode --stream's steps
-        reference = model_input(audio, config.sample_rate, settings.channels)  # what the blocks become
-        blocks = (audio.samples[i:i + STREAM_READ_FRAMES] for i in range(0, len(audio.samples), STREAM_READ_FRAMES))
-        encoded = encode_blocks(loaded, blocks, audio.sample_rate, audio.channels, levels, None, settings.channels)
-        report("Decoding", 0.0, None)
-        steps = list(decoded_steps(loaded, encoded.codes))
-        decoded, decode_seconds = np.concatenate([pcm for pcm, _ in steps], axis=1), sum(t for _, t in steps)
-    else:
-        encoded = encode_audio(loaded, audio, levels, settings.channels)
-        report("Decoding", 0.0, None)
-        decoded, decode_seconds = decode_codes(loaded, encoded.codes)  # [C, N]
-        reference = encoded.pcm
-    reference = np.atleast_2d(reference)  # [C, N]: the mono mix, or each channel
+    encoded, reference, decoded, decode_seconds = _round_trip(loaded, audio, levels, settings, report)
     warnings = weights_warnings(loaded) + decoder_warnings(f)
     if output is not None:
         clipped = write_audio(output, decoded, config.sample_rate, settings.replace)
@@ -642,10 +629,10 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
         "input": str(input), "codec": config.name, "duration_s": round(duration, 3), "codebooks": levels,
         "frames": encoded.codes.num_frames, "channels": len(per_channel),
         "bitrate_kbps": round(config.bitrate(levels) / 1000, 3),
-        **_shown(_mean(per_channel)),
+        **_rounded(_mean(per_channel)),
         "streamed": settings.stream,
         "encode_rtf": round(encoded.seconds / duration, 4), "decode_rtf": round(decode_seconds / duration, 4),
-        **({"per_channel": [_shown(channel) for channel in per_channel]} if settings.channels == "split" else {}),
+        **({"per_channel": [_rounded(channel) for channel in per_channel]} if settings.channels == "split" else {}),
     }
     if plot is not None:
         from mimi_cli.plot import plot_roundtrip
@@ -660,6 +647,26 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
     return FileResult(str(input), str(output), "done", round(duration, 3), encoded.codes.num_frames,
                       warnings=warnings, metrics=metrics,
                       notes=conversion_notes(audio.channels, audio.sample_rate, config.sample_rate, settings.channels))
+
+
+def _round_trip(loaded: LoadedModel, audio: Audio, levels: int, settings: Settings,
+                report: Report) -> tuple[EncodeResult, np.ndarray, np.ndarray, float]:
+    """Encode ``audio`` and decode its codes, in batch or streaming mode: (the encoding, what the model was given
+    ``[C, N]``, what the decoder gave back ``[C, N]``, the decoder's seconds)."""
+    report(f"Encoding {audio.duration:.1f} s", 0.0, None)
+    if not settings.stream:
+        encoded = encode_audio(loaded, audio, levels, settings.channels)
+        report("Decoding", 0.0, None)
+        decoded, seconds = decode_codes(loaded, encoded.codes)
+        return encoded, np.atleast_2d(encoded.pcm), decoded, seconds
+    # the blocks encode --stream reads, and the steps decode --stream writes
+    blocks = (audio.samples[i:i + STREAM_READ_FRAMES] for i in range(0, len(audio.samples), STREAM_READ_FRAMES))
+    encoded = encode_blocks(loaded, blocks, audio.sample_rate, audio.channels, levels, None, settings.channels)
+    report("Decoding", 0.0, None)
+    steps = list(decoded_steps(loaded, encoded.codes))
+    reference = model_input(audio, loaded.model.config.sample_rate, settings.channels)  # what the blocks became
+    return (encoded, np.atleast_2d(reference), np.concatenate([pcm for pcm, _ in steps], axis=1),
+            sum(seconds for _, seconds in steps))
 
 
 def check_split(name: Path | str, channels: int, mode: Channels) -> int:
@@ -692,7 +699,7 @@ def _mean(per_channel: list[dict[str, float | None]]) -> dict[str, float]:
     return {name: sum(found) / len(found) if found else math.nan for name, found in values.items()}
 
 
-def _shown(metrics: dict[str, float | None]) -> dict[str, float | None]:
+def _rounded(metrics: dict[str, float | None]) -> dict[str, float | None]:
     """Metrics rounded, None (JSON null) where undefined."""
     return {name: None if value is None else _defined(value, DIGITS.get(name, 3)) for name, value in metrics.items()}
 
