@@ -745,8 +745,10 @@ def inspect_any(
         help="Codes: the codec of a bare integer array, as for decode.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
-    """Show what a weights file holds and whether it is sound (as inspect-weights), or what a codes file holds:
-    its codec, shape, length, how it was made, and how each level uses its codebook."""
+    """Show what a weights or codes file holds, and whether it is sound.
+
+    Weights: as inspect-weights. Codes (.npz, .npy, .ecdc): codec, shape, length, how made, each level's use.
+    """
     from mimi_cli.inspect import inspect_codes, is_codes_path
 
     if not is_codes_path(name):
