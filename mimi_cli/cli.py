@@ -967,6 +967,7 @@ def _print_metrics(metrics: dict) -> None:
     from rich.table import Table
 
     channels = metrics.get("per_channel", [])
+    channels = channels if len(channels) > 1 else []  # one channel: its figures are the mean's
     mode = " (streaming)" if metrics["streamed"] else ""
     table = Table(title=f"{metrics['codec']} round trip{mode}: {_shown(metrics['input'])}", title_justify="left")
     table.add_column("metric")
