@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from mimi_cli import __version__
-from mimi_cli.errors import MimiError
+from mimi_cli.errors import MimiError, WeightsError
+from mimi_cli.inspect import other_codecs_weights
+from mimi_cli.models import codec_spec
 from mimi_cli.models.mimi import Mimi, checkpoint
 from mimi_cli.models.mimi.config import MimiConfig
 from mimi_cli.weights import open_weights
@@ -32,7 +34,11 @@ def convert_checkpoint(source: str | Path, destination: Path, naming: str = chec
     if naming not in checkpoint.LAYOUT_NAMES:
         raise MimiError(f"unknown naming {naming!r}; choose one of {', '.join(checkpoint.LAYOUT_NAMES)}")
     config = MimiConfig()
-    loaded = Mimi.read_checkpoint(source, config)
+    try:
+        loaded = Mimi.read_checkpoint(source, config)
+    except WeightsError as exc:
+        other = other_codecs_weights(source, codec_spec("mimi"))
+        raise WeightsError(f"{exc}{other}, and convert rewrites Mimi's only" if other else str(exc)) from None
     problems = Mimi(config).check_state(loaded.state)
     if problems:
         raise MimiError(f"{source} is not a complete Mimi checkpoint: " + "; ".join(problems))

@@ -100,6 +100,15 @@ def recognise(source: WeightFile):
     return None, None
 
 
+def other_codecs_weights(path: str | Path, spec) -> str:
+    """"; it holds EnCodec 24 kHz weights" when the weights that ``spec``'s codec refused are another codec's."""
+    try:
+        other = recognise(open_weights(path))[0]
+    except MimiError:
+        return ""
+    return f"; it holds {other.config().display_name} weights" if other not in (None, spec) else ""
+
+
 def describe_format(source: WeightFile, recognised=None) -> str:
     """e.g. "Mimi Hugging Face", "EnCodec 24 kHz original", "Core ML ML Program 1.0 (ios15)", "unknown"."""
     found = (recognised or recognise(source))[1]

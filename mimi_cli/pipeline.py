@@ -81,7 +81,9 @@ def load_model(weights: str | Path | None, codec: str = DEFAULT_CODEC) -> Loaded
     try:
         model = spec.model().from_file(path)
     except WeightsError as exc:
-        raise WeightsError(f"{exc}{_other_codecs_weights(path, spec)}") from None
+        from mimi_cli.inspect import other_codecs_weights
+
+        raise WeightsError(f"{exc}{other_codecs_weights(path, spec)}") from None
     return LoadedModel(model, path, hashed, time.perf_counter() - start)
 
 
@@ -110,18 +112,6 @@ class Background:
         if self._error is not None:
             raise self._error
         return self._value
-
-
-def _other_codecs_weights(path: Path, spec) -> str:
-    """"; it holds EnCodec 24 kHz weights" when the weights that ``spec``'s codec refused are another codec's."""
-    from mimi_cli.inspect import recognise
-    from mimi_cli.weights import open_weights
-
-    try:
-        other = recognise(open_weights(path))[0]
-    except MimiError:
-        return ""
-    return f"; it holds {other.config().display_name} weights" if other not in (None, spec) else ""
 
 
 @dataclass

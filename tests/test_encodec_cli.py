@@ -79,6 +79,10 @@ def test_wrong_weights_for_the_codec_leave_no_output(tmp_path, clip, weights_fil
     assert result.returncode == 1 and "is not a Mimi checkpoint" in result.stderr
     assert result.stderr.endswith("tensors); it holds EnCodec 24 kHz weights\n"), result.stderr
     assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "x.npz").exists()
+    result = run("convert", encodec_file, tmp_path / "x.safetensors")  # convert rewrites Mimi weights alone
+    assert result.returncode == 1 and result.stderr.endswith(
+        "tensors); it holds EnCodec 24 kHz weights, and convert rewrites Mimi's only\n"), result.stderr
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_stream_gives_the_batch_codes_and_audio(tmp_path, clip, encodec_file):
