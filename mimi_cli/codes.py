@@ -32,7 +32,8 @@ import numpy as np
 from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
 from mimi_cli.ecdc import check_streams, ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
 from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, loads_json, malformed, os_reason
-from mimi_cli.fileio import STDOUT, Target, atomic_output, file_kind, holds, is_folder, missing, zip_members
+from mimi_cli.fileio import (STDOUT, Target, atomic_output, file_kind, holds, is_folder, is_input_copy, missing,
+                             zip_members)
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
 from mimi_cli.npy import InvalidArrayError, open_member, read_header, read_npy, read_npy_member
@@ -351,8 +352,11 @@ def described_codec(path: Path) -> str:
     """The codec a ``codec_info.json`` in the folder of ``path`` or above names (codec-bpe writes one at the top
     of its tree of ``.npy`` codes: ``codec_type``, ``sampling_rate``, ``codebook_size``…), else Mimi. One that
     names a codec mimi-cli does not run (DAC, say, whose codes would pass for Mimi's) is an error, as is one
-    that cannot be read: decoding such codes as Mimi's would give noise without a word."""
-    for folder in Path(os.path.abspath(path)).parents:
+    that cannot be read: decoding such codes as Mimi's would give noise without a word. Standard input and
+    pipes have no folder: the working folder stands for it, as it does for the relative paths a list read
+    from standard input names."""
+    start = Path.cwd() / "-" if is_input_copy(path) else Path(os.path.abspath(path))
+    for folder in start.parents:
         info = folder / CODEC_INFO
         if os.path.isfile(info):
             break

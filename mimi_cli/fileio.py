@@ -187,7 +187,7 @@ def readable(path: Target) -> Iterator[Readable]:
     folder = tempfile.gettempdir()
     with contextlib.ExitStack() as stack:
         try:
-            copy = Readable(stack.enter_context(_scratch_file(folder, f"mimi-input-{secrets.token_hex(8)}")), shown)
+            copy = Readable(stack.enter_context(_scratch_file(folder, f"{INPUT_COPY}{secrets.token_hex(8)}")), shown)
             with open(copy.path, "wb") as f:
                 if stdin:
                     shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
@@ -515,6 +515,14 @@ def _through_temporary(folder, name: str, shown: Target = STDOUT) -> Iterator[Pa
 
 # An unnamed file is written through this folder of the process's own descriptors (see _scratch_file).
 _OWN_FILES = "/proc/self/fd"
+INPUT_COPY = "mimi-input-"  # the name of a copy of standard input or a pipe, where it has one (see readable)
+
+
+def is_input_copy(path: Target) -> bool:
+    """Whether ``path`` is :func:`readable`'s copy of standard input or a pipe: a file with no folder of its own
+    (what stands beside it, or above it, is not the input's)."""
+    path = str(path)
+    return path.startswith(f"{_OWN_FILES}/") or os.path.basename(path).startswith(INPUT_COPY)
 
 
 @contextlib.contextmanager

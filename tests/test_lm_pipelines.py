@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -309,6 +310,33 @@ def test_codec_bpe_trees_and_batches_of_one_decode_without_codec(tmp_path, weigh
     result = run("decode", shown, "-o", tmp_path / "bad.wav", env_extra=env)
     assert result.returncode == 1 and "codec_info.json, which describes the codes below it, is not JSON" in \
         result.stderr
+
+
+def test_codes_from_standard_input_or_a_pipe_are_described_from_the_working_folder(tmp_path, weights_file,
+                                                                                    encodec_weights):
+    """An array from standard input or a pipe has no folder: its codec_info.json was looked for above the copy
+    kept of it (in /proc or TMPDIR), so codes piped inside a codec-bpe tree of EnCodec codes decoded as Mimi's
+    (6 s of noise for 1 s of codes). The working folder stands for the input's folder now, as it does for the
+    paths in a list read from standard input."""
+    import json
+
+    tree = tmp_path / "encodec_24khz"
+    tree.mkdir()
+    (tree / "codec_info.json").write_text(json.dumps({"codec_type": "encodec", "sampling_rate": 24000,
+                                                      "codebook_size": 1024}))
+    np.save(tree / "a.npy", np.random.default_rng(0).integers(0, 1024, (8, 75)))
+    env = {"ENCODEC_WEIGHTS": str(encodec_weights)}
+    assert run("decode", tree / "a.npy", "-o", tmp_path / "file.wav", weights=weights_file,
+               env_extra=env).returncode == 0
+    assert sf.info(tmp_path / "file.wav").frames == 75 * 320  # EnCodec's
+    for source, name in (("-", "stdin"), ("/dev/fd/0", "pipe")):  # a pipe: as <(cat a.npy) gives one
+        result = subprocess.run([sys.executable, "-m", "mimi_cli", "decode", source, "-o", tmp_path / f"{name}.wav"],
+                                input=(tree / "a.npy").read_bytes(), capture_output=True, cwd=tree, timeout=300,
+                                env={**os.environ, **env, "MIMI_WEIGHTS": str(weights_file)})
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / f"{name}.wav").read_bytes() == (tmp_path / "file.wav").read_bytes()
+    elsewhere = run("decode", "--codec", "mimi", tree / "a.npy", "-o", tmp_path / "told.wav", weights=weights_file)
+    assert elsewhere.returncode == 0 and sf.info(tmp_path / "told.wav").frames == 75 * 1920  # --codec still rules
 
 
 def test_codes_saved_as_pickles_are_named_and_never_loaded(tmp_path, weights_file):
