@@ -773,7 +773,7 @@ def _print_codes_report(report) -> None:
 
     made = "" if report.streamed is None else ", made by encode --stream" if report.streamed else \
         ", made in batch mode"
-    out.print(f"[bold]{_shown(report.path)}[/]: {report.codec} codes, {report.kind}{made}")
+    out.print(f"[bold]{_shown(report.path)}[/]: {report.display_name} codes, {report.kind}{made}")
     rows = [("code streams", f"{report.streams}" + (" (one per channel)" if report.streams > 1 else "")),
             ("codebooks", f"{report.codebooks} of {report.codebook_size} codes ({report.bitrate_kbps:g} kbps)"),
             ("frames", f"{report.frames} at {report.frame_rate:g} Hz"),

@@ -162,7 +162,8 @@ class LevelUsage:
 class CodesReport:
     path: str
     kind: str  # "a codes file of mimi encode", "a bare integer array", "an EnCodec .ecdc file"
-    codec: str
+    codec: str  # as --codec names it: mimi, encodec-24khz
+    display_name: str  # Mimi, EnCodec 24 kHz
     streams: int  # 1, or one per channel (--channels split)
     codebooks: int
     frames: int
@@ -195,7 +196,7 @@ def inspect_codes(path: str | Path, codec: str | None = None) -> CodesReport:
     kind = "a codes file of mimi encode" if recorded else "an EnCodec .ecdc file" if is_ecdc_path(path) else \
         "a bare integer array"
     return CodesReport(
-        str(path), kind, config.display_name, codes.channels, codes.num_codebooks, codes.num_frames,
+        str(path), kind, config.name, config.display_name, codes.channels, codes.num_codebooks, codes.num_frames,
         codes.frame_rate, codes.num_samples, codes.sample_rate, codes.codebook_size,
         round(config.bitrate(codes.num_codebooks) / 1000, 3),
         codes.source_sample_rate if recorded else None, codes.source_channels if recorded else None,
@@ -207,5 +208,5 @@ def _usage(level: int, values: np.ndarray, codebook_size: int) -> LevelUsage:
     counts = np.bincount(values, minlength=codebook_size)
     p = counts[counts > 0] / values.size
     top = int(counts.argmax())
-    return LevelUsage(level, int(p.size), round(float(-(p * np.log2(p)).sum()) + 0.0, 3), top,
-                      round(float(counts[top] / values.size), 4))
+    entropy = float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: one code used is 0 bits, not -0
+    return LevelUsage(level, int(p.size), round(entropy, 3), top, round(float(counts[top] / values.size), 4))

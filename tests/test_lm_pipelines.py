@@ -128,8 +128,8 @@ def test_inspect_shows_what_codes_hold(tmp_path, weights_file, dialogue):
     result = run("inspect", tmp_path / "split.npz", "--json")
     assert result.returncode == 0, result.stderr
     report, codes = json.loads(result.stdout), CodesFile.load(tmp_path / "split.npz")
-    assert (report["codec"], report["kind"], report["streams"], report["codebooks"], report["frames"]) == (
-        "Mimi", "a codes file of mimi encode", 2, 4, codes.num_frames)
+    assert (report["codec"], report["display_name"], report["kind"], report["streams"], report["codebooks"],
+            report["frames"]) == ("mimi", "Mimi", "a codes file of mimi encode", 2, 4, codes.num_frames)
     assert (report["num_samples"], report["source_sample_rate"], report["source_channels"], report["streamed"],
             report["weights_id"], report["bitrate_kbps"]) == (codes.num_samples, 16000, 2, True, codes.weights_id,
                                                                0.55)
@@ -148,7 +148,7 @@ def test_inspect_shows_what_codes_hold(tmp_path, weights_file, dialogue):
     np.save(tmp_path / "lm.npy", codes.codes[0].astype(np.int64) % 1024)  # a language model's: nothing recorded
     bare = json.loads(run("inspect", tmp_path / "lm.npy", "--json", "--codec", "encodec-24khz").stdout)
     assert (bare["codec"], bare["kind"], bare["source_sample_rate"], bare["weights_id"], bare["streamed"]) == (
-        "EnCodec 24 kHz", "a bare integer array", None, None, None)
+        "encodec-24khz", "a bare integer array", None, None, None)
     np.save(tmp_path / "bad.npy", np.full((8, 5), 4096))
     for args, said, code in (([tmp_path / "bad.npy"], "holds values 4096..4096; Mimi codes are 0..2047", 2),
                              ([tmp_path / "split.npz", "--filter", "x"], "--filter and --no-stats are for weights", 2),
