@@ -1,7 +1,7 @@
 """mimi-cli: Kyutai's Mimi neural audio codec in NumPy and SciPy.
 
 >>> from mimi_cli import Mimi
->>> model = Mimi.from_file("tokenizer-e351c8d8-checkpoint125.safetensors")
+>>> model = Mimi.from_file("tokenizer-e351c8d8-checkpoint125.safetensors")  # or Mimi.from_pretrained()
 >>> codes = model.encode(pcm)        # float32 [T] at 24 kHz → int64 [K, F]
 >>> pcm = model.decode(codes)        # → float32 [1920·F]
 """

@@ -135,6 +135,23 @@ def test_from_file_accepts_moshi_state_dict_names(tmp_path, small_model):
     np.testing.assert_array_equal(model.encode(x, 6), small_model.encode(x, 6))
 
 
+def test_from_pretrained_finds_weights_as_the_command_line_does(tmp_path, weights_file, full_model, monkeypatch):
+    """``Mimi.from_pretrained()``: ``$MIMI_WEIGHTS``, else the path (a file or the folder holding it) given;
+    the same model as from the file; with neither, offline and nothing cached, one WeightsError saying so."""
+    x = audio(3 * FRAME)
+    monkeypatch.setenv("MIMI_WEIGHTS", str(weights_file))
+    assert Mimi.from_pretrained().source == weights_file
+    for given in (weights_file, weights_file.parent):
+        model = Mimi.from_pretrained(given)
+        assert model.source == weights_file
+        np.testing.assert_array_equal(model.encode(x), full_model.encode(x))
+    monkeypatch.delenv("MIMI_WEIGHTS")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(WeightsError, match="no Mimi weights: .* is not in the Hugging Face cache and HF_HUB_OFFLINE"):
+        Mimi.from_pretrained()
+
+
 def test_codebooks_are_computed_from_sum_and_usage(small_model):
     book = small_model.quantizer.acoustic.codebooks[0]
     expected = book.params["embedding_sum"] / np.maximum(book.params["cluster_usage"], np.float32(1e-5))[:, None]

@@ -114,6 +114,17 @@ class Codec(Module):
         return model
 
     @classmethod
+    def from_pretrained(cls, weights: str | Path | None = None) -> Codec:
+        """The weights the command line would load: ``weights`` (a file, a folder holding it, or a Hugging Face
+        repo, ``OWNER/REPO`` or ``OWNER/REPO/FILE``), else the codec's environment variable (``$MIMI_WEIGHTS``,
+        ``$ENCODEC_WEIGHTS``), else its released file through the Hugging Face cache (fetched once)."""
+        from mimi_cli.models import CODECS
+        from mimi_cli.weights import resolve_weights
+
+        spec = next(spec for spec in CODECS.values() if spec.model() is cls)
+        return cls.from_file(resolve_weights(weights, spec))
+
+    @classmethod
     def from_state_dict(cls, state: Mapping[str, np.ndarray], config: CodecConfig | None = None) -> Codec:
         """Build from tensors in this model's naming; any missing, unexpected or mis-shaped tensor is an error."""
         model = cls(config)
