@@ -511,13 +511,19 @@ def _summarise(results, elapsed: float, kind: str, say: _Messages) -> None:
     say.note(f"{len(done)} {verb} ({seconds:.1f} s of audio) in {elapsed:.1f} s"
              + (f", {skipped} skipped (output exists)" if skipped else "")
              + (f", {len(failed)} failed:" if failed else ""))
+    _say_problems(results)
+
+
+def _say_problems(results) -> None:
+    """Each warning of the files done once (with its file), then each failure; exit 1 if any file failed."""
     shown = set()
-    for r in done:
-        for warning in r.warnings:
+    for r in results:
+        for warning in r.warnings if r.status == "done" else ():
             line = warning if warning.startswith("weights:") or r.input in warning else f"{r.input}: {warning}"
             if line not in shown:
                 shown.add(line)
                 _warn(line)
+    failed = [r for r in results if r.status == "failed"]
     for r in failed:
         reason = r.error or ""
         err.print(f"  [red]failed:[/] {_shown(reason if r.input in reason else f'{r.input}: {reason}')}")
@@ -527,8 +533,9 @@ def _summarise(results, elapsed: float, kind: str, say: _Messages) -> None:
 
 @app.command()
 def roundtrip(
-    input: Annotated[str, typer.Argument(help="Audio file to encode and decode.", metavar="INPUT",
-                                         show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Audio file to encode and decode; several (a test set, testset/*.wav): a row each and their mean.",
+        metavar="INPUT...", show_default=False)],
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Also write the decoded audio here.",
                                                   show_default=False)] = None,
     codec: CodecOption = DEFAULT_CODEC,
@@ -556,16 +563,21 @@ def roundtrip(
     settings_codebooks = _num_codebooks(codec, codebooks, bandwidth)
     if output is not None and output == "-":
         _fail("roundtrip prints its metrics on standard output; give -o a file name", code=2)
-    input, output, plot = (None if p is None else Path(as_written(p)) for p in (input, output, plot))
+    if len(inputs) > 1 and (output is not None or plot is not None):
+        _fail("-o and --plot go with one input; leave them out to measure several", code=2)
+    output, plot = (None if p is None else Path(as_written(p)) for p in (output, plot))
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         given = "to standard output" if str(plot) == "-" else plot.suffix or "a file without extension"
         _fail(f"--plot writes .png, .svg or .pdf, not {given}", code=2)
+    files = list(dict.fromkeys(Path(as_written(name)) for name in inputs))  # one row for a file named twice
     with _user_errors(), _threads(threads, say):
-        from mimi_cli.pipeline import Models, Settings, roundtrip_file
+        from mimi_cli.pipeline import Models, Settings, roundtrip_file, roundtrip_files
 
         settings = Settings("encode", weights, codec, settings_codebooks, stream, replace=force, channels=channels)
         with say.reporter() as report:
-            result = roundtrip_file(input, output, plot, settings, Models(settings.weights), report)
+            if len(files) > 1:
+                return _show_roundtrips(*roundtrip_files(files, settings, Models(settings.weights), report), as_json)
+            result = roundtrip_file(files[0], output, plot, settings, Models(settings.weights), report)
     for note in result.notes:
         say.note(f"note: {note}")
     for warning in result.warnings:
@@ -962,6 +974,11 @@ def _print_outputs(model: str, summary: str, results: dict, table: bool) -> None
     out.print(view)
 
 
+# A round trip's quality metrics as shown: label, JSON key, format (PESQ and STOI with the metrics extra)
+QUALITY = (("SI-SDR", "si_sdr_db", "{:.2f} dB"), ("log-mel distance", "log_mel_distance", "{:.4f}"),
+           ("PESQ (wide band)", "pesq_wb", "{:.3f}"), ("STOI", "stoi", "{:.3f}"))
+
+
 def _print_metrics(metrics: dict) -> None:
     """The round trip's table; with --channels split, the quality metrics' mean and a column for each channel."""
     from rich.table import Table
@@ -974,9 +991,7 @@ def _print_metrics(metrics: dict) -> None:
     table.add_column(f"mean of {len(channels)} channels" if channels else "value", justify="right")
     for number in range(1, len(channels) + 1):
         table.add_column(f"channel {number}", justify="right")
-    quality = [("SI-SDR", "si_sdr_db", "{:.2f} dB"), ("log-mel distance", "log_mel_distance", "{:.4f}"),
-               *[(label, key, "{:.3f}") for key, label in (("pesq_wb", "PESQ (wide band)"), ("stoi", "STOI"))
-                 if key in metrics]]
+    quality = [(label, key, shown) for label, key, shown in QUALITY if key in metrics]
     table.add_row("duration", f"{metrics['duration_s']:.2f} s")
     table.add_row("codebooks × frames", f"{metrics['codebooks']} × {metrics['frames']}")
     table.add_row("bitrate", f"{metrics['bitrate_kbps']:.2f} kbps" + (" each" if channels else ""))
@@ -986,6 +1001,34 @@ def _print_metrics(metrics: dict) -> None:
     table.add_row("encode real-time factor", _rtf(metrics["encode_rtf"]))
     table.add_row("decode real-time factor", _rtf(metrics["decode_rtf"]))
     out.print(table)
+
+
+def _show_roundtrips(results: list, mean: dict, as_json: bool) -> None:
+    """Several round trips: a row each and their mean (JSON: ``files`` and ``mean``); each failure a line; exit
+    1 if any file failed."""
+    from rich.table import Table
+
+    if as_json:
+        rows = [r.metrics if r.status == "done" else {"input": r.input, "error": r.error} for r in results]
+        out.print_json(json.dumps({"files": rows, "mean": mean or None}, allow_nan=False), ensure_ascii=True)
+    else:
+        done = [r.metrics for r in results if r.status == "done"]
+        quality = [(label, key, shown) for label, key, shown in QUALITY if key in (mean or {})]
+        if mean:
+            first = done[0]
+            table = Table(title=f"{first['codec']} round trips{' (streaming)' if first['streamed'] else ''}, "
+                                f"{first['codebooks']} codebooks ({first['bitrate_kbps']:g} kbps)",
+                          title_justify="left")
+            table.add_column("input")
+            for column in ("duration", *[label for label, _, _ in quality]):
+                table.add_column(column, justify="right")
+            for name, values in [*[(_shown(m["input"]), m) for m in done], (f"[bold]mean of {len(done)}[/]", mean)]:
+                table.add_row(name, f"{values['duration_s']:.2f} s",
+                              *["undefined" if values[key] is None else shown.format(values[key])
+                                for _, key, shown in quality])
+            out.print(table)
+            out.print(f"encode {_rtf(mean['encode_rtf'])}, decode {_rtf(mean['decode_rtf'])}, all files together")
+    _say_problems(results)
 
 
 def _rtf(rtf: float) -> str:

@@ -639,6 +639,36 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
                       notes=conversion_notes(audio.channels, audio.sample_rate, config.sample_rate, settings.channels))
 
 
+def roundtrip_files(inputs: list[Path], settings: Settings, models: Models,
+                    report: Report = _no_report) -> tuple[list[FileResult], dict]:
+    """Each of ``inputs`` round-tripped in turn (the weights loaded once, metrics only): their results, a file's
+    problem its failed result while the others go on, and the metrics' mean over the files done (duration: their
+    sum; real-time factors: the time over the audio, all files together)."""
+    results = []
+    for input in inputs:
+        try:
+            results.append(roundtrip_file(input, None, None, settings, models, report))
+        except WeightsError:  # every file would fail the same way
+            raise
+        except MimiError as exc:
+            results.append(FileResult(str(input), "", "failed", error=str(exc)))
+        except MemoryError as exc:  # this file's, maybe: a long file on a full machine
+            results.append(FileResult(str(input), "", "failed", error=str(out_of_memory(exc))))
+    done = [r.metrics for r in results if r.status == "done"]
+    if not done:
+        return results, {}
+    seconds = sum(m["duration_s"] for m in done)
+    quality = _rounded(_mean([{k: v for k, v in m.items() if k in _quality_names(m)} for m in done]))
+    return results, {"files": len(done), "duration_s": round(seconds, 3), **quality,
+                     **{rtf: round(sum(m[rtf] * m["duration_s"] for m in done) / seconds, 4) if seconds else None
+                        for rtf in ("encode_rtf", "decode_rtf")}}
+
+
+def _quality_names(metrics: dict) -> list[str]:
+    """The quality metrics in a round trip's ``metrics`` (PESQ and STOI where their packages are installed)."""
+    return [name for name in ("si_sdr_db", "log_mel_distance", "pesq_wb", "stoi") if name in metrics]
+
+
 def _round_trip(loaded: LoadedModel, audio: Audio, levels: int, settings: Settings,
                 report: Report) -> tuple[EncodeResult, np.ndarray, np.ndarray, float]:
     """Encode ``audio`` and decode its codes, in batch or streaming mode: (the encoding, what the model was given
@@ -680,12 +710,12 @@ def _quality(reference: np.ndarray, decoded: np.ndarray, sample_rate: int) -> di
             **perceptual(reference, decoded, sample_rate)}
 
 
-def _mean(per_channel: list[dict[str, float | None]]) -> dict[str, float]:
-    """Each metric's mean over the channels where it is defined (NaN where it is in none)."""
+def _mean(rows: list[dict[str, float | None]]) -> dict[str, float]:
+    """Each metric's mean over the rows (channels, files) where it is defined (NaN where it is in none)."""
     import math
 
-    values = {name: [c[name] for c in per_channel if c[name] is not None and math.isfinite(c[name])]
-              for name in per_channel[0]}
+    values = {name: [row[name] for row in rows if row[name] is not None and math.isfinite(row[name])]
+              for name in rows[0]}
     return {name: sum(found) / len(found) if found else math.nan for name, found in values.items()}
 
 

@@ -92,6 +92,33 @@ def test_roundtrip_table_and_json(tmp_path, clip, weights_file):
     assert {"si_sdr_db", "log_mel_distance", "encode_rtf", "decode_rtf"} <= metrics.keys()
 
 
+def test_roundtrip_of_several_files_shows_each_and_their_mean(tmp_path, clip, weights_file):
+    """A test set: each file's metrics as its own round trip gives them, their mean over the files done, each
+    failure a line and exit 1; -o and --plot, which name one file's outputs, are refused with several."""
+    pcm, rate = sf.read(clip, dtype="float32")
+    other = tmp_path / "other.wav"
+    sf.write(other, pcm[::-1] * 0.5, rate)
+    result = run("roundtrip", clip, other, tmp_path / "missing.wav", "--json", "-n", "4", weights=weights_file)
+    assert result.returncode == 1 and "failed: " in result.stderr and "missing.wav does not exist" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["files"][2] == {"input": str(tmp_path / "missing.wav"),
+                                  "error": f"{tmp_path / 'missing.wav'} does not exist"}
+    timing = ("encode_rtf", "decode_rtf")
+    for row, path in zip(report["files"][:2], (clip, other), strict=True):
+        alone = json.loads(run("roundtrip", path, "--json", "-n", "4", weights=weights_file).stdout)
+        assert {k: v for k, v in row.items() if k not in timing} == {k: v for k, v in alone.items() if k not in timing}
+    mean, rows = report["mean"], report["files"][:2]
+    assert mean["files"] == 2 and mean["duration_s"] == pytest.approx(rows[0]["duration_s"] + rows[1]["duration_s"])
+    for key in ("si_sdr_db", "log_mel_distance"):
+        assert mean[key] == pytest.approx((rows[0][key] + rows[1][key]) / 2, abs=0.006)  # shown, rounded
+    assert rows[0]["si_sdr_db"] != rows[1]["si_sdr_db"]
+    table = run("roundtrip", clip, other, weights=weights_file, env_extra={"COLUMNS": "150"})
+    assert table.returncode == 0 and "mean of 2" in table.stdout and "other.wav" in table.stdout, table.stderr
+    refused = run("roundtrip", clip, other, "-o", tmp_path / "x.wav", weights=weights_file)
+    assert refused.returncode == 2 and "-o and --plot go with one input" in refused.stderr
+    assert not (tmp_path / "x.wav").exists()
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_decode_takes_the_first_levels(tmp_path, clip, weights_file, stream):
     """``decode -n 8`` of 32-level codes plays exactly what encoding with -n 8 and decoding plays (each level
