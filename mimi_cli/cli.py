@@ -574,10 +574,13 @@ def roundtrip(
         from mimi_cli.pipeline import Models, Settings, roundtrip_file, roundtrip_files
 
         settings = Settings("encode", weights, codec, settings_codebooks, stream, replace=force, channels=channels)
-        with say.reporter() as report:
+        with say.reporter() as report:  # (shown while the work goes on: the results are printed after it)
             if len(files) > 1:
-                return _show_roundtrips(*roundtrip_files(files, settings, Models(settings.weights), report), as_json)
-            result = roundtrip_file(files[0], output, plot, settings, Models(settings.weights), report)
+                several = roundtrip_files(files, settings, Models(settings.weights), report)
+            else:
+                result = roundtrip_file(files[0], output, plot, settings, Models(settings.weights), report)
+    if len(files) > 1:
+        return _show_roundtrips(*several, as_json)
     for note in result.notes:
         say.note(f"note: {note}")
     for warning in result.warnings:
