@@ -41,7 +41,7 @@ from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, c
                              missing, output_exists, remove_temporaries, stdout_closed, url)
 from mimi_cli.models import BASE_BYTES, CODECS, codec_spec
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
-from mimi_cli.sources import Item, is_container, is_table, known_keys, list_items
+from mimi_cli.sources import Item, arrow_file, is_container, is_table, known_keys, list_items
 from mimi_cli.weights import resolve_weights, weights_files, weights_id
 
 CODES_SUFFIXES = (".npz", ".npy", ".ecdc")
@@ -868,8 +868,8 @@ class ParquetShards:
         name = f"part-{self.written:05d}.parquet"
         if self.store is None:
             Path(self.destination).mkdir(parents=True, exist_ok=True)
-            with atomic_output(Path(self.destination) / name, self.replace) as tmp, open(tmp, "wb") as f:
-                self.pq.write_table(table, f)  # an open file, not its name (see fileio.native)
+            with atomic_output(Path(self.destination) / name, self.replace) as tmp, arrow_file(tmp, "wb") as f:
+                self.pq.write_table(table, f)
         else:
             filesystem, folder = self.store
             target = f"{folder.rstrip('/')}/{name}"

@@ -259,8 +259,9 @@ def zip_members(path: Path) -> list | None:
 
 def native(path: Path | str) -> bytes:
     """``path`` as the file system's bytes, for a library that encodes a name itself (libsndfile's soundfile;
-    pyarrow, which is given an open file instead). A name that is not UTF-8 (``caf\\xe9.wav`` from a Latin-1
-    system), which Python holds with surrogate escapes, cannot be encoded as UTF-8; its bytes always open it."""
+    pyarrow, whose files are opened by these bytes: sources.arrow_file). A name that is not UTF-8
+    (``caf\\xe9.wav`` from a Latin-1 system), which Python holds with surrogate escapes, cannot be encoded as
+    UTF-8; its bytes always open it."""
     return os.fsencode(path)
 
 

@@ -26,7 +26,6 @@ import io
 import json
 import lzma
 import math
-import mmap
 import os
 import posixpath
 import re
@@ -43,7 +42,7 @@ from typing import Literal
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import (InvalidAudioError, InvalidCodesError, MimiError, first_line, loads_json, os_reason,
                              physical_memory)
-from mimi_cli.fileio import STDIN, check_stdin, file_kind, holds, home_expanded, local_path, url
+from mimi_cli.fileio import STDIN, check_stdin, file_kind, holds, home_expanded, local_path, native, url
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path", "file_name")  # NeMo; lists; a Hugging Face audiofolder's metadata
 MAX_MEMBER_BYTES = 2 << 30  # an audio member or cell read into memory at once
@@ -680,7 +679,7 @@ def _table_shape(file: Path):
     pa, pq = _pyarrow()
     try:
         if file.suffix.lower() == ".parquet":
-            with open(file, "rb") as f:  # an open file, not its name (see fileio.native)
+            with arrow_file(file) as f:
                 parquet = pq.ParquetFile(f)
             declared, starts = parquet.metadata.num_rows, _row_group_starts(str(file))
             if declared != starts[-1]:  # a footer's count is a number anyone can write: the row groups agree
@@ -711,15 +710,23 @@ def _pyarrow():
     return pa, pq
 
 
+def arrow_file(path: Path | str, mode: str = "r"):
+    """``path`` opened by pyarrow itself, named by its bytes (so that a name that is not UTF-8 opens too: see
+    fileio.native). Never a Python file object: pyarrow keeps what it reads from one as buffers of Python
+    objects, which its own threads free later and only with the GIL; one freed as the interpreter exits (a table
+    a worker kept) ended the process with SIGABRT after its work was done ("terminate called without an active
+    exception", apache/arrow#34314)."""
+    pa, _ = _pyarrow()
+    return pa.OSFile(native(path), mode)
+
+
 @lru_cache(maxsize=2)
 def _arrow_table(file: str):
     """A ``save_to_disk`` Arrow file, memory-mapped (IPC stream or file format): rows read on demand. Mapped by
-    Python: pyarrow's own ``memory_map`` takes the name as UTF-8, which a name that is not cannot be (see
-    fileio.native)."""
+    pyarrow, named by its bytes (see :func:`arrow_file`)."""
     import pyarrow as pa
 
-    with open(file, "rb") as f:
-        source = pa.BufferReader(pa.py_buffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)))
+    source = pa.memory_map(native(file))
     try:
         table = pa.ipc.open_stream(source).read_all()
     except pa.ArrowInvalid:
@@ -740,7 +747,7 @@ def _row_group(file: str, group: int, columns: tuple[str, ...]):
     not fit its schema ends the process (an uncaught C++ exception), where reading the chunk raises.
     """
     _, pq = _pyarrow()
-    with open(file, "rb") as f:  # an open file, not its name (see fileio.native)
+    with arrow_file(file) as f:
         parquet = pq.ParquetFile(f)
         declared, memory = parquet.metadata.row_group(group).total_byte_size, physical_memory()
         if memory and declared > memory // 2:
@@ -755,7 +762,7 @@ def _row_group(file: str, group: int, columns: tuple[str, ...]):
 @lru_cache(maxsize=8)
 def _row_group_starts(file: str) -> list[int]:
     _, pq = _pyarrow()
-    with open(file, "rb") as f:  # an open file, not its name (see fileio.native)
+    with arrow_file(file) as f:
         metadata = pq.ParquetFile(f).metadata
     starts = [0]
     for group in range(metadata.num_row_groups):

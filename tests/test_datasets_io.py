@@ -654,6 +654,48 @@ def test_a_table_of_generated_codes_decodes_row_by_row(tmp_path, weights_file):
         in as_file.stderr, as_file.stderr
 
 
+def test_pyarrow_reads_tables_through_its_own_files(tmp_path, monkeypatch):
+    """Tables are opened by pyarrow (a NativeFile), never through a Python file object: pyarrow kept what it read
+    from one as buffers of Python objects, freed later by its own threads with the GIL; a row group a worker
+    kept, freed as the interpreter exited, ended `mimi decode shards/` with SIGABRT after its work was done
+    ("terminate called without an active exception", exit -6; seen once in CI; reading through a Python file
+    and freeing the table at exit aborted 23 times in 40 here). Names that are not UTF-8 open as before."""
+    import io
+    import os
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from mimi_cli.sources import list_items, open_item, row_codes
+
+    given = []
+    for owner, name in ((pq.ParquetFile, "__init__"), (pa.ipc, "open_stream"), (pa.ipc, "open_file")):
+        original = getattr(owner, name)
+
+        def recording(*args, _original=original, _method=name == "__init__", **kwargs):
+            given.append(args[1 if _method else 0])
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(owner, name, recording)
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(1600, np.float32), 16000, format="WAV")
+    audio = pa.table({"audio": [{"bytes": buffer.getvalue(), "path": "a.wav"}], "text": ["hello"]})
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    folder.mkdir()
+    with pa.OSFile(os.fsencode(folder / "audio.parquet"), "wb") as sink:  # pyarrow takes a str name as UTF-8
+        pq.write_table(audio, sink)
+    with pa.OSFile(os.fsencode(folder / "audio.arrow"), "wb") as sink, pa.ipc.new_stream(sink, audio.schema) as out:
+        out.write_table(audio)
+    with pa.OSFile(os.fsencode(folder / "codes.parquet"), "wb") as sink:
+        pq.write_table(pa.table({"codes": [np.zeros((8, 3), int).tolist()]}), sink)
+    for name in ("audio.parquet", "audio.arrow"):
+        (entry,) = list_items(folder / name)
+        with open_item(entry.item, "row") as f:
+            assert len(f.read()) == 1600
+    (entry,) = list_items(folder / "codes.parquet", "codes")
+    assert row_codes(entry.item, "row", "mimi").num_frames == 3
+    assert given and all(isinstance(source, pa.NativeFile) for source in given), given
+
+
 def _forged_row_counts(path: Path, rows: int) -> tuple[bytes, bytes]:
     """``path``'s bytes with its footer's row count, then its row group's, set to ``rows``: each an i64 field
     (Thrift compact: byte 0x16, then a zigzag varint) rewritten in place, the footer's length updated."""
