@@ -658,7 +658,8 @@ def roundtrip_files(inputs: list[Path], settings: Settings, models: Models,
     if not done:
         return results, {}
     seconds = sum(m["duration_s"] for m in done)
-    quality = _rounded(_mean([{k: v for k, v in m.items() if k in _quality_names(m)} for m in done]))
+    names = _quality_names(done[0])  # every file has the same (the metrics extra is installed or not)
+    quality = _rounded(_mean([{name: m[name] for name in names} for m in done]))
     return results, {"files": len(done), "duration_s": round(seconds, 3), **quality,
                      **{rtf: round(sum(m[rtf] * m["duration_s"] for m in done) / seconds, 4) if seconds else None
                         for rtf in ("encode_rtf", "decode_rtf")}}
