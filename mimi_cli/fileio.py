@@ -235,7 +235,24 @@ def holds(path: Path) -> str | None:
     kind = next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)
     if kind is None and head[257:262] == b"ustar":
         kind = "a tar archive (a WebDataset shard?)"
-    return kind
+    return kind or _text_kind(head)
+
+
+def _text_kind(head: bytes) -> str | None:
+    """"a web page (HTML) …" or "text" for a file that begins as text: a page saved where a download was meant
+    (Hugging Face's /blob/ link gives the page about a file, /resolve/ the file), a list, notes."""
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "a web page (HTML; a Hugging Face /blob/ link saves the page, a /resolve/ link the file)"
+    for cut in range(4):  # the first bytes may end inside a character of several bytes
+        try:
+            chars = head[:len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return None
+    return "text" if chars.strip() and all(c.isprintable() or c in "\t\n\r\f" for c in chars) else None
 
 
 def is_pipe(path: Path) -> bool:

@@ -259,6 +259,30 @@ def test_what_a_file_holds_is_named_from_its_first_bytes(tmp_path):
         assert result.returncode != 0 and f"{name} holds {kind}, not weights" in result.stdout + result.stderr
 
 
+def test_text_and_web_pages_are_named(tmp_path):
+    """A text file was "header length 7,594,323,931,670,277,998 is over the 100 MiB limit" to inspect, and a web
+    page saved for a download (Hugging Face's /blob/ link) the same; a list of files given to encode as audio is
+    pointed at --inputs-from. Bytes that are not text are still named by nothing."""
+    from mimi_cli.fileio import holds
+
+    (tmp_path / "notes.wav").write_bytes(b"x" * 263 + "é, the first bytes end inside a character".encode())
+    (tmp_path / "list.wav").write_text("a.wav\nb.wav\n")
+    (tmp_path / "model.safetensors").write_text("\n  <!DOCTYPE html>\n<html lang=en><head><title>model")
+    (tmp_path / "noise.wav").write_bytes(bytes(range(7, 250)) * 2)
+    assert holds(tmp_path / "notes.wav") == holds(tmp_path / "list.wav") == "text"
+    assert holds(tmp_path / "model.safetensors").startswith("a web page (HTML")
+    assert holds(tmp_path / "noise.wav") is None
+    result = run("inspect", tmp_path / "notes.wav")
+    assert result.returncode == 2 and "notes.wav holds text, not weights" in result.stdout, result.stdout
+    result = run("inspect", tmp_path / "model.safetensors")
+    assert result.returncode == 2 and "holds a web page (HTML; a Hugging Face /blob/ link saves the page, a " \
+        "/resolve/ link the file), not weights" in result.stdout, result.stdout
+    before = {p.name for p in tmp_path.iterdir()}
+    result = run("encode", tmp_path / "list.wav", weights=tmp_path / "model.safetensors")
+    assert_clean_failure(result, tmp_path, before, "it holds text, not audio (a list of files? give it with "
+                                                   "--inputs-from)")
+
+
 def test_a_git_lfs_pointer_is_named_wherever_it_stands_for_a_file(tmp_path, short_clip, weights_file):
     """A clone of a Hugging Face repository without git-lfs holds pointers (three lines of text) in place of its
     audio, tables, shards and weights: each was read as damaged ("header length 2,336,927,755,350,992,246 is over
