@@ -112,34 +112,9 @@ def plan(job: Job) -> Plan:
                         "or - for standard output")
     if pipes and (job.jobs > 1 or job.engine == "ray"):
         raise MimiError(f"{pipes[0]} is a pipe, which only this process can read; drop --jobs and --engine ray")
-    suffixes, suffix, beside = ((AUDIO_SUFFIXES, ".npz", ".npz") if s.kind == "encode"
-                                else (CODES_SUFFIXES, ".wav", ".decoded.wav"))
-    paths = [Path(p) for p in job.inputs]
-    # a folder of audio (or codes) files; when it holds none, of shards: a dataset's Parquet or Arrow files
-    # (a Hugging Face repo's data/), WebDataset tars; decode: the Parquet shards --parquet writes
-    left_out: list[Path] = []  # broken links, pipes and devices with an input's name in the folders and globs
-    holds_items = is_container if s.kind == "encode" else is_table  # decode reads rows of codes, no other items
-    found = collect_inputs(paths, job.recursive, suffixes, containers=holds_items,
-                           else_suffixes=(".parquet",) if s.kind == "decode" else (".parquet", ".arrow", ".tar"),
-                           on_skip=left_out.append)
-    found = expand_containers(found, job.column or ("audio" if s.kind == "encode" else "codes"), holds_items)
-    found += [entry for m in job.manifests for entry in listed_inputs(home_expanded(m), s.kind, job.column)]
-    if not found:
-        given = ", ".join("standard input" if p == STDIN else p for p in (*job.inputs, *job.manifests))
-        folders = any(is_folder(p) for p in paths)
-        if all(p == STDIN or holds_items(home_expanded(p)) for p in job.inputs):
-            one = len(job.inputs) + len(job.manifests) == 1
-            kinds = ("no lines, no audio members, no rows" if s.kind == "encode" else
-                     "no rows" if job.inputs else "no lines")
-            raise MimiError(f"{given} {'holds' if one else 'hold'} nothing to {s.kind} ({kinds})")
-        if paths and all(_is_glob(p) for p in paths) and not job.manifests:  # a glob's matches are taken whatever
-            raise MimiError(f"no file matches {given}"  # their suffix, so there were none
-                            + (f" ({_left_out(left_out)})" if left_out else ""))
-        raise MimiError(f"no {either(suffixes[:4])}{'…' if len(suffixes) > 4 else ''} files in {given}"
-                        + (f" ({_left_out(left_out)})" if left_out else
-                           " (use -r to search sub-folders)" if folders and not job.recursive else ""))
+    suffix, beside = (".npz", ".npz") if s.kind == "encode" else (".wav", ".decoded.wav")
+    found, left_out, one_file = find_inputs(job.inputs, job.manifests, s.kind, job.recursive, job.column)
     items = any(entry.item is not None for entry in found)
-    one_file = len(paths) == 1 and not is_folder(paths[0]) and not _is_glob(paths[0]) and not items
     if items and job.output is None and job.parquet is None:
         raise MimiError("the inputs hold items (manifest lines, tar members, dataset rows): give -o DIR for a codes "
                         "file per item, or --parquet OUT for the codes in Parquet shards" if s.kind == "encode" else
@@ -168,13 +143,51 @@ def plan(job: Job) -> Plan:
         remote_folder(job.parquet, s.replace or job.skip_existing, planning=True)
     threads, note = usable_threads(job.threads)
     notes = [note] if note else []
-    notes += [_left_out(left_out)] if left_out else []
+    notes += [left_out] if left_out else []
     workers, note = usable_workers(job.jobs, sum(not t.skip for t in tasks), job.engine)
     notes += [note] if note else []
     # several workers share the cores: one thread each unless told otherwise
     per_worker = threads or (1 if workers > 1 or job.engine == "ray" else usable_cores())
     settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None, skip_existing=job.skip_existing)
     return Plan(job, tasks, settings, workers, single, notes)
+
+
+def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["encode", "decode"],
+                recursive: bool = False, column: str | None = None, verb: str | None = None,
+                ) -> tuple[list[Input], str | None, bool]:
+    """What the inputs ``names`` and the lists ``manifests`` (--inputs-from) stand for: audio files (``kind``
+    encode) or codes files (decode) and the items of manifests, shards and datasets; a note of the entries left
+    out of folders and globs (broken links, pipes, devices), to be said; and whether it is one file named alone
+    (no folder, glob, list or items: a single task). Nothing to find is an error (``verb``: the command's word)."""
+    names, manifests, verb = list(names), list(manifests), verb or kind
+    suffixes = AUDIO_SUFFIXES if kind == "encode" else CODES_SUFFIXES
+    paths = [Path(p) for p in names]
+    # a folder of audio (or codes) files; when it holds none, of shards: a dataset's Parquet or Arrow files
+    # (a Hugging Face repo's data/), WebDataset tars; decode: the Parquet shards --parquet writes
+    left_out: list[Path] = []  # broken links, pipes and devices with an input's name in the folders and globs
+    holds_items = is_container if kind == "encode" else is_table  # decode reads rows of codes, no other items
+    found = collect_inputs(paths, recursive, suffixes, containers=holds_items,
+                           else_suffixes=(".parquet",) if kind == "decode" else (".parquet", ".arrow", ".tar"),
+                           on_skip=left_out.append)
+    found = expand_containers(found, column or ("audio" if kind == "encode" else "codes"), holds_items)
+    found += [entry for m in manifests for entry in listed_inputs(home_expanded(m), kind, column)]
+    if not found:
+        given = ", ".join("standard input" if p == STDIN else p for p in (*names, *manifests))
+        folders = any(is_folder(p) for p in paths)
+        if all(p == STDIN or holds_items(home_expanded(p)) for p in names):
+            one = len(names) + len(manifests) == 1
+            kinds = ("no lines, no audio members, no rows" if kind == "encode" else
+                     "no rows" if names else "no lines")
+            raise MimiError(f"{given} {'holds' if one else 'hold'} nothing to {verb} ({kinds})")
+        if paths and all(_is_glob(p) for p in paths) and not manifests:  # a glob's matches are taken whatever
+            raise MimiError(f"no file matches {given}"  # their suffix, so there were none
+                            + (f" ({_left_out(left_out)})" if left_out else ""))
+        raise MimiError(f"no {either(suffixes[:4])}{'…' if len(suffixes) > 4 else ''} files in {given}"
+                        + (f" ({_left_out(left_out)})" if left_out else
+                           " (use -r to search sub-folders)" if folders and not recursive else ""))
+    items = any(entry.item is not None for entry in found)
+    one_file = len(paths) == 1 and not is_folder(paths[0]) and not _is_glob(paths[0]) and not items
+    return found, _left_out(left_out) if left_out else None, one_file
 
 
 def _left_out(paths: list[Path], shown: int = 3) -> str:

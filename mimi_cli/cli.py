@@ -533,9 +533,11 @@ def _say_problems(results) -> None:
 
 @app.command()
 def roundtrip(
-    inputs: Annotated[list[str], typer.Argument(
-        help="Audio file to encode and decode; several (a test set, testset/*.wav): a row each and their mean.",
-        metavar="INPUT...", show_default=False)],
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        help="Audio file to encode and decode ('-': standard input); several, a folder of them (a test set: "
+             "testset/, testset/*.wav) or items as encode takes them (manifests, shards, datasets): a row each and "
+             "their mean.",
+        metavar="INPUT...", readable=False, show_default=False)] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Also write the decoded audio here.",
                                                   show_default=False)] = None,
     codec: CodecOption = DEFAULT_CODEC,
@@ -547,6 +549,13 @@ def roundtrip(
         "--stream", help="Encode and decode in the codec's streaming mode, as encode --stream and decode --stream "
                          "do (Mimi: moshi's streaming codes, which differ from batch mode past 10 s), and measure "
                          "that; the file is still held in memory whole.")] = False,
+    recursive: RecursiveOption = False,
+    inputs_from: Annotated[Optional[list[str]], typer.Option(
+        "--inputs-from", metavar="MANIFEST", readable=False, show_default=False,
+        help="A list of inputs, as for encode (JSON lines with audio_filepath and optional offset and duration, "
+             "plain paths, .csv or .tsv). Repeatable.")] = None,
+    audio_column: Annotated[str, typer.Option(
+        "--audio-column", help="The audio column of dataset inputs (Arrow or Parquet), as for encode.")] = "audio",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     plot: Annotated[Optional[str], typer.Option(
         "--plot", help="Also draw input and output log-mel spectrograms and their difference into this image "
@@ -561,25 +570,36 @@ def roundtrip(
 
     say = _Messages(quiet or as_json)
     settings_codebooks = _num_codebooks(codec, codebooks, bandwidth)
+    if not inputs and not inputs_from:
+        _fail("give audio to round-trip (files, folders, globs, '-', manifests, shards or datasets)", code=2)
     if output is not None and output == "-":
         _fail("roundtrip prints its metrics on standard output; give -o a file name", code=2)
-    if len(inputs) > 1 and (output is not None or plot is not None):
-        _fail("-o and --plot go with one input; leave them out to measure several", code=2)
     output, plot = (None if p is None else Path(as_written(p)) for p in (output, plot))
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         given = "to standard output" if str(plot) == "-" else plot.suffix or "a file without extension"
         _fail(f"--plot writes .png, .svg or .pdf, not {given}", code=2)
-    files = list(dict.fromkeys(Path(as_written(name)) for name in inputs))  # one row for a file named twice
-    with _user_errors(), _threads(threads, say):
-        from mimi_cli.pipeline import Models, Settings, roundtrip_file, roundtrip_files
+    with _user_errors():
+        from mimi_cli.batch import find_inputs
 
-        settings = Settings("encode", weights, codec, settings_codebooks, stream, replace=force, channels=channels)
+        found, left_out, one = find_inputs(map(as_written, inputs or []), map(as_written, inputs_from or []),
+                                           "encode", recursive, audio_column, verb="round-trip")
+    if not one and (output is not None or plot is not None):
+        _fail("-o and --plot go with one input file; leave them out to measure several", code=2)
+    if left_out:
+        say.note(f"note: {left_out}")
+    with _user_errors(), _threads(threads, say):
+        from mimi_cli.pipeline import Models, Settings, Task, roundtrip_file, roundtrip_files
+
+        settings = Settings("roundtrip", weights, codec, settings_codebooks, stream, replace=force,
+                            channels=channels)
         with say.reporter() as report:  # (shown while the work goes on: the results are printed after it)
-            if len(files) > 1:
-                several = roundtrip_files(files, settings, Models(settings.weights), report)
+            if not one:
+                tasks = [Task(entry.path, None, item=entry.item) for entry in found]
+                several = roundtrip_files(tasks, settings, Models(settings.weights), report)
             else:
-                result = roundtrip_file(files[0], output, plot, settings, Models(settings.weights), report)
-    if len(files) > 1:
+                result = roundtrip_file(Task(found[0].path, output), plot, settings, Models(settings.weights),
+                                        report)
+    if not one:
         return _show_roundtrips(*several, as_json)
     for note in result.notes:
         say.note(f"note: {note}")
@@ -1022,7 +1042,7 @@ def _show_roundtrips(results: list, mean: dict, as_json: bool) -> None:
             table = Table(title=f"{first['codec']} round trips{' (streaming)' if first['streamed'] else ''}, "
                                 f"{first['codebooks']} codebooks ({first['bitrate_kbps']:g} kbps)",
                           title_justify="left")
-            table.add_column("input")
+            table.add_column("input", overflow="fold")  # a name wraps, never cut short
             for column in ("duration", *[label for label, _, _ in quality]):
                 table.add_column(column, justify="right")
             for name, values in [*[(_shown(m["input"]), m) for m in done], (f"[bold]mean of {len(done)}[/]", mean)]:

@@ -267,7 +267,7 @@ def decoded_steps(loaded: LoadedModel, codes: CodesFile) -> Iterator[tuple[np.nd
 
 # ----------------------------------------------------------------------------- one file, every engine
 
-Kind = Literal["encode", "decode"]
+Kind = Literal["encode", "decode", "roundtrip"]
 Status = Literal["done", "skipped", "failed", "not run"]
 Report = Callable[[str, float, "float | None"], None]  # (stage, seconds of audio done, total or None)
 
@@ -487,28 +487,37 @@ class Worker:
                 read = dataclasses.replace(task, input=source.path)
                 result = step(read, self.settings, self.models, report or _no_report)
                 result.input, result.warnings = name, [source.named(w) for w in result.warnings]
-        except WeightsError:
-            raise
-        except MimiError as exc:
-            if isinstance(exc, OutputExistsError) and self.settings.skip_existing:
-                return skipped(task, self.settings)  # another run made it while this one worked
-            return FileResult.of(task, "failed", error=str(exc))
-        except MemoryError as exc:  # this file's, maybe (a long file with a full machine)
-            error = out_of_memory(exc, ", or use --stream (memory stays flat) and fewer --jobs")
-            return FileResult.of(task, "failed", error=str(error))
-        except UnicodeEncodeError as exc:
-            return FileResult.of(task, "failed", error=str(unnamable(exc) or f"{type(exc).__name__}: {exc}"))
-        except BrokenPipeError:  # standard output's reader went away (| head): the run ends, in silence (cli.main)
-            raise
-        except (OSError, ValueError, RuntimeError, LookupError, TypeError, ArithmeticError) as exc:
-            # unexpected, but only this file's: a library's error on a hostile file (pyarrow's ArrowIndexError,
-            # a decoder's KeyError) fails the file in one line, not the run with a traceback
-            return FileResult.of(task, "failed", error=f"{type(exc).__name__}: {exc}")
+        except FILE_ERRORS as exc:
+            return failed(task, exc, self.settings)
         for codec, loaded in self.models.loaded().items():  # the loader's findings, once per worker
             if codec not in self._warned:
                 self._warned.add(codec)
                 result.warnings[:0] = weights_warnings(loaded)
         return result
+
+
+# what a file's work may raise: its own problem (failed), or what ``failed`` raises again
+FILE_ERRORS = (MimiError, MemoryError, OSError, ValueError, RuntimeError, LookupError, TypeError, ArithmeticError)
+
+
+def failed(task: Task, exc: BaseException, settings: Settings) -> FileResult:
+    """``exc``, met doing ``task``, as the task's failed result in one line; raised again when it is not this
+    file's: weights (every file would fail the same way), a reader of standard output gone (| head: the run ends,
+    in silence, cli.main)."""
+    if isinstance(exc, (WeightsError, BrokenPipeError)):
+        raise exc
+    if isinstance(exc, OutputExistsError) and settings.skip_existing:
+        return skipped(task, settings)  # another run made it while this one worked
+    if isinstance(exc, MimiError):
+        error = str(exc)
+    elif isinstance(exc, MemoryError):  # this file's, maybe (a long file with a full machine)
+        error = str(out_of_memory(exc, ", or use --stream (memory stays flat) and fewer --jobs"
+                                  if settings.kind != "roundtrip" else ""))
+    elif isinstance(exc, UnicodeEncodeError):
+        error = str(unnamable(exc) or f"{type(exc).__name__}: {exc}")
+    else:  # unexpected, but only this file's: a library's error on a hostile file (pyarrow's ArrowIndexError,
+        error = f"{type(exc).__name__}: {exc}"  # a decoder's KeyError) fails the file in one line, not the run
+    return FileResult.of(task, "failed", error=error)
 
 
 def skipped(task: Task, settings: Settings) -> FileResult:
@@ -576,9 +585,10 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
     return "; ".join(differences) or None
 
 
-def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settings: Settings, models: Models,
+def roundtrip_file(task: Task, plot: Path | None, settings: Settings, models: Models,
                    report: Report = _no_report) -> FileResult:
-    """Encode then decode one file in memory; metrics (``null`` where undefined) in ``result.metrics``.
+    """Encode then decode one file (or item) in memory; metrics (``null`` where undefined) in ``result.metrics``;
+    the decoded audio to ``task.output`` and the spectrograms to ``plot`` where given.
 
     ``settings.channels``: the mono mix is measured (``mix``), or each channel encoded, decoded and measured on
     its own (``split``: the quality metrics are the channels' mean, each channel's in ``per_channel``).
@@ -587,14 +597,17 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
     """
     from mimi_cli.fileio import check_output, file_ids
 
-    inputs = file_ids([input, *weights_files(settings.weights, CODECS.values())])
+    input, output = task.input, task.output
+    inputs = file_ids([input if task.item is None else Path(task.item.container),
+                       *weights_files(settings.weights, CODECS.values())])
     for target in (output, plot):
         if target is not None:
             check_output(target, settings.replace, inputs)
     if output is not None and plot is not None and Path(output).resolve() == plot.resolve():
         raise MimiError("-o and --plot name the same file; give two names")
     rate = codec_spec(settings.codec).config().sample_rate
-    with readable(input) as source, open_audio(source.path) as f:
+    with readable(input) if task.item is None else nullcontext(Readable(input, str(input))) as source, \
+            open_input(dataclasses.replace(task, input=source.path)) as f:
         streams = check_split(input, f.channels, settings.channels)
         if output is not None:
             check_audio_output(output, rate, streams)
@@ -634,26 +647,23 @@ def roundtrip_file(input: Path, output: Target | None, plot: Path | None, settin
         title = (f"{config.display_name}, {levels} codebooks ({metrics['bitrate_kbps']:g} kbps): "
                  f"SI-SDR {sdr}, log-mel distance {mel}{mean}\n{input.name}")
         plot_roundtrip(plot, reference, decoded, config.sample_rate, title, settings.replace)
-    return FileResult(str(input), str(output), "done", round(duration, 3), encoded.codes.num_frames,
-                      warnings=warnings, metrics=metrics,
-                      notes=conversion_notes(audio.channels, audio.sample_rate, config.sample_rate, settings.channels))
+    return FileResult.of(task, "done", duration_s=round(duration, 3), frames=encoded.codes.num_frames,
+                         warnings=warnings, metrics=metrics,
+                         notes=conversion_notes(audio.channels, audio.sample_rate, config.sample_rate,
+                                                settings.channels))
 
 
-def roundtrip_files(inputs: list[Path], settings: Settings, models: Models,
+def roundtrip_files(tasks: list[Task], settings: Settings, models: Models,
                     report: Report = _no_report) -> tuple[list[FileResult], dict]:
-    """Each of ``inputs`` round-tripped in turn (the weights loaded once, metrics only): their results, a file's
-    problem its failed result while the others go on, and the metrics' mean over the files done (duration: their
-    sum; real-time factors: the time over the audio, all files together)."""
+    """Each task's file or item round-tripped in turn (the weights loaded once, metrics only): their results, a
+    file's problem its failed result while the others go on, and the metrics' mean over the files done (duration:
+    their sum; real-time factors: the time over the audio, all files together)."""
     results = []
-    for input in inputs:
+    for task in tasks:
         try:
-            results.append(roundtrip_file(input, None, None, settings, models, report))
-        except WeightsError:  # every file would fail the same way
-            raise
-        except MimiError as exc:
-            results.append(FileResult(str(input), "", "failed", error=str(exc)))
-        except MemoryError as exc:  # this file's, maybe: a long file on a full machine
-            results.append(FileResult(str(input), "", "failed", error=str(out_of_memory(exc))))
+            results.append(roundtrip_file(task, None, settings, models, report))
+        except FILE_ERRORS as exc:
+            results.append(failed(task, exc, settings))
     done = [r.metrics for r in results if r.status == "done"]
     if not done:
         return results, {}

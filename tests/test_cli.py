@@ -119,6 +119,40 @@ def test_roundtrip_of_several_files_shows_each_and_their_mean(tmp_path, clip, we
     assert not (tmp_path / "x.wav").exists()
 
 
+def test_roundtrip_reads_what_encode_reads(tmp_path, clip, weights_file):
+    """A test set as a folder (-r for its sub-folders), a tar shard or a manifest's spans: a row for each file or
+    item, equal to the round trip of that audio as a file of its own; -o and --plot are refused for them."""
+    import tarfile
+
+    pcm, rate = sf.read(clip, dtype="int16")
+    (tmp_path / "set" / "sub").mkdir(parents=True)
+    sf.write(tmp_path / "set" / "a.wav", pcm, rate, subtype="PCM_16")
+    sf.write(tmp_path / "set" / "sub" / "b.wav", pcm[::-1] // 2, rate, subtype="PCM_16")
+    sf.write(tmp_path / "part.wav", pcm[rate // 2:rate // 2 + rate], rate, subtype="PCM_16")  # the span below
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        tar.add(tmp_path / "set" / "sub" / "b.wav", "key.wav")
+    (tmp_path / "list.jsonl").write_text(json.dumps({"audio_filepath": str(clip), "offset": 0.5, "duration": 1.0}))
+
+    def rows(*args):
+        result = run("roundtrip", *args, "--json", "-n", "4", weights=weights_file)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)  # several: a row each; one file: its metrics
+        return {row.pop("input"): {k: v for k, v in row.items() if not k.endswith("_rtf")}
+                for row in report.get("files", [report])}
+
+    alone = {name: rows(tmp_path / name)[str(tmp_path / name)] for name in ("set/a.wav", "set/sub/b.wav", "part.wav")}
+    assert rows(tmp_path / "set") == {str(tmp_path / "set" / "a.wav"): alone["set/a.wav"]}
+    assert rows(tmp_path / "set", "-r") == {str(tmp_path / "set" / "a.wav"): alone["set/a.wav"],
+                                            str(tmp_path / "set" / "sub" / "b.wav"): alone["set/sub/b.wav"]}
+    assert rows(tmp_path / "shard.tar") == {f"{tmp_path / 'shard.tar'}#key.wav": alone["set/sub/b.wav"]}
+    assert rows("--inputs-from", tmp_path / "list.jsonl") == {f"{tmp_path / 'list.jsonl'}:1": alone["part.wav"]}
+    assert alone["set/a.wav"]["si_sdr_db"] != alone["part.wav"]["si_sdr_db"]
+    for extra in (["-o", tmp_path / "x.wav"], ["--plot", tmp_path / "x.png"]):
+        refused = run("roundtrip", tmp_path / "set", *extra, weights=weights_file)
+        assert refused.returncode == 2 and "go with one input file" in refused.stderr
+    assert not list(tmp_path.glob("x.*"))
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_decode_takes_the_first_levels(tmp_path, clip, weights_file, stream):
     """``decode -n 8`` of 32-level codes plays exactly what encoding with -n 8 and decoding plays (each level
