@@ -148,8 +148,11 @@ def test_from_pretrained_finds_weights_as_the_command_line_does(tmp_path, weight
     monkeypatch.delenv("MIMI_WEIGHTS")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(WeightsError, match="no Mimi weights: .* is not in the Hugging Face cache and HF_HUB_OFFLINE"):
-        Mimi.from_pretrained()
+    with pytest.raises(WeightsError, match="no Mimi weights: .* is not in the Hugging Face cache and HF_HUB_OFFLINE is "
+                                           r"set; give Mimi.from_pretrained\(\) a path or set MIMI_WEIGHTS"):
+        Mimi.from_pretrained()  # the Python caller's words, not the command line's "--weights"
+    with pytest.raises(WeightsError, match=r"nowhere.safetensors \(from Mimi.from_pretrained\(\)\) does not exist"):
+        Mimi.from_pretrained(tmp_path / "nowhere.safetensors")
 
 
 def test_codebooks_are_computed_from_sum_and_usage(small_model):

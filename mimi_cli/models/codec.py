@@ -122,7 +122,7 @@ class Codec(Module):
         from mimi_cli.weights import resolve_weights
 
         spec = next(spec for spec in CODECS.values() if spec.model() is cls)
-        return cls.from_file(resolve_weights(weights, spec))
+        return cls.from_file(resolve_weights(weights, spec, f"{cls.__name__}.from_pretrained()"))
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, np.ndarray], config: CodecConfig | None = None) -> Codec:

@@ -25,20 +25,21 @@ from mimi_cli.errors import WeightsError, os_reason
 from mimi_cli.fileio import STDIN, home_expanded, local_path, missing, url
 
 
-def resolve_weights(explicit: str | os.PathLike | None, spec) -> Path:
+def resolve_weights(explicit: str | os.PathLike | None, spec, given_by: str = "--weights") -> Path:
     """The weights file to use: explicit path > the codec's environment variable > the Hub's cached release.
 
     ``spec`` is the codec's registry entry (:class:`mimi_cli.models.CodecSpec`): its ``weights_env``,
-    ``hub_repo``, ``hub_file`` and ``config().display_name``.
+    ``hub_repo``, ``hub_file`` and ``config().display_name``. ``given_by``: how the caller's user gives the
+    explicit path, as errors name it (the command line's ``--weights``; from Python, an argument).
     """
     env = spec.weights_env
     if explicit is not None and not str(explicit):
-        raise WeightsError("--weights is empty; give a weights file's path or a Hugging Face repo")
-    for candidate, origin in ((explicit, "--weights"), (os.environ.get(env) or None, f"${env}")):
+        raise WeightsError(f"the weights path given to {given_by} is empty; give a file's path or a Hugging Face repo")
+    for candidate, origin in ((explicit, given_by), (os.environ.get(env) or None, f"${env}")):
         if candidate is not None:
             return locate(str(candidate), spec, f" (from {origin})")
     return _download(spec.hub_repo, spec.hub_file, None, f"no {spec.config().display_name} weights: ",
-                     f"pass --weights PATH or set {env}, or go online once to fetch it")
+                     f"give {given_by} a path or set {env}, or go online once to fetch it")
 
 
 def weights_files(explicit: str | os.PathLike | None, specs) -> list[Path]:
