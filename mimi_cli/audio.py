@@ -871,6 +871,19 @@ def to_mono(audio: Audio, sample_rate: int) -> np.ndarray:
     return resample(mono, audio.sample_rate, sample_rate)
 
 
+RESCALE_PEAK = 0.99  # the peak --rescale scales loud audio down to, as encodec's -r does
+
+
+def rescaled(pcm: np.ndarray) -> tuple[np.ndarray, float]:
+    """``pcm`` scaled down so that its peak is RESCALE_PEAK, when it is beyond that (decode --rescale; encodec's
+    ``-r``): (the audio, the factor applied, 1.0 when none was)."""
+    peak = float(np.max(np.abs(pcm))) if pcm.size else 0.0
+    if peak <= RESCALE_PEAK:
+        return pcm, 1.0
+    factor = RESCALE_PEAK / peak
+    return pcm * np.float32(factor), factor
+
+
 def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool = False) -> int:
     """Write float audio ``[N]`` or ``[C, N]`` atomically; the format follows the extension (WAV, FLAC,
     OGG...; WAV to stdout).

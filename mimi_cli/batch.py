@@ -45,6 +45,7 @@ from mimi_cli.sources import Item, arrow_file, is_container, is_table, known_key
 from mimi_cli.weights import resolve_weights, weights_files, weights_id
 
 CODES_SUFFIXES = (".npz", ".npy", ".ecdc")
+RESCALE_STREAM = "--rescale needs the whole output's peak before writing it; leave out --stream or --rescale"
 Engine = Literal["local", "ray"]
 
 
@@ -94,6 +95,8 @@ def plan(job: Job) -> Plan:
         raise MimiError(f"--engine takes local or ray, not {job.engine!r}")
     if job.engine == "ray" and s.stream:
         raise MimiError("--stream works with the local engine only (Ray reads each file whole)")
+    if s.rescale and s.stream:
+        raise MimiError(RESCALE_STREAM)
     if job.parquet is not None and s.kind != "encode":
         raise MimiError("--parquet writes codes, so it goes with `mimi encode`")
     job = _local_paths(job)

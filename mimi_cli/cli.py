@@ -417,6 +417,9 @@ def decode(
         help="Decode the first N levels of each file's codes alone, as if encoded with -n N (e.g. 8 of 32: "
              "how a lower bitrate sounds). Default: all of them.")] = None,
     stream: StreamOption = False,
+    rescale: Annotated[bool, typer.Option(
+        "--rescale", help="Scale audio louder than full scale down to a peak of 0.99 (as encodec's -r), "
+                                "rather than clip it; not with --stream.")] = False,
     recursive: RecursiveOption = False,
     jobs: JobsOption = 1,
     engine: EngineOption = "local",
@@ -438,7 +441,12 @@ def decode(
     """Decode codes (.npz, .npy, .ecdc) back to audio; each codes file says which codec made it."""
     from mimi_cli.pipeline import Settings
 
-    settings = Settings("decode", weights, codec, codebooks, stream=stream, sample_rate=sample_rate, replace=force)
+    settings = Settings("decode", weights, codec, codebooks, stream=stream, sample_rate=sample_rate, replace=force,
+                        rescale=rescale)
+    if rescale and stream:
+        from mimi_cli.batch import RESCALE_STREAM
+
+        _fail(RESCALE_STREAM, code=2)
     if not inputs and not inputs_from:
         _fail("give codes to decode (codes files, .npy arrays, folders, globs, '-', tables or --inputs-from)", code=2)
     _run(settings, inputs or [], output, recursive, jobs, engine, threads, skip_existing, manifest, None, quiet,

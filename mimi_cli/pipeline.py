@@ -23,8 +23,9 @@ from typing import Literal
 
 import numpy as np
 
-from mimi_cli.audio import (Audio, StreamResampler, audio_format, check_audio_output, decoder_warnings, open_audio,
-                            read_blocks, read_open, resample, soundfile_errors, to_mono, write_audio)
+from mimi_cli.audio import (RESCALE_PEAK, Audio, StreamResampler, audio_format, check_audio_output, decoder_warnings,
+                            open_audio, read_blocks, read_open, resample, rescaled, soundfile_errors, to_mono,
+                            write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, dumps_json, first_line,
@@ -287,6 +288,7 @@ class Settings:
     stream: bool = False
     sample_rate: int | None = None  # decode: output rate (default: the codec's)
     channels: Channels = "mix"  # encode: downmix to mono, or encode each channel on its own
+    rescale: bool = False  # decode: audio louder than full scale scaled down (audio.rescaled), not clipped
     threads: int = 1
     replace: bool = False  # -f: existing outputs (regular files, never inputs) may be replaced
     skip_existing: bool = False  # also skip an output that another run made after planning
@@ -437,7 +439,7 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
     if settings.num_codebooks is not None:
         codes = codes.first_levels(settings.num_codebooks, task.input)
     config = codec_spec(codes.codec).config()
-    warnings = []
+    warnings, notes = [], []
     if settings.codec is not None and codes.codec != settings.codec:  # a codes file names its own
         warnings.append(f"{task.input} holds {config.display_name} codes, as it says; --codec {settings.codec} "
                         "is for bare arrays (.npy) and was not used")
@@ -459,10 +461,16 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
     else:
         report(f"Decoding {codes.num_frames} frames", 0.0, None)
         pcm, seconds = decode_codes(loaded, codes, settings.sample_rate)
+        if settings.rescale:
+            pcm, factor = rescaled(pcm)
+            if factor < 1:
+                notes.append(f"scaled by {factor:.3g} (its peak was {RESCALE_PEAK / factor:.3g}) so that nothing clips")
         clipped = write_audio(task.output, pcm, rate, settings.replace)
     if clipped:
-        warnings.append(f"{clipped} samples beyond [-1, 1] were clipped")
+        remedy = "decode without --stream, with --rescale," if settings.stream else "--rescale"
+        warnings.append(f"{clipped} samples beyond [-1, 1] were clipped ({remedy} scales the audio down instead)")
     return FileResult.of(task, "done", duration_s=round(duration, 3), frames=codes.num_frames, warnings=warnings,
+                         notes=notes,
                          num_codebooks=codes.num_codebooks, sample_rate=rate, model_seconds=seconds,
                          carried=None if task.item is None else carried_keys(task.item))
 

@@ -172,6 +172,36 @@ def test_decode_takes_the_first_levels(tmp_path, clip, weights_file, stream):
     assert not (tmp_path / "9.wav").exists()
 
 
+def test_decode_rescale_scales_loud_audio_down_instead_of_clipping(tmp_path, clip, full_state):
+    """Audio beyond full scale (weights whose last bias adds 1.5) is clipped, with a warning naming --rescale;
+    --rescale writes it scaled to a peak of 0.99, as encodec's -r does, and says by how much; not with --stream."""
+    from safetensors.numpy import save_file
+
+    from mimi_cli import Mimi
+    from mimi_cli.codes import load_codes
+
+    loud = dict(full_state)
+    loud["decoder.model.14.conv.conv.bias"] = full_state["decoder.model.14.conv.conv.bias"] + np.float32(1.5)
+    save_file(loud, str(tmp_path / "loud.safetensors"))
+    assert run("encode", clip, "-o", tmp_path / "c.npz", weights=tmp_path / "loud.safetensors").returncode == 0
+    codes = load_codes(tmp_path / "c.npz")
+    pcm = Mimi.from_state_dict(loud).decode(codes.codes)[0, : codes.num_samples]  # unclipped: beyond full scale
+    clipped = run("decode", tmp_path / "c.npz", "-o", tmp_path / "clipped.wav", weights=tmp_path / "loud.safetensors")
+    assert clipped.returncode == 0 and "samples beyond [-1, 1] were clipped (--rescale scales the audio down " \
+        "instead)" in clipped.stderr, clipped.stderr
+    np.testing.assert_allclose(sf.read(tmp_path / "clipped.wav")[0], np.clip(pcm, -1, 1), atol=1 / 32768)
+    result = run("decode", tmp_path / "c.npz", "-o", tmp_path / "scaled.wav", "--rescale",
+                 weights=tmp_path / "loud.safetensors")
+    peak = np.abs(pcm).max()
+    assert result.returncode == 0 and f"scaled by {0.99 / peak:.3g} (its peak was {peak:.3g})" in result.stderr
+    assert "clipped" not in result.stderr, result.stderr
+    np.testing.assert_allclose(sf.read(tmp_path / "scaled.wav")[0], pcm * 0.99 / peak, atol=1 / 32768)
+    refused = run("decode", tmp_path / "c.npz", "-o", tmp_path / "x.wav", "--rescale", "--stream",
+                  weights=tmp_path / "loud.safetensors")
+    assert refused.returncode == 2 and "--rescale needs the whole output's peak" in refused.stderr
+    assert not (tmp_path / "x.wav").exists()
+
+
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
 def test_reports_on_a_stdout_without_unicode(tmp_path, clip, weights_file, encoding):
     """An ASCII or Latin-1 locale (PYTHONIOENCODING, LC_ALL): characters it lacks, ours ("→") or a file's
