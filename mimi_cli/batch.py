@@ -657,6 +657,18 @@ def write_manifest(path: Target, results: list[FileResult], replace: bool) -> No
             f.write(result.manifest_line() + "\n")
 
 
+def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1,
+                    threads: int | None = None) -> tuple[list[Task], Settings, int, list[str]]:
+    """Round trips of the files and items ``found`` (metrics only, nothing written), to run as a batch runs
+    (:func:`run_local`): their tasks, the settings with each worker's threads (one each with several workers,
+    unless ``threads`` says otherwise), the workers ``jobs`` asks for and this machine allows, notes to show."""
+    workers, note = usable_workers(jobs, len(found), "local")
+    threads, threads_note = usable_threads(threads)
+    settings = replace(settings, threads=threads or (1 if workers > 1 else usable_cores()))
+    tasks = [Task(entry.path, None, item=entry.item) for entry in found]
+    return tasks, settings, workers, [n for n in (threads_note, note) if n]
+
+
 def run_local(tasks: list[Task], settings: Settings, jobs: int,
               on_result: Callable[[FileResult], None] = lambda r: None,
               report: Report | None = None) -> list[FileResult]:

@@ -553,6 +553,7 @@ def roundtrip(
     bandwidth: BandwidthOption = None,
     channels: _channels_option("each channel encoded, decoded and measured on its own (the metrics are their "
                                "mean; --json has each channel's), -o and --plot with every channel.") = "mix",
+    jobs: JobsOption = 1,
     stream: Annotated[bool, typer.Option(
         "--stream", help="Encode and decode in the codec's streaming mode, as encode --stream and decode --stream "
                          "do (Mimi: moshi's streaming codes, which differ from batch mode past 10 s), and measure "
@@ -593,22 +594,22 @@ def roundtrip(
                                            "encode", recursive, audio_column, verb="round-trip")
     if not one and (output is not None or plot is not None):
         _fail("-o and --plot go with one input file; leave them out to measure several", code=2)
-    if left_out:
-        say.note(f"note: {left_out}")
-    with _user_errors(), _threads(threads, say):
-        from mimi_cli.pipeline import Models, Settings, Task, roundtrip_file, roundtrip_files
+    from mimi_cli.pipeline import Settings, Task, Worker, roundtrip_mean
 
-        settings = Settings("roundtrip", weights, codec, settings_codebooks, stream, replace=force,
-                            channels=channels)
-        with say.reporter() as report:  # (shown while the work goes on: the results are printed after it)
-            if not one:
-                tasks = [Task(entry.path, None, item=entry.item) for entry in found]
-                several = roundtrip_files(tasks, settings, Models(settings.weights), report)
-            else:
-                result = roundtrip_file(Task(found[0].path, output), plot, settings, Models(settings.weights),
-                                        report)
+    settings = Settings("roundtrip", weights, codec, settings_codebooks, stream, replace=force, channels=channels)
     if not one:
-        return _show_roundtrips(*several, as_json)
+        from mimi_cli.batch import plan_roundtrips, run_local
+
+        tasks, settings, workers, notes = plan_roundtrips(found, settings, jobs, threads)
+        for note in ([left_out] if left_out else []) + notes:
+            say.note(f"note: {note}")
+        with _user_errors(), say.reporter() as report:  # (shown while the work goes on: results printed after)
+            results = run_local(tasks, settings, workers, report=report)
+        return _show_roundtrips(results, roundtrip_mean(results), as_json)
+    with _user_errors(), _threads(threads, say), say.reporter() as report:
+        result = Worker(settings).run(Task(found[0].path, output, plot=plot), report)
+    if result.status == "failed":
+        _fail(result.error)
     for note in result.notes:
         say.note(f"note: {note}")
     for warning in result.warnings:

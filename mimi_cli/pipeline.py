@@ -29,7 +29,7 @@ from mimi_cli.audio import (RESCALE_PEAK, Audio, StreamResampler, audio_format, 
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, dumps_json, first_line,
-                             out_of_memory, over_memory, unnamable)
+                             os_reason, out_of_memory, over_memory, unnamable)
 from mimi_cli.fileio import Readable, Target, atomic_output, native, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.codec import Codec
@@ -302,6 +302,7 @@ class Task:
     skip: bool = False  # the output exists and --skip-existing was given
     item: Item | None = None  # audio inside something larger: a span, a tar member, a table row
     redo: bool = False  # the output exists, made otherwise (made_otherwise), and -f replaces it
+    plot: Path | None = None  # roundtrip: its spectrograms drawn into this image too
 
     @property
     def key(self) -> tuple[str, str]:
@@ -488,13 +489,15 @@ class Worker:
         (they would fail every file the same way), and so do interrupts."""
         if task.skip or (self.settings.skip_existing and not task.redo and output_exists(task.output)):
             return skipped(task, self.settings)  # skipped when planned, or made since by another run
-        step = encode_file if self.settings.kind == "encode" else decode_file
+        step = {"encode": encode_file, "decode": decode_file, "roundtrip": roundtrip_file}[self.settings.kind]
         try:
             name = str(task.input)  # an item is read from its container, never by its name (which may be "-")
             with readable(task.input) if task.item is None else nullcontext(Readable(Path(name), name)) as source:
                 read = dataclasses.replace(task, input=source.path)
                 result = step(read, self.settings, self.models, report or _no_report)
                 result.input, result.warnings = name, [source.named(w) for w in result.warnings]
+                if result.metrics is not None:
+                    result.metrics["input"] = name
         except FILE_ERRORS as exc:
             return failed(task, exc, self.settings)
         for codec, loaded in self.models.loaded().items():  # the loader's findings, once per worker
@@ -523,6 +526,8 @@ def failed(task: Task, exc: BaseException, settings: Settings) -> FileResult:
                                   if settings.kind != "roundtrip" else ""))
     elif isinstance(exc, UnicodeEncodeError):
         error = str(unnamable(exc) or f"{type(exc).__name__}: {exc}")
+    elif isinstance(exc, OSError):  # the system's words, with what to do at a limit (as the command line says)
+        error = f"{exc.filename}: {os_reason(exc)}" if exc.filename else os_reason(exc)
     else:  # unexpected, but only this file's: a library's error on a hostile file (pyarrow's ArrowIndexError,
         error = f"{type(exc).__name__}: {exc}"  # a decoder's KeyError) fails the file in one line, not the run
     return FileResult.of(task, "failed", error=error)
@@ -593,19 +598,18 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
     return "; ".join(differences) or None
 
 
-def roundtrip_file(task: Task, plot: Path | None, settings: Settings, models: Models,
-                   report: Report = _no_report) -> FileResult:
+def roundtrip_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
     """Encode then decode one file (or item) in memory; metrics (``null`` where undefined) in ``result.metrics``;
-    the decoded audio to ``task.output`` and the spectrograms to ``plot`` where given.
+    the decoded audio to ``task.output`` and the spectrograms to ``task.plot`` where given.
 
     ``settings.channels``: the mono mix is measured (``mix``), or each channel encoded, decoded and measured on
     its own (``split``: the quality metrics are the channels' mean, each channel's in ``per_channel``).
     ``settings.stream``: the codec's streaming mode (encode and decode --stream's codes and audio), the file
     still held whole. The outputs (decoded audio, plot) are checked before any work, like every output.
     """
-    from mimi_cli.fileio import check_output, file_ids
+    from mimi_cli.fileio import check_output, file_ids, is_input_copy
 
-    input, output = task.input, task.output
+    input, output, plot = task.input, task.output, task.plot
     inputs = file_ids([input if task.item is None else Path(task.item.container),
                        *weights_files(settings.weights, CODECS.values())])
     for target in (output, plot):
@@ -614,12 +618,11 @@ def roundtrip_file(task: Task, plot: Path | None, settings: Settings, models: Mo
     if output is not None and plot is not None and Path(output).resolve() == plot.resolve():
         raise MimiError("-o and --plot name the same file; give two names")
     rate = codec_spec(settings.codec).config().sample_rate
-    with readable(input) if task.item is None else nullcontext(Readable(input, str(input))) as source, \
-            open_input(dataclasses.replace(task, input=source.path)) as f:
+    with open_input(task) as f:
         streams = check_split(input, f.channels, settings.channels)
         if output is not None:
             check_audio_output(output, rate, streams)
-        audio = read_for_batch(source.path, f, settings.codec, "roundtrip works on the whole file: split it into "
+        audio = read_for_batch(input, f, settings.codec, "roundtrip works on the whole file: split it into "
                                "shorter files, or use encode --stream and decode --stream")
     if plot is not None:  # before any work, so that no output is written by a run that then fails
         from mimi_cli.plot import plot_checks
@@ -629,7 +632,7 @@ def roundtrip_file(task: Task, plot: Path | None, settings: Settings, models: Mo
     config = loaded.model.config
     levels = config.levels(settings.num_codebooks)
     encoded, reference, decoded, decode_seconds = _round_trip(loaded, audio, levels, settings, report)
-    warnings = weights_warnings(loaded) + decoder_warnings(f)
+    warnings = decoder_warnings(f)
     if output is not None:
         clipped = write_audio(output, decoded, config.sample_rate, settings.replace)
         if clipped:
@@ -653,7 +656,8 @@ def roundtrip_file(task: Task, plot: Path | None, settings: Settings, models: Mo
         mel = "undefined" if metrics["log_mel_distance"] is None else f"{metrics['log_mel_distance']:.3f}"
         mean = f" (mean of {streams} channels)" if streams > 1 else ""
         title = (f"{config.display_name}, {levels} codebooks ({metrics['bitrate_kbps']:g} kbps): "
-                 f"SI-SDR {sdr}, log-mel distance {mel}{mean}\n{input.name}")
+                 f"SI-SDR {sdr}, log-mel distance {mel}{mean}"
+                 + ("" if is_input_copy(input) else f"\n{input.name}"))  # a copy of a stream has no name of its own
         plot_roundtrip(plot, reference, decoded, config.sample_rate, title, settings.replace)
     return FileResult.of(task, "done", duration_s=round(duration, 3), frames=encoded.codes.num_frames,
                          warnings=warnings, metrics=metrics,
@@ -661,26 +665,18 @@ def roundtrip_file(task: Task, plot: Path | None, settings: Settings, models: Mo
                                                 settings.channels))
 
 
-def roundtrip_files(tasks: list[Task], settings: Settings, models: Models,
-                    report: Report = _no_report) -> tuple[list[FileResult], dict]:
-    """Each task's file or item round-tripped in turn (the weights loaded once, metrics only): their results, a
-    file's problem its failed result while the others go on, and the metrics' mean over the files done (duration:
-    their sum; real-time factors: the time over the audio, all files together)."""
-    results = []
-    for task in tasks:
-        try:
-            results.append(roundtrip_file(task, None, settings, models, report))
-        except FILE_ERRORS as exc:
-            results.append(failed(task, exc, settings))
+def roundtrip_mean(results: list[FileResult]) -> dict:
+    """The mean of round trips' metrics over the files done (duration: their sum; real-time factors: the time
+    over the audio, all files together); empty when none was."""
     done = [r.metrics for r in results if r.status == "done"]
     if not done:
-        return results, {}
+        return {}
     seconds = sum(m["duration_s"] for m in done)
     names = _quality_names(done[0])  # every file has the same (the metrics extra is installed or not)
     quality = _rounded(_mean([{name: m[name] for name in names} for m in done]))
-    return results, {"files": len(done), "duration_s": round(seconds, 3), **quality,
-                     **{rtf: round(sum(m[rtf] * m["duration_s"] for m in done) / seconds, 4) if seconds else None
-                        for rtf in ("encode_rtf", "decode_rtf")}}
+    return {"files": len(done), "duration_s": round(seconds, 3), **quality,
+            **{rtf: round(sum(m[rtf] * m["duration_s"] for m in done) / seconds, 4) if seconds else None
+               for rtf in ("encode_rtf", "decode_rtf")}}
 
 
 def _quality_names(metrics: dict) -> list[str]:

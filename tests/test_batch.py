@@ -157,9 +157,15 @@ def test_an_output_another_run_makes_is_skipped_with_skip_existing(corpus, weigh
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial file left
 
 
-@pytest.mark.parametrize("raised", [IndexError("slice would exceed array length"), KeyError("frame"),
-                                    TypeError("unsupported operand"), ZeroDivisionError("division by zero")])
-def test_a_library_error_on_one_file_fails_that_file_in_one_line(tmp_path, monkeypatch, raised):
+@pytest.mark.parametrize("raised, said", [
+    (IndexError("slice would exceed array length"), "IndexError: slice would exceed array length"),
+    (KeyError("frame"), "KeyError: 'frame'"), (TypeError("unsupported operand"), "TypeError: unsupported operand"),
+    (ZeroDivisionError("division by zero"), "ZeroDivisionError: division by zero"),
+    # an OSError in the system's words, with what to do at a limit, as the command line says it
+    (PermissionError(13, "Permission denied", "x.npz"), "x.npz: Permission denied"),
+    (OSError(24, "Too many open files"), "Too many open files; "),
+])
+def test_a_library_error_on_one_file_fails_that_file_in_one_line(tmp_path, monkeypatch, raised, said):
     """What a library raises on a hostile file beyond OSError and ValueError (pyarrow's ArrowIndexError is an
     IndexError) ended a whole batch run with a traceback; it is that file's failure now, in one line."""
     from mimi_cli import pipeline
@@ -171,7 +177,7 @@ def test_a_library_error_on_one_file_fails_that_file_in_one_line(tmp_path, monke
     monkeypatch.setattr(pipeline, "decode_file", fails)
     (tmp_path / "x.npz").write_bytes(b"PK")
     result = Worker(Settings("decode")).run(Task(tmp_path / "x.npz", tmp_path / "x.wav"))
-    assert result.status == "failed" and result.error == f"{type(raised).__name__}: {raised}"
+    assert result.status == "failed" and result.error.startswith(said) and "\n" not in result.error, result.error
 
 
 def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch):

@@ -120,8 +120,8 @@ def test_roundtrip_of_several_files_shows_each_and_their_mean(tmp_path, clip, we
 
 
 def test_roundtrip_reads_what_encode_reads(tmp_path, clip, weights_file):
-    """A test set as a folder (-r for its sub-folders), a tar shard or a manifest's spans: a row for each file or
-    item, equal to the round trip of that audio as a file of its own; -o and --plot are refused for them."""
+    """A test set as a folder (-r for its sub-folders; --jobs), a tar shard or a manifest's spans: a row for each
+    file or item, equal to the round trip of that audio as a file of its own; -o and --plot are refused for them."""
     import tarfile
 
     pcm, rate = sf.read(clip, dtype="int16")
@@ -142,8 +142,10 @@ def test_roundtrip_reads_what_encode_reads(tmp_path, clip, weights_file):
 
     alone = {name: rows(tmp_path / name)[str(tmp_path / name)] for name in ("set/a.wav", "set/sub/b.wav", "part.wav")}
     assert rows(tmp_path / "set") == {str(tmp_path / "set" / "a.wav"): alone["set/a.wav"]}
-    assert rows(tmp_path / "set", "-r") == {str(tmp_path / "set" / "a.wav"): alone["set/a.wav"],
-                                            str(tmp_path / "set" / "sub" / "b.wav"): alone["set/sub/b.wav"]}
+    both = {str(tmp_path / "set" / "a.wav"): alone["set/a.wav"],
+            str(tmp_path / "set" / "sub" / "b.wav"): alone["set/sub/b.wav"]}
+    assert rows(tmp_path / "set", "-r") == both
+    assert rows(tmp_path / "set", "-r", "--jobs", "2") == both  # in two worker processes, a thread each
     assert rows(tmp_path / "shard.tar") == {f"{tmp_path / 'shard.tar'}#key.wav": alone["set/sub/b.wav"]}
     assert rows("--inputs-from", tmp_path / "list.jsonl") == {f"{tmp_path / 'list.jsonl'}:1": alone["part.wav"]}
     assert alone["set/a.wav"]["si_sdr_db"] != alone["part.wav"]["si_sdr_db"]
