@@ -603,8 +603,8 @@ def roundtrip(
         tasks, settings, workers, notes = plan_roundtrips(found, settings, jobs, threads)
         for note in ([left_out] if left_out else []) + notes:
             say.note(f"note: {note}")
-        with _user_errors(), say.reporter() as report:  # (shown while the work goes on: results printed after)
-            results = run_local(tasks, settings, workers, report=report)
+        with _user_errors(), say.progress_files(len(tasks)) as advance:  # a bar over the files, as a batch's
+            results = run_local(tasks, settings, workers, on_result=lambda r: advance(r.duration_s or 0.0))
         return _show_roundtrips(results, roundtrip_mean(results), as_json)
     with _user_errors(), _threads(threads, say), say.reporter() as report:
         result = Worker(settings).run(Task(found[0].path, output, plot=plot), report)
