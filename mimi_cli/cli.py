@@ -779,7 +779,8 @@ app.command("inspect-weights")(inspect_weights)
 def inspect_any(
     name: Annotated[str, typer.Argument(
         metavar="PATH|REPO", show_default=False,
-        help="Weights, as for inspect-weights; or codes (.npz, .npy, .ecdc), as decode reads them.")],
+        help="Weights, as for inspect-weights; or codes (.npz, .npy, .ecdc, or a table of them: Parquet, Arrow, "
+             "a dataset folder), as decode reads them.")],
     pattern: Annotated[Optional[str], typer.Option(
         "--filter", help="Weights: only tensors whose name matches this glob.", show_default=False)] = None,
     no_stats: Annotated[bool, typer.Option(
@@ -787,11 +788,14 @@ def inspect_any(
     codec: Annotated[Optional[str], typer.Option(
         "--codec", "-c", callback=_check_codec, show_default=False,
         help="Codes: the codec of a bare integer array, as for decode.")] = None,
+    codes_column: Annotated[str, typer.Option(
+        "--codes-column", help="Codes: the codes column of a table, as for decode.")] = "codes",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Show what a weights or codes file holds, and whether it is sound.
 
-    Weights: as inspect-weights. Codes (.npz, .npy, .ecdc): codec, shape, length, how made, each level's use.
+    Weights: as inspect-weights. Codes (.npz, .npy, .ecdc; a table's rows of them): codec, shape, length, how
+    made, each level's use.
     """
     from mimi_cli.inspect import inspect_codes, is_codes_path
 
@@ -803,7 +807,7 @@ def inspect_any(
         _fail("--filter and --no-stats are for weights; a codes file is shown whole", code=2)
     with _user_errors():
         try:
-            report = inspect_codes(name, codec)
+            report = inspect_codes(name, codec, codes_column)
         except MimiError as exc:  # codes decode would refuse: unsound, as inspect-weights says of weights
             _fail(str(exc), code=2)
     if as_json:
@@ -818,15 +822,16 @@ def _print_codes_report(report) -> None:
     made = "" if report.streamed is None else ", made by encode --stream" if report.streamed else \
         ", made in batch mode"
     out.print(f"[bold]{_shown(report.path)}[/]: {report.display_name} codes, {report.kind}{made}")
+    unsaid = "not recorded" if report.rows is None else "not recorded, or not the same in every row"
     rows = [("code streams", f"{report.streams}" + (" (one per channel)" if report.streams > 1 else "")),
             ("codebooks", f"{report.codebooks} of {report.codebook_size} codes ({report.bitrate_kbps:g} kbps)"),
             ("frames", f"{report.frames} at {report.frame_rate:g} Hz"),
             ("audio", f"{report.num_samples / report.sample_rate:.3f} s ({report.num_samples} samples at "
                       f"{report.sample_rate} Hz)"),
-            ("source", "not recorded" if report.source_sample_rate is None else
+            ("source", unsaid if report.source_sample_rate is None else
              f"{report.source_sample_rate} Hz, {report.source_channels} channel"
              f"{'s' if report.source_channels > 1 else ''}"),
-            ("weights", _shown(report.weights_id or "not recorded"))]
+            ("weights", _shown(report.weights_id or unsaid))]
     for label, value in rows:
         out.print(f"  {label:<13} {value}")
     table = Table(title="each level's use of its codebook (every stream and frame)", title_justify="left")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -144,8 +143,19 @@ CODES_SUFFIXES = (".npz", ".npy", ".ecdc")  # what `mimi inspect` reads as codes
 
 
 def is_codes_path(path: str | Path) -> bool:
-    """Whether ``mimi inspect`` takes ``path`` for codes: a file with a codes suffix."""
-    return Path(path).suffix.lower() in CODES_SUFFIXES and os.path.isfile(path)
+    """Whether ``mimi inspect`` takes ``path`` for codes: a file with a codes suffix, or a table (Parquet, Arrow,
+    a dataset folder, a folder of Parquet shards as ``--parquet`` writes them) of rows of codes, as decode reads
+    them. A folder holding a .safetensors file is weights."""
+    from mimi_cli.sources import is_table
+
+    path = Path(path)
+    if path.suffix.lower() in CODES_SUFFIXES:
+        return path.is_file()
+    try:
+        return is_table(path) or (path.is_dir() and next(path.glob("*.safetensors"), None) is None
+                                  and next(path.rglob("*.parquet"), None) is not None)
+    except OSError:  # a folder that cannot be looked into: weights' reader says why
+        return False
 
 
 @dataclass
@@ -177,19 +187,24 @@ class CodesReport:
     weights_id: str | None
     streamed: bool | None  # by encode --stream; None: not recorded
     levels: list[LevelUsage] = field(default_factory=list)
+    rows: int | None = None  # a table's rows (streams, codebooks: the most of any row; frames, samples: their sum;
+    # source, weights, streamed: None unless every row says the same)
 
     def to_json(self) -> dict:
         """The documented JSON object (``mimi inspect CODES --json``)."""
         return asdict(self)
 
 
-def inspect_codes(path: str | Path, codec: str | None = None) -> CodesReport:
+def inspect_codes(path: str | Path, codec: str | None = None, column: str = "codes") -> CodesReport:
     """Report on the codes at ``path`` (anything ``mimi decode`` reads: ``codec`` is a bare array's, see
-    :func:`mimi_cli.codes.load_codes`), checked as decode checks them."""
+    :func:`mimi_cli.codes.load_codes`; a table's rows in ``column``), checked as decode checks them."""
     from mimi_cli.codes import load_codes
     from mimi_cli.ecdc import is_ecdc_path
     from mimi_cli.models import codec_spec
+    from mimi_cli.sources import is_table
 
+    if Path(path).is_dir() or is_table(Path(path)):  # is_codes_path: a folder of codes is a table
+        return _inspect_table(Path(path), codec, column)
     codes = load_codes(Path(path), codec)
     config = codec_spec(codes.codec).config()
     recorded = bool(codes.weights_id)  # a codes file of mimi encode; bare arrays and .ecdc keep no source
@@ -201,12 +216,52 @@ def inspect_codes(path: str | Path, codec: str | None = None) -> CodesReport:
         round(config.bitrate(codes.num_codebooks) / 1000, 3),
         codes.source_sample_rate if recorded else None, codes.source_channels if recorded else None,
         codes.weights_id or None, codes.streamed,
-        [_usage(level, codes.codes[:, level].ravel(), codes.codebook_size) for level in range(codes.num_codebooks)])
+        [_usage(level, np.bincount(codes.codes[:, level].ravel(), minlength=codes.codebook_size))
+         for level in range(codes.num_codebooks)])
 
 
-def _usage(level: int, values: np.ndarray, codebook_size: int) -> LevelUsage:
-    counts = np.bincount(values, minlength=codebook_size)
-    p = counts[counts > 0] / values.size
+def _inspect_table(path: Path, codec: str | None, column: str) -> CodesReport:
+    """A table's rows of codes (a ``--parquet`` shard, a dataset's codes column), each read and checked as decode
+    reads it (a row decode would refuse is this report's error), their figures summed or the most of any row."""
+    from mimi_cli.models import DEFAULT_CODEC, codec_spec
+    from mimi_cli.sources import list_items, row_codes
+
+    rows = list_items(path, column)
+    counts: list[np.ndarray] = []  # per level, over every row that has it
+    first, frames, samples, streams, same = None, 0, 0, 0, {}
+    for entry in rows:
+        codes = row_codes(entry.item, entry.name, codec or DEFAULT_CODEC)
+        if first is None:
+            first = (entry.name, codes)
+        elif codes.codec != first[1].codec:
+            raise MimiError(f"{entry.name} holds {codec_spec(codes.codec).config().display_name} codes, and "
+                            f"{first[0]} {codec_spec(first[1].codec).config().display_name} codes: inspect one "
+                            "codec's rows at a time")
+        frames, samples, streams = frames + codes.num_frames, samples + codes.num_samples, max(streams, codes.channels)
+        for key in ("source_sample_rate", "source_channels", "weights_id", "streamed"):
+            value = getattr(codes, key) if codes.weights_id else None  # recorded by mimi encode alone
+            same[key] = value if same.get(key, value) == value else None
+        for level in range(codes.num_codebooks):
+            found = np.bincount(codes.codes[:, level].ravel(), minlength=codes.codebook_size)
+            if level < len(counts):
+                counts[level] += found
+            else:  # the first row with this many levels
+                counts.append(found)
+    if first is None:
+        raise MimiError(f"{path} holds no rows of codes")
+    config = codec_spec(first[1].codec).config()
+    return CodesReport(
+        str(path), f"a table of {len(rows):,} row{'s' * (len(rows) != 1)} of codes", config.name,
+        config.display_name, streams, len(counts), frames, first[1].frame_rate, samples, first[1].sample_rate,
+        first[1].codebook_size, round(config.bitrate(len(counts)) / 1000, 3), same["source_sample_rate"],
+        same["source_channels"], same["weights_id"] or None, same["streamed"],
+        [_usage(level, found) for level, found in enumerate(counts)], rows=len(rows))
+
+
+def _usage(level: int, counts: np.ndarray) -> LevelUsage:
+    """A level's use of its codebook, from how often each code appears (``np.bincount``)."""
+    total = int(counts.sum())
+    p = counts[counts > 0] / total
     top = int(counts.argmax())
     entropy = float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: one code used is 0 bits, not -0
-    return LevelUsage(level, int(p.size), round(entropy, 3), top, round(float(counts[top] / values.size), 4))
+    return LevelUsage(level, int(p.size), round(entropy, 3), top, round(float(counts[top] / total), 4))

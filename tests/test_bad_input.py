@@ -255,7 +255,7 @@ def test_what_a_file_holds_is_named_from_its_first_bytes(tmp_path):
     for name, kind in (("t.parquet", "a Parquet table"), ("list.jsonl", "JSON text"),
                        ("shard.tar", "a tar archive (a WebDataset shard?)")):
         assert holds(tmp_path / name) == kind
-        result = run("inspect", tmp_path / name)
+        result = run("inspect-weights", tmp_path / name)  # (`mimi inspect` reads a table as rows of codes)
         assert result.returncode != 0 and f"{name} holds {kind}, not weights" in result.stdout + result.stderr
 
 

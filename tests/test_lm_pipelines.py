@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections import Counter
 import os
 import subprocess
 import sys
@@ -156,6 +157,51 @@ def test_inspect_shows_what_codes_hold(tmp_path, weights_file, dialogue):
         refused = run("inspect", *args)
         assert refused.returncode == code and said in refused.stderr and "Traceback" not in refused.stderr, \
             refused.stderr
+
+
+def test_inspect_shows_what_a_table_of_codes_holds(tmp_path, weights_file, dialogue):
+    """``mimi inspect`` on the Parquet shards --parquet writes (the folder, or one shard) and on a table of bare
+    rows of different levels: the rows, their frames and audio summed, each level's use counted over every row
+    that has it (here again by a plain loop); a row decode would refuse is an error (exit 2)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name in ("stereo", "left"):
+        assert run("encode", dialogue / f"{name}.wav", "-n", "4", "-o", tmp_path / f"{name}.npz",
+                   weights=weights_file).returncode == 0
+    made = run("encode", dialogue / "stereo.wav", dialogue / "left.wav", "-n", "4", "-o", tmp_path / "codes",
+               "--parquet", tmp_path / "shards", weights=weights_file)
+    assert made.returncode == 0, made.stderr
+    files = [CodesFile.load(tmp_path / f"{name}.npz") for name in ("stereo", "left")]
+    [shard] = (tmp_path / "shards").rglob("*.parquet")
+    for given in (tmp_path / "shards", shard):
+        result = run("inspect", given, "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert (report["kind"], report["rows"], report["codec"], report["codebooks"], report["streamed"],
+                report["weights_id"]) == ("a table of 2 rows of codes", 2, "mimi", 4, False, files[0].weights_id)
+        assert report["frames"] == sum(f.num_frames for f in files)
+        assert report["num_samples"] == sum(f.num_samples for f in files)
+        for level, usage in enumerate(report["levels"]):
+            counts = Counter(int(v) for f in files for v in f.codes[0, level])
+            top, most = max(counts.items(), key=lambda item: (item[1], -item[0]))
+            assert (usage["distinct"], usage["most_frequent"], usage["share"]) == (
+                len(counts), top, round(most / sum(counts.values()), 4))
+    shown = run("inspect", tmp_path / "shards", env_extra={"COLUMNS": "120"})
+    assert "Mimi codes, a table of 2 rows of codes, made in batch mode" in shown.stdout, shown.stdout
+
+    rng = np.random.default_rng(0)
+    long, short = rng.integers(0, 2048, (4, 30)), rng.integers(0, 16, (2, 10))
+    pq.write_table(pa.table({"tokens": [long.tolist(), short.tolist()]}), tmp_path / "lm.parquet")
+    report = json.loads(run("inspect", tmp_path / "lm.parquet", "--codes-column", "tokens", "--json").stdout)
+    assert (report["rows"], report["codebooks"], report["frames"], report["weights_id"], report["streamed"],
+            report["source_sample_rate"]) == (2, 4, 40, None, None, None)
+    assert [u["distinct"] for u in report["levels"]] == [
+        len(set(long[0]) | set(short[0])), len(set(long[1]) | set(short[1])), len(set(long[2])), len(set(long[3]))]
+    pq.write_table(pa.table({"codes": [long.tolist(), (long + 2048).tolist()]}), tmp_path / "bad.parquet")
+    refused = run("inspect", tmp_path / "bad.parquet")
+    assert refused.returncode == 2 and "bad.parquet#1" in refused.stderr and "Mimi codes are 0..2047" in \
+        refused.stderr, refused.stderr
 
 
 def test_python_api_takes_channels(small_model):
