@@ -218,10 +218,11 @@ def _what_to_give(source, ffmpeg: bool = True) -> str:
     formats = (f"or {FFMPEG_FORMATS}" if ffmpeg else
                f'or for {FFMPEG_FORMATS} install the ffmpeg extra: pip install "mimi-cli[ffmpeg]"')
     kind = holds(source) if isinstance(source, Path) else None
-    then = {"text": " (a list of files? give it with --inputs-from)"}.get(kind, "; `mimi decode` reads codes"
-                                                                        if kind and "np" in kind else "")
-    hint = "" if not kind or kind.startswith("audio") else f"it holds {kind}, not audio{then}; "
-    return f"{hint}give a WAV, FLAC, OGG or MP3 file, {formats}"
+    if not kind or kind.startswith("audio"):
+        return f"give a WAV, FLAC, OGG or MP3 file, {formats}"
+    then = (" (a list of files? give it with --inputs-from)" if kind == "text" else
+            "; `mimi decode` reads codes" if "np" in kind else "")
+    return f"it holds {kind}, not audio{then}; give a WAV, FLAC, OGG or MP3 file, {formats}"
 
 
 class BlockReader:

@@ -419,7 +419,7 @@ def decode(
     stream: StreamOption = False,
     rescale: Annotated[bool, typer.Option(
         "--rescale", help="Scale audio louder than full scale down to a peak of 0.99 (as encodec's -r), "
-                                "rather than clip it; not with --stream.")] = False,
+                          "rather than clip it; not with --stream.")] = False,
     recursive: RecursiveOption = False,
     jobs: JobsOption = 1,
     engine: EngineOption = "local",
