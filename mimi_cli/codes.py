@@ -31,7 +31,7 @@ import numpy as np
 
 from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
 from mimi_cli.ecdc import check_streams, ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
-from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, loads_json, malformed, os_reason
+from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, first_line, loads_json, malformed, os_reason
 from mimi_cli.fileio import (STDOUT, Target, atomic_output, file_kind, holds, is_folder, is_input_copy, missing,
                              zip_members)
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
@@ -141,7 +141,8 @@ class CodesFile:
             hint = f"; it holds {kind}" + (", which `mimi encode` turns into codes" if "audio" in kind else "") \
                 if kind else ""
             raise InvalidCodesError(f"{path} is not a codes file (expected the .npz archive written by mimi "
-                                    f"encode, or an integer array: .npy, or one array in .npz or .safetensors){hint}")
+                                    f"encode, or an integer array: .npy, JSON, or one array in .npz or .safetensors)"
+                                    f"{hint}")
         try:
             with zipfile.ZipFile(path) as archive:
                 return cls._validated(path, archive, _read_members(path, archive))
@@ -159,9 +160,9 @@ class CodesFile:
 
     @classmethod
     def from_array(cls, path: Path, codec: str, member: zipfile.ZipInfo | str | None = None) -> CodesFile:
-        """Codes from a bare integer array (a ``.npy`` file, the one ``member`` of an ``.npz`` archive, or the one
-        tensor of a ``.safetensors`` file, named by ``member``): every value checked as a codes file's are;
-        length = frames × frame size."""
+        """Codes from a bare integer array (a ``.npy`` file or a JSON array of arrays of integers, the one
+        ``member`` of an ``.npz`` archive, or the one tensor of a ``.safetensors`` file, named by ``member``):
+        every value checked as a codes file's are; length = frames × frame size."""
         config = codec_spec(codec).config()
         name = member if isinstance(member, str) else member and member.filename.removesuffix(".npy")
         shown = str(path) if member is None else f"{path} ({name})"
@@ -172,7 +173,7 @@ class CodesFile:
         max_bytes = MAX_CHANNELS * config.num_codebooks * (MAX_NUM_SAMPLES // config.frame_size) * 8
         try:
             if member is None:
-                array = read_npy(path, max_bytes)
+                array = _json_array(path, fail) if _is_json_array(path) else read_npy(path, max_bytes)
             elif isinstance(member, str):
                 array = _tensor(path, member, max_bytes, fail)
             else:
@@ -332,7 +333,7 @@ def load_codes(path: Path, codec: str | None = None) -> CodesFile:
             magic = f.read(6)
     except OSError:
         magic = b""  # CodesFile.load says what is wrong with the path
-    if magic == b"\x93NUMPY":
+    if magic == b"\x93NUMPY" or _is_json_array(path):
         return CodesFile.from_array(path, codec or described_codec(path))
     if magic.startswith(ECDC_MAGIC):
         try:
@@ -421,6 +422,40 @@ def _tensor(path: Path, name: str, max_bytes: int, fail) -> np.ndarray:
     if info.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):  # stored as raw bits: say what they are
         return tensors.tensor(name)
     return np.array(tensors.raw(name))  # a copy: the file may be replaced while it is decoded
+
+
+MAX_JSON_BYTES = 64 << 20  # a JSON array of codes: ~12 M codes, 8 hours of Mimi's 32 levels; larger ones as .npy
+
+
+def _is_json_array(path: Path) -> bool:
+    """A file that begins, after any white space, with "[": a JSON array (a language model's codes, as an HTTP
+    service returns them: ``[[…], […]]``)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(64).lstrip()[:1] == b"["
+    except OSError:
+        return False
+
+
+def _json_array(path: Path, fail) -> np.ndarray:
+    """A JSON array of arrays of integers as a NumPy array, its size bounded before it is parsed; what is not a
+    rectangle of numbers fails in one line (its values' type is checked as an array's: _checked_array)."""
+    with open(path, "rb") as f:
+        text = f.read(MAX_JSON_BYTES + 1)
+    if len(text) > MAX_JSON_BYTES:
+        raise fail(f"is a JSON array of more than {MAX_JSON_BYTES >> 20} MB; save such codes as .npy (np.save)")
+    shape = "codes are an array [K, frames] or [C, K, frames] of integers"
+    try:
+        array = np.array(loads_json(text))
+    except ValueError as exc:  # not JSON, or rows of different lengths ("inhomogeneous shape")
+        problem = "holds rows of different lengths" if "inhomogeneous" in str(exc) else \
+            f"is not JSON ({first_line(exc)})"
+        raise fail(f"{problem}; {shape}") from None
+    if not array.size:
+        raise fail(f"holds no codes (an empty array); {shape}")
+    if array.dtype.kind not in "iufb":  # said by type below: floats (logits?) and true/false
+        raise fail(f"holds values that are not numbers (strings, objects, or integers beyond 64 bits); {shape}")
+    return array
 
 
 def _lone_array(path: Path) -> zipfile.ZipInfo | None:

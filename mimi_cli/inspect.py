@@ -139,7 +139,7 @@ def _measure(entry: TensorEntry, tensor: TensorReport) -> Findings:
 
 # -- codes files
 
-CODES_SUFFIXES = (".npz", ".npy", ".ecdc")  # what `mimi inspect` reads as codes; weights are never these
+CODES_SUFFIXES = (".npz", ".npy", ".ecdc", ".json")  # what `mimi inspect` reads as codes; weights are never these
 
 
 def is_codes_path(path: str | Path) -> bool:

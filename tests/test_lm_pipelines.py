@@ -601,6 +601,36 @@ def test_a_safetensors_file_of_one_tensor_decodes_as_that_tensor(tmp_path, weigh
     assert not (tmp_path / "f.wav").exists() and not (tmp_path / "two.wav").exists()
 
 
+def test_a_json_array_decodes_as_that_array(tmp_path, weights_file, encoded):
+    """A language model's codes as an HTTP service returns them, ``[[…], […]]`` saved to a file or piped in, were
+    "not a codes file; it holds text". A JSON array of arrays of integers is a bare array now (the same audio as
+    the .npy); what is not a rectangle of integers, or not JSON, is one line and writes nothing."""
+    codes = CodesFile.load(encoded).codes[0]
+    np.save(tmp_path / "gen.npy", codes)
+    (tmp_path / "gen.json").write_text("\n " + json.dumps(codes.tolist(), indent=1))
+    for source in ("gen.npy", "gen.json"):
+        result = run("decode", tmp_path / source, "-o", tmp_path / f"{source}.wav", weights=weights_file)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "gen.npy.wav").read_bytes() == (tmp_path / "gen.json.wav").read_bytes()
+    piped = subprocess.run([sys.executable, "-m", "mimi_cli", "decode", "-", "-o", "-"], capture_output=True,
+                           input=(tmp_path / "gen.json").read_bytes(), env={**os.environ, "MIMI_WEIGHTS": str(
+                               weights_file), "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert piped.returncode == 0 and piped.stdout == (tmp_path / "gen.json.wav").read_bytes(), piped.stderr
+    shown = json.loads(run("inspect", tmp_path / "gen.json", "--json").stdout)
+    assert (shown["kind"], shown["codebooks"], shown["frames"]) == ("a bare integer array", *codes.shape)
+    for text, said in (("[[1, 2, 3], [4, 5]]", "holds rows of different lengths"),
+                       ("[[1.5, 2]]", "holds float64 values; codes are integers (logits"),
+                       ("[[true, false]]", "holds bool values"), ('[["a"]]', "holds values that are not numbers"),
+                       ("[[" + "1," * 3 + str(2**70) + "]]", "holds values that are not numbers"),
+                       ("[" * 100_000, "is not JSON (nested too deeply)"), ("[[1, 2]", "is not JSON ("),
+                       ("[]", "holds no codes (an empty array)"), ("[[4096, 1]]", "holds values 1..4096")):
+        (tmp_path / "bad.json").write_text(text)
+        result = run("decode", tmp_path / "bad.json", "-o", tmp_path / "bad.wav", weights=weights_file)
+        assert result.returncode == 1 and said in result.stderr and len(result.stderr.splitlines()) == 1, \
+            (text[:20], result.stderr)
+        assert not (tmp_path / "bad.wav").exists()
+
+
 def test_a_file_named_dash_is_named_as_unix_names_it(tmp_path, weights_file, dialogue):
     """`./-` names a file called "-" (as with cat or rm); it was read as standard input ("standard input is
     empty"), as a Path makes ./- into -. Now it is that file, as input and as output."""
