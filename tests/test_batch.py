@@ -333,8 +333,19 @@ def test_collect_and_plan(tmp_path):
     assert beside[0].output == tmp_path / "in" / "a.decoded.wav"
     (tmp_path / "in" / "x" / "c.flac").write_bytes(b"")
     clash = collect_inputs([tmp_path / "in"], True, suffixes)
-    with pytest.raises(MimiError, match="would both write"):
+    with pytest.raises(MimiError, match="would both write .*; rename one of them$"):
         plan_tasks(clash, tmp_path / "out", ".npz", ".npz", force=False, skip_existing=False)
+    # files of two folders named one by one (a shell's glob): each mirrored from its own folder, as a.npz
+    (tmp_path / "in" / "y").mkdir()
+    (tmp_path / "in" / "y" / "b.flac").write_bytes(b"")
+    apart = collect_inputs([tmp_path / "in" / "x" / "b.flac", tmp_path / "in" / "y" / "b.flac"], False, suffixes)
+    with pytest.raises(MimiError, match=re.escape(f"would both write {tmp_path / 'out' / 'b.npz'}; outputs mirror "
+                                                  f"each input from its own folder: give their common folder "
+                                                  f"({tmp_path / 'in'}) with -r, or quote a glob")):
+        plan_tasks(apart, tmp_path / "out", ".npz", ".npz", force=False, skip_existing=False)
+    assert [t.output for t in plan_tasks(collect_inputs([tmp_path / "in"], True, (".flac",)), tmp_path / "out",
+                                         ".npz", ".npz", force=False, skip_existing=False)] == [
+        tmp_path / "out" / "x" / "b.npz", tmp_path / "out" / "x" / "c.npz", tmp_path / "out" / "y" / "b.npz"]
 
 
 def test_entries_that_are_not_files_are_said(tmp_path):
