@@ -506,7 +506,10 @@ def _resumable(tasks: list[Task], s: Settings, input_ids: set) -> list[Task]:
 def _apart(first: Input, entry: Input) -> str:
     """What to do about two inputs whose outputs would have one name."""
     if entry.item is None and first.item is None and first.base != entry.base:  # x/a.wav y/a.wav, or x/ y/
-        common = os.path.commonpath([os.path.abspath(first.base), os.path.abspath(entry.base)])
+        try:  # as the user wrote them (x, y: the working folder), else as absolute paths
+            common = os.path.commonpath([first.base, entry.base]) or "."
+        except ValueError:  # one absolute, one relative
+            common = os.path.commonpath([os.path.abspath(first.base), os.path.abspath(entry.base)])
         return (f"outputs mirror each input from its own folder: give their common folder ({common}) with -r, or "
                 "quote a glob ('*/a.wav'), for outputs that keep the folders apart; or rename one of them")
     if entry.item is None:
