@@ -885,20 +885,42 @@ def rescaled(pcm: np.ndarray) -> tuple[np.ndarray, float]:
     return pcm * np.float32(factor), factor
 
 
-def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool = False) -> int:
+def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool = False, comment: str = "") -> int:
     """Write float audio ``[N]`` or ``[C, N]`` atomically; the format follows the extension (WAV, FLAC,
-    OGG...; WAV to stdout).
+    OGG...; WAV to stdout); ``comment``: its comment tag (see :func:`audio_writer`).
 
     Samples beyond [-1, 1] are clipped (integer formats would wrap them);
     returns how many were.
     """
+    pcm = np.atleast_2d(pcm)
+    clipped = int(np.count_nonzero(np.abs(pcm) > 1))
+    with atomic_output(path, replace) as tmp, soundfile_errors(path, tmp), \
+            audio_writer(tmp, path, sample_rate, pcm.shape[0], comment) as f:
+        f.write(np.clip(pcm, -1, 1).T)
+    return clipped
+
+
+def audio_writer(tmp: Path, path: Target, sample_rate: int, channels: int, comment: str = ""):
+    """An open soundfile writer at ``tmp`` in ``path``'s format; ``comment`` in its comment tag (a WAV's INFO
+    ICMT, a FLAC's or Ogg's Vorbis comment): what made the audio, read back by ``--skip-existing``."""
     import soundfile as sf
 
-    file_format = audio_format(path)
-    clipped = int(np.count_nonzero(np.abs(pcm) > 1))
-    with atomic_output(path, replace) as tmp, soundfile_errors(path, tmp):
-        sf.write(native(tmp), np.clip(pcm, -1, 1).T, sample_rate, **file_format)
-    return clipped
+    f = sf.SoundFile(native(tmp), "w", sample_rate, channels, **audio_format(path))
+    if comment:
+        with contextlib.suppress(RuntimeError):  # a format without tags keeps none
+            f.comment = comment
+    return f
+
+
+def comment_tag(path: Path) -> str:
+    """An audio file's comment tag ("" when it has none, or cannot be read)."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(native(path)) as f:
+            return f.comment or ""
+    except (RuntimeError, OSError):  # soundfile's LibsndfileError is a RuntimeError
+        return ""
 
 
 @contextlib.contextmanager

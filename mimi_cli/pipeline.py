@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,9 +24,9 @@ from typing import Literal
 
 import numpy as np
 
-from mimi_cli.audio import (RESCALE_PEAK, Audio, StreamResampler, audio_format, check_audio_output, decoder_warnings,
-                            open_audio, read_blocks, read_open, resample, rescaled, soundfile_errors, to_mono,
-                            write_audio)
+from mimi_cli.audio import (RESCALE_PEAK, Audio, StreamResampler, audio_writer, check_audio_output,
+                            comment_tag, decoder_warnings, open_audio, read_blocks, read_open, resample, rescaled,
+                            soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, dumps_json, first_line,
@@ -224,14 +225,12 @@ def encode_blocks(loaded: LoadedModel, blocks: Iterable[np.ndarray], source_rate
 def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_rate: int | None = None,
                   progress: Progress | None = None, replace: bool = False) -> tuple[float, int]:
     """Decode step by step straight into ``output`` (atomically); returns (seconds in the model, clipped samples)."""
-    import soundfile as sf
-
     config = loaded.model.config
     rate = sample_rate or config.sample_rate
     resamplers = [StreamResampler(config.sample_rate, rate) for _ in range(codes.channels)]
     done, seconds, clipped, steps = 0, 0.0, 0, decoded_steps(loaded, codes)
     with atomic_output(output, replace) as tmp, soundfile_errors(output, tmp), \
-            sf.SoundFile(native(tmp), "w", rate, codes.channels, **audio_format(output)) as f:
+            audio_writer(tmp, output, rate, codes.channels, decoded_comment(codes)) as f:
         def write(pcm: np.ndarray) -> None:  # [C, n]
             nonlocal clipped
             clipped += int(np.count_nonzero(np.abs(pcm) > 1))
@@ -466,7 +465,7 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
             pcm, factor = rescaled(pcm)
             if factor < 1:
                 notes.append(f"scaled by {factor:.3g} (its peak was {RESCALE_PEAK / factor:.3g}) so that nothing clips")
-        clipped = write_audio(task.output, pcm, rate, settings.replace)
+        clipped = write_audio(task.output, pcm, rate, settings.replace, decoded_comment(codes))
     if clipped:
         remedy = "decode without --stream, with --rescale," if settings.stream else "--rescale"
         warnings.append(f"{clipped} samples beyond [-1, 1] were clipped ({remedy} scales the audio down instead)")
@@ -576,24 +575,39 @@ def made_otherwise(task: Task, settings: Settings, run_weights_id: Callable[[], 
     return "; ".join(differences) or None
 
 
+DECODED = re.compile(r"mimi-cli: \S+ codes, (\d+) codebooks")  # decoded_comment's, read back
+
+
+def decoded_comment(codes: CodesFile) -> str:
+    """What decoded audio says made it, in its comment tag: "mimi-cli: mimi codes, 8 codebooks" (the levels
+    decoded, which --skip-existing compares: nothing else in the audio records them)."""
+    return f"mimi-cli: {codes.codec} codes, {codes.num_codebooks} codebooks"
+
+
 def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
-    """Decoded audio records its rate and channels: those this run writes for the task's codes (a table's
-    row is not read while planning: only a --sample-rate given is compared then)."""
+    """Decoded audio records its rate and channels, and in its comment tag the levels decoded (decoded_comment):
+    those this run writes for the task's codes (a table's row is not read while planning: only a --sample-rate
+    and -n given are compared then). Audio without the tag (another tool's, an earlier version's) says no
+    levels."""
     import soundfile as sf
 
     try:
         found = sf.info(native(task.output))
     except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
         return f"it cannot be read back as audio ({getattr(exc, 'error_string', None) or first_line(str(exc))})"
-    rate, channels = settings.sample_rate, None
+    rate, channels, levels = settings.sample_rate, None, settings.num_codebooks
     if task.item is None:
         try:
             codes = load_codes(Path(task.input), settings.codec)
         except MimiError:  # the input's own problem: nothing to compare with
             return None
         rate, channels = rate or codec_spec(codes.codec).config().sample_rate, codes.channels
+        levels = min(levels or codes.num_codebooks, codes.num_codebooks)  # more than it holds fails on its own
+    made = DECODED.fullmatch(comment_tag(Path(task.output)))
     differences = [*([f"{found.samplerate} Hz, not {rate}"] if rate and found.samplerate != rate else []),
                    *([f"{found.channels} channel(s), not {channels}"] if channels and found.channels != channels
+                     else []),
+                   *([f"decoded from {made[1]} codebooks, not {levels}"] if made and levels and int(made[1]) != levels
                      else [])]
     return "; ".join(differences) or None
 

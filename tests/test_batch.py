@@ -287,6 +287,19 @@ def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_f
     refused = run("decode", out, "-r", "-o", audio, "--skip-existing", "--sample-rate", "16000", weights=weights_file)
     assert f"{audio / 'a.wav'} exists, made otherwise (it cannot be read back as audio (Format not recognised.))" \
         in refused.stderr, refused.stderr
+    # and in its comment tag the levels decoded (-n), batch or --stream, WAV or FLAC: another -n is refused too
+    for flags in ([], ["--stream"]):
+        levels = tmp_path / f"levels{len(flags)}"
+        assert run("decode", out, "-r", "-o", levels, "-n", "4", *flags, weights=weights_file).returncode == 0
+        with sf.SoundFile(levels / "a.wav") as f:
+            assert f.comment == "mimi-cli: mimi codes, 4 codebooks"
+        resumed = run("decode", out, "-r", "-o", levels, "-n", "4", "--skip-existing", *flags, weights=weights_file)
+        assert resumed.returncode == 0 and "4 skipped" in resumed.stderr, resumed.stderr
+        refused = run("decode", out, "-r", "-o", levels, "--skip-existing", *flags, weights=weights_file)
+        assert refused.returncode == 1 and "(decoded from 4 codebooks, not 8)" in refused.stderr, refused.stderr
+    assert run("decode", out / "a.npz", "-o", tmp_path / "a.flac", "-n", "2", weights=weights_file).returncode == 0
+    refused = run("decode", out / "a.npz", "-o", tmp_path / "a.flac", "--skip-existing", weights=weights_file)
+    assert refused.returncode == 1 and "(decoded from 2 codebooks, not 8)" in refused.stderr, refused.stderr
 
 
 def test_ctrl_c_leaves_only_whole_files_and_the_run_resumes(weights_file, tmp_path):
