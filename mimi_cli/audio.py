@@ -912,17 +912,6 @@ def audio_writer(tmp: Path, path: Target, sample_rate: int, channels: int, comme
     return f
 
 
-def comment_tag(path: Path) -> str:
-    """An audio file's comment tag ("" when it has none, or cannot be read)."""
-    import soundfile as sf
-
-    try:
-        with sf.SoundFile(native(path)) as f:
-            return f.comment or ""
-    except (RuntimeError, OSError):  # soundfile's LibsndfileError is a RuntimeError
-        return ""
-
-
 @contextlib.contextmanager
 def soundfile_errors(path: Target, tmp: Path):
     """libsndfile reports a failed write as "System error": say what it was (a full disk, mostly)."""

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from mimi_cli.audio import (RESCALE_PEAK, Audio, StreamResampler, audio_writer, check_audio_output,
-                            comment_tag, decoder_warnings, open_audio, read_blocks, read_open, resample, rescaled,
+                            decoder_warnings, open_audio, read_blocks, read_open, resample, rescaled,
                             soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
@@ -592,7 +592,8 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
     import soundfile as sf
 
     try:
-        found = sf.info(native(task.output))
+        with sf.SoundFile(native(task.output)) as found:
+            made = DECODED.fullmatch(found.comment or "")
     except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
         return f"it cannot be read back as audio ({getattr(exc, 'error_string', None) or first_line(str(exc))})"
     rate, channels, levels = settings.sample_rate, None, settings.num_codebooks
@@ -603,7 +604,6 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
             return None
         rate, channels = rate or codec_spec(codes.codec).config().sample_rate, codes.channels
         levels = min(levels or codes.num_codebooks, codes.num_codebooks)  # more than it holds fails on its own
-    made = DECODED.fullmatch(comment_tag(Path(task.output)))
     differences = [*([f"{found.samplerate} Hz, not {rate}"] if rate and found.samplerate != rate else []),
                    *([f"{found.channels} channel(s), not {channels}"] if channels and found.channels != channels
                      else []),
