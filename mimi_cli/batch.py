@@ -144,15 +144,21 @@ def plan(job: Job) -> Plan:
             _check_extra_output(Path(extra), label, s.replace or job.skip_existing, inputs, tasks)
     if job.parquet is not None and "://" in job.parquet:
         remote_folder(job.parquet, s.replace or job.skip_existing, planning=True)
-    threads, note = usable_threads(job.threads)
-    notes = [note] if note else []
-    notes += [left_out] if left_out else []
-    workers, note = usable_workers(job.jobs, sum(not t.skip for t in tasks), job.engine)
-    notes += [note] if note else []
-    # several workers share the cores: one thread each unless told otherwise
-    per_worker = threads or (1 if workers > 1 or job.engine == "ray" else usable_cores())
+    workers, per_worker, (threads_note, workers_note) = _workers(job.jobs, sum(not t.skip for t in tasks),
+                                                                 job.engine, job.threads)
+    notes = [note for note in (threads_note, left_out, workers_note) if note]
     settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None, skip_existing=job.skip_existing)
     return Plan(job, tasks, settings, workers, single, notes)
+
+
+def _workers(jobs: int, pending: int, engine: Engine, threads: int | None) -> tuple[int, int, tuple]:
+    """The workers ``jobs`` asks for and this machine allows for ``pending`` tasks, and each one's threads:
+    several workers share the cores, one thread each unless ``threads`` says otherwise; with the notes of
+    usable_threads and usable_workers (None where there is nothing to say)."""
+    threads, threads_note = usable_threads(threads)
+    workers, workers_note = usable_workers(jobs, pending, engine)
+    per_worker = threads or (1 if workers > 1 or engine == "ray" else usable_cores())
+    return workers, per_worker, (threads_note, workers_note)
 
 
 def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["encode", "decode"],
@@ -669,11 +675,9 @@ def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1,
     """Round trips of the files and items ``found`` (metrics only, nothing written), to run as a batch runs
     (:func:`run_local`): their tasks, the settings with each worker's threads (one each with several workers,
     unless ``threads`` says otherwise), the workers ``jobs`` asks for and this machine allows, notes to show."""
-    workers, note = usable_workers(jobs, len(found), "local")
-    threads, threads_note = usable_threads(threads)
-    settings = replace(settings, threads=threads or (1 if workers > 1 else usable_cores()))
+    workers, per_worker, notes = _workers(jobs, len(found), "local", threads)
     tasks = [Task(entry.path, None, item=entry.item) for entry in found]
-    return tasks, settings, workers, [n for n in (threads_note, note) if n]
+    return tasks, replace(settings, threads=per_worker), workers, [note for note in notes if note]
 
 
 def run_local(tasks: list[Task], settings: Settings, jobs: int,
