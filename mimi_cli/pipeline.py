@@ -465,7 +465,7 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
             pcm, factor = rescaled(pcm)
             if factor < 1:
                 notes.append(f"scaled by {factor:.3g} (its peak was {RESCALE_PEAK / factor:.3g}) so that nothing clips")
-        clipped = write_audio(task.output, pcm, rate, settings.replace, decoded_comment(codes))
+        clipped = write_audio(task.output, pcm, rate, settings.replace, decoded_comment(codes, settings.rescale))
     if clipped:
         remedy = "decode without --stream, with --rescale," if settings.stream else "--rescale"
         warnings.append(f"{clipped} samples beyond [-1, 1] were clipped ({remedy} scales the audio down instead)")
@@ -575,20 +575,21 @@ def made_otherwise(task: Task, settings: Settings, run_weights_id: Callable[[], 
     return "; ".join(differences) or None
 
 
-DECODED = re.compile(r"mimi-cli: \S+ codes, (\d+) codebooks")  # decoded_comment's, read back
+DECODED = re.compile(r"mimi-cli: \S+ codes, (\d+) codebooks(, --rescale)?")  # decoded_comment's, read back
 
 
-def decoded_comment(codes: CodesFile) -> str:
+def decoded_comment(codes: CodesFile, rescale: bool = False) -> str:
     """What decoded audio says made it, in its comment tag: "mimi-cli: mimi codes, 8 codebooks" (the levels
-    decoded, which --skip-existing compares: nothing else in the audio records them)."""
-    return f"mimi-cli: {codes.codec} codes, {codes.num_codebooks} codebooks"
+    decoded), then ", --rescale" where it was given (loud audio scaled, not clipped). --skip-existing compares
+    both: nothing else in the audio records them."""
+    return f"mimi-cli: {codes.codec} codes, {codes.num_codebooks} codebooks" + (", --rescale" if rescale else "")
 
 
 def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
-    """Decoded audio records its rate and channels, and in its comment tag the levels decoded (decoded_comment):
-    those this run writes for the task's codes (a table's row is not read while planning: only a --sample-rate
-    and -n given are compared then). Audio without the tag (another tool's, an earlier version's) says no
-    levels."""
+    """Decoded audio records its rate and channels, and in its comment tag the levels decoded and --rescale
+    (decoded_comment): those this run writes for the task's codes (a table's row is not read while planning: only
+    a --sample-rate and -n given are compared then). Audio without the tag (another tool's, an earlier
+    version's) says neither."""
     import soundfile as sf
 
     try:
@@ -608,7 +609,9 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
                    *([f"{found.channels} channel(s), not {channels}"] if channels and found.channels != channels
                      else []),
                    *([f"decoded from {made[1]} codebooks, not {levels}"] if made and levels and int(made[1]) != levels
-                     else [])]
+                     else []),
+                   *([f"decoded {'with' if made[2] else 'without'} --rescale"] if made and bool(made[2]) !=
+                     settings.rescale else [])]
     return "; ".join(differences) or None
 
 
@@ -648,7 +651,7 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
     encoded, reference, decoded, decode_seconds = _round_trip(loaded, audio, levels, settings, report)
     warnings = decoder_warnings(f)
     if output is not None:
-        clipped = write_audio(output, decoded, config.sample_rate, settings.replace)
+        clipped = write_audio(output, decoded, config.sample_rate, settings.replace, decoded_comment(encoded.codes))
         if clipped:
             warnings.append(f"{clipped} samples beyond [-1, 1] were clipped")
     duration = reference.shape[1] / config.sample_rate

@@ -297,6 +297,16 @@ def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_f
         assert resumed.returncode == 0 and "4 skipped" in resumed.stderr, resumed.stderr
         refused = run("decode", out, "-r", "-o", levels, "--skip-existing", *flags, weights=weights_file)
         assert refused.returncode == 1 and "(decoded from 4 codebooks, not 8)" in refused.stderr, refused.stderr
+    # and --rescale (loud audio scaled, not clipped), either way round
+    rescaled = tmp_path / "rescaled"
+    assert run("decode", out, "-r", "-o", rescaled, "-n", "4", "--rescale", weights=weights_file).returncode == 0
+    with sf.SoundFile(rescaled / "a.wav") as f:
+        assert f.comment == "mimi-cli: mimi codes, 4 codebooks, --rescale"
+    for source, flags, difference in ((rescaled, [], "with"), (levels, ["--rescale"], "without")):
+        refused = run("decode", out, "-r", "-o", source, "-n", "4", "--skip-existing", *flags, weights=weights_file)
+        assert refused.returncode == 1 and f"(decoded {difference} --rescale)" in refused.stderr, refused.stderr
+    resumed = run("decode", out, "-r", "-o", rescaled, "-n", "4", "--skip-existing", "--rescale", weights=weights_file)
+    assert resumed.returncode == 0 and "4 skipped" in resumed.stderr, resumed.stderr
     assert run("decode", out / "a.npz", "-o", tmp_path / "a.flac", "-n", "2", weights=weights_file).returncode == 0
     refused = run("decode", out / "a.npz", "-o", tmp_path / "a.flac", "--skip-existing", weights=weights_file)
     assert refused.returncode == 1 and "(decoded from 2 codebooks, not 8)" in refused.stderr, refused.stderr
