@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import functools
 import glob
+import multiprocessing.context
 import os
 import re
+import sys
 import time
+import types
 from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager, suppress
@@ -241,8 +244,6 @@ def usable_workers(jobs: int, pending: int, engine: Engine) -> tuple[int, str | 
 def _no_process_locks() -> str | None:
     """Why a pool of worker processes cannot be made here, if so: its queues' locks are POSIX semaphores, which
     a container with a read-only or missing /dev/shm, or a sandbox without them (AWS Lambda), refuses."""
-    import multiprocessing
-
     from mimi_cli import signals
 
     signals.start_resource_tracker()  # the lock would start it otherwise, not deaf to SIGHUP (see there)
@@ -732,6 +733,26 @@ def _run_in_worker(task: Task) -> FileResult:
 _DIED = "its worker process died (killed, or out of memory)"
 
 
+class _WorkerProcess(multiprocessing.context.SpawnProcess):
+    """A spawned worker that does not import its parent's main module. multiprocessing runs the parent's
+    script again in every spawned child (as ``__mp_main__``), for functions defined there; a worker needs only
+    mimi_cli. From Python, a script without an ``if __name__ == "__main__":`` guard then started the run
+    again in each worker (which multiprocessing stops), and code given to ``python -`` had no script to
+    import: every worker died as it started, and every file failed as "its worker process died"."""
+
+    def start(self) -> None:
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to run again
+        try:
+            super().start()  # the child's start-up data is taken here, in this thread
+        finally:
+            sys.modules["__main__"] = main
+
+
+class _WorkerContext(multiprocessing.context.SpawnContext):
+    Process = _WorkerProcess
+
+
 def _run_pool(pending: list[Task], settings: Settings, jobs: int, results: dict, on_result) -> None:
     """Run ``pending`` on ``jobs`` worker processes. A worker that dies (killed, out of memory) takes
     its pool down, and with it the files then in flight: each of those runs again alone, in a pool of
@@ -755,7 +776,6 @@ def _pool_pass(todo: deque, settings: Settings, jobs: int, results: dict, on_res
     """Take tasks from ``todo`` into one pool until none is left or the pool breaks; then return the
     tasks it lost (on the last try, they fail instead). At most one task more than the workers is in
     flight (the next one waits queued, as the executor would keep it), so a broken pool loses few."""
-    import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
@@ -763,7 +783,7 @@ def _pool_pass(todo: deque, settings: Settings, jobs: int, results: dict, on_res
 
     signals.start_resource_tracker()
     # spawn, not fork: a forked child would inherit BLAS thread pools in an unknown state
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_WorkerContext(),
                                initializer=_start_worker, initargs=(settings,))
     in_flight: dict = {}  # future → task
     lost: list[Task] = []

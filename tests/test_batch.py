@@ -85,6 +85,26 @@ def test_folder_with_two_jobs_equals_each_file_alone(corpus, weights_file, tmp_p
     assert np.array_equal(sf.read(single)[0], sf.read(decoded / "spk1" / "b.wav")[0])
 
 
+def test_workers_started_from_a_python_script_without_a_main_guard(corpus, weights_file, tmp_path):
+    """From Python, with jobs=2, in a script without ``if __name__ == "__main__":`` (or piped to ``python -``):
+    each spawned worker ran the caller's script again (or found no script to run), died as it started, and
+    every file failed as "its worker process died". Workers import mimi_cli alone now: all done, with the codes
+    the command line's two workers write."""
+    expected = tmp_path / "cli"
+    assert run("encode", corpus, "-r", "-o", expected, "--jobs", "2", weights=weights_file).returncode == 0
+    for how in ("script", "stdin"):
+        out = tmp_path / how
+        code = ("from mimi_cli.batch import Job, execute, plan\nfrom mimi_cli.pipeline import Settings\n"
+                f"job = Job(Settings('encode', {str(weights_file)!r}), ({str(corpus)!r},), {str(out)!r}, "
+                "recursive=True, jobs=2)\nprint(sorted(r.status for r in execute(plan(job))))\n")
+        (tmp_path / "make_tokens.py").write_text(code)
+        result = subprocess.run([sys.executable, "make_tokens.py" if how == "script" else "-"], cwd=tmp_path,
+                                input=code if how == "stdin" else None, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0 and result.stdout.strip() == str(["done"] * 4), (how, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert _tree(out) == _tree(expected) and all(_same_codes_file(out / f, expected / f) for f in _tree(out))
+
+
 def test_one_file_with_batch_options_keeps_o_as_its_file(corpus, weights_file, tmp_path):
     result = run("encode", corpus / "a.wav", "-o", tmp_path / "a-codes.npz", "--jobs", "2", "--manifest",
                  tmp_path / "m.jsonl", weights=weights_file)
