@@ -779,8 +779,8 @@ app.command("inspect-weights")(inspect_weights)
 def inspect_any(
     name: Annotated[str, typer.Argument(
         metavar="PATH|REPO", show_default=False,
-        help="Weights, as for inspect-weights; or codes (.npz, .npy, .ecdc, or a table of them: Parquet, Arrow, "
-             "a dataset folder), as decode reads them.")],
+        help="Weights, as for inspect-weights; or codes (.npz, .npy, .ecdc, a folder of them, or a table of them: "
+             "Parquet, Arrow, a dataset folder), as decode reads them.")],
     pattern: Annotated[Optional[str], typer.Option(
         "--filter", help="Weights: only tensors whose name matches this glob.", show_default=False)] = None,
     no_stats: Annotated[bool, typer.Option(
@@ -794,8 +794,8 @@ def inspect_any(
 ) -> None:
     """Show what a weights or codes file holds, and whether it is sound.
 
-    Weights: as inspect-weights. Codes (.npz, .npy, .ecdc; a table's rows of them): codec, shape, length, how
-    made, each level's use.
+    Weights: as inspect-weights. Codes (.npz, .npy, .ecdc; a folder's files, every level below it, or a table's
+    rows of them): codec, shape, length, how made, each level's use.
     """
     from mimi_cli.inspect import inspect_codes, is_codes_path
 
@@ -822,7 +822,9 @@ def _print_codes_report(report) -> None:
     made = "" if report.streamed is None else ", made by encode --stream" if report.streamed else \
         ", made in batch mode"
     out.print(f"[bold]{_shown(report.path)}[/]: {report.display_name} codes, {report.kind}{made}")
-    unsaid = "not recorded" if report.rows is None else "not recorded, or not the same in every row"
+    unsaid = "not recorded" if report.rows is None else "not recorded, or not the same in all"
+    if report.left_out:
+        err.print(f"note: {_shown(report.left_out)}")
     rows = [("code streams", f"{report.streams}" + (" (one per channel)" if report.streams > 1 else "")),
             ("codebooks", f"{report.codebooks} of {report.codebook_size} codes ({report.bitrate_kbps:g} kbps)"),
             ("frames", f"{report.frames} at {report.frame_rate:g} Hz"),

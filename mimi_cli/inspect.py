@@ -143,17 +143,18 @@ CODES_SUFFIXES = (".npz", ".npy", ".ecdc", ".json")  # what `mimi inspect` reads
 
 
 def is_codes_path(path: str | Path) -> bool:
-    """Whether ``mimi inspect`` takes ``path`` for codes: a file with a codes suffix, or a table (Parquet, Arrow,
-    a dataset folder, a folder of Parquet shards as ``--parquet`` writes them) of rows of codes, as decode reads
-    them. A folder holding a .safetensors file is weights."""
+    """Whether ``mimi inspect`` takes ``path`` for codes: a file with a codes suffix, a table (Parquet, Arrow,
+    a dataset folder) of rows of codes, or a folder of codes files or Parquet shards (as ``encode -o`` and
+    ``--parquet`` write them), as decode reads them. A folder holding a .safetensors file is weights."""
+    from mimi_cli.batch import CODES_SUFFIXES as FOUND_IN_FOLDERS
     from mimi_cli.sources import is_table
 
     path = Path(path)
     if path.suffix.lower() in CODES_SUFFIXES:
         return path.is_file()
     try:
-        return is_table(path) or (path.is_dir() and next(path.glob("*.safetensors"), None) is None
-                                  and next(path.rglob("*.parquet"), None) is not None)
+        return is_table(path) or (path.is_dir() and next(path.glob("*.safetensors"), None) is None and any(
+            p.suffix.lower() in (*FOUND_IN_FOLDERS, ".parquet") for p in path.rglob("*") if p.is_file()))
     except OSError:  # a folder that cannot be looked into: weights' reader says why
         return False
 
@@ -187,8 +188,9 @@ class CodesReport:
     weights_id: str | None
     streamed: bool | None  # by encode --stream; None: not recorded
     levels: list[LevelUsage] = field(default_factory=list)
-    rows: int | None = None  # a table's rows (streams, codebooks: the most of any row; frames, samples: their sum;
-    # source, weights, streamed: None unless every row says the same)
+    rows: int | None = None  # a table's rows, or a folder's codes files (streams, codebooks: the most of any row;
+    # frames, samples: their sum; source, weights, streamed: None unless every row says the same)
+    left_out: str | None = None  # a folder's entries with a codes file's name that are not files (broken links)
 
     def to_json(self) -> dict:
         """The documented JSON object (``mimi inspect CODES --json``)."""
@@ -203,8 +205,8 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
     from mimi_cli.models import codec_spec
     from mimi_cli.sources import is_table
 
-    if Path(path).is_dir() or is_table(Path(path)):  # is_codes_path: a folder of codes is a table
-        return _inspect_table(Path(path), codec, column)
+    if Path(path).is_dir() or is_table(Path(path)):
+        return _inspect_many(Path(path), codec, column)
     codes = load_codes(Path(path), codec)
     config = codec_spec(codes.codec).config()
     recorded = bool(codes.weights_id)  # a codes file of mimi encode; bare arrays and .ecdc keep no source
@@ -220,23 +222,25 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
          for level in range(codes.num_codebooks)])
 
 
-def _inspect_table(path: Path, codec: str | None, column: str) -> CodesReport:
-    """A table's rows of codes (a ``--parquet`` shard, a dataset's codes column), each read and checked as decode
-    reads it (a row decode would refuse is this report's error), their figures summed or the most of any row."""
-    from mimi_cli.models import DEFAULT_CODEC, codec_spec
-    from mimi_cli.sources import list_items, row_codes
+def _inspect_many(path: Path, codec: str | None, column: str) -> CodesReport:
+    """The codes files of a folder (every level below it) or a table's rows of codes (a ``--parquet`` shard or
+    their folder, a dataset's codes column), as decode finds them: each read and checked as decode reads it (one
+    decode would refuse is this report's error), their figures summed or the most of any row."""
+    from mimi_cli.batch import find_inputs
+    from mimi_cli.models import codec_spec
+    from mimi_cli.pipeline import read_codes
 
-    rows = list_items(path, column)
+    rows, left_out, _ = find_inputs([str(path)], [], "decode", recursive=True, column=column, verb="inspect")
     counts: list[np.ndarray] = []  # per level, over every row that has it
     first, frames, samples, streams, same = None, 0, 0, 0, {}
     for entry in rows:
-        codes = row_codes(entry.item, entry.name, codec or DEFAULT_CODEC)
+        codes = read_codes(entry.path, entry.item, codec)
         if first is None:
-            first = (entry.name, codes)
+            first = (entry.path, codes)
         elif codes.codec != first[1].codec:
-            raise MimiError(f"{entry.name} holds {codec_spec(codes.codec).config().display_name} codes, and "
+            raise MimiError(f"{entry.path} holds {codec_spec(codes.codec).config().display_name} codes, and "
                             f"{first[0]} {codec_spec(first[1].codec).config().display_name} codes: inspect one "
-                            "codec's rows at a time")
+                            "codec's at a time")
         frames, samples, streams = frames + codes.num_frames, samples + codes.num_samples, max(streams, codes.channels)
         for key in ("source_sample_rate", "source_channels", "weights_id", "streamed"):
             value = getattr(codes, key) if codes.weights_id else None  # recorded by mimi encode alone
@@ -247,15 +251,16 @@ def _inspect_table(path: Path, codec: str | None, column: str) -> CodesReport:
                 counts[level] += found
             else:  # the first row with this many levels
                 counts.append(found)
-    if first is None:
-        raise MimiError(f"{path} holds no rows of codes")
-    config = codec_spec(first[1].codec).config()
+    config = codec_spec(first[1].codec).config()  # find_inputs found at least one, or said why not
+    plural = "s" * (len(rows) != 1)
+    kind = (f"a table of {len(rows):,} row{plural} of codes" if all(entry.item is not None for entry in rows) else
+            f"a folder of {len(rows):,} codes file{plural}")
     return CodesReport(
-        str(path), f"a table of {len(rows):,} row{'s' * (len(rows) != 1)} of codes", config.name,
+        str(path), kind, config.name,
         config.display_name, streams, len(counts), frames, first[1].frame_rate, samples, first[1].sample_rate,
         first[1].codebook_size, round(config.bitrate(len(counts)) / 1000, 3), same["source_sample_rate"],
         same["source_channels"], same["weights_id"] or None, same["streamed"],
-        [_usage(level, found) for level, found in enumerate(counts)], rows=len(rows))
+        [_usage(level, found) for level, found in enumerate(counts)], rows=len(rows), left_out=left_out)
 
 
 def _usage(level: int, counts: np.ndarray) -> LevelUsage:

@@ -432,10 +432,15 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
                          carried=None if task.item is None else carried_keys(task.item))
 
 
+def read_codes(name: Path, item: Item | None, codec: str | None) -> CodesFile:
+    """A codes file, or a table's row of codes (``item``), read and checked as decode reads it; ``codec``: a bare
+    array's (see :func:`mimi_cli.codes.load_codes`)."""
+    return load_codes(name, codec) if item is None else row_codes(item, str(name), codec or DEFAULT_CODEC)
+
+
 def decode_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
     """Read and check one codes file, decode it and write the audio."""
-    codes = (load_codes(task.input, settings.codec) if task.item is None else
-             row_codes(task.item, str(task.input), settings.codec or DEFAULT_CODEC))
+    codes = read_codes(task.input, task.item, settings.codec)
     if settings.num_codebooks is not None:
         codes = codes.first_levels(settings.num_codebooks, task.input)
     config = codec_spec(codes.codec).config()

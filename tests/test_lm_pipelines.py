@@ -189,6 +189,16 @@ def test_inspect_shows_what_a_table_of_codes_holds(tmp_path, weights_file, dialo
                 len(counts), top, round(most / sum(counts.values()), 4))
     shown = run("inspect", tmp_path / "shards", env_extra={"COLUMNS": "120"})
     assert "Mimi codes, a table of 2 rows of codes, made in batch mode" in shown.stdout, shown.stdout
+    # the folder of codes files encode -o wrote, every level below it (as decode -r finds them): the same figures
+    (tmp_path / "codes" / "left").mkdir()
+    (tmp_path / "codes" / "left.npz").rename(tmp_path / "codes" / "left" / "left.npz")
+    (tmp_path / "codes" / "gone.npz").symlink_to("nowhere.npz")
+    result = run("inspect", tmp_path / "codes", "--json")
+    folder = json.loads(result.stdout)
+    assert (folder["kind"], folder["rows"]) == ("a folder of 2 codes files", 2), result.stderr
+    assert {k: v for k, v in folder.items() if k not in ("path", "kind", "left_out")} == \
+        {k: v for k, v in report.items() if k not in ("path", "kind", "left_out")}
+    assert "note: left out 1 entry that is not a file" in run("inspect", tmp_path / "codes").stderr
 
     rng = np.random.default_rng(0)
     long, short = rng.integers(0, 2048, (4, 30)), rng.integers(0, 16, (2, 10))
