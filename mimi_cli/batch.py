@@ -310,6 +310,7 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
         elif not os.path.lexists(path) and glob.has_magic(item):
             base = Path(_glob_root(item))
             matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True))
+            found += _unlisted_folders(_passed_over(os.path.expanduser(item)))
             found += [Input(p, base) for p in _regular([p for p in matches if not is_folder(p)], on_skip)]
         else:
             found.append(Input(path, path.parent))
@@ -345,6 +346,34 @@ def _walk(folder: Path, recursive: bool) -> tuple[list[Path], list[OSError]]:
         if not recursive:
             break
     return sorted(listed), unreadable
+
+
+def _passed_over(pattern: str) -> list[OSError]:
+    """The folders a glob could not look into, which Python's glob (like a shell's) passes over in silence: for
+    ``corpus/*/*.wav``, each ``corpus/X`` that cannot be listed; for ``corpus/*/a.wav``, each that cannot be
+    searched; below a ``**``, every folder a walk cannot list. Each error names its folder."""
+    head, tail = os.path.split(pattern)
+    if not tail:  # "corpus/*/": the folders themselves
+        return _passed_over(head) if glob.has_magic(head) else []
+    errors = _passed_over(head) if glob.has_magic(head) else []
+    folders = [f for f in (glob.glob(head, recursive=True) if glob.has_magic(head) else [head or "."])
+               if os.path.isdir(f)]
+    for folder in folders:
+        try:
+            if tail == "**":
+                for _, below, _ in os.walk(folder, onerror=errors.append):
+                    below[:] = [name for name in below if not name.startswith(".")]  # as glob leaves them out
+            elif glob.has_magic(tail):
+                with os.scandir(folder) as listing:
+                    next(listing, None)
+            else:
+                os.lstat(os.path.join(folder, tail))
+        except FileNotFoundError:  # nothing of that name: no match, nothing passed over
+            pass
+        except OSError as exc:
+            exc.filename = folder  # the folder, not the name looked for in it
+            errors.append(exc)
+    return errors
 
 
 def _unlisted_folders(errors: list[OSError]) -> list[Input]:

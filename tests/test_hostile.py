@@ -299,7 +299,8 @@ def test_a_folder_that_cannot_be_listed_fails_as_an_input_of_its_own(tmp_path, w
     """`mimi encode corpus -r` left a folder without read permission out in silence (pathlib's glob skips it),
     its files never done, exit 0; a named one said "locked/wav.scp: Permission denied" (asked whether it was a
     Kaldi folder); the files of a folder without search permission stopped the whole run. Now the folder
-    fails alone, saying so, and so does each file that cannot be read; the others are done."""
+    fails alone, saying so, and so does each file that cannot be read; the others are done. A quoted glob
+    passed over such folders in silence too, and now says so as a walk does."""
     tree = tmp_path / "tree"
     for folder, name in (("ok", "a.wav"), ("locked", "b.wav"), ("noexec", "c.wav")):
         (tree / folder).mkdir(parents=True)
@@ -316,6 +317,10 @@ def test_a_folder_that_cannot_be_listed_fails_as_an_input_of_its_own(tmp_path, w
                                  "--manifest", "m.jsonl"], capture_output=True, text=True, env=env, cwd=tmp_path)
         named = subprocess.run([*as_a_user, sys.executable, "-m", "mimi_cli", "encode", "tree/locked", "-o", "x/"],
                                capture_output=True, text=True, env=env, cwd=tmp_path)
+        # a quoted glob, which Python's glob (like a shell's) lets pass over such folders in silence
+        globbed = {pattern: subprocess.run([*as_a_user, sys.executable, "-m", "mimi_cli", "encode", pattern, "-o",
+                                            f"g{i}/"], capture_output=True, text=True, env=env, cwd=tmp_path)
+                   for i, pattern in enumerate(("tree/*/*.wav", "tree/**/*.wav", "tree/*/b.wav", "tree/locked/*"))}
     finally:
         (tree / "locked").chmod(0o755)
         (tree / "noexec").chmod(0o755)
@@ -327,6 +332,11 @@ def test_a_folder_that_cannot_be_listed_fails_as_an_input_of_its_own(tmp_path, w
     assert rows["tree/noexec/c.wav"]["error"] == "cannot read tree/noexec/c.wav: Permission denied"
     assert named.returncode == 1 and "failed: cannot list the folder tree/locked: Permission denied" in named.stderr
     assert "wav.scp" not in named.stderr and not (tmp_path / "x").exists()
+    for pattern, result in globbed.items():
+        assert result.returncode == 1 and "Traceback" not in result.stderr, (pattern, result.stderr)
+        assert "failed: cannot list the folder tree/locked: Permission denied" in result.stderr, pattern
+    assert (tmp_path / "g0" / "ok" / "a.npz").is_file() and (tmp_path / "g1" / "ok" / "a.npz").is_file()
+    assert "failed: cannot list the folder tree/noexec" in globbed["tree/*/b.wav"].stderr  # cannot look for b.wav
 
 
 def test_a_loop_of_two_links_is_said_where_a_path_is_resolved(tmp_path, weights_file):
