@@ -194,12 +194,29 @@ def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["e
         if paths and all(_is_glob(p) for p in paths) and not manifests:  # a glob's matches are taken whatever
             raise MimiError(f"no file matches {given}"  # their suffix, so there were none
                             + (f" ({_left_out(left_out)})" if left_out else ""))
+        json_hint = _json_hint(paths, recursive) if kind == "decode" else ""
         raise MimiError(f"no {either(suffixes[:4])}{'…' if len(suffixes) > 4 else ''} files in {given}"
-                        + (f" ({_left_out(left_out)})" if left_out else
-                           " (use -r to search sub-folders)" if folders and not recursive else ""))
+                        + (f" ({_left_out(left_out)})" if left_out else json_hint or
+                           (" (use -r to search sub-folders)" if folders and not recursive else "")))
     items = any(entry.item is not None for entry in found)
     one_file = len(paths) == 1 and not is_folder(paths[0]) and not _is_glob(paths[0]) and not items
     return found, _left_out(left_out) if left_out else None, one_file
+
+
+def _json_hint(paths: list[Path], recursive: bool) -> str:
+    """For decode, where the folders named hold .json files: JSON arrays of codes are read when named, not
+    taken from a folder (where JSON is more often metadata: a codec_info.json, a manifest)."""
+    from mimi_cli.codes import CODEC_INFO
+
+    for folder in filter(is_folder, paths):
+        with suppress(OSError):
+            found = next((p for p in (folder.rglob if recursive else folder.glob)("*.json")
+                          if p.name != CODEC_INFO), None)
+            if found is not None:
+                pattern = str(Path(folder, "**" if recursive else "", "*.json")).replace("'", "'\\''")
+                return (f" (JSON arrays of codes, such as {found.name}, are read when named, not found in folders: "
+                        f"give them, or a quoted glob: '{pattern}')")
+    return ""
 
 
 def _left_out(paths: list[Path], shown: int = 3) -> str:

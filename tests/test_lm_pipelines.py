@@ -628,6 +628,15 @@ def test_a_json_array_decodes_as_that_array(tmp_path, weights_file, encoded):
     assert piped.returncode == 0 and piped.stdout == (tmp_path / "gen.json.wav").read_bytes(), piped.stderr
     shown = json.loads(run("inspect", tmp_path / "gen.json", "--json").stdout)
     assert (shown["kind"], shown["codebooks"], shown["frames"]) == ("a bare integer array", *codes.shape)
+    # a folder of them is not searched for JSON (more often metadata there): the refusal says how to give them
+    (tmp_path / "generated").mkdir()
+    (tmp_path / "gen.json").rename(tmp_path / "generated" / "gen.json")
+    refused = run("decode", tmp_path / "generated", "-o", tmp_path / "out/", weights=weights_file)
+    assert refused.returncode == 1 and f"a quoted glob: '{tmp_path / 'generated' / '*.json'}'" in refused.stderr
+    globbed = run("decode", tmp_path / "generated" / "*.json", "-o", tmp_path / "out/", weights=weights_file)
+    assert globbed.returncode == 0 and (tmp_path / "out" / "gen.wav").read_bytes() == \
+        (tmp_path / "gen.npy.wav").read_bytes(), globbed.stderr
+    (tmp_path / "generated" / "gen.json").rename(tmp_path / "gen.json")
     for text, said in (("[[1, 2, 3], [4, 5]]", "holds rows of different lengths"),
                        ("[[1.5, 2]]", "holds float64 values; codes are integers (logits"),
                        ("[[true, false]]", "holds bool values"), ('[["a"]]', "holds values that are not numbers"),
