@@ -6,8 +6,7 @@ from pathlib import Path
 
 from mimi_cli import __version__
 from mimi_cli.errors import MimiError, WeightsError
-from mimi_cli.inspect import other_codecs_weights
-from mimi_cli.models import codec_spec
+from mimi_cli.models import codec_spec, other_codecs_weights
 from mimi_cli.models.mimi import Mimi, checkpoint
 from mimi_cli.models.mimi.config import MimiConfig
 from mimi_cli.weights import open_weights

@@ -19,7 +19,7 @@ import numpy as np
 
 from mimi_cli.errors import MimiError
 from mimi_cli.fileio import missing
-from mimi_cli.models import CODECS
+from mimi_cli.models import recognise
 from mimi_cli.weights import TensorEntry, WeightFile, open_weights
 from mimi_cli.weights.validate import Findings, TensorStats, check, full_stats
 
@@ -88,24 +88,6 @@ def inspect_weights(path: str | Path, pattern: str | None = None, stats: bool = 
         findings.errors += [f"does not load as the released {name} model: {p}" for p in found.problems]
     report.warnings, report.errors = findings.warnings, findings.errors
     return report
-
-
-def recognise(source: WeightFile):
-    """The registered codec whose checkpoint ``source`` holds, and what its hook found: (spec, Recognised)."""
-    for spec in CODECS.values():
-        found = spec.inspect(source)
-        if found is not None:
-            return spec, found
-    return None, None
-
-
-def other_codecs_weights(path: str | Path, spec) -> str:
-    """"; it holds EnCodec 24 kHz weights" when the weights that ``spec``'s codec refused are another codec's."""
-    try:
-        other = recognise(open_weights(path))[0]
-    except MimiError:
-        return ""
-    return f"; it holds {other.config().display_name} weights" if other not in (None, spec) else ""
 
 
 def describe_format(source: WeightFile, recognised=None) -> str:

@@ -32,7 +32,7 @@ from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, dumps_json, first_line,
                              os_reason, out_of_memory, over_memory, unnamable)
 from mimi_cli.fileio import Readable, Target, atomic_output, native, output_exists, readable
-from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
+from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
 from mimi_cli.sources import Item, carried_keys, open_item, row_codes
 from mimi_cli.weights import resolve_weights, weights_files, weights_id
@@ -83,8 +83,6 @@ def load_model(weights: str | Path | None, codec: str = DEFAULT_CODEC) -> Loaded
     try:
         model = spec.model().from_file(path)
     except WeightsError as exc:
-        from mimi_cli.inspect import other_codecs_weights
-
         raise WeightsError(f"{exc}{other_codecs_weights(path, spec)}") from None
     return LoadedModel(model, path, hashed, time.perf_counter() - start)
 

@@ -80,6 +80,27 @@ def register(spec: CodecSpec) -> None:
     CODECS[spec.name] = spec
 
 
+def recognise(source):
+    """The registered codec whose checkpoint ``source`` (a WeightFile) holds, and what its hook found:
+    (spec, Recognised), or (None, None)."""
+    for spec in CODECS.values():
+        found = spec.inspect(source)
+        if found is not None:
+            return spec, found
+    return None, None
+
+
+def other_codecs_weights(path, spec: CodecSpec) -> str:
+    """"; it holds EnCodec 24 kHz weights" when the weights that ``spec``'s codec refused are another codec's."""
+    from mimi_cli.weights import open_weights
+
+    try:
+        other = recognise(open_weights(path))[0]
+    except MimiError:
+        return ""
+    return f"; it holds {other.config().display_name} weights" if other not in (None, spec) else ""
+
+
 def codec_spec(name: str) -> CodecSpec:
     """The registered codec called ``name``; a MimiError listing the known ones otherwise."""
     try:
