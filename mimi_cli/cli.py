@@ -807,7 +807,8 @@ def inspect_any(
         _fail("--filter and --no-stats are for weights; a codes file is shown whole", code=2)
     with _user_errors():
         try:
-            report = inspect_codes(name, codec, codes_column)
+            with _Messages(quiet=as_json).progress_fraction("Reading codes") as update:
+                report = inspect_codes(name, codec, codes_column, update)
         except MimiError as exc:  # codes decode would refuse: unsound, as inspect-weights says of weights
             _fail(str(exc), code=2)
     if as_json:

@@ -179,16 +179,18 @@ class CodesReport:
         return asdict(self)
 
 
-def inspect_codes(path: str | Path, codec: str | None = None, column: str = "codes") -> CodesReport:
+def inspect_codes(path: str | Path, codec: str | None = None, column: str = "codes",
+                  progress: Callable[[int, int], None] | None = None) -> CodesReport:
     """Report on the codes at ``path`` (anything ``mimi decode`` reads: ``codec`` is a bare array's, see
-    :func:`mimi_cli.codes.load_codes`; a table's rows in ``column``), checked as decode checks them."""
+    :func:`mimi_cli.codes.load_codes`; a folder's files or a table's rows in ``column``), checked as decode checks
+    them. ``progress(files or rows read, in all)`` is called after each of a folder's or table's."""
     from mimi_cli.codes import load_codes
     from mimi_cli.ecdc import is_ecdc_path
     from mimi_cli.models import codec_spec
     from mimi_cli.sources import is_table
 
     if Path(path).is_dir() or is_table(Path(path)):
-        return _inspect_many(Path(path), codec, column)
+        return _inspect_many(Path(path), codec, column, progress or (lambda done, total: None))
     codes = load_codes(Path(path), codec)
     config = codec_spec(codes.codec).config()
     recorded = bool(codes.weights_id)  # a codes file of mimi encode; bare arrays and .ecdc keep no source
@@ -204,7 +206,7 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
          for level in range(codes.num_codebooks)])
 
 
-def _inspect_many(path: Path, codec: str | None, column: str) -> CodesReport:
+def _inspect_many(path: Path, codec: str | None, column: str, progress: Callable[[int, int], None]) -> CodesReport:
     """The codes files of a folder (every level below it) or a table's rows of codes (a ``--parquet`` shard or
     their folder, a dataset's codes column), as decode finds them: each read and checked as decode reads it (one
     decode would refuse is this report's error), their figures summed or the most of any row."""
@@ -215,7 +217,7 @@ def _inspect_many(path: Path, codec: str | None, column: str) -> CodesReport:
     rows, left_out, _ = find_inputs([str(path)], [], "decode", recursive=True, column=column, verb="inspect")
     counts: list[np.ndarray] = []  # per level, over every row that has it
     first, frames, samples, streams, same = None, 0, 0, 0, {}
-    for entry in rows:
+    for done, entry in enumerate(rows, 1):
         codes = read_codes(entry.path, entry.item, codec)
         if first is None:
             first = (entry.path, codes)
@@ -233,6 +235,7 @@ def _inspect_many(path: Path, codec: str | None, column: str) -> CodesReport:
                 counts[level] += found
             else:  # the first row with this many levels
                 counts.append(found)
+        progress(done, len(rows))
     config = codec_spec(first[1].codec).config()  # find_inputs found at least one, or said why not
     plural = "s" * (len(rows) != 1)
     kind = (f"a table of {len(rows):,} row{plural} of codes" if all(entry.item is not None for entry in rows) else
