@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -139,6 +140,28 @@ def is_codes_path(path: str | Path) -> bool:
             p.suffix.lower() in (*FOUND_IN_FOLDERS, ".parquet") for p in path.rglob("*") if p.is_file()))
     except OSError:  # a folder that cannot be looked into: weights' reader says why
         return False
+
+
+def holds_audio(path: str | Path) -> str | None:
+    """What to run instead when ``mimi inspect`` is given audio (a file, or a folder of audio files and no
+    weights; one with codes too is codes, see is_codes_path), which it does not show; None for anything else."""
+    from mimi_cli.audio import AUDIO_SUFFIXES
+    from mimi_cli.fileio import holds
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            audio = (next((p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES), None)
+                     if next(path.glob("*.safetensors"), None) is None else None)
+            kind = f"audio files ({audio.name}, …)" if audio is not None else None
+        else:
+            kind = holds(path)
+    except OSError:
+        return None
+    if not kind or not kind.startswith("audio"):
+        return None
+    return (f"{path} holds {kind}, not weights or codes, which mimi inspect shows; `mimi roundtrip "
+            f"{shlex.quote(str(path))}` measures how the codec keeps it, `mimi encode` makes its codes")
 
 
 @dataclass

@@ -117,6 +117,23 @@ def test_inspect_missing_path(tmp_path):
     assert result.returncode == 1 and result.stderr.startswith("error:") and "does not exist" in result.stderr
 
 
+def test_inspect_given_audio_names_what_runs_on_audio(tmp_path):
+    """`mimi inspect clip.wav` said "holds audio (WAV), not weights; give a .safetensors file" (inspect shows codes
+    too), and a folder of recordings "weights folder … holds no .safetensors file". Each now says it is audio and
+    which commands take it (quoted for a shell); a folder of codes or weights is still shown."""
+    (tmp_path / "my recordings").mkdir()
+    sf.write(tmp_path / "my recordings" / "a b.flac", np.zeros(2400, np.float32), 24000)
+    for given, kind in ((tmp_path / "my recordings" / "a b.flac", "audio (FLAC)"),
+                        (tmp_path / "my recordings", "audio files (a b.flac, …)")):
+        result = run("inspect", given)
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert f"{given} holds {kind}, not weights or codes" in result.stderr
+        assert f"`mimi roundtrip '{given}'` measures how the codec keeps it" in result.stderr
+    np.save(tmp_path / "my recordings" / "a b.npy", np.zeros((8, 3), np.int64))  # codes beside (encode's default)
+    shown = run("inspect", tmp_path / "my recordings", "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["kind"] == "a folder of 1 codes file", shown.stderr
+
+
 def test_weights_named_by_dash_or_a_link_loop(tmp_path, weights_file):
     """Weights given as '-' "did not exist" (encode and decode read '-' as standard input), and a loop of links
     "did not exist" for --weights; now each is said as what it is, by every command that takes weights."""
