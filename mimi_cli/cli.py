@@ -797,10 +797,10 @@ def inspect_any(
     Weights: as inspect-weights. Codes (.npz, .npy, .ecdc; a folder's files, every level below it, or a table's
     rows of them): codec, shape, length, how made, each level's use.
     """
-    from mimi_cli.inspect import holds_audio, inspect_codes, is_codes_path
+    from mimi_cli.inspect import audio_given, inspect_codes, is_codes_path
 
     if not is_codes_path(name):
-        if (audio := holds_audio(name)) is not None:
+        if (audio := audio_given(name)) is not None:
             _fail(audio, code=2)
         if codec is not None:
             _fail("--codec is for codes files (.npz, .npy, .ecdc), not weights", code=2)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mimi_cli.errors import MimiError
-from mimi_cli.fileio import missing
+from mimi_cli.fileio import holds, missing
 from mimi_cli.models import recognise
 from mimi_cli.weights import TensorEntry, WeightFile, open_weights
 from mimi_cli.weights.validate import Findings, TensorStats, check, full_stats
@@ -142,11 +142,10 @@ def is_codes_path(path: str | Path) -> bool:
         return False
 
 
-def holds_audio(path: str | Path) -> str | None:
+def audio_given(path: str | Path) -> str | None:
     """What to run instead when ``mimi inspect`` is given audio (a file, or a folder of audio files and no
     weights; one with codes too is codes, see is_codes_path), which it does not show; None for anything else."""
     from mimi_cli.audio import AUDIO_SUFFIXES
-    from mimi_cli.fileio import holds
 
     path = Path(path)
     try:
