@@ -323,8 +323,8 @@ JobsOption = Annotated[int, typer.Option(
 SkipExistingOption = Annotated[bool, typer.Option(
     "--skip-existing", help="Leave inputs whose output exists alone, or appears meanwhile (another run's): "
                              "resumes an interrupted run. Outputs made otherwise (another codec, -n, --channels, "
-                             "weights, --sample-rate or --rescale) stop the run before any work (with -f they are made "
-                             "again).")]
+                             "--stream, weights, --sample-rate or --rescale) stop the run before any work (with -f "
+                             "they are made again).")]
 ManifestOption = Annotated[Optional[str], typer.Option(
     "--manifest", help="Write one JSON line per input: input, output, status, duration_s, frames, error, warnings "
                        "('-': standard output, once the run is over).",

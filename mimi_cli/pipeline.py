@@ -221,14 +221,15 @@ def encode_blocks(loaded: LoadedModel, blocks: Iterable[np.ndarray], source_rate
 
 
 def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_rate: int | None = None,
-                  progress: Progress | None = None, replace: bool = False) -> tuple[float, int]:
-    """Decode step by step straight into ``output`` (atomically); returns (seconds in the model, clipped samples)."""
+                  progress: Progress | None = None, replace: bool = False, comment: str = "") -> tuple[float, int]:
+    """Decode step by step straight into ``output`` (atomically), its comment tag ``comment`` (decoded_comment);
+    returns (seconds in the model, clipped samples)."""
     config = loaded.model.config
     rate = sample_rate or config.sample_rate
     resamplers = [StreamResampler(config.sample_rate, rate) for _ in range(codes.channels)]
     done, seconds, clipped, steps = 0, 0.0, 0, decoded_steps(loaded, codes)
     with atomic_output(output, replace) as tmp, soundfile_errors(output, tmp), \
-            audio_writer(tmp, output, rate, codes.channels, decoded_comment(codes)) as f:
+            audio_writer(tmp, output, rate, codes.channels, comment) as f:
         def write(pcm: np.ndarray) -> None:  # [C, n]
             nonlocal clipped
             clipped += int(np.count_nonzero(np.abs(pcm) > 1))
@@ -460,7 +461,8 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
     duration = codes.num_samples / config.sample_rate
     if settings.stream:
         seconds, clipped = decode_stream(loaded, codes, task.output, settings.sample_rate,
-                                         lambda done: report("Decoding", done, duration), settings.replace)
+                                         lambda done: report("Decoding", done, duration), settings.replace,
+                                         decoded_comment(codes, settings))
     else:
         report(f"Decoding {codes.num_frames} frames", 0.0, None)
         pcm, seconds = decode_codes(loaded, codes, settings.sample_rate)
@@ -468,7 +470,7 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
             pcm, factor = rescaled(pcm)
             if factor < 1:
                 notes.append(f"scaled by {factor:.3g} (its peak was {RESCALE_PEAK / factor:.3g}) so that nothing clips")
-        clipped = write_audio(task.output, pcm, rate, settings.replace, decoded_comment(codes, settings.rescale))
+        clipped = write_audio(task.output, pcm, rate, settings.replace, decoded_comment(codes, settings))
     if clipped:
         remedy = "decode without --stream, with --rescale," if settings.stream else "--rescale"
         warnings.append(f"{clipped} samples beyond [-1, 1] were clipped ({remedy} scales the audio down instead)")
@@ -578,14 +580,16 @@ def made_otherwise(task: Task, settings: Settings, run_weights_id: Callable[[], 
     return "; ".join(differences) or None
 
 
-DECODED = re.compile(r"mimi-cli: \S+ codes, (\d+) codebooks(, --rescale)?")  # decoded_comment's, read back
+DECODED = re.compile(r"mimi-cli: (\S+) codes, (\d+) codebooks((?:, --[a-z]+)*)")  # decoded_comment's, read back
 
 
-def decoded_comment(codes: CodesFile, rescale: bool = False) -> str:
+def decoded_comment(codes: CodesFile, settings: Settings) -> str:
     """What decoded audio says made it, in its comment tag: "mimi-cli: mimi codes, 8 codebooks" (the levels
-    decoded), then ", --rescale" where it was given (loud audio scaled, not clipped). --skip-existing compares
-    both: nothing else in the audio records them."""
-    return f"mimi-cli: {codes.codec} codes, {codes.num_codebooks} codebooks" + (", --rescale" if rescale else "")
+    decoded), then ", --stream" (Mimi's streaming audio differs from batch mode's past 10 s) and ", --rescale"
+    (loud audio scaled, not clipped) where they were given. --skip-existing compares them: nothing else in the
+    audio records them."""
+    given = [option for option, on in (("--stream", settings.stream), ("--rescale", settings.rescale)) if on]
+    return f"mimi-cli: {codes.codec} codes, {codes.num_codebooks} codebooks" + "".join(f", {o}" for o in given)
 
 
 def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
@@ -611,11 +615,20 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
     differences = [*([f"{found.samplerate} Hz, not {rate}"] if rate and found.samplerate != rate else []),
                    *([f"{found.channels} channel(s), not {channels}"] if channels and found.channels != channels
                      else []),
-                   *([f"decoded from {made[1]} codebooks, not {levels}"] if made and levels and int(made[1]) != levels
+                   *([f"decoded from {made[2]} codebooks, not {levels}"] if made and levels and int(made[2]) != levels
                      else []),
-                   *([f"decoded {'with' if made[2] else 'without'} --rescale"] if made and bool(made[2]) !=
-                     settings.rescale else [])]
+                   *(_options_differ(made, settings) if made else [])]
     return "; ".join(differences) or None
+
+
+def _options_differ(made: re.Match, settings: Settings) -> list[str]:
+    """How the options decoded audio's tag records (``DECODED``) differ from this run's: --rescale always,
+    --stream where the codec's streaming audio differs from its batch audio."""
+    given = set(made[3].split(", ")[1:])
+    stream_differs = made[1] in CODECS and codec_spec(made[1]).stream_codes_differ
+    return [f"decoded {'with' if option in given else 'without'} {option}"
+            for option, on in (("--stream", settings.stream), ("--rescale", settings.rescale))
+            if (option in given) != on and (option != "--stream" or stream_differs)]
 
 
 def roundtrip_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
@@ -654,7 +667,8 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
     encoded, reference, decoded, decode_seconds = _round_trip(loaded, audio, levels, settings, report)
     warnings = decoder_warnings(f)
     if output is not None:
-        clipped = write_audio(output, decoded, config.sample_rate, settings.replace, decoded_comment(encoded.codes))
+        clipped = write_audio(output, decoded, config.sample_rate, settings.replace,
+                              decoded_comment(encoded.codes, settings))
         if clipped:
             warnings.append(f"{clipped} samples beyond [-1, 1] were clipped")
     duration = reference.shape[1] / config.sample_rate

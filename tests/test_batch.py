@@ -312,17 +312,22 @@ def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_f
         levels = tmp_path / f"levels{len(flags)}"
         assert run("decode", out, "-r", "-o", levels, "-n", "4", *flags, weights=weights_file).returncode == 0
         with sf.SoundFile(levels / "a.wav") as f:
-            assert f.comment == "mimi-cli: mimi codes, 4 codebooks"
+            assert f.comment == "mimi-cli: mimi codes, 4 codebooks" + "".join(f", {flag}" for flag in flags)
         resumed = run("decode", out, "-r", "-o", levels, "-n", "4", "--skip-existing", *flags, weights=weights_file)
         assert resumed.returncode == 0 and "4 skipped" in resumed.stderr, resumed.stderr
         refused = run("decode", out, "-r", "-o", levels, "--skip-existing", *flags, weights=weights_file)
         assert refused.returncode == 1 and "(decoded from 4 codebooks, not 8)" in refused.stderr, refused.stderr
+    # Mimi's streaming audio differs from its batch audio past 10 s: the other mode is refused too
+    for made, flags, difference in (("levels0", ["--stream"], "without"), ("levels1", [], "with")):
+        refused = run("decode", out, "-r", "-o", tmp_path / made, "-n", "4", "--skip-existing", *flags,
+                      weights=weights_file)
+        assert refused.returncode == 1 and f"(decoded {difference} --stream)" in refused.stderr, refused.stderr
     # and --rescale (loud audio scaled, not clipped), either way round
     rescaled = tmp_path / "rescaled"
     assert run("decode", out, "-r", "-o", rescaled, "-n", "4", "--rescale", weights=weights_file).returncode == 0
     with sf.SoundFile(rescaled / "a.wav") as f:
         assert f.comment == "mimi-cli: mimi codes, 4 codebooks, --rescale"
-    for source, flags, difference in ((rescaled, [], "with"), (levels, ["--rescale"], "without")):
+    for source, flags, difference in ((rescaled, [], "with"), (tmp_path / "levels0", ["--rescale"], "without")):
         refused = run("decode", out, "-r", "-o", source, "-n", "4", "--skip-existing", *flags, weights=weights_file)
         assert refused.returncode == 1 and f"(decoded {difference} --rescale)" in refused.stderr, refused.stderr
     resumed = run("decode", out, "-r", "-o", rescaled, "-n", "4", "--skip-existing", "--rescale", weights=weights_file)

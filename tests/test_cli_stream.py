@@ -57,7 +57,7 @@ def test_roundtrip_stream_measures_what_encode_and_decode_stream_make(tmp_path, 
                    weights=weights_file).returncode == 0
         np.testing.assert_array_equal(sf.read(tmp_path / f"rt-{name}.wav")[0], sf.read(tmp_path / f"{name}.wav")[0])
         with sf.SoundFile(tmp_path / f"rt-{name}.wav") as made, sf.SoundFile(tmp_path / f"{name}.wav") as decoded:
-            assert made.comment == decoded.comment == "mimi-cli: mimi codes, 8 codebooks"  # what made them
+            assert made.comment == decoded.comment == "mimi-cli: mimi codes, 8 codebooks" + ", --stream" * bool(flags)
     assert not np.array_equal(sf.read(tmp_path / "rt-stream.wav")[0], sf.read(tmp_path / "rt-batch.wav")[0])
     table = run("roundtrip", "--stream", source, weights=weights_file)
     assert "round trip (streaming): " in table.stdout, table.stderr
