@@ -588,15 +588,20 @@ def decoded_comment(codes: CodesFile, settings: Settings) -> str:
     decoded), then ", --stream" (Mimi's streaming audio differs from batch mode's past 10 s) and ", --rescale"
     (loud audio scaled, not clipped) where they were given. --skip-existing compares them: nothing else in the
     audio records them."""
-    given = [option for option, on in (("--stream", settings.stream), ("--rescale", settings.rescale)) if on]
-    return f"mimi-cli: {codes.codec} codes, {codes.num_codebooks} codebooks" + "".join(f", {o}" for o in given)
+    given = "".join(f", {option}" for option, on in _tagged_options(settings).items() if on)
+    return f"mimi-cli: {codes.codec} codes, {codes.num_codebooks} codebooks{given}"
+
+
+def _tagged_options(settings: Settings) -> dict[str, bool]:
+    """The options decoded audio's comment tag records, each with whether this run gives it."""
+    return {"--stream": settings.stream, "--rescale": settings.rescale}
 
 
 def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
-    """Decoded audio records its rate and channels, and in its comment tag the levels decoded and --rescale
-    (decoded_comment): those this run writes for the task's codes (a table's row is not read while planning: only
-    a --sample-rate and -n given are compared then). Audio without the tag (another tool's, an earlier
-    version's) says neither."""
+    """Decoded audio records its rate and channels, and in its comment tag the levels decoded, --stream and
+    --rescale (decoded_comment): those this run writes for the task's codes (a table's row is not read while
+    planning: only a --sample-rate and -n given are compared then). Audio without the tag (another tool's, an
+    earlier version's) says none of the latter."""
     import soundfile as sf
 
     try:
@@ -627,7 +632,7 @@ def _options_differ(made: re.Match, settings: Settings) -> list[str]:
     given = set(made[3].split(", ")[1:])
     stream_differs = made[1] in CODECS and codec_spec(made[1]).stream_codes_differ
     return [f"decoded {'with' if option in given else 'without'} {option}"
-            for option, on in (("--stream", settings.stream), ("--rescale", settings.rescale))
+            for option, on in _tagged_options(settings).items()
             if (option in given) != on and (option != "--stream" or stream_differs)]
 
 
