@@ -48,6 +48,7 @@ from mimi_cli.sources import Item, arrow_file, is_container, is_table, known_key
 from mimi_cli.weights import resolve_weights, weights_files, weights_id
 
 CODES_SUFFIXES = (".npz", ".npy", ".ecdc")
+_FD_NAME = re.compile(r"/(?:dev|proc/(?:self|\d+))/fd/\d+")  # a pipe's name from <(command): /dev/fd/63
 RESCALE_STREAM = "--rescale needs the whole output's peak before writing it; leave out --stream or --rescale"
 Engine = Literal["local", "ray"]
 
@@ -114,7 +115,8 @@ def plan(job: Job) -> Plan:
         raise MimiError("standard input can be read once: give '-' as an input or to one --inputs-from, not both")
     pipes = [p for p in job.inputs if p != STDIN and is_pipe(Path(p))]
     if pipes and job.output is None:
-        raise MimiError(f"{pipes[0]} is a pipe, with no folder to write beside it; give -o: a file, a folder, "
+        folder = "" if _FD_NAME.fullmatch(pipes[0]) else " a folder,"  # a named pipe's name names its output
+        raise MimiError(f"{pipes[0]} is a pipe, with no folder to write beside it; give -o: a file,{folder} "
                         "or - for standard output")
     if pipes and (job.jobs > 1 or job.engine == "ray"):
         raise MimiError(f"{pipes[0]} is a pipe, which only this process can read; drop --jobs and --engine ray")
@@ -126,6 +128,11 @@ def plan(job: Job) -> Plan:
                         "file per item, or --parquet OUT for the codes in Parquet shards" if s.kind == "encode" else
                         "the inputs hold rows of codes: give -o DIR for an audio file per row")
     output, output_is_file = _output_target(job.output, one_file, found)
+    nameless = next((p for p in job.inputs if p == STDIN or _FD_NAME.fullmatch(p)), None)
+    if nameless is not None and output not in (None, STDOUT) and not output_is_file:
+        shown = "standard input" if nameless == STDIN else f"{nameless} (a pipe, as <(command) names it)"
+        raise MimiError(f"{shown} has no name of its own to give its output in the folder {job.output}: give -o a "
+                        f"file's name ({Path(job.output, 'NAME' + suffix)}), or - for standard output")
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
     single = one_file and not batch_only
     if single and found[0].path != Path(STDIN) and (problem := missing(found[0].path)) is not None:

@@ -522,6 +522,10 @@ def test_a_reader_that_stops_early_ends_the_run_in_silence(weights_file, encoded
 @pytest.mark.parametrize("args, message", [
     (["encode", "-"], "give -o"),
     (["encode", "-", "-o", "x.npz", "--jobs", "2"], "drop --jobs"),
+    # -o a folder named the output "-.npz": standard input has no name of its own to give it
+    (["encode", "-", "-o", "out/"], "standard input has no name of its own to give its output in the folder out/: "
+                                    "give -o a file's name (out/NAME.npz), or - for standard output"),
+    (["decode", "-", "-o", "out/"], "(out/NAME.wav)"),
 ])
 def test_stdin_misuse_is_one_line(tmp_path, weights_file, args, message):
     result = mimi(*args, stdin=b"RIFF", weights=weights_file)
@@ -694,7 +698,8 @@ def test_a_named_pipe_is_read_once(tmp_path, weights_file, dialogue, encoded):
 
 
 @pytest.mark.parametrize("command, message", [
-    ("mimi encode <(cat {wav})", "is a pipe, with no folder to write beside it; give -o"),
+    ("mimi encode <(cat {wav})", "is a pipe, with no folder to write beside it; give -o: a file, or - for"),
+    ("mimi encode <(cat {wav}) -o {tmp}/", "/dev/fd/63 (a pipe, as <(command) names it) has no name of its own"),
     ("mimi encode <(cat {wav}) <(cat {wav}) -o {tmp}/ --jobs 2", "only this process can read; drop --jobs"),
     ("mimi encode <(head -c 5000 /dev/urandom) -o {tmp}/x.npz", "cannot read /dev/fd/"),
     ("mimi encode - -o {tmp}/x.npz < <(head -c 5000 /dev/urandom)", "cannot read standard input as audio"),
