@@ -128,11 +128,8 @@ def plan(job: Job) -> Plan:
                         "file per item, or --parquet OUT for the codes in Parquet shards" if s.kind == "encode" else
                         "the inputs hold rows of codes: give -o DIR for an audio file per row")
     output, output_is_file = _output_target(job.output, one_file, found)
-    nameless = next((p for p in job.inputs if p == STDIN or _FD_NAME.fullmatch(p)), None)
-    if nameless is not None and output not in (None, STDOUT) and not output_is_file:
-        shown = "standard input" if nameless == STDIN else f"{nameless} (a pipe, as <(command) names it)"
-        raise MimiError(f"{shown} has no name of its own to give its output in the folder {job.output}: give -o a "
-                        f"file's name ({Path(job.output, 'NAME' + suffix)}), or - for standard output")
+    if output not in (None, STDOUT) and not output_is_file:
+        _named_in_folder(job.inputs, job.output, suffix)
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
     single = one_file and not batch_only
     if single and found[0].path != Path(STDIN) and (problem := missing(found[0].path)) is not None:
@@ -280,6 +277,28 @@ def _no_process_locks() -> str | None:
 
 def _is_glob(path: Path) -> bool:
     return not os.path.lexists(path) and glob.has_magic(str(path))
+
+
+def _named_in_folder(inputs: Iterable[str], output: str, suffix: str) -> None:
+    """Refused: standard input or a pipe ``<(command)`` names (``/dev/fd/63``) given an output folder, where its
+    output would be named ``-.npz`` or ``63.npz``."""
+    nameless = next((p for p in inputs if p == STDIN or _FD_NAME.fullmatch(p)), None)
+    if nameless is not None:
+        shown = "standard input" if nameless == STDIN else f"{nameless} (a pipe, as <(command) names it)"
+        raise MimiError(f"{shown} has no name of its own to give its output in the folder {output}: give -o a "
+                        f"file's name ({Path(output, 'NAME' + suffix)}), or - for standard output")
+
+
+def plan_roundtrip(output: str | None, plot: Path | None, found: list[Input]) -> Task:
+    """The task of ``mimi roundtrip`` on its one input: its decoded audio to ``-o``, a file, or a folder
+    (existing, or written with a trailing / and made once the audio is) that receives the input's name with
+    .wav, as decode's -o does; its spectrograms to ``plot``."""
+    [entry] = found
+    target, is_file = _output_target(output, True, found)
+    if target is None or is_file:
+        return Task(entry.path, target, plot=plot)
+    _named_in_folder([str(entry.path)], output, ".wav")
+    return Task(entry.path, Path(target) / entry.path.with_suffix(".wav").name, plot=plot, new_folder=True)
 
 
 def _output_target(output: str | None, one_file: bool, found: list[Input]) -> tuple[Target | None, bool]:

@@ -546,8 +546,9 @@ def roundtrip(
              "testset/, testset/*.wav) or items as encode takes them (manifests, shards, datasets): a row each and "
              "their mean.",
         metavar="INPUT...", readable=False, show_default=False)] = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Also write the decoded audio here.",
-                                                  show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", help="Also write the decoded audio to this file, or into this folder (as NAME.wav).",
+        show_default=False)] = None,
     codec: CodecOption = DEFAULT_CODEC,
     codebooks: CodebooksOption = None,
     bandwidth: BandwidthOption = None,
@@ -583,7 +584,7 @@ def roundtrip(
         _fail("give audio to round-trip (files, folders, globs, '-', manifests, shards or datasets)", code=2)
     if output is not None and output == "-":
         _fail("roundtrip prints its metrics on standard output; give -o a file name", code=2)
-    output, plot = (None if p is None else Path(as_written(p)) for p in (output, plot))
+    plot = None if plot is None else Path(as_written(plot))
     if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         given = "to standard output" if str(plot) == "-" else plot.suffix or "a file without extension"
         _fail(f"--plot writes .png, .svg or .pdf, not {given}", code=2)
@@ -594,7 +595,7 @@ def roundtrip(
                                            "encode", recursive, audio_column, verb="round-trip")
     if not one and (output is not None or plot is not None):
         _fail("-o and --plot go with one input file; leave them out to measure several", code=2)
-    from mimi_cli.pipeline import Settings, Task, Worker, roundtrip_mean
+    from mimi_cli.pipeline import Settings, Worker, roundtrip_mean
 
     settings = Settings("roundtrip", weights, codec, settings_codebooks, stream, replace=force, channels=channels)
     if not one:
@@ -606,8 +607,12 @@ def roundtrip(
         with _user_errors(), say.progress_files(len(tasks)) as advance:  # a bar over the files, as a batch's
             results = run_local(tasks, settings, workers, on_result=lambda r: advance(r.duration_s or 0.0))
         return _show_roundtrips(results, roundtrip_mean(results), as_json)
+    with _user_errors():
+        from mimi_cli.batch import plan_roundtrip
+
+        task = plan_roundtrip(None if output is None else as_written(output), plot, found)
     with _user_errors(), _threads(threads, say), say.reporter() as report:
-        result = Worker(settings).run(Task(found[0].path, output, plot=plot), report)
+        result = Worker(settings).run(task, report)
     if result.status == "failed":
         _fail(result.error)
     for note in result.notes:

@@ -92,6 +92,22 @@ def test_roundtrip_table_and_json(tmp_path, clip, weights_file):
     assert {"si_sdr_db", "log_mel_distance", "encode_rtf", "decode_rtf"} <= metrics.keys()
 
 
+def test_roundtrip_o_a_folder_receives_the_audio_as_decode_does(tmp_path, clip, weights_file):
+    """`roundtrip clip.wav -o out/` said "cannot write audio as a file without extension". A folder (existing, or
+    written with a trailing / and made once the audio is) receives clip's name with .wav, as decode's -o does."""
+    assert run("roundtrip", clip, "-o", tmp_path / "rt.wav", weights=weights_file).returncode == 0
+    made = run("roundtrip", clip, "-o", f"{tmp_path / 'new'}/", weights=weights_file)
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "new" / "speech.wav").read_bytes() == (tmp_path / "rt.wav").read_bytes()
+    again = run("roundtrip", clip, "-o", tmp_path / "new", weights=weights_file)  # an existing folder, no slash
+    assert again.returncode == 1 and f"{tmp_path / 'new' / 'speech.wav'} already exists" in again.stderr
+    assert run("roundtrip", clip, "-o", tmp_path / "new", "-f", weights=weights_file).returncode == 0
+    piped = subprocess.run([sys.executable, "-m", "mimi_cli", "roundtrip", "-", "-o", f"{tmp_path / 'other'}/"],
+                           input=clip.read_bytes(), capture_output=True, text=False)
+    assert piped.returncode == 1 and b"standard input has no name of its own" in piped.stderr
+    assert not (tmp_path / "other").exists()
+
+
 def test_roundtrip_of_several_files_shows_each_and_their_mean(tmp_path, clip, weights_file):
     """A test set: each file's metrics as its own round trip gives them, their mean over the files done, each
     failure a line and exit 1; -o and --plot, which name one file's outputs, are refused with several."""
