@@ -25,6 +25,7 @@ import glob
 import multiprocessing.context
 import os
 import re
+import shlex
 import sys
 import time
 import types
@@ -217,9 +218,9 @@ def _json_hint(paths: list[Path], recursive: bool) -> str:
             found = next((p for p in (folder.rglob if recursive else folder.glob)("*.json")
                           if p.name != CODEC_INFO), None)
             if found is not None:
-                pattern = str(Path(folder, "**" if recursive else "", "*.json")).replace("'", "'\\''")
+                pattern = shlex.quote(str(Path(folder, "**" if recursive else "", "*.json")))
                 return (f" (JSON arrays of codes, such as {found.name}, are read when named, not found in folders: "
-                        f"give them, or a quoted glob: '{pattern}')")
+                        f"give them, or a quoted glob: {pattern})")
     return ""
 
 
