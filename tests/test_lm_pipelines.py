@@ -16,6 +16,7 @@ import soundfile as sf
 from conftest import SAMPLE_AUDIO, run
 
 from mimi_cli.codes import CodesFile
+from mimi_cli.inspect import inspect_codes
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +200,6 @@ def test_inspect_shows_what_a_table_of_codes_holds(tmp_path, weights_file, dialo
     assert {k: v for k, v in folder.items() if k not in ("path", "kind", "left_out")} == \
         {k: v for k, v in report.items() if k not in ("path", "kind", "left_out")}
     assert "note: left out 1 entry that is not a file" in run("inspect", tmp_path / "codes").stderr
-    from mimi_cli.inspect import inspect_codes
-
     calls = []  # the bar over a large folder's files
     assert inspect_codes(tmp_path / "codes", progress=lambda *done: calls.append(done)).frames == folder["frames"]
     assert calls == [(1, 2), (2, 2)]
