@@ -330,12 +330,12 @@ def load_codes(path: Path, codec: str | None = None) -> CodesFile:
         raise InvalidCodesError(f"{path} is {kind}, not a codes file; give a file, or pipe the codes into '-'")
     try:
         with open(path, "rb") as f:
-            magic = f.read(6)
+            head = f.read(_JSON_PEEK)
     except OSError:
-        magic = b""  # CodesFile.load says what is wrong with the path
-    if magic == b"\x93NUMPY" or _is_json_array(path):
+        head = b""  # CodesFile.load says what is wrong with the path
+    if head.startswith(b"\x93NUMPY") or _json_start(head):
         return CodesFile.from_array(path, codec or described_codec(path))
-    if magic.startswith(ECDC_MAGIC):
+    if head.startswith(ECDC_MAGIC):
         try:
             named, codes, num_samples = read_ecdc(path, MAX_NUM_SAMPLES)
         except OSError as exc:
@@ -427,12 +427,20 @@ def _tensor(path: Path, name: str, max_bytes: int, fail) -> np.ndarray:
 MAX_JSON_BYTES = 64 << 20  # a JSON array of codes: ~12 M codes, 8 hours of Mimi's 32 levels; larger ones as .npy
 
 
+_JSON_PEEK = 64  # bytes read to tell a JSON array from other codes
+
+
+def _json_start(head: bytes) -> bool:
+    """A file's first bytes begin, after any white space, with "[": a JSON array (a language model's codes, as an
+    HTTP service returns them: ``[[…], […]]``)."""
+    return head.lstrip()[:1] == b"["
+
+
 def _is_json_array(path: Path) -> bool:
-    """A file that begins, after any white space, with "[": a JSON array (a language model's codes, as an HTTP
-    service returns them: ``[[…], […]]``)."""
+    """Whether the file at ``path`` holds a JSON array (see _json_start)."""
     try:
         with open(path, "rb") as f:
-            return f.read(64).lstrip()[:1] == b"["
+            return _json_start(f.read(_JSON_PEEK))
     except OSError:
         return False
 
