@@ -350,7 +350,7 @@ def encode(
              "('data/**/*.flac'), '-' (standard input), or containers of many: JSONL manifests (.jsonl.gz too), "
              "WebDataset .tar shards, lhotse Shar folders, Kaldi data folders (wav.scp), Hugging Face datasets (a "
              "save_to_disk folder, .arrow or .parquet files).",
-        metavar="INPUT...", readable=False, show_default=False)] = None,
+        metavar="INPUT", readable=False, show_default=False)] = None,
     output: _output_option("Codes file for one input: .npz, .npy (the codes alone) or, for EnCodec, .ecdc (as Meta's "
                            "encodec writes); '-': standard output. For several, or ending in /, a folder that mirrors "
                            "the inputs' tree. Default: beside each input, with .npz.") = None,
@@ -399,7 +399,7 @@ def decode(
         help="Codes files written by `mimi encode`, integer arrays (.npy) or EnCodec's .ecdc files, Parquet shards "
              "of --parquet or "
              "tables with an integer codes column (one audio file per row, with -o DIR), folders of them, quoted "
-             "globs, or '-' (standard input).", metavar="CODES...",
+             "globs, or '-' (standard input).", metavar="CODES",
         readable=False, show_default=False)] = None,
     output: _output_option("Audio file for one input ('-': WAV to standard output); for several, or ending in /, "
                            "a folder that mirrors the inputs' tree (NAME.wav). Default: beside each input, as "
@@ -545,7 +545,7 @@ def roundtrip(
         help="Audio file to encode and decode ('-': standard input); several, a folder of them (a test set: "
              "testset/, testset/*.wav) or items as encode takes them (manifests, shards, datasets): a row each and "
              "their mean.",
-        metavar="INPUT...", readable=False, show_default=False)] = None,
+        metavar="INPUT", readable=False, show_default=False)] = None,
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", help="Also write the decoded audio to this file, or into this folder (as NAME.wav).",
         show_default=False)] = None,
@@ -899,8 +899,8 @@ def convert(
         metavar="SOURCE", show_default=False,
         help="Mimi weights: .safetensors (any naming), .mlmodelc or .mlpackage, or a Hugging Face repo "
              "(OWNER/REPO or OWNER/REPO/FILE) when no such file exists.")],
-    destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", readable=False,
-                                                show_default=False)],
+    destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", metavar="DESTINATION",
+                                                readable=False, show_default=False)],
     naming: Annotated[str, typer.Option(
         "--naming", help="Tensor names to write: original (Kyutai's release), hf (transformers' kyutai/mimi) "
                          "or moshi (moshi's state_dict).")] = "original",
@@ -935,7 +935,7 @@ def convert(
 @app.command()
 def run(
     model: Annotated[Path, typer.Argument(help="A Core ML ML Program: an .mlmodelc folder or an .mlpackage.",
-                                          readable=False, show_default=False)],
+                                          metavar="MODEL", readable=False, show_default=False)],
     inputs: Annotated[Optional[list[str]], typer.Option(
         "--input", "-i", metavar="NAME=FILE.npy", show_default=False,
         help="An input's value from a .npy file; repeat for each input.")] = None,

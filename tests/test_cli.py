@@ -361,9 +361,16 @@ def test_version_and_help():
     for command in ("encode", "decode", "roundtrip"):
         assert command in help_text
     assert "--codebooks" in run("encode", "--help").stdout
-    for command in ("decode", "roundtrip", "bench", "inspect-weights", "convert", "run"):  # rich renders every help
-        result = run(command, "--help")
+    usages = {}
+    for command in ("encode", "decode", "roundtrip", "bench", "inspect", "inspect-weights", "convert", "run"):
+        result = run(command, "--help")  # rich renders every help
         assert result.returncode == 0 and "Usage: mimi " + command in result.stdout, result.stderr
+        usages[command] = next(line for line in result.stdout.splitlines() if "Usage:" in line).split()[2:]
+    # Click's convention: names in capitals, '...' once after a repeatable one ("[INPUT...]..." was shown)
+    assert usages["encode"][1:] == usages["roundtrip"][1:] == ["[OPTIONS]", "[INPUT]..."]
+    assert usages["decode"][1:] == ["[OPTIONS]", "[CODES]..."]
+    assert usages["convert"][1:] == ["[OPTIONS]", "{SOURCE}", "{DESTINATION}"]
+    assert usages["run"][1:] == ["[OPTIONS]", "{MODEL}"] and usages["inspect"][1:] == ["[OPTIONS]", "{PATH|REPO}"]
 
 
 @pytest.mark.parametrize("width", [{"COLUMNS": "0"}, {"COLUMNS": "3"}, {"TERMINAL_WIDTH": "abc"},
