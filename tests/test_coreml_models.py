@@ -246,6 +246,8 @@ def test_mimi_run_on_something_else_is_one_line(tmp_path):
     result = run("run", str(tmp_path / "model.mlmodelc"))
     assert result.returncode == 1 and "is not a Core ML ML Program" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    result = run("run", str(tmp_path / "missing.mlpackage"))  # (it was "is not a Core ML ML Program" too)
+    assert result.returncode == 1 and result.stderr == f"error: {tmp_path / 'missing.mlpackage'} does not exist\n"
 
 
 _SCANS = """

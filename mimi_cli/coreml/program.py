@@ -413,6 +413,8 @@ def _take(free: list[np.ndarray], dtype: np.dtype, size: int) -> np.ndarray | No
 def check_program_folder(path: Path) -> None:
     """Refuse a path that is no ML Program folder, reading nothing: before the command walks it (its files are
     the run's inputs, which no output may be), as ``mimi run /`` would walk the whole file system."""
+    if not path.exists():
+        raise ProgramError(f"{path} does not exist")
     if not path.is_dir() or not ((path / "model.mil").is_file() or (path / "Manifest.json").is_file()):
         raise ProgramError(f"{path} is not a Core ML ML Program; give an .mlmodelc folder with a model.mil "
                            "or an .mlpackage (older Neural Network models are not run)")
