@@ -770,8 +770,8 @@ def inspect_weights(
             report = inspect(path, pattern, stats=not no_stats, progress=update)
     if as_json:
         out.print_json(json.dumps(report.to_json(), allow_nan=False), ensure_ascii=True)
-    elif report.format == "unreadable":  # not opened at all: the report is its one error, no empty table
-        out.print(f"[bold red]error:[/] {_shown(report.errors[0])}")
+    elif report.format == "unreadable":  # not opened at all: no report, its one error, as every failure says it
+        _fail(report.errors[0], code=2)
     else:
         _print_weights_report(report, not no_stats)
     raise typer.Exit(2 if report.errors else 0)

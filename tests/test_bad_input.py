@@ -256,7 +256,7 @@ def test_what_a_file_holds_is_named_from_its_first_bytes(tmp_path):
                        ("shard.tar", "a tar archive (a WebDataset shard?)")):
         assert holds(tmp_path / name) == kind
         result = run("inspect-weights", tmp_path / name)  # (`mimi inspect` reads a table as rows of codes)
-        assert result.returncode != 0 and f"{name} holds {kind}, not weights" in result.stdout + result.stderr
+        assert result.returncode != 0 and f"{name} holds {kind}, not weights" in result.stderr
 
 
 def test_text_and_web_pages_are_named(tmp_path):
@@ -273,10 +273,10 @@ def test_text_and_web_pages_are_named(tmp_path):
     assert holds(tmp_path / "model.safetensors").startswith("a web page (HTML")
     assert holds(tmp_path / "noise.wav") is None
     result = run("inspect", tmp_path / "notes.wav")
-    assert result.returncode == 2 and "notes.wav holds text, not weights" in result.stdout, result.stdout
+    assert result.returncode == 2 and "notes.wav holds text, not weights" in result.stderr, result.stderr
     result = run("inspect", tmp_path / "model.safetensors")
     assert result.returncode == 2 and "holds a web page (HTML; a Hugging Face /blob/ link saves the page, a " \
-        "/resolve/ link the file), not weights" in result.stdout, result.stdout
+        "/resolve/ link the file), not weights" in result.stderr, result.stderr
     before = {p.name for p in tmp_path.iterdir()}
     result = run("encode", tmp_path / "list.wav", weights=tmp_path / "model.safetensors")
     assert_clean_failure(result, tmp_path, before, "it holds text, not audio (a list of files? give it with "

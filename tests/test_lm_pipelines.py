@@ -713,7 +713,7 @@ def test_a_named_pipe_is_read_once(tmp_path, weights_file, dialogue, encoded):
 def test_pipe_misuse_is_one_line(tmp_path, weights_file, dialogue, command, message):
     command = command.format(wav=dialogue / "left.wav", tmp=tmp_path, weights=weights_file)
     result = bash(command, weights_file)
-    said = result.stderr + result.stdout  # inspect reports an unreadable file on stdout, exit code 2
+    said = result.stderr + result.stdout
     assert result.returncode != 0 and message in said and len(said.splitlines()) == 1, said
     assert "Traceback" not in said and "mimi-input-" not in said
     assert not list(tmp_path.glob("*.npz")) and not list(tmp_path.glob(".*partial*"))

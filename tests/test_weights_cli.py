@@ -107,7 +107,8 @@ def test_inspect_malformed_safetensors(tmp_path, kind):
     malformed(path, kind)
     result = run("inspect", path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "error: cannot read weights" in result.stdout
+    assert result.stderr.startswith("error: cannot read weights") and len(result.stderr.splitlines()) == 1
+    assert not result.stdout  # (it was printed there, as a report that was only its error line)
     code, report = inspect_json(path)
     assert code == 2 and report["format"] == "unreadable" and len(report["errors"]) == 1
 
