@@ -899,8 +899,10 @@ def convert(
         metavar="SOURCE", show_default=False,
         help="Mimi weights: .safetensors (any naming), .mlmodelc or .mlpackage, or a Hugging Face repo "
              "(OWNER/REPO or OWNER/REPO/FILE) when no such file exists.")],
-    destination: Annotated[Path, typer.Argument(help="The .safetensors file to write.", metavar="DESTINATION",
-                                                readable=False, show_default=False)],
+    destination: Annotated[str, typer.Argument(
+        metavar="DESTINATION", show_default=False,
+        help="The .safetensors file to write; a folder (or a name ending in /) receives SOURCE's name with "
+             ".safetensors.")],
     naming: Annotated[str, typer.Option(
         "--naming", help="Tensor names to write: original (Kyutai's release), hf (transformers' kyutai/mimi) "
                          "or moshi (moshi's state_dict).")] = "original",
@@ -920,12 +922,13 @@ def convert(
         _fail(f"--dtype takes one of {', '.join(DTYPES)}, not {dtype!r}", code=2)
     with _user_errors():
         from mimi_cli.convert import convert_checkpoint
-        from mimi_cli.fileio import check_output, check_suffix, file_ids
+        from mimi_cli.fileio import check_output, check_suffix, file_ids, into_folder
 
+        destination, new_folder = into_folder(destination, name, ".safetensors")
         check_suffix(destination, "weights", (".safetensors",))
         source = _weights_source(name)
         sources = file_ids([source, *(source.rglob("*") if source.is_dir() else [])])
-        check_output(destination, force, sources)
+        check_output(destination, force, sources, create_parents=new_folder)
         layout, written, count = convert_checkpoint(source, destination, naming, dtype, force)
         if not quiet:
             err.print(f"{_shown(name)} ({layout} naming) → {_shown(str(destination))}: {count} tensors, "
@@ -956,8 +959,8 @@ def run(
     function: Annotated[Optional[str], typer.Option(
         "--function", show_default=False,
         help="The function to run in a multi-function program. Default: main.")] = None,
-    output: _output_option("An .npz with one member per output ('-': standard output). Default: print a "
-                           "summary of each output.") = None,
+    output: _output_option("An .npz with one member per output ('-': standard output); a folder (or a name "
+                           "ending in /) receives MODEL.npz. Default: print a summary of each output.") = None,
     force: ForceOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -967,17 +970,17 @@ def run(
         from mimi_cli.coreml.program import Overflows, check_program_folder
         from mimi_cli.coreml.run import (named_files, overflow_note, parse_assignment, read_feeds, run_stream,
                                           save_outputs)
-        from mimi_cli.fileio import check_output, check_suffix, file_ids, readable
+        from mimi_cli.fileio import check_output, check_suffix, file_ids, into_folder, readable
 
         if hop is not None and stream is None or sample_rate is not None and stream is None:
             _fail("--hop and --sample-rate go with --stream NAME=AUDIO", code=2)
-        if output is not None and output != "-":
-            check_suffix(Path(output), "outputs", (".npz",))
+        target, new_folder = (output, False) if output in (None, "-") else into_folder(output, model, ".npz")
+        if target not in (None, "-"):
+            check_suffix(target, "outputs", (".npz",))
         check_program_folder(model)
-        if output is not None:  # no output may be one of the run's files: the program's, or an input (any name)
+        if target is not None:  # no output may be one of the run's files: the program's, or an input (any name)
             given = [path for _, path in named_files(inputs or [], stream)]
-            check_output(Path(output) if output != "-" else output, force,
-                         file_ids([model, *model.rglob("*"), *given]))
+            check_output(target, force, file_ids([model, *model.rglob("*"), *given]), create_parents=new_folder)
         program = load_program(model, function, precision)
         feeds = read_feeds(program, inputs or [], stream)
         if stream is None:
@@ -998,18 +1001,20 @@ def run(
         note = overflow_note(program, results, feeds, overflows)
         if note:
             _warn(note)
-        if output is not None:
-            save_outputs(output if output == "-" else Path(output), results, force)
-        if output is None or not quiet:  # without -o, the summary is the output
-            _print_outputs(str(model), summary, results, table=output is None)
+        if target is not None:
+            save_outputs(target, results, force)
+        if target is None or not quiet:  # without -o, the summary is the output
+            _print_outputs(str(model), summary, results, target)
 
 
-def _print_outputs(model: str, summary: str, results: dict, table: bool) -> None:
+def _print_outputs(model: str, summary: str, results: dict, target) -> None:
+    """What ran; without -o (``target`` None), a table of the outputs, which is then the command's output."""
     import numpy as np
     from rich.table import Table
 
-    if not table:
-        err.print(f"{_shown(model)}: {summary}; wrote {', '.join(_shown(n) for n in results)}")
+    if target is not None:
+        where = "standard output" if target == "-" else _shown(str(target))
+        err.print(f"{_shown(model)}: {summary}; wrote {', '.join(_shown(n) for n in results)} to {where}")
         return
     view = Table(title=f"{_shown(model)}: {summary}", title_justify="left")
     for column in ("output", "dtype", "shape", "min", "mean", "max"):

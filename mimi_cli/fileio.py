@@ -144,6 +144,17 @@ def is_folder(path: Path) -> bool:
         return False
 
 
+def into_folder(output: str, source: str | os.PathLike, suffix: str) -> tuple[Path, bool]:
+    """``-o`` of a command that writes one file: a folder (existing, or written with a trailing /) receives it
+    under ``source``'s name with ``suffix``, as ``cp`` puts a file into a folder (``kyutai/mimi`` →
+    ``mimi.safetensors``, ``Mimi.mlpackage/`` → ``Mimi.safetensors``). Returns (its path, may its folder be made?)."""
+    path = home_expanded(output)
+    if not (output.endswith(("/", os.sep)) or is_folder(path)):
+        return path, False
+    name = Path(os.path.abspath(home_expanded(source))).name or "output"  # ("/" has no name)
+    return path / Path(name).with_suffix(suffix).name, not is_folder(path)
+
+
 def file_kind(mode: int) -> str | None:
     """What a non-regular file is, in words; None for a regular file."""
     for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a device"),

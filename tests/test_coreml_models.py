@@ -194,6 +194,10 @@ def test_mimi_run_writes_what_the_api_computes(tmp_path):
     quiet = run("run", str(LOGMEL), "--precision", "fp32", "-i", f"audio={tmp_path / 'audio.npy'}", "-o", str(target),
                 "-f", "-q")
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""  # -q as in encode and decode
+    into = run("run", str(LOGMEL), "-i", f"audio={tmp_path / 'audio.npy'}", "-o", f"{tmp_path / 'out'}/")
+    written = tmp_path / "out" / f"{LOGMEL.name.removesuffix('.mlpackage')}.npz"  # a folder receives MODEL.npz
+    assert into.returncode == 0 and into.stderr.endswith(f"; wrote log_mel to {written}\n"), into.stderr
+    assert np.load(written)["log_mel"].shape == expected.shape
 
 
 @needs_fixtures

@@ -163,6 +163,14 @@ def test_convert_round_trip_is_bit_identical(tmp_path, weights_file):
     assert original.infos.keys() == converted.infos.keys()
     for name in original.infos:
         assert original.raw(name).tobytes() == converted.raw(name).tobytes(), name
+    # a folder receives the source's name, as cp's does: new (a trailing /) or existing ("cannot write weights as a
+    # file without extension" was said of both)
+    for folder in (f"{tmp_path / 'new'}/", str(tmp_path / "new"), str(tmp_path)):
+        result = run("convert", hf, folder)
+        said = "already exists" if folder == str(tmp_path / "new") else "is also an input" if folder == str(tmp_path) \
+            else "→ " + str(tmp_path / "new" / "hf.safetensors")
+        assert said in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert (tmp_path / "new" / "hf.safetensors").read_bytes() == back.read_bytes()  # (named so, in original naming)
 
 
 def test_converted_hf_file_encodes_to_the_same_codes(tmp_path, weights_file):
