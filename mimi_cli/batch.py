@@ -196,7 +196,7 @@ def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["e
             kinds = ("no lines, no audio members, no rows" if kind == "encode" else
                      "no rows" if names else "no lines")
             raise MimiError(f"{given} {'holds' if one else 'hold'} nothing to {verb} ({kinds})")
-        if paths and all(_is_glob(p) for p in paths) and not manifests:  # a glob's matches are taken whatever
+        if paths and all(is_glob(p) for p in paths) and not manifests:  # a glob's matches are taken whatever
             raise MimiError(f"no file matches {given}"  # their suffix, so there were none
                             + (f" ({_left_out(left_out)})" if left_out else ""))
         json_hint = _json_hint(paths, recursive) if kind == "decode" else ""
@@ -204,7 +204,7 @@ def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["e
                         + (f" ({_left_out(left_out)})" if left_out else json_hint or
                            (" (use -r to search sub-folders)" if folders and not recursive else "")))
     items = any(entry.item is not None for entry in found)
-    one_file = len(paths) == 1 and not is_folder(paths[0]) and not _is_glob(paths[0]) and not items
+    one_file = len(paths) == 1 and not is_folder(paths[0]) and not is_glob(paths[0]) and not items
     return found, _left_out(left_out) if left_out else None, one_file
 
 
@@ -276,7 +276,8 @@ def _no_process_locks() -> str | None:
     return None
 
 
-def _is_glob(path: Path) -> bool:
+def is_glob(path: Path) -> bool:
+    """A quoted glob ('data/**/*.flac'): a pattern that is no file's name."""
     return not os.path.lexists(path) and glob.has_magic(str(path))
 
 

@@ -784,8 +784,8 @@ app.command("inspect-weights")(inspect_weights)
 def inspect_any(
     name: Annotated[str, typer.Argument(
         metavar="PATH|REPO", show_default=False,
-        help="Weights, as for inspect-weights; or codes (.npz, .npy, .ecdc, a folder of them, or a table of them: "
-             "Parquet, Arrow, a dataset folder), as decode reads them.")],
+        help="Weights, as for inspect-weights; or codes (.npz, .npy, .ecdc, JSON; a folder of them, a quoted glob, "
+             "or a table of them: Parquet, Arrow, a dataset folder), as decode reads them.")],
     pattern: Annotated[Optional[str], typer.Option(
         "--filter", help="Weights: only tensors whose name matches this glob.", show_default=False)] = None,
     no_stats: Annotated[bool, typer.Option(

@@ -127,17 +127,27 @@ CODES_SUFFIXES = (".npz", ".npy", ".ecdc", ".json")  # what `mimi inspect` reads
 
 def is_codes_path(path: str | Path) -> bool:
     """Whether ``mimi inspect`` takes ``path`` for codes: a file with a codes suffix, a table (Parquet, Arrow,
-    a dataset folder) of rows of codes, or a folder of codes files or Parquet shards (as ``encode -o`` and
-    ``--parquet`` write them), as decode reads them. A folder holding a .safetensors file is weights."""
+    a dataset folder) of rows of codes, a quoted glob, or a folder of codes files or Parquet shards (as
+    ``encode -o`` and ``--parquet`` write them) or of JSON arrays, as decode reads them. A folder holding a
+    .safetensors file or a Core ML model is weights."""
     from mimi_cli.batch import CODES_SUFFIXES as FOUND_IN_FOLDERS
+    from mimi_cli.batch import is_glob
+    from mimi_cli.codes import CODEC_INFO
     from mimi_cli.sources import is_table
+    from mimi_cli.weights.coreml import is_coreml_folder
 
     path = Path(path)
+    if is_glob(path):
+        return True
     if path.suffix.lower() in CODES_SUFFIXES:
         return path.is_file()
     try:
-        return is_table(path) or (path.is_dir() and next(path.glob("*.safetensors"), None) is None and any(
-            p.suffix.lower() in (*FOUND_IN_FOLDERS, ".parquet") for p in path.rglob("*") if p.is_file()))
+        if is_table(path):
+            return True
+        if not path.is_dir() or is_coreml_folder(path) or next(path.glob("*.safetensors"), None) is not None:
+            return False
+        return any(p.suffix.lower() in (*FOUND_IN_FOLDERS, ".parquet") for p in path.rglob("*") if p.is_file()) \
+            or any(p.suffix.lower() == ".json" and p.name != CODEC_INFO for p in path.iterdir())  # (decode's hint)
     except OSError:  # a folder that cannot be looked into: weights' reader says why
         return False
 
@@ -206,12 +216,13 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
     """Report on the codes at ``path`` (anything ``mimi decode`` reads: ``codec`` is a bare array's, see
     :func:`mimi_cli.codes.load_codes`; a folder's files or a table's rows in ``column``), checked as decode checks
     them. ``progress(files or rows read, in all)`` is called after each of a folder's or table's."""
+    from mimi_cli.batch import is_glob
     from mimi_cli.codes import load_codes
     from mimi_cli.ecdc import is_ecdc_path
     from mimi_cli.models import codec_spec
     from mimi_cli.sources import is_table
 
-    if Path(path).is_dir() or is_table(Path(path)):
+    if Path(path).is_dir() or is_table(Path(path)) or is_glob(Path(path)):
         return _inspect_many(Path(path), codec, column, progress or (lambda done, total: None))
     codes = load_codes(Path(path), codec)
     config = codec_spec(codes.codec).config()
@@ -232,7 +243,7 @@ def _inspect_many(path: Path, codec: str | None, column: str, progress: Callable
     """The codes files of a folder (every level below it) or a table's rows of codes (a ``--parquet`` shard or
     their folder, a dataset's codes column), as decode finds them: each read and checked as decode reads it (one
     decode would refuse is this report's error), their figures summed or the most of any row."""
-    from mimi_cli.batch import find_inputs
+    from mimi_cli.batch import find_inputs, is_glob
     from mimi_cli.models import codec_spec
     from mimi_cli.pipeline import read_codes
 
@@ -261,6 +272,7 @@ def _inspect_many(path: Path, codec: str | None, column: str, progress: Callable
     config = codec_spec(first[1].codec).config()  # find_inputs found at least one, or said why not
     plural = "s" * (len(rows) != 1)
     kind = (f"a table of {len(rows):,} row{plural} of codes" if all(entry.item is not None for entry in rows) else
+            f"{len(rows):,} codes file{plural} matched" if is_glob(path) else
             f"a folder of {len(rows):,} codes file{plural}")
     return CodesReport(
         str(path), kind, config.name,

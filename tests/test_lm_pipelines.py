@@ -644,6 +644,13 @@ def test_a_json_array_decodes_as_that_array(tmp_path, weights_file, encoded):
     globbed = run("decode", tmp_path / "generated" / "*.json", "-o", tmp_path / "out/", weights=weights_file)
     assert globbed.returncode == 0 and (tmp_path / "out" / "gen.wav").read_bytes() == \
         (tmp_path / "gen.npy.wav").read_bytes(), globbed.stderr
+    # inspect reads them as decode does: the folder gets decode's hint (it was "weights folder … holds no
+    # .safetensors file"), and the glob it gives is read ("weights file …/*.json does not exist")
+    refused = run("inspect", tmp_path / "generated")
+    assert refused.returncode == 2 and f"a quoted glob: '{tmp_path / 'generated' / '**' / '*.json'}'" in \
+        refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
+    globbed = json.loads(run("inspect", tmp_path / "generated" / "**" / "*.json", "--json").stdout)
+    assert (globbed["kind"], globbed["codebooks"], globbed["frames"]) == ("1 codes file matched", *codes.shape)
     (tmp_path / "generated" / "gen.json").rename(tmp_path / "gen.json")
     for text, said in (("[[1, 2, 3], [4, 5]]", "holds rows of different lengths"),
                        ("[[1.5, 2]]", "holds float64 values; codes are integers (logits"),
