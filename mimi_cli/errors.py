@@ -76,8 +76,8 @@ def over_memory(needed: float) -> int:
 
 # What the system runs out of, whatever the step (a pool's pipes, a worker's files, a weights file's mapping).
 SYSTEM_LIMITS = {
-    errno.EMFILE: "raise the limit on open files (ulimit -n) or use fewer --jobs",
-    errno.ENFILE: "the system's table of open files is full: close other programs or use fewer --jobs",
+    errno.EMFILE: "raise the limit on open files (ulimit -n), or with --jobs use fewer",
+    errno.ENFILE: "the system's table of open files is full: close other programs, or with --jobs use fewer",
     errno.ENOMEM: "free some memory or raise the limit (ulimit -v)",
 }
 

@@ -903,7 +903,7 @@ cli.main()
     ("roundtrip", "pipeline.roundtrip_file", 'MemoryError("Unable to allocate 9.00 GiB for an array")',
      "out of memory (Unable to allocate 9.00 GiB for an array); free some memory or raise the limit (ulimit -v)"),
     ("encode", "batch.execute", 'OSError(errno.EMFILE, "Too many open files")',
-     "Too many open files; raise the limit on open files (ulimit -n)"),
+     "Too many open files; raise the limit on open files (ulimit -n), or with --jobs use fewer"),
     ("encode", "mmap.mmap", 'OSError(errno.ENOMEM, "Cannot allocate memory")',
      "Cannot allocate memory; free some memory or raise the limit (ulimit -v)"),
 ])
