@@ -797,10 +797,14 @@ def _start_worker(settings: Settings) -> None:
 
 
 def _run_in_worker(task: Task) -> FileResult:
+    from mimi_cli.signals import limit_reached
+
     try:
         return _worker.run(task)
     except SystemExit as exc:  # a signal (signals.install): the file's temporary output is gone already,
         remove_temporaries()  # unless the signal landed where no finally saw it (see fileio)
+        if (limit := limit_reached(exc.code)) is not None:  # this worker's own (a CPU-time limit is per process)
+            return FileResult.of(task, "failed", error=f"{limit} in its worker process")
         os._exit(exc.code)  # the pool would catch SystemExit as this task's error and wait for the next one
 
 

@@ -284,10 +284,10 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
         _fail(str(error))
     except KeyboardInterrupt as exc:
         from mimi_cli.fileio import remove_temporaries
-        from mimi_cli.signals import exit_code
+        from mimi_cli.signals import exit_code, reason
 
         remove_temporaries()  # any a signal left where no finally saw it (see fileio)
-        _fail(interrupted, code=exit_code(exc))
+        _fail(interrupted.replace("interrupted", reason(exc), 1), code=exit_code(exc))
 
 
 @contextlib.contextmanager
@@ -1215,7 +1215,7 @@ def _command(diagnostics: _Diagnostics) -> None:
         code = exc.exit_code
     except KeyboardInterrupt as exc:  # a signal outside a command's own handling: as it set up, or after it ended
         code = signals.exit_code(exc)
-        err.print("[bold red]error:[/] interrupted")
+        err.print(f"[bold red]error:[/] {signals.reason(exc)}")
     except BrokenPipeError:  # standard output's reader went away (| head): say nothing (the reader chose to
         code = 1  # stop), as a Unix tool that SIGPIPE ends does, and as click does for a command (exit 1)
         _stdout_to_devnull()

@@ -10,9 +10,10 @@ raised there, Python would print a traceback and carry on as if it had never com
 
 What remains after each signal::
 
-    SIGINT, SIGTERM, SIGHUP    whole outputs only; the temporary file of the one being written is removed
+    SIGINT, SIGTERM, SIGHUP,   whole outputs only; the temporary file of the one being written is removed
                                (sent to the whole process group too, as a terminal does: workers and
-                               multiprocessing's resource tracker stop or carry on without a traceback)
+    SIGXCPU                    multiprocessing's resource tracker stop or carry on without a traceback;
+                               SIGXCPU, a soft CPU-time limit reached, is said so)
     SIGKILL                    cannot be caught: nothing remains on Linux, where the file being written has
                                no name until it is complete (fileio._scratch_file); elsewhere a hidden
                                .NAME.*.partial file may remain beside it (never mistaken for an output);
@@ -27,7 +28,11 @@ import signal
 import threading
 from collections.abc import Callable
 
-_CAUGHT = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
+# SIGXCPU: a soft CPU-time limit (ulimit -S -t) reached, which would end the process as SIGKILL does (a hard limit
+# is SIGKILL itself).
+_CAUGHT = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGXCPU") if hasattr(signal, name))
+# Why a signal stopped the run, where it is not someone stopping it.
+_REASONS = {getattr(signal, "SIGXCPU", None): "the CPU time limit (ulimit -t) was reached"}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -40,6 +45,17 @@ class Interrupted(KeyboardInterrupt):
 
 def exit_code(exc: KeyboardInterrupt) -> int:
     return getattr(exc, "exit_code", 128 + signal.SIGINT)
+
+
+def limit_reached(code: object) -> str | None:
+    """The limit of the system whose signal gives exit ``code`` (128 + the signal's number), in words; None for a
+    signal that someone sent to stop the run."""
+    return _REASONS.get(code - 128) if isinstance(code, int) else None
+
+
+def reason(exc: KeyboardInterrupt) -> str:
+    """Why the run stopped, as the start of its message: "interrupted", or the limit that was reached."""
+    return limit_reached(exit_code(exc)) or "interrupted"
 
 
 def _as_interrupt(signum: int) -> BaseException:

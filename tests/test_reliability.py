@@ -702,6 +702,34 @@ def test_a_signal_to_the_whole_group_ends_the_run_in_one_line(weights_file, tmp_
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGXCPU"), reason="no CPU-time limit signal on this system")
+def test_a_soft_cpu_time_limit_is_said_so(weights_file, tmp_path):
+    """A soft CPU-time limit (`ulimit -S -t`, a batch system's budget) sends SIGXCPU, which ended the run on the
+    spot: no word, as if it had crashed. It now ends as Ctrl-C does, saying which limit it reached; a worker
+    reaching its own (each process has one) fails its file saying so, and the run goes on to say what is done."""
+    import resource
+
+    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):  # 60 s each: more CPU time than the limit, with 1 thread or 2
+        sf.write(tmp_path / "in" / f"{name}.wav", np.tile(speech, 5)[: 60 * rate], rate)
+
+    def limited(*args):
+        return subprocess.run([sys.executable, "-m", "mimi_cli", "encode", *map(str, args)], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "MIMI_WEIGHTS": str(weights_file),
+                                                           "HF_HUB_OFFLINE": "1"},
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CPU, (3, resource.RLIM_INFINITY)))
+
+    alone = limited(tmp_path / "in" / "a.wav", "-o", tmp_path / "a.npz")
+    one_line_error(alone, "the CPU time limit (ulimit -t) was reached; no output was written",
+                   code=128 + signal.SIGXCPU)
+    workers = limited(tmp_path / "in", "-o", tmp_path / "out/", "--jobs", "2")
+    assert workers.returncode == 1 and "Traceback" not in workers.stderr, workers.stderr
+    assert workers.stderr.count("the CPU time limit (ulimit -t) was reached in its worker process") == 2, \
+        workers.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.suffix != ".wav") == ["in"]  # nothing written, nothing left
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see the workers start")
 def test_a_signal_ignored_at_start_stays_ignored(weights_file, tmp_path):
     """`nohup mimi encode corpus/ … &` ignores SIGHUP so that the run outlives its terminal, and a script's `&`
