@@ -91,6 +91,14 @@ def _finite(low: float = -float("inf"), high: float = float("inf")) -> Callable[
     return check
 
 
+def _audio_rate(value: int | None) -> int | None:
+    """An output rate in Hz: ``--sample-rate 16`` (meant as kHz) wrote 29 s of speech as 466 samples at 16 Hz."""
+    if value is not None and value < 1000:
+        in_khz = f" (rates are in Hz: {value} kHz is {value * 1000})" if 8 <= value <= 192 else ""
+        raise typer.BadParameter(f"{value} is below 1000 Hz{in_khz}")
+    return value
+
+
 BandwidthOption = Annotated[Optional[float], typer.Option(
     "--bandwidth", "-b", show_default=False, metavar="KBPS", callback=_finite(low=0),
     help="Target bitrate in kbps instead of -n, e.g. EnCodec's 1.5, 3, 6, 12 or 24.")]
@@ -404,8 +412,8 @@ def decode(
     output: _output_option("Audio file for one input ('-': WAV to standard output); for several, or ending in /, "
                            "a folder that mirrors the inputs' tree (NAME.wav). Default: beside each input, as "
                            "NAME.decoded.wav.") = None,
-    sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", min=1,
-                                                       help="Output rate. Default: the codec's 24000 Hz.",
+    sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", callback=_audio_rate,
+                                                       help="Output rate in Hz. Default: the codec's 24000.",
                                                        show_default=False)] = None,
     codec: Annotated[Optional[str], typer.Option(
         "--codec", "-c", callback=_check_codec, show_default=False,

@@ -228,6 +228,11 @@ def test_an_output_rate_beyond_audio_is_refused_before_any_work(tmp_path, stream
     result = run("decode", *stream, tmp_path / "codes.npz", "-o", tmp_path / "out.wav", "--sample-rate", "1000000000",
                  weights=tmp_path / "unused")  # refused before the weights are looked for
     assert_clean_failure(result, tmp_path, before, "cannot write audio at 1,000,000,000 Hz")
+    # a rate meant in kHz wrote 29 s of speech as 466 samples at 16 Hz
+    result = run("decode", *stream, tmp_path / "codes.npz", "-o", tmp_path / "out.wav", "--sample-rate", "16",
+                 weights=tmp_path / "unused")
+    assert result.returncode == 2 and result.stderr == "error: Invalid value for '--sample-rate': 16 is below 1000 " \
+        "Hz (rates are in Hz: 16 kHz is 16000) (see mimi decode -h)\n" and not (tmp_path / "out.wav").exists()
 
 
 def test_audio_given_as_weights_is_named(tmp_path, short_clip):
