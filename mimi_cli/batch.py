@@ -149,7 +149,7 @@ def plan(job: Job) -> Plan:
         if is_stdout(extra):
             _check_extra_to_stdout(label, tasks)
         elif extra is not None and "://" not in extra:
-            _check_extra_output(Path(extra), label, s.replace or job.skip_existing, inputs, tasks)
+            _check_extra_output(extra, label, s.replace or job.skip_existing, inputs, tasks)
     if job.parquet is not None and "://" in job.parquet:
         remote_folder(job.parquet, s.replace or job.skip_existing, planning=True)
     workers, per_worker, (threads_note, workers_note) = _workers(job.jobs, sum(not t.skip for t in tasks),
@@ -614,10 +614,17 @@ def _check_extra_to_stdout(label: str, tasks: list[Task]) -> None:
         raise MimiError("--manifest -: standard output is closed; redirect it (> file, | program) or give a file name")
 
 
-def _check_extra_output(path: Path, label: str, replace_ok: bool, inputs: set, tasks: list[Task]) -> None:
-    """A manifest or Parquet folder: writable, not an input, not one of the run's outputs, before any work."""
-    if any(t.output is not None and not is_stdout(t.output) and Path(t.output) == path for t in tasks):
+def _check_extra_output(name: str, label: str, replace_ok: bool, inputs: set, tasks: list[Task]) -> None:
+    """A manifest or Parquet folder: writable, not an input, not one of the run's outputs (nor, for a manifest,
+    their folder), before any work."""
+    path = Path(name)
+    written = [Path(t.output) for t in tasks if t.output is not None and not is_stdout(t.output)]
+    if path in written:
         raise MimiError(f"{label}: {path} is also an output of this run; choose another name")
+    if label == "--manifest" and (name.endswith(("/", os.sep)) or any(path in p.parents for p in written)):
+        # (it failed once the work was done, as "appeared while this run was working")
+        raise MimiError(f"--manifest {name} names a folder{' the outputs go into' * (not is_folder(path))}; the "
+                        f"manifest is one file: give its name ({path / 'manifest.jsonl'})")
     if label == "--parquet":
         if path.exists() and not (path.is_dir() and not path.is_symlink()):
             raise MimiError(f"{label}: {path} exists and is not a folder")
@@ -625,8 +632,9 @@ def _check_extra_output(path: Path, label: str, replace_ok: bool, inputs: set, t
             raise OutputExistsError(f"{label}: folder {path} is not empty; choose a new folder or pass -f/--force")
         path = path / "part-00000.parquet"
         replace_ok = True
+    made = label == "--parquet" or any(path.parent in p.parents for p in written)  # (-o out/ --manifest out/m.jsonl)
     try:
-        check_output(path, replace_ok, inputs, create_parents=label == "--parquet")
+        check_output(path, replace_ok, inputs, create_parents=made)
     except MimiError as exc:
         raise type(exc)(f"{label}: {exc}") from None
 

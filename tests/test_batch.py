@@ -475,6 +475,17 @@ def test_a_manifest_to_standard_output(corpus, weights_file, tmp_path):
         result = run("encode", corpus / "a.wav", *extra, weights=weights_file, cwd=tmp_path)
         assert result.returncode == 1 and words in result.stderr and not result.stdout, result.stderr
     assert not (tmp_path / "-").exists() and not (tmp_path / "p").exists()
+    # the outputs' folder given as the manifest failed once every file was encoded ("appeared while this run was
+    # working"); a manifest inside the folder the run makes was refused ("folder … does not exist")
+    for manifest in (f"{tmp_path}/new/", f"{tmp_path}/new"):
+        result = run("encode", corpus, "-r", "-o", f"{tmp_path}/new/", "--manifest", manifest, weights=weights_file)
+        assert result.returncode == 1 and result.stderr == f"error: --manifest {manifest} names a folder the " \
+            f"outputs go into; the manifest is one file: give its name ({tmp_path}/new/manifest.jsonl)\n"
+        assert not (tmp_path / "new").exists()
+    result = run("encode", corpus, "-r", "-o", f"{tmp_path}/new/", "--manifest", f"{tmp_path}/new/m.jsonl", "-q",
+                 weights=weights_file)
+    assert result.returncode == 0 and len((tmp_path / "new" / "m.jsonl").read_text().splitlines()) == 4, \
+        result.stderr
 
 def test_ray_engine_without_ray_says_how_to_install_it(corpus, weights_file, tmp_path):
     fake = tmp_path / "site"
