@@ -42,9 +42,10 @@ from mimi_cli.ecdc import ecdc_model, is_ecdc_path
 from mimi_cli.errors import MimiError, OutputExistsError, dumps_json, first_line, os_reason, physical_memory
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, either,
                              file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path,
-                             missing, output_exists, remove_temporaries, stdout_closed, url)
+                             missing, names_folder, output_exists, remove_temporaries, stdout_closed, url)
 from mimi_cli.models import BASE_BYTES, CODECS, codec_spec
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
+from mimi_cli.plot import PLOT_SUFFIXES
 from mimi_cli.sources import Item, arrow_file, is_container, is_table, known_keys, list_items
 from mimi_cli.weights import resolve_weights, weights_files, weights_id
 
@@ -281,49 +282,39 @@ def is_glob(path: Path) -> bool:
     return not os.path.lexists(path) and glob.has_magic(str(path))
 
 
-def _named_in_folder(inputs: Iterable[str], output: str, suffix: str) -> None:
-    """Refused: standard input or a pipe ``<(command)`` names (``/dev/fd/63``) given an output folder, where its
-    output would be named ``-.npz`` or ``63.npz``."""
+def _named_in_folder(inputs: Iterable[str], output: str, suffix: str, label: str = "-o",
+                     to_stdout: bool = True) -> None:
+    """Refused: standard input or a pipe ``<(command)`` names (``/dev/fd/63``) given an output folder (``label``),
+    where its output would be named ``-.npz`` or ``63.npz``; ``to_stdout``: that output may go to standard output."""
     nameless = next((p for p in inputs if p == STDIN or _FD_NAME.fullmatch(p)), None)
     if nameless is not None:
         shown = "standard input" if nameless == STDIN else f"{nameless} (a pipe, as <(command) names it)"
-        raise MimiError(f"{shown} has no name of its own to give its output in the folder {output}: give -o a "
-                        f"file's name ({Path(output, 'NAME' + suffix)}), or - for standard output")
+        raise MimiError(f"{shown} has no name of its own to give its output in the folder {output}: give {label} "
+                        f"a file's name ({Path(output, 'NAME' + suffix)})" + ", or - for standard output" * to_stdout)
 
 
-def plan_roundtrip(output: str | None, plot: Path | None, found: list[Input]) -> Task:
-    """The task of ``mimi roundtrip`` on its one input: its decoded audio to ``-o``, a file, or a folder
-    (existing, or written with a trailing / and made once the audio is) that receives the input's name with
-    .wav, as decode's -o does; its spectrograms to ``plot``."""
-    [entry] = found
-    target, is_file = _output_target(output, True, found)
-    if target is None or is_file:
-        return Task(entry.path, target, plot=plot)
-    _named_in_folder([str(entry.path)], output, ".wav")
-    return Task(entry.path, Path(target) / entry.path.with_suffix(".wav").name, plot=plot, new_folder=True)
-
-
-def _output_target(output: str | None, one_file: bool, found: list[Input]) -> tuple[Target | None, bool]:
-    """``-o`` as (where, names one file?): a folder (existing, or written with a trailing slash), a file, or "-".
-    A new name with a codes or audio file's suffix is never made a folder (``-o codes.npy`` for a folder of
-    inputs made a folder named ``codes.npy`` of ``.npz`` files)."""
+def _output_target(output: str | None, one_file: bool, found: list[Input],
+                   label: str = "-o") -> tuple[Target | None, bool]:
+    """``-o`` (or ``label``) as (where, names one file?): a folder (existing, or written with a trailing slash), a
+    file, or "-". A new name with a codes or audio file's suffix is never made a folder (``-o codes.npy`` for a
+    folder of inputs made a folder named ``codes.npy`` of ``.npz`` files)."""
     if output is None:
         return None, False
     if output == STDOUT:
         if len(found) != 1:
-            raise MimiError("-o - (standard output) takes one input")
+            raise MimiError(f"{label} - (standard output) takes one input")
         return STDOUT, True
     path = home_expanded(output)
-    if output.endswith(("/", os.sep)) or is_folder(path):
+    if names_folder(output):
         return path, False
     if one_file:
         return path, True
-    if path.exists() or path.suffix.lower() in (*CODES_SUFFIXES, *AUDIO_SUFFIXES):
+    if path.exists() or path.suffix.lower() in (*CODES_SUFFIXES, *AUDIO_SUFFIXES, *PLOT_SUFFIXES):
         several = ("the inputs hold items (lines, members, rows), for which" if any(e.item for e in found)
                    else "with several inputs" if len(found) > 1
                    else "for a folder, a glob or a list of inputs (even of one file)")
-        mkdir = "" if path.exists() else f" (end it with / for a folder of that name: -o {output}/)"
-        raise MimiError(f"-o {output} looks like a file; {several} -o names a folder{mkdir}")
+        mkdir = "" if path.exists() else f" (end it with / for a folder of that name: {label} {output}/)"
+        raise MimiError(f"{label} {output} looks like a file; {several} {label} names a folder{mkdir}")
     return path, False
 
 
@@ -555,9 +546,10 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
     if existing:
         if len(tasks) == 1:
             raise OutputExistsError(f"{existing[0]} already exists; pass -f/--force to replace it")
-        caution = " (check that they are not recordings you want to keep)" if kind == "decode" else ""
-        raise OutputExistsError(f"{len(existing)} output(s) already exist, e.g. {existing[0]}; pass --skip-existing "
-                                f"to resume an interrupted run, or -f/--force to replace them{caution}")
+        caution = " (check that they are not recordings you want to keep)" if kind != "encode" else ""
+        resume = "--skip-existing to resume an interrupted run, or " if kind != "roundtrip" else ""
+        raise OutputExistsError(f"{len(existing)} output(s) already exist, e.g. {existing[0]}; pass {resume}"
+                                f"-f/--force to replace them{caution}")
     return tasks
 
 
@@ -753,14 +745,37 @@ def write_manifest(path: Target, results: list[FileResult], replace: bool) -> No
             f.write(result.manifest_line() + "\n")
 
 
-def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1,
-                    threads: int | None = None) -> tuple[list[Task], Settings, int, list[str]]:
-    """Round trips of the files and items ``found`` (metrics only, nothing written), to run as a batch runs
-    (:func:`run_local`): their tasks, the settings with each worker's threads (one each with several workers,
-    unless ``threads`` says otherwise), the workers ``jobs`` asks for and this machine allows, notes to show."""
+def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1, threads: int | None = None,
+                    one_file: bool = False, output: str | None = None,
+                    plot: str | None = None) -> tuple[list[Task], Settings, int, list[str]]:
+    """Round trips of the files and items ``found``, to run as a batch runs (:func:`run_local`): their tasks, the
+    settings with each worker's threads (one each with several workers, unless ``threads`` says otherwise), the
+    workers ``jobs`` asks for and this machine allows, notes to show. Each one's decoded audio goes to ``output``
+    and its spectrograms to ``plot`` where given: a file for ``one_file``, else a folder that mirrors the inputs
+    as encode's -o does (NAME.wav, NAME.png), checked as a batch's outputs are, before any work."""
+    if plot is not None and not names_folder(plot) and Path(plot).suffix.lower() not in PLOT_SUFFIXES:
+        given = "to standard output" if plot == STDOUT else Path(plot).suffix or "a file without extension"
+        raise MimiError(f"--plot writes {either(PLOT_SUFFIXES)}, not {given}")
     workers, per_worker, notes = _workers(jobs, len(found), "local", threads)
-    tasks = [Task(entry.path, None, item=entry.item) for entry in found]
+    audio = _roundtrip_outputs(found, one_file, output, "-o", ".wav", settings.replace)
+    plots = _roundtrip_outputs(found, one_file, plot, "--plot", ".png", settings.replace)
+    tasks = [Task(entry.path, target, item=entry.item, plot=None if image is None else Path(image), new_folder=True)
+             for entry, target, image in zip(found, audio, plots, strict=True)]
     return tasks, replace(settings, threads=per_worker), workers, [note for note in notes if note]
+
+
+def _roundtrip_outputs(found: list[Input], one_file: bool, output: str | None, label: str, suffix: str,
+                       replace_ok: bool) -> list[Target | None]:
+    """Where each round trip writes one kind of output (see plan_roundtrips)."""
+    if output is None:
+        return [None] * len(found)
+    if output == STDOUT:  # (roundtrip prints its metrics there)
+        raise MimiError(f"roundtrip prints its metrics on standard output; give {label} a file name")
+    target, is_file = _output_target(output, one_file, found, label)
+    if not is_file:
+        _named_in_folder([str(entry.path) for entry in found], output, suffix, label, to_stdout=False)
+    return [task.output for task in plan_tasks(found, target, suffix, None, replace_ok, False, is_file,
+                                               kind="roundtrip")]
 
 
 def run_local(tasks: list[Task], settings: Settings, jobs: int,

@@ -555,7 +555,8 @@ def roundtrip(
              "their mean.",
         metavar="INPUT", readable=False, show_default=False)] = None,
     output: Annotated[Optional[str], typer.Option(
-        "--output", "-o", help="Also write the decoded audio to this file, or into this folder (as NAME.wav).",
+        "--output", "-o", help="Also write the decoded audio to this file; or into this folder (as NAME.wav; with "
+                               "several inputs, mirroring their tree as encode's -o does).",
         show_default=False)] = None,
     codec: CodecOption = DEFAULT_CODEC,
     codebooks: CodebooksOption = None,
@@ -577,7 +578,8 @@ def roundtrip(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     plot: Annotated[Optional[str], typer.Option(
         "--plot", help="Also draw input and output log-mel spectrograms and their difference into this image "
-                       "(.png, .svg or .pdf; needs mimi-cli\\[plot]).", show_default=False)] = None,
+                       "(.png, .svg or .pdf; needs mimi-cli\\[plot]), or into this folder (NAME.png, as -o).",
+        show_default=False)] = None,
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,
@@ -590,35 +592,23 @@ def roundtrip(
     settings_codebooks = _num_codebooks(codec, codebooks, bandwidth)
     if not inputs and not inputs_from:
         _fail("give audio to round-trip (files, folders, globs, '-', manifests, shards or datasets)", code=2)
-    if output is not None and output == "-":
-        _fail("roundtrip prints its metrics on standard output; give -o a file name", code=2)
-    plot = None if plot is None else Path(as_written(plot))
-    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
-        given = "to standard output" if str(plot) == "-" else plot.suffix or "a file without extension"
-        _fail(f"--plot writes .png, .svg or .pdf, not {given}", code=2)
-    with _user_errors():
-        from mimi_cli.batch import find_inputs
-
-        found, left_out, one = find_inputs(map(as_written, inputs or []), map(as_written, inputs_from or []),
-                                           "encode", recursive, audio_column, verb="round-trip")
-    if not one and (output is not None or plot is not None):
-        _fail("-o and --plot go with one input file; leave them out to measure several", code=2)
     from mimi_cli.pipeline import Settings, Worker, roundtrip_mean
 
     settings = Settings("roundtrip", weights, codec, settings_codebooks, stream, replace=force, channels=channels)
-    if not one:
-        from mimi_cli.batch import plan_roundtrips, run_local
+    with _user_errors():
+        from mimi_cli.batch import find_inputs, plan_roundtrips, run_local
 
-        tasks, settings, workers, notes = plan_roundtrips(found, settings, jobs, threads)
+        found, left_out, one = find_inputs(map(as_written, inputs or []), map(as_written, inputs_from or []),
+                                           "encode", recursive, audio_column, verb="round-trip")
+        written = (None if name is None else as_written(name) for name in (output, plot))
+        tasks, in_workers, workers, notes = plan_roundtrips(found, settings, jobs, threads, one, *written)
+    if not one:
         for note in ([left_out] if left_out else []) + notes:
             say.note(f"note: {note}")
         with _user_errors(), say.progress_files(len(tasks)) as advance:  # a bar over the files, as a batch's
-            results = run_local(tasks, settings, workers, on_result=lambda r: advance(r.duration_s or 0.0))
+            results = run_local(tasks, in_workers, workers, on_result=lambda r: advance(r.duration_s or 0.0))
         return _show_roundtrips(results, roundtrip_mean(results), as_json)
-    with _user_errors():
-        from mimi_cli.batch import plan_roundtrip
-
-        task = plan_roundtrip(None if output is None else as_written(output), plot, found)
+    [task] = tasks
     with _user_errors(), _threads(threads, say), say.reporter() as report:
         result = Worker(settings).run(task, report)
     if result.status == "failed":

@@ -144,12 +144,17 @@ def is_folder(path: Path) -> bool:
         return False
 
 
+def names_folder(output: str) -> bool:
+    """An output given as a folder, to write into: one that exists, or a name written with a trailing /."""
+    return output.endswith(("/", os.sep)) or is_folder(home_expanded(output))
+
+
 def into_folder(output: str, source: str | os.PathLike, suffix: str) -> tuple[Path, bool]:
     """``-o`` of a command that writes one file: a folder (existing, or written with a trailing /) receives it
     under ``source``'s name with ``suffix``, as ``cp`` puts a file into a folder (``kyutai/mimi`` →
     ``mimi.safetensors``, ``Mimi.mlpackage/`` → ``Mimi.safetensors``). Returns (its path, may its folder be made?)."""
     path = home_expanded(output)
-    if not (output.endswith(("/", os.sep)) or is_folder(path)):
+    if not names_folder(output):
         return path, False
     name = Path(os.path.abspath(home_expanded(source))).name or "output"  # ("/" has no name)
     return path / Path(name).with_suffix(suffix).name, not is_folder(path)

@@ -301,7 +301,7 @@ class Task:
     item: Item | None = None  # audio inside something larger: a span, a tar member, a table row
     redo: bool = False  # the output exists, made otherwise (made_otherwise), and -f replaces it
     plot: Path | None = None  # roundtrip: its spectrograms drawn into this image too
-    new_folder: bool = False  # roundtrip: the output's folder may be made for it (-o DIR/, not there yet)
+    new_folder: bool = False  # roundtrip: its outputs' folders may be made (planned: -o DIR/, --plot DIR/)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -653,7 +653,7 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
                        *weights_files(settings.weights, CODECS.values())])
     for target in (output, plot):
         if target is not None:
-            check_output(target, settings.replace, inputs, create_parents=task.new_folder and target is output)
+            check_output(target, settings.replace, inputs, create_parents=task.new_folder)
     if output is not None and plot is not None and Path(output).resolve() == plot.resolve():
         raise MimiError("-o and --plot name the same file; give two names")
     rate = codec_spec(settings.codec).config().sample_rate

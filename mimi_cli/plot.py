@@ -16,6 +16,7 @@ from mimi_cli.fileio import atomic_output
 from mimi_cli.metrics import log_mel, mel_filterbank
 
 N_FFT, HOP, N_MELS = 1024, 256, 80
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # the formats an image is written in, named by its suffix
 MAX_COLUMNS = 8  # channels drawn side by side, 7 inches each
 
 

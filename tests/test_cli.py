@@ -110,7 +110,7 @@ def test_roundtrip_o_a_folder_receives_the_audio_as_decode_does(tmp_path, clip, 
 
 def test_roundtrip_of_several_files_shows_each_and_their_mean(tmp_path, clip, weights_file):
     """A test set: each file's metrics as its own round trip gives them, their mean over the files done, each
-    failure a line and exit 1; -o and --plot, which name one file's outputs, are refused with several."""
+    failure a line and exit 1; -o naming one file is refused with several."""
     pcm, rate = sf.read(clip, dtype="float32")
     other = tmp_path / "other.wav"
     sf.write(other, pcm[::-1] * 0.5, rate)
@@ -131,13 +131,16 @@ def test_roundtrip_of_several_files_shows_each_and_their_mean(tmp_path, clip, we
     table = run("roundtrip", clip, other, weights=weights_file, env_extra={"COLUMNS": "150"})
     assert table.returncode == 0 and "mean of 2" in table.stdout and "other.wav" in table.stdout, table.stderr
     refused = run("roundtrip", clip, other, "-o", tmp_path / "x.wav", weights=weights_file)
-    assert refused.returncode == 2 and "-o and --plot go with one input" in refused.stderr
+    assert refused.returncode == 1 and refused.stderr == f"error: -o {tmp_path / 'x.wav'} looks like a file; with " \
+        f"several inputs -o names a folder (end it with / for a folder of that name: -o {tmp_path / 'x.wav'}/)\n"
     assert not (tmp_path / "x.wav").exists()
 
 
 def test_roundtrip_reads_what_encode_reads(tmp_path, clip, weights_file):
     """A test set as a folder (-r for its sub-folders; --jobs), a tar shard or a manifest's spans: a row for each
-    file or item, equal to the round trip of that audio as a file of its own; -o and --plot are refused for them."""
+    file or item, equal to the round trip of that audio as a file of its own. -o DIR/ and --plot DIR/ receive
+    each one's audio and spectrograms, mirrored as encode's -o mirrors the inputs (they were refused: "-o and
+    --plot go with one input file")."""
     import tarfile
 
     pcm, rate = sf.read(clip, dtype="int16")
@@ -167,7 +170,20 @@ def test_roundtrip_reads_what_encode_reads(tmp_path, clip, weights_file):
     assert alone["set/a.wav"]["si_sdr_db"] != alone["part.wav"]["si_sdr_db"]
     for extra in (["-o", tmp_path / "x.wav"], ["--plot", tmp_path / "x.png"]):
         refused = run("roundtrip", tmp_path / "set", *extra, weights=weights_file)
-        assert refused.returncode == 2 and "go with one input file" in refused.stderr
+        assert refused.returncode == 1 and "for a folder, a glob or a list of inputs (even of one file) " \
+            f"{extra[0]} names a folder" in refused.stderr, refused.stderr
+    for name in ("set/a.wav", "set/sub/b.wav"):
+        alone = run("roundtrip", tmp_path / name, "-n", "4", "-o", tmp_path / name.replace("/", "_"),
+                    weights=weights_file)
+        assert alone.returncode == 0, alone.stderr
+    many = run("roundtrip", tmp_path / "set", "-r", "-n", "4", "--jobs", "2", "-o", f"{tmp_path}/out/", "--plot",
+               f"{tmp_path}/plots/", "-q", weights=weights_file)
+    assert many.returncode == 0, many.stderr
+    for name in ("a.wav", "sub/b.wav"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / f"set_{name.replace('/', '_')}").read_bytes()
+        assert (tmp_path / "plots" / name).with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    again = run("roundtrip", tmp_path / "set", "-r", "-o", tmp_path / "out", weights=weights_file)
+    assert again.returncode == 1 and "2 output(s) already exist" in again.stderr, again.stderr
     assert not list(tmp_path.glob("x.*"))
 
 

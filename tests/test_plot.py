@@ -38,9 +38,9 @@ def test_a_home_that_cannot_be_written_changes_nothing_said(tmp_path, clip, weig
 
 def test_plot_refusals_leave_no_file(tmp_path, clip, weights_file):
     result = run("roundtrip", clip, "--plot", tmp_path / "cmp.jpeg")
-    assert result.returncode == 2 and "--plot writes .png, .svg or .pdf" in result.stderr
+    assert result.returncode == 1 and "--plot writes .png, .svg or .pdf" in result.stderr
     result = run("roundtrip", clip, "--plot", "-", cwd=tmp_path)
-    assert result.returncode == 2 and "--plot writes .png, .svg or .pdf, not to standard output" in result.stderr
+    assert result.returncode == 1 and "--plot writes .png, .svg or .pdf, not to standard output" in result.stderr
     fake = tmp_path / "site"
     (fake / "matplotlib").mkdir(parents=True)
     (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
