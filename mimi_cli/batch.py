@@ -111,8 +111,6 @@ def plan(job: Job) -> Plan:
             raise MimiError("'-' (standard input) must be the only input")
         if job.output is None:
             raise MimiError("with input from standard input, give -o: a file, or - for standard output")
-        if job.jobs > 1 or job.engine == "ray":
-            raise MimiError("'-' (standard input) is read in this process; drop --jobs and --engine ray")
     if job.manifests.count(STDIN) + job.inputs.count(STDIN) > 1:
         raise MimiError("standard input can be read once: give '-' as an input or to one --inputs-from, not both")
     pipes = [p for p in job.inputs if p != STDIN and is_pipe(Path(p))]
@@ -120,8 +118,7 @@ def plan(job: Job) -> Plan:
         folder = "" if _FD_NAME.fullmatch(pipes[0]) else " a folder,"  # a named pipe's name names its output
         raise MimiError(f"{pipes[0]} is a pipe, with no folder to write beside it; give -o: a file,{folder} "
                         "or - for standard output")
-    if pipes and (job.jobs > 1 or job.engine == "ray"):
-        raise MimiError(f"{pipes[0]} is a pipe, which only this process can read; drop --jobs and --engine ray")
+    _read_here(job.inputs, job.jobs, job.engine)
     suffix, beside = (".npz", ".npz") if s.kind == "encode" else (".wav", ".decoded.wav")
     found, left_out, one_file = find_inputs(job.inputs, job.manifests, s.kind, job.recursive, job.column)
     items = any(entry.item is not None for entry in found)
@@ -280,6 +277,19 @@ def _no_process_locks() -> str | None:
 def is_glob(path: Path) -> bool:
     """A quoted glob ('data/**/*.flac'): a pattern that is no file's name."""
     return not os.path.lexists(path) and glob.has_magic(str(path))
+
+
+def _read_here(inputs: Iterable[str], jobs: int, engine: str = "local") -> None:
+    """Standard input and pipes (``<(command)``) can be read by this process alone: refused with workers (one
+    spawned with --jobs read /dev/null there, or the file this shell gave the parent)."""
+    if jobs <= 1 and engine != "ray":
+        return
+    drop = "drop --jobs" + " and --engine ray" * (engine == "ray")
+    for name in inputs:
+        if name == STDIN:
+            raise MimiError(f"'-' (standard input) is read in this process; {drop}")
+        if is_pipe(Path(name)):
+            raise MimiError(f"{name} is a pipe, which only this process can read; {drop}")
 
 
 def _named_in_folder(inputs: Iterable[str], output: str, suffix: str, label: str = "-o",
@@ -756,6 +766,7 @@ def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1, threa
     if plot is not None and not names_folder(plot) and Path(plot).suffix.lower() not in PLOT_SUFFIXES:
         given = "to standard output" if plot == STDOUT else Path(plot).suffix or "a file without extension"
         raise MimiError(f"--plot writes {either(PLOT_SUFFIXES)}, not {given}")
+    _read_here([str(entry.path) for entry in found if entry.item is None], jobs)
     workers, per_worker, notes = _workers(jobs, len(found), "local", threads)
     audio = _roundtrip_outputs(found, one_file, output, "-o", ".wav", settings.replace)
     plots = _roundtrip_outputs(found, one_file, plot, "--plot", ".png", settings.replace)

@@ -314,11 +314,12 @@ def check_stdin(given: str, what: str) -> None:
     state = "closed" if sys.stdin is None else "a terminal" if sys.stdin.isatty() else None
     if state is None:
         with contextlib.suppress(OSError, ValueError):
-            mode = os.fstat(sys.stdin.fileno()).st_mode
+            fd = sys.stdin.fileno()  # (0, but for a stand-in)
+            mode = os.fstat(fd).st_mode
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                 state = "a device"
                 with contextlib.suppress(OSError):
-                    state = f"the device {os.readlink('/proc/self/fd/0')}"
+                    state = f"the device {os.readlink(f'/proc/self/fd/{fd}')}"
     if state:
         raise MimiError(f"{given} reads standard input, which is {state} here; pipe {what} in")
 

@@ -521,6 +521,9 @@ def test_a_reader_that_stops_early_ends_the_run_in_silence(weights_file, encoded
 @pytest.mark.parametrize("args, message", [
     (["encode", "-"], "give -o"),
     (["encode", "-", "-o", "x.npz", "--jobs", "2"], "drop --jobs"),
+    # a worker read /dev/null there: "'-' reads standard input, which is the device /dev/null here", as its file
+    (["roundtrip", str(SAMPLE_AUDIO / "music_24k.flac"), "-", "--jobs", "2"],
+     "'-' (standard input) is read in this process; drop --jobs"),
     # -o a folder named the output "-.npz": standard input has no name of its own to give it
     (["encode", "-", "-o", "out/"], "standard input has no name of its own to give its output in the folder out/: "
                                     "give -o a file's name (out/NAME.npz), or - for standard output"),
