@@ -181,9 +181,10 @@ def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["e
     # (a Hugging Face repo's data/), WebDataset tars; decode: the Parquet shards --parquet writes
     left_out: list[Path] = []  # broken links, pipes and devices with an input's name in the folders and globs
     holds_items = is_container if kind == "encode" else is_table  # decode reads rows of codes, no other items
+    empty: list[str] = []  # folders and globs that gave nothing, to be said when others did
     found = collect_inputs(paths, recursive, suffixes, containers=holds_items,
                            else_suffixes=(".parquet",) if kind == "decode" else (".parquet", ".arrow", ".tar"),
-                           on_skip=left_out.append)
+                           on_skip=left_out.append, on_empty=empty.append)
     found = expand_containers(found, column or ("audio" if kind == "encode" else "codes"), holds_items)
     found += [entry for m in manifests for entry in listed_inputs(home_expanded(m), kind, column)]
     if not found:
@@ -203,7 +204,16 @@ def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["e
                            (" (use -r to search sub-folders)" if folders and not recursive else "")))
     items = any(entry.item is not None for entry in found)
     one_file = len(paths) == 1 and not is_folder(paths[0]) and not is_glob(paths[0]) and not items
-    return found, _left_out(left_out) if left_out else None, one_file
+    notes = [_left_out(left_out)] if left_out else []
+    # (`encode spk1/ spk2/` took spk1's files alone, in silence, where spk2's were a level down)
+    globs = [name for name in empty if is_glob(Path(name))]
+    folders = [name for name in empty if name not in globs]
+    if folders:
+        notes.append(f"nothing to {verb} in {', '.join(folders)} (no {either(suffixes[:4])}"
+                     f"{'…' if len(suffixes) > 4 else ''} files there{'; -r searches sub-folders' * (not recursive)})")
+    if globs:
+        notes.append(f"no file matches {', '.join(globs)}")
+    return found, "; ".join(notes) or None, one_file
 
 
 def _json_hint(paths: list[Path], recursive: bool) -> str:
@@ -330,16 +340,19 @@ def _output_target(output: str | None, one_file: bool, found: list[Input],
 
 def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple[str, ...],
                    containers: Callable[[Path], bool] | None = None, else_suffixes: tuple[str, ...] = (),
-                   on_skip: Callable[[Path], None] | None = None) -> list[Input]:
+                   on_skip: Callable[[Path], None] | None = None,
+                   on_empty: Callable[[str], None] | None = None) -> list[Input]:
     """Files named directly (whatever their suffix), files with ``suffixes`` in folders (all levels with
     ``recursive``; in a folder with none, files with ``else_suffixes``) and glob matches (``**`` descends). A
     name that matches nothing is kept, to fail as missing. A folder ``containers`` says holds items (a dataset
     folder: :func:`mimi_cli.sources.is_container`, or for decode :func:`~mimi_cli.sources.is_table`) is one
     input, not searched, whether named or met in a walk. ``on_skip`` is called with each entry
     a folder or glob holds under such a name that is not a regular file (a broken link, a pipe, a device):
-    it is left out, as a folder walk must not block on a pipe, but the caller should say so."""
+    it is left out, as a folder walk must not block on a pipe, but the caller should say so; ``on_empty`` with
+    each folder or glob that gives nothing."""
     found: list[Input] = []
     for item in map(str, items):
+        before = len(found)
         path = home_expanded(item)
         if is_folder(path) and (refused := _unsearchable(path)) is not None:  # before asking if it is a dataset
             found += _unlisted_folders([refused])
@@ -360,6 +373,8 @@ def collect_inputs(items: Iterable[str | Path], recursive: bool, suffixes: tuple
             found += [Input(p, base) for p in _regular([p for p in matches if not is_folder(p)], on_skip)]
         else:
             found.append(Input(path, path.parent))
+        if len(found) == before and on_empty is not None:
+            on_empty(item)
     unique, seen = [], set()
     for entry in found:  # the same file named twice (a folder and a glob) is done once
         key = os.path.realpath(entry.path)  # Path.resolve raises RuntimeError on a loop of links

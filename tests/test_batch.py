@@ -422,6 +422,24 @@ def test_entries_that_are_not_files_are_said(tmp_path):
     assert named.returncode == 1 and named.stderr.strip() == f"error: {folder / 'gone.wav'} is a broken symbolic link"
 
 
+def test_a_folder_or_glob_that_gives_nothing_beside_others_is_said(corpus, tmp_path):
+    """`mimi encode a/ b/` took a/'s files and said nothing of b/, whose files were a level down (no -r), nor of
+    a glob that matched nothing: the run looked done. Now a note names them; the others are encoded."""
+    from mimi_cli import batch
+    from mimi_cli.pipeline import Settings
+
+    (tmp_path / "empty").mkdir()
+    given = (str(corpus / "a.wav"), str(corpus / "spk1"), str(tmp_path / "empty"), f"{corpus}/*.mp3")
+    planned = batch.plan(batch.Job(Settings("encode"), given, str(tmp_path / "out")))
+    assert [t.input.name for t in planned.tasks] == ["a.wav", "b.flac"]
+    assert planned.notes == [f"nothing to encode in {tmp_path / 'empty'} (no .wav, .flac, .ogg or .oga… files "
+                             f"there; -r searches sub-folders); no file matches {corpus}/*.mp3"]
+    planned = batch.plan(batch.Job(Settings("encode"), given, str(tmp_path / "out"), recursive=True))
+    assert [t.input.name for t in planned.tasks] == ["a.wav", "b.flac", "c.wav", "d.ogg"]
+    assert planned.notes[0].startswith(f"nothing to encode in {tmp_path / 'empty'} (no .wav, .flac, .ogg or .oga… "
+                                       "files there); no file")
+
+
 def test_batch_usage_errors(corpus, tmp_path):
     result = run("encode", tmp_path, "-o", tmp_path / "out")
     assert result.returncode == 1 and "no .wav" in result.stderr and "-r" in result.stderr
