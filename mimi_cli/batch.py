@@ -398,12 +398,14 @@ def _unsearchable(folder: Path) -> OSError | None:
 
 def _walk(folder: Path, recursive: bool) -> tuple[list[Path], list[OSError]]:
     """What ``folder`` holds that is not a folder (with ``recursive``, every folder below it too, not through
-    links to folders), but names starting with "."; and the errors of the folders that could not be listed
+    links to folders), but names starting with "." (files and folders, as ``**`` leaves them out: a Mac's
+    ``._a.wav``, ``.ipynb_checkpoints``, ``.Trash``); and the errors of the folders that could not be listed
     (pathlib's glob left a folder without read permission out in silence, its files never done)."""
     listed: list[Path] = []
     unreadable: list[OSError] = []
-    for top, _folders, names in os.walk(folder, onerror=unreadable.append):
+    for top, folders, names in os.walk(folder, onerror=unreadable.append):
         listed += [Path(top, name) for name in names if not name.startswith(".")]
+        folders[:] = [name for name in folders if not name.startswith(".")]
         if not recursive:
             break
     return sorted(listed), unreadable

@@ -365,13 +365,16 @@ def test_ctrl_c_leaves_only_whole_files_and_the_run_resumes(weights_file, tmp_pa
 
 def test_collect_and_plan(tmp_path):
     (tmp_path / "in" / "x").mkdir(parents=True)
-    for name in ("in/a.wav", "in/x/b.flac", "in/x/c.WAV", "in/.hidden.wav", "in/readme.md"):
+    (tmp_path / "in" / ".ipynb_checkpoints").mkdir()  # hidden folders are left out as hidden files are, and as
+    for name in ("in/a.wav", "in/x/b.flac", "in/x/c.WAV", "in/.hidden.wav", "in/readme.md",  # ** leaves them
+                 "in/.ipynb_checkpoints/a.wav"):  # (a -r walk took them: a notebook's copies, a Mac's .Trashes)
         (tmp_path / name).write_bytes(b"")
     suffixes = (".wav", ".flac")
     top = collect_inputs([tmp_path / "in"], recursive=False, suffixes=suffixes)
     assert [e.path.name for e in top] == ["a.wav"]
     deep = collect_inputs([tmp_path / "in", str(tmp_path / "in" / "**" / "*.flac")], True, suffixes)
     assert [e.path.name for e in deep] == ["a.wav", "b.flac", "c.WAV"]  # the glob's b.flac only once
+    assert collect_inputs([str(tmp_path / "in" / "**" / "*.wav")], True, suffixes) == deep[:1]  # (c.WAV: case)
     globbed = collect_inputs([str(tmp_path / "in" / "*" / "*.flac")], False, suffixes)
     assert globbed == [Input(tmp_path / "in" / "x" / "b.flac", tmp_path / "in")]
     tasks = plan_tasks(deep, tmp_path / "out", ".npz", ".npz", force=False, skip_existing=False)
