@@ -431,13 +431,13 @@ _JSON_PEEK = 64  # bytes read to tell a JSON array from other codes
 
 
 def _json_start(head: bytes) -> bool:
-    """A file's first bytes begin, after any white space, with "[": a JSON array (a language model's codes, as an
-    HTTP service returns them: ``[[…], […]]``)."""
-    return head.lstrip()[:1] == b"["
+    """A file's first bytes begin, after any white space, with "[" or "{": a JSON array (a language model's codes,
+    as an HTTP service returns them: ``[[…], […]]``) or an object holding one (``{"codes": [[…]], …}``)."""
+    return head.lstrip()[:1] in (b"[", b"{")
 
 
 def _is_json_array(path: Path) -> bool:
-    """Whether the file at ``path`` holds a JSON array (see _json_start)."""
+    """Whether the file at ``path`` holds a JSON array, or an object (see _json_start)."""
     try:
         with open(path, "rb") as f:
             return _json_start(f.read(_JSON_PEEK))
@@ -454,16 +454,34 @@ def _json_array(path: Path, fail) -> np.ndarray:
         raise fail(f"is a JSON array of more than {MAX_JSON_BYTES >> 20} MB; save such codes as .npy (np.save)")
     shape = "codes are an array [K, frames] or [C, K, frames] of integers"
     try:
-        array = np.array(loads_json(text))
-    except ValueError as exc:  # not JSON, or rows of different lengths ("inhomogeneous shape")
-        problem = "holds rows of different lengths" if "inhomogeneous" in str(exc) else \
-            f"is not JSON ({first_line(exc)})"
-        raise fail(f"{problem}; {shape}") from None
+        document = loads_json(text)
+    except ValueError as exc:
+        raise fail(f"is not JSON ({first_line(exc)}); {shape}") from None
+    try:
+        array = np.array(_codes_in(document, fail))
+    except InvalidCodesError:
+        raise
+    except ValueError:  # NumPy's "inhomogeneous shape"
+        raise fail(f"holds rows of different lengths; {shape}") from None
     if not array.size:
         raise fail(f"holds no codes (an empty array); {shape}")
     if array.dtype.kind not in "iufb":  # said by type below: floats (logits?) and true/false
         raise fail(f"holds values that are not numbers (strings, objects, or integers beyond 64 bits); {shape}")
     return array
+
+
+def _codes_in(value, fail):
+    """The array of a JSON document: the document itself, or an object's ``codes`` (a service's response,
+    ``{"codes": [[…]], "sample_rate": …}``), or the one array an object holds, as a lone array of an .npz."""
+    if not isinstance(value, dict):
+        return value
+    arrays = [key for key, member in value.items() if isinstance(member, list)]
+    key = "codes" if "codes" in value else arrays[0] if len(arrays) == 1 else None
+    if key is None:
+        keys = ", ".join(map(repr, list(value)[:8])) + (", …" if len(value) > 8 else "")
+        raise fail(f"is a JSON object ({keys or 'empty'}) without a codes array or a lone array; give the array "
+                   "itself (jq .KEY)")
+    return value[key]
 
 
 def _lone_array(path: Path) -> zipfile.ZipInfo | None:

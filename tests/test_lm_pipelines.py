@@ -655,12 +655,22 @@ def test_a_json_array_decodes_as_that_array(tmp_path, weights_file, encoded):
     globbed = json.loads(run("inspect", tmp_path / "generated" / "**" / "*.json", "--json").stdout)
     assert (globbed["kind"], globbed["codebooks"], globbed["frames"]) == ("1 codes file matched", *codes.shape)
     (tmp_path / "generated" / "gen.json").rename(tmp_path / "gen.json")
+    # a service's response, an object holding the array, was "not a codes file": its "codes", or its one array
+    for name, document in (("codes", {"codes": codes.tolist(), "sample_rate": 24000, "tokens": 7}),
+                           ("lone", {"audio_codes": codes.tolist(), "model": "moshi"})):
+        (tmp_path / f"{name}.json").write_text(json.dumps(document))
+        result = run("decode", tmp_path / f"{name}.json", "-o", tmp_path / f"{name}.wav", weights=weights_file)
+        assert result.returncode == 0 and (tmp_path / f"{name}.wav").read_bytes() == \
+            (tmp_path / "gen.npy.wav").read_bytes(), result.stderr
     for text, said in (("[[1, 2, 3], [4, 5]]", "holds rows of different lengths"),
                        ("[[1.5, 2]]", "holds float64 values; codes are integers (logits"),
                        ("[[true, false]]", "holds bool values"), ('[["a"]]', "holds values that are not numbers"),
                        ("[[" + "1," * 3 + str(2**70) + "]]", "holds values that are not numbers"),
                        ("[" * 100_000, "is not JSON (nested too deeply)"), ("[[1, 2]", "is not JSON ("),
-                       ("[]", "holds no codes (an empty array)"), ("[[4096, 1]]", "holds values 1..4096")):
+                       ("[]", "holds no codes (an empty array)"), ("[[4096, 1]]", "holds values 1..4096"),
+                       ('{"a": [[1]], "b": [[2]]}', "is a JSON object ('a', 'b') without a codes array or a lone "
+                                                    "array; give the array itself (jq .KEY)"),
+                       ('{"codes": "x"}', "holds values that are not numbers")):
         (tmp_path / "bad.json").write_text(text)
         result = run("decode", tmp_path / "bad.json", "-o", tmp_path / "bad.wav", weights=weights_file)
         assert result.returncode == 1 and said in result.stderr and len(result.stderr.splitlines()) == 1, \
