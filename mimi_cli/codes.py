@@ -33,7 +33,7 @@ from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
 from mimi_cli.ecdc import check_streams, ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
 from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, first_line, loads_json, malformed, os_reason
 from mimi_cli.fileio import (STDOUT, Target, atomic_output, file_kind, holds, is_folder, is_input_copy, missing,
-                             zip_members)
+                             safetensors_head, zip_members)
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
 from mimi_cli.npy import InvalidArrayError, open_member, read_header, read_npy, read_npy_member
@@ -433,7 +433,7 @@ _JSON_PEEK = 64  # bytes read to tell a JSON array from other codes
 def _json_start(head: bytes) -> bool:
     """A file's first bytes begin, after any white space, with "[" or "{": a JSON array (a language model's codes,
     as an HTTP service returns them: ``[[…], […]]``) or an object holding one (``{"codes": [[…]], …}``)."""
-    return head.lstrip()[:1] in (b"[", b"{")
+    return head.lstrip()[:1] in (b"[", b"{") and not safetensors_head(head)
 
 
 def _is_json_array(path: Path) -> bool:

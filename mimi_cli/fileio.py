@@ -232,6 +232,12 @@ _SIGNATURES = ((b"RIFF", "audio (WAV)"), (b"fLaC", "audio (FLAC)"), (b"OggS", "a
                (b"version https://git-lfs.github.com/spec/", "a Git LFS pointer (fetch the file: git lfs pull)"))
 
 
+def safetensors_head(head: bytes) -> bool:
+    """A file's first bytes are a .safetensors header: an 8-byte header length (its first byte may be "{" or "[",
+    as JSON's first would be), then the JSON header."""
+    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 27
+
+
 def holds(path: Path) -> str | None:
     """What a file's first bytes say it holds ("audio (WAV)", "a NumPy .npy array", ".safetensors weights"),
     or None when they say nothing this tool knows: for errors that point a user at the right command."""
@@ -242,8 +248,8 @@ def holds(path: Path) -> str | None:
             head = f.read(264)
     except (OSError, ValueError):
         return None
-    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 27:
-        return ".safetensors weights"  # an 8-byte header length (its first byte may be "{"), then the JSON header
+    if safetensors_head(head):
+        return ".safetensors weights"
     if head.startswith(b"PK\x03\x04") and head[30:30 + int.from_bytes(head[26:28], "little")].endswith(b"/data.pkl"):
         return "a PyTorch file (torch.save's pickle)"  # its first member, named in the first local header
     if head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05":
