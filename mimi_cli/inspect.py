@@ -146,8 +146,13 @@ def is_codes_path(path: str | Path) -> bool:
             return True
         if not path.is_dir() or is_coreml_folder(path) or next(path.glob("*.safetensors"), None) is not None:
             return False
-        return any(p.suffix.lower() in (*FOUND_IN_FOLDERS, ".parquet") for p in path.rglob("*") if p.is_file()) \
-            or any(p.suffix.lower() == ".json" and p.name != CODEC_INFO for p in path.iterdir())  # (decode's hint)
+        if any(p.suffix.lower() in (*FOUND_IN_FOLDERS, ".parquet") for p in path.rglob("*") if p.is_file()):
+            return True
+        # JSON arrays alone, for decode's hint; not a model repository (its config.json, its Core ML models)
+        top = list(path.iterdir())
+        return not any(p.suffix.lower() in (".mlpackage", ".mlmodelc") or p.name == "config.json" for p in top) \
+            and any(p.suffix.lower() == ".json" and p.name != CODEC_INFO for p in top)
+
     except OSError:  # a folder that cannot be looked into: weights' reader says why
         return False
 

@@ -135,6 +135,23 @@ def test_inspect_given_audio_names_what_runs_on_audio(tmp_path):
     assert shown.returncode == 0 and json.loads(shown.stdout)["kind"] == "a folder of 1 codes file", shown.stderr
 
 
+def test_a_repository_of_core_ml_models_names_them(tmp_path):
+    """A model repository whose Core ML models sit in folders of their own (with a config.json beside them) said
+    "holds no .safetensors file and no Core ML model"; it names them now, and a folder of JSON files that is such
+    a repository is still weights to inspect, not a folder of codes."""
+    (tmp_path / "repo" / "Mimi.mlpackage").mkdir(parents=True)
+    (tmp_path / "repo" / "Mimi.mlpackage" / "Manifest.json").write_text("{}")
+    (tmp_path / "repo" / "config.json").write_text('{"sample_rate": 24000}')
+    expected = (f"error: weights folder {tmp_path / 'repo'} holds no .safetensors file, and Core ML models in folders "
+                f"of their own (Mimi.mlpackage); give one's path ({tmp_path / 'repo' / 'Mimi.mlpackage'})\n")
+    result = run("inspect", tmp_path / "repo")
+    assert result.returncode == 1 and result.stderr == expected
+    sf.write(tmp_path / "a.wav", np.zeros(2400, np.float32), 24000)
+    result = run("encode", tmp_path / "a.wav", "--weights", tmp_path / "repo")
+    assert result.returncode == 1 and result.stderr == expected.replace(" holds no", " (from --weights) holds no"), \
+        result.stderr
+
+
 def test_weights_named_by_dash_or_a_link_loop(tmp_path, weights_file):
     """Weights given as '-' "did not exist" (encode and decode read '-' as standard input), and a loop of links
     "did not exist" for --weights; now each is said as what it is, by every command that takes weights."""

@@ -101,6 +101,11 @@ def _in_folder(folder: Path, spec, origin: str) -> Path:
     found = sorted(p.name for p in folder.glob("*.safetensors") if p.is_file())
     if len(found) == 1:
         return folder / found[0]
+    models = [] if found else sorted(p.name for p in folder.iterdir() if p.is_dir() and is_coreml_folder(p))
+    if models:  # a repository of Core ML models (one per part, or per precision): which one is the user's call
+        raise WeightsError(f"weights folder {folder}{origin} holds no .safetensors file, and Core ML models in "
+                           f"folders of their own ({', '.join(models[:4])}{', …' if len(models) > 4 else ''}); "
+                           f"give one's path ({folder / models[0]})")
     holds = (f"{len(found)} .safetensors files ({', '.join(found[:4])}{', …' if len(found) > 4 else ''}), none "
              f"named {spec.hub_file} or model.safetensors" if found else "no .safetensors file and no Core ML model")
     raise WeightsError(f"weights folder {folder}{origin} holds {holds}; give a .safetensors file's path "
