@@ -177,8 +177,11 @@ def test_roundtrip_reads_what_encode_reads(tmp_path, clip, weights_file):
                     weights=weights_file)
         assert alone.returncode == 0, alone.stderr
     many = run("roundtrip", tmp_path / "set", "-r", "-n", "4", "--jobs", "2", "-o", f"{tmp_path}/out/", "--plot",
-               f"{tmp_path}/plots/", "-q", weights=weights_file)
+               f"{tmp_path}/plots/", "--json", weights=weights_file)
     assert many.returncode == 0, many.stderr
+    assert [(row["output"], row["plot"]) for row in json.loads(many.stdout)["files"]] == [
+        (str(tmp_path / "out" / name), str(tmp_path / "plots" / name.replace(".wav", ".png")))
+        for name in ("a.wav", "sub/b.wav")]  # where each went, as a batch's manifest says it
     for name in ("a.wav", "sub/b.wav"):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / f"set_{name.replace('/', '_')}").read_bytes()
         assert (tmp_path / "plots" / name).with_suffix(".png").read_bytes().startswith(b"\x89PNG")
