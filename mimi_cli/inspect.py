@@ -152,7 +152,6 @@ def is_codes_path(path: str | Path) -> bool:
         top = list(path.iterdir())
         return not any(p.suffix.lower() in (".mlpackage", ".mlmodelc") or p.name == "config.json" for p in top) \
             and any(p.suffix.lower() == ".json" and p.name != CODEC_INFO for p in top)
-
     except OSError:  # a folder that cannot be looked into: weights' reader says why
         return False
 

@@ -687,7 +687,7 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
         "streamed": settings.stream,
         "encode_rtf": round(encoded.seconds / duration, 4), "decode_rtf": round(decode_seconds / duration, 4),
         **({"per_channel": [_rounded(channel) for channel in per_channel]} if settings.channels == "split" else {}),
-        **{key: str(path) for key, path in (("output", output), ("plot", plot)) if path is not None},  # (its folder's)
+        **{key: str(path) for key, path in (("output", output), ("plot", plot)) if path is not None},
     }
     if plot is not None:
         from mimi_cli.plot import plot_roundtrip

@@ -10,10 +10,11 @@ raised there, Python would print a traceback and carry on as if it had never com
 
 What remains after each signal::
 
-    SIGINT, SIGTERM, SIGHUP,   whole outputs only; the temporary file of the one being written is removed
+    SIGINT, SIGTERM, SIGHUP    whole outputs only; the temporary file of the one being written is removed
                                (sent to the whole process group too, as a terminal does: workers and
-    SIGXCPU                    multiprocessing's resource tracker stop or carry on without a traceback;
-                               SIGXCPU, a soft CPU-time limit reached, is said so)
+                               multiprocessing's resource tracker stop or carry on without a traceback)
+    SIGXCPU                    the same, said as the CPU-time limit (ulimit -S -t) reached; a worker that
+                               reaches its own fails its file saying so
     SIGKILL                    cannot be caught: nothing remains on Linux, where the file being written has
                                no name until it is complete (fileio._scratch_file); elsewhere a hidden
                                .NAME.*.partial file may remain beside it (never mistaken for an output);
