@@ -159,11 +159,23 @@ def test_roundtrip_reads_what_encode_reads(tmp_path, clip, weights_file):
         return {row.pop("input"): {k: v for k, v in row.items() if not k.endswith("_rtf")}
                 for row in report.get("files", [report])}
 
-    alone = {name: rows(tmp_path / name)[str(tmp_path / name)] for name in ("set/a.wav", "set/sub/b.wav", "part.wav")}
+    def written(report: dict) -> dict:  # where each one's audio and plot went, taken out of its metrics
+        return {name: (row.pop("output", None), row.pop("plot", None)) for name, row in report.items()}
+
+    alone = {name: rows(tmp_path / name, "-o", tmp_path / f"rt_{name.replace('/', '_')}")[str(tmp_path / name)]
+             for name in ("set/a.wav", "set/sub/b.wav", "part.wav")}
+    assert [row.pop("output") for row in alone.values()] == [str(tmp_path / n) for n in ("rt_set_a.wav",
+                                                                                         "rt_set_sub_b.wav",
+                                                                                         "rt_part.wav")]
     assert rows(tmp_path / "set") == {str(tmp_path / "set" / "a.wav"): alone["set/a.wav"]}
     both = {str(tmp_path / "set" / "a.wav"): alone["set/a.wav"],
             str(tmp_path / "set" / "sub" / "b.wav"): alone["set/sub/b.wav"]}
-    assert rows(tmp_path / "set", "-r") == both
+    many = rows(tmp_path / "set", "-r", "-o", f"{tmp_path}/out/", "--plot", f"{tmp_path}/plots/")
+    assert written(many) == {str(tmp_path / "set" / name): (str(tmp_path / "out" / name), str(
+        tmp_path / "plots" / name.replace(".wav", ".png"))) for name in ("a.wav", "sub/b.wav")} and many == both
+    for name in ("a.wav", "sub/b.wav"):  # each as its own round trip wrote it, mirrored as encode's -o mirrors
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / f"rt_set_{name.replace('/', '_')}").read_bytes()
+        assert (tmp_path / "plots" / name).with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     assert rows(tmp_path / "set", "-r", "--jobs", "2") == both  # in two worker processes, a thread each
     assert rows(tmp_path / "shard.tar") == {f"{tmp_path / 'shard.tar'}#key.wav": alone["set/sub/b.wav"]}
     assert rows("--inputs-from", tmp_path / "list.jsonl") == {f"{tmp_path / 'list.jsonl'}:1": alone["part.wav"]}
@@ -172,19 +184,6 @@ def test_roundtrip_reads_what_encode_reads(tmp_path, clip, weights_file):
         refused = run("roundtrip", tmp_path / "set", *extra, weights=weights_file)
         assert refused.returncode == 1 and "for a folder, a glob or a list of inputs (even of one file) " \
             f"{extra[0]} names a folder" in refused.stderr, refused.stderr
-    for name in ("set/a.wav", "set/sub/b.wav"):
-        alone = run("roundtrip", tmp_path / name, "-n", "4", "-o", tmp_path / name.replace("/", "_"),
-                    weights=weights_file)
-        assert alone.returncode == 0, alone.stderr
-    many = run("roundtrip", tmp_path / "set", "-r", "-n", "4", "-o", f"{tmp_path}/out/", "--plot",
-               f"{tmp_path}/plots/", "--json", weights=weights_file)
-    assert many.returncode == 0, many.stderr
-    assert [(row["output"], row["plot"]) for row in json.loads(many.stdout)["files"]] == [
-        (str(tmp_path / "out" / name), str(tmp_path / "plots" / name.replace(".wav", ".png")))
-        for name in ("a.wav", "sub/b.wav")]  # where each went, as a batch's manifest says it
-    for name in ("a.wav", "sub/b.wav"):
-        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / f"set_{name.replace('/', '_')}").read_bytes()
-        assert (tmp_path / "plots" / name).with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     again = run("roundtrip", tmp_path / "set", "-r", "-o", tmp_path / "out", weights=weights_file)
     assert again.returncode == 1 and "2 output(s) already exist" in again.stderr, again.stderr
     assert not list(tmp_path.glob("x.*"))
