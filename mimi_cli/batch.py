@@ -785,16 +785,17 @@ def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1, threa
         raise MimiError(f"--plot writes {either(PLOT_SUFFIXES)}, not {given}")
     _read_here([str(entry.path) for entry in found if entry.item is None], jobs)
     workers, per_worker, notes = _workers(jobs, len(found), "local", threads)
-    audio = _roundtrip_outputs(found, one_file, output, "-o", ".wav", settings.replace)
-    plots = _roundtrip_outputs(found, one_file, plot, "--plot", ".png", settings.replace)
+    ids = file_ids(entry.path for entry in found) if output is not None or plot is not None else set()  # once
+    audio = _roundtrip_outputs(found, one_file, output, "-o", ".wav", settings.replace, ids)
+    plots = _roundtrip_outputs(found, one_file, plot, "--plot", ".png", settings.replace, ids)
     tasks = [Task(entry.path, target, item=entry.item, plot=None if image is None else Path(image), new_folder=True)
              for entry, target, image in zip(found, audio, plots, strict=True)]
     return tasks, replace(settings, threads=per_worker), workers, [note for note in notes if note]
 
 
 def _roundtrip_outputs(found: list[Input], one_file: bool, output: str | None, label: str, suffix: str,
-                       replace_ok: bool) -> list[Target | None]:
-    """Where each round trip writes one kind of output (see plan_roundtrips)."""
+                       replace_ok: bool, input_ids: set) -> list[Target | None]:
+    """Where each round trip writes one kind of output (see plan_roundtrips); ``input_ids``: the inputs' file_ids."""
     if output is None:
         return [None] * len(found)
     if output == STDOUT:  # (roundtrip prints its metrics there)
@@ -802,7 +803,7 @@ def _roundtrip_outputs(found: list[Input], one_file: bool, output: str | None, l
     target, is_file = _output_target(output, one_file, found, label)
     if not is_file:
         _named_in_folder([str(entry.path) for entry in found], output, suffix, label, to_stdout=False)
-    return [task.output for task in plan_tasks(found, target, suffix, None, replace_ok, False, is_file,
+    return [task.output for task in plan_tasks(found, target, suffix, None, replace_ok, False, is_file, input_ids,
                                                kind="roundtrip")]
 
 

@@ -164,9 +164,8 @@ def test_roundtrip_reads_what_encode_reads(tmp_path, clip, weights_file):
 
     alone = {name: rows(tmp_path / name, "-o", tmp_path / f"rt_{name.replace('/', '_')}")[str(tmp_path / name)]
              for name in ("set/a.wav", "set/sub/b.wav", "part.wav")}
-    assert [row.pop("output") for row in alone.values()] == [str(tmp_path / n) for n in ("rt_set_a.wav",
-                                                                                         "rt_set_sub_b.wav",
-                                                                                         "rt_part.wav")]
+    assert [row.pop("output") for row in alone.values()] == [
+        str(tmp_path / f"rt_{name}") for name in ("set_a.wav", "set_sub_b.wav", "part.wav")]
     assert rows(tmp_path / "set") == {str(tmp_path / "set" / "a.wav"): alone["set/a.wav"]}
     both = {str(tmp_path / "set" / "a.wav"): alone["set/a.wav"],
             str(tmp_path / "set" / "sub" / "b.wav"): alone["set/sub/b.wav"]}
