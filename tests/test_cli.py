@@ -15,9 +15,9 @@ from conftest import SAMPLE_AUDIO, run
 from mimi_cli.weights import weights_id
 
 
-def test_encode_then_decode(tmp_path, clip, weights_file, full_model):
-    src = tmp_path / clip.name
-    src.write_bytes(clip.read_bytes())
+def test_encode_then_decode(tmp_path, clip_16k, weights_file, full_model):
+    src = tmp_path / clip_16k.name
+    src.write_bytes(clip_16k.read_bytes())
     encoded = run("encode", src, weights=weights_file)
     assert encoded.returncode == 0, encoded.stderr
     codes_path = tmp_path / "speech.npz"

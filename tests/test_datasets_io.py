@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, run
+from conftest import run, speech_at
 
 from mimi_cli.codes import CodesFile
 from mimi_cli.errors import MimiError
@@ -19,7 +19,7 @@ from mimi_cli.errors import MimiError
 
 @pytest.fixture(scope="module")
 def speech():
-    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    pcm, rate = speech_at(), 24000
     return pcm, rate
 
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, run
+from conftest import SAMPLE_AUDIO, run, speech_at
 
 from mimi_cli.codes import CodesFile
 from mimi_cli.inspect import inspect_codes
@@ -22,7 +22,7 @@ from mimi_cli.inspect import inspect_codes
 @pytest.fixture(scope="module")
 def dialogue(tmp_path_factory):
     """A 2.5 s two-speaker 'dialogue' (a different signal per channel) and each channel alone."""
-    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    pcm, rate = speech_at(), 24000
     left, right = pcm[:int(2.5 * rate)], 0.5 * pcm[int(3 * rate):int(5.5 * rate)][::-1]
     folder = tmp_path_factory.mktemp("dialogue")
     sf.write(folder / "stereo.wav", np.stack([left, right], axis=1), rate, subtype="FLOAT")
@@ -133,7 +133,7 @@ def test_inspect_shows_what_codes_hold(tmp_path, weights_file, dialogue):
     assert (report["codec"], report["display_name"], report["kind"], report["streams"], report["codebooks"],
             report["frames"]) == ("mimi", "Mimi", "a codes file of mimi encode", 2, 4, codes.num_frames)
     assert (report["num_samples"], report["source_sample_rate"], report["source_channels"], report["streamed"],
-            report["weights_id"], report["bitrate_kbps"]) == (codes.num_samples, 16000, 2, True, codes.weights_id,
+            report["weights_id"], report["bitrate_kbps"]) == (codes.num_samples, 24000, 2, True, codes.weights_id,
                                                                0.55)
     for level, usage in enumerate(report["levels"]):
         counts = Counter(int(v) for stream in codes.codes for v in stream[level])
@@ -145,7 +145,7 @@ def test_inspect_shows_what_codes_hold(tmp_path, weights_file, dialogue):
         assert 1 < usage["distinct"] <= 2048
     table = run("inspect", tmp_path / "split.npz", env_extra={"COLUMNS": "120"})
     assert table.returncode == 0 and "Mimi codes, a codes file of mimi encode, made by encode --stream" in table.stdout
-    assert "2 (one per channel)" in table.stdout and "16000 Hz, 2 channels" in table.stdout
+    assert "2 (one per channel)" in table.stdout and "24000 Hz, 2 channels" in table.stdout
 
     np.save(tmp_path / "lm.npy", codes.codes[0].astype(np.int64) % 1024)  # a language model's: nothing recorded
     bare = json.loads(run("inspect", tmp_path / "lm.npy", "--json", "--codec", "encodec-24khz").stdout)
@@ -462,7 +462,7 @@ def test_stdin_and_stdout_in_both_directions(tmp_path, weights_file, dialogue, e
     wav = (dialogue / "left.wav").read_bytes()
     piped = mimi("encode", "-", "-o", "-", stdin=wav, weights=weights_file)
     assert piped.returncode == 0, piped.stderr
-    assert "\nstandard input: 2.50 s → " in piped.stderr.decode(), piped.stderr  # it said "-: 2.50 s → …"
+    assert piped.stderr.decode().startswith("standard input: 2.50 s → "), piped.stderr  # it said "-: 2.50 s → …"
     (tmp_path / "piped.npz").write_bytes(piped.stdout)
     np.testing.assert_array_equal(CodesFile.load(tmp_path / "piped.npz").codes, CodesFile.load(encoded).codes)
     decoded = mimi("decode", "-", "-o", "-", stdin=piped.stdout, weights=weights_file)

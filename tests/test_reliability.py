@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, poison_hook, run
+from conftest import SAMPLE_AUDIO, poison_hook, run, speech_at
 
 from mimi_cli.core import threads
 from mimi_cli.errors import MimiError, OutputExistsError
@@ -33,7 +33,7 @@ from mimi_cli.fileio import atomic_output, cannot_write, check_output, file_ids
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    pcm, rate = speech_at(), 24000
     path = tmp_path_factory.mktemp("clip") / "a.wav"
     sf.write(path, pcm[: 2 * rate], rate, subtype="PCM_16")
     return path
@@ -49,7 +49,7 @@ def codes(clip, weights_file, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def long_codes(weights_file, tmp_path_factory) -> Path:
     """60 s of codes: long enough that a streaming decode is still writing when a signal arrives."""
-    pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    pcm, rate = speech_at(), 24000
     folder = tmp_path_factory.mktemp("long")
     sf.write(folder / "long.wav", np.tile(pcm, 3)[: 60 * rate], rate)
     assert run("encode", folder / "long.wav", "-o", folder / "long.npz", weights=weights_file).returncode == 0
@@ -644,7 +644,7 @@ def _two_workers_encoding(weights_file: Path, tmp_path: Path, clips: int, ignori
     signals ``ignoring`` ignored (as ``nohup`` starts it)."""
     folder, out = tmp_path / "many", tmp_path / "out"
     folder.mkdir()
-    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    speech, rate = speech_at(), 24000
     for i in range(clips):
         sf.write(folder / f"clip{i}.wav", speech[i * rate : (i + 8) * rate], rate)
     command = [sys.executable, "-m", "mimi_cli", "encode", str(folder), "-o", str(out), "--jobs", "2", "--weights",
@@ -709,7 +709,7 @@ def test_a_soft_cpu_time_limit_is_said_so(weights_file, tmp_path):
     reaching its own (each process has one) fails its file saying so, and the run goes on to say what is done."""
     import resource
 
-    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    speech, rate = speech_at(), 24000
     (tmp_path / "in").mkdir()
     for name in ("a", "b"):  # 60 s each: more CPU time than the limit, with 1 thread or 2
         sf.write(tmp_path / "in" / f"{name}.wav", np.tile(speech, 5)[: 60 * rate], rate)
@@ -754,7 +754,7 @@ def test_a_file_that_kills_its_worker_fails_alone(weights_file, tmp_path, names,
     """Its pool goes down with it, and the other files in flight: those run again, and the rest go on."""
     folder, out = tmp_path / "clips", tmp_path / "out"
     folder.mkdir()
-    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    speech, rate = speech_at(), 24000
     for i, name in enumerate(names):
         sf.write(folder / f"{name}.wav", speech[i * rate // 2 : (i + 2) * rate // 2], rate)
     result = run("encode", folder, "-o", f"{out}/", "-j", jobs, "--manifest", tmp_path / "m.jsonl", "--weights",
@@ -796,7 +796,7 @@ def test_a_worker_that_dies_after_writing_its_output(weights_file, tmp_path, eng
     folder.mkdir()
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(_DIES_AFTER_WRITING)
-    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    speech, rate = speech_at(), 24000
     for i, name in enumerate(("a", "written", "z")):
         sf.write(folder / f"{name}.wav", speech[i * rate // 2 : (i + 2) * rate // 2], rate)
     result = run("encode", folder, "-o", f"{out}/", "-j", 2, "--engine", engine, "--manifest", tmp_path / "m.jsonl",
@@ -848,7 +848,7 @@ def test_workers_that_die_on_every_file_stop_the_run(weights_file, tmp_path):
     """Workers that cannot run here at all: one round of tries, then the rest are not tried."""
     folder = tmp_path / "clips"
     folder.mkdir()
-    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    speech, rate = speech_at(), 24000
     for i in range(8):
         sf.write(folder / f"poison{i}.wav", speech[:rate], rate)
     result = run("encode", folder, "-o", f"{tmp_path / 'out'}/", "-j", 2, "--manifest", tmp_path / "m.jsonl",

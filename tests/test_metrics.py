@@ -1,0 +1,58 @@
+"""Round-trip metrics against SciPy and float64 formulas."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.signal import stft
+
+from mimi_cli.metrics import log_mel, log_mel_distance, magnitude_spectrogram, mel_filterbank, si_sdr
+
+
+@pytest.mark.parametrize(("length", "n_fft", "hop"), [(1024, 1024, 256), (1025, 1024, 256), (5000, 1024, 256),
+                                                     (24000, 1024, 256), (999, 512, 128), (777, 64, 50)])
+def test_spectrogram_is_scipys_stft(length, n_fft, hop):
+    x = np.random.default_rng(length).standard_normal(length).astype(np.float32)
+    _, _, expected = stft(x.astype(np.float64), nperseg=n_fft, noverlap=n_fft - hop, boundary=None)
+    got = magnitude_spectrogram(x, n_fft, hop)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, np.abs(expected), rtol=1e-12, atol=1e-15)
+
+
+def test_log_mel_and_its_distance():
+    rate = 24000
+    t = np.arange(rate) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    mel = log_mel(tone, rate)
+    assert mel.shape == (80, 1 + (rate - 1024 + 255) // 256)
+    # 440 Hz lands in the band whose triangle peaks nearest it
+    centres = np.argmax(mel_filterbank(rate, 1024, 80), axis=1) * rate / 1024
+    assert abs(centres[np.argmax(mel[:, 10])] - 440) < 60
+    assert log_mel_distance(tone, tone, rate) == 0
+    noise = np.random.default_rng(1).uniform(-0.5, 0.5, rate)  # every band far above the 1e-5 floor
+    assert log_mel_distance(noise, 0.5 * noise, rate) == pytest.approx(np.log10(2), rel=1e-9)
+    assert np.isnan(log_mel_distance(tone[:1000], tone[:1000], rate))
+
+
+def test_si_sdr_against_its_float64_definition():
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal(8000)
+    reference -= reference.mean()
+    noise = rng.standard_normal(8000)
+    noise -= noise.mean()
+    noise -= noise @ reference / (reference @ reference) * reference  # orthogonal to the reference
+    noise *= np.linalg.norm(reference) / np.linalg.norm(noise) / 10  # 20 dB below it
+    estimate = 3 * reference + 3 * noise  # scale does not count
+    assert si_sdr(reference, estimate) == pytest.approx(20, abs=1e-9)
+    assert np.isnan(si_sdr(np.zeros(10), np.ones(10)))
+
+
+def test_metrics_do_not_import_scipy_signal():
+    """`import scipy.signal` costs 0.6–0.8 s, more than a short round trip's work (docs/performance.md)."""
+    code = ("import sys, numpy as np; from mimi_cli.metrics import log_mel_distance, si_sdr; "
+            "x = np.random.default_rng(0).standard_normal(4800); log_mel_distance(x, x, 24000); si_sdr(x, x); "
+            "print('scipy.signal' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "False\n"
