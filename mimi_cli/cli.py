@@ -800,11 +800,11 @@ def inspect_any(
     Weights: as inspect-weights. Codes (.npz, .npy, .ecdc; a folder's files, every level below it, or a table's
     rows of them): codec, shape, length, how made, each level's use.
     """
-    from mimi_cli.inspect import audio_given, inspect_codes, is_codes_path
+    from mimi_cli.inspect import inspect_codes, is_codes_path, not_shown
 
     if not is_codes_path(name):
-        if (audio := audio_given(name)) is not None:
-            _fail(audio, code=2)
+        if (other := not_shown(name)) is not None:
+            _fail(other, code=2)
         if codec is not None:
             _fail("--codec is for codes files (.npz, .npy, .ecdc), not weights", code=2)
         return inspect_weights(name, pattern, no_stats, as_json)

@@ -173,7 +173,7 @@ class CodesFile:
         max_bytes = MAX_CHANNELS * config.num_codebooks * (MAX_NUM_SAMPLES // config.frame_size) * 8
         try:
             if member is None:
-                array = _json_array(path, fail) if _is_json_array(path) else read_npy(path, max_bytes)
+                array = _json_array(path, fail) if is_json_codes(path) else read_npy(path, max_bytes)
             elif isinstance(member, str):
                 array = _tensor(path, member, max_bytes, fail)
             else:
@@ -436,8 +436,8 @@ def _json_start(head: bytes) -> bool:
     return head.lstrip()[:1] in (b"[", b"{") and not safetensors_head(head)
 
 
-def _is_json_array(path: Path) -> bool:
-    """Whether the file at ``path`` holds a JSON array, or an object (see _json_start)."""
+def is_json_codes(path: Path) -> bool:
+    """Whether the file at ``path``, whatever its name, holds a JSON array, or an object (see _json_start)."""
     try:
         with open(path, "rb") as f:
             return _json_start(f.read(_JSON_PEEK))

@@ -132,7 +132,7 @@ def is_codes_path(path: str | Path) -> bool:
     .safetensors file or a Core ML model is weights."""
     from mimi_cli.batch import CODES_SUFFIXES as FOUND_IN_FOLDERS
     from mimi_cli.batch import is_glob
-    from mimi_cli.codes import CODEC_INFO
+    from mimi_cli.codes import CODEC_INFO, is_json_codes
     from mimi_cli.sources import is_table
     from mimi_cli.weights.coreml import is_coreml_folder
 
@@ -144,6 +144,8 @@ def is_codes_path(path: str | Path) -> bool:
     try:
         if is_table(path):
             return True
+        if path.is_file():  # a JSON array under any name (gen.txt), as decode reads it
+            return is_json_codes(path)
         if not path.is_dir() or is_coreml_folder(path) or next(path.glob("*.safetensors"), None) is not None:
             return False
         if any(p.suffix.lower() in (*FOUND_IN_FOLDERS, ".parquet") for p in path.rglob("*") if p.is_file()):
@@ -156,9 +158,10 @@ def is_codes_path(path: str | Path) -> bool:
         return False
 
 
-def audio_given(path: str | Path) -> str | None:
-    """What to run instead when ``mimi inspect`` is given audio (a file, or a folder of audio files and no
-    weights; one with codes too is codes, see is_codes_path), which it does not show; None for anything else."""
+def not_shown(path: str | Path) -> str | None:
+    """Why ``mimi inspect`` does not show ``path`` (audio: a file, or a folder of audio files and no weights, one
+    with codes too is codes, see is_codes_path; plain text; a tar archive), with what to run instead; None for
+    anything else, whose weights reader says what is wrong (a web page, a pickle, a Git LFS pointer)."""
     from mimi_cli.audio import AUDIO_SUFFIXES
 
     path = Path(path)
@@ -171,10 +174,15 @@ def audio_given(path: str | Path) -> str | None:
             kind = holds(path)
     except OSError:
         return None
-    if not kind or not kind.startswith("audio"):
+    if not kind or not kind.startswith(("audio", "text", "a tar archive")):
         return None
-    return (f"{path} holds {kind}, not weights or codes, which mimi inspect shows; `mimi roundtrip "
-            f"{shlex.quote(str(path))}` measures how the codec keeps it, `mimi encode` makes its codes")
+    said = f"{path} holds {kind}, not weights or codes, which mimi inspect shows"
+    if kind.startswith("audio"):
+        return f"{said}; `mimi roundtrip {shlex.quote(str(path))}` measures how the codec keeps it, `mimi encode` " \
+               "makes its codes"
+    if kind.startswith("a tar archive"):
+        return f"{said}; `mimi encode` reads a WebDataset shard's audio"
+    return f"{said}; give a .safetensors file, a Core ML model or a codes file (.npz, .npy, .ecdc, .json)"
 
 
 @dataclass

@@ -135,6 +135,27 @@ def test_inspect_given_audio_names_what_runs_on_audio(tmp_path):
     assert shown.returncode == 0 and json.loads(shown.stdout)["kind"] == "a folder of 1 codes file", shown.stderr
 
 
+def test_inspect_names_text_and_shards_and_reads_json_codes_under_any_name(tmp_path):
+    """`mimi inspect notes.txt` said "holds text, not weights; give a .safetensors file or a Core ML model", as if
+    inspect read only weights, and a JSON array saved as gen.txt (which decode reads) was "text" too. Text and a
+    tar shard now say what inspect reads; the array is shown as codes, as decode reads it."""
+    import tarfile
+
+    (tmp_path / "notes.txt").write_text("to do: encode the corpus\n")
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        tar.add(tmp_path / "notes.txt", "notes.txt")
+    for given, kind, advice in (("notes.txt", "text", "give a .safetensors file, a Core ML model or a codes file"),
+                                ("shard.tar", "a tar archive (a WebDataset shard?)", "`mimi encode` reads")):
+        result = run("inspect", tmp_path / given)
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert f"{given} holds {kind}, not weights or codes, which mimi inspect shows; {advice}" in result.stderr
+    (tmp_path / "gen.txt").write_text(" [[1, 2, 3], [4, 5, 6]]\n")
+    shown = run("inspect", tmp_path / "gen.txt", "--json")
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert (report["kind"], report["codebooks"], report["frames"]) == ("a bare integer array", 2, 3)
+
+
 def test_a_repository_of_core_ml_models_names_them(tmp_path):
     """A model repository whose Core ML models sit in folders of their own (with a config.json beside them) said
     "holds no .safetensors file and no Core ML model"; it names them now, and a folder of JSON files that is such
