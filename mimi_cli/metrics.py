@@ -40,6 +40,9 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     return np.maximum(0, np.minimum(rising, falling))
 
 
+_FRAMES_AT_ONCE = 2048
+
+
 def magnitude_spectrogram(pcm: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """``|STFT|`` ``[n_fft // 2 + 1, frames]`` as ``scipy.signal.stft(..., boundary=None)`` gives it: frames
     from sample 0, the last one completed with zeros, a periodic Hann window, scaled by 1 / its sum.
@@ -51,9 +54,14 @@ def magnitude_spectrogram(pcm: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """
     pcm = np.asarray(pcm, np.float64)  # [N], N >= n_fft
     padded = np.concatenate([pcm, np.zeros(-(len(pcm) - n_fft) % hop)])
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]  # [frames, n_fft]
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]  # [frames, n_fft], a view
     window = np.hanning(n_fft + 1)[:-1]  # periodic Hann, as scipy's get_window("hann", n_fft)
-    return np.abs(np.fft.rfft(frames * window, axis=-1)).T / window.sum()
+    spectrum = np.empty((n_fft // 2 + 1, len(frames)))
+    # windowed copies of a block of frames at a time: of all at once, an hour's 340,000 frames would take 2.7 GB
+    for start in range(0, len(frames), _FRAMES_AT_ONCE):
+        block = frames[start:start + _FRAMES_AT_ONCE]
+        spectrum[:, start:start + len(block)] = np.abs(np.fft.rfft(block * window, axis=-1)).T
+    return spectrum / window.sum()
 
 
 def log_mel(pcm: np.ndarray, sample_rate: int, n_fft: int = 1024, hop: int = 256, n_mels: int = 80) -> np.ndarray:

@@ -13,7 +13,8 @@ from mimi_cli.metrics import log_mel, log_mel_distance, magnitude_spectrogram, m
 
 
 @pytest.mark.parametrize(("length", "n_fft", "hop"), [(1024, 1024, 256), (1025, 1024, 256), (5000, 1024, 256),
-                                                     (24000, 1024, 256), (999, 512, 128), (777, 64, 50)])
+                                                     (24000, 1024, 256), (999, 512, 128), (777, 64, 50),
+                                                     (2048 * 256 + 1500, 1024, 256)])  # two blocks)
 def test_spectrogram_is_scipys_stft(length, n_fft, hop):
     x = np.random.default_rng(length).standard_normal(length).astype(np.float32)
     _, _, expected = stft(x.astype(np.float64), nperseg=n_fft, noverlap=n_fft - hop, boundary=None)
