@@ -131,11 +131,19 @@ def test_inspect_recognises_encodec_checkpoints(tmp_path, encodec_file):
                                 "1 missing: decoder.layers.1.lstm.bias_hh_l0"]
 
 
-def test_bench_runs_the_encodec_model():
-    result = run("bench", "--codec", ENCODEC, "--seconds", "1", "--json")
+def test_bench_runs_the_encodec_model(encodec_model):
+    """The model part through the command; the stream part, which takes 20 s in full, on a few frames (the
+    command's wiring of it is every codec's: test_codec_contract runs it whole)."""
+    from mimi_cli.bench import many_streams, stream_latency
+
+    assert {r.direction for r in stream_latency(encodec_model, frames=4, warmup=1)} == {"encode", "decode"}
+    steps = many_streams(encodec_model, counts=(2,), frames=2, warmup=1, find_limit=False, duplex=True)
+    assert [(s.streams, s.duplex) for s in steps] == [(2, True)] and steps[0].step_ms > 0
+    result = run("bench", "--codec", ENCODEC, "--seconds", "1", "--only", "model", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["codec"] == ENCODEC and [r["name"] for r in report["model"]][0] == "encode, 8 codebooks"
-    assert "kernels" not in report and {r["direction"] for r in report["stream"]} == {"encode", "decode"}
+    assert report["codec"] == ENCODEC and [r["name"] for r in report["model"]] == [
+        "encode, 8 codebooks", "decode, 8 codebooks", "encode, 32 codebooks", "decode, 32 codebooks"]
+    assert all(row["rtf"] > 0 and 0 < row["gflops"] for row in report["model"]) and "stream" not in report
     result = run("bench", "--codec", ENCODEC, "--only", "kernels")
     assert result.returncode == 2 and "--only takes one of model, stream for encodec-24khz" in result.stderr

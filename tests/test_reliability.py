@@ -972,7 +972,8 @@ def test_standard_output_names_what_is_full(codes, weights_file, tmp_path):
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["inspect", "{weights}"],
                                   ["inspect", "{weights}", "--json"],
-                                  ["bench", "--only", "kernels", "--seconds", "1", "--json"]])
+                                  ["bench", "--codec", "encodec-24khz", "--only", "model", "--seconds", "1",
+                                   "--json"]])
 def test_printing_to_a_full_disk_is_one_line(args, weights_file):
     """What a command prints (help, a report, JSON) to a standard output that cannot take it: one line, exit 1
     (each was a traceback from rich's write)."""

@@ -30,12 +30,12 @@ def _digest(*arrays: np.ndarray) -> list[str]:
     return [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16] for a in arrays]
 
 
-def _batch_and_stream(model, pcm: np.ndarray, stream_seconds: float) -> list[str]:
+def _batch_and_stream(model, pcm: np.ndarray, stream_frames: int) -> list[str]:
     """Digests of batch codes and audio, and of two concurrent streams' codes and audio."""
     codes = model.encode(pcm)
     audio = model.decode(codes)
-    rate, frame = model.config.sample_rate, model.config.frame_size
-    pair = np.stack([pcm[: int(stream_seconds * rate)], pcm[-int(stream_seconds * rate):]])
+    frame = model.config.frame_size
+    pair = np.stack([pcm[: stream_frames * frame], pcm[-stream_frames * frame:]])
     encoder, decoder = model.stream_encoder(batch_size=2), model.stream_decoder(batch_size=2)
     stream_codes = [encoder.push(pair[:, i : i + frame]) for i in range(0, pair.shape[1], frame)]
     stream_codes.append(encoder.flush())
@@ -46,14 +46,14 @@ def _batch_and_stream(model, pcm: np.ndarray, stream_seconds: float) -> list[str
 
 @pytest.mark.parametrize("codec", ["mimi", "encodec-24khz"])
 def test_same_bits_at_every_thread_count(codec, full_model):
-    """Batch (12 s: a pipeline of 10 SEANet chunks, two transformer blocks) and two streams."""
+    """Batch (12 s: a pipeline of 10 SEANet chunks, two transformer blocks) and two streams of 20 frames."""
     spec = codec_spec(codec)
     model = full_model if codec == "mimi" else spec.model().from_state_dict(spec.random_state())
     pcm = speech_like(12.0, seed=5)[: 12 * model.config.sample_rate]
     runs = {}
     for count in THREAD_COUNTS:
         with threads.limit_threads(count):
-            runs[count] = _batch_and_stream(model, pcm, stream_seconds=1.5)
+            runs[count] = _batch_and_stream(model, pcm, stream_frames=20)
     assert runs[2] == runs[1], "2 threads changed: [codes, audio, stream codes, stream audio]"
     assert runs[3] == runs[1], "3 threads changed: [codes, audio, stream codes, stream audio]"
 
