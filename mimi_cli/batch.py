@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from mimi_cli.audio import AUDIO_SUFFIXES
+from mimi_cli.audio import AUDIO_SUFFIXES, audio_format
 from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
 from mimi_cli.errors import MimiError, OutputExistsError, dumps_json, first_line, os_reason, physical_memory
@@ -138,11 +138,13 @@ def plan(job: Job) -> Plan:
                        *weights_files(s.weights, CODECS.values())])
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items
+    if output_is_file and output != STDOUT and s.kind == "encode":  # said before that it exists: -f would not do
+        _check_codes_name(Path(output), s.codec)
+    elif output_is_file and output != STDOUT:
+        audio_format(Path(output))
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)
     if job.skip_existing:
         tasks = _resumable(tasks, s, inputs)
-    if s.kind == "encode" and output_is_file and output != STDOUT:
-        _check_codes_name(Path(output), s.codec)
     for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
         if is_stdout(extra):
             _check_extra_to_stdout(label, tasks)
@@ -786,7 +788,7 @@ def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1, threa
     _read_here([str(entry.path) for entry in found if entry.item is None], jobs)
     workers, per_worker, notes = _workers(jobs, len(found), "local", threads)
     ids = file_ids(entry.path for entry in found) if output is not None or plot is not None else set()  # once
-    audio = _roundtrip_outputs(found, one_file, output, "-o", ".wav", settings.replace, ids)
+    audio = _roundtrip_outputs(found, one_file, output, "-o", ".wav", settings.replace, ids, audio_format)
     plots = _roundtrip_outputs(found, one_file, plot, "--plot", ".png", settings.replace, ids)
     tasks = [Task(entry.path, target, item=entry.item, plot=None if image is None else Path(image), new_folder=True)
              for entry, target, image in zip(found, audio, plots, strict=True)]
@@ -794,8 +796,9 @@ def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1, threa
 
 
 def _roundtrip_outputs(found: list[Input], one_file: bool, output: str | None, label: str, suffix: str,
-                       replace_ok: bool, input_ids: set) -> list[Target | None]:
-    """Where each round trip writes one kind of output (see plan_roundtrips); ``input_ids``: the inputs' file_ids."""
+                       replace_ok: bool, input_ids: set, check_name: Callable | None = None) -> list[Target | None]:
+    """Where each round trip writes one kind of output (see plan_roundtrips); ``input_ids``: the inputs' file_ids;
+    ``check_name`` refuses a file's name of the wrong kind, before its existence is (-f would not do)."""
     if output is None:
         return [None] * len(found)
     if output == STDOUT:  # (roundtrip prints its metrics there)
@@ -803,6 +806,8 @@ def _roundtrip_outputs(found: list[Input], one_file: bool, output: str | None, l
     target, is_file = _output_target(output, one_file, found, label)
     if not is_file:
         _named_in_folder([str(entry.path) for entry in found], output, suffix, label, to_stdout=False)
+    elif check_name is not None:
+        check_name(Path(target))
     return [task.output for task in plan_tasks(found, target, suffix, None, replace_ok, False, is_file, input_ids,
                                                kind="roundtrip")]
 

@@ -329,6 +329,22 @@ def test_encode_refuses_a_codes_name_of_another_kind(tmp_path, short_clip, name,
     assert (tmp_path / name).read_bytes() == b"kept"
 
 
+def test_an_existing_output_of_the_wrong_kind_is_named_as_such(tmp_path, short_clip, weights_file):
+    """An existing file under a name of the wrong kind said "already exists; pass -f/--force", and -f then said the
+    name was wrong. The name is said first, as without the file."""
+    np.savez(tmp_path / "codes.npz", **valid_codes_arrays())
+    (tmp_path / "notes.txt").write_text("kept")
+    write_wav(tmp_path / "take2.wav", np.zeros(2400, np.float32))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for args, said in ((("encode", short_clip, "-o", tmp_path / "take2.wav"), "take2.wav is an audio file's name"),
+                       (("encode", short_clip, "-o", tmp_path / "notes.txt"), "cannot write codes as .txt"),
+                       (("decode", tmp_path / "codes.npz", "-o", tmp_path / "notes.txt"), "cannot write audio as .txt"),
+                       (("roundtrip", short_clip, "-o", tmp_path / "codes.npz"), "cannot write audio as .npz")):
+        result = run(*args, weights=weights_file)
+        assert_clean_failure(result, tmp_path, set(before), said)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 # ----------------------------------------------------------------------------- weights
 
 
