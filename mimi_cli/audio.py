@@ -948,9 +948,10 @@ def _beyond_size_limit(tmp: Path) -> bool:
 _SUFFIX_FORMATS = {".opus": ("OGG", "OPUS"), ".oga": ("OGG", None), ".aif": ("AIFF", None)}
 
 
-def audio_format(path: Target) -> dict[str, str | None]:
+def audio_format(path: Target, folder_hint: bool = False) -> dict[str, str | None]:
     """soundfile's ``format`` and ``subtype`` for ``path``'s extension (WAV for stdout), or an error naming the
-    usable ones (a format with no default encoding, such as headerless RAW, is not one)."""
+    usable ones (a format with no default encoding, such as headerless RAW, is not one). ``folder_hint``: -o
+    could name a folder (as fileio.check_suffix's)."""
     import soundfile as sf
 
     if is_stdout(path):
@@ -958,8 +959,9 @@ def audio_format(path: Target) -> dict[str, str | None]:
     suffix = path.suffix.lower()
     name, subtype = _SUFFIX_FORMATS.get(suffix, (suffix.lstrip(".").upper(), None))
     if not name or name not in sf.available_formats() or (subtype is None and not sf.default_subtype(name)):
+        folder = ", or end it with / for a folder" if folder_hint and not path.suffix else ""
         raise InvalidAudioError(f"cannot write audio as {path.suffix or 'a file without extension'}; "
-                                "use .wav, .flac, .ogg, .opus or .mp3")
+                                f"use .wav, .flac, .ogg, .opus or .mp3{folder}")
     return {"format": name, "subtype": subtype}
 
 

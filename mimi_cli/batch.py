@@ -141,7 +141,7 @@ def plan(job: Job) -> Plan:
     if output_is_file and output != STDOUT and s.kind == "encode":  # said before that it exists: -f would not do
         _check_codes_name(Path(output), s.codec)
     elif output_is_file and output != STDOUT:
-        audio_format(Path(output))
+        audio_format(Path(output), folder_hint=True)
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)
     if job.skip_existing:
         tasks = _resumable(tasks, s, inputs)
@@ -788,7 +788,8 @@ def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1, threa
     _read_here([str(entry.path) for entry in found if entry.item is None], jobs)
     workers, per_worker, notes = _workers(jobs, len(found), "local", threads)
     ids = file_ids(entry.path for entry in found) if output is not None or plot is not None else set()  # once
-    audio = _roundtrip_outputs(found, one_file, output, "-o", ".wav", settings.replace, ids, audio_format)
+    audio = _roundtrip_outputs(found, one_file, output, "-o", ".wav", settings.replace, ids,
+                               functools.partial(audio_format, folder_hint=True))
     plots = _roundtrip_outputs(found, one_file, plot, "--plot", ".png", settings.replace, ids)
     tasks = [Task(entry.path, target, item=entry.item, plot=None if image is None else Path(image), new_folder=True)
              for entry, target, image in zip(found, audio, plots, strict=True)]

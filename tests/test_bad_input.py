@@ -388,6 +388,10 @@ def test_unwritable_audio_extension(tmp_path):
     before = {p.name for p in tmp_path.iterdir()}
     result = run("decode", tmp_path / "codes.npz", "-o", tmp_path / "out.xyz")
     assert_clean_failure(result, tmp_path, before, "cannot write audio as .xyz")
+    # a name without extension may have meant a folder, as encode's -o says (decode's did not)
+    result = run("decode", tmp_path / "codes.npz", "-o", tmp_path / "out")
+    assert_clean_failure(result, tmp_path, before, "as a file without extension; use .wav, .flac, .ogg, .opus or "
+                         ".mp3, or end it with / for a folder")
 
 
 def test_batch_mode_refuses_what_cannot_fit_in_memory(tmp_path):
