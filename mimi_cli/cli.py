@@ -100,7 +100,7 @@ def _audio_rate(value: int | None) -> int | None:
 
 
 BandwidthOption = Annotated[Optional[float], typer.Option(
-    "--bandwidth", "-b", show_default=False, metavar="KBPS", callback=_finite(low=0),
+    "--bandwidth", "-b", show_default=False, metavar="KBPS", callback=_finite(),
     help="Target bitrate in kbps instead of -n, e.g. EnCodec's 1.5, 3, 6, 12 or 24.")]
 
 

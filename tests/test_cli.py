@@ -405,7 +405,7 @@ def test_a_width_no_one_can_read_is_not_used(tmp_path, width):
 @pytest.mark.parametrize("args, message", [
     (["encode", "{clip}", "-b", "nan"], "nan is not a finite number"),
     (["encode", "{clip}", "-b", "-inf"], "-inf is not a finite number"),
-    (["encode", "{clip}", "-b", "-1"], "-1 is below 0"),
+    (["encode", "{clip}", "-b", "-1"], "Mimi offers 0.1375 to 4.4 kbps (0.1375 kbps per codebook), not -1"),  # as 0 is
     (["bench", "--seconds", "nan"], "nan is not a finite number"),
     (["bench", "--seconds", "0.5"], "0.5 is below 1"),
     (["bench", "--seconds", "601"], "601 is above 600"),
