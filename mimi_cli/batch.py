@@ -138,11 +138,9 @@ def plan(job: Job) -> Plan:
                        *weights_files(s.weights, CODECS.values())])
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items
-    if output_is_file and output != STDOUT and s.kind == "encode":  # said before that it exists: -f would not do
-        _check_codes_name(Path(output), s.codec)
-    elif output_is_file and output != STDOUT:
-        audio_format(Path(output), folder_hint=True)
-    tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind)
+    check_name = functools.partial(_check_codes_name, codec=s.codec) if s.kind == "encode" else _check_audio_name
+    tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind,
+                       check_name)
     if job.skip_existing:
         tasks = _resumable(tasks, s, inputs)
     for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
@@ -240,6 +238,11 @@ def _left_out(paths: list[Path], shown: int = 3) -> str:
     more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
     what = "entry that is not a file" if len(paths) == 1 else "entries that are not files"
     return f"left out {len(paths)} {what}: {named}{more}"
+
+
+def _check_audio_name(output: Path) -> None:
+    """``-o FILE`` of decode or roundtrip names audio of a format soundfile writes (see audio_format)."""
+    audio_format(output, folder_hint=True)
 
 
 def _check_codes_name(output: Path, codec: str) -> None:
@@ -535,14 +538,15 @@ def _glob_root(pattern: str) -> str:
 
 def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_suffix: str | None, force: bool,
                skip_existing: bool, output_is_file: bool = False, input_ids: set | None = None,
-               kind: str = "encode") -> list[Task]:
+               kind: str = "encode", check_name: Callable[[Path], object] | None = None) -> list[Task]:
     """Outputs mirrored under ``output`` (a folder), or beside each input; ``output`` itself for
     one input with ``output_is_file``; none without ``output`` for items (manifest lines, tar members,
     rows), or for every input with ``beside_suffix`` None (the codes go to Parquet only).
 
     Refuses, before any work: two inputs that would write the same output, outputs
-    that are not regular files or are inputs of the run (even with ``force``), and
-    outputs that exist already (unless ``force`` or ``skip_existing``).
+    that are not regular files or are inputs of the run (even with ``force``), ``output`` as a file
+    whose name ``check_name`` refuses, and outputs that exist already (unless ``force`` or
+    ``skip_existing``), in that order: -f would not mend the ones before.
     """
     input_ids = file_ids(e.path for e in inputs) if input_ids is None else input_ids
     tasks, owners, existing = [], {}, []
@@ -572,6 +576,8 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
             except OutputExistsError:
                 existing.append(target)
         tasks.append(Task(entry.path, target, skip, entry.item))
+    if check_name is not None and output_is_file and output != STDOUT:
+        check_name(Path(output))
     if existing:
         if len(tasks) == 1:
             raise OutputExistsError(f"{existing[0]} already exists; pass -f/--force to replace it")
@@ -788,8 +794,7 @@ def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1, threa
     _read_here([str(entry.path) for entry in found if entry.item is None], jobs)
     workers, per_worker, notes = _workers(jobs, len(found), "local", threads)
     ids = file_ids(entry.path for entry in found) if output is not None or plot is not None else set()  # once
-    audio = _roundtrip_outputs(found, one_file, output, "-o", ".wav", settings.replace, ids,
-                               functools.partial(audio_format, folder_hint=True))
+    audio = _roundtrip_outputs(found, one_file, output, "-o", ".wav", settings.replace, ids, _check_audio_name)
     plots = _roundtrip_outputs(found, one_file, plot, "--plot", ".png", settings.replace, ids)
     tasks = [Task(entry.path, target, item=entry.item, plot=None if image is None else Path(image), new_folder=True)
              for entry, target, image in zip(found, audio, plots, strict=True)]
@@ -799,7 +804,7 @@ def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1, threa
 def _roundtrip_outputs(found: list[Input], one_file: bool, output: str | None, label: str, suffix: str,
                        replace_ok: bool, input_ids: set, check_name: Callable | None = None) -> list[Target | None]:
     """Where each round trip writes one kind of output (see plan_roundtrips); ``input_ids``: the inputs' file_ids;
-    ``check_name`` refuses a file's name of the wrong kind, before its existence is (-f would not do)."""
+    ``check_name``: see plan_tasks."""
     if output is None:
         return [None] * len(found)
     if output == STDOUT:  # (roundtrip prints its metrics there)
@@ -807,10 +812,8 @@ def _roundtrip_outputs(found: list[Input], one_file: bool, output: str | None, l
     target, is_file = _output_target(output, one_file, found, label)
     if not is_file:
         _named_in_folder([str(entry.path) for entry in found], output, suffix, label, to_stdout=False)
-    elif check_name is not None:
-        check_name(Path(target))
     return [task.output for task in plan_tasks(found, target, suffix, None, replace_ok, False, is_file, input_ids,
-                                               kind="roundtrip")]
+                                               kind="roundtrip", check_name=check_name)]
 
 
 def run_local(tasks: list[Task], settings: Settings, jobs: int,

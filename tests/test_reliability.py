@@ -663,7 +663,7 @@ def _two_workers_encoding(weights_file: Path, tmp_path: Path, clips: int, ignori
 def test_workers_die_with_their_parent(weights_file, tmp_path, signum, ignoring):
     """Even when the run was started ignoring signals (`trap '' TERM`): a worker always takes SIGTERM, which its
     parent and its own watch of the parent stop it with (it outlived a SIGKILLed parent, encoding on)."""
-    process = _two_workers_encoding(weights_file, tmp_path, 6, ignoring)
+    process = _two_workers_encoding(weights_file, tmp_path, 16, ignoring)
     deadline = time.monotonic() + 120
     workers: list[int] = []
     while len(workers) < 2 and time.monotonic() < deadline:
@@ -673,6 +673,7 @@ def test_workers_die_with_their_parent(weights_file, tmp_path, signum, ignoring)
         time.sleep(0.05)
     assert len(workers) >= 2, "the workers never started"
     time.sleep(2.0)  # they are loading weights or encoding
+    assert process.poll() is None, "the run ended before the signal"
     process.send_signal(signum)
     process.communicate(timeout=60)
     deadline = time.monotonic() + 15
@@ -689,7 +690,7 @@ def test_workers_die_with_their_parent(weights_file, tmp_path, signum, ignoring)
 def test_a_signal_to_the_whole_group_ends_the_run_in_one_line(weights_file, tmp_path, signum):
     """A closed terminal (SIGHUP) or Ctrl-C (SIGINT) reaches every process of the group at once: the
     parent, its workers and multiprocessing's resource tracker. The run still ends with its one line."""
-    process = _two_workers_encoding(weights_file, tmp_path, 4)
+    process = _two_workers_encoding(weights_file, tmp_path, 16)
     deadline = time.monotonic() + 120
     while len(_children(process.pid)) < 3 and time.monotonic() < deadline:  # the tracker and two workers
         time.sleep(0.05)
@@ -735,16 +736,17 @@ def test_a_signal_ignored_at_start_stays_ignored(weights_file, tmp_path):
     """`nohup mimi encode corpus/ … &` ignores SIGHUP so that the run outlives its terminal, and a script's `&`
     ignores SIGINT: the handlers that clean up after a signal replaced that, and the closed terminal ended
     the run (exit 129, nothing kept of the file in hand). Now the run, workers included, carries on."""
-    process = _two_workers_encoding(weights_file, tmp_path, 4, ignoring=(signal.SIGHUP, signal.SIGINT))
+    process = _two_workers_encoding(weights_file, tmp_path, 8, ignoring=(signal.SIGHUP, signal.SIGINT))
     deadline = time.monotonic() + 120
     while len(_children(process.pid)) < 3 and time.monotonic() < deadline:  # the tracker and two workers
         time.sleep(0.05)
     time.sleep(1.0)  # they are loading weights or encoding
+    assert process.poll() is None, "the run ended before the signals"
     os.killpg(process.pid, signal.SIGHUP)
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"clip{i}.npz" for i in range(4)]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"clip{i}.npz" for i in range(8))
 
 
 @pytest.mark.parametrize("names, jobs", [(["a", "b", "c", "poison", "x", "y", "z"], 2),  # (run in name order)
