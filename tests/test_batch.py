@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, poison_hook, run
+from conftest import SAMPLE_AUDIO, poison_hook, run, speech_at
 
 from mimi_cli.batch import Input, collect_inputs, plan_tasks
 from mimi_cli.errors import MimiError
@@ -23,9 +23,9 @@ from mimi_cli.errors import MimiError
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """A small tree of clips at different rates, depths and formats."""
+    """A small tree of clips at different depths and formats (at 24 kHz: see conftest.speech_at)."""
     root = tmp_path_factory.mktemp("corpus")
-    speech, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32")
+    speech, rate = speech_at(), 24000
     (root / "spk1" / "deep").mkdir(parents=True)
     sf.write(root / "a.wav", speech[: 2 * rate], rate, subtype="PCM_16")
     sf.write(root / "spk1" / "b.flac", speech[2 * rate : 3 * rate], rate)
