@@ -164,6 +164,25 @@ def test_more_streams_than_memory_holds_are_refused_before_they_are_built(small_
         small_model.stream_duplex(batch_size=10**9)
 
 
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"batch_size": 0}, ValueError, "^batch_size must be at least 1, got 0$"),
+    ({"batch_size": 2.5}, TypeError, "^batch_size must be an integer, got 2.5$"),
+    ({"batch_size": True}, TypeError, "^batch_size must be an integer, got True$"),
+    ({"frames_per_step": -1}, ValueError, "^frames_per_step must be at least 1, got -1$"),
+    ({"frames_per_step": "2"}, TypeError, "^frames_per_step must be an integer, got '2'$"),
+])
+def test_stream_sizes_are_checked_by_name(small_model, kwargs, error, match):
+    """batch_size=2.5 raised Python's own "'float' object cannot be interpreted as an integer", which named
+    neither argument; each is now checked as num_codebooks is."""
+    with pytest.raises(error, match=match):
+        small_model.stream_decoder(**kwargs)
+    if "frames_per_step" not in kwargs:
+        with pytest.raises(error, match=match):
+            small_model.stream_encoder(**kwargs)
+    assert small_model.stream_decoder(batch_size=np.int64(2), frames_per_step=np.int32(3)).push(
+        np.zeros((2, 3, 3), np.int64)).shape == (2, 3 * SMALL.frame_size)
+
+
 # ----------------------------------------------------------------------------- bad pushes
 
 

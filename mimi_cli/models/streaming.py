@@ -21,6 +21,7 @@ equal its batch mode.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -235,8 +236,11 @@ def _check_streams(model: Codec, batch_size: int, frames_per_step: int) -> None:
     from mimi_cli.errors import physical_memory
     from mimi_cli.models import CODECS
 
-    if batch_size < 1 or frames_per_step < 1:
-        raise ValueError("batch_size and frames_per_step must be at least 1")
+    for name, value in (("batch_size", batch_size), ("frames_per_step", frames_per_step)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     spec = CODECS.get(model.config.name)
     each, memory = (spec.stream_bytes if spec else 0.0), physical_memory()
     if each and memory and batch_size * each > memory:
