@@ -44,7 +44,7 @@ from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, c
                              file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path,
                              missing, names_folder, output_exists, remove_temporaries, stdout_closed, url)
 from mimi_cli.models import BASE_BYTES, CODECS, codec_spec
-from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
+from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped, whole_number
 from mimi_cli.plot import PLOT_SUFFIXES
 from mimi_cli.sources import Item, arrow_file, is_container, is_table, known_keys, list_items
 from mimi_cli.weights import resolve_weights, weights_files, weights_id
@@ -79,6 +79,19 @@ class Job:
     parquet: str | None = None
     column: str | None = None  # of table inputs: the audio (encode, default "audio") or the codes (decode, "codes")
     manifests: tuple[str, ...] = ()  # --inputs-from: JSONL manifests whatever their names, read while planning
+
+    def __post_init__(self):
+        """From Python: one name may be given alone and names as paths (a string was taken for a tuple of
+        one-letter inputs, a Path failed with an AttributeError); counts are checked as the options check them."""
+        for name in ("inputs", "manifests"):
+            given = getattr(self, name)
+            given = (given,) if isinstance(given, (str, os.PathLike)) else given
+            object.__setattr__(self, name, tuple(map(os.fspath, given)))
+        if not self.inputs and not self.manifests:
+            raise ValueError("give at least one input (or a list of inputs in manifests)")
+        whole_number("jobs", self.jobs, 1)
+        if self.threads is not None:
+            whole_number("threads", self.threads, 1)
 
 
 @dataclass

@@ -93,9 +93,15 @@ def _finite(low: float = -float("inf"), high: float = float("inf")) -> Callable[
 
 def _audio_rate(value: int | None) -> int | None:
     """An output rate in Hz: ``--sample-rate 16`` (meant as kHz) wrote 29 s of speech as 466 samples at 16 Hz."""
-    if value is not None and value < 1000:
+    if value is None:
+        return None
+    if value < 1000:
         in_khz = f" (rates are in Hz: {value} kHz is {value * 1000})" if 8 <= value <= 192 else ""
         raise typer.BadParameter(f"{value} is below 1000 Hz{in_khz}")
+    from mimi_cli.audio import MAX_SAMPLE_RATE  # imported only when a rate is given: it imports NumPy
+
+    if value > MAX_SAMPLE_RATE:
+        raise typer.BadParameter(f"{value:,} Hz is above the {MAX_SAMPLE_RATE:,} Hz this tool resamples to")
     return value
 
 

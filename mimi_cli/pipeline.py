@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import re
 import threading
 import time
@@ -20,11 +21,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
-from mimi_cli.audio import (RESCALE_PEAK, Audio, StreamResampler, audio_writer, check_audio_output,
+from mimi_cli.audio import (MAX_SAMPLE_RATE, RESCALE_PEAK, Audio, StreamResampler, audio_writer, check_audio_output,
                             decoder_warnings, open_audio, read_blocks, read_open, resample, rescaled,
                             soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
@@ -291,6 +292,37 @@ class Settings:
     replace: bool = False  # -f: existing outputs (regular files, never inputs) may be replaced
     skip_existing: bool = False  # also skip an output that another run made after planning
     keep_codes: bool = False  # return the codes in the result (for Parquet)
+
+    def __post_init__(self):
+        """Refuse values the command line's options would refuse, when built from Python: left unchecked,
+        channels="left" was mixed in silence, kind="bogus" raised a KeyError, and num_codebooks=0 failed every
+        file one by one after planning."""
+        one_of("kind", self.kind, get_args(Kind))
+        one_of("channels", self.channels, CHANNEL_MODES)
+        if self.codec is not None:
+            one_of("codec", self.codec, tuple(CODECS))
+        whole_number("threads", self.threads, 1)
+        if self.num_codebooks is not None:
+            whole_number("num_codebooks", self.num_codebooks, 1)
+            if self.kind != "decode":  # decode's levels are the file's codec's (checked as each file is read)
+                codec_spec(self.codec or DEFAULT_CODEC).config().levels(self.num_codebooks)
+        if self.sample_rate is not None:
+            whole_number("sample_rate", self.sample_rate, 1000, MAX_SAMPLE_RATE)
+
+
+def one_of(name: str, value, choices: tuple) -> None:
+    """A setting's check from Python: ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def whole_number(name: str, value, low: int, high: int | None = None) -> None:
+    """A setting's check from Python: ``value`` an integer (not a bool) in ``low..high``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be at least {low:,}, got {value:,}" if high is None else
+                         f"{name} must be in {low:,}..{high:,}, got {value:,}")
 
 
 @dataclass(frozen=True)

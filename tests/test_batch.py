@@ -200,6 +200,51 @@ def test_a_library_error_on_one_file_fails_that_file_in_one_line(tmp_path, monke
     assert result.status == "failed" and result.error.startswith(said) and "\n" not in result.error, result.error
 
 
+@pytest.mark.parametrize("settings,error,said", [
+    ({"kind": "bogus"}, ValueError, "kind must be one of 'encode', 'decode', 'roundtrip', got 'bogus'"),
+    ({"channels": "left"}, ValueError, "channels must be one of 'mix', 'split', got 'left'"),
+    ({"codec": "opus"}, ValueError, "codec must be one of 'mimi', 'encodec-24khz', got 'opus'"),
+    ({"num_codebooks": 0}, ValueError, "num_codebooks must be at least 1, got 0"),
+    ({"num_codebooks": 33}, ValueError, "num_codebooks must be in 1..32, got 33"),
+    ({"num_codebooks": "8"}, TypeError, "num_codebooks must be an integer, got '8'"),
+    ({"threads": 0}, ValueError, "threads must be at least 1, got 0"),
+    ({"kind": "decode", "sample_rate": 16}, ValueError, "sample_rate must be in 1,000..768,000, got 16"),
+    ({"kind": "decode", "sample_rate": 8000.0}, TypeError, "sample_rate must be an integer, got 8000.0"),
+])
+def test_settings_from_python_are_checked_when_made(settings, error, said):
+    """Settings took any value: channels="left" was mixed to mono in silence, kind="bogus" raised a KeyError
+    in plan, num_codebooks=0 and sample_rate=16 failed (or wrote 16 Hz audio) one file at a time after
+    planning. They are refused when made, as the options refuse them."""
+    from mimi_cli.pipeline import Settings
+
+    with pytest.raises(error, match=f"^{re.escape(said)}$"):
+        Settings(**{"kind": "encode", **settings})
+
+
+def test_settings_and_jobs_take_what_python_callers_pass(clip, tmp_path):
+    """A Job's inputs as one string were taken for a tuple of one-letter names ("a.wav" as a, ., w, a, v) and
+    Paths failed with an AttributeError; one name, str or Path, is an input, and each name may be a Path.
+    Counts are checked as --jobs and --threads check them."""
+    from mimi_cli.batch import Job, plan
+    from mimi_cli.pipeline import Settings
+
+    decode = Settings("decode", num_codebooks=33, sample_rate=np.int64(16000))  # levels: the file's codec's
+    assert decode.num_codebooks == 33 and Settings("encode", codec="encodec-24khz", num_codebooks=32)
+    for inputs in (str(clip), clip, (clip,), [str(clip)]):
+        job = Job(Settings("encode"), inputs, str(tmp_path / "out.npz"))
+        assert job.inputs == (str(clip),)
+        assert [(t.input, t.output) for t in plan(job).tasks] == [(clip, tmp_path / "out.npz")]
+    assert Job(Settings("encode"), (), manifests=tmp_path / "list.txt").manifests == (str(tmp_path / "list.txt"),)
+    for jobs, error, said in ((0, ValueError, "jobs must be at least 1, got 0"),
+                              (1.5, TypeError, "jobs must be an integer, got 1.5")):
+        with pytest.raises(error, match=f"^{said}$"):
+            Job(Settings("encode"), (str(clip),), jobs=jobs)
+    with pytest.raises(ValueError, match="^threads must be at least 1, got -2$"):
+        Job(Settings("encode"), (str(clip),), threads=-2)
+    with pytest.raises(ValueError, match="^give at least one input"):  # was " hold nothing to encode (...)"
+        Job(Settings("encode"), ())
+
+
 def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch):
     """Each local worker holds the weights (BASE_BYTES): --jobs 1000 on a machine of 4 GB runs 6
     (0.9 × 4 GB / 0.6 GB), and says so; never more than the files to do; Ray's scheduler places its own."""
