@@ -361,6 +361,13 @@ def test_undefined_variable_and_bad_feeds(tmp_path):
     with pytest.raises(ProgramError, match=r"^inputs state: fp32 \[1, 4\], cell: fp16 \[1, 4\] are missing; give "
                                            r"them \(mimi run: --input state=FILE.npy --input cell=FILE.npy\)$"):
         two.predict({"x": np.zeros(2, np.float32)})
+    # feeds as a list, in the inputs' order, raised "unhashable type: 'numpy.ndarray'"
+    feeds = [np.zeros(2, np.float32), np.zeros((1, 4), np.float32), np.zeros((1, 4), np.float16)]
+    said = r"^feeds must map input names to arrays, \{'x': array, 'state': array, 'cell': array\}; got list$"
+    for run in (two.predict, two.prepare().run):
+        with pytest.raises(TypeError, match=said):
+            run(feeds)
+    assert two.prepare().run(dict(zip(["x", "state", "cell"], feeds, strict=True)))["y"].shape == (2,)
 
 
 def test_declared_shape_is_checked(tmp_path):

@@ -256,6 +256,9 @@ class CoreMLProgram:
 
     def checked_feeds(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
         """Every input present, of an accepted shape, cast to its declared dtype (safely)."""
+        if not isinstance(feeds, Mapping):  # a list of arrays raised "unhashable type: 'numpy.ndarray'"
+            wanted = ", ".join(f"{port.name!r}: array" for port in self.inputs)
+            raise TypeError(f"feeds must map input names to arrays, {{{wanted}}}; got {type(feeds).__name__}")
         unknown = sorted(set(feeds) - self._input_names)
         if unknown:
             raise ProgramError(f"{self.path} has no input {', '.join(map(repr, unknown))}; its inputs are "
@@ -370,9 +373,8 @@ class PreparedPlan:
 
     def run(self, feeds: Mapping[str, object], overflows: Overflows | None = None) -> dict[str, np.ndarray]:
         program = self.program
-        unknown = set(feeds) - set(self.inputs)
-        if unknown or len(feeds) != len(self.inputs):
-            program.checked_feeds(feeds)  # says what is missing or unknown
+        if not isinstance(feeds, Mapping) or feeds.keys() != self.inputs.keys():
+            program.checked_feeds(feeds)  # says what is wrong, missing or unknown
         for name, buffer in self.inputs.items():
             value = np.asarray(feeds[name])
             if value.shape != buffer.shape:
