@@ -153,6 +153,9 @@ def test_from_pretrained_finds_weights_as_the_command_line_does(tmp_path, weight
         Mimi.from_pretrained()  # the Python caller's words, not the command line's "--weights"
     with pytest.raises(WeightsError, match=r"nowhere.safetensors \(from Mimi.from_pretrained\(\)\) does not exist"):
         Mimi.from_pretrained(tmp_path / "nowhere.safetensors")
+    monkeypatch.chdir(tmp_path)  # from_file("") read the working folder as a Core ML model
+    with pytest.raises(WeightsError, match=r"^the weights path given to Mimi.from_file\(\) is empty; give a file's"):
+        Mimi.from_file("")
 
 
 def test_codebooks_are_computed_from_sum_and_usage(small_model):

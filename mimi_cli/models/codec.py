@@ -107,6 +107,8 @@ class Codec(Module):
 
         Warnings about unusual values (see ``mimi_cli.weights.validate``) are kept in ``model.warnings``.
         """
+        if not str(path):  # Path("") is the working folder, which was then read as a Core ML model
+            raise WeightsError(f"the weights path given to {cls.__name__}.from_file() is empty; give a file's path")
         model = cls(config)
         checkpoint = cls.read_checkpoint(path, model.config)
         model._load_checked(checkpoint.state)
