@@ -174,11 +174,9 @@ def test_more_streams_than_memory_holds_are_refused_before_they_are_built(small_
 def test_stream_sizes_are_checked_by_name(small_model, kwargs, error, match):
     """batch_size=2.5 raised Python's own "'float' object cannot be interpreted as an integer", which named
     neither argument; each is now checked as num_codebooks is."""
-    with pytest.raises(error, match=match):
-        small_model.stream_decoder(**kwargs)
-    if "frames_per_step" not in kwargs:
+    for make in (small_model.stream_encoder, small_model.stream_decoder, small_model.stream_duplex):
         with pytest.raises(error, match=match):
-            small_model.stream_encoder(**kwargs)
+            make(**kwargs)
     assert small_model.stream_decoder(batch_size=np.int64(2), frames_per_step=np.int32(3)).push(
         np.zeros((2, 3, 3), np.int64)).shape == (2, 3 * SMALL.frame_size)
 
