@@ -1043,7 +1043,6 @@ def test_audio_far_beyond_full_scale_is_an_error_not_zeros(weights_file, tmp_pat
 
 def test_unwritable_format_and_rate_fail_before_decoding(codes, weights_file, tmp_path):
     for output, rate, expected in (("x.flac", "700000", "cannot write FLAC audio at 700000 Hz"),
-                                   ("x.wav", "10000000", "cannot write audio at 10,000,000 Hz, outside the 1 to"),
                                    ("x.mp3", "7000", "cannot write MP3 audio at 7000 Hz"),
                                    ("x.opus", "44100", "cannot write OPUS audio at 44100 Hz (Opus only supports"),
                                    ("x.raw", "24000", "cannot write audio as .raw; use .wav, .flac, .ogg, .opus")):
