@@ -34,6 +34,16 @@ for _signum in (signal.SIGINT, getattr(signal, "SIGHUP", None), signal.SIGTERM):
     if _signum is not None and signal.getsignal(_signum) is signal.SIG_IGN:
         signal.signal(_signum, signal.SIG_DFL)
 
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``ray`` start (and stop) Ray on this machine; under pytest-xdist they all run in one worker,
+    one after another: `ray stop --force` would end another worker's Ray, and a running Ray makes the
+    two-node test skip."""
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 # A small config with every structural feature of the real one (2 strides, residual
 # blocks, attention window, split RVQ), for fast tests of behaviour rather than parity.
 SMALL = MimiConfig(

@@ -563,6 +563,7 @@ def test_ray_engine_without_ray_says_how_to_install_it(corpus, weights_file, tmp
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.ray
 def test_ray_engine_matches_the_local_engine(corpus, weights_file, tmp_path):
     """Ray for real, in local mode (2 CPUs): same files, byte for byte, and Parquet shards of the codes; the
     manifests name the files as given (relative), as the local engine's do (Ray's named them absolute: its
@@ -596,6 +597,7 @@ def test_ray_engine_matches_the_local_engine(corpus, weights_file, tmp_path):
     assert [json.loads(line)["status"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == ["done"] * 4
 
 
+@pytest.mark.ray
 def test_ray_runs_with_standard_error_closed_and_warnings_as_errors(corpus, weights_file, tmp_path):
     """`2>&-` (a cron job's): Ray's driver enables faulthandler on Python's standard error, which Python leaves
     None then; every file was "not run" and the run ended with exit code 1, saying nothing. And under
@@ -611,6 +613,7 @@ def test_ray_runs_with_standard_error_closed_and_warnings_as_errors(corpus, weig
     assert [r["status"] for r in rows] == ["done"] * 4 and len(_tree(tmp_path / "out")) == 4
 
 
+@pytest.mark.ray
 def test_a_ray_address_that_nothing_answers_at_is_said_at_once(corpus, weights_file, tmp_path):
     """RAY_ADDRESS naming a port nothing listens on had Ray's driver wait for minutes (over five here); a
     malformed one was a traceback. Each is one line within seconds, nothing written."""
@@ -631,6 +634,7 @@ def test_a_ray_address_that_nothing_answers_at_is_said_at_once(corpus, weights_f
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.ray
 def test_ray_a_file_that_kills_its_actor_fails_alone(corpus, weights_file, tmp_path):
     """Ray Data would try it again forever; here it is tried 3 times, and no other file dies with it."""
     pytest.importorskip("ray.data")
@@ -650,6 +654,7 @@ def test_ray_a_file_that_kills_its_actor_fails_alone(corpus, weights_file, tmp_p
     assert _tree(tmp_path / "out") == ["a.npz", "b.npz", "x.npz"]
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_wrong_weights_stop_the_whole_run_with_one_error(corpus, weights_file, tmp_path, engine):
     """Weights that cannot load would fail every file the same way: one error, no outputs, no summary of N."""
@@ -662,6 +667,7 @@ def test_wrong_weights_stop_the_whole_run_with_one_error(corpus, weights_file, t
     assert not (tmp_path / "out").exists() or _tree(tmp_path / "out") == []
 
 
+@pytest.mark.ray
 def test_ray_decode_in_process_matches_the_local_engine(corpus, weights_file, tmp_path):
     """The library on a Ray instance the caller started (ray.init(num_cpus=2)): decode, Mimi and EnCodec codes."""
     ray = pytest.importorskip("ray")

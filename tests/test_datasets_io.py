@@ -1273,6 +1273,7 @@ def test_items_need_an_output(tmp_path, weights_file, hf_dataset):
     assert result.returncode == 1 and "give -o DIR" in result.stderr
 
 
+@pytest.mark.ray
 def test_dataset_through_ray(tmp_path, weights_file, reference, hf_dataset):
     pytest.importorskip("ray.data")
     _, codes = reference

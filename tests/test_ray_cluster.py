@@ -22,6 +22,7 @@ import soundfile as sf
 from conftest import SAMPLE_AUDIO, run
 
 pytest.importorskip("ray.data")
+pytestmark = pytest.mark.ray
 RAY = Path(sys.executable).with_name("ray")
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 

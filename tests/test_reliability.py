@@ -786,6 +786,7 @@ sys.addaudithook(_die_once_after_writing)
 """
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_a_worker_that_dies_after_writing_its_output(weights_file, tmp_path, engine):
     """A worker died between writing a file's output and reporting it (its pool broken by another file, as
@@ -1100,6 +1101,7 @@ def test_no_weights_and_no_network_fails_fast(clip, tmp_path):
 # ----------------------------------------------------------------------------- every engine reports the same
 
 
+@pytest.mark.ray
 def test_batch_and_ray_report_what_single_file_commands_report(codes, weights_file, tmp_path):
     """A weights mismatch (codes from other weights) is a warning in all three; so are clipped samples."""
     from mimi_cli.batch import run_local
