@@ -35,13 +35,22 @@ for _signum in (signal.SIGINT, getattr(signal, "SIGHUP", None), signal.SIGTERM):
         signal.signal(_signum, signal.SIG_DFL)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
-    """Tests marked ``ray`` start (and stop) Ray on this machine; under pytest-xdist they all run in one worker,
-    one after another: `ray stop --force` would end another worker's Ray, and a running Ray makes the
-    two-node test skip."""
+    """Under pytest-xdist (``-n``, set in pyproject.toml), each test file runs in one worker, so that its
+    module-scoped fixtures and caches (a golden stream encoded once, a clip's codes) are made once; and every
+    test marked ``ray`` runs in one worker, one after another: ``ray stop --force`` would end another worker's
+    Ray, and a Ray already running makes the two-node test skip."""
     for item in items:
-        if item.get_closest_marker("ray"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        item.add_marker(pytest.mark.xdist_group("ray" if item.get_closest_marker("ray") else item.path.name))
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: a worker per usable core, as many as the memory holds (a worker's tests peak near 3 GB)."""
+    from mimi_cli.core.threads import usable_cores
+    from mimi_cli.errors import physical_memory
+
+    return max(1, min(usable_cores(), int((physical_memory() or 3e9) // 3e9)))
 
 
 # A small config with every structural feature of the real one (2 strides, residual
