@@ -46,11 +46,22 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    """``-n auto``: a worker per usable core, as many as the memory holds (a worker's tests peak near 3 GB)."""
+    """``-n auto``: a worker per usable core, as many as the memory holds (the suite's largest process, run
+    alone, peaked at 3.5 GB: GNU time's maximum resident set size)."""
     from mimi_cli.core.threads import usable_cores
     from mimi_cli.errors import physical_memory
 
-    return max(1, min(usable_cores(), int((physical_memory() or 3e9) // 3e9)))
+    return max(1, min(usable_cores(), int((physical_memory() or 3.5e9) // 3.5e9)))
+
+
+# Two pytest-xdist workers on two cores: each computes in-process with one BLAS thread, as `--jobs` gives each
+# worker one. Two threads each spun beside the other worker (OpenBLAS waits for its threads busily): a
+# 16 s stream stepped frame by frame took 45–60 s where it takes 12.5 s alone (bits are the same at any count:
+# test_threads). Commands the tests run choose their own threads.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 # A small config with every structural feature of the real one (2 strides, residual

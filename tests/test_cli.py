@@ -128,7 +128,7 @@ def test_roundtrip_of_several_files_shows_each_and_their_mean(tmp_path, clip, we
     for key in ("si_sdr_db", "log_mel_distance"):
         assert mean[key] == pytest.approx((rows[0][key] + rows[1][key]) / 2, abs=0.006)  # shown, rounded
     assert rows[0]["si_sdr_db"] != rows[1]["si_sdr_db"]
-    table = run("roundtrip", clip, other, weights=weights_file, env_extra={"COLUMNS": "150"})
+    table = run("roundtrip", clip, other, weights=weights_file, env_extra={"COLUMNS": "300"})  # whole paths
     assert table.returncode == 0 and "mean of 2" in table.stdout and "other.wav" in table.stdout, table.stderr
     refused = run("roundtrip", clip, other, "-o", tmp_path / "x.wav", weights=weights_file)
     assert refused.returncode == 1 and refused.stderr == f"error: -o {tmp_path / 'x.wav'} looks like a file; with " \
