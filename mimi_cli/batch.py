@@ -39,12 +39,13 @@ from typing import Literal
 from mimi_cli.audio import AUDIO_SUFFIXES, audio_format
 from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
-from mimi_cli.errors import MimiError, OutputExistsError, dumps_json, first_line, os_reason, physical_memory
+from mimi_cli.errors import (MimiError, OutputExistsError, check_integer, dumps_json, first_line, os_reason,
+                             physical_memory)
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, either,
                              file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path,
                              missing, names_folder, output_exists, remove_temporaries, stdout_closed, url)
 from mimi_cli.models import BASE_BYTES, CODECS, codec_spec
-from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped, whole_number
+from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
 from mimi_cli.plot import PLOT_SUFFIXES
 from mimi_cli.sources import Item, arrow_file, is_container, is_table, known_keys, list_items
 from mimi_cli.weights import resolve_weights, weights_files, weights_id
@@ -89,9 +90,9 @@ class Job:
             object.__setattr__(self, name, tuple(map(os.fspath, given)))
         if not self.inputs and not self.manifests:
             raise ValueError("give at least one input (or a list of inputs in manifests)")
-        whole_number("jobs", self.jobs, 1)
+        check_integer("jobs", self.jobs, 1)
         if self.threads is not None:
-            whole_number("threads", self.threads, 1)
+            check_integer("threads", self.threads, 1)
 
 
 @dataclass

@@ -5,6 +5,7 @@ Every message says what is wrong and, where it helps, what to do about it.
 
 import errno
 import math
+import numbers
 
 
 class MimiError(Exception):
@@ -25,6 +26,23 @@ class WeightsError(MimiError, ValueError):
 
 class OutputExistsError(MimiError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
+
+
+def check_integer(name: str, value, low: int, high: int | None = None) -> int:
+    """An argument from Python: ``value`` an integer (not a bool) in ``low..high``, else TypeError or ValueError
+    naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be at least {low:,}, got {value:,}" if high is None else
+                         f"{name} must be in {low:,}..{high:,}, got {value:,}")
+    return int(value)
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    """An argument from Python: ``value`` is one of ``choices``, else ValueError naming ``name``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 # What a parser meeting bytes it did not expect can raise from Python itself: data of the wrong

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 import re
 import threading
 import time
@@ -30,8 +29,8 @@ from mimi_cli.audio import (MAX_SAMPLE_RATE, RESCALE_PEAK, Audio, StreamResample
                             soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
-from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, dumps_json, first_line,
-                             os_reason, out_of_memory, over_memory, unnamable)
+from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_integer,
+                             dumps_json, first_line, os_reason, out_of_memory, over_memory, unnamable)
 from mimi_cli.fileio import Readable, Target, atomic_output, native, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
@@ -297,32 +296,17 @@ class Settings:
         """Refuse values the command line's options would refuse, when built from Python: left unchecked,
         channels="left" was mixed in silence, kind="bogus" raised a KeyError, and num_codebooks=0 failed every
         file one by one after planning."""
-        one_of("kind", self.kind, get_args(Kind))
-        one_of("channels", self.channels, CHANNEL_MODES)
+        check_choice("kind", self.kind, get_args(Kind))
+        check_choice("channels", self.channels, CHANNEL_MODES)
         if self.codec is not None:
-            one_of("codec", self.codec, tuple(CODECS))
-        whole_number("threads", self.threads, 1)
-        if self.num_codebooks is not None:
-            whole_number("num_codebooks", self.num_codebooks, 1)
-            if self.kind != "decode":  # decode's levels are the file's codec's (checked as each file is read)
-                codec_spec(self.codec or DEFAULT_CODEC).config().levels(self.num_codebooks)
+            check_choice("codec", self.codec, tuple(CODECS))
+        check_integer("threads", self.threads, 1)
+        if self.num_codebooks is not None and self.kind == "decode":  # levels of the file's codec, read later
+            check_integer("num_codebooks", self.num_codebooks, 1)
+        elif self.num_codebooks is not None:
+            codec_spec(self.codec or DEFAULT_CODEC).config().levels(self.num_codebooks)
         if self.sample_rate is not None:
-            whole_number("sample_rate", self.sample_rate, 1000, MAX_SAMPLE_RATE)
-
-
-def one_of(name: str, value, choices: tuple) -> None:
-    """A setting's check from Python: ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
-def whole_number(name: str, value, low: int, high: int | None = None) -> None:
-    """A setting's check from Python: ``value`` an integer (not a bool) in ``low..high``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be at least {low:,}, got {value:,}" if high is None else
-                         f"{name} must be in {low:,}..{high:,}, got {value:,}")
+            check_integer("sample_rate", self.sample_rate, 1000, MAX_SAMPLE_RATE)
 
 
 @dataclass(frozen=True)

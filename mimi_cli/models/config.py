@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import ClassVar
+
+from mimi_cli.errors import check_integer
 
 
 class CodecConfig:
@@ -32,11 +33,7 @@ class CodecConfig:
         """``num_codebooks`` checked (an integer in 1..num_codebooks), or the default for None."""
         if num_codebooks is None:
             return self.default_num_codebooks
-        if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, numbers.Integral):
-            raise TypeError(f"num_codebooks must be an integer, got {num_codebooks!r}")
-        if not 1 <= num_codebooks <= self.num_codebooks:
-            raise ValueError(f"num_codebooks must be in 1..{self.num_codebooks}, got {num_codebooks}")
-        return int(num_codebooks)
+        return check_integer("num_codebooks", num_codebooks, 1, self.num_codebooks)
 
     def codebooks_for_bandwidth(self, kbps: float) -> int:
         """Levels that fit in ``kbps`` (as EnCodec counts: 6 kbps → 8 levels of 10 bits at 75 Hz)."""

@@ -21,7 +21,6 @@ equal its batch mode.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -29,7 +28,7 @@ import numpy as np
 
 from mimi_cli.core.stream import Groups
 from mimi_cli.core.threads import one_blas_thread, run_blocks
-from mimi_cli.errors import InvalidAudioError, InvalidCodesError
+from mimi_cli.errors import InvalidAudioError, InvalidCodesError, check_integer
 
 if TYPE_CHECKING:  # the codec imports this module; at run time only its methods are used here
     from mimi_cli.models.codec import Codec
@@ -236,11 +235,8 @@ def _check_streams(model: Codec, batch_size: int, frames_per_step: int) -> None:
     from mimi_cli.errors import physical_memory
     from mimi_cli.models import CODECS
 
-    for name, value in (("batch_size", batch_size), ("frames_per_step", frames_per_step)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+    check_integer("batch_size", batch_size, 1)
+    check_integer("frames_per_step", frames_per_step, 1)
     spec = CODECS.get(model.config.name)
     each, memory = (spec.stream_bytes if spec else 0.0), physical_memory()
     if each and memory and batch_size * each > memory:
