@@ -736,6 +736,8 @@ def remote_folder(uri: str, replace_ok: bool, planning: bool = False):
 def execute(p: Plan, on_result: Callable[[FileResult], None] = lambda r: None,
             report: Report | None = None) -> list[FileResult]:
     """Run a plan on its engine; results in task order. The manifest is written even when interrupted."""
+    if not isinstance(p, Plan):  # execute(job) said "'Job' object has no attribute 'job'"
+        raise TypeError(f"execute takes a Plan, as plan(job) makes it, not {type(p).__name__}")
     results: list[FileResult] = []
     start = time.time()
     shards = None if p.job.parquet is None else ParquetShards(

@@ -226,7 +226,7 @@ def test_settings_and_jobs_take_what_python_callers_pass(clip, tmp_path):
     """A Job's inputs as one string were taken for a tuple of one-letter names ("a.wav" as a, ., w, a, v) and
     Paths failed with an AttributeError; one name, str or Path, is an input, and each name may be a Path.
     Counts are checked as --jobs and --threads check them."""
-    from mimi_cli.batch import Job, plan
+    from mimi_cli.batch import Job, execute, plan
     from mimi_cli.pipeline import Settings
 
     decode = Settings("decode", num_codebooks=33, sample_rate=np.int64(16000))  # levels: the file's codec's
@@ -244,6 +244,8 @@ def test_settings_and_jobs_take_what_python_callers_pass(clip, tmp_path):
         Job(Settings("encode"), (str(clip),), threads=-2)
     with pytest.raises(ValueError, match="^give at least one input"):  # was " hold nothing to encode (...)"
         Job(Settings("encode"), ())
+    with pytest.raises(TypeError, match=r"^execute takes a Plan, as plan\(job\) makes it, not Job$"):
+        execute(job)  # was "'Job' object has no attribute 'job'"
 
 
 def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch):
