@@ -138,8 +138,10 @@ class CodesFile:
             kind = holds(path)
             if kind and "pickle" in kind:
                 raise _pickled(path)
-            hint = f"; it holds {kind}" + (", which `mimi encode` turns into codes" if "audio" in kind else "") \
-                if kind else ""
+            then = (", which `mimi encode` turns into codes" if "audio" in kind else
+                    ", which commands take as --weights and `mimi inspect` shows one file at a time"
+                    if "weights" in kind else "") if kind else ""
+            hint = f"; it holds {kind}{then}" if kind else ""
             raise InvalidCodesError(f"{path} is not a codes file (expected the .npz archive written by mimi "
                                     f"encode, or an integer array: .npy, JSON, or one array in .npz or .safetensors)"
                                     f"{hint}")

@@ -139,8 +139,8 @@ def is_codes_path(path: str | Path) -> bool:
     path = Path(path)
     if is_glob(path):
         return True
-    if path.suffix.lower() in CODES_SUFFIXES:
-        return path.is_file()
+    if path.suffix.lower() in CODES_SUFFIXES:  # missing: codes' reader says so ("weights file x.npz does not exist")
+        return path.is_file() or not path.exists()
     try:
         if is_table(path):
             return True

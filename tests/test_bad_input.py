@@ -10,9 +10,9 @@ import soundfile as sf
 from conftest import damaged_mp3s, lying_flac, run
 
 
-def assert_clean_failure(result, workdir: Path, before: set[str], *expected: str) -> None:
+def assert_clean_failure(result, workdir: Path, before: set[str], *expected: str, code: int = 1) -> None:
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == code, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     for text in expected:
@@ -198,7 +198,9 @@ def test_text_file_as_codes(tmp_path):
     ("encode", "codes.npy", "a NumPy .npy array, not audio", "`mimi decode` reads codes"),
     ("encode", "w.safetensors", ".safetensors weights, not audio", "give a WAV"),
     ("decode", "clip.wav", "it holds audio (WAV)", "`mimi encode` turns into codes"),
-    ("decode", "w.safetensors", "it holds .safetensors weights", "expected the .npz archive"),
+    ("decode", "w.safetensors", "it holds .safetensors weights", "which commands take as --weights and `mimi "
+     "inspect` shows one file at a time"),
+    ("inspect", "*.safetensors", "it holds .safetensors weights", "`mimi inspect` shows one file at a time"),
 ])
 def test_a_file_given_to_the_wrong_command_is_named(tmp_path, short_clip, command, given, what, hint):
     """Each reader says what the file holds when it is another kind this tool knows."""
@@ -208,8 +210,9 @@ def test_a_file_given_to_the_wrong_command_is_named(tmp_path, short_clip, comman
     np.save(tmp_path / "codes.npy", np.zeros((8, 3), np.uint16))
     save_file({"w": np.zeros(4, np.float32), "b": np.zeros(2, np.float32)}, str(tmp_path / "w.safetensors"))
     before = {p.name for p in tmp_path.iterdir()}  # weights hold many tensors (one alone is a bare array)
-    result = run(command, tmp_path / given, "-o", tmp_path / ("out.npz" if command == "encode" else "out.wav"))
-    assert_clean_failure(result, tmp_path, before, what, hint)
+    output = [] if command == "inspect" else ["-o", tmp_path / ("out.npz" if command == "encode" else "out.wav")]
+    result = run(command, tmp_path / given, *output)  # inspect: a quoted glob's matches are taken as codes
+    assert_clean_failure(result, tmp_path, before, what, hint, code=2 if command == "inspect" else 1)  # inspect -h
 
 
 @pytest.mark.parametrize("stream", [[], ["--stream"]])
