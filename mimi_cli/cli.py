@@ -806,8 +806,10 @@ def inspect_any(
     Weights: as inspect-weights. Codes (.npz, .npy, .ecdc; a folder's files, every level below it, or a table's
     rows of them): codec, shape, length, how made, each level's use.
     """
-    from mimi_cli.inspect import inspect_codes, is_codes_path, not_shown
+    from mimi_cli.inspect import inspect_codes, is_codes_path, not_shown, not_there
 
+    if (problem := not_there(name)) is not None:
+        _fail(problem)
     if not is_codes_path(name):
         if (other := not_shown(name)) is not None:
             _fail(other, code=2)

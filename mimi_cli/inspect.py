@@ -139,8 +139,8 @@ def is_codes_path(path: str | Path) -> bool:
     path = Path(path)
     if is_glob(path):
         return True
-    if path.suffix.lower() in CODES_SUFFIXES:  # missing: codes' reader says so ("weights file x.npz does not exist")
-        return path.is_file() or not path.exists()
+    if path.suffix.lower() in CODES_SUFFIXES:
+        return path.is_file()
     try:
         if is_table(path):
             return True
@@ -156,6 +156,20 @@ def is_codes_path(path: str | Path) -> bool:
             and any(p.suffix.lower() == ".json" and p.name != CODEC_INFO for p in top)
     except OSError:  # a folder that cannot be looked into: weights' reader says why
         return False
+
+
+def not_there(name: str) -> str | None:
+    """Why ``mimi inspect`` cannot open ``name`` ("take1.wav does not exist") when it is not there and no Hugging
+    Face repo could be meant: a folder (a trailing /), audio or codes by its suffix. None otherwise: weights'
+    resolver says why, having looked in the Hub's cache too. (It said "weights file take1.wav does not exist".)"""
+    from mimi_cli.audio import AUDIO_SUFFIXES
+    from mimi_cli.batch import is_glob
+
+    path = Path(name)
+    if is_glob(path) or not (name.endswith("/") or path.suffix.lower() in (*AUDIO_SUFFIXES, *CODES_SUFFIXES)):
+        return None
+    problem = missing(path)
+    return f"{name} {problem}" if problem else None
 
 
 def not_shown(path: str | Path) -> str | None:

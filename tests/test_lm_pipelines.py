@@ -155,7 +155,7 @@ def test_inspect_shows_what_codes_hold(tmp_path, weights_file, dialogue):
     for args, said, code in (([tmp_path / "bad.npy"], "holds values 4096..4096; Mimi codes are 0..2047", 2),
                              ([tmp_path / "split.npz", "--filter", "x"], "--filter and --no-stats are for weights", 2),
                              ([weights_file, "--codec", "mimi"], "--codec is for codes files", 2),
-                             ([tmp_path / "gone.npz"], f"error: {tmp_path / 'gone.npz'} does not exist\n", 2)):
+                             ([tmp_path / "gone.npz"], f"error: {tmp_path / 'gone.npz'} does not exist\n", 1)):
         refused = run("inspect", *args)
         assert refused.returncode == code and said in refused.stderr and "Traceback" not in refused.stderr, \
             refused.stderr

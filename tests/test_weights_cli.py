@@ -114,8 +114,14 @@ def test_inspect_malformed_safetensors(tmp_path, kind):
 
 
 def test_inspect_missing_path(tmp_path):
+    """Weights not found are looked for in the Hub's cache too, and said so; a name that could only be a file or a
+    folder (audio, codes, a trailing /) was "weights file take1.wav does not exist" and is now that name alone."""
     result = run("inspect", tmp_path / "nope.safetensors")
-    assert result.returncode == 1 and result.stderr.startswith("error:") and "does not exist" in result.stderr
+    assert result.returncode == 1 and result.stderr == f"error: weights file {tmp_path / 'nope.safetensors'} does " \
+        "not exist\n"
+    for name in ("take1.wav", "codes.npz", "gen.json", "corpus/"):
+        result = run("inspect", f"{tmp_path}/{name}")
+        assert result.returncode == 1 and result.stderr == f"error: {tmp_path}/{name} does not exist\n"
 
 
 def test_inspect_given_audio_names_what_runs_on_audio(tmp_path):
