@@ -330,16 +330,18 @@ def check_stdin(given: str, what: str) -> None:
         raise MimiError(f"{given} reads standard input, which is {state} here; pipe {what} in")
 
 
-def check_suffix(path: Path, what: str, suffixes: tuple[str, ...], folder_hint: bool = False) -> None:
+def check_suffix(path: Path, what: str, suffixes: tuple[str, ...], folder_hint: bool = False,
+                 to_stdout: bool = True) -> None:
     """An output file's name says what it holds: refuse another suffix (an .npz named out.txt misleads the next
     tool, as audio written under a name no audio format has would). ``folder_hint``: -o could name a folder.
-    A name that is no file at all (``/dev/null``, a pipe) is refused as such first, as check_output does."""
+    A name that is no file at all (``/dev/null``, a pipe) is refused as such first, as check_output does (and
+    ``to_stdout`` is its)."""
     if str(path) == STDOUT:  # "-" (or "./-", which a Path makes "-": a name without the suffix either way)
         raise MimiError(f"{what} go to a file here, not to standard output ('-'); give a {either(suffixes)} name")
     with contextlib.suppress(OSError):
         st = os.lstat(path)
         if not stat.S_ISDIR(st.st_mode):  # a folder is a place to write into, for the callers that take one
-            _refuse_other_kinds(path, st)
+            _refuse_other_kinds(path, st, to_stdout)
     if path.suffix.lower() not in suffixes:
         folder = ", or end it with / for a folder" if folder_hint and not path.suffix else ""
         raise MimiError(f"cannot write {what} as {path.suffix or 'a file without extension'}; give a "
@@ -356,25 +358,27 @@ def stdout_closed() -> bool:
     return sys.stdout is None or getattr(sys.stdout, "closed", False)
 
 
-def _refuse_other_kinds(path: Path, st: os.stat_result) -> None:
-    """Refuse an output that exists and is not a regular file (``st`` is its ``lstat``), saying what it is."""
+def _refuse_other_kinds(path: Path, st: os.stat_result, to_stdout: bool = True) -> None:
+    """Refuse an output that exists and is not a regular file (``st`` is its ``lstat``), saying what it is;
+    ``to_stdout``: the command may write to standard output instead (``-``), which feeds a program."""
     kind = file_kind(st.st_mode)
     if kind is None:
         return
     what = f"{kind} to {os.readlink(path)}" if kind == "a symbolic link" else kind
     hint = "give a file name that does not exist or names a regular file"
     with contextlib.suppress(OSError):  # >(program) is /dev/fd/63, a link to a pipe
-        if file_kind(os.stat(path).st_mode) in ("a pipe (FIFO)", "a socket"):
+        if to_stdout and file_kind(os.stat(path).st_mode) in ("a pipe (FIFO)", "a socket"):
             hint = "to feed a program, give - (standard output) and pipe it: | program"
     raise MimiError(f"{path} is {what}; outputs are only ever regular files: {hint}")
 
 
 def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = frozenset(),
-                 create_parents: bool = False) -> None:
+                 create_parents: bool = False, to_stdout: bool = True) -> None:
     """Refuse, before any work, an output that cannot or must not be written (see the module docstring).
 
     ``inputs`` are :func:`file_ids` of the run's inputs; ``replace`` is -f/--force;
-    with ``create_parents`` a missing folder is fine if it can be made.
+    with ``create_parents`` a missing folder is fine if it can be made; ``to_stdout``: the command can write
+    to standard output instead (not ``mimi convert``), which a refusal of a pipe then suggests.
     """
     if is_stdout(path):
         if stdout_closed():
@@ -389,7 +393,7 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
     except OSError as exc:
         raise cannot_write(path, exc) from None
     if st is not None:
-        _refuse_other_kinds(path, st)
+        _refuse_other_kinds(path, st, to_stdout)
         if (st.st_dev, st.st_ino) in inputs:
             raise MimiError(f"{path} is also an input of this run and would be destroyed; choose another output")
         if not replace:

@@ -259,7 +259,10 @@ def test_convert_refusals_leave_no_file(tmp_path, weights_file):
         (("convert", weights_file, tmp_path / "out.safetensors", "--dtype", "f8"), 2, "--dtype takes one of"),
         (("convert", weights_file, tmp_path / "out.safetensors", "--naming", "x"), 2, "--naming takes one of"),
         (("convert", weights_file, weights_file, "-f"), 1, "is also an input of this run"),
-    ]
+        (("convert", weights_file, tmp_path / "fifo.safetensors"), 1, "fifo.safetensors is a pipe (FIFO); outputs "
+         "are only ever regular files: give a file name that does not exist or names a regular file\n"),
+    ]  # (the pipe: not "give - (standard output) and pipe it", which convert refuses, above)
+    os.mkfifo(tmp_path / "fifo.safetensors")
     big = tmp_path / "big.safetensors"  # one weight beyond f16's ±65504: written as f16, it would be inf
     state = SafetensorsFile(weights_file)
     tensors = {name: np.array(state.tensor(name)) for name in state.infos}
@@ -271,7 +274,7 @@ def test_convert_refusals_leave_no_file(tmp_path, weights_file):
     for args, code, message in cases:
         result = run(*args)
         assert result.returncode == code and message in result.stderr and "Traceback" not in result.stderr, args
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors", "other.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors", "fifo.safetensors", "other.safetensors"]
     assert run("convert", big, tmp_path / "bf16.safetensors", "--dtype", "bf16").returncode == 0  # bf16 holds it
     # -1e6 is 0xC9742400 in f32; bf16 keeps the top half, rounded to nearest (0x2400 < 0x8000: down): -999424
     assert SafetensorsFile(tmp_path / "bf16.safetensors").tensor("decoder.model.0.conv.conv.weight")[0, 0, 0] == -999424
