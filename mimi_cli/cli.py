@@ -931,7 +931,7 @@ def convert(
         from mimi_cli.fileio import check_output, check_suffix, file_ids, into_folder
 
         destination, new_folder = into_folder(destination, name, ".safetensors")
-        check_suffix(destination, "weights", (".safetensors",), to_stdout=False)  # (safetensors: a file)
+        check_suffix(destination, "weights", (".safetensors",), to_stdout=False)  # convert writes files only
         source = _weights_source(name)
         sources = file_ids([source, *(source.rglob("*") if source.is_dir() else [])])
         check_output(destination, force, sources, create_parents=new_folder, to_stdout=False)

@@ -138,10 +138,11 @@ class CodesFile:
             kind = holds(path)
             if kind and "pickle" in kind:
                 raise _pickled(path)
-            then = (", which `mimi encode` turns into codes" if "audio" in kind else
-                    ", which commands take as --weights and `mimi inspect` shows one file at a time"
-                    if "weights" in kind else "") if kind else ""
-            hint = f"; it holds {kind}{then}" if kind else ""
+            hint = f"; it holds {kind}" if kind else ""
+            if kind and "audio" in kind:
+                hint += ", which `mimi encode` turns into codes"
+            elif kind and "weights" in kind:
+                hint += ", which commands take as --weights and `mimi inspect` shows one file at a time"
             raise InvalidCodesError(f"{path} is not a codes file (expected the .npz archive written by mimi "
                                     f"encode, or an integer array: .npy, JSON, or one array in .npz or .safetensors)"
                                     f"{hint}")

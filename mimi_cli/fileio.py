@@ -334,8 +334,8 @@ def check_suffix(path: Path, what: str, suffixes: tuple[str, ...], folder_hint: 
                  to_stdout: bool = True) -> None:
     """An output file's name says what it holds: refuse another suffix (an .npz named out.txt misleads the next
     tool, as audio written under a name no audio format has would). ``folder_hint``: -o could name a folder.
-    A name that is no file at all (``/dev/null``, a pipe) is refused as such first, as check_output does (and
-    ``to_stdout`` is its)."""
+    A name that is no file at all (``/dev/null``, a pipe) is refused as such first, as check_output does
+    (``to_stdout`` as there)."""
     if str(path) == STDOUT:  # "-" (or "./-", which a Path makes "-": a name without the suffix either way)
         raise MimiError(f"{what} go to a file here, not to standard output ('-'); give a {either(suffixes)} name")
     with contextlib.suppress(OSError):
