@@ -35,6 +35,7 @@ import filecmp
 import hashlib
 import os
 import secrets
+import shlex
 import shutil
 import stat
 import sys
@@ -128,7 +129,9 @@ def missing(path: Path) -> str | None:
     try:
         os.stat(path)
     except FileNotFoundError:
-        return "is a broken symbolic link" if os.path.islink(path) else "does not exist"
+        name = str(path)  # "error:   does not exist" named a file " ": a name that starts or ends in space is quoted
+        quoted = f" (the name, quoted: {shlex.quote(name)})" if name != name.strip() else ""
+        return ("is a broken symbolic link" if os.path.islink(path) else "does not exist") + quoted
     except OSError as exc:
         return f"cannot be reached: {os_reason(exc)}"
     except ValueError:  # a NUL byte in the name

@@ -38,6 +38,18 @@ def test_missing_path(tmp_path):
     encode_fails(tmp_path, tmp_path / "nowhere.wav", "nowhere.wav does not exist")
 
 
+def test_a_missing_name_that_starts_or_ends_in_space_is_quoted(tmp_path, weights_file):
+    """`mimi encode " "` said "error:   does not exist", and "a.wav " (a stray space) "a.wav  does not exist"."""
+    for name in (" ", "a.wav "):
+        result = run("encode", name, "-o", tmp_path / "out.npz", cwd=tmp_path, weights=weights_file)
+        assert result.returncode == 1 and result.stderr == f"error: {name} does not exist (the name, quoted: " \
+            f"'{name}')\n"
+    sf.write(tmp_path / "a.wav", np.zeros(2400, np.float32), 24000)
+    result = run("encode", "a.wav", "-o", tmp_path / "out.npz", cwd=tmp_path, env_extra={"MIMI_WEIGHTS": " "})
+    assert result.stderr == "error: weights file   (from $MIMI_WEIGHTS) does not exist (the name, quoted: ' ')\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]
+
+
 def test_a_home_folder_of_no_user_is_a_path_that_does_not_exist(tmp_path, weights_file):
     """``~user`` that names nobody (quoted, so the shell left it) stays as written, as the shell leaves it:
     Path.expanduser raises there, which came out as a traceback."""

@@ -77,7 +77,7 @@ def locate(name: str, spec, origin: str = "") -> Path:
     if name == STDIN:  # read in place, memory-mapped, and more than once
         raise WeightsError(f"weights{origin} are read from a file, not standard input: save them to a file and "
                            "give its name")
-    hub = hub_reference(name, spec) if problem == "does not exist" else None
+    hub = hub_reference(name, spec) if problem.startswith("does not exist") else None
     if hub is None:
         if url(name):  # as given: a path would show "https:/…"
             raise WeightsError(f"weights {name}{origin} is a URL of no Hugging Face model repository: download the "
