@@ -265,10 +265,12 @@ def test_a_pipe_is_refused_as_a_pipe_whatever_its_name(clip, weights_file, tmp_p
     without extension": the suffix was checked before what the name is. Every command says what it is."""
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
-    for args in (("convert", weights_file, fifo, "-f"), ("encode", clip, "-o", fifo, "-f"),
-                 ("decode", clip, "-o", fifo), ("run", tmp_path / "none.mlmodelc", "-o", fifo)):
+    for args in (("encode", clip, "-o", fifo, "-f"), ("decode", clip, "-o", fifo),
+                 ("run", tmp_path / "none.mlmodelc", "-o", fifo)):
         one_line_error(run(*args, weights=weights_file), f"{fifo} is a pipe (FIFO); outputs are only ever regular "
                                                          "files: to feed a program, give -", code=1)
+    one_line_error(run("convert", weights_file, fifo, "-f"), f"{fifo} is a pipe (FIFO); outputs are only ever "
+                   "regular files: give a file name that does not exist", code=1)  # convert writes no '-
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo"]
 
 
