@@ -971,6 +971,10 @@ def run(
     quiet: QuietOption = False,
 ) -> None:
     """Run a compiled Core ML program (.mlmodelc, .mlpackage) on NumPy, on any OS."""
+    from mimi_cli.coreml.program import CoreMLProgram
+
+    if precision not in CoreMLProgram.PRECISIONS:  # an option's mistake (exit 2), said before the program is read
+        _fail(f"--precision takes one of {', '.join(CoreMLProgram.PRECISIONS)}, not {precision!r}", code=2)
     with _user_errors():
         from mimi_cli.coreml import load_program
         from mimi_cli.coreml.program import Overflows, check_program_folder

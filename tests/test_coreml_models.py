@@ -252,6 +252,9 @@ def test_mimi_run_on_something_else_is_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     result = run("run", str(tmp_path / "missing.mlpackage"))  # (it was "is not a Core ML ML Program" too)
     assert result.returncode == 1 and result.stderr == f"error: {tmp_path / 'missing.mlpackage'} does not exist\n"
+    # an option's mistake, said as such (exit 2) before the program: it was "precision 'fp8' is not one of ..."
+    result = run("run", str(tmp_path / "missing.mlpackage"), "--precision", "fp8")
+    assert result.returncode == 2 and result.stderr == "error: --precision takes one of program, fp32, not 'fp8'\n"
 
 
 _SCANS = """
