@@ -162,6 +162,8 @@ def _counted(f, name: Target) -> int:
 # The highest rate audio interfaces offer. A header that declares more is damaged or hostile, and
 # resampling from (or to) such a rate needs a filter longer than memory holds.
 MAX_SAMPLE_RATE = 768_000
+# The lowest rate decode writes: `--sample-rate 16`, meant as kHz, wrote 29 s of speech as 466 samples.
+MIN_OUTPUT_RATE = 1000
 
 
 def check_rate(rate: int, what: str) -> None:

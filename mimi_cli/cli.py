@@ -95,11 +95,11 @@ def _audio_rate(value: int | None) -> int | None:
     """An output rate in Hz: ``--sample-rate 16`` (meant as kHz) wrote 29 s of speech as 466 samples at 16 Hz."""
     if value is None:
         return None
-    if value < 1000:
-        in_khz = f" (rates are in Hz: {value} kHz is {value * 1000})" if 8 <= value <= 192 else ""
-        raise typer.BadParameter(f"{value} is below 1000 Hz{in_khz}")
-    from mimi_cli.audio import MAX_SAMPLE_RATE  # imported only when a rate is given: it imports NumPy
+    from mimi_cli.audio import MAX_SAMPLE_RATE, MIN_OUTPUT_RATE  # imported only when a rate is given: NumPy
 
+    if value < MIN_OUTPUT_RATE:
+        in_khz = f" (rates are in Hz: {value} kHz is {value * 1000})" if 8 <= value <= 192 else ""
+        raise typer.BadParameter(f"{value} is below {MIN_OUTPUT_RATE} Hz{in_khz}")
     if value > MAX_SAMPLE_RATE:
         raise typer.BadParameter(f"{value:,} Hz is above the {MAX_SAMPLE_RATE:,} Hz this tool resamples to")
     return value
@@ -971,13 +971,12 @@ def run(
     quiet: QuietOption = False,
 ) -> None:
     """Run a compiled Core ML program (.mlmodelc, .mlpackage) on NumPy, on any OS."""
-    from mimi_cli.coreml.program import CoreMLProgram
+    from mimi_cli.coreml.program import CoreMLProgram, Overflows, check_program_folder
 
     if precision not in CoreMLProgram.PRECISIONS:  # an option's mistake (exit 2), said before the program is read
         _fail(f"--precision takes one of {', '.join(CoreMLProgram.PRECISIONS)}, not {precision!r}", code=2)
     with _user_errors():
         from mimi_cli.coreml import load_program
-        from mimi_cli.coreml.program import Overflows, check_program_folder
         from mimi_cli.coreml.run import (named_files, overflow_note, parse_assignment, read_feeds, run_stream,
                                           save_outputs)
         from mimi_cli.fileio import check_output, check_suffix, file_ids, into_folder, readable

@@ -24,9 +24,9 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from mimi_cli.audio import (MAX_SAMPLE_RATE, RESCALE_PEAK, Audio, StreamResampler, audio_writer, check_audio_output,
-                            decoder_warnings, open_audio, read_blocks, read_open, resample, rescaled,
-                            soundfile_errors, to_mono, write_audio)
+from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audio, StreamResampler, audio_writer,
+                            check_audio_output, decoder_warnings, open_audio, read_blocks, read_open, resample,
+                            rescaled, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_integer,
@@ -306,7 +306,7 @@ class Settings:
         elif self.num_codebooks is not None:
             codec_spec(self.codec or DEFAULT_CODEC).config().levels(self.num_codebooks)
         if self.sample_rate is not None:
-            check_integer("sample_rate", self.sample_rate, 1000, MAX_SAMPLE_RATE)
+            check_integer("sample_rate", self.sample_rate, MIN_OUTPUT_RATE, MAX_SAMPLE_RATE)
 
 
 @dataclass(frozen=True)
