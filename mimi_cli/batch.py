@@ -39,8 +39,8 @@ from typing import Literal
 from mimi_cli.audio import AUDIO_SUFFIXES, audio_format
 from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
-from mimi_cli.errors import (MimiError, OutputExistsError, check_integer, dumps_json, first_line, os_reason,
-                             physical_memory)
+from mimi_cli.errors import (MimiError, OutputExistsError, check_flag, check_integer, check_path, dumps_json,
+                             first_line, os_reason, physical_memory)
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, either,
                              file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path,
                              missing, names_folder, output_exists, remove_temporaries, stdout_closed, url)
@@ -83,13 +83,21 @@ class Job:
 
     def __post_init__(self):
         """From Python: one name may be given alone and names as paths (a string was taken for a tuple of
-        one-letter inputs, a Path failed with an AttributeError); counts are checked as the options check them."""
+        one-letter inputs, a Path failed with an AttributeError); values are checked as the options check them,
+        and an empty name is refused as the command line refuses an empty argument (it meant the current folder)."""
         for name in ("inputs", "manifests"):
             given = getattr(self, name)
-            given = (given,) if isinstance(given, (str, os.PathLike)) else given
-            object.__setattr__(self, name, tuple(map(os.fspath, given)))
+            given = (given,) if isinstance(given, (str, bytes, os.PathLike)) else given
+            object.__setattr__(self, name, tuple(check_path(name, one) for one in given))
         if not self.inputs and not self.manifests:
             raise ValueError("give at least one input (or a list of inputs in manifests)")
+        for name in ("output", "manifest", "parquet"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check_path(name, getattr(self, name)))
+        if self.column is not None and not (isinstance(self.column, str) and self.column):
+            raise TypeError(f"column must be a column's name (a str, not empty), got {self.column!r}")
+        check_flag("recursive", self.recursive)
+        check_flag("skip_existing", self.skip_existing)
         check_integer("jobs", self.jobs, 1)
         if self.threads is not None:
             check_integer("threads", self.threads, 1)

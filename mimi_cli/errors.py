@@ -6,6 +6,7 @@ Every message says what is wrong and, where it helps, what to do about it.
 import errno
 import math
 import numbers
+import os
 
 
 class MimiError(Exception):
@@ -37,6 +38,25 @@ def check_integer(name: str, value, low: int, high: int | None = None) -> int:
         raise ValueError(f"{name} must be at least {low:,}, got {value:,}" if high is None else
                          f"{name} must be in {low:,}..{high:,}, got {value:,}")
     return int(value)
+
+
+def check_flag(name: str, value) -> bool:
+    """An argument from Python: True or False (0 and 1 pass too), else TypeError naming ``name``; a string such
+    as "no" would otherwise be taken as true."""
+    if not isinstance(value, numbers.Integral) or value not in (0, 1):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_path(name: str, value) -> str:
+    """An argument from Python: a path (str, Path, or bytes as the file system gives them), not empty, as a str;
+    else TypeError or ValueError naming ``name``. An empty name would be taken for the current folder."""
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or Path), got {value!r}")
+    text = os.fsdecode(value)
+    if not text:
+        raise ValueError(f"{name} holds an empty name (''); give a path")
+    return text
 
 
 def check_choice(name: str, value, choices: tuple) -> None:

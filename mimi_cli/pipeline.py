@@ -29,8 +29,9 @@ from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audi
                             rescaled, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
-from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_integer,
-                             dumps_json, first_line, os_reason, out_of_memory, over_memory, unnamable)
+from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
+                             check_integer, check_path, dumps_json, first_line, os_reason, out_of_memory, over_memory,
+                             unnamable)
 from mimi_cli.fileio import Readable, Target, atomic_output, native, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
@@ -297,10 +298,16 @@ class Settings:
         channels="left" was mixed in silence, kind="bogus" raised a KeyError, and num_codebooks=0 failed every
         file one by one after planning."""
         check_choice("kind", self.kind, get_args(Kind))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", check_path("weights", self.weights))
+        if self.codec is None and self.kind != "decode":  # decode: the file's own codec; else the default
+            object.__setattr__(self, "codec", DEFAULT_CODEC)
         check_choice("channels", self.channels, CHANNEL_MODES)
         if self.codec is not None:
             check_choice("codec", self.codec, tuple(CODECS))
         check_integer("threads", self.threads, 1)
+        for flag in ("stream", "rescale", "replace", "skip_existing", "keep_codes"):
+            check_flag(flag, getattr(self, flag))
         if self.num_codebooks is not None and self.kind == "decode":  # levels of the file's codec, read later
             check_integer("num_codebooks", self.num_codebooks, 1)
         elif self.num_codebooks is not None:

@@ -211,6 +211,10 @@ def test_a_library_error_on_one_file_fails_that_file_in_one_line(tmp_path, monke
     ({"threads": 0}, ValueError, "threads must be at least 1, got 0"),
     ({"kind": "decode", "sample_rate": 16}, ValueError, "sample_rate must be in 1,000..768,000, got 16"),
     ({"kind": "decode", "sample_rate": 8000.0}, TypeError, "sample_rate must be an integer, got 8000.0"),
+    ({"stream": "no"}, TypeError, "stream must be True or False, got 'no'"),  # was taken as true
+    ({"replace": 2}, TypeError, "replace must be True or False, got 2"),
+    ({"weights": 3}, TypeError, "weights must be a path (str or Path), got 3"),  # was "weights file 3 does not exist"
+    ({"weights": ""}, ValueError, "weights holds an empty name (''); give a path"),
 ])
 def test_settings_from_python_are_checked_when_made(settings, error, said):
     """Settings took any value: channels="left" was mixed to mono in silence, kind="bogus" raised a KeyError
@@ -246,6 +250,37 @@ def test_settings_and_jobs_take_what_python_callers_pass(clip, tmp_path):
         Job(Settings("encode"), ())
     with pytest.raises(TypeError, match=r"^execute takes a Plan, as plan\(job\) makes it, not Job$"):
         execute(job)  # was "'Job' object has no attribute 'job'"
+    assert Settings("encode", codec=None).codec == "mimi"  # encode's default (every file failed: "unknown codec None")
+    assert Settings("decode", codec=None).codec is None  # decode: each file's own codec
+
+
+def test_jobs_refuse_empty_names_and_take_paths_everywhere(clip, tmp_path, monkeypatch):
+    """Job(settings, "") planned the current folder, as Path("") is "." (the command line refuses an empty
+    argument); output, manifest and parquet given as Paths raised "'PosixPath' object has no attribute
+    'startswith'"; recursive="no" was taken as true."""
+    from mimi_cli.batch import Job, plan
+    from mimi_cli.pipeline import Settings
+
+    monkeypatch.chdir(clip.parent)
+    encode = Settings("encode")
+    for given, error, said in (
+            (dict(inputs=""), ValueError, "inputs holds an empty name (''); give a path"),
+            (dict(inputs=(str(clip), 3)), TypeError, "inputs must be a path (str or Path), got 3"),
+            (dict(inputs=(), manifests=""), ValueError, "manifests holds an empty name (''); give a path"),
+            (dict(inputs=str(clip), output=""), ValueError, "output holds an empty name (''); give a path"),
+            (dict(inputs=str(clip), parquet=""), ValueError, "parquet holds an empty name (''); give a path"),
+            (dict(inputs=str(clip), manifest=5), TypeError, "manifest must be a path (str or Path), got 5"),
+            (dict(inputs=str(clip), column=""), TypeError, "column must be a column's name (a str, not empty), got ''"),
+            (dict(inputs=str(clip), recursive="no"), TypeError, "recursive must be True or False, got 'no'")):
+        with pytest.raises(error, match=f"^{re.escape(said)}$"):
+            Job(encode, **given)
+    job = Job(encode, os.fsencode(clip), tmp_path / "codes.npz", manifest=tmp_path / "m.jsonl",
+              recursive=0)
+    assert (job.inputs, job.output, job.manifest) == ((str(clip),), str(tmp_path / "codes.npz"),
+                                                      str(tmp_path / "m.jsonl"))
+    assert [(t.input, t.output) for t in plan(job).tasks] == [(clip, tmp_path / "codes.npz")]
+    parquet = plan(Job(encode, clip, parquet=tmp_path / "shards"))
+    assert parquet.job.parquet == str(tmp_path / "shards") and len(parquet.tasks) == 1
 
 
 def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch):
