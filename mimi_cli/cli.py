@@ -91,15 +91,17 @@ def _finite(low: float = -float("inf"), high: float = float("inf")) -> Callable[
     return check
 
 
-def _audio_rate(value: int | None) -> int | None:
-    """An output rate in Hz: ``--sample-rate 16`` (meant as kHz) wrote 29 s of speech as 466 samples at 16 Hz."""
+def _audio_rate(value: int | None, lowest: int | None = None) -> int | None:
+    """An output rate in Hz: ``--sample-rate 16`` (meant as kHz) wrote 29 s of speech as 466 samples at 16 Hz.
+    ``lowest``: another floor than an audio file's (``mimi run`` feeds programs of any rate)."""
     if value is None:
         return None
     from mimi_cli.audio import MAX_SAMPLE_RATE, MIN_OUTPUT_RATE  # imported only when a rate is given: NumPy
 
-    if value < MIN_OUTPUT_RATE:
+    lowest = MIN_OUTPUT_RATE if lowest is None else lowest
+    if value < lowest:
         in_khz = f" (rates are in Hz: {value} kHz is {value * 1000})" if 8 <= value <= 192 else ""
-        raise typer.BadParameter(f"{value} is below {MIN_OUTPUT_RATE} Hz{in_khz}")
+        raise typer.BadParameter(f"{value} is below {lowest} Hz{in_khz}")
     if value > MAX_SAMPLE_RATE:
         raise typer.BadParameter(f"{value:,} Hz is above the {MAX_SAMPLE_RATE:,} Hz this tool resamples to")
     return value
@@ -957,8 +959,9 @@ def run(
         help="With --stream: new samples per window; the rest of the window repeats the previous samples "
              "(Silero VAD: 512 of a 576-sample window). Default: the whole window.")] = None,
     sample_rate: Annotated[Optional[int], typer.Option(
-        "--sample-rate", min=1, show_default=False,
-        help="With --stream: resample the audio to this rate first (Silero VAD: 16000). Default: the file's.")] = None,
+        "--sample-rate", callback=lambda value: _audio_rate(value, lowest=1), show_default=False,
+        help="With --stream: resample the audio to this rate first, 1 to 768000 Hz (Silero VAD: 16000). "
+             "Default: the file's.")] = None,
     precision: Annotated[str, typer.Option(
         "--precision", help="program: every value in the dtype the program declares (fp16 stays fp16); "
                             "fp32: fp16 values held and computed in fp32.")] = "program",

@@ -255,6 +255,11 @@ def test_mimi_run_on_something_else_is_one_line(tmp_path):
     # an option's mistake, said as such (exit 2) before the program: it was "precision 'fp8' is not one of ..."
     result = run("run", str(tmp_path / "missing.mlpackage"), "--precision", "fp8")
     assert result.returncode == 2 and result.stderr == "error: --precision takes one of program, fp32, not 'fp8'\n"
+    # a rate past what the resampler takes: it was refused after the program and the audio were read (exit 1)
+    result = run("run", str(tmp_path / "missing.mlpackage"), "--stream", "audio=a.wav", "--sample-rate", "1000000")
+    assert result.returncode == 2 and result.stderr == (
+        "error: Invalid value for '--sample-rate': 1,000,000 Hz is above the 768,000 Hz this tool resamples to "
+        "(see mimi run -h)\n")
 
 
 _SCANS = """
