@@ -91,20 +91,24 @@ def _finite(low: float = -float("inf"), high: float = float("inf")) -> Callable[
     return check
 
 
-def _audio_rate(value: int | None, lowest: int | None = None) -> int | None:
-    """An output rate in Hz: ``--sample-rate 16`` (meant as kHz) wrote 29 s of speech as 466 samples at 16 Hz.
-    ``lowest``: another floor than an audio file's (``mimi run`` feeds programs of any rate)."""
-    if value is None:
-        return None
-    from mimi_cli.audio import MAX_SAMPLE_RATE, MIN_OUTPUT_RATE  # imported only when a rate is given: NumPy
+def _rate(lowest: int | None = None) -> Callable[[int | None], int | None]:
+    """An option's check of a rate in Hz, at least ``lowest`` (default: the lowest output rate, as
+    ``--sample-rate 16``, meant as kHz, wrote 29 s of speech as 466 samples at 16 Hz) and at most what the
+    resampler takes."""
+    def check(value: int | None) -> int | None:
+        if value is None:
+            return None
+        from mimi_cli.audio import MAX_SAMPLE_RATE, MIN_OUTPUT_RATE  # imported only when a rate is given: NumPy
 
-    lowest = MIN_OUTPUT_RATE if lowest is None else lowest
-    if value < lowest:
-        in_khz = f" (rates are in Hz: {value} kHz is {value * 1000})" if 8 <= value <= 192 else ""
-        raise typer.BadParameter(f"{value} is below {lowest} Hz{in_khz}")
-    if value > MAX_SAMPLE_RATE:
-        raise typer.BadParameter(f"{value:,} Hz is above the {MAX_SAMPLE_RATE:,} Hz this tool resamples to")
-    return value
+        low = MIN_OUTPUT_RATE if lowest is None else lowest
+        if value < low:
+            in_khz = f" (rates are in Hz: {value} kHz is {value * 1000})" if 8 <= value <= 192 else ""
+            raise typer.BadParameter(f"{value} is below {low} Hz{in_khz}")
+        if value > MAX_SAMPLE_RATE:
+            raise typer.BadParameter(f"{value:,} Hz is above the {MAX_SAMPLE_RATE:,} Hz this tool resamples to")
+        return value
+
+    return check
 
 
 BandwidthOption = Annotated[Optional[float], typer.Option(
@@ -420,7 +424,7 @@ def decode(
     output: _output_option("Audio file for one input ('-': WAV to standard output); for several, or ending in /, "
                            "a folder that mirrors the inputs' tree (NAME.wav). Default: beside each input, as "
                            "NAME.decoded.wav.") = None,
-    sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", callback=_audio_rate,
+    sample_rate: Annotated[Optional[int], typer.Option("--sample-rate", callback=_rate(),
                                                        help="Output rate in Hz. Default: the codec's 24000.",
                                                        show_default=False)] = None,
     codec: Annotated[Optional[str], typer.Option(
@@ -959,7 +963,7 @@ def run(
         help="With --stream: new samples per window; the rest of the window repeats the previous samples "
              "(Silero VAD: 512 of a 576-sample window). Default: the whole window.")] = None,
     sample_rate: Annotated[Optional[int], typer.Option(
-        "--sample-rate", callback=lambda value: _audio_rate(value, lowest=1), show_default=False,
+        "--sample-rate", callback=_rate(lowest=1), show_default=False,
         help="With --stream: resample the audio to this rate first, 1 to 768000 Hz (Silero VAD: 16000). "
              "Default: the file's.")] = None,
     precision: Annotated[str, typer.Option(

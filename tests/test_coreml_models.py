@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.signal
+from threadpoolctl import threadpool_limits
 
 from conftest import SHARED, run
 from mimi_cli.audio import read_audio, to_mono
+from mimi_cli.core.threads import usable_cores
 from mimi_cli.coreml import load_program
 from mimi_cli.coreml.run import run_stream
 
@@ -187,7 +189,10 @@ def test_mimi_run_writes_what_the_api_computes(tmp_path):
     target = tmp_path / "mel.npz"
     result = run("run", str(LOGMEL), "--precision", "fp32", "-i", f"audio={tmp_path / 'audio.npy'}", "-o", str(target))
     assert result.returncode == 0, result.stderr
-    expected = load_program(LOGMEL, precision="fp32").predict({"audio": audio})["log_mel"]
+    # the command's BLAS threads: every core (this worker computes with one, conftest; OpenBLAS rounds the
+    # package's products otherwise on one thread than on two: docs/coreml.md, "Precision")
+    with threadpool_limits(usable_cores(), user_api="blas"):
+        expected = load_program(LOGMEL, precision="fp32").predict({"audio": audio})["log_mel"]
     np.testing.assert_array_equal(np.load(target)["log_mel"], expected)
     again = run("run", str(LOGMEL), "-i", f"audio={tmp_path / 'audio.npy'}", "-o", str(target))
     assert again.returncode == 1 and "exists" in again.stderr and "Traceback" not in again.stderr
