@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mimi_cli import __version__
-from mimi_cli.errors import MimiError, os_reason, out_of_memory, unnamable, working_folder_gone
+from mimi_cli.errors import MimiError, WeightsError, os_reason, out_of_memory, unnamable, working_folder_gone
 from mimi_cli.models import CODECS, DEFAULT_CODEC
 
 app = typer.Typer(
@@ -795,7 +795,7 @@ def inspect_any(
     name: Annotated[str, typer.Argument(
         metavar="PATH|REPO", show_default=False,
         help="Weights, as for inspect-weights; or codes (.npz, .npy, .ecdc, JSON; a folder of them, a quoted glob, "
-             "or a table of them: Parquet, Arrow, a dataset folder), as decode reads them.")],
+             "or a table of them: Parquet, Arrow, a dataset folder; '-' or a pipe), as decode reads them.")],
     pattern: Annotated[Optional[str], typer.Option(
         "--filter", help="Weights: only tensors whose name matches this glob.", show_default=False)] = None,
     no_stats: Annotated[bool, typer.Option(
@@ -828,6 +828,8 @@ def inspect_any(
         try:
             with _Messages(quiet=as_json).progress_fraction("Reading codes") as update:
                 report = inspect_codes(name, codec, codes_column, update)
+        except WeightsError as exc:  # weights piped in: to be given as a file
+            _fail(str(exc))
         except MimiError as exc:  # codes decode would refuse: unsound, as inspect-weights says of weights
             _fail(str(exc), code=2)
     if as_json:

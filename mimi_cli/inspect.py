@@ -13,13 +13,13 @@ import fnmatch
 import math
 import shlex
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.errors import MimiError
-from mimi_cli.fileio import holds, missing
+from mimi_cli.errors import MimiError, WeightsError
+from mimi_cli.fileio import STDIN, holds, is_pipe, missing, readable
 from mimi_cli.models import recognise
 from mimi_cli.weights import TensorEntry, WeightFile, open_weights
 from mimi_cli.weights.validate import Findings, TensorStats, check, full_stats
@@ -127,15 +127,17 @@ CODES_SUFFIXES = (".npz", ".npy", ".ecdc", ".json")  # what `mimi inspect` reads
 
 def is_codes_path(path: str | Path) -> bool:
     """Whether ``mimi inspect`` takes ``path`` for codes: a file with a codes suffix, a table (Parquet, Arrow,
-    a dataset folder) of rows of codes, a quoted glob, or a folder of codes files or Parquet shards (as
-    ``encode -o`` and ``--parquet`` write them) or of JSON arrays, as decode reads them. A folder holding a
-    .safetensors file or a Core ML model is weights."""
+    a dataset folder) of rows of codes, a quoted glob, standard input or a pipe, or a folder of codes files or
+    Parquet shards (as ``encode -o`` and ``--parquet`` write them) or of JSON arrays, as decode reads them. A
+    folder holding a .safetensors file or a Core ML model is weights."""
     from mimi_cli.batch import CODES_SUFFIXES as FOUND_IN_FOLDERS
     from mimi_cli.batch import is_glob
     from mimi_cli.codes import CODEC_INFO, is_json_codes
     from mimi_cli.sources import is_table
     from mimi_cli.weights.coreml import is_coreml_folder
 
+    if str(path) == STDIN or is_pipe(Path(path)):  # weights are read in place, never from a pipe
+        return True
     path = Path(path)
     if is_glob(path):
         return True
@@ -241,20 +243,28 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
                   progress: Callable[[int, int], None] | None = None) -> CodesReport:
     """Report on the codes at ``path`` (anything ``mimi decode`` reads: ``codec`` is a bare array's, see
     :func:`mimi_cli.codes.load_codes`; a folder's files or a table's rows in ``column``), checked as decode checks
-    them. ``progress(files or rows read, in all)`` is called after each of a folder's or table's."""
+    them. ``progress(files or rows read, in all)`` is called after each of a folder's or table's. Standard input
+    (``-``) and a pipe are read once, into a copy, as decode reads them."""
     from mimi_cli.batch import is_glob
     from mimi_cli.codes import load_codes
-    from mimi_cli.ecdc import is_ecdc_path
+    from mimi_cli.ecdc import MAGIC
     from mimi_cli.models import codec_spec
     from mimi_cli.sources import is_table
 
+    if str(path) == STDIN or is_pipe(Path(path)):
+        with readable(path) as source:
+            if holds(source.path) == ".safetensors weights":  # as every command says of weights given as '-'
+                pipe = "standard input" if str(path) == STDIN else f"a pipe ({source.shown})"
+                raise WeightsError(f"weights are read from a file, not {pipe}: save them to a file and give its name")
+            return replace(inspect_codes(source.path, codec, column, progress), path=source.shown)
     if Path(path).is_dir() or is_table(Path(path)) or is_glob(Path(path)):
         return _inspect_many(Path(path), codec, column, progress or (lambda done, total: None))
     codes = load_codes(Path(path), codec)
     config = codec_spec(codes.codec).config()
     recorded = bool(codes.weights_id)  # a codes file of mimi encode; bare arrays and .ecdc keep no source
-    kind = "a codes file of mimi encode" if recorded else "an EnCodec .ecdc file" if is_ecdc_path(path) else \
-        "a bare integer array"
+    with open(path, "rb") as f:  # told apart by content, as load_codes does: a pipe's copy has no suffix
+        ecdc = f.read(len(MAGIC)) == MAGIC
+    kind = "a codes file of mimi encode" if recorded else "an EnCodec .ecdc file" if ecdc else "a bare integer array"
     return CodesReport(
         str(path), kind, config.name, config.display_name, codes.channels, codes.num_codebooks, codes.num_frames,
         codes.frame_rate, codes.num_samples, codes.sample_rate, codes.codebook_size,

@@ -161,6 +161,38 @@ def test_inspect_shows_what_codes_hold(tmp_path, weights_file, dialogue):
             refused.stderr
 
 
+def test_inspect_reads_codes_from_standard_input_and_pipes(tmp_path, weights_file):
+    """``mimi encode x.wav -o - | mimi inspect -`` was refused as weights given on standard input: '-' and a pipe
+    are codes, read as decode reads them (told apart by content: an .ecdc stream too), the report the file's."""
+    from mimi_cli.ecdc import write_ecdc
+
+    def piped(data: bytes, *args):
+        return subprocess.run([sys.executable, "-m", "mimi_cli", "inspect", *map(str, args)], input=data,
+                              capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+
+    sf.write(tmp_path / "a.wav", speech_at(24000)[:48000], 24000)
+    assert run("encode", tmp_path / "a.wav", "-n", "4", "-o", tmp_path / "a.npz", weights=weights_file).returncode == 0
+    from_file = json.loads(run("inspect", tmp_path / "a.npz", "--json").stdout)
+    result = piped((tmp_path / "a.npz").read_bytes(), "-", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {**from_file, "path": "standard input"}
+    via = subprocess.run(["bash", "-c", f'"{sys.executable}" -m mimi_cli inspect --json <(cat "{tmp_path}/a.npz")'],
+                         capture_output=True, text=True, timeout=120)
+    assert via.returncode == 0 and json.loads(via.stdout)["frames"] == from_file["frames"], via.stderr
+
+    codes = np.random.default_rng(3).integers(0, 1024, (8, 75))
+    with open(tmp_path / "e.ecdc", "wb") as f:
+        write_ecdc(f, "encodec-24khz", codes, 24000)
+    ecdc = json.loads(piped((tmp_path / "e.ecdc").read_bytes(), "-", "--json").stdout)
+    assert (ecdc["kind"], ecdc["codec"], ecdc["frames"], ecdc["num_samples"]) == (
+        "an EnCodec .ecdc file", "encodec-24khz", 75, 24000)
+    audio = piped((tmp_path / "a.wav").read_bytes(), "-")
+    assert audio.returncode == 2 and audio.stderr.decode() == (
+        "error: standard input is not a codes file (expected the .npz archive written by mimi encode, or an integer "
+        "array: .npy, JSON, or one array in .npz or .safetensors); it holds audio (WAV), which `mimi encode` turns "
+        "into codes\n")
+
+
 def test_inspect_shows_what_a_table_of_codes_holds(tmp_path, weights_file, dialogue):
     """``mimi inspect`` on the Parquet shards --parquet writes (the folder, or one shard) and on a table of bare
     rows of different levels: the rows, their frames and audio summed, each level's use counted over every row
