@@ -94,8 +94,10 @@ class Job:
         for name in ("output", "manifest", "parquet"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, check_path(name, getattr(self, name)))
-        if self.column is not None and not (isinstance(self.column, str) and self.column):
-            raise TypeError(f"column must be a column's name (a str, not empty), got {self.column!r}")
+        if self.column is not None and not isinstance(self.column, str):
+            raise TypeError(f"column must be a column's name (a str), got {self.column!r}")
+        if self.column == "":
+            raise ValueError("column holds an empty name (''); give a column's name")
         check_flag("recursive", self.recursive)
         check_flag("skip_existing", self.skip_existing)
         check_integer("jobs", self.jobs, 1)

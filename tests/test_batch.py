@@ -270,7 +270,8 @@ def test_jobs_refuse_empty_names_and_take_paths_everywhere(clip, tmp_path, monke
             (dict(inputs=str(clip), output=""), ValueError, "output holds an empty name (''); give a path"),
             (dict(inputs=str(clip), parquet=""), ValueError, "parquet holds an empty name (''); give a path"),
             (dict(inputs=str(clip), manifest=5), TypeError, "manifest must be a path (str or Path), got 5"),
-            (dict(inputs=str(clip), column=""), TypeError, "column must be a column's name (a str, not empty), got ''"),
+            (dict(inputs=str(clip), column=""), ValueError, "column holds an empty name (''); give a column's name"),
+            (dict(inputs=str(clip), column=5), TypeError, "column must be a column's name (a str), got 5"),
             (dict(inputs=str(clip), recursive="no"), TypeError, "recursive must be True or False, got 'no'")):
         with pytest.raises(error, match=f"^{re.escape(said)}$"):
             Job(encode, **given)
