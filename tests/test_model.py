@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from conftest import SMALL
@@ -156,6 +158,11 @@ def test_from_pretrained_finds_weights_as_the_command_line_does(tmp_path, weight
     monkeypatch.chdir(tmp_path)  # from_file("") read the working folder as a Core ML model
     with pytest.raises(WeightsError, match=r"^the weights path given to Mimi.from_file\(\) is empty; give a file's"):
         Mimi.from_file("")
+    # an int reached the resolver ("weights file 3 ... does not exist"); bytes were shown as "b'...'"
+    for load in (Mimi.from_file, Mimi.from_pretrained):
+        with pytest.raises(TypeError, match=rf"^Mimi.{load.__name__}\(\) takes a path \(str or Path\), got 3$"):
+            load(3)
+        assert load(os.fsencode(weights_file)).source == weights_file
 
 
 def test_codebooks_are_computed_from_sum_and_usage(small_model):

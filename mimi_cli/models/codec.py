@@ -16,6 +16,7 @@ codes file come from here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,8 @@ class Codec(Module):
 
         Warnings about unusual values (see ``mimi_cli.weights.validate``) are kept in ``model.warnings``.
         """
-        if not str(path):  # Path("") is the working folder, which was then read as a Core ML model
+        path = _as_path(path, f"{cls.__name__}.from_file()")
+        if not path:  # Path("") is the working folder, which was then read as a Core ML model
             raise WeightsError(f"the weights path given to {cls.__name__}.from_file() is empty; give a file's path")
         model = cls(config)
         checkpoint = cls.read_checkpoint(path, model.config)
@@ -124,7 +126,8 @@ class Codec(Module):
         from mimi_cli.weights import resolve_weights
 
         spec = next(spec for spec in CODECS.values() if spec.model() is cls)
-        return cls.from_file(resolve_weights(weights, spec, f"{cls.__name__}.from_pretrained()"))
+        given = f"{cls.__name__}.from_pretrained()"
+        return cls.from_file(resolve_weights(None if weights is None else _as_path(weights, given), spec, given))
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, np.ndarray], config: CodecConfig | None = None) -> Codec:
@@ -307,3 +310,11 @@ class Codec(Module):
         from mimi_cli.models.streaming import StreamDuplex
 
         return StreamDuplex(self, batch_size, num_codebooks, frames_per_step)
+
+
+def _as_path(path, given_to: str) -> str:
+    """A weights path from Python as a str: a str, a Path, or bytes as the file system gives them (bytes were
+    shown as "b'w.safetensors'", and an int reached the resolver as "weights file 3")."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"{given_to} takes a path (str or Path), got {path!r}")
+    return os.fsdecode(path)
