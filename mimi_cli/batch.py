@@ -98,8 +98,8 @@ class Job:
             raise TypeError(f"column must be a column's name (a str), got {self.column!r}")
         if self.column == "":
             raise ValueError("column holds an empty name (''); give a column's name")
-        check_flag("recursive", self.recursive)
-        check_flag("skip_existing", self.skip_existing)
+        for name in ("recursive", "skip_existing"):
+            object.__setattr__(self, name, check_flag(name, getattr(self, name)))
         check_integer("jobs", self.jobs, 1)
         if self.threads is not None:
             check_integer("threads", self.threads, 1)

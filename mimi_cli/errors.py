@@ -41,9 +41,10 @@ def check_integer(name: str, value, low: int, high: int | None = None) -> int:
 
 
 def check_flag(name: str, value) -> bool:
-    """An argument from Python: True or False (0 and 1 pass too), else TypeError naming ``name``; a string such
-    as "no" would otherwise be taken as true."""
-    if not isinstance(value, numbers.Integral) or value not in (0, 1):
+    """An argument from Python: True or False (0 and 1, and NumPy's booleans, pass too), else TypeError naming
+    ``name``; a string such as "no" would otherwise be taken as true."""
+    numpy_bool = getattr(value, "dtype", None) is not None and value.dtype.kind == "b" and value.ndim == 0
+    if not numpy_bool and (not isinstance(value, numbers.Integral) or value not in (0, 1)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
 

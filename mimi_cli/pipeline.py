@@ -307,7 +307,7 @@ class Settings:
             check_choice("codec", self.codec, tuple(CODECS))
         check_integer("threads", self.threads, 1)
         for flag in ("stream", "rescale", "replace", "skip_existing", "keep_codes"):
-            check_flag(flag, getattr(self, flag))
+            object.__setattr__(self, flag, check_flag(flag, getattr(self, flag)))
         if self.num_codebooks is not None and self.kind == "decode":  # levels of the file's codec, read later
             check_integer("num_codebooks", self.num_codebooks, 1)
         elif self.num_codebooks is not None:

@@ -250,6 +250,10 @@ def test_settings_and_jobs_take_what_python_callers_pass(clip, tmp_path):
         Job(Settings("encode"), ())
     with pytest.raises(TypeError, match=r"^execute takes a Plan, as plan\(job\) makes it, not Job$"):
         execute(job)  # was "'Job' object has no attribute 'job'"
+    flags = Settings("encode", stream=np.bool_(True), replace=0)  # NumPy's booleans and 0 / 1 are flags
+    assert (flags.stream, flags.replace) == (True, False) and type(flags.stream) is bool
+    with pytest.raises(TypeError, match=r"^stream must be True or False, got array\(\[ True\]\)$"):
+        Settings("encode", stream=np.array([True]))
     assert Settings("encode", codec=None).codec == "mimi"  # encode's default (every file failed: "unknown codec None")
     assert Settings("decode", codec=None).codec is None  # decode: each file's own codec
 
