@@ -253,9 +253,10 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
 
     if str(path) == STDIN or is_pipe(Path(path)):
         with readable(path) as source:
-            if holds(source.path) == ".safetensors weights":  # as every command says of weights given as '-'
-                pipe = "standard input" if str(path) == STDIN else f"a pipe ({source.shown})"
-                raise WeightsError(f"weights are read from a file, not {pipe}: save them to a file and give its name")
+            if holds(source.path) == ".safetensors weights":  # said as --weights - or --weights <(cat w) is
+                raise WeightsError("weights are read from a file, not standard input: save them to a file and give "
+                                   "its name" if str(path) == STDIN else f"weights {path} is a pipe (FIFO), not a "
+                                   "file; save them to a file and give its name")
             return replace(inspect_codes(source.path, codec, column, progress), path=source.shown)
     if Path(path).is_dir() or is_table(Path(path)) or is_glob(Path(path)):
         return _inspect_many(Path(path), codec, column, progress or (lambda done, total: None))
