@@ -936,14 +936,12 @@ def convert(
         _fail(f"--dtype takes one of {', '.join(DTYPES)}, not {dtype!r}", code=2)
     with _user_errors():
         from mimi_cli.convert import convert_checkpoint
-        from mimi_cli.fileio import check_output, check_suffix, file_ids, into_folder
+        from mimi_cli.fileio import check_suffix, into_folder
 
         destination, new_folder = into_folder(destination, name, ".safetensors")
-        check_suffix(destination, "weights", (".safetensors",), to_stdout=False)  # convert writes files only
-        source = _weights_source(name)
-        sources = file_ids([source, *(source.rglob("*") if source.is_dir() else [])])
-        check_output(destination, force, sources, create_parents=new_folder, to_stdout=False)
-        layout, written, count = convert_checkpoint(source, destination, naming, dtype, force)
+        check_suffix(destination, "weights", (".safetensors",), to_stdout=False)  # before a Hub download
+        layout, written, count = convert_checkpoint(_weights_source(name), destination, naming, dtype, force,
+                                                    create_parents=new_folder)
         if not quiet:
             err.print(f"{_shown(name)} ({layout} naming) → {_shown(str(destination))}: {count} tensors, "
                       f"{naming} naming, {written}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mimi_cli import __version__
 from mimi_cli.errors import MimiError, WeightsError
+from mimi_cli.fileio import check_output, file_ids
 from mimi_cli.models import codec_spec, other_codecs_weights
 from mimi_cli.models.mimi import Mimi, checkpoint
 from mimi_cli.models.mimi.config import MimiConfig
@@ -23,15 +24,24 @@ def source_dtype(path: str | Path) -> str:
     return stored.pop() if len(stored) == 1 else "F32"
 
 
-def convert_checkpoint(source: str | Path, destination: Path, naming: str = checkpoint.ORIGINAL,
-                       dtype: str | None = None, replace: bool = False) -> tuple[str, str, int]:
+def convert_checkpoint(source: str | Path, destination: str | Path, naming: str = checkpoint.ORIGINAL,
+                       dtype: str | None = None, replace: bool = False,
+                       create_parents: bool = False) -> tuple[str, str, int]:
     """Write ``source`` (any container and naming) as a safetensors file in ``naming`` and ``dtype``.
 
-    The tensors must form a complete Mimi checkpoint (checked before writing); the
-    write is atomic. Returns ``(source layout, written dtype, tensor count)``.
+    ``destination`` is checked first as every output is (:func:`mimi_cli.fileio.check_output`): ``replace``
+    replaces a regular file, never the source itself (``convert_checkpoint(w, w, dtype="bf16", replace=True)``
+    rounded the source in place); ``create_parents`` makes its folder. The tensors must form a complete Mimi
+    checkpoint (checked before writing); the write is atomic. Returns ``(source layout, written dtype, tensor
+    count)``.
     """
     if naming not in checkpoint.LAYOUT_NAMES:
         raise MimiError(f"unknown naming {naming!r}; choose one of {', '.join(checkpoint.LAYOUT_NAMES)}")
+    if dtype is not None and dtype not in DTYPES:  # it raised a KeyError after reading the whole source
+        raise MimiError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    source, destination = Path(source), Path(destination)
+    sources = file_ids([source, *(source.rglob("*") if source.is_dir() else [])])  # a Core ML model's files
+    check_output(destination, replace, sources, create_parents=create_parents, to_stdout=False)
     config = MimiConfig()
     try:
         loaded = Mimi.read_checkpoint(source, config)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,6 +285,29 @@ def test_convert_refusals_leave_no_file(tmp_path, weights_file):
     exists.write_text("keep me")
     result = run("convert", weights_file, exists)
     assert result.returncode == 1 and "already exists" in result.stderr and exists.read_text() == "keep me"
+
+
+def test_convert_from_python_checks_its_output_as_the_command_does(tmp_path, weights_file):
+    """convert_checkpoint(w, w, dtype="bf16", replace=True) rounded its own source in place (the command's
+    checks were the command's alone), and dtype="f8" raised a KeyError after reading the whole source."""
+    from mimi_cli.convert import convert_checkpoint
+    from mimi_cli.errors import MimiError
+
+    source = tmp_path / "w.safetensors"
+    source.write_bytes(weights_file.read_bytes())
+    before = source.read_bytes()
+    for destination, given, said in (
+            (source, dict(dtype="bf16", replace=True), "w.safetensors is also an input of this run and would be "
+                                                      "destroyed; choose another output"),
+            (tmp_path / "out.safetensors", dict(dtype="f8"), "unknown dtype 'f8'; choose one of f32, f16, bf16"),
+            (Path("/dev/null"), dict(replace=True), "/dev/null is a device; outputs are only ever regular files"),
+            (tmp_path / "new" / "out.safetensors", {}, "new does not exist; create it first")):
+        with pytest.raises(MimiError, match=re.escape(said)):
+            convert_checkpoint(source, destination, **given)
+    assert source.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+    made = tmp_path / "new" / "out.safetensors"
+    assert convert_checkpoint(str(source), str(made), "hf", create_parents=True) == ("original", "F32", 350)
+    assert run("inspect", made, "--no-stats", "--json").returncode == 0
 
 
 def test_inspect_core_ml_model_with_mimi_names(tmp_path, full_state):
