@@ -516,6 +516,7 @@ def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
             yield tmp
             _copy_to_stdout(tmp)
         return
+    path = Path(os.fsdecode(path))  # a name given as str (CodesFile.save("a.npz") raised an AttributeError)
     try:  # a batch's mirrored folder is made only now, once the file's work has succeeded
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -35,6 +35,8 @@ def test_round_trip_and_documented_layout(tmp_path):
     assert (loaded.num_samples, loaded.source_sample_rate, loaded.source_channels) == (5 * 1920 - 100, 16000, 2)
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
     np.testing.assert_array_equal(CodesFile.load(str(path)).codes, original.codes)  # from Python, a str (it raised)
+    original.save(str(tmp_path / "s.npz"))  # and save: "'str' object has no attribute 'parent'"
+    np.testing.assert_array_equal(CodesFile.load(tmp_path / "s.npz").codes, original.codes)
 
 
 def rewrite(tmp_path, **changes) -> np.lib.npyio.NpzFile:
