@@ -31,6 +31,8 @@ def test_sample_audio_reads(name, rate, channels):
     assert (audio.sample_rate, audio.channels) == (rate, channels)
     assert audio.duration > 3 and audio.samples.dtype == np.float32
     assert 0.01 < np.sqrt(np.mean(audio.samples**2)) < 0.5
+    # a name as str: it was taken for the file's bytes ("a bytes-like object is required, not 'str'")
+    np.testing.assert_array_equal(read_audio(str(SAMPLE_AUDIO / name)).samples, audio.samples)
 
 
 @pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100, 48000])
