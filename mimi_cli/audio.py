@@ -19,7 +19,7 @@ import numpy as np
 
 from mimi_cli.c_stderr import CaughtStderr
 from mimi_cli.errors import InvalidAudioError, physical_memory
-from mimi_cli.fileio import Target, atomic_output, cannot_write, file_kind, holds, is_stdout, missing, native
+from mimi_cli.fileio import Target, as_target, atomic_output, cannot_write, file_kind, holds, is_stdout, missing, native
 from mimi_cli.models.codec import MAX_PEAK
 
 
@@ -895,7 +895,7 @@ def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool =
     Samples beyond [-1, 1] are clipped (integer formats would wrap them);
     returns how many were.
     """
-    pcm = np.atleast_2d(pcm)
+    path, pcm = as_target(path), np.atleast_2d(pcm)
     clipped = int(np.count_nonzero(np.abs(pcm) > 1))
     with atomic_output(path, replace) as tmp, soundfile_errors(path, tmp), \
             audio_writer(tmp, path, sample_rate, pcm.shape[0], comment) as f:

@@ -32,8 +32,8 @@ import numpy as np
 from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
 from mimi_cli.ecdc import check_streams, ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
 from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, first_line, loads_json, malformed, os_reason
-from mimi_cli.fileio import (STDOUT, Target, atomic_output, file_kind, holds, is_folder, is_input_copy, missing,
-                             safetensors_head, zip_members)
+from mimi_cli.fileio import (STDOUT, Target, as_target, atomic_output, file_kind, holds, is_folder, is_input_copy,
+                             missing, safetensors_head, zip_members)
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
 from mimi_cli.npy import InvalidArrayError, open_member, read_header, read_npy, read_npy_member
@@ -97,6 +97,7 @@ class CodesFile:
         language model trains on, and what ``mimi decode`` takes back (whole frames, no metadata). One ending
         in ``.ecdc`` gets EnCodec's codes as Meta's ``encodec`` writes them (:mod:`mimi_cli.ecdc`).
         """
+        path = as_target(path)
         if is_ecdc_path(path):
             ecdc_model(self.codec)  # refused before any file is made
         with atomic_output(path, replace) as tmp, open(tmp, "wb") as f:

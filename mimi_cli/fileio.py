@@ -102,6 +102,12 @@ def is_stdout(target: Target) -> bool:
     return isinstance(target, str) and target == STDOUT
 
 
+def as_target(path: Target) -> Target:
+    """An output named from Python: "-" (standard output) stays a str, any other name, str or bytes, is a Path
+    (the writers take a str for standard output alone: CodesFile.save("a.npz") raised an AttributeError)."""
+    return path if is_stdout(path) else Path(os.fsdecode(path))
+
+
 def output_exists(target: Target | None) -> bool:
     """A file output is there: a finished one, since outputs appear whole (see :func:`atomic_output`)."""
     return target is not None and not is_stdout(target) and os.path.lexists(target)
@@ -383,6 +389,7 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
     with ``create_parents`` a missing folder is fine if it can be made; ``to_stdout``: the command can write
     to standard output instead (not ``mimi convert``), which a refusal of a pipe then suggests.
     """
+    path = as_target(path)
     if is_stdout(path):
         if stdout_closed():
             raise MimiError("standard output is closed; redirect it (> file, | program) or give -o FILE")
@@ -510,13 +517,13 @@ def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
     exceptions included, the temporary file is removed and ``path`` is left as it was.
     The temporary path may have no suffix (``/proc/self/fd/N``): writers name their format.
     """
+    path = as_target(path)
     if is_stdout(path):
         # a name of its own: one left by a killed run, another user's or a concurrent run's never blocks this one
         with _through_temporary(tempfile.gettempdir(), f".mimi-stdout.{secrets.token_hex(8)}.partial") as tmp:
             yield tmp
             _copy_to_stdout(tmp)
         return
-    path = Path(os.fsdecode(path))  # a name given as str (CodesFile.save("a.npz") raised an AttributeError)
     try:  # a batch's mirrored folder is made only now, once the file's work has succeeded
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

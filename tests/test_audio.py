@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import sys
 
 import numpy as np
@@ -12,7 +13,8 @@ import soundfile as sf
 from conftest import SAMPLE_AUDIO, SHARED, damaged_mp3s, libsndfile_reads, lying_flac
 
 from mimi_cli.audio import Audio, read_audio, resample, to_mono, write_audio
-from mimi_cli.errors import InvalidAudioError
+from mimi_cli.errors import InvalidAudioError, OutputExistsError
+from mimi_cli.fileio import check_output
 
 
 def sine(freq: float, rate: int, seconds: float) -> np.ndarray:
@@ -57,6 +59,11 @@ def test_write_clips_and_reports(tmp_path):
     back, rate = sf.read(path, dtype="float32")
     assert rate == 24000 and back.max() <= 1 and back.min() >= -1 and abs(back[1] - 0.5) < 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.wav"]
+    # names as str and bytes, from Python: "'str' object has no attribute 'suffix'"; checked as a Path would be
+    assert write_audio(str(tmp_path / "s.flac"), x, 24000) == write_audio(os.fsencode(tmp_path / "b.wav"), x, 24000)
+    np.testing.assert_array_equal(sf.read(tmp_path / "s.flac", dtype="float32")[0], back)
+    with pytest.raises(OutputExistsError, match="o.wav already exists"):
+        check_output(str(path), replace=False)
 
 
 def test_write_refuses_unknown_extension(tmp_path):
