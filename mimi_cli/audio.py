@@ -93,7 +93,7 @@ def _nothing_read(path, f) -> InvalidAudioError:
 
 def open_audio(path: Path):
     """Open an audio file for block reading (a ``soundfile.SoundFile``), after the same checks as read_audio."""
-    path = Path(path)  # a name as str was taken for the audio's bytes (open_checked)
+    path = Path(os.fsdecode(path))  # a name as str was taken for the audio's bytes (open_checked)
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
