@@ -100,9 +100,9 @@ class Job:
             raise ValueError("column holds an empty name (''); give a column's name")
         for name in ("recursive", "skip_existing"):
             object.__setattr__(self, name, check_flag(name, getattr(self, name)))
-        check_integer("jobs", self.jobs, 1)
+        object.__setattr__(self, "jobs", check_integer("jobs", self.jobs, 1))
         if self.threads is not None:
-            check_integer("threads", self.threads, 1)
+            object.__setattr__(self, "threads", check_integer("threads", self.threads, 1))
 
 
 @dataclass

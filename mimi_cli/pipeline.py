@@ -305,15 +305,17 @@ class Settings:
         check_choice("channels", self.channels, CHANNEL_MODES)
         if self.codec is not None:
             check_choice("codec", self.codec, tuple(CODECS))
-        check_integer("threads", self.threads, 1)
         for flag in ("stream", "rescale", "replace", "skip_existing", "keep_codes"):
             object.__setattr__(self, flag, check_flag(flag, getattr(self, flag)))
-        if self.num_codebooks is not None and self.kind == "decode":  # levels of the file's codec, read later
-            check_integer("num_codebooks", self.num_codebooks, 1)
-        elif self.num_codebooks is not None:
-            codec_spec(self.codec or DEFAULT_CODEC).config().levels(self.num_codebooks)
+        # kept as Python ints (np.int64(16000) reached FileResult.sample_rate)
+        object.__setattr__(self, "threads", check_integer("threads", self.threads, 1))
+        if self.num_codebooks is not None:
+            levels = check_integer("num_codebooks", self.num_codebooks, 1) if self.kind == "decode" else \
+                codec_spec(self.codec).config().levels(self.num_codebooks)  # decode: the file's codec's, read later
+            object.__setattr__(self, "num_codebooks", levels)
         if self.sample_rate is not None:
-            check_integer("sample_rate", self.sample_rate, MIN_OUTPUT_RATE, MAX_SAMPLE_RATE)
+            object.__setattr__(self, "sample_rate", check_integer("sample_rate", self.sample_rate, MIN_OUTPUT_RATE,
+                                                                  MAX_SAMPLE_RATE))
 
 
 @dataclass(frozen=True)

@@ -235,6 +235,7 @@ def test_settings_and_jobs_take_what_python_callers_pass(clip, tmp_path):
 
     decode = Settings("decode", num_codebooks=33, sample_rate=np.int64(16000))  # levels: the file's codec's
     assert decode.num_codebooks == 33 and Settings("encode", codec="encodec-24khz", num_codebooks=32)
+    assert type(decode.sample_rate) is int  # np.int64 reached FileResult.sample_rate
     for inputs in (str(clip), clip, (clip,), [str(clip)]):
         job = Job(Settings("encode"), inputs, str(tmp_path / "out.npz"))
         assert job.inputs == (str(clip),)
