@@ -80,6 +80,7 @@ class Job:
     parquet: str | None = None
     column: str | None = None  # of table inputs: the audio (encode, default "audio") or the codes (decode, "codes")
     manifests: tuple[str, ...] = ()  # --inputs-from: JSONL manifests whatever their names, read while planning
+    plot: str | None = None  # roundtrip: its spectrograms' image, or a folder of them (--plot)
 
     def __post_init__(self):
         """From Python: one name may be given alone and names as paths (a string was taken for a tuple of
@@ -91,7 +92,7 @@ class Job:
             object.__setattr__(self, name, tuple(check_path(name, one) for one in given))
         if not self.inputs and not self.manifests:
             raise ValueError("give at least one input (or a list of inputs in manifests)")
-        for name in ("output", "manifest", "parquet"):
+        for name in ("output", "manifest", "parquet", "plot"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, check_path(name, getattr(self, name)))
         if self.column is not None and not isinstance(self.column, str):
@@ -130,6 +131,10 @@ def plan(job: Job) -> Plan:
     if job.parquet is not None and s.kind != "encode":
         raise MimiError("--parquet writes codes, so it goes with `mimi encode`")
     job = _local_paths(job)
+    if s.kind == "roundtrip":
+        return _plan_roundtrips(job)
+    if job.plot is not None:
+        raise MimiError("--plot draws a round trip's spectrograms, so it goes with `mimi roundtrip`")
     if STDIN in job.inputs:
         if len(job.inputs) > 1:
             raise MimiError("'-' (standard input) must be the only input")
@@ -179,6 +184,21 @@ def plan(job: Job) -> Plan:
     notes = [note for note in (threads_note, left_out, workers_note) if note]
     settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None, skip_existing=job.skip_existing)
     return Plan(job, tasks, settings, workers, single, notes)
+
+
+def _plan_roundtrips(job: Job) -> Plan:
+    """``mimi roundtrip``: each input measured on the local engine, its decoded audio and spectrograms written
+    only where ``output`` and ``plot`` say (see :func:`plan_roundtrips`); the run's other outputs are not its."""
+    others = [label for label, given in (("engine='ray'", job.engine == "ray"), ("manifest", job.manifest),
+                                         ("parquet", job.parquet), ("skip_existing", job.skip_existing)) if given]
+    if others:
+        raise MimiError(f"a round trip takes no {', '.join(others)}: it measures each input on the local engine and "
+                        "writes only the decoded audio (-o) and spectrograms (--plot) asked for")
+    found, left_out, one = find_inputs(job.inputs, job.manifests, "encode", job.recursive, job.column,
+                                       verb="round-trip")
+    tasks, settings, workers, notes = plan_roundtrips(found, job.settings, job.jobs, job.threads, one, job.output,
+                                                      job.plot)
+    return Plan(job, tasks, settings, workers, one, [note for note in (left_out, *notes) if note])
 
 
 def _workers(jobs: int, pending: int, engine: Engine, threads: int | None) -> tuple[int, int, tuple]:
@@ -697,12 +717,13 @@ def _local_paths(job: Job) -> Job:
     dash = as_written
     job = replace(job, parquet=local_path(job.parquet, "--parquet"),
                   manifest=dash(local_path(job.manifest, "--manifest")), output=dash(local_path(job.output, "-o")),
+                  plot=dash(local_path(job.plot, "--plot")),
                   inputs=tuple(dash(local_path(i, "input")) for i in job.inputs),
                   manifests=tuple(dash(local_path(m, "--inputs-from")) for m in job.manifests))
-    for given, label in ((job.output, "-o"), (job.manifest, "--manifest"), *((i, "input") for i in job.inputs),
-                         *((m, "--inputs-from") for m in job.manifests)):
+    for given, label in ((job.output, "-o"), (job.manifest, "--manifest"), (job.plot, "--plot"),
+                         *((i, "input") for i in job.inputs), *((m, "--inputs-from") for m in job.manifests)):
         if given is not None and url(given):
-            writes = label in ("-o", "--manifest")
+            writes = label in ("-o", "--manifest", "--plot")
             raise MimiError(f"{label} {given} is a URL, and mimi {'writes' if writes else 'reads'} files on this "
                             "machine or a mounted file system: " + (
                                 "give a path (--parquet takes a store's URI)" if writes else "download it first"))

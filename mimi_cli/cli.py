@@ -598,8 +598,6 @@ def roundtrip(
     quiet: QuietOption = False,
 ) -> None:
     """Encode then decode, and report bitrate, quality and speed."""
-    from mimi_cli.fileio import as_written
-
     say = _Messages(quiet or as_json)
     settings_codebooks = _num_codebooks(codec, codebooks, bandwidth)
     if not inputs and not inputs_from:
@@ -608,19 +606,17 @@ def roundtrip(
 
     settings = Settings("roundtrip", weights, codec, settings_codebooks, stream, replace=force, channels=channels)
     with _user_errors():
-        from mimi_cli.batch import find_inputs, plan_roundtrips, run_local
+        from mimi_cli.batch import Job, execute, plan
 
-        found, left_out, one = find_inputs(map(as_written, inputs or []), map(as_written, inputs_from or []),
-                                           "encode", recursive, audio_column, verb="round-trip")
-        written = (None if name is None else as_written(name) for name in (output, plot))
-        tasks, in_workers, workers, notes = plan_roundtrips(found, settings, jobs, threads, one, *written)
-    if not one:
-        for note in ([left_out] if left_out else []) + notes:
+        planned = plan(Job(settings, tuple(inputs or ()), output, recursive, jobs, threads=threads,
+                           column=audio_column, manifests=tuple(inputs_from or ()), plot=plot))
+    if not planned.single:
+        for note in planned.notes:
             say.note(f"note: {note}")
-        with _user_errors(), say.progress_files(len(tasks)) as advance:  # a bar over the files, as a batch's
-            results = run_local(tasks, in_workers, workers, on_result=lambda r: advance(r.duration_s or 0.0))
+        with _user_errors(), say.progress_files(len(planned.tasks)) as advance:  # a bar over the files, as a batch's
+            results = execute(planned, on_result=lambda r: advance(r.duration_s or 0.0))
         return _show_roundtrips(results, roundtrip_mean(results), as_json)
-    [task] = tasks
+    [task] = planned.tasks
     with _user_errors(), _threads(threads, say), say.reporter() as report:
         result = Worker(settings).run(task, report)
     if result.status == "failed":

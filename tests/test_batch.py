@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -287,6 +288,33 @@ def test_jobs_refuse_empty_names_and_take_paths_everywhere(clip, tmp_path, monke
     assert [(t.input, t.output) for t in plan(job).tasks] == [(clip, tmp_path / "codes.npz")]
     parquet = plan(Job(encode, clip, parquet=tmp_path / "shards"))
     assert parquet.job.parquet == str(tmp_path / "shards") and len(parquet.tasks) == 1
+
+
+def test_a_roundtrip_job_plans_as_mimi_roundtrip_does(clip, weights_file, tmp_path):
+    """plan(Job(Settings("roundtrip"), ...)) went through the batch planner, which wrote NAME.decoded.wav beside
+    the input (mimi roundtrip writes nothing it is not asked for); the command now plans through plan() too."""
+    from mimi_cli.batch import Job, execute, plan
+    from mimi_cli.errors import MimiError
+    from mimi_cli.pipeline import Settings
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes(clip.read_bytes())
+    settings = Settings("roundtrip", str(weights_file), num_codebooks=4)
+    planned = plan(Job(settings, folder / "a.wav"))
+    assert planned.single and [t.output for t in planned.tasks] == [None]
+    [result] = execute(planned)
+    assert result.status == "done" and result.metrics["codebooks"] == 4 and result.metrics["bitrate_kbps"] == 0.55
+    assert sorted(p.name for p in folder.iterdir()) == ["a.wav"]  # nothing beside it
+    [written] = execute(plan(Job(settings, folder, f"{tmp_path / 'out'}/", plot=f"{tmp_path / 'png'}/")))
+    assert (written.output, (tmp_path / "png" / "a.png").exists() or not importlib.util.find_spec("matplotlib")) \
+        == (str(tmp_path / "out" / "a.wav"), True)
+    for given, said in ((dict(manifest=tmp_path / "m.jsonl"), "a round trip takes no manifest"),
+                        (dict(engine="ray"), "a round trip takes no engine='ray'")):
+        with pytest.raises(MimiError, match=re.escape(said)):
+            plan(Job(settings, folder, **given))
+    with pytest.raises(MimiError, match="^--plot draws a round trip's spectrograms, so it goes with `mimi roundtrip`$"):
+        plan(Job(Settings("encode"), folder, plot=tmp_path / "x.png"))
 
 
 def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch):
