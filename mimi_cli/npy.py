@@ -17,6 +17,7 @@ from typing import IO
 import numpy as np
 
 from mimi_cli.errors import DATA_ERRORS, MimiError, first_line, os_reason
+from mimi_cli.fileio import missing
 
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what a model input or a code array can be
 # The .npy format's versions (numpy.lib.format) and the size of each one's header length field.
@@ -37,6 +38,8 @@ def read_npy(path: Path | str, max_bytes: int = 4 << 30) -> np.ndarray:
         with open(path, "rb") as f:
             return _read_array(f, os.fstat(f.fileno()).st_size, str(path), max_bytes,
                                lambda dtype, count: np.fromfile(f, dtype=dtype, count=count))
+    except FileNotFoundError:  # said as every reader says it ("cannot read x.npy: No such file or directory")
+        raise InvalidArrayError(f"{path} {missing(path) or 'does not exist'}") from None
     except OSError as exc:
         raise InvalidArrayError(f"cannot read {path}: {os_reason(exc)}") from None
 

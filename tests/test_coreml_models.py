@@ -231,6 +231,7 @@ def test_mimi_run_stream_writes_every_window(tmp_path):
     ("pickled array", ["-i", "audio={pickled}"], "never unpickled"),
     ("truncated array", ["-i", "audio={cut}"], "cut short"),
     ("not NAME=FILE", ["-i", "audio"], "takes NAME=FILE"),
+    ("missing array", ["-i", "audio={gone}"], "gone.npy does not exist"),  # was "cannot read …: No such file …"
     ("hop beyond the window", ["--stream", "audio={wav}", "--hop", "200000"], "--hop must be between 1 and"),
     ("stream into no input", ["--stream", "nope={wav}"], "has no input 'nope'"),
     ("stream given as --input too", ["--stream", "audio={wav}", "-i", "audio={npy}"],  # it replaced every window
@@ -243,7 +244,7 @@ def test_mimi_run_failures_are_one_line(tmp_path, problem, args, message):
     data = (tmp_path / "npy.npy").read_bytes()
     (tmp_path / "cut.npy").write_bytes(data[:len(data) // 2])
     names = {"npy": tmp_path / "npy.npy", "small": tmp_path / "small.npy", "pickled": tmp_path / "pickled.npy",
-             "cut": tmp_path / "cut.npy", "wav": CLIPS[0]}
+             "cut": tmp_path / "cut.npy", "wav": CLIPS[0], "gone": tmp_path / "gone.npy"}
     result = run("run", str(LOGMEL), *[a.format(**names) for a in args], "-o", str(tmp_path / "out.npz"))
     assert result.returncode == 1, problem
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
