@@ -176,7 +176,8 @@ def not_there(name: str) -> str | None:
 
 def not_shown(path: str | Path) -> str | None:
     """Why ``mimi inspect`` does not show ``path`` (audio: a file, or a folder of audio files and no weights, one
-    with codes too is codes, see is_codes_path; plain text; a tar archive), with what to run instead; None for
+    with codes too is codes, see is_codes_path; a file named as audio whose first bytes say nothing known, which
+    was read as weights; plain text; a tar archive), with what to run instead; None for
     anything else, whose weights reader says what is wrong (a web page, a pickle, a Git LFS pointer)."""
     from mimi_cli.audio import AUDIO_SUFFIXES
 
@@ -188,11 +189,14 @@ def not_shown(path: str | Path) -> str | None:
             kind = f"audio files ({audio.name}, …)" if audio is not None else None
         else:
             kind = holds(path)
+            if kind is None and path.suffix.lower() in AUDIO_SUFFIXES and path.is_file():
+                kind = "audio by its name"  # whose bytes no audio reader may take: encode and roundtrip say why
     except OSError:
         return None
     if not kind or not kind.startswith(("audio", "text", "a tar archive")):
         return None
-    said = f"{path} holds {kind}, not weights or codes, which mimi inspect shows"
+    said = f"{path} {'is named as audio' if kind == 'audio by its name' else f'holds {kind}'}, not weights or " \
+           "codes, which mimi inspect shows"
     if kind.startswith("audio"):
         return f"{said}; `mimi roundtrip {shlex.quote(str(path))}` measures how the codec keeps it, `mimi encode` " \
                "makes its codes"

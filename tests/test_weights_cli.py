@@ -138,6 +138,12 @@ def test_inspect_given_audio_names_what_runs_on_audio(tmp_path):
         assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
         assert f"{given} holds {kind}, not weights or codes" in result.stderr
         assert f"`mimi roundtrip '{given}'` measures how the codec keeps it" in result.stderr
+    # named as audio, bytes no reader knows (a download cut off, a wrong file): it was read as weights, "header
+    # length 11,270,941,398,591,487,376 is over the 100 MiB limit safetensors sets"
+    (tmp_path / "cut.wav").write_bytes(bytes(range(7, 107)))
+    result = run("inspect", tmp_path / "cut.wav")
+    said = f"error: {tmp_path / 'cut.wav'} is named as audio, not weights or codes, which mimi inspect shows;"
+    assert result.returncode == 2 and result.stderr.startswith(said), result.stderr
     np.save(tmp_path / "my recordings" / "a b.npy", np.zeros((8, 3), np.int64))  # codes beside (encode's default)
     shown = run("inspect", tmp_path / "my recordings", "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["kind"] == "a folder of 1 codes file", shown.stderr
