@@ -743,12 +743,13 @@ def _streams_held(rows: list[dict]) -> str:
     return f"at least {held}, the most tried" if held == tried else f"{held} ({held + 1} did not keep up)"
 
 
-def _weights_source(name: str) -> Path:
-    """A weights argument: a path, or a Hugging Face repo (OWNER/REPO[/FILE]) when no such file exists."""
+def _weights_source(name: str, fetch: bool = True) -> Path | None:
+    """A weights argument: a path, or a Hugging Face repo (OWNER/REPO[/FILE]) when no such file exists (with
+    ``fetch=False``, None for a repo: a missing file is said, nothing is downloaded)."""
     from mimi_cli.models import codec_spec
     from mimi_cli.weights.resolve import locate
 
-    return locate(name, codec_spec(DEFAULT_CODEC))
+    return locate(name, codec_spec(DEFAULT_CODEC), fetch=fetch)
 
 
 def inspect_weights(
@@ -934,10 +935,11 @@ def convert(
         from mimi_cli.convert import convert_checkpoint
         from mimi_cli.fileio import check_suffix, into_folder
 
+        source = _weights_source(name, fetch=False)  # a missing file is said before the destination's problems
         destination, new_folder = into_folder(destination, name, ".safetensors")
         check_suffix(destination, "weights", (".safetensors",), to_stdout=False)  # before a Hub download
-        layout, written, count = convert_checkpoint(_weights_source(name), destination, naming, dtype, force,
-                                                    create_parents=new_folder)
+        layout, written, count = convert_checkpoint(source or _weights_source(name), destination, naming, dtype,
+                                                    force, create_parents=new_folder)
         if not quiet:
             err.print(f"{_shown(name)} ({layout} naming) → {_shown(str(destination))}: {count} tensors, "
                       f"{naming} naming, {written}")

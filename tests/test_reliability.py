@@ -410,6 +410,12 @@ def test_a_missing_input_is_said_before_its_outputs_problems(weights_file, tmp_p
     for command, name, output in (("encode", "nope.wav", "out.npz"), ("decode", "nope.npz", "out.wav")):
         result = run(command, tmp_path / name, "-o", f"/proc/mimi-test/{output}", weights=weights_file)
         assert one_line_error(result) == f"error: {tmp_path / name} does not exist"
+    # convert said the pipe first; a Hub repo, not downloaded before the output is checked, still comes after it
+    os.mkfifo(tmp_path / "fifo.safetensors")
+    result = run("convert", tmp_path / "nope.safetensors", tmp_path / "fifo.safetensors")
+    assert one_line_error(result) == f"error: weights file {tmp_path / 'nope.safetensors'} does not exist"
+    result = run("convert", "someone/mimi", tmp_path / "fifo.safetensors")  # (offline: run sets HF_HUB_OFFLINE)
+    assert "fifo.safetensors is a pipe (FIFO)" in one_line_error(result)
 
 
 def test_long_names_fit_and_too_long_names_fail_first(clip, weights_file, tmp_path):

@@ -65,10 +65,10 @@ def weights_files(explicit: str | os.PathLike | None, specs) -> list[Path]:
     return files
 
 
-def locate(name: str, spec, origin: str = "") -> Path:
+def locate(name: str, spec, origin: str = "", fetch: bool = True) -> Path | None:
     """The weights file ``name`` names: a path, or, when no such file exists and the name reads as a Hub
-    repository, that repository's file from the Hugging Face cache (fetched once); ``origin`` says where
-    the name came from, in the error."""
+    repository, that repository's file from the Hugging Face cache (fetched once; ``fetch=False``: None, for a
+    caller that checks its outputs before a download); ``origin`` says where the name came from, in the error."""
     name = local_path(name, f"weights{origin}")  # file:///data/w.safetensors is /data/w.safetensors
     path = home_expanded(name)
     problem = missing(path)
@@ -83,6 +83,8 @@ def locate(name: str, spec, origin: str = "") -> Path:
             raise WeightsError(f"weights {name}{origin} is a URL of no Hugging Face model repository: download the "
                                "file first, or give a Hugging Face repo as OWNER/REPO (or its huggingface.co URL)")
         raise WeightsError(f"weights file {path}{origin} {problem}")
+    if not fetch:
+        return None
     shown = f"weights {name}{origin}: " if url(name) else f"weights file {path}{origin} does not exist here, and "
     return _download(*hub, shown, "give a file's path, or go online once to fetch it")
 
