@@ -69,6 +69,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 SMALL = MimiConfig(
     frame_rate=24000 / 48, dimension=32, n_filters=4, ratios=(4, 3, 2), num_layers=2, num_heads=4,
     dim_feedforward=64, context=6, codebook_size=64, codebook_dim=8, num_codebooks=6,
+    default_num_codebooks=4,
 )
 
 

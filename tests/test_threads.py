@@ -701,3 +701,116 @@ def test_keep_freed_memory_hands_a_thread_what_the_last_one_kept(setting):
         assert grown < 12 << 20  # at most 8 MB (less if an arena already held free space), never two blocks
     else:
         assert grown >= 16 << 20
+
+
+def _blas_threads() -> set[int]:
+    from threadpoolctl import threadpool_info
+
+    return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+
+def test_overlapping_calls_in_two_threads_keep_blas_on_one_thread_until_the_last_ends():
+    """BLAS's thread count is the process's. Each call once set it to one and put back what it had found:
+    the first call to end put back two threads under the second, whose products then rounded otherwise, and
+    the second, ending, put back the one it had found. The first call to begin sets it, the last to end puts
+    it back, whichever threads those are."""
+    from threadpoolctl import threadpool_limits
+
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first() -> None:
+        with threads.one_blas_thread():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(10)
+        with threads.one_blas_thread():
+            second_in.set()
+            first_out.wait(10)
+            seen["alone, after the first ended"] = _blas_threads()
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        if _blas_threads() != {2}:
+            pytest.skip("BLAS cannot run on two threads here")
+        workers = [threading.Thread(target=work) for work in (first, second)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(20)
+        assert seen == {"alone, after the first ended": {1}}
+        assert _blas_threads() == {2}  # put back once both had ended
+
+
+def test_a_blas_whose_limit_is_each_threads_own_is_limited_in_every_thread(monkeypatch):
+    """An OpenBLAS built on OpenMP keeps a limit per thread: the process-wide setting above reaches only the
+    thread that made it, so every call sets its own thread's (a pipeline's stage threads included)."""
+    import contextlib
+
+    with threads.one_blas_thread():  # finds the libraries
+        pass
+    limited = []
+
+    class PerThread:  # what threadpoolctl's controller of such libraries offers
+        lib_controllers = ["OpenBLAS on OpenMP"]
+
+        @contextlib.contextmanager
+        def limit(self, limits: int):
+            limited.append((threading.get_ident(), limits))
+            yield
+
+    monkeypatch.setattr(threads, "_per_thread", PerThread())
+
+    def call() -> None:
+        with threads.one_blas_thread(), threads.one_blas_thread():  # nested, as a stage inside a call
+            pass
+
+    other = threading.Thread(target=call)
+    other.start()
+    other.join(10)
+    call()
+    assert [limits for _, limits in limited] == [1] * 4 and len({ident for ident, _ in limited}) == 2
+
+
+def test_a_model_and_its_streams_used_from_several_threads_at_once(small_model):
+    """A web server's request threads share one model: calls at once give each the bits it gives alone (a
+    call that ended put BLAS's threads back under another's products, above). Pushes into one stream from
+    several threads take turns, each whole: four threads pushing a second each into one encoder had their
+    steps interleave, and got 86 frames for 4 s of audio."""
+    from threadpoolctl import threadpool_limits
+
+    frame = small_model.config.frame_size
+    clips = [speech_like(1.0, seed=i)[: 9 * frame] for i in range(4)]
+    alone = [small_model.decode(small_model.encode(clip)) for clip in clips]
+    chunk = clips[0][: 3 * frame + 123]  # each push ends mid-frame: where the next begins is state
+    encoder = small_model.stream_encoder()
+    in_order = [encoder.push(chunk).tobytes() for _ in range(4)]
+    assert len(set(in_order)) == 4  # each push's codes tell its place in the stream
+
+    together: dict[int, np.ndarray] = {}
+    pushed: list[bytes] = []
+    shared = small_model.stream_encoder()
+    start = threading.Barrier(8)
+
+    def call(i: int) -> None:
+        start.wait(10)
+        together[i] = small_model.decode(small_model.encode(clips[i]))
+
+    def push() -> None:
+        start.wait(10)
+        pushed.append(shared.push(chunk).tobytes())
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        workers = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+        workers += [threading.Thread(target=push) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert _blas_threads() == before  # put back (it was left on one thread)
+    for i in range(4):
+        np.testing.assert_array_equal(together[i], alone[i])
+    assert sorted(pushed) == sorted(in_order)

@@ -84,6 +84,10 @@ def _cpu_quota() -> float | None:
 _threads = usable_cores()
 _local = threading.local()  # .threads: this thread's own count (1 inside a pipeline stage or a block)
 _controller = None  # a cached threadpoolctl.ThreadpoolController: limiting through it takes 0.04 ms, not 1.3
+_blas_lock = threading.Lock()  # guards the two below: how many codec calls run now, in any thread
+_blas_users = 0
+_blas_limiter = None  # threadpoolctl's limiter while _blas_users > 0: it knows the limit to restore
+_per_thread = None  # the BLAS libraries whose limit is each thread's own (OpenBLAS built on OpenMP)
 
 
 def usable_threads(threads: int | None) -> tuple[int | None, str | None]:
@@ -188,14 +192,53 @@ def using(count: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
-    """BLAS runs each product on one thread inside the block (see the module docstring for why)."""
-    global _controller
+    """BLAS runs each product on one thread inside the block (see the module docstring for why).
+
+    BLAS's thread count belongs to the process, and codec calls may run in several threads at once (a web
+    server's request threads; our own stage threads). So the limit is set when the first call begins and
+    put back when the last one ends, whichever threads those are. (Each call once set and put back the limit
+    itself: a call that ended while another thread's ran put back two threads under it, whose products then
+    rounded otherwise, and the process was left on one thread.) An OpenBLAS built on OpenMP keeps a limit
+    per thread instead, which each call sets for its own thread.
+    """
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = _set_blas_limit(None)
+        _blas_users += 1
+    try:
+        with _per_thread.limit(limits=1) if _per_thread.lib_controllers else contextlib.nullcontext():
+            yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _set_blas_limit(_blas_limiter)
+                _blas_limiter = None
+
+
+def _set_blas_limit(limiter):
+    """Limit BLAS to one thread (``limiter`` None; returns threadpoolctl's limiter, which remembers the limit
+    before), or put back what ``limiter`` found. threadpoolctl lets one thread at a time set OpenBLAS's limit,
+    and takes another's setting silently for none (so that threads do not fight over it); here the first and
+    the last call of a run of overlapping calls may be in different threads, so each takes the setting over."""
+    global _controller, _per_thread
     if _controller is None:
         from threadpoolctl import ThreadpoolController
 
-        _controller = ThreadpoolController()
-    with _controller.limit(limits=1, user_api="blas"):
-        yield
+        _controller = ThreadpoolController().select(user_api="blas")
+        _per_thread = _controller.select(threading_layer="openmp")
+    from threadpoolctl import OpenBLASController
+
+    release = getattr(OpenBLASController, "clear_controlling_thread", None)  # threadpoolctl 3.7 and later
+    if release is not None:
+        release(force=True)
+    if limiter is None:
+        return _controller.limit(limits=1)
+    limiter.restore_original_limits()
+    if release is not None:
+        release(force=True)
+    return None
 
 
 def _nothing() -> None:

@@ -29,6 +29,15 @@ class CodecConfig:
         """Bits per second of ``num_codebooks`` levels."""
         return self.frame_rate * num_codebooks * math.log2(self.codebook_size)
 
+    def check_levels(self) -> None:
+        """For ``__post_init__``: at least one level, and the default one of them (a config of 6 levels kept
+        the default 8, and ``encode`` without ``num_codebooks`` failed in a reshape)."""
+        if self.num_codebooks < 1:
+            raise ValueError("num_codebooks must be at least 1")
+        if not 1 <= self.default_num_codebooks <= self.num_codebooks:
+            raise ValueError(f"default_num_codebooks must be in 1..num_codebooks ({self.num_codebooks}), not "
+                             f"{self.default_num_codebooks}")
+
     def levels(self, num_codebooks: int | None) -> int:
         """``num_codebooks`` checked (an integer in 1..num_codebooks), or the default for None."""
         if num_codebooks is None:

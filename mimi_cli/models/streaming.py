@@ -21,6 +21,9 @@ equal its batch mode.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -34,6 +37,19 @@ if TYPE_CHECKING:  # the codec imports this module; at run time only its methods
     from mimi_cli.models.codec import Codec
 
 
+def _in_turn(method):
+    """A stream's method that calls from several threads run one at a time, each whole, in the order they
+    take the stream's locks (``_turns``; a duplex's are its two sides'): four threads pushing a second of
+    audio each at once into one encoder had their steps interleave, and got 86 frames for 4 s of audio."""
+    @functools.wraps(method)
+    def in_turn(self, *args, **kwargs):
+        with contextlib.ExitStack() as held:
+            for lock in self._turns:
+                held.enter_context(lock)
+            return method(self, *args, **kwargs)
+    return in_turn
+
+
 class StreamEncoder:
     """``push(pcm)`` → codes of every frame completed so far; ``flush()`` ends the stream.
 
@@ -42,7 +58,8 @@ class StreamEncoder:
     >>> codes = enc.flush()            # the last, zero-padded frame; the encoder is then reset
 
     A batch of 8 or more streams steps in groups, one per thread; ``split=False`` keeps it one group
-    (for an encoder that has a thread to itself, as a :class:`StreamDuplex` side has).
+    (for an encoder that has a thread to itself, as a :class:`StreamDuplex` side has). Calls from
+    several threads take turns (:func:`_in_turn`).
     """
 
     def __init__(self, model: Codec, batch_size: int = 1, num_codebooks: int | None = None,
@@ -51,10 +68,15 @@ class StreamEncoder:
         _check_streams(model, batch_size, frames_per_step)
         self.model, self.batch_size, self.split = model, batch_size, split
         self.num_codebooks, self.frames_per_step = num_codebooks, frames_per_step
-        self.reset()
+        self._turns = (threading.Lock(),)
+        self._reset()
 
+    @_in_turn
     def reset(self) -> None:
         """Forget everything: the next push starts a new stream."""
+        self._reset()
+
+    def _reset(self) -> None:
         self._stream = Groups(self.model.encoder_stream, self.batch_size, self.split)
         self._pending = np.zeros((self.batch_size, 0), np.float32)
 
@@ -64,6 +86,7 @@ class StreamEncoder:
         pcm, squeeze = _batched(pcm, self.batch_size, ["T"], InvalidAudioError, "audio")
         return pcm.astype(np.float32, copy=False), squeeze
 
+    @_in_turn
     @one_blas_thread()  # our own threads share the cores: the same bits at any count
     def push(self, pcm: np.ndarray) -> np.ndarray:
         """Add samples; return the codes of the frames they complete (possibly none).
@@ -80,9 +103,13 @@ class StreamEncoder:
         self._pending = self._pending[:, whole:]
         return self._output(codes, squeeze)
 
+    @_in_turn
     @one_blas_thread()
     def flush(self) -> np.ndarray:
         """Encode what is left, padded as batch mode pads (``pad_input``), and end the stream; then reset."""
+        return self._flush()
+
+    def _flush(self) -> np.ndarray:
         codes = []
         if self._pending.shape[1]:
             codes.append(self._quantize(self._stream.step(self.model.pad_input(self._pending))))
@@ -90,7 +117,7 @@ class StreamEncoder:
         if tail is not None:
             codes.append(self._quantize(tail))
         result = self._output(codes, self.batch_size == 1)
-        self.reset()
+        self._reset()
         return result
 
     def _encode(self, pcm: np.ndarray) -> np.ndarray:  # [B, n·frame_size] → [B, K, frames ready]
@@ -113,16 +140,21 @@ class StreamDecoder:
     >>> dec = model.stream_decoder()
     >>> pcm = dec.push(codes)          # int [K, n] (or [B, K, n]) → float32 [frame_size·n] (or [B, ...])
 
-    ``split`` as for :class:`StreamEncoder`.
+    ``split``, and calls from several threads, as for :class:`StreamEncoder`.
     """
 
     def __init__(self, model: Codec, batch_size: int = 1, frames_per_step: int = 1, split: bool = True):
         _check_streams(model, batch_size, frames_per_step)
         self.model, self.batch_size, self.frames_per_step, self.split = model, batch_size, frames_per_step, split
-        self.reset()
+        self._turns = (threading.Lock(),)
+        self._reset()
 
+    @_in_turn
     def reset(self) -> None:
         """Forget everything: the next push starts a new stream (and may use another K)."""
+        self._reset()
+
+    def _reset(self) -> None:
         self._stream = Groups(self.model.decoder_stream, self.batch_size, self.split)
         self._pending: np.ndarray | None = None  # [B, K, < frames_per_step]
 
@@ -135,6 +167,7 @@ class StreamDecoder:
                                     "call reset() to change")
         return codes, squeeze
 
+    @_in_turn
     @one_blas_thread()  # our own threads share the cores: the same bits at any count
     def push(self, codes: np.ndarray) -> np.ndarray:
         """Add code frames; return the audio of the frames decoded so far (possibly none).
@@ -151,15 +184,19 @@ class StreamDecoder:
         self._pending = pending[:, :, whole:]
         return self._output(audio, squeeze)
 
+    @_in_turn
     @one_blas_thread()
     def flush(self) -> np.ndarray:
         """Decode frames still waiting for a whole step and end the stream; then reset."""
+        return self._flush()
+
+    def _flush(self) -> np.ndarray:
         audio = [self._decode(self._pending)] if self._pending is not None and self._pending.shape[2] else []
         tail = self._stream.flush()
         if tail is not None:
             audio.append(tail[:, 0, :])
         result = self._output(audio, self.batch_size == 1)
-        self.reset()
+        self._reset()
         return result
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:  # [B, K, n] → [B, samples ready]
@@ -195,7 +232,9 @@ class StreamDuplex:
                  frames_per_step: int = 1):
         self.encoder = StreamEncoder(model, batch_size, num_codebooks, frames_per_step, split=False)
         self.decoder = StreamDecoder(model, batch_size, frames_per_step, split=False)
+        self._turns = (*self.encoder._turns, *self.decoder._turns)  # a side may be pushed alone meanwhile
 
+    @_in_turn
     @one_blas_thread()  # our own threads share the cores: the same bits at any count
     def push(self, pcm: np.ndarray | None = None, codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Encode ``pcm`` and decode ``codes`` (either may be None) at once: ``(codes, pcm)`` completed so far.
@@ -208,15 +247,17 @@ class StreamDuplex:
         return self._both(lambda side, i: side._push(*checked[i]) if checked[i] is not None
                           else side._output([], squeeze))
 
+    @_in_turn
     @one_blas_thread()
     def flush(self) -> tuple[np.ndarray, np.ndarray]:
         """End both directions (see :meth:`StreamEncoder.flush`, :meth:`StreamDecoder.flush`); then reset."""
-        return self._both(lambda side, _: side.flush())
+        return self._both(lambda side, _: side._flush())
 
+    @_in_turn
     def reset(self) -> None:
         """Forget everything in both directions."""
-        self.encoder.reset()
-        self.decoder.reset()
+        self.encoder._reset()
+        self.decoder._reset()
 
     def _both(self, work: Callable[[StreamEncoder | StreamDecoder, int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         out: list[np.ndarray] = [np.empty(0), np.empty(0)]

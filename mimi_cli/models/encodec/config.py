@@ -37,6 +37,7 @@ class EncodecConfig(CodecConfig):
     def __post_init__(self) -> None:
         if math.prod(self.ratios) != self.frame_size:
             raise ValueError(f"the SEANet hop {math.prod(self.ratios)} must equal the frame size {self.frame_size}")
+        self.check_levels()
 
     @property
     def hop_length(self) -> int:

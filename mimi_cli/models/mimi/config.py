@@ -47,8 +47,7 @@ class MimiConfig(CodecConfig):
             raise ValueError(f"frame size {self.frame_size} is not a multiple of the SEANet hop {self.hop_length}")
         if self.dimension % self.num_heads or (self.dimension // self.num_heads) % 2:
             raise ValueError("dimension must split into heads of even width")
-        if self.num_codebooks < 1:
-            raise ValueError("num_codebooks must be at least 1")
+        self.check_levels()
 
     @property
     def hop_length(self) -> int:
