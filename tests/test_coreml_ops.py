@@ -272,6 +272,68 @@ def test_reductions(tmp_path, name, reference, keep):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_plans_of_one_program_run_in_threads_at_once(tmp_path, monkeypatch):
+    """Each plan keeps its ops' working memory; a run once lent it to the program's ops, which two plans
+    share, so two threads' runs used one plan's memory. Here two plans' runs take turns at every request
+    for working memory (the worst interleaving, forced): each result is still its own. One plan run from
+    two threads at once is refused: it returns its own buffers, which the other run would overwrite."""
+    import threading
+
+    x = rand(4, 64)
+    program = build(tmp_path / "ln", {"x": ("fp32", x.shape)},
+                    [op("layer_norm", ("y", "fp32", x.shape), x="x", axes=[-1], epsilon=np.float32(1e-5))], ["y"])
+    feeds = {"A": {"x": x}, "B": {"x": x[::-1] * 3 + 1}}
+    expected = {name: program.predict(feed)["y"] for name, feed in feeds.items()}
+    plans = {name: program.prepare() for name in feeds}
+    turn = threading.Condition()
+    state = {"next": "A", "done": set()}
+    lend = ops.Call.scratch
+
+    def scratch(call, *args, **kwargs):  # A, B, A, B, …: each request waits for the other thread's
+        me = threading.current_thread().name
+        other = "B" if me == "A" else "A"
+        with turn:
+            assert turn.wait_for(lambda: state["next"] == me or other in state["done"], timeout=10)
+            state["next"] = other
+            turn.notify_all()
+        return lend(call, *args, **kwargs)
+
+    monkeypatch.setattr(ops.Call, "scratch", scratch)
+    got = {}
+
+    def run(name: str) -> None:
+        got[name] = plans[name].run(feeds[name])["y"].copy()
+        with turn:
+            state["done"].add(name)
+            turn.notify_all()
+
+    workers = [threading.Thread(target=run, args=(name,), name=name) for name in feeds]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(20)
+    for name in feeds:
+        np.testing.assert_array_equal(got[name], expected[name])
+
+    monkeypatch.setattr(ops.Call, "scratch", lend)
+    inside, leave = threading.Event(), threading.Event()
+
+    def held(call, *args, **kwargs):
+        inside.set()
+        leave.wait(10)
+        return lend(call, *args, **kwargs)
+
+    monkeypatch.setattr(ops.Call, "scratch", held)
+    first = threading.Thread(target=plans["A"].run, args=(feeds["A"],))
+    first.start()
+    inside.wait(10)
+    with pytest.raises(ProgramError, match="this plan is running in another thread, into the buffers it "
+                                           "returns: prepare a plan for each thread"):
+        plans["A"].run(feeds["A"])
+    leave.set()
+    first.join(10)
+
+
 def test_softmax_and_norms(tmp_path):
     x = rand(2, 3, 6) * 3
     v = x.astype(np.float64)

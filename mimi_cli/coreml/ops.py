@@ -68,8 +68,10 @@ class Allowance:
 class Call:
     """One op's inputs and outputs for one run (see :mod:`mimi_cli.coreml.program`)."""
 
-    def __init__(self, step, env: dict, buffers: list | None = None, allowance: Allowance | None = None):
+    def __init__(self, step, env: dict, buffers: list | None = None, allowance: Allowance | None = None,
+                 held: dict | None = None):
         self.step, self.env, self.buffers, self.allowance = step, env, buffers, allowance
+        self.held = held  # a prepared plan's working memory for this op (see scratch), kept between its runs
 
     # -- inputs
 
@@ -139,18 +141,18 @@ class Call:
         shape = self.checked(shape, dtype)
         if self.buffers is None:
             return np.empty(shape, dtype)
-        held = self.step.scratch.get(key)
+        held = self.held.get(key)
         if held is None or held.shape != shape or held.dtype != dtype:
-            held = self.step.scratch[key] = np.empty(shape, dtype)
+            held = self.held[key] = np.empty(shape, dtype)
         return held
 
     def memo(self, key: str, make: Callable[[], object]):
         """Views and set-up over this op's scratch: made once by a prepared plan, every call otherwise."""
         if self.buffers is None:
             return make()
-        if key not in self.step.scratch:
-            self.step.scratch[key] = make()
-        return self.step.scratch[key]
+        if key not in self.held:
+            self.held[key] = make()
+        return self.held[key]
 
     def derived(self, key: str, make: Callable[[], object], *inputs: str):
         """Something made from ``inputs`` (a weight in fp32, a transposed layout): made once when they

@@ -19,6 +19,7 @@ into finite but meaningless numbers (x / inf = 0), which its outputs alone would
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,6 @@ class Step:
         self.types = [value_type for _, value_type in op.outputs]
         self.dtypes = dtypes
         self.cache: dict[str, object] = {}  # derived from constants, shared by every run
-        self.scratch: dict[str, np.ndarray] = {}  # working memory of the prepared plan
 
     def resolve(self, source, env: Mapping[str, object]):
         if isinstance(source, Const):
@@ -106,10 +106,11 @@ class Step:
         return [self.resolve(item, env) for item in source]
 
     def run(self, env: dict[str, object], buffers: list | None = None, check: bool = True,
-            allowance: Allowance | None = None) -> None:
+            allowance: Allowance | None = None, held: dict | None = None) -> None:
         """Run the op on ``env``, adding its outputs; ``check`` them against the declared types
-        (a prepared plan checked them once, when it was made); fresh arrays count against ``allowance``."""
-        call = Call(self, env, buffers, allowance)
+        (a prepared plan checked them once, when it was made); fresh arrays count against ``allowance``.
+        ``buffers`` and ``held``: a prepared plan's, for the outputs and the op's working memory."""
+        call = Call(self, env, buffers, allowance, held)
         try:
             result = self.kernel(call)
         except ProgramError:
@@ -301,7 +302,8 @@ class PreparedPlan:
 
     ``run(feeds)`` copies the inputs into the plan's own buffers, runs each op into its assigned
     buffer and returns the output buffers themselves: they are overwritten by the next run, so
-    copy what you keep.
+    copy what you keep. So a plan serves one thread at a time (a run while another thread's runs
+    raises); plans of one program may run in as many threads at once as you like.
     """
 
     def __init__(self, program: CoreMLProgram, shapes: Mapping[str, tuple[int, ...]]):
@@ -320,6 +322,7 @@ class PreparedPlan:
                 step.run(env, allowance=allowance)
         self.inputs = {name: np.zeros_like(value) for name, value in feeds.items()}
         self._assign(env)
+        self._running = threading.Lock()
 
     def _assign(self, env: dict[str, object]) -> None:
         steps, program = self.program.steps, self.program
@@ -372,6 +375,15 @@ class PreparedPlan:
                 "buffer_bytes": self.buffer_bytes, "scratch_bytes": scratch}
 
     def run(self, feeds: Mapping[str, object], overflows: Overflows | None = None) -> dict[str, np.ndarray]:
+        if not self._running.acquire(blocking=False):
+            raise ProgramError("this plan is running in another thread, into the buffers it returns: prepare a "
+                               "plan for each thread")
+        try:
+            return self._run(feeds, overflows)
+        finally:
+            self._running.release()
+
+    def _run(self, feeds: Mapping[str, object], overflows: Overflows | None) -> dict[str, np.ndarray]:
         program = self.program
         if not isinstance(feeds, Mapping) or feeds.keys() != self.inputs.keys():
             program.checked_feeds(feeds)  # says what is wrong, missing or unknown
@@ -389,8 +401,7 @@ class PreparedPlan:
             for step, buffers, scratch in zip(program.steps, self.buffers, self.scratch, strict=True):
                 if overflows is not None:
                     overflows.step = step
-                step.scratch = scratch
-                step.run(env, buffers, check=False)
+                step.run(env, buffers, check=False, held=scratch)  # the plan's own: plans may run at once
         return {port.name: program.constants.get(port.name, env.get(port.name)) for port in program.outputs}
 
 
