@@ -536,7 +536,13 @@ def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
 
 
 def _umask() -> int:
-    """This process's umask: set to read it (the one way there is), and put back at once."""
+    """This process's umask, as Linux shows it (4.7 and later); elsewhere set to read it and put back at once,
+    to the stricter 0077 meanwhile: a file another thread makes in that instant is its owner's alone."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
     mask = os.umask(0o077)
     os.umask(mask)
     return mask

@@ -200,6 +200,21 @@ def test_batch_decode_into_the_recordings_folder_warns_before_replacing(clip, co
     assert (recordings / "a.wav").read_bytes() == clip.read_bytes()
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux shows the umask in /proc/self/status")
+def test_the_umask_is_read_without_being_set(monkeypatch):
+    """It was set to 0077 and back to read it: a file another thread of a server made in that instant was
+    its owner's alone."""
+    from mimi_cli import fileio
+
+    mask = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda *_: pytest.fail("the umask was set"))
+        assert fileio._umask() == 0o027
+    finally:
+        monkeypatch.undo()
+        os.umask(mask)
+
+
 def test_outputs_follow_the_umask(clip, weights_file, tmp_path):
     """As any new file; a umask that takes the owner's write permission (0277: read-only files) too, as `cp`
     makes them: the output was written through a second open of the new file, which that mode refused (for
