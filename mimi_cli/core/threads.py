@@ -230,7 +230,7 @@ def _set_blas_limit(limiter):
         _per_thread = _controller.select(threading_layer="openmp")
     from threadpoolctl import OpenBLASController
 
-    release = getattr(OpenBLASController, "clear_controlling_thread", None)  # threadpoolctl 3.7 and later
+    release = getattr(OpenBLASController, "clear_controlling_thread", None)  # threadpoolctl 3.8 and later
     if release is not None:
         release(force=True)
     if limiter is None:
