@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # the codec imports this module; at run time only its methods
 
 
 def _in_turn(method):
-    """A stream's method that calls from several threads run one at a time, each whole, in the order they
+    """A stream's method whose calls from several threads run one at a time, each whole, in the order they
     take the stream's locks (``_turns``; a duplex's are its two sides'): four threads pushing a second of
     audio each at once into one encoder had their steps interleave, and got 86 frames for 4 s of audio."""
     @functools.wraps(method)
