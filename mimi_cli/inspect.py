@@ -182,6 +182,7 @@ def not_shown(path: str | Path) -> str | None:
     from mimi_cli.audio import AUDIO_SUFFIXES
 
     path = Path(path)
+    named = False  # as audio, its bytes saying nothing known: encode and roundtrip say why they cannot read it
     try:
         if path.is_dir():
             audio = (next((p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES), None)
@@ -189,14 +190,14 @@ def not_shown(path: str | Path) -> str | None:
             kind = f"audio files ({audio.name}, …)" if audio is not None else None
         else:
             kind = holds(path)
-            if kind is None and path.suffix.lower() in AUDIO_SUFFIXES and path.is_file():
-                kind = "audio by its name"  # whose bytes no audio reader may take: encode and roundtrip say why
+            named = kind is None and path.suffix.lower() in AUDIO_SUFFIXES and path.is_file()
+            kind = "audio" if named else kind
     except OSError:
         return None
     if not kind or not kind.startswith(("audio", "text", "a tar archive")):
         return None
-    said = f"{path} {'is named as audio' if kind == 'audio by its name' else f'holds {kind}'}, not weights or " \
-           "codes, which mimi inspect shows"
+    said = f"{path} {'is named as audio' if named else f'holds {kind}'}, not weights or codes, which mimi inspect " \
+           "shows"
     if kind.startswith("audio"):
         return f"{said}; `mimi roundtrip {shlex.quote(str(path))}` measures how the codec keeps it, `mimi encode` " \
                "makes its codes"
