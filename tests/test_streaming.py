@@ -280,3 +280,48 @@ def test_a_rejected_duplex_push_moves_neither_side(small_model, bad_side):
     for (a_codes, a_audio), (b_codes, b_audio) in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a_codes, b_codes)
         np.testing.assert_array_equal(a_audio, b_audio)
+
+
+@pytest.mark.parametrize("copy_of", ["deepcopy", "pickle"])
+def test_a_copied_stream_goes_on_as_the_original_would(small_model, copy_of):
+    """To try two continuations of one stream (a language model's candidates), copy it: each goes on as the
+    original would have, on its own. A stream's locks (one call at a time) are not its state: a copy gets its
+    own, so the copy runs while the original is busy (it could not be copied at all once it held locks)."""
+    import copy
+    import pickle
+
+    def copied(stream):
+        return copy.deepcopy(stream) if copy_of == "deepcopy" else pickle.loads(pickle.dumps(stream))
+
+    rng = np.random.default_rng(9)
+    pcm = (0.2 * rng.standard_normal((2, 6 * SMALL.frame_size + 7))).astype(np.float32)
+    codes = rng.integers(0, 64, (2, 4, 6))
+    for make, first, rest, push in (
+            (lambda: small_model.stream_encoder(batch_size=2, num_codebooks=4), pcm[:, :1000], pcm[:, 1000:],
+             lambda s, x: s.push(x)),
+            (lambda: small_model.stream_decoder(batch_size=2), codes[:, :, :2], codes[:, :, 2:],
+             lambda s, x: s.push(x)),
+            (lambda: small_model.stream_duplex(batch_size=2, num_codebooks=4), (pcm[:, :1000], codes[:, :, :2]),
+             (pcm[:, 1000:], codes[:, :, 2:]), lambda s, x: s.push(*x))):
+        original, alone = make(), make()
+        push(original, first)
+        push(alone, first)
+        twin = copied(original)
+        for lock in original._turns:  # the original busy in another thread: its copy still runs
+            lock.acquire()
+        try:
+            went_on = _arrays(push(twin, rest), twin.flush())
+        finally:
+            for lock in original._turns:
+                lock.release()
+        expected = _arrays(push(alone, rest), alone.flush())
+        assert len(went_on) == len(expected) and any(a.size for a in expected)
+        for ours, theirs in zip(went_on, expected, strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+        for ours, theirs in zip(_arrays(push(original, rest)), expected, strict=False):  # the original, untouched
+            np.testing.assert_array_equal(ours, theirs)
+
+
+def _arrays(*results) -> list[np.ndarray]:
+    """A stream's results (an array, or a duplex's pair) as one list of arrays."""
+    return [a for r in results for a in (r if isinstance(r, tuple) else (r,))]

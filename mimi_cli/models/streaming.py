@@ -39,8 +39,8 @@ if TYPE_CHECKING:  # the codec imports this module; at run time only its methods
 
 def _in_turn(method):
     """A stream's method whose calls from several threads run one at a time, each whole, in the order they
-    take the stream's locks (``_turns``; a duplex's are its two sides'): four threads pushing a second of
-    audio each at once into one encoder had their steps interleave, and got 86 frames for 4 s of audio."""
+    take the stream's locks (:class:`_Turns`): four threads pushing a second of audio each at once into one
+    encoder had their steps interleave, and got 86 frames for 4 s of audio."""
     @functools.wraps(method)
     def in_turn(self, *args, **kwargs):
         with contextlib.ExitStack() as held:
@@ -50,7 +50,22 @@ def _in_turn(method):
     return in_turn
 
 
-class StreamEncoder:
+class _Turns:
+    """A stream's locks (``_turns``, made by ``_locks``), which are not its state: a copy
+    (``copy.deepcopy``, to try two continuations of one stream) or a pickle gets locks of its own."""
+
+    def _locks(self) -> tuple[threading.Lock, ...]:
+        return (threading.Lock(),)
+
+    def __getstate__(self) -> dict:
+        return {name: value for name, value in self.__dict__.items() if name != "_turns"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._turns = self._locks()
+
+
+class StreamEncoder(_Turns):
     """``push(pcm)`` → codes of every frame completed so far; ``flush()`` ends the stream.
 
     >>> enc = model.stream_encoder()
@@ -68,7 +83,7 @@ class StreamEncoder:
         _check_streams(model, batch_size, frames_per_step)
         self.model, self.batch_size, self.split = model, batch_size, split
         self.num_codebooks, self.frames_per_step = num_codebooks, frames_per_step
-        self._turns = (threading.Lock(),)
+        self._turns = self._locks()
         self._reset()
 
     @_in_turn
@@ -134,7 +149,7 @@ class StreamEncoder:
         return out[0] if squeeze else out
 
 
-class StreamDecoder:
+class StreamDecoder(_Turns):
     """``push(codes)`` → 1920 samples per frame decoded so far.
 
     >>> dec = model.stream_decoder()
@@ -146,7 +161,7 @@ class StreamDecoder:
     def __init__(self, model: Codec, batch_size: int = 1, frames_per_step: int = 1, split: bool = True):
         _check_streams(model, batch_size, frames_per_step)
         self.model, self.batch_size, self.frames_per_step, self.split = model, batch_size, frames_per_step, split
-        self._turns = (threading.Lock(),)
+        self._turns = self._locks()
         self._reset()
 
     @_in_turn
@@ -207,7 +222,7 @@ class StreamDecoder:
         return out[0] if squeeze else out
 
 
-class StreamDuplex:
+class StreamDuplex(_Turns):
     """Both directions of B conversations in one call: ``push(pcm, codes)`` → ``(codes, pcm)``.
 
     A server for a Moshi-style model, every frame, encodes what each user said and decodes what the
@@ -232,7 +247,10 @@ class StreamDuplex:
                  frames_per_step: int = 1):
         self.encoder = StreamEncoder(model, batch_size, num_codebooks, frames_per_step, split=False)
         self.decoder = StreamDecoder(model, batch_size, frames_per_step, split=False)
-        self._turns = (*self.encoder._turns, *self.decoder._turns)  # a side may be pushed alone meanwhile
+        self._turns = self._locks()
+
+    def _locks(self) -> tuple[threading.Lock, ...]:
+        return (*self.encoder._turns, *self.decoder._turns)  # a side may be pushed alone meanwhile
 
     @_in_turn
     @one_blas_thread()  # our own threads share the cores: the same bits at any count
