@@ -748,9 +748,8 @@ def test_a_blas_whose_limit_is_each_threads_own_is_limited_in_every_thread(monke
     """An OpenBLAS built on OpenMP keeps a limit per thread: the process-wide setting above reaches only the
     thread that made it, so every call sets its own thread's (a pipeline's stage threads included)."""
     import contextlib
+    import types
 
-    with threads.one_blas_thread():  # finds the libraries
-        pass
     limited = []
 
     class PerThread:  # what threadpoolctl's controller of such libraries offers
@@ -761,7 +760,11 @@ def test_a_blas_whose_limit_is_each_threads_own_is_limited_in_every_thread(monke
             limited.append((threading.get_ident(), limits))
             yield
 
-    monkeypatch.setattr(threads, "_per_thread", PerThread())
+    class Libraries:
+        def limit(self, limits: int):  # the process-wide setting, which the test above checks
+            return types.SimpleNamespace(restore_original_limits=lambda: None)
+
+    monkeypatch.setattr(threads, "_blas", lambda: (Libraries(), PerThread()))
 
     def call() -> None:
         with threads.one_blas_thread(), threads.one_blas_thread():  # nested, as a stage inside a call

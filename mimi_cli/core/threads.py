@@ -83,11 +83,10 @@ def _cpu_quota() -> float | None:
 
 _threads = usable_cores()
 _local = threading.local()  # .threads: this thread's own count (1 inside a pipeline stage or a block)
-_controller = None  # a cached threadpoolctl.ThreadpoolController: limiting through it takes 0.04 ms, not 1.3
+_controller = None  # (threadpoolctl's controller, and _blas()'s two): made anew, it takes 1.3 ms a call
 _blas_lock = threading.Lock()  # guards the two below: how many codec calls run now, in any thread
 _blas_users = 0
 _blas_limiter = None  # threadpoolctl's limiter while _blas_users > 0: it knows the limit to restore
-_per_thread = None  # the BLAS libraries whose limit is each thread's own (OpenBLAS built on OpenMP)
 
 
 def usable_threads(threads: int | None) -> tuple[int | None, str | None]:
@@ -207,7 +206,8 @@ def one_blas_thread() -> Iterator[None]:
             _blas_limiter = _set_blas_limit(None)
         _blas_users += 1
     try:
-        with _per_thread.limit(limits=1) if _per_thread.lib_controllers else contextlib.nullcontext():
+        per_thread = _blas()[1]
+        with per_thread.limit(limits=1) if per_thread.lib_controllers else contextlib.nullcontext():
             yield
     finally:
         with _blas_lock:
@@ -217,24 +217,33 @@ def one_blas_thread() -> Iterator[None]:
                 _blas_limiter = None
 
 
+def _blas():
+    """threadpoolctl's controllers of the BLAS libraries loaded now: ``(all, those whose limit is each thread's
+    own)``. threadpoolctl 3.8 keeps a controller until a module is imported (SciPy brings an OpenBLAS of its
+    own), and these are taken from it again when it changes; before 3.8, from the one made at the first call."""
+    global _controller
+    import threadpoolctl
+
+    found = threadpoolctl.get_cached_controller() if hasattr(threadpoolctl, "get_cached_controller") else \
+        _controller[0] if _controller else threadpoolctl.ThreadpoolController()
+    if _controller is None or _controller[0] is not found:
+        blas = found.select(user_api="blas")
+        _controller = (found, blas, blas.select(threading_layer="openmp"))
+    return _controller[1:]
+
+
 def _set_blas_limit(limiter):
     """Limit BLAS to one thread (``limiter`` None; returns threadpoolctl's limiter, which remembers the limit
     before), or put back what ``limiter`` found. threadpoolctl lets one thread at a time set OpenBLAS's limit,
     and takes another's setting silently for none (so that threads do not fight over it); here the first and
     the last call of a run of overlapping calls may be in different threads, so each takes the setting over."""
-    global _controller, _per_thread
-    if _controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _controller = ThreadpoolController().select(user_api="blas")
-        _per_thread = _controller.select(threading_layer="openmp")
     from threadpoolctl import OpenBLASController
 
     release = getattr(OpenBLASController, "clear_controlling_thread", None)  # threadpoolctl 3.8 and later
     if release is not None:
         release(force=True)
     if limiter is None:
-        return _controller.limit(limits=1)
+        return _blas()[0].limit(limits=1)
     limiter.restore_original_limits()
     if release is not None:
         release(force=True)
