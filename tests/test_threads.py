@@ -817,3 +817,34 @@ def test_a_model_and_its_streams_used_from_several_threads_at_once(small_model):
     for i in range(4):
         np.testing.assert_array_equal(together[i], alone[i])
     assert sorted(pushed) == sorted(in_order)
+
+
+def test_two_runs_in_two_threads_keep_their_own_thread_counts():
+    """Two runs of a process's Python API in two threads at once (execute, each with its own threads): each
+    kept its count in one variable of the process, so one ending put back the count under the other, and the
+    process kept whatever the last had found."""
+    before = threads.current()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first() -> None:
+        with threads.limit_threads(1):
+            first_in.set()
+            second_in.wait(10)
+            seen["first, the second inside"] = threads.current()
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(10)
+        with threads.limit_threads(3):
+            second_in.set()
+            first_out.wait(10)
+            seen["second, the first gone"] = threads.current()
+
+    workers = [threading.Thread(target=work) for work in (first, second)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(20)
+    assert seen == {"first, the second inside": 1, "second, the first gone": 3}
+    assert threads.current() == before

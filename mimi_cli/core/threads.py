@@ -101,20 +101,17 @@ def usable_threads(threads: int | None) -> tuple[int | None, str | None]:
 
 @contextlib.contextmanager
 def limit_threads(threads: int | None) -> Iterator[None]:
-    """Use at most ``threads`` threads inside the block (None: no limit): the codecs' own threads, and BLAS
-    wherever a caller lets it use more than one."""
-    global _threads
+    """Use at most ``threads`` threads inside the block (None: no limit): the codecs' own threads, for this
+    thread's calls (two runs in two threads of one process each keep their own count; one ending once put back
+    the count under the other, and the process kept the last one's), and BLAS wherever a caller lets it use
+    more than one."""
     if threads is None:
         yield
         return
     from threadpoolctl import threadpool_limits
 
-    previous, _threads = _threads, threads
-    try:
-        with threadpool_limits(limits=threads, user_api="blas"):
-            yield
-    finally:
-        _threads = previous
+    with using(threads), threadpool_limits(limits=threads, user_api="blas"):
+        yield
 
 
 def set_threads(threads: int) -> None:
