@@ -848,3 +848,27 @@ def test_two_runs_in_two_threads_keep_their_own_thread_counts():
         worker.join(20)
     assert seen == {"first, the second inside": 1, "second, the first gone": 3}
     assert threads.current() == before
+
+
+def test_a_child_forked_during_a_call_elsewhere_makes_calls_of_its_own():
+    """multiprocessing's fork copies the process as it is: a call running in another thread (its count, its
+    lock held a moment) came along, and the child's first call waited for ever on a lock nobody would let go."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    with threads._blas_lock:  # the instant another thread's call holds it
+        child = os.fork()
+        if child == 0:  # the child: one call, then out, whatever happens
+            try:
+                with threads.one_blas_thread():
+                    pass
+                os._exit(0 if threads._blas_users == 0 else 2)
+            finally:
+                os._exit(3)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(child, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done == (0, 0):
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        pytest.fail("the forked child's call waited for ever")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

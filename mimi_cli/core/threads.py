@@ -324,9 +324,10 @@ _team: _Team | None = None
 _team_made = threading.Lock()
 
 
-def _forget_team() -> None:  # a forked child has none of its parent's threads
-    global _team, _team_made
+def _forget_team() -> None:  # a forked child has none of its parent's threads, nor their calls
+    global _team, _team_made, _blas_lock, _blas_users, _blas_limiter
     _team, _team_made = None, threading.Lock()
+    _blas_lock, _blas_users, _blas_limiter = threading.Lock(), 0, None  # (a lock held then stayed held)
 
 
 os.register_at_fork(after_in_child=_forget_team)
