@@ -28,6 +28,18 @@ def test_released_config_facts():
     assert len(list(Mimi(c).named_shapes())) == 318
 
 
+def test_a_config_whose_default_is_not_one_of_its_levels_is_refused():
+    """MimiConfig(num_codebooks=6) kept the default 8, and encode without num_codebooks failed in a reshape."""
+    from mimi_cli.models.encodec import EncodecConfig
+
+    for config, levels in ((MimiConfig, 6), (EncodecConfig, 4)):
+        with pytest.raises(ValueError, match=fr"default_num_codebooks must be in 1..num_codebooks \({levels}\), "
+                                             "not 8"):
+            config(num_codebooks=levels)
+        assert config(num_codebooks=levels, default_num_codebooks=levels).levels(None) == levels
+    assert SMALL.levels(None) == 4 and Mimi(SMALL).config.default_num_codebooks == 4
+
+
 @pytest.mark.parametrize("num_samples,frames", [(1, 1), (FRAME - 1, 1), (FRAME, 1), (FRAME + 1, 2), (5 * FRAME, 5)])
 def test_shapes_and_padding(small_model, num_samples, frames):
     codes = small_model.encode(audio(num_samples), num_codebooks=4)

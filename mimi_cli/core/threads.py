@@ -221,8 +221,10 @@ def _blas():
     global _controller
     import threadpoolctl
 
-    found = threadpoolctl.get_cached_controller() if hasattr(threadpoolctl, "get_cached_controller") else \
-        _controller[0] if _controller else threadpoolctl.ThreadpoolController()
+    if hasattr(threadpoolctl, "get_cached_controller"):
+        found = threadpoolctl.get_cached_controller()
+    else:
+        found = _controller[0] if _controller else threadpoolctl.ThreadpoolController()
     if _controller is None or _controller[0] is not found:
         blas = found.select(user_api="blas")
         _controller = (found, blas, blas.select(threading_layer="openmp"))
