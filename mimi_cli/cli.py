@@ -451,8 +451,8 @@ def decode(
              "paths, one per line or NUL-separated (find -print0), or JSON lines with path. Repeatable. Under -o "
              "the outputs mirror the paths as the list writes them.")] = None,
     codes_column: Annotated[str, typer.Option(
-        "--codes-column", help="The codes column of table inputs (Parquet, Arrow): integer lists [K][frames] "
-                               "or [C][K][frames] in each row.")] = "codes",
+        "--codes-column", help="The codes column of table inputs (Parquet, Arrow): integer lists [K]\\[frames] "
+                               "or [C][K]\\[frames] in each row.")] = "codes",
     weights: WeightsOption = None,
     threads: ThreadsOption = None,
     force: ForceOption = False,

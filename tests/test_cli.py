@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
+import typer.main
 from conftest import SAMPLE_AUDIO, run
 
+from mimi_cli.cli import app
 from mimi_cli.weights import weights_id
 
 
@@ -379,10 +382,16 @@ def test_version_and_help():
         assert command in help_text
     assert "--codebooks" in run("encode", "--help").stdout
     usages = {}
+    commands = typer.main.get_command(app).commands
     for command in ("encode", "decode", "roundtrip", "bench", "inspect", "inspect-weights", "convert", "run"):
         result = run(command, "--help")  # rich renders every help
         assert result.returncode == 0 and "Usage: mimi " + command in result.stdout, result.stderr
         usages[command] = next(line for line in result.stdout.splitlines() if "Usage:" in line).split()[2:]
+        # every help text whole: rich takes [word] for markup and drops it ("integer lists [K][frames]" showed
+        # as "[K]"), unless written \\[word]; compared without spaces and table borders, which rich's wrapping moves
+        shown = re.sub(r"[\s│]", "", result.stdout)
+        for text in [commands[command].help] + [p.help for p in commands[command].params if p.help]:
+            assert re.sub(r"\s", "", text.replace("\\[", "[")) in shown, (command, text)
     # Click's convention: names in capitals, '...' once after a repeatable one ("[INPUT...]..." was shown)
     assert usages["encode"][1:] == usages["roundtrip"][1:] == ["[OPTIONS]", "[INPUT]..."]
     assert usages["decode"][1:] == ["[OPTIONS]", "[CODES]..."]
