@@ -76,10 +76,10 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 
 @pytest.fixture(scope="session", autouse=True)
 def _bytecode_kept(tmp_path_factory) -> None:
-    """The suite starts a thousand or so commands. With PYTHONDONTWRITEBYTECODE set (as in CI's environment),
-    each compiled mimi_cli's modules again: 0.23 s of a 1.2 s `mimi encode` of a short clip. The commands
-    keep their bytecode in the run's temporary folder instead (shared by the xdist workers), never in the
-    source tree that variable keeps clean."""
+    """The suite starts hundreds of commands. With PYTHONDONTWRITEBYTECODE set (the development machine's
+    environment sets it), each compiled mimi_cli's modules again: 0.23 s of a 1.2 s `mimi encode` of a short
+    clip. The commands keep their bytecode in the run's temporary folder instead (shared by the xdist
+    workers), never in the source tree that variable keeps clean."""
     if "PYTHONDONTWRITEBYTECODE" in os.environ and "PYTHONPYCACHEPREFIX" not in os.environ:
         base = tmp_path_factory.getbasetemp()
         os.environ["PYTHONPYCACHEPREFIX"] = str((base.parent if "PYTEST_XDIST_WORKER" in os.environ else base)
