@@ -666,7 +666,9 @@ def _apart(first: Input, entry: Input) -> str:
                 "quote a glob ('*/a.wav'), for outputs that keep the folders apart; or rename one of them")
     if entry.item is None:
         return "rename one of them"
-    if entry.item.kind == "span":
+    if entry.item.kind == "span" and first.item is not None and first.item.kind == "span":
+        if os.path.realpath(first.item.container) != os.path.realpath(entry.item.container):
+            return "their audio files' paths differ only in extensions or '..' parts, which outputs drop: rename one"
         return "the same audio from the same millisecond (a line given twice?): remove the repeat, or split the list"
     if entry.item.kind == "tar" and first.item is not None and first.item.container == entry.item.container:
         return "two members whose names differ only by '/', '.' or '..' parts: rename one of them in the archive"

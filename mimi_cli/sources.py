@@ -34,7 +34,7 @@ import tarfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -169,7 +169,19 @@ def list_manifest(path: Path) -> list[Entry]:
             entry, problem = _manifest_entry(record, name, number, Path.cwd() if lhotse else
                                              _row_base(record, base, clips) if clips else base)
         entries.append(_invalid(name, problem, f"line-{number:06d}") if problem else entry)
-    return entries
+    return _from_shared_folder(entries)
+
+
+def _from_shared_folder(entries: list[Entry]) -> list[Entry]:
+    """Absolute paths mirrored from the deepest folder they share, as relative ones are from the list's
+    folder: ``/data/s1/001.wav`` and ``/data/s2/001.wav`` write ``s1/001.npz`` and ``s2/001.npz`` (one
+    absolute path, or many in one folder: their names alone)."""
+    rooted = [e.relative for e in entries if e.relative.is_absolute()]
+    if not rooted:
+        return entries
+    shared = os.path.commonpath([r.parent for r in rooted])
+    return [replace(e, relative=e.relative.relative_to(shared)) if e.relative.is_absolute() else e
+            for e in entries]
 
 
 LHOTSE_READ = ("MonoCut", "MultiCut", "Recording")  # lhotse's kinds of record that can name one file
@@ -331,12 +343,14 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
                      "download it first"
     if Path(audio).name in ("", ".", ".."):
         return None, f"{name if name == written else f'{name}: {written}'} names a folder, not a file"
-    audio_path = home_expanded(audio)
-    audio_path = audio_path if audio_path.is_absolute() else base / audio_path
+    expanded = home_expanded(audio)
+    audio_path = expanded if expanded.is_absolute() else base / expanded
     own = {"manifest_line": number, "audio_filepath": audio, "offset": offset, "duration": duration}
     carried = {**own, **{k: v for k, v in record.items() if k not in (*MANIFEST_PATH_KEYS, *own)}}
-    parts = [p for p in Path(audio).parts if p not in ("..", "/")]  # mirrored under -o, without ".."
-    relative = Path(*parts[-1:] if Path(audio).is_absolute() else parts)  # an absolute path by its name alone
+    # mirrored under -o: a relative path as written, without ".."; an absolute one whole for now, and
+    # list_manifest takes it from the folder all the list's absolute paths share
+    relative = Path(os.path.normpath(expanded)) if expanded.is_absolute() else \
+        Path(*[p for p in expanded.parts if p != ".."])
     relative = relative if relative.stem in (".", "..") else relative.with_suffix("")  # "..wav" stays itself
     if record.get("offset") is not None or duration is not None:  # one file, several spans: one output each
         relative = relative.with_name(f"{relative.name}_{round(offset * 1000)}ms")

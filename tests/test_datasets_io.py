@@ -45,7 +45,7 @@ def test_manifest_with_offsets_and_bad_lines(tmp_path, weights_file, reference):
               "speaker": 2**70},  # an id beyond 64 bits: Arrow has no such integer, so the column is JSON text
              {"path": str(folder / "whole.wav"), "text": "all of it", "speaker": 7,
               "deep": json.loads("[" * 150 + "]" * 150)},  # deeper than Parquet readers go: JSON text too
-             {"audio_filepath": str(tmp_path / "nowhere.wav"), "text": "missing"},
+             {"audio_filepath": str(folder / "nowhere.wav"), "text": "missing"},
              {"audio_filepath": str(folder / "whole.wav"), "offset": 99.0},
              {"no_audio": True}]
     manifest.write_text("\n".join(map(json.dumps, lines)) + "\n{broken json\n")
@@ -989,6 +989,42 @@ def test_two_items_with_one_output_say_what_to_do(tmp_path, reference):
     shards = run("encode", tmp_path / "a" / "shard.tar", tmp_path / "b" / "shard.tar", "-o", tmp_path / "out")
     assert shards.returncode == 1 and "two containers of the same name: encode them in two runs" in shards.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_absolute_paths_in_a_list_mirror_the_folder_they_share(tmp_path, weights_file, reference):
+    """A manifest's absolute paths were mirrored by their names alone, so a NeMo manifest of speakers' folders
+    (/data/s1/001.wav, /data/s2/001.wav) could not be encoded with -o at all, and was told "the same audio
+    from the same millisecond (a line given twice?)". They are mirrored from the folder they share now, as
+    relative paths are from the list's; names that differ only in their extensions are said to."""
+    folder, codes = reference
+    corpus = tmp_path / "corpus"
+    for speaker, clip in (("s1", "one"), ("s2", "two")):
+        (corpus / speaker).mkdir(parents=True)
+        (corpus / speaker / "001.wav").write_bytes((folder / f"{clip}.wav").read_bytes())
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.jsonl").write_text("".join(json.dumps({"audio_filepath": str(corpus / s / "001.wav")}) + "\n"
+                                               for s in ("s1", "s2")))
+    encoded = run("encode", lists / "train.jsonl", "-o", tmp_path / "codes", weights=weights_file)
+    assert encoded.returncode == 0, encoded.stderr
+    for speaker, clip in (("s1", "one"), ("s2", "two")):
+        np.testing.assert_array_equal(CodesFile.load(tmp_path / "codes" / speaker / "001.npz").codes, codes[clip])
+    (lists / "codes.txt").write_text("".join(f"{tmp_path / 'codes' / s / '001.npz'}\n" for s in ("s1", "s2")))
+    decoded = run("decode", "--inputs-from", lists / "codes.txt", "-o", tmp_path / "audio", weights=weights_file)
+    assert decoded.returncode == 0, decoded.stderr
+    assert sorted(p.relative_to(tmp_path / "audio").as_posix() for p in (tmp_path / "audio").rglob("*.wav")) == [
+        "s1/001.wav", "s2/001.wav"]
+    (lists / "one.txt").write_text(f"{corpus / 's2' / '001.wav'}\n")  # one absolute path: its name alone
+    assert run("encode", "--inputs-from", lists / "one.txt", "-o", tmp_path / "single",
+               weights=weights_file).returncode == 0
+    assert [p.name for p in (tmp_path / "single").iterdir()] == ["001.npz"]
+
+    sf.write(corpus / "s1" / "001.flac", sf.read(corpus / "s1" / "001.wav")[0], 24000)
+    (lists / "both.txt").write_text(f"{corpus / 's1' / '001.wav'}\n{corpus / 's1' / '001.flac'}\n")
+    both = run("encode", "--inputs-from", lists / "both.txt", "-o", tmp_path / "both")
+    assert both.returncode == 1 and "001.flac would both write" in both.stderr and "given twice" not in both.stderr
+    assert "paths differ only in extensions or '..' parts, which outputs drop: rename one" in both.stderr
+    assert not (tmp_path / "both").exists()
 
 
 def test_a_sample_with_several_audio_fields_writes_one_output_per_field(tmp_path, weights_file, reference):
