@@ -994,8 +994,9 @@ def test_two_items_with_one_output_say_what_to_do(tmp_path, reference):
 def test_absolute_paths_in_a_list_mirror_the_folder_they_share(tmp_path, weights_file, reference):
     """A manifest's absolute paths were mirrored by their names alone, so a NeMo manifest of speakers' folders
     (/data/s1/001.wav, /data/s2/001.wav) could not be encoded with -o at all, and was told "the same audio
-    from the same millisecond (a line given twice?)". They are mirrored from the folder they share now, as
-    relative paths are from the list's; names that differ only in their extensions are said to."""
+    from the same millisecond (a line given twice?)"; a ~ path made a folder named ~. They are mirrored from
+    the folder they share now, as relative paths are from the list's; names that differ only in their
+    extensions are said to."""
     folder, codes = reference
     corpus = tmp_path / "corpus"
     for speaker, clip in (("s1", "one"), ("s2", "two")):
@@ -1003,9 +1004,10 @@ def test_absolute_paths_in_a_list_mirror_the_folder_they_share(tmp_path, weights
         (corpus / speaker / "001.wav").write_bytes((folder / f"{clip}.wav").read_bytes())
     lists = tmp_path / "lists"
     lists.mkdir()
-    (lists / "train.jsonl").write_text("".join(json.dumps({"audio_filepath": str(corpus / s / "001.wav")}) + "\n"
-                                               for s in ("s1", "s2")))
-    encoded = run("encode", lists / "train.jsonl", "-o", tmp_path / "codes", weights=weights_file)
+    (lists / "train.jsonl").write_text(json.dumps({"audio_filepath": str(corpus / "s1" / "001.wav")}) + "\n" +
+                                       json.dumps({"audio_filepath": "~/s2/001.wav"}) + "\n")  # (made a folder ~)
+    encoded = run("encode", lists / "train.jsonl", "-o", tmp_path / "codes", weights=weights_file,
+                  env_extra={"HOME": str(corpus)})
     assert encoded.returncode == 0, encoded.stderr
     for speaker, clip in (("s1", "one"), ("s2", "two")):
         np.testing.assert_array_equal(CodesFile.load(tmp_path / "codes" / speaker / "001.npz").codes, codes[clip])
