@@ -34,7 +34,7 @@ import tarfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -176,12 +176,15 @@ def _from_shared_folder(entries: list[Entry]) -> list[Entry]:
     """Absolute paths mirrored from the deepest folder they share, as relative ones are from the list's
     folder: ``/data/s1/001.wav`` and ``/data/s2/001.wav`` write ``s1/001.npz`` and ``s2/001.npz`` (one
     absolute path, or many in one folder: their names alone)."""
-    rooted = [e.relative for e in entries if e.relative.is_absolute()]
+    rooted = {i: str(e.relative) for i, e in enumerate(entries) if e.relative.is_absolute()}
     if not rooted:
         return entries
-    shared = os.path.commonpath([r.parent for r in rooted])
-    return [replace(e, relative=e.relative.relative_to(shared)) if e.relative.is_absolute() else e
-            for e in entries]
+    # The longest prefix all folders share (each with its "/") is that of the first and last in sorted order;
+    # cut back to its last "/", it is their deepest shared folder. (Strings: a million Paths took seconds.)
+    folders = [name[: name.rfind("/") + 1] for name in rooted.values()]
+    shared = os.path.commonprefix([min(folders), max(folders)])
+    cut = shared.rfind("/") + 1
+    return [Entry(e.name, e.item, Path(rooted[i][cut:])) if i in rooted else e for i, e in enumerate(entries)]
 
 
 LHOTSE_READ = ("MonoCut", "MultiCut", "Recording")  # lhotse's kinds of record that can name one file
@@ -349,8 +352,8 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
     carried = {**own, **{k: v for k, v in record.items() if k not in (*MANIFEST_PATH_KEYS, *own)}}
     # mirrored under -o: a relative path as written, without ".."; an absolute one whole for now, and
     # list_manifest takes it from the folder all the list's absolute paths share
-    relative = Path(os.path.normpath(expanded)) if expanded.is_absolute() else \
-        Path(*[p for p in expanded.parts if p != ".."])
+    relative = Path("/" + os.path.normpath(expanded).lstrip("/")) if expanded.is_absolute() else \
+        Path(*[p for p in expanded.parts if p != ".."])  # (normpath keeps POSIX's "//" at the start)
     relative = relative if relative.stem in (".", "..") else relative.with_suffix("")  # "..wav" stays itself
     if record.get("offset") is not None or duration is not None:  # one file, several spans: one output each
         relative = relative.with_name(f"{relative.name}_{round(offset * 1000)}ms")

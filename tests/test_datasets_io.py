@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -1027,6 +1028,22 @@ def test_absolute_paths_in_a_list_mirror_the_folder_they_share(tmp_path, weights
     assert both.returncode == 1 and "001.flac would both write" in both.stderr and "given twice" not in both.stderr
     assert "paths differ only in extensions or '..' parts, which outputs drop: rename one" in both.stderr
     assert not (tmp_path / "both").exists()
+
+
+def test_the_shared_folder_is_a_folder_every_absolute_path_is_in(tmp_path):
+    """The shared folder is found from the sorted first and last folders (a million Paths took seconds):
+    checked against os.path.commonpath over every path, with names that sort between a folder and its
+    sub-folders ('spk1-b' lies between 'spk1' and 'spk1/x'), POSIX's leading '//', and a relative line."""
+    from mimi_cli.sources import list_manifest
+
+    paths = ["/data/spk1/a.wav", "/data/spk1-b/c.wav", "/data/spk1/x/d.wav", "//data/spk1/e.wav", "rel/f.wav"]
+    (tmp_path / "list.txt").write_text("".join(p + "\n" for p in paths))
+    made = [str(e.relative) for e in list_manifest(tmp_path / "list.txt")]
+    rooted = [os.path.normpath("/" + p.lstrip("/")) for p in paths if p.startswith("/")]
+    shared = os.path.commonpath([os.path.dirname(p) for p in rooted])
+    assert shared == "/data" and made == [os.path.relpath(p, shared).removesuffix(".wav") for p in rooted] + ["rel/f"]
+    (tmp_path / "one.txt").write_text("/data/spk1/a.wav\n/data/spk1/b.wav\n")
+    assert [str(e.relative) for e in list_manifest(tmp_path / "one.txt")] == ["a", "b"]
 
 
 def test_a_sample_with_several_audio_fields_writes_one_output_per_field(tmp_path, weights_file, reference):
