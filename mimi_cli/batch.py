@@ -231,6 +231,7 @@ def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["e
                            on_skip=left_out.append, on_empty=empty.append)
     found = expand_containers(found, column or ("audio" if kind == "encode" else "codes"), holds_items)
     found += [entry for m in manifests for entry in listed_inputs(home_expanded(m), kind, column)]
+    found = from_shared_folder(found)
     if not found:
         given = ", ".join("standard input" if p == STDIN else p for p in (*names, *manifests))
         folders = any(is_folder(p) for p in paths)
@@ -550,6 +551,21 @@ def expand_containers(found: list[Input], column: str, expands: Callable[[Path],
     return expanded
 
 
+def from_shared_folder(found: list[Input]) -> list[Input]:
+    """The items lists name by absolute paths, mirrored under -o from the deepest folder those paths share
+    (over every list of the run), as relative paths are from their list's folder: ``/data/s1/001.wav`` and
+    ``/data/s2/001.wav`` write ``s1/001.npz`` and ``s2/001.npz``; one path, or many in one folder, by name."""
+    rooted = {i: str(e.relative) for i, e in enumerate(found) if e.relative is not None and e.relative.is_absolute()}
+    if not rooted:
+        return found
+    # The longest prefix all folders share (each with its "/") is that of the first and last in sorted order;
+    # cut back to its last "/", it is their deepest shared folder. (Strings: a million Paths took seconds.)
+    folders = [name[: name.rfind("/") + 1] for name in rooted.values()]
+    shared = os.path.commonprefix([min(folders), max(folders)])
+    cut = shared.rfind("/") + 1
+    return [Input(e.path, e.base, e.item, Path(rooted[i][cut:])) if i in rooted else e for i, e in enumerate(found)]
+
+
 def listed_inputs(manifest: Path, kind: str, column: str | None) -> list[Input]:
     """The inputs an --inputs-from list names: for encode, each line an item (a span of an audio file); for
     decode, the codes file (or table of codes) each line names, decoded whole. Outputs under -o mirror the
@@ -667,9 +683,12 @@ def _apart(first: Input, entry: Input) -> str:
     if entry.item is None:
         return "rename one of them"
     if entry.item.kind == "span" and first.item is not None and first.item.kind == "span":
-        if os.path.realpath(first.item.container) != os.path.realpath(entry.item.container):
-            return "their audio files' paths differ only in extensions or '..' parts, which outputs drop: rename one"
-        return "the same audio from the same millisecond (a line given twice?): remove the repeat, or split the list"
+        if os.path.realpath(first.item.container) == os.path.realpath(entry.item.container):
+            return ("the same audio from the same millisecond (a line given twice?): remove the repeat, or split "
+                    "the list")
+        if first.base != entry.base:  # (relative paths are mirrored from each list's own folder)
+            return f"lines of lists in {first.base} and {entry.base}: encode the lists in two runs, with two -o folders"
+        return "their audio files' paths differ only in extensions or '..' parts, which outputs drop: rename one"
     if entry.item.kind == "tar" and first.item is not None and first.item.container == entry.item.container:
         return "two members whose names differ only by '/', '.' or '..' parts: rename one of them in the archive"
     return "two containers of the same name: encode them in two runs, with two -o folders"

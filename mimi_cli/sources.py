@@ -169,22 +169,7 @@ def list_manifest(path: Path) -> list[Entry]:
             entry, problem = _manifest_entry(record, name, number, Path.cwd() if lhotse else
                                              _row_base(record, base, clips) if clips else base)
         entries.append(_invalid(name, problem, f"line-{number:06d}") if problem else entry)
-    return _from_shared_folder(entries)
-
-
-def _from_shared_folder(entries: list[Entry]) -> list[Entry]:
-    """Absolute paths mirrored from the deepest folder they share, as relative ones are from the list's
-    folder: ``/data/s1/001.wav`` and ``/data/s2/001.wav`` write ``s1/001.npz`` and ``s2/001.npz`` (one
-    absolute path, or many in one folder: their names alone)."""
-    rooted = {i: str(e.relative) for i, e in enumerate(entries) if e.relative.is_absolute()}
-    if not rooted:
-        return entries
-    # The longest prefix all folders share (each with its "/") is that of the first and last in sorted order;
-    # cut back to its last "/", it is their deepest shared folder. (Strings: a million Paths took seconds.)
-    folders = [name[: name.rfind("/") + 1] for name in rooted.values()]
-    shared = os.path.commonprefix([min(folders), max(folders)])
-    cut = shared.rfind("/") + 1
-    return [Entry(e.name, e.item, Path(rooted[i][cut:])) if i in rooted else e for i, e in enumerate(entries)]
+    return entries
 
 
 LHOTSE_READ = ("MonoCut", "MultiCut", "Recording")  # lhotse's kinds of record that can name one file
@@ -350,8 +335,8 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
     audio_path = expanded if expanded.is_absolute() else base / expanded
     own = {"manifest_line": number, "audio_filepath": audio, "offset": offset, "duration": duration}
     carried = {**own, **{k: v for k, v in record.items() if k not in (*MANIFEST_PATH_KEYS, *own)}}
-    # mirrored under -o: a relative path as written, without ".."; an absolute one whole for now, and
-    # list_manifest takes it from the folder all the list's absolute paths share
+    # mirrored under -o: a relative path as written, without ".."; an absolute one whole for now (the run
+    # takes it from the folder all its absolute paths share: batch.from_shared_folder)
     relative = Path("/" + os.path.normpath(expanded).lstrip("/")) if expanded.is_absolute() else \
         Path(*[p for p in expanded.parts if p != ".."])  # (normpath keeps POSIX's "//" at the start)
     relative = relative if relative.stem in (".", "..") else relative.with_suffix("")  # "..wav" stays itself

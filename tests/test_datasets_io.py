@@ -1028,22 +1028,38 @@ def test_absolute_paths_in_a_list_mirror_the_folder_they_share(tmp_path, weights
     assert both.returncode == 1 and "001.flac would both write" in both.stderr and "given twice" not in both.stderr
     assert "paths differ only in extensions or '..' parts, which outputs drop: rename one" in both.stderr
     assert not (tmp_path / "both").exists()
+    for part, clip in (("A", "one"), ("B", "two")):  # two lists, each naming its own folder's x.wav
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "x.wav").write_bytes((folder / f"{clip}.wav").read_bytes())
+        (tmp_path / part / "list.txt").write_text("x.wav\n")
+    two = run("encode", "--inputs-from", tmp_path / "A" / "list.txt", "--inputs-from", tmp_path / "B" / "list.txt",
+              "-o", tmp_path / "two")
+    assert two.returncode == 1 and f"lines of lists in {tmp_path / 'A'} and {tmp_path / 'B'}: encode the lists in " \
+        "two runs, with two -o folders" in two.stderr, two.stderr
 
 
 def test_the_shared_folder_is_a_folder_every_absolute_path_is_in(tmp_path):
     """The shared folder is found from the sorted first and last folders (a million Paths took seconds):
     checked against os.path.commonpath over every path, with names that sort between a folder and its
-    sub-folders ('spk1-b' lies between 'spk1' and 'spk1/x'), POSIX's leading '//', and a relative line."""
-    from mimi_cli.sources import list_manifest
+    sub-folders ('spk1-b' lies between 'spk1' and 'spk1/x'), POSIX's leading '//', and a relative line. It is
+    the folder of every list of the run: a NeMo train and dev manifest (/data/train/…, /data/dev/…) of the same
+    speakers wrote each speaker's files of both to one place."""
+    from mimi_cli.batch import find_inputs
+
+    def relatives(*lists):
+        return [str(e.relative) for e in find_inputs([], [str(tmp_path / name) for name in lists], "encode")[0]]
 
     paths = ["/data/spk1/a.wav", "/data/spk1-b/c.wav", "/data/spk1/x/d.wav", "//data/spk1/e.wav", "rel/f.wav"]
     (tmp_path / "list.txt").write_text("".join(p + "\n" for p in paths))
-    made = [str(e.relative) for e in list_manifest(tmp_path / "list.txt")]
     rooted = [os.path.normpath("/" + p.lstrip("/")) for p in paths if p.startswith("/")]
     shared = os.path.commonpath([os.path.dirname(p) for p in rooted])
-    assert shared == "/data" and made == [os.path.relpath(p, shared).removesuffix(".wav") for p in rooted] + ["rel/f"]
+    assert shared == "/data"
+    assert relatives("list.txt") == [os.path.relpath(p, shared).removesuffix(".wav") for p in rooted] + ["rel/f"]
     (tmp_path / "one.txt").write_text("/data/spk1/a.wav\n/data/spk1/b.wav\n")
-    assert [str(e.relative) for e in list_manifest(tmp_path / "one.txt")] == ["a", "b"]
+    assert relatives("one.txt") == ["a", "b"]
+    (tmp_path / "train.txt").write_text("/data/train/spk1/a.wav\n/data/train/spk2/a.wav\n")
+    (tmp_path / "dev.txt").write_text("/data/dev/spk1/a.wav\n")
+    assert relatives("train.txt", "dev.txt") == ["train/spk1/a", "train/spk2/a", "dev/spk1/a"]
 
 
 def test_a_sample_with_several_audio_fields_writes_one_output_per_field(tmp_path, weights_file, reference):
