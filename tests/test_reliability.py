@@ -1200,6 +1200,18 @@ def test_a_name_the_system_cannot_encode_is_said_for_what_it_is():
     assert unnamable(UnicodeEncodeError("latin-1" if encoding != "latin-1" else "ascii", "\u6771", 0, 1, "")) is None
 
 
+def test_a_name_that_is_not_utf8_is_shown_with_its_bytes(tmp_path):
+    """A Latin-1 name's é was shown as Python holds it, ``caf\\udce9``; it is shown as its byte now, ``caf\\xe9``,
+    as Parquet holds it and as a user can find it (``printf 'caf\\xe9'``); control characters stay escaped."""
+    from mimi_cli.errors import printable
+
+    missing = tmp_path / os.fsdecode(b"caf\xe9\x07.npz")
+    result = run("decode", missing)
+    one_line_error(result, "caf\\xe9\\x07.npz does not exist")
+    assert "udce9" not in result.stderr
+    assert printable("\ud800 \udc7f \udc80 \udcff") == "\\ud800 \\udc7f \\x80 \\xff"  # only the bytes 0x80–0xff
+
+
 def test_the_weights_id_computed_beside_the_work_reaches_its_caller(weights_file, tmp_path, monkeypatch):
     """load_model hashes the weights on a thread of its own (pipeline.Background): its value, or its error,
     reaches whoever asks for it, in that caller's thread; with no thread to be had (ulimit -u), at once."""
