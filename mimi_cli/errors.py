@@ -92,8 +92,15 @@ def printable(text: str) -> str:
     """``text`` with control characters (terminal escape sequences, say) shown as ``\\xNN``, and line breaks
     as ``\\n``, not sent raw: a message stays one line whatever a file's name holds. A name's byte that is not
     UTF-8 (Python holds it as a surrogate, U+DC80–U+DCFF) is that byte, ``caf\\xe9.wav``, as Parquet shows it."""
-    return "".join(c if c.isprintable() or c == "\t" else f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff"
-                   else repr(c)[1:-1] for c in text)
+    return "".join(map(_visible, text))
+
+
+def _visible(c: str) -> str:
+    if c.isprintable() or c == "\t":
+        return c
+    if "\udc80" <= c <= "\udcff":  # a byte of a name, held as a surrogate
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    return repr(c)[1:-1]
 
 
 def physical_memory() -> int:
