@@ -126,7 +126,7 @@ def open_checked(source: Path | bytes, header: Header, name: Target):
     chatter = CaughtStderr() if header.mp3 else None  # mpg123 prints on stderr itself (mimi_cli/c_stderr.py)
     try:
         with chatter.caught() if chatter else contextlib.nullcontext():
-            f = SoundFile(fresh())
+            f = SoundFile(native(source) if isinstance(source, Path) else fresh())  # a name as its bytes
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         if chatter:
             chatter.close()

@@ -1212,6 +1212,28 @@ def test_a_name_that_is_not_utf8_is_shown_with_its_bytes(tmp_path):
     assert printable("\ud800 \udc7f \udc80 \udcff") == "\\ud800 \\udc7f \\x80 \\xff"  # only the bytes 0x80–0xff
 
 
+def test_a_name_that_is_not_utf8_is_read_by_libsndfile_as_any_other(clip, tmp_path):
+    """libsndfile was given such a name as a str, which it encodes as UTF-8 and cannot: every such file went
+    to FFmpeg (another decoder, so an MP3's samples could differ from the same file's under another name; none
+    at all without the ffmpeg extra), and a damaged one was said to be "'utf-8' codec can't encode character
+    '\\udcf6'" instead of what is wrong with it."""
+    from mimi_cli.audio import LibsndfileAudio, open_audio
+
+    plain, odd = tmp_path / "plain.flac", tmp_path / os.fsdecode(b"br\xf6t.flac")
+    sf.write(plain, sf.read(clip)[0], 24000)
+    shutil.copyfile(plain, odd)
+    readers = [open_audio(path) for path in (plain, odd)]
+    assert all(isinstance(r, LibsndfileAudio) for r in readers)
+    np.testing.assert_array_equal(*(r.read(r.frames) for r in readers))
+    for r in readers:
+        r.close()
+    cut = plain.read_bytes()[:500]
+    (tmp_path / "cut.flac").write_bytes(cut)
+    odd.write_bytes(cut)
+    said = [one_line_error(run("encode", path), "cannot read") for path in (tmp_path / "cut.flac", odd)]
+    assert "codec can't encode" not in said[1] and said[1].split("(", 1)[1] == said[0].split("(", 1)[1], said
+
+
 def test_the_weights_id_computed_beside_the_work_reaches_its_caller(weights_file, tmp_path, monkeypatch):
     """load_model hashes the weights on a thread of its own (pipeline.Background): its value, or its error,
     reaches whoever asks for it, in that caller's thread; with no thread to be had (ulimit -u), at once."""
