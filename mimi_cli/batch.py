@@ -45,7 +45,7 @@ from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, c
                              file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path,
                              missing, names_folder, output_exists, remove_temporaries, stdout_closed, url)
 from mimi_cli.models import BASE_BYTES, CODECS, codec_spec
-from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, skipped
+from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, no_report, made_otherwise, skipped
 from mimi_cli.plot import PLOT_SUFFIXES
 from mimi_cli.sources import Item, arrow_file, is_container, is_table, known_keys, list_items
 from mimi_cli.weights import resolve_weights, weights_files, weights_id
@@ -119,8 +119,10 @@ class Plan:
 # ----------------------------------------------------------------------------- planning
 
 
-def plan(job: Job) -> Plan:
-    """Resolve inputs and outputs and check every output before any work (see :func:`mimi_cli.fileio.check_output`)."""
+def plan(job: Job, report: Report = no_report) -> Plan:
+    """Resolve inputs and outputs and check every output before any work (see :func:`mimi_cli.fileio.check_output`).
+    ``report(stage, done, total)`` says what planning is doing, for a display: a list of a million lines takes
+    minutes to plan, and reading back every existing output before a resume a millisecond an output."""
     s = job.settings
     if job.engine not in ("local", "ray"):
         raise MimiError(f"--engine takes local or ray, not {job.engine!r}")
@@ -148,6 +150,7 @@ def plan(job: Job) -> Plan:
         raise MimiError(f"{pipes[0]} is a pipe, with no folder to write beside it; give -o: a file,{folder} "
                         "or - for standard output")
     _read_here(job.inputs, job.jobs, job.engine)
+    report("Listing inputs", 0, None)
     suffix, beside = (".npz", ".npz") if s.kind == "encode" else (".wav", ".decoded.wav")
     found, left_out, one_file = find_inputs(job.inputs, job.manifests, s.kind, job.recursive, job.column)
     items = any(entry.item is not None for entry in found)
@@ -168,10 +171,11 @@ def plan(job: Job) -> Plan:
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items
     check_name = functools.partial(_check_codes_name, codec=s.codec) if s.kind == "encode" else _check_audio_name
+    report("Checking outputs", 0, None)
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind,
                        check_name)
     if job.skip_existing:
-        tasks = _resumable(tasks, s, inputs)
+        tasks = _resumable(tasks, s, inputs, report)
     for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
         if is_stdout(extra):
             _check_extra_to_stdout(label, tasks)
@@ -609,7 +613,7 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
     ``skip_existing``), in that order: -f would not mend the ones before.
     """
     input_ids = file_ids(e.path for e in inputs) if input_ids is None else input_ids
-    tasks, owners, existing = [], {}, []
+    tasks, owners, existing, folders = [], {}, [], {}
     for entry in inputs:
         if entry.item is not None and entry.item.kind == "invalid" and entry.relative is None:
             tasks.append(Task(entry.path, None, item=entry.item))  # a folder that could not be listed: no output
@@ -632,7 +636,7 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
         skip = skip_existing and output_exists(target)
         if not skip:
             try:
-                check_output(target, force, input_ids, create_parents=not output_is_file)
+                check_output(target, force, input_ids, create_parents=not output_is_file, folders=folders)
             except OutputExistsError:
                 existing.append(target)
         tasks.append(Task(entry.path, target, skip, entry.item))
@@ -648,14 +652,16 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
     return tasks
 
 
-def _resumable(tasks: list[Task], s: Settings, input_ids: set) -> list[Task]:
+def _resumable(tasks: list[Task], s: Settings, input_ids: set, report: Report = no_report) -> list[Task]:
     """--skip-existing skips an existing output only if this run would write the same kind of output there
     (:func:`mimi_cli.pipeline.made_otherwise`): a run resumed with another codec, -n, --channels or weights
     (or --sample-rate) would otherwise leave a corpus of mixed codes (or audio). With -f the others are done
     again; without, nothing is."""
     run_weights_id = functools.cache(lambda: weights_id(resolve_weights(s.weights, codec_spec(s.codec))))
-    resumed, differ = [], []
+    resumed, differ, existing = [], [], sum(task.skip for task in tasks)
     for task in tasks:
+        if task.skip:
+            report("Reading back existing outputs", len(resumed), existing)
         problem = task.skip and made_otherwise(task, s, run_weights_id)
         if problem and s.replace:
             check_output(task.output, True, input_ids)  # a regular file, not an input: the usual -f rules

@@ -207,6 +207,31 @@ class _Messages:
 
             yield report
 
+    @contextlib.contextmanager
+    def planning(self, after: float = 0.5) -> Iterator:
+        """A spinner while a run is planned (its inputs listed, its outputs checked and, to resume, read back),
+        with a count once there is one; shown only ``after`` seconds, so a single file's run shows none.
+        Yields ``report(stage, done, total_or_None)``."""
+        if self.quiet or not err.is_terminal:
+            yield lambda stage, done=0, total=None: None
+            return
+        import threading
+
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
+        bar = Progress(SpinnerColumn(), TextColumn("{task.description}…"), BarColumn(), TextColumn("{task.fields[n]}"),
+                       console=err, transient=True)
+        task = bar.add_task("Planning", total=None, n="")
+        later = threading.Timer(after, bar.start)
+        later.start()
+        try:
+            yield lambda stage, done=0, total=None: bar.update(task, description=stage, completed=done, total=total,
+                                                                n=f"{done:,}/{total:,}" if total else "")
+        finally:
+            later.cancel()
+            later.join()  # (one that has fired has started the bar, which stops now)
+            bar.stop()
+
     def status(self, message: str):
         return err.status(message) if err.is_terminal and not self.quiet else contextlib.nullcontext()
 
@@ -487,8 +512,8 @@ def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existi
         _fail("--stream works with the local engine only (Ray reads each file whole)", code=2)
     job = batch.Job(settings, tuple(map(str, inputs)), output, recursive, jobs, engine, threads, skip_existing,
                     manifest, parquet, column, tuple(map(str, inputs_from)))
-    with _user_errors():
-        plan = batch.plan(job)
+    with _user_errors(), say.planning() as report:
+        plan = batch.plan(job, report)
     for note in plan.notes:
         say.note(f"note: {note}")
     if plan.single:
@@ -605,11 +630,11 @@ def roundtrip(
     from mimi_cli.pipeline import Settings, Worker, roundtrip_mean
 
     settings = Settings("roundtrip", weights, codec, settings_codebooks, stream, replace=force, channels=channels)
-    with _user_errors():
+    with _user_errors(), say.planning() as report:
         from mimi_cli.batch import Job, execute, plan
 
         planned = plan(Job(settings, tuple(inputs or ()), output, recursive, jobs, threads=threads,
-                           column=audio_column, manifests=tuple(inputs_from or ()), plot=plot))
+                           column=audio_column, manifests=tuple(inputs_from or ()), plot=plot), report)
     if not planned.single:
         for note in planned.notes:
             say.note(f"note: {note}")

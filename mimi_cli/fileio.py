@@ -382,12 +382,14 @@ def _refuse_other_kinds(path: Path, st: os.stat_result, to_stdout: bool = True) 
 
 
 def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = frozenset(),
-                 create_parents: bool = False, to_stdout: bool = True) -> None:
+                 create_parents: bool = False, to_stdout: bool = True, folders: dict | None = None) -> None:
     """Refuse, before any work, an output that cannot or must not be written (see the module docstring).
 
     ``inputs`` are :func:`file_ids` of the run's inputs; ``replace`` is -f/--force;
     with ``create_parents`` a missing folder is fine if it can be made; ``to_stdout``: the command can write
-    to standard output instead (not ``mimi convert``), which a refusal of a pipe then suggests.
+    to standard output instead (not ``mimi convert``), which a refusal of a pipe then suggests; ``folders``:
+    what :func:`_folder_problem` found of each folder, kept by the caller over one plan's outputs (a list of a
+    million files in a few folders checked each folder a million times).
     """
     path = as_target(path)
     if is_stdout(path):
@@ -411,22 +413,31 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
         if _someone_elses_in_a_sticky_folder(path, st):
             raise cannot_write(path, "it is another user's file in a folder where only a file's owner may replace "
                                      "it (sticky, as /tmp is); choose another output")
-    folder = path.parent
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing != folder and not create_parents:
-        raise cannot_write(path, f"folder {folder} does not exist; create it first or choose another output")
-    if not existing.is_dir():
-        raise cannot_write(path, f"{existing} is not a folder")
-    if _read_only(existing):
-        raise cannot_write(path, OSError(errno.EROFS, os.strerror(errno.EROFS)))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise cannot_write(path, OSError(errno.EACCES, os.strerror(errno.EACCES)))
-    limit = _name_max(existing)
+    folders = {} if folders is None else folders
+    key = (path.parent, create_parents)
+    if key not in folders:
+        folders[key] = _folder_problem(path.parent, create_parents)
+    problem, limit = folders[key]
+    if problem is not None:
+        raise cannot_write(path, problem)
     if len(os.fsencode(path.name)) > limit:
         raise cannot_write(path, f"the name is {len(os.fsencode(path.name))} bytes long, and this file system "
                                  f"allows {limit}; choose a shorter name")
+
+
+def _folder_problem(folder: Path, create_parents: bool) -> tuple[str | OSError | None, int]:
+    """Why no file can be written in ``folder`` (or in the folders to be made, with ``create_parents``), or
+    None; and the longest file name its file system allows."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = (f"folder {folder} does not exist; create it first or choose another output"
+               if existing != folder and not create_parents else
+               f"{existing} is not a folder" if not existing.is_dir() else
+               OSError(errno.EROFS, os.strerror(errno.EROFS)) if _read_only(existing) else
+               OSError(errno.EACCES, os.strerror(errno.EACCES)) if not os.access(existing, os.W_OK | os.X_OK)
+               else None)
+    return problem, _name_max(existing)
 
 
 def _someone_elses_in_a_sticky_folder(path: Path, st: os.stat_result) -> bool:
@@ -444,8 +455,10 @@ def fitted(path: Path, base: Path) -> Path:
     fit: its start, ``~``, 12 hex digits of its hash, and (the file's) its suffix. A run's outputs named from
     tar members, manifest lines or long file names fit, rather than a run refused for one of them; the same
     name always gives the same shortened one, so a resumed run finds its outputs."""
+    if max(map(len, os.fsencode(path).split(b"/"))) <= 143:  # what every file system allows (eCryptfs: 143)
+        return path  # (said of every part, as bytes: quicker than Path.relative_to, once per output of a run)
     parts = path.relative_to(base).parts
-    if all(len(os.fsencode(part)) <= 143 for part in parts):  # what every file system allows (eCryptfs: 143)
+    if all(len(os.fsencode(part)) <= 143 for part in parts):  # a long part above base
         return path
     existing = base
     while not existing.exists() and existing != existing.parent:

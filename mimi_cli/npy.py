@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import lzma
 import math
@@ -89,14 +90,22 @@ def read_header(f, size: int, shown: str) -> tuple[tuple[int, ...], bool, np.dty
         if len(field) < VERSIONS[version] or length > min(MAX_HEADER_BYTES, size - 8 - len(field)):
             raise InvalidArrayError(f"{shown}: its .npy header declares {length:,} bytes of itself, more than the "
                                     f"file holds or NumPy reads ({MAX_HEADER_BYTES:,}); the file is damaged")
-        parse = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        return parse(io.BytesIO(field + f.read(length)))
+        return _parsed_header(version, field + f.read(length))
     except InvalidArrayError:
         raise
     # NumPy parses the header's text as a Python literal: a damaged one can raise the tokenizer's errors too
     except (*DATA_ERRORS, SyntaxError, tokenize.TokenError) as exc:
         raise InvalidArrayError(f"{shown} is not a readable .npy array ({type(exc).__name__}: "
                                 f"{first_line(exc, 160)})") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_header(version: tuple[int, int], header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """NumPy's reading of a header (its length field and text), kept: NumPy parses the text as a Python
+    literal, a compile each time, and a run that checks a corpus's codes files before resuming it (see
+    mimi_cli.pipeline.made_otherwise) reads a dozen headers a file, most alike. What raises is not kept."""
+    parse = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return parse(io.BytesIO(header))
 
 
 def _read_array(f, size: int, shown: str, max_bytes: int, read, kinds: str | None = NUMERIC_KINDS) -> np.ndarray:

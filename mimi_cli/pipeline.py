@@ -272,7 +272,7 @@ Status = Literal["done", "skipped", "failed", "not run"]
 Report = Callable[[str, float, "float | None"], None]  # (stage, seconds of audio done, total or None)
 
 
-def _no_report(stage: str, done: float = 0.0, total: float | None = None) -> None:
+def no_report(stage: str, done: float = 0.0, total: float | None = None) -> None:
     pass
 
 
@@ -392,7 +392,7 @@ class Models:
         self.weights = weights
         self._loaded: dict[str, LoadedModel | WeightsError] = {}
 
-    def get(self, codec: str, report: Report = _no_report) -> LoadedModel:
+    def get(self, codec: str, report: Report = no_report) -> LoadedModel:
         if codec not in self._loaded:
             report("Loading weights", 0.0, None)
             try:
@@ -424,7 +424,7 @@ def conversion_notes(channels: int, rate: int, target_rate: int, mode: Channels 
     return notes + ([f"resampled from {rate} Hz to {target_rate} Hz"] if rate != target_rate else [])
 
 
-def encode_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
+def encode_file(task: Task, settings: Settings, models: Models, report: Report = no_report) -> FileResult:
     """Read, check, encode and write one audio file's codes."""
     with open_input(task) as f:  # opened once (its header walked once): --stream reads it as it encodes
         rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
@@ -463,7 +463,7 @@ def read_codes(name: Path, item: Item | None, codec: str | None) -> CodesFile:
     return load_codes(name, codec) if item is None else row_codes(item, str(name), codec or DEFAULT_CODEC)
 
 
-def decode_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
+def decode_file(task: Task, settings: Settings, models: Models, report: Report = no_report) -> FileResult:
     """Read and check one codes file, decode it and write the audio."""
     codes = read_codes(task.input, task.item, settings.codec)
     if settings.num_codebooks is not None:
@@ -524,7 +524,7 @@ class Worker:
             name = str(task.input)  # an item is read from its container, never by its name (which may be "-")
             with readable(task.input) if task.item is None else nullcontext(Readable(Path(name), name)) as source:
                 read = dataclasses.replace(task, input=source.path)
-                result = step(read, self.settings, self.models, report or _no_report)
+                result = step(read, self.settings, self.models, report or no_report)
                 result.input, result.warnings = name, [source.named(w) for w in result.warnings]
                 if result.metrics is not None:
                     result.metrics["input"] = name
@@ -662,7 +662,7 @@ def _options_differ(made: re.Match, settings: Settings) -> list[str]:
             if (option in given) != on and (option != "--stream" or stream_differs)]
 
 
-def roundtrip_file(task: Task, settings: Settings, models: Models, report: Report = _no_report) -> FileResult:
+def roundtrip_file(task: Task, settings: Settings, models: Models, report: Report = no_report) -> FileResult:
     """Encode then decode one file (or item) in memory; metrics (``null`` where undefined) in ``result.metrics``;
     the decoded audio to ``task.output`` and the spectrograms to ``task.plot`` where given.
 

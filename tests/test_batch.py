@@ -356,6 +356,15 @@ def test_existing_outputs_resume_with_skip_existing(corpus, weights_file, tmp_pa
     assert (out / "a.npz").exists() and kept.stat().st_mtime_ns == before
     statuses = [json.loads(line)["status"] for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert statuses == ["done", "skipped", "skipped", "skipped"]
+    # what planning does, said as it goes (a display shows it: minutes for a corpus of a million)
+    from mimi_cli.batch import Job, plan
+    from mimi_cli.pipeline import Settings
+
+    said = []
+    plan(Job(Settings("encode", str(weights_file)), (str(corpus),), str(out), recursive=True, skip_existing=True),
+         lambda *stage: said.append(stage))
+    assert said == [("Listing inputs", 0, None), ("Checking outputs", 0, None),
+                    *[("Reading back existing outputs", n, 4) for n in range(4)]]
 
 
 def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_file, tmp_path):

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -442,3 +443,31 @@ def test_usage_errors_are_one_line(clip, args, message):
 def test_codebooks_out_of_range_is_a_usage_error(clip):
     result = run("encode", clip, "-n", "33")
     assert result.returncode == 2 and "--codebooks" in result.stderr and "32" in result.stderr
+
+
+def test_planning_shows_what_it_does_on_a_terminal_once_it_takes_a_while(monkeypatch):
+    """A resume of a large corpus reads every existing output back before any work (minutes for a million):
+    a terminal is told what planning does and how far it is; a plan that ends at once shows nothing."""
+    import io
+
+    from rich.console import Console
+
+    from mimi_cli import cli
+
+    for after, shown in ((0.0, True), (60.0, False)):
+        screen = io.StringIO()
+        monkeypatch.setattr(cli, "err", Console(file=screen, force_terminal=True, width=100))
+        with cli._Messages(quiet=False).planning(after=after) as report:
+            report("Listing inputs", 0, None)
+            report("Reading back existing outputs", 1234, 5000)
+            if shown:  # until the bar has drawn once
+                for _ in range(200):
+                    if "5,000" in screen.getvalue():
+                        break
+                    time.sleep(0.01)
+        assert ("Reading back existing outputs… " in screen.getvalue() and "1,234/5,000" in screen.getvalue()) \
+            == shown, screen.getvalue()
+    monkeypatch.setattr(cli, "err", Console(file=io.StringIO(), force_terminal=False))
+    with cli._Messages(quiet=False).planning(after=0.0) as report:  # not a terminal: a no-op
+        report("Listing inputs", 0, None)
+    assert cli.err.file.getvalue() == ""
