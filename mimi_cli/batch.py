@@ -25,7 +25,6 @@ import glob
 import multiprocessing.context
 import os
 import re
-import shlex
 import sys
 import time
 import types
@@ -40,7 +39,7 @@ from mimi_cli.audio import AUDIO_SUFFIXES, audio_format
 from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
 from mimi_cli.errors import (MimiError, OutputExistsError, check_flag, check_integer, check_path, dumps_json,
-                             first_line, os_reason, physical_memory)
+                             first_line, os_reason, physical_memory, shell_word)
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, either,
                              file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path,
                              missing, names_folder, output_exists, remove_temporaries, stdout_closed, url)
@@ -275,7 +274,7 @@ def _json_hint(paths: list[Path], recursive: bool) -> str:
             found = next((p for p in (folder.rglob if recursive else folder.glob)("*.json")
                           if p.name != CODEC_INFO), None)
             if found is not None:
-                pattern = shlex.quote(str(Path(folder, "**" if recursive else "", "*.json")))
+                pattern = shell_word(str(Path(folder, "**" if recursive else "", "*.json")))
                 return (f" (JSON arrays of codes, such as {found.name}, are read when named, not found in folders: "
                         f"give them, or a quoted glob: {pattern})")
     return ""

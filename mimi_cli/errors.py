@@ -103,6 +103,27 @@ def _visible(c: str) -> str:
     return repr(c)[1:-1]
 
 
+def shell_word(name: str) -> str:
+    """``name`` as one word a shell reads back as that name, for a command a message suggests: quoted as
+    :func:`shlex.quote` quotes, or, when the name holds bytes that are not UTF-8 or control characters (which no
+    quotes can show on one line), in the ``$'…'`` quoting of bash, zsh and ksh, those bytes as ``\\xNN``:
+    ``$'caf\\xe9.wav'``."""
+    import shlex
+
+    if all(c.isprintable() for c in name):
+        return shlex.quote(name)
+    return "$'" + "".join(_ansi_c(c) for c in name) + "'"
+
+
+def _ansi_c(c: str) -> str:
+    """One character of a ``$'…'`` word: itself, or its bytes (a surrogate: the name's byte) as ``\\xNN``."""
+    if c in "'\\":
+        return "\\" + c
+    if c.isprintable():
+        return c
+    return "".join(f"\\x{b:02x}" for b in os.fsencode(c))
+
+
 def physical_memory() -> int:
     """The machine's memory in bytes, 0 where the system does not say: what a size declared by a file or
     a program is checked against before allocating (the system grants large arrays lazily, then kills

@@ -35,7 +35,6 @@ import filecmp
 import hashlib
 import os
 import secrets
-import shlex
 import shutil
 import stat
 import sys
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Union
 from urllib.parse import unquote, urlsplit
 
-from mimi_cli.errors import DATA_ERRORS, MimiError, OutputExistsError, os_reason
+from mimi_cli.errors import DATA_ERRORS, MimiError, OutputExistsError, os_reason, shell_word
 
 STDOUT = "-"
 STDIN = "-"  # the same name given as an input
@@ -136,7 +135,7 @@ def missing(path: Path) -> str | None:
         os.stat(path)
     except FileNotFoundError:
         name = str(path)  # "error:   does not exist" named a file " ": a name that starts or ends in space is quoted
-        quoted = f" (the name, quoted: {shlex.quote(name)})" if name != name.strip() else ""
+        quoted = f" (the name, quoted: {shell_word(name)})" if name != name.strip() else ""
         return ("is a broken symbolic link" if os.path.islink(path) else "does not exist") + quoted
     except OSError as exc:
         return f"cannot be reached: {os_reason(exc)}"

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.errors import MimiError, WeightsError
+from mimi_cli.errors import MimiError, WeightsError, shell_word
 from mimi_cli.fileio import STDIN, holds, is_pipe, missing, readable
 from mimi_cli.models import recognise
 from mimi_cli.weights import TensorEntry, WeightFile, open_weights
@@ -199,7 +198,7 @@ def not_shown(path: str | Path) -> str | None:
     said = f"{path} {'is named as audio' if named else f'holds {kind}'}, not weights or codes, which mimi inspect " \
            "shows"
     if kind.startswith("audio"):
-        return f"{said}; `mimi roundtrip {shlex.quote(str(path))}` measures how the codec keeps it, `mimi encode` " \
+        return f"{said}; `mimi roundtrip {shell_word(str(path))}` measures how the codec keeps it, `mimi encode` " \
                "makes its codes"
     if kind.startswith("a tar archive"):
         return f"{said}; `mimi encode` reads a WebDataset shard's audio"

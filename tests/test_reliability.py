@@ -1234,6 +1234,24 @@ def test_a_name_that_is_not_utf8_is_read_by_libsndfile_as_any_other(clip, tmp_pa
     assert "codec can't encode" not in said[1] and said[1].split("(", 1)[1] == said[0].split("(", 1)[1], said
 
 
+def test_a_command_a_message_suggests_can_be_pasted_whatever_the_name(clip, tmp_path):
+    """`mimi inspect` of audio suggests `mimi roundtrip NAME`: for a name that is not UTF-8 (or holds a control
+    character) the quoted name showed the bytes as text, ``'caf\\xe9.wav'``, which a shell reads as a
+    backslash and an x. It is ``$'caf\\xe9.wav'`` now, which bash reads back as the name itself."""
+    from mimi_cli.errors import shell_word
+
+    for raw in (b"caf\xe9 it's.wav", b"tab\tand\nline.wav", "東京 it's.wav".encode()):
+        odd = tmp_path / os.fsdecode(raw)
+        shutil.copyfile(clip, odd)
+        said = run("inspect", odd)
+        hint = re.search(r"`mimi roundtrip (.+?)` measures", said.stderr + said.stdout)
+        assert hint is not None, said.stderr
+        word = hint.group(1)
+        assert word == shell_word(str(odd)) and "\n" not in word  # one line
+        named = subprocess.run(["bash", "-c", f"printf %s {word}"], capture_output=True, check=True).stdout
+        assert named == os.fsencode(odd), (word, named)
+
+
 def test_the_weights_id_computed_beside_the_work_reaches_its_caller(weights_file, tmp_path, monkeypatch):
     """load_model hashes the weights on a thread of its own (pipeline.Background): its value, or its error,
     reaches whoever asks for it, in that caller's thread; with no thread to be had (ulimit -u), at once."""
