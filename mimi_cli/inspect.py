@@ -276,8 +276,15 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
         round(config.bitrate(codes.num_codebooks) / 1000, 3),
         codes.source_sample_rate if recorded else None, codes.source_channels if recorded else None,
         codes.weights_id or None, codes.streamed,
-        [_usage(level, np.bincount(codes.codes[:, level].ravel(), minlength=codes.codebook_size))
-         for level in range(codes.num_codebooks)])
+        [_usage(level, found) for level, found in enumerate(_level_counts(codes.codes, codes.codebook_size))])
+
+
+def _level_counts(codes: np.ndarray, size: int) -> np.ndarray:
+    """How often each code appears at each level of ``codes`` [C, K, frames], every stream and frame: [K, size].
+    One count over codes offset by level (a table of a million rows made a million calls per level)."""
+    levels = codes.shape[1]
+    shifted = codes.astype(np.int64) + (np.arange(levels) * size)[None, :, None]  # (uint16 holds 32 × 2048 barely)
+    return np.bincount(shifted.ravel(), minlength=levels * size).reshape(levels, size)
 
 
 def _inspect_many(path: Path, codec: str | None, column: str, progress: Callable[[int, int], None]) -> CodesReport:
@@ -303,12 +310,12 @@ def _inspect_many(path: Path, codec: str | None, column: str, progress: Callable
         for key in ("source_sample_rate", "source_channels", "weights_id", "streamed"):
             value = getattr(codes, key) if codes.weights_id else None  # recorded by mimi encode alone
             same[key] = value if same.get(key, value) == value else None
-        for level in range(codes.num_codebooks):
-            found = np.bincount(codes.codes[:, level].ravel(), minlength=codes.codebook_size)
+        found = _level_counts(codes.codes, codes.codebook_size)
+        for level, level_counts in enumerate(found):
             if level < len(counts):
-                counts[level] += found
+                counts[level] += level_counts
             else:  # the first row with this many levels
-                counts.append(found)
+                counts.append(level_counts)
         progress(done, len(rows))
     config = codec_spec(first[1].codec).config()  # find_inputs found at least one, or said why not
     plural = "s" * (len(rows) != 1)

@@ -758,7 +758,9 @@ def _row_group(file: str, group: int, columns: tuple[str, ...]):
         leaves = map(parquet.schema.column, range(len(parquet.schema)))
         as_dictionary = [leaf.path for leaf in leaves
                          if leaf.path.split(".")[0] in columns and leaf.physical_type == "BYTE_ARRAY"]
-        return pq.ParquetFile(f, read_dictionary=as_dictionary).read_row_group(group, columns=list(columns))
+        table = pq.ParquetFile(f, read_dictionary=as_dictionary).read_row_group(group, columns=list(columns))
+    table.validate(full=True)  # every row's offsets at once, which a row's own check then need not repeat
+    return table
 
 
 @lru_cache(maxsize=8)
@@ -803,13 +805,14 @@ def _row_table(item: Item, columns: tuple[str, ...]):
             group = next((g for g in range(len(starts) - 1) if starts[g] <= row < starts[g + 1]), None)
             if group is None:
                 raise MimiError(f"{item.container} has no row {row}")
-            table, row = _row_group(item.container, group, columns), row - starts[group]
-        else:
-            table = _arrow_table(item.container).select(list(columns))
+            table, row, checked = _row_group(item.container, group, columns), row - starts[group], True
+        else:  # memory-mapped, read as its rows are: checked row by row
+            table, checked = _arrow_table(item.container).select(list(columns)), False
         table = table.slice(row, 1)
         if table.num_rows != 1:  # a row group that holds fewer rows than its metadata says
             raise MimiError(f"{item.container} has no row {item.key}: the file is damaged")
-        table.validate(full=True)  # this row's offsets, which the cheap check of the whole table does not see
+        if not checked:
+            table.validate(full=True)  # this row's offsets, which the cheap check of the whole table does not see
     return table
 
 
