@@ -44,7 +44,7 @@ from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, c
                              file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path,
                              missing, names_folder, output_exists, remove_temporaries, stdout_closed, url)
 from mimi_cli.models import BASE_BYTES, CODECS, codec_spec
-from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, no_report, made_otherwise, skipped
+from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, no_report, skipped
 from mimi_cli.plot import PLOT_SUFFIXES
 from mimi_cli.sources import Item, arrow_file, is_container, is_table, known_keys, list_items
 from mimi_cli.weights import resolve_weights, weights_files, weights_id

@@ -210,8 +210,8 @@ class _Messages:
     @contextlib.contextmanager
     def planning(self, after: float = 0.5) -> Iterator:
         """A spinner while a run is planned (its inputs listed, its outputs checked and, to resume, read back),
-        with a count once there is one; shown only ``after`` seconds, so a single file's run shows none.
-        Yields ``report(stage, done, total_or_None)``."""
+        with a count once there is one; shown once planning has taken ``after`` seconds, so a single file's run
+        shows none (nor one where no thread can be started: ulimit -u). Yields ``report(stage, done, total)``."""
         if self.quiet or not err.is_terminal:
             yield lambda stage, done=0, total=None: None
             return
@@ -222,14 +222,25 @@ class _Messages:
         bar = Progress(SpinnerColumn(), TextColumn("{task.description}…"), BarColumn(), TextColumn("{task.fields[n]}"),
                        console=err, transient=True)
         task = bar.add_task("Planning", total=None, n="")
-        later = threading.Timer(after, bar.start)
-        later.start()
+
+        def show() -> None:
+            try:
+                bar.start()
+            except RuntimeError:  # rich's refresh thread cannot start: no display (and no traceback from here)
+                pass
+
+        later = threading.Timer(after, show)
+        try:
+            later.start()
+        except RuntimeError:  # "can't start new thread": no display
+            later = None
         try:
             yield lambda stage, done=0, total=None: bar.update(task, description=stage, completed=done, total=total,
                                                                 n=f"{done:,}/{total:,}" if total else "")
         finally:
-            later.cancel()
-            later.join()  # (one that has fired has started the bar, which stops now)
+            if later is not None:
+                later.cancel()
+                later.join()  # (one that has fired has started the bar, which stops now)
             bar.stop()
 
     def status(self, message: str):

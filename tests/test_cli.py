@@ -471,3 +471,13 @@ def test_planning_shows_what_it_does_on_a_terminal_once_it_takes_a_while(monkeyp
     with cli._Messages(quiet=False).planning(after=0.0) as report:  # not a terminal: a no-op
         report("Listing inputs", 0, None)
     assert cli.err.file.getvalue() == ""
+
+    import threading
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(cli, "err", Console(file=io.StringIO(), force_terminal=True))
+    monkeypatch.setattr(threading.Thread, "start", no_thread)  # ulimit -u: planning goes on, shown or not
+    with cli._Messages(quiet=False).planning(after=0.0) as report:
+        report("Reading back existing outputs", 1, 2)
