@@ -18,6 +18,7 @@ table's scalar columns) are carried to the run's manifest and Parquet rows.
 
 from __future__ import annotations
 
+import bisect
 import bz2
 import contextlib
 import csv
@@ -802,8 +803,8 @@ def _row_table(item: Item, columns: tuple[str, ...]):
     with _damaged_row(item):
         if item.container.lower().endswith(".parquet"):
             starts = _row_group_starts(item.container)
-            group = next((g for g in range(len(starts) - 1) if starts[g] <= row < starts[g + 1]), None)
-            if group is None:
+            group = bisect.bisect_right(starts, row) - 1  # the group whose first row is the last at or before it
+            if not (0 <= group < len(starts) - 1 and starts[group] <= row < starts[group + 1]):  # (counts < 0)
                 raise MimiError(f"{item.container} has no row {row}")
             table, row, checked = _row_group(item.container, group, columns), row - starts[group], True
         else:  # memory-mapped, read as its rows are: checked row by row

@@ -655,6 +655,27 @@ def test_a_table_of_generated_codes_decodes_row_by_row(tmp_path, weights_file):
         in as_file.stderr, as_file.stderr
 
 
+def test_each_row_is_found_in_its_row_group_whatever_their_sizes(tmp_path):
+    """A row is read from the row group that holds it (found by the groups' first rows), an empty group
+    between others included; a row past the last is said to be missing, not read from another group."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from mimi_cli.sources import Item, row_codes
+
+    rows = [np.full((2, 3), i).tolist() for i in range(7)]
+    schema = pa.table({"codes": rows}).schema
+    with pq.ParquetWriter(tmp_path / "groups.parquet", schema) as writer:
+        for piece in (rows[:2], [], rows[2:5], rows[5:6], [], rows[6:]):  # groups of 2, 0, 3, 1, 0, 1 rows
+            writer.write_table(pa.table({"codes": piece}, schema=schema))
+    table = str(tmp_path / "groups.parquet")
+    for i in range(7):
+        np.testing.assert_array_equal(row_codes(Item("row", table, str(i), "codes"), f"#{i}", "mimi").codes[0],
+                                      np.full((2, 3), i))
+    with pytest.raises(MimiError, match="has no row 7"):
+        row_codes(Item("row", table, "7", "codes"), "#7", "mimi")
+
+
 def test_pyarrow_reads_tables_through_its_own_files(tmp_path, monkeypatch):
     """Tables are opened by pyarrow (a NativeFile), never through a Python file object: pyarrow kept what it read
     from one as buffers of Python objects, freed later by its own threads with the GIL; a row group a worker
