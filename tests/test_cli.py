@@ -461,7 +461,7 @@ def test_planning_shows_what_it_does_on_a_terminal_once_it_takes_a_while(monkeyp
             report("Listing inputs", 0, None)
             report("Reading back existing outputs", 1234, 5000)
             if shown:  # until the bar has drawn once
-                for _ in range(200):
+                for _ in range(1000):  # (10 s at most, on a busy machine)
                     if "5,000" in screen.getvalue():
                         break
                     time.sleep(0.01)
