@@ -281,8 +281,11 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
 
 def _level_counts(codes: np.ndarray, size: int) -> np.ndarray:
     """How often each code appears at each level of ``codes`` [C, K, frames], every stream and frame: [K, size].
-    One count over codes offset by level (a table of a million rows made a million calls per level)."""
+    One count over codes offset by level (a table of a million rows made a million calls per level); a long
+    file's a level at a time (all its codes as int64 would take four times their own memory)."""
     levels = codes.shape[1]
+    if codes.size > 1 << 20:
+        return np.stack([np.bincount(codes[:, level].ravel(), minlength=size) for level in range(levels)])
     shifted = codes.astype(np.int64) + (np.arange(levels) * size)[None, :, None]  # (uint16 holds 32 × 2048 barely)
     return np.bincount(shifted.ravel(), minlength=levels * size).reshape(levels, size)
 

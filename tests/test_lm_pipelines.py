@@ -796,3 +796,20 @@ def test_a_codes_file_written_by_hand_as_documented(tmp_path, weights_file):
         assert result.returncode == 0, result.stderr
         assert ("was encoded with weights sha256:unknown" in result.stderr) == warned, result.stderr
         assert sf.info(tmp_path / "out.wav").frames == 20 * 1920
+
+
+def test_each_levels_use_is_counted_as_a_naive_count_would():
+    """inspect's counts of each code at each level (one count over level-offset codes for a table's many short
+    rows; a level at a time for a long file, whose codes as int64 would take four times their memory) equal a
+    count per stream, level and code."""
+    from mimi_cli.inspect import _level_counts
+
+    rng = np.random.default_rng(3)
+    for shape, size in (((1, 8, 13), 2048), ((2, 4, 7), 1024), ((1, 32, 40000), 2048)):
+        codes = rng.integers(0, size, shape).astype(np.uint16)
+        naive = np.zeros((shape[1], size), np.int64)
+        for stream in codes:
+            for level, row in enumerate(stream):
+                np.add.at(naive[level], row.astype(np.int64), 1)
+        np.testing.assert_array_equal(_level_counts(codes, size), naive)
+    assert codes.size > 1 << 20  # the last took the long file's way
