@@ -104,7 +104,7 @@ def is_stdout(target: Target) -> bool:
 def as_target(path: Target) -> Target:
     """An output named from Python: "-" (standard output) stays a str, any other name, str or bytes, is a Path
     (the writers take a str for standard output alone: CodesFile.save("a.npz") raised an AttributeError)."""
-    return path if is_stdout(path) else Path(os.fsdecode(path))
+    return path if is_stdout(path) or isinstance(path, Path) else Path(os.fsdecode(path))
 
 
 def output_exists(target: Target | None) -> bool:
