@@ -964,7 +964,8 @@ def audio_format(path: Target, folder_hint: bool = False) -> dict[str, str | Non
     if not name or name not in sf.available_formats() or (subtype is None and not sf.default_subtype(name)):
         folder = ", or end it with / for a folder" if folder_hint and not path.suffix else ""
         raise InvalidAudioError(f"cannot write audio as {path.suffix or 'a file without extension'}; "
-                                f"use .wav, .flac, .ogg, .opus or .mp3{folder}")
+                                f"use .wav, .flac, .ogg, .opus or .mp3 (or another format libsndfile writes: .aiff, "
+                                f".au, .caf, .w64…){folder}")
     return {"format": name, "subtype": subtype}
 
 

@@ -1074,7 +1074,12 @@ def test_unwritable_format_and_rate_fail_before_decoding(codes, weights_file, tm
             continue
         result = run("decode", codes, "-o", tmp_path / output, "--sample-rate", rate, weights=weights_file)
         one_line_error(result, expected)
+    assert ".aiff, .au, .caf, .w64…" in result.stderr  # the formats the refusal names besides the usual five
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    for name in ("x.wav", "x.aiff", "x.au", "x.caf", "x.w64"):  # written, and the same 16-bit samples as the WAV
+        assert run("decode", codes, "-o", tmp_path / name, weights=weights_file).returncode == 0
+        np.testing.assert_array_equal(sf.read(tmp_path / name, dtype="int16")[0],
+                                      sf.read(tmp_path / "x.wav", dtype="int16")[0])
 
 
 def test_too_many_channels_for_a_format_is_said_as_such():
