@@ -408,7 +408,8 @@ def test_unwritable_audio_extension(tmp_path):
     # a name without extension may have meant a folder, as encode's -o says (decode's did not)
     result = run("decode", tmp_path / "codes.npz", "-o", tmp_path / "out")
     assert_clean_failure(result, tmp_path, before, "as a file without extension; use .wav, .flac, .ogg, .opus or "
-                         ".mp3, or end it with / for a folder")
+                         ".mp3 (or another format libsndfile writes: .aiff, .au, .caf, .w64…), or end it with / for a "
+                         "folder")
 
 
 def test_batch_mode_refuses_what_cannot_fit_in_memory(tmp_path):
