@@ -427,9 +427,7 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
 def _folder_problem(folder: Path, create_parents: bool) -> tuple[str | OSError | None, int]:
     """Why no file can be written in ``folder`` (or in the folders to be made, with ``create_parents``), or
     None; and the longest file name its file system allows."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(folder)
     problem = (f"folder {folder} does not exist; create it first or choose another output"
                if existing != folder and not create_parents else
                f"{existing} is not a folder" if not existing.is_dir() else
@@ -437,6 +435,13 @@ def _folder_problem(folder: Path, create_parents: bool) -> tuple[str | OSError |
                OSError(errno.EACCES, os.strerror(errno.EACCES)) if not os.access(existing, os.W_OK | os.X_OK)
                else None)
     return problem, _name_max(existing)
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """``folder``, or the nearest of its parents that exists (the file system a folder to be made would be on)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def _someone_elses_in_a_sticky_folder(path: Path, st: os.stat_result) -> bool:
@@ -459,10 +464,7 @@ def fitted(path: Path, base: Path) -> Path:
     parts = path.relative_to(base).parts
     if all(len(os.fsencode(part)) <= 143 for part in parts):  # a long part above base
         return path
-    existing = base
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    limit = _name_max(existing)
+    limit = _name_max(_nearest_existing(base))
     return base.joinpath(*(_fit(part, limit, last=i == len(parts) - 1) for i, part in enumerate(parts)))
 
 
