@@ -818,12 +818,14 @@ def execute(p: Plan, on_result: Callable[[FileResult], None] = lambda r: None,
             run_local(p.tasks, p.settings, p.workers, record, report)
         complete = True
     finally:
-        if shards is not None:
-            shards.close(complete)
-        if p.job.manifest is not None:
-            write_manifest(p.job.manifest if is_stdout(p.job.manifest) else Path(p.job.manifest),
-                           _with_not_run(p.tasks, results, start),
-                           p.settings.replace or p.job.skip_existing)
+        try:
+            if shards is not None:
+                shards.close(complete)
+        finally:  # a shard that cannot be written (a full disk) still leaves the manifest of what was done
+            if p.job.manifest is not None:
+                write_manifest(p.job.manifest if is_stdout(p.job.manifest) else Path(p.job.manifest),
+                               _with_not_run(p.tasks, results, start),
+                               p.settings.replace or p.job.skip_existing)
     by_task = {r.key: r for r in results}
     return [by_task[t.key] for t in p.tasks]
 

@@ -922,6 +922,24 @@ def test_disk_full_after_the_work_is_one_line_and_leaves_nothing(clip, codes, lo
         assert leftovers(small) == [] and sorted(p.name for p in small.iterdir()) == ["a.wav"]
 
 
+def test_a_parquet_folder_that_fills_up_still_leaves_the_manifest(clip, weights_file, tmp_path):
+    """The shards are written as the run ends; when their disk is full the run fails in one line, and the
+    manifest (on another disk) still says what was done: the codes files written stay, each listed."""
+    pytest.importorskip("pyarrow")
+    second = tmp_path / "second.wav"
+    second.write_bytes(clip.read_bytes())
+    with tmpfs(tmp_path / "small", size="64k") as small:
+        with contextlib.suppress(OSError), open(small / "filler", "wb") as filler:
+            filler.write(bytes(128 * 1024))  # fills the disk, then fails
+        result = run("encode", clip, second, "-o", tmp_path / "codes", "--parquet", small / "pq",
+                     "--manifest", tmp_path / "m.jsonl", weights=weights_file)
+        one_line_error(result, "cannot write", "part-00000.parquet", "No space left on device")
+        assert leftovers(small) == [] and not list((small / "pq").glob("*"))
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [(Path(row["input"]).name, row["status"]) for row in rows] == [(clip.name, "done"), ("second.wav", "done")]
+    assert all(Path(row["output"]).is_file() for row in rows)
+
+
 def test_file_size_limit_is_named(codes, weights_file, tmp_path):
     """`ulimit -f`: Python ignores SIGXFSZ, so the write fails with EFBIG, which libsndfile reports as a bare
     "System error"; said as the limit, for audio (libsndfile) as for codes (Python's own writes)."""
