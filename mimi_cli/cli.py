@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from mimi_cli import __version__
-from mimi_cli.errors import MimiError, WeightsError, os_reason, out_of_memory, unnamable, working_folder_gone
+from mimi_cli.errors import (MimiError, WeightsError, os_reason, out_of_memory, shell_word, unnamable,
+                             working_folder_gone)
 from mimi_cli.models import CODECS, DEFAULT_CODEC
 
 app = typer.Typer(
@@ -1149,6 +1150,14 @@ def _empty_argument(args: list[str]) -> str | None:
     return None
 
 
+def _dashed_file(option: str, args: list[str]) -> str | None:
+    """For an unknown ``option`` read from a file's name (``-w`` of ``mimi encode -weird.wav``): how to name
+    the file, as ``rm -foo`` says it."""
+    named = next((arg for arg in args if arg.startswith(option) and os.path.lexists(arg)), None)
+    return None if named is None else \
+        _shown(f"; to name the file {shell_word(named)}, write {shell_word('./' + named)} or put -- before it")
+
+
 class _ClosedStdout:
     """Standard output closed by the shell (``>&-``), where Python leaves ``sys.stdout`` None and its ``print`` (and
     rich's, click's) writes nothing: a report or help printed there fails as ``ls >&-`` does, not silently with
@@ -1261,6 +1270,8 @@ def _command(diagnostics: _Diagnostics) -> None:
         message, context = " ".join(exc.format_message().split()), getattr(exc, "ctx", None)
         if message:  # none after the help shown for a bare `mimi`
             hint = f" (see {context.command_path} -h)" if context is not None else ""
+            if type(exc).__name__ == "NoSuchOption":
+                hint = _dashed_file(exc.option_name, sys.argv[1:]) or hint
             err.print(f"[bold red]error:[/] {_shown(message)}{hint}")
         code = exc.exit_code
     except KeyboardInterrupt as exc:  # a signal outside a command's own handling: as it set up, or after it ended
