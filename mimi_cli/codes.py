@@ -390,8 +390,13 @@ def described_codec(path: Path) -> str:
         if spec.family == kind and rate == config.sample_rate and size == config.codebook_size:
             return spec.name
     model = described.get("codec_model")
-    raise fail(f"says they are {kind[:40]} codes ({str(model)[:60] + ', ' if model else ''}{str(rate)[:20]} Hz, "
-               f"{str(size)[:20]} per codebook), which mimi-cli does not decode")
+    facts = [str(model)[:60] if model else None, None if rate is None else f"{str(rate)[:20]} Hz",
+             None if size is None else f"{str(size)[:20]} per codebook"]
+    said = f"says they are {kind[:40]} codes ({', '.join(fact for fact in facts if fact)})".replace(" ()", "")
+    missing = [key for key, value in (("sampling_rate", rate), ("codebook_size", size)) if value is None]
+    if missing:  # a rate and a size tell apart two codecs of one family
+        raise fail(f"{said} but not their {' or '.join(missing)}, which mimi-cli needs to know which codec made them")
+    raise fail(f"{said}, which mimi-cli does not decode")
 
 
 def _lone_tensor(path: Path) -> str | None:

@@ -399,6 +399,10 @@ def test_codec_bpe_trees_and_batches_of_one_decode_without_codec(tmp_path, weigh
                              "does not decode; correct or remove it, or give --codec (mimi, encodec-24khz)\n")
     result = run("decode", "--codec", "encodec-24khz", shown, "-o", tmp_path / "told.wav", env_extra=env)
     assert result.returncode == 0, result.stderr
+    (tree / "codec_info.json").write_text(json.dumps({"codec_type": "encodec", "codebook_size": 1024}))
+    result = run("decode", shown, "-o", tmp_path / "unsaid.wav", env_extra=env)  # it said "None Hz"
+    assert result.returncode == 1 and "says they are encodec codes (1024 per codebook) but not their sampling_rate, " \
+        "which mimi-cli needs to know which codec made them; correct or remove it" in result.stderr, result.stderr
     (tree / "codec_info.json").write_text("[")
     result = run("decode", shown, "-o", tmp_path / "bad.wav", env_extra=env)
     assert result.returncode == 1 and "codec_info.json, which describes the codes below it, is not JSON" in \
