@@ -928,13 +928,15 @@ def _print_weights_report(report, with_stats: bool) -> None:
                         "" if t.nonfinite is None else (f"[red]{t.nonfinite:,}[/]" if t.nonfinite else "0")]
             table.add_row(*row)
         console.print(table)
-    console.print(f"{len(report.tensors)} tensors, {total_params(report):,} parameters")
+    shown = len(report.tensors)
+    console.print(f"{shown} tensor{'s' * (shown != 1)}, {total_params(report):,} parameters")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {_shown(warning)}")
     for error in report.errors:
         console.print(f"[bold red]error:[/] {_shown(error)}")
     if not report.errors:
-        console.print("[green]no errors[/]" + (f", {len(report.warnings)} warnings" if report.warnings else ""))
+        count = len(report.warnings)
+        console.print("[green]no errors[/]" + (f", {count} warning{'s' * (count > 1)}" if count else ""))
 
 
 def _stat(value: float | None) -> str:

@@ -83,6 +83,10 @@ def inspect_weights(path: str | Path, pattern: str | None = None, stats: bool = 
         report.tensors.append(tensor)
     if not source.tensors:
         findings.errors.append("no tensors could be read: the file is empty or holds no model weights")
+    elif not selected:  # `--filter conv`, meant as a part of a name
+        example = min(source.tensors)
+        findings.warnings.append(f"no tensor name matches {pattern!r} (of {len(source.tensors)}, such as {example!r}); "
+                                 f"a glob matches whole names: {'*' + pattern.strip('*') + '*'!r} matches a part")
     if found is not None:
         name = spec.config().display_name
         findings.errors += [f"does not load as the released {name} model: {p}" for p in found.problems]

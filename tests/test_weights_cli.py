@@ -55,7 +55,18 @@ def test_inspect_mimi_file_table_json_filter(weights_file):
     assert all(t["min"] is None and t["std"] is None for t in filtered["tensors"])
     table = run("inspect", weights_file, "--filter", "upsample.*")
     assert table.returncode == 0
-    assert "upsample.convtr.convtr.convtr.weight" in table.stdout and "1 tensors, 2,048 parameters" in table.stdout
+    assert "upsample.convtr.convtr.convtr.weight" in table.stdout and "\n1 tensor, 2,048 parameters" in table.stdout
+    # a glob matches whole names: a part of one matches nothing, and the report says how to match a part
+    code, none = inspect_json(weights_file, "--filter", "linear1", "--no-stats")
+    assert code == 0 and none["tensors"] == [] and none["warnings"] == [
+        "no tensor name matches 'linear1' (of 318, such as 'decoder.model.0.conv.conv.bias'); a glob matches whole "
+        "names: '*linear1*' matches a part"]
+    assert len(inspect_json(weights_file, "--filter", "*linear1*", "--no-stats")[1]["tensors"]) == 16
+    table = run("inspect", weights_file, "--filter", "linear1", "--no-stats")
+    assert table.returncode == 0 and table.stdout.endswith("\n0 tensors, 0 parameters\nwarning: no tensor name "
+                                                           "matches 'linear1' (of 318, such as "
+                                                           "'decoder.model.0.conv.conv.bias'); a glob matches whole "
+                                                           "names: '*linear1*' matches a part\nno errors, 1 warning\n")
 
 
 def test_no_stats_reads_headers_only_and_stats_find_nan(tmp_path):
