@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mimi_cli import __version__
-from mimi_cli.errors import (MimiError, WeightsError, os_reason, out_of_memory, shell_word, unnamable,
+from mimi_cli.errors import (MimiError, WeightsError, counted, os_reason, out_of_memory, shell_word, unnamable,
                              working_folder_gone)
 from mimi_cli.models import CODECS, DEFAULT_CODEC
 
@@ -534,8 +534,8 @@ def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existi
         _show_single(result, say)
         return
     kind = "item" if any(t.item is not None for t in plan.tasks) else "file"  # manifest lines, members, rows
-    say.note(f"{_count(len(plan.tasks), kind)}, {sum(t.skip for t in plan.tasks)} already done; "
-             f"{_count(plan.workers, 'Ray actor' if engine == 'ray' else 'worker')}")
+    say.note(f"{counted(len(plan.tasks), kind)}, {sum(t.skip for t in plan.tasks)} already done; "
+             f"{counted(plan.workers, 'Ray actor' if engine == 'ray' else 'worker')}")
     start = time.perf_counter()
     with _user_errors("interrupted; finished outputs are kept, none is half-written: rerun with --skip-existing "
                       "to resume"):
@@ -555,15 +555,11 @@ def _show_single(result, say: _Messages) -> None:
     speed = f"in {result.model_seconds:.2f} s ({result.duration_s / max(result.model_seconds, 1e-9):.1f}× real time)"
     source = "standard input" if result.input == "-" else result.input
     shown = "standard output" if result.output == "-" else result.output
-    shape = f"{_count(result.frames, 'frame')} × {_count(result.num_codebooks, 'codebook')}"
+    shape = f"{counted(result.frames, 'frame')} × {counted(result.num_codebooks, 'codebook')}"
     if result.sample_rate is None:  # encoded
         say.note(f"{source}: {result.duration_s:.2f} s → {shape} ({result.bitrate_kbps:.2f} kbps) {speed} → {shown}")
     else:
         say.note(f"{source}: {shape} → {result.duration_s:.2f} s at {result.sample_rate} Hz {speed} → {shown}")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _summarise(results, elapsed: float, kind: str, say: _Messages) -> None:
@@ -887,8 +883,7 @@ def _print_codes_report(report) -> None:
             ("audio", f"{report.num_samples / report.sample_rate:.3f} s ({report.num_samples} samples at "
                       f"{report.sample_rate} Hz)"),
             ("source", unsaid if report.source_sample_rate is None else
-             f"{report.source_sample_rate} Hz, {report.source_channels} channel"
-             f"{'s' if report.source_channels > 1 else ''}"),
+             f"{report.source_sample_rate} Hz, {counted(report.source_channels, 'channel')}"),
             ("weights", _shown(report.weights_id or unsaid))]
     for label, value in rows:
         out.print(f"  {label:<13} {value}")
@@ -929,14 +924,14 @@ def _print_weights_report(report, with_stats: bool) -> None:
             table.add_row(*row)
         console.print(table)
     shown = len(report.tensors)
-    console.print(f"{shown} tensor{'s' * (shown != 1)}, {total_params(report):,} parameters")
+    console.print(f"{counted(shown, 'tensor')}, {total_params(report):,} parameters")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {_shown(warning)}")
     for error in report.errors:
         console.print(f"[bold red]error:[/] {_shown(error)}")
     if not report.errors:
         count = len(report.warnings)
-        console.print("[green]no errors[/]" + (f", {count} warning{'s' * (count > 1)}" if count else ""))
+        console.print("[green]no errors[/]" + (f", {counted(count, 'warning')}" if count else ""))
 
 
 def _stat(value: float | None) -> str:
@@ -1049,7 +1044,7 @@ def run(
             rate = sample_rate or audio.sample_rate
             streamed = run_stream(program, name, to_mono(audio, rate), hop, feeds)
             results, overflows = streamed.outputs, streamed.overflows
-            summary = (f"{_count(streamed.windows, 'window')} of {streamed.window} samples, hop {streamed.hop} "
+            summary = (f"{counted(streamed.windows, 'window')} of {streamed.window} samples, hop {streamed.hop} "
                        f"({streamed.hop / rate * 1000:.1f} ms at {rate} Hz)")
         note = overflow_note(program, results, feeds, overflows)
         if note:
@@ -1122,7 +1117,7 @@ def _show_roundtrips(results: list, mean: dict, as_json: bool) -> None:
         if mean:
             first = done[0]
             table = Table(title=f"{first['codec']} round trips{' (streaming)' if first['streamed'] else ''}, "
-                                f"{first['codebooks']} codebooks ({first['bitrate_kbps']:g} kbps)",
+                                f"{counted(first['codebooks'], 'codebook')} ({first['bitrate_kbps']:g} kbps)",
                           title_justify="left")
             table.add_column("input", overflow="fold")  # a name wraps, never cut short
             for column in ("duration", *[label for label, _, _ in quality]):

@@ -31,7 +31,7 @@ import numpy as np
 
 from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
 from mimi_cli.ecdc import check_streams, ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
-from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, first_line, loads_json, malformed, os_reason
+from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, counted, first_line, loads_json, malformed, os_reason
 from mimi_cli.fileio import (STDOUT, Target, as_target, atomic_output, file_kind, holds, is_folder, is_input_copy,
                              missing, safetensors_head, zip_members)
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
@@ -73,7 +73,8 @@ class CodesFile:
         """The first ``num_codebooks`` levels alone: what encoding with that many would have given (each level
         quantizes what the levels before it left), so decoding them plays the file at that bitrate."""
         if num_codebooks > self.num_codebooks:
-            raise InvalidCodesError(f"{name} holds {self.num_codebooks} codebooks; -n {num_codebooks} asks for more "
+            raise InvalidCodesError(f"{name} holds {counted(self.num_codebooks, 'codebook')}; -n {num_codebooks} asks "
+                                    "for more "
                                     f"(give -n {self.num_codebooks} or fewer)")
         return replace(self, codes=self.codes[:, :num_codebooks])
 

@@ -103,6 +103,11 @@ def _visible(c: str) -> str:
     return repr(c)[1:-1]
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 codebook``, ``8 codebooks``: a count with its noun, in the plural but for one."""
+    return f"{n} {noun}" + "s" * (n != 1)
+
+
 def shell_word(name: str) -> str:
     """``name`` as one word a shell reads back as that name, for a command a message suggests: quoted as
     :func:`shlex.quote` quotes, or, when the name holds bytes that are not UTF-8 or control characters (which no

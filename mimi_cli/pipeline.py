@@ -30,8 +30,8 @@ from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audi
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
-                             check_integer, check_path, dumps_json, first_line, os_reason, out_of_memory, over_memory,
-                             unnamable)
+                             check_integer, check_path, counted, dumps_json, first_line, os_reason, out_of_memory,
+                             over_memory, unnamable)
 from mimi_cli.fileio import Readable, Target, atomic_output, native, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
@@ -499,7 +499,8 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
         clipped = write_audio(task.output, pcm, rate, settings.replace, decoded_comment(codes, settings))
     if clipped:
         remedy = "decode without --stream, with --rescale," if settings.stream else "--rescale"
-        warnings.append(f"{clipped} samples beyond [-1, 1] were clipped ({remedy} scales the audio down instead)")
+        warnings.append(f"{counted(clipped, 'sample')} beyond [-1, 1] {'were' if clipped > 1 else 'was'} clipped "
+                        f"({remedy} scales the audio down instead)")
     return FileResult.of(task, "done", duration_s=round(duration, 3), frames=codes.num_frames, warnings=warnings,
                          notes=notes,
                          num_codebooks=codes.num_codebooks, sample_rate=rate, model_seconds=seconds,
@@ -595,7 +596,7 @@ def made_otherwise(task: Task, settings: Settings, run_weights_id: Callable[[], 
     streams = codes.source_channels if settings.channels == "split" else 1
     differences = [
         *([f"codec {codes.codec}, not {config.name}"] if codes.codec != config.name else []),
-        *([f"{codes.num_codebooks} codebooks, not {levels}"] if codes.num_codebooks != levels else []),
+        *([f"{counted(codes.num_codebooks, 'codebook')}, not {levels}"] if codes.num_codebooks != levels else []),
         *([f"{codes.channels} code stream(s), not {streams} (--channels {settings.channels})"]
           if codes.channels != streams else []),
         *([f"encoded {'with' if codes.streamed else 'without'} --stream"] if codes.streamed is not None and
@@ -701,7 +702,7 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
         clipped = write_audio(output, decoded, config.sample_rate, settings.replace,
                               decoded_comment(encoded.codes, settings))
         if clipped:
-            warnings.append(f"{clipped} samples beyond [-1, 1] were clipped")
+            warnings.append(f"{counted(clipped, 'sample')} beyond [-1, 1] {'were' if clipped > 1 else 'was'} clipped")
     duration = reference.shape[1] / config.sample_rate
     per_channel = [_quality(ours, theirs, config.sample_rate) for ours, theirs in zip(reference, decoded, strict=True)]
     metrics = {
@@ -721,7 +722,7 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
         sdr = "undefined" if metrics["si_sdr_db"] is None else f"{metrics['si_sdr_db']:.1f} dB"
         mel = "undefined" if metrics["log_mel_distance"] is None else f"{metrics['log_mel_distance']:.3f}"
         mean = f" (mean of {streams} channels)" if streams > 1 else ""
-        title = (f"{config.display_name}, {levels} codebooks ({metrics['bitrate_kbps']:g} kbps): "
+        title = (f"{config.display_name}, {counted(levels, 'codebook')} ({metrics['bitrate_kbps']:g} kbps): "
                  f"SI-SDR {sdr}, log-mel distance {mel}{mean}"
                  + ("" if is_input_copy(input) else f"\n{input.name}"))  # a copy of a stream has no name of its own
         plot_roundtrip(plot, reference, decoded, config.sample_rate, title, settings.replace)

@@ -133,8 +133,9 @@ def test_roundtrip_of_several_files_shows_each_and_their_mean(tmp_path, clip, we
     for key in ("si_sdr_db", "log_mel_distance"):
         assert mean[key] == pytest.approx((rows[0][key] + rows[1][key]) / 2, abs=0.006)  # shown, rounded
     assert rows[0]["si_sdr_db"] != rows[1]["si_sdr_db"]
-    table = run("roundtrip", clip, other, weights=weights_file, env_extra={"COLUMNS": "300"})  # whole paths
+    table = run("roundtrip", clip, other, "-n", "1", weights=weights_file, env_extra={"COLUMNS": "300"})  # whole paths
     assert table.returncode == 0 and "mean of 2" in table.stdout and "other.wav" in table.stdout, table.stderr
+    assert "round trips, 1 codebook (0.138 kbps)" in table.stdout, table.stdout
     refused = run("roundtrip", clip, other, "-o", tmp_path / "x.wav", weights=weights_file)
     assert refused.returncode == 1 and refused.stderr == f"error: -o {tmp_path / 'x.wav'} looks like a file; with " \
         f"several inputs -o names a folder (end it with / for a folder of that name: -o {tmp_path / 'x.wav'}/)\n"

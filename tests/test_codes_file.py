@@ -20,6 +20,18 @@ def make(frames: int = 5, levels: int = 8) -> CodesFile:
                                 source_channels=2, weights_id="sha256:0123456789abcdef")
 
 
+def test_first_levels_and_asking_for_more_than_there_are():
+    codes = make(levels=8)
+    np.testing.assert_array_equal(codes.first_levels(3, "a.npz").codes, codes.codes[:, :3])
+    one = codes.first_levels(1, "a.npz")
+    assert one.num_codebooks == 1 and one.num_samples == codes.num_samples
+    for held, asked in ((codes, 9), (one, 2)):  # "holds 1 codebooks" before
+        with pytest.raises(InvalidCodesError) as refused:
+            held.first_levels(asked, "a.npz")
+        assert str(refused.value) == f"a.npz holds {held.num_codebooks} codebook{'s' * (held is codes)}; -n {asked} " \
+            f"asks for more (give -n {held.num_codebooks} or fewer)"
+
+
 def test_round_trip_and_documented_layout(tmp_path):
     path = tmp_path / "c.npz"
     original = make()
