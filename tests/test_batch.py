@@ -319,11 +319,20 @@ def test_a_roundtrip_job_plans_as_mimi_roundtrip_does(clip, weights_file, tmp_pa
 
 def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch):
     """Each local worker holds the weights (BASE_BYTES): --jobs 1000 on a machine of 4 GB runs 6
-    (0.9 × 4 GB / 0.6 GB), and says so; never more than the files to do; Ray's scheduler places its own."""
+    (0.9 × 4 GB / 0.6 GB), and says so; never more than the files to do; Ray's scheduler places its own.
+    More workers than cores run, and the note says they only take turns."""
     from mimi_cli import batch
     from mimi_cli.models import BASE_BYTES
     from mimi_cli.pipeline import Settings
 
+    monkeypatch.setattr(batch, "usable_cores", lambda: 2)
+    monkeypatch.setattr(batch, "physical_memory", lambda: 24e9)
+    assert batch.usable_workers(2, 5000, "local") == (2, None)
+    assert batch.usable_workers(3, 5000, "local") == (3, "--jobs 3 is more workers than the 2 cores this process "
+                                                         "may use: they take turns, each loading the weights; --jobs 2 "
+                                                         "is as fast or faster")
+    assert batch.usable_workers(3, 2, "local") == (2, None)  # two files: two workers
+    monkeypatch.setattr(batch, "usable_cores", lambda: 8)
     monkeypatch.setattr(batch, "physical_memory", lambda: 4e9)
     assert BASE_BYTES == 0.6e9
     workers, note = batch.usable_workers(1000, 5000, "local")
