@@ -74,8 +74,7 @@ class CodesFile:
         quantizes what the levels before it left), so decoding them plays the file at that bitrate."""
         if num_codebooks > self.num_codebooks:
             raise InvalidCodesError(f"{name} holds {counted(self.num_codebooks, 'codebook')}; -n {num_codebooks} asks "
-                                    "for more "
-                                    f"(give -n {self.num_codebooks} or fewer)")
+                                    f"for more (give -n {self.num_codebooks} or fewer)")
         return replace(self, codes=self.codes[:, :num_codebooks])
 
     @property
