@@ -377,6 +377,8 @@ def _refuse_other_kinds(path: Path, st: os.stat_result, to_stdout: bool = True) 
     with contextlib.suppress(OSError):  # >(program) is /dev/fd/63, a link to a pipe
         if to_stdout and file_kind(os.stat(path).st_mode) in ("a pipe (FIFO)", "a socket"):
             hint = "to feed a program, give - (standard output) and pipe it: | program"
+        elif to_stdout and stat.S_ISCHR(st.st_mode) and st.st_rdev == os.stat(os.devnull).st_rdev:  # (to time a run)
+            hint = "to discard the output, give - (standard output) and send it there: -o - > /dev/null"
     raise MimiError(f"{path} is {what}; outputs are only ever regular files: {hint}")
 
 

@@ -112,13 +112,15 @@ def test_device_fifo_symlink_and_folder_are_never_replaced(clip, weights_file, t
     (tmp_path / "link.npz").symlink_to(link_target)
     targets["a symbolic link to"] = tmp_path / "link.npz"
     (tmp_path / "folder.npz").mkdir()
-    if os.geteuid() == 0:  # a character device like /dev/null, made here rather than risking the real one
+    if os.geteuid() == 0:  # a character device that is /dev/null, made here rather than risking the real one
         os.mknod(tmp_path / "null.npz", stat.S_IFCHR | 0o666, os.makedev(1, 3))
         targets["a device"] = tmp_path / "null.npz"
     for kind, target in targets.items():
         before = os.lstat(target)
         result = run("encode", clip, "-o", target, "-f", weights=weights_file)
-        hint = "to feed a program, give - (standard output) and pipe it" if "FIFO" in kind else "give a file name"
+        hint = "to feed a program, give - (standard output) and pipe it" if "FIFO" in kind else \
+            "to discard the output, give - (standard output) and send it there: -o - > /dev/null" \
+            if kind == "a device" else "give a file name"
         one_line_error(result, str(target), kind, "only ever regular files", hint)
         after = os.lstat(target)
         assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino), kind
