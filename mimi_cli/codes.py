@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ class CodesFile:
     codec: str = DEFAULT_CODEC
     format_version: int = FORMAT_VERSION
     streamed: bool | None = None  # by a stream encoder (--stream), or by a batch encode; None: not recorded
+    bare: bool = field(default=False, compare=False)  # read from a bare array: nothing says its axes are [K, F]
 
     @classmethod
     def from_codes(cls, codes: np.ndarray, config: CodecConfig, num_samples: int, source_sample_rate: int,
@@ -188,8 +189,9 @@ class CodesFile:
         except (OSError, zipfile.BadZipFile) as exc:
             raise InvalidCodesError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
         codes = _checked_array(array, config, fail)
-        return cls.from_codes(codes, config, num_samples=codes.shape[2] * config.frame_size,
-                              source_sample_rate=config.sample_rate, source_channels=codes.shape[0], weights_id="")
+        return replace(cls.from_codes(codes, config, num_samples=codes.shape[2] * config.frame_size,
+                                      source_sample_rate=config.sample_rate, source_channels=codes.shape[0],
+                                      weights_id=""), bare=True)
 
     @classmethod
     def from_row(cls, row: dict, shown: str, codec: str) -> CodesFile:
@@ -221,8 +223,9 @@ class CodesFile:
         streamed = row.get("streamed")
         if streamed is not None and not isinstance(streamed, bool):
             raise fail(f"streamed must be true or false, got {str(streamed)[:40]!r}")
-        return cls.from_codes(codes, config, num_samples, given["source_sample_rate"] or config.sample_rate,
+        made = cls.from_codes(codes, config, num_samples, given["source_sample_rate"] or config.sample_rate,
                               source_channels, weights_id, streamed)
+        return replace(made, bare=named is None)  # a --parquet shard's row names its codec
 
     @classmethod
     def _validated(cls, path: Path, archive: zipfile.ZipFile, a: dict[str, object]) -> CodesFile:

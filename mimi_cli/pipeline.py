@@ -473,9 +473,10 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
     if settings.codec is not None and codes.codec != settings.codec:  # a codes file names its own
         warnings.append(f"{task.input} holds {config.display_name} codes, as it says; --codec {settings.codec} "
                         "is for bare arrays (.npy) and was not used")
-    if not codes.weights_id and codes.num_codebooks > codes.num_frames:  # a bare array; [frames, K] fits 1..32 frames
-        warnings.append(f"{task.input} holds {codes.num_codebooks} codebooks over {codes.num_frames} frames; if its "
-                        "axes are [frames, codebooks], transpose it: codes are [K, frames]")
+    if codes.bare and codes.num_codebooks > codes.num_frames:  # [frames, K] fits [K, frames] for 1..32 frames
+        warnings.append(f"{task.input} holds {counted(codes.num_codebooks, 'codebook')} over "
+                        f"{counted(codes.num_frames, 'frame')}; if its axes are [frames, codebooks], transpose it: "
+                        "codes are [K, frames]")
     rate = settings.sample_rate or config.sample_rate
     check_audio_output(task.output, rate, codes.channels)
     if not settings.stream:

@@ -335,6 +335,22 @@ def test_an_array_that_looks_transposed_is_warned_about(tmp_path, weights_file, 
         assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
 
 
+def test_an_ecdc_file_of_one_frame_is_not_taken_for_a_transposed_array(tmp_path, encodec_weights):
+    """Meta's .ecdc names its own layout: 8 levels over 1 frame (a clip under 14 ms) decode without the warning
+    a bare [frames, K] array gets (it said so, with "over 1 frames")."""
+    from mimi_cli.models.encodec import EncodecConfig
+
+    codes = np.random.default_rng(3).integers(0, 1024, (8, 1))
+    CodesFile.from_codes(codes, EncodecConfig(), 200, 24000, 1, "").save(tmp_path / "short.ecdc")
+    result = run("decode", tmp_path / "short.ecdc", "-o", tmp_path / "short.wav", "--weights", encodec_weights)
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    assert sf.info(tmp_path / "short.wav").frames == 200
+    np.save(tmp_path / "short.npy", codes)
+    result = run("decode", tmp_path / "short.npy", "-c", "encodec-24khz", "-o", tmp_path / "bare.wav", "--weights",
+                 encodec_weights)
+    assert result.returncode == 0 and "holds 8 codebooks over 1 frame; if its axes" in result.stderr, result.stderr
+
+
 def test_encodec_arrays_with_codec_option(tmp_path):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "gen.npy", rng.integers(0, 1024, (4, 30)))
