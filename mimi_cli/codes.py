@@ -58,6 +58,7 @@ class CodesFile:
     format_version: int = FORMAT_VERSION
     streamed: bool | None = None  # by a stream encoder (--stream), or by a batch encode; None: not recorded
     bare: bool = field(default=False, compare=False)  # read from a bare array: nothing says its axes are [K, F]
+    codec_assumed: bool = field(default=False, compare=False)  # a bare array's codec taken by default: none named
 
     @classmethod
     def from_codes(cls, codes: np.ndarray, config: CodecConfig, num_samples: int, source_sample_rate: int,
@@ -340,8 +341,12 @@ def load_codes(path: Path, codec: str | None = None) -> CodesFile:
             head = f.read(_JSON_PEEK)
     except OSError:
         head = b""  # CodesFile.load says what is wrong with the path
+    def bare(member: str | zipfile.ZipInfo | None = None) -> CodesFile:
+        named = codec or described_codec(path)
+        return replace(CodesFile.from_array(path, named or DEFAULT_CODEC, member), codec_assumed=named is None)
+
     if head.startswith(b"\x93NUMPY") or _json_start(head):
-        return CodesFile.from_array(path, codec or described_codec(path))
+        return bare()
     if head.startswith(ECDC_MAGIC):
         try:
             named, codes, num_samples = read_ecdc(path, MAX_NUM_SAMPLES)
@@ -350,17 +355,17 @@ def load_codes(path: Path, codec: str | None = None) -> CodesFile:
         config = codec_spec(named).config()  # its source's rate, channels and weights are not kept
         return CodesFile.from_codes(codes, config, num_samples, config.sample_rate, 1, weights_id="")
     lone = _lone_array(path) or _lone_tensor(path)
-    return CodesFile.from_array(path, codec or described_codec(path), lone) if lone else CodesFile.load(path)
+    return bare(lone) if lone else CodesFile.load(path)
 
 
 CODEC_INFO = "codec_info.json"  # codec-bpe's description of a tree of .npy codes, at the tree's top
 
 
-def described_codec(path: Path) -> str:
+def described_codec(path: Path) -> str | None:
     """The codec a ``codec_info.json`` in the folder of ``path`` or above names (codec-bpe writes one at the top
-    of its tree of ``.npy`` codes: ``codec_type``, ``sampling_rate``, ``codebook_size``…), else Mimi. One that
-    names a codec mimi-cli does not run (DAC, say, whose codes would pass for Mimi's) is an error, as is one
-    that cannot be read: decoding such codes as Mimi's would give noise without a word. Standard input and
+    of its tree of ``.npy`` codes: ``codec_type``, ``sampling_rate``, ``codebook_size``…); None without one.
+    One that names a codec mimi-cli does not run (DAC, say, whose codes would pass for Mimi's) is an error, as is
+    one that cannot be read: decoding such codes as Mimi's would give noise without a word. Standard input and
     pipes have no folder: the working folder stands for it, as it does for the relative paths a list read
     from standard input names."""
     start = Path.cwd() / "-" if is_input_copy(path) else Path(os.path.abspath(path))
@@ -369,7 +374,7 @@ def described_codec(path: Path) -> str:
         if os.path.isfile(info):
             break
     else:
-        return DEFAULT_CODEC
+        return None
 
     shown = info if Path(path).is_absolute() else os.path.relpath(info)
 

@@ -460,7 +460,22 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
 def read_codes(name: Path, item: Item | None, codec: str | None) -> CodesFile:
     """A codes file, or a table's row of codes (``item``), read and checked as decode reads it; ``codec``: a bare
     array's (see :func:`mimi_cli.codes.load_codes`)."""
-    return load_codes(name, codec) if item is None else row_codes(item, str(name), codec or DEFAULT_CODEC)
+    if item is None:
+        return load_codes(name, codec)
+    row = row_codes(item, str(name), codec or DEFAULT_CODEC)
+    return dataclasses.replace(row, codec_assumed=row.bare and codec is None)
+
+
+def _another_codec(name: Target, codes: CodesFile) -> list[str]:
+    """A bare array decoded with the default codec, none having named one, whose codes all fit a smaller codebook
+    of another codec: most likely that codec's (64 codes of Mimi's 2048 all below EnCodec's 1024: once in 2⁶⁴)."""
+    if not codes.codec_assumed or codes.codes.size < 64:
+        return []
+    top, own = int(codes.codes.max()), codec_spec(codes.codec).config()
+    fits = [spec for spec in CODECS.values() if top < spec.config().codebook_size < own.codebook_size]
+    return [f"{name}: every code is below {spec.config().codebook_size}, as {spec.config().display_name}'s are, "
+            f"and it was decoded as {own.display_name}'s (the default for a bare array): if it holds "
+            f"{spec.config().display_name} codes, give --codec {spec.name}" for spec in fits[:1]]
 
 
 def decode_file(task: Task, settings: Settings, models: Models, report: Report = no_report) -> FileResult:
@@ -473,6 +488,7 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
     if settings.codec is not None and codes.codec != settings.codec:  # a codes file names its own
         warnings.append(f"{task.input} holds {config.display_name} codes, as it says; --codec {settings.codec} "
                         "is for bare arrays (.npy) and was not used")
+    warnings += _another_codec(task.input, codes)
     if codes.bare and codes.num_codebooks > codes.num_frames:  # [frames, K] fits [K, frames] for 1..32 frames
         warnings.append(f"{task.input} holds {counted(codes.num_codebooks, 'codebook')} over "
                         f"{counted(codes.num_frames, 'frame')}; if its axes are [frames, codebooks], transpose it: "

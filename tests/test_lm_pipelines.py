@@ -359,6 +359,30 @@ def test_encodec_arrays_with_codec_option(tmp_path):
     assert result.returncode == 1 and "absent.safetensors" in result.stderr  # the array was accepted
 
 
+def test_a_bare_array_that_fits_encodecs_codebook_is_said_when_decoded_as_mimis(tmp_path, weights_file):
+    """An array that names no codec is Mimi's; when every one of its codes is below 1024 (EnCodec's codebook; 64 of
+    Mimi's codes do that once in 2⁶⁴), the run says how to decode it as EnCodec's. Not when a codec was named
+    (--codec, a codec_info.json), nor for codes that reach past 1023, nor for a few codes."""
+    codes = np.random.default_rng(4).integers(0, 1024, (4, 30))
+    np.save(tmp_path / "gen.npy", codes)
+    said = ("gen.npy: every code is below 1024, as EnCodec 24 kHz's are, and it was decoded as Mimi's (the default "
+            "for a bare array): if it holds EnCodec 24 kHz codes, give --codec encodec-24khz")
+    result = run("decode", tmp_path / "gen.npy", "-o", tmp_path / "a.wav", weights=weights_file)
+    assert result.returncode == 0 and said in " ".join(result.stderr.split()), result.stderr
+    told = tmp_path / "told"
+    told.mkdir()
+    (told / "codec_info.json").write_text(json.dumps({"codec_type": "mimi", "sampling_rate": 24000,
+                                                      "codebook_size": 2048}))
+    np.save(told / "gen.npy", codes)
+    codes[3, 29] = 1024
+    np.save(tmp_path / "wide.npy", codes)
+    np.save(tmp_path / "few.npy", codes[:2, :30] % 1024)  # 60 codes
+    for args in ([tmp_path / "gen.npy", "--codec", "mimi"], [told / "gen.npy"], [tmp_path / "wide.npy"],
+                 [tmp_path / "few.npy"]):
+        result = run("decode", *args, "-o", tmp_path / "quiet.wav", "-f", weights=weights_file)
+        assert result.returncode == 0 and "warning" not in result.stderr, (args, result.stderr)
+
+
 @pytest.fixture(scope="module")
 def encodec_weights(tmp_path_factory):
     from safetensors.numpy import save_file
