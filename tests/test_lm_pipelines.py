@@ -377,10 +377,12 @@ def test_a_bare_array_that_fits_encodecs_codebook_is_said_when_decoded_as_mimis(
     codes[3, 29] = 1024
     np.save(tmp_path / "wide.npy", codes)
     np.save(tmp_path / "few.npy", codes[:2, :30] % 1024)  # 60 codes
-    for args in ([tmp_path / "gen.npy", "--codec", "mimi"], [told / "gen.npy"], [tmp_path / "wide.npy"],
-                 [tmp_path / "few.npy"]):
-        result = run("decode", *args, "-o", tmp_path / "quiet.wav", "-f", weights=weights_file)
-        assert result.returncode == 0 and "warning" not in result.stderr, (args, result.stderr)
+    from mimi_cli.pipeline import _another_codec, read_codes
+
+    assert _another_codec("gen.npy", read_codes(tmp_path / "gen.npy", None, None)) == [said]  # as the run said
+    for name, codec in ((tmp_path / "gen.npy", "mimi"), (told / "gen.npy", None), (tmp_path / "wide.npy", None),
+                        (tmp_path / "few.npy", None)):
+        assert _another_codec(name, read_codes(name, None, codec)) == [], name
 
 
 @pytest.fixture(scope="module")
