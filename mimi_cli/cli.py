@@ -575,15 +575,25 @@ def _summarise(results, elapsed: float, kind: str, say: _Messages) -> None:
     _say_problems(results)
 
 
+SAME_WARNINGS_SHOWN = 3  # of one warning about many files (a corpus of arrays without --codec): the rest counted
+
+
 def _say_problems(results) -> None:
-    """Each warning of the files done once (with its file), then each failure; exit 1 if any file failed."""
-    shown = set()
+    """Each warning of the files done once (with its file), the same warning about more than a few files counted
+    after the first few, then each failure; exit 1 if any file failed."""
+    alike: dict[str, list[str]] = {}  # a warning's words without its file's name: its lines
     for r in results:
         for warning in r.warnings if r.status == "done" else ():
             line = warning if warning.startswith("weights:") or r.input in warning else f"{r.input}: {warning}"
-            if line not in shown:
-                shown.add(line)
-                _warn(line)
+            lines = alike.setdefault(line.replace(r.input, "\0"), [])
+            if line not in lines:
+                lines.append(line)
+    for lines in alike.values():
+        for line in lines[:SAME_WARNINGS_SHOWN]:
+            _warn(line)
+        if len(lines) > SAME_WARNINGS_SHOWN:
+            more = len(lines) - SAME_WARNINGS_SHOWN
+            _warn(f"the same for {more} more file{'s' * (more > 1)} (--manifest lists each file's warnings)")
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         reason = r.error or ""

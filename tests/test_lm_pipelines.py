@@ -383,6 +383,18 @@ def test_a_bare_array_that_fits_encodecs_codebook_is_said_when_decoded_as_mimis(
     for name, codec in ((tmp_path / "gen.npy", "mimi"), (told / "gen.npy", None), (tmp_path / "wide.npy", None),
                         (tmp_path / "few.npy", None)):
         assert _another_codec(name, read_codes(name, None, codec)) == [], name
+    # a folder of such arrays: the first three said, the rest counted, each in the manifest
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for index in range(5):
+        np.save(folder / f"g{index}.npy", np.random.default_rng(index).integers(0, 1024, (4, 16)))
+    result = run("decode", folder, "-o", tmp_path / "out", "--manifest", tmp_path / "m.jsonl", weights=weights_file)
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert result.returncode == 0 and [line.split(":")[1].strip() for line in warned[:3]] == [
+        str(folder / f"g{index}.npy") for index in range(3)], result.stderr
+    assert warned[3:] == ["warning: the same for 2 more files (--manifest lists each file's warnings)"], result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [len(row["warnings"]) for row in rows] == [1] * 5
 
 
 @pytest.fixture(scope="module")
