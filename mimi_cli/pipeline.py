@@ -466,6 +466,10 @@ def read_codes(name: Path, item: Item | None, codec: str | None) -> CodesFile:
     return dataclasses.replace(row, codec_assumed=row.bare and codec is None)
 
 
+def _clipped(samples: int) -> str:
+    return f"{counted(samples, 'sample')} beyond [-1, 1] {'were' if samples > 1 else 'was'} clipped"
+
+
 def _another_codec(name: Target, codes: CodesFile) -> list[str]:
     """A bare array decoded with the default codec, none having named one, whose codes all fit a smaller codebook
     of another codec: most likely that codec's (64 codes of Mimi's 2048 all below EnCodec's 1024: once in 2⁶⁴)."""
@@ -516,8 +520,7 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
         clipped = write_audio(task.output, pcm, rate, settings.replace, decoded_comment(codes, settings))
     if clipped:
         remedy = "decode without --stream, with --rescale," if settings.stream else "--rescale"
-        warnings.append(f"{counted(clipped, 'sample')} beyond [-1, 1] {'were' if clipped > 1 else 'was'} clipped "
-                        f"({remedy} scales the audio down instead)")
+        warnings.append(f"{_clipped(clipped)} ({remedy} scales the audio down instead)")
     return FileResult.of(task, "done", duration_s=round(duration, 3), frames=codes.num_frames, warnings=warnings,
                          notes=notes,
                          num_codebooks=codes.num_codebooks, sample_rate=rate, model_seconds=seconds,
@@ -719,7 +722,7 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
         clipped = write_audio(output, decoded, config.sample_rate, settings.replace,
                               decoded_comment(encoded.codes, settings))
         if clipped:
-            warnings.append(f"{counted(clipped, 'sample')} beyond [-1, 1] {'were' if clipped > 1 else 'was'} clipped")
+            warnings.append(_clipped(clipped))
     duration = reference.shape[1] / config.sample_rate
     per_channel = [_quality(ours, theirs, config.sample_rate) for ours, theirs in zip(reference, decoded, strict=True)]
     metrics = {
