@@ -246,10 +246,11 @@ def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["e
         if paths and all(is_glob(p) for p in paths) and not manifests:  # a glob's matches are taken whatever
             raise MimiError(f"no file matches {given}"  # their suffix, so there were none
                             + (f" ({_left_out(left_out)})" if left_out else ""))
-        json_hint = _json_hint(paths, recursive) if kind == "decode" else ""
+        hint = (_json_hint(paths, recursive) if kind == "decode" else "") or _other_command_hint(paths, kind, recursive)
+        if folders and not recursive and any(_has_folder(p) for p in paths):
+            hint = f"{hint[:-1]}; -r searches sub-folders)" if hint else " (use -r to search sub-folders)"
         raise MimiError(f"no {either(suffixes[:4])}{'…' if len(suffixes) > 4 else ''} files in {given}"
-                        + (f" ({_left_out(left_out)})" if left_out else json_hint or
-                           (" (use -r to search sub-folders)" if folders and not recursive else "")))
+                        + (f" ({_left_out(left_out)})" if left_out else hint))
     items = any(entry.item is not None for entry in found)
     one_file = len(paths) == 1 and not is_folder(paths[0]) and not is_glob(paths[0]) and not items
     notes = [_left_out(left_out)] if left_out else []
@@ -262,6 +263,25 @@ def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["e
     if globs:
         notes.append(f"no file matches {', '.join(globs)}")
     return found, "; ".join(notes) or None, one_file
+
+
+def _has_folder(path: Path) -> bool:
+    """Whether the folder ``path`` holds a folder that is not hidden (which -r would search)."""
+    with suppress(OSError), os.scandir(path) as entries:
+        return any(e.is_dir() and not e.name.startswith(".") for e in entries)
+    return False
+
+
+def _other_command_hint(paths: list[Path], kind: Literal["encode", "decode"], recursive: bool) -> str:
+    """Where the folders named hold the other command's files (`mimi encode codes/`): which command takes them."""
+    suffixes, command = (CODES_SUFFIXES, "decode") if kind == "encode" else (AUDIO_SUFFIXES, "encode")
+    for folder in filter(is_folder, paths):
+        with suppress(OSError):
+            found = next((p for p in (folder.rglob if recursive else folder.glob)("*")
+                          if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()), None)
+            if found is not None:
+                return f" (it holds {found.suffix.lower()} files, which `mimi {command}` takes)"
+    return ""
 
 
 def _json_hint(paths: list[Path], recursive: bool) -> str:

@@ -579,8 +579,11 @@ def test_a_folder_or_glob_that_gives_nothing_beside_others_is_said(corpus, tmp_p
 
 
 def test_batch_usage_errors(corpus, tmp_path):
+    result = run("encode", tmp_path, "-o", tmp_path / "out")  # an empty folder: nothing to say of -r
+    assert result.returncode == 1 and result.stderr == f"error: no .wav, .flac, .ogg or .oga… files in {tmp_path}\n"
+    (tmp_path / "sub").mkdir()
     result = run("encode", tmp_path, "-o", tmp_path / "out")
-    assert result.returncode == 1 and "no .wav" in result.stderr and "-r" in result.stderr
+    assert result.returncode == 1 and result.stderr.endswith(" (use -r to search sub-folders)\n"), result.stderr
     for globs in ([tmp_path / "zz*.wav"], [tmp_path / "zz*.wav", tmp_path / "*.flac"]):  # no "files in" a pattern
         result = run("encode", *globs, "-o", tmp_path / "out")
         given = ", ".join(map(str, globs))
@@ -594,6 +597,11 @@ def test_batch_usage_errors(corpus, tmp_path):
     (tmp_path / "arrays").mkdir()
     for name in ("a.npy", "b.npy"):
         np.save(tmp_path / "arrays" / name, np.zeros((8, 4), np.int64))
+    for command, folder, said in (("encode", tmp_path / "arrays", "it holds .npy files, which `mimi decode` takes"),
+                                  ("decode", corpus / "spk1", "it holds .flac files, which `mimi encode` takes; -r "
+                                                              "searches sub-folders")):
+        result = run(command, folder, "-o", tmp_path / "nothing")  # the other command's files
+        assert result.returncode == 1 and result.stderr.strip().endswith(f"files in {folder} ({said})"), result.stderr
     for command, name in (("encode", "all.npy"), ("encode", "all.ecdc"), ("encode", "all.wav"), ("decode", "all.flac"),
                           ("decode", "all.npz")):  # each was made a folder of that name, holding the outputs
         result = run(command, corpus if command == "encode" else tmp_path / "arrays", "-r", "-o", tmp_path / name)
