@@ -272,16 +272,24 @@ def _has_folder(path: Path) -> bool:
     return False
 
 
+def _first_in(paths: list[Path], recursive: bool, pattern: str,
+              wanted: Callable[[Path], bool]) -> tuple[Path, Path] | None:
+    """The first entry matching ``pattern`` that is ``wanted``, in the folders among ``paths`` (and below them,
+    ``recursive``), with its folder; None if there is none (or the folders cannot be read)."""
+    for folder in filter(is_folder, paths):
+        with suppress(OSError):
+            found = next(filter(wanted, (folder.rglob if recursive else folder.glob)(pattern)), None)
+            if found is not None:
+                return folder, found
+    return None
+
+
 def _other_command_hint(paths: list[Path], kind: Literal["encode", "decode"], recursive: bool) -> str:
     """Where the folders named hold the other command's files (`mimi encode codes/`): which command takes them."""
     suffixes, command = (CODES_SUFFIXES, "decode") if kind == "encode" else (AUDIO_SUFFIXES, "encode")
-    for folder in filter(is_folder, paths):
-        with suppress(OSError):
-            found = next((p for p in (folder.rglob if recursive else folder.glob)("*")
-                          if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()), None)
-            if found is not None:
-                return f" (it holds {found.suffix.lower()} files, which `mimi {command}` takes)"
-    return ""
+    found = _first_in(paths, recursive, "*", lambda p: p.suffix.lower() in suffixes and not p.name.startswith(".")
+                      and p.is_file())
+    return "" if found is None else f" (it holds {found[1].suffix.lower()} files, which `mimi {command}` takes)"
 
 
 def _json_hint(paths: list[Path], recursive: bool) -> str:
@@ -289,15 +297,13 @@ def _json_hint(paths: list[Path], recursive: bool) -> str:
     taken from a folder (where JSON is more often metadata: a codec_info.json, a manifest)."""
     from mimi_cli.codes import CODEC_INFO
 
-    for folder in filter(is_folder, paths):
-        with suppress(OSError):
-            found = next((p for p in (folder.rglob if recursive else folder.glob)("*.json")
-                          if p.name != CODEC_INFO), None)
-            if found is not None:
-                pattern = shell_word(str(Path(folder, "**" if recursive else "", "*.json")))
-                return (f" (JSON arrays of codes, such as {found.name}, are read when named, not found in folders: "
-                        f"give them, or a quoted glob: {pattern})")
-    return ""
+    found = _first_in(paths, recursive, "*.json", lambda p: p.name != CODEC_INFO)
+    if found is None:
+        return ""
+    folder, json_file = found
+    pattern = shell_word(str(Path(folder, "**" if recursive else "", "*.json")))
+    return (f" (JSON arrays of codes, such as {json_file.name}, are read when named, not found in folders: "
+            f"give them, or a quoted glob: {pattern})")
 
 
 def _left_out(paths: list[Path], shown: int = 3) -> str:

@@ -592,8 +592,8 @@ def _say_problems(results) -> None:
         for line in lines[:SAME_WARNINGS_SHOWN]:
             _warn(line)
         if len(lines) > SAME_WARNINGS_SHOWN:
-            more = len(lines) - SAME_WARNINGS_SHOWN
-            _warn(f"the same for {more} more file{'s' * (more > 1)} (--manifest lists each file's warnings)")
+            more = counted(len(lines) - SAME_WARNINGS_SHOWN, "more file")
+            _warn(f"the same for {more} (--manifest lists each file's warnings)")
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         reason = r.error or ""
