@@ -30,6 +30,12 @@ app = typer.Typer(
 )
 
 
+def _table_out() -> Console:
+    """Standard output for a wide table: a pipe or file gets full lines (rich would otherwise fit the table to
+    80 columns and cut its names short)."""
+    return out if out.is_terminal else Console(width=250, highlight=False, soft_wrap=True)
+
+
 def _consoles() -> tuple[Console, Console]:
     """Standard error's and standard output's."""
     return Console(stderr=True, soft_wrap=True, highlight=False), Console(soft_wrap=True, highlight=False)
@@ -742,7 +748,7 @@ def _print_bench(report: dict) -> None:
         for r in report["kernels"]:
             table.add_row(r["name"], r["shape"], r["strategy"], f"{r['seconds'] * 1e3:.2f} ms",
                           f"{r['gflops']:.1f}", f"{100 * r['peak_fraction']:.0f} %")
-        out.print(table)
+        _table_out().print(table)
     if "model" in report:
         table = Table(title=f"One-shot {report['codec']} on {report['seconds']:g} s of audio", title_justify="left")
         for column in ("run", "time", "real-time factor", "GFLOP/s", "% of peak"):
@@ -750,7 +756,7 @@ def _print_bench(report: dict) -> None:
         for r in report["model"]:
             table.add_row(r["name"], f"{r['seconds']:.2f} s", f"{r['rtf']:.3f}", f"{r['gflops']:.1f}",
                           f"{100 * r['peak_fraction']:.0f} %")
-        out.print(table)
+        _table_out().print(table)
         out.print(f"weights load: {report['weights_load_seconds']:.2f} s; peak memory: {report['peak_rss_mb']:,.0f} MB")
     if "stream" in report:
         title = f"Streaming, per {report['frame_ms']:.3g} ms frame (1 frame per step)"
@@ -759,7 +765,7 @@ def _print_bench(report: dict) -> None:
             table.add_column(column, justify="left" if column == "direction" else "right")
         for r in report["stream"]:
             table.add_row(r["direction"], f"{r['p50_ms']:.1f} ms", f"{r['p95_ms']:.1f} ms", f"{r['max_ms']:.1f} ms")
-        out.print(table)
+        _table_out().print(table)
     if "streams" in report:
         table = Table(title=f"B streams in one call, 1 frame per step ({report['frame_ms']:.3g} ms of audio each)",
                       title_justify="left")
@@ -769,7 +775,7 @@ def _print_bench(report: dict) -> None:
             table.add_row(str(r["streams"]), "at once" if r["duplex"] else "in turn", _ms(r["step_ms"]),
                           _ms(r["encode_ms"]), _ms(r["decode_ms"]), _ms(r["ms_per_stream_frame"]),
                           "yes" if r["real_time"] else "no")
-        out.print(table)
+        _table_out().print(table)
         held = [_streams_held([r for r in report["streams"] if r["duplex"] == duplex]) for duplex in (False, True)]
         out.print(f"concurrent real-time streams (encode + decode) held: {held[0]} encoding then decoding, "
                   f"{held[1]} with both at once (stream_duplex)")
@@ -903,7 +909,7 @@ def _print_codes_report(report) -> None:
     for level in report.levels:
         table.add_row(str(level.level), str(level.distinct), f"{level.entropy_bits:.2f} bits",
                       f"{level.most_frequent} ({level.share:.1%})")
-    out.print(table)
+    _table_out().print(table)
 
 
 def _print_weights_report(report, with_stats: bool) -> None:
@@ -911,8 +917,7 @@ def _print_weights_report(report, with_stats: bool) -> None:
 
     from mimi_cli.inspect import total_params
 
-    # A pipe or file gets full lines (rich would otherwise wrap the table to 80 columns).
-    console = out if out.is_terminal else Console(width=250, highlight=False, soft_wrap=True)
+    console = _table_out()
     console.print(f"[bold]{_shown(report.path)}[/]: {_shown(report.format)}")
     for key, value in report.details.items():
         if key == "ops":
@@ -1075,13 +1080,13 @@ def _print_outputs(model: str, summary: str, results: dict, target) -> None:
         err.print(f"{_shown(model)}: {summary}; wrote {', '.join(_shown(n) for n in results)} to {where}")
         return
     view = Table(title=f"{_shown(model)}: {summary}", title_justify="left")
-    for column in ("output", "dtype", "shape", "min", "mean", "max"):
-        view.add_column(column, justify="left" if column in ("output", "dtype") else "right")
+    for column in ("output", "dtype", "shape", "min", "mean", "max"):  # a name wraps, never cut short
+        view.add_column(column, justify="left" if column in ("output", "dtype") else "right", overflow="fold")
     for name, value in results.items():
         numbers = value.astype(np.float64) if value.size else np.zeros(1)
         view.add_row(_shown(name), str(value.dtype), str(list(value.shape)),
                      *(f"{f(numbers):.6g}" for f in (np.min, np.mean, np.max)))
-    out.print(view)
+    _table_out().print(view)
 
 
 # A round trip's quality metrics as shown: label, JSON key, format (PESQ and STOI with the metrics extra)
@@ -1110,7 +1115,7 @@ def _print_metrics(metrics: dict) -> None:
                                for values in (metrics, *channels)])
     table.add_row("encode real-time factor", _rtf(metrics["encode_rtf"]))
     table.add_row("decode real-time factor", _rtf(metrics["decode_rtf"]))
-    out.print(table)
+    _table_out().print(table)
 
 
 def _show_roundtrips(results: list, mean: dict, as_json: bool) -> None:
@@ -1136,7 +1141,7 @@ def _show_roundtrips(results: list, mean: dict, as_json: bool) -> None:
                 table.add_row(name, f"{values['duration_s']:.2f} s",
                               *["undefined" if values[key] is None else shown.format(values[key])
                                 for _, key, shown in quality])
-            out.print(table)
+            _table_out().print(table)
             out.print(f"encode {_rtf(mean['encode_rtf'])}, decode {_rtf(mean['decode_rtf'])}, all files together")
     _say_problems(results)
 

@@ -217,6 +217,14 @@ def test_mimi_run_stream_writes_every_window(tmp_path):
     assert written["new_hidden_state"].shape == (1, 128)
     windows = len(expected)
     assert f"{windows} windows of 576 samples, hop 512 (32.0 ms at 16000 Hz)" in result.stderr
+    # without -o, a table of the outputs is the command's output: each name whole, even to a pipe
+    shown = run("run", str(SILERO), "--stream", f"audio_input={CLIPS[1]}", "--hop", "512", "--sample-rate", "16000",
+                env_extra={"COLUMNS": "80"})  # what rich assumes of a pipe
+    rows = {cells[1]: cells[2:-1] for line in shown.stdout.splitlines() if line.startswith("│")
+            for cells in [[cell.strip() for cell in line.split("│")]]}
+    assert shown.returncode == 0 and set(rows) == {"vad_output", "new_cell_state", "new_hidden_state"}, shown.stdout
+    assert rows["vad_output"] == ["float32", f"[{windows}, 1, 1, 1]", *(f"{f(expected):.6g}" for f in (
+        np.min, np.mean, np.max))]
     # a clip resampled to 1 Hz is a dozen samples: one window, counted as one
     one = run("run", str(SILERO), "--stream", f"audio_input={CLIPS[1]}", "--sample-rate", "1", "-o", str(target), "-f")
     assert one.returncode == 0 and "1 window of 576 samples" in one.stderr, one.stderr
