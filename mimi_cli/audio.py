@@ -337,6 +337,10 @@ class FFmpegAudio(BlockReader):
         self._container.close()
 
 
+# Float audio louder than this (6 dB past full scale) is encoded with a warning: a mix summed without
+# headroom, or samples scaled by mistake, short of MAX_PEAK's refusal.
+LOUD_PEAK = 2.0
+
 # libsndfile's length of a file that does not give one (SF_COUNT_MAX): a FLAC stream written to a pipe, whose
 # STREAMINFO says 0 samples (its writer could not seek back to fill it in). libsndfile reads it whole (it failed
 # part way, "Internal psf_fseek() failed", only when python-soundfile seeked it after each read:
@@ -356,7 +360,7 @@ class LibsndfileAudio(BlockReader):
     6.10 in WAV…, and drifts in a damaged MP3), and which is refused at its end when it gave fewer samples
     than the file holds (``whole``): libsndfile's Ogg decoders skip a damaged page and its MP3 decoder may stop
     at damaged frames, silently. What that decoder prints on stderr itself is caught in ``stderr`` (see
-    :func:`decoder_warnings`)."""
+    :func:`reader_warnings`)."""
 
     def __init__(self, f, name: Target, frames: int, whole: int, stderr: CaughtStderr | None = None):
         self._f, self._name, self.frames, self._whole, self._position, self.stderr = f, name, frames, whole, 0, stderr
@@ -397,14 +401,25 @@ class LibsndfileAudio(BlockReader):
             self.stderr.close()
 
 
-def decoder_warnings(reader) -> list[str]:
-    """What a file's decoder printed on stderr while ``reader`` (or the reader a span reads) read it, as one
-    warning: mpg123's notes about damaged frames it skipped, as players do. No warning when it printed nothing."""
+def reader_warnings(name: Target, reader) -> list[str]:
+    """What is worth a word about the file ``reader`` read, once it is read:
+
+    - what its decoder printed on stderr (the reader a span reads included), as one warning: mpg123's notes
+      about damaged frames it skipped, as players do. None when it printed nothing;
+    - float samples beyond LOUD_PEAK: the codec is made for audio within full scale.
+    """
+    found = []
     caught = getattr(reader, "stderr", None)
-    if caught is None or not caught.count:
-        return []
-    more = f" (and {caught.count - 1} more lines)" if caught.count > 1 else ""
-    return [f"libsndfile's MP3 decoder (mpg123) said: {caught.lines[0]}{more}"]
+    if caught is not None and caught.count:
+        more = f" (and {caught.count - 1} more lines)" if caught.count > 1 else ""
+        found.append(f"libsndfile's MP3 decoder (mpg123) said: {caught.lines[0]}{more}")
+    loud = getattr(reader, "loud", None)
+    if loud is not None:
+        peak, first = loud
+        found.append(f"{name} peaks at {peak:.3g}, {20 * math.log10(peak):.0f} dB above full scale (the first "
+                     f"sample beyond {LOUD_PEAK:g} is at {first / reader.samplerate:.3f} s): the codec is made for "
+                     "audio within [-1, 1]; scale it down before encoding")
+    return found
 
 
 def read_blocks(path: Path, f, block_frames: int):
@@ -433,10 +448,19 @@ def _read_block(path: Path, f, frames: int) -> np.ndarray:
         raise InvalidAudioError(f"{path} contains NaN or Inf samples (first at {bad / f.samplerate:.3f} s)")
     peak = float(np.max(np.abs(block))) if block.size else 0.0
     if peak > MAX_PEAK:
-        bad = position + int(np.flatnonzero((np.abs(block) > MAX_PEAK).any(axis=1))[0])
-        raise InvalidAudioError(f"{path} has samples of magnitude {peak:.3g} (first at {bad / f.samplerate:.3f} s), "
-                                f"far beyond full scale (1.0); it is not audio as recorded: rescale it to [-1, 1]")
+        raise InvalidAudioError(f"{path} has samples of magnitude {peak:.3g} (first at "
+                                f"{_first_beyond(block, MAX_PEAK, position) / f.samplerate:.3f} s), far beyond full "
+                                "scale (1.0); it is not audio as recorded: rescale it to [-1, 1]")
+    if peak > LOUD_PEAK:  # kept on the reader for reader_warnings: the loudest sample, and the first loud one
+        loud = getattr(f, "loud", None)
+        f.loud = (max(peak, loud[0]), loud[1]) if loud else (peak, _first_beyond(block, LOUD_PEAK, position))
     return block
+
+
+def _first_beyond(block: np.ndarray, limit: float, position: int) -> int:
+    """The file position of the first sample of ``block`` (``[frames, channels]``, read at ``position``) whose
+    magnitude is beyond ``limit``."""
+    return position + int(np.flatnonzero((np.abs(block) > limit).any(axis=1))[0])
 
 
 # What a WAV writer that cannot seek back (its output is a pipe: sox, ffmpeg, arecord, a recorder or a

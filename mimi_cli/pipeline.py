@@ -25,7 +25,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audio, StreamResampler, audio_writer,
-                            check_audio_output, decoder_warnings, open_audio, read_blocks, read_open, resample,
+                            check_audio_output, reader_warnings, open_audio, read_blocks, read_open, resample,
                             rescaled, soundfile_errors, to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
@@ -451,7 +451,7 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
         notes.append(f"{Path(task.output).name} holds the codes alone (a bare array, no metadata): "
                      f"`mimi decode`{codec} gives back whole frames, not the original length")
     return FileResult.of(task, "done", duration_s=round(codes.num_samples / config.sample_rate, 3),
-                         frames=codes.num_frames, notes=notes, warnings=decoder_warnings(f),
+                         frames=codes.num_frames, notes=notes, warnings=reader_warnings(task.input, f),
                          num_codebooks=levels, bitrate_kbps=round(config.bitrate(levels) / 1000, 3),
                          model_seconds=result.seconds, codes=codes if settings.keep_codes else None,
                          carried=None if task.item is None else carried_keys(task.item))
@@ -717,7 +717,7 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
     config = loaded.model.config
     levels = config.levels(settings.num_codebooks)
     encoded, reference, decoded, decode_seconds = _round_trip(loaded, audio, levels, settings, report)
-    warnings = decoder_warnings(f)
+    warnings = reader_warnings(input, f)
     if output is not None:
         clipped = write_audio(output, decoded, config.sample_rate, settings.replace,
                               decoded_comment(encoded.codes, settings))

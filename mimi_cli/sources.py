@@ -1035,7 +1035,7 @@ class Span(BlockReader):
         return self._f.read(left if frames < 0 else min(frames, left), **options)
 
     @property
-    def stderr(self):  # what its file's decoder printed (audio.decoder_warnings)
+    def stderr(self):  # what its file's decoder printed (audio.reader_warnings)
         return getattr(self._f, "stderr", None)
 
     def close(self) -> None:

@@ -1085,6 +1085,24 @@ def test_audio_far_beyond_full_scale_is_an_error_not_zeros(weights_file, tmp_pat
     assert "RuntimeWarning" not in result.stderr and not (tmp_path / "loud.npz").exists()
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_audio_well_beyond_full_scale_is_encoded_with_a_warning(weights_file, tmp_path, stream):
+    """Float audio 6 dB or more past full scale (a mix without headroom) was encoded without a word; its
+    loudest sample is said, and where the first sample beyond 2.0 is (block by block with --stream)."""
+    pcm = np.sin(np.arange(6 * 24000) / 10).astype(np.float32) * 0.5
+    sf.write(tmp_path / "headroom.wav", pcm * 3.8, 24000, subtype="FLOAT")  # peaks at 1.9: no warning
+    pcm[30000], pcm[140000] = 3.0, -7.0  # 1.25 s, then the loudest in a later block (of 65536 samples)
+    sf.write(tmp_path / "loud.wav", pcm, 24000, subtype="FLOAT")
+    result = run("encode", tmp_path / "headroom.wav", tmp_path / "loud.wav", "-o", tmp_path / "codes/", "--manifest",
+                 tmp_path / "m.jsonl", *(["--stream"] if stream else []), weights=weights_file)
+    warning = f"{tmp_path / 'loud.wav'} peaks at 7, 17 dB above full scale (the first sample beyond 2 is at 1.250 s)"
+    assert result.returncode == 0 and result.stderr.count("warning: ") == 1, result.stderr
+    assert f"warning: {warning}: the codec is made for audio within [-1, 1]; scale it down" in result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [len(row["warnings"]) for row in rows] == [0, 1] and rows[1]["warnings"][0].startswith(warning)
+    assert sorted(p.name for p in (tmp_path / "codes").iterdir()) == ["headroom.npz", "loud.npz"]
+
+
 def test_unwritable_format_and_rate_fail_before_decoding(codes, weights_file, tmp_path):
     for output, rate, expected in (("x.flac", "700000", "cannot write FLAC audio at 700000 Hz"),
                                    ("x.mp3", "7000", "cannot write MP3 audio at 7000 Hz"),
