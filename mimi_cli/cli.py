@@ -893,6 +893,8 @@ def _print_codes_report(report) -> None:
     unsaid = "not recorded" if report.rows is None else "not recorded, or not the same in all"
     if report.left_out:
         err.print(f"note: {_shown(report.left_out)}")
+    for warning in report.warnings:
+        _warn(warning)
     rows = [("code streams", f"{report.streams}" + (" (one per channel)" if report.streams > 1 else "")),
             ("codebooks", f"{report.codebooks} of {report.codebook_size} codes ({report.bitrate_kbps:g} kbps)"),
             ("frames", f"{report.frames} at {report.frame_rate:g} Hz"),

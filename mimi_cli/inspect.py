@@ -241,6 +241,7 @@ class CodesReport:
     rows: int | None = None  # a table's rows, or a folder's codes files (streams, codebooks: the most of any row;
     # frames, samples: their sum; source, weights, streamed: None unless every row says the same)
     left_out: str | None = None  # a folder's entries with a codes file's name that are not files (broken links)
+    warnings: list[str] = field(default_factory=list)  # codes taken, maybe wrongly (pipeline.codes_warnings)
 
     def to_json(self) -> dict:
         """The documented JSON object (``mimi inspect CODES --json``)."""
@@ -257,6 +258,7 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
     from mimi_cli.codes import load_codes
     from mimi_cli.ecdc import MAGIC
     from mimi_cli.models import codec_spec
+    from mimi_cli.pipeline import codes_warnings
     from mimi_cli.sources import is_table
 
     if str(path) == STDIN or is_pipe(Path(path)):
@@ -280,7 +282,8 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
         round(config.bitrate(codes.num_codebooks) / 1000, 3),
         codes.source_sample_rate if recorded else None, codes.source_channels if recorded else None,
         codes.weights_id or None, codes.streamed,
-        [_usage(level, found) for level, found in enumerate(_level_counts(codes.codes, codes.codebook_size))])
+        [_usage(level, found) for level, found in enumerate(_level_counts(codes.codes, codes.codebook_size))],
+        warnings=codes_warnings(path, codes))
 
 
 def _level_counts(codes: np.ndarray, size: int) -> np.ndarray:
@@ -300,11 +303,11 @@ def _inspect_many(path: Path, codec: str | None, column: str, progress: Callable
     decode would refuse is this report's error), their figures summed or the most of any row."""
     from mimi_cli.batch import find_inputs, is_glob
     from mimi_cli.models import codec_spec
-    from mimi_cli.pipeline import read_codes
+    from mimi_cli.pipeline import another_codec, read_codes
 
     rows, left_out, _ = find_inputs([str(path)], [], "decode", recursive=True, column=column, verb="inspect")
     counts: list[np.ndarray] = []  # per level, over every row that has it
-    first, frames, samples, streams, same = None, 0, 0, 0, {}
+    first, frames, samples, streams, same, assumed = None, 0, 0, 0, {}, True
     for done, entry in enumerate(rows, 1):
         codes = read_codes(entry.path, entry.item, codec)
         if first is None:
@@ -314,6 +317,7 @@ def _inspect_many(path: Path, codec: str | None, column: str, progress: Callable
                             f"{first[0]} {codec_spec(first[1].codec).config().display_name} codes: inspect one "
                             "codec's at a time")
         frames, samples, streams = frames + codes.num_frames, samples + codes.num_samples, max(streams, codes.channels)
+        assumed &= codes.codec_assumed
         for key in ("source_sample_rate", "source_channels", "weights_id", "streamed"):
             value = getattr(codes, key) if codes.weights_id else None  # recorded by mimi encode alone
             same[key] = value if same.get(key, value) == value else None
@@ -334,7 +338,9 @@ def _inspect_many(path: Path, codec: str | None, column: str, progress: Callable
         config.display_name, streams, len(counts), frames, first[1].frame_rate, samples, first[1].sample_rate,
         first[1].codebook_size, round(config.bitrate(len(counts)) / 1000, 3), same["source_sample_rate"],
         same["source_channels"], same["weights_id"] or None, same["streamed"],
-        [_usage(level, found) for level, found in enumerate(counts)], rows=len(rows), left_out=left_out)
+        [_usage(level, found) for level, found in enumerate(counts)], rows=len(rows), left_out=left_out,
+        warnings=another_codec(path, config.name, max(int(np.flatnonzero(c).max()) for c in counts),
+                               sum(int(c.sum()) for c in counts)) if assumed else [])
 
 
 def _usage(level: int, counts: np.ndarray) -> LevelUsage:

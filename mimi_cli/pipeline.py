@@ -470,15 +470,28 @@ def _clipped(samples: int) -> str:
     return f"{counted(samples, 'sample')} beyond [-1, 1] {'were' if samples > 1 else 'was'} clipped"
 
 
-def _another_codec(name: Target, codes: CodesFile) -> list[str]:
-    """A bare array decoded with the default codec, none having named one, whose codes all fit a smaller codebook
-    of another codec: most likely that codec's (64 codes of Mimi's 2048 all below EnCodec's 1024: once in 2⁶⁴)."""
-    if not codes.codec_assumed or codes.codes.size < 64:
+def codes_warnings(name: Target, codes: CodesFile) -> list[str]:
+    """What decode and inspect say of codes read from ``name`` that they take, but may have taken wrongly: a bare
+    array of another codec's codes (:func:`another_codec`), or whose axes may be [frames, codebooks]."""
+    found = another_codec(name, codes.codec, int(codes.codes.max(initial=0)), codes.codes.size) \
+        if codes.codec_assumed else []
+    if codes.bare and codes.num_codebooks > codes.num_frames:  # [frames, K] fits [K, frames] for 1..32 frames
+        found.append(f"{name} holds {counted(codes.num_codebooks, 'codebook')} over "
+                     f"{counted(codes.num_frames, 'frame')}; if its axes are [frames, codebooks], transpose it: "
+                     "codes are [K, frames]")
+    return found
+
+
+def another_codec(name: Target, codec: str, top: int, count: int) -> list[str]:
+    """Bare arrays read as ``codec``'s, the default, none having named one, whose ``count`` codes (the highest
+    ``top``) all fit a smaller codebook of another codec: most likely that codec's (64 codes of Mimi's 2048 all
+    below EnCodec's 1024: once in 2⁶⁴)."""
+    if count < 64:
         return []
-    top, own = int(codes.codes.max()), codec_spec(codes.codec).config()
+    own = codec_spec(codec).config()
     fits = [spec for spec in CODECS.values() if top < spec.config().codebook_size < own.codebook_size]
     return [f"{name}: every code is below {spec.config().codebook_size}, as {spec.config().display_name}'s are, "
-            f"and it was decoded as {own.display_name}'s (the default for a bare array): if it holds "
+            f"and it was read as {own.display_name}'s (the default for a bare array): if it holds "
             f"{spec.config().display_name} codes, give --codec {spec.name}" for spec in fits[:1]]
 
 
@@ -492,11 +505,7 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
     if settings.codec is not None and codes.codec != settings.codec:  # a codes file names its own
         warnings.append(f"{task.input} holds {config.display_name} codes, as it says; --codec {settings.codec} "
                         "is for bare arrays (.npy) and was not used")
-    warnings += _another_codec(task.input, codes)
-    if codes.bare and codes.num_codebooks > codes.num_frames:  # [frames, K] fits [K, frames] for 1..32 frames
-        warnings.append(f"{task.input} holds {counted(codes.num_codebooks, 'codebook')} over "
-                        f"{counted(codes.num_frames, 'frame')}; if its axes are [frames, codebooks], transpose it: "
-                        "codes are [K, frames]")
+    warnings += codes_warnings(task.input, codes)
     rate = settings.sample_rate or config.sample_rate
     check_audio_output(task.output, rate, codes.channels)
     if not settings.stream:

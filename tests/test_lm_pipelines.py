@@ -333,6 +333,10 @@ def test_an_array_that_looks_transposed_is_warned_about(tmp_path, weights_file, 
     for quiet in (tmp_path / "levels_first.npy", encoded):
         result = run("decode", quiet, "-o", tmp_path / f"{quiet.stem}.wav", weights=weights_file)
         assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+        assert inspect_codes(quiet).warnings == []
+    assert [" ".join(w.split()) for w in inspect_codes(tmp_path / "frames_first.npy").warnings] == [
+        f"{tmp_path / 'frames_first.npy'} holds 12 codebooks over 8 frames; if its axes are [frames, codebooks], "
+        "transpose it: codes are [K, frames]"]  # inspect says it as decode does
 
 
 def test_an_ecdc_file_of_one_frame_is_not_taken_for_a_transposed_array(tmp_path, encodec_weights):
@@ -365,7 +369,7 @@ def test_a_bare_array_that_fits_encodecs_codebook_is_said_when_decoded_as_mimis(
     (--codec, a codec_info.json), nor for codes that reach past 1023, nor for a few codes."""
     codes = np.random.default_rng(4).integers(0, 1024, (4, 30))
     np.save(tmp_path / "gen.npy", codes)
-    said = ("gen.npy: every code is below 1024, as EnCodec 24 kHz's are, and it was decoded as Mimi's (the default "
+    said = ("gen.npy: every code is below 1024, as EnCodec 24 kHz's are, and it was read as Mimi's (the default "
             "for a bare array): if it holds EnCodec 24 kHz codes, give --codec encodec-24khz")
     result = run("decode", tmp_path / "gen.npy", "-o", tmp_path / "a.wav", weights=weights_file)
     assert result.returncode == 0 and said in " ".join(result.stderr.split()), result.stderr
@@ -377,12 +381,15 @@ def test_a_bare_array_that_fits_encodecs_codebook_is_said_when_decoded_as_mimis(
     codes[3, 29] = 1024
     np.save(tmp_path / "wide.npy", codes)
     np.save(tmp_path / "few.npy", codes[:2, :30] % 1024)  # 60 codes
-    from mimi_cli.pipeline import _another_codec, read_codes
+    from mimi_cli.pipeline import codes_warnings, read_codes
 
-    assert _another_codec("gen.npy", read_codes(tmp_path / "gen.npy", None, None)) == [said]  # as the run said
+    assert codes_warnings("gen.npy", read_codes(tmp_path / "gen.npy", None, None)) == [said]  # as the run said
+    assert inspect_codes(tmp_path / "gen.npy").warnings == [str(tmp_path / said)]  # and as inspect says
+    shown = run("inspect", tmp_path / "gen.npy")
+    assert shown.returncode == 0 and shown.stderr.startswith(f"warning: {tmp_path / 'gen.npy'}: every code"), shown
     for name, codec in ((tmp_path / "gen.npy", "mimi"), (told / "gen.npy", None), (tmp_path / "wide.npy", None),
                         (tmp_path / "few.npy", None)):
-        assert _another_codec(name, read_codes(name, None, codec)) == [], name
+        assert codes_warnings(name, read_codes(name, None, codec)) == [] == inspect_codes(name, codec).warnings, name
     # a folder of such arrays: the first three said, the rest counted, each in the manifest
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -395,6 +402,9 @@ def test_a_bare_array_that_fits_encodecs_codebook_is_said_when_decoded_as_mimis(
     assert warned[3:] == ["warning: the same for 2 more files (--manifest lists each file's warnings)"], result.stderr
     rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert [len(row["warnings"]) for row in rows] == [1] * 5
+    # inspect of the folder: its codes together
+    assert inspect_codes(folder).warnings == [f"{folder}: {said.split(': ', 1)[1]}"]
+    assert inspect_codes(folder, "mimi").warnings == []
 
 
 @pytest.fixture(scope="module")
