@@ -1165,8 +1165,8 @@ def _empty_argument(args: list[str]) -> str | None:
 
 
 def _dashed_file(option: str, args: list[str]) -> str | None:
-    """For an unknown ``option`` read from a file's name (``-w`` of ``mimi encode -weird.wav``): how to name
-    the file, as ``rm -foo`` says it."""
+    """For an ``option`` read from a file's name (``-w`` of ``mimi encode -weird.wav``, unknown; ``-c`` of
+    ``-café.wav``, given a bad value): how to name the file, as ``rm -foo`` says it."""
     named = next((arg for arg in args if arg.startswith(option) and os.path.lexists(arg)), None)
     return None if named is None else \
         _shown(f"; to name the file {shell_word(named)}, write {shell_word('./' + named)} or put -- before it")
@@ -1286,6 +1286,9 @@ def _command(diagnostics: _Diagnostics) -> None:
             hint = f" (see {context.command_path} -h)" if context is not None else ""
             if type(exc).__name__ == "NoSuchOption":
                 hint = _dashed_file(exc.option_name, sys.argv[1:]) or hint
+            elif type(exc).__name__ == "BadParameter":  # -café.wav: -c given the value afé.wav
+                shorts = [o for o in getattr(getattr(exc, "param", None), "opts", ()) if len(o) == 2]
+                hint = next(filter(None, (_dashed_file(o, sys.argv[1:]) for o in shorts)), hint)
             err.print(f"[bold red]error:[/] {_shown(message)}{hint}")
         code = exc.exit_code
     except KeyboardInterrupt as exc:  # a signal outside a command's own handling: as it set up, or after it ended

@@ -444,17 +444,19 @@ def test_usage_errors_are_one_line(clip, args, message):
 
 def test_a_file_read_as_an_option_says_how_to_name_it(clip, weights_file, tmp_path):
     """`mimi encode -take.wav` is refused as the option -t; when that argument names a file, the line says
-    how to give it (as `rm -foo` does); an unknown option that is no file's name points to the help."""
-    for name in ("-take one.wav", "--take.wav"):
+    how to give it (as `rm -foo` does); so when it is read as an option and its value (`-café.wav`: -c afé.wav,
+    a codec no one has); an unknown option or bad value that is no file's name points to the help."""
+    for name in ("-take one.wav", "--take.wav", "-café.wav", "-n9.wav"):
         (tmp_path / name).write_bytes(clip.read_bytes())
         result = run("encode", name, cwd=tmp_path)
         quoted = shlex.quote(name)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert result.stderr.endswith(f"; to name the file {quoted}, write {shlex.quote('./' + name)} or put -- "
                                       "before it\n"), result.stderr
-        assert run("encode", "-q", "--", name, cwd=tmp_path, weights=weights_file).returncode == 0
-    other = run("encode", "--frob", "-take one.wav", cwd=tmp_path)
-    assert other.returncode == 2 and other.stderr.endswith("(see mimi encode -h)\n"), other.stderr
+        if name.endswith("take.wav") or name.endswith("one.wav"):  # after --, it is encoded (once a kind is enough)
+            assert run("encode", "-q", "--", name, cwd=tmp_path, weights=weights_file).returncode == 0
+    for other in (run("encode", "--frob", "-take one.wav", cwd=tmp_path), run("encode", "-c", "x", cwd=tmp_path)):
+        assert other.returncode == 2 and other.stderr.endswith("(see mimi encode -h)\n"), other.stderr
 
 
 def test_codebooks_out_of_range_is_a_usage_error(clip):
