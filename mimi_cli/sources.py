@@ -161,7 +161,7 @@ def list_manifest(path: Path) -> list[Entry]:
     clips = base / "clips" if delimiter and os.path.isdir(base / "clips") else None  # Common Voice's files
     entries = []
     for number, name, record, problem in (_rows(text, str(path), delimiter) if delimiter else
-                                          _records(text, str(path))):
+                                          _records(text, str(path), base)):
         lhotse = problem is None and ("recording" in record or "sources" in record
                                       or record.get("type") in (*LHOTSE_READ, "MixedCut", "PaddingCut"))
         if lhotse:
@@ -225,8 +225,10 @@ def _from_lhotse(record: dict, name: str) -> tuple[dict | None, str | None]:
     return converted, None
 
 
-def _records(text: str, shown: str):
-    """``(number, name, record, problem)`` for each non-blank line of a manifest, or item of a JSON array."""
+def _records(text: str, shown: str, base: Path | None = None):
+    """``(number, name, record, problem)`` for each non-blank line of a manifest, or item of a JSON array. A line
+    of a list of lines whose first character past white space is ``#`` is a comment, as in rsync's
+    ``--files-from``, unless it names a file (relative to ``base``: ``ls``'s ``#take1#.wav``)."""
     array = _json_array(text)
     if array is not None:
         _check_listing(len(array), shown)
@@ -237,9 +239,10 @@ def _records(text: str, shown: str):
             kind = None if isinstance(record, dict) else _JSON_TYPES.get(type(record), "value")
             yield number, name, record, kind and f"{name} is a JSON {kind}, not an object or a path"
         return
-    lines = text.split("\0") if "\0" in text else text.splitlines()
+    lines, comments = (text.split("\0"), False) if "\0" in text else (text.splitlines(), True)  # -print0's: none
     for number, line in enumerate(lines, 1):
-        if not line.strip():
+        if not line.strip() or comments and line.lstrip().startswith("#") and not (
+                base is not None and os.path.lexists(base / line.strip())):
             continue
         name = f"{shown}:{number}"
         try:

@@ -364,6 +364,23 @@ def test_a_nul_separated_list(tmp_path):
     assert [str(e.relative) for e in entries] == ["a", "odd\nname", "sub/b"]
 
 
+def test_comment_lines_of_a_list_are_left_out(tmp_path):
+    """A hand-written list's `# …` lines were inputs, each failing as a file that does not exist; they are
+    comments, as rsync's --files-from has them, unless the line names a file (`#take#.wav`, an editor's
+    backup); a NUL-separated list (machine-made) has none."""
+    from mimi_cli.sources import list_manifest
+
+    (tmp_path / "#take#.wav").touch()
+    (tmp_path / "list.txt").write_text("# the test set\na.wav\n  # indented, after a blank line\n\n#take#.wav\n"
+                                       '{"audio_filepath": "b.wav"}\n# gone.wav\n')
+    entries = list_manifest(tmp_path / "list.txt")
+    assert [e.item.container for e in entries] == [str(tmp_path / n) for n in ("a.wav", "#take#.wav", "b.wav")]
+    assert [e.item.carried["manifest_line"] for e in entries] == [2, 5, 6]  # numbered as the file's lines are
+    (tmp_path / "list0").write_bytes(b"#one.wav\0a.wav\0")
+    assert [e.item.container for e in list_manifest(tmp_path / "list0")] == [str(tmp_path / "#one.wav"),
+                                                                            str(tmp_path / "a.wav")]
+
+
 @pytest.mark.parametrize("module, name", [("gzip", "cuts.jsonl.gz"), ("bz2", "list.bz2"), ("lzma", "list.xz")])
 def test_a_compressed_manifest_is_read_through_its_compression(tmp_path, module, name):
     """`mimi encode train.jsonl.gz` took the file for audio and `--inputs-from list.xz` read its compressed bytes
