@@ -434,9 +434,9 @@ def encode(
         help="A list of inputs, whatever its name ('-': standard input; a pipe too): JSON lines with "
              "audio_filepath (or path, file_name), optional offset and duration in seconds, other keys carried to "
              "--manifest and --parquet (lhotse cuts too); or plain paths, one per line ('#' lines are comments) or "
-             "NUL-separated (find -print0); or a .csv or .tsv file whose first row names the columns (Common Voice's train.tsv, an "
-             "audiofolder's metadata.csv). Repeatable. A .jsonl, .json, .csv or .tsv file (.gz too) named as an "
-             "input is read the same way.")] = None,
+             "NUL-separated (find -print0); or a .csv or .tsv file whose first row names the columns (Common "
+             "Voice's train.tsv, an audiofolder's metadata.csv). Repeatable. A .jsonl, .json, .csv or .tsv file "
+             "(.gz too) named as an input is read the same way.")] = None,
     audio_column: Annotated[str, typer.Option(
         "--audio-column", help="The audio column of dataset inputs (Arrow or Parquet): {bytes, path} structs, "
                                "bytes, paths, or decoded {array, sampling_rate} structs.")] = "audio",
