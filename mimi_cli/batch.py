@@ -20,6 +20,7 @@ oversubscribing them (the output does not depend on it).
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import glob
 import multiprocessing.context
@@ -28,6 +29,7 @@ import re
 import sys
 import time
 import types
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager, suppress
@@ -80,6 +82,7 @@ class Job:
     column: str | None = None  # of table inputs: the audio (encode, default "audio") or the codes (decode, "codes")
     manifests: tuple[str, ...] = ()  # --inputs-from: JSONL manifests whatever their names, read while planning
     plot: str | None = None  # roundtrip: its spectrograms' image, or a folder of them (--plot)
+    shard: tuple[int, int] | None = None  # (I, N): only the inputs of the I-th of N runs (--shard I/N, see take_shard)
 
     def __post_init__(self):
         """From Python: one name may be given alone and names as paths (a string was taken for a tuple of
@@ -103,6 +106,11 @@ class Job:
         object.__setattr__(self, "jobs", check_integer("jobs", self.jobs, 1))
         if self.threads is not None:
             object.__setattr__(self, "threads", check_integer("threads", self.threads, 1))
+        if self.shard is not None:
+            if not isinstance(self.shard, tuple) or len(self.shard) != 2:
+                raise TypeError(f"shard must be a tuple (I, N), got {self.shard!r}")
+            count = check_integer("shard's N", self.shard[1], 1)
+            object.__setattr__(self, "shard", (check_integer("shard's I", self.shard[0], 1, count), count))
 
 
 @dataclass
@@ -160,7 +168,8 @@ def plan(job: Job, report: Report = no_report) -> Plan:
     output, output_is_file = _output_target(job.output, one_file, found)
     if output not in (None, STDOUT) and not output_is_file:
         _named_in_folder(job.inputs, job.output, suffix)
-    batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet
+    batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet or job.shard
+    found, shard_note = take_shard(found, job.shard)
     single = one_file and not batch_only
     if single and found[0].path != Path(STDIN) and (problem := missing(found[0].path)) is not None:
         raise MimiError(f"{found[0].path} {problem}")  # said before its output's problems, as cp says them
@@ -179,21 +188,46 @@ def plan(job: Job, report: Report = no_report) -> Plan:
         if is_stdout(extra):
             _check_extra_to_stdout(label, tasks)
         elif extra is not None and "://" not in extra:
-            _check_extra_output(extra, label, s.replace or job.skip_existing, inputs, tasks)
+            _check_extra_output(extra, label, s.replace or job.skip_existing, inputs, tasks, job.shard)
     if job.parquet is not None and "://" in job.parquet:
-        remote_folder(job.parquet, s.replace or job.skip_existing, planning=True)
+        remote_folder(job.parquet, s.replace or job.skip_existing, planning=True, shard=job.shard)
     workers, per_worker, (threads_note, workers_note) = _workers(job.jobs, sum(not t.skip for t in tasks),
                                                                  job.engine, job.threads)
-    notes = [note for note in (threads_note, left_out, workers_note) if note]
+    notes = [note for note in (threads_note, left_out, shard_note, workers_note) if note]
     settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None, skip_existing=job.skip_existing)
     return Plan(job, tasks, settings, workers, single, notes)
+
+
+def take_shard(found: list[Input], shard: tuple[int, int] | None) -> tuple[list[Input], str | None]:
+    """The inputs of run I of N (``shard``, from 1), with a note saying so: those whose output's name (its path
+    under -o, or beside its input) hashes to I - 1 modulo N. The same command run N times (a SLURM array, N
+    machines sharing a file system) with I = 1..N does each input once; an input's run depends on its name alone,
+    not on the others listed, so a file that appears between two runs' listings is done by one run, not 0 or 2."""
+    if shard is None:
+        return found, None
+    index, count = shard
+    mine = [entry for entry in found if zlib.crc32(os.fsencode(_output_name(entry))) % count == index - 1]
+    return mine, f"shard {index} of {count}: {len(mine)} of the {counted(len(found), 'input')}" + (
+        "; the other shards' runs do the rest" if count > 1 else "")
+
+
+def _output_name(entry: Input) -> str:
+    """What names an input's output, wherever it goes: its path under -o without its suffix (see plan_tasks), the
+    same for an audio file and its codes file (encode's shard I and decode's take the same recordings)."""
+    if entry.relative is not None:
+        return str(entry.relative)
+    try:
+        return str(entry.path.relative_to(entry.base).with_suffix(""))
+    except ValueError:  # an item that could not be listed
+        return str(entry.path)
 
 
 def _plan_roundtrips(job: Job) -> Plan:
     """``mimi roundtrip``: each input measured on the local engine, its decoded audio and spectrograms written
     only where ``output`` and ``plot`` say (see :func:`plan_roundtrips`); the run's other outputs are not its."""
     others = [label for label, given in (("engine='ray'", job.engine == "ray"), ("manifest", job.manifest),
-                                         ("parquet", job.parquet), ("skip_existing", job.skip_existing)) if given]
+                                         ("parquet", job.parquet), ("skip_existing", job.skip_existing),
+                                         ("shard", job.shard)) if given]
     if others:
         raise MimiError(f"a round trip takes no {', '.join(others)}: it measures each input on the local engine and "
                         "writes only the decoded audio (-o) and spectrograms (--plot) asked for")
@@ -742,9 +776,11 @@ def _check_extra_to_stdout(label: str, tasks: list[Task]) -> None:
         raise MimiError("--manifest -: standard output is closed; redirect it (> file, | program) or give a file name")
 
 
-def _check_extra_output(name: str, label: str, replace_ok: bool, inputs: set, tasks: list[Task]) -> None:
+def _check_extra_output(name: str, label: str, replace_ok: bool, inputs: set, tasks: list[Task],
+                        shard: tuple[int, int] | None = None) -> None:
     """A manifest or Parquet folder: writable, not an input, not one of the run's outputs (nor, for a manifest,
-    their folder), before any work."""
+    their folder), before any work. A Parquet folder holding files is another run's, unless they are other
+    shards' (``shard``: this run's, see parquet_prefix)."""
     path = Path(name)
     written = [Path(t.output) for t in tasks if t.output is not None and not is_stdout(t.output)]
     if path in written:
@@ -756,9 +792,9 @@ def _check_extra_output(name: str, label: str, replace_ok: bool, inputs: set, ta
     if label == "--parquet":
         if path.exists() and not (path.is_dir() and not path.is_symlink()):
             raise MimiError(f"{label}: {path} exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()) and not replace_ok:
-            raise OutputExistsError(f"{label}: folder {path} is not empty; choose a new folder or pass -f/--force")
-        path = path / "part-00000.parquet"
+        if path.is_dir() and not replace_ok and _another_runs((f.name for f in path.iterdir()), shard):
+            raise OutputExistsError(_parquet_used(name, shard))
+        path = path / f"{parquet_prefix(shard)}00000.parquet"
         replace_ok = True
     made = label == "--parquet" or any(path.parent in p.parents for p in written)  # (-o out/ --manifest out/m.jsonl)
     try:
@@ -792,7 +828,7 @@ def _local_paths(job: Job) -> Job:
 PLANNING_RETRY_SECONDS = 10
 
 
-def remote_folder(uri: str, replace_ok: bool, planning: bool = False):
+def remote_folder(uri: str, replace_ok: bool, planning: bool = False, shard: tuple[int, int] | None = None):
     """pyarrow's file system for a --parquet URI (``s3://bucket/codes``) and the folder's path in it, checked
     as a local folder is, before any work: a scheme pyarrow knows, a store it can reach, not a file, and
     empty unless -f or --skip-existing said to replace what is there."""
@@ -813,9 +849,21 @@ def remote_folder(uri: str, replace_ok: bool, planning: bool = False):
                         "(s3://BUCKET/FOLDER, gs://…, file:///…), the network and the store's credentials") from None
     if kind not in (fs.FileType.Directory, fs.FileType.NotFound):
         raise MimiError(f"--parquet: {uri} exists and is not a folder")
-    if used and not replace_ok:
-        raise OutputExistsError(f"--parquet: folder {uri} is not empty; choose a new folder or pass -f/--force")
+    if used and not replace_ok and _another_runs((info.base_name for info in used), shard):
+        raise OutputExistsError(_parquet_used(uri, shard))
     return filesystem, folder
+
+
+def _another_runs(names: Iterable[str], shard: tuple[int, int] | None) -> bool:
+    """Whether a --parquet folder holding files named ``names`` holds another run's (which -f or --skip-existing
+    replace): any file; for --shard I/N, any but the other shards' of N (see parquet_prefix)."""
+    prefix, others = parquet_prefix(shard), shard and f"shard-*-of-{shard[1]}-part-*.parquet"
+    return any(name.startswith(prefix) or not (others and fnmatch.fnmatchcase(name, others)) for name in names)
+
+
+def _parquet_used(folder: str, shard: tuple[int, int] | None) -> str:
+    shards = " (of more than the other shards' files)" if shard else ""
+    return f"--parquet: folder {folder} is not empty{shards}; choose a new folder or pass -f/--force"
 
 
 # ----------------------------------------------------------------------------- running
@@ -829,7 +877,7 @@ def execute(p: Plan, on_result: Callable[[FileResult], None] = lambda r: None,
     results: list[FileResult] = []
     start = time.time()
     shards = None if p.job.parquet is None else ParquetShards(
-        p.job.parquet, p.tasks, p.settings.replace or p.job.skip_existing, p.settings.channels == "split")
+        p.job.parquet, p.tasks, p.settings.replace or p.job.skip_existing, p.settings.channels == "split", p.job.shard)
 
     def record(result: FileResult) -> None:
         if shards is not None:
@@ -1080,7 +1128,8 @@ PARQUET_CODES_PER_SHARD = 1 << 27  # and so does the memory its rows take (256 M
 
 
 class ParquetShards:
-    """``part-NNNNN.parquet`` shards of the successful rows, each written as soon as it is full, so that
+    """``part-NNNNN.parquet`` shards of the successful rows (``shard-I-of-N-part-NNNNN.parquet`` for --shard
+    I/N: see parquet_prefix), each written as soon as it is full, so that
     memory stays flat however long the run and an interrupted run keeps the rows done so far. Rows go
     in the order of the tasks, whatever order workers finish in (a result that comes early waits for
     those before it), so that a run gives the same shards on any engine and any number of workers.
@@ -1092,7 +1141,8 @@ class ParquetShards:
     (the folder was empty, or -f or --skip-existing said to replace it), so no reader mixes two runs.
     """
 
-    def __init__(self, destination: str, tasks: list[Task], replace: bool, split: bool):
+    def __init__(self, destination: str, tasks: list[Task], replace: bool, split: bool,
+                 shard: tuple[int, int] | None = None):
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -1101,6 +1151,7 @@ class ParquetShards:
         from mimi_cli.sources import carried_names
 
         self.pa, self.pq, self.destination, self.replace, self.split = pa, pq, destination, replace, split
+        self.prefix, self.shard = parquet_prefix(shard), shard  # a shard's run writes its own files alone
         # a URI's file system, checked by plan(); None for a local folder
         self.store = remote_folder(destination, True) if "://" in destination else None
         fixed = set(_parquet_schema(pa, split).names)
@@ -1133,10 +1184,14 @@ class ParquetShards:
             self._remove_stale()
 
     def _remove_stale(self) -> None:
-        """Remove the shards an earlier run left beyond this run's last one."""
+        """Remove the shards an earlier run left beyond this run's last one, and those of runs split otherwise
+        (a run of all inputs, or --shard of another N): with --shard I/N, the other shards' runs' files stay."""
         def stale(name: str) -> bool:
-            number = re.fullmatch(r"part-(\d{5})\.parquet", name)
-            return number is not None and int(number[1]) >= self.written
+            own = re.fullmatch(rf"{re.escape(self.prefix)}(\d{{5}})\.parquet", name)
+            if own is not None:
+                return int(own[1]) >= self.written
+            split = re.fullmatch(r"(?:shard-\d+-of-(\d+)-)?part-\d{5}\.parquet", name)
+            return split is not None and (self.shard is None or split[1] != str(self.shard[1]))
 
         if self.store is None:
             for path in Path(self.destination).iterdir():
@@ -1169,7 +1224,7 @@ class ParquetShards:
 
     def _write(self) -> None:
         table = _parquet_table(self.pa, self.rows, self.carried, self.split)
-        name = f"part-{self.written:05d}.parquet"
+        name = f"{self.prefix}{self.written:05d}.parquet"
         if self.store is None:
             Path(self.destination).mkdir(parents=True, exist_ok=True)
             with atomic_output(Path(self.destination) / name, self.replace) as tmp, arrow_file(tmp, "wb") as f:
@@ -1186,6 +1241,12 @@ class ParquetShards:
                         filesystem.delete_file(target)
                     raise
         self.rows, self.codes, self.written = [], 0, self.written + 1
+
+
+def parquet_prefix(shard: tuple[int, int] | None) -> str:
+    """What a run's Parquet files' names start with, before their number: ``part-``, or for --shard I/N
+    ``shard-I-of-N-part-``, so that the N runs can share one folder."""
+    return "part-" if shard is None else f"shard-{shard[0]}-of-{shard[1]}-part-"
 
 
 def _parquet_schema(pa, split: bool = False):

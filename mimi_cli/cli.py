@@ -398,6 +398,21 @@ EngineOption = Annotated[str, typer.Option(
 ParquetOption = Annotated[Optional[str], typer.Option(
     "--parquet", help="Also write Parquet shards of all codes and their metadata to this folder or URI "
                       "(e.g. s3://bucket/codes; needs pyarrow).", show_default=False, metavar="DIR")]
+def _check_shard(given: str | None) -> tuple[int, int] | None:
+    """--shard I/N as (I, N)."""
+    if given is None:
+        return None
+    parts = given.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 1 <= int(parts[0]) <= int(parts[1]):
+        raise typer.BadParameter(f"{given!r} is not I/N with 1 ≤ I ≤ N; e.g. 2/4 for the second of 4 runs")
+    return int(parts[0]), int(parts[1])
+
+
+ShardOption = Annotated[Optional[str], typer.Option(
+    "--shard", callback=_check_shard, metavar="I/N", show_default=False,
+    help="Do the I-th of N parts of the inputs (1 ≤ I ≤ N), chosen by each output's name: the same command run "
+         "for I = 1..N (a SLURM array, machines sharing the folders) does each input once. Give each run its "
+         "own --manifest; with --parquet, the runs share the folder (shard-I-of-N-part-*.parquet).")]
 ForceOption = Annotated[bool, typer.Option(
     "--force", "-f", help="Replace outputs that exist (regular files only; never a file that is an input).")]
 
@@ -427,6 +442,7 @@ def encode(
     jobs: JobsOption = 1,
     engine: EngineOption = "local",
     skip_existing: SkipExistingOption = False,
+    shard: ShardOption = None,
     manifest: ManifestOption = None,
     parquet: ParquetOption = None,
     inputs_from: Annotated[Optional[list[str]], typer.Option(
@@ -453,7 +469,7 @@ def encode(
     if not inputs and not inputs_from:
         _fail("give inputs to encode (files, folders, globs, '-', manifests, shards or datasets)", code=2)
     _run(settings, inputs or [], output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,
-         audio_column, inputs_from or [])
+         audio_column, inputs_from or [], shard)
 
 
 @app.command()
@@ -487,6 +503,7 @@ def decode(
     jobs: JobsOption = 1,
     engine: EngineOption = "local",
     skip_existing: SkipExistingOption = False,
+    shard: ShardOption = None,
     manifest: ManifestOption = None,
     inputs_from: Annotated[Optional[list[str]], typer.Option(
         "--inputs-from", metavar="LIST", readable=False, show_default=False,
@@ -513,11 +530,11 @@ def decode(
     if not inputs and not inputs_from:
         _fail("give codes to decode (codes files, .npy arrays, folders, globs, '-', tables or --inputs-from)", code=2)
     _run(settings, inputs or [], output, recursive, jobs, engine, threads, skip_existing, manifest, None, quiet,
-         codes_column, inputs_from or [])
+         codes_column, inputs_from or [], shard)
 
 
 def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,
-         column: str = "audio", inputs_from: list[str] = ()) -> None:
+         column: str = "audio", inputs_from: list[str] = (), shard: tuple[int, int] | None = None) -> None:
     """Plan and run (the library decides one file or many); show the result; exit 1 if any file failed."""
     import time
 
@@ -529,7 +546,7 @@ def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existi
     if engine == "ray" and settings.stream:
         _fail("--stream works with the local engine only (Ray reads each file whole)", code=2)
     job = batch.Job(settings, tuple(map(str, inputs)), output, recursive, jobs, engine, threads, skip_existing,
-                    manifest, parquet, column, tuple(map(str, inputs_from)))
+                    manifest, parquet, column, tuple(map(str, inputs_from)), shard=shard)
     with _user_errors(), say.planning() as report:
         plan = batch.plan(job, report)
     for note in plan.notes:

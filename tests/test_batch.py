@@ -813,6 +813,69 @@ def test_parquet_with_the_local_engine(corpus, weights_file, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def test_shards_split_the_inputs_by_their_output_names(tmp_path):
+    """--shard I/N: run I takes the inputs whose output's path under -o hashes (CRC-32) to I - 1 modulo N; the N
+    runs take each input once, and a file added between two runs' listings moves no other file's run."""
+    import zlib
+
+    from mimi_cli.batch import Job, plan
+    from mimi_cli.pipeline import Settings
+
+    folder = tmp_path / "in"
+    for index in range(40):
+        (folder / f"spk{index % 3}").mkdir(parents=True, exist_ok=True)
+        sf.write(folder / f"spk{index % 3}" / f"utt{index}.wav", np.zeros(10, np.float32), 24000)
+
+    def shard(index: int, count: int = 3) -> list[str]:
+        planned = plan(Job(Settings("encode"), str(folder), f"{tmp_path / 'out'}/", recursive=True,
+                           shard=(index, count)))
+        return [str(Path(t.output).relative_to(tmp_path / "out").with_suffix("")) for t in planned.tasks]
+
+    runs = [shard(index) for index in (1, 2, 3)]
+    every = sorted(name for names in runs for name in names)
+    assert every == sorted(f"spk{i % 3}/utt{i}" for i in range(40))  # each input once
+    for index, names in enumerate(runs):
+        assert names and all(zlib.crc32(name.encode()) % 3 == index for name in names)
+    sf.write(folder / "spk0" / "late.wav", np.zeros(10, np.float32), 24000)
+    later = [shard(index) for index in (1, 2, 3)]
+    assert [sorted(set(a) ^ set(b)) for a, b in zip(runs, later, strict=True)].count(["spk0/late"]) == 1
+    assert all(set(a) <= set(b) for a, b in zip(runs, later, strict=True))
+    note = plan(Job(Settings("encode"), str(folder), f"{tmp_path / 'out'}/", recursive=True, shard=(2, 3))).notes
+    assert f"shard 2 of 3: {len(later[1])} of the 41 inputs; the other shards' runs do the rest" in note
+    for wrong, error in (((0, 3), ValueError), ((4, 3), ValueError), ("1/3", TypeError), ((1, 0), ValueError)):
+        with pytest.raises(error):
+            Job(Settings("encode"), str(folder), shard=wrong)
+    with pytest.raises(MimiError, match="a round trip takes no shard"):
+        plan(Job(Settings("roundtrip"), str(folder), shard=(1, 2)))
+
+
+def test_shards_runs_share_an_output_and_a_parquet_folder(corpus, weights_file, tmp_path):
+    """Two runs, --shard 1/2 and 2/2, into one -o folder and one --parquet folder: every output once, each run's
+    Parquet files named for its shard (the other's left in place), the rows of both the corpus's; a run of all
+    inputs into that folder is refused, and with -f replaces both shards' files."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    out, shards = tmp_path / "codes", tmp_path / "shards"
+    for index in (1, 2):
+        result = run("encode", corpus, "-r", "-o", out, "--parquet", shards, "--shard", f"{index}/2", "--manifest",
+                     tmp_path / f"run{index}.jsonl", weights=weights_file)
+        assert result.returncode == 0 and f"note: shard {index} of 2: " in result.stderr, result.stderr
+    assert sorted(p.name for p in shards.iterdir()) == ["shard-1-of-2-part-00000.parquet",
+                                                        "shard-2-of-2-part-00000.parquet"]
+    rows = pq.read_table(shards).to_pylist()
+    listed = [json.loads(line)["input"] for i in (1, 2)
+              for line in (tmp_path / f"run{i}.jsonl").read_text().splitlines()]
+    assert sorted(row["input"] for row in rows) == sorted(listed) == sorted(
+        str(p) for p in corpus.rglob("*") if p.suffix in (".wav", ".flac", ".ogg"))
+    assert len(list(out.rglob("*.npz"))) == 4
+    whole = run("encode", corpus, "-r", "-o", tmp_path / "again", "--parquet", shards, weights=weights_file)
+    assert whole.returncode == 1 and "folder" in whole.stderr and "not empty" in whole.stderr, whole.stderr
+    redone = run("encode", corpus, "-r", "-o", tmp_path / "again", "--parquet", shards, "-f", "-q",
+                 weights=weights_file)
+    assert redone.returncode == 0 and sorted(p.name for p in shards.iterdir()) == ["part-00000.parquet"]
+    wrong = run("encode", corpus, "--shard", "3/2")
+    assert wrong.returncode == 2 and "'3/2' is not I/N with 1 ≤ I ≤ N" in wrong.stderr, wrong.stderr
+
+
 def test_a_resumed_run_keeps_every_parquet_row(corpus, weights_file, tmp_path):
     """--skip-existing with --parquet: the shards were rewritten with only the rows encoded this time (4 → 1,
     the earlier rows lost). Now a skipped input's row is read back from its existing output."""
