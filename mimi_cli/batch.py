@@ -20,7 +20,6 @@ oversubscribing them (the output does not depend on it).
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import glob
 import multiprocessing.context
@@ -856,9 +855,12 @@ def remote_folder(uri: str, replace_ok: bool, planning: bool = False, shard: tup
 
 def _another_runs(names: Iterable[str], shard: tuple[int, int] | None) -> bool:
     """Whether a --parquet folder holding files named ``names`` holds another run's (which -f or --skip-existing
-    replace): any file; for --shard I/N, any but the other shards' of N (see parquet_prefix)."""
-    prefix, others = parquet_prefix(shard), shard and f"shard-*-of-{shard[1]}-part-*.parquet"
-    return any(name.startswith(prefix) or not (others and fnmatch.fnmatchcase(name, others)) for name in names)
+    replace): any file; for --shard I/N, any but the other parts' of N (see parquet_prefix)."""
+    def other_part(name: str) -> bool:
+        layout = parquet_layout(name)
+        return layout is not None and layout[0] is not None and layout[0] != shard and layout[0][1] == shard[1]
+
+    return any(shard is None or not other_part(name) for name in names)
 
 
 def _parquet_used(folder: str, shard: tuple[int, int] | None) -> str:
@@ -1187,11 +1189,12 @@ class ParquetShards:
         """Remove the shards an earlier run left beyond this run's last one, and those of runs split otherwise
         (a run of all inputs, or --shard of another N): with --shard I/N, the other shards' runs' files stay."""
         def stale(name: str) -> bool:
-            own = re.fullmatch(rf"{re.escape(self.prefix)}(\d{{5}})\.parquet", name)
-            if own is not None:
-                return int(own[1]) >= self.written
-            split = re.fullmatch(r"(?:shard-\d+-of-(\d+)-)?part-\d{5}\.parquet", name)
-            return split is not None and (self.shard is None or split[1] != str(self.shard[1]))
+            layout = parquet_layout(name)
+            if layout is None:
+                return False  # not a shard: left as it is
+            if layout[0] == self.shard:
+                return layout[1] >= self.written
+            return self.shard is None or layout[0] is None or layout[0][1] != self.shard[1]
 
         if self.store is None:
             for path in Path(self.destination).iterdir():
@@ -1247,6 +1250,15 @@ def parquet_prefix(shard: tuple[int, int] | None) -> str:
     """What a run's Parquet files' names start with, before their number: ``part-``, or for --shard I/N
     ``shard-I-of-N-part-``, so that the N runs can share one folder."""
     return "part-" if shard is None else f"shard-{shard[0]}-of-{shard[1]}-part-"
+
+
+def parquet_layout(name: str) -> tuple[tuple[int, int] | None, int] | None:
+    """The shard (I, N) or None, and the number, of a Parquet file a run writes (see parquet_prefix); None for a
+    name no run writes."""
+    found = re.fullmatch(r"(?:shard-(\d+)-of-(\d+)-)?part-(\d{5})\.parquet", name)
+    if found is None:
+        return None
+    return (None if found[1] is None else (int(found[1]), int(found[2]))), int(found[3])
 
 
 def _parquet_schema(pa, split: bool = False):

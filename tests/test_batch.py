@@ -869,6 +869,9 @@ def test_shards_runs_share_an_output_and_a_parquet_folder(corpus, weights_file, 
     assert len(list(out.rglob("*.npz"))) == 4
     whole = run("encode", corpus, "-r", "-o", tmp_path / "again", "--parquet", shards, weights=weights_file)
     assert whole.returncode == 1 and "folder" in whole.stderr and "not empty" in whole.stderr, whole.stderr
+    thirds = run("encode", corpus, "-r", "-o", tmp_path / "again", "--parquet", shards, "--shard", "1/3")
+    assert thirds.returncode == 1 and f"folder {shards} is not empty (of more than the other shards' files)" in \
+        thirds.stderr, thirds.stderr
     redone = run("encode", corpus, "-r", "-o", tmp_path / "again", "--parquet", shards, "-f", "-q",
                  weights=weights_file)
     assert redone.returncode == 0 and sorted(p.name for p in shards.iterdir()) == ["part-00000.parquet"]
