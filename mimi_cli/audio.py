@@ -10,7 +10,7 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -866,11 +866,15 @@ class StreamResampler:
         self._received += len(x)
         return self._emit(((self._received - 1) * self.up) // self.down if self._received else -1)
 
+    def output_length(self, samples: int) -> int:
+        """How many samples ``samples`` input samples give in all (pushed, then flushed)."""
+        return -(-samples * self.up // self.down)
+
     def flush(self) -> np.ndarray:
         """The remaining output, as if the signal ended here; then reset."""
         if self.up == self.down == 1:
             return np.zeros(0, np.float32)
-        total = -(-self._received * self.up // self.down)
+        total = self.output_length(self._received)
         self._kept = np.concatenate([self._kept, np.zeros(len(self.taps) // self.up + 2, np.float32)])
         out = self._emit(self.delay + total - 1)
         self.reset()
@@ -925,6 +929,49 @@ def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool =
             audio_writer(tmp, path, sample_rate, pcm.shape[0], comment) as f:
         f.write(np.clip(pcm, -1, 1).T)
     return clipped
+
+
+@contextlib.contextmanager
+def audio_sink(path: Target, sample_rate: int, channels: int, frames: int, replace: bool = False,
+               comment: str = "") -> Iterator[Callable[[np.ndarray], None]]:
+    """Where audio made block by block goes: a function taking float ``[n, C]`` blocks within [-1, 1], of
+    ``frames`` samples in all. A file is written atomically (in its format, with ``comment``, see
+    :func:`audio_writer`); standard output gets a WAV as it is made (:func:`wav_to_stdout`)."""
+    if is_stdout(path):
+        with wav_to_stdout(sample_rate, channels, frames) as write:
+            yield write
+        return
+    with atomic_output(path, replace) as tmp, soundfile_errors(path, tmp), \
+            audio_writer(tmp, path, sample_rate, channels, comment) as f:
+        yield f.write
+
+
+@contextlib.contextmanager
+def wav_to_stdout(sample_rate: int, channels: int, frames: int) -> Iterator[Callable[[np.ndarray], None]]:
+    """A 16-bit WAV of ``frames`` samples to standard output, each block written as it comes (a player at the
+    end of the pipe starts at once). The length is known first, so the header written first is final (beyond
+    a WAV's 4 GB, it says "to the end", as sox does on a pipe). libsndfile makes each block's samples (as headerless
+    16-bit PCM), so the data is that of the WAV file decode writes. A run that fails part way leaves what it wrote:
+    a pipe cannot take it back.
+
+        RIFF <36 + data bytes> WAVE | fmt  <16> PCM, C, rate, rate·C·2, C·2, 16 bits | data <data bytes> samples…
+    """
+    import struct
+
+    import soundfile as sf
+
+    from mimi_cli.fileio import write_stdout
+
+    def write(block: np.ndarray) -> None:  # [n, C]
+        pcm = io.BytesIO()
+        sf.write(pcm, block, sample_rate, format="RAW", subtype="PCM_16", endian="LITTLE")
+        write_stdout(pcm.getvalue(), flush=True)
+
+    size = frames * channels * 2
+    size = size if size <= 0xFFFFFFFF - 36 else 0xFFFFFFFF - 36
+    write_stdout(struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + size, b"WAVE", b"fmt ", 16, 1, channels,
+                             sample_rate, sample_rate * channels * 2, channels * 2, 16, b"data", size), flush=True)
+    yield write
 
 
 def audio_writer(tmp: Path, path: Target, sample_rate: int, channels: int, comment: str = ""):

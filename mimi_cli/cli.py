@@ -552,7 +552,11 @@ def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existi
     for note in plan.notes:
         say.note(f"note: {note}")
     if plan.single:
-        with _user_errors(), say.reporter() as report:
+        from mimi_cli.fileio import is_stdout
+
+        piped = settings.kind == "decode" and settings.stream and is_stdout(plan.tasks[0].output)  # sent as made
+        with _user_errors("interrupted; standard output has the audio decoded until then, cut short" if piped else
+                          "interrupted; no output was written"), say.reporter() as report:
             [result] = batch.execute(plan, report=report)
         _show_single(result, say)
         return

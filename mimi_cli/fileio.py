@@ -746,17 +746,26 @@ def _already_this(tmp: Path, path: Path) -> bool:
 
 
 def _copy_to_stdout(tmp: Path) -> None:
-    out = sys.stdout.buffer
     with open(tmp, "rb") as f:
-        try:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                _write_all(out, memoryview(block))
+        for block in iter(lambda: f.read(1 << 20), b""):
+            write_stdout(block)
+    write_stdout(b"", flush=True)
+
+
+def write_stdout(data: bytes, flush: bool = False) -> None:
+    """Write all of ``data`` to standard output (see _write_all); a write that fails is one line: where it is
+    redirected (a full disk, say). Its reader going away (``| head``) is left to cli.main, which ends in silence
+    as a Unix tool does."""
+    out = sys.stdout.buffer
+    try:
+        _write_all(out, memoryview(data).cast("B"))
+        if flush:
             out.flush()
-        except BrokenPipeError:
-            raise  # its reader went away (| head): cli.main ends as a Unix tool does then, in silence
-        except OSError as exc:  # where stdout is redirected: a full disk, say
-            raise MimiError(f"cannot write to standard output: {os.strerror(exc.errno) if exc.errno else exc}; "
-                            "check where it is redirected") from None
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise MimiError(f"cannot write to standard output: {os.strerror(exc.errno) if exc.errno else exc}; "
+                        "check where it is redirected") from None
 
 
 def _write_all(out, block: memoryview) -> None:

@@ -24,15 +24,15 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audio, StreamResampler, audio_writer,
-                            check_audio_output, reader_warnings, open_audio, read_blocks, read_open, resample,
-                            rescaled, soundfile_errors, to_mono, write_audio)
+from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audio, StreamResampler, audio_sink,
+                            check_audio_output, open_audio, read_blocks, read_open, reader_warnings, resample, rescaled,
+                            to_mono, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
                              check_integer, check_path, counted, dumps_json, first_line, os_reason, out_of_memory,
                              over_memory, unnamable)
-from mimi_cli.fileio import Readable, Target, atomic_output, native, output_exists, readable
+from mimi_cli.fileio import Readable, Target, native, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
 from mimi_cli.sources import Item, carried_keys, open_item, row_codes
@@ -229,12 +229,12 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_
     rate = sample_rate or config.sample_rate
     resamplers = [StreamResampler(config.sample_rate, rate) for _ in range(codes.channels)]
     done, seconds, clipped, steps = 0, 0.0, 0, decoded_steps(loaded, codes)
-    with atomic_output(output, replace) as tmp, soundfile_errors(output, tmp), \
-            audio_writer(tmp, output, rate, codes.channels, comment) as f:
+    frames = resamplers[0].output_length(codes.num_samples)
+    with audio_sink(output, rate, codes.channels, frames, replace, comment) as put:
         def write(pcm: np.ndarray) -> None:  # [C, n]
             nonlocal clipped
             clipped += int(np.count_nonzero(np.abs(pcm) > 1))
-            f.write(np.clip(pcm, -1, 1).T)
+            put(np.clip(pcm, -1, 1).T)
 
         for pcm, spent in steps:
             seconds, done = seconds + spent, done + pcm.shape[1]

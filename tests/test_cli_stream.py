@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -107,6 +109,51 @@ def test_stream_decode_equals_batch_decode(tmp_path, weights_file):
         s, rate_s = sf.read(tmp_path / "s.wav", dtype="float32")
         assert rate_b == rate_s and len(b) == len(s) == int(np.ceil((36 * 1920 + 5) * rate_b / 24000))
         np.testing.assert_allclose(s, b, atol=2 / 32768)  # 16-bit files; the models agree to 1e-6
+
+
+def test_stream_decode_to_standard_output_is_written_as_it_is_made(tmp_path, weights_file):
+    """`mimi decode --stream codes -o - | player`: the audio went out only once all of it was decoded (through a
+    temporary file). Its length is known from the codes: the WAV header goes first, then each step's samples as
+    they come, the same samples as the WAV file decode --stream writes (libsndfile's), at any rate and channels."""
+    import struct
+
+    frames, samples = 40, 40 * 1920 - 100
+    codes = np.random.default_rng(1).integers(0, 2048, (2, 8, frames)).astype(np.uint16)  # two code streams
+    np.savez(tmp_path / "c.npz", codes=codes, format_version=np.array(1), sample_rate=np.array(24000),
+             frame_rate=np.array(12.5), codebook_size=np.array(2048), num_samples=np.array(samples),
+             source_sample_rate=np.array(24000), source_channels=np.array(2), weights_id=np.array(""))
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path / "t")}
+    (tmp_path / "t").mkdir()
+    for rate in (16000,):  # resampled: its length from the resampler's (24 kHz is the simpler case)
+        args = ["decode", "--stream", str(tmp_path / "c.npz"), "--sample-rate", str(rate), "-q"]
+        assert run(*args, "-o", tmp_path / "s.wav", "-f", weights=weights_file).returncode == 0
+        process = subprocess.Popen([sys.executable, "-m", "mimi_cli", *args, "-o", "-"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        header = process.stdout.read(44)
+        # 200 kB of audio, more than a pipe holds: a run that wrote a temporary file first still has it open here
+        held = []
+        for fd in Path(f"/proc/{process.pid}/fd").glob("*"):
+            with contextlib.suppress(OSError):
+                held.append(os.readlink(fd))
+        assert held and not [link for link in held if link.startswith(str(tmp_path / "t"))], held
+        data, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0 and stderr == b"", stderr
+        riff, whole, wave, fmt, _, pcm, channels, said_rate, byte_rate, align, bits, chunk, size = struct.unpack(
+            "<4sI4s4sIHHIIHH4sI", header)
+        expected = sf.read(tmp_path / "s.wav", dtype="int16")[0]  # [n, 2]
+        assert (riff, wave, fmt, chunk, pcm, channels, said_rate, bits) == (b"RIFF", b"WAVE", b"fmt ", b"data", 1, 2,
+                                                                              rate, 16)
+        assert size == len(data) == expected.size * 2 and whole == 36 + size and byte_rate == rate * 4 and align == 4
+        assert len(expected) == -(-samples * rate // 24000)
+        np.testing.assert_array_equal(np.frombuffer(data, "<i2").reshape(-1, 2), expected)
+    # a run stopped part way has sent some of the audio, and says so
+    process = subprocess.Popen([sys.executable, "-m", "mimi_cli", *args, "-o", "-"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(process.stdout.read(44)) == 44  # the pipe fills up: the run waits in a write
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143 and stderr.decode().strip().splitlines()[-1] == \
+        "error: interrupted; standard output has the audio decoded until then, cut short", stderr
 
 
 def test_quiet_prints_nothing_on_success(tmp_path, weights_file):
