@@ -398,6 +398,8 @@ EngineOption = Annotated[str, typer.Option(
 ParquetOption = Annotated[Optional[str], typer.Option(
     "--parquet", help="Also write Parquet shards of all codes and their metadata to this folder or URI "
                       "(e.g. s3://bucket/codes; needs pyarrow).", show_default=False, metavar="DIR")]
+
+
 def _check_shard(given: str | None) -> tuple[int, int] | None:
     """--shard I/N as (I, N)."""
     if given is None:
@@ -413,6 +415,8 @@ ShardOption = Annotated[Optional[str], typer.Option(
     help="Do the I-th of N parts of the inputs (1 ≤ I ≤ N), chosen by each output's name: the same command run "
          "for I = 1..N (a SLURM array, machines sharing the folders) does each input once. Give each run its "
          "own --manifest; with --parquet, the runs share the folder (shard-I-of-N-part-*.parquet).")]
+
+
 ForceOption = Annotated[bool, typer.Option(
     "--force", "-f", help="Replace outputs that exist (regular files only; never a file that is an input).")]
 

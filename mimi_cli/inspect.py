@@ -339,7 +339,7 @@ def _inspect_many(path: Path, codec: str | None, column: str, progress: Callable
         first[1].codebook_size, round(config.bitrate(len(counts)) / 1000, 3), same["source_sample_rate"],
         same["source_channels"], same["weights_id"] or None, same["streamed"],
         [_usage(level, found) for level, found in enumerate(counts)], rows=len(rows), left_out=left_out,
-        warnings=another_codec(path, config.name, max(int(np.flatnonzero(c).max()) for c in counts),
+        warnings=another_codec(path, config.name, max(int(np.flatnonzero(c).max(initial=0)) for c in counts),
                                sum(int(c.sum()) for c in counts)) if assumed else [])
 
 
