@@ -165,6 +165,9 @@ def plan(job: Job, report: Report = no_report) -> Plan:
                         "file per item, or --parquet OUT for the codes in Parquet shards" if s.kind == "encode" else
                         "the inputs hold rows of codes: give -o DIR for an audio file per row")
     output, output_is_file = _output_target(job.output, one_file, found)
+    if output_is_file and job.shard:  # (one part would write it, the others nothing)
+        remedy = "drop --shard" if STDIN in job.inputs else "give -o a folder, or drop --shard"
+        raise MimiError(f"--shard splits many inputs among several runs, and -o {job.output} is one output: {remedy}")
     if output not in (None, STDOUT) and not output_is_file:
         _named_in_folder(job.inputs, job.output, suffix)
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet or job.shard

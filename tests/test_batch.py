@@ -847,6 +847,9 @@ def test_shards_split_the_inputs_by_their_output_names(tmp_path):
             Job(Settings("encode"), str(folder), shard=wrong)
     with pytest.raises(MimiError, match="a round trip takes no shard"):
         plan(Job(Settings("roundtrip"), str(folder), shard=(1, 2)))
+    for one in (tmp_path / "x.npz", "-"):  # one output: one part would write it, the others nothing
+        with pytest.raises(MimiError, match=f"--shard splits many inputs among several runs, and -o {one} is one"):
+            plan(Job(Settings("encode"), str(folder / "spk0" / "utt0.wav"), one, shard=(1, 2)))
 
 
 def test_shards_runs_share_an_output_and_a_parquet_folder(corpus, weights_file, tmp_path):
