@@ -967,8 +967,7 @@ def wav_to_stdout(sample_rate: int, channels: int, frames: int) -> Iterator[Call
         sf.write(pcm, block, sample_rate, format="RAW", subtype="PCM_16", endian="LITTLE")
         write_stdout(pcm.getvalue(), flush=True)
 
-    size = frames * channels * 2
-    size = size if size <= 0xFFFFFFFF - 36 else 0xFFFFFFFF - 36
+    size = min(frames * channels * 2, 0xFFFFFFFF - 36)
     write_stdout(struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + size, b"WAVE", b"fmt ", 16, 1, channels,
                              sample_rate, sample_rate * channels * 2, channels * 2, 16, b"data", size), flush=True)
     yield write

@@ -171,13 +171,13 @@ def plan(job: Job, report: Report = no_report) -> Plan:
     if output not in (None, STDOUT) and not output_is_file:
         _named_in_folder(job.inputs, job.output, suffix)
     batch_only = job.jobs > 1 or job.engine == "ray" or job.skip_existing or job.manifest or job.parquet or job.shard
-    found, shard_note = take_shard(found, job.shard)
     single = one_file and not batch_only
     if single and found[0].path != Path(STDIN) and (problem := missing(found[0].path)) is not None:
         raise MimiError(f"{found[0].path} {problem}")  # said before its output's problems, as cp says them
     named = [Path(p) for p in (*job.inputs, *job.manifests) if p != STDIN]  # a manifest's items name audio files
     inputs = file_ids([*named, *(Path(entry.item.container) if entry.item else entry.path for entry in found),
                        *weights_files(s.weights, CODECS.values())])
+    found, shard_note = take_shard(found, job.shard)  # the other parts' inputs are still this run's, never written
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items
     check_name = functools.partial(_check_codes_name, codec=s.codec) if s.kind == "encode" else _check_audio_name

@@ -758,7 +758,7 @@ def write_stdout(data: bytes, flush: bool = False) -> None:
     as a Unix tool does."""
     out = sys.stdout.buffer
     try:
-        _write_all(out, memoryview(data).cast("B"))
+        _write_all(out, memoryview(data))
         if flush:
             out.flush()
     except BrokenPipeError:
