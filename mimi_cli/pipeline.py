@@ -165,6 +165,13 @@ STREAM_FRAMES_PER_STEP = 16
 # Source frames read per block in --stream mode.
 STREAM_READ_FRAMES = 1 << 16
 
+
+def stream_read_frames(source_rate: int, codec_rate: int) -> int:
+    """Source frames read per --stream block: STREAM_READ_FRAMES, fewer when a very low rate is upsampled, so
+    that no block resamples to more than 4 × STREAM_READ_FRAMES samples (a 1 Hz file's 65,536 frames would
+    become 1.6 billion samples at 24 kHz: 6 GB at once, while memory is meant to stay flat)."""
+    return max(1, min(STREAM_READ_FRAMES, 4 * STREAM_READ_FRAMES * source_rate // codec_rate))
+
 Progress = Callable[[float], None]  # called with seconds of audio done
 
 
@@ -180,8 +187,9 @@ def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int, progress:
     """Encode a file (or an ``opened`` block reader) block by block in flat memory: read, downmix or
     split, resample, encode as it comes."""
     with opened or open_audio(path) as f:
-        return encode_blocks(loaded, read_blocks(path, f, STREAM_READ_FRAMES), f.samplerate, f.channels,
-                             num_codebooks, progress, channels)
+        frames = stream_read_frames(f.samplerate, loaded.model.config.sample_rate)
+        return encode_blocks(loaded, read_blocks(path, f, frames), f.samplerate, f.channels, num_codebooks,
+                             progress, channels)
 
 
 def encode_blocks(loaded: LoadedModel, blocks: Iterable[np.ndarray], source_rate: int, source_channels: int,
@@ -582,8 +590,8 @@ def failed(task: Task, exc: BaseException, settings: Settings) -> FileResult:
     if isinstance(exc, MimiError):
         error = str(exc)
     elif isinstance(exc, MemoryError):  # this file's, maybe (a long file with a full machine)
-        error = str(out_of_memory(exc, ", or use --stream (memory stays flat) and fewer --jobs"
-                                  if settings.kind != "roundtrip" else ""))
+        more = ", or use fewer --jobs" if settings.stream else ", or use --stream (memory stays flat) and fewer --jobs"
+        error = str(out_of_memory(exc, "" if settings.kind == "roundtrip" else more))
     elif isinstance(exc, UnicodeEncodeError):
         error = str(unnamable(exc) or f"{type(exc).__name__}: {exc}")
     elif isinstance(exc, OSError):  # the system's words, with what to do at a limit (as the command line says)
@@ -791,7 +799,8 @@ def _round_trip(loaded: LoadedModel, audio: Audio, levels: int, settings: Settin
         decoded, seconds = decode_codes(loaded, encoded.codes)
         return encoded, np.atleast_2d(encoded.pcm), decoded, seconds
     # the blocks encode --stream reads, and the steps decode --stream writes
-    blocks = (audio.samples[i:i + STREAM_READ_FRAMES] for i in range(0, len(audio.samples), STREAM_READ_FRAMES))
+    step = stream_read_frames(audio.sample_rate, loaded.model.config.sample_rate)
+    blocks = (audio.samples[i:i + step] for i in range(0, len(audio.samples), step))
     encoded = encode_blocks(loaded, blocks, audio.sample_rate, audio.channels, levels, None, settings.channels)
     report("Decoding", 0.0, None)
     steps = list(decoded_steps(loaded, encoded.codes))

@@ -236,6 +236,29 @@ def test_a_rate_no_filter_could_resample_is_refused(tmp_path, stream):
     assert_clean_failure(result, tmp_path, before, "fast.wav declares 2,147,483,647 Hz", "1 to 768,000 Hz")
 
 
+def test_a_very_low_rate_is_streamed_in_blocks_of_bounded_size(tmp_path, small_model, monkeypatch):
+    """--stream read 65,536 source frames at a time whatever the rate: a 1 Hz file's block became 1.6 billion
+    samples at 24 kHz at once (an out-of-memory failure, which then advised --stream). No block resamples to more
+    than 2¹⁸ samples now, and the blocks are the file's samples in order."""
+    from mimi_cli import pipeline
+    from mimi_cli.audio import StreamResampler
+
+    path = tmp_path / "slow.wav"
+    samples = np.random.default_rng(1).uniform(-0.5, 0.5, (40, 1)).astype(np.float32)
+    sf.write(path, samples, 1, subtype="FLOAT")  # 40 s: 960,000 samples at 24 kHz
+
+    def resampled(loaded, blocks, rate, channels, *rest):  # what encode_blocks resamples, block by block
+        resampler = StreamResampler(rate, loaded.model.config.sample_rate)
+        read = list(blocks)
+        return read, [len(resampler.push(block[:, 0])) for block in read] + [len(resampler.flush())]
+
+    monkeypatch.setattr(pipeline, "encode_blocks", resampled)
+    loaded = pipeline.LoadedModel(small_model, path, pipeline.Background(str, path), 0.0)
+    read, made = pipeline.encode_stream(loaded, path, 4)
+    assert np.array_equal(np.concatenate(read), samples) and len(read) > 1
+    assert max(made) <= 1 << 18 and sum(made) == 960_000
+
+
 @pytest.mark.parametrize("stream", [[], ["--stream"]])
 def test_an_output_rate_beyond_audio_is_refused_before_any_work(tmp_path, stream):
     np.savez(tmp_path / "codes.npz", **valid_codes_arrays())

@@ -973,7 +973,11 @@ cli.main()
 
 @pytest.mark.parametrize("command, patched, raised, expected", [
     ("encode", "pipeline.encode_file", 'MemoryError("Unable to allocate 9.00 GiB for an array")',
-     "out of memory (Unable to allocate 9.00 GiB for an array); free some memory or raise the limit (ulimit -v)"),
+     "out of memory (Unable to allocate 9.00 GiB for an array); free some memory or raise the limit (ulimit -v), "
+     "or use --stream (memory stays flat) and fewer --jobs"),
+    ("encode --stream", "pipeline.encode_file", 'MemoryError("Unable to allocate 9.00 GiB for an array")',
+     "out of memory (Unable to allocate 9.00 GiB for an array); free some memory or raise the limit (ulimit -v), "
+     "or use fewer --jobs"),  # not "use --stream", given already
     ("roundtrip", "pipeline.roundtrip_file", 'MemoryError("Unable to allocate 9.00 GiB for an array")',
      "out of memory (Unable to allocate 9.00 GiB for an array); free some memory or raise the limit (ulimit -v)"),
     ("encode", "batch.execute", 'OSError(errno.EMFILE, "Too many open files")',
@@ -987,8 +991,8 @@ def test_system_limits_are_one_line(command, patched, raised, expected, clip, we
     "MemoryError: ..." (encode); nothing written. Mapping the weights fails under `ulimit -v` with the system's
     words only ("Cannot allocate memory"): what to do is said there too."""
     script = _REFUSED.format(patched=patched, raised=raised)
-    done = subprocess.run([sys.executable, "-c", script, command, str(clip), "-o",
-                           str(tmp_path / ("x.npz" if command == "encode" else "x.wav"))],
+    done = subprocess.run([sys.executable, "-c", script, *command.split(), str(clip), "-o",
+                           str(tmp_path / ("x.wav" if command == "roundtrip" else "x.npz"))],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
     one_line_error(done, expected)
