@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 
 from mimi_cli.c_stderr import CaughtStderr
-from mimi_cli.errors import InvalidAudioError, physical_memory
+from mimi_cli.errors import InvalidAudioError, over_memory, physical_memory
 from mimi_cli.fileio import Target, as_target, atomic_output, cannot_write, file_kind, holds, is_stdout, missing, native
 from mimi_cli.models.codec import MAX_PEAK
 
@@ -807,12 +807,24 @@ class _WavWithSize(io.RawIOBase):
         super().close()
 
 
+# What resample_poly takes per output sample: its result and the float32 copy (8 to 10 bytes measured).
+RESAMPLE_BYTES_PER_SAMPLE = 12
+
+
 def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Polyphase resampling along the last axis (scipy ``resample_poly``), float32 out."""
+    """Polyphase resampling along the last axis (scipy ``resample_poly``), float32 out; refused before any
+    work when the result would not fit in memory (a 1 Hz file's samples taken to 768 kHz)."""
     if from_rate == to_rate:
         return pcm.astype(np.float32, copy=False)
     check_rate(from_rate, "resampling from")
     check_rate(to_rate, "resampling to")
+    length = pcm.shape[-1] if pcm.ndim else 1
+    needed = -(-length * to_rate // from_rate) * (pcm.size // max(1, length)) * RESAMPLE_BYTES_PER_SAMPLE
+    memory = over_memory(needed)
+    if memory:
+        raise InvalidAudioError(f"resampling {length / from_rate:,.1f} s of audio from {from_rate:,} Hz to "
+                                f"{to_rate:,} Hz would take about {needed / 1e9:,.0f} GB, more than this machine's "
+                                f"{memory / 1e9:.0f} GB: give shorter audio, or a rate nearer its own")
     from scipy.signal import resample_poly
 
     g = math.gcd(from_rate, to_rate)

@@ -46,6 +46,22 @@ def test_resampling_keeps_pitch_and_duration(rate):
     assert abs(np.sqrt(np.mean(y[2000:-2000] ** 2)) - 0.5 / np.sqrt(2)) < 0.01
 
 
+def test_a_resampling_beyond_the_memory_is_refused_before_any_work(monkeypatch):
+    """`mimi run --stream` of a 1 Hz file of 100,000 samples at --sample-rate 768000 asked resample_poly for 922
+    GB (a MemoryError, or on a machine that grants it lazily, the kernel's kill). The size is known beforehand:
+    refused, saying so. What fits is resampled as before."""
+    from scipy.signal import resample_poly
+
+    from mimi_cli import errors
+
+    monkeypatch.setattr(errors, "physical_memory", lambda: 1 << 30)  # a 1 GiB machine
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 100)).astype(np.float32)
+    with pytest.raises(InvalidAudioError, match=r"^resampling 100\.0 s of audio from 1 Hz to 768,000 Hz would take "
+                                                r"about 2 GB, more than this machine's 1 GB: give shorter audio"):
+        resample(x, 1, 768_000)  # 2 × 76.8 million samples
+    np.testing.assert_array_equal(resample(x, 1, 24_000), resample_poly(x, 24_000, 1, axis=-1).astype(np.float32))
+
+
 def test_downmix_is_the_channel_mean():
     left, right = sine(300, 24000, 0.5), sine(500, 24000, 0.5)
     mono = to_mono(Audio(np.stack([left, right], axis=1), 24000), 24000)
