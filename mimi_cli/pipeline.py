@@ -172,6 +172,7 @@ def stream_read_frames(source_rate: int, codec_rate: int) -> int:
     become 1.6 billion samples at 24 kHz: 6 GB at once, while memory is meant to stay flat)."""
     return max(1, min(STREAM_READ_FRAMES, 4 * STREAM_READ_FRAMES * source_rate // codec_rate))
 
+
 Progress = Callable[[float], None]  # called with seconds of audio done
 
 
