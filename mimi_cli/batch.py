@@ -47,7 +47,7 @@ from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, c
 from mimi_cli.models import BASE_BYTES, CODECS, codec_spec
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, no_report, skipped
 from mimi_cli.plot import PLOT_SUFFIXES
-from mimi_cli.sources import Item, arrow_file, is_container, is_table, known_keys, list_items
+from mimi_cli.sources import Item, arrow_file, is_container, is_table, known_keys, list_items, unread_spans_note
 from mimi_cli.weights import resolve_weights, weights_files, weights_id
 
 CODES_SUFFIXES = (".npz", ".npy", ".ecdc")
@@ -62,6 +62,7 @@ class Input:
     base: Path  # the folder its output's relative path is taken from
     item: Item | None = None  # an item of a manifest, tar shard or dataset (path is then its name)
     relative: Path | None = None  # an item's output path under -o, without suffix
+    unread: tuple[str, ...] = ()  # a manifest line's keys that look like a span's ends (sources.SPAN_LOOKALIKES)
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,9 @@ def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["e
                      f"{'…' if len(suffixes) > 4 else ''} files there{'; -r searches sub-folders' * (not recursive)})")
     if globs:
         notes.append(f"no file matches {', '.join(globs)}")
+    unread = [entry for entry in found if entry.unread] if kind != "decode" else []  # (decode reads codes whole)
+    if unread:
+        notes.append(unread_spans_note(str(unread[0].path), len(unread), {key for e in unread for key in e.unread}))
     return found, "; ".join(notes) or None, one_file
 
 
@@ -616,7 +620,7 @@ def expand_containers(found: list[Input], column: str, expands: Callable[[Path],
         # one found in a folder or glob keeps its place in the tree under -o (corpus/a/x.tar → DIR/a/x/KEY)
         within = entry.path.parent.relative_to(entry.base) if entry.relative is None and entry.base in \
             entry.path.parents else Path()
-        expanded += [Input(Path(e.name), entry.path.parent, e.item, within / e.relative)
+        expanded += [Input(Path(e.name), entry.path.parent, e.item, within / e.relative, e.unread)
                      for e in list_items(entry.path, column)]
     return expanded
 
@@ -633,7 +637,7 @@ def from_shared_folder(found: list[Input]) -> list[Input]:
     folders = [name[: name.rfind("/") + 1] for name in rooted.values()]
     shared = os.path.commonprefix([min(folders), max(folders)])
     cut = shared.rfind("/") + 1
-    return [Input(e.path, e.base, e.item, Path(rooted[i][cut:])) if i in rooted else e for i, e in enumerate(found)]
+    return [replace(e, relative=Path(rooted[i][cut:])) if i in rooted else e for i, e in enumerate(found)]
 
 
 def listed_inputs(manifest: Path, kind: str, column: str | None) -> list[Input]:
@@ -648,7 +652,7 @@ def listed_inputs(manifest: Path, kind: str, column: str | None) -> list[Input]:
                 continue
             seen.add(os.path.realpath(item.container))
         if kind == "encode" or item.kind == "invalid":
-            found.append(Input(Path(entry.name), manifest.parent, item, entry.relative))
+            found.append(Input(Path(entry.name), manifest.parent, item, entry.relative, entry.unread))
         elif item.offset or item.duration is not None:
             problem = f"{entry.name}: offset and duration pick part of an audio file; codes are decoded whole"
             found.append(Input(Path(entry.name), manifest.parent, Item("invalid", entry.name, error=problem),

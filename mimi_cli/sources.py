@@ -41,11 +41,14 @@ from pathlib import Path
 from typing import Literal
 
 from mimi_cli.audio import BlockReader
-from mimi_cli.errors import (InvalidAudioError, InvalidCodesError, MimiError, first_line, loads_json, os_reason,
-                             physical_memory)
+from mimi_cli.errors import (InvalidAudioError, InvalidCodesError, MimiError, counted, first_line, loads_json,
+                             os_reason, physical_memory)
 from mimi_cli.fileio import STDIN, check_stdin, file_kind, holds, home_expanded, local_path, native, url
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path", "file_name")  # NeMo; lists; a Hugging Face audiofolder's metadata
+# Other tools' names for a span's ends (WhisperX's segments, GigaSpeech's begin_time …), where NeMo's are offset and
+# duration: a line that gives these alone is read whole, their keys carried, and the run says so once.
+SPAN_LOOKALIKES = ("start", "end", "begin", "stop", "start_time", "end_time", "begin_time")
 MAX_MEMBER_BYTES = 2 << 30  # an audio member or cell read into memory at once
 MAX_CARRIED_BYTES = 64 << 10  # a shard's text/JSON member carried along
 TEXT_SUFFIXES = (".json", ".txt", ".cls", ".id")  # WebDataset members carried as keys
@@ -76,6 +79,7 @@ class Entry:
     name: str
     item: Item
     relative: Path
+    unread: tuple[str, ...] = ()  # the SPAN_LOOKALIKES keys of a line that gives no offset or duration
 
 
 def _invalid(name: str, problem: str, relative: str) -> Entry:
@@ -346,9 +350,28 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
     relative = relative if relative.stem in (".", "..") else relative.with_suffix("")  # "..wav" stays itself
     if record.get("offset") is not None or duration is not None:  # one file, several spans: one output each
         relative = relative.with_name(f"{relative.name}_{round(offset * 1000)}ms")
+    unread = () if "offset" in record or "duration" in record else \
+        tuple(key for key in SPAN_LOOKALIKES if _like_seconds(record.get(key)))
     return Entry(name, Item("span", str(audio_path), offset=float(offset),
                             duration=None if duration is None else float(duration), extra=json.dumps(carried)),
-                 relative), None
+                 relative, unread), None
+
+
+def _like_seconds(value) -> bool:
+    """A number of seconds, or a CSV's text of one."""
+    with contextlib.suppress(ValueError):
+        return _seconds(float(value) if isinstance(value, str) else value)
+    return False
+
+
+def unread_spans_note(first: str, lines: int, keys: set[str]) -> str:
+    """What to say of ``lines`` lines (the first named ``first``) that give ``keys`` of SPAN_LOOKALIKES and no
+    offset or duration: each is read whole."""
+    more = f" and {counted(lines - 1, 'more line')}" if lines > 1 else ""
+    ordered = [key for key in SPAN_LOOKALIKES if key in keys]
+    given = " and ".join(filter(None, (", ".join(ordered[:-1]), ordered[-1])))
+    return (f"{first}{more} {'give' if more else 'gives'} {given}, carried along and not read: the whole file "
+            "is encoded (a span is offset and duration, in seconds)")
 
 
 def _check_listing(items: int, shown: str) -> None:

@@ -180,6 +180,33 @@ def test_manifests_as_other_tools_write_them(tmp_path, weights_file, reference):
             assert result.returncode == 0, (name, result.stderr)
 
 
+def test_lines_that_give_a_span_under_other_names_are_said_to_be_read_whole(tmp_path, weights_file, reference):
+    """A line giving start and end (WhisperX's segments, a hand-made list) instead of NeMo's offset and duration
+    encoded its whole file without a word. It still does (those keys may be a cut's place in its recording), and
+    the run now says so once, naming the first such line and the keys; a line with an offset is read as before."""
+    from mimi_cli.sources import list_manifest
+
+    folder, codes = reference
+    manifest = tmp_path / "segments.jsonl"
+    lines = [{"audio_filepath": str(folder / "one.wav"), "start": 0.5, "end": 1.0, "text": "hi"},
+             {"audio_filepath": str(folder / "two.wav"), "begin_time": 12, "speaker": "b"},
+             {"audio_filepath": str(folder / "whole.wav"), "offset": 0.5, "duration": 1.5, "start": 3.0},
+             {"audio_filepath": str(folder / "whole.wav"), "end": "soon"}]  # not seconds: nothing to say
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = run("encode", "--inputs-from", manifest, "-o", tmp_path / "codes", "--manifest", tmp_path / "run.jsonl",
+                 weights=weights_file)
+    assert result.returncode == 0, result.stderr
+    assert f"note: {manifest}:1 and 1 more line give start, end and begin_time, carried along and not read: the " \
+        "whole file is encoded (a span is offset and duration, in seconds)\n" in result.stderr, result.stderr
+    np.testing.assert_array_equal(CodesFile.load(tmp_path / "codes" / "one.npz").codes, codes["one"])
+    np.testing.assert_array_equal(CodesFile.load(tmp_path / "codes" / "whole_500ms.npz").codes, codes["span"])
+    first = json.loads((tmp_path / "run.jsonl").read_text().splitlines()[0])
+    assert (first["start"], first["end"], first["offset"], first["duration"]) == (0.5, 1.0, 0.0, None)
+    # a CSV's values are text: "0.5" is seconds too
+    (tmp_path / "rows.csv").write_text(f"path,start,stop\n{folder}/one.wav,0.5,1\n{folder}/two.wav,,\n")
+    assert [entry.unread for entry in list_manifest(tmp_path / "rows.csv")] == [("start", "stop"), ()]
+
+
 def test_csv_and_tsv_lists_with_a_header_row(tmp_path, weights_file, reference):
     """Common Voice's train.tsv (its files by name in clips/ beside it; no quoting: a sentence keeps its quotes)
     and an audiofolder's metadata.csv (quoted values, a duration) were taken for audio ("cannot read as audio")
