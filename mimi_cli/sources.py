@@ -351,7 +351,7 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
     if record.get("offset") is not None or duration is not None:  # one file, several spans: one output each
         relative = relative.with_name(f"{relative.name}_{round(offset * 1000)}ms")
     unread = () if "offset" in record or "duration" in record else \
-        tuple(key for key in SPAN_LOOKALIKES if _like_seconds(record.get(key)))
+        tuple(key for key in SPAN_LOOKALIKES if key in record and _like_seconds(record[key]))
     return Entry(name, Item("span", str(audio_path), offset=float(offset),
                             duration=None if duration is None else float(duration), extra=json.dumps(carried)),
                  relative, unread), None
