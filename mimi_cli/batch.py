@@ -56,7 +56,7 @@ RESCALE_STREAM = "--rescale needs the whole output's peak before writing it; lea
 Engine = Literal["local", "ray"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Input:
     path: Path
     base: Path  # the folder its output's relative path is taken from

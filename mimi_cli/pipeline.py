@@ -327,7 +327,7 @@ class Settings:
                                                                   MAX_SAMPLE_RATE))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
     input: Path  # the file; for an item, its name (``shard.tar#0001.flac``, ``manifest.jsonl:12``)
     output: Target | None  # a file, "-" for standard output, or None (codes kept for Parquet only)

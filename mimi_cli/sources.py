@@ -54,7 +54,7 @@ MAX_CARRIED_BYTES = 64 << 10  # a shard's text/JSON member carried along
 TEXT_SUFFIXES = (".json", ".txt", ".cls", ".id")  # WebDataset members carried as keys
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """One input's audio inside something larger."""
 
@@ -72,7 +72,7 @@ class Item:
         return json.loads(self.extra)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """A listed item: what to show for it, the item, and the relative path of its output."""
 
