@@ -333,7 +333,9 @@ def random_model(spec) -> tuple[Codec, float]:
 
     from safetensors.numpy import save_file
 
-    with tempfile.TemporaryDirectory() as tmp:
+    from mimi_cli.fileio import temporary_folder
+
+    with tempfile.TemporaryDirectory(dir=temporary_folder("the benchmark (its random weights)")) as tmp:
         path = f"{tmp}/{spec.name}.safetensors"
         save_file(spec.random_state(), path)
         start = time.perf_counter()

@@ -118,7 +118,7 @@ def cannot_write(path: Target, exc: OSError | str) -> MimiError:
         return MimiError(f"cannot write {_shown(path)}: {exc}")
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     if is_stdout(path):  # what failed is the staging copy (see atomic_output), not where stdout goes
-        advice = f"it is kept in {tempfile.gettempdir()} until complete: set TMPDIR to a writable folder with space"
+        advice = f"it is kept in {tempfile.tempdir} until complete: set TMPDIR to a writable folder with space"
     else:
         advice = _ADVICE.get(exc.errno, "choose another output")
     return MimiError(f"cannot write {_shown(path)}: {reason}; {advice}")
@@ -126,6 +126,16 @@ def cannot_write(path: Target, exc: OSError | str) -> MimiError:
 
 def _shown(path: Target) -> str:
     return "standard output" if is_stdout(path) else str(path)
+
+
+def temporary_folder(what: str) -> str:
+    """The folder for ``what``'s temporary file (TMPDIR, else /tmp, /var/tmp, /usr/tmp, the working folder:
+    the first one that takes a file), or a one-line error where none does (a read-only container)."""
+    try:
+        return tempfile.gettempdir()
+    except OSError:  # FileNotFoundError: "No usable temporary directory found in [...]"
+        raise MimiError("no folder for temporary files can be written (TMPDIR, /tmp, /var/tmp, /usr/tmp, the "
+                        f"working folder), and {what} needs one: set TMPDIR to a writable folder with space") from None
 
 
 def missing(path: Path) -> str | None:
@@ -208,7 +218,7 @@ def readable(path: Target) -> Iterator[Readable]:
     shown = "standard input" if stdin else str(path)
     if stdin:
         check_stdin("'-'", "the data")
-    folder = tempfile.gettempdir()
+    folder = temporary_folder(f"reading {shown}")
     with contextlib.ExitStack() as stack:
         try:
             copy = Readable(stack.enter_context(_scratch_file(folder, f"{INPUT_COPY}{secrets.token_hex(8)}")), shown)
@@ -398,6 +408,7 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
             raise MimiError("standard output is closed; redirect it (> file, | program) or give -o FILE")
         if sys.stdout.isatty():
             raise MimiError("standard output is a terminal; redirect it (> file, | program) or give -o FILE")
+        temporary_folder("writing to standard output")  # (where it is kept until complete: see atomic_output)
         return
     try:
         st = os.lstat(path)
@@ -536,7 +547,8 @@ def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
     path = as_target(path)
     if is_stdout(path):
         # a name of its own: one left by a killed run, another user's or a concurrent run's never blocks this one
-        with _through_temporary(tempfile.gettempdir(), f".mimi-stdout.{secrets.token_hex(8)}.partial") as tmp:
+        staging = temporary_folder("writing to standard output")
+        with _through_temporary(staging, f".mimi-stdout.{secrets.token_hex(8)}.partial") as tmp:
             yield tmp
             _copy_to_stdout(tmp)
         return

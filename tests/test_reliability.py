@@ -999,6 +999,34 @@ def test_system_limits_are_one_line(command, patched, raised, expected, clip, we
     assert list(tmp_path.iterdir()) == []
 
 
+_NO_TEMPORARY_FOLDER = """
+import errno, sys, tempfile
+from mimi_cli import cli
+def nowhere(*args, **kwargs):  # what tempfile raises when no candidate folder takes a file
+    raise FileNotFoundError(errno.ENOENT, "No usable temporary directory found in ['/tmp', '/var/tmp']")
+tempfile.gettempdir = nowhere
+sys.argv = ["mimi", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def test_no_writable_folder_for_temporary_files_is_said_before_any_work(clip, codes, weights_file, tmp_path):
+    """A read-only container (no TMPDIR, /tmp, /var/tmp or working folder that takes a file): standard input
+    and output pass through a temporary file, and the run says so and how to give it one, in its own words
+    (it printed Python's "No usable temporary directory found in [...]"), before any work."""
+    for args, stdin in ((["encode", clip, "-o", "-"], None), (["decode", codes, "-o", "-"], None),
+                        (["encode", "-", "-o", tmp_path / "x.npz"], clip.read_bytes())):
+        done = subprocess.run([sys.executable, "-c", _NO_TEMPORARY_FOLDER, *map(str, args)], input=stdin,
+                              capture_output=True, timeout=120,
+                              env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
+        assert done.stdout == b"", args
+        done = subprocess.CompletedProcess(done.args, done.returncode, "", done.stderr.decode())
+        reading = "reading standard input" if stdin else "writing to standard output"
+        one_line_error(done, "no folder for temporary files can be written", f"and {reading} needs one",
+                       "set TMPDIR to a writable folder")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_standard_output_names_what_is_full(codes, weights_file, tmp_path):
     """-o - is staged in TMPDIR until complete: a full TMPDIR says so (it blamed "the output's disk"), and
     a full disk behind the redirection says to look there; no staging file is left either way."""
