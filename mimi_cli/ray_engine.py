@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -67,6 +68,20 @@ class FileActor:
             return {"result": FileResult.of(task, "failed", error=str(exc)), "fatal": str(exc)}
 
 
+def _not_started(exc: Exception, address: str | None) -> MimiError:
+    """Why Ray did not start, and where to look: a cluster's logs are on its head node; a local Ray keeps its
+    sessions in RAY_TMPDIR, else (Linux) TMPDIR, else /tmp (Ray's own rule), which a refusal there names."""
+    if address:
+        return MimiError(f"Ray did not start at RAY_ADDRESS={address}: {first_line(exc, 300)}; its logs are on the "
+                         "cluster's head node (/tmp/ray/session_latest/logs by default), or run with --engine local")
+    temp = os.environ.get("RAY_TMPDIR") or (sys.platform.startswith("linux") and os.environ.get("TMPDIR")) or "/tmp"
+    remedy = f"its logs are in {os.path.join(temp, 'ray', 'session_latest', 'logs')}"
+    if isinstance(exc, OSError):  # the folder for its sessions: missing, read-only, full, not a folder
+        remedy = f"it keeps its sessions in {os.path.join(temp, 'ray')}: set RAY_TMPDIR to a writable folder"
+    return MimiError(f"Ray did not start on this machine: {first_line(exc, 300)}; {remedy}, or run with --engine "
+                     "local")
+
+
 def run_ray(tasks: list[Task], settings: Settings, actors: int) -> Iterator[FileResult]:
     """Run ``tasks`` on Ray Data with ``actors`` actors; each result as it comes (skipped ones first), so
     that the driver can show progress and write Parquet shards as they fill, holding no more than that."""
@@ -81,9 +96,7 @@ def run_ray(tasks: list[Task], settings: Settings, actors: int) -> Iterator[File
             ray.init(address=address, num_cpus=None if address else actors + 1, include_dashboard=False,
                      log_to_driver=False, logging_level=logging.ERROR)
         except Exception as exc:  # Ray's own words (a node that timed out starting, a cluster of another version)
-            at = f" at RAY_ADDRESS={address}" if address else " on this machine"
-            raise MimiError(f"Ray did not start{at}: {first_line(exc, 300)}; its logs are in /tmp/ray/session_latest/"
-                            "logs, or run with --engine local") from None
+            raise _not_started(exc, address) from None
         _quiet_raylet_messages(ray)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False

@@ -733,6 +733,22 @@ def test_a_ray_address_that_nothing_answers_at_is_said_at_once(corpus, weights_f
 
 
 @pytest.mark.ray
+def test_a_folder_ray_cannot_keep_its_sessions_in_is_named(corpus, weights_file, tmp_path):
+    """A local Ray keeps its sessions in RAY_TMPDIR (else TMPDIR, else /tmp): one that cannot be made (here under
+    a file; a read-only container's /tmp alike) is named with what to set, not the logs that could not be
+    written there (the message sent the user to /tmp/ray/session_latest/logs whatever RAY_TMPDIR said)."""
+    pytest.importorskip("ray.data")
+    (tmp_path / "a-file").write_text("")
+    result = run("encode", corpus, "-r", "-o", tmp_path / "out", "--engine", "ray", weights=weights_file,
+                 env_extra={"RAY_ADDRESS": "", "RAY_TMPDIR": str(tmp_path / "a-file" / "t")})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: Ray did not start on this machine: [Errno 20] Not a directory: '{tmp_path / 'a-file' / 't'}'" \
+           f"; it keeps its sessions in {tmp_path / 'a-file' / 't' / 'ray'}: set RAY_TMPDIR to a writable folder, " \
+           "or run with --engine local" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.ray
 def test_ray_a_file_that_kills_its_actor_fails_alone(corpus, weights_file, tmp_path):
     """Ray Data would try it again forever; here it is tried 3 times, and no other file dies with it."""
     pytest.importorskip("ray.data")
