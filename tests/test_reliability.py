@@ -1014,15 +1014,15 @@ def test_no_writable_folder_for_temporary_files_is_said_before_any_work(clip, co
     """A read-only container (no TMPDIR, /tmp, /var/tmp or working folder that takes a file): standard input
     and output pass through a temporary file, and the run says so and how to give it one, in its own words
     (it printed Python's "No usable temporary directory found in [...]"), before any work."""
-    for args, stdin in ((["encode", clip, "-o", "-"], None), (["decode", codes, "-o", "-"], None),
-                        (["encode", "-", "-o", tmp_path / "x.npz"], clip.read_bytes())):
-        done = subprocess.run([sys.executable, "-c", _NO_TEMPORARY_FOLDER, *map(str, args)], input=stdin,
-                              capture_output=True, timeout=120,
-                              env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
-        assert done.stdout == b"", args
-        done = subprocess.CompletedProcess(done.args, done.returncode, "", done.stderr.decode())
-        reading = "reading standard input" if stdin else "writing to standard output"
-        one_line_error(done, "no folder for temporary files can be written", f"and {reading} needs one",
+    for args, needing in ((["encode", clip, "-o", "-"], "writing to standard output"),
+                          (["decode", codes, "-o", "-"], "writing to standard output"),
+                          (["encode", "-", "-o", tmp_path / "x.npz"], "reading standard input")):
+        with open(clip, "rb") as stdin:
+            done = subprocess.run([sys.executable, "-c", _NO_TEMPORARY_FOLDER, *map(str, args)], stdin=stdin,
+                                  capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
+        assert done.stdout == "", args
+        one_line_error(done, "no folder for temporary files can be written", f"and {needing} needs one",
                        "set TMPDIR to a writable folder")
     assert list(tmp_path.iterdir()) == []
 
