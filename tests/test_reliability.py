@@ -999,26 +999,17 @@ def test_system_limits_are_one_line(command, patched, raised, expected, clip, we
     assert list(tmp_path.iterdir()) == []
 
 
-_NO_TEMPORARY_FOLDER = """
-import errno, sys, tempfile
-from mimi_cli import cli
-def nowhere(*args, **kwargs):  # what tempfile raises when no candidate folder takes a file
-    raise FileNotFoundError(errno.ENOENT, "No usable temporary directory found in ['/tmp', '/var/tmp']")
-tempfile.gettempdir = nowhere
-sys.argv = ["mimi", *sys.argv[1:]]
-cli.main()
-"""
-
-
 def test_no_writable_folder_for_temporary_files_is_said_before_any_work(clip, codes, weights_file, tmp_path):
     """A read-only container (no TMPDIR, /tmp, /var/tmp or working folder that takes a file): standard input
     and output pass through a temporary file, and the run says so and how to give it one, in its own words
     (it printed Python's "No usable temporary directory found in [...]"), before any work."""
+    script = _REFUSED.format(patched="sys.modules['tempfile'].gettempdir",  # what it raises when no folder will do
+                             raised="FileNotFoundError(errno.ENOENT, 'No usable temporary directory found in [...]')")
     for args, needing in ((["encode", clip, "-o", "-"], "writing to standard output"),
                           (["decode", codes, "-o", "-"], "writing to standard output"),
                           (["encode", "-", "-o", tmp_path / "x.npz"], "reading standard input")):
         with open(clip, "rb") as stdin:
-            done = subprocess.run([sys.executable, "-c", _NO_TEMPORARY_FOLDER, *map(str, args)], stdin=stdin,
+            done = subprocess.run([sys.executable, "-c", script, *map(str, args)], stdin=stdin,
                                   capture_output=True, text=True, timeout=120,
                                   env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
         assert done.stdout == "", args
