@@ -295,8 +295,11 @@ class CodesFile:
 def _checked_array(array: np.ndarray, config: CodecConfig, fail) -> np.ndarray:
     """An integer array of codes as ``[C, K, frames]``, every value checked: ``fail(problem)`` otherwise."""
     if array.dtype.kind not in "iu":
-        hint = (" (logits or probabilities? take the argmax over the vocabulary first)"
-                if array.dtype.kind == "f" else "")
+        hint = ""
+        if array.dtype.kind == "f":  # whole numbers kept as floats (np.loadtxt, a list with a null) or an LM's scores
+            whole = array.size and np.isfinite(array).all() and (array == np.round(array)).all()
+            hint = (" (these are whole numbers: store them as integers, e.g. array.astype(np.int64))" if whole else
+                    " (logits or probabilities? take the argmax over the vocabulary first)")
         raise fail(f"holds {array.dtype} values; codes are integers{hint}")
     while array.ndim > 3 and array.shape[0] == 1:  # a batch of one: transformers' EnCodec gives [1, 1, K, frames]
         array = array[0]

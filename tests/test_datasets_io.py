@@ -669,7 +669,7 @@ def test_a_table_of_generated_codes_decodes_row_by_row(tmp_path, weights_file):
     good = np.random.default_rng(5).integers(0, 2048, (8, 20))
     rows = [good.tolist(), (good + 3000).tolist(), [[1, 2, 3], [4, 5]], None, [[None] * 20] * 8]
     pq.write_table(pa.table({"id": list(range(len(rows))), "codes": rows}), tmp_path / "generated.parquet")
-    pq.write_table(pa.table({"codes": [good.astype(float).tolist()]}), tmp_path / "logits.parquet")
+    pq.write_table(pa.table({"codes": [(good / 2048).tolist()]}), tmp_path / "logits.parquet")
     np.save(tmp_path / "good.npy", good)
     assert run("decode", tmp_path / "good.npy", "-o", tmp_path / "good.wav", weights=weights_file).returncode == 0
     result = run("decode", tmp_path / "generated.parquet", tmp_path / "logits.parquet", "-o", tmp_path / "out",

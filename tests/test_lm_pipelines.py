@@ -304,7 +304,10 @@ def test_encode_to_npy_writes_the_codes_alone(tmp_path, weights_file, dialogue, 
 
 
 @pytest.mark.parametrize("array, message", [
-    (np.zeros((8, 5), np.float32), "holds float32 values; codes are integers (logits or probabilities?"),
+    (np.full((8, 5), 0.25, np.float32), "holds float32 values; codes are integers (logits or probabilities?"),
+    (np.full((8, 5), np.nan), "holds float64 values; codes are integers (logits or probabilities?"),
+    (np.zeros((8, 5), np.float32), "holds float32 values; codes are integers (these are whole numbers: store them "
+                                   "as integers, e.g. array.astype(np.int64))"),
     (np.full((8, 5), -1, np.int64), "holds values -1..-1"),
     (np.full((8, 5), 2048, np.int64), "codes are 0..2047"),
     (np.zeros((40, 5), np.int64), "has 40 codebooks"),
