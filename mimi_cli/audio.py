@@ -443,10 +443,12 @@ def _read_block(path: Path, f, frames: int) -> np.ndarray:
         block = f.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise InvalidAudioError(f"cannot read {path} as audio ({exc}); the file may be corrupt") from None
-    if not np.all(np.isfinite(block)):
-        bad = position + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-        raise InvalidAudioError(f"{path} contains NaN or Inf samples (first at {bad / f.samplerate:.3f} s)")
     peak = float(np.max(np.abs(block))) if block.size else 0.0
+    if not math.isfinite(peak):
+        peak = _peak_beyond_float32(f, position, len(block))
+        if peak is None:
+            bad = position + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            raise InvalidAudioError(f"{path} contains NaN or Inf samples (first at {bad / f.samplerate:.3f} s)")
     if peak > MAX_PEAK:
         raise InvalidAudioError(f"{path} has samples of magnitude {peak:.3g} (first at "
                                 f"{_first_beyond(block, MAX_PEAK, position) / f.samplerate:.3f} s), far beyond full "
@@ -455,6 +457,22 @@ def _read_block(path: Path, f, frames: int) -> np.ndarray:
         loud = getattr(f, "loud", None)
         f.loud = (max(peak, loud[0]), loud[1]) if loud else (peak, _first_beyond(block, LOUD_PEAK, position))
     return block
+
+
+def _peak_beyond_float32(f, position: int, frames: int) -> float | None:
+    """The peak of a 64-bit float file's ``frames`` samples from ``position``, read again as float64 (the file
+    left where it was): finite samples beyond float32's range (1e300) read as Inf in float32. None if the file
+    holds a true NaN or Inf there, or is not such a file."""
+    if getattr(f, "subtype", None) != "DOUBLE" or not getattr(f, "seekable", lambda: False)():
+        return None
+    end = f.tell()
+    try:
+        f.seek(position)
+        peak = float(np.max(np.abs(f.read(frames, dtype="float64"))))
+        f.seek(end)
+    except (RuntimeError, ValueError):
+        return None
+    return peak if math.isfinite(peak) else None
 
 
 def _first_beyond(block: np.ndarray, limit: float, position: int) -> int:

@@ -160,12 +160,12 @@ def test_zero_length_audio(tmp_path):
     encode_fails(tmp_path, path, "contains no audio samples")
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_samples(tmp_path, bad):
+@pytest.mark.parametrize("bad, subtype", [(np.nan, "FLOAT"), (np.inf, "FLOAT"), (-np.inf, "FLOAT"), (np.inf, "DOUBLE")])
+def test_non_finite_samples(tmp_path, bad, subtype):
     samples = np.zeros(4800, np.float32)
     samples[100] = bad
-    path = write_wav(tmp_path / "nan.wav", samples, subtype="FLOAT")
-    encode_fails(tmp_path, path, "NaN or Inf")
+    path = write_wav(tmp_path / "nan.wav", samples, subtype=subtype)
+    encode_fails(tmp_path, path, "NaN or Inf samples (first at 0.004 s)")
 
 
 # ----------------------------------------------------------------------------- codes files

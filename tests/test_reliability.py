@@ -1098,13 +1098,15 @@ def test_non_finite_and_absurd_option_values(clip, weights_file, tmp_path):
         in result.stderr
 
 
-@pytest.mark.parametrize("peak", [1e8, 1e38])
-def test_audio_far_beyond_full_scale_is_an_error_not_zeros(weights_file, tmp_path, peak):
+@pytest.mark.parametrize("peak, subtype", [(1e8, "FLOAT"), (1e38, "FLOAT"), (1e300, "DOUBLE")])
+def test_audio_far_beyond_full_scale_is_an_error_not_zeros(weights_file, tmp_path, peak, subtype):
+    """A 64-bit sample beyond float32's range reads as Inf in float32: it was called "NaN or Inf"."""
     path = tmp_path / "loud.wav"
-    pcm = np.sin(np.arange(24000) / 10).astype(np.float32) * np.float32(peak)
-    sf.write(path, pcm, 24000, subtype="FLOAT")
+    pcm = np.sin(np.arange(24000) / 10) * peak
+    sf.write(path, pcm, 24000, subtype=subtype)
     result = run("encode", path, "-o", tmp_path / "loud.npz", weights=weights_file)
-    one_line_error(result, "far beyond full scale", "rescale")
+    one_line_error(result, f"has samples of magnitude {peak:.3g} (first at 0.000 s), far beyond full scale",
+                   "rescale")
     assert "RuntimeWarning" not in result.stderr and not (tmp_path / "loud.npz").exists()
 
 
