@@ -416,6 +416,8 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
         st = None
     except OSError as exc:
         raise cannot_write(path, exc) from None
+    except ValueError:  # a NUL byte in the name
+        raise cannot_write(path, "its name holds a NUL character, which no file name can") from None
     if st is not None:
         _refuse_other_kinds(path, st, to_stdout)
         if (st.st_dev, st.st_ino) in inputs:

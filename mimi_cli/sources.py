@@ -322,7 +322,7 @@ def _manifest_entry(record: dict, name: str, number: int, base: Path) -> tuple[E
     problem = (f"{name}: {given} must be a file's path (a string), not a JSON "
                f"{_JSON_TYPES.get(type(record[given]), 'value')}" if audio is None and given else
                f"{name} has no audio_filepath (or path, or file_name)" if audio is None else
-               f"{name}: its {key} holds a NUL character, which no file name can" if "\0" in audio else
+               _nul_problem(name, key) if "\0" in audio else
                f"{name}: its {key} is empty" if not audio else
                f"{name}: offset must be a number of seconds from 0 to {MAX_SECONDS:,.0f}" if not _seconds(offset)
                else f"{name}: duration must be a number of seconds above 0, at most {MAX_SECONDS:,.0f}"
@@ -482,6 +482,9 @@ def list_tar(path: Path) -> list[Entry]:
     for name, key in audio:
         carried = {"__key__": key, "__url__": str(path), **texts.get(key, {})}
         relative = Path(path.stem) / _safe(key if fields[key] == 1 else name)
+        if "\0" in name:  # a pax header's name may hold one
+            entries.append(_invalid(f"{path}#{name}", _nul_problem(f"{path}#{name}", "member name"), str(relative)))
+            continue
         if _link_target(headers, headers[name]) is None:
             entries.append(_invalid(f"{path}#{name}", f"{path}#{name} is a link to {headers[name].linkname}, which "
                                     "leads to no file in the shard (links are followed inside it only)",
@@ -537,6 +540,8 @@ def list_shar(path: Path) -> list[Entry]:
             cut_id = record.get("id") if problem is None else None
             if problem is None and (not isinstance(cut_id, str) or not cut_id):
                 problem = f"{name}: its lhotse cut has no id (a string), which names its audio in {tar.name}"
+            if problem is None and "\0" in cut_id:
+                problem = _nul_problem(name, "cut id")
             member = None if problem else next(
                 (f"{cut_id}{suffix}" for suffix in AUDIO_SUFFIXES if f"{cut_id}{suffix}" in headers), None)
             if problem is None and member is None:
@@ -600,6 +605,8 @@ def _kaldi_problem(name: str, fields: list[str], recordings: dict[str, tuple[int
     ``recordings`` (each: its line in wav.scp, what it names), or None."""
     if len(fields) != 4:
         return f"{name} has {len(fields)} fields; a segment is <utterance> <recording> <start> <end>"
+    if "\0" in fields[0]:
+        return _nul_problem(name, "utterance id")
     recording = recordings.get(fields[1])
     if recording is None:
         return f"{name} names recording {fields[1]}, which {scp} does not list"
@@ -619,6 +626,11 @@ def _kaldi_problem(name: str, fields: list[str], recordings: dict[str, tuple[int
     return None
 
 
+def _nul_problem(name: str, what: str) -> str:
+    """Why an item fails whose file, or whose output's name, would hold a NUL character."""
+    return f"{name}: its {what} holds a NUL character, which no file name can"
+
+
 def _split_key(name: str) -> tuple[str, str]:
     """WebDataset's rule: ``dir/0001.seg.flac`` → (``dir/0001``, ``.seg.flac``)'s key and the audio suffix."""
     folder, _, base = name.rpartition("/")
@@ -628,8 +640,9 @@ def _split_key(name: str) -> tuple[str, str]:
 
 
 def _safe(key: str) -> Path:
-    """A member key as a relative path that stays inside the output folder."""
-    parts = [p for p in key.split("/") if p not in ("", ".", "..")]
+    """A member key as a relative path that stays inside the output folder (a NUL, which no file name holds,
+    shown as ``\\0``: the item of such a key fails, see _nul_problem)."""
+    parts = [p for p in key.replace("\0", "\\0").split("/") if p not in ("", ".", "..")]
     return Path(*parts) if parts else Path("item")
 
 

@@ -1220,6 +1220,38 @@ def test_links_inside_a_shard_are_followed_inside_it_only(tmp_path, weights_file
                 "inside it only)") in result.stderr
 
 
+def test_a_key_that_holds_a_nul_fails_its_item_alone(tmp_path, weights_file, reference):
+    """A tar member's name (a PAX header's may hold a NUL), a lhotse cut's id or a Kaldi utterance id names an
+    output; one holding a NUL, which no file name can, stopped the whole run with a traceback ("embedded null
+    byte") at planning. Its item fails alone now, saying why; the others are encoded."""
+    import gzip
+
+    folder, codes = reference
+    one = (folder / "one.wav").read_bytes()
+    with tarfile.open(tmp_path / "web.tar", "w", format=tarfile.PAX_FORMAT) as shard:
+        for name in ("ok.wav", "é\0x.wav"):  # (a name not ASCII takes a PAX header)
+            _add(shard, name, one)
+    shar = tmp_path / "shar"
+    shar.mkdir()
+    with tarfile.open(shar / "recording.tar", "w", format=tarfile.PAX_FORMAT) as shard:
+        for cut_id in ("c-ok", "ç\0x"):
+            _add(shard, f"{cut_id}.wav", one)
+    (shar / "cuts.jsonl.gz").write_bytes(gzip.compress("\n".join(json.dumps(_shar_cut(cut_id, 1.0, ""))
+                                                                 for cut_id in ("c-ok", "ç\0x")).encode()))
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text(f"u-ok {folder / 'one.wav'}\nu\0x {folder / 'one.wav'}\n")
+    out = tmp_path / "codes"
+    result = run("encode", tmp_path / "web.tar", shar, kaldi, "-o", out, weights=weights_file)
+    assert result.returncode == 1 and "3 encoded" in result.stderr and "3 failed" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    for failed in (f"{tmp_path / 'web.tar'}#é\\x00x.wav: its member name", f"{shar}/cuts.jsonl.gz:2: its cut id",
+                   f"{kaldi}/wav.scp:2: its utterance id"):
+        assert f"failed: {failed} holds a NUL character, which no file name can" in result.stderr, result.stderr
+    for made in ("web/ok", "shar/c-ok", "kaldi/u-ok"):
+        np.testing.assert_array_equal(CodesFile.load(out / f"{made}.npz").codes, codes["one"])
+
+
 def test_corrupt_shard_is_one_failure(tmp_path, weights_file):
     (tmp_path / "bad.tar").write_bytes(b"\x00" * 100 + b"definitely not a tar archive" * 40)
     result = run("encode", tmp_path / "bad.tar", "-o", tmp_path / "codes", weights=weights_file)

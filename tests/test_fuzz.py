@@ -444,7 +444,8 @@ def _fuzz_audio(seeds: list[bytes], folder: Path) -> None:
 
 
 def _read_items(path: Path) -> None:
-    """Every item a container lists, each read whole; an item's own error is fine: it fails alone."""
+    """Every item a container lists, each read whole, then the run planned; an item's own error is fine: it
+    fails alone."""
     from mimi_cli.errors import MimiError
     from mimi_cli.sources import list_items, open_item
 
@@ -454,6 +455,16 @@ def _read_items(path: Path) -> None:
                 reader.read()
         except MimiError:
             pass
+    _planned(path)
+
+
+def _planned(path: Path) -> None:
+    """An encode of ``path`` into a folder beside it planned, as the command line does before any work: each
+    item's output named and checked (a key holding a NUL once stopped it with a ValueError)."""
+    from mimi_cli.batch import Job, plan
+    from mimi_cli.pipeline import Settings
+
+    plan(Job(Settings("encode", str(path.parent / "weights.safetensors")), (str(path),), f"{path.parent / 'out'}/"))
 
 
 def test_fuzz_tar_shards(tmp_path_factory):
@@ -537,15 +548,15 @@ def test_fuzz_manifest_lines(tmp_path_factory):
            mutated(tables), mutated([scp]), mutated([segments]))
     def check(records: list[dict], compressed: bytes, table: bytes, scp_bytes: bytes, segments_bytes: bytes) -> None:
         path.write_text("\n".join(json.dumps(r) for r in records))
-        bounded(lambda: list_manifest(path), MimiError)
+        bounded(lambda: (list_manifest(path), _planned(path)), MimiError)
         path.write_bytes(compressed)
-        bounded(lambda: list_manifest(path), MimiError)
+        bounded(lambda: (list_manifest(path), _planned(path)), MimiError)
         for name in ("train.tsv", "metadata.csv"):  # CSV and TSV lists (Common Voice, an audiofolder)
             (folder / name).write_bytes(table)
             bounded(lambda table_path=folder / name: list_manifest(table_path), MimiError)
         (kaldi / "wav.scp").write_bytes(scp_bytes)  # a Kaldi data folder
         (kaldi / "segments").write_bytes(segments_bytes)
-        bounded(lambda: list_kaldi(kaldi), MimiError)
+        bounded(lambda: (list_kaldi(kaldi), _planned(kaldi)), MimiError)
 
     check()
 
