@@ -458,13 +458,13 @@ def _read_items(path: Path) -> None:
     _planned(path)
 
 
-def _planned(path: Path) -> None:
-    """An encode of ``path`` into a folder beside it planned, as the command line does before any work: each
+def _planned(path: Path, command: str = "encode") -> None:
+    """``command`` of ``path`` into a folder beside it planned, as the command line does before any work: each
     item's output named and checked (a key holding a NUL once stopped it with a ValueError)."""
     from mimi_cli.batch import Job, plan
     from mimi_cli.pipeline import Settings
 
-    plan(Job(Settings("encode", str(path.parent / "weights.safetensors")), (str(path),), f"{path.parent / 'out'}/"))
+    plan(Job(Settings(command, str(path.parent / "weights.safetensors")), (str(path),), f"{path.parent / 'out'}/"))
 
 
 def test_fuzz_tar_shards(tmp_path_factory):
@@ -622,6 +622,7 @@ def test_fuzz_table_rows_of_codes(tmp_path_factory, form):
     def read_all() -> None:
         for entry in list_table(path, "codes"):
             row_codes(entry.item, entry.name, "mimi")
+        _planned(path, "decode")
 
     _fuzz_table(seeds, path, read_all)
 
