@@ -674,14 +674,18 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
             made = DECODED.fullmatch(found.comment or "")
     except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
         return f"it cannot be read back as audio ({getattr(exc, 'error_string', None) or first_line(str(exc))})"
-    rate, channels, levels = settings.sample_rate, None, settings.num_codebooks
+    rate, channels, levels, length = settings.sample_rate, None, settings.num_codebooks, None
     if task.item is None:
         try:
             codes = load_codes(Path(task.input), settings.codec)
         except MimiError:  # the input's own problem: nothing to compare with
             return None
-        rate, channels = rate or codec_spec(codes.codec).config().sample_rate, codes.channels
+        codec_rate = codec_spec(codes.codec).config().sample_rate
+        rate, channels = rate or codec_rate, codes.channels
         levels = min(levels or codes.num_codebooks, codes.num_codebooks)  # more than it holds fails on its own
+        length = -(-codes.num_samples * rate // codec_rate)  # resample_poly's length, as decode_codes writes
+    if length and found.samplerate == rate and found.frames != length:  # (a WAV or Ogg file cut short says so)
+        return f"it holds {found.frames:,} samples, not {length:,}: it is cut short or damaged"
     differences = [*([f"{found.samplerate} Hz, not {rate}"] if rate and found.samplerate != rate else []),
                    *([f"{found.channels} channel(s), not {channels}"] if channels and found.channels != channels
                      else []),

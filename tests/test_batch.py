@@ -438,6 +438,11 @@ def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_f
     assert "(16000 Hz, not 24000)" in refused.stderr and "add -f to decode such outputs again" in refused.stderr
     resumed = run("decode", out, "-r", "-o", audio, "--skip-existing", "--sample-rate", "16000", weights=weights_file)
     assert resumed.returncode == 0 and "1 decoded" in resumed.stderr and "3 skipped" in resumed.stderr
+    whole = (audio / "a.wav").read_bytes()  # a copy cut short (rsync stopped, a full disk elsewhere) was taken as done
+    (audio / "a.wav").write_bytes(whole[:len(whole) * 2 // 3])
+    refused = run("decode", out, "-r", "-o", audio, "--skip-existing", "--sample-rate", "16000", weights=weights_file)
+    assert refused.returncode == 1 and f"{audio / 'a.wav'} exists, made otherwise (it holds " in refused.stderr \
+        and " samples, not " in refused.stderr and ": it is cut short or damaged)" in refused.stderr, refused.stderr
     (audio / "a.wav").write_text("not audio")  # libsndfile's reason, without its "Error opening b'…'" prefix
     refused = run("decode", out, "-r", "-o", audio, "--skip-existing", "--sample-rate", "16000", weights=weights_file)
     assert f"{audio / 'a.wav'} exists, made otherwise (it cannot be read back as audio (Format not recognised.))" \
