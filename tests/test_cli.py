@@ -376,6 +376,16 @@ def test_weights_from_a_hub_repository(tmp_path, clip, weights_file, monkeypatch
     for path_like in ("someone/absent.safetensors", "./someone/absent", "someone/../absent"):
         result = run("encode", clip, "-o", tmp_path / "c.npz", "--weights", path_like, env_extra=hf)
         assert f"weights file {path_like.removeprefix('./')} (from --weights) does not exist\n" in result.stderr
+    # a file of the cache cut short (copied in by hand, a disk's fault) names the folder whose removal fetches it anew
+    from mimi_cli.weights.safetensors import SafetensorsFile
+
+    (snapshot / "cut.safetensors").write_bytes(weights_file.read_bytes()[:1000])
+    (tmp_path / "cut.safetensors").write_bytes(weights_file.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match=re.escape(f"(a download cut short? delete {repo} and run again to download "
+                                                     "it anew)")):
+        SafetensorsFile(snapshot / "cut.safetensors")
+    with pytest.raises(WeightsError, match=re.escape("(is it a complete .safetensors file?)")):
+        SafetensorsFile(tmp_path / "cut.safetensors")
 
 
 def test_version_and_help():

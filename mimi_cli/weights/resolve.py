@@ -183,6 +183,18 @@ def _download(repo: str, filename: str, revision: str | None, failure: str, advi
     raise WeightsError(f"{failure}{filename} of {repo}{at} is not in the Hugging Face cache and {reason}; {advice}")
 
 
+def cached_repository(path: str | os.PathLike) -> Path | None:
+    """The Hugging Face cache's folder of the repository whose file ``path`` is (``…/hub/models--kyutai--mimi``),
+    or None for a file outside the cache: removing that folder makes the next run download the file anew."""
+    from huggingface_hub import constants
+
+    try:
+        inside = Path(os.path.abspath(path)).relative_to(os.path.abspath(constants.HF_HUB_CACHE))
+    except ValueError:
+        return None
+    return Path(constants.HF_HUB_CACHE) / inside.parts[0] if len(inside.parts) > 1 else None
+
+
 def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
     """Why a TCP connection to ``endpoint`` fails within ``timeout`` seconds (name lookup included), or None."""
     import socket

@@ -78,7 +78,12 @@ class SafetensorsFile:
         self.metadata, self.infos = self._parse(header_bytes)
 
     def _error(self, problem: str) -> WeightsError:
-        return WeightsError(f"cannot read weights {self.path}: {problem} (is it a complete .safetensors file?)")
+        from mimi_cli.weights.resolve import cached_repository
+
+        cached = cached_repository(self.path)
+        remedy = (f"a download cut short? delete {cached} and run again to download it anew" if cached else
+                  "is it a complete .safetensors file?")
+        return WeightsError(f"cannot read weights {self.path}: {problem} ({remedy})")
 
     def _parse(self, header_bytes: bytes) -> tuple[dict, dict[str, TensorInfo]]:
         try:
