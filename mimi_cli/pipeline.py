@@ -672,6 +672,7 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
     try:
         with sf.SoundFile(native(task.output)) as found:
             made = DECODED.fullmatch(found.comment or "")
+            exact_length = found.format != "MP3"  # an MP3 file's length is its LAME tag's, as its decoder reads it
     except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
         return f"it cannot be read back as audio ({getattr(exc, 'error_string', None) or first_line(str(exc))})"
     rate, channels, levels, length = settings.sample_rate, None, settings.num_codebooks, None
@@ -684,7 +685,7 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
         rate, channels = rate or codec_rate, codes.channels
         levels = min(levels or codes.num_codebooks, codes.num_codebooks)  # more than it holds fails on its own
         length = -(-codes.num_samples * rate // codec_rate)  # resample_poly's length, as decode_codes writes
-    if length and found.samplerate == rate and found.frames != length:  # (a WAV or Ogg file cut short says so)
+    if exact_length and length and found.samplerate == rate and found.frames != length:  # (a WAV or Ogg file cut short)
         return f"it holds {found.frames:,} samples, not {length:,}: it is cut short or damaged"
     differences = [*([f"{found.samplerate} Hz, not {rate}"] if rate and found.samplerate != rate else []),
                    *([f"{found.channels} channel(s), not {channels}"] if channels and found.channels != channels
