@@ -669,12 +669,20 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
     earlier version's) says none of the latter."""
     import soundfile as sf
 
+    from mimi_cli.c_stderr import CaughtStderr
+
+    chatter = CaughtStderr() if Path(task.output).suffix.lower() == ".mp3" else None  # mpg123 prints on stderr itself
     try:
-        with sf.SoundFile(native(task.output)) as found:
+        with chatter.caught() if chatter else nullcontext(), sf.SoundFile(native(task.output)) as found:
             made = DECODED.fullmatch(found.comment or "")
             exact_length = found.format != "MP3"  # an MP3 file's length is its LAME tag's, as its decoder reads it
     except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
         return f"it cannot be read back as audio ({getattr(exc, 'error_string', None) or first_line(str(exc))})"
+    finally:
+        if chatter:
+            chatter.close()
+    if chatter and chatter.count:  # "Xing stream size off by more than 1%": a file cut short
+        return f"its MP3 decoder says: {chatter.lines[0]}; it is cut short or damaged"
     rate, channels, levels, length = settings.sample_rate, None, settings.num_codebooks, None
     if task.item is None:
         try:

@@ -443,6 +443,15 @@ def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_f
     refused = run("decode", out, "-r", "-o", audio, "--skip-existing", "--sample-rate", "16000", weights=weights_file)
     assert refused.returncode == 1 and f"{audio / 'a.wav'} exists, made otherwise (it holds " in refused.stderr \
         and " samples, not " in refused.stderr and ": it is cut short or damaged)" in refused.stderr, refused.stderr
+    mp3 = tmp_path / "a.mp3"  # an MP3 file states its length in its header: its decoder complains on stderr itself
+    assert run("decode", out / "a.npz", "-o", mp3, weights=weights_file).returncode == 0
+    resumed = run("decode", out / "a.npz", "-o", mp3, "--skip-existing", weights=weights_file)
+    assert resumed.returncode == 0 and "1 skipped" in resumed.stderr, resumed.stderr
+    mp3.write_bytes(mp3.read_bytes()[:mp3.stat().st_size * 2 // 3])
+    refused = run("decode", out / "a.npz", "-o", mp3, "--skip-existing", weights=weights_file)
+    assert refused.returncode == 1 and refused.stderr.startswith(f"error: {mp3} exists, made otherwise (its MP3 "
+                                                                 "decoder says: ") \
+        and "it is cut short or damaged)" in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
     (audio / "a.wav").write_text("not audio")  # libsndfile's reason, without its "Error opening b'…'" prefix
     refused = run("decode", out, "-r", "-o", audio, "--skip-existing", "--sample-rate", "16000", weights=weights_file)
     assert f"{audio / 'a.wav'} exists, made otherwise (it cannot be read back as audio (Format not recognised.))" \
