@@ -39,8 +39,8 @@ from typing import Literal
 from mimi_cli.audio import AUDIO_SUFFIXES, audio_format
 from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
-from mimi_cli.errors import (MimiError, OutputExistsError, check_flag, check_integer, check_path, counted, dumps_json,
-                             first_line, os_reason, physical_memory, shell_word)
+from mimi_cli.errors import (MimiError, OutputExistsError, UnnamableOutputError, check_flag, check_integer, check_path,
+                             counted, dumps_json, first_line, os_reason, physical_memory, shell_word)
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, either,
                              file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path,
                              missing, names_folder, output_exists, remove_temporaries, stdout_closed, url)
@@ -709,6 +709,14 @@ def plan_tasks(inputs: list[Input], output: Target | None, suffix: str, beside_s
                 check_output(target, force, input_ids, create_parents=not output_is_file, folders=folders)
             except OutputExistsError:
                 existing.append(target)
+            except UnnamableOutputError as exc:
+                if entry.item is None:  # a file's own name, or -o's: the run's refusal
+                    raise
+                # named by its container (a tar member nested deeper than a path may go): the item fails alone
+                size = len(os.fsencode(target))
+                problem = f"{entry.path}: its output's path, {size:,} bytes, cannot be made ({exc.reason})"
+                tasks.append(Task(entry.path, None, item=Item("invalid", str(entry.path), error=problem)))
+                continue
         tasks.append(Task(entry.path, target, skip, entry.item))
     if check_name is not None and output_is_file and output != STDOUT:
         check_name(Path(output))

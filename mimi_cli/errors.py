@@ -29,6 +29,14 @@ class OutputExistsError(MimiError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
 
 
+class UnnamableOutputError(MimiError):
+    """An output whose name the system refuses (a path longer than it takes, a NUL); ``reason`` says which."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def check_integer(name: str, value, low: int, high: int | None = None) -> int:
     """An argument from Python: ``value`` an integer (not a bool) in ``low..high``, else TypeError or ValueError
     naming ``name``."""

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Union
 from urllib.parse import unquote, urlsplit
 
-from mimi_cli.errors import DATA_ERRORS, MimiError, OutputExistsError, os_reason, shell_word
+from mimi_cli.errors import DATA_ERRORS, MimiError, OutputExistsError, UnnamableOutputError, os_reason, shell_word
 
 STDOUT = "-"
 STDIN = "-"  # the same name given as an input
@@ -415,9 +415,12 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
     except FileNotFoundError:
         st = None
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise UnnamableOutputError(str(cannot_write(path, exc)), os_reason(exc)) from None
         raise cannot_write(path, exc) from None
     except ValueError:  # a NUL byte in the name
-        raise cannot_write(path, "its name holds a NUL character, which no file name can") from None
+        reason = "its name holds a NUL character, which no file name can"
+        raise UnnamableOutputError(str(cannot_write(path, reason)), reason) from None
     if st is not None:
         _refuse_other_kinds(path, st, to_stdout)
         if (st.st_dev, st.st_ino) in inputs:

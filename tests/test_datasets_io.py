@@ -1220,16 +1220,18 @@ def test_links_inside_a_shard_are_followed_inside_it_only(tmp_path, weights_file
                 "inside it only)") in result.stderr
 
 
-def test_a_key_that_holds_a_nul_fails_its_item_alone(tmp_path, weights_file, reference):
-    """A tar member's name (a PAX header's may hold a NUL), a lhotse cut's id or a Kaldi utterance id names an
-    output; one holding a NUL, which no file name can, stopped the whole run with a traceback ("embedded null
-    byte") at planning. Its item fails alone now, saying why; the others are encoded."""
+def test_a_key_that_cannot_name_a_file_fails_its_item_alone(tmp_path, weights_file, reference):
+    """A tar member's name (a PAX header's may hold a NUL, and be any length), a lhotse cut's id or a Kaldi
+    utterance id names an output. One holding a NUL, which no file name can, stopped the whole run with a
+    traceback ("embedded null byte") at planning; a member nested deeper than a path may go (4,096 bytes) stopped
+    it with "File name too long". Such an item fails alone now, saying why; the others are encoded."""
     import gzip
 
     folder, codes = reference
     one = (folder / "one.wav").read_bytes()
+    deep = "ab/" * 1400 + "x.wav"
     with tarfile.open(tmp_path / "web.tar", "w", format=tarfile.PAX_FORMAT) as shard:
-        for name in ("ok.wav", "é\0x.wav"):  # (a name not ASCII takes a PAX header)
+        for name in ("ok.wav", "é\0x.wav", deep):  # (a name not ASCII, or long, takes a PAX header)
             _add(shard, name, one)
     shar = tmp_path / "shar"
     shar.mkdir()
@@ -1243,11 +1245,14 @@ def test_a_key_that_holds_a_nul_fails_its_item_alone(tmp_path, weights_file, ref
     (kaldi / "wav.scp").write_text(f"u-ok {folder / 'one.wav'}\nu\0x {folder / 'one.wav'}\n")
     out = tmp_path / "codes"
     result = run("encode", tmp_path / "web.tar", shar, kaldi, "-o", out, weights=weights_file)
-    assert result.returncode == 1 and "3 encoded" in result.stderr and "3 failed" in result.stderr, result.stderr
+    assert result.returncode == 1 and "3 encoded" in result.stderr and "4 failed" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     for failed in (f"{tmp_path / 'web.tar'}#é\\x00x.wav: its member name", f"{shar}/cuts.jsonl.gz:2: its cut id",
                    f"{kaldi}/wav.scp:2: its utterance id"):
         assert f"failed: {failed} holds a NUL character, which no file name can" in result.stderr, result.stderr
+    size = len(os.fsencode(out / "web" / deep.replace(".wav", ".npz")))
+    assert f"failed: {tmp_path / 'web.tar'}#{deep}: its output's path, {size:,} bytes, cannot be made (File name " \
+        "too long)" in result.stderr, result.stderr
     for made in ("web/ok", "shar/c-ok", "kaldi/u-ok"):
         np.testing.assert_array_equal(CodesFile.load(out / f"{made}.npz").codes, codes["one"])
 
