@@ -621,7 +621,8 @@ def made_otherwise(task: Task, settings: Settings, run_weights_id: Callable[[], 
     Codes: another codec, number of codebooks or channel layout, made with or without --stream where the codec's
     two modes give other codes (as the file records it), or other weights (``run_weights_id`` is
     called only when the rest matches); a bare array (.npy) records neither codec nor weights, so its shape
-    alone is compared. Audio: another sample rate or number of channels. One that cannot be read back differs."""
+    alone is compared. Audio: another sample rate, number of channels or length. One that cannot be read back
+    differs."""
     if settings.kind == "decode":
         return _audio_made_otherwise(task, settings)
     spec = codec_spec(settings.codec)
@@ -666,7 +667,8 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
     """Decoded audio records its rate and channels, and in its comment tag the levels decoded, --stream and
     --rescale (decoded_comment): those this run writes for the task's codes (a table's row is not read while
     planning: only a --sample-rate and -n given are compared then). Audio without the tag (another tool's, an
-    earlier version's) says none of the latter."""
+    earlier version's) says none of the latter. A codes file's audio has its length too: a WAV or Ogg file cut
+    short (a copy stopped part way) holds fewer samples, an MP3 one makes its decoder complain on opening."""
     import soundfile as sf
 
     from mimi_cli.c_stderr import CaughtStderr
