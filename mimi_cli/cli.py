@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -208,7 +209,7 @@ class _Messages:
             task = bar.add_task("Starting", total=None, info="")
 
             def report(stage: str, done: float = 0.0, total: float | None = None) -> None:
-                info = (f"{done:.1f}/{total:.1f} s, {done / max(time.perf_counter() - start, 1e-9):.1f}× real time"
+                info = (f"{done:.1f}/{total:.1f} s, {_speed(done / max(time.perf_counter() - start, 1e-9))}"
                         if total else "")
                 bar.update(task, description=stage, completed=done, total=total, info=info)
 
@@ -299,7 +300,7 @@ class _Messages:
                 nonlocal audio
                 audio += seconds
                 speed = audio / max(time.perf_counter() - start, 1e-9)
-                bar.update(task, advance=1, audio=f"{audio:.1f} s of audio, {speed:.1f}× real time")
+                bar.update(task, advance=1, audio=f"{audio:.1f} s of audio, {_speed(speed)}")
 
             yield advance
 
@@ -322,7 +323,7 @@ class _Messages:
 
             def update(done: float) -> None:
                 speed = done / max(time.perf_counter() - start, 1e-9)
-                bar.update(task, completed=done, speed=f"{speed:.1f}× real time")
+                bar.update(task, completed=done, speed=_speed(speed))
 
             yield update
 
@@ -583,7 +584,7 @@ def _show_single(result, say: _Messages) -> None:
         say.note(f"note: {note}")
     for warning in result.warnings:
         _warn(warning)
-    speed = f"in {result.model_seconds:.2f} s ({result.duration_s / max(result.model_seconds, 1e-9):.1f}× real time)"
+    speed = f"in {result.model_seconds:.2f} s ({_speed(result.duration_s / max(result.model_seconds, 1e-9))})"
     source = "standard input" if result.input == "-" else result.input
     shown = "standard output" if result.output == "-" else result.output
     shape = f"{counted(result.frames, 'frame')} × {counted(result.num_codebooks, 'codebook')}"
@@ -1174,7 +1175,13 @@ def _show_roundtrips(results: list, mean: dict, as_json: bool) -> None:
 
 
 def _rtf(rtf: float) -> str:
-    return f"{rtf:.3f} ({1 / max(rtf, 1e-9):.1f}× real time)"
+    return f"{rtf:.3f} ({_speed(1 / max(rtf, 1e-9))})"
+
+
+def _speed(times: float) -> str:
+    """``24.5× real time``; below 0.1× (a file of a few samples), two significant digits (``0.012×``), not ``0.0×``."""
+    digits = 1 if times >= 0.095 or times <= 0 else 1 - math.floor(math.log10(times))
+    return f"{times:.{digits}f}× real time"
 
 
 def _empty_argument(args: list[str]) -> str | None:

@@ -510,3 +510,15 @@ def test_planning_shows_what_it_does_on_a_terminal_once_it_takes_a_while(monkeyp
     monkeypatch.setattr(threading.Thread, "start", no_thread)  # ulimit -u: planning goes on, shown or not
     with cli._Messages(quiet=False).planning(after=0.0) as report:
         report("Reading back existing outputs", 1, 2)
+
+
+@pytest.mark.parametrize("times", [24.46, 1.0, 0.1, 0.0999, 0.0123, 0.00042, 8.04e-5])
+def test_speed_keeps_two_digits_of_a_slow_run(times):
+    """A file of ten samples takes 0.03 s: 0.012× real time, which ".1f" showed as "0.0×"."""
+    from mimi_cli.cli import _speed
+
+    shown = _speed(times)
+    assert shown.endswith("× real time") and "e" not in shown.split("×")[0]
+    number = float(shown.split("×")[0])
+    assert number > 0 and abs(number - times) <= max(0.05, 0.05 * times)  # within the last digit shown
+    assert abs(number - times) / times < 0.06  # two significant digits at least

@@ -1580,6 +1580,12 @@ def test_pesq_and_stoi_are_the_libraries_scores(speech):
     a, b = resample(clean, 24000, 16000), resample(noisy, 24000, 16000)
     assert degraded["pesq_wb"] == pytest.approx(pesq.pesq(16000, a.astype(np.float64), b.astype(np.float64), "wb"))
     assert degraded["stoi"] == pytest.approx(pystoi.stoi(a, b, 16000))
+    # unrelated noises: a real score just below 0 (pystoi's -0.037), not "undefined"
+    rng = np.random.default_rng(1)
+    noise, other = (rng.standard_normal(16000 * 2) * 0.1 for _ in range(2))
+    unrelated = perceptual(noise, other, 16000)["stoi"]
+    assert unrelated == pytest.approx(pystoi.stoi(noise, other, 16000)) and -0.1 < unrelated < 0
+    assert perceptual(clean[:4800], clean[:4800], 24000)["stoi"] is None  # 0.2 s: too few frames to score
 
 
 def test_roundtrip_shows_them(tmp_path, weights_file, clip):
