@@ -787,15 +787,17 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
 
 def roundtrip_mean(results: list[FileResult]) -> dict:
     """The mean of round trips' metrics over the files done (duration: their sum; real-time factors: the time
-    over the audio, all files together); empty when none was."""
+    over the audio, all files together, or the files' mean when all are too short to count in milliseconds);
+    empty when none was."""
     done = [r.metrics for r in results if r.status == "done"]
     if not done:
         return {}
     seconds = sum(m["duration_s"] for m in done)
+    weights = [m["duration_s"] / seconds for m in done] if seconds else [1 / len(done)] * len(done)
     names = _quality_names(done[0])  # every file has the same (the metrics extra is installed or not)
     quality = _rounded(_mean([{name: m[name] for name in names} for m in done]))
     return {"files": len(done), "duration_s": round(seconds, 3), **quality,
-            **{rtf: round(sum(m[rtf] * m["duration_s"] for m in done) / seconds, 4) if seconds else None
+            **{rtf: round(sum(m[rtf] * w for m, w in zip(done, weights, strict=True)), 4)
                for rtf in ("encode_rtf", "decode_rtf")}}
 
 

@@ -133,6 +133,20 @@ def test_roundtrip_of_several_files_shows_each_and_their_mean(tmp_path, clip, we
     for key in ("si_sdr_db", "log_mel_distance"):
         assert mean[key] == pytest.approx((rows[0][key] + rows[1][key]) / 2, abs=0.006)  # shown, rounded
     assert rows[0]["si_sdr_db"] != rows[1]["si_sdr_db"]
+    for key in timing:  # the time over the audio, all files together
+        together = sum(r[key] * r["duration_s"] for r in rows) / sum(r["duration_s"] for r in rows)
+        assert mean[key] == pytest.approx(together, abs=2e-4)
+    # files of a few samples: "0.0 s" each in milliseconds, so the factors' mean is the files' own mean
+    for n in (3, 7):
+        sf.write(tmp_path / f"tiny{n}.wav", pcm[:n], rate)
+    tiny = run("roundtrip", tmp_path / "tiny3.wav", tmp_path / "tiny7.wav", "--json", weights=weights_file)
+    assert tiny.returncode == 0, tiny.stderr
+    tiny = json.loads(tiny.stdout)
+    for key in timing:
+        assert tiny["mean"][key] == pytest.approx(sum(r[key] for r in tiny["files"]) / 2, abs=2e-4)
+        assert tiny["mean"][key] > 1  # a few samples take longer than they last
+    shown = run("roundtrip", tmp_path / "tiny3.wav", tmp_path / "tiny7.wav", weights=weights_file)
+    assert shown.returncode == 0 and shown.stderr == "" and "× real time), decode" in shown.stdout, shown.stderr
     table = run("roundtrip", clip, other, "-n", "1", weights=weights_file, env_extra={"COLUMNS": "300"})  # whole paths
     assert table.returncode == 0 and "mean of 2" in table.stdout and "other.wav" in table.stdout, table.stderr
     assert "round trips, 1 codebook (0.138 kbps)" in table.stdout, table.stdout
