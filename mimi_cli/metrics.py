@@ -108,7 +108,9 @@ def perceptual(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) ->
                 value = float(stoi(reference16, estimate16, 16000, extended=False))
         except (ValueError, ArithmeticError, IndexError):  # too short or silent for its frames: undefined
             value = float("nan")
-        # STOI is a mean correlation: unrelated signals score about 0, sometimes below, which is a score;
-        # only pystoi's stand-in for "too few frames" (exactly 1e-5) and NaN are undefined
-        scores["stoi"] = value if np.isfinite(value) and value != 1e-5 else None
+        # STOI is a mean correlation: unrelated signals score about 0, sometimes below, which is a score.
+        # Undefined: a silent reference (pystoi gives 0.0: nothing there to understand), pystoi's stand-in
+        # for "too few frames" (exactly 1e-5), NaN
+        defined = np.isfinite(value) and value != 1e-5 and np.any(reference16)
+        scores["stoi"] = value if defined else None
     return scores

@@ -1586,6 +1586,7 @@ def test_pesq_and_stoi_are_the_libraries_scores(speech):
     unrelated = perceptual(noise, other, 16000)["stoi"]
     assert unrelated == pytest.approx(pystoi.stoi(noise, other, 16000)) and -0.1 < unrelated < 0
     assert perceptual(clean[:4800], clean[:4800], 24000)["stoi"] is None  # 0.2 s: too few frames to score
+    assert perceptual(noise * 0, other, 16000)["stoi"] is None  # a silent reference (pystoi: 0.0)
 
 
 def test_roundtrip_shows_them(tmp_path, weights_file, clip):
