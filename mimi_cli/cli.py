@@ -1080,11 +1080,14 @@ def run(
             summary = "one call"
         else:
             from mimi_cli.audio import read_audio, to_mono
+            from mimi_cli.pipeline import conversion_notes
 
             name, audio_path = parse_assignment(stream, "--stream")
             with readable(audio_path) as source:
                 audio = read_audio(source.path)
             rate = sample_rate or audio.sample_rate
+            for note in conversion_notes(audio.channels, audio.sample_rate, rate):  # as encode says them
+                _Messages(quiet).note(f"note: {note}")
             streamed = run_stream(program, name, to_mono(audio, rate), hop, feeds)
             results, overflows = streamed.outputs, streamed.overflows
             summary = (f"{counted(streamed.windows, 'window')} of {streamed.window} samples, hop {streamed.hop} "

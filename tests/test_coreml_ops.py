@@ -675,3 +675,28 @@ def test_mimi_run_never_writes_over_one_of_its_inputs(tmp_path):
         done = run("run", tmp_path / "m", *args, "-f")
         assert done.returncode == 1 and "is also an input of this run" in done.stderr, done.stderr
     assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+
+
+def test_mimi_run_stream_says_what_it_did_to_the_audio(tmp_path):
+    """A stereo file streamed into a mono input is the channels' mean, and a --sample-rate resamples: both
+    said as encode says them ("note: …"), which `mimi run` left unsaid; -q leaves them out."""
+    import soundfile as sf
+    from conftest import run
+
+    build(tmp_path / "m", {"audio": ("fp32", (1, 4))}, [op("identity", ("y", "fp32", (1, 4)), x="audio")], ["y"])
+    stereo = np.stack([np.linspace(0, 0.5, 16), np.linspace(0, -0.25, 16)], axis=1).astype(np.float32)
+    sf.write(tmp_path / "two.wav", stereo, 8000, subtype="FLOAT")
+    streamed = run("run", tmp_path / "m", "--stream", f"audio={tmp_path / 'two.wav'}", "-o", tmp_path / "o.npz")
+    assert streamed.returncode == 0 and streamed.stderr.startswith("note: 2 channels downmixed to mono\n"), \
+        streamed.stderr
+    assert "resampled" not in streamed.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "o.npz")["y"].reshape(-1), stereo.mean(axis=1), atol=1e-7)
+    resampled = run("run", tmp_path / "m", "--stream", f"audio={tmp_path / 'two.wav'}", "--sample-rate", "16000",
+                    "-o", tmp_path / "o.npz", "-f")
+    assert resampled.returncode == 0, resampled.stderr
+    assert resampled.stderr.splitlines()[:2] == ["note: 2 channels downmixed to mono",
+                                                 "note: resampled from 8000 Hz to 16000 Hz"]
+    assert np.load(tmp_path / "o.npz")["y"].size == 32
+    quiet = run("run", tmp_path / "m", "--stream", f"audio={tmp_path / 'two.wav'}", "-o", tmp_path / "o.npz", "-f",
+                "-q")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
