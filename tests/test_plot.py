@@ -68,7 +68,7 @@ def test_a_vector_plot_of_a_long_file_stays_small(tmp_path, suffix):
     plot_roundtrip(target, noise[0], noise[1], 24000, "a title")
     data = target.read_bytes()
     assert len(data) < 3_000_000, len(data)
-    if suffix == ".svg":  # the three meshes (and their colour bars) as embedded images, the title as text
+    if suffix == ".svg":  # the meshes (and colour bars) as embedded images; the title's glyphs named in a comment
         assert data.count(b"<image ") >= 3 and b"<!-- a title -->" in data
     else:
         assert data.startswith(b"%PDF") and data.count(b"/Subtype /Image") >= 3
