@@ -78,14 +78,77 @@ def log_mel_distance(reference: np.ndarray, estimate: np.ndarray, sample_rate: i
     return float(np.mean(np.abs(log_mel(reference[:n], sample_rate) - log_mel(estimate[:n], sample_rate))))
 
 
-def perceptual(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> dict[str, float | None]:
+# PESQ's reference code, which the pesq package wraps, keeps its list of utterances in arrays of 50 and writes
+# past them when the audio has more: a segmentation fault (seen at 175 s of read speech), or memory silently
+# overwritten. An utterance is at least 50 VAD frames of speech and a silent one, 51 × 4 ms at 16 kHz, so
+# audio of at most 10 s (50 × 204 ms = 10.2 s) cannot overflow them; longer audio is scored in a child process.
+PESQ_IN_PROCESS_SAMPLES = 10 * 16000
+
+
+def pesq_wb(reference16: np.ndarray, estimate16: np.ndarray, problems: list[str] | None = None) -> float | None:
+    """Wide-band PESQ of two 16 kHz signals, None where undefined (silence, too short). Beyond 10 s it runs in a
+    child process: if the pesq library crashes there, the score is None and ``problems`` gets a line saying so."""
+    import subprocess
+    import sys
+
+    if len(reference16) <= PESQ_IN_PROCESS_SAMPLES or not sys.executable:
+        return _pesq_score(reference16, estimate16)
+    pair = np.stack([reference16, estimate16]).astype(np.float64)  # float64, as the in-process call gives pesq
+    child = subprocess.run([sys.executable, "-c", "from mimi_cli.metrics import _pesq_child; _pesq_child()"],
+                           input=np.int64(pair.shape[1]).tobytes() + pair.tobytes(), capture_output=True)
+    said = child.stdout.decode(errors="replace").strip()
+    if child.returncode == 0 and said:
+        return None if said == "undefined" else float(said)
+    if problems is not None:
+        seconds = f"{len(reference16) / 16000:.0f} s of audio"
+        problems.append(
+            f"PESQ is undefined: the pesq library crashed ({_signal_name(-child.returncode)}) on {seconds} (its "
+            "reference code holds 50 utterances, and long speech has more): measure PESQ on shorter clips"
+            if child.returncode < 0
+            else f"PESQ is undefined: its child process failed on {seconds} ("
+                 f"{(child.stderr.decode(errors='replace').strip().splitlines() or ['no reason given'])[-1]})")
+    return None
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _pesq_score(reference16: np.ndarray, estimate16: np.ndarray) -> float | None:
+    from pesq import PesqError, pesq
+
+    try:
+        return float(pesq(16000, reference16.astype(np.float64), estimate16.astype(np.float64), "wb"))
+    except (PesqError, ValueError, ArithmeticError, IndexError):  # too short, silent: undefined
+        return None
+
+
+def _pesq_child() -> None:
+    """``pesq_wb`` in a child process: the two signals on standard input (their length as int64, then float64
+    ``[2, N]``); prints the score, or "undefined"."""
+    import sys
+
+    data = sys.stdin.buffer.read()
+    length = int(np.frombuffer(data[:8], np.int64)[0])
+    score = _pesq_score(*np.frombuffer(data[8:], np.float64).reshape(2, length))
+    print("undefined" if score is None else repr(score))
+
+
+def perceptual(reference: np.ndarray, estimate: np.ndarray, sample_rate: int,
+               problems: list[str] | None = None) -> dict[str, float | None]:
     """Wide-band PESQ (ITU-T P.862.2, via ``pesq``, at 16 kHz) and STOI (via ``pystoi``), the scores papers
     cite, when the metrics extra is installed (``pip install "mimi-cli[metrics]"``); each is left out when
-    its library is not installed, and None when undefined (silence, too short)."""
+    its library is not installed, and None when undefined (silence, too short, or PESQ's library crashing on
+    long audio: then ``problems`` gets a line, see :func:`pesq_wb`)."""
     from mimi_cli.audio import resample
 
     try:
-        from pesq import PesqError, pesq
+        import pesq
     except ImportError:
         pesq = None
     try:
@@ -97,10 +160,7 @@ def perceptual(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) ->
     scores: dict[str, float | None] = {}
     reference16, estimate16 = resample(reference, sample_rate, 16000), resample(estimate, sample_rate, 16000)
     if pesq is not None:
-        try:
-            scores["pesq_wb"] = float(pesq(16000, reference16.astype(np.float64), estimate16.astype(np.float64), "wb"))
-        except (PesqError, ValueError, ArithmeticError, IndexError):  # too short, silent: undefined
-            scores["pesq_wb"] = None
+        scores["pesq_wb"] = pesq_wb(reference16, estimate16, problems)
     if stoi is not None:
         try:
             with np.errstate(all="ignore"), warnings.catch_warnings():

@@ -757,7 +757,10 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
         if clipped:
             warnings.append(_clipped(clipped))
     duration = reference.shape[1] / config.sample_rate
-    per_channel = [_quality(ours, theirs, config.sample_rate) for ours, theirs in zip(reference, decoded, strict=True)]
+    problems: list[str] = []
+    per_channel = [_quality(ours, theirs, config.sample_rate, problems)
+                   for ours, theirs in zip(reference, decoded, strict=True)]
+    warnings += dict.fromkeys(problems)  # once, however many channels had it
     metrics = {
         "input": str(input), "codec": config.name, "duration_s": round(duration, 3), "codebooks": levels,
         "frames": encoded.codes.num_frames, "channels": len(per_channel),
@@ -839,13 +842,15 @@ def check_split(name: Path | str, channels: int, mode: Channels) -> int:
 DIGITS = {"si_sdr_db": 2, "log_mel_distance": 4}  # shown; the rest (PESQ, STOI) to 3
 
 
-def _quality(reference: np.ndarray, decoded: np.ndarray, sample_rate: int) -> dict[str, float | None]:
-    """One channel's quality metrics, NaN or None where undefined (silence, a clip shorter than its window)."""
+def _quality(reference: np.ndarray, decoded: np.ndarray, sample_rate: int,
+             problems: list[str]) -> dict[str, float | None]:
+    """One channel's quality metrics, NaN or None where undefined (silence, a clip shorter than its window;
+    ``problems`` gets why, where a library could not score the audio)."""
     from mimi_cli.metrics import log_mel_distance, perceptual, si_sdr
 
     return {"si_sdr_db": si_sdr(reference, decoded),
             "log_mel_distance": log_mel_distance(reference, decoded, sample_rate),
-            **perceptual(reference, decoded, sample_rate)}
+            **perceptual(reference, decoded, sample_rate, problems)}
 
 
 def _mean(rows: list[dict[str, float | None]]) -> dict[str, float]:

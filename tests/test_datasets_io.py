@@ -1589,6 +1589,26 @@ def test_pesq_and_stoi_are_the_libraries_scores(speech):
     assert perceptual(noise * 0, other, 16000)["stoi"] is None  # a silent reference (pystoi: 0.0)
 
 
+def test_a_pesq_that_crashes_is_an_undefined_score_and_a_warning(tmp_path, weights_file):
+    """Beyond 10 s, PESQ runs in a child process (the pesq library crashes on long speech, see test_metrics):
+    here a pesq that dies of SIGSEGV there, as the real one does on 175 s of the sample speech."""
+    pytest.importorskip("pystoi")
+    fake = tmp_path / "site" / "pesq"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import os, signal\nclass PesqError(RuntimeError): pass\n"
+                                      "def pesq(rate, reference, degraded, mode):\n"
+                                      "    os.kill(os.getpid(), signal.SIGSEGV)\n")
+    sf.write(tmp_path / "long.wav", speech_at(24000)[:11 * 24000], 24000)
+    result = run("roundtrip", tmp_path / "long.wav", "--json", weights=weights_file,
+                 env_extra={"PYTHONPATH": str(tmp_path / "site")})
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["pesq_wb"] is None and 0 < metrics["stoi"] <= 1
+    assert result.stderr == ("warning: PESQ is undefined: the pesq library crashed (SIGSEGV) on 11 s of audio (its "
+                             "reference code holds 50 utterances, and long speech has more): measure PESQ on "
+                             "shorter clips\n"), result.stderr
+
+
 def test_roundtrip_shows_them(tmp_path, weights_file, clip):
     pytest.importorskip("pesq")
     pytest.importorskip("pystoi")

@@ -59,3 +59,37 @@ def test_metrics_do_not_import_scipy_signal():
             "x = np.random.default_rng(0).standard_normal(4800); log_mel_distance(x, x, 24000); si_sdr(x, x); "
             "assert perceptual(x, x, 24000) == {}; print('scipy.signal' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "False\n"
+
+
+def test_pesq_beyond_ten_seconds_is_pesqs_own_score_or_undefined_never_a_crash():
+    """The pesq library writes past its arrays of 50 utterances: 70 half-second stretches of speech with
+    silence between them (70 s) crashed the process with SIGSEGV, and with it `mimi roundtrip`. Beyond 10 s
+    (where 50 utterances cannot fit) pesq runs in a child process: the same score where it gives one."""
+    pesq = pytest.importorskip("pesq")
+    from conftest import speech_at
+
+    from mimi_cli.metrics import PESQ_IN_PROCESS_SAMPLES, pesq_wb
+
+    speech = speech_at(16000)
+    rng = np.random.default_rng(1)
+
+    def noisy(x):
+        return (x + rng.standard_normal(len(x)) * 0.01).astype(np.float32)
+
+    problems: list[str] = []
+    long = np.tile(speech, 2)  # 58 s: pesq copes, here in the child
+    assert len(long) > PESQ_IN_PROCESS_SAMPLES
+    degraded = noisy(long)
+    expected = pesq.pesq(16000, long.astype(np.float64), degraded.astype(np.float64), "wb")
+    assert pesq_wb(long, degraded, problems) == expected and problems == []
+    half, many = 8000, []
+    for i in range(70):  # 70 utterances
+        many += [speech[i * half % (len(speech) - half):][:half], np.zeros(half, np.float32)]
+    many = np.concatenate(many)
+    score = pesq_wb(many, noisy(many), problems)  # this process lives on, whatever the library does
+    if score is None:  # this build of pesq crashes there (SIGSEGV here), and says so in one line
+        assert len(problems) == 1 and problems[0].startswith("PESQ is undefined: the pesq library crashed (SIG")
+        assert problems[0].endswith("on 70 s of audio (its reference code holds 50 utterances, and long speech "
+                                    "has more): measure PESQ on shorter clips")
+    else:
+        assert problems == []
