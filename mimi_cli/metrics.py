@@ -8,6 +8,7 @@ follows perception better. Both are here to compare settings, not codecs.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -52,22 +53,39 @@ def magnitude_spectrogram(pcm: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
         pcm     [0 ........................... N) 0 0 0   (zeros up to a whole hop)
         frames  [0, n_fft) [hop, hop + n_fft) ... [k·hop, k·hop + n_fft)
     """
+    frames = _frames(pcm, n_fft, hop)
+    spectrum = np.empty((n_fft // 2 + 1, len(frames)))
+    for start, block in _magnitudes(frames):
+        spectrum[:, start:start + block.shape[1]] = block
+    return spectrum
+
+
+def _frames(pcm: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """The frames of :func:`magnitude_spectrogram`, ``[frames, n_fft]``: a view of the audio, zero-padded."""
     pcm = np.asarray(pcm, np.float64)  # [N], N >= n_fft
     padded = np.concatenate([pcm, np.zeros(-(len(pcm) - n_fft) % hop)])
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]  # [frames, n_fft], a view
+    return np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+
+
+def _magnitudes(frames: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``|STFT|`` of ``frames`` a block at a time: ``(first frame, [n_fft // 2 + 1, block])``. Of all at once, an
+    hour's 340,000 frames would take 2.7 GB windowed, and 1.4 GB as a spectrogram."""
+    n_fft = frames.shape[1]
     window = np.hanning(n_fft + 1)[:-1]  # periodic Hann, as scipy's get_window("hann", n_fft)
-    spectrum = np.empty((n_fft // 2 + 1, len(frames)))
-    # windowed copies of a block of frames at a time: of all at once, an hour's 340,000 frames would take 2.7 GB
     for start in range(0, len(frames), _FRAMES_AT_ONCE):
         block = frames[start:start + _FRAMES_AT_ONCE]
-        spectrum[:, start:start + len(block)] = np.abs(np.fft.rfft(block * window, axis=-1)).T
-    return spectrum / window.sum()
+        yield start, np.abs(np.fft.rfft(block * window, axis=-1)).T / window.sum()
 
 
 def log_mel(pcm: np.ndarray, sample_rate: int, n_fft: int = 1024, hop: int = 256, n_mels: int = 80) -> np.ndarray:
-    """log10 mel magnitude spectrogram ``[n_mels, frames]`` (clamped at 1e-5) of at least ``n_fft`` samples."""
-    spectrum = magnitude_spectrogram(pcm, n_fft, hop)  # [n_fft // 2 + 1, frames]
-    return np.log10(np.maximum(mel_filterbank(sample_rate, n_fft, n_mels) @ spectrum, 1e-5))
+    """log10 mel magnitude spectrogram ``[n_mels, frames]`` (clamped at 1e-5) of at least ``n_fft`` samples,
+    made a block of frames at a time: never the whole ``[n_fft // 2 + 1, frames]`` spectrogram."""
+    bank = mel_filterbank(sample_rate, n_fft, n_mels)  # [n_mels, n_fft // 2 + 1]
+    frames = _frames(pcm, n_fft, hop)
+    mel = np.empty((n_mels, len(frames)))
+    for start, block in _magnitudes(frames):
+        mel[:, start:start + block.shape[1]] = bank @ block
+    return np.log10(np.maximum(mel, 1e-5, out=mel), out=mel)
 
 
 def log_mel_distance(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
