@@ -598,7 +598,9 @@ def failed(task: Task, exc: BaseException, settings: Settings) -> FileResult:
     elif isinstance(exc, OSError):  # the system's words, with what to do at a limit (as the command line says)
         error = f"{exc.filename}: {os_reason(exc)}" if exc.filename else os_reason(exc)
     else:  # unexpected, but only this file's: a library's error on a hostile file (pyarrow's ArrowIndexError,
-        error = f"{type(exc).__name__}: {exc}"  # a decoder's KeyError) fails the file in one line, not the run
+        # a decoder's KeyError) fails the file in one line, not the run; one line even where the library's own
+        # message takes several (matplotlib's parse errors point at a column on the next)
+        error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     return FileResult.of(task, "failed", error=error)
 
 

@@ -78,7 +78,7 @@ def plot_roundtrip(path: Path, original: np.ndarray, decoded: np.ndarray, sample
             ax.set_title(named + label, loc="left", fontsize=10)
             fig.colorbar(mesh, ax=ax, label="dB", pad=0.01)
         axes[-1, c].set_xlabel("time (s)")
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title, fontsize=11, parse_math=False)  # a file's name as written: "$5 and $6" is no TeX
     with atomic_output(path, replace) as tmp:
         fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".").lower() or "png")
     plt.close(fig)

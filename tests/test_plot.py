@@ -75,6 +75,24 @@ def test_a_vector_plot_of_a_long_file_stays_small(tmp_path, suffix):
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
+def test_a_file_name_is_shown_as_written_never_read_as_tex(tmp_path, weights_file):
+    """The title ends with the file's name, which matplotlib read as TeX between two "$": "x$\\foo{$.wav" failed
+    the plot (and the run) with its parse error over four lines, "price $5 and $6.wav" showed as "price 5and6"."""
+    pytest.importorskip("matplotlib")
+    from conftest import speech_at
+
+    from mimi_cli.pipeline import FileResult, Settings, Task, failed
+
+    named = tmp_path / "x$\\foo{$.wav"
+    sf.write(named, speech_at(24000)[:24000], 24000)
+    result = run("roundtrip", named, "--plot", tmp_path / "cmp.svg", "--json", weights=weights_file)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "<!-- x$\\foo{$.wav -->" in (tmp_path / "cmp.svg").read_text()  # the name, glyph for glyph
+    # and any library's error of several lines fails its file in one
+    said = failed(Task(named, None), ValueError("\n\\foo{\n^\nParseFatalException"), Settings(kind="roundtrip"))
+    assert isinstance(said, FileResult) and said.error == "ValueError: \\foo{ ^ ParseFatalException"
+
+
 def test_mel_band_edges_increase_to_nyquist():
     edges = _mel_band_edges(24000)
     assert edges[0] == 0 and edges[-1] == 12000 and np.all(np.diff(edges) > 0)
