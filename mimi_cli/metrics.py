@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -112,8 +113,10 @@ def pesq_wb(reference16: np.ndarray, estimate16: np.ndarray, problems: list[str]
     if len(reference16) <= PESQ_IN_PROCESS_SAMPLES or not sys.executable:
         return _pesq_score(reference16, estimate16)
     pair = np.stack([reference16, estimate16]).astype(np.float64)  # float64, as the in-process call gives pesq
-    child = subprocess.run([sys.executable, "-c", "from mimi_cli.metrics import _pesq_child; _pesq_child()"],
-                           input=memoryview(pair.reshape(-1)).cast("B"), capture_output=True)  # sent, not copied
+    here = str(Path(__file__).resolve().parents[1])  # this mimi_cli's folder: last on the path, for a checkout
+    code = f"import sys; sys.path.append({here!r}); from mimi_cli.metrics import _pesq_child; _pesq_child()"
+    child = subprocess.run([sys.executable, "-c", code], input=memoryview(pair.reshape(-1)).cast("B"),
+                           capture_output=True)  # the bytes sent, not copied
     said = child.stdout.decode(errors="replace").strip()
     if child.returncode == 0 and said:
         return None if said == "undefined" else float(said)
