@@ -1086,8 +1086,9 @@ def run(
             with readable(audio_path) as source:
                 audio = read_audio(source.path)
             rate = sample_rate or audio.sample_rate
+            say = _Messages(quiet)
             for note in conversion_notes(audio.channels, audio.sample_rate, rate):  # as encode says them
-                _Messages(quiet).note(f"note: {note}")
+                say.note(f"note: {note}")
             streamed = run_stream(program, name, to_mono(audio, rate), hop, feeds)
             results, overflows = streamed.outputs, streamed.overflows
             summary = (f"{counted(streamed.windows, 'window')} of {streamed.window} samples, hop {streamed.hop} "

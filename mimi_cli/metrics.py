@@ -122,12 +122,11 @@ def pesq_wb(reference16: np.ndarray, estimate16: np.ndarray, problems: list[str]
         return None if said == "undefined" else float(said)
     if problems is not None:
         seconds = f"{len(reference16) / 16000:.0f} s of audio"
-        problems.append(
-            f"PESQ is undefined: the pesq library crashed ({_signal_name(-child.returncode)}) on {seconds} (its "
-            "reference code holds 50 utterances, and long speech has more): measure PESQ on shorter clips"
-            if child.returncode < 0
-            else f"PESQ is undefined: its child process failed on {seconds} ("
-                 f"{(child.stderr.decode(errors='replace').strip().splitlines() or ['no reason given'])[-1]})")
+        last = (child.stderr.decode(errors="replace").strip().splitlines() or ["no reason given"])[-1]
+        problems.append("PESQ is undefined: " + (
+            f"the pesq library crashed ({_signal_name(-child.returncode)}) on {seconds} (its reference code holds "
+            "50 utterances, and long speech has more): measure PESQ on shorter clips" if child.returncode < 0
+            else f"its child process failed on {seconds} ({last})"))
     return None
 
 
