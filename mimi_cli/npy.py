@@ -90,13 +90,17 @@ def read_header(f, size: int, shown: str) -> tuple[tuple[int, ...], bool, np.dty
         if len(field) < VERSIONS[version] or length > min(MAX_HEADER_BYTES, size - 8 - len(field)):
             raise InvalidArrayError(f"{shown}: its .npy header declares {length:,} bytes of itself, more than the "
                                     f"file holds or NumPy reads ({MAX_HEADER_BYTES:,}); the file is damaged")
-        return _parsed_header(version, field + f.read(length))
+        shape, fortran, dtype = _parsed_header(version, field + f.read(length))
     except InvalidArrayError:
         raise
     # NumPy parses the header's text as a Python literal: a damaged one can raise the tokenizer's errors too
     except (*DATA_ERRORS, SyntaxError, tokenize.TokenError) as exc:
         raise InvalidArrayError(f"{shown} is not a readable .npy array ({type(exc).__name__}: "
                                 f"{first_line(exc, 160)})") from None
+    if any(dim < 0 for dim in shape):  # NumPy's parser takes any integers, and -1s multiply to a size that fits
+        raise InvalidArrayError(f"{shown}: its .npy header declares the shape {list(shape)}, with a negative size; "
+                                "the file is damaged")
+    return shape, fortran, dtype
 
 
 @functools.lru_cache(maxsize=256)

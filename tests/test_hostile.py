@@ -383,3 +383,18 @@ def test_control_characters_never_reach_the_terminal(tmp_path, weights_file):
     result = run("decode", tmp_path / "evil.npz", "-o", tmp_path / "y.wav", weights=weights_file)
     assert result.returncode == 0, result.stderr
     assert "\x1b]0;" not in result.stderr and "\\x1b]0;pwned\\x07" in result.stderr
+
+
+def test_an_npy_header_with_negative_sizes_is_refused(tmp_path):
+    """NumPy's header parser takes any integers for the shape: [-2, -8] over 16 values passed every size check
+    (the sizes multiply to 16) and failed at the reshape, `mimi inspect` with a traceback and `mimi decode`
+    with "error: ValueError: can only specify one unknown dimension"."""
+    for shape, name in (((-2, -8), "neg.npy"), ((-1, -1), "ones.npy")):
+        header = repr({"descr": "<i8", "fortran_order": False, "shape": shape}).encode()
+        header += b" " * (-(len(header) + 11) % 64) + b"\n"
+        values = np.arange(abs(np.prod(shape)), dtype="<i8").tobytes()
+        (tmp_path / name).write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + values)
+        decode_fails(tmp_path / name, tmp_path, f"declares the shape {list(shape)}, with a negative size")
+        inspect_fails(tmp_path / name, f"declares the shape {list(shape)}, with a negative size")
+    (tmp_path / "neg.npz").write_bytes(npz_with_codes_header((1, -8, -4), "<u2", bytes(64)))
+    decode_fails(tmp_path / "neg.npz", tmp_path, "(codes)", "[1, -8, -4], with a negative size", extra=("--stream",))
