@@ -168,6 +168,46 @@ def test_fuzz_blob_storage(programs, tmp_path_factory):
     _fuzz_file(seeds, folder / "weights" / "weight.bin", lambda: _read_everything(folder), WeightsError)
 
 
+def _runnable_program() -> str:
+    """A small program whose ops take literals of every kind a run turns into arrays: shapes, axes, masks,
+    indices, weights."""
+    from mil_builder import op, type_text
+
+    body = [op("reshape", ("r", "fp32", (4, 6)), x="x", shape=[4, -1]),
+            op("transpose", ("t", "fp32", (6, 4)), x="r", perm=[1, 0]),
+            op("linear", ("l", "fp32", (6, 3)), x="t", weight=np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
+               bias=np.ones(3, np.float32)),
+            op("slice_by_index", ("s", "fp32", (3, 3)), x="l", begin=[0, 0], end=[6, 3], stride=[2, 1],
+               end_mask=[False, True]),
+            op("gather", ("g", "fp32", (3, 2)), x="s", indices=[2, 0], axis=np.int32(1))]
+    return (f"program(1.0)\n{{\n    func main<ios16>({type_text('fp32', (2, 3, 4))} x) {{\n        "
+            + "\n        ".join(body) + "\n    } -> (g);\n}\n")
+
+
+def test_fuzz_programs_run(tmp_path_factory):
+    """`mimi run`'s path beyond the parser: a changed program loaded and run on zeros (its literals made
+    arrays, its ops run); only the library's own one-line errors escape."""
+    import shutil
+
+    from mimi_cli.coreml import load_program
+    from mimi_cli.errors import MimiError
+
+    folder = tmp_path_factory.mktemp("run") / "p.mlmodelc"
+    silero = SHARED / "coreml-fixtures" / "silero-vad-v6-mlmodelc"
+    shutil.copytree(silero, folder) if silero.is_dir() else folder.mkdir()
+    seeds = [_runnable_program().encode(), *([(silero / "model.mil").read_bytes()] if silero.is_dir() else [])]
+
+    def run_on_zeros() -> None:
+        program = load_program(folder)
+        program.predict({port.name: np.zeros([d or 1 for d in port.shape], program.dtype(port.dtype))
+                         for port in program.inputs})
+
+    for seed in seeds:  # each seed itself runs
+        (folder / "model.mil").write_bytes(seed)
+        run_on_zeros()
+    _fuzz_file(seeds, folder / "model.mil", run_on_zeros, MimiError)
+
+
 # ----------------------------------------------------------------------------- Core ML: protobuf, manifest, espresso
 
 

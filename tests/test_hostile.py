@@ -21,7 +21,7 @@ import soundfile as sf
 from conftest import codes_arrays, npz_with_codes_header, run
 from coreml_builder import varint, write_mlmodelc
 
-from mimi_cli.errors import InvalidCodesError
+from mimi_cli.errors import InvalidCodesError, WeightsError
 
 
 def inspect_fails(path: Path, *expected: str, command: str = "inspect") -> str:
@@ -56,6 +56,10 @@ def _mil_model(folder: Path, statement: str) -> Path:
     ("tensor<fp32, []> w = const()[val = tensor<fp32, []>(0x1p+99999999999)];", "cannot be read"),
     ("tensor<int32, []> w = const()[val = tensor<int32, []>(" + "7" * 100000 + ")];", "100000-character number"),
     ('tensor<string, []> w = const()[val = tensor<string, []>("\\x4")];', "broken escape"),
+    # a type of 70 dimensions (its blob read failed at NumPy's 64 with a traceback from `mimi run`), and one whose
+    # "dimensions" were the tokens of a program pasted into its brackets
+    ("tensor<fp32, [" + "1, " * 69 + "1]> w = const()[val = tensor<fp32, [1]>([0])];", "more than 64 dimensions"),
+    ("tensor<fp32, [program(1.0) {]> w = const()[val = tensor<fp32, [1]>([0])];", "'(', neither a size nor a symbol"),
 ])
 def test_hostile_model_mil(tmp_path, statement, expected):
     inspect_fails(_mil_model(tmp_path / "m.mlmodelc", statement), "cannot parse Core ML program", expected)
@@ -398,3 +402,62 @@ def test_an_npy_header_with_negative_sizes_is_refused(tmp_path):
         inspect_fails(tmp_path / name, f"declares the shape {list(shape)}, with a negative size")
     (tmp_path / "neg.npz").write_bytes(npz_with_codes_header((1, -8, -4), "<u2", bytes(64)))
     decode_fails(tmp_path / "neg.npz", tmp_path, "(codes)", "[1, -8, -4], with a negative size", extra=("--stream",))
+
+
+@pytest.mark.parametrize("literal,expected", [
+    ("tensor<int32, [3]>([[], 0, 0])", "holds [[], 0, 0], which is not a tensor of int32 values"),
+    ("tensor<int32, []>(1e308)", "holds 1e+308, which is not a tensor of int32 values"),
+    ("tensor<int32, [2]>([99999999999999999999, 0])", "which is not a tensor of int32 values"),
+    ("tensor<int8, [2]>([300, 0])", "holds 300, beyond int8's range"),
+    ("tensor<uint16, [2]>([-1, 0])", "holds -1, beyond uint16's range"),
+])
+def test_an_integer_constant_that_no_integer_type_holds_is_refused(tmp_path, literal, expected):
+    """`mimi run` of a program whose integer constant is nested, not whole or out of range: NumPy failed with a
+    ValueError or OverflowError traceback, or made 1e308 into -2147483648 without a word."""
+    dtype, shape = literal.split("<")[1].split(">")[0].split(", ")
+    (tmp_path / "m.mlmodelc").mkdir()
+    (tmp_path / "m.mlmodelc" / "model.mil").write_text(
+        f"{MIL_HEAD}        tensor<{dtype}, {shape}> w = const()[val = {literal}];\n{MIL_TAIL}")
+    np.save(tmp_path / "x.npy", np.zeros(1, np.float32))
+    result = run("run", tmp_path / "m.mlmodelc", "--input", f"x={tmp_path / 'x.npy'}", "-o", tmp_path / "out.npz")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_protobuf_operation_without_outputs_is_refused(tmp_path):
+    """An op with no outputs (which MIL text cannot write) read from a model.mlmodelc's protobuf: `mimi run`
+    failed with an IndexError traceback naming it."""
+    from coreml_builder import proto_field as field
+
+    tensor_type = field(1, field(1, field(1, 10) + field(2, 1) + field(3, field(1, field(1, field(1, 1))))))
+    inputs = field(1, field(1, "x") + field(2, tensor_type))
+    operation = field(1, "relu") + field(2, field(1, "x") + field(2, field(1, field(1, "x"))))  # no field 3
+    function = inputs + field(2, "CoreML5") + field(3, field(1, "CoreML5") + field(2, field(3, operation)))
+    model = field(1, 6) + field(502, field(1, 1) + field(2, field(1, "main") + field(2, function)))
+    data = tmp_path / "m.mlpackage" / "Data" / "com.apple.CoreML"
+    data.mkdir(parents=True)
+    (data / "model.mlmodel").write_bytes(model)
+    (tmp_path / "m.mlpackage" / "Manifest.json").write_text(json.dumps({
+        "fileFormatVersion": "1.0.0", "rootModelIdentifier": "A", "itemInfoEntries": {
+            "A": {"path": "com.apple.CoreML/model.mlmodel", "name": "model.mlmodel"}}}))
+    result = run("run", tmp_path / "m.mlpackage")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "an operation 'relu' with no outputs" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_protobuf_tensor_type_of_more_dimensions_than_numpy_holds_is_refused():
+    from coreml_builder import proto_field as field
+
+    from mimi_cli.weights.coreml.proto import read_model
+
+    def model(rank: int) -> bytes:
+        """A program whose input x is of ``rank`` dimensions of size 1 (each a Dimension's constant)."""
+        value_type = field(1, field(1, 10) + field(2, rank) + field(3, field(1, field(1, 1))) * rank)
+        function = field(1, field(1, "x") + field(2, value_type)) + field(2, "CoreML5") + \
+            field(3, field(1, "CoreML5") + field(2, b""))
+        return field(1, 6) + field(502, field(1, 1) + field(2, field(1, "main") + field(2, function)))
+
+    assert read_model(model(64), "built")[2].functions["main"].inputs[0][1].shape == (1,) * 64
+    with pytest.raises(WeightsError, match="a tensor type of more than 64 dimensions"):
+        read_model(model(65), "built")

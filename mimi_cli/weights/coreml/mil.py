@@ -39,6 +39,7 @@ _GENERIC_TYPES = {"tensor", "list", "dict", "tuple", "state"}
 MAX_TEXT_BYTES = 256 << 20  # real programs are a few MB; weights live in weight.bin
 MAX_DEPTH = 64  # nested blocks, lists, tuples and typed values
 MAX_NUMBER_CHARS = 64  # a longer numeric literal is not one a converter wrote
+MAX_RANK = 64  # NumPy's most dimensions: a tensor of more could be neither read nor fed
 
 
 @dataclass(frozen=True)
@@ -313,10 +314,14 @@ class _Parser:
         self.take("[")
         shape: list[int | None] = []
         while self.peek() != "]":
-            token = self.take()
+            kind, token = self.kind(), self.take()
             if token.isdigit() and len(token) > 18:
                 raise self._error(f"dimension {token[:24]}… is larger than any tensor")
+            if not (token.isdigit() or token == "?" or kind == "name"):
+                raise self._error(f"a tensor's dimension is {token[:24]!r}, neither a size nor a symbol")
             shape.append(int(token) if token.isdigit() else None)  # ? or a symbolic dim
+            if len(shape) > MAX_RANK:
+                raise self._error(f"a tensor type of more than {MAX_RANK} dimensions, which no array has")
             if self.peek() == ",":
                 self.take(",")
         self.take("]")

@@ -143,7 +143,7 @@ class ProgramWeights:
             return value.data.reshape(shape)
         if value_type.dtype not in _LITERAL_DTYPES:
             raise WeightsError(f"a Core ML constant of type {value_type.dtype} is not a tensor")
-        flat = np.array(value.data, dtype=np.float64 if value_type.dtype in _FLOATS else None).reshape(-1)
+        flat = _numbers(value.data, value_type.dtype)
         if flat.size != math.prod(shape):
             raise WeightsError(f"a Core ML constant declares shape {list(shape)} but lists {flat.size} values")
         return flat.astype(_LITERAL_DTYPES[value_type.dtype]).reshape(shape)
@@ -157,6 +157,27 @@ class ProgramWeights:
                 raise WeightsError(f"Core ML weight file {path} is missing")
             self._blob_files[path] = BlobFile(path)
         return self._blob_files[path].read(ref.offset, dtype, shape)
+
+
+def _numbers(data, dtype: str) -> np.ndarray:
+    """A literal's values, flat, refused unless each one fits ``dtype``: a float type takes any numbers, an
+    integer type whole numbers in its range, ``bool`` true and false. NumPy would turn 1e308 or 2**70 into some
+    other integer, and a nested or ``None`` value into an object array."""
+    target = np.dtype(_LITERAL_DTYPES[dtype])
+    try:
+        flat = np.array(data, dtype=np.float64 if dtype in _FLOATS else None).reshape(-1)
+    except (ValueError, TypeError, OverflowError):  # nested lists of other lengths, None, a number past float64
+        flat = None
+    if flat is None or flat.dtype.kind not in "biuf" or dtype not in _FLOATS and flat.dtype.kind == "f":
+        raise WeightsError(f"a Core ML {dtype} constant holds {str(data)[:60]}, which is not a tensor of {dtype} "
+                           "values; the program is damaged")
+    if target.kind in "iu" and flat.size and flat.dtype.kind != "b":
+        bounds = np.iinfo(target)
+        low, high = int(flat.min()), int(flat.max())
+        if low < bounds.min or high > bounds.max:
+            raise WeightsError(f"a Core ML {dtype} constant holds {low if low < bounds.min else high}, beyond "
+                               f"{dtype}'s range; the program is damaged")
+    return flat
 
 
 def _refs(items) -> list[Ref]:

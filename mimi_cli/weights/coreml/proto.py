@@ -22,7 +22,7 @@ import numpy as np
 
 from mimi_cli.errors import DATA_ERRORS, WeightsError
 from mimi_cli.weights.coreml.blob import TYPES_BY_NAME, decode
-from mimi_cli.weights.coreml.mil import BlobRef, Block, Function, Operation, Program, Ref, TensorType, Value
+from mimi_cli.weights.coreml.mil import MAX_RANK, BlobRef, Block, Function, Operation, Program, Ref, TensorType, Value
 
 # MIL.proto DataType → the dtype names model.mil uses (note: not the blob storage codes).
 DATA_TYPES = {
@@ -154,6 +154,8 @@ def _block(block: memoryview, depth: int = 0) -> Block:
         message = _group(body)
         outputs = [_named_type(item) for item in message.get(3, [])]
         operation = Operation(_text(message.get(1, [memoryview(b"")])[0]), outputs)
+        if not outputs:  # every op names what it makes (MIL text cannot even write one without)
+            raise ProtoError(f"an operation {operation.op[:40]!r} with no outputs")
         for key, argument in _map_entries(message.get(2, [])):
             bindings = [_binding(item) for number, item in fields(argument) if number == 1]
             operation.args[key] = bindings[0] if len(bindings) == 1 else bindings
@@ -189,6 +191,8 @@ def _value_type(buffer: memoryview) -> TensorType | None:
     for dimension in tensor.get(3, []):
         kind = _group(dimension)
         shape.append(_group(kind[1][0]).get(1, [0])[0] if 1 in kind else None)
+        if len(shape) > MAX_RANK:
+            raise ProtoError(f"a tensor type of more than {MAX_RANK} dimensions, which no array has")
     return TensorType(dtype, tuple(shape))
 
 
