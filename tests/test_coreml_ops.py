@@ -492,6 +492,22 @@ def test_a_stream_whose_outputs_would_not_fit_is_refused_before_allocating(tmp_p
         np.testing.assert_array_equal(expected, np.tile(padded[index:index + 2], (400, 200)))
 
 
+def test_a_stream_state_declared_beyond_the_value_cap_is_refused_before_allocating(tmp_path):
+    """A state of [50000, 50000] fp32 (9.3 GiB) carried through a view op (no buffer of its own, so no op's
+    check saw it): `mimi run --stream` allocated it three times over (the plan's zero feed, its input buffer,
+    the stream's state) and failed only when the system refused, or filled the memory."""
+    program = build(tmp_path, {"audio": ("fp32", (1, 4)), "h": ("fp32", (50000, 50000))},
+                    [op("identity", ("y", "fp32", (1, 4)), x="audio"),
+                     op("reshape", ("new_h", "fp32", (50000, 50000)), x="h", shape=[50000, 50000])], ["y", "new_h"])
+    with pytest.raises(ProgramError, match=r"input h: fp32 \[50000, 50000\] would take 9\.3 GiB, beyond the 4 GiB"):
+        run_stream(program, "audio", np.zeros(8, np.float32))
+    small = build(tmp_path / "small", {"audio": ("fp32", (1, 4)), "h": ("fp32", (2, 3))},
+                  [op("identity", ("y", "fp32", (1, 4)), x="audio"),
+                   op("reshape", ("new_h", "fp32", (2, 3)), x="h", shape=[2, 3])], ["y", "new_h"])
+    streamed = run_stream(small, "audio", np.arange(8, dtype=np.float32))
+    assert streamed.windows == 2 and streamed.outputs["y"].tolist() == [[[0, 1, 2, 3]], [[4, 5, 6, 7]]]
+
+
 def test_program_1_3_syntax_runs(tmp_path):
     """The iOS 18 printer: bare scalar types, string(...) literals, arguments and attributes alike."""
     folder = tmp_path / "p13.mlmodelc"

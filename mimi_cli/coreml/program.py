@@ -19,6 +19,7 @@ into finite but meaningless numbers (x / inf = 0), which its outputs alone would
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.coreml.ops import KERNELS, VIEWS, Allowance, Call, ProgramError
+from mimi_cli.coreml.ops import KERNELS, MAX_VALUE_BYTES, VIEWS, Allowance, Call, ProgramError
 from mimi_cli.errors import DATA_ERRORS, WeightsError, first_line
 from mimi_cli.weights.coreml.mil import Function, Operation, Ref, TensorType, Value
 
@@ -314,6 +315,10 @@ class PreparedPlan:
             if None in shape or not port.accepts(shape):
                 raise ProgramError(f"input {port} has flexible dimensions; prepare the plan with its shape, "
                                    f"e.g. prepare({{{port.name!r}: (...)}})")
+            nbytes = math.prod(shape) * program.dtype(port.dtype).itemsize
+            if nbytes > MAX_VALUE_BYTES:  # a plan holds each input twice, and a stream its state a third time
+                raise ProgramError(f"input {port} would take {nbytes / (1 << 30):,.1f} GiB, beyond the "
+                                   f"{MAX_VALUE_BYTES >> 30} GiB a value may take here")
             feeds[port.name] = np.zeros(shape, program.dtype(port.dtype))
         env: dict[str, object] = dict(feeds)  # learn every value's shape and dtype from one run
         allowance = Allowance()
