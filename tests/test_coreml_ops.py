@@ -492,6 +492,20 @@ def test_a_stream_whose_outputs_would_not_fit_is_refused_before_allocating(tmp_p
         np.testing.assert_array_equal(expected, np.tile(padded[index:index + 2], (400, 200)))
 
 
+def test_a_tile_to_nothing_allocates_nothing(tmp_path):
+    """reps [2**31 - 1, 7, 0] make an empty array, but NumPy tiles axis by axis: 64 GiB on the way to it."""
+    import tracemalloc
+
+    x = rand(1, 8, 1)
+    tracemalloc.start()
+    (got,) = run_op(tmp_path / "tile", "tile", {"x": x}, [(2**31 - 1, 56, 0)], reps=[2**31 - 1, 7, 0])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got.shape == (2**31 - 1, 56, 0) and peak < 64 << 20
+    (got,) = run_op(tmp_path / "tile2", "tile", {"x": x}, [(2, 56, 3)], reps=[2, 7, 3])
+    np.testing.assert_array_equal(got, np.tile(x, (2, 7, 3)))
+
+
 def test_a_stream_state_declared_beyond_the_value_cap_is_refused_before_allocating(tmp_path):
     """A state of [50000, 50000] fp32 (9.3 GiB) carried through a view op (no buffer of its own, so no op's
     check saw it): `mimi run --stream` allocated it three times over (the plan's zero feed, its input buffer,

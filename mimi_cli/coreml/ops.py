@@ -724,7 +724,8 @@ def tile(call: Call) -> np.ndarray:
     if len(reps) != x.ndim:
         raise call.error(f"reps {reps} do not match rank {x.ndim}")
     out = call.out(0, [d * r for d, r in zip(x.shape, reps, strict=True)])
-    np.copyto(out, np.tile(x, reps))
+    if out.size:  # NumPy tiles axis by axis: reps [2**31 - 1, 7, 0] made 64 GiB on the way to nothing
+        np.copyto(out, np.tile(x, reps))
     return out
 
 
