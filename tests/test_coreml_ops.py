@@ -492,6 +492,32 @@ def test_a_stream_whose_outputs_would_not_fit_is_refused_before_allocating(tmp_p
         np.testing.assert_array_equal(expected, np.tile(padded[index:index + 2], (400, 200)))
 
 
+def test_gathers_size_their_output_before_making_it(tmp_path):
+    """20,000 indices into a [4, 60000] x (a 4.5 GiB result), and [1, 20000] indices broadcast along a
+    [60000, 4] x: NumPy allocated each result before the 4 GiB cap was checked. Now refused first; gathers
+    that fit give NumPy's values, negative indices and a rounding fp16 output too."""
+    import tracemalloc
+
+    for kind, x, indices, axis, shape in (("gather", rand(4, 60000), np.zeros(20000, np.int32), 0, (20000, 60000)),
+                                          ("gather_along_axis", rand(60000, 4), np.zeros((1, 20000), np.int32), 1,
+                                           (60000, 20000))):
+        tracemalloc.start()
+        with pytest.raises(ProgramError, match=rf"would make a \[{shape[0]}, {shape[1]}\] array, beyond the 4 GiB"):
+            run_op(tmp_path / kind, kind, {"x": x}, [shape], indices=indices, axis=np.int32(axis))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 256 << 20, f"{kind}: {peak >> 20} MiB"
+    x = rand(3, 5)
+    (got,) = run_op(tmp_path / "g", "gather", {"x": x}, [(3, 2, 2)], indices=[[-1, 0], [4, -5]], axis=np.int32(1))
+    np.testing.assert_array_equal(got, np.take(x, [[-1, 0], [4, -5]], axis=1))
+    (got,) = run_op(tmp_path / "g16", "gather", {"x": x}, [(2, 5)], out_dtype="fp16", indices=[2, -3], axis=np.int32(0))
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, x[[2, 0]].astype(np.float16))
+    indices = np.array([[0, 4, -1]], np.int32)
+    (got,) = run_op(tmp_path / "ga", "gather_along_axis", {"x": x}, [(3, 3)], indices=indices, axis=np.int32(1))
+    np.testing.assert_array_equal(got, np.take_along_axis(x, np.broadcast_to(indices % 5, (3, 3)), axis=1))
+
+
 def test_a_tile_to_nothing_allocates_nothing(tmp_path):
     """reps [2**31 - 1, 7, 0] make an empty array, but NumPy tiles axis by axis: 64 GiB on the way to it."""
     import tracemalloc

@@ -706,7 +706,11 @@ def gather(call: Call) -> np.ndarray:
         raise call.error("gather with batch_dims is not supported")
     if np.any(indices >= x.shape[axis]) or np.any(indices < -x.shape[axis]):
         raise call.error(f"an index is out of range for an axis of {x.shape[axis]}")
-    return write(call, np.take(x, indices, axis=axis))
+    # the output sized (and checked) first: NumPy's own would be allocated whatever the indices make of it
+    out = call.out(0, (*x.shape[:axis], *indices.shape, *x.shape[axis + 1:]))
+    taken = out if out.dtype == x.dtype else call.scratch("taken", out.shape, x.dtype)
+    np.take(x, indices, axis=axis, out=taken, mode="wrap")  # in range (above): "wrap" reads -1 as the last
+    return out if taken is out else write(call, taken)
 
 
 @kernel("gather_along_axis")
@@ -715,7 +719,12 @@ def gather_along_axis(call: Call) -> np.ndarray:
     axis = axis_of(call.int("axis", 0), x.ndim, call)
     if np.any(indices >= x.shape[axis]) or np.any(indices < -x.shape[axis]):
         raise call.error(f"an index is out of range for an axis of {x.shape[axis]}")
-    return write(call, np.take_along_axis(x, indices, axis=axis))
+    if indices.ndim != x.ndim:
+        raise call.error(f"indices of rank {indices.ndim} do not match x of rank {x.ndim}")
+    # the other axes broadcast: [1, 20000] indices into a [60000, 4] x make [60000, 20000]; checked first
+    out = call.out(0, np.broadcast_shapes(x.shape[:axis] + (1,) + x.shape[axis + 1:], indices.shape))
+    np.copyto(out, np.take_along_axis(x, indices, axis=axis), casting="unsafe")
+    return out
 
 
 @kernel("tile")
