@@ -266,6 +266,11 @@ def holds(path: Path) -> str | None:
             head = f.read(264)
     except (OSError, ValueError):
         return None
+    return head_holds(head)
+
+
+def head_holds(head: bytes) -> str | None:
+    """What data whose first 264 bytes are ``head`` holds: see :func:`holds`."""
     if safetensors_head(head):
         return ".safetensors weights"
     if head.startswith(b"PK\x03\x04") and head[30:30 + int.from_bytes(head[26:28], "little")].endswith(b"/data.pkl"):

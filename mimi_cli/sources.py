@@ -43,7 +43,7 @@ from typing import Literal
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import (InvalidAudioError, InvalidCodesError, MimiError, counted, first_line, loads_json,
                              os_reason, physical_memory)
-from mimi_cli.fileio import STDIN, check_stdin, file_kind, holds, home_expanded, local_path, native, url
+from mimi_cli.fileio import STDIN, check_stdin, file_kind, head_holds, holds, home_expanded, local_path, native, url
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path", "file_name")  # NeMo; lists; a Hugging Face audiofolder's metadata
 # Other tools' names for a span's ends (WhisperX's segments, GigaSpeech's begin_time …), where NeMo's are offset and
@@ -429,6 +429,10 @@ def _manifest_text(path: Path) -> tuple[str, Path]:
                 data = _bounded_read(f, shown)
             base = path.parent if kind is None else Path.cwd()  # a pipe's folder (/dev/fd) holds no audio
         data = _decompressed(data, shown)
+        kind = head_holds(data[:264])
+        if kind not in (None, "text", "JSON text"):  # its NULs would read as a list of names (find -print0)
+            raise MimiError(f"{shown} is {kind}, not a list of inputs (paths, JSON lines, CSV or TSV); to use it "
+                            "as an input, name it without --inputs-from")
         _check_listing(max(data.count(b"\n"), data.count(b"\0")), shown)
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16, as Windows PowerShell's `>` writes
             return data.decode("utf-16"), base

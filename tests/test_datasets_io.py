@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tarfile
 from pathlib import Path
 
@@ -178,6 +179,27 @@ def test_manifests_as_other_tools_write_them(tmp_path, weights_file, reference):
             assert result.returncode == 1 and f"failed: {folder / name}:3 is a JSON number" in result.stderr
         else:
             assert result.returncode == 0, (name, result.stderr)
+
+
+def test_a_file_that_is_not_a_list_is_refused_as_a_list(tmp_path, weights_file, reference):
+    """`--inputs-from speech.wav` read the WAV as a list of names (its NUL bytes as `find -print0`'s separators)
+    and failed on "\\x01 and \\x01 would both write out/\\x01.npz"; audio, an .npz (gzip'd too) and a WAV on
+    standard input now fail in one line that says what the file is."""
+    import gzip
+    import subprocess
+
+    folder, _ = reference
+    np.savez(tmp_path / "codes.npz", codes=np.zeros((8, 3), np.int64))
+    (tmp_path / "codes.npz.gz").write_bytes(gzip.compress((tmp_path / "codes.npz").read_bytes()))
+    for given, kind in ((folder / "one.wav", "audio (WAV)"), (tmp_path / "codes.npz", "a zip archive"),
+                        (tmp_path / "codes.npz.gz", "a zip archive")):
+        result = run("encode", "--inputs-from", given, "-o", tmp_path / "out", weights=weights_file)
+        assert result.returncode == 1 and f"failed: manifest {given} is {kind}" in result.stderr, result.stderr
+        assert "name it without --inputs-from" in result.stderr and not (tmp_path / "out").exists()
+    command = [sys.executable, "-m", "mimi_cli", "encode", "--inputs-from", "-", "-o", str(tmp_path / "out")]
+    piped = subprocess.run(command, input=(folder / "one.wav").read_bytes(), capture_output=True,
+                           env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
+    assert piped.returncode == 1 and b"--inputs-from - (standard input) is audio (WAV)" in piped.stderr, piped.stderr
 
 
 def test_lines_that_give_a_span_under_other_names_are_said_to_be_read_whole(tmp_path, weights_file, reference):
