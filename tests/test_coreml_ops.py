@@ -756,3 +756,23 @@ def test_mimi_run_stream_says_what_it_did_to_the_audio(tmp_path):
     quiet = run("run", tmp_path / "m", "--stream", f"audio={tmp_path / 'two.wav'}", "-o", tmp_path / "o.npz", "-f",
                 "-q")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_the_table_of_outputs_reads_them_in_place(capsys):
+    """`mimi run` without -o shows each output's min, mean and max: it made a float64 copy of each (a stream's
+    stacked outputs: GiBs) to do so. An empty output has none of the three."""
+    import tracemalloc
+
+    from mimi_cli import cli
+
+    outputs = {"big": np.full((4, 1 << 22), 0.5, np.float32), "empty": np.zeros((1, 0), np.float32),
+               "mask": np.array([True, False, True, True])}
+    tracemalloc.start()
+    cli._print_outputs("m.mlmodelc", "one call", outputs, None)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak >> 20} MiB for a 64 MiB output"
+    rows = {cells[1]: cells[2:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("│")
+            for cells in [[cell.strip() for cell in line.split("│")]]}
+    assert rows == {"big": ["float32", "[4, 4194304]", "0.5", "0.5", "0.5"],
+                    "empty": ["float32", "[1, 0]", "-", "-", "-"], "mask": ["bool", "[4]", "0", "0.75", "1"]}
