@@ -1115,9 +1115,9 @@ def _print_outputs(model: str, summary: str, results: dict, target) -> None:
     for column in ("output", "dtype", "shape", "min", "mean", "max"):  # a name wraps, never cut short
         view.add_column(column, justify="left" if column in ("output", "dtype") else "right", overflow="fold")
     for name, value in results.items():  # in place: a float64 copy of a stream's stacked outputs took GiBs
-        numbers = (value.min(), value.mean(dtype=np.float64), value.max()) if value.size else ()
-        view.add_row(_shown(name), str(value.dtype), str(list(value.shape)),
-                     *(f"{float(number):.6g}" for number in numbers), *(["-"] * 3 if not value.size else []))
+        figures = [f"{float(number):.6g}" for number in (value.min(), value.mean(dtype=np.float64), value.max())] \
+            if value.size else ["-"] * 3
+        view.add_row(_shown(name), str(value.dtype), str(list(value.shape)), *figures)
     _table_out().print(view)
 
 
