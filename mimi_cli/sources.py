@@ -1027,14 +1027,16 @@ def _as_wav(value: dict, name: str) -> bytes:
         raise InvalidAudioError(f"{name}: an audio array needs an integer sampling_rate beside it, not {rate!r}")
     check_rate(rate, f"{name} declares")
     try:
-        samples = np.asarray(value["array"], dtype=np.float32)
+        samples = np.asarray(value["array"], dtype=np.float64)
     except (ValueError, TypeError) as exc:
         raise InvalidAudioError(f"{name}: its audio array is not numbers of equal length ({exc})") from None
     if samples.ndim not in (1, 2) or samples.size == 0:
         raise InvalidAudioError(f"{name}: its audio array has shape {list(samples.shape)}; give [samples] or "
                                 "[channels, samples]")
+    # values past float32's range (1e300) kept as they are, for the reader to say so: as float32 they were inf
+    wide = np.abs(samples).max() > np.finfo(np.float32).max
     buffer = io.BytesIO()
-    sf.write(buffer, samples.T, rate, format="WAV", subtype="FLOAT")
+    sf.write(buffer, samples.T, rate, format="WAV", subtype="DOUBLE" if wide else "FLOAT")
     return buffer.getvalue()
 
 

@@ -1394,12 +1394,14 @@ def test_a_row_group_is_read_as_stored_and_checked_against_memory(tmp_path, weig
 
 def test_decoded_audio_saved_as_a_plain_struct(tmp_path, weights_file, reference, speech):
     """A dataset `map`ped to {"array", "sampling_rate"} (datasets' decoded form) and saved as a plain struct: the
-    samples are read as they are (mono [N], stereo [2, N]), the same codes as the file; a bad row fails alone."""
+    samples are read as they are (mono [N], stereo [2, N]), the same codes as the file; a bad row fails alone, a
+    sample of 1e300 said as such."""
     datasets = pytest.importorskip("datasets")
     folder, codes = reference
     pcm, rate = sf.read(folder / "one.wav", dtype="float32")
     rows = [{"array": pcm.tolist(), "sampling_rate": rate}, {"array": pcm.tolist(), "sampling_rate": 5_000_000},
-            {"array": [], "sampling_rate": rate}]
+            {"array": [], "sampling_rate": rate}, {"array": [0.1, 1e300, 0.2], "sampling_rate": rate},
+            {"array": [0.1, float("nan")], "sampling_rate": rate}]
     datasets.Dataset.from_dict({"audio": rows}).to_parquet(str(tmp_path / "mono.parquet"))
     two = [{"array": np.stack([pcm, pcm]).tolist(), "sampling_rate": rate}]
     datasets.Dataset.from_dict({"audio": two}).to_parquet(str(tmp_path / "stereo.parquet"))
@@ -1408,6 +1410,9 @@ def test_decoded_audio_saved_as_a_plain_struct(tmp_path, weights_file, reference
     assert result.returncode == 1 and "2 encoded" in result.stderr and "Traceback" not in result.stderr
     assert "mono.parquet#1 declares 5,000,000 Hz, outside" in result.stderr
     assert "mono.parquet#2: its audio array has shape [0]" in result.stderr
+    # a value past float32's range is said as it is (as float32 it was Inf, called "NaN or Inf")
+    assert "mono.parquet#3 has samples of magnitude 1e+300" in result.stderr, result.stderr
+    assert "mono.parquet#4 contains NaN or Inf samples" in result.stderr, result.stderr
     mono, stereo = (CodesFile.load(tmp_path / "codes" / name / "00000000.npz") for name in ("mono", "stereo"))
     np.testing.assert_array_equal(mono.codes, codes["one"])
     np.testing.assert_array_equal(stereo.codes, codes["one"])  # both channels the same: their mean is the clip
