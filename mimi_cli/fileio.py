@@ -280,10 +280,10 @@ def head_holds(head: bytes) -> str | None:
     kind = next((kind for magic, kind in _SIGNATURES if head.startswith(magic)), None)
     if kind is None and head[257:262] == b"ustar":
         kind = "a tar archive (a WebDataset shard?)"
-    return kind or _text_kind(head)
+    return kind or text_kind(head)
 
 
-def _text_kind(head: bytes) -> str | None:
+def text_kind(head: bytes) -> str | None:
     """"a web page (HTML) …" or "text" for a file that begins as text: a page saved where a download was meant
     (Hugging Face's /blob/ link gives the page about a file, /resolve/ the file), a list, notes."""
     text = head.lstrip().lower()

@@ -43,7 +43,8 @@ from typing import Literal
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import (InvalidAudioError, InvalidCodesError, MimiError, counted, first_line, loads_json,
                              os_reason, physical_memory)
-from mimi_cli.fileio import STDIN, check_stdin, file_kind, head_holds, holds, home_expanded, local_path, native, url
+from mimi_cli.fileio import (STDIN, check_stdin, file_kind, head_holds, holds, home_expanded, local_path, native,
+                             text_kind, url)
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path", "file_name")  # NeMo; lists; a Hugging Face audiofolder's metadata
 # Other tools' names for a span's ends (WhisperX's segments, GigaSpeech's begin_time …), where NeMo's are offset and
@@ -430,7 +431,9 @@ def _manifest_text(path: Path) -> tuple[str, Path]:
             base = path.parent if kind is None else Path.cwd()  # a pipe's folder (/dev/fd) holds no audio
         data = _decompressed(data, shown)
         kind = head_holds(data[:264])
-        if kind not in (None, "text", "JSON text"):  # its NULs would read as a list of names (find -print0)
+        # a binary file's NULs would read as a list of names (find -print0); a list of printable names may
+        # start as a format's magic does ("FORMANT/a.wav" as AIFF's FORM)
+        if kind not in (None, "text", "JSON text") and text_kind(data[:264]) is None:
             raise MimiError(f"{shown} is {kind}, not a list of inputs (paths, JSON lines, CSV or TSV); to use it "
                             "as an input, name it without --inputs-from")
         _check_listing(max(data.count(b"\n"), data.count(b"\0")), shown)

@@ -200,6 +200,12 @@ def test_a_file_that_is_not_a_list_is_refused_as_a_list(tmp_path, weights_file, 
     piped = subprocess.run(command, input=(folder / "one.wav").read_bytes(), capture_output=True,
                            env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
     assert piped.returncode == 1 and b"--inputs-from - (standard input) is audio (WAV)" in piped.stderr, piped.stderr
+    # a list of printable names is a list, though it start as a format's magic does (AIFF's FORM)
+    (tmp_path / "FORMANT").mkdir()
+    (tmp_path / "FORMANT" / "one.wav").write_bytes((folder / "one.wav").read_bytes())
+    (tmp_path / "names.txt").write_text("FORMANT/one.wav\n")
+    listed = run("encode", "--inputs-from", tmp_path / "names.txt", "-o", tmp_path / "ok", weights=weights_file)
+    assert listed.returncode == 0 and (tmp_path / "ok" / "FORMANT" / "one.npz").is_file(), listed.stderr
 
 
 def test_lines_that_give_a_span_under_other_names_are_said_to_be_read_whole(tmp_path, weights_file, reference):
