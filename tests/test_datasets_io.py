@@ -200,6 +200,10 @@ def test_a_file_that_is_not_a_list_is_refused_as_a_list(tmp_path, weights_file, 
     piped = subprocess.run(command, input=(folder / "one.wav").read_bytes(), capture_output=True,
                            env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
     assert piped.returncode == 1 and b"--inputs-from - (standard input) is audio (WAV)" in piped.stderr, piped.stderr
+    (tmp_path / "clip.jsonl").write_bytes((folder / "one.wav").read_bytes())  # named as an input: read as a list
+    named = run("encode", tmp_path / "clip.jsonl", "-o", tmp_path / "out", weights=weights_file)
+    assert named.returncode == 1 and "is audio (WAV), not a list of inputs (paths, JSON lines, CSV or TSV); rename " \
+        "it: its name says it is a list" in named.stderr, named.stderr
     # a list of printable names is a list, though it start as a format's magic does (AIFF's FORM)
     (tmp_path / "FORMANT").mkdir()
     (tmp_path / "FORMANT" / "one.wav").write_bytes((folder / "one.wav").read_bytes())
