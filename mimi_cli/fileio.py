@@ -564,6 +564,9 @@ def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
         return
     try:  # a batch's mirrored folder is made only now, once the file's work has succeeded
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a part of the path is there and no folder (made so meanwhile)
+        blocking = next((part for part in reversed(path.parents) if part.exists() and not part.is_dir()), path.parent)
+        raise cannot_write(path, f"{blocking} is a file, not a folder; choose another output") from None
     except OSError as exc:
         raise cannot_write(path, exc) from None
     with _through_temporary(path.parent, _temporary_name(path), path) as tmp:

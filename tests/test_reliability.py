@@ -277,6 +277,20 @@ def test_a_file_system_that_refuses_modes_still_takes_outputs(tmp_path, monkeypa
     assert (tmp_path / "out.npz").read_bytes() == b"whole" and leftovers(tmp_path) == []
 
 
+def test_an_output_folder_that_became_a_file_is_named(tmp_path):
+    """A run's output folder replaced by a file while it ran (`rm -r out; touch out`): each later output failed
+    with "cannot write out/a.npz: File exists; choose another output". It names the file in the way now."""
+    from mimi_cli.errors import MimiError
+
+    (tmp_path / "out").write_bytes(b"")
+    for target in (tmp_path / "out" / "a.npz", tmp_path / "out" / "deeper" / "b.npz"):
+        with pytest.raises(MimiError, match=f"cannot write {target}: {tmp_path / 'out'} is a file, not a folder; "
+                                            "choose another output"):
+            with atomic_output(target) as tmp:
+                Path(tmp).write_bytes(b"never")
+    assert leftovers(tmp_path) == [] and (tmp_path / "out").read_bytes() == b""
+
+
 def test_a_pipe_is_refused_as_a_pipe_whatever_its_name(clip, weights_file, tmp_path):
     """`mimi convert w.safetensors /dev/null` and `mimi run … -o /dev/stdout` said "cannot write weights as a file
     without extension": the suffix was checked before what the name is. Every command says what it is."""
