@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import threading
 import time
@@ -32,7 +33,7 @@ from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
                              check_integer, check_path, counted, dumps_json, first_line, os_reason, out_of_memory,
                              over_memory, unnamable)
-from mimi_cli.fileio import Readable, Target, native, output_exists, readable
+from mimi_cli.fileio import Readable, Target, file_kind, native, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
 from mimi_cli.sources import Item, carried_keys, open_item, row_codes
@@ -675,6 +676,12 @@ def _audio_made_otherwise(task: Task, settings: Settings) -> str | None:
 
     from mimi_cli.c_stderr import CaughtStderr
 
+    try:  # a pipe would block the open, a device (a link to /dev/zero) be read for ever
+        kind = file_kind(os.stat(native(task.output)).st_mode)
+    except OSError as exc:
+        return f"it cannot be read back as audio ({os_reason(exc)})"
+    if kind is not None:
+        return f"it is {kind}, not an audio file"
     chatter = CaughtStderr() if Path(task.output).suffix.lower() == ".mp3" else None  # mpg123 prints on stderr itself
     try:
         with chatter.caught() if chatter else nullcontext(), sf.SoundFile(native(task.output)) as found:
