@@ -430,12 +430,12 @@ def _manifest_text(path: Path) -> tuple[str, Path]:
                 data = _bounded_read(f, shown)
             base = path.parent if kind is None else Path.cwd()  # a pipe's folder (/dev/fd) holds no audio
         data = _decompressed(data, shown)
-        kind = head_holds(data[:264])
+        held = head_holds(data[:264])
         # a binary file's NULs would read as a list of names (find -print0); a list of printable names may
         # start as a format's magic does ("FORMANT/a.wav" as AIFF's FORM)
-        if kind not in (None, "text", "JSON text") and text_kind(data[:264]) is None:
+        if held not in (None, "JSON text") and text_kind(data[:264]) is None:
             named = not stdin and path.name.lower().endswith(MANIFEST_NAMES)  # named as an input, read as a list
-            raise MimiError(f"{shown} is {kind}, not a list of inputs (paths, JSON lines, CSV or TSV); "
+            raise MimiError(f"{shown} is {held}, not a list of inputs (paths, JSON lines, CSV or TSV); "
                             + ("rename it: its name says it is a list" if named else
                                "to use it as an input, name it without --inputs-from"))
         _check_listing(max(data.count(b"\n"), data.count(b"\0")), shown)
