@@ -425,19 +425,26 @@ def test_an_integer_constant_that_no_integer_type_holds_is_refused(tmp_path, lit
     assert not (tmp_path / "out.npz").exists()
 
 
+def _protobuf_model(rank: int, block: bytes = b"") -> bytes:
+    """A model.mlmodel (spec 6) whose program takes an fp32 x of ``rank`` dimensions of size 1, its block
+    ``block`` (protobuf fields 3: operations)."""
+    from coreml_builder import proto_field as field
+
+    value_type = field(1, field(1, 10) + field(2, rank) + field(3, field(1, field(1, 1))) * rank)
+    function = field(1, field(1, "x") + field(2, value_type)) + field(2, "CoreML5") + \
+        field(3, field(1, "CoreML5") + field(2, block))
+    return field(1, 6) + field(502, field(1, 1) + field(2, field(1, "main") + field(2, function)))
+
+
 def test_a_protobuf_operation_without_outputs_is_refused(tmp_path):
     """An op with no outputs (which MIL text cannot write) read from a model.mlmodelc's protobuf: `mimi run`
     failed with an IndexError traceback naming it."""
     from coreml_builder import proto_field as field
 
-    tensor_type = field(1, field(1, field(1, 10) + field(2, 1) + field(3, field(1, field(1, field(1, 1))))))
-    inputs = field(1, field(1, "x") + field(2, tensor_type))
     operation = field(1, "relu") + field(2, field(1, "x") + field(2, field(1, field(1, "x"))))  # no field 3
-    function = inputs + field(2, "CoreML5") + field(3, field(1, "CoreML5") + field(2, field(3, operation)))
-    model = field(1, 6) + field(502, field(1, 1) + field(2, field(1, "main") + field(2, function)))
     data = tmp_path / "m.mlpackage" / "Data" / "com.apple.CoreML"
     data.mkdir(parents=True)
-    (data / "model.mlmodel").write_bytes(model)
+    (data / "model.mlmodel").write_bytes(_protobuf_model(1, field(3, operation)))
     (tmp_path / "m.mlpackage" / "Manifest.json").write_text(json.dumps({
         "fileFormatVersion": "1.0.0", "rootModelIdentifier": "A", "itemInfoEntries": {
             "A": {"path": "com.apple.CoreML/model.mlmodel", "name": "model.mlmodel"}}}))
@@ -447,17 +454,8 @@ def test_a_protobuf_operation_without_outputs_is_refused(tmp_path):
 
 
 def test_a_protobuf_tensor_type_of_more_dimensions_than_numpy_holds_is_refused():
-    from coreml_builder import proto_field as field
-
     from mimi_cli.weights.coreml.proto import read_model
 
-    def model(rank: int) -> bytes:
-        """A program whose input x is of ``rank`` dimensions of size 1 (each a Dimension's constant)."""
-        value_type = field(1, field(1, 10) + field(2, rank) + field(3, field(1, field(1, 1))) * rank)
-        function = field(1, field(1, "x") + field(2, value_type)) + field(2, "CoreML5") + \
-            field(3, field(1, "CoreML5") + field(2, b""))
-        return field(1, 6) + field(502, field(1, 1) + field(2, field(1, "main") + field(2, function)))
-
-    assert read_model(model(64), "built")[2].functions["main"].inputs[0][1].shape == (1,) * 64
+    assert read_model(_protobuf_model(64), "built")[2].functions["main"].inputs[0][1].shape == (1,) * 64
     with pytest.raises(WeightsError, match="a tensor type of more than 64 dimensions"):
-        read_model(model(65), "built")
+        read_model(_protobuf_model(65), "built")
