@@ -477,10 +477,14 @@ def _json_array(path: Path, fail) -> np.ndarray:
         document = loads_json(text)
     except ValueError as exc:
         raise fail(f"is not JSON ({first_line(exc)}); {shape}") from None
+    codes = _codes_in(document, fail)
+    depth, first = 0, codes
+    while isinstance(first, list) and first:
+        depth, first = depth + 1, first[0]
+    if depth > 64:  # NumPy's most dimensions; said so, not as rows of different lengths
+        raise fail(f"nests its arrays {depth} deep; {shape}")
     try:
-        array = np.array(_codes_in(document, fail))
-    except InvalidCodesError:
-        raise
+        array = np.array(codes)
     except ValueError:  # NumPy's "inhomogeneous shape"
         raise fail(f"holds rows of different lengths; {shape}") from None
     if not array.size:

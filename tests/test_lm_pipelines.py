@@ -784,6 +784,7 @@ def test_a_json_array_decodes_as_that_array(tmp_path, weights_file, encoded):
                        ("[[true, false]]", "holds bool values"), ('[["a"]]', "holds values that are not numbers"),
                        ("[[" + "1," * 3 + str(2**70) + "]]", "holds values that are not numbers"),
                        ("[" * 100_000, "is not JSON (nested too deeply)"), ("[[1, 2]", "is not JSON ("),
+                       ("[" * 70 + "1" + "]" * 70, "nests its arrays 70 deep"),  # was "rows of different lengths"
                        ("[]", "holds no codes (an empty array)"), ("[[4096, 1]]", "holds values 1..4096"),
                        ('{"a": [[1]], "b": [[2]]}', "is a JSON object ('a', 'b') without a codes array or a lone "
                                                     "array; give the array itself (jq .KEY)"),
