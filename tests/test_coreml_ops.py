@@ -453,6 +453,24 @@ def test_hostile_programs_fail_in_one_line_before_allocating(tmp_path):
     np.testing.assert_array_equal(got, np.arange(1, 3, 0.5))
 
 
+def test_a_long_range_takes_little_more_than_its_output(tmp_path):
+    """range_1d's values were made whole in int64 (np.arange, then × step, then + start): three temporaries of twice
+    an int32 output's size, 24 GiB on the way to the 4 GiB a value may take. Now a block at a time, to the same
+    values (int32 across block boundaries; fp32 as the float64 arithmetic rounded once)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    (got,) = run_op(tmp_path / "int", "range_1d", {"x": np.zeros(1, np.float32)}, [(8_000_000,)], out_dtype="int32",
+                    start=np.int32(-5), end=np.int32(15_999_995), step=np.int32(2))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(got, np.arange(-5, 15_999_995, 2, dtype=np.int32))
+    assert peak < 2 * got.nbytes + (40 << 20), f"{peak >> 20} MiB for a {got.nbytes >> 20} MiB output"  # predict + plan
+    (got,) = run_op(tmp_path / "float", "range_1d", {"x": np.zeros(1, np.float32)}, [(2_100_000,)],
+                    start=np.float32(0.25), end=np.float32(0.25 + 2_100_000 * 0.1), step=np.float32(0.1))
+    np.testing.assert_array_equal(got, (np.arange(2_100_000) * float(np.float32(0.1)) + 0.25).astype(np.float32))
+
+
 def test_a_run_whose_values_would_outgrow_the_machine_is_refused_before_allocating(tmp_path, monkeypatch):
     """Values each under the 4 GiB cap but together more than the machine has: refused at the one that
     crosses the line (here a machine of 1 MiB, three 400 kB values), in predict and in prepare alike."""
