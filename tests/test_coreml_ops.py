@@ -536,6 +536,20 @@ def test_gathers_size_their_output_before_making_it(tmp_path):
     np.testing.assert_array_equal(got, np.take_along_axis(x, np.broadcast_to(indices % 5, (3, 3)), axis=1))
 
 
+def test_a_gathers_index_copy_counts_as_a_value(tmp_path, monkeypatch):
+    """NumPy indexes with an intp copy of int32 indices: 8 GiB for the 4 GiB a value may be, never counted.
+    It counts now, against the same cap (here 1 MB: 200,000 int32 indices fit, their 1.6 MB copy does not)."""
+    x, indices = rand(3, 4), np.arange(200_000, dtype=np.int32) % 4
+    monkeypatch.setattr(ops, "MAX_VALUE_BYTES", 1 << 20)
+    for kind, shape, feed in (("gather", (3, 200_000), indices), ("gather_along_axis", (3, 200_000), indices[None])):
+        with pytest.raises(ProgramError, match=rf"op {kind} 'o0': would make a \[{', '.join(map(str, feed.shape))}\] "
+                                               "array, beyond"):
+            run_op(tmp_path / kind, kind, {"x": x, "indices": feed}, [shape], indices="indices", axis=np.int32(1))
+    (got,) = run_op(tmp_path / "small", "gather", {"x": x, "indices": indices[:1000]}, [(3, 1000)],
+                    indices="indices", axis=np.int32(1))
+    np.testing.assert_array_equal(got, x[:, indices[:1000]])
+
+
 def test_a_tile_to_nothing_allocates_nothing(tmp_path):
     """reps [2**31 - 1, 7, 0] make an empty array, but NumPy tiles axis by axis: 64 GiB on the way to it."""
     import tracemalloc
