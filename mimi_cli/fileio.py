@@ -116,6 +116,10 @@ def cannot_write(path: Target, exc: OSError | str) -> MimiError:
     """The one-line error for an output that the environment refused."""
     if isinstance(exc, str):
         return MimiError(f"cannot write {_shown(path)}: {exc}")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and not is_stdout(path):  # a folder of the path is a file
+        blocking = next((part for part in reversed(Path(path).parents) if part.exists() and not part.is_dir()), None)
+        if blocking is not None:
+            return MimiError(f"cannot write {path}: {blocking} is a file, not a folder; choose another output")
     reason = os.strerror(exc.errno) if exc.errno else str(exc)
     if is_stdout(path):  # what failed is the staging copy (see atomic_output), not where stdout goes
         advice = f"it is kept in {tempfile.tempdir} until complete: set TMPDIR to a writable folder with space"
@@ -564,10 +568,7 @@ def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
         return
     try:  # a batch's mirrored folder is made only now, once the file's work has succeeded
         path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):  # a part of the path is there and no folder (made so meanwhile)
-        blocking = next((part for part in reversed(path.parents) if part.exists() and not part.is_dir()), path.parent)
-        raise cannot_write(path, f"{blocking} is a file, not a folder; choose another output") from None
-    except OSError as exc:
+    except OSError as exc:  # a folder of the path made a file meanwhile is named (cannot_write)
         raise cannot_write(path, exc) from None
     with _through_temporary(path.parent, _temporary_name(path), path) as tmp:
         yield tmp

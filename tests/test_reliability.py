@@ -289,6 +289,9 @@ def test_an_output_folder_that_became_a_file_is_named(tmp_path):
             with atomic_output(target) as tmp:
                 Path(tmp).write_bytes(b"never")
     assert leftovers(tmp_path) == [] and (tmp_path / "out").read_bytes() == b""
+    for create_parents in (False, True):  # found while planning, it is said the same way
+        with pytest.raises(MimiError, match=f"{tmp_path / 'out'} is a file, not a folder; choose another output"):
+            check_output(tmp_path / "out" / "deeper" / "c.npz", False, create_parents=create_parents)
 
 
 def test_a_pipe_is_refused_as_a_pipe_whatever_its_name(clip, weights_file, tmp_path):
