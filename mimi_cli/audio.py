@@ -303,7 +303,12 @@ class FFmpegAudio(BlockReader):
             converted = self._resampler.resample(frame)
         except ValueError:  # PyAV's resampler takes the format of its first frame only: a new one for this format
             self._resampler = av.AudioResampler(format="flt", layout=self._resampler.layout, rate=self.samplerate)
-            converted = self._resampler.resample(frame)
+            try:
+                converted = self._resampler.resample(frame)
+            except (ValueError, av.FFmpegError) as exc:  # FFmpeg converts at most 64 channels (a damaged count)
+                raise InvalidAudioError(f"cannot read {self.name} as audio: FFmpeg cannot convert its {self.channels} "
+                                        f"channel(s) of {frame.format.name} samples ({exc}); the file may be corrupt, "
+                                        "else re-export it as WAV or FLAC") from None
         self._pending += [c.to_ndarray().reshape(-1, self.channels) for c in converted]
         return True
 

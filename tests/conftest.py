@@ -170,6 +170,24 @@ def speech_at(rate: int = 24000) -> np.ndarray:
     return pcm
 
 
+def ffmpeg_file(path: Path, *tracks: np.ndarray, rate: int, codec: str = "aac") -> None:
+    """An FFmpeg container (by ``path``'s suffix) of one ``codec`` stream per track."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        streams = [container.add_stream(codec, rate=rate, layout="mono") for _ in tracks]
+        for stream, pcm in zip(streams, tracks, strict=True):
+            for first in [*range(0, len(pcm), 1024), None]:  # None: flush the encoder
+                frame = None
+                if first is not None:
+                    block = pcm[None, first:first + 1024]
+                    frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono") if codec == "aac" else \
+                        av.AudioFrame.from_ndarray((block * 32767).astype(np.int16), format="s16", layout="mono")
+                    frame.sample_rate, frame.pts = rate, first
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+
+
 def _speech_clip(folder: Path, rate: int) -> Path:
     path = folder / "speech.wav"
     sf.write(path, speech_at(rate)[: int(2.5 * rate)], rate, subtype="PCM_16")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import run, speech_at
+from conftest import ffmpeg_file, run, speech_at
 
 from mimi_cli.codes import CodesFile
 from mimi_cli.errors import MimiError
@@ -1499,28 +1499,10 @@ def test_dataset_through_ray(tmp_path, weights_file, reference, hf_dataset):
 
 # -- FFmpeg-only containers ------------------------------------------------------------------------
 
-def _m4a(path: Path, *tracks: np.ndarray, rate: int, codec: str = "aac") -> None:
-    """An FFmpeg container (by ``path``'s suffix) of one ``codec`` stream per track."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        streams = [container.add_stream(codec, rate=rate, layout="mono") for _ in tracks]
-        for stream, pcm in zip(streams, tracks, strict=True):
-            for first in [*range(0, len(pcm), 1024), None]:  # None: flush the encoder
-                frame = None
-                if first is not None:
-                    block = pcm[None, first:first + 1024]
-                    frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono") if codec == "aac" else \
-                        av.AudioFrame.from_ndarray((block * 32767).astype(np.int16), format="s16", layout="mono")
-                    frame.sample_rate, frame.pts = rate, first
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-
-
 def test_m4a_is_read_through_ffmpeg(tmp_path, weights_file, speech):
     av = pytest.importorskip("av")
     pcm, rate = speech
-    _m4a(tmp_path / "clip.m4a", pcm[:2 * rate], rate=rate)
+    ffmpeg_file(tmp_path / "clip.m4a", pcm[:2 * rate], rate=rate)
     with av.open(str(tmp_path / "clip.m4a")) as container:  # what FFmpeg itself decodes, written losslessly
         decoded = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
     sf.write(tmp_path / "decoded.wav", decoded, rate, subtype="FLOAT")
@@ -1539,7 +1521,7 @@ def test_a_cut_matroska_file_is_refused_as_truncated(tmp_path, weights_file, spe
     its longest stream's)."""
     pytest.importorskip("av")
     pcm, rate = speech
-    _m4a(tmp_path / "whole.mka", pcm[:3 * rate], rate=rate, codec="flac")
+    ffmpeg_file(tmp_path / "whole.mka", pcm[:3 * rate], rate=rate, codec="flac")
     data = (tmp_path / "whole.mka").read_bytes()
     (tmp_path / "cut.mka").write_bytes(data[:len(data) // 2])
     for flags in ([], ["--stream"]):
@@ -1549,9 +1531,24 @@ def test_a_cut_matroska_file_is_refused_as_truncated(tmp_path, weights_file, spe
         assert cut.returncode == 1 and not (tmp_path / "cut.npz").exists(), cut.stderr
         assert cut.stderr.startswith(f"error: {tmp_path / 'cut.mka'} is truncated: its container declares 3.00 s "
                                      "of audio, the file holds 1.") and cut.stderr.count("\n") == 1, cut.stderr
-    _m4a(tmp_path / "two.mka", pcm[:rate], pcm[:3 * rate], rate=rate, codec="flac")  # a first stream of 1 s of 3
+    ffmpeg_file(tmp_path / "two.mka", pcm[:rate], pcm[:3 * rate], rate=rate, codec="flac")  # a first stream of 1 s of 3
     assert run("encode", tmp_path / "two.mka", "-o", tmp_path / "two.npz", weights=weights_file).returncode == 0
     assert CodesFile.load(tmp_path / "two.npz").num_samples == 24_000  # its own 1 s, at the codec's rate
+
+
+def test_a_channel_count_ffmpeg_cannot_convert_is_one_line(tmp_path, weights_file, speech):
+    """FFmpeg's converter takes at most 64 channels: a Matroska file whose header says 65 (a damaged byte)
+    ended in "error: ArgumentError: Invalid argument returned 22"."""
+    pytest.importorskip("av")
+    pcm, rate = speech
+    ffmpeg_file(tmp_path / "mono.mka", pcm[:rate], rate=rate, codec="pcm_s16le")
+    data = (tmp_path / "mono.mka").read_bytes()
+    assert data.count(b"\x9f\x81\x01") == 1  # Matroska's Channels element: ID 0x9F, 1 byte, 1
+    (tmp_path / "many.mka").write_bytes(data.replace(b"\x9f\x81\x01", b"\x9f\x81\x41"))
+    done = run("encode", tmp_path / "many.mka", "-o", tmp_path / "many.npz", weights=weights_file)
+    assert done.returncode == 1 and not (tmp_path / "many.npz").exists(), done.stderr
+    assert done.stderr.startswith(f"error: cannot read {tmp_path / 'many.mka'} as audio: FFmpeg cannot convert its "
+                                  "65 channel(s) of s16 samples") and done.stderr.count("\n") == 1, done.stderr
 
 
 def _understate_length(path: Path, factor: int) -> None:
@@ -1575,7 +1572,7 @@ def test_a_container_that_understates_its_length_is_checked_as_it_is_read(tmp_pa
 
     pcm, rate = speech
     path = tmp_path / "liar.m4a"
-    _m4a(path, pcm[:3 * rate], rate=rate)
+    ffmpeg_file(path, pcm[:3 * rate], rate=rate)
     _understate_length(path, 10)
     with open_audio(path) as f:
         assert f.frames / f.samplerate < 0.35
@@ -1591,7 +1588,7 @@ def test_a_container_that_understates_its_length_is_checked_as_it_is_read(tmp_pa
 def test_without_the_ffmpeg_extra_the_message_names_it(tmp_path, speech):
     pytest.importorskip("av")
     pcm, rate = speech
-    _m4a(tmp_path / "clip.m4a", pcm[:rate], rate=rate)
+    ffmpeg_file(tmp_path / "clip.m4a", pcm[:rate], rate=rate)
     fake = tmp_path / "site"
     (fake / "av").mkdir(parents=True)
     (fake / "av" / "__init__.py").write_text("raise ImportError('No module named av')\n")

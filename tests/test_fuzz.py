@@ -15,6 +15,7 @@ is a long run (docs/weights.md records what one covered).
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, SHARED, codes_arrays, npz_with_codes_header, run
+from conftest import SAMPLE_AUDIO, SHARED, codes_arrays, ffmpeg_file, npz_with_codes_header, run
 from coreml_builder import proto_field as field
 from coreml_builder import write_mlmodelc
 
@@ -431,9 +432,11 @@ def test_fuzz_wav_headers(tmp_path_factory):
 
 
 def test_fuzz_compressed_audio(tmp_path_factory):
-    """FLAC, Ogg Vorbis, Opus and MP3 files (and MP3 files of two formats joined) with bytes changed: read as a
-    file and as a tar member's bytes, through libsndfile or FFmpeg, only InvalidAudioError escapes. (At 3,000
-    examples this found FFmpeg's "Frame does not match AudioResampler setup": a damaged MP3 frame's channels.)"""
+    """FLAC, Ogg Vorbis, Opus and MP3 files (and MP3 files of two formats joined), and with the ffmpeg extra M4A,
+    AAC, WebM and Matroska files, with bytes changed: read as a file and as a tar member's bytes, through
+    libsndfile or FFmpeg, only InvalidAudioError escapes. (At 3,000 examples this found FFmpeg's "Frame does not
+    match AudioResampler setup": a damaged MP3 frame's channels; a driver of 3,000 damaged Matroska files, a
+    channel count beyond the 64 FFmpeg converts.)"""
     pcm, rate = sf.read(SAMPLE_AUDIO / "speech_16k_mono.wav", dtype="float32", frames=8000)
     seeds = []
     for container, subtype, samples, at in (("FLAC", "PCM_16", pcm, rate), ("OGG", "VORBIS", pcm, rate),
@@ -443,7 +446,15 @@ def test_fuzz_compressed_audio(tmp_path_factory):
         sf.write(buffer, samples, at, format=container, subtype=subtype)
         seeds.append(buffer.getvalue())
     seeds.append(seeds[3] + seeds[4])  # mono then stereo MP3
-    _fuzz_audio(seeds, Path(tempfile.mkdtemp(dir=tmp_path_factory.mktemp("compressed"))))
+    folder = Path(tempfile.mkdtemp(dir=tmp_path_factory.mktemp("compressed")))
+    from mimi_cli.audio import resample
+
+    if importlib.util.find_spec("av"):  # what FFmpeg alone reads: M4A, ADTS AAC, WebM (Opus), Matroska (PCM)
+        for name, codec, at in (("a.m4a", "aac", rate), ("a.aac", "aac", rate), ("a.webm", "libopus", 48000),
+                                ("a.mka", "pcm_s16le", rate)):
+            ffmpeg_file(folder / name, pcm if at == rate else resample(pcm, rate, at), rate=at, codec=codec)
+            seeds.append((folder / name).read_bytes())
+    _fuzz_audio(seeds, folder)
 
 
 def test_fuzz_other_containers(tmp_path_factory):
