@@ -293,7 +293,8 @@ class FFmpegAudio(BlockReader):
             self._check_whole()
             return False
         except av.FFmpegError as exc:
-            raise InvalidAudioError(f"cannot read {self.name} as audio ({exc}); the file may be corrupt") from None
+            raise InvalidAudioError(f"cannot read {self.name} as audio (FFmpeg: {exc.strerror or exc}); the file may "
+                                    "be corrupt") from None
         if (frame.sample_rate, frame.layout.nb_channels) != (self.samplerate, self.channels):
             at = (self._position + sum(len(p) for p in self._pending)) / self.samplerate
             raise InvalidAudioError(f"{self.name} changes at {at:.2f} s from {self.samplerate} Hz and {self.channels} "

@@ -1551,6 +1551,22 @@ def test_a_channel_count_ffmpeg_cannot_convert_is_one_line(tmp_path, weights_fil
                                   "65 channel(s) of s16 samples") and done.stderr.count("\n") == 1, done.stderr
 
 
+def test_a_damaged_packet_says_ffmpegs_reason_without_its_error_number(tmp_path, speech):
+    """An ADTS AAC file whose second half is zeros: "(FFmpeg: Invalid data found when processing input)", where
+    it said "([Errno 1094995529] Invalid data found when processing input: 'avcodec_send_packet()')"."""
+    pytest.importorskip("av")
+    from mimi_cli.audio import read_audio
+
+    pcm, rate = speech
+    ffmpeg_file(tmp_path / "clip.aac", pcm[:rate], rate=rate)
+    data = (tmp_path / "clip.aac").read_bytes()
+    (tmp_path / "zeros.aac").write_bytes(data[:len(data) // 2] + bytes(len(data) // 2))
+    with pytest.raises(MimiError) as refused:
+        read_audio(tmp_path / "zeros.aac")
+    assert str(refused.value) == (f"cannot read {tmp_path / 'zeros.aac'} as audio (FFmpeg: Invalid data found when "
+                                  "processing input); the file may be corrupt")
+
+
 def _understate_length(path: Path, factor: int) -> None:
     """Divide the durations an MP4 file's movie, track and media headers declare by ``factor``."""
     import struct
