@@ -22,6 +22,7 @@ key                    type         meaning
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -31,12 +32,13 @@ import numpy as np
 
 from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
 from mimi_cli.ecdc import check_streams, ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
-from mimi_cli.errors import DATA_ERRORS, InvalidCodesError, counted, first_line, loads_json, malformed, os_reason
+from mimi_cli.errors import (DATA_ERRORS, InvalidCodesError, counted, first_line, loads_json, malformed, os_reason,
+                             physical_memory)
 from mimi_cli.fileio import (STDOUT, Target, as_target, atomic_output, file_kind, holds, is_folder, is_input_copy,
                              missing, safetensors_head, zip_members)
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
-from mimi_cli.npy import InvalidArrayError, open_member, read_header, read_npy, read_npy_member
+from mimi_cli.npy import HeaderCheck, InvalidArrayError, open_member, read_header, read_npy, read_npy_member
 
 FORMAT_VERSION = 1
 _INT_KEYS = ("format_version", "sample_rate", "codebook_size", "num_samples", "source_sample_rate", "source_channels")
@@ -176,15 +178,16 @@ class CodesFile:
         def fail(problem: str) -> InvalidCodesError:
             return InvalidCodesError(f"{shown}: {problem}")
 
-        max_bytes = MAX_CHANNELS * config.num_codebooks * (MAX_NUM_SAMPLES // config.frame_size) * 8
+        max_bytes, check = MAX_CHANNELS * config.num_codebooks * (MAX_NUM_SAMPLES // config.frame_size) * 8, \
+            _declared(config, fail)
         try:
             if member is None:
-                array = _json_array(path, fail) if is_json_codes(path) else read_npy(path, max_bytes)
+                array = _json_array(path, fail) if is_json_codes(path) else read_npy(path, max_bytes, check)
             elif isinstance(member, str):
-                array = _tensor(path, member, max_bytes, fail)
+                array = _tensor(path, member, max_bytes, fail, check)
             else:
                 with zipfile.ZipFile(path) as archive:
-                    array = read_npy_member(archive, member, shown, max_bytes)
+                    array = read_npy_member(archive, member, shown, max_bytes, check=check)
         except InvalidArrayError as exc:
             raise InvalidCodesError(str(exc)) from None
         except (OSError, zipfile.BadZipFile) as exc:
@@ -295,19 +298,43 @@ class CodesFile:
 def _checked_array(array: np.ndarray, config: CodecConfig, fail) -> np.ndarray:
     """An integer array of codes as ``[C, K, frames]``, every value checked: ``fail(problem)`` otherwise."""
     if array.dtype.kind not in "iu":
-        hint = ""
-        if array.dtype.kind == "f":  # whole numbers kept as floats (np.loadtxt, a list with a null) or an LM's scores
-            whole = array.size and np.isfinite(array).all() and (array == np.round(array)).all()
-            hint = (" (these are whole numbers: store them as integers, e.g. array.astype(np.int64))" if whole else
-                    " (logits or probabilities? take the argmax over the vocabulary first)")
-        raise fail(f"holds {array.dtype} values; codes are integers{hint}")
-    while array.ndim > 3 and array.shape[0] == 1:  # a batch of one: transformers' EnCodec gives [1, 1, K, frames]
-        array = array[0]
-    if array.ndim not in (2, 3):
-        raise fail(f"has shape {list(array.shape)}; codes are [K, frames] or [C, K, frames] (leading axes of size 1 "
+        raise fail(_not_integers(array.dtype, array))
+    codes = array.reshape(_code_shape(array.shape, config, fail))
+    low, high = int(codes.min()), int(codes.max())
+    if low < 0 or high >= config.codebook_size:
+        raise fail(f"holds values {low}..{high}; {config.display_name} codes are 0..{config.codebook_size - 1} "
+                   "(strip special tokens or offsets first)")
+    return codes
+
+
+# The largest array of floats read to say whether they are whole numbers; a larger one is refused unread.
+MAX_HINTED_BYTES = 64 << 20
+
+
+def _not_integers(dtype: np.dtype, array: np.ndarray | None = None) -> str:
+    """Why codes of ``dtype`` are refused, with a hint for floats: from their values (``array``), or both when they
+    are not read."""
+    if dtype.kind != "f":
+        return f"holds {dtype} values; codes are integers"
+    whole = "store them as integers, e.g. array.astype(np.int64)"
+    scores = "take the argmax over the vocabulary first"
+    if array is None:
+        return f"holds {dtype} values; codes are integers (whole numbers? {whole}; logits or probabilities? {scores})"
+    # whole numbers kept as floats (np.loadtxt, a list with a null) or an LM's scores
+    if array.size and np.isfinite(array).all() and (array == np.round(array)).all():
+        return f"holds {dtype} values; codes are integers (these are whole numbers: {whole})"
+    return f"holds {dtype} values; codes are integers (logits or probabilities? {scores})"
+
+
+def _code_shape(shape: tuple[int, ...], config: CodecConfig, fail) -> tuple[int, int, int]:
+    """An array of codes' ``shape`` as ``[C, K, frames]``, checked: ``fail(problem)`` otherwise."""
+    given = shape
+    while len(shape) > 3 and shape[0] == 1:  # a batch of one: transformers' EnCodec gives [1, 1, K, frames]
+        shape = shape[1:]
+    if len(shape) not in (2, 3):
+        raise fail(f"has shape {list(given)}; codes are [K, frames] or [C, K, frames] (leading axes of size 1 "
                    "are dropped)")
-    codes = array if array.ndim == 3 else array[None]
-    channels, levels, frames = codes.shape
+    channels, levels, frames = shape if len(shape) == 3 else (1, *shape)
     if not 1 <= channels <= MAX_CHANNELS:
         raise fail(f"has {channels} channels; 1..{MAX_CHANNELS} are decoded")
     if not 1 <= levels <= config.num_codebooks:
@@ -316,11 +343,23 @@ def _checked_array(array: np.ndarray, config: CodecConfig, fail) -> np.ndarray:
                    f"{transposed}")
     if frames < 1 or frames * config.frame_size > MAX_NUM_SAMPLES:
         raise fail(f"has {frames} frames; 1..{MAX_NUM_SAMPLES // config.frame_size} are decoded")
-    low, high = int(codes.min()), int(codes.max())
-    if low < 0 or high >= config.codebook_size:
-        raise fail(f"holds values {low}..{high}; {config.display_name} codes are 0..{config.codebook_size - 1} "
-                   "(strip special tokens or offsets first)")
-    return codes
+    return channels, levels, frames
+
+
+def _declared(config: CodecConfig, fail) -> HeaderCheck:
+    """What a bare array of codes must be by its header alone, checked before it is read: a small compressed
+    member can declare gigabytes of zeros."""
+    def check(shape: tuple[int, ...], dtype: np.dtype) -> None:
+        size = math.prod(shape) * dtype.itemsize
+        if dtype.kind in "iu":
+            _code_shape(shape, config, fail)
+        elif size > MAX_HINTED_BYTES:
+            raise fail(_not_integers(dtype))
+        memory = physical_memory()
+        if memory and size > memory // 2:
+            raise fail(f"its {list(shape)} {dtype} values would take {size / 1e9:.1f} GB, more than half this "
+                       f"machine's {memory / 1e9:.0f} GB; split the codes into shorter files")
+    return check
 
 
 def is_bare_array_path(path: Target) -> bool:
@@ -427,8 +466,9 @@ def _lone_tensor(path: Path) -> str | None:
     return next(iter(infos)) if len(infos) == 1 else None
 
 
-def _tensor(path: Path, name: str, max_bytes: int, fail) -> np.ndarray:
-    """A safetensors file's tensor as stored (memory-mapped), refused before reading when over ``max_bytes``."""
+def _tensor(path: Path, name: str, max_bytes: int, fail, check: HeaderCheck) -> np.ndarray:
+    """A safetensors file's tensor as stored (memory-mapped), refused before reading when over ``max_bytes`` or
+    refused by ``check``."""
     from mimi_cli.errors import WeightsError
     from mimi_cli.weights.safetensors import SafetensorsFile
 
@@ -439,9 +479,10 @@ def _tensor(path: Path, name: str, max_bytes: int, fail) -> np.ndarray:
     info = tensors.infos[name]
     if info.end - info.begin > max_bytes:
         raise fail(f"holds {info.end - info.begin:,} bytes, more than the codes of a week of audio")
-    if info.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):  # stored as raw bits: say what they are
-        return tensors.tensor(name)
-    return np.array(tensors.raw(name))  # a copy: the file may be replaced while it is decoded
+    raw = tensors.raw(name)  # a view of the mapping: nothing is read yet
+    floats = info.dtype in ("BF16", "F8_E4M3", "F8_E5M2")  # stored as raw bits: say what they are
+    check(raw.shape, np.dtype(np.float32) if floats else raw.dtype)
+    return tensors.tensor(name) if floats else np.array(raw)  # a copy: the file may be replaced while it is decoded
 
 
 MAX_JSON_BYTES = 64 << 20  # a JSON array of codes: ~12 M codes, 8 hours of Mimi's 32 levels; larger ones as .npy

@@ -11,7 +11,7 @@ import os
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -31,28 +31,34 @@ class InvalidArrayError(MimiError, ValueError):
     """An ``.npy`` file that is not a plain numeric array, or lies about its size."""
 
 
-def read_npy(path: Path | str, max_bytes: int = 4 << 30) -> np.ndarray:
+# What a reader may check of an array from its header, before anything is read: ``check(shape, dtype)``
+# raises to refuse it (a codes reader: a shape no codec decodes).
+HeaderCheck = Callable[[tuple[int, ...], np.dtype], None]
+
+
+def read_npy(path: Path | str, max_bytes: int = 4 << 30, check: HeaderCheck | None = None) -> np.ndarray:
     """The array in ``path``; its header's shape and dtype must match the file's size, and the size stay
-    under ``max_bytes``, before anything is read."""
+    under ``max_bytes`` (and pass ``check``), before anything is read."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
             return _read_array(f, os.fstat(f.fileno()).st_size, str(path), max_bytes,
-                               lambda dtype, count: np.fromfile(f, dtype=dtype, count=count))
+                               lambda dtype, count: np.fromfile(f, dtype=dtype, count=count), check=check)
     except FileNotFoundError:  # said as every reader says it ("cannot read x.npy: No such file or directory")
         raise InvalidArrayError(f"{path} {missing(path) or 'does not exist'}") from None
     except OSError as exc:
         raise InvalidArrayError(f"cannot read {path}: {os_reason(exc)}") from None
 
 
-def read_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str,
-                    max_bytes: int = 4 << 30, kinds: str | None = NUMERIC_KINDS) -> np.ndarray:
+def read_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str, max_bytes: int = 4 << 30,
+                    kinds: str | None = NUMERIC_KINDS, check: HeaderCheck | None = None) -> np.ndarray:
     """The array of one ``.npy`` member of a zip archive (an ``.npz``), checked as :func:`read_npy` checks a
     file: against the member's size in the archive's directory, before anything is decompressed (and no
     more than that size is ever decompressed). ``kinds``: the dtype kinds taken (None: any but objects)."""
     with open_member(archive, info, shown) as f:
         return _read_array(f, info.file_size, shown, max_bytes,
-                           lambda dtype, count: np.frombuffer(f.read(count * dtype.itemsize), dtype, count), kinds)
+                           lambda dtype, count: np.frombuffer(f.read(count * dtype.itemsize), dtype, count), kinds,
+                           check)
 
 
 @contextlib.contextmanager
@@ -112,7 +118,8 @@ def _parsed_header(version: tuple[int, int], header: bytes) -> tuple[tuple[int, 
     return parse(io.BytesIO(header))
 
 
-def _read_array(f, size: int, shown: str, max_bytes: int, read, kinds: str | None = NUMERIC_KINDS) -> np.ndarray:
+def _read_array(f, size: int, shown: str, max_bytes: int, read, kinds: str | None = NUMERIC_KINDS,
+                check: HeaderCheck | None = None) -> np.ndarray:
     """The array after ``f``'s ``.npy`` header, in a file or member of ``size`` bytes: ``read(dtype, count)``."""
     shape, fortran, dtype = read_header(f, size, shown)
     try:
@@ -129,8 +136,10 @@ def _read_array(f, size: int, shown: str, max_bytes: int, read, kinds: str | Non
         if stored != declared:
             raise InvalidArrayError(f"{shown}: its header declares {list(shape)} {dtype} ({declared:,} bytes) "
                                     f"but the file holds {stored:,}; the file is cut short or damaged")
+        if check is not None:
+            check(shape, dtype)
         data = read(dtype, math.prod(shape))
-    except InvalidArrayError:
+    except MimiError:  # this reader's refusals, and ``check``'s
         raise
     except DATA_ERRORS as exc:
         raise InvalidArrayError(f"{shown} is not a readable .npy array ({type(exc).__name__}: "

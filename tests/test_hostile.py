@@ -264,6 +264,51 @@ def test_an_npy_header_that_declares_gigabytes_of_itself_is_refused_unread(tmp_p
         assert peak < 32 << 20, f"{name}: {peak >> 20} MiB"
     decode_fails(tmp_path / "bomb.npz", tmp_path, "(codes)", "bytes of itself", "damaged")
 
+def _deflated_array(path: Path, shape: tuple[int, ...], dtype: str) -> None:
+    """An .npz of one member, ``shape`` zeros of ``dtype``: a bare array of codes (an LM's) that deflates 1000:1."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, \
+            archive.open("codes.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array_header_1_0(member, {"descr": dtype, "fortran_order": False, "shape": shape})
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        for at in range(0, size, 16 << 20):
+            member.write(bytes(min(16 << 20, size - at)))
+
+
+def test_a_bare_array_is_refused_by_its_header_before_it_is_inflated(tmp_path, monkeypatch):
+    """A bare array's shape was checked after it was read: a 2.3 MB .npz of one member declaring
+    [8, 150000000] int16 took 4.8 GB before "has 150000000 frames". Now its header is checked first (the
+    shape as any array's is, floats beyond 64 MiB refused unread, and no more than half the memory)."""
+    import tracemalloc
+
+    from mimi_cli import codes
+    from mimi_cli.codes import load_codes
+
+    cases = (((32, 8_000_000), "|i1", "has 8000000 frames; 1..7560000 are decoded"),  # 256 MiB inflated
+             ((8, 8_000_000), "<f4", "holds float32 values; codes are integers (whole numbers? store them as "
+                                     "integers, e.g. array.astype(np.int64); logits or probabilities? take the "
+                                     "argmax over the vocabulary first)"),
+             ((40, 8_000_000), "|u1", "has 40 codebooks (axis -2); Mimi has 1..32"))
+    for shape, dtype, words in cases:
+        _deflated_array(tmp_path / "bomb.npz", shape, dtype)
+        tracemalloc.start()
+        with pytest.raises(InvalidCodesError) as refused:
+            load_codes(tmp_path / "bomb.npz")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert str(refused.value) == f"{tmp_path / 'bomb.npz'} (codes): {words}"
+        assert peak < 16 << 20, f"{shape}: {peak >> 20} MiB"
+    _deflated_array(tmp_path / "small.npz", (8, 100), "<f4")  # a float array read to say what its values are
+    with pytest.raises(InvalidCodesError, match=r"\(these are whole numbers: store them as integers"):
+        load_codes(tmp_path / "small.npz")
+    _deflated_array(tmp_path / "week.npz", (8, 1_000_000), "<i8")  # a shape that is decoded, beyond memory
+    monkeypatch.setattr(codes, "physical_memory", lambda: 100 << 20)
+    with pytest.raises(InvalidCodesError, match=r"\(codes\): its \[8, 1000000\] int64 values would take 0.1 GB, "
+                                                r"more than half this machine's 0 GB; split the codes"):
+        load_codes(tmp_path / "week.npz")
+    monkeypatch.undo()
+    assert load_codes(tmp_path / "week.npz").codes.shape == (1, 8, 1_000_000)
+
+
 def test_codes_header_claiming_a_huge_shape(tmp_path):
     (tmp_path / "huge.npz").write_bytes(npz_with_codes_header((1, 8, 2**40), "<u2", bytes(64)))
     for extra in ((), ("--stream",)):
