@@ -45,6 +45,7 @@ from mimi_cli.errors import (InvalidAudioError, InvalidCodesError, MimiError, co
                              os_reason, physical_memory)
 from mimi_cli.fileio import (STDIN, check_stdin, file_kind, head_holds, holds, home_expanded, local_path, native,
                              text_kind, url)
+from mimi_cli.parquet_footer import column_values
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path", "file_name")  # NeMo; lists; a Hugging Face audiofolder's metadata
 # Other tools' names for a span's ends (WhisperX's segments, GigaSpeech's begin_time …), where NeMo's are offset and
@@ -786,13 +787,23 @@ def _arrow_table(file: str):
     return table
 
 
+# What reading a Parquet column holds for each value beside the value itself (its list levels and the decoder's
+# buffers; measured with pyarrow 26: 17 bytes a value of a list of int16 or float32, 24 of int64 or float64),
+# and the values' own widths by Parquet's physical type (BOOLEAN, INT32, INT64, INT96, FLOAT, DOUBLE; a byte
+# array's bytes are in its decompressed size)
+READ_BYTES_PER_VALUE = 16
+PARQUET_WIDTHS = {0: 1, 1: 4, 2: 8, 3: 12, 4: 4, 5: 8}
+
+
 @lru_cache(maxsize=2)
 def _row_group(file: str, group: int, columns: tuple[str, ...]):
     """Some columns of one Parquet row group, kept while the worker reads its rows one by one.
 
-    Checked before reading, as a compressed file can declare far more than it stores: the row group's
-    decompressed size must fit in memory. Its byte columns (audio, text) are read as dictionaries, so
-    that one value every row refers to (say an audio file) is held once, not copied into every row.
+    Checked before reading, as a compressed file can declare far more than it stores: what the row group's
+    columns take once read must fit in memory, by their decompressed size and by their count of values (a
+    run of one value, encoded as RLE, is a few bytes however long). Its byte columns (audio, text) are read
+    as dictionaries, so that one value every row refers to (say an audio file) is held once, not copied into
+    every row.
 
     Only the row group's own metadata is read: pyarrow's metadata of a column chunk whose statistics do
     not fit its schema ends the process (an uncaught C++ exception), where reading the chunk raises.
@@ -800,7 +811,9 @@ def _row_group(file: str, group: int, columns: tuple[str, ...]):
     _, pq = _pyarrow()
     with arrow_file(file) as f:
         parquet = pq.ParquetFile(f)
-        declared, memory = parquet.metadata.row_group(group).total_byte_size, physical_memory()
+        held = sum(values * (READ_BYTES_PER_VALUE + PARQUET_WIDTHS.get(kind, 8))
+                   for name, kind, values in column_values(file)[group] if name in columns)
+        declared, memory = max(parquet.metadata.row_group(group).total_byte_size, held), physical_memory()
         if memory and declared > memory // 2:
             raise MimiError(f"{file}: row group {group} declares {declared / 1e9:,.1f} GB once decompressed, more "
                             f"than half this machine's {memory / 1e9:.0f} GB; write it with smaller row groups")

@@ -1402,6 +1402,73 @@ def test_a_row_group_is_read_as_stored_and_checked_against_memory(tmp_path, weig
         sources._row_group(str(tmp_path / "one.parquet"), 0, ("audio",))
 
 
+def test_a_row_of_one_value_repeated_is_checked_by_its_count_of_values(tmp_path, weights_file, monkeypatch):
+    """A 700-byte Parquet file whose one row holds 10⁹ zero codes (RLE: a run is a few bytes) declared a
+    decompressed size of 95 bytes, passed the memory check and was read: 17 GB. Its count of values, read
+    from the footer (pyarrow's column metadata can end the process), now bounds it; here 4·10⁶ values against
+    a machine of 100 MB."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from mimi_cli import sources
+
+    values = 4_000_000
+    inner = pa.LargeListArray.from_arrays(np.array([0, values], np.int64), pa.array(np.zeros(values, np.int16)))
+    pq.write_table(pa.table({"codes": pa.ListArray.from_arrays(np.array([0, 1], np.int32), inner),
+                             "text": ["x"]}), tmp_path / "zeros.parquet", compression="zstd")
+    assert pq.ParquetFile(tmp_path / "zeros.parquet").metadata.row_group(0).total_byte_size < 1000
+    monkeypatch.setattr(sources, "physical_memory", lambda: 100 << 20)
+    with pytest.raises(MimiError, match=r"row group 0 declares 0\.1 GB once decompressed, more than half this "
+                                        "machine's 0 GB; write it with smaller row groups"):
+        sources._row_group(str(tmp_path / "zeros.parquet"), 0, ("codes",))
+    assert sources._row_group(str(tmp_path / "zeros.parquet"), 0, ("text",)).num_rows == 1  # 1 value: read
+
+
+def test_the_footers_counts_of_values_are_pyarrows(tmp_path):
+    """The hand-read footer (mimi_cli.parquet_footer) against pyarrow's metadata: every chunk's column, physical
+    type and count of values, in files of several row groups, nested lists, structs, nulls and every physical
+    type; damaged footers fail in one line."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from mimi_cli.parquet_footer import column_values
+
+    rng = np.random.default_rng(0)
+    rows = 50
+    table = pa.table({
+        "codes": [rng.integers(0, 2048, (2, int(rng.integers(0, 9)))).tolist() for _ in range(rows)],
+        "audio": [{"bytes": bytes(int(rng.integers(0, 99))), "path": f"{i}.wav"} if i % 7 else None
+                  for i in range(rows)],
+        "flag": [bool(i % 3) for i in range(rows)], "n": np.arange(rows, dtype=np.int64),
+        "x": rng.standard_normal(rows).astype(np.float32), "y": rng.standard_normal(rows),
+        "when": pa.array(np.arange(rows), pa.timestamp("ns")), "fixed": pa.array([b"abcd"] * rows, pa.binary(4)),
+        "text": [None if i % 5 == 0 else "é" * i for i in range(rows)]})
+    for group_rows, options in ((rows, {}), (7, {"compression": "zstd"}),
+                                (16, {"use_dictionary": False, "write_statistics": False}),
+                                (1, {"use_deprecated_int96_timestamps": True})):
+        path = tmp_path / "t.parquet"
+        pq.write_table(table, path, row_group_size=group_rows, **options)
+        column_values.cache_clear()
+        meta = pq.ParquetFile(path).metadata
+        physical = ("BOOLEAN", "INT32", "INT64", "INT96", "FLOAT", "DOUBLE", "BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY")
+        expected = [[(chunk.path_in_schema.split(".")[0], physical.index(chunk.physical_type), chunk.num_values)
+                     for chunk in map(meta.row_group(g).column, range(meta.num_columns))]
+                    for g in range(meta.num_row_groups)]
+        assert column_values(str(path)) == expected and len(expected) == -(-rows // group_rows)
+    data = path.read_bytes()
+    length = int.from_bytes(data[-8:-4], "little")
+    for name, damaged in (("cut", data[:-1]), ("short", b"PAR1"),
+                          ("long", data[:-8] + (len(data)).to_bytes(4, "little") + b"PAR1"),
+                          ("deep", b"PAR1" + b"\x1c" * 200 + b"\x00" * 200 + (400).to_bytes(4, "little") + b"PAR1"),
+                          ("huge list", data[:-8 - length] + b"\x19\xfc\xff\xff\xff\x0f" + (6).to_bytes(4, "little")
+                           + b"PAR1"),
+                          ("ends inside", data[:-8 - length] + data[-8 - length:-8 - length // 2]
+                           + (length - length // 2).to_bytes(4, "little") + b"PAR1")):
+        (tmp_path / f"{name}.parquet").write_bytes(damaged)
+        with pytest.raises(MimiError, match=r"Parquet footer \(.*\): the file is damaged; write it again"):
+            column_values(str(tmp_path / f"{name}.parquet"))
+
+
 def test_decoded_audio_saved_as_a_plain_struct(tmp_path, weights_file, reference, speech):
     """A dataset `map`ped to {"array", "sampling_rate"} (datasets' decoded form) and saved as a plain struct: the
     samples are read as they are (mono [N], stereo [2, N]), the same codes as the file; a bad row fails alone, a

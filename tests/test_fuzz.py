@@ -634,9 +634,10 @@ def _table_files(tables: list, folder: Path, form: str) -> list[bytes]:
 
 def _forget_tables() -> None:
     """The readers' caches of tables, which hold a file by its name: one name takes new bytes each time."""
+    from mimi_cli.parquet_footer import column_values
     from mimi_cli.sources import _arrow_table, _row_group, _row_group_starts, _table_shape
 
-    for cached in (_arrow_table, _row_group, _row_group_starts, _table_shape):
+    for cached in (_arrow_table, _row_group, _row_group_starts, _table_shape, column_values):
         cached.cache_clear()
 
 
