@@ -40,6 +40,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from mimi_cli.arrow_ipc import declared_bytes
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import (InvalidAudioError, InvalidCodesError, MimiError, counted, first_line, loads_json,
                              os_reason, physical_memory)
@@ -779,6 +780,11 @@ def _arrow_table(file: str):
     import pyarrow as pa
 
     source = pa.memory_map(native(file))
+    declared, memory = declared_bytes(source, file), physical_memory()  # its compressed buffers, once decompressed
+    if memory and declared > memory // 2:
+        raise MimiError(f"{file} declares {declared / 1e9:,.1f} GB once decompressed, more than half this machine's "
+                        f"{memory / 1e9:.0f} GB; write it without compression (as save_to_disk does) or in parts")
+    source.seek(0)
     try:
         table = pa.ipc.open_stream(source).read_all()
     except pa.ArrowInvalid:

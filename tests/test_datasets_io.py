@@ -1424,6 +1424,48 @@ def test_a_row_of_one_value_repeated_is_checked_by_its_count_of_values(tmp_path,
     assert sources._row_group(str(tmp_path / "zeros.parquet"), 0, ("text",)).num_rows == 1  # 1 value: read
 
 
+def test_an_arrow_files_compressed_buffers_are_checked_against_memory(tmp_path, monkeypatch):
+    """An Arrow IPC file (or stream) may hold its buffers compressed, and pyarrow decompresses them all as it
+    reads: 18 KB of zstd held 600 MB of zero codes, 62 KB 2 GB. What they take once decompressed, read from
+    each buffer's own length, must fit in half the memory, before they are read; the count is what pyarrow
+    allocates (dictionary batches and every batch of a file included), and nothing for buffers read in
+    place."""
+    pa = pytest.importorskip("pyarrow")
+    from mimi_cli import sources
+    from mimi_cli.arrow_ipc import declared_bytes
+
+    rng = np.random.default_rng(0)
+    codes = [rng.integers(0, 2048, (8, int(rng.integers(1, 400)))).tolist() for _ in range(30)]
+    table = pa.table({"codes": codes, "speaker": pa.array([f"s{i % 3}" for i in range(30)]).dictionary_encode(),
+                      "zeros": pa.array(np.zeros((30, 1000), np.int64).tolist())})
+    for compression in (None, "zstd", "lz4"):
+        for new in (pa.ipc.new_stream, pa.ipc.new_file):
+            path = tmp_path / f"{compression}-{new.__name__}.arrow"
+            with new(path, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
+                for part in (table.slice(0, 10), table.slice(10)):  # two record batches
+                    writer.write_table(part)
+            source = pa.memory_map(str(path))
+            declared = declared_bytes(source, str(path))
+            source.seek(0)
+            read = None  # the last table's buffers, freed before counting
+            before = pa.total_allocated_bytes()
+            read = (pa.ipc.open_file if new is pa.ipc.new_file else pa.ipc.open_stream)(source).read_all()
+            allocated = pa.total_allocated_bytes() - before
+            assert read.equals(table)
+            if compression is None:
+                assert declared == 0 and allocated < 4096
+            else:  # pyarrow pads each buffer it allocates to 64 bytes
+                assert declared <= allocated <= declared + 64 * 40, (declared, allocated)
+                assert declared > 30 * 1000 * 8 > path.stat().st_size / 4  # the zeros, and far more than stored
+    monkeypatch.setattr(sources, "physical_memory", lambda: 2 * declared - 2)
+    sources._arrow_table.cache_clear()
+    with pytest.raises(MimiError, match=r"lz4-new_file.arrow declares 0\.0 GB once decompressed, more than half this "
+                                        "machine's 0 GB; write it without compression"):
+        sources._arrow_table(str(path))
+    monkeypatch.setattr(sources, "physical_memory", lambda: 2 * declared)
+    assert sources._arrow_table(str(path)).num_rows == 30
+
+
 def test_the_footers_counts_of_values_are_pyarrows(tmp_path):
     """The hand-read footer (mimi_cli.parquet_footer) against pyarrow's metadata: every chunk's column, physical
     type and count of values, in files of several row groups, nested lists, structs, nulls and every physical

@@ -616,7 +616,8 @@ def test_fuzz_manifest_lines(tmp_path_factory):
 
 
 def _table_files(tables: list, folder: Path, form: str) -> list[bytes]:
-    """Each table as the bytes of a Parquet file or an Arrow IPC stream (what save_to_disk writes)."""
+    """Each table as the bytes of a Parquet file, or an Arrow IPC stream (what save_to_disk writes) and an IPC
+    file of compressed buffers."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -626,6 +627,9 @@ def _table_files(tables: list, folder: Path, form: str) -> list[bytes]:
         if form == "parquet":
             pq.write_table(table, seed)
         else:
+            with pa.ipc.new_file(seed, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+                writer.write_table(table)
+            seeds.append(seed.read_bytes())
             with pa.ipc.new_stream(seed, table.schema) as writer:
                 writer.write_table(table)
         seeds.append(seed.read_bytes())
