@@ -11,21 +11,21 @@ decompressed, so the total is known before anything is decompressed::
     DictionaryBatch  1: data (a RecordBatch)
 
 pyarrow reads the messages (``MessageReader``); their FlatBuffers are read here, every offset checked
-against the metadata's size, so that damaged bytes fail in one line.
+against the metadata's size, so that damaged bytes raise a ValueError, as pyarrow's own errors are, which its
+readers in :mod:`mimi_cli.sources` say in one line.
 """
 
 from __future__ import annotations
 
 import struct
 
-from mimi_cli.errors import MimiError, first_line
-
 # MessageHeader's union: the tables whose buffers a message's body holds
 DICTIONARY_BATCH, RECORD_BATCH = 2, 3
 
 
-class _Damaged(Exception):
-    pass
+class DamagedArrowError(ValueError):
+    """Metadata that points outside itself or its body: a ValueError, as pyarrow's own ArrowInvalid is, so that a
+    reader says it as it says those."""
 
 
 class _FlatBuffer:
@@ -36,7 +36,7 @@ class _FlatBuffer:
 
     def read(self, form: str, at: int):
         if not 0 <= at <= len(self.data) - struct.calcsize(form):
-            raise _Damaged("an offset beyond its metadata")
+            raise DamagedArrowError("an offset beyond its metadata")
         return struct.unpack_from(form, self.data, at)[0]
 
     def root(self) -> int:
@@ -78,28 +78,28 @@ def decompressed_bytes(metadata: bytes, body) -> int:
         if length == 0:
             continue
         if not (0 <= offset and 8 <= length and offset + length <= body.size):
-            raise _Damaged("a buffer beyond its body")
+            raise DamagedArrowError("a buffer beyond its body")
         total += max(0, int.from_bytes(body[offset:offset + 8].to_pybytes(), "little", signed=True))
     return total
 
 
-def declared_bytes(source, name: str) -> int:
+def declared_bytes(source) -> int:
     """What reading every batch of the Arrow IPC stream or file mapped in ``source`` (a ``pa.memory_map``)
     decompresses: a stream's messages in turn, as pyarrow's stream reader reads them; a file's, where its
-    footer's blocks point, as its file reader does."""
+    footer's blocks point, as its file reader does. A damaged file raises pyarrow's errors or
+    DamagedArrowError, ValueErrors both."""
     import pyarrow as pa
 
-    try:
+    source.seek(0)
+    if source.read(6) != FILE_MAGIC:
         source.seek(0)
-        if source.read(6) != FILE_MAGIC:
-            source.seek(0)
-            messages = pa.ipc.MessageReader.open_stream(source)
-        else:
-            messages = (_message_at(source, offset) for offset in _footer_blocks(source))
+        messages = pa.ipc.MessageReader.open_stream(source)
+    else:
+        messages = (_message_at(source, offset) for offset in _footer_blocks(source))
+    try:
         return sum(decompressed_bytes(m.metadata.to_pybytes(), m.body) for m in messages)
-    except (_Damaged, pa.ArrowException, EOFError, OSError, ValueError) as exc:  # pyarrow's on a damaged message
-        raise MimiError(f"cannot read {name} as an Arrow file ({first_line(exc) or type(exc).__name__}): the file "
-                        "is damaged; write it again") from None
+    except EOFError:  # pyarrow's, for a message cut short
+        raise DamagedArrowError("it ends inside a message") from None
 
 
 FILE_MAGIC = b"ARROW1"  # an IPC file: magic, padding, the stream, its footer, the footer's length, magic
@@ -110,11 +110,11 @@ def _footer_blocks(source) -> list[int]:
     2: dictionaries, 3: recordBatches, vectors of Block {offset: int64, metaDataLength: int32, bodyLength: int64})."""
     size = source.size()
     if size < 2 * len(FILE_MAGIC) + 4:
-        raise _Damaged("it is shorter than an Arrow file's magic numbers")
+        raise DamagedArrowError("it is shorter than an Arrow file's magic numbers")
     source.seek(size - len(FILE_MAGIC) - 4)
     length = int.from_bytes(source.read(4), "little", signed=True)
     if not 0 < length <= size - 2 * len(FILE_MAGIC) - 4:
-        raise _Damaged("its footer's length is beyond the file")
+        raise DamagedArrowError("its footer's length is beyond the file")
     source.seek(size - len(FILE_MAGIC) - 4 - length)
     fb = _FlatBuffer(source.read(length))
     footer, offsets = fb.root(), []
@@ -130,6 +130,6 @@ def _message_at(source, offset: int):
     import pyarrow as pa
 
     if not 0 <= offset < source.size():
-        raise _Damaged("a block beyond the file")
+        raise DamagedArrowError("a block beyond the file")
     source.seek(offset)
     return pa.ipc.read_message(source)

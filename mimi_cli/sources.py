@@ -780,7 +780,7 @@ def _arrow_table(file: str):
     import pyarrow as pa
 
     source = pa.memory_map(native(file))
-    declared, memory = declared_bytes(source, file), physical_memory()  # its compressed buffers, once decompressed
+    declared, memory = declared_bytes(source), physical_memory()  # its compressed buffers, once decompressed
     if memory and declared > memory // 2:
         raise MimiError(f"{file} declares {declared / 1e9:,.1f} GB once decompressed, more than half this machine's "
                         f"{memory / 1e9:.0f} GB; write it without compression (as save_to_disk does) or in parts")

@@ -1445,7 +1445,7 @@ def test_an_arrow_files_compressed_buffers_are_checked_against_memory(tmp_path, 
                 for part in (table.slice(0, 10), table.slice(10)):  # two record batches
                     writer.write_table(part)
             source = pa.memory_map(str(path))
-            declared = declared_bytes(source, str(path))
+            declared = declared_bytes(source)
             source.seek(0)
             read = None  # the last table's buffers, freed before counting
             before = pa.total_allocated_bytes()
