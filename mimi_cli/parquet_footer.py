@@ -16,7 +16,8 @@ The footer is a Thrift struct in the compact protocol, at the end of the file::
     ColumnMetaData 1: type (i32), 3: path_in_schema (list<string>), 5: num_values (i64)
 
 Every field is decoded generically (a struct as {field id: value}), each size checked against the bytes
-left, nesting at most :data:`MAX_DEPTH` deep, so that damaged bytes fail in one line.
+left, nesting at most :data:`MAX_DEPTH` deep, so that damaged bytes raise a ValueError, as pyarrow's own errors
+are, which its readers in :mod:`mimi_cli.sources` say in one line.
 """
 
 from __future__ import annotations
@@ -26,16 +27,15 @@ import struct
 from functools import lru_cache
 from pathlib import Path
 
-from mimi_cli.errors import MimiError
-
 MAGIC = b"PAR1"
 MAX_DEPTH = 64  # Parquet's footer nests 5 deep; a damaged one could nest without end
 # Compact protocol type ids (Thrift's TCompactProtocol).
 STOP, TRUE, FALSE, BYTE, I16, I32, I64, DOUBLE, BINARY, LIST, SET, MAP, STRUCT = range(13)
 
 
-class _Damaged(Exception):
-    pass
+class DamagedFooterError(ValueError):
+    """A footer that is not Parquet's: a ValueError, as pyarrow's own ArrowInvalid is, so that a reader says it
+    as it says those."""
 
 
 class _Reader:
@@ -46,7 +46,7 @@ class _Reader:
 
     def byte(self) -> int:
         if self.at >= len(self.data):
-            raise _Damaged("it ends inside a value")
+            raise DamagedFooterError("it ends inside a value")
         self.at += 1
         return self.data[self.at - 1]
 
@@ -59,7 +59,7 @@ class _Reader:
                 return value
             shift += 7
             if shift > 70:
-                raise _Damaged("a number of more than 10 bytes")
+                raise DamagedFooterError("a number of more than 10 bytes")
 
     def zigzag(self) -> int:
         n = self.varint()
@@ -69,12 +69,12 @@ class _Reader:
         """A count of items of at least ``each`` bytes, which must fit in the bytes left."""
         n = self.varint()
         if n * each > len(self.data) - self.at:
-            raise _Damaged(f"a size of {n:,} beyond its end")
+            raise DamagedFooterError(f"a size of {n:,} beyond its end")
         return n
 
     def value(self, kind: int, depth: int):
         if depth > MAX_DEPTH:
-            raise _Damaged(f"values nested more than {MAX_DEPTH} deep")
+            raise DamagedFooterError(f"values nested more than {MAX_DEPTH} deep")
         if kind in (TRUE, FALSE):  # a bool in a list or map is a byte of its own (1 true, else false)
             return kind == TRUE
         if kind == BYTE:
@@ -83,7 +83,7 @@ class _Reader:
             return self.zigzag()
         if kind == DOUBLE:
             if self.at + 8 > len(self.data):
-                raise _Damaged("it ends inside a value")
+                raise DamagedFooterError("it ends inside a value")
             self.at += 8
             return struct.unpack("<d", self.data[self.at - 8:self.at])[0]
         if kind == BINARY:
@@ -96,7 +96,7 @@ class _Reader:
             if n == 15:
                 n = self.size()
             elif n > len(self.data) - self.at:
-                raise _Damaged(f"a size of {n:,} beyond its end")
+                raise DamagedFooterError(f"a size of {n:,} beyond its end")
             return [self.byte() == 1 if item in (TRUE, FALSE) else self.value(item, depth + 1) for _ in range(n)]
         if kind == MAP:  # (none in Parquet's footer; an unknown field may be one) as a list of pairs
             n = self.size(2)
@@ -104,7 +104,7 @@ class _Reader:
             return [(self.value(types >> 4, depth + 1), self.value(types & 0x0F, depth + 1)) for _ in range(n)]
         if kind == STRUCT:
             return self.struct(depth + 1)
-        raise _Damaged(f"a value of unknown type {kind}")
+        raise DamagedFooterError(f"a value of unknown type {kind}")
 
     def struct(self, depth: int = 0) -> dict[int, object]:
         fields, last = {}, 0
@@ -120,29 +120,24 @@ class _Reader:
 
 def footer(path: Path | str) -> dict[int, object]:
     """The FileMetaData struct of the Parquet file at ``path``, as nested {field id: value}."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < 12:
-                raise _Damaged("it is shorter than a Parquet file's two magic numbers and footer length")
-            f.seek(size - 8)
-            tail = f.read(8)
-            length = int.from_bytes(tail[:4], "little")
-            if tail[4:] != MAGIC or length > size - 12:
-                raise _Damaged("its end is not a Parquet footer")
-            f.seek(size - 8 - length)
-            return _Reader(f.read(length)).struct()
-    except _Damaged as exc:
-        raise MimiError(f"cannot read {path}'s Parquet footer ({exc}): the file is damaged; write it again") from None
-    except OSError as exc:
-        raise MimiError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 12:
+            raise DamagedFooterError("it is shorter than a Parquet file's two magic numbers and footer length")
+        f.seek(size - 8)
+        tail = f.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        if tail[4:] != MAGIC or length > size - 12:
+            raise DamagedFooterError("its end is not a Parquet footer")
+        f.seek(size - 8 - length)
+        return _Reader(f.read(length)).struct()
 
 
 @lru_cache(maxsize=8)
 def column_values(path: str) -> list[list[tuple[str, int, int]]]:
     """For each row group of the Parquet file at ``path``, each column chunk's top-level column name, physical
     type (Parquet's Type: 0 BOOLEAN … 5 DOUBLE, 6 BYTE_ARRAY, 7 FIXED_LEN_BYTE_ARRAY) and declared number of
-    values (nulls and list levels included)."""
+    values (nulls and list levels included). A damaged footer raises DamagedFooterError."""
     groups = []
     try:
         for group in footer(path).get(4, []):
@@ -157,6 +152,5 @@ def column_values(path: str) -> list[list[tuple[str, int, int]]]:
                 chunks.append((name.decode("utf-8", "replace"), kind, values))
             groups.append(chunks)
     except (AttributeError, TypeError, LookupError) as exc:  # a field of another type than Parquet's
-        raise MimiError(f"cannot read {path}'s Parquet footer ({exc}): the file is damaged; write it again") \
-            from None
+        raise DamagedFooterError(f"its footer holds {exc}") from None
     return groups
