@@ -21,6 +21,7 @@ import struct
 
 # MessageHeader's union: the tables whose buffers a message's body holds
 DICTIONARY_BATCH, RECORD_BATCH = 2, 3
+FILE_MAGIC = b"ARROW1"  # an IPC file: magic, padding, the stream, its footer, the footer's length, magic
 
 
 class DamagedArrowError(ValueError):
@@ -100,9 +101,6 @@ def declared_bytes(source) -> int:
         return sum(decompressed_bytes(m.metadata.to_pybytes(), m.body) for m in messages)
     except EOFError:  # pyarrow's, for a message cut short
         raise DamagedArrowError("it ends inside a message") from None
-
-
-FILE_MAGIC = b"ARROW1"  # an IPC file: magic, padding, the stream, its footer, the footer's length, magic
 
 
 def _footer_blocks(source) -> list[int]:

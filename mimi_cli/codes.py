@@ -178,8 +178,8 @@ class CodesFile:
         def fail(problem: str) -> InvalidCodesError:
             return InvalidCodesError(f"{shown}: {problem}")
 
-        max_bytes, check = MAX_CHANNELS * config.num_codebooks * (MAX_NUM_SAMPLES // config.frame_size) * 8, \
-            _declared(config, fail)
+        max_bytes = MAX_CHANNELS * config.num_codebooks * (MAX_NUM_SAMPLES // config.frame_size) * 8
+        check = _declared(config, fail)
         try:
             if member is None:
                 array = _json_array(path, fail) if is_json_codes(path) else read_npy(path, max_bytes, check)
