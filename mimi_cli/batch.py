@@ -741,7 +741,7 @@ def _resumable(tasks: list[Task], s: Settings, input_ids: set, report: Report = 
         if task.skip:
             report("Reading back existing outputs", len(resumed), existing)
         problem = task.skip and made_otherwise(task, s, run_weights_id)
-        if problem and s.replace:
+        if problem and (s.replace or _not_regular(task.output)):  # a pipe, device or link: what -f refuses too
             check_output(task.output, True, input_ids)  # a regular file, not an input: the usual -f rules
             task = replace(task, skip=False, redo=True)
         elif problem:
@@ -753,6 +753,14 @@ def _resumable(tasks: list[Task], s: Settings, input_ids: set, report: Report = 
         raise MimiError(f"{many}{output} exists, made otherwise ({problem}): resume with the settings that made "
                         f"it, or add -f to {s.kind} such outputs again")
     return resumed
+
+
+def _not_regular(path: str) -> bool:
+    """Whether the existing output ``path`` is not a regular file (its ``lstat``: a link is one of those)."""
+    try:
+        return file_kind(os.lstat(path).st_mode) is not None
+    except (OSError, ValueError):
+        return False
 
 
 def _apart(first: Input, entry: Input) -> str:

@@ -456,14 +456,19 @@ def test_skip_existing_skips_only_outputs_this_run_would_write(corpus, weights_f
     refused = run("decode", out, "-r", "-o", audio, "--skip-existing", "--sample-rate", "16000", weights=weights_file)
     assert f"{audio / 'a.wav'} exists, made otherwise (it cannot be read back as audio (Format not recognised.))" \
         in refused.stderr, refused.stderr
-    # a pipe blocked the check's open, a link to /dev/zero was read for ever: each is said as what it is
-    for kind, make in (("a pipe (FIFO)", os.mkfifo), ("a device", lambda path: path.symlink_to("/dev/zero"))):
+    # a pipe blocked the check's open, a link to /dev/zero was read for ever: each is said as what it is, with
+    # what -f says of it (which it refuses too), not "add -f"
+    for said, make in (("is a pipe (FIFO); outputs are only ever regular files: to feed a program, give -",
+                        os.mkfifo),
+                       ("is a symbolic link to /dev/zero; outputs are only ever regular files: give a file name",
+                        lambda path: path.symlink_to("/dev/zero"))):
         (audio / "a.wav").unlink()
         make(audio / "a.wav")
-        refused = run("decode", out, "-r", "-o", audio, "--skip-existing", "--sample-rate", "16000",
-                      weights=weights_file)
-        assert refused.returncode == 1 and f"{audio / 'a.wav'} exists, made otherwise (it is {kind}, not an audio " \
-            "file)" in refused.stderr, refused.stderr
+        for force in ([], ["-f"]):
+            refused = run("decode", out, "-r", "-o", audio, "--skip-existing", "--sample-rate", "16000", *force,
+                          weights=weights_file)
+            assert refused.returncode == 1 and refused.stderr.startswith(f"error: {audio / 'a.wav'} {said}") \
+                and len(refused.stderr.splitlines()) == 1, refused.stderr
     (audio / "a.wav").unlink()
     (audio / "a.wav").write_text("not audio")
     # and in its comment tag the levels decoded (-n), batch or --stream, WAV or FLAC: another -n is refused too
