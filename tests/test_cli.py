@@ -327,6 +327,12 @@ def test_weights_from_a_local_copy_of_a_hub_repository(tmp_path, clip, weights_f
         assert result.returncode == 1 and not (tmp_path / "got.npz").exists()
         assert result.stderr == (f"error: weights folder {folder} (from $MIMI_WEIGHTS) holds {holds}; give a "
                                  f".safetensors file's path ({folder}/FILE), an .mlmodelc or an .mlpackage\n")
+    from mimi_cli.errors import WeightsError
+    from mimi_cli.models import codec_spec
+    from mimi_cli.weights.resolve import resolve_weights
+
+    with pytest.raises(WeightsError, match=r"give a \.safetensors file's path \(/FILE\),"):  # it said (//FILE)
+        resolve_weights("/", codec_spec("mimi"))
 
 
 def test_weights_from_a_hub_repository(tmp_path, clip, weights_file, monkeypatch):

@@ -111,7 +111,7 @@ def _in_folder(folder: Path, spec, origin: str) -> Path:
     holds = (f"{len(found)} .safetensors files ({', '.join(found[:4])}{', …' if len(found) > 4 else ''}), none "
              f"named {spec.hub_file} or model.safetensors" if found else "no .safetensors file and no Core ML model")
     raise WeightsError(f"weights folder {folder}{origin} holds {holds}; give a .safetensors file's path "
-                       f"({folder}/FILE), an .mlmodelc or an .mlpackage")
+                       f"({folder / 'FILE'}), an .mlmodelc or an .mlpackage")
 
 
 WEIGHTS_SUFFIXES = (".safetensors", ".mlmodelc", ".mlpackage", ".bin", ".pt", ".pth", ".ckpt")
