@@ -455,6 +455,8 @@ def test_an_npy_header_with_negative_sizes_is_refused(tmp_path):
     ("tensor<int32, [2]>([99999999999999999999, 0])", "which is not a tensor of int32 values"),
     ("tensor<int8, [2]>([300, 0])", "holds 300, beyond int8's range"),
     ("tensor<uint16, [2]>([-1, 0])", "holds -1, beyond uint16's range"),
+    ("tensor<uint4, [2]>([200, 0])", "holds 200, beyond uint4's range"),  # its own width, not its byte's
+    ("tensor<int4, [2]>([-9, 7])", "holds -9, beyond int4's range"),
 ])
 def test_an_integer_constant_that_no_integer_type_holds_is_refused(tmp_path, literal, expected):
     """`mimi run` of a program whose integer constant is nested, not whole or out of range: NumPy failed with a

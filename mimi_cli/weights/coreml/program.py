@@ -172,10 +172,11 @@ def _numbers(data, dtype: str) -> np.ndarray:
         raise WeightsError(f"a Core ML {dtype} constant holds {str(data)[:60]}, which is not a tensor of {dtype} "
                            "values; the program is damaged")
     if target.kind in "iu" and flat.size and flat.dtype.kind != "b":
-        bounds = np.iinfo(target)
+        bits = int(dtype.removeprefix("u").removeprefix("int"))  # its own width: uint4 is held in a byte
+        least, most = (0, 2 ** bits - 1) if dtype.startswith("u") else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
         low, high = int(flat.min()), int(flat.max())
-        if low < bounds.min or high > bounds.max:
-            raise WeightsError(f"a Core ML {dtype} constant holds {low if low < bounds.min else high}, beyond "
+        if low < least or high > most:
+            raise WeightsError(f"a Core ML {dtype} constant holds {low if low < least else high}, beyond "
                                f"{dtype}'s range; the program is damaged")
     return flat
 
