@@ -821,8 +821,9 @@ def _row_group(file: str, group: int, columns: tuple[str, ...]):
                    for name, kind, values in column_values(file)[group] if name in columns)
         declared, memory = max(parquet.metadata.row_group(group).total_byte_size, held), physical_memory()
         if memory and declared > memory // 2:
-            raise MimiError(f"{file}: row group {group} declares {declared / 1e9:,.1f} GB once decompressed, more "
-                            f"than half this machine's {memory / 1e9:.0f} GB; write it with smaller row groups")
+            raise MimiError(f"{file}: row group {group} takes {declared / 1e9:,.1f} GB once read, by what it "
+                            f"declares; more than half this machine's {memory / 1e9:.0f} GB: write it with smaller "
+                            "row groups")
         leaves = map(parquet.schema.column, range(len(parquet.schema)))
         as_dictionary = [leaf.path for leaf in leaves
                          if leaf.path.split(".")[0] in columns and leaf.physical_type == "BYTE_ARRAY"]

@@ -1398,7 +1398,7 @@ def test_a_row_group_is_read_as_stored_and_checked_against_memory(tmp_path, weig
         np.testing.assert_array_equal(np.array(row["codes"], np.uint16), codes["two"][0])
     sources._row_group.cache_clear()
     monkeypatch.setattr(sources, "physical_memory", lambda: 2 * len(clip))
-    with pytest.raises(MimiError, match="row group 0 declares 0.0 GB once decompressed, more than half"):
+    with pytest.raises(MimiError, match="row group 0 takes 0.0 GB once read, by what it declares; more than"):
         sources._row_group(str(tmp_path / "one.parquet"), 0, ("audio",))
 
 
@@ -1418,8 +1418,8 @@ def test_a_row_of_one_value_repeated_is_checked_by_its_count_of_values(tmp_path,
                              "text": ["x"]}), tmp_path / "zeros.parquet", compression="zstd")
     assert pq.ParquetFile(tmp_path / "zeros.parquet").metadata.row_group(0).total_byte_size < 1000
     monkeypatch.setattr(sources, "physical_memory", lambda: 100 << 20)
-    with pytest.raises(MimiError, match=r"row group 0 declares 0\.1 GB once decompressed, more than half this "
-                                        "machine's 0 GB; write it with smaller row groups"):
+    with pytest.raises(MimiError, match=r"row group 0 takes 0\.1 GB once read, by what it declares; more than half "
+                                        "this machine's 0 GB: write it with smaller row groups"):
         sources._row_group(str(tmp_path / "zeros.parquet"), 0, ("codes",))
     assert sources._row_group(str(tmp_path / "zeros.parquet"), 0, ("text",)).num_rows == 1  # 1 value: read
 
