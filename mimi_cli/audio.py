@@ -19,7 +19,8 @@ import numpy as np
 
 from mimi_cli.c_stderr import CaughtStderr
 from mimi_cli.errors import InvalidAudioError, over_memory, physical_memory
-from mimi_cli.fileio import Target, as_target, atomic_output, cannot_write, file_kind, holds, is_stdout, missing, native
+from mimi_cli.fileio import (Target, as_target, atomic_output, cannot_write, file_kind, head_holds, holds, is_stdout,
+                             missing, native)
 from mimi_cli.models.codec import MAX_PEAK
 
 
@@ -206,21 +207,66 @@ def open_with_ffmpeg(source, name, soundfile_reason: str, whole: bool = True):
             raise InvalidAudioError(f"{name} would be read only in part: {soundfile_reason}; install the ffmpeg "
                                     'extra, which reads all of it (pip install "mimi-cli[ffmpeg]"), or re-export '
                                     "it") from None
-        raise InvalidAudioError(f"cannot read {name} as audio ({soundfile_reason}); "
-                                f"{_what_to_give(source, ffmpeg=False)}") from None
+        raise _not_audio(name, soundfile_reason, _holds(source)) from None
     try:
         reader = FFmpegAudio(av.open(source if not isinstance(source, Path) else str(source)), name)
     except (av.FFmpegError, ValueError, StopIteration, IndexError) as exc:
-        raise InvalidAudioError(f"cannot read {name} as audio (libsndfile: {soundfile_reason}; FFmpeg: "
-                                f"{getattr(exc, 'strerror', None) or exc}); {_what_to_give(source)}") from None
+        raise _not_audio(name, soundfile_reason, _holds(source), getattr(exc, "strerror", None) or str(exc)) \
+            from None
     return checked_reader(reader, name)
 
 
-def _what_to_give(source, ffmpeg: bool = True) -> str:
-    """The advice after "cannot read X as audio"; a codes file or weights given where audio goes is named."""
+def _holds(source) -> str | None:
+    return holds(source) if isinstance(source, Path) else None  # bytes in memory: a member of a shard, a row
+
+
+def _not_audio(name, soundfile_reason: str, kind: str | None, ffmpeg_reason: str | None = None) -> InvalidAudioError:
+    """"cannot read NAME as audio (the readers' reasons); what to give", for data that holds ``kind``
+    (fileio.holds); ``ffmpeg_reason`` None: FFmpeg is not installed."""
+    if ffmpeg_reason is None:
+        return InvalidAudioError(f"cannot read {name} as audio ({soundfile_reason}); "
+                                 f"{_what_to_give(kind, ffmpeg=False)}")
+    return InvalidAudioError(f"cannot read {name} as audio (libsndfile: {soundfile_reason}; FFmpeg: "
+                             f"{ffmpeg_reason}); {_what_to_give(kind)}")
+
+
+def check_audio_head(head: bytes, name: str) -> None:
+    """Refuse data whose first bytes (``head``, of a pipe still coming: see fileio.readable) no reader here
+    opens as audio, with the error the whole would get: ``cat /dev/urandom | mimi encode -`` was kept until
+    the disk was full. A known audio signature passes at once (an MP4's index may stand at its end, beyond
+    these bytes); else libsndfile or FFmpeg must open them, as they open a file by its header."""
+    import soundfile as sf
+
+    from mimi_cli.libsndfile import SoundFile
+
+    kind = head_holds(head)
+    if (kind or "").startswith("audio") or head[4:8] == b"ftyp":
+        return
+    try:
+        with contextlib.closing(CaughtStderr()) as chatter, chatter.dropped():  # mpg123's words on what it skips
+            SoundFile(io.BytesIO(head)).close()
+        return
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        soundfile_reason = getattr(exc, "error_string", None) or str(exc)
+    try:
+        import av
+    except ImportError:
+        raise _not_audio(name, soundfile_reason, kind) from None
+    try:
+        with av.open(io.BytesIO(head)) as container:
+            if any(stream.type == "audio" for stream in container.streams):
+                return
+            reason = "no audio stream"
+    except (av.FFmpegError, ValueError, IndexError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+    raise _not_audio(name, soundfile_reason, kind, reason)
+
+
+def _what_to_give(kind: str | None, ffmpeg: bool = True) -> str:
+    """The advice after "cannot read X as audio", for data that holds ``kind`` (fileio.holds); a codes file or
+    weights given where audio goes is named."""
     formats = (f"or {FFMPEG_FORMATS}" if ffmpeg else
                f'or for {FFMPEG_FORMATS} install the ffmpeg extra: pip install "mimi-cli[ffmpeg]"')
-    kind = holds(source) if isinstance(source, Path) else None
     if not kind or kind.startswith("audio"):
         return f"give a WAV, FLAC, OGG or MP3 file, {formats}"
     then = (" (a list of files? give it with --inputs-from)" if kind == "text" else

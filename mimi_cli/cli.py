@@ -1079,11 +1079,11 @@ def run(
             results = program.predict(feeds, overflows)
             summary = "one call"
         else:
-            from mimi_cli.audio import read_audio, to_mono
+            from mimi_cli.audio import check_audio_head, read_audio, to_mono
             from mimi_cli.pipeline import conversion_notes
 
             name, audio_path = parse_assignment(stream, "--stream")
-            with readable(audio_path) as source:
+            with readable(audio_path, check_audio_head) as source:
                 audio = read_audio(source.path)
             rate = sample_rate or audio.sample_rate
             say = _Messages(quiet)

@@ -34,8 +34,8 @@ from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
 from mimi_cli.ecdc import check_streams, ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
 from mimi_cli.errors import (DATA_ERRORS, InvalidCodesError, counted, first_line, loads_json, malformed, os_reason,
                              physical_memory)
-from mimi_cli.fileio import (STDOUT, Target, as_target, atomic_output, file_kind, holds, is_folder, is_input_copy,
-                             missing, safetensors_head, zip_members)
+from mimi_cli.fileio import (STDOUT, Target, as_target, atomic_output, file_kind, head_holds, holds, is_folder,
+                             is_input_copy, missing, safetensors_head, zip_members)
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
 from mimi_cli.npy import HeaderCheck, InvalidArrayError, open_member, read_header, read_npy, read_npy_member
@@ -140,17 +140,7 @@ class CodesFile:
         if magic == b"\x93NUMPY":
             raise InvalidCodesError(f"{path} is a .npy array, not a codes file (.npz written by mimi encode)")
         if not magic.startswith(b"PK"):
-            kind = holds(path)
-            if kind and "pickle" in kind:
-                raise _pickled(path)
-            hint = f"; it holds {kind}" if kind else ""
-            if kind and "audio" in kind:
-                hint += ", which `mimi encode` turns into codes"
-            elif kind and "weights" in kind:
-                hint += ", which commands take as --weights and `mimi inspect` shows one file at a time"
-            raise InvalidCodesError(f"{path} is not a codes file (expected the .npz archive written by mimi "
-                                    f"encode, or an integer array: .npy, JSON, or one array in .npz or .safetensors)"
-                                    f"{hint}")
+            raise _not_codes(path, holds(path))
         try:
             with zipfile.ZipFile(path) as archive:
                 return cls._validated(path, archive, _read_members(path, archive))
@@ -556,7 +546,28 @@ def _lone_array(path: Path) -> zipfile.ZipInfo | None:
     return members[0] if len(members) == 1 and members[0].filename.endswith(".npy") else None
 
 
-def _pickled(path: Path) -> InvalidCodesError:
+def _not_codes(name: Target, kind: str | None) -> InvalidCodesError:
+    """What to say of data that is no codes file, holding ``kind`` (fileio.holds)."""
+    if kind and "pickle" in kind:
+        return _pickled(name)
+    hint = f"; it holds {kind}" if kind else ""
+    if kind and "audio" in kind:
+        hint += ", which `mimi encode` turns into codes"
+    elif kind and "weights" in kind:
+        hint += ", which commands take as --weights and `mimi inspect` shows one file at a time"
+    return InvalidCodesError(f"{name} is not a codes file (expected the .npz archive written by mimi encode, or an "
+                             f"integer array: .npy, JSON, or one array in .npz or .safetensors){hint}")
+
+
+def check_codes_head(head: bytes, name: str) -> None:
+    """Refuse data whose first bytes (``head``, of a pipe still coming: see fileio.readable) begin none of the
+    formats load_codes tells apart, with the error the whole would get: ``cat /dev/urandom | mimi decode -``
+    was kept until the disk was full."""
+    if not (head.startswith((b"PK", b"\x93NUMPY", ECDC_MAGIC)) or _json_start(head) or safetensors_head(head)):
+        raise _not_codes(name, head_holds(head))
+
+
+def _pickled(path: Target) -> InvalidCodesError:
     return InvalidCodesError(f"{path} is a pickle (what torch.save and pickle.dump write), which is never loaded: "
                              "loading one can run code; save the codes with np.save(path, codes.numpy()) or "
                              "safetensors' save_file")

@@ -39,7 +39,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -204,8 +204,13 @@ class Readable:
         return text if self.shown == str(self.path) else text.replace(str(self.path), self.shown)
 
 
+# What a pipe's first bytes must hold before the rest is kept (see readable): plenty for any reader to know a
+# format by its header, little enough to hold in memory.
+HEAD_BYTES = 1 << 20
+
+
 @contextlib.contextmanager
-def readable(path: Target) -> Iterator[Readable]:
+def readable(path: Target, head_check: Callable[[bytes, str], None] | None = None) -> Iterator[Readable]:
     """``path`` itself; or, for ``-`` (standard input) or a pipe (``<(command)``, a FIFO), a temporary copy.
 
     Audio readers, NumPy archives and the codes file's checks seek, and a pipe can be read only
@@ -214,6 +219,11 @@ def readable(path: Target) -> Iterator[Readable]:
     works on pipes too), in TMPDIR, and removed afterwards, whatever happens (on Linux it never has a
     name: see :func:`_scratch_file`). Errors raised inside the block
     name the input as given (``standard input``, ``/dev/fd/63``), not the copy.
+
+    A pipe may never end (``cat /dev/urandom |``): its copy would grow until the disk is full. So when more
+    than :data:`HEAD_BYTES` come, ``head_check(first bytes, shown name)`` first says whether they can begin
+    what the caller reads (raising its one-line error if not). A shorter input is copied whole, and its
+    reader says what it is.
     """
     stdin = str(path) == STDIN
     if not stdin and not is_pipe(Path(path)):
@@ -227,11 +237,12 @@ def readable(path: Target) -> Iterator[Readable]:
         try:
             copy = Readable(stack.enter_context(_scratch_file(folder, f"{INPUT_COPY}{secrets.token_hex(8)}")), shown)
             with open(copy.path, "wb") as f:
-                if stdin:
-                    shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-                else:
-                    with open(path, "rb") as source:
-                        shutil.copyfileobj(source, f, 1 << 20)
+                source = sys.stdin.buffer if stdin else stack.enter_context(open(path, "rb"))
+                head = _read_up_to(source, HEAD_BYTES)
+                if head_check is not None and len(head) == HEAD_BYTES:  # more may follow, without end
+                    head_check(head, shown)
+                f.write(head)
+                shutil.copyfileobj(source, f, 1 << 20)
         except OSError as exc:
             if exc.filename == str(path):
                 raise MimiError(f"cannot read {shown}: {os_reason(exc)}") from None
@@ -244,6 +255,15 @@ def readable(path: Target) -> Iterator[Readable]:
         except MimiError as exc:
             exc.args = (copy.named(str(exc)),)
             raise
+
+
+def _read_up_to(f, size: int) -> bytes:
+    """``size`` bytes of ``f``, fewer only at its end (a pipe's read may return fewer while more are coming)."""
+    blocks, count = [], 0
+    while count < size and (block := f.read(size - count)):
+        blocks.append(block)
+        count += len(block)
+    return b"".join(blocks)
 
 
 _SIGNATURES = ((b"RIFF", "audio (WAV)"), (b"fLaC", "audio (FLAC)"), (b"OggS", "audio (Ogg)"), (b"ID3", "audio (MP3)"),

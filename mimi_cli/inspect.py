@@ -255,14 +255,14 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
     them. ``progress(files or rows read, in all)`` is called after each of a folder's or table's. Standard input
     (``-``) and a pipe are read once, into a copy, as decode reads them."""
     from mimi_cli.batch import is_glob
-    from mimi_cli.codes import load_codes
+    from mimi_cli.codes import check_codes_head, load_codes
     from mimi_cli.ecdc import MAGIC
     from mimi_cli.models import codec_spec
     from mimi_cli.pipeline import codes_warnings
     from mimi_cli.sources import is_table
 
     if str(path) == STDIN or is_pipe(Path(path)):
-        with readable(path) as source:
+        with readable(path, check_codes_head) as source:
             if holds(source.path) == ".safetensors weights":  # said as --weights - or --weights <(cat w) is
                 raise WeightsError("weights are read from a file, not standard input: save them to a file and give "
                                    "its name" if str(path) == STDIN else f"weights {path} is a pipe (FIFO), not a "

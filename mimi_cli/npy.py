@@ -109,6 +109,12 @@ def read_header(f, size: int, shown: str) -> tuple[tuple[int, ...], bool, np.dty
     return shape, fortran, dtype
 
 
+def check_npy_head(head: bytes, name: str) -> None:
+    """Refuse data whose first bytes (``head``, of a pipe still coming: see fileio.readable) do not begin a
+    readable ``.npy`` header, with the error the whole would get."""
+    read_header(io.BytesIO(head), len(head), name)
+
+
 @functools.lru_cache(maxsize=256)
 def _parsed_header(version: tuple[int, int], header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     """NumPy's reading of a header (its length field and text), kept: NumPy parses the text as a Python

@@ -26,9 +26,9 @@ from typing import Literal, get_args
 import numpy as np
 
 from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audio, StreamResampler, audio_sink,
-                            check_audio_output, open_audio, read_blocks, read_open, reader_warnings, resample, rescaled,
-                            to_mono, write_audio)
-from mimi_cli.codes import MAX_CHANNELS, CodesFile, is_bare_array_path, load_codes
+                            check_audio_head, check_audio_output, open_audio, read_blocks, read_open, reader_warnings,
+                            resample, rescaled, to_mono, write_audio)
+from mimi_cli.codes import MAX_CHANNELS, CodesFile, check_codes_head, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
                              check_integer, check_path, counted, dumps_json, first_line, os_reason, out_of_memory,
@@ -560,9 +560,11 @@ class Worker:
         if task.skip or (self.settings.skip_existing and not task.redo and output_exists(task.output)):
             return skipped(task, self.settings)  # skipped when planned, or made since by another run
         step = {"encode": encode_file, "decode": decode_file, "roundtrip": roundtrip_file}[self.settings.kind]
+        head_check = check_codes_head if self.settings.kind == "decode" else check_audio_head
         try:
             name = str(task.input)  # an item is read from its container, never by its name (which may be "-")
-            with readable(task.input) if task.item is None else nullcontext(Readable(Path(name), name)) as source:
+            with (readable(task.input, head_check) if task.item is None else
+                  nullcontext(Readable(Path(name), name))) as source:
                 read = dataclasses.replace(task, input=source.path)
                 result = step(read, self.settings, self.models, report or no_report)
                 result.input, result.warnings = name, [source.named(w) for w in result.warnings]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -132,6 +133,25 @@ def run(*args, weights: Path | None = None, env_extra: dict | None = None, cwd: 
         env["MIMI_WEIGHTS"] = str(weights)
     return subprocess.run([sys.executable, "-m", "mimi_cli", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
+
+
+def run_on_an_endless_pipe(*args, weights: Path | None = None, cwd: Path | None = None,
+                           fill: bytes = bytes(1 << 16)) -> tuple[int, str, int]:
+    """``cat /dev/zero | mimi ARGS`` (``fill`` again and again, up to 64 MiB): the exit code, standard error and
+    how many bytes the run took before it ended."""
+    env = {k: v for k, v in os.environ.items() if k != "MIMI_WEIGHTS"}
+    env.update({"HF_HUB_OFFLINE": "1", "COLUMNS": "200", **({"MIMI_WEIGHTS": str(weights)} if weights else {})})
+    process = subprocess.Popen([sys.executable, "-m", "mimi_cli", *map(str, args)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env)
+    sent = 0
+    with contextlib.suppress(BrokenPipeError):  # the run ended, its end of the pipe with it
+        while sent < 64 << 20:  # the bound of a test: a run that reads it all was copying it all
+            process.stdin.write(fill)
+            sent += len(fill)
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.close()
+    stderr = process.stderr.read().decode()
+    return process.wait(timeout=300), stderr, sent
 
 
 # A worker that dies on a file (out of memory, or killed): an audit hook, imported by every process that

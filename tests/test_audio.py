@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import re
 import sys
 
 import numpy as np
@@ -112,6 +113,37 @@ def test_a_wav_whose_format_tag_no_decoder_knows(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(InvalidAudioError, match="Malformed 'fmt ' chunk.*FFmpeg: the audio stream has no decoder"):
         read_audio(path)
+
+
+def test_the_first_bytes_of_audio_pass_the_check_of_a_pipes_head(tmp_path):
+    """What fileio.readable asks of a pipe's first MiB before keeping the rest (check_audio_head): every format
+    the readers take passes on a part of its first bytes, as a pipe's head is. WAV, AIFF, FLAC, Ogg and MP3
+    with an ID3 tag by their signatures; AU, CAF, W64 and an MP3 of bare frames by libsndfile, ADTS AAC, WebM
+    and Matroska by FFmpeg, MP4 by its "ftyp" box (its index may stand at its end). What no reader opens
+    is refused with the error the whole file gets, naming what it holds."""
+    from conftest import ffmpeg_file
+
+    from mimi_cli.audio import check_audio_head
+
+    pcm = (np.random.default_rng(0).standard_normal(48000 * 4) * 0.1).astype(np.float32)
+    formats = ["wav", "aiff", "flac", "ogg", "mp3", "au", "caf", "w64"]
+    for suffix in formats:
+        sf.write(tmp_path / f"x.{suffix}", pcm, 48000)
+    assert (tmp_path / "x.mp3").read_bytes()[:1] == b"\xff"  # bare frames: no ID3 tag to know it by
+    if importlib.util.find_spec("av"):
+        for suffix, codec in (("aac", "aac"), ("m4a", "aac"), ("webm", "libopus"), ("mka", "pcm_s16le")):
+            ffmpeg_file(tmp_path / f"x.{suffix}", pcm, rate=48000, codec=codec)
+            formats.append(suffix)
+    for suffix in formats:
+        data = (tmp_path / f"x.{suffix}").read_bytes()
+        check_audio_head(data[:len(data) // 2], f"x.{suffix}")  # no error
+        read_audio(tmp_path / f"x.{suffix}")  # (each is a file the readers take whole)
+    np.savez(tmp_path / "codes.npz", codes=np.zeros((1, 8, 10), np.uint16))
+    for head, said in ((np.random.default_rng(1).bytes(1 << 16), "give a WAV, FLAC"), (bytes(1 << 16), "give a WAV"),
+                       (b"y\n" * (1 << 15), "it holds text, not audio"),
+                       ((tmp_path / "codes.npz").read_bytes(), "`mimi decode` reads codes")):
+        with pytest.raises(InvalidAudioError, match="^cannot read standard input as audio .*" + re.escape(said)):
+            check_audio_head(head, "standard input")
 
 
 def test_shared_speech_clips_read():

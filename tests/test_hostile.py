@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import codes_arrays, npz_with_codes_header, run
+from conftest import codes_arrays, npz_with_codes_header, run, run_on_an_endless_pipe
 from coreml_builder import varint, write_mlmodelc
 
 from mimi_cli.errors import InvalidCodesError, WeightsError
@@ -469,6 +469,18 @@ def test_an_integer_constant_that_no_integer_type_holds_is_refused(tmp_path, lit
     result = run("run", tmp_path / "m.mlmodelc", "--input", f"x={tmp_path / 'x.npy'}", "-o", tmp_path / "out.npz")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr, result.stderr
+    assert not (tmp_path / "out.npz").exists()
+
+
+@pytest.mark.parametrize("given", ["--input", "--stream"])
+def test_a_programs_input_from_an_endless_pipe_is_judged_by_its_first_bytes(tmp_path, given):
+    """``cat /dev/zero | mimi run m.mlmodelc --input x=-``: standard input was copied whole before it was read as
+    a .npy array (or as audio), so one that never ends was copied until the disk was full."""
+    model = _mil_model(tmp_path / "m.mlmodelc", "tensor<fp32, [1]> w = relu(x = x);")
+    code, stderr, sent = run_on_an_endless_pipe("run", model, given, "x=-", "-o", tmp_path / "out.npz")
+    expected = "standard input is not a .npy array" if given == "--input" else "cannot read standard input as audio"
+    assert code == 1 and expected in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert sent < 8 << 20, f"{sent:,} bytes were read"
     assert not (tmp_path / "out.npz").exists()
 
 

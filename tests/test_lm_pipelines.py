@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, run, speech_at
+from conftest import SAMPLE_AUDIO, run, run_on_an_endless_pipe, speech_at
 
 from mimi_cli.codes import CodesFile
 from mimi_cli.inspect import inspect_codes
@@ -646,6 +646,24 @@ def test_empty_stdin_is_one_line(tmp_path, weights_file):
     result = mimi("encode", "-", "-o", tmp_path / "x.npz", stdin=b"", weights=weights_file)
     assert result.returncode == 1 and b"standard input is empty" in result.stderr
     assert not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["encode", "-", "-o", "x.npz"], 1, "cannot read standard input as audio (libsndfile: "),
+    (["roundtrip", "-"], 1, "cannot read standard input as audio (libsndfile: "),
+    (["decode", "-", "-o", "x.wav"], 1, "standard input is not a codes file"),
+    (["inspect", "-"], 2, "standard input is not a codes file"),
+])
+@pytest.mark.parametrize("random", [True, False])
+def test_a_pipe_that_never_ends_is_judged_by_its_first_bytes(tmp_path, weights_file, args, code, message, random):
+    """``cat /dev/urandom | mimi encode -``: a pipe was copied whole before any reader looked at it, so one that
+    never ends was copied until the disk was full (TMPDIR's, at about 1 GB/s). Its first MiB is looked at now,
+    and the run ends having read little more than that."""
+    fill = np.random.default_rng(0).bytes(1 << 16) if random else bytes(1 << 16)
+    exit_code, stderr, sent = run_on_an_endless_pipe(*args, weights=weights_file, cwd=tmp_path, fill=fill)
+    assert exit_code == code and message in stderr and "Traceback" not in stderr, stderr
+    assert sent < 8 << 20, f"{sent:,} bytes were read"
+    assert not list(tmp_path.iterdir())
 
 
 def bash(command: str, weights) -> subprocess.CompletedProcess:

@@ -46,7 +46,7 @@ def read_feeds(program: CoreMLProgram, assignments: list[str], stream: str | Non
     any file is read (a file may be a pipe, gone once read): a name the program does not take, given twice
     or also as the ``--stream NAME=AUDIO``; standard input given more than once."""
     from mimi_cli.fileio import STDIN, readable
-    from mimi_cli.npy import read_npy
+    from mimi_cli.npy import check_npy_head, read_npy
 
     named = named_files(assignments, stream)
     parsed, streamed = named[:len(assignments)], named[len(assignments):]
@@ -64,7 +64,7 @@ def read_feeds(program: CoreMLProgram, assignments: list[str], stream: str | Non
         raise ProgramError("standard input can be read once: give '-' to one --input or --stream")
     feeds = {}
     for name, path in parsed:
-        with readable(path) as source:
+        with readable(path, check_npy_head) as source:
             feeds[name] = read_npy(source.path)
     return feeds
 
