@@ -1076,7 +1076,11 @@ def audio_writer(tmp: Path, path: Target, sample_rate: int, channels: int, comme
     ICMT, a FLAC's or Ogg's Vorbis comment): what made the audio, read back by ``--skip-existing``."""
     import soundfile as sf
 
-    f = sf.SoundFile(native(tmp), "w", sample_rate, channels, **audio_format(path))
+    file_format = audio_format(path)
+    reason = _beyond_encoder(file_format, sample_rate, channels)
+    if reason:  # (check_audio_output said so before any work)
+        raise InvalidAudioError(f"cannot write {path}: {reason}")
+    f = sf.SoundFile(native(tmp), "w", sample_rate, channels, **file_format)
     if comment:
         with contextlib.suppress(RuntimeError):  # a format without tags keeps none
             f.comment = comment
@@ -1137,6 +1141,29 @@ def audio_format(path: Target, folder_hint: bool = False) -> dict[str, str | Non
     return {"format": name, "subtype": subtype}
 
 
+# Encoders' limits that libsndfile does not check when it opens a file. Past libvorbis's, its encoder is set up
+# in part and the first samples written end the process with a segmentation fault; past FLAC's, the first
+# samples fail with "problem with initialization of the flac decoder".
+VORBIS_MAX_RATE = 200_000  # the highest rate of its encoder's setups
+VORBIS_MAX_CHANNELS = 255  # the count is one byte of its header
+FLAC_MAX_HERTZ_RATE = 65_535  # above it, a FLAC frame's header gives the rate in tens of Hz
+
+
+def _beyond_encoder(file_format: dict[str, str | None], sample_rate: int, channels: int) -> str | None:
+    """Why libsndfile's encoder of ``file_format`` (audio_format's) cannot take such audio, which libsndfile
+    opens without a word; None where it can."""
+    import soundfile as sf
+
+    if file_format["format"] == "OGG" and (file_format["subtype"] or sf.default_subtype("OGG")) == "VORBIS":
+        if sample_rate > VORBIS_MAX_RATE:
+            return f"Vorbis encodes at most {VORBIS_MAX_RATE:,} Hz"
+        if channels > VORBIS_MAX_CHANNELS:
+            return f"Vorbis holds at most {VORBIS_MAX_CHANNELS} channels"
+    if file_format["format"] == "FLAC" and sample_rate > FLAC_MAX_HERTZ_RATE and sample_rate % 10:
+        return f"FLAC holds a rate above {FLAC_MAX_HERTZ_RATE:,} Hz only in whole tens of Hz"
+    return None
+
+
 def check_audio_output(path: Target, sample_rate: int, channels: int) -> None:
     """Before any work: libsndfile can write ``path``'s format at this rate and channel count (a trial in memory)."""
     import io
@@ -1147,9 +1174,13 @@ def check_audio_output(path: Target, sample_rate: int, channels: int) -> None:
     check_rate(sample_rate, "cannot write audio at")
 
     def refusal(count: int) -> str | None:
+        reason = _beyond_encoder(file_format, sample_rate, count)
+        if reason:
+            return reason
         try:
-            with sf.SoundFile(io.BytesIO(), "w", sample_rate, count, **file_format):
-                return None
+            with sf.SoundFile(io.BytesIO(), "w", sample_rate, count, **file_format) as f:
+                f.write(np.zeros((1, count), np.float32))  # some encoders start (and check) at the first samples
+            return None
         except (sf.LibsndfileError, ValueError, TypeError) as exc:
             return getattr(exc, "error_string", str(exc)).removeprefix("Error : ")
 

@@ -1180,6 +1180,38 @@ def test_too_many_channels_for_a_format_is_said_as_such():
             check_audio_output(Path(name), rate, channels)
 
 
+def test_what_an_encoder_cannot_take_is_refused_before_any_work(codes, weights_file, tmp_path):
+    """libsndfile opens an Ogg Vorbis file at any rate and channel count, and libvorbis then ends the process on
+    the first samples past its limits: `mimi decode --sample-rate 250000 -o x.ogg` died of a segmentation fault,
+    after the decoding. FLAC at a rate above 65,535 Hz that is not whole tens of Hz failed after the decoding too,
+    in libsndfile's words about "the flac decoder"."""
+    import subprocess
+
+    from mimi_cli.audio import check_audio_output
+    from mimi_cli.errors import InvalidAudioError
+
+    for name, rate, channels in (("x.ogg", 200_000, 2), ("x.ogg", 24000, 255), ("x.flac", 96000, 1),
+                                 ("x.flac", 655_350, 1), ("x.opus", 48000, 2)):
+        check_audio_output(Path(name), rate, channels)  # what the encoders take passes
+    refused = [("x.ogg", 200_001, 1, r"cannot write OGG audio at 200001 Hz \(Vorbis encodes at most 200,000 Hz\)"),
+               ("x.oga", 768_000, 1, r"at 768000 Hz \(Vorbis encodes at most 200,000 Hz\); choose another"),
+               ("x.ogg", 24000, 256, r"of 256 channels \(Vorbis holds at most 255 channels\)"),
+               ("x.flac", 96001, 1, r"at 96001 Hz \(FLAC holds a rate above 65,535 Hz only in whole tens of Hz\)")]
+    for name, rate, channels, expected in refused:
+        with pytest.raises(InvalidAudioError, match=expected):
+            check_audio_output(Path(name), rate, channels)
+    for output, rate in (("x.ogg", "250000"), ("x.flac", "65536")):
+        result = run("decode", codes, "-o", tmp_path / output, "--sample-rate", rate, weights=weights_file)
+        one_line_error(result, f"cannot write {output[2:].upper()} audio at {rate} Hz")
+    # a library user's write is refused too, where it crashed (in a child process, which the crash ended)
+    child = ("import numpy as np; from mimi_cli.audio import write_audio; "
+             f"write_audio({str(tmp_path / 'y.ogg')!r}, np.zeros(4800, np.float32), 250000)")
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "InvalidAudioError: cannot write" in done.stderr, (done.returncode, done.stderr)
+    assert "Vorbis encodes at most 200,000 Hz" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_suffixes_that_are_not_format_names(codes, weights_file, tmp_path):
     """.opus is Opus in Ogg (libsndfile's OGG format with the OPUS subtype: it had no format of that name and was
     refused), .oga Ogg Vorbis, .aif AIFF; each read back as what its name says, as long as the codes say (Opus
