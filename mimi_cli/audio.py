@@ -1123,6 +1123,12 @@ def _beyond_size_limit(tmp: Path) -> bool:
 _SUFFIX_FORMATS = {".opus": ("OGG", "OPUS"), ".oga": ("OGG", None), ".aif": ("AIFF", None)}
 
 
+# Formats libsndfile writes and this tool does not. Sound Designer II keeps its header in a second file (._NAME,
+# a Mac resource fork) that libsndfile names after the file it writes: written atomically, that is
+# /proc/self/fd/N, and the write failed after all the work, leaving an empty "._" in the working folder.
+_NOT_WRITTEN = ("SD2",)
+
+
 def audio_format(path: Target, folder_hint: bool = False) -> dict[str, str | None]:
     """soundfile's ``format`` and ``subtype`` for ``path``'s extension (WAV for stdout), or an error naming the
     usable ones (a format with no default encoding, such as headerless RAW, is not one). ``folder_hint``: -o
@@ -1133,7 +1139,8 @@ def audio_format(path: Target, folder_hint: bool = False) -> dict[str, str | Non
         return {"format": "WAV", "subtype": None}
     suffix = path.suffix.lower()
     name, subtype = _SUFFIX_FORMATS.get(suffix, (suffix.lstrip(".").upper(), None))
-    if not name or name not in sf.available_formats() or (subtype is None and not sf.default_subtype(name)):
+    if not name or name not in sf.available_formats() or (subtype is None and not sf.default_subtype(name)) or \
+            name in _NOT_WRITTEN:
         folder = ", or end it with / for a folder" if folder_hint and not path.suffix else ""
         raise InvalidAudioError(f"cannot write audio as {path.suffix or 'a file without extension'}; "
                                 f"use .wav, .flac, .ogg, .opus or .mp3 (or another format libsndfile writes: .aiff, "

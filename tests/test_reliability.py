@@ -1146,13 +1146,18 @@ def test_audio_well_beyond_full_scale_is_encoded_with_a_warning(weights_file, tm
 
 
 def test_unwritable_format_and_rate_fail_before_decoding(codes, weights_file, tmp_path):
+    """Each refused before any work, nothing left anywhere. Sound Designer II (.sd2) keeps its header in a second
+    file that libsndfile names after the (temporary, unnamed) file it writes: it failed after the decoding with
+    "libsndfile: System error.", and left an empty "._" in the working folder."""
     for output, rate, expected in (("x.flac", "700000", "cannot write FLAC audio at 700000 Hz"),
                                    ("x.mp3", "7000", "cannot write MP3 audio at 7000 Hz"),
                                    ("x.opus", "44100", "cannot write OPUS audio at 44100 Hz (Opus only supports"),
+                                   ("x.sd2", "24000", "cannot write audio as .sd2; use .wav, .flac, .ogg, .opus"),
                                    ("x.raw", "24000", "cannot write audio as .raw; use .wav, .flac, .ogg, .opus")):
         if output.endswith(".mp3") and "MP3" not in sf.available_formats():
             continue
-        result = run("decode", codes, "-o", tmp_path / output, "--sample-rate", rate, weights=weights_file)
+        result = run("decode", codes, "-o", tmp_path / output, "--sample-rate", rate, weights=weights_file,
+                     cwd=tmp_path)
         one_line_error(result, expected)
     assert ".aiff, .au, .caf, .w64…" in result.stderr  # the formats the refusal names besides the usual five
     assert sorted(p.name for p in tmp_path.iterdir()) == []
