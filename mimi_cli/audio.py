@@ -1172,7 +1172,10 @@ def _beyond_encoder(file_format: dict[str, str | None], sample_rate: int, channe
 
 
 def check_audio_output(path: Target, sample_rate: int, channels: int) -> None:
-    """Before any work: libsndfile can write ``path``'s format at this rate and channel count (a trial in memory)."""
+    """Before any work: libsndfile can write ``path``'s format at this rate and channel count, and the file says
+    that rate and count when read (a trial in memory). Some formats hold other rates than they are given, without
+    a word: XI says 44,100 Hz and WVE 8,000 whatever was written (decoded speech played 1.8× too fast, or 3× too
+    slow), HTK a rate rounded to its 100 ns steps (24,038 Hz for 24,000)."""
     import io
 
     import soundfile as sf
@@ -1184,12 +1187,17 @@ def check_audio_output(path: Target, sample_rate: int, channels: int) -> None:
         reason = _beyond_encoder(file_format, sample_rate, count)
         if reason:
             return reason
+        trial = io.BytesIO()
         try:
-            with sf.SoundFile(io.BytesIO(), "w", sample_rate, count, **file_format) as f:
+            with sf.SoundFile(trial, "w", sample_rate, count, **file_format) as f:
                 f.write(np.zeros((1, count), np.float32))  # some encoders start (and check) at the first samples
-            return None
+            trial.seek(0)
+            written = sf.info(trial)
         except (sf.LibsndfileError, ValueError, TypeError) as exc:
             return getattr(exc, "error_string", str(exc)).removeprefix("Error : ")
+        if written.samplerate != sample_rate:
+            return f"the file would say {written.samplerate} Hz"
+        return None if written.channels == count else f"the file would say {written.channels} channels"
 
     reason = refusal(channels)
     if reason is None:

@@ -1189,23 +1189,28 @@ def test_what_an_encoder_cannot_take_is_refused_before_any_work(codes, weights_f
     """libsndfile opens an Ogg Vorbis file at any rate and channel count, and libvorbis then ends the process on
     the first samples past its limits: `mimi decode --sample-rate 250000 -o x.ogg` died of a segmentation fault,
     after the decoding. FLAC at a rate above 65,535 Hz that is not whole tens of Hz failed after the decoding too,
-    in libsndfile's words about "the flac decoder"."""
+    in libsndfile's words about "the flac decoder". And some formats hold another rate than they are given,
+    without a word: `-o x.xi` wrote 24 kHz audio in a file that says 44,100 Hz (played 1.8× too fast)."""
     import subprocess
 
     from mimi_cli.audio import check_audio_output
     from mimi_cli.errors import InvalidAudioError
 
     for name, rate, channels in (("x.ogg", 200_000, 2), ("x.ogg", 24000, 255), ("x.flac", 96000, 1),
-                                 ("x.flac", 655_350, 1), ("x.opus", 48000, 2)):
+                                 ("x.flac", 655_350, 1), ("x.opus", 48000, 2), ("x.opus", 12000, 1),
+                                 ("x.htk", 10000, 1)):
         check_audio_output(Path(name), rate, channels)  # what the encoders take passes
     refused = [("x.ogg", 200_001, 1, r"cannot write OGG audio at 200001 Hz \(Vorbis encodes at most 200,000 Hz\)"),
                ("x.oga", 768_000, 1, r"at 768000 Hz \(Vorbis encodes at most 200,000 Hz\); choose another"),
                ("x.ogg", 24000, 256, r"of 256 channels \(Vorbis holds at most 255 channels\)"),
-               ("x.flac", 96001, 1, r"at 96001 Hz \(FLAC holds a rate above 65,535 Hz only in whole tens of Hz\)")]
+               ("x.flac", 96001, 1, r"at 96001 Hz \(FLAC holds a rate above 65,535 Hz only in whole tens of Hz\)"),
+               ("x.xi", 24000, 1, r"cannot write XI audio at 24000 Hz \(the file would say 44100 Hz\)"),
+               ("x.wve", 24000, 1, r"\(the file would say 8000 Hz\)"),
+               ("x.htk", 24000, 1, r"\(the file would say 24038 Hz\)")]
     for name, rate, channels, expected in refused:
         with pytest.raises(InvalidAudioError, match=expected):
             check_audio_output(Path(name), rate, channels)
-    for output, rate in (("x.ogg", "250000"), ("x.flac", "65536")):
+    for output, rate in (("x.ogg", "250000"), ("x.flac", "65536"), ("x.xi", "24000")):
         result = run("decode", codes, "-o", tmp_path / output, "--sample-rate", rate, weights=weights_file)
         one_line_error(result, f"cannot write {output[2:].upper()} audio at {rate} Hz")
     # a library user's write is refused too, where it crashed (in a child process, which the crash ended)
