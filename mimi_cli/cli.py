@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import math
 import os
@@ -1277,12 +1278,44 @@ def _hold_standard_descriptors() -> None:
             sys.stderr = open(2, "w", errors="backslashreplace", closefd=False)
 
 
+@contextlib.contextmanager
+def _output_apart() -> Iterator[None]:
+    """Standard output carries the command's output alone. C libraries print on descriptor 1: libsndfile's reader
+    of MIDI sample dumps (.sds) prints "Error A : 04" for a damaged block, which went into the codes `-o -`
+    wrote (a file NumPy then refused) and into `roundtrip --json`'s JSON. So while the command runs, Python's
+    ``sys.stdout`` writes to a descriptor of its own, and descriptor 1 is standard error's, where such words
+    belong; both are put back afterwards."""
+    given = sys.stdout
+    try:
+        if given is None or given.fileno() != 1:  # closed (>&-), or a stand-in (a test's): left as it is
+            yield
+            return
+        given.flush()
+        own = os.dup(1)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        raw = not isinstance(given.buffer, io.BufferedIOBase)  # python -u, PYTHONUNBUFFERED: unbuffered throughout
+        sys.stdout = io.TextIOWrapper(open(own, "wb", buffering=0 if raw else -1, closefd=False), given.encoding,
+                                      given.errors, line_buffering=given.line_buffering, write_through=raw)
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        sys.stdout = given
+        os.dup2(own, 1)
+        os.close(own)
+
+
 def main() -> None:
     _hold_standard_descriptors()
     _usable_width()
     diagnostics = sys.stderr = _Diagnostics(sys.stderr)
     try:
-        _command(diagnostics)
+        with _output_apart():
+            _command(diagnostics)
     finally:
         sys.stderr = diagnostics._stream
 

@@ -579,6 +579,27 @@ def test_stdin_and_stdout_in_both_directions(tmp_path, weights_file, dialogue, e
     assert from_array.returncode == 0, from_array.stderr
 
 
+def test_what_a_c_library_prints_never_reaches_standard_output(tmp_path, weights_file):
+    """libsndfile's reader of MIDI sample dumps (.sds) prints "Error A : 04" on descriptor 1 for a data packet that
+    does not begin as one. It went into the codes `mimi encode x.sds -o -` wrote (which NumPy then refused) and
+    into `roundtrip --json`'s JSON; it goes to standard error now."""
+    import io
+
+    path = tmp_path / "x.sds"
+    sf.write(path, np.sin(np.arange(2000, dtype=np.float32) / 7) * 0.4, 16000, format="SDS")
+    data = bytearray(path.read_bytes())
+    packet = 21 + 36 * 127  # the 37th data packet, after the 21-byte header: F0 7E, channel, 02, number, data…
+    assert data[packet:packet + 2] == b"\xf0\x7e"
+    data[packet] = 0x04
+    path.write_bytes(bytes(data))
+    encoded = mimi("encode", path, "-o", "-", weights=weights_file)
+    assert encoded.returncode == 0 and b"Error A : 04" in encoded.stderr, encoded.stderr
+    with np.load(io.BytesIO(encoded.stdout), allow_pickle=False) as npz:
+        assert npz["codes"].shape[:2] == (1, 8)
+    metrics = mimi("roundtrip", path, "--json", weights=weights_file)
+    assert metrics.returncode == 0 and json.loads(metrics.stdout)["input"] == str(path), metrics.stdout[:80]
+
+
 def test_a_wav_whose_writer_could_not_seek_back(tmp_path, weights_file, dialogue, encoded):
     """`sox in.flac -t wav - tempo 1.1 | mimi encode -`: a WAV written to a pipe says 0 (or sox's 0x7ffff000)
     for its length; it was "no audio samples" (or "truncated"); now it is the same codes as the file's."""
