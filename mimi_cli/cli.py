@@ -1285,28 +1285,36 @@ def _output_apart() -> Iterator[None]:
     wrote (a file NumPy then refused) and into `roundtrip --json`'s JSON. So while the command runs, Python's
     ``sys.stdout`` writes to a descriptor of its own, and descriptor 1 is standard error's, where such words
     belong; both are put back afterwards."""
-    given = sys.stdout
-    try:
-        if given is None or given.fileno() != 1:  # closed (>&-), or a stand-in (a test's): left as it is
-            yield
-            return
-        given.flush()
-        own = os.dup(1)
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+    given, apart = sys.stdout, _stdout_on_its_own(sys.stdout)
+    if apart is None:  # closed (>&-), or a stand-in (a test's): left as it is
         yield
         return
+    own = apart.fileno()
     try:
         os.dup2(2, 1)
-        raw = not isinstance(given.buffer, io.BufferedIOBase)  # python -u, PYTHONUNBUFFERED: unbuffered throughout
-        sys.stdout = io.TextIOWrapper(open(own, "wb", buffering=0 if raw else -1, closefd=False), given.encoding,
-                                      given.errors, line_buffering=given.line_buffering, write_through=raw)
+        sys.stdout = apart
         yield
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
         sys.stdout = given
+        with contextlib.suppress(OSError, ValueError):  # a reader gone (| head): what is left goes nowhere
+            apart.close()  # (its descriptor stays open: closefd=False)
         os.dup2(own, 1)
         os.close(own)
+
+
+def _stdout_on_its_own(given) -> io.TextIOWrapper | None:
+    """A text stream like ``given`` (the real standard output, descriptor 1) over a duplicate of its descriptor;
+    None where there is none to be had."""
+    try:
+        if given is None or given.fileno() != 1:
+            return None
+        given.flush()
+        raw = not isinstance(given.buffer, io.BufferedIOBase)  # python -u, PYTHONUNBUFFERED: unbuffered throughout
+        own = os.dup(1)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    return io.TextIOWrapper(open(own, "wb", buffering=0 if raw else -1, closefd=False), given.encoding,
+                            given.errors, line_buffering=given.line_buffering, write_through=raw)
 
 
 def main() -> None:
