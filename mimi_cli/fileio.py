@@ -236,8 +236,8 @@ def readable(path: Target, head_check: Callable[[bytes, str], None] | None = Non
     with contextlib.ExitStack() as stack:
         try:
             copy = Readable(stack.enter_context(_scratch_file(folder, f"{INPUT_COPY}{secrets.token_hex(8)}")), shown)
-            with open(copy.path, "wb") as f:
-                source = sys.stdin.buffer if stdin else stack.enter_context(open(path, "rb"))
+            with open(copy.path, "wb") as f, \
+                    (contextlib.nullcontext(sys.stdin.buffer) if stdin else open(path, "rb")) as source:
                 head = _read_up_to(source, HEAD_BYTES)
                 if head_check is not None and len(head) == HEAD_BYTES:  # more may follow, without end
                     head_check(head, shown)
