@@ -352,11 +352,12 @@ def native(path: Path | str) -> bytes:
 
 
 def file_ids(paths: Iterable[Path]) -> set[tuple[int, int]]:
-    """(device, inode) of each existing path (links followed): what makes two names the same file."""
+    """(device, inode) of each existing path (links followed): what makes two names the same file. ``-`` is
+    standard input's: a file the shell opened (``< take.wav``) is an input as much as one named."""
     ids = set()
     for path in paths:
-        with contextlib.suppress(OSError, ValueError):
-            st = os.stat(path)
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # (AttributeError: stdin closed, None)
+            st = os.fstat(sys.stdin.fileno()) if str(path) == STDIN else os.stat(path)
             ids.add((st.st_dev, st.st_ino))
     return ids
 

@@ -159,6 +159,26 @@ def test_an_input_is_never_its_own_output(clip, weights_file, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_standard_input_from_a_file_is_never_its_own_output(clip, codes, weights_file, tmp_path):
+    """`mimi roundtrip - -o take.wav -f < take.wav` replaced the recording with its round trip, where `mimi
+    roundtrip take.wav -o take.wav -f` is refused: the file the shell gives as standard input is an input too."""
+    source = tmp_path / "take.wav"
+    source.write_bytes(clip.read_bytes())
+    shutil.copy(codes, tmp_path / "c.npz")
+    os.link(tmp_path / "c.npz", tmp_path / "same.wav")  # another name for the codes file
+    cases = [(source, ("roundtrip", "-", "-o", source, "-f")), (source, ("encode", "-", "-o", source, "-f")),
+             (tmp_path / "c.npz", ("decode", "-", "-o", tmp_path / "same.wav", "-f"))]
+    for given, args in cases:
+        before = given.read_bytes()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)}
+        with open(given, "rb") as stdin:
+            result = subprocess.run([sys.executable, "-m", "mimi_cli", *map(str, args)], stdin=stdin,
+                                    capture_output=True, text=True, env=env, timeout=300)
+        one_line_error(result, "is also an input of this run and would be destroyed")
+        assert given.read_bytes() == before, args
+    assert leftovers(tmp_path) == []
+
+
 def test_the_weights_are_never_an_output(clip, codes, weights_file, tmp_path):
     """A --manifest (any name) given the weights' name, with -f, replaced a 385 MB checkpoint with a line of
     JSON: the weights (--weights, each codec's environment variable, every file of a Core ML folder) are
