@@ -175,7 +175,8 @@ def plan(job: Job, report: Report = no_report) -> Plan:
     single = one_file and not batch_only
     if single and found[0].path != Path(STDIN) and (problem := missing(found[0].path)) is not None:
         raise MimiError(f"{found[0].path} {problem}")  # said before its output's problems, as cp says them
-    named = [Path(p) for p in (*job.inputs, *job.manifests) if p != STDIN]  # a manifest's items name audio files
+    # a manifest's items name audio files; "-", standard input, is the file the shell gave there (< list.jsonl)
+    named = [Path(p) for p in (*job.inputs, *job.manifests)]
     inputs = file_ids([*named, *(Path(entry.item.container) if entry.item else entry.path for entry in found),
                        *weights_files(s.weights, CODECS.values())])
     found, shard_note = take_shard(found, job.shard)  # the other parts' inputs are still this run's, never written

@@ -161,13 +161,16 @@ def test_an_input_is_never_its_own_output(clip, weights_file, tmp_path):
 
 def test_standard_input_from_a_file_is_never_its_own_output(clip, codes, weights_file, tmp_path):
     """`mimi roundtrip - -o take.wav -f < take.wav` replaced the recording with its round trip, where `mimi
-    roundtrip take.wav -o take.wav -f` is refused: the file the shell gives as standard input is an input too."""
-    source = tmp_path / "take.wav"
+    roundtrip take.wav -o take.wav -f` is refused, and `--inputs-from - --manifest list.jsonl -f < list.jsonl`
+    the list with the manifest: the file the shell gives as standard input is an input too."""
+    source, listing = tmp_path / "take.wav", tmp_path / "list.jsonl"
     source.write_bytes(clip.read_bytes())
+    listing.write_text(json.dumps({"audio_filepath": str(source)}) + "\n")
     shutil.copy(codes, tmp_path / "c.npz")
     os.link(tmp_path / "c.npz", tmp_path / "same.wav")  # another name for the codes file
     cases = [(source, ("roundtrip", "-", "-o", source, "-f")), (source, ("encode", "-", "-o", source, "-f")),
-             (tmp_path / "c.npz", ("decode", "-", "-o", tmp_path / "same.wav", "-f"))]
+             (tmp_path / "c.npz", ("decode", "-", "-o", tmp_path / "same.wav", "-f")),
+             (listing, ("encode", "--inputs-from", "-", "-o", tmp_path / "out", "--manifest", listing, "-f"))]
     for given, args in cases:
         before = given.read_bytes()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)}
