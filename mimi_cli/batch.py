@@ -41,9 +41,10 @@ from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
 from mimi_cli.errors import (MimiError, OutputExistsError, UnnamableOutputError, check_flag, check_integer, check_path,
                              counted, dumps_json, first_line, os_reason, physical_memory, shell_word)
-from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_suffix, either,
-                             file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe, is_stdout, local_path,
-                             missing, names_folder, output_exists, remove_temporaries, stdout_closed, url)
+from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_stdout_apart,
+                             check_suffix, either, file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe,
+                             is_stdout, local_path, missing, names_folder, output_exists, remove_temporaries,
+                             stdout_closed, url)
 from mimi_cli.models import BASE_BYTES, CODECS, codec_spec
 from mimi_cli.pipeline import FileResult, Report, Settings, Task, Worker, made_otherwise, no_report, skipped
 from mimi_cli.plot import PLOT_SUFFIXES
@@ -973,7 +974,9 @@ def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1, threa
         raise MimiError(f"--plot writes {either(PLOT_SUFFIXES)}, not {given}")
     _read_here([str(entry.path) for entry in found if entry.item is None], jobs)
     workers, per_worker, notes = _workers(jobs, len(found), "local", threads)
-    ids = file_ids(entry.path for entry in found) if output is not None or plot is not None else set()  # once
+    ids = file_ids([*(entry.path if entry.item is None else Path(entry.item.container) for entry in found),
+                    *weights_files(settings.weights, CODECS.values())])  # once
+    check_stdout_apart(ids)  # where the report goes
     audio = _roundtrip_outputs(found, one_file, output, "-o", ".wav", settings.replace, ids, _check_audio_name)
     plots = _roundtrip_outputs(found, one_file, plot, "--plot", ".png", settings.replace, ids)
     tasks = [Task(entry.path, target, item=entry.item, plot=None if image is None else Path(image), new_folder=True)

@@ -849,6 +849,7 @@ def inspect_weights(
         from mimi_cli.inspect import inspect_weights as inspect
 
         path = _weights_source(name)
+        _report_apart(path, *(path.rglob("*") if path.is_dir() else []))  # a Core ML folder's files
         with _Messages(quiet=as_json).progress_fraction("Reading tensors") as update:
             report = inspect(path, pattern, stats=not no_stats, progress=update)
     if as_json:
@@ -861,6 +862,13 @@ def inspect_weights(
 
 
 app.command("inspect-weights")(inspect_weights)
+
+
+def _report_apart(*inputs: str | Path) -> None:
+    """A report (standard output) is never appended into what it reports on (fileio.check_stdout_apart)."""
+    from mimi_cli.fileio import check_stdout_apart, file_ids
+
+    check_stdout_apart(file_ids(map(Path, inputs)))
 
 
 @app.command("inspect")
@@ -898,6 +906,7 @@ def inspect_any(
     if pattern is not None or no_stats:
         _fail("--filter and --no-stats are for weights; a codes file is shown whole", code=2)
     with _user_errors():
+        _report_apart(name)
         try:
             with _Messages(quiet=as_json).progress_fraction("Reading codes") as update:
                 report = inspect_codes(name, codec, codes_column, update)

@@ -438,6 +438,7 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
             raise MimiError("standard output is closed; redirect it (> file, | program) or give -o FILE")
         if sys.stdout.isatty():
             raise MimiError("standard output is a terminal; redirect it (> file, | program) or give -o FILE")
+        check_stdout_apart(inputs)
         temporary_folder("writing to standard output")  # (where it is kept until complete: see atomic_output)
         return
     try:
@@ -470,6 +471,19 @@ def check_output(path: Target, replace: bool, inputs: set[tuple[int, int]] = fro
     if len(os.fsencode(path.name)) > limit:
         raise cannot_write(path, f"the name is {len(os.fsencode(path.name))} bytes long, and this file system "
                                  f"allows {limit}; choose a shorter name")
+
+
+def check_stdout_apart(inputs: set[tuple[int, int]]) -> None:
+    """Refuse, before any work, a standard output redirected into one of the run's inputs (``inputs``: their
+    :func:`file_ids`): `mimi decode a.npz -o - >> a.npz` appended the audio to the codes it read, which then
+    no longer opened, and a report appended to weights spoils them alike (as ``cat a >> a`` is refused)."""
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # closed, or a stand-in (a test's)
+        return
+    if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in inputs:
+        raise MimiError("standard output goes into a file that is an input of this run, which the output would "
+                        "spoil; redirect it to another file")
 
 
 def _folder_problem(folder: Path, create_parents: bool) -> tuple[str | OSError | None, int]:

@@ -182,6 +182,31 @@ def test_standard_input_from_a_file_is_never_its_own_output(clip, codes, weights
     assert leftovers(tmp_path) == []
 
 
+def test_standard_output_is_never_appended_into_an_input(clip, codes, weights_file, tmp_path):
+    """`mimi decode a.npz -o - >> a.npz` appended the audio to the codes it had read (a zip whose directory is
+    then not at its end: it no longer opened), `mimi roundtrip take.wav >> take.wav` its report to the audio,
+    `mimi inspect-weights w.safetensors >> w.safetensors` a table to the weights. Each is refused before any
+    work, as `cat a >> a` is."""
+    take, weights = tmp_path / "take.wav", tmp_path / "w.safetensors"
+    take.write_bytes(clip.read_bytes())
+    shutil.copy(codes, tmp_path / "a.npz")
+    os.link(weights_file, weights)
+    cases = [(tmp_path / "a.npz", ("decode", tmp_path / "a.npz", "-o", "-")), (take, ("encode", take, "-o", "-")),
+             (take, ("roundtrip", take)), (take, ("roundtrip", take, "--json")),
+             (weights, ("roundtrip", take, "--weights", weights)),
+             (tmp_path / "a.npz", ("inspect", tmp_path / "a.npz")), (weights, ("inspect-weights", weights))]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)}
+    for target, args in cases:
+        before = target.read_bytes()
+        with open(target, "ab") as stdout:
+            result = subprocess.run([sys.executable, "-m", "mimi_cli", *map(str, args)], stdout=stdout,
+                                    stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+        result.stdout = ""  # (it went into the file)
+        one_line_error(result, "standard output goes into a file that is an input of this run")
+        assert target.read_bytes() == before, args
+    assert leftovers(tmp_path) == []
+
+
 def test_the_weights_are_never_an_output(clip, codes, weights_file, tmp_path):
     """A --manifest (any name) given the weights' name, with -f, replaced a 385 MB checkpoint with a line of
     JSON: the weights (--weights, each codec's environment variable, every file of a Core ML folder) are
