@@ -191,7 +191,7 @@ def plan(job: Job, report: Report = no_report) -> Plan:
         tasks = _resumable(tasks, s, inputs, report)
     for extra, label in ((job.manifest, "--manifest"), (job.parquet, "--parquet")):
         if is_stdout(extra):
-            _check_extra_to_stdout(label, tasks)
+            _check_extra_to_stdout(label, tasks, inputs)
         elif extra is not None and "://" not in extra:
             _check_extra_output(extra, label, s.replace or job.skip_existing, inputs, tasks, job.shard)
     if job.parquet is not None and "://" in job.parquet:
@@ -788,9 +788,10 @@ def _apart(first: Input, entry: Input) -> str:
     return "two containers of the same name: encode them in two runs, with two -o folders"
 
 
-def _check_extra_to_stdout(label: str, tasks: list[Task]) -> None:
+def _check_extra_to_stdout(label: str, tasks: list[Task], inputs: set) -> None:
     """``--manifest -``: the manifest's lines to standard output (once the run is over, whole, as ``-o -`` writes),
-    where nothing else of the run goes; ``--parquet -`` is refused: shards fill a folder."""
+    where nothing else of the run goes, nor into an input (``inputs``: their file_ids); ``--parquet -`` is
+    refused: shards fill a folder."""
     if label == "--parquet":
         raise MimiError("--parquet writes shards into a folder or a store (--parquet DIR, s3://bucket/codes), not to "
                         "standard output")
@@ -798,6 +799,7 @@ def _check_extra_to_stdout(label: str, tasks: list[Task]) -> None:
         raise MimiError("-o - and --manifest - would both write to standard output; give the manifest a file name")
     if stdout_closed():
         raise MimiError("--manifest -: standard output is closed; redirect it (> file, | program) or give a file name")
+    check_stdout_apart(inputs)
 
 
 def _check_extra_output(name: str, label: str, replace_ok: bool, inputs: set, tasks: list[Task],

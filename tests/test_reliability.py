@@ -185,8 +185,8 @@ def test_standard_input_from_a_file_is_never_its_own_output(clip, codes, weights
 def test_standard_output_is_never_appended_into_an_input(clip, codes, weights_file, tmp_path):
     """`mimi decode a.npz -o - >> a.npz` appended the audio to the codes it had read (a zip whose directory is
     then not at its end: it no longer opened), `mimi roundtrip take.wav >> take.wav` its report to the audio,
-    `mimi inspect-weights w.safetensors >> w.safetensors` a table to the weights. Each is refused before any
-    work, as `cat a >> a` is."""
+    `mimi inspect-weights w.safetensors >> w.safetensors` a table to the weights, `--manifest -` its lines. Each
+    is refused before any work, as `cat a >> a` is."""
     take, weights = tmp_path / "take.wav", tmp_path / "w.safetensors"
     take.write_bytes(clip.read_bytes())
     shutil.copy(codes, tmp_path / "a.npz")
@@ -194,7 +194,8 @@ def test_standard_output_is_never_appended_into_an_input(clip, codes, weights_fi
     cases = [(tmp_path / "a.npz", ("decode", tmp_path / "a.npz", "-o", "-")), (take, ("encode", take, "-o", "-")),
              (take, ("roundtrip", take)), (take, ("roundtrip", take, "--json")),
              (weights, ("roundtrip", take, "--weights", weights)),
-             (tmp_path / "a.npz", ("inspect", tmp_path / "a.npz")), (weights, ("inspect-weights", weights))]
+             (tmp_path / "a.npz", ("inspect", tmp_path / "a.npz")), (weights, ("inspect-weights", weights)),
+             (take, ("encode", take, "-o", tmp_path / "t.npz", "--manifest", "-"))]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MIMI_WEIGHTS": str(weights_file)}
     for target, args in cases:
         before = target.read_bytes()
