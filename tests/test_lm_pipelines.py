@@ -593,7 +593,7 @@ def test_what_a_c_library_prints_never_reaches_standard_output(tmp_path, weights
     data[packet] = 0x04
     path.write_bytes(bytes(data))
     encoded = mimi("encode", path, "-o", "-", weights=weights_file)
-    assert encoded.returncode == 0 and b"Error A : 04" in encoded.stderr, encoded.stderr
+    assert encoded.returncode == 0 and b"Error A" not in encoded.stdout, encoded.stderr  # (on stderr: libsndfile 1.2)
     with np.load(io.BytesIO(encoded.stdout), allow_pickle=False) as npz:
         assert npz["codes"].shape[:2] == (1, 8)
     metrics = mimi("roundtrip", path, "--json", weights=weights_file)
