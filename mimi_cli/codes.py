@@ -304,16 +304,17 @@ MAX_HINTED_BYTES = 64 << 20
 def _not_integers(dtype: np.dtype, array: np.ndarray | None = None) -> str:
     """Why codes of ``dtype`` are refused, with a hint for floats: from their values (``array``), or both when they
     are not read."""
+    said = f"holds {dtype} values; codes are integers"
     if dtype.kind != "f":
-        return f"holds {dtype} values; codes are integers"
+        return said
     whole = "store them as integers, e.g. array.astype(np.int64)"
     scores = "take the argmax over the vocabulary first"
     if array is None:
-        return f"holds {dtype} values; codes are integers (whole numbers? {whole}; logits or probabilities? {scores})"
+        return f"{said} (whole numbers? {whole}; logits or probabilities? {scores})"
     # whole numbers kept as floats (np.loadtxt, a list with a null) or an LM's scores
     if array.size and np.isfinite(array).all() and (array == np.round(array)).all():
-        return f"holds {dtype} values; codes are integers (these are whole numbers: {whole})"
-    return f"holds {dtype} values; codes are integers (logits or probabilities? {scores})"
+        return f"{said} (these are whole numbers: {whole})"
+    return f"{said} (logits or probabilities? {scores})"
 
 
 def _code_shape(shape: tuple[int, ...], config: CodecConfig, fail) -> tuple[int, int, int]:
