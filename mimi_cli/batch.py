@@ -20,6 +20,7 @@ oversubscribing them (the output does not depend on it).
 
 from __future__ import annotations
 
+import errno
 import functools
 import glob
 import multiprocessing.context
@@ -30,8 +31,8 @@ import time
 import types
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -39,8 +40,9 @@ from typing import Literal
 from mimi_cli.audio import AUDIO_SUFFIXES, audio_format
 from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
-from mimi_cli.errors import (MimiError, OutputExistsError, UnnamableOutputError, check_flag, check_integer, check_path,
-                             counted, dumps_json, first_line, os_reason, physical_memory, shell_word)
+from mimi_cli.errors import (TASK_LIMIT, MimiError, OutputExistsError, UnnamableOutputError, check_flag, check_integer,
+                             check_path, counted, dumps_json, first_line, no_thread, os_reason, physical_memory,
+                             shell_word, task_limit)
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_stdout_apart,
                              check_suffix, either, file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe,
                              is_stdout, local_path, missing, names_folder, output_exists, remove_temporaries,
@@ -399,10 +401,16 @@ def usable_workers(jobs: int, pending: int, engine: Engine) -> tuple[int, str | 
 
 def _no_process_locks() -> str | None:
     """Why a pool of worker processes cannot be made here, if so: its queues' locks are POSIX semaphores, which
-    a container with a read-only or missing /dev/shm, or a sandbox without them (AWS Lambda), refuses."""
+    a container with a read-only or missing /dev/shm, or a sandbox without them (AWS Lambda), refuses; or the
+    system refuses multiprocessing's first process, its resource tracker (ulimit -u)."""
     from mimi_cli import signals
 
-    signals.start_resource_tracker()  # the lock would start it otherwise, not deaf to SIGHUP (see there)
+    try:
+        signals.start_resource_tracker()  # the lock would start it otherwise, not deaf to SIGHUP (see there)
+    except BlockingIOError as exc:
+        if exc.errno != errno.EAGAIN:
+            raise
+        return TASK_LIMIT
     try:
         multiprocessing.get_context("spawn").Lock()
     except OSError as exc:
@@ -1025,10 +1033,11 @@ def run_local(tasks: list[Task], settings: Settings, jobs: int,
 
 
 _worker: Worker | None = None  # the worker of this process (in a pool)
+_unable: str | None = None  # why it cannot work (a thread the system refused as it started): each file fails so
 
 
 def _start_worker(settings: Settings) -> None:
-    global _worker
+    global _worker, _unable
     from mimi_cli import signals
     from mimi_cli.core.threads import keep_freed_memory, set_threads
 
@@ -1040,11 +1049,17 @@ def _start_worker(settings: Settings) -> None:
         _worker = Worker(settings)
     except SystemExit as exc:  # stopped while starting: quietly (the pool would print a traceback)
         os._exit(exc.code)
+    except RuntimeError as exc:  # (the pool would print a traceback, then break: "its worker process died")
+        if no_thread(exc) is None:
+            raise
+        _unable = str(no_thread(exc))
 
 
 def _run_in_worker(task: Task) -> FileResult:
     from mimi_cli.signals import limit_reached
 
+    if _unable is not None:
+        return FileResult.of(task, "failed", error=_unable)
     try:
         return _worker.run(task)
     except SystemExit as exc:  # a signal (signals.install): the file's temporary output is gone already,
@@ -1058,23 +1073,44 @@ _DIED = "its worker process died (killed, or out of memory)"
 
 
 class _WorkerProcess(multiprocessing.context.SpawnProcess):
-    """A spawned worker that does not import its parent's main module. multiprocessing runs the parent's
-    script again in every spawned child (as ``__mp_main__``), for functions defined there; a worker needs only
-    mimi_cli. From Python, a script without an ``if __name__ == "__main__":`` guard then started the run
-    again in each worker (which multiprocessing stops), and code given to ``python -`` had no script to
-    import: every worker died as it started, and every file failed as "its worker process died"."""
+    """A spawned worker that does not import its parent's main module, and whose OpenBLAS starts only the
+    threads the worker uses.
+
+    multiprocessing runs the parent's script again in every spawned child (as ``__mp_main__``), for functions
+    defined there; a worker needs only mimi_cli. From Python, a script without an ``if __name__ ==
+    "__main__":`` guard then started the run again in each worker (which multiprocessing stops), and code given
+    to ``python -`` had no script to import: every worker died as it started, and every file failed as "its
+    worker process died".
+
+    OpenBLAS starts a thread per core as NumPy loads, before a worker can say how many it uses (one, with
+    several workers): idle threads, each counted against a limit on processes and threads (ulimit -u), where
+    OpenBLAS, refused one, interrupts its own process. The child's environment says the worker's count first
+    (core.threads.later_blas_threads); the parent's own is put back at once.
+    """
+
+    blas_threads: int | None = None
 
     def start(self) -> None:
+        from mimi_cli.core.threads import later_blas_threads
+
         main = sys.modules["__main__"]
         sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to run again
         try:
-            super().start()  # the child's start-up data is taken here, in this thread
+            with later_blas_threads(self.blas_threads) if self.blas_threads else nullcontext():
+                super().start()  # the child's start-up data and environment are taken here, in this thread
         finally:
             sys.modules["__main__"] = main
 
 
 class _WorkerContext(multiprocessing.context.SpawnContext):
-    Process = _WorkerProcess
+    def __init__(self, blas_threads: int | None):
+        super().__init__()
+        self.blas_threads = blas_threads
+
+    def Process(self, *args, **kwargs) -> _WorkerProcess:  # noqa: N802 - multiprocessing's name
+        process = _WorkerProcess(*args, **kwargs)
+        process.blas_threads = self.blas_threads
+        return process
 
 
 def _run_pool(pending: list[Task], settings: Settings, jobs: int, results: dict, on_result) -> None:
@@ -1100,40 +1136,98 @@ def _pool_pass(todo: deque, settings: Settings, jobs: int, results: dict, on_res
     """Take tasks from ``todo`` into one pool until none is left or the pool breaks; then return the
     tasks it lost (on the last try, they fail instead). At most one task more than the workers is in
     flight (the next one waits queued, as the executor would keep it), so a broken pool loses few."""
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     from mimi_cli import signals
 
-    signals.start_resource_tracker()
+    with _starting_workers():
+        signals.start_resource_tracker()
     # spawn, not fork: a forked child would inherit BLAS thread pools in an unknown state
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_WorkerContext(),
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_WorkerContext(settings.threads),
                                initializer=_start_worker, initargs=(settings,))
     in_flight: dict = {}  # future → task
     lost: list[Task] = []
     try:
-        while (todo or in_flight) and not lost:
-            while todo and len(in_flight) <= jobs:
-                task = todo.popleft()
-                in_flight[pool.submit(_run_in_worker, task)] = task
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            if any(isinstance(f.exception(), BrokenProcessPool) for f in done):  # it ends every future in flight
-                wait(in_flight)
-            for future in [f for f in in_flight if f.done()]:
-                task = in_flight.pop(future)
-                if not isinstance(future.exception(), BrokenProcessPool):
-                    results[task] = future.result()
-                elif last_try:
-                    results[task] = FileResult.of(task, "failed", error=_DIED)
-                else:
-                    lost.append(task)
-                    continue
-                on_result(results[task])
+        with _thread_refusals():
+            while (todo or in_flight) and not lost:
+                while todo and len(in_flight) <= jobs:
+                    task = todo.popleft()
+                    with _starting_workers():  # the pool starts its thread and its workers as it needs them
+                        in_flight[pool.submit(_run_in_worker, task)] = task
+                done = _first_done(pool, in_flight)
+                if any(isinstance(f.exception(), BrokenProcessPool) for f in done):  # it ends every future in flight
+                    wait(in_flight)
+                for future in [f for f in in_flight if f.done()]:
+                    task = in_flight.pop(future)
+                    if not isinstance(future.exception(), BrokenProcessPool):
+                        results[task] = future.result()
+                    elif last_try:
+                        results[task] = FileResult.of(task, "failed", error=_DIED)
+                    else:
+                        lost.append(task)
+                        continue
+                    on_result(results[task])
     except BaseException:
         _stop_workers(pool)
         raise
     pool.shutdown()
     return lost
+
+
+def _first_done(pool, in_flight: dict) -> set:
+    """The futures of ``in_flight`` that are done, once one is.
+
+    The pool hands tasks to its workers from a thread of its own, which starts another to feed their queue;
+    where the system refuses that one (ulimit -u), the pool's thread ends, and the pool then waits for ever
+    with nothing in flight. So the wait looks at that thread every second, and the thread's end is said in
+    one line (its traceback, which Python's ``threading.excepthook`` would print, is not: see
+    :func:`_thread_refusals`).
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    while True:
+        done, _ = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
+        if done:
+            return done
+        thread = pool._executor_manager_thread  # (the executor has no public handle on it)
+        if thread is not None and not thread.is_alive():
+            done, _ = wait(in_flight, timeout=0)  # (one done as it ended)
+            if done:
+                return done
+            raise task_limit("the worker processes of --jobs")
+
+
+@contextmanager
+def _thread_refusals() -> Iterator[None]:
+    """Inside the block, a thread of this process that ends with Python's "can't start new thread" (the pool's,
+    refused one of its own) prints no traceback: the run says so in one line (:func:`_first_done`, or the file's
+    failure). Any other thread's exception is printed as before."""
+    import threading
+
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if no_thread(args.exc_value) is None:
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
+@contextmanager
+def _starting_workers() -> Iterator[None]:
+    """A block that starts a pool's processes or threads (its own, its workers, multiprocessing's resource
+    tracker): a thread or process the system refuses (ulimit -u) is said as such."""
+    try:
+        yield
+    except (RuntimeError, BlockingIOError) as exc:  # no thread, or fork's EAGAIN
+        if no_thread(exc) is None and getattr(exc, "errno", None) != errno.EAGAIN:
+            raise
+        raise task_limit("the worker processes of --jobs") from None
 
 
 def _stop_workers(pool) -> None:
@@ -1149,7 +1243,8 @@ def _stop_workers(pool) -> None:
         if process.is_alive():
             process.kill()
             process.join()
-    pool.shutdown(wait=True, cancel_futures=True)
+    with suppress(RuntimeError):  # "cannot join thread before it is started": the system refused it (ulimit -u)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- Parquet

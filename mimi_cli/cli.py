@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from mimi_cli import __version__
-from mimi_cli.errors import (MimiError, WeightsError, counted, os_reason, out_of_memory, shell_word, unnamable,
-                             working_folder_gone)
+from mimi_cli.errors import (MimiError, WeightsError, counted, no_thread, os_reason, out_of_memory, shell_word,
+                             task_limit, unnamable, working_folder_gone)
 from mimi_cli.models import CODECS, DEFAULT_CODEC
 
 app = typer.Typer(
@@ -342,6 +342,10 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
         _fail(f"{exc.filename + ': ' if exc.filename else ''}{os_reason(exc)}")
     except MemoryError as exc:
         _fail(str(out_of_memory(exc)))
+    except RuntimeError as exc:
+        if no_thread(exc) is None:  # a bug, whose traceback is worth seeing
+            raise
+        _fail(str(no_thread(exc)))
     except UnicodeEncodeError as exc:
         error = unnamable(exc)
         if error is None:  # not a name's: a bug, whose traceback is worth seeing
@@ -1332,7 +1336,11 @@ def main() -> None:
     diagnostics = sys.stderr = _Diagnostics(sys.stderr)
     try:
         with _output_apart():
-            _command(diagnostics)
+            _load_numpy()
+            from mimi_cli.core.threads import later_blas_threads
+
+            with later_blas_threads(1, replace=False):
+                _command(diagnostics)
     finally:
         sys.stderr = diagnostics._stream
 
@@ -1395,6 +1403,34 @@ def _command(diagnostics: _Diagnostics) -> None:
             _stdout_to_devnull()
     code = code if isinstance(code, int) else 0
     raise SystemExit(1 if diagnostics.lost and code == 0 else code)
+
+
+def _load_numpy() -> None:
+    """Import NumPy, whose OpenBLAS starts a thread per core as it loads. Where the system refuses one (ulimit -u,
+    a container's pids limit), OpenBLAS prints four lines and interrupts its own process (SIGINT): a
+    KeyboardInterrupt in this import, and a traceback after the four lines. Said in one line instead.
+
+    The codecs use NumPy's BLAS alone. SciPy loads an OpenBLAS of its own (for resampling), and so does each
+    child process (PESQ's, Ray's); their threads, a thread per core each, would only count against that limit,
+    and would meet it there, where OpenBLAS's SIGINT stops the run as if someone had pressed Ctrl-C. So once
+    NumPy's is loaded, every OpenBLAS loaded after it starts one thread (main(): core.threads.later_blas_threads),
+    unless the user's environment says otherwise; --jobs workers are told their own count."""
+    from mimi_cli.c_stderr import CaughtStderr
+    from mimi_cli.signals import exit_code
+
+    said = CaughtStderr()
+    try:
+        with said.caught():
+            import numpy  # noqa: F401
+    except KeyboardInterrupt as exc:
+        refused = any("pthread_create failed" in line for line in said.lines)
+        limit = task_limit("OpenBLAS's threads as NumPy loads", "set OPENBLAS_NUM_THREADS=1 and use --threads 1")
+        err.print(f"[bold red]error:[/] {limit if refused else 'interrupted'}")  # else Ctrl-C in that instant
+        raise SystemExit(1 if refused else exit_code(exc)) from None
+    finally:
+        said.close()
+    for line in said.lines:  # anything else it said, as it was going
+        err.print(line, markup=False, highlight=False)
 
 
 def _stdout_to_devnull() -> None:

@@ -164,6 +164,24 @@ SYSTEM_LIMITS = {
 }
 
 
+# Why the system would not start a thread or a process (pthread_create's and fork's EAGAIN), whatever the step
+# that asked for one: every thread counts.
+TASK_LIMIT = "this user's limit on processes and threads is reached (ulimit -u, or a container's pids limit)"
+
+
+def task_limit(what: str, advice: str = "use fewer --threads and --jobs") -> MimiError:
+    """``what`` (a thread, a pool's processes) refused by the system, with what to do."""
+    return MimiError(f"cannot start {what}: {TASK_LIMIT}: raise it, or {advice}")
+
+
+def no_thread(exc: BaseException) -> MimiError | None:
+    """A thread the system refused to start (Python's RuntimeError "can't start new thread"), as a message that
+    says what to do; None for any other error."""
+    if isinstance(exc, RuntimeError) and str(exc).startswith("can't start new thread"):
+        return task_limit("a thread")
+    return None
+
+
 def os_reason(exc: OSError) -> str:
     """An OSError's reason, for a message: the system's words, and what to do when a limit of the system
     was reached (a memory map refused under ``ulimit -v`` says only "Cannot allocate memory")."""

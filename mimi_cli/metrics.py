@@ -7,11 +7,14 @@ follows perception better. Both are here to compare settings, not codecs.
 
 from __future__ import annotations
 
+import errno
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from mimi_cli.errors import TASK_LIMIT, os_reason
 
 
 def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -115,13 +118,19 @@ def pesq_wb(reference16: np.ndarray, estimate16: np.ndarray, problems: list[str]
     pair = np.stack([reference16, estimate16]).astype(np.float64)  # float64, as the in-process call gives pesq
     here = str(Path(__file__).resolve().parents[1])  # this mimi_cli's folder: last on the path, for a checkout
     code = f"import sys; sys.path.append({here!r}); from mimi_cli.metrics import _pesq_child; _pesq_child()"
-    child = subprocess.run([sys.executable, "-c", code], input=memoryview(pair.reshape(-1)).cast("B"),
-                           capture_output=True)  # the bytes sent, not copied
+    seconds = f"{len(reference16) / 16000:.0f} s of audio"
+    try:
+        child = subprocess.run([sys.executable, "-c", code], input=memoryview(pair.reshape(-1)).cast("B"),
+                               capture_output=True)  # the bytes sent, not copied
+    except OSError as exc:  # no process to be had (ulimit -u, memory): no score, and the round trip's others stand
+        if problems is not None:
+            reason = TASK_LIMIT if exc.errno == errno.EAGAIN else os_reason(exc)
+            problems.append(f"PESQ is undefined: its child process for {seconds} could not start ({reason})")
+        return None
     said = child.stdout.decode(errors="replace").strip()
     if child.returncode == 0 and said:
         return None if said == "undefined" else float(said)
     if problems is not None:
-        seconds = f"{len(reference16) / 16000:.0f} s of audio"
         last = (child.stderr.decode(errors="replace").strip().splitlines() or ["no reason given"])[-1]
         problems.append("PESQ is undefined: " + (
             f"the pesq library crashed ({_signal_name(-child.returncode)}) on {seconds} (its reference code holds "

@@ -113,3 +113,22 @@ def test_pesq_beyond_ten_seconds_is_pesqs_own_score_or_undefined_never_a_crash()
                                     "has more): measure PESQ on shorter clips")
     else:
         assert problems == []
+
+
+def test_pesq_without_a_process_for_its_child_is_undefined_not_the_files_failure(monkeypatch):
+    """Beyond 10 s PESQ runs in a child process: where the system refuses one (ulimit -u), the score is
+    undefined, said in one line, and the round trip's other figures stand. Before, the file failed with
+    "Resource temporarily unavailable"."""
+    import errno
+
+    from mimi_cli import metrics
+
+    def refused(*args, **kwargs):
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(subprocess, "run", refused)
+    long = np.zeros(metrics.PESQ_IN_PROCESS_SAMPLES + 16000, np.float32)
+    problems: list[str] = []
+    assert metrics.pesq_wb(long, long, problems) is None
+    assert problems == ["PESQ is undefined: its child process for 11 s of audio could not start (this user's limit "
+                        "on processes and threads is reached (ulimit -u, or a container's pids limit))"]

@@ -1065,6 +1065,159 @@ def test_system_limits_are_one_line(command, patched, raised, expected, clip, we
     assert list(tmp_path.iterdir()) == []
 
 
+# A limit on processes and threads (ulimit -u, a container's pids limit), met wherever a thread or process starts:
+# a hook that every process PYTHONPATH reaches imports (the command and its workers) refuses the threads it is
+# told of, by name or class, as the system would, or a worker process, as fork would.
+_REFUSING_HOOK = """
+import errno, os, threading
+_refused = tuple(filter(None, os.environ.get("REFUSED_THREADS", "").split(",")))
+_start = threading.Thread.start
+def _start_unless_refused(self):
+    if self.name.startswith(_refused) or type(self).__name__ in _refused:
+        raise RuntimeError("can't start new thread")
+    return _start(self)
+threading.Thread.start = _start_unless_refused
+if os.environ.get("REFUSED_PROCESSES"):  # multiprocessing's processes whose code names this
+    import multiprocessing.util
+    _spawn = multiprocessing.util.spawnv_passfds
+    def _spawn_unless_refused(path, args, passfds):
+        if any(os.environ["REFUSED_PROCESSES"] in str(arg) for arg in args):
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return _spawn(path, args, passfds)
+    multiprocessing.util.spawnv_passfds = _spawn_unless_refused
+"""
+
+_LIMIT = "this user's limit on processes and threads is reached (ulimit -u, or a container's pids limit)"
+
+
+def _refusing(folder: Path, threads: str = "", processes: str = "") -> dict[str, str]:
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(_REFUSING_HOOK)
+    return {"PYTHONPATH": str(folder), "REFUSED_THREADS": threads, "REFUSED_PROCESSES": processes}
+
+
+@pytest.mark.parametrize("refused, jobs, expected", [
+    ({"threads": "mimi-stage,mimi-worker"}, 1, "cannot start a thread: "),  # a codec's own threads
+    ({"threads": "_ExecutorManagerThread"}, 2, "cannot start the worker processes of --jobs: "),  # the pool's
+    ({"threads": "QueueFeederThread"}, 2, "cannot start the worker processes of --jobs: "),  # the pool's queue's
+    ({"processes": "spawn_main"}, 2, "cannot start the worker processes of --jobs: "),  # fork's EAGAIN
+])
+def test_a_limit_on_threads_and_processes_is_one_line(refused, jobs, expected, clip, weights_file, tmp_path):
+    """Before: "RuntimeError: can't start new thread", which says nothing of the limit; with --jobs, a traceback
+    ("cannot join thread before it is started", as the pool was stopped), or no end at all (the pool's thread
+    ended, refused the thread that feeds its queue, and the pool waited for it for ever)."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in "abc":
+        shutil.copy(clip, folder / f"{name}.wav")
+    inputs = [clip, "-o", tmp_path / "out.npz"] if jobs == 1 else [folder, "-o", f"{tmp_path / 'out'}/"]
+    done = run("encode", *inputs, "-j", jobs, weights=weights_file, env_extra=_refusing(tmp_path / "hooks", **refused))
+    one_line_error(done, expected + _LIMIT, "raise it, or use fewer --threads and --jobs")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.npz").exists()
+
+
+def test_no_process_for_multiprocessing_works_in_this_process(clip, weights_file, tmp_path):
+    """Its first process (the resource tracker, started as a pool is planned) refused: the files are done here,
+    as where its locks cannot be had, with a note saying why. Before: "error: Resource temporarily
+    unavailable"."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in "ab":
+        shutil.copy(clip, folder / f"{name}.wav")
+    done = run("encode", folder, "-o", f"{tmp_path / 'out'}/", "-j", 2, weights=weights_file,
+               env_extra=_refusing(tmp_path / "hooks", processes="resource_tracker"))
+    assert done.returncode == 0, done.stderr
+    assert f"note: worker processes cannot run here ({_LIMIT}); working in this process instead" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.npz", "b.npz"]
+
+
+def test_a_worker_refused_a_thread_as_it_starts_fails_each_file_in_one_line(clip, weights_file, tmp_path):
+    """The thread that watches for its parent's end: before, the pool printed the worker's traceback and broke,
+    and every file failed as "its worker process died (killed, or out of memory)"."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in "abc":
+        shutil.copy(clip, folder / f"{name}.wav")
+    done = run("encode", folder, "-o", f"{tmp_path / 'out'}/", "-j", 2, "--manifest", tmp_path / "m.jsonl",
+               weights=weights_file, env_extra=_refusing(tmp_path / "hooks", threads="mimi-parent-watch"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [row["error"] for row in rows] == [f"cannot start a thread: {_LIMIT}: raise it, or use fewer --threads "
+                                              "and --jobs"] * 3
+    assert not (tmp_path / "out").exists()
+
+
+_OPENBLAS_REFUSED = """
+import os, signal, sys
+class _RefusedAsNumPyLoads:  # what OpenBLAS does as it loads, refused a thread: four lines, then SIGINT to itself
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            if os.environ.get("OPENBLAS_SAYS"):
+                os.write(2, b"OpenBLAS blas_thread_init: pthread_create failed for thread 1 of 2: Resource "
+                            b"temporarily unavailable\\nOpenBLAS blas_thread_init: RLIMIT_NPROC 2 current, 2 max\\n")
+            signal.raise_signal(signal.SIGINT)
+sys.meta_path.insert(0, _RefusedAsNumPyLoads())
+"""
+
+
+@pytest.mark.parametrize("openblas_says, expected, code", [
+    (True, "cannot start OpenBLAS's threads as NumPy loads: " + _LIMIT + ": raise it, or set OPENBLAS_NUM_THREADS=1 "
+           "and use --threads 1", 1),
+    (False, "interrupted", 130),  # Ctrl-C in that instant
+])
+def test_openblas_refused_a_thread_as_numpy_loads_is_one_line(openblas_says, expected, code, clip, tmp_path):
+    """Before: OpenBLAS's lines, then a traceback through NumPy's import, exit 130 as if someone had pressed
+    Ctrl-C."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_OPENBLAS_REFUSED)
+    done = run("encode", clip, "-o", tmp_path / "a.npz",
+               env_extra={"PYTHONPATH": str(hooks), "OPENBLAS_SAYS": "1" * openblas_says})
+    assert one_line_error(done, code=code) == f"error: {expected}"
+    assert "OpenBLAS blas" not in done.stderr and not (tmp_path / "a.npz").exists()
+
+
+_BLAS_THREADS = """
+import json, os, sys
+from pathlib import Path
+import numpy
+from threadpoolctl import threadpool_info
+def blas():
+    return {Path(i["filepath"]).parent.name: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+numpys = blas()["numpy.libs"]  # as it loaded: a thread per core
+from mimi_cli import cli
+sys.argv = ["mimi", *sys.argv[1:]]
+try:
+    cli.main()
+except SystemExit as exc:
+    assert exc.code == 0, exc.code
+print(json.dumps([numpys, blas(), os.environ.get("OPENBLAS_NUM_THREADS")]))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="OpenBLAS starts one thread on one core, told or not")
+def test_only_numpys_openblas_starts_a_thread_per_core(clip_16k, weights_file, tmp_path):
+    """SciPy's own OpenBLAS (loaded to resample a 16 kHz file) starts one thread, NumPy's as many as the run may
+    use, and the environment is put back once the command is done; a --jobs worker's OpenBLAS starts the
+    worker's count. Before, SciPy's started a thread per core, each counted against a limit on processes and
+    threads."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", _BLAS_THREADS, "encode", str(clip_16k), "-o", str(tmp_path / "a.npz"),
+                           "--weights", str(weights_file)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    numpys, libraries, environment = json.loads(done.stdout.splitlines()[-1])
+    assert numpys >= 2 and libraries == {"numpy.libs": numpys, "scipy.libs": 1} and environment is None
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mimi_cli.batch import _WorkerContext
+
+    before = os.environ.get("OPENBLAS_NUM_THREADS")
+    with ProcessPoolExecutor(1, mp_context=_WorkerContext(3)) as pool:
+        assert pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "3"
+    assert os.environ.get("OPENBLAS_NUM_THREADS") == before
+
+
 def test_no_writable_folder_for_temporary_files_is_said_before_any_work(clip, codes, weights_file, tmp_path):
     """A read-only container (no TMPDIR, /tmp, /var/tmp or working folder that takes a file): standard input
     and output pass through a temporary file, and the run says so and how to give it one, in its own words

@@ -872,3 +872,23 @@ def test_a_child_forked_during_a_call_elsewhere_makes_calls_of_its_own():
         os.waitpid(child, 0)
         pytest.fail("the forked child's call waited for ever")
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_a_team_refused_a_thread_leaves_none_asleep(monkeypatch):
+    """Under a limit on processes and threads (ulimit -u) the third of four helpers is refused: the error is
+    raised, and the two started end rather than sleep for ever, each still counted against the limit."""
+    start, started = threading.Thread.start, []
+
+    def limited(thread):
+        if thread.name == "mimi-worker":
+            started.append(thread)
+            if len(started) == 3:
+                raise RuntimeError("can't start new thread")
+        return start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", limited)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        threads._Team(4)
+    for thread in started[:2]:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in started[:2])

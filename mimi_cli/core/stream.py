@@ -292,14 +292,15 @@ def _pipeline(streams: list[Stream], x: np.ndarray, chunk: int, head: int, regro
         pipe.links = pipe.links[: len(cuts)]
         helpers = [threading.Thread(target=pipe.stage, args=(k, streams, cut, pieces), daemon=True,
                                     name=f"mimi-stage-{k}") for k, cut in enumerate(cuts[:-1])]
-        for helper in helpers:
-            helper.start()
         try:
+            for helper in helpers:
+                helper.start()  # RuntimeError where the system refuses a thread (ulimit -u)
             outputs += pipe.stage(len(cuts) - 1, streams, cuts[-1], pieces)
         finally:
             pipe.stopped.set()  # after an error or an interrupt here, the helpers stop at their next piece
             for helper in helpers:
-                helper.join()
+                if helper.ident is not None:  # started
+                    helper.join()
         if pipe.pieces:  # the head ran for the pieces timed above too
             known[key] = [spent / (pipe.pieces + timed) for spent in pipe.spent[:head]] + [
                 spent / pipe.pieces for spent in pipe.spent[head:]]

@@ -114,6 +114,31 @@ def limit_threads(threads: int | None) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def later_blas_threads(threads: int, replace: bool = True) -> Iterator[None]:
+    """Inside the block, an OpenBLAS that loads (SciPy's own copy, a child process's) starts ``threads`` threads,
+    NumPy's own, loaded already, as it was: ``OPENBLAS_NUM_THREADS`` in this process's environment, then put
+    back. With ``replace`` False, a value the environment has already is kept.
+
+    OpenBLAS starts its threads as it loads, a thread per core unless told; where the system refuses one (ulimit
+    -u), it prints four lines and interrupts its own process (SIGINT). Asked later for more threads than it
+    started (threadpoolctl), it makes them without looking whether they started, and its next product waits
+    for ever for one that did not: so a process is told, before it loads, the count it will use."""
+    given = os.environ.get(_OPENBLAS_THREADS)
+    if replace or given is None:
+        os.environ[_OPENBLAS_THREADS] = str(threads)
+    try:
+        yield
+    finally:
+        if given is None:
+            os.environ.pop(_OPENBLAS_THREADS, None)
+        else:
+            os.environ[_OPENBLAS_THREADS] = given
+
+
+_OPENBLAS_THREADS = "OPENBLAS_NUM_THREADS"
+
+
 def set_threads(threads: int) -> None:
     """:func:`limit_threads` for the rest of this process (a worker's whole life)."""
     global _threads
@@ -281,13 +306,24 @@ class _Team:
         self.jobs: list[_Job | None] = [None] * helpers
         for index, wake in enumerate(self.wake):
             wake.acquire()
-            threading.Thread(target=self._helper, args=(index,), daemon=True, name="mimi-worker").start()
+            try:
+                threading.Thread(target=self._helper, args=(index,), daemon=True, name="mimi-worker").start()
+            except RuntimeError:  # "can't start new thread" (ulimit -u): the team is not made, and the helpers
+                self._dismiss(index)  # started already end, rather than sleep for ever
+                raise
+
+    def _dismiss(self, helpers: int) -> None:
+        for index in range(helpers):
+            self.jobs[index] = None  # (woken with no job: the helper returns)
+            self.wake[index].release()
 
     def _helper(self, index: int) -> None:
         _local.threads = 1  # a helper's blocks never share out their own work
         while True:
             self.wake[index].acquire()
             job = self.jobs[index]
+            if job is None:  # dismissed (_dismiss)
+                return
             try:
                 job.work()
             finally:
