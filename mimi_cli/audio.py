@@ -1016,10 +1016,13 @@ def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool =
 
 # The most samples (of all channels) handed to libsndfile in one write. libvorbis's encoder takes room on the
 # stack for each sample of a write, per channel (alloca in _preextrapolate_helper): one write of two minutes at
-# 24 kHz (11 MB) overran the 8 MB stack, and `decode -o x.ogg` died of a segmentation fault. Vorbis's encoding
-# of blocks differs from one write's in its last bits, as lossy encodings may; PCM, FLAC, MP3 and Opus files
-# are the same.
-WRITE_SAMPLES = 1 << 16
+# 24 kHz (11 MB) overran the 8 MB stack, and `decode -o x.ogg` died of a segmentation fault; so did writes of
+# 65,536 samples (256 KB) under `ulimit -s 256`, or in a thread with a small stack (musl's are 128 KB). 8,192
+# (32 KB) leave room in any stack a thread is given, and write a two-minute file in the time blocks of 65,536
+# take (0.88, 1.04, 0.98 and 0.98 of it for Ogg, WAV, FLAC and MP3: medians of 7, alternating). Vorbis's
+# encoding of blocks differs from one write's in its last bits, as lossy encodings may; PCM, FLAC, MP3 and
+# Opus files are the same.
+WRITE_SAMPLES = 1 << 13
 
 
 def write_in_blocks(f, pcm: np.ndarray) -> None:

@@ -146,16 +146,24 @@ def test_the_first_bytes_of_audio_pass_the_check_of_a_pipes_head(tmp_path):
             check_audio_head(head, "standard input")
 
 
-def test_a_long_ogg_vorbis_file_is_written(tmp_path):
+@pytest.mark.parametrize("stack_kb", [None, 128])
+def test_a_long_ogg_vorbis_file_is_written(tmp_path, stack_kb):
     """`mimi decode long.npy -o long.ogg` of 92 s or more at 24 kHz ended in a segmentation fault: libvorbis
-    takes stack room for every sample of one write (2.2 M samples: 8.8 MB, past the 8 MB stack). Run in a
-    child process, which that crash ends."""
+    takes stack room for every sample of one write (2.2 M samples: 8.8 MB, past the 8 MB stack); so did blocks
+    of 65,536 samples in a stack of 128 KB (`ulimit -s 128`, a musl thread's). Run in a child process, which
+    that crash ends."""
+    import resource
     import subprocess
+
+    def small_stack():
+        if stack_kb is not None:
+            resource.setrlimit(resource.RLIMIT_STACK, (stack_kb << 10, resource.getrlimit(resource.RLIMIT_STACK)[1]))
 
     path = tmp_path / "long.ogg"
     child = ("import numpy as np; from mimi_cli.audio import write_audio; "
              f"write_audio({str(path)!r}, np.sin(np.arange(2_200_000, dtype=np.float32) / 9) / 2, 24000)")
-    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_stack)
     assert done.returncode == 0, (done.returncode, done.stderr)
     assert sf.info(path).frames == 2_200_000
 
