@@ -237,7 +237,7 @@ def readable(path: Target, head_check: Callable[[bytes, str], None] | None = Non
         try:
             copy = Readable(stack.enter_context(_scratch_file(folder, f"{INPUT_COPY}{secrets.token_hex(8)}")), shown)
             with open(copy.path, "wb") as f, \
-                    (contextlib.nullcontext(sys.stdin.buffer) if stdin else open(path, "rb")) as source:
+                    (contextlib.nullcontext(standard_input()) if stdin else open(path, "rb")) as source:
                 head = _read_up_to(source, HEAD_BYTES)
                 if head_check is not None and len(head) == HEAD_BYTES:  # more may follow, without end
                     head_check(head, shown)
@@ -360,6 +360,33 @@ def file_ids(paths: Iterable[Path]) -> set[tuple[int, int]]:
             st = os.fstat(sys.stdin.fileno()) if str(path) == STDIN else os.stat(path)
             ids.add((st.st_dev, st.st_ino))
     return ids
+
+
+class _WaitingReader:
+    """A binary reader whose ``read`` waits for data. Standard input may be non-blocking: O_NONBLOCK belongs to
+    the open pipe or terminal, which this process shares with whoever set it (a program that left its own
+    standard input so, a Node.js parent's), and a read that finds nothing yet returns None there, which every
+    reader takes for the end: "standard input is empty" while the data was still coming."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+
+    def read(self, size: int = -1) -> bytes:
+        import select
+
+        while True:
+            try:
+                data = self._f.read(size)
+            except BlockingIOError:
+                data = None
+            if data is not None:
+                return data
+            select.select([self._f], [], [])
+
+
+def standard_input() -> _WaitingReader:
+    """Standard input's bytes, as a reader that waits for them (see :class:`_WaitingReader`)."""
+    return _WaitingReader(sys.stdin.buffer)
 
 
 def check_stdin(given: str, what: str) -> None:

@@ -30,7 +30,6 @@ import math
 import os
 import posixpath
 import re
-import sys
 import tarfile
 import zlib
 from collections import Counter
@@ -45,7 +44,7 @@ from mimi_cli.audio import BlockReader
 from mimi_cli.errors import (InvalidAudioError, InvalidCodesError, MimiError, counted, first_line, loads_json,
                              os_reason, physical_memory)
 from mimi_cli.fileio import (STDIN, check_stdin, file_kind, head_holds, holds, home_expanded, local_path, native,
-                             text_kind, url)
+                             standard_input, text_kind, url)
 from mimi_cli.parquet_footer import column_values
 
 MANIFEST_PATH_KEYS = ("audio_filepath", "path", "file_name")  # NeMo; lists; a Hugging Face audiofolder's metadata
@@ -423,7 +422,7 @@ def _manifest_text(path: Path) -> tuple[str, Path]:
     try:
         if stdin:
             check_stdin("--inputs-from -", "the list")
-            data, base = _bounded_read(sys.stdin.buffer, shown), Path.cwd()
+            data, base = _bounded_read(standard_input(), shown), Path.cwd()
         else:
             kind = file_kind(os.stat(path).st_mode)
             if kind not in (None, "a pipe (FIFO)"):

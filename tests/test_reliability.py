@@ -404,6 +404,37 @@ def test_closed_standard_streams_are_named(clip, weights_file, tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc to see what the descriptors hold")
+@pytest.mark.parametrize("listed", [False, True])
+def test_a_non_blocking_standard_input_is_waited_on(listed, clip, weights_file, tmp_path):
+    """Standard input left non-blocking by another program (O_NONBLOCK belongs to the pipe, shared): a read
+    that finds nothing yet returns no bytes, and the run took what had come for all of it: the audio cut short,
+    "standard input is empty (0 bytes)", or a list that "holds nothing". Now it waits, as a blocking read does.
+    The input comes in two parts, the second once the run has read the first (the pipe is empty again)."""
+    import fcntl
+    import termios
+
+    read, write = os.pipe()
+    fcntl.fcntl(read, fcntl.F_SETFL, fcntl.fcntl(read, fcntl.F_GETFL) | os.O_NONBLOCK)
+    args = ["--inputs-from", "-", "-o", f"{tmp_path / 'out'}/"] if listed else ["-", "-o", tmp_path / "a.npz"]
+    data = f"# the clips\n{clip}\n".encode() if listed else clip.read_bytes()
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "mimi_cli", "encode", *map(str, args)], stdin=read,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    os.write(write, data[:12])
+    unread = bytearray(4)
+    while fcntl.ioctl(read, termios.FIONREAD, unread) == 0 and int.from_bytes(unread, sys.byteorder) and \
+            process.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.3)  # its next read found nothing
+    os.close(read)
+    with contextlib.suppress(BrokenPipeError), open(write, "wb") as pipe:  # (a run that took it for the end)
+        pipe.write(data[12:])
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    codes = np.load(tmp_path / "out" / "a.npz" if listed else tmp_path / "a.npz")["codes"]
+    assert codes.shape[-1] == 25  # 2 s: all of it
+
+
 def test_closed_standard_descriptors_are_held_with_dev_null(tmp_path):
     """`<&- >&- 2>&-`: the descriptors are given /dev/null, as GNU tools do. Left closed, the next file opened
     took number 2 (an input, an output being written) and what C code or a worker process wrote to "standard
