@@ -1326,8 +1326,11 @@ def _stdout_on_its_own(given) -> io.TextIOWrapper | None:
         own = os.dup(1)
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         return None
-    return io.TextIOWrapper(open(own, "wb", buffering=0 if raw else -1, closefd=False), given.encoding,
-                            given.errors, line_buffering=given.line_buffering, write_through=raw)
+    from mimi_cli.fileio import WaitingWriter
+
+    binary = WaitingWriter(own)  # (a non-blocking standard output is waited on, not cut short)
+    return io.TextIOWrapper(binary if raw else io.BufferedWriter(binary), given.encoding, given.errors,
+                            line_buffering=given.line_buffering, write_through=raw)
 
 
 def main() -> None:

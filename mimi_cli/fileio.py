@@ -33,6 +33,7 @@ import contextlib
 import errno
 import filecmp
 import hashlib
+import io
 import os
 import secrets
 import shutil
@@ -387,6 +388,35 @@ class _WaitingReader:
 def standard_input() -> _WaitingReader:
     """Standard input's bytes, as a reader that waits for them (see :class:`_WaitingReader`)."""
     return _WaitingReader(sys.stdin.buffer)
+
+
+class WaitingWriter(io.RawIOBase):
+    """Descriptor ``fd`` (not closed with the stream) as a raw stream whose ``write`` writes all it is given,
+    waiting while the descriptor is full. Standard output may be non-blocking, as standard input may (see
+    :class:`_WaitingReader`): there a write that finds the pipe full writes part or nothing, Python's buffered
+    stream raises BlockingIOError, and what it held was lost as it closed (`inspect --json` to a slow reader
+    gave 64 KiB of its JSON, and exit 0)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data) -> int:
+        import select
+
+        view, done = memoryview(data).cast("B"), 0
+        while done < len(view):
+            try:
+                done += os.write(self._fd, view[done:])
+            except BlockingIOError:
+                select.select([], [self._fd], [])
+        return done
 
 
 def check_stdin(given: str, what: str) -> None:

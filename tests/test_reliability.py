@@ -435,6 +435,26 @@ def test_a_non_blocking_standard_input_is_waited_on(listed, clip, weights_file, 
     assert codes.shape[-1] == 25  # 2 s: all of it
 
 
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_non_blocking_standard_output_is_waited_on(unbuffered, weights_file):
+    """Standard output left non-blocking by another program, read slowly: a report longer than the pipe holds
+    (64 KiB) was cut there, and the run ended with exit 0 (what Python's buffered stream held when the pipe was
+    full was dropped as it closed). Now every byte is written, as to a blocking pipe."""
+    import fcntl
+
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETFL, fcntl.fcntl(write, fcntl.F_GETFL) | os.O_NONBLOCK)
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "mimi_cli", "inspect", str(weights_file), "--json"],
+                               stdout=write, stderr=subprocess.PIPE, text=True, env=env)
+    os.close(write)
+    time.sleep(1)  # a slow reader: the pipe fills
+    with open(read, "rb") as pipe:
+        report = json.loads(pipe.read())
+    assert process.wait(timeout=300) == 0, process.stderr.read()
+    assert len(json.dumps(report)) > 1 << 16 and report["tensors"]
+
+
 def test_closed_standard_descriptors_are_held_with_dev_null(tmp_path):
     """`<&- >&- 2>&-`: the descriptors are given /dev/null, as GNU tools do. Left closed, the next file opened
     took number 2 (an input, an output being written) and what C code or a worker process wrote to "standard
