@@ -1322,21 +1322,41 @@ def _stdout_on_its_own(given) -> io.TextIOWrapper | None:
         if given is None or given.fileno() != 1:
             return None
         given.flush()
-        raw = not isinstance(given.buffer, io.BufferedIOBase)  # python -u, PYTHONUNBUFFERED: unbuffered throughout
         own = os.dup(1)
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         return None
+    return _waiting_stream(own, given)
+
+
+def _waiting_stream(fd: int, like) -> io.TextIOWrapper:
+    """A text stream like ``like`` (its encoding, error handler and buffering: none under ``python -u`` and
+    PYTHONUNBUFFERED) over descriptor ``fd``, which it leaves open, and whose writes wait while a non-blocking
+    descriptor is full (fileio.WaitingWriter), rather than lose what does not fit."""
     from mimi_cli.fileio import WaitingWriter
 
-    binary = WaitingWriter(own)  # (a non-blocking standard output is waited on, not cut short)
-    return io.TextIOWrapper(binary if raw else io.BufferedWriter(binary), given.encoding, given.errors,
-                            line_buffering=given.line_buffering, write_through=raw)
+    raw = not isinstance(like.buffer, io.BufferedIOBase)
+    binary = WaitingWriter(fd)
+    return io.TextIOWrapper(binary if raw else io.BufferedWriter(binary), like.encoding, like.errors,
+                            line_buffering=like.line_buffering, write_through=raw)
+
+
+def _stderr_waiting(given):
+    """Standard error as a stream that waits while it is full (see _waiting_stream), where it is descriptor 2;
+    else ``given`` as it is."""
+    try:
+        if given.fileno() != 2:
+            return given
+        given.flush()
+        return _waiting_stream(2, given)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return given
 
 
 def main() -> None:
     _hold_standard_descriptors()
     _usable_width()
-    diagnostics = sys.stderr = _Diagnostics(sys.stderr)
+    given = sys.stderr
+    diagnostics = sys.stderr = _Diagnostics(_stderr_waiting(given))
     try:
         with _output_apart():
             _load_numpy()
@@ -1345,7 +1365,8 @@ def main() -> None:
             with later_blas_threads(1, replace=False):
                 _command(diagnostics)
     finally:
-        sys.stderr = diagnostics._stream
+        diagnostics.flush()
+        sys.stderr = given
 
 
 def _command(diagnostics: _Diagnostics) -> None:

@@ -435,6 +435,22 @@ def test_a_non_blocking_standard_input_is_waited_on(listed, clip, weights_file, 
     assert codes.shape[-1] == 25  # 2 s: all of it
 
 
+def _wait_until_full(read: int, process: subprocess.Popen) -> None:
+    """Until the pipe whose reading end is ``read`` holds half of its 64 KiB (a write takes whole pages, so
+    short lines fill it before it holds 64 KiB), or ``process`` ended; then a moment more, in which a writer
+    fills it, and one that does not wait loses what it writes."""
+    import fcntl
+    import termios
+
+    unread, deadline = bytearray(4), time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        fcntl.ioctl(read, termios.FIONREAD, unread)
+        if int.from_bytes(unread, sys.byteorder) >= 1 << 15:
+            break
+        time.sleep(0.01)
+    time.sleep(0.3)
+
+
 @pytest.mark.parametrize("unbuffered", ["", "1"])
 def test_a_non_blocking_standard_output_is_waited_on(unbuffered, weights_file):
     """Standard output left non-blocking by another program, read slowly: a report longer than the pipe holds
@@ -448,11 +464,30 @@ def test_a_non_blocking_standard_output_is_waited_on(unbuffered, weights_file):
     process = subprocess.Popen([sys.executable, "-m", "mimi_cli", "inspect", str(weights_file), "--json"],
                                stdout=write, stderr=subprocess.PIPE, text=True, env=env)
     os.close(write)
-    time.sleep(1)  # a slow reader: the pipe fills
+    _wait_until_full(read, process)  # a slow reader
     with open(read, "rb") as pipe:
         report = json.loads(pipe.read())
     assert process.wait(timeout=300) == 0, process.stderr.read()
     assert len(json.dumps(report)) > 1 << 16 and report["tensors"]
+
+
+def test_a_non_blocking_standard_error_is_waited_on(tmp_path):
+    """Standard error the same way: a run's summary of 400 failed files (130 KB) reached a slow reader cut at
+    64 KiB, the rest lost."""
+    import fcntl
+
+    for i in range(400):
+        (tmp_path / f"{'not-audio-' * 12}{i}.wav").write_text("not audio")
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETFL, fcntl.fcntl(write, fcntl.F_GETFL) | os.O_NONBLOCK)
+    process = subprocess.Popen([sys.executable, "-m", "mimi_cli", "encode", str(tmp_path), "-o", f"{tmp_path}/out/"],
+                               stderr=write, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    os.close(write)
+    _wait_until_full(read, process)  # a slow reader
+    with open(read, "rb") as pipe:
+        said = pipe.read().decode()
+    assert process.wait(timeout=300) == 1
+    assert len(said) > 1 << 16 and said.count("  failed: ") == 400, said[-300:]
 
 
 def test_closed_standard_descriptors_are_held_with_dev_null(tmp_path):
