@@ -10,6 +10,7 @@ import math
 import os
 import re
 import stat
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -896,10 +897,30 @@ def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
         raise InvalidAudioError(f"resampling {length / from_rate:,.1f} s of audio from {from_rate:,} Hz to "
                                 f"{to_rate:,} Hz would take about {needed / 1e9:,.0f} GB, more than this machine's "
                                 f"{memory / 1e9:.0f} GB: give shorter audio, or a rate nearer its own")
-    from scipy.signal import resample_poly
-
     g = math.gcd(from_rate, to_rate)
-    return resample_poly(pcm, to_rate // g, from_rate // g, axis=-1).astype(np.float32)
+    return scipy_signal().resample_poly(pcm, to_rate // g, from_rate // g, axis=-1).astype(np.float32)
+
+
+# What SciPy takes of the address space as it loads, and then some: its own OpenBLAS maps a 32 MB buffer as it
+# loads, and, refused it under a limit on memory (ulimit -v), tries again for ever: the process hung, deaf to
+# Ctrl-C and SIGTERM, at `import scipy.signal` (with 64 to 112 MB left; with 130 to 150 MB, another of its
+# libraries could not be mapped; with 200 MB it loaded).
+SCIPY_ROOM = 256 << 20
+
+
+def scipy_signal():
+    """``scipy.signal``, loaded once there is room for it in the address space (SCIPY_ROOM, mapped and let go
+    first): MemoryError where there is not, rather than a process that never ends."""
+    if "scipy.signal" not in sys.modules:
+        import mmap
+
+        try:
+            mmap.mmap(-1, SCIPY_ROOM).close()
+        except OSError as exc:  # ENOMEM: what a refused allocation is, for Python
+            raise MemoryError(f"no room to load SciPy: {exc.strerror}") from None
+    import scipy.signal
+
+    return scipy.signal
 
 
 class StreamResampler:
@@ -919,8 +940,7 @@ class StreamResampler:
     """
 
     def __init__(self, from_rate: int, to_rate: int):
-        from scipy.signal import firwin
-
+        firwin = scipy_signal().firwin
         g = math.gcd(from_rate, to_rate)
         self.up, self.down = to_rate // g, from_rate // g
         self.taps, self.delay = np.ones(1, np.float32), 0  # same rate: push() passes samples through
@@ -964,8 +984,7 @@ class StreamResampler:
         return out
 
     def _emit(self, last: int) -> np.ndarray:
-        from scipy.signal import upfirdn
-
+        upfirdn = scipy_signal().upfirdn
         if last < self._next:
             return np.zeros(0, np.float32)
         filtered = upfirdn(self.taps, self._kept, self.up, self.down)  # filtered[j] is output j + base

@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from mimi_cli import __version__
-from mimi_cli.errors import (MimiError, WeightsError, counted, no_thread, os_reason, out_of_memory, shell_word,
-                             task_limit, unnamable, working_folder_gone)
+from mimi_cli.errors import (MimiError, WeightsError, counted, no_room_to_load, no_thread, os_reason, out_of_memory,
+                             shell_word, task_limit, unnamable, working_folder_gone)
 from mimi_cli.models import CODECS, DEFAULT_CODEC
 
 app = typer.Typer(
@@ -342,10 +342,11 @@ def _user_errors(interrupted: str = "interrupted; no output was written") -> Ite
         _fail(f"{exc.filename + ': ' if exc.filename else ''}{os_reason(exc)}")
     except MemoryError as exc:
         _fail(str(out_of_memory(exc)))
-    except RuntimeError as exc:
-        if no_thread(exc) is None:  # a bug, whose traceback is worth seeing
+    except (RuntimeError, ImportError) as exc:
+        refused = no_thread(exc) or no_room_to_load(exc)
+        if refused is None:  # a bug, whose traceback is worth seeing
             raise
-        _fail(str(no_thread(exc)))
+        _fail(str(refused))
     except UnicodeEncodeError as exc:
         error = unnamable(exc)
         if error is None:  # not a name's: a bug, whose traceback is worth seeing

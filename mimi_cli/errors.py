@@ -166,7 +166,8 @@ SYSTEM_LIMITS = {
 
 # Why the system would not start a thread or a process (pthread_create's and fork's EAGAIN), whatever the step
 # that asked for one: every thread counts.
-TASK_LIMIT = "this user's limit on processes and threads is reached (ulimit -u, or a container's pids limit)"
+TASK_LIMIT = ("a limit on this user's processes and threads (ulimit -u, or a container's pids limit) or on memory "
+              "(ulimit -v) is reached")  # (a thread's stack is memory too: pthread_create's EAGAIN is either)
 
 
 def task_limit(what: str, advice: str = "use fewer --threads and --jobs") -> MimiError:
@@ -235,6 +236,14 @@ def out_of_memory(exc: MemoryError, more: str = "") -> MimiError:
     ``more`` is advice of the command's own."""
     detail = f" ({first_line(exc)})" if first_line(exc) else ""
     return MimiError(f"out of memory{detail}; free some memory or raise the limit (ulimit -v){more}")
+
+
+def no_room_to_load(exc: BaseException) -> MimiError | None:
+    """A compiled library the system had no memory to load (ImportError "failed to map segment from shared
+    object", under ulimit -v), said as the memory it is; None for any other error."""
+    if isinstance(exc, ImportError) and "failed to map segment" in str(exc):
+        return out_of_memory(MemoryError(f"no room to load {exc.name or 'a library'}"))
+    return None
 
 
 def loads_json(text: str | bytes, unique_keys: bool = False) -> object:

@@ -172,16 +172,18 @@ def perceptual(reference: np.ndarray, estimate: np.ndarray, sample_rate: int,
     cite, when the metrics extra is installed (``pip install "mimi-cli[metrics]"``); each is left out when
     its library is not installed, and None when undefined (silence, too short, or PESQ's library crashing on
     long audio: then ``problems`` gets a line, see :func:`pesq_wb`)."""
-    from mimi_cli.audio import resample
+    import importlib.util
+
+    from mimi_cli.audio import resample, scipy_signal
 
     try:
         import pesq
-    except ImportError:
+    except ModuleNotFoundError:  # (not installed; an ImportError of another kind is the run's: no room, say)
         pesq = None
-    try:
+    stoi = None
+    if importlib.util.find_spec("pystoi") is not None:
+        scipy_signal()  # which pystoi loads: with room for it
         from pystoi import stoi
-    except ImportError:
-        stoi = None
     if pesq is None and stoi is None:
         return {}  # and nothing resampled: its `import scipy.signal` alone takes 0.6–0.8 s
     scores: dict[str, float | None] = {}

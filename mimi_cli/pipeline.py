@@ -31,8 +31,8 @@ from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audi
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, check_codes_head, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
-                             check_integer, check_path, counted, dumps_json, first_line, no_thread, os_reason,
-                             out_of_memory, over_memory, unnamable)
+                             check_integer, check_path, counted, dumps_json, first_line, no_room_to_load, no_thread,
+                             os_reason, out_of_memory, over_memory, unnamable)
 from mimi_cli.fileio import Readable, Target, file_kind, native, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
@@ -580,7 +580,8 @@ class Worker:
 
 
 # what a file's work may raise: its own problem (failed), or what ``failed`` raises again
-FILE_ERRORS = (MimiError, MemoryError, OSError, ValueError, RuntimeError, LookupError, TypeError, ArithmeticError)
+FILE_ERRORS = (MimiError, MemoryError, OSError, ValueError, RuntimeError, LookupError, TypeError, ArithmeticError,
+               ImportError)
 
 
 def failed(task: Task, exc: BaseException, settings: Settings) -> FileResult:
@@ -602,6 +603,8 @@ def failed(task: Task, exc: BaseException, settings: Settings) -> FileResult:
         error = f"{exc.filename}: {os_reason(exc)}" if exc.filename else os_reason(exc)
     elif no_thread(exc) is not None:  # (the machine's, but a thread may be had again for the next file)
         error = str(no_thread(exc))
+    elif no_room_to_load(exc) is not None:
+        error = str(no_room_to_load(exc))
     else:  # unexpected, but only this file's: a library's error on a hostile file (pyarrow's ArrowIndexError,
         # a decoder's KeyError) fails the file in one line, not the run; one line even where the library's own
         # message takes several (matplotlib's parse errors point at a column on the next)

@@ -168,6 +168,33 @@ def test_a_long_ogg_vorbis_file_is_written(tmp_path, stack_kb):
     assert sf.info(path).frames == 2_200_000
 
 
+_SCIPY_WITH_ROOM = """
+import resource, sys
+import numpy as np
+from mimi_cli.audio import resample
+size = next(int(line.split()[1]) << 10 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + (int(sys.argv[1]) << 20), resource.RLIM_INFINITY))
+try:
+    print(resample(np.zeros(16000, np.float32), 16000, 24000).shape)
+except MemoryError as exc:
+    print("MemoryError:", exc)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the address space's size from /proc")
+@pytest.mark.parametrize("room_mb, said", [(96, "MemoryError: no room to load SciPy: Cannot allocate memory"),
+                                           (400, "(24000,)")])
+def test_scipy_loads_only_with_room_for_it(room_mb, said):
+    """SciPy's own OpenBLAS, refused the 32 MB buffer it maps as it loads (ulimit -v), tries again for ever: with
+    64 to 112 MB of address space left, the first resampling hung, deaf to Ctrl-C and SIGTERM. Now SciPy is
+    loaded once 256 MB can be mapped, else the refusal is a MemoryError, the run's "out of memory" line."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _SCIPY_WITH_ROOM, str(room_mb)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == said, done.stderr[-500:]
+
+
 def test_shared_speech_clips_read():
     for path in sorted((SHARED / "audio").glob("*.wav")):
         audio = read_audio(path)

@@ -130,5 +130,6 @@ def test_pesq_without_a_process_for_its_child_is_undefined_not_the_files_failure
     long = np.zeros(metrics.PESQ_IN_PROCESS_SAMPLES + 16000, np.float32)
     problems: list[str] = []
     assert metrics.pesq_wb(long, long, problems) is None
-    assert problems == ["PESQ is undefined: its child process for 11 s of audio could not start (this user's limit "
-                        "on processes and threads is reached (ulimit -u, or a container's pids limit))"]
+    assert problems == ["PESQ is undefined: its child process for 11 s of audio could not start (a limit on this "
+                        "user's processes and threads (ulimit -u, or a container's pids limit) or on memory "
+                        "(ulimit -v) is reached)"]

@@ -1136,6 +1136,9 @@ cli.main()
      "Too many open files; raise the limit on open files (ulimit -n), or with --jobs use fewer"),
     ("encode", "mmap.mmap", 'OSError(errno.ENOMEM, "Cannot allocate memory")',
      "Cannot allocate memory; free some memory or raise the limit (ulimit -v)"),
+    ("encode", "pipeline.encode_file", 'ImportError("_dfitpack.so: failed to map segment from shared object", '
+     'name="scipy.interpolate._dfitpack")',  # a compiled library refused its memory (ulimit -v): a traceback before
+     "out of memory (no room to load scipy.interpolate._dfitpack); free some memory or raise the limit (ulimit -v)"),
 ])
 def test_system_limits_are_one_line(command, patched, raised, expected, clip, weights_file, tmp_path):
     """A refused allocation (a full machine, `ulimit -v`) that no size check foresaw, or too many open files
@@ -1173,7 +1176,8 @@ if os.environ.get("REFUSED_PROCESSES"):  # multiprocessing's processes whose cod
     multiprocessing.util.spawnv_passfds = _spawn_unless_refused
 """
 
-_LIMIT = "this user's limit on processes and threads is reached (ulimit -u, or a container's pids limit)"
+_LIMIT = ("a limit on this user's processes and threads (ulimit -u, or a container's pids limit) or on memory "
+          "(ulimit -v) is reached")
 
 
 def _refusing(folder: Path, threads: str = "", processes: str = "") -> dict[str, str]:
