@@ -601,10 +601,8 @@ def failed(task: Task, exc: BaseException, settings: Settings) -> FileResult:
         error = str(unnamable(exc) or f"{type(exc).__name__}: {exc}")
     elif isinstance(exc, OSError):  # the system's words, with what to do at a limit (as the command line says)
         error = f"{exc.filename}: {os_reason(exc)}" if exc.filename else os_reason(exc)
-    elif no_thread(exc) is not None:  # (the machine's, but a thread may be had again for the next file)
-        error = str(no_thread(exc))
-    elif no_room_to_load(exc) is not None:
-        error = str(no_room_to_load(exc))
+    elif (refused := no_thread(exc) or no_room_to_load(exc)) is not None:  # the machine's limits, met on this file
+        error = str(refused)
     else:  # unexpected, but only this file's: a library's error on a hostile file (pyarrow's ArrowIndexError,
         # a decoder's KeyError) fails the file in one line, not the run; one line even where the library's own
         # message takes several (matplotlib's parse errors point at a column on the next)
