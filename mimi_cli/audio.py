@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from mimi_cli.c_stderr import CaughtStderr
-from mimi_cli.errors import InvalidAudioError, over_memory, physical_memory
+from mimi_cli.errors import InvalidAudioError, memory_said, over_memory, usable_memory
 from mimi_cli.fileio import (Target, as_target, atomic_output, cannot_write, file_kind, head_holds, holds, is_stdout,
                              missing, native)
 from mimi_cli.models.codec import MAX_PEAK
@@ -53,10 +53,10 @@ def read_audio(path: Path) -> Audio:
     with open_audio(path) as f:
 
         def check(seconds: float) -> None:
-            needed, memory = seconds * f.samplerate * f.channels * READ_BYTES_PER_SAMPLE, physical_memory()
+            needed, memory = seconds * f.samplerate * f.channels * READ_BYTES_PER_SAMPLE, usable_memory()
             if memory and needed > memory // 2:
                 raise InvalidAudioError(f"{path} declares {seconds / 60:.1f} min of audio, about {needed / 1e9:.0f} "
-                                        f"GB once read, more than half this machine's {memory / 1e9:.0f} GB: split "
+                                        f"GB once read, more than half {memory_said(memory)}: split "
                                         "it into shorter files (or its header is damaged)")
 
         check(f.frames / f.samplerate)
@@ -895,8 +895,8 @@ def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     memory = over_memory(needed)
     if memory:
         raise InvalidAudioError(f"resampling {length / from_rate:,.1f} s of audio from {from_rate:,} Hz to "
-                                f"{to_rate:,} Hz would take about {needed / 1e9:,.0f} GB, more than this machine's "
-                                f"{memory / 1e9:.0f} GB: give shorter audio, or a rate nearer its own")
+                                f"{to_rate:,} Hz would take about {needed / 1e9:,.0f} GB, more than "
+                                f"{memory_said(memory)}: give shorter audio, or a rate nearer its own")
     g = math.gcd(from_rate, to_rate)
     return scipy_signal().resample_poly(pcm, to_rate // g, from_rate // g, axis=-1).astype(np.float32)
 

@@ -41,8 +41,8 @@ from mimi_cli.audio import AUDIO_SUFFIXES, audio_format
 from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
 from mimi_cli.errors import (TASK_LIMIT, MimiError, OutputExistsError, UnnamableOutputError, check_flag, check_integer,
-                             check_path, counted, dumps_json, first_line, no_thread, os_reason, physical_memory,
-                             shell_word, task_limit)
+                             check_path, counted, dumps_json, first_line, memory_said, no_thread, os_reason,
+                             shell_word, task_limit, usable_memory)
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_stdout_apart,
                              check_suffix, either, file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe,
                              is_stdout, local_path, missing, names_folder, output_exists, remove_temporaries,
@@ -387,11 +387,11 @@ def usable_workers(jobs: int, pending: int, engine: Engine) -> tuple[int, str | 
         unable = _no_process_locks()
         if unable:
             return 1, f"worker processes cannot run here ({unable}); working in this process instead"
-    memory = physical_memory()
+    memory = usable_memory()
     fit = max(1, int(0.9 * memory // BASE_BYTES))
     if memory and workers > fit:
-        return fit, (f"--jobs {jobs} is more workers than this machine's memory holds ({memory / 1e9:.0f} GB, about "
-                     f"{BASE_BYTES / 1e9:.1f} GB a worker); using {fit}")
+        return fit, (f"--jobs {jobs} is more workers than {memory_said(memory)} hold "
+                     f"(about {BASE_BYTES / 1e9:.1f} GB a worker); using {fit}")
     cores = usable_cores()
     if workers > cores:  # 30 workers on 2 cores took 48 s where 2 took 14 s (30 files of 7 s)
         return workers, (f"--jobs {jobs} is more workers than the {counted(cores, 'core')} this process may use: "

@@ -32,8 +32,8 @@ import numpy as np
 
 from mimi_cli.ecdc import MAGIC as ECDC_MAGIC
 from mimi_cli.ecdc import check_streams, ecdc_model, is_ecdc_path, read_ecdc, write_ecdc
-from mimi_cli.errors import (DATA_ERRORS, InvalidCodesError, counted, first_line, loads_json, malformed, os_reason,
-                             physical_memory)
+from mimi_cli.errors import (DATA_ERRORS, InvalidCodesError, counted, first_line, loads_json, malformed,
+                             memory_said, os_reason, usable_memory)
 from mimi_cli.fileio import (STDOUT, Target, as_target, atomic_output, file_kind, head_holds, holds, is_folder,
                              is_input_copy, missing, safetensors_head, zip_members)
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
@@ -346,10 +346,10 @@ def _declared(config: CodecConfig, fail) -> HeaderCheck:
             _code_shape(shape, config, fail)
         elif size > MAX_HINTED_BYTES:
             raise fail(_not_integers(dtype))
-        memory = physical_memory()
+        memory = usable_memory()
         if memory and size > memory // 2:
-            raise fail(f"its {list(shape)} {dtype} values would take {size / 1e9:.1f} GB, more than half this "
-                       f"machine's {memory / 1e9:.0f} GB; split the codes into shorter files")
+            raise fail(f"its {list(shape)} {dtype} values would take {size / 1e9:.1f} GB, more than half "
+                       f"{memory_said(memory)}; split the codes into shorter files")
     return check
 
 

@@ -137,22 +137,44 @@ def _ansi_c(c: str) -> str:
     return "".join(f"\\x{b:02x}" for b in os.fsencode(c))
 
 
-def physical_memory() -> int:
-    """The machine's memory in bytes, 0 where the system does not say: what a size declared by a file or
-    a program is checked against before allocating (the system grants large arrays lazily, then kills
-    the process that fills them)."""
-    import os
+def usable_memory() -> int:
+    """The memory this process may use, in bytes, 0 where the system does not say: the machine's, or less where
+    its control group sets a limit (a container's, systemd's MemoryMax). What a size declared by a file or a
+    program is checked against before allocating: the system grants large arrays lazily, then kills the
+    process that fills them, without a word."""
+    from mimi_cli.core import cgroups
 
+    limit = cgroups.memory_limit()
+    return min(_machine_memory(), limit) if limit else _machine_memory()
+
+
+def _machine_memory() -> int:
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 0
 
 
+def memory_said(memory: int) -> str:
+    """``memory`` (from :func:`usable_memory`) as a message names it: "this machine's 24 GB", or "the 2.5 GB
+    this process may use (its control group's limit: a container's memory)" where that limit is the smaller."""
+    from mimi_cli.core import cgroups
+
+    if memory == cgroups.memory_limit() and memory < _machine_memory():
+        return f"the {gigabytes(memory)} this process may use (its control group's limit: a container's memory)"
+    return f"this machine's {gigabytes(memory)}"
+
+
+def gigabytes(size: float) -> str:
+    """``size`` bytes as "24 GB", "2.5 GB" or "0.031 GB": two figures below 10 GB, where a container's are."""
+    gb = size / 1e9
+    return f"{gb:,.0f} GB" if gb >= 10 else f"{gb:.2g} GB"
+
+
 def over_memory(needed: float) -> int:
-    """This machine's memory when ``needed`` bytes would take more than 90 % of it (room for the system and
-    other programs); 0 when it fits, or where the system does not say."""
-    memory = physical_memory()
+    """The memory this process may use when ``needed`` bytes would take more than 90 % of it (room for the
+    system and other programs); 0 when it fits, or where the system does not say."""
+    memory = usable_memory()
     return memory if memory and needed > 0.9 * memory else 0
 
 

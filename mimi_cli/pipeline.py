@@ -32,7 +32,7 @@ from mimi_cli.codes import MAX_CHANNELS, CodesFile, check_codes_head, is_bare_ar
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
                              check_integer, check_path, counted, dumps_json, first_line, no_room_to_load, no_thread,
-                             os_reason, out_of_memory, over_memory, unnamable)
+                             memory_said, os_reason, out_of_memory, over_memory, unnamable)
 from mimi_cli.fileio import Readable, Target, file_kind, native, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
@@ -45,12 +45,12 @@ def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC, remedy: str |
     to do instead (default: encode's and decode's --stream, where the codec has it)."""
     spec = codec_spec(codec)
     needed = spec.batch_bytes(1, seconds)
-    physical = over_memory(needed)
-    if physical:
+    memory = over_memory(needed)
+    if memory:
         remedy = remedy or ("use --stream, which keeps memory flat" if spec.streaming
                             else "split the audio into shorter files (this codec has no streaming mode here)")
-        raise MimiError(f"{seconds / 60:.1f} min of audio would need about {needed / 1e9:.0f} GB in batch mode "
-                        f"(this machine has {physical / 1e9:.0f} GB); {remedy}")
+        raise MimiError(f"{seconds / 60:.1f} min of audio would need about {needed / 1e9:.0f} GB in batch mode, "
+                        f"more than {memory_said(memory)}; {remedy}")
 
 
 def read_for_batch(path: Path, f, codec: str, remedy: str | None = None) -> Audio:

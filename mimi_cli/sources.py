@@ -41,8 +41,8 @@ from typing import Literal
 
 from mimi_cli.arrow_ipc import declared_bytes
 from mimi_cli.audio import BlockReader
-from mimi_cli.errors import (InvalidAudioError, InvalidCodesError, MimiError, counted, first_line, loads_json,
-                             os_reason, physical_memory)
+from mimi_cli.errors import (InvalidAudioError, InvalidCodesError, MimiError, counted, first_line, gigabytes,
+                             loads_json, memory_said, os_reason, usable_memory)
 from mimi_cli.fileio import (STDIN, check_stdin, file_kind, head_holds, holds, home_expanded, local_path, native,
                              standard_input, text_kind, url)
 from mimi_cli.parquet_footer import column_values
@@ -379,20 +379,21 @@ def unread_spans_note(first: str, lines: int, keys: set[str]) -> str:
 def _check_listing(items: int, shown: str) -> None:
     """Refuse a list of more items (or lines) than this machine can plan (ROW_LISTING_BYTES each, under half
     its memory), before they are split and parsed."""
-    memory = physical_memory()
+    memory = usable_memory()
     if memory and items * ROW_LISTING_BYTES > memory // 2:
-        raise MimiError(f"{shown} holds {items:,} lines; planning them would take more than half this machine's "
-                        f"{memory / 1e9:.0f} GB ({ROW_LISTING_BYTES:,} bytes each): split it into smaller lists")
+        raise MimiError(f"{shown} holds {items:,} lines; planning them would take more than half "
+                        f"{memory_said(memory)} ({ROW_LISTING_BYTES:,} bytes each): split it into smaller lists")
 
 
 def _bounded_read(f, shown: str) -> bytes:
     """All of a list, or a refusal once it goes past an eighth of the memory (a pipe whose writer never ends)."""
-    limit = (physical_memory() or 1 << 62) // 8
+    memory = usable_memory()
+    limit = (memory or 1 << 62) // 8
     data, size = [], 0
     while block := f.read(1 << 20):  # in blocks: read(limit) would allocate the limit, gigabytes, for any list
         size += len(block)
         if size > limit:
-            raise MimiError(f"{shown} goes on past {limit / 1e9:.1f} GB, an eighth of this machine's memory (does "
+            raise MimiError(f"{shown} goes on past {gigabytes(limit)}, an eighth of {memory_said(memory)} (does "
                             "what writes it ever end?): split the list into smaller ones")
         data.append(block)
     return b"".join(data)
@@ -701,10 +702,10 @@ def list_table(path: Path, audio_column: str) -> list[Entry]:
     entries = []
     for file in _table_files(path):
         schema, names, rows = _table_shape(file)
-        memory = physical_memory()
+        memory = usable_memory()
         if memory and rows * ROW_LISTING_BYTES > memory // 2:  # before listing a count a small file can declare
-            raise MimiError(f"{file} declares {rows:,} rows; listing them would take more than half this machine's "
-                            f"{memory / 1e9:.0f} GB ({ROW_LISTING_BYTES:,} bytes each): split it into smaller files")
+            raise MimiError(f"{file} declares {rows:,} rows; listing them would take more than half "
+                            f"{memory_said(memory)} ({ROW_LISTING_BYTES:,} bytes each): split it into smaller files")
         if audio_column not in names:
             raise MimiError(f"{file} has no column {audio_column!r} (columns: {', '.join(names)}); name "
                             "the column to read with --audio-column (encode) or --codes-column (decode)")
@@ -779,10 +780,10 @@ def _arrow_table(file: str):
     import pyarrow as pa
 
     source = pa.memory_map(native(file))
-    declared, memory = declared_bytes(source), physical_memory()  # its compressed buffers, once decompressed
+    declared, memory = declared_bytes(source), usable_memory()  # its compressed buffers, once decompressed
     if memory and declared > memory // 2:
-        raise MimiError(f"{file} declares {declared / 1e9:,.1f} GB once decompressed, more than half this machine's "
-                        f"{memory / 1e9:.0f} GB; write it without compression (as save_to_disk does) or in parts")
+        raise MimiError(f"{file} declares {declared / 1e9:,.1f} GB once decompressed, more than half "
+                        f"{memory_said(memory)}; write it without compression (as save_to_disk does) or in parts")
     source.seek(0)
     try:
         table = pa.ipc.open_stream(source).read_all()
@@ -818,10 +819,10 @@ def _row_group(file: str, group: int, columns: tuple[str, ...]):
         parquet = pq.ParquetFile(f)
         held = sum(values * (READ_BYTES_PER_VALUE + PARQUET_WIDTHS.get(kind, 8))
                    for name, kind, values in column_values(file)[group] if name in columns)
-        declared, memory = max(parquet.metadata.row_group(group).total_byte_size, held), physical_memory()
+        declared, memory = max(parquet.metadata.row_group(group).total_byte_size, held), usable_memory()
         if memory and declared > memory // 2:
             raise MimiError(f"{file}: row group {group} takes {declared / 1e9:,.1f} GB once read, by what it "
-                            f"declares; more than half this machine's {memory / 1e9:.0f} GB: write it with smaller "
+                            f"declares; more than half {memory_said(memory)}: write it with smaller "
                             "row groups")
         leaves = map(parquet.schema.column, range(len(parquet.schema)))
         as_dictionary = [leaf.path for leaf in leaves

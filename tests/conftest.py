@@ -60,9 +60,9 @@ def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: a worker per usable core, as many as the memory holds (the suite's largest process, run
     alone, peaked at 3.5 GB: GNU time's maximum resident set size)."""
     from mimi_cli.core.threads import usable_cores
-    from mimi_cli.errors import physical_memory
+    from mimi_cli.errors import usable_memory
 
-    return max(1, min(usable_cores(), int((physical_memory() or 3.5e9) // 3.5e9)))
+    return max(1, min(usable_cores(), int((usable_memory() or 3.5e9) // 3.5e9)))
 
 
 # Two pytest-xdist workers on two cores: each computes in-process with one BLAS thread, as `--jobs` gives each

@@ -55,10 +55,10 @@ def test_a_resampling_beyond_the_memory_is_refused_before_any_work(monkeypatch):
 
     from mimi_cli import errors
 
-    monkeypatch.setattr(errors, "physical_memory", lambda: 1 << 30)  # a 1 GiB machine
+    monkeypatch.setattr(errors, "usable_memory", lambda: 1 << 30)  # a 1 GiB machine
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 100)).astype(np.float32)
     with pytest.raises(InvalidAudioError, match=r"^resampling 100\.0 s of audio from 1 Hz to 768,000 Hz would take "
-                                                r"about 2 GB, more than this machine's 1 GB: give shorter audio"):
+                                                r"about 2 GB, more than this machine's 1.1 GB: give shorter audio"):
         resample(x, 1, 768_000)  # 2 × 76.8 million samples
     np.testing.assert_array_equal(resample(x, 1, 24_000), resample_poly(x, 24_000, 1, axis=-1).astype(np.float32))
 

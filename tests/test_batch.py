@@ -326,24 +326,24 @@ def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch
     from mimi_cli.pipeline import Settings
 
     monkeypatch.setattr(batch, "usable_cores", lambda: 2)
-    monkeypatch.setattr(batch, "physical_memory", lambda: 24e9)
+    monkeypatch.setattr(batch, "usable_memory", lambda: 24e9)
     assert batch.usable_workers(2, 5000, "local") == (2, None)
     assert batch.usable_workers(3, 5000, "local") == (3, "--jobs 3 is more workers than the 2 cores this process "
                                                          "may use: they take turns, each loading the weights; --jobs 2 "
                                                          "is as fast or faster")
     assert batch.usable_workers(3, 2, "local") == (2, None)  # two files: two workers
     monkeypatch.setattr(batch, "usable_cores", lambda: 8)
-    monkeypatch.setattr(batch, "physical_memory", lambda: 4e9)
+    monkeypatch.setattr(batch, "usable_memory", lambda: 4e9)
     assert BASE_BYTES == 0.6e9
     workers, note = batch.usable_workers(1000, 5000, "local")
-    assert workers == 6 and note == ("--jobs 1000 is more workers than this machine's memory holds (4 GB, about "
+    assert workers == 6 and note == ("--jobs 1000 is more workers than this machine's 4 GB hold (about "
                                      "0.6 GB a worker); using 6")
     assert batch.usable_workers(1000, 3, "local") == (3, None)
     assert batch.usable_workers(1000, 5000, "ray") == (1000, None)
     planned = batch.plan(batch.Job(Settings("encode"), (str(corpus),), str(tmp_path / "out"), recursive=True,
                                    jobs=1000))
     assert planned.workers == 4 and not any("--jobs" in n for n in planned.notes)  # four files
-    monkeypatch.setattr(batch, "physical_memory", lambda: 1.5e9)
+    monkeypatch.setattr(batch, "usable_memory", lambda: 1.5e9)
     planned = batch.plan(batch.Job(Settings("encode"), (str(corpus),), str(tmp_path / "out"), recursive=True,
                                    jobs=3))
     assert planned.workers == 2 and "using 2" in planned.notes[-1]

@@ -477,14 +477,14 @@ def test_a_run_whose_values_would_outgrow_the_machine_is_refused_before_allocati
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines()) \
         if Path("/proc/meminfo").exists() else {}
     if "MemTotal" in meminfo:  # the limit is the machine's memory, as the kernel counts it
-        assert ops.physical_memory() == int(meminfo["MemTotal"].split()[0]) * 1024
+        assert ops.usable_memory() == int(meminfo["MemTotal"].split()[0]) * 1024
     lines = [op("fill", (name, "fp32", (100, 1000)), shape=[100, 1000], value=np.float32(i))
              for i, name in enumerate(("a", "b", "c"))]
     program = build(tmp_path, {"x": ("fp32", (1,))}, lines, ["a", "b", "c"])
     feeds = {"x": np.zeros(1, np.float32)}
     assert program.predict(feeds)["c"].sum() == 2 * 100_000  # the machine's own memory: runs
-    monkeypatch.setattr(ops, "physical_memory", lambda: 1 << 20)
-    crossing = r"op fill 'c': would take the program's values past [\d.]+ GiB in all, more than this machine's"
+    monkeypatch.setattr(ops, "usable_memory", lambda: 1 << 20)
+    crossing = r"op fill 'c': would take the program's values past [\d.]+ GB in all, more than this machine's"
     for attempt in (lambda: program.predict(feeds), program.prepare):
         with pytest.raises(ProgramError, match=crossing):
             attempt()

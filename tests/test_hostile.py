@@ -97,8 +97,8 @@ def test_a_weight_that_declares_more_values_than_memory_is_refused_before_rebuil
     assert ran.returncode == 1 and "Traceback" not in ran.stderr and expected in ran.stderr, ran.stderr
     small = np.arange(400) % 2, np.ones((1, 2, 100), np.float16)
     assert constexpr.lut_to_dense(*small, vector_axis=0).shape == (40_000,)
-    monkeypatch.setattr(constexpr, "physical_memory", lambda: 500_000)
-    with pytest.raises(ValueError, match="it would make 40,000 values, more than this machine's 0 GB"):
+    monkeypatch.setattr(constexpr, "usable_memory", lambda: 500_000)
+    with pytest.raises(ValueError, match="it would make 40,000 values, more than this machine's 0.0005 GB can rebuild"):
         constexpr.lut_to_dense(*small, vector_axis=0)
 
 
@@ -301,9 +301,9 @@ def test_a_bare_array_is_refused_by_its_header_before_it_is_inflated(tmp_path, m
     with pytest.raises(InvalidCodesError, match=r"\(these are whole numbers: store them as integers"):
         load_codes(tmp_path / "small.npz")
     _deflated_array(tmp_path / "week.npz", (8, 1_000_000), "<i8")  # a shape that is decoded, beyond memory
-    monkeypatch.setattr(codes, "physical_memory", lambda: 100 << 20)
+    monkeypatch.setattr(codes, "usable_memory", lambda: 100 << 20)
     with pytest.raises(InvalidCodesError, match=r"\(codes\): its \[8, 1000000\] int64 values would take 0.1 GB, "
-                                                r"more than half this machine's 0 GB; split the codes"):
+                                                r"more than half this machine's 0.1 GB; split the codes"):
         load_codes(tmp_path / "week.npz")
     monkeypatch.undo()
     assert load_codes(tmp_path / "week.npz").codes.shape == (1, 8, 1_000_000)

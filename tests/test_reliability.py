@@ -1112,6 +1112,90 @@ def test_file_size_limit_is_named(codes, weights_file, tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav"]
 
 
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_a_control_groups_memory_limit_is_what_sizes_are_checked_against(tmp_path, monkeypatch, version):
+    """A container (docker --memory, a Kubernetes limit, systemd's MemoryMax) shows the machine's memory to
+    sysconf, and the kernel kills, without a word, a process past its control group's limit: sizes were
+    checked against the machine's 24 GB in a container of 0.4 GB. Its group's limit and those above it count,
+    the smallest; "no limit" ("max", v1's largest count of pages) does not."""
+    from mimi_cli import errors, pipeline
+    from mimi_cli.core import cgroups
+
+    monkeypatch.setattr(cgroups, "CGROUPS", tmp_path)
+    monkeypatch.setattr(cgroups, "OWN_GROUPS", tmp_path / "self")
+    group = tmp_path / ("" if version == "v2" else "memory") / "kubepods" / "pod1"
+    group.mkdir(parents=True)
+    (tmp_path / "self").write_text("0::/kubepods/pod1\n" if version == "v2" else
+                                   "5:memory:/kubepods/pod1\n4:cpu,cpuacct:/kubepods/pod1\n0::/\n")
+
+    def limit(folder, size):
+        name, none = ("memory.max", "max") if version == "v2" else ("memory.limit_in_bytes", 0x7FFFFFFFFFFFF000)
+        (folder / name).write_text(f"{none if size is None else size}\n")
+
+    machine = errors._machine_memory()
+    limit(group, None)
+    assert cgroups.memory_limit() is None and errors.usable_memory() == machine
+    assert errors.memory_said(machine).startswith("this machine's ")
+    limit(group, 2 * machine)  # a limit above the machine's memory
+    assert errors.usable_memory() == machine
+    limit(group, 800_000_000)
+    limit(group.parent, 400_000_000)  # the group above is smaller
+    assert cgroups.memory_limit() == errors.usable_memory() == 400_000_000
+    with pytest.raises(MimiError, match=r"^30\.0 min of audio would need about \d+ GB in batch mode, more than the "
+                                        r"0\.4 GB this process may use \(its control group's limit: a container's "
+                                        r"memory\); use --stream, which keeps memory flat$"):
+        pipeline.check_batch_memory(30 * 60)
+    (tmp_path / "self").unlink()  # not Linux's /proc: the machine's
+    assert errors.usable_memory() == machine
+
+
+@contextlib.contextmanager
+def memory_control_group(size: int):
+    """A real control group of ``size`` bytes of memory (cgroup v1 or v2), for a child to enter as it starts
+    (the function yielded, a ``preexec_fn``); skips where this process may not make one (not root)."""
+    v1, v2 = Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup")
+    if (v1 / "memory.limit_in_bytes").exists():
+        folder, name = v1, "memory.limit_in_bytes"
+    elif "memory" in (v2 / "cgroup.subtree_control").read_text() if (v2 / "cgroup.subtree_control").exists() else "":
+        folder, name = v2, "memory.max"
+    else:
+        pytest.skip("no cgroup memory controller here")
+    group = folder / f"mimi-test-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / name).write_text(str(size))
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+        pytest.skip(f"cannot make a control group here: {exc}")
+    try:
+        yield lambda: (group / "cgroup.procs").write_text(str(os.getpid()))
+    finally:
+        for _ in range(50):  # a group can be removed once its last process has gone, which takes a moment
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def test_a_batch_run_past_its_control_groups_memory_is_refused_not_killed(weights_file, tmp_path):
+    """In a container of 400 MB, `mimi encode` of 30 min in batch mode was checked against the machine's memory,
+    began, and was killed by the kernel within a second (exit 137, not a word). It is refused first, in one line
+    naming the limit and --stream, and nothing is written."""
+    audio = tmp_path / "long.flac"
+    with sf.SoundFile(audio, "w", 8000, 1, "PCM_16") as f:
+        for _ in range(30):
+            f.write(np.zeros(8000 * 60, np.int16))
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
+    with memory_control_group(400 << 20) as enter:
+        done = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", str(audio), "-o", "long.npz"],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, preexec_fn=enter)
+    one_line_error(done, "30.0 min of audio would need about", "more than the 0.42 GB this process may use (its "
+                   "control group's limit: a container's memory); use --stream")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.flac"]
+
 _REFUSED = """
 import errno, mmap, sys
 from mimi_cli import batch, cli, pipeline

@@ -153,7 +153,7 @@ def test_more_streams_than_memory_holds_are_refused_before_they_are_built(small_
     from mimi_cli.models import codec_spec
 
     each = codec_spec("mimi").stream_bytes
-    monkeypatch.setattr(errors, "physical_memory", lambda: int(3.5 * each))  # room for 3 streams
+    monkeypatch.setattr(errors, "usable_memory", lambda: int(3.5 * each))  # room for 3 streams
     for make in (small_model.stream_encoder, small_model.stream_decoder, small_model.stream_duplex):
         with pytest.raises(ValueError, match=f"^4 streams would hold about .* GB \\({each / 1e6:.0f} MB each\\), "
                                              "more than this machine's .* GB: at most 3 streams here$"):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mimi_cli.bench import speech_like
-from mimi_cli.core import threads
+from mimi_cli.core import cgroups, threads
 from mimi_cli.core.stream import (Chain, Identity, Pointwise, Stream, Sum, _balanced_cuts, run_chunks,
                                   split_layers)
 from mimi_cli.models import codec_spec
@@ -289,8 +289,8 @@ def test_an_error_in_a_stage_reaches_the_caller(position, stored, head):
 def test_the_cores_a_process_may_use(tmp_path, monkeypatch, version):
     """Its CPU affinity (taskset, a cpuset), and its control group's CPU quota (docker --cpus) in whole cores,
     the smallest of its group's and the groups above: not os.cpu_count(), the machine's."""
-    monkeypatch.setattr(threads, "CGROUPS", tmp_path)
-    monkeypatch.setattr(threads, "OWN_GROUPS", tmp_path / "self")
+    monkeypatch.setattr(cgroups, "CGROUPS", tmp_path)
+    monkeypatch.setattr(cgroups, "OWN_GROUPS", tmp_path / "self")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     group = tmp_path / ("" if version == "v2" else "cpu,cpuacct") / "kubepods" / "pod1"
     group.mkdir(parents=True)
@@ -305,9 +305,9 @@ def test_the_cores_a_process_may_use(tmp_path, monkeypatch, version):
             (folder / "cpu.cfs_period_us").write_text(f"{period}\n")
 
     limit(group, "max")
-    assert threads._cpu_quota() is None and threads.usable_cores() == 8  # no quota: the affinity's 8
+    assert cgroups.cpu_quota() is None and threads.usable_cores() == 8  # no quota: the affinity's 8
     limit(group, 250_000)
-    assert threads._cpu_quota() == 2.5 and threads.usable_cores() == 3  # 2.5 cores of time: 3 threads
+    assert cgroups.cpu_quota() == 2.5 and threads.usable_cores() == 3  # 2.5 cores of time: 3 threads
     limit(group.parent, 100_000)
     assert threads.usable_cores() == 1  # the parent's quota is smaller
     assert threads.usable_threads(4) == (1, "--threads 4 is more than the 1 core this process may use; using 1")

@@ -28,13 +28,12 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 
+from mimi_cli.core import cgroups
+
 CACHE_BLOCK = 1 << 16  # elements: 256 KB of float32 in and out, well inside a core's L2 cache
-CGROUPS = Path("/sys/fs/cgroup")  # where Linux shows control groups (tests point these two elsewhere)
-OWN_GROUPS = Path("/proc/self/cgroup")  # this process's groups, under CGROUPS
 
 
 def usable_cores() -> int:
@@ -45,40 +44,8 @@ def usable_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cores = os.cpu_count() or 1
-    quota = _cpu_quota()
+    quota = cgroups.cpu_quota()
     return max(1, min(cores, math.ceil(quota)) if quota else cores)
-
-
-def _cpu_quota() -> float | None:
-    """The smallest CPU quota (cores) of this process's control group and the groups above it (cgroup v2's
-    ``cpu.max`` "QUOTA PERIOD", v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), or None for no quota."""
-    try:
-        groups = OWN_GROUPS.read_text().splitlines()
-    except OSError:
-        return None
-    quotas = []
-    for line in groups:  # "0::/path" (v2), "4:cpu,cpuacct:/path" (v1)
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        v1 = "cpu" in controllers.split(",")
-        if controllers and not v1:
-            continue
-        root = CGROUPS / ",".join(sorted(controllers.split(","))) if v1 else CGROUPS
-        if v1 and not root.is_dir():
-            root = CGROUPS / "cpu"
-        folder = root / path.strip("/")
-        for group in (folder, *folder.parents):
-            try:
-                if v1:
-                    quota, period = ((group / f"cpu.cfs_{n}_us").read_text().strip() for n in ("quota", "period"))
-                else:
-                    quota, period = (group / "cpu.max").read_text().split()
-                if quota not in ("max", "-1") and float(period) > 0:
-                    quotas.append(float(quota) / float(period))
-            except (OSError, ValueError):
-                pass
-            if group == root:
-                break
-    return min(quotas) if quotas else None
 
 
 _threads = usable_cores()

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import special
 
-from mimi_cli.errors import MimiError, physical_memory
+from mimi_cli.errors import MimiError, gigabytes, memory_said, usable_memory
 
 
 class ProgramError(MimiError, ValueError):
@@ -55,14 +55,14 @@ class Allowance:
     """
 
     def __init__(self, limit: int | None = None):
-        self.limit = physical_memory() if limit is None else limit
+        self.limit = usable_memory() if limit is None else limit
         self.taken = 0
 
     def take(self, nbytes: int, call: Call) -> None:
         self.taken += nbytes
         if self.limit and self.taken > self.limit:
-            raise call.error(f"would take the program's values past {self.taken / (1 << 30):,.1f} GiB in all, more "
-                             f"than this machine's {self.limit / (1 << 30):,.1f} GiB of memory")
+            raise call.error(f"would take the program's values past {gigabytes(self.taken)} in all, more "
+                             f"than {memory_said(self.limit)}")
 
 
 class Call:

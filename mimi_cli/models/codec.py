@@ -184,7 +184,7 @@ class Codec(Module):
         """Refuse a batch call on ``shape`` = ``(rows, samples)`` whose peak memory (the codec's registry entry:
         docs/performance.md) would not fit this machine's, before allocating: the kernel would kill the process
         instead (decoding 10⁷ frames at once grew past 24 GB)."""
-        from mimi_cli.errors import over_memory
+        from mimi_cli.errors import memory_said, over_memory
         from mimi_cli.models import CODECS
 
         spec = CODECS.get(self.config.name)
@@ -197,7 +197,7 @@ class Codec(Module):
                       f"give fewer rows at a time, or stream them: model.{stream} keeps memory flat" if rows > 1
                       else f"stream it: model.{stream} keeps memory flat")
             raise MimiError(f"{doing} {rows:,} row{'s' if rows > 1 else ''} of {length} of audio at once would need "
-                            f"about {needed / 1e9:,.0f} GB (this machine has {memory / 1e9:.0f} GB); {remedy}")
+                            f"about {needed / 1e9:,.0f} GB, more than {memory_said(memory)}; {remedy}")
 
     @staticmethod
     def check_audio(pcm: np.ndarray) -> None:

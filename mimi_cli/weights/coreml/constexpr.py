@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from mimi_cli.errors import physical_memory
+from mimi_cli.errors import memory_said, usable_memory
 from mimi_cli.weights.dtypes import unpack_bits
 
 # Bytes a rebuilt value takes while it is made: its index and group as 8-byte integers, and itself.
@@ -26,10 +26,10 @@ _REBUILD_BYTES = 20
 def _room_for(count: int) -> None:
     """Refuse, before allocating, a tensor of ``count`` values that this machine cannot rebuild: a few bytes
     of 1-bit indices and a long look-up vector, or a shape literal, can declare billions of values."""
-    memory = physical_memory()
+    memory = usable_memory()
     if memory and count * _REBUILD_BYTES > memory:
-        raise ValueError(f"it would make {count:,} values, more than this machine's {memory / 1e9:.0f} GB of "
-                         "memory can rebuild")
+        raise ValueError(f"it would make {count:,} values, more than {memory_said(memory)} can "
+                         "rebuild")
 
 
 def affine_dequantize(quantized_data: np.ndarray, zero_point: np.ndarray, scale: np.ndarray,
