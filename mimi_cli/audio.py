@@ -204,7 +204,7 @@ def open_with_ffmpeg(source, name, soundfile_reason: str, whole: bool = True):
     reason given), opened with PyAV when it is installed."""
     try:
         import av
-    except ImportError:
+    except ModuleNotFoundError:  # (installed but not loadable: said as such, as the run's, not this file's)
         if not whole:
             raise InvalidAudioError(f"{name} would be read only in part: {soundfile_reason}; install the ffmpeg "
                                     'extra, which reads all of it (pip install "mimi-cli[ffmpeg]"), or re-export '
@@ -252,7 +252,7 @@ def check_audio_head(head: bytes, name: str) -> None:
         soundfile_reason = getattr(exc, "error_string", None) or str(exc)
     try:
         import av
-    except ImportError:
+    except ModuleNotFoundError:
         raise _not_audio(name, soundfile_reason, kind) from None
     try:
         with av.open(io.BytesIO(head)) as container:

@@ -41,8 +41,8 @@ from mimi_cli.audio import AUDIO_SUFFIXES, audio_format
 from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
 from mimi_cli.errors import (TASK_LIMIT, MimiError, OutputExistsError, UnnamableOutputError, check_flag, check_integer,
-                             check_path, counted, dumps_json, first_line, memory_said, no_thread, os_reason,
-                             shell_word, task_limit, usable_memory)
+                             check_path, counted, dumps_json, first_line, memory_said, needs_extra, no_thread,
+                             os_reason, shell_word, task_limit, usable_memory)
 from mimi_cli.fileio import (STDIN, STDOUT, Target, as_written, atomic_output, check_output, check_stdout_apart,
                              check_suffix, either, file_ids, file_kind, fitted, home_expanded, is_folder, is_pipe,
                              is_stdout, local_path, missing, names_folder, output_exists, remove_temporaries,
@@ -866,11 +866,9 @@ def remote_folder(uri: str, replace_ok: bool, planning: bool = False, shard: tup
     """pyarrow's file system for a --parquet URI (``s3://bucket/codes``) and the folder's path in it, checked
     as a local folder is, before any work: a scheme pyarrow knows, a store it can reach, not a file, and
     empty unless -f or --skip-existing said to replace what is there."""
-    try:
+    with needs_extra('--parquet needs pyarrow: pip install "mimi-cli[parquet]"', "pyarrow"):
         import pyarrow as pa
         from pyarrow import fs
-    except ImportError:
-        raise MimiError('--parquet needs pyarrow: pip install "mimi-cli[parquet]"') from None
     checked = uri
     if planning and uri.lower().startswith(("gs://", "gcs://")) and "retry_limit_seconds" not in uri:
         checked = f"{uri}{'&' if '?' in uri else '?'}retry_limit_seconds={PLANNING_RETRY_SECONDS}"
@@ -1269,11 +1267,9 @@ class ParquetShards:
 
     def __init__(self, destination: str, tasks: list[Task], replace: bool, split: bool,
                  shard: tuple[int, int] | None = None):
-        try:
+        with needs_extra('--parquet needs pyarrow: pip install "mimi-cli[parquet]"', "pyarrow"):
             import pyarrow as pa
             import pyarrow.parquet as pq
-        except ImportError:
-            raise MimiError('--parquet needs pyarrow: pip install "mimi-cli[parquet]"') from None
         from mimi_cli.sources import carried_names
 
         self.pa, self.pq, self.destination, self.replace, self.split = pa, pq, destination, replace, split

@@ -3,10 +3,12 @@
 Every message says what is wrong and, where it helps, what to do about it.
 """
 
+import contextlib
 import errno
 import math
 import numbers
 import os
+from collections.abc import Iterator
 
 
 class MimiError(Exception):
@@ -266,6 +268,21 @@ def no_room_to_load(exc: BaseException) -> MimiError | None:
     if isinstance(exc, ImportError) and "failed to map segment" in str(exc):
         return out_of_memory(MemoryError(f"no room to load {exc.name or 'a library'}"))
     return None
+
+
+@contextlib.contextmanager
+def needs_extra(missing: str, package: str) -> Iterator[None]:
+    """Imports of an optional extra inside the block: not installed, a MimiError saying ``missing`` (what needs
+    it, and the pip command); installed but not loadable, a MimiError saying so, not that it should be
+    installed: no memory to map it (ulimit -v), or a broken install of ``package`` (pip's name)."""
+    try:
+        yield
+    except ModuleNotFoundError:
+        raise MimiError(missing) from None
+    except ImportError as exc:
+        raise no_room_to_load(exc) or MimiError(
+            f"{package} is installed but does not load ({first_line(exc)}): reinstall it (pip install "
+            f"--force-reinstall {package})") from None
 
 
 def loads_json(text: str | bytes, unique_keys: bool = False) -> object:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimi_cli.errors import MimiError
+from mimi_cli.errors import MimiError, needs_extra
 from mimi_cli.fileio import atomic_output
 from mimi_cli.metrics import log_mel, mel_filterbank
 
@@ -34,13 +34,11 @@ def plot_checks(samples: int, sample_rate: int, channels: int = 1):
     # Where HOME cannot be written (a container run as another user: HOME=/), matplotlib logs two warnings
     # about its config folder and makes a temporary one; the plot is the same: not the user's concern.
     logging.getLogger("matplotlib").setLevel(logging.ERROR)
-    try:
+    with needs_extra('--plot needs matplotlib: pip install "mimi-cli[plot]"', "matplotlib"):
         import matplotlib
 
         matplotlib.use("Agg")  # files only: no display needed
         import matplotlib.pyplot as plt
-    except ImportError:
-        raise MimiError('--plot needs matplotlib: pip install "mimi-cli[plot]"') from None
     if samples < N_FFT:
         raise MimiError(f"--plot needs at least {N_FFT} samples ({N_FFT / sample_rate * 1000:.0f} ms) of audio")
     if channels > MAX_COLUMNS:

@@ -23,7 +23,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-from mimi_cli.errors import MimiError, WeightsError, first_line
+from mimi_cli.errors import MimiError, WeightsError, first_line, needs_extra
 from mimi_cli.pipeline import FileResult, Settings, Task, skipped
 
 
@@ -184,9 +184,7 @@ def _check_answers(address: str, timeout: float = 10.0) -> None:
 
 
 def _import_ray():
-    try:
+    with needs_extra('--engine ray needs Ray Data: pip install "mimi-cli[ray]"', "ray"):
         import ray
         import ray.data  # noqa: F401
-    except ImportError:
-        raise MimiError('--engine ray needs Ray Data: pip install "mimi-cli[ray]"') from None
     return ray

@@ -42,7 +42,7 @@ from typing import Literal
 from mimi_cli.arrow_ipc import declared_bytes
 from mimi_cli.audio import BlockReader
 from mimi_cli.errors import (InvalidAudioError, InvalidCodesError, MimiError, counted, first_line, gigabytes,
-                             loads_json, memory_said, os_reason, usable_memory)
+                             loads_json, memory_said, needs_extra, os_reason, usable_memory)
 from mimi_cli.fileio import (STDIN, check_stdin, file_kind, head_holds, holds, home_expanded, local_path, native,
                              standard_input, text_kind, url)
 from mimi_cli.parquet_footer import column_values
@@ -755,11 +755,9 @@ def _holds_else(path: Path, *expected: str) -> str:
 
 
 def _pyarrow():
-    try:
+    with needs_extra('dataset inputs need pyarrow: pip install "mimi-cli[datasets]"', "pyarrow"):
         import pyarrow as pa
         import pyarrow.parquet as pq
-    except ImportError:
-        raise MimiError('dataset inputs need pyarrow: pip install "mimi-cli[datasets]"') from None
     return pa, pq
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, poison_hook, run, speech_at
+from conftest import SAMPLE_AUDIO, ffmpeg_file, poison_hook, run, speech_at
 
 from mimi_cli.core import threads
 from mimi_cli.errors import MimiError, OutputExistsError
@@ -1196,6 +1196,7 @@ def test_a_batch_run_past_its_control_groups_memory_is_refused_not_killed(weight
                    "control group's limit: a container's memory); use --stream")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.flac"]
 
+
 _REFUSED = """
 import errno, mmap, sys
 from mimi_cli import batch, cli, pipeline
@@ -1237,6 +1238,51 @@ def test_system_limits_are_one_line(command, patched, raised, expected, clip, we
     one_line_error(done, expected)
     assert list(tmp_path.iterdir()) == []
 
+
+_UNLOADABLE = """
+import sys
+class Refuse:  # an import of the module, or of one of its own, fails as the system made it fail
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == {module!r}:
+            raise {raised}
+sys.meta_path.insert(0, Refuse())
+from mimi_cli import cli
+sys.argv = ["mimi", *sys.argv[1:]]
+cli.main()
+"""
+_NO_ROOM = 'ImportError("{0}.so: failed to map segment from shared object", name="{0}")'
+
+
+@pytest.mark.parametrize("args, module, raised, expected", [
+    ("roundtrip {clip} --plot p.png", "matplotlib", _NO_ROOM.format("matplotlib._path"),
+     "out of memory (no room to load matplotlib._path); free some memory or raise the limit (ulimit -v)"),
+    ("encode {clip} --parquet pq", "pyarrow", _NO_ROOM.format("pyarrow.lib"),
+     "out of memory (no room to load pyarrow.lib)"),
+    ("encode {clip} --parquet pq", "pyarrow",
+     'ImportError("libarrow.so.2300: cannot open shared object file: No such file or directory", name="pyarrow.lib")',
+     "pyarrow is installed but does not load (libarrow.so.2300: cannot open shared object file: No such file or "
+     "directory): reinstall it (pip install --force-reinstall pyarrow)"),
+    ("encode {clip} --parquet pq", "pyarrow", 'ModuleNotFoundError("No module named \'pyarrow\'", name="pyarrow")',
+     '--parquet needs pyarrow: pip install "mimi-cli[parquet]"'),
+    ("encode {m4a} -o x.npz", "av", _NO_ROOM.format("av._core"), "out of memory (no room to load av._core)"),
+])
+def test_an_extra_that_is_installed_but_does_not_load_is_not_said_missing(args, module, raised, expected, clip,
+                                                                          weights_file, tmp_path):
+    """Under ulimit -v, matplotlib, pyarrow or PyAV can fail to map their compiled part: the run said "--plot
+    needs matplotlib: pip install …" for a library that is installed, or took an M4A file for one that is not
+    audio. An extra that is not installed is said so; one that does not load, as what it is: memory, or a
+    broken install to repair. Nothing is written."""
+    m4a = tmp_path / "in" / "a.m4a"
+    if module == "av":
+        pytest.importorskip("av")
+        m4a.parent.mkdir()
+        ffmpeg_file(m4a, speech_at()[:24000], rate=24000)
+    script = _UNLOADABLE.format(module=module, raised=raised)
+    done = subprocess.run([sys.executable, "-c", script, *args.format(clip=clip, m4a=m4a).split()], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"})
+    one_line_error(done, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["in"] if module == "av" else [])
 
 # A limit on processes and threads (ulimit -u, a container's pids limit), met wherever a thread or process starts:
 # a hook that every process PYTHONPATH reaches imports (the command and its workers) refuses the threads it is
