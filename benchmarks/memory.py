@@ -1,4 +1,5 @@
-"""Peak resident memory of `mimi encode` / `mimi decode`, batch and --stream, on long inputs.
+"""Peak resident memory of `mimi encode` / `mimi decode`, batch and --stream, and of `mimi roundtrip`
+(batch, with its scores where the metrics extra is installed), on long inputs.
 
 Generates its own input (a speech-like signal: the sample clip tiled, or noise if
 it is absent), runs each command as a child process and reads that child's peak
@@ -75,8 +76,11 @@ def main() -> None:
             if not wav.exists():
                 make_input(wav, minutes)
             mode = "stream" if flags else "batch"
-            for command in (["encode", str(wav), "-o", str(codes)], ["decode", str(codes), "-o", str(out)]):
-                rss, wall, code = peak_rss([*command, *flags, "-f", "-q", "--threads", str(args.threads)], env)
+            commands = [["encode", str(wav), "-o", str(codes), "-f"], ["decode", str(codes), "-o", str(out), "-f"]]
+            if not flags:
+                commands.append(["roundtrip", str(wav), "--json"])
+            for command in commands:
+                rss, wall, code = peak_rss([*command, *flags, "-q", "--threads", str(args.threads)], env)
                 print(f"| {mode} | {minutes:g} min | {command[0]} | {rss:,.0f} MB | {wall:,.0f} s | {code} |",
                       flush=True)
 

@@ -16,6 +16,11 @@ import numpy as np
 
 from mimi_cli.errors import TASK_LIMIT, os_reason
 
+# What scoring a round trip takes, per second of audio (24 kHz), on top of encoding and decoding it: STOI's
+# frames at 16 kHz (pystoi, about 1.9 MB), SI-SDR's float64 copies (0.55 MB), the arrays held for them.
+# Measured: a 10 min round trip took 2.6 GB, 30 min 6.1 GB, where encoding took 0.8 and 1.3 (docs/performance.md).
+BYTES_PER_SECOND = 2.5e6
+
 
 def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     """Scale-invariant signal-to-distortion ratio in dB (higher is better)."""

@@ -40,11 +40,13 @@ from mimi_cli.sources import Item, carried_keys, open_item, row_codes
 from mimi_cli.weights import resolve_weights, weights_files, weights_id
 
 
-def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC, remedy: str | None = None) -> None:
-    """Refuse a batch run that cannot fit in this machine's memory, before doing any work; ``remedy`` says what
-    to do instead (default: encode's and decode's --stream, where the codec has it)."""
+def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC, remedy: str | None = None,
+                       also_per_second: float = 0.0) -> None:
+    """Refuse a batch run that cannot fit in the memory this process may use, before doing any work; ``remedy``
+    says what to do instead (default: encode's and decode's --stream, where the codec has it);
+    ``also_per_second``: bytes the run takes per second of audio besides the codec's (a round trip's scores)."""
     spec = codec_spec(codec)
-    needed = spec.batch_bytes(1, seconds)
+    needed = spec.batch_bytes(1, seconds) + also_per_second * seconds
     memory = over_memory(needed)
     if memory:
         remedy = remedy or ("use --stream, which keeps memory flat" if spec.streaming
@@ -53,10 +55,10 @@ def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC, remedy: str |
                         f"more than {memory_said(memory)}; {remedy}")
 
 
-def read_for_batch(path: Path, f, codec: str, remedy: str | None = None) -> Audio:
+def read_for_batch(path: Path, f, codec: str, remedy: str | None = None, also_per_second: float = 0.0) -> Audio:
     """All of an open file, for batch mode: refused before reading when the length it declares would not
     fit in memory, and while reading when it goes on past that length and then would not."""
-    check = functools.partial(check_batch_memory, codec=codec, remedy=remedy)
+    check = functools.partial(check_batch_memory, codec=codec, remedy=remedy, also_per_second=also_per_second)
     check(f.frames / f.samplerate)
     return read_open(path, f, check)
 
@@ -739,6 +741,7 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
     ``settings.stream``: the codec's streaming mode (encode and decode --stream's codes and audio), the file
     still held whole. The outputs (decoded audio, plot) are checked before any work, like every output.
     """
+    from mimi_cli import metrics
     from mimi_cli.fileio import check_output, file_ids, is_input_copy
 
     input, output, plot = task.input, task.output, task.plot
@@ -755,7 +758,7 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
         if output is not None:
             check_audio_output(output, rate, streams)
         audio = read_for_batch(input, f, settings.codec, "roundtrip works on the whole file: split it into "
-                               "shorter files, or use encode --stream and decode --stream")
+                               "shorter files, or use encode --stream and decode --stream", metrics.BYTES_PER_SECOND)
     if plot is not None:  # before any work, so that no output is written by a run that then fails
         from mimi_cli.plot import plot_checks
 

@@ -64,7 +64,7 @@ class CodecSpec:
 
 MIMI = CodecSpec("mimi", "mimi_cli.models.mimi", "Mimi", "MimiConfig",
                  "kyutai/moshiko-pytorch-bf16", "tokenizer-e351c8d8-checkpoint125.safetensors", "MIMI_WEIGHTS",
-                 batch_bytes_per_second=2e6, streaming=True, stream_codes_differ=True, stream_bytes=28e6,
+                 batch_bytes_per_second=1e6, streaming=True, stream_codes_differ=True, stream_bytes=28e6,
                  bench_parts=("kernels", "model", "stream"), family="mimi")
 ENCODEC_24KHZ = CodecSpec("encodec-24khz", "mimi_cli.models.encodec", "Encodec", "EncodecConfig",
                           "facebook/encodec_24khz", "model.safetensors", "ENCODEC_WEIGHTS",
