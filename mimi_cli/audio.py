@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from mimi_cli.c_stderr import CaughtStderr
-from mimi_cli.errors import InvalidAudioError, memory_said, over_memory, usable_memory
+from mimi_cli.errors import InvalidAudioError, memory_said, over_memory, unloadable, usable_memory
 from mimi_cli.fileio import (Target, as_target, atomic_output, cannot_write, file_kind, head_holds, holds, is_stdout,
                              missing, native)
 from mimi_cli.models.codec import MAX_PEAK
@@ -204,12 +204,14 @@ def open_with_ffmpeg(source, name, soundfile_reason: str, whole: bool = True):
     reason given), opened with PyAV when it is installed."""
     try:
         import av
-    except ModuleNotFoundError:  # (installed but not loadable: said as such, as the run's, not this file's)
+    except ModuleNotFoundError:
         if not whole:
             raise InvalidAudioError(f"{name} would be read only in part: {soundfile_reason}; install the ffmpeg "
                                     'extra, which reads all of it (pip install "mimi-cli[ffmpeg]"), or re-export '
                                     "it") from None
         raise _not_audio(name, soundfile_reason, _holds(source)) from None
+    except ImportError as exc:  # installed, but it does not load: said as such, not as this file's problem
+        raise unloadable(exc, "av") from None
     try:
         reader = FFmpegAudio(av.open(source if not isinstance(source, Path) else str(source)), name)
     except (av.FFmpegError, ValueError, StopIteration, IndexError) as exc:
@@ -254,6 +256,8 @@ def check_audio_head(head: bytes, name: str) -> None:
         import av
     except ModuleNotFoundError:
         raise _not_audio(name, soundfile_reason, kind) from None
+    except ImportError as exc:
+        raise unloadable(exc, "av") from None
     try:
         with av.open(io.BytesIO(head)) as container:
             if any(stream.type == "audio" for stream in container.streams):

@@ -280,9 +280,14 @@ def needs_extra(missing: str, package: str) -> Iterator[None]:
     except ModuleNotFoundError:
         raise MimiError(missing) from None
     except ImportError as exc:
-        raise no_room_to_load(exc) or MimiError(
-            f"{package} is installed but does not load ({first_line(exc)}): reinstall it (pip install "
-            f"--force-reinstall {package})") from None
+        raise unloadable(exc, package) from None
+
+
+def unloadable(exc: ImportError, package: str) -> MimiError:
+    """An installed ``package`` (pip's name) whose import failed with ``exc``: no memory to map it (ulimit -v),
+    or a broken install to repair."""
+    return no_room_to_load(exc) or MimiError(f"{package} is installed but does not load ({first_line(exc)}): "
+                                             f"reinstall it (pip install --force-reinstall {package})")
 
 
 def loads_json(text: str | bytes, unique_keys: bool = False) -> object:

@@ -683,7 +683,7 @@ def test_a_manifest_to_standard_output(corpus, weights_file, tmp_path):
 def test_ray_engine_without_ray_says_how_to_install_it(corpus, weights_file, tmp_path):
     fake = tmp_path / "site"
     (fake / "ray").mkdir(parents=True)
-    (fake / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    (fake / "ray" / "__init__.py").write_text("raise ModuleNotFoundError('not installed here', name='ray')\n")
     result = run("encode", corpus, "-o", tmp_path / "out", "--engine", "ray", weights=weights_file,
                  env_extra={"PYTHONPATH": str(fake)})
     assert result.returncode == 1 and 'pip install "mimi-cli[ray]"' in result.stderr

@@ -1716,7 +1716,7 @@ def test_without_the_ffmpeg_extra_the_message_names_it(tmp_path, speech):
     ffmpeg_file(tmp_path / "clip.m4a", pcm[:rate], rate=rate)
     fake = tmp_path / "site"
     (fake / "av").mkdir(parents=True)
-    (fake / "av" / "__init__.py").write_text("raise ImportError('No module named av')\n")
+    (fake / "av" / "__init__.py").write_text("raise ModuleNotFoundError('not installed here', name='av')\n")
     result = run("encode", tmp_path / "clip.m4a", "-o", tmp_path / "x.npz", env_extra={"PYTHONPATH": str(fake)})
     assert result.returncode == 1 and 'pip install "mimi-cli[ffmpeg]"' in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

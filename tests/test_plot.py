@@ -43,7 +43,7 @@ def test_plot_refusals_leave_no_file(tmp_path, clip, weights_file):
     assert result.returncode == 1 and "--plot writes .png, .svg or .pdf, not to standard output" in result.stderr
     fake = tmp_path / "site"
     (fake / "matplotlib").mkdir(parents=True)
-    (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    (fake / "matplotlib" / "__init__.py").write_text("raise ModuleNotFoundError('not here', name='matplotlib')\n")
     result = run("roundtrip", clip, "--plot", tmp_path / "cmp.png", "-o", tmp_path / "out.wav",
                  env_extra={"PYTHONPATH": str(fake)}, weights=weights_file)
     assert result.returncode == 1 and 'pip install "mimi-cli[plot]"' in result.stderr
