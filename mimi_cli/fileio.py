@@ -14,7 +14,8 @@ at the end::
                               the umask, as any new file)
                               ├─ any exception or signal → the temporary file is gone, OUT untouched;
                               │  an unnamed one even when the process is killed (SIGKILL)
-                              └─ success → without -f: hard-linked to OUT, which fails if OUT appeared
+                              └─ success → its bytes flushed to the disk (fsync), then
+                                           without -f: hard-linked to OUT, which fails if OUT appeared
                                            meanwhile (two runs racing: the second says "exists")
                                            with -f: renamed over OUT (a regular file, never an input)
 
@@ -666,7 +667,32 @@ def atomic_output(path: Target, replace: bool = False) -> Iterator[Path]:
         yield tmp
         with contextlib.suppress(OSError):  # a file system whose modes are its mount's (FAT, SMB, some FUSE)
             os.chmod(tmp, 0o666 & ~_umask())  # as any new file: written as 0600 (see _scratch_file)
+        _on_disk(tmp)
         _commit(tmp, path, replace)
+        _name_on_disk(path.parent)
+
+
+def _on_disk(tmp: Path) -> None:
+    """The finished file's bytes on the disk before it takes its name (fsync). Otherwise a crash (power, the
+    kernel, a VM stopped) soon after could leave OUT empty or short, with -f in the old file's place; and a
+    file system that finds only now that it has no room (NFS, a quota, delayed allocation) would have its
+    error lost, and a short file named, where now it is said before OUT exists."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _name_on_disk(folder: Path) -> None:
+    """The folder's new name on the disk too (fsync of the folder), where the system allows: a folder this
+    process may not read, or a file system that does not sync folders, is passed over (the file is whole)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _umask() -> int:

@@ -1076,6 +1076,65 @@ def test_disk_full_after_the_work_is_one_line_and_leaves_nothing(clip, codes, lo
         assert leftovers(small) == [] and sorted(p.name for p in small.iterdir()) == ["a.wav"]
 
 
+@pytest.mark.parametrize("replace", [False, True])
+def test_an_output_is_on_the_disk_before_it_takes_its_name(tmp_path, monkeypatch, replace):
+    """Linked or renamed into place straight from the page cache, an output could be empty or short after a
+    crash (power, the kernel, a stopped VM), and with -f the old file gone with it. Its bytes are flushed
+    (fsync) before it takes its name, and the folder's new name after."""
+    from mimi_cli import fileio
+
+    events = []
+
+    def recorded(name, call):
+        def record(*args, **kwargs):
+            if name == "fsync":
+                events.append(("fsync", "folder" if stat.S_ISDIR(os.fstat(args[0]).st_mode) else "file"))
+            else:
+                events.append((name,))
+            return call(*args, **kwargs)
+        return record
+
+    for name in ("fsync", "link", "replace", "rename"):
+        monkeypatch.setattr(os, name, recorded(name, getattr(os, name)))
+    out = tmp_path / "a.bin"
+    if replace:
+        out.write_bytes(b"old")
+    with fileio.atomic_output(out, replace) as tmp:
+        Path(tmp).write_bytes(b"new" * 1000)
+    assert out.read_bytes() == b"new" * 1000
+    named = [i for i, event in enumerate(events) if event[0] in ("link", "replace", "rename")]
+    assert named and events[named[0] - 1] == ("fsync", "file"), events  # the bytes, then the name
+    assert events[-1] == ("fsync", "folder"), events
+
+
+_FLUSH_REFUSED = """
+import errno, os, stat
+_fsync = os.fsync
+def fsync(fd):  # a file system that finds only as it flushes that there is no room: NFS, a quota
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    return _fsync(fd)
+os.fsync = fsync
+"""
+
+
+def test_a_disk_that_refuses_the_flush_leaves_no_output_and_the_old_one(clip, weights_file, tmp_path):
+    """Where the space runs out only as the bytes are flushed (NFS, quotas, delayed allocation), the error was
+    lost and a short file named. It is said in one line, nothing is named, and with -f the old file stays."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_FLUSH_REFUSED)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run("encode", clip, "-o", out / "a.npz", weights=weights_file, env_extra=env)
+    one_line_error(result, f"cannot write {out / 'a.npz'}", "Disk quota exceeded", "free some space")
+    assert list(out.iterdir()) == []
+    (out / "a.npz").write_bytes(b"the old codes")
+    result = run("encode", clip, "-o", out / "a.npz", "-f", weights=weights_file, env_extra=env)
+    one_line_error(result, "Disk quota exceeded")
+    assert [p.name for p in out.iterdir()] == ["a.npz"] and (out / "a.npz").read_bytes() == b"the old codes"
+
 def test_a_parquet_folder_that_fills_up_still_leaves_the_manifest(clip, weights_file, tmp_path):
     """The shards are written as the run ends; when their disk is full the run fails in one line, and the
     manifest (on another disk) still says what was done: the codes files written stay, each listed."""
