@@ -146,8 +146,8 @@ def usable_memory() -> int:
     process that fills them, without a word."""
     from mimi_cli.core import cgroups
 
-    limit = cgroups.memory_limit()
-    return min(_machine_memory(), limit) if limit else _machine_memory()
+    machine, limit = _machine_memory(), cgroups.memory_limit()
+    return min(machine, limit) if limit else machine
 
 
 def _machine_memory() -> int:

@@ -688,7 +688,7 @@ def _name_on_disk(folder: Path) -> None:
     """The folder's new name on the disk too (fsync of the folder), where the system allows: a folder this
     process may not read, or a file system that does not sync folders, is passed over (the file is whole)."""
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))  # (Windows has none, nor opens one)
         try:
             os.fsync(fd)
         finally:

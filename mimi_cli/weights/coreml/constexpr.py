@@ -28,8 +28,7 @@ def _room_for(count: int) -> None:
     of 1-bit indices and a long look-up vector, or a shape literal, can declare billions of values."""
     memory = usable_memory()
     if memory and count * _REBUILD_BYTES > memory:
-        raise ValueError(f"it would make {count:,} values, more than {memory_said(memory)} can "
-                         "rebuild")
+        raise ValueError(f"it would make {count:,} values, more than {memory_said(memory)} can rebuild")
 
 
 def affine_dequantize(quantized_data: np.ndarray, zero_point: np.ndarray, scale: np.ndarray,
