@@ -390,7 +390,7 @@ def usable_workers(jobs: int, pending: int, engine: Engine) -> tuple[int, str | 
     memory = usable_memory()
     fit = max(1, int(0.9 * memory // BASE_BYTES))
     if memory and workers > fit:
-        return fit, (f"--jobs {jobs} is more workers than {memory_said(memory)} hold "
+        return fit, (f"--jobs {jobs} is more workers than {memory_said(memory)} can hold "
                      f"(about {BASE_BYTES / 1e9:.1f} GB a worker); using {fit}")
     cores = usable_cores()
     if workers > cores:  # 30 workers on 2 cores took 48 s where 2 took 14 s (30 files of 7 s)

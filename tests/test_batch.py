@@ -336,7 +336,7 @@ def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch
     monkeypatch.setattr(batch, "usable_memory", lambda: 4e9)
     assert BASE_BYTES == 0.6e9
     workers, note = batch.usable_workers(1000, 5000, "local")
-    assert workers == 6 and note == ("--jobs 1000 is more workers than this machine's 4 GB hold (about "
+    assert workers == 6 and note == ("--jobs 1000 is more workers than this machine's 4 GB can hold (about "
                                      "0.6 GB a worker); using 6")
     assert batch.usable_workers(1000, 3, "local") == (3, None)
     assert batch.usable_workers(1000, 5000, "ray") == (1000, None)
