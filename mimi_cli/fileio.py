@@ -676,12 +676,19 @@ def _on_disk(tmp: Path) -> None:
     """The finished file's bytes on the disk before it takes its name (fsync). Otherwise a crash (power, the
     kernel, a VM stopped) soon after could leave OUT empty or short, with -f in the old file's place; and a
     file system that finds only now that it has no room (NFS, a quota, delayed allocation) would have its
-    error lost, and a short file named, where now it is said before OUT exists."""
+    error lost, and a short file named, where now it is said before OUT exists. A file system that cannot
+    flush (EINVAL and the like: a few FUSE and special ones) is passed over, as having nothing more to do."""
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_FLUSH:
+            raise
     finally:
         os.close(fd)
+
+
+_NO_FLUSH = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 def _name_on_disk(folder: Path) -> None:
