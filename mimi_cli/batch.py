@@ -376,9 +376,9 @@ def _check_codes_name(output: Path, codec: str) -> None:
 
 
 def usable_workers(jobs: int, pending: int, engine: Engine) -> tuple[int, str | None]:
-    """``--jobs``, no more than the files to do, nor than this machine's memory holds: each local worker
-    holds its own copy of the weights and libraries (BASE_BYTES), so a thousand would be granted memory
-    lazily and then be killed as they fill it. More workers than cores are allowed (a worker may wait on a
+    """``--jobs``, no more than the files to do, nor than the memory holds: each local worker holds its own
+    libraries and buffers (BASE_BYTES; the weights' mapped pages are shared), so a thousand would be granted
+    memory lazily and then be killed as they fill it. More workers than cores are allowed (a worker may wait on a
     slow disk), and said: they only take turns. Ray's actors spread over a cluster: its scheduler places them."""
     workers = min(jobs, max(1, pending))
     if engine == "ray":

@@ -318,8 +318,8 @@ def test_a_roundtrip_job_plans_as_mimi_roundtrip_does(clip, weights_file, tmp_pa
 
 
 def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch):
-    """Each local worker holds the weights (BASE_BYTES): --jobs 1000 on a machine of 4 GB runs 6
-    (0.9 × 4 GB / 0.6 GB), and says so; never more than the files to do; Ray's scheduler places its own.
+    """Each local worker holds its libraries and buffers (BASE_BYTES): --jobs 1000 on a machine of 2 GB runs 6
+    (0.9 × 2 GB / 0.3 GB), and says so; never more than the files to do; Ray's scheduler places its own.
     More workers than cores run, and the note says they only take turns."""
     from mimi_cli import batch
     from mimi_cli.models import BASE_BYTES
@@ -333,17 +333,17 @@ def test_workers_are_no_more_than_the_memory_holds(corpus, tmp_path, monkeypatch
                                                          "is as fast or faster")
     assert batch.usable_workers(3, 2, "local") == (2, None)  # two files: two workers
     monkeypatch.setattr(batch, "usable_cores", lambda: 8)
-    monkeypatch.setattr(batch, "usable_memory", lambda: 4e9)
-    assert BASE_BYTES == 0.6e9
+    monkeypatch.setattr(batch, "usable_memory", lambda: 2e9)
+    assert BASE_BYTES == 0.3e9
     workers, note = batch.usable_workers(1000, 5000, "local")
-    assert workers == 6 and note == ("--jobs 1000 is more workers than this machine's 4 GB can hold (about "
-                                     "0.6 GB a worker); using 6")
+    assert workers == 6 and note == ("--jobs 1000 is more workers than this machine's 2 GB can hold (about "
+                                     "0.3 GB a worker); using 6")
     assert batch.usable_workers(1000, 3, "local") == (3, None)
     assert batch.usable_workers(1000, 5000, "ray") == (1000, None)
     planned = batch.plan(batch.Job(Settings("encode"), (str(corpus),), str(tmp_path / "out"), recursive=True,
                                    jobs=1000))
     assert planned.workers == 4 and not any("--jobs" in n for n in planned.notes)  # four files
-    monkeypatch.setattr(batch, "usable_memory", lambda: 1.5e9)
+    monkeypatch.setattr(batch, "usable_memory", lambda: 0.75e9)
     planned = batch.plan(batch.Job(Settings("encode"), (str(corpus),), str(tmp_path / "out"), recursive=True,
                                    jobs=3))
     assert planned.workers == 2 and "using 2" in planned.notes[-1]
