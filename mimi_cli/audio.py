@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from mimi_cli.c_stderr import CaughtStderr
-from mimi_cli.errors import InvalidAudioError, memory_said, over_memory, unloadable, usable_memory
+from mimi_cli.errors import InvalidAudioError, gigabytes, memory_said, over_memory, unloadable, usable_memory
 from mimi_cli.fileio import (Target, as_target, atomic_output, cannot_write, file_kind, head_holds, holds, is_stdout,
                              missing, native)
 from mimi_cli.models.codec import MAX_PEAK
@@ -55,8 +55,8 @@ def read_audio(path: Path) -> Audio:
         def check(seconds: float) -> None:
             needed, memory = seconds * f.samplerate * f.channels * READ_BYTES_PER_SAMPLE, usable_memory()
             if memory and needed > memory // 2:
-                raise InvalidAudioError(f"{path} declares {seconds / 60:.1f} min of audio, about {needed / 1e9:.0f} "
-                                        f"GB once read, more than half {memory_said(memory)}: split "
+                raise InvalidAudioError(f"{path} declares {seconds / 60:.1f} min of audio, about {gigabytes(needed)} "
+                                        f"once read, more than half {memory_said(memory)}: split "
                                         "it into shorter files (or its header is damaged)")
 
         check(f.frames / f.samplerate)
@@ -80,10 +80,22 @@ def read_open(path: Path, f, past_declared: Callable[[float], None] | None = Non
             read += len(blocks[-1])
             if read > f.frames:
                 past_declared(read / f.samplerate)
-        samples = np.concatenate(blocks)
+        samples = joined(blocks)
     if from_start and not len(samples):
         raise _nothing_read(path, f)
     return Audio(samples, f.samplerate)
+
+
+def joined(blocks: list[np.ndarray]) -> np.ndarray:
+    """``blocks`` (of equal shapes but the first axis) in one array, each let go as it is copied, the last first
+    (the top of the heap, where one was not mapped on its own): joined at once, the audio was held twice."""
+    out = np.empty((sum(map(len, blocks)), *blocks[0].shape[1:]), blocks[0].dtype)
+    end = len(out)
+    while blocks:
+        block = blocks.pop()
+        out[end - len(block):end] = block
+        end -= len(block)
+    return out
 
 
 def _nothing_read(path, f) -> InvalidAudioError:
@@ -883,26 +895,35 @@ class _WavWithSize(io.RawIOBase):
         super().close()
 
 
-# What resample_poly takes per output sample: its result and the float32 copy (8 to 10 bytes measured).
-RESAMPLE_BYTES_PER_SAMPLE = 12
+def resample_bytes(rows: int, to_rate: int) -> float:
+    """What :func:`resample` holds per second of audio: its result, float32 ``[rows, N]``, and one row's result
+    as the resampler gives it (float64 from older SciPy; float32, 4 bytes, from SciPy 1.17)."""
+    return (4 * rows + 8) * to_rate
 
 
 def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Polyphase resampling along the last axis (scipy ``resample_poly``), float32 out; refused before any
-    work when the result would not fit in memory (a 1 Hz file's samples taken to 768 kHz)."""
+    """Polyphase resampling along the last axis (scipy ``resample_poly``), float32 out (contiguous), a row at a
+    time (each row's result is what resampling it alone gives); refused before any work when the result would
+    not fit in memory (a 1 Hz file's samples taken to 768 kHz)."""
     if from_rate == to_rate:
-        return pcm.astype(np.float32, copy=False)
+        return np.ascontiguousarray(pcm, dtype=np.float32)
     check_rate(from_rate, "resampling from")
     check_rate(to_rate, "resampling to")
     length = pcm.shape[-1] if pcm.ndim else 1
-    needed = -(-length * to_rate // from_rate) * (pcm.size // max(1, length)) * RESAMPLE_BYTES_PER_SAMPLE
+    needed = resample_bytes(pcm.size // max(1, length), to_rate) * length / from_rate
     memory = over_memory(needed)
     if memory:
         raise InvalidAudioError(f"resampling {length / from_rate:,.1f} s of audio from {from_rate:,} Hz to "
-                                f"{to_rate:,} Hz would take about {needed / 1e9:,.0f} GB, more than "
+                                f"{to_rate:,} Hz would take about {gigabytes(needed)}, more than "
                                 f"{memory_said(memory)}: give shorter audio, or a rate nearer its own")
     g = math.gcd(from_rate, to_rate)
-    return scipy_signal().resample_poly(pcm, to_rate // g, from_rate // g, axis=-1).astype(np.float32)
+    up, down, poly = to_rate // g, from_rate // g, scipy_signal().resample_poly
+    if pcm.ndim < 2:
+        return poly(pcm, up, down).astype(np.float32, copy=False)
+    out = np.empty(pcm.shape[:-1] + (-(-length * up // down),), np.float32)
+    for row in np.ndindex(pcm.shape[:-1]):  # [C, N] at once held C rows' results twice (float64, then float32)
+        out[row] = poly(pcm[row], up, down)
+    return out
 
 
 # What SciPy takes of the address space as it loads, and then some: its own OpenBLAS maps a 32 MB buffer as it
@@ -1030,11 +1051,22 @@ def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool =
     returns how many were.
     """
     path, pcm = as_target(path), np.atleast_2d(pcm)
-    clipped = int(np.count_nonzero(np.abs(pcm) > 1))
+    clipped, step = 0, CLIP_SAMPLES // pcm.shape[0] + 1
     with atomic_output(path, replace) as tmp, soundfile_errors(path, tmp), \
             audio_writer(tmp, path, sample_rate, pcm.shape[0], comment) as f:
-        write_in_blocks(f, np.clip(pcm, -1, 1).T)
+        for start in range(0, pcm.shape[1], step):  # clipped all at once, [C, N] was held three times over
+            block, beyond = within_full_scale(pcm[:, start:start + step])
+            write_in_blocks(f, block.T)
+            clipped += beyond
     return clipped
+
+
+CLIP_SAMPLES = 1 << 20  # clipped at a time (4 MB)
+
+
+def within_full_scale(pcm: np.ndarray) -> tuple[np.ndarray, int]:
+    """``pcm`` clipped to [-1, 1] (integer formats would wrap what is beyond), and how many samples were beyond."""
+    return np.clip(pcm, -1, 1), int(np.count_nonzero(np.abs(pcm) > 1))
 
 
 # The most samples (of all channels) handed to libsndfile in one write. libvorbis's encoder takes room on the

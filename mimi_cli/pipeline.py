@@ -27,12 +27,12 @@ import numpy as np
 
 from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audio, StreamResampler, audio_sink,
                             check_audio_head, check_audio_output, open_audio, read_blocks, read_open, reader_warnings,
-                            resample, rescaled, to_mono, write_audio)
+                            resample, resample_bytes, rescaled, to_mono, within_full_scale, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, check_codes_head, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
-                             check_integer, check_path, counted, dumps_json, first_line, no_room_to_load, no_thread,
-                             memory_said, os_reason, out_of_memory, over_memory, unnamable)
+                             check_integer, check_path, counted, dumps_json, first_line, gigabytes, no_room_to_load,
+                             no_thread, memory_said, os_reason, out_of_memory, over_memory, unnamable)
 from mimi_cli.fileio import Readable, Target, file_kind, native, output_exists, readable
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
@@ -44,21 +44,59 @@ def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC, remedy: str |
                        also_per_second: float = 0.0) -> None:
     """Refuse a batch run that cannot fit in the memory this process may use, before doing any work; ``remedy``
     says what to do instead (default: encode's and decode's --stream, where the codec has it);
-    ``also_per_second``: bytes the run takes per second of audio besides the codec's (a round trip's scores)."""
+    ``also_per_second``: bytes the run takes per second of audio besides the codec's (more channels than one,
+    another rate than the codec's: :func:`input_bytes`, :func:`output_bytes`; a round trip's scores)."""
     spec = codec_spec(codec)
     needed = spec.batch_bytes(1, seconds) + also_per_second * seconds
     memory = over_memory(needed)
     if memory:
         remedy = remedy or ("use --stream, which keeps memory flat" if spec.streaming
                             else "split the audio into shorter files (this codec has no streaming mode here)")
-        raise MimiError(f"{seconds / 60:.1f} min of audio would need about {needed / 1e9:.0f} GB in batch mode, "
+        raise MimiError(f"{seconds / 60:.1f} min of audio would need about {gigabytes(needed)} in batch mode, "
                         f"more than {memory_said(memory)}; {remedy}")
 
 
-def read_for_batch(path: Path, f, codec: str, remedy: str | None = None, also_per_second: float = 0.0) -> Audio:
-    """All of an open file, for batch mode: refused before reading when the length it declares would not
-    fit in memory, and while reading when it goes on past that length and then would not."""
-    check = functools.partial(check_batch_memory, codec=codec, remedy=remedy, also_per_second=also_per_second)
+# A codec's batch figure (CodecSpec.batch_bytes_per_second) was measured on mono audio at the codec's own rate,
+# and counts its arrays. Other audio holds more, per second (float32, 4 bytes a sample):
+#   encoding: the file's samples [N, C] while the model works, and the model's input where that is a copy: the
+#             channels' mean, resampled; or each channel resampled on its own (--channels split);
+#   decoding: each further stream's audio, as decoded and in the result, and all of it resampled to the rate asked.
+# Measured beside the same 3 min of one channel (docs/performance.md, "Many channels"), per second: 8 channels at
+# 48 kHz encoded +1.31 MB (counted 1.54), split +2.01 (2.02); 8 code streams decoded +0.98 (1.34), to 48 kHz
+# +2.68 (3.26).
+FLOAT32_BYTES = 4
+
+
+def input_bytes(codec: str, channels: int, rate: int, split: bool) -> float:
+    """Per second of audio, what encoding a file of ``channels`` at ``rate`` (each channel on its own: ``split``)
+    holds beyond the mono audio at the codec's rate its figure was measured with."""
+    model_rate = codec_spec(codec).config().sample_rate
+
+    def held(channels: int, rate: int, split: bool) -> float:
+        samples = FLOAT32_BYTES * channels * rate
+        if split:
+            return samples + resample_bytes(channels, model_rate)
+        mixed = FLOAT32_BYTES * rate if channels > 1 else 0
+        return samples + mixed + (resample_bytes(1, model_rate) if rate != model_rate else 0)
+
+    return held(channels, rate, split) - held(1, model_rate, False)
+
+
+def output_bytes(codec: str, streams: int, rate: int | None = None) -> float:
+    """Per second of audio, what decoding ``streams`` code streams to audio at ``rate`` (None: the codec's own)
+    holds beyond one stream at the codec's rate."""
+    model_rate = codec_spec(codec).config().sample_rate
+    resampled = resample_bytes(streams, rate) if rate and rate != model_rate else 0
+    return 2 * FLOAT32_BYTES * (streams - 1) * model_rate + resampled  # each decoded, then copied in the result
+
+
+def read_for_batch(path: Path, f, codec: str, channels: Channels = "mix", remedy: str | None = None,
+                   also_per_second: float = 0.0) -> Audio:
+    """All of an open file, to be encoded in batch mode (its ``channels`` mixed or split): refused before reading
+    when the length it declares would not fit in memory, and while reading when it goes on past that length and
+    then would not."""
+    held = input_bytes(codec, f.channels, f.samplerate, channels == "split")
+    check = functools.partial(check_batch_memory, codec=codec, remedy=remedy, also_per_second=held + also_per_second)
     check(f.frames / f.samplerate)
     return read_open(path, f, check)
 
@@ -146,7 +184,7 @@ def encode_audio(loaded: LoadedModel, audio: Audio, num_codebooks: int, channels
 def model_input(audio: Audio, sample_rate: int, channels: Channels = "mix") -> np.ndarray:
     """What the model is given: ``audio`` downmixed (``[N]``) or each channel (``[C, N]``), at its rate."""
     if channels == "split":
-        return resample(np.ascontiguousarray(audio.samples.T), audio.sample_rate, sample_rate)
+        return resample(audio.samples.T, audio.sample_rate, sample_rate)  # [C, N], a channel at a time
     return to_mono(audio, sample_rate)
 
 
@@ -245,8 +283,9 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_
     with audio_sink(output, rate, codes.channels, frames, replace, comment) as put:
         def write(pcm: np.ndarray) -> None:  # [C, n]
             nonlocal clipped
-            clipped += int(np.count_nonzero(np.abs(pcm) > 1))
-            put(np.clip(pcm, -1, 1).T)
+            pcm, beyond = within_full_scale(pcm)
+            put(pcm.T)
+            clipped += beyond
 
         for pcm, spent in steps:
             seconds, done = seconds + spent, done + pcm.shape[1]
@@ -444,7 +483,7 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
         if settings.channels == "split" and task.output is not None and is_ecdc_path(task.output):
             check_streams(channels)  # before the work
         if not settings.stream:
-            audio = read_for_batch(task.input, f, settings.codec)
+            audio = read_for_batch(task.input, f, settings.codec, settings.channels)
         loaded = models.get(settings.codec, report)
         config = loaded.model.config
         levels = config.levels(settings.num_codebooks)
@@ -521,7 +560,8 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
     rate = settings.sample_rate or config.sample_rate
     check_audio_output(task.output, rate, codes.channels)
     if not settings.stream:
-        check_batch_memory(codes.num_samples / codes.sample_rate, codes.codec)
+        check_batch_memory(codes.num_samples / codes.sample_rate, codes.codec,
+                           also_per_second=output_bytes(codes.codec, codes.channels, settings.sample_rate))
     loaded = models.get(codes.codec, report)
     if codes.weights_id and codes.weights_id != loaded.weights_id:  # a bare array (.npy) names no weights
         warnings.append(f"{task.input} was encoded with weights {codes.weights_id}, decoding with "
@@ -757,8 +797,9 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
         streams = check_split(input, f.channels, settings.channels)
         if output is not None:
             check_audio_output(output, rate, streams)
-        audio = read_for_batch(input, f, settings.codec, "roundtrip works on the whole file: split it into "
-                               "shorter files, or use encode --stream and decode --stream", metrics.BYTES_PER_SECOND)
+        audio = read_for_batch(input, f, settings.codec, settings.channels, "roundtrip works on the whole file: "
+                               "split it into shorter files, or use encode --stream and decode --stream",
+                               output_bytes(settings.codec, streams) + metrics.BYTES_PER_SECOND)
     if plot is not None:  # before any work, so that no output is written by a run that then fails
         from mimi_cli.plot import plot_checks
 

@@ -6,6 +6,7 @@ import importlib.util
 import io
 import os
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -58,9 +59,47 @@ def test_a_resampling_beyond_the_memory_is_refused_before_any_work(monkeypatch):
     monkeypatch.setattr(errors, "usable_memory", lambda: 1 << 30)  # a 1 GiB machine
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 100)).astype(np.float32)
     with pytest.raises(InvalidAudioError, match=r"^resampling 100\.0 s of audio from 1 Hz to 768,000 Hz would take "
-                                                r"about 2 GB, more than this machine's 1.1 GB: give shorter audio"):
-        resample(x, 1, 768_000)  # 2 × 76.8 million samples
+                                                r"about 1\.2 GB, more than this machine's 1\.1 GB: give shorter audio"):
+        resample(x, 1, 768_000)  # 2 × 76.8 million samples, and one row's result as SciPy gives it
     np.testing.assert_array_equal(resample(x, 1, 24_000), resample_poly(x, 24_000, 1, axis=-1).astype(np.float32))
+
+
+_HELD = """
+import resource, sys
+import numpy as np
+from mimi_cli.audio import open_audio, read_open, resample, scipy_signal, write_audio
+case, path = sys.argv[1:]
+scipy_signal()  # loaded before, not counted
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
+pcm = np.full((8, 2_880_000), 0.5, np.float32) if case != "read" else None  # 1 min of 8 channels at 48 kHz
+start = max(rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+if case == "read":
+    with open_audio(path) as f:
+        result = read_open(path, f, lambda seconds: None).samples
+elif case == "resample":
+    result = resample(pcm, 48000, 24000)
+else:
+    write_audio(path, pcm, 48000)
+    result = pcm
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start) / result.nbytes)
+"""
+
+
+@pytest.mark.parametrize("case, most", [("read", 1.6), ("resample", 1.3), ("write", 0.3)])
+def test_audio_in_memory_is_held_once(case, most, tmp_path):
+    """Long audio of many channels was held two or three times over: read in blocks that were then joined (the
+    blocks and the whole at once), resampled all channels at once (SciPy's result, then its float32 copy),
+    written after clipping it all (a copy, and another of its magnitudes): 2.0, 2.0 and 1.25 times its size.
+    Each now grows memory by about the audio's own size (its result's for resampling; a block's for writing),
+    as the batch check counts it; joined blocks are let go as they are copied, which the allocator returns to
+    the system as it may (1.4 here)."""
+    from test_reliability import sparse_wav
+
+    path = sparse_wav(tmp_path / "in.wav", 8, 48000, 60) if case == "read" else tmp_path / "out.wav"
+    done = subprocess.run([sys.executable, "-c", _HELD, case, str(path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < most, f"{case} grew memory {float(done.stdout):.2f} times the audio's size"
 
 
 def test_downmix_is_the_channel_mean():
@@ -558,7 +597,7 @@ def test_a_header_declaring_more_than_memory_holds_is_refused_before_reading(tmp
     was an allocation of 256 GiB that ended as "out of memory, free some memory"; now refused from the header."""
     lying_flac(tmp_path)
     assert sf.info(tmp_path / "lying.flac").frames == 2**36 - 1
-    with pytest.raises(InvalidAudioError, match=r"lying\.flac declares 47721\.9 min of audio, about 1100 GB once "
+    with pytest.raises(InvalidAudioError, match=r"lying\.flac declares 47721\.9 min of audio, about 1,100 GB once "
                                                 r"read, more than half this machine's"):
         read_audio(tmp_path / "lying.flac")
     assert len(read_audio(tmp_path / "one.flac").samples) == 24000

@@ -184,7 +184,7 @@ class Codec(Module):
         """Refuse a batch call on ``shape`` = ``(rows, samples)`` whose peak memory (the codec's registry entry:
         docs/performance.md) would not fit this machine's, before allocating: the kernel would kill the process
         instead (decoding 10⁷ frames at once grew past 24 GB)."""
-        from mimi_cli.errors import memory_said, over_memory
+        from mimi_cli.errors import gigabytes, memory_said, over_memory
         from mimi_cli.models import CODECS
 
         spec = CODECS.get(self.config.name)
@@ -197,7 +197,7 @@ class Codec(Module):
                       f"give fewer rows at a time, or stream them: model.{stream} keeps memory flat" if rows > 1
                       else f"stream it: model.{stream} keeps memory flat")
             raise MimiError(f"{doing} {rows:,} row{'s' if rows > 1 else ''} of {length} of audio at once would need "
-                            f"about {needed / 1e9:,.0f} GB, more than {memory_said(memory)}; {remedy}")
+                            f"about {gigabytes(needed)}, more than {memory_said(memory)}; {remedy}")
 
     @staticmethod
     def check_audio(pcm: np.ndarray) -> None:
@@ -280,8 +280,18 @@ class Codec(Module):
         return np.stack([self.encode(channel, num_codebooks) for channel in pcm])
 
     def decode_channels(self, codes: np.ndarray) -> np.ndarray:
-        """Codes ``[C, K, F]`` → pcm ``[C, frame_size·F]``, each channel decoded on its own."""
-        return np.stack([self.decode(channel) for channel in np.asarray(codes)])
+        """Codes ``[C, K, F]`` → pcm ``[C, frame_size·F]``, each channel decoded on its own (into the result: a
+        stack of the channels' audio held it twice)."""
+        codes = np.asarray(codes)
+        pcm = None
+        for c, channel in enumerate(codes):
+            audio = self.decode(channel)  # [frame_size·F]
+            if pcm is None:
+                pcm = np.empty((len(codes), *audio.shape), audio.dtype)
+            pcm[c] = audio
+        if pcm is None:
+            raise ValueError("no channels to decode: give codes [C, K, F] with C ≥ 1")
+        return pcm
 
     # -- streaming (see models/streaming.py)
 

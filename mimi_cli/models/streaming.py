@@ -291,7 +291,7 @@ class StreamDuplex(_Turns):
 def _check_streams(model: Codec, batch_size: int, frames_per_step: int) -> None:
     """A batch of streams whose state fits this machine's memory (a stream's bytes: the codec's registry
     entry), refused before it is built: a million streams were built one group at a time for hours."""
-    from mimi_cli.errors import memory_said, usable_memory
+    from mimi_cli.errors import gigabytes, memory_said, usable_memory
     from mimi_cli.models import CODECS
 
     check_integer("batch_size", batch_size, 1)
@@ -299,7 +299,7 @@ def _check_streams(model: Codec, batch_size: int, frames_per_step: int) -> None:
     spec = CODECS.get(model.config.name)
     each, memory = (spec.stream_bytes if spec else 0.0), usable_memory()
     if each and memory and batch_size * each > memory:
-        raise ValueError(f"{batch_size:,} streams would hold about {batch_size * each / 1e9:,.0f} GB "
+        raise ValueError(f"{batch_size:,} streams would hold about {gigabytes(batch_size * each)} "
                          f"({each / 1e6:.0f} MB each), more than {memory_said(memory)}: at most "
                          f"{int(memory // each):,} streams here")
 
