@@ -34,7 +34,7 @@ from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, We
                              check_integer, check_path, counted, dumps_json, first_line, gigabytes, no_room_to_load,
                              no_thread, memory_said, os_reason, out_of_memory, over_memory, unnamable)
 from mimi_cli.fileio import Readable, Target, file_kind, native, output_exists, readable
-from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
+from mimi_cli.models import BASE_BYTES, CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
 from mimi_cli.sources import Item, carried_keys, open_item, row_codes
 from mimi_cli.weights import resolve_weights, weights_files, weights_id
@@ -217,11 +217,21 @@ def stream_read_frames(source_rate: int, codec_rate: int) -> int:
 Progress = Callable[[float], None]  # called with seconds of audio done
 
 
-def _require_streaming(model: Codec) -> None:
-    if not codec_spec(model.config.name).streaming:
+def _require_streaming(model: Codec, streams: int, remedy: str) -> None:
+    """Refuse --stream's work where the codec has no streaming mode, and, before any work, on more code streams
+    at once (a file's channels with --channels split) than the memory this process may use holds: each holds
+    its own state and buffers (``step_stream_bytes``), so 16 channels took 1.25 GB where one took 0.67 GB.
+    ``remedy``: what to do instead."""
+    spec = codec_spec(model.config.name)
+    if not spec.streaming:
         streaming = [name for name, spec in CODECS.items() if spec.streaming]
         raise MimiError(f"{model.config.display_name} has no streaming mode here (--stream works with "
                         f"{', '.join(streaming)}); run without --stream")
+    needed = BASE_BYTES + streams * spec.step_stream_bytes
+    memory = over_memory(needed) if streams > 1 else 0  # one stream is what --stream is for
+    if memory:
+        raise MimiError(f"{streams} code streams at once in --stream mode would hold about {gigabytes(needed)} "
+                        f"({spec.step_stream_bytes / 1e6:.0f} MB each), more than {memory_said(memory)}; {remedy}")
 
 
 def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int, progress: Progress | None = None,
@@ -238,9 +248,10 @@ def encode_blocks(loaded: LoadedModel, blocks: Iterable[np.ndarray], source_rate
                   num_codebooks: int, progress: Progress | None = None, channels: Channels = "mix") -> EncodeResult:
     """Encode audio ``blocks`` (float32 ``[n, source_channels]`` each, in order) in the codec's streaming mode:
     downmix or split, resample and encode each as it comes."""
-    _require_streaming(loaded.model)
-    config = loaded.model.config
     streams = source_channels if channels == "split" else 1
+    _require_streaming(loaded.model, streams, "mix the channels (--channels mix), or run without --stream "
+                       "(for short audio, batch mode holds less)")
+    config = loaded.model.config
     encoders = [loaded.model.stream_encoder(num_codebooks=num_codebooks, frames_per_step=STREAM_FRAMES_PER_STEP)
                 for _ in range(streams)]
     resamplers = [StreamResampler(source_rate, config.sample_rate) for _ in range(streams)]
@@ -299,7 +310,8 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_
 def decoded_steps(loaded: LoadedModel, codes: CodesFile) -> Iterator[tuple[np.ndarray, float]]:
     """``codes`` decoded step by step in the codec's streaming mode: pieces ``[C, n]`` at its rate, in order, up
     to the original length, each with the seconds it took in the model."""
-    _require_streaming(loaded.model)  # now, not at the first step: before an output is opened
+    _require_streaming(loaded.model, codes.channels, "run without --stream (for short audio, batch mode holds "
+                       "less)")  # now, not at the first step: before an output is opened
     decoders = [loaded.model.stream_decoder(frames_per_step=STREAM_FRAMES_PER_STEP) for _ in range(codes.channels)]
 
     def steps() -> Iterator[tuple[np.ndarray, float]]:

@@ -1313,6 +1313,27 @@ def test_a_batch_check_counts_every_channel_at_its_rate(command, rate, seconds, 
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize("command", [["encode", "in.wav", "-o", "out.npz", "--stream", "--channels", "split"],
+                                     ["decode", "in.npz", "-o", "out.wav", "--stream"]])
+def test_many_streams_at_once_are_checked_against_the_memory(command, weights_file, tmp_path):
+    """--stream holds a state and buffers per code stream, 40 MB each for Mimi (16 channels took 1.25 GB where
+    one took 0.67 GB), and nothing counted them: 30 s of 24 channels, split, was killed in a 1 GiB container,
+    as was decoding their 24 streams. Refused before any work, in one line."""
+    if command[0] == "decode":
+        codes = np.zeros((24, 8, 375), np.uint16)
+        CodesFile.from_codes(codes, MimiConfig(), 375 * 1920, 24000, 24, "").save(tmp_path / "in.npz")
+    else:
+        sparse_wav(tmp_path / "in.wav", 24, 24000, 30)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
+    with memory_control_group(1 << 30) as enter:
+        done = subprocess.run([sys.executable, "-m", "mimi_cli", *command], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=600, preexec_fn=enter)
+    one_line_error(done, "24 code streams at once in --stream mode would hold about 1.3 GB (40 MB each), more than "
+                   "the 1.1 GB this process may use (its control group's limit", "run without --stream")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_a_small_container_still_takes_short_files(clip, weights_file, tmp_path):
     """The memory check counted the weights' 0.4 GB of mapped pages, which a control group reclaims rather than
     kill for: in a 512 MB container it refused even a 2 s encode, where encoding took less than 200 MB and a

@@ -42,6 +42,7 @@ class CodecSpec:
     streaming: bool = False  # the model has stream_encoder() / stream_decoder(): --stream
     stream_codes_differ: bool = False  # --stream's codes may differ from batch mode's (Mimi past 10 s)
     stream_bytes: float = 0.0  # memory of one stream of a duplex once its window is full (docs/performance.md)
+    step_stream_bytes: float = 0.0  # of one encoder or decoder stream of the CLI's --stream (16 frames a step)
     bench_parts: tuple[str, ...] = ("model",)  # what `mimi bench` measures: kernels, model, stream
     ecdc_model: str | None = None  # the model's name in Meta's `encodec` .ecdc files, for a codec they can hold
     family: str = ""  # what other tools call the codec's kind (codec-bpe's codec_type), beside its rate and codebooks
@@ -68,10 +69,12 @@ class CodecSpec:
 MIMI = CodecSpec("mimi", "mimi_cli.models.mimi", "Mimi", "MimiConfig",
                  "kyutai/moshiko-pytorch-bf16", "tokenizer-e351c8d8-checkpoint125.safetensors", "MIMI_WEIGHTS",
                  batch_bytes_per_second=1e6, streaming=True, stream_codes_differ=True, stream_bytes=28e6,
+                 step_stream_bytes=40e6,
                  bench_parts=("kernels", "model", "stream"), family="mimi")
 ENCODEC_24KHZ = CodecSpec("encodec-24khz", "mimi_cli.models.encodec", "Encodec", "EncodecConfig",
                           "facebook/encodec_24khz", "model.safetensors", "ENCODEC_WEIGHTS",
                           batch_bytes_per_second=2.5e6, batch_row_seconds=1.7, streaming=True, stream_bytes=3e6,
+                          step_stream_bytes=6e6,
                           bench_parts=("model", "stream"), ecdc_model="encodec_24khz",
                           family="encodec")
 CODECS = {spec.name: spec for spec in (MIMI, ENCODEC_24KHZ)}
