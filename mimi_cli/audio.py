@@ -921,7 +921,7 @@ def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     if pcm.ndim < 2:
         return poly(pcm, up, down).astype(np.float32, copy=False)
     out = np.empty(pcm.shape[:-1] + (-(-length * up // down),), np.float32)
-    for row in np.ndindex(pcm.shape[:-1]):  # [C, N] at once held C rows' results twice (float64, then float32)
+    for row in np.ndindex(pcm.shape[:-1]):  # [C, N] at once held all rows' results twice (SciPy's, then float32)
         out[row] = poly(pcm[row], up, down)
     return out
 

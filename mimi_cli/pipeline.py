@@ -217,7 +217,7 @@ def stream_read_frames(source_rate: int, codec_rate: int) -> int:
 Progress = Callable[[float], None]  # called with seconds of audio done
 
 
-def _require_streaming(model: Codec, streams: int, remedy: str) -> None:
+def _check_streaming(model: Codec, streams: int, remedy: str) -> None:
     """Refuse --stream's work where the codec has no streaming mode, and, before any work, on more code streams
     at once (a file's channels with --channels split) than the memory this process may use holds: each holds
     its own state and buffers (``step_stream_bytes``), so 16 channels took 1.25 GB where one took 0.67 GB.
@@ -249,7 +249,7 @@ def encode_blocks(loaded: LoadedModel, blocks: Iterable[np.ndarray], source_rate
     """Encode audio ``blocks`` (float32 ``[n, source_channels]`` each, in order) in the codec's streaming mode:
     downmix or split, resample and encode each as it comes."""
     streams = source_channels if channels == "split" else 1
-    _require_streaming(loaded.model, streams, "mix the channels (--channels mix), or run without --stream "
+    _check_streaming(loaded.model, streams, "mix the channels (--channels mix), or run without --stream "
                        "(for short audio, batch mode holds less)")
     config = loaded.model.config
     encoders = [loaded.model.stream_encoder(num_codebooks=num_codebooks, frames_per_step=STREAM_FRAMES_PER_STEP)
@@ -310,7 +310,7 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_
 def decoded_steps(loaded: LoadedModel, codes: CodesFile) -> Iterator[tuple[np.ndarray, float]]:
     """``codes`` decoded step by step in the codec's streaming mode: pieces ``[C, n]`` at its rate, in order, up
     to the original length, each with the seconds it took in the model."""
-    _require_streaming(loaded.model, codes.channels, "run without --stream (for short audio, batch mode holds "
+    _check_streaming(loaded.model, codes.channels, "run without --stream (for short audio, batch mode holds "
                        "less)")  # now, not at the first step: before an output is opened
     decoders = [loaded.model.stream_decoder(frames_per_step=STREAM_FRAMES_PER_STEP) for _ in range(codes.channels)]
 
