@@ -20,7 +20,8 @@ from typing import BinaryIO
 import numpy as np
 
 from mimi_cli.c_stderr import CaughtStderr
-from mimi_cli.errors import InvalidAudioError, gigabytes, memory_said, over_memory, unloadable, usable_memory
+from mimi_cli.errors import (InvalidAudioError, gigabytes, memory_said, over_memory, refusal_said, unloadable,
+                             usable_memory)
 from mimi_cli.fileio import (Target, as_target, atomic_output, cannot_write, file_kind, head_holds, holds, is_stdout,
                              missing, native)
 from mimi_cli.models.codec import MAX_PEAK
@@ -913,9 +914,10 @@ def resample(pcm: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     needed = resample_bytes(pcm.size // max(1, length), to_rate) * length / from_rate
     memory = over_memory(needed)
     if memory:
+        about, limit = refusal_said(needed, memory)
         raise InvalidAudioError(f"resampling {length / from_rate:,.1f} s of audio from {from_rate:,} Hz to "
-                                f"{to_rate:,} Hz would take about {gigabytes(needed)}, more than "
-                                f"{memory_said(memory)}: give shorter audio, or a rate nearer its own")
+                                f"{to_rate:,} Hz would take {about}, more than {limit}: give shorter audio, or a "
+                                "rate nearer its own")
     g = math.gcd(from_rate, to_rate)
     up, down, poly = to_rate // g, from_rate // g, scipy_signal().resample_poly
     if pcm.ndim < 2:

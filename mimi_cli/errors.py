@@ -157,20 +157,30 @@ def _machine_memory() -> int:
         return 0
 
 
-def memory_said(memory: int) -> str:
+def memory_said(memory: int, figures: int = 2) -> str:
     """``memory`` (from :func:`usable_memory`) as a message names it: "this machine's 24 GB", or "the 2.5 GB
     this process may use (its control group's limit: a container's memory)" where that limit is the smaller."""
     from mimi_cli.core import cgroups
 
     if memory == cgroups.memory_limit() and memory < _machine_memory():
-        return f"the {gigabytes(memory)} this process may use (its control group's limit: a container's memory)"
-    return f"this machine's {gigabytes(memory)}"
+        return (f"the {gigabytes(memory, figures)} this process may use (its control group's limit: a container's "
+                "memory)")
+    return f"this machine's {gigabytes(memory, figures)}"
 
 
-def gigabytes(size: float) -> str:
-    """``size`` bytes as "24 GB", "2.5 GB" or "0.031 GB": two figures below 10 GB, where a container's are."""
+def gigabytes(size: float, figures: int = 2) -> str:
+    """``size`` bytes as "24 GB", "2.5 GB" or "0.031 GB": ``figures`` figures below 10 GB, where a container's are."""
     gb = size / 1e9
-    return f"{gb:,.0f} GB" if gb >= 10 else f"{gb:.2g} GB"
+    return f"{gb:,.0f} GB" if gb >= 10 else f"{gb:.{figures}g} GB"
+
+
+def refusal_said(needed: float, memory: int) -> tuple[str, str]:
+    """What a refusal of :func:`over_memory` says of ``needed`` and of ``memory``: ("about 2.1 GB", "the 0.42 GB
+    this process may use (…)"). Where ``needed`` is within the memory but not its 90 %, the share is said and
+    three figures given: "about 1.1 GB, more than the 1.1 GB" was said of 1.06 GB in 1.07."""
+    if needed <= memory:
+        return f"about {gigabytes(needed, 3)}", f"90 % of {memory_said(memory, 3)}, the rest left to the system"
+    return f"about {gigabytes(needed)}", memory_said(memory)
 
 
 def over_memory(needed: float) -> int:

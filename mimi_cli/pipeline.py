@@ -31,8 +31,8 @@ from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audi
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, check_codes_head, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
-                             check_integer, check_path, counted, dumps_json, first_line, gigabytes, no_room_to_load,
-                             no_thread, memory_said, os_reason, out_of_memory, over_memory, unnamable)
+                             check_integer, check_path, counted, dumps_json, first_line, no_room_to_load, no_thread,
+                             os_reason, out_of_memory, over_memory, refusal_said, unnamable)
 from mimi_cli.fileio import Readable, Target, file_kind, native, output_exists, readable
 from mimi_cli.models import BASE_BYTES, CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
@@ -52,8 +52,9 @@ def check_batch_memory(seconds: float, codec: str = DEFAULT_CODEC, remedy: str |
     if memory:
         remedy = remedy or ("use --stream, which keeps memory flat" if spec.streaming
                             else "split the audio into shorter files (this codec has no streaming mode here)")
-        raise MimiError(f"{seconds / 60:.1f} min of audio would need about {gigabytes(needed)} in batch mode, "
-                        f"more than {memory_said(memory)}; {remedy}")
+        about, limit = refusal_said(needed, memory)
+        raise MimiError(f"{seconds / 60:.1f} min of audio would need {about} in batch mode, more than {limit}; "
+                        f"{remedy}")
 
 
 # A codec's batch figure (CodecSpec.batch_bytes_per_second) was measured on mono audio at the codec's own rate,
@@ -230,8 +231,9 @@ def _check_streaming(model: Codec, streams: int, remedy: str) -> None:
     needed = BASE_BYTES + streams * spec.step_stream_bytes
     memory = over_memory(needed) if streams > 1 else 0  # one stream is what --stream is for
     if memory:
-        raise MimiError(f"{streams} code streams at once in --stream mode would hold about {gigabytes(needed)} "
-                        f"({spec.step_stream_bytes / 1e6:.0f} MB each), more than {memory_said(memory)}; {remedy}")
+        about, limit = refusal_said(needed, memory)
+        raise MimiError(f"{streams} code streams at once in --stream mode would hold {about} "
+                        f"({spec.step_stream_bytes / 1e6:.0f} MB each), more than {limit}; {remedy}")
 
 
 def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int, progress: Progress | None = None,

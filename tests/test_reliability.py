@@ -1214,6 +1214,12 @@ def test_a_control_groups_memory_limit_is_what_sizes_are_checked_against(tmp_pat
                                         r"0\.4 GB this process may use \(its control group's limit: a container's "
                                         r"memory\); use --stream, which keeps memory flat$"):
         pipeline.check_batch_memory(30 * 60)
+    limit(group.parent, None)
+    limit(group, 1_070_000_000)  # 1 GB needed: within the limit, not within its 90 %, which says so
+    with pytest.raises(MimiError, match=r"^11\.0 min of audio would need about 1 GB in batch mode, more than 90 % "
+                                        r"of the 1\.07 GB this process may use \(its control group's limit: a "
+                                        r"container's memory\), the rest left to the system; use --stream"):
+        pipeline.check_batch_memory(11 * 60)
     (tmp_path / "self").unlink()  # not Linux's /proc: the machine's
     assert errors.usable_memory() == machine
 

@@ -184,7 +184,7 @@ class Codec(Module):
         """Refuse a batch call on ``shape`` = ``(rows, samples)`` whose peak memory (the codec's registry entry:
         docs/performance.md) would not fit this machine's, before allocating: the kernel would kill the process
         instead (decoding 10⁷ frames at once grew past 24 GB)."""
-        from mimi_cli.errors import gigabytes, memory_said, over_memory
+        from mimi_cli.errors import over_memory, refusal_said
         from mimi_cli.models import CODECS
 
         spec = CODECS.get(self.config.name)
@@ -196,8 +196,9 @@ class Codec(Module):
             remedy = ("give fewer rows or shorter pieces at a time" if not spec.streaming else
                       f"give fewer rows at a time, or stream them: model.{stream} keeps memory flat" if rows > 1
                       else f"stream it: model.{stream} keeps memory flat")
+            about, limit = refusal_said(needed, memory)
             raise MimiError(f"{doing} {rows:,} row{'s' if rows > 1 else ''} of {length} of audio at once would need "
-                            f"about {gigabytes(needed)}, more than {memory_said(memory)}; {remedy}")
+                            f"{about}, more than {limit}; {remedy}")
 
     @staticmethod
     def check_audio(pcm: np.ndarray) -> None:
