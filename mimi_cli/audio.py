@@ -1036,13 +1036,15 @@ RESCALE_PEAK = 0.99  # the peak --rescale scales loud audio down to, as encodec'
 
 
 def rescaled(pcm: np.ndarray) -> tuple[np.ndarray, float]:
-    """``pcm`` scaled down so that its peak is RESCALE_PEAK, when it is beyond that (decode --rescale; encodec's
-    ``-r``): (the audio, the factor applied, 1.0 when none was)."""
-    peak = float(np.max(np.abs(pcm))) if pcm.size else 0.0
+    """``pcm`` scaled down, in place, so that its peak is RESCALE_PEAK, when it is beyond that (decode --rescale;
+    encodec's ``-r``): (the audio, the factor applied, 1.0 when none was). In place, and its peak found without
+    a copy of its magnitudes: the decoded audio was held three times over."""
+    peak = max(float(pcm.max()), -float(pcm.min())) if pcm.size else 0.0
     if peak <= RESCALE_PEAK:
         return pcm, 1.0
     factor = RESCALE_PEAK / peak
-    return pcm * np.float32(factor), factor
+    pcm *= np.float32(factor)
+    return pcm, factor
 
 
 def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool = False, comment: str = "") -> int:

@@ -67,7 +67,7 @@ def test_a_resampling_beyond_the_memory_is_refused_before_any_work(monkeypatch):
 _HELD = """
 import resource, sys
 import numpy as np
-from mimi_cli.audio import open_audio, read_open, resample, scipy_signal, write_audio
+from mimi_cli.audio import open_audio, read_open, resample, rescaled, scipy_signal, write_audio
 case, path = sys.argv[1:]
 scipy_signal()  # loaded before, not counted
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
@@ -78,6 +78,9 @@ if case == "read":
         result = read_open(path, f, lambda seconds: None).samples
 elif case == "resample":
     result = resample(pcm, 48000, 24000)
+elif case == "rescale":
+    pcm[0, 0] = 1.5
+    result = rescaled(pcm)[0]
 else:
     write_audio(path, pcm, 48000)
     result = pcm
@@ -85,14 +88,15 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start) / resu
 """
 
 
-@pytest.mark.parametrize("case, most", [("read", 1.6), ("resample", 1.3), ("write", 0.3)])
+@pytest.mark.parametrize("case, most", [("read", 1.6), ("resample", 1.3), ("write", 0.3), ("rescale", 0.3)])
 def test_audio_in_memory_is_held_once(case, most, tmp_path):
     """Long audio of many channels was held two or three times over: read in blocks that were then joined (the
     blocks and the whole at once), resampled all channels at once (SciPy's result, then its float32 copy),
-    written after clipping it all (a copy, and another of its magnitudes): 2.0, 2.0 and 1.25 times its size.
-    Each now grows memory by about the audio's own size (its result's for resampling; a block's for writing),
-    as the batch check counts it; joined blocks are let go as they are copied, which the allocator returns to
-    the system as it may (1.4 here)."""
+    written after clipping it all (a copy, and another of its magnitudes), scaled by --rescale (its magnitudes,
+    then a scaled copy): 2.0, 2.0, 1.25 and 1.0 times its size more. Now reading and resampling grow memory by
+    about the audio's own size (the result's), writing by a block's, scaling by nothing, as the batch check
+    counts it; joined blocks are let go as they are copied, which the allocator returns to the system as it
+    may (1.4 here)."""
     from test_reliability import sparse_wav
 
     path = sparse_wav(tmp_path / "in.wav", 8, 48000, 60) if case == "read" else tmp_path / "out.wav"
