@@ -1267,18 +1267,31 @@ def test_a_batch_run_past_its_control_groups_memory_is_refused_not_killed(comman
     naming the limit and --stream, and nothing is written. A round trip also holds its scores' arrays (STOI's,
     SI-SDR's: 6.1 GB for 30 min where encoding alone took 1.3 GB), which its check once left out: in a container
     of 5 GB it began, to be killed."""
-    audio = tmp_path / "long.flac"
-    with sf.SoundFile(audio, "w", 8000, 1, "PCM_16") as f:
+    with sf.SoundFile(tmp_path / "long.flac", "w", 8000, 1, "PCM_16") as f:
         for _ in range(30):
             f.write(np.zeros(8000 * 60, np.int16))
-    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
-    with memory_control_group(limit) as enter:
-        done = subprocess.run([sys.executable, "-m", "mimi_cli", command, str(audio), "-o",
-                               "long.npz" if command == "encode" else "long.wav"],
-                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, preexec_fn=enter)
-    one_line_error(done, "30.0 min of audio would need about", expected)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.flac"]
+    refused_in_control_group([command, "long.flac", "-o", "long.npz" if command == "encode" else "long.wav"],
+                             limit, weights_file, tmp_path, "30.0 min of audio would need about", expected)
 
+
+def refused_in_control_group(command: list[str], size: int, weights_file: Path, folder: Path, *expected: str):
+    """`mimi COMMAND`, run in ``folder`` inside a real control group of ``size`` bytes, is refused in one line
+    holding each of ``expected``, and writes nothing."""
+    before = sorted(p.name for p in folder.iterdir())
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
+    with memory_control_group(size) as enter:
+        done = subprocess.run([sys.executable, "-m", "mimi_cli", *command], capture_output=True, text=True, env=env,
+                              cwd=folder, timeout=600, preexec_fn=enter)
+    one_line_error(done, *expected)
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def zero_codes(path: Path, streams: int, seconds: int) -> Path:
+    """A Mimi codes file of ``streams`` code streams of ``seconds``, all codes 0."""
+    frames = seconds * 25 // 2
+    CodesFile.from_codes(np.zeros((streams, 8, frames), np.uint16), MimiConfig(), frames * 1920, 24000, streams,
+                         "").save(path)
+    return path
 
 
 def sparse_wav(path: Path, channels: int, rate: int, seconds: float) -> Path:
@@ -1304,19 +1317,12 @@ def test_a_batch_check_counts_every_channel_at_its_rate(command, rate, seconds, 
     48 kHz was killed, as was a round trip of 2.5 min of them; decoding 8 code streams of 5 min to 48 kHz was
     refused only after 95 s of decoding, at the resampling. Each is refused before any work, in one line."""
     if command[0] == "decode":
-        frames = seconds * 25 // 2
-        codes = np.zeros((8, 8, frames), np.uint16)
-        CodesFile.from_codes(codes, MimiConfig(), frames * 1920, 48000, 8, "").save(tmp_path / "in.npz")
+        zero_codes(tmp_path / "in.npz", 8, seconds)
     else:
         sparse_wav(tmp_path / "in.wav", 8, rate, seconds)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
-    with memory_control_group(1 << 30) as enter:
-        done = subprocess.run([sys.executable, "-m", "mimi_cli", *command], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, timeout=600, preexec_fn=enter)
-    one_line_error(done, f"{seconds / 60:.1f} min of audio would need about ",
-                   " GB in batch mode, more than the 1.1 GB this process may use (its control group's limit")
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    refused_in_control_group(command, 1 << 30, weights_file, tmp_path, f"{seconds / 60:.1f} min of audio would "
+                             "need about ", " GB in batch mode, more than the 1.1 GB this process may use (its "
+                             "control group's limit")
 
 
 @pytest.mark.parametrize("command", [["encode", "in.wav", "-o", "out.npz", "--stream", "--channels", "split"],
@@ -1326,18 +1332,12 @@ def test_many_streams_at_once_are_checked_against_the_memory(command, weights_fi
     one took 0.67 GB), and nothing counted them: 30 s of 24 channels, split, was killed in a 1 GiB container,
     as was decoding their 24 streams. Refused before any work, in one line."""
     if command[0] == "decode":
-        codes = np.zeros((24, 8, 375), np.uint16)
-        CodesFile.from_codes(codes, MimiConfig(), 375 * 1920, 24000, 24, "").save(tmp_path / "in.npz")
+        zero_codes(tmp_path / "in.npz", 24, 30)
     else:
         sparse_wav(tmp_path / "in.wav", 24, 24000, 30)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
-    with memory_control_group(1 << 30) as enter:
-        done = subprocess.run([sys.executable, "-m", "mimi_cli", *command], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, timeout=600, preexec_fn=enter)
-    one_line_error(done, "24 code streams at once in --stream mode would hold about 1.3 GB (40 MB each), more than "
-                   "the 1.1 GB this process may use (its control group's limit", "run without --stream")
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    refused_in_control_group(command, 1 << 30, weights_file, tmp_path, "24 code streams at once in --stream mode "
+                             "would hold about 1.3 GB (40 MB each), more than the 1.1 GB this process may use (its "
+                             "control group's limit", "run without --stream")
 
 
 def test_a_small_container_still_takes_short_files(clip, weights_file, tmp_path):
