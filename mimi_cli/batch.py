@@ -86,6 +86,7 @@ class Job:
     manifests: tuple[str, ...] = ()  # --inputs-from: JSONL manifests whatever their names, read while planning
     plot: str | None = None  # roundtrip: its spectrograms' image, or a folder of them (--plot)
     shard: tuple[int, int] | None = None  # (I, N): only the inputs of the I-th of N runs (--shard I/N, see take_shard)
+    suffix: str | None = None  # of outputs named in a folder or beside their inputs (--suffix): .npz, .wav by default
 
     def __post_init__(self):
         """From Python: one name may be given alone and names as paths (a string was taken for a tuple of
@@ -114,6 +115,8 @@ class Job:
                 raise TypeError(f"shard must be a tuple (I, N), got {self.shard!r}")
             count = check_integer("shard's N", self.shard[1], 1)
             object.__setattr__(self, "shard", (check_integer("shard's I", self.shard[0], 1, count), count))
+        if self.suffix is not None:
+            object.__setattr__(self, "suffix", check_suffix_option(self.suffix))
 
 
 @dataclass
@@ -162,6 +165,8 @@ def plan(job: Job, report: Report = no_report) -> Plan:
     _read_here(job.inputs, job.jobs, job.engine)
     report("Listing inputs", 0, None)
     suffix, beside = (".npz", ".npz") if s.kind == "encode" else (".wav", ".decoded.wav")
+    if job.suffix is not None:
+        suffix, beside = job.suffix, job.suffix if s.kind == "encode" else f".decoded{job.suffix}"
     found, left_out, one_file = find_inputs(job.inputs, job.manifests, s.kind, job.recursive, job.column)
     items = any(entry.item is not None for entry in found)
     if items and job.output is None and job.parquet is None:
@@ -186,6 +191,7 @@ def plan(job: Job, report: Report = no_report) -> Plan:
     if job.output is None and job.parquet is not None:
         beside = None  # without -o, the codes go to Parquet only, for files as for items
     check_name = functools.partial(_check_codes_name, codec=s.codec) if s.kind == "encode" else _check_audio_name
+    _check_suffix_use(job, output_is_file, check_name)
     report("Checking outputs", 0, None)
     tasks = plan_tasks(found, output, suffix, beside, s.replace, job.skip_existing, output_is_file, inputs, s.kind,
                        check_name)
@@ -240,8 +246,11 @@ def _plan_roundtrips(job: Job) -> Plan:
                         "writes only the decoded audio (-o) and spectrograms (--plot) asked for")
     found, left_out, one = find_inputs(job.inputs, job.manifests, "encode", job.recursive, job.column,
                                        verb="round-trip")
+    if job.suffix is not None and job.output is None:
+        raise MimiError(f"--suffix {job.suffix} names the decoded audio written with -o DIR; give -o, or drop --suffix")
+    _check_suffix_use(job, one and job.output is not None and not names_folder(job.output), _check_audio_name)
     tasks, settings, workers, notes = plan_roundtrips(found, job.settings, job.jobs, job.threads, one, job.output,
-                                                      job.plot)
+                                                      job.plot, job.suffix or ".wav")
     return Plan(job, tasks, settings, workers, one, [note for note in (left_out, *notes) if note])
 
 
@@ -356,6 +365,35 @@ def _left_out(paths: list[Path], shown: int = 3) -> str:
     more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
     what = "entry that is not a file" if len(paths) == 1 else "entries that are not files"
     return f"left out {len(paths)} {what}: {named}{more}"
+
+
+def check_suffix_option(suffix: str) -> str:
+    """--suffix as given (``flac`` or ``.flac``) as a suffix: ``.flac``; refused where it is not one."""
+    if not isinstance(suffix, str):
+        raise TypeError(f"suffix must be a str such as '.flac', got {suffix!r}")
+    suffix = suffix if suffix.startswith(".") else f".{suffix}"
+    if len(suffix) < 2 or suffix.count(".") > 1 or any(c in suffix for c in "/\\\0") or suffix != suffix.strip():
+        raise ValueError(f"--suffix takes a file suffix such as .flac (or flac), not {suffix!r}")
+    return suffix
+
+
+def _check_suffix_use(job: Job, names_one_file: bool, check_name: Callable[[Path], None]) -> None:
+    """--suffix names outputs in a folder or beside their inputs: refused where -o names the output itself
+    (``-o x.wav``, ``-o -``), where no file is written (encode's --parquet alone), and where ``check_name``
+    (the command's check of -o FILE) refuses it, once: each output would have failed with its work done."""
+    if job.suffix is None:
+        return
+    try:
+        check_name(Path(f"NAME{job.suffix}"))
+    except MimiError as exc:
+        raise MimiError(f"--suffix {job.suffix}: {exc}") from None
+    if job.output == STDOUT or names_one_file:
+        shown = "standard output" if job.output == STDOUT else "the output itself"
+        raise MimiError(f"--suffix {job.suffix} names outputs written in a folder or beside their inputs, and "
+                        f"-o {job.output} names {shown}: drop --suffix, or give -o a folder")
+    if job.output is None and job.parquet is not None:
+        raise MimiError(f"--suffix {job.suffix} names codes files, and --parquet without -o writes none: give -o "
+                        "DIR, or drop --suffix")
 
 
 def _check_audio_name(output: Path) -> None:
@@ -970,13 +1008,14 @@ def write_manifest(path: Target, results: list[FileResult], replace: bool) -> No
 
 
 def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1, threads: int | None = None,
-                    one_file: bool = False, output: str | None = None,
-                    plot: str | None = None) -> tuple[list[Task], Settings, int, list[str]]:
+                    one_file: bool = False, output: str | None = None, plot: str | None = None,
+                    suffix: str = ".wav") -> tuple[list[Task], Settings, int, list[str]]:
     """Round trips of the files and items ``found``, to run as a batch runs (:func:`run_local`): their tasks, the
     settings with each worker's threads (one each with several workers, unless ``threads`` says otherwise), the
     workers ``jobs`` asks for and this machine allows, notes to show. Each one's decoded audio goes to ``output``
     and its spectrograms to ``plot`` where given: a file for ``one_file``, else a folder that mirrors the inputs
-    as encode's -o does (NAME.wav, NAME.png), checked as a batch's outputs are, before any work."""
+    as encode's -o does (NAME.wav, or NAME``suffix``; NAME.png), checked as a batch's outputs are, before any
+    work."""
     if plot is not None and not names_folder(plot) and Path(plot).suffix.lower() not in PLOT_SUFFIXES:
         given = "to standard output" if plot == STDOUT else Path(plot).suffix or "a file without extension"
         raise MimiError(f"--plot writes {either(PLOT_SUFFIXES)}, not {given}")
@@ -985,7 +1024,7 @@ def plan_roundtrips(found: list[Input], settings: Settings, jobs: int = 1, threa
     ids = file_ids([*(entry.path if entry.item is None else Path(entry.item.container) for entry in found),
                     *weights_files(settings.weights, CODECS.values())])  # once
     check_stdout_apart(ids)  # where the report goes
-    audio = _roundtrip_outputs(found, one_file, output, "-o", ".wav", settings.replace, ids, _check_audio_name)
+    audio = _roundtrip_outputs(found, one_file, output, "-o", suffix, settings.replace, ids, _check_audio_name)
     plots = _roundtrip_outputs(found, one_file, plot, "--plot", ".png", settings.replace, ids)
     tasks = [Task(entry.path, target, item=entry.item, plot=None if image is None else Path(image), new_folder=True)
              for entry, target, image in zip(found, audio, plots, strict=True)]

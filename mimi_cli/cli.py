@@ -424,6 +424,21 @@ ShardOption = Annotated[Optional[str], typer.Option(
          "own --manifest; with --parquet, the runs share the folder (shard-I-of-N-part-*.parquet).")]
 
 
+def _check_suffix(given: str | None) -> str | None:
+    """--suffix as a suffix (``flac`` → ``.flac``), or a usage error."""
+    from mimi_cli.batch import check_suffix_option
+
+    try:
+        return None if given is None else check_suffix_option(given)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--suffix takes ")) from None
+
+
+def _suffix_option(help: str) -> object:
+    return Annotated[Optional[str], typer.Option("--suffix", callback=_check_suffix, metavar=".EXT",
+                                                 show_default=False, help=help)]
+
+
 ForceOption = Annotated[bool, typer.Option(
     "--force", "-f", help="Replace outputs that exist (regular files only; never a file that is an input).")]
 
@@ -449,6 +464,8 @@ def encode(
     stream: StreamOption = False,
     channels: _channels_option("each channel its own code stream (codes [C, K, frames], e.g. one speaker per "
                                "channel); decode writes C channels.") = "mix",
+    suffix: _suffix_option("Of the codes files written into a folder or beside their inputs: .npz (the default), "
+                           ".npy (the codes alone) or, for EnCodec, .ecdc.") = None,
     recursive: RecursiveOption = False,
     jobs: JobsOption = 1,
     engine: EngineOption = "local",
@@ -480,7 +497,7 @@ def encode(
     if not inputs and not inputs_from:
         _fail("give inputs to encode (files, folders, globs, '-', manifests, shards or datasets)", code=2)
     _run(settings, inputs or [], output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,
-         audio_column, inputs_from or [], shard)
+         audio_column, inputs_from or [], shard, suffix)
 
 
 @app.command()
@@ -510,6 +527,8 @@ def decode(
     rescale: Annotated[bool, typer.Option(
         "--rescale", help="Scale audio louder than full scale down to a peak of 0.99 (as encodec's -r), "
                           "rather than clip it; not with --stream.")] = False,
+    suffix: _suffix_option("Of the audio written into a folder or beside its codes, which names its format as "
+                           "-o FILE's does: .wav (the default), .flac, .ogg, .mp3, ...") = None,
     recursive: RecursiveOption = False,
     jobs: JobsOption = 1,
     engine: EngineOption = "local",
@@ -541,11 +560,12 @@ def decode(
     if not inputs and not inputs_from:
         _fail("give codes to decode (codes files, .npy arrays, folders, globs, '-', tables or --inputs-from)", code=2)
     _run(settings, inputs or [], output, recursive, jobs, engine, threads, skip_existing, manifest, None, quiet,
-         codes_column, inputs_from or [], shard)
+         codes_column, inputs_from or [], shard, suffix)
 
 
 def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,
-         column: str = "audio", inputs_from: list[str] = (), shard: tuple[int, int] | None = None) -> None:
+         column: str = "audio", inputs_from: list[str] = (), shard: tuple[int, int] | None = None,
+         suffix: str | None = None) -> None:
     """Plan and run (the library decides one file or many); show the result; exit 1 if any file failed."""
     import time
 
@@ -557,7 +577,7 @@ def _run(settings, inputs, output, recursive, jobs, engine, threads, skip_existi
     if engine == "ray" and settings.stream:
         _fail("--stream works with the local engine only (Ray reads each file whole)", code=2)
     job = batch.Job(settings, tuple(map(str, inputs)), output, recursive, jobs, engine, threads, skip_existing,
-                    manifest, parquet, column, tuple(map(str, inputs_from)), shard=shard)
+                    manifest, parquet, column, tuple(map(str, inputs_from)), shard=shard, suffix=suffix)
     with _user_errors(), say.planning() as report:
         plan = batch.plan(job, report)
     for note in plan.notes:
@@ -656,6 +676,8 @@ def roundtrip(
     bandwidth: BandwidthOption = None,
     channels: _channels_option("each channel encoded, decoded and measured on its own (the metrics are their "
                                "mean; --json has each channel's), -o and --plot with every channel.") = "mix",
+    suffix: _suffix_option("Of the decoded audio written into -o's folder, which names its format: .wav (the "
+                           "default), .flac, .ogg, ...") = None,
     jobs: JobsOption = 1,
     stream: Annotated[bool, typer.Option(
         "--stream", help="Encode and decode in the codec's streaming mode, as encode --stream and decode --stream "
@@ -690,7 +712,8 @@ def roundtrip(
         from mimi_cli.batch import Job, execute, plan
 
         planned = plan(Job(settings, tuple(inputs or ()), output, recursive, jobs, threads=threads,
-                           column=audio_column, manifests=tuple(inputs_from or ()), plot=plot), report)
+                           column=audio_column, manifests=tuple(inputs_from or ()), plot=plot, suffix=suffix),
+                       report)
     if not planned.single:
         for note in planned.notes:
             say.note(f"note: {note}")

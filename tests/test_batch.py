@@ -86,6 +86,56 @@ def test_folder_with_two_jobs_equals_each_file_alone(corpus, weights_file, tmp_p
     assert np.array_equal(sf.read(single)[0], sf.read(decoded / "spk1" / "b.wav")[0])
 
 
+def test_a_suffix_names_the_outputs_format_in_a_folder_and_beside_inputs(corpus, weights_file, tmp_path):
+    """Outputs in a folder were always NAME.npz and NAME.wav: a corpus could not be decoded to FLAC, nor encoded
+    to bare arrays or EnCodec's .ecdc, but one file at a time. --suffix names them (``flac`` or ``.flac``), in
+    the format it names, checked before any work; it has no place where -o names the output itself, nor with
+    --parquet alone."""
+    from mimi_cli.batch import Job
+    from mimi_cli.pipeline import Settings
+
+    codes, wav, flac = tmp_path / "codes", tmp_path / "wav", tmp_path / "flac"
+    assert run("encode", corpus, "-r", "-o", codes, weights=weights_file).returncode == 0
+    assert run("encode", corpus, "-r", "-o", tmp_path / "npy", "--suffix", ".npy", weights=weights_file
+               ).returncode == 0
+    assert _tree(tmp_path / "npy") == [name.replace(".npz", ".npy") for name in _tree(codes)]
+    for name in _tree(codes):  # the codes alone, the same
+        with np.load(codes / name) as whole:
+            np.testing.assert_array_equal(np.load(tmp_path / "npy" / name.replace(".npz", ".npy")), whole["codes"][0])
+    for target, suffix in ((wav, []), (flac, ["--suffix", "flac"])):
+        done = run("decode", codes, "-r", "-o", target, *suffix, weights=weights_file)
+        assert done.returncode == 0, done.stderr
+    assert _tree(flac) == [name.replace(".wav", ".flac") for name in _tree(wav)]
+    for name in _tree(wav):  # lossless: the same audio, as libsndfile rounds it to 16 bits for each format
+        assert sf.info(flac / name.replace(".wav", ".flac")).format == "FLAC"
+        np.testing.assert_allclose(sf.read(flac / name.replace(".wav", ".flac"), dtype="int16")[0],
+                                   sf.read(wav / name, dtype="int16")[0], rtol=0, atol=1)
+    beside = run("decode", codes / "a.npz", "--suffix", ".ogg", weights=weights_file)
+    assert beside.returncode == 0 and (codes / "a.decoded.ogg").exists(), beside.stderr
+    for args, said in [
+        (["decode", codes, "-r", "-o", tmp_path / "x", "--suffix", ".xyz"], "--suffix .xyz: cannot write audio as "
+         ".xyz; use .wav"),
+        (["encode", corpus / "a.wav", "-o", tmp_path / "one.npz", "--suffix", ".npy"], "--suffix .npy names outputs "
+         f"written in a folder or beside their inputs, and -o {tmp_path / 'one.npz'} names the output itself"),
+        (["encode", corpus, "-r", "-o", tmp_path / "x", "--suffix", ".ecdc"], "--suffix .ecdc: .ecdc is EnCodec's "
+         "own format, and mimi codes have no place in it"),
+        (["encode", corpus, "-r", "--parquet", tmp_path / "pq", "--suffix", ".npy"], "--suffix .npy names codes "
+         "files, and --parquet without -o writes none"),
+        (["roundtrip", corpus / "a.wav", "--suffix", ".flac"], "--suffix .flac names the decoded audio written "
+         "with -o DIR"),
+    ]:
+        done = run(*args, weights=weights_file)
+        assert done.returncode == 1 and said in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "pq").exists()
+    usage = run("decode", codes, "-o", tmp_path / "x", "--suffix", "a/b", weights=weights_file)
+    assert usage.returncode == 2 and "a file suffix such as .flac (or flac), not '.a/b'" in usage.stderr
+    assert Job(Settings("decode"), ("x.npz",), suffix="flac").suffix == ".flac"
+    for bad in ("", ".", "..wav", " .wav", "a\0b"):
+        with pytest.raises(ValueError, match="a file suffix such as .flac"):
+            Job(Settings("decode"), ("x.npz",), suffix=bad)
+
+
 def test_workers_started_from_a_python_script_without_a_main_guard(corpus, weights_file, tmp_path):
     """From Python, with jobs=2, in a script without ``if __name__ == "__main__":`` (or piped to ``python -``):
     each spawned worker ran the caller's script again (or found no script to run), died as it started, and
