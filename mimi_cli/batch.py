@@ -246,8 +246,6 @@ def _plan_roundtrips(job: Job) -> Plan:
                         "writes only the decoded audio (-o) and spectrograms (--plot) asked for")
     found, left_out, one = find_inputs(job.inputs, job.manifests, "encode", job.recursive, job.column,
                                        verb="round-trip")
-    if job.suffix is not None and job.output is None:
-        raise MimiError(f"--suffix {job.suffix} names the decoded audio written with -o DIR; give -o, or drop --suffix")
     _check_suffix_use(job, one and job.output is not None and not names_folder(job.output), _check_audio_name)
     tasks, settings, workers, notes = plan_roundtrips(found, job.settings, job.jobs, job.threads, one, job.output,
                                                       job.plot, job.suffix or ".wav")
@@ -379,8 +377,9 @@ def check_suffix_option(suffix: str) -> str:
 
 def _check_suffix_use(job: Job, names_one_file: bool, check_name: Callable[[Path], None]) -> None:
     """--suffix names outputs in a folder or beside their inputs: refused where -o names the output itself
-    (``-o x.wav``, ``-o -``), where no file is written (encode's --parquet alone), and where ``check_name``
-    (the command's check of -o FILE) refuses it, once: each output would have failed with its work done."""
+    (``-o x.wav``, ``-o -``), where no file is written (encode's --parquet alone, roundtrip without -o), and where
+    ``check_name`` (the command's check of -o FILE) refuses it, once: each output would have failed with its work
+    done."""
     if job.suffix is None:
         return
     try:
@@ -391,6 +390,9 @@ def _check_suffix_use(job: Job, names_one_file: bool, check_name: Callable[[Path
         shown = "standard output" if job.output == STDOUT else "the output itself"
         raise MimiError(f"--suffix {job.suffix} names outputs written in a folder or beside their inputs, and "
                         f"-o {job.output} names {shown}: drop --suffix, or give -o a folder")
+    if job.output is None and job.settings.kind == "roundtrip":
+        raise MimiError(f"--suffix {job.suffix} names the decoded audio written with -o DIR: give -o, or drop "
+                        "--suffix")
     if job.output is None and job.parquet is not None:
         raise MimiError(f"--suffix {job.suffix} names codes files, and --parquet without -o writes none: give -o "
                         "DIR, or drop --suffix")
