@@ -348,3 +348,14 @@ def damaged_mp3s() -> tuple[bytes, tuple[bytes, int]]:
         if stops and skips:
             return stops, skips
     raise AssertionError("no damage that makes libsndfile stop, or skip, was found")
+
+
+def sparse_wav(path: Path, channels: int, rate: int, seconds: float) -> Path:
+    """A 16-bit WAV declaring ``seconds`` of ``channels`` at ``rate``, of silence, sparse on the disk."""
+    size = int(seconds * rate) * channels * 2
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * channels * 2, channels * 2, 16)
+    with open(path, "wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", 36 + size) + b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt
+                + b"data" + struct.pack("<I", size))
+        f.truncate(f.tell() + size)
+    return path

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, SHARED, damaged_mp3s, libsndfile_reads, lying_flac
+from conftest import SAMPLE_AUDIO, SHARED, damaged_mp3s, libsndfile_reads, lying_flac, sparse_wav
 
 from mimi_cli.audio import Audio, read_audio, resample, to_mono, write_audio
 from mimi_cli.errors import InvalidAudioError, OutputExistsError
@@ -97,8 +97,6 @@ def test_audio_in_memory_is_held_once(case, most, tmp_path):
     about the audio's own size (the result's), writing by a block's, scaling by nothing, as the batch check
     counts it; joined blocks are let go as they are copied, which the allocator returns to the system as it
     may (1.4 here)."""
-    from test_reliability import sparse_wav
-
     path = sparse_wav(tmp_path / "in.wav", 8, 48000, 60) if case == "read" else tmp_path / "out.wav"
     done = subprocess.run([sys.executable, "-c", _HELD, case, str(path)], capture_output=True, text=True,
                           timeout=300)

@@ -17,7 +17,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import struct
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SAMPLE_AUDIO, ffmpeg_file, poison_hook, run, speech_at
+from conftest import SAMPLE_AUDIO, ffmpeg_file, poison_hook, run, sparse_wav, speech_at
 
 from mimi_cli.codes import CodesFile
 from mimi_cli.core import threads
@@ -1291,17 +1290,6 @@ def zero_codes(path: Path, streams: int, seconds: int) -> Path:
     frames = seconds * 25 // 2
     CodesFile.from_codes(np.zeros((streams, 8, frames), np.uint16), MimiConfig(), frames * 1920, 24000, streams,
                          "").save(path)
-    return path
-
-
-def sparse_wav(path: Path, channels: int, rate: int, seconds: float) -> Path:
-    """A 16-bit WAV declaring ``seconds`` of ``channels`` at ``rate``, of silence, sparse on the disk."""
-    size = int(seconds * rate) * channels * 2
-    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * channels * 2, channels * 2, 16)
-    with open(path, "wb") as f:
-        f.write(b"RIFF" + struct.pack("<I", 36 + size) + b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt
-                + b"data" + struct.pack("<I", size))
-        f.truncate(f.tell() + size)
     return path
 
 
