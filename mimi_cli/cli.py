@@ -901,10 +901,11 @@ def _report_apart(*inputs: str | Path) -> None:
 
 @app.command("inspect")
 def inspect_any(
-    name: Annotated[str, typer.Argument(
-        metavar="PATH|REPO", show_default=False,
-        help="Weights, as for inspect-weights; or codes (.npz, .npy, .ecdc, JSON; a folder of them, a quoted glob, "
-             "or a table of them: Parquet, Arrow, a dataset folder; '-' or a pipe), as decode reads them.")],
+    names: Annotated[Optional[list[str]], typer.Argument(
+        metavar="NAME", show_default=False,
+        help="Weights, as for inspect-weights; or codes (.npz, .npy, .ecdc, JSON; a folder of them, a glob, "
+             "or a table of them: Parquet, Arrow, a dataset folder; '-' or a pipe), as decode reads them. "
+             "Several names are codes, reported together.")] = None,
     pattern: Annotated[Optional[str], typer.Option(
         "--filter", help="Weights: only tensors whose name matches this glob.", show_default=False)] = None,
     no_stats: Annotated[bool, typer.Option(
@@ -918,13 +919,23 @@ def inspect_any(
 ) -> None:
     """Show what a weights or codes file holds, and whether it is sound.
 
-    Weights: as inspect-weights. Codes (.npz, .npy, .ecdc; a folder's files, every level below it, or a table's
-    rows of them): codec, shape, length, how made, each level's use.
+    Weights: as inspect-weights. Codes (.npz, .npy, .ecdc; a folder's files,
+    every level below it, a table's rows of them, or several names together):
+    codec, shape, length, how made, each level's use.
     """
     from mimi_cli.inspect import inspect_codes, is_codes_path, not_shown, not_there
 
-    if (problem := not_there(name)) is not None:
-        _fail(problem)
+    if not names:
+        _fail("give a weights or codes file to inspect (see mimi inspect -h)", code=2)
+    for problem in map(not_there, names):
+        if problem is not None:
+            _fail(problem)
+    if len(names) > 1:  # a shell's glob: codes, reported together as a quoted glob's files are
+        for name in names:
+            if not is_codes_path(name):
+                _fail(f"{name} is not codes: mimi inspect reports several names together as codes, as "
+                      "decode reads them; give weights one at a time", code=2)
+    name = names[0]
     if not is_codes_path(name):
         if (other := not_shown(name)) is not None:
             _fail(other, code=2)
@@ -934,10 +945,10 @@ def inspect_any(
     if pattern is not None or no_stats:
         _fail("--filter and --no-stats are for weights; a codes file is shown whole", code=2)
     with _user_errors():
-        _report_apart(name)
+        _report_apart(*names)
         try:
             with _Messages(quiet=as_json).progress_fraction("Reading codes") as update:
-                report = inspect_codes(name, codec, codes_column, update)
+                report = inspect_codes(names, codec, codes_column, update)
         except WeightsError as exc:  # weights piped in: to be given as a file
             _fail(str(exc))
         except MimiError as exc:  # codes decode would refuse: unsound, as inspect-weights says of weights

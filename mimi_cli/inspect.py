@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -248,11 +248,12 @@ class CodesReport:
         return asdict(self)
 
 
-def inspect_codes(path: str | Path, codec: str | None = None, column: str = "codes",
+def inspect_codes(path: str | Path | Sequence[str | Path], codec: str | None = None, column: str = "codes",
                   progress: Callable[[int, int], None] | None = None) -> CodesReport:
     """Report on the codes at ``path`` (anything ``mimi decode`` reads: ``codec`` is a bare array's, see
     :func:`mimi_cli.codes.load_codes`; a folder's files or a table's rows in ``column``), checked as decode checks
-    them. ``progress(files or rows read, in all)`` is called after each of a folder's or table's. Standard input
+    them; several names (a list: what a shell's glob gives) are reported together, as a quoted glob's files are.
+    ``progress(files or rows read, in all)`` is called after each of a folder's or table's. Standard input
     (``-``) and a pipe are read once, into a copy, as decode reads them."""
     from mimi_cli.batch import is_glob
     from mimi_cli.codes import check_codes_head, load_codes
@@ -261,6 +262,15 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
     from mimi_cli.pipeline import codes_warnings
     from mimi_cli.sources import is_table
 
+    if not isinstance(path, (str, Path)):
+        names = [str(name) for name in path]
+        if not names:
+            raise MimiError("no codes named: give a codes file, a folder or table of them, or a glob")
+        if len(names) > 1 and STDIN in names:
+            raise MimiError("'-' (standard input) must be the only name")
+        if len(names) != 1:
+            return _inspect_many(names, codec, column, progress or (lambda done, total: None))
+        path = names[0]
     if str(path) == STDIN or is_pipe(Path(path)):
         with readable(path, check_codes_head) as source:
             if holds(source.path) == ".safetensors weights":  # said as --weights - or --weights <(cat w) is
@@ -269,7 +279,7 @@ def inspect_codes(path: str | Path, codec: str | None = None, column: str = "cod
                                    "file; save them to a file and give its name")
             return replace(inspect_codes(source.path, codec, column, progress), path=source.shown)
     if Path(path).is_dir() or is_table(Path(path)) or is_glob(Path(path)):
-        return _inspect_many(Path(path), codec, column, progress or (lambda done, total: None))
+        return _inspect_many([str(path)], codec, column, progress or (lambda done, total: None))
     codes = load_codes(Path(path), codec)
     config = codec_spec(codes.codec).config()
     recorded = bool(codes.weights_id)  # a codes file of mimi encode; bare arrays and .ecdc keep no source
@@ -297,15 +307,17 @@ def _level_counts(codes: np.ndarray, size: int) -> np.ndarray:
     return np.bincount(shifted.ravel(), minlength=levels * size).reshape(levels, size)
 
 
-def _inspect_many(path: Path, codec: str | None, column: str, progress: Callable[[int, int], None]) -> CodesReport:
-    """The codes files of a folder (every level below it) or a table's rows of codes (a ``--parquet`` shard or
-    their folder, a dataset's codes column), as decode finds them: each read and checked as decode reads it (one
-    decode would refuse is this report's error), their figures summed or the most of any row."""
+def _inspect_many(names: list[str], codec: str | None, column: str, progress: Callable[[int, int], None],
+                  ) -> CodesReport:
+    """The codes files of folders (every level below them), globs and files, or tables' rows of codes (a
+    ``--parquet`` shard or their folder, a dataset's codes column), as decode finds them: each read and checked as
+    decode reads it (one decode would refuse is this report's error), their figures summed or the most of any
+    row."""
     from mimi_cli.batch import find_inputs, is_glob
     from mimi_cli.models import codec_spec
     from mimi_cli.pipeline import another_codec, read_codes
 
-    rows, left_out, _ = find_inputs([str(path)], [], "decode", recursive=True, column=column, verb="inspect")
+    rows, left_out, _ = find_inputs(names, [], "decode", recursive=True, column=column, verb="inspect")
     counts: list[np.ndarray] = []  # per level, over every row that has it
     first, frames, samples, streams, same, assumed = None, 0, 0, 0, {}, True
     for done, entry in enumerate(rows, 1):
@@ -329,17 +341,20 @@ def _inspect_many(path: Path, codec: str | None, column: str, progress: Callable
                 counts.append(level_counts)
         progress(done, len(rows))
     config = codec_spec(first[1].codec).config()  # find_inputs found at least one, or said why not
-    plural = "s" * (len(rows) != 1)
-    kind = (f"a table of {len(rows):,} row{plural} of codes" if all(entry.item is not None for entry in rows) else
-            f"{len(rows):,} codes file{plural} matched" if is_glob(path) else
+    plural, tables = "s" * (len(rows) != 1), all(entry.item is not None for entry in rows)
+    kind = (f"{len(rows):,} {'row' if tables else 'codes file'}{plural}{' of codes' * tables} from the "
+            f"{len(names)} names given" if len(names) > 1 else
+            f"a table of {len(rows):,} row{plural} of codes" if tables else
+            f"{len(rows):,} codes file{plural} matched" if is_glob(Path(names[0])) else
             f"a folder of {len(rows):,} codes file{plural}")
+    shown = ", ".join(names) if len(names) <= 3 else f"{', '.join(names[:2])} … {names[-1]}"
     return CodesReport(
-        str(path), kind, config.name,
+        shown, kind, config.name,
         config.display_name, streams, len(counts), frames, first[1].frame_rate, samples, first[1].sample_rate,
         first[1].codebook_size, round(config.bitrate(len(counts)) / 1000, 3), same["source_sample_rate"],
         same["source_channels"], same["weights_id"] or None, same["streamed"],
         [_usage(level, found) for level, found in enumerate(counts)], rows=len(rows), left_out=left_out,
-        warnings=another_codec(path, config.name, max(int(np.flatnonzero(c).max(initial=0)) for c in counts),
+        warnings=another_codec(shown, config.name, max(int(np.flatnonzero(c).max(initial=0)) for c in counts),
                                sum(int(c.sum()) for c in counts)) if assumed else [])
 
 

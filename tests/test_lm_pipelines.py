@@ -233,6 +233,19 @@ def test_inspect_shows_what_a_table_of_codes_holds(tmp_path, weights_file, dialo
     assert {k: v for k, v in folder.items() if k not in ("path", "kind", "left_out")} == \
         {k: v for k, v in report.items() if k not in ("path", "kind", "left_out")}
     assert "note: left out 1 entry that is not a file" in run("inspect", tmp_path / "codes").stderr
+    # several names, as a shell's glob gives them (`mimi inspect codes/*.npz`): reported together, as above
+    given = run("inspect", tmp_path / "stereo.npz", tmp_path / "left.npz", "--json")
+    assert given.returncode == 0, given.stderr
+    named = json.loads(given.stdout)
+    assert (named["kind"], named["path"]) == ("2 codes files from the 2 names given",
+                                              f"{tmp_path / 'stereo.npz'}, {tmp_path / 'left.npz'}")
+    assert {k: v for k, v in named.items() if k not in ("path", "kind", "left_out")} == \
+        {k: v for k, v in report.items() if k not in ("path", "kind", "left_out")}
+    for extra, said in ((weights_file, f"{weights_file} is not codes: mimi inspect reports several names together"),
+                        ("-", "'-' (standard input) must be the only name")):
+        refused = run("inspect", tmp_path / "left.npz", extra)
+        assert refused.returncode == 2 and refused.stderr.startswith(f"error: {said}"), refused.stderr
+        assert refused.stderr.count("\n") == 1, refused.stderr
     calls = []  # the bar over a large folder's files
     assert inspect_codes(tmp_path / "codes", progress=lambda *done: calls.append(done)).frames == folder["frames"]
     assert calls == [(1, 2), (2, 2)]
