@@ -22,8 +22,8 @@ import numpy as np
 from mimi_cli.c_stderr import CaughtStderr
 from mimi_cli.errors import (InvalidAudioError, gigabytes, memory_said, over_memory, refusal_said, unloadable,
                              usable_memory)
-from mimi_cli.fileio import (Target, as_target, atomic_output, cannot_write, file_kind, head_holds, holds, is_stdout,
-                             missing, native)
+from mimi_cli.fileio import (Target, as_target, atomic_output, cannot_write, file_kind, head_holds, holds,
+                             is_input_copy, is_stdout, missing, native)
 from mimi_cli.models.codec import MAX_PEAK
 
 
@@ -107,8 +107,59 @@ def _nothing_read(path, f) -> InvalidAudioError:
                                                       f"{f.frames:,}: an estimate, or the file is damaged)")
 
 
-def open_audio(path: Path):
-    """Open an audio file for block reading (a ``soundfile.SoundFile``), after the same checks as read_audio."""
+# Headerless samples (--raw), by the names FFmpeg gives its raw formats (`ffmpeg -f s16le`): libsndfile's
+# subtype and byte order, and the bytes of a sample.
+RAW_ENCODINGS = {
+    "u8": ("PCM_U8", "FILE", 1), "s8": ("PCM_S8", "FILE", 1), "mulaw": ("ULAW", "FILE", 1), "alaw": ("ALAW", "FILE", 1),
+    **{f"{kind}{bits}{order}": (subtype, endian, bits // 8)
+       for kind, bits, subtype in (("s", 16, "PCM_16"), ("s", 24, "PCM_24"), ("s", 32, "PCM_32"), ("f", 32, "FLOAT"),
+                                   ("f", 64, "DOUBLE"))
+       for order, endian in (("le", "LITTLE"), ("be", "BIG"))}}
+RAW_SUFFIXES = (".raw", ".pcm")  # what a folder gives with --raw: headerless files have no other common names
+
+
+@dataclass(frozen=True)
+class RawFormat:
+    """How headerless samples are laid out (``--raw s16le:16000:1``): FFmpeg's name of the encoding, the rate,
+    the channels (interleaved)."""
+
+    encoding: str
+    sample_rate: int
+    channels: int = 1
+
+    @classmethod
+    def parse(cls, spec: str, default_rate: int) -> RawFormat:
+        """``ENCODING[:RATE[:CHANNELS]]``, the rate ``default_rate`` and one channel where not given; ValueError
+        saying what is wrong otherwise."""
+        encoding, *numbers = spec.strip().lower().split(":")
+        if encoding not in RAW_ENCODINGS:
+            raise ValueError(f"{encoding!r} is no encoding of headerless samples here; give one of "
+                             f"{', '.join(RAW_ENCODINGS)} (as FFmpeg names them: `ffmpeg -f s16le`)")
+        if len(numbers) > 2 or not all(n.isdigit() for n in numbers):
+            raise ValueError(f"{spec!r} is not ENCODING[:RATE[:CHANNELS]] (s16le, s16le:16000, s16le:48000:2)")
+        rate = int(numbers[0]) if numbers else default_rate
+        channels = int(numbers[1]) if len(numbers) > 1 else 1
+        if not 1 <= rate <= MAX_SAMPLE_RATE:
+            raise ValueError(f"a rate of {rate:,} Hz is outside the 1 to {MAX_SAMPLE_RATE:,} Hz this tool resamples")
+        if not 1 <= channels <= MAX_RAW_CHANNELS:
+            raise ValueError(f"{channels} channels: give 1 to {MAX_RAW_CHANNELS}")
+        return cls(encoding, rate, channels)
+
+    def __str__(self) -> str:
+        return f"{self.encoding}:{self.sample_rate}:{self.channels}"
+
+    @property
+    def frame_bytes(self) -> int:
+        """The bytes of one sample of every channel."""
+        return RAW_ENCODINGS[self.encoding][2] * self.channels
+
+
+MAX_RAW_CHANNELS = 1024  # as many as libsndfile's RAW reader takes
+
+
+def open_audio(path: Path, raw: RawFormat | None = None):
+    """Open an audio file for block reading (a ``soundfile.SoundFile``), after the same checks as read_audio;
+    ``raw``: a file of headerless samples laid out so."""
     path = Path(os.fsdecode(path))  # a name as str was taken for the audio's bytes (open_checked)
     try:
         st = os.stat(path)
@@ -119,14 +170,39 @@ def open_audio(path: Path):
                                     "the audio into '-'")
         with open(path, "rb") as f:  # a permission problem is said as such, not as "not audio"
             empty = st.st_size == 0 and not f.read(1)  # /proc's files say 0 bytes and hold text
-            header = None if empty else check_header(f, path)
+            if raw is not None:
+                check_raw_head(f.read(512), str(path))
+            header = None if empty or raw is not None else check_header(f, path)
     except FileNotFoundError:  # or a link to nothing, said as such
         raise InvalidAudioError(f"{path} {missing(path) or 'does not exist'}") from None
     except OSError as exc:
         raise InvalidAudioError(f"cannot read {path}: {os.strerror(exc.errno) if exc.errno else exc}") from None
     if empty:
         raise InvalidAudioError(f"{path} is empty (0 bytes)")
-    return open_checked(path, header, path)
+    return open_checked(path, header, path) if raw is None else open_raw(path, st.st_size, raw)
+
+
+def check_raw_head(head: bytes, name: str) -> None:
+    """Refuse, for --raw, data whose first bytes say it has a header (a WAV file, text, codes): read as samples,
+    its header would be noise, and its format would be taken for the one --raw gives."""
+    kind = head_holds(head)
+    if kind is not None:
+        also = "run without --raw, which reads its header" if kind.startswith("audio") else "give headerless samples"
+        raise InvalidAudioError(f"{name} holds {kind}, not headerless samples as --raw reads them; {also}")
+
+
+def open_raw(path: Path, size: int, raw: RawFormat):
+    """A block reader over the headerless samples in the file ``path`` of ``size`` bytes, laid out as ``raw``."""
+    from mimi_cli.libsndfile import SoundFile
+
+    if size % raw.frame_bytes:  # a wrong encoding or channel count, or a copy cut in a sample
+        raise InvalidAudioError(f"{path} holds {size:,} bytes, not a whole number of {raw.encoding} samples of "
+                                f"{raw.channels} channel{'s' * (raw.channels > 1)} ({raw.frame_bytes} bytes each): "
+                                f"check --raw {raw}, or the file is cut short")
+    subtype, endian, _ = RAW_ENCODINGS[raw.encoding]
+    f = SoundFile(native(path), samplerate=raw.sample_rate, channels=raw.channels, subtype=subtype, endian=endian,
+                  format="RAW")
+    return checked_reader(LibsndfileAudio(f, path, f.frames, f.frames), path)
 
 
 def open_checked(source: Path | bytes, header: Header, name: Target):
@@ -240,11 +316,13 @@ def _holds(source) -> str | None:
 def _not_audio(name, soundfile_reason: str, kind: str | None, ffmpeg_reason: str | None = None) -> InvalidAudioError:
     """"cannot read NAME as audio (the readers' reasons); what to give", for data that holds ``kind``
     (fileio.holds); ``ffmpeg_reason`` None: FFmpeg is not installed."""
+    raw = "; for headerless samples, give --raw (--raw s16le:16000, say)" if kind is None and (
+        is_input_copy(name) or Path(str(name)).suffix.lower() in RAW_SUFFIXES) else ""  # a pipe's, or so named
     if ffmpeg_reason is None:
         return InvalidAudioError(f"cannot read {name} as audio ({soundfile_reason}); "
-                                 f"{_what_to_give(kind, ffmpeg=False)}")
+                                 f"{_what_to_give(kind, ffmpeg=False)}{raw}")
     return InvalidAudioError(f"cannot read {name} as audio (libsndfile: {soundfile_reason}; FFmpeg: "
-                             f"{ffmpeg_reason}); {_what_to_give(kind)}")
+                             f"{ffmpeg_reason}); {_what_to_give(kind)}{raw}")
 
 
 def check_audio_head(head: bytes, name: str) -> None:
@@ -325,7 +403,9 @@ class FFmpegAudio(BlockReader):
         import av
 
         self._container, self.name = container, name
-        stream = next(s for s in container.streams if s.type == "audio")
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:  # (headerless samples are taken for an image: FFmpeg's image2 reads any bytes)
+            raise ValueError("no audio stream")
         context = stream.codec_context  # None for a codec FFmpeg has no decoder for (a WAV format tag of 0)
         if context is None or not context.sample_rate or not context.channels:
             raise ValueError("the audio stream has no decoder, rate or channels")

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from mimi_cli.audio import AUDIO_SUFFIXES, audio_format
+from mimi_cli.audio import AUDIO_SUFFIXES, RAW_SUFFIXES, audio_format
 from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
 from mimi_cli.errors import (TASK_LIMIT, MimiError, OutputExistsError, UnnamableOutputError, check_flag, check_integer,
@@ -167,7 +167,8 @@ def plan(job: Job, report: Report = no_report) -> Plan:
     suffix, beside = (".npz", ".npz") if s.kind == "encode" else (".wav", ".decoded.wav")
     if job.suffix is not None:
         suffix, beside = job.suffix, job.suffix if s.kind == "encode" else f".decoded{job.suffix}"
-    found, left_out, one_file = find_inputs(job.inputs, job.manifests, s.kind, job.recursive, job.column)
+    found, left_out, one_file = find_inputs(job.inputs, job.manifests, s.kind, job.recursive, job.column,
+                                            raw=s.raw is not None)
     items = any(entry.item is not None for entry in found)
     if items and job.output is None and job.parquet is None:
         raise MimiError("the inputs hold items (manifest lines, tar members, dataset rows): give -o DIR for a codes "
@@ -245,7 +246,7 @@ def _plan_roundtrips(job: Job) -> Plan:
         raise MimiError(f"a round trip takes no {', '.join(others)}: it measures each input on the local engine and "
                         "writes only the decoded audio (-o) and spectrograms (--plot) asked for")
     found, left_out, one = find_inputs(job.inputs, job.manifests, "encode", job.recursive, job.column,
-                                       verb="round-trip")
+                                       verb="round-trip", raw=job.settings.raw is not None)
     _check_suffix_use(job, one and job.output is not None and not names_folder(job.output), _check_audio_name)
     tasks, settings, workers, notes = plan_roundtrips(found, job.settings, job.jobs, job.threads, one, job.output,
                                                       job.plot, job.suffix or ".wav")
@@ -263,14 +264,15 @@ def _workers(jobs: int, pending: int, engine: Engine, threads: int | None) -> tu
 
 
 def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["encode", "decode"],
-                recursive: bool = False, column: str | None = None, verb: str | None = None,
+                recursive: bool = False, column: str | None = None, verb: str | None = None, raw: bool = False,
                 ) -> tuple[list[Input], str | None, bool]:
     """What the inputs ``names`` and the lists ``manifests`` (--inputs-from) stand for: audio files (``kind``
-    encode) or codes files (decode) and the items of manifests, shards and datasets; a note of the entries left
-    out of folders and globs (broken links, pipes, devices), to be said; and whether it is one file named alone
-    (no folder, glob, list or items: a single task). Nothing to find is an error (``verb``: the command's word)."""
+    encode; ``raw``: a folder's are files of headerless samples) or codes files (decode) and the items of
+    manifests, shards and datasets; a note of the entries left out of folders and globs (broken links, pipes,
+    devices), to be said; and whether it is one file named alone (no folder, glob, list or items: a single task).
+    Nothing to find is an error (``verb``: the command's word)."""
     names, manifests, verb = list(names), list(manifests), verb or kind
-    suffixes = AUDIO_SUFFIXES if kind == "encode" else CODES_SUFFIXES
+    suffixes = CODES_SUFFIXES if kind == "decode" else RAW_SUFFIXES if raw else AUDIO_SUFFIXES
     paths = [Path(p) for p in names]
     # a folder of audio (or codes) files; when it holds none, of shards: a dataset's Parquet or Arrow files
     # (a Hugging Face repo's data/), WebDataset tars; decode: the Parquet shards --parquet writes
@@ -313,6 +315,12 @@ def find_inputs(names: Iterable[str], manifests: Iterable[str], kind: Literal["e
     unread = [entry for entry in found if entry.unread] if kind != "decode" else []  # (decode reads codes whole)
     if unread:
         notes.append(unread_spans_note(str(unread[0].path), len(unread), {key for e in unread for key in e.unread}))
+    encoded = next((entry.item for entry in found if entry.item is not None and entry.item.kind in ("tar", "row")),
+                   None)
+    if raw and encoded is not None:  # (a manifest's lines name files, which --raw reads)
+        members = "tar members" if encoded.kind == "tar" else "rows"
+        raise MimiError(f"--raw reads files of headerless samples, and the {members} of {encoded.container} hold "
+                        "audio files of their own format; run without --raw")
     return found, "; ".join(notes) or None, one_file
 
 

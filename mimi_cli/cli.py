@@ -439,6 +439,25 @@ def _suffix_option(help: str) -> object:
                                                  show_default=False, help=help)]
 
 
+def _check_raw(given: str | None) -> str | None:
+    from mimi_cli.audio import RawFormat
+
+    if given is not None:
+        try:
+            RawFormat.parse(given, 1)  # its form; a rate not given is the codec's, which Settings knows
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return given
+
+
+RawOption = Annotated[Optional[str], typer.Option(
+    "--raw", callback=_check_raw, metavar="ENC[:RATE[:CH]]", show_default=False,
+    help="Read the inputs as headerless samples (a file, '-' or a folder's .raw and .pcm files) in this encoding, "
+         "as FFmpeg names it (s16le, s24le, s32le, f32le, f64le, their big-endian ...be, u8, s8, mulaw, alaw), at "
+         "RATE Hz (the codec's, 24000, when not given) with CH interleaved channels (1 when not given): "
+         "s16le:16000 or f32le:48000:2.")]
+
+
 ForceOption = Annotated[bool, typer.Option(
     "--force", "-f", help="Replace outputs that exist (regular files only; never a file that is an input).")]
 
@@ -464,6 +483,7 @@ def encode(
     stream: StreamOption = False,
     channels: _channels_option("each channel its own code stream (codes [C, K, frames], e.g. one speaker per "
                                "channel); decode writes C channels.") = "mix",
+    raw: RawOption = None,
     suffix: _suffix_option("Of the codes files written into a folder or beside their inputs: .npz (the default), "
                            ".npy (the codes alone) or, for EnCodec, .ecdc.") = None,
     recursive: RecursiveOption = False,
@@ -493,7 +513,7 @@ def encode(
     from mimi_cli.pipeline import Settings
 
     settings = Settings("encode", weights, codec, _num_codebooks(codec, codebooks, bandwidth),
-                        stream, replace=force, channels=channels)
+                        stream, replace=force, channels=channels, raw=raw)
     if not inputs and not inputs_from:
         _fail("give inputs to encode (files, folders, globs, '-', manifests, shards or datasets)", code=2)
     _run(settings, inputs or [], output, recursive, jobs, engine, threads, skip_existing, manifest, parquet, quiet,
@@ -676,6 +696,7 @@ def roundtrip(
     bandwidth: BandwidthOption = None,
     channels: _channels_option("each channel encoded, decoded and measured on its own (the metrics are their "
                                "mean; --json has each channel's), -o and --plot with every channel.") = "mix",
+    raw: RawOption = None,
     suffix: _suffix_option("Of the decoded audio written into -o's folder, which names its format: .wav (the "
                            "default), .flac, .ogg, ...") = None,
     jobs: JobsOption = 1,
@@ -707,7 +728,8 @@ def roundtrip(
         _fail("give audio to round-trip (files, folders, globs, '-', manifests, shards or datasets)", code=2)
     from mimi_cli.pipeline import Settings, Worker, roundtrip_mean
 
-    settings = Settings("roundtrip", weights, codec, settings_codebooks, stream, replace=force, channels=channels)
+    settings = Settings("roundtrip", weights, codec, settings_codebooks, stream, replace=force, channels=channels,
+                        raw=raw)
     with _user_errors(), say.planning() as report:
         from mimi_cli.batch import Job, execute, plan
 
@@ -901,11 +923,11 @@ def _report_apart(*inputs: str | Path) -> None:
 
 @app.command("inspect")
 def inspect_any(
-    names: Annotated[Optional[list[str]], typer.Argument(
-        metavar="NAME", show_default=False,
+    names: Annotated[list[str], typer.Argument(
+        metavar="PATH|REPO", show_default=False,
         help="Weights, as for inspect-weights; or codes (.npz, .npy, .ecdc, JSON; a folder of them, a glob, "
              "or a table of them: Parquet, Arrow, a dataset folder; '-' or a pipe), as decode reads them. "
-             "Several names are codes, reported together.")] = None,
+             "Several names are codes, reported together.")],
     pattern: Annotated[Optional[str], typer.Option(
         "--filter", help="Weights: only tensors whose name matches this glob.", show_default=False)] = None,
     no_stats: Annotated[bool, typer.Option(
@@ -925,8 +947,6 @@ def inspect_any(
     """
     from mimi_cli.inspect import inspect_codes, is_codes_path, not_shown, not_there
 
-    if not names:
-        _fail("give a weights or codes file to inspect (see mimi inspect -h)", code=2)
     for problem in map(not_there, names):
         if problem is not None:
             _fail(problem)

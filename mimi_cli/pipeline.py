@@ -25,9 +25,10 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audio, StreamResampler, audio_sink,
-                            check_audio_head, check_audio_output, open_audio, read_blocks, read_open, reader_warnings,
-                            resample, resample_bytes, rescaled, to_mono, within_full_scale, write_audio)
+from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audio, RawFormat, StreamResampler,
+                            audio_sink, check_audio_head, check_audio_output, check_raw_head, open_audio, read_blocks,
+                            read_open, reader_warnings, resample, resample_bytes, rescaled, to_mono,
+                            within_full_scale, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, check_codes_head, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
@@ -357,6 +358,7 @@ class Settings:
     replace: bool = False  # -f: existing outputs (regular files, never inputs) may be replaced
     skip_existing: bool = False  # also skip an output that another run made after planning
     keep_codes: bool = False  # return the codes in the result (for Parquet)
+    raw: RawFormat | None = None  # encode, roundtrip: inputs of headerless samples so laid out (--raw; or its text)
 
     def __post_init__(self):
         """Refuse values the command line's options would refuse, when built from Python: left unchecked,
@@ -378,6 +380,12 @@ class Settings:
             levels = check_integer("num_codebooks", self.num_codebooks, 1) if self.kind == "decode" else \
                 codec_spec(self.codec).config().levels(self.num_codebooks)  # decode: the file's codec's, read later
             object.__setattr__(self, "num_codebooks", levels)
+        if isinstance(self.raw, str):  # as --raw gives it: ENCODING[:RATE[:CHANNELS]], the rate the codec's
+            object.__setattr__(self, "raw", RawFormat.parse(self.raw, codec_spec(self.codec or DEFAULT_CODEC)
+                                                            .config().sample_rate))
+        if self.raw is not None and (self.kind == "decode" or not isinstance(self.raw, RawFormat)):
+            raise ValueError("raw is how audio inputs are laid out: a RawFormat or its text ('s16le:16000:1'), for "
+                             "encode and roundtrip")
         if self.sample_rate is not None:
             object.__setattr__(self, "sample_rate", check_integer("sample_rate", self.sample_rate, MIN_OUTPUT_RATE,
                                                                   MAX_SAMPLE_RATE))
@@ -399,9 +407,10 @@ class Task:
         return str(self.input), "" if self.output is None else str(self.output)
 
 
-def open_input(task: Task):
+def open_input(task: Task, settings: Settings):
     """A block reader (``soundfile.SoundFile`` or alike) over the task's audio, checked like read_audio."""
-    return open_audio(task.input) if task.item is None else open_item(task.item, str(task.input))
+    return open_audio(task.input, settings.raw) if task.item is None else open_item(task.item, str(task.input),
+                                                                                   settings.raw)
 
 
 MANIFEST_KEYS = ("input", "output", "status", "duration_s", "frames", "error", "warnings")
@@ -491,7 +500,7 @@ def conversion_notes(channels: int, rate: int, target_rate: int, mode: Channels 
 
 def encode_file(task: Task, settings: Settings, models: Models, report: Report = no_report) -> FileResult:
     """Read, check, encode and write one audio file's codes."""
-    with open_input(task) as f:  # opened once (its header walked once): --stream reads it as it encodes
+    with open_input(task, settings) as f:  # opened once (its header walked once): --stream reads it as it encodes
         rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
         check_split(task.input, channels, settings.channels)
         if settings.channels == "split" and task.output is not None and is_ecdc_path(task.output):
@@ -616,7 +625,8 @@ class Worker:
         if task.skip or (self.settings.skip_existing and not task.redo and output_exists(task.output)):
             return skipped(task, self.settings)  # skipped when planned, or made since by another run
         step = {"encode": encode_file, "decode": decode_file, "roundtrip": roundtrip_file}[self.settings.kind]
-        head_check = check_codes_head if self.settings.kind == "decode" else check_audio_head
+        head_check = (check_codes_head if self.settings.kind == "decode" else
+                      check_raw_head if self.settings.raw is not None else check_audio_head)
         try:
             name = str(task.input)  # an item is read from its container, never by its name (which may be "-")
             with (readable(task.input, head_check) if task.item is None else
@@ -807,7 +817,7 @@ def roundtrip_file(task: Task, settings: Settings, models: Models, report: Repor
     if output is not None and plot is not None and Path(output).resolve() == plot.resolve():
         raise MimiError("-o and --plot name the same file; give two names")
     rate = codec_spec(settings.codec).config().sample_rate
-    with open_input(task) as f:
+    with open_input(task, settings) as f:
         streams = check_split(input, f.channels, settings.channels)
         if output is not None:
             check_audio_output(output, rate, streams)

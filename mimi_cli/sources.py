@@ -926,14 +926,15 @@ def _dense(cell, name: str):
 # ----------------------------------------------------------------------------- reading
 
 
-def open_item(item: Item, name: str):
-    """A block reader over one item's audio (see the module docstring); raises InvalidAudioError."""
+def open_item(item: Item, name: str, raw=None):
+    """A block reader over one item's audio (see the module docstring); raises InvalidAudioError. ``raw``
+    (an ``audio.RawFormat``): a manifest line's file holds headerless samples so laid out."""
     from mimi_cli.audio import open_audio
 
     if item.kind == "invalid":
         raise MimiError(item.error)
     if item.kind == "span":
-        return Span(open_audio(Path(item.container)), item, name)
+        return Span(open_audio(Path(item.container), raw), item, name)
     data = _tar_member(item) if item.kind == "tar" else _row_audio(item, name)
     return open_bytes(data, name)
 

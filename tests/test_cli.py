@@ -9,14 +9,16 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import typer.main
-from conftest import SAMPLE_AUDIO, run
+from conftest import SAMPLE_AUDIO, run, speech_at
 
 from mimi_cli.cli import app
+from mimi_cli.errors import MimiError
 from mimi_cli.weights import weights_id
 
 
@@ -429,7 +431,7 @@ def test_version_and_help():
     assert usages["encode"][1:] == usages["roundtrip"][1:] == ["[OPTIONS]", "[INPUT]..."]
     assert usages["decode"][1:] == ["[OPTIONS]", "[CODES]..."]
     assert usages["convert"][1:] == ["[OPTIONS]", "{SOURCE}", "{DESTINATION}"]
-    assert usages["run"][1:] == ["[OPTIONS]", "{MODEL}"] and usages["inspect"][1:] == ["[OPTIONS]", "{PATH|REPO}"]
+    assert usages["run"][1:] == ["[OPTIONS]", "{MODEL}"] and usages["inspect"][1:] == ["[OPTIONS]", "{PATH|REPO}..."]
 
 
 @pytest.mark.parametrize("width", [{"COLUMNS": "0"}, {"COLUMNS": "3"}, {"TERMINAL_WIDTH": "abc"},
@@ -541,3 +543,88 @@ def test_speed_keeps_two_digits_of_a_slow_run(times):
     assert shown.endswith("× real time") and "e" not in shown.split("×")[0]
     number = float(shown.split("×")[0])
     assert number > 0 and abs(number - times) / times < 0.06  # two significant digits at least
+
+
+def test_raw_samples_encode_as_a_file_of_the_same_samples_does(tmp_path, weights_file):
+    """--raw ENC[:RATE[:CH]]: headerless samples (a corpus's .pcm files, `ffmpeg -f s16le -`, arecord) give the
+    codes a WAV file of the same samples gives, read by libsndfile from its header: 16-bit mono at the codec's
+    rate (the default) from a file, standard input, a folder's .pcm and .raw files (--jobs 2) and a manifest's
+    span; 32-bit float big-endian stereo at 16 kHz, split; and a round trip's figures. What --raw cannot take is
+    refused in one line, before any output: a file with a header, a size no whole number of samples, tar
+    members, a malformed spec; a .pcm file given without --raw is told of it."""
+    import tarfile
+
+    from mimi_cli.audio import RawFormat
+    from mimi_cli.batch import Job, execute, plan
+    from mimi_cli.pipeline import Settings
+
+    mono = (speech_at(24000)[:36000] * 32767).astype(np.int16)
+    sf.write(tmp_path / "mono.wav", mono, 24000, subtype="PCM_16")
+    mono.astype("<i2").tofile(tmp_path / "mono.pcm")
+    stereo = np.stack([speech_at(16000)[:24000], -0.5 * speech_at(16000)[8000:32000]], axis=1)
+    sf.write(tmp_path / "stereo.wav", stereo, 16000, subtype="FLOAT")
+    stereo.astype(">f4").tofile(tmp_path / "stereo.f32")
+    (tmp_path / "set" / "sub").mkdir(parents=True)
+    for name in ("set/a.pcm", "set/sub/b.raw"):
+        (tmp_path / name).write_bytes((tmp_path / "mono.pcm").read_bytes())
+    sf.write(tmp_path / "set" / "c.wav", mono, 24000)  # not headerless samples: a folder gives .pcm and .raw
+
+    def codes(name) -> np.ndarray:
+        return np.load(tmp_path / name)["codes"]
+
+    def encoded(*args, stdin: Path | None = None) -> None:
+        result = subprocess.run([sys.executable, "-m", "mimi_cli", "encode", *map(str, args), "-n", "4"], env={
+            **os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}, capture_output=True,
+            stdin=None if stdin is None else open(stdin, "rb"), timeout=300)
+        assert result.returncode == 0, result.stderr
+
+    encoded(tmp_path / "mono.wav", "-o", tmp_path / "mono.npz")
+    encoded(tmp_path / "mono.pcm", "--raw", "s16le", "-o", tmp_path / "file.npz")
+    encoded("-", "--raw", "s16le:24000:1", "-o", tmp_path / "stdin.npz", stdin=tmp_path / "mono.pcm")
+    encoded(tmp_path / "set", "-r", "--raw", "s16le", "-o", tmp_path / "out", "--jobs", "2")
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.npz")) == [
+        "a.npz", "sub/b.npz"]
+    for name in ("file.npz", "stdin.npz", "out/a.npz", "out/sub/b.npz"):
+        np.testing.assert_array_equal(codes(name), codes("mono.npz"), err_msg=name)
+    assert np.load(tmp_path / "file.npz")["num_samples"] == len(mono)
+    encoded(tmp_path / "stereo.wav", "--channels", "split", "-o", tmp_path / "stereo.npz")
+    encoded(tmp_path / "stereo.f32", "--raw", "f32be:16000:2", "--channels", "split", "-o", tmp_path / "split.npz")
+    assert codes("stereo.npz").shape[0] == 2 and np.load(tmp_path / "split.npz")["source_sample_rate"] == 16000
+    np.testing.assert_array_equal(codes("split.npz"), codes("stereo.npz"))
+    for name in ("stereo.f32", "stereo.wav"):  # a manifest's span of each: its file read as --raw says
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps({"audio_filepath": name, "offset": 0.25, "duration": 1}))
+        encoded("--inputs-from", tmp_path / f"{name}.jsonl", *["--raw", "f32be:16000:2"] * name.endswith("f32"),
+                "-o", tmp_path / name.replace(".", "_"))
+    np.testing.assert_array_equal(codes("stereo_f32/stereo_250ms.npz"), codes("stereo_wav/stereo_250ms.npz"))
+    assert codes("stereo_f32/stereo_250ms.npz").shape == (1, 4, 13)
+    same = run("roundtrip", tmp_path / "mono.wav", "-n", "4", "--json", weights=weights_file)
+    raw = run("roundtrip", tmp_path / "mono.pcm", "--raw", "s16le", "-n", "4", "--json", weights=weights_file)
+    assert raw.returncode == same.returncode == 0, raw.stderr
+    assert {k: v for k, v in json.loads(raw.stdout).items() if not k.endswith(("_rtf", "input"))} == \
+        {k: v for k, v in json.loads(same.stdout).items() if not k.endswith(("_rtf", "input"))}
+
+    assert Settings("encode", raw="s16le").raw == RawFormat("s16le", 24000, 1)
+    assert Settings("encode", codec="encodec-24khz", raw="F32LE:16000:2").raw == RawFormat("f32le", 16000, 2)
+    with pytest.raises(ValueError, match="for encode and roundtrip"):
+        Settings("decode", raw="s16le")
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        tar.add(tmp_path / "mono.wav", "key.wav")
+    (tmp_path / "odd.pcm").write_bytes(b"\0" * 1001)
+
+    def refused(name: str, raw: str | None = "s16le") -> str:
+        [result] = execute(plan(Job(Settings("encode", weights=str(weights_file), raw=raw), (str(tmp_path / name),),
+                                    f"{tmp_path}/refused/", manifests=())))
+        assert result.status == "failed" and "\n" not in result.error, result
+        return result.error
+
+    assert refused("mono.wav") == f"{tmp_path / 'mono.wav'} holds audio (WAV), not headerless samples as --raw " \
+                                  "reads them; run without --raw, which reads its header"
+    assert refused("odd.pcm") == f"{tmp_path / 'odd.pcm'} holds 1,001 bytes, not a whole number of s16le samples " \
+                                 "of 1 channel (2 bytes each): check --raw s16le:24000:1, or the file is cut short"
+    assert refused("mono.pcm", raw=None).endswith("; for headerless samples, give --raw (--raw s16le:16000, say)")
+    with pytest.raises(MimiError, match="the tar members of .*shard.tar hold audio files of their own format"):
+        plan(Job(Settings("encode", raw="s16le"), (str(tmp_path / "shard.tar"),), f"{tmp_path}/refused/"))
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+    spec = run("encode", tmp_path / "mono.pcm", "--raw", "s16le:16k", weights=weights_file)
+    assert spec.returncode == 2 and spec.stderr == "error: Invalid value for '--raw': 's16le:16k' is not " \
+        "ENCODING[:RATE[:CHANNELS]] (s16le, s16le:16000, s16le:48000:2) (see mimi encode -h)\n", spec.stderr
