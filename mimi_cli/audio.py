@@ -157,6 +157,12 @@ class RawFormat:
 MAX_RAW_CHANNELS = 1024  # as many as libsndfile's RAW reader takes
 
 
+def raw_layout(encoding: str) -> dict:
+    """libsndfile's options (``soundfile.write``'s, ``SoundFile``'s) for headerless samples in ``encoding``."""
+    subtype, endian, _ = RAW_ENCODINGS[encoding]
+    return {"format": "RAW", "subtype": subtype, "endian": endian}
+
+
 def open_audio(path: Path, raw: RawFormat | None = None):
     """Open an audio file for block reading (a ``soundfile.SoundFile``), after the same checks as read_audio;
     ``raw``: a file of headerless samples laid out so."""
@@ -199,9 +205,7 @@ def open_raw(path: Path, size: int, raw: RawFormat):
         raise InvalidAudioError(f"{path} holds {size:,} bytes, not a whole number of {raw.encoding} samples of "
                                 f"{raw.channels} channel{'s' * (raw.channels > 1)} ({raw.frame_bytes} bytes each): "
                                 f"check --raw {raw}, or the file is cut short")
-    subtype, endian, _ = RAW_ENCODINGS[raw.encoding]
-    f = SoundFile(native(path), samplerate=raw.sample_rate, channels=raw.channels, subtype=subtype, endian=endian,
-                  format="RAW")
+    f = SoundFile(native(path), samplerate=raw.sample_rate, channels=raw.channels, **raw_layout(raw.encoding))
     return checked_reader(LibsndfileAudio(f, path, f.frames, f.frames), path)
 
 
@@ -1127,9 +1131,11 @@ def rescaled(pcm: np.ndarray) -> tuple[np.ndarray, float]:
     return pcm, factor
 
 
-def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool = False, comment: str = "") -> int:
+def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool = False, comment: str = "",
+                raw: str | None = None) -> int:
     """Write float audio ``[N]`` or ``[C, N]`` atomically; the format follows the extension (WAV, FLAC,
-    OGG...; WAV to stdout); ``comment``: its comment tag (see :func:`audio_writer`).
+    OGG...; WAV to stdout), or it is headerless samples in the encoding ``raw`` (:data:`RAW_ENCODINGS`);
+    ``comment``: its comment tag (see :func:`audio_writer`).
 
     Samples beyond [-1, 1] are clipped (integer formats would wrap them);
     returns how many were.
@@ -1137,7 +1143,7 @@ def write_audio(path: Target, pcm: np.ndarray, sample_rate: int, replace: bool =
     path, pcm = as_target(path), np.atleast_2d(pcm)
     clipped, step = 0, CLIP_SAMPLES // pcm.shape[0] + 1
     with atomic_output(path, replace) as tmp, soundfile_errors(path, tmp), \
-            audio_writer(tmp, path, sample_rate, pcm.shape[0], comment) as f:
+            audio_writer(tmp, path, sample_rate, pcm.shape[0], comment, raw) as f:
         for start in range(0, pcm.shape[1], step):  # clipped all at once, [C, N] was held three times over
             block, beyond = within_full_scale(pcm[:, start:start + step])
             write_in_blocks(f, block.T)
@@ -1173,26 +1179,28 @@ def write_in_blocks(f, pcm: np.ndarray) -> None:
 
 @contextlib.contextmanager
 def audio_sink(path: Target, sample_rate: int, channels: int, frames: int, replace: bool = False,
-               comment: str = "") -> Iterator[Callable[[np.ndarray], None]]:
+               comment: str = "", raw: str | None = None) -> Iterator[Callable[[np.ndarray], None]]:
     """Where audio made block by block goes: a function taking float ``[n, C]`` blocks within [-1, 1], of
     ``frames`` samples in all. A file is written atomically (in its format, with ``comment``, see
-    :func:`audio_writer`); standard output gets a WAV as it is made (:func:`wav_to_stdout`)."""
+    :func:`audio_writer`); standard output gets a WAV as it is made (:func:`wav_to_stdout`); ``raw``: headerless
+    samples in that encoding instead (:data:`RAW_ENCODINGS`)."""
     if is_stdout(path):
-        with wav_to_stdout(sample_rate, channels, frames) as write:
+        with wav_to_stdout(sample_rate, channels, frames, raw) as write:
             yield write
         return
     with atomic_output(path, replace) as tmp, soundfile_errors(path, tmp), \
-            audio_writer(tmp, path, sample_rate, channels, comment) as f:
+            audio_writer(tmp, path, sample_rate, channels, comment, raw) as f:
         yield functools.partial(write_in_blocks, f)
 
 
 @contextlib.contextmanager
-def wav_to_stdout(sample_rate: int, channels: int, frames: int) -> Iterator[Callable[[np.ndarray], None]]:
+def wav_to_stdout(sample_rate: int, channels: int, frames: int, raw: str | None = None,
+                  ) -> Iterator[Callable[[np.ndarray], None]]:
     """A 16-bit WAV of ``frames`` samples to standard output, each block written as it comes (a player at the
-    end of the pipe starts at once). The length is known first, so the header written first is final (beyond
-    a WAV's 4 GB, it says "to the end", as sox does on a pipe). libsndfile makes each block's samples (as headerless
-    16-bit PCM), so the data is that of the WAV file decode writes. A run that fails part way leaves what it wrote:
-    a pipe cannot take it back.
+    end of the pipe starts at once); ``raw``: the samples alone, in that encoding (:data:`RAW_ENCODINGS`). The
+    length is known first, so the header written first is final (beyond a WAV's 4 GB, it says "to the end", as
+    sox does on a pipe). libsndfile makes each block's samples (as headerless 16-bit PCM), so the data is that of
+    the WAV file decode writes. A run that fails part way leaves what it wrote: a pipe cannot take it back.
 
         RIFF <36 + data bytes> WAVE | fmt  <16> PCM, C, rate, rate·C·2, C·2, 16 bits | data <data bytes> samples…
     """
@@ -1202,23 +1210,29 @@ def wav_to_stdout(sample_rate: int, channels: int, frames: int) -> Iterator[Call
 
     from mimi_cli.fileio import write_stdout
 
+    layout = raw_layout(raw or "s16le")
+
     def write(block: np.ndarray) -> None:  # [n, C]
         pcm = io.BytesIO()
-        sf.write(pcm, block, sample_rate, format="RAW", subtype="PCM_16", endian="LITTLE")
+        sf.write(pcm, block, sample_rate, **layout)
         write_stdout(pcm.getvalue(), flush=True)
 
+    if raw is not None:
+        yield write
+        return
     size = min(frames * channels * 2, 0xFFFFFFFF - 36)
     write_stdout(struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + size, b"WAVE", b"fmt ", 16, 1, channels,
                              sample_rate, sample_rate * channels * 2, channels * 2, 16, b"data", size), flush=True)
     yield write
 
 
-def audio_writer(tmp: Path, path: Target, sample_rate: int, channels: int, comment: str = ""):
-    """An open soundfile writer at ``tmp`` in ``path``'s format; ``comment`` in its comment tag (a WAV's INFO
-    ICMT, a FLAC's or Ogg's Vorbis comment): what made the audio, read back by ``--skip-existing``."""
+def audio_writer(tmp: Path, path: Target, sample_rate: int, channels: int, comment: str = "", raw: str | None = None):
+    """An open soundfile writer at ``tmp`` in ``path``'s format, or of headerless samples in the encoding ``raw``;
+    ``comment`` in its comment tag (a WAV's INFO ICMT, a FLAC's or Ogg's Vorbis comment): what made the audio,
+    read back by ``--skip-existing``."""
     import soundfile as sf
 
-    file_format = audio_format(path)
+    file_format = audio_format(path) if raw is None else raw_layout(raw)
     reason = _beyond_encoder(file_format, sample_rate, channels)
     if reason:  # (check_audio_output said so before any work)
         raise InvalidAudioError(f"cannot write {path}: {reason}")

@@ -143,6 +143,9 @@ def plan(job: Job, report: Report = no_report) -> Plan:
         raise MimiError("--stream works with the local engine only (Ray reads each file whole)")
     if s.rescale and s.stream:
         raise MimiError(RESCALE_STREAM)
+    if s.raw_output is not None and not is_stdout(job.output):  # a file's format is its name's (-o x.flac)
+        raise MimiError("--raw writes headerless samples to standard output: give -o - (> NAME.pcm makes a file "
+                        "of them)")
     if job.parquet is not None and s.kind != "encode":
         raise MimiError("--parquet writes codes, so it goes with `mimi encode`")
     job = _local_paths(job)

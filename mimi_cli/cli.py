@@ -450,6 +450,20 @@ def _check_raw(given: str | None) -> str | None:
     return given
 
 
+def _check_raw_output(given: str | None) -> str | None:
+    from mimi_cli.audio import RAW_ENCODINGS
+
+    if given is None:
+        return None
+    if ":" in given:
+        raise typer.BadParameter(f"give the encoding alone ({given.split(':')[0]}): decode's rate is "
+                                 "--sample-rate's, its channels the codes'")
+    if given.lower() not in RAW_ENCODINGS:
+        raise typer.BadParameter(f"{given!r} is no encoding of headerless samples here; give one of "
+                                 f"{', '.join(RAW_ENCODINGS)}")
+    return given.lower()
+
+
 RawOption = Annotated[Optional[str], typer.Option(
     "--raw", callback=_check_raw, metavar="ENC[:RATE[:CH]]", show_default=False,
     help="Read the inputs as headerless samples (a file, '-' or a folder's .raw and .pcm files) in this encoding, "
@@ -549,6 +563,12 @@ def decode(
                           "rather than clip it; not with --stream.")] = False,
     suffix: _suffix_option("Of the audio written into a folder or beside its codes, which names its format as "
                            "-o FILE's does: .wav (the default), .flac, .ogg, .mp3, ...") = None,
+    raw: Annotated[Optional[str], typer.Option(
+        "--raw", callback=_check_raw_output, metavar="ENC", show_default=False,
+        help="With -o -: write headerless samples in this encoding, as FFmpeg names it (s16le, s24le, s32le, "
+             "f32le, f64le, their big-endian ...be, u8, s8, mulaw, alaw), not a WAV: for a player or program "
+             "that reads them (pacat, ffmpeg -f s16le -i -). The rate is --sample-rate's, the channels the "
+             "codes'.")] = None,
     recursive: RecursiveOption = False,
     jobs: JobsOption = 1,
     engine: EngineOption = "local",
@@ -572,7 +592,7 @@ def decode(
     from mimi_cli.pipeline import Settings
 
     settings = Settings("decode", weights, codec, codebooks, stream=stream, sample_rate=sample_rate, replace=force,
-                        rescale=rescale)
+                        rescale=rescale, raw_output=raw)
     if rescale and stream:
         from mimi_cli.batch import RESCALE_STREAM
 

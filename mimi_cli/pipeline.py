@@ -25,10 +25,10 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RESCALE_PEAK, Audio, RawFormat, StreamResampler,
-                            audio_sink, check_audio_head, check_audio_output, check_raw_head, open_audio, read_blocks,
-                            read_open, reader_warnings, resample, resample_bytes, rescaled, to_mono,
-                            within_full_scale, write_audio)
+from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RAW_ENCODINGS, RESCALE_PEAK, Audio, RawFormat,
+                            StreamResampler, audio_sink, check_audio_head, check_audio_output, check_raw_head,
+                            open_audio, read_blocks, read_open, reader_warnings, resample, resample_bytes, rescaled,
+                            to_mono, within_full_scale, write_audio)
 from mimi_cli.codes import MAX_CHANNELS, CodesFile, check_codes_head, is_bare_array_path, load_codes
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
@@ -286,15 +286,16 @@ def encode_blocks(loaded: LoadedModel, blocks: Iterable[np.ndarray], source_rate
 
 
 def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_rate: int | None = None,
-                  progress: Progress | None = None, replace: bool = False, comment: str = "") -> tuple[float, int]:
-    """Decode step by step straight into ``output`` (atomically), its comment tag ``comment`` (decoded_comment);
-    returns (seconds in the model, clipped samples)."""
+                  progress: Progress | None = None, replace: bool = False, comment: str = "",
+                  raw: str | None = None) -> tuple[float, int]:
+    """Decode step by step straight into ``output`` (atomically), its comment tag ``comment`` (decoded_comment),
+    or headerless samples in the encoding ``raw``; returns (seconds in the model, clipped samples)."""
     config = loaded.model.config
     rate = sample_rate or config.sample_rate
     resamplers = [StreamResampler(config.sample_rate, rate) for _ in range(codes.channels)]
     done, seconds, clipped, steps = 0, 0.0, 0, decoded_steps(loaded, codes)
     frames = resamplers[0].output_length(codes.num_samples)
-    with audio_sink(output, rate, codes.channels, frames, replace, comment) as put:
+    with audio_sink(output, rate, codes.channels, frames, replace, comment, raw) as put:
         def write(pcm: np.ndarray) -> None:  # [C, n]
             nonlocal clipped
             pcm, beyond = within_full_scale(pcm)
@@ -359,6 +360,7 @@ class Settings:
     skip_existing: bool = False  # also skip an output that another run made after planning
     keep_codes: bool = False  # return the codes in the result (for Parquet)
     raw: RawFormat | None = None  # encode, roundtrip: inputs of headerless samples so laid out (--raw; or its text)
+    raw_output: str | None = None  # decode: headerless samples in this encoding (--raw: s16le...), to standard output
 
     def __post_init__(self):
         """Refuse values the command line's options would refuse, when built from Python: left unchecked,
@@ -386,6 +388,10 @@ class Settings:
         if self.raw is not None and (self.kind == "decode" or not isinstance(self.raw, RawFormat)):
             raise ValueError("raw is how audio inputs are laid out: a RawFormat or its text ('s16le:16000:1'), for "
                              "encode and roundtrip")
+        if self.raw_output is not None:
+            check_choice("raw_output", self.raw_output, tuple(RAW_ENCODINGS))
+            if self.kind != "decode":
+                raise ValueError("raw_output is how decode writes its audio; encode and roundtrip read with raw")
         if self.sample_rate is not None:
             object.__setattr__(self, "sample_rate", check_integer("sample_rate", self.sample_rate, MIN_OUTPUT_RATE,
                                                                   MAX_SAMPLE_RATE))
@@ -581,7 +587,8 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
                         "is for bare arrays (.npy) and was not used")
     warnings += codes_warnings(task.input, codes)
     rate = settings.sample_rate or config.sample_rate
-    check_audio_output(task.output, rate, codes.channels)
+    if settings.raw_output is None:  # (headerless samples hold any rate and channels)
+        check_audio_output(task.output, rate, codes.channels)
     if not settings.stream:
         check_batch_memory(codes.num_samples / codes.sample_rate, codes.codec,
                            also_per_second=output_bytes(codes.codec, codes.channels, settings.sample_rate))
@@ -593,7 +600,7 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
     if settings.stream:
         seconds, clipped = decode_stream(loaded, codes, task.output, settings.sample_rate,
                                          lambda done: report("Decoding", done, duration), settings.replace,
-                                         decoded_comment(codes, settings))
+                                         decoded_comment(codes, settings), settings.raw_output)
     else:
         report(f"Decoding {codes.num_frames} frames", 0.0, None)
         pcm, seconds = decode_codes(loaded, codes, settings.sample_rate)
@@ -601,7 +608,8 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
             pcm, factor = rescaled(pcm)
             if factor < 1:
                 notes.append(f"scaled by {factor:.3g} (its peak was {RESCALE_PEAK / factor:.3g}) so that nothing clips")
-        clipped = write_audio(task.output, pcm, rate, settings.replace, decoded_comment(codes, settings))
+        clipped = write_audio(task.output, pcm, rate, settings.replace, decoded_comment(codes, settings),
+                              settings.raw_output)
     if clipped:
         remedy = "decode without --stream, with --rescale," if settings.stream else "--rescale"
         warnings.append(f"{_clipped(clipped)} ({remedy} scales the audio down instead)")

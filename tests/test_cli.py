@@ -551,7 +551,8 @@ def test_raw_samples_encode_as_a_file_of_the_same_samples_does(tmp_path, weights
     rate (the default) from a file, standard input, a folder's .pcm and .raw files (--jobs 2) and a manifest's
     span; 32-bit float big-endian stereo at 16 kHz, split; and a round trip's figures. What --raw cannot take is
     refused in one line, before any output: a file with a header, a size no whole number of samples, tar
-    members, a malformed spec; a .pcm file given without --raw is told of it."""
+    members, a malformed spec; a .pcm file given without --raw is told of it. decode --raw ENC -o - writes the
+    samples of the WAV it would write, alone (or as floats)."""
     import tarfile
 
     from mimi_cli.audio import RawFormat
@@ -603,6 +604,21 @@ def test_raw_samples_encode_as_a_file_of_the_same_samples_does(tmp_path, weights
     assert {k: v for k, v in json.loads(raw.stdout).items() if not k.endswith(("_rtf", "input"))} == \
         {k: v for k, v in json.loads(same.stdout).items() if not k.endswith(("_rtf", "input"))}
 
+    # decode --raw ENC -o -: the samples alone, as a player or program at the end of a pipe reads them
+    def decoded(*args) -> bytes:
+        result = subprocess.run([sys.executable, "-m", "mimi_cli", "decode", tmp_path / "file.npz", *args],
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    decoded("-o", tmp_path / "decoded.wav", "--weights", weights_file)
+    wav, rate = sf.read(tmp_path / "decoded.wav", dtype="int16")
+    assert rate == 24000 and len(wav) == len(mono)
+    assert decoded("-o", "-", "--raw", "s16le", "--weights", weights_file) == wav.astype("<i2").tobytes()
+    floats = np.frombuffer(decoded("-o", "-", "--raw", "f32be", "--stream", "--weights", weights_file), ">f4")
+    np.testing.assert_allclose(floats, wav / 32768, atol=1.01 / 32768)  # the WAV's 16 bits round them
+    with pytest.raises(MimiError, match="--raw writes headerless samples to standard output: give -o -"):
+        plan(Job(Settings("decode", raw_output="s16le"), (str(tmp_path / "file.npz"),), str(tmp_path / "x.wav")))
     assert Settings("encode", raw="s16le").raw == RawFormat("s16le", 24000, 1)
     assert Settings("encode", codec="encodec-24khz", raw="F32LE:16000:2").raw == RawFormat("f32le", 16000, 2)
     with pytest.raises(ValueError, match="for encode and roundtrip"):
@@ -628,3 +644,6 @@ def test_raw_samples_encode_as_a_file_of_the_same_samples_does(tmp_path, weights
     spec = run("encode", tmp_path / "mono.pcm", "--raw", "s16le:16k", weights=weights_file)
     assert spec.returncode == 2 and spec.stderr == "error: Invalid value for '--raw': 's16le:16k' is not " \
         "ENCODING[:RATE[:CHANNELS]] (s16le, s16le:16000, s16le:48000:2) (see mimi encode -h)\n", spec.stderr
+    spec = run("decode", tmp_path / "file.npz", "-o", "-", "--raw", "s16le:16000", weights=weights_file)
+    assert spec.returncode == 2 and spec.stderr == "error: Invalid value for '--raw': give the encoding alone " \
+        "(s16le): decode's rate is --sample-rate's, its channels the codes' (see mimi decode -h)\n", spec.stderr
