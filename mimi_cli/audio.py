@@ -1178,10 +1178,10 @@ def write_in_blocks(f, pcm: np.ndarray) -> None:
 
 
 @contextlib.contextmanager
-def audio_sink(path: Target, sample_rate: int, channels: int, frames: int, replace: bool = False,
+def audio_sink(path: Target, sample_rate: int, channels: int, frames: int | None, replace: bool = False,
                comment: str = "", raw: str | None = None) -> Iterator[Callable[[np.ndarray], None]]:
     """Where audio made block by block goes: a function taking float ``[n, C]`` blocks within [-1, 1], of
-    ``frames`` samples in all. A file is written atomically (in its format, with ``comment``, see
+    ``frames`` samples in all (None: not known). A file is written atomically (in its format, with ``comment``, see
     :func:`audio_writer`); standard output gets a WAV as it is made (:func:`wav_to_stdout`); ``raw``: headerless
     samples in that encoding instead (:data:`RAW_ENCODINGS`)."""
     if is_stdout(path):
@@ -1194,13 +1194,14 @@ def audio_sink(path: Target, sample_rate: int, channels: int, frames: int, repla
 
 
 @contextlib.contextmanager
-def wav_to_stdout(sample_rate: int, channels: int, frames: int, raw: str | None = None,
+def wav_to_stdout(sample_rate: int, channels: int, frames: int | None, raw: str | None = None,
                   ) -> Iterator[Callable[[np.ndarray], None]]:
     """A 16-bit WAV of ``frames`` samples to standard output, each block written as it comes (a player at the
     end of the pipe starts at once); ``raw``: the samples alone, in that encoding (:data:`RAW_ENCODINGS`). The
-    length is known first, so the header written first is final (beyond a WAV's 4 GB, it says "to the end", as
-    sox does on a pipe). libsndfile makes each block's samples (as headerless 16-bit PCM), so the data is that of
-    the WAV file decode writes. A run that fails part way leaves what it wrote: a pipe cannot take it back.
+    length is known first, so the header written first is final (beyond a WAV's 4 GB, or not known, as of codes
+    still coming, it says "to the end", as sox does on a pipe). libsndfile makes each block's samples (as
+    headerless 16-bit PCM), so the data is that of the WAV file decode writes. A run that fails part way leaves
+    what it wrote: a pipe cannot take it back.
 
         RIFF <36 + data bytes> WAVE | fmt  <16> PCM, C, rate, rate·C·2, C·2, 16 bits | data <data bytes> samples…
     """
@@ -1220,7 +1221,7 @@ def wav_to_stdout(sample_rate: int, channels: int, frames: int, raw: str | None 
     if raw is not None:
         yield write
         return
-    size = min(frames * channels * 2, 0xFFFFFFFF - 36)
+    size = 0xFFFFFFFF - 36 if frames is None else min(frames * channels * 2, 0xFFFFFFFF - 36)
     write_stdout(struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + size, b"WAVE", b"fmt ", 16, 1, channels,
                              sample_rate, sample_rate * channels * 2, channels * 2, 16, b"data", size), flush=True)
     yield write

@@ -22,9 +22,11 @@ key                    type         meaning
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -170,9 +172,12 @@ class CodesFile:
 
         max_bytes = MAX_CHANNELS * config.num_codebooks * (MAX_NUM_SAMPLES // config.frame_size) * 8
         check = _declared(config, fail)
+        lines = False  # JSON lines, a frame each: their axes are said
         try:
-            if member is None:
-                array = _json_array(path, fail) if is_json_codes(path) else read_npy(path, max_bytes, check)
+            if member is None and is_json_codes(path):
+                array, lines = _json_array(path, fail)
+            elif member is None:
+                array = read_npy(path, max_bytes, check)
             elif isinstance(member, str):
                 array = _tensor(path, member, max_bytes, fail, check)
             else:
@@ -185,7 +190,7 @@ class CodesFile:
         codes = _checked_array(array, config, fail)
         return replace(cls.from_codes(codes, config, num_samples=codes.shape[2] * config.frame_size,
                                       source_sample_rate=config.sample_rate, source_channels=codes.shape[0],
-                                      weights_id=""), bare=True)
+                                      weights_id=""), bare=not lines)
 
     @classmethod
     def from_row(cls, row: dict, shown: str, codec: str) -> CodesFile:
@@ -497,19 +502,27 @@ def is_json_codes(path: Path) -> bool:
         return False
 
 
-def _json_array(path: Path, fail) -> np.ndarray:
-    """A JSON array of arrays of integers as a NumPy array, its size bounded before it is parsed; what is not a
-    rectangle of numbers fails in one line (its values' type is checked as an array's: _checked_array)."""
+def _json_array(path: Path, fail) -> tuple[np.ndarray, bool]:
+    """A JSON array of arrays of integers as a NumPy array, its size bounded before it is parsed, and whether it
+    came as JSON lines, a frame each; what is not a rectangle of numbers fails in one line (its values' type is
+    checked as an array's: _checked_array)."""
     with open(path, "rb") as f:
         text = f.read(MAX_JSON_BYTES + 1)
     if len(text) > MAX_JSON_BYTES:
         raise fail(f"is a JSON array of more than {MAX_JSON_BYTES >> 20} MB; save such codes as .npy (np.save)")
-    shape = "codes are an array [K, frames] or [C, K, frames] of integers"
+    shape = "codes are an array [K, frames] or [C, K, frames] of integers, or JSON lines of a frame's [K] each"
     try:
-        document = loads_json(text)
+        codes = _codes_in(loads_json(text), fail)
     except ValueError as exc:
-        raise fail(f"is not JSON ({first_line(exc)}); {shape}") from None
-    codes = _codes_in(document, fail)
+        lines = text.split(b"\n", 1)
+        if "Extra data" not in str(exc) or not lines[0].strip():  # (a document over several lines: its own error)
+            raise fail(f"is not JSON ({first_line(exc)}); {shape}") from None
+        return _frame_lines(text.splitlines(), fail), True  # a line a frame: what a model printed as it went
+    return _array(codes, fail, shape), False
+
+
+def _array(codes, fail, shape: str) -> np.ndarray:
+    """``codes`` (nested lists from JSON) as a NumPy array of numbers, or one line saying why not."""
     depth, first = 0, codes
     while isinstance(first, list) and first:
         depth, first = depth + 1, first[0]
@@ -524,6 +537,74 @@ def _json_array(path: Path, fail) -> np.ndarray:
     if array.dtype.kind not in "iufb":  # said by type below: floats (logits?) and true/false
         raise fail(f"holds values that are not numbers (strings, objects, or integers beyond 64 bits); {shape}")
     return array
+
+
+FRAME_SHAPE = "each line a frame: [K] codes, or [C][K] with a code stream per channel"
+
+
+def frame_line(line: bytes, number: int, fail, like: tuple[int, ...] | None = None) -> np.ndarray | None:
+    """One line of codes as JSON lines (the frame a model generated: ``[K]`` codes, ``[C][K]`` for several
+    streams, or an object holding them, ``{"codes": […], …}``) as an array; None for a blank line. ``like``: the
+    shape the first frame had, which every frame keeps."""
+    if not line.strip():
+        return None
+    where = f"line {number}"
+    try:
+        frame = _array(_codes_in(loads_json(line), fail), fail, FRAME_SHAPE)
+    except InvalidCodesError as exc:  # what fail said, of this line
+        raise fail(f"{where} {str(exc).split(': ', 1)[1]}") from None
+    except ValueError as exc:
+        raise fail(f"{where} is not JSON ({first_line(exc)}); {FRAME_SHAPE}") from None
+    if frame.ndim not in (1, 2) or (like is not None and frame.shape != like):
+        expected = f"[{', '.join(map(str, like))}] as line 1" if like else FRAME_SHAPE
+        raise fail(f"{where} holds an array of shape [{', '.join(map(str, frame.shape))}], not {expected}")
+    return frame
+
+
+LINE_BYTES = 1 << 16  # the longest line of a frame: 64 streams of 32 levels of codes take about 12 KB
+
+
+def lines_coming(source) -> tuple[bytes, list[bytes] | None]:
+    """Whether ``source`` (standard input, a reader with ``readline``) holds codes as JSON lines, told by its
+    first two lines, each a frame (see frame_line): those lines, the rest to be read as it comes; else the bytes
+    read, which begin something else (a file, one JSON document), and None."""
+    read: list[bytes] = []
+    for _ in range(2):
+        read.append(source.readline(LINE_BYTES))
+        try:
+            if frame_line(read[-1], len(read), InvalidCodesError) is None:
+                return b"".join(read), None
+        except InvalidCodesError:
+            return b"".join(read), None
+    return b"", read
+
+
+def frames_coming(lines: list[bytes], source, codec: str, shown: str) -> Iterator[np.ndarray]:
+    """Codes as JSON lines, a frame each (see frame_line), as ``[C, K, 1]`` arrays, each checked as a codes
+    file's codes are as it comes: the ``lines`` read already, then ``source``'s to its end."""
+    config = codec_spec(codec).config()
+
+    def fail(problem: str) -> InvalidCodesError:
+        return InvalidCodesError(f"{shown}: {problem}")
+
+    like = None
+    for number, line in enumerate(itertools.chain(lines, iter(lambda: source.readline(LINE_BYTES), b"")), 1):
+        if len(line) == LINE_BYTES and not line.endswith(b"\n"):
+            raise fail(f"line {number} is longer than {LINE_BYTES >> 10} KiB; {FRAME_SHAPE}")
+        frame = frame_line(line, number, fail, like)
+        if frame is not None:
+            like = frame.shape
+            yield _checked_array(frame[..., None], config, lambda problem, at=number: fail(f"line {at} {problem}"))
+
+
+def _frame_lines(lines: list[bytes], fail) -> np.ndarray:
+    """Codes as JSON lines, a frame each (see frame_line), as the array ``[K, frames]`` or ``[C, K, frames]``."""
+    frames: list[np.ndarray] = []
+    for number, line in enumerate(lines, 1):
+        frame = frame_line(line, number, fail, frames[0].shape if frames else None)
+        if frame is not None:
+            frames.append(frame)
+    return np.stack(frames, axis=-1)  # [K] or [C, K] frames along the last axis
 
 
 def _codes_in(value, fail):

@@ -212,7 +212,8 @@ HEAD_BYTES = 1 << 20
 
 
 @contextlib.contextmanager
-def readable(path: Target, head_check: Callable[[bytes, str], None] | None = None) -> Iterator[Readable]:
+def readable(path: Target, head_check: Callable[[bytes, str], None] | None = None,
+             read: bytes = b"") -> Iterator[Readable]:
     """``path`` itself; or, for ``-`` (standard input) or a pipe (``<(command)``, a FIFO), a temporary copy.
 
     Audio readers, NumPy archives and the codes file's checks seek, and a pipe can be read only
@@ -225,7 +226,7 @@ def readable(path: Target, head_check: Callable[[bytes, str], None] | None = Non
     A pipe may never end (``cat /dev/urandom |``): its copy would grow until the disk is full. So when more
     than :data:`HEAD_BYTES` come, ``head_check(first bytes, shown name)`` first says whether they can begin
     what the caller reads (raising its one-line error if not). A shorter input is copied whole, and its
-    reader says what it is.
+    reader says what it is. ``read``: standard input's first bytes, already read (to tell what follows them).
     """
     stdin = str(path) == STDIN
     if not stdin and not is_pipe(Path(path)):
@@ -240,7 +241,7 @@ def readable(path: Target, head_check: Callable[[bytes, str], None] | None = Non
             copy = Readable(stack.enter_context(_scratch_file(folder, f"{INPUT_COPY}{secrets.token_hex(8)}")), shown)
             with open(copy.path, "wb") as f, \
                     (contextlib.nullcontext(standard_input()) if stdin else open(path, "rb")) as source:
-                head = _read_up_to(source, HEAD_BYTES)
+                head = read + _read_up_to(source, HEAD_BYTES - len(read))
                 if head_check is not None and len(head) == HEAD_BYTES:  # more may follow, without end
                     head_check(head, shown)
                 f.write(head)
@@ -384,6 +385,27 @@ class _WaitingReader:
             if data is not None:
                 return data
             select.select([self._f], [], [])
+
+    def readline(self, limit: int) -> bytes:
+        """A line with its newline, at most ``limit`` bytes; without one only at the end of the data."""
+        import select
+
+        parts, size = [], 0
+        while size < limit:
+            try:
+                part = self._f.readline(limit - size)
+            except BlockingIOError:
+                part = None
+            if part is None:  # nothing yet (non-blocking), or part of a line has come
+                select.select([self._f], [], [])
+                continue
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+            if part.endswith(b"\n"):
+                break
+        return b"".join(parts)
 
 
 def standard_input() -> _WaitingReader:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import os
 import re
 import threading
@@ -29,12 +30,14 @@ from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RAW_ENCODINGS, RES
                             StreamResampler, audio_sink, check_audio_head, check_audio_output, check_raw_head,
                             open_audio, read_blocks, read_open, reader_warnings, resample, resample_bytes, rescaled,
                             to_mono, within_full_scale, write_audio)
-from mimi_cli.codes import MAX_CHANNELS, CodesFile, check_codes_head, is_bare_array_path, load_codes
+from mimi_cli.codes import (MAX_CHANNELS, CodesFile, check_codes_head, frames_coming, is_bare_array_path, lines_coming,
+                            load_codes)
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
                              check_integer, check_path, counted, dumps_json, first_line, no_room_to_load, no_thread,
                              os_reason, out_of_memory, over_memory, refusal_said, unnamable)
-from mimi_cli.fileio import Readable, Target, file_kind, native, output_exists, readable
+from mimi_cli.fileio import (STDIN, Readable, Target, check_stdin, file_kind, native, output_exists, readable,
+                             standard_input)
 from mimi_cli.models import BASE_BYTES, CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
 from mimi_cli.sources import Item, carried_keys, open_item, row_codes
@@ -290,12 +293,21 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_
                   raw: str | None = None) -> tuple[float, int]:
     """Decode step by step straight into ``output`` (atomically), its comment tag ``comment`` (decoded_comment),
     or headerless samples in the encoding ``raw``; returns (seconds in the model, clipped samples)."""
-    config = loaded.model.config
-    rate = sample_rate or config.sample_rate
-    resamplers = [StreamResampler(config.sample_rate, rate) for _ in range(codes.channels)]
-    done, seconds, clipped, steps = 0, 0.0, 0, decoded_steps(loaded, codes)
-    frames = resamplers[0].output_length(codes.num_samples)
-    with audio_sink(output, rate, codes.channels, frames, replace, comment, raw) as put:
+    return write_steps(decoded_steps(loaded, codes), loaded.model.config.sample_rate, codes.channels,
+                       codes.num_samples, output, sample_rate, progress, replace, comment, raw)
+
+
+def write_steps(steps: Iterable[tuple[np.ndarray, float]], model_rate: int, channels: int, samples: int | None,
+                output: Target, sample_rate: int | None = None, progress: Progress | None = None,
+                replace: bool = False, comment: str = "", raw: str | None = None) -> tuple[float, int]:
+    """Decoded ``steps`` (:func:`stepped`'s) of ``channels`` channels at ``model_rate``, ``samples`` in all (None:
+    not known before the end), written into ``output`` as they come, at ``sample_rate``; returns (seconds in the
+    model, clipped samples)."""
+    rate = sample_rate or model_rate
+    resamplers = [StreamResampler(model_rate, rate) for _ in range(channels)]
+    done, seconds, clipped = 0, 0.0, 0
+    frames = None if samples is None else resamplers[0].output_length(samples)
+    with audio_sink(output, rate, channels, frames, replace, comment, raw) as put:
         def write(pcm: np.ndarray) -> None:  # [C, n]
             nonlocal clipped
             pcm, beyond = within_full_scale(pcm)
@@ -306,7 +318,7 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_
             seconds, done = seconds + spent, done + pcm.shape[1]
             write(np.stack([r.push(channel) for r, channel in zip(resamplers, pcm, strict=True)]))
             if progress:
-                progress(done / config.sample_rate)
+                progress(done / model_rate)
         write(np.stack([r.flush() for r in resamplers]))
     return seconds, clipped
 
@@ -314,19 +326,30 @@ def decode_stream(loaded: LoadedModel, codes: CodesFile, output: Target, sample_
 def decoded_steps(loaded: LoadedModel, codes: CodesFile) -> Iterator[tuple[np.ndarray, float]]:
     """``codes`` decoded step by step in the codec's streaming mode: pieces ``[C, n]`` at its rate, in order, up
     to the original length, each with the seconds it took in the model."""
-    _check_streaming(loaded.model, codes.channels, "run without --stream (for short audio, batch mode holds "
-                       "less)")  # now, not at the first step: before an output is opened
-    decoders = [loaded.model.stream_decoder(frames_per_step=STREAM_FRAMES_PER_STEP) for _ in range(codes.channels)]
+    step = STREAM_FRAMES_PER_STEP
+    return stepped(loaded, (codes.codes[:, :, first:first + step] for first in range(0, codes.num_frames, step)),
+                   codes.channels, codes.num_samples, step)
+
+
+def stepped(loaded: LoadedModel, chunks: Iterable[np.ndarray], channels: int, samples: int | None,
+            frames_per_step: int) -> Iterator[tuple[np.ndarray, float]]:
+    """Code ``chunks`` (``[C, K, n]`` each, in order, as they come) decoded in the codec's streaming mode, a
+    decoder per stream: pieces ``[C, n]`` at its rate, each with the seconds it took in the model; up to
+    ``samples`` (the last frame's padding is not audio), or all of them where None."""
+    _check_streaming(loaded.model, channels, "run without --stream (for short audio, batch mode holds "
+                     "less)")  # now, not at the first step: before an output is opened
+    decoders = [loaded.model.stream_decoder(frames_per_step=frames_per_step) for _ in range(channels)]
 
     def steps() -> Iterator[tuple[np.ndarray, float]]:
-        remaining, step = codes.num_samples, STREAM_FRAMES_PER_STEP
-        for first in [*range(0, codes.num_frames, step), None]:  # None: flush the frames waiting for a step
-            start = time.perf_counter()
-            pcm = np.stack([decoder.push(codes.codes[c, :, first:first + step]) if first is not None
-                            else decoder.flush() for c, decoder in enumerate(decoders)])
+        remaining = samples
+        for chunk in itertools.chain(chunks, [None]):  # None: flush the frames waiting for a step
+            start = time.perf_counter()  # (after the chunk came: a pipe's wait is not the model's time)
+            pcm = np.stack([decoder.push(chunk[c]) if chunk is not None else decoder.flush()
+                            for c, decoder in enumerate(decoders)])
             seconds = time.perf_counter() - start
-            pcm = pcm[:, :remaining]  # the last frame's padding is not audio
-            remaining -= pcm.shape[1]
+            if remaining is not None:
+                pcm = pcm[:, :remaining]
+                remaining -= pcm.shape[1]
             yield pcm, seconds
 
     return steps()
@@ -619,6 +642,40 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
                          carried=None if task.item is None else carried_keys(task.item))
 
 
+def decode_coming(task: Task, lines: list[bytes], settings: Settings, models: Models,
+                  report: Report = no_report) -> FileResult:
+    """``decode --stream -`` of codes as JSON lines, a frame each, what a model prints as it generates them (the
+    first ``lines``, the rest still coming on standard input): each frame decoded as it comes, a frame a step, and
+    its audio written at once (-o -: to a player at the end of the pipe). A bare array's, for --codec (Mimi by
+    default): every frame as long as it is, the last one's padding too."""
+    codec = settings.codec or DEFAULT_CODEC
+    config = codec_spec(codec).config()
+    frames = frames_coming(lines, standard_input(), codec, "standard input")
+    first = next(frames)  # [C, K, 1] (lines_coming found it a frame)
+    head = CodesFile.from_codes(first, config, config.frame_size, config.sample_rate, first.shape[0], weights_id="")
+    if settings.num_codebooks is not None:
+        head = head.first_levels(settings.num_codebooks, "standard input")
+    levels, rate, count = head.num_codebooks, settings.sample_rate or config.sample_rate, 0
+    if settings.raw_output is None:
+        check_audio_output(task.output, rate, head.channels)
+    loaded = models.get(codec, report)
+
+    def chunks() -> Iterator[np.ndarray]:
+        nonlocal count
+        for frame in itertools.chain([first], frames):
+            count += 1
+            yield frame[:, :levels]
+
+    seconds, clipped = write_steps(
+        stepped(loaded, chunks(), head.channels, None, 1), config.sample_rate, head.channels, None, task.output,
+        settings.sample_rate, lambda done: report("Decoding", done, None), settings.replace,
+        decoded_comment(head, settings), settings.raw_output)
+    warnings = [f"{_clipped(clipped)} (decode without --stream, with --rescale, scales the audio down instead)"] \
+        if clipped else []
+    return FileResult.of(task, "done", duration_s=round(count * config.frame_size / config.sample_rate, 3),
+                         frames=count, warnings=warnings, num_codebooks=levels, sample_rate=rate, model_seconds=seconds)
+
+
 class Worker:
     """One engine's unit of work: weights loaded once per codec, then files one at a time."""
 
@@ -637,13 +694,20 @@ class Worker:
                       check_raw_head if self.settings.raw is not None else check_audio_head)
         try:
             name = str(task.input)  # an item is read from its container, never by its name (which may be "-")
-            with (readable(task.input, head_check) if task.item is None else
-                  nullcontext(Readable(Path(name), name))) as source:
-                read = dataclasses.replace(task, input=source.path)
-                result = step(read, self.settings, self.models, report or no_report)
-                result.input, result.warnings = name, [source.named(w) for w in result.warnings]
-                if result.metrics is not None:
-                    result.metrics["input"] = name
+            read, coming = b"", None
+            if self.settings.kind == "decode" and self.settings.stream and name == STDIN:
+                check_stdin("'-'", "the codes")
+                read, coming = lines_coming(standard_input())  # codes as JSON lines: decoded as they come
+            if coming is not None:
+                result = decode_coming(task, coming, self.settings, self.models, report or no_report)
+            else:
+                with (readable(task.input, head_check, read) if task.item is None else
+                      nullcontext(Readable(Path(name), name))) as source:
+                    result = step(dataclasses.replace(task, input=source.path), self.settings, self.models,
+                                  report or no_report)
+                    result.input, result.warnings = name, [source.named(w) for w in result.warnings]
+                    if result.metrics is not None:
+                        result.metrics["input"] = name
         except FILE_ERRORS as exc:
             return failed(task, exc, self.settings)
         for codec, loaded in self.models.loaded().items():  # the loader's findings, once per worker

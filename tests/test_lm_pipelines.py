@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections import Counter
+import io
 import os
+import re
+import select
 import subprocess
 import sys
 import time
@@ -16,6 +19,7 @@ import soundfile as sf
 from conftest import SAMPLE_AUDIO, run, run_on_an_endless_pipe, speech_at
 
 from mimi_cli.codes import CodesFile
+from mimi_cli.errors import MimiError
 from mimi_cli.inspect import inspect_codes
 
 
@@ -846,6 +850,61 @@ def test_a_json_array_decodes_as_that_array(tmp_path, weights_file, encoded):
         assert result.returncode == 1 and said in result.stderr and len(result.stderr.splitlines()) == 1, \
             (text[:20], result.stderr)
         assert not (tmp_path / "bad.wav").exists()
+
+
+def test_json_lines_a_frame_each_decode_as_the_array_and_as_they_come(tmp_path, weights_file, full_model, encoded):
+    """What a model prints as it generates, a frame a line (``[K]`` codes, ``[C][K]`` for several streams, or an
+    object holding them), is the array of those frames: ``load_codes`` gives the array saved as .npy, and inspect
+    and decode read it from a file or a pipe (it was "is not JSON (Extra data …)"). ``decode --stream -`` decodes
+    each frame as its line comes, a frame a step: the audio of the first frames reaches standard output while the
+    next are still to be written (a pipe that stayed open), equal to the Python API's stream decoder at one frame
+    a step; a bad line later fails the run in one line naming it, and a file output is then not written."""
+    from mimi_cli.codes import load_codes
+
+    codes = CodesFile.load(encoded).codes[0][:, :12]  # [K, frames]
+    lines = [json.dumps(frame.tolist()) + "\n" for frame in codes.T]
+    (tmp_path / "gen.jsonl").write_text(lines[0] + "\n" + "".join(
+        json.dumps({"step": i, "codes": frame.tolist()}) + "\r\n" for i, frame in enumerate(codes.T[1:], 1)))
+    np.testing.assert_array_equal(load_codes(tmp_path / "gen.jsonl").codes, codes[None])
+    (tmp_path / "two.jsonl").write_text("".join(json.dumps([f.tolist(), f[::-1].tolist()]) + "\n" for f in codes.T))
+    np.testing.assert_array_equal(load_codes(tmp_path / "two.jsonl").codes, np.stack([codes, codes[::-1]]))
+    assert not load_codes(tmp_path / "gen.jsonl").bare  # its axes are said: no "[frames, K]?" warning
+    for text, said in (("[1, 2]\n[3]\n", "line 2 holds an array of shape [1], not [2] as line 1"),
+                       ("[1, 2]\nnot json\n", "line 2 is not JSON (")):
+        (tmp_path / "bad.jsonl").write_text(text)
+        with pytest.raises(MimiError, match=re.escape(said)):
+            load_codes(tmp_path / "bad.jsonl")
+
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
+    live = subprocess.Popen([sys.executable, "-m", "mimi_cli", "decode", "--stream", "-", "-o", "-", "--raw",
+                             "s16le"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        live.stdin.write("".join(lines[:3]).encode())
+        live.stdin.flush()
+        first = b""
+        while len(first) < 2 * 1920:  # a frame's audio, while the pipe is still open: decoded as it came
+            assert select.select([live.stdout], [], [], 120)[0], "no audio before the rest of the codes came"
+            first += os.read(live.stdout.fileno(), 2 * 1920 - len(first))
+        live.stdin.write("".join(lines[3:]).encode())
+        live.stdin.close()
+        rest, errors = live.stdout.read(), live.stderr.read()
+    finally:
+        live.kill() if live.poll() is None else None
+    assert live.wait(60) == 0, errors
+    decoder = full_model.stream_decoder(frames_per_step=1)
+    expected = np.concatenate([decoder.push(codes[:, i:i + 1]) for i in range(codes.shape[1])] + [decoder.flush()])
+    reference = io.BytesIO()
+    sf.write(reference, np.clip(expected, -1, 1), 24000, format="RAW", subtype="PCM_16", endian="LITTLE")
+    assert first + rest == reference.getvalue()
+
+    bad = "".join(lines[:4]) + json.dumps([5000] * 8) + "\n" + "".join(lines[4:])
+    failed = subprocess.run([sys.executable, "-m", "mimi_cli", "decode", "--stream", "-", "-o", tmp_path / "x.wav"],
+                            input=bad.encode(), capture_output=True, env=env, timeout=300)
+    assert failed.returncode == 1 and failed.stderr.decode() == "error: standard input: line 5 holds values " \
+        "5000..5000; Mimi codes are 0..2047 (strip special tokens or offsets first)\n", failed.stderr
+    assert not (tmp_path / "x.wav").exists()
+    shown = json.loads(run("inspect", tmp_path / "two.jsonl", "--json").stdout)
+    assert (shown["streams"], shown["codebooks"], shown["frames"]) == (2, 8, 12)
 
 
 def test_a_file_named_dash_is_named_as_unix_names_it(tmp_path, weights_file, dialogue):
