@@ -39,6 +39,7 @@ from typing import Literal
 
 from mimi_cli.audio import AUDIO_SUFFIXES, RAW_SUFFIXES, audio_format
 from mimi_cli.core.threads import usable_cores, usable_threads
+from mimi_cli.codes import JSON_LINES
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
 from mimi_cli.errors import (TASK_LIMIT, MimiError, OutputExistsError, UnnamableOutputError, check_flag, check_integer,
                              check_path, counted, dumps_json, first_line, memory_said, needs_extra, no_thread,
@@ -211,7 +212,8 @@ def plan(job: Job, report: Report = no_report) -> Plan:
     workers, per_worker, (threads_note, workers_note) = _workers(job.jobs, sum(not t.skip for t in tasks),
                                                                  job.engine, job.threads)
     notes = [note for note in (threads_note, left_out, shard_note, workers_note) if note]
-    settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None, skip_existing=job.skip_existing)
+    settings = replace(s, threads=per_worker, keep_codes=job.parquet is not None, skip_existing=job.skip_existing,
+                       stdout_suffix=job.suffix if output == STDOUT else None)
     return Plan(job, tasks, settings, workers, single, notes)
 
 
@@ -355,17 +357,19 @@ def _other_command_hint(paths: list[Path], kind: Literal["encode", "decode"], re
 
 
 def _json_hint(paths: list[Path], recursive: bool) -> str:
-    """For decode, where the folders named hold .json files: JSON arrays of codes are read when named, not
-    taken from a folder (where JSON is more often metadata: a codec_info.json, a manifest)."""
+    """For decode, where the folders named hold .json or .jsonl files: JSON arrays of codes (and JSON lines of
+    frames) are read when named, not taken from a folder (where JSON is more often metadata: a codec_info.json,
+    a manifest)."""
     from mimi_cli.codes import CODEC_INFO
 
-    found = _first_in(paths, recursive, "*.json", lambda p: p.name != CODEC_INFO)
-    if found is None:
-        return ""
-    folder, json_file = found
-    pattern = shell_word(str(Path(folder, "**" if recursive else "", "*.json")))
-    return (f" (JSON arrays of codes, such as {json_file.name}, are read when named, not found in folders: "
-            f"give them, or a quoted glob: {pattern})")
+    for suffix in (".json", JSON_LINES):
+        found = _first_in(paths, recursive, f"*{suffix}", lambda p: p.name != CODEC_INFO)
+        if found is not None:
+            folder, json_file = found
+            pattern = shell_word(str(Path(folder, "**" if recursive else "", f"*{suffix}")))
+            return (f" (JSON arrays of codes, such as {json_file.name}, are read when named, not found in folders: "
+                    f"give them, or a quoted glob: {pattern})")
+    return ""
 
 
 def _left_out(paths: list[Path], shown: int = 3) -> str:
@@ -397,6 +401,8 @@ def _check_suffix_use(job: Job, names_one_file: bool, check_name: Callable[[Path
         check_name(Path(f"NAME{job.suffix}"))
     except MimiError as exc:
         raise MimiError(f"--suffix {job.suffix}: {exc}") from None
+    if job.output == STDOUT and job.settings.kind == "encode":
+        return  # the format of standard output's codes, which has no name to say it (--suffix .jsonl)
     if job.output == STDOUT or names_one_file:
         shown = "standard output" if job.output == STDOUT else "the output itself"
         raise MimiError(f"--suffix {job.suffix} names outputs written in a folder or beside their inputs, and "
@@ -421,7 +427,7 @@ def _check_codes_name(output: Path, codec: str) -> None:
     if suffix in AUDIO_SUFFIXES:
         raise MimiError(f"{output} is an audio file's name, and encode writes codes: give a .npz name (or .npy for "
                         "the codes alone)")
-    check_suffix(output, "codes", CODES_SUFFIXES, folder_hint=True)
+    check_suffix(output, "codes", (*CODES_SUFFIXES, JSON_LINES), folder_hint=True)
     if is_ecdc_path(output):
         ecdc_model(codec)
 
@@ -514,7 +520,7 @@ def _output_target(output: str | None, one_file: bool, found: list[Input],
         return path, False
     if one_file:
         return path, True
-    if path.exists() or path.suffix.lower() in (*CODES_SUFFIXES, *AUDIO_SUFFIXES, *PLOT_SUFFIXES):
+    if path.exists() or path.suffix.lower() in (*CODES_SUFFIXES, JSON_LINES, *AUDIO_SUFFIXES, *PLOT_SUFFIXES):
         several = ("the inputs hold items (lines, members, rows), for which" if any(e.item for e in found)
                    else "with several inputs" if len(found) > 1
                    else "for a folder, a glob or a list of inputs (even of one file)")

@@ -23,6 +23,7 @@ key                    type         meaning
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import zipfile
@@ -37,7 +38,7 @@ from mimi_cli.ecdc import check_streams, ecdc_model, is_ecdc_path, read_ecdc, wr
 from mimi_cli.errors import (DATA_ERRORS, InvalidCodesError, counted, first_line, loads_json, malformed,
                              memory_said, os_reason, usable_memory)
 from mimi_cli.fileio import (STDOUT, Target, as_target, atomic_output, file_kind, head_holds, holds, is_folder,
-                             is_input_copy, missing, safetensors_head, zip_members)
+                             is_input_copy, missing, safetensors_head, write_stdout, zip_members)
 from mimi_cli.models import CODECS, DEFAULT_CODEC, codec_spec
 from mimi_cli.models.config import CodecConfig
 from mimi_cli.npy import HeaderCheck, InvalidArrayError, open_member, read_header, read_npy, read_npy_member
@@ -96,20 +97,25 @@ class CodesFile:
     def num_frames(self) -> int:
         return self.codes.shape[2]
 
-    def save(self, path: Target, replace: bool = False) -> None:
-        """Write atomically through :func:`mimi_cli.fileio.atomic_output` ("-": standard output).
+    def save(self, path: Target, replace: bool = False, suffix: str | None = None) -> None:
+        """Write atomically through :func:`mimi_cli.fileio.atomic_output` ("-": standard output, in the format
+        ``suffix`` names, else as ``.npz``).
 
         A path ending in ``.npy`` gets the codes alone, as a bare array (:meth:`bare_array`): what a
-        language model trains on, and what ``mimi decode`` takes back (whole frames, no metadata). One ending
+        language model trains on, and what ``mimi decode`` takes back (whole frames, no metadata); one ending in
+        ``.jsonl``, the same as JSON lines, a frame each (:func:`frame_lines`). One ending
         in ``.ecdc`` gets EnCodec's codes as Meta's ``encodec`` writes them (:mod:`mimi_cli.ecdc`).
         """
         path = as_target(path)
-        if is_ecdc_path(path):
+        named = Path(f"codes{suffix}") if suffix is not None and path == STDOUT else path
+        if is_ecdc_path(named):
             ecdc_model(self.codec)  # refused before any file is made
         with atomic_output(path, replace) as tmp, open(tmp, "wb") as f:
-            if is_bare_array_path(path):
+            if named != STDOUT and named.suffix.lower() == JSON_LINES:
+                f.write(frame_lines(self.codes))
+            elif is_bare_array_path(named):
                 np.save(f, self.bare_array())
-            elif is_ecdc_path(path):
+            elif is_ecdc_path(named):
                 check_streams(self.channels)
                 write_ecdc(f, self.codec, self.codes[0], self.num_samples)
             else:
@@ -359,8 +365,24 @@ def _declared(config: CodecConfig, fail) -> HeaderCheck:
 
 
 def is_bare_array_path(path: Target) -> bool:
-    """Whether :meth:`CodesFile.save` writes the codes to ``path`` as a bare ``.npy`` array."""
-    return path != STDOUT and Path(path).suffix.lower() == ".npy"
+    """Whether :meth:`CodesFile.save` writes the codes alone to ``path``: a bare ``.npy`` array, or JSON lines."""
+    return path != STDOUT and Path(path).suffix.lower() in (".npy", JSON_LINES)
+
+
+JSON_LINES = ".jsonl"  # codes as JSON lines, a frame each
+
+
+def frame_lines(codes: np.ndarray) -> bytes:
+    """Codes ``[C, K, frames]`` as JSON lines, a frame each: ``[K]`` codes for one stream, ``[C][K]`` for several
+    (as :meth:`CodesFile.bare_array` keeps one stream's codes ``[K, frames]``); what frame_line reads back."""
+    frames = np.moveaxis(codes[0] if len(codes) == 1 else codes, -1, 0).tolist()
+    return "".join(f"{json.dumps(frame, separators=(',', ':'))}\n" for frame in frames).encode()
+
+
+def write_frame_lines(codes: np.ndarray) -> None:
+    """``codes`` ``[C, K, n]`` as JSON lines to standard output, at once (a reader at the end of the pipe takes
+    each frame as it comes)."""
+    write_stdout(frame_lines(codes), flush=True)
 
 
 def load_codes(path: Path, codec: str | None = None) -> CodesFile:

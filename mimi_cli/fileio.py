@@ -386,6 +386,19 @@ class _WaitingReader:
                 return data
             select.select([self._f], [], [])
 
+    def read1(self, size: int) -> bytes:
+        """What has come, at most ``size`` bytes, waiting only until something has; b"" at the end."""
+        import select
+
+        while True:
+            try:
+                data = self._f.read1(size)
+            except BlockingIOError:
+                data = None
+            if data is not None:
+                return data
+            select.select([self._f], [], [])
+
     def readline(self, limit: int) -> bytes:
         """A line with its newline, at most ``limit`` bytes; without one only at the end of the data."""
         import select

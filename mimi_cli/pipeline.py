@@ -26,18 +26,18 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RAW_ENCODINGS, RESCALE_PEAK, Audio, RawFormat,
+from mimi_cli.audio import (MAX_SAMPLE_RATE, MIN_OUTPUT_RATE, RAW_ENCODINGS, RESCALE_PEAK, Audio, RawFormat, RawPipe,
                             StreamResampler, audio_sink, check_audio_head, check_audio_output, check_raw_head,
                             open_audio, read_blocks, read_open, reader_warnings, resample, resample_bytes, rescaled,
                             to_mono, within_full_scale, write_audio)
-from mimi_cli.codes import (MAX_CHANNELS, CodesFile, check_codes_head, frames_coming, is_bare_array_path, lines_coming,
-                            load_codes)
+from mimi_cli.codes import (JSON_LINES, MAX_CHANNELS, CodesFile, check_codes_head, frames_coming, is_bare_array_path,
+                            lines_coming, load_codes, write_frame_lines)
 from mimi_cli.ecdc import check_streams, is_ecdc_path
 from mimi_cli.errors import (InvalidAudioError, MimiError, OutputExistsError, WeightsError, check_choice, check_flag,
                              check_integer, check_path, counted, dumps_json, first_line, no_room_to_load, no_thread,
                              os_reason, out_of_memory, over_memory, refusal_said, unnamable)
-from mimi_cli.fileio import (STDIN, Readable, Target, check_stdin, file_kind, native, output_exists, readable,
-                             standard_input)
+from mimi_cli.fileio import (STDIN, Readable, Target, check_stdin, file_kind, is_stdout, native, output_exists,
+                             readable, standard_input)
 from mimi_cli.models import BASE_BYTES, CODECS, DEFAULT_CODEC, codec_spec, other_codecs_weights
 from mimi_cli.models.codec import Codec
 from mimi_cli.sources import Item, carried_keys, open_item, row_codes
@@ -241,19 +241,22 @@ def _check_streaming(model: Codec, streams: int, remedy: str) -> None:
 
 
 def encode_stream(loaded: LoadedModel, path: Path, num_codebooks: int, progress: Progress | None = None,
-                  channels: Channels = "mix", opened=None) -> EncodeResult:
+                  channels: Channels = "mix", opened=None,
+                  on_codes: Callable[[np.ndarray], None] | None = None) -> EncodeResult:
     """Encode a file (or an ``opened`` block reader) block by block in flat memory: read, downmix or
-    split, resample, encode as it comes."""
+    split, resample, encode as it comes (``on_codes``: see encode_blocks)."""
     with opened or open_audio(path) as f:
         frames = stream_read_frames(f.samplerate, loaded.model.config.sample_rate)
         return encode_blocks(loaded, read_blocks(path, f, frames), f.samplerate, f.channels, num_codebooks,
-                             progress, channels)
+                             progress, channels, on_codes)
 
 
 def encode_blocks(loaded: LoadedModel, blocks: Iterable[np.ndarray], source_rate: int, source_channels: int,
-                  num_codebooks: int, progress: Progress | None = None, channels: Channels = "mix") -> EncodeResult:
+                  num_codebooks: int, progress: Progress | None = None, channels: Channels = "mix",
+                  on_codes: Callable[[np.ndarray], None] | None = None) -> EncodeResult:
     """Encode audio ``blocks`` (float32 ``[n, source_channels]`` each, in order) in the codec's streaming mode:
-    downmix or split, resample and encode each as it comes."""
+    downmix or split, resample and encode each as it comes; ``on_codes`` is called with the frames each block
+    completes (``[C, K, n]``, n ≥ 1), as they come."""
     streams = source_channels if channels == "split" else 1
     _check_streaming(loaded.model, streams, "mix the channels (--channels mix), or run without --stream "
                        "(for short audio, batch mode holds less)")
@@ -273,8 +276,10 @@ def encode_blocks(loaded: LoadedModel, blocks: Iterable[np.ndarray], source_rate
             start = time.perf_counter()
             pieces[c].append(encoder.push(pcm))
             if signal is None:
-                pieces[c].append(encoder.flush())
+                pieces[c][-1] = np.concatenate([pieces[c][-1], encoder.flush()], axis=1)
             seconds += time.perf_counter() - start
+        if on_codes is not None and pieces[0][-1].shape[1]:  # (the streams step together: the same frames)
+            on_codes(np.stack([p[-1] for p in pieces]))
 
     for block in blocks:
         push(list(block.T) if channels == "split" else [block.mean(axis=1)])
@@ -384,6 +389,7 @@ class Settings:
     keep_codes: bool = False  # return the codes in the result (for Parquet)
     raw: RawFormat | None = None  # encode, roundtrip: inputs of headerless samples so laid out (--raw; or its text)
     raw_output: str | None = None  # decode: headerless samples in this encoding (--raw: s16le...), to standard output
+    stdout_suffix: str | None = None  # encode: the format of -o - (--suffix .jsonl), set by batch.plan
 
     def __post_init__(self):
         """Refuse values the command line's options would refuse, when built from Python: left unchecked,
@@ -437,9 +443,18 @@ class Task:
 
 
 def open_input(task: Task, settings: Settings):
-    """A block reader (``soundfile.SoundFile`` or alike) over the task's audio, checked like read_audio."""
+    """A block reader (``soundfile.SoundFile`` or alike) over the task's audio, checked like read_audio; standard
+    input's headerless samples as they come, for ``encode --stream --raw -`` (see :func:`reads_as_it_comes`)."""
+    if reads_as_it_comes(task, settings):
+        return RawPipe(standard_input(), settings.raw, "standard input")
     return open_audio(task.input, settings.raw) if task.item is None else open_item(task.item, str(task.input),
                                                                                    settings.raw)
+
+
+def reads_as_it_comes(task: Task, settings: Settings) -> bool:
+    """Whether the task's input is read as it comes, not copied whole first: ``encode --stream --raw -``, whose
+    headerless samples need no seek (a recorder's: ``arecord -t raw | mimi encode --stream --raw s16le -``)."""
+    return settings.kind == "encode" and settings.stream and settings.raw is not None and str(task.input) == STDIN
 
 
 MANIFEST_KEYS = ("input", "output", "status", "duration_s", "frames", "error", "warnings")
@@ -529,8 +544,10 @@ def conversion_notes(channels: int, rate: int, target_rate: int, mode: Channels 
 
 def encode_file(task: Task, settings: Settings, models: Models, report: Report = no_report) -> FileResult:
     """Read, check, encode and write one audio file's codes."""
+    lines = settings.stream and is_stdout(task.output) and settings.stdout_suffix == JSON_LINES
     with open_input(task, settings) as f:  # opened once (its header walked once): --stream reads it as it encodes
-        rate, channels, duration = f.samplerate, f.channels, f.frames / f.samplerate
+        rate, channels = f.samplerate, f.channels
+        duration = None if f.frames is None else f.frames / f.samplerate  # (a pipe's samples as they come)
         check_split(task.input, channels, settings.channels)
         if settings.channels == "split" and task.output is not None and is_ecdc_path(task.output):
             check_streams(channels)  # before the work
@@ -539,17 +556,17 @@ def encode_file(task: Task, settings: Settings, models: Models, report: Report =
         loaded = models.get(settings.codec, report)
         config = loaded.model.config
         levels = config.levels(settings.num_codebooks)
-        if settings.stream:
+        if settings.stream:  # JSON lines to standard output: each step's frames as they come
             result = encode_stream(loaded, task.input, levels, lambda done: report("Encoding", done, duration),
-                                   settings.channels, f)
+                                   settings.channels, f, write_frame_lines if lines else None)
         else:
             report(f"Encoding {duration:.1f} s", 0.0, None)
             result = encode_audio(loaded, audio, levels, settings.channels)
-    if task.output is not None:
-        result.codes.save(task.output, settings.replace)
+    if task.output is not None and not lines:
+        result.codes.save(task.output, settings.replace, settings.stdout_suffix)
     codes = result.codes
     notes = conversion_notes(channels, rate, config.sample_rate, settings.channels)
-    if task.output is not None and is_bare_array_path(task.output):
+    if task.output is not None and not is_stdout(task.output) and is_bare_array_path(task.output):
         codec = "" if config.name == DEFAULT_CODEC else f" with --codec {config.name}"
         notes.append(f"{Path(task.output).name} holds the codes alone (a bare array, no metadata): "
                      f"`mimi decode`{codec} gives back whole frames, not the original length")
@@ -698,11 +715,14 @@ class Worker:
             if self.settings.kind == "decode" and self.settings.stream and name == STDIN:
                 check_stdin("'-'", "the codes")
                 read, coming = lines_coming(standard_input())  # codes as JSON lines: decoded as they come
+            if reads_as_it_comes(task, self.settings):
+                check_stdin("'-'", "the samples")
             if coming is not None:
                 result = decode_coming(task, coming, self.settings, self.models, report or no_report)
             else:
-                with (readable(task.input, head_check, read) if task.item is None else
-                      nullcontext(Readable(Path(name), name))) as source:
+                with (readable(task.input, head_check, read) if task.item is None and
+                      not reads_as_it_comes(task, self.settings) else nullcontext(Readable(Path(name), name))) \
+                        as source:
                     result = step(dataclasses.replace(task, input=source.path), self.settings, self.models,
                                   report or no_report)
                     result.input, result.warnings = name, [source.named(w) for w in result.warnings]

@@ -907,6 +907,56 @@ def test_json_lines_a_frame_each_decode_as_the_array_and_as_they_come(tmp_path, 
     assert (shown["streams"], shown["codebooks"], shown["frames"]) == (2, 8, 12)
 
 
+def test_encode_writes_json_lines_and_reads_raw_samples_as_they_come(tmp_path, weights_file, dialogue):
+    """encode writes codes as JSON lines, a frame each (-o x.jsonl, or -o - --suffix .jsonl): the codes of the
+    .npy, one frame's [K] a line. ``encode --stream --raw ENC -`` reads standard input's samples as they come,
+    not copied whole first, and with -o - --suffix .jsonl each step's frames are written as they are made: lines
+    reach standard output while the pipe is still open, and in all they are ``encode --stream``'s codes of the
+    same samples in a file. A sample cut at the end, or a WAV given as samples, ends it in one line."""
+    pcm, rate = sf.read(dialogue / "left.wav", dtype="float32")
+    env = {**os.environ, "MIMI_WEIGHTS": str(weights_file), "HF_HUB_OFFLINE": "1"}
+
+    def encode(*args, given: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mimi_cli", "encode", *map(str, args)], input=given, env=env,
+                              capture_output=True, timeout=300)
+
+    for args in ([tmp_path / "a.npy"], [tmp_path / "a.jsonl"], ["-", "--suffix", ".jsonl"]):
+        made = encode(dialogue / "left.wav", "-o", *args)
+        assert made.returncode == 0, made.stderr
+    lines = (tmp_path / "a.jsonl").read_bytes()
+    assert encode(dialogue / "left.wav", "-o", "-", "--suffix", "jsonl").stdout == lines
+    assert lines.splitlines() == [json.dumps(frame.tolist(), separators=(",", ":")).encode()
+                                  for frame in np.load(tmp_path / "a.npy").T]
+
+    whole = encode("--stream", dialogue / "left.wav", "-o", "-", "--suffix", ".jsonl")
+    assert whole.returncode == 0, whole.stderr
+    live = subprocess.Popen([sys.executable, "-m", "mimi_cli", "encode", "--stream", "--raw", f"f32le:{rate}", "-",
+                             "-o", "-", "--suffix", ".jsonl"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        live.stdin.write(pcm[:int(1.5 * rate)].tobytes())  # 18 frames: a step of 16 made while the rest is to come
+        live.stdin.flush()
+        first = b""
+        while not first.endswith(b"\n"):
+            assert select.select([live.stdout], [], [], 120)[0], "no codes before the rest of the samples came"
+            first += os.read(live.stdout.fileno(), 1 << 16)
+        live.stdin.write(pcm[int(1.5 * rate):].tobytes())
+        live.stdin.close()
+        rest, errors = live.stdout.read(), live.stderr.read()
+    finally:
+        live.kill() if live.poll() is None else None
+    assert live.wait(60) == 0, errors
+    assert first + rest == whole.stdout and whole.stdout.count(b"\n") == 32
+
+    for given, said in ((pcm[:1000].tobytes() + b"\0\0", "error: standard input ends 2 bytes into a sample of 4 "
+                                                          "bytes: check --raw f32le:24000:1, or it was cut short"),
+                        ((dialogue / "left.wav").read_bytes(), "error: standard input holds audio (WAV), not "
+                                                                "headerless samples as --raw reads them")):
+        refused = encode("--stream", "--raw", "f32le", "-", "-o", tmp_path / "x.npz", given=given)
+        assert refused.returncode == 1 and refused.stderr.decode().startswith(said), refused.stderr
+        assert refused.stderr.count(b"\n") == 1 and not (tmp_path / "x.npz").exists()
+
+
 def test_a_file_named_dash_is_named_as_unix_names_it(tmp_path, weights_file, dialogue):
     """`./-` names a file called "-" (as with cat or rm); it was read as standard input ("standard input is
     empty"), as a Path makes ./- into -. Now it is that file, as input and as output."""
