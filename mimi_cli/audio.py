@@ -197,52 +197,6 @@ def check_raw_head(head: bytes, name: str) -> None:
         raise InvalidAudioError(f"{name} holds {kind}, not headerless samples as --raw reads them; {also}")
 
 
-class RawPipe:
-    """Headerless samples as they come on a pipe (``encode --stream --raw -``), read like a ``SoundFile``: each
-    read gives the whole samples that have come, at least one (it waits for one), none at the end. Nothing is
-    kept but a sample cut between two reads; the length is not known (``frames`` is None)."""
-
-    def __init__(self, source, raw: RawFormat, name: str):
-        self._source, self._raw, self.name = source, raw, name
-        self.samplerate, self.channels, self.frames = raw.sample_rate, raw.channels, None
-        self._rest, self._position = b"", 0
-
-    def read(self, frames: int = -1, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
-        import soundfile as sf
-
-        size = self._raw.frame_bytes
-        data, ended = self._rest, False
-        while len(data) < max(size, 64 if self._position == 0 else 0) and not ended:  # the first bytes: a header?
-            more = self._source.read1(max(size, size * frames) - len(data) if frames > 0 else 1 << 20)
-            data, ended = data + more, not more
-        if self._position == 0 and data:
-            check_raw_head(data[:512], self.name)
-        whole = len(data) // size * size
-        if ended and whole < len(data):
-            raise InvalidAudioError(f"{self.name} ends {len(data) - whole} bytes into a sample of {size} bytes: check "
-                                    f"--raw {self._raw}, or it was cut short")
-        self._rest = data[whole:]
-        block, _ = sf.read(io.BytesIO(data[:whole]), dtype=dtype, always_2d=always_2d, samplerate=self.samplerate,
-                           channels=self.channels, **raw_layout(self._raw.encoding))
-        self._position += len(block)
-        return block
-
-    def tell(self) -> int:
-        return self._position
-
-    def when_empty(self) -> str:
-        return f"{self.name} is empty (0 bytes)"
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
 def open_raw(path: Path, size: int, raw: RawFormat):
     """A block reader over the headerless samples in the file ``path`` of ``size`` bytes, laid out as ``raw``."""
     from mimi_cli.libsndfile import SoundFile
@@ -437,6 +391,47 @@ class BlockReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class RawPipe(BlockReader):
+    """Headerless samples as they come on a pipe (``encode --stream --raw -``), read like a ``SoundFile``: each
+    read gives the whole samples that have come, at least one (it waits for one), none at the end. Nothing is
+    kept but a sample cut between two reads; the length is not known (``frames`` is None)."""
+
+    def __init__(self, source, raw: RawFormat, name: str):
+        self._source, self._raw, self.name = source, raw, name
+        self.samplerate, self.channels, self.frames = raw.sample_rate, raw.channels, None
+        self._rest, self._position = b"", 0
+
+    def read(self, frames: int = -1, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
+        import soundfile as sf
+
+        size = self._raw.frame_bytes
+        wanted = size * frames if frames > 0 else 1 << 20
+        data, ended = self._rest, False
+        while len(data) < max(size, 64 if self._position == 0 else 0) and not ended:  # the first: is it a header?
+            more = self._source.read1(max(1, wanted - len(data)))
+            data, ended = data + more, not more
+        if self._position == 0 and data:
+            check_raw_head(data[:512], self.name)
+        whole = min(len(data) // size, frames if frames > 0 else len(data)) * size
+        if ended and len(data) % size:
+            raise InvalidAudioError(f"{self.name} ends {len(data) % size} bytes into a sample of {size} bytes: check "
+                                    f"--raw {self._raw}, or it was cut short")
+        self._rest = data[whole:]
+        block, _ = sf.read(io.BytesIO(data[:whole]), dtype=dtype, always_2d=always_2d, samplerate=self.samplerate,
+                           channels=self.channels, **raw_layout(self._raw.encoding))
+        self._position += len(block)
+        return block
+
+    def tell(self) -> int:
+        return self._position
+
+    def when_empty(self) -> str:
+        return f"{self.name} is empty (0 bytes)"
+
+    def close(self) -> None:
+        pass
 
 
 # FFmpeg's demuxers of containers that store their audio's length ("matroska,webm", "mov,mp4,m4a,…", "caf"), by the

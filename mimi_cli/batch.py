@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Literal
 
 from mimi_cli.audio import AUDIO_SUFFIXES, RAW_SUFFIXES, audio_format
-from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.codes import JSON_LINES
+from mimi_cli.core.threads import usable_cores, usable_threads
 from mimi_cli.ecdc import ecdc_model, is_ecdc_path
 from mimi_cli.errors import (TASK_LIMIT, MimiError, OutputExistsError, UnnamableOutputError, check_flag, check_integer,
                              check_path, counted, dumps_json, first_line, memory_said, needs_extra, no_thread,

@@ -451,17 +451,12 @@ def _check_raw(given: str | None) -> str | None:
 
 
 def _check_raw_output(given: str | None) -> str | None:
-    from mimi_cli.audio import RAW_ENCODINGS
-
-    if given is None:
-        return None
-    if ":" in given:
+    """decode's --raw: an encoding alone, as encode's --raw names them."""
+    if given is not None and ":" in given:
         raise typer.BadParameter(f"give the encoding alone ({given.split(':')[0]}): decode's rate is "
                                  "--sample-rate's, its channels the codes'")
-    if given.lower() not in RAW_ENCODINGS:
-        raise typer.BadParameter(f"{given!r} is no encoding of headerless samples here; give one of "
-                                 f"{', '.join(RAW_ENCODINGS)}")
-    return given.lower()
+    _check_raw(given)
+    return None if given is None else given.strip().lower()
 
 
 RawOption = Annotated[Optional[str], typer.Option(
@@ -498,8 +493,9 @@ def encode(
     channels: _channels_option("each channel its own code stream (codes [C, K, frames], e.g. one speaker per "
                                "channel); decode writes C channels.") = "mix",
     raw: RawOption = None,
-    suffix: _suffix_option("Of the codes files written into a folder or beside their inputs: .npz (the default), "
-                           ".npy (the codes alone) or, for EnCodec, .ecdc.") = None,
+    suffix: _suffix_option("Of the codes files written into a folder or beside their inputs, or to standard "
+                           "output (-o -): .npz (the default), .npy (the codes alone), .jsonl (the codes alone as "
+                           "JSON lines, a frame each) or, for EnCodec, .ecdc.") = None,
     recursive: RecursiveOption = False,
     jobs: JobsOption = 1,
     engine: EngineOption = "local",

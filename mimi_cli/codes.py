@@ -107,7 +107,7 @@ class CodesFile:
         in ``.ecdc`` gets EnCodec's codes as Meta's ``encodec`` writes them (:mod:`mimi_cli.ecdc`).
         """
         path = as_target(path)
-        named = Path(f"codes{suffix}") if suffix is not None and path == STDOUT else path
+        named = Path(f"codes{suffix}") if suffix is not None and path == STDOUT else path  # (what names the format)
         if is_ecdc_path(named):
             ecdc_model(self.codec)  # refused before any file is made
         with atomic_output(path, replace) as tmp, open(tmp, "wb") as f:
@@ -536,8 +536,7 @@ def _json_array(path: Path, fail) -> tuple[np.ndarray, bool]:
     try:
         codes = _codes_in(loads_json(text), fail)
     except ValueError as exc:
-        lines = text.split(b"\n", 1)
-        if "Extra data" not in str(exc) or not lines[0].strip():  # (a document over several lines: its own error)
+        if "Extra data" not in str(exc):  # (more after one document: JSON lines, or what follows says why not)
             raise fail(f"is not JSON ({first_line(exc)}); {shape}") from None
         return _frame_lines(text.splitlines(), fail), True  # a line a frame: what a model printed as it went
     return _array(codes, fail, shape), False

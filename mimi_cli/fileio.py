@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import filecmp
+import functools
 import hashlib
 import io
 import os
@@ -375,43 +376,17 @@ class _WaitingReader:
         self._f = f
 
     def read(self, size: int = -1) -> bytes:
-        import select
-
-        while True:
-            try:
-                data = self._f.read(size)
-            except BlockingIOError:
-                data = None
-            if data is not None:
-                return data
-            select.select([self._f], [], [])
+        return self._waited(lambda: self._f.read(size))
 
     def read1(self, size: int) -> bytes:
         """What has come, at most ``size`` bytes, waiting only until something has; b"" at the end."""
-        import select
-
-        while True:
-            try:
-                data = self._f.read1(size)
-            except BlockingIOError:
-                data = None
-            if data is not None:
-                return data
-            select.select([self._f], [], [])
+        return self._waited(lambda: self._f.read1(size))
 
     def readline(self, limit: int) -> bytes:
         """A line with its newline, at most ``limit`` bytes; without one only at the end of the data."""
-        import select
-
         parts, size = [], 0
         while size < limit:
-            try:
-                part = self._f.readline(limit - size)
-            except BlockingIOError:
-                part = None
-            if part is None:  # nothing yet (non-blocking), or part of a line has come
-                select.select([self._f], [], [])
-                continue
+            part = self._waited(functools.partial(self._f.readline, limit - size))  # (non-blocking: part, maybe)
             if not part:
                 break
             parts.append(part)
@@ -419,6 +394,19 @@ class _WaitingReader:
             if part.endswith(b"\n"):
                 break
         return b"".join(parts)
+
+    def _waited(self, call: Callable[[], bytes | None]) -> bytes:
+        """What ``call`` reads, once it reads something (None, or BlockingIOError: nothing has come yet)."""
+        import select
+
+        while True:
+            try:
+                data = call()
+            except BlockingIOError:
+                data = None
+            if data is not None:
+                return data
+            select.select([self._f], [], [])
 
 
 def standard_input() -> _WaitingReader:

@@ -711,18 +711,13 @@ class Worker:
                       check_raw_head if self.settings.raw is not None else check_audio_head)
         try:
             name = str(task.input)  # an item is read from its container, never by its name (which may be "-")
-            read, coming = b"", None
-            if self.settings.kind == "decode" and self.settings.stream and name == STDIN:
-                check_stdin("'-'", "the codes")
-                read, coming = lines_coming(standard_input())  # codes as JSON lines: decoded as they come
-            if reads_as_it_comes(task, self.settings):
-                check_stdin("'-'", "the samples")
+            read, coming = self._as_it_comes(task)
             if coming is not None:
                 result = decode_coming(task, coming, self.settings, self.models, report or no_report)
             else:
-                with (readable(task.input, head_check, read) if task.item is None and
-                      not reads_as_it_comes(task, self.settings) else nullcontext(Readable(Path(name), name))) \
-                        as source:
+                copied = task.item is None and not reads_as_it_comes(task, self.settings)
+                with (readable(task.input, head_check, read) if copied else
+                      nullcontext(Readable(Path(name), name))) as source:
                     result = step(dataclasses.replace(task, input=source.path), self.settings, self.models,
                                   report or no_report)
                     result.input, result.warnings = name, [source.named(w) for w in result.warnings]
@@ -735,6 +730,17 @@ class Worker:
                 self._warned.add(codec)
                 result.warnings[:0] = weights_warnings(loaded)
         return result
+
+
+    def _as_it_comes(self, task: Task) -> tuple[bytes, list[bytes] | None]:
+        """What of standard input is read as it comes, not copied whole first, with ``--stream``: codes as JSON
+        lines (decode: their first lines, see codes.lines_coming; else the bytes read to tell, and None), or
+        headerless samples (encode --raw: see reads_as_it_comes)."""
+        if str(task.input) != STDIN or not self.settings.stream or self.settings.kind == "roundtrip" or (
+                self.settings.kind == "encode" and self.settings.raw is None):
+            return b"", None
+        check_stdin("'-'", "the codes" if self.settings.kind == "decode" else "the samples")
+        return lines_coming(standard_input()) if self.settings.kind == "decode" else (b"", None)
 
 
 # what a file's work may raise: its own problem (failed), or what ``failed`` raises again

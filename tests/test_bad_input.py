@@ -359,8 +359,8 @@ def test_encode_refuses_an_audio_name_for_its_codes(tmp_path, short_clip):
     assert_clean_failure(result, tmp_path, before, "codes.WAV is an audio file's name", "give a .npz name")
 
 
-@pytest.mark.parametrize("name, shown", [("codes.txt", ".txt; give a .npz, .npy or .ecdc name"), (
-    "codes", "a file without extension; give a .npz, .npy or .ecdc name, or end it with / for a folder")])
+@pytest.mark.parametrize("name, shown", [("codes.txt", ".txt; give a .npz, .npy, .ecdc or .jsonl name"), (
+    "codes", "a file without extension; give a .npz, .npy, .ecdc or .jsonl name, or end it with / for a folder")])
 def test_encode_refuses_a_codes_name_of_another_kind(tmp_path, short_clip, name, shown):
     # as decode refuses to write audio under a name no audio format has: a zip named .txt misleads the next tool
     (tmp_path / name).write_bytes(b"kept")

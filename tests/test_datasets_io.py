@@ -164,9 +164,9 @@ def test_manifests_as_other_tools_write_them(tmp_path, weights_file, reference):
              "metadata.jsonl": b'{"file_name": "one.wav", "transcription": "hi"}\n{"file_name": "two.wav"}\n'}
     for name, data in lists.items():
         (folder / name).write_bytes(data)
-        result = run("encode", "--inputs-from", folder / name, "-o", tmp_path / name, weights=weights_file)
-        made = {os.fsdecode(p.relative_to(tmp_path / name)): CodesFile.load(p).codes
-                for p in (tmp_path / name).rglob("*.npz")}
+        out = tmp_path / f"{name}.out"  # (x.jsonl names a file of codes as JSON lines)
+        result = run("encode", "--inputs-from", folder / name, "-o", out, weights=weights_file)
+        made = {os.fsdecode(p.relative_to(out)): CodesFile.load(p).codes for p in out.rglob("*.npz")}
         want = {"bom.jsonl": {"whole_500ms.npz": "span"}, "bom.txt": {"one.npz": "one", "two.npz": "two"},
                 "utf16.txt": {"one.npz": "one", "two.npz": "two"},
                 "array.json": {"whole_500ms.npz": "span", "two.npz": "two"},
