@@ -672,15 +672,15 @@ def decode_coming(task: Task, lines: list[bytes], settings: Settings, models: Mo
     head = CodesFile.from_codes(first, config, config.frame_size, config.sample_rate, first.shape[0], weights_id="")
     if settings.num_codebooks is not None:
         head = head.first_levels(settings.num_codebooks, "standard input")
-    levels, rate, count = head.num_codebooks, settings.sample_rate or config.sample_rate, 0
+    levels, rate, count, top = head.num_codebooks, settings.sample_rate or config.sample_rate, 0, 0
     if settings.raw_output is None:
         check_audio_output(task.output, rate, head.channels)
     loaded = models.get(codec, report)
 
     def chunks() -> Iterator[np.ndarray]:
-        nonlocal count
+        nonlocal count, top
         for frame in itertools.chain([first], frames):
-            count += 1
+            count, top = count + 1, max(top, int(frame.max()))
             yield frame[:, :levels]
 
     seconds, clipped = write_steps(
@@ -689,6 +689,8 @@ def decode_coming(task: Task, lines: list[bytes], settings: Settings, models: Mo
         decoded_comment(head, settings), settings.raw_output)
     warnings = [f"{_clipped(clipped)} (decode without --stream, with --rescale, scales the audio down instead)"] \
         if clipped else []
+    if settings.codec is None:  # (said once all have come, as of a file's)
+        warnings += another_codec("standard input", codec, top, count * first.shape[0] * first.shape[1])
     return FileResult.of(task, "done", duration_s=round(count * config.frame_size / config.sample_rate, 3),
                          frames=count, warnings=warnings, num_codebooks=levels, sample_rate=rate, model_seconds=seconds)
 

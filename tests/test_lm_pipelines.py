@@ -858,7 +858,8 @@ def test_json_lines_a_frame_each_decode_as_the_array_and_as_they_come(tmp_path, 
     and decode read it from a file or a pipe (it was "is not JSON (Extra data …)"). ``decode --stream -`` decodes
     each frame as its line comes, a frame a step: the audio of the first frames reaches standard output while the
     next are still to be written (a pipe that stayed open), equal to the Python API's stream decoder at one frame
-    a step; a bad line later fails the run in one line naming it, and a file output is then not written."""
+    a step; a bad line later fails the run in one line naming it, and a file output is then not written; codes that
+    all fit EnCodec's codebook are warned of once they have all come, as a file's are."""
     from mimi_cli.codes import load_codes
 
     codes = CodesFile.load(encoded).codes[0][:, :12]  # [K, frames]
@@ -903,6 +904,11 @@ def test_json_lines_a_frame_each_decode_as_the_array_and_as_they_come(tmp_path, 
     assert failed.returncode == 1 and failed.stderr.decode() == "error: standard input: line 5 holds values " \
         "5000..5000; Mimi codes are 0..2047 (strip special tokens or offsets first)\n", failed.stderr
     assert not (tmp_path / "x.wav").exists()
+    small = "".join(json.dumps((frame % 1024).tolist()) + "\n" for frame in codes.T)  # EnCodec's, by their range
+    warned = subprocess.run([sys.executable, "-m", "mimi_cli", "decode", "--stream", "-", "-o", tmp_path / "y.wav"],
+                            input=small.encode(), capture_output=True, env=env, timeout=300)
+    assert warned.returncode == 0 and "warning: standard input: every code is below 1024, as EnCodec 24 kHz's " \
+        "are" in warned.stderr.decode(), warned.stderr
     shown = json.loads(run("inspect", tmp_path / "two.jsonl", "--json").stdout)
     assert (shown["streams"], shown["codebooks"], shown["frames"]) == (2, 8, 12)
 
