@@ -285,7 +285,8 @@ def inspect_codes(path: str | Path | Sequence[str | Path], codec: str | None = N
     recorded = bool(codes.weights_id)  # a codes file of mimi encode; bare arrays and .ecdc keep no source
     with open(path, "rb") as f:  # told apart by content, as load_codes does: a pipe's copy has no suffix
         ecdc = f.read(len(MAGIC)) == MAGIC
-    kind = "a codes file of mimi encode" if recorded else "an EnCodec .ecdc file" if ecdc else "a bare integer array"
+    kind = ("a codes file of mimi encode" if recorded else "an EnCodec .ecdc file" if ecdc else
+            "a bare integer array" if codes.bare else "JSON lines of a frame each (a bare array)")  # (axes said)
     return CodesReport(
         str(path), kind, config.name, config.display_name, codes.channels, codes.num_codebooks, codes.num_frames,
         codes.frame_rate, codes.num_samples, codes.sample_rate, codes.codebook_size,

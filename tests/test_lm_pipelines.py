@@ -910,7 +910,8 @@ def test_json_lines_a_frame_each_decode_as_the_array_and_as_they_come(tmp_path, 
     assert warned.returncode == 0 and "warning: standard input: every code is below 1024, as EnCodec 24 kHz's " \
         "are" in warned.stderr.decode(), warned.stderr
     shown = json.loads(run("inspect", tmp_path / "two.jsonl", "--json").stdout)
-    assert (shown["streams"], shown["codebooks"], shown["frames"]) == (2, 8, 12)
+    assert (shown["kind"], shown["streams"], shown["codebooks"], shown["frames"]) == (
+        "JSON lines of a frame each (a bare array)", 2, 8, 12)
 
 
 def test_encode_writes_json_lines_and_reads_raw_samples_as_they_come(tmp_path, weights_file, dialogue):
