@@ -27,7 +27,7 @@ import json
 import math
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -608,24 +608,30 @@ def frames_coming(lines: list[bytes], source, codec: str, shown: str) -> Iterato
     def fail(problem: str) -> InvalidCodesError:
         return InvalidCodesError(f"{shown}: {problem}")
 
-    like = None
-    for number, line in enumerate(itertools.chain(lines, iter(lambda: source.readline(LINE_BYTES), b"")), 1):
+    def whole(number: int, line: bytes) -> bytes:
         if len(line) == LINE_BYTES and not line.endswith(b"\n"):
             raise fail(f"line {number} is longer than {LINE_BYTES >> 10} KiB; {FRAME_SHAPE}")
+        return line
+
+    coming = itertools.chain(lines, iter(lambda: source.readline(LINE_BYTES), b""))
+    for number, frame in _frames((whole(number, line) for number, line in enumerate(coming, 1)), fail):
+        yield _checked_array(frame[..., None], config, lambda problem, at=number: fail(f"line {at} {problem}"))
+
+
+def _frames(lines: Iterable[bytes], fail) -> Iterator[tuple[int, np.ndarray]]:
+    """Codes as JSON lines (see frame_line): each frame with its line's number, as it is read; every frame of
+    the first one's shape."""
+    like = None
+    for number, line in enumerate(lines, 1):
         frame = frame_line(line, number, fail, like)
         if frame is not None:
             like = frame.shape
-            yield _checked_array(frame[..., None], config, lambda problem, at=number: fail(f"line {at} {problem}"))
+            yield number, frame
 
 
 def _frame_lines(lines: list[bytes], fail) -> np.ndarray:
     """Codes as JSON lines, a frame each (see frame_line), as the array ``[K, frames]`` or ``[C, K, frames]``."""
-    frames: list[np.ndarray] = []
-    for number, line in enumerate(lines, 1):
-        frame = frame_line(line, number, fail, frames[0].shape if frames else None)
-        if frame is not None:
-            frames.append(frame)
-    return np.stack(frames, axis=-1)  # [K] or [C, K] frames along the last axis
+    return np.stack([frame for _, frame in _frames(lines, fail)], axis=-1)  # frames along the last axis
 
 
 def _codes_in(value, fail):

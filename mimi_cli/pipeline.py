@@ -590,6 +590,12 @@ def _clipped(samples: int) -> str:
     return f"{counted(samples, 'sample')} beyond [-1, 1] {'were' if samples > 1 else 'was'} clipped"
 
 
+def _clipped_in_decoding(samples: int, stream: bool) -> list[str]:
+    """decode's warning of ``samples`` clipped (none: no warning), with how to scale them down instead."""
+    remedy = "decode without --stream, with --rescale," if stream else "--rescale"
+    return [f"{_clipped(samples)} ({remedy} scales the audio down instead)"] if samples else []
+
+
 def codes_warnings(name: Target, codes: CodesFile) -> list[str]:
     """What decode and inspect say of codes read from ``name`` that they take, but may have taken wrongly: a bare
     array of another codec's codes (:func:`another_codec`), or whose axes may be [frames, codebooks]."""
@@ -650,9 +656,7 @@ def decode_file(task: Task, settings: Settings, models: Models, report: Report =
                 notes.append(f"scaled by {factor:.3g} (its peak was {RESCALE_PEAK / factor:.3g}) so that nothing clips")
         clipped = write_audio(task.output, pcm, rate, settings.replace, decoded_comment(codes, settings),
                               settings.raw_output)
-    if clipped:
-        remedy = "decode without --stream, with --rescale," if settings.stream else "--rescale"
-        warnings.append(f"{_clipped(clipped)} ({remedy} scales the audio down instead)")
+    warnings += _clipped_in_decoding(clipped, settings.stream)
     return FileResult.of(task, "done", duration_s=round(duration, 3), frames=codes.num_frames, warnings=warnings,
                          notes=notes,
                          num_codebooks=codes.num_codebooks, sample_rate=rate, model_seconds=seconds,
@@ -687,8 +691,7 @@ def decode_coming(task: Task, lines: list[bytes], settings: Settings, models: Mo
         stepped(loaded, chunks(), head.channels, None, 1), config.sample_rate, head.channels, None, task.output,
         settings.sample_rate, lambda done: report("Decoding", done, None), settings.replace,
         decoded_comment(head, settings), settings.raw_output)
-    warnings = [f"{_clipped(clipped)} (decode without --stream, with --rescale, scales the audio down instead)"] \
-        if clipped else []
+    warnings = _clipped_in_decoding(clipped, stream=True)
     if settings.codec is None:  # (said once all have come, as of a file's)
         warnings += another_codec("standard input", codec, top, count * first.shape[0] * first.shape[1])
     return FileResult.of(task, "done", duration_s=round(count * config.frame_size / config.sample_rate, 3),
